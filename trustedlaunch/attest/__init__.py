@@ -1,0 +1,1 @@
+"""Attestation layer: quote verification, AK/EK binding, policy and integrity alerts."""

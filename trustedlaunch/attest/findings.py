@@ -1,0 +1,73 @@
+"""Findings: the one shape every attestation failure takes, naming the check, PCR, event and component.
+
+This module is the contract between quote verification (`attest.quote`), the policy (`attest.policy`),
+the verifier (`attest.verifier`) and what reports failures (CLI, alerts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from trustedlaunch.errors import TrustedLaunchError
+
+
+class Check(StrEnum):
+    """Every attestation check, by stable code (used in alerts, JSON output and metrics)."""
+
+    EVIDENCE_FORMAT = "EvidenceMalformed"  # a structure or the event log did not parse
+    QUOTE_SIGNATURE = "QuoteSignatureInvalid"
+    QUOTE_TYPE = "QuoteTypeInvalid"  # magic != TPM_GENERATED_VALUE or type != TPM_ST_ATTEST_QUOTE
+    NONCE = "NonceMismatch"
+    PCR_BANK = "PcrBankNotAllowed"  # no SHA-256 bank, SHA-1 only
+    PCR_SELECTION = "PcrSelectionInvalid"  # duplicate or malformed selections
+    PCR_DIGEST = "PcrDigestMismatch"  # quote's pcrDigest != digest of the replayed log
+    CLOCK = "ClockNotMonotonic"  # resetCount/clock went backwards for this node
+    AK_BINDING = "AkNotBoundToEk"
+    AK_CERTIFICATE = "AkCertificateInvalid"
+    EK_CERTIFICATE = "EkCertificateInvalid"
+    SECURE_BOOT = "SecureBootStateMismatch"
+    PLATFORM_KEY = "PlatformKeyNotAllowed"
+    KEY_EXCHANGE_KEY = "KeyExchangeKeyNotAllowed"
+    SIGNATURE_DB = "SignatureDatabaseNotAllowed"
+    FORBIDDEN_DB = "ForbiddenDatabaseMissingEntries"
+    BOOT_APPLICATION = "BootApplicationNotAllowed"
+    KERNEL_CMDLINE = "KernelCmdlineNotAllowed"
+    SEPARATOR = "SeparatorInvalid"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed check, worded for an operator: what failed, in which PCR/event/component, and why."""
+
+    check: Check
+    component: str  # "shim", "grub", "kernel", "firmware", "PK", "KEK", "db", "dbx", "quote", "AK", "EK"...
+    message: str
+    pcr: int | None = None
+    event_index: int | None = None
+
+    def __str__(self) -> str:
+        where = [self.component]
+        if self.pcr is not None:
+            where.append(f"PCR{self.pcr}")
+        if self.event_index is not None:
+            where.append(f"event #{self.event_index}")
+        return f"{self.check.value} ({', '.join(where)}): {self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "check": self.check.value,
+            "component": self.component,
+            "pcr": self.pcr,
+            "eventIndex": self.event_index,
+            "message": self.message,
+        }
+
+
+class AttestationError(TrustedLaunchError):
+    """Evidence rejected by a check that makes all further checks meaningless (e.g. a forged quote)."""
+
+    def __init__(self, finding: Finding):
+        super().__init__(str(finding))
+        self.finding = finding

@@ -1,0 +1,1 @@
+"""The `tl` command line."""

@@ -1,0 +1,22 @@
+"""Entry point of the `tl` command: one Typer app with a sub-app per area."""
+
+from __future__ import annotations
+
+import typer
+
+from trustedlaunch import __version__
+
+app = typer.Typer(
+    name="tl",
+    help="trustedlaunch: Secure Boot, vTPM and remote attestation for Kubernetes node pools.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# Sub-apps register here, one line each (keep alphabetical):
+
+
+@app.command()
+def version() -> None:
+    """Print the trustedlaunch version."""
+    typer.echo(__version__)

@@ -1,0 +1,1 @@
+"""Event log layer: TCG PC Client event log parsing, replay and boot summaries."""

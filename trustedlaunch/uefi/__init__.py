@@ -1,0 +1,1 @@
+"""UEFI layer: varstores, signature databases, Authenticode, SBAT and the Secure Boot decision."""
