@@ -111,3 +111,4 @@ class BootSummary:
     kernel_cmdline: str | None  # from "kernel_cmdline: ..." (GRUB) or the PCR12 / EFI stub measurement
     separators_ok: bool = True  # all EV_SEPARATOR events carry the normal (0x00000000) value
     notes: tuple[str, ...] = field(default=())  # non-fatal oddities worth showing an operator
+    kernel_cmdline_event: Event | None = None  # the event kernel_cmdline was read from (for findings)
