@@ -1,0 +1,102 @@
+"""EFI_SIGNATURE_LIST parsing (db, dbx, KEK, PK, MokList, shim's vendor db/dbx) into SignatureEntry."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import uuid
+from collections.abc import Iterable
+
+from cryptography import x509
+from virt.firmware.efi import siglist as efi_siglist
+
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.eventlog.model import SignatureEntry
+
+EFI_CERT_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
+EFI_CERT_SHA1 = uuid.UUID("826ca512-cf10-4ac9-b187-be01496631bd")
+EFI_CERT_X509_SHA256 = uuid.UUID("3bd2a492-96c0-4079-b420-fcf98ef103ed")
+
+SIGNATURE_TYPE_NAMES = {
+    EFI_CERT_X509: "x509",
+    EFI_CERT_SHA256: "sha256",
+    EFI_CERT_SHA1: "sha1",
+    EFI_CERT_X509_SHA256: "x509-tbs-sha256",
+}
+
+
+class SignatureListError(TrustedLaunchError):
+    """A signature database (EFI_SIGNATURE_LIST sequence) that does not parse."""
+
+
+def parse_signature_lists(data: bytes, where: str) -> tuple[SignatureEntry, ...]:
+    """Parse concatenated EFI_SIGNATURE_LISTs; `where` names the source (file and variable) for errors."""
+    _check_list_sizes(data, where)
+    try:
+        database = efi_siglist.EfiSigDB(data)
+    except (ValueError, RuntimeError, struct.error, IndexError) as exc:
+        raise SignatureListError(f"{where}: malformed EFI_SIGNATURE_LIST: {exc}") from exc
+    entries: list[SignatureEntry] = []
+    for signature_list in database:
+        signature_type = uuid.UUID(str(signature_list.guid))
+        for signature in signature_list:
+            owner = uuid.UUID(str(signature["guid"]))
+            payload: bytes = signature["data"]
+            certificate = None
+            if signature_type == EFI_CERT_X509:
+                try:
+                    certificate = x509.load_der_x509_certificate(payload)
+                except ValueError:
+                    certificate = None
+            entries.append(SignatureEntry(signature_type, owner, payload, certificate))
+    return tuple(entries)
+
+
+def _check_list_sizes(data: bytes, where: str) -> None:
+    """Walk the list headers so that truncated or inconsistent sizes get an error with an offset."""
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < 28:
+            raise SignatureListError(
+                f"{where}: truncated EFI_SIGNATURE_LIST header at byte offset {offset} "
+                f"({len(data) - offset} bytes left, 28 needed)"
+            )
+        list_size, header_size, signature_size = struct.unpack_from("<III", data, offset + 16)
+        body = list_size - 28 - header_size
+        if list_size < 28 or body < 0 or offset + list_size > len(data):
+            raise SignatureListError(
+                f"{where}: EFI_SIGNATURE_LIST at byte offset {offset} declares size {list_size}, "
+                f"which does not fit the {len(data) - offset} bytes left"
+            )
+        if signature_size < 16 or body % signature_size:
+            raise SignatureListError(
+                f"{where}: EFI_SIGNATURE_LIST at byte offset {offset} has signature size "
+                f"{signature_size}, which does not divide its {body}-byte body into whole entries"
+            )
+        offset += list_size
+
+
+def certificates(entries: Iterable[SignatureEntry]) -> list[x509.Certificate]:
+    """The X.509 certificates among the entries."""
+    return [entry.certificate for entry in entries if entry.certificate is not None]
+
+
+def hashes(entries: Iterable[SignatureEntry], signature_type: uuid.UUID) -> set[bytes]:
+    """The hash payloads of one signature type (EFI_CERT_SHA256, EFI_CERT_SHA1, EFI_CERT_X509_SHA256)."""
+    size = 32 if signature_type in (EFI_CERT_SHA256, EFI_CERT_X509_SHA256) else 20
+    return {entry.data[:size] for entry in entries if entry.signature_type == signature_type}
+
+
+def tbs_sha256(certificate: x509.Certificate) -> bytes:
+    """SHA-256 of the certificate's TBSCertificate, as stored in EFI_CERT_X509_SHA256 dbx entries."""
+    return hashlib.sha256(certificate.tbs_certificate_bytes).digest()
+
+
+def common_name(certificate: x509.Certificate) -> str:
+    """The subject CN, or the whole subject when there is no CN."""
+    names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if names:
+        value = names[0].value
+        return value if isinstance(value, str) else value.decode(errors="replace")
+    return certificate.subject.rfc4514_string()
