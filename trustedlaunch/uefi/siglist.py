@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 import uuid
 from collections.abc import Iterable
 
 from cryptography import x509
-from virt.firmware.efi import siglist as efi_siglist
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import SignatureEntry
@@ -32,39 +32,17 @@ class SignatureListError(TrustedLaunchError):
 
 def parse_signature_lists(data: bytes, where: str) -> tuple[SignatureEntry, ...]:
     """Parse concatenated EFI_SIGNATURE_LISTs; `where` names the source (file and variable) for errors."""
-    _check_list_sizes(data, where)
-    try:
-        database = efi_siglist.EfiSigDB(data)
-    except (ValueError, RuntimeError, struct.error, IndexError) as exc:
-        raise SignatureListError(f"{where}: malformed EFI_SIGNATURE_LIST: {exc}") from exc
     entries: list[SignatureEntry] = []
-    for signature_list in database:
-        signature_type = uuid.UUID(str(signature_list.guid))
-        for signature in signature_list:
-            owner = uuid.UUID(str(signature["guid"]))
-            payload: bytes = signature["data"]
-            certificate = None
-            if signature_type == EFI_CERT_X509:
-                try:
-                    certificate = x509.load_der_x509_certificate(payload)
-                except ValueError:
-                    certificate = None
-            entries.append(SignatureEntry(signature_type, owner, payload, certificate))
-    return tuple(entries)
-
-
-def _check_list_sizes(data: bytes, where: str) -> None:
-    """Walk the list headers so that truncated or inconsistent sizes get an error with an offset."""
     offset = 0
     while offset < len(data):
-        if len(data) - offset < 28:
+        if len(data) - offset < _LIST_HEADER_SIZE:
             raise SignatureListError(
                 f"{where}: truncated EFI_SIGNATURE_LIST header at byte offset {offset} "
-                f"({len(data) - offset} bytes left, 28 needed)"
+                f"({len(data) - offset} bytes left, {_LIST_HEADER_SIZE} needed)"
             )
         list_size, header_size, signature_size = struct.unpack_from("<III", data, offset + 16)
-        body = list_size - 28 - header_size
-        if list_size < 28 or body < 0 or offset + list_size > len(data):
+        body = list_size - _LIST_HEADER_SIZE - header_size
+        if list_size < _LIST_HEADER_SIZE or body < 0 or offset + list_size > len(data):
             raise SignatureListError(
                 f"{where}: EFI_SIGNATURE_LIST at byte offset {offset} declares size {list_size}, "
                 f"which does not fit the {len(data) - offset} bytes left"
@@ -74,7 +52,35 @@ def _check_list_sizes(data: bytes, where: str) -> None:
                 f"{where}: EFI_SIGNATURE_LIST at byte offset {offset} has signature size "
                 f"{signature_size}, which does not divide its {body}-byte body into whole entries"
             )
+        signature_type = _guid(data[offset : offset + 16])
+        is_x509 = signature_type == EFI_CERT_X509
+        position = offset + _LIST_HEADER_SIZE + header_size
+        for _ in range(body // signature_size):
+            owner = _guid(data[position : position + 16])
+            payload = data[position + 16 : position + signature_size]
+            entries.append(
+                SignatureEntry(signature_type, owner, payload, _certificate(payload) if is_x509 else None)
+            )
+            position += signature_size
         offset += list_size
+    return tuple(entries)
+
+
+_LIST_HEADER_SIZE = 28  # SignatureType GUID + SignatureListSize + SignatureHeaderSize + SignatureSize
+
+
+@functools.lru_cache(maxsize=256)
+def _guid(raw: bytes) -> uuid.UUID:
+    """A GUID in EFI (mixed-endian) byte order; cached: a dbx repeats a few owners hundreds of times."""
+    return uuid.UUID(bytes_le=raw)
+
+
+def _certificate(der: bytes) -> x509.Certificate | None:
+    """The X.509 certificate of an entry, or None when its data is not a DER certificate."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
 
 
 def certificates(entries: Iterable[SignatureEntry]) -> list[x509.Certificate]:
