@@ -34,6 +34,7 @@ class Check(StrEnum):
     BOOT_APPLICATION = "BootApplicationNotAllowed"
     KERNEL_CMDLINE = "KernelCmdlineNotAllowed"
     SEPARATOR = "SeparatorInvalid"
+    EVENT_DATA = "EventDataNotMeasured"  # event data not bound to its quoted digest, or a hidden PCR4 load
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from trustedlaunch import __version__
+from trustedlaunch.cli import attest, eventlog, image, verify
 
 app = typer.Typer(
     name="tl",
@@ -14,6 +15,10 @@ app = typer.Typer(
 )
 
 # Sub-apps register here, one line each (keep alphabetical):
+app.add_typer(attest.attest_app, name="attest")
+app.add_typer(eventlog.eventlog_app, name="eventlog")
+app.add_typer(image.app, name="image")
+app.add_typer(verify.policy_app, name="policy")
 
 
 @app.command()

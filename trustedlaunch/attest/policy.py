@@ -1,0 +1,691 @@
+"""Attestation policy: what a node pool accepts as a good boot, and its evaluation against a boot summary.
+
+Every policy check of the project lives in this module. A policy is a JSON document (schema version 1)::
+
+    {
+      "version": 1,
+      "secureBoot": true,                       # true / false / null (= either)
+      "pk":  {"variableDigests": [hex], "allowedEntries": [hex], "requiredEntries": [hex]},  # or null
+      "kek": {...same shape...},                # or null (= any)
+      "db":  {...same shape...},                # or null (= any)
+      "dbx": {"requiredEntries": [hex]},        # revocations that MUST be in the measured dbx
+      "bootApplications": [                     # or null (= any); ordered, one step per loaded app
+        {"component": "shim", "digests": [hex]},
+        {"component": "grub", "digests": [hex]},
+        {"component": "kernel", "digests": [hex]}
+      ],
+      "kernelCmdline": {"exact": "..." | null, "requiredTokens": ["ro"], "forbiddenTokens": ["init="]},
+      "requireValidSeparators": true
+    }
+
+All hex values are lowercase-insensitive SHA-256 values (64 hex digits):
+
+* a *variable digest* is SHA-256 of the whole measured variable data (the EFI_SIGNATURE_LISTs);
+* an *entry* of a signature database is identified by SHA-256 of the DER certificate for X.509
+  entries, by the hash itself for EFI_CERT_SHA256 entries, and by the TBS hash for EFI_CERT_X509_SHA256
+  entries (other types: SHA-256 of the entry data).
+
+A PK/KEK/db variable passes when its variable digest is listed, or else when every entry it holds is in
+``allowedEntries``; in both cases every ``requiredEntries`` value must be present. A forbidden
+kernel-cmdline token ending in ``=`` forbids every token with that prefix (``init=`` forbids
+``init=/bin/sh``); other forbidden and required tokens match whole tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trustedlaunch.attest.findings import Check, Finding
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.eventlog.model import BootApplication, BootSummary, MeasuredVariable, SignatureEntry
+from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256
+
+POLICY_VERSION = 1
+SECURE_BOOT_PCR = 7
+BOOT_APPLICATION_PCR = 4
+KERNEL_CMDLINE_PCR = 8
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_CMDLINE_TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
+
+
+class PolicyError(TrustedLaunchError):
+    """A policy document that cannot be loaded; the message names the file and the offending field."""
+
+
+@dataclass(frozen=True)
+class VariablePolicy:
+    """Allowed content of one signature-database variable (PK, KEK or db)."""
+
+    variable_digests: frozenset[str] = frozenset()
+    allowed_entries: frozenset[str] = frozenset()
+    required_entries: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class BootStep:
+    """One position of the boot chain: the component name and the Authenticode digests allowed there."""
+
+    component: str
+    digests: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CmdlineRules:
+    """Rules on the measured kernel command line."""
+
+    exact: str | None = None
+    required_tokens: tuple[str, ...] = ()
+    forbidden_tokens: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no rule is set."""
+        return self.exact is None and not self.required_tokens and not self.forbidden_tokens
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An attestation policy of a node pool (see the module docstring for the JSON schema)."""
+
+    secure_boot: bool | None = None
+    pk: VariablePolicy | None = None
+    kek: VariablePolicy | None = None
+    db: VariablePolicy | None = None
+    dbx_required_entries: frozenset[str] = frozenset()
+    boot_applications: tuple[BootStep, ...] | None = None
+    kernel_cmdline: CmdlineRules = field(default_factory=CmdlineRules)
+    require_valid_separators: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as a JSON-ready dict (the documented schema, sorted lists)."""
+        return {
+            "version": POLICY_VERSION,
+            "secureBoot": self.secure_boot,
+            "pk": _variable_policy_to_dict(self.pk),
+            "kek": _variable_policy_to_dict(self.kek),
+            "db": _variable_policy_to_dict(self.db),
+            "dbx": {"requiredEntries": sorted(self.dbx_required_entries)},
+            "bootApplications": None
+            if self.boot_applications is None
+            else [{"component": s.component, "digests": sorted(s.digests)} for s in self.boot_applications],
+            "kernelCmdline": {
+                "exact": self.kernel_cmdline.exact,
+                "requiredTokens": list(self.kernel_cmdline.required_tokens),
+                "forbiddenTokens": list(self.kernel_cmdline.forbidden_tokens),
+            },
+            "requireValidSeparators": self.require_valid_separators,
+        }
+
+    def to_json(self) -> str:
+        """The policy as an indented JSON document."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, document: object, *, source: str = "policy") -> Policy:
+        """Build a policy from its JSON form; raise PolicyError naming `source` and the bad field."""
+        return _PolicyReader(source).read(document)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "policy") -> Policy:
+        """Parse a policy JSON document; raise PolicyError on bad JSON or a bad field."""
+        try:
+            document = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"{source}: not a valid JSON document: {exc}") from None
+        return cls.from_dict(document, source=source)
+
+    def describe(self) -> dict[str, Any]:
+        """A short JSON-friendly summary of what the policy enforces, for operators."""
+
+        def variable(name: str, rule: VariablePolicy | None) -> str:
+            if rule is None:
+                return f"any {name}"
+            return (
+                f"{len(rule.variable_digests)} allowed variable digest(s), "
+                f"{len(rule.allowed_entries)} allowed entr(y/ies), {len(rule.required_entries)} required"
+            )
+
+        return {
+            "secureBoot": {True: "must be enabled", False: "must be disabled", None: "either"}[
+                self.secure_boot
+            ],
+            "pk": variable("PK", self.pk),
+            "kek": variable("KEK", self.kek),
+            "db": variable("db", self.db),
+            "dbx": f"{len(self.dbx_required_entries)} required revocation(s)",
+            "bootChain": "any"
+            if self.boot_applications is None
+            else [f"{s.component} ({len(s.digests)} digest(s))" for s in self.boot_applications],
+            "kernelCmdline": "any"
+            if self.kernel_cmdline.is_empty
+            else {
+                "exact": self.kernel_cmdline.exact,
+                "requiredTokens": list(self.kernel_cmdline.required_tokens),
+                "forbiddenTokens": list(self.kernel_cmdline.forbidden_tokens),
+            },
+            "separators": "must be valid" if self.require_valid_separators else "not checked",
+        }
+
+
+def load_policy(path: Path) -> Policy:
+    """Read a policy JSON file; raise PolicyError naming the file and the bad field."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    return Policy.from_json(text, source=f"policy file {path}")
+
+
+def _variable_policy_to_dict(rule: VariablePolicy | None) -> dict[str, list[str]] | None:
+    if rule is None:
+        return None
+    return {
+        "variableDigests": sorted(rule.variable_digests),
+        "allowedEntries": sorted(rule.allowed_entries),
+        "requiredEntries": sorted(rule.required_entries),
+    }
+
+
+class _PolicyReader:
+    """Validates a decoded policy document field by field, naming the field in every error."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, problem: str) -> PolicyError:
+        return PolicyError(f"{self.source}: field '{path}': {problem}")
+
+    def read(self, document: object) -> Policy:
+        top = self.mapping(document, "(top level)", required=set(), optional=_TOP_LEVEL_FIELDS)
+        version = top.get("version", POLICY_VERSION)
+        if version != POLICY_VERSION:
+            raise self.fail("version", f"unsupported policy version {version!r} (this verifier reads 1)")
+        secure_boot = top.get("secureBoot")
+        if secure_boot is not None and not isinstance(secure_boot, bool):
+            raise self.fail("secureBoot", f"expected true, false or null, got {secure_boot!r}")
+        separators = top.get("requireValidSeparators", True)
+        if not isinstance(separators, bool):
+            raise self.fail("requireValidSeparators", f"expected true or false, got {separators!r}")
+        dbx = top.get("dbx")
+        dbx_required: frozenset[str] = frozenset()
+        if dbx is not None:
+            dbx_fields = self.mapping(dbx, "dbx", required=set(), optional={"requiredEntries"})
+            dbx_required = self.digests(dbx_fields.get("requiredEntries", []), "dbx.requiredEntries")
+        return Policy(
+            secure_boot=secure_boot,
+            pk=self.variable(top.get("pk"), "pk"),
+            kek=self.variable(top.get("kek"), "kek"),
+            db=self.variable(top.get("db"), "db"),
+            dbx_required_entries=dbx_required,
+            boot_applications=self.boot_steps(top.get("bootApplications")),
+            kernel_cmdline=self.cmdline(top.get("kernelCmdline")),
+            require_valid_separators=separators,
+        )
+
+    def mapping(
+        self, value: object, path: str, *, required: set[str], optional: set[str]
+    ) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected an object, got {type(value).__name__}")
+        unknown = sorted(set(value) - required - optional)
+        if unknown:
+            known = ", ".join(sorted(required | optional))
+            raise self.fail(path, f"unknown field(s) {', '.join(unknown)} (known: {known})")
+        missing = sorted(required - set(value))
+        if missing:
+            raise self.fail(path, f"missing required field(s) {', '.join(missing)}")
+        return value
+
+    def digests(self, value: object, path: str) -> frozenset[str]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list of SHA-256 hex strings, got {type(value).__name__}")
+        result = set()
+        for position, item in enumerate(value):
+            text = item.lower() if isinstance(item, str) else None
+            if text is None or not _SHA256_HEX.fullmatch(text):
+                raise self.fail(f"{path}[{position}]", f"expected 64 hex digits (SHA-256), got {item!r}")
+            result.add(text)
+        return frozenset(result)
+
+    def strings(self, value: object, path: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise self.fail(path, f"expected a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    def variable(self, value: object, path: str) -> VariablePolicy | None:
+        if value is None:
+            return None
+        fields = self.mapping(
+            value, path, required=set(), optional={"variableDigests", "allowedEntries", "requiredEntries"}
+        )
+        rule = VariablePolicy(
+            variable_digests=self.digests(fields.get("variableDigests", []), f"{path}.variableDigests"),
+            allowed_entries=self.digests(fields.get("allowedEntries", []), f"{path}.allowedEntries"),
+            required_entries=self.digests(fields.get("requiredEntries", []), f"{path}.requiredEntries"),
+        )
+        if not rule.variable_digests and not rule.allowed_entries:
+            raise self.fail(path, "needs variableDigests or allowedEntries (use null to allow any content)")
+        return rule
+
+    def boot_steps(self, value: object) -> tuple[BootStep, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.fail("bootApplications", f"expected a list of steps, got {type(value).__name__}")
+        steps = []
+        for position, item in enumerate(value):
+            path = f"bootApplications[{position}]"
+            fields = self.mapping(item, path, required={"component", "digests"}, optional=set())
+            component = fields["component"]
+            if not isinstance(component, str) or not component:
+                raise self.fail(f"{path}.component", f"expected a non-empty string, got {component!r}")
+            digests = self.digests(fields["digests"], f"{path}.digests")
+            if not digests:
+                raise self.fail(f"{path}.digests", "a step needs at least one allowed digest")
+            steps.append(BootStep(component, digests))
+        return tuple(steps)
+
+    def cmdline(self, value: object) -> CmdlineRules:
+        if value is None:
+            return CmdlineRules()
+        fields = self.mapping(
+            value, "kernelCmdline", required=set(), optional={"exact", "requiredTokens", "forbiddenTokens"}
+        )
+        exact = fields.get("exact")
+        if exact is not None and not isinstance(exact, str):
+            raise self.fail("kernelCmdline.exact", f"expected a string or null, got {exact!r}")
+        return CmdlineRules(
+            exact=exact,
+            required_tokens=self.strings(fields.get("requiredTokens", []), "kernelCmdline.requiredTokens"),
+            forbidden_tokens=self.strings(fields.get("forbiddenTokens", []), "kernelCmdline.forbiddenTokens"),
+        )
+
+
+_TOP_LEVEL_FIELDS = {
+    "version",
+    "secureBoot",
+    "pk",
+    "kek",
+    "db",
+    "dbx",
+    "bootApplications",
+    "kernelCmdline",
+    "requireValidSeparators",
+}
+
+
+# --- identifiers of measured content -------------------------------------------------------------
+
+
+def entry_id(entry: SignatureEntry) -> str:
+    """The policy identifier of a signature-database entry (see the module docstring)."""
+    if entry.signature_type == EFI_CERT_SHA256:
+        return entry.data.hex()
+    if entry.signature_type == EFI_CERT_X509_SHA256:
+        return entry.data[:32].hex()
+    return hashlib.sha256(entry.data).hexdigest()
+
+
+_VARIABLE_FACTS_LIMIT = 4096
+_variable_facts_cache: dict[bytes, tuple[str, frozenset[str]]] = {}
+
+
+def _variable_facts(variable: MeasuredVariable) -> tuple[str, frozenset[str]]:
+    """(variable digest, entry ids) of a variable, memoised by its data (its entries are parsed from it).
+
+    Verifiers evaluate the same few PK/KEK/db/dbx contents over and over; a dbx holds hundreds of entries.
+    """
+    facts = _variable_facts_cache.get(variable.data)
+    if facts is None:
+        if len(_variable_facts_cache) >= _VARIABLE_FACTS_LIMIT:
+            _variable_facts_cache.clear()
+        facts = (variable_digest(variable), frozenset(entry_id(entry) for entry in variable.signatures))
+        _variable_facts_cache[variable.data] = facts
+    return facts
+
+
+def variable_digest(variable: MeasuredVariable) -> str:
+    """SHA-256 (hex) of the whole measured variable data."""
+    return hashlib.sha256(variable.data).hexdigest()
+
+
+def component_from_path(device_path: str, position: int) -> str:
+    """Name a boot application from its file name: shim, grub, kernel, else 'boot application #n'."""
+    file_name = _file_name(device_path).lower()
+    if file_name.startswith(("bootx64", "bootaa64", "shim")):
+        return "shim"
+    if file_name.startswith("grub"):
+        return "grub"
+    if file_name.startswith(("vmlinuz", "linux", "bzimage")):
+        return "kernel"
+    return f"boot application #{position + 1}"
+
+
+def boot_app_components(apps: Iterable[BootApplication]) -> list[str]:
+    """Component names of the boot applications in load order (see component_from_path).
+
+    An image without a file name loaded after GRUB is the kernel: GRUB (through shim) loads it from memory.
+    """
+    names: list[str] = []
+    for position, app in enumerate(apps):
+        name = component_from_path(app.device_path, position)
+        if not _file_name(app.device_path) and names and names[-1] in ("grub", "kernel"):
+            name = "kernel"
+        names.append(name)
+    return names
+
+
+def _file_name(device_path: str) -> str:
+    path = device_path.rstrip(")\x00 ")
+    return path[max(path.rfind("\\"), path.rfind("/")) + 1 :]
+
+
+def cmdline_tokens(cmdline: str) -> list[str]:
+    """Split a kernel command line into tokens the way the kernel does (double quotes group)."""
+    return _CMDLINE_TOKEN.findall(cmdline)
+
+
+def _short(hex_digest: str) -> str:
+    return f"{hex_digest[:8]}…{hex_digest[-4:]}"
+
+
+def _short_list(values: Iterable[str], limit: int = 4) -> str:
+    ordered = sorted(values)
+    shown = ", ".join(_short(value) for value in ordered[:limit])
+    return shown + (f" (+{len(ordered) - limit} more)" if len(ordered) > limit else "")
+
+
+# --- derivation ----------------------------------------------------------------------------------
+
+
+def policy_from_summary(summary: BootSummary) -> Policy:
+    """Derive a reference policy that accepts exactly the boot described by a known-good summary."""
+
+    def pin(name: str) -> VariablePolicy | None:
+        variable = summary.variables.get(name)
+        if variable is None:
+            return None
+        entries = frozenset(entry_id(entry) for entry in variable.signatures)
+        return VariablePolicy(frozenset({variable_digest(variable)}), entries, entries)
+
+    steps = []
+    for app, name in zip(summary.boot_apps, boot_app_components(summary.boot_apps), strict=True):
+        if "sha256" not in app.event.digests:
+            raise PolicyError(
+                f"cannot derive a boot-application policy: event #{app.event.index} "
+                f"({app.device_path or name}) has no SHA-256 digest (SHA-1-only log)"
+            )
+        steps.append(BootStep(name, frozenset({app.digest("sha256").hex()})))
+    dbx = summary.variables.get("dbx")
+    return Policy(
+        secure_boot=summary.secure_boot,
+        pk=pin("PK"),
+        kek=pin("KEK"),
+        db=pin("db"),
+        dbx_required_entries=frozenset(entry_id(e) for e in dbx.signatures) if dbx else frozenset(),
+        boot_applications=tuple(steps),
+        kernel_cmdline=CmdlineRules(exact=summary.kernel_cmdline),
+        require_valid_separators=True,
+    )
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def evaluate(policy: Policy, summary: BootSummary) -> list[Finding]:
+    """Check a boot summary against a policy; return every failure (an empty list means it passes)."""
+    findings: list[Finding] = []
+    findings.extend(_check_secure_boot(policy, summary))
+    for name, check, rule in (
+        ("PK", Check.PLATFORM_KEY, policy.pk),
+        ("KEK", Check.KEY_EXCHANGE_KEY, policy.kek),
+        ("db", Check.SIGNATURE_DB, policy.db),
+    ):
+        if rule is not None:
+            findings.extend(_check_variable(name, check, rule, summary.variables.get(name)))
+    if policy.dbx_required_entries:
+        findings.extend(_check_dbx(policy.dbx_required_entries, summary.variables.get("dbx")))
+    if policy.boot_applications is not None:
+        findings.extend(_check_boot_applications(policy.boot_applications, summary.boot_apps))
+    if not policy.kernel_cmdline.is_empty:
+        findings.extend(_check_cmdline(policy.kernel_cmdline, summary))
+    if policy.require_valid_separators and not summary.separators_ok:
+        findings.append(
+            Finding(
+                Check.SEPARATOR,
+                "firmware",
+                "an EV_SEPARATOR event does not carry the normal value 0x00000000: the firmware reported "
+                "an error while measuring the pre-OS environment",
+            )
+        )
+    return findings
+
+
+def _check_secure_boot(policy: Policy, summary: BootSummary) -> list[Finding]:
+    if policy.secure_boot is None or summary.secure_boot == policy.secure_boot:
+        return []
+    variable = summary.variables.get("SecureBoot")
+    wanted = "enabled" if policy.secure_boot else "disabled"
+    if summary.secure_boot is None:
+        state = "not measured (no or an empty SecureBoot variable in PCR7)"
+    else:
+        state = "enabled" if summary.secure_boot else "disabled"
+    where = f" (SecureBoot variable, event #{variable.event.index})" if variable else ""
+    return [
+        Finding(
+            Check.SECURE_BOOT,
+            "firmware",
+            f"Secure Boot is {state}{where} but the policy requires it {wanted}",
+            pcr=variable.event.pcr if variable else SECURE_BOOT_PCR,
+            event_index=variable.event.index if variable else None,
+        )
+    ]
+
+
+def _check_variable(
+    name: str, check: Check, rule: VariablePolicy, variable: MeasuredVariable | None
+) -> list[Finding]:
+    if variable is None:
+        return [
+            Finding(
+                check,
+                name,
+                f"{name} was not measured into PCR7, so its content cannot be checked against the policy",
+                pcr=SECURE_BOOT_PCR,
+            )
+        ]
+    findings = []
+    where = {"pcr": variable.event.pcr, "event_index": variable.event.index}
+    digest, present = _variable_facts(variable)
+    if digest not in rule.variable_digests:
+        if not rule.allowed_entries:
+            findings.append(
+                Finding(
+                    check,
+                    name,
+                    f"{name} content (SHA-256 {digest}) is not in the policy's allowed variable digests: "
+                    f"{_short_list(rule.variable_digests)}",
+                    **where,
+                )
+            )
+        else:
+            extra = present - rule.allowed_entries
+            if extra:
+                findings.append(
+                    Finding(
+                        check,
+                        name,
+                        f"{name} holds {len(extra)} entr(y/ies) the policy does not allow: "
+                        f"{', '.join(_describe_entries(variable, extra))}",
+                        **where,
+                    )
+                )
+    missing = rule.required_entries - present
+    if missing:
+        findings.append(
+            Finding(
+                check,
+                name,
+                f"{name} lacks {len(missing)} entr(y/ies) the policy requires: {', '.join(sorted(missing))}",
+                **where,
+            )
+        )
+    return findings
+
+
+def _describe_entries(variable: MeasuredVariable, ids: AbstractSet[str]) -> list[str]:
+    described = []
+    for entry in variable.signatures:
+        identifier = entry_id(entry)
+        if identifier in ids:
+            if entry.certificate is not None:
+                described.append(f"certificate '{entry.certificate.subject.rfc4514_string()}' ({identifier})")
+            else:
+                described.append(identifier)
+            ids = ids - {identifier}
+    return described
+
+
+def _check_dbx(required: frozenset[str], dbx: MeasuredVariable | None) -> list[Finding]:
+    if dbx is None:
+        return [
+            Finding(
+                Check.FORBIDDEN_DB,
+                "dbx",
+                f"dbx was not measured into PCR7; the policy requires {len(required)} revocation(s) in it",
+                pcr=SECURE_BOOT_PCR,
+            )
+        ]
+    missing = required - _variable_facts(dbx)[1]
+    if not missing:
+        return []
+    return [
+        Finding(
+            Check.FORBIDDEN_DB,
+            "dbx",
+            f"dbx is older than the policy: {len(missing)} required revocation(s) missing: "
+            f"{', '.join(sorted(missing))}",
+            pcr=dbx.event.pcr,
+            event_index=dbx.event.index,
+        )
+    ]
+
+
+def _check_boot_applications(steps: tuple[BootStep, ...], apps: tuple[BootApplication, ...]) -> list[Finding]:
+    findings = []
+    for position, app in enumerate(apps[: len(steps)]):
+        step = steps[position]
+        digest = app.event.digests.get("sha256")
+        if digest is not None and digest.hex() in step.digests:
+            continue
+        if digest is None:
+            problem = f"has no SHA-256 digest in the log (banks: {', '.join(app.event.digests)})"
+        else:
+            problem = (
+                f"digest {digest.hex()} is not in the pool's image policy for {step.component} "
+                f"(step {position + 1}); allowed: {_short_list(step.digests)}"
+            )
+        findings.append(
+            Finding(
+                Check.BOOT_APPLICATION,
+                step.component,
+                f"{_app_label(app, position)} {problem}",
+                pcr=app.event.pcr,
+                event_index=app.event.index,
+            )
+        )
+    if len(apps) > len(steps):
+        chain = " -> ".join(s.component for s in steps) or "none"
+        names = boot_app_components(apps)
+        for position in range(len(steps), len(apps)):
+            app = apps[position]
+            findings.append(
+                Finding(
+                    Check.BOOT_APPLICATION,
+                    names[position],
+                    f"{_app_label(app, position)} is boot application #{position + 1} but the policy allows "
+                    f"only {len(steps)} ({chain})",
+                    pcr=app.event.pcr,
+                    event_index=app.event.index,
+                )
+            )
+    for position in range(len(apps), len(steps)):
+        findings.append(
+            Finding(
+                Check.BOOT_APPLICATION,
+                steps[position].component,
+                f"the policy expects {steps[position].component} as boot application #{position + 1} "
+                f"but only {len(apps)} were loaded",
+                pcr=BOOT_APPLICATION_PCR,
+            )
+        )
+    return findings
+
+
+def _app_label(app: BootApplication, position: int) -> str:
+    file_name = _file_name(app.device_path)
+    return f"{file_name} ({app.device_path})" if file_name else f"boot application #{position + 1}"
+
+
+def _check_cmdline(rules: CmdlineRules, summary: BootSummary) -> list[Finding]:
+    event = summary.kernel_cmdline_event
+    where = {
+        "pcr": event.pcr if event else KERNEL_CMDLINE_PCR,
+        "event_index": event.index if event else None,
+    }
+    cmdline = summary.kernel_cmdline
+    if cmdline is None:
+        return [
+            Finding(
+                Check.KERNEL_CMDLINE,
+                "kernel",
+                "no kernel command line was measured, but the policy has command-line rules",
+                **where,
+            )
+        ]
+    findings = []
+    if rules.exact is not None and cmdline != rules.exact:
+        differs_at = next(
+            (i for i, (a, b) in enumerate(zip(cmdline, rules.exact, strict=False)) if a != b),
+            min(len(cmdline), len(rules.exact)),
+        )
+        findings.append(
+            Finding(
+                Check.KERNEL_CMDLINE,
+                "kernel",
+                f"kernel command line {cmdline!r} differs from the policy's exact {rules.exact!r} "
+                f"from character {differs_at} on",
+                **where,
+            )
+        )
+    tokens = cmdline_tokens(cmdline)
+    for forbidden in rules.forbidden_tokens:
+        hits = [t for t in tokens if (t.startswith(forbidden) if forbidden.endswith("=") else t == forbidden)]
+        if hits:
+            findings.append(
+                Finding(
+                    Check.KERNEL_CMDLINE,
+                    "kernel",
+                    f"kernel command line has forbidden token(s) {', '.join(hits)} (rule {forbidden!r})",
+                    **where,
+                )
+            )
+    missing = [token for token in rules.required_tokens if token not in tokens]
+    if missing:
+        findings.append(
+            Finding(
+                Check.KERNEL_CMDLINE,
+                "kernel",
+                f"kernel command line lacks required token(s) {', '.join(missing)}",
+                **where,
+            )
+        )
+    return findings

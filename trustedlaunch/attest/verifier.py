@@ -1,0 +1,251 @@
+"""The attestation verifier: evidence in, verdict out.
+
+Order of checks: size limits -> AK and event-log parsing -> replay -> quote (signature, nonce, PCR digest,
+clock) against the replayed PCRs -> the quote covers every PCR the log extends -> the data of every event
+the policy reads hashes to its digest -> boot summary -> policy. A failure before the policy stops
+verification (nothing later can be trusted) with one finding, or one per edited event; policy failures
+are all reported together.
+
+A node re-attests with the same event log until it reboots, and the nodes of a pool boot the same
+images, so parsed logs (replay and summary included) are cached by their exact bytes (BOOT_CACHE_SIZE
+logs, least recently used dropped first). Everything tied to the quote (signature, nonce, PCR digest,
+clock) and the policy evaluation run on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from trustedlaunch.attest.evidence import Evidence, PcrValues
+from trustedlaunch.attest.findings import AttestationError, Check, Finding
+from trustedlaunch.attest.policy import (
+    BOOT_APPLICATION_PCR,
+    KERNEL_CMDLINE_PCR,
+    Policy,
+    boot_app_components,
+    evaluate,
+)
+from trustedlaunch.attest.quote import ClockState, verify_quote
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.eventlog.model import BootSummary, Event, EventLog, EventLogError
+from trustedlaunch.eventlog.parser import parse_event_log
+from trustedlaunch.eventlog.replay import PCR_COUNT, initial_pcr_value, replay
+from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.eventlog.types import (
+    EV_EFI_ACTION,
+    EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EFI_VARIABLE_DRIVER_CONFIG,
+    EV_IPL,
+    EV_NO_ACTION,
+    EV_SEPARATOR,
+)
+from trustedlaunch.tpm.structures import TpmStructureError, TpmtPublic, parse_tpmt_public
+
+REQUIRED_BANK = "sha256"
+BOOT_CACHE_SIZE = 256
+_BOOT_APPLICATION_PCR_TYPES = frozenset(
+    {EV_EFI_BOOT_SERVICES_APPLICATION, EV_EFI_ACTION, EV_SEPARATOR, EV_NO_ACTION}
+)
+_DATA_HASHED_TYPES = frozenset({EV_EFI_VARIABLE_DRIVER_CONFIG, EV_SEPARATOR, EV_EFI_ACTION})
+STUB_CMDLINE_PCR = 12  # systemd-boot / the EFI stub measure the kernel command line here
+# GRUB measures its commands and the kernel command line as a string logged after one of these prefixes.
+GRUB_STRING_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_cmd ", b"grub_kernel_cmdline ")
+
+
+@dataclass(frozen=True)
+class AttestationResult:
+    """The verdict on one piece of evidence."""
+
+    ok: bool
+    findings: tuple[Finding, ...]
+    summary: BootSummary | None = None  # None when verification stopped before the summary
+    replayed_pcrs: PcrValues = field(default_factory=dict)  # bank -> PCR -> value the log replays to
+    clock: ClockState | None = None  # store it for the node and pass it as last_clock next time
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form of the verdict."""
+        return {
+            "ok": self.ok,
+            "findings": [finding.to_dict() for finding in self.findings],
+            "clock": None
+            if self.clock is None
+            else {"resetCount": self.clock.reset_count, "clock": self.clock.clock},
+            "replayedPcrs": {
+                bank: {str(pcr): value.hex() for pcr, value in sorted(values.items())}
+                for bank, values in self.replayed_pcrs.items()
+            },
+            "boot": None if self.summary is None else summary_to_dict(self.summary),
+        }
+
+
+def summary_to_dict(summary: BootSummary) -> dict[str, Any]:
+    """The parts of a boot summary an operator looks at, JSON-ready."""
+    return {
+        "secureBoot": summary.secure_boot,
+        "variables": {
+            name: {"pcr": var.event.pcr, "eventIndex": var.event.index, "entries": len(var.signatures)}
+            for name, var in summary.variables.items()
+        },
+        "bootApplications": [
+            {
+                "component": component,
+                "devicePath": app.device_path,
+                "pcr": app.event.pcr,
+                "eventIndex": app.event.index,
+                "digests": {bank: digest.hex() for bank, digest in app.event.digests.items()},
+            }
+            for app, component in zip(summary.boot_apps, boot_app_components(summary.boot_apps), strict=True)
+        ],
+        "kernelCmdline": summary.kernel_cmdline,
+        "separatorsOk": summary.separators_ok,
+        "notes": list(summary.notes),
+    }
+
+
+def _log_finding(error: TrustedLaunchError) -> Finding:
+    event_index = error.event_index if isinstance(error, EventLogError) else None
+    return Finding(Check.EVIDENCE_FORMAT, "event log", str(error), event_index=event_index)
+
+
+def _rejected(finding: Finding, replayed: PcrValues | None = None) -> AttestationResult:
+    return AttestationResult(False, (finding,), replayed_pcrs=replayed or {})
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ak(ak_public: bytes) -> TpmtPublic:
+    """Parse an AK public area once per distinct key (a verifier sees the same node AKs again and again)."""
+    return parse_tpmt_public(ak_public)
+
+
+@functools.lru_cache(maxsize=64)
+def _startup_values(bank: str, startup_locality: int) -> dict[int, bytes]:
+    return {pcr: initial_pcr_value(bank, pcr, startup_locality) for pcr in range(PCR_COUNT)}
+
+
+class _Boot:
+    """A parsed and replayed event log; its summary is made on first use (after the quote passed)."""
+
+    def __init__(self, event_log: bytes):
+        self.log = parse_event_log(event_log)
+        self.replayed = replay(self.log)
+        startup = self.log.startup_locality
+        # the quote may also select PCRs the log never extends: those hold their TPM2_Startup value
+        self.expected = {
+            bank: _startup_values(bank, startup) | values for bank, values in self.replayed.items()
+        }
+        self.unbound_events = event_data_findings(self.log)
+        self._summary: BootSummary | None = None
+
+    def summary(self) -> BootSummary:
+        if self._summary is None:
+            self._summary = summarize(self.log)
+        return self._summary
+
+
+def _data_is_measured(event: Event, digest: bytes) -> bool | None:
+    """Whether the event's digest is the SHA-256 of its data, for the events the summary and policy read
+    (None for other events). GRUB strings are hashed with or without their NUL, depending on the version."""
+    event_type = event.event_type
+    if event_type in _DATA_HASHED_TYPES or (event_type == EV_IPL and event.pcr == STUB_CMDLINE_PCR):
+        return hashlib.sha256(event.data).digest() == digest
+    if event_type == EV_IPL and event.pcr == KERNEL_CMDLINE_PCR:
+        for prefix in GRUB_STRING_PREFIXES:
+            if event.data.startswith(prefix):
+                text = event.data[len(prefix) :]
+                return digest in (
+                    hashlib.sha256(text).digest(),
+                    hashlib.sha256(text.rstrip(b"\x00")).digest(),
+                )
+    return None
+
+
+def event_data_findings(log: EventLog) -> list[Finding]:
+    """Events whose content the quote does not vouch for: data (Secure Boot variables, separators, actions,
+    GRUB strings, cmdline) that does not hash to its SHA-256 digest, and PCR4 events of a type that hides
+    what was loaded (a boot application re-labelled keeps its digest, so the replay still matches)."""
+    findings = []
+    for event in log.events:
+        digest = event.digests.get(REQUIRED_BANK)
+        if digest is None:
+            continue
+        if _data_is_measured(event, digest) is False:
+            problem = (
+                f"{event.type_name} data does not hash to its measured SHA-256 digest {digest.hex()}: "
+                "the event was edited after it was measured"
+            )
+        elif event.pcr == BOOT_APPLICATION_PCR and event.event_type not in _BOOT_APPLICATION_PCR_TYPES:
+            problem = (
+                f"{event.type_name} in PCR{event.pcr} is not a boot application, an EV_EFI_ACTION or a "
+                "separator: what it loaded cannot be checked (a re-labelled boot application?)"
+            )
+        else:
+            continue
+        findings.append(
+            Finding(Check.EVENT_DATA, "event log", problem, pcr=event.pcr, event_index=event.index)
+        )
+    return findings
+
+
+@functools.lru_cache(maxsize=BOOT_CACHE_SIZE)
+def _boot(event_log: bytes) -> _Boot:
+    return _Boot(event_log)
+
+
+def clear_boot_cache() -> None:
+    """Forget every cached parsed event log (e.g. to bound memory, or to time the cold path)."""
+    _boot.cache_clear()
+
+
+def verify(
+    evidence: Evidence, *, nonce: bytes, policy: Policy, last_clock: ClockState | None = None
+) -> AttestationResult:
+    """Verify evidence against a nonce, a policy and the node's last clock state; never raises on bad
+    evidence (every problem becomes a finding)."""
+    problems = evidence.size_problems()
+    if problems:
+        return _rejected(Finding(Check.EVIDENCE_FORMAT, "evidence", "; ".join(problems)))
+    try:
+        ak = _parse_ak(evidence.ak_public)
+    except TpmStructureError as exc:
+        return _rejected(Finding(Check.EVIDENCE_FORMAT, "AK", f"the AK public area does not parse: {exc}"))
+    try:
+        boot = _boot(evidence.event_log)
+    except TrustedLaunchError as exc:
+        return _rejected(_log_finding(exc))
+    replayed = {bank: dict(values) for bank, values in boot.replayed.items()}  # the caller's own copy
+    try:
+        quote = verify_quote(
+            ak,
+            evidence.quote,
+            evidence.signature,
+            nonce=nonce,
+            pcr_values=boot.expected,
+            last_clock=last_clock,
+            quoted_pcr_values=evidence.pcr_values,
+        )
+    except AttestationError as exc:
+        return _rejected(exc.finding, replayed)
+    uncovered = sorted(set(replayed.get(REQUIRED_BANK, {})) - set(quote.selected.get(REQUIRED_BANK, ())))
+    if uncovered:
+        names = ", ".join(f"PCR{pcr}" for pcr in uncovered)
+        return _rejected(
+            Finding(
+                Check.PCR_SELECTION,
+                "quote",
+                f"the quote does not cover {names}, which the event log extends: the events measured "
+                "there cannot be trusted; quote every PCR the log uses",
+                pcr=uncovered[0] if len(uncovered) == 1 else None,
+            ),
+            replayed,
+        )
+    if boot.unbound_events:
+        return AttestationResult(False, tuple(boot.unbound_events), replayed_pcrs=replayed)
+    try:
+        summary = boot.summary()
+    except TrustedLaunchError as exc:
+        return _rejected(_log_finding(exc), replayed)
+    findings = tuple(evaluate(policy, summary))
+    return AttestationResult(not findings, findings, summary, replayed, quote.clock)
