@@ -140,6 +140,22 @@ def test_grub_kernel_cmdline_hashes_to_its_measured_digest(testdata: Path) -> No
         assert hashlib.sha256(command.encode()).digest() == command_event.digests["sha256"]
 
 
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [
+        ("go-tpm-tools/eventlogs/ubuntu-2404-amd-sevsnp.bin", b"kernel_cmdline: "),
+        ("go-tpm-tools/eventlogs/rhel8-uefi.bin", b"grub_kernel_cmdline "),  # RHEL's GRUB wording
+    ],
+)
+def test_kernel_cmdline_event_is_the_measured_command_line(testdata: Path, name: str, prefix: bytes) -> None:
+    log = parse_event_log((testdata / name).read_bytes())
+    summary = summarize(log)
+    event = summary.kernel_cmdline_event
+    assert event is not None and summary.kernel_cmdline is not None
+    assert event.pcr == 8 and event.data.startswith(prefix)
+    assert hashlib.sha256(summary.kernel_cmdline.encode()).digest() == event.digests["sha256"]
+
+
 def test_cos_kernel_cmdline_comes_from_grub(testdata: Path) -> None:
     summary = _summary(testdata, "go-tpm-tools/eventlogs/cos-101-amd-sev.bin")
     assert summary.kernel_cmdline is not None

@@ -31,7 +31,7 @@ from trustedlaunch.eventlog.types import (
     EV_IPL,
     EV_SEPARATOR,
 )
-from trustedlaunch.uefi.siglist import EFI_CERT_X509, SignatureListError, parse_signature_lists
+from trustedlaunch.uefi.siglist import EFI_CERT_X509, SignatureListError, efi_guid, parse_signature_lists
 
 _VARIABLE_HEADER = struct.Struct("<16sQQ")  # VariableName GUID, UnicodeNameLength, VariableDataLength
 _IMAGE_LOAD_EVENT = struct.Struct("<QQQQ")  # location, length, link-time address, device path length
@@ -56,7 +56,8 @@ SEPARATOR_NORMAL = b"\x00\x00\x00\x00"
 SEPARATOR_ERROR = b"\xff\xff\xff\xff"
 SEPARATOR_WINDOWS = b"WBCL"  # Windows Boot Configuration Log separator, in PCR12..14
 GRUB_COMMAND_PREFIXES = ("grub_cmd: ", "grub_cmd ")
-GRUB_CMDLINE_PREFIXES = ("kernel_cmdline: ", "kernel_cmdline ")
+# RHEL's GRUB measures "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-... root=..." (image path first)
+GRUB_CMDLINE_PREFIXES = ("kernel_cmdline: ", "kernel_cmdline ", "grub_kernel_cmdline ")
 
 
 class VariableDataError(ValueError):
@@ -85,7 +86,7 @@ def decode_variable(event: Event) -> DecodedVariable:
             f"exceed the {len(raw)}-byte event"
         )
     name = raw[_VARIABLE_HEADER.size : name_end].decode("utf-16-le", errors="replace").rstrip("\x00")
-    return DecodedVariable(uuid.UUID(bytes_le=guid), name, raw[name_end : name_end + data_length])
+    return DecodedVariable(efi_guid(guid), name, raw[name_end : name_end + data_length])
 
 
 def _where(event: Event) -> str:
@@ -99,9 +100,7 @@ def _authority_signatures(variable: DecodedVariable) -> tuple[SignatureEntry, ..
     DER, whose owner is then taken to be the variable's vendor GUID.
     """
     data = variable.data
-    candidates = (
-        ((uuid.UUID(bytes_le=data[:16]), data[16:]), (variable.vendor_guid, data)) if len(data) > 16 else ()
-    )
+    candidates = ((efi_guid(data[:16]), data[16:]), (variable.vendor_guid, data)) if len(data) > 16 else ()
     for owner, der in candidates:
         try:
             certificate = x509.load_der_x509_certificate(der)
@@ -138,6 +137,8 @@ class _SummaryBuilder:
         self.grub_commands: list[str] = []
         self.grub_cmdline: str | None = None
         self.stub_cmdline: str | None = None
+        self.grub_cmdline_event: Event | None = None
+        self.stub_cmdline_event: Event | None = None
         self.separators_ok = True
         self.notes: list[str] = []
 
@@ -178,9 +179,11 @@ class _SummaryBuilder:
         for prefix in GRUB_CMDLINE_PREFIXES:
             if text.startswith(prefix):
                 self.grub_cmdline = text[len(prefix) :]
+                self.grub_cmdline_event = event
                 return
         if event.pcr == 12 and event.data[1:2] == b"\x00":
             self.stub_cmdline = text.strip()
+            self.stub_cmdline_event = event
 
     def event_tag(self, event: Event) -> None:
         if (
@@ -211,6 +214,9 @@ class _SummaryBuilder:
             boot_apps=tuple(self.boot_apps),
             grub_commands=tuple(self.grub_commands),
             kernel_cmdline=self.grub_cmdline if self.grub_cmdline is not None else self.stub_cmdline,
+            kernel_cmdline_event=self.grub_cmdline_event
+            if self.grub_cmdline is not None
+            else self.stub_cmdline_event,
             separators_ok=self.separators_ok,
             notes=tuple(self.notes),
         )

@@ -52,11 +52,11 @@ def parse_signature_lists(data: bytes, where: str) -> tuple[SignatureEntry, ...]
                 f"{where}: EFI_SIGNATURE_LIST at byte offset {offset} has signature size "
                 f"{signature_size}, which does not divide its {body}-byte body into whole entries"
             )
-        signature_type = _guid(data[offset : offset + 16])
+        signature_type = efi_guid(data[offset : offset + 16])
         is_x509 = signature_type == EFI_CERT_X509
         position = offset + _LIST_HEADER_SIZE + header_size
         for _ in range(body // signature_size):
-            owner = _guid(data[position : position + 16])
+            owner = efi_guid(data[position : position + 16])
             payload = data[position + 16 : position + signature_size]
             entries.append(
                 SignatureEntry(signature_type, owner, payload, _certificate(payload) if is_x509 else None)
@@ -70,7 +70,7 @@ _LIST_HEADER_SIZE = 28  # SignatureType GUID + SignatureListSize + SignatureHead
 
 
 @functools.lru_cache(maxsize=256)
-def _guid(raw: bytes) -> uuid.UUID:
+def efi_guid(raw: bytes) -> uuid.UUID:
     """A GUID in EFI (mixed-endian) byte order; cached: a dbx repeats a few owners hundreds of times."""
     return uuid.UUID(bytes_le=raw)
 
