@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python -m trustedlaunch.demo
+	$(BIN)/tl demo
 
 lint: setup
 	$(BIN)/ruff check trustedlaunch tests bench

@@ -4,6 +4,8 @@ set -euo pipefail
 PACKAGES=(qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools shim-signed grub-efi-amd64-signed
           linux-image-amd64 busybox-static sbsigntool libtss2-dev pkg-config efitools
           python3-venv python3-dev)
+# Node VM tests: cpio reads back the node initramfs, pgrep checks for leftover qemu/swtpm processes.
+PACKAGES+=(cpio procps)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

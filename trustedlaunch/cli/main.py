@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from trustedlaunch import __version__
-from trustedlaunch.cli import attest, eventlog, image, verify
+from trustedlaunch.cli import attest, demo, eventlog, image, verify
 
 app = typer.Typer(
     name="tl",
@@ -19,6 +19,7 @@ app.add_typer(attest.attest_app, name="attest")
 app.add_typer(eventlog.eventlog_app, name="eventlog")
 app.add_typer(image.app, name="image")
 app.add_typer(verify.policy_app, name="policy")
+app.command(name="demo")(demo.demo)
 
 
 @app.command()

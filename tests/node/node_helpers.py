@@ -1,0 +1,27 @@
+"""Helpers for the node tests: find processes started by a test, strip a kernel's signatures."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def processes_under(base: Path) -> list[str]:
+    """qemu/swtpm processes whose command line mentions `base` (i.e. started by these tests)."""
+    found = []
+    for program in ("qemu-system", "swtpm"):
+        listing = subprocess.run(["pgrep", "-a", "-f", program], capture_output=True, text=True, check=False)
+        found += [line for line in listing.stdout.splitlines() if str(base) in line]
+    return found
+
+
+def unsigned_copy(kernel: Path, output: Path) -> Path:
+    """Copy a PE image and remove all its Authenticode signatures with sbattach --remove."""
+    shutil.copyfile(kernel, output)
+    while (
+        "signature"
+        in subprocess.run(["sbverify", "--list", str(output)], capture_output=True, text=True).stdout
+    ):
+        subprocess.run(["sbattach", "--remove", str(output)], check=True, capture_output=True)
+    return output

@@ -1,0 +1,99 @@
+"""Node image builder: reproducible ESP folder and initramfs with the agent, busybox and tpm2-tools."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from trustedlaunch.node.image import (
+    DEFAULT_CMDLINE,
+    NodeImage,
+    NodeImageError,
+    build_node_image,
+    default_kernel,
+)
+
+
+def initramfs_listing(image: NodeImage) -> dict[str, str]:
+    """Name -> `ls -l` type character of every member, read back with the real cpio tool."""
+    archive = subprocess.run(
+        ["zcat", str(image.esp_dir / "initrd.gz")], capture_output=True, check=True
+    ).stdout
+    listing = subprocess.run(["cpio", "-itv"], input=archive, capture_output=True, check=True).stdout.decode()
+    members = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        name = fields[8] if fields[0][0] != "c" else fields[9]
+        members[name] = fields[0][0]
+    return members
+
+
+def test_image_is_reproducible(node_image: NodeImage, tmp_path: Path) -> None:
+    again = build_node_image(tmp_path / "again")
+    assert again.version == node_image.version
+    assert again.files == node_image.files
+    for name in node_image.files:
+        assert (again.esp_dir / name).read_bytes() == (node_image.esp_dir / name).read_bytes()
+
+
+def test_cmdline_changes_version(node_image: NodeImage, tmp_path: Path) -> None:
+    other = build_node_image(tmp_path / "other", cmdline=DEFAULT_CMDLINE + " quiet")
+    assert other.version != node_image.version
+    assert other.files["vmlinuz"] == node_image.files["vmlinuz"]
+    assert other.files["EFI/debian/grub.cfg"] != node_image.files["EFI/debian/grub.cfg"]
+
+
+def test_metadata_lists_every_file_with_its_hash(node_image: NodeImage) -> None:
+    metadata = json.loads(node_image.metadata_path.read_text())
+    assert metadata["trustedLaunchCapable"] is True
+    assert metadata["version"] == node_image.version
+    assert metadata["kernel"] == default_kernel().name
+    listed = {item["path"]: item["sha256"] for item in metadata["files"]}
+    assert set(listed) == {
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/grubx64.efi",
+        "EFI/debian/grub.cfg",
+        "vmlinuz",
+        "initrd.gz",
+    }
+    assert listed == node_image.files
+    assert NodeImage.load(node_image.metadata_path.parent) == node_image
+    shim = Path("/usr/lib/shim/shimx64.efi.signed").read_bytes()
+    assert (node_image.esp_dir / "EFI/BOOT/BOOTX64.EFI").read_bytes() == shim
+
+
+def test_grub_chainloads_the_kernel_efi_stub(node_image: NodeImage) -> None:
+    config = (node_image.esp_dir / "EFI/debian/grub.cfg").read_text().splitlines()
+    assert f"chainloader /vmlinuz initrd=\\initrd.gz {DEFAULT_CMDLINE}" in config
+    assert "boot" in config
+
+
+def test_initramfs_holds_agent_busybox_tpm2_tools_and_libraries(node_image: NodeImage) -> None:
+    members = initramfs_listing(node_image)
+    assert members["init"] == "-"
+    assert members["bin/busybox"] == "-"
+    assert members["bin/sh"] == "l"
+    assert members["bin/base64"] == "l"
+    assert members["usr/bin/tpm2"] == "-"
+    assert members["dev/console"] == "c"
+    assert members["lib64/ld-linux-x86-64.so.2"] == "-"
+    for library in ("libtss2-tcti-device.so.0", "libtss2-esys.so.0", "libcrypto.so.3", "libc.so.6"):
+        assert members[f"lib/x86_64-linux-gnu/{library}"] == "-", library
+
+
+def test_bad_cmdline_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(NodeImageError, match="command line"):
+        build_node_image(tmp_path / "bad", cmdline='console=ttyS0 "; reboot')
+
+
+def test_missing_kernel_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(NodeImageError, match="not found"):
+        build_node_image(tmp_path / "bad", kernel=tmp_path / "vmlinuz-missing")
+
+
+def test_load_rejects_a_folder_without_metadata(tmp_path: Path) -> None:
+    with pytest.raises(NodeImageError, match="not a node image"):
+        NodeImage.load(tmp_path)

@@ -1,0 +1,125 @@
+"""A Secure Boot + vTPM node boots through shim/GRUB/kernel; its agent's quote verifies against its log."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from trustedlaunch.attest.quote import verify_quote
+from trustedlaunch.eventlog.parser import parse_event_log
+from trustedlaunch.eventlog.replay import replay
+from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.node.channel import AgentError, NodeQuote
+from trustedlaunch.node.image import DEFAULT_CMDLINE, NodeImage
+from trustedlaunch.node.qemu import NodeVM, NodeVMError
+from trustedlaunch.tpm.credential import make_credential, new_activation_secret
+from trustedlaunch.tpm.structures import parse_tpm2b_public
+from trustedlaunch.tpm.vtpm import Vtpm
+
+pytestmark = pytest.mark.slow
+NONCE = bytes.fromhex("5ec0b007c0ffee0123456789abcdef00")
+
+
+@pytest.fixture(scope="module")
+def node(node_image: NodeImage, node_vtpm: Vtpm, node_base: Path) -> Iterator[NodeVM]:
+    with NodeVM(node_image, node_base / "vm-sb-vtpm", secure_boot=True, vtpm=node_vtpm) as vm:
+        vm.wait_ready()
+        yield vm
+    assert not vm.running and not node_vtpm.running
+
+
+@pytest.fixture(scope="module")
+def quote(node: NodeVM) -> NodeQuote:
+    return node.request_quote(NONCE)
+
+
+def checkquote(quote: NodeQuote, folder: Path) -> subprocess.CompletedProcess[str]:
+    """Verify the quote with the real tpm2_checkquote (signature, nonce and PCR digest)."""
+    for name in ("ak_public", "quote", "signature", "pcrs_file"):
+        (folder / name).write_bytes(getattr(quote, name))
+    return subprocess.run(
+        [
+            *("tpm2_checkquote", "-u", "ak_public", "-m", "quote", "-s", "signature"),
+            *("-f", "pcrs_file", "-g", "sha256", "-q", quote.nonce.hex()),
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_agent_is_ready_and_announced_on_the_console(node: NodeVM) -> None:
+    assert node.ready_after is not None
+    assert "trustedlaunch-agent ready (TPM present)" in node.console_log.read_text(errors="replace")
+
+
+def test_quote_verifies_with_tpm2_checkquote(quote: NodeQuote, tmp_path: Path) -> None:
+    result = checkquote(quote, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_checkquote_rejects_another_nonce(quote: NodeQuote, tmp_path: Path) -> None:
+    forged = NodeQuote(**{**quote.__dict__, "nonce": bytes(16)})
+    assert checkquote(forged, tmp_path).returncode != 0
+
+
+def test_event_log_replays_to_the_quoted_pcrs(quote: NodeQuote) -> None:
+    assert quote.event_log is not None
+    replayed = replay(parse_event_log(quote.event_log))
+    for bank in ("sha1", "sha256"):
+        assert set(quote.pcr_values[bank]) == set(range(10))
+        for pcr, value in replayed[bank].items():
+            if pcr < 10:
+                assert quote.pcr_values[bank][pcr] == value, f"{bank} PCR{pcr}"
+    assert {0, 1, 2, 3, 4, 5, 6, 7, 8, 9} <= set(replayed["sha256"])
+
+
+def test_quote_verifies_against_the_replayed_log(quote: NodeQuote) -> None:
+    assert quote.event_log is not None
+    replayed = replay(parse_event_log(quote.event_log))
+    verified = verify_quote(
+        parse_tpm2b_public(quote.ak_public), quote.quote, quote.signature, nonce=NONCE, pcr_values=replayed
+    )
+    assert verified.selected["sha256"] == tuple(range(10))
+
+
+def test_event_log_says_secure_boot_on(quote: NodeQuote) -> None:
+    assert quote.event_log is not None
+    summary = summarize(parse_event_log(quote.event_log))
+    assert summary.secure_boot is True
+    # GRUB measures the command after its own unescaping: `initrd=\initrd.gz` arrives as `initrd=initrd.gz`.
+    chainloaded = f"chainloader /vmlinuz initrd=initrd.gz {DEFAULT_CMDLINE}"
+    assert chainloaded in summary.grub_commands
+
+
+def test_ek_is_the_certified_ek_of_the_vtpm(quote: NodeQuote, node_vtpm: Vtpm) -> None:
+    ek = parse_tpm2b_public(quote.ek_public).public_key()
+    certified = [
+        x509.load_der_x509_certificate(path.read_bytes()).public_key() for path in node_vtpm.ek_certificates()
+    ]
+    rsa_keys = [key for key in certified if isinstance(key, rsa.RSAPublicKey)]
+    assert isinstance(ek, rsa.RSAPublicKey) and rsa_keys
+    assert ek.public_numbers() == rsa_keys[0].public_numbers()
+
+
+def test_activate_credential_returns_the_secret(node: NodeVM, quote: NodeQuote) -> None:
+    secret = new_activation_secret()
+    challenge = make_credential(parse_tpm2b_public(quote.ek_public), quote.ak_name, secret)
+    assert node.activate(challenge.credential_blob, challenge.encrypted_secret) == secret
+
+
+def test_activate_for_another_ak_fails(node: NodeVM, quote: NodeQuote) -> None:
+    wrong_name = quote.ak_name[:2] + bytes(len(quote.ak_name) - 2)
+    challenge = make_credential(parse_tpm2b_public(quote.ek_public), wrong_name, new_activation_secret())
+    with pytest.raises(AgentError, match="activatecredential failed"):
+        node.activate(challenge.credential_blob, challenge.encrypted_secret)
+
+
+def test_nonce_too_long_is_rejected(node: NodeVM) -> None:
+    with pytest.raises(NodeVMError, match="nonce"):
+        node.request_quote(bytes(65))

@@ -1,0 +1,184 @@
+"""Node image builder: an EFI System Partition folder booting Debian's signed shim -> GRUB -> kernel.
+
+The kernel's initramfs holds busybox, tpm2-tools with every shared library they load, and the
+trustedlaunch agent as /init. The image's version is a hash of its content: same inputs, same version.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.initramfs import Initramfs
+
+SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
+GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
+BUSYBOX = Path("/usr/bin/busybox")
+TPM2_TOOLS = Path("/usr/bin/tpm2")
+TCTI_DEVICE = "libtss2-tcti-device.so.0"
+KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
+DEFAULT_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
+METADATA_NAME = "node-image.json"
+BOOT_FAILED_MARKER = "trustedlaunch: boot failed"
+
+_ESP_FILES = {
+    "EFI/BOOT/BOOTX64.EFI": (SHIM, "shim-signed"),
+    "EFI/BOOT/grubx64.efi": (GRUB, "grub-efi-amd64-signed"),
+}
+
+
+class NodeImageError(TrustedLaunchError):
+    """A node image cannot be built (missing boot files or tools, bad kernel, bad command line)."""
+
+
+@dataclass(frozen=True)
+class NodeImage:
+    """A built node image: the ESP folder QEMU serves as a FAT disk, and its metadata."""
+
+    esp_dir: Path
+    metadata_path: Path
+    version: str
+    kernel_cmdline: str
+    files: dict[str, str]  # ESP-relative path -> sha256 hex
+
+    @classmethod
+    def load(cls, out_dir: Path) -> NodeImage:
+        """Read a node image built earlier into `out_dir` (its metadata JSON file)."""
+        metadata_path = out_dir / METADATA_NAME
+        try:
+            metadata = json.loads(metadata_path.read_text())
+            return cls(
+                esp_dir=out_dir / "esp",
+                metadata_path=metadata_path,
+                version=metadata["version"],
+                kernel_cmdline=metadata["kernelCmdline"],
+                files={item["path"]: item["sha256"] for item in metadata["files"]},
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise NodeImageError(f"{metadata_path}: not a node image metadata file ({error})") from error
+
+
+def default_kernel() -> Path:
+    """The newest Debian kernel installed in /boot (package linux-image-amd64)."""
+    kernels = glob.glob(KERNEL_GLOB)
+    if not kernels:
+        raise NodeImageError(f"no kernel matches {KERNEL_GLOB}: install the Debian package linux-image-amd64")
+
+    def version_key(path: str) -> list[int]:
+        return [int(part) for part in re.findall(r"\d+", Path(path).name)]
+
+    return Path(max(kernels, key=version_key))
+
+
+def _require(path: Path, package: str) -> Path:
+    if not path.is_file():
+        raise NodeImageError(f"{path} not found: install the Debian package {package}")
+    return path
+
+
+def _shared_libraries(binary: Path) -> list[Path]:
+    """The libraries `binary` links (by the path the loader finds them at), including the loader."""
+    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NodeImageError(f"ldd {binary} failed: {result.stderr.strip() or result.stdout.strip()}")
+    libraries = []
+    for line in result.stdout.splitlines():
+        match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if match:
+            libraries.append(Path(match.group(1)))
+        elif "not found" in line:
+            raise NodeImageError(f"{binary} needs a library that is not installed: {line.strip()}")
+    return libraries
+
+
+def _find_library(soname: str) -> Path:
+    result = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False)
+    for line in result.stdout.splitlines():
+        name, _, location = line.strip().partition(" => ")
+        if name.split(" ")[0] == soname and "x86-64" in name:
+            return Path(location)
+    raise NodeImageError(f"{soname} not found by ldconfig: install the Debian package libtss2-tcti-device0")
+
+
+def build_initramfs() -> bytes:
+    """The gzip-compressed newc initramfs: busybox, tpm2-tools, their libraries and the agent as /init."""
+    tree = Initramfs()
+    for directory in ("proc", "sys", "dev", "tmp", "run", "etc"):
+        tree.directory(directory)
+    tree.char_device("dev/console", 5, 1)
+    tree.file("bin/busybox", _require(BUSYBOX, "busybox-static").read_bytes(), 0o755)
+    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True)
+    for applet in applets.stdout.split():
+        if applet != "bin/busybox":
+            tree.symlink(applet, "/bin/busybox")
+    tree.file("usr/bin/tpm2", _require(TPM2_TOOLS, "tpm2-tools").read_bytes(), 0o755)
+    tcti = _find_library(TCTI_DEVICE)
+    libraries = {*_shared_libraries(TPM2_TOOLS), *_shared_libraries(tcti)}
+    for library in sorted(libraries):
+        tree.file(str(library), library.resolve().read_bytes(), 0o755)
+    # tctildr dlopens the TCTI by its soname from the library directory of libtss2-tctildr.
+    tree.file(f"lib/x86_64-linux-gnu/{TCTI_DEVICE}", tcti.resolve().read_bytes(), 0o755)
+    agent = resources.files("trustedlaunch.node").joinpath("agent/init.sh").read_bytes()
+    tree.file("init", agent, 0o755)
+    return tree.gzip()
+
+
+def grub_config(cmdline: str) -> str:
+    """GRUB config chainloading the kernel's EFI stub (so the kernel receives the TCG event log)."""
+    return (
+        "set timeout=0\n"
+        f"chainloader /vmlinuz initrd=\\initrd.gz {cmdline}\n"
+        "boot\n"
+        f'echo "{BOOT_FAILED_MARKER}"\n'
+        "reboot\n"
+    )
+
+
+def build_node_image(
+    out_dir: Path, *, kernel: Path | None = None, cmdline: str = DEFAULT_CMDLINE
+) -> NodeImage:
+    """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both)."""
+    if any(character in cmdline for character in "\n\r\"'\\$;") or not cmdline.strip():
+        raise NodeImageError(
+            f"kernel command line {cmdline!r} is empty or has characters GRUB would interpret "
+            "(quotes, \\, $, ;)"
+        )
+    kernel = default_kernel() if kernel is None else kernel
+    if not kernel.is_file():
+        raise NodeImageError(f"kernel {kernel} not found")
+    contents: dict[str, bytes] = {
+        name: _require(source, package).read_bytes() for name, (source, package) in _ESP_FILES.items()
+    }
+    contents["EFI/debian/grub.cfg"] = grub_config(cmdline).encode()
+    contents["vmlinuz"] = kernel.read_bytes()
+    contents["initrd.gz"] = build_initramfs()
+
+    files = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
+    version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    esp_dir = out_dir / "esp"
+    if esp_dir.exists():
+        shutil.rmtree(esp_dir)
+    for name, data in contents.items():
+        target = esp_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    metadata = {
+        "version": version,
+        "trustedLaunchCapable": True,
+        "kernel": kernel.name,
+        "kernelCmdline": cmdline,
+        "files": [
+            {"path": name, "sha256": digest, "size": len(contents[name])} for name, digest in files.items()
+        ],
+    }
+    metadata_path = out_dir / METADATA_NAME
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return NodeImage(esp_dir, metadata_path, version, cmdline, files)

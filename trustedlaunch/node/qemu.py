@@ -1,0 +1,368 @@
+"""The node VM driver: one QEMU q35 VM booting a node image on OVMF, with or without Secure Boot and vTPM.
+
+QEMU and swtpm are always stopped and reaped when the VM object is left (exception, timeout or not).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.channel import AgentChannel, NodeQuote
+from trustedlaunch.node.image import BOOT_FAILED_MARKER, NodeImage
+from trustedlaunch.tpm.vtpm import MAX_SOCKET_PATH, Vtpm
+
+OVMF_DIR = Path("/usr/share/OVMF")
+FIRMWARE = {
+    # secure boot -> (code, vars template)
+    True: (OVMF_DIR / "OVMF_CODE_4M.secboot.fd", OVMF_DIR / "OVMF_VARS_4M.ms.fd"),
+    False: (OVMF_DIR / "OVMF_CODE_4M.fd", OVMF_DIR / "OVMF_VARS_4M.fd"),
+}
+# Console lines that mean the boot chain stopped for good: fail fast instead of waiting for the timeout.
+FATAL_CONSOLE_MARKERS = ("bad shim signature", "Kernel panic", BOOT_FAILED_MARKER, "Access Denied")
+CONSOLE_TAIL_CHARS = 3000
+MAX_NONCE_BYTES = 64  # TPM2B_DATA holds at most sizeof(TPMT_HA)
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class NodeVMError(TrustedLaunchError):
+    """The node VM cannot be started as configured (missing firmware or QEMU, bad paths)."""
+
+
+class BootFailedError(TrustedLaunchError):
+    """The node did not boot to a ready agent; `console_tail` holds the end of its serial console."""
+
+    def __init__(self, message: str, console_tail: str):
+        super().__init__(f"{message}\n--- serial console (tail) ---\n{console_tail}")
+        self.console_tail = console_tail
+
+
+def _readable_tail(path: Path, chars: int = CONSOLE_TAIL_CHARS) -> str:
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return _ANSI_ESCAPE.sub("", text.replace("\r\n", "\n"))[-chars:]
+
+
+class _Qmp:
+    """A minimal QMP client: enough to quit QEMU or read its run state."""
+
+    def __init__(self, path: Path, timeout: float = 5.0):
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.settimeout(timeout)
+        self._sock.connect(str(path))
+        self._file = self._sock.makefile("rwb")
+        self._file.readline()  # greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str) -> Any:
+        self._file.write(json.dumps({"execute": command}).encode() + b"\n")
+        self._file.flush()
+        while line := self._file.readline():
+            message = json.loads(line)
+            if "return" in message or "error" in message:
+                return message.get("return", message.get("error"))
+        return None
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout)
+
+
+@functools.cache
+def kvm_usable() -> bool:
+    """True if KVM really runs OVMF here (it can exist and still fail, e.g. under nested virtualisation).
+
+    The probe boots OVMF under KVM for 3 s and checks that QEMU still reports the guest as running.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which("qemu-system-x86_64") is None:
+        return False
+    code, template = FIRMWARE[False]
+    with tempfile.TemporaryDirectory(prefix="tl-kvm-probe-") as probe_dir:
+        varstore = Path(probe_dir, "vars.fd")
+        shutil.copyfile(template, varstore)
+        qmp_path = Path(probe_dir, "qmp.sock")
+        process = subprocess.Popen(
+            [
+                "qemu-system-x86_64",
+                "-accel",
+                "kvm",
+                "-machine",
+                "q35",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={varstore}",
+                "-qmp",
+                f"unix:{qmp_path},server=on,wait=off",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            if not _wait_for_socket(qmp_path, process, 5.0):
+                return False
+            time.sleep(3.0)
+            qmp = _Qmp(qmp_path)
+            try:
+                status = qmp.execute("query-status")
+            finally:
+                qmp.close()
+            return isinstance(status, dict) and status.get("status") == "running"
+        except OSError:
+            return False
+        finally:
+            _stop_process(process)
+
+
+class NodeVM:
+    """A node VM (context manager): boots `image` and talks to its agent.
+
+    `secure_boot` picks OVMF with Microsoft keys enrolled (on) or without keys (off); `vtpm`, when
+    given, is started for the VM's lifetime and attached as a TPM TIS device. Files (varstore copy,
+    ESP copy, sockets, console log) go to `run_dir`.
+    """
+
+    def __init__(
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool = True,
+        vtpm: Vtpm | None = None,
+        memory_mib: int = 512,
+        accel: str | None = None,
+    ):
+        self.image = image
+        self.run_dir = run_dir
+        self.secure_boot = secure_boot
+        self.vtpm = vtpm
+        self.memory_mib = memory_mib
+        self.accel = accel
+        self.console_log = run_dir / "console.log"
+        self.qemu_log = run_dir / "qemu.log"
+        self._agent_socket = run_dir / "agent.sock"
+        self._qmp_socket = run_dir / "qmp.sock"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: AgentChannel | None = None
+        self._started_at = 0.0
+        self.ready_after: float | None = None  # seconds from launch to the agent's first PONG
+
+    def __enter__(self) -> NodeVM:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+    @property
+    def running(self) -> bool:
+        """True while QEMU is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """QEMU's process id while started (for monitoring); None before start and after shutdown."""
+        return self._process.pid if self._process is not None else None
+
+    def _command(self, varstore: Path, esp: Path, tpm_socket: Path | None) -> list[str]:
+        code, _ = FIRMWARE[self.secure_boot]
+        accel = self.accel or ("kvm" if kvm_usable() else "tcg")
+        command = [
+            "qemu-system-x86_64",
+            "-name",
+            f"trustedlaunch-node-{self.image.version}",
+            "-machine",
+            "q35,smm=on" if self.secure_boot else "q35",
+            "-accel",
+            accel,
+            "-smp",
+            "1",
+            "-m",
+            str(self.memory_mib),
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={varstore}",
+            "-drive",
+            f"file=fat:rw:{esp},format=raw",
+            "-serial",
+            f"file:{self.console_log}",
+            "-chardev",
+            f"socket,id=agent,path={self._agent_socket},server=on,wait=off",
+            "-serial",
+            "chardev:agent",
+            "-qmp",
+            f"unix:{self._qmp_socket},server=on,wait=off",
+        ]
+        if self.secure_boot:
+            command += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        if tpm_socket is not None:
+            command += [
+                "-chardev",
+                f"socket,id=chrtpm,path={tpm_socket}",
+                "-tpmdev",
+                "emulator,id=tpm0,chardev=chrtpm",
+                "-device",
+                "tpm-tis,tpmdev=tpm0",
+            ]
+        return command
+
+    def start(self) -> None:
+        """Launch QEMU (and the vTPM); use `wait_ready` to wait for the agent."""
+        if self._process is not None:
+            raise NodeVMError(f"node VM in {self.run_dir} was already started")
+        if shutil.which("qemu-system-x86_64") is None:
+            raise NodeVMError("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
+        code, template = FIRMWARE[self.secure_boot]
+        for firmware in (code, template):
+            if not firmware.is_file():
+                raise NodeVMError(f"OVMF firmware {firmware} not found (Debian package ovmf)")
+        if not self.image.esp_dir.is_dir():
+            raise NodeVMError(f"node image ESP {self.image.esp_dir} not found: build the image first")
+        if len(str(self._agent_socket)) > MAX_SOCKET_PATH:
+            raise NodeVMError(f"run directory {self.run_dir} is too long for unix socket paths")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self._agent_socket, self._qmp_socket, self.console_log):
+            stale.unlink(missing_ok=True)
+        varstore = self.run_dir / "OVMF_VARS.fd"
+        shutil.copyfile(template, varstore)
+        # QEMU's vvfat may write into the folder it serves: give each VM its own copy of the ESP.
+        esp = self.run_dir / "esp"
+        shutil.rmtree(esp, ignore_errors=True)
+        shutil.copytree(self.image.esp_dir, esp)
+        tpm_socket = self.vtpm.start() if self.vtpm is not None else None
+        try:
+            with self.qemu_log.open("wb") as qemu_log:
+                self._process = subprocess.Popen(
+                    self._command(varstore, esp, tpm_socket),
+                    stdin=subprocess.DEVNULL,
+                    stdout=qemu_log,
+                    stderr=subprocess.STDOUT,
+                )
+        except BaseException:
+            if self.vtpm is not None:
+                self.vtpm.stop()
+            raise
+        self._started_at = time.monotonic()
+
+    def _boot_failed(self, reason: str) -> BootFailedError:
+        tail = _readable_tail(self.console_log)
+        qemu_output = _readable_tail(self.qemu_log, 1000).strip()
+        if qemu_output:
+            reason += f"; QEMU said: {qemu_output}"
+        return BootFailedError(f"node VM ({self.run_dir}) did not boot: {reason}", tail)
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Wait until the agent answers PING; return the seconds since launch.
+
+        Raises BootFailedError (with the console tail) if QEMU exits, the console shows a fatal boot
+        error (e.g. "bad shim signature"), or the agent is not ready within `timeout` seconds.
+        """
+        if self._process is None:
+            raise NodeVMError("node VM not started")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise self._boot_failed(f"QEMU exited with code {self._process.returncode}")
+            console = _readable_tail(self.console_log)
+            fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
+            if fatal is not None:
+                raise self._boot_failed(f'the serial console shows "{fatal}"')
+            if self._channel is None:
+                self._channel = self._connect()
+            if self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0):
+                self.ready_after = time.monotonic() - self._started_at
+                return self.ready_after
+            if self._channel is None:
+                time.sleep(0.5)
+        raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+
+    def _connect(self) -> AgentChannel | None:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(str(self._agent_socket))
+        except OSError:
+            sock.close()
+            return None
+        return AgentChannel(sock)
+
+    def _agent(self) -> AgentChannel:
+        if self._channel is None or self.ready_after is None:
+            raise NodeVMError("the node's agent is not ready: call wait_ready() first")
+        return self._channel
+
+    def request_quote(self, nonce: bytes, timeout: float = 120.0) -> NodeQuote:
+        """Have the agent quote sha1+sha256 PCRs 0-9 over `nonce` (1..64 bytes) and send its evidence."""
+        if not 0 < len(nonce) <= MAX_NONCE_BYTES:
+            raise NodeVMError(f"quote nonce must be 1..{MAX_NONCE_BYTES} bytes, got {len(nonce)}")
+        return self._agent().quote(nonce, timeout)
+
+    def activate(self, credential_blob: bytes, encrypted_secret: bytes, timeout: float = 120.0) -> bytes:
+        """TPM2_ActivateCredential in the node's TPM; returns the recovered secret.
+
+        `credential_blob` and `encrypted_secret` are the contents of TPM2B_ID_OBJECT and
+        TPM2B_ENCRYPTED_SECRET (as in trustedlaunch.tpm.credential.CredentialChallenge).
+        """
+        sized = [struct.pack(">H", len(part)) + part for part in (credential_blob, encrypted_secret)]
+        return self._agent().activate(sized[0], sized[1], timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the VM (QMP quit, then kill) and its vTPM; reap both. Safe to call more than once."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.poll() is None:
+                try:
+                    qmp = _Qmp(self._qmp_socket)
+                    qmp.execute("quit")
+                    qmp.close()
+                    process.wait(timeout)
+                except (OSError, ValueError, subprocess.TimeoutExpired):
+                    pass
+            if process is not None:
+                _stop_process(process)
+        finally:
+            if self.vtpm is not None:
+                self.vtpm.stop()
