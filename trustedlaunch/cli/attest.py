@@ -17,17 +17,13 @@ from trustedlaunch.attest.gce import (
     load_certificates,
     verify_gce_attestation,
 )
+from trustedlaunch.cli.errors import bad_input, hex_option
 from trustedlaunch.eventlog.model import BootSummary
 from trustedlaunch.eventlog.summary import summarize
 
 attest_app = typer.Typer(name="attest", help="Verify remote-attestation evidence.", no_args_is_help=True)
 
 _CERTIFICATE_SUFFIXES = {".crt", ".cer", ".pem", ".der"}
-
-
-def _fail_input(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _is_self_signed(certificate: x509.Certificate) -> bool:
@@ -45,15 +41,15 @@ def _is_self_signed(certificate: x509.Certificate) -> bool:
 def _load_trust(ca_dir: Path) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """Self-signed certificates of the directory are roots, the others intermediates."""
     if not ca_dir.is_dir():
-        raise _fail_input(f"--ca-dir {ca_dir}: not a directory")
+        raise bad_input(f"--ca-dir {ca_dir}: not a directory")
     paths = sorted(p for p in ca_dir.iterdir() if p.suffix.lower() in _CERTIFICATE_SUFFIXES)
     try:
         certificates = load_certificates(paths)
     except GceFormatError as exc:
-        raise _fail_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
     roots = [c for c in certificates if _is_self_signed(c)]
     if not roots:
-        raise _fail_input(f"--ca-dir {ca_dir}: no self-signed root certificate (*.crt, *.cer, *.pem, *.der)")
+        raise bad_input(f"--ca-dir {ca_dir}: no self-signed root certificate (*.crt, *.cer, *.pem, *.der)")
     return roots, [c for c in certificates if not _is_self_signed(c)]
 
 
@@ -99,19 +95,16 @@ def gce_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Verify a GCE attestation: exit 0 if it verifies, 1 if it is rejected, 2 for bad input."""
-    try:
-        nonce_bytes = bytes.fromhex(nonce)
-    except ValueError:
-        raise _fail_input(f"--nonce must be hex, got {nonce!r}") from None
+    nonce_bytes = hex_option("--nonce", nonce)
     try:
         data = attestation_file.read_bytes()
     except OSError as exc:
-        raise _fail_input(f"{attestation_file}: cannot read ({exc.strerror})") from None
+        raise bad_input(f"{attestation_file}: cannot read ({exc.strerror})") from None
     roots, intermediates = _load_trust(ca_dir)
     try:
         result = verify_gce_attestation(data, nonce_bytes, roots, intermediates)
     except GceFormatError as exc:
-        raise _fail_input(f"{attestation_file}: {exc}") from None
+        raise bad_input(f"{attestation_file}: {exc}") from None
     except AttestationError as exc:
         if as_json:
             typer.echo(json.dumps({"verdict": "rejected", "finding": exc.finding.to_dict()}, indent=2))

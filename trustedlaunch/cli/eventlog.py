@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustedlaunch.cli.errors import bad_input
 from trustedlaunch.eventlog.model import BootSummary, Event, EventLog, EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.replay import replay as replay_log
@@ -24,8 +25,7 @@ def _load(path: Path) -> EventLog:
     try:
         return parse_event_log_file(path)
     except EventLogError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise bad_input(str(exc)) from None
 
 
 def _parse_pcr_list(text: str | None) -> list[int] | None:
@@ -34,11 +34,9 @@ def _parse_pcr_list(text: str | None) -> list[int] | None:
     try:
         pcrs = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        typer.echo(f"error: --pcr must be a comma-separated list of PCR numbers, got {text!r}", err=True)
-        raise typer.Exit(2) from None
+        raise bad_input(f"--pcr must be a comma-separated list of PCR numbers, got {text!r}") from None
     if any(not 0 <= pcr <= 23 for pcr in pcrs):
-        typer.echo(f"error: --pcr values must be within 0..23, got {text!r}", err=True)
-        raise typer.Exit(2)
+        raise bad_input(f"--pcr values must be within 0..23, got {text!r}")
     return pcrs
 
 
@@ -53,8 +51,7 @@ def replay_command(
     log = _load(file)
     selected_pcrs = _parse_pcr_list(pcr)
     if bank is not None and bank not in log.banks:
-        typer.echo(f"error: {file}: the log has no {bank} bank (it has: {', '.join(log.banks)})", err=True)
-        raise typer.Exit(2)
+        raise bad_input(f"{file}: the log has no {bank} bank (it has: {', '.join(log.banks)})")
     values = replay_log(log, None if bank is None else [bank])
     banks = {
         name: {

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustedlaunch.cli.errors import bad_input
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.uefi.secureboot import BootDecision, decide_boot
 
@@ -28,8 +29,7 @@ def verify(
     try:
         decision = decide_boot(vars_file, esp)
     except TrustedLaunchError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise bad_input(str(exc)) from exc
     if as_json:
         typer.echo(json.dumps(decision.to_dict(), indent=2))
     else:

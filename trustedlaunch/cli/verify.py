@@ -14,6 +14,7 @@ from trustedlaunch.attest.evidence import load_evidence
 from trustedlaunch.attest.policy import CmdlineRules, Policy, load_policy, policy_from_summary
 from trustedlaunch.attest.quote import ClockState
 from trustedlaunch.attest.verifier import verify
+from trustedlaunch.cli.errors import bad_input, hex_option
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.summary import summarize
@@ -25,16 +26,11 @@ policy_app = typer.Typer(
 )
 
 
-def _fail_input(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 def _load_policy(path: Path) -> Policy:
     try:
         return load_policy(path)
     except TrustedLaunchError as exc:
-        raise _fail_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
 
 
 @policy_app.command("from-log")
@@ -49,7 +45,7 @@ def from_log_command(
     try:
         policy = policy_from_summary(summarize(parse_event_log_file(log_file)))
     except TrustedLaunchError as exc:
-        raise _fail_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
     rules = CmdlineRules(
         exact=None if any_cmdline else policy.kernel_cmdline.exact, forbidden_tokens=tuple(forbid)
     )
@@ -77,7 +73,7 @@ def _parse_clock(text: str | None) -> ClockState | None:
         return None
     reset_count, _, clock = text.partition(":")
     if not (reset_count.isdigit() and clock.isdigit()):
-        raise _fail_input(f"--last-clock must be RESETCOUNT:CLOCK (two integers), got {text!r}")
+        raise bad_input(f"--last-clock must be RESETCOUNT:CLOCK (two integers), got {text!r}")
     return ClockState(int(reset_count), int(clock))
 
 
@@ -90,16 +86,13 @@ def verify_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Verify evidence against a nonce and a policy: exit 0 if it passes, 1 if attestation failed."""
-    try:
-        nonce_bytes = bytes.fromhex(nonce)
-    except ValueError:
-        raise _fail_input(f"--nonce must be hex, got {nonce!r}") from None
+    nonce_bytes = hex_option("--nonce", nonce)
     policy = _load_policy(policy_file)
     clock = _parse_clock(last_clock)
     try:
         evidence = load_evidence(evidence_file)
     except TrustedLaunchError as exc:
-        raise _fail_input(str(exc)) from None
+        raise bad_input(str(exc)) from None
     result = verify(evidence, nonce=nonce_bytes, policy=policy, last_clock=clock)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
