@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trustedlaunch.node.image import build_node_image
 from trustedlaunch.node.qemu import NodeVM, kvm_usable
+from trustedlaunch.tpm.ekca import create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
 
@@ -22,7 +23,7 @@ def main() -> None:
         image = build_node_image(base / "image")
         print(f"image build:          {time.monotonic() - started:6.2f} s  (version {image.version})")
         started = time.monotonic()
-        vtpm = Vtpm.create(base / "vtpm")
+        vtpm = Vtpm.create(base / "vtpm", ek_ca=create_ek_ca(base / "ek-ca"))
         print(f"vTPM manufacture:     {time.monotonic() - started:6.2f} s")
         started = time.monotonic()
         accel = "kvm" if kvm_usable() else "tcg"

@@ -1,4 +1,5 @@
-"""Node VM fixtures: one node image per session, one vTPM shared by the vTPM boots, no orphan processes."""
+"""Node VM fixtures: one node image and platform EK CA per session, two vTPM nodes (Secure Boot on and off)
+shared by the modules, no orphan processes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 from node_helpers import processes_under
 
 from trustedlaunch.node.image import NodeImage, build_node_image
+from trustedlaunch.node.qemu import NodeVM
+from trustedlaunch.tpm.ekca import EkCa, create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that destroy a shared VM after all the tests that still use it."""
+    items.sort(key=lambda item: item.get_closest_marker("kills_shared_node") is not None)
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +36,50 @@ def node_image(node_base: Path) -> NodeImage:
 
 
 @pytest.fixture(scope="session")
-def node_vtpm(node_base: Path) -> Iterator[Vtpm]:
+def node_ek_ca(node_base: Path) -> EkCa:
+    """The platform EK CA that certifies the EKs of every vTPM of the session."""
+    return create_ek_ca(node_base / "ek-ca")
+
+
+@pytest.fixture(scope="session")
+def node_vtpm(node_base: Path, node_ek_ca: EkCa) -> Iterator[Vtpm]:
     """One manufactured vTPM, reused by the vTPM boots like one VM restarted with other settings."""
-    vtpm = Vtpm.create(node_base / "vtpm")
+    vtpm = Vtpm.create(node_base / "vtpm", ek_ca=node_ek_ca)
     yield vtpm
     vtpm.stop()
+
+
+@pytest.fixture(scope="session")
+def other_vtpm(node_base: Path, node_ek_ca: EkCa) -> Iterator[Vtpm]:
+    """A second vTPM (another node's TPM identity), certified by the same platform EK CA."""
+    vtpm = Vtpm.create(node_base / "vtpm-other", ek_ca=node_ek_ca)
+    yield vtpm
+    vtpm.stop()
+
+
+@pytest.fixture(scope="session")
+def vtpm_nodes(
+    node_image: NodeImage, node_vtpm: Vtpm, other_vtpm: Vtpm, node_base: Path
+) -> Iterator[tuple[NodeVM, NodeVM]]:
+    """(Secure Boot + vTPM node, Secure Boot off node with the other vTPM), booted side by side (one vCPU
+    each, so two boots take about the time of one) and shared by every module that needs a vTPM node."""
+    secure = NodeVM(node_image, node_base / "vm-sb-vtpm", secure_boot=True, vtpm=node_vtpm)
+    insecure = NodeVM(node_image, node_base / "vm-nosb-vtpm", secure_boot=False, vtpm=other_vtpm)
+    with secure, insecure:
+        secure.wait_ready()
+        insecure.wait_ready()
+        yield secure, insecure
+    assert not secure.running and not node_vtpm.running
+    assert not insecure.running and not other_vtpm.running
+
+
+@pytest.fixture(scope="session")
+def secure_node(vtpm_nodes: tuple[NodeVM, NodeVM]) -> NodeVM:
+    """The Secure Boot + vTPM node (OVMF with Microsoft keys, node_vtpm)."""
+    return vtpm_nodes[0]
+
+
+@pytest.fixture(scope="session")
+def insecure_node(vtpm_nodes: tuple[NodeVM, NodeVM]) -> NodeVM:
+    """The Secure Boot off + vTPM node (OVMF without keys, other_vtpm)."""
+    return vtpm_nodes[1]

@@ -34,6 +34,7 @@ class Check(StrEnum):
     BOOT_APPLICATION = "BootApplicationNotAllowed"
     KERNEL_CMDLINE = "KernelCmdlineNotAllowed"
     SEPARATOR = "SeparatorInvalid"
+    PCR_VALUE = "PcrValueMismatch"  # a PCR differs from the policy's golden value
     EVENT_DATA = "EventDataNotMeasured"  # event data not bound to its quoted digest, or a hidden PCR4 load
 
 

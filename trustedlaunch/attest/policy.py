@@ -15,7 +15,11 @@ Every policy check of the project lives in this module. A policy is a JSON docum
         {"component": "kernel", "digests": [hex]}
       ],
       "kernelCmdline": {"exact": "..." | null, "requiredTokens": ["ro"], "forbiddenTokens": ["init="]},
-      "requireValidSeparators": true
+      "requireValidSeparators": true,
+      "pcrs": {"sha256": {"4": hex, "7": hex}},  # or null: golden PCR values, per bank and PCR
+      "pcrEvents": {"sha256": {"4": [             # optional: the expected events of a golden PCR, in
+        {"type": "EV_SEPARATOR", "component": "firmware", "description": "...", "digest": hex}
+      ]}}                                       # order, to name the first event that differs
     }
 
 All hex values are lowercase-insensitive SHA-256 values (64 hex digits):
@@ -28,7 +32,10 @@ All hex values are lowercase-insensitive SHA-256 values (64 hex digits):
 A PK/KEK/db variable passes when its variable digest is listed, or else when every entry it holds is in
 ``allowedEntries``; in both cases every ``requiredEntries`` value must be present. A forbidden
 kernel-cmdline token ending in ``=`` forbids every token with that prefix (``init=`` forbids
-``init=/bin/sh``); other forbidden and required tokens match whole tokens.
+``init=/bin/sh``); other forbidden and required tokens match whole tokens. Golden PCR values and event
+digests are hex digests of their bank (40 hex digits for sha1, 64 for sha256); a golden PCR the quote
+does not vouch for fails. `policy_for_image` derives the whole policy from a node image and a varstore,
+without booting it.
 """
 
 from __future__ import annotations
@@ -44,8 +51,17 @@ from typing import Any
 
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.eventlog.model import BootApplication, BootSummary, MeasuredVariable, SignatureEntry
+from trustedlaunch.eventlog.model import (
+    BootApplication,
+    BootSummary,
+    EventLog,
+    MeasuredVariable,
+    SignatureEntry,
+)
+from trustedlaunch.eventlog.predict import first_difference, predict_pcrs
+from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
 from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256
+from trustedlaunch.uefi.varstore import read_varstore
 
 POLICY_VERSION = 1
 SECURE_BOOT_PCR = 7
@@ -92,6 +108,26 @@ class CmdlineRules:
 
 
 @dataclass(frozen=True)
+class ExpectedEvent:
+    """One event expected in a golden PCR (its digest is in the bank of that PCR value)."""
+
+    type_name: str  # e.g. "EV_EFI_BOOT_SERVICES_APPLICATION"
+    component: str
+    description: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class GoldenPcr:
+    """The exact value one PCR of one bank must hold, and optionally the events that produce it."""
+
+    bank: str
+    pcr: int
+    value: str
+    events: tuple[ExpectedEvent, ...] = ()
+
+
+@dataclass(frozen=True)
 class Policy:
     """An attestation policy of a node pool (see the module docstring for the JSON schema)."""
 
@@ -103,6 +139,7 @@ class Policy:
     boot_applications: tuple[BootStep, ...] | None = None
     kernel_cmdline: CmdlineRules = field(default_factory=CmdlineRules)
     require_valid_separators: bool = True
+    golden_pcrs: tuple[GoldenPcr, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The policy as a JSON-ready dict (the documented schema, sorted lists)."""
@@ -122,6 +159,8 @@ class Policy:
                 "forbiddenTokens": list(self.kernel_cmdline.forbidden_tokens),
             },
             "requireValidSeparators": self.require_valid_separators,
+            "pcrs": _golden_values_to_dict(self.golden_pcrs),
+            "pcrEvents": _golden_events_to_dict(self.golden_pcrs),
         }
 
     def to_json(self) -> str:
@@ -172,6 +211,9 @@ class Policy:
                 "forbiddenTokens": list(self.kernel_cmdline.forbidden_tokens),
             },
             "separators": "must be valid" if self.require_valid_separators else "not checked",
+            "pcrs": "any"
+            if not self.golden_pcrs
+            else [f"{golden.bank} PCR{golden.pcr} = {_short(golden.value)}" for golden in self.golden_pcrs],
         }
 
 
@@ -192,6 +234,31 @@ def _variable_policy_to_dict(rule: VariablePolicy | None) -> dict[str, list[str]
         "allowedEntries": sorted(rule.allowed_entries),
         "requiredEntries": sorted(rule.required_entries),
     }
+
+
+def _golden_values_to_dict(golden_pcrs: tuple[GoldenPcr, ...]) -> dict[str, dict[str, str]] | None:
+    if not golden_pcrs:
+        return None
+    values: dict[str, dict[str, str]] = {}
+    for golden in golden_pcrs:
+        values.setdefault(golden.bank, {})[str(golden.pcr)] = golden.value
+    return values
+
+
+def _golden_events_to_dict(golden_pcrs: tuple[GoldenPcr, ...]) -> dict[str, dict[str, list[dict[str, str]]]]:
+    events: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for golden in golden_pcrs:
+        if golden.events:
+            events.setdefault(golden.bank, {})[str(golden.pcr)] = [
+                {
+                    "type": event.type_name,
+                    "component": event.component,
+                    "description": event.description,
+                    "digest": event.digest,
+                }
+                for event in golden.events
+            ]
+    return events
 
 
 class _PolicyReader:
@@ -228,7 +295,66 @@ class _PolicyReader:
             boot_applications=self.boot_steps(top.get("bootApplications")),
             kernel_cmdline=self.cmdline(top.get("kernelCmdline")),
             require_valid_separators=separators,
+            golden_pcrs=self.golden_pcrs(top.get("pcrs"), top.get("pcrEvents")),
         )
+
+    def bank_digest(self, value: object, bank: str, path: str) -> str:
+        size = _BANK_HEX_DIGITS[bank]
+        text = value.lower() if isinstance(value, str) else ""
+        if len(text) != size or any(c not in "0123456789abcdef" for c in text):
+            raise self.fail(path, f"expected {size} hex digits ({bank}), got {value!r}")
+        return text
+
+    def pcr_index(self, key: str, path: str) -> int:
+        if not key.isdigit() or not 0 <= int(key) < 24:
+            raise self.fail(path, f"PCR index {key!r} is not a number 0..23")
+        return int(key)
+
+    def golden_pcrs(self, values: object, events: object) -> tuple[GoldenPcr, ...]:
+        if values is None:
+            if events:
+                raise self.fail("pcrEvents", "needs the golden values in 'pcrs'")
+            return ()
+        banks = self.mapping(values, "pcrs", required=set(), optional=set(_BANK_HEX_DIGITS))
+        event_banks = self.mapping(events or {}, "pcrEvents", required=set(), optional=set(banks))
+        golden = []
+        for bank, by_pcr in banks.items():
+            pcr_values = self.mapping(by_pcr, f"pcrs.{bank}", required=set(), optional=set(by_pcr))
+            pcr_events = self.mapping(
+                event_banks.get(bank, {}), f"pcrEvents.{bank}", required=set(), optional=set(pcr_values)
+            )
+            for key, value in pcr_values.items():
+                path = f"pcrs.{bank}.{key}"
+                golden.append(
+                    GoldenPcr(
+                        bank,
+                        self.pcr_index(key, path),
+                        self.bank_digest(value, bank, path),
+                        self.expected_events(pcr_events.get(key, []), bank, f"pcrEvents.{bank}.{key}"),
+                    )
+                )
+        return tuple(golden)
+
+    def expected_events(self, value: object, bank: str, path: str) -> tuple[ExpectedEvent, ...]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list of events, got {type(value).__name__}")
+        events = []
+        for position, item in enumerate(value):
+            where = f"{path}[{position}]"
+            names = {"type", "component", "description", "digest"}
+            fields = self.mapping(item, where, required=names, optional=set())
+            for name in ("type", "component", "description"):
+                if not isinstance(fields[name], str):
+                    raise self.fail(f"{where}.{name}", f"expected a string, got {fields[name]!r}")
+            events.append(
+                ExpectedEvent(
+                    fields["type"],
+                    fields["component"],
+                    fields["description"],
+                    self.bank_digest(fields["digest"], bank, f"{where}.digest"),
+                )
+            )
+        return tuple(events)
 
     def mapping(
         self, value: object, path: str, *, required: set[str], optional: set[str]
@@ -319,7 +445,10 @@ _TOP_LEVEL_FIELDS = {
     "bootApplications",
     "kernelCmdline",
     "requireValidSeparators",
+    "pcrs",
+    "pcrEvents",
 }
+_BANK_HEX_DIGITS = {"sha1": 40, "sha256": 64}
 
 
 # --- identifiers of measured content -------------------------------------------------------------
@@ -437,11 +566,76 @@ def policy_from_summary(summary: BootSummary) -> Policy:
     )
 
 
+def policy_for_image(
+    image_esp: Path,
+    varstore: Path,
+    *,
+    banks: tuple[str, ...] = ("sha256",),
+    kernel_cmdline: str | None = None,
+) -> Policy:
+    """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
+    as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
+    image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
+    golden values. `kernel_cmdline`, when given, must be the exact measured command line.
+
+    Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
+    """
+    if "sha256" not in banks:
+        raise PolicyError(f"policy_for_image needs the sha256 bank (asked for: {', '.join(banks)})")
+    store = read_varstore(varstore)
+    prediction = predict_pcrs(image_esp, varstore, banks)
+
+    def pin(name: str, entries: tuple[SignatureEntry, ...]) -> VariablePolicy:
+        ids = frozenset(entry_id(entry) for entry in entries)
+        digest = hashlib.sha256(store.raw_databases.get(name, b"")).hexdigest()
+        return VariablePolicy(frozenset({digest}), ids, ids)
+
+    steps = tuple(
+        BootStep(event.component, frozenset({event.digests["sha256"].hex()}))
+        for event in prediction.events_of(BOOT_APPLICATION_PCR)
+        if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
+    )
+    golden = tuple(
+        GoldenPcr(
+            bank,
+            pcr,
+            value.hex(),
+            tuple(
+                ExpectedEvent(event.type_name, event.component, event.description, event.digests[bank].hex())
+                for event in prediction.events_of(pcr)
+            ),
+        )
+        for bank, values in prediction.values.items()
+        for pcr, value in values.items()
+    )
+    return Policy(
+        secure_boot=store.secure_boot,
+        pk=pin("PK", store.pk),
+        kek=pin("KEK", store.kek),
+        db=pin("db", store.db),
+        dbx_required_entries=frozenset(entry_id(entry) for entry in store.dbx),
+        boot_applications=steps,
+        kernel_cmdline=CmdlineRules(exact=kernel_cmdline),
+        require_valid_separators=True,
+        golden_pcrs=golden,
+    )
+
+
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def evaluate(policy: Policy, summary: BootSummary) -> list[Finding]:
-    """Check a boot summary against a policy; return every failure (an empty list means it passes)."""
+def evaluate(
+    policy: Policy,
+    summary: BootSummary,
+    *,
+    log: EventLog | None = None,
+    pcr_values: Mapping[str, Mapping[int, bytes]] | None = None,
+) -> list[Finding]:
+    """Check a boot summary against a policy; return every failure (an empty list means it passes).
+
+    Golden PCR rules need the quoted `pcr_values` (bank -> PCR -> value); `log` lets their findings name
+    the first event that differs from the expected sequence.
+    """
     findings: list[Finding] = []
     findings.extend(_check_secure_boot(policy, summary))
     for name, check, rule in (
@@ -466,7 +660,55 @@ def evaluate(policy: Policy, summary: BootSummary) -> list[Finding]:
                 "an error while measuring the pre-OS environment",
             )
         )
+    for golden in policy.golden_pcrs:
+        findings.extend(_check_golden_pcr(golden, log, pcr_values or {}))
     return findings
+
+
+def _check_golden_pcr(
+    golden: GoldenPcr, log: EventLog | None, pcr_values: Mapping[str, Mapping[int, bytes]]
+) -> list[Finding]:
+    value = pcr_values.get(golden.bank, {}).get(golden.pcr)
+    name = f"{golden.bank} PCR{golden.pcr}"
+    if value is None:
+        return [
+            Finding(
+                Check.PCR_VALUE,
+                "quote",
+                f"the policy has a golden value for {name} but the quote does not vouch for it: "
+                f"quote that PCR in the {golden.bank} bank",
+                pcr=golden.pcr,
+            )
+        ]
+    if value.hex() == golden.value:
+        return []
+    message = f"{name} is {_short(value.hex())}, the policy's golden value is {_short(golden.value)}"
+    component, event_index = "firmware", None
+    if golden.events and log is not None:
+        expected = [
+            (f"{e.type_name} ({e.component}: {e.description})", bytes.fromhex(e.digest))
+            for e in golden.events
+        ]
+        difference = first_difference(log, golden.pcr, golden.bank, expected)
+        if difference is not None:
+            event_index = difference.log_event_index
+            position = difference.position
+            if difference.expected is None:
+                component = "event log"
+                message += f"; event #{event_index} is measured after every expected event of {name}"
+            else:
+                component = golden.events[position].component
+                if event_index is None:
+                    message += f"; the log ends before the expected {difference.expected}"
+                else:
+                    measured = log.events[event_index]
+                    digest = difference.log_digest.hex() if difference.log_digest else "none"
+                    message += (
+                        f"; first difference at event #{event_index}, {measured.type_name} with digest "
+                        f"{_short(digest)}, where the policy expects {difference.expected} with digest "
+                        f"{_short(golden.events[position].digest)}"
+                    )
+    return [Finding(Check.PCR_VALUE, component, message, pcr=golden.pcr, event_index=event_index)]
 
 
 def _check_secure_boot(policy: Policy, summary: BootSummary) -> list[Finding]:

@@ -247,5 +247,5 @@ def verify(
         summary = boot.summary()
     except TrustedLaunchError as exc:
         return _rejected(_log_finding(exc), replayed)
-    findings = tuple(evaluate(policy, summary))
+    findings = tuple(evaluate(policy, summary, log=boot.log, pcr_values=boot.expected))
     return AttestationResult(not findings, findings, summary, replayed, quote.clock)

@@ -108,7 +108,7 @@ class BootSummary:
     authorities: tuple[MeasuredVariable, ...]  # EV_EFI_VARIABLE_AUTHORITY: what verified each boot app
     boot_apps: tuple[BootApplication, ...]  # in load order
     grub_commands: tuple[str, ...]  # "grub_cmd: ..." EV_IPL strings, prefix stripped
-    kernel_cmdline: str | None  # from "kernel_cmdline: ..." (GRUB) or the PCR12 / EFI stub measurement
+    kernel_cmdline: str | None  # "kernel_cmdline: ..." or "chainloader IMAGE ARGS" (GRUB), or PCR12 (stub)
     separators_ok: bool = True  # all EV_SEPARATOR events carry the normal (0x00000000) value
     notes: tuple[str, ...] = field(default=())  # non-fatal oddities worth showing an operator
     kernel_cmdline_event: Event | None = None  # the event kernel_cmdline was read from (for findings)

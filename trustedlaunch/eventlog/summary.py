@@ -57,6 +57,7 @@ SEPARATOR_ERROR = b"\xff\xff\xff\xff"
 SEPARATOR_WINDOWS = b"WBCL"  # Windows Boot Configuration Log separator, in PCR12..14
 GRUB_COMMAND_PREFIXES = ("grub_cmd: ", "grub_cmd ")
 # RHEL's GRUB measures "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-... root=..." (image path first)
+KERNEL_CMDLINE_PCR = 8  # GRUB measures its commands and the kernel command line here
 GRUB_CMDLINE_PREFIXES = ("kernel_cmdline: ", "kernel_cmdline ", "grub_kernel_cmdline ")
 
 
@@ -138,6 +139,8 @@ class _SummaryBuilder:
         self.grub_cmdline: str | None = None
         self.stub_cmdline: str | None = None
         self.grub_cmdline_event: Event | None = None
+        self.chainload_cmdline: str | None = None
+        self.chainload_cmdline_event: Event | None = None
         self.stub_cmdline_event: Event | None = None
         self.separators_ok = True
         self.notes: list[str] = []
@@ -174,7 +177,13 @@ class _SummaryBuilder:
         text = describe_ipl(event.data)
         for prefix in GRUB_COMMAND_PREFIXES:
             if text.startswith(prefix):
-                self.grub_commands.append(text[len(prefix) :])
+                command = text[len(prefix) :]
+                self.grub_commands.append(command)
+                # GRUB starting an EFI-stub kernel with `chainloader IMAGE ARGS` passes ARGS as its command
+                # line and measures no kernel_cmdline event: the command is the measured command line.
+                words = command.split(None, 2)
+                if event.pcr == KERNEL_CMDLINE_PCR and len(words) == 3 and words[0] == "chainloader":
+                    self.chainload_cmdline, self.chainload_cmdline_event = words[2], event
                 return
         for prefix in GRUB_CMDLINE_PREFIXES:
             if text.startswith(prefix):
@@ -205,6 +214,18 @@ class _SummaryBuilder:
         self.notes.append(f"unexpected separator value {event.data.hex()} {_where(event)}")
 
     def build(self) -> BootSummary:
+        cmdline, cmdline_event = next(
+            (
+                (text, event)
+                for text, event in (
+                    (self.grub_cmdline, self.grub_cmdline_event),
+                    (self.chainload_cmdline, self.chainload_cmdline_event),
+                    (self.stub_cmdline, self.stub_cmdline_event),
+                )
+                if text is not None
+            ),
+            (None, None),
+        )
         if "SecureBoot" not in self.variables and not any("SecureBoot variable" in n for n in self.notes):
             self.notes.append("the log measures no SecureBoot variable in PCR7: Secure Boot state unknown")
         return BootSummary(
@@ -213,10 +234,8 @@ class _SummaryBuilder:
             authorities=tuple(self.authorities),
             boot_apps=tuple(self.boot_apps),
             grub_commands=tuple(self.grub_commands),
-            kernel_cmdline=self.grub_cmdline if self.grub_cmdline is not None else self.stub_cmdline,
-            kernel_cmdline_event=self.grub_cmdline_event
-            if self.grub_cmdline is not None
-            else self.stub_cmdline_event,
+            kernel_cmdline=cmdline,
+            kernel_cmdline_event=cmdline_event,
             separators_ok=self.separators_ok,
             notes=tuple(self.notes),
         )

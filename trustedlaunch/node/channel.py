@@ -131,7 +131,7 @@ class AgentChannel:
         return answer
 
     def quote(self, nonce: bytes, timeout: float) -> NodeQuote:
-        """Ask for a quote of sha1+sha256 PCRs 0-9 over `nonce`, with the keys and the event log."""
+        """Ask for a quote of PCRs 0-9 and 14 over `nonce`, with the keys and the event log."""
         answer = self._check(self.request(f"QUOTE {nonce.hex()}", "QUOTE", timeout))
         if answer.get("nonce", "").lower() != nonce.hex():
             raise AgentError(f"agent answered QUOTE for nonce {answer.get('nonce')!r}, not {nonce.hex()}")
@@ -155,3 +155,7 @@ class AgentChannel:
             base64.b64encode(part).decode() for part in (id_object, encrypted_secret)
         )
         return _b64(self._check(self.request(request, "ACTIVATE", timeout)), "secret")
+
+    def ek_certificate(self, timeout: float) -> bytes:
+        """The DER EK certificate the TPM manufacturer (here swtpm_setup) stored at NV index 0x01c00002."""
+        return _b64(self._check(self.request("EKCERT", "EKCERT", timeout)), "certificate")

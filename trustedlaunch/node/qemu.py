@@ -191,6 +191,16 @@ class NodeVM:
         self.shutdown()
 
     @property
+    def varstore_path(self) -> Path:
+        """The VM's own copy of the OVMF varstore (made at start)."""
+        return self.run_dir / "OVMF_VARS.fd"
+
+    @property
+    def esp_path(self) -> Path:
+        """The VM's own copy of the image's ESP (made at start)."""
+        return self.run_dir / "esp"
+
+    @property
     def running(self) -> bool:
         """True while QEMU is alive."""
         return self._process is not None and self._process.poll() is None
@@ -264,10 +274,10 @@ class NodeVM:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self._agent_socket, self._qmp_socket, self.console_log):
             stale.unlink(missing_ok=True)
-        varstore = self.run_dir / "OVMF_VARS.fd"
+        varstore = self.varstore_path
         shutil.copyfile(template, varstore)
         # QEMU's vvfat may write into the folder it serves: give each VM its own copy of the ESP.
-        esp = self.run_dir / "esp"
+        esp = self.esp_path
         shutil.rmtree(esp, ignore_errors=True)
         shutil.copytree(self.image.esp_dir, esp)
         tpm_socket = self.vtpm.start() if self.vtpm is not None else None
@@ -332,7 +342,7 @@ class NodeVM:
         return self._channel
 
     def request_quote(self, nonce: bytes, timeout: float = 120.0) -> NodeQuote:
-        """Have the agent quote sha1+sha256 PCRs 0-9 over `nonce` (1..64 bytes) and send its evidence."""
+        """Have the agent quote PCRs 0-9 and 14 (shim's MOK measurements) over `nonce` (1..64 bytes)."""
         if not 0 < len(nonce) <= MAX_NONCE_BYTES:
             raise NodeVMError(f"quote nonce must be 1..{MAX_NONCE_BYTES} bytes, got {len(nonce)}")
         return self._agent().quote(nonce, timeout)
@@ -345,6 +355,10 @@ class NodeVM:
         """
         sized = [struct.pack(">H", len(part)) + part for part in (credential_blob, encrypted_secret)]
         return self._agent().activate(sized[0], sized[1], timeout)
+
+    def ek_certificate(self, timeout: float = 60.0) -> bytes:
+        """The node TPM's RSA EK certificate (DER), read by the agent from NV index 0x01c00002."""
+        return self._agent().ek_certificate(timeout)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM (QMP quit, then kill) and its vTPM; reap both. Safe to call more than once."""

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.tpm.ekca import EkCa, write_swtpm_setup_config
 
 STATE_FILE = "tpm2-00.permall"
 CONTROL_SOCKET = "swtpm.sock"
-PCR_BANKS = "sha1,sha256"
+PCR_BANKS = ("sha1", "sha256")
+SETUP_CONFIG_DIR = "swtpm-setup"
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 
 
@@ -60,9 +62,11 @@ class Vtpm:
         return sorted(self.state_dir.glob("ek-*.crt"))
 
     @classmethod
-    def create(cls, state_dir: Path, *, ek_certificates: bool = True) -> Vtpm:
-        """Manufacture a TPM 2.0 in `state_dir`: RSA and ECC EKs (and their certificates), SHA-1 and
-        SHA-256 PCR banks. An already manufactured directory is reused as is."""
+    def create(cls, state_dir: Path, *, ek_ca: EkCa | None, pcr_banks: tuple[str, ...] = PCR_BANKS) -> Vtpm:
+        """Manufacture a TPM 2.0 in `state_dir`: RSA and ECC EKs, the given PCR banks and, with `ek_ca`,
+        EK certificates issued by that platform CA (never by swtpm's shared local CA), stored in the TPM's
+        NV (0x01c00002 for RSA) and as files. An already manufactured directory is reused as is: call
+        `destroy()` first to reimage (new EKs, new certificates)."""
         vtpm = cls(state_dir)
         if vtpm.manufactured:
             return vtpm
@@ -75,12 +79,13 @@ class Vtpm:
             str(state_dir),
             "--createek",
             "--pcr-banks",
-            PCR_BANKS,
+            ",".join(pcr_banks),
             "--logfile",
             str(vtpm.log_path),
         ]
-        if ek_certificates:
-            command += ["--create-ek-cert", "--write-ek-cert-files", str(state_dir)]
+        if ek_ca is not None:
+            config = write_swtpm_setup_config(ek_ca, state_dir / SETUP_CONFIG_DIR, pcr_banks=pcr_banks)
+            command += ["--config", str(config), "--create-ek-cert", "--write-ek-cert-files", str(state_dir)]
         result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
         if result.returncode != 0 or not vtpm.manufactured:
             log = vtpm.log_path.read_text(errors="replace")[-2000:] if vtpm.log_path.exists() else ""

@@ -100,6 +100,7 @@ class ImageVerdict:
     detail: str  # operator explanation, without the component name
     authority: str | None = None  # label of the trust anchor (or allowed hash) that verified the image
     signer_subject: str | None = None
+    authority_entry: SignatureEntry | None = None  # the db/MokList/vendor entry that verified the image
 
 
 def load_pe_image(path: Path) -> PeImage:
@@ -212,7 +213,12 @@ def verify_image(
             )
     for anchor in allowed:
         if anchor.entry.signature_type == siglist.EFI_CERT_SHA256 and anchor.entry.data[:32] == image.sha256:
-            return ImageVerdict(None, "its Authenticode digest is allowed", authority=anchor.label)
+            return ImageVerdict(
+                None,
+                "its Authenticode digest is allowed",
+                authority=anchor.label,
+                authority_entry=anchor.entry,
+            )
     if not image.signatures:
         return ImageVerdict(ReasonCode.NOT_SIGNED, "the image carries no Authenticode signature")
     if not valid_signatures:
@@ -235,6 +241,7 @@ def verify_image(
                 f"signed by {signature.signer_common_name!r}, trusted through {anchor.label}",
                 authority=anchor.label,
                 signer_subject=signature.signer_subject,
+                authority_entry=anchor.entry,
             )
         problems.append(
             f"{signature.signer_common_name!r} (issued by {signature.issuer_common_name!r}{problem})"

@@ -58,6 +58,7 @@ class ComponentVerdict:
     sbat: tuple[SbatEntry, ...]
     reason: ReasonCode | None  # None: accepted
     detail: str  # operator explanation
+    authority_entry: SignatureEntry | None = None  # the entry named by verified_by (measured into PCR7)
 
     @property
     def accepted(self) -> bool:
@@ -211,6 +212,7 @@ def _check(
         sbat,
         verdict.reason,
         verdict.detail,
+        verdict.authority_entry,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from virt.firmware.varstore import autodetect
@@ -36,6 +36,8 @@ class VarStore:
     mok_list_x: tuple[SignatureEntry, ...]  # shim's MokListX (machine owner denylist)
     secure_boot_enable: bool | None  # edk2's SecureBootEnable (or a stored SecureBoot) variable
     sbat_level: str | None  # shim's SbatLevel variable, None when absent
+    # PK, KEK, db and dbx as stored (the signature lists OVMF measures into PCR7); b"" when absent
+    raw_databases: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def setup_mode(self) -> bool:
@@ -93,4 +95,13 @@ def read_varstore(path: Path) -> VarStore:
         mok_list_x=signatures("MokListX", SHIM_LOCK),
         secure_boot_enable=bool(enable[0]) if enable else None,
         sbat_level=sbat_level.decode("ascii", "replace").rstrip("\0") if sbat_level else None,
+        raw_databases={
+            name: data(name, vendor) or b""
+            for name, vendor in (
+                ("PK", EFI_GLOBAL_VARIABLE),
+                ("KEK", EFI_GLOBAL_VARIABLE),
+                ("db", EFI_IMAGE_SECURITY_DATABASE),
+                ("dbx", EFI_IMAGE_SECURITY_DATABASE),
+            )
+        },
     )

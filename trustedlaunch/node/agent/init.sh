@@ -7,6 +7,7 @@
 #   QUOTE <hex nonce>     -> {"reply":"QUOTE", akPublic, akName, ekPublic, quote, signature, pcrs,
 #                             pcrValues, eventLog}   (or {"reply":"QUOTE","error":"no TPM"} ...)
 #   ACTIVATE <b64 TPM2B_ID_OBJECT> <b64 TPM2B_ENCRYPTED_SECRET> -> {"reply":"ACTIVATE","secret":"..."}
+#   EKCERT                -> {"reply":"EKCERT","certificate":"..."}  (DER, from NV index 0x01c00002)
 
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 mount -t proc proc /proc
@@ -18,7 +19,7 @@ cd /tmp/agent || exec sh
 
 AGENT=/dev/ttyS1
 EVENT_LOG=/sys/kernel/security/tpm0/binary_bios_measurements
-PCRS=sha1:0,1,2,3,4,5,6,7,8,9+sha256:0,1,2,3,4,5,6,7,8,9
+PCRS=sha1:0,1,2,3,4,5,6,7,8,9,14+sha256:0,1,2,3,4,5,6,7,8,9,14
 # /dev/tpm0 without a resource manager: the agent is the TPM's only user and flushes what it loads.
 export TPM2TOOLS_TCTI=device:/dev/tpm0
 
@@ -104,6 +105,19 @@ activate() {
     reply "{\"reply\":\"ACTIVATE\",\"secret\":\"$(b64 secret.bin)\"}"
 }
 
+ek_certificate() {
+    if [ ! -c /dev/tpm0 ]; then
+        fail EKCERT "no TPM"
+        return
+    fi
+    # TCG EK credential profile: the RSA 2048 EK certificate is provisioned at NV index 0x01c00002.
+    if ! tpm2 nvread 0x01c00002 -C o -o ekcert.der >/dev/null 2>err.txt; then
+        fail EKCERT "reading the EK certificate from NV index 0x01c00002 failed" err.txt
+        return
+    fi
+    reply "{\"reply\":\"EKCERT\",\"certificate\":\"$(b64 ekcert.der)\"}"
+}
+
 stty -F "$AGENT" raw -echo 115200
 exec 3<>"$AGENT"
 tpm="absent"
@@ -119,6 +133,7 @@ while :; do
             ;;
         QUOTE) quote "$arg1" ;;
         ACTIVATE) activate "$arg1" "$arg2" ;;
+        EKCERT) ek_certificate ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
     esac

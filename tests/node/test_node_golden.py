@@ -1,0 +1,83 @@
+"""Golden values without a boot: the policy derived from a node image and a varstore (fast, no VM), and the
+kernel command line of a real boot of our node image (GRUB chainloads the kernel's EFI stub).
+
+data/secureboot-vtpm-eventlog.bin: the event log of a real Secure Boot + vTPM boot of the node image
+(OVMF_VARS_4M.ms.fd, Debian shim 15.8 / GRUB / kernel), read by the agent from binary_bios_measurements.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from node_helpers import unsigned_copy
+
+from trustedlaunch.attest.findings import Check
+from trustedlaunch.attest.policy import CmdlineRules, Policy, PolicyError, evaluate, policy_for_image
+from trustedlaunch.eventlog.parser import parse_event_log_file
+from trustedlaunch.eventlog.predict import PredictionError, predict_pcrs
+from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.node.image import DEFAULT_CMDLINE, NodeImage, build_node_image, default_kernel
+from trustedlaunch.node.qemu import FIRMWARE
+from trustedlaunch.uefi.secureboot import decide_boot
+
+BOOT_LOG = Path(__file__).parent / "data" / "secureboot-vtpm-eventlog.bin"
+MEASURED_CMDLINE = f"initrd=initrd.gz {DEFAULT_CMDLINE}"  # GRUB unescapes `initrd=\initrd.gz`
+
+
+@pytest.mark.parametrize("secure_boot", [True, False], ids=["secure-boot", "no-secure-boot"])
+def test_policy_for_image_pins_the_image_and_varstore(secure_boot: bool, node_image: NodeImage) -> None:
+    varstore = FIRMWARE[secure_boot][1]
+    policy = policy_for_image(node_image.esp_dir, varstore, banks=("sha1", "sha256"))
+    assert Policy.from_json(policy.to_json()) == policy
+    assert policy.secure_boot is secure_boot
+    shim, grub, kernel = (
+        c.sha256.hex() for c in decide_boot(varstore, node_image.esp_dir).components if c.sha256
+    )
+    chain = [shim, grub, kernel, kernel] if secure_boot else [shim, grub, kernel]
+    assert policy.boot_applications is not None
+    assert [next(iter(step.digests)) for step in policy.boot_applications] == chain
+    assert [step.component for step in policy.boot_applications][:3] == ["shim", "grub", "kernel"]
+    assert {(golden.bank, golden.pcr) for golden in policy.golden_pcrs} == {
+        (bank, pcr) for bank in ("sha1", "sha256") for pcr in (4, 7)
+    }
+    assert all(golden.events for golden in policy.golden_pcrs)
+    assert policy.describe()["pcrs"] != "any"
+
+
+def test_secure_boot_policy_requires_the_varstore_keys(node_image: NodeImage) -> None:
+    policy = policy_for_image(node_image.esp_dir, FIRMWARE[True][1])
+    assert policy.pk is not None and policy.kek is not None and policy.db is not None
+    assert len(policy.db.required_entries) == 2  # Microsoft Windows PCA 2011 + UEFI CA 2011
+    assert policy.dbx_required_entries
+
+
+def test_unbootable_image_cannot_be_predicted(node_image: NodeImage, tmp_path: Path) -> None:
+    kernel = unsigned_copy(default_kernel(), tmp_path / "vmlinuz-unsigned")
+    image = build_node_image(tmp_path / "image", kernel=kernel)
+    with pytest.raises(PredictionError, match=r"kernel \(vmlinuz\).*NotSigned"):
+        predict_pcrs(image.esp_dir, FIRMWARE[True][1])
+    # without Secure Boot nothing is verified: the unsigned kernel boots and is predicted
+    assert predict_pcrs(image.esp_dir, FIRMWARE[False][1]).values["sha256"][4]
+
+
+def test_golden_pcr_fields_are_validated() -> None:
+    with pytest.raises(PolicyError, match=r"pcrs\.sha256\.4.*64 hex digits"):
+        Policy.from_dict({"pcrs": {"sha256": {"4": "00" * 20}}})
+    with pytest.raises(PolicyError, match=r"pcrs\.sha256.*PCR index 'x'"):
+        Policy.from_dict({"pcrs": {"sha256": {"x": "00" * 32}}})
+    with pytest.raises(PolicyError, match=r"pcrs.*unknown field\(s\) md5"):
+        Policy.from_dict({"pcrs": {"md5": {"4": "00" * 16}}})
+
+
+def test_chainloader_arguments_are_the_kernel_command_line() -> None:
+    log = parse_event_log_file(BOOT_LOG)
+    summary = summarize(log)
+    assert summary.kernel_cmdline == MEASURED_CMDLINE
+    event = summary.kernel_cmdline_event
+    assert event is not None and event.pcr == 8
+    assert f"chainloader /vmlinuz {MEASURED_CMDLINE}" in summary.grub_commands
+    rules = CmdlineRules(exact=MEASURED_CMDLINE, required_tokens=("panic=-1",), forbidden_tokens=("init=",))
+    assert evaluate(Policy(kernel_cmdline=rules), summary) == []
+    findings = evaluate(Policy(kernel_cmdline=CmdlineRules(forbidden_tokens=("console=",))), summary)
+    assert [(f.check, f.pcr, f.event_index) for f in findings] == [(Check.KERNEL_CMDLINE, 8, event.index)]
