@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from trustedlaunch import __version__
-from trustedlaunch.cli import attest, demo, eventlog, image, verify
+from trustedlaunch.cli import aks, attest, demo, eventlog, feature, image, provider, verify
 
 app = typer.Typer(
     name="tl",
@@ -15,10 +15,13 @@ app = typer.Typer(
 )
 
 # Sub-apps register here, one line each (keep alphabetical):
+app.add_typer(aks.aks_app, name="aks")
 app.add_typer(attest.attest_app, name="attest")
 app.add_typer(eventlog.eventlog_app, name="eventlog")
+app.add_typer(feature.feature_app, name="feature")
 app.add_typer(image.app, name="image")
 app.add_typer(verify.policy_app, name="policy")
+app.add_typer(provider.provider_app, name="provider")
 app.command(name="demo")(demo.demo)
 
 

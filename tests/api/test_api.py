@@ -1,0 +1,250 @@
+"""ARM-shaped routes, long-running operation headers, ARM errors for every failure, auth and limits."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from api_helpers import API, CLUSTER, RG_PATH, SUB, cluster_body, register_trusted_launch
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+
+from trustedlaunch.api.app import create_app
+from trustedlaunch.control.operations import finish_operation, get_operation
+from trustedlaunch.store.models import Operation
+
+TL = {"securityProfile": {"enableSecureBoot": True, "enableVTPM": True}}
+
+
+def assert_arm_error(
+    response: object, status: int, code: str, target: str | None = None
+) -> dict[str, object]:
+    assert hasattr(response, "status_code") and hasattr(response, "json")
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    error = response.json()["error"]  # type: ignore[attr-defined]
+    assert set(error) == {"code", "message", "target", "details"}
+    assert error["code"] == code, error
+    if target is not None:
+        assert error["target"] == target
+    return error  # type: ignore[no-any-return]
+
+
+def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> None:
+    register_trusted_launch(client)
+    response = client.put(CLUSTER, params=API, json=cluster_body(**TL))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["name"] == "myAKSCluster" and body["type"] == "Microsoft.ContainerService/ManagedClusters"
+    assert body["id"].endswith(
+        "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myakscluster"
+    )
+    props = body["properties"]
+    assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}
+    (pool,) = props["agentPoolProfiles"]
+    assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
+    assert pool["nodeImageVersion"].startswith("AKSUbuntu-2204gen2TLcontainerd-")
+    assert (pool["count"], pool["vmSize"], pool["osType"], pool["osSKU"], pool["mode"]) == (
+        2,
+        "Standard_D4s_v3",
+        "Linux",
+        "Ubuntu",
+        "System",
+    )
+    async_url = response.headers["Azure-AsyncOperation"]
+    assert "/providers/Microsoft.ContainerService/locations/eastus/operations/" in async_url
+    assert "api-version=2024-09-01" in async_url
+    status = client.get(async_url)
+    assert status.status_code == 200
+    operation = status.json()
+    assert operation["status"] == "InProgress" and operation["startTime"].endswith("Z")
+    assert "reconciler" in operation["properties"]["note"]
+    assert client.get(response.headers["Location"]).status_code == 202
+
+    # GET by the returned id (lowercase segments) and by the caller's path.
+    assert client.get(body["id"], params=API).json()["name"] == "myAKSCluster"
+    listed = client.get(f"{RG_PATH}/managedClusters").json()["value"]
+    assert [c["name"] for c in listed] == ["myAKSCluster"]
+    all_clusters = client.get(f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/managedClusters")
+    assert len(all_clusters.json()["value"]) == 1
+
+
+def test_trusted_launch_before_feature_registration(client: TestClient) -> None:
+    error = assert_arm_error(
+        client.put(CLUSTER, json=cluster_body(**TL)),
+        400,
+        "PreviewFeatureNotRegistered",
+        "properties.agentPoolProfiles[0].properties.securityProfile",
+    )
+    assert "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview" in str(
+        error["message"]
+    )
+    assert_arm_error(client.get(CLUSTER), 404, "ResourceNotFound", "resourceName")
+
+
+def test_every_violation_is_listed_in_details(client: TestClient) -> None:
+    register_trusted_launch(client)
+    body = cluster_body(
+        vmSize="Standard_D2ps_v5", enableFIPS=True, type="AvailabilitySet", orchestratorVersion="1.24.9", **TL
+    )
+    error = assert_arm_error(client.put(CLUSTER, json=body), 400, "TrustedLaunchIncompatibleWithConfig")
+    targets = [d["target"] for d in error["details"]]  # type: ignore[union-attr]
+    prefix = "properties.agentPoolProfiles[0]."
+    assert targets == [
+        prefix + "properties.orchestratorVersion",
+        prefix + "properties.vmSize",
+        prefix + "properties.enableFIPS",
+        prefix + "properties.type",
+    ]
+
+
+def test_agent_pool_lifecycle(client: TestClient) -> None:
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    pools = f"{CLUSTER}/agentPools"
+    gpu = {"properties": {"count": 1, "vmSize": "Standard_NC4as_T4_v3", "gpuProfile": {"driver": "None"}}}
+    created = client.put(f"{pools}/gpupool", json=gpu)
+    assert created.status_code == 201 and "Azure-AsyncOperation" in created.headers
+    props = created.json()["properties"]
+    assert props["gpuProfile"] == {"driver": "None"} and props["provisioningState"] == "Creating"
+    assert props["nodeImageVersion"].startswith("AKSUbuntu-2204gen2containerd-")  # feature not registered
+    assert [p["name"] for p in client.get(pools).json()["value"]] == ["nodepool1", "gpupool"]
+    assert_arm_error(
+        client.put(f"{pools}/gpupool", json=gpu, headers={"If-None-Match": "*"}),
+        409,
+        "DuplicateAgentPoolName",
+        "name",
+    )
+    assert_arm_error(client.put(f"{pools}/gpupool", json=gpu), 409, "OperationNotAllowed")
+    assert_arm_error(client.put(f"{pools}/Bad-Name", json=gpu), 400, "AgentPoolNameInvalid", "name")
+    deleted = client.delete(f"{pools}/gpupool")
+    assert deleted.status_code == 202 and "Azure-AsyncOperation" in deleted.headers
+    assert client.get(f"{pools}/gpupool").json()["properties"]["provisioningState"] == "Deleting"
+    assert client.delete(f"{pools}/nosuchpool").status_code == 204
+    assert_arm_error(client.get(f"{pools}/nosuchpool"), 404, "ResourceNotFound", "agentPoolName")
+
+
+def test_pool_update_after_the_reconciler_finished(client: TestClient) -> None:
+    register_trusted_launch(client)
+    response = client.put(CLUSTER, json=cluster_body())
+    operation_id = response.headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        finish_operation(
+            session, get_operation(session, SUB, operation_id), "Succeeded"
+        )  # the reconciler's call
+    pool_url = f"{CLUSTER}/agentPools/nodepool1"
+    pool = client.get(pool_url).json()
+    assert pool["properties"]["provisioningState"] == "Succeeded"
+    pool["properties"]["securityProfile"] = {"enableSecureBoot": True}  # GET-modify-PUT, as az does
+    updated = client.put(pool_url, json=pool)
+    assert updated.status_code == 200
+    assert updated.json()["properties"]["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": False}
+    assert updated.json()["properties"]["provisioningState"] == "Updating"
+    assert client.get(updated.headers["Location"]).status_code == 202
+
+
+def test_validation_errors_use_the_arm_envelope(client: TestClient) -> None:
+    error = assert_arm_error(
+        client.put(CLUSTER, json={"properties": {"agentPoolProfiles": [{"name": "np", "count": -1}]}}),
+        400,
+        "InvalidRequestContent",
+    )
+    targets = {d["target"] for d in error["details"]}  # type: ignore[union-attr]
+    assert targets == {"location", "properties.agentPoolProfiles.0.count"}
+    bad_json = client.put(CLUSTER, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert_arm_error(bad_json, 400, "InvalidRequestContent")
+    assert_arm_error(
+        client.put(CLUSTER, json=cluster_body(osType="Linux", osSKU="Debian")),
+        400,
+        "InvalidRequestContent",
+        "properties.agentPoolProfiles.0.osSKU",
+    )
+    bad_sub = CLUSTER.replace(SUB, "not-a-guid")
+    assert_arm_error(client.get(bad_sub), 400, "InvalidSubscriptionId", "subscriptionId")
+    assert_arm_error(client.get("/no/such/route"), 404, "NotFound")
+    assert_arm_error(client.patch(CLUSTER, json={}), 405, "MethodNotAllowed")
+
+
+def test_server_failures_use_the_arm_envelope(tmp_path: Path) -> None:
+    database = tmp_path / "c.db"
+    token_file = tmp_path / "admin-token"
+    app = create_app(f"sqlite:///{database}", token_file)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        with app.state.sessions.begin() as session:
+            session.execute(text("DROP TABLE operations"))  # a broken store: every PUT fails
+        error = assert_arm_error(client.put(CLUSTER, json=cluster_body()), 500, "InternalServerError")
+        assert "OperationalError" in str(error["message"]) and "operations" in str(error["message"])
+
+
+def test_request_body_size_limit(client: TestClient) -> None:
+    big = {"location": "eastus", "tags": {"pad": "x" * 70_000}}
+    assert_arm_error(client.put(CLUSTER, json=big), 413, "RequestEntityTooLarge", "body")
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(10):
+            yield b"x" * 10_000
+
+    assert_arm_error(client.put(CLUSTER, content=chunks()), 413, "RequestEntityTooLarge")
+
+
+def test_authentication_required_except_health_and_openapi(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin-token"
+    with TestClient(create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)) as anonymous:
+        assert anonymous.get("/healthz").json() == {"status": "ok"}
+        schema = anonymous.get("/openapi.json").json()
+        assert any("agentPools/{pool_name}" in path for path in schema["paths"])
+        components = schema["components"]["schemas"]
+        assert set(components["SecurityProfile"]["properties"]) == {"enableSecureBoot", "enableVTPM"}
+        assert {"code", "message", "target", "details"} <= set(components["ErrorDetail"]["properties"])
+        put = next(p for path, p in schema["paths"].items() if path.endswith("{cluster_name}"))["put"]
+        assert {"201", "400", "401", "409"} <= set(put["responses"])
+        parameters = {parameter["name"] for parameter in put["parameters"]}
+        assert "api-version" in parameters
+        assert anonymous.get("/docs").status_code in (401, 404)
+        refused = anonymous.put(CLUSTER, json=cluster_body())
+        error = assert_arm_error(refused, 401, "AuthenticationFailed")
+        assert "TL_TOKEN" in str(error["message"]) and refused.headers["WWW-Authenticate"].startswith(
+            "Bearer"
+        )
+        assert_arm_error(anonymous.get(CLUSTER), 401, "AuthenticationFailed")
+        wrong = anonymous.delete(CLUSTER, headers={"Authorization": "Bearer tl_wrong"})
+        assert_arm_error(wrong, 401, "InvalidAuthenticationToken")
+        basic = anonymous.get(CLUSTER, headers={"Authorization": f"Basic {token_file.read_text().strip()}"})
+        assert_arm_error(basic, 401, "InvalidAuthenticationToken")
+        ok = anonymous.get(CLUSTER, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+        assert_arm_error(ok, 404, "ResourceNotFound")
+
+
+def test_features_and_providers(client: TestClient) -> None:
+    features = f"/subscriptions/{SUB}/providers/Microsoft.Features"
+    feature = f"{features}/providers/Microsoft.ContainerService/features/TrustedLaunchPreview"
+    assert client.get(feature).json()["properties"]["state"] == "NotRegistered"
+    registered = client.post(f"{feature}/register").json()
+    assert registered["name"] == "Microsoft.ContainerService/TrustedLaunchPreview"
+    assert registered["properties"]["state"] == "Registering"
+    provider = f"/subscriptions/{SUB}/providers/Microsoft.ContainerService"
+    assert client.get(provider).json()["registrationState"] == "NotRegistered"
+    assert client.post(f"{provider}/register").json()["registrationState"] == "Registered"
+    assert client.get(feature).json()["properties"]["state"] == "Registered"
+    assert [f["properties"]["state"] for f in client.get(f"{features}/features").json()["value"]] == [
+        "Registered"
+    ]
+    assert_arm_error(
+        client.post(f"{features}/providers/Microsoft.ContainerService/features/Nope/register"),
+        404,
+        "FeatureNotFound",
+    )
+
+
+def test_credentials_and_cluster_delete(client: TestClient) -> None:
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    credential = client.post(f"{CLUSTER}/listClusterUserCredential").json()["kubeconfigs"][0]
+    config = json.loads(base64.b64decode(credential["value"]))
+    assert config["current-context"] == "myakscluster" and config["users"][0]["user"]["token"]
+    deleted = client.delete(CLUSTER)
+    assert deleted.status_code == 202
+    again = client.delete(CLUSTER)
+    assert again.headers["Azure-AsyncOperation"] == deleted.headers["Azure-AsyncOperation"]
+    assert_arm_error(client.put(f"{CLUSTER}/agentPools/more", json={}), 409, "OperationNotAllowed")
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        assert sorted(session.scalars(select(Operation.status))) == ["Canceled", "InProgress"]

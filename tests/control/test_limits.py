@@ -1,0 +1,356 @@
+"""One test per AKS limitation in control/limits.py: the violating request and the closest valid one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.limits import (
+    LIMITATIONS,
+    TL_INCOMPATIBLE,
+    ClusterRequest,
+    PoolDeletion,
+    PoolRequest,
+    SecurityFlags,
+    check_cluster,
+    check_deletion,
+    check_flags,
+    check_pool,
+    parse_kubernetes_version,
+    raise_violations,
+)
+from trustedlaunch.control.node_images import IMAGES_BY_VERSION, NODE_IMAGES
+from trustedlaunch.control.vm_sizes import find_vm_size, vm_sizes
+
+VALID_TL = PoolRequest(
+    name="tlpool",
+    os_type="Linux",
+    os_sku="Ubuntu",
+    vm_size="Standard_D4s_v3",
+    pool_type="VirtualMachineScaleSets",
+    orchestrator_version="1.30.6",
+    enable_fips=False,
+    os_disk_type="Managed",
+    os_disk_size_gb=128,
+    gpu_driver=None,
+    enable_secure_boot=True,
+    enable_vtpm=True,
+)
+
+
+def codes_and_targets(request: PoolRequest) -> list[tuple[str, str | None]]:
+    return [(v.code, v.target) for v in check_pool(request)]
+
+
+def test_valid_trusted_launch_pool_has_no_violation() -> None:
+    assert check_pool(VALID_TL) == []
+
+
+@pytest.mark.parametrize("name", ["a", "np1", "abcdefghijk"])
+def test_pool_name_valid(name: str) -> None:
+    assert check_pool(replace(VALID_TL, name=name)) == []
+
+
+@pytest.mark.parametrize("name", ["", "1pool", "Pool", "pool-1", "abcdefghijkl", "pool_1"])
+def test_pool_name_invalid(name: str) -> None:
+    assert codes_and_targets(replace(VALID_TL, name=name)) == [("AgentPoolNameInvalid", "name")]
+
+
+def test_windows_pool_name_limited_to_six_characters() -> None:
+    windows = replace(
+        VALID_TL, os_type="Windows", os_sku="Windows2022", enable_secure_boot=False, enable_vtpm=False
+    )
+    assert check_pool(replace(windows, name="win123")) == []
+    violations = check_pool(replace(windows, name="win1234"))
+    assert [v.code for v in violations] == ["AgentPoolNameInvalid"]
+    assert "1-6" in violations[0].message
+
+
+def test_duplicate_pool_name() -> None:
+    violations = check_pool(replace(VALID_TL, sibling_pool_names=("nodepool1", "TLPOOL")))
+    assert [(v.code, v.target, v.status) for v in violations] == [("DuplicateAgentPoolName", "name", 409)]
+    assert check_pool(replace(VALID_TL, sibling_pool_names=("nodepool1",))) == []
+
+
+def test_unknown_vm_size() -> None:
+    assert codes_and_targets(replace(VALID_TL, vm_size="Standard_Imaginary_v9")) == [
+        ("VMSizeNotSupported", "properties.vmSize")
+    ]
+    assert check_pool(replace(VALID_TL, vm_size="standard_d4s_v3")) == []  # case-insensitive
+
+
+def test_os_sku_must_match_os_type() -> None:
+    assert codes_and_targets(replace(VALID_TL, os_sku="Windows2022")) == [
+        ("InvalidOSSKU", "properties.osSKU")
+    ]
+    assert check_pool(replace(VALID_TL, os_sku="AzureLinux")) == []
+
+
+def test_malformed_kubernetes_version() -> None:
+    assert codes_and_targets(replace(VALID_TL, orchestrator_version="v1.30")) == [
+        ("InvalidKubernetesVersion", "properties.orchestratorVersion")
+    ]
+
+
+def test_kubernetes_older_than_1_25_2() -> None:
+    violations = check_pool(replace(VALID_TL, orchestrator_version="1.25.1"))
+    assert [(v.code, v.target) for v in violations] == [(TL_INCOMPATIBLE, "properties.orchestratorVersion")]
+    assert "1.25.2" in violations[0].message and "1.25.1" in violations[0].message
+    assert check_pool(replace(VALID_TL, orchestrator_version="1.25.2")) == []
+    assert check_pool(replace(VALID_TL, orchestrator_version="1.25")) == []  # newest 1.25 patch
+    no_tl = replace(VALID_TL, orchestrator_version="1.24.9", enable_secure_boot=False, enable_vtpm=False)
+    assert check_pool(no_tl) == []
+
+
+def test_pool_version_not_newer_than_control_plane() -> None:
+    violations = check_pool(replace(VALID_TL, orchestrator_version="1.31.1", cluster_version="1.30.6"))
+    assert [(v.code, v.target) for v in violations] == [
+        ("InvalidKubernetesVersion", "properties.orchestratorVersion")
+    ]
+    assert "1.30.6" in violations[0].message
+    assert check_pool(replace(VALID_TL, orchestrator_version="1.30.6", cluster_version="1.30.6")) == []
+    assert check_pool(replace(VALID_TL, orchestrator_version="1.29.9", cluster_version="1.30.6")) == []
+    assert check_pool(replace(VALID_TL, orchestrator_version="1.30", cluster_version="1.30.6")) == []
+
+
+def test_pool_version_cannot_be_downgraded() -> None:
+    downgraded = replace(VALID_TL, orchestrator_version="1.29.9", previous=VALID_TL)
+    violations = check_pool(downgraded)
+    assert [(v.code, v.target) for v in violations] == [
+        ("InvalidKubernetesVersion", "properties.orchestratorVersion")
+    ]
+    assert "from Kubernetes 1.30.6 to 1.29.9" in violations[0].message
+    assert check_pool(replace(VALID_TL, orchestrator_version="1.31.0", previous=VALID_TL)) == []
+
+
+def test_cluster_version_cannot_be_downgraded() -> None:
+    violations = check_cluster(ClusterRequest(1, 1, "1.29.9", "1.30.6"))
+    assert [(v.code, v.target) for v in violations] == [
+        ("InvalidKubernetesVersion", "properties.kubernetesVersion")
+    ]
+    assert check_cluster(ClusterRequest(1, 1, "1.31.0", "1.30.6")) == []
+    assert check_cluster(ClusterRequest(1, 1, "1.30.6")) == []
+
+
+def test_generation_1_only_size() -> None:
+    violations = check_pool(replace(VALID_TL, vm_size="Standard_A2_v2"))
+    assert [(v.code, v.target) for v in violations] == [(TL_INCOMPATIBLE, "properties.vmSize")]
+    assert "Generation 2" in violations[0].message
+    assert (
+        check_pool(replace(VALID_TL, vm_size="Standard_A2_v2", enable_secure_boot=False, enable_vtpm=False))
+        == []
+    )
+
+
+def test_windows_pool() -> None:
+    request = replace(VALID_TL, name="win", os_type="Windows", os_sku="Windows2022")
+    assert codes_and_targets(request) == [(TL_INCOMPATIBLE, "properties.osType")]
+    assert check_pool(replace(request, enable_secure_boot=False, enable_vtpm=False)) == []
+
+
+def test_fips() -> None:
+    assert codes_and_targets(replace(VALID_TL, enable_fips=True)) == [
+        (TL_INCOMPATIBLE, "properties.enableFIPS")
+    ]
+    assert check_pool(replace(VALID_TL, enable_fips=True, enable_secure_boot=False, enable_vtpm=False)) == []
+
+
+def test_arm64_size() -> None:
+    violations = check_pool(replace(VALID_TL, vm_size="Standard_D2ps_v5", enable_secure_boot=False))
+    assert [(v.code, v.target) for v in violations] == [(TL_INCOMPATIBLE, "properties.vmSize")]
+    assert "Arm64" in violations[0].message
+    assert (
+        check_pool(replace(VALID_TL, vm_size="Standard_D2ps_v5", enable_secure_boot=False, enable_vtpm=False))
+        == []
+    )
+
+
+def test_virtual_nodes() -> None:
+    assert codes_and_targets(replace(VALID_TL, virtual_nodes=True)) == [
+        (TL_INCOMPATIBLE, "properties.addonProfiles.aciConnectorLinux")
+    ]
+    assert (
+        check_pool(replace(VALID_TL, virtual_nodes=True, enable_secure_boot=False, enable_vtpm=False)) == []
+    )
+
+
+def test_availability_set() -> None:
+    assert codes_and_targets(replace(VALID_TL, pool_type="AvailabilitySet")) == [
+        (TL_INCOMPATIBLE, "properties.type")
+    ]
+    assert check_pool(replace(VALID_TL, pool_type="VirtualMachines")) == []
+
+
+@pytest.mark.parametrize("size", ["Standard_NC6s_v3", "Standard_NC4as_T4_v3"])
+def test_gpu_with_secure_boot_needs_driver_skipped(size: str) -> None:
+    assert codes_and_targets(replace(VALID_TL, vm_size=size, gpu_driver="Install")) == [
+        (TL_INCOMPATIBLE, "properties.gpuProfile.driver")
+    ]
+    assert codes_and_targets(replace(VALID_TL, vm_size=size)) == [
+        (TL_INCOMPATIBLE, "properties.gpuProfile.driver")
+    ]
+    assert check_pool(replace(VALID_TL, vm_size=size, gpu_driver="None")) == []
+    assert check_pool(replace(VALID_TL, vm_size=size, enable_secure_boot=False)) == []  # vTPM only is fine
+
+
+def test_ephemeral_os_disk_must_fit_cache_or_temp_disk() -> None:
+    # D2s_v3: 50 GiB cache, 16 GiB temp disk.
+    too_big = replace(VALID_TL, vm_size="Standard_D2s_v3", os_disk_type="Ephemeral", os_disk_size_gb=50)
+    violations = check_pool(too_big)  # 50 GiB + 1 GiB VM guest state of a trusted launch VM
+    assert [(v.code, v.target) for v in violations] == [
+        ("EphemeralOSDiskSizeTooLarge", "properties.osDiskType")
+    ]
+    assert "51 GiB" in violations[0].message and "50 GiB" in violations[0].message
+    assert check_pool(replace(too_big, os_disk_size_gb=49)) == []
+    assert check_pool(replace(too_big, enable_secure_boot=False, enable_vtpm=False)) == []
+    assert check_pool(replace(too_big, os_disk_type="Managed")) == []
+    no_local_disk = replace(VALID_TL, vm_size="Standard_D2s_v5", os_disk_type="Ephemeral", os_disk_size_gb=30)
+    assert [v.code for v in check_pool(no_local_disk)] == ["EphemeralOSDiskSizeTooLarge"]
+
+
+def test_preview_feature_not_registered_names_the_command() -> None:
+    violations = check_pool(replace(VALID_TL, feature_registered=False))
+    assert [v.code for v in violations] == ["PreviewFeatureNotRegistered"]
+    assert (
+        "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview"
+        in violations[0].message
+    )
+    assert (
+        check_pool(replace(VALID_TL, feature_registered=False, enable_secure_boot=False, enable_vtpm=False))
+        == []
+    )
+
+
+def test_pool_on_non_trusted_launch_image_cannot_be_updated_to_trusted_launch() -> None:
+    non_tl = IMAGES_BY_VERSION["AKSUbuntu-2204gen2containerd-202411.12.0"]
+    tl = IMAGES_BY_VERSION["AKSUbuntu-2204gen2TLcontainerd-202411.12.0"]
+    violations = check_pool(replace(VALID_TL, current_image=non_tl))
+    assert [(v.code, v.target) for v in violations] == [(TL_INCOMPATIBLE, "properties.securityProfile")]
+    assert non_tl.version in violations[0].message
+    assert check_pool(replace(VALID_TL, current_image=tl)) == []
+    assert (
+        check_pool(replace(VALID_TL, current_image=non_tl, enable_secure_boot=False, enable_vtpm=False)) == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("attr", "value", "prop"),
+    [
+        ("vm_size", "Standard_D8s_v3", "vmSize"),
+        ("os_type", "Windows", "osType"),
+        ("os_sku", "AzureLinux", "osSKU"),
+        ("pool_type", "VirtualMachines", "type"),
+        ("enable_fips", True, "enableFIPS"),
+        ("os_disk_type", "Ephemeral", "osDiskType"),
+        ("os_disk_size_gb", 64, "osDiskSizeGB"),
+        ("gpu_driver", "None", "gpuProfile.driver"),
+    ],
+)
+def test_immutable_pool_properties(attr: str, value: object, prop: str) -> None:
+    updated = replace(VALID_TL, previous=VALID_TL, enable_secure_boot=False, **{attr: value})  # type: ignore[arg-type]
+    violations = [v for v in check_pool(updated) if v.code == "PropertyChangeNotAllowed"]
+    assert [v.target for v in violations] == [f"properties.{prop}"]
+    assert check_pool(replace(VALID_TL, previous=VALID_TL, enable_secure_boot=False)) == []
+
+
+def test_system_pool_needs_a_node() -> None:
+    system = replace(VALID_TL, mode="System")
+    assert [(v.code, v.target) for v in check_pool(replace(system, count=0))] == [
+        ("InvalidSystemPoolCount", "properties.count")
+    ]
+    assert check_pool(replace(system, count=1)) == []
+    assert check_pool(replace(VALID_TL, count=0)) == []  # User pools may be empty
+
+
+def test_last_system_pool_cannot_become_user() -> None:
+    system = replace(VALID_TL, mode="System")
+    demoted = replace(VALID_TL, mode="User", previous=system)
+    assert [(v.code, v.target) for v in check_pool(demoted)] == [("SystemPoolRequired", "properties.mode")]
+    assert check_pool(replace(demoted, other_system_pools=1)) == []
+
+
+def test_cluster_needs_a_system_pool() -> None:
+    assert [(v.code, v.target) for v in check_cluster(ClusterRequest(2, 0))] == [
+        ("SystemPoolRequired", "properties.agentPoolProfiles")
+    ]
+    assert check_cluster(ClusterRequest(2, 1)) == []
+
+
+def test_last_system_pool_cannot_be_deleted() -> None:
+    violations = check_deletion(PoolDeletion("nodepool1", "System", 0))
+    assert [(v.code, v.target) for v in violations] == [("SystemPoolRequired", "agentPoolName")]
+    assert "nodepool1" in violations[0].message
+    assert check_deletion(PoolDeletion("nodepool1", "System", 1)) == []
+    assert check_deletion(PoolDeletion("userpool", "User", 0)) == []
+
+
+def test_enable_and_disable_of_the_same_setting() -> None:
+    violations = check_flags(
+        SecurityFlags(enable_secure_boot=True, disable_secure_boot=True, enable_vtpm=True)
+    )
+    assert [(v.code, v.target) for v in violations] == [
+        ("MutuallyExclusiveArguments", "--enable-secure-boot/--disable-secure-boot")
+    ]
+    both = check_flags(SecurityFlags(True, True, True, True))
+    assert [v.target for v in both] == [
+        "--enable-secure-boot/--disable-secure-boot",
+        "--enable-vtpm/--disable-vtpm",
+    ]
+    assert check_flags(SecurityFlags(enable_secure_boot=True, disable_vtpm=True)) == []
+
+
+def test_every_violation_is_reported_with_its_target() -> None:
+    request = replace(
+        VALID_TL,
+        name="Bad-Name",
+        vm_size="Standard_D2ps_v5",
+        os_type="Windows",
+        os_sku="Windows2022",
+        enable_fips=True,
+        pool_type="AvailabilitySet",
+        orchestrator_version="1.24.0",
+        feature_registered=False,
+    )
+    violations = check_pool(request, target_prefix="properties.agentPoolProfiles[0].")
+    assert len(violations) == 7
+    assert all(v.target and v.target.startswith("properties.agentPoolProfiles[0].") for v in violations)
+    with pytest.raises(ArmError) as raised:
+        raise_violations(violations)
+    error = raised.value
+    assert error.status == 400 and error.code == "AgentPoolNameInvalid"
+    assert error.message.startswith("7 problems")
+    assert len(error.to_body()["error"]["details"]) == 7  # type: ignore[index]
+    raise_violations([])  # nothing to raise
+
+
+def test_every_limitation_is_exercised_by_a_test() -> None:
+    """Each table row has a code, a target and a message; a new row needs its own test above."""
+    assert len(LIMITATIONS) == 33
+    assert all(rule.code and rule.target and rule.message.endswith(".") for rule in LIMITATIONS)
+
+
+def test_parse_kubernetes_version() -> None:
+    assert parse_kubernetes_version("1.25.2") == (1, 25, 2)
+    assert parse_kubernetes_version("1.25") == (1, 25, 10**6)
+    assert parse_kubernetes_version("1.25.x") is None
+
+
+def test_vm_size_catalogue() -> None:
+    sizes = vm_sizes()
+    assert len(sizes) >= 15
+    a2 = find_vm_size("Standard_A2_v2")
+    assert a2 is not None and not a2.supports_gen2
+    arm = find_vm_size("Standard_D2ps_v5")
+    assert arm is not None and arm.architecture == "Arm64"
+    gpu = find_vm_size("Standard_NC4as_T4_v3")
+    assert gpu is not None and gpu.gpu and "T4" in gpu.gpu
+    ds2 = find_vm_size("Standard_DS2_v2")
+    assert ds2 is not None and ds2.ephemeral_capacity_gib == 86
+
+
+def test_node_image_catalogue_has_tl_and_non_tl_images() -> None:
+    assert any(image.trusted_launch_capable for image in NODE_IMAGES)
+    assert any(not image.trusted_launch_capable and image.os_type == "Linux" for image in NODE_IMAGES)
+    assert len(IMAGES_BY_VERSION) == len(NODE_IMAGES)

@@ -1,0 +1,323 @@
+"""Cluster/pool services, the preview gate and long-running operations on a real SQLite store."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.features import (
+    DELAY_ENV,
+    get_feature,
+    get_provider,
+    list_features,
+    register_feature,
+    register_provider,
+    trusted_launch_registered,
+)
+from trustedlaunch.control.node_images import IMAGES_BY_VERSION
+from trustedlaunch.control.operations import RECONCILER_NOTE, finish_operation, get_operation
+from trustedlaunch.control.resources import (
+    ClusterSpec,
+    PoolSpec,
+    ResourcePath,
+    delete_cluster,
+    delete_pool,
+    find_cluster,
+    get_cluster,
+    get_pool,
+    list_clusters,
+    put_cluster,
+    put_pool,
+)
+from trustedlaunch.store.models import FeatureRegistration, Operation, utc_now
+
+SUB = "11111111-2222-3333-4444-555555555555"
+PATH = ResourcePath(SUB, "myResourceGroup", "myAKSCluster")
+NS, FEATURE = "Microsoft.ContainerService", "TrustedLaunchPreview"
+
+
+def register_trusted_launch(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        register_feature(session, SUB, NS, FEATURE)
+        register_provider(session, SUB, NS)
+
+
+def create_cluster(sessions: sessionmaker[Session], **pool: object) -> None:
+    with sessions.begin() as session:
+        put_cluster(
+            session, PATH, ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", **pool)])
+        )  # type: ignore[arg-type]
+
+
+def test_feature_goes_registering_then_registered_on_provider_register(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        assert get_feature(session, SUB, NS, FEATURE).state == "NotRegistered"
+        assert (
+            register_feature(session, SUB, "microsoft.containerservice", "trustedlaunchpreview").state
+            == "Registering"
+        )
+    with sessions.begin() as session:
+        assert get_feature(session, SUB, NS, FEATURE).state == "Registering"
+        assert not trusted_launch_registered(session, SUB)
+        assert get_provider(session, SUB, NS).state == "NotRegistered"
+        assert register_provider(session, SUB, NS).state == "Registered"
+    with sessions() as session:
+        assert get_feature(session, SUB, NS, FEATURE).state == "Registered"
+        assert [f.name for f in list_features(session, SUB, NS)] == [FEATURE]
+        assert trusted_launch_registered(session, SUB)
+        assert not trusted_launch_registered(session, "99999999-2222-3333-4444-555555555555")
+
+
+def test_feature_registers_by_itself_after_the_delay(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DELAY_ENV, "30")
+    with sessions.begin() as session:
+        register_feature(session, SUB, NS, FEATURE)
+    with sessions.begin() as session:
+        record = session.get(FeatureRegistration, (SUB, NS, FEATURE))
+        assert record is not None
+        record.requested_at = utc_now() - timedelta(seconds=31)
+    with sessions.begin() as session:
+        assert get_feature(session, SUB, NS, FEATURE).state == "Registered"
+
+
+def test_unknown_feature_and_bad_namespace(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session, pytest.raises(ArmError) as raised:
+        register_feature(session, SUB, NS, "NoSuchPreview")
+    assert raised.value.status == 404 and raised.value.code == "FeatureNotFound"
+    with sessions() as session, pytest.raises(ArmError) as raised:
+        register_provider(session, SUB, "not a namespace")
+    assert raised.value.status == 400 and raised.value.code == "InvalidResourceNamespace"
+
+
+def test_trusted_launch_before_registration_names_the_command(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="np1", enable_secure_boot=True)])
+        put_cluster(session, PATH, spec)
+    error = raised.value
+    assert (error.status, error.code) == (400, "PreviewFeatureNotRegistered")
+    assert error.target == "properties.agentPoolProfiles[0].properties.securityProfile"
+    assert (
+        "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview"
+        in error.message
+    )
+    with sessions() as session:
+        assert find_cluster(session, PATH) is None
+
+
+def test_create_cluster_with_trusted_launch_after_registration(sessions: sessionmaker[Session]) -> None:
+    register_trusted_launch(sessions)
+    create_cluster(sessions, enable_secure_boot=True, enable_vtpm=True, vm_size="Standard_D4s_v3")
+    with sessions() as session:
+        cluster = get_cluster(
+            session, ResourcePath(SUB, "MYRESOURCEGROUP", "myakscluster")
+        )  # case-insensitive
+        assert cluster.display_name == "myAKSCluster" and cluster.provisioning_state == "Creating"
+        (pool,) = cluster.agent_pools
+        assert (pool.mode, pool.count, pool.enable_secure_boot, pool.enable_vtpm) == ("System", 3, True, True)
+        assert IMAGES_BY_VERSION[pool.node_image_version].trusted_launch_capable
+        assert pool.os_disk_type == "Managed"  # D4s_v3: 100 GiB of cache < 128 GiB disk + 1 GiB guest state
+        assert [c.name for c in list_clusters(session, SUB, "myresourcegroup")] == ["myakscluster"]
+
+
+def test_pool_created_before_registration_stays_on_a_non_tl_image(sessions: sessionmaker[Session]) -> None:
+    create_cluster(sessions)
+    register_trusted_launch(sessions)
+    with sessions.begin() as session:
+        pool = get_pool(session, PATH, "nodepool1")
+        assert not IMAGES_BY_VERSION[pool.node_image_version].trusted_launch_capable
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="nodepool1", enable_vtpm=True))
+    assert raised.value.code == "TrustedLaunchIncompatibleWithConfig"
+    assert raised.value.target == "properties.securityProfile"
+    # A new pool created after registration gets the TL image and can enable trusted launch.
+    with sessions.begin() as session:
+        pool, operation, created = put_pool(
+            session, PATH, PoolSpec(name="tlpool", enable_secure_boot=True, enable_vtpm=True)
+        )
+        assert created and IMAGES_BY_VERSION[pool.node_image_version].trusted_launch_capable
+        assert operation.status == "InProgress" and operation.note == RECONCILER_NOTE
+        assert operation.resource_id.endswith("/managedClusters/myakscluster/agentPools/tlpool")
+
+
+def only_operation_id(session: Session) -> str:
+    return session.scalars(select(Operation.id)).one()
+
+
+def test_pool_update_while_in_progress_is_refused_then_allowed(sessions: sessionmaker[Session]) -> None:
+    register_trusted_launch(sessions)
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        _pool, operation, _ = put_pool(session, PATH, PoolSpec(name="userpool", count=1))
+        operation_id = operation.id
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="userpool", count=2))
+    assert (raised.value.status, raised.value.code) == (409, "OperationNotAllowed")
+    assert operation_id in raised.value.message
+    with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, operation_id), "Succeeded")
+    with sessions.begin() as session:
+        pool = get_pool(session, PATH, "userpool")
+        assert pool.provisioning_state == "Succeeded"
+        pool, update, created = put_pool(session, PATH, PoolSpec(name="userpool", count=2, enable_vtpm=True))
+        assert not created and update.kind == "Update"
+        assert (pool.count, pool.enable_vtpm, pool.provisioning_state) == (2, True, "Updating")
+
+
+def test_add_existing_pool_with_create_only_is_a_conflict(sessions: sessionmaker[Session]) -> None:
+    create_cluster(sessions)
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="nodepool1"), create_only=True)
+    assert (raised.value.status, raised.value.code) == (409, "DuplicateAgentPoolName")
+
+
+def test_duplicate_pool_names_in_one_cluster_request(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        pools = [PoolSpec(name="np1"), PoolSpec(name="np1"), PoolSpec(name="BAD")]
+        put_cluster(session, PATH, ClusterSpec(location="eastus", agent_pools=pools))
+    details = [(d.code, d.target) for d in raised.value.details]
+    assert details == [
+        ("DuplicateAgentPoolName", "properties.agentPoolProfiles[1].name"),
+        ("AgentPoolNameInvalid", "properties.agentPoolProfiles[2].name"),
+    ]
+    assert raised.value.status == 400  # mixed statuses answer 400
+
+
+def test_cluster_update_adds_and_updates_pools(sessions: sessionmaker[Session]) -> None:
+    register_trusted_launch(sessions)
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        pools = [PoolSpec(name="nodepool1", count=5), PoolSpec(name="extra"), PoolSpec(name="extra")]
+        put_cluster(session, PATH, ClusterSpec(location="eastus", agent_pools=pools))
+    assert [(d.code, d.target) for d in raised.value.details] == [
+        ("DuplicateAgentPoolName", "properties.agentPoolProfiles[2].name")
+    ]
+    with sessions.begin() as session:
+        pools = [PoolSpec(name="nodepool1", count=5), PoolSpec(name="extra", enable_vtpm=True)]
+        spec = ClusterSpec(location="eastus", kubernetes_version="1.31.2", agent_pools=pools)
+        cluster, operation, created = put_cluster(session, PATH, spec)
+        assert not created and operation.kind == "Update" and cluster.provisioning_state == "Updating"
+        assert cluster.kubernetes_version == "1.31.2"
+        assert [(p.name, p.count, p.enable_vtpm) for p in cluster.agent_pools] == [
+            ("nodepool1", 5, False),
+            ("extra", 3, True),
+        ]
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_cluster(session, PATH, ClusterSpec(location="eastus"))
+    assert (raised.value.status, raised.value.code) == (409, "OperationNotAllowed")
+
+
+def test_virtual_nodes_on_a_cluster_with_trusted_launch_pools(sessions: sessionmaker[Session]) -> None:
+    register_trusted_launch(sessions)
+    create_cluster(sessions, enable_vtpm=True)
+    with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_cluster(session, PATH, ClusterSpec(location="eastus", virtual_nodes=True))
+    assert (raised.value.code, raised.value.target) == (
+        "TrustedLaunchIncompatibleWithConfig",
+        "properties.agentPoolProfiles[0].properties.addonProfiles.aciConnectorLinux",
+    )
+
+
+def test_system_pool_rules_on_create_update_and_delete(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_cluster(
+            session, PATH, ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="np1", mode="User")])
+        )
+    assert (raised.value.code, raised.value.target) == ("SystemPoolRequired", "properties.agentPoolProfiles")
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        delete_pool(session, PATH, "nodepool1")
+    assert (raised.value.status, raised.value.code) == (400, "SystemPoolRequired")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="nodepool1", mode="User"))
+    assert (raised.value.code, raised.value.target) == ("SystemPoolRequired", "properties.mode")
+    with sessions.begin() as session:
+        put_pool(session, PATH, PoolSpec(name="sys2", mode="System", count=1))
+    with sessions.begin() as session:
+        operation = delete_pool(session, PATH, "nodepool1")  # another System pool exists now
+        assert operation is not None and operation.kind == "Delete"
+
+
+def test_immutable_property_change_is_refused(sessions: sessionmaker[Session]) -> None:
+    create_cluster(sessions, vm_size="Standard_D8s_v3")
+    with sessions.begin() as session:
+        assert get_pool(session, PATH, "nodepool1").os_disk_type == "Ephemeral"  # 200 GiB cache holds 128 GiB
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="nodepool1", vm_size="Standard_D4s_v3", os_type="Windows"))
+    assert [(d.code, d.target) for d in raised.value.details] == [
+        ("AgentPoolNameInvalid", "name"),  # 9 characters: too long for a Windows pool
+        ("InvalidOSSKU", "properties.osSKU"),
+        ("EphemeralOSDiskSizeTooLarge", "properties.osDiskType"),  # D4s_v3 cannot hold the kept disk
+        ("PropertyChangeNotAllowed", "properties.vmSize"),
+        ("PropertyChangeNotAllowed", "properties.osType"),
+    ]
+
+
+def test_delete_pool_cancels_its_create(sessions: sessionmaker[Session]) -> None:
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        _pool, create, _ = put_pool(session, PATH, PoolSpec(name="userpool"))
+        create_id = create.id
+    with sessions.begin() as session:
+        operation = delete_pool(session, PATH, "USERPOOL")
+        assert operation is not None and operation.kind == "Delete"
+        assert get_operation(session, SUB, create_id).status == "Canceled"
+        assert delete_pool(session, PATH, "nosuchpool") is None
+        finish_operation(session, operation, "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        get_pool(session, PATH, "userpool")
+    assert (raised.value.status, raised.value.code) == (404, "ResourceNotFound")
+
+
+def test_delete_cluster_cancels_running_operations_and_finishes_by_reconciler(
+    sessions: sessionmaker[Session],
+) -> None:
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        operation = delete_cluster(session, PATH)
+        assert operation is not None and operation.kind == "Delete"
+        delete_id = operation.id
+        assert get_cluster(session, PATH).provisioning_state == "Deleting"
+    with sessions.begin() as session:
+        again = delete_cluster(session, PATH)
+        assert again is not None and again.id == delete_id  # idempotent while deleting
+        with pytest.raises(ArmError) as raised:
+            put_pool(session, PATH, PoolSpec(name="more"))
+        assert (raised.value.status, raised.value.code) == (409, "OperationNotAllowed")
+    with sessions.begin() as session:
+        statuses = sorted(session.scalars(select(Operation.status)))
+        assert statuses == ["Canceled", "InProgress"]
+        finish_operation(session, get_operation(session, SUB, delete_id), "Succeeded")
+    with sessions.begin() as session:
+        assert find_cluster(session, PATH) is None
+        assert delete_cluster(session, PATH) is None
+        with pytest.raises(ArmError) as raised:
+            get_operation(session, SUB, "nope")
+        assert raised.value.status == 404
+
+
+def test_invalid_paths_are_rejected() -> None:
+    with pytest.raises(ArmError) as raised:
+        ResourcePath("not-a-guid", "rg", "c")
+    assert raised.value.code == "InvalidSubscriptionId"
+    with pytest.raises(ArmError) as raised:
+        ResourcePath(SUB, "rg.", "c")
+    assert raised.value.code == "InvalidResourceGroup"
+    with pytest.raises(ArmError) as raised:
+        ResourcePath(SUB, "rg", "-bad")
+    assert raised.value.code == "InvalidResourceName"

@@ -1,0 +1,1 @@
+"""ARM-shaped REST API (FastAPI) over the control layer."""

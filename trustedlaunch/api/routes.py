@@ -1,0 +1,283 @@
+"""ARM routes of Microsoft.ContainerService (managed clusters, agent pools, operations), Microsoft.Features
+and resource provider registration. PUT/DELETE are long-running: Azure-AsyncOperation + Location headers.
+
+Handlers are `async def` and run their short database transactions on the event loop: with SQLite every
+transaction is ~1 ms and serialised anyway, and FastAPI's thread pool hop (GIL contention between up to 40
+worker threads) made p99 latency at 200 requests/s twenty times worse (bench/api_bench.py). A store on a
+remote PostgreSQL would want SQLAlchemy's async engine instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
+from trustedlaunch.api.views import (
+    cluster_json,
+    feature_json,
+    kubeconfig_json,
+    operation_json,
+    operation_path,
+    pool_json,
+    provider_json,
+)
+from trustedlaunch.control import features, operations, resources
+from trustedlaunch.control.resources import ResourcePath
+from trustedlaunch.store.models import Operation
+
+DEFAULT_API_VERSION = "2024-09-01"
+RETRY_AFTER_SECONDS = "5"
+
+
+def api_version(
+    version: str | None = Query(None, alias="api-version", description="e.g. 2024-09-01"),
+) -> None:
+    """Accept the ARM `api-version` query parameter (every version gets the same behaviour)."""
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid request (validation or an AKS limitation; every violation in details)"),
+        (401, "Missing or invalid bearer token"),
+        (404, "Resource not found"),
+        (409, "Conflict (operation in progress, resource being deleted, pool name exists)"),
+        (413, "Request body too large"),
+    )
+}
+router = APIRouter(dependencies=[Depends(api_version)], responses=ERROR_RESPONSES)
+SUB = "/subscriptions/{subscription_id}"
+CS = f"{SUB}/providers/Microsoft.ContainerService"
+RG = f"{SUB}/resourceGroups/{{resource_group}}/providers/Microsoft.ContainerService/managedClusters"
+CLUSTER = f"{RG}/{{cluster_name}}"
+POOL = f"{CLUSTER}/agentPools/{{pool_name}}"
+FEATURES = f"{SUB}/providers/Microsoft.Features"
+
+
+@contextmanager
+def transaction(request: Request) -> Iterator[Session]:
+    """One database transaction for the request: committed on success, rolled back on any error."""
+    with request.app.state.sessions.begin() as session:
+        yield session
+
+
+def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    query = f"?api-version={request.query_params.get('api-version', DEFAULT_API_VERSION)}"
+    return {
+        "Azure-AsyncOperation": base + operation_path(operation) + query,
+        "Location": base + operation_path(operation, "operationresults") + query,
+        "Retry-After": RETRY_AFTER_SECONDS,
+    }
+
+
+@router.get(f"{CS}/managedClusters", tags=["managedClusters"])
+async def list_all_clusters(request: Request, subscription_id: str) -> dict[str, object]:
+    """List the subscription's managed clusters."""
+    with transaction(request) as session:
+        return {"value": [cluster_json(c) for c in resources.list_clusters(session, subscription_id)]}
+
+
+@router.get(RG, tags=["managedClusters"])
+async def list_group_clusters(
+    request: Request, subscription_id: str, resource_group: str
+) -> dict[str, object]:
+    """List the managed clusters of a resource group."""
+    with transaction(request) as session:
+        clusters = resources.list_clusters(session, subscription_id, resource_group)
+        return {"value": [cluster_json(c) for c in clusters]}
+
+
+@router.put(CLUSTER, tags=["managedClusters"], status_code=201)
+async def put_cluster(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str, body: ManagedClusterBody
+) -> JSONResponse:
+    """Create (201) or update (200) a managed cluster; long-running."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        cluster, operation, created = resources.put_cluster(session, path, body.to_spec())
+        session.flush()
+        content = cluster_json(cluster)
+        headers = _lro_headers(request, operation)
+    return JSONResponse(content, status_code=201 if created else 200, headers=headers)
+
+
+@router.get(CLUSTER, tags=["managedClusters"])
+async def get_cluster(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> dict[str, object]:
+    """Get a managed cluster."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        return cluster_json(resources.get_cluster(session, path))
+
+
+@router.delete(CLUSTER, tags=["managedClusters"], status_code=202)
+async def delete_cluster(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> Response:
+    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        operation = resources.delete_cluster(session, path)
+        if operation is None:
+            return Response(status_code=204)
+        session.flush()
+        headers = _lro_headers(request, operation)
+    return Response(status_code=202, headers=headers)
+
+
+@router.post(f"{CLUSTER}/listClusterUserCredential", tags=["managedClusters"])
+async def list_user_credential(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> dict[str, object]:
+    """The user kubeconfig of a cluster (base64)."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        return kubeconfig_json(resources.get_cluster(session, path), "clusterUser")
+
+
+@router.post(f"{CLUSTER}/listClusterAdminCredential", tags=["managedClusters"])
+async def list_admin_credential(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> dict[str, object]:
+    """The admin kubeconfig of a cluster (base64)."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        return kubeconfig_json(resources.get_cluster(session, path), "clusterAdmin")
+
+
+@router.get(f"{CLUSTER}/agentPools", tags=["agentPools"])
+async def list_pools(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> dict[str, object]:
+    """List the agent pools of a cluster."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        return {"value": [pool_json(p) for p in resources.get_cluster(session, path).agent_pools]}
+
+
+@router.put(POOL, tags=["agentPools"], status_code=201)
+async def put_pool(
+    request: Request,
+    subscription_id: str,
+    resource_group: str,
+    cluster_name: str,
+    pool_name: str,
+    body: AgentPoolBody,
+) -> JSONResponse:
+    """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409)."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    create_only = request.headers.get("if-none-match", "").strip() == "*"
+    with transaction(request) as session:
+        pool, operation, created = resources.put_pool(
+            session, path, body.to_spec(pool_name), create_only=create_only
+        )
+        session.flush()
+        content = pool_json(pool)
+        headers = _lro_headers(request, operation)
+    return JSONResponse(content, status_code=201 if created else 200, headers=headers)
+
+
+@router.get(POOL, tags=["agentPools"])
+async def get_pool(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str, pool_name: str
+) -> dict[str, object]:
+    """Get an agent pool."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        return pool_json(resources.get_pool(session, path, pool_name))
+
+
+@router.delete(POOL, tags=["agentPools"], status_code=202)
+async def delete_pool(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str, pool_name: str
+) -> Response:
+    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        operation = resources.delete_pool(session, path, pool_name)
+        if operation is None:
+            return Response(status_code=204)
+        session.flush()
+        headers = _lro_headers(request, operation)
+    return Response(status_code=202, headers=headers)
+
+
+@router.get(f"{CS}/locations/{{location}}/operations/{{operation_id}}", tags=["operations"])
+async def get_operation(
+    request: Request, subscription_id: str, location: str, operation_id: str
+) -> dict[str, object]:
+    """Status of a long-running operation (the Azure-AsyncOperation URL)."""
+    with transaction(request) as session:
+        return operation_json(operations.get_operation(session, subscription_id, operation_id))
+
+
+@router.get(f"{CS}/locations/{{location}}/operationresults/{{operation_id}}", tags=["operations"])
+async def get_operation_result(
+    request: Request, subscription_id: str, location: str, operation_id: str
+) -> Response:
+    """The Location URL: 202 while InProgress, 204 once Succeeded, 200 with the status body otherwise."""
+    with transaction(request) as session:
+        operation = operations.get_operation(session, subscription_id, operation_id)
+        if operation.status == "InProgress":
+            return Response(status_code=202, headers=_lro_headers(request, operation))
+        if operation.status == "Succeeded":
+            return Response(status_code=204)
+        return JSONResponse(operation_json(operation))
+
+
+@router.post(f"{FEATURES}/providers/{{namespace}}/features/{{feature_name}}/register", tags=["features"])
+async def register_feature(
+    request: Request, subscription_id: str, namespace: str, feature_name: str
+) -> dict[str, object]:
+    """Register a preview feature (state Registering, then Registered)."""
+    with transaction(request) as session:
+        return feature_json(features.register_feature(session, subscription_id, namespace, feature_name))
+
+
+@router.get(f"{FEATURES}/providers/{{namespace}}/features/{{feature_name}}", tags=["features"])
+async def get_feature(
+    request: Request, subscription_id: str, namespace: str, feature_name: str
+) -> dict[str, object]:
+    """A preview feature's registration state."""
+    with transaction(request) as session:
+        return feature_json(features.get_feature(session, subscription_id, namespace, feature_name))
+
+
+@router.get(f"{FEATURES}/providers/{{namespace}}/features", tags=["features"])
+async def list_namespace_features(
+    request: Request, subscription_id: str, namespace: str
+) -> dict[str, object]:
+    """The preview features of one namespace."""
+    with transaction(request) as session:
+        return {
+            "value": [feature_json(f) for f in features.list_features(session, subscription_id, namespace)]
+        }
+
+
+@router.get(f"{FEATURES}/features", tags=["features"])
+async def list_features(request: Request, subscription_id: str) -> dict[str, object]:
+    """Every preview feature."""
+    with transaction(request) as session:
+        return {"value": [feature_json(f) for f in features.list_features(session, subscription_id)]}
+
+
+@router.post(f"{SUB}/providers/{{namespace}}/register", tags=["providers"])
+async def register_provider(request: Request, subscription_id: str, namespace: str) -> dict[str, object]:
+    """Register a resource provider (and finish its Registering features)."""
+    with transaction(request) as session:
+        return provider_json(features.register_provider(session, subscription_id, namespace))
+
+
+@router.get(f"{SUB}/providers/{{namespace}}", tags=["providers"])
+async def get_provider(request: Request, subscription_id: str, namespace: str) -> dict[str, object]:
+    """A resource provider's registration state."""
+    with transaction(request) as session:
+        return provider_json(features.get_provider(session, subscription_id, namespace))

@@ -1,0 +1,138 @@
+"""ARM JSON of stored resources: managed clusters, agent pools, operations, features and providers."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
+from trustedlaunch.control.timeutil import iso
+from trustedlaunch.store.models import (
+    AgentPool,
+    FeatureRegistration,
+    ManagedCluster,
+    Operation,
+    ProviderRegistration,
+)
+
+JsonObject = dict[str, object]
+
+
+def cluster_json(cluster: ManagedCluster) -> JsonObject:
+    """A managed cluster as `GET .../managedClusters/{name}` returns it."""
+    properties: JsonObject = {
+        "provisioningState": cluster.provisioning_state,
+        "powerState": {"code": cluster.power_state},
+        "kubernetesVersion": cluster.kubernetes_version,
+        "currentKubernetesVersion": cluster.kubernetes_version,
+        "dnsPrefix": cluster.dns_prefix,
+        "fqdn": cluster.fqdn,
+        "nodeResourceGroup": f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}",
+        "agentPoolProfiles": [{"name": pool.name, **pool_properties(pool)} for pool in cluster.agent_pools],
+        "addonProfiles": {"aciConnectorLinux": {"enabled": cluster.virtual_nodes_enabled}},
+    }
+    if cluster.ssh_public_key:
+        properties["linuxProfile"] = {
+            "adminUsername": "azureuser",
+            "ssh": {"publicKeys": [{"keyData": cluster.ssh_public_key}]},
+        }
+    return {
+        "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name),
+        "name": cluster.display_name,
+        "type": f"{PROVIDER}/ManagedClusters",
+        "location": cluster.location,
+        "tags": cluster.tags,
+        "properties": properties,
+    }
+
+
+def pool_properties(pool: AgentPool) -> JsonObject:
+    """`properties` of an agent pool."""
+    properties: JsonObject = {
+        "count": pool.count,
+        "vmSize": pool.vm_size,
+        "osType": pool.os_type,
+        "osSKU": pool.os_sku,
+        "type": pool.pool_type,
+        "mode": pool.mode,
+        "enableFIPS": pool.enable_fips,
+        "orchestratorVersion": pool.orchestrator_version,
+        "currentOrchestratorVersion": pool.orchestrator_version,
+        "osDiskType": pool.os_disk_type,
+        "osDiskSizeGB": pool.os_disk_size_gb,
+        "securityProfile": {"enableSecureBoot": pool.enable_secure_boot, "enableVTPM": pool.enable_vtpm},
+        "nodeImageVersion": pool.node_image_version,
+        "provisioningState": pool.provisioning_state,
+        "powerState": {"code": pool.power_state},
+    }
+    if pool.gpu_driver is not None:
+        properties["gpuProfile"] = {"driver": pool.gpu_driver}
+    return properties
+
+
+def pool_json(pool: AgentPool) -> JsonObject:
+    """An agent pool as `GET .../agentPools/{name}` returns it."""
+    return {
+        "id": pool_resource_id(pool.cluster, pool.name),
+        "name": pool.name,
+        "type": f"{PROVIDER}/managedClusters/agentPools",
+        "properties": pool_properties(pool),
+    }
+
+
+def operation_path(operation: Operation, kind: str = "operations") -> str:
+    """Path of the operation status (`operations`) or result (`operationresults`) endpoint."""
+    return (
+        f"/subscriptions/{operation.subscription_id}/providers/{PROVIDER}/locations/{operation.location}"
+        f"/{kind}/{operation.id}"
+    )
+
+
+def operation_json(operation: Operation) -> JsonObject:
+    """The Azure-AsyncOperation status body."""
+    body: JsonObject = {
+        "id": operation_path(operation),
+        "name": operation.id,
+        "status": operation.status,
+        "startTime": iso(operation.start_time),
+        "endTime": iso(operation.end_time),
+        "properties": {"resourceId": operation.resource_id, "kind": operation.kind, "note": operation.note},
+    }
+    if operation.error:
+        body["error"] = operation.error
+    return body
+
+
+def feature_json(feature: FeatureRegistration) -> JsonObject:
+    """A preview feature as `GET .../Microsoft.Features/providers/{ns}/features/{name}` returns it."""
+    return {
+        "id": f"/subscriptions/{feature.subscription_id}/providers/Microsoft.Features/providers/"
+        f"{feature.namespace}/features/{feature.name}",
+        "name": f"{feature.namespace}/{feature.name}",
+        "type": "Microsoft.Features/providers/features",
+        "properties": {"state": feature.state},
+    }
+
+
+def provider_json(provider: ProviderRegistration) -> JsonObject:
+    """A resource provider as `GET /subscriptions/{sub}/providers/{ns}` returns it."""
+    return {
+        "id": f"/subscriptions/{provider.subscription_id}/providers/{provider.namespace}",
+        "namespace": provider.namespace,
+        "registrationState": provider.state,
+    }
+
+
+def kubeconfig_json(cluster: ManagedCluster, user_kind: str) -> JsonObject:
+    """The `listCluster{User,Admin}Credential` body: one base64 kubeconfig (JSON, which is valid YAML)."""
+    user = f"{user_kind}_{cluster.resource_group}_{cluster.name}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster.name, "cluster": {"server": f"https://{cluster.fqdn}:443"}}],
+        "contexts": [{"name": cluster.name, "context": {"cluster": cluster.name, "user": user}}],
+        "current-context": cluster.name,
+        "users": [{"name": user, "user": {"token": cluster.kube_token}}],
+    }
+    value = base64.b64encode(json.dumps(config, indent=2).encode()).decode()
+    return {"kubeconfigs": [{"name": user_kind, "value": value}]}

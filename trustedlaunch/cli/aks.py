@@ -1,0 +1,590 @@
+"""`tl aks`: az-compatible managed cluster and node pool commands over the ARM-shaped API."""
+
+from __future__ import annotations
+
+import base64
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from trustedlaunch.cli.arm import (
+    DEFAULT_SUBSCRIPTION,
+    DEFAULT_WAIT_SECONDS,
+    ArmClient,
+    EndpointOption,
+    NoWaitOption,
+    OutputFormat,
+    OutputOption,
+    SubscriptionOption,
+    TimeoutOption,
+    connect,
+    fail,
+    output,
+    wait_for_operation,
+)
+from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
+from trustedlaunch.control.limits import SecurityFlags, check_flags
+
+aks_app = typer.Typer(
+    name="aks", help="Manage trusted launch managed clusters (az aks compatible).", no_args_is_help=True
+)
+nodepool_app = typer.Typer(
+    name="nodepool", help="Manage node pools of a managed cluster.", no_args_is_help=True
+)
+aks_app.add_typer(nodepool_app, name="nodepool")
+
+CLUSTER_COLUMNS = ("Name", "Location", "ResourceGroup", "KubernetesVersion", "ProvisioningState", "Fqdn")
+POOL_COLUMNS = (
+    "Name",
+    "OsType",
+    "OsSku",
+    "KubernetesVersion",
+    "VmSize",
+    "Count",
+    "Mode",
+    "SecureBoot",
+    "VTPM",
+    "NodeImageVersion",
+    "ProvisioningState",
+)
+
+
+class OsType(StrEnum):
+    """`--os-type`."""
+
+    Linux = "Linux"
+    Windows = "Windows"
+
+
+class OsSku(StrEnum):
+    """`--os-sku`."""
+
+    Ubuntu = "Ubuntu"
+    AzureLinux = "AzureLinux"
+    Windows2019 = "Windows2019"
+    Windows2022 = "Windows2022"
+
+
+class GpuDriver(StrEnum):
+    """`--gpu-driver`: None skips the GPU driver installation."""
+
+    Install = "Install"
+    none = "None"
+
+
+class OsDiskType(StrEnum):
+    """`--node-osdisk-type`."""
+
+    Managed = "Managed"
+    Ephemeral = "Ephemeral"
+
+
+class VmSetType(StrEnum):
+    """`--vm-set-type`."""
+
+    VirtualMachineScaleSets = "VirtualMachineScaleSets"
+    AvailabilitySet = "AvailabilitySet"
+    VirtualMachines = "VirtualMachines"
+
+
+NameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the managed cluster.")]
+GroupOption = Annotated[str, typer.Option("--resource-group", "-g", help="Name of the resource group.")]
+ClusterNameOption = Annotated[str, typer.Option("--cluster-name", help="Name of the managed cluster.")]
+PoolNameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the node pool.")]
+NodeCountOption = Annotated[
+    int | None, typer.Option("--node-count", "-c", min=0, max=1000, help="Number of nodes.")
+]
+VmSizeOption = Annotated[str | None, typer.Option("--node-vm-size", "-s", help="VM size of the nodes.")]
+KubernetesVersionOption = Annotated[
+    str | None, typer.Option("--kubernetes-version", "-k", help="Kubernetes version (e.g. 1.30.6).")
+]
+SecureBootOption = Annotated[
+    bool, typer.Option("--enable-secure-boot", help="Enable UEFI Secure Boot (trusted launch).")
+]
+VtpmOption = Annotated[bool, typer.Option("--enable-vtpm", help="Enable a per-VM vTPM (trusted launch).")]
+OsSkuOption = Annotated[OsSku | None, typer.Option("--os-sku", help="OS SKU of the nodes.")]
+FipsOption = Annotated[bool, typer.Option("--enable-fips-image", help="Use a FIPS-enabled node image.")]
+GpuDriverOption = Annotated[
+    GpuDriver | None, typer.Option("--gpu-driver", help="GPU driver: Install, or None to skip the install.")
+]
+OsDiskTypeOption = Annotated[
+    OsDiskType | None, typer.Option("--node-osdisk-type", help="Managed or Ephemeral.")
+]
+OsDiskSizeOption = Annotated[
+    int | None, typer.Option("--node-osdisk-size", min=30, max=2048, help="OS disk GiB.")
+]
+VmSetTypeOption = Annotated[VmSetType | None, typer.Option("--vm-set-type", help="Node pool VM set type.")]
+
+
+def _cluster_path(client: ArmClient, group: str, name: str) -> str:
+    return (
+        f"/subscriptions/{client.subscription_id}/resourceGroups/{group}"
+        f"/providers/Microsoft.ContainerService/managedClusters/{name}"
+    )
+
+
+def _cluster_row(cluster: dict[str, Any]) -> list[object]:
+    group = cluster["id"].split("/")[4]
+    props = cluster["properties"]
+    return [
+        cluster["name"],
+        cluster["location"],
+        group,
+        props["kubernetesVersion"],
+        props["provisioningState"],
+        props["fqdn"],
+    ]
+
+
+def _pool_row(pool: dict[str, Any]) -> list[object]:
+    props = pool.get("properties", pool)
+    security = props.get("securityProfile") or {}
+    return [
+        pool["name"],
+        props["osType"],
+        props["osSKU"],
+        props["orchestratorVersion"],
+        props["vmSize"],
+        props["count"],
+        props["mode"],
+        security.get("enableSecureBoot"),
+        security.get("enableVTPM"),
+        props["nodeImageVersion"],
+        props["provisioningState"],
+    ]
+
+
+def _pool_properties(
+    count: int | None,
+    vm_size: str | None,
+    os_type: OsType | None,
+    os_sku: OsSku | None,
+    vm_set_type: VmSetType | None,
+    kubernetes_version: str | None,
+    fips: bool,
+    gpu_driver: GpuDriver | None,
+    os_disk_type: OsDiskType | None,
+    os_disk_size: int | None,
+    secure_boot: bool,
+    vtpm: bool,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "count": count,
+        "vmSize": vm_size,
+        "osType": os_type.value if os_type else None,
+        "osSKU": os_sku.value if os_sku else None,
+        "type": vm_set_type.value if vm_set_type else None,
+        "orchestratorVersion": kubernetes_version,
+        "enableFIPS": fips or None,
+        "gpuProfile": {"driver": gpu_driver.value} if gpu_driver else None,
+        "osDiskType": os_disk_type.value if os_disk_type else None,
+        "osDiskSizeGB": os_disk_size,
+        "securityProfile": {"enableSecureBoot": secure_boot, "enableVTPM": vtpm},
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _ssh_public_key(generate: bool, key_value: str | None) -> str | None:
+    """The key to put on the nodes: --ssh-key-value (a key or a .pub file), or ~/.ssh/id_rsa.pub, created
+    with --generate-ssh-keys when missing (as az does)."""
+    if key_value:
+        path = Path(key_value).expanduser()
+        return path.read_text().strip() if path.is_file() else key_value.strip()
+    public = Path.home() / ".ssh" / "id_rsa.pub"
+    if public.is_file():
+        return public.read_text().strip()
+    if not generate:
+        raise bad_input(
+            f"no SSH public key: {public} does not exist; pass --generate-ssh-keys or --ssh-key-value"
+        )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    public.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = public.with_suffix("")
+    descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+    openssh = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    public.write_text(openssh.decode() + "\n")
+    typer.echo(f"SSH key files '{private}' and '{public}' have been generated under ~/.ssh.", err=True)
+    return openssh.decode()
+
+
+def _finish(
+    client: ArmClient, response: Any, get_path: str, what: str, no_wait: bool, timeout: int
+) -> dict[str, Any] | None:
+    """After a PUT: print the resource now (--no-wait) or after the operation finished."""
+    if no_wait:
+        return None
+    wait_for_operation(client, response, what, timeout)
+    result: dict[str, Any] = client.json("GET", get_path)
+    return result
+
+
+@aks_app.command()
+def create(
+    name: NameOption,
+    resource_group: GroupOption,
+    location: Annotated[str, typer.Option("--location", "-l", help="Azure-style location name.")] = "eastus",
+    node_count: NodeCountOption = 3,
+    node_vm_size: VmSizeOption = None,
+    kubernetes_version: KubernetesVersionOption = None,
+    enable_secure_boot: SecureBootOption = False,
+    enable_vtpm: VtpmOption = False,
+    generate_ssh_keys: Annotated[
+        bool, typer.Option("--generate-ssh-keys", help="Create SSH keys if missing.")
+    ] = False,
+    ssh_key_value: Annotated[
+        str | None, typer.Option("--ssh-key-value", help="SSH public key or .pub file.")
+    ] = None,
+    nodepool_name: Annotated[
+        str, typer.Option("--nodepool-name", help="Name of the first node pool.")
+    ] = "nodepool1",
+    os_sku: OsSkuOption = None,
+    enable_fips_image: FipsOption = False,
+    gpu_driver: GpuDriverOption = None,
+    node_osdisk_type: OsDiskTypeOption = None,
+    node_osdisk_size: OsDiskSizeOption = None,
+    vm_set_type: VmSetTypeOption = None,
+    enable_addons: Annotated[
+        str | None, typer.Option("--enable-addons", "-a", help="Comma-separated addons: virtual-node.")
+    ] = None,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Create a managed cluster with one system node pool."""
+    addons = {a.strip() for a in (enable_addons or "").split(",") if a.strip()}
+    if addons - {"virtual-node"}:
+        raise bad_input(
+            f"--enable-addons: unsupported addon(s) {', '.join(sorted(addons - {'virtual-node'}))}"
+        )
+    pool = {"name": nodepool_name, "mode": "System"}
+    pool |= _pool_properties(
+        node_count,
+        node_vm_size,
+        None,
+        os_sku,
+        vm_set_type,
+        kubernetes_version,
+        enable_fips_image,
+        gpu_driver,
+        node_osdisk_type,
+        node_osdisk_size,
+        enable_secure_boot,
+        enable_vtpm,
+    )
+    properties: dict[str, Any] = {"agentPoolProfiles": [pool]}
+    if kubernetes_version:
+        properties["kubernetesVersion"] = kubernetes_version
+    key = _ssh_public_key(generate_ssh_keys, ssh_key_value)
+    if key:
+        properties["linuxProfile"] = {"adminUsername": "azureuser", "ssh": {"publicKeys": [{"keyData": key}]}}
+    if addons:
+        properties["addonProfiles"] = {"aciConnectorLinux": {"enabled": True}}
+    with connect(endpoint, subscription) as client:
+        path = _cluster_path(client, resource_group, name)
+        response = client.request("PUT", path, json={"location": location, "properties": properties})
+        result = _finish(client, response, path, f"Creating cluster {name}", no_wait, timeout)
+        output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+@aks_app.command()
+def show(
+    name: NameOption,
+    resource_group: GroupOption,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Show a managed cluster."""
+    with connect(endpoint, subscription) as client:
+        cluster = client.json("GET", _cluster_path(client, resource_group, name))
+    output(cluster, output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+@aks_app.command(name="list")
+def list_clusters(
+    resource_group: Annotated[
+        str | None, typer.Option("--resource-group", "-g", help="Only this group.")
+    ] = None,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """List managed clusters (of a resource group, or of the subscription)."""
+    with connect(endpoint, subscription) as client:
+        root = f"/subscriptions/{client.subscription_id}"
+        group = f"/resourceGroups/{resource_group}" if resource_group else ""
+        clusters = client.json("GET", f"{root}{group}/providers/Microsoft.ContainerService/managedClusters")
+    output(clusters["value"], output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+def _confirm(yes: bool, what: str) -> None:
+    if not yes and not typer.confirm(f"Are you sure you want to perform this operation ({what})?"):
+        raise typer.Exit(0)
+
+
+def _delete(client: ArmClient, path: str, what: str, no_wait: bool, timeout: int) -> None:
+    response = client.request("DELETE", path)
+    if response.status_code == 204:
+        typer.echo(f"{what}: nothing to delete (it does not exist).", err=True)
+        return
+    if not no_wait:
+        wait_for_operation(client, response, what, timeout)
+
+
+@aks_app.command()
+def delete(
+    name: NameOption,
+    resource_group: GroupOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Delete a managed cluster."""
+    _confirm(yes, f"delete cluster {name}")
+    with connect(endpoint, subscription) as client:
+        _delete(
+            client, _cluster_path(client, resource_group, name), f"Deleting cluster {name}", no_wait, timeout
+        )
+
+
+def _merge_kubeconfig(
+    existing: dict[str, Any], new: dict[str, Any], overwrite: bool, context: str | None
+) -> None:
+    if context:
+        new["contexts"][0]["name"] = context
+        new["current-context"] = context
+    for section in ("clusters", "users", "contexts"):
+        entries = existing.get(section) or []
+        for entry in new[section]:
+            same = [e for e in entries if e.get("name") == entry["name"]]
+            if same and same[0] != entry and not overwrite:
+                raise fail(
+                    f"a different object named '{entry['name']}' already exists in the kubeconfig {section}; "
+                    "use --overwrite-existing to replace it",
+                    BAD_INPUT_EXIT_CODE,
+                )
+            entries = [e for e in entries if e.get("name") != entry["name"]] + [entry]
+        existing[section] = entries
+    existing.setdefault("apiVersion", "v1")
+    existing.setdefault("kind", "Config")
+    existing["current-context"] = new["current-context"]
+
+
+@aks_app.command(name="get-credentials")
+def get_credentials(
+    name: NameOption,
+    resource_group: GroupOption,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Kubeconfig to write (default ~/.kube/config); '-' prints."),
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Get the cluster admin credentials.")] = False,
+    overwrite_existing: Annotated[
+        bool, typer.Option("--overwrite-existing", help="Replace entries of the same name.")
+    ] = False,
+    context: Annotated[str | None, typer.Option("--context", help="Name of the kubeconfig context.")] = None,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Write the cluster's kubeconfig context (merged into the file) and make it the current context."""
+    kind = "listClusterAdminCredential" if admin else "listClusterUserCredential"
+    with connect(endpoint, subscription) as client:
+        credentials = client.json("POST", f"{_cluster_path(client, resource_group, name)}/{kind}")
+    new = yaml.safe_load(base64.b64decode(credentials["kubeconfigs"][0]["value"]))
+    if file is not None and str(file) == "-":
+        typer.echo(yaml.safe_dump(new, sort_keys=False))
+        return
+    target = file or Path.home() / ".kube" / "config"
+    try:
+        existing = (yaml.safe_load(target.read_text()) if target.is_file() else None) or {}
+    except yaml.YAMLError as exc:
+        raise bad_input(f"{target} is not a valid kubeconfig: {exc}") from None
+    if not isinstance(existing, dict):
+        raise bad_input(f"{target} is not a valid kubeconfig (not a mapping)")
+    _merge_kubeconfig(existing, new, overwrite_existing, context)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tl-tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        yaml.safe_dump(existing, handle, sort_keys=False)
+    os.replace(temporary, target)  # credentials inside: the file ends up 0600, replaced atomically
+    typer.echo(f'Merged "{new["current-context"]}" as current context in {target}', err=True)
+
+
+def _pool_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:
+    return f"{_cluster_path(client, group, cluster)}/agentPools/{pool}"
+
+
+@nodepool_app.command()
+def add(
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    node_count: NodeCountOption = 3,
+    node_vm_size: VmSizeOption = None,
+    os_type: Annotated[OsType | None, typer.Option("--os-type", help="Linux or Windows.")] = None,
+    os_sku: OsSkuOption = None,
+    kubernetes_version: KubernetesVersionOption = None,
+    mode: Annotated[str, typer.Option("--mode", help="System or User.")] = "User",
+    enable_secure_boot: SecureBootOption = False,
+    enable_vtpm: VtpmOption = False,
+    enable_fips_image: FipsOption = False,
+    gpu_driver: GpuDriverOption = None,
+    node_osdisk_type: OsDiskTypeOption = None,
+    node_osdisk_size: OsDiskSizeOption = None,
+    vm_set_type: VmSetTypeOption = None,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Add a node pool (refused with 409 if the name exists: use `nodepool update`)."""
+    if mode not in ("System", "User"):
+        raise bad_input(f"--mode must be System or User, got {mode!r}")
+    properties = {"mode": mode} | _pool_properties(
+        node_count,
+        node_vm_size,
+        os_type,
+        os_sku,
+        vm_set_type,
+        kubernetes_version,
+        enable_fips_image,
+        gpu_driver,
+        node_osdisk_type,
+        node_osdisk_size,
+        enable_secure_boot,
+        enable_vtpm,
+    )
+    with connect(endpoint, subscription) as client:
+        path = _pool_path(client, resource_group, cluster_name, name)
+        response = client.request(
+            "PUT", path, json={"properties": properties}, headers={"If-None-Match": "*"}
+        )
+        result = _finish(client, response, path, f"Adding node pool {name}", no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+
+
+@nodepool_app.command()
+def update(
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    enable_secure_boot: SecureBootOption = False,
+    disable_secure_boot: Annotated[
+        bool, typer.Option("--disable-secure-boot", help="Disable Secure Boot.")
+    ] = False,
+    enable_vtpm: VtpmOption = False,
+    disable_vtpm: Annotated[bool, typer.Option("--disable-vtpm", help="Disable the vTPM.")] = False,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes)."""
+    flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
+    conflicts = check_flags(flags)
+    if conflicts:
+        raise bad_input("; ".join(f"({v.code}) {v.message}" for v in conflicts))
+    if not (enable_secure_boot or disable_secure_boot or enable_vtpm or disable_vtpm):
+        raise bad_input(
+            "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm "
+            "or --disable-vtpm"
+        )
+    with connect(endpoint, subscription) as client:
+        path = _pool_path(client, resource_group, cluster_name, name)
+        pool = client.json("GET", path)
+        security = pool["properties"].setdefault("securityProfile", {})
+        if enable_secure_boot or disable_secure_boot:
+            security["enableSecureBoot"] = enable_secure_boot
+        if enable_vtpm or disable_vtpm:
+            security["enableVTPM"] = enable_vtpm
+        response = client.request("PUT", path, json=pool)
+        result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+
+
+@nodepool_app.command()
+def scale(
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    node_count: Annotated[int, typer.Option("--node-count", "-c", min=0, max=1000, help="Number of nodes.")],
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Scale a node pool to --node-count nodes."""
+    with connect(endpoint, subscription) as client:
+        path = _pool_path(client, resource_group, cluster_name, name)
+        pool = client.json("GET", path)
+        pool["properties"]["count"] = node_count
+        response = client.request("PUT", path, json=pool)
+        result = _finish(client, response, path, f"Scaling node pool {name}", no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+
+
+@nodepool_app.command(name="show")
+def show_pool(
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Show a node pool."""
+    with connect(endpoint, subscription) as client:
+        pool = client.json("GET", _pool_path(client, resource_group, cluster_name, name))
+    output(pool, output_format, POOL_COLUMNS, _pool_row)
+
+
+@nodepool_app.command(name="list")
+def list_pools(
+    cluster_name: ClusterNameOption,
+    resource_group: GroupOption,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """List the node pools of a cluster."""
+    with connect(endpoint, subscription) as client:
+        pools = client.json("GET", f"{_cluster_path(client, resource_group, cluster_name)}/agentPools")
+    output(pools["value"], output_format, POOL_COLUMNS, _pool_row)
+
+
+@nodepool_app.command(name="delete")
+def delete_pool(
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Delete a node pool."""
+    with connect(endpoint, subscription) as client:
+        path = _pool_path(client, resource_group, cluster_name, name)
+        _delete(client, path, f"Deleting node pool {name}", no_wait, timeout)

@@ -1,0 +1,207 @@
+"""Shared plumbing of the az-compatible commands (`tl aks`, `tl feature`, `tl provider`): connection to the
+API (`--endpoint`/`TL_ENDPOINT` with `TL_TOKEN`, or an embedded local server), ARM errors, long-running
+operations with a Rich progress display, and JSON/table output.
+
+Embedded server: without an endpoint, each command starts the API with uvicorn on 127.0.0.1 (a free port) in a
+background thread of the `tl` process itself, on the default SQLite store, and stops it when the command ends.
+State lives in the database, so nothing is left running between commands and there is no daemon to manage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE
+
+DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+API_VERSION = "2024-09-01"
+DEFAULT_WAIT_SECONDS = 300
+POLL_SECONDS = 1.0
+FAILURE_EXIT_CODE = 1
+
+
+class OutputFormat(StrEnum):
+    """`--output`/`-o` values."""
+
+    json = "json"
+    table = "table"
+
+
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        envvar="TL_ENDPOINT",
+        help="API base URL (token from TL_TOKEN). Without it, an embedded local server on the default store.",
+    ),
+]
+SubscriptionOption = Annotated[
+    str, typer.Option("--subscription", envvar="TL_SUBSCRIPTION", help="Subscription id (a GUID).")
+]
+OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="Output format.")]
+NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="Do not wait for the long-running operation.")]
+TimeoutOption = Annotated[
+    int, typer.Option("--timeout", min=1, help="Seconds to wait for a long-running operation to finish.")
+]
+
+
+class ArmCallError(Exception):
+    """An ARM error returned by the API."""
+
+    def __init__(self, status: int, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", ""))
+        self.status = status
+        self.error = error
+
+
+def fail(message: str, exit_code: int = FAILURE_EXIT_CODE) -> typer.Exit:
+    """Print `ERROR: message` on stderr and return the Exit to raise."""
+    typer.echo(f"ERROR: {message}", err=True)
+    return typer.Exit(exit_code)
+
+
+def report_arm_error(exc: ArmCallError) -> typer.Exit:
+    """Print an ARM error like az does (code, message, target, each detail); 4xx is bad input (exit 2)."""
+    error = exc.error
+    lines = [f"({error.get('code')}) {error.get('message')}", f"Code: {error.get('code')}"]
+    if error.get("target"):
+        lines.append(f"Target: {error['target']}")
+    for detail in error.get("details") or []:
+        lines.append(f"  - ({detail.get('code')}) {detail.get('target')}: {detail.get('message')}")
+    typer.echo("ERROR: " + "\n".join(lines), err=True)
+    return typer.Exit(BAD_INPUT_EXIT_CODE if 400 <= exc.status < 500 else FAILURE_EXIT_CODE)
+
+
+class ArmClient:
+    """httpx client for one API endpoint and subscription."""
+
+    def __init__(self, endpoint: str, token: str, subscription_id: str) -> None:
+        self.http = httpx.Client(
+            base_url=endpoint.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "tl-cli"},
+            params={"api-version": API_VERSION},
+            timeout=30.0,
+        )
+        self.subscription_id = subscription_id
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; ARM errors raise ArmCallError, unreachable servers a clear ERROR."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise fail(f"cannot reach the API at {self.http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": f"HTTP{response.status_code}", "message": response.text[:500]}
+            raise ArmCallError(response.status_code, error)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The response body as JSON."""
+        return self.request(method, path, **kwargs).json()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+
+@contextmanager
+def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
+    """An ArmClient for `endpoint` (token TL_TOKEN) or for an embedded server; ARM errors become exits."""
+    if endpoint:
+        token = os.environ.get("TL_TOKEN", "")
+        if not token:
+            raise fail("TL_TOKEN is not set: export the API bearer token to use --endpoint/TL_ENDPOINT", 2)
+        client = ArmClient(endpoint, token, subscription_id)
+        try:
+            yield client
+        except ArmCallError as exc:
+            raise report_arm_error(exc) from None
+        finally:
+            client.close()
+        return
+    # Imported here: only the embedded mode needs the server side.
+    from trustedlaunch.api.app import create_app, default_token_file
+    from trustedlaunch.api.server import BackgroundServer
+    from trustedlaunch.errors import TrustedLaunchError
+
+    token_file = default_token_file()
+    server = BackgroundServer(create_app(token_file=token_file))
+    try:
+        url = server.start()
+    except TrustedLaunchError as exc:
+        server.stop()
+        raise fail(str(exc)) from None
+    client = ArmClient(url, token_file.read_text().strip(), subscription_id)
+    try:
+        yield client
+    except ArmCallError as exc:
+        raise report_arm_error(exc) from None
+    finally:
+        client.close()
+        server.stop()
+
+
+def wait_for_operation(
+    client: ArmClient, response: httpx.Response, what: str, timeout: int
+) -> dict[str, Any]:
+    """Poll the Azure-AsyncOperation URL with a Rich spinner until the operation leaves InProgress.
+
+    Raises exit 1 when it failed or is still InProgress after `timeout` seconds (nodes are driven by the
+    reconciler; until it runs, operations stay InProgress and `--no-wait` is the way to script)."""
+    url = response.headers["Azure-AsyncOperation"]
+    console = Console(stderr=True)
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    with console.status(f"{what}: InProgress", spinner="dots") as spinner:
+        while time.monotonic() < deadline:
+            status = client.json("GET", url)
+            if status["status"] != "InProgress":
+                break
+            elapsed = int(timeout - (deadline - time.monotonic()))
+            spinner.update(f"{what}: InProgress ({elapsed} s)")
+            time.sleep(POLL_SECONDS)
+    if status.get("status") == "Succeeded":
+        return status
+    if status.get("status") in (None, "InProgress"):
+        raise fail(
+            f"{what} is still InProgress after {timeout} s (operation {url}); it continues on the server: "
+            "check it with `show`, or use --no-wait"
+        )
+    error = status.get("error") or {}
+    raise fail(f"{what} ended {status.get('status')}: ({error.get('code')}) {error.get('message')}")
+
+
+def print_json(value: object) -> None:
+    """Print `value` as indented JSON (the default output, as az)."""
+    typer.echo(json.dumps(value, indent=2))
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print rows as a table (`-o table`)."""
+    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console(width=250).print(table)
+
+
+def output(value: object, fmt: OutputFormat, columns: Sequence[str], row: Any) -> None:
+    """Print a resource (or a list of them) as JSON or as a table with `row(resource)` per line."""
+    if fmt is OutputFormat.json:
+        print_json(value)
+        return
+    items = value if isinstance(value, list) else [value]
+    print_table(columns, [row(item) for item in items])

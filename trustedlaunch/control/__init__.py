@@ -1,0 +1,1 @@
+"""The control plane: AKS limitations, resource services, preview features, operations, tokens."""

@@ -1,0 +1,462 @@
+"""Every AKS limitation in ONE table: code, target property, message and the predicate that detects it.
+
+`check_pool` evaluates every rule that applies to a pool request and returns all violations (never only the
+first), `check_flags` does the same for command-line flag combinations, and `raise_violations` turns them into
+one 400 ARM error whose `details` lists each violation with the property at fault (`target`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.node_images import NodeImageInfo
+from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
+
+TL_INCOMPATIBLE = "TrustedLaunchIncompatibleWithConfig"
+FEATURE_NAMESPACE = "Microsoft.ContainerService"
+FEATURE_NAME = "TrustedLaunchPreview"
+FEATURE_REGISTER_COMMAND = f"tl feature register --namespace {FEATURE_NAMESPACE} --name {FEATURE_NAME}"
+MIN_TRUSTED_LAUNCH_VERSION = (1, 25, 2)
+MAX_POOL_NAME_LENGTH = {"Linux": 11, "Windows": 6}
+VMGS_RESERVATION_GIB = 1  # the VM guest state of a trusted launch VM shares the ephemeral placement
+LATEST_PATCH = 10**6  # the patch of a MAJOR.MINOR version: the newest one
+KUBERNETES_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+IMMUTABLE_POOL_PROPERTIES = (
+    ("vm_size", "vmSize"),
+    ("os_type", "osType"),
+    ("os_sku", "osSKU"),
+    ("pool_type", "type"),
+    ("enable_fips", "enableFIPS"),
+    ("os_disk_type", "osDiskType"),
+    ("os_disk_size_gb", "osDiskSizeGB"),
+    ("gpu_driver", "gpuProfile.driver"),
+)
+OS_SKUS = {"Linux": ("Ubuntu", "AzureLinux"), "Windows": ("Windows2019", "Windows2022")}
+
+
+def parse_kubernetes_version(version: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of "1.29.4"; "1.29" means the newest patch of 1.29. None if malformed."""
+    match = KUBERNETES_VERSION.match(version)
+    if not match:
+        return None
+    patch = int(match.group(3)) if match.group(3) is not None else LATEST_PATCH
+    return int(match.group(1)), int(match.group(2)), patch
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    """A pool's desired configuration plus the surroundings the rules need (cluster, feature, image)."""
+
+    name: str
+    os_type: str
+    os_sku: str
+    vm_size: str
+    pool_type: str
+    orchestrator_version: str
+    enable_fips: bool
+    os_disk_type: str
+    os_disk_size_gb: int
+    gpu_driver: str | None
+    enable_secure_boot: bool
+    enable_vtpm: bool
+    mode: str = "User"
+    count: int = 1
+    cluster_version: str | None = None  # the control plane's Kubernetes version
+    other_system_pools: int = 0  # System pools of the cluster besides this one
+    virtual_nodes: bool = False
+    feature_registered: bool = True
+    current_image: NodeImageInfo | None = None  # set on update: the image the pool already runs
+    previous: PoolRequest | None = None  # set on update: the pool's current settings
+    sibling_pool_names: tuple[str, ...] = ()  # the other pools of the cluster (or of the same request)
+
+    @property
+    def size(self) -> VmSize | None:
+        """The catalogued VM size, or None when the size is unknown."""
+        return find_vm_size(self.vm_size)
+
+    @property
+    def trusted_launch(self) -> bool:
+        """Whether the request asks for any trusted launch setting (Secure Boot or vTPM)."""
+        return self.enable_secure_boot or self.enable_vtpm
+
+    @property
+    def ephemeral_needed_gib(self) -> int:
+        """Space an ephemeral OS disk of this pool needs on the VM's cache or temp disk."""
+        return self.os_disk_size_gb + (VMGS_RESERVATION_GIB if self.trusted_launch else 0)
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        size = self.size
+        return {
+            "pool": self.name,
+            "vm_size": self.vm_size,
+            "os_type": self.os_type,
+            "os_sku": self.os_sku,
+            "pool_type": self.pool_type,
+            "version": self.orchestrator_version,
+            "cluster_version": self.cluster_version,
+            "previous_version": self.previous.orchestrator_version if self.previous else "",
+            "min_version": ".".join(map(str, MIN_TRUSTED_LAUNCH_VERSION)),
+            "max_name": MAX_POOL_NAME_LENGTH.get(self.os_type, 11),
+            "image": self.current_image.version if self.current_image else "",
+            "capacity": size.ephemeral_capacity_gib if size else 0,
+            "needed": self.ephemeral_needed_gib,
+            "arch": size.architecture if size else "",
+            "gpu": size.gpu if size else "",
+            "skus": ", ".join(OS_SKUS.get(self.os_type, ())),
+            "command": FEATURE_REGISTER_COMMAND,
+        }
+
+
+@dataclass(frozen=True)
+class ClusterRequest:
+    """A whole-cluster request: its pools' modes once defaults are applied."""
+
+    pool_count: int
+    system_pool_count: int
+    kubernetes_version: str = ""
+    previous_version: str | None = None  # set on update
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {"version": self.kubernetes_version, "previous_version": self.previous_version}
+
+
+@dataclass(frozen=True)
+class PoolDeletion:
+    """Deleting one pool of a cluster."""
+
+    name: str
+    mode: str
+    other_system_pools: int
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {"pool": self.name}
+
+
+@dataclass(frozen=True)
+class SecurityFlags:
+    """The enable/disable flags of one `tl aks nodepool update` call."""
+
+    enable_secure_boot: bool = False
+    disable_secure_boot: bool = False
+    enable_vtpm: bool = False
+    disable_vtpm: bool = False
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name (none)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Limitation:
+    """One rule: `violated(context)` is true when a request of type `applies_to` breaks it."""
+
+    code: str
+    target: str
+    message: str
+    applies_to: type
+    violated: Callable[[Any], bool]
+    status: int = 400
+
+
+def _name_invalid(r: PoolRequest) -> bool:
+    limit = MAX_POOL_NAME_LENGTH.get(r.os_type, 11)
+    return not re.fullmatch(rf"[a-z][a-z0-9]{{0,{limit - 1}}}", r.name)
+
+
+def _version_too_old(r: PoolRequest) -> bool:
+    parsed = parse_kubernetes_version(r.orchestrator_version)
+    return r.trusted_launch and parsed is not None and parsed < MIN_TRUSTED_LAUNCH_VERSION
+
+
+def _version_order(version: str, other: str | None) -> int:
+    """-1, 0 or 1 as `version` is older than, equal to or newer than `other` (0 if either is unknown)."""
+    mine = parse_kubernetes_version(version)
+    theirs = parse_kubernetes_version(other) if other else None
+    if mine is None or theirs is None:
+        return 0
+    if LATEST_PATCH in (mine[2], theirs[2]):  # "1.30" names any 1.30 patch: compare minor versions only
+        mine, theirs = (mine[0], mine[1], 0), (theirs[0], theirs[1], 0)
+    return (mine > theirs) - (mine < theirs)
+
+
+def _changed(attr: str, r: PoolRequest) -> bool:
+    return r.previous is not None and getattr(r, attr) != getattr(r.previous, attr)
+
+
+def _size_is(r: PoolRequest, test: Callable[[VmSize], bool]) -> bool:
+    size = r.size
+    return size is not None and test(size)
+
+
+LIMITATIONS: tuple[Limitation, ...] = (
+    Limitation(
+        "AgentPoolNameInvalid",
+        "name",
+        "Agent pool name '{pool}' is invalid: {os_type} pool names must be 1-{max_name} lowercase letters or "
+        "digits and start with a letter.",
+        PoolRequest,
+        _name_invalid,
+    ),
+    Limitation(
+        "DuplicateAgentPoolName",
+        "name",
+        "Agent pool '{pool}' already exists in the cluster; pool names must be unique "
+        "(use `tl aks nodepool update` to change an existing pool).",
+        PoolRequest,
+        lambda r: r.name.lower() in {n.lower() for n in r.sibling_pool_names},
+        409,
+    ),
+    Limitation(
+        "VMSizeNotSupported",
+        "properties.vmSize",
+        "VM size '{vm_size}' is not in the size catalogue; use a size listed in control/vm_sizes.json "
+        "(e.g. Standard_D4s_v3).",
+        PoolRequest,
+        lambda r: r.size is None,
+    ),
+    Limitation(
+        "InvalidOSSKU",
+        "properties.osSKU",
+        "osSKU '{os_sku}' does not exist for osType '{os_type}'; use one of: {skus}.",
+        PoolRequest,
+        lambda r: r.os_sku not in OS_SKUS.get(r.os_type, ()),
+    ),
+    Limitation(
+        "InvalidKubernetesVersion",
+        "properties.orchestratorVersion",
+        "Kubernetes version '{version}' is malformed; use MAJOR.MINOR or MAJOR.MINOR.PATCH (e.g. 1.30.6).",
+        PoolRequest,
+        lambda r: parse_kubernetes_version(r.orchestrator_version) is None,
+    ),
+    Limitation(
+        "InvalidKubernetesVersion",
+        "properties.orchestratorVersion",
+        "Pool '{pool}' cannot run Kubernetes {version}, newer than the control plane ({cluster_version}); "
+        "upgrade the cluster first.",
+        PoolRequest,
+        lambda r: _version_order(r.orchestrator_version, r.cluster_version) == 1,
+    ),
+    Limitation(
+        "InvalidKubernetesVersion",
+        "properties.orchestratorVersion",
+        "Pool '{pool}' cannot be downgraded from Kubernetes {previous_version} to {version}.",
+        PoolRequest,
+        lambda r: (
+            r.previous is not None
+            and _version_order(r.orchestrator_version, r.previous.orchestrator_version) == -1
+        ),
+    ),
+    Limitation(
+        "EphemeralOSDiskSizeTooLarge",
+        "properties.osDiskType",
+        "An ephemeral OS disk for pool '{pool}' needs {needed} GiB but VM size '{vm_size}' has at most "
+        "{capacity} GiB of cache or temp disk; use osDiskType Managed, a smaller osDiskSizeGB "
+        "or a larger size.",
+        PoolRequest,
+        lambda r: (
+            r.os_disk_type == "Ephemeral"
+            and _size_is(r, lambda s: s.ephemeral_capacity_gib < r.ephemeral_needed_gib)
+        ),
+    ),
+    Limitation(
+        "PreviewFeatureNotRegistered",
+        "properties.securityProfile",
+        "Trusted launch (Secure Boot / vTPM) is a preview feature that is not registered in this "
+        "subscription; run `{command}`, wait for the state Registered, then run "
+        "`tl provider register --namespace Microsoft.ContainerService`.",
+        PoolRequest,
+        lambda r: r.trusted_launch and not r.feature_registered,
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.orchestratorVersion",
+        "Trusted launch requires Kubernetes {min_version} or later; pool '{pool}' uses {version}.",
+        PoolRequest,
+        _version_too_old,
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.vmSize",
+        "Trusted launch requires a Generation 2 VM size; '{vm_size}' supports Generation 1 only.",
+        PoolRequest,
+        lambda r: r.trusted_launch and _size_is(r, lambda s: not s.supports_gen2),
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.vmSize",
+        "Trusted launch is not supported on Arm64 VM sizes; '{vm_size}' is {arch}.",
+        PoolRequest,
+        lambda r: r.trusted_launch and _size_is(r, lambda s: s.architecture == "Arm64"),
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.osType",
+        "Trusted launch is not supported on Windows node pools; pool '{pool}' is {os_type}.",
+        PoolRequest,
+        lambda r: r.trusted_launch and r.os_type == "Windows",
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.enableFIPS",
+        "Trusted launch is not supported on FIPS-enabled node pools; disable FIPS or trusted launch.",
+        PoolRequest,
+        lambda r: r.trusted_launch and r.enable_fips,
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.addonProfiles.aciConnectorLinux",
+        "Trusted launch is not supported on clusters with virtual nodes (aciConnectorLinux addon enabled).",
+        PoolRequest,
+        lambda r: r.trusted_launch and r.virtual_nodes,
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.type",
+        "Trusted launch is not supported on AvailabilitySet node pools; use VirtualMachineScaleSets.",
+        PoolRequest,
+        lambda r: r.trusted_launch and r.pool_type == "AvailabilitySet",
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.gpuProfile.driver",
+        "Secure Boot on GPU size '{vm_size}' ({gpu}) needs the GPU driver installation skipped "
+        "(gpuProfile.driver=None, `--gpu-driver None`): the driver AKS installs is not signed "
+        "for Secure Boot.",
+        PoolRequest,
+        lambda r: (
+            r.enable_secure_boot and r.gpu_driver != "None" and _size_is(r, lambda s: s.gpu is not None)
+        ),
+    ),
+    Limitation(
+        TL_INCOMPATIBLE,
+        "properties.securityProfile",
+        "Pool '{pool}' runs node image {image}, which is not trusted-launch capable (the pool "
+        "was created before TrustedLaunchPreview was registered, or its configuration excluded it); it "
+        "cannot be updated to trusted launch: create a new pool with --enable-secure-boot/--enable-vtpm "
+        "and move the workloads.",
+        PoolRequest,
+        lambda r: (
+            r.trusted_launch and r.current_image is not None and not r.current_image.trusted_launch_capable
+        ),
+    ),
+    Limitation(
+        "InvalidSystemPoolCount",
+        "properties.count",
+        "System pool '{pool}' needs at least 1 node (count 0 is only allowed for User pools).",
+        PoolRequest,
+        lambda r: r.mode == "System" and r.count < 1,
+    ),
+    Limitation(
+        "SystemPoolRequired",
+        "properties.mode",
+        "Pool '{pool}' is the cluster's only System pool and cannot become a User pool; add another System "
+        "pool first.",
+        PoolRequest,
+        lambda r: (
+            r.mode == "User"
+            and r.previous is not None
+            and r.previous.mode == "System"
+            and r.other_system_pools == 0
+        ),
+    ),
+    Limitation(
+        "SystemPoolRequired",
+        "properties.agentPoolProfiles",
+        "A managed cluster needs at least one System pool (mode System) in properties.agentPoolProfiles.",
+        ClusterRequest,
+        lambda c: c.pool_count > 0 and c.system_pool_count == 0,
+    ),
+    Limitation(
+        "InvalidKubernetesVersion",
+        "properties.kubernetesVersion",
+        "The cluster cannot be downgraded from Kubernetes {previous_version} to {version}.",
+        ClusterRequest,
+        lambda c: _version_order(c.kubernetes_version, c.previous_version) == -1,
+    ),
+    Limitation(
+        "SystemPoolRequired",
+        "agentPoolName",
+        "Pool '{pool}' is the cluster's last System pool and cannot be deleted; add another System pool "
+        "first, or delete the cluster.",
+        PoolDeletion,
+        lambda d: d.mode == "System" and d.other_system_pools == 0,
+    ),
+    *(
+        Limitation(
+            "PropertyChangeNotAllowed",
+            f"properties.{prop}",
+            f"Changing property '{prop}' of an existing pool is not allowed (pool '{{pool}}'); create a new "
+            "pool with the new value and move the workloads.",
+            PoolRequest,
+            partial(_changed, attr),
+        )
+        for attr, prop in IMMUTABLE_POOL_PROPERTIES
+    ),
+    Limitation(
+        "MutuallyExclusiveArguments",
+        "--enable-secure-boot/--disable-secure-boot",
+        "--enable-secure-boot and --disable-secure-boot cannot be used in the same call.",
+        SecurityFlags,
+        lambda f: f.enable_secure_boot and f.disable_secure_boot,
+    ),
+    Limitation(
+        "MutuallyExclusiveArguments",
+        "--enable-vtpm/--disable-vtpm",
+        "--enable-vtpm and --disable-vtpm cannot be used in the same call.",
+        SecurityFlags,
+        lambda f: f.enable_vtpm and f.disable_vtpm,
+    ),
+)
+
+
+Context = PoolRequest | ClusterRequest | PoolDeletion | SecurityFlags
+
+
+def _violations(context: Context, target_prefix: str = "") -> list[ArmError]:
+    values = context.message_values()
+    return [
+        ArmError(rule.status, rule.code, rule.message.format(**values), target_prefix + rule.target)
+        for rule in LIMITATIONS
+        if isinstance(context, rule.applies_to) and rule.violated(context)
+    ]
+
+
+def check_pool(request: PoolRequest, target_prefix: str = "") -> list[ArmError]:
+    """Every limitation the pool request breaks; `target_prefix` locates the pool inside a cluster body."""
+    return _violations(request, target_prefix)
+
+
+def check_cluster(request: ClusterRequest) -> list[ArmError]:
+    """Every limitation a whole-cluster request breaks."""
+    return _violations(request)
+
+
+def check_deletion(deletion: PoolDeletion) -> list[ArmError]:
+    """Every limitation deleting the pool breaks."""
+    return _violations(deletion)
+
+
+def check_flags(flags: SecurityFlags) -> list[ArmError]:
+    """Every limitation a flag combination breaks (enable and disable of the same setting)."""
+    return _violations(flags)
+
+
+def raise_violations(violations: list[ArmError]) -> None:
+    """Raise one 400 ArmError listing every violation in `details`; do nothing if there is none."""
+    if not violations:
+        return
+    first = violations[0]
+    message = first.message
+    if len(violations) > 1:
+        message = f"{len(violations)} problems with the request: " + " ".join(v.message for v in violations)
+    statuses = {v.status for v in violations}
+    status = statuses.pop() if len(statuses) == 1 else 400
+    raise ArmError(status, first.code, message, first.target, list(violations))

@@ -1,0 +1,96 @@
+"""Long-running operations: recorded InProgress by PUT/DELETE and finished by the reconciler."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trustedlaunch.control.errors import ArmError, bad_request, not_found
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+
+RECONCILER_NOTE = (
+    "Recorded; the operation stays InProgress until the node reconciler drives the nodes to the desired "
+    "state and finishes it (the reconciler is not part of this release yet)."
+)
+TERMINAL_STATUSES = ("Succeeded", "Failed", "Canceled")
+
+
+def start_operation(
+    session: Session, subscription_id: str, location: str, resource_id: str, kind: str
+) -> Operation:
+    """Record a new InProgress operation on `resource_id` (kind: Create, Update or Delete)."""
+    operation = Operation(
+        id=str(uuid.uuid4()),
+        subscription_id=subscription_id,
+        location=location,
+        resource_id=resource_id,
+        kind=kind,
+        status="InProgress",
+        note=RECONCILER_NOTE,
+        start_time=utc_now(),
+    )
+    session.add(operation)
+    return operation
+
+
+def get_operation(session: Session, subscription_id: str, operation_id: str) -> Operation:
+    """The operation, or a 404 ArmError."""
+    operation = session.get(Operation, operation_id)
+    if operation is None or operation.subscription_id != subscription_id:
+        raise not_found("OperationNotFound", f"Operation '{operation_id}' does not exist.", "operationId")
+    return operation
+
+
+def in_progress_operation(session: Session, resource_id: str) -> Operation | None:
+    """The InProgress operation on exactly `resource_id`, if any."""
+    return session.scalar(
+        select(Operation).where(Operation.resource_id == resource_id, Operation.status == "InProgress")
+    )
+
+
+def finish_operation(
+    session: Session, operation: Operation, status: str, error: ArmError | None = None
+) -> None:
+    """Finish `operation` (the reconciler's call): the resource's provisioningState becomes `status` (also for
+    the pools a cluster operation created or updated); a Succeeded Delete removes the resource."""
+    if status not in TERMINAL_STATUSES:
+        raise bad_request(
+            "InvalidOperationStatus", f"'{status}' is not one of {', '.join(TERMINAL_STATUSES)}."
+        )
+    operation.status = status
+    operation.end_time = utc_now()
+    operation.error = error.to_detail() if error else None
+    resource = _resource(session, operation.resource_id)
+    if resource is None:
+        return
+    if status == "Succeeded" and operation.kind == "Delete":
+        session.delete(resource)
+        return
+    resource.provisioning_state = status
+    if isinstance(resource, ManagedCluster):  # the cluster's operation covers pools without their own
+        for pool in resource.agent_pools:
+            pool_id = operation.resource_id + f"/agentPools/{pool.name}"
+            if (
+                pool.provisioning_state in ("Creating", "Updating")
+                and in_progress_operation(session, pool_id) is None
+            ):
+                pool.provisioning_state = status
+
+
+def _resource(session: Session, resource_id: str) -> ManagedCluster | AgentPool | None:
+    parts = resource_id.strip("/").split("/")
+    # subscriptions/{sub}/resourcegroups/{rg}/providers/{ns}/managedClusters/{name}[/agentPools/{pool}]
+    if len(parts) < 8:
+        return None
+    cluster = session.scalar(
+        select(ManagedCluster).where(
+            ManagedCluster.subscription_id == parts[1],
+            ManagedCluster.resource_group == parts[3].lower(),
+            ManagedCluster.name == parts[7].lower(),
+        )
+    )
+    if cluster is None or len(parts) == 8:
+        return cluster
+    return next((pool for pool in cluster.agent_pools if pool.name == parts[9].lower()), None)

@@ -1,0 +1,524 @@
+"""Managed clusters and agent pools: create/update/get/list/delete with every limitation checked first.
+
+PUT and DELETE record a long-running operation (see operations.py) and leave the resource in Creating,
+Updating or Deleting until the reconciler finishes that operation.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trustedlaunch.control import limits
+from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
+from trustedlaunch.control.features import trusted_launch_registered
+from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
+from trustedlaunch.control.operations import in_progress_operation, start_operation
+from trustedlaunch.control.vm_sizes import find_vm_size
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+
+PROVIDER = "Microsoft.ContainerService"
+DEFAULT_KUBERNETES_VERSION = "1.30.6"
+DEFAULT_VM_SIZE = "Standard_DS2_v2"
+DEFAULT_NODE_COUNT = 3
+DEFAULT_OS_DISK_SIZE_GB = 128
+DEFAULT_OS_SKU = {"Linux": "Ubuntu", "Windows": "Windows2022"}
+SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
+CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9]$|^[a-zA-Z0-9][-_a-zA-Z0-9]{0,61}[a-zA-Z0-9]$")
+
+
+@dataclass(frozen=True)
+class ResourcePath:
+    """Where a cluster lives: subscription, resource group and cluster name (validated, as given)."""
+
+    subscription_id: str
+    resource_group: str
+    cluster_name: str
+
+    def __post_init__(self) -> None:
+        if not SUBSCRIPTION_ID.match(self.subscription_id):
+            raise bad_request(
+                "InvalidSubscriptionId",
+                f"'{self.subscription_id}' is not a subscription id (a GUID such as "
+                "00000000-0000-0000-0000-000000000000).",
+                "subscriptionId",
+            )
+        if not RESOURCE_GROUP.match(self.resource_group):
+            raise bad_request(
+                "InvalidResourceGroup",
+                f"Resource group name '{self.resource_group}' is invalid: 1-90 letters, digits, '-', '_', "
+                "'.', '(' or ')', not ending with '.'.",
+                "resourceGroupName",
+            )
+        if not CLUSTER_NAME.match(self.cluster_name):
+            raise bad_request(
+                "InvalidResourceName",
+                f"Cluster name '{self.cluster_name}' is invalid: 1-63 letters, digits, '-' or '_', starting "
+                "and ending with a letter or digit.",
+                "resourceName",
+            )
+
+    @property
+    def cluster_id(self) -> str:
+        """The ARM resource id of the cluster (lowercase group and name, as stored)."""
+        return cluster_resource_id(
+            self.subscription_id, self.resource_group.lower(), self.cluster_name.lower()
+        )
+
+
+def cluster_resource_id(subscription_id: str, resource_group: str, name: str) -> str:
+    """ARM id of a managed cluster."""
+    group_id = f"/subscriptions/{subscription_id}/resourcegroups/{resource_group}"
+    return f"{group_id}/providers/{PROVIDER}/managedClusters/{name}"
+
+
+def pool_resource_id(cluster: ManagedCluster, pool_name: str) -> str:
+    """ARM id of an agent pool."""
+    return (
+        cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name)
+        + f"/agentPools/{pool_name}"
+    )
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A requested agent pool; None means "default" on create and "keep" on update."""
+
+    name: str
+    count: int | None = None
+    vm_size: str | None = None
+    os_type: str | None = None
+    os_sku: str | None = None
+    pool_type: str | None = None
+    mode: str | None = None
+    enable_fips: bool | None = None
+    orchestrator_version: str | None = None
+    os_disk_type: str | None = None
+    os_disk_size_gb: int | None = None
+    gpu_driver: str | None = None
+    enable_secure_boot: bool | None = None
+    enable_vtpm: bool | None = None
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A requested managed cluster."""
+
+    location: str
+    kubernetes_version: str | None = None
+    dns_prefix: str | None = None
+    ssh_public_key: str | None = None
+    virtual_nodes: bool | None = None
+    tags: dict[str, str] | None = None
+    agent_pools: list[PoolSpec] = field(default_factory=list)
+
+
+def _request_for_new_pool(
+    spec: PoolSpec, cluster_version: str, virtual_nodes: bool, default_mode: str = "User"
+) -> limits.PoolRequest:
+    os_type = spec.os_type or "Linux"
+    vm_size = spec.vm_size or DEFAULT_VM_SIZE
+    enable_secure_boot = bool(spec.enable_secure_boot)
+    enable_vtpm = bool(spec.enable_vtpm)
+    disk_size = spec.os_disk_size_gb or DEFAULT_OS_DISK_SIZE_GB
+    os_disk_type = spec.os_disk_type
+    if os_disk_type is None:  # as AKS: ephemeral when the size can hold the OS disk, managed otherwise
+        size = find_vm_size(vm_size)
+        needed = disk_size + (limits.VMGS_RESERVATION_GIB if enable_secure_boot or enable_vtpm else 0)
+        os_disk_type = (
+            "Ephemeral" if size is not None and size.ephemeral_capacity_gib >= needed else "Managed"
+        )
+    return limits.PoolRequest(
+        name=spec.name,
+        os_type=os_type,
+        os_sku=spec.os_sku or DEFAULT_OS_SKU.get(os_type, "Ubuntu"),
+        vm_size=vm_size,
+        pool_type=spec.pool_type or "VirtualMachineScaleSets",
+        orchestrator_version=spec.orchestrator_version or cluster_version,
+        cluster_version=cluster_version,
+        enable_fips=bool(spec.enable_fips),
+        os_disk_type=os_disk_type,
+        os_disk_size_gb=disk_size,
+        gpu_driver=spec.gpu_driver,
+        enable_secure_boot=enable_secure_boot,
+        enable_vtpm=enable_vtpm,
+        mode=spec.mode or default_mode,
+        count=DEFAULT_NODE_COUNT if spec.count is None else spec.count,
+        virtual_nodes=virtual_nodes,
+    )
+
+
+def _system_pools_besides(cluster: ManagedCluster, name: str) -> int:
+    return sum(
+        1
+        for pool in cluster.agent_pools
+        if pool.mode == "System" and pool.name != name.lower() and pool.provisioning_state != "Deleting"
+    )
+
+
+def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolRequest:
+    return limits.PoolRequest(
+        cluster_version=pool.cluster.kubernetes_version,
+        name=pool.name,
+        os_type=pool.os_type,
+        os_sku=pool.os_sku,
+        vm_size=pool.vm_size,
+        pool_type=pool.pool_type,
+        orchestrator_version=pool.orchestrator_version,
+        enable_fips=pool.enable_fips,
+        os_disk_type=pool.os_disk_type,
+        os_disk_size_gb=pool.os_disk_size_gb,
+        gpu_driver=pool.gpu_driver,
+        enable_secure_boot=pool.enable_secure_boot,
+        enable_vtpm=pool.enable_vtpm,
+        mode=pool.mode,
+        count=pool.count,
+        virtual_nodes=virtual_nodes,
+        current_image=IMAGES_BY_VERSION.get(pool.node_image_version),
+    )
+
+
+T = TypeVar("T")
+
+
+def _pick(value: T | None, kept: T) -> T:
+    return kept if value is None else value
+
+
+def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
+    return replace(
+        current,
+        os_type=_pick(spec.os_type, current.os_type),
+        os_sku=_pick(spec.os_sku, current.os_sku),
+        vm_size=_pick(spec.vm_size, current.vm_size),
+        pool_type=_pick(spec.pool_type, current.pool_type),
+        orchestrator_version=_pick(spec.orchestrator_version, current.orchestrator_version),
+        enable_fips=_pick(spec.enable_fips, current.enable_fips),
+        os_disk_type=_pick(spec.os_disk_type, current.os_disk_type),
+        os_disk_size_gb=_pick(spec.os_disk_size_gb, current.os_disk_size_gb),
+        gpu_driver=_pick(spec.gpu_driver, current.gpu_driver),
+        enable_secure_boot=_pick(spec.enable_secure_boot, current.enable_secure_boot),
+        enable_vtpm=_pick(spec.enable_vtpm, current.enable_vtpm),
+        mode=_pick(spec.mode, current.mode),
+        count=_pick(spec.count, current.count),
+        previous=current,
+    )
+
+
+def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
+    image = select_image(
+        request.os_type,
+        request.os_sku,
+        request.size,
+        request.enable_fips,
+        trusted_launch_registered=tl_registered,
+    )
+    return AgentPool(
+        name=request.name,
+        mode=request.mode,
+        count=request.count,
+        vm_size=request.size.name if request.size else request.vm_size,
+        os_type=request.os_type,
+        os_sku=request.os_sku,
+        pool_type=request.pool_type,
+        enable_fips=request.enable_fips,
+        orchestrator_version=request.orchestrator_version,
+        os_disk_type=request.os_disk_type,
+        os_disk_size_gb=request.os_disk_size_gb,
+        gpu_driver=request.gpu_driver,
+        enable_secure_boot=request.enable_secure_boot,
+        enable_vtpm=request.enable_vtpm,
+        node_image_version=image.version,
+        provisioning_state="Creating",
+    )
+
+
+def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
+    pool.count = request.count
+    pool.mode = request.mode
+    pool.orchestrator_version = request.orchestrator_version
+    pool.enable_secure_boot = request.enable_secure_boot
+    pool.enable_vtpm = request.enable_vtpm
+    pool.provisioning_state = "Updating"
+    pool.updated_at = utc_now()
+
+
+def find_cluster(session: Session, path: ResourcePath) -> ManagedCluster | None:
+    """The cluster at `path`, or None."""
+    return session.scalar(
+        select(ManagedCluster).where(
+            ManagedCluster.subscription_id == path.subscription_id,
+            ManagedCluster.resource_group == path.resource_group.lower(),
+            ManagedCluster.name == path.cluster_name.lower(),
+        )
+    )
+
+
+def get_cluster(session: Session, path: ResourcePath) -> ManagedCluster:
+    """The cluster at `path`, or a 404 ArmError."""
+    cluster = find_cluster(session, path)
+    if cluster is None:
+        raise not_found(
+            "ResourceNotFound",
+            f"Managed cluster '{path.cluster_name}' was not found in resource group '{path.resource_group}'.",
+            "resourceName",
+        )
+    return cluster
+
+
+def list_clusters(
+    session: Session, subscription_id: str, resource_group: str | None = None
+) -> list[ManagedCluster]:
+    """The subscription's clusters, optionally of one resource group."""
+    query = select(ManagedCluster).where(ManagedCluster.subscription_id == subscription_id)
+    if resource_group is not None:
+        query = query.where(ManagedCluster.resource_group == resource_group.lower())
+    return list(session.scalars(query.order_by(ManagedCluster.resource_group, ManagedCluster.name)))
+
+
+def _refuse_if_busy(session: Session, resource_id: str, what: str) -> None:
+    running = in_progress_operation(session, resource_id)
+    if running is not None:
+        raise conflict(
+            "OperationNotAllowed",
+            f"{what} has an operation in progress ({running.kind}, id {running.id}); wait for it to finish "
+            "(tl aks show / the Azure-AsyncOperation URL) or delete the resource.",
+        )
+
+
+def _refuse_if_deleting(cluster: ManagedCluster) -> None:
+    if cluster.provisioning_state == "Deleting":
+        raise conflict(
+            "OperationNotAllowed",
+            f"Managed cluster '{cluster.display_name}' is being deleted; no other operation is allowed.",
+        )
+
+
+def put_cluster(
+    session: Session, path: ResourcePath, spec: ClusterSpec
+) -> tuple[ManagedCluster, Operation, bool]:
+    """Create or update a cluster; returns (cluster, operation, created)."""
+    cluster = find_cluster(session, path)
+    tl_registered = trusted_launch_registered(session, path.subscription_id)
+    if cluster is None:
+        return (*_create_cluster(session, path, spec, tl_registered), True)
+    _refuse_if_deleting(cluster)
+    _refuse_if_busy(session, path.cluster_id, f"Managed cluster '{cluster.display_name}'")
+    version = spec.kubernetes_version or cluster.kubernetes_version
+    virtual_nodes = cluster.virtual_nodes_enabled if spec.virtual_nodes is None else spec.virtual_nodes
+    violations: list[ArmError] = []
+    existing = {pool.name: pool for pool in cluster.agent_pools}
+    final_modes = {
+        pool.name: pool.mode for pool in cluster.agent_pools if pool.provisioning_state != "Deleting"
+    }
+    for pool_spec in spec.agent_pools:
+        final_modes[pool_spec.name.lower()] = pool_spec.mode or final_modes.get(
+            pool_spec.name.lower(), "User"
+        )
+    planned: list[tuple[limits.PoolRequest, AgentPool | None]] = []
+    for index, pool_spec in enumerate(spec.agent_pools):
+        prefix = f"properties.agentPoolProfiles[{index}]."
+        pool = existing.get(pool_spec.name.lower())
+        earlier_names = (
+            *existing,
+            *(p.name for p in spec.agent_pools[:index] if p.name.lower() not in existing),
+        )
+        if pool is None:
+            request = _request_for_new_pool(pool_spec, version, virtual_nodes)
+            request = replace(request, feature_registered=tl_registered, sibling_pool_names=earlier_names)
+        else:
+            request = _merge(_request_for_pool(pool, virtual_nodes), pool_spec)
+            others = sum(1 for name, mode in final_modes.items() if mode == "System" and name != pool.name)
+            request = replace(
+                request, feature_registered=tl_registered, other_system_pools=others, cluster_version=version
+            )
+        violations += limits.check_pool(request, prefix)
+        planned.append((request, pool))
+    if virtual_nodes and not cluster.virtual_nodes_enabled:
+        for index, pool in enumerate(cluster.agent_pools):
+            prefix = f"properties.agentPoolProfiles[{index}]."
+            violations += limits.check_pool(_request_for_pool(pool, virtual_nodes=True), prefix)
+    if spec.kubernetes_version and limits.parse_kubernetes_version(spec.kubernetes_version) is None:
+        violations.append(_bad_version(spec.kubernetes_version))
+    system_pools = sum(1 for mode in final_modes.values() if mode == "System")
+    cluster_request = limits.ClusterRequest(
+        len(final_modes), system_pools, version, cluster.kubernetes_version
+    )
+    violations += limits.check_cluster(cluster_request)
+    limits.raise_violations(violations)
+    cluster.kubernetes_version = version
+    cluster.virtual_nodes_enabled = virtual_nodes
+    cluster.tags = spec.tags if spec.tags is not None else cluster.tags
+    cluster.provisioning_state = "Updating"
+    cluster.updated_at = utc_now()
+    for request, pool in planned:
+        if pool is None:
+            cluster.agent_pools.append(_new_pool(request, tl_registered))
+        else:
+            _apply(pool, request)
+    operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Update")
+    return cluster, operation, False
+
+
+def _bad_version(version: str) -> ArmError:
+    return bad_request(
+        "InvalidKubernetesVersion",
+        f"Kubernetes version '{version}' is malformed; use MAJOR.MINOR or MAJOR.MINOR.PATCH (e.g. 1.30.6).",
+        "properties.kubernetesVersion",
+    )
+
+
+def _create_cluster(
+    session: Session, path: ResourcePath, spec: ClusterSpec, tl_registered: bool
+) -> tuple[ManagedCluster, Operation]:
+    version = spec.kubernetes_version or DEFAULT_KUBERNETES_VERSION
+    violations: list[ArmError] = []
+    if limits.parse_kubernetes_version(version) is None:
+        violations.append(_bad_version(version))
+    if not spec.agent_pools:
+        violations.append(
+            bad_request(
+                "AgentPoolProfilesRequired",
+                "A managed cluster needs at least one agent pool in properties.agentPoolProfiles.",
+                "properties.agentPoolProfiles",
+            )
+        )
+    requests: list[limits.PoolRequest] = []
+    has_system_pool = any(p.mode == "System" for p in spec.agent_pools)
+    for index, pool_spec in enumerate(spec.agent_pools):
+        default_mode = "System" if index == 0 and not has_system_pool else "User"
+        request = replace(
+            _request_for_new_pool(pool_spec, version, bool(spec.virtual_nodes), default_mode),
+            feature_registered=tl_registered,
+            sibling_pool_names=tuple(p.name for p in spec.agent_pools[:index]),
+        )
+        violations += limits.check_pool(request, f"properties.agentPoolProfiles[{index}].")
+        requests.append(request)
+    system_pools = sum(1 for request in requests if request.mode == "System")
+    violations += limits.check_cluster(limits.ClusterRequest(len(requests), system_pools, version))
+    limits.raise_violations(violations)
+    name = path.cluster_name.lower()
+    group = path.resource_group.lower()
+    dns_prefix = spec.dns_prefix or f"{name[:10]}-{group[:16]}-{path.subscription_id[:6]}"
+    cluster = ManagedCluster(
+        subscription_id=path.subscription_id,
+        resource_group=group,
+        name=name,
+        display_name=path.cluster_name,
+        location=spec.location.lower().replace(" ", ""),
+        kubernetes_version=version,
+        dns_prefix=dns_prefix,
+        fqdn=f"{dns_prefix}.hcp.{spec.location.lower().replace(' ', '')}.trustedlaunch.internal",
+        ssh_public_key=spec.ssh_public_key,
+        virtual_nodes_enabled=bool(spec.virtual_nodes),
+        tags=spec.tags or {},
+        kube_token=secrets.token_hex(32),
+        provisioning_state="Creating",
+    )
+    for request in requests:
+        cluster.agent_pools.append(_new_pool(request, tl_registered))
+    session.add(cluster)
+    operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Create")
+    return cluster, operation
+
+
+def delete_cluster(session: Session, path: ResourcePath) -> Operation | None:
+    """Start deleting the cluster (cancels its create/update operations); None if it does not exist."""
+    cluster = find_cluster(session, path)
+    if cluster is None:
+        return None
+    if cluster.provisioning_state == "Deleting":
+        running = in_progress_operation(session, path.cluster_id)
+        if running is not None:
+            return running
+    _cancel_operations(session, path.cluster_id)
+    cluster.provisioning_state = "Deleting"
+    for pool in cluster.agent_pools:
+        pool.provisioning_state = "Deleting"
+    return start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Delete")
+
+
+def _cancel_operations(session: Session, resource_id: str) -> None:
+    running = session.scalars(
+        select(Operation).where(
+            Operation.resource_id.startswith(resource_id), Operation.status == "InProgress"
+        )
+    )
+    for operation in running:
+        operation.status = "Canceled"
+        operation.end_time = utc_now()
+        operation.note = "Canceled by a later DELETE of the resource."
+
+
+def find_pool(cluster: ManagedCluster, pool_name: str) -> AgentPool | None:
+    """The cluster's pool called `pool_name` (any case), or None."""
+    return next((pool for pool in cluster.agent_pools if pool.name == pool_name.lower()), None)
+
+
+def get_pool(session: Session, path: ResourcePath, pool_name: str) -> AgentPool:
+    """The pool, or a 404 ArmError naming what is missing."""
+    cluster = get_cluster(session, path)
+    pool = find_pool(cluster, pool_name)
+    if pool is None:
+        raise not_found(
+            "ResourceNotFound",
+            f"Agent pool '{pool_name}' was not found in managed cluster '{cluster.display_name}'.",
+            "agentPoolName",
+        )
+    return pool
+
+
+def put_pool(
+    session: Session, path: ResourcePath, spec: PoolSpec, create_only: bool = False
+) -> tuple[AgentPool, Operation, bool]:
+    """Create or update a pool; `create_only` (If-None-Match: *) refuses an existing name with 409."""
+    cluster = get_cluster(session, path)
+    _refuse_if_deleting(cluster)
+    pool = find_pool(cluster, spec.name)
+    pool_id = pool_resource_id(cluster, spec.name.lower())
+    tl_registered = trusted_launch_registered(session, path.subscription_id)
+    if pool is None or create_only:
+        request = replace(
+            _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),
+            feature_registered=tl_registered,
+            sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
+        )
+        limits.raise_violations(limits.check_pool(request))
+        pool = _new_pool(request, tl_registered)
+        cluster.agent_pools.append(pool)
+        operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Create")
+        return pool, operation, True
+    request = replace(
+        _merge(_request_for_pool(pool, cluster.virtual_nodes_enabled), spec),
+        feature_registered=tl_registered,
+        other_system_pools=_system_pools_besides(cluster, pool.name),
+    )
+    limits.raise_violations(limits.check_pool(request))
+    _refuse_if_busy(session, pool_id, f"Agent pool '{pool.name}'")
+    _apply(pool, request)
+    operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Update")
+    return pool, operation, False
+
+
+def delete_pool(session: Session, path: ResourcePath, pool_name: str) -> Operation | None:
+    """Start deleting the pool (cancels its create/update operations); None if it does not exist."""
+    cluster = get_cluster(session, path)
+    pool = find_pool(cluster, pool_name)
+    if pool is None:
+        return None
+    pool_id = pool_resource_id(cluster, pool.name)
+    if pool.provisioning_state == "Deleting":
+        running = in_progress_operation(session, pool_id)
+        if running is not None:
+            return running
+    deletion = limits.PoolDeletion(pool.name, pool.mode, _system_pools_besides(cluster, pool.name))
+    limits.raise_violations(limits.check_deletion(deletion))
+    _cancel_operations(session, pool_id)
+    pool.provisioning_state = "Deleting"
+    return start_operation(session, path.subscription_id, cluster.location, pool_id, "Delete")

@@ -1,0 +1,169 @@
+"""SQLAlchemy 2 models of the control plane. Subscriptions and resource groups are implicit (path parts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class ManagedCluster(Base):
+    """A managed cluster (`Microsoft.ContainerService/managedClusters`)."""
+
+    __tablename__ = "managed_clusters"
+    __table_args__ = (UniqueConstraint("subscription_id", "resource_group", "name", name="uq_cluster_path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(36), index=True)
+    resource_group: Mapped[str] = mapped_column(
+        String(90)
+    )  # stored lowercase: ARM names are case-insensitive
+    name: Mapped[str] = mapped_column(String(63))  # stored lowercase
+    display_name: Mapped[str] = mapped_column(String(63))  # as the caller spelled it
+    location: Mapped[str] = mapped_column(String(64))
+    kubernetes_version: Mapped[str] = mapped_column(String(32))
+    dns_prefix: Mapped[str] = mapped_column(String(54))
+    fqdn: Mapped[str] = mapped_column(String(255))
+    ssh_public_key: Mapped[str | None] = mapped_column(String(8192), nullable=True)
+    virtual_nodes_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    kube_token: Mapped[str] = mapped_column(String(128))
+    provisioning_state: Mapped[str] = mapped_column(String(32))
+    power_state: Mapped[str] = mapped_column(String(16), default="Running")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+    agent_pools: Mapped[list[AgentPool]] = relationship(
+        back_populates="cluster", cascade="all, delete-orphan", order_by="AgentPool.id"
+    )
+
+
+class NodeImage(Base):
+    """A node image version and whether it can boot trusted launch (Secure Boot + vTPM) VMs."""
+
+    __tablename__ = "node_images"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    os_type: Mapped[str] = mapped_column(String(16))
+    os_sku: Mapped[str] = mapped_column(String(32))
+    hyper_v_generation: Mapped[str] = mapped_column(String(4))
+    architecture: Mapped[str] = mapped_column(String(8))
+    trusted_launch_capable: Mapped[bool] = mapped_column(Boolean)
+    fips: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AgentPool(Base):
+    """An agent (node) pool of a managed cluster: the desired state the reconciler drives nodes to."""
+
+    __tablename__ = "agent_pools"
+    __table_args__ = (UniqueConstraint("cluster_id", "name", name="uq_pool_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("managed_clusters.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(12))
+    mode: Mapped[str] = mapped_column(String(8))
+    count: Mapped[int] = mapped_column(Integer)
+    vm_size: Mapped[str] = mapped_column(String(64))
+    os_type: Mapped[str] = mapped_column(String(16))
+    os_sku: Mapped[str] = mapped_column(String(32))
+    pool_type: Mapped[str] = mapped_column(String(32))
+    enable_fips: Mapped[bool] = mapped_column(Boolean, default=False)
+    orchestrator_version: Mapped[str] = mapped_column(String(32))
+    os_disk_type: Mapped[str] = mapped_column(String(16))
+    os_disk_size_gb: Mapped[int] = mapped_column(Integer)
+    gpu_driver: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    enable_secure_boot: Mapped[bool] = mapped_column(Boolean, default=False)
+    enable_vtpm: Mapped[bool] = mapped_column(Boolean, default=False)
+    node_image_version: Mapped[str] = mapped_column(ForeignKey("node_images.version"))
+    provisioning_state: Mapped[str] = mapped_column(String(32))
+    power_state: Mapped[str] = mapped_column(String(16), default="Running")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+    cluster: Mapped[ManagedCluster] = relationship(back_populates="agent_pools")
+    nodes: Mapped[list[Node]] = relationship(
+        back_populates="pool", cascade="all, delete-orphan", order_by="Node.ordinal"
+    )
+
+
+class Node(Base):
+    """One VM of a pool as last observed by the reconciler (rows are written by the reconciler)."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("pool_id", "ordinal", name="uq_node_ordinal"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("agent_pools.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    node_image_version: Mapped[str] = mapped_column(ForeignKey("node_images.version"))
+    secure_boot_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    vtpm_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(32))
+    attestation_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+    pool: Mapped[AgentPool] = relationship(back_populates="nodes")
+
+
+class Operation(Base):
+    """A long-running operation (PUT/DELETE) as reported by the Azure-AsyncOperation endpoint."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(36), index=True)
+    location: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(512), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # Create | Update | Delete
+    status: Mapped[str] = mapped_column(String(16))  # InProgress | Succeeded | Failed | Canceled
+    note: Mapped[str] = mapped_column(String(512), default="")
+    error: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class FeatureRegistration(Base):
+    """A preview feature's registration state in a subscription (`az feature register`)."""
+
+    __tablename__ = "feature_registrations"
+
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32))  # NotRegistered | Registering | Registered
+    requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProviderRegistration(Base):
+    """A resource provider's registration in a subscription (`az provider register`)."""
+
+    __tablename__ = "provider_registrations"
+
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32))
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API, stored as its SHA-256 digest only."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
