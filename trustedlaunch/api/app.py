@@ -16,13 +16,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trustedlaunch import __version__
-from trustedlaunch.api import routes
+from trustedlaunch.api import metrics, routes
+from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.tokens import token_is_valid
 
 MAX_BODY_BYTES = 1024 * 1024
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+JWKS_PATH = "/.well-known/jwks.json"
+OPENID_CONFIGURATION_PATH = "/.well-known/openid-configuration"
+ATTESTATION_ISSUER = "urn:trustedlaunch:attestation"  # `iss` of attestation tokens unless one is given
+# relying parties verify attestation tokens without an account here: the signing keys are public
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", JWKS_PATH, OPENID_CONFIGURATION_PATH})
 TOKEN_CACHE_SECONDS = 30.0
 TOKEN_CACHE_SIZE = 1024
 HTTP_CODES = {
@@ -181,15 +186,22 @@ def _validation_error(exc: RequestValidationError) -> ArmError:
 
 
 def create_app(
-    database_url: str | None = None, token_file: Path | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    database_url: str | None = None,
+    token_file: Path | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    token_issuer: TokenIssuer | None = None,
 ) -> FastAPI:
-    """The API over the store at `database_url` (default store if None); admin token in `token_file`."""
+    """The API over the store at `database_url` (default store if None); admin token in `token_file`;
+    attestation tokens from `token_issuer` (default: keys in `attestation-keys` beside the token file)."""
     token_path = token_file or default_token_file()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessions = open_store(database_url, token_path)
         app.state.sessions = sessions
+        app.state.token_issuer = token_issuer or TokenIssuer(
+            token_path.parent / "attestation-keys", issuer=ATTESTATION_ISSUER
+        )
         yield
         engine.dispose()
 
@@ -229,5 +241,16 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get(JWKS_PATH, include_in_schema=False)
+    def jwks(request: Request) -> dict[str, object]:
+        issuer: TokenIssuer = request.app.state.token_issuer
+        return issuer.jwks()
+
+    @app.get(OPENID_CONFIGURATION_PATH, include_in_schema=False)
+    def openid_configuration(request: Request) -> dict[str, object]:
+        issuer: TokenIssuer = request.app.state.token_issuer
+        return issuer.openid_configuration(str(request.url_for("jwks")))
+
     app.include_router(routes.router)
+    app.include_router(metrics.router)
     return app

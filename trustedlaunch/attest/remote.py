@@ -8,6 +8,7 @@ AK changes without a new enrollment is rejected (AK_BINDING), and the TPM clock 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from cryptography import x509
 
 from trustedlaunch.attest.evidence import Evidence
 from trustedlaunch.attest.findings import AttestationError, Check, Finding
+from trustedlaunch.attest.metrics import record_attestation
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.quote import ClockState
 from trustedlaunch.attest.verifier import AttestationResult, verify
@@ -153,7 +155,7 @@ def enroll(agent: AgentLike, quote: AgentQuote, ek_ca: Sequence[x509.Certificate
     ak = _parse_public(quote.ak_public, "AK")
     try:
         certificate = x509.load_der_x509_certificate(agent.ek_certificate())
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise AttestationError(
             Finding(Check.EK_CERTIFICATE, "EK", f"the node's EK certificate is not DER X.509: {exc}")
         ) from None
@@ -186,7 +188,9 @@ def attest_node(
 ) -> NodeAttestation:
     """Attest one node: quote over a fresh random nonce, enrollment on first contact (no AK name in
     `node_state`), else the AK must be the enrolled one; then `verify` against `policy` and the stored
-    clock. Agent transport errors (TrustedLaunchError) propagate; every verdict is in the result."""
+    clock. Agent transport errors (TrustedLaunchError) propagate; every verdict is in the result and in
+    the attestation metrics."""
+    started = time.perf_counter()
     state = node_state or NodeState()
     nonce = secrets.token_bytes(NONCE_SIZE)
     quote = agent.request_quote(nonce)
@@ -203,7 +207,10 @@ def attest_node(
                 )
         evidence = evidence_from_quote(quote)
     except AttestationError as exc:
-        return NodeAttestation(AttestationResult(False, (exc.finding,)), state, False)
+        rejected = AttestationResult(False, (exc.finding,))
+        record_attestation(rejected, time.perf_counter() - started)
+        return NodeAttestation(rejected, state, False)
     result = verify(evidence, nonce=nonce, policy=policy, last_clock=state.clock)
+    record_attestation(result, time.perf_counter() - started)
     clock = result.clock if result.ok and result.clock is not None else state.clock
     return NodeAttestation(result, NodeState(ak_name, clock), enrolled)

@@ -1,0 +1,204 @@
+"""Integrity alerts: one alert per failed attestation, naming every failed component, in a JSON form
+modelled on Microsoft Defender for Cloud security alerts ("VM attestation failure"), and their delivery to
+a webhook with bounded retries and exponential backoff.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from trustedlaunch.attest.findings import Check, Finding
+from trustedlaunch.attest.verifier import AttestationResult
+
+ALERT_TYPE = "VM_AttestationFailure"
+ALERT_DISPLAY_NAME = "VM attestation failure"
+PRODUCT_NAME = "trustedlaunch"
+
+
+class Severity(StrEnum):
+    """Defender for Cloud alert severities, most severe first."""
+
+    HIGH = "High"
+    MEDIUM = "Medium"
+    LOW = "Low"
+
+
+# Medium: a boot that may be legitimate but is outside the policy (cmdline, dbx update pending, a weak PCR
+# bank or selection, unreadable evidence); High: the boot chain or the evidence itself is not trustworthy.
+MEDIUM_CHECKS = frozenset(
+    {Check.KERNEL_CMDLINE, Check.FORBIDDEN_DB, Check.PCR_BANK, Check.PCR_SELECTION, Check.EVIDENCE_FORMAT}
+)
+_SEVERITY_ORDER = (Severity.HIGH, Severity.MEDIUM, Severity.LOW)
+
+
+def finding_severity(finding: Finding) -> Severity:
+    """High for Secure Boot, boot applications, PCR mismatches, signatures, keys and replay; Medium for
+    the kernel command line, dbx, PCR bank/selection and malformed evidence."""
+    return Severity.MEDIUM if finding.check in MEDIUM_CHECKS else Severity.HIGH
+
+
+def describe_finding(finding: Finding) -> str:
+    """One operator line, e.g. "PCR4: grubx64.efi ... is not in the pool's image policy"."""
+    return f"PCR{finding.pcr}: {finding.message}" if finding.pcr is not None else finding.message
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An integrity alert for one failed attestation of a node."""
+
+    id: str
+    severity: Severity
+    node: str
+    pool: str
+    cluster: str
+    time: datetime
+    findings: tuple[Finding, ...]
+    resource_id: str | None = None  # the ARM id of the agent pool, when known
+
+    @property
+    def failed_components(self) -> list[str]:
+        """Each failed component once, in finding order."""
+        return list(dict.fromkeys(finding.component for finding in self.findings))
+
+    @property
+    def description(self) -> str:
+        """What failed on the node, one finding per line."""
+        lines = "\n".join(f"- {describe_finding(finding)}" for finding in self.findings)
+        return f"Node {self.node} of pool {self.pool} (cluster {self.cluster}) failed attestation:\n{lines}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Defender-for-Cloud-shaped JSON form (Microsoft.Security/locations/alerts properties)."""
+        timestamp = self.time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        identifiers = (
+            [{"type": "AzureResource", "azureResourceId": self.resource_id}] if self.resource_id else []
+        )
+        return {
+            "id": self.id,
+            "name": self.id,
+            "type": "Microsoft.Security/Locations/alerts",
+            "properties": {
+                "systemAlertId": self.id,
+                "alertType": ALERT_TYPE,
+                "alertDisplayName": ALERT_DISPLAY_NAME,
+                "severity": self.severity.value,
+                "status": "Active",
+                "intent": "Persistence",
+                "description": self.description,
+                "compromisedEntity": self.node,
+                "timeGeneratedUtc": timestamp,
+                "startTimeUtc": timestamp,
+                "endTimeUtc": timestamp,
+                "productName": PRODUCT_NAME,
+                "vendorName": PRODUCT_NAME,
+                "isIncident": False,
+                "remediationSteps": [
+                    "The node is cordoned and tainted; its workloads are not rescheduled onto it.",
+                    "Compare the failed components with the pool's node image and reimage the node.",
+                ],
+                "resourceIdentifiers": identifiers,
+                "extendedProperties": {
+                    "cluster": self.cluster,
+                    "nodePool": self.pool,
+                    "node": self.node,
+                    "failedComponents": ", ".join(self.failed_components),
+                },
+                "supportingEvidence": {
+                    "type": "attestationFindings",
+                    "findings": [
+                        finding.to_dict() | {"severity": finding_severity(finding).value}
+                        for finding in self.findings
+                    ],
+                },
+            },
+        }
+
+
+def alerts_from_result(
+    result: AttestationResult,
+    *,
+    node: str,
+    pool: str,
+    cluster: str,
+    resource_id: str | None = None,
+    now: datetime | None = None,
+) -> list[Alert]:
+    """The alerts for one attestation: none when it passed, else one listing every finding, with the
+    severity of its most severe finding."""
+    if result.ok:
+        return []
+    findings = result.findings
+    severities = {finding_severity(finding) for finding in findings} or {Severity.HIGH}
+    severity = next(level for level in _SEVERITY_ORDER if level in severities)
+    return [
+        Alert(
+            id=str(uuid.uuid4()),
+            severity=severity,
+            node=node,
+            pool=pool,
+            cluster=cluster,
+            time=now or datetime.now(UTC),
+            findings=findings,
+            resource_id=resource_id,
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    """One POST of an alert: its HTTP status or the connection error, and the wait before it."""
+
+    alert_id: str
+    attempt: int  # 1-based
+    waited: float  # seconds slept before this attempt
+    status: int | None = None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """True for a 2xx answer."""
+        return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass
+class WebhookDelivery:
+    """POSTs alert JSON to `url`. Retries connection errors and 5xx answers up to `max_attempts` in all,
+    waiting `base_delay * 2**n` seconds (at most `max_delay`) before retry n+1; a 4xx is final. Every
+    attempt is appended to `log`."""
+
+    url: str
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    timeout: float = 10.0
+    headers: dict[str, str] = field(default_factory=dict)
+    sleep: Callable[[float], None] = time.sleep
+    log: list[DeliveryAttempt] = field(default_factory=list)
+
+    def deliver(self, alert: Alert) -> bool:
+        """POST one alert; True once a 2xx answer came, False when every attempt failed or a 4xx came."""
+        with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
+            waited = 0.0
+            for attempt in range(1, self.max_attempts + 1):
+                if attempt > 1:
+                    waited = min(self.base_delay * 2 ** (attempt - 2), self.max_delay)
+                    self.sleep(waited)
+                try:
+                    response = client.post(self.url, json=alert.to_dict())
+                except httpx.TransportError as exc:
+                    self.log.append(DeliveryAttempt(alert.id, attempt, waited, error=repr(exc)))
+                    continue
+                record = DeliveryAttempt(alert.id, attempt, waited, status=response.status_code)
+                self.log.append(record)
+                if record.delivered:
+                    return True
+                if response.status_code < 500:
+                    return False
+        return False

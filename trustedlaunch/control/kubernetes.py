@@ -1,0 +1,202 @@
+"""Kubernetes adapter: applies the attestation verdict of a node to the cluster (labels, taints, cordon)
+through lightkube and a kubeconfig.
+
+Only what this project owns is touched: labels and taints whose key starts with LABEL_PREFIX, the
+QUARANTINE_ANNOTATION, and `spec.unschedulable` when it cordons a node itself. Changes are JSON merge
+patches carrying the `resourceVersion` that was read, so a concurrent change to the node makes the API
+server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times). A node already
+in the wanted state is not patched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from lightkube import ApiError, Client, ConfigError, KubeConfig
+from lightkube.resources.core_v1 import Node
+from lightkube.types import PatchType
+
+from trustedlaunch.errors import TrustedLaunchError
+
+LABEL_PREFIX = "trustedlaunch.io/"
+SECURE_BOOT_LABEL = f"{LABEL_PREFIX}secure-boot"
+TRUSTED_LAUNCH_LABEL = f"{LABEL_PREFIX}trusted-launch"
+ATTESTATION_FAILED_TAINT = f"{LABEL_PREFIX}attestation-failed"
+QUARANTINE_ANNOTATION = f"{LABEL_PREFIX}quarantine-reason"
+CONFLICT_RETRIES = 3
+FIELD_MANAGER = "trustedlaunch"
+
+
+class KubernetesAdapterError(TrustedLaunchError):
+    """The API server refused or failed a request; the message names the node and the server's reason."""
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A node taint (key=value:effect)."""
+
+    key: str
+    value: str
+    effect: str = "NoSchedule"
+
+    def to_dict(self) -> dict[str, str]:
+        """The Kubernetes JSON form."""
+        return {"key": self.key, "value": self.value, "effect": self.effect}
+
+
+QUARANTINE_TAINT = Taint(ATTESTATION_FAILED_TAINT, "true", "NoSchedule")
+
+
+def _owned(key: str) -> bool:
+    return key.startswith(LABEL_PREFIX)
+
+
+def node_patch(
+    node: dict[str, Any],
+    *,
+    labels: Mapping[str, str],
+    taints: Sequence[Taint],
+    cordon: bool | None,
+    annotations: Mapping[str, str | None],
+) -> dict[str, Any] | None:
+    """The merge patch that gives `node` exactly `labels` and `taints` among the keys we own, the given
+    annotations (None removes one) and `spec.unschedulable = cordon` (None leaves it); None when the node
+    already is in that state."""
+    for key in (*labels, *(taint.key for taint in taints)):
+        if not _owned(key):
+            raise ValueError(f"{key!r} is not one of our keys (they start with {LABEL_PREFIX})")
+    metadata = node.get("metadata", {})
+    spec = node.get("spec", {})
+    current_labels: dict[str, str] = metadata.get("labels") or {}
+    label_changes: dict[str, str | None] = {
+        key: None for key in current_labels if _owned(key) and key not in labels
+    }
+    label_changes |= {key: value for key, value in labels.items() if current_labels.get(key) != value}
+    current_annotations: dict[str, str] = metadata.get("annotations") or {}
+    annotation_changes = {
+        key: value for key, value in annotations.items() if current_annotations.get(key) != value
+    }
+    current_taints: list[dict[str, Any]] = spec.get("taints") or []
+    wanted_taints = [
+        *(taint for taint in current_taints if not _owned(taint["key"])),
+        *(taint.to_dict() for taint in taints),
+    ]
+    own_now = sorted((t["key"], t.get("value"), t["effect"]) for t in current_taints if _owned(t["key"]))
+    own_wanted = sorted((taint.key, taint.value, taint.effect) for taint in taints)
+
+    patch_metadata: dict[str, Any] = {}
+    patch_spec: dict[str, Any] = {}
+    if label_changes:
+        patch_metadata["labels"] = label_changes
+    if annotation_changes:
+        patch_metadata["annotations"] = annotation_changes
+    if own_now != own_wanted:
+        patch_spec["taints"] = wanted_taints  # a merge patch replaces the whole list
+    if cordon is not None and bool(spec.get("unschedulable", False)) != cordon:
+        patch_spec["unschedulable"] = cordon
+    if not patch_metadata and not patch_spec:
+        return None
+    if "resourceVersion" in metadata:
+        patch_metadata["resourceVersion"] = metadata["resourceVersion"]
+    patch: dict[str, Any] = {"metadata": patch_metadata}
+    if patch_spec:
+        patch["spec"] = patch_spec
+    return patch
+
+
+def _adapter_error(node_name: str, error: httpx2.HTTPError) -> KubernetesAdapterError:
+    """The error for a failed request about a node: the API server's Status message when it sent one."""
+    if isinstance(error, ApiError):
+        return KubernetesAdapterError(f"node {node_name}: {error.status.code} {error.status.message}")
+    if isinstance(error, httpx2.HTTPStatusError):
+        response = error.response
+        return KubernetesAdapterError(f"node {node_name}: {response.status_code} {response.reason_phrase}")
+    return KubernetesAdapterError(f"node {node_name}: {type(error).__name__}: {error}")
+
+
+class KubernetesNodeAdapter:
+    """Labels, taints and cordons the nodes of the cluster a kubeconfig (and optional context) names."""
+
+    def __init__(self, kubeconfig_path: Path, context: str | None = None) -> None:
+        try:
+            config = KubeConfig.from_file(kubeconfig_path).get(context_name=context)
+        except ConfigError as exc:
+            raise KubernetesAdapterError(f"{kubeconfig_path}: {exc}") from None
+        if config is None:
+            raise KubernetesAdapterError(f"{kubeconfig_path}: no context {context or '(current)'}")
+        self.client = Client(config, field_manager=FIELD_MANAGER, trust_env=False)
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.client.close()
+
+    def __enter__(self) -> KubernetesNodeAdapter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _read(self, node_name: str) -> dict[str, Any]:
+        try:
+            node: dict[str, Any] = self.client.get(Node, node_name).to_dict()
+        except httpx2.HTTPError as exc:
+            raise _adapter_error(node_name, exc) from None
+        return node
+
+    def apply_node_state(
+        self,
+        node_name: str,
+        *,
+        labels: Mapping[str, str],
+        taints: Sequence[Taint] = (),
+        cordon: bool | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> bool:
+        """Give the node exactly `labels` and `taints` among our keys (others are kept), the annotations
+        and the cordon state (None: unchanged); True when a patch was needed. Raise KubernetesAdapterError."""
+        for _attempt in range(CONFLICT_RETRIES):
+            node = self._read(node_name)
+            patch = node_patch(
+                node, labels=labels, taints=taints, cordon=cordon, annotations=annotations or {}
+            )
+            if patch is None:
+                return False
+            try:
+                self.client.patch(Node, node_name, patch, patch_type=PatchType.MERGE)
+            except httpx2.HTTPStatusError as exc:
+                if exc.response.status_code == 409:
+                    continue
+                raise _adapter_error(node_name, exc) from None
+            except httpx2.HTTPError as exc:
+                raise _adapter_error(node_name, exc) from None
+            return True
+        raise KubernetesAdapterError(
+            f"node {node_name}: changed by someone else during {CONFLICT_RETRIES} attempts to update it"
+        )
+
+    def quarantine(self, node_name: str, reason: str) -> bool:
+        """A node that failed attestation: cordoned, tainted QUARANTINE_TAINT, our labels removed, the
+        reason in QUARANTINE_ANNOTATION; True when it changed."""
+        return self.apply_node_state(
+            node_name,
+            labels={},
+            taints=[QUARANTINE_TAINT],
+            cordon=True,
+            annotations={QUARANTINE_ANNOTATION: reason},
+        )
+
+    def restore(self, node_name: str, labels: Mapping[str, str]) -> bool:
+        """A node that attested: our `labels` set, the quarantine taint and annotation removed, and
+        uncordoned if we cordoned it (a node cordoned by an operator stays cordoned); True when it changed."""
+        quarantined = QUARANTINE_ANNOTATION in (self._read(node_name)["metadata"].get("annotations") or {})
+        return self.apply_node_state(
+            node_name,
+            labels=labels,
+            taints=[],
+            cordon=False if quarantined else None,
+            annotations={QUARANTINE_ANNOTATION: None},
+        )
