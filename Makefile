@@ -19,8 +19,8 @@ demo: setup
 	$(BIN)/tl demo
 
 lint: setup
-	$(BIN)/ruff check trustedlaunch tests bench
-	$(BIN)/ruff format --check trustedlaunch tests bench
+	$(BIN)/ruff check trustedlaunch tests bench fuzz
+	$(BIN)/ruff format --check trustedlaunch tests bench fuzz
 	$(BIN)/mypy
 
 test: lint

@@ -136,7 +136,7 @@ def load_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
                 certificates.extend(x509.load_pem_x509_certificates(data))
             else:
                 certificates.append(x509.load_der_x509_certificate(data))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, x509.InvalidVersion) as exc:
             raise GceFormatError(f"{path}: not a readable DER or PEM certificate ({exc})") from None
     return certificates
 
@@ -170,7 +170,7 @@ def _verify_ak_certificate(
     try:
         certificate = x509.load_der_x509_certificate(der)
         sent = [x509.load_der_x509_certificate(c) for c in extra_intermediates]
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise _reject(Check.AK_CERTIFICATE, "AK", f"the AK certificate is not valid DER: {exc}") from None
     try:
         verify_tpm_certificate_chain(certificate, roots, [*intermediates, *sent], at=at)

@@ -31,7 +31,13 @@ from trustedlaunch.eventlog.types import (
     EV_IPL,
     EV_SEPARATOR,
 )
-from trustedlaunch.uefi.siglist import EFI_CERT_X509, SignatureListError, efi_guid, parse_signature_lists
+from trustedlaunch.uefi.siglist import (
+    DER_CERTIFICATE_ERRORS,
+    EFI_CERT_X509,
+    SignatureListError,
+    efi_guid,
+    parse_signature_lists,
+)
 
 _VARIABLE_HEADER = struct.Struct("<16sQQ")  # VariableName GUID, UnicodeNameLength, VariableDataLength
 _IMAGE_LOAD_EVENT = struct.Struct("<QQQQ")  # location, length, link-time address, device path length
@@ -105,7 +111,7 @@ def _authority_signatures(variable: DecodedVariable) -> tuple[SignatureEntry, ..
     for owner, der in candidates:
         try:
             certificate = x509.load_der_x509_certificate(der)
-        except ValueError:
+        except DER_CERTIFICATE_ERRORS:
             continue
         return (SignatureEntry(EFI_CERT_X509, owner, der, certificate),)
     return ()

@@ -103,6 +103,19 @@ class ImageVerdict:
     authority_entry: SignatureEntry | None = None  # the db/MokList/vendor entry that verified the image
 
 
+_SECURITY_DIRECTORY = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]
+# pefile, signify and asn1crypto decode untrusted bytes and fail with whatever exception the malformed
+# input leads their code to (IndexError, TypeError, AttributeError, asn1crypto's ValueErrors, RecursionError
+# on nested DER...): at this boundary every one of them means "this image is malformed".
+_THIRD_PARTY_PARSE_ERRORS: tuple[type[Exception], ...] = (Exception,)
+
+
+def _describe_error(exc: Exception) -> str:
+    if isinstance(exc, SignifyError | struct.error | ValueError | KeyError | IndexError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def load_pe_image(path: Path) -> PeImage:
     """Read a PE/COFF image: its Authenticode digests, signatures and sections."""
     try:
@@ -115,6 +128,8 @@ def load_pe_image(path: Path) -> PeImage:
         pe = pefile.PE(data=data, fast_load=True)
     except pefile.PEFormatError as exc:
         raise PeImageError(f"{path}: malformed PE/COFF headers: {exc.value}") from exc
+    except _THIRD_PARTY_PARSE_ERRORS as exc:
+        raise PeImageError(f"{path}: malformed PE/COFF headers: {type(exc).__name__}: {exc}") from exc
     sections = {}
     for section in pe.sections:
         name = _section_name(pe, data, section)
@@ -125,22 +140,28 @@ def load_pe_image(path: Path) -> PeImage:
                 f"the {len(data)}-byte file"
             )
         sections[name] = data[start : start + size]
-    security = pe.OPTIONAL_HEADER.DATA_DIRECTORY[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]]
+    directories = getattr(getattr(pe, "OPTIONAL_HEADER", None), "DATA_DIRECTORY", None) or []
+    if len(directories) <= _SECURITY_DIRECTORY:
+        # NumberOfRvaAndSizes leaves out the certificate table entry: the image cannot be signed
+        security_offset, security_size = 0, 0
+    else:
+        security_offset = directories[_SECURITY_DIRECTORY].VirtualAddress
+        security_size = directories[_SECURITY_DIRECTORY].Size
     try:
         signed_file = SignedPEFile(io.BytesIO(data))
         digests = signed_file.get_fingerprints(hashlib.sha256, hashlib.sha1)
-    except (SignifyError, struct.error, ValueError, KeyError, IndexError) as exc:
-        raise PeImageError(f"{path}: malformed PE/COFF image: {exc}") from exc
+    except _THIRD_PARTY_PARSE_ERRORS as exc:
+        raise PeImageError(f"{path}: malformed PE/COFF image: {_describe_error(exc)}") from exc
     try:
         signatures = tuple(
             _describe_signature(signed_data)
             for signed_data in signed_file.iter_embedded_signatures(ignore_parse_errors=False)
         )
-    except (SignifyError, struct.error, ValueError, KeyError, IndexError) as exc:
-        if security.Size:
+    except _THIRD_PARTY_PARSE_ERRORS as exc:
+        if security_size:
             raise PeImageError(
-                f"{path}: malformed Authenticode certificate table (byte offset {security.VirtualAddress}, "
-                f"{security.Size} bytes): {exc}"
+                f"{path}: malformed Authenticode certificate table (byte offset {security_offset}, "
+                f"{security_size} bytes): {_describe_error(exc)}"
             ) from exc
         signatures = ()  # no certificate table: the image is unsigned
     return PeImage(path, digests["sha256"], digests["sha1"], signatures, sections)

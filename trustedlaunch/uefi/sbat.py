@@ -76,9 +76,10 @@ def _rows(text: str) -> list[tuple[int, list[str]]]:
 
 
 def _generation(value: str, where: str, number: int) -> int:
-    if not value.strip().isdigit():
+    digits = value.strip(" \t\r")
+    if not (digits.isascii() and digits.isdigit()):  # int() also takes "²", "\x1f1" or "1_0": refuse them
         raise SbatError(f"{where}, line {number}: generation {value!r} is not a decimal number")
-    return int(value)
+    return int(digits)
 
 
 def parse_sbat_section(data: bytes, where: str) -> tuple[SbatEntry, ...]:

@@ -48,7 +48,7 @@ def read_vendor_certificates(image: PeImage) -> tuple[tuple[SignatureEntry, ...]
         try:
             certificate = x509.load_der_x509_certificate(db_blob)
             vendor_db = (SignatureEntry(siglist.EFI_CERT_X509, SHIM_LOCK, db_blob, certificate),)
-        except ValueError:
+        except siglist.DER_CERTIFICATE_ERRORS:
             vendor_db = siglist.parse_signature_lists(db_blob, f"{where} vendor db")
     vendor_dbx = siglist.parse_signature_lists(dbx_blob, f"{where} vendor dbx") if dbx_blob else ()
     return vendor_db, vendor_dbx

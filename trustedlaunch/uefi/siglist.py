@@ -26,6 +26,11 @@ SIGNATURE_TYPE_NAMES = {
 }
 
 
+# What cryptography raises for bytes that are not a well-formed DER certificate: ValueError, and
+# x509.InvalidVersion (not a ValueError) for a certificate whose version field is not v1..v3.
+DER_CERTIFICATE_ERRORS: tuple[type[Exception], ...] = (ValueError, x509.InvalidVersion)
+
+
 class SignatureListError(TrustedLaunchError):
     """A signature database (EFI_SIGNATURE_LIST sequence) that does not parse."""
 
@@ -79,7 +84,7 @@ def _certificate(der: bytes) -> x509.Certificate | None:
     """The X.509 certificate of an entry, or None when its data is not a DER certificate."""
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError:
+    except DER_CERTIFICATE_ERRORS:
         return None
 
 

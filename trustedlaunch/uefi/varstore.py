@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
-import struct
+import collections
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from virt.firmware.efi import siglist as virt_siglist
 from virt.firmware.varstore import autodetect
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import SignatureEntry
-from trustedlaunch.uefi.siglist import parse_signature_lists
+from trustedlaunch.uefi.siglist import SignatureListError, parse_signature_lists
 
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
 EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
 EFI_SECURE_BOOT_ENABLE_DISABLE = uuid.UUID("f0a30bc7-af08-4556-99c4-001009c93a44")
 SHIM_LOCK = uuid.UUID("605dab50-e046-4300-abb6-3dd810dd8b23")
+
+
+# virt-firmware decodes untrusted bytes and fails with whatever its code runs into on malformed input
+# (struct.error, IndexError, RuntimeError("signature list is empty"), SystemExit, ...): all mean "corrupt".
+_VIRT_FIRMWARE_ERRORS: tuple[type[BaseException], ...] = (SystemExit, Exception)
+
+
+def _signature_lists_are_well_formed(data: bytes) -> bool:
+    """Whether our own parser accepts the data as EFI_SIGNATURE_LISTs."""
+    try:
+        parse_signature_lists(data, "virt-firmware signature database")
+    except SignatureListError:
+        return False
+    return True
+
+
+def _harden_virt_firmware() -> None:
+    """virt-firmware decodes PK, KEK, db, dbx and MokList into signature databases while it reads a
+    varstore, and loops forever (appending entries until memory runs out) on a list whose SignatureSize
+    is 0 or whose SignatureListSize runs far past the data. We never use its decoded databases (the raw
+    variable data goes through our own `parse_signature_lists`, which names the bad field): leave a
+    malformed database undecoded there, so the error comes from our parser instead of a hang."""
+    original = virt_siglist.EfiSigDB.__init__
+    if getattr(original, "trustedlaunch_checked", False):
+        return
+
+    def init(self: Any, data: bytes = b"") -> None:
+        if _signature_lists_are_well_formed(data):
+            original(self, data)
+        else:
+            collections.UserList.__init__(self)
+
+    init.trustedlaunch_checked = True  # type: ignore[attr-defined]
+    virt_siglist.EfiSigDB.__init__ = init
+
+
+_harden_virt_firmware()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class VarStoreError(TrustedLaunchError):
@@ -61,21 +104,20 @@ def read_varstore(path: Path) -> VarStore:
     )
     try:
         store = autodetect.open_varstore(str(path))
-    except (SystemExit, struct.error, ValueError, KeyError, IndexError) as exc:
-        raise VarStoreError(not_a_varstore) from exc
+    except _VIRT_FIRMWARE_ERRORS as exc:
+        raise VarStoreError(f"{not_a_varstore}; reading it failed with {_describe(exc)}") from exc
     if store is None:
         raise VarStoreError(not_a_varstore)
     try:
-        variables = store.get_varlist()
-    except (SystemExit, struct.error, ValueError, KeyError, IndexError) as exc:
-        raise VarStoreError(f"varstore {path}: the variable store is corrupt: {exc}") from exc
+        variables = {name: (str(var.guid), bytes(var.data)) for name, var in store.get_varlist().items()}
+    except _VIRT_FIRMWARE_ERRORS as exc:
+        raise VarStoreError(f"varstore {path}: the variable store is corrupt: {_describe(exc)}") from exc
 
     def data(name: str, vendor: uuid.UUID) -> bytes | None:
         variable = variables.get(name)
-        if variable is None or uuid.UUID(str(variable.guid)) != vendor:
+        if variable is None or variable[0].lower() != str(vendor):
             return None
-        payload: bytes = variable.data
-        return payload
+        return variable[1]
 
     def signatures(name: str, vendor: uuid.UUID) -> tuple[SignatureEntry, ...]:
         payload = data(name, vendor)
