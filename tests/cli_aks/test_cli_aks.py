@@ -1,7 +1,8 @@
 """`tl aks`, `tl feature`, `tl provider` through CliRunner against a real server on loopback.
 
-There is no reconciler yet, so operations stay InProgress: the tests use --no-wait, except one that checks
-the wait ends with a clear message at --timeout."""
+The server here runs without a reconciler (no VM boots in these tests; tests/reconciler covers that), so
+operations stay InProgress: the tests use --no-wait, except one that checks the wait ends with a clear
+message at --timeout."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def test_trusted_launch_cluster_end_to_end(runner: CliRunner, cli_env: dict[str,
     code, _, err = tl(
         runner, cli_env, "aks", "nodepool", "scale", *NODEPOOL, "-n", "gpupool", "-c", "2", "--no-wait"
     )
-    assert code == 2 and "(OperationNotAllowed)" in err  # its create is still InProgress (no reconciler yet)
+    assert code == 2 and "(OperationNotAllowed)" in err  # its create is still InProgress (no reconciler here)
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "delete", *NODEPOOL, "-n", "gpupool", "--no-wait")
     assert code == 0, err
     code, _, err = tl(

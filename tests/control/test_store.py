@@ -43,7 +43,10 @@ def test_migrations_create_every_table_on_a_fresh_sqlite_file(tmp_path: Path) ->
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001_initial"
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            == "0002_node_runtime"
+        )
     migrate(engine)  # idempotent
     engine.dispose()
 

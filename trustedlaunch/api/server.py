@@ -1,4 +1,5 @@
-"""Serve the API with uvicorn on loopback in a background thread (embedded server of `tl`, tests, bench)."""
+"""Serve the API with uvicorn on loopback in a background thread (embedded server of `tl`, tests, bench),
+optionally with the node reconciler in a second thread."""
 
 from __future__ import annotations
 
@@ -8,20 +9,29 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from trustedlaunch.control.reconciler import Reconciler, ReconcilerThread
 from trustedlaunch.errors import TrustedLaunchError
 
 STARTUP_TIMEOUT_SECONDS = 30.0
+# A reconciler step still running after this ends with the process; the next reconciler resumes it.
+RECONCILER_STOP_SECONDS = 5.0
 
 
 class BackgroundServer:
-    """uvicorn serving `app` on `host`:`port` (0 = any free port) in a daemon thread; a context manager."""
+    """uvicorn serving `app` on `host`:`port` (0 = any free port) in a daemon thread; a context manager.
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    With `reconciler` (over the same store as `app`), it runs in its own daemon thread once the app started.
+    """
+
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, reconciler: Reconciler | None = None
+    ) -> None:
         self.server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
         )
         self.thread = threading.Thread(target=self.server.run, name="tl-api", daemon=True)
         self.url = ""
+        self.reconciler = ReconcilerThread(reconciler) if reconciler is not None else None
 
     def start(self) -> str:
         """Start serving; return the base URL once the server accepts connections."""
@@ -35,10 +45,15 @@ class BackgroundServer:
             time.sleep(0.01)
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
+        if self.reconciler is not None:
+            self.reconciler.start()
         return self.url
 
     def stop(self) -> None:
-        """Stop serving and wait for the thread (in-flight requests finish first)."""
+        """Stop the reconciler (waiting a few seconds for its step), then serving (in-flight requests finish
+        first)."""
+        if self.reconciler is not None:
+            self.reconciler.stop(RECONCILER_STOP_SECONDS)
         self.server.should_exit = True
         self.thread.join(timeout=10)
 

@@ -3,8 +3,9 @@ API (`--endpoint`/`TL_ENDPOINT` with `TL_TOKEN`, or an embedded local server), A
 operations with a Rich progress display, and JSON/table output.
 
 Embedded server: without an endpoint, each command starts the API with uvicorn on 127.0.0.1 (a free port) in a
-background thread of the `tl` process itself, on the default SQLite store, and stops it when the command ends.
-State lives in the database, so nothing is left running between commands and there is no daemon to manage.
+background thread of the `tl` process itself, on the default SQLite store, with the node reconciler in another
+thread, and stops both when the command ends. State lives in the database; node VMs keep running between
+commands and the next command's reconciler adopts them and resumes unfinished operations.
 """
 
 from __future__ import annotations
@@ -136,14 +137,19 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
     # Imported here: only the embedded mode needs the server side.
     from trustedlaunch.api.app import create_app, default_token_file
     from trustedlaunch.api.server import BackgroundServer
+    from trustedlaunch.control.reconciler import Reconciler, default_state_dir
     from trustedlaunch.errors import TrustedLaunchError
+    from trustedlaunch.store.db import make_engine, session_factory
 
     token_file = default_token_file()
-    server = BackgroundServer(create_app(token_file=token_file))
+    engine = make_engine()
+    reconciler = Reconciler(session_factory(engine), default_state_dir())
+    server = BackgroundServer(create_app(token_file=token_file), reconciler=reconciler)
     try:
         url = server.start()
     except TrustedLaunchError as exc:
         server.stop()
+        engine.dispose()
         raise fail(str(exc)) from None
     client = ArmClient(url, token_file.read_text().strip(), subscription_id)
     try:
@@ -153,6 +159,7 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
     finally:
         client.close()
         server.stop()
+        engine.dispose()
 
 
 def wait_for_operation(
@@ -160,8 +167,8 @@ def wait_for_operation(
 ) -> dict[str, Any]:
     """Poll the Azure-AsyncOperation URL with a Rich spinner until the operation leaves InProgress.
 
-    Raises exit 1 when it failed or is still InProgress after `timeout` seconds (nodes are driven by the
-    reconciler; until it runs, operations stay InProgress and `--no-wait` is the way to script)."""
+    Raises exit 1 when it failed or is still InProgress after `timeout` seconds (the reconciler drives the
+    nodes; with `--no-wait` the operation continues at the next command that runs a reconciler)."""
     url = response.headers["Azure-AsyncOperation"]
     console = Console(stderr=True)
     deadline = time.monotonic() + timeout

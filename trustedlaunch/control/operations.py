@@ -12,7 +12,7 @@ from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc
 
 RECONCILER_NOTE = (
     "Recorded; the operation stays InProgress until the node reconciler drives the nodes to the desired "
-    "state and finishes it (the reconciler is not part of this release yet)."
+    "state and finishes it."
 )
 TERMINAL_STATUSES = ("Succeeded", "Failed", "Canceled")
 
@@ -62,7 +62,7 @@ def finish_operation(
     operation.status = status
     operation.end_time = utc_now()
     operation.error = error.to_detail() if error else None
-    resource = _resource(session, operation.resource_id)
+    resource = operation_resource(session, operation)
     if resource is None:
         return
     if status == "Succeeded" and operation.kind == "Delete":
@@ -79,8 +79,9 @@ def finish_operation(
                 pool.provisioning_state = status
 
 
-def _resource(session: Session, resource_id: str) -> ManagedCluster | AgentPool | None:
-    parts = resource_id.strip("/").split("/")
+def operation_resource(session: Session, operation: Operation) -> ManagedCluster | AgentPool | None:
+    """The cluster or pool `operation` acts on, or None if it no longer exists."""
+    parts = operation.resource_id.strip("/").split("/")
     # subscriptions/{sub}/resourcegroups/{rg}/providers/{ns}/managedClusters/{name}[/agentPools/{pool}]
     if len(parts) < 8:
         return None

@@ -113,6 +113,13 @@ class Node(Base):
     attestation_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    # The VM's run directory (also the marker on its qemu/swtpm command lines) and their pids, written
+    # before the VM is started / after it started, so that a restarted reconciler finds its processes.
+    run_dir: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    qemu_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    swtpm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attestation_state: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)  # NodeState
+    message: Mapped[str] = mapped_column(String(4096), default="", server_default="")  # progress/diagnosis
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 

@@ -1,0 +1,36 @@
+"""Reconciler fixtures: one short base folder (state dir shared by the modules: one node image build, one
+platform EK CA) that must have no qemu/swtpm process left at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reconciler_helpers import kill_processes, processes_under
+
+
+@pytest.fixture(scope="session")
+def reconciler_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Base folder of the reconciler tests; fails the session if processes are left behind."""
+    base = tmp_path_factory.mktemp("rec")
+    yield base
+    leftovers = processes_under(base)
+    kill_processes(leftovers)
+    assert not leftovers, f"qemu/swtpm processes left running: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def state_dir(reconciler_base: Path) -> Path:
+    """The reconciler state dir (node images, EK CA, VM run dirs) every module's reconciler uses in turn."""
+    return reconciler_base / "state"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_vm_left_by_the_module(reconciler_base: Path) -> Iterator[None]:
+    """After each module: no qemu/swtpm process left (killed if a failed test left some, so that the next
+    module starts clean, and reported as an error)."""
+    yield
+    leftovers = processes_under(reconciler_base)
+    kill_processes(leftovers)
+    assert not leftovers, f"qemu/swtpm processes left running by the module: {leftovers}"

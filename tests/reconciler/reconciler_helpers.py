@@ -1,0 +1,69 @@
+"""Helpers of the reconciler tests: processes started under a folder, node rows, waiting for operations."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.store.models import Node, Operation
+
+SUB = "11111111-2222-3333-4444-555555555555"
+T = TypeVar("T")
+
+
+def processes_under(base: Path) -> list[str]:
+    """qemu/swtpm processes ("pid command line", one per process) whose command line mentions `base`."""
+    found: dict[str, str] = {}
+    for program in ("^qemu-system", "^swtpm"):
+        listing = subprocess.run(["pgrep", "-a", "-f", program], capture_output=True, text=True, check=False)
+        found.update((line.split()[0], line) for line in listing.stdout.splitlines() if str(base) in line)
+    return sorted(found.values())
+
+
+def kill_processes(lines: list[str]) -> None:
+    """SIGKILL the processes listed by `processes_under` (the clean-up after a failed test)."""
+    for line in lines:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+def nodes(sessions: sessionmaker[Session]) -> list[Node]:
+    """Every node row, by pool and ordinal."""
+    with sessions() as session:
+        return list(session.scalars(select(Node).order_by(Node.pool_id, Node.ordinal)))
+
+
+def operation(sessions: sessionmaker[Session], operation_id: str) -> Operation:
+    """The operation row."""
+    with sessions() as session:
+        return session.get_one(Operation, operation_id)
+
+
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll `condition` every 0.2 s until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def unsigned_kernel(kernel: Path, output: Path) -> Path:
+    """A copy of the PE image `kernel` with every Authenticode signature removed (sbattach --remove)."""
+    shutil.copyfile(kernel, output)
+    listing = ["sbverify", "--list", str(output)]
+    while "signature" in subprocess.run(listing, capture_output=True, text=True, check=False).stdout:
+        subprocess.run(["sbattach", "--remove", str(output)], check=True, capture_output=True)
+    return output

@@ -1,0 +1,73 @@
+"""The reconciler's pure planning: one step at a time, interrupted steps first, rolling reimage in place or
+with a surge node, scale up/down, delete."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from trustedlaunch.control.node_plan import Action, DesiredPool, NodePhase, ObservedNode, plan_next_step
+
+IMAGE = "AKSUbuntu-2204gen2TLcontainerd-202411.12.0"
+TL = DesiredPool(count=2, secure_boot=True, vtpm=True, image_version=IMAGE)
+
+
+def node(node_id: int, ordinal: int, state: str = NodePhase.READY, secure_boot: bool = True) -> ObservedNode:
+    return ObservedNode(node_id, ordinal, state, secure_boot, True, IMAGE)
+
+
+def test_creates_missing_nodes_at_the_first_free_ordinal_then_is_done() -> None:
+    step = plan_next_step(TL, [])
+    assert (step.action, step.ordinal, step.note) == (Action.CREATE, 0, "creating node 1/2")
+    assert plan_next_step(TL, [node(7, 1)]).ordinal == 0
+    assert plan_next_step(TL, [node(1, 0), node(2, 1)]).action == Action.DONE
+
+
+def test_interrupted_steps_are_resumed_before_anything_else() -> None:
+    provisioning = [node(1, 0), node(2, 1, NodePhase.PROVISIONING)]
+    step = plan_next_step(TL, provisioning)
+    assert (step.action, step.node_id, step.note) == (Action.RESUME, 2, "creating node 2/2")
+    for state, action in ((NodePhase.DELETING, Action.DELETE), (NodePhase.REIMAGING, Action.REIMAGE)):
+        interrupted = [node(1, 0, NodePhase.PROVISIONING), node(2, 1, state)]
+        assert (plan_next_step(TL, interrupted).action, plan_next_step(TL, interrupted).node_id) == (
+            action,
+            2,
+        )
+        # an interrupted delete or reimage is finished even when the pool is being deleted or scaled
+        assert plan_next_step(replace(TL, deleting=True), interrupted).node_id == 2
+
+
+def test_rolling_reimage_in_place_one_node_at_a_time() -> None:
+    outdated = [node(1, 0, secure_boot=False), node(2, 1, secure_boot=False)]
+    step = plan_next_step(TL, outdated)
+    assert (step.action, step.node_id, step.note) == (Action.REIMAGE, 1, "reimaging node 1/2")
+    step = plan_next_step(TL, [node(1, 0), node(2, 1, secure_boot=False)])
+    assert (step.action, step.node_id, step.note) == (Action.REIMAGE, 2, "reimaging node 2/2")
+
+
+def test_failed_nodes_are_replaced() -> None:
+    step = plan_next_step(TL, [node(1, 0), node(2, 1, NodePhase.FAILED)])
+    assert (step.action, step.node_id) == (Action.REIMAGE, 2)
+
+
+def test_max_surge_creates_the_replacement_before_deleting_the_old_node() -> None:
+    outdated = [node(1, 0, secure_boot=False), node(2, 1, secure_boot=False)]
+    step = plan_next_step(TL, outdated, max_surge=1)
+    assert (step.action, step.ordinal) == (Action.CREATE, 2)
+    surged = [*outdated, node(3, 2)]
+    step = plan_next_step(TL, surged, max_surge=1)
+    assert (step.action, step.node_id) == (Action.DELETE, 2)  # an outdated node goes, never the new one
+    step = plan_next_step(TL, [node(1, 0, secure_boot=False), node(3, 2)], max_surge=1)
+    assert (step.action, step.ordinal) == (Action.CREATE, 1)
+
+
+def test_scale_down_deletes_outdated_then_highest_ordinals() -> None:
+    one = replace(TL, count=1)
+    assert plan_next_step(one, [node(1, 0), node(2, 1)]).node_id == 2
+    assert plan_next_step(one, [node(1, 0, secure_boot=False), node(2, 1)]).node_id == 1
+
+
+def test_pool_deletion_deletes_every_node_then_is_done() -> None:
+    deleting = replace(TL, deleting=True)
+    step = plan_next_step(deleting, [node(1, 0), node(2, 1)])
+    assert (step.action, step.node_id) == (Action.DELETE, 1)
+    assert plan_next_step(deleting, []).action == Action.DONE

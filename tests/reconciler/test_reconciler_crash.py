@@ -1,0 +1,139 @@
+"""kill -9 of the standalone reconciler (`python -m trustedlaunch.control.reconciler`) right after it
+started a node's VM: the restarted reconciler kills the orphaned qemu/swtpm, boots the node again and
+finishes the operation with exactly one node; killed again once the node is Ready, the next reconciler
+adopts the running VM (same qemu pid, no reboot), marks the node Failed when that VM is killed, and removes
+it on cluster delete. Two VM boots (the first one cut short)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reconciler_helpers import SUB, nodes, operation, processes_under, wait_until
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.node_images import seed_node_images
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
+from trustedlaunch.store.db import make_engine, migrate, session_factory
+
+pytestmark = pytest.mark.slow
+PATH = ResourcePath(SUB, "rg", "crashcluster")
+OPERATION_TIMEOUT = 400.0
+
+
+class StandaloneReconciler:
+    """`python -m trustedlaunch.control.reconciler` as a child process, killed with SIGKILL."""
+
+    def __init__(self, database_url: str, state_dir: Path, log_path: Path) -> None:
+        self.command = [
+            sys.executable,
+            "-m",
+            "trustedlaunch.control.reconciler",
+            "--database-url",
+            database_url,
+            "--state-dir",
+            str(state_dir),
+            "--poll-seconds",
+            "0.2",
+        ]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated, seeded store on reconciler_base/crash.db with the trusted launch feature registered."""
+    engine = make_engine(f"sqlite:///{reconciler_base / 'crash.db'}")
+    migrate(engine)
+    factory = session_factory(engine)
+    with factory.begin() as session:
+        seed_node_images(session)
+        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
+        register_provider(session, SUB, "Microsoft.ContainerService")
+    yield factory
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def reconciler(reconciler_base: Path, state_dir: Path) -> Iterator[StandaloneReconciler]:
+    standalone = StandaloneReconciler(
+        f"sqlite:///{reconciler_base / 'crash.db'}", state_dir, reconciler_base / "reconciler.log"
+    )
+    yield standalone
+    standalone.kill()
+
+
+def test_kill_9_during_create_then_restart_and_adopt(
+    sessions: sessionmaker[Session], reconciler: StandaloneReconciler, state_dir: Path
+) -> None:
+    pool = PoolSpec(
+        "nodepool1", count=1, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True
+    )
+    with sessions.begin() as session:
+        _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[pool]))
+    reconciler.start()
+    started = wait_until(
+        lambda: next((node for node in nodes(sessions) if node.qemu_pid), None), 120, "the node's VM to start"
+    )
+    reconciler.kill()
+    first_run_dir = Path(str(started.run_dir))
+    orphans = processes_under(first_run_dir)
+    assert len(orphans) == 2, orphans  # qemu + swtpm outlive the killed reconciler
+    assert operation(sessions, create.id).status == "InProgress"
+
+    reconciler.start()
+    done = wait_until(
+        lambda: (op := operation(sessions, create.id)).status != "InProgress" and op,
+        OPERATION_TIMEOUT,
+        "the create operation to end",
+    )
+    assert done.status == "Succeeded", (done.error, reconciler.log())
+    (node,) = nodes(sessions)
+    assert (node.id, node.state, node.attestation_status) == (started.id, "Ready", "Attested")
+    assert processes_under(first_run_dir) == []  # the orphans were killed
+    running = processes_under(state_dir)
+    assert len(running) == 2 and all(str(node.run_dir) in line for line in running), running
+    assert {int(line.split()[0]) for line in running} == {node.qemu_pid, node.swtpm_pid}
+
+    reconciler.kill()  # the node is Ready: the next reconciler adopts its VM
+    reconciler.start()
+    wait_until(lambda: f"adopted node {node.name}" in reconciler.log(), 60, "the VM to be adopted")
+    (adopted,) = nodes(sessions)
+    assert (adopted.state, adopted.qemu_pid, adopted.run_dir) == ("Ready", node.qemu_pid, node.run_dir)
+
+    assert adopted.qemu_pid is not None
+    os.kill(adopted.qemu_pid, signal.SIGKILL)  # the VM dies under the idle reconciler: the node is lost
+    lost = wait_until(lambda: next((n for n in nodes(sessions) if n.state != "Ready"), None), 30, "Failed")
+    assert lost.state == "Failed" and "stopped" in lost.message, lost.message
+    assert processes_under(state_dir) == []  # its swtpm too
+
+    with sessions.begin() as session:
+        deletion = delete_cluster(session, PATH)
+    assert deletion is not None
+    deleted = wait_until(
+        lambda: (op := operation(sessions, deletion.id)).status != "InProgress" and op,
+        OPERATION_TIMEOUT,
+        "the delete operation to end",
+    )
+    assert deleted.status == "Succeeded", (deleted.error, reconciler.log())
+    assert nodes(sessions) == []
+    assert processes_under(state_dir) == []

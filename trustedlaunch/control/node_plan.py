@@ -1,0 +1,131 @@
+"""The reconciler's decision, as a pure function: given a pool's desired state and its node rows, the next
+single step (create, resume, reimage or delete one node) or nothing left to do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class NodePhase(StrEnum):
+    """Lifecycle of a node row; the transitional states are written before acting (write-ahead)."""
+
+    PROVISIONING = "Provisioning"  # VM being created (run dir recorded before QEMU starts)
+    READY = "Ready"
+    FAILED = "Failed"
+    REIMAGING = "Reimaging"  # old VM and vTPM being destroyed before the node is provisioned again
+    DELETING = "Deleting"  # VM and vTPM being destroyed before the row is removed
+
+
+class Action(StrEnum):
+    """What the reconciler does next for a pool."""
+
+    CREATE = "Create"  # a new node row at `ordinal`
+    RESUME = "Resume"  # provision `node_id` again from scratch (it was left Provisioning)
+    REIMAGE = "Reimage"  # replace the VM and vTPM of `node_id` with ones of the desired settings
+    DELETE = "Delete"  # destroy `node_id` and remove its row
+    DONE = "Done"  # the pool has converged
+
+
+@dataclass(frozen=True)
+class DesiredPool:
+    """What a pool's nodes must look like."""
+
+    count: int
+    secure_boot: bool
+    vtpm: bool
+    image_version: str
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class ObservedNode:
+    """A node row as the planner needs it."""
+
+    node_id: int
+    ordinal: int
+    state: str
+    secure_boot: bool
+    vtpm: bool
+    image_version: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """The next step for a pool, with the progress note shown on its operation."""
+
+    action: Action
+    node_id: int | None = None
+    ordinal: int | None = None
+    note: str = ""
+
+
+def is_current(node: ObservedNode, desired: DesiredPool) -> bool:
+    """True if the node is Ready with the desired security settings and image."""
+    return (
+        node.state == NodePhase.READY
+        and node.secure_boot == desired.secure_boot
+        and node.vtpm == desired.vtpm
+        and node.image_version == desired.image_version
+    )
+
+
+def _first_free_ordinal(nodes: Sequence[ObservedNode]) -> int:
+    used = {node.ordinal for node in nodes}
+    return next(ordinal for ordinal in range(len(used) + 1) if ordinal not in used)
+
+
+def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surge: int = 0) -> Step:
+    """The one next step that brings `nodes` closer to `desired`.
+
+    Interrupted steps are resumed first (Deleting, Reimaging, Provisioning); then surplus nodes are deleted
+    (outdated ones first), missing ones created, and outdated ones (other settings, or Failed) replaced one
+    at a time: in place, or with `max_surge` >= 1 by creating the replacement before deleting the old node.
+    """
+    nodes = sorted(nodes, key=lambda node: node.ordinal)
+    for state, action, verb in (
+        (NodePhase.DELETING, Action.DELETE, "deleting"),
+        (NodePhase.REIMAGING, Action.REIMAGE, "reimaging"),
+    ):
+        interrupted = next((node for node in nodes if node.state == state), None)
+        if interrupted is not None:
+            return Step(
+                action, interrupted.node_id, interrupted.ordinal, f"{verb} node {interrupted.ordinal}"
+            )
+    if desired.deleting:
+        if not nodes:
+            return Step(Action.DONE, note="all nodes deleted")
+        return Step(
+            Action.DELETE,
+            nodes[0].node_id,
+            nodes[0].ordinal,
+            f"deleting node {nodes[0].ordinal} ({len(nodes)} left)",
+        )
+    current = [node for node in nodes if is_current(node, desired)]
+    provisioning = next((node for node in nodes if node.state == NodePhase.PROVISIONING), None)
+    if provisioning is not None:
+        return Step(
+            Action.RESUME,
+            provisioning.node_id,
+            provisioning.ordinal,
+            f"creating node {len(current) + 1}/{desired.count}",
+        )
+    outdated = [node for node in nodes if not is_current(node, desired)]
+    if len(nodes) > desired.count:
+        victim = (outdated or nodes)[-1]
+        return Step(
+            Action.DELETE,
+            victim.node_id,
+            victim.ordinal,
+            f"deleting node {victim.ordinal} (scaling to {desired.count})",
+        )
+    if len(nodes) < desired.count:
+        ordinal = _first_free_ordinal(nodes)
+        return Step(Action.CREATE, ordinal=ordinal, note=f"creating node {len(current) + 1}/{desired.count}")
+    if outdated:
+        note = f"reimaging node {len(current) + 1}/{desired.count}"
+        if max_surge >= 1:
+            return Step(Action.CREATE, ordinal=_first_free_ordinal(nodes), note=note + " (surge node)")
+        return Step(Action.REIMAGE, outdated[0].node_id, outdated[0].ordinal, note)
+    return Step(Action.DONE, note=f"{desired.count} node(s) ready")

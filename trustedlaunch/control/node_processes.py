@@ -1,0 +1,81 @@
+"""Find and stop the qemu/swtpm processes of a node VM by the marker on their command lines (the node's run
+directory), whether this process started them or a reconciler that was killed did."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+PROGRAMS = ("qemu-system", "swtpm")
+PROC = Path("/proc")
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The arguments of process `pid`; None if it is gone or a zombie (zombies have no command line)."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return None
+    if not raw:
+        return None
+    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+
+
+def _is_node_process(arguments: list[str], marker: str) -> bool:
+    program = Path(arguments[0]).name
+    return program.startswith(PROGRAMS) and any(marker in argument for argument in arguments[1:])
+
+
+def run_dir_marker(run_dir: Path) -> str:
+    """The string every qemu/swtpm argument naming a file of `run_dir` contains (the dir plus a slash, so
+    that `.../n1-abc` does not match `.../n1-abcd`)."""
+    return f"{run_dir}/"
+
+
+def node_processes(run_dir: Path) -> dict[int, str]:
+    """Live qemu/swtpm processes of the node VM in `run_dir`: pid -> program name."""
+    marker = run_dir_marker(run_dir)
+    found = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        arguments = command_line(int(entry.name))
+        if arguments is not None and _is_node_process(arguments, marker):
+            found[int(entry.name)] = Path(arguments[0]).name
+    return found
+
+
+def is_node_process(pid: int, run_dir: Path) -> bool:
+    """True if `pid` is a live qemu/swtpm process of the node VM in `run_dir` (not a reused pid)."""
+    arguments = command_line(pid)
+    return arguments is not None and _is_node_process(arguments, run_dir_marker(run_dir))
+
+
+def _reap_if_child(pid: int) -> None:
+    """Wait for `pid` (already sent SIGKILL) if it is a child of this process, so that it leaves no zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def kill_node_processes(run_dir: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every qemu/swtpm process of the node VM in `run_dir` and wait until they are gone (reaping
+    them when they are children of this process); return their pids."""
+    pids = list(node_processes(run_dir))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            _reap_if_child(pid)
+            if command_line(pid) is None:
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        raise OSError(f"qemu/swtpm processes {sorted(pending)} of {run_dir} did not stop after SIGKILL")
+    return pids

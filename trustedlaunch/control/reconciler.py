@@ -1,0 +1,492 @@
+"""The node reconciler: drives the nodes of every pool with an InProgress operation to the pool's desired
+state with the QEMU driver (create, scale, rolling reimage on a Secure Boot / vTPM change, delete), attests
+every vTPM node, labels the nodes and finishes the operation.
+
+Crash safety: each step records its intent in the store before acting (a node row is Provisioning with
+its run directory before QEMU starts, Reimaging / Deleting before its VM is killed), so a reconciler
+killed at any point is resumed by the next one: interrupted steps are redone from scratch after killing
+every qemu/swtpm process whose command line names the node's run directory; Ready nodes whose VM still
+answers are adopted. VMs outlive the reconciler's process on purpose (the `tl` embedded server exits
+after each command). One reconciler per state directory at a time (an advisory file lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import secrets
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, NoReturn
+
+import platformdirs
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.attest.policy import policy_for_image
+from trustedlaunch.attest.remote import attest_node
+from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.node_images import seed_node_images
+from trustedlaunch.control.node_plan import (
+    Action,
+    DesiredPool,
+    NodePhase,
+    ObservedNode,
+    Step,
+    plan_next_step,
+)
+from trustedlaunch.control.node_processes import is_node_process, kill_node_processes, node_processes
+from trustedlaunch.control.operations import finish_operation, operation_resource
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.channel import AgentChannel
+from trustedlaunch.node.diagnose import diagnose_boot_failure
+from trustedlaunch.node.image import NodeImage, build_node_image
+from trustedlaunch.node.qemu import FIRMWARE, BootFailedError, NodeVM
+from trustedlaunch.store.db import make_engine, migrate, session_factory
+from trustedlaunch.store.models import AgentPool, Node, Operation, utc_now
+from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
+from trustedlaunch.tpm.vtpm import Vtpm
+
+LABEL_AGENT_POOL = "kubernetes.azure.com/agentpool"
+LABEL_TRUSTED_LAUNCH = "kubernetes.azure.com/trusted-launch"
+LABEL_SECURE_BOOT = "kubernetes.azure.com/secure-boot"
+LABEL_ATTESTATION = "kubernetes.azure.com/attestation-status"
+ATTESTED = "Attested"
+ATTESTATION_FAILED = "AttestationFailed"
+NOT_ATTESTED = "NotApplicable"  # no vTPM: nothing to attest
+DEFAULT_BOOT_TIMEOUT = 300.0
+LOCK_FILE = "reconciler.lock"
+VTPM_DIR = "tpm"
+
+log = logging.getLogger("trustedlaunch.control.reconciler")  # also when run as __main__
+
+
+def default_state_dir() -> Path:
+    """Where the reconciler keeps node images, the platform EK CA and the VMs' run directories."""
+    return Path(platformdirs.user_data_dir("trustedlaunch")) / "nodes"
+
+
+def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:
+    """The Kubernetes labels of a node: agent pool, attestation status, and the trusted launch features
+    that are on (a feature that is off has no label, as AKS)."""
+    labels = {LABEL_AGENT_POOL: pool_name, LABEL_ATTESTATION: attestation_status}
+    if vtpm:
+        labels[LABEL_TRUSTED_LAUNCH] = "true"
+    if secure_boot:
+        labels[LABEL_SECURE_BOOT] = "true"
+    return labels
+
+
+class NodeProvisioningError(TrustedLaunchError):
+    """A node could not be brought to Ready; `error` is the ARM error its operation fails with."""
+
+    def __init__(self, error: ArmError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def _desired(pool: AgentPool, deleting: bool) -> DesiredPool:
+    return DesiredPool(
+        count=pool.count,
+        secure_boot=pool.enable_secure_boot,
+        vtpm=pool.enable_vtpm,
+        image_version=pool.node_image_version,
+        deleting=deleting,
+    )
+
+
+def _observed(node: Node) -> ObservedNode:
+    return ObservedNode(
+        node.id,
+        node.ordinal,
+        node.state,
+        node.secure_boot_enabled,
+        node.vtpm_enabled,
+        node.node_image_version,
+    )
+
+
+class Reconciler:
+    """Drives nodes to the desired state of the store behind `sessions`; VM files live in `state_dir`.
+
+    `max_surge` >= 1 creates a replacement node before deleting an outdated one during a rolling reimage
+    (default 0: reimage in place, one node at a time).
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        state_dir: Path,
+        *,
+        max_surge: int = 0,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.sessions = sessions
+        self.state_dir = state_dir
+        self.max_surge = max_surge
+        self.boot_timeout = boot_timeout
+        self.poll_seconds = poll_seconds
+        self._vms: dict[int, NodeVM] = {}  # node id -> VM this process started
+        self._lock: IO[bytes] | None = None
+        self._ek_ca: EkCa | None = None
+
+    # -- ownership -------------------------------------------------------------------------------------
+
+    def _acquire(self) -> bool:
+        if self._lock is not None:
+            return True
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = (self.state_dir / LOCK_FILE).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._lock = lock
+        self._adopt_ready_nodes()
+        return True
+
+    def release(self) -> None:
+        """Give up the state directory to another reconciler; running VMs keep running (to be adopted)."""
+        self._vms.clear()  # their agent connections close with them; the next reconciler adopts the VMs
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _adopt_ready_nodes(self) -> None:
+        """Adopt the Ready nodes whose VM still answers; mark the others Failed (replaced by the pool's next
+        operation) after killing what is left of them."""
+        with self.sessions.begin() as session:
+            for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)):
+                run_dir = Path(node.run_dir) if node.run_dir else None
+                if run_dir is not None and node.qemu_pid and self._agent_answers(node.qemu_pid, run_dir):
+                    log.info("adopted node %s (qemu pid %s)", node.name, node.qemu_pid)
+                else:
+                    self._mark_lost(node, "the node's VM was not running when the reconciler started")
+
+    def _mark_lost_nodes(self) -> None:
+        """Mark Failed the Ready nodes whose QEMU process is gone (crashed or killed)."""
+        with self.sessions.begin() as session:
+            for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)):
+                vm = self._vms.get(node.id)
+                if vm is not None:
+                    alive = vm.running
+                else:
+                    run_dir = Path(node.run_dir) if node.run_dir else None
+                    alive = bool(run_dir and node.qemu_pid and is_node_process(node.qemu_pid, run_dir))
+                if not alive:
+                    self._mark_lost(node, f"the node's VM (qemu pid {node.qemu_pid}) stopped")
+
+    def _mark_lost(self, node: Node, reason: str) -> None:
+        log.warning("node %s: %s", node.name, reason)
+        self._stop_processes(node)
+        node.state = NodePhase.FAILED
+        node.message = f"{reason}; the pool's next operation replaces the node"
+        node.qemu_pid = node.swtpm_pid = None
+        node.updated_at = utc_now()
+
+    @staticmethod
+    def _agent_answers(qemu_pid: int, run_dir: Path) -> bool:
+        if not is_node_process(qemu_pid, run_dir):
+            return False
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(str(run_dir / "agent.sock"))
+        except OSError:
+            sock.close()
+            return False
+        channel = AgentChannel(sock)
+        try:
+            return channel.ping(secrets.token_hex(4), 5.0)
+        finally:
+            channel.close()
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """One pass: take one step on the oldest InProgress operation (or finish it when its nodes converged).
+        Returns True if something was done, False if there was nothing to do (or another reconciler owns
+        the state directory)."""
+        if not self._acquire():
+            return False
+        with self.sessions() as session:
+            operation_ids = list(
+                session.scalars(
+                    select(Operation.id)
+                    .where(Operation.status == "InProgress")
+                    .order_by(Operation.start_time)
+                )
+            )
+        if not operation_ids:
+            self._mark_lost_nodes()
+            return False
+        return any(self._advance(operation_id) for operation_id in operation_ids)  # stops at the first step
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Run passes until `stop_event` is set; errors are logged and retried on the next pass."""
+        try:
+            while not stop_event.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:
+                    log.exception("reconciler pass failed; retrying")
+                    worked = False
+                if not worked:
+                    stop_event.wait(self.poll_seconds)
+        finally:
+            self.release()
+
+    def _advance(self, operation_id: str) -> bool:
+        with self.sessions() as session:
+            operation = session.get(Operation, operation_id)
+            if operation is None or operation.status != "InProgress":
+                return False
+            resource = operation_resource(session, operation)
+            if resource is None:
+                finish_operation(
+                    session, operation, "Succeeded" if operation.kind == "Delete" else "Canceled"
+                )
+                session.commit()
+                return True
+            pools = [resource] if isinstance(resource, AgentPool) else list(resource.agent_pools)
+            deleting = operation.kind == "Delete"
+            for pool in pools:
+                step = plan_next_step(
+                    _desired(pool, deleting), [_observed(n) for n in pool.nodes], self.max_surge
+                )
+                if step.action == Action.DONE:
+                    continue
+                operation.note = f"agent pool {pool.name}: {step.note}"
+                session.commit()
+                try:
+                    self._take(session, pool, step)
+                except NodeProvisioningError as failure:
+                    session.refresh(operation)
+                    if operation.status == "InProgress":
+                        finish_operation(session, operation, "Failed", failure.error)
+                    session.commit()
+                return True
+            session.refresh(operation)
+            if operation.status == "InProgress":
+                operation.note = "all nodes ready" if not deleting else "all nodes deleted"
+                finish_operation(session, operation, "Succeeded")
+            session.commit()
+            return True
+
+    # -- steps -----------------------------------------------------------------------------------------
+
+    def _take(self, session: Session, pool: AgentPool, step: Step) -> None:
+        if step.action == Action.CREATE:
+            assert step.ordinal is not None
+            node = Node(
+                pool_id=pool.id,
+                ordinal=step.ordinal,
+                name=f"aks-{pool.name}-{pool.id:08d}-vmss{step.ordinal:06d}",
+                node_image_version=pool.node_image_version,
+                state=NodePhase.PROVISIONING,
+                labels={},
+            )
+            session.add(node)
+            self._provision(session, pool, node)
+            return
+        node = session.get_one(Node, step.node_id)
+        if step.action == Action.RESUME:
+            self._teardown(node)
+            self._provision(session, pool, node)
+        elif step.action == Action.REIMAGE:
+            node.state = NodePhase.REIMAGING
+            session.commit()
+            self._teardown(node)  # the vTPM goes with the run dir: the new VM gets new EKs
+            self._provision(session, pool, node)
+        elif step.action == Action.DELETE:
+            node.state = NodePhase.DELETING
+            session.commit()
+            self._teardown(node)
+            session.delete(node)
+            session.commit()
+
+    def _stop_processes(self, node: Node) -> None:
+        """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""
+        vm = self._vms.pop(node.id, None)
+        if vm is not None:
+            vm.shutdown()
+        if node.run_dir:
+            kill_node_processes(Path(node.run_dir))
+
+    def _teardown(self, node: Node) -> None:
+        """Stop the node's VM and vTPM and delete its run directory (varstore, ESP copy, TPM state)."""
+        self._stop_processes(node)
+        if node.run_dir:
+            shutil.rmtree(node.run_dir, ignore_errors=True)
+
+    def _provision(self, session: Session, pool: AgentPool, node: Node) -> None:
+        """Boot a fresh VM for `node` with the pool's settings, attest it, label it: Ready or Failed."""
+        run_dir = self.state_dir / "vm" / f"n{pool.id}-{secrets.token_hex(3)}"
+        node.state = NodePhase.PROVISIONING
+        node.secure_boot_enabled = pool.enable_secure_boot
+        node.vtpm_enabled = pool.enable_vtpm
+        node.node_image_version = pool.node_image_version
+        node.run_dir = str(run_dir)
+        node.qemu_pid = node.swtpm_pid = None
+        node.attestation_status = None
+        node.attestation_state = None
+        node.labels = {}
+        node.message = "provisioning"
+        node.updated_at = utc_now()
+        session.commit()  # write-ahead: the run dir is known before any process is started
+        try:
+            image = self._image(pool.node_image_version)
+            vtpm = Vtpm.create(run_dir / VTPM_DIR, ek_ca=self._platform_ek_ca()) if pool.enable_vtpm else None
+            vm = NodeVM(image, run_dir, secure_boot=pool.enable_secure_boot, vtpm=vtpm)
+            self._vms[node.id] = vm
+            vm.start()
+        except TrustedLaunchError as exc:
+            self._fail(
+                session, node, "NodeProvisioningFailed", f"node {node.name} could not be started: {exc}"
+            )
+        node.qemu_pid = vm.pid  # not from /proc: right after exec its command line may still be empty
+        node.swtpm_pid = next((pid for pid, name in node_processes(run_dir).items() if name == "swtpm"), None)
+        node.message = "booting"
+        session.commit()
+        try:
+            vm.wait_ready(self.boot_timeout)
+        except BootFailedError as exc:
+            diagnosis = diagnose_boot_failure(vm, exc)  # names the refused component (shim, grub, kernel)
+            self._fail(session, node, "NodeBootFailed", f"node {node.name} did not boot: {diagnosis.message}")
+        status = NOT_ATTESTED
+        if pool.enable_vtpm:
+            status = self._attest(session, pool, node, vm, image)
+        node.attestation_status = status
+        node.labels = node_labels(pool.name, pool.enable_secure_boot, pool.enable_vtpm, status)
+        node.state = NodePhase.READY
+        node.message = f"ready after {vm.ready_after:.0f} s" if vm.ready_after is not None else "ready"
+        node.updated_at = utc_now()
+        session.commit()
+
+    def _attest(self, session: Session, pool: AgentPool, node: Node, vm: NodeVM, image: NodeImage) -> str:
+        # The VM's varstore is a copy of this template made at start; the policy's Secure Boot expectation
+        # is the pool's setting, so a node that booted otherwise fails attestation.
+        try:
+            policy = replace(
+                policy_for_image(image.esp_dir, FIRMWARE[pool.enable_secure_boot][1]),
+                secure_boot=pool.enable_secure_boot,
+            )
+            attestation = attest_node(vm, policy=policy, ek_ca=[self._platform_ek_ca().certificate])
+        except TrustedLaunchError as exc:
+            self._fail(session, node, "NodeAttestationFailed", f"node {node.name} was not attested: {exc}")
+        node.attestation_state = attestation.state.to_dict()
+        if not attestation.ok:
+            findings = "; ".join(str(finding) for finding in attestation.result.findings)
+            components = ", ".join(dict.fromkeys(f.component for f in attestation.result.findings))
+            node.attestation_status = ATTESTATION_FAILED
+            self._fail(
+                session,
+                node,
+                "NodeAttestationFailed",
+                f"node {node.name} failed attestation ({components}): {findings}",
+                keep_attestation=True,
+            )
+        return ATTESTED
+
+    def _fail(
+        self, session: Session, node: Node, code: str, message: str, *, keep_attestation: bool = False
+    ) -> NoReturn:
+        """Stop the node's VM, record it Failed with `message`, and raise the operation's ARM error."""
+        self._stop_processes(node)
+        node.state = NodePhase.FAILED
+        node.message = message[:4000]
+        if not keep_attestation:
+            node.attestation_status = None
+        node.qemu_pid = node.swtpm_pid = None
+        node.updated_at = utc_now()
+        session.commit()
+        raise NodeProvisioningError(ArmError(500, code, message, node.name))
+
+    # -- shared artefacts ------------------------------------------------------------------------------
+
+    def _image(self, version: str) -> NodeImage:
+        """The built node image of catalogue `version`, built once into the state dir."""
+        out_dir = self.state_dir / "images" / version
+        if not out_dir.is_dir():
+            log.info("building node image %s in %s", version, out_dir)
+            _create_atomically(out_dir, build_node_image)
+        return NodeImage.load(out_dir)
+
+    def _platform_ek_ca(self) -> EkCa:
+        """The installation's platform EK CA (created on first use)."""
+        if self._ek_ca is None:
+            directory = self.state_dir / "ek-ca"
+            if not directory.is_dir():
+                _create_atomically(directory, create_ek_ca)
+            self._ek_ca = load_ek_ca(directory)
+        return self._ek_ca
+
+
+def _create_atomically(directory: Path, create: Callable[[Path], object]) -> None:
+    """Run `create` on a scratch directory and rename it to `directory`: a reconciler killed halfway leaves
+    no half-made image or CA behind under the final name."""
+    scratch = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    create(scratch)
+    scratch.rename(directory)
+
+
+class ReconcilerThread:
+    """A reconciler running in a daemon thread (the API server's companion); `stop` waits for the current
+    step to end (a VM boot can take minutes under TCG)."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self._stop_event = threading.Event()
+        self._thread = threading.Thread(
+            target=reconciler.run_forever, args=(self._stop_event,), name="tl-reconciler", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to stop and wait up to `timeout` seconds (None: until it stopped)."""
+        self._stop_event.set()
+        self._thread.join(timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trustedlaunch.control.reconciler`: run the reconciler in the foreground until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--database-url", help="store URL (default: TL_DATABASE_URL or the user data dir)")
+    parser.add_argument("--state-dir", type=Path, default=None, help="node images, EK CA and VM run dirs")
+    parser.add_argument("--max-surge", type=int, default=0, help="replacement nodes created before deleting")
+    parser.add_argument("--poll-seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    engine = make_engine(args.database_url)
+    migrate(engine)
+    with session_factory(engine).begin() as session:
+        seed_node_images(session)  # the node rows reference the image catalogue
+    reconciler = Reconciler(
+        session_factory(engine),
+        args.state_dir or default_state_dir(),
+        max_surge=args.max_surge,
+        poll_seconds=args.poll_seconds,
+    )
+    try:
+        reconciler.run_forever(threading.Event())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
