@@ -108,6 +108,8 @@ def test_agent_pool_lifecycle(client: TestClient) -> None:
     assert props["gpuProfile"] == {"driver": "None"} and props["provisioningState"] == "Creating"
     assert props["nodeImageVersion"].startswith("AKSUbuntu-2204gen2containerd-")  # feature not registered
     assert [p["name"] for p in client.get(pools).json()["value"]] == ["nodepool1", "gpupool"]
+    assert client.get(f"{pools}/gpupool/machines").json() == {"value": []}  # no node booted yet
+    assert_arm_error(client.get(f"{pools}/nosuchpool/machines"), 404, "ResourceNotFound", "agentPoolName")
     assert_arm_error(
         client.put(f"{pools}/gpupool", json=gpu, headers={"If-None-Match": "*"}),
         409,

@@ -4,6 +4,7 @@ new EK), delete that pool, delete the cluster. Three VM boots in all (1-node poo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,11 @@ import httpx
 import pytest
 from reconciler_helpers import SUB, nodes, processes_under, wait_until
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.cli.main import app
 from trustedlaunch.control.features import DELAY_ENV
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.store.db import make_engine, session_factory
@@ -119,6 +122,21 @@ def test_create_cluster_boots_an_attested_secure_boot_vtpm_node(control_plane: C
     assert node.attestation_state is not None and node.attestation_state["akName"]
     running = processes_under(Path(str(node.run_dir)))
     assert len(running) == 2 and any("secboot" in line for line in running), running  # qemu + swtpm
+    (machine,) = control_plane.client.get(f"{CLUSTER}/agentPools/nodepool1/machines").json()["value"]
+    assert machine["name"] == node.name and machine["properties"]["labels"] == node.labels
+    assert machine["properties"]["attestationStatus"] == "Attested"
+    assert machine["properties"]["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
+    listed = CliRunner().invoke(
+        app,
+        ["aks", "machine", "list", "-g", "rg", "--cluster-name", "tlcluster", "--nodepool-name", "nodepool1"],
+        env={
+            "TL_ENDPOINT": str(control_plane.client.base_url),
+            "TL_TOKEN": control_plane.client.headers["Authorization"].removeprefix("Bearer "),
+            "TL_SUBSCRIPTION": SUB,
+        },
+    )
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == [machine]
 
 
 def test_vtpm_only_pool_then_enabling_secure_boot_reimages_the_node(control_plane: ControlPlane) -> None:

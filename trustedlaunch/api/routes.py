@@ -22,6 +22,7 @@ from trustedlaunch.api.views import (
     cluster_json,
     feature_json,
     kubeconfig_json,
+    machine_json,
     operation_json,
     operation_path,
     pool_json,
@@ -193,6 +194,17 @@ async def get_pool(
     path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         return pool_json(resources.get_pool(session, path, pool_name))
+
+
+@router.get(f"{POOL}/machines", tags=["agentPools"])
+async def list_machines(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str, pool_name: str
+) -> dict[str, object]:
+    """List the nodes (machines) of an agent pool with their labels and attestation status."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        pool = resources.get_pool(session, path, pool_name)
+        return {"value": [machine_json(node) for node in sorted(pool.nodes, key=lambda n: n.ordinal)]}
 
 
 @router.delete(POOL, tags=["agentPools"], status_code=202)

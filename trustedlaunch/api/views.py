@@ -11,6 +11,7 @@ from trustedlaunch.store.models import (
     AgentPool,
     FeatureRegistration,
     ManagedCluster,
+    Node,
     Operation,
     ProviderRegistration,
 )
@@ -77,6 +78,27 @@ def pool_json(pool: AgentPool) -> JsonObject:
         "name": pool.name,
         "type": f"{PROVIDER}/managedClusters/agentPools",
         "properties": pool_properties(pool),
+    }
+
+
+def machine_json(node: Node) -> JsonObject:
+    """A node as `GET .../agentPools/{pool}/machines` lists it: state, security settings, labels and the
+    attestation status the reconciler recorded."""
+    return {
+        "id": f"{pool_resource_id(node.pool.cluster, node.pool.name)}/machines/{node.name}",
+        "name": node.name,
+        "type": f"{PROVIDER}/managedClusters/agentPools/machines",
+        "properties": {
+            "provisioningState": node.state,
+            "nodeImageVersion": node.node_image_version,
+            "securityProfile": {
+                "enableSecureBoot": node.secure_boot_enabled,
+                "enableVTPM": node.vtpm_enabled,
+            },
+            "attestationStatus": node.attestation_status,
+            "labels": node.labels,
+            "message": node.message,
+        },
     }
 
 

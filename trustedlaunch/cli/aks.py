@@ -38,8 +38,13 @@ nodepool_app = typer.Typer(
     name="nodepool", help="Manage node pools of a managed cluster.", no_args_is_help=True
 )
 aks_app.add_typer(nodepool_app, name="nodepool")
+machine_app = typer.Typer(
+    name="machine", help="Show the machines (nodes) of a node pool.", no_args_is_help=True
+)
+aks_app.add_typer(machine_app, name="machine")
 
 CLUSTER_COLUMNS = ("Name", "Location", "ResourceGroup", "KubernetesVersion", "ProvisioningState", "Fqdn")
+MACHINE_COLUMNS = ("Name", "ProvisioningState", "SecureBoot", "VTPM", "Attestation", "Labels")
 POOL_COLUMNS = (
     "Name",
     "OsType",
@@ -572,6 +577,36 @@ def list_pools(
     with connect(endpoint, subscription) as client:
         pools = client.json("GET", f"{_cluster_path(client, resource_group, cluster_name)}/agentPools")
     output(pools["value"], output_format, POOL_COLUMNS, _pool_row)
+
+
+def _machine_row(machine: dict[str, Any]) -> list[object]:
+    props = machine["properties"]
+    security = props.get("securityProfile") or {}
+    labels = ",".join(f"{key}={value}" for key, value in sorted((props.get("labels") or {}).items()))
+    return [
+        machine["name"],
+        props["provisioningState"],
+        security.get("enableSecureBoot"),
+        security.get("enableVTPM"),
+        props.get("attestationStatus"),
+        labels,
+    ]
+
+
+@machine_app.command(name="list")
+def list_machines(
+    cluster_name: ClusterNameOption,
+    nodepool_name: Annotated[str, typer.Option("--nodepool-name", help="Name of the node pool.")],
+    resource_group: GroupOption,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """List the machines of a node pool with their labels and attestation status."""
+    with connect(endpoint, subscription) as client:
+        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines"
+        machines = client.json("GET", path)
+    output(machines["value"], output_format, MACHINE_COLUMNS, _machine_row)
 
 
 @nodepool_app.command(name="delete")
