@@ -127,16 +127,19 @@ class Swtpm:
         )
 
     def _wait_ready(self, process: subprocess.Popen[bytes], port: int) -> bool:
+        """True once both the control and the TPM command sockets accept connections (swtpm opens them one
+        after the other, so a client racing the second one would be refused)."""
         deadline = time.monotonic() + self._startup_timeout
-        while time.monotonic() < deadline:
+        waiting = [port + 1, port]
+        while waiting and time.monotonic() < deadline:
             if process.poll() is not None:
                 return False
             try:
-                with socket.create_connection((HOST, port + 1), timeout=0.5):
-                    return True
+                with socket.create_connection((HOST, waiting[0]), timeout=0.5):
+                    waiting.pop(0)
             except OSError:
                 time.sleep(0.02)
-        return False
+        return not waiting
 
     @staticmethod
     def _stop(process: subprocess.Popen[bytes]) -> None:
