@@ -33,7 +33,7 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import BootSummary, Event, EventLog, EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import PCR_COUNT, initial_pcr_value, replay
-from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.eventlog.summary import GRUB_CMDLINE_PREFIXES, GRUB_COMMAND_PREFIXES, summarize
 from trustedlaunch.eventlog.types import (
     EV_EFI_ACTION,
     EV_EFI_BOOT_SERVICES_APPLICATION,
@@ -52,7 +52,7 @@ _BOOT_APPLICATION_PCR_TYPES = frozenset(
 _DATA_HASHED_TYPES = frozenset({EV_EFI_VARIABLE_DRIVER_CONFIG, EV_SEPARATOR, EV_EFI_ACTION})
 STUB_CMDLINE_PCR = 12  # systemd-boot / the EFI stub measure the kernel command line here
 # GRUB measures its commands and the kernel command line as a string logged after one of these prefixes.
-GRUB_STRING_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"grub_cmd ", b"grub_kernel_cmdline ")
+GRUB_STRING_PREFIXES = tuple(prefix.encode() for prefix in (*GRUB_COMMAND_PREFIXES, *GRUB_CMDLINE_PREFIXES))
 
 
 @dataclass(frozen=True)
