@@ -85,6 +85,8 @@ class AgentChannel:
                 chunk = self._sock.recv(65536)
             except TimeoutError:
                 return None
+            except OSError as exc:  # e.g. reset by QEMU exiting mid-read: the same as a closed port
+                raise AgentError(f"the agent's serial port failed ({exc}): the VM stopped") from exc
             if not chunk:
                 raise AgentError("the agent's serial port was closed (the VM stopped)")
             self._buffer += chunk

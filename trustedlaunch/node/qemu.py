@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel, NodeQuote
+from trustedlaunch.node.channel import AgentChannel, AgentError, NodeQuote
 from trustedlaunch.node.image import BOOT_FAILED_MARKER, NodeImage
 from trustedlaunch.tpm.vtpm import MAX_SOCKET_PATH, Vtpm
 
@@ -320,7 +320,14 @@ class NodeVM:
                 raise self._boot_failed(f'the serial console shows "{fatal}"')
             if self._channel is None:
                 self._channel = self._connect()
-            if self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0):
+            try:
+                answered = self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0)
+            except AgentError:  # the serial port went away: the next pass sees why (QEMU exit, console)
+                if self._channel is not None:
+                    self._channel.close()
+                self._channel = None
+                answered = False
+            if answered:
                 self.ready_after = time.monotonic() - self._started_at
                 return self.ready_after
             if self._channel is None:
