@@ -30,6 +30,9 @@ TABLES = {
     "node_images",
     "operations",
     "feature_registrations",
+    "attestations",
+    "alerts",
+    "alert_webhooks",
     "provider_registrations",
     "api_tokens",
     "alembic_version",
@@ -44,8 +47,7 @@ def test_migrations_create_every_table_on_a_fresh_sqlite_file(tmp_path: Path) ->
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            == "0002_node_runtime"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003_monitoring"
         )
     migrate(engine)  # idempotent
     engine.dispose()

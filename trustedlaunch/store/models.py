@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -87,6 +97,9 @@ class AgentPool(Base):
     node_image_version: Mapped[str] = mapped_column(ForeignKey("node_images.version"))
     provisioning_state: Mapped[str] = mapped_column(String(32))
     power_state: Mapped[str] = mapped_column(String(16), default="Running")
+    # upgradeSettings.maxSurge as az takes it: a node count ("1") or a percentage of count ("33%");
+    # None: reimage in place, one node at a time.
+    max_surge: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
@@ -120,6 +133,9 @@ class Node(Base):
     swtpm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attestation_state: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)  # NodeState
     message: Mapped[str] = mapped_column(String(4096), default="", server_default="")  # progress/diagnosis
+    last_attested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set by `tl aks nodepool attest` (on-demand re-attestation), cleared by the reconciler once done.
+    attestation_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 
@@ -173,4 +189,69 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    # ARM scope the token may act on, lowercase: None = every subscription (admin), else
+    # "/subscriptions/{id}" or "/subscriptions/{id}/resourcegroups/{name}".
+    scope: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class AttestationRecord(Base):
+    """One attestation of a node (at provisioning, on the interval or on demand) with its full evidence.
+
+    Rows outlive the node (no foreign key to nodes): the history of a deleted or reimaged node stays
+    readable. Evidence fields are None when the node answered nothing usable (transport error).
+    """
+
+    __tablename__ = "attestations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("agent_pools.id", ondelete="CASCADE"), index=True)
+    node_name: Mapped[str] = mapped_column(String(128), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # Provisioning | Interval | OnDemand
+    ok: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(32))  # Attested | AttestationFailed | Unreachable
+    findings: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)  # Finding.to_dict()
+    secure_boot: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # as the event log says
+    pcrs: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON, nullable=True)  # bank->index->hex
+    nonce: Mapped[str | None] = mapped_column(String(128), nullable=True)  # hex
+    ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # TPM2B_PUBLIC
+    quote: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # TPMS_ATTEST
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # TPMT_SIGNATURE
+    event_log: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # jti of the issued token
+
+
+class AlertRecord(Base):
+    """An integrity alert (trustedlaunch.attest.alerts.Alert) and the state of its webhook delivery."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # Alert.id
+    attestation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("attestations.id", ondelete="SET NULL"), nullable=True
+    )
+    subscription_id: Mapped[str] = mapped_column(String(36), index=True)
+    resource_group: Mapped[str] = mapped_column(String(90))  # lowercase
+    cluster_name: Mapped[str] = mapped_column(String(63))  # lowercase
+    pool_name: Mapped[str] = mapped_column(String(12))
+    node_name: Mapped[str] = mapped_column(String(128), index=True)
+    severity: Mapped[str] = mapped_column(String(8))  # High | Medium | Low
+    status: Mapped[str] = mapped_column(String(16), default="Active")  # Active | Resolved
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    document: Mapped[dict[str, object]] = mapped_column(JSON)  # Alert.to_dict()
+    delivery_state: Mapped[str] = mapped_column(String(16), default="Pending")  # Pending|Delivered|Failed
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivery_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class AlertWebhook(Base):
+    """Where a subscription's integrity alerts are POSTed (one URL per subscription)."""
+
+    __tablename__ = "alert_webhooks"
+
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
