@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -220,7 +221,7 @@ class AttestationRecord(Base):
     signature: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # TPMT_SIGNATURE
     event_log: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
-    token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # jti of the issued token
+    token: Mapped[str | None] = mapped_column(Text, nullable=True)  # attestation JWT issued when ok
 
 
 class AlertRecord(Base):

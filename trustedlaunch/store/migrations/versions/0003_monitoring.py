@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("signature", sa.LargeBinary(), nullable=True),
         sa.Column("event_log", sa.LargeBinary(), nullable=True),
         sa.Column("duration_ms", sa.Float(), nullable=False),
-        sa.Column("token_id", sa.String(length=36), nullable=True),
+        sa.Column("token", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(["pool_id"], ["agent_pools.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
