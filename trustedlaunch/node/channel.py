@@ -108,7 +108,11 @@ class AgentChannel:
 
     def request(self, line: str, reply: str, timeout: float, token: str | None = None) -> dict[str, Any]:
         """Send one request line; return the answer whose `reply` is `reply` (and `token`, if given)."""
-        self._sock.sendall(line.encode() + b"\n")
+        self._sock.settimeout(timeout)  # not the last read's remaining time
+        try:
+            self._sock.sendall(line.encode() + b"\n")
+        except OSError as exc:  # reset, or a full buffer the serial port does not drain (guest not reading)
+            raise AgentError(f"the agent's serial port takes no input ({exc})") from exc
         deadline = time.monotonic() + timeout
         while (answer := self._read_answer(deadline)) is not None:
             if answer.get("reply") == reply and (token is None or answer.get("token") == token):

@@ -118,23 +118,44 @@ ek_certificate() {
     reply "{\"reply\":\"EKCERT\",\"certificate\":\"$(b64 ekcert.der)\"}"
 }
 
-stty -F "$AGENT" raw -echo 115200
-exec 3<>"$AGENT"
-tpm="absent"
-[ -c /dev/tpm0 ] && tpm="present"
-echo "trustedlaunch-agent ready (TPM $tpm)" >/dev/console
+pong() {
+    case $1 in *[!0-9a-zA-Z_-]*) set -- "" ;; esac
+    reply "{\"reply\":\"PONG\",\"token\":\"$1\"}"
+}
 
-while :; do
-    read -r command arg1 arg2 <&3 || { sleep 1; continue; }
-    case $command in
-        PING)
-            case $arg1 in *[!0-9a-zA-Z_-]*) arg1="" ;; esac
-            reply "{\"reply\":\"PONG\",\"token\":\"$arg1\"}"
-            ;;
-        QUOTE) quote "$arg1" ;;
-        ACTIVATE) activate "$arg1" "$arg2" ;;
+handle() {
+    case $1 in
+        PING) pong "$2" ;;
+        QUOTE) quote "$2" ;;
+        ACTIVATE) activate "$2" "$3" ;;
         EKCERT) ek_certificate ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
     esac
+}
+
+# Keep the port open from here on: closing it (as `stty -F` does) would drop the input already received.
+exec 3<>"$AGENT"
+stty raw -echo 115200 <&3
+tpm="absent"
+[ -c /dev/tpm0 ] && tpm="present"
+echo "trustedlaunch-agent ready (TPM $tpm)" >/dev/console
+
+# While the node booted, the host sent a PING every second and gave up on each but the last: they wait
+# in the serial port. Answer only the newest one (the host waits for that one) instead of the whole
+# backlog. A line cut by the 0.2 s timeout is lost like one sent before boot: the host pings again.
+pinged=""
+while read -r -t 0.2 command arg1 arg2 <&3; do
+    if [ "$command" = PING ]; then
+        pinged=1
+        newest_token=$arg1
+    else
+        handle "$command" "$arg1" "$arg2"
+    fi
+done
+[ -n "$pinged" ] && pong "$newest_token"
+
+while :; do
+    read -r command arg1 arg2 <&3 || { sleep 1; continue; }
+    handle "$command" "$arg1" "$arg2"
 done
