@@ -1,10 +1,13 @@
-"""Shared fixtures: paths to the third-party test data beside the repository."""
+"""Shared fixtures: the third-party test data beside the repository; a throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_server import PostgresServer, postgres_bin_dir, postgres_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
@@ -16,3 +19,24 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         pytest.fail(f"shared test data not found at {TESTDATA}: clone the repo beside ../shared")
     return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server from Debian's binaries for the session (skipped if absent, except in CI)."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        reason = "PostgreSQL binaries not found under /usr/lib/postgresql (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with postgres_server(bin_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def postgresql_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)

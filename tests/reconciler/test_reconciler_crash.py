@@ -25,12 +25,14 @@ from trustedlaunch.store.db import make_engine, migrate, session_factory
 pytestmark = pytest.mark.slow
 PATH = ResourcePath(SUB, "rg", "crashcluster")
 OPERATION_TIMEOUT = 400.0
+# No re-attestation on the interval: a test that freezes a node's QEMU must not have it attested meanwhile.
+NO_INTERVAL = ("--attestation-interval", "0")
 
 
 class StandaloneReconciler:
     """`python -m trustedlaunch.control.reconciler` as a child process, killed with SIGKILL."""
 
-    def __init__(self, database_url: str, state_dir: Path, log_path: Path) -> None:
+    def __init__(self, database_url: str, state_dir: Path, log_path: Path, *options: str) -> None:
         self.command = [
             sys.executable,
             "-m",
@@ -41,6 +43,7 @@ class StandaloneReconciler:
             str(state_dir),
             "--poll-seconds",
             "0.2",
+            *options,
         ]
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None

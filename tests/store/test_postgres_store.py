@@ -1,0 +1,118 @@
+"""The store on a real PostgreSQL server (Debian's binaries): migrations up and down, models in step with
+the migration, and the column types that differ from SQLite (JSON, aware datetimes, booleans, sequences)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+
+from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.node_images import NODE_IMAGES
+from trustedlaunch.control.tokens import create_token, token_is_valid
+from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
+from trustedlaunch.store.models import Base, Node, NodeImage, Operation
+
+TABLES = {
+    "managed_clusters",
+    "agent_pools",
+    "nodes",
+    "node_images",
+    "operations",
+    "feature_registrations",
+    "attestations",
+    "alerts",
+    "alert_webhooks",
+    "provider_registrations",
+    "api_tokens",
+    "alembic_version",
+}
+
+
+def test_migrations_up_down_and_up_again_on_postgresql(postgresql_url: str) -> None:
+    engine = make_engine(postgresql_url)
+    assert engine.dialect.name == "postgresql"
+    migrate(engine)
+    assert set(inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003_monitoring"
+        )
+    migrate(engine)  # idempotent
+    command.downgrade(alembic_config(engine), "base")
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    migrate(engine)
+    assert set(inspect(engine).get_table_names()) == TABLES
+    engine.dispose()
+
+
+def test_models_match_the_migration_on_postgresql(postgresql_url: str) -> None:
+    engine = make_engine(postgresql_url)
+    migrate(engine)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+    engine.dispose()
+
+
+def test_rows_round_trip_on_postgresql(postgresql_url: str, tmp_path: Path) -> None:
+    engine, sessions = open_store(postgresql_url, tmp_path / "admin-token")
+    with sessions() as session:
+        assert session.query(NodeImage).count() == len(NODE_IMAGES)
+        assert token_is_valid(session, (tmp_path / "admin-token").read_text().strip())
+    with sessions.begin() as session:
+        extra = create_token(session, "ci")
+        started = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+        session.add(
+            Operation(
+                id="00000000-0000-0000-0000-000000000001",
+                subscription_id="s",
+                location="eastus",
+                resource_id="/subscriptions/s/x",
+                kind="Create",
+                status="Failed",
+                error={"code": "Bad", "details": [{"message": "ünïcode"}]},
+                start_time=started,
+            )
+        )
+    with sessions() as session:
+        assert token_is_valid(session, extra)
+        stored = session.get_one(Operation, "00000000-0000-0000-0000-000000000001")
+        assert stored.start_time == started and stored.start_time.tzinfo is not None
+        assert stored.error == {"code": "Bad", "details": [{"message": "ünïcode"}]}
+        assert session.scalars(select(Node)).all() == []
+    engine.dispose()
+
+
+def test_session_factory_sees_other_connections_commits(postgresql_url: str) -> None:
+    engine = make_engine(postgresql_url)
+    migrate(engine)
+    writer, reader = session_factory(engine), session_factory(make_engine(postgresql_url))
+    with writer.begin() as session:
+        session.add(
+            NodeImage(
+                version="v-test",
+                os_type="Linux",
+                os_sku="Ubuntu",
+                hyper_v_generation="V2",
+                architecture="x86_64",
+                trusted_launch_capable=True,
+            )
+        )
+    with reader() as session:
+        image = session.get_one(NodeImage, "v-test")
+        assert (image.trusted_launch_capable, image.fips) == (True, False)
+    engine.dispose()
+    reader.kw["bind"].dispose()
+
+
+def test_a_url_without_driver_uses_psycopg(postgresql_url: str) -> None:
+    engine = make_engine(postgresql_url.replace("postgresql+psycopg://", "postgresql://"))
+    assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
+    migrate(engine)
+    assert "nodes" in inspect(engine).get_table_names()
+    engine.dispose()
