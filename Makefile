@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 
 setup: $(STAMP)
 
+# The trusted launch scenario on real VMs (`tl demo trust-core`: the fast offline trust-core demo).
+DEMO_ARGS ?=
 demo: setup
-	$(BIN)/tl demo
+	$(BIN)/tl demo $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check trustedlaunch tests bench fuzz

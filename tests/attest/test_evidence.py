@@ -107,6 +107,7 @@ def test_size_problems_lists_every_oversized_and_empty_field(swtpm_evidence: Evi
         ({"extra": 1}, r"unknown field\(s\) extra"),
         ({"pcrValues": {"md5": {}}}, r"'pcrValues.md5': unknown bank"),
         ({"pcrValues": {"sha256": {"24": "00" * 32}}}, r"PCR index '24' is not 0..23"),
+        ({"pcrValues": {"sha256": {"\u00b2": "00" * 32}}}, r"PCR index '\u00b2' is not 0..23"),
         ({"pcrValues": {"sha256": {"7": "abcd"}}}, r"'pcrValues.sha256.7': expected 64 hex digits"),
     ],
 )

@@ -60,6 +60,44 @@ def test_max_surge_creates_the_replacement_before_deleting_the_old_node() -> Non
     assert (step.action, step.ordinal) == (Action.CREATE, 1)
 
 
+def _roll(desired: DesiredPool, nodes: list[ObservedNode], max_surge: int) -> tuple[list[Action], int]:
+    """Apply plan_next_step until DONE (creations succeed at once); the actions taken and the peak count."""
+    actions: list[Action] = []
+    peak = len(nodes)
+    next_id = 100
+    while (step := plan_next_step(desired, nodes, max_surge)).action != Action.DONE:
+        actions.append(step.action)
+        if step.action == Action.CREATE:
+            assert step.ordinal is not None
+            nodes.append(node(next_id, step.ordinal))
+            next_id += 1
+        elif step.action == Action.DELETE:
+            nodes = [n for n in nodes if n.node_id != step.node_id]
+        else:
+            assert step.action == Action.REIMAGE
+            nodes = [node(n.node_id, n.ordinal) if n.node_id == step.node_id else n for n in nodes]
+        peak = max(peak, len(nodes))
+        assert len(actions) < 50, "the plan does not converge"
+    assert len(nodes) == desired.count and all(n.secure_boot for n in nodes)
+    assert len({n.ordinal for n in nodes}) == desired.count  # unique (surge nodes keep their new ordinals)
+    return actions, peak
+
+
+def test_max_surge_above_one_creates_that_many_replacements_first() -> None:
+    three = replace(TL, count=3)
+    outdated = [node(i, i, secure_boot=False) for i in range(3)]
+    actions, peak = _roll(three, list(outdated), max_surge=2)
+    assert actions[:2] == [Action.CREATE, Action.CREATE]
+    assert peak == 5 and actions.count(Action.CREATE) == 3 and actions.count(Action.DELETE) == 3
+    _, peak_one = _roll(three, list(outdated), max_surge=1)
+    assert peak_one == 4
+    in_place, peak_in_place = _roll(three, list(outdated), max_surge=0)
+    assert in_place == [Action.REIMAGE] * 3 and peak_in_place == 3
+    # surge never grows a pool past count + surge, also while it scales
+    _, peak_scaling = _roll(replace(TL, count=4), list(outdated), max_surge=2)
+    assert peak_scaling == 6
+
+
 def test_scale_down_deletes_outdated_then_highest_ordinals() -> None:
     one = replace(TL, count=1)
     assert plan_next_step(one, [node(1, 0), node(2, 1)]).node_id == 2

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import platformdirs
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,19 +14,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trustedlaunch import __version__
-from trustedlaunch.api import metrics, routes
+from trustedlaunch.api import metrics, monitoring_routes, routes, token_routes, verifier_routes
+from trustedlaunch.api.limits import RequestLimits
 from trustedlaunch.attest.tokens import TokenIssuer
-from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
 from trustedlaunch.control.errors import ArmError
-from trustedlaunch.control.tokens import token_is_valid
+from trustedlaunch.control.kubeconfig import configured_api_server
+from trustedlaunch.control.tokens import PrincipalCache
+from trustedlaunch.web import dashboard
 
 MAX_BODY_BYTES = 1024 * 1024
 JWKS_PATH = "/.well-known/jwks.json"
 OPENID_CONFIGURATION_PATH = "/.well-known/openid-configuration"
-ATTESTATION_ISSUER = "urn:trustedlaunch:attestation"  # `iss` of attestation tokens unless one is given
 # relying parties verify attestation tokens without an account here: the signing keys are public
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", JWKS_PATH, OPENID_CONFIGURATION_PATH})
-TOKEN_CACHE_SECONDS = 30.0
+TOKEN_CACHE_SECONDS = 5.0  # longest time a token revoked by another server process keeps working here
 TOKEN_CACHE_SIZE = 1024
 HTTP_CODES = {
     404: "NotFound",
@@ -36,11 +36,6 @@ HTTP_CODES = {
     413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
 }
-
-
-def default_token_file() -> Path:
-    """Where the bootstrap admin token is written: `admin-token` in the user config dir."""
-    return Path(platformdirs.user_config_dir("trustedlaunch")) / "admin-token"
 
 
 def arm_response(error: ArmError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -108,6 +103,9 @@ ARM_SEGMENTS = (
     "Microsoft.Features",
     "listClusterUserCredential",
     "listClusterAdminCredential",
+    "Microsoft.Security",
+    "alertWebhook",
+    "getAttestationToken",
 )
 CANONICAL_SEGMENT = {name.lower(): name for name in ARM_SEGMENTS}
 SEGMENT_PATTERN = re.compile(r"/(" + "|".join(map(re.escape, ARM_SEGMENTS)) + r")(?=/|$)", re.IGNORECASE)
@@ -129,27 +127,16 @@ class CanonicalArmPath:
 
 
 class BearerAuth:
-    """Every route needs `Authorization: Bearer <token>` except PUBLIC_PATHS; refusals are 401 ARM errors.
-    Valid tokens are remembered for TOKEN_CACHE_SECONDS to spare a database read per request."""
+    """Every route needs `Authorization: Bearer <token>` except PUBLIC_PATHS; refusals are 401 ARM errors. A
+    token scoped to a subscription or resource group gets 403 AuthorizationFailed outside its scope (rules in
+    control/tokens.py). Principals are cached (app.state.principals) for the app's token cache time."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.valid_until: dict[str, float] = {}
-
-    def _token_is_valid(self, scope: Scope, token: str) -> bool:
-        now = time.monotonic()
-        if self.valid_until.get(token, 0.0) > now:
-            return True
-        with scope["app"].state.sessions() as session:
-            valid = token_is_valid(session, token)
-        if valid:
-            if len(self.valid_until) > TOKEN_CACHE_SIZE:
-                self.valid_until.clear()
-            self.valid_until[token] = now + TOKEN_CACHE_SECONDS
-        return valid
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        # the dashboard (/ui) authenticates its own requests with a session cookie
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or dashboard.owns_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -164,7 +151,15 @@ class BearerAuth:
             )
             await arm_response(error, challenge)(scope, receive, send)
             return
-        if scheme.lower() != "bearer" or not self._token_is_valid(scope, token.strip()):
+        principal = None
+        if scheme.lower() == "bearer":
+            principals: PrincipalCache = scope["app"].state.principals
+            try:
+                principal = principals.authorize(token.strip(), scope["method"], scope["path"])
+            except ArmError as refused:
+                await arm_response(refused)(scope, receive, send)
+                return
+        if principal is None:
             error = ArmError(
                 401, "InvalidAuthenticationToken", "The bearer token is not valid for this server."
             )
@@ -190,19 +185,24 @@ def create_app(
     token_file: Path | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     token_issuer: TokenIssuer | None = None,
+    kubeconfig: Path | None = None,
+    token_cache_seconds: float = TOKEN_CACHE_SECONDS,
 ) -> FastAPI:
     """The API over the store at `database_url` (default store if None); admin token in `token_file`;
-    attestation tokens from `token_issuer` (default: keys in `attestation-keys` beside the token file)."""
+    attestation tokens from `token_issuer` (default: keys in `attestation-keys` beside the token file);
+    cluster credentials point at the API server of `kubeconfig` (default: TL_KUBECONFIG, else the fqdn)."""
     token_path = token_file or default_token_file()
+    api_server = configured_api_server(kubeconfig)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine, sessions = open_store(database_url, token_path)
         app.state.sessions = sessions
-        app.state.token_issuer = token_issuer or TokenIssuer(
-            token_path.parent / "attestation-keys", issuer=ATTESTATION_ISSUER
-        )
+        app.state.principals = PrincipalCache(sessions, token_cache_seconds, TOKEN_CACHE_SIZE)
+        app.state.token_issuer = token_issuer or attestation_token_issuer(token_path)
+        app.state.challenges = verifier_routes.open_challenge_store(token_path.parent)
         yield
+        app.state.challenges.close()
         engine.dispose()
 
     app = FastAPI(
@@ -214,9 +214,11 @@ def create_app(
         redoc_url=None,
     )
 
-    app.add_middleware(BearerAuth)
+    # Outermost last: header/URL limits, canonical ARM casing, authentication (before any body is read).
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BearerAuth)
     app.add_middleware(CanonicalArmPath)
+    app.add_middleware(RequestLimits)
 
     @app.exception_handler(ArmError)
     async def arm_error(_request: Request, exc: ArmError) -> JSONResponse:
@@ -251,6 +253,12 @@ def create_app(
         issuer: TokenIssuer = request.app.state.token_issuer
         return issuer.openid_configuration(str(request.url_for("jwks")))
 
+    app.state.api_server = api_server
+    # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
+    app.include_router(verifier_routes.router)
     app.include_router(routes.router)
+    app.include_router(monitoring_routes.router)
     app.include_router(metrics.router)
+    app.include_router(token_routes.router)
+    app.include_router(dashboard.router)
     return app

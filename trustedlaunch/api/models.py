@@ -48,6 +48,13 @@ class GpuProfile(ArmModel):
     driver: Literal["Install", "None"] | None = None
 
 
+class UpgradeSettings(ArmModel):
+    """`properties.upgradeSettings`: `maxSurge` is a node count ("1") or a percentage of the pool's count
+    ("33%") of extra nodes a rolling reimage creates before deleting outdated ones (checked in limits.py)."""
+
+    maxSurge: str | None = Field(default=None, max_length=64)
+
+
 class AgentPoolProperties(ArmModel):
     """`properties` of an agent pool (also the fields of a cluster's agentPoolProfiles entry)."""
 
@@ -63,6 +70,7 @@ class AgentPoolProperties(ArmModel):
     osDiskSizeGB: int | None = Field(default=None, ge=30, le=2048)
     gpuProfile: GpuProfile | None = None
     securityProfile: SecurityProfile | None = None
+    upgradeSettings: UpgradeSettings | None = None
 
     def to_spec(self, name: str) -> PoolSpec:
         """The control layer's pool request."""
@@ -82,6 +90,7 @@ class AgentPoolProperties(ArmModel):
             gpu_driver=self.gpuProfile.driver if self.gpuProfile else None,
             enable_secure_boot=security.enableSecureBoot,
             enable_vtpm=security.enableVTPM,
+            max_surge=self.upgradeSettings.maxSurge if self.upgradeSettings else None,
         )
 
 

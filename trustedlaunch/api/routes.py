@@ -141,7 +141,9 @@ async def list_user_credential(
     """The user kubeconfig of a cluster (base64)."""
     path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
-        return kubeconfig_json(resources.get_cluster(session, path), "clusterUser")
+        return kubeconfig_json(
+            resources.get_cluster(session, path), "clusterUser", request.app.state.api_server
+        )
 
 
 @router.post(f"{CLUSTER}/listClusterAdminCredential", tags=["managedClusters"])
@@ -151,7 +153,9 @@ async def list_admin_credential(
     """The admin kubeconfig of a cluster (base64)."""
     path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
-        return kubeconfig_json(resources.get_cluster(session, path), "clusterAdmin")
+        return kubeconfig_json(
+            resources.get_cluster(session, path), "clusterAdmin", request.app.state.api_server
+        )
 
 
 @router.get(f"{CLUSTER}/agentPools", tags=["agentPools"])

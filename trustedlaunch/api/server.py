@@ -9,6 +9,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from trustedlaunch.api.limits import H11_MAX_INCOMPLETE_EVENT_SIZE, UVICORN_HTTP
 from trustedlaunch.control.reconciler import Reconciler, ReconcilerThread
 from trustedlaunch.errors import TrustedLaunchError
 
@@ -20,16 +21,26 @@ RECONCILER_STOP_SECONDS = 5.0
 class BackgroundServer:
     """uvicorn serving `app` on `host`:`port` (0 = any free port) in a daemon thread; a context manager.
 
-    With `reconciler` (over the same store as `app`), it runs in its own daemon thread once the app started.
+    With `reconciler` (over the same store as `app`), it runs in its own daemon thread once the app started,
+    signing attestation tokens with the app's issuer (the JWKS it serves) unless it was given one.
     """
 
     def __init__(
         self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, reconciler: Reconciler | None = None
     ) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            http=UVICORN_HTTP,
+            h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT_SIZE,
         )
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="tl-api", daemon=True)
+        self.app = app
         self.url = ""
         self.reconciler = ReconcilerThread(reconciler) if reconciler is not None else None
 
@@ -46,6 +57,9 @@ class BackgroundServer:
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
         if self.reconciler is not None:
+            monitor = self.reconciler.reconciler.monitor
+            if monitor.token_issuer is None:  # set by the app's startup
+                monitor.token_issuer = self.app.state.token_issuer
             self.reconciler.start()
         return self.url
 

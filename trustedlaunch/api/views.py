@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
 from trustedlaunch.control.timeutil import iso
 from trustedlaunch.store.models import (
@@ -63,6 +64,7 @@ def pool_properties(pool: AgentPool) -> JsonObject:
         "osDiskSizeGB": pool.os_disk_size_gb,
         "securityProfile": {"enableSecureBoot": pool.enable_secure_boot, "enableVTPM": pool.enable_vtpm},
         "nodeImageVersion": pool.node_image_version,
+        "upgradeSettings": {"maxSurge": pool.max_surge} if pool.max_surge is not None else {},
         "provisioningState": pool.provisioning_state,
         "powerState": {"code": pool.power_state},
     }
@@ -96,6 +98,8 @@ def machine_json(node: Node) -> JsonObject:
                 "enableVTPM": node.vtpm_enabled,
             },
             "attestationStatus": node.attestation_status,
+            "lastAttestedAt": iso(node.last_attested_at),
+            "attestationRequestedAt": iso(node.attestation_requested_at),
             "labels": node.labels,
             "message": node.message,
         },
@@ -145,13 +149,17 @@ def provider_json(provider: ProviderRegistration) -> JsonObject:
     }
 
 
-def kubeconfig_json(cluster: ManagedCluster, user_kind: str) -> JsonObject:
-    """The `listCluster{User,Admin}Credential` body: one base64 kubeconfig (JSON, which is valid YAML)."""
+def kubeconfig_json(
+    cluster: ManagedCluster, user_kind: str, api_server: ApiServer | None = None
+) -> JsonObject:
+    """The `listCluster{User,Admin}Credential` body: one base64 kubeconfig (JSON, which is valid YAML)
+    pointing at `api_server` (the configured Kubernetes API server), else at `https://{fqdn}:443`."""
     user = f"{user_kind}_{cluster.resource_group}_{cluster.name}"
+    server = api_server or ApiServer(f"https://{cluster.fqdn}:443")
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": cluster.name, "cluster": {"server": f"https://{cluster.fqdn}:443"}}],
+        "clusters": [{"name": cluster.name, "cluster": server.cluster_entry()}],
         "contexts": [{"name": cluster.name, "context": {"cluster": cluster.name, "user": user}}],
         "current-context": cluster.name,
         "users": [{"name": user, "user": {"token": cluster.kube_token}}],

@@ -184,6 +184,10 @@ class WebhookDelivery:
 
     def deliver(self, alert: Alert) -> bool:
         """POST one alert; True once a 2xx answer came, False when every attempt failed or a 4xx came."""
+        return self.deliver_document(alert.id, alert.to_dict())
+
+    def deliver_document(self, alert_id: str, document: dict[str, Any]) -> bool:
+        """POST an alert's stored JSON form (`Alert.to_dict()`, as kept in the store), as `deliver`."""
         with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
             waited = 0.0
             for attempt in range(1, self.max_attempts + 1):
@@ -191,11 +195,11 @@ class WebhookDelivery:
                     waited = min(self.base_delay * 2 ** (attempt - 2), self.max_delay)
                     self.sleep(waited)
                 try:
-                    response = client.post(self.url, json=alert.to_dict())
+                    response = client.post(self.url, json=document)
                 except httpx.TransportError as exc:
-                    self.log.append(DeliveryAttempt(alert.id, attempt, waited, error=repr(exc)))
+                    self.log.append(DeliveryAttempt(alert_id, attempt, waited, error=repr(exc)))
                     continue
-                record = DeliveryAttempt(alert.id, attempt, waited, status=response.status_code)
+                record = DeliveryAttempt(alert_id, attempt, waited, status=response.status_code)
                 self.log.append(record)
                 if record.delivered:
                     return True

@@ -156,7 +156,9 @@ def _pcr_values_field(value: object, source: str) -> PcrValues | None:
             raise EvidenceError(f"{source}: field '{path}' must map PCR indexes to hex values")
         bank_values: dict[int, bytes] = {}
         for index_text, hex_value in values.items():
-            index = int(index_text) if isinstance(index_text, str) and index_text.isdigit() else -1
+            # isascii: int() would also take Unicode digits such as '²' that str.isdigit() accepts
+            is_number = isinstance(index_text, str) and index_text.isascii() and index_text.isdigit()
+            index = int(index_text) if is_number else -1
             if not 0 <= index <= MAX_PCR_INDEX:
                 raise EvidenceError(
                     f"{source}: field '{path}': PCR index {index_text!r} is not 0..{MAX_PCR_INDEX}"

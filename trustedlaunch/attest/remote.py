@@ -114,6 +114,9 @@ class NodeAttestation:
     result: AttestationResult
     state: NodeState
     enrolled: bool  # True when this attestation enrolled the node's AK (first contact)
+    nonce: bytes | None = None  # the verifier's nonce the quote was asked over
+    quote: AgentQuote | None = None  # the agent's answer: the evidence, kept for the history
+    duration: float = 0.0  # seconds from the quote request to the verdict
 
     @property
     def ok(self) -> bool:
@@ -208,9 +211,11 @@ def attest_node(
         evidence = evidence_from_quote(quote)
     except AttestationError as exc:
         rejected = AttestationResult(False, (exc.finding,))
-        record_attestation(rejected, time.perf_counter() - started)
-        return NodeAttestation(rejected, state, False)
+        duration = time.perf_counter() - started
+        record_attestation(rejected, duration)
+        return NodeAttestation(rejected, state, False, nonce, quote, duration)
     result = verify(evidence, nonce=nonce, policy=policy, last_clock=state.clock)
-    record_attestation(result, time.perf_counter() - started)
+    duration = time.perf_counter() - started
+    record_attestation(result, duration)
     clock = result.clock if result.ok and result.clock is not None else state.clock
-    return NodeAttestation(result, NodeState(ak_name, clock), enrolled)
+    return NodeAttestation(result, NodeState(ak_name, clock), enrolled, nonce, quote, duration)

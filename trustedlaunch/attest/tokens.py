@@ -134,6 +134,7 @@ class TokenIssuer:
         self.issuer = issuer
         self.max_ttl = max_ttl
         self.clock = clock
+        self._cache: tuple[tuple[int, int, int], list[SigningKey]] | None = None  # manifest version, keys
         self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not (self.key_dir / MANIFEST).exists():
             self._save([self._new_key()])
@@ -159,7 +160,15 @@ class TokenIssuer:
         _write_private(self.key_dir / MANIFEST, json.dumps({"keys": manifest}, indent=2).encode())
 
     def keys(self) -> list[SigningKey]:
-        """Every stored key, the active one (not retired) last."""
+        """Every stored key, the active one (not retired) last. Re-read only when the manifest changed
+        (another process may rotate the keys), so issuing a token parses no key file."""
+        stat = (self.key_dir / MANIFEST).stat()
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._cache is None or self._cache[0] != version:
+            self._cache = (version, self._read_keys())
+        return list(self._cache[1])
+
+    def _read_keys(self) -> list[SigningKey]:
         manifest = json.loads((self.key_dir / MANIFEST).read_text())
         keys = []
         for entry in manifest["keys"]:

@@ -26,9 +26,11 @@ from trustedlaunch.cli.arm import (
     connect,
     fail,
     output,
+    print_json,
     wait_for_operation,
 )
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
+from trustedlaunch.cli.machine_attestation import ATTESTATION_COLUMNS, attestation_row, wait_for_attestation
 from trustedlaunch.control.limits import SecurityFlags, check_flags
 
 aks_app = typer.Typer(
@@ -125,6 +127,14 @@ OsDiskSizeOption = Annotated[
     int | None, typer.Option("--node-osdisk-size", min=30, max=2048, help="OS disk GiB.")
 ]
 VmSetTypeOption = Annotated[VmSetType | None, typer.Option("--vm-set-type", help="Node pool VM set type.")]
+MaxSurgeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-surge",
+        help="Extra nodes a rolling reimage creates before deleting outdated ones: a count ('1') or a "
+        "percentage of the node count ('33%').",
+    ),
+]
 
 
 def _cluster_path(client: ArmClient, group: str, name: str) -> str:
@@ -456,6 +466,7 @@ def add(
     node_osdisk_type: OsDiskTypeOption = None,
     node_osdisk_size: OsDiskSizeOption = None,
     vm_set_type: VmSetTypeOption = None,
+    max_surge: MaxSurgeOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -479,6 +490,8 @@ def add(
         enable_secure_boot,
         enable_vtpm,
     )
+    if max_surge is not None:
+        properties["upgradeSettings"] = {"maxSurge": max_surge}
     with connect(endpoint, subscription) as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         response = client.request(
@@ -499,21 +512,25 @@ def update(
     ] = False,
     enable_vtpm: VtpmOption = False,
     disable_vtpm: Annotated[bool, typer.Option("--disable-vtpm", help="Disable the vTPM.")] = False,
+    max_surge: MaxSurgeOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
     endpoint: EndpointOption = None,
     subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
-    """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes)."""
+    """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
+    at a time beside the old ones), or set its max surge."""
     flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
     conflicts = check_flags(flags)
     if conflicts:
         raise bad_input("; ".join(f"({v.code}) {v.message}" for v in conflicts))
-    if not (enable_secure_boot or disable_secure_boot or enable_vtpm or disable_vtpm):
+    if not (
+        enable_secure_boot or disable_secure_boot or enable_vtpm or disable_vtpm or max_surge is not None
+    ):
         raise bad_input(
-            "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm "
-            "or --disable-vtpm"
+            "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
+            "--disable-vtpm or --max-surge"
         )
     with connect(endpoint, subscription) as client:
         path = _pool_path(client, resource_group, cluster_name, name)
@@ -523,6 +540,8 @@ def update(
             security["enableSecureBoot"] = enable_secure_boot
         if enable_vtpm or disable_vtpm:
             security["enableVTPM"] = enable_vtpm
+        if max_surge is not None:
+            pool["properties"]["upgradeSettings"] = {"maxSurge": max_surge}
         response = client.request("PUT", path, json=pool)
         result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
@@ -623,3 +642,97 @@ def delete_pool(
     with connect(endpoint, subscription) as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         _delete(client, path, f"Deleting node pool {name}", no_wait, timeout)
+
+
+MachineNameOption = Annotated[str, typer.Option("--machine-name", help="Name of the machine (node).")]
+NodepoolNameOption = Annotated[str, typer.Option("--nodepool-name", help="Name of the node pool.")]
+attestation_app = typer.Typer(
+    name="attestation", help="Attestation history of a machine, with evidence.", no_args_is_help=True
+)
+machine_app.add_typer(attestation_app, name="attestation")
+
+
+@nodepool_app.command()
+def attest(
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Re-attest every Ready node of a vTPM node pool now, wait for the results and print them (exit 1 if
+    any node failed); --no-wait prints the request only."""
+    with connect(endpoint, subscription) as client:
+        path = _pool_path(client, resource_group, cluster_name, name)
+        request = client.json("POST", f"{path}/attest")
+        if no_wait:
+            print_json(request)
+            return
+        records, vanished = wait_for_attestation(client, path, request, timeout)
+    output(records, output_format, ATTESTATION_COLUMNS, attestation_row)
+    failed = [
+        f"{record['properties']['machineName']} ({record['properties']['status']})"
+        for record in records
+        if not record["properties"]["passed"]
+    ] + [f"{machine} (deleted before it was attested)" for machine in vanished]
+    if failed:
+        raise fail(
+            f"{len(failed)} of {len(request['machines'])} machine(s) failed attestation: {', '.join(failed)}"
+        )
+
+
+@attestation_app.command(name="list")
+def list_attestations(
+    cluster_name: ClusterNameOption,
+    nodepool_name: NodepoolNameOption,
+    machine_name: MachineNameOption,
+    resource_group: GroupOption,
+    top: Annotated[int, typer.Option("--top", min=1, max=1000, help="Newest records to list.")] = 50,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """List a machine's attestations, newest first (also of a deleted machine)."""
+    with connect(endpoint, subscription) as client:
+        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines/{machine_name}"
+        history = client.json("GET", f"{path}/attestations", params={"$top": str(top)})
+    output(history["value"], output_format, ATTESTATION_COLUMNS, attestation_row)
+
+
+@attestation_app.command(name="show")
+def show_attestation(
+    cluster_name: ClusterNameOption,
+    nodepool_name: NodepoolNameOption,
+    machine_name: MachineNameOption,
+    resource_group: GroupOption,
+    attestation_id: Annotated[
+        int, typer.Option("--attestation-id", "--id", help="Attestation id (`attestation list` Id column).")
+    ],
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Show one attestation with its full evidence (base64), PCRs, findings and token."""
+    with connect(endpoint, subscription) as client:
+        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines/{machine_name}"
+        record = client.json("GET", f"{path}/attestations/{attestation_id}")
+    output(record, output_format, ATTESTATION_COLUMNS, attestation_row)
+
+
+@machine_app.command(name="get-attestation-token")
+def get_attestation_token(
+    cluster_name: ClusterNameOption,
+    nodepool_name: NodepoolNameOption,
+    machine_name: MachineNameOption,
+    resource_group: GroupOption,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Print the machine's attestation token (a JWT, verifiable with the server's JWKS) with its expiry;
+    refused when its newest attestation failed or the token expired."""
+    with connect(endpoint, subscription) as client:
+        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines/{machine_name}"
+        print_json(client.json("POST", f"{path}/getAttestationToken"))

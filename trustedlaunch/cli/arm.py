@@ -29,6 +29,7 @@ DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 API_VERSION = "2024-09-01"
 DEFAULT_WAIT_SECONDS = 300
 POLL_SECONDS = 1.0
+TABLE_MAX_WIDTH = 4096  # `-o table` lines are as long as their cells (as az), never wrapped or cut
 FAILURE_EXIT_CODE = 1
 
 
@@ -135,8 +136,9 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
             client.close()
         return
     # Imported here: only the embedded mode needs the server side.
-    from trustedlaunch.api.app import create_app, default_token_file
+    from trustedlaunch.api.app import create_app
     from trustedlaunch.api.server import BackgroundServer
+    from trustedlaunch.control.bootstrap import default_token_file
     from trustedlaunch.control.reconciler import Reconciler, default_state_dir
     from trustedlaunch.errors import TrustedLaunchError
     from trustedlaunch.store.db import make_engine, session_factory
@@ -198,11 +200,11 @@ def print_json(value: object) -> None:
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print rows as a table (`-o table`)."""
+    """Print rows as a table (`-o table`), one line per row: no cell is cut, however long (node labels)."""
     table = Table(*columns, box=None, pad_edge=False, header_style="bold")
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(width=250).print(table)
+    Console(width=TABLE_MAX_WIDTH).print(table)
 
 
 def output(value: object, fmt: OutputFormat, columns: Sequence[str], row: Any) -> None:

@@ -1,5 +1,13 @@
-"""`tl demo`: the trust core end to end on this machine, with real firmware keys, binaries, logs and a TPM.
+"""`tl demo`: the trusted launch scenario of `make demo` end to end on this machine, with real VMs.
 
+`tl demo` (the scenario) runs the az-compatible commands of `tl` one after the other, each a real `tl`
+process with its embedded API server and node reconciler, on a store and state of its own (a temporary
+directory, or --data-dir): register the TrustedLaunchPreview feature and wait until it is Registered,
+refresh the provider, create a cluster with one Secure Boot + vTPM node, add a vTPM-only pool, enable
+Secure Boot on it (a rolling reimage: new VM, new vTPM, attested again), list the nodes of both pools with
+their labels and attestation results, then delete the cluster and check that no VM process is left.
+
+`tl demo trust-core` runs the fast offline demo of the trust core:
 1. Build a node image from Debian's signed shim, GRUB and kernel and decide, offline, whether it boots
    under OVMF's Microsoft Secure Boot keys; then show that an unsigned kernel is refused by name.
 2. Replay a real OVMF Secure Boot log of the same Debian binaries and show that the firmware measured
@@ -14,11 +22,18 @@ Steps 2-4 read the public test data in ../shared/testdata beside the repository 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,6 +43,9 @@ from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_eve
 from trustedlaunch.attest.gce import load_certificates, verify_gce_attestation
 from trustedlaunch.attest.policy import BootStep, Policy, policy_from_summary
 from trustedlaunch.attest.verifier import AttestationResult, verify
+from trustedlaunch.cli.aks import MACHINE_COLUMNS
+from trustedlaunch.control.attestation_monitor import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
+from trustedlaunch.control.node_processes import kill_node_processes, node_processes
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
@@ -41,10 +59,81 @@ OVMF_SECURE_BOOT_LOG = "qemu-ovmf/shim_evlog.bin"  # a real OVMF boot of Debian'
 GCE_ATTESTATION = "go-tpm-tools/attestations/gce-cos-85-nonce9009.pb"
 GCE_NONCE = bytes.fromhex("9009")
 
+RESOURCE_GROUP = "tl-demo-rg"
+CLUSTER = "tldemo"
+SYSTEM_POOL = "nodepool1"
+VTPM_POOL = "vtpmpool"
+FEATURE = ("--namespace", "Microsoft.ContainerService", "--name", "TrustedLaunchPreview")
+FEATURE_DELAY_SECONDS = "10"  # how long the demo's feature registration stays Registering
+# The user's own API, store and credentials are not the demo's.
+FOREIGN_SETTINGS = ("TL_ENDPOINT", "TL_TOKEN", "TL_DATABASE_URL", "TL_SUBSCRIPTION")
+
 console = Console()
 
 
-def demo() -> None:
+class DemoPart(StrEnum):
+    """What `tl demo` runs."""
+
+    scenario = "scenario"
+    trust_core = "trust-core"
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """A row of `tl aks machine list -o table`."""
+
+    name: str
+    state: str
+    secure_boot: str
+    vtpm: str
+    attestation: str
+    labels_text: str
+
+    @classmethod
+    def from_row(cls, row: str) -> Machine:
+        """Parse a table row (empty trailing cells, e.g. no labels yet, are empty strings)."""
+        cells = row.split(None, len(MACHINE_COLUMNS) - 1)
+        return cls(*cells, *[""] * (len(MACHINE_COLUMNS) - len(cells)))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The node's Kubernetes labels."""
+        return dict(label.partition("=")[::2] for label in self.labels_text.split(",") if label)
+
+
+class DemoFailedError(Exception):
+    """A step of the scenario did not do what it shows."""
+
+
+def demo(
+    part: Annotated[
+        DemoPart,
+        typer.Argument(help="scenario: the trusted launch cluster on real VMs; trust-core: offline."),
+    ] = DemoPart.scenario,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Store, node images and VM files of the scenario (default: a temporary directory removed "
+            "at the end).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int, typer.Option("--timeout", min=60, help="Seconds each long-running operation may take.")
+    ] = 900,
+) -> None:
+    """Run the demo: the trusted launch scenario on real VMs (default) or the offline trust core."""
+    if part is DemoPart.trust_core:
+        trust_core()
+        return
+    if data_dir is not None:
+        _scenario(data_dir.resolve(), timeout)
+        return
+    with tempfile.TemporaryDirectory(prefix="tl-demo-") as scratch:
+        _scenario(Path(scratch), timeout)
+
+
+def trust_core() -> None:
     """Run the trust-core demo (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="tl-demo-") as scratch:
         workdir = Path(scratch)
@@ -57,6 +146,211 @@ def demo() -> None:
         _attestation(raw_log, decision, workdir)
         _gce_attestation()
     console.rule("[bold green]demo complete")
+
+
+# -- the scenario ---------------------------------------------------------------------------------------
+
+
+class _Scenario:
+    """Runs `tl` commands in an environment isolated in `data_dir` and times the steps."""
+
+    def __init__(self, data_dir: Path, timeout: int) -> None:
+        self.data_dir = data_dir
+        self.timeout = str(timeout)
+        self.tl = _tl_command()
+        self.timings: list[tuple[str, float]] = []
+        self.steps = 0
+        home = data_dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        env = {key: value for key, value in os.environ.items() if key not in FOREIGN_SETTINGS}
+        env |= {
+            "HOME": str(home),  # --generate-ssh-keys writes the demo's key here, not in the user's ~/.ssh
+            "XDG_DATA_HOME": str(data_dir / "data"),  # store, node images, VM run dirs
+            "XDG_CONFIG_HOME": str(data_dir / "config"),  # admin token
+            "XDG_CACHE_HOME": str(data_dir / "cache"),
+            "XDG_STATE_HOME": str(data_dir / "state"),
+        }
+        env.setdefault("TL_FEATURE_REGISTRATION_DELAY_SECONDS", FEATURE_DELAY_SECONDS)
+        self.env = env
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        """A numbered heading, then the step's wall time."""
+        self.steps += 1
+        console.rule(f"[bold]{self.steps}. {title}")
+        started = time.monotonic()
+        yield
+        elapsed = time.monotonic() - started
+        self.timings.append((title, elapsed))
+        console.print(f"[green]done[/] in {elapsed:.1f} s")
+
+    def run(self, *args: str, capture: bool = False) -> str:
+        """Run `tl args` (shown first); its output goes to the terminal unless captured (then returned)."""
+        console.print(f"[bold cyan]$ tl {' '.join(args)}[/]", soft_wrap=True)  # one line, to copy
+        sys.stdout.flush()
+        result = subprocess.run(
+            [*self.tl, *args],
+            env=self.env,
+            stdout=subprocess.PIPE if capture else None,
+            text=True,
+            check=False,
+        )
+        sys.stdout.flush()
+        if result.returncode != 0:
+            raise DemoFailedError(f"`tl {' '.join(args)}` exited with {result.returncode}")
+        return result.stdout or ""
+
+    def machines(self, pool: str) -> list[Machine]:
+        """Show `tl aks machine list -o table` of `pool` and return its rows."""
+        listed = self.run(*_machine_list(pool), "-o", "table", capture=True)
+        console.print(listed, end="", markup=False, highlight=False, soft_wrap=True)
+        header, *rows = listed.splitlines()
+        if header.split() != list(MACHINE_COLUMNS):
+            raise DemoFailedError(f"unexpected `tl aks machine list` columns: {header}")
+        return [Machine.from_row(row) for row in rows if row.strip()]
+
+    def print_timings(self) -> None:
+        """A table of the steps and their wall times."""
+        table = Table("step", "seconds", title="scenario timings")
+        for title, elapsed in self.timings:
+            table.add_row(title, f"{elapsed:.1f}")
+        table.add_row("[bold]total", f"[bold]{sum(elapsed for _, elapsed in self.timings):.1f}")
+        console.print(table)
+
+
+def _tl_command() -> list[str]:
+    """The `tl` executable of this installation (the one beside this Python)."""
+    found = shutil.which("tl", path=str(Path(sys.executable).parent)) or shutil.which("tl")
+    if found is None:
+        raise typer.Exit(_error("the `tl` command is not installed beside this Python; run `make setup`"))
+    return [found]
+
+
+def _error(message: str) -> int:
+    typer.echo(f"ERROR: {message}", err=True)
+    return 1
+
+
+def _machine_list(pool: str) -> tuple[str, ...]:
+    return (
+        "aks",
+        "machine",
+        "list",
+        "-g",
+        RESOURCE_GROUP,
+        "--cluster-name",
+        CLUSTER,
+        "--nodepool-name",
+        pool,
+    )
+
+
+def _scenario(data_dir: Path, timeout: int) -> None:
+    console.rule("[bold]Trusted launch on real VMs (QEMU + OVMF + swtpm), through the `tl` command")
+    console.print(f"isolated data directory: {data_dir} (store, admin token, node images, VMs, SSH key)")
+    scenario = _Scenario(data_dir, timeout)
+    started = time.monotonic()
+    failure: str | None = None
+    try:
+        _register_preview(scenario)
+        _create_cluster(scenario)
+        _add_vtpm_pool(scenario)
+        _enable_secure_boot(scenario)
+        _list_nodes(scenario)
+    except DemoFailedError as exc:
+        failure = str(exc)
+    finally:
+        leftovers = _delete_cluster(scenario)
+    scenario.print_timings()
+    if failure or leftovers:
+        raise typer.Exit(_error(failure or f"qemu/swtpm processes were left running: {leftovers}"))
+    console.rule(f"[bold green]demo complete in {time.monotonic() - started:.0f} s")
+
+
+def _register_preview(scenario: _Scenario) -> None:
+    with scenario.step("Register the TrustedLaunchPreview feature and refresh the provider"):
+        scenario.run("feature", "register", *FEATURE, "-o", "table")
+        state = ""
+        deadline = time.monotonic() + float(scenario.env["TL_FEATURE_REGISTRATION_DELAY_SECONDS"]) + 120
+        while time.monotonic() < deadline:
+            state = json.loads(scenario.run("feature", "show", *FEATURE, capture=True))["properties"]["state"]
+            console.print(f"feature state: {state}")
+            if state == "Registered":
+                break
+            time.sleep(2)
+        if state != "Registered":
+            raise DemoFailedError(f"the feature is still {state}")
+        scenario.run("provider", "register", "--namespace", "Microsoft.ContainerService", "-o", "table")
+
+
+def _create_cluster(scenario: _Scenario) -> None:
+    with scenario.step("Create a cluster with one Secure Boot + vTPM node"):
+        scenario.run(
+            "aks", "create", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--node-count", "1",
+            "--enable-secure-boot", "--enable-vtpm", "--generate-ssh-keys", "--timeout", scenario.timeout,
+            "-o", "table",
+        )  # fmt: skip
+
+
+def _add_vtpm_pool(scenario: _Scenario) -> None:
+    with scenario.step("Add a vTPM-only node pool"):
+        scenario.run(
+            "aks", "nodepool", "add", "-g", RESOURCE_GROUP, "--cluster-name", CLUSTER, "--name", VTPM_POOL,
+            "--node-count", "1", "--enable-vtpm", "--timeout", scenario.timeout, "-o", "table",
+        )  # fmt: skip
+
+
+def _enable_secure_boot(scenario: _Scenario) -> None:
+    with scenario.step("Enable Secure Boot on the vTPM-only pool (rolling reimage)"):
+        scenario.run(
+            "aks", "nodepool", "update", "-g", RESOURCE_GROUP, "--cluster-name", CLUSTER, "--name", VTPM_POOL,
+            "--enable-secure-boot", "--timeout", scenario.timeout, "-o", "table",
+        )  # fmt: skip
+
+
+def _list_nodes(scenario: _Scenario) -> None:
+    with scenario.step("List the nodes with their labels and attestation results"):
+        for pool in (SYSTEM_POOL, VTPM_POOL):
+            for machine in scenario.machines(pool):
+                _check_machine(machine)
+
+
+def _check_machine(machine: Machine) -> None:
+    """Fail the demo unless the node is Ready, attested, and labelled as its settings say."""
+    problems = []
+    if machine.state != "Ready":
+        problems.append(f"state {machine.state}")
+    if machine.attestation != "Attested":
+        problems.append(f"attestation {machine.attestation}")
+    for label, setting in ((LABEL_TRUSTED_LAUNCH, machine.vtpm), (LABEL_SECURE_BOOT, machine.secure_boot)):
+        if setting == "True" and machine.labels.get(label) != "true":
+            problems.append(f"no {label}=true label")
+    if problems:
+        raise DemoFailedError(f"node {machine.name}: {', '.join(problems)}")
+    enabled = " + ".join(
+        name for name, on in (("Secure Boot", machine.secure_boot), ("vTPM", machine.vtpm)) if on == "True"
+    )
+    console.print(
+        f"[green]verified[/] {machine.name}: Ready, {enabled or 'no trusted launch'}, Attested, labels match",
+        soft_wrap=True,
+    )
+
+
+def _delete_cluster(scenario: _Scenario) -> list[int]:
+    """Delete the cluster (its VMs and vTPMs); kill and return what is still running under the data dir."""
+    with scenario.step("Delete the cluster (VMs and vTPMs stopped, files removed)"):
+        try:
+            scenario.run(
+                "aks", "delete", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--yes", "--timeout", scenario.timeout
+            )
+        except DemoFailedError as exc:
+            console.print(f"[red]{exc}[/]")
+        leftovers = sorted(node_processes(scenario.data_dir))
+        if leftovers:
+            kill_node_processes(scenario.data_dir)
+        else:
+            console.print(f"no qemu/swtpm process left under {scenario.data_dir}")
+    return leftovers
 
 
 def _image_verification(workdir: Path) -> BootDecision:

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import platformdirs
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.tokens import ensure_bootstrap_token
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 
 ATTEMPTS = 3  # several `tl` processes may start on the same fresh store at once
+ATTESTATION_ISSUER = "urn:trustedlaunch:attestation"  # `iss` of attestation tokens unless one is given
+ATTESTATION_KEY_DIR = "attestation-keys"  # beside the admin token file
+
+
+def default_token_file() -> Path:
+    """Where the bootstrap admin token is written: `admin-token` in the user config dir."""
+    return Path(platformdirs.user_config_dir("trustedlaunch")) / "admin-token"
+
+
+def attestation_token_issuer(token_file: Path) -> TokenIssuer:
+    """The installation's attestation token issuer: its signing keys live beside the admin token file, so
+    the API server (which publishes the JWKS) and a reconciler running on its own sign with the same keys."""
+    return TokenIssuer(token_file.parent / ATTESTATION_KEY_DIR, issuer=ATTESTATION_ISSUER)
 
 
 def open_store(database_url: str | None, token_file: Path) -> tuple[Engine, sessionmaker[Session]]:

@@ -37,6 +37,8 @@ IMMUTABLE_POOL_PROPERTIES = (
     ("gpu_driver", "gpuProfile.driver"),
 )
 OS_SKUS = {"Linux": ("Ubuntu", "AzureLinux"), "Windows": ("Windows2019", "Windows2022")}
+MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node count or a percentage
+MAX_SURGE_NODES = 1000  # a pool's largest node count
 
 
 def parse_kubernetes_version(version: str) -> tuple[int, int, int] | None:
@@ -46,6 +48,28 @@ def parse_kubernetes_version(version: str) -> tuple[int, int, int] | None:
         return None
     patch = int(match.group(3)) if match.group(3) is not None else LATEST_PATCH
     return int(match.group(1)), int(match.group(2)), patch
+
+
+def parse_max_surge(value: str) -> tuple[int, bool] | None:
+    """(number, is_percentage) of a maxSurge such as "1" or "33%"; None unless it is an integer from 0 to
+    1000 or a percentage from 0% to 100%."""
+    match = MAX_SURGE.match(value)
+    if not match:
+        return None
+    number, percentage = int(match.group(1)), match.group(2) == "%"
+    if number > (100 if percentage else MAX_SURGE_NODES):
+        return None
+    return number, percentage
+
+
+def surge_nodes(max_surge: str | None, count: int) -> int:
+    """How many nodes a rolling reimage may create above `count`: the node count of maxSurge, or its
+    percentage of `count` rounded up (as AKS does); 0 (reimage in place) when unset or invalid."""
+    parsed = parse_max_surge(max_surge) if max_surge is not None else None
+    if parsed is None:
+        return 0
+    number, percentage = parsed
+    return -(-count * number // 100) if percentage else number
 
 
 @dataclass(frozen=True)
@@ -66,6 +90,7 @@ class PoolRequest:
     enable_vtpm: bool
     mode: str = "User"
     count: int = 1
+    max_surge: str | None = None  # upgradeSettings.maxSurge as given ("1", "33%"); None: reimage in place
     cluster_version: str | None = None  # the control plane's Kubernetes version
     other_system_pools: int = 0  # System pools of the cluster besides this one
     virtual_nodes: bool = False
@@ -110,6 +135,8 @@ class PoolRequest:
             "gpu": size.gpu if size else "",
             "skus": ", ".join(OS_SKUS.get(self.os_type, ())),
             "command": FEATURE_REGISTER_COMMAND,
+            "max_surge": self.max_surge,
+            "max_surge_nodes": MAX_SURGE_NODES,
         }
 
 
@@ -346,6 +373,14 @@ LIMITATIONS: tuple[Limitation, ...] = (
         lambda r: (
             r.trusted_launch and r.current_image is not None and not r.current_image.trusted_launch_capable
         ),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.upgradeSettings.maxSurge",
+        "upgradeSettings.maxSurge '{max_surge}' of pool '{pool}' is invalid: use a node count from 0 to "
+        "{max_surge_nodes} (e.g. '1') or a percentage of the pool's node count from 0% to 100% (e.g. '33%').",
+        PoolRequest,
+        lambda r: r.max_surge is not None and parse_max_surge(r.max_surge) is None,
     ),
     Limitation(
         "InvalidSystemPoolCount",

@@ -80,8 +80,9 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
     """The one next step that brings `nodes` closer to `desired`.
 
     Interrupted steps are resumed first (Deleting, Reimaging, Provisioning); then surplus nodes are deleted
-    (outdated ones first), missing ones created, and outdated ones (other settings, or Failed) replaced one
-    at a time: in place, or with `max_surge` >= 1 by creating the replacement before deleting the old node.
+    (outdated ones first), missing ones created, and outdated ones (other settings, or Failed) replaced: in
+    place one at a time, or with `max_surge` >= 1 by first creating up to `max_surge` replacements above
+    the desired count, then deleting outdated nodes down to it.
     """
     nodes = sorted(nodes, key=lambda node: node.ordinal)
     for state, action, verb in (
@@ -112,6 +113,17 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
             f"creating node {len(current) + 1}/{desired.count}",
         )
     outdated = [node for node in nodes if not is_current(node, desired)]
+    if (
+        outdated
+        and max_surge >= 1
+        and len(current) < desired.count
+        and len(nodes) < desired.count + max_surge
+    ):
+        return Step(
+            Action.CREATE,
+            ordinal=_first_free_ordinal(nodes),
+            note=f"reimaging node {len(current) + 1}/{desired.count} (surge node)",
+        )
     if len(nodes) > desired.count:
         victim = (outdated or nodes)[-1]
         return Step(
@@ -123,9 +135,7 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
     if len(nodes) < desired.count:
         ordinal = _first_free_ordinal(nodes)
         return Step(Action.CREATE, ordinal=ordinal, note=f"creating node {len(current) + 1}/{desired.count}")
-    if outdated:
+    if outdated:  # no surge: in place
         note = f"reimaging node {len(current) + 1}/{desired.count}"
-        if max_surge >= 1:
-            return Step(Action.CREATE, ordinal=_first_free_ordinal(nodes), note=note + " (surge node)")
         return Step(Action.REIMAGE, outdated[0].node_id, outdated[0].ordinal, note)
     return Step(Action.DONE, note=f"{desired.count} node(s) ready")

@@ -28,9 +28,27 @@ import platformdirs
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.attest.policy import policy_for_image
-from trustedlaunch.attest.remote import attest_node
+from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.control.attestation_monitor import (
+    ATTESTED,
+    DEFAULT_ATTESTATION_INTERVAL,
+    NOT_ATTESTED,
+    AdoptedAgent,
+    AlertDelivery,
+    AttestationMonitor,
+    Trigger,
+    attestation_due,
+    attestation_order,
+    describe_failure,
+    due_trigger,
+    node_labels,
+    resolve_alerts,
+)
+from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file
 from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
+from trustedlaunch.control.limits import surge_nodes
 from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.node_plan import (
     Action,
@@ -48,17 +66,10 @@ from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, build_node_image
 from trustedlaunch.node.qemu import FIRMWARE, BootFailedError, NodeVM
 from trustedlaunch.store.db import make_engine, migrate, session_factory
-from trustedlaunch.store.models import AgentPool, Node, Operation, utc_now
+from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
-LABEL_AGENT_POOL = "kubernetes.azure.com/agentpool"
-LABEL_TRUSTED_LAUNCH = "kubernetes.azure.com/trusted-launch"
-LABEL_SECURE_BOOT = "kubernetes.azure.com/secure-boot"
-LABEL_ATTESTATION = "kubernetes.azure.com/attestation-status"
-ATTESTED = "Attested"
-ATTESTATION_FAILED = "AttestationFailed"
-NOT_ATTESTED = "NotApplicable"  # no vTPM: nothing to attest
 DEFAULT_BOOT_TIMEOUT = 300.0
 LOCK_FILE = "reconciler.lock"
 VTPM_DIR = "tpm"
@@ -69,17 +80,6 @@ log = logging.getLogger("trustedlaunch.control.reconciler")  # also when run as 
 def default_state_dir() -> Path:
     """Where the reconciler keeps node images, the platform EK CA and the VMs' run directories."""
     return Path(platformdirs.user_data_dir("trustedlaunch")) / "nodes"
-
-
-def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:
-    """The Kubernetes labels of a node: agent pool, attestation status, and the trusted launch features
-    that are on (a feature that is off has no label, as AKS)."""
-    labels = {LABEL_AGENT_POOL: pool_name, LABEL_ATTESTATION: attestation_status}
-    if vtpm:
-        labels[LABEL_TRUSTED_LAUNCH] = "true"
-    if secure_boot:
-        labels[LABEL_SECURE_BOOT] = "true"
-    return labels
 
 
 class NodeProvisioningError(TrustedLaunchError):
@@ -114,8 +114,14 @@ def _observed(node: Node) -> ObservedNode:
 class Reconciler:
     """Drives nodes to the desired state of the store behind `sessions`; VM files live in `state_dir`.
 
-    `max_surge` >= 1 creates a replacement node before deleting an outdated one during a rolling reimage
-    (default 0: reimage in place, one node at a time).
+    A pool's upgradeSettings.maxSurge >= 1 node creates a replacement node before deleting an outdated one
+    during a rolling reimage; `max_surge` is the default for pools without one (0: reimage in place, one
+    node at a time).
+
+    Ready vTPM nodes are attested again every `attestation_interval` seconds (0: only on demand) and when
+    asked (`attestation_requested_at`), one node per pass and never while an operation works on its pool:
+    see `attestation_monitor` for the history, tokens (`token_issuer`), alerts and the quarantine (applied
+    to Kubernetes through `kubernetes` when given). `run_forever` delivers alerts in a second thread.
     """
 
     def __init__(
@@ -126,12 +132,18 @@ class Reconciler:
         max_surge: int = 0,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         poll_seconds: float = 1.0,
+        attestation_interval: float = DEFAULT_ATTESTATION_INTERVAL,
+        token_issuer: TokenIssuer | None = None,
+        kubernetes: KubernetesNodeAdapter | None = None,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
         self.max_surge = max_surge
         self.boot_timeout = boot_timeout
         self.poll_seconds = poll_seconds
+        self.attestation_interval = attestation_interval
+        self.monitor = AttestationMonitor(token_issuer=token_issuer, kubernetes=kubernetes)
+        self.alert_delivery = AlertDelivery(sessions)
         self._vms: dict[int, NodeVM] = {}  # node id -> VM this process started
         self._lock: IO[bytes] | None = None
         self._ek_ca: EkCa | None = None
@@ -174,14 +186,16 @@ class Reconciler:
         """Mark Failed the Ready nodes whose QEMU process is gone (crashed or killed)."""
         with self.sessions.begin() as session:
             for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)):
-                vm = self._vms.get(node.id)
-                if vm is not None:
-                    alive = vm.running
-                else:
-                    run_dir = Path(node.run_dir) if node.run_dir else None
-                    alive = bool(run_dir and node.qemu_pid and is_node_process(node.qemu_pid, run_dir))
-                if not alive:
+                if not self._vm_alive(node):
                     self._mark_lost(node, f"the node's VM (qemu pid {node.qemu_pid}) stopped")
+
+    def _vm_alive(self, node: Node) -> bool:
+        """True while the node's QEMU process (ours or adopted) runs."""
+        vm = self._vms.get(node.id)
+        if vm is not None:
+            return vm.running
+        run_dir = Path(node.run_dir) if node.run_dir else None
+        return bool(run_dir and node.qemu_pid and is_node_process(node.qemu_pid, run_dir))
 
     def _mark_lost(self, node: Node, reason: str) -> None:
         log.warning("node %s: %s", node.name, reason)
@@ -210,9 +224,9 @@ class Reconciler:
     # -- the loop --------------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """One pass: take one step on the oldest InProgress operation (or finish it when its nodes converged).
-        Returns True if something was done, False if there was nothing to do (or another reconciler owns
-        the state directory)."""
+        """One pass: attest the next due node (if any), then take one step on the oldest InProgress operation
+        (or finish it when its nodes converged). Returns True if something was done, False if there was
+        nothing to do (or another reconciler owns the state directory)."""
         if not self._acquire():
             return False
         with self.sessions() as session:
@@ -225,11 +239,18 @@ class Reconciler:
             )
         if not operation_ids:
             self._mark_lost_nodes()
-            return False
-        return any(self._advance(operation_id) for operation_id in operation_ids)  # stops at the first step
+            return self._reattest_next_node()
+        attested = self._reattest_next_node()  # a few seconds: node operations wait at most one attestation
+        advanced = any(self._advance(operation_id) for operation_id in operation_ids)  # the first step only
+        return attested or advanced
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Run passes until `stop_event` is set; errors are logged and retried on the next pass."""
+        """Run passes until `stop_event` is set; errors are logged and retried on the next pass. Alerts are
+        delivered meanwhile by a second thread (stopped with the loop)."""
+        delivery = threading.Thread(
+            target=self.alert_delivery.run_forever, args=(stop_event,), name="tl-alert-delivery", daemon=True
+        )
+        delivery.start()
         try:
             while not stop_event.is_set():
                 try:
@@ -257,9 +278,8 @@ class Reconciler:
             pools = [resource] if isinstance(resource, AgentPool) else list(resource.agent_pools)
             deleting = operation.kind == "Delete"
             for pool in pools:
-                step = plan_next_step(
-                    _desired(pool, deleting), [_observed(n) for n in pool.nodes], self.max_surge
-                )
+                surge = self.max_surge if pool.max_surge is None else surge_nodes(pool.max_surge, pool.count)
+                step = plan_next_step(_desired(pool, deleting), [_observed(n) for n in pool.nodes], surge)
                 if step.action == Action.DONE:
                     continue
                 operation.note = f"agent pool {pool.name}: {step.note}"
@@ -308,6 +328,7 @@ class Reconciler:
             node.state = NodePhase.DELETING
             session.commit()
             self._teardown(node)
+            resolve_alerts(session, node.name)  # nothing is left to remediate on a deleted node
             session.delete(node)
             session.commit()
 
@@ -359,40 +380,116 @@ class Reconciler:
         except BootFailedError as exc:
             diagnosis = diagnose_boot_failure(vm, exc)  # names the refused component (shim, grub, kernel)
             self._fail(session, node, "NodeBootFailed", f"node {node.name} did not boot: {diagnosis.message}")
-        status = NOT_ATTESTED
         if pool.enable_vtpm:
-            status = self._attest(session, pool, node, vm, image)
-        node.attestation_status = status
-        node.labels = node_labels(pool.name, pool.enable_secure_boot, pool.enable_vtpm, status)
+            self._attest_new_node(session, pool, node, vm, image)
+        else:
+            node.attestation_status = NOT_ATTESTED
+            node.labels = node_labels(pool.name, pool.enable_secure_boot, False, NOT_ATTESTED)
         node.state = NodePhase.READY
         node.message = f"ready after {vm.ready_after:.0f} s" if vm.ready_after is not None else "ready"
         node.updated_at = utc_now()
         session.commit()
+        self.monitor.sync_kubernetes(node)  # no store transaction open during the API server's calls
+        session.commit()
 
-    def _attest(self, session: Session, pool: AgentPool, node: Node, vm: NodeVM, image: NodeImage) -> str:
-        # The VM's varstore is a copy of this template made at start; the policy's Secure Boot expectation
-        # is the pool's setting, so a node that booted otherwise fails attestation.
+    def _policy(self, node: Node, image: NodeImage) -> Policy:
+        """The policy `node` is attested against: its image booted on the firmware of its Secure Boot
+        setting (the VM's varstore is a copy of that template made at start), so a node that booted
+        otherwise fails attestation."""
+        return replace(
+            policy_for_image(image.esp_dir, FIRMWARE[node.secure_boot_enabled][1]),
+            secure_boot=node.secure_boot_enabled,
+        )
+
+    def _attest_new_node(
+        self, session: Session, pool: AgentPool, node: Node, vm: NodeVM, image: NodeImage
+    ) -> None:
+        """First attestation (enrollment) of a freshly booted node; a failure fails the node."""
         try:
-            policy = replace(
-                policy_for_image(image.esp_dir, FIRMWARE[pool.enable_secure_boot][1]),
-                secure_boot=pool.enable_secure_boot,
-            )
-            attestation = attest_node(vm, policy=policy, ek_ca=[self._platform_ek_ca().certificate])
+            policy = self._policy(node, image)
         except TrustedLaunchError as exc:
             self._fail(session, node, "NodeAttestationFailed", f"node {node.name} was not attested: {exc}")
-        node.attestation_state = attestation.state.to_dict()
-        if not attestation.ok:
-            findings = "; ".join(str(finding) for finding in attestation.result.findings)
-            components = ", ".join(dict.fromkeys(f.component for f in attestation.result.findings))
-            node.attestation_status = ATTESTATION_FAILED
-            self._fail(
-                session,
-                node,
-                "NodeAttestationFailed",
-                f"node {node.name} failed attestation ({components}): {findings}",
-                keep_attestation=True,
+        record = self.monitor.attest(
+            session,
+            pool,
+            node,
+            vm,
+            policy=policy,
+            ek_ca=[self._platform_ek_ca().certificate],
+            trigger=Trigger.PROVISIONING,
+        )
+        if record.status != ATTESTED:
+            message = describe_failure(record)
+            self._fail(session, node, "NodeAttestationFailed", message, keep_attestation=True)
+
+    def _reattest_next_node(self) -> bool:
+        """Attest the most overdue Ready vTPM node (on-demand requests first) whose pool no operation is
+        working on; True if one was attested. A failure quarantines the node, a pass lifts its quarantine."""
+        now = utc_now()
+        with self.sessions() as session:
+            busy_pools: set[int] = set()
+            for operation in session.scalars(select(Operation).where(Operation.status == "InProgress")):
+                resource = operation_resource(session, operation)
+                if isinstance(resource, AgentPool):
+                    busy_pools.add(resource.id)
+                elif resource is not None:
+                    busy_pools.update(pool.id for pool in resource.agent_pools)
+            ready = session.scalars(
+                select(Node).where(Node.state == NodePhase.READY, Node.vtpm_enabled.is_(True))
             )
-        return ATTESTED
+            due = [
+                node
+                for node in ready
+                if node.pool_id not in busy_pools
+                and attestation_due(node, self.attestation_interval, now)
+                and self._vm_alive(node)  # else the node is lost, not unreachable: see _mark_lost_nodes
+            ]
+            if not due:
+                return False
+            node = min(due, key=attestation_order)
+            self._reattest(session, node)
+            session.commit()
+        return True
+
+    def _reattest(self, session: Session, node: Node) -> None:
+        pool = node.pool
+        trigger = due_trigger(node)
+        try:
+            policy = self._policy(node, self._image(node.node_image_version))
+        except TrustedLaunchError as exc:  # the verifier's side: not the node's fault, try on the interval
+            log.error("node %s: no attestation policy: %s", node.name, exc)
+            node.message = f"not attested ({trigger.value}): no attestation policy: {exc}"[:4000]
+            node.last_attested_at = utc_now()
+            node.attestation_requested_at = None
+            return
+        ek_ca = [self._platform_ek_ca().certificate]
+        vm = self._vms.get(node.id)
+        if vm is not None:
+            record = self.monitor.attest(session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger)
+        else:
+            record = self._attest_adopted(session, pool, node, policy, trigger)
+        reason = None if record.status == ATTESTED else describe_failure(record)
+        node.message = f"attested ({trigger.value})" if reason is None else f"quarantined: {reason}"[:4000]
+        session.commit()
+        self.monitor.sync_kubernetes(node, reason)  # no store transaction open during the API server's calls
+
+    def _attest_adopted(
+        self, session: Session, pool: AgentPool, node: Node, policy: Policy, trigger: Trigger
+    ) -> AttestationRecord:
+        """Attest a node whose VM another reconciler process started, over a new agent connection."""
+        try:
+            if not node.run_dir:
+                raise TrustedLaunchError("the node has no run directory")
+            agent = AdoptedAgent(Path(node.run_dir))
+        except TrustedLaunchError as exc:
+            return self.monitor.record_unreachable(session, pool, node, exc, trigger)
+        try:
+            ek_ca = [self._platform_ek_ca().certificate]
+            return self.monitor.attest(
+                session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
+            )
+        finally:
+            agent.close()
 
     def _fail(
         self, session: Session, node: Node, code: str, message: str, *, keep_attestation: bool = False
@@ -466,6 +563,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None, help="node images, EK CA and VM run dirs")
     parser.add_argument("--max-surge", type=int, default=0, help="replacement nodes created before deleting")
     parser.add_argument("--poll-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--attestation-interval",
+        type=float,
+        default=DEFAULT_ATTESTATION_INTERVAL,
+        help="seconds between re-attestations of a Ready vTPM node (0: only on demand)",
+    )
+    parser.add_argument(
+        "--kubeconfig", type=Path, default=None, help="label, taint and cordon the nodes of this cluster"
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="the API server's admin token file: attestation tokens are signed with the keys beside it "
+        "(default: the user config dir, as the API server)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
@@ -473,17 +586,23 @@ def main(argv: list[str] | None = None) -> int:
     migrate(engine)
     with session_factory(engine).begin() as session:
         seed_node_images(session)  # the node rows reference the image catalogue
+    kubernetes = KubernetesNodeAdapter(args.kubeconfig) if args.kubeconfig else None
     reconciler = Reconciler(
         session_factory(engine),
         args.state_dir or default_state_dir(),
         max_surge=args.max_surge,
         poll_seconds=args.poll_seconds,
+        attestation_interval=args.attestation_interval,
+        token_issuer=attestation_token_issuer(args.token_file or default_token_file()),
+        kubernetes=kubernetes,
     )
     try:
         reconciler.run_forever(threading.Event())
     except KeyboardInterrupt:
         return 130
     finally:
+        if kubernetes is not None:
+            kubernetes.close()
         engine.dispose()
     return 0
 

@@ -104,6 +104,7 @@ class PoolSpec:
     gpu_driver: str | None = None
     enable_secure_boot: bool | None = None
     enable_vtpm: bool | None = None
+    max_surge: str | None = None  # upgradeSettings.maxSurge: "1" or "33%"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def _request_for_new_pool(
         enable_vtpm=enable_vtpm,
         mode=spec.mode or default_mode,
         count=DEFAULT_NODE_COUNT if spec.count is None else spec.count,
+        max_surge=spec.max_surge,
         virtual_nodes=virtual_nodes,
     )
 
@@ -179,6 +181,7 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
         enable_vtpm=pool.enable_vtpm,
         mode=pool.mode,
         count=pool.count,
+        max_surge=pool.max_surge,
         virtual_nodes=virtual_nodes,
         current_image=IMAGES_BY_VERSION.get(pool.node_image_version),
     )
@@ -207,6 +210,7 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
         enable_vtpm=_pick(spec.enable_vtpm, current.enable_vtpm),
         mode=_pick(spec.mode, current.mode),
         count=_pick(spec.count, current.count),
+        max_surge=_pick(spec.max_surge, current.max_surge),
         previous=current,
     )
 
@@ -235,6 +239,7 @@ def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
         enable_secure_boot=request.enable_secure_boot,
         enable_vtpm=request.enable_vtpm,
         node_image_version=image.version,
+        max_surge=request.max_surge,
         provisioning_state="Creating",
     )
 
@@ -245,6 +250,7 @@ def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
     pool.orchestrator_version = request.orchestrator_version
     pool.enable_secure_boot = request.enable_secure_boot
     pool.enable_vtpm = request.enable_vtpm
+    pool.max_surge = request.max_surge
     pool.provisioning_state = "Updating"
     pool.updated_at = utc_now()
 

@@ -1,0 +1,312 @@
+"""API security over every route: no mutation without a valid token, no reach outside a token's resource
+group, body limits everywhere, and URL/header limits both through the app and over a real socket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import SUB, cluster_body
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from trustedlaunch.api import limits
+from trustedlaunch.api.app import PUBLIC_PATHS, create_app
+from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.store.models import Base
+from trustedlaunch.web import dashboard
+
+BODY_LIMIT = 64 * 1024
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+TOKENS = "/providers/Microsoft.TrustedLaunch/tokens"
+CS = "providers/Microsoft.ContainerService"
+
+
+def cluster(group_name: str) -> str:
+    return f"/subscriptions/{SUB}/resourceGroups/{group_name}/{CS}/managedClusters/c1"
+
+
+def arm_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, (response.request.method, response.request.url, response.text)
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"code", "message", "target", "details"} and error["code"] == code, error
+    return error
+
+
+def every_route(app: FastAPI) -> list[tuple[str, frozenset[str]]]:
+    """(path template, methods) of every HTTP route of `app`, including those of included routers."""
+    found = []
+    for route in app.routes:
+        expand = getattr(route, "effective_route_contexts", None)
+        for context in expand() if expand is not None else [route]:
+            path, methods = getattr(context, "path", None), getattr(context, "methods", None)
+            if path and methods:
+                found.append((path, frozenset(methods)))
+    return found
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """The template's path parameters replaced by `values` (any other parameter: a plausible name)."""
+    parts = []
+    for segment in template.split("/"):
+        if segment.startswith("{") and segment.endswith("}"):
+            segment = values.get(segment[1:-1].split(":")[0], "x1")
+        parts.append(segment)
+    return "/".join(parts)
+
+
+def store_snapshot(app: FastAPI) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table."""
+    with app.state.sessions() as session:
+        return {
+            table.name: sorted((tuple(row) for row in session.execute(select(table))), key=repr)
+            for table in Base.metadata.sorted_tables
+        }
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """An admin client over a store with a cluster (pool `pool1`) in rg-a and rg-b and a registered preview,
+    and path parameter values naming those real resources."""
+    token_file = tmp_path / "config" / "admin-token"
+    app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
+    with TestClient(app) as admin:
+        admin.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
+        assert admin.post(f"{features}/features/TrustedLaunchPreview/register").status_code == 200
+        operation = ""
+        for name in ("rg-a", "rg-b"):
+            created = admin.put(cluster(name), json=cluster_body())
+            assert created.status_code == 201, created.text
+            operation = httpx.URL(created.headers["Azure-AsyncOperation"]).path.rsplit("/", 1)[1]
+        values = {
+            "subscription_id": SUB,
+            "resource_group": "rg-a",
+            "cluster_name": "c1",
+            "pool_name": "nodepool1",
+            "location": "eastus",
+            "operation_id": operation,
+            "namespace": "Microsoft.ContainerService",
+            "feature_name": "TrustedLaunchPreview",
+            "name": "bootstrap-admin",
+        }
+        yield admin, values
+
+
+def mutating_requests(app: FastAPI, values: dict[str, str], *, bearer: bool = True) -> list[tuple[str, str]]:
+    """(method, path) of every mutating method of every route, parameters from `values`: those that take
+    bearer tokens, or (bearer=False) the dashboard's, which authenticate with its session cookie."""
+    requests = [
+        (method, fill(template, values))
+        for template, methods in every_route(app)
+        if template not in PUBLIC_PATHS and dashboard.owns_path(template) != bearer
+        for method in sorted(methods & MUTATING)
+    ]
+    if bearer:
+        assert (
+            len(requests) >= 12
+        )  # PUT/DELETE of clusters and pools, credentials, features, providers, tokens
+    return requests
+
+
+def test_every_route_is_enumerated(populated: tuple[TestClient, dict[str, str]]) -> None:
+    admin, _ = populated
+    enumerated = {(path, method) for path, methods in every_route(admin.app) for method in methods}  # type: ignore[arg-type]
+    documented = {
+        (path, method.upper())
+        for path, operations in admin.get("/openapi.json").json()["paths"].items()
+        for method in operations
+    }
+    assert documented <= enumerated
+    assert ("/metrics", "GET") in enumerated and (TOKENS, "POST") in enumerated
+
+
+def test_no_mutation_without_a_valid_token(populated: tuple[TestClient, dict[str, str]]) -> None:
+    admin, values = populated
+    app: FastAPI = admin.app  # type: ignore[assignment]
+    before = store_snapshot(app)
+    body = json.dumps(cluster_body()).encode()
+    with TestClient(app) as anonymous:
+        for method, path in mutating_requests(app, values):
+            missing = anonymous.request(
+                method, path, content=body, headers={"Content-Type": "application/json"}
+            )
+            arm_error(missing, 401, "AuthenticationFailed")
+            assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+            for authorization in ("Bearer tl_not-a-token", "Bearer ", "Basic YWRtaW46YWRtaW4=", "tl_x"):
+                wrong = anonymous.request(
+                    method, path, content=body, headers={"Authorization": authorization}
+                )
+                arm_error(wrong, 401, "InvalidAuthenticationToken")
+        for method, path in mutating_requests(app, values, bearer=False):  # sign-in with a wrong token, ...
+            answered = anonymous.request(method, path, data={"token": "tl_not-a-token"})
+            assert answered.status_code < 500 and "tl_not-a-token" not in answered.headers.get(
+                "set-cookie", ""
+            )
+    assert store_snapshot(app) == before
+
+
+def test_resource_group_token_cannot_mutate_another_group(
+    populated: tuple[TestClient, dict[str, str]],
+) -> None:
+    admin, values = populated
+    app: FastAPI = admin.app  # type: ignore[assignment]
+    minted = admin.post(
+        TOKENS, json={"name": "rg-a-only", "scope": f"/subscriptions/{SUB}/resourceGroups/rg-a"}
+    )
+    token = minted.json()["properties"]["token"]
+    before = store_snapshot(app)
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as scoped:
+        for method, path in mutating_requests(app, {**values, "resource_group": "rg-b"}):
+            error = arm_error(scoped.request(method, path, json=cluster_body()), 403, "AuthorizationFailed")
+            assert f"over scope '{path}'" in error["message"]
+    assert store_snapshot(app) == before
+
+
+def test_body_limit_on_every_route(populated: tuple[TestClient, dict[str, str]]) -> None:
+    admin, values = populated
+    app: FastAPI = admin.app  # type: ignore[assignment]
+    before = store_snapshot(app)
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding chunked
+        for _ in range(BODY_LIMIT // 8192 + 1):
+            yield b"x" * 8192
+
+    for template, methods in every_route(app):
+        for method in sorted(methods - {"HEAD"}):
+            path = fill(template, values)
+            error = arm_error(admin.request(method, path, content=chunked()), 413, "RequestEntityTooLarge")
+            assert str(BODY_LIMIT) in error["message"]
+            declared = admin.request(
+                method, path, content=b"{}", headers={"Content-Length": str(BODY_LIMIT + 1)}
+            )
+            arm_error(declared, 413, "RequestEntityTooLarge")
+    assert store_snapshot(app) == before
+
+
+def header_limit_cases(authorization: str) -> list[tuple[str, str, list[tuple[str, str]], int, str]]:
+    """(name, target, headers, status, error target) of one request over each URL and header limit."""
+    auth = [("Authorization", authorization)]
+    long_path = "/subscriptions/" + "a" * limits.MAX_PATH_BYTES
+    many = [(f"X-Pad-{i}", "1") for i in range(limits.MAX_HEADER_COUNT)]
+    big = [("X-Big", "b" * limits.MAX_HEADER_BYTES)]
+    total = [(f"X-Part-{i}", "t" * (limits.MAX_HEADER_BYTES - 100)) for i in range(5)]
+    return [
+        ("path", long_path, auth, 414, "path"),
+        ("query", "/healthz?q=" + "q" * limits.MAX_QUERY_BYTES, auth, 414, "query"),
+        ("count", "/healthz", auth + many, 431, "headers"),
+        ("one header", "/healthz", auth + big, 431, "x-big"),
+        ("total", "/healthz", auth + total, 431, "headers"),
+    ]
+
+
+def test_url_and_header_limits_in_the_app(populated: tuple[TestClient, dict[str, str]]) -> None:
+    admin, _ = populated
+    with TestClient(admin.app) as client:  # type: ignore[arg-type]
+        for _name, target, headers, status, error_target in header_limit_cases(
+            admin.headers["Authorization"]
+        ):
+            code = "RequestUriTooLong" if status == 414 else "RequestHeaderFieldsTooLarge"
+            error = arm_error(client.get(target, headers=headers), status, code)
+            assert error["target"] == error_target and "limit" in error["message"]
+        # Just under every limit: served.
+        under = [(f"X-Pad-{i}", "u" * 200) for i in range(limits.MAX_HEADER_COUNT - 10)]
+        path = cluster("rg-a") + "?api-version=2024-09-01&pad=" + "p" * (limits.MAX_QUERY_BYTES - 100)
+        served = client.get(path, headers=[("Authorization", admin.headers["Authorization"]), *under])
+        assert served.status_code == 200, served.text
+
+
+def raw_request(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `data` on a new connection to `url`'s server; the response's status, headers and body."""
+    address = httpx.URL(url)
+    with socket.create_connection((address.host, address.port or 80), timeout=30) as connection:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # answered before reading it all
+            connection.sendall(data)
+        received = b""
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def http_bytes(method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def arm_code(body: bytes) -> str:
+    return str(json.loads(body)["error"]["code"])
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: h11 with its limits)."""
+    token_file = tmp_path / "config" / "admin-token"
+    app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
+    with BackgroundServer(app) as server:
+        yield server.url, token_file.read_text().strip()
+
+
+def test_limits_over_a_real_socket(live: tuple[str, str]) -> None:
+    url, token = live
+    bearer = f"Bearer {token}"
+    for name, target, headers, status, _target in header_limit_cases(bearer):
+        code, response_headers, body = raw_request(url, http_bytes("GET", target, headers))
+        assert code == status, (name, body[:300])
+        assert arm_code(body) == ("RequestUriTooLong" if status == 414 else "RequestHeaderFieldsTooLarge")
+        assert response_headers["content-type"] == "application/json"
+
+    # Bodies: chunked without Content-Length, and a declared Content-Length, both over the limit.
+    put = [("Authorization", bearer), ("Content-Type", "application/json")]
+    piece = b"x" * 8192
+    chunks = (b"%x\r\n" % len(piece) + piece + b"\r\n") * (BODY_LIMIT // len(piece) + 1) + b"0\r\n\r\n"
+    code, _, body = raw_request(
+        url, http_bytes("PUT", cluster("rg-a"), [*put, ("Transfer-Encoding", "chunked")], chunks)
+    )
+    assert code == 413 and arm_code(body) == "RequestEntityTooLarge"
+    code, _, body = raw_request(
+        url, http_bytes("PUT", cluster("rg-a"), [*put, ("Content-Length", str(10**9))])
+    )
+    assert code == 413 and arm_code(body) == "RequestEntityTooLarge"
+    # Without a token a body is refused before it is read.
+    anonymous = [("Content-Type", "application/json"), ("Content-Length", str(10**9))]
+    code, _, body = raw_request(url, http_bytes("PUT", cluster("rg-a"), anonymous))
+    assert code == 401 and arm_code(body) == "AuthenticationFailed"
+
+    # Dot segments are not normalised by the server: such a path matches no route and reaches nothing.
+    admin = [("Authorization", bearer)]
+    code, _, body = raw_request(
+        url, http_bytes("GET", f"/subscriptions/{SUB}/resourceGroups/rg-a/../rg-b", admin)
+    )
+    assert code == 404 and arm_code(body) == "NotFound"
+
+    # A request head that grows past h11's buffer cap without ending never reaches the app: uvicorn answers
+    # 400 and closes (complete heads arrive whole and get the 431 above).
+    endless = (
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Huge: "
+        + b"h" * 2 * limits.H11_MAX_INCOMPLETE_EVENT_SIZE
+    )
+    code, _, body = raw_request(url, endless)
+    assert code == 400 and b"Invalid HTTP request" in body
+    code, _, body = raw_request(url, http_bytes("GET", "/healthz", []))
+    assert code == 200 and json.loads(body) == {"status": "ok"}
+
+    # A request inside every limit still works end to end.
+    created = raw_request(url, http_bytes("PUT", cluster("rg-a"), [*put, ("Content-Length", "2")], b"{}"))
+    assert created[0] == 400 and arm_code(created[2]) == "InvalidRequestContent"

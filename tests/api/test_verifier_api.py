@@ -1,0 +1,290 @@
+"""The verifier API on the real app (SQLite, TestClient) with real quotes: a swtpm whose PCRs replay a real
+GCE firmware log quotes each challenge nonce with tpm2-tools, as the in-guest node agent does
+(tests/attacks/swtpm_agent.py). Also the nonce store alone: single use under threads and across two
+stores on one file (two API worker processes), expiry, pruning, forged nonces."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
+
+from swtpm_agent import SwtpmAgent
+
+from trustedlaunch.api.app import JWKS_PATH
+from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, VERIFY_PATH
+from trustedlaunch.attest.evidence import extend_event_log
+from trustedlaunch.attest.nonces import (
+    NONCE_SIZE,
+    ChallengeStore,
+    NonceExpiredError,
+    NonceInvalidError,
+    NonceReusedError,
+)
+from trustedlaunch.attest.policy import policy_from_summary
+from trustedlaunch.attest.remote import evidence_from_quote
+from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
+from trustedlaunch.eventlog.parser import parse_event_log
+from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.eventlog.types import EV_NO_ACTION
+from trustedlaunch.tpm.structures import parse_tpm2b_public
+from trustedlaunch.tpm.swtpm import Swtpm
+
+RHEL8 = "go-tpm-tools/eventlogs/rhel8-uefi.bin"  # GCE RHEL 8, Secure Boot on
+OTHER_LOG = "go-tpm-tools/eventlogs/debian-10.bin"  # another real boot, small enough for the body limit
+
+
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def node(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwtpmAgent]:
+    """An honest node: a real swtpm holding the RHEL 8 boot in its PCRs, quoting with tpm2-tools."""
+    raw_log = (testdata / RHEL8).read_bytes()
+    log = parse_event_log(raw_log)
+    pcrs = sorted({event.pcr for event in log.events if event.event_type != EV_NO_ACTION})
+    with Swtpm() as tpm:
+        extend_event_log(tpm, log)
+        work = tmp_path_factory.mktemp("verifier-api-node")
+        yield SwtpmAgent(tpm, work, b"", raw_log, f"sha256:{','.join(map(str, pcrs))}")
+
+
+@pytest.fixture(scope="module")
+def policy_document(node: SwtpmAgent) -> dict[str, Any]:
+    """The pool policy as `tl policy from-log` prints it for the node's boot."""
+    return policy_from_summary(summarize(parse_event_log(node.event_log))).to_dict()
+
+
+def _challenge(client: TestClient) -> bytes:
+    response = client.post(CHALLENGE_PATH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"nonce", "expiresAt"}
+    return bytes.fromhex(body["nonce"])
+
+
+def _evidence(node: SwtpmAgent, nonce: bytes) -> dict[str, Any]:
+    return evidence_from_quote(node.request_quote(nonce)).to_dict()
+
+
+def _verify(client: TestClient, nonce: bytes, evidence: object, policy: object) -> Any:
+    return client.post(VERIFY_PATH, json={"nonce": nonce.hex(), "evidence": evidence, "policy": policy})
+
+
+def _error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code, error
+    return error
+
+
+def test_honest_node_passes_and_gets_a_token_the_jwks_verifies(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    nonce = _challenge(client)
+    quote = node.request_quote(nonce)
+    response = _verify(client, nonce, evidence_from_quote(quote).to_dict(), policy_document)
+    assert response.status_code == 200, response.text
+    verdict = response.json()
+    assert verdict["ok"] is True and verdict["findings"] == []
+    assert verdict["secureBoot"] is True
+    replayed = {int(pcr): bytes.fromhex(value) for pcr, value in verdict["pcrs"]["sha256"].items()}
+    assert replayed == quote.pcr_values["sha256"]  # what the TPM holds, PCR for PCR
+    assert "verify;dur=" in response.headers["Server-Timing"]
+
+    jwks = jwt.PyJWKSet.from_dict(client.get(JWKS_PATH).json())
+    kid = jwt.get_unverified_header(verdict["token"])["kid"]
+    key = next(k for k in jwks.keys if k.key_id == kid)
+    claims = jwt.decode(verdict["token"], key.key, algorithms=["ES256"], issuer=ATTESTATION_ISSUER)
+    assert claims["nonce"] == nonce.hex()
+    assert claims["sub"] == "ak:" + parse_tpm2b_public(quote.ak_public).name().hex()
+    assert claims["secureboot"] is True
+    assert claims["x-tl-pcrs"] == [
+        {"bank": "sha256", "index": int(pcr), "value": value}
+        for pcr, value in verdict["pcrs"]["sha256"].items()
+    ]
+
+
+def test_replayed_nonce_is_refused(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    nonce = _challenge(client)
+    evidence = _evidence(node, nonce)
+    assert _verify(client, nonce, evidence, policy_document).json()["ok"] is True
+    error = _error(_verify(client, nonce, evidence, policy_document), 409, "NonceAlreadyUsed")
+    assert error["target"] == "nonce" and "already used" in error["message"]
+
+
+def test_expired_nonce_is_refused(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any], tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    client.app.state.challenges = ChallengeStore(tmp_path / "nonces.db", ttl_seconds=30, clock=clock)  # type: ignore[attr-defined]
+    nonce = _challenge(client)
+    evidence = _evidence(node, nonce)
+    clock.now += 31
+    error = _error(_verify(client, nonce, evidence, policy_document), 400, "NonceExpired")
+    assert "expired" in error["message"] and nonce.hex() in error["message"]
+
+
+def test_nonce_not_issued_by_the_server_is_refused(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    forged = os.urandom(NONCE_SIZE)
+    error = _error(_verify(client, forged, _evidence(node, forged), policy_document), 400, "NonceInvalid")
+    assert "not issued by this server" in error["message"]
+
+
+def test_flipped_signature_byte_fails_the_quote_signature(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    nonce = _challenge(client)
+    evidence = _evidence(node, nonce)
+    signature = bytearray(base64.b64decode(evidence["signature"]))
+    signature[-1] ^= 0x01
+    evidence["signature"] = base64.b64encode(bytes(signature)).decode()
+    verdict = _verify(client, nonce, evidence, policy_document).json()
+    assert verdict["ok"] is False and "token" not in verdict
+    assert [finding["check"] for finding in verdict["findings"]] == ["QuoteSignatureInvalid"]
+    _error(_verify(client, nonce, evidence, policy_document), 409, "NonceAlreadyUsed")  # used up anyway
+
+
+def test_swapped_event_log_fails_the_pcr_digest(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any], testdata: Path
+) -> None:
+    nonce = _challenge(client)
+    evidence = _evidence(node, nonce)
+    evidence["eventLog"] = base64.b64encode((testdata / OTHER_LOG).read_bytes()).decode()
+    verdict = _verify(client, nonce, evidence, policy_document).json()
+    assert verdict["ok"] is False and "token" not in verdict
+    [finding] = verdict["findings"]
+    assert (finding["check"], finding["component"]) == ("PcrDigestMismatch", "quote")
+
+
+def test_garbage_base64_is_a_400_naming_the_field(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    nonce = _challenge(client)
+    evidence = _evidence(node, nonce)
+    evidence["quote"] = "not*base64!"
+    error = _error(_verify(client, nonce, evidence, policy_document), 400, "InvalidEvidence")
+    assert "field 'quote' is not valid base64" in error["message"]
+    evidence["pcrValues"] = {"sha256": {"²": "00" * 32}}  # str.isdigit() accepts it, int() does not
+    evidence["quote"] = base64.b64encode(b"\x00").decode()
+    _error(_verify(client, nonce, evidence, policy_document), 400, "InvalidEvidence")
+    # the nonce was not spent on malformed requests
+    del evidence["pcrValues"]
+    assert _verify(client, nonce, _evidence(node, nonce), policy_document).json()["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (b"{not json", "InvalidRequestContent", "not a valid JSON document"),
+        (b"[]", "InvalidRequestContent", "must be a JSON object"),
+        (b'{"nonce": "zz", "evidence": {}, "policy": {}}', "NonceInvalid", "hex nonce"),
+        (b'{"nonce": "00", "evidence": {}, "policy": {}, "extra": 1}', "InvalidRequestContent", "extra"),
+        (b'{"nonce": "00", "evidence": []}', "InvalidEvidence", "expected a JSON object"),
+    ],
+)
+def test_malformed_requests_are_400_arm_errors(
+    client: TestClient, body: bytes, code: str, words: str
+) -> None:
+    response = client.post(VERIFY_PATH, content=body, headers={"Content-Type": "application/json"})
+    assert words in _error(response, 400, code)["message"]
+
+
+def test_policy_is_required_and_validated(
+    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    nonce = _challenge(client)
+    evidence = _evidence(node, nonce)
+    pool = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerService/managedClusters/c"
+    response = client.post(VERIFY_PATH, json={"nonce": nonce.hex(), "evidence": evidence, "poolId": pool})
+    error = _error(response, 400, "InvalidRequestContent")
+    assert error["target"] == "poolId" and "not supported yet" in error["message"]
+    error = _error(
+        _verify(client, nonce, evidence, {**policy_document, "secureBoot": "yes"}), 400, "InvalidPolicy"
+    )
+    assert "secureBoot" in error["message"]
+
+
+def test_evidence_over_the_body_limit_is_413(client: TestClient) -> None:
+    nonce = _challenge(client)
+    big_log = base64.b64encode(os.urandom(100 * 1024)).decode()  # the test app's body limit is 64 KiB
+    evidence = {"akPublic": "AA==", "quote": "AA==", "signature": "AA==", "eventLog": big_log}
+    _error(_verify(client, nonce, evidence, {}), 413, "RequestEntityTooLarge")
+
+
+def test_verifier_api_needs_a_bearer_token(client: TestClient) -> None:
+    del client.headers["Authorization"]
+    _error(client.post(CHALLENGE_PATH), 401, "AuthenticationFailed")
+
+
+# --- the nonce store ------------------------------------------------------------------------------------
+
+
+def test_a_nonce_is_redeemed_once_among_racing_threads(tmp_path: Path) -> None:
+    store = ChallengeStore(tmp_path / "nonces.db")
+    nonce = store.issue().nonce
+    outcomes: list[str] = []
+
+    def redeem() -> None:
+        try:
+            store.redeem(nonce)
+            outcomes.append("accepted")
+        except NonceReusedError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=redeem) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["accepted"] + ["refused"] * 15
+
+
+def test_worker_stores_on_one_file_share_key_and_used_set(tmp_path: Path) -> None:
+    first, second = ChallengeStore(tmp_path / "n.db"), ChallengeStore(tmp_path / "n.db")
+    nonce = first.issue().nonce
+    second.redeem(nonce)  # the other worker verifies the MAC with the same key
+    with pytest.raises(NonceReusedError):
+        first.redeem(nonce)
+    with pytest.raises(NonceInvalidError):
+        ChallengeStore(tmp_path / "other.db").redeem(first.issue().nonce)
+    assert (tmp_path / "n.db").stat().st_mode & 0o077 == 0
+
+
+def test_used_nonces_are_pruned_after_expiry(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = ChallengeStore(tmp_path / "nonces.db", ttl_seconds=30, clock=clock)
+    used = [store.issue().nonce for _ in range(5)]
+    for nonce in used:
+        store.redeem(nonce)
+    assert store.used_count() == 5
+    clock.now += 60
+    fresh = store.issue().nonce
+    store.redeem(fresh)
+    assert store.used_count() == 1
+    with pytest.raises(NonceExpiredError):
+        store.redeem(used[0])
+    tampered = bytes([fresh[0] ^ 0x01]) + fresh[1:]  # a later expiry written into the nonce
+    with pytest.raises(NonceInvalidError):
+        store.redeem(tampered)

@@ -1,0 +1,565 @@
+"""`tl aks nodepool attest`, `tl aks machine attestation ...`, `tl aks machine get-attestation-token`,
+`tl alerts ...`, `tl serve` and `tl aks get-credentials` with a real kubectl, against real servers.
+
+The server of the `server` fixture runs no reconciler: what the reconciler writes (node rows, attestation
+records with real swtpm evidence, alerts) is written through the store, here or from a thread while a
+command waits, as in test_cli_aks.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kmock
+import pytest
+import yaml
+from aiohttp.test_utils import RawTestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from monitoring_rows import (
+    RealAttestation,
+    add_alert,
+    add_attestation,
+    add_node,
+    minutes_ago,
+    real_attestation,
+)
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from trustedlaunch.api.app import create_app
+from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.cli.main import app
+from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.control.timeutil import as_utc
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
+
+CLUSTER = ["--cluster-name", "myAKSCluster", "-g", "myResourceGroup"]
+MACHINE = [*CLUSTER, "--nodepool-name", "nodepool1", "--machine-name"]
+CREATE = ("aks", "create", "-g", "myResourceGroup", "-n", "myAKSCluster", "--generate-ssh-keys", "--no-wait")
+SUB = "00000000-0000-0000-0000-000000000000"  # the CLI's default subscription
+NODES = kmock.resource("v1/nodes")
+NODE_NAMES = ("aks-nodepool1-0", "aks-nodepool1-1")
+
+
+def tl(runner: CliRunner, env: dict[str, str | None], *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def store(server: BackgroundServer) -> sessionmaker[Session]:
+    sessions: sessionmaker[Session] = server.server.config.app.state.sessions
+    return sessions
+
+
+def create_trusted_cluster(runner: CliRunner, env: dict[str, str | None], server: BackgroundServer) -> None:
+    """A cluster with one Secure Boot + vTPM pool whose two nodes are Ready (rows as the reconciler
+    leaves them) and whose create operation has finished."""
+    for args in (
+        (
+            "feature",
+            "register",
+            "--namespace",
+            "Microsoft.ContainerService",
+            "--name",
+            "TrustedLaunchPreview",
+        ),
+        ("provider", "register", "--namespace", "Microsoft.ContainerService"),
+        (*CREATE, "--enable-secure-boot", "--enable-vtpm", "--node-count", "2"),
+    ):
+        code, _, err = tl(runner, env, *args)
+        assert code == 0, err
+    with store(server).begin() as session:
+        for operation in session.scalars(select(Operation)):
+            finish_operation(session, operation, "Succeeded")
+        pool = session.scalars(select(AgentPool)).one()
+        add_node(session, pool, 0)
+        add_node(session, pool, 1)
+
+
+@pytest.fixture(scope="module")
+def attestation(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> RealAttestation:
+    return real_attestation(testdata, tmp_path_factory.mktemp("quote"))
+
+
+def node_row(session: Session, name: str) -> Node:
+    return session.scalars(select(Node).where(Node.name == name)).one()
+
+
+def attest_when_requested(
+    server: BackgroundServer, attestation: RealAttestation, failing: str
+) -> threading.Thread:
+    """Play the reconciler: attest each node whose request is newer than now (`failing` fails)."""
+    sessions = store(server)
+    since = utc_now()
+
+    def reconcile() -> None:
+        deadline = time.monotonic() + 30
+        done = 0
+        while done < 2 and time.monotonic() < deadline:
+            with sessions.begin() as session:
+                pending = session.scalars(select(Node).where(Node.attestation_requested_at.is_not(None)))
+                node = next((n for n in pending if as_utc(n.attestation_requested_at) > since), None)
+                if node is not None:
+                    add_attestation(
+                        session,
+                        node,
+                        attestation,
+                        ok=node.name != failing,
+                        when=minutes_ago(0),
+                        trigger="OnDemand",
+                    )
+                    node.attestation_requested_at = None
+                    done += 1
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=reconcile, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_nodepool_attest_waits_for_every_node(
+    runner: CliRunner,
+    cli_env: dict[str, str | None],
+    server: tuple[str, str, BackgroundServer],
+    attestation: RealAttestation,
+) -> None:
+    create_trusted_cluster(runner, cli_env, server[2])
+    attest = ["aks", "nodepool", "attest", *CLUSTER, "-n", "nodepool1"]
+
+    code, out, err = tl(runner, cli_env, *attest, "--no-wait")
+    assert code == 0, err
+    request = json.loads(out)
+    assert request["machines"] == ["aks-nodepool1-0", "aks-nodepool1-1"]
+
+    reconciler = attest_when_requested(server[2], attestation, failing="none")
+    code, out, err = tl(runner, cli_env, *attest, "--timeout", "60")
+    reconciler.join()
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["properties"]["machineName"] for r in results] == ["aks-nodepool1-0", "aks-nodepool1-1"]
+    assert all(r["properties"]["passed"] and r["properties"]["trigger"] == "OnDemand" for r in results)
+
+    reconciler = attest_when_requested(server[2], attestation, failing="aks-nodepool1-1")
+    code, out, err = tl(runner, cli_env, *attest, "--timeout", "60", "-o", "table")
+    reconciler.join()
+    assert code == 1
+    assert "1 of 2 machine(s) failed attestation: aks-nodepool1-1 (AttestationFailed)" in err
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["Machine", "Id", "Time", "Trigger", "Status"]
+    failed_line = next(line for line in lines if line.startswith("aks-nodepool1-1"))
+    assert "AttestationFailed" in failed_line and "Secure Boot" in failed_line
+
+    # nobody attests: the wait ends at --timeout naming the machines
+    code, _, err = tl(runner, cli_env, *attest, "--timeout", "1")
+    assert code == 1
+    assert "still waiting after 1 s for the attestation of aks-nodepool1-0, aks-nodepool1-1" in err
+
+    code, _, err = tl(runner, cli_env, "aks", "nodepool", "attest", *CLUSTER, "-n", "nopool")
+    assert code == 2 and "(ResourceNotFound)" in err
+
+
+def test_machine_attestation_history_and_token(
+    runner: CliRunner,
+    cli_env: dict[str, str | None],
+    server: tuple[str, str, BackgroundServer],
+    attestation: RealAttestation,
+) -> None:
+    create_trusted_cluster(runner, cli_env, server[2])
+    issuer = server[2].server.config.app.state.token_issuer
+    with store(server[2]).begin() as session:
+        node = node_row(session, "aks-nodepool1-0")
+        failed = add_attestation(session, node, attestation, ok=False, when=minutes_ago(20)).id
+        passed = add_attestation(session, node, attestation, ok=True, when=minutes_ago(10), issuer=issuer).id
+
+    code, out, err = tl(runner, cli_env, "aks", "machine", "attestation", "list", *MACHINE, "aks-nodepool1-0")
+    assert code == 0, err
+    assert [int(record["name"]) for record in json.loads(out)] == [passed, failed]
+    code, out, _ = tl(
+        runner,
+        cli_env,
+        "aks",
+        "machine",
+        "attestation",
+        "list",
+        *MACHINE,
+        "aks-nodepool1-0",
+        "--top",
+        "1",
+        "-o",
+        "table",
+    )
+    assert code == 0 and "Attested" in out and "AttestationFailed" not in out
+
+    code, out, err = tl(
+        runner,
+        cli_env,
+        "aks",
+        "machine",
+        "attestation",
+        "show",
+        *MACHINE,
+        "aks-nodepool1-0",
+        "--id",
+        str(failed),
+    )
+    assert code == 0, err
+    shown = json.loads(out)["properties"]
+    assert shown["findings"][0]["check"] == "SecureBootStateMismatch"
+    assert shown["evidence"]["quote"] and shown["pcrs"]["sha256"]
+
+    code, out, err = tl(
+        runner, cli_env, "aks", "machine", "get-attestation-token", *MACHINE, "aks-nodepool1-0"
+    )
+    assert code == 0, err
+    token = json.loads(out)["token"]
+    assert issuer.verify(token)["sub"] == "aks-nodepool1-0"
+    code, _, err = tl(runner, cli_env, "aks", "machine", "get-attestation-token", *MACHINE, "aks-nodepool1-1")
+    assert code == 2 and "(AttestationNotFound)" in err and "tl aks nodepool attest" in err
+
+
+def test_alerts_and_webhook_commands(
+    runner: CliRunner,
+    cli_env: dict[str, str | None],
+    server: tuple[str, str, BackgroundServer],
+    attestation: RealAttestation,
+) -> None:
+    create_trusted_cluster(runner, cli_env, server[2])
+    with store(server[2]).begin() as session:
+        older = add_alert(
+            session,
+            node_row(session, "aks-nodepool1-0"),
+            attestation,
+            subscription_id=SUB,
+            when=minutes_ago(9),
+        ).id
+        newer = add_alert(
+            session,
+            node_row(session, "aks-nodepool1-1"),
+            attestation,
+            subscription_id=SUB,
+            when=minutes_ago(3),
+        ).id
+
+    code, out, err = tl(runner, cli_env, "alerts", "list")
+    assert code == 0, err
+    assert [alert["name"] for alert in json.loads(out)] == [newer, older]
+    code, out, _ = tl(
+        runner,
+        cli_env,
+        "alerts",
+        "list",
+        "-g",
+        "myResourceGroup",
+        "--cluster-name",
+        "myAKSCluster",
+        "-o",
+        "table",
+    )
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == [
+        "Name",
+        "Time",
+        "Severity",
+        "Status",
+        "Cluster",
+        "NodePool",
+        "Node",
+        "FailedComponents",
+    ]
+    assert rows[0].split()[:7] == [
+        newer,
+        rows[0].split()[1],
+        "High",
+        "Active",
+        "myakscluster",
+        "nodepool1",
+        "aks-nodepool1-1",
+    ]
+    code, out, _ = tl(runner, cli_env, "alerts", "list", "--cluster-name", "otherCluster")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = tl(runner, cli_env, "alerts", "list", "--severity", "Critical")
+    assert code == 2 and "Critical" in err
+
+    code, out, err = tl(
+        runner,
+        cli_env,
+        "alerts",
+        "resolve",
+        "--id",
+        f"/subscriptions/{SUB}/providers/Microsoft.Security/alerts/{older}",
+    )
+    assert code == 0, err
+    assert json.loads(out)["properties"]["status"] == "Resolved"
+    code, out, _ = tl(runner, cli_env, "alerts", "list", "--status", "Active")
+    assert [alert["name"] for alert in json.loads(out)] == [newer]
+    code, out, _ = tl(runner, cli_env, "alerts", "show", "--id", newer)
+    assert code == 0 and "Secure Boot" in json.loads(out)["properties"]["description"]
+    code, _, err = tl(runner, cli_env, "alerts", "show", "--id", "no-such-alert")
+    assert code == 2 and "(AlertNotFound)" in err
+
+    code, _, err = tl(runner, cli_env, "alerts", "webhook", "show")
+    assert code == 2 and "tl alerts webhook set --url" in err
+    code, _, err = tl(
+        runner, cli_env, "alerts", "webhook", "set", "--url", "https://ops:pw@hooks.example.com/x"
+    )
+    assert code == 2 and "(InvalidWebhookUrl)" in err and "credentials" in err
+    code, out, err = tl(
+        runner, cli_env, "alerts", "webhook", "set", "--url", "https://hooks.example.com/tl", "-o", "table"
+    )
+    assert code == 0 and "https://hooks.example.com/tl" in out, err
+    code, out, _ = tl(runner, cli_env, "alerts", "webhook", "show")
+    assert json.loads(out)["properties"]["url"] == "https://hooks.example.com/tl"
+    code, _, err = tl(runner, cli_env, "alerts", "webhook", "delete")
+    assert code == 0 and "deleted" in err
+    code, _, err = tl(runner, cli_env, "alerts", "webhook", "delete")
+    assert code == 0 and "nothing to delete" in err
+
+
+def kubectl(kubeconfig: Path, *args: str) -> list[str]:
+    return [
+        shutil.which("kubectl") or "kubectl",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--request-timeout",
+        "20s",
+        "-v=8",
+        *args,
+    ]
+
+
+@dataclass(frozen=True)
+class LoopbackTls:
+    """A CA and a server certificate for 127.0.0.1 signed by it."""
+
+    ca_pem: bytes
+    server_context: ssl.SSLContext
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None
+) -> x509.CertificateBuilder:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+    )
+
+
+@pytest.fixture(scope="module")
+def loopback_tls(tmp_path_factory: pytest.TempPathFactory) -> LoopbackTls:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        _certificate("tl test kube CA", ca_key, None)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        _certificate("kube-apiserver", server_key, ca.subject)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("kube-tls")
+    (directory / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "server.pem", directory / "server.key")
+    return LoopbackTls(ca.public_bytes(serialization.Encoding.PEM), context)
+
+
+class TlsTestServer(RawTestServer):
+    """aiohttp's test server with TLS (kmock's server class is configurable)."""
+
+    context: ssl.SSLContext
+
+    async def start_server(self, **kwargs: Any) -> None:
+        await super().start_server(ssl=self.context, **kwargs)
+
+
+@pytest.fixture
+def kmock_options(loopback_tls: LoopbackTls) -> dict[str, Any]:
+    """kmock's server over TLS with the loopback certificate (kube-apiserver serves https only)."""
+    server_class = type("LoopbackTlsServer", (TlsTestServer,), {"context": loopback_tls.server_context})
+    return {"server_cls": server_class}
+
+
+@pytest.mark.asyncio
+async def test_kubectl_uses_the_credentials_of_get_credentials(
+    kmock: kmock.KubernetesEmulator, runner: CliRunner, tmp_path: Path, loopback_tls: LoopbackTls
+) -> None:
+    """get-credentials writes a context for the API server of the control plane's kubeconfig, and a real
+    kubectl lists and gets the nodes there with the cluster's own token (not the control plane's)."""
+    # kmock's core-group discovery says groupVersion "/v1" and its lists have no kind, both of which
+    # kubectl rejects: answer these two as kube-apiserver does (the lists from kmock's stored nodes)
+    kmock["get /api/v1"] << {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "v1",
+        "resources": [
+            {
+                "name": "nodes",
+                "singularName": "node",
+                "namespaced": False,
+                "kind": "Node",
+                "verbs": ["get", "list"],
+            }
+        ],
+    }
+    for name in NODE_NAMES:
+        kmock.objects[NODES, None, name] = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": "nodepool1"}},
+        }
+    kmock["get /api/v1/nodes"] << (
+        lambda: {
+            "kind": "NodeList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": "1"},
+            "items": [kmock.objects[NODES, None, name].raw for name in NODE_NAMES],
+        }
+    )
+    api_server = str(kmock.url).rstrip("/")
+    assert api_server.startswith("https://127.0.0.1:")
+    (tmp_path / "ca.pem").write_bytes(loopback_tls.ca_pem)
+    control_kubeconfig = tmp_path / "control-plane.kubeconfig"
+    control_kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "kmock", "cluster": {"server": api_server, "certificate-authority": "ca.pem"}}
+                ],
+                "users": [{"name": "tl", "user": {"token": "control-plane-secret"}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tl"}}],
+                "current-context": "kmock",
+            }
+        )
+    )
+    token_file = tmp_path / "server-config" / "admin-token"
+    user_kubeconfig = tmp_path / "home" / ".kube" / "config"
+    server_app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, kubeconfig=control_kubeconfig)
+    with BackgroundServer(server_app) as running:
+        env: dict[str, str | None] = {
+            "TL_ENDPOINT": running.url,
+            "TL_TOKEN": token_file.read_text().strip(),
+            "HOME": str(tmp_path / "home"),
+            "TL_SUBSCRIPTION": None,
+        }
+        (tmp_path / "home").mkdir()
+        code, _, err = await asyncio.to_thread(tl, runner, env, *CREATE)
+        assert code == 0, err
+        code, _, err = await asyncio.to_thread(
+            tl, runner, env, "aks", "get-credentials", "-g", "myResourceGroup", "-n", "myAKSCluster"
+        )
+        assert code == 0, err
+        with store(running)() as session:
+            cluster_token = session.scalars(select(ManagedCluster.kube_token)).one()
+    written = yaml.safe_load(user_kubeconfig.read_text())
+    certificate_authority = base64.b64encode(loopback_tls.ca_pem).decode()
+    assert written["clusters"][0]["cluster"] == {
+        "server": api_server,
+        "certificate-authority-data": certificate_authority,
+    }
+
+    async def run(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *kubectl(user_kubeconfig, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    listed = json.loads(await run("get", "nodes", "-o", "json"))
+    assert sorted(item["metadata"]["name"] for item in listed["items"]) == [
+        "aks-nodepool1-0",
+        "aks-nodepool1-1",
+    ]
+    one = json.loads(await run("get", "node", "aks-nodepool1-1", "-o", "json"))
+    assert one["metadata"]["labels"] == {"kubernetes.azure.com/agentpool": "nodepool1"}
+    authorizations = {request.headers.get("Authorization") for request in kmock}
+    assert authorizations == {f"Bearer {cluster_token}"}
+
+
+@pytest.fixture
+def serve_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+    }
+    env.pop("TL_KUBECONFIG", None)
+    yield env
+
+
+def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path) -> None:
+    tl_command = [str(Path(sys.executable).parent / "tl")]
+    process = subprocess.Popen(
+        [*tl_command, "serve", "--port", "0", "--attestation-interval", "5"],
+        env=serve_env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "Use it with" not in banner and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            assert line, f"tl serve exited early ({process.poll()}): {banner}"
+            banner += line
+        url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
+        alerts = httpx.get(
+            f"{url}/subscriptions/{SUB}/providers/Microsoft.Security/alerts",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert alerts.status_code == 200 and alerts.json() == {"value": []}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+        assert "SIGTERM: stopping" in rest and "stopped" in rest
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,96 @@
+"""Helpers of the monitoring tests: a real alert webhook receiver on 127.0.0.1, a store with one trusted
+launch cluster, and a kubeconfig for kmock."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+from reconciler_helpers import SUB
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.store.models import AgentPool, Operation
+
+
+class AlertReceiver:
+    """A webhook on 127.0.0.1 that answers the statuses of `answers` in turn (then 202) and keeps the JSON
+    bodies it was sent."""
+
+    def __init__(self, answers: tuple[int, ...] = ()) -> None:
+        self.answers = list(answers)
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(receiver.answers.pop(0) if receiver.answers else 202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    def __enter__(self) -> AlertReceiver:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def create_trusted_cluster(
+    sessions: sessionmaker[Session], cluster: str, pool_name: str = "nodepool1"
+) -> tuple[AgentPool, Operation]:
+    """A cluster with one 1-node Secure Boot + vTPM pool (the feature registered); its pool and operation."""
+    with sessions.begin() as session:
+        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
+        register_provider(session, SUB, "Microsoft.ContainerService")
+        spec = PoolSpec(
+            pool_name, count=1, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True
+        )
+        created, operation, _ = put_cluster(
+            session, ResourcePath(SUB, "rg", cluster), ClusterSpec("eastus", agent_pools=[spec])
+        )
+        pool = created.agent_pools[0]
+        session.flush()
+        _ = pool.cluster  # loaded for use after the session
+    return pool, operation
+
+
+def node_name(pool: AgentPool, ordinal: int = 0) -> str:
+    """The name the reconciler gives the pool's node `ordinal`."""
+    return f"aks-{pool.name}-{pool.id:08d}-vmss{ordinal:06d}"
+
+
+def write_kubeconfig(path: Path, server: str, token: str = "monitor-token") -> Path:
+    """A kubeconfig with one context for `server` (bearer token)."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+                "users": [{"name": "kmock", "user": {"token": token}}],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+                "current-context": "kmock",
+            }
+        )
+    )
+    return path

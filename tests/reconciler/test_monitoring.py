@@ -1,0 +1,286 @@
+"""Integrity monitoring of one real node (QEMU + OVMF Secure Boot + swtpm vTPM), reused across the steps:
+provisioning stores an attestation whose evidence re-verifies and whose token verifies from the JWKS with
+PyJWT, and labels the Kubernetes node (kmock); an on-demand request re-attests; a node whose enrolled AK
+(kept by the verifier) is not the AK it quotes with fails: an alert naming the AK reaches the webhook, the
+node loses its trusted launch labels and is tainted and cordoned; once it attests again its labels come
+back and the alert is Resolved; the interval re-attests too. One VM boot."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+import kmock
+import pytest
+from monitoring_helpers import AlertReceiver, create_trusted_cluster, node_name, write_kubeconfig
+from reconciler_helpers import SUB, operation, processes_under, wait_until
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.attest.evidence import Evidence
+from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.attest.verifier import verify
+from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.kubernetes import (
+    QUARANTINE_ANNOTATION,
+    SECURE_BOOT_LABEL,
+    TRUSTED_LAUNCH_LABEL,
+    KubernetesNodeAdapter,
+)
+from trustedlaunch.control.reconciler import Reconciler
+from trustedlaunch.control.resources import ResourcePath, delete_cluster, pool_resource_id
+from trustedlaunch.node.qemu import FIRMWARE
+from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
+from trustedlaunch.tpm.structures import parse_tpm2b_public
+
+pytestmark = pytest.mark.slow
+NODES = kmock.resource("v1/nodes")
+ISSUER = "urn:trustedlaunch:test-monitoring"
+TL_LABEL = "kubernetes.azure.com/trusted-launch"
+SB_LABEL = "kubernetes.azure.com/secure-boot"
+log = logging.getLogger(__name__)
+QUARANTINE_TAINT = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
+
+
+def run_until(reconciler: Reconciler, condition: Any, what: str, timeout: float = 400) -> Any:
+    """Run reconciler passes until `condition()` is truthy; a failed pass is logged and retried, as
+    `Reconciler.run_forever` does."""
+
+    def step() -> Any:
+        try:
+            reconciler.run_once()
+        except Exception:
+            log.exception("reconciler pass failed; retrying")
+        return condition()
+
+    return wait_until(step, timeout, what)
+
+
+def the_node(sessions: sessionmaker[Session]) -> Node:
+    with sessions() as session:
+        return session.scalars(select(Node)).one()
+
+
+def records(sessions: sessionmaker[Session]) -> list[AttestationRecord]:
+    with sessions() as session:
+        return list(session.scalars(select(AttestationRecord).order_by(AttestationRecord.id)))
+
+
+def alerts(sessions: sessionmaker[Session]) -> list[AlertRecord]:
+    with sessions() as session:
+        return list(session.scalars(select(AlertRecord).order_by(AlertRecord.time)))
+
+
+def request_attestation(
+    sessions: sessionmaker[Session], attestation_state: dict[str, Any] | None = None
+) -> None:
+    """What `tl aks nodepool attest` does (and, with `attestation_state`, what the verifier remembers)."""
+    with sessions.begin() as session:
+        node = session.scalars(select(Node)).one()
+        node.attestation_requested_at = datetime.now(UTC)
+        if attestation_state is not None:
+            node.attestation_state = attestation_state
+
+
+def kube_node(kmock_server: kmock.KubernetesEmulator, name: str) -> dict[str, Any]:
+    node: dict[str, Any] = copy.deepcopy(kmock_server.objects[NODES, None, name].raw)
+    return node
+
+
+def pool_policy(state_dir: Path, image_version: str) -> Policy:
+    """The policy the reconciler attests the pool's Secure Boot nodes against."""
+    esp = state_dir / "images" / image_version / "esp"
+    return replace(policy_for_image(esp, FIRMWARE[True][1]), secure_boot=True)
+
+
+def reverify(record: AttestationRecord, policy: Policy) -> bool:
+    """Verify a stored attestation's evidence again, offline."""
+    assert record.ak_public and record.quote and record.signature and record.event_log and record.nonce
+    assert record.pcrs is not None
+    pcr_values = {
+        bank: {int(index): bytes.fromhex(value) for index, value in values.items()}
+        for bank, values in record.pcrs.items()
+    }
+    evidence = Evidence(
+        parse_tpm2b_public(record.ak_public).raw, record.quote, record.signature, record.event_log, pcr_values
+    )
+    return verify(evidence, nonce=bytes.fromhex(record.nonce), policy=policy).ok
+
+
+@pytest.mark.asyncio
+async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
+    kmock: kmock.KubernetesEmulator, reconciler_base: Path, state_dir: Path, tmp_path: Path
+) -> None:
+    engine, sessions = open_store(
+        f"sqlite:///{reconciler_base / 'monitor.db'}", reconciler_base / "mon-token"
+    )
+    pool, create = create_trusted_cluster(sessions, "moncluster")
+    name = node_name(pool)
+    kmock.objects[NODES, None, name] = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "resourceVersion": "1", "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+    }
+    issuer = TokenIssuer(tmp_path / "attestation-keys", issuer=ISSUER)
+    adapter = KubernetesNodeAdapter(write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/")))
+    receiver = AlertReceiver()
+    with sessions.begin() as session:
+        session.add(AlertWebhook(subscription_id=SUB, url=receiver.url))
+    reconciler = Reconciler(
+        sessions, state_dir, token_issuer=issuer, kubernetes=adapter, attestation_interval=0, boot_timeout=300
+    )
+    stop_delivery = threading.Event()
+    delivery = threading.Thread(target=reconciler.alert_delivery.run_forever, args=(stop_delivery,))
+    delivery.start()
+    try:
+        # -- provisioning: attested, recorded with evidence, token, labels in Kubernetes ------------------
+        await asyncio.to_thread(
+            run_until,
+            reconciler,
+            lambda: operation(sessions, create.id).status != "InProgress",
+            "the cluster's creation",
+        )
+        created = operation(sessions, create.id)
+        assert created.status == "Succeeded", created.error
+        node = the_node(sessions)
+        assert (node.name, node.state, node.attestation_status) == (name, "Ready", "Attested")
+        assert node.labels[TL_LABEL] == node.labels[SB_LABEL] == "true"
+        assert node.last_attested_at is not None
+        [provisioned] = records(sessions)
+        assert (provisioned.trigger, provisioned.status, provisioned.ok, provisioned.findings) == (
+            "Provisioning",
+            "Attested",
+            True,
+            [],
+        )
+        assert provisioned.secure_boot is True and provisioned.duration_ms > 0
+        assert set(provisioned.pcrs or {}) >= {"sha256"} and "7" in (provisioned.pcrs or {})["sha256"]
+        policy = pool_policy(state_dir, node.node_image_version)
+        assert reverify(provisioned, policy)
+        assert provisioned.token is not None
+        key = jwt.PyJWKSet.from_dict(issuer.jwks())[jwt.get_unverified_header(provisioned.token)["kid"]]
+        claims = jwt.decode(provisioned.token, key.key, algorithms=["ES256"], issuer=ISSUER)
+        assert (claims["sub"], claims["x-tl-node-pool"], claims["secureboot"]) == (name, "nodepool1", True)
+        assert 7 in claims["x-ms-azurevm-attested-pcrs"]
+        labelled = kube_node(kmock, name)
+        assert labelled["metadata"]["labels"] == {
+            "kubernetes.io/hostname": name,
+            TRUSTED_LAUNCH_LABEL: "true",
+            SECURE_BOOT_LABEL: "true",
+        }
+        assert not labelled["spec"].get("unschedulable")
+
+        # -- on demand ----------------------------------------------------------------------------------
+        assert not await asyncio.to_thread(reconciler.run_once)  # interval 0: nothing due
+        request_attestation(sessions)
+        assert await asyncio.to_thread(reconciler.run_once)
+        on_demand = records(sessions)[-1]
+        assert (on_demand.trigger, on_demand.status, on_demand.ok) == ("OnDemand", "Attested", True)
+        assert on_demand.nonce != provisioned.nonce and reverify(on_demand, policy)
+        node = the_node(sessions)
+        assert node.attestation_requested_at is None and node.message == "attested (OnDemand)"
+        assert node.last_attested_at is not None
+        assert provisioned.time.replace(tzinfo=None) < node.last_attested_at.replace(tzinfo=None)  # both UTC
+
+        # -- a node quoting with another AK than the one enrolled fails and is quarantined ----------------
+        enrolled = dict(node.attestation_state or {})
+        ak_name = str(enrolled["akName"])
+        impostor = ak_name[:-2] + format(int(ak_name[-2:], 16) ^ 0xFF, "02x")
+        request_attestation(sessions, {**enrolled, "akName": impostor})
+        assert await asyncio.to_thread(reconciler.run_once)
+        failed = records(sessions)[-1]
+        assert (failed.trigger, failed.status, failed.ok, failed.token) == (
+            "OnDemand",
+            "AttestationFailed",
+            False,
+            None,
+        )
+        assert [finding["component"] for finding in failed.findings] == ["AK"]
+        assert failed.quote is not None  # the evidence the node sent is kept
+        node = the_node(sessions)
+        assert node.state == "Ready" and node.attestation_status == "AttestationFailed"
+        assert TL_LABEL not in node.labels and SB_LABEL not in node.labels
+        assert node.labels["kubernetes.azure.com/attestation-status"] == "AttestationFailed"
+        assert node.message.startswith(f"quarantined: node {name} failed attestation (AK): ")
+        [alert] = alerts(sessions)
+        assert (alert.status, alert.node_name, alert.pool_name, alert.attestation_id) == (
+            "Active",
+            name,
+            "nodepool1",
+            failed.id,
+        )
+        properties: Any = alert.document["properties"]
+        assert properties["extendedProperties"]["failedComponents"] == "AK"
+        with sessions() as session:
+            cluster = session.get_one(AgentPool, pool.id).cluster
+            assert properties["resourceIdentifiers"][0]["azureResourceId"] == pool_resource_id(
+                cluster, "nodepool1"
+            )
+        quarantined = kube_node(kmock, name)
+        assert quarantined["metadata"]["labels"] == {"kubernetes.io/hostname": name}
+        assert quarantined["spec"] == {"taints": [QUARANTINE_TAINT], "unschedulable": True}
+        assert "failed attestation (AK)" in quarantined["metadata"]["annotations"][QUARANTINE_ANNOTATION]
+        await asyncio.to_thread(wait_until, lambda: receiver.received, 60, "the alert at the webhook")
+        assert [document["id"] for document in receiver.received] == [alert.id]
+        assert receiver.received[0]["properties"]["alertDisplayName"] == "VM attestation failure"
+        delivered = await asyncio.to_thread(
+            wait_until,
+            lambda: alerts(sessions)[0].delivery_state == "Delivered",
+            30,
+            "the alert's delivery state",
+        )
+        assert delivered
+
+        # -- attested again: labels back, quarantine lifted, alert resolved --------------------------------
+        request_attestation(sessions, enrolled)
+        assert await asyncio.to_thread(reconciler.run_once)
+        again = records(sessions)[-1]
+        assert (again.status, again.ok) == ("Attested", True) and again.token is not None
+        node = the_node(sessions)
+        assert (
+            node.attestation_status == "Attested" and node.labels[TL_LABEL] == node.labels[SB_LABEL] == "true"
+        )
+        [resolved] = alerts(sessions)
+        assert resolved.status == "Resolved" and resolved.resolved_at is not None
+        assert resolved.document["properties"]["status"] == "Resolved"  # type: ignore[index]
+        restored = kube_node(kmock, name)
+        assert restored["metadata"]["labels"] == labelled["metadata"]["labels"]
+        assert restored["spec"]["unschedulable"] is False and not restored["spec"].get("taints")
+        assert QUARANTINE_ANNOTATION not in (restored["metadata"].get("annotations") or {})
+
+        # -- on the interval ----------------------------------------------------------------------------
+        reconciler.attestation_interval = 1
+        await asyncio.to_thread(
+            run_until,
+            reconciler,
+            lambda: records(sessions)[-1].trigger == "Interval",
+            "an interval attestation",
+        )
+        assert records(sessions)[-1].status == "Attested"
+        assert len(records(sessions)) == 5
+    finally:
+        stop_delivery.set()
+        await asyncio.to_thread(delivery.join, 30)
+        with sessions.begin() as session:
+            deletion = delete_cluster(session, ResourcePath(SUB, "rg", "moncluster"))
+        if deletion is not None:
+            await asyncio.to_thread(
+                run_until,
+                reconciler,
+                lambda: operation(sessions, deletion.id).status != "InProgress",
+                "the cluster's deletion",
+            )
+        reconciler.release()
+        adapter.close()
+        receiver.close()
+        engine.dispose()
+    assert processes_under(state_dir / "vm") == []

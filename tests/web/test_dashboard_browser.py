@@ -1,0 +1,145 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium) against
+the real app served by uvicorn over a temp SQLite store holding real verdicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
+from sqlalchemy import update
+from web_helpers import Seeded, Verdicts, png_rows, seed_store
+
+from trustedlaunch.api.app import create_app
+from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.store.models import Node
+from trustedlaunch.web.dashboard import POLL_SECONDS
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WINDOW = (1400, 1000)
+WAIT_SECONDS = 30
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium through the Debian chromedriver (selenium-manager is never asked to download)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("chromium and chromium-driver are missing: run scripts/install-system-packages.sh")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(
+        options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def served(tmp_path: Path, verdicts: Verdicts) -> Iterator[tuple[str, str, BackgroundServer, Seeded]]:
+    """The real app on a loopback port, its admin token, and the seeded rows."""
+    token_file = tmp_path / "config" / "admin-token"
+    server = BackgroundServer(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file))
+    url = server.start()
+    try:
+        seeded = seed_store(server.server.config.app.state.sessions, verdicts)
+        yield url, token_file.read_text().strip(), server, seeded
+    finally:
+        server.stop()
+
+
+def _severe_console_messages(driver: WebDriver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_sign_in_nodes_screenshot_evidence_and_live_update(
+    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded], tmp_path: Path, verdicts: Verdicts
+) -> None:
+    url, token, server, seeded = served
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+
+    # a page without a session leads to the login form, and back to the page after signing in
+    browser.get(f"{url}/ui/pools/{seeded.pool_id}")
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "token")))
+    browser.find_element(By.ID, "token").send_keys("tl_wrong")
+    browser.find_element(By.ID, "sign-in").click()
+    assert (
+        "not valid"
+        in wait.until(expected_conditions.presence_of_element_located((By.CLASS_NAME, "error"))).text
+    )
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "nodes")))
+    # the refused login logged its 401; nothing may have been blocked by the Content-Security-Policy
+    assert not [m for m in _severe_console_messages(browser) if "Content Security Policy" in m]
+    assert browser.current_url == f"{url}/ui/pools/{seeded.pool_id}"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#node-rows tr.node")
+    assert [row.find_element(By.TAG_NAME, "a").text for row in rows] == list(seeded.node_names)
+    assert browser.find_element(By.CSS_SELECTOR, "#node-1 .attestation").text == "AttestationFailed"
+    # the style sheet applied (a CSP-blocked sheet would leave the failed badge unstyled)
+    badge = browser.find_element(By.CSS_SELECTOR, "#node-1 .attestation")
+    assert badge.value_of_css_property("color") == "rgba(207, 34, 46, 1)"
+
+    screenshot = browser.get_screenshot_as_png()
+    (tmp_path / "nodes.png").write_bytes(screenshot)
+    width, height, scanlines = png_rows(screenshot)
+    assert [width, height] == browser.execute_script("return [window.innerWidth, window.innerHeight]")
+    assert len(screenshot) > 20_000 and len(scanlines) > 50, "the screenshot is (nearly) blank"
+
+    # the node's latest attestation: the grub application event is highlighted, the finding shown
+    browser.find_element(By.CSS_SELECTOR, "#node-1 a.evidence").click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "events")))
+    assert browser.current_url == f"{url}/ui/attestations/{seeded.records['aks-tlpool-1']}"
+    grub = verdicts.summary.boot_apps[1].event
+    highlighted = browser.find_elements(By.CSS_SELECTOR, "#events tr.event-failed")
+    assert [row.get_attribute("id") for row in highlighted] == [f"event-{grub.index}"]
+    assert "grubx64.efi" in highlighted[0].text
+    (finding,) = verdicts.grub_failed.findings
+    assert finding.message in browser.find_element(By.ID, "finding-1").text
+    assert highlighted[0].value_of_css_property("background-color") == "rgba(255, 235, 233, 1)"
+    # the finding links to its event
+    browser.find_element(By.CSS_SELECTOR, f"#finding-1 a[href='#event-{grub.index}']").click()
+    assert browser.current_url.endswith(f"#event-{grub.index}")
+    (tmp_path / "evidence.png").write_bytes(browser.get_screenshot_as_png())
+
+    # the node table follows the store without a page reload (htmx polls the fragment)
+    browser.get(f"{url}/ui/pools/{seeded.pool_id}")
+    heading = wait.until(expected_conditions.presence_of_element_located((By.TAG_NAME, "h1")))
+    with server.server.config.app.state.sessions.begin() as session:
+        session.execute(
+            update(Node)
+            .where(Node.name == "aks-tlpool-0")
+            .values(attestation_status="AttestationFailed", message="PCR7: Secure Boot is disabled")
+        )
+    wait.until(
+        expected_conditions.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#node-0 .attestation"), "AttestationFailed"
+        )
+    )
+    assert "PCR7: Secure Boot is disabled" in browser.find_element(By.ID, "node-0").text
+    try:
+        assert heading.text == "Pool tlpool"  # the same document: only the table body was swapped
+    except StaleElementReferenceException:
+        pytest.fail("the page reloaded instead of swapping the node rows")
+    assert POLL_SECONDS < WAIT_SECONDS
+    assert _severe_console_messages(browser) == []  # no CSP violation, no failed request

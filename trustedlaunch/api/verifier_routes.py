@@ -1,0 +1,169 @@
+"""The verifier API: a relying party or a node agent gets a challenge nonce, quotes over it, posts the
+evidence and gets a verdict, with an attestation token (JWT, keys at /.well-known/jwks.json) if it passed.
+
+    POST /providers/Microsoft.TrustedLaunch/attestation/challenge -> {"nonce": hex, "expiresAt": ISO 8601}
+    POST /providers/Microsoft.TrustedLaunch/attestation/verify
+         {"nonce": hex, "evidence": {akPublic, quote, signature, eventLog, pcrValues?} (the evidence JSON
+          of trustedlaunch.attest.evidence), "policy": a policy document (as `tl policy from-log` makes)}
+      -> {"ok", "findings": [...], "secureBoot", "pcrs": {bank: {index: hex}}, "token"?}
+
+Nonces are single-use and expire (trustedlaunch.attest.nonces); a bad, expired or replayed nonce is an ARM
+error naming it (400 NonceInvalid / 400 NonceExpired / 409 NonceAlreadyUsed). Malformed requests are 400
+ARM errors with the parser's message; evidence that parses but does not verify is a 200 with ok=false and
+the findings. A pool's image policy by `poolId` is not served yet: the caller sends the policy document.
+
+Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU. Each
+answer carries a `Server-Timing` header (parse, nonce, verify, token and total, in ms) so that load
+benchmarks can compare the server's own time with the latency clients see.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from trustedlaunch.attest.evidence import Evidence, EvidenceError
+from trustedlaunch.attest.metrics import record_attestation
+from trustedlaunch.attest.nonces import DEFAULT_TTL_SECONDS, ChallengeStore, NonceError, NonceReusedError
+from trustedlaunch.attest.policy import Policy, PolicyError
+from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.attest.verifier import verify
+from trustedlaunch.control.errors import ArmError, bad_request
+from trustedlaunch.tpm.structures import parse_tpmt_public
+
+ATTESTATION = "/providers/Microsoft.TrustedLaunch/attestation"
+CHALLENGE_PATH = f"{ATTESTATION}/challenge"
+VERIFY_PATH = f"{ATTESTATION}/verify"
+NONCE_FILE = "attestation-nonces.db"
+NONCE_TTL_ENV = "TL_ATTESTATION_NONCE_TTL"  # seconds a challenge nonce stays valid
+POLICY_CACHE_SIZE = 64
+_REQUEST_FIELDS = frozenset({"nonce", "evidence", "policy", "poolId"})
+
+router = APIRouter(tags=["attestation"])
+
+
+def open_challenge_store(config_dir: Path) -> ChallengeStore:
+    """The challenge store of an API whose config (admin token) is in `config_dir`; the nonce TTL comes
+    from TL_ATTESTATION_NONCE_TTL (seconds) when set."""
+    text = os.environ.get(NONCE_TTL_ENV)
+    try:
+        ttl = DEFAULT_TTL_SECONDS if text is None else float(text)
+    except ValueError:
+        raise NonceError(f"{NONCE_TTL_ENV}={text!r} is not a number of seconds") from None
+    return ChallengeStore(config_dir / NONCE_FILE, ttl_seconds=ttl)
+
+
+@router.post(CHALLENGE_PATH)
+async def challenge(request: Request) -> dict[str, str]:
+    """A fresh single-use nonce to quote over, and when it expires."""
+    store: ChallengeStore = request.app.state.challenges
+    issued = store.issue()
+    return {"nonce": issued.nonce.hex(), "expiresAt": issued.expires_at.isoformat()}
+
+
+def _invalid(message: str, target: str) -> ArmError:
+    return bad_request("InvalidRequestContent", message, target)
+
+
+@functools.lru_cache(maxsize=POLICY_CACHE_SIZE)
+def _policy(canonical_json: str) -> Policy:
+    """A policy document parsed once per distinct content (a pool's nodes all send the same one)."""
+    return Policy.from_json(canonical_json, source="policy")
+
+
+def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy]:
+    """The nonce, evidence and policy of a verify request; raise a 400 ArmError naming the bad field."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _invalid(f"The request body is not a valid JSON document: {exc}", "body") from None
+    if not isinstance(document, dict):
+        raise _invalid(f"The request body must be a JSON object, got {type(document).__name__}.", "body")
+    unknown = sorted(set(document) - _REQUEST_FIELDS)
+    if unknown:
+        raise _invalid(f"Unknown field(s) {', '.join(unknown)}.", unknown[0])
+    nonce_text = document.get("nonce")
+    try:
+        nonce = bytes.fromhex(nonce_text) if isinstance(nonce_text, str) else None
+    except ValueError:
+        nonce = None
+    if not nonce:
+        raise bad_request(
+            "NonceInvalid", f"nonce: expected the hex nonce of a challenge, got {nonce_text!r}", "nonce"
+        )
+    if "evidence" not in document:
+        raise _invalid("evidence: required (akPublic, quote, signature, eventLog as base64).", "evidence")
+    try:
+        evidence = Evidence.from_dict(document["evidence"], source="evidence")
+    except EvidenceError as exc:
+        raise bad_request("InvalidEvidence", str(exc), "evidence") from None
+    if "policy" not in document:
+        target = "poolId" if "poolId" in document else "policy"
+        raise _invalid(
+            "policy: required: send the policy document of the pool (`tl policy from-log` makes one); "
+            "verifying against a pool's image policy by poolId is not supported yet.",
+            target,
+        )
+    try:
+        policy = _policy(json.dumps(document["policy"], sort_keys=True, separators=(",", ":")))
+    except PolicyError as exc:
+        raise bad_request("InvalidPolicy", str(exc), "policy") from None
+    return nonce, evidence, policy
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_subject(ak_public: bytes) -> str:
+    """The token subject: the name of the AK that signed the quote (what the evidence proves); once per AK."""
+    return "ak:" + parse_tpmt_public(ak_public).name().hex()
+
+
+@router.post(VERIFY_PATH)
+async def verify_evidence(request: Request) -> JSONResponse:
+    """Verify evidence over a challenge nonce against a policy; a token when it passes."""
+    started = time.perf_counter()
+    nonce, evidence, policy = _read_request(await request.body())
+    parsed = time.perf_counter()
+    store: ChallengeStore = request.app.state.challenges
+    try:
+        store.redeem(nonce)
+    except NonceError as exc:
+        raise ArmError(
+            409 if isinstance(exc, NonceReusedError) else 400, exc.code, str(exc), "nonce"
+        ) from None
+    redeemed = time.perf_counter()
+    result = verify(evidence, nonce=nonce, policy=policy)
+    verified = time.perf_counter()
+    record_attestation(result, verified - redeemed)
+    answer: dict[str, Any] = {
+        "ok": result.ok,
+        "findings": [finding.to_dict() for finding in result.findings],
+        "secureBoot": None if result.summary is None else result.summary.secure_boot,
+        "pcrs": {
+            bank: {str(pcr): value.hex() for pcr, value in sorted(values.items())}
+            for bank, values in result.replayed_pcrs.items()
+        },
+    }
+    if result.ok:
+        issuer: TokenIssuer = request.app.state.token_issuer
+        answer["token"] = issuer.issue(
+            result, node=_token_subject(evidence.ak_public), pool="", image_version="", nonce=nonce
+        )
+    done = time.perf_counter()
+    timing = ", ".join(
+        f"{name};dur={seconds * 1000:.3f}"
+        for name, seconds in (
+            ("parse", parsed - started),
+            ("nonce", redeemed - parsed),
+            ("verify", verified - redeemed),
+            ("token", done - verified),
+            ("total", done - started),
+        )
+    )
+    return JSONResponse(answer, headers={"Server-Timing": timing})

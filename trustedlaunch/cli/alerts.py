@@ -1,0 +1,174 @@
+"""`tl alerts`: integrity alerts (Defender for Cloud shaped "VM attestation failure") and the webhook they
+are delivered to, over the API's `Microsoft.Security` routes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from trustedlaunch.cli.arm import (
+    DEFAULT_SUBSCRIPTION,
+    ArmClient,
+    EndpointOption,
+    OutputFormat,
+    OutputOption,
+    SubscriptionOption,
+    connect,
+    output,
+)
+
+alerts_app = typer.Typer(
+    name="alerts", help="Integrity alerts of failed attestations and their webhook.", no_args_is_help=True
+)
+webhook_app = typer.Typer(
+    name="webhook", help="The URL the subscription's alerts are POSTed to.", no_args_is_help=True
+)
+alerts_app.add_typer(webhook_app, name="webhook")
+
+ALERT_COLUMNS = ("Name", "Time", "Severity", "Status", "Cluster", "NodePool", "Node", "FailedComponents")
+WEBHOOK_COLUMNS = ("Url", "CreatedAt")
+
+
+class AlertStatus(StrEnum):
+    """`--status`."""
+
+    Active = "Active"
+    Resolved = "Resolved"
+
+
+class AlertSeverity(StrEnum):
+    """`--severity`."""
+
+    High = "High"
+    Medium = "Medium"
+    Low = "Low"
+
+
+AlertIdOption = Annotated[
+    str, typer.Option("--id", help="Alert name (a GUID) or its full id as `tl alerts list` prints it.")
+]
+
+
+def _alerts_path(client: ArmClient) -> str:
+    return f"/subscriptions/{client.subscription_id}/providers/Microsoft.Security/alerts"
+
+
+def _alert_path(client: ArmClient, alert_id: str) -> str:
+    return f"{_alerts_path(client)}/{alert_id.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def _webhook_path(client: ArmClient) -> str:
+    return f"/subscriptions/{client.subscription_id}/providers/Microsoft.Security/alertWebhook"
+
+
+def _alert_row(alert: dict[str, Any]) -> list[object]:
+    props = alert["properties"]
+    extended = props.get("extendedProperties") or {}
+    return [
+        alert["name"],
+        props.get("timeGeneratedUtc"),
+        props.get("severity"),
+        props.get("status"),
+        extended.get("cluster"),
+        extended.get("nodePool"),
+        props.get("compromisedEntity"),
+        extended.get("failedComponents"),
+    ]
+
+
+def _webhook_row(webhook: dict[str, Any]) -> list[object]:
+    return [webhook["properties"]["url"], webhook["properties"].get("createdAt")]
+
+
+@alerts_app.command(name="list")
+def list_alerts(
+    resource_group: Annotated[
+        str | None, typer.Option("--resource-group", "-g", help="Only alerts of this resource group.")
+    ] = None,
+    cluster_name: Annotated[
+        str | None, typer.Option("--cluster-name", help="Only alerts of this managed cluster.")
+    ] = None,
+    status: Annotated[AlertStatus | None, typer.Option("--status", help="Only Active or Resolved.")] = None,
+    severity: Annotated[AlertSeverity | None, typer.Option("--severity", help="Only this severity.")] = None,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """List the subscription's integrity alerts, newest first."""
+    params = {
+        "resourceGroup": resource_group,
+        "clusterName": cluster_name,
+        "status": status.value if status else None,
+        "severity": severity.value if severity else None,
+    }
+    with connect(endpoint, subscription) as client:
+        query = {key: value for key, value in params.items() if value is not None}
+        alerts = client.json("GET", _alerts_path(client), params=query)
+    output(alerts["value"], output_format, ALERT_COLUMNS, _alert_row)
+
+
+@alerts_app.command()
+def show(
+    alert_id: AlertIdOption,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Show one alert: severity, node, pool, time and every failed component."""
+    with connect(endpoint, subscription) as client:
+        alert = client.json("GET", _alert_path(client, alert_id))
+    output(alert, output_format, ALERT_COLUMNS, _alert_row)
+
+
+@alerts_app.command()
+def resolve(
+    alert_id: AlertIdOption,
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Set an alert's status to Resolved and print it."""
+    with connect(endpoint, subscription) as client:
+        path = _alert_path(client, alert_id)
+        client.request("POST", f"{path}/resolve")
+        alert = client.json("GET", path)
+    output(alert, output_format, ALERT_COLUMNS, _alert_row)
+
+
+@webhook_app.command(name="set")
+def set_webhook(
+    url: Annotated[str, typer.Option("--url", help="https (or http) URL that receives each alert as JSON.")],
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Create or replace the alert webhook of the subscription."""
+    with connect(endpoint, subscription) as client:
+        webhook = client.json("PUT", _webhook_path(client), json={"properties": {"url": url}})
+    output(webhook, output_format, WEBHOOK_COLUMNS, _webhook_row)
+
+
+@webhook_app.command(name="show")
+def show_webhook(
+    output_format: OutputOption = OutputFormat.json,
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Show the alert webhook of the subscription."""
+    with connect(endpoint, subscription) as client:
+        webhook = client.json("GET", _webhook_path(client))
+    output(webhook, output_format, WEBHOOK_COLUMNS, _webhook_row)
+
+
+@webhook_app.command(name="delete")
+def delete_webhook(
+    endpoint: EndpointOption = None,
+    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+) -> None:
+    """Remove the alert webhook (new alerts then stay Pending until a webhook is set)."""
+    with connect(endpoint, subscription) as client:
+        response = client.request("DELETE", _webhook_path(client))
+    what = "deleted" if response.status_code == 200 else "nothing to delete (none is configured)"
+    typer.echo(f"Alert webhook: {what}.", err=True)

@@ -1,0 +1,453 @@
+"""Integrity monitoring of attested nodes: every attestation (at provisioning, on the interval, on demand)
+is kept with its full evidence; a pass issues an attestation token and lifts a quarantine, a failure raises
+an integrity alert and quarantines the node (trusted launch labels removed, tainted and cordoned in
+Kubernetes). Alerts are POSTed to the subscription's webhook by `AlertDelivery`, in its own thread.
+
+The rules kept here: the node labels per attestation status, the history bound (HISTORY_PER_NODE newest
+records per node), when a node is due for re-attestation, and the alert delivery states (Pending until a
+webhook of the subscription takes it, then Delivered or Failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.attest.alerts import WebhookDelivery, alerts_from_result
+from trustedlaunch.attest.findings import Check, Finding
+from trustedlaunch.attest.policy import Policy
+from trustedlaunch.attest.remote import AgentLike, AgentQuote, NodeState, attest_node
+from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.control.kubernetes import (
+    SECURE_BOOT_LABEL,
+    TRUSTED_LAUNCH_LABEL,
+    KubernetesAdapterError,
+    KubernetesNodeAdapter,
+)
+from trustedlaunch.control.resources import pool_resource_id
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.channel import AgentChannel, NodeQuote
+from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now
+
+LABEL_AGENT_POOL = "kubernetes.azure.com/agentpool"
+LABEL_TRUSTED_LAUNCH = "kubernetes.azure.com/trusted-launch"
+LABEL_SECURE_BOOT = "kubernetes.azure.com/secure-boot"
+LABEL_ATTESTATION = "kubernetes.azure.com/attestation-status"
+ATTESTED = "Attested"
+ATTESTATION_FAILED = "AttestationFailed"
+UNREACHABLE = "Unreachable"  # an attestation record whose node's agent did not answer (no evidence)
+NOT_ATTESTED = "NotApplicable"  # no vTPM: nothing to attest
+HISTORY_PER_NODE = 200
+DEFAULT_ATTESTATION_INTERVAL = 300.0
+# The store's node labels that Kubernetes gets as the adapter's (trustedlaunch.io/) labels.
+KUBERNETES_LABELS = {LABEL_TRUSTED_LAUNCH: TRUSTED_LAUNCH_LABEL, LABEL_SECURE_BOOT: SECURE_BOOT_LABEL}
+AGENT_SOCKET = "agent.sock"
+AGENT_TIMEOUT = 120.0
+
+log = logging.getLogger("trustedlaunch.control.attestation_monitor")
+
+
+class Trigger(StrEnum):
+    """Why a node was attested."""
+
+    PROVISIONING = "Provisioning"
+    INTERVAL = "Interval"
+    ON_DEMAND = "OnDemand"
+
+
+class DeliveryState(StrEnum):
+    """Webhook delivery of an alert: Pending until a webhook of its subscription took it (or refused it)."""
+
+    PENDING = "Pending"
+    DELIVERED = "Delivered"
+    FAILED = "Failed"
+
+
+def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:
+    """The Kubernetes labels of a node: agent pool, attestation status, and the trusted launch features
+    that are on (a feature that is off has no label, as AKS). A node that failed attestation has none."""
+    labels = {LABEL_AGENT_POOL: pool_name, LABEL_ATTESTATION: attestation_status}
+    if attestation_status == ATTESTATION_FAILED:
+        return labels
+    if vtpm:
+        labels[LABEL_TRUSTED_LAUNCH] = "true"
+    if secure_boot:
+        labels[LABEL_SECURE_BOOT] = "true"
+    return labels
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def attestation_due(node: Node, interval: float, now: datetime) -> bool:
+    """True when `node` (Ready, vTPM) is to be attested now: asked for on demand, or not attested for
+    `interval` seconds (0: never on the interval)."""
+    if node.attestation_requested_at is not None:
+        return True
+    if interval <= 0:
+        return False
+    last = node.last_attested_at
+    return last is None or _aware(last) + timedelta(seconds=interval) <= now
+
+
+def attestation_order(node: Node) -> tuple[int, datetime]:
+    """Sort key of due nodes: on-demand requests first (oldest first), then the longest unattested."""
+    if node.attestation_requested_at is not None:
+        return (0, _aware(node.attestation_requested_at))
+    return (1, _aware(node.last_attested_at or datetime.min))
+
+
+def due_trigger(node: Node) -> Trigger:
+    """The trigger of a due node's attestation."""
+    return Trigger.ON_DEMAND if node.attestation_requested_at is not None else Trigger.INTERVAL
+
+
+class AdoptedAgent:
+    """The agent of a node whose VM another reconciler process started, over its serial socket."""
+
+    def __init__(self, run_dir: Path, timeout: float = AGENT_TIMEOUT) -> None:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(str(run_dir / AGENT_SOCKET))
+        except OSError as exc:
+            sock.close()
+            raise TrustedLaunchError(f"cannot connect to the node's agent socket: {exc}") from None
+        self._channel = AgentChannel(sock)
+        self.timeout = timeout
+
+    def request_quote(self, nonce: bytes) -> NodeQuote:
+        """The agent's quote over `nonce`."""
+        return self._channel.quote(nonce, self.timeout)
+
+    def activate(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential in the node's TPM (TPM2B-sized parts, as NodeVM.activate)."""
+        sized = [struct.pack(">H", len(part)) + part for part in (credential_blob, encrypted_secret)]
+        return self._channel.activate(sized[0], sized[1], self.timeout)
+
+    def ek_certificate(self) -> bytes:
+        """The node TPM's RSA EK certificate (DER)."""
+        return self._channel.ek_certificate(self.timeout)
+
+    def close(self) -> None:
+        """Close the connection (the agent keeps running)."""
+        self._channel.close()
+
+
+def _unreachable_result(error: Exception) -> AttestationResult:
+    finding = Finding(
+        Check.EVIDENCE_FORMAT,
+        "agent",
+        f"the node is unreachable: its agent did not answer the attestation request ({error}): no evidence",
+    )
+    return AttestationResult(False, (finding,))
+
+
+def _stored_finding(document: dict[str, object]) -> Finding:
+    """A Finding back from its `to_dict()` form in a record."""
+    pcr, event_index = document.get("pcr"), document.get("eventIndex")
+    return Finding(
+        Check(str(document["check"])),
+        str(document["component"]),
+        str(document["message"]),
+        pcr if isinstance(pcr, int) else None,
+        event_index if isinstance(event_index, int) else None,
+    )
+
+
+def describe_failure(record: AttestationRecord) -> str:
+    """One line for a failed attestation: the failed components, then every finding."""
+    components = ", ".join(dict.fromkeys(str(finding["component"]) for finding in record.findings))
+    findings = "; ".join(str(_stored_finding(finding)) for finding in record.findings)
+    verdict = "was unreachable" if record.status == UNREACHABLE else "failed attestation"
+    return f"node {record.node_name} {verdict} ({components}): {findings}"
+
+
+def _pcr_document(quote: AgentQuote | None) -> dict[str, dict[str, str]] | None:
+    if quote is None:
+        return None
+    return {
+        bank: {str(index): value.hex() for index, value in sorted(values.items())}
+        for bank, values in quote.pcr_values.items()
+    }
+
+
+class AttestationMonitor:
+    """Attests one node and applies the verdict: history, token, alerts, labels, quarantine.
+
+    `token_issuer` signs a token for every pass (none without it); `kubernetes` applies the labels and the
+    quarantine to the cluster's Node objects (only the store's labels without it).
+    """
+
+    def __init__(
+        self,
+        *,
+        token_issuer: TokenIssuer | None = None,
+        kubernetes: KubernetesNodeAdapter | None = None,
+        history_per_node: int = HISTORY_PER_NODE,
+    ) -> None:
+        self.token_issuer = token_issuer
+        self.kubernetes = kubernetes
+        self.history_per_node = history_per_node
+
+    def attest(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        agent: AgentLike,
+        *,
+        policy: Policy,
+        ek_ca: Sequence[x509.Certificate],
+        trigger: Trigger,
+    ) -> AttestationRecord:
+        """Attest `node` through `agent`, store the record and apply the verdict to the node row (status,
+        labels, NodeState, last_attested_at; an on-demand request made before it started is cleared).
+        Kubernetes is not touched here: call `sync_kubernetes` once the node row is final."""
+        started = utc_now()
+        stored = NodeState.from_dict(node.attestation_state) if node.attestation_state else None
+        try:
+            attestation = attest_node(agent, policy=policy, ek_ca=ek_ca, node_state=stored)
+        except (
+            TrustedLaunchError,
+            OSError,
+        ) as exc:  # agent transport (a send on a closed port is an OSError)
+            return self.record_unreachable(session, pool, node, exc, trigger, started=started)
+        node.attestation_state = attestation.state.to_dict()
+        result = attestation.result
+        quote = attestation.quote
+        record = AttestationRecord(
+            pool_id=pool.id,
+            node_name=node.name,
+            time=started,
+            trigger=trigger.value,
+            ok=result.ok,
+            status=ATTESTED if result.ok else ATTESTATION_FAILED,
+            findings=[finding.to_dict() for finding in result.findings],
+            secure_boot=result.summary.secure_boot if result.summary is not None else None,
+            pcrs=_pcr_document(quote),
+            nonce=attestation.nonce.hex() if attestation.nonce is not None else None,
+            ak_public=quote.ak_public if quote is not None else None,
+            quote=quote.quote if quote is not None else None,
+            signature=quote.signature if quote is not None else None,
+            event_log=quote.event_log if quote is not None else None,
+            duration_ms=attestation.duration * 1000,
+        )
+        if result.ok and self.token_issuer is not None:
+            record.token = self.token_issuer.issue(
+                result, node=node.name, pool=pool.name, image_version=node.node_image_version
+            )
+        return self._apply(session, pool, node, record, result)
+
+    def record_unreachable(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        error: Exception,
+        trigger: Trigger,
+        *,
+        started: datetime | None = None,
+    ) -> AttestationRecord:
+        """Record that `node`'s agent did not answer (`error`): an Unreachable record without evidence, an
+        alert, and the node treated as failed (it cannot prove its state)."""
+        started = started or utc_now()
+        result = _unreachable_result(error)
+        record = AttestationRecord(
+            pool_id=pool.id,
+            node_name=node.name,
+            time=started,
+            trigger=trigger.value,
+            ok=False,
+            status=UNREACHABLE,
+            findings=[finding.to_dict() for finding in result.findings],
+            duration_ms=(utc_now() - started).total_seconds() * 1000,
+        )
+        return self._apply(session, pool, node, record, result)
+
+    def _apply(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        record: AttestationRecord,
+        result: AttestationResult,
+    ) -> AttestationRecord:
+        session.add(record)
+        session.flush()  # the record's id, for its alert
+        node_status = ATTESTED if result.ok else ATTESTATION_FAILED
+        node.attestation_status = node_status
+        node.labels = node_labels(pool.name, node.secure_boot_enabled, node.vtpm_enabled, node_status)
+        node.last_attested_at = utc_now()
+        requested = node.attestation_requested_at
+        if requested is not None and _aware(requested) <= _aware(record.time):
+            node.attestation_requested_at = None
+        node.updated_at = utc_now()
+        if result.ok:
+            resolve_alerts(session, node.name)
+        else:
+            self._raise_alert(session, pool, node, result, record)
+        prune_history(session, node.name, self.history_per_node)
+        log.info("node %s: %s (%s)", node.name, record.status, record.trigger)
+        return record
+
+    @staticmethod
+    def _raise_alert(
+        session: Session, pool: AgentPool, node: Node, result: AttestationResult, record: AttestationRecord
+    ) -> None:
+        cluster = pool.cluster
+        for alert in alerts_from_result(
+            result,
+            node=node.name,
+            pool=pool.name,
+            cluster=cluster.name,
+            resource_id=pool_resource_id(cluster, pool.name),
+            now=record.time,
+        ):
+            session.add(
+                AlertRecord(
+                    id=alert.id,
+                    attestation_id=record.id,
+                    subscription_id=cluster.subscription_id,
+                    resource_group=cluster.resource_group,
+                    cluster_name=cluster.name,
+                    pool_name=pool.name,
+                    node_name=node.name,
+                    severity=alert.severity.value,
+                    status="Active",
+                    time=alert.time,
+                    document=alert.to_dict(),
+                    delivery_state=DeliveryState.PENDING.value,
+                )
+            )
+
+    def sync_kubernetes(self, node: Node, quarantine_reason: str | None = None) -> None:
+        """Apply the node row to its Kubernetes Node (with an adapter): quarantine it with
+        `quarantine_reason`, else give it the trusted launch labels of `node.labels` (lifting a quarantine).
+        A node no kubelet registered (404), or an API server error, is noted in `node.message`."""
+        if self.kubernetes is None:
+            return
+        try:
+            if quarantine_reason is not None:
+                self.kubernetes.quarantine(node.name, quarantine_reason[:1000])
+            else:
+                labels = {
+                    KUBERNETES_LABELS[key]: v for key, v in node.labels.items() if key in KUBERNETES_LABELS
+                }
+                self.kubernetes.restore(node.name, labels)
+        except KubernetesAdapterError as exc:
+            if str(exc).startswith(f"node {node.name}: 404 "):
+                note = "not registered in Kubernetes (no kubelet registered it): labels not applied there"
+            else:
+                note = f"Kubernetes not updated: {exc}"
+            log.warning("node %s: %s", node.name, note)
+            node.message = f"{node.message}; {note}"[:4000]
+
+
+def resolve_alerts(session: Session, node_name: str) -> list[AlertRecord]:
+    """Resolve the Active alerts of `node_name` (it attested again or was deleted); the alerts resolved."""
+    now = utc_now()
+    alerts = list(
+        session.scalars(
+            select(AlertRecord).where(AlertRecord.node_name == node_name, AlertRecord.status == "Active")
+        )
+    )
+    for alert in alerts:
+        alert.status = "Resolved"
+        alert.resolved_at = now
+        properties = dict(alert.document.get("properties") or {})  # type: ignore[call-overload]
+        properties["status"] = "Resolved"
+        alert.document = {**alert.document, "properties": properties}
+    return alerts
+
+
+def prune_history(session: Session, node_name: str, keep: int = HISTORY_PER_NODE) -> int:
+    """Delete all but the `keep` newest attestation records of `node_name`; how many were deleted."""
+    newest = (
+        select(AttestationRecord.id)
+        .where(AttestationRecord.node_name == node_name)
+        .order_by(AttestationRecord.time.desc(), AttestationRecord.id.desc())
+        .limit(keep)
+    )
+    outcome = session.execute(
+        delete(AttestationRecord)
+        .where(AttestationRecord.node_name == node_name, AttestationRecord.id.not_in(newest))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(outcome, "rowcount", 0) or 0)
+
+
+class AlertDelivery:
+    """POSTs the Pending alerts of every subscription that has an AlertWebhook (WebhookDelivery: bounded
+    retries with exponential backoff), oldest first, and records Delivered or Failed with the attempts and
+    the last error. Alerts of a subscription without a webhook stay Pending until one is configured. No
+    database session is held while a POST is in flight."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        max_attempts: int = 5,
+        base_delay: float = 0.5,
+        timeout: float = 10.0,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        self.sessions = sessions
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.timeout = timeout
+        self.poll_seconds = poll_seconds
+
+    def _pending(self) -> list[tuple[str, str, dict[str, object]]]:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(AlertRecord.id, AlertWebhook.url, AlertRecord.document)
+                .join(AlertWebhook, AlertWebhook.subscription_id == AlertRecord.subscription_id)
+                .where(AlertRecord.delivery_state == DeliveryState.PENDING.value)
+                .order_by(AlertRecord.time)
+            )
+            return [(alert_id, url, document) for alert_id, url, document in rows]
+
+    def deliver_pending(self, stop_event: threading.Event | None = None) -> int:
+        """Deliver every Pending alert that has a webhook; the number handled (delivered or failed)."""
+        handled = 0
+        for alert_id, url, document in self._pending():
+            if stop_event is not None and stop_event.is_set():
+                break
+            delivery = WebhookDelivery(
+                url, max_attempts=self.max_attempts, base_delay=self.base_delay, timeout=self.timeout
+            )
+            delivered = delivery.deliver_document(alert_id, dict(document))
+            last = delivery.log[-1] if delivery.log else None
+            with self.sessions.begin() as session:
+                alert = session.get(AlertRecord, alert_id)
+                if alert is None:
+                    continue
+                alert.delivery_state = (DeliveryState.DELIVERED if delivered else DeliveryState.FAILED).value
+                alert.delivery_attempts += len(delivery.log)
+                alert.delivery_error = None
+                if not delivered and last is not None:
+                    alert.delivery_error = (last.error or f"{url} answered HTTP {last.status}")[:1024]
+            handled += 1
+        return handled
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Deliver pending alerts every `poll_seconds` until `stop_event` is set; errors are logged."""
+        while not stop_event.is_set():
+            try:
+                self.deliver_pending(stop_event)
+            except Exception:
+                log.exception("alert delivery pass failed; retrying")
+            stop_event.wait(self.poll_seconds)

@@ -1,0 +1,425 @@
+"""The read-only dashboard under /ui: clusters, pools, nodes with live attestation state, alerts, evidence.
+
+Pages are rendered on the server (Jinja2, autoescaped); the only script is the vendored htmx, which polls
+the node table. The dashboard does its own authentication: a login form takes an API token, checks it
+like the API does, and keeps it in an HttpOnly SameSite=Strict cookie scoped to /ui. A token scoped to a
+subscription or resource group sees only the clusters (and their pools, nodes, attestations and alerts)
+inside its scope; the rest is "not found". Every response carries a strict Content-Security-Policy (no
+inline script or style).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
+from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+from starlette.concurrency import run_in_threadpool
+
+from trustedlaunch.control.resources import cluster_resource_id
+from trustedlaunch.control.tokens import Principal, principal_for
+from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
+from trustedlaunch.web.evidence import build_evidence_view
+
+PREFIX = "/ui"
+SESSION_COOKIE = "tl_dashboard"
+SESSION_SECONDS = 8 * 3600
+POLL_SECONDS = 3  # how often the node table refreshes its attestation state
+MAX_TOKEN_LENGTH = 512
+MAX_LOGIN_BODY = 4096
+ALERT_LIMIT = 500
+HISTORY_LIMIT = 200
+ALERT_STATUSES = ("Active", "Resolved")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+STATIC_DIR = Path(str(resources.files("trustedlaunch.web") / "static"))
+STATIC_FILES = {"htmx.min.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
+PUBLIC_ROUTES = frozenset({"dashboard_login", "dashboard_login_submit", "dashboard_static"})
+STATUS_CLASSES = {
+    "Attested": "state-ok",
+    "AttestationFailed": "state-failed",
+    "Unreachable": "state-failed",
+    "Succeeded": "state-ok",
+    "Running": "state-ok",
+    "Failed": "state-failed",
+    "Active": "state-failed",
+    "Resolved": "state-ok",
+    "High": "state-failed",
+    "Medium": "state-warn",
+    "Low": "state-warn",
+    "Delivered": "state-ok",
+}
+
+
+def owns_path(path: str) -> bool:
+    """Whether a request path belongs to the dashboard (which authenticates its own requests)."""
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+class PageNotFound(Exception):
+    """A page about a row that does not exist (rendered as an HTML 404)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@pass_context
+def _path_for(context: Context, route: str, /, **params: object) -> str:
+    request: Request = context["request"]
+    return str(request.url_for(route, **params).path)
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _state_class(value: object) -> str:
+    return STATUS_CLASSES.get(str(value), "state-neutral")
+
+
+def _yes_no(value: bool | None) -> str:
+    return {True: "enabled", False: "disabled", None: "unknown"}[value]
+
+
+templates = Environment(
+    loader=PackageLoader("trustedlaunch.web", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.globals.update(path_for=_path_for, poll_seconds=POLL_SECONDS)
+templates.filters.update(when=_when, state_class=_state_class, enabled=_yes_no)
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
+    """Render a template of the dashboard (autoescaped) into an HTML response."""
+    html = templates.get_template(name).render(request=request, **context)
+    return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+
+def _session_token(request: Request) -> str | None:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return token if 0 < len(token) <= MAX_TOKEN_LENGTH else None
+
+
+def _principal(request: Request, token: str) -> Principal | None:
+    with request.app.state.sessions() as session:
+        return principal_for(session, token)
+
+
+def _signed_in(request: Request) -> bool:
+    """Whether the session cookie holds a valid token; its principal goes to `request.state.principal`."""
+    token = _session_token(request)
+    principal = _principal(request, token) if token is not None else None
+    request.state.principal = principal
+    return principal is not None
+
+
+def _may_see(request: Request, subscription_id: str, resource_group: str, cluster_name: str) -> bool:
+    """Whether the signed-in token's scope covers a cluster (a scoped token sees only its scope)."""
+    principal: Principal = request.state.principal
+    return principal.covers(cluster_resource_id(subscription_id, resource_group, cluster_name))
+
+
+def _visible(request: Request, cluster: ManagedCluster) -> bool:
+    return _may_see(request, cluster.subscription_id, cluster.resource_group, cluster.name)
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after login: a dashboard path only (never another site)."""
+    if target and owns_path(target) and "//" not in target and "\\" not in target:
+        return target
+    return PREFIX + "/"
+
+
+def _login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    login = str(request.url_for("dashboard_login").path) + "?" + urlencode({"next": target})
+    if request.headers.get("HX-Request"):  # a poll from a page whose session ended: reload into the form
+        return Response(status_code=401, headers={"HX-Redirect": login})
+    return RedirectResponse(login, status_code=303)
+
+
+class DashboardRoute(APIRoute):
+    """A dashboard route: sign-in required (except PUBLIC_ROUTES), HTML 404s, security headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        public = self.name in PUBLIC_ROUTES
+
+        async def dashboard_handler(request: Request) -> Response:
+            if not public and not await run_in_threadpool(_signed_in, request):
+                response = _login_redirect(request)
+            else:
+                try:
+                    response = await handler(request)
+                except PageNotFound as exc:
+                    response = render(request, "not_found.html", 404, what=exc.what)
+                except RequestValidationError:
+                    response = render(request, "not_found.html", 404, what=f"page {request.url.path}")
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return dashboard_handler
+
+
+router = APIRouter(prefix=PREFIX, route_class=DashboardRoute, include_in_schema=False)
+
+
+@router.get("/login", name="dashboard_login")
+def login_form(request: Request, next_path: str | None = Query(None, alias="next")) -> HTMLResponse:
+    """The sign-in form."""
+    return render(request, "login.html", next=_safe_next(next_path), error=None)
+
+
+@router.post("/login", name="dashboard_login_submit")
+async def login(request: Request) -> Response:
+    """Check the API token from the form; on success keep it in the session cookie and go on."""
+    body = await request.body()
+    form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", errors="replace"))
+    token = form.get("token", [""])[0].strip()
+    target = _safe_next(form.get("next", [None])[0])
+    if (
+        not token
+        or len(token) > MAX_TOKEN_LENGTH
+        or await run_in_threadpool(_principal, request, token) is None
+    ):
+        error = "That API token is not valid for this server." if token else "Enter an API token."
+        return render(request, "login.html", 401, next=target, error=error)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_SECONDS,
+        path=PREFIX,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/logout", name="dashboard_logout")
+def logout(request: Request) -> Response:
+    """Forget the session cookie and show the sign-in form."""
+    response = RedirectResponse(str(request.url_for("dashboard_login").path), status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/static/{name}", name="dashboard_static")
+def static(name: str) -> Response:
+    """The vendored htmx and the style sheet (nothing else is served from the package)."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise PageNotFound(f"static file {name!r}")
+    return FileResponse(
+        STATIC_DIR / name, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
+@router.get("", name="dashboard_root")
+def root(request: Request) -> Response:
+    """/ui -> /ui/."""
+    return RedirectResponse(str(request.url_for("dashboard_clusters").path), status_code=303)
+
+
+def _active_alerts_by_cluster(session: Session) -> dict[tuple[str, str, str], int]:
+    rows = session.execute(
+        select(
+            AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name, func.count()
+        )
+        .where(AlertRecord.status == "Active")
+        .group_by(AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name)
+    )
+    return {(sub, group, name): count for sub, group, name, count in rows}
+
+
+@router.get("/", name="dashboard_clusters")
+def clusters(request: Request) -> HTMLResponse:
+    """Every managed cluster with its pools, node count and active alerts."""
+    with request.app.state.sessions() as session:
+        found = [
+            cluster
+            for cluster in session.scalars(
+                select(ManagedCluster)
+                .options(selectinload(ManagedCluster.agent_pools).selectinload(AgentPool.nodes))
+                .order_by(ManagedCluster.subscription_id, ManagedCluster.resource_group, ManagedCluster.name)
+            )
+            if _visible(request, cluster)
+        ]
+        alerts = _active_alerts_by_cluster(session)
+        return render(request, "clusters.html", clusters=found, alerts=alerts)
+
+
+def _cluster(request: Request, session: Session, cluster_id: int) -> ManagedCluster:
+    cluster = session.get(ManagedCluster, cluster_id)
+    if cluster is None or not _visible(request, cluster):
+        raise PageNotFound(f"cluster #{cluster_id}")
+    return cluster
+
+
+def _pool(request: Request, session: Session, pool_id: int) -> AgentPool:
+    pool = session.get(AgentPool, pool_id)
+    if pool is None or not _visible(request, pool.cluster):
+        raise PageNotFound(f"agent pool #{pool_id}")
+    return pool
+
+
+@router.get("/clusters/{cluster_id}", name="dashboard_cluster")
+def cluster_pools(request: Request, cluster_id: int) -> HTMLResponse:
+    """A cluster's agent pools with their trusted launch settings and node attestation counts."""
+    with request.app.state.sessions() as session:
+        cluster = _cluster(request, session, cluster_id)
+        return render(request, "pools.html", cluster=cluster, pools=cluster.agent_pools)
+
+
+def _latest_attestations(session: Session, pool_id: int) -> dict[str, int]:
+    """The id of each node's latest attestation record in a pool, by node name."""
+    rows = session.execute(
+        select(AttestationRecord.node_name, func.max(AttestationRecord.id))
+        .where(AttestationRecord.pool_id == pool_id)
+        .group_by(AttestationRecord.node_name)
+    )
+    return {name: record_id for name, record_id in rows}
+
+
+@router.get("/pools/{pool_id}", name="dashboard_pool")
+def pool_nodes(request: Request, pool_id: int) -> HTMLResponse:
+    """A pool's nodes with live attestation state, Secure Boot, vTPM and labels."""
+    with request.app.state.sessions() as session:
+        pool = _pool(request, session, pool_id)
+        latest = _latest_attestations(session, pool.id)
+        return render(request, "nodes.html", cluster=pool.cluster, pool=pool, nodes=pool.nodes, latest=latest)
+
+
+@router.get("/pools/{pool_id}/node-rows", name="dashboard_node_rows")
+def pool_node_rows(request: Request, pool_id: int) -> HTMLResponse:
+    """The node table body alone: what the nodes page polls."""
+    with request.app.state.sessions() as session:
+        pool = _pool(request, session, pool_id)
+        latest = _latest_attestations(session, pool.id)
+        return render(request, "node_rows.html", pool=pool, nodes=pool.nodes, latest=latest)
+
+
+@router.get("/pools/{pool_id}/nodes/{node_name}", name="dashboard_node_history")
+def node_history(request: Request, pool_id: int, node_name: str) -> HTMLResponse:
+    """The attestation history of one node of a pool, newest first."""
+    with request.app.state.sessions() as session:
+        pool = _pool(request, session, pool_id)
+        records = session.scalars(
+            select(AttestationRecord)
+            .where(AttestationRecord.pool_id == pool_id, AttestationRecord.node_name == node_name)
+            .order_by(AttestationRecord.id.desc())
+            .limit(HISTORY_LIMIT)
+        ).all()
+        node = session.scalar(select(Node).where(Node.pool_id == pool_id, Node.name == node_name))
+        if node is None and not records:
+            raise PageNotFound(f"node {node_name!r} of pool {pool.name!r}")
+        return render(
+            request, "history.html", cluster=pool.cluster, pool=pool, node_name=node_name, records=records
+        )
+
+
+def _alert_components(document: dict[str, Any]) -> str:
+    properties = document.get("properties")
+    extended = properties.get("extendedProperties") if isinstance(properties, dict) else None
+    components = extended.get("failedComponents") if isinstance(extended, dict) else None
+    return str(components) if components else "—"
+
+
+def _alert_findings(document: dict[str, Any]) -> list[str]:
+    """The alert's findings as operator lines ("PCR4: ..."), from its Defender-shaped document."""
+    properties = document.get("properties")
+    evidence = properties.get("supportingEvidence") if isinstance(properties, dict) else None
+    findings = evidence.get("findings") if isinstance(evidence, dict) else None
+    lines = []
+    for finding in findings if isinstance(findings, list) else []:
+        if isinstance(finding, dict):
+            pcr = finding.get("pcr")
+            message = str(finding.get("message", ""))
+            lines.append(f"PCR{pcr}: {message}" if isinstance(pcr, int) else message)
+    return lines
+
+
+@router.get("/alerts", name="dashboard_alerts")
+def alerts(request: Request, status: str | None = None) -> HTMLResponse:
+    """Integrity alerts in the token's scope, newest first (at most ALERT_LIMIT), optionally only Active or
+    Resolved ones."""
+    query = select(AlertRecord).order_by(AlertRecord.time.desc(), AlertRecord.id)
+    if status in ALERT_STATUSES:
+        query = query.where(AlertRecord.status == status)
+    else:
+        status = None
+    with request.app.state.sessions() as session:
+        visible = (
+            alert
+            for alert in session.scalars(query.execution_options(yield_per=ALERT_LIMIT))
+            if _may_see(request, alert.subscription_id, alert.resource_group, alert.cluster_name)
+        )
+        rows = [
+            {
+                "alert": alert,
+                "components": _alert_components(alert.document),
+                "findings": _alert_findings(alert.document),
+            }
+            for alert in itertools.islice(visible, ALERT_LIMIT)
+        ]
+        return render(request, "alerts.html", rows=rows, status=status, statuses=ALERT_STATUSES)
+
+
+def _sorted_pcrs(pcrs: dict[str, dict[str, str]] | None) -> list[tuple[str, int, str]]:
+    rows = []
+    for bank, values in sorted((pcrs or {}).items()):
+        for index, value in values.items():
+            if str(index).isdigit():
+                rows.append((bank, int(index), value))
+    return sorted(rows)
+
+
+@router.get("/attestations/{record_id}", name="dashboard_attestation")
+def attestation(request: Request, record_id: int) -> HTMLResponse:
+    """One attestation's evidence: findings, the event log with the failing events highlighted, PCRs."""
+    with request.app.state.sessions() as session:
+        record = session.get(AttestationRecord, record_id)
+        if record is None:
+            raise PageNotFound(f"attestation #{record_id}")
+        pool = _pool(request, session, record.pool_id)
+        view = build_evidence_view(record.event_log, record.findings or [])
+        failed_pcrs = {finding.pcr for finding in view.findings if finding.pcr is not None}
+        return render(
+            request,
+            "evidence.html",
+            cluster=pool.cluster,
+            pool=pool,
+            record=record,
+            view=view,
+            pcrs=_sorted_pcrs(record.pcrs),
+            failed_pcrs=failed_pcrs,
+        )
