@@ -25,8 +25,8 @@ SHUTDOWN_POLL_SECONDS = 0.5
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")
-    ] = 8443,
+        int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port). Plain HTTP.")
+    ] = 8080,
     attestation_interval: Annotated[
         float,
         typer.Option(
