@@ -21,21 +21,18 @@ TTL is raised to one hour for the run because the quotes are made beforehand. Us
     .venv/bin/python bench/attest_load_bench.py [--rate 1000] [--duration 60] [--swtpm-count 2]
         [--workers 2] [--ak ecc|rsa] [--max-connections 256]
 
-Measured 2026-11-23 on the development VM (2 vCPUs, 23 GB) shared with the generator and with other
-sessions' QEMU TCG boots (load average 6-18 during the runs), ECC AKs, 2 API workers, 2 swtpm, 15 KiB log:
+Measured 2026-11-23 on the development VM (2 vCPUs, 23 GB), ECC AKs, 2 API workers, 2 swtpm, 15 KiB log:
 
-* --rate 1000 --duration 60 (best of 4 runs): target NOT met. 0 errors of 60,000, 481 ok/s achieved:
-  the server got 115 of the 249 core-seconds the run lasted (the generator 17, other sessions the rest),
-  so the open-loop queue grew and client latency from the scheduled send was p50 31 s, p90 60 s, p99 64 s,
-  max 88 s. Server handler time p50 1.37 ms, p90 5.4 ms, p99 13.6 ms; verify() p50 0.30 ms, p99 5.6 ms.
-  Pre-making the 60,000 quotes took 69 s. (Other runs: 319, 158 and 84 ok/s at load averages 9-18.)
-* --rate 150 --duration 60: 0 errors, 146 ok/s; client latency p50 15 ms, p90 677 ms, p99 3.5 s (CPU
-  stolen by the VMs); handler p50 1.77 ms (verify 0.41, token 0.76, parse 0.30, nonce 0.15 ms).
-* The cost that bounds the rate: 1.9-2.6 ms of server CPU per request (uvicorn HTTP + middlewares +
-  handler; the lowest on the quietest run), i.e. at most ~1,050/s on 2 otherwise idle cores with nothing
-  left for the generator (0.28-0.35 ms per request): 1,000/s needs ~2.2 free cores here. The largest part
-  is token signing: TokenIssuer.issue re-reads and parses its key files on every call (~0.5 ms; caching
-  the keys by the manifest's mtime cut the in-process cost from 1.84 to 1.37 ms per request).
+* quiet machine (load average 0.3 before the run), --rate 1000 --duration 60: 0 errors of 60,000, 915 ok/s
+  achieved (all answered after 65.6 s). Server handler time p50 1.17 ms, p90 2.05 ms, p99 5.2 ms (verify()
+  p50 0.32 ms, token signing 0.40 ms, nonce redeem 0.12 ms); client latency from the scheduled send p50
+  2.5 s, p99 5.6 s, because the queue grows while the server is a few percent short of the rate. Server
+  CPU 1.75 ms per request (HTTP + middlewares + handler): at most ~1,145/s on 2 otherwise idle cores, and
+  the generator needs 0.3 ms per request of the same 2 cores, so 1,000/s is just out of reach here.
+  Pre-making the 60,000 quotes took 57 s.
+* the same run while other sessions booted QEMU TCG VMs (load average 6-18): 84-481 ok/s, 0 errors.
+* token signing was the largest handler cost until TokenIssuer cached its parsed keys (by the manifest's
+  mtime/size/inode): 1.84 -> 1.37 ms per request in-process.
 """
 
 from __future__ import annotations
