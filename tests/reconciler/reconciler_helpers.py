@@ -8,13 +8,16 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.node_images import seed_node_images
+from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import Node, Operation
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -47,6 +50,35 @@ def operation(sessions: sessionmaker[Session], operation_id: str) -> Operation:
     """The operation row."""
     with sessions() as session:
         return session.get_one(Operation, operation_id)
+
+
+@contextlib.contextmanager
+def trusted_launch_store(url: str) -> Iterator[sessionmaker[Session]]:
+    """A migrated, seeded store at `url` with the trusted launch feature and the provider registered."""
+    engine = make_engine(url)
+    migrate(engine)
+    factory = session_factory(engine)
+    with factory.begin() as session:
+        seed_node_images(session)
+        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
+        register_provider(session, SUB, "Microsoft.ContainerService")
+    try:
+        yield factory
+    finally:
+        engine.dispose()
+
+
+def wait_succeeded(
+    sessions: sessionmaker[Session], operation_id: str, timeout: float, log: Callable[[], str]
+) -> Operation:
+    """Wait for the operation to end and require it Succeeded (else fail with its error and `log`'s tail)."""
+    done = wait_until(
+        lambda: (op := operation(sessions, operation_id)).status != "InProgress" and op,
+        timeout,
+        f"operation {operation_id} to end",
+    )
+    assert done.status == "Succeeded", (done.error, log()[-4000:])
+    return done
 
 
 def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:

@@ -14,13 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reconciler_helpers import SUB, nodes, operation, processes_under, wait_until
+from reconciler_helpers import (
+    SUB,
+    nodes,
+    operation,
+    processes_under,
+    trusted_launch_store,
+    wait_succeeded,
+    wait_until,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.control.features import register_feature, register_provider
-from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
-from trustedlaunch.store.db import make_engine, migrate, session_factory
 
 pytestmark = pytest.mark.slow
 PATH = ResourcePath(SUB, "rg", "crashcluster")
@@ -64,16 +69,9 @@ class StandaloneReconciler:
 
 @pytest.fixture(scope="module")
 def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
-    """A migrated, seeded store on reconciler_base/crash.db with the trusted launch feature registered."""
-    engine = make_engine(f"sqlite:///{reconciler_base / 'crash.db'}")
-    migrate(engine)
-    factory = session_factory(engine)
-    with factory.begin() as session:
-        seed_node_images(session)
-        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
-        register_provider(session, SUB, "Microsoft.ContainerService")
-    yield factory
-    engine.dispose()
+    """The crash tests' store on reconciler_base/crash.db."""
+    with trusted_launch_store(f"sqlite:///{reconciler_base / 'crash.db'}") as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +102,7 @@ def test_kill_9_during_create_then_restart_and_adopt(
     assert operation(sessions, create.id).status == "InProgress"
 
     reconciler.start()
-    done = wait_until(
-        lambda: (op := operation(sessions, create.id)).status != "InProgress" and op,
-        OPERATION_TIMEOUT,
-        "the create operation to end",
-    )
-    assert done.status == "Succeeded", (done.error, reconciler.log())
+    wait_succeeded(sessions, create.id, OPERATION_TIMEOUT, reconciler.log)
     (node,) = nodes(sessions)
     assert (node.id, node.state, node.attestation_status) == (started.id, "Ready", "Attested")
     assert processes_under(first_run_dir) == []  # the orphans were killed
@@ -132,11 +125,6 @@ def test_kill_9_during_create_then_restart_and_adopt(
     with sessions.begin() as session:
         deletion = delete_cluster(session, PATH)
     assert deletion is not None
-    deleted = wait_until(
-        lambda: (op := operation(sessions, deletion.id)).status != "InProgress" and op,
-        OPERATION_TIMEOUT,
-        "the delete operation to end",
-    )
-    assert deleted.status == "Succeeded", (deleted.error, reconciler.log())
+    wait_succeeded(sessions, deletion.id, OPERATION_TIMEOUT, reconciler.log)
     assert nodes(sessions) == []
     assert processes_under(state_dir) == []

@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 from pg_server import PostgresServer
-from reconciler_helpers import SUB, nodes, operation, processes_under, wait_until
+from reconciler_helpers import (
+    SUB,
+    nodes,
+    processes_under,
+    trusted_launch_store,
+    wait_succeeded,
+    wait_until,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from test_reconciler_crash import NO_INTERVAL, StandaloneReconciler
 
-from trustedlaunch.control.features import register_feature, register_provider
-from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
-from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation
 
 pytestmark = pytest.mark.slow
@@ -36,16 +40,9 @@ def store_url(postgres: PostgresServer) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sessions(store_url: str) -> Iterator[sessionmaker[Session]]:
-    """A migrated, seeded PostgreSQL store with the trusted launch feature registered."""
-    engine = make_engine(store_url)
-    migrate(engine)
-    factory = session_factory(engine)
-    with factory.begin() as session:
-        seed_node_images(session)
-        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
-        register_provider(session, SUB, "Microsoft.ContainerService")
-    yield factory
-    engine.dispose()
+    """The crash tests' store on PostgreSQL."""
+    with trusted_launch_store(store_url) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +54,6 @@ def reconciler(
     )
     yield standalone
     standalone.kill()
-
-
-def ended(sessions: sessionmaker[Session], reconciler: StandaloneReconciler, operation_id: str) -> None:
-    done = wait_until(
-        lambda: (op := operation(sessions, operation_id)).status != "InProgress" and op,
-        STEP_TIMEOUT,
-        f"operation {operation_id} to end",
-    )
-    assert done.status == "Succeeded", (done.error, reconciler.log()[-4000:])
 
 
 def test_kill_9_during_create_and_delete_with_the_store_on_postgresql(
@@ -84,7 +72,7 @@ def test_kill_9_during_create_and_delete_with_the_store_on_postgresql(
     reconciler.kill()
     assert booting.state == "Provisioning" and len(processes_under(Path(str(booting.run_dir)))) == 2
     reconciler.start()
-    ended(sessions, reconciler, create.id)
+    wait_succeeded(sessions, create.id, STEP_TIMEOUT, reconciler.log)
     (node,) = nodes(sessions)
     assert (node.id, node.state, node.attestation_status) == (booting.id, "Ready", "Attested")
     assert node.labels["kubernetes.azure.com/secure-boot"] == "true"
@@ -106,7 +94,7 @@ def test_kill_9_during_create_and_delete_with_the_store_on_postgresql(
     reconciler.kill()
     assert len(processes_under(Path(str(node.run_dir)))) == 2  # frozen qemu + swtpm, orphaned
     reconciler.start()
-    ended(sessions, reconciler, deletion.id)
+    wait_succeeded(sessions, deletion.id, STEP_TIMEOUT, reconciler.log)
     assert nodes(sessions) == []
     assert processes_under(state_dir) == []
     with sessions() as session:

@@ -17,13 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reconciler_helpers import SUB, nodes, operation, processes_under, wait_until
+from reconciler_helpers import (
+    SUB,
+    nodes,
+    processes_under,
+    trusted_launch_store,
+    wait_succeeded,
+    wait_until,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from test_reconciler_crash import NO_INTERVAL, StandaloneReconciler
 
-from trustedlaunch.control.features import register_feature, register_provider
-from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.resources import (
     ClusterSpec,
     PoolSpec,
@@ -32,7 +37,6 @@ from trustedlaunch.control.resources import (
     put_cluster,
     put_pool,
 )
-from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, Node, Operation
 
 pytestmark = pytest.mark.slow
@@ -48,16 +52,9 @@ def store_url(reconciler_base: Path) -> str:
 
 @pytest.fixture(scope="module")
 def sessions(store_url: str) -> Iterator[sessionmaker[Session]]:
-    """A migrated, seeded store with the trusted launch feature registered."""
-    engine = make_engine(store_url)
-    migrate(engine)
-    factory = session_factory(engine)
-    with factory.begin() as session:
-        seed_node_images(session)
-        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
-        register_provider(session, SUB, "Microsoft.ContainerService")
-    yield factory
-    engine.dispose()
+    """The crash tests' store."""
+    with trusted_launch_store(store_url) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +66,6 @@ def reconciler(
     )
     yield standalone
     standalone.kill()
-
-
-def finished(sessions: sessionmaker[Session], reconciler: StandaloneReconciler, operation_id: str) -> None:
-    """Wait for the operation to end and require it Succeeded."""
-    done = wait_until(
-        lambda: (op := operation(sessions, operation_id)).status != "InProgress" and op,
-        STEP_TIMEOUT,
-        f"operation {operation_id} to end",
-    )
-    assert done.status == "Succeeded", (done.error, reconciler.log()[-4000:])
 
 
 def update_pool(sessions: sessionmaker[Session], spec: PoolSpec) -> str:
@@ -135,7 +122,7 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     with sessions.begin() as session:
         _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[spec]))
     reconciler.start()
-    finished(sessions, reconciler, create.id)
+    wait_succeeded(sessions, create.id, STEP_TIMEOUT, reconciler.log)
     (first,) = assert_converged(sessions, state_dir, 1, secure_boot=False)
 
     # Scale up 1 -> 2, killed while the new node boots: its VM is redone, the first node is adopted.
@@ -149,7 +136,7 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     assert booting.state == "Provisioning"
     assert len(processes_under(Path(str(booting.run_dir)))) == 2  # qemu + swtpm outlive the reconciler
     reconciler.start()
-    finished(sessions, reconciler, scale_up)
+    wait_succeeded(sessions, scale_up, STEP_TIMEOUT, reconciler.log)
     adopted, second = assert_converged(sessions, state_dir, 2, secure_boot=False)
     assert (adopted.id, adopted.qemu_pid, adopted.run_dir) == (first.id, first.qemu_pid, first.run_dir)
     assert second.id == booting.id and second.run_dir != booting.run_dir
@@ -165,7 +152,7 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     assert reimaged_first is not None and reimaged_first.secure_boot_enabled
     assert reimaging.run_dir == second.run_dir
     reconciler.start()
-    finished(sessions, reconciler, reimage)
+    wait_succeeded(sessions, reimage, STEP_TIMEOUT, reconciler.log)
     zero, one = assert_converged(sessions, state_dir, 2, secure_boot=True)
     assert (zero.id, one.id) == (first.id, second.id)  # reimaged in place: same rows, names, ordinals
     assert (zero.name, one.name) == (first.name, second.name)
@@ -179,7 +166,7 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     assert deleting.id == one.id
     assert len(processes_under(Path(str(one.run_dir)))) == 2
     reconciler.start()
-    finished(sessions, reconciler, scale_down)
+    wait_succeeded(sessions, scale_down, STEP_TIMEOUT, reconciler.log)
     (kept,) = assert_converged(sessions, state_dir, 1, secure_boot=True)
     assert (kept.id, kept.qemu_pid) == (zero.id, zero.qemu_pid)
     assert not Path(str(one.run_dir)).exists()
@@ -194,6 +181,6 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     with sessions.begin() as session:
         deletion = delete_cluster(session, PATH)
     assert deletion is not None
-    finished(sessions, reconciler, deletion.id)
+    wait_succeeded(sessions, deletion.id, STEP_TIMEOUT, reconciler.log)
     assert nodes(sessions) == []
     assert processes_under(state_dir) == []
