@@ -448,6 +448,10 @@ def _pool_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:
     return f"{_cluster_path(client, group, cluster)}/agentPools/{pool}"
 
 
+def _machine_path(client: ArmClient, group: str, cluster: str, pool: str, machine: str) -> str:
+    return f"{_pool_path(client, group, cluster, pool)}/machines/{machine}"
+
+
 @nodepool_app.command()
 def add(
     cluster_name: ClusterNameOption,
@@ -697,7 +701,7 @@ def list_attestations(
 ) -> None:
     """List a machine's attestations, newest first (also of a deleted machine)."""
     with connect(endpoint, subscription) as client:
-        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines/{machine_name}"
+        path = _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
         history = client.json("GET", f"{path}/attestations", params={"$top": str(top)})
     output(history["value"], output_format, ATTESTATION_COLUMNS, attestation_row)
 
@@ -717,7 +721,7 @@ def show_attestation(
 ) -> None:
     """Show one attestation with its full evidence (base64), PCRs, findings and token."""
     with connect(endpoint, subscription) as client:
-        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines/{machine_name}"
+        path = _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
         record = client.json("GET", f"{path}/attestations/{attestation_id}")
     output(record, output_format, ATTESTATION_COLUMNS, attestation_row)
 
@@ -734,5 +738,5 @@ def get_attestation_token(
     """Print the machine's attestation token (a JWT, verifiable with the server's JWKS) with its expiry;
     refused when its newest attestation failed or the token expired."""
     with connect(endpoint, subscription) as client:
-        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines/{machine_name}"
+        path = _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
         print_json(client.json("POST", f"{path}/getAttestationToken"))
