@@ -220,10 +220,7 @@ class AttestationMonitor:
         stored = NodeState.from_dict(node.attestation_state) if node.attestation_state else None
         try:
             attestation = attest_node(agent, policy=policy, ek_ca=ek_ca, node_state=stored)
-        except (
-            TrustedLaunchError,
-            OSError,
-        ) as exc:  # agent transport (a send on a closed port is an OSError)
+        except TrustedLaunchError as exc:  # agent transport: the channel reports socket errors as AgentError
             return self.record_unreachable(session, pool, node, exc, trigger, started=started)
         node.attestation_state = attestation.state.to_dict()
         result = attestation.result
