@@ -1,7 +1,7 @@
 """Benchmark: the verifier API under a fixed open-loop load of attestation requests (issue 6: 1,000/s, 60 s).
 
-What runs: the real `tl` API (uvicorn, --workers processes, SQLite store, nonce store shared by the workers
-in one SQLite file) on loopback. Before the load, --swtpm-count real swtpm processes (in parallel, one
+What runs: the control plane as deployed, `tl serve --workers N` on loopback (N uvicorn API processes, the
+reconciler idle beside them, SQLite store, nonce store shared by the workers in one SQLite file). Before the load, --swtpm-count real swtpm processes (in parallel, one
 process each) get their PCRs extended with a real OVMF + shim + GRUB + kernel event log, make an attestation
 key (ECC P-256 by default, --ak rsa for RSA-2048 like the in-guest agent; the TPM signs ECC ~7x faster,
 the verifier checks either in well under a millisecond) and, for every request of the run, fetch a nonce
@@ -59,10 +59,9 @@ from tpm2_pytss import ESAPI, TCTILdr
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPM2B_DATA, TPM2B_PUBLIC, TPML_PCR_SELECTION, TPMT_SIG_SCHEME
 
-from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, NONCE_TTL_ENV, VERIFY_PATH, open_challenge_store
+from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, NONCE_TTL_ENV, VERIFY_PATH
 from trustedlaunch.attest.evidence import AK_ATTRIBUTES, extend_event_log
 from trustedlaunch.attest.policy import policy_from_summary
-from trustedlaunch.control.bootstrap import attestation_token_issuer, open_store
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
@@ -73,9 +72,6 @@ DEFAULT_LOG = TESTDATA / "qemu-ovmf" / "shim_evlog.bin"  # a real OVMF + shim + 
 AK_TEMPLATES = {"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"}
 SERVER_TIMING = re.compile(rb"(\w+);dur=([0-9.]+)")
 HOST = "127.0.0.1"
-# the client keeps idle connections pooled; uvicorn's default of 5 s would reset them under it (as a load
-# balancer in front of the API, which keeps connections open for 60-75 s)
-KEEP_ALIVE_SECONDS = 120
 SERVER_PHASES = (
     ("total", "server handler time (Server-Timing total)"),
     ("verify", "  of which verify()"),
@@ -141,28 +137,25 @@ def free_port() -> int:
 
 
 def start_server(folder: Path, port: int, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the API with uvicorn; return it and the admin token once /healthz answers. The store, nonce
-    store and token keys are created first, as a deployment migrates before it starts its workers."""
-    database_url = f"sqlite:///{folder / 'bench.db'}"
-    token_file = folder / "config" / "trustedlaunch" / "admin-token"  # where the server looks for it
-    engine, _sessions = open_store(database_url, token_file)
-    engine.dispose()
-    open_challenge_store(token_file.parent).close()
-    attestation_token_issuer(token_file)
+    """Start the control plane as deployed (`tl serve --workers N`, its reconciler idle: no nodes); return
+    it and the admin token once /healthz answers."""
     env = {
         **os.environ,
-        "TL_DATABASE_URL": database_url,
+        "TL_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
         "XDG_CONFIG_HOME": str(folder / "config"),
+        "XDG_DATA_HOME": str(folder / "data"),
         NONCE_TTL_ENV: "3600",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "trustedlaunch.api.app:create_app",
-        "--host", HOST, "--port", str(port), "--workers", str(workers), "--backlog", "4096",
-        "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS), "--log-level", "warning", "--no-access-log",
+        str(Path(sys.executable).parent / "tl"), "serve", "--host", HOST, "--port", str(port),
+        "--workers", str(workers), "--attestation-interval", "0",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env)
+    log = folder / "serve.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, env=env, stderr=stderr)
+    token_file = folder / "config" / "trustedlaunch" / "admin-token"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             connection = http.client.HTTPConnection(HOST, port, timeout=1)
             connection.request("GET", "/healthz")
@@ -171,7 +164,9 @@ def start_server(folder: Path, port: int, workers: int) -> tuple[subprocess.Pope
         except OSError:
             time.sleep(0.2)
     process.terminate()
-    raise SystemExit("the API server did not start within 60 s")
+    raise SystemExit(
+        f"tl serve did not start within 60 s (exit code {process.poll()}):\n{log.read_text()[-3000:]}"
+    )
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -209,9 +204,9 @@ class Connection:
 
     async def post(self, head: bytes, body_parts: tuple[bytes, ...]) -> tuple[int, dict[bytes, bytes], bytes]:
         self.writer.writelines((head, *body_parts))
-        status_line = await self.reader.readline()
+        status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[:-2]
         headers = {}
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+        for line in lines:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip()
         body = await self.reader.readexactly(int(headers.get(b"content-length", b"0")))
@@ -283,7 +278,13 @@ async def run_load(
                 error = f"HTTP {status}: {answer[:160].decode(errors='replace')}"
             elif b'"ok":true' not in answer:
                 error = f"not ok: {answer[:160].decode(errors='replace')}"
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            IndexError,
+        ) as exc:
             error = f"{type(exc).__name__}: {exc}"
             if used is not None:
                 used.writer.close()

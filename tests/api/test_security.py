@@ -256,7 +256,7 @@ def arm_code(body: bytes) -> str:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: h11 with its limits)."""
+    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: the head-capped httptools protocol)."""
     token_file = tmp_path / "config" / "admin-token"
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
     with BackgroundServer(app) as server:
@@ -296,17 +296,66 @@ def test_limits_over_a_real_socket(live: tuple[str, str]) -> None:
     )
     assert code == 404 and arm_code(body) == "NotFound"
 
-    # A request head that grows past h11's buffer cap without ending never reaches the app: uvicorn answers
-    # 400 and closes (complete heads arrive whole and get the 431 above).
+    # A request head that grows past the protocol's cap without ending never reaches the app: 431 and the
+    # connection is closed (complete heads reach the app and get the finer 431s above).
     endless = (
-        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Huge: "
-        + b"h" * 2 * limits.H11_MAX_INCOMPLETE_EVENT_SIZE
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Huge: " + b"h" * 2 * limits.MAX_INCOMPLETE_HEAD_BYTES
     )
-    code, _, body = raw_request(url, endless)
-    assert code == 400 and b"Invalid HTTP request" in body
+    code, response_headers, body = raw_request(url, endless)
+    assert code == 431 and arm_code(body) == "RequestHeaderFieldsTooLarge", body[:300]
+    assert response_headers["connection"] == "close"
     code, _, body = raw_request(url, http_bytes("GET", "/healthz", []))
     assert code == 200 and json.loads(body) == {"status": "ok"}
 
     # A request inside every limit still works end to end.
     created = raw_request(url, http_bytes("PUT", cluster("rg-a"), [*put, ("Content-Length", "2")], b"{}"))
     assert created[0] == 400 and arm_code(created[2]) == "InvalidRequestContent"
+
+
+def read_responses(connection: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """`count` HTTP responses (status, body) read off a keep-alive connection (bodies by Content-Length)."""
+    buffered = b""
+    answers = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buffered:
+            chunk = connection.recv(65536)
+            assert chunk, f"connection closed after {len(answers)} of {count} responses"
+            buffered += chunk
+        head, _, buffered = buffered.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next(int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length:"))
+        while len(buffered) < length:
+            buffered += connection.recv(65536)
+        answers.append((int(lines[0].split(" ")[1]), buffered[:length]))
+        buffered = buffered[length:]
+    return answers
+
+
+def test_head_cap_counts_unfinished_heads_only(tmp_path: Path) -> None:
+    """Bodies far above the head cap, arriving with their head or before a pipelined request's partial
+    head, are not taken for a head; a head that then stalls past the cap is still refused."""
+    token_file = tmp_path / "config" / "admin-token"
+    app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=1024 * 1024)
+    with BackgroundServer(app) as server:
+        token = token_file.read_text().strip()
+        address = httpx.URL(server.url)
+        big = b'{"padding": "' + b"p" * (4 * limits.MAX_INCOMPLETE_HEAD_BYTES) + b'"}'
+        headers = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]
+        put = http_bytes("PUT", cluster("rg-a"), [*headers, ("Content-Length", str(len(big)))], big)
+        put = put.replace(b"Connection: close\r\n", b"")
+        health = http_bytes("GET", "/healthz", []).replace(b"Connection: close\r\n", b"")
+        with socket.create_connection((address.host, address.port), timeout=30) as connection:
+            # one write: the big body, then half of a pipelined request's head; its rest comes later
+            connection.sendall(put + health[:20])
+            first = read_responses(connection, 1)
+            connection.sendall(health[20:])
+            answers = first + read_responses(connection, 1)
+            assert [status for status, _ in answers] == [400, 200], answers
+            assert arm_code(answers[0][1]) == "InvalidRequestContent"
+            # the same connection, now a head that never ends
+            connection.sendall(
+                b"GET /healthz HTTP/1.1\r\nX-Huge: " + b"h" * 2 * limits.MAX_INCOMPLETE_HEAD_BYTES
+            )
+            [(status, body)] = read_responses(connection, 1)
+            assert status == 431 and arm_code(body) == "RequestHeaderFieldsTooLarge"
+            assert connection.recv(65536) == b""  # closed

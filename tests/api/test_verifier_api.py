@@ -198,6 +198,9 @@ def test_garbage_base64_is_a_400_naming_the_field(
     ("body", "code", "words"),
     [
         (b"{not json", "InvalidRequestContent", "not a valid JSON document"),
+        (b'{"nonce": "\xff"}', "InvalidRequestContent", "not a valid JSON document"),  # not UTF-8
+        (b"[" * 10_000, "InvalidRequestContent", "not a valid JSON document"),  # nested too deep
+        (b'{"nonce": NaN}', "InvalidRequestContent", "not a valid JSON document"),
         (b"[]", "InvalidRequestContent", "must be a JSON object"),
         (b'{"nonce": "zz", "evidence": {}, "policy": {}}', "NonceInvalid", "hex nonce"),
         (b'{"nonce": "00", "evidence": {}, "policy": {}, "extra": 1}', "InvalidRequestContent", "extra"),

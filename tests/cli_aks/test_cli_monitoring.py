@@ -529,10 +529,18 @@ def serve_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
-def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path) -> None:
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid` (Linux /proc)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, workers: int) -> None:
+    """`tl serve` answers until SIGTERM, then exits 0 and leaves nothing behind; with --workers 2 the API
+    runs in two worker processes (both answer over the one port), supervised by the serve process."""
     tl_command = [str(Path(sys.executable).parent / "tl")]
     process = subprocess.Popen(
-        [*tl_command, "serve", "--port", "0", "--attestation-interval", "5"],
+        [*tl_command, "serve", "--port", "0", "--attestation-interval", "5", "--workers", str(workers)],
         env=serve_env,
         stderr=subprocess.PIPE,
         text=True,
@@ -546,19 +554,37 @@ def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path) 
             assert line, f"tl serve exited early ({process.poll()}): {banner}"
             banner += line
         url = banner.split(" on ", 1)[1].split(" ", 1)[0]
-        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
-        alerts = httpx.get(
-            f"{url}/subscriptions/{SUB}/providers/Microsoft.Security/alerts",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert alerts.status_code == 200 and alerts.json() == {"value": []}
+        deadline = time.monotonic() + 60
+        while True:  # worker processes take a few seconds to start
+            try:
+                assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and process.poll() is None, banner
+                time.sleep(0.2)
+        for _ in range(20):  # a new connection each: the kernel spreads them over the workers
+            alerts = httpx.get(
+                f"{url}/subscriptions/{SUB}/providers/Microsoft.Security/alerts",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert alerts.status_code == 200 and alerts.json() == {"value": []}
+        children = child_pids(process.pid)
+        if workers > 1:
+            assert f"{workers} API worker processes" in banner
+            assert len(children) >= workers, children
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         rest = process.stderr.read()
-        assert "SIGTERM: stopping" in rest and "stopped" in rest
+        assert "stopping" in rest and "stopped" in rest, rest
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz")
+        deadline = time.monotonic() + 10  # multiprocessing's resource tracker ends once its parent is gone
+        while (
+            left := [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        ) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,18 +1,22 @@
 """Limits on the request line and headers: URL path and query length (414), number of headers, one header's
 size and all headers' size (431), answered with ARM errors before anything else runs.
 
-The server bounds what reaches the app first: uvicorn runs with h11 (`UVICORN_HTTP`), whose receive buffer
-for a request line plus headers is capped at H11_MAX_INCOMPLETE_EVENT_SIZE; a request over that cap never
-reaches the app and gets uvicorn's plain-text 400 with the connection closed. The cap sits above these
-limits, so every request between the two gets its ARM error from RequestLimits.
+The server bounds what reaches the app first: uvicorn runs with `HeadCappedHttpToolsProtocol` (its fast
+httptools parser, which has no limit of its own), which refuses a request head still incomplete after
+MAX_INCOMPLETE_HEAD_BYTES with a 431 ARM error and closes the connection, so a client cannot make the server
+buffer an endless request line or header. Complete heads reach the app, where RequestLimits applies the
+finer limits below (all under that cap).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from trustedlaunch.control.errors import ArmError
 
@@ -21,8 +25,7 @@ MAX_QUERY_BYTES = 4096
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 8192  # one header: name + value
 MAX_HEADERS_TOTAL_BYTES = 32 * 1024  # every header as on the wire ("name: value\r\n")
-UVICORN_HTTP = "h11"  # the HTTP implementation whose buffer limit is configured (httptools has none)
-H11_MAX_INCOMPLETE_EVENT_SIZE = 64 * 1024
+MAX_INCOMPLETE_HEAD_BYTES = 64 * 1024  # received bytes of a request head that has not ended yet
 SHOWN_NAME_CHARS = 64
 
 
@@ -103,3 +106,47 @@ class RequestLimits:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class HeadCappedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools HTTP/1.1 protocol with a bound on an unfinished request head: once more than
+    MAX_INCOMPLETE_HEAD_BYTES arrived without the head ending, answer 431 (ARM error) and close.
+
+    Bytes are counted per received chunk while a head is open. The chunk in which a pipelined request ended
+    and the next one's head began is not counted (where the new head starts in it is unknown), so buffering
+    stays under the cap plus two chunks."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_open = True
+        self._head_bytes = 0
+        self._head_reopened = False
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_open, self._head_bytes, self._head_reopened = True, 0, True
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        self._head_reopened = False
+        super().data_received(data)
+        if not self._head_open or self._head_reopened or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_INCOMPLETE_HEAD_BYTES:
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        error = ArmError(
+            431,
+            "RequestHeaderFieldsTooLarge",
+            f"The request line and headers did not end within {MAX_INCOMPLETE_HEAD_BYTES} bytes.",
+            "headers",
+        )
+        body = json.dumps(error.to_body()).encode()
+        head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        self.transport.write(STATUS_LINE[431] + head % len(body) + body)
+        self.transport.close()

@@ -1,5 +1,6 @@
-"""Serve the API with uvicorn on loopback in a background thread (embedded server of `tl`, tests, bench),
-optionally with the node reconciler in a second thread."""
+"""Serve the API with uvicorn: on loopback in a background thread (embedded server of `tl`, tests), optionally
+with the node reconciler in a second thread; `server_config` is the one uvicorn configuration, also used by
+`tl serve --workers N` (worker processes)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,34 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from trustedlaunch.api.limits import H11_MAX_INCOMPLETE_EVENT_SIZE, UVICORN_HTTP
+from trustedlaunch.api.limits import HeadCappedHttpToolsProtocol
 from trustedlaunch.control.reconciler import Reconciler, ReconcilerThread
 from trustedlaunch.errors import TrustedLaunchError
 
+APP_FACTORY = "trustedlaunch.api.app:create_app"  # what worker processes import (configured by environment)
 STARTUP_TIMEOUT_SECONDS = 30.0
+# Idle keep-alive connections stay open longer than a load balancer's idle timeout (60-75 s), so the
+# server never closes one the balancer is about to reuse (uvicorn's default is 5 s).
+KEEP_ALIVE_SECONDS = 90
 # A reconciler step still running after this ends with the process; the next reconciler resumes it.
 RECONCILER_STOP_SECONDS = 5.0
+
+
+def server_config(app: FastAPI | str, host: str, port: int, workers: int = 1) -> uvicorn.Config:
+    """The uvicorn configuration of the API: `app`, or the import string of an app factory for `workers`
+    processes; HTTP/1.1 by the head-capped httptools protocol, no access log."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        workers=workers,
+        factory=isinstance(app, str),
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        http=HeadCappedHttpToolsProtocol,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
 
 
 class BackgroundServer:
@@ -28,17 +50,7 @@ class BackgroundServer:
     def __init__(
         self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, reconciler: Reconciler | None = None
     ) -> None:
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            access_log=False,
-            http=UVICORN_HTTP,
-            h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT_SIZE,
-        )
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(app, host, port))
         self.thread = threading.Thread(target=self.server.run, name="tl-api", daemon=True)
         self.app = app
         self.url = ""

@@ -20,14 +20,14 @@ benchmarks can compare the server's own time with the latency clients see.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from trustedlaunch.attest.evidence import Evidence, EvidenceError
 from trustedlaunch.attest.metrics import record_attestation
@@ -73,7 +73,7 @@ def _invalid(message: str, target: str) -> ArmError:
 
 
 @functools.lru_cache(maxsize=POLICY_CACHE_SIZE)
-def _policy(canonical_json: str) -> Policy:
+def _policy(canonical_json: bytes) -> Policy:
     """A policy document parsed once per distinct content (a pool's nodes all send the same one)."""
     return Policy.from_json(canonical_json, source="policy")
 
@@ -81,8 +81,8 @@ def _policy(canonical_json: str) -> Policy:
 def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy]:
     """The nonce, evidence and policy of a verify request; raise a 400 ArmError naming the bad field."""
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise _invalid(f"The request body is not a valid JSON document: {exc}", "body") from None
     if not isinstance(document, dict):
         raise _invalid(f"The request body must be a JSON object, got {type(document).__name__}.", "body")
@@ -112,7 +112,7 @@ def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy]:
             target,
         )
     try:
-        policy = _policy(json.dumps(document["policy"], sort_keys=True, separators=(",", ":")))
+        policy = _policy(orjson.dumps(document["policy"], option=orjson.OPT_SORT_KEYS))
     except PolicyError as exc:
         raise bad_request("InvalidPolicy", str(exc), "policy") from None
     return nonce, evidence, policy
@@ -125,7 +125,7 @@ def _token_subject(ak_public: bytes) -> str:
 
 
 @router.post(VERIFY_PATH)
-async def verify_evidence(request: Request) -> JSONResponse:
+async def verify_evidence(request: Request) -> Response:
     """Verify evidence over a challenge nonce against a policy; a token when it passes."""
     started = time.perf_counter()
     nonce, evidence, policy = _read_request(await request.body())
@@ -166,4 +166,4 @@ async def verify_evidence(request: Request) -> JSONResponse:
             ("total", done - started),
         )
     )
-    return JSONResponse(answer, headers={"Server-Timing": timing})
+    return Response(orjson.dumps(answer), media_type="application/json", headers={"Server-Timing": timing})

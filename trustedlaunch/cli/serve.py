@@ -4,22 +4,34 @@ an interval and on demand, alert delivery) until Ctrl-C or SIGTERM.
 The embedded server of the other `tl` commands stops when the command ends, so nodes are only re-attested
 while some command runs; `tl serve` keeps them attested. Other commands reach it with
 `--endpoint`/TL_ENDPOINT and TL_TOKEN (the admin token file it names on start).
+
+With `--workers N` (N > 1) uvicorn runs the API in N worker processes sharing the port (the verifier then
+uses every core: the nonce store and the token keys are shared files) and this process runs the reconciler
+and supervises the workers (a worker that dies is replaced).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from trustedlaunch.cli.arm import fail
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from trustedlaunch.control.reconciler import Reconciler
+
 SHUTDOWN_POLL_SECONDS = 0.5
+MAX_WORKERS = 64
 
 
 def serve(
@@ -44,17 +56,27 @@ def serve(
             "`tl aks get-credentials` points kubectl at it.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=MAX_WORKERS,
+            help="API worker processes: more than 1 serves the API (the verifier) on several cores; the "
+            "reconciler runs in this process.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the API server and the reconciler until Ctrl-C or SIGTERM (store: TL_DATABASE_URL or the
     default SQLite file)."""
     # Imported here: `tl --help` and the client-side commands do not need the server side.
     from trustedlaunch.api.app import create_app
-    from trustedlaunch.api.server import BackgroundServer
-    from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file
+    from trustedlaunch.api.verifier_routes import open_challenge_store
+    from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
+    from trustedlaunch.control.kubeconfig import KUBECONFIG_ENV
     from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
     from trustedlaunch.control.reconciler import Reconciler, default_state_dir
     from trustedlaunch.errors import TrustedLaunchError
-    from trustedlaunch.store.db import make_engine, session_factory
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token_file = default_token_file()
@@ -64,14 +86,47 @@ def serve(
         kubernetes = KubernetesNodeAdapter(kubeconfig) if kubeconfig is not None else None
     except TrustedLaunchError as exc:
         raise fail(str(exc), 2) from None
-    engine = make_engine()
+    # the store (migrated, with its admin token) and the nonce store exist before any worker starts
+    engine, sessions = open_store(None, token_file)
+    open_challenge_store(token_file.parent).close()
     reconciler = Reconciler(
-        session_factory(engine),
+        sessions,
         default_state_dir(),
         attestation_interval=attestation_interval,
         token_issuer=issuer,
         kubernetes=kubernetes,
     )
+
+    def announce(url: str) -> None:
+        processes = f"{workers} API worker processes, " if workers > 1 else ""
+        typer.echo(
+            f"trustedlaunch control plane on {url} ({processes}attestation interval {attestation_interval:g} "
+            f"s, Kubernetes API server: {kubeconfig or 'none'}).\n"
+            f"Use it with: export TL_ENDPOINT={url} TL_TOKEN=$(cat {token_file})",
+            err=True,
+        )
+
+    try:
+        if workers == 1:
+            _serve_in_process(app, host, port, reconciler, announce)
+        else:
+            if kubeconfig is not None:  # the workers make their app (as `app` above) from the environment
+                os.environ[KUBECONFIG_ENV] = str(kubeconfig)
+            _serve_worker_processes(host, port, workers, reconciler, announce)
+    finally:
+        if kubernetes is not None:
+            kubernetes.close()
+        engine.dispose()
+    typer.echo("stopped", err=True)
+
+
+def _serve_in_process(
+    app: FastAPI, host: str, port: int, reconciler: Reconciler, announce: Callable[[str], None]
+) -> None:
+    """The API in a thread of this process, the reconciler in another, until SIGINT/SIGTERM."""
+    from trustedlaunch.api.server import BackgroundServer
+    from trustedlaunch.errors import TrustedLaunchError
+
     server = BackgroundServer(app, host, port, reconciler=reconciler)
     stop = threading.Event()
 
@@ -82,12 +137,7 @@ def serve(
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         url = server.start()
-        typer.echo(
-            f"trustedlaunch control plane on {url} (attestation interval {attestation_interval:g} s, "
-            f"Kubernetes API server: {kubeconfig or 'none'}).\n"
-            f"Use it with: export TL_ENDPOINT={url} TL_TOKEN=$(cat {token_file})",
-            err=True,
-        )
+        announce(url)
         while not stop.wait(SHUTDOWN_POLL_SECONDS):
             if not server.thread.is_alive():
                 raise fail("the API server stopped unexpectedly (see the messages above)")
@@ -95,9 +145,32 @@ def serve(
         raise fail(str(exc)) from None
     finally:
         server.stop()
-        if kubernetes is not None:
-            kubernetes.close()
-        engine.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    typer.echo("stopped", err=True)
+
+
+def _serve_worker_processes(
+    host: str, port: int, workers: int, reconciler: Reconciler, announce: Callable[[str], None]
+) -> None:
+    """The API in `workers` uvicorn processes on one listening socket, the reconciler in a thread of this
+    process, until SIGINT/SIGTERM (uvicorn's supervisor handles the signals and restarts dead workers)."""
+    from uvicorn.supervisors import Multiprocess
+
+    from trustedlaunch.api.server import APP_FACTORY, RECONCILER_STOP_SECONDS, server_config
+    from trustedlaunch.control.reconciler import ReconcilerThread
+
+    config = server_config(APP_FACTORY, host, port, workers)
+    try:
+        listening = config.bind_socket()
+    except SystemExit:  # uvicorn logged why (address in use, permission)
+        raise fail(f"cannot listen on {host}:{port} (see the message above)") from None
+    supervisor = Multiprocess(config, sockets=[listening])
+    reconciler_thread = ReconcilerThread(reconciler)
+    reconciler_thread.start()
+    try:
+        announce(f"http://{host}:{listening.getsockname()[1]}")
+        supervisor.run()
+        typer.echo("stopping", err=True)
+    finally:
+        reconciler_thread.stop(RECONCILER_STOP_SECONDS)
+        listening.close()
