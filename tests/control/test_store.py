@@ -10,6 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
+from store_schema import HEAD_REVISION, TABLES
 
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.node_images import NODE_IMAGES
@@ -23,21 +24,6 @@ from trustedlaunch.store.db import (
 )
 from trustedlaunch.store.models import ApiToken, Base, NodeImage
 
-TABLES = {
-    "managed_clusters",
-    "agent_pools",
-    "nodes",
-    "node_images",
-    "operations",
-    "feature_registrations",
-    "attestations",
-    "alerts",
-    "alert_webhooks",
-    "provider_registrations",
-    "api_tokens",
-    "alembic_version",
-}
-
 
 def test_migrations_create_every_table_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'fresh.db'}")
@@ -46,9 +32,7 @@ def test_migrations_create_every_table_on_a_fresh_sqlite_file(tmp_path: Path) ->
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003_monitoring"
-        )
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
     migrate(engine)  # idempotent
     engine.dispose()
 

@@ -10,27 +10,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
+from store_schema import HEAD_REVISION, TABLES
 
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.node_images import NODE_IMAGES
 from trustedlaunch.control.tokens import create_token, token_is_valid
 from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
 from trustedlaunch.store.models import Base, Node, NodeImage, Operation
-
-TABLES = {
-    "managed_clusters",
-    "agent_pools",
-    "nodes",
-    "node_images",
-    "operations",
-    "feature_registrations",
-    "attestations",
-    "alerts",
-    "alert_webhooks",
-    "provider_registrations",
-    "api_tokens",
-    "alembic_version",
-}
 
 
 def test_migrations_up_down_and_up_again_on_postgresql(postgresql_url: str) -> None:
@@ -39,9 +25,7 @@ def test_migrations_up_down_and_up_again_on_postgresql(postgresql_url: str) -> N
     migrate(engine)
     assert set(inspect(engine).get_table_names()) == TABLES
     with engine.connect() as connection:
-        assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003_monitoring"
-        )
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
     migrate(engine)  # idempotent
     command.downgrade(alembic_config(engine), "base")
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}

@@ -1,0 +1,20 @@
+"""What a fully migrated store holds, for the migration tests on SQLite (tests/control) and PostgreSQL
+(tests/store)."""
+
+from __future__ import annotations
+
+TABLES = {
+    "managed_clusters",
+    "agent_pools",
+    "nodes",
+    "node_images",
+    "operations",
+    "feature_registrations",
+    "attestations",
+    "alerts",
+    "alert_webhooks",
+    "provider_registrations",
+    "api_tokens",
+    "alembic_version",
+}
+HEAD_REVISION = "0003_monitoring"
