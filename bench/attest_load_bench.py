@@ -1,14 +1,14 @@
 """Benchmark: the verifier API under a fixed open-loop load of attestation requests (issue 6: 1,000/s, 60 s).
 
 What runs: the control plane as deployed, `tl serve --workers N` on loopback (N uvicorn API processes, the
-reconciler idle beside them, SQLite store, nonce store shared by the workers in one SQLite file). Before the load, --swtpm-count real swtpm processes (in parallel, one
-process each) get their PCRs extended with a real OVMF + shim + GRUB + kernel event log, make an attestation
-key (ECC P-256 by default, --ak rsa for RSA-2048 like the in-guest agent; the TPM signs ECC ~7x faster,
-the verifier checks either in well under a millisecond) and, for every request of the run, fetch a nonce
-from the challenge endpoint and quote the log's PCRs over it (tpm2-pytss over the swtpm socket). Each
-request is thus a unique, never-used nonce with its own quote; the event log (15 KiB) and the policy
-document (from the same log) are the same for all, as for the nodes of one pool (the verifier caches the
-parsed log: the warm path of bench/verify_bench.py).
+reconciler idle beside them, SQLite store, nonce store shared by the workers in one SQLite file). Before the
+load, --swtpm-count real swtpm processes (in parallel, one process each) get their PCRs extended with a real
+OVMF + shim + GRUB + kernel event log, make an attestation key (ECC P-256 by default, --ak rsa for RSA-2048
+like the in-guest agent; the TPM signs ECC ~7x faster, the verifier checks either in well under a millisecond)
+and, for every request of the run, fetch a nonce from the challenge endpoint and quote the log's PCRs over it
+(tpm2-pytss over the swtpm socket). Each request is thus a unique, never-used nonce with its own quote; the
+event log (15 KiB) and the policy document (from the same log) are the same for all, as for the nodes of one
+pool (the verifier caches the parsed log: the warm path of bench/verify_bench.py).
 
 The load: one generator process (asyncio + uvloop, a minimal HTTP/1.1 client over keep-alive connections)
 sends requests on a fixed schedule of --rate per second for --duration seconds, whether or not earlier

@@ -256,7 +256,7 @@ def arm_code(body: bytes) -> str:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: the head-capped httptools protocol)."""
+    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: head-capped httptools)."""
     token_file = tmp_path / "config" / "admin-token"
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
     with BackgroundServer(app) as server:

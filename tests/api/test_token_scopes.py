@@ -216,6 +216,34 @@ def test_subscription_token_acts_in_its_subscription_only(admin: TestClient) -> 
         )
 
 
+def test_verifier_token_reaches_only_the_verifier_api(admin: TestClient) -> None:
+    """A token scoped to the verifier API gets challenges (as does every token) and nothing else."""
+    challenge = "/providers/Microsoft.TrustedLaunch/attestation/challenge"
+    token = mint(admin, "agent", "/providers/microsoft.trustedlaunch/Attestation/")
+    listed = {t["name"]: t["properties"]["scope"] for t in admin.get(TOKENS).json()["value"]}
+    assert listed["agent"] == "/providers/microsoft.trustedlaunch/attestation"
+    with TestClient(admin.app, headers=bearer(token)) as verifier:  # type: ignore[arg-type]
+        answer = verifier.post(challenge)
+        assert answer.status_code == 200 and len(bytes.fromhex(answer.json()["nonce"])) >= 16
+        authorization_failed(
+            verifier.get(f"/subscriptions/{SUB}/{CS}/managedClusters"),
+            "agent",
+            "Microsoft.ContainerService/managedClusters/read",
+            f"/subscriptions/{SUB}/{CS}/managedClusters",
+        )
+        authorization_failed(verifier.get(TOKENS), "agent", "Microsoft.TrustedLaunch/tokens/read", TOKENS)
+        assert verifier.get("/metrics").status_code == 403
+    group_token = mint(admin, "rg-ops", group("rg-a"))
+    with TestClient(admin.app, headers=bearer(group_token)) as scoped:  # type: ignore[arg-type]
+        assert scoped.post(challenge).status_code == 200
+    for bad in (
+        "/providers/Microsoft.TrustedLaunch/tokens",
+        "/providers/Microsoft.TrustedLaunch/attestation/x",
+    ):
+        response = admin.post(TOKENS, json={"name": "bad", "scope": bad})
+        assert "is not valid" in arm_error(response, 400, "InvalidTokenScope")
+
+
 def test_revoked_token_gets_401(tmp_path: Path) -> None:
     token_file = tmp_path / "admin-token"
     # A short cache time so that a revocation by another process shows within the test.

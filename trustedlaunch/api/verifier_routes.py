@@ -7,9 +7,11 @@ evidence and gets a verdict, with an attestation token (JWT, keys at /.well-know
           of trustedlaunch.attest.evidence), "policy": a policy document (as `tl policy from-log` makes)}
       -> {"ok", "findings": [...], "secureBoot", "pcrs": {bank: {index: hex}}, "token"?}
 
-Nonces are single-use and expire (trustedlaunch.attest.nonces); a bad, expired or replayed nonce is an ARM
-error naming it (400 NonceInvalid / 400 NonceExpired / 409 NonceAlreadyUsed). Malformed requests are 400
-ARM errors with the parser's message; evidence that parses but does not verify is a 200 with ok=false and
+Every valid API token may call these; a token scoped to the verifier API (`tl token create --scope
+/providers/Microsoft.TrustedLaunch/attestation`) may call nothing else, as node agents and relying parties
+should hold. Nonces are single-use and expire (trustedlaunch.attest.nonces); a bad, expired or replayed nonce
+is an ARM error naming it (400 NonceInvalid / 400 NonceExpired / 409 NonceAlreadyUsed). Malformed requests are
+400 ARM errors with the parser's message; evidence that parses but does not verify is a 200 with ok=false and
 the findings. A pool's image policy by `poolId` is not served yet: the caller sends the policy document.
 
 Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU. Each
@@ -36,9 +38,10 @@ from trustedlaunch.attest.policy import Policy, PolicyError
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.control.errors import ArmError, bad_request
+from trustedlaunch.control.tokens import ATTESTATION_API_PATH
 from trustedlaunch.tpm.structures import parse_tpmt_public
 
-ATTESTATION = "/providers/Microsoft.TrustedLaunch/attestation"
+ATTESTATION = ATTESTATION_API_PATH
 CHALLENGE_PATH = f"{ATTESTATION}/challenge"
 VERIFY_PATH = f"{ATTESTATION}/verify"
 NONCE_FILE = "attestation-nonces.db"

@@ -37,7 +37,9 @@ def create(
         str | None,
         typer.Option(
             "--scope",
-            help="/subscriptions/{id} or /subscriptions/{id}/resourceGroups/{name}; omit for an admin token.",
+            help="/subscriptions/{id}, /subscriptions/{id}/resourceGroups/{name}, or "
+            "/providers/Microsoft.TrustedLaunch/attestation (the verifier API only: for node agents and "
+            "relying parties); omit for an admin token.",
         ),
     ] = None,
     output_format: OutputOption = OutputFormat.json,

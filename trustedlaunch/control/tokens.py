@@ -1,11 +1,13 @@
 """API bearer tokens and what they may do.
 
 Tokens are stored as SHA-256 digests; a bootstrap admin token is written to a 0600 file. A token's scope
-(`ApiToken.scope`, lowercase) is None for an admin token (every path), `/subscriptions/{id}` or
-`/subscriptions/{id}/resourcegroups/{name}`. A scoped token may use only ARM paths inside its scope, plus the
-long-running operation URLs of resources inside it; everything else (subscription-wide lists, features and
-providers for a resource-group token; token management and /metrics for every scoped token) is refused with
-403 `AuthorizationFailed`, worded like ARM's.
+(`ApiToken.scope`, lowercase) is None for an admin token (every path), `/subscriptions/{id}`,
+`/subscriptions/{id}/resourcegroups/{name}` or the verifier API (ATTESTATION_API_PATH: a token for node
+agents and relying parties that can do nothing else). A scoped token may use only paths inside its scope,
+plus the long-running operation URLs of resources inside it; everything else (subscription-wide lists,
+features and providers for a resource-group token; token management and /metrics for every scoped token) is
+refused with 403 `AuthorizationFailed`, worded like ARM's. Every valid token may use the verifier API (it
+reads and changes no resource).
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ from trustedlaunch.store.models import ApiToken, Operation
 BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
 TOKEN_PREFIX = "tl_"
 TOKEN_NAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9._]{0,63}$")
-SCOPE_FORMS = "/subscriptions/{subscriptionId} or /subscriptions/{subscriptionId}/resourceGroups/{name}"
+ATTESTATION_API_PATH = "/providers/Microsoft.TrustedLaunch/attestation"  # challenge + verify
+SCOPE_FORMS = (
+    "/subscriptions/{subscriptionId}, /subscriptions/{subscriptionId}/resourceGroups/{name} or "
+    + ATTESTATION_API_PATH
+)
 # ARM action verb of each HTTP method; POST is an action named by the path's last segment.
 METHOD_VERBS = {"GET": "read", "HEAD": "read", "PUT": "write", "PATCH": "write", "DELETE": "delete"}
 OPERATION_PATH = re.compile(
@@ -58,17 +64,25 @@ class Principal:
         lowered = path.lower()
         if any(segment in (".", "..") for segment in lowered.split("/")):
             return False
-        return lowered == self.scope or lowered.startswith(self.scope + "/")
+        return any(
+            lowered == prefix or lowered.startswith(prefix + "/")
+            for prefix in (self.scope, _ATTESTATION_SCOPE)
+        )
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_ATTESTATION_SCOPE = ATTESTATION_API_PATH.lower()
+
+
 def normalize_scope(scope: str | None) -> str | None:
     """The stored (lowercase) form of a token scope; None or "" or "/" = admin. Bad scopes are 400 errors."""
     if scope is None or scope.strip() in ("", "/"):
         return None
+    if scope.strip().rstrip("/").lower() == _ATTESTATION_SCOPE:
+        return _ATTESTATION_SCOPE
     parts = scope.strip().rstrip("/").split("/")
     valid = (
         len(parts) in (3, 5)
