@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -291,3 +295,54 @@ def test_used_nonces_are_pruned_after_expiry(tmp_path: Path) -> None:
     tampered = bytes([fresh[0] ^ 0x01]) + fresh[1:]  # a later expiry written into the nonce
     with pytest.raises(NonceInvalidError):
         store.redeem(tampered)
+
+
+def _started_serve(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[str], str]:
+    """`tl serve --workers N` on a free port; the process and its URL once /healthz answers."""
+    command = [str(Path(sys.executable).parent / "tl"), "serve", "--port", "0", "--workers", str(workers)]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    banner = ""
+    while "Use it with" not in banner:
+        line = process.stderr.readline()
+        assert line, f"tl serve exited early ({process.poll()}): {banner}"
+        banner += line
+    url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/healthz")
+            return process, url
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, banner
+            time.sleep(0.2)
+
+
+def test_metrics_add_up_every_worker(
+    node: SwtpmAgent, policy_document: dict[str, Any], tmp_path: Path
+) -> None:
+    """With `tl serve --workers 2`, /metrics counts the attestations of both workers, whichever answers."""
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+    }
+    process, url = _started_serve(env, workers=2)
+    try:
+        token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        verifications = 8
+        for _ in range(verifications):  # a new connection each: the kernel hands them to either worker
+            nonce = bytes.fromhex(httpx.post(url + CHALLENGE_PATH, headers=headers).json()["nonce"])
+            body = {"nonce": nonce.hex(), "evidence": _evidence(node, nonce), "policy": policy_document}
+            assert httpx.post(url + VERIFY_PATH, headers=headers, json=body).json()["ok"] is True
+        for _ in range(6):
+            scraped = httpx.get(f"{url}/metrics", headers=headers).text
+            assert f'trustedlaunch_attestations_total{{result="passed"}} {verifications:.1f}' in scraped, (
+                scraped
+            )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

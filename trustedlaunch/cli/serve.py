@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -157,8 +159,11 @@ def _serve_worker_processes(
     from uvicorn.supervisors import Multiprocess
 
     from trustedlaunch.api.server import APP_FACTORY, RECONCILER_STOP_SECONDS, server_config
+    from trustedlaunch.attest.metrics import record_across_processes
     from trustedlaunch.control.reconciler import ReconcilerThread
 
+    metrics_dir = Path(tempfile.mkdtemp(prefix="tl-metrics-"))
+    record_across_processes(metrics_dir)  # before the reconciler or any worker records anything
     config = server_config(APP_FACTORY, host, port, workers)
     try:
         listening = config.bind_socket()
@@ -174,3 +179,4 @@ def _serve_worker_processes(
     finally:
         reconciler_thread.stop(RECONCILER_STOP_SECONDS)
         listening.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
