@@ -6,11 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from trustedlaunch.tpm.vtpm import PROXY_MODULE
+
 
 def processes_under(base: Path) -> list[str]:
-    """qemu/swtpm processes whose command line mentions `base` (i.e. started by these tests)."""
+    """qemu/swtpm/bank proxy processes whose command line mentions `base` (i.e. started by these tests)."""
     found = []
-    for program in ("qemu-system", "swtpm"):
+    for program in ("qemu-system", "swtpm", PROXY_MODULE):
         listing = subprocess.run(["pgrep", "-a", "-f", program], capture_output=True, text=True, check=False)
         found += [line for line in listing.stdout.splitlines() if str(base) in line]
     return found

@@ -1,5 +1,6 @@
-"""Find and stop the qemu/swtpm processes of a node VM by the marker on their command lines (the node's run
-directory), whether this process started them or a reconciler that was killed did."""
+"""Find and stop the processes of a node VM (qemu, swtpm and the TPM bank proxy between them) by the marker
+on their command lines (the node's run directory), whether this process started them or a reconciler that
+was killed did."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import signal
 import time
 from pathlib import Path
 
+from trustedlaunch.tpm.vtpm import PROXY_MODULE
+
 PROGRAMS = ("qemu-system", "swtpm")
+PROXY_NAME = "bankproxy"  # how node_processes names `python -m PROXY_MODULE ...`
 PROC = Path("/proc")
 
 
@@ -24,9 +28,16 @@ def command_line(pid: int) -> list[str] | None:
     return raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
 
-def _is_node_process(arguments: list[str], marker: str) -> bool:
+def _program(arguments: list[str]) -> str | None:
+    """The node program a command line runs (qemu-system-*, swtpm, bankproxy), or None."""
     program = Path(arguments[0]).name
-    return program.startswith(PROGRAMS) and any(marker in argument for argument in arguments[1:])
+    if program.startswith(PROGRAMS):
+        return program
+    return PROXY_NAME if arguments[1:3] == ["-m", PROXY_MODULE] else None
+
+
+def _is_node_process(arguments: list[str], marker: str) -> bool:
+    return _program(arguments) is not None and any(marker in argument for argument in arguments[1:])
 
 
 def run_dir_marker(run_dir: Path) -> str:
@@ -36,7 +47,7 @@ def run_dir_marker(run_dir: Path) -> str:
 
 
 def node_processes(run_dir: Path) -> dict[int, str]:
-    """Live qemu/swtpm processes of the node VM in `run_dir`: pid -> program name."""
+    """Live qemu/swtpm/bankproxy processes of the node VM in `run_dir`: pid -> program name."""
     marker = run_dir_marker(run_dir)
     found = {}
     for entry in PROC.iterdir():
@@ -44,12 +55,12 @@ def node_processes(run_dir: Path) -> dict[int, str]:
             continue
         arguments = command_line(int(entry.name))
         if arguments is not None and _is_node_process(arguments, marker):
-            found[int(entry.name)] = Path(arguments[0]).name
+            found[int(entry.name)] = str(_program(arguments))
     return found
 
 
 def is_node_process(pid: int, run_dir: Path) -> bool:
-    """True if `pid` is a live qemu/swtpm process of the node VM in `run_dir` (not a reused pid)."""
+    """True if `pid` is a live qemu/swtpm/bankproxy process of the node VM in `run_dir` (not a reused pid)."""
     arguments = command_line(pid)
     return arguments is not None and _is_node_process(arguments, run_dir_marker(run_dir))
 
@@ -61,8 +72,8 @@ def _reap_if_child(pid: int) -> None:
 
 
 def kill_node_processes(run_dir: Path, timeout: float = 10.0) -> list[int]:
-    """SIGKILL every qemu/swtpm process of the node VM in `run_dir` and wait until they are gone (reaping
-    them when they are children of this process); return their pids."""
+    """SIGKILL every qemu/swtpm/bankproxy process of the node VM in `run_dir` and wait until they are gone
+    (reaping them when they are children of this process); return their pids."""
     pids = list(node_processes(run_dir))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -77,5 +88,5 @@ def kill_node_processes(run_dir: Path, timeout: float = 10.0) -> list[int]:
         if pending:
             time.sleep(0.05)
     if pending:
-        raise OSError(f"qemu/swtpm processes {sorted(pending)} of {run_dir} did not stop after SIGKILL")
+        raise OSError(f"node processes {sorted(pending)} of {run_dir} did not stop after SIGKILL")
     return pids

@@ -1,13 +1,16 @@
-"""Per-VM virtual TPM: a manufactured swtpm state directory and the swtpm process QEMU connects to.
+"""Per-VM virtual TPM: a manufactured swtpm state directory, the swtpm process and the link QEMU connects to.
 
 The state (EKs, EK certificates, persistent objects, NV) lives in the directory and survives VM
-restarts: `start()` again with the same directory after `stop()`.
+restarts: `start()` again with the same directory after `stop()`. QEMU talks to swtpm through
+trustedlaunch.tpm.bankproxy, which shows the firmware only the allocated PCR banks (see there why).
 """
 
 from __future__ import annotations
 
+import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,11 @@ from trustedlaunch.tpm.ekca import EkCa, write_swtpm_setup_config
 
 STATE_FILE = "tpm2-00.permall"
 CONTROL_SOCKET = "swtpm.sock"
-PCR_BANKS = ("sha1", "sha256")
+PROXY_MODULE = "trustedlaunch.tpm.bankproxy"  # run with `python -m`
+QEMU_SOCKET = "proxy.sock"  # no longer than CONTROL_SOCKET: MAX_SOCKET_PATH checks hold for both
+# sha256 only: attestation needs nothing else (SHA-1 is broken), and the firmware hashes every measured byte
+# in software once per allocated bank (~1-2 s of a TCG boot per bank)
+PCR_BANKS = ("sha256",)
 SETUP_CONFIG_DIR = "swtpm-setup"
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 
@@ -36,6 +43,7 @@ class Vtpm:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
         self._process: subprocess.Popen[bytes] | None = None
+        self._proxy: subprocess.Popen[bytes] | None = None
 
     @property
     def manufactured(self) -> bool:
@@ -44,8 +52,13 @@ class Vtpm:
 
     @property
     def control_socket(self) -> Path:
-        """The unix socket QEMU's `-chardev socket,path=...` for `-tpmdev emulator` connects to."""
+        """swtpm's control socket (the bank proxy connects to it for QEMU)."""
         return self.state_dir / CONTROL_SOCKET
+
+    @property
+    def qemu_socket(self) -> Path:
+        """The unix socket QEMU's `-chardev socket,path=...` for `-tpmdev emulator` connects to."""
+        return self.state_dir / QEMU_SOCKET
 
     @property
     def log_path(self) -> Path:
@@ -96,9 +109,9 @@ class Vtpm:
         return vtpm
 
     def start(self, timeout: float = 10.0) -> Path:
-        """Start swtpm for one QEMU run; return the control socket path to give QEMU.
+        """Start swtpm and the bank proxy for one QEMU run; return the socket path to give QEMU.
 
-        swtpm exits by itself when QEMU disconnects (--terminate); `stop()` reaps it in any case.
+        Both exit by themselves when QEMU disconnects (swtpm: --terminate); `stop()` reaps them in any case.
         """
         if not self.manufactured:
             raise VtpmError(f"{self.state_dir} holds no TPM state: call Vtpm.create() first")
@@ -139,21 +152,42 @@ class Vtpm:
                     f"swtpm for {self.state_dir} did not create {socket_path} within {timeout:.0f} s"
                 )
             time.sleep(0.02)
-        return socket_path
+        try:
+            self._start_proxy(time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.qemu_socket
+
+    def _start_proxy(self, deadline: float) -> None:
+        self.qemu_socket.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self._proxy = subprocess.Popen(
+                [sys.executable, "-m", PROXY_MODULE, str(self.qemu_socket), str(self.control_socket)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        assert self._proxy.stdout is not None
+        with self._proxy.stdout as announcement:
+            ready = select.select([announcement], [], [], max(0.0, deadline - time.monotonic()))[0]
+            if not ready or announcement.readline() != b"ready\n":
+                log_tail = self.log_path.read_text(errors="replace")[-1000:].strip()
+                raise VtpmError(f"the TPM bank proxy for {self.state_dir} did not start: {log_tail}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop swtpm (if running) and reap it; the TPM state stays in the directory."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        """Stop swtpm and the bank proxy (if running) and reap them; the TPM state stays in the directory."""
+        for process in (self._proxy, self._process):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self._proxy = self._process = None
         self.control_socket.unlink(missing_ok=True)
+        self.qemu_socket.unlink(missing_ok=True)
 
     def destroy(self) -> None:
         """Stop swtpm and delete the TPM state: the VM's TPM identity (EKs) is gone for good."""

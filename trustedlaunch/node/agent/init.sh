@@ -19,7 +19,7 @@ cd /tmp/agent || exec sh
 
 AGENT=/dev/ttyS1
 EVENT_LOG=/sys/kernel/security/tpm0/binary_bios_measurements
-PCRS=sha1:0,1,2,3,4,5,6,7,8,9,14+sha256:0,1,2,3,4,5,6,7,8,9,14
+PCRS=sha256:0,1,2,3,4,5,6,7,8,9,14
 # /dev/tpm0 without a resource manager: the agent is the TPM's only user and flushes what it loads.
 export TPM2TOOLS_TCTI=device:/dev/tpm0
 
