@@ -5,12 +5,16 @@ nothing. Each boot also prints its per-phase split, read from the time each phas
 the serial console: wall seconds and the CPU seconds QEMU used (the latter barely depends on what else the
 machine runs, so compare those when the load average is high).
 
-Measured on the 2-core TCG machine (swtpm behind trustedlaunch.tpm.bankproxy, so OVMF hashes with the two
-allocated banks instead of SHA-1/256/384/512), five runs interleaved with five without the proxy: ready in
-18.3-23.8 s, mean 20.2 (without: 23.1-27.8 s, mean 25.6); QEMU CPU per phase with the proxy: OVMF 4.2-6 s
-(without: 8-9.8), shim 1.1-1.4, GRUB 2.3-3.1, LoadImage + EFI stub (shim verifies the kernel again, the stub
-decompresses it and reads the initrd) 5.5-7.3, kernel + agent 3.7-5. The host's speed drifts by +-2.5 s
-between runs even at load average < 1: compare configurations in interleaved runs.
+Measured 2026-11-23 on the 2-core TCG machine, boots alternated to compare fairly (the machine's speed
+drifts by +-2 s between runs, QEMU CPU seconds with it):
+* swtpm behind trustedlaunch.tpm.bankproxy, sha256 bank only (what ships): agent ready in 14.8-21.8 s
+  (9 runs, median ~18 s; OVMF 3.9-5.3 s, shim 1.0-1.3, GRUB 1.7-3.0, LoadImage + EFI stub (mostly
+  decompressing the kernel) 5.0-6.8, kernel + agent 3.5-4.7), first quote 2.5-3.4 s later (the agent's
+  tpm2 runs: createek, createak, quote).
+* the proxy with sha1 + sha256 banks: 17.5-23.8 s; neither (OVMF hashing every measured byte with
+  SHA-1/256/384/512): 23-28 s, OVMF 8-9.8 s.
+* measured without gain: a libcurl stand-in halving the initramfs (9.3 -> 4.5 MB; ready unchanged, quote
+  -0.4 s), an ECC AK (quote unchanged), FAT image instead of vvfat, xz/zstd initrd, tpm-crb, -cpu max.
 """
 
 from __future__ import annotations
