@@ -8,7 +8,7 @@ machine runs, so compare those when the load average is high).
 Measured 2026-11-23 on the 2-core TCG machine, boots alternated to compare fairly (the machine's speed
 drifts by +-2 s between runs, QEMU CPU seconds with it):
 * swtpm behind trustedlaunch.tpm.bankproxy, sha256 bank only (what ships): agent ready in 14.8-21.8 s
-  (9 runs, median ~18 s; OVMF 3.9-5.3 s, shim 1.0-1.3, GRUB 1.7-3.0, LoadImage + EFI stub (mostly
+  (10 runs, median 18.5 s; OVMF 3.9-5.3 s, shim 1.0-1.3, GRUB 1.7-3.0, LoadImage + EFI stub (mostly
   decompressing the kernel) 5.0-6.8, kernel + agent 3.5-4.7), first quote 2.5-3.4 s later (the agent's
   tpm2 runs: createek, createak, quote).
 * the proxy with sha1 + sha256 banks: 17.5-23.8 s; neither (OVMF hashing every measured byte with
