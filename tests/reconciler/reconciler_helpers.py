@@ -19,17 +19,15 @@ from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import Node, Operation
-from trustedlaunch.tpm.vtpm import PROXY_MODULE
 
 SUB = "11111111-2222-3333-4444-555555555555"
 T = TypeVar("T")
 
 
 def processes_under(base: Path) -> list[str]:
-    """qemu/swtpm/bank proxy processes ("pid command line", one per process) whose command line mentions
-    `base`."""
+    """qemu/swtpm processes ("pid command line", one per process) whose command line mentions `base`."""
     found: dict[str, str] = {}
-    for program in ("^qemu-system", "^swtpm", f" -m {PROXY_MODULE} "):
+    for program in ("^qemu-system", "^swtpm"):
         listing = subprocess.run(["pgrep", "-a", "-f", program], capture_output=True, text=True, check=False)
         found.update((line.split()[0], line) for line in listing.stdout.splitlines() if str(base) in line)
     return sorted(found.values())

@@ -25,6 +25,7 @@ from reconciler_helpers import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.control.node_processes import node_processes
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 
 pytestmark = pytest.mark.slow
@@ -106,6 +107,7 @@ def test_kill_9_during_create_then_restart_and_adopt(
     (node,) = nodes(sessions)
     assert (node.id, node.state, node.attestation_status) == (started.id, "Ready", "Attested")
     assert processes_under(first_run_dir) == []  # the orphans were killed
+    assert node_processes(first_run_dir) == {}  # the bank proxy between them too
     running = processes_under(state_dir)
     assert len(running) == 2 and all(str(node.run_dir) in line for line in running), running
     assert {int(line.split()[0]) for line in running} == {node.qemu_pid, node.swtpm_pid}
