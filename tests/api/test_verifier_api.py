@@ -8,10 +8,8 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
 
+from serve_process import start_serve
 from swtpm_agent import SwtpmAgent
 
 from trustedlaunch.api.app import JWKS_PATH
@@ -297,27 +296,6 @@ def test_used_nonces_are_pruned_after_expiry(tmp_path: Path) -> None:
         store.redeem(tampered)
 
 
-def _started_serve(env: dict[str, str], workers: int) -> tuple[subprocess.Popen[str], str]:
-    """`tl serve --workers N` on a free port; the process and its URL once /healthz answers."""
-    command = [str(Path(sys.executable).parent / "tl"), "serve", "--port", "0", "--workers", str(workers)]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    assert process.stderr is not None
-    banner = ""
-    while "Use it with" not in banner:
-        line = process.stderr.readline()
-        assert line, f"tl serve exited early ({process.poll()}): {banner}"
-        banner += line
-    url = banner.split(" on ", 1)[1].split(" ", 1)[0]
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/healthz")
-            return process, url
-        except httpx.ConnectError:
-            assert time.monotonic() < deadline, banner
-            time.sleep(0.2)
-
-
 def test_metrics_add_up_every_worker(
     node: SwtpmAgent, policy_document: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -329,7 +307,7 @@ def test_metrics_add_up_every_worker(
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
     }
-    process, url = _started_serve(env, workers=2)
+    process, url, _banner = start_serve(env, "--workers", "2")
     try:
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}

@@ -16,7 +16,6 @@ import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ from monitoring_rows import (
     minutes_ago,
     real_attestation,
 )
+from serve_process import start_serve
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -538,31 +538,9 @@ def child_pids(pid: int) -> list[int]:
 def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, workers: int) -> None:
     """`tl serve` answers until SIGTERM, then exits 0 and leaves nothing behind; with --workers 2 the API
     runs in two worker processes (both answer over the one port), supervised by the serve process."""
-    tl_command = [str(Path(sys.executable).parent / "tl")]
-    process = subprocess.Popen(
-        [*tl_command, "serve", "--port", "0", "--attestation-interval", "5", "--workers", str(workers)],
-        env=serve_env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, url, banner = start_serve(serve_env, "--attestation-interval", "5", "--workers", str(workers))
     try:
-        assert process.stderr is not None
-        banner = ""
-        deadline = time.monotonic() + 60
-        while "Use it with" not in banner and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            assert line, f"tl serve exited early ({process.poll()}): {banner}"
-            banner += line
-        url = banner.split(" on ", 1)[1].split(" ", 1)[0]
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
-        deadline = time.monotonic() + 60
-        while True:  # worker processes take a few seconds to start
-            try:
-                assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline and process.poll() is None, banner
-                time.sleep(0.2)
         for _ in range(20):  # a new connection each: the kernel spreads them over the workers
             alerts = httpx.get(
                 f"{url}/subscriptions/{SUB}/providers/Microsoft.Security/alerts",
@@ -575,6 +553,7 @@ def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, 
             assert len(children) >= workers, children
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        assert process.stderr is not None
         rest = process.stderr.read()
         assert "stopping" in rest and "stopped" in rest, rest
         with pytest.raises(httpx.ConnectError):

@@ -1,0 +1,34 @@
+"""`tl serve` as a real process, for the tests of the long-running control plane (cli_aks, api)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_SECONDS = 60.0
+
+
+def start_serve(env: dict[str, str], *arguments: str) -> tuple[subprocess.Popen[str], str, str]:
+    """Start `tl serve --port 0 ARGUMENTS` (stderr piped); the process, its URL and its banner once /healthz
+    answers (worker processes take a few seconds after the banner)."""
+    command = [str(Path(sys.executable).parent / "tl"), "serve", "--port", "0", *arguments]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    banner = ""
+    while "Use it with" not in banner:
+        line = process.stderr.readline()
+        assert line, f"tl serve exited early ({process.poll()}): {banner}"
+        banner += line
+    url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+            return process, url, banner
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline and process.poll() is None, banner
+            time.sleep(0.2)
