@@ -36,8 +36,10 @@ def _program(arguments: list[str]) -> str | None:
     return PROXY_NAME if arguments[1:3] == ["-m", PROXY_MODULE] else None
 
 
-def _is_node_process(arguments: list[str], marker: str) -> bool:
-    return _program(arguments) is not None and any(marker in argument for argument in arguments[1:])
+def _node_program(arguments: list[str], marker: str) -> str | None:
+    """The node program of a command line naming a file under the run dir of `marker`, or None."""
+    program = _program(arguments)
+    return program if program is not None and any(marker in argument for argument in arguments[1:]) else None
 
 
 def run_dir_marker(run_dir: Path) -> str:
@@ -54,15 +56,16 @@ def node_processes(run_dir: Path) -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         arguments = command_line(int(entry.name))
-        if arguments is not None and _is_node_process(arguments, marker):
-            found[int(entry.name)] = str(_program(arguments))
+        program = None if arguments is None else _node_program(arguments, marker)
+        if program is not None:
+            found[int(entry.name)] = program
     return found
 
 
 def is_node_process(pid: int, run_dir: Path) -> bool:
     """True if `pid` is a live qemu/swtpm/bankproxy process of the node VM in `run_dir` (not a reused pid)."""
     arguments = command_line(pid)
-    return arguments is not None and _is_node_process(arguments, run_dir_marker(run_dir))
+    return arguments is not None and _node_program(arguments, run_dir_marker(run_dir)) is not None
 
 
 def _reap_if_child(pid: int) -> None:
