@@ -41,9 +41,8 @@ from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
 from trustedlaunch.tpm.structures import parse_tpmt_public
 
-ATTESTATION = ATTESTATION_API_PATH
-CHALLENGE_PATH = f"{ATTESTATION}/challenge"
-VERIFY_PATH = f"{ATTESTATION}/verify"
+CHALLENGE_PATH = f"{ATTESTATION_API_PATH}/challenge"
+VERIFY_PATH = f"{ATTESTATION_API_PATH}/verify"
 NONCE_FILE = "attestation-nonces.db"
 NONCE_TTL_ENV = "TL_ATTESTATION_NONCE_TTL"  # seconds a challenge nonce stays valid
 POLICY_CACHE_SIZE = 64
