@@ -1,5 +1,6 @@
-"""A real TPM behind the AgentLike protocol of trustedlaunch.attest.remote: the node agent's requests
-(trustedlaunch/node/agent/init.sh) done with tpm2-tools against a running swtpm, no VM needed.
+"""A real TPM behind the AgentLike protocol of trustedlaunch.attest.remote, no VM needed: quotes and
+credential activation done with tpm2-tools against a running swtpm (an RSA AK; real nodes make an ECC
+one through trustedlaunch.tpm.node_tpm, and the verifier takes both).
 
 `SwtpmAgent` is an honest node; the small wrappers below are the attacker's agent (replaying a quote,
 relaying another TPM's quote, editing the event log) around honest agents.

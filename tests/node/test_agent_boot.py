@@ -34,7 +34,7 @@ def _answers(sock: socket.socket, buffer: bytearray, until: str, deadline: float
         line, _, rest = bytes(buffer).partition(b"\n")
         buffer[:] = rest
         line = line.rstrip(b"\r")
-        if previous is not None and line == b"END " + hashlib.sha256(previous).hexdigest().encode():
+        if previous is not None and line == b"END " + hashlib.sha256(previous + b"\n").hexdigest().encode():
             answers.append(json.loads(previous))
             if answers[-1].get("token") == until:
                 return answers

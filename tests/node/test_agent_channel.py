@@ -34,7 +34,7 @@ def test_ping_answered_by_the_peer() -> None:
     try:
         guest.settimeout(5)  # the answer is already waiting when the PING goes out
         answer = b'{"reply": "PONG", "token": "cafe0001"}'
-        guest.sendall(answer + b"\nEND " + hashlib.sha256(answer).hexdigest().encode() + b"\n")
+        guest.sendall(answer + b"\nEND " + hashlib.sha256(answer + b"\n").hexdigest().encode() + b"\n")
         assert channel.ping("cafe0001", 5.0) is True
         assert guest.recv(100) == b"PING cafe0001\n"
     finally:

@@ -17,7 +17,7 @@ from trustedlaunch.attest.policy import Policy, policy_for_image
 from trustedlaunch.attest.remote import NodeAttestation, NodeState, attest_node, evidence_from_quote
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.eventlog.predict import predict_pcrs
-from trustedlaunch.node.channel import NodeQuote
+from trustedlaunch.node.agent_client import NodeQuote
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.qemu import FIRMWARE, NodeVM
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, verify_ek_certificate

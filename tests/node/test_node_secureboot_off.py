@@ -13,7 +13,7 @@ from trustedlaunch.attest.quote import verify_quote
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
-from trustedlaunch.node.channel import NodeQuote
+from trustedlaunch.node.agent_client import NodeQuote
 from trustedlaunch.node.qemu import NodeVM
 from trustedlaunch.tpm.structures import parse_tpm2b_public
 from trustedlaunch.tpm.vtpm import Vtpm

@@ -13,10 +13,12 @@ from trustedlaunch.attest.quote import verify_quote
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
-from trustedlaunch.node.channel import AgentError, NodeQuote
+from trustedlaunch.node.agent_client import NodeQuote
+from trustedlaunch.node.channel import AgentError
 from trustedlaunch.node.image import DEFAULT_CMDLINE
-from trustedlaunch.node.qemu import NodeVM, NodeVMError
-from trustedlaunch.tpm.credential import make_credential, new_activation_secret
+from trustedlaunch.node.qemu import NodeVM
+from trustedlaunch.tpm.credential import check_ak_attributes, make_credential, new_activation_secret
+from trustedlaunch.tpm.node_tpm import NodeTpmError
 from trustedlaunch.tpm.structures import parse_tpm2b_public
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -36,13 +38,13 @@ def quote(node: NodeVM) -> NodeQuote:
 
 
 def checkquote(quote: NodeQuote, folder: Path) -> subprocess.CompletedProcess[str]:
-    """Verify the quote with the real tpm2_checkquote (signature, nonce and PCR digest)."""
-    for name in ("ak_public", "quote", "signature", "pcrs_file"):
+    """Verify the quote with the real tpm2_checkquote (signature and nonce)."""
+    for name in ("ak_public", "quote", "signature"):
         (folder / name).write_bytes(getattr(quote, name))
     return subprocess.run(
         [
             *("tpm2_checkquote", "-u", "ak_public", "-m", "quote", "-s", "signature"),
-            *("-f", "pcrs_file", "-g", "sha256", "-q", quote.nonce.hex()),
+            *("-g", "sha256", "-q", quote.nonce.hex()),
         ],
         cwd=folder,
         capture_output=True,
@@ -113,10 +115,28 @@ def test_activate_credential_returns_the_secret(node: NodeVM, quote: NodeQuote) 
 def test_activate_for_another_ak_fails(node: NodeVM, quote: NodeQuote) -> None:
     wrong_name = quote.ak_name[:2] + bytes(len(quote.ak_name) - 2)
     challenge = make_credential(parse_tpm2b_public(quote.ek_public), wrong_name, new_activation_secret())
-    with pytest.raises(AgentError, match="activatecredential failed"):
+    with pytest.raises(NodeTpmError, match="TPM2_ActivateCredential failed"):
         node.activate(challenge.credential_blob, challenge.encrypted_secret)
 
 
 def test_nonce_too_long_is_rejected(node: NodeVM) -> None:
-    with pytest.raises(NodeVMError, match="nonce"):
+    with pytest.raises(AgentError, match="nonce"):
         node.request_quote(bytes(65))
+
+
+def test_ak_is_persisted_and_the_next_quote_uses_it(node: NodeVM, quote: NodeQuote) -> None:
+    again = node.request_quote(NONCE[::-1])
+    assert again.ak_name == quote.ak_name
+    check_ak_attributes(parse_tpm2b_public(again.ak_public))
+
+
+def test_relay_refuses_commands_attestation_does_not_need(node: NodeVM) -> None:
+    # TPM2_PCR_Extend(PCR 7, no digests): would change a measured PCR if the agent passed it
+    extend = bytes.fromhex("8002000000170000018200000007000000090000000100000000000000")
+    extend = extend[:2] + len(extend).to_bytes(4, "big") + extend[6:]
+    with pytest.raises(AgentError, match="command code 0x00000182 is not relayed"):
+        node.agent().channel.tpm_command(extend, 30)
+    answer = node.agent().channel.request("TPM %s%n", "TPM", 30)  # printf directives, not \\xHH bytes
+    assert "not written as bytes" in answer["error"]
+    # the relay still works after refusing
+    assert node.request_quote(NONCE).ak_name

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,8 @@ from trustedlaunch.control.kubernetes import (
 )
 from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel, NodeQuote
+from trustedlaunch.node.agent_client import NodeAgent
+from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now
 
 LABEL_AGENT_POOL = "kubernetes.azure.com/agentpool"
@@ -115,7 +115,7 @@ def due_trigger(node: Node) -> Trigger:
     return Trigger.ON_DEMAND if node.attestation_requested_at is not None else Trigger.INTERVAL
 
 
-class AdoptedAgent:
+class AdoptedAgent(NodeAgent):
     """The agent of a node whose VM another reconciler process started, over its serial socket."""
 
     def __init__(self, run_dir: Path, timeout: float = AGENT_TIMEOUT) -> None:
@@ -125,25 +125,7 @@ class AdoptedAgent:
         except OSError as exc:
             sock.close()
             raise TrustedLaunchError(f"cannot connect to the node's agent socket: {exc}") from None
-        self._channel = AgentChannel(sock)
-        self.timeout = timeout
-
-    def request_quote(self, nonce: bytes) -> NodeQuote:
-        """The agent's quote over `nonce`."""
-        return self._channel.quote(nonce, self.timeout)
-
-    def activate(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
-        """TPM2_ActivateCredential in the node's TPM (TPM2B-sized parts, as NodeVM.activate)."""
-        sized = [struct.pack(">H", len(part)) + part for part in (credential_blob, encrypted_secret)]
-        return self._channel.activate(sized[0], sized[1], self.timeout)
-
-    def ek_certificate(self) -> bytes:
-        """The node TPM's RSA EK certificate (DER)."""
-        return self._channel.ek_certificate(self.timeout)
-
-    def close(self) -> None:
-        """Close the connection (the agent keeps running)."""
-        self._channel.close()
+        super().__init__(AgentChannel(sock), timeout)
 
 
 def _unreachable_result(error: Exception) -> AttestationResult:

@@ -1,7 +1,8 @@
 """Host side of the agent protocol spoken over the node VM's second serial port (see agent/init.sh).
 
-A request is one line; an answer is one JSON line followed by `END <sha256 hex of that line>`, so lines
-damaged or left over on the serial link (e.g. answers to PINGs sent before the agent started) are skipped.
+A request is one line; an answer is one JSON line followed by `END <sha256 hex of that line and its
+newline>`, so lines damaged or left over on the serial link (e.g. answers to PINGs sent before the agent
+started) are skipped.
 """
 
 from __future__ import annotations
@@ -9,50 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
 
-_PCR_LINE = re.compile(r"^\s*(\d+)\s*:\s*0x([0-9A-Fa-f]+)\s*$")
-_BANK_LINE = re.compile(r"^\s{2}(\w+):\s*$")
-
 
 class AgentError(TrustedLaunchError):
     """The in-guest agent did not answer, answered garbage, or reported a failure."""
-
-
-@dataclass(frozen=True)
-class NodeQuote:
-    """What the agent returns for QUOTE: everything a verifier needs, as the TPM and tpm2-tools wrote it."""
-
-    nonce: bytes
-    ak_public: bytes  # TPM2B_PUBLIC (tpm2_createak -u, "tss" format)
-    ak_name: bytes  # nameAlg || digest of the AK public area
-    ek_public: bytes  # TPM2B_PUBLIC of the RSA EK (tpm2_createek -u)
-    quote: bytes  # TPMS_ATTEST (tpm2_quote -m)
-    signature: bytes  # TPMT_SIGNATURE (tpm2_quote -s)
-    pcrs_file: bytes  # tpm2_quote -o: the PCR file tpm2_checkquote -f reads
-    pcr_values: dict[str, dict[int, bytes]]  # bank -> PCR -> value, as quoted
-    event_log: bytes | None  # binary_bios_measurements, None when the kernel exposes none
-
-
-def parse_pcr_values(text: str) -> dict[str, dict[int, bytes]]:
-    """Parse the `pcrs:` YAML block tpm2_quote prints (bank -> PCR -> value)."""
-    values: dict[str, dict[int, bytes]] = {}
-    bank: str | None = None
-    for line in text.splitlines():
-        bank_match = _BANK_LINE.match(line)
-        pcr_match = _PCR_LINE.match(line)
-        if bank_match:
-            bank = bank_match.group(1)
-            values[bank] = {}
-        elif pcr_match and bank is not None:
-            values[bank][int(pcr_match.group(1))] = bytes.fromhex(pcr_match.group(2))
-    return values
 
 
 def _b64(answer: dict[str, Any], key: str) -> bytes:
@@ -96,7 +62,10 @@ class AgentChannel:
     def _read_answer(self, deadline: float) -> dict[str, Any] | None:
         previous: bytes | None = None
         while (line := self._read_line(deadline)) is not None:
-            if previous is not None and line == b"END " + hashlib.sha256(previous).hexdigest().encode():
+            if (
+                previous is not None
+                and line == b"END " + hashlib.sha256(previous + b"\n").hexdigest().encode()
+            ):
                 try:
                     answer = json.loads(previous)
                 except ValueError:
@@ -136,32 +105,11 @@ class AgentChannel:
             )
         return answer
 
-    def quote(self, nonce: bytes, timeout: float) -> NodeQuote:
-        """Ask for a quote of PCRs 0-9 and 14 over `nonce`, with the keys and the event log."""
-        answer = self._check(self.request(f"QUOTE {nonce.hex()}", "QUOTE", timeout))
-        if answer.get("nonce", "").lower() != nonce.hex():
-            raise AgentError(f"agent answered QUOTE for nonce {answer.get('nonce')!r}, not {nonce.hex()}")
-        event_log = _b64(answer, "eventLog")
-        return NodeQuote(
-            nonce=nonce,
-            ak_public=_b64(answer, "akPublic"),
-            ak_name=_b64(answer, "akName"),
-            ek_public=_b64(answer, "ekPublic"),
-            quote=_b64(answer, "quote"),
-            signature=_b64(answer, "signature"),
-            pcrs_file=_b64(answer, "pcrs"),
-            pcr_values=parse_pcr_values(_b64(answer, "pcrValues").decode(errors="replace")),
-            event_log=event_log or None,
-        )
+    def tpm_command(self, command: bytes, timeout: float) -> bytes:
+        """Relay one TPM command (a whole TPM2 command buffer) to the node's TPM; return its response."""
+        request = "TPM " + "".join(f"\\x{byte:02x}" for byte in command)
+        return _b64(self._check(self.request(request, "TPM", timeout)), "response")
 
-    def activate(self, id_object: bytes, encrypted_secret: bytes, timeout: float) -> bytes:
-        """TPM2_ActivateCredential with the agent's EK and AK; `id_object` and `encrypted_secret` are
-        the TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET (with their size fields)."""
-        request = "ACTIVATE " + " ".join(
-            base64.b64encode(part).decode() for part in (id_object, encrypted_secret)
-        )
-        return _b64(self._check(self.request(request, "ACTIVATE", timeout)), "secret")
-
-    def ek_certificate(self, timeout: float) -> bytes:
-        """The DER EK certificate the TPM manufacturer (here swtpm_setup) stored at NV index 0x01c00002."""
-        return _b64(self._check(self.request("EKCERT", "EKCERT", timeout)), "certificate")
+    def event_log(self, timeout: float) -> bytes | None:
+        """The kernel's TCG event log (binary_bios_measurements); None when the kernel exposes none."""
+        return _b64(self._check(self.request("EVENTLOG", "EVENTLOG", timeout)), "eventLog") or None

@@ -1,7 +1,8 @@
 """Node image builder: an EFI System Partition folder booting Debian's signed shim -> GRUB -> kernel.
 
-The kernel's initramfs holds busybox, tpm2-tools with every shared library they load, and the
-trustedlaunch agent as /init. The image's version is a hash of its content: same inputs, same version.
+The kernel's initramfs holds busybox and the trustedlaunch agent as /init (the agent relays TPM
+commands: the TSS runs on the host, so the node needs no TPM software and its initramfs stays ~1 MB).
+The image's version is a hash of its content: same inputs, same version.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from trustedlaunch.node.initramfs import Initramfs
 SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
 GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
 BUSYBOX = Path("/usr/bin/busybox")
-TPM2_TOOLS = Path("/usr/bin/tpm2")
-TCTI_DEVICE = "libtss2-tcti-device.so.0"
 KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 METADATA_NAME = "node-image.json"
@@ -84,32 +83,8 @@ def _require(path: Path, package: str) -> Path:
     return path
 
 
-def _shared_libraries(binary: Path) -> list[Path]:
-    """The libraries `binary` links (by the path the loader finds them at), including the loader."""
-    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise NodeImageError(f"ldd {binary} failed: {result.stderr.strip() or result.stdout.strip()}")
-    libraries = []
-    for line in result.stdout.splitlines():
-        match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
-        if match:
-            libraries.append(Path(match.group(1)))
-        elif "not found" in line:
-            raise NodeImageError(f"{binary} needs a library that is not installed: {line.strip()}")
-    return libraries
-
-
-def _find_library(soname: str) -> Path:
-    result = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False)
-    for line in result.stdout.splitlines():
-        name, _, location = line.strip().partition(" => ")
-        if name.split(" ")[0] == soname and "x86-64" in name:
-            return Path(location)
-    raise NodeImageError(f"{soname} not found by ldconfig: install the Debian package libtss2-tcti-device0")
-
-
 def build_initramfs() -> bytes:
-    """The gzip-compressed newc initramfs: busybox, tpm2-tools, their libraries and the agent as /init."""
+    """The gzip-compressed newc initramfs: busybox and the agent as /init."""
     tree = Initramfs()
     for directory in ("proc", "sys", "dev", "tmp", "run", "etc"):
         tree.directory(directory)
@@ -119,13 +94,6 @@ def build_initramfs() -> bytes:
     for applet in applets.stdout.split():
         if applet != "bin/busybox":
             tree.symlink(applet, "/bin/busybox")
-    tree.file("usr/bin/tpm2", _require(TPM2_TOOLS, "tpm2-tools").read_bytes(), 0o755)
-    tcti = _find_library(TCTI_DEVICE)
-    libraries = {*_shared_libraries(TPM2_TOOLS), *_shared_libraries(tcti)}
-    for library in sorted(libraries):
-        tree.file(str(library), library.resolve().read_bytes(), 0o755)
-    # tctildr dlopens the TCTI by its soname from the library directory of libtss2-tctildr.
-    tree.file(f"lib/x86_64-linux-gnu/{TCTI_DEVICE}", tcti.resolve().read_bytes(), 0o755)
     agent = resources.files("trustedlaunch.node").joinpath("agent/init.sh").read_bytes()
     tree.file("init", agent, 0o755)
     return tree.gzip()

@@ -12,7 +12,6 @@ import re
 import secrets
 import shutil
 import socket
-import struct
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,8 @@ from types import TracebackType
 from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel, AgentError, NodeQuote
+from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
+from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.image import BOOT_FAILED_MARKER, NodeImage
 from trustedlaunch.tpm.vtpm import MAX_SOCKET_PATH, Vtpm
 
@@ -34,7 +34,7 @@ FIRMWARE = {
 # Console lines that mean the boot chain stopped for good: fail fast instead of waiting for the timeout.
 FATAL_CONSOLE_MARKERS = ("bad shim signature", "Kernel panic", BOOT_FAILED_MARKER, "Access Denied")
 CONSOLE_TAIL_CHARS = 3000
-MAX_NONCE_BYTES = 64  # TPM2B_DATA holds at most sizeof(TPMT_HA)
+AGENT_COMMAND_TIMEOUT = 60.0  # seconds for one relayed TPM command (RSA key generation takes the longest)
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -178,6 +178,7 @@ class NodeVM:
         self._qmp_socket = run_dir / "qmp.sock"
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: AgentChannel | None = None
+        self._agent_client: NodeAgent | None = None
         self._started_at = 0.0
         self.ready_after: float | None = None  # seconds from launch to the agent's first PONG
 
@@ -343,32 +344,35 @@ class NodeVM:
             return None
         return AgentChannel(sock)
 
-    def _agent(self) -> AgentChannel:
+    def agent(self) -> NodeAgent:
+        """The verifier's side of the node's agent (after `wait_ready`)."""
         if self._channel is None or self.ready_after is None:
             raise NodeVMError("the node's agent is not ready: call wait_ready() first")
-        return self._channel
+        if self._agent_client is None:
+            self._agent_client = NodeAgent(self._channel, AGENT_COMMAND_TIMEOUT)
+        return self._agent_client
 
-    def request_quote(self, nonce: bytes, timeout: float = 120.0) -> NodeQuote:
-        """Have the agent quote PCRs 0-9 and 14 (shim's MOK measurements) over `nonce` (1..64 bytes)."""
-        if not 0 < len(nonce) <= MAX_NONCE_BYTES:
-            raise NodeVMError(f"quote nonce must be 1..{MAX_NONCE_BYTES} bytes, got {len(nonce)}")
-        return self._agent().quote(nonce, timeout)
+    def request_quote(self, nonce: bytes) -> NodeQuote:
+        """Have the node quote PCRs 0-9 and 14 (shim's MOK measurements) over `nonce` (1..64 bytes)."""
+        return self.agent().request_quote(nonce)
 
-    def activate(self, credential_blob: bytes, encrypted_secret: bytes, timeout: float = 120.0) -> bytes:
+    def activate(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
         """TPM2_ActivateCredential in the node's TPM; returns the recovered secret.
 
         `credential_blob` and `encrypted_secret` are the contents of TPM2B_ID_OBJECT and
         TPM2B_ENCRYPTED_SECRET (as in trustedlaunch.tpm.credential.CredentialChallenge).
         """
-        sized = [struct.pack(">H", len(part)) + part for part in (credential_blob, encrypted_secret)]
-        return self._agent().activate(sized[0], sized[1], timeout)
+        return self.agent().activate(credential_blob, encrypted_secret)
 
-    def ek_certificate(self, timeout: float = 60.0) -> bytes:
-        """The node TPM's RSA EK certificate (DER), read by the agent from NV index 0x01c00002."""
-        return self._agent().ek_certificate(timeout)
+    def ek_certificate(self) -> bytes:
+        """The node TPM's RSA EK certificate (DER), from NV index 0x01c00002."""
+        return self.agent().ek_certificate()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM (QMP quit, then kill) and its vTPM; reap both. Safe to call more than once."""
+        if self._agent_client is not None:
+            self._agent_client.close()
+            self._agent_client = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None

@@ -2,12 +2,17 @@
 # trustedlaunch in-guest agent: /init of the node initramfs (busybox sh, PID 1).
 #
 # Protocol on /dev/ttyS1 (raw): the host writes one request per line, the agent answers each with one
-# line of JSON (binary fields in base64) followed by the line "END <sha256 hex of the JSON line>".
+# line of JSON (binary fields in base64) followed by the line "END <sha256 hex of the JSON line and its
+# newline>".
 #   PING [token]          -> {"reply":"PONG","token":"..."}
-#   QUOTE <hex nonce>     -> {"reply":"QUOTE", akPublic, akName, ekPublic, quote, signature, pcrs,
-#                             pcrValues, eventLog}   (or {"reply":"QUOTE","error":"no TPM"} ...)
-#   ACTIVATE <b64 TPM2B_ID_OBJECT> <b64 TPM2B_ENCRYPTED_SECRET> -> {"reply":"ACTIVATE","secret":"..."}
-#   EKCERT                -> {"reply":"EKCERT","certificate":"..."}  (DER, from NV index 0x01c00002)
+#   TPM <command>         -> {"reply":"TPM","response":"<b64>"}  (or {"reply":"TPM","error":"no TPM"} ...)
+#                            <command>: the TPM command's bytes, each as \xHH (lowercase hex)
+#   EVENTLOG              -> {"reply":"EVENTLOG","eventLog":"<b64>"}  (empty when the kernel has none)
+#
+# The agent runs no TPM software: it relays TPM commands to /dev/tpm0, and the host's TSS
+# (trustedlaunch.tpm.node_tpm) builds them and checks the answers. It relays only the commands attestation
+# needs (reading keys, PCRs and the EK certificate, quoting, making and persisting the AK, credential
+# activation); nothing that extends PCRs, writes NV or changes a hierarchy passes.
 
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 mount -t proc proc /proc
@@ -19,17 +24,23 @@ cd /tmp/agent || exec sh
 
 AGENT=/dev/ttyS1
 EVENT_LOG=/sys/kernel/security/tpm0/binary_bios_measurements
-PCRS=sha256:0,1,2,3,4,5,6,7,8,9,14
-# /dev/tpm0 without a resource manager: the agent is the TPM's only user and flushes what it loads.
-export TPM2TOOLS_TCTI=device:/dev/tpm0
+# TPM_CC of GetCapability ReadPublic NV_ReadPublic NV_Read Quote PCR_Read StartAuthSession PolicySecret
+# ActivateCredential FlushContext CreateLoaded EvictControl
+RELAYED="0000017a 00000173 00000169 0000014e 00000158 0000017e 00000176 00000151 00000147 00000165 00000191 00000120"
 
 b64() {
     base64 -w 0 "$1"
 }
 
 reply() {
+    # the line, then END and the sha256 of the line with its newline (one process: the shell writes the
+    # here-document itself)
     printf '%s\n' "$1" >&3
-    printf 'END %s\n' "$(printf '%s' "$1" | sha256sum | cut -d ' ' -f 1)" >&3
+    sum=$(sha256sum <<EOF
+$1
+EOF
+)
+    printf 'END %s\n' "${sum%% *}" >&3
 }
 
 fail() {
@@ -39,83 +50,47 @@ fail() {
     reply "{\"reply\":\"$1\",\"error\":\"$2\",\"detail\":\"$detail\"}"
 }
 
-ensure_keys() {
-    [ -f keys.ok ] && return 0
-    tpm2 createek -c ek.ctx -G rsa -u ek.pub >/dev/null 2>err.txt || return 1
-    tpm2 createak -C ek.ctx -c ak.ctx -G rsa -g sha256 -s rsassa -u ak.pub -n ak.name \
-        >/dev/null 2>err.txt || return 1
-    tpm2 flushcontext -t 2>err.txt || return 1
-    touch keys.ok
+tpm_command() {
+    # $1: the command's bytes, each as \xHH: the shell's own printf turns them into bytes (no decoding
+    # process; any other printf escape only changes the bytes, and the code is checked on the bytes).
+    if [ "$tpm" != present ]; then
+        fail TPM "no TPM"
+        return
+    fi
+    case $1 in
+        "" | *[!\\x0-9a-f]*)
+            fail TPM "the command is not written as bytes in the form xHH, each after a backslash"
+            return
+            ;;
+    esac
+    printf "$1" >command.bin
+    # The command code (bytes 6-9 after tag and size), read from the bytes that go to the TPM.
+    set -- $(od -An -tx1 -j6 -N4 command.bin)
+    case " $RELAYED " in
+        *" $1$2$3$4 "*) ;;
+        *)
+            fail TPM "command code 0x$1$2$3$4 is not relayed: the agent passes only attestation commands"
+            return
+            ;;
+    esac
+    # The device takes a command in one write() only: dd makes one, the shell's printf may not.
+    if ! dd if=command.bin bs=4096 count=1 >&4 2>err.txt; then
+        fail TPM "the TPM device refused the command" err.txt
+        return
+    fi
+    # The device answers the one read after the write, then reads end (EOF).
+    response=$(base64 -w 0 <&4)
+    if [ -z "$response" ]; then
+        fail TPM "the TPM device did not answer"
+        return
+    fi
+    reply "{\"reply\":\"TPM\",\"response\":\"$response\"}"
 }
 
-quote() {
-    nonce=$1
-    case $nonce in
-        "" | *[!0-9a-fA-F]*) fail QUOTE "nonce must be hexadecimal"; return ;;
-    esac
-    if [ ! -c /dev/tpm0 ]; then
-        fail QUOTE "no TPM"
-        return
-    fi
-    if ! ensure_keys; then
-        fail QUOTE "creating the EK and AK failed" err.txt
-        return
-    fi
-    if ! tpm2 quote -c ak.ctx -l "$PCRS" -q "$nonce" -g sha256 -m quote.msg -s quote.sig -o quote.pcrs \
-        >pcrs.yaml 2>err.txt; then
-        tpm2 flushcontext -t 2>/dev/null
-        fail QUOTE "tpm2_quote failed" err.txt
-        return
-    fi
-    tpm2 flushcontext -t 2>/dev/null
+event_log() {
     log=""
     [ -r "$EVENT_LOG" ] && cat "$EVENT_LOG" >eventlog.bin && log=$(b64 eventlog.bin)
-    reply "{\"reply\":\"QUOTE\",\"nonce\":\"$nonce\",\"akPublic\":\"$(b64 ak.pub)\",\"akName\":\"$(b64 ak.name)\",\
-\"ekPublic\":\"$(b64 ek.pub)\",\"quote\":\"$(b64 quote.msg)\",\"signature\":\"$(b64 quote.sig)\",\
-\"pcrs\":\"$(b64 quote.pcrs)\",\"pcrValues\":\"$(b64 pcrs.yaml)\",\"eventLog\":\"$log\"}"
-}
-
-activate() {
-    if [ ! -c /dev/tpm0 ]; then
-        fail ACTIVATE "no TPM"
-        return
-    fi
-    if [ ! -f keys.ok ]; then
-        fail ACTIVATE "no AK yet: request a QUOTE first"
-        return
-    fi
-    # The credential file format of tpm2-tools: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT,
-    # TPM2B_ENCRYPTED_SECRET.
-    printf '\272\334\300\336\000\000\000\001' >cred.bin
-    if ! { printf '%s' "$1" | base64 -d && printf '%s' "$2" | base64 -d; } >>cred.bin 2>err.txt; then
-        fail ACTIVATE "the credential is not valid base64" err.txt
-        return
-    fi
-    rm -f secret.bin
-    tpm2 startauthsession --policy-session -S session.ctx 2>err.txt \
-        && tpm2 policysecret -S session.ctx -c e >/dev/null 2>>err.txt \
-        && tpm2 activatecredential -c ak.ctx -C ek.ctx -i cred.bin -o secret.bin -P session:session.ctx \
-            >/dev/null 2>>err.txt
-    tpm2 flushcontext -t 2>/dev/null
-    tpm2 flushcontext session.ctx 2>/dev/null
-    if [ ! -f secret.bin ]; then
-        fail ACTIVATE "tpm2_activatecredential failed" err.txt
-        return
-    fi
-    reply "{\"reply\":\"ACTIVATE\",\"secret\":\"$(b64 secret.bin)\"}"
-}
-
-ek_certificate() {
-    if [ ! -c /dev/tpm0 ]; then
-        fail EKCERT "no TPM"
-        return
-    fi
-    # TCG EK credential profile: the RSA 2048 EK certificate is provisioned at NV index 0x01c00002.
-    if ! tpm2 nvread 0x01c00002 -C o -o ekcert.der >/dev/null 2>err.txt; then
-        fail EKCERT "reading the EK certificate from NV index 0x01c00002 failed" err.txt
-        return
-    fi
-    reply "{\"reply\":\"EKCERT\",\"certificate\":\"$(b64 ekcert.der)\"}"
+    reply "{\"reply\":\"EVENTLOG\",\"eventLog\":\"$log\"}"
 }
 
 pong() {
@@ -126,9 +101,8 @@ pong() {
 handle() {
     case $1 in
         PING) pong "$2" ;;
-        QUOTE) quote "$2" ;;
-        ACTIVATE) activate "$2" "$3" ;;
-        EKCERT) ek_certificate ;;
+        TPM) tpm_command "$2" ;;
+        EVENTLOG) event_log ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
     esac
@@ -137,25 +111,27 @@ handle() {
 # Keep the port open from here on: closing it (as `stty -F` does) would drop the input already received.
 exec 3<>"$AGENT"
 stty raw -echo 115200 <&3
+# /dev/tpm0 without a resource manager: the agent is the TPM's only user, the host flushes what it loads.
 tpm="absent"
-[ -c /dev/tpm0 ] && tpm="present"
+# (`command exec`: a failed open must not end PID 1)
+[ -c /dev/tpm0 ] && command exec 4<>/dev/tpm0 && tpm="present"
 echo "trustedlaunch-agent ready (TPM $tpm)" >/dev/console
 
 # While the node booted, the host sent a PING every second and gave up on each but the last: they wait
 # in the serial port. Answer only the newest one (the host waits for that one) instead of the whole
 # backlog. A line cut by the 0.2 s timeout is lost like one sent before boot: the host pings again.
 pinged=""
-while read -r -t 0.2 command arg1 arg2 <&3; do
+while read -r -t 0.2 command arg1 rest <&3; do
     if [ "$command" = PING ]; then
         pinged=1
         newest_token=$arg1
     else
-        handle "$command" "$arg1" "$arg2"
+        handle "$command" "$arg1"
     fi
 done
 [ -n "$pinged" ] && pong "$newest_token"
 
 while :; do
-    read -r command arg1 arg2 <&3 || { sleep 1; continue; }
-    handle "$command" "$arg1" "$arg2"
+    read -r command arg1 rest <&3 || { sleep 1; continue; }
+    handle "$command" "$arg1"
 done
