@@ -40,3 +40,17 @@ def test_ping_answered_by_the_peer() -> None:
     finally:
         channel.close()
         guest.close()
+
+
+def test_an_agent_that_does_not_know_the_request_says_reimage() -> None:
+    ours, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel = AgentChannel(ours)
+    try:
+        answer = b'{"reply":"UNKNOWN","error":"unknown request","detail":""}'
+        guest.sendall(answer + b"\nEND " + hashlib.sha256(answer + b"\n").hexdigest().encode() + b"\n")
+        with pytest.raises(AgentError, match=r"does not know the TPM request.*reimage"):
+            channel.tpm_command(b"\x80\x01", 5.0)
+        assert guest.recv(100) == b"TPM \\x80\\x01\n"
+    finally:
+        channel.close()
+        guest.close()

@@ -1,4 +1,4 @@
-"""Node image builder: reproducible ESP folder and initramfs with the agent, busybox and tpm2-tools."""
+"""Node image builder: reproducible ESP folder and an initramfs with busybox and the agent only."""
 
 from __future__ import annotations
 

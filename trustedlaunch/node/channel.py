@@ -86,6 +86,11 @@ class AgentChannel:
         while (answer := self._read_answer(deadline)) is not None:
             if answer.get("reply") == reply and (token is None or answer.get("token") == token):
                 return answer
+            if answer.get("reply") == "UNKNOWN":
+                raise AgentError(
+                    f"the node's agent does not know the {line.split()[0]} request: the node runs an older "
+                    "agent, reimage it to the current node image"
+                )
         raise AgentError(f"the agent did not answer {line.split()[0]} within {timeout:.0f} s")
 
     def ping(self, token: str, timeout: float) -> bool:
