@@ -13,20 +13,42 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from trustedlaunch.cli.demo import OVMF_SECURE_BOOT_LOG
 from trustedlaunch.cli.main import app
+from trustedlaunch.eventlog.parser import parse_event_log_file
+from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
+from trustedlaunch.node.image import GRUB, SHIM, default_kernel
+from trustedlaunch.uefi.authenticode import load_pe_image
 
 MAX_DATA_DIR_LENGTH = 50
 SCENARIO_TIMEOUT = 3600  # seven tl commands and three VM boots under TCG on a loaded machine
 
 
-def test_trust_core_demo_runs_end_to_end_with_real_components() -> None:
+def _log_measured(image_file: Path, log: Path) -> bool:
+    """Whether `log` measured this build of `image_file`: the digest its signer signed (read from the
+    signature, not computed) is one of the log's boot application digests."""
+    measured = {
+        event.digests["sha256"]
+        for event in parse_event_log_file(log).events
+        if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
+    }
+    return any(signature.signed_digest in measured for signature in load_pe_image(image_file).signatures)
+
+
+def test_trust_core_demo_runs_end_to_end_with_real_components(testdata: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "trust-core"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     output = result.output
     assert "boots: every stage is signed by a trusted authority" in output
     assert "does not boot: kernel (vmlinuz): the image carries no Authenticode signature" in output
-    assert "= shim of the node image" in output and "= kernel of the node image" in output
-    assert "PASS fresh quote, policy pinned to the node image" in output
+    log = testdata / OVMF_SECURE_BOOT_LOG
+    for name, image_file in (("shim", SHIM), ("grub", GRUB), ("kernel", default_kernel())):
+        matched = f"= {name} of the node image" in output
+        assert matched == _log_measured(image_file, log), f"{name}: demo says matched={matched}"
+    assert ("not in the node image (the log was recorded with another build)" in output) == (
+        not _log_measured(default_kernel(), log)
+    )
+    assert "PASS fresh quote, policy from the log's boot chain" in output
     assert "NonceMismatch (quote)" in output
     assert "BootApplicationNotAllowed (kernel, PCR4" in output
     assert "verified go-tpm-tools/attestations/gce-cos-85-nonce9009.pb" in output

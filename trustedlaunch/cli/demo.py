@@ -10,10 +10,11 @@ their labels and attestation results, then delete the cluster and check that no 
 `tl demo trust-core` runs the fast offline demo of the trust core:
 1. Build a node image from Debian's signed shim, GRUB and kernel and decide, offline, whether it boots
    under OVMF's Microsoft Secure Boot keys; then show that an unsigned kernel is refused by name.
-2. Replay a real OVMF Secure Boot log of the same Debian binaries and show that the firmware measured
-   exactly the images verified in step 1.
+2. Replay a real OVMF Secure Boot log of Debian's shim, GRUB and kernel and show which of the images
+   the firmware measured are the ones verified in step 1 (the log froze one build of each package: a
+   newer build installed here shows up as "another build").
 3. Make real attestation evidence with swtpm (PCRs extended with that boot, a fresh AK, a nonce-bound
-   quote), verify it against a policy pinned to the image, then reject a replayed nonce and a kernel
+   quote), verify it against the policy of that boot chain, then reject a replayed nonce and a kernel
    the policy does not allow, each with an integrity alert naming the component.
 4. Verify a real GCE Shielded VM attestation (AK certificate chain, quotes, replay).
 Steps 2-4 read the public test data in ../shared/testdata beside the repository when it is there.
@@ -396,7 +397,11 @@ def _event_log(raw_log: bytes, decision: BootDecision) -> None:
     image_digests = {c.sha256: c.name for c in decision.components if c.sha256}
     for app in summary.boot_apps:
         name = image_digests.get(app.digest())
-        verdict = f"[green]= {name} of the node image[/]" if name else "[yellow]not in the node image[/]"
+        verdict = (
+            f"[green]= {name} of the node image[/]"
+            if name
+            else "[yellow]not in the node image (the log was recorded with another build)[/]"
+        )
         console.print(
             f"  loaded {app.device_path or '(image in memory)'}: {app.digest().hex()[:16]}… {verdict}"
         )
@@ -412,7 +417,7 @@ def _attestation(raw_log: bytes, decision: BootDecision, workdir: Path) -> None:
         extend_event_log(tpm, log, banks=("sha256",))
         evidence = collect_evidence(tpm, raw_log, nonce=nonce, pcrs=pcrs, workdir=workdir)
     first = verify(evidence, nonce=nonce, policy=policy)
-    _print_result("fresh quote, policy pinned to the node image", first)
+    _print_result("fresh quote, policy from the log's boot chain", first)
     _print_result(
         "the same evidence replayed against a new nonce",
         verify(evidence, nonce=os.urandom(16), policy=policy, last_clock=first.clock),
@@ -431,7 +436,8 @@ def _attestation(raw_log: bytes, decision: BootDecision, workdir: Path) -> None:
 
 
 def _image_policy(policy: Policy, decision: BootDecision) -> Policy:
-    """The log's policy with every boot step named after, and limited to, the node image's binary."""
+    """The log's policy, Secure Boot required, each boot step named after the node image's binary with
+    the same digest."""
     digests = {c.sha256.hex(): c.name for c in decision.components if c.sha256}
     steps = []
     for step in policy.boot_applications or ():
