@@ -48,6 +48,16 @@ def loaded_handles(node: NodeTpm) -> list[int]:
     return handles
 
 
+def test_a_fresh_tpm_gets_its_ak_without_tss_errors_on_stderr(
+    node_tpm: NodeTpm, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The absent AK is found by listing the persistent handles, not by a failing ReadPublic (which the
+    TSS reports as ERROR lines on stderr, alarming in an operator's logs)."""
+    node_tpm.attestation_key()
+    node_tpm.quote(b"nonce")
+    assert "esys" not in capfd.readouterr().err
+
+
 def test_ak_is_a_restricted_ecc_signing_key_made_once_and_persisted(vtpm_state: Path) -> None:
     with Swtpm(vtpm_state) as tpm, NodeTpm(TCTILdr("swtpm", tpm.tcti.removeprefix("swtpm:"))) as node:
         ak = node.attestation_key()

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from tpm2_pytss import ESAPI, TCTI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_PT_NV, TPM2_RC, TPM2_SE, TPMA_SESSION
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_PT_NV, TPM2_SE, TPMA_SESSION
 from tpm2_pytss.types import (
     TPM2B_DATA,
     TPM2B_ENCRYPTED_SECRET,
@@ -36,6 +36,8 @@ from trustedlaunch.errors import TrustedLaunchError
 EK_HANDLE = 0x81010001
 AK_HANDLE = 0x81000003
 EK_CERTIFICATE_INDEX = 0x01C00002
+PERSISTENT_HANDLES = 0x81000000  # the first persistent handle (TPM2_HT_PERSISTENT << 24)
+MAX_PERSISTENT_HANDLES = 64  # more than a TPM has room for
 AK_TEMPLATE = "ecc256:ecdsa-sha256:null"
 AK_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda"
 QUOTED_PCRS = (*range(10), 14)  # 0-9 (firmware, shim, GRUB, kernel) and 14 (shim's MOK lists)
@@ -67,9 +69,8 @@ class NodeTpm:
 
     def __init__(self, tcti: TCTI):
         self._esapi = ESAPI(tcti)
-        self._objects: dict[
-            int, tuple[ESYS_TR, bytes]
-        ] = {}  # persistent handle -> (ESYS handle, TPM2B_PUBLIC)
+        self._objects: dict[int, tuple[ESYS_TR, bytes]] = {}  # handle -> (ESYS handle, TPM2B_PUBLIC)
+        self._listed: set[int] | None = None
 
     def close(self) -> None:
         """Release the ESAPI context (the TPM's persistent keys stay)."""
@@ -83,15 +84,28 @@ class NodeTpm:
     ) -> None:
         self.close()
 
+    def _persistent_handles(self) -> set[int]:
+        """The persistent handles in use, listed once per instance (asking the TPM for an absent handle
+        is an error the TSS logs on stderr)."""
+        if self._listed is None:
+            try:
+                _, listed = self._esapi.get_capability(
+                    TPM2_CAP.HANDLES, PERSISTENT_HANDLES, MAX_PERSISTENT_HANDLES
+                )
+            except TSS2_Exception as exc:
+                raise _step("listing the persistent handles", exc) from None
+            self._listed = set(listed.data.handles)
+        return self._listed
+
     def _persistent(self, handle: int, what: str) -> tuple[ESYS_TR, bytes] | None:
         """(ESYS handle, TPM2B_PUBLIC) of the persistent key at `handle`; None if the TPM has none there."""
         if handle not in self._objects:
+            if handle not in self._persistent_handles():
+                return None
             try:
                 key = self._esapi.tr_from_tpmpublic(handle)
                 public, _, _ = self._esapi.read_public(key)
             except TSS2_Exception as exc:
-                if exc.error == TPM2_RC.HANDLE:
-                    return None
                 raise _step(f"reading the {what} at 0x{handle:08x}", exc) from None
             self._objects[handle] = (key, bytes(public.marshal()))
         return self._objects[handle]
