@@ -1,20 +1,22 @@
-"""Node boot benchmark: one Secure Boot + vTPM node, boot-to-agent-ready and boot-to-first-quote wall time.
+"""Node boot benchmark: one Secure Boot + vTPM node, boot-to-agent-ready and boot-to-attested wall time,
+against a peer in the same run: the same image booted with Secure Boot off and no vTPM.
 
-Run: python bench/node_boot_bench.py [runs]. Prints results (target: ready <= 20 s under TCG), asserts
-nothing. Each boot also prints its per-phase split, read from the time each phase's first line appears on
-the serial console: wall seconds and the CPU seconds QEMU used (the latter barely depends on what else the
-machine runs, so compare those when the load average is high).
+Run: python bench/node_boot_bench.py [runs]. Prints results (target: boot to attested <= 20 s under TCG) and
+the median as a ratio to the peer's median boot to agent ready; asserts nothing. Each trusted boot also
+prints its per-phase split, read from the time each phase's first line appears on the serial console: wall
+seconds and the CPU seconds QEMU used (the latter barely depends on what else the machine runs, so compare
+those when the load average is high).
 
-Measured 2026-11-23 on the 2-core TCG machine, boots alternated to compare fairly (the machine's speed
-drifts by +-2 s between runs, QEMU CPU seconds with it):
-* swtpm behind trustedlaunch.tpm.bankproxy, sha256 bank only (what ships): agent ready in 14.8-21.8 s
-  (10 runs, median 18.5 s; OVMF 3.9-5.3 s, shim 1.0-1.3, GRUB 1.7-3.0, LoadImage + EFI stub (mostly
-  decompressing the kernel) 5.0-6.8, kernel + agent 3.5-4.7), first quote 2.5-3.4 s later (the agent's
-  tpm2 runs: createek, createak, quote).
-* the proxy with sha1 + sha256 banks: 17.5-23.8 s; neither (OVMF hashing every measured byte with
-  SHA-1/256/384/512): 23-28 s, OVMF 8-9.8 s.
-* measured without gain: a libcurl stand-in halving the initramfs (9.3 -> 4.5 MB; ready unchanged, quote
-  -0.4 s), an ECC AK (quote unchanged), FAT image instead of vvfat, xz/zstd initrd, tpm-crb, -cpu max.
+Measured 2026-12-05 on the quiet 2-core TCG machine (load ~1), 11 runs: boot to attested 11.3-12.2 s,
+median 11.8 s = 1.17-1.20 x the peer (~10 s); first attestation with enrollment (AK made and persisted in
+the node's TPM, EK certificate, credential activation, quote, event log, verdict) 0.5-0.8 s, the next one
+0.12-0.19 s. Phases: OVMF 2.7 s, shim 0.6, GRUB 1.3-1.4, LoadImage + EFI stub 4.0-4.2 (shim and the
+firmware hash the 8 MB kernel again), kernel + agent 2.2. The same day the previous design (tpm2-tools in
+the node, 9 MB initramfs) reached agent ready at 11.1-11.3 s and its first quote, without EK certificate or
+activation, 2.3 s later. On 2026-12-03 the same machine kind ran about half as fast (~25 % CPU steal):
+boot to attested 20.4-25.3 s.
+Measured without gain: a FAT image instead of vvfat, a virtio-blk ESP, xz/zstd initrd, tpm-crb, -cpu max,
+-m 256. What made the vTPM cheap: trustedlaunch.tpm.bankproxy (OVMF hashes for the sha256 bank only).
 """
 
 from __future__ import annotations
