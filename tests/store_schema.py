@@ -11,10 +11,11 @@ TABLES = {
     "operations",
     "feature_registrations",
     "attestations",
+    "image_policies",
     "alerts",
     "alert_webhooks",
     "provider_registrations",
     "api_tokens",
     "alembic_version",
 }
-HEAD_REVISION = "0003_monitoring"
+HEAD_REVISION = "0004_image_policies"

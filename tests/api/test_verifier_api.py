@@ -6,6 +6,7 @@ stores on one file (two API worker processes), expiry, pruning, forged nonces.""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import signal
 import sys
@@ -21,7 +22,10 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
 
+from api_helpers import API, CLUSTER, RG_PATH, SUB, cluster_body, register_trusted_launch
 from serve_process import start_serve
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from swtpm_agent import SwtpmAgent
 
 from trustedlaunch.api.app import JWKS_PATH
@@ -34,12 +38,15 @@ from trustedlaunch.attest.nonces import (
     NonceInvalidError,
     NonceReusedError,
 )
-from trustedlaunch.attest.policy import policy_from_summary
+from trustedlaunch.attest.policy import BootStep, Policy, policy_from_summary
 from trustedlaunch.attest.remote import evidence_from_quote
 from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
+from trustedlaunch.control.pool_policies import record_image_policy
+from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
+from trustedlaunch.store.models import AgentPool
 from trustedlaunch.tpm.structures import parse_tpm2b_public
 from trustedlaunch.tpm.swtpm import Swtpm
 
@@ -222,14 +229,112 @@ def test_policy_is_required_and_validated(
 ) -> None:
     nonce = _challenge(client)
     evidence = _evidence(node, nonce)
-    pool = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerService/managedClusters/c"
-    response = client.post(VERIFY_PATH, json={"nonce": nonce.hex(), "evidence": evidence, "poolId": pool})
-    error = _error(response, 400, "InvalidRequestContent")
-    assert error["target"] == "poolId" and "not supported yet" in error["message"]
+    for extra in ({}, {"policy": policy_document, "poolId": TL_POOL}):
+        response = client.post(VERIFY_PATH, json={"nonce": nonce.hex(), "evidence": evidence, **extra})
+        error = _error(response, 400, "InvalidRequestContent")
+        assert "Send either policy" in error["message"] and "poolId" in error["message"]
     error = _error(
         _verify(client, nonce, evidence, {**policy_document, "secureBoot": "yes"}), 400, "InvalidPolicy"
     )
     assert "secureBoot" in error["message"]
+
+
+# --- verifying against a pool's policy (poolId) ----------------------------------------------------------
+
+TL_POOL = f"{CLUSTER}/agentPools/nodepool1"
+PLAIN_POOL = f"{RG_PATH}/managedClusters/plainCluster/agentPools/nodepool1"
+
+
+@pytest.fixture
+def pools(client: TestClient) -> TestClient:
+    """A Secure Boot + vTPM pool (TL_POOL) and a pool without vTPM (PLAIN_POOL); no policy recorded yet."""
+    register_trusted_launch(client)
+    trusted = {"securityProfile": {"enableSecureBoot": True, "enableVTPM": True}}
+    assert client.put(CLUSTER, params=API, json=cluster_body(**trusted)).status_code == 201
+    plain = f"{RG_PATH}/managedClusters/plainCluster"
+    assert client.put(plain, params=API, json=cluster_body()).status_code == 201
+    return client
+
+
+def _record_pool_policy(client: TestClient, secure_boot: bool, document: dict[str, Any]) -> str:
+    """Record `document` as the reconciler does for the TL pool's image; return the image version."""
+    sessions: sessionmaker[Session] = client.app.state.sessions  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        pool = session.scalars(select(AgentPool).order_by(AgentPool.id)).first()
+        assert pool is not None
+        record_image_policy(session, pool.node_image_version, secure_boot, Policy.from_dict(document))
+        return pool.node_image_version
+
+
+def _verify_pool(client: TestClient, node: SwtpmAgent, pool_id: object) -> Any:
+    nonce = _challenge(client)
+    body = {"nonce": nonce.hex(), "evidence": _evidence(node, nonce), "poolId": pool_id}
+    return client.post(VERIFY_PATH, json=body)
+
+
+def test_pool_id_verifies_against_the_pools_recorded_policy(
+    pools: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    error = _error(_verify_pool(pools, node, TL_POOL), 409, "AttestationPolicyNotReady")
+    assert "'nodepool1' has no attestation policy yet" in error["message"] and error["target"] == "poolId"
+
+    _record_pool_policy(pools, False, policy_document)  # the Secure Boot off policy: not this pool's
+    _error(_verify_pool(pools, node, TL_POOL), 409, "AttestationPolicyNotReady")
+
+    version = _record_pool_policy(pools, True, policy_document)
+    response = _verify_pool(pools, node, TL_POOL.lower())  # ARM ids are case-insensitive
+    assert response.status_code == 200, response.text
+    verdict = response.json()
+    assert verdict["ok"] is True, verdict["findings"]
+    claims = jwt.decode(verdict["token"], options={"verify_signature": False})
+    assert (claims["x-tl-node-pool"], claims["x-tl-image-version"]) == ("nodepool1", version)
+
+    recorded = Policy.from_dict(policy_document)
+    other_image = dataclasses.replace(  # an image with other boot applications
+        recorded,
+        boot_applications=tuple(
+            BootStep(step.component, frozenset({"00" * 32})) for step in recorded.boot_applications or ()
+        ),
+    )
+    _record_pool_policy(pools, True, other_image.to_dict())  # the image's policy changed: it applies
+    verdict = _verify_pool(pools, node, TL_POOL).json()
+    assert verdict["ok"] is False and "token" not in verdict
+    assert {finding["check"] for finding in verdict["findings"]} == {"BootApplicationNotAllowed"}
+
+
+@pytest.mark.parametrize(
+    ("pool_id", "status", "code"),
+    [
+        (PLAIN_POOL, 400, "AttestationNotSupported"),
+        (f"{CLUSTER}/agentPools/nosuchpool", 404, "ResourceNotFound"),
+        (f"{RG_PATH}/managedClusters/nosuchcluster/agentPools/nodepool1", 404, "ResourceNotFound"),
+        (CLUSTER, 400, "InvalidPoolId"),
+        (f"{CLUSTER}/agentPools/nodepool1/machines/x", 400, "InvalidPoolId"),
+        (42, 400, "InvalidPoolId"),
+    ],
+)
+def test_pool_id_refusals_name_the_reason(
+    pools: TestClient, node: SwtpmAgent, pool_id: object, status: int, code: str
+) -> None:
+    _error(_verify_pool(pools, node, pool_id), status, code)
+
+
+def test_pool_id_must_lie_in_the_tokens_scope_unless_the_token_is_for_the_verifier(
+    pools: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+) -> None:
+    _record_pool_policy(pools, True, policy_document)
+    sessions: sessionmaker[Session] = pools.app.state.sessions  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        other_group = create_token(session, "other-group", f"/subscriptions/{SUB}/resourceGroups/otherGroup")
+        own_group = create_token(session, "own-group", f"/subscriptions/{SUB}/resourceGroups/myResourceGroup")
+        agent = create_token(session, "node-agent", ATTESTATION_API_PATH)
+    for token, status in ((other_group, 403), (own_group, 200), (agent, 200)):
+        pools.headers["Authorization"] = f"Bearer {token}"
+        response = _verify_pool(pools, node, TL_POOL)
+        assert response.status_code == status, response.text
+    pools.headers["Authorization"] = f"Bearer {other_group}"
+    error = _error(_verify_pool(pools, node, TL_POOL), 403, "AuthorizationFailed")
+    assert "agentPools/read" in error["message"] and "other-group" in error["message"]
 
 
 def test_evidence_over_the_body_limit_is_413(client: TestClient) -> None:

@@ -28,6 +28,7 @@ from trustedlaunch.attest.evidence import Evidence
 from trustedlaunch.attest.policy import Policy, policy_for_image
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import verify
+from trustedlaunch.control import pool_policies
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.kubernetes import (
     QUARANTINE_ANNOTATION,
@@ -37,6 +38,7 @@ from trustedlaunch.control.kubernetes import (
 )
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ResourcePath, delete_cluster, pool_resource_id
+from trustedlaunch.control.tokens import Principal
 from trustedlaunch.node.qemu import FIRMWARE
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
 from trustedlaunch.tpm.structures import parse_tpm2b_public
@@ -166,6 +168,11 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         assert set(provisioned.pcrs or {}) >= {"sha256"} and "7" in (provisioned.pcrs or {})["sha256"]
         policy = pool_policy(state_dir, node.node_image_version)
         assert reverify(provisioned, policy)
+        with sessions() as session:  # kept for the verifier API's poolId
+            pool_row = session.get_one(AgentPool, pool.id)
+            pool_id = pool_resource_id(pool_row.cluster, pool_row.name)
+            stored = pool_policies.pool_policy(session, pool_id, Principal("admin", None))
+        assert (stored.pool_name, Policy.from_json(stored.document)) == ("nodepool1", policy)
         assert provisioned.token is not None
         key = jwt.PyJWKSet.from_dict(issuer.jwks())[jwt.get_unverified_header(provisioned.token)["kid"]]
         claims = jwt.decode(provisioned.token, key.key, algorithms=["ES256"], issuer=ISSUER)

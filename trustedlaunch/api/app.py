@@ -129,7 +129,8 @@ class CanonicalArmPath:
 class BearerAuth:
     """Every route needs `Authorization: Bearer <token>` except PUBLIC_PATHS; refusals are 401 ARM errors. A
     token scoped to a subscription or resource group gets 403 AuthorizationFailed outside its scope (rules in
-    control/tokens.py). Principals are cached (app.state.principals) for the app's token cache time."""
+    control/tokens.py). Principals are cached (app.state.principals) for the app's token cache time; the
+    request's principal is request.state.principal."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -165,6 +166,7 @@ class BearerAuth:
             )
             await arm_response(error, challenge)(scope, receive, send)
             return
+        scope.setdefault("state", {})["principal"] = principal  # request.state.principal in the routes
         await self.app(scope, receive, send)
 
 

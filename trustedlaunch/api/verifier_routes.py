@@ -4,7 +4,9 @@ evidence and gets a verdict, with an attestation token (JWT, keys at /.well-know
     POST /providers/Microsoft.TrustedLaunch/attestation/challenge -> {"nonce": hex, "expiresAt": ISO 8601}
     POST /providers/Microsoft.TrustedLaunch/attestation/verify
          {"nonce": hex, "evidence": {akPublic, quote, signature, eventLog, pcrValues?} (the evidence JSON
-          of trustedlaunch.attest.evidence), "policy": a policy document (as `tl policy from-log` makes)}
+          of trustedlaunch.attest.evidence), and either "policy": a policy document (as `tl policy
+          from-log` makes) or "poolId": an agent pool's resource id (its policy: the one the reconciler
+          derived from the pool's node image and Secure Boot setting, trustedlaunch.control.pool_policies)}
       -> {"ok", "findings": [...], "secureBoot", "pcrs": {bank: {index: hex}}, "token"?}
 
 Every valid API token may call these; a token scoped to the verifier API (`tl token create --scope
@@ -12,11 +14,15 @@ Every valid API token may call these; a token scoped to the verifier API (`tl to
 should hold. Nonces are single-use and expire (trustedlaunch.attest.nonces); a bad, expired or replayed nonce
 is an ARM error naming it (400 NonceInvalid / 400 NonceExpired / 409 NonceAlreadyUsed). Malformed requests are
 400 ARM errors with the parser's message; evidence that parses but does not verify is a 200 with ok=false and
-the findings. A pool's image policy by `poolId` is not served yet: the caller sends the policy document.
+the findings. A poolId must lie inside the caller's token scope, except for tokens scoped to the verifier
+API (node agents and relying parties may name any pool: they get a verdict on their own evidence, never the
+policy). The token of a pass verified by poolId names the pool and its node image version, as the
+reconciler's tokens do (x-tl-node-pool, x-tl-image-version).
 
-Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU. Each
-answer carries a `Server-Timing` header (parse, nonce, verify, token and total, in ms) so that load
-benchmarks can compare the server's own time with the latency clients see.
+Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU, a poolId
+adds one indexed store read (counted in "parse"). Each answer carries a `Server-Timing` header (parse,
+nonce, verify, token and total, in ms) so that load benchmarks can compare the server's own time with the
+latency clients see.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from trustedlaunch.attest.policy import Policy, PolicyError
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.control.errors import ArmError, bad_request
+from trustedlaunch.control.pool_policies import PoolPolicy, pool_policy
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
 from trustedlaunch.tpm.structures import parse_tpmt_public
 
@@ -80,8 +87,9 @@ def _policy(canonical_json: bytes) -> Policy:
     return Policy.from_json(canonical_json, source="policy")
 
 
-def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy]:
-    """The nonce, evidence and policy of a verify request; raise a 400 ArmError naming the bad field."""
+def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy | object]:
+    """The nonce, evidence and policy (or the poolId as sent) of a verify request; raise a 400 ArmError
+    naming the bad field."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -106,13 +114,15 @@ def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy]:
         evidence = Evidence.from_dict(document["evidence"], source="evidence")
     except EvidenceError as exc:
         raise bad_request("InvalidEvidence", str(exc), "evidence") from None
-    if "policy" not in document:
-        target = "poolId" if "poolId" in document else "policy"
+    if ("policy" in document) == ("poolId" in document):
         raise _invalid(
-            "policy: required: send the policy document of the pool (`tl policy from-log` makes one); "
-            "verifying against a pool's image policy by poolId is not supported yet.",
-            target,
+            "Send either policy (a policy document, as `tl policy from-log` makes) or poolId (the resource "
+            "id of the agent pool whose policy applies), not "
+            + ("both." if "policy" in document else "neither."),
+            "policy",
         )
+    if "poolId" in document:
+        return nonce, evidence, document["poolId"]
     try:
         policy = _policy(orjson.dumps(document["policy"], option=orjson.OPT_SORT_KEYS))
     except PolicyError as exc:
@@ -130,7 +140,14 @@ def _token_subject(ak_public: bytes) -> str:
 async def verify_evidence(request: Request) -> Response:
     """Verify evidence over a challenge nonce against a policy; a token when it passes."""
     started = time.perf_counter()
-    nonce, evidence, policy = _read_request(await request.body())
+    nonce, evidence, policy_or_pool = _read_request(await request.body())
+    pool: PoolPolicy | None = None
+    if isinstance(policy_or_pool, Policy):
+        policy = policy_or_pool
+    else:
+        with request.app.state.sessions() as session:
+            pool = pool_policy(session, policy_or_pool, request.state.principal)
+        policy = _policy(pool.document.encode())
     parsed = time.perf_counter()
     store: ChallengeStore = request.app.state.challenges
     try:
@@ -155,7 +172,11 @@ async def verify_evidence(request: Request) -> Response:
     if result.ok:
         issuer: TokenIssuer = request.app.state.token_issuer
         answer["token"] = issuer.issue(
-            result, node=_token_subject(evidence.ak_public), pool="", image_version="", nonce=nonce
+            result,
+            node=_token_subject(evidence.ak_public),
+            pool="" if pool is None else pool.pool_name,
+            image_version="" if pool is None else pool.node_image_version,
+            nonce=nonce,
         )
     done = time.perf_counter()
     timing = ", ".join(

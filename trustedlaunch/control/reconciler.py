@@ -60,6 +60,7 @@ from trustedlaunch.control.node_plan import (
 )
 from trustedlaunch.control.node_processes import is_node_process, kill_node_processes, node_processes
 from trustedlaunch.control.operations import finish_operation, operation_resource
+from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.diagnose import diagnose_boot_failure
@@ -392,21 +393,23 @@ class Reconciler:
         self.monitor.sync_kubernetes(node)  # no store transaction open during the API server's calls
         session.commit()
 
-    def _policy(self, node: Node, image: NodeImage) -> Policy:
+    def _policy(self, session: Session, node: Node, image: NodeImage) -> Policy:
         """The policy `node` is attested against: its image booted on the firmware of its Secure Boot
         setting (the VM's varstore is a copy of that template made at start), so a node that booted
-        otherwise fails attestation."""
-        return replace(
+        otherwise fails attestation. Recorded in the store for the verifier API's `poolId`."""
+        policy = replace(
             policy_for_image(image.esp_dir, FIRMWARE[node.secure_boot_enabled][1]),
             secure_boot=node.secure_boot_enabled,
         )
+        record_image_policy(session, node.node_image_version, node.secure_boot_enabled, policy)
+        return policy
 
     def _attest_new_node(
         self, session: Session, pool: AgentPool, node: Node, vm: NodeVM, image: NodeImage
     ) -> None:
         """First attestation (enrollment) of a freshly booted node; a failure fails the node."""
         try:
-            policy = self._policy(node, image)
+            policy = self._policy(session, node, image)
         except TrustedLaunchError as exc:
             self._fail(session, node, "NodeAttestationFailed", f"node {node.name} was not attested: {exc}")
         record = self.monitor.attest(
@@ -455,7 +458,7 @@ class Reconciler:
         pool = node.pool
         trigger = due_trigger(node)
         try:
-            policy = self._policy(node, self._image(node.node_image_version))
+            policy = self._policy(session, node, self._image(node.node_image_version))
         except TrustedLaunchError as exc:  # the verifier's side: not the node's fault, try on the interval
             log.error("node %s: no attestation policy: %s", node.name, exc)
             node.message = f"not attested ({trigger.value}): no attestation policy: {exc}"[:4000]

@@ -221,6 +221,15 @@ def authorize(session: Session, principal: Principal, method: str, path: str) ->
     raise authorization_failed(principal, method, path)
 
 
+def authorize_pool_reference(principal: Principal, pool_id: str) -> None:
+    """Raise 403 AuthorizationFailed unless `principal` may name the agent pool `pool_id` in a verify request:
+    tokens scoped to the verifier API (node agents, relying parties) may name any pool, others the pools
+    inside their scope."""
+    if principal.scope == _ATTESTATION_SCOPE or principal.covers(pool_id):
+        return
+    raise authorization_failed(principal, "GET", pool_id)
+
+
 class PrincipalCache:
     """The principals of recently used tokens, each remembered for `ttl` seconds to spare a database read per
     request: a token revoked by another process keeps working here for at most `ttl` seconds; `forget`

@@ -73,6 +73,19 @@ class NodeImage(Base):
     fips: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ImagePolicy(Base):
+    """The attestation policy of a node image booted with Secure Boot on or off, as the reconciler derived
+    it (trustedlaunch.attest.policy.policy_for_image): what the verifier API checks a pool's nodes against
+    when a caller names the pool (`poolId`)."""
+
+    __tablename__ = "image_policies"
+
+    node_image_version: Mapped[str] = mapped_column(ForeignKey("node_images.version"), primary_key=True)
+    secure_boot: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    policy: Mapped[str] = mapped_column(Text)  # Policy.to_json()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
 class AgentPool(Base):
     """An agent (node) pool of a managed cluster: the desired state the reconciler drives nodes to."""
 

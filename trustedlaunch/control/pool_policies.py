@@ -1,0 +1,82 @@
+"""A pool's attestation policy, kept in the store: the reconciler records the policy it derives from a node
+image and a Secure Boot setting; the verifier API finds it from a pool's ARM id (`poolId`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from trustedlaunch.attest.policy import Policy
+from trustedlaunch.control.errors import ArmError, bad_request
+from trustedlaunch.control.resources import ResourcePath, get_pool
+from trustedlaunch.control.tokens import Principal, authorize_pool_reference
+from trustedlaunch.store.models import ImagePolicy, utc_now
+
+POOL_ID = re.compile(
+    r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
+    r"/providers/Microsoft\.ContainerService/managedClusters/(?P<cluster>[^/]+)/agentPools/(?P<pool>[^/]+)$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """The policy document of a pool (Policy.to_json()), with the pool's name and node image version."""
+
+    pool_name: str
+    node_image_version: str
+    document: str
+
+
+def record_image_policy(session: Session, node_image_version: str, secure_boot: bool, policy: Policy) -> None:
+    """Keep `policy` as the one of `node_image_version` booted with `secure_boot` (written on change)."""
+    document = policy.to_json()
+    row = session.get(ImagePolicy, (node_image_version, secure_boot))
+    if row is None:
+        session.add(
+            ImagePolicy(node_image_version=node_image_version, secure_boot=secure_boot, policy=document)
+        )
+    elif row.policy != document:
+        row.policy, row.updated_at = document, utc_now()
+
+
+def pool_policy(session: Session, pool_id: object, principal: Principal) -> PoolPolicy:
+    """The policy the nodes of the pool with ARM id `pool_id` must pass (its image, its Secure Boot setting),
+    for a verify request of `principal`.
+
+    Raises a 400 ArmError for a malformed id or a pool without vTPM (nothing to attest), 403 for a pool
+    outside the principal's scope, 404 for an unknown pool, 409 while the reconciler has not derived the
+    policy yet."""
+    match = POOL_ID.match(pool_id) if isinstance(pool_id, str) else None
+    if match is None:
+        raise bad_request(
+            "InvalidPoolId",
+            f"poolId: expected an agent pool's resource id, /subscriptions/{{id}}/resourceGroups/{{group}}"
+            f"/providers/Microsoft.ContainerService/managedClusters/{{cluster}}/agentPools/{{pool}}; got "
+            f"{pool_id!r}",
+            "poolId",
+        )
+    authorize_pool_reference(principal, match.string)
+    path = ResourcePath(match["subscription"], match["group"], match["cluster"])
+    pool = get_pool(session, path, match["pool"])
+    if not pool.enable_vtpm:
+        raise bad_request(
+            "AttestationNotSupported",
+            f"Agent pool '{pool.name}' has vTPM disabled: its nodes have no TPM and cannot be attested. "
+            "Enable vTPM on the pool (--enable-vtpm) to attest its nodes.",
+            "poolId",
+        )
+    row = session.get(ImagePolicy, (pool.node_image_version, pool.enable_secure_boot))
+    if row is None:
+        raise ArmError(
+            409,
+            "AttestationPolicyNotReady",
+            f"Agent pool '{pool.name}' has no attestation policy yet: it is derived from node image "
+            f"{pool.node_image_version} when the pool's first node boots with Secure Boot "
+            f"{'on' if pool.enable_secure_boot else 'off'}. Retry once a node of the pool is Ready, or send "
+            "the policy document instead of poolId.",
+            "poolId",
+        )
+    return PoolPolicy(pool.name, pool.node_image_version, row.policy)
