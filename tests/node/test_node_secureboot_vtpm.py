@@ -136,6 +136,10 @@ def test_relay_refuses_commands_attestation_does_not_need(node: NodeVM) -> None:
     extend = extend[:2] + len(extend).to_bytes(4, "big") + extend[6:]
     with pytest.raises(AgentError, match="command code 0x00000182 is not relayed"):
         node.agent().channel.tpm_command(extend, 30)
+    # TPM2_EvictControl(owner, the EK at 0x81010001, password session): would delete the EK
+    evict_ek = bytes.fromhex("800200000023000001204000000181010001000000094000000900000000008101" + "0001")
+    with pytest.raises(AgentError, match="EvictControl is relayed only to persist a transient key"):
+        node.agent().channel.tpm_command(evict_ek, 30)
     answer = node.agent().channel.request("TPM %s%n", "TPM", 30)  # printf directives, not \\xHH bytes
     assert "not written as bytes" in answer["error"]
     # the relay still works after refusing

@@ -12,7 +12,8 @@
 # The agent runs no TPM software: it relays TPM commands to /dev/tpm0, and the host's TSS
 # (trustedlaunch.tpm.node_tpm) builds them and checks the answers. It relays only the commands attestation
 # needs (reading keys, PCRs and the EK certificate, quoting, making and persisting the AK, credential
-# activation); nothing that extends PCRs, writes NV or changes a hierarchy passes.
+# activation); nothing that extends PCRs, writes NV, deletes a persistent key or changes a hierarchy
+# passes.
 
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 mount -t proc proc /proc
@@ -73,6 +74,12 @@ tpm_command() {
             return
             ;;
     esac
+    # EvictControl persists a loaded (transient, 0x80......) key; on a persistent handle it would delete
+    # that key (the EK): refused. The object handle follows the auth handle (bytes 14-17).
+    if [ "$1$2$3$4" = 00000120 ] && [ "$(od -An -tx1 -j14 -N1 command.bin)" != " 80" ]; then
+        fail TPM "EvictControl is relayed only to persist a transient key, never to delete a persistent one"
+        return
+    fi
     # The device takes a command in one write() only: dd makes one, the shell's printf may not.
     if ! dd if=command.bin bs=4096 count=1 >&4 2>err.txt; then
         fail TPM "the TPM device refused the command" err.txt
