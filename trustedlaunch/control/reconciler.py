@@ -64,7 +64,7 @@ from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.diagnose import diagnose_boot_failure
-from trustedlaunch.node.image import NodeImage, build_node_image
+from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import FIRMWARE, BootFailedError, NodeVM
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
@@ -511,12 +511,18 @@ class Reconciler:
     # -- shared artefacts ------------------------------------------------------------------------------
 
     def _image(self, version: str) -> NodeImage:
-        """The built node image of catalogue `version`, built once into the state dir."""
+        """The built node image of catalogue `version`, built once into the state dir. An image built by an
+        older trustedlaunch gets the current agent (its initramfs), keeping its boot chain."""
         out_dir = self.state_dir / "images" / version
         if not out_dir.is_dir():
             log.info("building node image %s in %s", version, out_dir)
             _create_atomically(out_dir, build_node_image)
-        return NodeImage.load(out_dir)
+        image = NodeImage.load(out_dir)
+        if not has_current_agent(image):
+            log.warning("node image %s holds an older agent: replacing its initramfs", version)
+            _create_atomically(out_dir, lambda scratch: refresh_agent(image, scratch))
+            image = NodeImage.load(out_dir)
+        return image
 
     def _platform_ek_ca(self) -> EkCa:
         """The installation's platform EK CA (created on first use)."""
@@ -529,13 +535,20 @@ class Reconciler:
 
 
 def _create_atomically(directory: Path, create: Callable[[Path], object]) -> None:
-    """Run `create` on a scratch directory and rename it to `directory`: a reconciler killed halfway leaves
-    no half-made image or CA behind under the final name."""
+    """Run `create` on a scratch directory and rename it to `directory` (replacing it if it exists): a
+    reconciler killed halfway leaves no half-made image or CA behind under the final name."""
     scratch = directory.with_name(directory.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
     create(scratch)
-    scratch.rename(directory)
+    if directory.exists():
+        retired = directory.with_name(directory.name + ".retired")
+        shutil.rmtree(retired, ignore_errors=True)
+        directory.rename(retired)
+        scratch.rename(directory)
+        shutil.rmtree(retired)
+    else:
+        scratch.rename(directory)
 
 
 class ReconcilerThread:

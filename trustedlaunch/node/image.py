@@ -2,11 +2,13 @@
 
 The kernel's initramfs holds busybox and the trustedlaunch agent as /init (the agent relays TPM
 commands: the TSS runs on the host, so the node needs no TPM software and its initramfs stays ~1 MB).
-The image's version is a hash of its content: same inputs, same version.
+The image's version is a hash of its content: same inputs, same version. `refresh_agent` gives an image
+built by an older trustedlaunch the current agent and keeps its boot chain.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -128,7 +130,36 @@ def build_node_image(
     contents["EFI/debian/grub.cfg"] = grub_config(cmdline).encode()
     contents["vmlinuz"] = kernel.read_bytes()
     contents["initrd.gz"] = build_initramfs()
+    return _write_image(out_dir, contents, kernel.name, cmdline)
 
+
+@functools.cache
+def current_initramfs_sha256() -> str:
+    """The sha256 of the initramfs build_initramfs makes (installed busybox and agent), once per process."""
+    return hashlib.sha256(build_initramfs()).hexdigest()
+
+
+def has_current_agent(image: NodeImage) -> bool:
+    """Whether `image` carries the initramfs (agent) of this trustedlaunch: an image built by an older one
+    may hold an agent whose protocol the host no longer speaks."""
+    return image.files.get("initrd.gz") == current_initramfs_sha256()
+
+
+def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
+    """A copy of `image` in `out_dir` with the current initramfs (agent); shim, GRUB, the kernel and its
+    command line stay the image's own, so the boot chain and its attestation policy do not change."""
+    try:
+        kernel_name = json.loads(image.metadata_path.read_text())["kernel"]
+        contents = {name: (image.esp_dir / name).read_bytes() for name in image.files}
+    except (OSError, ValueError, KeyError) as error:
+        raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
+    contents["initrd.gz"] = build_initramfs()
+    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline)
+
+
+def _write_image(out_dir: Path, contents: dict[str, bytes], kernel_name: str, cmdline: str) -> NodeImage:
+    """Write the ESP files `contents` (ESP-relative path -> bytes) and their metadata into `out_dir`; the
+    version is a digest of every file's digest."""
     files = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
     version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     esp_dir = out_dir / "esp"
@@ -141,7 +172,7 @@ def build_node_image(
     metadata = {
         "version": version,
         "trustedLaunchCapable": True,
-        "kernel": kernel.name,
+        "kernel": kernel_name,
         "kernelCmdline": cmdline,
         "files": [
             {"path": name, "sha256": digest, "size": len(contents[name])} for name, digest in files.items()

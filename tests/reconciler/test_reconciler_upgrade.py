@@ -1,0 +1,123 @@
+"""Upgrading trustedlaunch under a state dir whose node image an older version built: the image keeps its
+boot chain (shim, GRUB, kernel, command line) and gets the current agent, and a node booted from it is
+attested. One VM boot."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reconciler_helpers import SUB, nodes, operation, wait_until
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.reconciler import Reconciler
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
+from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image, has_current_agent, refresh_agent
+from trustedlaunch.node.initramfs import Initramfs
+from trustedlaunch.store.models import Operation
+
+PATH = ResourcePath(SUB, "rg", "upgradedcluster")
+BOOT_CHAIN = ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "EFI/debian/grub.cfg", "vmlinuz")
+OLD_CMDLINE = "console=ttyS0 panic=-1 loglevel=3"
+
+
+def image_with_another_agent(out_dir: Path) -> NodeImage:
+    """A node image as an older trustedlaunch left it: the same boot chain (its own command line), and an
+    initramfs whose /init is an agent that never answers this host's requests."""
+    build_node_image(out_dir, cmdline=OLD_CMDLINE)
+    tree = Initramfs()
+    for directory in ("bin", "dev"):
+        tree.directory(directory)
+    tree.char_device("dev/console", 5, 1)
+    tree.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+    tree.symlink("bin/sh", "/bin/busybox")
+    tree.symlink("bin/sleep", "/bin/busybox")
+    init = b"#!/bin/sh\necho 'agent of another protocol' >/dev/console\nexec sleep 100000\n"
+    tree.file("init", init, 0o755)
+    initramfs = tree.gzip()
+    (out_dir / "esp" / "initrd.gz").write_bytes(initramfs)
+    metadata_path = out_dir / "node-image.json"
+    metadata = json.loads(metadata_path.read_text())
+    for item in metadata["files"]:
+        if item["path"] == "initrd.gz":
+            item["sha256"], item["size"] = hashlib.sha256(initramfs).hexdigest(), len(initramfs)
+    metadata_path.write_text(json.dumps(metadata))
+    return NodeImage.load(out_dir)
+
+
+def boot_chain(image: NodeImage) -> dict[str, bytes]:
+    return {name: (image.esp_dir / name).read_bytes() for name in BOOT_CHAIN}
+
+
+def test_refresh_agent_replaces_the_initramfs_only(tmp_path: Path) -> None:
+    old = image_with_another_agent(tmp_path / "old")
+    assert not has_current_agent(old)
+    fresh = refresh_agent(old, tmp_path / "fresh")
+    assert has_current_agent(fresh) and fresh.files["initrd.gz"] != old.files["initrd.gz"]
+    assert boot_chain(fresh) == boot_chain(old)
+    assert fresh.kernel_cmdline == OLD_CMDLINE
+    old_metadata, new_metadata = (json.loads(i.metadata_path.read_text()) for i in (old, fresh))
+    assert new_metadata["kernel"] == old_metadata["kernel"]
+    assert NodeImage.load(tmp_path / "fresh") == fresh
+    new = build_node_image(tmp_path / "new", cmdline=OLD_CMDLINE)  # the same boot files, the current agent
+    assert (fresh.files, fresh.version) == (new.files, new.version)
+
+
+@pytest.fixture(scope="module")
+def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
+    engine, factory = open_store(
+        f"sqlite:///{reconciler_base / 'upgrade.db'}", reconciler_base / "upgrade-token"
+    )
+    with factory.begin() as session:
+        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
+        register_provider(session, SUB, "Microsoft.ContainerService")
+    yield factory
+    engine.dispose()
+
+
+def run_until_finished(
+    reconciler: Reconciler, sessions: sessionmaker[Session], operation_id: str
+) -> Operation:
+    def finished() -> Operation | None:
+        reconciler.run_once()
+        current = operation(sessions, operation_id)
+        return current if current.status != "InProgress" else None
+
+    return wait_until(finished, 400, f"operation {operation_id}")
+
+
+@pytest.mark.slow
+def test_a_node_boots_the_upgraded_image_and_is_attested(
+    sessions: sessionmaker[Session], reconciler_base: Path
+) -> None:
+    state_dir = reconciler_base / "upgrade-state"
+    pool = PoolSpec(
+        "nodepool1", count=1, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True
+    )
+    with sessions.begin() as session:
+        cluster, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[pool]))
+        image_version = cluster.agent_pools[0].node_image_version
+    image_dir = state_dir / "images" / image_version
+    old = image_with_another_agent(image_dir)  # the cached build an older trustedlaunch made
+    old_chain = boot_chain(old)
+    reconciler = Reconciler(sessions, state_dir, boot_timeout=180)
+    try:
+        created = run_until_finished(reconciler, sessions, create.id)
+        assert created.status == "Succeeded", created.error
+        (node,) = nodes(sessions)
+        assert (node.state, node.attestation_status) == ("Ready", "Attested")
+        upgraded = NodeImage.load(image_dir)
+        assert has_current_agent(upgraded) and boot_chain(upgraded) == old_chain
+        assert sorted(path.name for path in image_dir.parent.iterdir()) == [image_version]  # no scratch left
+
+        with sessions.begin() as session:
+            deletion = delete_cluster(session, PATH)
+        assert deletion is not None
+        assert run_until_finished(reconciler, sessions, deletion.id).status == "Succeeded"
+    finally:
+        reconciler.release()
