@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_images import seed_node_images
+from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import Node, Operation
 
@@ -66,6 +67,19 @@ def trusted_launch_store(url: str) -> Iterator[sessionmaker[Session]]:
         yield factory
     finally:
         engine.dispose()
+
+
+def run_until_finished(
+    reconciler: Reconciler, sessions: sessionmaker[Session], operation_id: str, timeout: float
+) -> Operation:
+    """Run reconciler passes (in this thread) until the operation ends; return it."""
+
+    def finished() -> Operation | None:
+        reconciler.run_once()
+        current = operation(sessions, operation_id)
+        return current if current.status != "InProgress" else None
+
+    return wait_until(finished, timeout, f"operation {operation_id}")
 
 
 def wait_succeeded(

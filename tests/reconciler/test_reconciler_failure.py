@@ -8,15 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reconciler_helpers import SUB, nodes, operation, processes_under, unsigned_kernel, wait_until
+from reconciler_helpers import (
+    SUB,
+    nodes,
+    processes_under,
+    run_until_finished,
+    trusted_launch_store,
+    unsigned_kernel,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 from trustedlaunch.node.image import build_node_image, default_kernel
-from trustedlaunch.store.models import Operation
 
 pytestmark = pytest.mark.slow
 PATH = ResourcePath(SUB, "rg", "brokencluster")
@@ -24,25 +28,8 @@ PATH = ResourcePath(SUB, "rg", "brokencluster")
 
 @pytest.fixture(scope="module")
 def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
-    engine, factory = open_store(
-        f"sqlite:///{reconciler_base / 'broken.db'}", reconciler_base / "broken-token"
-    )
-    with factory.begin() as session:
-        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
-        register_provider(session, SUB, "Microsoft.ContainerService")
-    yield factory
-    engine.dispose()
-
-
-def run_until_finished(
-    reconciler: Reconciler, sessions: sessionmaker[Session], operation_id: str
-) -> Operation:
-    def finished() -> Operation | None:
-        reconciler.run_once()
-        current = operation(sessions, operation_id)
-        return current if current.status != "InProgress" else None
-
-    return wait_until(finished, 300, f"operation {operation_id}")
+    with trusted_launch_store(f"sqlite:///{reconciler_base / 'broken.db'}") as factory:
+        yield factory
 
 
 def test_boot_failure_fails_the_node_and_the_operation(
@@ -60,7 +47,7 @@ def test_boot_failure_fails_the_node_and_the_operation(
     build_node_image(state_dir / "images" / image_version, kernel=kernel)
     reconciler = Reconciler(sessions, state_dir, boot_timeout=180)
     try:
-        failed = run_until_finished(reconciler, sessions, create.id)
+        failed = run_until_finished(reconciler, sessions, create.id, 300)
         assert failed.status == "Failed" and failed.error is not None
         assert failed.error["code"] == "NodeBootFailed"
         assert "kernel" in str(failed.error["message"]) and "bad shim signature" in str(
@@ -75,7 +62,7 @@ def test_boot_failure_fails_the_node_and_the_operation(
         with sessions.begin() as session:
             deletion = delete_cluster(session, PATH)
         assert deletion is not None
-        assert run_until_finished(reconciler, sessions, deletion.id).status == "Succeeded"
+        assert run_until_finished(reconciler, sessions, deletion.id, 300).status == "Succeeded"
         assert nodes(sessions) == []
     finally:
         reconciler.release()

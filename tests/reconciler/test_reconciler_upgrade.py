@@ -10,16 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reconciler_helpers import SUB, nodes, operation, wait_until
+from reconciler_helpers import SUB, nodes, run_until_finished, trusted_launch_store
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.initramfs import Initramfs
-from trustedlaunch.store.models import Operation
 
 PATH = ResourcePath(SUB, "rg", "upgradedcluster")
 BOOT_CHAIN = ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "EFI/debian/grub.cfg", "vmlinuz")
@@ -70,25 +67,8 @@ def test_refresh_agent_replaces_the_initramfs_only(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
-    engine, factory = open_store(
-        f"sqlite:///{reconciler_base / 'upgrade.db'}", reconciler_base / "upgrade-token"
-    )
-    with factory.begin() as session:
-        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
-        register_provider(session, SUB, "Microsoft.ContainerService")
-    yield factory
-    engine.dispose()
-
-
-def run_until_finished(
-    reconciler: Reconciler, sessions: sessionmaker[Session], operation_id: str
-) -> Operation:
-    def finished() -> Operation | None:
-        reconciler.run_once()
-        current = operation(sessions, operation_id)
-        return current if current.status != "InProgress" else None
-
-    return wait_until(finished, 400, f"operation {operation_id}")
+    with trusted_launch_store(f"sqlite:///{reconciler_base / 'upgrade.db'}") as factory:
+        yield factory
 
 
 @pytest.mark.slow
@@ -107,7 +87,7 @@ def test_a_node_boots_the_upgraded_image_and_is_attested(
     old_chain = boot_chain(old)
     reconciler = Reconciler(sessions, state_dir, boot_timeout=180)
     try:
-        created = run_until_finished(reconciler, sessions, create.id)
+        created = run_until_finished(reconciler, sessions, create.id, 400)
         assert created.status == "Succeeded", created.error
         (node,) = nodes(sessions)
         assert (node.state, node.attestation_status) == ("Ready", "Attested")
@@ -118,6 +98,6 @@ def test_a_node_boots_the_upgraded_image_and_is_attested(
         with sessions.begin() as session:
             deletion = delete_cluster(session, PATH)
         assert deletion is not None
-        assert run_until_finished(reconciler, sessions, deletion.id).status == "Succeeded"
+        assert run_until_finished(reconciler, sessions, deletion.id, 400).status == "Succeeded"
     finally:
         reconciler.release()
