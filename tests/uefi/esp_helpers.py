@@ -181,6 +181,27 @@ def flip_byte_in_section(image: Path, section: bytes) -> int:
     return offset
 
 
+def rename_section(source: Path, output: Path, old: bytes, new: bytes) -> Path:
+    """Copy a PE image with the section `old` renamed to `new` (e.g. hide `.sbat`); its signature no longer
+    matches (the section table is hashed), so re-sign the copy to use it."""
+    pe = pefile.PE(str(source), fast_load=True)
+    section = next(s for s in pe.sections if s.Name.rstrip(b"\0") == old)
+    offset = section.get_file_offset()  # the 8-byte name opens the section header
+    pe.close()
+    data = bytearray(source.read_bytes())
+    data[offset : offset + 8] = new.ljust(8, b"\0")
+    output.write_bytes(bytes(data))
+    return output
+
+
+def replace_bytes(source: Path, output: Path, old: bytes, new: bytes) -> Path:
+    """Copy a file with the one occurrence of `old` replaced by `new` (same length)."""
+    data = source.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1, "expected exactly one occurrence"
+    output.write_bytes(data.replace(old, new))
+    return output
+
+
 def write_varstore(
     source: Path,
     output: Path,
@@ -189,9 +210,12 @@ def write_varstore(
     db_certs: tuple[Path, ...] = (),
     dbx_hashes: tuple[bytes, ...] = (),
     dbx_certs: tuple[Path, ...] = (),
+    mok_list_x_hashes: tuple[bytes, ...] = (),
+    mok_list_x_certs: tuple[Path, ...] = (),
     sbat_level: str | None = None,
 ) -> Path:
-    """Copy an OVMF varstore with virt-firmware, enrolling PK/KEK, db/dbx entries and an SbatLevel."""
+    """Copy an OVMF varstore with virt-firmware, enrolling PK/KEK, db/dbx entries, shim's MokListX (the
+    machine owner's denylist) and an SbatLevel."""
     store = Edk2VarStore(str(source))
     variables = store.get_varlist()
     if platform_cert is not None:
@@ -203,6 +227,10 @@ def write_varstore(
         variables.add_hash("dbx", TEST_OWNER, digest.hex())
     for cert in dbx_certs:
         variables.add_cert("dbx", TEST_OWNER, str(cert))
+    for digest in mok_list_x_hashes:
+        variables.add_hash("MokListX", TEST_OWNER, digest.hex())
+    for cert in mok_list_x_certs:
+        variables.add_cert("MokListX", TEST_OWNER, str(cert))
     if sbat_level is not None:
         variable = efivar.EfiVar(
             "SbatLevel",
