@@ -3,7 +3,6 @@ group, body limits everywhere, and URL/header limits both through the app and ov
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import SUB, cluster_body
+from api_helpers import SUB, arm_code, cluster_body, http_bytes, raw_request
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -226,37 +225,6 @@ def test_url_and_header_limits_in_the_app(populated: tuple[TestClient, dict[str,
         path = cluster("rg-a") + "?api-version=2024-09-01&pad=" + "p" * (limits.MAX_QUERY_BYTES - 100)
         served = client.get(path, headers=[("Authorization", admin.headers["Authorization"]), *under])
         assert served.status_code == 200, served.text
-
-
-def raw_request(url: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send `data` on a new connection to `url`'s server; the response's status, headers and body."""
-    address = httpx.URL(url)
-    with socket.create_connection((address.host, address.port or 80), timeout=30) as connection:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # answered before reading it all
-            connection.sendall(data)
-        received = b""
-        while True:
-            try:
-                chunk = connection.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in headers.items()}, body
-
-
-def http_bytes(method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def arm_code(body: bytes) -> str:
-    return str(json.loads(body)["error"]["code"])
 
 
 @pytest.fixture
