@@ -210,6 +210,24 @@ def test_ephemeral_os_disk_must_fit_cache_or_temp_disk() -> None:
     assert [v.code for v in check_pool(no_local_disk)] == ["EphemeralOSDiskSizeTooLarge"]
 
 
+@pytest.mark.parametrize(("secure_boot", "vtpm"), [(False, True), (True, False)])
+def test_guest_state_reserve_applies_to_each_trusted_launch_setting(secure_boot: bool, vtpm: bool) -> None:
+    """A vTPM-only or Secure-Boot-only VM keeps guest state (vTPM state, UEFI variables) beside its
+    ephemeral OS disk too: 50 GiB on D2s_v3's 50 GiB cache needs 51 GiB."""
+    request = replace(
+        VALID_TL,
+        vm_size="Standard_D2s_v3",
+        os_disk_type="Ephemeral",
+        os_disk_size_gb=50,
+        enable_secure_boot=secure_boot,
+        enable_vtpm=vtpm,
+    )
+    [violation] = check_pool(request)
+    assert (violation.code, violation.target) == ("EphemeralOSDiskSizeTooLarge", "properties.osDiskType")
+    assert "needs 51 GiB" in violation.message and "at most 50 GiB" in violation.message
+    assert check_pool(replace(request, os_disk_size_gb=49)) == []
+
+
 def test_preview_feature_not_registered_names_the_command() -> None:
     violations = check_pool(replace(VALID_TL, feature_registered=False))
     assert [v.code for v in violations] == ["PreviewFeatureNotRegistered"]
