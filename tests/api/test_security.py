@@ -3,6 +3,7 @@ group, body limits everywhere, and URL/header limits both through the app and ov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Iterator
@@ -286,7 +287,8 @@ def test_limits_over_a_real_socket(live: tuple[str, str]) -> None:
 
 
 def read_responses(connection: socket.socket, count: int) -> list[tuple[int, bytes]]:
-    """`count` HTTP responses (status, body) read off a keep-alive connection (bodies by Content-Length)."""
+    """`count` HTTP responses (status, body) read off a keep-alive connection (bodies by Content-Length);
+    nothing may follow them (every request sent so far is answered once)."""
     buffered = b""
     answers = []
     while len(answers) < count:
@@ -301,7 +303,22 @@ def read_responses(connection: socket.socket, count: int) -> list[tuple[int, byt
             buffered += connection.recv(65536)
         answers.append((int(lines[0].split(" ")[1]), buffered[:length]))
         buffered = buffered[length:]
+    assert buffered == b"", f"more than {count} response(s): {buffered[:200]!r}"
     return answers
+
+
+def assert_closed_by_server(connection: socket.socket, timeout: float = 10.0) -> None:
+    """The server ended the connection: an orderly close (FIN), or a reset (RST), which is what a close
+    becomes when our unread bytes were still in its receive buffer (the kernel decides, not the server).
+    More data, or the connection still open after `timeout`, fails."""
+    connection.settimeout(timeout)
+    try:
+        rest = connection.recv(65536)
+    except ConnectionResetError:
+        return
+    except TimeoutError:
+        raise AssertionError(f"the server kept the connection open for {timeout:.0f} s") from None
+    assert rest == b"", f"the server sent more after its answer: {rest[:200]!r}"
 
 
 def test_head_cap_counts_unfinished_heads_only(tmp_path: Path) -> None:
@@ -331,4 +348,14 @@ def test_head_cap_counts_unfinished_heads_only(tmp_path: Path) -> None:
             )
             [(status, body)] = read_responses(connection, 1)
             assert status == 431 and arm_code(body) == "RequestHeaderFieldsTooLarge"
-            assert connection.recv(65536) == b""  # closed
+            assert_closed_by_server(connection)
+        # a new connection that opens with an endless head: refused while most of it is still unread,
+        # so the close usually arrives as a reset
+        with socket.create_connection((address.host, address.port), timeout=30) as connection:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                connection.sendall(
+                    b"GET /healthz HTTP/1.1\r\nX-Huge: " + b"h" * 4 * limits.MAX_INCOMPLETE_HEAD_BYTES
+                )
+            [(status, body)] = read_responses(connection, 1)
+            assert status == 431 and arm_code(body) == "RequestHeaderFieldsTooLarge"
+            assert_closed_by_server(connection)
