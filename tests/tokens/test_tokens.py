@@ -29,11 +29,18 @@ class MovableClock:
         return self.now
 
 
+class KeyNotPublishedError(Exception):
+    """The token's kid names no key of the JWKS (the relying party's refusal)."""
+
+
 def relying_party_decode(token: str, jwks_json: str) -> dict[str, Any]:
-    """What a relying party does: pick the key by kid from the published JWKS, verify with PyJWT."""
+    """What a relying party does: pick the key by kid from the published JWKS, verify with PyJWT. A kid the
+    JWKS does not publish is KeyNotPublishedError naming it (a token without a kid is a KeyError)."""
     key_set = jwt.PyJWKSet.from_json(jwks_json)
     kid = jwt.get_unverified_header(token)["kid"]
-    key = key_set[kid]  # KeyError when the key is no longer published
+    if kid not in {key.key_id for key in key_set.keys}:
+        raise KeyNotPublishedError(f"no published key has kid {kid}")
+    key = key_set[kid]
     claims: dict[str, Any] = jwt.decode(
         token, key, algorithms=["ES256"], issuer=ISSUER, options={"require": ["exp", "iat", "nbf", "sub"]}
     )
@@ -137,7 +144,8 @@ def test_token_signed_by_a_key_from_another_issuer_directory_is_rejected(
     ours = TokenIssuer(tmp_path / "ours", issuer=ISSUER)
     theirs = TokenIssuer(tmp_path / "theirs", issuer=ISSUER)
     token = theirs.issue(verdicts.passed, node="n", pool="p", image_version="1")
-    with pytest.raises(KeyError):
+    assert jwt.get_unverified_header(token)["kid"] == theirs.active_kid != ours.active_kid
+    with pytest.raises(KeyNotPublishedError, match=f"kid {theirs.active_kid}$"):
         relying_party_decode(token, json.dumps(ours.jwks()))
     with pytest.raises(TokenError, match="not one of this issuer's published keys"):
         ours.verify(token)
@@ -165,7 +173,7 @@ def test_rotation_keeps_the_old_key_published_until_its_tokens_expired(
     assert [key["kid"] for key in issuer.jwks()["keys"]] == [new_kid]
     assert issuer.prune() == [old_kid]
     assert not (tmp_path / "keys" / f"{old_kid}.pem").exists()
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyNotPublishedError, match=f"kid {old_kid}$"):
         relying_party_decode(old_token, json.dumps(issuer.jwks()))
     with pytest.raises(TokenError, match="not one of this issuer's published keys"):
         issuer.verify(old_token)
