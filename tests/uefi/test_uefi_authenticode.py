@@ -9,13 +9,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from esp_helpers import GRUB, OVMF_VARS_MS, SHIM, debian_kernel, strip_signatures
+from esp_helpers import GRUB, OVMF_VARS_MS, SHIM, build_esp, debian_kernel, strip_signatures
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import SignatureEntry
 from trustedlaunch.eventlog.parser import parse_event_log_file
-from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
+from trustedlaunch.eventlog.summary import decode_variable
+from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION, EV_EFI_VARIABLE_AUTHORITY
 from trustedlaunch.uefi.authenticode import PeImageError, ReasonCode, TrustAnchor, load_pe_image, verify_image
+from trustedlaunch.uefi.secureboot import decide_boot
+from trustedlaunch.uefi.shim import read_shim_trust
 from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256, common_name, tbs_sha256
 from trustedlaunch.uefi.varstore import read_varstore
 
@@ -50,40 +53,90 @@ def _boot_applications(log: Path) -> list[tuple[int, bytes]]:
     ]
 
 
-def test_digests_equal_what_ovmf_and_shim_measured(testdata: Path) -> None:
+def _authorities(log: Path) -> set[tuple[str, bytes]]:
+    """(variable name, data) of each PCR7 EV_EFI_VARIABLE_AUTHORITY event: the db entry or shim
+    certificate that verified a boot application."""
+    variables = [
+        decode_variable(event)
+        for event in parse_event_log_file(log).events
+        if event.pcr == 7 and event.event_type == EV_EFI_VARIABLE_AUTHORITY
+    ]
+    return {(variable.name, variable.data) for variable in variables}
+
+
+def test_installed_boot_chain_matches_what_ovmf_and_shim_measured(testdata: Path, tmp_path: Path) -> None:
     """qemu-ovmf/shim_evlog.bin: OVMF booting shim -> grub -> kernel, measured in PCR4 (the kernel is
-    measured twice: once when GRUB loads it through shim, once by the firmware's LoadImage).
+    measured twice: once when GRUB loads it through shim, once by the firmware's LoadImage), each stage's
+    verifying authority in PCR7.
 
     The log froze one build of each package; Debian keeps shipping new ones (a new kernel build can even
     have the same size). An installed file is the build the log measured when the digest its signer signed
-    (read from its signature, not computed) is the measured one; only those are compared here. The
-    installed files are checked against a live firmware in tests/node (predicted PCR4 = quoted PCR4)."""
-    applications = _boot_applications(testdata / "qemu-ovmf" / "shim_evlog.bin")
+    (read from its signature, not computed) is the measured one: then its size and our Authenticode digest
+    must be the measured ones. For a file of another build, what the log still says about it is who
+    verified it: the certificate that verifies the installed file (found from its signature by
+    decide_boot) must be the authority the log recorded for that stage. A stage for which neither holds
+    fails: the log no longer describes the installed boot chain. (The installed files are also checked
+    against a live firmware in tests/node: predicted PCR4 = quoted PCR4.)"""
+    log = testdata / "qemu-ovmf" / "shim_evlog.bin"
+    applications = _boot_applications(log)
     assert len(applications) >= 3
-    names = ["shim", "grub"] + ["kernel"] * (len(applications) - 2)
-    kernel_digests = {measured for _, measured in applications[2:]}
-    assert len(kernel_digests) == 1, "shim and LoadImage measured different kernels"
-    compared = []
-    for (length, measured), name in zip(applications, names, strict=True):
-        image = load_pe_image(BOOT_FILES[name])
-        if measured not in {signature.signed_digest for signature in image.signatures}:
-            continue  # another build of the package than the one the log measured
-        assert length == BOOT_FILES[name].stat().st_size, name
-        assert image.sha256 == measured, name
-        compared.append(name)
-    if not compared:
-        pytest.skip("shim_evlog.bin measured other builds of shim, GRUB and the kernel than those installed")
+    kernel_measurements = set(applications[2:])
+    assert len(kernel_measurements) == 1, "shim and LoadImage measured different kernels"
+    measurements = {"shim": applications[0], "grub": applications[1], "kernel": applications[2]}
+    authorities = _authorities(log)
+    decision = decide_boot(OVMF_VARS_MS, build_esp(tmp_path / "esp"))
+    assert decision.boots, decision.summary
+    checked = {}
+    for component in decision.components:
+        length, measured = measurements[component.name]
+        path = BOOT_FILES[component.name]
+        image = load_pe_image(path)
+        if measured in {signature.signed_digest for signature in image.signatures}:
+            assert length == path.stat().st_size, component.name
+            assert image.sha256 == measured, component.name
+            checked[component.name] = "digest"
+            continue
+        # another build: the authority that verifies it must be the one the log recorded for the stage
+        variable = "db" if component.name == "shim" else "MokListRT"  # what firmware / shim record
+        entry = component.authority_entry
+        assert entry is not None and entry.certificate is not None, component.message
+        recorded = [data for name, data in authorities if name == variable and data.endswith(entry.data)]
+        assert recorded, (
+            f"{path} is another build than shim_evlog.bin measured, and {component.verified_by}, which "
+            f"verifies it, is not a {variable} authority of the log: the log no longer describes the "
+            "installed boot chain (record it again)"
+        )
+        checked[component.name] = "authority"
+    assert set(checked) == {"shim", "grub", "kernel"}, checked
 
 
-def test_direct_kernel_boot_log_is_not_comparable(testdata: Path) -> None:
+def test_direct_kernel_boot_is_not_the_files_digest(testdata: Path, tmp_path: Path) -> None:
     """qemu-ovmf/ovmf_evlog.bin measured a kernel passed with -kernel: QEMU patches the bzImage setup
-    header before OVMF measures it, so its digest must differ from the file's (same size)."""
-    applications = _boot_applications(testdata / "qemu-ovmf" / "ovmf_evlog.bin")
+    header before OVMF measures it, so the measured digest is not the file's. The two qemu-ovmf logs were
+    recorded with one kernel build: the direct boot measured an image of the size that shim measured (and
+    verified against its signature) in shim_evlog.bin, with another digest. On the installed kernel, the
+    same patch (QEMU's type_of_loader, loadflags and cmd_line_ptr) changes our Authenticode digest: the
+    setup header is covered, and the patched file no longer matches the digest its signer signed."""
+    [(length, measured)] = _boot_applications(testdata / "qemu-ovmf" / "ovmf_evlog.bin")
+    through_shim = set(_boot_applications(testdata / "qemu-ovmf" / "shim_evlog.bin")[2:])
+    assert {size for size, _ in through_shim} == {length}
+    assert measured not in {digest for _, digest in through_shim}
+
     kernel = debian_kernel()
-    [(length, measured)] = applications
-    if length != kernel.stat().st_size:
-        pytest.skip(f"ovmf_evlog.bin measured a {length}-byte kernel, not the installed {kernel}")
-    assert measured != load_pe_image(kernel).sha256
+    data = bytearray(kernel.read_bytes())
+    assert data[0x202:0x206] == b"HdrS", f"{kernel}: no bzImage setup header"
+    data[0x210] = 0xB0  # type_of_loader: QEMU
+    data[0x211] |= 0x80  # loadflags: CAN_USE_HEAP
+    struct.pack_into("<I", data, 0x228, 0x20000)  # cmd_line_ptr
+    patched = tmp_path / "vmlinuz-patched"
+    patched.write_bytes(bytes(data))
+    image = load_pe_image(patched)
+    [signature] = image.signatures
+    assert patched.stat().st_size == kernel.stat().st_size
+    assert signature.signed_digest == load_pe_image(kernel).sha256 != image.sha256
+    vendor = read_shim_trust(load_pe_image(SHIM)).vendor_db[0]
+    verdict = verify_image(image, [TrustAnchor("shim vendor cert", vendor)], [])
+    assert verdict.reason is ReasonCode.DIGEST_MISMATCH
 
 
 def test_digest_matches_sbsigntool_view_of_the_pe(tmp_path: Path) -> None:
