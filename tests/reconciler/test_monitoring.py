@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,19 +47,15 @@ NODES = kmock.resource("v1/nodes")
 ISSUER = "urn:trustedlaunch:test-monitoring"
 TL_LABEL = "kubernetes.azure.com/trusted-launch"
 SB_LABEL = "kubernetes.azure.com/secure-boot"
-log = logging.getLogger(__name__)
 QUARANTINE_TAINT = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
 
 
 def run_until(reconciler: Reconciler, condition: Any, what: str, timeout: float = 400) -> Any:
-    """Run reconciler passes until `condition()` is truthy; a failed pass is logged and retried, as
-    `Reconciler.run_forever` does."""
+    """Run reconciler passes until `condition()` is truthy. A pass that raises fails the test with its
+    traceback: `Reconciler.run_forever` would log and retry it, which would hide a bug here."""
 
     def step() -> Any:
-        try:
-            reconciler.run_once()
-        except Exception:
-            log.exception("reconciler pass failed; retrying")
+        reconciler.run_once()
         return condition()
 
     return wait_until(step, timeout, what)
