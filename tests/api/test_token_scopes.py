@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from typer.testing import CliRunner
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app as tl_app
-from trustedlaunch.control.tokens import revoke_token
+from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.tokens import create_token, principal_for, revoke_token
 
 TOKENS = "/providers/Microsoft.TrustedLaunch/tokens"
 OTHER_SUB = "99999999-8888-7777-6666-555555555555"
@@ -96,6 +98,8 @@ def test_token_management_api(admin: TestClient) -> None:
         f"/subscriptions/{SUB}/resourceGroups/rg-a/providers/Microsoft.ContainerService",
         f"/subscriptions/{SUB}/locations/rg-a",
         f"/subscriptions/{SUB}/resourceGroups/bad*group",
+        f"/resourceGroups/{SUB}",
+        f"/providers/{SUB}/resourceGroups/rg-a",
     ):
         message = arm_error(admin.post(TOKENS, json={"name": "x", "scope": scope}), 400, "InvalidTokenScope")
         assert f"'{scope}'" in message and "/subscriptions/{subscriptionId}/resourceGroups/{name}" in message
@@ -357,3 +361,26 @@ def test_dot_segments_cannot_leave_the_scope(server: tuple[str, str]) -> None:
     assert (status, arm_code(answer)) == (403, "AuthorizationFailed"), answer
     with httpx.Client(base_url=url, headers=bearer(admin_token)) as admin:
         assert admin.get(cluster("rg-b")).json() == before
+
+
+def test_bootstrap_token_file_always_holds_an_admin_token(tmp_path: Path) -> None:
+    """The server keeps the admin token file while it holds a valid admin token, and replaces it (mode
+    0600, the old bootstrap token revoked) when it holds anything else, e.g. a scoped token."""
+    url, token_file = f"sqlite:///{tmp_path / 'control.db'}", tmp_path / "config" / "admin-token"
+    engine, sessions = open_store(url, token_file)
+    try:
+        first = token_file.read_text().strip()
+        open_store(url, token_file)[0].dispose()
+        assert token_file.read_text().strip() == first
+        with sessions.begin() as session:
+            scoped = create_token(session, "ops", f"/subscriptions/{SUB}")
+        token_file.write_text(scoped + "\n")
+        open_store(url, token_file)[0].dispose()
+        replaced = token_file.read_text().strip()
+        assert replaced not in (first, scoped) and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        with sessions() as session:
+            principal = principal_for(session, replaced)
+            assert principal is not None and principal.is_admin
+            assert principal_for(session, first) is None
+    finally:
+        engine.dispose()
