@@ -210,12 +210,13 @@ def write_varstore(
     db_certs: tuple[Path, ...] = (),
     dbx_hashes: tuple[bytes, ...] = (),
     dbx_certs: tuple[Path, ...] = (),
+    mok_list_certs: tuple[Path, ...] = (),
     mok_list_x_hashes: tuple[bytes, ...] = (),
     mok_list_x_certs: tuple[Path, ...] = (),
     sbat_level: str | None = None,
 ) -> Path:
-    """Copy an OVMF varstore with virt-firmware, enrolling PK/KEK, db/dbx entries, shim's MokListX (the
-    machine owner's denylist) and an SbatLevel."""
+    """Copy an OVMF varstore with virt-firmware, enrolling PK/KEK, db/dbx entries, shim's MokList and
+    MokListX (the machine owner's keys and denylist) and an SbatLevel."""
     store = Edk2VarStore(str(source))
     variables = store.get_varlist()
     if platform_cert is not None:
@@ -227,6 +228,8 @@ def write_varstore(
         variables.add_hash("dbx", TEST_OWNER, digest.hex())
     for cert in dbx_certs:
         variables.add_cert("dbx", TEST_OWNER, str(cert))
+    for cert in mok_list_certs:
+        variables.add_cert("MokList", TEST_OWNER, str(cert))
     for digest in mok_list_x_hashes:
         variables.add_hash("MokListX", TEST_OWNER, digest.hex())
     for cert in mok_list_x_certs:

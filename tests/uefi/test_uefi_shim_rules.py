@@ -1,6 +1,8 @@
 """What shim refuses although a signature is good: the machine owner's denylist (MokListX), shim's own
-vendor dbx, a GRUB without SBAT metadata, and a grub.cfg naming a kernel outside the ESP. Real Debian shim,
-GRUB and kernel; variants made with sbsign and virt-firmware, each beside a control that boots."""
+vendor dbx, a GRUB without SBAT metadata or with unreadable SBAT, a kernel revoked by SBAT, and a grub.cfg
+naming a kernel outside the ESP; and what it trusts beyond db: the machine owner's keys (MokList). Real
+Debian shim, GRUB and kernel; variants made with sbsign and virt-firmware, each beside a control that
+boots."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from esp_helpers import (
 )
 
 from trustedlaunch.uefi.authenticode import ReasonCode, load_pe_image
+from trustedlaunch.uefi.sbat import parse_sbat_section
 from trustedlaunch.uefi.secureboot import decide_boot
 from trustedlaunch.uefi.shim import read_shim_trust
 from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, common_name
@@ -193,3 +196,51 @@ def test_kernel_path_naming_the_esp_root_is_refused(tmp_path: Path) -> None:
     (esp / "EFI" / "debian" / "grub.cfg").write_text("linux (hd0,gpt1)/ root=/dev/vda1\n")
     kernel = decide_boot(OVMF_VARS_MS, esp).components[2]
     assert kernel.reason is ReasonCode.MALFORMED and "is not inside the ESP" in kernel.detail
+
+
+def test_machine_owner_key_in_moklist_verifies_grub_and_kernel(
+    tmp_path: Path, test_ca: TestSigner, test_signed_images: dict[str, Path]
+) -> None:
+    esp = build_esp(tmp_path / "esp", grub=test_signed_images["grub"], kernel=test_signed_images["kernel"])
+    failure = decide_boot(OVMF_VARS_MS, esp).failure  # Debian's shim does not know the test CA
+    assert failure is not None and failure.name == "grub" and failure.reason is ReasonCode.SIGNER_NOT_TRUSTED
+    varstore = write_varstore(OVMF_VARS_MS, tmp_path / "vars.fd", mok_list_certs=(test_ca.ca_pem,))
+    decision = decide_boot(varstore, esp)
+    assert decision.boots, decision.summary
+    expected = f"MokList: {common_name(test_ca.ca_certificate)}"
+    assert [c.verified_by for c in decision.components[1:]] == [expected, expected]
+
+
+def test_grub_with_unreadable_sbat_is_malformed(
+    tmp_path: Path, test_ca: TestSigner, test_ca_varstore: Path, test_signed_images: dict[str, Path]
+) -> None:
+    """A `.sbat` section that is not text stops GRUB with a verdict naming it (not an exception)."""
+    section = load_pe_image(GRUB).sections[".sbat"]
+    broken = replace_bytes(GRUB, tmp_path / "grub-broken.unsigned", section[:16], b"\xff" * 16)
+    grub = sign_with(test_ca, broken, tmp_path / "grub-broken.efi")
+    esp = build_esp(
+        tmp_path / "esp", shim=test_signed_images["shim"], grub=grub, kernel=test_signed_images["kernel"]
+    )
+    failure = decide_boot(test_ca_varstore, esp).failure
+    assert failure is not None and failure.name == "grub"
+    assert failure.reason is ReasonCode.MALFORMED and ".sbat is not text" in failure.detail
+
+
+def test_kernel_with_revoked_sbat_is_refused(tmp_path: Path) -> None:
+    """Shim checks the SBAT of an image it verifies for GRUB when it has a `.sbat`: an image of Debian's
+    shim package (signed by Debian's CA, with a `shim` SBAT entry) loaded as the kernel, under an SbatLevel
+    requiring the next `shim` generation."""
+    signed_with_sbat = Path("/usr/lib/shim/fbx64.efi.signed")
+    [entry] = [
+        e
+        for e in parse_sbat_section(load_pe_image(signed_with_sbat).sections[".sbat"], "fb")
+        if e.component == "shim"
+    ]
+    esp = build_esp(tmp_path / "esp", kernel=signed_with_sbat)
+    assert decide_boot(OVMF_VARS_MS, esp).boots
+    level = f"sbat,1,2099010100\nshim,{entry.generation + 1}\n"
+    decision = decide_boot(write_varstore(OVMF_VARS_MS, tmp_path / "vars.fd", sbat_level=level), esp)
+    grub, kernel = decision.components[1:]
+    assert grub.accepted
+    assert kernel.reason is ReasonCode.SBAT_REVOKED
+    assert f"shim generation {entry.generation} < required {entry.generation + 1}" in kernel.detail
