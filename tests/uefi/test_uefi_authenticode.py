@@ -19,7 +19,13 @@ from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION, EV_EF
 from trustedlaunch.uefi.authenticode import PeImageError, ReasonCode, TrustAnchor, load_pe_image, verify_image
 from trustedlaunch.uefi.secureboot import decide_boot
 from trustedlaunch.uefi.shim import read_shim_trust
-from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256, common_name, tbs_sha256
+from trustedlaunch.uefi.siglist import (
+    EFI_CERT_SHA1,
+    EFI_CERT_SHA256,
+    EFI_CERT_X509_SHA256,
+    common_name,
+    tbs_sha256,
+)
 from trustedlaunch.uefi.varstore import read_varstore
 
 BOOT_FILES = {"shim": SHIM, "grub": GRUB, "kernel": debian_kernel()}
@@ -189,3 +195,19 @@ def test_tbs_hash_in_forbidden_list_revokes_and_beats_db() -> None:
     image_hash = SignatureEntry(EFI_CERT_SHA256, uuid.uuid4(), shim.sha256)
     assert verify_image(shim, [], [image_hash]).reason is ReasonCode.REVOKED_BY_HASH
     assert verify_image(shim, [TrustAnchor("db: shim hash", image_hash)], []).authority == "db: shim hash"
+
+
+def test_image_hashes_in_the_databases_name_exactly_one_image(tmp_path: Path) -> None:
+    """A forbidden SHA-1 digest revokes the image as a SHA-256 one does; an allowed image hash admits that
+    image and no other (GRUB is not allowed by shim's hash, and stays refused for its signer)."""
+    shim, grub = load_pe_image(SHIM), load_pe_image(GRUB)
+    sha1_entry = SignatureEntry(EFI_CERT_SHA1, uuid.uuid4(), shim.sha1)
+    verdict = verify_image(shim, [], [sha1_entry])
+    assert verdict.reason is ReasonCode.REVOKED_BY_HASH and f"sha1 digest {shim.sha1.hex()}" in verdict.detail
+    assert verify_image(grub, [], [sha1_entry]).reason is ReasonCode.SIGNER_NOT_TRUSTED
+    allowed = TrustAnchor("db: shim hash", SignatureEntry(EFI_CERT_SHA256, uuid.uuid4(), shim.sha256))
+    assert verify_image(shim, [allowed], []).authority == "db: shim hash"
+    refused = verify_image(grub, [allowed], [])
+    assert refused.reason is ReasonCode.SIGNER_NOT_TRUSTED and refused.authority is None
+    unsigned = load_pe_image(strip_signatures(GRUB, tmp_path / "grub-unsigned.efi"))
+    assert verify_image(unsigned, [allowed], []).reason is ReasonCode.NOT_SIGNED
