@@ -154,6 +154,18 @@ def test_no_mutation_without_a_valid_token(populated: tuple[TestClient, dict[str
     assert store_snapshot(app) == before
 
 
+def test_only_the_dashboards_own_paths_skip_the_bearer_token(
+    populated: tuple[TestClient, dict[str, str]],
+) -> None:
+    """/ui and /ui/... authenticate with the dashboard's session; a path that merely starts with "/ui" is
+    an API path like any other: 401 without a token."""
+    admin, _ = populated
+    with TestClient(admin.app) as anonymous:  # type: ignore[arg-type]
+        for path in ("/uix", "/ui.json", "/uimetrics"):
+            arm_error(anonymous.get(path), 401, "AuthenticationFailed")
+        assert anonymous.get("/ui/login").status_code == 200
+
+
 def test_resource_group_token_cannot_mutate_another_group(
     populated: tuple[TestClient, dict[str, str]],
 ) -> None:
