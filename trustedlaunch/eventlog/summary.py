@@ -6,6 +6,7 @@ Event data is decoded here, on demand, never by the parser. Oddities that do not
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ SEPARATOR_NORMAL = b"\x00\x00\x00\x00"
 SEPARATOR_ERROR = b"\xff\xff\xff\xff"
 SEPARATOR_WINDOWS = b"WBCL"  # Windows Boot Configuration Log separator, in PCR12..14
 GRUB_COMMAND_PREFIXES = ("grub_cmd: ", "grub_cmd ")
+# Logs of one firmware measure the same variables (SecureBoot, PK, KEK, db, dbx, the authorities): their
+# decoding (signature lists, certificates) is kept for the last few distinct payloads up to this size.
+VARIABLE_CACHE_SIZE = 128
+MAX_CACHED_VARIABLE_SIZE = 64 * 1024
 # RHEL's GRUB measures "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-... root=..." (image path first)
 KERNEL_CMDLINE_PCR = 8  # GRUB measures its commands and the kernel command line here
 GRUB_CMDLINE_PREFIXES = ("kernel_cmdline: ", "kernel_cmdline ", "grub_kernel_cmdline ")
@@ -133,6 +138,24 @@ def _boot_application(event: Event) -> BootApplication | str:
     return BootApplication(event, format_device_path(path), image_size)
 
 
+@functools.lru_cache(maxsize=VARIABLE_CACHE_SIZE)
+def _decoded_variable(
+    event_type: int, data: bytes
+) -> tuple[str, uuid.UUID, bytes, tuple[SignatureEntry, ...]] | None:
+    """Name, vendor GUID, data and signatures of a variable event's payload that decodes cleanly; None when
+    decoding it notes a problem (the uncached path words the note with the event's place)."""
+    builder = _SummaryBuilder()
+    variable = builder._decode_variable(Event(0, 0, 0, event_type, {}, data))
+    if variable is None or builder.notes:
+        return None
+    return variable.name, variable.vendor_guid, variable.data, variable.signatures
+
+
+def clear_variable_cache() -> None:
+    """Forget the decoded variable payloads (to time the decoding of a firmware never seen before)."""
+    _decoded_variable.cache_clear()
+
+
 class _SummaryBuilder:
     """Accumulates the summary while walking the events once."""
 
@@ -152,6 +175,13 @@ class _SummaryBuilder:
         self.notes: list[str] = []
 
     def variable(self, event: Event) -> MeasuredVariable | None:
+        if len(event.data) <= MAX_CACHED_VARIABLE_SIZE:
+            known = _decoded_variable(event.event_type, event.data)
+            if known is not None:
+                return MeasuredVariable(event, *known)
+        return self._decode_variable(event)
+
+    def _decode_variable(self, event: Event) -> MeasuredVariable | None:
         try:
             decoded = decode_variable(event)
         except VariableDataError as exc:
