@@ -52,7 +52,12 @@ from trustedlaunch.attest.nonces import DEFAULT_TTL_SECONDS, ChallengeStore, Non
 from trustedlaunch.attest.policy import Policy, PolicyError
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import AttestationResult, verify
-from trustedlaunch.control.enrolled_aks import enrolled_node, not_in_pool_finding, token_withheld_reason
+from trustedlaunch.control.enrolled_aks import (
+    EnrolledNode,
+    enrolled_node,
+    not_in_pool_finding,
+    token_withheld_reason,
+)
 from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.pool_policies import PoolPolicy, pool_policy
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
@@ -175,7 +180,7 @@ async def verify_evidence(request: Request) -> Response:
         ) from None
     redeemed = time.perf_counter()
     pool: PoolPolicy | None = None
-    enrolled: tuple[str, str] | None = None  # the enrolled node's name and image version
+    enrolled: EnrolledNode | None = None
     ak_name = _ak_name(evidence.ak_public)
     with request.app.state.sessions() as session:
         if isinstance(policy_or_pool, Policy):
@@ -184,9 +189,8 @@ async def verify_evidence(request: Request) -> Response:
             pool = pool_policy(session, policy_or_pool, request.state.principal)
             policy = _policy(pool.document.encode())
         pool_id = None if pool is None else pool.pool_id
-        node = None if ak_name is None else enrolled_node(session, ak_name, pool_id)
-        if node is not None:
-            enrolled = (node.name, node.node_image_version)
+        if ak_name is not None:
+            enrolled = enrolled_node(session, ak_name, pool_id)
     looked_up = time.perf_counter()
     if pool is not None and enrolled is None and ak_name is not None:
         result = AttestationResult(False, (not_in_pool_finding(ak_name, pool.pool_name),))
