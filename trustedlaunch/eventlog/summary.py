@@ -65,7 +65,7 @@ SEPARATOR_WINDOWS = b"WBCL"  # Windows Boot Configuration Log separator, in PCR1
 GRUB_COMMAND_PREFIXES = ("grub_cmd: ", "grub_cmd ")
 # Logs of one firmware measure the same variables (SecureBoot, PK, KEK, db, dbx, the authorities): their
 # decoding (signature lists, certificates) is kept for the last few distinct payloads up to this size.
-VARIABLE_CACHE_SIZE = 128
+VARIABLE_CACHE_SIZE = 64
 MAX_CACHED_VARIABLE_SIZE = 64 * 1024
 # RHEL's GRUB measures "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-... root=..." (image path first)
 KERNEL_CMDLINE_PCR = 8  # GRUB measures its commands and the kernel command line here
