@@ -138,17 +138,35 @@ def _boot_application(event: Event) -> BootApplication | str:
     return BootApplication(event, format_device_path(path), image_size)
 
 
-@functools.lru_cache(maxsize=VARIABLE_CACHE_SIZE)
-def _decoded_variable(
-    event_type: int, data: bytes
-) -> tuple[str, uuid.UUID, bytes, tuple[SignatureEntry, ...]] | None:
-    """Name, vendor GUID, data and signatures of a variable event's payload that decodes cleanly; None when
-    decoding it notes a problem (the uncached path words the note with the event's place)."""
-    builder = _SummaryBuilder()
-    variable = builder._decode_variable(Event(0, 0, 0, event_type, {}, data))
-    if variable is None or builder.notes:
+# A variable event's name, vendor GUID, data and signatures.
+VariableParts = tuple[str, uuid.UUID, bytes, tuple[SignatureEntry, ...]]
+
+
+def _variable_parts(event: Event, notes: list[str]) -> VariableParts | None:
+    """Decode a variable event's payload; problems become `notes` (None when it does not decode at all)."""
+    try:
+        decoded = decode_variable(event)
+    except VariableDataError as exc:
+        notes.append(f"{event.type_name} {_where(event)} does not decode: {exc}")
         return None
-    return variable.name, variable.vendor_guid, variable.data, variable.signatures
+    signatures: tuple[SignatureEntry, ...] = ()
+    if event.event_type == EV_EFI_VARIABLE_AUTHORITY:
+        signatures = _authority_signatures(decoded)
+    elif decoded.name in SIGNATURE_DATABASES and decoded.data:
+        try:
+            signatures = parse_signature_lists(decoded.data, f"{decoded.name} in {_where(event)}")
+        except SignatureListError as exc:
+            notes.append(str(exc))
+    return decoded.name, decoded.vendor_guid, decoded.data, signatures
+
+
+@functools.lru_cache(maxsize=VARIABLE_CACHE_SIZE)
+def _decoded_variable(event_type: int, data: bytes) -> VariableParts | None:
+    """The parts of a variable event's payload that decodes cleanly; None when decoding it notes a problem
+    (the uncached path words the note with the event's place)."""
+    notes: list[str] = []
+    parts = _variable_parts(Event(0, 0, 0, event_type, {}, data), notes)
+    return None if notes else parts
 
 
 def clear_variable_cache() -> None:
@@ -175,27 +193,12 @@ class _SummaryBuilder:
         self.notes: list[str] = []
 
     def variable(self, event: Event) -> MeasuredVariable | None:
+        parts = None
         if len(event.data) <= MAX_CACHED_VARIABLE_SIZE:
-            known = _decoded_variable(event.event_type, event.data)
-            if known is not None:
-                return MeasuredVariable(event, *known)
-        return self._decode_variable(event)
-
-    def _decode_variable(self, event: Event) -> MeasuredVariable | None:
-        try:
-            decoded = decode_variable(event)
-        except VariableDataError as exc:
-            self.notes.append(f"{event.type_name} {_where(event)} does not decode: {exc}")
-            return None
-        signatures: tuple[SignatureEntry, ...] = ()
-        if event.event_type == EV_EFI_VARIABLE_AUTHORITY:
-            signatures = _authority_signatures(decoded)
-        elif decoded.name in SIGNATURE_DATABASES and decoded.data:
-            try:
-                signatures = parse_signature_lists(decoded.data, f"{decoded.name} in {_where(event)}")
-            except SignatureListError as exc:
-                self.notes.append(str(exc))
-        return MeasuredVariable(event, decoded.name, decoded.vendor_guid, decoded.data, signatures)
+            parts = _decoded_variable(event.event_type, event.data)
+        if parts is None:
+            parts = _variable_parts(event, self.notes)
+        return None if parts is None else MeasuredVariable(event, *parts)
 
     def config_variable(self, event: Event) -> None:
         variable = self.variable(event)
