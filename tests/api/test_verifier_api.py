@@ -46,7 +46,7 @@ from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
-from trustedlaunch.store.models import AgentPool
+from trustedlaunch.store.models import AgentPool, Node
 from trustedlaunch.tpm.structures import parse_tpm2b_public
 from trustedlaunch.tpm.swtpm import Swtpm
 
@@ -106,14 +106,21 @@ def _error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 
 def test_honest_node_passes_and_gets_a_token_the_jwks_verifies(
-    client: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
+    pools: TestClient, node: SwtpmAgent, policy_document: dict[str, Any]
 ) -> None:
+    client = pools
+    nonce = _challenge(client)
+    verdict = _verify(client, nonce, _evidence(node, nonce), policy_document).json()
+    assert verdict["ok"] is True and "token" not in verdict  # the platform did not enroll its AK yet
+    assert "is not one the platform enrolled" in verdict["tokenWithheld"]
+
+    _enroll(client, node)
     nonce = _challenge(client)
     quote = node.request_quote(nonce)
     response = _verify(client, nonce, evidence_from_quote(quote).to_dict(), policy_document)
     assert response.status_code == 200, response.text
     verdict = response.json()
-    assert verdict["ok"] is True and verdict["findings"] == []
+    assert verdict["ok"] is True and verdict["findings"] == [] and "tokenWithheld" not in verdict
     assert verdict["secureBoot"] is True
     replayed = {int(pcr): bytes.fromhex(value) for pcr, value in verdict["pcrs"]["sha256"].items()}
     assert replayed == quote.pcr_values["sha256"]  # what the TPM holds, PCR for PCR
@@ -125,6 +132,7 @@ def test_honest_node_passes_and_gets_a_token_the_jwks_verifies(
     claims = jwt.decode(verdict["token"], key.key, algorithms=["ES256"], issuer=ATTESTATION_ISSUER)
     assert claims["nonce"] == nonce.hex()
     assert claims["sub"] == "ak:" + parse_tpm2b_public(quote.ak_public).name().hex()
+    assert (claims["x-tl-node-pool"], claims["x-tl-image-version"]) == ("", "")  # the caller's policy
     assert claims["secureboot"] is True
     assert claims["x-tl-pcrs"] == [
         {"bank": "sha256", "index": int(pcr), "value": value}
@@ -266,6 +274,28 @@ def _record_pool_policy(client: TestClient, secure_boot: bool, document: dict[st
         return pool.node_image_version
 
 
+def _enroll(client: TestClient, node: SwtpmAgent) -> str:
+    """Record `node`'s AK as the enrolled AK of a node of the TL pool, as the reconciler's enrollment (EK
+    certificate + credential activation, see tests/attacks/test_verifier_tokens.py) does; the node name."""
+    sessions: sessionmaker[Session] = client.app.state.sessions  # type: ignore[attr-defined]
+    ak_name = (node.work / "ak.name").read_bytes()
+    with sessions.begin() as session:
+        pool = session.scalars(select(AgentPool).order_by(AgentPool.id)).first()
+        assert pool is not None
+        name = f"aks-{pool.name}-{pool.id:08d}-vmss000000"
+        session.add(
+            Node(
+                pool_id=pool.id,
+                ordinal=0,
+                name=name,
+                node_image_version=pool.node_image_version,
+                state="Ready",
+                enrolled_ak_name=ak_name.hex(),
+            )
+        )
+    return name
+
+
 def _verify_pool(client: TestClient, node: SwtpmAgent, pool_id: object) -> Any:
     nonce = _challenge(client)
     body = {"nonce": nonce.hex(), "evidence": _evidence(node, nonce), "poolId": pool_id}
@@ -282,12 +312,17 @@ def test_pool_id_verifies_against_the_pools_recorded_policy(
     _error(_verify_pool(pools, node, TL_POOL), 409, "AttestationPolicyNotReady")
 
     version = _record_pool_policy(pools, True, policy_document)
+    node_name = _enroll(pools, node)
     response = _verify_pool(pools, node, TL_POOL.lower())  # ARM ids are case-insensitive
     assert response.status_code == 200, response.text
     verdict = response.json()
     assert verdict["ok"] is True, verdict["findings"]
     claims = jwt.decode(verdict["token"], options={"verify_signature": False})
-    assert (claims["x-tl-node-pool"], claims["x-tl-image-version"]) == ("nodepool1", version)
+    assert (claims["sub"], claims["x-tl-node-pool"], claims["x-tl-image-version"]) == (
+        node_name,
+        "nodepool1",
+        version,
+    )
 
     recorded = Policy.from_dict(policy_document)
     other_image = dataclasses.replace(  # an image with other boot applications

@@ -7,22 +7,31 @@ evidence and gets a verdict, with an attestation token (JWT, keys at /.well-know
           of trustedlaunch.attest.evidence), and either "policy": a policy document (as `tl policy
           from-log` makes) or "poolId": an agent pool's resource id (its policy: the one the reconciler
           derived from the pool's node image and Secure Boot setting, trustedlaunch.control.pool_policies)}
-      -> {"ok", "findings": [...], "secureBoot", "pcrs": {bank: {index: hex}}, "token"?}
+      -> {"ok", "findings": [...], "secureBoot", "pcrs": {bank: {index: hex}}, "token"?, "tokenWithheld"?}
 
 Every valid API token may call these; a token scoped to the verifier API (`tl token create --scope
 /providers/Microsoft.TrustedLaunch/attestation`) may call nothing else, as node agents and relying parties
 should hold. Nonces are single-use and expire (trustedlaunch.attest.nonces); a bad, expired or replayed nonce
-is an ARM error naming it (400 NonceInvalid / 400 NonceExpired / 409 NonceAlreadyUsed). Malformed requests are
-400 ARM errors with the parser's message; evidence that parses but does not verify is a 200 with ok=false and
-the findings. A poolId must lie inside the caller's token scope, except for tokens scoped to the verifier
-API (node agents and relying parties may name any pool: they get a verdict on their own evidence, never the
-policy). The token of a pass verified by poolId names the pool and its node image version, as the
-reconciler's tokens do (x-tl-node-pool, x-tl-image-version).
+is an ARM error naming it (400 NonceInvalid / 400 NonceExpired / 409 NonceAlreadyUsed). Malformed requests
+(and a policy that sets no rule, see trustedlaunch.attest.policy) are 400 ARM errors with the parser's
+message, the nonce unspent; the nonce is redeemed before the poolId is looked up, so that a caller learns
+nothing about which pools exist without spending one. Evidence that parses but does not verify is a 200
+with ok=false and the findings. A poolId must lie inside the caller's token scope, except for tokens scoped
+to the verifier API (node agents and relying parties may name any pool: they get a verdict on their own
+evidence, never the policy).
 
-Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU, a poolId
-adds one indexed store read (counted in "parse"). Each answer carries a `Server-Timing` header (parse,
-nonce, verify, token and total, in ms) so that load benchmarks can compare the server's own time with the
-latency clients see.
+A token means "a TPM this platform enrolled proved this boot" (trustedlaunch.control.enrolled_aks):
+* with poolId, the quote's AK must be the enrolled AK of a current node of that pool, else ok=false with an
+  AkNotEnrolled finding (the log is not even read); the token of a pass names the node (`sub`), the pool
+  and the node's image version, as the reconciler's tokens do;
+* with a policy of the caller's, a pass by an enrolled AK gets a token whose `sub` is the AK ("ak:" + its
+  TPM name hex) and no pool or image claims (empty); a pass by any other key gets no token, and
+  `tokenWithheld` says why. Such evidence is verified without caching its parsed log.
+
+Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU, plus
+one or two indexed store reads (the pool, the enrolled AK). Each answer carries a `Server-Timing` header
+(parse, nonce, store, verify, token and total, in ms) so that load benchmarks can compare the server's own
+time with the latency clients see.
 """
 
 from __future__ import annotations
@@ -42,17 +51,24 @@ from trustedlaunch.attest.metrics import record_attestation
 from trustedlaunch.attest.nonces import DEFAULT_TTL_SECONDS, ChallengeStore, NonceError, NonceReusedError
 from trustedlaunch.attest.policy import Policy, PolicyError
 from trustedlaunch.attest.tokens import TokenIssuer
-from trustedlaunch.attest.verifier import verify
+from trustedlaunch.attest.verifier import AttestationResult, verify
+from trustedlaunch.control.enrolled_aks import (
+    EnrolledNode,
+    enrolled_node,
+    not_in_pool_finding,
+    token_withheld_reason,
+)
 from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.pool_policies import PoolPolicy, pool_policy
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
-from trustedlaunch.tpm.structures import parse_tpmt_public
+from trustedlaunch.tpm.structures import TpmStructureError, parse_tpmt_public
 
 CHALLENGE_PATH = f"{ATTESTATION_API_PATH}/challenge"
 VERIFY_PATH = f"{ATTESTATION_API_PATH}/verify"
 NONCE_FILE = "attestation-nonces.db"
 NONCE_TTL_ENV = "TL_ATTESTATION_NONCE_TTL"  # seconds a challenge nonce stays valid
 POLICY_CACHE_SIZE = 64
+MAX_CACHED_POLICY_SIZE = 128 * 1024  # larger policy documents are parsed per request, not kept
 _REQUEST_FIELDS = frozenset({"nonce", "evidence", "policy", "poolId"})
 
 router = APIRouter(tags=["attestation"])
@@ -81,10 +97,19 @@ def _invalid(message: str, target: str) -> ArmError:
     return bad_request("InvalidRequestContent", message, target)
 
 
-@functools.lru_cache(maxsize=POLICY_CACHE_SIZE)
-def _policy(canonical_json: bytes) -> Policy:
-    """A policy document parsed once per distinct content (a pool's nodes all send the same one)."""
+def _parse_policy(canonical_json: bytes) -> Policy:
     return Policy.from_json(canonical_json, source="policy")
+
+
+_cached_policy = functools.lru_cache(maxsize=POLICY_CACHE_SIZE)(_parse_policy)
+
+
+def _policy(canonical_json: bytes) -> Policy:
+    """A policy document parsed once per distinct content (a pool's nodes all send the same one); a large
+    one each time (the cache stays small whatever callers send)."""
+    if len(canonical_json) > MAX_CACHED_POLICY_SIZE:
+        return _parse_policy(canonical_json)
+    return _cached_policy(canonical_json)
 
 
 def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy | object]:
@@ -130,24 +155,21 @@ def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy | object]:
     return nonce, evidence, policy
 
 
-@functools.lru_cache(maxsize=4096)
-def _token_subject(ak_public: bytes) -> str:
-    """The token subject: the name of the AK that signed the quote (what the evidence proves); once per AK."""
-    return "ak:" + parse_tpmt_public(ak_public).name().hex()
+@functools.lru_cache(maxsize=1024)
+def _ak_name(ak_public: bytes) -> bytes | None:
+    """The TPM name of the AK that signed the quote (None if its public area does not parse); once per AK."""
+    try:
+        return parse_tpmt_public(ak_public).name()
+    except TpmStructureError:
+        return None
 
 
 @router.post(VERIFY_PATH)
 async def verify_evidence(request: Request) -> Response:
-    """Verify evidence over a challenge nonce against a policy; a token when it passes."""
+    """Verify evidence over a challenge nonce against a policy or a pool's; a token when it passes and the
+    quote's AK is one the platform enrolled."""
     started = time.perf_counter()
     nonce, evidence, policy_or_pool = _read_request(await request.body())
-    pool: PoolPolicy | None = None
-    if isinstance(policy_or_pool, Policy):
-        policy = policy_or_pool
-    else:
-        with request.app.state.sessions() as session:
-            pool = pool_policy(session, policy_or_pool, request.state.principal)
-        policy = _policy(pool.document.encode())
     parsed = time.perf_counter()
     store: ChallengeStore = request.app.state.challenges
     try:
@@ -157,9 +179,25 @@ async def verify_evidence(request: Request) -> Response:
             409 if isinstance(exc, NonceReusedError) else 400, exc.code, str(exc), "nonce"
         ) from None
     redeemed = time.perf_counter()
-    result = verify(evidence, nonce=nonce, policy=policy)
+    pool: PoolPolicy | None = None
+    enrolled: EnrolledNode | None = None
+    ak_name = _ak_name(evidence.ak_public)
+    with request.app.state.sessions() as session:
+        if isinstance(policy_or_pool, Policy):
+            policy = policy_or_pool
+        else:
+            pool = pool_policy(session, policy_or_pool, request.state.principal)
+            policy = _policy(pool.document.encode())
+        pool_id = None if pool is None else pool.pool_id
+        if ak_name is not None:
+            enrolled = enrolled_node(session, ak_name, pool_id)
+    looked_up = time.perf_counter()
+    if pool is not None and enrolled is None and ak_name is not None:
+        result = AttestationResult(False, (not_in_pool_finding(ak_name, pool.pool_name),))
+    else:
+        result = verify(evidence, nonce=nonce, policy=policy, cache_log=enrolled is not None)
     verified = time.perf_counter()
-    record_attestation(result, verified - redeemed)
+    record_attestation(result, verified - looked_up)
     answer: dict[str, Any] = {
         "ok": result.ok,
         "findings": [finding.to_dict() for finding in result.findings],
@@ -169,22 +207,26 @@ async def verify_evidence(request: Request) -> Response:
             for bank, values in result.replayed_pcrs.items()
         },
     }
-    if result.ok:
+    if result.ok and enrolled is not None and ak_name is not None:
         issuer: TokenIssuer = request.app.state.token_issuer
-        answer["token"] = issuer.issue(
+        node_name, image_version = enrolled
+        answer["token"] = issuer.issue(  # a caller's policy: no node or pool claims
             result,
-            node=_token_subject(evidence.ak_public),
+            node="ak:" + ak_name.hex() if pool is None else node_name,
             pool="" if pool is None else pool.pool_name,
-            image_version="" if pool is None else pool.node_image_version,
+            image_version="" if pool is None else image_version,
             nonce=nonce,
         )
+    elif result.ok:
+        answer["tokenWithheld"] = token_withheld_reason(ak_name)
     done = time.perf_counter()
     timing = ", ".join(
         f"{name};dur={seconds * 1000:.3f}"
         for name, seconds in (
             ("parse", parsed - started),
             ("nonce", redeemed - parsed),
-            ("verify", verified - redeemed),
+            ("store", looked_up - redeemed),
+            ("verify", verified - looked_up),
             ("token", done - verified),
             ("total", done - started),
         )

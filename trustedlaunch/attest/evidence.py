@@ -33,8 +33,10 @@ PCR_DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64, "sm3_2
 MAX_PCR_INDEX = 23
 # The nodes of a pool send the same event log on every attestation (until they reboot): the verifier keeps
 # the last few decoded, so that a re-attestation neither decodes nor re-hashes it (the same bytes object
-# also hits the verifier's cache of parsed logs at once).
+# also hits the verifier's cache of parsed logs at once). Only logs of a real firmware's size are kept, so
+# that the cache stays small (a few MB) whatever callers send.
 DECODED_EVENT_LOG_CACHE_SIZE = 16
+MAX_CACHED_EVENT_LOG_SIZE = 128 * 1024
 
 _FIELD_LIMITS = (
     ("akPublic", "ak_public", MAX_AK_PUBLIC_SIZE),
@@ -140,7 +142,14 @@ def _decoded(text: str) -> bytes:
     return binascii.a2b_base64(text, strict_mode=True)
 
 
-_decoded_event_log = functools.lru_cache(maxsize=DECODED_EVENT_LOG_CACHE_SIZE)(_decoded)
+_cached_decoded = functools.lru_cache(maxsize=DECODED_EVENT_LOG_CACHE_SIZE)(_decoded)
+
+
+def _decoded_event_log(text: str) -> bytes:
+    """The event log field decoded, from the cache for a log of a real firmware's size."""
+    if len(text) > MAX_CACHED_EVENT_LOG_SIZE * 4 // 3 + 4:
+        return _decoded(text)
+    return _cached_decoded(text)
 
 
 def _base64_field(

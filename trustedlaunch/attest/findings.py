@@ -24,6 +24,7 @@ class Check(StrEnum):
     PCR_DIGEST = "PcrDigestMismatch"  # quote's pcrDigest != digest of the replayed log
     CLOCK = "ClockNotMonotonic"  # resetCount/clock went backwards for this node
     AK_BINDING = "AkNotBoundToEk"
+    AK_NOT_ENROLLED = "AkNotEnrolled"  # the AK is not one the platform enrolled for a node of the pool named
     AK_CERTIFICATE = "AkCertificateInvalid"
     EK_CERTIFICATE = "EkCertificateInvalid"
     SECURE_BOOT = "SecureBootStateMismatch"

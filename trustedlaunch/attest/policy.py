@@ -19,8 +19,13 @@ Every policy check of the project lives in this module. A policy is a JSON docum
       "pcrs": {"sha256": {"4": hex, "7": hex}},  # or null: golden PCR values, per bank and PCR
       "pcrEvents": {"sha256": {"4": [             # optional: the expected events of a golden PCR, in
         {"type": "EV_SEPARATOR", "component": "firmware", "description": "...", "digest": hex}
-      ]}}                                       # order, to name the first event that differs
+      ]}},                                      # order, to name the first event that differs
+      "allowAny": false                         # true: a document with no rule at all accepts any boot
     }
+
+A missing field never silently means "anything goes": a document that sets no rule (no Secure Boot state,
+signature databases, dbx, boot chain, command line or golden PCR) is refused unless it says so with
+``"allowAny": true`` (and a document with rules must not say it).
 
 All hex values are lowercase-insensitive SHA-256 values (64 hex digits):
 
@@ -140,9 +145,24 @@ class Policy:
     kernel_cmdline: CmdlineRules = field(default_factory=CmdlineRules)
     require_valid_separators: bool = True
     golden_pcrs: tuple[GoldenPcr, ...] = ()
+    allow_any: bool = False  # the document said "allowAny": true (it sets no rule, on purpose)
+
+    @property
+    def has_rules(self) -> bool:
+        """True when the policy constrains the boot at all (any rule besides the separator check)."""
+        return bool(
+            self.secure_boot is not None
+            or self.pk is not None
+            or self.kek is not None
+            or self.db is not None
+            or self.dbx_required_entries
+            or self.boot_applications is not None
+            or not self.kernel_cmdline.is_empty
+            or self.golden_pcrs
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """The policy as a JSON-ready dict (the documented schema, sorted lists)."""
+        """The policy as a JSON-ready dict (the documented schema, sorted lists; allowAny only when set)."""
         return {
             "version": POLICY_VERSION,
             "secureBoot": self.secure_boot,
@@ -161,7 +181,7 @@ class Policy:
             "requireValidSeparators": self.require_valid_separators,
             "pcrs": _golden_values_to_dict(self.golden_pcrs),
             "pcrEvents": _golden_events_to_dict(self.golden_pcrs),
-        }
+        } | ({"allowAny": True} if self.allow_any else {})
 
     def to_json(self) -> str:
         """The policy as an indented JSON document."""
@@ -281,12 +301,15 @@ class _PolicyReader:
         separators = top.get("requireValidSeparators", True)
         if not isinstance(separators, bool):
             raise self.fail("requireValidSeparators", f"expected true or false, got {separators!r}")
+        allow_any = top.get("allowAny", False)
+        if not isinstance(allow_any, bool):
+            raise self.fail("allowAny", f"expected true or false, got {allow_any!r}")
         dbx = top.get("dbx")
         dbx_required: frozenset[str] = frozenset()
         if dbx is not None:
             dbx_fields = self.mapping(dbx, "dbx", required=set(), optional={"requiredEntries"})
             dbx_required = self.digests(dbx_fields.get("requiredEntries", []), "dbx.requiredEntries")
-        return Policy(
+        policy = Policy(
             secure_boot=secure_boot,
             pk=self.variable(top.get("pk"), "pk"),
             kek=self.variable(top.get("kek"), "kek"),
@@ -296,7 +319,18 @@ class _PolicyReader:
             kernel_cmdline=self.cmdline(top.get("kernelCmdline")),
             require_valid_separators=separators,
             golden_pcrs=self.golden_pcrs(top.get("pcrs"), top.get("pcrEvents")),
+            allow_any=allow_any,
         )
+        if allow_any and policy.has_rules:
+            raise self.fail("allowAny", "true accepts any boot: a policy with rules must not set it")
+        if not allow_any and not policy.has_rules:
+            raise self.fail(
+                "(top level)",
+                "the policy sets no rule (secureBoot, pk, kek, db, dbx, bootApplications, kernelCmdline, "
+                "pcrs): it would accept any boot. Add rules (`tl policy from-log` makes them), or say "
+                '"allowAny": true to accept any boot on purpose',
+            )
+        return policy
 
     def bank_digest(self, value: object, bank: str, path: str) -> str:
         size = _BANK_HEX_DIGITS[bank]
@@ -447,6 +481,7 @@ _TOP_LEVEL_FIELDS = {
     "requireValidSeparators",
     "pcrs",
     "pcrEvents",
+    "allowAny",
 }
 _BANK_HEX_DIGITS = {"sha1": 40, "sha256": 64}
 

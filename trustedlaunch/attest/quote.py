@@ -1,7 +1,8 @@
 """Verification of TPM2_Quote evidence: AK signature, nonce, PCR digest and clock monotonicity.
 
 Checks run cheapest first; each failure raises `AttestationError` with its own `Check` code and
-component "quote".
+component "quote". `authenticate_quote` does what needs no PCR value (selection, signature, origin, nonce)
+and `check_quoted_pcrs` the rest, so that a verifier reads an event log only for an authentic quote.
 """
 
 from __future__ import annotations
@@ -178,18 +179,24 @@ def _check_clock(attest: TpmsAttest, last_clock: ClockState | None) -> ClockStat
     return now
 
 
-def _verify(
-    ak: TpmtPublic,
-    attest_bytes: bytes,
-    signature_bytes: bytes,
-    nonce: bytes,
-    pcr_values: PcrValues,
-    last_clock: ClockState | None,
-    quoted_pcr_values: PcrValues | None,
-    require_sha256: bool,
-) -> VerifiedQuote:
+@dataclass(frozen=True)
+class AuthenticQuote:
+    """A quote the AK signed, made by a TPM (TPM_GENERATED_VALUE, a TPM2_Quote) over the expected nonce; its
+    PCR digest and clock are not checked yet (`check_quoted_pcrs`)."""
+
+    attest: TpmsAttest
+    hash: HashAlgorithm  # the signature's hash: the PCR digest's too
+    selection: tuple[PcrSelection, ...]
+    selected: dict[str, tuple[int, ...]]
+
+
+def authenticate_quote(
+    ak: TpmtPublic, attest_bytes: bytes, signature_bytes: bytes, *, nonce: bytes, require_sha256: bool = True
+) -> AuthenticQuote:
+    """Check a quote's PCR selection, its signature by `ak`, its origin and its nonce: everything that needs
+    no PCR value, so that a verifier parses nothing else (no event log) for a quote that fails here."""
     attest, signature = _parse(attest_bytes, signature_bytes)
-    selection = attest.quote.pcr_select if attest.quote is not None else ()
+    selection = tuple(attest.quote.pcr_select) if attest.quote is not None else ()
     selected = {s.bank: s.pcrs for s in selection}
     if attest.quote is not None:
         if not any(s.pcrs for s in selection):
@@ -212,8 +219,36 @@ def _verify(
             f"the quote answers nonce {attest.extra_data.hex() or '(empty)'}, not the expected "
             f"{nonce.hex() or '(empty)'}: stale or replayed evidence",
         )
-    _check_pcr_digest(attest, signature.hash, selection, pcr_values, quoted_pcr_values)
-    return VerifiedQuote(attest, selected, _check_clock(attest, last_clock))
+    return AuthenticQuote(attest, signature.hash, selection, selected)
+
+
+def check_quoted_pcrs(
+    quote: AuthenticQuote,
+    *,
+    pcr_values: PcrValues,
+    last_clock: ClockState | None = None,
+    quoted_pcr_values: PcrValues | None = None,
+) -> VerifiedQuote:
+    """Finish verifying an authentic quote: its PCR digest against the expected `pcr_values` (see
+    `verify_quote`) and its clock against the node's last one."""
+    _check_pcr_digest(quote.attest, quote.hash, quote.selection, pcr_values, quoted_pcr_values)
+    return VerifiedQuote(quote.attest, quote.selected, _check_clock(quote.attest, last_clock))
+
+
+def _verify(
+    ak: TpmtPublic,
+    attest_bytes: bytes,
+    signature_bytes: bytes,
+    nonce: bytes,
+    pcr_values: PcrValues,
+    last_clock: ClockState | None,
+    quoted_pcr_values: PcrValues | None,
+    require_sha256: bool,
+) -> VerifiedQuote:
+    quote = authenticate_quote(ak, attest_bytes, signature_bytes, nonce=nonce, require_sha256=require_sha256)
+    return check_quoted_pcrs(
+        quote, pcr_values=pcr_values, last_clock=last_clock, quoted_pcr_values=quoted_pcr_values
+    )
 
 
 def verify_quote(

@@ -4,7 +4,13 @@ relying party verify it with any standard JWT library.
 Claims follow Azure guest attestation tokens where the meaning is the same (`x-ms-ver`,
 `x-ms-attestation-type`, `secureboot`, `x-ms-azurevm-attested-pcrs`); what Azure has no claim for is under
 `x-tl-*`: the node pool, the image version, every attested SHA-256 PCR (bank, index, value), the boot
-applications with their digests and the kernel command line. `sub` is the node name.
+applications with their digests and the kernel command line. Tokens are issued only for a TPM the platform
+enrolled (EK certificate from the platform EK CA + credential activation), in two kinds:
+
+* node tokens (the reconciler's, and the verifier API's for evidence verified by `poolId`): `sub` is the
+  node name, `x-tl-node-pool` and `x-tl-image-version` its pool and node image version;
+* verifier tokens for evidence verified against the caller's own policy: `sub` is "ak:" and the AK's TPM
+  name (hex), `x-tl-node-pool` and `x-tl-image-version` are empty (a caller's policy vouches for no pool).
 
 Signing keys are P-256 keys stored as PEM files (mode 0600) in a key directory, named by their RFC 7638
 thumbprint (the JWT `kid`), with a `keys.json` manifest of the active key and the retired ones. `rotate()`

@@ -1,21 +1,26 @@
 """The attestation verifier: evidence in, verdict out.
 
-Order of checks: size limits -> AK and event-log parsing -> replay -> quote (signature, nonce, PCR digest,
-clock) against the replayed PCRs -> the quote covers every PCR the log extends -> the data of every event
-the policy reads hashes to its digest -> boot summary -> policy. A failure before the policy stops
+Order of checks: size limits -> AK parsing -> quote selection, signature, origin and nonce (no event log
+is read for a quote that fails these) -> event-log parsing and replay -> the quote's PCR digest against
+the replayed PCRs, clock -> the quote covers every PCR the log extends -> the data of every event the
+policy reads hashes to its digest -> boot summary -> policy. A failure before the policy stops
 verification (nothing later can be trusted) with one finding, or one per edited event; policy failures
 are all reported together.
 
 A node re-attests with the same event log until it reboots, and the nodes of a pool boot the same
-images, so parsed logs (replay and summary included) are cached by their exact bytes (BOOT_CACHE_SIZE
-logs, least recently used dropped first). Everything tied to the quote (signature, nonce, PCR digest,
-clock) and the policy evaluation run on every call.
+images, so parsed logs (replay and summary included) are cached by their exact bytes, least recently
+used dropped first, up to BOOT_CACHE_BYTES of estimated memory (a parsed log costs several times its
+size: see `_Boot.cost`). Callers keep logs of AKs they do not know out of it (`cache_log=False`), so
+that such evidence can neither fill the cache nor evict the nodes' boots. Everything tied to the quote
+(signature, nonce, PCR digest, clock) and the policy evaluation run on every call.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +33,7 @@ from trustedlaunch.attest.policy import (
     boot_app_components,
     evaluate,
 )
-from trustedlaunch.attest.quote import ClockState, verify_quote
+from trustedlaunch.attest.quote import ClockState, authenticate_quote, check_quoted_pcrs
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import BootSummary, Event, EventLog, EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log
@@ -45,7 +50,8 @@ from trustedlaunch.eventlog.types import (
 from trustedlaunch.tpm.structures import TpmStructureError, TpmtPublic, parse_tpmt_public
 
 REQUIRED_BANK = "sha256"
-BOOT_CACHE_SIZE = 256
+BOOT_CACHE_BYTES = 32 * 1024 * 1024  # estimated memory of the cached parsed logs, per process
+EVENT_COST = 500  # estimated bytes of one parsed event besides its data (objects, digest dict, replay)
 _BOOT_APPLICATION_PCR_TYPES = frozenset(
     {EV_EFI_BOOT_SERVICES_APPLICATION, EV_EFI_ACTION, EV_SEPARATOR, EV_NO_ACTION}
 )
@@ -114,7 +120,7 @@ def _rejected(finding: Finding, replayed: PcrValues | None = None) -> Attestatio
     return AttestationResult(False, (finding,), replayed_pcrs=replayed or {})
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _parse_ak(ak_public: bytes) -> TpmtPublic:
     """Parse an AK public area once per distinct key (a verifier sees the same node AKs again and again)."""
     return parse_tpmt_public(ak_public)
@@ -130,6 +136,8 @@ class _Boot:
 
     def __init__(self, event_log: bytes):
         self.log = parse_event_log(event_log)
+        # the raw log (the cache key), the events' data copies, the summary's, and each event's objects
+        self.cost = 4 * len(event_log) + EVENT_COST * len(self.log.events)
         self.replayed = replay(self.log)
         startup = self.log.startup_locality
         # the quote may also select PCRs the log never extends: those hold their TPM2_Startup value
@@ -189,21 +197,63 @@ def event_data_findings(log: EventLog) -> list[Finding]:
     return findings
 
 
-@functools.lru_cache(maxsize=BOOT_CACHE_SIZE)
-def _boot(event_log: bytes) -> _Boot:
-    return _Boot(event_log)
+class _BootCache:
+    """Parsed logs by their exact bytes, least recently used first out, within `max_bytes` of estimated
+    memory (a log above it alone is not kept). Safe across threads (the API's loop, the reconciler)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._boots: OrderedDict[bytes, _Boot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, event_log: bytes) -> _Boot:
+        with self._lock:
+            boot = self._boots.get(event_log)
+            if boot is not None:
+                self._boots.move_to_end(event_log)
+                return boot
+        boot = _Boot(event_log)  # parsed outside the lock: a long log does not hold up other threads
+        if boot.cost <= self.max_bytes:
+            with self._lock:
+                if event_log not in self._boots:
+                    self._boots[event_log] = boot
+                    self.size += boot.cost
+                while self.size > self.max_bytes:
+                    _, dropped = self._boots.popitem(last=False)
+                    self.size -= dropped.cost
+        return boot
+
+    def clear(self) -> None:
+        with self._lock:
+            self._boots.clear()
+            self.size = 0
+
+
+_boots = _BootCache(BOOT_CACHE_BYTES)
 
 
 def clear_boot_cache() -> None:
     """Forget every cached parsed event log (e.g. to bound memory, or to time the cold path)."""
-    _boot.cache_clear()
+    _boots.clear()
+
+
+def boot_cache_bytes() -> int:
+    """The estimated memory the cached parsed logs take now (at most BOOT_CACHE_BYTES)."""
+    return _boots.size
 
 
 def verify(
-    evidence: Evidence, *, nonce: bytes, policy: Policy, last_clock: ClockState | None = None
+    evidence: Evidence,
+    *,
+    nonce: bytes,
+    policy: Policy,
+    last_clock: ClockState | None = None,
+    cache_log: bool = True,
 ) -> AttestationResult:
     """Verify evidence against a nonce, a policy and the node's last clock state; never raises on bad
-    evidence (every problem becomes a finding)."""
+    evidence (every problem becomes a finding). `cache_log=False` parses the event log for this call only
+    (evidence of an AK the caller does not know must not take the cache's room)."""
     problems = evidence.size_problems()
     if problems:
         return _rejected(Finding(Check.EVIDENCE_FORMAT, "evidence", "; ".join(problems)))
@@ -212,19 +262,17 @@ def verify(
     except TpmStructureError as exc:
         return _rejected(Finding(Check.EVIDENCE_FORMAT, "AK", f"the AK public area does not parse: {exc}"))
     try:
-        boot = _boot(evidence.event_log)
+        authentic = authenticate_quote(ak, evidence.quote, evidence.signature, nonce=nonce)
+    except AttestationError as exc:
+        return _rejected(exc.finding)
+    try:
+        boot = _boots.get(evidence.event_log) if cache_log else _Boot(evidence.event_log)
     except TrustedLaunchError as exc:
         return _rejected(_log_finding(exc))
     replayed = {bank: dict(values) for bank, values in boot.replayed.items()}  # the caller's own copy
     try:
-        quote = verify_quote(
-            ak,
-            evidence.quote,
-            evidence.signature,
-            nonce=nonce,
-            pcr_values=boot.expected,
-            last_clock=last_clock,
-            quoted_pcr_values=evidence.pcr_values,
+        quote = check_quoted_pcrs(
+            authentic, pcr_values=boot.expected, last_clock=last_clock, quoted_pcr_values=evidence.pcr_values
         )
     except AttestationError as exc:
         return _rejected(exc.finding, replayed)

@@ -205,6 +205,7 @@ class AttestationMonitor:
         except TrustedLaunchError as exc:  # agent transport: the channel reports socket errors as AgentError
             return self.record_unreachable(session, pool, node, exc, trigger, started=started)
         node.attestation_state = attestation.state.to_dict()
+        node.enrolled_ak_name = None if attestation.state.ak_name is None else attestation.state.ak_name.hex()
         result = attestation.result
         quote = attestation.quote
         record = AttestationRecord(

@@ -23,8 +23,9 @@ POOL_ID = re.compile(
 
 @dataclass(frozen=True)
 class PoolPolicy:
-    """The policy document of a pool (Policy.to_json()), with the pool's name and node image version."""
+    """The policy document of a pool (Policy.to_json()), with the pool's id, name and node image version."""
 
+    pool_id: int
     pool_name: str
     node_image_version: str
     document: str
@@ -79,4 +80,4 @@ def pool_policy(session: Session, pool_id: object, principal: Principal) -> Pool
             "the policy document instead of poolId.",
             "poolId",
         )
-    return PoolPolicy(pool.name, pool.node_image_version, row.policy)
+    return PoolPolicy(pool.id, pool.name, pool.node_image_version, row.policy)

@@ -357,7 +357,7 @@ class Reconciler:
         node.run_dir = str(run_dir)
         node.qemu_pid = node.swtpm_pid = None
         node.attestation_status = None
-        node.attestation_state = None
+        node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
         node.labels = {}
         node.message = "provisioning"
         node.updated_at = utc_now()

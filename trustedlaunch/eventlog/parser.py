@@ -274,6 +274,9 @@ def _parse_agile(data: bytes, header: Event, offset: int, declared: dict[int, tu
     digests_slice = slice(4, 3 + 2 * bank_count, 2)
     ids_slice = slice(3, 3 + 2 * bank_count, 2)
     unpack_header = _AGILE_HEADER.unpack_from
+    single_bank = bank_names[0] if bank_count == 1 else None
+    new_event = object.__new__
+    set_fields = object.__setattr__  # frozen Event: all fields at once (its __init__ sets them one by one)
     events = [header]
     append = events.append
     startup_locality = 0
@@ -300,7 +303,10 @@ def _parse_agile(data: bytes, header: Event, offset: int, declared: dict[int, tu
             pcr, event_type, count = unpack_header(data, offset)
             fast = False
         if fast:
-            digests = dict(zip(bank_names, fields[digests_slice], strict=True))
+            if single_bank is not None:
+                digests = {single_bank: fields[4]}
+            else:
+                digests = dict(zip(bank_names, fields[digests_slice], strict=True))
             size = fields[-1]
             cursor = offset + full_size
         else:
@@ -318,7 +324,19 @@ def _parse_agile(data: bytes, header: Event, offset: int, declared: dict[int, tu
         end = cursor + size
         if end > total or size > MAX_EVENT_DATA_SIZE:
             _check_data_size(size, cursor, total, offset, index)
-        event = Event(index, offset, pcr, event_type, digests, data[cursor:end])
+        event = new_event(Event)
+        set_fields(
+            event,
+            "__dict__",
+            {
+                "index": index,
+                "offset": offset,
+                "pcr": pcr,
+                "event_type": event_type,
+                "digests": digests,
+                "data": data[cursor:end],
+            },
+        )
         if event_type == EV_NO_ACTION:
             locality = _startup_locality(event)
             if locality is not None:

@@ -6,6 +6,7 @@ Event data is decoded here, on demand, never by the parser. Oddities that do not
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ SEPARATOR_NORMAL = b"\x00\x00\x00\x00"
 SEPARATOR_ERROR = b"\xff\xff\xff\xff"
 SEPARATOR_WINDOWS = b"WBCL"  # Windows Boot Configuration Log separator, in PCR12..14
 GRUB_COMMAND_PREFIXES = ("grub_cmd: ", "grub_cmd ")
+# Logs of one firmware measure the same variables (SecureBoot, PK, KEK, db, dbx, the authorities): their
+# decoding (signature lists, certificates) is kept for the last few distinct payloads up to this size.
+VARIABLE_CACHE_SIZE = 64
+MAX_CACHED_VARIABLE_SIZE = 64 * 1024
 # RHEL's GRUB measures "grub_kernel_cmdline (hd0,gpt2)/boot/vmlinuz-... root=..." (image path first)
 KERNEL_CMDLINE_PCR = 8  # GRUB measures its commands and the kernel command line here
 GRUB_CMDLINE_PREFIXES = ("kernel_cmdline: ", "kernel_cmdline ", "grub_kernel_cmdline ")
@@ -133,6 +138,42 @@ def _boot_application(event: Event) -> BootApplication | str:
     return BootApplication(event, format_device_path(path), image_size)
 
 
+# A variable event's name, vendor GUID, data and signatures.
+VariableParts = tuple[str, uuid.UUID, bytes, tuple[SignatureEntry, ...]]
+
+
+def _variable_parts(event: Event, notes: list[str]) -> VariableParts | None:
+    """Decode a variable event's payload; problems become `notes` (None when it does not decode at all)."""
+    try:
+        decoded = decode_variable(event)
+    except VariableDataError as exc:
+        notes.append(f"{event.type_name} {_where(event)} does not decode: {exc}")
+        return None
+    signatures: tuple[SignatureEntry, ...] = ()
+    if event.event_type == EV_EFI_VARIABLE_AUTHORITY:
+        signatures = _authority_signatures(decoded)
+    elif decoded.name in SIGNATURE_DATABASES and decoded.data:
+        try:
+            signatures = parse_signature_lists(decoded.data, f"{decoded.name} in {_where(event)}")
+        except SignatureListError as exc:
+            notes.append(str(exc))
+    return decoded.name, decoded.vendor_guid, decoded.data, signatures
+
+
+@functools.lru_cache(maxsize=VARIABLE_CACHE_SIZE)
+def _decoded_variable(event_type: int, data: bytes) -> VariableParts | None:
+    """The parts of a variable event's payload that decodes cleanly; None when decoding it notes a problem
+    (the uncached path words the note with the event's place)."""
+    notes: list[str] = []
+    parts = _variable_parts(Event(0, 0, 0, event_type, {}, data), notes)
+    return None if notes else parts
+
+
+def clear_variable_cache() -> None:
+    """Forget the decoded variable payloads (to time the decoding of a firmware never seen before)."""
+    _decoded_variable.cache_clear()
+
+
 class _SummaryBuilder:
     """Accumulates the summary while walking the events once."""
 
@@ -152,20 +193,12 @@ class _SummaryBuilder:
         self.notes: list[str] = []
 
     def variable(self, event: Event) -> MeasuredVariable | None:
-        try:
-            decoded = decode_variable(event)
-        except VariableDataError as exc:
-            self.notes.append(f"{event.type_name} {_where(event)} does not decode: {exc}")
-            return None
-        signatures: tuple[SignatureEntry, ...] = ()
-        if event.event_type == EV_EFI_VARIABLE_AUTHORITY:
-            signatures = _authority_signatures(decoded)
-        elif decoded.name in SIGNATURE_DATABASES and decoded.data:
-            try:
-                signatures = parse_signature_lists(decoded.data, f"{decoded.name} in {_where(event)}")
-            except SignatureListError as exc:
-                self.notes.append(str(exc))
-        return MeasuredVariable(event, decoded.name, decoded.vendor_guid, decoded.data, signatures)
+        parts = None
+        if len(event.data) <= MAX_CACHED_VARIABLE_SIZE:
+            parts = _decoded_variable(event.event_type, event.data)
+        if parts is None:
+            parts = _variable_parts(event, self.notes)
+        return None if parts is None else MeasuredVariable(event, *parts)
 
     def config_variable(self, event: Event) -> None:
         variable = self.variable(event)

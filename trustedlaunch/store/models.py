@@ -146,6 +146,10 @@ class Node(Base):
     qemu_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     swtpm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attestation_state: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)  # NodeState
+    # Hex TPM name of the AK the platform enrolled for this node's vTPM (EK certificate from the platform EK
+    # CA + credential activation); None before enrollment and from a reimage on (a new vTPM, a new AK). The
+    # verifier API issues tokens only for evidence signed by such an AK.
+    enrolled_ak_name: Mapped[str | None] = mapped_column(String(132), nullable=True, index=True)
     message: Mapped[str] = mapped_column(String(4096), default="", server_default="")  # progress/diagnosis
     last_attested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Set by `tl aks nodepool attest` (on-demand re-attestation), cleared by the reconciler once done.

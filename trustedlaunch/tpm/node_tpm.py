@@ -67,8 +67,9 @@ class NodeTpm:
     Each TPM command is a round trip to the node: the keys' handles and public areas are read once per
     instance, and sessions end with the command they authorize (continueSession clear: no flush)."""
 
-    def __init__(self, tcti: TCTI):
+    def __init__(self, tcti: TCTI, ak_template: str = AK_TEMPLATE):
         self._esapi = ESAPI(tcti)
+        self._ak_template = ak_template  # of the AK made on first use (tpm2-tools syntax)
         self._objects: dict[int, tuple[ESYS_TR, bytes]] = {}  # handle -> (ESYS handle, TPM2B_PUBLIC)
         self._listed: set[int] | None = None
 
@@ -167,7 +168,7 @@ class NodeTpm:
 
     def _create_attestation_key(self) -> tuple[ESYS_TR, bytes]:
         ek = self._ek()[0]
-        public = TPM2B_PUBLIC.parse(AK_TEMPLATE, objectAttributes=AK_ATTRIBUTES)
+        public = TPM2B_PUBLIC.parse(self._ak_template, objectAttributes=AK_ATTRIBUTES)
         template = TPM2B_TEMPLATE(public.publicArea.marshal())
         transient, _, created = self._with_endorsement(
             lambda session: self._esapi.create_loaded(ek, None, template, session1=session)
