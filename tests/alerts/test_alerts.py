@@ -1,5 +1,5 @@
 """Integrity alerts from attestation verdicts, and their webhook delivery to a real HTTP server on
-127.0.0.1 that fails its first requests."""
+127.0.0.1 (allowed as an operator allows a private receiver) that fails its first requests."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from trustedlaunch.attest.alerts import Alert, Severity, WebhookDelivery, alerts_from_result
+from trustedlaunch.attest.destinations import parse_networks
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
 
@@ -29,6 +30,7 @@ CMDLINE = Finding(
     Check.KERNEL_CMDLINE, "kernel", "the kernel command line has forbidden 'init=/bin/sh'", pcr=8
 )
 WHEN = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
+LOOPBACK = parse_networks("127.0.0.1/32")  # the receivers of these tests, allowed as an operator would
 RESOURCE = (
     "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/c1/agentPools/p1"
 )
@@ -165,7 +167,9 @@ def serve() -> Iterator[Callable[..., FlakyReceiver]]:
 def test_delivery_retries_5xx_with_exponential_backoff(serve: Callable[..., FlakyReceiver]) -> None:
     receiver = serve(failures=3)
     waits: list[float] = []
-    delivery = WebhookDelivery(receiver.url, max_attempts=5, base_delay=0.25, sleep=waits.append)
+    delivery = WebhookDelivery(
+        receiver.url, max_attempts=5, base_delay=0.25, sleep=waits.append, allowed_networks=LOOPBACK
+    )
     alert = failed_alert(GRUB_NOT_ALLOWED)
     assert delivery.deliver(alert)
     assert waits == [0.25, 0.5, 1.0]
@@ -185,7 +189,12 @@ def test_delivery_gives_up_after_max_attempts_with_capped_backoff(
     receiver = serve(failures=10, fail_status=500)
     waits: list[float] = []
     delivery = WebhookDelivery(
-        receiver.url, max_attempts=4, base_delay=1.0, max_delay=2.5, sleep=waits.append
+        receiver.url,
+        max_attempts=4,
+        base_delay=1.0,
+        max_delay=2.5,
+        sleep=waits.append,
+        allowed_networks=LOOPBACK,
     )
     assert not delivery.deliver(failed_alert(SECURE_BOOT_OFF))
     assert waits == [1.0, 2.0, 2.5]
@@ -194,7 +203,7 @@ def test_delivery_gives_up_after_max_attempts_with_capped_backoff(
 
 def test_4xx_is_not_retried(serve: Callable[..., FlakyReceiver]) -> None:
     receiver = serve(failures=1, fail_status=400)
-    delivery = WebhookDelivery(receiver.url, sleep=lambda _: None)
+    delivery = WebhookDelivery(receiver.url, sleep=lambda _: None, allowed_networks=LOOPBACK)
     assert not delivery.deliver(failed_alert(CMDLINE))
     assert [(a.attempt, a.status) for a in delivery.log] == [(1, 400)]
     assert len(receiver.received) == 1
@@ -204,7 +213,9 @@ def test_connection_errors_are_retried_with_real_waits() -> None:
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    delivery = WebhookDelivery(f"http://127.0.0.1:{port}/alerts", max_attempts=3, base_delay=0.01)
+    delivery = WebhookDelivery(
+        f"http://127.0.0.1:{port}/alerts", max_attempts=3, base_delay=0.01, allowed_networks=LOOPBACK
+    )
     assert not delivery.deliver(failed_alert(CMDLINE))
     assert [(a.attempt, a.status, a.waited) for a in delivery.log] == [
         (1, None, 0.0),
