@@ -16,6 +16,7 @@ TABLES = {
     "alert_webhooks",
     "provider_registrations",
     "api_tokens",
+    "ui_sessions",
     "alembic_version",
 }
-HEAD_REVISION = "0004_image_policies"
+HEAD_REVISION = "0006_ui_sessions"
