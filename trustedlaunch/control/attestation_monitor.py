@@ -3,9 +3,10 @@ is kept with its full evidence; a pass issues an attestation token and lifts a q
 an integrity alert and quarantines the node (trusted launch labels removed, tainted and cordoned in
 Kubernetes). Alerts are POSTed to the subscription's webhook by `AlertDelivery`, in its own thread.
 
-The rules kept here: the node labels per attestation status, the history bound (HISTORY_PER_NODE newest
-records per node), when a node is due for re-attestation, and the alert delivery states (Pending until a
-webhook of the subscription takes it, then Delivered or Failed).
+The rules kept here: the node labels per attestation status, the history bound at every attestation
+(TL_MAX_ATTESTATIONS_PER_NODE newest records per node, default HISTORY_PER_NODE; the other retention
+rules are in control/retention.py), when a node is due for re-attestation, and the alert delivery states
+(Pending until a webhook of the subscription takes it, then Delivered or Failed).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from trustedlaunch.control.kubernetes import (
     KubernetesNodeAdapter,
 )
 from trustedlaunch.control.resources import pool_resource_id
+from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
@@ -179,11 +181,12 @@ class AttestationMonitor:
         *,
         token_issuer: TokenIssuer | None = None,
         kubernetes: KubernetesNodeAdapter | None = None,
-        history_per_node: int = HISTORY_PER_NODE,
+        history_per_node: int | None = None,
     ) -> None:
         self.token_issuer = token_issuer
         self.kubernetes = kubernetes
-        self.history_per_node = history_per_node
+        # default: TL_MAX_ATTESTATIONS_PER_NODE, the bound the retention pass keeps too
+        self.history_per_node = history_per_node or RetentionSettings.from_environment().attestations_per_node
 
     def attest(
         self,
