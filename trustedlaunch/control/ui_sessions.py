@@ -5,7 +5,7 @@ as its SHA-256 with the token it was opened with and when it expires (SESSION_SE
 process reads the same rows; signing out deletes the row, so the old cookie stops working at once, and
 revoking the token ends its sessions (the foreign key cascades). Only tokens that may read resources sign
 in: admin, subscription and resource-group tokens, not those of the verifier API (node agents and relying
-parties).
+parties). A token has at most MAX_SESSIONS_PER_TOKEN sessions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from trustedlaunch.store.models import ApiToken, UiSession, utc_now
 
 SESSION_SECONDS = 8 * 3600
 MAX_SESSION_ID_LENGTH = 128
+MAX_SESSIONS_PER_TOKEN = 50  # a token's oldest sessions end when it opens more
 
 
 class SignInRefusal(Enum):
@@ -45,18 +46,27 @@ def _digest(session_id: str) -> str:
 
 
 def open_session(session: Session, token: str, now: datetime | None = None) -> str | SignInRefusal:
-    """A new session id for `token` (valid for SESSION_SECONDS), or why the token may not sign in."""
+    """A new session id for `token` (valid for SESSION_SECONDS; the token's oldest sessions beyond
+    MAX_SESSIONS_PER_TOKEN end), or why the token may not sign in."""
     principal = principal_for(session, token)
     if principal is None:
         return SignInRefusal.INVALID_TOKEN
     if not may_sign_in(principal):
         return SignInRefusal.NOT_FOR_DASHBOARD
     now = now or utc_now()
+    token_id = get_token(session, principal.name).id
+    oldest = (
+        select(UiSession.id_sha256)
+        .where(UiSession.token_id == token_id)
+        .order_by(UiSession.created_at.desc())
+        .offset(MAX_SESSIONS_PER_TOKEN - 1)
+    )
+    session.execute(delete(UiSession).where(UiSession.id_sha256.in_(oldest)))
     session_id = secrets.token_urlsafe(32)
     session.add(
         UiSession(
             id_sha256=_digest(session_id),
-            token_id=get_token(session, principal.name).id,
+            token_id=token_id,
             created_at=now,
             expires_at=now + timedelta(seconds=SESSION_SECONDS),
         )

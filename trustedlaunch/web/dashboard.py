@@ -218,7 +218,9 @@ def login_form(request: Request, next_path: str | None = Query(None, alias="next
 
 
 def _open_session(request: Request, token: str) -> str | SignInRefusal:
+    """A new session for `token`; a session the browser still had ends."""
     with request.app.state.sessions.begin() as session:
+        close_session(session, request.cookies.get(SESSION_COOKIE, ""))
         return open_session(session, token)
 
 
