@@ -1,7 +1,7 @@
 """dashboard sessions: server-side sign-ins of the dashboard (the cookie holds a random id, not a token)
 
 Revision ID: 0006_ui_sessions
-Revises: 0004_image_policies
+Revises: 0005_enrolled_aks
 Create Date: 2026-12-05 22:00:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_ui_sessions"
-down_revision = "0004_image_policies"
+down_revision = "0005_enrolled_aks"
 branch_labels = None
 depends_on = None
 
