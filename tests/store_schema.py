@@ -16,6 +16,7 @@ TABLES = {
     "alert_webhooks",
     "provider_registrations",
     "api_tokens",
+    "ui_sessions",
     "alembic_version",
 }
-HEAD_REVISION = "0005_enrolled_aks"
+HEAD_REVISION = "0006_ui_sessions"

@@ -1,19 +1,27 @@
 """Integrity alerts from attestation verdicts, and their webhook delivery to a real HTTP server on
-127.0.0.1 that fails its first requests."""
+127.0.0.1 (allowed as an operator allows a private receiver) that fails its first requests."""
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from trustedlaunch.attest.alerts import Alert, Severity, WebhookDelivery, alerts_from_result
+from trustedlaunch.attest.destinations import parse_networks, pinned_request, resolve
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
 
@@ -29,6 +37,7 @@ CMDLINE = Finding(
     Check.KERNEL_CMDLINE, "kernel", "the kernel command line has forbidden 'init=/bin/sh'", pcr=8
 )
 WHEN = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
+LOOPBACK = parse_networks("127.0.0.1/32")  # the receivers of these tests, allowed as an operator would
 RESOURCE = (
     "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/c1/agentPools/p1"
 )
@@ -165,7 +174,9 @@ def serve() -> Iterator[Callable[..., FlakyReceiver]]:
 def test_delivery_retries_5xx_with_exponential_backoff(serve: Callable[..., FlakyReceiver]) -> None:
     receiver = serve(failures=3)
     waits: list[float] = []
-    delivery = WebhookDelivery(receiver.url, max_attempts=5, base_delay=0.25, sleep=waits.append)
+    delivery = WebhookDelivery(
+        receiver.url, max_attempts=5, base_delay=0.25, sleep=waits.append, allowed_networks=LOOPBACK
+    )
     alert = failed_alert(GRUB_NOT_ALLOWED)
     assert delivery.deliver(alert)
     assert waits == [0.25, 0.5, 1.0]
@@ -185,7 +196,12 @@ def test_delivery_gives_up_after_max_attempts_with_capped_backoff(
     receiver = serve(failures=10, fail_status=500)
     waits: list[float] = []
     delivery = WebhookDelivery(
-        receiver.url, max_attempts=4, base_delay=1.0, max_delay=2.5, sleep=waits.append
+        receiver.url,
+        max_attempts=4,
+        base_delay=1.0,
+        max_delay=2.5,
+        sleep=waits.append,
+        allowed_networks=LOOPBACK,
     )
     assert not delivery.deliver(failed_alert(SECURE_BOOT_OFF))
     assert waits == [1.0, 2.0, 2.5]
@@ -194,7 +210,7 @@ def test_delivery_gives_up_after_max_attempts_with_capped_backoff(
 
 def test_4xx_is_not_retried(serve: Callable[..., FlakyReceiver]) -> None:
     receiver = serve(failures=1, fail_status=400)
-    delivery = WebhookDelivery(receiver.url, sleep=lambda _: None)
+    delivery = WebhookDelivery(receiver.url, sleep=lambda _: None, allowed_networks=LOOPBACK)
     assert not delivery.deliver(failed_alert(CMDLINE))
     assert [(a.attempt, a.status) for a in delivery.log] == [(1, 400)]
     assert len(receiver.received) == 1
@@ -204,7 +220,9 @@ def test_connection_errors_are_retried_with_real_waits() -> None:
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    delivery = WebhookDelivery(f"http://127.0.0.1:{port}/alerts", max_attempts=3, base_delay=0.01)
+    delivery = WebhookDelivery(
+        f"http://127.0.0.1:{port}/alerts", max_attempts=3, base_delay=0.01, allowed_networks=LOOPBACK
+    )
     assert not delivery.deliver(failed_alert(CMDLINE))
     assert [(a.attempt, a.status, a.waited) for a in delivery.log] == [
         (1, None, 0.0),
@@ -212,3 +230,82 @@ def test_connection_errors_are_retried_with_real_waits() -> None:
         (3, None, 0.02),
     ]
     assert all(a.error is not None and "ConnectError" in a.error for a in delivery.log)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "2130706433", "0x7f000001", "127.1", "localhost", "[::ffff:127.0.0.1]"]
+)
+def test_a_refused_destination_gets_no_request(serve: Callable[..., FlakyReceiver], host: str) -> None:
+    receiver = serve(failures=0)
+    url = receiver.url.replace("127.0.0.1", host)
+    delivery = WebhookDelivery(url, sleep=lambda _: None, allowed_networks=())
+    assert not delivery.deliver(failed_alert(CMDLINE))
+    (attempt,) = delivery.log  # refused: final, not retried
+    assert attempt.status is None and attempt.error is not None and "a loopback address" in attempt.error
+    assert receiver.received == []
+
+
+def _certificate_for_localhost(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for DNS name localhost (also its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def test_https_goes_to_the_checked_address_with_the_url_host_name(tmp_path: Path) -> None:
+    """The POST connects to the address the check resolved, while TLS (SNI, certificate check) and the
+    Host header use the URL's host name."""
+    cert_file, key_file = _certificate_for_localhost(tmp_path)
+    seen: dict[str, str | None] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen["host"] = self.headers["Host"]
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda _socket, name, _context: seen.__setitem__("sni", name)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = httpx.URL(f"https://localhost:{server.server_address[1]}/alerts")
+        (address, *_) = resolve(url, LOOPBACK)
+        assert str(address) == "127.0.0.1"
+        trusted = ssl.create_default_context(cafile=str(cert_file))
+        with httpx.Client(verify=trusted, trust_env=False) as client:
+            response = client.send(pinned_request(client, url, address, {"id": "a"}))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert response.status_code == 202
+    assert seen == {"sni": "localhost", "host": f"localhost:{url.port}"}

@@ -291,9 +291,9 @@ def test_alert_webhook_configuration(client: TestClient) -> None:
     created = client.put(WEBHOOK, json={"properties": {"url": "https://hooks.example.com/tl?key=abc"}})
     assert created.status_code == 201, created.text
     assert created.json()["properties"]["url"] == "https://hooks.example.com/tl?key=abc"
-    replaced = client.put(WEBHOOK, json={"properties": {"url": "http://127.0.0.1:9000/alerts"}})
+    replaced = client.put(WEBHOOK, json={"properties": {"url": "http://93.184.215.14:9000/alerts"}})
     assert replaced.status_code == 200
-    assert client.get(WEBHOOK).json()["properties"]["url"] == "http://127.0.0.1:9000/alerts"
+    assert client.get(WEBHOOK).json()["properties"]["url"] == "http://93.184.215.14:9000/alerts"
 
     bad = {
         "ftp://example.com/x": "the scheme must be https or http",
@@ -310,7 +310,7 @@ def test_alert_webhook_configuration(client: TestClient) -> None:
         )
         assert reason in message, (url, message)
     assert_arm_error(client.put(WEBHOOK, json={"url": "https://example.com"}), 400, "InvalidRequestContent")
-    assert client.get(WEBHOOK).json()["properties"]["url"] == "http://127.0.0.1:9000/alerts"
+    assert client.get(WEBHOOK).json()["properties"]["url"] == "http://93.184.215.14:9000/alerts"
 
     assert client.delete(WEBHOOK).status_code == 200
     assert_arm_error(client.get(WEBHOOK), 404, "WebhookNotFound")

@@ -23,6 +23,7 @@ from reconciler_helpers import SUB, operation, processes_under, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.attest.destinations import ALLOWED_NETWORKS_ENV
 from trustedlaunch.attest.evidence import Evidence
 from trustedlaunch.attest.policy import Policy, policy_for_image
 from trustedlaunch.attest.tokens import TokenIssuer
@@ -114,7 +115,11 @@ def reverify(record: AttestationRecord, policy: Policy) -> bool:
 
 @pytest.mark.asyncio
 async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
-    kmock: kmock.KubernetesEmulator, reconciler_base: Path, state_dir: Path, tmp_path: Path
+    kmock: kmock.KubernetesEmulator,
+    reconciler_base: Path,
+    state_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     engine, sessions = open_store(
         f"sqlite:///{reconciler_base / 'monitor.db'}", reconciler_base / "mon-token"
@@ -132,6 +137,7 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
     receiver = AlertReceiver()
     with sessions.begin() as session:
         session.add(AlertWebhook(subscription_id=SUB, url=receiver.url))
+    monkeypatch.setenv(ALLOWED_NETWORKS_ENV, "127.0.0.1/32")  # the operator allows the local receiver
     reconciler = Reconciler(
         sessions, state_dir, token_issuer=issuer, kubernetes=adapter, attestation_interval=0, boot_timeout=300
     )

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import kmock
 import pytest
-from monitoring_helpers import AlertReceiver, create_trusted_cluster, write_kubeconfig
+from monitoring_helpers import LOOPBACK, AlertReceiver, create_trusted_cluster, write_kubeconfig
 from reconciler_helpers import SUB, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -262,7 +262,7 @@ def test_alerts_wait_for_a_webhook_then_are_delivered_with_retries(
     sessions: sessionmaker[Session], pool: AgentPool, tmp_path: Path
 ) -> None:
     alert_id = add_alert(sessions, pool, tmp_path)
-    delivery = AlertDelivery(sessions, max_attempts=3, base_delay=0.01)
+    delivery = AlertDelivery(sessions, max_attempts=3, base_delay=0.01, allowed_networks=LOOPBACK)
     assert delivery.deliver_pending() == 0
     with sessions() as session:
         assert session.get_one(AlertRecord, alert_id).delivery_state == "Pending"  # no webhook yet
@@ -289,7 +289,7 @@ def test_a_refused_or_unreachable_webhook_fails_the_delivery(
     with AlertReceiver(answers=(410,)) as receiver:
         with sessions.begin() as session:
             session.add(AlertWebhook(subscription_id=SUB, url=receiver.url))
-        AlertDelivery(sessions, max_attempts=3, base_delay=0.01).deliver_pending()
+        AlertDelivery(sessions, max_attempts=3, base_delay=0.01, allowed_networks=LOOPBACK).deliver_pending()
     with sessions() as session:
         alert = session.get_one(AlertRecord, alert_id)
         assert (alert.delivery_state, alert.delivery_attempts) == ("Failed", 1)  # a 4xx is final
@@ -297,7 +297,9 @@ def test_a_refused_or_unreachable_webhook_fails_the_delivery(
 
     with sessions.begin() as session:
         session.get_one(AlertRecord, alert_id).delivery_state = "Pending"
-    AlertDelivery(sessions, max_attempts=2, base_delay=0.01).deliver_pending()  # the receiver is closed now
+    AlertDelivery(
+        sessions, max_attempts=2, base_delay=0.01, allowed_networks=LOOPBACK
+    ).deliver_pending()  # the receiver is closed now
     with sessions() as session:
         alert = session.get_one(AlertRecord, alert_id)
         assert (alert.delivery_state, alert.delivery_attempts) == ("Failed", 3)
@@ -312,7 +314,10 @@ def test_delivery_runs_in_its_own_thread_until_stopped(
     with AlertReceiver() as receiver:
         with sessions.begin() as session:
             session.add(AlertWebhook(subscription_id=SUB, url=receiver.url))
-        thread = threading.Thread(target=AlertDelivery(sessions, poll_seconds=0.1).run_forever, args=(stop,))
+        thread = threading.Thread(
+            target=AlertDelivery(sessions, poll_seconds=0.1, allowed_networks=LOOPBACK).run_forever,
+            args=(stop,),
+        )
         thread.start()
         try:
             wait_until(lambda: receiver.received, 30, "the alert at the webhook")

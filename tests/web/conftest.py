@@ -38,9 +38,11 @@ def sign_in(client: TestClient, token: str) -> None:
 
 @pytest.fixture
 def anonymous(tmp_path: Path) -> Iterator[TestClient]:
-    """A client of the real app on `tmp_path/control.db` with no session and no bearer header."""
+    """A client of the real app on `tmp_path/control.db` with no session and no bearer header; its requests
+    come from the dashboard's own origin, as a browser's from the dashboard's pages."""
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", tmp_path / "config" / "admin-token")
     with TestClient(app) as client:
+        client.headers["Origin"] = str(client.base_url).rstrip("/")
         yield client
 
 

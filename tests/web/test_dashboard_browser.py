@@ -143,3 +143,13 @@ def test_sign_in_nodes_screenshot_evidence_and_live_update(
         pytest.fail("the page reloaded instead of swapping the node rows")
     assert POLL_SECONDS < WAIT_SECONDS
     assert _severe_console_messages(browser) == []  # no CSP violation, no failed request
+
+    # the cookie is a session id, not the token; signing out (a same-origin form POST) ends the session
+    cookie = browser.get_cookie("tl_dashboard")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert token not in cookie["value"]
+    browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "token")))
+    browser.add_cookie({**cookie, "path": "/ui"})  # the old cookie, replayed, no longer signs in
+    browser.get(f"{url}/ui/pools/{seeded.pool_id}")
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "token")))

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trustedlaunch import __version__
 from trustedlaunch.api import metrics, monitoring_routes, routes, token_routes, verifier_routes
 from trustedlaunch.api.limits import RequestLimits
+from trustedlaunch.attest.destinations import allowed_networks_from_environment
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
 from trustedlaunch.control.errors import ArmError
@@ -256,6 +257,7 @@ def create_app(
         return issuer.openid_configuration(str(request.url_for("jwks")))
 
     app.state.api_server = api_server
+    app.state.webhook_networks = allowed_networks_from_environment()  # a bad setting fails the start
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)
     app.include_router(routes.router)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from trustedlaunch.api.monitoring_views import (
     SECURITY,
@@ -118,15 +119,18 @@ async def list_alerts(
 ) -> dict[str, object]:
     """The subscription's integrity alerts, newest first, optionally filtered."""
     filters = AlertFilter(resource_group, cluster_name, status, severity)
+    detail = request.state.principal.is_admin
     with transaction(request) as session:
-        return {"value": [alert_json(r) for r in monitoring.list_alerts(session, subscription_id, filters)]}
+        alerts = monitoring.list_alerts(session, subscription_id, filters)
+        return {"value": [alert_json(record, delivery_detail=detail) for record in alerts]}
 
 
 @router.get(f"{ALERTS}/{{alert_id}}", tags=["alerts"])
 async def get_alert(request: Request, subscription_id: str, alert_id: str) -> dict[str, object]:
     """One alert."""
     with transaction(request) as session:
-        return alert_json(monitoring.get_alert(session, subscription_id, alert_id))
+        record = monitoring.get_alert(session, subscription_id, alert_id)
+        return alert_json(record, delivery_detail=request.state.principal.is_admin)
 
 
 @router.post(f"{ALERTS}/{{alert_id}}/resolve", tags=["alerts"], status_code=204)
@@ -139,7 +143,11 @@ async def resolve_alert(request: Request, subscription_id: str, alert_id: str) -
 
 @router.put(WEBHOOK, tags=["alerts"], status_code=201)
 async def put_webhook(request: Request, subscription_id: str, body: WebhookBody) -> JSONResponse:
-    """Create (201) or replace (200) the URL the subscription's alerts are delivered to."""
+    """Create (201) or replace (200) the URL the subscription's alerts are delivered to: 400 when its host
+    is or resolves to a loopback, private, link-local or other non-public address the operator did not
+    allow."""
+    networks = request.app.state.webhook_networks
+    await run_in_threadpool(monitoring.check_webhook_destination, body.properties.url, networks)
     with transaction(request) as session:
         webhook, created = monitoring.set_webhook(session, subscription_id, body.properties.url)
         session.flush()

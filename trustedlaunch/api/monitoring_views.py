@@ -83,8 +83,11 @@ def alert_path(subscription_id: str, alert_id: str) -> str:
     return f"/subscriptions/{subscription_id}/providers/{SECURITY}/alerts/{alert_id}"
 
 
-def alert_json(record: AlertRecord) -> JsonObject:
-    """The stored alert document with its current status and the state of its webhook delivery."""
+def alert_json(record: AlertRecord, *, delivery_detail: bool = False) -> JsonObject:
+    """The stored alert document with its current status and the state of its webhook delivery. Why a
+    delivery failed (the receiver's status, a connection error, a refused address) is shown with
+    `delivery_detail` (admins) only: for others it would make the webhook a probe of what the control
+    plane can reach."""
     document = copy.deepcopy(record.document)
     document["id"] = alert_path(record.subscription_id, record.id)
     document["name"] = record.id
@@ -99,7 +102,11 @@ def alert_json(record: AlertRecord) -> JsonObject:
         "webhookDeliveryAttempts": str(record.delivery_attempts),
     }
     if record.delivery_error:
-        extended["webhookDeliveryError"] = record.delivery_error
+        extended["webhookDeliveryError"] = (
+            record.delivery_error
+            if delivery_detail
+            else f"delivery failed after {record.delivery_attempts} attempt(s)"
+        )
     return document
 
 

@@ -1,13 +1,13 @@
 """Integrity alerts: one alert per failed attestation, naming every failed component, in a JSON form
 modelled on Microsoft Defender for Cloud security alerts ("VM attestation failure"), and their delivery to
-a webhook with bounded retries and exponential backoff.
+a webhook with bounded retries and exponential backoff, to checked destinations only (attest.destinations).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,6 +15,15 @@ from typing import Any
 
 import httpx
 
+from trustedlaunch.attest.destinations import (
+    DestinationRefused,
+    DestinationUnresolved,
+    IpAddress,
+    IpNetwork,
+    allowed_networks_from_environment,
+    pinned_request,
+    resolve,
+)
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
 
@@ -153,7 +162,7 @@ def alerts_from_result(
 
 @dataclass(frozen=True)
 class DeliveryAttempt:
-    """One POST of an alert: its HTTP status or the connection error, and the wait before it."""
+    """One POST of an alert: its HTTP status or why it failed without one, and the wait before it."""
 
     alert_id: str
     attempt: int  # 1-based
@@ -166,12 +175,22 @@ class DeliveryAttempt:
         """True for a 2xx answer."""
         return self.status is not None and 200 <= self.status < 300
 
+    def describe(self, url: str) -> str:
+        """What went wrong, for the operator: the error, or the status the webhook answered."""
+        if self.error is not None:
+            return self.error
+        if self.status is not None and 300 <= self.status < 400:
+            return f"{url} answered HTTP {self.status}, a redirect (redirects are never followed)"
+        return f"{url} answered HTTP {self.status}"
+
 
 @dataclass
 class WebhookDelivery:
     """POSTs alert JSON to `url`. Retries connection errors and 5xx answers up to `max_attempts` in all,
-    waiting `base_delay * 2**n` seconds (at most `max_delay`) before retry n+1; a 4xx is final. Every
-    attempt is appended to `log`."""
+    waiting `base_delay * 2**n` seconds (at most `max_delay`) before retry n+1; a 3xx (never followed) or
+    4xx is final. Before every attempt the host is resolved and each address checked (attest.destinations:
+    public addresses, or `allowed_networks`); the POST then connects to a checked address, and a refused
+    destination ends the delivery without any packet sent to it. Every attempt is appended to `log`."""
 
     url: str
     max_attempts: int = 5
@@ -181,28 +200,55 @@ class WebhookDelivery:
     headers: dict[str, str] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep
     log: list[DeliveryAttempt] = field(default_factory=list)
+    allowed_networks: Sequence[IpNetwork] = field(default_factory=allowed_networks_from_environment)
 
     def deliver(self, alert: Alert) -> bool:
-        """POST one alert; True once a 2xx answer came, False when every attempt failed or a 4xx came."""
+        """POST one alert; True once a 2xx answer came, False when every attempt failed or a 3xx/4xx came."""
         return self.deliver_document(alert.id, alert.to_dict())
 
     def deliver_document(self, alert_id: str, document: dict[str, Any]) -> bool:
         """POST an alert's stored JSON form (`Alert.to_dict()`, as kept in the store), as `deliver`."""
-        with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
+        try:
+            url = httpx.URL(self.url)
+        except httpx.InvalidURL as exc:
+            self.log.append(DeliveryAttempt(alert_id, 1, 0.0, error=f"the webhook URL is invalid: {exc}"))
+            return False
+        # no proxy from the environment: the connection must go to the address checked here
+        with httpx.Client(timeout=self.timeout, headers=self.headers, trust_env=False) as client:
             waited = 0.0
             for attempt in range(1, self.max_attempts + 1):
                 if attempt > 1:
                     waited = min(self.base_delay * 2 ** (attempt - 2), self.max_delay)
                     self.sleep(waited)
                 try:
-                    response = client.post(self.url, json=document)
-                except httpx.TransportError as exc:
+                    status = self._post(client, url, document)
+                except DestinationRefused as exc:
+                    self.log.append(DeliveryAttempt(alert_id, attempt, waited, error=str(exc)))
+                    return False
+                except (httpx.TransportError, DestinationUnresolved) as exc:
                     self.log.append(DeliveryAttempt(alert_id, attempt, waited, error=repr(exc)))
                     continue
-                record = DeliveryAttempt(alert_id, attempt, waited, status=response.status_code)
+                record = DeliveryAttempt(alert_id, attempt, waited, status=status)
                 self.log.append(record)
                 if record.delivered:
                     return True
-                if response.status_code < 500:
+                if status < 500:
                     return False
         return False
+
+    def _post(self, client: httpx.Client, url: httpx.URL, document: dict[str, Any]) -> int:
+        """POST to the first checked address of the host that accepts a connection; the answer's status
+        (its body is not read)."""
+        addresses = resolve(url, self.allowed_networks)
+        for address in addresses[:-1]:
+            try:
+                return self._send(client, url, address, document)
+            except httpx.ConnectError:
+                continue
+        return self._send(client, url, addresses[-1], document)
+
+    @staticmethod
+    def _send(client: httpx.Client, url: httpx.URL, address: IpAddress, document: dict[str, Any]) -> int:
+        response = client.send(pinned_request(client, url, address, document), stream=True)
+        response.close()
+        return response.status_code

@@ -3,9 +3,10 @@ is kept with its full evidence; a pass issues an attestation token and lifts a q
 an integrity alert and quarantines the node (trusted launch labels removed, tainted and cordoned in
 Kubernetes). Alerts are POSTed to the subscription's webhook by `AlertDelivery`, in its own thread.
 
-The rules kept here: the node labels per attestation status, the history bound (HISTORY_PER_NODE newest
-records per node), when a node is due for re-attestation, and the alert delivery states (Pending until a
-webhook of the subscription takes it, then Delivered or Failed).
+The rules kept here: the node labels per attestation status, the history bound at every attestation
+(TL_MAX_ATTESTATIONS_PER_NODE newest records per node, default HISTORY_PER_NODE; the other retention
+rules are in control/retention.py), when a node is due for re-attestation, and the alert delivery states
+(Pending until a webhook of the subscription takes it, then Delivered or Failed).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.alerts import WebhookDelivery, alerts_from_result
+from trustedlaunch.attest.destinations import IpNetwork, allowed_networks_from_environment
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike, AgentQuote, NodeState, attest_node
@@ -35,6 +37,7 @@ from trustedlaunch.control.kubernetes import (
     KubernetesNodeAdapter,
 )
 from trustedlaunch.control.resources import pool_resource_id
+from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
@@ -178,11 +181,12 @@ class AttestationMonitor:
         *,
         token_issuer: TokenIssuer | None = None,
         kubernetes: KubernetesNodeAdapter | None = None,
-        history_per_node: int = HISTORY_PER_NODE,
+        history_per_node: int | None = None,
     ) -> None:
         self.token_issuer = token_issuer
         self.kubernetes = kubernetes
-        self.history_per_node = history_per_node
+        # default: TL_MAX_ATTESTATIONS_PER_NODE, the bound the retention pass keeps too
+        self.history_per_node = history_per_node or RetentionSettings.from_environment().attestations_per_node
 
     def attest(
         self,
@@ -373,7 +377,8 @@ class AlertDelivery:
     """POSTs the Pending alerts of every subscription that has an AlertWebhook (WebhookDelivery: bounded
     retries with exponential backoff), oldest first, and records Delivered or Failed with the attempts and
     the last error. Alerts of a subscription without a webhook stay Pending until one is configured. No
-    database session is held while a POST is in flight."""
+    database session is held while a POST is in flight. Webhooks go to public addresses only, or to
+    `allowed_networks` (default: TL_WEBHOOK_ALLOWED_NETWORKS, see attest.destinations)."""
 
     def __init__(
         self,
@@ -383,12 +388,16 @@ class AlertDelivery:
         base_delay: float = 0.5,
         timeout: float = 10.0,
         poll_seconds: float = 2.0,
+        allowed_networks: Sequence[IpNetwork] | None = None,
     ) -> None:
         self.sessions = sessions
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.timeout = timeout
         self.poll_seconds = poll_seconds
+        self.allowed_networks = (
+            allowed_networks_from_environment() if allowed_networks is None else tuple(allowed_networks)
+        )
 
     def _pending(self) -> list[tuple[str, str, dict[str, object]]]:
         with self.sessions() as session:
@@ -407,7 +416,11 @@ class AlertDelivery:
             if stop_event is not None and stop_event.is_set():
                 break
             delivery = WebhookDelivery(
-                url, max_attempts=self.max_attempts, base_delay=self.base_delay, timeout=self.timeout
+                url,
+                max_attempts=self.max_attempts,
+                base_delay=self.base_delay,
+                timeout=self.timeout,
+                allowed_networks=self.allowed_networks,
             )
             delivered = delivery.deliver_document(alert_id, dict(document))
             last = delivery.log[-1] if delivery.log else None
@@ -419,7 +432,7 @@ class AlertDelivery:
                 alert.delivery_attempts += len(delivery.log)
                 alert.delivery_error = None
                 if not delivered and last is not None:
-                    alert.delivery_error = (last.error or f"{url} answered HTTP {last.status}")[:1024]
+                    alert.delivery_error = last.describe(url)[:1024]
             handled += 1
         return handled
 

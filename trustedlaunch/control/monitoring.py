@@ -14,9 +14,16 @@ from datetime import datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from trustedlaunch.attest.destinations import (
+    DestinationRefused,
+    DestinationUnresolved,
+    IpNetwork,
+    resolve,
+)
 from trustedlaunch.attest.tokens import TokenError, TokenIssuer
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
 from trustedlaunch.control.node_plan import NodePhase
@@ -290,8 +297,26 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
+def check_webhook_destination(url: str, allowed: Sequence[IpNetwork]) -> str:
+    """`url` if it is valid (check_webhook_url) and its host resolves only to addresses alerts may go to
+    (attest.destinations: public ones, or inside the operator's `allowed` networks); else a 400 naming the
+    refused address. A name that does not resolve now is accepted: every delivery resolves and checks it
+    again. Resolves names (blocking): call it outside the event loop."""
+    check_webhook_url(url)
+    try:
+        resolve(httpx.URL(url), allowed)
+    except DestinationUnresolved:
+        pass
+    except (DestinationRefused, httpx.InvalidURL) as exc:
+        raise bad_request(
+            "InvalidWebhookUrl", f"The alert webhook URL is invalid: {exc}.", "properties.url"
+        ) from None
+    return url
+
+
 def set_webhook(session: Session, subscription_id: str, url: str) -> tuple[AlertWebhook, bool]:
-    """Create or replace the subscription's alert webhook; (webhook, created)."""
+    """Create or replace the subscription's alert webhook; (webhook, created). Check its destination with
+    `check_webhook_destination` first."""
     _check_subscription(subscription_id)
     check_webhook_url(url)
     webhook = session.get(AlertWebhook, subscription_id)

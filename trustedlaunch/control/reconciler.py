@@ -61,6 +61,7 @@ from trustedlaunch.control.node_plan import (
 from trustedlaunch.control.node_processes import is_node_process, kill_node_processes, node_processes
 from trustedlaunch.control.operations import finish_operation, operation_resource
 from trustedlaunch.control.pool_policies import record_image_policy
+from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.diagnose import diagnose_boot_failure
@@ -145,6 +146,7 @@ class Reconciler:
         self.attestation_interval = attestation_interval
         self.monitor = AttestationMonitor(token_issuer=token_issuer, kubernetes=kubernetes)
         self.alert_delivery = AlertDelivery(sessions)
+        self.retention = Retention(sessions)  # settings from the environment (control/retention.py)
         self._vms: dict[int, NodeVM] = {}  # node id -> VM this process started
         self._lock: IO[bytes] | None = None
         self._ek_ca: EkCa | None = None
@@ -254,6 +256,7 @@ class Reconciler:
         delivery.start()
         try:
             while not stop_event.is_set():
+                self.retention.prune_if_due()  # alerts and attestation evidence by age and count
                 try:
                     worked = self.run_once()
                 except Exception:

@@ -273,3 +273,16 @@ class AlertWebhook(Base):
     subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     url: Mapped[str] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class UiSession(Base):
+    """A dashboard sign-in, shared by every API worker process: the SHA-256 of its random session id (the
+    browser's cookie holds the id itself), the API token it was opened with (revoking the token ends it)
+    and when it ends. Signing out deletes the row."""
+
+    __tablename__ = "ui_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -1,11 +1,14 @@
 """The read-only dashboard under /ui: clusters, pools, nodes with live attestation state, alerts, evidence.
 
 Pages are rendered on the server (Jinja2, autoescaped); the only script is the vendored htmx, which polls
-the node table. The dashboard does its own authentication: a login form takes an API token, checks it
-like the API does, and keeps it in an HttpOnly SameSite=Strict cookie scoped to /ui. A token scoped to a
-subscription or resource group sees only the clusters (and their pools, nodes, attestations and alerts)
-inside its scope; the rest is "not found". Every response carries a strict Content-Security-Policy (no
-inline script or style).
+the node table. The dashboard does its own authentication: a login form takes an API token (admin,
+subscription or resource group; not a verifier API token), checks it like the API does and opens a
+server-side session (control/ui_sessions.py) whose random id goes into an HttpOnly SameSite=Strict cookie
+scoped to /ui (Secure over https); signing out ends the session. Every state-changing request (sign-in,
+sign-out) must come from the dashboard's own pages (Sec-Fetch-Site / Origin), so another site can neither
+sign a browser in nor out. A token scoped to a subscription or resource group sees only the clusters (and
+their pools, nodes, attestations and alerts) inside its scope; the rest is "not found". Every response
+carries a strict Content-Security-Policy (no inline script or style).
 """
 
 from __future__ import annotations
@@ -29,13 +32,19 @@ from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 
 from trustedlaunch.control.resources import cluster_resource_id
-from trustedlaunch.control.tokens import Principal, principal_for
+from trustedlaunch.control.tokens import Principal
+from trustedlaunch.control.ui_sessions import (
+    SESSION_SECONDS,
+    SignInRefusal,
+    close_session,
+    open_session,
+    session_principal,
+)
 from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
 from trustedlaunch.web.evidence import build_evidence_view
 
 PREFIX = "/ui"
 SESSION_COOKIE = "tl_dashboard"
-SESSION_SECONDS = 8 * 3600
 POLL_SECONDS = 3  # how often the node table refreshes its attestation state
 MAX_TOKEN_LENGTH = 512
 MAX_LOGIN_BODY = 4096
@@ -55,6 +64,7 @@ SECURITY_HEADERS = {
 STATIC_DIR = Path(str(resources.files("trustedlaunch.web") / "static"))
 STATIC_FILES = {"htmx.min.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
 PUBLIC_ROUTES = frozenset({"dashboard_login", "dashboard_login_submit", "dashboard_static"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATUS_CLASSES = {
     "Attested": "state-ok",
     "AttestationFailed": "state-failed",
@@ -123,22 +133,27 @@ def render(request: Request, name: str, status_code: int = 200, **context: objec
     return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
-def _session_token(request: Request) -> str | None:
-    token = request.cookies.get(SESSION_COOKIE, "")
-    return token if 0 < len(token) <= MAX_TOKEN_LENGTH else None
-
-
-def _principal(request: Request, token: str) -> Principal | None:
-    with request.app.state.sessions() as session:
-        return principal_for(session, token)
-
-
 def _signed_in(request: Request) -> bool:
-    """Whether the session cookie holds a valid token; its principal goes to `request.state.principal`."""
-    token = _session_token(request)
-    principal = _principal(request, token) if token is not None else None
+    """Whether the cookie names an open session; its principal goes to `request.state.principal`."""
+    with request.app.state.sessions() as session:
+        principal = session_principal(session, request.cookies.get(SESSION_COOKIE, ""))
     request.state.principal = principal
     return principal is not None
+
+
+def _from_own_page(request: Request) -> bool:
+    """Whether a state-changing request comes from a page of this dashboard: the browser's fetch metadata
+    says same-origin or, from a browser without it, the Origin is this server's. An Origin of another site
+    is always refused. (The dashboard's pages send no referrer, so browsers send their forms' Origin as
+    "null" and Sec-Fetch-Site decides.)"""
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin not in (None, "null", own):
+        return False
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    return origin == own
 
 
 def _may_see(request: Request, subscription_id: str, resource_group: str, cluster_name: str) -> bool:
@@ -167,14 +182,18 @@ def _login_redirect(request: Request) -> Response:
 
 
 class DashboardRoute(APIRoute):
-    """A dashboard route: sign-in required (except PUBLIC_ROUTES), HTML 404s, security headers."""
+    """A dashboard route: state changes only from the dashboard's own pages (403 otherwise), sign-in
+    required (except PUBLIC_ROUTES), HTML 404s, security headers."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         public = self.name in PUBLIC_ROUTES
 
         async def dashboard_handler(request: Request) -> Response:
-            if not public and not await run_in_threadpool(_signed_in, request):
+            response: Response
+            if request.method not in SAFE_METHODS and not _from_own_page(request):
+                response = render(request, "refused.html", 403)
+            elif not public and not await run_in_threadpool(_signed_in, request):
                 response = _login_redirect(request)
             else:
                 try:
@@ -198,24 +217,33 @@ def login_form(request: Request, next_path: str | None = Query(None, alias="next
     return render(request, "login.html", next=_safe_next(next_path), error=None)
 
 
+def _open_session(request: Request, token: str) -> str | SignInRefusal:
+    """A new session for `token`; a session the browser still had ends."""
+    with request.app.state.sessions.begin() as session:
+        close_session(session, request.cookies.get(SESSION_COOKIE, ""))
+        return open_session(session, token)
+
+
 @router.post("/login", name="dashboard_login_submit")
 async def login(request: Request) -> Response:
-    """Check the API token from the form; on success keep it in the session cookie and go on."""
+    """Check the API token from the form; on success open a session, put its id in the cookie, go on."""
     body = await request.body()
     form = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", errors="replace"))
     token = form.get("token", [""])[0].strip()
     target = _safe_next(form.get("next", [None])[0])
-    if (
-        not token
-        or len(token) > MAX_TOKEN_LENGTH
-        or await run_in_threadpool(_principal, request, token) is None
-    ):
-        error = "That API token is not valid for this server." if token else "Enter an API token."
-        return render(request, "login.html", 401, next=target, error=error)
+    if not token:
+        return render(request, "login.html", 401, next=target, error="Enter an API token.")
+    opened = (
+        SignInRefusal.INVALID_TOKEN
+        if len(token) > MAX_TOKEN_LENGTH
+        else await run_in_threadpool(_open_session, request, token)
+    )
+    if isinstance(opened, SignInRefusal):
+        return render(request, "login.html", 401, next=target, error=opened.value)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        token,
+        opened,
         max_age=SESSION_SECONDS,
         path=PREFIX,
         secure=request.url.scheme == "https",
@@ -227,7 +255,9 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout", name="dashboard_logout")
 def logout(request: Request) -> Response:
-    """Forget the session cookie and show the sign-in form."""
+    """End the session (its cookie no longer signs in anywhere), forget the cookie, show the sign-in form."""
+    with request.app.state.sessions.begin() as session:
+        close_session(session, request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse(str(request.url_for("dashboard_login").path), status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=PREFIX, httponly=True, samesite="strict")
     return response
