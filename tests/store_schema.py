@@ -18,4 +18,4 @@ TABLES = {
     "api_tokens",
     "alembic_version",
 }
-HEAD_REVISION = "0004_image_policies"
+HEAD_REVISION = "0005_lowercase_subscriptions"

@@ -25,7 +25,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
-from trustedlaunch.control.resources import PROVIDER, RESOURCE_GROUP, SUBSCRIPTION_ID
+from trustedlaunch.control.limits import RESOURCE_GROUP, SUBSCRIPTION_ID
+from trustedlaunch.control.resources import PROVIDER
 from trustedlaunch.store.models import ApiToken, Operation
 
 BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
