@@ -266,6 +266,6 @@ def test_cli_names_cannot_address_another_resource(plane: Plane) -> None:
     )
 
     climbing = tl(plane, plane.admin, "provider", "show", "--namespace",
-                  "../../providers/Microsoft.TrustedLaunch/tokens", *subscription)  # fmt: skip
+                  "../../../providers/Microsoft.TrustedLaunch/tokens", *subscription)  # fmt: skip
     assert climbing.returncode == 2, climbing
     assert "cli-sub" not in climbing.stdout + climbing.stderr  # the token list was never fetched
