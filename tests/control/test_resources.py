@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -338,12 +339,15 @@ def test_scaling_past_the_node_quota_counts_surge_nodes_and_shrinking_stays_allo
     with sessions.begin() as session:
         put_pool(session, PATH, PoolSpec(name="userpool", count=2, max_surge="2"))  # 2 + 2 surge nodes
     finish_all(sessions)
-    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+    with pytest.raises(ArmError) as raised, sessions.begin() as session:
         put_pool(session, PATH, PoolSpec(name="userpool", count=3))  # 3 + 2 surge: 7 nodes
     assert (raised.value.status, raised.value.code) == (409, "QuotaExceeded")
     assert "Nodes quota" in raised.value.message
     assert "Current Limit: 6, Current Usage: 6, Additional Required: 1" in raised.value.message
-    with sessions.begin() as session, pytest.raises(ArmError) as raised:  # the same through the cluster
+    with sessions() as session:  # the refused request left nothing behind
+        assert get_pool(session, PATH, "userpool").count == 2
+        assert session.scalar(select(Operation).where(Operation.status == "InProgress")) is None
+    with pytest.raises(ArmError) as raised, sessions.begin() as session:  # the same through the cluster
         put_cluster(
             session, PATH, ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=3)])
         )
@@ -364,7 +368,7 @@ def test_cluster_quota_counts_clusters_being_deleted_until_they_are_gone(
     spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=1)])
     with sessions.begin() as session:
         delete_cluster(session, PATH)
-    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+    with pytest.raises(ArmError) as raised, sessions.begin() as session:
         put_cluster(session, other, spec)
     assert raised.value.code == "QuotaExceeded" and "Clusters quota" in raised.value.message
     assert "Current Limit: 1, Current Usage: 1, Additional Required: 1" in raised.value.message
@@ -372,3 +376,33 @@ def test_cluster_quota_counts_clusters_being_deleted_until_they_are_gone(
     with sessions.begin() as session:
         _cluster, _operation, created = put_cluster(session, other, spec)
         assert created
+
+
+def test_concurrent_creates_cannot_pass_the_quota_together(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creates of one subscription racing in several threads (as in several API workers) are counted one
+    after another: exactly the quota's worth succeed."""
+    monkeypatch.setenv("TL_QUOTA_CLUSTERS", "3")
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def create(index: int) -> None:
+        path = ResourcePath(SUB, f"group{index}", "racer")
+        spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=1)])
+        start.wait()
+        try:
+            with sessions.begin() as session:
+                put_cluster(session, path, spec)
+            outcomes.append("created")
+        except ArmError as error:
+            outcomes.append(error.code)
+
+    threads = [threading.Thread(target=create, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["QuotaExceeded"] * 5 + ["created"] * 3
+    with sessions() as session:
+        assert len(list_clusters(session, SUB)) == 3

@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control import limits
@@ -304,11 +304,22 @@ def _pools_usage(pools: list[tuple[int, str | None]]) -> limits.Usage:
 
 
 def _check_quota(session: Session, subscription_id: str, before: limits.Usage, after: limits.Usage) -> None:
-    """Raise 409 QuotaExceeded when replacing `before` (what the request changes) with `after` grows the
-    subscription's usage past one of its quotas (configured_quotas)."""
-    usage = _subscription_usage(session, subscription_id)
-    request = limits.QuotaRequest(subscription_id, usage, usage - before + after, limits.configured_quotas())
-    limits.raise_violations(limits.check_quota(request))
+    """Raise 409 QuotaExceeded (the caller's transaction then rolls back) when the request, whose changes are
+    in `session` and which replaced `before` with `after`, grew the subscription's usage past a quota.
+
+    The usage is counted once the changes are written: SQLite's write lock (or PostgreSQL's per-subscription
+    advisory lock) is then held to the commit, so concurrent requests (other API workers) are counted one
+    after another and cannot pass the quota together."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:subscription))"), {"subscription": subscription_id}
+        )
+    session.flush()
+    requested = _subscription_usage(session, subscription_id)
+    usage = requested - after + before
+    limits.raise_violations(
+        limits.check_quota(limits.QuotaRequest(subscription_id, usage, requested, limits.configured_quotas()))
+    )
 
 
 def _refuse_if_busy(session: Session, resource_id: str, what: str) -> None:
@@ -382,14 +393,10 @@ def put_cluster(
     violations += limits.check_cluster(cluster_request)
     limits.raise_violations(violations)
     planned_pools = {pool.name for _request, pool in planned if pool is not None}
-    _check_quota(
-        session,
-        path.subscription_id,
-        _pools_usage([(pool.count, pool.max_surge) for pool in cluster.agent_pools]),
-        _pools_usage(
-            [(pool.count, pool.max_surge) for pool in cluster.agent_pools if pool.name not in planned_pools]
-            + [(request.count, request.max_surge) for request, _pool in planned]
-        ),
+    before = _pools_usage([(pool.count, pool.max_surge) for pool in cluster.agent_pools])
+    after = _pools_usage(
+        [(pool.count, pool.max_surge) for pool in cluster.agent_pools if pool.name not in planned_pools]
+        + [(request.count, request.max_surge) for request, _pool in planned]
     )
     cluster.kubernetes_version = version
     cluster.virtual_nodes_enabled = virtual_nodes
@@ -401,6 +408,7 @@ def put_cluster(
             cluster.agent_pools.append(_new_pool(request, tl_registered))
         else:
             _apply(pool, request)
+    _check_quota(session, path.subscription_id, before, after)
     operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Update")
     return cluster, operation, False
 
@@ -444,8 +452,6 @@ def _create_cluster(
         limits.ClusterRequest(len(requests), system_pools, version, location=spec.location)
     )
     limits.raise_violations(violations)
-    new_pools = _pools_usage([(request.count, request.max_surge) for request in requests])
-    _check_quota(session, path.subscription_id, limits.Usage(), limits.Usage(clusters=1) + new_pools)
     name = path.cluster_name.lower()
     location = limits.normalize_location(spec.location)
     group = path.resource_group.lower()
@@ -468,6 +474,8 @@ def _create_cluster(
     for request in requests:
         cluster.agent_pools.append(_new_pool(request, tl_registered))
     session.add(cluster)
+    new_pools = _pools_usage([(request.count, request.max_surge) for request in requests])
+    _check_quota(session, path.subscription_id, limits.Usage(), limits.Usage(clusters=1) + new_pools)
     operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Create")
     return cluster, operation
 
@@ -540,11 +548,11 @@ def put_pool(
             sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
         )
         limits.raise_violations(limits.check_pool(request))
+        pool = _new_pool(request, tl_registered)
+        cluster.agent_pools.append(pool)
         _check_quota(
             session, path.subscription_id, limits.Usage(), _pools_usage([(request.count, request.max_surge)])
         )
-        pool = _new_pool(request, tl_registered)
-        cluster.agent_pools.append(pool)
         operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Create")
         return pool, operation, True
     request = replace(
@@ -554,13 +562,9 @@ def put_pool(
     )
     limits.raise_violations(limits.check_pool(request))
     _refuse_if_busy(session, pool_id, f"Agent pool '{pool.name}'")
-    _check_quota(
-        session,
-        path.subscription_id,
-        _pools_usage([(pool.count, pool.max_surge)]),
-        _pools_usage([(request.count, request.max_surge)]),
-    )
+    before = _pools_usage([(pool.count, pool.max_surge)])
     _apply(pool, request)
+    _check_quota(session, path.subscription_id, before, _pools_usage([(request.count, request.max_surge)]))
     operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Update")
     return pool, operation, False
 
