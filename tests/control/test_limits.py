@@ -15,6 +15,7 @@ from trustedlaunch.control.limits import (
     ClusterRequest,
     PoolDeletion,
     PoolRequest,
+    Quota,
     QuotaRequest,
     SecurityFlags,
     Usage,
@@ -392,8 +393,8 @@ LIMITS = Usage(clusters=2, nodes=10, cores=8, memory_mib=8 * NODE_MEMORY_MIB)
 
 
 @pytest.mark.parametrize("quota", QUOTAS, ids=lambda quota: quota.name)
-def test_each_quota_refuses_growth_past_its_limit(quota: object) -> None:
-    attribute = quota.attribute  # type: ignore[attr-defined]
+def test_each_quota_refuses_growth_past_its_limit(quota: Quota) -> None:
+    attribute = quota.attribute
     usage = Usage(clusters=1, nodes=5, cores=5, memory_mib=5 * NODE_MEMORY_MIB)
     limit = getattr(LIMITS, attribute)
     requested = replace(usage, **{attribute: limit + 1})
@@ -401,11 +402,11 @@ def test_each_quota_refuses_growth_past_its_limit(quota: object) -> None:
     assert (violation.status, violation.code, violation.target) == (409, "QuotaExceeded", "subscriptionId")
     current = getattr(usage, attribute)
     assert (
-        f"exceeding the {quota.name} quota"  # type: ignore[attr-defined]
-        f" ({quota.unit}) of subscription 'sub'. Current Limit: {limit}, Current Usage: {current}, "  # type: ignore[attr-defined]
+        f"exceeding the {quota.name} quota ({quota.unit}) of subscription 'sub'. "
+        f"Current Limit: {limit}, Current Usage: {current}, "
         f"Additional Required: {limit + 1 - current}, (Minimum) New Limit Required: {limit + 1}."
     ) in violation.message
-    assert quota.setting in violation.message  # type: ignore[attr-defined]
+    assert quota.setting in violation.message
     assert check_quota(QuotaRequest("sub", usage, replace(usage, **{attribute: limit}), LIMITS)) == []
 
 
