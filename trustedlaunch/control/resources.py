@@ -17,6 +17,7 @@ from trustedlaunch.control import limits
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
 from trustedlaunch.control.features import trusted_launch_registered
 from trustedlaunch.control.limits import CLUSTER_NAME, RESOURCE_GROUP, canonical_subscription_id
+from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.vm_sizes import find_vm_size

@@ -25,8 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
-from trustedlaunch.control.limits import RESOURCE_GROUP, SUBSCRIPTION_ID
-from trustedlaunch.control.resources import PROVIDER
+from trustedlaunch.control.resources import PROVIDER, RESOURCE_GROUP, SUBSCRIPTION_ID
 from trustedlaunch.store.models import ApiToken, Operation
 
 BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
