@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from trustedlaunch.control.limits import QUOTAS
+
 TARGET_P99_MS = 50.0
 SUB = "00000000-0000-0000-0000-000000000000"
 GROUP = f"/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.ContainerService/managedClusters"
@@ -47,6 +49,8 @@ def start_server(folder: Path, port: int) -> tuple[subprocess.Popen[bytes], str]
         **os.environ,
         "TL_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
         "XDG_CONFIG_HOME": str(folder / "config"),
+        # no reconciler here, nothing boots: no per-subscription quota, so every PUT creates a cluster
+        **{quota.setting: str(10**9) for quota in QUOTAS},
     }
     command = [
         sys.executable, "-m", "uvicorn", "--factory", "trustedlaunch.api.app:create_app",

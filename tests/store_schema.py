@@ -19,4 +19,4 @@ TABLES = {
     "ui_sessions",
     "alembic_version",
 }
-HEAD_REVISION = "0006_ui_sessions"
+HEAD_REVISION = "0007_lowercase_subscriptions"

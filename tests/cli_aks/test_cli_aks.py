@@ -185,7 +185,7 @@ def test_bad_flags_get_clear_errors(runner: CliRunner, cli_env: dict[str, str | 
     code, _, err = tl(runner, cli_env, "aks", "show", "-g", "rg", "-n", "nope")
     assert code == 2 and "(ResourceNotFound)" in err
     code, _, err = tl(runner, cli_env, "aks", "show", "-g", "rg", "-n", "x", "--subscription", "bad")
-    assert code == 2 and "(InvalidSubscriptionId)" in err
+    assert code == 2 and "Invalid value for '--subscription'" in err  # refused before any request
     env = {**cli_env, "TL_TOKEN": "tl_wrong"}
     code, _, err = tl(runner, env, "aks", "list")
     assert code == 2 and "(InvalidAuthenticationToken)" in err

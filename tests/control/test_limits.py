@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -9,20 +10,28 @@ import pytest
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.limits import (
     LIMITATIONS,
+    QUOTAS,
     TL_INCOMPATIBLE,
     ClusterRequest,
     PoolDeletion,
     PoolRequest,
+    Quota,
+    QuotaRequest,
     SecurityFlags,
+    Usage,
     check_cluster,
     check_deletion,
     check_flags,
     check_pool,
+    check_quota,
+    configured_quotas,
     parse_kubernetes_version,
+    pool_usage,
     raise_violations,
 )
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION, NODE_IMAGES
 from trustedlaunch.control.vm_sizes import find_vm_size, vm_sizes
+from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 
 VALID_TL = PoolRequest(
     name="tlpool",
@@ -345,7 +354,7 @@ def test_every_violation_is_reported_with_its_target() -> None:
 
 def test_every_limitation_is_exercised_by_a_test() -> None:
     """Each table row has a code, a target and a message; a new row needs its own test above."""
-    assert len(LIMITATIONS) == 34
+    assert len(LIMITATIONS) == 39
     assert all(rule.code and rule.target and rule.message.endswith(".") for rule in LIMITATIONS)
 
 
@@ -372,3 +381,68 @@ def test_node_image_catalogue_has_tl_and_non_tl_images() -> None:
     assert any(image.trusted_launch_capable for image in NODE_IMAGES)
     assert any(not image.trusted_launch_capable and image.os_type == "Linux" for image in NODE_IMAGES)
     assert len(IMAGES_BY_VERSION) == len(NODE_IMAGES)
+
+
+@pytest.mark.parametrize("location", ["eastus", "East US", "westeurope"])
+def test_catalogued_locations_are_accepted(location: str) -> None:
+    assert check_cluster(ClusterRequest(1, 1, "1.30.6", location=location)) == []
+
+
+@pytest.mark.parametrize("location", ["eastus/../x", "..", "mars", "east%2Fus"])
+def test_other_locations_are_refused(location: str) -> None:
+    (violation,) = check_cluster(ClusterRequest(1, 1, "1.30.6", location=location))
+    assert (violation.status, violation.code, violation.target) == (
+        400,
+        "LocationNotAvailableForResourceType",
+        "location",
+    )
+    assert f"The provided location '{location}' is not available" in violation.message
+    assert "eastus" in violation.message.split("List of available regions")[1]
+
+
+def test_a_pool_reserves_its_nodes_and_surge_nodes_as_the_vms_get_them() -> None:
+    assert pool_usage(3, None) == Usage(0, 3, 3 * NODE_VCPUS, 3 * NODE_MEMORY_MIB)
+    assert pool_usage(3, "1") == Usage(0, 4, 4 * NODE_VCPUS, 4 * NODE_MEMORY_MIB)
+    assert pool_usage(3, "34%") == pool_usage(5, None)  # 34% of 3 rounded up: 2 surge nodes
+    assert pool_usage(2, "1000") == pool_usage(4, None)  # a reimage surges by at most one node per node
+
+
+LIMITS = Usage(clusters=2, nodes=10, cores=8, memory_mib=8 * NODE_MEMORY_MIB)
+
+
+@pytest.mark.parametrize("quota", QUOTAS, ids=lambda quota: quota.name)
+def test_each_quota_refuses_growth_past_its_limit(quota: Quota) -> None:
+    attribute = quota.attribute
+    usage = Usage(clusters=1, nodes=5, cores=5, memory_mib=5 * NODE_MEMORY_MIB)
+    limit = getattr(LIMITS, attribute)
+    requested = replace(usage, **{attribute: limit + 1})
+    (violation,) = check_quota(QuotaRequest("sub", usage, requested, LIMITS))
+    assert (violation.status, violation.code, violation.target) == (409, "QuotaExceeded", "subscriptionId")
+    current = getattr(usage, attribute)
+    assert (
+        f"exceeding the {quota.name} quota ({quota.unit}) of subscription 'sub'. "
+        f"Current Limit: {limit}, Current Usage: {current}, "
+        f"Additional Required: {limit + 1 - current}, (Minimum) New Limit Required: {limit + 1}."
+    ) in violation.message
+    assert quota.setting in violation.message
+    assert check_quota(QuotaRequest("sub", usage, replace(usage, **{attribute: limit}), LIMITS)) == []
+
+
+def test_shrinking_is_allowed_above_a_lowered_quota() -> None:
+    over = Usage(clusters=3, nodes=20, cores=20, memory_mib=20 * NODE_MEMORY_MIB)
+    assert check_quota(QuotaRequest("sub", over, over - pool_usage(1, None), LIMITS)) == []
+    assert check_quota(QuotaRequest("sub", over, over, LIMITS)) == []
+
+
+def test_quotas_are_configured_by_environment_with_host_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for quota in QUOTAS:
+        monkeypatch.delenv(quota.setting, raising=False)
+    defaults = configured_quotas()
+    assert defaults.clusters == 20 and defaults.nodes == 100
+    assert defaults.cores == 16 * len(os.sched_getaffinity(0))
+    host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert defaults.memory_mib == int(0.75 * host_mib)
+    monkeypatch.setenv("TL_QUOTA_NODES", "7")
+    monkeypatch.setenv("TL_QUOTA_CORES", "0")
+    monkeypatch.setenv("TL_QUOTA_CLUSTERS", "many")  # not a whole number: the default
+    assert configured_quotas() == replace(defaults, nodes=7, cores=0)

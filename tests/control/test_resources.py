@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -321,3 +322,87 @@ def test_invalid_paths_are_rejected() -> None:
     with pytest.raises(ArmError) as raised:
         ResourcePath(SUB, "rg", "-bad")
     assert raised.value.code == "InvalidResourceName"
+
+
+def finish_all(sessions: sessionmaker[Session]) -> None:
+    """Finish every InProgress operation as the reconciler would (no VMs here)."""
+    with sessions.begin() as session:
+        for operation in session.scalars(select(Operation).where(Operation.status == "InProgress")):
+            finish_operation(session, operation, "Succeeded")
+
+
+def test_scaling_past_the_node_quota_counts_surge_nodes_and_shrinking_stays_allowed(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TL_QUOTA_NODES", "6")
+    create_cluster(sessions, count=2)
+    with sessions.begin() as session:
+        put_pool(session, PATH, PoolSpec(name="userpool", count=2, max_surge="2"))  # 2 + 2 surge nodes
+    finish_all(sessions)
+    with pytest.raises(ArmError) as raised, sessions.begin() as session:
+        put_pool(session, PATH, PoolSpec(name="userpool", count=3))  # 3 + 2 surge: 7 nodes
+    assert (raised.value.status, raised.value.code) == (409, "QuotaExceeded")
+    assert "Nodes quota" in raised.value.message
+    assert "Current Limit: 6, Current Usage: 6, Additional Required: 1" in raised.value.message
+    with sessions() as session:  # the refused request left nothing behind
+        assert get_pool(session, PATH, "userpool").count == 2
+        assert session.scalar(select(Operation).where(Operation.status == "InProgress")) is None
+    with pytest.raises(ArmError) as raised, sessions.begin() as session:  # the same through the cluster
+        put_cluster(
+            session, PATH, ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=3)])
+        )
+    assert raised.value.code == "QuotaExceeded" and "Additional Required: 1" in raised.value.message
+    monkeypatch.setenv("TL_QUOTA_NODES", "4")  # lowered below the usage: scaling down is still allowed
+    with sessions.begin() as session:
+        put_pool(session, PATH, PoolSpec(name="userpool", count=1))
+    with sessions() as session:
+        assert get_pool(session, PATH, "userpool").count == 1
+
+
+def test_cluster_quota_counts_clusters_being_deleted_until_they_are_gone(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TL_QUOTA_CLUSTERS", "1")
+    create_cluster(sessions, count=1)
+    other = ResourcePath(SUB.upper(), "otherGroup", "second")  # the same subscription in another case
+    spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=1)])
+    with sessions.begin() as session:
+        delete_cluster(session, PATH)
+    with pytest.raises(ArmError) as raised, sessions.begin() as session:
+        put_cluster(session, other, spec)
+    assert raised.value.code == "QuotaExceeded" and "Clusters quota" in raised.value.message
+    assert "Current Limit: 1, Current Usage: 1, Additional Required: 1" in raised.value.message
+    finish_all(sessions)
+    with sessions.begin() as session:
+        _cluster, _operation, created = put_cluster(session, other, spec)
+        assert created
+
+
+def test_concurrent_creates_cannot_pass_the_quota_together(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creates of one subscription racing in several threads (as in several API workers) are counted one
+    after another: exactly the quota's worth succeed."""
+    monkeypatch.setenv("TL_QUOTA_CLUSTERS", "3")
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def create(index: int) -> None:
+        path = ResourcePath(SUB, f"group{index}", "racer")
+        spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=1)])
+        start.wait()
+        try:
+            with sessions.begin() as session:
+                put_cluster(session, path, spec)
+            outcomes.append("created")
+        except ArmError as error:
+            outcomes.append(error.code)
+
+    threads = [threading.Thread(target=create, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["QuotaExceeded"] * 5 + ["created"] * 3
+    with sessions() as session:
+        assert len(list_clusters(session, SUB)) == 3

@@ -89,3 +89,52 @@ def test_open_store_seeds_images_and_writes_a_0600_admin_token(tmp_path: Path) -
     with sessions() as session:
         assert token_is_valid(session, extra)
     engine.dispose()
+
+
+def test_subscription_ids_are_lowercased_by_the_migration(tmp_path: Path) -> None:
+    """0005: rows an older version stored with an uppercase subscription id are found by the lowercase one
+    the control plane now uses (also inside operation resource ids); a row whose lowercase twin exists
+    already is left alone instead of failing the migration."""
+    upper = "1111AAAA-2222-4333-8444-5555BBBB6666"
+    cluster_id = (
+        f"/subscriptions/{upper}/resourcegroups/rg/providers/Microsoft.ContainerService/managedClusters/c"
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(alembic_config(engine), "0004_image_policies")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO managed_clusters (subscription_id, resource_group, name, display_name, "
+                "location, kubernetes_version, dns_prefix, fqdn, virtual_nodes_enabled, tags, kube_token, "
+                "provisioning_state, power_state, created_at, updated_at) VALUES (:sub, 'rg', 'c', 'c', "
+                "'eastus', '1.30.6', 'c', 'c.example', 0, '{}', 't', 'Succeeded', 'Running', "
+                "'2026-01-01', '2026-01-01')"
+            ),
+            {"sub": upper},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO operations (id, subscription_id, location, resource_id, kind, status, note, "
+                "start_time) VALUES ('op', :sub, 'eastus', :resource, 'Create', 'InProgress', '', "
+                "'2026-01-01')"
+            ),
+            {"sub": upper, "resource": cluster_id},
+        )
+        for subscription, state in ((upper, "Registered"), (upper.lower(), "Registering")):
+            connection.execute(
+                text(
+                    "INSERT INTO feature_registrations (subscription_id, namespace, name, state) "
+                    "VALUES (:sub, 'Microsoft.ContainerService', 'TrustedLaunchPreview', :state)"
+                ),
+                {"sub": subscription, "state": state},
+            )
+    migrate(engine)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("SELECT subscription_id FROM managed_clusters")).scalar() == upper.lower()
+        )
+        operation = connection.execute(text("SELECT subscription_id, resource_id FROM operations")).one()
+        assert tuple(operation) == (upper.lower(), cluster_id.replace(upper, upper.lower()))
+        features = connection.execute(text("SELECT subscription_id, state FROM feature_registrations")).all()
+        assert sorted(map(tuple, features)) == [(upper, "Registered"), (upper.lower(), "Registering")]
+    engine.dispose()

@@ -3,9 +3,11 @@ the migration, and the column types that differ from SQLite (JSON, aware datetim
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -13,7 +15,9 @@ from sqlalchemy import inspect, select, text
 from store_schema import HEAD_REVISION, TABLES
 
 from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.node_images import NODE_IMAGES
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, list_clusters, put_cluster
 from trustedlaunch.control.tokens import create_token, token_is_valid
 from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
 from trustedlaunch.store.models import Base, Node, NodeImage, Operation
@@ -99,4 +103,36 @@ def test_a_url_without_driver_uses_psycopg(postgresql_url: str) -> None:
     assert (engine.dialect.name, engine.dialect.driver) == ("postgresql", "psycopg")
     migrate(engine)
     assert "nodes" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_concurrent_creates_cannot_pass_the_quota_together_on_postgresql(
+    postgresql_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL lets concurrent transactions insert side by side: the per-subscription advisory lock
+    counts racing creates (as from several API workers) one after another."""
+    monkeypatch.setenv("TL_QUOTA_CLUSTERS", "2")
+    engine, sessions = open_store(postgresql_url, tmp_path / "admin-token")
+    subscription = "77777777-0000-4000-8000-000000000007"
+    start = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def create(index: int) -> None:
+        spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", count=1)])
+        start.wait()
+        try:
+            with sessions.begin() as session:
+                put_cluster(session, ResourcePath(subscription, f"group{index}", "racer"), spec)
+            outcomes.append("created")
+        except ArmError as error:
+            outcomes.append(error.code)
+
+    threads = [threading.Thread(target=create, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["QuotaExceeded"] * 4 + ["created"] * 2
+    with sessions() as session:
+        assert len(list_clusters(session, subscription)) == 2
     engine.dispose()

@@ -25,13 +25,22 @@ from trustedlaunch.cli.arm import (
     TimeoutOption,
     connect,
     fail,
+    name_rule,
     output,
     print_json,
+    segment,
     wait_for_operation,
 )
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
 from trustedlaunch.cli.machine_attestation import ATTESTATION_COLUMNS, attestation_row, wait_for_attestation
-from trustedlaunch.control.limits import SecurityFlags, check_flags
+from trustedlaunch.control.limits import (
+    CLUSTER_NAME,
+    MACHINE_NAME,
+    POOL_NAME,
+    RESOURCE_GROUP,
+    SecurityFlags,
+    check_flags,
+)
 
 aks_app = typer.Typer(
     name="aks", help="Manage trusted launch managed clusters (az aks compatible).", no_args_is_help=True
@@ -100,10 +109,30 @@ class VmSetType(StrEnum):
     VirtualMachines = "VirtualMachines"
 
 
-NameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the managed cluster.")]
-GroupOption = Annotated[str, typer.Option("--resource-group", "-g", help="Name of the resource group.")]
-ClusterNameOption = Annotated[str, typer.Option("--cluster-name", help="Name of the managed cluster.")]
-PoolNameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the node pool.")]
+valid_group = name_rule(
+    RESOURCE_GROUP,
+    "a resource group name is 1-90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.'",
+)
+valid_cluster = name_rule(
+    CLUSTER_NAME,
+    "a cluster name is 1-63 letters, digits, '-' or '_', starting and ending with a letter or digit",
+)
+valid_pool = name_rule(
+    POOL_NAME, "a node pool name is 1-12 lowercase letters or digits, starting with a letter"
+)
+valid_machine = name_rule(MACHINE_NAME, "a machine name is 1-80 lowercase letters, digits or '-'")
+NameOption = Annotated[
+    str, typer.Option("--name", "-n", help="Name of the managed cluster.", callback=valid_cluster)
+]
+GroupOption = Annotated[
+    str, typer.Option("--resource-group", "-g", help="Name of the resource group.", callback=valid_group)
+]
+ClusterNameOption = Annotated[
+    str, typer.Option("--cluster-name", help="Name of the managed cluster.", callback=valid_cluster)
+]
+PoolNameOption = Annotated[
+    str, typer.Option("--name", "-n", help="Name of the node pool.", callback=valid_pool)
+]
 NodeCountOption = Annotated[
     int | None, typer.Option("--node-count", "-c", min=0, max=1000, help="Number of nodes.")
 ]
@@ -139,8 +168,8 @@ MaxSurgeOption = Annotated[
 
 def _cluster_path(client: ArmClient, group: str, name: str) -> str:
     return (
-        f"/subscriptions/{client.subscription_id}/resourceGroups/{group}"
-        f"/providers/Microsoft.ContainerService/managedClusters/{name}"
+        f"/subscriptions/{client.subscription_id}/resourceGroups/{segment(group)}"
+        f"/providers/Microsoft.ContainerService/managedClusters/{segment(name)}"
     )
 
 
@@ -264,7 +293,7 @@ def create(
         str | None, typer.Option("--ssh-key-value", help="SSH public key or .pub file.")
     ] = None,
     nodepool_name: Annotated[
-        str, typer.Option("--nodepool-name", help="Name of the first node pool.")
+        str, typer.Option("--nodepool-name", help="Name of the first node pool.", callback=valid_pool)
     ] = "nodepool1",
     os_sku: OsSkuOption = None,
     enable_fips_image: FipsOption = False,
@@ -334,7 +363,7 @@ def show(
 @aks_app.command(name="list")
 def list_clusters(
     resource_group: Annotated[
-        str | None, typer.Option("--resource-group", "-g", help="Only this group.")
+        str | None, typer.Option("--resource-group", "-g", help="Only this group.", callback=valid_group)
     ] = None,
     output_format: OutputOption = OutputFormat.json,
     endpoint: EndpointOption = None,
@@ -343,7 +372,7 @@ def list_clusters(
     """List managed clusters (of a resource group, or of the subscription)."""
     with connect(endpoint, subscription) as client:
         root = f"/subscriptions/{client.subscription_id}"
-        group = f"/resourceGroups/{resource_group}" if resource_group else ""
+        group = f"/resourceGroups/{segment(resource_group)}" if resource_group else ""
         clusters = client.json("GET", f"{root}{group}/providers/Microsoft.ContainerService/managedClusters")
     output(clusters["value"], output_format, CLUSTER_COLUMNS, _cluster_row)
 
@@ -445,11 +474,11 @@ def get_credentials(
 
 
 def _pool_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:
-    return f"{_cluster_path(client, group, cluster)}/agentPools/{pool}"
+    return f"{_cluster_path(client, group, cluster)}/agentPools/{segment(pool)}"
 
 
 def _machine_path(client: ArmClient, group: str, cluster: str, pool: str, machine: str) -> str:
-    return f"{_pool_path(client, group, cluster, pool)}/machines/{machine}"
+    return f"{_pool_path(client, group, cluster, pool)}/machines/{segment(machine)}"
 
 
 @nodepool_app.command()
@@ -619,7 +648,9 @@ def _machine_row(machine: dict[str, Any]) -> list[object]:
 @machine_app.command(name="list")
 def list_machines(
     cluster_name: ClusterNameOption,
-    nodepool_name: Annotated[str, typer.Option("--nodepool-name", help="Name of the node pool.")],
+    nodepool_name: Annotated[
+        str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
+    ],
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
     endpoint: EndpointOption = None,
@@ -648,8 +679,12 @@ def delete_pool(
         _delete(client, path, f"Deleting node pool {name}", no_wait, timeout)
 
 
-MachineNameOption = Annotated[str, typer.Option("--machine-name", help="Name of the machine (node).")]
-NodepoolNameOption = Annotated[str, typer.Option("--nodepool-name", help="Name of the node pool.")]
+MachineNameOption = Annotated[
+    str, typer.Option("--machine-name", help="Name of the machine (node).", callback=valid_machine)
+]
+NodepoolNameOption = Annotated[
+    str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
+]
 attestation_app = typer.Typer(
     name="attestation", help="Attestation history of a machine, with evidence.", no_args_is_help=True
 )

@@ -17,6 +17,7 @@ from trustedlaunch.cli.arm import (
     SubscriptionOption,
     connect,
     output,
+    segment,
 )
 
 alerts_app = typer.Typer(
@@ -56,7 +57,7 @@ def _alerts_path(client: ArmClient) -> str:
 
 
 def _alert_path(client: ArmClient, alert_id: str) -> str:
-    return f"{_alerts_path(client)}/{alert_id.rstrip('/').rsplit('/', 1)[-1]}"
+    return f"{_alerts_path(client)}/{segment(alert_id.rstrip('/').rsplit('/', 1)[-1])}"
 
 
 def _webhook_path(client: ArmClient) -> str:

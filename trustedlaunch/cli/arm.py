@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE
+from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
+from trustedlaunch.control.limits import SUBSCRIPTION_ID
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 API_VERSION = "2024-09-01"
@@ -40,6 +43,26 @@ class OutputFormat(StrEnum):
     table = "table"
 
 
+def name_rule(pattern: re.Pattern[str], rule: str) -> Callable[[str | None], str | None]:
+    """A typer option callback refusing values that do not match `pattern` (as az checks names before it
+    sends anything): a name is one path segment and can never address another resource."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.match(value):
+            raise typer.BadParameter(f"'{value}' is not valid: {rule}")
+        return value
+
+    return check
+
+
+def segment(value: str) -> str:
+    """`value` as one percent-quoted path segment ('/', '?', '#' and '%' cannot leave it); '.', '..' and ''
+    are refused."""
+    if value in ("", ".", ".."):
+        raise bad_input(f"'{value}' cannot be a name in a resource path")
+    return quote(value, safe="")
+
+
 EndpointOption = Annotated[
     str | None,
     typer.Option(
@@ -49,7 +72,13 @@ EndpointOption = Annotated[
     ),
 ]
 SubscriptionOption = Annotated[
-    str, typer.Option("--subscription", envvar="TL_SUBSCRIPTION", help="Subscription id (a GUID).")
+    str,
+    typer.Option(
+        "--subscription",
+        envvar="TL_SUBSCRIPTION",
+        help="Subscription id (a GUID).",
+        callback=name_rule(SUBSCRIPTION_ID, "a subscription id is a GUID such as " + DEFAULT_SUBSCRIPTION),
+    ),
 ]
 OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="Output format.")]
 NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="Do not wait for the long-running operation.")]
@@ -95,7 +124,7 @@ class ArmClient:
             params={"api-version": API_VERSION},
             timeout=30.0,
         )
-        self.subscription_id = subscription_id
+        self.subscription_id = segment(subscription_id)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; ARM errors raise ArmCallError, unreachable servers a clear ERROR."""

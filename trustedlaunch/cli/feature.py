@@ -14,6 +14,7 @@ from trustedlaunch.cli.arm import (
     SubscriptionOption,
     connect,
     output,
+    segment,
 )
 
 feature_app = typer.Typer(
@@ -32,7 +33,10 @@ def _row(feature: dict[str, Any]) -> list[object]:
 
 
 def _path(subscription: str, namespace: str, name: str) -> str:
-    return f"/subscriptions/{subscription}/providers/Microsoft.Features/providers/{namespace}/features/{name}"
+    return (
+        f"/subscriptions/{subscription}/providers/Microsoft.Features/providers/{segment(namespace)}"
+        f"/features/{segment(name)}"
+    )
 
 
 @feature_app.command()
@@ -78,6 +82,6 @@ def list_features(
     """List preview features and their registration states."""
     with connect(endpoint, subscription) as client:
         root = f"/subscriptions/{client.subscription_id}/providers/Microsoft.Features"
-        path = f"{root}/providers/{namespace}/features" if namespace else f"{root}/features"
+        path = f"{root}/providers/{segment(namespace)}/features" if namespace else f"{root}/features"
         features = client.json("GET", path)
     output(features["value"], output_format, COLUMNS, _row)

@@ -14,6 +14,7 @@ from trustedlaunch.cli.arm import (
     SubscriptionOption,
     connect,
     output,
+    segment,
 )
 
 provider_app = typer.Typer(
@@ -38,7 +39,7 @@ def register(
     """Register a resource provider; propagates its Registering preview features to Registered."""
     with connect(endpoint, subscription) as client:
         provider = client.json(
-            "POST", f"/subscriptions/{client.subscription_id}/providers/{namespace}/register"
+            "POST", f"/subscriptions/{client.subscription_id}/providers/{segment(namespace)}/register"
         )
     output(provider, output_format, COLUMNS, _row)
 
@@ -52,5 +53,7 @@ def show(
 ) -> None:
     """Show a resource provider's registration state."""
     with connect(endpoint, subscription) as client:
-        provider = client.json("GET", f"/subscriptions/{client.subscription_id}/providers/{namespace}")
+        provider = client.json(
+            "GET", f"/subscriptions/{client.subscription_id}/providers/{segment(namespace)}"
+        )
     output(provider, output_format, COLUMNS, _row)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control.errors import bad_request, not_found
-from trustedlaunch.control.limits import FEATURE_NAME, FEATURE_NAMESPACE
+from trustedlaunch.control.limits import FEATURE_NAME, FEATURE_NAMESPACE, canonical_subscription_id
 from trustedlaunch.control.timeutil import as_utc
 from trustedlaunch.store.models import FeatureRegistration, ProviderRegistration, utc_now
 
@@ -55,6 +55,7 @@ def _refresh(record: FeatureRegistration) -> None:
 
 def get_feature(session: Session, subscription_id: str, namespace: str, name: str) -> FeatureRegistration:
     """The feature's registration (state NotRegistered if never registered), advanced if its delay passed."""
+    subscription_id = canonical_subscription_id(subscription_id)
     namespace, name = _known_feature(namespace, name)
     record = session.get(FeatureRegistration, (subscription_id, namespace, name))
     if record is None:
@@ -69,6 +70,7 @@ def register_feature(
     session: Session, subscription_id: str, namespace: str, name: str
 ) -> FeatureRegistration:
     """Request registration: NotRegistered -> Registering (Registered stays Registered)."""
+    subscription_id = canonical_subscription_id(subscription_id)
     namespace, name = _known_feature(namespace, name)
     record = session.get(FeatureRegistration, (subscription_id, namespace, name))
     if record is None:
@@ -105,6 +107,7 @@ def _check_namespace(namespace: str) -> None:
 
 def get_provider(session: Session, subscription_id: str, namespace: str) -> ProviderRegistration:
     """The provider's registration (state NotRegistered if never registered)."""
+    subscription_id = canonical_subscription_id(subscription_id)
     _check_namespace(namespace)
     for record in session.scalars(
         select(ProviderRegistration).where(ProviderRegistration.subscription_id == subscription_id)
@@ -116,6 +119,7 @@ def get_provider(session: Session, subscription_id: str, namespace: str) -> Prov
 
 def register_provider(session: Session, subscription_id: str, namespace: str) -> ProviderRegistration:
     """Register the provider and propagate its Registering features to Registered."""
+    subscription_id = canonical_subscription_id(subscription_id)
     record = get_provider(session, subscription_id, namespace)
     if record.state != "Registered":
         record.state = "Registered"

@@ -3,19 +3,24 @@
 `check_pool` evaluates every rule that applies to a pool request and returns all violations (never only the
 first), `check_flags` does the same for command-line flag combinations, and `raise_violations` turns them into
 one 400 ARM error whose `details` lists each violation with the property at fault (`target`).
+
+The location catalogue (LOCATIONS) and the per-subscription quotas (QUOTAS: clusters, nodes, and the guest
+vCPUs and memory the node VMs really get) are rules of this table too (`check_cluster`, `check_quota`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from functools import partial
 from typing import Any
 
-from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.node_images import NodeImageInfo
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
+from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 
 TL_INCOMPATIBLE = "TrustedLaunchIncompatibleWithConfig"
 FEATURE_NAMESPACE = "Microsoft.ContainerService"
@@ -39,6 +44,97 @@ IMMUTABLE_POOL_PROPERTIES = (
 OS_SKUS = {"Linux": ("Ubuntu", "AzureLinux"), "Windows": ("Windows2019", "Windows2022")}
 MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node count or a percentage
 MAX_SURGE_NODES = 1000  # a pool's largest node count
+# ARM names (as az checks them); ARM compares ids case-insensitively
+SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
+CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9]$|^[a-zA-Z0-9][-_a-zA-Z0-9]{0,61}[a-zA-Z0-9]$")
+POOL_NAME = re.compile(rf"^[a-z][a-z0-9]{{0,{max(MAX_POOL_NAME_LENGTH.values()) - 1}}}$")  # any OS type
+MACHINE_NAME = re.compile(r"^[a-z0-9][-a-z0-9]{0,79}$")  # aks-{pool}-{pool id}-vmss{ordinal}
+# Azure public regions (ARM names): a cluster's location must be one of them (it is part of operation URLs).
+LOCATIONS = frozenset(
+    (
+        "australiacentral",
+        "australiacentral2",
+        "australiaeast",
+        "australiasoutheast",
+        "austriaeast",
+        "belgiumcentral",
+        "brazilsouth",
+        "brazilsoutheast",
+        "canadacentral",
+        "canadaeast",
+        "centralindia",
+        "centralus",
+        "chilecentral",
+        "eastasia",
+        "eastus",
+        "eastus2",
+        "francecentral",
+        "francesouth",
+        "germanynorth",
+        "germanywestcentral",
+        "indonesiacentral",
+        "israelcentral",
+        "italynorth",
+        "japaneast",
+        "japanwest",
+        "jioindiacentral",
+        "jioindiawest",
+        "koreacentral",
+        "koreasouth",
+        "malaysiawest",
+        "mexicocentral",
+        "newzealandnorth",
+        "northcentralus",
+        "northeurope",
+        "norwayeast",
+        "norwaywest",
+        "polandcentral",
+        "qatarcentral",
+        "southafricanorth",
+        "southafricawest",
+        "southcentralus",
+        "southeastasia",
+        "southindia",
+        "spaincentral",
+        "swedencentral",
+        "swedensouth",
+        "switzerlandnorth",
+        "switzerlandwest",
+        "uaecentral",
+        "uaenorth",
+        "uksouth",
+        "ukwest",
+        "westcentralus",
+        "westeurope",
+        "westindia",
+        "westus",
+        "westus2",
+        "westus3",
+    )
+)
+DEFAULT_CLUSTER_QUOTA = 20
+DEFAULT_NODE_QUOTA = 100
+GUEST_VCPUS_PER_HOST_CPU = 16  # node VMs mostly idle between attestations: vCPUs are overcommitted
+GUEST_MEMORY_SHARE = 0.75  # of the host's physical memory: guest memory is not overcommitted
+
+
+def canonical_subscription_id(subscription_id: str) -> str:
+    """The stored form of a subscription id: checked to be a GUID (400 otherwise) and lowercase, as ARM
+    compares ids case-insensitively (`1111AAAA-...` and `1111aaaa-...` are one subscription)."""
+    if not SUBSCRIPTION_ID.match(subscription_id):
+        raise bad_request(
+            "InvalidSubscriptionId",
+            f"'{subscription_id}' is not a subscription id (a GUID such as "
+            "00000000-0000-0000-0000-000000000000).",
+            "subscriptionId",
+        )
+    return subscription_id.lower()
+
+
+def normalize_location(location: str) -> str:
+    """The ARM name of a location given as a name or a display name ("East US" -> "eastus")."""
+    return location.lower().replace(" ", "")
 
 
 def parse_kubernetes_version(version: str) -> tuple[int, int, int] | None:
@@ -70,6 +166,105 @@ def surge_nodes(max_surge: str | None, count: int) -> int:
         return 0
     number, percentage = parsed
     return -(-count * number // 100) if percentage else number
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a subscription holds on this host: clusters, nodes, and the nodes' guest vCPUs and memory."""
+
+    clusters: int = 0
+    nodes: int = 0
+    cores: int = 0
+    memory_mib: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(*(mine - theirs for mine, theirs in zip(astuple(self), astuple(other), strict=True)))
+
+
+def pool_usage(count: int, max_surge: str | None) -> Usage:
+    """What a pool reserves: its nodes plus the surge nodes a rolling reimage adds above them (at most one per
+    node), each with the vCPUs and guest memory every node VM gets (node/qemu.py), whatever its VM size."""
+    nodes = count + min(surge_nodes(max_surge, count), count)
+    return Usage(nodes=nodes, cores=nodes * NODE_VCPUS, memory_mib=nodes * NODE_MEMORY_MIB)
+
+
+def _host_cpus() -> int:
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def _host_memory_mib() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One per-subscription quota: the Usage field it limits, its name in errors, its setting and default."""
+
+    attribute: str
+    name: str
+    unit: str
+    setting: str
+    default: Callable[[], int]
+
+
+QUOTAS = (
+    Quota("clusters", "Clusters", "managed clusters", "TL_QUOTA_CLUSTERS", lambda: DEFAULT_CLUSTER_QUOTA),
+    Quota("nodes", "Nodes", "node VMs, surge nodes included", "TL_QUOTA_NODES", lambda: DEFAULT_NODE_QUOTA),
+    Quota(
+        "cores",
+        "Cores",
+        "vCPUs of the node VMs",
+        "TL_QUOTA_CORES",
+        lambda: GUEST_VCPUS_PER_HOST_CPU * _host_cpus(),
+    ),
+    Quota(
+        "memory_mib",
+        "MemoryMiB",
+        "MiB of guest memory of the node VMs",
+        "TL_QUOTA_MEMORY_MIB",
+        lambda: int(GUEST_MEMORY_SHARE * _host_memory_mib()),
+    ),
+)
+
+
+def configured_quotas() -> Usage:
+    """Each subscription's limits: the TL_QUOTA_* environment variables (a whole number), else the defaults
+    (20 clusters, 100 nodes, 16 vCPUs per host CPU, 75% of the host's memory)."""
+    limits = {}
+    for quota in QUOTAS:
+        raw = os.environ.get(quota.setting, "").strip()
+        limits[quota.attribute] = int(raw) if raw.isdecimal() else quota.default()
+    return Usage(**limits)
+
+
+@dataclass(frozen=True)
+class QuotaRequest:
+    """A subscription's usage now and once the request is done, and its limits."""
+
+    subscription_id: str
+    usage: Usage
+    requested: Usage
+    limits: Usage
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name: `{attribute}_limit`, `_usage`, `_required`, `_new_limit`."""
+        values: dict[str, object] = {"subscription": self.subscription_id}
+        for quota in QUOTAS:
+            usage, requested = getattr(self.usage, quota.attribute), getattr(self.requested, quota.attribute)
+            values[f"{quota.attribute}_limit"] = getattr(self.limits, quota.attribute)
+            values[f"{quota.attribute}_usage"] = usage
+            values[f"{quota.attribute}_required"] = requested - usage
+            values[f"{quota.attribute}_new_limit"] = requested
+        return values
+
+
+def _quota_exceeded(attribute: str, request: QuotaRequest) -> bool:
+    """Whether the request grows `attribute` past its limit (shrinking is allowed above a lowered limit)."""
+    requested = getattr(request.requested, attribute)
+    return requested > getattr(request.limits, attribute) and requested > getattr(request.usage, attribute)
 
 
 @dataclass(frozen=True)
@@ -148,10 +343,16 @@ class ClusterRequest:
     system_pool_count: int
     kubernetes_version: str = ""
     previous_version: str | None = None  # set on update
+    location: str | None = None
 
     def message_values(self) -> dict[str, object]:
         """Values the rule messages may name."""
-        return {"version": self.kubernetes_version, "previous_version": self.previous_version}
+        return {
+            "version": self.kubernetes_version,
+            "previous_version": self.previous_version,
+            "location": self.location,
+            "locations": ",".join(sorted(LOCATIONS)),
+        }
 
 
 @dataclass(frozen=True)
@@ -417,6 +618,31 @@ LIMITATIONS: tuple[Limitation, ...] = (
         lambda c: _version_order(c.kubernetes_version, c.previous_version) == -1,
     ),
     Limitation(
+        "LocationNotAvailableForResourceType",
+        "location",
+        "The provided location '{location}' is not available for resource type "
+        "'Microsoft.ContainerService/managedClusters'. List of available regions for the resource type is "
+        "'{locations}'.",
+        ClusterRequest,
+        lambda c: c.location is not None and normalize_location(c.location) not in LOCATIONS,
+    ),
+    *(
+        Limitation(
+            "QuotaExceeded",
+            "subscriptionId",
+            f"Operation could not be completed as it results in exceeding the {quota.name} quota "
+            f"({quota.unit}) of subscription '{{subscription}}'. "
+            f"Current Limit: {{{quota.attribute}_limit}}, Current Usage: {{{quota.attribute}_usage}}, "
+            f"Additional Required: {{{quota.attribute}_required}}, "
+            f"(Minimum) New Limit Required: {{{quota.attribute}_new_limit}}. "
+            f"Delete or scale down clusters or pools, or raise the limit ({quota.setting} of the server).",
+            QuotaRequest,
+            partial(_quota_exceeded, quota.attribute),
+            409,
+        )
+        for quota in QUOTAS
+    ),
+    Limitation(
         "SystemPoolRequired",
         "agentPoolName",
         "Pool '{pool}' is the cluster's last System pool and cannot be deleted; add another System pool "
@@ -452,7 +678,7 @@ LIMITATIONS: tuple[Limitation, ...] = (
 )
 
 
-Context = PoolRequest | ClusterRequest | PoolDeletion | SecurityFlags
+Context = PoolRequest | ClusterRequest | PoolDeletion | SecurityFlags | QuotaRequest
 
 
 def _violations(context: Context, target_prefix: str = "") -> list[ArmError]:
@@ -471,6 +697,11 @@ def check_pool(request: PoolRequest, target_prefix: str = "") -> list[ArmError]:
 
 def check_cluster(request: ClusterRequest) -> list[ArmError]:
     """Every limitation a whole-cluster request breaks."""
+    return _violations(request)
+
+
+def check_quota(request: QuotaRequest) -> list[ArmError]:
+    """Every quota the request grows past its limit (409 QuotaExceeded, naming the limit and the usage)."""
     return _violations(request)
 
 

@@ -26,8 +26,9 @@ from trustedlaunch.attest.destinations import (
 )
 from trustedlaunch.attest.tokens import TokenError, TokenIssuer
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
+from trustedlaunch.control.limits import canonical_subscription_id
 from trustedlaunch.control.node_plan import NodePhase
-from trustedlaunch.control.resources import SUBSCRIPTION_ID, ResourcePath, get_pool
+from trustedlaunch.control.resources import ResourcePath, get_pool
 from trustedlaunch.control.timeutil import iso
 from trustedlaunch.store.models import (
     AgentPool,
@@ -85,16 +86,6 @@ class IssuedToken:
     token: str
     attestation: AttestationRecord
     claims: dict[str, object]
-
-
-def _check_subscription(subscription_id: str) -> None:
-    if not SUBSCRIPTION_ID.match(subscription_id):
-        raise bad_request(
-            "InvalidSubscriptionId",
-            f"'{subscription_id}' is not a subscription id (a GUID such as "
-            "00000000-0000-0000-0000-000000000000).",
-            "subscriptionId",
-        )
 
 
 def request_attestation(session: Session, path: ResourcePath, pool_name: str) -> AttestationRequest:
@@ -231,7 +222,7 @@ def _choice(value: str | None, allowed: type[StrEnum], target: str) -> str | Non
 
 def list_alerts(session: Session, subscription_id: str, filters: AlertFilter) -> Sequence[AlertRecord]:
     """The subscription's alerts matching `filters`, newest first."""
-    _check_subscription(subscription_id)
+    subscription_id = canonical_subscription_id(subscription_id)
     query = select(AlertRecord).where(AlertRecord.subscription_id == subscription_id)
     if filters.resource_group is not None:
         query = query.where(AlertRecord.resource_group == filters.resource_group.lower())
@@ -248,7 +239,7 @@ def list_alerts(session: Session, subscription_id: str, filters: AlertFilter) ->
 
 def get_alert(session: Session, subscription_id: str, alert_id: str) -> AlertRecord:
     """One alert of the subscription, or 404."""
-    _check_subscription(subscription_id)
+    subscription_id = canonical_subscription_id(subscription_id)
     record = session.get(AlertRecord, alert_id)
     if record is None or record.subscription_id != subscription_id:
         raise not_found(
@@ -317,7 +308,7 @@ def check_webhook_destination(url: str, allowed: Sequence[IpNetwork]) -> str:
 def set_webhook(session: Session, subscription_id: str, url: str) -> tuple[AlertWebhook, bool]:
     """Create or replace the subscription's alert webhook; (webhook, created). Check its destination with
     `check_webhook_destination` first."""
-    _check_subscription(subscription_id)
+    subscription_id = canonical_subscription_id(subscription_id)
     check_webhook_url(url)
     webhook = session.get(AlertWebhook, subscription_id)
     if webhook is None:
@@ -330,7 +321,7 @@ def set_webhook(session: Session, subscription_id: str, url: str) -> tuple[Alert
 
 def get_webhook(session: Session, subscription_id: str) -> AlertWebhook:
     """The subscription's alert webhook, or 404."""
-    _check_subscription(subscription_id)
+    subscription_id = canonical_subscription_id(subscription_id)
     webhook = session.get(AlertWebhook, subscription_id)
     if webhook is None:
         raise not_found(
@@ -343,7 +334,7 @@ def get_webhook(session: Session, subscription_id: str) -> AlertWebhook:
 
 def delete_webhook(session: Session, subscription_id: str) -> bool:
     """Remove the subscription's alert webhook; False if there was none."""
-    _check_subscription(subscription_id)
+    subscription_id = canonical_subscription_id(subscription_id)
     webhook = session.get(AlertWebhook, subscription_id)
     if webhook is None:
         return False

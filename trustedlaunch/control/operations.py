@@ -36,9 +36,9 @@ def start_operation(
 
 
 def get_operation(session: Session, subscription_id: str, operation_id: str) -> Operation:
-    """The operation, or a 404 ArmError."""
+    """The operation, or a 404 ArmError (also when it belongs to another subscription: ids in any case)."""
     operation = session.get(Operation, operation_id)
-    if operation is None or operation.subscription_id != subscription_id:
+    if operation is None or operation.subscription_id.lower() != subscription_id.lower():
         raise not_found("OperationNotFound", f"Operation '{operation_id}' does not exist.", "operationId")
     return operation
 
@@ -87,7 +87,7 @@ def operation_resource(session: Session, operation: Operation) -> ManagedCluster
         return None
     cluster = session.scalar(
         select(ManagedCluster).where(
-            ManagedCluster.subscription_id == parts[1],
+            ManagedCluster.subscription_id == parts[1].lower(),
             ManagedCluster.resource_group == parts[3].lower(),
             ManagedCluster.name == parts[7].lower(),
         )

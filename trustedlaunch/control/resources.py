@@ -6,17 +6,18 @@ Updating or Deleting until the reconciler finishes that operation.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control import limits
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
 from trustedlaunch.control.features import trusted_launch_registered
+from trustedlaunch.control.limits import CLUSTER_NAME, RESOURCE_GROUP, canonical_subscription_id
+from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.vm_sizes import find_vm_size
@@ -28,27 +29,19 @@ DEFAULT_VM_SIZE = "Standard_DS2_v2"
 DEFAULT_NODE_COUNT = 3
 DEFAULT_OS_DISK_SIZE_GB = 128
 DEFAULT_OS_SKU = {"Linux": "Ubuntu", "Windows": "Windows2022"}
-SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
-CLUSTER_NAME = re.compile(r"^[a-zA-Z0-9]$|^[a-zA-Z0-9][-_a-zA-Z0-9]{0,61}[a-zA-Z0-9]$")
 
 
 @dataclass(frozen=True)
 class ResourcePath:
-    """Where a cluster lives: subscription, resource group and cluster name (validated, as given)."""
+    """Where a cluster lives: subscription (lowercase), resource group and cluster name (as given), validated.
+    Compare clusters by `cluster_id` (every part lowercase): ARM ids are case-insensitive."""
 
     subscription_id: str
     resource_group: str
     cluster_name: str
 
     def __post_init__(self) -> None:
-        if not SUBSCRIPTION_ID.match(self.subscription_id):
-            raise bad_request(
-                "InvalidSubscriptionId",
-                f"'{self.subscription_id}' is not a subscription id (a GUID such as "
-                "00000000-0000-0000-0000-000000000000).",
-                "subscriptionId",
-            )
+        object.__setattr__(self, "subscription_id", canonical_subscription_id(self.subscription_id))
         if not RESOURCE_GROUP.match(self.resource_group):
             raise bad_request(
                 "InvalidResourceGroup",
@@ -282,10 +275,52 @@ def list_clusters(
     session: Session, subscription_id: str, resource_group: str | None = None
 ) -> list[ManagedCluster]:
     """The subscription's clusters, optionally of one resource group."""
+    subscription_id = canonical_subscription_id(subscription_id)
     query = select(ManagedCluster).where(ManagedCluster.subscription_id == subscription_id)
     if resource_group is not None:
         query = query.where(ManagedCluster.resource_group == resource_group.lower())
     return list(session.scalars(query.order_by(ManagedCluster.resource_group, ManagedCluster.name)))
+
+
+def _subscription_usage(session: Session, subscription_id: str) -> limits.Usage:
+    """What the subscription's clusters and pools hold now (pools being deleted too, until they are gone)."""
+    clusters = session.scalar(
+        select(func.count())
+        .select_from(ManagedCluster)
+        .where(ManagedCluster.subscription_id == subscription_id)
+    )
+    pools = session.execute(
+        select(AgentPool.count, AgentPool.max_surge)
+        .join(AgentPool.cluster)
+        .where(ManagedCluster.subscription_id == subscription_id)
+    )
+    return sum(
+        (limits.pool_usage(count, max_surge) for count, max_surge in pools),
+        limits.Usage(clusters=clusters or 0),
+    )
+
+
+def _pools_usage(pools: list[tuple[int, str | None]]) -> limits.Usage:
+    return sum((limits.pool_usage(count, max_surge) for count, max_surge in pools), limits.Usage())
+
+
+def _check_quota(session: Session, subscription_id: str, before: limits.Usage, after: limits.Usage) -> None:
+    """Raise 409 QuotaExceeded (the caller's transaction then rolls back) when the request, whose changes are
+    in `session` and which replaced `before` with `after`, grew the subscription's usage past a quota.
+
+    The usage is counted once the changes are written: SQLite's write lock (or PostgreSQL's per-subscription
+    advisory lock) is then held to the commit, so concurrent requests (other API workers) are counted one
+    after another and cannot pass the quota together."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:subscription))"), {"subscription": subscription_id}
+        )
+    session.flush()
+    requested = _subscription_usage(session, subscription_id)
+    usage = requested - after + before
+    limits.raise_violations(
+        limits.check_quota(limits.QuotaRequest(subscription_id, usage, requested, limits.configured_quotas()))
+    )
 
 
 def _refuse_if_busy(session: Session, resource_id: str, what: str) -> None:
@@ -354,10 +389,16 @@ def put_cluster(
         violations.append(_bad_version(spec.kubernetes_version))
     system_pools = sum(1 for mode in final_modes.values() if mode == "System")
     cluster_request = limits.ClusterRequest(
-        len(final_modes), system_pools, version, cluster.kubernetes_version
+        len(final_modes), system_pools, version, cluster.kubernetes_version, spec.location
     )
     violations += limits.check_cluster(cluster_request)
     limits.raise_violations(violations)
+    planned_pools = {pool.name for _request, pool in planned if pool is not None}
+    before = _pools_usage([(pool.count, pool.max_surge) for pool in cluster.agent_pools])
+    after = _pools_usage(
+        [(pool.count, pool.max_surge) for pool in cluster.agent_pools if pool.name not in planned_pools]
+        + [(request.count, request.max_surge) for request, _pool in planned]
+    )
     cluster.kubernetes_version = version
     cluster.virtual_nodes_enabled = virtual_nodes
     cluster.tags = spec.tags if spec.tags is not None else cluster.tags
@@ -368,6 +409,7 @@ def put_cluster(
             cluster.agent_pools.append(_new_pool(request, tl_registered))
         else:
             _apply(pool, request)
+    _check_quota(session, path.subscription_id, before, after)
     operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Update")
     return cluster, operation, False
 
@@ -407,9 +449,12 @@ def _create_cluster(
         violations += limits.check_pool(request, f"properties.agentPoolProfiles[{index}].")
         requests.append(request)
     system_pools = sum(1 for request in requests if request.mode == "System")
-    violations += limits.check_cluster(limits.ClusterRequest(len(requests), system_pools, version))
+    violations += limits.check_cluster(
+        limits.ClusterRequest(len(requests), system_pools, version, location=spec.location)
+    )
     limits.raise_violations(violations)
     name = path.cluster_name.lower()
+    location = limits.normalize_location(spec.location)
     group = path.resource_group.lower()
     dns_prefix = spec.dns_prefix or f"{name[:10]}-{group[:16]}-{path.subscription_id[:6]}"
     cluster = ManagedCluster(
@@ -417,10 +462,10 @@ def _create_cluster(
         resource_group=group,
         name=name,
         display_name=path.cluster_name,
-        location=spec.location.lower().replace(" ", ""),
+        location=location,
         kubernetes_version=version,
         dns_prefix=dns_prefix,
-        fqdn=f"{dns_prefix}.hcp.{spec.location.lower().replace(' ', '')}.trustedlaunch.internal",
+        fqdn=f"{dns_prefix}.hcp.{location}.trustedlaunch.internal",
         ssh_public_key=spec.ssh_public_key,
         virtual_nodes_enabled=bool(spec.virtual_nodes),
         tags=spec.tags or {},
@@ -430,6 +475,8 @@ def _create_cluster(
     for request in requests:
         cluster.agent_pools.append(_new_pool(request, tl_registered))
     session.add(cluster)
+    new_pools = _pools_usage([(request.count, request.max_surge) for request in requests])
+    _check_quota(session, path.subscription_id, limits.Usage(), limits.Usage(clusters=1) + new_pools)
     operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Create")
     return cluster, operation
 
@@ -451,9 +498,15 @@ def delete_cluster(session: Session, path: ResourcePath) -> Operation | None:
 
 
 def _cancel_operations(session: Session, resource_id: str) -> None:
+    """Cancel the InProgress operations on exactly `resource_id` and on the resources inside it (a cluster's
+    pools): never on a sibling whose id merely starts alike (`k1` for `k`, `team-a` for `team_a`)."""
     running = session.scalars(
         select(Operation).where(
-            Operation.resource_id.startswith(resource_id), Operation.status == "InProgress"
+            or_(
+                Operation.resource_id == resource_id,
+                Operation.resource_id.startswith(resource_id + "/", autoescape=True),
+            ),
+            Operation.status == "InProgress",
         )
     )
     for operation in running:
@@ -498,6 +551,9 @@ def put_pool(
         limits.raise_violations(limits.check_pool(request))
         pool = _new_pool(request, tl_registered)
         cluster.agent_pools.append(pool)
+        _check_quota(
+            session, path.subscription_id, limits.Usage(), _pools_usage([(request.count, request.max_surge)])
+        )
         operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Create")
         return pool, operation, True
     request = replace(
@@ -507,7 +563,9 @@ def put_pool(
     )
     limits.raise_violations(limits.check_pool(request))
     _refuse_if_busy(session, pool_id, f"Agent pool '{pool.name}'")
+    before = _pools_usage([(pool.count, pool.max_surge)])
     _apply(pool, request)
+    _check_quota(session, path.subscription_id, before, _pools_usage([(request.count, request.max_surge)]))
     operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Update")
     return pool, operation, False
 

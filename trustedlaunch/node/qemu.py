@@ -34,6 +34,9 @@ FIRMWARE = {
 # Console lines that mean the boot chain stopped for good: fail fast instead of waiting for the timeout.
 FATAL_CONSOLE_MARKERS = ("bad shim signature", "Kernel panic", BOOT_FAILED_MARKER, "Access Denied")
 CONSOLE_TAIL_CHARS = 3000
+# What every node VM gets, whatever its pool's VM size: the host's real cost of a node (quotas count it).
+NODE_VCPUS = 1
+NODE_MEMORY_MIB = 512
 AGENT_COMMAND_TIMEOUT = 60.0  # seconds for one relayed TPM command (20-50 ms each on an idle TCG machine)
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -163,7 +166,7 @@ class NodeVM:
         *,
         secure_boot: bool = True,
         vtpm: Vtpm | None = None,
-        memory_mib: int = 512,
+        memory_mib: int = NODE_MEMORY_MIB,
         accel: str | None = None,
     ):
         self.image = image
@@ -223,7 +226,7 @@ class NodeVM:
             "-accel",
             accel,
             "-smp",
-            "1",
+            str(NODE_VCPUS),
             "-m",
             str(self.memory_mib),
             "-nodefaults",
