@@ -9,7 +9,7 @@ lowercase; namespace and types as spelled, e.g. `.../providers/Microsoft.Contain
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 CONTAINER_SERVICE = "Microsoft.ContainerService"
 MANAGED_CLUSTERS = "managedClusters"
@@ -64,6 +64,10 @@ class ResourceId:
         """The id of a managed cluster."""
         return cls(subscription_id, resource_group, CONTAINER_SERVICE, ((MANAGED_CLUSTERS, name),))
 
+    def provider(self, namespace: str) -> ResourceId:
+        """The id of the resource provider `namespace` in this subscription or resource group."""
+        return replace(self, namespace=namespace, resources=())
+
     def child(self, resource_type: str, name: str) -> ResourceId:
         """The id of the resource `name` of type `resource_type` inside this one (e.g. a cluster's pool)."""
         return ResourceId(
@@ -87,13 +91,13 @@ class ResourceId:
         return self.namespace is not None and self.namespace.lower() == namespace.lower()
 
     def path(self, quote: Callable[[str], str] = _verbatim) -> str:
-        """The id as ARM spells it (`resourceGroups`), each name passed through `quote` (the CLI quotes
-        every name as one path segment)."""
+        """The id as ARM spells it (`resourceGroups`), the namespace and each name passed through `quote`
+        (the CLI quotes them as one path segment each)."""
         text = f"/subscriptions/{quote(self.subscription_id)}"
         if self.resource_group is not None:
             text += f"/resourceGroups/{quote(self.resource_group)}"
         if self.namespace is not None:
-            text += f"/providers/{self.namespace}"
+            text += f"/providers/{quote(self.namespace)}"
         return text + "".join(f"/{kind}/{quote(name)}" for kind, name in self.resources)
 
     @property
