@@ -114,9 +114,6 @@ class ResourceId:
         """Whether the ARM path or id `path` (any case) is this resource or lies inside it."""
         return path_within(path, self.canonical)
 
-    def __str__(self) -> str:
-        return self.canonical
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ResourceId) and self.canonical.lower() == other.canonical.lower()
 
