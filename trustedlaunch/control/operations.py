@@ -8,7 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control.errors import ArmError, bad_request, not_found
-from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, MANAGED_CLUSTERS, ResourceId
+from trustedlaunch.control.resource_id import (
+    AGENT_POOLS,
+    CONTAINER_SERVICE,
+    MANAGED_CLUSTERS,
+    ResourceId,
+    stored_name,
+)
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
 from trustedlaunch.store.vocabulary import TERMINAL_OPERATION_STATUSES, OperationStatus, ProvisioningState
 
@@ -94,11 +100,11 @@ def operation_resource(session: Session, operation: Operation) -> ManagedCluster
         return None
     cluster = session.scalar(
         select(ManagedCluster).where(
-            ManagedCluster.subscription_id == resource_id.subscription_id.lower(),
-            ManagedCluster.resource_group == resource_id.resource_group.lower(),
-            ManagedCluster.name == names[0].lower(),
+            ManagedCluster.subscription_id == stored_name(resource_id.subscription_id),
+            ManagedCluster.resource_group == stored_name(resource_id.resource_group),
+            ManagedCluster.name == stored_name(names[0]),
         )
     )
     if cluster is None or len(names) == 1:
         return cluster
-    return next((pool for pool in cluster.agent_pools if pool.name == names[1].lower()), None)
+    return next((pool for pool in cluster.agent_pools if pool.name == stored_name(names[1])), None)

@@ -16,6 +16,12 @@ MANAGED_CLUSTERS = "managedClusters"
 AGENT_POOLS = "agentPools"
 
 
+def stored_name(name: str) -> str:
+    """The stored form of a subscription id, resource group or resource name: ARM compares them ignoring
+    case, so the store keeps and looks them up lowercase."""
+    return name.lower()
+
+
 def _verbatim(name: str) -> str:
     return name
 
@@ -103,12 +109,12 @@ class ResourceId:
     @property
     def canonical(self) -> str:
         """The stored form: subscription, `resourcegroups`, group and names lowercase."""
-        text = f"/subscriptions/{self.subscription_id.lower()}"
+        text = f"/subscriptions/{stored_name(self.subscription_id)}"
         if self.resource_group is not None:
-            text += f"/resourcegroups/{self.resource_group.lower()}"
+            text += f"/resourcegroups/{stored_name(self.resource_group)}"
         if self.namespace is not None:
             text += f"/providers/{self.namespace}"
-        return text + "".join(f"/{kind}/{name.lower()}" for kind, name in self.resources)
+        return text + "".join(f"/{kind}/{stored_name(name)}" for kind, name in self.resources)
 
     def encloses(self, path: str) -> bool:
         """Whether the ARM path or id `path` (any case) is this resource or lies inside it."""

@@ -20,7 +20,7 @@ from trustedlaunch.control.limits import CLUSTER_NAME, RESOURCE_GROUP, canonical
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
-from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId
+from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
 from trustedlaunch.control.vm_sizes import find_vm_size
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
 from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
@@ -156,7 +156,7 @@ def _system_pools_besides(cluster: ManagedCluster, name: str) -> int:
         1
         for pool in cluster.agent_pools
         if pool.mode == "System"
-        and pool.name != name.lower()
+        and pool.name != stored_name(name)
         and pool.provisioning_state != ProvisioningState.DELETING
     )
 
@@ -257,8 +257,8 @@ def find_cluster(session: Session, path: ResourcePath) -> ManagedCluster | None:
     return session.scalar(
         select(ManagedCluster).where(
             ManagedCluster.subscription_id == path.subscription_id,
-            ManagedCluster.resource_group == path.resource_group.lower(),
-            ManagedCluster.name == path.cluster_name.lower(),
+            ManagedCluster.resource_group == stored_name(path.resource_group),
+            ManagedCluster.name == stored_name(path.cluster_name),
         )
     )
 
@@ -282,7 +282,7 @@ def list_clusters(
     subscription_id = canonical_subscription_id(subscription_id)
     query = select(ManagedCluster).where(ManagedCluster.subscription_id == subscription_id)
     if resource_group is not None:
-        query = query.where(ManagedCluster.resource_group == resource_group.lower())
+        query = query.where(ManagedCluster.resource_group == stored_name(resource_group))
     return list(session.scalars(query.order_by(ManagedCluster.resource_group, ManagedCluster.name)))
 
 
@@ -365,16 +365,16 @@ def put_cluster(
         if pool.provisioning_state != ProvisioningState.DELETING
     }
     for pool_spec in spec.agent_pools:
-        final_modes[pool_spec.name.lower()] = pool_spec.mode or final_modes.get(
-            pool_spec.name.lower(), "User"
+        final_modes[stored_name(pool_spec.name)] = pool_spec.mode or final_modes.get(
+            stored_name(pool_spec.name), "User"
         )
     planned: list[tuple[limits.PoolRequest, AgentPool | None]] = []
     for index, pool_spec in enumerate(spec.agent_pools):
         prefix = f"properties.agentPoolProfiles[{index}]."
-        pool = existing.get(pool_spec.name.lower())
+        pool = existing.get(stored_name(pool_spec.name))
         earlier_names = (
             *existing,
-            *(p.name for p in spec.agent_pools[:index] if p.name.lower() not in existing),
+            *(p.name for p in spec.agent_pools[:index] if stored_name(p.name) not in existing),
         )
         if pool is None:
             request = _request_for_new_pool(pool_spec, version, virtual_nodes)
@@ -459,9 +459,9 @@ def _create_cluster(
         limits.ClusterRequest(len(requests), system_pools, version, location=spec.location)
     )
     limits.raise_violations(violations)
-    name = path.cluster_name.lower()
+    name = stored_name(path.cluster_name)
     location = limits.normalize_location(spec.location)
-    group = path.resource_group.lower()
+    group = stored_name(path.resource_group)
     dns_prefix = spec.dns_prefix or f"{name[:10]}-{group[:16]}-{path.subscription_id[:6]}"
     cluster = ManagedCluster(
         subscription_id=path.subscription_id,
@@ -523,7 +523,7 @@ def _cancel_operations(session: Session, resource_id: str) -> None:
 
 def find_pool(cluster: ManagedCluster, pool_name: str) -> AgentPool | None:
     """The cluster's pool called `pool_name` (any case), or None."""
-    return next((pool for pool in cluster.agent_pools if pool.name == pool_name.lower()), None)
+    return next((pool for pool in cluster.agent_pools if pool.name == stored_name(pool_name)), None)
 
 
 def get_pool(session: Session, path: ResourcePath, pool_name: str) -> AgentPool:
@@ -546,7 +546,7 @@ def put_pool(
     cluster = get_cluster(session, path)
     _refuse_if_deleting(cluster)
     pool = find_pool(cluster, spec.name)
-    pool_id = pool_resource_id(cluster, spec.name.lower())
+    pool_id = pool_resource_id(cluster, stored_name(spec.name))
     tl_registered = trusted_launch_registered(session, path.subscription_id)
     if pool is None or create_only:
         request = replace(
