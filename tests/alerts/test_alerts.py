@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from trustedlaunch.attest.alerts import Alert, Severity, WebhookDelivery, alerts_from_result
+from trustedlaunch.attest.alerts import Alert, WebhookDelivery, alerts_from_result
 from trustedlaunch.attest.destinations import parse_networks, pinned_request, resolve
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.store.vocabulary import AlertSeverity
 
 GRUB_NOT_ALLOWED = Finding(
     Check.BOOT_APPLICATION,
@@ -61,7 +62,7 @@ def test_passed_attestation_raises_no_alert() -> None:
 
 def test_one_alert_lists_every_failed_component_with_its_pcr() -> None:
     alert = failed_alert(SECURE_BOOT_OFF, GRUB_NOT_ALLOWED, CMDLINE)
-    assert alert.severity is Severity.HIGH
+    assert alert.severity is AlertSeverity.HIGH
     assert (alert.node, alert.pool, alert.cluster, alert.time) == ("aks-p1-0", "p1", "c1", WHEN)
     assert alert.failed_components == ["firmware", "grub", "kernel"]
     assert alert.description.splitlines() == [
@@ -75,15 +76,20 @@ def test_one_alert_lists_every_failed_component_with_its_pcr() -> None:
 @pytest.mark.parametrize(
     ("findings", "severity"),
     [
-        ((CMDLINE,), Severity.MEDIUM),
-        ((Finding(Check.FORBIDDEN_DB, "dbx", "dbx lacks 3 revocations", pcr=7),), Severity.MEDIUM),
-        ((CMDLINE, GRUB_NOT_ALLOWED), Severity.HIGH),
-        ((SECURE_BOOT_OFF,), Severity.HIGH),
-        ((Finding(Check.PCR_VALUE, "firmware", "PCR0 differs from the golden value", pcr=0),), Severity.HIGH),
-        ((Finding(Check.QUOTE_SIGNATURE, "quote", "bad signature"),), Severity.HIGH),
+        ((CMDLINE,), AlertSeverity.MEDIUM),
+        ((Finding(Check.FORBIDDEN_DB, "dbx", "dbx lacks 3 revocations", pcr=7),), AlertSeverity.MEDIUM),
+        ((CMDLINE, GRUB_NOT_ALLOWED), AlertSeverity.HIGH),
+        ((SECURE_BOOT_OFF,), AlertSeverity.HIGH),
+        (
+            (Finding(Check.PCR_VALUE, "firmware", "PCR0 differs from the golden value", pcr=0),),
+            AlertSeverity.HIGH,
+        ),
+        ((Finding(Check.QUOTE_SIGNATURE, "quote", "bad signature"),), AlertSeverity.HIGH),
     ],
 )
-def test_severity_is_that_of_the_worst_finding(findings: tuple[Finding, ...], severity: Severity) -> None:
+def test_severity_is_that_of_the_worst_finding(
+    findings: tuple[Finding, ...], severity: AlertSeverity
+) -> None:
     assert failed_alert(*findings).severity is severity
 
 

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -26,18 +25,11 @@ from trustedlaunch.attest.destinations import (
 )
 from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus
 
 ALERT_TYPE = "VM_AttestationFailure"
 ALERT_DISPLAY_NAME = "VM attestation failure"
 PRODUCT_NAME = "trustedlaunch"
-
-
-class Severity(StrEnum):
-    """Defender for Cloud alert severities, most severe first."""
-
-    HIGH = "High"
-    MEDIUM = "Medium"
-    LOW = "Low"
 
 
 # Medium: a boot that may be legitimate but is outside the policy (cmdline, dbx update pending, a weak PCR
@@ -45,13 +37,13 @@ class Severity(StrEnum):
 MEDIUM_CHECKS = frozenset(
     {Check.KERNEL_CMDLINE, Check.FORBIDDEN_DB, Check.PCR_BANK, Check.PCR_SELECTION, Check.EVIDENCE_FORMAT}
 )
-_SEVERITY_ORDER = (Severity.HIGH, Severity.MEDIUM, Severity.LOW)
+_SEVERITY_ORDER = (AlertSeverity.HIGH, AlertSeverity.MEDIUM, AlertSeverity.LOW)
 
 
-def finding_severity(finding: Finding) -> Severity:
+def finding_severity(finding: Finding) -> AlertSeverity:
     """High for Secure Boot, boot applications, PCR mismatches, signatures, keys and replay; Medium for
     the kernel command line, dbx, PCR bank/selection and malformed evidence."""
-    return Severity.MEDIUM if finding.check in MEDIUM_CHECKS else Severity.HIGH
+    return AlertSeverity.MEDIUM if finding.check in MEDIUM_CHECKS else AlertSeverity.HIGH
 
 
 def describe_finding(finding: Finding) -> str:
@@ -64,7 +56,7 @@ class Alert:
     """An integrity alert for one failed attestation of a node."""
 
     id: str
-    severity: Severity
+    severity: AlertSeverity
     node: str
     pool: str
     cluster: str
@@ -98,7 +90,7 @@ class Alert:
                 "alertType": ALERT_TYPE,
                 "alertDisplayName": ALERT_DISPLAY_NAME,
                 "severity": self.severity.value,
-                "status": "Active",
+                "status": AlertStatus.ACTIVE,
                 "intent": "Persistence",
                 "description": self.description,
                 "compromisedEntity": self.node,
@@ -144,7 +136,7 @@ def alerts_from_result(
     if result.ok:
         return []
     findings = result.findings
-    severities = {finding_severity(finding) for finding in findings} or {Severity.HIGH}
+    severities = {finding_severity(finding) for finding in findings} or {AlertSeverity.HIGH}
     severity = next(level for level in _SEVERITY_ORDER if level in severities)
     return [
         Alert(

@@ -14,21 +14,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from trustedlaunch.cli.arm import (
-    DEFAULT_SUBSCRIPTION,
     DEFAULT_WAIT_SECONDS,
+    ApiTarget,
     ArmClient,
-    EndpointOption,
     NoWaitOption,
     OutputFormat,
     OutputOption,
-    SubscriptionOption,
     TimeoutOption,
-    connect,
+    api_command,
     fail,
     name_rule,
     output,
     print_json,
-    segment,
     wait_for_operation,
 )
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
@@ -41,6 +38,7 @@ from trustedlaunch.control.limits import (
     SecurityFlags,
     check_flags,
 )
+from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, MANAGED_CLUSTERS, ResourceId
 
 aks_app = typer.Typer(
     name="aks", help="Manage trusted launch managed clusters (az aks compatible).", no_args_is_help=True
@@ -166,11 +164,12 @@ MaxSurgeOption = Annotated[
 ]
 
 
+def _cluster_id(client: ArmClient, group: str, name: str) -> ResourceId:
+    return ResourceId.cluster(client.subscription_id, group, name)
+
+
 def _cluster_path(client: ArmClient, group: str, name: str) -> str:
-    return (
-        f"/subscriptions/{client.subscription_id}/resourceGroups/{segment(group)}"
-        f"/providers/Microsoft.ContainerService/managedClusters/{segment(name)}"
-    )
+    return client.path(_cluster_id(client, group, name))
 
 
 def _cluster_row(cluster: dict[str, Any]) -> list[object]:
@@ -276,8 +275,9 @@ def _finish(
     return result
 
 
-@aks_app.command()
+@api_command(aks_app)
 def create(
+    api: ApiTarget,
     name: NameOption,
     resource_group: GroupOption,
     location: Annotated[str, typer.Option("--location", "-l", help="Azure-style location name.")] = "eastus",
@@ -307,8 +307,6 @@ def create(
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Create a managed cluster with one system node pool."""
     addons = {a.strip() for a in (enable_addons or "").split(",") if a.strip()}
@@ -339,41 +337,38 @@ def create(
         properties["linuxProfile"] = {"adminUsername": "azureuser", "ssh": {"publicKeys": [{"keyData": key}]}}
     if addons:
         properties["addonProfiles"] = {"aciConnectorLinux": {"enabled": True}}
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _cluster_path(client, resource_group, name)
         response = client.request("PUT", path, json={"location": location, "properties": properties})
         result = _finish(client, response, path, f"Creating cluster {name}", no_wait, timeout)
         output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
 
 
-@aks_app.command()
+@api_command(aks_app)
 def show(
+    api: ApiTarget,
     name: NameOption,
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show a managed cluster."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         cluster = client.json("GET", _cluster_path(client, resource_group, name))
     output(cluster, output_format, CLUSTER_COLUMNS, _cluster_row)
 
 
-@aks_app.command(name="list")
+@api_command(aks_app, name="list")
 def list_clusters(
+    api: ApiTarget,
     resource_group: Annotated[
         str | None, typer.Option("--resource-group", "-g", help="Only this group.", callback=valid_group)
     ] = None,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """List managed clusters (of a resource group, or of the subscription)."""
-    with connect(endpoint, subscription) as client:
-        root = f"/subscriptions/{client.subscription_id}"
-        group = f"/resourceGroups/{segment(resource_group)}" if resource_group else ""
-        clusters = client.json("GET", f"{root}{group}/providers/Microsoft.ContainerService/managedClusters")
+    with api.connect() as client:
+        provider = ResourceId(client.subscription_id, resource_group).provider(CONTAINER_SERVICE)
+        clusters = client.json("GET", f"{client.path(provider)}/{MANAGED_CLUSTERS}")
     output(clusters["value"], output_format, CLUSTER_COLUMNS, _cluster_row)
 
 
@@ -391,19 +386,18 @@ def _delete(client: ArmClient, path: str, what: str, no_wait: bool, timeout: int
         wait_for_operation(client, response, what, timeout)
 
 
-@aks_app.command()
+@api_command(aks_app)
 def delete(
+    api: ApiTarget,
     name: NameOption,
     resource_group: GroupOption,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Delete a managed cluster."""
     _confirm(yes, f"delete cluster {name}")
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         _delete(
             client, _cluster_path(client, resource_group, name), f"Deleting cluster {name}", no_wait, timeout
         )
@@ -432,8 +426,9 @@ def _merge_kubeconfig(
     existing["current-context"] = new["current-context"]
 
 
-@aks_app.command(name="get-credentials")
+@api_command(aks_app, name="get-credentials")
 def get_credentials(
+    api: ApiTarget,
     name: NameOption,
     resource_group: GroupOption,
     file: Annotated[
@@ -445,12 +440,10 @@ def get_credentials(
         bool, typer.Option("--overwrite-existing", help="Replace entries of the same name.")
     ] = False,
     context: Annotated[str | None, typer.Option("--context", help="Name of the kubeconfig context.")] = None,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Write the cluster's kubeconfig context (merged into the file) and make it the current context."""
     kind = "listClusterAdminCredential" if admin else "listClusterUserCredential"
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         credentials = client.json("POST", f"{_cluster_path(client, resource_group, name)}/{kind}")
     new = yaml.safe_load(base64.b64decode(credentials["kubeconfigs"][0]["value"]))
     if file is not None and str(file) == "-":
@@ -474,15 +467,18 @@ def get_credentials(
 
 
 def _pool_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:
-    return f"{_cluster_path(client, group, cluster)}/agentPools/{segment(pool)}"
+    return client.path(_cluster_id(client, group, cluster).child(AGENT_POOLS, pool))
 
 
 def _machine_path(client: ArmClient, group: str, cluster: str, pool: str, machine: str) -> str:
-    return f"{_pool_path(client, group, cluster, pool)}/machines/{segment(machine)}"
+    return client.path(
+        _cluster_id(client, group, cluster).child(AGENT_POOLS, pool).child("machines", machine)
+    )
 
 
-@nodepool_app.command()
+@api_command(nodepool_app)
 def add(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
@@ -503,8 +499,6 @@ def add(
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Add a node pool (refused with 409 if the name exists: use `nodepool update`)."""
     if mode not in ("System", "User"):
@@ -525,7 +519,7 @@ def add(
     )
     if max_surge is not None:
         properties["upgradeSettings"] = {"maxSurge": max_surge}
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         response = client.request(
             "PUT", path, json={"properties": properties}, headers={"If-None-Match": "*"}
@@ -534,8 +528,9 @@ def add(
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
 
 
-@nodepool_app.command()
+@api_command(nodepool_app)
 def update(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
@@ -549,8 +544,6 @@ def update(
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
     at a time beside the old ones), or set its max surge."""
@@ -565,7 +558,7 @@ def update(
             "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
             "--disable-vtpm or --max-surge"
         )
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         pool = client.json("GET", path)
         security = pool["properties"].setdefault("securityProfile", {})
@@ -580,8 +573,9 @@ def update(
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
 
 
-@nodepool_app.command()
+@api_command(nodepool_app)
 def scale(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
@@ -589,11 +583,9 @@ def scale(
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Scale a node pool to --node-count nodes."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         pool = client.json("GET", path)
         pool["properties"]["count"] = node_count
@@ -602,32 +594,30 @@ def scale(
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
 
 
-@nodepool_app.command(name="show")
+@api_command(nodepool_app, name="show")
 def show_pool(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show a node pool."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         pool = client.json("GET", _pool_path(client, resource_group, cluster_name, name))
     output(pool, output_format, POOL_COLUMNS, _pool_row)
 
 
-@nodepool_app.command(name="list")
+@api_command(nodepool_app, name="list")
 def list_pools(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """List the node pools of a cluster."""
-    with connect(endpoint, subscription) as client:
-        pools = client.json("GET", f"{_cluster_path(client, resource_group, cluster_name)}/agentPools")
+    with api.connect() as client:
+        pools = client.json("GET", f"{_cluster_path(client, resource_group, cluster_name)}/{AGENT_POOLS}")
     output(pools["value"], output_format, POOL_COLUMNS, _pool_row)
 
 
@@ -645,36 +635,34 @@ def _machine_row(machine: dict[str, Any]) -> list[object]:
     ]
 
 
-@machine_app.command(name="list")
+@api_command(machine_app, name="list")
 def list_machines(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     nodepool_name: Annotated[
         str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
     ],
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """List the machines of a node pool with their labels and attestation status."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines"
         machines = client.json("GET", path)
     output(machines["value"], output_format, MACHINE_COLUMNS, _machine_row)
 
 
-@nodepool_app.command(name="delete")
+@api_command(nodepool_app, name="delete")
 def delete_pool(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Delete a node pool."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         _delete(client, path, f"Deleting node pool {name}", no_wait, timeout)
 
@@ -691,20 +679,19 @@ attestation_app = typer.Typer(
 machine_app.add_typer(attestation_app, name="attestation")
 
 
-@nodepool_app.command()
+@api_command(nodepool_app)
 def attest(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Re-attest every Ready node of a vTPM node pool now, wait for the results and print them (exit 1 if
     any node failed); --no-wait prints the request only."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         request = client.json("POST", f"{path}/attest")
         if no_wait:
@@ -723,26 +710,26 @@ def attest(
         )
 
 
-@attestation_app.command(name="list")
+@api_command(attestation_app, name="list")
 def list_attestations(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     nodepool_name: NodepoolNameOption,
     machine_name: MachineNameOption,
     resource_group: GroupOption,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="Newest records to list.")] = 50,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """List a machine's attestations, newest first (also of a deleted machine)."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
         history = client.json("GET", f"{path}/attestations", params={"$top": str(top)})
     output(history["value"], output_format, ATTESTATION_COLUMNS, attestation_row)
 
 
-@attestation_app.command(name="show")
+@api_command(attestation_app, name="show")
 def show_attestation(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     nodepool_name: NodepoolNameOption,
     machine_name: MachineNameOption,
@@ -751,27 +738,24 @@ def show_attestation(
         int, typer.Option("--attestation-id", "--id", help="Attestation id (`attestation list` Id column).")
     ],
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show one attestation with its full evidence (base64), PCRs, findings and token."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
         record = client.json("GET", f"{path}/attestations/{attestation_id}")
     output(record, output_format, ATTESTATION_COLUMNS, attestation_row)
 
 
-@machine_app.command(name="get-attestation-token")
+@api_command(machine_app, name="get-attestation-token")
 def get_attestation_token(
+    api: ApiTarget,
     cluster_name: ClusterNameOption,
     nodepool_name: NodepoolNameOption,
     machine_name: MachineNameOption,
     resource_group: GroupOption,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Print the machine's attestation token (a JWT, verifiable with the server's JWKS) with its expiry;
     refused when its newest attestation failed or the token expired."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
         print_json(client.json("POST", f"{path}/getAttestationToken"))

@@ -3,22 +3,19 @@ are delivered to, over the API's `Microsoft.Security` routes."""
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from trustedlaunch.cli.arm import (
-    DEFAULT_SUBSCRIPTION,
+    ApiTarget,
     ArmClient,
-    EndpointOption,
     OutputFormat,
     OutputOption,
-    SubscriptionOption,
-    connect,
+    api_command,
     output,
-    segment,
 )
+from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus
 
 alerts_app = typer.Typer(
     name="alerts", help="Integrity alerts of failed attestations and their webhook.", no_args_is_help=True
@@ -32,36 +29,25 @@ ALERT_COLUMNS = ("Name", "Time", "Severity", "Status", "Cluster", "NodePool", "N
 WEBHOOK_COLUMNS = ("Url", "CreatedAt")
 
 
-class AlertStatus(StrEnum):
-    """`--status`."""
-
-    Active = "Active"
-    Resolved = "Resolved"
-
-
-class AlertSeverity(StrEnum):
-    """`--severity`."""
-
-    High = "High"
-    Medium = "Medium"
-    Low = "Low"
-
-
 AlertIdOption = Annotated[
     str, typer.Option("--id", help="Alert name (a GUID) or its full id as `tl alerts list` prints it.")
 ]
 
 
+SECURITY = "Microsoft.Security"
+
+
 def _alerts_path(client: ArmClient) -> str:
-    return f"/subscriptions/{client.subscription_id}/providers/Microsoft.Security/alerts"
+    return client.path(client.subscription.provider(SECURITY)) + "/alerts"
 
 
 def _alert_path(client: ArmClient, alert_id: str) -> str:
-    return f"{_alerts_path(client)}/{segment(alert_id.rstrip('/').rsplit('/', 1)[-1])}"
+    name = alert_id.rstrip("/").rsplit("/", 1)[-1]
+    return client.path(client.subscription.provider(SECURITY).child("alerts", name))
 
 
 def _webhook_path(client: ArmClient) -> str:
-    return f"/subscriptions/{client.subscription_id}/providers/Microsoft.Security/alertWebhook"
+    return client.path(client.subscription.provider(SECURITY)) + "/alertWebhook"
 
 
 def _alert_row(alert: dict[str, Any]) -> list[object]:
@@ -83,8 +69,9 @@ def _webhook_row(webhook: dict[str, Any]) -> list[object]:
     return [webhook["properties"]["url"], webhook["properties"].get("createdAt")]
 
 
-@alerts_app.command(name="list")
+@api_command(alerts_app, name="list")
 def list_alerts(
+    api: ApiTarget,
     resource_group: Annotated[
         str | None, typer.Option("--resource-group", "-g", help="Only alerts of this resource group.")
     ] = None,
@@ -94,8 +81,6 @@ def list_alerts(
     status: Annotated[AlertStatus | None, typer.Option("--status", help="Only Active or Resolved.")] = None,
     severity: Annotated[AlertSeverity | None, typer.Option("--severity", help="Only this severity.")] = None,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """List the subscription's integrity alerts, newest first."""
     params = {
@@ -104,72 +89,67 @@ def list_alerts(
         "status": status.value if status else None,
         "severity": severity.value if severity else None,
     }
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         query = {key: value for key, value in params.items() if value is not None}
         alerts = client.json("GET", _alerts_path(client), params=query)
     output(alerts["value"], output_format, ALERT_COLUMNS, _alert_row)
 
 
-@alerts_app.command()
+@api_command(alerts_app)
 def show(
+    api: ApiTarget,
     alert_id: AlertIdOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show one alert: severity, node, pool, time and every failed component."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         alert = client.json("GET", _alert_path(client, alert_id))
     output(alert, output_format, ALERT_COLUMNS, _alert_row)
 
 
-@alerts_app.command()
+@api_command(alerts_app)
 def resolve(
+    api: ApiTarget,
     alert_id: AlertIdOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Set an alert's status to Resolved and print it."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         path = _alert_path(client, alert_id)
         client.request("POST", f"{path}/resolve")
         alert = client.json("GET", path)
     output(alert, output_format, ALERT_COLUMNS, _alert_row)
 
 
-@webhook_app.command(name="set")
+@api_command(webhook_app, name="set")
 def set_webhook(
+    api: ApiTarget,
     url: Annotated[str, typer.Option("--url", help="https (or http) URL that receives each alert as JSON.")],
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Create or replace the alert webhook of the subscription."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         webhook = client.json("PUT", _webhook_path(client), json={"properties": {"url": url}})
     output(webhook, output_format, WEBHOOK_COLUMNS, _webhook_row)
 
 
-@webhook_app.command(name="show")
+@api_command(webhook_app, name="show")
 def show_webhook(
+    api: ApiTarget,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show the alert webhook of the subscription."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         webhook = client.json("GET", _webhook_path(client))
     output(webhook, output_format, WEBHOOK_COLUMNS, _webhook_row)
 
 
-@webhook_app.command(name="delete")
+@api_command(webhook_app, name="delete")
 def delete_webhook(
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
+    api: ApiTarget,
 ) -> None:
     """Remove the alert webhook (new alerts then stay Pending until a webhook is set)."""
-    with connect(endpoint, subscription) as client:
+    with api.connect() as client:
         response = client.request("DELETE", _webhook_path(client))
     what = "deleted" if response.status_code == 200 else "nothing to delete (none is configured)"
     typer.echo(f"Alert webhook: {what}.", err=True)

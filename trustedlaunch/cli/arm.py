@@ -10,14 +10,16 @@ commands and the next command's reconciler adopts them and resumes unfinished op
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_type_hints
 from urllib.parse import quote
 
 import httpx
@@ -27,6 +29,8 @@ from rich.table import Table
 
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
 from trustedlaunch.control.limits import SUBSCRIPTION_ID
+from trustedlaunch.control.resource_id import ResourceId
+from trustedlaunch.store.vocabulary import OperationStatus
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 API_VERSION = "2024-09-01"
@@ -124,7 +128,16 @@ class ArmClient:
             params={"api-version": API_VERSION},
             timeout=30.0,
         )
-        self.subscription_id = segment(subscription_id)
+        self.subscription_id = subscription_id
+
+    def path(self, resource_id: ResourceId) -> str:
+        """The request path of `resource_id`: its namespace and every name quoted as one segment."""
+        return resource_id.path(segment)
+
+    @property
+    def subscription(self) -> ResourceId:
+        """The id of the subscription the commands act on."""
+        return ResourceId(self.subscription_id)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; ARM errors raise ArmCallError, unreachable servers a clear ERROR."""
@@ -147,6 +160,60 @@ class ArmClient:
     def close(self) -> None:
         """Close the connection pool."""
         self.http.close()
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    """Where an API command sends its requests: `--endpoint` (None: an embedded server) and
+    `--subscription`."""
+
+    endpoint: str | None
+    subscription: str = DEFAULT_SUBSCRIPTION
+
+    def connect(self) -> AbstractContextManager[ArmClient]:
+        """An ArmClient for this target (see `connect`)."""
+        return connect(self.endpoint, self.subscription)
+
+
+Command = TypeVar("Command", bound=Callable[..., None])
+_KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+def api_command(
+    app: typer.Typer, name: str | None = None, *, subscription: bool = True
+) -> Callable[[Command], Command]:
+    """Register `command`, which takes `api: ApiTarget`, on `app` with `--endpoint` (TL_ENDPOINT) and, unless
+    `subscription` is False, `--subscription` (TL_SUBSCRIPTION) as its last options: every API command
+    takes them in the same place (`tl aks create ... --subscription X`) without declaring them."""
+
+    def register(command: Command) -> Command:
+        hints = get_type_hints(command, include_extras=True)
+        own = [
+            parameter.replace(annotation=hints[parameter.name])
+            for parameter in inspect.signature(command).parameters.values()
+            if parameter.name != "api"
+        ]
+        shared = [inspect.Parameter("endpoint", _KEYWORD, default=None, annotation=EndpointOption)]
+        if subscription:
+            shared.append(
+                inspect.Parameter(
+                    "subscription", _KEYWORD, default=DEFAULT_SUBSCRIPTION, annotation=SubscriptionOption
+                )
+            )
+
+        def run(
+            endpoint: str | None = None, subscription: str = DEFAULT_SUBSCRIPTION, **options: Any
+        ) -> None:
+            command(api=ApiTarget(endpoint, subscription), **options)
+
+        run.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        run.__annotations__ = {parameter.name: parameter.annotation for parameter in (*own, *shared)}
+        run.__name__, run.__qualname__ = command.__name__, command.__qualname__
+        run.__doc__, run.__module__ = command.__doc__, command.__module__
+        app.command(name=name)(run)
+        return command
+
+    return register
 
 
 @contextmanager
@@ -207,14 +274,14 @@ def wait_for_operation(
     with console.status(f"{what}: InProgress", spinner="dots") as spinner:
         while time.monotonic() < deadline:
             status = client.json("GET", url)
-            if status["status"] != "InProgress":
+            if status["status"] != OperationStatus.IN_PROGRESS:
                 break
             elapsed = int(timeout - (deadline - time.monotonic()))
             spinner.update(f"{what}: InProgress ({elapsed} s)")
             time.sleep(POLL_SECONDS)
-    if status.get("status") == "Succeeded":
+    if status.get("status") == OperationStatus.SUCCEEDED:
         return status
-    if status.get("status") in (None, "InProgress"):
+    if status.get("status") in (None, OperationStatus.IN_PROGRESS):
         raise fail(
             f"{what} is still InProgress after {timeout} s (operation {url}); it continues on the server: "
             "check it with `show`, or use --no-wait"

@@ -7,14 +7,12 @@ from typing import Annotated, Any
 import typer
 
 from trustedlaunch.cli.arm import (
-    DEFAULT_SUBSCRIPTION,
-    EndpointOption,
+    ApiTarget,
+    ArmClient,
     OutputFormat,
     OutputOption,
-    SubscriptionOption,
-    connect,
+    api_command,
     output,
-    segment,
 )
 
 feature_app = typer.Typer(
@@ -32,24 +30,24 @@ def _row(feature: dict[str, Any]) -> list[object]:
     return [feature["name"], feature["properties"]["state"]]
 
 
-def _path(subscription: str, namespace: str, name: str) -> str:
-    return (
-        f"/subscriptions/{subscription}/providers/Microsoft.Features/providers/{segment(namespace)}"
-        f"/features/{segment(name)}"
-    )
+FEATURES = "Microsoft.Features"
 
 
-@feature_app.command()
+def _path(client: ArmClient, namespace: str, name: str) -> str:
+    features = client.subscription.provider(FEATURES)
+    return client.path(features.child("providers", namespace).child("features", name))
+
+
+@api_command(feature_app)
 def register(
+    api: ApiTarget,
     namespace: NamespaceOption,
     name: FeatureNameOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Register a preview feature (Registering, then Registered)."""
-    with connect(endpoint, subscription) as client:
-        feature = client.json("POST", _path(client.subscription_id, namespace, name) + "/register")
+    with api.connect() as client:
+        feature = client.json("POST", _path(client, namespace, name) + "/register")
     typer.echo(
         f"Once the feature '{name}' is registered, invoking 'tl provider register --namespace {namespace}' "
         "is required to get the change propagated",
@@ -58,30 +56,28 @@ def register(
     output(feature, output_format, COLUMNS, _row)
 
 
-@feature_app.command()
+@api_command(feature_app)
 def show(
+    api: ApiTarget,
     namespace: NamespaceOption,
     name: FeatureNameOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show a preview feature's registration state."""
-    with connect(endpoint, subscription) as client:
-        feature = client.json("GET", _path(client.subscription_id, namespace, name))
+    with api.connect() as client:
+        feature = client.json("GET", _path(client, namespace, name))
     output(feature, output_format, COLUMNS, _row)
 
 
-@feature_app.command(name="list")
+@api_command(feature_app, name="list")
 def list_features(
+    api: ApiTarget,
     namespace: Annotated[str | None, typer.Option("--namespace", help="Only this namespace.")] = None,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """List preview features and their registration states."""
-    with connect(endpoint, subscription) as client:
-        root = f"/subscriptions/{client.subscription_id}/providers/Microsoft.Features"
-        path = f"{root}/providers/{segment(namespace)}/features" if namespace else f"{root}/features"
-        features = client.json("GET", path)
+    with api.connect() as client:
+        provider = client.subscription.provider(FEATURES)
+        scope = provider.child("providers", namespace) if namespace else provider
+        features = client.json("GET", client.path(scope) + "/features")
     output(features["value"], output_format, COLUMNS, _row)

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from trustedlaunch.cli.arm import POLL_SECONDS, ArmClient, fail
+from trustedlaunch.cli.arm import POLL_SECONDS, ArmClient, fail, segment
 
 ATTESTATION_COLUMNS = ("Machine", "Id", "Time", "Trigger", "Status", "SecureBoot", "Findings")
 
@@ -76,6 +76,8 @@ def wait_for_attestation(
     for name in request["machines"]:
         if name in vanished:
             continue
-        history = client.json("GET", f"{pool_path}/machines/{name}/attestations", params={"$top": "1"})
+        history = client.json(
+            "GET", f"{pool_path}/machines/{segment(name)}/attestations", params={"$top": "1"}
+        )
         records += history["value"][:1]
     return records, vanished

@@ -7,14 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from trustedlaunch.cli.arm import (
-    DEFAULT_SUBSCRIPTION,
-    EndpointOption,
+    ApiTarget,
     OutputFormat,
     OutputOption,
-    SubscriptionOption,
-    connect,
+    api_command,
     output,
-    segment,
 )
 
 provider_app = typer.Typer(
@@ -29,31 +26,25 @@ def _row(provider: dict[str, Any]) -> list[object]:
     return [provider["namespace"], provider["registrationState"]]
 
 
-@provider_app.command()
+@api_command(provider_app)
 def register(
+    api: ApiTarget,
     namespace: NamespaceOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Register a resource provider; propagates its Registering preview features to Registered."""
-    with connect(endpoint, subscription) as client:
-        provider = client.json(
-            "POST", f"/subscriptions/{client.subscription_id}/providers/{segment(namespace)}/register"
-        )
+    with api.connect() as client:
+        provider = client.json("POST", client.path(client.subscription.provider(namespace)) + "/register")
     output(provider, output_format, COLUMNS, _row)
 
 
-@provider_app.command()
+@api_command(provider_app)
 def show(
+    api: ApiTarget,
     namespace: NamespaceOption,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
-    subscription: SubscriptionOption = DEFAULT_SUBSCRIPTION,
 ) -> None:
     """Show a resource provider's registration state."""
-    with connect(endpoint, subscription) as client:
-        provider = client.json(
-            "GET", f"/subscriptions/{client.subscription_id}/providers/{segment(namespace)}"
-        )
+    with api.connect() as client:
+        provider = client.json("GET", client.path(client.subscription.provider(namespace)))
     output(provider, output_format, COLUMNS, _row)

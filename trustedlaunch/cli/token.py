@@ -8,11 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from trustedlaunch.cli.arm import (
-    DEFAULT_SUBSCRIPTION,
-    EndpointOption,
+    ApiTarget,
     OutputFormat,
     OutputOption,
-    connect,
+    api_command,
     output,
 )
 
@@ -30,8 +29,9 @@ def _row(token: dict[str, Any]) -> list[object]:
     return [token["name"], properties["scope"] or "(admin)", properties["createdAt"]]
 
 
-@token_app.command()
+@api_command(token_app, subscription=False)
 def create(
+    api: ApiTarget,
     name: NameOption,
     scope: Annotated[
         str | None,
@@ -43,26 +43,25 @@ def create(
         ),
     ] = None,
     output_format: OutputOption = OutputFormat.json,
-    endpoint: EndpointOption = None,
 ) -> None:
     """Create a token; its plaintext (`properties.token`) is printed this once: store it now."""
-    with connect(endpoint, DEFAULT_SUBSCRIPTION) as client:
+    with api.connect() as client:
         token = client.json("POST", TOKENS_PATH, json={"name": name, "scope": scope})
     typer.echo("The token is shown only once: store it now (use it as TL_TOKEN).", err=True)
     output(token, output_format, (*COLUMNS, "Token"), lambda t: [*_row(t), t["properties"]["token"]])
 
 
-@token_app.command(name="list")
-def list_tokens(output_format: OutputOption = OutputFormat.json, endpoint: EndpointOption = None) -> None:
+@api_command(token_app, name="list", subscription=False)
+def list_tokens(api: ApiTarget, output_format: OutputOption = OutputFormat.json) -> None:
     """List tokens (names, scopes and creation times; never the tokens themselves)."""
-    with connect(endpoint, DEFAULT_SUBSCRIPTION) as client:
+    with api.connect() as client:
         tokens = client.json("GET", TOKENS_PATH)
     output(tokens["value"], output_format, COLUMNS, _row)
 
 
-@token_app.command()
-def revoke(name: NameOption, endpoint: EndpointOption = None) -> None:
+@api_command(token_app, subscription=False)
+def revoke(api: ApiTarget, name: NameOption) -> None:
     """Revoke a token: it stops working at once on the server that revokes it, within seconds elsewhere."""
-    with connect(endpoint, DEFAULT_SUBSCRIPTION) as client:
+    with api.connect() as client:
         client.request("DELETE", f"{TOKENS_PATH}/{name}")
     typer.echo(f"Token '{name}' revoked.", err=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.node_images import NodeImageInfo
+from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 
@@ -129,7 +130,7 @@ def canonical_subscription_id(subscription_id: str) -> str:
             "00000000-0000-0000-0000-000000000000).",
             "subscriptionId",
         )
-    return subscription_id.lower()
+    return stored_name(subscription_id)
 
 
 def normalize_location(location: str) -> str:

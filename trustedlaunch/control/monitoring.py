@@ -38,25 +38,11 @@ from trustedlaunch.store.models import (
     Node,
     utc_now,
 )
+from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus, ProvisioningState
 
 MAX_WEBHOOK_URL_LENGTH = 2048  # the column's size
 DEFAULT_HISTORY = 50
 MAX_HISTORY = 1000
-
-
-class AlertStatus(StrEnum):
-    """Defender for Cloud alert states this control plane uses."""
-
-    ACTIVE = "Active"
-    RESOLVED = "Resolved"
-
-
-class AlertSeverity(StrEnum):
-    """Defender for Cloud alert severities."""
-
-    HIGH = "High"
-    MEDIUM = "Medium"
-    LOW = "Low"
 
 
 @dataclass(frozen=True)
@@ -100,7 +86,7 @@ def request_attestation(session: Session, path: ResourcePath, pool_name: str) ->
             f"`tl aks nodepool update --enable-vtpm --cluster-name {path.cluster_name} -n {pool.name}`.",
             "agentPoolName",
         )
-    if pool.provisioning_state == "Deleting" or pool.cluster.provisioning_state == "Deleting":
+    if ProvisioningState.DELETING in (pool.provisioning_state, pool.cluster.provisioning_state):
         raise conflict("OperationNotAllowed", f"Agent pool '{pool.name}' is being deleted.", "agentPoolName")
     ready = [node for node in pool.nodes if node.state == NodePhase.READY and node.vtpm_enabled]
     if not ready:

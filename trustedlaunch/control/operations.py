@@ -8,13 +8,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control.errors import ArmError, bad_request, not_found
+from trustedlaunch.control.resource_id import (
+    AGENT_POOLS,
+    CONTAINER_SERVICE,
+    MANAGED_CLUSTERS,
+    ResourceId,
+    stored_name,
+)
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+from trustedlaunch.store.vocabulary import TERMINAL_OPERATION_STATUSES, OperationStatus, ProvisioningState
 
 RECONCILER_NOTE = (
     "Recorded; the operation stays InProgress until the node reconciler drives the nodes to the desired "
     "state and finishes it."
 )
-TERMINAL_STATUSES = ("Succeeded", "Failed", "Canceled")
 
 
 def start_operation(
@@ -27,7 +34,7 @@ def start_operation(
         location=location,
         resource_id=resource_id,
         kind=kind,
-        status="InProgress",
+        status=OperationStatus.IN_PROGRESS,
         note=RECONCILER_NOTE,
         start_time=utc_now(),
     )
@@ -38,7 +45,7 @@ def start_operation(
 def get_operation(session: Session, subscription_id: str, operation_id: str) -> Operation:
     """The operation, or a 404 ArmError (also when it belongs to another subscription: ids in any case)."""
     operation = session.get(Operation, operation_id)
-    if operation is None or operation.subscription_id.lower() != subscription_id.lower():
+    if operation is None or ResourceId(operation.subscription_id) != ResourceId(subscription_id):
         raise not_found("OperationNotFound", f"Operation '{operation_id}' does not exist.", "operationId")
     return operation
 
@@ -46,7 +53,9 @@ def get_operation(session: Session, subscription_id: str, operation_id: str) -> 
 def in_progress_operation(session: Session, resource_id: str) -> Operation | None:
     """The InProgress operation on exactly `resource_id`, if any."""
     return session.scalar(
-        select(Operation).where(Operation.resource_id == resource_id, Operation.status == "InProgress")
+        select(Operation).where(
+            Operation.resource_id == resource_id, Operation.status == OperationStatus.IN_PROGRESS
+        )
     )
 
 
@@ -55,9 +64,9 @@ def finish_operation(
 ) -> None:
     """Finish `operation` (the reconciler's call): the resource's provisioningState becomes `status` (also for
     the pools a cluster operation created or updated); a Succeeded Delete removes the resource."""
-    if status not in TERMINAL_STATUSES:
+    if status not in TERMINAL_OPERATION_STATUSES:
         raise bad_request(
-            "InvalidOperationStatus", f"'{status}' is not one of {', '.join(TERMINAL_STATUSES)}."
+            "InvalidOperationStatus", f"'{status}' is not one of {', '.join(TERMINAL_OPERATION_STATUSES)}."
         )
     operation.status = status
     operation.end_time = utc_now()
@@ -65,15 +74,15 @@ def finish_operation(
     resource = operation_resource(session, operation)
     if resource is None:
         return
-    if status == "Succeeded" and operation.kind == "Delete":
+    if status == OperationStatus.SUCCEEDED and operation.kind == "Delete":
         session.delete(resource)
         return
     resource.provisioning_state = status
     if isinstance(resource, ManagedCluster):  # the cluster's operation covers pools without their own
         for pool in resource.agent_pools:
-            pool_id = operation.resource_id + f"/agentPools/{pool.name}"
+            pool_id = operation.resource_id + f"/{AGENT_POOLS}/{pool.name}"
             if (
-                pool.provisioning_state in ("Creating", "Updating")
+                pool.provisioning_state in (ProvisioningState.CREATING, ProvisioningState.UPDATING)
                 and in_progress_operation(session, pool_id) is None
             ):
                 pool.provisioning_state = status
@@ -81,17 +90,21 @@ def finish_operation(
 
 def operation_resource(session: Session, operation: Operation) -> ManagedCluster | AgentPool | None:
     """The cluster or pool `operation` acts on, or None if it no longer exists."""
-    parts = operation.resource_id.strip("/").split("/")
-    # subscriptions/{sub}/resourcegroups/{rg}/providers/{ns}/managedClusters/{name}[/agentPools/{pool}]
-    if len(parts) < 8:
+    resource_id = ResourceId.parse(operation.resource_id)
+    if resource_id is None or resource_id.resource_group is None:
+        return None
+    names = resource_id.names(CONTAINER_SERVICE, MANAGED_CLUSTERS) or resource_id.names(
+        CONTAINER_SERVICE, MANAGED_CLUSTERS, AGENT_POOLS
+    )
+    if names is None:
         return None
     cluster = session.scalar(
         select(ManagedCluster).where(
-            ManagedCluster.subscription_id == parts[1].lower(),
-            ManagedCluster.resource_group == parts[3].lower(),
-            ManagedCluster.name == parts[7].lower(),
+            ManagedCluster.subscription_id == stored_name(resource_id.subscription_id),
+            ManagedCluster.resource_group == stored_name(resource_id.resource_group),
+            ManagedCluster.name == stored_name(names[0]),
         )
     )
-    if cluster is None or len(parts) == 8:
+    if cluster is None or len(names) == 1:
         return cluster
-    return next((pool for pool in cluster.agent_pools if pool.name == parts[9].lower()), None)
+    return next((pool for pool in cluster.agent_pools if pool.name == stored_name(names[1])), None)

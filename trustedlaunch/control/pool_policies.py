@@ -3,22 +3,16 @@ image and a Secure Boot setting; the verifier API finds it from a pool's ARM id 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control.errors import ArmError, bad_request
+from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, MANAGED_CLUSTERS, ResourceId
 from trustedlaunch.control.resources import ResourcePath, get_pool
 from trustedlaunch.control.tokens import Principal, authorize_pool_reference
 from trustedlaunch.store.models import ImagePolicy, utc_now
-
-POOL_ID = re.compile(
-    r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
-    r"/providers/Microsoft\.ContainerService/managedClusters/(?P<cluster>[^/]+)/agentPools/(?P<pool>[^/]+)$",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -50,8 +44,12 @@ def pool_policy(session: Session, pool_id: object, principal: Principal) -> Pool
     Raises a 400 ArmError for a malformed id or a pool without vTPM (nothing to attest), 403 for a pool
     outside the principal's scope, 404 for an unknown pool, 409 while the reconciler has not derived the
     policy yet."""
-    match = POOL_ID.match(pool_id) if isinstance(pool_id, str) else None
-    if match is None:
+    if (
+        not isinstance(pool_id, str)
+        or (resource_id := ResourceId.parse(pool_id)) is None
+        or resource_id.resource_group is None
+        or (names := resource_id.names(CONTAINER_SERVICE, MANAGED_CLUSTERS, AGENT_POOLS)) is None
+    ):
         raise bad_request(
             "InvalidPoolId",
             f"poolId: expected an agent pool's resource id, /subscriptions/{{id}}/resourceGroups/{{group}}"
@@ -59,9 +57,10 @@ def pool_policy(session: Session, pool_id: object, principal: Principal) -> Pool
             f"{pool_id!r}",
             "poolId",
         )
-    authorize_pool_reference(principal, match.string)
-    path = ResourcePath(match["subscription"], match["group"], match["cluster"])
-    pool = get_pool(session, path, match["pool"])
+    authorize_pool_reference(principal, pool_id)
+    cluster_name, pool_name = names
+    path = ResourcePath(resource_id.subscription_id, resource_id.resource_group, cluster_name)
+    pool = get_pool(session, path, pool_name)
     if not pool.enable_vtpm:
         raise bad_request(
             "AttestationNotSupported",

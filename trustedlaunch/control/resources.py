@@ -20,10 +20,12 @@ from trustedlaunch.control.limits import CLUSTER_NAME, RESOURCE_GROUP, canonical
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
+from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
 from trustedlaunch.control.vm_sizes import find_vm_size
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
 
-PROVIDER = "Microsoft.ContainerService"
+PROVIDER = CONTAINER_SERVICE
 DEFAULT_KUBERNETES_VERSION = "1.30.6"
 DEFAULT_VM_SIZE = "Standard_DS2_v2"
 DEFAULT_NODE_COUNT = 3
@@ -34,7 +36,7 @@ DEFAULT_OS_SKU = {"Linux": "Ubuntu", "Windows": "Windows2022"}
 @dataclass(frozen=True)
 class ResourcePath:
     """Where a cluster lives: subscription (lowercase), resource group and cluster name (as given), validated.
-    Compare clusters by `cluster_id` (every part lowercase): ARM ids are case-insensitive."""
+    Compare clusters by `resource_id` (or `cluster_id`, all lowercase): ARM ids are case-insensitive."""
 
     subscription_id: str
     resource_group: str
@@ -58,25 +60,25 @@ class ResourcePath:
             )
 
     @property
+    def resource_id(self) -> ResourceId:
+        """The ARM resource id of the cluster."""
+        return ResourceId.cluster(self.subscription_id, self.resource_group, self.cluster_name)
+
+    @property
     def cluster_id(self) -> str:
-        """The ARM resource id of the cluster (lowercase group and name, as stored)."""
-        return cluster_resource_id(
-            self.subscription_id, self.resource_group.lower(), self.cluster_name.lower()
-        )
+        """The ARM resource id of the cluster as stored (lowercase group and name)."""
+        return self.resource_id.canonical
 
 
 def cluster_resource_id(subscription_id: str, resource_group: str, name: str) -> str:
-    """ARM id of a managed cluster."""
-    group_id = f"/subscriptions/{subscription_id}/resourcegroups/{resource_group}"
-    return f"{group_id}/providers/{PROVIDER}/managedClusters/{name}"
+    """ARM id of a managed cluster, as stored."""
+    return ResourceId.cluster(subscription_id, resource_group, name).canonical
 
 
 def pool_resource_id(cluster: ManagedCluster, pool_name: str) -> str:
-    """ARM id of an agent pool."""
-    return (
-        cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name)
-        + f"/agentPools/{pool_name}"
-    )
+    """ARM id of an agent pool, as stored."""
+    cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
+    return cluster_id.child(AGENT_POOLS, pool_name).canonical
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,9 @@ def _system_pools_besides(cluster: ManagedCluster, name: str) -> int:
     return sum(
         1
         for pool in cluster.agent_pools
-        if pool.mode == "System" and pool.name != name.lower() and pool.provisioning_state != "Deleting"
+        if pool.mode == "System"
+        and pool.name != stored_name(name)
+        and pool.provisioning_state != ProvisioningState.DELETING
     )
 
 
@@ -233,7 +237,7 @@ def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
         enable_vtpm=request.enable_vtpm,
         node_image_version=image.version,
         max_surge=request.max_surge,
-        provisioning_state="Creating",
+        provisioning_state=ProvisioningState.CREATING,
     )
 
 
@@ -244,7 +248,7 @@ def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
     pool.enable_secure_boot = request.enable_secure_boot
     pool.enable_vtpm = request.enable_vtpm
     pool.max_surge = request.max_surge
-    pool.provisioning_state = "Updating"
+    pool.provisioning_state = ProvisioningState.UPDATING
     pool.updated_at = utc_now()
 
 
@@ -253,8 +257,8 @@ def find_cluster(session: Session, path: ResourcePath) -> ManagedCluster | None:
     return session.scalar(
         select(ManagedCluster).where(
             ManagedCluster.subscription_id == path.subscription_id,
-            ManagedCluster.resource_group == path.resource_group.lower(),
-            ManagedCluster.name == path.cluster_name.lower(),
+            ManagedCluster.resource_group == stored_name(path.resource_group),
+            ManagedCluster.name == stored_name(path.cluster_name),
         )
     )
 
@@ -278,7 +282,7 @@ def list_clusters(
     subscription_id = canonical_subscription_id(subscription_id)
     query = select(ManagedCluster).where(ManagedCluster.subscription_id == subscription_id)
     if resource_group is not None:
-        query = query.where(ManagedCluster.resource_group == resource_group.lower())
+        query = query.where(ManagedCluster.resource_group == stored_name(resource_group))
     return list(session.scalars(query.order_by(ManagedCluster.resource_group, ManagedCluster.name)))
 
 
@@ -334,7 +338,7 @@ def _refuse_if_busy(session: Session, resource_id: str, what: str) -> None:
 
 
 def _refuse_if_deleting(cluster: ManagedCluster) -> None:
-    if cluster.provisioning_state == "Deleting":
+    if cluster.provisioning_state == ProvisioningState.DELETING:
         raise conflict(
             "OperationNotAllowed",
             f"Managed cluster '{cluster.display_name}' is being deleted; no other operation is allowed.",
@@ -356,19 +360,21 @@ def put_cluster(
     violations: list[ArmError] = []
     existing = {pool.name: pool for pool in cluster.agent_pools}
     final_modes = {
-        pool.name: pool.mode for pool in cluster.agent_pools if pool.provisioning_state != "Deleting"
+        pool.name: pool.mode
+        for pool in cluster.agent_pools
+        if pool.provisioning_state != ProvisioningState.DELETING
     }
     for pool_spec in spec.agent_pools:
-        final_modes[pool_spec.name.lower()] = pool_spec.mode or final_modes.get(
-            pool_spec.name.lower(), "User"
+        final_modes[stored_name(pool_spec.name)] = pool_spec.mode or final_modes.get(
+            stored_name(pool_spec.name), "User"
         )
     planned: list[tuple[limits.PoolRequest, AgentPool | None]] = []
     for index, pool_spec in enumerate(spec.agent_pools):
         prefix = f"properties.agentPoolProfiles[{index}]."
-        pool = existing.get(pool_spec.name.lower())
+        pool = existing.get(stored_name(pool_spec.name))
         earlier_names = (
             *existing,
-            *(p.name for p in spec.agent_pools[:index] if p.name.lower() not in existing),
+            *(p.name for p in spec.agent_pools[:index] if stored_name(p.name) not in existing),
         )
         if pool is None:
             request = _request_for_new_pool(pool_spec, version, virtual_nodes)
@@ -402,7 +408,7 @@ def put_cluster(
     cluster.kubernetes_version = version
     cluster.virtual_nodes_enabled = virtual_nodes
     cluster.tags = spec.tags if spec.tags is not None else cluster.tags
-    cluster.provisioning_state = "Updating"
+    cluster.provisioning_state = ProvisioningState.UPDATING
     cluster.updated_at = utc_now()
     for request, pool in planned:
         if pool is None:
@@ -453,9 +459,9 @@ def _create_cluster(
         limits.ClusterRequest(len(requests), system_pools, version, location=spec.location)
     )
     limits.raise_violations(violations)
-    name = path.cluster_name.lower()
+    name = stored_name(path.cluster_name)
     location = limits.normalize_location(spec.location)
-    group = path.resource_group.lower()
+    group = stored_name(path.resource_group)
     dns_prefix = spec.dns_prefix or f"{name[:10]}-{group[:16]}-{path.subscription_id[:6]}"
     cluster = ManagedCluster(
         subscription_id=path.subscription_id,
@@ -470,7 +476,7 @@ def _create_cluster(
         virtual_nodes_enabled=bool(spec.virtual_nodes),
         tags=spec.tags or {},
         kube_token=secrets.token_hex(32),
-        provisioning_state="Creating",
+        provisioning_state=ProvisioningState.CREATING,
     )
     for request in requests:
         cluster.agent_pools.append(_new_pool(request, tl_registered))
@@ -486,14 +492,14 @@ def delete_cluster(session: Session, path: ResourcePath) -> Operation | None:
     cluster = find_cluster(session, path)
     if cluster is None:
         return None
-    if cluster.provisioning_state == "Deleting":
+    if cluster.provisioning_state == ProvisioningState.DELETING:
         running = in_progress_operation(session, path.cluster_id)
         if running is not None:
             return running
     _cancel_operations(session, path.cluster_id)
-    cluster.provisioning_state = "Deleting"
+    cluster.provisioning_state = ProvisioningState.DELETING
     for pool in cluster.agent_pools:
-        pool.provisioning_state = "Deleting"
+        pool.provisioning_state = ProvisioningState.DELETING
     return start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Delete")
 
 
@@ -506,18 +512,18 @@ def _cancel_operations(session: Session, resource_id: str) -> None:
                 Operation.resource_id == resource_id,
                 Operation.resource_id.startswith(resource_id + "/", autoescape=True),
             ),
-            Operation.status == "InProgress",
+            Operation.status == OperationStatus.IN_PROGRESS,
         )
     )
     for operation in running:
-        operation.status = "Canceled"
+        operation.status = OperationStatus.CANCELED
         operation.end_time = utc_now()
         operation.note = "Canceled by a later DELETE of the resource."
 
 
 def find_pool(cluster: ManagedCluster, pool_name: str) -> AgentPool | None:
     """The cluster's pool called `pool_name` (any case), or None."""
-    return next((pool for pool in cluster.agent_pools if pool.name == pool_name.lower()), None)
+    return next((pool for pool in cluster.agent_pools if pool.name == stored_name(pool_name)), None)
 
 
 def get_pool(session: Session, path: ResourcePath, pool_name: str) -> AgentPool:
@@ -540,7 +546,7 @@ def put_pool(
     cluster = get_cluster(session, path)
     _refuse_if_deleting(cluster)
     pool = find_pool(cluster, spec.name)
-    pool_id = pool_resource_id(cluster, spec.name.lower())
+    pool_id = pool_resource_id(cluster, stored_name(spec.name))
     tl_registered = trusted_launch_registered(session, path.subscription_id)
     if pool is None or create_only:
         request = replace(
@@ -577,12 +583,12 @@ def delete_pool(session: Session, path: ResourcePath, pool_name: str) -> Operati
     if pool is None:
         return None
     pool_id = pool_resource_id(cluster, pool.name)
-    if pool.provisioning_state == "Deleting":
+    if pool.provisioning_state == ProvisioningState.DELETING:
         running = in_progress_operation(session, pool_id)
         if running is not None:
             return running
     deletion = limits.PoolDeletion(pool.name, pool.mode, _system_pools_besides(cluster, pool.name))
     limits.raise_violations(limits.check_deletion(deletion))
     _cancel_operations(session, pool_id)
-    pool.provisioning_state = "Deleting"
+    pool.provisioning_state = ProvisioningState.DELETING
     return start_operation(session, path.subscription_id, cluster.location, pool_id, "Delete")

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.ui_sessions import delete_expired_sessions
 from trustedlaunch.store.models import AlertRecord, AttestationRecord, Node, utc_now
+from trustedlaunch.store.vocabulary import AlertStatus
 
 log = logging.getLogger("trustedlaunch.control.retention")
 
@@ -100,7 +101,8 @@ def prune_alerts(session: Session, settings: RetentionSettings, now: datetime) -
     (Resolved before Active, oldest first); how many."""
     cutoff = now - timedelta(days=settings.alert_days)
     resolved_long_ago = and_(
-        AlertRecord.status == "Resolved", func.coalesce(AlertRecord.resolved_at, AlertRecord.time) < cutoff
+        AlertRecord.status == AlertStatus.RESOLVED,
+        func.coalesce(AlertRecord.resolved_at, AlertRecord.time) < cutoff,
     )
     deleted = _count(session.execute(delete(AlertRecord).where(resolved_long_ago)))
     ranked = select(
@@ -109,7 +111,7 @@ def prune_alerts(session: Session, settings: RetentionSettings, now: datetime) -
         .over(
             partition_by=AlertRecord.subscription_id,
             order_by=(
-                case((AlertRecord.status == "Active", 0), else_=1),
+                case((AlertRecord.status == AlertStatus.ACTIVE, 0), else_=1),
                 AlertRecord.time.desc(),
                 AlertRecord.id.desc(),
             ),

@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
+from trustedlaunch.control.resource_id import ResourceId, path_within
 from trustedlaunch.control.resources import PROVIDER, RESOURCE_GROUP, SUBSCRIPTION_ID
 from trustedlaunch.store.models import ApiToken, Operation
 
@@ -38,11 +39,7 @@ SCOPE_FORMS = (
 )
 # ARM action verb of each HTTP method; POST is an action named by the path's last segment.
 METHOD_VERBS = {"GET": "read", "HEAD": "read", "PUT": "write", "PATCH": "write", "DELETE": "delete"}
-OPERATION_PATH = re.compile(
-    rf"^/subscriptions/(?P<subscription>[^/]+)/providers/{re.escape(PROVIDER)}/locations/[^/]+"
-    r"/(?:operations|operationresults)/(?P<operation>[^/]+)$",
-    re.IGNORECASE,
-)
+OPERATION_TYPES = (("locations", "operations"), ("locations", "operationresults"))  # the two operation URLs
 
 
 @dataclass(frozen=True)
@@ -61,13 +58,7 @@ class Principal:
         """Whether the ARM path or resource id `path` (any case) lies inside this principal's scope."""
         if self.scope is None:
             return True
-        lowered = path.lower()
-        if any(segment in (".", "..") for segment in lowered.split("/")):
-            return False
-        return any(
-            lowered == prefix or lowered.startswith(prefix + "/")
-            for prefix in (self.scope, _ATTESTATION_SCOPE)
-        )
+        return path_within(path, self.scope) or path_within(path, _ATTESTATION_SCOPE)
 
 
 def _digest(token: str) -> str:
@@ -83,24 +74,19 @@ def normalize_scope(scope: str | None) -> str | None:
         return None
     if scope.strip().rstrip("/").lower() == _ATTESTATION_SCOPE:
         return _ATTESTATION_SCOPE
-    parts = scope.strip().rstrip("/").split("/")
-    valid = (
-        len(parts) in (3, 5)
-        and parts[0] == ""
-        and parts[1].lower() == "subscriptions"
-        and SUBSCRIPTION_ID.match(parts[2]) is not None
-        and (
-            len(parts) == 3
-            or (parts[3].lower() == "resourcegroups" and RESOURCE_GROUP.match(parts[4]) is not None)
-        )
-    )
-    if not valid:
+    scope_id = ResourceId.parse(scope.strip().rstrip("/"))
+    if (
+        scope_id is None
+        or scope_id.namespace is not None
+        or SUBSCRIPTION_ID.match(scope_id.subscription_id) is None
+        or (scope_id.resource_group is not None and RESOURCE_GROUP.match(scope_id.resource_group) is None)
+    ):
         raise bad_request(
             "InvalidTokenScope",
             f"Token scope '{scope}' is not valid: use {SCOPE_FORMS} (omit the scope for an admin token).",
             "scope",
         )
-    return "/".join(parts).lower()
+    return scope_id.canonical
 
 
 def create_token(session: Session, name: str, scope: str | None = None) -> str:
@@ -209,12 +195,13 @@ def authorize(session: Session, principal: Principal, method: str, path: str) ->
     allowed when the operation's resource lies inside the principal's scope."""
     if principal.covers(path):
         return
-    operation_path = OPERATION_PATH.match(path)
-    if operation_path is not None:
-        operation = session.get(Operation, operation_path["operation"])
+    target = ResourceId.parse(path)
+    if target is not None and target.resource_group is None:
+        names = next(filter(None, (target.names(PROVIDER, *types) for types in OPERATION_TYPES)), None)
+        operation = None if names is None else session.get(Operation, names[1])
         if (
             operation is not None
-            and operation.subscription_id.lower() == operation_path["subscription"].lower()
+            and ResourceId(operation.subscription_id) == ResourceId(target.subscription_id)
             and principal.covers(operation.resource_id)
         ):
             return

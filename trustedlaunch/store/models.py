@@ -18,6 +18,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from trustedlaunch.store.vocabulary import AlertStatus
+
 
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -168,7 +170,7 @@ class Operation(Base):
     location: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(512), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # Create | Update | Delete
-    status: Mapped[str] = mapped_column(String(16))  # InProgress | Succeeded | Failed | Canceled
+    status: Mapped[str] = mapped_column(String(16))  # store.vocabulary.OperationStatus
     note: Mapped[str] = mapped_column(String(512), default="")
     error: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
@@ -255,8 +257,8 @@ class AlertRecord(Base):
     cluster_name: Mapped[str] = mapped_column(String(63))  # lowercase
     pool_name: Mapped[str] = mapped_column(String(12))
     node_name: Mapped[str] = mapped_column(String(128), index=True)
-    severity: Mapped[str] = mapped_column(String(8))  # High | Medium | Low
-    status: Mapped[str] = mapped_column(String(16), default="Active")  # Active | Resolved
+    severity: Mapped[str] = mapped_column(String(8))  # store.vocabulary.AlertSeverity
+    status: Mapped[str] = mapped_column(String(16), default=AlertStatus.ACTIVE)  # AlertStatus
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     document: Mapped[dict[str, object]] = mapped_column(JSON)  # Alert.to_dict()

@@ -1,0 +1,46 @@
+"""The values the control plane writes to status columns and ARM documents, spelled once: long-running
+operation statuses, resource provisioning states, and integrity alert states and severities (Defender for
+Cloud's words). Plain `StrEnum`s: a member compares equal to, and is stored as, its string."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OperationStatus(StrEnum):
+    """A long-running operation's status (`Operation.status`, the Azure-AsyncOperation document)."""
+
+    IN_PROGRESS = "InProgress"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+
+TERMINAL_OPERATION_STATUSES = (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.CANCELED)
+
+
+class ProvisioningState(StrEnum):
+    """A cluster's or agent pool's `provisioningState`: in flight while an operation runs, then the
+    operation's terminal status."""
+
+    CREATING = "Creating"
+    UPDATING = "Updating"
+    DELETING = "Deleting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+
+class AlertStatus(StrEnum):
+    """Defender for Cloud alert states this control plane uses."""
+
+    ACTIVE = "Active"
+    RESOLVED = "Resolved"
+
+
+class AlertSeverity(StrEnum):
+    """Defender for Cloud alert severities, most severe first."""
+
+    HIGH = "High"
+    MEDIUM = "Medium"
+    LOW = "Low"
