@@ -15,7 +15,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
 from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
 from trustedlaunch.api.views import (
@@ -29,8 +28,8 @@ from trustedlaunch.api.views import (
     provider_json,
 )
 from trustedlaunch.control import features, operations, resources
+from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
-from trustedlaunch.store.models import Operation
 
 DEFAULT_API_VERSION = "2024-09-01"
 RETRY_AFTER_SECONDS = "5"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trustedlaunch.api.models import ErrorResponse
 from trustedlaunch.api.routes import api_version, transaction
 from trustedlaunch.control import tokens
-from trustedlaunch.store.models import ApiToken
+from trustedlaunch.control.records import ApiToken
 
 TOKENS_PATH = "/providers/Microsoft.TrustedLaunch/tokens"
 TOKEN_TYPE = "Microsoft.TrustedLaunch/tokens"
