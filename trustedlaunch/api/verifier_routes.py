@@ -30,8 +30,8 @@ A token means "a TPM this platform enrolled proved this boot" (trustedlaunch.con
 
 This module parses requests and writes answers; the pipeline (nonce, pool policy, enrolled AK, verify,
 metrics, token) is trustedlaunch.control.verifier.verify_request. Handlers run on the event loop (no
-thread-pool hop, see routes.py): a verification is ~1 ms of CPU, plus
-one or two indexed store reads (the pool, the enrolled AK). Each answer carries a `Server-Timing` header
+thread-pool hop, see routes.py): a verification is ~1 ms of CPU, plus one or two indexed store reads
+(the pool, the enrolled AK). Each answer carries a `Server-Timing` header
 (parse, nonce, store, verify, token and total, in ms) so that load benchmarks can compare the server's own
 time with the latency clients see.
 """
