@@ -1,9 +1,8 @@
 """The evidence view of one attestation: its event log as rows, each finding mapped to the events it blames.
 
-A finding names its event when the check knows it (`eventIndex`); otherwise it is mapped by its check:
-Secure Boot to the SecureBoot variable event, the kernel command line to the event it was read from, and a
-PCR mismatch to every event measured into that PCR (the first differing event, when named, is blamed
-exactly, the rest of the PCR is marked as its context).
+A finding blames the event it names (`eventIndex`: the policy checks name the event they read, e.g. the
+SecureBoot variable, the kernel command line, a boot application); a PCR mismatch also marks every event
+measured into that PCR as its context (the first differing event, when named, is blamed exactly).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from trustedlaunch.attest.findings import Check
 from trustedlaunch.attest.policy import boot_app_components
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.describe import boot_app_labels, describe_event
-from trustedlaunch.eventlog.model import BootSummary, Event, EventLog
+from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
@@ -87,17 +86,12 @@ def finding_views(findings: Sequence[Mapping[str, object]]) -> list[FindingView]
     ]
 
 
-def blamed_events(finding: FindingView, log: EventLog, summary: BootSummary | None) -> tuple[int, ...]:
-    """The indexes of the events a finding blames exactly (see the module docstring)."""
+def blamed_events(finding: FindingView, log: EventLog) -> tuple[int, ...]:
+    """The event a finding blames exactly: the one it names (`eventIndex`: the policy checks name the
+    event they read, e.g. the SecureBoot variable or the kernel command line), if the log has it."""
     if finding.event_index is not None and 0 <= finding.event_index < len(log.events):
         return (finding.event_index,)
-    event: Event | None = None
-    if summary is not None and finding.check == Check.SECURE_BOOT.value:
-        variable = summary.variables.get("SecureBoot")
-        event = variable.event if variable else None
-    elif summary is not None and finding.check == Check.KERNEL_CMDLINE.value:
-        event = summary.kernel_cmdline_event
-    return (event.index,) if event is not None else ()
+    return ()
 
 
 def build_evidence_view(event_log: bytes | None, findings: Sequence[Mapping[str, object]]) -> EvidenceView:
@@ -114,7 +108,7 @@ def build_evidence_view(event_log: bytes | None, findings: Sequence[Mapping[str,
     except TrustedLaunchError:
         summary = None
     boot_apps = {} if summary is None else boot_app_labels(summary, boot_app_components(summary.boot_apps))
-    views = [dataclasses.replace(view, blamed_events=blamed_events(view, log, summary)) for view in views]
+    views = [dataclasses.replace(view, blamed_events=blamed_events(view, log)) for view in views]
     blamed: dict[int, list[int]] = {}
     for view in views:
         for index in view.blamed_events:
