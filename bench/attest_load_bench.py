@@ -69,13 +69,14 @@ from pathlib import Path
 import uvloop
 from tpm2_pytss import TCTILdr
 
-from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, NONCE_TTL_ENV, VERIFY_PATH
+from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, VERIFY_PATH
 from trustedlaunch.attest.evidence import extend_event_log
 from trustedlaunch.attest.policy import policy_from_summary
 from trustedlaunch.control.attestation_monitor import ATTESTED, AttestationMonitor, Trigger
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.control.verifier import NONCE_TTL_ENV
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize

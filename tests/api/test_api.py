@@ -189,6 +189,30 @@ def test_request_body_size_limit(client: TestClient) -> None:
     assert_arm_error(client.put(CLUSTER, content=chunks()), 413, "RequestEntityTooLarge")
 
 
+def test_openapi_types_every_response(tmp_path: Path) -> None:
+    with TestClient(create_app(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "admin-token")) as anonymous:
+        schema = anonymous.get("/openapi.json").json()
+    untyped = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                content = response.get("content", {}).get("application/json")
+                if content is not None and "$ref" not in content["schema"]:
+                    untyped.append(f"{method.upper()} {path} {status}")
+    assert not untyped, untyped
+    components = schema["components"]["schemas"]
+    cluster = components["ManagedClusterPropertiesOut"]["properties"]
+    assert cluster["agentPoolProfiles"]["items"] == {"$ref": "#/components/schemas/AgentPoolProfileOut"}
+    assert list(components["AgentPoolProfileOut"]["properties"])[:2] == ["name", "count"]
+    pool = next(p for path, p in schema["paths"].items() if path.endswith("agentPools/{pool_name}"))
+    assert {"200", "201"} <= set(pool["put"]["responses"]) and {"202", "204"} <= set(
+        pool["delete"]["responses"]
+    )
+    assert {"subscription_id", "resource_group", "cluster_name", "pool_name"} <= {
+        parameter["name"] for parameter in pool["get"]["parameters"]
+    }
+
+
 def test_authentication_required_except_health_and_openapi(tmp_path: Path) -> None:
     token_file = tmp_path / "admin-token"
     with TestClient(create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)) as anonymous:

@@ -50,7 +50,6 @@ from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
 from trustedlaunch.control.operations import finish_operation
-from trustedlaunch.control.timeutil import as_utc
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
 
 CLUSTER = ["--cluster-name", "myAKSCluster", "-g", "myResourceGroup"]
@@ -118,7 +117,7 @@ def attest_when_requested(
         while done < 2 and time.monotonic() < deadline:
             with sessions.begin() as session:
                 pending = session.scalars(select(Node).where(Node.attestation_requested_at.is_not(None)))
-                node = next((n for n in pending if as_utc(n.attestation_requested_at) > since), None)
+                node = next((n for n in pending if n.attestation_requested_at > since), None)
                 if node is not None:
                     add_attestation(
                         session,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from trustedlaunch.cli.main import app
+from trustedlaunch.web.evidence import build_evidence_view
 
 RUNNER = CliRunner()
 
@@ -71,3 +72,14 @@ def test_show_table_prints_summary(testdata: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Secure Boot: unknown" in result.stdout
     assert "EV_EFI_VARIABLE_DRIVER_CONFIG" in result.stdout
+
+
+def test_show_describes_events_as_the_dashboard_does(testdata: Path) -> None:
+    log = testdata / "go-tpm-tools/eventlogs/debian-10.bin"
+    result = RUNNER.invoke(app, ["eventlog", "show", str(log), "--json"])
+    assert result.exit_code == 0, result.output
+    described = {event["index"]: event["description"] for event in json.loads(result.stdout)["events"]}
+    view = build_evidence_view(log.read_bytes(), [])
+    assert described == {row.index: row.description for row in view.rows}
+    assert described[2] == "SecureBoot = enabled"
+    assert any(text.startswith("shim: ") and text.endswith("BOOTX64.EFI") for text in described.values())

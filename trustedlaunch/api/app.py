@@ -22,6 +22,7 @@ from trustedlaunch.control.bootstrap import attestation_token_issuer, default_to
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.kubeconfig import configured_api_server
 from trustedlaunch.control.tokens import PrincipalCache
+from trustedlaunch.control.verifier import open_challenge_store
 from trustedlaunch.web import dashboard
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -203,7 +204,7 @@ def create_app(
         app.state.sessions = sessions
         app.state.principals = PrincipalCache(sessions, token_cache_seconds, TOKEN_CACHE_SIZE)
         app.state.token_issuer = token_issuer or attestation_token_issuer(token_path)
-        app.state.challenges = verifier_routes.open_challenge_store(token_path.parent)
+        app.state.challenges = open_challenge_store(token_path.parent)
         yield
         app.state.challenges.close()
         engine.dispose()

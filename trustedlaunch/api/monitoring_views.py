@@ -8,9 +8,9 @@ import copy
 from typing import cast
 
 from trustedlaunch.control.monitoring import AttestationRequest, IssuedToken
+from trustedlaunch.control.records import AgentPool, AlertRecord, AlertWebhook, AttestationRecord
 from trustedlaunch.control.resources import PROVIDER, pool_resource_id
 from trustedlaunch.control.timeutil import iso
-from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord
 
 JsonObject = dict[str, object]
 SECURITY = "Microsoft.Security"

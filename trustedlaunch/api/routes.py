@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
 from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
+from trustedlaunch.api.responses import (
+    AgentPoolResource,
+    ArmList,
+    CredentialResults,
+    FeatureResult,
+    MachineResource,
+    ManagedClusterResource,
+    OperationStatusResult,
+    ProviderResult,
+)
 from trustedlaunch.api.views import (
     cluster_json,
     feature_json,
@@ -29,14 +37,14 @@ from trustedlaunch.api.views import (
     provider_json,
 )
 from trustedlaunch.control import features, operations, resources
+from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
-from trustedlaunch.store.models import Operation
 
 DEFAULT_API_VERSION = "2024-09-01"
 RETRY_AFTER_SECONDS = "5"
 
 
-def api_version(
+async def api_version(
     version: str | None = Query(None, alias="api-version", description="e.g. 2024-09-01"),
 ) -> None:
     """Accept the ARM `api-version` query parameter (every version gets the same behaviour)."""
@@ -61,6 +69,14 @@ POOL = f"{CLUSTER}/agentPools/{{pool_name}}"
 FEATURES = f"{SUB}/providers/Microsoft.Features"
 
 
+async def cluster_path(subscription_id: str, resource_group: str, cluster_name: str) -> ResourcePath:
+    """The cluster the request path names (400 for an invalid subscription, resource group or name)."""
+    return ResourcePath(subscription_id, resource_group, cluster_name)
+
+
+ClusterPath = Annotated[ResourcePath, Depends(cluster_path)]
+
+
 @contextmanager
 def transaction(request: Request) -> Iterator[Session]:
     """One database transaction for the request: committed on success, rolled back on any error."""
@@ -78,14 +94,24 @@ def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
     }
 
 
-@router.get(f"{CS}/managedClusters", tags=["managedClusters"])
+@router.get(
+    f"{CS}/managedClusters",
+    tags=["managedClusters"],
+    response_model=ArmList[ManagedClusterResource],
+    response_model_exclude_unset=True,
+)
 async def list_all_clusters(request: Request, subscription_id: str) -> dict[str, object]:
     """List the subscription's managed clusters."""
     with transaction(request) as session:
         return {"value": [cluster_json(c) for c in resources.list_clusters(session, subscription_id)]}
 
 
-@router.get(RG, tags=["managedClusters"])
+@router.get(
+    RG,
+    tags=["managedClusters"],
+    response_model=ArmList[ManagedClusterResource],
+    response_model_exclude_unset=True,
+)
 async def list_group_clusters(
     request: Request, subscription_id: str, resource_group: str
 ) -> dict[str, object]:
@@ -95,36 +121,48 @@ async def list_group_clusters(
         return {"value": [cluster_json(c) for c in clusters]}
 
 
-@router.put(CLUSTER, tags=["managedClusters"], status_code=201)
+@router.put(
+    CLUSTER,
+    tags=["managedClusters"],
+    status_code=201,
+    response_model=ManagedClusterResource,
+    response_model_exclude_unset=True,
+    responses={200: {"model": ManagedClusterResource, "description": "Updated"}},
+)
 async def put_cluster(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str, body: ManagedClusterBody
-) -> JSONResponse:
+    request: Request, response: Response, path: ClusterPath, body: ManagedClusterBody
+) -> dict[str, object]:
     """Create (201) or update (200) a managed cluster; long-running."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         cluster, operation, created = resources.put_cluster(session, path, body.to_spec())
         session.flush()
         content = cluster_json(cluster)
-        headers = _lro_headers(request, operation)
-    return JSONResponse(content, status_code=201 if created else 200, headers=headers)
+        response.headers.update(_lro_headers(request, operation))
+    response.status_code = 201 if created else 200
+    return content
 
 
-@router.get(CLUSTER, tags=["managedClusters"])
-async def get_cluster(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str
-) -> dict[str, object]:
+@router.get(
+    CLUSTER,
+    tags=["managedClusters"],
+    response_model=ManagedClusterResource,
+    response_model_exclude_unset=True,
+)
+async def get_cluster(request: Request, path: ClusterPath) -> dict[str, object]:
     """Get a managed cluster."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         return cluster_json(resources.get_cluster(session, path))
 
 
-@router.delete(CLUSTER, tags=["managedClusters"], status_code=202)
-async def delete_cluster(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str
-) -> Response:
+@router.delete(
+    CLUSTER,
+    tags=["managedClusters"],
+    status_code=202,
+    response_class=Response,
+    responses={204: {"description": "The cluster does not exist"}},
+)
+async def delete_cluster(request: Request, path: ClusterPath) -> Response:
     """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         operation = resources.delete_cluster(session, path)
         if operation is None:
@@ -134,51 +172,52 @@ async def delete_cluster(
     return Response(status_code=202, headers=headers)
 
 
-@router.post(f"{CLUSTER}/listClusterUserCredential", tags=["managedClusters"])
-async def list_user_credential(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str
-) -> dict[str, object]:
+@router.post(
+    f"{CLUSTER}/listClusterUserCredential", tags=["managedClusters"], response_model=CredentialResults
+)
+async def list_user_credential(request: Request, path: ClusterPath) -> dict[str, object]:
     """The user kubeconfig of a cluster (base64)."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         return kubeconfig_json(
             resources.get_cluster(session, path), "clusterUser", request.app.state.api_server
         )
 
 
-@router.post(f"{CLUSTER}/listClusterAdminCredential", tags=["managedClusters"])
-async def list_admin_credential(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str
-) -> dict[str, object]:
+@router.post(
+    f"{CLUSTER}/listClusterAdminCredential", tags=["managedClusters"], response_model=CredentialResults
+)
+async def list_admin_credential(request: Request, path: ClusterPath) -> dict[str, object]:
     """The admin kubeconfig of a cluster (base64)."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         return kubeconfig_json(
             resources.get_cluster(session, path), "clusterAdmin", request.app.state.api_server
         )
 
 
-@router.get(f"{CLUSTER}/agentPools", tags=["agentPools"])
-async def list_pools(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str
-) -> dict[str, object]:
+@router.get(
+    f"{CLUSTER}/agentPools",
+    tags=["agentPools"],
+    response_model=ArmList[AgentPoolResource],
+    response_model_exclude_unset=True,
+)
+async def list_pools(request: Request, path: ClusterPath) -> dict[str, object]:
     """List the agent pools of a cluster."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         return {"value": [pool_json(p) for p in resources.get_cluster(session, path).agent_pools]}
 
 
-@router.put(POOL, tags=["agentPools"], status_code=201)
+@router.put(
+    POOL,
+    tags=["agentPools"],
+    status_code=201,
+    response_model=AgentPoolResource,
+    response_model_exclude_unset=True,
+    responses={200: {"model": AgentPoolResource, "description": "Updated"}},
+)
 async def put_pool(
-    request: Request,
-    subscription_id: str,
-    resource_group: str,
-    cluster_name: str,
-    pool_name: str,
-    body: AgentPoolBody,
-) -> JSONResponse:
+    request: Request, response: Response, path: ClusterPath, pool_name: str, body: AgentPoolBody
+) -> dict[str, object]:
     """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409)."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     create_only = request.headers.get("if-none-match", "").strip() == "*"
     with transaction(request) as session:
         pool, operation, created = resources.put_pool(
@@ -186,37 +225,35 @@ async def put_pool(
         )
         session.flush()
         content = pool_json(pool)
-        headers = _lro_headers(request, operation)
-    return JSONResponse(content, status_code=201 if created else 200, headers=headers)
+        response.headers.update(_lro_headers(request, operation))
+    response.status_code = 201 if created else 200
+    return content
 
 
-@router.get(POOL, tags=["agentPools"])
-async def get_pool(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str, pool_name: str
-) -> dict[str, object]:
+@router.get(POOL, tags=["agentPools"], response_model=AgentPoolResource, response_model_exclude_unset=True)
+async def get_pool(request: Request, path: ClusterPath, pool_name: str) -> dict[str, object]:
     """Get an agent pool."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         return pool_json(resources.get_pool(session, path, pool_name))
 
 
-@router.get(f"{POOL}/machines", tags=["agentPools"])
-async def list_machines(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str, pool_name: str
-) -> dict[str, object]:
+@router.get(f"{POOL}/machines", tags=["agentPools"], response_model=ArmList[MachineResource])
+async def list_machines(request: Request, path: ClusterPath, pool_name: str) -> dict[str, object]:
     """List the nodes (machines) of an agent pool with their labels and attestation status."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         pool = resources.get_pool(session, path, pool_name)
         return {"value": [machine_json(node) for node in sorted(pool.nodes, key=lambda n: n.ordinal)]}
 
 
-@router.delete(POOL, tags=["agentPools"], status_code=202)
-async def delete_pool(
-    request: Request, subscription_id: str, resource_group: str, cluster_name: str, pool_name: str
-) -> Response:
+@router.delete(
+    POOL,
+    tags=["agentPools"],
+    status_code=202,
+    response_class=Response,
+    responses={204: {"description": "The agent pool does not exist"}},
+)
+async def delete_pool(request: Request, path: ClusterPath, pool_name: str) -> Response:
     """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running."""
-    path = ResourcePath(subscription_id, resource_group, cluster_name)
     with transaction(request) as session:
         operation = resources.delete_pool(session, path, pool_name)
         if operation is None:
@@ -226,7 +263,12 @@ async def delete_pool(
     return Response(status_code=202, headers=headers)
 
 
-@router.get(f"{CS}/locations/{{location}}/operations/{{operation_id}}", tags=["operations"])
+@router.get(
+    f"{CS}/locations/{{location}}/operations/{{operation_id}}",
+    tags=["operations"],
+    response_model=OperationStatusResult,
+    response_model_exclude_unset=True,
+)
 async def get_operation(
     request: Request, subscription_id: str, location: str, operation_id: str
 ) -> dict[str, object]:
@@ -235,10 +277,19 @@ async def get_operation(
         return operation_json(operations.get_operation(session, subscription_id, operation_id))
 
 
-@router.get(f"{CS}/locations/{{location}}/operationresults/{{operation_id}}", tags=["operations"])
+@router.get(
+    f"{CS}/locations/{{location}}/operationresults/{{operation_id}}",
+    tags=["operations"],
+    response_model=OperationStatusResult,
+    response_model_exclude_unset=True,
+    responses={
+        202: {"description": "In progress (Location and Retry-After headers)"},
+        204: {"description": "Succeeded"},
+    },
+)
 async def get_operation_result(
     request: Request, subscription_id: str, location: str, operation_id: str
-) -> Response:
+) -> Response | dict[str, object]:
     """The Location URL: 202 while InProgress, 204 once Succeeded, 200 with the status body otherwise."""
     with transaction(request) as session:
         operation = operations.get_operation(session, subscription_id, operation_id)
@@ -246,10 +297,14 @@ async def get_operation_result(
             return Response(status_code=202, headers=_lro_headers(request, operation))
         if operation.status == "Succeeded":
             return Response(status_code=204)
-        return JSONResponse(operation_json(operation))
+        return operation_json(operation)
 
 
-@router.post(f"{FEATURES}/providers/{{namespace}}/features/{{feature_name}}/register", tags=["features"])
+@router.post(
+    f"{FEATURES}/providers/{{namespace}}/features/{{feature_name}}/register",
+    tags=["features"],
+    response_model=FeatureResult,
+)
 async def register_feature(
     request: Request, subscription_id: str, namespace: str, feature_name: str
 ) -> dict[str, object]:
@@ -258,7 +313,11 @@ async def register_feature(
         return feature_json(features.register_feature(session, subscription_id, namespace, feature_name))
 
 
-@router.get(f"{FEATURES}/providers/{{namespace}}/features/{{feature_name}}", tags=["features"])
+@router.get(
+    f"{FEATURES}/providers/{{namespace}}/features/{{feature_name}}",
+    tags=["features"],
+    response_model=FeatureResult,
+)
 async def get_feature(
     request: Request, subscription_id: str, namespace: str, feature_name: str
 ) -> dict[str, object]:
@@ -267,7 +326,9 @@ async def get_feature(
         return feature_json(features.get_feature(session, subscription_id, namespace, feature_name))
 
 
-@router.get(f"{FEATURES}/providers/{{namespace}}/features", tags=["features"])
+@router.get(
+    f"{FEATURES}/providers/{{namespace}}/features", tags=["features"], response_model=ArmList[FeatureResult]
+)
 async def list_namespace_features(
     request: Request, subscription_id: str, namespace: str
 ) -> dict[str, object]:
@@ -278,21 +339,21 @@ async def list_namespace_features(
         }
 
 
-@router.get(f"{FEATURES}/features", tags=["features"])
+@router.get(f"{FEATURES}/features", tags=["features"], response_model=ArmList[FeatureResult])
 async def list_features(request: Request, subscription_id: str) -> dict[str, object]:
     """Every preview feature."""
     with transaction(request) as session:
         return {"value": [feature_json(f) for f in features.list_features(session, subscription_id)]}
 
 
-@router.post(f"{SUB}/providers/{{namespace}}/register", tags=["providers"])
+@router.post(f"{SUB}/providers/{{namespace}}/register", tags=["providers"], response_model=ProviderResult)
 async def register_provider(request: Request, subscription_id: str, namespace: str) -> dict[str, object]:
     """Register a resource provider (and finish its Registering features)."""
     with transaction(request) as session:
         return provider_json(features.register_provider(session, subscription_id, namespace))
 
 
-@router.get(f"{SUB}/providers/{{namespace}}", tags=["providers"])
+@router.get(f"{SUB}/providers/{{namespace}}", tags=["providers"], response_model=ProviderResult)
 async def get_provider(request: Request, subscription_id: str, namespace: str) -> dict[str, object]:
     """A resource provider's registration state."""
     with transaction(request) as session:

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from trustedlaunch.api.models import ErrorResponse
+from trustedlaunch.api.responses import ArmList, TokenResource
 from trustedlaunch.api.routes import api_version, transaction
 from trustedlaunch.control import tokens
-from trustedlaunch.store.models import ApiToken
+from trustedlaunch.control.records import ApiToken
 
 TOKENS_PATH = "/providers/Microsoft.TrustedLaunch/tokens"
 TOKEN_TYPE = "Microsoft.TrustedLaunch/tokens"
@@ -56,31 +56,32 @@ def token_json(token: ApiToken) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=201)
-async def create_token(request: Request, body: TokenBody) -> JSONResponse:
+@router.post("", status_code=201, response_model=TokenResource)
+async def create_token(request: Request, response: Response, body: TokenBody) -> dict[str, Any]:
     """Create a token; the response holds its plaintext (`properties.token`), shown this once."""
     with transaction(request) as session:
         plaintext = tokens.create_token(session, body.name, body.scope)
         content = token_json(tokens.get_token(session, body.name))
     content["properties"]["token"] = plaintext
-    return JSONResponse(content, status_code=201, headers={"Cache-Control": "no-store"})
+    response.headers["Cache-Control"] = "no-store"
+    return content
 
 
-@router.get("")
+@router.get("", response_model=ArmList[TokenResource], response_model_exclude_unset=True)
 async def list_tokens(request: Request) -> dict[str, object]:
     """Every token's name, scope and creation time."""
     with transaction(request) as session:
         return {"value": [token_json(token) for token in tokens.list_tokens(session)]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=TokenResource, response_model_exclude_unset=True)
 async def get_token(request: Request, name: str) -> dict[str, object]:
     """One token's name, scope and creation time."""
     with transaction(request) as session:
         return token_json(tokens.get_token(session, name))
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", response_class=Response)
 async def revoke_token(request: Request, name: str) -> Response:
     """Revoke a token (404 if there is none): it stops working at once on this server, and within the token
     cache time (TOKEN_CACHE_SECONDS) on other servers of the same store."""

@@ -28,64 +28,57 @@ A token means "a TPM this platform enrolled proved this boot" (trustedlaunch.con
   TPM name hex) and no pool or image claims (empty); a pass by any other key gets no token, and
   `tokenWithheld` says why. Such evidence is verified without caching its parsed log.
 
-Handlers run on the event loop (no thread-pool hop, see routes.py): a verification is ~1 ms of CPU, plus
-one or two indexed store reads (the pool, the enrolled AK). Each answer carries a `Server-Timing` header
+This module parses requests and writes answers; the pipeline (nonce, pool policy, enrolled AK, verify,
+metrics, token) is trustedlaunch.control.verifier.verify_request. Handlers run on the event loop (no
+thread-pool hop, see routes.py): a verification is ~1 ms of CPU, plus one or two indexed store reads
+(the pool, the enrolled AK). Each answer carries a `Server-Timing` header
 (parse, nonce, store, verify, token and total, in ms) so that load benchmarks can compare the server's own
 time with the latency clients see.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import time
-from pathlib import Path
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from trustedlaunch.attest.evidence import Evidence, EvidenceError
-from trustedlaunch.attest.metrics import record_attestation
-from trustedlaunch.attest.nonces import DEFAULT_TTL_SECONDS, ChallengeStore, NonceError, NonceReusedError
+from trustedlaunch.attest.nonces import ChallengeStore
 from trustedlaunch.attest.policy import Policy, PolicyError
-from trustedlaunch.attest.tokens import TokenIssuer
-from trustedlaunch.attest.verifier import AttestationResult, verify
-from trustedlaunch.control.enrolled_aks import (
-    EnrolledNode,
-    enrolled_node,
-    not_in_pool_finding,
-    token_withheld_reason,
-)
 from trustedlaunch.control.errors import ArmError, bad_request
-from trustedlaunch.control.pool_policies import PoolPolicy, pool_policy
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
-from trustedlaunch.tpm.structures import TpmStructureError, parse_tpmt_public
+from trustedlaunch.control.verifier import parse_policy, verify_request
 
 CHALLENGE_PATH = f"{ATTESTATION_API_PATH}/challenge"
 VERIFY_PATH = f"{ATTESTATION_API_PATH}/verify"
-NONCE_FILE = "attestation-nonces.db"
-NONCE_TTL_ENV = "TL_ATTESTATION_NONCE_TTL"  # seconds a challenge nonce stays valid
-POLICY_CACHE_SIZE = 64
-MAX_CACHED_POLICY_SIZE = 128 * 1024  # larger policy documents are parsed per request, not kept
 _REQUEST_FIELDS = frozenset({"nonce", "evidence", "policy", "poolId"})
 
 router = APIRouter(tags=["attestation"])
 
 
-def open_challenge_store(config_dir: Path) -> ChallengeStore:
-    """The challenge store of an API whose config (admin token) is in `config_dir`; the nonce TTL comes
-    from TL_ATTESTATION_NONCE_TTL (seconds) when set."""
-    text = os.environ.get(NONCE_TTL_ENV)
-    try:
-        ttl = DEFAULT_TTL_SECONDS if text is None else float(text)
-    except ValueError:
-        raise NonceError(f"{NONCE_TTL_ENV}={text!r} is not a number of seconds") from None
-    return ChallengeStore(config_dir / NONCE_FILE, ttl_seconds=ttl)
+class Challenge(BaseModel):
+    """A single-use nonce to quote over (hex) and when it expires (ISO 8601)."""
+
+    nonce: str
+    expiresAt: str
 
 
-@router.post(CHALLENGE_PATH)
+class VerifyResponse(BaseModel):
+    """The verdict on evidence: pass or not, every finding, the Secure Boot state the log shows, the
+    replayed PCRs (bank -> index -> hex), and the token of a pass or why it was withheld."""
+
+    ok: bool
+    findings: list[dict[str, object]]
+    secureBoot: bool | None
+    pcrs: dict[str, dict[str, str]]
+    token: str | None = None
+    tokenWithheld: str | None = None
+
+
+@router.post(CHALLENGE_PATH, response_model=Challenge)
 async def challenge(request: Request) -> dict[str, str]:
     """A fresh single-use nonce to quote over, and when it expires."""
     store: ChallengeStore = request.app.state.challenges
@@ -95,21 +88,6 @@ async def challenge(request: Request) -> dict[str, str]:
 
 def _invalid(message: str, target: str) -> ArmError:
     return bad_request("InvalidRequestContent", message, target)
-
-
-def _parse_policy(canonical_json: bytes) -> Policy:
-    return Policy.from_json(canonical_json, source="policy")
-
-
-_cached_policy = functools.lru_cache(maxsize=POLICY_CACHE_SIZE)(_parse_policy)
-
-
-def _policy(canonical_json: bytes) -> Policy:
-    """A policy document parsed once per distinct content (a pool's nodes all send the same one); a large
-    one each time (the cache stays small whatever callers send)."""
-    if len(canonical_json) > MAX_CACHED_POLICY_SIZE:
-        return _parse_policy(canonical_json)
-    return _cached_policy(canonical_json)
 
 
 def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy | object]:
@@ -149,56 +127,30 @@ def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy | object]:
     if "poolId" in document:
         return nonce, evidence, document["poolId"]
     try:
-        policy = _policy(orjson.dumps(document["policy"], option=orjson.OPT_SORT_KEYS))
+        policy = parse_policy(orjson.dumps(document["policy"], option=orjson.OPT_SORT_KEYS))
     except PolicyError as exc:
         raise bad_request("InvalidPolicy", str(exc), "policy") from None
     return nonce, evidence, policy
 
 
-@functools.lru_cache(maxsize=1024)
-def _ak_name(ak_public: bytes) -> bytes | None:
-    """The TPM name of the AK that signed the quote (None if its public area does not parse); once per AK."""
-    try:
-        return parse_tpmt_public(ak_public).name()
-    except TpmStructureError:
-        return None
-
-
-@router.post(VERIFY_PATH)
+@router.post(VERIFY_PATH, response_model=VerifyResponse, response_model_exclude_unset=True)
 async def verify_evidence(request: Request) -> Response:
     """Verify evidence over a challenge nonce against a policy or a pool's; a token when it passes and the
     quote's AK is one the platform enrolled."""
     started = time.perf_counter()
     nonce, evidence, policy_or_pool = _read_request(await request.body())
     parsed = time.perf_counter()
-    store: ChallengeStore = request.app.state.challenges
-    try:
-        store.redeem(nonce)
-    except NonceError as exc:
-        raise ArmError(
-            409 if isinstance(exc, NonceReusedError) else 400, exc.code, str(exc), "nonce"
-        ) from None
-    redeemed = time.perf_counter()
-    pool: PoolPolicy | None = None
-    enrolled: EnrolledNode | None = None
-    ak_name = _ak_name(evidence.ak_public)
-    with request.app.state.sessions() as session:
-        if isinstance(policy_or_pool, Policy):
-            policy = policy_or_pool
-        else:
-            pool = pool_policy(session, policy_or_pool, request.state.principal)
-            policy = _policy(pool.document.encode())
-        pool_id = None if pool is None else pool.pool_id
-        if ak_name is not None:
-            enrolled = enrolled_node(session, ak_name, pool_id)
-    looked_up = time.perf_counter()
-    if pool is not None and enrolled is None and ak_name is not None:
-        result = AttestationResult(False, (not_in_pool_finding(ak_name, pool.pool_name),))
-    else:
-        result = verify(evidence, nonce=nonce, policy=policy, cache_log=enrolled is not None)
-    verified = time.perf_counter()
-    record_attestation(result, verified - looked_up)
-    answer: dict[str, Any] = {
+    verdict = verify_request(
+        challenges=request.app.state.challenges,
+        sessions=request.app.state.sessions,
+        issuer=request.app.state.token_issuer,
+        principal=request.state.principal,
+        nonce=nonce,
+        evidence=evidence,
+        policy_or_pool=policy_or_pool,
+    )
+    result = verdict.result
+    answer: dict[str, object] = {
         "ok": result.ok,
         "findings": [finding.to_dict() for finding in result.findings],
         "secureBoot": None if result.summary is None else result.summary.secure_boot,
@@ -207,28 +159,11 @@ async def verify_evidence(request: Request) -> Response:
             for bank, values in result.replayed_pcrs.items()
         },
     }
-    if result.ok and enrolled is not None and ak_name is not None:
-        issuer: TokenIssuer = request.app.state.token_issuer
-        node_name, image_version = enrolled
-        answer["token"] = issuer.issue(  # a caller's policy: no node or pool claims
-            result,
-            node="ak:" + ak_name.hex() if pool is None else node_name,
-            pool="" if pool is None else pool.pool_name,
-            image_version="" if pool is None else image_version,
-            nonce=nonce,
-        )
-    elif result.ok:
-        answer["tokenWithheld"] = token_withheld_reason(ak_name)
+    if verdict.token is not None:
+        answer["token"] = verdict.token
+    elif verdict.token_withheld is not None:
+        answer["tokenWithheld"] = verdict.token_withheld
     done = time.perf_counter()
-    timing = ", ".join(
-        f"{name};dur={seconds * 1000:.3f}"
-        for name, seconds in (
-            ("parse", parsed - started),
-            ("nonce", redeemed - parsed),
-            ("store", looked_up - redeemed),
-            ("verify", verified - looked_up),
-            ("token", done - verified),
-            ("total", done - started),
-        )
-    )
+    phases = {"parse": parsed - started, **verdict.timings, "total": done - started}
+    timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in phases.items())
     return Response(orjson.dumps(answer), media_type="application/json", headers={"Server-Timing": timing})

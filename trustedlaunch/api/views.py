@@ -6,9 +6,7 @@ import base64
 import json
 
 from trustedlaunch.control.kubeconfig import ApiServer
-from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
-from trustedlaunch.control.timeutil import iso
-from trustedlaunch.store.models import (
+from trustedlaunch.control.records import (
     AgentPool,
     FeatureRegistration,
     ManagedCluster,
@@ -16,6 +14,8 @@ from trustedlaunch.store.models import (
     Operation,
     ProviderRegistration,
 )
+from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
+from trustedlaunch.control.timeutil import iso
 
 JsonObject = dict[str, object]
 

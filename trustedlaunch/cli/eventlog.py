@@ -9,12 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustedlaunch.attest.policy import boot_app_components
 from trustedlaunch.cli.errors import bad_input
-from trustedlaunch.eventlog.model import BootSummary, Event, EventLog, EventLogError
+from trustedlaunch.eventlog.describe import boot_app_labels, describe_event
+from trustedlaunch.eventlog.model import BootSummary, EventLog, EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.replay import replay as replay_log
-from trustedlaunch.eventlog.summary import describe_ipl, summarize
-from trustedlaunch.eventlog.types import EV_IPL, EV_NO_ACTION
+from trustedlaunch.eventlog.summary import summarize
+
+TABLE_DESCRIPTION_LIMIT = 70  # the table's description column; --json gives the full line
 
 eventlog_app = typer.Typer(
     name="eventlog", help="Parse, replay and summarize TCG event logs.", no_args_is_help=True
@@ -81,18 +84,6 @@ def replay_command(
         for index, value in pcrs.items():
             table.add_row(name, str(index), value.hex())
     Console().print(table)
-
-
-def _describe(event: Event) -> str:
-    """A one-line description of an event's data."""
-    if event.event_type == EV_IPL or (event.data.isascii() and event.event_type == EV_NO_ACTION):
-        text = describe_ipl(event.data)
-    elif event.data.isascii() and event.data.rstrip(b"\x00").isascii() and len(event.data) < 80:
-        text = event.data.decode("ascii").rstrip("\x00")
-    else:
-        text = f"{len(event.data)} bytes"
-    text = " ".join(text.split())
-    return text if len(text) <= 70 else text[:67] + "..."
 
 
 def _summary_json(summary: BootSummary) -> dict[str, object]:
@@ -176,6 +167,7 @@ def show_command(
     """Print every event and the boot summary (Secure Boot, keys, boot apps, command lines)."""
     log = _load(file)
     summary = summarize(log)
+    boot_apps = boot_app_labels(summary, boot_app_components(summary.boot_apps))
     if as_json:
         events = [
             {
@@ -184,7 +176,7 @@ def show_command(
                 "pcr": event.pcr,
                 "type": event.type_name,
                 "digests": {bank: digest.hex() for bank, digest in event.digests.items()},
-                "description": _describe(event),
+                "description": describe_event(event, boot_apps),
             }
             for event in log.events
         ]
@@ -204,7 +196,7 @@ def show_command(
             str(event.pcr),
             event.type_name,
             digest.hex()[:16],
-            _describe(event),
+            describe_event(event, boot_apps, TABLE_DESCRIPTION_LIMIT),
         )
     console.print(table)
     _print_summary(console, summary)

@@ -73,11 +73,11 @@ def serve(
     default SQLite file)."""
     # Imported here: `tl --help` and the client-side commands do not need the server side.
     from trustedlaunch.api.app import create_app
-    from trustedlaunch.api.verifier_routes import open_challenge_store
     from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
     from trustedlaunch.control.kubeconfig import KUBECONFIG_ENV
     from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
     from trustedlaunch.control.reconciler import Reconciler, default_state_dir
+    from trustedlaunch.control.verifier import open_challenge_store
     from trustedlaunch.errors import TrustedLaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

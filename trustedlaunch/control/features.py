@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from trustedlaunch.control.errors import bad_request, not_found
 from trustedlaunch.control.limits import FEATURE_NAME, FEATURE_NAMESPACE, canonical_subscription_id
-from trustedlaunch.control.timeutil import as_utc
 from trustedlaunch.store.models import FeatureRegistration, ProviderRegistration, utc_now
 
 DELAY_ENV = "TL_FEATURE_REGISTRATION_DELAY_SECONDS"
@@ -47,7 +46,7 @@ def _refresh(record: FeatureRegistration) -> None:
     if (
         record.state == "Registering"
         and record.requested_at is not None
-        and utc_now() - as_utc(record.requested_at) >= registration_delay()
+        and utc_now() - record.requested_at >= registration_delay()
     ):
         record.state = "Registered"
         record.registered_at = utc_now()

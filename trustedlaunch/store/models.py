@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Dialect,
     Float,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -24,6 +27,27 @@ from trustedlaunch.store.vocabulary import AlertStatus
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp column that always hands back an aware UTC datetime: SQLite keeps no zone (its values
+    are written as UTC here) and PostgreSQL answers in the session's time zone. A naive value written is
+    taken as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """`value` in UTC (naive: already UTC)."""
+        return None if value is None else _in_utc(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """The stored value as an aware UTC datetime."""
+        return None if value is None else _in_utc(value)
+
+
+def _in_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -53,8 +77,8 @@ class ManagedCluster(Base):
     kube_token: Mapped[str] = mapped_column(String(128))
     provisioning_state: Mapped[str] = mapped_column(String(32))
     power_state: Mapped[str] = mapped_column(String(16), default="Running")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
     agent_pools: Mapped[list[AgentPool]] = relationship(
         back_populates="cluster", cascade="all, delete-orphan", order_by="AgentPool.id"
@@ -85,7 +109,7 @@ class ImagePolicy(Base):
     node_image_version: Mapped[str] = mapped_column(ForeignKey("node_images.version"), primary_key=True)
     secure_boot: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     policy: Mapped[str] = mapped_column(Text)  # Policy.to_json()
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
 class AgentPool(Base):
@@ -116,8 +140,8 @@ class AgentPool(Base):
     # upgradeSettings.maxSurge as az takes it: a node count ("1") or a percentage of count ("33%");
     # None: reimage in place, one node at a time.
     max_surge: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
     cluster: Mapped[ManagedCluster] = relationship(back_populates="agent_pools")
     nodes: Mapped[list[Node]] = relationship(
@@ -141,7 +165,7 @@ class Node(Base):
     state: Mapped[str] = mapped_column(String(32))
     attestation_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     # The VM's run directory (also the marker on its qemu/swtpm command lines) and their pids, written
     # before the VM is started / after it started, so that a restarted reconciler finds its processes.
     run_dir: Mapped[str | None] = mapped_column(String(512), nullable=True)
@@ -153,9 +177,9 @@ class Node(Base):
     # verifier API issues tokens only for evidence signed by such an AK.
     enrolled_ak_name: Mapped[str | None] = mapped_column(String(132), nullable=True, index=True)
     message: Mapped[str] = mapped_column(String(4096), default="", server_default="")  # progress/diagnosis
-    last_attested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_attested_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # Set by `tl aks nodepool attest` (on-demand re-attestation), cleared by the reconciler once done.
-    attestation_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attestation_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 
@@ -173,8 +197,8 @@ class Operation(Base):
     status: Mapped[str] = mapped_column(String(16))  # store.vocabulary.OperationStatus
     note: Mapped[str] = mapped_column(String(512), default="")
     error: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
-    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    start_time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class FeatureRegistration(Base):
@@ -186,8 +210,8 @@ class FeatureRegistration(Base):
     namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     state: Mapped[str] = mapped_column(String(32))  # NotRegistered | Registering | Registered
-    requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    registered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class ProviderRegistration(Base):
@@ -198,7 +222,7 @@ class ProviderRegistration(Base):
     subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     namespace: Mapped[str] = mapped_column(String(128), primary_key=True)
     state: Mapped[str] = mapped_column(String(32))
-    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    registered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class ApiToken(Base):
@@ -209,7 +233,7 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     # ARM scope the token may act on, lowercase: None = every subscription (admin), else
     # "/subscriptions/{id}" or "/subscriptions/{id}/resourcegroups/{name}".
     scope: Mapped[str | None] = mapped_column(String(256), nullable=True)
@@ -227,7 +251,7 @@ class AttestationRecord(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     pool_id: Mapped[int] = mapped_column(ForeignKey("agent_pools.id", ondelete="CASCADE"), index=True)
     node_name: Mapped[str] = mapped_column(String(128), index=True)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
     trigger: Mapped[str] = mapped_column(String(16))  # Provisioning | Interval | OnDemand
     ok: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(32))  # Attested | AttestationFailed | Unreachable
@@ -259,8 +283,8 @@ class AlertRecord(Base):
     node_name: Mapped[str] = mapped_column(String(128), index=True)
     severity: Mapped[str] = mapped_column(String(8))  # store.vocabulary.AlertSeverity
     status: Mapped[str] = mapped_column(String(16), default=AlertStatus.ACTIVE)  # AlertStatus
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
-    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     document: Mapped[dict[str, object]] = mapped_column(JSON)  # Alert.to_dict()
     delivery_state: Mapped[str] = mapped_column(String(16), default="Pending")  # Pending|Delivered|Failed
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -274,7 +298,7 @@ class AlertWebhook(Base):
 
     subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     url: Mapped[str] = mapped_column(String(2048))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
 class UiSession(Base):
@@ -286,5 +310,5 @@ class UiSession(Base):
 
     id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

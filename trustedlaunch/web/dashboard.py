@@ -13,7 +13,6 @@ carries a strict Content-Security-Policy (no inline script or style).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from importlib import resources
@@ -27,12 +26,11 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
 from starlette.concurrency import run_in_threadpool
 
-from trustedlaunch.control.resources import cluster_resource_id
-from trustedlaunch.control.tokens import Principal
+from trustedlaunch.control import overview
+from trustedlaunch.control.overview import ALERT_STATUSES
+from trustedlaunch.control.records import AgentPool, ManagedCluster, Session
 from trustedlaunch.control.ui_sessions import (
     SESSION_SECONDS,
     SignInRefusal,
@@ -40,7 +38,6 @@ from trustedlaunch.control.ui_sessions import (
     open_session,
     session_principal,
 )
-from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
 from trustedlaunch.web.evidence import build_evidence_view
 
 PREFIX = "/ui"
@@ -50,7 +47,6 @@ MAX_TOKEN_LENGTH = 512
 MAX_LOGIN_BODY = 4096
 ALERT_LIMIT = 500
 HISTORY_LIMIT = 200
-ALERT_STATUSES = ("Active", "Resolved")
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -103,8 +99,6 @@ def _path_for(context: Context, route: str, /, **params: object) -> str:
 def _when(value: datetime | None) -> str:
     if value is None:
         return "—"
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; the store writes UTC
-        value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -154,16 +148,6 @@ def _from_own_page(request: Request) -> bool:
     if site is not None:
         return site == "same-origin"
     return origin == own
-
-
-def _may_see(request: Request, subscription_id: str, resource_group: str, cluster_name: str) -> bool:
-    """Whether the signed-in token's scope covers a cluster (a scoped token sees only its scope)."""
-    principal: Principal = request.state.principal
-    return principal.covers(cluster_resource_id(subscription_id, resource_group, cluster_name))
-
-
-def _visible(request: Request, cluster: ManagedCluster) -> bool:
-    return _may_see(request, cluster.subscription_id, cluster.resource_group, cluster.name)
 
 
 def _safe_next(target: str | None) -> str:
@@ -280,44 +264,25 @@ def root(request: Request) -> Response:
     return RedirectResponse(str(request.url_for("dashboard_clusters").path), status_code=303)
 
 
-def _active_alerts_by_cluster(session: Session) -> dict[tuple[str, str, str], int]:
-    rows = session.execute(
-        select(
-            AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name, func.count()
-        )
-        .where(AlertRecord.status == "Active")
-        .group_by(AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name)
-    )
-    return {(sub, group, name): count for sub, group, name, count in rows}
-
-
 @router.get("/", name="dashboard_clusters")
 def clusters(request: Request) -> HTMLResponse:
     """Every managed cluster with its pools, node count and active alerts."""
     with request.app.state.sessions() as session:
-        found = [
-            cluster
-            for cluster in session.scalars(
-                select(ManagedCluster)
-                .options(selectinload(ManagedCluster.agent_pools).selectinload(AgentPool.nodes))
-                .order_by(ManagedCluster.subscription_id, ManagedCluster.resource_group, ManagedCluster.name)
-            )
-            if _visible(request, cluster)
-        ]
-        alerts = _active_alerts_by_cluster(session)
+        found = overview.visible_clusters(session, request.state.principal)
+        alerts = overview.active_alert_counts(session)
         return render(request, "clusters.html", clusters=found, alerts=alerts)
 
 
 def _cluster(request: Request, session: Session, cluster_id: int) -> ManagedCluster:
-    cluster = session.get(ManagedCluster, cluster_id)
-    if cluster is None or not _visible(request, cluster):
+    cluster = overview.visible_cluster(session, request.state.principal, cluster_id)
+    if cluster is None:
         raise PageNotFound(f"cluster #{cluster_id}")
     return cluster
 
 
 def _pool(request: Request, session: Session, pool_id: int) -> AgentPool:
-    pool = session.get(AgentPool, pool_id)
-    if pool is None or not _visible(request, pool.cluster):
+    pool = overview.visible_pool(session, request.state.principal, pool_id)
+    if pool is None:
         raise PageNotFound(f"agent pool #{pool_id}")
     return pool
 
@@ -330,22 +295,12 @@ def cluster_pools(request: Request, cluster_id: int) -> HTMLResponse:
         return render(request, "pools.html", cluster=cluster, pools=cluster.agent_pools)
 
 
-def _latest_attestations(session: Session, pool_id: int) -> dict[str, int]:
-    """The id of each node's latest attestation record in a pool, by node name."""
-    rows = session.execute(
-        select(AttestationRecord.node_name, func.max(AttestationRecord.id))
-        .where(AttestationRecord.pool_id == pool_id)
-        .group_by(AttestationRecord.node_name)
-    )
-    return {name: record_id for name, record_id in rows}
-
-
 @router.get("/pools/{pool_id}", name="dashboard_pool")
 def pool_nodes(request: Request, pool_id: int) -> HTMLResponse:
     """A pool's nodes with live attestation state, Secure Boot, vTPM and labels."""
     with request.app.state.sessions() as session:
         pool = _pool(request, session, pool_id)
-        latest = _latest_attestations(session, pool.id)
+        latest = overview.latest_attestation_ids(session, pool.id)
         return render(request, "nodes.html", cluster=pool.cluster, pool=pool, nodes=pool.nodes, latest=latest)
 
 
@@ -354,7 +309,7 @@ def pool_node_rows(request: Request, pool_id: int) -> HTMLResponse:
     """The node table body alone: what the nodes page polls."""
     with request.app.state.sessions() as session:
         pool = _pool(request, session, pool_id)
-        latest = _latest_attestations(session, pool.id)
+        latest = overview.latest_attestation_ids(session, pool.id)
         return render(request, "node_rows.html", pool=pool, nodes=pool.nodes, latest=latest)
 
 
@@ -363,14 +318,8 @@ def node_history(request: Request, pool_id: int, node_name: str) -> HTMLResponse
     """The attestation history of one node of a pool, newest first."""
     with request.app.state.sessions() as session:
         pool = _pool(request, session, pool_id)
-        records = session.scalars(
-            select(AttestationRecord)
-            .where(AttestationRecord.pool_id == pool_id, AttestationRecord.node_name == node_name)
-            .order_by(AttestationRecord.id.desc())
-            .limit(HISTORY_LIMIT)
-        ).all()
-        node = session.scalar(select(Node).where(Node.pool_id == pool_id, Node.name == node_name))
-        if node is None and not records:
+        records = overview.node_history(session, pool, node_name, HISTORY_LIMIT)
+        if records is None:
             raise PageNotFound(f"node {node_name!r} of pool {pool.name!r}")
         return render(
             request, "history.html", cluster=pool.cluster, pool=pool, node_name=node_name, records=records
@@ -402,24 +351,16 @@ def _alert_findings(document: dict[str, Any]) -> list[str]:
 def alerts(request: Request, status: str | None = None) -> HTMLResponse:
     """Integrity alerts in the token's scope, newest first (at most ALERT_LIMIT), optionally only Active or
     Resolved ones."""
-    query = select(AlertRecord).order_by(AlertRecord.time.desc(), AlertRecord.id)
-    if status in ALERT_STATUSES:
-        query = query.where(AlertRecord.status == status)
-    else:
+    if status not in ALERT_STATUSES:
         status = None
     with request.app.state.sessions() as session:
-        visible = (
-            alert
-            for alert in session.scalars(query.execution_options(yield_per=ALERT_LIMIT))
-            if _may_see(request, alert.subscription_id, alert.resource_group, alert.cluster_name)
-        )
         rows = [
             {
                 "alert": alert,
                 "components": _alert_components(alert.document),
                 "findings": _alert_findings(alert.document),
             }
-            for alert in itertools.islice(visible, ALERT_LIMIT)
+            for alert in overview.visible_alerts(session, request.state.principal, status, ALERT_LIMIT)
         ]
         return render(request, "alerts.html", rows=rows, status=status, statuses=ALERT_STATUSES)
 
@@ -437,7 +378,7 @@ def _sorted_pcrs(pcrs: dict[str, dict[str, str]] | None) -> list[tuple[str, int,
 def attestation(request: Request, record_id: int) -> HTMLResponse:
     """One attestation's evidence: findings, the event log with the failing events highlighted, PCRs."""
     with request.app.state.sessions() as session:
-        record = session.get(AttestationRecord, record_id)
+        record = overview.attestation_record(session, record_id)
         if record is None:
             raise PageNotFound(f"attestation #{record_id}")
         pool = _pool(request, session, record.pool_id)

@@ -1,9 +1,8 @@
 """The evidence view of one attestation: its event log as rows, each finding mapped to the events it blames.
 
-A finding names its event when the check knows it (`eventIndex`); otherwise it is mapped by its check:
-Secure Boot to the SecureBoot variable event, the kernel command line to the event it was read from, and a
-PCR mismatch to every event measured into that PCR (the first differing event, when named, is blamed
-exactly, the rest of the PCR is marked as its context).
+A finding blames the event it names (`eventIndex`: the policy checks name the event they read, e.g. the
+SecureBoot variable, the kernel command line, a boot application); a PCR mismatch also marks every event
+measured into that PCR as its context (the first differing event, when named, is blamed exactly).
 """
 
 from __future__ import annotations
@@ -15,30 +14,12 @@ from dataclasses import dataclass, field
 from trustedlaunch.attest.findings import Check
 from trustedlaunch.attest.policy import boot_app_components
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.eventlog.model import BootSummary, Event, EventLog
+from trustedlaunch.eventlog.describe import boot_app_labels, describe_event
+from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
-from trustedlaunch.eventlog.summary import (
-    SEPARATOR_NORMAL,
-    VariableDataError,
-    decode_variable,
-    describe_ipl,
-    summarize,
-)
-from trustedlaunch.eventlog.types import (
-    EV_EFI_BOOT_SERVICES_APPLICATION,
-    EV_EFI_VARIABLE_AUTHORITY,
-    EV_EFI_VARIABLE_BOOT,
-    EV_EFI_VARIABLE_BOOT2,
-    EV_EFI_VARIABLE_DRIVER_CONFIG,
-    EV_IPL,
-    EV_NO_ACTION,
-    EV_SEPARATOR,
-)
+from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.eventlog.types import EV_NO_ACTION
 
-DESCRIPTION_LIMIT = 240
-_VARIABLE_TYPES = frozenset(
-    {EV_EFI_VARIABLE_DRIVER_CONFIG, EV_EFI_VARIABLE_BOOT, EV_EFI_VARIABLE_BOOT2, EV_EFI_VARIABLE_AUTHORITY}
-)
 _PCR_CHECKS = frozenset({Check.PCR_VALUE.value, Check.PCR_DIGEST.value})
 
 
@@ -86,40 +67,6 @@ class EvidenceView:
     notes: tuple[str, ...] = field(default=())
 
 
-def _text(data: bytes) -> str:
-    text = data.rstrip(b"\x00")
-    if text and text.isascii() and all(32 <= byte < 127 or byte in (9, 10, 13) for byte in text):
-        return text.decode("ascii")
-    return f"{len(data)} bytes"
-
-
-def _variable_description(event: Event) -> str:
-    try:
-        variable = decode_variable(event)
-    except VariableDataError as exc:
-        return f"variable does not decode: {exc}"
-    if variable.name == "SecureBoot" and variable.data:
-        return f"SecureBoot = {'enabled' if variable.data[0] == 1 else 'disabled'}"
-    return f"{variable.name} ({len(variable.data)} bytes)"
-
-
-def describe_event(event: Event, boot_apps: Mapping[int, str]) -> str:
-    """One line saying what an event measured: the boot application, the variable, the string, ..."""
-    if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION and event.index in boot_apps:
-        text = boot_apps[event.index]
-    elif event.event_type in _VARIABLE_TYPES:
-        text = _variable_description(event)
-    elif event.event_type == EV_IPL:
-        text = describe_ipl(event.data)
-    elif event.event_type == EV_SEPARATOR:
-        state = "normal" if event.data == SEPARATOR_NORMAL else "not the normal value"
-        text = f"separator {event.data.hex()} ({state})"
-    else:
-        text = _text(event.data)
-    text = " ".join(text.split())
-    return text if len(text) <= DESCRIPTION_LIMIT else text[: DESCRIPTION_LIMIT - 1] + "…"
-
-
 def _optional_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -139,17 +86,12 @@ def finding_views(findings: Sequence[Mapping[str, object]]) -> list[FindingView]
     ]
 
 
-def blamed_events(finding: FindingView, log: EventLog, summary: BootSummary | None) -> tuple[int, ...]:
-    """The indexes of the events a finding blames exactly (see the module docstring)."""
+def blamed_events(finding: FindingView, log: EventLog) -> tuple[int, ...]:
+    """The event a finding blames exactly: the one it names (`eventIndex`: the policy checks name the
+    event they read, e.g. the SecureBoot variable or the kernel command line), if the log has it."""
     if finding.event_index is not None and 0 <= finding.event_index < len(log.events):
         return (finding.event_index,)
-    event: Event | None = None
-    if summary is not None and finding.check == Check.SECURE_BOOT.value:
-        variable = summary.variables.get("SecureBoot")
-        event = variable.event if variable else None
-    elif summary is not None and finding.check == Check.KERNEL_CMDLINE.value:
-        event = summary.kernel_cmdline_event
-    return (event.index,) if event is not None else ()
+    return ()
 
 
 def build_evidence_view(event_log: bytes | None, findings: Sequence[Mapping[str, object]]) -> EvidenceView:
@@ -165,11 +107,8 @@ def build_evidence_view(event_log: bytes | None, findings: Sequence[Mapping[str,
         summary: BootSummary | None = summarize(log)
     except TrustedLaunchError:
         summary = None
-    boot_apps: dict[int, str] = {}
-    if summary is not None:
-        for app, component in zip(summary.boot_apps, boot_app_components(summary.boot_apps), strict=True):
-            boot_apps[app.event.index] = f"{component}: {app.device_path or '(loaded from memory)'}"
-    views = [dataclasses.replace(view, blamed_events=blamed_events(view, log, summary)) for view in views]
+    boot_apps = {} if summary is None else boot_app_labels(summary, boot_app_components(summary.boot_apps))
+    views = [dataclasses.replace(view, blamed_events=blamed_events(view, log)) for view in views]
     blamed: dict[int, list[int]] = {}
     for view in views:
         for index in view.blamed_events:

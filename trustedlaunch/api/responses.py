@@ -1,0 +1,317 @@
+"""Response models: the shape of every JSON answer, for the OpenAPI document and checked on the way out.
+
+Fields are declared in the order the views (views.py, monitoring_views.py) write them and routes serialize
+with `response_model_exclude_unset=True`, so a property the view leaves out (an agent pool's gpuProfile,
+an operation's error, ...) stays out and the JSON clients see is the views' JSON, byte for byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+Item = TypeVar("Item")
+
+
+class ArmList(BaseModel, Generic[Item]):
+    """An ARM list: every item in `value`."""
+
+    value: list[Item]
+
+
+class PowerState(BaseModel):
+    """`powerState`: Running or Stopped."""
+
+    code: str
+
+
+class SecurityProfileOut(BaseModel):
+    """Trusted launch settings of a pool or a node."""
+
+    enableSecureBoot: bool
+    enableVTPM: bool
+
+
+class UpgradeSettingsOut(BaseModel):
+    """`upgradeSettings`: maxSurge only when set."""
+
+    maxSurge: str | None = None
+
+
+class GpuProfileOut(BaseModel):
+    """`gpuProfile` (only on pools with a GPU driver setting)."""
+
+    driver: str
+
+
+class AgentPoolPropertiesOut(BaseModel):
+    """`properties` of an agent pool."""
+
+    count: int
+    vmSize: str
+    osType: str
+    osSKU: str
+    type: str
+    mode: str
+    enableFIPS: bool
+    orchestratorVersion: str
+    currentOrchestratorVersion: str
+    osDiskType: str
+    osDiskSizeGB: int
+    securityProfile: SecurityProfileOut
+    nodeImageVersion: str
+    upgradeSettings: UpgradeSettingsOut
+    provisioningState: str
+    powerState: PowerState
+    gpuProfile: GpuProfileOut | None = None
+
+
+class _Named(BaseModel):
+    name: str
+
+
+class AgentPoolProfileOut(AgentPoolPropertiesOut, _Named):
+    """One entry of a cluster's `agentPoolProfiles`: the pool's name, then its properties."""
+
+
+class AgentPoolResource(BaseModel):
+    """An agent pool."""
+
+    id: str
+    name: str
+    type: str
+    properties: AgentPoolPropertiesOut
+
+
+class AddonProfileOut(BaseModel):
+    """An add-on's state."""
+
+    enabled: bool
+
+
+class SshPublicKeyOut(BaseModel):
+    """An SSH public key."""
+
+    keyData: str
+
+
+class SshConfigurationOut(BaseModel):
+    """`linuxProfile.ssh`."""
+
+    publicKeys: list[SshPublicKeyOut]
+
+
+class LinuxProfileOut(BaseModel):
+    """`linuxProfile` (only on clusters with an SSH key)."""
+
+    adminUsername: str
+    ssh: SshConfigurationOut
+
+
+class ManagedClusterPropertiesOut(BaseModel):
+    """`properties` of a managed cluster."""
+
+    provisioningState: str
+    powerState: PowerState
+    kubernetesVersion: str
+    currentKubernetesVersion: str
+    dnsPrefix: str
+    fqdn: str
+    nodeResourceGroup: str
+    agentPoolProfiles: list[AgentPoolProfileOut]
+    addonProfiles: dict[str, AddonProfileOut]
+    linuxProfile: LinuxProfileOut | None = None
+
+
+class ManagedClusterResource(BaseModel):
+    """A managed cluster."""
+
+    id: str
+    name: str
+    type: str
+    location: str
+    tags: dict[str, str]
+    properties: ManagedClusterPropertiesOut
+
+
+class Kubeconfig(BaseModel):
+    """One kubeconfig, base64."""
+
+    name: str
+    value: str
+
+
+class CredentialResults(BaseModel):
+    """The body of listClusterUserCredential / listClusterAdminCredential."""
+
+    kubeconfigs: list[Kubeconfig]
+
+
+class MachinePropertiesOut(BaseModel):
+    """`properties` of a node (machine) of an agent pool."""
+
+    provisioningState: str
+    nodeImageVersion: str
+    securityProfile: SecurityProfileOut
+    attestationStatus: str | None
+    lastAttestedAt: str | None
+    attestationRequestedAt: str | None
+    labels: dict[str, str]
+    message: str
+
+
+class MachineResource(BaseModel):
+    """A node (machine) of an agent pool."""
+
+    id: str
+    name: str
+    type: str
+    properties: MachinePropertiesOut
+
+
+class OperationPropertiesOut(BaseModel):
+    """What an operation works on."""
+
+    resourceId: str
+    kind: str
+    note: str
+
+
+class OperationStatusResult(BaseModel):
+    """The Azure-AsyncOperation status body; `error` only when the operation failed."""
+
+    id: str
+    name: str
+    status: str
+    startTime: str | None
+    endTime: str | None
+    properties: OperationPropertiesOut
+    error: dict[str, Any] | None = None
+
+
+class FeatureProperties(BaseModel):
+    """A feature's registration state."""
+
+    state: str
+
+
+class FeatureResult(BaseModel):
+    """A preview feature."""
+
+    id: str
+    name: str
+    type: str
+    properties: FeatureProperties
+
+
+class ProviderResult(BaseModel):
+    """A resource provider's registration."""
+
+    id: str
+    namespace: str
+    registrationState: str
+
+
+class SkippedMachine(BaseModel):
+    """A node an attestation request left out (not Ready)."""
+
+    name: str
+    provisioningState: str
+
+
+class AttestationRequestResult(BaseModel):
+    """The 202 body of `POST .../agentPools/{pool}/attest`."""
+
+    id: str
+    requestedAt: str | None
+    machines: list[str]
+    skipped: list[SkippedMachine]
+
+
+class AttestationEvidenceOut(BaseModel):
+    """The raw evidence of an attestation: nonce hex, the rest base64 (null when the node sent none)."""
+
+    nonce: str | None
+    akPublic: str | None
+    quote: str | None
+    signature: str | None
+    eventLog: str | None
+
+
+class AttestationPropertiesOut(BaseModel):
+    """`properties` of an attestation; pcrs, evidence and token only when one attestation is read."""
+
+    machineName: str
+    time: str | None
+    trigger: str
+    passed: bool
+    status: str
+    secureBoot: bool | None
+    durationMs: float
+    findings: list[dict[str, Any]]
+    tokenIssued: bool
+    pcrs: dict[str, dict[str, str]] | None = None
+    evidence: AttestationEvidenceOut | None = None
+    token: str | None = None
+
+
+class AttestationResource(BaseModel):
+    """One attestation of a machine."""
+
+    id: str
+    name: str
+    type: str
+    properties: AttestationPropertiesOut
+
+
+class AttestationTokenResult(BaseModel):
+    """A machine's current attestation token and the attestation it came from."""
+
+    token: str
+    attestationId: str
+    attestedAt: str | None
+    expiresOn: int | None
+
+
+class AlertResource(BaseModel):
+    """An integrity alert, shaped like a Defender for Cloud alert (`properties` as Defender writes it, with
+    status, resolvedTimeUtc and the webhook delivery in extendedProperties)."""
+
+    id: str
+    name: str
+    type: str | None = None
+    properties: dict[str, Any]
+
+
+class WebhookPropertiesOut(BaseModel):
+    """The alert webhook's URL and creation time."""
+
+    url: str
+    createdAt: str | None
+
+
+class WebhookResource(BaseModel):
+    """The subscription's alert webhook."""
+
+    id: str
+    name: str
+    type: str
+    properties: WebhookPropertiesOut
+
+
+class TokenProperties(BaseModel):
+    """A token's scope (null: admin) and creation time; its plaintext only in the response creating it."""
+
+    scope: str | None
+    createdAt: str
+    token: str | None = None
+
+
+class TokenResource(BaseModel):
+    """An API token (never its digest)."""
+
+    id: str
+    name: str
+    type: str
+    properties: TokenProperties
