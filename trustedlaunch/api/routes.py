@@ -293,9 +293,9 @@ async def get_operation_result(
     """The Location URL: 202 while InProgress, 204 once Succeeded, 200 with the status body otherwise."""
     with transaction(request) as session:
         operation = operations.get_operation(session, subscription_id, operation_id)
-        if operation.status == "InProgress":
+        if operation.status == operations.OperationStatus.IN_PROGRESS:
             return Response(status_code=202, headers=_lro_headers(request, operation))
-        if operation.status == "Succeeded":
+        if operation.status == operations.OperationStatus.SUCCEEDED:
             return Response(status_code=204)
         return operation_json(operation)
 

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, selectinload
 from trustedlaunch.control.resources import cluster_resource_id
 from trustedlaunch.control.tokens import Principal
 from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
+from trustedlaunch.store.vocabulary import AlertStatus
 
-ALERT_STATUSES = ("Active", "Resolved")
+ALERT_STATUSES = tuple(AlertStatus)
 
 
 def _covers(principal: Principal, subscription_id: str, resource_group: str, cluster_name: str) -> bool:
@@ -41,7 +42,7 @@ def active_alert_counts(session: Session) -> dict[tuple[str, str, str], int]:
         select(
             AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name, func.count()
         )
-        .where(AlertRecord.status == "Active")
+        .where(AlertRecord.status == AlertStatus.ACTIVE)
         .group_by(AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name)
     )
     return {(sub, group, name): count for sub, group, name, count in rows}
