@@ -452,7 +452,7 @@ class Reconciler:
             self._finish_provisioning(session, pool, node, agent, image, "ready (VM adopted while booting)")
         finally:
             agent.close()
-        log.info("adopted node %s (qemu pid %s)", node.name, node.qemu_pid)
+        log.info("node %s: its adopted booting VM is ready", node.name)
         return True
 
     def _policy(self, session: Session, node: Node, image: NodeImage) -> Policy:
