@@ -9,6 +9,7 @@ SIGHUP sent to the supervisor itself are passed on to QEMU, so it never leaves Q
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -122,7 +123,8 @@ def main(argv: list[str]) -> int:
     with log_path.open("ab") as log:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     children.append(child)
-    print(child.pid, flush=True)
+    with contextlib.suppress(BrokenPipeError):  # the starter died meanwhile: supervise all the same
+        print(child.pid, flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())  # the starter read the pid: nothing else goes to its pipe
     os.close(devnull)
