@@ -43,7 +43,7 @@ FIRMWARE = {
 # Console lines that mean the boot chain stopped for good: fail fast instead of waiting for the timeout.
 FATAL_CONSOLE_MARKERS = ("bad shim signature", "Kernel panic", BOOT_FAILED_MARKER, "Access Denied")
 CONSOLE_TAIL_CHARS = 3000
-SUPERVISOR_START_TIMEOUT = 10.0  # seconds for the supervisor to start QEMU and report its pid
+SUPERVISOR_START_TIMEOUT = 30.0  # seconds for the supervisor to start QEMU and report its pid
 AGENT_COMMAND_TIMEOUT = 60.0  # seconds for one relayed TPM command (20-50 ms each on an idle TCG machine)
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
