@@ -1,6 +1,6 @@
-"""kill -9 of the standalone reconciler with its store on PostgreSQL: killed while the node boots, the next
-reconciler redoes the node; killed while the node is torn down on cluster delete (its QEMU frozen so that
-the teardown waits on QMP), the next one finishes the delete. One VM boot and one cut short."""
+"""kill -9 of the standalone reconciler with its store on PostgreSQL: killed while the node boots (and its VM
+with it), the next reconciler redoes the node; killed while the node is torn down on cluster delete (its QEMU
+frozen so that the teardown waits on QMP), the next one finishes the delete. One VM boot and one cut short."""
 
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ def test_kill_9_during_create_and_delete_with_the_store_on_postgresql(
     )
     reconciler.kill()
     assert booting.state == "Provisioning" and len(processes_under(Path(str(booting.run_dir)))) == 2
+    assert booting.qemu_pid is not None
+    os.kill(booting.qemu_pid, signal.SIGKILL)  # the booting VM dies too (else it would be adopted): redone
     reconciler.start()
     wait_succeeded(sessions, create.id, STEP_TIMEOUT, reconciler.log)
     (node,) = nodes(sessions)

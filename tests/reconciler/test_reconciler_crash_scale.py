@@ -3,7 +3,8 @@ restart: each operation completes with the right nodes (same rows, unique ordina
 one swtpm per row, nothing else running), the killed step's processes and run dir are gone, and no pool or
 operation row is lost.
 
-Kill points: scale 1 -> 2 while the new node boots (Provisioning); enabling Secure Boot while the second
+Kill points: scale 1 -> 2 while the new node boots (Provisioning; its orphaned QEMU is killed too, else the
+next reconciler would adopt the booting VM, see test_reconciler_crash); enabling Secure Boot while the second
 node is being torn down for its reimage (Reimaging); scale 2 -> 1 while the surplus node is being torn
 down (Deleting). The teardown windows are short, so the test freezes (SIGSTOP) the victim's QEMU first:
 the reconciler's QMP "quit" then waits 5 s for an answer with the row already Reimaging / Deleting, and
@@ -135,6 +136,8 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     reconciler.kill()
     assert booting.state == "Provisioning"
     assert len(processes_under(Path(str(booting.run_dir)))) == 2  # qemu + swtpm outlive the reconciler
+    assert booting.qemu_pid is not None
+    os.kill(booting.qemu_pid, signal.SIGKILL)  # gone as well: the node is booted again, by this reconciler
     reconciler.start()
     wait_succeeded(sessions, scale_up, STEP_TIMEOUT, reconciler.log)
     adopted, second = assert_converged(sessions, state_dir, 2, secure_boot=False)

@@ -1,6 +1,6 @@
-"""Find and stop the processes of a node VM (qemu, swtpm and the TPM bank proxy between them) by the marker
-on their command lines (the node's run directory), whether this process started them or a reconciler that
-was killed did."""
+"""Find and stop the processes of a node VM (qemu, its supervisor, swtpm and the TPM bank proxy between them)
+by the marker on their command lines (the node's run directory), whether this process started them or a
+reconciler that was killed did."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import signal
 import time
 from pathlib import Path
 
+from trustedlaunch.node.supervisor import MODULE as SUPERVISOR_MODULE
 from trustedlaunch.tpm.vtpm import PROXY_MODULE
 
 PROGRAMS = ("qemu-system", "swtpm")
 PROXY_NAME = "bankproxy"  # how node_processes names `python -m PROXY_MODULE ...`
+SUPERVISOR_NAME = "supervisor"  # and `python -m SUPERVISOR_MODULE ...`
+PYTHON_MODULES = {PROXY_MODULE: PROXY_NAME, SUPERVISOR_MODULE: SUPERVISOR_NAME}
 PROC = Path("/proc")
 
 
@@ -29,11 +32,11 @@ def command_line(pid: int) -> list[str] | None:
 
 
 def _program(arguments: list[str]) -> str | None:
-    """The node program a command line runs (qemu-system-*, swtpm, bankproxy), or None."""
+    """The node program a command line runs (qemu-system-*, swtpm, bankproxy, supervisor), or None."""
     program = Path(arguments[0]).name
     if program.startswith(PROGRAMS):
         return program
-    return PROXY_NAME if arguments[1:3] == ["-m", PROXY_MODULE] else None
+    return PYTHON_MODULES.get(arguments[2]) if len(arguments) > 2 and arguments[1] == "-m" else None
 
 
 def _node_program(arguments: list[str], marker: str) -> str | None:
@@ -49,7 +52,7 @@ def run_dir_marker(run_dir: Path) -> str:
 
 
 def node_processes(run_dir: Path) -> dict[int, str]:
-    """Live qemu/swtpm/bankproxy processes of the node VM in `run_dir`: pid -> program name."""
+    """Live qemu/supervisor/swtpm/bankproxy processes of the node VM in `run_dir`: pid -> program name."""
     marker = run_dir_marker(run_dir)
     found = {}
     for entry in PROC.iterdir():
@@ -63,7 +66,8 @@ def node_processes(run_dir: Path) -> dict[int, str]:
 
 
 def is_node_process(pid: int, run_dir: Path) -> bool:
-    """True if `pid` is a live qemu/swtpm/bankproxy process of the node VM in `run_dir` (not a reused pid)."""
+    """True if `pid` is a live qemu/supervisor/swtpm/bankproxy process of the node VM in `run_dir` (not a
+    reused pid)."""
     arguments = command_line(pid)
     return arguments is not None and _node_program(arguments, run_dir_marker(run_dir)) is not None
 
@@ -75,8 +79,8 @@ def _reap_if_child(pid: int) -> None:
 
 
 def kill_node_processes(run_dir: Path, timeout: float = 10.0) -> list[int]:
-    """SIGKILL every qemu/swtpm/bankproxy process of the node VM in `run_dir` and wait until they are gone
-    (reaping them when they are children of this process); return their pids."""
+    """SIGKILL every qemu/supervisor/swtpm/bankproxy process of the node VM in `run_dir` and wait until they
+    are gone (reaping them when they are children of this process); return their pids."""
     pids = list(node_processes(run_dir))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

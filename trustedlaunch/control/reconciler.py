@@ -6,8 +6,10 @@ Crash safety: each step records its intent in the store before acting (a node ro
 its run directory before QEMU starts, Reimaging / Deleting before its VM is killed), so a reconciler
 killed at any point is resumed by the next one: interrupted steps are redone from scratch after killing
 every qemu/swtpm process whose command line names the node's run directory; Ready nodes whose VM still
-answers are adopted. VMs outlive the reconciler's process on purpose (the `tl` embedded server exits
-after each command). One reconciler per state directory at a time (an advisory file lock).
+answers are adopted, and so is a node left Provisioning whose VM still runs (its boot is waited for, then
+it is attested). VMs outlive the reconciler's process on purpose (the `tl` embedded server exits after each
+command; VMs run in sessions of their own, so Ctrl-C or a hang-up of its terminal does not reach them). One
+reconciler per state directory at a time (an advisory file lock).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.remote import AgentLike
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.attestation_monitor import (
     ATTESTED,
@@ -58,7 +62,12 @@ from trustedlaunch.control.node_plan import (
     Step,
     plan_next_step,
 )
-from trustedlaunch.control.node_processes import is_node_process, kill_node_processes, node_processes
+from trustedlaunch.control.node_processes import (
+    SUPERVISOR_NAME,
+    is_node_process,
+    kill_node_processes,
+    node_processes,
+)
 from trustedlaunch.control.operations import finish_operation, operation_resource
 from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
@@ -67,12 +76,14 @@ from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import FIRMWARE, BootFailedError, NodeVM
+from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
 DEFAULT_BOOT_TIMEOUT = 300.0
+SUPERVISOR_RECORD_SECONDS = 2.0  # how long a VM's supervisor may take to record the end of QEMU
 LOCK_FILE = "reconciler.lock"
 VTPM_DIR = "tpm"
 
@@ -182,15 +193,20 @@ class Reconciler:
                 run_dir = Path(node.run_dir) if node.run_dir else None
                 if run_dir is not None and node.qemu_pid and self._agent_answers(node.qemu_pid, run_dir):
                     log.info("adopted node %s (qemu pid %s)", node.name, node.qemu_pid)
+                elif run_dir is not None and node.qemu_pid and is_node_process(node.qemu_pid, run_dir):
+                    self._mark_lost(node, "the node's agent did not answer when the reconciler started")
                 else:
-                    self._mark_lost(node, "the node's VM was not running when the reconciler started")
+                    self._mark_lost(
+                        node, f"the node's VM was not running when the reconciler started ({_vm_end(node)})"
+                    )
 
     def _mark_lost_nodes(self) -> None:
         """Mark Failed the Ready nodes whose QEMU process is gone (crashed or killed)."""
         with self.sessions.begin() as session:
             for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)):
                 if not self._vm_alive(node):
-                    self._mark_lost(node, f"the node's VM (qemu pid {node.qemu_pid}) stopped")
+                    ended = _vm_end(node)
+                    self._mark_lost(node, f"the node's VM (qemu pid {node.qemu_pid}) stopped: {ended}")
 
     def _vm_alive(self, node: Node) -> bool:
         """True while the node's QEMU process (ours or adopted) runs."""
@@ -321,6 +337,8 @@ class Reconciler:
             return
         node = session.get_one(Node, step.node_id)
         if step.action == Action.RESUME:
+            if self._adopt_booting_vm(session, pool, node):
+                return
             self._teardown(node)
             self._provision(session, pool, node)
         elif step.action == Action.REIMAGE:
@@ -384,17 +402,61 @@ class Reconciler:
         except BootFailedError as exc:
             diagnosis = diagnose_boot_failure(vm, exc)  # names the refused component (shim, grub, kernel)
             self._fail(session, node, "NodeBootFailed", f"node {node.name} did not boot: {diagnosis.message}")
+        ready = f"ready after {vm.ready_after:.0f} s" if vm.ready_after is not None else "ready"
+        self._finish_provisioning(session, pool, node, vm, image, ready)
+
+    def _finish_provisioning(
+        self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, image: NodeImage, message: str
+    ) -> None:
+        """Attest (vTPM) and label the booted node through `agent`, then record it Ready with `message`."""
         if pool.enable_vtpm:
-            self._attest_new_node(session, pool, node, vm, image)
+            self._attest_new_node(session, pool, node, agent, image)
         else:
             node.attestation_status = NOT_ATTESTED
             node.labels = node_labels(pool.name, pool.enable_secure_boot, False, NOT_ATTESTED)
         node.state = NodePhase.READY
-        node.message = f"ready after {vm.ready_after:.0f} s" if vm.ready_after is not None else "ready"
+        node.message = message
         node.updated_at = utc_now()
         session.commit()
         self.monitor.sync_kubernetes(node)  # no store transaction open during the API server's calls
         session.commit()
+
+    def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
+        """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was
+        interrupted: Ctrl-C, hang-up, kill): wait for its agent, then attest it over a new connection, instead
+        of booting it again. False (nothing done) if its VM is gone, is not of the pool's settings or does not
+        answer within the boot timeout: the caller then provisions the node from scratch."""
+        run_dir = Path(node.run_dir) if node.run_dir else None
+        settings = (node.secure_boot_enabled, node.vtpm_enabled, node.node_image_version)
+        if (
+            run_dir is None
+            or not node.qemu_pid
+            or settings != (pool.enable_secure_boot, pool.enable_vtpm, pool.node_image_version)
+            or not is_node_process(node.qemu_pid, run_dir)
+        ):
+            return False
+        log.info("node %s: adopting its booting VM (qemu pid %s)", node.name, node.qemu_pid)
+        started = time.monotonic()
+        while not self._agent_answers(node.qemu_pid, run_dir):
+            if not is_node_process(node.qemu_pid, run_dir):
+                log.warning("node %s: adopted VM stopped (%s): booting it again", node.name, _vm_end(node))
+                return False
+            if time.monotonic() - started > self.boot_timeout:
+                log.warning("node %s: its adopted VM did not boot in time: booting it again", node.name)
+                return False
+            time.sleep(1.0)
+        image = self._image(node.node_image_version)
+        try:
+            agent = AdoptedAgent(run_dir)
+        except TrustedLaunchError as exc:
+            log.warning("node %s: adopted VM unreachable (%s): booting it again", node.name, exc)
+            return False
+        try:
+            self._finish_provisioning(session, pool, node, agent, image, "ready (VM adopted while booting)")
+        finally:
+            agent.close()
+        log.info("node %s: its adopted booting VM is ready", node.name)
+        return True
 
     def _policy(self, session: Session, node: Node, image: NodeImage) -> Policy:
         """The policy `node` is attested against: its image booted on the firmware of its Secure Boot
@@ -408,7 +470,7 @@ class Reconciler:
         return policy
 
     def _attest_new_node(
-        self, session: Session, pool: AgentPool, node: Node, vm: NodeVM, image: NodeImage
+        self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, image: NodeImage
     ) -> None:
         """First attestation (enrollment) of a freshly booted node; a failure fails the node."""
         try:
@@ -419,7 +481,7 @@ class Reconciler:
             session,
             pool,
             node,
-            vm,
+            agent,
             policy=policy,
             ek_ca=[self._platform_ek_ca().certificate],
             trigger=Trigger.PROVISIONING,
@@ -535,6 +597,20 @@ class Reconciler:
                 _create_atomically(directory, create_ek_ca)
             self._ek_ca = load_ek_ca(directory)
         return self._ek_ca
+
+
+def _vm_end(node: Node) -> str:
+    """How the node's VM process ended, as its supervisor and QEMU's log recorded it (waiting a moment for a
+    supervisor still writing its record)."""
+    if not node.run_dir:
+        return "the node has no run directory"
+    run_dir = Path(node.run_dir)
+    deadline = time.monotonic() + SUPERVISOR_RECORD_SECONDS
+    while (ended := vm_end(run_dir)).status is None and time.monotonic() < deadline:
+        if SUPERVISOR_NAME not in node_processes(run_dir).values():
+            break
+        time.sleep(0.05)
+    return ended.describe()
 
 
 def _create_atomically(directory: Path, create: Callable[[Path], object]) -> None:

@@ -1,5 +1,6 @@
 """Boot failure diagnosis: the console tail of a failed node boot plus the offline Secure Boot decision
-for the VM's own varstore and ESP, as one operator message naming the component that stopped the boot."""
+for the VM's own varstore and ESP, as one operator message naming the component that stopped the boot; a VM
+process that was killed (a signal) or failed itself (QEMU's non-zero exit) is named as such instead."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.qemu import FATAL_CONSOLE_MARKERS, BootFailedError, NodeVM
+from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.uefi.authenticode import ReasonCode
 from trustedlaunch.uefi.secureboot import ComponentVerdict, decide_boot
 
@@ -45,8 +47,17 @@ def _refusal(verdict: ComponentVerdict) -> str:
 
 
 def diagnose_boot_failure(vm: NodeVM, failure: BootFailedError) -> BootDiagnosis:
-    """Explain a BootFailedError of `vm` with the offline decision on the VM's varstore and ESP copy."""
+    """Explain a BootFailedError of `vm`: how its process ended when it was killed or QEMU failed (the
+    supervisor's record, QEMU's log), else the offline decision on the VM's varstore and ESP copy."""
     console = _console_evidence(failure.console_tail)
+    ended = vm_end(vm.run_dir)
+    if ended.process_failure:
+        return BootDiagnosis(
+            None,
+            None,
+            console,
+            f"{ended.describe()} before the node booted: not a firmware or guest failure; console: {console}",
+        )
     try:
         decision = decide_boot(vm.varstore_path, vm.esp_path)
     except TrustedLaunchError as exc:

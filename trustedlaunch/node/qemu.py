@@ -1,18 +1,25 @@
 """The node VM driver: one QEMU q35 VM booting a node image on OVMF, with or without Secure Boot and vTPM.
 
-QEMU and swtpm are always stopped and reaped when the VM object is left (exception, timeout or not).
+QEMU runs under its supervisor (trustedlaunch.node.supervisor, which records how it ended) in a session of its
+own, as swtpm and the bank proxy do: no terminal signal (Ctrl-C, hang-up) of the process that started them
+reaches them. QEMU and swtpm are always stopped and reaped when the VM object is left (exception, timeout or
+not); a VM whose object is dropped without `shutdown` (its process ended) keeps running, to be adopted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import secrets
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +30,8 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
 from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.image import BOOT_FAILED_MARKER, NodeImage
+from trustedlaunch.node.supervisor import EXIT_FILE, QEMU_LOG, vm_end
+from trustedlaunch.node.supervisor import MODULE as SUPERVISOR_MODULE
 from trustedlaunch.tpm.vtpm import MAX_SOCKET_PATH, Vtpm
 
 OVMF_DIR = Path("/usr/share/OVMF")
@@ -37,6 +46,7 @@ CONSOLE_TAIL_CHARS = 3000
 # What every node VM gets, whatever its pool's VM size: the host's real cost of a node (quotas count it).
 NODE_VCPUS = 1
 NODE_MEMORY_MIB = 512
+SUPERVISOR_START_TIMEOUT = 30.0  # seconds for the supervisor to start QEMU and report its pid
 AGENT_COMMAND_TIMEOUT = 60.0  # seconds for one relayed TPM command (20-50 ms each on an idle TCG machine)
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -98,6 +108,15 @@ def _wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: floa
 def _stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     if process.poll() is None:
         process.kill()
+    process.wait(timeout)
+
+
+def _stop_session(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGKILL the process group `process` leads (the supervisor and QEMU) and reap the supervisor. Only
+    while the supervisor is not reaped yet: until then its pid (the group's id) cannot name another group."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout)
 
 
@@ -176,10 +195,12 @@ class NodeVM:
         self.memory_mib = memory_mib
         self.accel = accel
         self.console_log = run_dir / "console.log"
-        self.qemu_log = run_dir / "qemu.log"
+        self.qemu_log = run_dir / QEMU_LOG
+        self.exit_file = run_dir / EXIT_FILE  # written by the supervisor when QEMU ends
         self._agent_socket = run_dir / "agent.sock"
         self._qmp_socket = run_dir / "qmp.sock"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None  # QEMU's supervisor
+        self._qemu_pid: int | None = None
         self._channel: AgentChannel | None = None
         self._agent_client: NodeAgent | None = None
         self._started_at = 0.0
@@ -206,13 +227,13 @@ class NodeVM:
 
     @property
     def running(self) -> bool:
-        """True while QEMU is alive."""
+        """True while QEMU is alive (its supervisor exits right after it)."""
         return self._process is not None and self._process.poll() is None
 
     @property
     def pid(self) -> int | None:
         """QEMU's process id while started (for monitoring); None before start and after shutdown."""
-        return self._process.pid if self._process is not None else None
+        return self._qemu_pid if self._process is not None else None
 
     def _command(self, varstore: Path, esp: Path, tpm_socket: Path | None) -> list[str]:
         code, _ = FIRMWARE[self.secure_boot]
@@ -276,7 +297,7 @@ class NodeVM:
         if len(str(self._agent_socket)) > MAX_SOCKET_PATH:
             raise NodeVMError(f"run directory {self.run_dir} is too long for unix socket paths")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self._agent_socket, self._qmp_socket, self.console_log):
+        for stale in (self._agent_socket, self._qmp_socket, self.console_log, self.exit_file):
             stale.unlink(missing_ok=True)
         varstore = self.varstore_path
         shutil.copyfile(template, varstore)
@@ -286,18 +307,35 @@ class NodeVM:
         shutil.copytree(self.image.esp_dir, esp)
         tpm_socket = self.vtpm.start() if self.vtpm is not None else None
         try:
-            with self.qemu_log.open("wb") as qemu_log:
-                self._process = subprocess.Popen(
-                    self._command(varstore, esp, tpm_socket),
-                    stdin=subprocess.DEVNULL,
-                    stdout=qemu_log,
-                    stderr=subprocess.STDOUT,
-                )
+            self._start_supervised(self._command(varstore, esp, tpm_socket))
         except BaseException:
             if self.vtpm is not None:
                 self.vtpm.stop()
             raise
         self._started_at = time.monotonic()
+
+    def _start_supervised(self, command: list[str]) -> None:
+        """Start QEMU under its supervisor in a new session; learn QEMU's pid from the supervisor."""
+        with self.qemu_log.open("wb") as qemu_log:
+            supervisor = [sys.executable, "-m", SUPERVISOR_MODULE, str(self.exit_file), str(self.qemu_log)]
+            process = subprocess.Popen(
+                [*supervisor, "--", *command],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=qemu_log,
+                start_new_session=True,
+            )
+        assert process.stdout is not None
+        with process.stdout as announcement:
+            ready = select.select([announcement], [], [], SUPERVISOR_START_TIMEOUT)[0]
+            line = announcement.readline() if ready else b""
+        if not line.strip().isdigit():
+            _stop_session(process)
+            raise NodeVMError(
+                f"the VM supervisor did not start QEMU: {_readable_tail(self.qemu_log, 1000).strip()}"
+            )
+        self._process = process
+        self._qemu_pid = int(line)
 
     def _boot_failed(self, reason: str) -> BootFailedError:
         tail = _readable_tail(self.console_log)
@@ -317,7 +355,7 @@ class NodeVM:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise self._boot_failed(f"QEMU exited with code {self._process.returncode}")
+                raise self._boot_failed(vm_end(self.run_dir).describe())
             console = _readable_tail(self.console_log)
             fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
             if fatal is not None:
@@ -379,7 +417,7 @@ class NodeVM:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        process, self._process = self._process, None
+        process, self._process, self._qemu_pid = self._process, None, None
         try:
             if process is not None and process.poll() is None:
                 try:
@@ -390,7 +428,7 @@ class NodeVM:
                 except (OSError, ValueError, subprocess.TimeoutExpired):
                     pass
             if process is not None:
-                _stop_process(process)
+                _stop_session(process)
         finally:
             if self.vtpm is not None:
                 self.vtpm.stop()

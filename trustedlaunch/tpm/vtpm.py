@@ -112,6 +112,7 @@ class Vtpm:
         """Start swtpm and the bank proxy for one QEMU run; return the socket path to give QEMU.
 
         Both exit by themselves when QEMU disconnects (swtpm: --terminate); `stop()` reaps them in any case.
+        Each runs in a session of its own, so that it outlives a Ctrl-C or hang-up of the starter's terminal.
         """
         if not self.manufactured:
             raise VtpmError(f"{self.state_dir} holds no TPM state: call Vtpm.create() first")
@@ -139,6 +140,7 @@ class Vtpm:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # no terminal signal of the starter reaches the node's vTPM
             )
         deadline = time.monotonic() + timeout
         while not socket_path.exists():
@@ -167,6 +169,7 @@ class Vtpm:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
+                start_new_session=True,
             )
         assert self._proxy.stdout is not None
         with self._proxy.stdout as announcement:

@@ -1,0 +1,84 @@
+"""A command run as a shell runs it in a terminal: a session of its own whose controlling terminal is a real
+pseudo-terminal, so that Ctrl-C typed on it and a hang-up of it reach the session as they would in a shell."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import subprocess
+import termios
+import threading
+import time
+
+
+def _take_terminal() -> None:
+    """In the child (already a session leader): make its stdin, the pty, its controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """`command` in a new session on a pty; its output (echoed Ctrl-C and Rich spinners included) is kept."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self._master, slave = os.openpty()
+        self.process = subprocess.Popen(
+            command,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_take_terminal,
+        )
+        os.close(slave)
+        self._output = bytearray()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)  # a full pty would block the command
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closing.is_set():
+            if not select.select([self._master], [], [], 0.1)[0]:
+                continue
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO: every process of the session closed the terminal
+                return
+            if not chunk:
+                return
+            self._output += chunk
+
+    @property
+    def output(self) -> str:
+        """Everything the session wrote to the terminal so far."""
+        return self._output.decode(errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float) -> None:
+        """Wait until `text` appeared on the terminal; fail with the output after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert time.monotonic() < deadline, (
+                f"no {text!r} on the terminal after {timeout:.0f} s:\n{self.output}"
+            )
+            assert self.process.poll() is None or text in self.output, f"ended early:\n{self.output}"
+            time.sleep(0.2)
+
+    def interrupt(self) -> None:
+        """Type Ctrl-C (the terminal sends SIGINT to its foreground process group)."""
+        os.write(self._master, b"\x03")
+
+    def hang_up(self) -> None:
+        """Close the terminal (as closing its window): the kernel hangs it up and signals the session."""
+        self._closing.set()
+        self._reader.join()
+        os.close(self._master)
+        self._master = -1
+
+    def close(self) -> None:
+        """Kill what is left of the session's command and close the terminal."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self._master >= 0:
+            self.hang_up()
