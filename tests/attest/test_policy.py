@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.policy import (
     BootStep,
     CmdlineRules,
@@ -24,10 +23,11 @@ from trustedlaunch.attest.policy import (
     load_policy,
     policy_from_summary,
 )
-from trustedlaunch.eventlog.model import BootSummary, EventLog, SignatureEntry
+from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
-from trustedlaunch.uefi.siglist import parse_signature_lists
+from trustedlaunch.findings import Check, Finding
+from trustedlaunch.uefi.siglist import SignatureEntry, parse_signature_lists
 
 RHEL8 = "go-tpm-tools/eventlogs/rhel8-uefi.bin"
 UBUNTU_NO_SB = "go-tpm-tools/eventlogs/ubuntu-2104-no-secure-boot.bin"

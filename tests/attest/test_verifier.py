@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from trustedlaunch.attest.evidence import MAX_EVENT_LOG_SIZE, Evidence, collect_evidence, extend_event_log
-from trustedlaunch.attest.findings import Check
 from trustedlaunch.attest.policy import CmdlineRules, Policy, policy_from_summary
 from trustedlaunch.attest.quote import ClockState
 from trustedlaunch.attest.verifier import AttestationResult, event_data_findings, verify
@@ -18,6 +17,7 @@ from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_EFI_VARIABLE_DRIVER_CONFIG, EV_SEPARATOR
+from trustedlaunch.findings import Check
 from trustedlaunch.tpm.swtpm import Swtpm
 
 RHEL8 = "go-tpm-tools/eventlogs/rhel8-uefi.bin"

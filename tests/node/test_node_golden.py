@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from node_helpers import unsigned_copy
 
-from trustedlaunch.attest.findings import Check
 from trustedlaunch.attest.policy import CmdlineRules, Policy, PolicyError, evaluate, policy_for_image
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.predict import PredictionError, predict_pcrs
 from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.findings import Check
 from trustedlaunch.node.image import DEFAULT_CMDLINE, NodeImage, build_node_image, default_kernel
 from trustedlaunch.node.qemu import FIRMWARE
 from trustedlaunch.uefi.secureboot import decide_boot

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from web_helpers import RHEL8, grub_policy
 
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.policy import (
     CmdlineRules,
     ExpectedEvent,
@@ -22,6 +21,7 @@ from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.web.evidence import EvidenceView, build_evidence_view
 
 

@@ -24,8 +24,8 @@ from trustedlaunch.attest.destinations import (
     pinned_request,
     resolve,
 )
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.findings import Check, Finding
 
 ALERT_TYPE = "VM_AttestationFailure"
 ALERT_DISPLAY_NAME = "VM attestation failure"

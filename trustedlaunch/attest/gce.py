@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
 from trustedlaunch.attest.quote import ClockState, VerifiedQuoteSet, verify_quotes
 from trustedlaunch.attest.verifier import event_data_findings
 from trustedlaunch.errors import TrustedLaunchError
@@ -33,6 +32,7 @@ from trustedlaunch.eventlog.types import (
     EV_EFI_VARIABLE_BOOT2,
     EV_S_CRTM_VERSION,
 )
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.certificates import CertificateChainError, verify_tpm_certificate_chain
 from trustedlaunch.tpm.credential import check_ak_attributes
 from trustedlaunch.tpm.structures import HASH_ALGORITHMS, TpmStructureError, TpmtPublic, parse_tpmt_public

@@ -54,18 +54,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import (
     BootApplication,
     BootSummary,
     EventLog,
     MeasuredVariable,
-    SignatureEntry,
 )
 from trustedlaunch.eventlog.predict import first_difference, predict_pcrs
 from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
-from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256
+from trustedlaunch.findings import Check, Finding
+from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256, SignatureEntry
 from trustedlaunch.uefi.varstore import read_varstore
 
 POLICY_VERSION = 1

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustedlaunch.attest.evidence import Evidence, PcrValues
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
 from trustedlaunch.attest.policy import (
     BOOT_APPLICATION_PCR,
     KERNEL_CMDLINE_PCR,
@@ -47,6 +46,7 @@ from trustedlaunch.eventlog.types import (
     EV_NO_ACTION,
     EV_SEPARATOR,
 )
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.structures import TpmStructureError, TpmtPublic, parse_tpmt_public
 
 REQUIRED_BANK = "sha256"

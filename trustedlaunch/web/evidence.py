@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trustedlaunch.attest.findings import Check
 from trustedlaunch.attest.policy import boot_app_components
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import BootSummary, Event, EventLog
@@ -34,6 +33,7 @@ from trustedlaunch.eventlog.types import (
     EV_NO_ACTION,
     EV_SEPARATOR,
 )
+from trustedlaunch.findings import Check
 
 DESCRIPTION_LIMIT = 240
 _VARIABLE_TYPES = frozenset(
