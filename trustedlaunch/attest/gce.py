@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
+from trustedlaunch.attest.machine_state import event_data_findings
 from trustedlaunch.attest.quote import ClockState, VerifiedQuoteSet, verify_quotes
-from trustedlaunch.attest.verifier import event_data_findings
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import Event, EventLog, EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log

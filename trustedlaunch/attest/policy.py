@@ -1,6 +1,8 @@
-"""Attestation policy: what a node pool accepts as a good boot, and its evaluation against a boot summary.
+"""Attestation policy: what a node pool accepts as a good boot, as a model and as a JSON document.
 
-Every policy check of the project lives in this module. A policy is a JSON document (schema version 1)::
+The policy's rules are evaluated in `attest.evaluation` (every policy check of the project lives there),
+against a boot the verifier vouches for; `attest.derivation` derives policies from a known-good boot log
+or from a node image. A policy is a JSON document (schema version 1)::
 
     {
       "version": 1,
@@ -39,8 +41,7 @@ A PK/KEK/db variable passes when its variable digest is listed, or else when eve
 kernel-cmdline token ending in ``=`` forbids every token with that prefix (``init=`` forbids
 ``init=/bin/sh``); other forbidden and required tokens match whole tokens. Golden PCR values and event
 digests are hex digests of their bank (40 hex digits for sha1, 64 for sha256); a golden PCR the quote
-does not vouch for fails. `policy_for_image` derives the whole policy from a node image and a varstore,
-without booting it.
+does not vouch for fails.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,15 +57,9 @@ from typing import Any
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import (
     BootApplication,
-    BootSummary,
-    EventLog,
     MeasuredVariable,
 )
-from trustedlaunch.eventlog.predict import first_difference, predict_pcrs
-from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
-from trustedlaunch.findings import Check, Finding
 from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256, SignatureEntry
-from trustedlaunch.uefi.varstore import read_varstore
 
 POLICY_VERSION = 1
 SECURE_BOOT_PCR = 7
@@ -232,7 +226,9 @@ class Policy:
             "separators": "must be valid" if self.require_valid_separators else "not checked",
             "pcrs": "any"
             if not self.golden_pcrs
-            else [f"{golden.bank} PCR{golden.pcr} = {_short(golden.value)}" for golden in self.golden_pcrs],
+            else [
+                f"{golden.bank} PCR{golden.pcr} = {short_digest(golden.value)}" for golden in self.golden_pcrs
+            ],
         }
 
 
@@ -497,24 +493,6 @@ def entry_id(entry: SignatureEntry) -> str:
     return hashlib.sha256(entry.data).hexdigest()
 
 
-_VARIABLE_FACTS_LIMIT = 4096
-_variable_facts_cache: dict[bytes, tuple[str, frozenset[str]]] = {}
-
-
-def _variable_facts(variable: MeasuredVariable) -> tuple[str, frozenset[str]]:
-    """(variable digest, entry ids) of a variable, memoised by its data (its entries are parsed from it).
-
-    Verifiers evaluate the same few PK/KEK/db/dbx contents over and over; a dbx holds hundreds of entries.
-    """
-    facts = _variable_facts_cache.get(variable.data)
-    if facts is None:
-        if len(_variable_facts_cache) >= _VARIABLE_FACTS_LIMIT:
-            _variable_facts_cache.clear()
-        facts = (variable_digest(variable), frozenset(entry_id(entry) for entry in variable.signatures))
-        _variable_facts_cache[variable.data] = facts
-    return facts
-
-
 def variable_digest(variable: MeasuredVariable) -> str:
     """SHA-256 (hex) of the whole measured variable data."""
     return hashlib.sha256(variable.data).hexdigest()
@@ -522,7 +500,7 @@ def variable_digest(variable: MeasuredVariable) -> str:
 
 def component_from_path(device_path: str, position: int) -> str:
     """Name a boot application from its file name: shim, grub, kernel, else 'boot application #n'."""
-    file_name = _file_name(device_path).lower()
+    file_name = file_name_of(device_path).lower()
     if file_name.startswith(("bootx64", "bootaa64", "shim")):
         return "shim"
     if file_name.startswith("grub"):
@@ -540,13 +518,14 @@ def boot_app_components(apps: Iterable[BootApplication]) -> list[str]:
     names: list[str] = []
     for position, app in enumerate(apps):
         name = component_from_path(app.device_path, position)
-        if not _file_name(app.device_path) and names and names[-1] in ("grub", "kernel"):
+        if not file_name_of(app.device_path) and names and names[-1] in ("grub", "kernel"):
             name = "kernel"
         names.append(name)
     return names
 
 
-def _file_name(device_path: str) -> str:
+def file_name_of(device_path: str) -> str:
+    """The file name at the end of a boot application's device path ("" when it names no file)."""
     path = device_path.rstrip(")\x00 ")
     return path[max(path.rfind("\\"), path.rfind("/")) + 1 :]
 
@@ -556,412 +535,6 @@ def cmdline_tokens(cmdline: str) -> list[str]:
     return _CMDLINE_TOKEN.findall(cmdline)
 
 
-def _short(hex_digest: str) -> str:
+def short_digest(hex_digest: str) -> str:
+    """A hex digest shortened for messages: its first 8 and last 4 digits."""
     return f"{hex_digest[:8]}…{hex_digest[-4:]}"
-
-
-def _short_list(values: Iterable[str], limit: int = 4) -> str:
-    ordered = sorted(values)
-    shown = ", ".join(_short(value) for value in ordered[:limit])
-    return shown + (f" (+{len(ordered) - limit} more)" if len(ordered) > limit else "")
-
-
-# --- derivation ----------------------------------------------------------------------------------
-
-
-def policy_from_summary(summary: BootSummary) -> Policy:
-    """Derive a reference policy that accepts exactly the boot described by a known-good summary."""
-
-    def pin(name: str) -> VariablePolicy | None:
-        variable = summary.variables.get(name)
-        if variable is None:
-            return None
-        entries = frozenset(entry_id(entry) for entry in variable.signatures)
-        return VariablePolicy(frozenset({variable_digest(variable)}), entries, entries)
-
-    steps = []
-    for app, name in zip(summary.boot_apps, boot_app_components(summary.boot_apps), strict=True):
-        if "sha256" not in app.event.digests:
-            raise PolicyError(
-                f"cannot derive a boot-application policy: event #{app.event.index} "
-                f"({app.device_path or name}) has no SHA-256 digest (SHA-1-only log)"
-            )
-        steps.append(BootStep(name, frozenset({app.digest("sha256").hex()})))
-    dbx = summary.variables.get("dbx")
-    return Policy(
-        secure_boot=summary.secure_boot,
-        pk=pin("PK"),
-        kek=pin("KEK"),
-        db=pin("db"),
-        dbx_required_entries=frozenset(entry_id(e) for e in dbx.signatures) if dbx else frozenset(),
-        boot_applications=tuple(steps),
-        kernel_cmdline=CmdlineRules(exact=summary.kernel_cmdline),
-        require_valid_separators=True,
-    )
-
-
-def policy_for_image(
-    image_esp: Path,
-    varstore: Path,
-    *,
-    banks: tuple[str, ...] = ("sha256",),
-    kernel_cmdline: str | None = None,
-) -> Policy:
-    """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
-    as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
-    image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
-    golden values. `kernel_cmdline`, when given, must be the exact measured command line.
-
-    Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
-    """
-    if "sha256" not in banks:
-        raise PolicyError(f"policy_for_image needs the sha256 bank (asked for: {', '.join(banks)})")
-    store = read_varstore(varstore)
-    prediction = predict_pcrs(image_esp, varstore, banks)
-
-    def pin(name: str, entries: tuple[SignatureEntry, ...]) -> VariablePolicy:
-        ids = frozenset(entry_id(entry) for entry in entries)
-        digest = hashlib.sha256(store.raw_databases.get(name, b"")).hexdigest()
-        return VariablePolicy(frozenset({digest}), ids, ids)
-
-    steps = tuple(
-        BootStep(event.component, frozenset({event.digests["sha256"].hex()}))
-        for event in prediction.events_of(BOOT_APPLICATION_PCR)
-        if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
-    )
-    golden = tuple(
-        GoldenPcr(
-            bank,
-            pcr,
-            value.hex(),
-            tuple(
-                ExpectedEvent(event.type_name, event.component, event.description, event.digests[bank].hex())
-                for event in prediction.events_of(pcr)
-            ),
-        )
-        for bank, values in prediction.values.items()
-        for pcr, value in values.items()
-    )
-    return Policy(
-        secure_boot=store.secure_boot,
-        pk=pin("PK", store.pk),
-        kek=pin("KEK", store.kek),
-        db=pin("db", store.db),
-        dbx_required_entries=frozenset(entry_id(entry) for entry in store.dbx),
-        boot_applications=steps,
-        kernel_cmdline=CmdlineRules(exact=kernel_cmdline),
-        require_valid_separators=True,
-        golden_pcrs=golden,
-    )
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-
-
-def evaluate(
-    policy: Policy,
-    summary: BootSummary,
-    *,
-    log: EventLog | None = None,
-    pcr_values: Mapping[str, Mapping[int, bytes]] | None = None,
-) -> list[Finding]:
-    """Check a boot summary against a policy; return every failure (an empty list means it passes).
-
-    Golden PCR rules need the quoted `pcr_values` (bank -> PCR -> value); `log` lets their findings name
-    the first event that differs from the expected sequence.
-    """
-    findings: list[Finding] = []
-    findings.extend(_check_secure_boot(policy, summary))
-    for name, check, rule in (
-        ("PK", Check.PLATFORM_KEY, policy.pk),
-        ("KEK", Check.KEY_EXCHANGE_KEY, policy.kek),
-        ("db", Check.SIGNATURE_DB, policy.db),
-    ):
-        if rule is not None:
-            findings.extend(_check_variable(name, check, rule, summary.variables.get(name)))
-    if policy.dbx_required_entries:
-        findings.extend(_check_dbx(policy.dbx_required_entries, summary.variables.get("dbx")))
-    if policy.boot_applications is not None:
-        findings.extend(_check_boot_applications(policy.boot_applications, summary.boot_apps))
-    if not policy.kernel_cmdline.is_empty:
-        findings.extend(_check_cmdline(policy.kernel_cmdline, summary))
-    if policy.require_valid_separators and not summary.separators_ok:
-        findings.append(
-            Finding(
-                Check.SEPARATOR,
-                "firmware",
-                "an EV_SEPARATOR event does not carry the normal value 0x00000000: the firmware reported "
-                "an error while measuring the pre-OS environment",
-            )
-        )
-    for golden in policy.golden_pcrs:
-        findings.extend(_check_golden_pcr(golden, log, pcr_values or {}))
-    return findings
-
-
-def _check_golden_pcr(
-    golden: GoldenPcr, log: EventLog | None, pcr_values: Mapping[str, Mapping[int, bytes]]
-) -> list[Finding]:
-    value = pcr_values.get(golden.bank, {}).get(golden.pcr)
-    name = f"{golden.bank} PCR{golden.pcr}"
-    if value is None:
-        return [
-            Finding(
-                Check.PCR_VALUE,
-                "quote",
-                f"the policy has a golden value for {name} but the quote does not vouch for it: "
-                f"quote that PCR in the {golden.bank} bank",
-                pcr=golden.pcr,
-            )
-        ]
-    if value.hex() == golden.value:
-        return []
-    message = f"{name} is {_short(value.hex())}, the policy's golden value is {_short(golden.value)}"
-    component, event_index = "firmware", None
-    if golden.events and log is not None:
-        expected = [
-            (f"{e.type_name} ({e.component}: {e.description})", bytes.fromhex(e.digest))
-            for e in golden.events
-        ]
-        difference = first_difference(log, golden.pcr, golden.bank, expected)
-        if difference is not None:
-            event_index = difference.log_event_index
-            position = difference.position
-            if difference.expected is None:
-                component = "event log"
-                message += f"; event #{event_index} is measured after every expected event of {name}"
-            else:
-                component = golden.events[position].component
-                if event_index is None:
-                    message += f"; the log ends before the expected {difference.expected}"
-                else:
-                    measured = log.events[event_index]
-                    digest = difference.log_digest.hex() if difference.log_digest else "none"
-                    message += (
-                        f"; first difference at event #{event_index}, {measured.type_name} with digest "
-                        f"{_short(digest)}, where the policy expects {difference.expected} with digest "
-                        f"{_short(golden.events[position].digest)}"
-                    )
-    return [Finding(Check.PCR_VALUE, component, message, pcr=golden.pcr, event_index=event_index)]
-
-
-def _check_secure_boot(policy: Policy, summary: BootSummary) -> list[Finding]:
-    if policy.secure_boot is None or summary.secure_boot == policy.secure_boot:
-        return []
-    variable = summary.variables.get("SecureBoot")
-    wanted = "enabled" if policy.secure_boot else "disabled"
-    if summary.secure_boot is None:
-        state = "not measured (no or an empty SecureBoot variable in PCR7)"
-    else:
-        state = "enabled" if summary.secure_boot else "disabled"
-    where = f" (SecureBoot variable, event #{variable.event.index})" if variable else ""
-    return [
-        Finding(
-            Check.SECURE_BOOT,
-            "firmware",
-            f"Secure Boot is {state}{where} but the policy requires it {wanted}",
-            pcr=variable.event.pcr if variable else SECURE_BOOT_PCR,
-            event_index=variable.event.index if variable else None,
-        )
-    ]
-
-
-def _check_variable(
-    name: str, check: Check, rule: VariablePolicy, variable: MeasuredVariable | None
-) -> list[Finding]:
-    if variable is None:
-        return [
-            Finding(
-                check,
-                name,
-                f"{name} was not measured into PCR7, so its content cannot be checked against the policy",
-                pcr=SECURE_BOOT_PCR,
-            )
-        ]
-    findings = []
-    where = {"pcr": variable.event.pcr, "event_index": variable.event.index}
-    digest, present = _variable_facts(variable)
-    if digest not in rule.variable_digests:
-        if not rule.allowed_entries:
-            findings.append(
-                Finding(
-                    check,
-                    name,
-                    f"{name} content (SHA-256 {digest}) is not in the policy's allowed variable digests: "
-                    f"{_short_list(rule.variable_digests)}",
-                    **where,
-                )
-            )
-        else:
-            extra = present - rule.allowed_entries
-            if extra:
-                findings.append(
-                    Finding(
-                        check,
-                        name,
-                        f"{name} holds {len(extra)} entr(y/ies) the policy does not allow: "
-                        f"{', '.join(_describe_entries(variable, extra))}",
-                        **where,
-                    )
-                )
-    missing = rule.required_entries - present
-    if missing:
-        findings.append(
-            Finding(
-                check,
-                name,
-                f"{name} lacks {len(missing)} entr(y/ies) the policy requires: {', '.join(sorted(missing))}",
-                **where,
-            )
-        )
-    return findings
-
-
-def _describe_entries(variable: MeasuredVariable, ids: AbstractSet[str]) -> list[str]:
-    described = []
-    for entry in variable.signatures:
-        identifier = entry_id(entry)
-        if identifier in ids:
-            if entry.certificate is not None:
-                described.append(f"certificate '{entry.certificate.subject.rfc4514_string()}' ({identifier})")
-            else:
-                described.append(identifier)
-            ids = ids - {identifier}
-    return described
-
-
-def _check_dbx(required: frozenset[str], dbx: MeasuredVariable | None) -> list[Finding]:
-    if dbx is None:
-        return [
-            Finding(
-                Check.FORBIDDEN_DB,
-                "dbx",
-                f"dbx was not measured into PCR7; the policy requires {len(required)} revocation(s) in it",
-                pcr=SECURE_BOOT_PCR,
-            )
-        ]
-    missing = required - _variable_facts(dbx)[1]
-    if not missing:
-        return []
-    return [
-        Finding(
-            Check.FORBIDDEN_DB,
-            "dbx",
-            f"dbx is older than the policy: {len(missing)} required revocation(s) missing: "
-            f"{', '.join(sorted(missing))}",
-            pcr=dbx.event.pcr,
-            event_index=dbx.event.index,
-        )
-    ]
-
-
-def _check_boot_applications(steps: tuple[BootStep, ...], apps: tuple[BootApplication, ...]) -> list[Finding]:
-    findings = []
-    for position, app in enumerate(apps[: len(steps)]):
-        step = steps[position]
-        digest = app.event.digests.get("sha256")
-        if digest is not None and digest.hex() in step.digests:
-            continue
-        if digest is None:
-            problem = f"has no SHA-256 digest in the log (banks: {', '.join(app.event.digests)})"
-        else:
-            problem = (
-                f"digest {digest.hex()} is not in the pool's image policy for {step.component} "
-                f"(step {position + 1}); allowed: {_short_list(step.digests)}"
-            )
-        findings.append(
-            Finding(
-                Check.BOOT_APPLICATION,
-                step.component,
-                f"{_app_label(app, position)} {problem}",
-                pcr=app.event.pcr,
-                event_index=app.event.index,
-            )
-        )
-    if len(apps) > len(steps):
-        chain = " -> ".join(s.component for s in steps) or "none"
-        names = boot_app_components(apps)
-        for position in range(len(steps), len(apps)):
-            app = apps[position]
-            findings.append(
-                Finding(
-                    Check.BOOT_APPLICATION,
-                    names[position],
-                    f"{_app_label(app, position)} is boot application #{position + 1} but the policy allows "
-                    f"only {len(steps)} ({chain})",
-                    pcr=app.event.pcr,
-                    event_index=app.event.index,
-                )
-            )
-    for position in range(len(apps), len(steps)):
-        findings.append(
-            Finding(
-                Check.BOOT_APPLICATION,
-                steps[position].component,
-                f"the policy expects {steps[position].component} as boot application #{position + 1} "
-                f"but only {len(apps)} were loaded",
-                pcr=BOOT_APPLICATION_PCR,
-            )
-        )
-    return findings
-
-
-def _app_label(app: BootApplication, position: int) -> str:
-    file_name = _file_name(app.device_path)
-    return f"{file_name} ({app.device_path})" if file_name else f"boot application #{position + 1}"
-
-
-def _check_cmdline(rules: CmdlineRules, summary: BootSummary) -> list[Finding]:
-    event = summary.kernel_cmdline_event
-    where = {
-        "pcr": event.pcr if event else KERNEL_CMDLINE_PCR,
-        "event_index": event.index if event else None,
-    }
-    cmdline = summary.kernel_cmdline
-    if cmdline is None:
-        return [
-            Finding(
-                Check.KERNEL_CMDLINE,
-                "kernel",
-                "no kernel command line was measured, but the policy has command-line rules",
-                **where,
-            )
-        ]
-    findings = []
-    if rules.exact is not None and cmdline != rules.exact:
-        differs_at = next(
-            (i for i, (a, b) in enumerate(zip(cmdline, rules.exact, strict=False)) if a != b),
-            min(len(cmdline), len(rules.exact)),
-        )
-        findings.append(
-            Finding(
-                Check.KERNEL_CMDLINE,
-                "kernel",
-                f"kernel command line {cmdline!r} differs from the policy's exact {rules.exact!r} "
-                f"from character {differs_at} on",
-                **where,
-            )
-        )
-    tokens = cmdline_tokens(cmdline)
-    for forbidden in rules.forbidden_tokens:
-        hits = [t for t in tokens if (t.startswith(forbidden) if forbidden.endswith("=") else t == forbidden)]
-        if hits:
-            findings.append(
-                Finding(
-                    Check.KERNEL_CMDLINE,
-                    "kernel",
-                    f"kernel command line has forbidden token(s) {', '.join(hits)} (rule {forbidden!r})",
-                    **where,
-                )
-            )
-    missing = [token for token in rules.required_tokens if token not in tokens]
-    if missing:
-        findings.append(
-            Finding(
-                Check.KERNEL_CMDLINE,
-                "kernel",
-                f"kernel command line lacks required token(s) {', '.join(missing)}",
-                **where,
-            )
-        )
-    return findings
