@@ -24,7 +24,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from trustedlaunch.attest.evidence import Evidence, PcrValues
 from trustedlaunch.attest.policy import BOOT_APPLICATION_PCR, KERNEL_CMDLINE_PCR
@@ -60,29 +60,22 @@ GRUB_STRING_PREFIXES = tuple(prefix.encode() for prefix in (*GRUB_COMMAND_PREFIX
 _SEAL = object()  # held by this module only: what makes a VerifiedBoot
 
 
+@dataclass(frozen=True)
 class VerifiedBoot:
     """A boot an authentic quote vouches for: its parsed event log, its summary, the PCR values (bank ->
-    PCR -> value) the quote binds the log to, and the quote's clock. Only `verify_boot` makes one."""
+    PCR -> value) the quote binds the log to, and the quote's clock. Only `verify_boot` makes one: the
+    seal it passes is this module's own (and `dataclasses.replace` cannot copy it)."""
 
-    __slots__ = ("clock", "log", "pcr_values", "replayed_pcrs", "summary")
+    seal: InitVar[object]
+    log: EventLog
+    summary: BootSummary
+    pcr_values: Mapping[str, Mapping[int, bytes]]  # every PCR: the quoted ones, the others at TPM2_Startup
+    replayed_pcrs: PcrValues  # bank -> PCR -> value the log replays to (the caller's own copy)
+    clock: ClockState | None  # store it for the node and pass it as last_clock next time
 
-    def __init__(
-        self,
-        seal: object,
-        *,
-        log: EventLog,
-        summary: BootSummary,
-        pcr_values: Mapping[str, Mapping[int, bytes]],
-        replayed_pcrs: PcrValues,
-        clock: ClockState | None,
-    ):
+    def __post_init__(self, seal: object) -> None:
         if seal is not _SEAL:
             raise TypeError("a VerifiedBoot is made only by attest.machine_state.verify_boot")
-        self.log = log
-        self.summary = summary
-        self.pcr_values = pcr_values  # every PCR: the quoted ones, the others at their TPM2_Startup value
-        self.replayed_pcrs = replayed_pcrs  # bank -> PCR -> value the log replays to (the caller's copy)
-        self.clock = clock  # store it for the node and pass it as last_clock next time
 
 
 @dataclass(frozen=True)
