@@ -374,3 +374,10 @@ def test_sha1_only_log_cannot_seed_a_boot_application_policy(testdata: Path) -> 
     assert len(extra) == len(summary.boot_apps) - 1
     assert finding.check is Check.BOOT_APPLICATION
     assert "has no SHA-256 digest in the log (banks: sha1)" in finding.message
+
+
+@pytest.mark.parametrize("golden", [5, None, "ab", [["4", "ab" * 32]]])
+def test_a_golden_bank_that_is_not_an_object_is_named(golden: object) -> None:
+    """Such a bank was a TypeError out of the hand-written reader (a 500 for the verifier API)."""
+    with pytest.raises(PolicyError, match=r"field 'pcrs\.sha256': expected an object, got "):
+        Policy.from_json(json.dumps({"pcrs": {"sha256": golden}}))

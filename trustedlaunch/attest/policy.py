@@ -25,7 +25,9 @@ or from a node image. A policy is a JSON document (schema version 1)::
       "allowAny": false                         # true: a document with no rule at all accepts any boot
     }
 
-A missing field never silently means "anything goes": a document that sets no rule (no Secure Boot state,
+The document is read through a declared schema (pydantic models, `_PolicySchema`): unknown fields are
+refused, and every error names the field by its path (e.g. `db.allowedEntries[0]`). A missing field never
+silently means "anything goes": a document that sets no rule (no Secure Boot state,
 signature databases, dbx, boot chain, command line or golden PCR) is refused unless it says so with
 ``"allowAny": true`` (and a document with rules must not say it).
 
@@ -49,10 +51,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import (
@@ -66,7 +81,6 @@ SECURE_BOOT_PCR = 7
 BOOT_APPLICATION_PCR = 4
 KERNEL_CMDLINE_PCR = 8
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _CMDLINE_TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 
 
@@ -183,7 +197,7 @@ class Policy:
     @classmethod
     def from_dict(cls, document: object, *, source: str = "policy") -> Policy:
         """Build a policy from its JSON form; raise PolicyError naming `source` and the bad field."""
-        return _PolicyReader(source).read(document)
+        return _read_document(document, source)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "policy") -> Policy:
@@ -276,209 +290,306 @@ def _golden_events_to_dict(golden_pcrs: tuple[GoldenPcr, ...]) -> dict[str, dict
     return events
 
 
-class _PolicyReader:
-    """Validates a decoded policy document field by field, naming the field in every error."""
+# --- the policy document's schema ----------------------------------------------------------------
 
-    def __init__(self, source: str):
-        self.source = source
 
-    def fail(self, path: str, problem: str) -> PolicyError:
-        return PolicyError(f"{self.source}: field '{path}': {problem}")
+class _Schema(BaseModel):
+    """A policy document object: only its declared fields (camelCase), every leaf checked by a validator
+    whose message names what was expected, as `Policy.from_dict` reports it with the field's path."""
 
-    def read(self, document: object) -> Policy:
-        top = self.mapping(document, "(top level)", required=set(), optional=_TOP_LEVEL_FIELDS)
-        version = top.get("version", POLICY_VERSION)
-        if version != POLICY_VERSION:
-            raise self.fail("version", f"unsupported policy version {version!r} (this verifier reads 1)")
-        secure_boot = top.get("secureBoot")
-        if secure_boot is not None and not isinstance(secure_boot, bool):
-            raise self.fail("secureBoot", f"expected true, false or null, got {secure_boot!r}")
-        separators = top.get("requireValidSeparators", True)
-        if not isinstance(separators, bool):
-            raise self.fail("requireValidSeparators", f"expected true or false, got {separators!r}")
-        allow_any = top.get("allowAny", False)
-        if not isinstance(allow_any, bool):
-            raise self.fail("allowAny", f"expected true or false, got {allow_any!r}")
-        dbx = top.get("dbx")
-        dbx_required: frozenset[str] = frozenset()
-        if dbx is not None:
-            dbx_fields = self.mapping(dbx, "dbx", required=set(), optional={"requiredEntries"})
-            dbx_required = self.digests(dbx_fields.get("requiredEntries", []), "dbx.requiredEntries")
-        policy = Policy(
-            secure_boot=secure_boot,
-            pk=self.variable(top.get("pk"), "pk"),
-            kek=self.variable(top.get("kek"), "kek"),
-            db=self.variable(top.get("db"), "db"),
-            dbx_required_entries=dbx_required,
-            boot_applications=self.boot_steps(top.get("bootApplications")),
-            kernel_cmdline=self.cmdline(top.get("kernelCmdline")),
-            require_valid_separators=separators,
-            golden_pcrs=self.golden_pcrs(top.get("pcrs"), top.get("pcrEvents")),
-            allow_any=allow_any,
-        )
-        if allow_any and policy.has_rules:
-            raise self.fail("allowAny", "true accepts any boot: a policy with rules must not set it")
-        if not allow_any and not policy.has_rules:
-            raise self.fail(
-                "(top level)",
-                "the policy sets no rule (secureBoot, pk, kek, db, dbx, bootApplications, kernelCmdline, "
-                "pcrs): it would accept any boot. Add rules (`tl policy from-log` makes them), or say "
-                '"allowAny": true to accept any boot on purpose',
-            )
-        return policy
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, alias_generator=to_camel)
 
-    def bank_digest(self, value: object, bank: str, path: str) -> str:
-        size = _BANK_HEX_DIGITS[bank]
-        text = value.lower() if isinstance(value, str) else ""
-        if len(text) != size or any(c not in "0123456789abcdef" for c in text):
-            raise self.fail(path, f"expected {size} hex digits ({bank}), got {value!r}")
-        return text
-
-    def pcr_index(self, key: str, path: str) -> int:
-        if not key.isdigit() or not 0 <= int(key) < 24:
-            raise self.fail(path, f"PCR index {key!r} is not a number 0..23")
-        return int(key)
-
-    def golden_pcrs(self, values: object, events: object) -> tuple[GoldenPcr, ...]:
-        if values is None:
-            if events:
-                raise self.fail("pcrEvents", "needs the golden values in 'pcrs'")
-            return ()
-        banks = self.mapping(values, "pcrs", required=set(), optional=set(_BANK_HEX_DIGITS))
-        event_banks = self.mapping(events or {}, "pcrEvents", required=set(), optional=set(banks))
-        golden = []
-        for bank, by_pcr in banks.items():
-            pcr_values = self.mapping(by_pcr, f"pcrs.{bank}", required=set(), optional=set(by_pcr))
-            pcr_events = self.mapping(
-                event_banks.get(bank, {}), f"pcrEvents.{bank}", required=set(), optional=set(pcr_values)
-            )
-            for key, value in pcr_values.items():
-                path = f"pcrs.{bank}.{key}"
-                golden.append(
-                    GoldenPcr(
-                        bank,
-                        self.pcr_index(key, path),
-                        self.bank_digest(value, bank, path),
-                        self.expected_events(pcr_events.get(key, []), bank, f"pcrEvents.{bank}.{key}"),
-                    )
-                )
-        return tuple(golden)
-
-    def expected_events(self, value: object, bank: str, path: str) -> tuple[ExpectedEvent, ...]:
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list of events, got {type(value).__name__}")
-        events = []
-        for position, item in enumerate(value):
-            where = f"{path}[{position}]"
-            names = {"type", "component", "description", "digest"}
-            fields = self.mapping(item, where, required=names, optional=set())
-            for name in ("type", "component", "description"):
-                if not isinstance(fields[name], str):
-                    raise self.fail(f"{where}.{name}", f"expected a string, got {fields[name]!r}")
-            events.append(
-                ExpectedEvent(
-                    fields["type"],
-                    fields["component"],
-                    fields["description"],
-                    self.bank_digest(fields["digest"], bank, f"{where}.digest"),
-                )
-            )
-        return tuple(events)
-
-    def mapping(
-        self, value: object, path: str, *, required: set[str], optional: set[str]
-    ) -> Mapping[str, Any]:
+    @model_validator(mode="before")
+    @classmethod
+    def _declared_fields_only(cls, value: object) -> object:
         if not isinstance(value, dict):
-            raise self.fail(path, f"expected an object, got {type(value).__name__}")
-        unknown = sorted(set(value) - required - optional)
+            raise _problem(f"expected an object, got {type(value).__name__}")
+        known = {field.alias or name for name, field in cls.model_fields.items()}
+        unknown = sorted(set(value) - known)
         if unknown:
-            known = ", ".join(sorted(required | optional))
-            raise self.fail(path, f"unknown field(s) {', '.join(unknown)} (known: {known})")
+            raise _problem(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        required = {field.alias or name for name, field in cls.model_fields.items() if field.is_required()}
         missing = sorted(required - set(value))
         if missing:
-            raise self.fail(path, f"missing required field(s) {', '.join(missing)}")
+            raise _problem(f"missing required field(s) {', '.join(missing)}")
         return value
 
-    def digests(self, value: object, path: str) -> frozenset[str]:
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list of SHA-256 hex strings, got {type(value).__name__}")
-        result = set()
-        for position, item in enumerate(value):
-            text = item.lower() if isinstance(item, str) else None
-            if text is None or not _SHA256_HEX.fullmatch(text):
-                raise self.fail(f"{path}[{position}]", f"expected 64 hex digits (SHA-256), got {item!r}")
-            result.add(text)
-        return frozenset(result)
 
-    def strings(self, value: object, path: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-            raise self.fail(path, f"expected a list of non-empty strings, got {value!r}")
-        return tuple(value)
+def _problem(message: str, *, path: str | None = None) -> PydanticCustomError:
+    """A schema error worded for an operator; `path` names a field below the one being validated."""
+    return PydanticCustomError("policy", "{problem}", {"problem": message, "path": path})
 
-    def variable(self, value: object, path: str) -> VariablePolicy | None:
-        if value is None:
+
+def _checked(
+    test: Callable[[Any], bool], expected: str, *, show: Callable[[Any], str] = repr
+) -> BeforeValidator:
+    """A leaf validator: `test` the raw value, else fail with "expected <expected>, got <value>"."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise _problem(f"expected {expected}, got {show(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _hex_digest(digits: int, expected: str) -> BeforeValidator:
+    def check(value: Any) -> str:
+        text = value.lower() if isinstance(value, str) else ""
+        if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+            raise _problem(f"expected {expected}, got {value!r}")
+        return text
+
+    return BeforeValidator(check)
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+_Sha256 = Annotated[str, _hex_digest(64, "64 hex digits (SHA-256)")]
+_Sha256List = Annotated[
+    list[_Sha256], _checked(lambda v: isinstance(v, list), "a list of SHA-256 hex strings", show=_kind)
+]
+_Tokens = Annotated[
+    list[str],
+    _checked(
+        lambda v: isinstance(v, list) and all(isinstance(t, str) and t for t in v),
+        "a list of non-empty strings",
+    ),
+]
+_OptionalBool = Annotated[
+    bool | None, _checked(lambda v: v is None or isinstance(v, bool), "true, false or null")
+]
+_Bool = Annotated[bool, _checked(lambda v: isinstance(v, bool), "true or false")]
+_Text = Annotated[str, _checked(lambda v: isinstance(v, str), "a string")]
+_Name = Annotated[str, _checked(lambda v: isinstance(v, str) and bool(v), "a non-empty string")]
+
+
+def _policy_version(value: Any) -> int:
+    if value != POLICY_VERSION:
+        raise _problem(f"unsupported policy version {value!r} (this verifier reads {POLICY_VERSION})")
+    return POLICY_VERSION
+
+
+class _VariableSchema(_Schema):
+    variable_digests: _Sha256List = Field(default_factory=list)
+    allowed_entries: _Sha256List = Field(default_factory=list)
+    required_entries: _Sha256List = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _allows_something(self) -> _VariableSchema:
+        if not self.variable_digests and not self.allowed_entries:
+            raise _problem("needs variableDigests or allowedEntries (use null to allow any content)")
+        return self
+
+
+class _DbxSchema(_Schema):
+    required_entries: _Sha256List = Field(default_factory=list)
+
+
+class _BootStepSchema(_Schema):
+    component: _Name
+    digests: _Sha256List
+
+    @field_validator("digests")
+    @classmethod
+    def _at_least_one(cls, digests: list[str]) -> list[str]:
+        if not digests:
+            raise _problem("a step needs at least one allowed digest")
+        return digests
+
+
+class _CmdlineSchema(_Schema):
+    exact: Annotated[str | None, _checked(lambda v: v is None or isinstance(v, str), "a string or null")] = (
+        None
+    )
+    required_tokens: _Tokens = Field(default_factory=list)
+    forbidden_tokens: _Tokens = Field(default_factory=list)
+
+
+def _pcr_index(key: Any) -> str:
+    if not isinstance(key, str) or not key.isdigit() or not 0 <= int(key) < 24:
+        raise _problem(f"PCR index {key!r} is not a number 0..23")
+    return key
+
+
+_PcrIndex = Annotated[str, BeforeValidator(_pcr_index)]
+_Object = _checked(lambda v: isinstance(v, dict), "an object", show=_kind)
+_Events = _checked(lambda v: isinstance(v, list), "a list of events", show=_kind)
+
+
+_Sha1Bank = Annotated[str, _hex_digest(40, "40 hex digits (sha1)")]
+_Sha256Bank = Annotated[str, _hex_digest(64, "64 hex digits (sha256)")]
+
+
+class _EventSchema(_Schema):
+    type: _Text
+    component: _Text
+    description: _Text
+
+
+class _Sha1EventSchema(_EventSchema):
+    digest: _Sha1Bank
+
+
+class _Sha256EventSchema(_EventSchema):
+    digest: _Sha256Bank
+
+
+class _PcrsSchema(_Schema):
+    """Golden values per bank: PCR index -> hex digest of that bank."""
+
+    model_config = ConfigDict(alias_generator=None)
+
+    sha1: Annotated[dict[_PcrIndex, _Sha1Bank], _Object] = Field(default_factory=dict)
+    sha256: Annotated[dict[_PcrIndex, _Sha256Bank], _Object] = Field(default_factory=dict)
+
+
+class _PcrEventsSchema(_Schema):
+    """Expected events per bank: PCR index -> the events that produce its golden value, in order."""
+
+    model_config = ConfigDict(alias_generator=None)
+
+    sha1: Annotated[dict[str, Annotated[list[_Sha1EventSchema], _Events]], _Object] = Field(
+        default_factory=dict
+    )
+    sha256: Annotated[dict[str, Annotated[list[_Sha256EventSchema], _Events]], _Object] = Field(
+        default_factory=dict
+    )
+
+
+class _PolicySchema(_Schema):
+    """The policy document (see the module docstring)."""
+
+    # in the order problems are reported: the first field that fails names the error
+    version: Annotated[int, BeforeValidator(_policy_version)] = POLICY_VERSION
+    secure_boot: _OptionalBool = None
+    require_valid_separators: _Bool = True
+    allow_any: _Bool = False
+    dbx: _DbxSchema | None = None
+    pk: _VariableSchema | None = None
+    kek: _VariableSchema | None = None
+    db: _VariableSchema | None = None
+    boot_applications: Annotated[
+        list[_BootStepSchema] | None,
+        _checked(lambda v: v is None or isinstance(v, list), "a list of steps", show=_kind),
+    ] = None
+    kernel_cmdline: _CmdlineSchema | None = None
+    pcrs: _PcrsSchema | None = None
+    pcr_events: _PcrEventsSchema | None = None
+
+    @field_validator("pcr_events", mode="before")
+    @classmethod
+    def _describes_golden_pcrs(cls, events: Any, info: ValidationInfo) -> Any:
+        """`pcrEvents` may only describe PCRs that `pcrs` sets (an empty or false value describes none)."""
+        if "pcrs" not in info.data:  # `pcrs` failed: its own error is reported
+            return events
+        pcrs: _PcrsSchema | None = info.data["pcrs"]
+        if pcrs is None:
+            if events:
+                raise _problem("needs the golden values in 'pcrs'")
             return None
-        fields = self.mapping(
-            value, path, required=set(), optional={"variableDigests", "allowedEntries", "requiredEntries"}
-        )
-        rule = VariablePolicy(
-            variable_digests=self.digests(fields.get("variableDigests", []), f"{path}.variableDigests"),
-            allowed_entries=self.digests(fields.get("allowedEntries", []), f"{path}.allowedEntries"),
-            required_entries=self.digests(fields.get("requiredEntries", []), f"{path}.requiredEntries"),
-        )
-        if not rule.variable_digests and not rule.allowed_entries:
-            raise self.fail(path, "needs variableDigests or allowedEntries (use null to allow any content)")
-        return rule
-
-    def boot_steps(self, value: object) -> tuple[BootStep, ...] | None:
-        if value is None:
+        if not events:
             return None
-        if not isinstance(value, list):
-            raise self.fail("bootApplications", f"expected a list of steps, got {type(value).__name__}")
-        steps = []
-        for position, item in enumerate(value):
-            path = f"bootApplications[{position}]"
-            fields = self.mapping(item, path, required={"component", "digests"}, optional=set())
-            component = fields["component"]
-            if not isinstance(component, str) or not component:
-                raise self.fail(f"{path}.component", f"expected a non-empty string, got {component!r}")
-            digests = self.digests(fields["digests"], f"{path}.digests")
-            if not digests:
-                raise self.fail(f"{path}.digests", "a step needs at least one allowed digest")
-            steps.append(BootStep(component, digests))
-        return tuple(steps)
+        if isinstance(events, dict):
+            banks = pcrs.model_fields_set
+            unknown = sorted(set(events) - banks)
+            if unknown:
+                raise _problem(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(banks))})")
+            for bank, by_pcr in events.items():
+                golden = getattr(pcrs, bank)
+                unknown = sorted(set(by_pcr) - set(golden)) if isinstance(by_pcr, dict) else []
+                if unknown:
+                    known = ", ".join(sorted(golden))
+                    raise _problem(
+                        f"unknown field(s) {', '.join(unknown)} (known: {known})", path=f"pcrEvents.{bank}"
+                    )
+        return events
 
-    def cmdline(self, value: object) -> CmdlineRules:
-        if value is None:
-            return CmdlineRules()
-        fields = self.mapping(
-            value, "kernelCmdline", required=set(), optional={"exact", "requiredTokens", "forbiddenTokens"}
+
+def _read_document(document: object, source: str) -> Policy:
+    """Validate a decoded policy document against `_PolicySchema`; the first problem, with its field's path,
+    becomes a PolicyError naming `source`."""
+
+    def fail(path: str, problem: str) -> PolicyError:
+        return PolicyError(f"{source}: field '{path}': {problem}")
+
+    try:
+        schema = _PolicySchema.model_validate(document)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        path = (error.get("ctx") or {}).get("path") or _field_path(error["loc"])
+        raise fail(path, error["msg"]) from None
+    assert isinstance(document, dict)  # the schema accepted it as an object
+    policy = Policy(
+        secure_boot=schema.secure_boot,
+        pk=_variable_policy(schema.pk),
+        kek=_variable_policy(schema.kek),
+        db=_variable_policy(schema.db),
+        dbx_required_entries=frozenset(schema.dbx.required_entries) if schema.dbx else frozenset(),
+        boot_applications=None
+        if schema.boot_applications is None
+        else tuple(BootStep(step.component, frozenset(step.digests)) for step in schema.boot_applications),
+        kernel_cmdline=CmdlineRules()
+        if schema.kernel_cmdline is None
+        else CmdlineRules(
+            schema.kernel_cmdline.exact,
+            tuple(schema.kernel_cmdline.required_tokens),
+            tuple(schema.kernel_cmdline.forbidden_tokens),
+        ),
+        require_valid_separators=schema.require_valid_separators,
+        golden_pcrs=_golden_pcrs(schema, document.get("pcrs")),
+        allow_any=schema.allow_any,
+    )
+    if policy.allow_any and policy.has_rules:
+        raise fail("allowAny", "true accepts any boot: a policy with rules must not set it")
+    if not policy.allow_any and not policy.has_rules:
+        raise fail(
+            "(top level)",
+            "the policy sets no rule (secureBoot, pk, kek, db, dbx, bootApplications, kernelCmdline, "
+            "pcrs): it would accept any boot. Add rules (`tl policy from-log` makes them), or say "
+            '"allowAny": true to accept any boot on purpose',
         )
-        exact = fields.get("exact")
-        if exact is not None and not isinstance(exact, str):
-            raise self.fail("kernelCmdline.exact", f"expected a string or null, got {exact!r}")
-        return CmdlineRules(
-            exact=exact,
-            required_tokens=self.strings(fields.get("requiredTokens", []), "kernelCmdline.requiredTokens"),
-            forbidden_tokens=self.strings(fields.get("forbiddenTokens", []), "kernelCmdline.forbiddenTokens"),
-        )
+    return policy
 
 
-_TOP_LEVEL_FIELDS = {
-    "version",
-    "secureBoot",
-    "pk",
-    "kek",
-    "db",
-    "dbx",
-    "bootApplications",
-    "kernelCmdline",
-    "requireValidSeparators",
-    "pcrs",
-    "pcrEvents",
-    "allowAny",
-}
-_BANK_HEX_DIGITS = {"sha1": 40, "sha256": 64}
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """`db.allowedEntries[0]` for ("db", "allowedEntries", 0); a dict key's own check names the key."""
+    path = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "(top level)"
+
+
+def _variable_policy(schema: _VariableSchema | None) -> VariablePolicy | None:
+    if schema is None:
+        return None
+    return VariablePolicy(
+        frozenset(schema.variable_digests),
+        frozenset(schema.allowed_entries),
+        frozenset(schema.required_entries),
+    )
+
+
+def _golden_pcrs(schema: _PolicySchema, values: object) -> tuple[GoldenPcr, ...]:
+    """The golden PCRs in the document's order of banks, each with its expected events."""
+    if schema.pcrs is None:
+        return ()
+    assert isinstance(values, dict)  # the schema accepted it as an object
+    golden = []
+    for bank in values:
+        pcr_values: dict[str, str] = getattr(schema.pcrs, bank)
+        pcr_events: dict[str, list[Any]] = getattr(schema.pcr_events, bank) if schema.pcr_events else {}
+        for key, value in pcr_values.items():
+            expected = tuple(
+                ExpectedEvent(event.type, event.component, event.description, event.digest)
+                for event in pcr_events.get(key, [])
+            )
+            golden.append(GoldenPcr(bank, int(key), value, expected))
+    return tuple(golden)
 
 
 # --- identifiers of measured content -------------------------------------------------------------
