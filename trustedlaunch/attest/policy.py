@@ -48,6 +48,7 @@ does not vouch for fails.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -81,6 +82,7 @@ SECURE_BOOT_PCR = 7
 BOOT_APPLICATION_PCR = 4
 KERNEL_CMDLINE_PCR = 8
 
+_HEX = re.compile(r"[0-9a-f]*")
 _CMDLINE_TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 
 
@@ -304,15 +306,24 @@ class _Schema(BaseModel):
     def _declared_fields_only(cls, value: object) -> object:
         if not isinstance(value, dict):
             raise _problem(f"expected an object, got {type(value).__name__}")
-        known = {field.alias or name for name, field in cls.model_fields.items()}
+        known, required = _document_fields(cls)
         unknown = sorted(set(value) - known)
         if unknown:
             raise _problem(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        required = {field.alias or name for name, field in cls.model_fields.items() if field.is_required()}
         missing = sorted(required - set(value))
         if missing:
             raise _problem(f"missing required field(s) {', '.join(missing)}")
         return value
+
+
+@functools.cache
+def _document_fields(schema: type[_Schema]) -> tuple[frozenset[str], frozenset[str]]:
+    """(every field, the required fields) of a schema object, by their names in the document."""
+    fields = schema.model_fields
+    return (
+        frozenset(field.alias or name for name, field in fields.items()),
+        frozenset(field.alias or name for name, field in fields.items() if field.is_required()),
+    )
 
 
 def _problem(message: str, *, path: str | None = None) -> PydanticCustomError:
@@ -336,7 +347,7 @@ def _checked(
 def _hex_digest(digits: int, expected: str) -> BeforeValidator:
     def check(value: Any) -> str:
         text = value.lower() if isinstance(value, str) else ""
-        if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+        if len(text) != digits or not _HEX.fullmatch(text):
             raise _problem(f"expected {expected}, got {value!r}")
         return text
 
