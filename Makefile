@@ -24,6 +24,7 @@ lint: setup
 	$(BIN)/ruff check trustedlaunch tests bench fuzz
 	$(BIN)/ruff format --check trustedlaunch tests bench fuzz
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q
@@ -32,4 +33,4 @@ bench: setup
 	$(BIN)/python bench/eventlog_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -70,8 +70,8 @@ import uvloop
 from tpm2_pytss import TCTILdr
 
 from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, VERIFY_PATH
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import extend_event_log
-from trustedlaunch.attest.policy import policy_from_summary
 from trustedlaunch.control.attestation_monitor import ATTESTED, AttestationMonitor, Trigger
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.operations import finish_operation

@@ -29,7 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.node.image import NodeImage, build_node_image
 from trustedlaunch.node.qemu import FIRMWARE, NodeVM, kvm_usable

@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import collect_evidence, extend_event_log
-from trustedlaunch.attest.policy import policy_from_summary
-from trustedlaunch.attest.verifier import clear_boot_cache, verify
+from trustedlaunch.attest.machine_state import clear_boot_cache
+from trustedlaunch.attest.verifier import verify
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import clear_variable_cache, summarize

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from trustedlaunch.attest.evidence import Evidence, EvidenceError
 from trustedlaunch.attest.gce import GceFormatError, parse_gce_attestation
+from trustedlaunch.attest.machine_state import event_data_findings
 from trustedlaunch.attest.policy import Policy, PolicyError
-from trustedlaunch.attest.verifier import event_data_findings, verify
+from trustedlaunch.attest.verifier import verify
 from trustedlaunch.eventlog.model import EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from fuzz_targets import CORPUS_DIR, TARGETS
 
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import collect_evidence, extend_event_log
-from trustedlaunch.attest.policy import policy_from_summary
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.tpm.structures import encode_pcr_selection_list, parse_tpms_attest

@@ -11,8 +11,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from trustedlaunch.attest.alerts import alerts_from_result
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_event_log
-from trustedlaunch.attest.policy import policy_from_summary
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.eventlog.parser import parse_event_log

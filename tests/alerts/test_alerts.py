@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from trustedlaunch.attest.alerts import Alert, WebhookDelivery, alerts_from_result
 from trustedlaunch.attest.destinations import parse_networks, pinned_request, resolve
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.store.vocabulary import AlertSeverity
 
 GRUB_NOT_ALLOWED = Finding(

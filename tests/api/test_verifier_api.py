@@ -30,6 +30,7 @@ from swtpm_agent import SwtpmAgent
 
 from trustedlaunch.api.app import JWKS_PATH
 from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, VERIFY_PATH
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import extend_event_log
 from trustedlaunch.attest.nonces import (
     NONCE_SIZE,
@@ -38,7 +39,7 @@ from trustedlaunch.attest.nonces import (
     NonceInvalidError,
     NonceReusedError,
 )
-from trustedlaunch.attest.policy import BootStep, Policy, policy_from_summary
+from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.remote import evidence_from_quote
 from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
 from trustedlaunch.control.pool_policies import record_image_policy

@@ -34,7 +34,6 @@ from swtpm_agent import Lab, LogEditingAgent, RelayingAgent, ReplayingAgent
 
 from trustedlaunch.attest.alerts import alerts_from_result, finding_severity
 from trustedlaunch.attest.evidence import MAX_EVENT_LOG_SIZE, collect_evidence, extend_event_log
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike, NodeAttestation, NodeState, attest_node
 from trustedlaunch.attest.verifier import AttestationResult, verify
@@ -42,6 +41,7 @@ from trustedlaunch.eventlog.model import EventLogError
 from trustedlaunch.eventlog.parser import MAX_EVENTS, parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.types import EV_NO_ACTION
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.tpm.swtpm import Swtpm
 from trustedlaunch.uefi.authenticode import ReasonCode, load_pe_image
 from trustedlaunch.uefi.sbat import parse_sbat_section

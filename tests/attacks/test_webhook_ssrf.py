@@ -22,9 +22,9 @@ import pytest
 from served_store import OTHER_SUB, SUB, ServedStore, arm_error, bearer, served_store, serving
 
 from trustedlaunch.attest.alerts import alerts_from_result
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control.tokens import create_token
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.store.models import AlertRecord, AlertWebhook
 
 SECURITY = "providers/Microsoft.Security"

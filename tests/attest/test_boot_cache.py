@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
 
 from verifier_evidence import SoftwareAk, bulk_log
 
+from trustedlaunch.attest.machine_state import BOOT_CACHE_BYTES, boot_cache_bytes, clear_boot_cache
 from trustedlaunch.attest.policy import Policy
-from trustedlaunch.attest.verifier import BOOT_CACHE_BYTES, boot_cache_bytes, clear_boot_cache, verify
+from trustedlaunch.attest.verifier import verify
 
 BASE_LOG = "qemu-ovmf/shim_evlog.bin"
 NONCE = b"\x01" * 32

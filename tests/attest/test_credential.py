@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trustedlaunch.attest.findings import AttestationError, Check
+from trustedlaunch.findings import AttestationError, Check
 from trustedlaunch.tpm.credential import (
     CredentialError,
     check_ak_attributes,

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from trustedlaunch.attest.findings import AttestationError, Check
 from trustedlaunch.attest.gce import (
     AttestationMessage,
     GceFormatError,
@@ -33,6 +32,7 @@ from trustedlaunch.eventlog.types import (
     EV_NO_ACTION,
     EV_S_CRTM_VERSION,
 )
+from trustedlaunch.findings import AttestationError, Check
 from trustedlaunch.tpm.structures import TpmStructureError, parse_tpmt_public
 
 ATTESTATIONS = {"gce-cos-85-no-nonce.pb": b"", "gce-cos-85-nonce9009.pb": bytes.fromhex("9009")}

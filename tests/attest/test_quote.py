@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trustedlaunch.attest.findings import AttestationError, Check
 from trustedlaunch.attest.quote import ClockState, verify_quote, verify_quotes
+from trustedlaunch.findings import AttestationError, Check
 from trustedlaunch.tpm.structures import (
     HASH_BY_NAME,
     PcrSelection,

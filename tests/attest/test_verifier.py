@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import MAX_EVENT_LOG_SIZE, Evidence, collect_evidence, extend_event_log
-from trustedlaunch.attest.findings import Check
-from trustedlaunch.attest.policy import CmdlineRules, Policy, policy_from_summary
+from trustedlaunch.attest.machine_state import event_data_findings
+from trustedlaunch.attest.policy import CmdlineRules, Policy
 from trustedlaunch.attest.quote import ClockState
-from trustedlaunch.attest.verifier import AttestationResult, event_data_findings, verify
+from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_EFI_VARIABLE_DRIVER_CONFIG, EV_SEPARATOR
+from trustedlaunch.findings import Check
 from trustedlaunch.tpm.swtpm import Swtpm
 
 RHEL8 = "go-tpm-tools/eventlogs/rhel8-uefi.bin"

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from trustedlaunch.api.app import create_app
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.metrics import record_attestation
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.findings import Check, Finding
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

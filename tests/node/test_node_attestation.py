@@ -12,11 +12,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from trustedlaunch.attest.findings import AttestationError, Check
-from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import NodeAttestation, NodeState, attest_node, evidence_from_quote
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.eventlog.predict import predict_pcrs
+from trustedlaunch.findings import AttestationError, Check
 from trustedlaunch.node.agent_client import NodeQuote
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.qemu import FIRMWARE, NodeVM

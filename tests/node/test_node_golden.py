@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 from node_helpers import unsigned_copy
+from verified_boots import vouched
 
-from trustedlaunch.attest.findings import Check
-from trustedlaunch.attest.policy import CmdlineRules, Policy, PolicyError, evaluate, policy_for_image
+from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.evaluation import evaluate
+from trustedlaunch.attest.policy import CmdlineRules, Policy, PolicyError
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.predict import PredictionError, predict_pcrs
 from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.findings import Check
 from trustedlaunch.node.image import DEFAULT_CMDLINE, NodeImage, build_node_image, default_kernel
 from trustedlaunch.node.qemu import FIRMWARE
 from trustedlaunch.uefi.secureboot import decide_boot
@@ -80,6 +83,6 @@ def test_chainloader_arguments_are_the_kernel_command_line() -> None:
     assert event is not None and event.pcr == 8
     assert f"chainloader /vmlinuz {MEASURED_CMDLINE}" in summary.grub_commands
     rules = CmdlineRules(exact=MEASURED_CMDLINE, required_tokens=("panic=-1",), forbidden_tokens=("init=",))
-    assert evaluate(Policy(kernel_cmdline=rules), summary) == []
-    findings = evaluate(Policy(kernel_cmdline=CmdlineRules(forbidden_tokens=("console=",))), summary)
+    assert evaluate(Policy(kernel_cmdline=rules), vouched(summary)) == []
+    findings = evaluate(Policy(kernel_cmdline=CmdlineRules(forbidden_tokens=("console=",))), vouched(summary))
     assert [(f.check, f.pcr, f.event_index) for f in findings] == [(Check.KERNEL_CMDLINE, 8, event.index)]

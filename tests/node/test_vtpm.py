@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from node_helpers import processes_under
 
-from trustedlaunch.attest.findings import AttestationError, Check
+from trustedlaunch.findings import AttestationError, Check
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, verify_ek_certificate
 from trustedlaunch.tpm.vtpm import Vtpm, VtpmError
 

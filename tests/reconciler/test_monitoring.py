@@ -23,9 +23,10 @@ from reconciler_helpers import SUB, operation, processes_under, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.destinations import ALLOWED_NETWORKS_ENV
 from trustedlaunch.attest.evidence import Evidence
-from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.control import pool_policies

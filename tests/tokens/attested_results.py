@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import collect_evidence, extend_event_log
-from trustedlaunch.attest.policy import policy_from_summary
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize

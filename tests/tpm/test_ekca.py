@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from trustedlaunch.attest.findings import AttestationError, Check
+from trustedlaunch.findings import AttestationError, Check
 from trustedlaunch.tpm.ekca import (
     NV_RSA_EK_CERT,
     EkCa,

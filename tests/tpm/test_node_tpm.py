@@ -12,8 +12,8 @@ from cryptography import x509
 from tpm2_pytss import TCTILdr
 from tpm2_pytss.constants import TPM2_CAP, TPM2_HC
 
-from trustedlaunch.attest.findings import AttestationError
 from trustedlaunch.attest.quote import verify_quote
+from trustedlaunch.findings import AttestationError
 from trustedlaunch.tpm.credential import check_ak_attributes, make_credential, new_activation_secret
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, verify_ek_certificate
 from trustedlaunch.tpm.node_tpm import AK_HANDLE, QUOTED_PCRS, NodeTpm, NodeTpmError

@@ -12,7 +12,6 @@ import pytest
 from esp_helpers import GRUB, OVMF_VARS_MS, SHIM, build_esp, debian_kernel, strip_signatures
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.eventlog.model import SignatureEntry
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.summary import decode_variable
 from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION, EV_EFI_VARIABLE_AUTHORITY
@@ -23,6 +22,7 @@ from trustedlaunch.uefi.siglist import (
     EFI_CERT_SHA1,
     EFI_CERT_SHA256,
     EFI_CERT_X509_SHA256,
+    SignatureEntry,
     common_name,
     tbs_sha256,
 )

@@ -6,22 +6,18 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from verified_boots import vouched
 from web_helpers import RHEL8, grub_policy
 
-from trustedlaunch.attest.findings import Check, Finding
-from trustedlaunch.attest.policy import (
-    CmdlineRules,
-    ExpectedEvent,
-    GoldenPcr,
-    Policy,
-    evaluate,
-    policy_from_summary,
-)
+from trustedlaunch.attest.derivation import policy_from_summary
+from trustedlaunch.attest.evaluation import evaluate
+from trustedlaunch.attest.policy import CmdlineRules, ExpectedEvent, GoldenPcr, Policy
 from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.web.evidence import EvidenceView, build_evidence_view
 
 
@@ -34,7 +30,7 @@ class Boot:
 
     def view(self, policy: Policy) -> tuple[list[Finding], EvidenceView]:
         """Evaluate the real policy and build the view of its findings (as stored: Finding.to_dict())."""
-        findings = evaluate(policy, self.summary, log=self.log, pcr_values=replay(self.log))
+        findings = evaluate(policy, vouched(self.summary, log=self.log, pcr_values=replay(self.log)))
         return findings, build_evidence_view(self.raw, [finding.to_dict() for finding in findings])
 
 

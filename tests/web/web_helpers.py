@@ -15,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.alerts import alerts_from_result
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_event_log
-from trustedlaunch.attest.policy import BootStep, Policy, policy_from_summary
+from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log

@@ -23,8 +23,8 @@ from trustedlaunch.attest.destinations import (
     pinned_request,
     resolve,
 )
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus
 
 ALERT_TYPE = "VM_AttestationFailure"

@@ -19,9 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
+from trustedlaunch.attest.machine_state import event_data_findings
 from trustedlaunch.attest.quote import ClockState, VerifiedQuoteSet, verify_quotes
-from trustedlaunch.attest.verifier import event_data_findings
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import Event, EventLog, EventLogError
 from trustedlaunch.eventlog.parser import parse_event_log
@@ -33,6 +32,7 @@ from trustedlaunch.eventlog.types import (
     EV_EFI_VARIABLE_BOOT2,
     EV_S_CRTM_VERSION,
 )
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.certificates import CertificateChainError, verify_tpm_certificate_chain
 from trustedlaunch.tpm.credential import check_ak_attributes
 from trustedlaunch.tpm.structures import HASH_ALGORITHMS, TpmStructureError, TpmtPublic, parse_tpmt_public

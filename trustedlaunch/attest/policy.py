@@ -1,6 +1,8 @@
-"""Attestation policy: what a node pool accepts as a good boot, and its evaluation against a boot summary.
+"""Attestation policy: what a node pool accepts as a good boot, as a model and as a JSON document.
 
-Every policy check of the project lives in this module. A policy is a JSON document (schema version 1)::
+The policy's rules are evaluated in `attest.evaluation` (every policy check of the project lives there),
+against a boot the verifier vouches for; `attest.derivation` derives policies from a known-good boot log
+or from a node image. A policy is a JSON document (schema version 1)::
 
     {
       "version": 1,
@@ -23,7 +25,9 @@ Every policy check of the project lives in this module. A policy is a JSON docum
       "allowAny": false                         # true: a document with no rule at all accepts any boot
     }
 
-A missing field never silently means "anything goes": a document that sets no rule (no Secure Boot state,
+The document is read through a declared schema (pydantic models, `_PolicySchema`): unknown fields are
+refused, and every error names the field by its path (e.g. `db.allowedEntries[0]`). A missing field never
+silently means "anything goes": a document that sets no rule (no Secure Boot state,
 signature databases, dbx, boot chain, command line or golden PCR) is refused unless it says so with
 ``"allowAny": true`` (and a document with rules must not say it).
 
@@ -39,41 +43,46 @@ A PK/KEK/db variable passes when its variable digest is listed, or else when eve
 kernel-cmdline token ending in ``=`` forbids every token with that prefix (``init=`` forbids
 ``init=/bin/sh``); other forbidden and required tokens match whole tokens. Golden PCR values and event
 digests are hex digests of their bank (40 hex digits for sha1, 64 for sha256); a golden PCR the quote
-does not vouch for fails. `policy_for_image` derives the whole policy from a node image and a varstore,
-without booting it.
+does not vouch for fails.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from trustedlaunch.attest.findings import Check, Finding
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import (
     BootApplication,
-    BootSummary,
-    EventLog,
     MeasuredVariable,
-    SignatureEntry,
 )
-from trustedlaunch.eventlog.predict import first_difference, predict_pcrs
-from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
-from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256
-from trustedlaunch.uefi.varstore import read_varstore
+from trustedlaunch.uefi.siglist import EFI_CERT_SHA256, EFI_CERT_X509_SHA256, SignatureEntry
 
 POLICY_VERSION = 1
 SECURE_BOOT_PCR = 7
 BOOT_APPLICATION_PCR = 4
 KERNEL_CMDLINE_PCR = 8
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]*")
 _CMDLINE_TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 
 
@@ -190,7 +199,7 @@ class Policy:
     @classmethod
     def from_dict(cls, document: object, *, source: str = "policy") -> Policy:
         """Build a policy from its JSON form; raise PolicyError naming `source` and the bad field."""
-        return _PolicyReader(source).read(document)
+        return _read_document(document, source)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "policy") -> Policy:
@@ -233,7 +242,9 @@ class Policy:
             "separators": "must be valid" if self.require_valid_separators else "not checked",
             "pcrs": "any"
             if not self.golden_pcrs
-            else [f"{golden.bank} PCR{golden.pcr} = {_short(golden.value)}" for golden in self.golden_pcrs],
+            else [
+                f"{golden.bank} PCR{golden.pcr} = {short_digest(golden.value)}" for golden in self.golden_pcrs
+            ],
         }
 
 
@@ -281,209 +292,315 @@ def _golden_events_to_dict(golden_pcrs: tuple[GoldenPcr, ...]) -> dict[str, dict
     return events
 
 
-class _PolicyReader:
-    """Validates a decoded policy document field by field, naming the field in every error."""
+# --- the policy document's schema ----------------------------------------------------------------
 
-    def __init__(self, source: str):
-        self.source = source
 
-    def fail(self, path: str, problem: str) -> PolicyError:
-        return PolicyError(f"{self.source}: field '{path}': {problem}")
+class _Schema(BaseModel):
+    """A policy document object: only its declared fields (camelCase), every leaf checked by a validator
+    whose message names what was expected, as `Policy.from_dict` reports it with the field's path."""
 
-    def read(self, document: object) -> Policy:
-        top = self.mapping(document, "(top level)", required=set(), optional=_TOP_LEVEL_FIELDS)
-        version = top.get("version", POLICY_VERSION)
-        if version != POLICY_VERSION:
-            raise self.fail("version", f"unsupported policy version {version!r} (this verifier reads 1)")
-        secure_boot = top.get("secureBoot")
-        if secure_boot is not None and not isinstance(secure_boot, bool):
-            raise self.fail("secureBoot", f"expected true, false or null, got {secure_boot!r}")
-        separators = top.get("requireValidSeparators", True)
-        if not isinstance(separators, bool):
-            raise self.fail("requireValidSeparators", f"expected true or false, got {separators!r}")
-        allow_any = top.get("allowAny", False)
-        if not isinstance(allow_any, bool):
-            raise self.fail("allowAny", f"expected true or false, got {allow_any!r}")
-        dbx = top.get("dbx")
-        dbx_required: frozenset[str] = frozenset()
-        if dbx is not None:
-            dbx_fields = self.mapping(dbx, "dbx", required=set(), optional={"requiredEntries"})
-            dbx_required = self.digests(dbx_fields.get("requiredEntries", []), "dbx.requiredEntries")
-        policy = Policy(
-            secure_boot=secure_boot,
-            pk=self.variable(top.get("pk"), "pk"),
-            kek=self.variable(top.get("kek"), "kek"),
-            db=self.variable(top.get("db"), "db"),
-            dbx_required_entries=dbx_required,
-            boot_applications=self.boot_steps(top.get("bootApplications")),
-            kernel_cmdline=self.cmdline(top.get("kernelCmdline")),
-            require_valid_separators=separators,
-            golden_pcrs=self.golden_pcrs(top.get("pcrs"), top.get("pcrEvents")),
-            allow_any=allow_any,
-        )
-        if allow_any and policy.has_rules:
-            raise self.fail("allowAny", "true accepts any boot: a policy with rules must not set it")
-        if not allow_any and not policy.has_rules:
-            raise self.fail(
-                "(top level)",
-                "the policy sets no rule (secureBoot, pk, kek, db, dbx, bootApplications, kernelCmdline, "
-                "pcrs): it would accept any boot. Add rules (`tl policy from-log` makes them), or say "
-                '"allowAny": true to accept any boot on purpose',
-            )
-        return policy
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, alias_generator=to_camel)
 
-    def bank_digest(self, value: object, bank: str, path: str) -> str:
-        size = _BANK_HEX_DIGITS[bank]
-        text = value.lower() if isinstance(value, str) else ""
-        if len(text) != size or any(c not in "0123456789abcdef" for c in text):
-            raise self.fail(path, f"expected {size} hex digits ({bank}), got {value!r}")
-        return text
-
-    def pcr_index(self, key: str, path: str) -> int:
-        if not key.isdigit() or not 0 <= int(key) < 24:
-            raise self.fail(path, f"PCR index {key!r} is not a number 0..23")
-        return int(key)
-
-    def golden_pcrs(self, values: object, events: object) -> tuple[GoldenPcr, ...]:
-        if values is None:
-            if events:
-                raise self.fail("pcrEvents", "needs the golden values in 'pcrs'")
-            return ()
-        banks = self.mapping(values, "pcrs", required=set(), optional=set(_BANK_HEX_DIGITS))
-        event_banks = self.mapping(events or {}, "pcrEvents", required=set(), optional=set(banks))
-        golden = []
-        for bank, by_pcr in banks.items():
-            pcr_values = self.mapping(by_pcr, f"pcrs.{bank}", required=set(), optional=set(by_pcr))
-            pcr_events = self.mapping(
-                event_banks.get(bank, {}), f"pcrEvents.{bank}", required=set(), optional=set(pcr_values)
-            )
-            for key, value in pcr_values.items():
-                path = f"pcrs.{bank}.{key}"
-                golden.append(
-                    GoldenPcr(
-                        bank,
-                        self.pcr_index(key, path),
-                        self.bank_digest(value, bank, path),
-                        self.expected_events(pcr_events.get(key, []), bank, f"pcrEvents.{bank}.{key}"),
-                    )
-                )
-        return tuple(golden)
-
-    def expected_events(self, value: object, bank: str, path: str) -> tuple[ExpectedEvent, ...]:
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list of events, got {type(value).__name__}")
-        events = []
-        for position, item in enumerate(value):
-            where = f"{path}[{position}]"
-            names = {"type", "component", "description", "digest"}
-            fields = self.mapping(item, where, required=names, optional=set())
-            for name in ("type", "component", "description"):
-                if not isinstance(fields[name], str):
-                    raise self.fail(f"{where}.{name}", f"expected a string, got {fields[name]!r}")
-            events.append(
-                ExpectedEvent(
-                    fields["type"],
-                    fields["component"],
-                    fields["description"],
-                    self.bank_digest(fields["digest"], bank, f"{where}.digest"),
-                )
-            )
-        return tuple(events)
-
-    def mapping(
-        self, value: object, path: str, *, required: set[str], optional: set[str]
-    ) -> Mapping[str, Any]:
+    @model_validator(mode="before")
+    @classmethod
+    def _declared_fields_only(cls, value: object) -> object:
         if not isinstance(value, dict):
-            raise self.fail(path, f"expected an object, got {type(value).__name__}")
-        unknown = sorted(set(value) - required - optional)
+            raise _problem(f"expected an object, got {type(value).__name__}")
+        known, required = _document_fields(cls)
+        unknown = sorted(set(value) - known)
         if unknown:
-            known = ", ".join(sorted(required | optional))
-            raise self.fail(path, f"unknown field(s) {', '.join(unknown)} (known: {known})")
+            raise _problem(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         missing = sorted(required - set(value))
         if missing:
-            raise self.fail(path, f"missing required field(s) {', '.join(missing)}")
+            raise _problem(f"missing required field(s) {', '.join(missing)}")
         return value
 
-    def digests(self, value: object, path: str) -> frozenset[str]:
-        if not isinstance(value, list):
-            raise self.fail(path, f"expected a list of SHA-256 hex strings, got {type(value).__name__}")
-        result = set()
-        for position, item in enumerate(value):
-            text = item.lower() if isinstance(item, str) else None
-            if text is None or not _SHA256_HEX.fullmatch(text):
-                raise self.fail(f"{path}[{position}]", f"expected 64 hex digits (SHA-256), got {item!r}")
-            result.add(text)
-        return frozenset(result)
 
-    def strings(self, value: object, path: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-            raise self.fail(path, f"expected a list of non-empty strings, got {value!r}")
-        return tuple(value)
+@functools.cache
+def _document_fields(schema: type[_Schema]) -> tuple[frozenset[str], frozenset[str]]:
+    """(every field, the required fields) of a schema object, by their names in the document."""
+    fields = schema.model_fields
+    return (
+        frozenset(field.alias or name for name, field in fields.items()),
+        frozenset(field.alias or name for name, field in fields.items() if field.is_required()),
+    )
 
-    def variable(self, value: object, path: str) -> VariablePolicy | None:
-        if value is None:
+
+def _problem(message: str, *, path: str | None = None) -> PydanticCustomError:
+    """A schema error worded for an operator; `path` names a field below the one being validated."""
+    return PydanticCustomError("policy", "{problem}", {"problem": message, "path": path})
+
+
+def _checked(
+    test: Callable[[Any], bool], expected: str, *, show: Callable[[Any], str] = repr
+) -> BeforeValidator:
+    """A leaf validator: `test` the raw value, else fail with "expected <expected>, got <value>"."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise _problem(f"expected {expected}, got {show(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _hex_digest(digits: int, expected: str) -> BeforeValidator:
+    def check(value: Any) -> str:
+        text = value.lower() if isinstance(value, str) else ""
+        if len(text) != digits or not _HEX.fullmatch(text):
+            raise _problem(f"expected {expected}, got {value!r}")
+        return text
+
+    return BeforeValidator(check)
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+_Sha256 = Annotated[str, _hex_digest(64, "64 hex digits (SHA-256)")]
+_Sha256List = Annotated[
+    list[_Sha256], _checked(lambda v: isinstance(v, list), "a list of SHA-256 hex strings", show=_kind)
+]
+_Tokens = Annotated[
+    list[str],
+    _checked(
+        lambda v: isinstance(v, list) and all(isinstance(t, str) and t for t in v),
+        "a list of non-empty strings",
+    ),
+]
+_OptionalBool = Annotated[
+    bool | None, _checked(lambda v: v is None or isinstance(v, bool), "true, false or null")
+]
+_Bool = Annotated[bool, _checked(lambda v: isinstance(v, bool), "true or false")]
+_Text = Annotated[str, _checked(lambda v: isinstance(v, str), "a string")]
+_Name = Annotated[str, _checked(lambda v: isinstance(v, str) and bool(v), "a non-empty string")]
+
+
+def _policy_version(value: Any) -> int:
+    if value != POLICY_VERSION:
+        raise _problem(f"unsupported policy version {value!r} (this verifier reads {POLICY_VERSION})")
+    return POLICY_VERSION
+
+
+class _VariableSchema(_Schema):
+    variable_digests: _Sha256List = Field(default_factory=list)
+    allowed_entries: _Sha256List = Field(default_factory=list)
+    required_entries: _Sha256List = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _allows_something(self) -> _VariableSchema:
+        if not self.variable_digests and not self.allowed_entries:
+            raise _problem("needs variableDigests or allowedEntries (use null to allow any content)")
+        return self
+
+
+class _DbxSchema(_Schema):
+    required_entries: _Sha256List = Field(default_factory=list)
+
+
+class _BootStepSchema(_Schema):
+    component: _Name
+    digests: _Sha256List
+
+    @field_validator("digests")
+    @classmethod
+    def _at_least_one(cls, digests: list[str]) -> list[str]:
+        if not digests:
+            raise _problem("a step needs at least one allowed digest")
+        return digests
+
+
+class _CmdlineSchema(_Schema):
+    exact: Annotated[str | None, _checked(lambda v: v is None or isinstance(v, str), "a string or null")] = (
+        None
+    )
+    required_tokens: _Tokens = Field(default_factory=list)
+    forbidden_tokens: _Tokens = Field(default_factory=list)
+
+
+def _pcr_index(key: Any) -> str:
+    if not isinstance(key, str) or not key.isdigit() or not 0 <= int(key) < 24:
+        raise _problem(f"PCR index {key!r} is not a number 0..23")
+    return key
+
+
+_PcrIndex = Annotated[str, BeforeValidator(_pcr_index)]
+_Object = _checked(lambda v: isinstance(v, dict), "an object", show=_kind)
+_Events = _checked(lambda v: isinstance(v, list), "a list of events", show=_kind)
+
+
+_Sha1Bank = Annotated[str, _hex_digest(40, "40 hex digits (sha1)")]
+_Sha256Bank = Annotated[str, _hex_digest(64, "64 hex digits (sha256)")]
+
+
+class _EventSchema(_Schema):
+    type: _Text
+    component: _Text
+    description: _Text
+
+
+class _Sha1EventSchema(_EventSchema):
+    digest: _Sha1Bank
+
+
+class _Sha256EventSchema(_EventSchema):
+    digest: _Sha256Bank
+
+
+class _PcrsSchema(_Schema):
+    """Golden values per bank: PCR index -> hex digest of that bank."""
+
+    model_config = ConfigDict(alias_generator=None)
+
+    sha1: Annotated[dict[_PcrIndex, _Sha1Bank], _Object] = Field(default_factory=dict)
+    sha256: Annotated[dict[_PcrIndex, _Sha256Bank], _Object] = Field(default_factory=dict)
+
+
+class _PcrEventsSchema(_Schema):
+    """Expected events per bank: PCR index -> the events that produce its golden value, in order."""
+
+    model_config = ConfigDict(alias_generator=None)
+
+    sha1: Annotated[dict[str, Annotated[list[_Sha1EventSchema], _Events]], _Object] = Field(
+        default_factory=dict
+    )
+    sha256: Annotated[dict[str, Annotated[list[_Sha256EventSchema], _Events]], _Object] = Field(
+        default_factory=dict
+    )
+
+
+class _PolicySchema(_Schema):
+    """The policy document (see the module docstring)."""
+
+    # in the order problems are reported: the first field that fails names the error
+    version: Annotated[int, BeforeValidator(_policy_version)] = POLICY_VERSION
+    secure_boot: _OptionalBool = None
+    require_valid_separators: _Bool = True
+    allow_any: _Bool = False
+    dbx: _DbxSchema | None = None
+    pk: _VariableSchema | None = None
+    kek: _VariableSchema | None = None
+    db: _VariableSchema | None = None
+    boot_applications: Annotated[
+        list[_BootStepSchema] | None,
+        _checked(lambda v: v is None or isinstance(v, list), "a list of steps", show=_kind),
+    ] = None
+    kernel_cmdline: _CmdlineSchema | None = None
+    pcrs: _PcrsSchema | None = None
+    pcr_events: _PcrEventsSchema | None = None
+
+    @field_validator("pcr_events", mode="before")
+    @classmethod
+    def _describes_golden_pcrs(cls, events: Any, info: ValidationInfo) -> Any:
+        """`pcrEvents` may only describe PCRs that `pcrs` sets (an empty or false value describes none)."""
+        if "pcrs" not in info.data:  # `pcrs` failed: its own error is reported
+            return events
+        pcrs: _PcrsSchema | None = info.data["pcrs"]
+        if pcrs is None:
+            if events:
+                raise _problem("needs the golden values in 'pcrs'")
             return None
-        fields = self.mapping(
-            value, path, required=set(), optional={"variableDigests", "allowedEntries", "requiredEntries"}
-        )
-        rule = VariablePolicy(
-            variable_digests=self.digests(fields.get("variableDigests", []), f"{path}.variableDigests"),
-            allowed_entries=self.digests(fields.get("allowedEntries", []), f"{path}.allowedEntries"),
-            required_entries=self.digests(fields.get("requiredEntries", []), f"{path}.requiredEntries"),
-        )
-        if not rule.variable_digests and not rule.allowed_entries:
-            raise self.fail(path, "needs variableDigests or allowedEntries (use null to allow any content)")
-        return rule
-
-    def boot_steps(self, value: object) -> tuple[BootStep, ...] | None:
-        if value is None:
+        if not events:
             return None
-        if not isinstance(value, list):
-            raise self.fail("bootApplications", f"expected a list of steps, got {type(value).__name__}")
-        steps = []
-        for position, item in enumerate(value):
-            path = f"bootApplications[{position}]"
-            fields = self.mapping(item, path, required={"component", "digests"}, optional=set())
-            component = fields["component"]
-            if not isinstance(component, str) or not component:
-                raise self.fail(f"{path}.component", f"expected a non-empty string, got {component!r}")
-            digests = self.digests(fields["digests"], f"{path}.digests")
-            if not digests:
-                raise self.fail(f"{path}.digests", "a step needs at least one allowed digest")
-            steps.append(BootStep(component, digests))
-        return tuple(steps)
+        if isinstance(events, dict):
+            banks = pcrs.model_fields_set
+            unknown = sorted(set(events) - banks)
+            if unknown:
+                raise _problem(f"unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(banks))})")
+            for bank, by_pcr in events.items():
+                golden = getattr(pcrs, bank)
+                unknown = sorted(set(by_pcr) - set(golden)) if isinstance(by_pcr, dict) else []
+                if unknown:
+                    known = ", ".join(sorted(golden))
+                    raise _problem(
+                        f"unknown field(s) {', '.join(unknown)} (known: {known})", path=f"pcrEvents.{bank}"
+                    )
+        return events
 
-    def cmdline(self, value: object) -> CmdlineRules:
-        if value is None:
-            return CmdlineRules()
-        fields = self.mapping(
-            value, "kernelCmdline", required=set(), optional={"exact", "requiredTokens", "forbiddenTokens"}
+
+def _read_document(document: object, source: str) -> Policy:
+    """Validate a decoded policy document against `_PolicySchema`; the first problem, with its field's path,
+    becomes a PolicyError naming `source`."""
+
+    def fail(path: str, problem: str) -> PolicyError:
+        return PolicyError(f"{source}: field '{path}': {problem}")
+
+    try:
+        schema = _PolicySchema.model_validate(document)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        path = (error.get("ctx") or {}).get("path") or _field_path(error["loc"])
+        raise fail(path, error["msg"]) from None
+    assert isinstance(document, dict)  # the schema accepted it as an object
+    policy = Policy(
+        secure_boot=schema.secure_boot,
+        pk=_variable_policy(schema.pk),
+        kek=_variable_policy(schema.kek),
+        db=_variable_policy(schema.db),
+        dbx_required_entries=frozenset(schema.dbx.required_entries) if schema.dbx else frozenset(),
+        boot_applications=None
+        if schema.boot_applications is None
+        else tuple(BootStep(step.component, frozenset(step.digests)) for step in schema.boot_applications),
+        kernel_cmdline=CmdlineRules()
+        if schema.kernel_cmdline is None
+        else CmdlineRules(
+            schema.kernel_cmdline.exact,
+            tuple(schema.kernel_cmdline.required_tokens),
+            tuple(schema.kernel_cmdline.forbidden_tokens),
+        ),
+        require_valid_separators=schema.require_valid_separators,
+        golden_pcrs=_golden_pcrs(schema, document.get("pcrs")),
+        allow_any=schema.allow_any,
+    )
+    if policy.allow_any and policy.has_rules:
+        raise fail("allowAny", "true accepts any boot: a policy with rules must not set it")
+    if not policy.allow_any and not policy.has_rules:
+        raise fail(
+            "(top level)",
+            "the policy sets no rule (secureBoot, pk, kek, db, dbx, bootApplications, kernelCmdline, "
+            "pcrs): it would accept any boot. Add rules (`tl policy from-log` makes them), or say "
+            '"allowAny": true to accept any boot on purpose',
         )
-        exact = fields.get("exact")
-        if exact is not None and not isinstance(exact, str):
-            raise self.fail("kernelCmdline.exact", f"expected a string or null, got {exact!r}")
-        return CmdlineRules(
-            exact=exact,
-            required_tokens=self.strings(fields.get("requiredTokens", []), "kernelCmdline.requiredTokens"),
-            forbidden_tokens=self.strings(fields.get("forbiddenTokens", []), "kernelCmdline.forbiddenTokens"),
-        )
+    return policy
 
 
-_TOP_LEVEL_FIELDS = {
-    "version",
-    "secureBoot",
-    "pk",
-    "kek",
-    "db",
-    "dbx",
-    "bootApplications",
-    "kernelCmdline",
-    "requireValidSeparators",
-    "pcrs",
-    "pcrEvents",
-    "allowAny",
-}
-_BANK_HEX_DIGITS = {"sha1": 40, "sha256": 64}
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """`db.allowedEntries[0]` for ("db", "allowedEntries", 0); a dict key's own check names the key."""
+    path = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "(top level)"
+
+
+def _variable_policy(schema: _VariableSchema | None) -> VariablePolicy | None:
+    if schema is None:
+        return None
+    return VariablePolicy(
+        frozenset(schema.variable_digests),
+        frozenset(schema.allowed_entries),
+        frozenset(schema.required_entries),
+    )
+
+
+def _golden_pcrs(schema: _PolicySchema, values: object) -> tuple[GoldenPcr, ...]:
+    """The golden PCRs in the document's order of banks, each with its expected events."""
+    if schema.pcrs is None:
+        return ()
+    assert isinstance(values, dict)  # the schema accepted it as an object
+    golden = []
+    for bank in values:
+        pcr_values: dict[str, str] = getattr(schema.pcrs, bank)
+        pcr_events: dict[str, list[Any]] = getattr(schema.pcr_events, bank) if schema.pcr_events else {}
+        for key, value in pcr_values.items():
+            expected = tuple(
+                ExpectedEvent(event.type, event.component, event.description, event.digest)
+                for event in pcr_events.get(key, [])
+            )
+            golden.append(GoldenPcr(bank, int(key), value, expected))
+    return tuple(golden)
 
 
 # --- identifiers of measured content -------------------------------------------------------------
@@ -498,24 +615,6 @@ def entry_id(entry: SignatureEntry) -> str:
     return hashlib.sha256(entry.data).hexdigest()
 
 
-_VARIABLE_FACTS_LIMIT = 4096
-_variable_facts_cache: dict[bytes, tuple[str, frozenset[str]]] = {}
-
-
-def _variable_facts(variable: MeasuredVariable) -> tuple[str, frozenset[str]]:
-    """(variable digest, entry ids) of a variable, memoised by its data (its entries are parsed from it).
-
-    Verifiers evaluate the same few PK/KEK/db/dbx contents over and over; a dbx holds hundreds of entries.
-    """
-    facts = _variable_facts_cache.get(variable.data)
-    if facts is None:
-        if len(_variable_facts_cache) >= _VARIABLE_FACTS_LIMIT:
-            _variable_facts_cache.clear()
-        facts = (variable_digest(variable), frozenset(entry_id(entry) for entry in variable.signatures))
-        _variable_facts_cache[variable.data] = facts
-    return facts
-
-
 def variable_digest(variable: MeasuredVariable) -> str:
     """SHA-256 (hex) of the whole measured variable data."""
     return hashlib.sha256(variable.data).hexdigest()
@@ -523,7 +622,7 @@ def variable_digest(variable: MeasuredVariable) -> str:
 
 def component_from_path(device_path: str, position: int) -> str:
     """Name a boot application from its file name: shim, grub, kernel, else 'boot application #n'."""
-    file_name = _file_name(device_path).lower()
+    file_name = file_name_of(device_path).lower()
     if file_name.startswith(("bootx64", "bootaa64", "shim")):
         return "shim"
     if file_name.startswith("grub"):
@@ -541,13 +640,14 @@ def boot_app_components(apps: Iterable[BootApplication]) -> list[str]:
     names: list[str] = []
     for position, app in enumerate(apps):
         name = component_from_path(app.device_path, position)
-        if not _file_name(app.device_path) and names and names[-1] in ("grub", "kernel"):
+        if not file_name_of(app.device_path) and names and names[-1] in ("grub", "kernel"):
             name = "kernel"
         names.append(name)
     return names
 
 
-def _file_name(device_path: str) -> str:
+def file_name_of(device_path: str) -> str:
+    """The file name at the end of a boot application's device path ("" when it names no file)."""
     path = device_path.rstrip(")\x00 ")
     return path[max(path.rfind("\\"), path.rfind("/")) + 1 :]
 
@@ -557,412 +657,6 @@ def cmdline_tokens(cmdline: str) -> list[str]:
     return _CMDLINE_TOKEN.findall(cmdline)
 
 
-def _short(hex_digest: str) -> str:
+def short_digest(hex_digest: str) -> str:
+    """A hex digest shortened for messages: its first 8 and last 4 digits."""
     return f"{hex_digest[:8]}…{hex_digest[-4:]}"
-
-
-def _short_list(values: Iterable[str], limit: int = 4) -> str:
-    ordered = sorted(values)
-    shown = ", ".join(_short(value) for value in ordered[:limit])
-    return shown + (f" (+{len(ordered) - limit} more)" if len(ordered) > limit else "")
-
-
-# --- derivation ----------------------------------------------------------------------------------
-
-
-def policy_from_summary(summary: BootSummary) -> Policy:
-    """Derive a reference policy that accepts exactly the boot described by a known-good summary."""
-
-    def pin(name: str) -> VariablePolicy | None:
-        variable = summary.variables.get(name)
-        if variable is None:
-            return None
-        entries = frozenset(entry_id(entry) for entry in variable.signatures)
-        return VariablePolicy(frozenset({variable_digest(variable)}), entries, entries)
-
-    steps = []
-    for app, name in zip(summary.boot_apps, boot_app_components(summary.boot_apps), strict=True):
-        if "sha256" not in app.event.digests:
-            raise PolicyError(
-                f"cannot derive a boot-application policy: event #{app.event.index} "
-                f"({app.device_path or name}) has no SHA-256 digest (SHA-1-only log)"
-            )
-        steps.append(BootStep(name, frozenset({app.digest("sha256").hex()})))
-    dbx = summary.variables.get("dbx")
-    return Policy(
-        secure_boot=summary.secure_boot,
-        pk=pin("PK"),
-        kek=pin("KEK"),
-        db=pin("db"),
-        dbx_required_entries=frozenset(entry_id(e) for e in dbx.signatures) if dbx else frozenset(),
-        boot_applications=tuple(steps),
-        kernel_cmdline=CmdlineRules(exact=summary.kernel_cmdline),
-        require_valid_separators=True,
-    )
-
-
-def policy_for_image(
-    image_esp: Path,
-    varstore: Path,
-    *,
-    banks: tuple[str, ...] = ("sha256",),
-    kernel_cmdline: str | None = None,
-) -> Policy:
-    """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
-    as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
-    image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
-    golden values. `kernel_cmdline`, when given, must be the exact measured command line.
-
-    Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
-    """
-    if "sha256" not in banks:
-        raise PolicyError(f"policy_for_image needs the sha256 bank (asked for: {', '.join(banks)})")
-    store = read_varstore(varstore)
-    prediction = predict_pcrs(image_esp, varstore, banks)
-
-    def pin(name: str, entries: tuple[SignatureEntry, ...]) -> VariablePolicy:
-        ids = frozenset(entry_id(entry) for entry in entries)
-        digest = hashlib.sha256(store.raw_databases.get(name, b"")).hexdigest()
-        return VariablePolicy(frozenset({digest}), ids, ids)
-
-    steps = tuple(
-        BootStep(event.component, frozenset({event.digests["sha256"].hex()}))
-        for event in prediction.events_of(BOOT_APPLICATION_PCR)
-        if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
-    )
-    golden = tuple(
-        GoldenPcr(
-            bank,
-            pcr,
-            value.hex(),
-            tuple(
-                ExpectedEvent(event.type_name, event.component, event.description, event.digests[bank].hex())
-                for event in prediction.events_of(pcr)
-            ),
-        )
-        for bank, values in prediction.values.items()
-        for pcr, value in values.items()
-    )
-    return Policy(
-        secure_boot=store.secure_boot,
-        pk=pin("PK", store.pk),
-        kek=pin("KEK", store.kek),
-        db=pin("db", store.db),
-        dbx_required_entries=frozenset(entry_id(entry) for entry in store.dbx),
-        boot_applications=steps,
-        kernel_cmdline=CmdlineRules(exact=kernel_cmdline),
-        require_valid_separators=True,
-        golden_pcrs=golden,
-    )
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-
-
-def evaluate(
-    policy: Policy,
-    summary: BootSummary,
-    *,
-    log: EventLog | None = None,
-    pcr_values: Mapping[str, Mapping[int, bytes]] | None = None,
-) -> list[Finding]:
-    """Check a boot summary against a policy; return every failure (an empty list means it passes).
-
-    Golden PCR rules need the quoted `pcr_values` (bank -> PCR -> value); `log` lets their findings name
-    the first event that differs from the expected sequence.
-    """
-    findings: list[Finding] = []
-    findings.extend(_check_secure_boot(policy, summary))
-    for name, check, rule in (
-        ("PK", Check.PLATFORM_KEY, policy.pk),
-        ("KEK", Check.KEY_EXCHANGE_KEY, policy.kek),
-        ("db", Check.SIGNATURE_DB, policy.db),
-    ):
-        if rule is not None:
-            findings.extend(_check_variable(name, check, rule, summary.variables.get(name)))
-    if policy.dbx_required_entries:
-        findings.extend(_check_dbx(policy.dbx_required_entries, summary.variables.get("dbx")))
-    if policy.boot_applications is not None:
-        findings.extend(_check_boot_applications(policy.boot_applications, summary.boot_apps))
-    if not policy.kernel_cmdline.is_empty:
-        findings.extend(_check_cmdline(policy.kernel_cmdline, summary))
-    if policy.require_valid_separators and not summary.separators_ok:
-        findings.append(
-            Finding(
-                Check.SEPARATOR,
-                "firmware",
-                "an EV_SEPARATOR event does not carry the normal value 0x00000000: the firmware reported "
-                "an error while measuring the pre-OS environment",
-            )
-        )
-    for golden in policy.golden_pcrs:
-        findings.extend(_check_golden_pcr(golden, log, pcr_values or {}))
-    return findings
-
-
-def _check_golden_pcr(
-    golden: GoldenPcr, log: EventLog | None, pcr_values: Mapping[str, Mapping[int, bytes]]
-) -> list[Finding]:
-    value = pcr_values.get(golden.bank, {}).get(golden.pcr)
-    name = f"{golden.bank} PCR{golden.pcr}"
-    if value is None:
-        return [
-            Finding(
-                Check.PCR_VALUE,
-                "quote",
-                f"the policy has a golden value for {name} but the quote does not vouch for it: "
-                f"quote that PCR in the {golden.bank} bank",
-                pcr=golden.pcr,
-            )
-        ]
-    if value.hex() == golden.value:
-        return []
-    message = f"{name} is {_short(value.hex())}, the policy's golden value is {_short(golden.value)}"
-    component, event_index = "firmware", None
-    if golden.events and log is not None:
-        expected = [
-            (f"{e.type_name} ({e.component}: {e.description})", bytes.fromhex(e.digest))
-            for e in golden.events
-        ]
-        difference = first_difference(log, golden.pcr, golden.bank, expected)
-        if difference is not None:
-            event_index = difference.log_event_index
-            position = difference.position
-            if difference.expected is None:
-                component = "event log"
-                message += f"; event #{event_index} is measured after every expected event of {name}"
-            else:
-                component = golden.events[position].component
-                if event_index is None:
-                    message += f"; the log ends before the expected {difference.expected}"
-                else:
-                    measured = log.events[event_index]
-                    digest = difference.log_digest.hex() if difference.log_digest else "none"
-                    message += (
-                        f"; first difference at event #{event_index}, {measured.type_name} with digest "
-                        f"{_short(digest)}, where the policy expects {difference.expected} with digest "
-                        f"{_short(golden.events[position].digest)}"
-                    )
-    return [Finding(Check.PCR_VALUE, component, message, pcr=golden.pcr, event_index=event_index)]
-
-
-def _check_secure_boot(policy: Policy, summary: BootSummary) -> list[Finding]:
-    if policy.secure_boot is None or summary.secure_boot == policy.secure_boot:
-        return []
-    variable = summary.variables.get("SecureBoot")
-    wanted = "enabled" if policy.secure_boot else "disabled"
-    if summary.secure_boot is None:
-        state = "not measured (no or an empty SecureBoot variable in PCR7)"
-    else:
-        state = "enabled" if summary.secure_boot else "disabled"
-    where = f" (SecureBoot variable, event #{variable.event.index})" if variable else ""
-    return [
-        Finding(
-            Check.SECURE_BOOT,
-            "firmware",
-            f"Secure Boot is {state}{where} but the policy requires it {wanted}",
-            pcr=variable.event.pcr if variable else SECURE_BOOT_PCR,
-            event_index=variable.event.index if variable else None,
-        )
-    ]
-
-
-def _check_variable(
-    name: str, check: Check, rule: VariablePolicy, variable: MeasuredVariable | None
-) -> list[Finding]:
-    if variable is None:
-        return [
-            Finding(
-                check,
-                name,
-                f"{name} was not measured into PCR7, so its content cannot be checked against the policy",
-                pcr=SECURE_BOOT_PCR,
-            )
-        ]
-    findings = []
-    where = {"pcr": variable.event.pcr, "event_index": variable.event.index}
-    digest, present = _variable_facts(variable)
-    if digest not in rule.variable_digests:
-        if not rule.allowed_entries:
-            findings.append(
-                Finding(
-                    check,
-                    name,
-                    f"{name} content (SHA-256 {digest}) is not in the policy's allowed variable digests: "
-                    f"{_short_list(rule.variable_digests)}",
-                    **where,
-                )
-            )
-        else:
-            extra = present - rule.allowed_entries
-            if extra:
-                findings.append(
-                    Finding(
-                        check,
-                        name,
-                        f"{name} holds {len(extra)} entr(y/ies) the policy does not allow: "
-                        f"{', '.join(_describe_entries(variable, extra))}",
-                        **where,
-                    )
-                )
-    missing = rule.required_entries - present
-    if missing:
-        findings.append(
-            Finding(
-                check,
-                name,
-                f"{name} lacks {len(missing)} entr(y/ies) the policy requires: {', '.join(sorted(missing))}",
-                **where,
-            )
-        )
-    return findings
-
-
-def _describe_entries(variable: MeasuredVariable, ids: AbstractSet[str]) -> list[str]:
-    described = []
-    for entry in variable.signatures:
-        identifier = entry_id(entry)
-        if identifier in ids:
-            if entry.certificate is not None:
-                described.append(f"certificate '{entry.certificate.subject.rfc4514_string()}' ({identifier})")
-            else:
-                described.append(identifier)
-            ids = ids - {identifier}
-    return described
-
-
-def _check_dbx(required: frozenset[str], dbx: MeasuredVariable | None) -> list[Finding]:
-    if dbx is None:
-        return [
-            Finding(
-                Check.FORBIDDEN_DB,
-                "dbx",
-                f"dbx was not measured into PCR7; the policy requires {len(required)} revocation(s) in it",
-                pcr=SECURE_BOOT_PCR,
-            )
-        ]
-    missing = required - _variable_facts(dbx)[1]
-    if not missing:
-        return []
-    return [
-        Finding(
-            Check.FORBIDDEN_DB,
-            "dbx",
-            f"dbx is older than the policy: {len(missing)} required revocation(s) missing: "
-            f"{', '.join(sorted(missing))}",
-            pcr=dbx.event.pcr,
-            event_index=dbx.event.index,
-        )
-    ]
-
-
-def _check_boot_applications(steps: tuple[BootStep, ...], apps: tuple[BootApplication, ...]) -> list[Finding]:
-    findings = []
-    for position, app in enumerate(apps[: len(steps)]):
-        step = steps[position]
-        digest = app.event.digests.get("sha256")
-        if digest is not None and digest.hex() in step.digests:
-            continue
-        if digest is None:
-            problem = f"has no SHA-256 digest in the log (banks: {', '.join(app.event.digests)})"
-        else:
-            problem = (
-                f"digest {digest.hex()} is not in the pool's image policy for {step.component} "
-                f"(step {position + 1}); allowed: {_short_list(step.digests)}"
-            )
-        findings.append(
-            Finding(
-                Check.BOOT_APPLICATION,
-                step.component,
-                f"{_app_label(app, position)} {problem}",
-                pcr=app.event.pcr,
-                event_index=app.event.index,
-            )
-        )
-    if len(apps) > len(steps):
-        chain = " -> ".join(s.component for s in steps) or "none"
-        names = boot_app_components(apps)
-        for position in range(len(steps), len(apps)):
-            app = apps[position]
-            findings.append(
-                Finding(
-                    Check.BOOT_APPLICATION,
-                    names[position],
-                    f"{_app_label(app, position)} is boot application #{position + 1} but the policy allows "
-                    f"only {len(steps)} ({chain})",
-                    pcr=app.event.pcr,
-                    event_index=app.event.index,
-                )
-            )
-    for position in range(len(apps), len(steps)):
-        findings.append(
-            Finding(
-                Check.BOOT_APPLICATION,
-                steps[position].component,
-                f"the policy expects {steps[position].component} as boot application #{position + 1} "
-                f"but only {len(apps)} were loaded",
-                pcr=BOOT_APPLICATION_PCR,
-            )
-        )
-    return findings
-
-
-def _app_label(app: BootApplication, position: int) -> str:
-    file_name = _file_name(app.device_path)
-    return f"{file_name} ({app.device_path})" if file_name else f"boot application #{position + 1}"
-
-
-def _check_cmdline(rules: CmdlineRules, summary: BootSummary) -> list[Finding]:
-    event = summary.kernel_cmdline_event
-    where = {
-        "pcr": event.pcr if event else KERNEL_CMDLINE_PCR,
-        "event_index": event.index if event else None,
-    }
-    cmdline = summary.kernel_cmdline
-    if cmdline is None:
-        return [
-            Finding(
-                Check.KERNEL_CMDLINE,
-                "kernel",
-                "no kernel command line was measured, but the policy has command-line rules",
-                **where,
-            )
-        ]
-    findings = []
-    if rules.exact is not None and cmdline != rules.exact:
-        differs_at = next(
-            (i for i, (a, b) in enumerate(zip(cmdline, rules.exact, strict=False)) if a != b),
-            min(len(cmdline), len(rules.exact)),
-        )
-        findings.append(
-            Finding(
-                Check.KERNEL_CMDLINE,
-                "kernel",
-                f"kernel command line {cmdline!r} differs from the policy's exact {rules.exact!r} "
-                f"from character {differs_at} on",
-                **where,
-            )
-        )
-    tokens = cmdline_tokens(cmdline)
-    for forbidden in rules.forbidden_tokens:
-        hits = [t for t in tokens if (t.startswith(forbidden) if forbidden.endswith("=") else t == forbidden)]
-        if hits:
-            findings.append(
-                Finding(
-                    Check.KERNEL_CMDLINE,
-                    "kernel",
-                    f"kernel command line has forbidden token(s) {', '.join(hits)} (rule {forbidden!r})",
-                    **where,
-                )
-            )
-    missing = [token for token in rules.required_tokens if token not in tokens]
-    if missing:
-        findings.append(
-            Finding(
-                Check.KERNEL_CMDLINE,
-                "kernel",
-                f"kernel command line lacks required token(s) {', '.join(missing)}",
-                **where,
-            )
-        )
-    return findings

@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.structures import (
     ALG_ECDSA,
     ALG_RSAPSS,

@@ -16,12 +16,12 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from trustedlaunch.attest.evidence import Evidence
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
 from trustedlaunch.attest.metrics import record_attestation
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.quote import ClockState
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.credential import (
     check_ak_attributes,
     make_credential,

@@ -37,8 +37,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from trustedlaunch.attest.machine_state import REQUIRED_BANK
 from trustedlaunch.attest.policy import boot_app_components
-from trustedlaunch.attest.verifier import REQUIRED_BANK, AttestationResult
+from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.errors import TrustedLaunchError
 
 ALGORITHM = "ES256"

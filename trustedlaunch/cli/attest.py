@@ -10,7 +10,6 @@ import typer
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from trustedlaunch.attest.findings import AttestationError
 from trustedlaunch.attest.gce import (
     GceFormatError,
     GceVerification,
@@ -20,6 +19,7 @@ from trustedlaunch.attest.gce import (
 from trustedlaunch.cli.errors import bad_input, hex_option
 from trustedlaunch.eventlog.model import BootSummary
 from trustedlaunch.eventlog.summary import summarize
+from trustedlaunch.findings import AttestationError
 
 attest_app = typer.Typer(name="attest", help="Verify remote-attestation evidence.", no_args_is_help=True)
 

@@ -40,9 +40,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_event_log
 from trustedlaunch.attest.gce import load_certificates, verify_gce_attestation
-from trustedlaunch.attest.policy import BootStep, Policy, policy_from_summary
+from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.cli.aks import MACHINE_COLUMNS
 from trustedlaunch.control.attestation_monitor import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH

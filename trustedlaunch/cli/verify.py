@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import load_evidence
-from trustedlaunch.attest.policy import CmdlineRules, Policy, load_policy, policy_from_summary
+from trustedlaunch.attest.policy import CmdlineRules, Policy, load_policy
 from trustedlaunch.attest.quote import ClockState
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.cli.errors import bad_input, hex_option

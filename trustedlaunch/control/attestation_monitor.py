@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.alerts import WebhookDelivery, alerts_from_result
 from trustedlaunch.attest.destinations import IpNetwork, allowed_networks_from_environment
-from trustedlaunch.attest.findings import Check, Finding
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike, AgentQuote, NodeState, attest_node
 from trustedlaunch.attest.tokens import TokenIssuer
@@ -39,6 +38,7 @@ from trustedlaunch.control.kubernetes import (
 from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from trustedlaunch.attest.findings import Check, Finding
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.store.models import Node
 
 ENROLLMENT = "by EK certificate from the platform EK CA and credential activation"

@@ -31,7 +31,8 @@ import platformdirs
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.attest.policy import Policy, policy_for_image
+from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.attestation_monitor import (

@@ -10,9 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cryptography import x509
-
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.uefi.siglist import SignatureEntry
 
 LogFormat = Literal["sha1", "crypto-agile"]
 
@@ -58,21 +57,6 @@ class EventLog:
     banks: tuple[str, ...]  # banks present in the log, in SpecID order ("sha1" only for the legacy format)
     events: tuple[Event, ...]
     startup_locality: int = 0  # from the EV_NO_ACTION "StartupLocality" event; PCR0 starts at this value
-
-
-@dataclass(frozen=True)
-class SignatureEntry:
-    """One entry of an EFI_SIGNATURE_LIST: an X.509 certificate or a hash, with its owner GUID."""
-
-    signature_type: uuid.UUID
-    owner: uuid.UUID
-    data: bytes
-    certificate: x509.Certificate | None = None  # set for EFI_CERT_X509_GUID entries that parse
-
-    @property
-    def is_certificate(self) -> bool:
-        """True for an X.509 entry."""
-        return self.certificate is not None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from trustedlaunch.eventlog.model import (
     Event,
     EventLog,
     MeasuredVariable,
-    SignatureEntry,
 )
 from trustedlaunch.eventlog.types import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
@@ -35,6 +34,7 @@ from trustedlaunch.eventlog.types import (
 from trustedlaunch.uefi.siglist import (
     DER_CERTIFICATE_ERRORS,
     EFI_CERT_X509,
+    SignatureEntry,
     SignatureListError,
     efi_guid,
     parse_signature_lists,

@@ -101,7 +101,7 @@ class NodeImage(Base):
 
 class ImagePolicy(Base):
     """The attestation policy of a node image booted with Secure Boot on or off, as the reconciler derived
-    it (trustedlaunch.attest.policy.policy_for_image): what the verifier API checks a pool's nodes against
+    it (trustedlaunch.attest.derivation.policy_for_image): what the verifier API checks a pool's nodes against
     when a caller names the pool (`poolId`)."""
 
     __tablename__ = "image_policies"

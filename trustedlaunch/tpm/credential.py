@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.structures import (
     ALG_AES,
     ALG_CFB,

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from trustedlaunch.attest.findings import AttestationError, Check, Finding
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.findings import AttestationError, Check, Finding
 from trustedlaunch.tpm.certificates import CertificateChainError, verify_tpm_certificate_chain
 from trustedlaunch.tpm.structures import TpmtPublic
 

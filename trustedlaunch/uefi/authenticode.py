@@ -22,9 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.eventlog.model import SignatureEntry
 from trustedlaunch.uefi import siglist
 from trustedlaunch.uefi._oscrypto_compat import ensure_oscrypto_loads
+from trustedlaunch.uefi.siglist import SignatureEntry
 
 ensure_oscrypto_loads()
 

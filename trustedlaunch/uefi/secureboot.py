@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from trustedlaunch.eventlog.model import SignatureEntry
 from trustedlaunch.uefi import siglist
 from trustedlaunch.uefi.authenticode import (
     ImageVerdict,
@@ -34,7 +33,7 @@ from trustedlaunch.uefi.sbat import (
     revocations,
 )
 from trustedlaunch.uefi.shim import ShimTrust, read_shim_trust
-from trustedlaunch.uefi.siglist import SignatureListError
+from trustedlaunch.uefi.siglist import SignatureEntry, SignatureListError
 from trustedlaunch.uefi.varstore import VarStore, read_varstore
 
 SHIM_PATH = "EFI/BOOT/BOOTX64.EFI"

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from trustedlaunch.eventlog.model import SignatureEntry
 from trustedlaunch.uefi import siglist
 from trustedlaunch.uefi.authenticode import PeImage, PeImageError
 from trustedlaunch.uefi.sbat import ShimSbatLevels, parse_sbatlevel_section
+from trustedlaunch.uefi.siglist import SignatureEntry
 from trustedlaunch.uefi.varstore import SHIM_LOCK
 
 

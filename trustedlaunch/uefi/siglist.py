@@ -7,11 +7,11 @@ import hashlib
 import struct
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from cryptography import x509
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.eventlog.model import SignatureEntry
 
 EFI_CERT_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
 EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
@@ -24,6 +24,21 @@ SIGNATURE_TYPE_NAMES = {
     EFI_CERT_SHA1: "sha1",
     EFI_CERT_X509_SHA256: "x509-tbs-sha256",
 }
+
+
+@dataclass(frozen=True)
+class SignatureEntry:
+    """One entry of an EFI_SIGNATURE_LIST: an X.509 certificate or a hash, with its owner GUID."""
+
+    signature_type: uuid.UUID
+    owner: uuid.UUID
+    data: bytes
+    certificate: x509.Certificate | None = None  # set for EFI_CERT_X509_GUID entries that parse
+
+    @property
+    def is_certificate(self) -> bool:
+        """True for an X.509 entry."""
+        return self.certificate is not None
 
 
 # What cryptography raises for bytes that are not a well-formed DER certificate: ValueError, and

@@ -12,8 +12,7 @@ from virt.firmware.efi import siglist as virt_siglist
 from virt.firmware.varstore import autodetect
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.eventlog.model import SignatureEntry
-from trustedlaunch.uefi.siglist import SignatureListError, parse_signature_lists
+from trustedlaunch.uefi.siglist import SignatureEntry, SignatureListError, parse_signature_lists
 
 EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
 EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")

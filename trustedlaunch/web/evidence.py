@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trustedlaunch.attest.findings import Check
 from trustedlaunch.attest.policy import boot_app_components
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.describe import boot_app_labels, describe_event
@@ -19,6 +18,7 @@ from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
+from trustedlaunch.findings import Check
 
 _PCR_CHECKS = frozenset({Check.PCR_VALUE.value, Check.PCR_DIGEST.value})
 

@@ -1,7 +1,8 @@
 """Findings: the one shape every attestation failure takes, naming the check, PCR, event and component.
 
-This module is the contract between quote verification (`attest.quote`), the policy (`attest.policy`),
-the verifier (`attest.verifier`) and what reports failures (CLI, alerts).
+This module is the contract between quote verification (`attest.quote`), the policy (`attest.evaluation`),
+the verifier (`attest.verifier`), the TPM credential checks (`tpm.credential`, `tpm.ekca`) and what reports
+failures (CLI, alerts). It sits at the package root, below every layer, so that tpm need not import attest.
 """
 
 from __future__ import annotations

@@ -1,0 +1,112 @@
+"""Derived policies: the policy that accepts exactly a known-good boot, from its boot summary or from a
+node image and the varstore it boots under (predicted without booting it)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from trustedlaunch.attest.policy import (
+    BOOT_APPLICATION_PCR,
+    BootStep,
+    CmdlineRules,
+    ExpectedEvent,
+    GoldenPcr,
+    Policy,
+    PolicyError,
+    VariablePolicy,
+    boot_app_components,
+    entry_id,
+    variable_digest,
+)
+from trustedlaunch.eventlog.model import BootSummary
+from trustedlaunch.eventlog.predict import predict_pcrs
+from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
+from trustedlaunch.uefi.siglist import SignatureEntry
+from trustedlaunch.uefi.varstore import read_varstore
+
+
+def policy_from_summary(summary: BootSummary) -> Policy:
+    """Derive a reference policy that accepts exactly the boot described by a known-good summary."""
+
+    def pin(name: str) -> VariablePolicy | None:
+        variable = summary.variables.get(name)
+        if variable is None:
+            return None
+        entries = frozenset(entry_id(entry) for entry in variable.signatures)
+        return VariablePolicy(frozenset({variable_digest(variable)}), entries, entries)
+
+    steps = []
+    for app, name in zip(summary.boot_apps, boot_app_components(summary.boot_apps), strict=True):
+        if "sha256" not in app.event.digests:
+            raise PolicyError(
+                f"cannot derive a boot-application policy: event #{app.event.index} "
+                f"({app.device_path or name}) has no SHA-256 digest (SHA-1-only log)"
+            )
+        steps.append(BootStep(name, frozenset({app.digest("sha256").hex()})))
+    dbx = summary.variables.get("dbx")
+    return Policy(
+        secure_boot=summary.secure_boot,
+        pk=pin("PK"),
+        kek=pin("KEK"),
+        db=pin("db"),
+        dbx_required_entries=frozenset(entry_id(e) for e in dbx.signatures) if dbx else frozenset(),
+        boot_applications=tuple(steps),
+        kernel_cmdline=CmdlineRules(exact=summary.kernel_cmdline),
+        require_valid_separators=True,
+    )
+
+
+def policy_for_image(
+    image_esp: Path,
+    varstore: Path,
+    *,
+    banks: tuple[str, ...] = ("sha256",),
+    kernel_cmdline: str | None = None,
+) -> Policy:
+    """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
+    as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
+    image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
+    golden values. `kernel_cmdline`, when given, must be the exact measured command line.
+
+    Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
+    """
+    if "sha256" not in banks:
+        raise PolicyError(f"policy_for_image needs the sha256 bank (asked for: {', '.join(banks)})")
+    store = read_varstore(varstore)
+    prediction = predict_pcrs(image_esp, varstore, banks)
+
+    def pin(name: str, entries: tuple[SignatureEntry, ...]) -> VariablePolicy:
+        ids = frozenset(entry_id(entry) for entry in entries)
+        digest = hashlib.sha256(store.raw_databases.get(name, b"")).hexdigest()
+        return VariablePolicy(frozenset({digest}), ids, ids)
+
+    steps = tuple(
+        BootStep(event.component, frozenset({event.digests["sha256"].hex()}))
+        for event in prediction.events_of(BOOT_APPLICATION_PCR)
+        if event.event_type == EV_EFI_BOOT_SERVICES_APPLICATION
+    )
+    golden = tuple(
+        GoldenPcr(
+            bank,
+            pcr,
+            value.hex(),
+            tuple(
+                ExpectedEvent(event.type_name, event.component, event.description, event.digests[bank].hex())
+                for event in prediction.events_of(pcr)
+            ),
+        )
+        for bank, values in prediction.values.items()
+        for pcr, value in values.items()
+    )
+    return Policy(
+        secure_boot=store.secure_boot,
+        pk=pin("PK", store.pk),
+        kek=pin("KEK", store.kek),
+        db=pin("db", store.db),
+        dbx_required_entries=frozenset(entry_id(entry) for entry in store.dbx),
+        boot_applications=steps,
+        kernel_cmdline=CmdlineRules(exact=kernel_cmdline),
+        require_valid_separators=True,
+        golden_pcrs=golden,
+    )
