@@ -37,6 +37,9 @@ MAX_ANSWER_LINE = _base64_length(MAX_EVENT_LOG_SIZE) + 1024
 _STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string (unrolled: linear time on any input)
 _PAIR = _STRING + rb"\s*:\s*" + _STRING
 _FLAT_OBJECT = re.compile(rb"\{\s*(?:" + _PAIR + rb"(?:\s*,\s*" + _PAIR + rb")*)?\s*\}")
+# Empty lines (which the agent ignores) before each request: the guest's UART may drop up to its receive
+# FIFO (16 bytes) of what arrives first (a request that lost its start was answered UNKNOWN, without its id).
+REQUEST_PADDING = b"\n" * 16
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,32}")  # what the agent echoes (init.sh: request_id)
 
 
@@ -155,7 +158,7 @@ class AgentChannel:
         line = f"{command} {request_id} {argument}".rstrip()
         self._sock.settimeout(timeout)  # not the last read's remaining time
         try:
-            self._sock.sendall(line.encode() + b"\n")
+            self._sock.sendall(REQUEST_PADDING + line.encode() + b"\n")
         except OSError as exc:  # reset, or a full buffer the serial port does not drain (guest not reading)
             raise AgentError(f"the agent's serial port takes no input ({exc})") from exc
         deadline = time.monotonic() + timeout
