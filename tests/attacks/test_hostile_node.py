@@ -55,23 +55,28 @@ def framed(line: bytes) -> bytes:
 
 
 def hostile_answer(mode: str, command: str, request_id: str | None) -> bytes | None:
-    """What the hostile agent sends for `command` in `mode` (None: relay the request to the real agent)."""
+    """What the hostile agent sends for `command` in `mode` (None: relay the request to the real agent).
+    The garbage answers EVENTLOG, the last request of a quote (the TPM commands before it are relayed), or
+    with `tpm-` the first TPM command."""
     echo = f'"id":"{request_id}",' if request_id else ""
-    reply = "PONG" if command == "PING" else command
-    if mode == "huge-log" and command == "EVENTLOG":
-        log = base64.b64encode(b"\x00" * (30 * 1024 * 1024))
-        return framed(b"{" + echo.encode() + b'"reply":"EVENTLOG","eventLog":"' + log + b'"}')
-    if mode == "wrong-types" and command != "PING":
-        return framed(f'{{{echo}"reply":"{reply}","error":"x","detail":5}}'.encode())
-    if mode == "bad-base64" and command != "PING":
-        return framed(f'{{{echo}"reply":"{reply}","response":"@@@@","eventLog":"@@@@"}}'.encode())
-    if mode == "deep-json" and command != "PING":
-        deep = "[" * 100_000 + "]" * 100_000
-        return framed(f'{{{echo}"reply":"{reply}","response":{deep}}}'.encode())
-    if mode == "endless-line" and command != "PING":
-        return b"A" * (40 * 1024 * 1024) + b"\n"
+    target = "TPM" if mode.startswith("tpm-") else "EVENTLOG"
+    kind = mode.removeprefix("tpm-")
     if mode == "silent" and command != "PING":
         return b""
+    if command != target:
+        return None
+    if kind == "huge-log":
+        log = base64.b64encode(b"\x00" * (30 * 1024 * 1024))
+        return framed(b"{" + echo.encode() + b'"reply":"EVENTLOG","eventLog":"' + log + b'"}')
+    if kind == "wrong-types":  # the issue's example
+        return framed(f'{{{echo}"reply":"{command}","error":"x","detail":5}}'.encode())
+    if kind == "bad-base64":
+        return framed(f'{{{echo}"reply":"{command}","response":"@@@@","eventLog":"@@@@"}}'.encode())
+    if kind == "deep-json":
+        deep = "[" * 100_000 + "]" * 100_000
+        return framed(f'{{{echo}"reply":"{command}","response":{deep},"eventLog":{deep}}}'.encode())
+    if kind == "endless-line":
+        return b"A" * (40 * 1024 * 1024) + b"\n"
     return None
 
 
@@ -325,7 +330,9 @@ def test_a_30_mb_event_log_is_refused_at_the_answer_cap_and_not_stored(plane: Pl
     assert machine(plane.serve, "hostilepool")["properties"]["attestationStatus"] == "AttestationFailed"
 
 
-@pytest.mark.parametrize("mode", ["wrong-types", "bad-base64", "deep-json", "endless-line"])
+@pytest.mark.parametrize(
+    "mode", ["wrong-types", "bad-base64", "deep-json", "endless-line", "tpm-wrong-types"]
+)
 def test_a_node_answering_garbage_is_failed_alerted_and_quarantined(plane: Plane, mode: str) -> None:
     """Item 2: garbage from the node is this node's failed attestation (alert, labels removed); the
     reconciler's passes never fail."""

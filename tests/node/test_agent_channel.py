@@ -204,3 +204,15 @@ def test_a_silent_agent_is_an_agent_error_at_the_timeout(guest: Callable[..., Gu
     with pytest.raises(AgentError, match="did not answer EVENTLOG within 1 s"):
         peer.channel.event_log(1.0)
     assert time.monotonic() - started < 3
+
+
+def test_the_channel_deadline_bounds_every_request_whatever_its_timeout(guest: Callable[..., Guest]) -> None:
+    """A whole attestation is bounded: past `deadline` no request waits, even with a long timeout."""
+    peer = guest(lambda command, request_id: b"")
+    peer.channel.deadline = time.monotonic() + 1.0
+    started = time.monotonic()
+    with pytest.raises(AgentError, match="did not answer TPM within 1 s"):
+        peer.channel.tpm_command(b"\x80\x01", 60.0)
+    with pytest.raises(AgentError, match="did not answer EVENTLOG within 0 s"):
+        peer.channel.event_log(60.0)
+    assert time.monotonic() - started < 3

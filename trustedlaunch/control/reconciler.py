@@ -13,13 +13,15 @@ after each command). One reconciler per state directory at a time (an advisory f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import logging
 import secrets
 import shutil
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, NoReturn
@@ -74,7 +76,9 @@ from trustedlaunch.tpm.vtpm import Vtpm
 DEFAULT_BOOT_TIMEOUT = 300.0
 # Nodes attested at once, each in its own thread: a node whose agent hangs (up to its timeout) or answers
 # garbage holds one of these, never the operations or the other nodes' attestations.
-MAX_PARALLEL_ATTESTATIONS = 4
+MAX_PARALLEL_ATTESTATIONS = 8
+# A whole re-attestation (some 15 agent requests, seconds in all) ends by then, whatever the node answers.
+ATTESTATION_TIME_LIMIT = 180.0
 LOCK_FILE = "reconciler.lock"
 VTPM_DIR = "tpm"
 
@@ -536,7 +540,10 @@ class Reconciler:
         ek_ca = [self._platform_ek_ca().certificate]
         vm = self._vms.get(node.id)
         if vm is not None:
-            record = self.monitor.attest(session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger)
+            with _time_limited(vm.agent().channel):
+                record = self.monitor.attest(
+                    session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger
+                )
         else:
             record = self._attest_adopted(session, pool, node, policy, trigger)
         current = session.execute(
@@ -564,9 +571,10 @@ class Reconciler:
             return self.monitor.record_unreachable(session, pool, node, exc, trigger)
         try:
             ek_ca = [self._platform_ek_ca().certificate]
-            return self.monitor.attest(
-                session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
-            )
+            with _time_limited(agent.channel):
+                return self.monitor.attest(
+                    session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
+                )
         finally:
             agent.close()
 
@@ -610,6 +618,16 @@ class Reconciler:
                     _create_atomically(directory, create_ek_ca)
                 self._ek_ca = load_ek_ca(directory)
             return self._ek_ca
+
+
+@contextlib.contextmanager
+def _time_limited(channel: AgentChannel) -> Iterator[None]:
+    """No agent request on `channel` waits past ATTESTATION_TIME_LIMIT seconds from now."""
+    channel.deadline = time.monotonic() + ATTESTATION_TIME_LIMIT
+    try:
+        yield
+    finally:
+        channel.deadline = None
 
 
 def _create_atomically(directory: Path, create: Callable[[Path], object]) -> None:

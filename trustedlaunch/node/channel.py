@@ -99,6 +99,9 @@ class AgentChannel:
         self._sock = sock
         self._buffer = b""
         self._skipping = False  # dropping the rest of an overlong line
+        # time.monotonic() past which no request waits, whatever its timeout: bounds a whole attestation (a
+        # hostile agent answering each request just before its timeout)
+        self.deadline: float | None = None
 
     def close(self) -> None:
         """Close the connection (the agent keeps running)."""
@@ -156,12 +159,13 @@ class AgentChannel:
         if _REQUEST_ID.fullmatch(request_id) is None:
             raise ValueError(f"request id {request_id!r} is not 1-32 of [0-9A-Za-z_-]")
         line = f"{command} {request_id} {argument}".rstrip()
-        self._sock.settimeout(timeout)  # not the last read's remaining time
+        started = time.monotonic()
+        deadline = started + timeout if self.deadline is None else min(started + timeout, self.deadline)
+        self._sock.settimeout(max(deadline - started, 0.001))  # not the last read's remaining time
         try:
             self._sock.sendall(REQUEST_PADDING + line.encode() + b"\n")
         except OSError as exc:  # reset, or a full buffer the serial port does not drain (guest not reading)
             raise AgentError(f"the agent's serial port takes no input ({exc})") from exc
-        deadline = time.monotonic() + timeout
         while (answer := self._read_answer(deadline)) is not None:
             answer_id = answer.get("id")
             if answer_id is None and answer.get("reply") == "PONG" and answer.get("token") == request_id:
@@ -181,7 +185,7 @@ class AgentChannel:
             if answer.get("reply") != reply:
                 raise AgentProtocolError(f"the agent answered {command} with a {answer.get('reply')} answer")
             return answer
-        raise AgentError(f"the agent did not answer {command} within {timeout:.0f} s")
+        raise AgentError(f"the agent did not answer {command} within {max(deadline - started, 0):.0f} s")
 
     def ping(self, token: str, timeout: float) -> bool:
         """True if the agent answered PING with this token (its request id) in time."""
