@@ -181,7 +181,7 @@ class Reconciler:
 
     def release(self) -> None:
         """Give up the state directory to another reconciler; running VMs keep running (to be adopted).
-        Attestations in flight are waited for (each ends at its agent timeout at the latest)."""
+        Attestations in flight are waited for (ATTESTATION_TIME_LIMIT at most)."""
         for thread in self._attestation_threads():
             thread.join()
         self._vms.clear()  # their agent connections close with them; the next reconciler adopts the VMs
