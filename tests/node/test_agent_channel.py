@@ -6,6 +6,7 @@ lines, oversized fields) is an AgentProtocolError of that channel, bounded in ti
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import socket
@@ -40,22 +41,19 @@ class Guest:
         self._thread.start()
 
     def _serve(self) -> None:
-        with self.sock.makefile("rb") as lines:
+        with self.sock.makefile("rb") as lines, contextlib.suppress(OSError):  # OSError: the host closed
             for raw in lines:
                 request = raw.decode().rstrip("\n")
                 if not request:
                     continue  # the padding before each request
                 self.requests.append(request)
                 command, request_id, *_ = (*request.split(" "), "")
-                try:
-                    self.sock.sendall(self._respond(command, request_id))
-                except OSError:
-                    return
+                self.sock.sendall(self._respond(command, request_id))
 
     def close(self) -> None:
         self.channel.close()
+        self._thread.join(5)  # the host's end closed: the guest reads EOF
         self.sock.close()
-        self._thread.join(5)
 
 
 @pytest.fixture
@@ -130,6 +128,8 @@ def test_a_stale_unknown_or_answer_on_the_link_does_not_fail_the_next_request(
     link: the next request skips them and takes the answer that echoes its own id."""
 
     def respond(command: str, request_id: str) -> bytes:
+        if command == "PING":
+            return answer(id=request_id, reply="PONG")
         stale = answer(id="1234", reply="UNKNOWN", error="unknown request", detail="")
         stale += answer(id="r000000000000", reply="TPM", response=base64.b64encode(b"stale").decode())
         return stale + answer(id=request_id, reply="TPM", response=base64.b64encode(b"fresh").decode())
@@ -137,8 +137,26 @@ def test_a_stale_unknown_or_answer_on_the_link_does_not_fail_the_next_request(
     peer = guest(respond)
     assert peer.channel.tpm_command(b"\x80\x01", 5.0) == b"fresh"
     assert peer.channel.tpm_command(b"\x80\x02", 5.0) == b"fresh"
-    ids = [request.split(" ")[1] for request in peer.requests]
-    assert len(set(ids)) == 2
+    tpm_ids = [request.split(" ")[1] for request in peer.requests if request.startswith("TPM ")]
+    assert len(set(tpm_ids)) == 2  # each request sent once
+
+
+def test_a_request_whose_start_the_link_lost_is_sent_again(guest: Callable[..., Guest]) -> None:
+    """The guest's UART dropped the start of the TPM line: the agent answers UNKNOWN without an id and runs
+    nothing. A PING sent behind it is answered first, so the request is sent again (once) and answered."""
+
+    def respond(command: str, request_id: str) -> bytes:
+        if command == "PING":
+            return answer(id=request_id, reply="PONG")
+        if sum(request.startswith("TPM ") for request in peer.requests) == 1:
+            return answer(id="", reply="UNKNOWN", error="unknown request", detail="")
+        return answer(id=request_id, reply="TPM", response=base64.b64encode(b"ran once").decode())
+
+    peer = guest(respond)
+    assert peer.channel.tpm_command(b"\x80\x01", 5.0) == b"ran once"
+    assert [request.split(" ")[0] for request in peer.requests] == ["TPM", "PING", "TPM"]
+    first, second = (request.split(" ")[1] for request in peer.requests if request.startswith("TPM "))
+    assert first != second
 
 
 @pytest.mark.parametrize(

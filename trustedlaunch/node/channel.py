@@ -40,6 +40,7 @@ _FLAT_OBJECT = re.compile(rb"\{\s*(?:" + _PAIR + rb"(?:\s*,\s*" + _PAIR + rb")*)
 # Empty lines (which the agent ignores) before each request: the guest's UART may drop up to its receive
 # FIFO (16 bytes) of what arrives first (a request that lost its start was answered UNKNOWN, without its id).
 REQUEST_PADDING = b"\n" * 16
+RESENDS = 3  # a request whose start the link lost is sent again (see AgentChannel.request)
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,32}")  # what the agent echoes (init.sh: request_id)
 
 
@@ -150,22 +151,30 @@ class AgentChannel:
             previous = line
         return None
 
-    def request(
-        self, command: str, reply: str, timeout: float, argument: str = "", request_id: str | None = None
-    ) -> dict[str, str]:
-        """Send `COMMAND ID [ARGUMENT]`; return the answer that echoes ID (a new one unless given), which
-        must be a `reply` answer. Answers to other requests (stale ones) are skipped."""
-        request_id = request_id or new_request_id()
-        if _REQUEST_ID.fullmatch(request_id) is None:
-            raise ValueError(f"request id {request_id!r} is not 1-32 of [0-9A-Za-z_-]")
-        line = f"{command} {request_id} {argument}".rstrip()
-        started = time.monotonic()
-        deadline = started + timeout if self.deadline is None else min(started + timeout, self.deadline)
-        self._sock.settimeout(max(deadline - started, 0.001))  # not the last read's remaining time
+    def _send(self, line: str) -> None:
         try:
             self._sock.sendall(REQUEST_PADDING + line.encode() + b"\n")
         except OSError as exc:  # reset, or a full buffer the serial port does not drain (guest not reading)
             raise AgentError(f"the agent's serial port takes no input ({exc})") from exc
+
+    def request(
+        self, command: str, reply: str, timeout: float, argument: str = "", request_id: str | None = None
+    ) -> dict[str, str]:
+        """Send `COMMAND ID [ARGUMENT]`; return the answer that echoes ID (a new one unless given), which
+        must be a `reply` answer. Answers to other requests (stale ones) are skipped.
+
+        An UNKNOWN answer to a line the host did not send may be this request with its start lost on the
+        link: a PING sent behind it tells (the agent answers in order). If the PING is answered first, the
+        request never reached the agent whole and is sent again (RESENDS times at most)."""
+        request_id = request_id or new_request_id()
+        if _REQUEST_ID.fullmatch(request_id) is None:
+            raise ValueError(f"request id {request_id!r} is not 1-32 of [0-9A-Za-z_-]")
+        started = time.monotonic()
+        deadline = started + timeout if self.deadline is None else min(started + timeout, self.deadline)
+        self._sock.settimeout(max(deadline - started, 0.001))  # not the last read's remaining time
+        self._send(f"{command} {request_id} {argument}".rstrip())
+        barrier: str | None = None  # the PING sent behind the request after a stray UNKNOWN
+        resends = 0
         while (answer := self._read_answer(deadline)) is not None:
             answer_id = answer.get("id")
             if answer_id is None and answer.get("reply") == "PONG" and answer.get("token") == request_id:
@@ -175,8 +184,15 @@ class AgentChannel:
                     f"the node's agent does not know the {command} request (its answers carry no request "
                     "id): the node runs an older agent, reimage it to the current node image"
                 )
-            if answer_id != request_id:
-                continue  # an answer to an earlier request, left on the link
+            if answer_id == barrier and resends < RESENDS:  # the request was lost: send it again
+                request_id, barrier, resends = new_request_id(), None, resends + 1
+                self._send(f"{command} {request_id} {argument}".rstrip())
+                continue
+            if answer_id != request_id:  # an answer to an earlier request, left on the link
+                if answer.get("reply") == "UNKNOWN" and barrier is None and command != "PING":
+                    barrier = new_request_id()
+                    self._send(f"PING {barrier}")
+                continue
             if answer.get("reply") == "UNKNOWN":
                 raise AgentError(
                     f"the node's agent does not know the {command} request: the node runs an older "
