@@ -22,7 +22,7 @@ KERNEL_STARTING = b"EFI stub: Loaded initrd"
 
 
 def _answers(sock: socket.socket, buffer: bytearray, until: str, deadline: float) -> list[dict[str, object]]:
-    """Read agent answers (a JSON line, then "END <sha256 of that line>") until one has token `until`."""
+    """Read agent answers (a JSON line, then "END <sha256 of that line>") until one has id `until`."""
     answers: list[dict[str, object]] = []
     previous: bytes | None = None
     while time.monotonic() < deadline:
@@ -36,10 +36,10 @@ def _answers(sock: socket.socket, buffer: bytearray, until: str, deadline: float
         line = line.rstrip(b"\r")
         if previous is not None and line == b"END " + hashlib.sha256(previous + b"\n").hexdigest().encode():
             answers.append(json.loads(previous))
-            if answers[-1].get("token") == until:
+            if answers[-1].get("id") == until:
                 return answers
         previous = line
-    raise AssertionError(f"no answer with token {until!r} before the deadline; got {answers}")
+    raise AssertionError(f"no answer with id {until!r} before the deadline; got {answers}")
 
 
 def test_agent_answers_only_the_newest_ping_of_the_boot_backlog(
@@ -63,11 +63,9 @@ def test_agent_answers_only_the_newest_ping_of_the_boot_backlog(
             sock.sendall(b"\n" * 32 + b"".join(b"PING stale%d\n" % number for number in range(5)))
             sock.sendall(b"PING newest\n")
             buffer = bytearray()
-            pongs = [
-                a["token"] for a in _answers(sock, buffer, "newest", deadline) if a.get("reply") == "PONG"
-            ]
+            pongs = [a["id"] for a in _answers(sock, buffer, "newest", deadline) if a.get("reply") == "PONG"]
             # The backlog's first line is always drained: the agent reads it as soon as it opens the port.
             assert pongs[-1] == "newest" and "stale0" not in pongs, pongs
             sock.sendall(b"PING after-boot\n")
             answers = _answers(sock, buffer, "after-boot", time.monotonic() + 60)
-            assert [answer.get("token") for answer in answers] == ["after-boot"]
+            assert [answer.get("id") for answer in answers] == ["after-boot"]

@@ -1,12 +1,13 @@
 """Monitoring without a VM: an unreachable agent (a real unix socket that hangs up) is recorded, alerted and
-quarantined; the history stays bounded; alerts go to the subscription's webhook (a real HTTP server) in the
-background, stay Pending without one; Kubernetes quarantine/restore against kmock, and a node no kubelet
-registered is a note, not an error."""
+quarantined, an agent answering garbage fails attestation the same way; the history stays bounded; alerts
+go to the subscription's webhook (a real HTTP server) in the background, stay Pending without one;
+Kubernetes quarantine/restore against kmock, and a node no kubelet registered is a note, not an error."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import re
 import socket
 import threading
@@ -179,6 +180,57 @@ def test_unreachable_agent_is_recorded_alerted_and_quarantined(
             {"type": "AzureResource", "azureResourceId": pool_resource_id(cluster, "nodepool1")}
         ]
         assert "unreachable" in properties["description"]
+
+
+class GarbageAgentSocket:
+    """A real unix socket at run_dir/agent.sock whose "agent" answers every request with a well-framed
+    answer of the wrong types (what a compromised node can send)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(run_dir / "agent.sock"))
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            with connection, connection.makefile("rb") as requests:
+                for request in requests:
+                    command, request_id, *_ = (*request.decode().split(), "", "")
+                    line = f'{{"id":"{request_id}","reply":"{command}","error":"x","detail":5}}'.encode()
+                    sha = hashlib.sha256(line + b"\n").hexdigest().encode()
+                    connection.sendall(line + b"\nEND " + sha + b"\n")
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join()
+
+
+def test_an_agent_answering_garbage_fails_attestation_alerted_and_quarantined(
+    sessions: sessionmaker[Session], pool: AgentPool, tmp_path: Path
+) -> None:
+    add_node(sessions, pool, tmp_path)
+    garbage = GarbageAgentSocket(tmp_path)
+    try:
+        record = attest_unreachable(sessions, tmp_path, AttestationMonitor())
+    finally:
+        garbage.close()
+    assert (record.status, record.ok, record.event_log) == ("AttestationFailed", False, None)
+    [finding] = record.findings
+    assert str(finding["message"]).startswith("the node's agent answered garbage to the attestation request")
+    assert "flat JSON object of strings" in str(finding["message"])
+    with sessions() as session:
+        node = session.scalars(select(Node)).one()
+        assert node.attestation_status == "AttestationFailed"
+        assert "kubernetes.azure.com/trusted-launch" not in node.labels
+        alert = session.scalars(select(AlertRecord)).one()
+        assert (alert.node_name, alert.status, alert.attestation_id) == ("aks-n-0", "Active", record.id)
 
 
 def test_history_keeps_the_newest_records_per_node(

@@ -20,13 +20,13 @@ from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.model import EventLog
+from trustedlaunch.eventlog.parser import MAX_EVENT_LOG_SIZE
 from trustedlaunch.eventlog.types import EV_NO_ACTION
 from trustedlaunch.tpm.swtpm import Swtpm
 
 MAX_AK_PUBLIC_SIZE = 2048  # an RSA-4096 TPMT_PUBLIC with a policy digest is ~600 bytes
 MAX_QUOTE_SIZE = 1024  # a TPMS_ATTEST quote is ~150-300 bytes
 MAX_SIGNATURE_SIZE = 1024  # an RSA-4096 TPMT_SIGNATURE is 518 bytes
-MAX_EVENT_LOG_SIZE = 1024 * 1024  # real firmware logs are 5-60 KiB
 MAX_JSON_SIZE = 2 * MAX_EVENT_LOG_SIZE  # base64 + the other fields fit well below this
 PCR_BANKS = ("sha1", "sha256", "sha384", "sha512", "sm3_256")
 PCR_DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64, "sm3_256": 32}

@@ -40,7 +40,7 @@ from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
-from trustedlaunch.node.channel import AgentChannel
+from trustedlaunch.node.channel import AgentChannel, AgentProtocolError
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now
 
 LABEL_AGENT_POOL = "kubernetes.azure.com/agentpool"
@@ -131,13 +131,13 @@ class AdoptedAgent(NodeAgent):
         super().__init__(AgentChannel(sock), timeout)
 
 
-def _unreachable_result(error: Exception) -> AttestationResult:
-    finding = Finding(
-        Check.EVIDENCE_FORMAT,
-        "agent",
-        f"the node is unreachable: its agent did not answer the attestation request ({error}): no evidence",
-    )
-    return AttestationResult(False, (finding,))
+def _unreachable_result(error: Exception, garbage: bool) -> AttestationResult:
+    if garbage:
+        what = "the node's agent answered garbage to the attestation request"
+    else:
+        what = "the node is unreachable: its agent did not answer the attestation request"
+    message = f"{what} ({error}): no evidence"
+    return AttestationResult(False, (Finding(Check.EVIDENCE_FORMAT, "agent", message),))
 
 
 def _stored_finding(document: dict[str, object]) -> Finding:
@@ -206,8 +206,13 @@ class AttestationMonitor:
         stored = NodeState.from_dict(node.attestation_state) if node.attestation_state else None
         try:
             attestation = attest_node(agent, policy=policy, ek_ca=ek_ca, node_state=stored)
+        except AgentProtocolError as exc:  # garbage from the node: it failed, it was not merely unreachable
+            return self.record_unreachable(session, pool, node, exc, trigger, started=started, garbage=True)
         except TrustedLaunchError as exc:  # agent transport: the channel reports socket errors as AgentError
             return self.record_unreachable(session, pool, node, exc, trigger, started=started)
+        except Exception as exc:  # hostile bytes a parser below did not foresee: this node's failure only
+            log.exception("node %s: its agent's answers broke the attestation", node.name)
+            return self.record_unreachable(session, pool, node, exc, trigger, started=started, garbage=True)
         node.attestation_state = attestation.state.to_dict()
         node.enrolled_ak_name = None if attestation.state.ak_name is None else attestation.state.ak_name.hex()
         result = attestation.result
@@ -244,18 +249,20 @@ class AttestationMonitor:
         trigger: Trigger,
         *,
         started: datetime | None = None,
+        garbage: bool = False,
     ) -> AttestationRecord:
         """Record that `node`'s agent did not answer (`error`): an Unreachable record without evidence, an
-        alert, and the node treated as failed (it cannot prove its state)."""
+        alert, and the node treated as failed (it cannot prove its state). With `garbage` (it answered
+        what its protocol never produces) the record is AttestationFailed."""
         started = started or utc_now()
-        result = _unreachable_result(error)
+        result = _unreachable_result(error, garbage)
         record = AttestationRecord(
             pool_id=pool.id,
             node_name=node.name,
             time=started,
             trigger=trigger.value,
             ok=False,
-            status=UNREACHABLE,
+            status=ATTESTATION_FAILED if garbage else UNREACHABLE,
             findings=[finding.to_dict() for finding in result.findings],
             duration_ms=(utc_now() - started).total_seconds() * 1000,
         )

@@ -15,6 +15,7 @@ reconciler per state directory at a time (an advisory file lock).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import logging
 import secrets
@@ -22,7 +23,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, NoReturn
@@ -85,6 +86,11 @@ from trustedlaunch.tpm.vtpm import Vtpm
 
 DEFAULT_BOOT_TIMEOUT = 300.0
 SUPERVISOR_RECORD_SECONDS = 2.0  # how long a VM's supervisor may take to record the end of QEMU
+# Nodes attested at once, each in its own thread: a node whose agent hangs (up to its timeout) or answers
+# garbage holds one of these, never the operations or the other nodes' attestations.
+MAX_PARALLEL_ATTESTATIONS = 8
+# A whole re-attestation (some 15 agent requests, seconds in all) ends by then, whatever the node answers.
+ATTESTATION_TIME_LIMIT = 180.0
 LOCK_FILE = "reconciler.lock"
 VTPM_DIR = "tpm"
 
@@ -133,9 +139,10 @@ class Reconciler:
     node at a time).
 
     Ready vTPM nodes are attested again every `attestation_interval` seconds (0: only on demand) and when
-    asked (`attestation_requested_at`), one node per pass and never while an operation works on its pool:
-    see `attestation_monitor` for the history, tokens (`token_issuer`), alerts and the quarantine (applied
-    to Kubernetes through `kubernetes` when given). `run_forever` delivers alerts in a second thread.
+    asked (`attestation_requested_at`), never while an operation works on their pool, up to
+    `max_parallel_attestations` at once in threads of their own (operations advance meanwhile): see
+    `attestation_monitor` for the history, tokens (`token_issuer`), alerts and the quarantine (applied to
+    Kubernetes through `kubernetes` when given). `run_forever` delivers alerts in a second thread.
     """
 
     def __init__(
@@ -149,6 +156,7 @@ class Reconciler:
         attestation_interval: float = DEFAULT_ATTESTATION_INTERVAL,
         token_issuer: TokenIssuer | None = None,
         kubernetes: KubernetesNodeAdapter | None = None,
+        max_parallel_attestations: int = MAX_PARALLEL_ATTESTATIONS,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -159,9 +167,14 @@ class Reconciler:
         self.monitor = AttestationMonitor(token_issuer=token_issuer, kubernetes=kubernetes)
         self.alert_delivery = AlertDelivery(sessions)
         self.retention = Retention(sessions)  # settings from the environment (control/retention.py)
+        self.max_parallel_attestations = max_parallel_attestations
         self._vms: dict[int, NodeVM] = {}  # node id -> VM this process started
         self._lock: IO[bytes] | None = None
         self._ek_ca: EkCa | None = None
+        self._artefacts_lock = threading.RLock()  # node images and the EK CA, made once for all threads
+        self._attesting: dict[int, threading.Thread] = {}  # node id -> the thread attesting it
+        self._attesting_lock = threading.Lock()
+        self._stop_event = threading.Event()  # set by run_forever's stop: no more waiting for attestations
 
     # -- ownership -------------------------------------------------------------------------------------
 
@@ -180,7 +193,10 @@ class Reconciler:
         return True
 
     def release(self) -> None:
-        """Give up the state directory to another reconciler; running VMs keep running (to be adopted)."""
+        """Give up the state directory to another reconciler; running VMs keep running (to be adopted).
+        Attestations in flight are waited for (ATTESTATION_TIME_LIMIT at most)."""
+        for thread in self._attestation_threads():
+            thread.join()
         self._vms.clear()  # their agent connections close with them; the next reconciler adopts the VMs
         if self._lock is not None:
             self._lock.close()
@@ -244,25 +260,31 @@ class Reconciler:
     # -- the loop --------------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """One pass: attest the next due node (if any), then take one step on the oldest InProgress operation
-        (or finish it when its nodes converged). Returns True if something was done, False if there was
-        nothing to do (or another reconciler owns the state directory)."""
+        """One pass: start attesting the due nodes (in threads, up to `max_parallel_attestations`), then take
+        one step on the oldest InProgress operation (or finish it when its nodes converged); without an
+        operation, wait for the attestations in flight until they end or an operation comes in. Returns
+        True if something was done, False if there was nothing to do (or another reconciler owns the state
+        directory)."""
         if not self._acquire():
             return False
+        operation_ids = self._operations_in_progress()
+        if not operation_ids:
+            self._mark_lost_nodes()
+            started = self._start_due_attestations()
+            return self._wait_for_attestations() or started
+        started = self._start_due_attestations()
+        advanced = any(self._advance(operation_id) for operation_id in operation_ids)  # the first step only
+        return started or advanced
+
+    def _operations_in_progress(self) -> list[str]:
         with self.sessions() as session:
-            operation_ids = list(
+            return list(
                 session.scalars(
                     select(Operation.id)
                     .where(Operation.status == "InProgress")
                     .order_by(Operation.start_time)
                 )
             )
-        if not operation_ids:
-            self._mark_lost_nodes()
-            return self._reattest_next_node()
-        attested = self._reattest_next_node()  # a few seconds: node operations wait at most one attestation
-        advanced = any(self._advance(operation_id) for operation_id in operation_ids)  # the first step only
-        return attested or advanced
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Run passes until `stop_event` is set; errors are logged and retried on the next pass. Alerts are
@@ -271,6 +293,7 @@ class Reconciler:
             target=self.alert_delivery.run_forever, args=(stop_event,), name="tl-alert-delivery", daemon=True
         )
         delivery.start()
+        self._stop_event = stop_event
         try:
             while not stop_event.is_set():
                 self.retention.prune_if_due()  # alerts and attestation evidence by age and count
@@ -491,9 +514,54 @@ class Reconciler:
             message = describe_failure(record)
             self._fail(session, node, "NodeAttestationFailed", message, keep_attestation=True)
 
-    def _reattest_next_node(self) -> bool:
-        """Attest the most overdue Ready vTPM node (on-demand requests first) whose pool no operation is
-        working on; True if one was attested. A failure quarantines the node, a pass lifts its quarantine."""
+    def _attestation_threads(self) -> list[threading.Thread]:
+        with self._attesting_lock:
+            return list(self._attesting.values())
+
+    def _start_due_attestations(self) -> bool:
+        """Start attesting the most overdue Ready vTPM nodes (on-demand requests first) whose pool no
+        operation is working on, each in a thread of its own, while fewer than `max_parallel_attestations`
+        run; True if one was started."""
+        started = False
+        while len(self._attestation_threads()) < self.max_parallel_attestations:
+            node_id = self._next_due_node()
+            if node_id is None:
+                break
+            thread = threading.Thread(
+                target=self._attest_in_thread, args=(node_id,), name=f"tl-attest-{node_id}", daemon=True
+            )
+            with self._attesting_lock:
+                self._attesting[node_id] = thread
+            thread.start()
+            started = True
+        return started
+
+    def _wait_for_attestations(self) -> bool:
+        """Wait for the attestations in flight until they ended, an operation comes in or the loop stops;
+        True if one ended meanwhile."""
+        ended = False
+        while (threads := self._attestation_threads()) and not self._stop_event.is_set():
+            threads[0].join(1.0)
+            ended = ended or len(self._attestation_threads()) < len(threads)
+            if self._operations_in_progress():
+                break
+        return ended
+
+    def _attest_in_thread(self, node_id: int) -> None:
+        try:
+            with self.sessions() as session:
+                node = session.get(Node, node_id)
+                if node is not None and node.state == NodePhase.READY:
+                    self._reattest(session, node)
+        except Exception:  # a store or Kubernetes failure: the node stays due, the next pass retries
+            log.exception("node %s: attestation failed; retrying", node_id)
+        finally:
+            with self._attesting_lock:
+                self._attesting.pop(node_id, None)
+
+    def _next_due_node(self) -> int | None:
+        """The id of the most overdue Ready vTPM node (on-demand requests first) not being attested whose
+        pool no operation is working on, if any."""
         now = utc_now()
         with self.sessions() as session:
             busy_pools: set[int] = set()
@@ -506,23 +574,24 @@ class Reconciler:
             ready = session.scalars(
                 select(Node).where(Node.state == NodePhase.READY, Node.vtpm_enabled.is_(True))
             )
+            with self._attesting_lock:
+                attesting = set(self._attesting)
             due = [
                 node
                 for node in ready
                 if node.pool_id not in busy_pools
+                and node.id not in attesting
                 and attestation_due(node, self.attestation_interval, now)
                 and self._vm_alive(node)  # else the node is lost, not unreachable: see _mark_lost_nodes
             ]
-            if not due:
-                return False
-            node = min(due, key=attestation_order)
-            self._reattest(session, node)
-            session.commit()
-        return True
+            return min(due, key=attestation_order).id if due else None
 
     def _reattest(self, session: Session, node: Node) -> None:
+        """Attest Ready `node` (in an attestation thread) and apply the verdict, unless an operation or
+        the loss of its VM changed the node meanwhile (its verdict would be about a VM that is gone)."""
         pool = node.pool
         trigger = due_trigger(node)
+        run_dir = node.run_dir
         try:
             policy = self._policy(session, node, self._image(node.node_image_version))
         except TrustedLaunchError as exc:  # the verifier's side: not the node's fault, try on the interval
@@ -530,17 +599,30 @@ class Reconciler:
             node.message = f"not attested ({trigger.value}): no attestation policy: {exc}"[:4000]
             node.last_attested_at = utc_now()
             node.attestation_requested_at = None
+            session.commit()
             return
+        session.commit()  # no store transaction open while the node's agent answers (or does not)
         ek_ca = [self._platform_ek_ca().certificate]
         vm = self._vms.get(node.id)
         if vm is not None:
-            record = self.monitor.attest(session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger)
+            with _time_limited(vm.agent().channel):
+                record = self.monitor.attest(
+                    session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger
+                )
         else:
             record = self._attest_adopted(session, pool, node, policy, trigger)
+        current = session.execute(
+            select(Node.state, Node.run_dir).where(Node.id == node.id).with_for_update()
+        ).one_or_none()
+        if current is None or tuple(current) != (NodePhase.READY, run_dir):
+            log.info("node %s changed while it was attested: its verdict is dropped", node.name)
+            session.rollback()
+            return
         reason = None if record.status == ATTESTED else describe_failure(record)
         node.message = f"attested ({trigger.value})" if reason is None else f"quarantined: {reason}"[:4000]
         session.commit()
         self.monitor.sync_kubernetes(node, reason)  # no store transaction open during the API server's calls
+        session.commit()
 
     def _attest_adopted(
         self, session: Session, pool: AgentPool, node: Node, policy: Policy, trigger: Trigger
@@ -554,9 +636,10 @@ class Reconciler:
             return self.monitor.record_unreachable(session, pool, node, exc, trigger)
         try:
             ek_ca = [self._platform_ek_ca().certificate]
-            return self.monitor.attest(
-                session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
-            )
+            with _time_limited(agent.channel):
+                return self.monitor.attest(
+                    session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
+                )
         finally:
             agent.close()
 
@@ -580,24 +663,36 @@ class Reconciler:
         """The built node image of catalogue `version`, built once into the state dir. An image built by an
         older trustedlaunch gets the current agent (its initramfs), keeping its boot chain."""
         out_dir = self.state_dir / "images" / version
-        if not out_dir.is_dir():
-            log.info("building node image %s in %s", version, out_dir)
-            _create_atomically(out_dir, build_node_image)
-        image = NodeImage.load(out_dir)
-        if not has_current_agent(image):
-            log.warning("node image %s holds an older agent: replacing its initramfs", version)
-            _create_atomically(out_dir, lambda scratch: refresh_agent(image, scratch))
+        with self._artefacts_lock:
+            if not out_dir.is_dir():
+                log.info("building node image %s in %s", version, out_dir)
+                _create_atomically(out_dir, build_node_image)
             image = NodeImage.load(out_dir)
-        return image
+            if not has_current_agent(image):
+                log.warning("node image %s holds an older agent: replacing its initramfs", version)
+                _create_atomically(out_dir, lambda scratch: refresh_agent(image, scratch))
+                image = NodeImage.load(out_dir)
+            return image
 
     def _platform_ek_ca(self) -> EkCa:
         """The installation's platform EK CA (created on first use)."""
-        if self._ek_ca is None:
-            directory = self.state_dir / "ek-ca"
-            if not directory.is_dir():
-                _create_atomically(directory, create_ek_ca)
-            self._ek_ca = load_ek_ca(directory)
-        return self._ek_ca
+        with self._artefacts_lock:
+            if self._ek_ca is None:
+                directory = self.state_dir / "ek-ca"
+                if not directory.is_dir():
+                    _create_atomically(directory, create_ek_ca)
+                self._ek_ca = load_ek_ca(directory)
+            return self._ek_ca
+
+
+@contextlib.contextmanager
+def _time_limited(channel: AgentChannel) -> Iterator[None]:
+    """No agent request on `channel` waits past ATTESTATION_TIME_LIMIT seconds from now."""
+    channel.deadline = time.monotonic() + ATTESTATION_TIME_LIMIT
+    try:
+        yield
+    finally:
+        channel.deadline = None
 
 
 def _vm_end(node: Node) -> str:

@@ -21,6 +21,9 @@ from trustedlaunch.eventlog.model import Event, EventLog, EventLogError
 from trustedlaunch.eventlog.types import ALGORITHMS_BY_ID, EV_NO_ACTION, bank_name
 
 MAX_LOG_SIZE = 64 * 1024 * 1024
+MAX_EVENT_LOG_SIZE = (
+    1024 * 1024
+)  # the largest log attestation takes (agent answers, evidence): real ones 5-60 KiB
 MAX_EVENTS = 100_000
 MAX_EVENT_DATA_SIZE = 4 * 1024 * 1024
 MAX_PCR_INDEX = 23

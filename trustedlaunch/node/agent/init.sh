@@ -1,13 +1,15 @@
 #!/bin/sh
 # trustedlaunch in-guest agent: /init of the node initramfs (busybox sh, PID 1).
 #
-# Protocol on /dev/ttyS1 (raw): the host writes one request per line, the agent answers each with one
-# line of JSON (binary fields in base64) followed by the line "END <sha256 hex of the JSON line and its
-# newline>".
-#   PING [token]          -> {"reply":"PONG","token":"..."}
-#   TPM <command>         -> {"reply":"TPM","response":"<b64>"}  (or {"reply":"TPM","error":"no TPM"} ...)
+# Protocol on /dev/ttyS1 (raw): the host writes one request per line, "COMMAND ID [ARGUMENT]", the agent
+# answers each with one line of JSON that echoes the request's ID (binary fields in base64) followed by the
+# line "END <sha256 hex of the JSON line and its newline>". The ID (1-32 of [0-9A-Za-z_-], else "") lets the
+# host tell the answer to its request from answers left on the link.
+#   PING <id>             -> {"id":"<id>","reply":"PONG"}
+#   TPM <id> <command>    -> {"id":"<id>","reply":"TPM","response":"<b64>"}  (or ...,"error":"no TPM" ...)
 #                            <command>: the TPM command's bytes, each as \xHH (lowercase hex)
-#   EVENTLOG              -> {"reply":"EVENTLOG","eventLog":"<b64>"}  (empty when the kernel has none)
+#   EVENTLOG <id>         -> {"id":"<id>","reply":"EVENTLOG","eventLog":"<b64>"}  (empty without a log)
+#   anything else         -> {"id":"<id>","reply":"UNKNOWN","error":"unknown request","detail":""}
 #
 # The agent runs no TPM software: it relays TPM commands to /dev/tpm0, and the host's TSS
 # (trustedlaunch.tpm.node_tpm) builds them and checks the answers. It relays only the commands attestation
@@ -34,11 +36,12 @@ b64() {
 }
 
 reply() {
-    # the line, then END and the sha256 of the line with its newline (one process: the shell writes the
-    # here-document itself)
-    printf '%s\n' "$1" >&3
+    # $1: the answer's fields after the id. The line, then END and the sha256 of the line with its
+    # newline (one process: the shell writes the here-document itself)
+    line="{\"id\":\"$request_id\",$1}"
+    printf '%s\n' "$line" >&3
     sum=$(sha256sum <<EOF
-$1
+$line
 EOF
 )
     printf 'END %s\n' "${sum%% *}" >&3
@@ -48,7 +51,7 @@ fail() {
     # $1: request, $2: short error, $3: file with the tool's diagnostics (optional)
     detail=""
     [ -n "$3" ] && [ -s "$3" ] && detail=$(b64 "$3")
-    reply "{\"reply\":\"$1\",\"error\":\"$2\",\"detail\":\"$detail\"}"
+    reply "\"reply\":\"$1\",\"error\":\"$2\",\"detail\":\"$detail\""
 }
 
 tpm_command() {
@@ -91,24 +94,23 @@ tpm_command() {
         fail TPM "the TPM device did not answer"
         return
     fi
-    reply "{\"reply\":\"TPM\",\"response\":\"$response\"}"
+    reply "\"reply\":\"TPM\",\"response\":\"$response\""
 }
 
 event_log() {
     log=""
     [ -r "$EVENT_LOG" ] && cat "$EVENT_LOG" >eventlog.bin && log=$(b64 eventlog.bin)
-    reply "{\"reply\":\"EVENTLOG\",\"eventLog\":\"$log\"}"
-}
-
-pong() {
-    case $1 in *[!0-9a-zA-Z_-]*) set -- "" ;; esac
-    reply "{\"reply\":\"PONG\",\"token\":\"$1\"}"
+    reply "\"reply\":\"EVENTLOG\",\"eventLog\":\"$log\""
 }
 
 handle() {
+    # $1: command, $2: request id, $3: argument
+    request_id=$2
+    case $request_id in *[!0-9a-zA-Z_-]*) request_id="" ;; esac
+    [ ${#request_id} -le 32 ] || request_id=""
     case $1 in
-        PING) pong "$2" ;;
-        TPM) tpm_command "$2" ;;
+        PING) reply "\"reply\":\"PONG\"" ;;
+        TPM) tpm_command "$3" ;;
         EVENTLOG) event_log ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
@@ -128,17 +130,17 @@ echo "trustedlaunch-agent ready (TPM $tpm)" >/dev/console
 # in the serial port. Answer only the newest one (the host waits for that one) instead of the whole
 # backlog. A line cut by the 0.2 s timeout is lost like one sent before boot: the host pings again.
 pinged=""
-while read -r -t 0.2 command arg1 rest <&3; do
+while read -r -t 0.2 command id arg1 rest <&3; do
     if [ "$command" = PING ]; then
         pinged=1
-        newest_token=$arg1
+        newest_id=$id
     else
-        handle "$command" "$arg1"
+        handle "$command" "$id" "$arg1"
     fi
 done
-[ -n "$pinged" ] && pong "$newest_token"
+[ -n "$pinged" ] && handle PING "$newest_id"
 
 while :; do
-    read -r command arg1 rest <&3 || { sleep 1; continue; }
-    handle "$command" "$arg1"
+    read -r command id arg1 rest <&3 || { sleep 1; continue; }
+    handle "$command" "$id" "$arg1"
 done
