@@ -72,7 +72,7 @@ from tpm2_pytss import TCTILdr
 from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, VERIFY_PATH
 from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import extend_event_log
-from trustedlaunch.control.attestation_monitor import ATTESTED, AttestationMonitor, Trigger
+from trustedlaunch.control.attestation_monitor import AttestationMonitor, Trigger
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
@@ -83,6 +83,7 @@ from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.node.agent_client import NodeQuote
 from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import Node
+from trustedlaunch.store.vocabulary import AttestationStatus
 from trustedlaunch.tpm.ekca import create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.node_tpm import NodeTpm
 from trustedlaunch.tpm.swtpm import Swtpm
@@ -174,7 +175,7 @@ def enroll(node: SwtpmNode, job: QuoteJob) -> None:
                 ek_ca=[load_ek_ca(job.ek_ca_dir).certificate],
                 trigger=Trigger.PROVISIONING,
             )
-            if record.status != ATTESTED:
+            if record.status != AttestationStatus.ATTESTED:
                 raise SystemExit(f"enrollment of node {row.name} failed: {record.findings}")
     finally:
         engine.dispose()

@@ -32,7 +32,7 @@ from verifier_evidence import SoftwareAk, bulk_log
 from trustedlaunch.api.app import JWKS_PATH
 from trustedlaunch.api.verifier_routes import CHALLENGE_PATH, VERIFY_PATH
 from trustedlaunch.attest.remote import evidence_from_quote
-from trustedlaunch.control.attestation_monitor import ATTESTED, AttestationMonitor, Trigger
+from trustedlaunch.control.attestation_monitor import AttestationMonitor, Trigger
 from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.operations import finish_operation
@@ -41,6 +41,7 @@ from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath,
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
 from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import Node
+from trustedlaunch.store.vocabulary import AttestationStatus
 
 SUB = "00000000-0000-0000-0000-00000000c0de"
 GROUP = "attackers-target"
@@ -136,7 +137,7 @@ def create_pool_with_enrolled_node(served: Served, lab: Lab, cluster: str, node:
             ek_ca=[lab.platform_ca.certificate],
             trigger=Trigger.PROVISIONING,
         )
-        assert record.status == ATTESTED, record.findings
+        assert record.status == AttestationStatus.ATTESTED, record.findings
         return row.name
 
 

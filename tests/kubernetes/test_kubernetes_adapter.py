@@ -13,20 +13,19 @@ import kmock
 import pytest
 import yaml
 
-from trustedlaunch.control.kubernetes import (
+from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter, Taint
+from trustedlaunch.control.labels import (
+    LABEL_SECURE_BOOT,
+    LABEL_TRUSTED_LAUNCH,
     QUARANTINE_ANNOTATION,
-    SECURE_BOOT_LABEL,
-    TRUSTED_LAUNCH_LABEL,
-    KubernetesAdapterError,
-    KubernetesNodeAdapter,
-    Taint,
+    QUARANTINE_TAINT_KEY,
 )
 
 NODES = kmock.resource("v1/nodes")
 NODE = "aks-pool1-0"
-TRUSTED = {SECURE_BOOT_LABEL: "true", TRUSTED_LAUNCH_LABEL: "true"}
+TRUSTED = {LABEL_SECURE_BOOT: "true", LABEL_TRUSTED_LAUNCH: "true"}
 FOREIGN_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoExecute"}
-QUARANTINE_TAINT = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -104,7 +103,7 @@ async def test_quarantine_taints_cordons_and_removes_our_labels(
             MERGE_PATCH,
             {
                 "metadata": {
-                    "labels": {SECURE_BOOT_LABEL: None, TRUSTED_LAUNCH_LABEL: None},
+                    "labels": {LABEL_SECURE_BOOT: None, LABEL_TRUSTED_LAUNCH: None},
                     "annotations": {QUARANTINE_ANNOTATION: "PCR4: grubx64.efi is not in the image policy"},
                     "resourceVersion": "41",
                 },
@@ -164,14 +163,14 @@ async def test_restore_leaves_a_node_cordoned_by_an_operator_cordoned(
 async def test_apply_node_state_sets_our_keys_only(
     kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
 ) -> None:
-    maintenance = Taint("trustedlaunch.io/reattesting", "true", "PreferNoSchedule")
+    maintenance = Taint(QUARANTINE_TAINT_KEY, "true", "PreferNoSchedule")
     changed = await asyncio.to_thread(
-        adapter.apply_node_state, NODE, labels={SECURE_BOOT_LABEL: "true"}, taints=[maintenance]
+        adapter.apply_node_state, NODE, labels={LABEL_SECURE_BOOT: "true"}, taints=[maintenance]
     )
     assert changed
     [_, (_, _, _, patch)] = received(kmock)
     assert patch == {
-        "metadata": {"labels": {TRUSTED_LAUNCH_LABEL: None}, "resourceVersion": "41"},
+        "metadata": {"labels": {LABEL_TRUSTED_LAUNCH: None}, "resourceVersion": "41"},
         "spec": {"taints": [FOREIGN_TAINT, maintenance.to_dict()]},
     }
     with pytest.raises(ValueError, match="'agentpool' is not one of our keys"):

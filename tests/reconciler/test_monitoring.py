@@ -31,11 +31,12 @@ from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.control import pool_policies
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.kubernetes import (
+from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
+from trustedlaunch.control.labels import (
+    LABEL_SECURE_BOOT,
+    LABEL_TRUSTED_LAUNCH,
     QUARANTINE_ANNOTATION,
-    SECURE_BOOT_LABEL,
-    TRUSTED_LAUNCH_LABEL,
-    KubernetesNodeAdapter,
+    QUARANTINE_TAINT_KEY,
 )
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ResourcePath, delete_cluster, pool_resource_id
@@ -49,7 +50,7 @@ NODES = kmock.resource("v1/nodes")
 ISSUER = "urn:trustedlaunch:test-monitoring"
 TL_LABEL = "kubernetes.azure.com/trusted-launch"
 SB_LABEL = "kubernetes.azure.com/secure-boot"
-QUARANTINE_TAINT = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
 
 
 def run_until(reconciler: Reconciler, condition: Any, what: str, timeout: float = 400) -> Any:
@@ -183,8 +184,8 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         labelled = kube_node(kmock, name)
         assert labelled["metadata"]["labels"] == {
             "kubernetes.io/hostname": name,
-            TRUSTED_LAUNCH_LABEL: "true",
-            SECURE_BOOT_LABEL: "true",
+            LABEL_TRUSTED_LAUNCH: "true",
+            LABEL_SECURE_BOOT: "true",
         }
         assert not labelled["spec"].get("unschedulable")
 

@@ -37,11 +37,12 @@ from trustedlaunch.control.attestation_monitor import (
     prune_history,
 )
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.kubernetes import (
+from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
+from trustedlaunch.control.labels import (
+    LABEL_SECURE_BOOT,
+    LABEL_TRUSTED_LAUNCH,
     QUARANTINE_ANNOTATION,
-    SECURE_BOOT_LABEL,
-    TRUSTED_LAUNCH_LABEL,
-    KubernetesNodeAdapter,
+    QUARANTINE_TAINT_KEY,
 )
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import pool_resource_id
@@ -50,7 +51,7 @@ from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
 
 NODES = kmock.resource("v1/nodes")
-QUARANTINE_TAINT = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
 TRUSTED_LABELS = {
     "kubernetes.azure.com/agentpool": "nodepool1",
     "kubernetes.azure.com/attestation-status": "Attested",
@@ -402,8 +403,8 @@ async def test_kubernetes_quarantine_restore_and_an_unregistered_node(
         stored = copy.deepcopy(kmock.objects[NODES, None, "aks-known-0"].raw)
         assert stored["metadata"]["labels"] == {
             "kubernetes.io/hostname": "aks-known-0",
-            TRUSTED_LAUNCH_LABEL: "true",
-            SECURE_BOOT_LABEL: "true",
+            LABEL_TRUSTED_LAUNCH: "true",
+            LABEL_SECURE_BOOT: "true",
         }
         await asyncio.to_thread(monitor.sync_kubernetes, known, "node aks-known-0 failed attestation (AK)")
         stored = copy.deepcopy(kmock.objects[NODES, None, "aks-known-0"].raw)

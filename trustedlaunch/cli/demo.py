@@ -46,7 +46,7 @@ from trustedlaunch.attest.gce import load_certificates, verify_gce_attestation
 from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.cli.aks import MACHINE_COLUMNS
-from trustedlaunch.control.attestation_monitor import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
+from trustedlaunch.control.labels import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
 from trustedlaunch.control.node_processes import kill_node_processes, node_processes
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay

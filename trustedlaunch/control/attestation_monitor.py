@@ -29,12 +29,8 @@ from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike, AgentQuote, NodeState, attest_node
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import AttestationResult
-from trustedlaunch.control.kubernetes import (
-    SECURE_BOOT_LABEL,
-    TRUSTED_LAUNCH_LABEL,
-    KubernetesAdapterError,
-    KubernetesNodeAdapter,
-)
+from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter
+from trustedlaunch.control.labels import node_labels, verdict_labels
 from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.errors import TrustedLaunchError
@@ -42,19 +38,10 @@ from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel, AgentProtocolError
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now
+from trustedlaunch.store.vocabulary import AttestationStatus
 
-LABEL_AGENT_POOL = "kubernetes.azure.com/agentpool"
-LABEL_TRUSTED_LAUNCH = "kubernetes.azure.com/trusted-launch"
-LABEL_SECURE_BOOT = "kubernetes.azure.com/secure-boot"
-LABEL_ATTESTATION = "kubernetes.azure.com/attestation-status"
-ATTESTED = "Attested"
-ATTESTATION_FAILED = "AttestationFailed"
-UNREACHABLE = "Unreachable"  # an attestation record whose node's agent did not answer (no evidence)
-NOT_ATTESTED = "NotApplicable"  # no vTPM: nothing to attest
 HISTORY_PER_NODE = 200
 DEFAULT_ATTESTATION_INTERVAL = 300.0
-# The store's node labels that Kubernetes gets as the adapter's (trustedlaunch.io/) labels.
-KUBERNETES_LABELS = {LABEL_TRUSTED_LAUNCH: TRUSTED_LAUNCH_LABEL, LABEL_SECURE_BOOT: SECURE_BOOT_LABEL}
 AGENT_SOCKET = "agent.sock"
 AGENT_TIMEOUT = 120.0
 
@@ -75,19 +62,6 @@ class DeliveryState(StrEnum):
     PENDING = "Pending"
     DELIVERED = "Delivered"
     FAILED = "Failed"
-
-
-def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:
-    """The Kubernetes labels of a node: agent pool, attestation status, and the trusted launch features
-    that are on (a feature that is off has no label, as AKS). A node that failed attestation has none."""
-    labels = {LABEL_AGENT_POOL: pool_name, LABEL_ATTESTATION: attestation_status}
-    if attestation_status == ATTESTATION_FAILED:
-        return labels
-    if vtpm:
-        labels[LABEL_TRUSTED_LAUNCH] = "true"
-    if secure_boot:
-        labels[LABEL_SECURE_BOOT] = "true"
-    return labels
 
 
 def _aware(moment: datetime) -> datetime:
@@ -156,7 +130,7 @@ def describe_failure(record: AttestationRecord) -> str:
     """One line for a failed attestation: the failed components, then every finding."""
     components = ", ".join(dict.fromkeys(str(finding["component"]) for finding in record.findings))
     findings = "; ".join(str(_stored_finding(finding)) for finding in record.findings)
-    verdict = "was unreachable" if record.status == UNREACHABLE else "failed attestation"
+    verdict = "was unreachable" if record.status == AttestationStatus.UNREACHABLE else "failed attestation"
     return f"node {record.node_name} {verdict} ({components}): {findings}"
 
 
@@ -223,7 +197,7 @@ class AttestationMonitor:
             time=started,
             trigger=trigger.value,
             ok=result.ok,
-            status=ATTESTED if result.ok else ATTESTATION_FAILED,
+            status=AttestationStatus.ATTESTED if result.ok else AttestationStatus.ATTESTATION_FAILED,
             findings=[finding.to_dict() for finding in result.findings],
             secure_boot=result.summary.secure_boot if result.summary is not None else None,
             pcrs=_pcr_document(quote),
@@ -262,7 +236,7 @@ class AttestationMonitor:
             time=started,
             trigger=trigger.value,
             ok=False,
-            status=ATTESTATION_FAILED if garbage else UNREACHABLE,
+            status=AttestationStatus.ATTESTATION_FAILED if garbage else AttestationStatus.UNREACHABLE,
             findings=[finding.to_dict() for finding in result.findings],
             duration_ms=(utc_now() - started).total_seconds() * 1000,
         )
@@ -278,7 +252,7 @@ class AttestationMonitor:
     ) -> AttestationRecord:
         session.add(record)
         session.flush()  # the record's id, for its alert
-        node_status = ATTESTED if result.ok else ATTESTATION_FAILED
+        node_status = AttestationStatus.ATTESTED if result.ok else AttestationStatus.ATTESTATION_FAILED
         node.attestation_status = node_status
         node.labels = node_labels(pool.name, node.secure_boot_enabled, node.vtpm_enabled, node_status)
         node.last_attested_at = utc_now()
@@ -334,10 +308,7 @@ class AttestationMonitor:
             if quarantine_reason is not None:
                 self.kubernetes.quarantine(node.name, quarantine_reason[:1000])
             else:
-                labels = {
-                    KUBERNETES_LABELS[key]: v for key, v in node.labels.items() if key in KUBERNETES_LABELS
-                }
-                self.kubernetes.restore(node.name, labels)
+                self.kubernetes.restore(node.name, verdict_labels(node.labels))
         except KubernetesAdapterError as exc:
             if str(exc).startswith(f"node {node.name}: 404 "):
                 note = "not registered in Kubernetes (no kubelet registered it): labels not applied there"

@@ -1,8 +1,8 @@
 """Kubernetes adapter: applies the attestation verdict of a node to the cluster (labels, taints, cordon)
 through lightkube and a kubeconfig.
 
-Only what this project owns is touched: labels and taints whose key starts with LABEL_PREFIX, the
-QUARANTINE_ANNOTATION, and `spec.unschedulable` when it cordons a node itself. Changes are JSON merge
+Only what the attestation verdict owns is touched: the labels, taint and annotation of
+`control.labels.VERDICT_KEYS`, and `spec.unschedulable` when it cordons a node itself. Changes are JSON merge
 patches carrying the `resourceVersion` that was read, so a concurrent change to the node makes the API
 server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times). A node already
 in the wanted state is not patched.
@@ -20,13 +20,9 @@ from lightkube import ApiError, Client, ConfigError, KubeConfig
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from trustedlaunch.control.labels import QUARANTINE_ANNOTATION, QUARANTINE_TAINT_KEY, VERDICT_KEYS
 from trustedlaunch.errors import TrustedLaunchError
 
-LABEL_PREFIX = "trustedlaunch.io/"
-SECURE_BOOT_LABEL = f"{LABEL_PREFIX}secure-boot"
-TRUSTED_LAUNCH_LABEL = f"{LABEL_PREFIX}trusted-launch"
-ATTESTATION_FAILED_TAINT = f"{LABEL_PREFIX}attestation-failed"
-QUARANTINE_ANNOTATION = f"{LABEL_PREFIX}quarantine-reason"
 CONFLICT_RETRIES = 3
 FIELD_MANAGER = "trustedlaunch"
 
@@ -48,11 +44,11 @@ class Taint:
         return {"key": self.key, "value": self.value, "effect": self.effect}
 
 
-QUARANTINE_TAINT = Taint(ATTESTATION_FAILED_TAINT, "true", "NoSchedule")
+QUARANTINE_TAINT = Taint(QUARANTINE_TAINT_KEY, "true", "NoSchedule")
 
 
 def _owned(key: str) -> bool:
-    return key.startswith(LABEL_PREFIX)
+    return key in VERDICT_KEYS
 
 
 def node_patch(
@@ -68,7 +64,7 @@ def node_patch(
     already is in that state."""
     for key in (*labels, *(taint.key for taint in taints)):
         if not _owned(key):
-            raise ValueError(f"{key!r} is not one of our keys (they start with {LABEL_PREFIX})")
+            raise ValueError(f"{key!r} is not one of our keys ({', '.join(sorted(VERDICT_KEYS))})")
     metadata = node.get("metadata", {})
     spec = node.get("spec", {})
     current_labels: dict[str, str] = metadata.get("labels") or {}

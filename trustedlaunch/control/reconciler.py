@@ -37,9 +37,7 @@ from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.attestation_monitor import (
-    ATTESTED,
     DEFAULT_ATTESTATION_INTERVAL,
-    NOT_ATTESTED,
     AdoptedAgent,
     AlertDelivery,
     AttestationMonitor,
@@ -48,12 +46,12 @@ from trustedlaunch.control.attestation_monitor import (
     attestation_order,
     describe_failure,
     due_trigger,
-    node_labels,
     resolve_alerts,
 )
 from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
+from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.limits import surge_nodes
 from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.node_plan import (
@@ -81,6 +79,7 @@ from trustedlaunch.node.qemu import FIRMWARE, BootFailedError, NodeVM
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
+from trustedlaunch.store.vocabulary import AttestationStatus
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -436,8 +435,10 @@ class Reconciler:
         if pool.enable_vtpm:
             self._attest_new_node(session, pool, node, agent, image)
         else:
-            node.attestation_status = NOT_ATTESTED
-            node.labels = node_labels(pool.name, pool.enable_secure_boot, False, NOT_ATTESTED)
+            node.attestation_status = AttestationStatus.NOT_APPLICABLE
+            node.labels = node_labels(
+                pool.name, pool.enable_secure_boot, False, AttestationStatus.NOT_APPLICABLE
+            )
         node.state = NodePhase.READY
         node.message = message
         node.updated_at = utc_now()
@@ -510,7 +511,7 @@ class Reconciler:
             ek_ca=[self._platform_ek_ca().certificate],
             trigger=Trigger.PROVISIONING,
         )
-        if record.status != ATTESTED:
+        if record.status != AttestationStatus.ATTESTED:
             message = describe_failure(record)
             self._fail(session, node, "NodeAttestationFailed", message, keep_attestation=True)
 
@@ -618,7 +619,7 @@ class Reconciler:
             log.info("node %s changed while it was attested: its verdict is dropped", node.name)
             session.rollback()
             return
-        reason = None if record.status == ATTESTED else describe_failure(record)
+        reason = None if record.status == AttestationStatus.ATTESTED else describe_failure(record)
         node.message = f"attested ({trigger.value})" if reason is None else f"quarantined: {reason}"[:4000]
         session.commit()
         self.monitor.sync_kubernetes(node, reason)  # no store transaction open during the API server's calls

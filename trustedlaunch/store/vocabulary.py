@@ -1,6 +1,7 @@
 """The values the control plane writes to status columns and ARM documents, spelled once: long-running
-operation statuses, resource provisioning states, and integrity alert states and severities (Defender for
-Cloud's words). Plain `StrEnum`s: a member compares equal to, and is stored as, its string."""
+operation statuses, resource provisioning states, node attestation statuses, and integrity alert states
+and severities (Defender for Cloud's words). Plain `StrEnum`s: a member compares equal to, and is stored
+as, its string."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ class AlertSeverity(StrEnum):
     HIGH = "High"
     MEDIUM = "Medium"
     LOW = "Low"
+
+
+class AttestationStatus(StrEnum):
+    """A node's attestation status (`Node.attestation_status`, an attestation record's `status`, the
+    `kubernetes.azure.com/attestation-status` label)."""
+
+    ATTESTED = "Attested"
+    ATTESTATION_FAILED = "AttestationFailed"
+    UNREACHABLE = "Unreachable"  # a record whose node's agent did not answer (no evidence)
+    NOT_APPLICABLE = "NotApplicable"  # no vTPM: nothing to attest

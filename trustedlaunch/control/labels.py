@@ -1,0 +1,40 @@
+"""The one label table: the Kubernetes node labels, taint and annotation this control plane sets, under
+the keys the AKS documentation names (`kubernetes.azure.com/...`, so the documented nodeSelectors match).
+
+The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, the QUARANTINE_TAINT key and the
+QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and removes those and never
+touches any other key, so labels kubelet or an operator set (agentpool among them) stay as they are.
+"""
+
+from __future__ import annotations
+
+from trustedlaunch.store.vocabulary import AttestationStatus
+
+AKS_PREFIX = "kubernetes.azure.com/"
+LABEL_AGENT_POOL = f"{AKS_PREFIX}agentpool"
+LABEL_TRUSTED_LAUNCH = f"{AKS_PREFIX}trusted-launch"
+LABEL_SECURE_BOOT = f"{AKS_PREFIX}secure-boot"
+LABEL_ATTESTATION = f"{AKS_PREFIX}attestation-status"
+QUARANTINE_TAINT_KEY = f"{AKS_PREFIX}attestation-failed"
+QUARANTINE_ANNOTATION = f"{AKS_PREFIX}quarantine-reason"
+# The labels a passed attestation gives a node in Kubernetes (a failed one takes them away).
+VERDICT_LABELS = (LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT)
+VERDICT_KEYS = frozenset({*VERDICT_LABELS, QUARANTINE_TAINT_KEY, QUARANTINE_ANNOTATION})
+
+
+def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:
+    """The labels of a node: agent pool, attestation status, and the trusted launch features that are on
+    (a feature that is off has no label, as AKS). A node that failed attestation has none of the latter."""
+    labels = {LABEL_AGENT_POOL: pool_name, LABEL_ATTESTATION: attestation_status}
+    if attestation_status == AttestationStatus.ATTESTATION_FAILED:
+        return labels
+    if vtpm:
+        labels[LABEL_TRUSTED_LAUNCH] = "true"
+    if secure_boot:
+        labels[LABEL_SECURE_BOOT] = "true"
+    return labels
+
+
+def verdict_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The labels among a node's `labels` that the attestation verdict decides in Kubernetes."""
+    return {key: value for key, value in labels.items() if key in VERDICT_LABELS}
