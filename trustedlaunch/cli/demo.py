@@ -52,10 +52,11 @@ from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.node.image import build_node_image
+from trustedlaunch.node.qemu import firmware_varstore
 from trustedlaunch.tpm.swtpm import Swtpm
 from trustedlaunch.uefi.secureboot import BootDecision, decide_boot
 
-MICROSOFT_VARSTORE = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+MICROSOFT_VARSTORE = firmware_varstore(secure_boot=True)
 TESTDATA = Path(os.environ.get("TL_TESTDATA", Path(__file__).resolve().parents[3] / "shared" / "testdata"))
 OVMF_SECURE_BOOT_LOG = "qemu-ovmf/shim_evlog.bin"  # a real OVMF boot of Debian's shim -> GRUB -> kernel
 GCE_ATTESTATION = "go-tpm-tools/attestations/gce-cos-85-nonce9009.pb"

@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -75,7 +74,7 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
-from trustedlaunch.node.qemu import FIRMWARE, BootFailedError, NodeVM
+from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
@@ -487,10 +486,7 @@ class Reconciler:
         """The policy `node` is attested against: its image booted on the firmware of its Secure Boot
         setting (the VM's varstore is a copy of that template made at start), so a node that booted
         otherwise fails attestation. Recorded in the store for the verifier API's `poolId`."""
-        policy = replace(
-            policy_for_image(image.esp_dir, FIRMWARE[node.secure_boot_enabled][1]),
-            secure_boot=node.secure_boot_enabled,
-        )
+        policy = policy_for_image(image.esp_dir, firmware_varstore(node.secure_boot_enabled))
         record_image_policy(session, node.node_image_version, node.secure_boot_enabled, policy)
         return policy
 

@@ -40,6 +40,14 @@ FIRMWARE = {
     True: (OVMF_DIR / "OVMF_CODE_4M.secboot.fd", OVMF_DIR / "OVMF_VARS_4M.ms.fd"),
     False: (OVMF_DIR / "OVMF_CODE_4M.fd", OVMF_DIR / "OVMF_VARS_4M.fd"),
 }
+
+
+def firmware_varstore(secure_boot: bool) -> Path:
+    """The varstore template a node VM with this Secure Boot setting starts from: its PK/KEK/db/dbx and
+    SecureBoot state are what the node's attestation policy expects (the one source of that state)."""
+    return FIRMWARE[secure_boot][1]
+
+
 # Console lines that mean the boot chain stopped for good: fail fast instead of waiting for the timeout.
 FATAL_CONSOLE_MARKERS = ("bad shim signature", "Kernel panic", BOOT_FAILED_MARKER, "Access Denied")
 CONSOLE_TAIL_CHARS = 3000
