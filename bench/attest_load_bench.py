@@ -238,8 +238,8 @@ def add_nodes(database_url: str, count: int) -> list[int]:
                     ordinal=ordinal,
                     name=f"aks-{pool.name}-{pool.id:08d}-vmss{ordinal:06d}",
                     node_image_version=pool.node_image_version,
-                    secure_boot_enabled=True,
-                    vtpm_enabled=True,
+                    enable_secure_boot=True,
+                    enable_vtpm=True,
                     state="Ready",
                 )
                 for ordinal in range(count)

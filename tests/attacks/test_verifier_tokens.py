@@ -122,8 +122,8 @@ def create_pool_with_enrolled_node(served: Served, lab: Lab, cluster: str, node:
             ordinal=0,
             name=f"aks-{pool.name}-{pool.id:08d}-vmss000000",
             node_image_version=pool.node_image_version,
-            secure_boot_enabled=True,
-            vtpm_enabled=True,
+            enable_secure_boot=True,
+            enable_vtpm=True,
             state="Ready",
         )
         session.add(row)

@@ -107,7 +107,7 @@ def test_create_cluster_boots_an_attested_secure_boot_vtpm_node(control_plane: C
     assert cluster["properties"]["provisioningState"] == "Succeeded"
     assert cluster["properties"]["agentPoolProfiles"][0]["provisioningState"] == "Succeeded"
     (node,) = nodes(control_plane.sessions)
-    assert (node.state, node.attestation_status, node.secure_boot_enabled, node.vtpm_enabled) == (
+    assert (node.state, node.attestation_status, node.enable_secure_boot, node.enable_vtpm) == (
         "Ready",
         "Attested",
         True,
@@ -151,7 +151,7 @@ def test_vtpm_only_pool_then_enabling_secure_boot_reimages_the_node(control_plan
     status, _ = finish(control_plane, control_plane.client.put(pool_url, json=body))
     assert status["status"] == "Succeeded", status
     (before,) = pool_nodes(control_plane, "vtpmpool")
-    assert (before.state, before.attestation_status, before.secure_boot_enabled) == (
+    assert (before.state, before.attestation_status, before.enable_secure_boot) == (
         "Ready",
         "Attested",
         False,
@@ -168,7 +168,7 @@ def test_vtpm_only_pool_then_enabling_secure_boot_reimages_the_node(control_plan
     assert "agent pool vtpmpool: reimaging node 1/1" in notes
     (after,) = pool_nodes(control_plane, "vtpmpool")
     assert (after.id, after.ordinal, after.name) == (before.id, before.ordinal, before.name)
-    assert (after.state, after.attestation_status, after.secure_boot_enabled) == ("Ready", "Attested", True)
+    assert (after.state, after.attestation_status, after.enable_secure_boot) == ("Ready", "Attested", True)
     assert after.labels[TL_LABEL] == "true" and after.labels[SB_LABEL] == "true"
     assert after.run_dir != before.run_dir and not Path(str(before.run_dir)).exists()
     assert ek_certificate(after) != old_ek  # a new vTPM: new EK, enrolled again

@@ -109,7 +109,7 @@ def assert_converged(
     assert len({node.name for node in rows}) == count and len({node.run_dir for node in rows}) == count
     for node in rows:
         assert (node.state, node.attestation_status) == ("Ready", "Attested"), (node.name, node.message)
-        assert (node.secure_boot_enabled, node.vtpm_enabled) == (secure_boot, True)
+        assert (node.enable_secure_boot, node.enable_vtpm) == (secure_boot, True)
         assert len(processes_under(Path(str(node.run_dir)))) == 2, node.name
     running = {int(line.split()[0]) for line in processes_under(state_dir)}
     assert running == {pid for node in rows for pid in (node.qemu_pid, node.swtpm_pid)}
@@ -152,7 +152,7 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     reimaging = killed_during(sessions, reconciler, 1, "Reimaging")
     assert len(processes_under(Path(str(second.run_dir)))) == 2  # frozen qemu + swtpm, orphaned
     reimaged_first = node_at(sessions, 0)
-    assert reimaged_first is not None and reimaged_first.secure_boot_enabled
+    assert reimaged_first is not None and reimaged_first.enable_secure_boot
     assert reimaging.run_dir == second.run_dir
     reconciler.start()
     wait_succeeded(sessions, reimage, STEP_TIMEOUT, reconciler.log)

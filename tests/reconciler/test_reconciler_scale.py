@@ -92,7 +92,7 @@ def plane(reconciler_base: Path, state_dir: Path) -> Iterator[ControlPlane]:
 
 
 def snapshot(plane: ControlPlane) -> Snapshot:
-    return Snapshot(tuple((n.id, n.ordinal, n.state, n.secure_boot_enabled) for n in plane.nodes()))
+    return Snapshot(tuple((n.id, n.ordinal, n.state, n.enable_secure_boot) for n in plane.nodes()))
 
 
 def run(plane: ControlPlane, response: httpx.Response) -> Run:
@@ -188,7 +188,7 @@ def test_max_surge_reimage_creates_each_replacement_before_deleting_the_old_node
     assert not old_ids & {n.id for n in after}
     assert [n.ordinal for n in after] == [1, 2]  # ordinal 2 is the first surge node, 1 was freed and reused
     for node in after:
-        assert (node.state, node.attestation_status, node.secure_boot_enabled) == ("Ready", "Attested", True)
+        assert (node.state, node.attestation_status, node.enable_secure_boot) == ("Ready", "Attested", True)
         assert node.labels[TL_LABEL] == "true" and node.labels[SB_LABEL] == "true"
         assert node.labels["kubernetes.azure.com/attestation-status"] == "Attested"
         assert_running(node)

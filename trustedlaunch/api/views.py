@@ -94,8 +94,8 @@ def machine_json(node: Node) -> JsonObject:
             "provisioningState": node.state,
             "nodeImageVersion": node.node_image_version,
             "securityProfile": {
-                "enableSecureBoot": node.secure_boot_enabled,
-                "enableVTPM": node.vtpm_enabled,
+                "enableSecureBoot": node.enable_secure_boot,
+                "enableVTPM": node.enable_vtpm,
             },
             "attestationStatus": node.attestation_status,
             "lastAttestedAt": iso(node.last_attested_at),

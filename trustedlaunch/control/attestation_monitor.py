@@ -254,7 +254,7 @@ class AttestationMonitor:
         session.flush()  # the record's id, for its alert
         node_status = AttestationStatus.ATTESTED if result.ok else AttestationStatus.ATTESTATION_FAILED
         node.attestation_status = node_status
-        node.labels = node_labels(pool.name, node.secure_boot_enabled, node.vtpm_enabled, node_status)
+        node.labels = node_labels(pool.name, node.enable_secure_boot, node.enable_vtpm, node_status)
         node.last_attested_at = utc_now()
         requested = node.attestation_requested_at
         if requested is not None and _aware(requested) <= _aware(record.time):

@@ -88,7 +88,7 @@ def request_attestation(session: Session, path: ResourcePath, pool_name: str) ->
         )
     if ProvisioningState.DELETING in (pool.provisioning_state, pool.cluster.provisioning_state):
         raise conflict("OperationNotAllowed", f"Agent pool '{pool.name}' is being deleted.", "agentPoolName")
-    ready = [node for node in pool.nodes if node.state == NodePhase.READY and node.vtpm_enabled]
+    ready = [node for node in pool.nodes if node.state == NodePhase.READY and node.enable_vtpm]
     if not ready:
         states = ", ".join(f"{node.name}: {node.state}" for node in pool.nodes) or "no nodes yet"
         raise conflict(

@@ -123,8 +123,8 @@ def _observed(node: Node) -> ObservedNode:
         node.id,
         node.ordinal,
         node.state,
-        node.secure_boot_enabled,
-        node.vtpm_enabled,
+        node.enable_secure_boot,
+        node.enable_vtpm,
         node.node_image_version,
     )
 
@@ -394,8 +394,8 @@ class Reconciler:
         """Boot a fresh VM for `node` with the pool's settings, attest it, label it: Ready or Failed."""
         run_dir = self.state_dir / "vm" / f"n{pool.id}-{secrets.token_hex(3)}"
         node.state = NodePhase.PROVISIONING
-        node.secure_boot_enabled = pool.enable_secure_boot
-        node.vtpm_enabled = pool.enable_vtpm
+        node.enable_secure_boot = pool.enable_secure_boot
+        node.enable_vtpm = pool.enable_vtpm
         node.node_image_version = pool.node_image_version
         node.run_dir = str(run_dir)
         node.qemu_pid = node.swtpm_pid = None
@@ -451,7 +451,7 @@ class Reconciler:
         of booting it again. False (nothing done) if its VM is gone, is not of the pool's settings or does not
         answer within the boot timeout: the caller then provisions the node from scratch."""
         run_dir = Path(node.run_dir) if node.run_dir else None
-        settings = (node.secure_boot_enabled, node.vtpm_enabled, node.node_image_version)
+        settings = (node.enable_secure_boot, node.enable_vtpm, node.node_image_version)
         if (
             run_dir is None
             or not node.qemu_pid
@@ -486,8 +486,8 @@ class Reconciler:
         """The policy `node` is attested against: its image booted on the firmware of its Secure Boot
         setting (the VM's varstore is a copy of that template made at start), so a node that booted
         otherwise fails attestation. Recorded in the store for the verifier API's `poolId`."""
-        policy = policy_for_image(image.esp_dir, firmware_varstore(node.secure_boot_enabled))
-        record_image_policy(session, node.node_image_version, node.secure_boot_enabled, policy)
+        policy = policy_for_image(image.esp_dir, firmware_varstore(node.enable_secure_boot))
+        record_image_policy(session, node.node_image_version, node.enable_secure_boot, policy)
         return policy
 
     def _attest_new_node(
@@ -569,7 +569,7 @@ class Reconciler:
                 elif resource is not None:
                     busy_pools.update(pool.id for pool in resource.agent_pools)
             ready = session.scalars(
-                select(Node).where(Node.state == NodePhase.READY, Node.vtpm_enabled.is_(True))
+                select(Node).where(Node.state == NodePhase.READY, Node.enable_vtpm.is_(True))
             )
             with self._attesting_lock:
                 attesting = set(self._attesting)
