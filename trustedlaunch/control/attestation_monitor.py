@@ -440,12 +440,12 @@ class AlertDelivery:
                 if alert is None:
                     continue
                 alert.delivery_attempts += len(delivery.log)
-                if (alert.status, alert.severity) != sent_state:  # changed meanwhile: deliver the new state
-                    continue
-                alert.delivery_state = (DeliveryState.DELIVERED if delivered else DeliveryState.FAILED).value
                 alert.delivery_error = None
                 if not delivered and last is not None:
                     alert.delivery_error = last.describe(url)[:1024]
+                outcome = DeliveryState.DELIVERED if delivered else DeliveryState.FAILED
+                if (alert.status, alert.severity) == sent_state:  # else it changed meanwhile: stays Pending
+                    alert.delivery_state = outcome.value
             handled += 1
         return handled
 
