@@ -285,6 +285,8 @@ def test_alerts_and_webhook_commands(
         "NodePool",
         "Node",
         "FailedComponents",
+        "Count",
+        "LastSeen",
     ]
     assert rows[0].split()[:7] == [
         newer,

@@ -25,7 +25,18 @@ webhook_app = typer.Typer(
 )
 alerts_app.add_typer(webhook_app, name="webhook")
 
-ALERT_COLUMNS = ("Name", "Time", "Severity", "Status", "Cluster", "NodePool", "Node", "FailedComponents")
+ALERT_COLUMNS = (
+    "Name",
+    "Time",
+    "Severity",
+    "Status",
+    "Cluster",
+    "NodePool",
+    "Node",
+    "FailedComponents",
+    "Count",
+    "LastSeen",
+)
 WEBHOOK_COLUMNS = ("Url", "CreatedAt")
 
 
@@ -62,6 +73,8 @@ def _alert_row(alert: dict[str, Any]) -> list[object]:
         extended.get("nodePool"),
         props.get("compromisedEntity"),
         extended.get("failedComponents"),
+        extended.get("count"),
+        props.get("endTimeUtc"),
     ]
 
 

@@ -13,8 +13,8 @@ The rules kept here:
   repeat of a higher severity, puts the alert's delivery back to Pending; a repeat does not. An alert whose
   delivery is still Pending when its state changes is delivered once, in its latest state.
 
-The stored document (Alert.to_dict()) is kept current: status, startTimeUtc (first seen), endTimeUtc (last
-seen), and in extendedProperties the count and the acknowledge/resolve times.
+The stored document (Alert.to_dict()) is kept current: status, severity, startTimeUtc (first seen),
+endTimeUtc (last seen), resolvedTimeUtc, and in extendedProperties count and acknowledgedTimeUtc.
 """
 
 from __future__ import annotations
@@ -66,14 +66,10 @@ def refresh_document(alert: AlertRecord) -> None:
     properties["startTimeUtc"] = _timestamp(alert.time)
     properties["endTimeUtc"] = _timestamp(alert.last_seen)
     extended["count"] = str(alert.count)
-    for key, moment in (
-        ("acknowledgedTimeUtc", alert.acknowledged_at),
-        ("resolvedTimeUtc", alert.resolved_at),
-    ):
-        if moment is None:
-            extended.pop(key, None)
-        else:
-            extended[key] = _timestamp(moment)
+    if alert.acknowledged_at is not None:
+        extended["acknowledgedTimeUtc"] = _timestamp(alert.acknowledged_at)
+    if alert.resolved_at is not None:
+        properties["resolvedTimeUtc"] = _timestamp(alert.resolved_at)
     properties["extendedProperties"] = extended
     document["properties"] = properties
     alert.document = document
