@@ -85,6 +85,7 @@ def open_alert(session: Session, node_name: str, alert_type: AlertType) -> Alert
             AlertRecord.status.in_(OPEN_ALERT_STATUSES),
         )
         .order_by(AlertRecord.time)
+        .with_for_update()
     ).first()
 
 
@@ -117,6 +118,13 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def lock(session: Session, alert: AlertRecord) -> AlertRecord:
+    """`alert` re-read under a row lock (PostgreSQL; SQLite has one writer), so that a state change and a
+    repeat the reconciler records at the same time do not overwrite each other's document."""
+    session.refresh(alert, with_for_update=True)
+    return alert
+
+
 def acknowledge(alert: AlertRecord) -> bool:
     """Acknowledge an Active alert (InProgress); True if it changed (not for InProgress or Resolved)."""
     if alert.status != AlertStatus.ACTIVE:
@@ -145,11 +153,13 @@ def resolve_open_alerts(
     """Resolve the open alerts of `node_name` of `alert_types` (default all); the alerts resolved."""
     alerts = list(
         session.scalars(
-            select(AlertRecord).where(
+            select(AlertRecord)
+            .where(
                 AlertRecord.node_name == node_name,
                 AlertRecord.status.in_(OPEN_ALERT_STATUSES),
                 AlertRecord.alert_type.in_([alert_type.value for alert_type in alert_types]),
             )
+            .with_for_update()
         )
     )
     for alert in alerts:
@@ -164,11 +174,12 @@ def note_quarantine(node: Node, error: str | None) -> None:
     if session is None:
         return
     step = QUARANTINED if error is None else f"Kubernetes was not updated: {error}"[:1000]
-    for alert in session.scalars(
-        select(AlertRecord).where(
-            AlertRecord.node_name == node.name, AlertRecord.status.in_(OPEN_ALERT_STATUSES)
-        )
-    ):
+    open_alerts = (
+        select(AlertRecord)
+        .where(AlertRecord.node_name == node.name, AlertRecord.status.in_(OPEN_ALERT_STATUSES))
+        .with_for_update()
+    )
+    for alert in session.scalars(open_alerts):
         document = dict(alert.document)
         properties = dict(cast(dict[str, object], document.get("properties") or {}))
         steps = [str(line) for line in cast(list[object], properties.get("remediationSteps") or [])]

@@ -382,7 +382,7 @@ def alert_action(request: Request, alert_id: str, action: str, status: str | Non
         alert = overview.visible_alert(session, request.state.principal, alert_id)
         if alert is None:
             raise PageNotFound(f"alert {alert_id!r}")
-        change(alert)
+        change(alert_lifecycle.lock(session, alert))
     target = str(request.url_for("dashboard_alerts").path)
     if status in ALERT_STATUSES:
         target += "?" + urlencode({"status": status})
