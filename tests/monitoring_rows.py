@@ -140,6 +140,7 @@ def add_alert(
         severity=alert.severity.value,
         status=status,
         time=when,
+        last_seen=when,
         document=alert.to_dict(),
     )
     session.add(row)

@@ -19,4 +19,4 @@ TABLES = {
     "ui_sessions",
     "alembic_version",
 }
-HEAD_REVISION = "0007_lowercase_subscriptions"
+HEAD_REVISION = "0008_alert_lifecycle"

@@ -282,6 +282,18 @@ def test_alerts_list_filter_show_resolve(cluster: TestClient, attestation: RealA
         second,
         plain,
     ]
+
+    # acknowledge: Active -> InProgress (idempotent), a resolved alert cannot be acknowledged
+    assert_arm_error(cluster.post(f"{ALERTS}/{foreign}/acknowledge"), 404, "AlertNotFound")
+    assert cluster.post(f"{ALERTS}/{second}/acknowledge").status_code == 204
+    assert cluster.post(f"{ALERTS}/{second}/acknowledge").status_code == 204
+    shown = cluster.get(f"{ALERTS}/{second}").json()["properties"]
+    assert shown["status"] == "InProgress"
+    assert shown["extendedProperties"]["acknowledgedTimeUtc"].endswith("Z")
+    assert shown["extendedProperties"]["webhookDelivery"] == "Pending"  # the new state is delivered once
+    assert_arm_error(cluster.post(f"{ALERTS}/{first}/acknowledge"), 409, "AlertResolved")
+    in_progress = cluster.get(ALERTS, params={"status": "inprogress"}).json()["value"]
+    assert [alert["name"] for alert in in_progress] == [second]
     other = cluster.get(f"/subscriptions/{OTHER_SUB}/providers/Microsoft.Security/alerts").json()["value"]
     assert [alert["name"] for alert in other] == [foreign]
 

@@ -285,6 +285,8 @@ def test_alerts_and_webhook_commands(
         "NodePool",
         "Node",
         "FailedComponents",
+        "Count",
+        "LastSeen",
     ]
     assert rows[0].split()[:7] == [
         newer,
@@ -312,6 +314,13 @@ def test_alerts_and_webhook_commands(
     assert json.loads(out)["properties"]["status"] == "Resolved"
     code, out, _ = tl(runner, cli_env, "alerts", "list", "--status", "Active")
     assert [alert["name"] for alert in json.loads(out)] == [newer]
+    code, out, err = tl(runner, cli_env, "alerts", "acknowledge", "--id", newer)
+    assert code == 0, err
+    assert json.loads(out)["properties"]["status"] == "InProgress"
+    code, out, _ = tl(runner, cli_env, "alerts", "list", "--status", "InProgress")
+    assert [alert["name"] for alert in json.loads(out)] == [newer]
+    code, _, err = tl(runner, cli_env, "alerts", "acknowledge", "--id", older)
+    assert code == 2 and "(AlertResolved)" in err
     code, out, _ = tl(runner, cli_env, "alerts", "show", "--id", newer)
     assert code == 0 and "Secure Boot" in json.loads(out)["properties"]["description"]
     code, _, err = tl(runner, cli_env, "alerts", "show", "--id", "no-such-alert")

@@ -18,7 +18,7 @@ from web_helpers import Seeded, Verdicts, png_rows, seed_store
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
-from trustedlaunch.store.models import Node
+from trustedlaunch.store.models import AlertRecord, Node
 from trustedlaunch.web.dashboard import POLL_SECONDS
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -153,3 +153,32 @@ def test_sign_in_nodes_screenshot_evidence_and_live_update(
     browser.add_cookie({**cookie, "path": "/ui"})  # the old cookie, replayed, no longer signs in
     browser.get(f"{url}/ui/pools/{seeded.pool_id}")
     wait.until(expected_conditions.presence_of_element_located((By.ID, "token")))
+
+
+def test_acknowledge_and_resolve_an_alert_in_the_browser(
+    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded]
+) -> None:
+    """The alert forms work in a real browser (same-origin POSTs the CSP lets through)."""
+    url, token, server, seeded = served
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    browser.get(f"{url}/ui/alerts")
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "token"))).send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    row = f"#alert-{seeded.alert_id}"
+    wait.until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, f"{row} button.acknowledge"))
+    )
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.acknowledge").click()
+    wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, row), "InProgress"))
+    assert browser.current_url == f"{url}/ui/alerts"
+    sessions = server.server.config.app.state.sessions
+    with sessions() as session:
+        assert session.get_one(AlertRecord, seeded.alert_id).status == "InProgress"
+    assert browser.find_elements(By.CSS_SELECTOR, f"{row} button.acknowledge") == []
+    browser.find_element(By.CSS_SELECTOR, f"{row} button.resolve").click()
+    wait.until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, row), "resolved "))
+    with sessions() as session:
+        assert session.get_one(AlertRecord, seeded.alert_id).status == "Resolved"
+    assert "Resolved" in browser.find_element(By.CSS_SELECTOR, row).text
+    assert browser.find_elements(By.CSS_SELECTOR, f"{row} button") == []
+    assert _severe_console_messages(browser) == []  # no CSP violation, no failed request

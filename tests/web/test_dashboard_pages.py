@@ -331,3 +331,11 @@ def test_a_scoped_token_sees_only_its_scope(
         assert anonymous.get(page).status_code == (200 if sees else 404), page
     assert ("WebCluster" in anonymous.get("/ui/").text) is sees
     assert ("aks-tlpool-1" in anonymous.get("/ui/alerts").text) is sees
+    # an alert outside the scope cannot be acknowledged either
+    acknowledge = anonymous.post(
+        f"/ui/alerts/{dashboard.seeded.alert_id}/acknowledge", follow_redirects=False
+    )
+    assert acknowledge.status_code == (303 if sees else 404)
+    with dashboard.sessions() as session:
+        status = session.get_one(AlertRecord, dashboard.seeded.alert_id).status
+    assert status == ("InProgress" if sees else "Active")

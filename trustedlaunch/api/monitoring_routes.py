@@ -118,7 +118,7 @@ async def list_alerts(
     subscription_id: str,
     resource_group: Annotated[str | None, Query(alias="resourceGroup")] = None,
     cluster_name: Annotated[str | None, Query(alias="clusterName")] = None,
-    status: Annotated[str | None, Query(description="Active or Resolved")] = None,
+    status: Annotated[str | None, Query(description="Active, InProgress or Resolved")] = None,
     severity: Annotated[str | None, Query(description="High, Medium or Low")] = None,
 ) -> dict[str, object]:
     """The subscription's integrity alerts, newest first, optionally filtered."""
@@ -144,6 +144,14 @@ async def resolve_alert(request: Request, subscription_id: str, alert_id: str) -
     """Set an alert's status to Resolved (204, as Defender for Cloud answers)."""
     with transaction(request) as session:
         monitoring.resolve_alert(session, subscription_id, alert_id)
+    return Response(status_code=204)
+
+
+@router.post(f"{ALERTS}/{{alert_id}}/acknowledge", tags=["alerts"], status_code=204, response_class=Response)
+async def acknowledge_alert(request: Request, subscription_id: str, alert_id: str) -> Response:
+    """Acknowledge an Active alert: its status becomes InProgress (204; 409 for a Resolved alert)."""
+    with transaction(request) as session:
+        monitoring.acknowledge_alert(session, subscription_id, alert_id)
     return Response(status_code=204)
 
 

@@ -1,6 +1,8 @@
-"""Integrity alerts: one alert per failed attestation, naming every failed component, in a JSON form
-modelled on Microsoft Defender for Cloud security alerts ("VM attestation failure"), and their delivery to
-a webhook with bounded retries and exponential backoff, to checked destinations only (attest.destinations).
+"""Integrity alerts: the alert of a failed attestation, naming every failed component, in a JSON form
+modelled on Microsoft Defender for Cloud security alerts ("VM attestation failure", or "VM unreachable for
+attestation" when the node gave no evidence at all), and their delivery to a webhook with bounded retries
+and exponential backoff, to checked destinations only (attest.destinations). The lifecycle of a stored
+alert (one open alert per node and type, acknowledge, resolve) is control.alert_lifecycle's.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from trustedlaunch.attest.destinations import (
 )
 from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.findings import Check, Finding
-from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus
+from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus, AlertType
 
-ALERT_TYPE = "VM_AttestationFailure"
-ALERT_DISPLAY_NAME = "VM attestation failure"
+ALERT_DISPLAY_NAMES = {
+    AlertType.ATTESTATION_FAILURE: "VM attestation failure",
+    AlertType.NODE_UNREACHABLE: "VM unreachable for attestation",
+}
 PRODUCT_NAME = "trustedlaunch"
 
 
@@ -63,6 +67,8 @@ class Alert:
     time: datetime
     findings: tuple[Finding, ...]
     resource_id: str | None = None  # the ARM id of the agent pool, when known
+    alert_type: AlertType = AlertType.ATTESTATION_FAILURE
+    remediation: tuple[str, ...] = ()  # what was done about it and what the operator should do
 
     @property
     def failed_components(self) -> list[str]:
@@ -73,7 +79,12 @@ class Alert:
     def description(self) -> str:
         """What failed on the node, one finding per line."""
         lines = "\n".join(f"- {describe_finding(finding)}" for finding in self.findings)
-        return f"Node {self.node} of pool {self.pool} (cluster {self.cluster}) failed attestation:\n{lines}"
+        verdict = (
+            "gave no attestation evidence"
+            if self.alert_type == AlertType.NODE_UNREACHABLE
+            else "failed attestation"
+        )
+        return f"Node {self.node} of pool {self.pool} (cluster {self.cluster}) {verdict}:\n{lines}"
 
     def to_dict(self) -> dict[str, Any]:
         """The Defender-for-Cloud-shaped JSON form (Microsoft.Security/locations/alerts properties)."""
@@ -87,8 +98,8 @@ class Alert:
             "type": "Microsoft.Security/Locations/alerts",
             "properties": {
                 "systemAlertId": self.id,
-                "alertType": ALERT_TYPE,
-                "alertDisplayName": ALERT_DISPLAY_NAME,
+                "alertType": self.alert_type.value,
+                "alertDisplayName": ALERT_DISPLAY_NAMES[self.alert_type],
                 "severity": self.severity.value,
                 "status": AlertStatus.ACTIVE,
                 "intent": "Persistence",
@@ -100,10 +111,7 @@ class Alert:
                 "productName": PRODUCT_NAME,
                 "vendorName": PRODUCT_NAME,
                 "isIncident": False,
-                "remediationSteps": [
-                    "The node is cordoned and tainted; its workloads are not rescheduled onto it.",
-                    "Compare the failed components with the pool's node image and reimage the node.",
-                ],
+                "remediationSteps": list(self.remediation),
                 "resourceIdentifiers": identifiers,
                 "extendedProperties": {
                     "cluster": self.cluster,
@@ -130,9 +138,11 @@ def alerts_from_result(
     cluster: str,
     resource_id: str | None = None,
     now: datetime | None = None,
+    alert_type: AlertType = AlertType.ATTESTATION_FAILURE,
+    remediation: Sequence[str] = (),
 ) -> list[Alert]:
-    """The alerts for one attestation: none when it passed, else one listing every finding, with the
-    severity of its most severe finding."""
+    """The alerts for one attestation: none when it passed, else one of `alert_type` listing every finding,
+    with the severity of its most severe finding and the `remediation` steps."""
     if result.ok:
         return []
     findings = result.findings
@@ -148,6 +158,8 @@ def alerts_from_result(
             time=now or datetime.now(UTC),
             findings=findings,
             resource_id=resource_id,
+            alert_type=alert_type,
+            remediation=tuple(remediation),
         )
     ]
 

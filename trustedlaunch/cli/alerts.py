@@ -25,7 +25,18 @@ webhook_app = typer.Typer(
 )
 alerts_app.add_typer(webhook_app, name="webhook")
 
-ALERT_COLUMNS = ("Name", "Time", "Severity", "Status", "Cluster", "NodePool", "Node", "FailedComponents")
+ALERT_COLUMNS = (
+    "Name",
+    "Time",
+    "Severity",
+    "Status",
+    "Cluster",
+    "NodePool",
+    "Node",
+    "FailedComponents",
+    "Count",
+    "LastSeen",
+)
 WEBHOOK_COLUMNS = ("Url", "CreatedAt")
 
 
@@ -62,6 +73,8 @@ def _alert_row(alert: dict[str, Any]) -> list[object]:
         extended.get("nodePool"),
         props.get("compromisedEntity"),
         extended.get("failedComponents"),
+        extended.get("count"),
+        props.get("endTimeUtc"),
     ]
 
 
@@ -78,7 +91,9 @@ def list_alerts(
     cluster_name: Annotated[
         str | None, typer.Option("--cluster-name", help="Only alerts of this managed cluster.")
     ] = None,
-    status: Annotated[AlertStatus | None, typer.Option("--status", help="Only Active or Resolved.")] = None,
+    status: Annotated[
+        AlertStatus | None, typer.Option("--status", help="Only Active, InProgress or Resolved.")
+    ] = None,
     severity: Annotated[AlertSeverity | None, typer.Option("--severity", help="Only this severity.")] = None,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
@@ -117,6 +132,20 @@ def resolve(
     with api.connect() as client:
         path = _alert_path(client, alert_id)
         client.request("POST", f"{path}/resolve")
+        alert = client.json("GET", path)
+    output(alert, output_format, ALERT_COLUMNS, _alert_row)
+
+
+@api_command(alerts_app)
+def acknowledge(
+    api: ApiTarget,
+    alert_id: AlertIdOption,
+    output_format: OutputOption = OutputFormat.json,
+) -> None:
+    """Acknowledge an Active alert (status InProgress) and print it."""
+    with api.connect() as client:
+        path = _alert_path(client, alert_id)
+        client.request("POST", f"{path}/acknowledge")
         alert = client.json("GET", path)
     output(alert, output_format, ALERT_COLUMNS, _alert_row)
 

@@ -1,7 +1,8 @@
 """Integrity monitoring of attested nodes: every attestation (at provisioning, on the interval, on demand)
 is kept with its full evidence; a pass issues an attestation token and lifts a quarantine, a failure raises
-an integrity alert and quarantines the node (trusted launch labels removed, tainted and cordoned in
-Kubernetes). Alerts are POSTed to the subscription's webhook by `AlertDelivery`, in its own thread.
+an integrity alert (or updates the node's open one, see control.alert_lifecycle) and quarantines the node
+(trusted launch labels removed, tainted and cordoned in Kubernetes). Alerts are POSTed to the
+subscription's webhook by `AlertDelivery`, in its own thread, once per state change.
 
 The rules kept here: the node labels per attestation status, the history bound at every attestation
 (TL_MAX_ATTESTATIONS_PER_NODE newest records per node, default HISTORY_PER_NODE; the other retention
@@ -29,6 +30,7 @@ from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike, AgentQuote, NodeState, attest_node
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels, verdict_labels
 from trustedlaunch.control.resources import pool_resource_id
@@ -38,7 +40,7 @@ from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel, AgentProtocolError
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now
-from trustedlaunch.store.vocabulary import AttestationStatus
+from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
 
 HISTORY_PER_NODE = 200
 DEFAULT_ATTESTATION_INTERVAL = 300.0
@@ -273,6 +275,13 @@ class AttestationMonitor:
         session: Session, pool: AgentPool, node: Node, result: AttestationResult, record: AttestationRecord
     ) -> None:
         cluster = pool.cluster
+        alert_type = (
+            AlertType.NODE_UNREACHABLE
+            if record.status == AttestationStatus.UNREACHABLE
+            else AlertType.ATTESTATION_FAILURE
+        )
+        if alert_type == AlertType.ATTESTATION_FAILURE:  # the agent answered: no longer unreachable
+            alert_lifecycle.resolve_open_alerts(session, node.name, (AlertType.NODE_UNREACHABLE,))
         for alert in alerts_from_result(
             result,
             node=node.name,
@@ -280,8 +289,12 @@ class AttestationMonitor:
             cluster=cluster.name,
             resource_id=pool_resource_id(cluster, pool.name),
             now=record.time,
+            alert_type=alert_type,
+            remediation=alert_lifecycle.remediation_steps(alert_type),
         ):
-            session.add(
+            alert_lifecycle.raise_alert(
+                session,
+                alert,
                 AlertRecord(
                     id=alert.id,
                     attestation_id=record.id,
@@ -291,11 +304,8 @@ class AttestationMonitor:
                     pool_name=pool.name,
                     node_name=node.name,
                     severity=alert.severity.value,
-                    status="Active",
                     time=alert.time,
-                    document=alert.to_dict(),
-                    delivery_state=DeliveryState.PENDING.value,
-                )
+                ),
             )
 
     def sync_kubernetes(self, node: Node, quarantine_reason: str | None = None) -> None:
@@ -307,6 +317,7 @@ class AttestationMonitor:
         try:
             if quarantine_reason is not None:
                 self.kubernetes.quarantine(node.name, quarantine_reason[:1000])
+                alert_lifecycle.note_quarantine(node, None)
             else:
                 self.kubernetes.restore(node.name, verdict_labels(node.labels))
         except KubernetesAdapterError as exc:
@@ -314,25 +325,15 @@ class AttestationMonitor:
                 note = "not registered in Kubernetes (no kubelet registered it): labels not applied there"
             else:
                 note = f"Kubernetes not updated: {exc}"
+            if quarantine_reason is not None:
+                alert_lifecycle.note_quarantine(node, note)
             log.warning("node %s: %s", node.name, note)
             node.message = f"{node.message}; {note}"[:4000]
 
 
 def resolve_alerts(session: Session, node_name: str) -> list[AlertRecord]:
-    """Resolve the Active alerts of `node_name` (it attested again or was deleted); the alerts resolved."""
-    now = utc_now()
-    alerts = list(
-        session.scalars(
-            select(AlertRecord).where(AlertRecord.node_name == node_name, AlertRecord.status == "Active")
-        )
-    )
-    for alert in alerts:
-        alert.status = "Resolved"
-        alert.resolved_at = now
-        properties = dict(alert.document.get("properties") or {})  # type: ignore[call-overload]
-        properties["status"] = "Resolved"
-        alert.document = {**alert.document, "properties": properties}
-    return alerts
+    """Resolve the open alerts of `node_name` (it attested again or was deleted); the alerts resolved."""
+    return alert_lifecycle.resolve_open_alerts(session, node_name)
 
 
 def prune_history(session: Session, node_name: str, keep: int = HISTORY_PER_NODE) -> int:
@@ -354,7 +355,9 @@ def prune_history(session: Session, node_name: str, keep: int = HISTORY_PER_NODE
 class AlertDelivery:
     """POSTs the Pending alerts of every subscription that has an AlertWebhook (WebhookDelivery: bounded
     retries with exponential backoff), oldest first, and records Delivered or Failed with the attempts and
-    the last error. Alerts of a subscription without a webhook stay Pending until one is configured. No
+    the last error. An alert is Pending again after each state change (control.alert_lifecycle), so the
+    webhook gets it once per state; a change while its POST was in flight leaves it Pending for the next
+    pass. Alerts of a subscription without a webhook stay Pending until one is configured. No
     database session is held while a POST is in flight. Webhooks go to public addresses only, or to
     `allowed_networks` (default: TL_WEBHOOK_ALLOWED_NETWORKS, see attest.destinations)."""
 
@@ -377,20 +380,29 @@ class AlertDelivery:
             allowed_networks_from_environment() if allowed_networks is None else tuple(allowed_networks)
         )
 
-    def _pending(self) -> list[tuple[str, str, dict[str, object]]]:
+    def _pending(self) -> list[tuple[str, str, dict[str, object], tuple[str, str]]]:
         with self.sessions() as session:
             rows = session.execute(
-                select(AlertRecord.id, AlertWebhook.url, AlertRecord.document)
+                select(
+                    AlertRecord.id,
+                    AlertWebhook.url,
+                    AlertRecord.document,
+                    AlertRecord.status,
+                    AlertRecord.severity,
+                )
                 .join(AlertWebhook, AlertWebhook.subscription_id == AlertRecord.subscription_id)
                 .where(AlertRecord.delivery_state == DeliveryState.PENDING.value)
                 .order_by(AlertRecord.time)
             )
-            return [(alert_id, url, document) for alert_id, url, document in rows]
+            return [
+                (alert_id, url, document, (status, severity))
+                for alert_id, url, document, status, severity in rows
+            ]
 
     def deliver_pending(self, stop_event: threading.Event | None = None) -> int:
         """Deliver every Pending alert that has a webhook; the number handled (delivered or failed)."""
         handled = 0
-        for alert_id, url, document in self._pending():
+        for alert_id, url, document, sent_state in self._pending():
             if stop_event is not None and stop_event.is_set():
                 break
             delivery = WebhookDelivery(
@@ -406,11 +418,13 @@ class AlertDelivery:
                 alert = session.get(AlertRecord, alert_id)
                 if alert is None:
                     continue
-                alert.delivery_state = (DeliveryState.DELIVERED if delivered else DeliveryState.FAILED).value
                 alert.delivery_attempts += len(delivery.log)
                 alert.delivery_error = None
                 if not delivered and last is not None:
                     alert.delivery_error = last.describe(url)[:1024]
+                outcome = DeliveryState.DELIVERED if delivered else DeliveryState.FAILED
+                if (alert.status, alert.severity) == sent_state:  # else it changed meanwhile: stays Pending
+                    alert.delivery_state = outcome.value
             handled += 1
         return handled
 

@@ -25,6 +25,7 @@ from trustedlaunch.attest.destinations import (
     resolve,
 )
 from trustedlaunch.attest.tokens import TokenError, TokenIssuer
+from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
 from trustedlaunch.control.limits import canonical_subscription_id
 from trustedlaunch.control.node_plan import NodePhase
@@ -236,10 +237,17 @@ def get_alert(session: Session, subscription_id: str, alert_id: str) -> AlertRec
 
 def resolve_alert(session: Session, subscription_id: str, alert_id: str) -> AlertRecord:
     """Mark an alert Resolved (idempotent: an already resolved alert keeps its resolution time)."""
-    record = get_alert(session, subscription_id, alert_id)
-    if record.status != AlertStatus.RESOLVED:
-        record.status = AlertStatus.RESOLVED
-        record.resolved_at = utc_now()
+    record = alert_lifecycle.lock(session, get_alert(session, subscription_id, alert_id))
+    alert_lifecycle.resolve(record)
+    return record
+
+
+def acknowledge_alert(session: Session, subscription_id: str, alert_id: str) -> AlertRecord:
+    """Acknowledge an Active alert: InProgress (idempotent; a Resolved alert is a 409 Conflict)."""
+    record = alert_lifecycle.lock(session, get_alert(session, subscription_id, alert_id))
+    if record.status == AlertStatus.RESOLVED:
+        raise conflict("AlertResolved", f"Alert '{alert_id}' is resolved: there is nothing to acknowledge.")
+    alert_lifecycle.acknowledge(record)
     return record
 
 

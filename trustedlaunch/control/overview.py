@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 from trustedlaunch.control.resources import cluster_resource_id
 from trustedlaunch.control.tokens import Principal
 from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
-from trustedlaunch.store.vocabulary import AlertStatus
+from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertStatus
 
 ALERT_STATUSES = tuple(AlertStatus)
 
@@ -37,12 +37,13 @@ def visible_clusters(session: Session, principal: Principal) -> list[ManagedClus
 
 
 def active_alert_counts(session: Session) -> dict[tuple[str, str, str], int]:
-    """How many Active alerts each cluster has, by (subscription, resource group, cluster name)."""
+    """How many open (Active or acknowledged) alerts each cluster has, by (subscription, resource group,
+    cluster name)."""
     rows = session.execute(
         select(
             AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name, func.count()
         )
-        .where(AlertRecord.status == AlertStatus.ACTIVE)
+        .where(AlertRecord.status.in_(OPEN_ALERT_STATUSES))
         .group_by(AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name)
     )
     return {(sub, group, name): count for sub, group, name, count in rows}
@@ -99,6 +100,16 @@ def visible_alerts(
         if _covers(principal, alert.subscription_id, alert.resource_group, alert.cluster_name)
     )
     return list(itertools.islice(visible, limit))
+
+
+def visible_alert(session: Session, principal: Principal, alert_id: str) -> AlertRecord | None:
+    """The alert `alert_id` if it exists in the principal's scope."""
+    alert = session.get(AlertRecord, alert_id)
+    if alert is None or not _covers(
+        principal, alert.subscription_id, alert.resource_group, alert.cluster_name
+    ):
+        return None
+    return alert
 
 
 def attestation_record(session: Session, record_id: int) -> AttestationRecord | None:

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.ui_sessions import delete_expired_sessions
 from trustedlaunch.store.models import AlertRecord, AttestationRecord, Node, utc_now
-from trustedlaunch.store.vocabulary import AlertStatus
+from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertStatus
 
 log = logging.getLogger("trustedlaunch.control.retention")
 
@@ -98,7 +98,7 @@ def _count(outcome: object) -> int:
 
 def prune_alerts(session: Session, settings: RetentionSettings, now: datetime) -> int:
     """Delete Resolved alerts past their retention and the alerts beyond each subscription's bound
-    (Resolved before Active, oldest first); how many."""
+    (Resolved before open ones, oldest first); how many."""
     cutoff = now - timedelta(days=settings.alert_days)
     resolved_long_ago = and_(
         AlertRecord.status == AlertStatus.RESOLVED,
@@ -111,7 +111,7 @@ def prune_alerts(session: Session, settings: RetentionSettings, now: datetime) -
         .over(
             partition_by=AlertRecord.subscription_id,
             order_by=(
-                case((AlertRecord.status == AlertStatus.ACTIVE, 0), else_=1),
+                case((AlertRecord.status.in_(OPEN_ALERT_STATUSES), 0), else_=1),
                 AlertRecord.time.desc(),
                 AlertRecord.id.desc(),
             ),

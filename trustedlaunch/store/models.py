@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from trustedlaunch.store.vocabulary import AlertStatus
+from trustedlaunch.store.vocabulary import AlertStatus, AlertType
 
 
 def utc_now() -> datetime:
@@ -269,7 +269,8 @@ class AttestationRecord(Base):
 
 
 class AlertRecord(Base):
-    """An integrity alert (trustedlaunch.attest.alerts.Alert) and the state of its webhook delivery."""
+    """An integrity alert (trustedlaunch.attest.alerts.Alert) and the state of its webhook delivery. One
+    open (Active or InProgress) alert per node and type: a repeat raises `count` and `last_seen`."""
 
     __tablename__ = "alerts"
 
@@ -284,7 +285,11 @@ class AlertRecord(Base):
     node_name: Mapped[str] = mapped_column(String(128), index=True)
     severity: Mapped[str] = mapped_column(String(8))  # store.vocabulary.AlertSeverity
     status: Mapped[str] = mapped_column(String(16), default=AlertStatus.ACTIVE)  # AlertStatus
-    time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
+    alert_type: Mapped[str] = mapped_column(String(64), default=AlertType.ATTESTATION_FAILURE)  # AlertType
+    time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)  # first seen
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    count: Mapped[int] = mapped_column(Integer, default=1)  # failed attestations this alert stands for
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     document: Mapped[dict[str, object]] = mapped_column(JSON)  # Alert.to_dict()
     delivery_state: Mapped[str] = mapped_column(String(16), default="Pending")  # Pending|Delivered|Failed

@@ -33,10 +33,21 @@ class ProvisioningState(StrEnum):
 
 
 class AlertStatus(StrEnum):
-    """Defender for Cloud alert states this control plane uses."""
+    """Defender for Cloud alert states: Active, InProgress (acknowledged by an operator), Resolved."""
 
     ACTIVE = "Active"
+    IN_PROGRESS = "InProgress"
     RESOLVED = "Resolved"
+
+
+OPEN_ALERT_STATUSES = (AlertStatus.ACTIVE, AlertStatus.IN_PROGRESS)  # not resolved yet
+
+
+class AlertType(StrEnum):
+    """What an integrity alert is about (its Defender `alertType`): one open alert per node and type."""
+
+    ATTESTATION_FAILURE = "VM_AttestationFailure"  # the node's evidence failed the policy
+    NODE_UNREACHABLE = "VM_AttestationUnreachable"  # the node's agent gave no evidence at all
 
 
 class AlertSeverity(StrEnum):

@@ -1,12 +1,14 @@
-"""The read-only dashboard under /ui: clusters, pools, nodes with live attestation state, alerts, evidence.
+"""The dashboard under /ui: clusters, pools, nodes with live attestation state, alerts (acknowledge and
+resolve them), evidence.
 
 Pages are rendered on the server (Jinja2, autoescaped); the only script is the vendored htmx, which polls
 the node table. The dashboard does its own authentication: a login form takes an API token (admin,
 subscription or resource group; not a verifier API token), checks it like the API does and opens a
 server-side session (control/ui_sessions.py) whose random id goes into an HttpOnly SameSite=Strict cookie
 scoped to /ui (Secure over https); signing out ends the session. Every state-changing request (sign-in,
-sign-out) must come from the dashboard's own pages (Sec-Fetch-Site / Origin), so another site can neither
-sign a browser in nor out. A token scoped to a subscription or resource group sees only the clusters (and
+sign-out, acknowledging or resolving an alert) must come from the dashboard's own pages (Sec-Fetch-Site /
+Origin), so another site can neither sign a browser in nor out nor change an alert.
+A token scoped to a subscription or resource group sees only the clusters (and
 their pools, nodes, attestations and alerts) inside its scope; the rest is "not found". Every response
 carries a strict Content-Security-Policy (no inline script or style).
 """
@@ -28,7 +30,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from starlette.concurrency import run_in_threadpool
 
-from trustedlaunch.control import overview
+from trustedlaunch.control import alert_lifecycle, overview
 from trustedlaunch.control.overview import ALERT_STATUSES
 from trustedlaunch.control.records import AgentPool, ManagedCluster, Session
 from trustedlaunch.control.ui_sessions import (
@@ -69,6 +71,7 @@ STATUS_CLASSES = {
     "Running": "state-ok",
     "Failed": "state-failed",
     "Active": "state-failed",
+    "InProgress": "state-warn",
     "Resolved": "state-ok",
     "High": "state-failed",
     "Medium": "state-warn",
@@ -363,6 +366,27 @@ def alerts(request: Request, status: str | None = None) -> HTMLResponse:
             for alert in overview.visible_alerts(session, request.state.principal, status, ALERT_LIMIT)
         ]
         return render(request, "alerts.html", rows=rows, status=status, statuses=ALERT_STATUSES)
+
+
+ALERT_ACTIONS = {"acknowledge": alert_lifecycle.acknowledge, "resolve": alert_lifecycle.resolve}
+
+
+@router.post("/alerts/{alert_id}/{action}", name="dashboard_alert_action")
+def alert_action(request: Request, alert_id: str, action: str, status: str | None = None) -> Response:
+    """Acknowledge (Active -> InProgress) or resolve an alert in the session's scope, then show the alerts
+    again (with the `status` filter the page had)."""
+    change = ALERT_ACTIONS.get(action)
+    if change is None:
+        raise PageNotFound(f"alert action {action!r}")
+    with request.app.state.sessions.begin() as session:
+        alert = overview.visible_alert(session, request.state.principal, alert_id)
+        if alert is None:
+            raise PageNotFound(f"alert {alert_id!r}")
+        change(alert_lifecycle.lock(session, alert))
+    target = str(request.url_for("dashboard_alerts").path)
+    if status in ALERT_STATUSES:
+        target += "?" + urlencode({"status": status})
+    return RedirectResponse(target, status_code=303)
 
 
 def _sorted_pcrs(pcrs: dict[str, dict[str, str]] | None) -> list[tuple[str, int, str]]:
