@@ -140,7 +140,7 @@ def test_relay_refuses_commands_attestation_does_not_need(node: NodeVM) -> None:
     evict_ek = bytes.fromhex("800200000023000001204000000181010001000000094000000900000000008101" + "0001")
     with pytest.raises(AgentError, match="EvictControl is relayed only to persist a transient key"):
         node.agent().channel.tpm_command(evict_ek, 30)
-    answer = node.agent().channel.request("TPM %s%n", "TPM", 30)  # printf directives, not \\xHH bytes
+    answer = node.agent().channel.request("TPM", "TPM", 30, argument="%s%n")  # printf directives, not bytes
     assert "not written as bytes" in answer["error"]
     # the relay still works after refusing
     assert node.request_quote(NONCE).ak_name
