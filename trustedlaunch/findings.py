@@ -7,6 +7,7 @@ failures (CLI, alerts). It sits at the package root, below every layer, so that 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -57,6 +58,26 @@ class Finding:
         if self.event_index is not None:
             where.append(f"event #{self.event_index}")
         return f"{self.check.value} ({', '.join(where)}): {self.message}"
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, object]) -> Finding:
+        """A finding back from its `to_dict()` form (a stored attestation record or alert); raise ValueError
+        naming the field when check, component or message is missing or unreadable (a pcr or eventIndex
+        that is not a number reads as absent)."""
+        check, component, message = document.get("check"), document.get("component"), document.get("message")
+        if not isinstance(check, str) or check not in Check._value2member_map_:
+            raise ValueError(f"finding: field 'check': expected one of the checks, got {check!r}")
+        for name, value in (("component", component), ("message", message)):
+            if not isinstance(value, str):
+                raise ValueError(f"finding: field {name!r}: expected a string, got {value!r}")
+        pcr, event_index = document.get("pcr"), document.get("eventIndex")
+        return cls(
+            Check(check),
+            str(component),
+            str(message),
+            pcr if isinstance(pcr, int) and not isinstance(pcr, bool) else None,
+            event_index if isinstance(event_index, int) and not isinstance(event_index, bool) else None,
+        )
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""

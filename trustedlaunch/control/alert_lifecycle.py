@@ -107,15 +107,11 @@ def raise_alert(session: Session, alert: Alert, new_record: AlertRecord) -> Aler
         existing.severity = alert.severity.value
         existing.delivery_state = PENDING  # an escalation is news for the webhook
     existing.count += 1
-    existing.last_seen = max(_aware(existing.last_seen), _aware(alert.time))
+    existing.last_seen = max(existing.last_seen, alert.time)
     existing.attestation_id = new_record.attestation_id
     existing.document = dataclasses.replace(alert, id=existing.id, time=existing.time).to_dict()
     refresh_document(existing)
     return existing
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def lock(session: Session, alert: AlertRecord) -> AlertRecord:

@@ -35,6 +35,7 @@ from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesN
 from trustedlaunch.control.labels import node_labels, verdict_labels
 from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.control.retention import RetentionSettings
+from trustedlaunch.control.verifier import TokenSubject, attestation_token
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
@@ -46,6 +47,7 @@ HISTORY_PER_NODE = 200
 DEFAULT_ATTESTATION_INTERVAL = 300.0
 AGENT_SOCKET = "agent.sock"
 AGENT_TIMEOUT = 120.0
+_NEVER = datetime.min.replace(tzinfo=UTC)  # the last attestation of a node never attested
 
 log = logging.getLogger("trustedlaunch.control.attestation_monitor")
 
@@ -66,11 +68,6 @@ class DeliveryState(StrEnum):
     FAILED = "Failed"
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored as UTC)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def attestation_due(node: Node, interval: float, now: datetime) -> bool:
     """True when `node` (Ready, vTPM) is to be attested now: asked for on demand, or not attested for
     `interval` seconds (0: never on the interval)."""
@@ -79,14 +76,14 @@ def attestation_due(node: Node, interval: float, now: datetime) -> bool:
     if interval <= 0:
         return False
     last = node.last_attested_at
-    return last is None or _aware(last) + timedelta(seconds=interval) <= now
+    return last is None or last + timedelta(seconds=interval) <= now
 
 
 def attestation_order(node: Node) -> tuple[int, datetime]:
     """Sort key of due nodes: on-demand requests first (oldest first), then the longest unattested."""
     if node.attestation_requested_at is not None:
-        return (0, _aware(node.attestation_requested_at))
-    return (1, _aware(node.last_attested_at or datetime.min))
+        return (0, node.attestation_requested_at)
+    return (1, node.last_attested_at or _NEVER)
 
 
 def due_trigger(node: Node) -> Trigger:
@@ -116,22 +113,10 @@ def _unreachable_result(error: Exception, garbage: bool) -> AttestationResult:
     return AttestationResult(False, (Finding(Check.EVIDENCE_FORMAT, "agent", message),))
 
 
-def _stored_finding(document: dict[str, object]) -> Finding:
-    """A Finding back from its `to_dict()` form in a record."""
-    pcr, event_index = document.get("pcr"), document.get("eventIndex")
-    return Finding(
-        Check(str(document["check"])),
-        str(document["component"]),
-        str(document["message"]),
-        pcr if isinstance(pcr, int) else None,
-        event_index if isinstance(event_index, int) else None,
-    )
-
-
 def describe_failure(record: AttestationRecord) -> str:
     """One line for a failed attestation: the failed components, then every finding."""
     components = ", ".join(dict.fromkeys(str(finding["component"]) for finding in record.findings))
-    findings = "; ".join(str(_stored_finding(finding)) for finding in record.findings)
+    findings = "; ".join(str(Finding.from_dict(finding)) for finding in record.findings)
     verdict = "was unreachable" if record.status == AttestationStatus.UNREACHABLE else "failed attestation"
     return f"node {record.node_name} {verdict} ({components}): {findings}"
 
@@ -211,9 +196,8 @@ class AttestationMonitor:
             duration_ms=attestation.duration * 1000,
         )
         if result.ok and self.token_issuer is not None:
-            record.token = self.token_issuer.issue(
-                result, node=node.name, pool=pool.name, image_version=node.node_image_version
-            )
+            subject = TokenSubject(node.name, pool.name, node.node_image_version)
+            record.token = attestation_token(self.token_issuer, result, subject)
         return self._apply(session, pool, node, record, result)
 
     def record_unreachable(
@@ -259,7 +243,7 @@ class AttestationMonitor:
         node.labels = node_labels(pool.name, node.enable_secure_boot, node.enable_vtpm, node_status)
         node.last_attested_at = utc_now()
         requested = node.attestation_requested_at
-        if requested is not None and _aware(requested) <= _aware(record.time):
+        if requested is not None and requested <= record.time:
             node.attestation_requested_at = None
         node.updated_at = utc_now()
         if result.ok:
