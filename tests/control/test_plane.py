@@ -110,3 +110,13 @@ def test_tl_reconciler_run_refuses_an_unreachable_store(tmp_path: Path) -> None:
     assert process.returncode == 2, output
     assert "ERROR: cannot open the store" in output
     assert "Traceback" not in output
+
+
+def test_embedded_server_refuses_an_unreachable_store(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "TL_DATABASE_URL": UNREACHABLE_POSTGRESQL}
+    env.pop("TL_ENDPOINT", None)
+    process = _tl("provider", "show", "-n", "Microsoft.ContainerService", env=env)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert "ERROR: cannot open the store" in output
+    assert "Traceback" not in output

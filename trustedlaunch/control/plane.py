@@ -54,10 +54,15 @@ class ControlPlane:
         self.kubernetes = KubernetesNodeAdapter(kubeconfig) if kubeconfig is not None else None
         try:
             self.engine, self.sessions = open_store(database_url, self.token_file if api else None)
-            self._challenges = open_challenge_store(self.token_file.parent) if api else None
         except SQLAlchemyError as exc:
             self._close_kubernetes()
             raise TrustedLaunchError(f"cannot open the store: {exc}") from exc
+        try:
+            self._challenges = open_challenge_store(self.token_file.parent) if api else None
+        except TrustedLaunchError:  # a bad TL_ATTESTATION_NONCE_TTL
+            self._close_kubernetes()
+            self.engine.dispose()
+            raise
 
     @property
     def challenges(self) -> ChallengeStore:
