@@ -1,4 +1,4 @@
-"""kill -9 of the standalone reconciler (`python -m trustedlaunch.control.reconciler`) right after it
+"""kill -9 of the standalone reconciler (`tl reconciler run`) right after it
 started a node's VM: the VM keeps booting and the restarted reconciler adopts it (same qemu pid, no second
 boot), attests it and finishes the operation with exactly one node; killed again once the node is Ready, the
 next reconciler adopts the running VM (same qemu pid, no reboot), marks the node Failed with the VM's end
@@ -35,13 +35,13 @@ NO_INTERVAL = ("--attestation-interval", "0")
 
 
 class StandaloneReconciler:
-    """`python -m trustedlaunch.control.reconciler` as a child process, killed with SIGKILL."""
+    """`tl reconciler run` as a child process, killed with SIGKILL."""
 
     def __init__(self, database_url: str, state_dir: Path, log_path: Path, *options: str) -> None:
         self.command = [
-            sys.executable,
-            "-m",
-            "trustedlaunch.control.reconciler",
+            str(Path(sys.executable).parent / "tl"),
+            "reconciler",
+            "run",
             "--database-url",
             database_url,
             "--state-dir",

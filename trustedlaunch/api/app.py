@@ -18,11 +18,10 @@ from trustedlaunch.api import metrics, monitoring_routes, routes, token_routes, 
 from trustedlaunch.api.limits import RequestLimits
 from trustedlaunch.attest.destinations import allowed_networks_from_environment
 from trustedlaunch.attest.tokens import TokenIssuer
-from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.kubeconfig import configured_api_server
+from trustedlaunch.control.plane import ControlPlane
 from trustedlaunch.control.tokens import PrincipalCache
-from trustedlaunch.control.verifier import open_challenge_store
 from trustedlaunch.web import dashboard
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -191,23 +190,27 @@ def create_app(
     token_issuer: TokenIssuer | None = None,
     kubeconfig: Path | None = None,
     token_cache_seconds: float = TOKEN_CACHE_SECONDS,
+    plane: ControlPlane | None = None,
 ) -> FastAPI:
-    """The API over the store at `database_url` (default store if None); admin token in `token_file`;
-    attestation tokens from `token_issuer` (default: keys in `attestation-keys` beside the token file);
-    cluster credentials point at the API server of `kubeconfig` (default: TL_KUBECONFIG, else the fqdn)."""
-    token_path = token_file or default_token_file()
+    """The API over the control plane `plane` (kept open: its owner closes it) or, without one, over a
+    control plane it opens on start and closes on shutdown: the store at `database_url` (default store if
+    None), admin token in `token_file`, attestation tokens from `token_issuer` (default: keys in
+    `attestation-keys` beside the token file). Cluster credentials point at the API server of `kubeconfig`
+    (default: TL_KUBECONFIG, else the fqdn)."""
     api_server = configured_api_server(kubeconfig)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine, sessions = open_store(database_url, token_path)
-        app.state.sessions = sessions
-        app.state.principals = PrincipalCache(sessions, token_cache_seconds, TOKEN_CACHE_SIZE)
-        app.state.token_issuer = token_issuer or attestation_token_issuer(token_path)
-        app.state.challenges = open_challenge_store(token_path.parent)
-        yield
-        app.state.challenges.close()
-        engine.dispose()
+        serving = plane or ControlPlane(database_url, token_file, token_issuer=token_issuer)
+        app.state.sessions = serving.sessions
+        app.state.principals = PrincipalCache(serving.sessions, token_cache_seconds, TOKEN_CACHE_SIZE)
+        app.state.token_issuer = serving.token_issuer
+        app.state.challenges = serving.challenges
+        try:
+            yield
+        finally:
+            if plane is None:
+                serving.close()
 
     app = FastAPI(
         title="trustedlaunch control plane",

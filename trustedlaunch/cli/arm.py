@@ -234,22 +234,21 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
     # Imported here: only the embedded mode needs the server side.
     from trustedlaunch.api.app import create_app
     from trustedlaunch.api.server import BackgroundServer
-    from trustedlaunch.control.bootstrap import default_token_file
-    from trustedlaunch.control.reconciler import Reconciler, default_state_dir
+    from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
-    from trustedlaunch.store.db import make_engine, session_factory
 
-    token_file = default_token_file()
-    engine = make_engine()
-    reconciler = Reconciler(session_factory(engine), default_state_dir())
-    server = BackgroundServer(create_app(token_file=token_file), reconciler=reconciler)
+    try:
+        plane = ControlPlane()
+    except TrustedLaunchError as exc:
+        raise fail(str(exc)) from None
+    server = BackgroundServer(create_app(plane=plane), reconciler=plane.reconciler())
     try:
         url = server.start()
     except TrustedLaunchError as exc:
         server.stop()
-        engine.dispose()
+        plane.close()
         raise fail(str(exc)) from None
-    client = ArmClient(url, token_file.read_text().strip(), subscription_id)
+    client = ArmClient(url, plane.token_file.read_text().strip(), subscription_id)
     try:
         yield client
     except ArmCallError as exc:
@@ -257,7 +256,7 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
     finally:
         client.close()
         server.stop()
-        engine.dispose()
+        plane.close()
 
 
 def wait_for_operation(

@@ -14,6 +14,7 @@ from trustedlaunch.cli import (
     feature,
     image,
     provider,
+    reconciler,
     serve,
     token,
     verify,
@@ -35,6 +36,7 @@ app.add_typer(feature.feature_app, name="feature")
 app.add_typer(image.app, name="image")
 app.add_typer(verify.policy_app, name="policy")
 app.add_typer(provider.provider_app, name="provider")
+app.add_typer(reconciler.reconciler_app, name="reconciler")
 app.add_typer(token.token_app, name="token")
 app.command(name="demo")(demo.demo)
 app.command(name="serve")(serve.serve)

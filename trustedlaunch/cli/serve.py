@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -73,31 +71,23 @@ def serve(
     default SQLite file)."""
     # Imported here: `tl --help` and the client-side commands do not need the server side.
     from trustedlaunch.api.app import create_app
-    from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
     from trustedlaunch.control.kubeconfig import KUBECONFIG_ENV
-    from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
-    from trustedlaunch.control.reconciler import Reconciler, default_state_dir
-    from trustedlaunch.control.verifier import open_challenge_store
+    from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token_file = default_token_file()
-    issuer = attestation_token_issuer(token_file)
     try:
-        app = create_app(token_file=token_file, token_issuer=issuer, kubeconfig=kubeconfig)
-        kubernetes = KubernetesNodeAdapter(kubeconfig) if kubeconfig is not None else None
+        # the store (migrated, with its admin token) and the nonce store exist before any worker starts
+        plane = ControlPlane(kubeconfig=kubeconfig)
     except TrustedLaunchError as exc:
         raise fail(str(exc), 2) from None
-    # the store (migrated, with its admin token) and the nonce store exist before any worker starts
-    engine, sessions = open_store(None, token_file)
-    open_challenge_store(token_file.parent).close()
-    reconciler = Reconciler(
-        sessions,
-        default_state_dir(),
-        attestation_interval=attestation_interval,
-        token_issuer=issuer,
-        kubernetes=kubernetes,
-    )
+    try:
+        app = create_app(kubeconfig=kubeconfig, plane=plane)
+    except TrustedLaunchError as exc:
+        plane.close()
+        raise fail(str(exc), 2) from None
+    token_file = plane.token_file
+    reconciler = plane.reconciler(attestation_interval=attestation_interval)
 
     def announce(url: str) -> None:
         processes = f"{workers} API worker processes, " if workers > 1 else ""
@@ -116,9 +106,7 @@ def serve(
                 os.environ[KUBECONFIG_ENV] = str(kubeconfig)
             _serve_worker_processes(host, port, workers, reconciler, announce)
     finally:
-        if kubernetes is not None:
-            kubernetes.close()
-        engine.dispose()
+        plane.close()
     typer.echo("stopped", err=True)
 
 
@@ -159,24 +147,22 @@ def _serve_worker_processes(
     from uvicorn.supervisors import Multiprocess
 
     from trustedlaunch.api.server import APP_FACTORY, RECONCILER_STOP_SECONDS, server_config
-    from trustedlaunch.attest.metrics import record_across_processes
+    from trustedlaunch.control.plane import metrics_across_processes
     from trustedlaunch.control.reconciler import ReconcilerThread
 
-    metrics_dir = Path(tempfile.mkdtemp(prefix="tl-metrics-"))
-    record_across_processes(metrics_dir)  # before the reconciler or any worker records anything
-    config = server_config(APP_FACTORY, host, port, workers)
-    try:
-        listening = config.bind_socket()
-    except SystemExit:  # uvicorn logged why (address in use, permission)
-        raise fail(f"cannot listen on {host}:{port} (see the message above)") from None
-    supervisor = Multiprocess(config, sockets=[listening])
-    reconciler_thread = ReconcilerThread(reconciler)
-    reconciler_thread.start()
-    try:
-        announce(f"http://{host}:{listening.getsockname()[1]}")
-        supervisor.run()
-        typer.echo("stopping", err=True)
-    finally:
-        reconciler_thread.stop(RECONCILER_STOP_SECONDS)
-        listening.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    with metrics_across_processes():
+        config = server_config(APP_FACTORY, host, port, workers)
+        try:
+            listening = config.bind_socket()
+        except SystemExit:  # uvicorn logged why (address in use, permission)
+            raise fail(f"cannot listen on {host}:{port} (see the message above)") from None
+        supervisor = Multiprocess(config, sockets=[listening])
+        reconciler_thread = ReconcilerThread(reconciler)
+        reconciler_thread.start()
+        try:
+            announce(f"http://{host}:{listening.getsockname()[1]}")
+            supervisor.run()
+            typer.echo("stopping", err=True)
+        finally:
+            reconciler_thread.stop(RECONCILER_STOP_SECONDS)
+            listening.close()

@@ -30,9 +30,9 @@ def attestation_token_issuer(token_file: Path) -> TokenIssuer:
     return TokenIssuer(token_file.parent / ATTESTATION_KEY_DIR, issuer=ATTESTATION_ISSUER)
 
 
-def open_store(database_url: str | None, token_file: Path) -> tuple[Engine, sessionmaker[Session]]:
+def open_store(database_url: str | None, token_file: Path | None) -> tuple[Engine, sessionmaker[Session]]:
     """Engine and session factory for `database_url` (default store if None), migrated and seeded, with a
-    valid admin token in `token_file`."""
+    valid admin token in `token_file` (None: no admin token, as a reconciler running on its own)."""
     engine = make_engine(database_url)
     sessions = session_factory(engine)
     for attempt in range(ATTEMPTS):
@@ -40,7 +40,8 @@ def open_store(database_url: str | None, token_file: Path) -> tuple[Engine, sess
             migrate(engine)
             with sessions.begin() as session:
                 seed_node_images(session)
-                ensure_bootstrap_token(session, token_file)
+                if token_file is not None:
+                    ensure_bootstrap_token(session, token_file)
             break
         except (IntegrityError, OperationalError):
             if attempt == ATTEMPTS - 1:

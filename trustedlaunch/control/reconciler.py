@@ -14,7 +14,6 @@ reconciler per state directory at a time (an advisory file lock).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
@@ -47,12 +46,10 @@ from trustedlaunch.control.attestation_monitor import (
     due_trigger,
     resolve_alerts,
 )
-from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.limits import surge_nodes
-from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.node_plan import (
     Action,
     DesiredPool,
@@ -76,7 +73,6 @@ from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
-from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import AttestationStatus
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
@@ -92,7 +88,7 @@ ATTESTATION_TIME_LIMIT = 180.0
 LOCK_FILE = "reconciler.lock"
 VTPM_DIR = "tpm"
 
-log = logging.getLogger("trustedlaunch.control.reconciler")  # also when run as __main__
+log = logging.getLogger(__name__)
 
 
 def default_state_dir() -> Path:
@@ -742,58 +738,3 @@ class ReconcilerThread:
         """Ask the loop to stop and wait up to `timeout` seconds (None: until it stopped)."""
         self._stop_event.set()
         self._thread.join(timeout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trustedlaunch.control.reconciler`: run the reconciler in the foreground until killed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--database-url", help="store URL (default: TL_DATABASE_URL or the user data dir)")
-    parser.add_argument("--state-dir", type=Path, default=None, help="node images, EK CA and VM run dirs")
-    parser.add_argument("--max-surge", type=int, default=0, help="replacement nodes created before deleting")
-    parser.add_argument("--poll-seconds", type=float, default=1.0)
-    parser.add_argument(
-        "--attestation-interval",
-        type=float,
-        default=DEFAULT_ATTESTATION_INTERVAL,
-        help="seconds between re-attestations of a Ready vTPM node (0: only on demand)",
-    )
-    parser.add_argument(
-        "--kubeconfig", type=Path, default=None, help="label, taint and cordon the nodes of this cluster"
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=None,
-        help="the API server's admin token file: attestation tokens are signed with the keys beside it "
-        "(default: the user config dir, as the API server)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    log.setLevel(logging.INFO)
-    engine = make_engine(args.database_url)
-    migrate(engine)
-    with session_factory(engine).begin() as session:
-        seed_node_images(session)  # the node rows reference the image catalogue
-    kubernetes = KubernetesNodeAdapter(args.kubeconfig) if args.kubeconfig else None
-    reconciler = Reconciler(
-        session_factory(engine),
-        args.state_dir or default_state_dir(),
-        max_surge=args.max_surge,
-        poll_seconds=args.poll_seconds,
-        attestation_interval=args.attestation_interval,
-        token_issuer=attestation_token_issuer(args.token_file or default_token_file()),
-        kubernetes=kubernetes,
-    )
-    try:
-        reconciler.run_forever(threading.Event())
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if kubernetes is not None:
-            kubernetes.close()
-        engine.dispose()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
