@@ -15,7 +15,7 @@ import pytest
 
 from trustedlaunch.attest.nonces import NonceReusedError
 from trustedlaunch.control.plane import ControlPlane
-from trustedlaunch.control.reconciler import LOCK_FILE
+from trustedlaunch.control.reconciler import LOCK_FILE, ReconcilerThread
 from trustedlaunch.errors import TrustedLaunchError
 
 START_SECONDS = 60.0
@@ -44,6 +44,15 @@ def test_reconciler_signs_with_the_planes_issuer(tmp_path: Path) -> None:
         assert reconciler.sessions is plane.sessions
         assert reconciler.monitor.token_issuer is plane.token_issuer
         assert reconciler.state_dir == tmp_path / "state"
+
+
+def test_a_reconciler_thread_that_never_started_stops_cleanly(tmp_path: Path) -> None:
+    """A server that failed to start before its reconciler thread did still stops it without an error."""
+    with ControlPlane(f"sqlite:///{tmp_path / 'control.db'}", tmp_path / "admin-token") as plane:
+        thread = ReconcilerThread(plane.reconciler(tmp_path / "state", attestation_interval=0))
+        thread.stop(timeout=1)
+        thread.start()
+        thread.stop(timeout=10)
 
 
 def test_reconciler_plane_writes_no_admin_token(tmp_path: Path) -> None:

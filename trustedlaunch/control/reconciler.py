@@ -735,6 +735,8 @@ class ReconcilerThread:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the loop to stop and wait up to `timeout` seconds (None: until it stopped)."""
+        """Ask the loop to stop and wait up to `timeout` seconds (None: until it stopped); a loop that never
+        started (its server failed to start first) has nothing to wait for."""
         self._stop_event.set()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
