@@ -122,6 +122,15 @@ def show(
     output(alert, output_format, ALERT_COLUMNS, _alert_row)
 
 
+def _change_state(api: ApiTarget, alert_id: str, action: str, output_format: OutputFormat) -> None:
+    """POST the alert's `action` (resolve, acknowledge) and print the alert as it is then."""
+    with api.connect() as client:
+        path = _alert_path(client, alert_id)
+        client.request("POST", f"{path}/{action}")
+        alert = client.json("GET", path)
+    output(alert, output_format, ALERT_COLUMNS, _alert_row)
+
+
 @api_command(alerts_app)
 def resolve(
     api: ApiTarget,
@@ -129,11 +138,7 @@ def resolve(
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
     """Set an alert's status to Resolved and print it."""
-    with api.connect() as client:
-        path = _alert_path(client, alert_id)
-        client.request("POST", f"{path}/resolve")
-        alert = client.json("GET", path)
-    output(alert, output_format, ALERT_COLUMNS, _alert_row)
+    _change_state(api, alert_id, "resolve", output_format)
 
 
 @api_command(alerts_app)
@@ -143,11 +148,7 @@ def acknowledge(
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
     """Acknowledge an Active alert (status InProgress) and print it."""
-    with api.connect() as client:
-        path = _alert_path(client, alert_id)
-        client.request("POST", f"{path}/acknowledge")
-        alert = client.json("GET", path)
-    output(alert, output_format, ALERT_COLUMNS, _alert_row)
+    _change_state(api, alert_id, "acknowledge", output_format)
 
 
 @api_command(webhook_app, name="set")
