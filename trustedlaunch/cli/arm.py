@@ -10,6 +10,7 @@ commands and the next command's reconciler adopts them and resumes unfinished op
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -223,13 +224,8 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
         token = os.environ.get("TL_TOKEN", "")
         if not token:
             raise fail("TL_TOKEN is not set: export the API bearer token to use --endpoint/TL_ENDPOINT", 2)
-        client = ArmClient(endpoint, token, subscription_id)
-        try:
-            yield client
-        except ArmCallError as exc:
-            raise report_arm_error(exc) from None
-        finally:
-            client.close()
+        with contextlib.ExitStack() as stack:
+            yield _reporting_errors(stack, ArmClient(endpoint, token, subscription_id))
         return
     # Imported here: only the embedded mode needs the server side.
     from trustedlaunch.api.app import create_app
@@ -237,26 +233,29 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
     from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
 
-    try:
-        plane = ControlPlane()
-    except TrustedLaunchError as exc:
-        raise fail(str(exc)) from None
-    server = BackgroundServer(create_app(plane=plane), reconciler=plane.reconciler())
-    try:
-        url = server.start()
-    except TrustedLaunchError as exc:
-        server.stop()
-        plane.close()
-        raise fail(str(exc)) from None
-    client = ArmClient(url, plane.token_file.read_text().strip(), subscription_id)
-    try:
-        yield client
-    except ArmCallError as exc:
-        raise report_arm_error(exc) from None
-    finally:
-        client.close()
-        server.stop()
-        plane.close()
+    with contextlib.ExitStack() as stack:
+        try:
+            plane = stack.enter_context(ControlPlane())
+            server = BackgroundServer(create_app(plane=plane), reconciler=plane.reconciler())
+            stack.callback(server.stop)
+            url = server.start()
+        except TrustedLaunchError as exc:
+            raise fail(str(exc)) from None
+        admin_token = plane.token_file.read_text().strip()
+        yield _reporting_errors(stack, ArmClient(url, admin_token, subscription_id))
+
+
+def _reporting_errors(stack: contextlib.ExitStack, client: ArmClient) -> ArmClient:
+    """`client`, closed with `stack`, whose ARM call errors inside the stack's block become exits."""
+
+    def report(kind: type[BaseException] | None, error: BaseException | None, _trace: object) -> bool:
+        if isinstance(error, ArmCallError):
+            raise report_arm_error(error) from None
+        return False
+
+    stack.push(report)
+    stack.callback(client.close)
+    return client
 
 
 def wait_for_operation(

@@ -17,6 +17,15 @@ from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERV
 reconciler_app = typer.Typer(help="The node reconciler on its own (no API).", no_args_is_help=True)
 
 INTERRUPTED_EXIT_CODE = 130
+# `--attestation-interval` of every command that runs the reconciler (this one and `tl serve`).
+AttestationIntervalOption = Annotated[
+    float,
+    typer.Option(
+        "--attestation-interval",
+        min=0,
+        help="Seconds between re-attestations of each Ready vTPM node (0: only on demand).",
+    ),
+]
 
 
 @reconciler_app.command("run")
@@ -40,14 +49,7 @@ def run(
     poll_seconds: Annotated[
         float, typer.Option("--poll-seconds", min=0, help="Seconds between passes when idle.")
     ] = 1.0,
-    attestation_interval: Annotated[
-        float,
-        typer.Option(
-            "--attestation-interval",
-            min=0,
-            help="Seconds between re-attestations of each Ready vTPM node (0: only on demand).",
-        ),
-    ] = DEFAULT_ATTESTATION_INTERVAL,
+    attestation_interval: AttestationIntervalOption = DEFAULT_ATTESTATION_INTERVAL,
     kubeconfig: Annotated[
         Path | None,
         typer.Option(

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from trustedlaunch.cli.arm import fail
+from trustedlaunch.cli.reconciler import AttestationIntervalOption
+from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERVAL
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -39,14 +41,7 @@ def serve(
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port). Plain HTTP.")
     ] = 8080,
-    attestation_interval: Annotated[
-        float,
-        typer.Option(
-            "--attestation-interval",
-            min=0,
-            help="Seconds between re-attestations of each Ready vTPM node (0: only on demand).",
-        ),
-    ] = 300.0,
+    attestation_interval: AttestationIntervalOption = DEFAULT_ATTESTATION_INTERVAL,
     kubeconfig: Annotated[
         Path | None,
         typer.Option(
