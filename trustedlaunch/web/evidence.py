@@ -18,7 +18,7 @@ from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.eventlog.types import EV_NO_ACTION
-from trustedlaunch.findings import Check
+from trustedlaunch.findings import Check, Finding
 
 _PCR_CHECKS = frozenset({Check.PCR_VALUE.value, Check.PCR_DIGEST.value})
 
@@ -67,23 +67,20 @@ class EvidenceView:
     notes: tuple[str, ...] = field(default=())
 
 
-def _optional_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _finding_view(number: int, document: Mapping[str, object]) -> FindingView:
+    try:
+        finding = Finding.from_dict(document)
+    except ValueError:  # a damaged record: show its message, blanks for the rest
+        message = document.get("message")
+        return FindingView(number, "", "", None, None, "" if message is None else str(message))
+    return FindingView(
+        number, finding.check.value, finding.component, finding.pcr, finding.event_index, finding.message
+    )
 
 
 def finding_views(findings: Sequence[Mapping[str, object]]) -> list[FindingView]:
-    """Stored findings (Finding.to_dict()) as views, numbered from 1; missing fields become blanks."""
-    return [
-        FindingView(
-            number=number,
-            check=str(finding.get("check", "")),
-            component=str(finding.get("component", "")),
-            pcr=_optional_int(finding.get("pcr")),
-            event_index=_optional_int(finding.get("eventIndex")),
-            message=str(finding.get("message", "")),
-        )
-        for number, finding in enumerate(findings, start=1)
-    ]
+    """Stored findings (Finding.to_dict()) as views, numbered from 1; an unreadable one shows blanks."""
+    return [_finding_view(number, finding) for number, finding in enumerate(findings, start=1)]
 
 
 def blamed_events(finding: FindingView, log: EventLog) -> tuple[int, ...]:
