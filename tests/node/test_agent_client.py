@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ from trustedlaunch.tpm.ekca import create_ek_ca
 from trustedlaunch.tpm.swtpm import HOST, Swtpm
 from trustedlaunch.tpm.vtpm import Vtpm
 
+TPM2_CC_START_AUTH_SESSION = 0x176
+TPM2_CC_GET_CAPABILITY = 0x17A
+
 
 def framed(fields: dict[str, str]) -> bytes:
     line = json.dumps(fields).encode()
@@ -29,14 +33,15 @@ def framed(fields: dict[str, str]) -> bytes:
 
 
 class RelayGuest:
-    """The guest's end of the link, relaying TPM requests to a swtpm; `hold` (set) keeps the next TPM
-    request unanswered until `release` is set, then answers it late."""
+    """The guest's end of the link, relaying TPM requests to a swtpm; the next TPM request of command code
+    `hold` (any while 0) is left unanswered until `release` is set, then answered late."""
 
     def __init__(self, tpm: Swtpm) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.channel = AgentChannel(theirs)
         self._tpm = socket.create_connection((HOST, tpm.port))
-        self.hold, self.release, self.held = threading.Event(), threading.Event(), threading.Event()
+        self.hold: int | None = None
+        self.release, self.held = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -54,11 +59,12 @@ class RelayGuest:
                 if command == "EVENTLOG":
                     self.sock.sendall(framed({"reply": "EVENTLOG", "id": request_id, "eventLog": ""}))
                 elif command == "TPM":
-                    if self.hold.is_set():
-                        self.hold.clear()
+                    tpm_command = bytes.fromhex(argument.replace("\\x", ""))
+                    if self.hold in (0, int.from_bytes(tpm_command[6:10], "big")):
+                        self.hold = None
                         self.held.set()
                         self.release.wait(30)
-                    response = self._tpm_command(bytes.fromhex(argument.replace("\\x", "")))
+                    response = self._tpm_command(tpm_command)
                     encoded = base64.b64encode(response).decode()
                     self.sock.sendall(framed({"reply": "TPM", "id": request_id, "response": encoded}))
 
@@ -83,7 +89,7 @@ def test_an_unanswered_tpm_request_fails_once_then_the_tss_starts_clean(guest: R
     agent = NodeAgent(guest.channel, timeout=1.0)
     before = agent.request_quote(b"before")  # the AK is made and persisted
 
-    guest.hold.set()
+    guest.hold = 0
     with pytest.raises(AgentError, match="did not answer TPM within 1 s"):
         agent.request_quote(b"during")
     assert guest.held.is_set()
@@ -93,3 +99,29 @@ def test_an_unanswered_tpm_request_fails_once_then_the_tss_starts_clean(guest: R
         after = agent.request_quote(nonce)
         assert after.ak_name == before.ak_name and nonce in after.quote
     assert agent.ek_certificate()
+
+
+def loaded_handles(channel: AgentChannel) -> list[int]:
+    """The transient objects and sessions loaded in the node's TPM (TPM2_GetCapability, sent raw)."""
+    handles: list[int] = []
+    for first in (0x80000000, 0x02000000, 0x03000000):
+        command = struct.pack(">HIIIII", 0x8001, 22, TPM2_CC_GET_CAPABILITY, 1, first, 64)  # TPM_CAP_HANDLES
+        response = channel.tpm_command(command, 5.0)
+        assert int.from_bytes(response[6:10], "big") == 0, response.hex()
+        count = int.from_bytes(response[15:19], "big")
+        handles += [int.from_bytes(response[19 + 4 * i : 23 + 4 * i], "big") for i in range(count)]
+    return handles
+
+
+def test_what_an_interrupted_operation_left_loaded_is_flushed(guest: RelayGuest) -> None:
+    """A policy session started by a StartAuthSession whose answer came too late (the TSS never learned its
+    handle) is flushed by the next operation: three such hangs would fill the TPM's session slots."""
+    agent = NodeAgent(guest.channel, timeout=1.0)
+    agent.request_quote(b"before")
+    guest.hold = TPM2_CC_START_AUTH_SESSION
+    with pytest.raises(AgentError, match="did not answer TPM within 1 s"):
+        agent.activate(b"\x00" * 16, b"\x00" * 16)
+    assert guest.held.is_set()
+    guest.release.set()
+    agent.request_quote(b"after")
+    assert loaded_handles(guest.channel) == []
