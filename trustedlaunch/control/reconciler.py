@@ -151,6 +151,7 @@ class Reconciler:
         token_issuer: TokenIssuer | None = None,
         kubernetes: KubernetesNodeAdapter | None = None,
         max_parallel_attestations: int = MAX_PARALLEL_ATTESTATIONS,
+        attestation_time_limit: float = ATTESTATION_TIME_LIMIT,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -162,6 +163,7 @@ class Reconciler:
         self.alert_delivery = AlertDelivery(sessions)
         self.retention = Retention(sessions)  # settings from the environment (control/retention.py)
         self.max_parallel_attestations = max_parallel_attestations
+        self.attestation_time_limit = attestation_time_limit  # seconds a whole re-attestation may take
         self._vms: dict[int, NodeVM] = {}  # node id -> VM this process started
         self._lock: IO[bytes] | None = None
         self._ek_ca: EkCa | None = None
@@ -598,7 +600,7 @@ class Reconciler:
         ek_ca = [self._platform_ek_ca().certificate]
         vm = self._vms.get(node.id)
         if vm is not None:
-            with _time_limited(vm.agent().channel):
+            with _time_limited(vm.agent().channel, self.attestation_time_limit):
                 record = self.monitor.attest(
                     session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger
                 )
@@ -629,7 +631,7 @@ class Reconciler:
             return self.monitor.record_unreachable(session, pool, node, exc, trigger)
         try:
             ek_ca = [self._platform_ek_ca().certificate]
-            with _time_limited(agent.channel):
+            with _time_limited(agent.channel, self.attestation_time_limit):
                 return self.monitor.attest(
                     session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
                 )
@@ -679,9 +681,9 @@ class Reconciler:
 
 
 @contextlib.contextmanager
-def _time_limited(channel: AgentChannel) -> Iterator[None]:
-    """No agent request on `channel` waits past ATTESTATION_TIME_LIMIT seconds from now."""
-    channel.deadline = time.monotonic() + ATTESTATION_TIME_LIMIT
+def _time_limited(channel: AgentChannel, limit: float) -> Iterator[None]:
+    """No agent request on `channel` waits past `limit` seconds from now."""
+    channel.deadline = time.monotonic() + limit
     try:
         yield
     finally:

@@ -55,29 +55,48 @@ class AgentTcti(PyTCTI):
 
 
 class NodeAgent:
-    """The verifier's side of one node's agent, over its serial channel."""
+    """The verifier's side of one node's agent, over its serial channel.
+
+    Any failed TPM operation (the agent timed out, answered garbage, the TSS refused) discards the host's
+    TSS state for the node: ESAPI is left mid-command by a failure ("Esys called in bad sequence" for every
+    later command), so the next operation starts on a fresh ESAPI context and TCTI, first flushing what the
+    failed operation's late commands left loaded in the TPM. Late answers to the failed requests are skipped
+    by the channel (they carry another request id)."""
 
     def __init__(self, channel: AgentChannel, timeout: float):
         self.channel, self.timeout = channel, timeout
         self._tcti = AgentTcti(channel, timeout)
         self._tpm: NodeTpm | None = None
+        self._interrupted = False  # an operation failed: the TPM may hold what its late commands loaded
+
+    def _discard_tpm(self) -> None:
+        """Drop the node's ESAPI context and TCTI; the next TPM operation makes new ones."""
+        tpm, self._tpm = self._tpm, None
+        self._tcti = AgentTcti(self.channel, self.timeout)
+        if tpm is not None:
+            tpm.close()  # Esys_Finalize: no TPM command, whatever state the context was left in
 
     def close(self) -> None:
         """Close the channel (the agent keeps running)."""
-        if self._tpm is not None:
-            self._tpm.close()
-            self._tpm = None
+        self._discard_tpm()
         self.channel.close()
 
     def _on_tpm(self, operation: Callable[[NodeTpm], _Result]) -> _Result:
-        """Run `operation` on the node's TPM; a relay failure is raised as the agent reported it."""
-        if self._tpm is None:
-            self._tpm = NodeTpm(self._tcti)
+        """Run `operation` on the node's TPM; a relay failure is raised as the agent reported it. Whatever
+        fails, the next operation starts on a fresh TSS context."""
+        tcti = self._tcti
         try:
+            if self._tpm is None:
+                self._tpm = NodeTpm(tcti)
+                if self._interrupted:  # the agent answers in order: the late commands ran before these
+                    self._tpm.flush_loaded()
+                    self._interrupted = False
             return operation(self._tpm)
-        except NodeTpmError:
-            if self._tcti.failure is not None:
-                raise self._tcti.failure from None
+        except BaseException as exc:
+            self._discard_tpm()
+            self._interrupted = True
+            if isinstance(exc, NodeTpmError) and tcti.failure is not None:
+                raise tcti.failure from None
             raise
 
     def request_quote(self, nonce: bytes) -> NodeQuote:

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from tpm2_pytss import ESAPI, TCTI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_PT_NV, TPM2_SE, TPMA_SESSION
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HC, TPM2_PT_NV, TPM2_SE, TPMA_SESSION
 from tpm2_pytss.types import (
     TPM2B_DATA,
     TPM2B_ENCRYPTED_SECRET,
@@ -38,6 +38,7 @@ AK_HANDLE = 0x81000003
 EK_CERTIFICATE_INDEX = 0x01C00002
 PERSISTENT_HANDLES = 0x81000000  # the first persistent handle (TPM2_HT_PERSISTENT << 24)
 MAX_PERSISTENT_HANDLES = 64  # more than a TPM has room for
+MAX_LOADED_HANDLES = 64  # more transient objects or sessions than a TPM has room for
 AK_TEMPLATE = "ecc256:ecdsa-sha256:null"
 AK_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda"
 QUOTED_PCRS = (*range(10), 14)  # 0-9 (firmware, shim, GRUB, kernel) and 14 (shim's MOK lists)
@@ -84,6 +85,17 @@ class NodeTpm:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def flush_loaded(self) -> None:
+        """Flush every transient object and loaded session: what a command whose answer never reached the
+        host left in the TPM (the host is its only user: the agent relays /dev/tpm0, no resource manager)."""
+        try:
+            for first in (TPM2_HC.TRANSIENT_FIRST, TPM2_HC.HMAC_SESSION_FIRST, TPM2_HC.POLICY_SESSION_FIRST):
+                _, loaded = self._esapi.get_capability(TPM2_CAP.HANDLES, first, MAX_LOADED_HANDLES)
+                for handle in loaded.data.handles:  # only handles of the type asked for
+                    self._esapi.flush_context(self._esapi.tr_from_tpmpublic(handle))
+        except TSS2_Exception as exc:
+            raise _step("flushing what an interrupted command left loaded", exc) from None
 
     def _persistent_handles(self) -> set[int]:
         """The persistent handles in use, listed once per instance (asking the TPM for an absent handle
