@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,12 +49,15 @@ BOOT_SECONDS = 400.0
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A `tl` user with private HOME, config, data (node VMs) and store; no VM of it may be left behind."""
+    """A `tl` user with private HOME, config, data (node VMs) and store; no VM of it may be left behind.
+    The data dir is a short one of its own: the node's vTPM socket path must fit a unix socket address
+    (107 bytes), which pytest's per-test directories under a long temp root need not."""
+    data = Path(tempfile.mkdtemp(prefix="tl-term-"))
     environment = {
         **os.environ,
         "HOME": str(tmp_path),
         "XDG_CONFIG_HOME": str(tmp_path / "c"),
-        "XDG_DATA_HOME": str(tmp_path / "d"),
+        "XDG_DATA_HOME": str(data),
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'tl.db'}",
         "TERM": "xterm",
     }
@@ -69,8 +74,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     )
     tl(environment, "provider", "register", "--namespace", "Microsoft.ContainerService")
     yield environment
-    leftovers = node_processes(tmp_path / "d")
-    kill_node_processes(tmp_path / "d")
+    leftovers = node_processes(data)
+    kill_node_processes(data)
+    shutil.rmtree(data, ignore_errors=True)
     assert not leftovers, f"node processes left running: {leftovers}"
 
 
