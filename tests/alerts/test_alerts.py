@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import ssl
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from trustedlaunch.attest.alerts import Alert, WebhookDelivery, alerts_from_result
-from trustedlaunch.attest.destinations import parse_networks, pinned_request, resolve
+from trustedlaunch.attest.destinations import parse_networks, pinned_request, refusal_reason, resolve
 from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.store.vocabulary import AlertSeverity
@@ -249,6 +250,19 @@ def test_a_refused_destination_gets_no_request(serve: Callable[..., FlakyReceive
     (attempt,) = delivery.log  # refused: final, not retried
     assert attempt.status is None and attempt.error is not None and "a loopback address" in attempt.error
     assert receiver.received == []
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("2002:7f00:1::", "a loopback address"),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", "a private address"),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "a private address"),  # Teredo, client 10.0.0.1
+        ("64:ff9b::7f00:1", "a loopback address"),  # NAT64 of 127.0.0.1
+    ],
+)
+def test_ipv6_forms_that_embed_a_refused_ipv4_address_are_refused(address: str, reason: str) -> None:
+    assert refusal_reason(ipaddress.ip_address(address)) == reason
 
 
 def _certificate_for_localhost(directory: Path) -> tuple[Path, Path]:

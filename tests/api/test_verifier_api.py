@@ -246,6 +246,11 @@ def test_policy_is_required_and_validated(
         _verify(client, nonce, evidence, {**policy_document, "secureBoot": "yes"}), 400, "InvalidPolicy"
     )
     assert "secureBoot" in error["message"]
+    deep: object = []
+    for _ in range(300):  # orjson reads 1024 levels but writes only ~254: still a 400, not a 500
+        deep = [deep]
+    error = _error(_verify(client, nonce, evidence, deep), 400, "InvalidPolicy")
+    assert "policy" in error["message"]
 
 
 # --- verifying against a pool's policy (poolId) ----------------------------------------------------------

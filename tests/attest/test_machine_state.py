@@ -13,6 +13,7 @@ from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evaluation import evaluate
 from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_event_log
 from trustedlaunch.attest.machine_state import Rejected, VerifiedBoot, verify_boot
+from trustedlaunch.attest.policy import GoldenPcr
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.findings import Check
 from trustedlaunch.tpm.swtpm import Swtpm
@@ -62,3 +63,20 @@ def test_only_verify_boot_makes_a_verified_boot(evidence: Evidence) -> None:
     edited = dataclasses.replace(boot.summary, secure_boot=False)
     with pytest.raises(ValueError, match="seal"):
         dataclasses.replace(boot, summary=edited)
+
+
+def test_a_verified_boot_holds_only_what_the_quote_vouches_for(evidence: Evidence) -> None:
+    """The log's sha1 digests and the PCRs outside the selection are not bound by the sha256 quote: a
+    golden value for them is a finding, never compared with what the log (or TPM2_Startup) says."""
+    boot = verify_boot(evidence, nonce=NONCE, cache_log=False)
+    assert isinstance(boot, VerifiedBoot)
+    assert {bank: set(values) for bank, values in boot.pcr_values.items()} == {"sha256": set(PCRS)}
+    replayed_sha1 = boot.replayed_pcrs["sha1"][0].hex()
+    unquoted = [GoldenPcr("sha1", 0, replayed_sha1, ()), GoldenPcr("sha256", 16, "00" * 32, ())]
+    policy = dataclasses.replace(policy_from_summary(boot.summary), golden_pcrs=tuple(unquoted))
+    findings = evaluate(policy, boot)
+    assert [(finding.check, finding.pcr) for finding in findings] == [
+        (Check.PCR_VALUE, 0),
+        (Check.PCR_VALUE, 16),
+    ]
+    assert all("does not vouch" in finding.message for finding in findings)

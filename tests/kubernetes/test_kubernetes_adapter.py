@@ -212,3 +212,30 @@ async def test_context_selects_the_cluster_and_credentials(
     assert {request.headers["Authorization"] for request in kmock} == {"Bearer right-token"}
     with pytest.raises(KubernetesAdapterError, match="Context 'missing' not found"):
         KubernetesNodeAdapter(kubeconfig, context="missing")
+
+
+@pytest.mark.asyncio
+async def test_restore_lifts_a_quarantine_an_earlier_release_wrote(
+    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
+) -> None:
+    """Nodes quarantined before the AKS label keys carry trustedlaunch.io/ keys: a node that attests again
+    loses them all and is uncordoned; the adapter never sets such a key."""
+    legacy_taint = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
+    kmock.objects[NODES, None, NODE].patch(
+        {
+            "metadata": {
+                "labels": {"trustedlaunch.io/trusted-launch": "true", **dict.fromkeys(TRUSTED)},
+                "annotations": {"trustedlaunch.io/quarantine-reason": "PCR7: Secure Boot disabled"},
+            },
+            "spec": {"taints": [FOREIGN_TAINT, legacy_taint], "unschedulable": True},
+        }
+    )
+    assert await asyncio.to_thread(adapter.restore, NODE, TRUSTED)
+    node = stored_node(kmock)
+    assert node["metadata"]["labels"] == trusted_node()["metadata"]["labels"]
+    assert node["metadata"]["annotations"] == {}
+    assert node["spec"] == {"taints": [FOREIGN_TAINT], "unschedulable": False}
+    with pytest.raises(ValueError, match=r"'trustedlaunch\.io/secure-boot' is not one of our keys"):
+        await asyncio.to_thread(
+            adapter.apply_node_state, NODE, labels={"trustedlaunch.io/secure-boot": "true"}
+        )

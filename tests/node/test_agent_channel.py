@@ -193,6 +193,18 @@ def test_hostile_answers_are_agent_protocol_errors(
     assert isinstance(raised.value, AgentProtocolError) == (name != "bad detail base64")
 
 
+@pytest.mark.timeout(120)
+def test_a_line_of_blanks_is_refused_in_linear_time(guest: Callable[..., Guest]) -> None:
+    """An answer of `{` and a line's worth of blanks (a well-framed line the guest hashed itself) is refused
+    at once: the flat-object check must not backtrack quadratically over the blanks (it took ~25 min)."""
+    hostile = b"{" + b" " * (MAX_ANSWER_LINE - 100) + b"x"
+    peer = guest(lambda command, request_id: framed(hostile))
+    started = time.monotonic()
+    with pytest.raises(AgentProtocolError, match="flat JSON object"):
+        peer.channel.event_log(5.0)
+    assert time.monotonic() - started < 5
+
+
 def test_an_event_log_over_the_cap_is_refused_and_the_link_recovers(guest: Callable[..., Guest]) -> None:
     """A 30 MB event log (an endless line) is refused once MAX_ANSWER_LINE bytes came; its rest is dropped
     as it arrives and the next request is answered. A log just over MAX_EVENT_LOG_SIZE is refused too."""

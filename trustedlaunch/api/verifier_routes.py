@@ -130,6 +130,8 @@ def _read_request(body: bytes) -> tuple[bytes, Evidence, Policy | object]:
         policy = parse_policy(orjson.dumps(document["policy"], option=orjson.OPT_SORT_KEYS))
     except PolicyError as exc:
         raise bad_request("InvalidPolicy", str(exc), "policy") from None
+    except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (it reads deeper than it writes)
+        raise bad_request("InvalidPolicy", f"policy: {exc}", "policy") from None
     return nonce, evidence, policy
 
 

@@ -55,10 +55,15 @@ def parse_networks(text: str) -> tuple[IpNetwork, ...]:
 
 
 def _embedded_ipv4(address: IpAddress) -> IpAddress:
-    """The IPv4 address inside an IPv4-mapped or NAT64 IPv6 address (what a connection reaches)."""
+    """The IPv4 address inside an IPv4-mapped, NAT64, 6to4 or Teredo IPv6 address (what a connection
+    reaches through a relay)."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]
         if address in NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address

@@ -340,6 +340,7 @@ def _check_cmdline(rules: CmdlineRules, summary: BootSummary) -> list[Finding]:
 
 
 _VARIABLE_FACTS_LIMIT = 4096
+_VARIABLE_FACTS_MAX_DATA = 64 * 1024  # a real dbx is ~15 KB: 4096 cached entries stay under 256 MB
 _variable_facts_cache: dict[bytes, tuple[str, frozenset[str]]] = {}
 
 
@@ -350,10 +351,11 @@ def _variable_facts(variable: MeasuredVariable) -> tuple[str, frozenset[str]]:
     """
     facts = _variable_facts_cache.get(variable.data)
     if facts is None:
-        if len(_variable_facts_cache) >= _VARIABLE_FACTS_LIMIT:
-            _variable_facts_cache.clear()
         facts = (variable_digest(variable), frozenset(entry_id(entry) for entry in variable.signatures))
-        _variable_facts_cache[variable.data] = facts
+        if len(variable.data) <= _VARIABLE_FACTS_MAX_DATA:  # a caller's huge variables never fill memory
+            if len(_variable_facts_cache) >= _VARIABLE_FACTS_LIMIT:
+                _variable_facts_cache.clear()
+            _variable_facts_cache[variable.data] = facts
     return facts
 
 

@@ -69,7 +69,7 @@ class VerifiedBoot:
     seal: InitVar[object]
     log: EventLog
     summary: BootSummary
-    pcr_values: Mapping[str, Mapping[int, bytes]]  # every PCR: the quoted ones, the others at TPM2_Startup
+    pcr_values: Mapping[str, Mapping[int, bytes]]  # the PCRs the quote selected (nothing vouches for others)
     replayed_pcrs: PcrValues  # bank -> PCR -> value the log replays to (the caller's own copy)
     clock: ClockState | None  # store it for the node and pass it as last_clock next time
 
@@ -273,7 +273,9 @@ def verify_boot(
         _SEAL,
         log=boot.log,
         summary=summary,
-        pcr_values=boot.expected,
+        pcr_values={
+            bank: {pcr: boot.expected[bank][pcr] for pcr in pcrs} for bank, pcrs in quote.selected.items()
+        },
         replayed_pcrs=replayed,
         clock=quote.clock,
     )

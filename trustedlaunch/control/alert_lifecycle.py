@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from trustedlaunch.attest.alerts import Alert
@@ -115,8 +115,16 @@ def raise_alert(session: Session, alert: Alert, new_record: AlertRecord) -> Aler
 
 
 def lock(session: Session, alert: AlertRecord) -> AlertRecord:
-    """`alert` re-read under a row lock (PostgreSQL; SQLite has one writer), so that a state change and a
-    repeat the reconciler records at the same time do not overwrite each other's document."""
+    """`alert` re-read under a write lock, so that a state change and a repeat the reconciler records at the
+    same time do not overwrite each other's document: a no-op UPDATE takes the row lock on PostgreSQL and
+    the database's write lock on SQLite (whose driver begins a transaction only at the first write, so a
+    SELECT ... FOR UPDATE alone would lock nothing there)."""
+    session.execute(
+        update(AlertRecord)
+        .where(AlertRecord.id == alert.id)
+        .values(id=AlertRecord.id)
+        .execution_options(synchronize_session=False)
+    )
     session.refresh(alert, with_for_update=True)
     return alert
 

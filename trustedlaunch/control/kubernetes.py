@@ -20,7 +20,13 @@ from lightkube import ApiError, Client, ConfigError, KubeConfig
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
-from trustedlaunch.control.labels import QUARANTINE_ANNOTATION, QUARANTINE_TAINT_KEY, VERDICT_KEYS
+from trustedlaunch.control.labels import (
+    LEGACY_PREFIX,
+    LEGACY_QUARANTINE_ANNOTATION,
+    QUARANTINE_ANNOTATION,
+    QUARANTINE_TAINT_KEY,
+    VERDICT_KEYS,
+)
 from trustedlaunch.errors import TrustedLaunchError
 
 CONFLICT_RETRIES = 3
@@ -48,7 +54,8 @@ QUARANTINE_TAINT = Taint(QUARANTINE_TAINT_KEY, "true", "NoSchedule")
 
 
 def _owned(key: str) -> bool:
-    return key in VERDICT_KEYS
+    """A key the verdict decides, or one an earlier release wrote (removed, never set)."""
+    return key in VERDICT_KEYS or key.startswith(LEGACY_PREFIX)
 
 
 def node_patch(
@@ -63,7 +70,7 @@ def node_patch(
     annotations (None removes one) and `spec.unschedulable = cordon` (None leaves it); None when the node
     already is in that state."""
     for key in (*labels, *(taint.key for taint in taints)):
-        if not _owned(key):
+        if key not in VERDICT_KEYS:
             raise ValueError(f"{key!r} is not one of our keys ({', '.join(sorted(VERDICT_KEYS))})")
     metadata = node.get("metadata", {})
     spec = node.get("spec", {})
@@ -188,11 +195,12 @@ class KubernetesNodeAdapter:
     def restore(self, node_name: str, labels: Mapping[str, str]) -> bool:
         """A node that attested: our `labels` set, the quarantine taint and annotation removed, and
         uncordoned if we cordoned it (a node cordoned by an operator stays cordoned); True when it changed."""
-        quarantined = QUARANTINE_ANNOTATION in (self._read(node_name)["metadata"].get("annotations") or {})
+        annotations = self._read(node_name)["metadata"].get("annotations") or {}
+        quarantined = QUARANTINE_ANNOTATION in annotations or LEGACY_QUARANTINE_ANNOTATION in annotations
         return self.apply_node_state(
             node_name,
             labels=labels,
             taints=[],
             cordon=False if quarantined else None,
-            annotations={QUARANTINE_ANNOTATION: None},
+            annotations={QUARANTINE_ANNOTATION: None, LEGACY_QUARANTINE_ANNOTATION: None},
         )

@@ -3,7 +3,8 @@ the keys the AKS documentation names (`kubernetes.azure.com/...`, so the documen
 
 The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, the QUARANTINE_TAINT key and the
 QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and removes those and never
-touches any other key, so labels kubelet or an operator set (agentpool among them) stay as they are.
+touches any other key, so labels kubelet or an operator set (agentpool among them) stay as they are. Keys
+under LEGACY_PREFIX (what earlier releases wrote) are only ever removed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ QUARANTINE_ANNOTATION = f"{AKS_PREFIX}quarantine-reason"
 # The labels a passed attestation gives a node in Kubernetes (a failed one takes them away).
 VERDICT_LABELS = (LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT)
 VERDICT_KEYS = frozenset({*VERDICT_LABELS, QUARANTINE_TAINT_KEY, QUARANTINE_ANNOTATION})
+# Where releases before the AKS keys wrote the same labels, taint and annotation: the adapter removes them.
+LEGACY_PREFIX = "trustedlaunch.io/"
+LEGACY_QUARANTINE_ANNOTATION = f"{LEGACY_PREFIX}quarantine-reason"
 
 
 def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:

@@ -717,7 +717,8 @@ def check_flags(flags: SecurityFlags) -> list[ArmError]:
 
 
 def raise_violations(violations: list[ArmError]) -> None:
-    """Raise one 400 ArmError listing every violation in `details`; do nothing if there is none."""
+    """Raise one ArmError listing every violation in `details` (409 when every violation is a 409, such as a
+    quota or a duplicate pool; else 400); do nothing if there is none."""
     if not violations:
         return
     first = violations[0]

@@ -190,9 +190,11 @@ class Reconciler:
 
     def release(self) -> None:
         """Give up the state directory to another reconciler; running VMs keep running (to be adopted).
-        Attestations in flight are waited for (ATTESTATION_TIME_LIMIT at most)."""
+        Attestations in flight are waited for, `attestation_time_limit` seconds in all at most (they run in
+        daemon threads; an unfinished one is redone by the next reconciler)."""
+        deadline = time.monotonic() + self.attestation_time_limit
         for thread in self._attestation_threads():
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._vms.clear()  # their agent connections close with them; the next reconciler adopts the VMs
         if self._lock is not None:
             self._lock.close()
@@ -532,13 +534,17 @@ class Reconciler:
         return started
 
     def _wait_for_attestations(self) -> bool:
-        """Wait for the attestations in flight until they ended, an operation comes in or the loop stops;
-        True if one ended meanwhile."""
+        """Wait for the attestations in flight until they ended, an operation comes in, another due node
+        can take a free slot (a hanging node holds up no other node) or the loop stops; True if one ended
+        meanwhile."""
         ended = False
         while (threads := self._attestation_threads()) and not self._stop_event.is_set():
             threads[0].join(1.0)
-            ended = ended or len(self._attestation_threads()) < len(threads)
-            if self._operations_in_progress():
+            running = self._attestation_threads()
+            ended = ended or len(running) < len(threads)
+            if self._operations_in_progress() or (
+                len(running) < self.max_parallel_attestations and self._next_due_node() is not None
+            ):
                 break
         return ended
 

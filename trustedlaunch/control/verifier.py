@@ -4,9 +4,9 @@ attestation metrics, and issue an attestation token only for a pass by an AK the
 
 `verify_request` is the whole pipeline of the verifier API (api/verifier_routes.py keeps the HTTP parsing
 and the response): redeem the challenge nonce, look up the pool's policy and the enrolled AK, verify, count,
-issue or withhold the token. `verify_and_count` and `attestation_token` are its steps that the
-reconciler's attestation monitor shares: the same verification and metrics, the same token claims
-(`TokenSubject`).
+issue or withhold the token. The reconciler's attestation monitor shares its token step
+(`attestation_token`, `TokenSubject`: the same claims); it verifies through trustedlaunch.attest.remote,
+which calls the same `verify` and counts the same metrics.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ def _base64_length(size: int) -> int:
 MAX_ANSWER_LINE = _base64_length(MAX_EVENT_LOG_SIZE) + 1024
 _STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # a JSON string (unrolled: linear time on any input)
 _PAIR = _STRING + rb"\s*:\s*" + _STRING
-_FLAT_OBJECT = re.compile(rb"\{\s*(?:" + _PAIR + rb"(?:\s*,\s*" + _PAIR + rb")*)?\s*\}")
+# (the whitespace before the closing brace sits inside the optional group: two adjacent `\s*` around an
+# empty group would make a line of blanks quadratic to reject)
+_FLAT_OBJECT = re.compile(rb"\{\s*(?:" + _PAIR + rb"(?:\s*,\s*" + _PAIR + rb")*\s*)?\}")
 # Empty lines (which the agent ignores) before each request: the guest's UART may drop up to its receive
 # FIFO (16 bytes) of what arrives first (a request that lost its start was answered UNKNOWN, without its id).
 REQUEST_PADDING = b"\n" * 16

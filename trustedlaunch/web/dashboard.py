@@ -352,8 +352,8 @@ def _alert_findings(document: dict[str, Any]) -> list[str]:
 
 @router.get("/alerts", name="dashboard_alerts")
 def alerts(request: Request, status: str | None = None) -> HTMLResponse:
-    """Integrity alerts in the token's scope, newest first (at most ALERT_LIMIT), optionally only Active or
-    Resolved ones."""
+    """Integrity alerts in the token's scope, newest first (at most ALERT_LIMIT), optionally only those of
+    one status (Active, InProgress or Resolved)."""
     if status not in ALERT_STATUSES:
         status = None
     with request.app.state.sessions() as session:

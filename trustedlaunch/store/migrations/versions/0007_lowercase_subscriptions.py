@@ -1,6 +1,7 @@
 """lowercase subscription ids: ARM compares ids case-insensitively, and the control plane now stores every
 subscription id lowercase (also inside the resource ids of operations). A row whose lowercase twin exists
-already (the same subscription written in two cases) keeps its case and is no longer reachable.
+already (the same subscription written in two cases), or that another spelling of its key precedes, keeps
+its case and is no longer reachable.
 
 Revision ID: 0007_lowercase_subscriptions
 Revises: 0006_ui_sessions
@@ -33,9 +34,13 @@ def upgrade() -> None:
         condition = "subscription_id <> lower(subscription_id)"
         if key is not None:
             same_key = "".join(f" AND twin.{column} = {table}.{column}" for column in key)
+            # no lowercase twin yet, and of several spellings only the first (in byte order) is lowercased
             condition += (
                 f" AND NOT EXISTS (SELECT 1 FROM {table} AS twin"
                 f" WHERE twin.subscription_id = lower({table}.subscription_id){same_key})"
+                f" AND NOT EXISTS (SELECT 1 FROM {table} AS twin"
+                f" WHERE lower(twin.subscription_id) = lower({table}.subscription_id){same_key}"
+                f" AND twin.subscription_id < {table}.subscription_id)"
             )
         op.execute(f"UPDATE {table} SET subscription_id = lower(subscription_id) WHERE {condition}")
     op.execute(
