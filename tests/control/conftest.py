@@ -16,3 +16,16 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine, factory = open_store(f"sqlite:///{tmp_path / 'control.db'}", tmp_path / "admin-token")
     yield factory
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A migrated store on SQLite and on a throwaway PostgreSQL server (the `postgresql_url` fixture)."""
+    url = (
+        f"sqlite:///{tmp_path / 'control.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgresql_url")
+    )
+    engine, factory = open_store(url, tmp_path / "admin-token")
+    yield factory
+    engine.dispose()

@@ -4,7 +4,6 @@ sessions; and the settings read from the environment."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from monitoring_rows import RealAttestation, add_alert, add_attestation, add_nod
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
@@ -36,18 +34,6 @@ SETTINGS = RetentionSettings(
 @pytest.fixture(scope="module")
 def attestation(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> RealAttestation:
     return real_attestation(testdata, tmp_path_factory.mktemp("quote"))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = (
-        f"sqlite:///{tmp_path / 'control.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgresql_url")
-    )
-    engine, sessions = open_store(url, tmp_path / "admin-token")
-    yield sessions
-    engine.dispose()
 
 
 def test_settings_come_from_the_environment() -> None:

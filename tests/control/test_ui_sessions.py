@@ -3,15 +3,11 @@ expiry, sign-out, revocation and the bound on a token's sessions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token, revoke_token
 from trustedlaunch.control.ui_sessions import (
     MAX_SESSIONS_PER_TOKEN,
@@ -24,18 +20,6 @@ from trustedlaunch.control.ui_sessions import (
 from trustedlaunch.store.models import UiSession, utc_now
 
 SUB = "/subscriptions/11111111-2222-3333-4444-555555555555"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = (
-        f"sqlite:///{tmp_path / 'control.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgresql_url")
-    )
-    engine, sessions = open_store(url, tmp_path / "admin-token")
-    yield sessions
-    engine.dispose()
 
 
 def opened(session: Session, token: str, now: datetime | None = None) -> str:
