@@ -128,9 +128,15 @@ echo "trustedlaunch-agent ready (TPM $tpm)" >/dev/console
 
 # While the node booted, the host sent a PING every second and gave up on each but the last: they wait
 # in the serial port. Answer only the newest one (the host waits for that one) instead of the whole
-# backlog. A line cut by the 0.2 s timeout is lost like one sent before boot: the host pings again.
+# backlog. Only the wait for a line's first byte is timed: busybox times a whole `read -t`, so a slow
+# guest would cut a line it is still receiving (a blank line reads as an empty first byte).
 pinged=""
-while read -r -t 0.2 command id arg1 rest <&3; do
+while IFS= read -r -t 0.2 -n 1 first <&3; do
+    [ -n "$first" ] || continue
+    IFS= read -r line <&3
+    read -r command id arg1 rest <<EOF
+$first$line
+EOF
     if [ "$command" = PING ]; then
         pinged=1
         newest_id=$id
