@@ -201,7 +201,7 @@ class GarbageAgentSocket:
                 connection, _ = self.sock.accept()
             except OSError:
                 return
-            # The channel drops the connection as soon as it sees garbage: a reset here is that, not a failure.
+            # The channel drops the connection once it sees garbage: a reset here is that, not a failure.
             with connection, connection.makefile("rb") as requests, contextlib.suppress(ConnectionError):
                 for request in requests:
                     command, request_id, *_ = (*request.decode().split(), "", "")
