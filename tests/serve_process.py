@@ -23,7 +23,7 @@ def start_serve(env: dict[str, str], *arguments: str) -> tuple[subprocess.Popen[
         line = process.stderr.readline()
         assert line, f"tl serve exited early ({process.poll()}): {banner}"
         banner += line
-    url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+    url = banner.split("control plane on ", 1)[1].split(" ", 1)[0]
     deadline = time.monotonic() + STARTUP_SECONDS
     while True:
         try:

@@ -19,4 +19,4 @@ TABLES = {
     "ui_sessions",
     "alembic_version",
 }
-HEAD_REVISION = "0008_alert_lifecycle"
+HEAD_REVISION = "0009_node_health"

@@ -39,6 +39,7 @@ class Check(StrEnum):
     SEPARATOR = "SeparatorInvalid"
     PCR_VALUE = "PcrValueMismatch"  # a PCR differs from the policy's golden value
     EVENT_DATA = "EventDataNotMeasured"  # event data not bound to its quoted digest, or a hidden PCR4 load
+    NODE_HEALTH = "NodeUnhealthy"  # not an attestation check: the node failed its liveness checks
 
 
 @dataclass(frozen=True)

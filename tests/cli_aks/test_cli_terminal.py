@@ -169,9 +169,9 @@ def test_ctrl_c_during_create_and_on_serve_leaves_the_vm_to_adopt(env: dict[str,
         )
         assert ready.qemu_pid is not None
         os.kill(ready.qemu_pid, signal.SIGKILL)  # the supervisor records it, the reconciler names it
-        lost = wait_for_node(env, "lost", 30, lambda node: node.state != "Ready")
-        assert lost.state == "Failed", lost.message
-        assert "stopped: the VM process (QEMU) was killed by signal 9 (SIGKILL)" in lost.message, lost.message
+        lost = wait_for_node(env, "lost", 60, lambda node: node.state != "Ready")
+        assert lost.state == "Unhealthy", lost.message
+        assert lost.message == "unhealthy: VM exited: the VM process (QEMU) was killed by signal 9 (SIGKILL)"
         serve.interrupt()
         assert serve.process.wait(60) == 0, serve.output
     finally:

@@ -53,8 +53,13 @@ def test_a_node_paused_past_the_time_limit_attests_again(
     )
     with sessions.begin() as session:
         _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[pool]))
-    reconciler = Reconciler(
-        sessions, state_dir, attestation_interval=0, boot_timeout=300, attestation_time_limit=TIME_LIMIT
+    reconciler = Reconciler(  # no liveness checks: this is about the attestation (test_liveness_repair)
+        sessions,
+        state_dir,
+        attestation_interval=0,
+        boot_timeout=300,
+        attestation_time_limit=TIME_LIMIT,
+        liveness_interval=0,
     )
     qemu_pid: int | None = None
     try:

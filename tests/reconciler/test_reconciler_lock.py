@@ -21,7 +21,7 @@ from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.reconciler import LOCK_FILE, Reconciler
 from trustedlaunch.store.models import AgentPool, Node, Operation
 
-LOST = "the node's VM was not running when the reconciler started"
+LOST = "unhealthy: VM exited: "
 
 # A reconciler in its own process, driven line by line: "run" -> run_once()'s result, "release" -> release().
 OTHER_RECONCILER = """
@@ -129,9 +129,9 @@ def test_one_reconciler_per_state_directory(
         assert node_state(sessions, first) == ("Ready", "")
 
         assert other.send("release") == "released"
-        ours.run_once()  # takes over: the node it finds lost is marked Failed
+        ours.run_once()  # takes over: the node it finds lost is marked Unhealthy
         state, message = node_state(sessions, first)
-        assert state == "Failed" and message.startswith(LOST), message
+        assert state == "Unhealthy" and message.startswith(LOST), message
 
         second = add_lost_node(sessions, pool, 1, tmp_path)
         assert other.send("run") == "False"  # now the other one is idle
@@ -139,12 +139,12 @@ def test_one_reconciler_per_state_directory(
 
         ours.release()
         other.send("run")  # the other takes over again ...
-        assert node_state(sessions, second)[0] == "Failed"
+        assert node_state(sessions, second)[0] == "Unhealthy"
         other.kill()  # ... and dies without releasing: the lock goes with the process
 
         third = add_lost_node(sessions, pool, 2, tmp_path)
         ours.run_once()
-        assert node_state(sessions, third)[0] == "Failed"
+        assert node_state(sessions, third)[0] == "Unhealthy"
     finally:
         ours.release()
         other.close()

@@ -132,17 +132,22 @@ def test_clusters_page_lists_pools_nodes_and_active_alerts(dashboard: Dashboard)
     assert "WebCluster" in table and "rg-web" in table and "eastus" in table and "1.30.6" in table
     assert f'href="/ui/clusters/{dashboard.seeded.cluster_id}"' in page
     row = table.split("WebCluster", 1)[1]
-    assert "Succeeded Running 1 3 1" in row  # 1 pool, 3 nodes, 1 active alert
+    assert "Succeeded Running Healthy 1 3 / 3 1" in row  # 1 pool, 3 of 3 nodes ready, 1 active alert
     with dashboard.sessions.begin() as session:
         session.execute(update(AlertRecord).values(status="Resolved", resolved_at=datetime.now(UTC)))
-    assert "Succeeded Running 1 3 0" in element(dashboard.client.get("/ui/").text, "clusters").text
+        session.execute(update(Node).where(Node.name == "aks-tlpool-2").values(state="Unhealthy"))
+    # one node lost: the cluster rolls up to Degraded, 2 of its 3 nodes ready
+    clusters = element(dashboard.client.get("/ui/").text, "clusters").text
+    assert "Succeeded Running Degraded 1 2 / 3 0" in clusters
+    pools = element(dashboard.client.get(f"/ui/clusters/{dashboard.seeded.cluster_id}").text, "pools").text
+    assert "tlpool System 2 / 3" in pools and pools.rstrip().endswith("Succeeded Degraded")
 
 
 def test_pools_page_shows_trusted_launch_and_attestation_counts(dashboard: Dashboard) -> None:
     page = dashboard.client.get(f"/ui/clusters/{dashboard.seeded.cluster_id}").text
     table = element(page, "pools").text
     assert "tlpool System 3 / 3 Standard_D4s_v3 Linux Ubuntu" in table
-    assert "enabled enabled 1 2 Succeeded" in table  # Secure Boot, vTPM, 1 attested, 2 failed
+    assert "enabled enabled 1 2 Succeeded Healthy" in table  # Secure Boot, vTPM, 1 attested, 2 failed
 
 
 def test_nodes_page_shows_live_state_secure_boot_vtpm_and_labels(dashboard: Dashboard) -> None:
@@ -152,7 +157,7 @@ def test_nodes_page_shows_live_state_secure_boot_vtpm_and_labels(dashboard: Dash
     assert rows.attributes["hx-get"] == f"/ui/pools/{seeded.pool_id}/node-rows"
     assert rows.attributes["hx-trigger"] == "every 3s" and rows.attributes["hx-swap"] == "outerHTML"
     attested, grub, secure_boot = (element(page, f"node-{ordinal}").text for ordinal in range(3))
-    assert attested.startswith("aks-tlpool-0 Running Attested")
+    assert attested.startswith("aks-tlpool-0 Ready Attested")
     assert "enabled enabled kubernetes.azure.com/trusted-launch=attested" in attested
     assert "AttestationFailed" in grub and "BootApplicationNotAllowed (grub, PCR4, event #26)" in grub
     assert "SecureBootStateMismatch" in secure_boot

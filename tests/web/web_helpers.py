@@ -178,7 +178,7 @@ def seed_store(
                     node_image_version=image,
                     enable_secure_boot=True,
                     enable_vtpm=True,
-                    state="Running",
+                    state="Ready",
                     attestation_status="Attested" if result.ok else "AttestationFailed",
                     labels={"kubernetes.azure.com/trusted-launch": "attested" if result.ok else "failed"},
                     message="" if result.ok else str(result.findings[0]),

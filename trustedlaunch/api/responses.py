@@ -148,10 +148,31 @@ class CredentialResults(BaseModel):
     kubeconfigs: list[Kubeconfig]
 
 
+class RepairOut(BaseModel):
+    """One auto-repair step of a node."""
+
+    time: str
+    action: str
+    cause: str
+    outcome: str
+
+
+class MachineHealthOut(BaseModel):
+    """A node's liveness: Healthy or Unhealthy, why, since when, and the auto-repairs done on it."""
+
+    state: str
+    cause: str | None
+    failedChecks: int
+    unhealthySince: str | None
+    repairs: list[RepairOut]
+
+
 class MachinePropertiesOut(BaseModel):
     """`properties` of a node (machine) of an agent pool."""
 
     provisioningState: str
+    powerState: PowerState
+    health: MachineHealthOut
     nodeImageVersion: str
     securityProfile: SecurityProfileOut
     attestationStatus: str | None

@@ -6,6 +6,7 @@ import base64
 import json
 
 from trustedlaunch.control.kubeconfig import ApiServer
+from trustedlaunch.control.node_health import health_state, power_state
 from trustedlaunch.control.records import (
     AgentPool,
     FeatureRegistration,
@@ -92,6 +93,14 @@ def machine_json(node: Node) -> JsonObject:
         "type": f"{PROVIDER}/managedClusters/agentPools/machines",
         "properties": {
             "provisioningState": node.state,
+            "powerState": {"code": power_state(node)},
+            "health": {
+                "state": health_state(node),
+                "cause": node.health_cause,
+                "failedChecks": node.failed_checks,
+                "unhealthySince": iso(node.unhealthy_since),
+                "repairs": node.repairs,
+            },
             "nodeImageVersion": node.node_image_version,
             "securityProfile": {
                 "enableSecureBoot": node.enable_secure_boot,

@@ -32,14 +32,23 @@ from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus, AlertType
 ALERT_DISPLAY_NAMES = {
     AlertType.ATTESTATION_FAILURE: "VM attestation failure",
     AlertType.NODE_UNREACHABLE: "VM unreachable for attestation",
+    AlertType.NODE_UNHEALTHY: "Node VM unhealthy",
 }
 PRODUCT_NAME = "trustedlaunch"
 
 
 # Medium: a boot that may be legitimate but is outside the policy (cmdline, dbx update pending, a weak PCR
-# bank or selection, unreadable evidence); High: the boot chain or the evidence itself is not trustworthy.
+# bank or selection, unreadable evidence, a node failing its liveness checks); High: the boot chain or the
+# evidence itself is not trustworthy.
 MEDIUM_CHECKS = frozenset(
-    {Check.KERNEL_CMDLINE, Check.FORBIDDEN_DB, Check.PCR_BANK, Check.PCR_SELECTION, Check.EVIDENCE_FORMAT}
+    {
+        Check.KERNEL_CMDLINE,
+        Check.FORBIDDEN_DB,
+        Check.PCR_BANK,
+        Check.PCR_SELECTION,
+        Check.EVIDENCE_FORMAT,
+        Check.NODE_HEALTH,
+    }
 )
 _SEVERITY_ORDER = (AlertSeverity.HIGH, AlertSeverity.MEDIUM, AlertSeverity.LOW)
 
@@ -79,11 +88,10 @@ class Alert:
     def description(self) -> str:
         """What failed on the node, one finding per line."""
         lines = "\n".join(f"- {describe_finding(finding)}" for finding in self.findings)
-        verdict = (
-            "gave no attestation evidence"
-            if self.alert_type == AlertType.NODE_UNREACHABLE
-            else "failed attestation"
-        )
+        verdict = {
+            AlertType.NODE_UNREACHABLE: "gave no attestation evidence",
+            AlertType.NODE_UNHEALTHY: "is unhealthy",
+        }.get(self.alert_type, "failed attestation")
         return f"Node {self.node} of pool {self.pool} (cluster {self.cluster}) {verdict}:\n{lines}"
 
     def to_dict(self) -> dict[str, Any]:

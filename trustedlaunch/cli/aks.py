@@ -53,7 +53,16 @@ machine_app = typer.Typer(
 aks_app.add_typer(machine_app, name="machine")
 
 CLUSTER_COLUMNS = ("Name", "Location", "ResourceGroup", "KubernetesVersion", "ProvisioningState", "Fqdn")
-MACHINE_COLUMNS = ("Name", "ProvisioningState", "SecureBoot", "VTPM", "Attestation", "Labels")
+MACHINE_COLUMNS = (
+    "Name",
+    "ProvisioningState",
+    "Power",
+    "Health",
+    "SecureBoot",
+    "VTPM",
+    "Attestation",
+    "Labels",
+)
 POOL_COLUMNS = (
     "Name",
     "OsType",
@@ -628,6 +637,8 @@ def _machine_row(machine: dict[str, Any]) -> list[object]:
     return [
         machine["name"],
         props["provisioningState"],
+        (props.get("powerState") or {}).get("code"),
+        (props.get("health") or {}).get("state"),
         security.get("enableSecureBoot"),
         security.get("enableVTPM"),
         props.get("attestationStatus"),

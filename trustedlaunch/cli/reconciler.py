@@ -27,6 +27,17 @@ AttestationIntervalOption = Annotated[
     ),
 ]
 
+# `--auto-repair/--no-auto-repair`, the server setting of node auto-repair (control/node_health.py).
+AutoRepairOption = Annotated[
+    bool,
+    typer.Option(
+        "--auto-repair/--no-auto-repair",
+        envvar="TL_AUTO_REPAIR",
+        help="Reboot a node that failed 3 liveness checks, reimage it if it still fails 5 minutes later "
+        "(at most 3 repairs per node per hour).",
+    ),
+]
+
 
 @reconciler_app.command("run")
 def run(
@@ -50,6 +61,7 @@ def run(
         float, typer.Option("--poll-seconds", min=0, help="Seconds between passes when idle.")
     ] = 1.0,
     attestation_interval: AttestationIntervalOption = DEFAULT_ATTESTATION_INTERVAL,
+    auto_repair: AutoRepairOption = True,
     kubeconfig: Annotated[
         Path | None,
         typer.Option(
@@ -82,6 +94,7 @@ def run(
         reconciler = plane.reconciler(
             state_dir,
             attestation_interval=attestation_interval,
+            auto_repair=auto_repair,
             max_surge=max_surge,
             poll_seconds=poll_seconds,
         )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from trustedlaunch.cli.arm import fail
-from trustedlaunch.cli.reconciler import AttestationIntervalOption
+from trustedlaunch.cli.reconciler import AttestationIntervalOption, AutoRepairOption
 from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERVAL
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ def serve(
         int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port). Plain HTTP.")
     ] = 8080,
     attestation_interval: AttestationIntervalOption = DEFAULT_ATTESTATION_INTERVAL,
+    auto_repair: AutoRepairOption = True,
     kubeconfig: Annotated[
         Path | None,
         typer.Option(
@@ -82,13 +83,14 @@ def serve(
         plane.close()
         raise fail(str(exc), 2) from None
     token_file = plane.token_file
-    reconciler = plane.reconciler(attestation_interval=attestation_interval)
+    reconciler = plane.reconciler(attestation_interval=attestation_interval, auto_repair=auto_repair)
 
     def announce(url: str) -> None:
         processes = f"{workers} API worker processes, " if workers > 1 else ""
         typer.echo(
             f"trustedlaunch control plane on {url} ({processes}attestation interval {attestation_interval:g} "
-            f"s, Kubernetes API server: {kubeconfig or 'none'}).\n"
+            f"s, auto-repair {'on' if auto_repair else 'off'}, "
+            f"Kubernetes API server: {kubeconfig or 'none'}).\n"
             f"Use it with: export TL_ENDPOINT={url} TL_TOKEN=$(cat {token_file})",
             err=True,
         )

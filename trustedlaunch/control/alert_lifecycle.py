@@ -33,6 +33,7 @@ from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertSeverity, A
 
 PENDING = "Pending"  # attestation_monitor.DeliveryState.PENDING (that module imports this one)
 LABELS_REMOVED = "The node's trusted launch labels were removed (attestation status: AttestationFailed)."
+UNHEALTHY_LABELS_REMOVED = "The node's trusted launch labels were removed until it is healthy and attested."
 QUARANTINED = "The node was cordoned and tainted in Kubernetes; its workloads are not rescheduled onto it."
 NEXT_STEPS = {
     AlertType.ATTESTATION_FAILURE: (
@@ -42,13 +43,18 @@ NEXT_STEPS = {
         "Check that the node's VM runs and its agent answers; "
         "reboot or reimage a node that stays unreachable."
     ),
+    AlertType.NODE_UNHEALTHY: (
+        "Auto-repair reboots the node, then reimages it if it still fails; with auto-repair off, or past its "
+        "hourly limit, reboot or reimage the node yourself."
+    ),
 }
 _SEVERITY_RANK = {AlertSeverity.HIGH: 0, AlertSeverity.MEDIUM: 1, AlertSeverity.LOW: 2}
 
 
 def remediation_steps(alert_type: AlertType) -> tuple[str, ...]:
     """The remediation of a new alert: what the control plane did (the labels), then what to do."""
-    return (LABELS_REMOVED, NEXT_STEPS[alert_type])
+    done = UNHEALTHY_LABELS_REMOVED if alert_type == AlertType.NODE_UNHEALTHY else LABELS_REMOVED
+    return (done, NEXT_STEPS[alert_type])
 
 
 def _timestamp(moment: datetime) -> str:
@@ -191,3 +197,23 @@ def note_quarantine(node: Node, error: str | None) -> None:
         properties["remediationSteps"] = [*steps[:1], step, *steps[1:]]
         document["properties"] = properties
         alert.document = document
+
+
+def note_remediation(session: Session, node_name: str, alert_type: AlertType, step: str) -> None:
+    """Append `step` (something the control plane did) to the remediation of the newest alert of `node_name`
+    and `alert_type` (open, or resolved by what was done), if there is one (the caller commits). Not a
+    state change: not delivered again."""
+    alert = session.scalars(
+        select(AlertRecord)
+        .where(AlertRecord.node_name == node_name, AlertRecord.alert_type == alert_type.value)
+        .order_by(AlertRecord.time.desc())
+        .with_for_update()
+    ).first()
+    if alert is None:
+        return
+    document = dict(alert.document)
+    properties = dict(cast(dict[str, object], document.get("properties") or {}))
+    steps = [str(line) for line in cast(list[object], properties.get("remediationSteps") or [])]
+    properties["remediationSteps"] = [*steps, step]
+    document["properties"] = properties
+    alert.document = document

@@ -26,11 +26,14 @@ LEGACY_PREFIX = "trustedlaunch.io/"
 LEGACY_QUARANTINE_ANNOTATION = f"{LEGACY_PREFIX}quarantine-reason"
 
 
-def node_labels(pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str) -> dict[str, str]:
+def node_labels(
+    pool_name: str, secure_boot: bool, vtpm: bool, attestation_status: str, *, healthy: bool = True
+) -> dict[str, str]:
     """The labels of a node: agent pool, attestation status, and the trusted launch features that are on
-    (a feature that is off has no label, as AKS). A node that failed attestation has none of the latter."""
+    (a feature that is off has no label, as AKS). A node that failed attestation, or is not `healthy`
+    (control.node_health), has none of the latter."""
     labels = {LABEL_AGENT_POOL: pool_name, LABEL_ATTESTATION: attestation_status}
-    if attestation_status == AttestationStatus.ATTESTATION_FAILED:
+    if attestation_status == AttestationStatus.ATTESTATION_FAILED or not healthy:
         return labels
     if vtpm:
         labels[LABEL_TRUSTED_LAUNCH] = "true"

@@ -16,6 +16,8 @@ class NodePhase(StrEnum):
     FAILED = "Failed"
     REIMAGING = "Reimaging"  # old VM and vTPM being destroyed before the node is provisioned again
     DELETING = "Deleting"  # VM and vTPM being destroyed before the row is removed
+    UNHEALTHY = "Unhealthy"  # was Ready; VM gone or paused, or its agent stopped answering (node_health)
+    REPAIRING = "Repairing"  # an auto-repair (reboot or reimage) of an Unhealthy node is under way
 
 
 class Action(StrEnum):

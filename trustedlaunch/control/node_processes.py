@@ -72,6 +72,17 @@ def is_node_process(pid: int, run_dir: Path) -> bool:
     return arguments is not None and _node_program(arguments, run_dir_marker(run_dir)) is not None
 
 
+def is_stopped(pid: int) -> bool:
+    """True if process `pid` is stopped (SIGSTOP, or a tracer's stop): a paused VM runs no guest code."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return False
+    # pid (comm) state ...: comm may hold spaces and parentheses, the state follows the last ")"
+    fields = stat[stat.rfind(b")") + 1 :].split()
+    return bool(fields) and fields[0] in (b"T", b"t")
+
+
 def _reap_if_child(pid: int) -> None:
     """Wait for `pid` (already sent SIGKILL) if it is a child of this process, so that it leaves no zombie."""
     with contextlib.suppress(ChildProcessError):

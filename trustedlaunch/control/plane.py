@@ -77,6 +77,7 @@ class ControlPlane:
         state_dir: Path | None = None,
         *,
         attestation_interval: float = DEFAULT_ATTESTATION_INTERVAL,
+        auto_repair: bool = True,
         max_surge: int = 0,
         poll_seconds: float = 1.0,
     ) -> Reconciler:
@@ -88,6 +89,7 @@ class ControlPlane:
             max_surge=max_surge,
             poll_seconds=poll_seconds,
             attestation_interval=attestation_interval,
+            auto_repair=auto_repair,
             token_issuer=self.token_issuer,
             kubernetes=self.kubernetes,
         )

@@ -22,7 +22,9 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -34,6 +36,7 @@ from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike
 from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.attestation_monitor import (
     DEFAULT_ATTESTATION_INTERVAL,
     AdoptedAgent,
@@ -50,6 +53,17 @@ from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.limits import surge_nodes
+from trustedlaunch.control.node_health import (
+    LIVENESS_INTERVAL,
+    PING_TIMEOUT,
+    REIMAGE_AFTER,
+    LivenessCheck,
+    RepairAction,
+    finish_repair,
+    next_repair,
+    record_check,
+    start_repair,
+)
 from trustedlaunch.control.node_plan import (
     Action,
     DesiredPool,
@@ -61,6 +75,7 @@ from trustedlaunch.control.node_plan import (
 from trustedlaunch.control.node_processes import (
     SUPERVISOR_NAME,
     is_node_process,
+    is_stopped,
     kill_node_processes,
     node_processes,
 )
@@ -68,13 +83,13 @@ from trustedlaunch.control.operations import finish_operation, operation_resourc
 from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel
+from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
-from trustedlaunch.store.vocabulary import AttestationStatus
+from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -137,6 +152,11 @@ class Reconciler:
     `max_parallel_attestations` at once in threads of their own (operations advance meanwhile): see
     `attestation_monitor` for the history, tokens (`token_issuer`), alerts and the quarantine (applied to
     Kubernetes through `kubernetes` when given). `run_forever` delivers alerts in a second thread.
+
+    Every Ready or Unhealthy node's liveness is checked every `liveness_interval` seconds (a thread of its
+    own in `run_forever`, so that a long step does not delay it; `run_once` checks when due): see
+    `node_health` for the rules, and the auto-repair of Unhealthy nodes (reboot, then reimage) that
+    `auto_repair` turns on.
     """
 
     def __init__(
@@ -152,6 +172,9 @@ class Reconciler:
         kubernetes: KubernetesNodeAdapter | None = None,
         max_parallel_attestations: int = MAX_PARALLEL_ATTESTATIONS,
         attestation_time_limit: float = ATTESTATION_TIME_LIMIT,
+        liveness_interval: float = LIVENESS_INTERVAL,
+        auto_repair: bool = True,
+        reimage_after: timedelta = REIMAGE_AFTER,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -171,6 +194,13 @@ class Reconciler:
         self._attesting: dict[int, threading.Thread] = {}  # node id -> the thread attesting it
         self._attesting_lock = threading.Lock()
         self._stop_event = threading.Event()  # set by run_forever's stop: no more waiting for attestations
+        self.liveness_interval = liveness_interval
+        self.auto_repair = auto_repair
+        self.reimage_after = reimage_after
+        self._agent_locks: dict[int, threading.Lock] = {}  # node id -> held while its agent is in use
+        self._agent_locks_lock = threading.Lock()
+        self._liveness_lock = threading.Lock()  # one liveness round at a time (loop and liveness thread)
+        self._next_liveness_at = 0.0
 
     # -- ownership -------------------------------------------------------------------------------------
 
@@ -201,27 +231,18 @@ class Reconciler:
             self._lock = None
 
     def _adopt_ready_nodes(self) -> None:
-        """Adopt the Ready nodes whose VM still answers; mark the others Failed (replaced by the pool's next
-        operation) after killing what is left of them."""
+        """Adopt the nodes of an earlier reconciler: check every Ready or Unhealthy node's liveness at once
+        (a Ready node whose agent answers is adopted); a repair it left half done leaves the node Unhealthy,
+        for the next repair step."""
         with self.sessions.begin() as session:
-            for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)):
-                run_dir = Path(node.run_dir) if node.run_dir else None
-                if run_dir is not None and node.qemu_pid and self._agent_answers(node.qemu_pid, run_dir):
-                    log.info("adopted node %s (qemu pid %s)", node.name, node.qemu_pid)
-                elif run_dir is not None and node.qemu_pid and is_node_process(node.qemu_pid, run_dir):
-                    self._mark_lost(node, "the node's agent did not answer when the reconciler started")
-                else:
-                    self._mark_lost(
-                        node, f"the node's VM was not running when the reconciler started ({_vm_end(node)})"
-                    )
-
-    def _mark_lost_nodes(self) -> None:
-        """Mark Failed the Ready nodes whose QEMU process is gone (crashed or killed)."""
-        with self.sessions.begin() as session:
-            for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)):
-                if not self._vm_alive(node):
-                    ended = _vm_end(node)
-                    self._mark_lost(node, f"the node's VM (qemu pid {node.qemu_pid}) stopped: {ended}")
+            for node in session.scalars(select(Node).where(Node.state == NodePhase.REPAIRING)):
+                log.warning("node %s: its repair was interrupted; it stays Unhealthy", node.name)
+                node.state = NodePhase.UNHEALTHY
+        with self._liveness_lock:
+            self._next_liveness_at = time.monotonic() + self.liveness_interval
+            for check, state in self.check_liveness():
+                if check.cause is None and state == NodePhase.READY:
+                    log.info("adopted node %s", check.node_name)
 
     def _vm_alive(self, node: Node) -> bool:
         """True while the node's QEMU process (ours or adopted) runs."""
@@ -231,13 +252,152 @@ class Reconciler:
         run_dir = Path(node.run_dir) if node.run_dir else None
         return bool(run_dir and node.qemu_pid and is_node_process(node.qemu_pid, run_dir))
 
-    def _mark_lost(self, node: Node, reason: str) -> None:
-        log.warning("node %s: %s", node.name, reason)
-        self._stop_processes(node)
-        node.state = NodePhase.FAILED
-        node.message = f"{reason}; the pool's next operation replaces the node"
-        node.qemu_pid = node.swtpm_pid = None
-        node.updated_at = utc_now()
+    def _agent_lock(self, node_id: int) -> threading.Lock:
+        """The lock held while node `node_id`'s agent is in use (an attestation, a liveness PING): its serial
+        port serves one connection at a time."""
+        with self._agent_locks_lock:
+            return self._agent_locks.setdefault(node_id, threading.Lock())
+
+    # -- liveness and auto-repair ----------------------------------------------------------------------
+
+    def check_liveness(self) -> list[tuple[LivenessCheck, str]]:
+        """Check the liveness of every Ready or Unhealthy node whose pool no operation works on (in parallel,
+        each PING bounded by PING_TIMEOUT) and record the outcomes (node_health); the checks made, each with
+        the node's state after it. A node whose agent an attestation is using gets no PING: the
+        attestation's own time limits cover it."""
+        with self.sessions() as session:
+            busy = self._busy_pools(session)
+            targets = [
+                (node.id, node.name, node.qemu_pid, node.run_dir)
+                for node in session.scalars(
+                    select(Node).where(Node.state.in_((NodePhase.READY, NodePhase.UNHEALTHY)))
+                )
+                if node.pool_id not in busy
+            ]
+        if not targets:
+            return []
+        with ThreadPoolExecutor(min(len(targets), MAX_PARALLEL_ATTESTATIONS), "tl-liveness") as pool:
+            checks = [check for check in pool.map(lambda target: self._check_node(*target), targets) if check]
+        return self._record_checks(checks)
+
+    def _check_node(
+        self, node_id: int, node_name: str, qemu_pid: int | None, run_dir: str | None
+    ) -> LivenessCheck | None:
+        vm = self._vms.get(node_id)
+        directory = Path(run_dir) if run_dir else None
+        alive = (
+            vm.running
+            if vm is not None
+            else bool(directory and qemu_pid and is_node_process(qemu_pid, directory))
+        )
+        if not alive or directory is None or qemu_pid is None:
+            cause = f"VM exited: {_vm_end(run_dir)}"
+            return LivenessCheck(node_id, node_name, cause, certain=True, vm_exited=True)
+        if is_stopped(qemu_pid):
+            return LivenessCheck(node_id, node_name, "VM paused: its QEMU process is stopped", certain=True)
+        lock = self._agent_lock(node_id)
+        if not lock.acquire(blocking=False):
+            return None  # an attestation is talking to the agent
+        try:
+            if vm is not None:
+                try:
+                    answered = vm.agent().channel.ping(secrets.token_hex(4), PING_TIMEOUT)
+                except AgentError:
+                    answered = False
+            else:
+                answered = self._agent_answers(qemu_pid, directory)
+        finally:
+            lock.release()
+        if answered:
+            return LivenessCheck(node_id, node_name)
+        return LivenessCheck(node_id, node_name, f"the agent did not answer a PING within {PING_TIMEOUT:g} s")
+
+    def _record_checks(self, checks: Sequence[LivenessCheck]) -> list[tuple[LivenessCheck, str]]:
+        recorded = []
+        for check in checks:
+            with self.sessions() as session:
+                node = session.get(Node, check.node_id)
+                if node is None or node.state not in (NodePhase.READY, NodePhase.UNHEALTHY):
+                    continue  # an operation or a repair took it meanwhile
+                if check.vm_exited and node.qemu_pid is not None:
+                    self._stop_processes(node)  # what is left of it (its vTPM): a repair starts it again
+                    node.qemu_pid = node.swtpm_pid = None
+                changed = record_check(session, node, check)
+                if changed and node.state == NodePhase.UNHEALTHY:
+                    log.warning("node %s: unhealthy: %s", node.name, node.health_cause)
+                session.commit()
+                if changed:  # no store transaction open during the API server's calls
+                    unhealthy = node.state == NodePhase.UNHEALTHY
+                    if unhealthy or not node.enable_vtpm:  # a vTPM node gets its labels back once attested
+                        self.monitor.sync_kubernetes(node, node.health_cause if unhealthy else None)
+                        session.commit()
+                recorded.append((check, node.state))
+        return recorded
+
+    def _check_liveness_if_due(self) -> None:
+        if self.liveness_interval <= 0 or not self._liveness_lock.acquire(blocking=False):
+            return
+        try:
+            if time.monotonic() >= self._next_liveness_at:
+                self._next_liveness_at = time.monotonic() + self.liveness_interval
+                self.check_liveness()
+        finally:
+            self._liveness_lock.release()
+
+    def _check_liveness_forever(self, stop_event: threading.Event) -> None:
+        while not stop_event.wait(1.0):
+            if self._lock is None:
+                continue  # another reconciler owns the VMs
+            try:
+                self._check_liveness_if_due()
+            except Exception:
+                log.exception("liveness check failed; retrying")
+
+    def _repair_due_node(self) -> bool:
+        """Take the next auto-repair step of one Unhealthy node (node_health.next_repair); True if one was
+        taken."""
+        if not self.auto_repair:
+            return False
+        now = utc_now()
+        with self.sessions() as session:
+            busy = self._busy_pools(session)
+            for node in session.scalars(select(Node).where(Node.state == NodePhase.UNHEALTHY)).all():
+                action = next_repair(node, now, reimage_after=self.reimage_after)
+                if action is not None and node.pool_id not in busy:
+                    self._repair(session, node, action)
+                    return True
+        return False
+
+    def _repair(self, session: Session, node: Node, action: RepairAction) -> None:
+        """Reboot (the same vTPM and identity, enrolled again) or reimage (a new VM and vTPM) Unhealthy
+        `node`: Ready again once attested, else Unhealthy still, with the failure recorded."""
+        pool = node.pool
+        log.warning("node %s: auto-repair: %s (%s)", node.name, action.value.lower(), node.health_cause)
+        start_repair(session, node, action)  # write-ahead: a reconciler killed now leaves it Unhealthy
+        session.commit()
+        try:
+            if action == RepairAction.REBOOT:
+                self._stop_processes(node)
+                node.qemu_pid = node.swtpm_pid = None
+                node.attestation_state = node.enrolled_ak_name = None  # the AK is enrolled again
+                self._boot(session, pool, node)
+            else:
+                self._teardown(node)
+                self._provision(session, pool, node)
+        except NodeProvisioningError as exc:
+            log.warning("node %s: auto-repair %s failed: %s", node.name, action.value.lower(), exc)
+            node.state = NodePhase.UNHEALTHY
+            node.health_cause = f"{action.value.lower()} failed: {exc.error.message}"[:1024]
+            node.message = f"unhealthy: {node.health_cause}"[:4000]
+            finish_repair(session, node, f"failed: {exc.error.message}")
+            session.commit()
+            return
+        node.failed_checks = 0
+        node.health_cause = None
+        node.unhealthy_since = None
+        finish_repair(session, node, f"done: {node.message}")
+        alert_lifecycle.resolve_open_alerts(session, node.name, (AlertType.NODE_UNHEALTHY,))
+        session.commit()
 
     @staticmethod
     def _agent_answers(qemu_pid: int, run_dir: Path) -> bool:
@@ -265,9 +425,11 @@ class Reconciler:
         directory)."""
         if not self._acquire():
             return False
+        self._check_liveness_if_due()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
-            self._mark_lost_nodes()
+            if self._repair_due_node():
+                return True
             started = self._start_due_attestations()
             return self._wait_for_attestations() or started
         started = self._start_due_attestations()
@@ -291,6 +453,10 @@ class Reconciler:
             target=self.alert_delivery.run_forever, args=(stop_event,), name="tl-alert-delivery", daemon=True
         )
         delivery.start()
+        liveness = threading.Thread(
+            target=self._check_liveness_forever, args=(stop_event,), name="tl-liveness", daemon=True
+        )
+        liveness.start()
         self._stop_event = stop_event
         try:
             while not stop_event.is_set():
@@ -405,10 +571,17 @@ class Reconciler:
         node.message = "provisioning"
         node.updated_at = utc_now()
         session.commit()  # write-ahead: the run dir is known before any process is started
+        self._boot(session, pool, node)
+
+    def _boot(self, session: Session, pool: AgentPool, node: Node) -> None:
+        """Start `node`'s VM in its run directory with the node's settings (its vTPM made there, or the one
+        already there kept), wait for its agent, attest (vTPM) and label it: Ready, or Failed with the
+        operation's ARM error raised."""
+        run_dir = Path(str(node.run_dir))
         try:
-            image = self._image(pool.node_image_version)
-            vtpm = Vtpm.create(run_dir / VTPM_DIR, ek_ca=self._platform_ek_ca()) if pool.enable_vtpm else None
-            vm = NodeVM(image, run_dir, secure_boot=pool.enable_secure_boot, vtpm=vtpm)
+            image = self._image(node.node_image_version)
+            vtpm = Vtpm.create(run_dir / VTPM_DIR, ek_ca=self._platform_ek_ca()) if node.enable_vtpm else None
+            vm = NodeVM(image, run_dir, secure_boot=node.enable_secure_boot, vtpm=vtpm)
             self._vms[node.id] = vm
             vm.start()
         except TrustedLaunchError as exc:
@@ -463,7 +636,9 @@ class Reconciler:
         started = time.monotonic()
         while not self._agent_answers(node.qemu_pid, run_dir):
             if not is_node_process(node.qemu_pid, run_dir):
-                log.warning("node %s: adopted VM stopped (%s): booting it again", node.name, _vm_end(node))
+                log.warning(
+                    "node %s: adopted VM stopped (%s): booting it again", node.name, _vm_end(node.run_dir)
+                )
                 return False
             if time.monotonic() - started > self.boot_timeout:
                 log.warning("node %s: its adopted VM did not boot in time: booting it again", node.name)
@@ -550,7 +725,7 @@ class Reconciler:
 
     def _attest_in_thread(self, node_id: int) -> None:
         try:
-            with self.sessions() as session:
+            with self._agent_lock(node_id), self.sessions() as session:
                 node = session.get(Node, node_id)
                 if node is not None and node.state == NodePhase.READY:
                     self._reattest(session, node)
@@ -565,13 +740,7 @@ class Reconciler:
         pool no operation is working on, if any."""
         now = utc_now()
         with self.sessions() as session:
-            busy_pools: set[int] = set()
-            for operation in session.scalars(select(Operation).where(Operation.status == "InProgress")):
-                resource = operation_resource(session, operation)
-                if isinstance(resource, AgentPool):
-                    busy_pools.add(resource.id)
-                elif resource is not None:
-                    busy_pools.update(pool.id for pool in resource.agent_pools)
+            busy_pools = self._busy_pools(session)
             ready = session.scalars(
                 select(Node).where(Node.state == NodePhase.READY, Node.enable_vtpm.is_(True))
             )
@@ -583,9 +752,21 @@ class Reconciler:
                 if node.pool_id not in busy_pools
                 and node.id not in attesting
                 and attestation_due(node, self.attestation_interval, now)
-                and self._vm_alive(node)  # else the node is lost, not unreachable: see _mark_lost_nodes
+                and self._vm_alive(node)  # else the node is lost, not unreachable: see check_liveness
             ]
             return min(due, key=attestation_order).id if due else None
+
+    @staticmethod
+    def _busy_pools(session: Session) -> set[int]:
+        """The ids of the pools an InProgress operation works on."""
+        busy: set[int] = set()
+        for operation in session.scalars(select(Operation).where(Operation.status == "InProgress")):
+            resource = operation_resource(session, operation)
+            if isinstance(resource, AgentPool):
+                busy.add(resource.id)
+            elif resource is not None:
+                busy.update(pool.id for pool in resource.agent_pools)
+        return busy
 
     def _reattest(self, session: Session, node: Node) -> None:
         """Attest Ready `node` (in an attestation thread) and apply the verdict, unless an operation or
@@ -696,12 +877,12 @@ def _time_limited(channel: AgentChannel, limit: float) -> Iterator[None]:
         channel.deadline = None
 
 
-def _vm_end(node: Node) -> str:
-    """How the node's VM process ended, as its supervisor and QEMU's log recorded it (waiting a moment for a
-    supervisor still writing its record)."""
-    if not node.run_dir:
+def _vm_end(run_dir_name: str | None) -> str:
+    """How the VM process of the node in `run_dir_name` ended, as its supervisor and QEMU's log recorded it
+    (waiting a moment for a supervisor still writing its record)."""
+    if not run_dir_name:
         return "the node has no run directory"
-    run_dir = Path(node.run_dir)
+    run_dir = Path(run_dir_name)
     deadline = time.monotonic() + SUPERVISOR_RECORD_SECONDS
     while (ended := vm_end(run_dir)).status is None and time.monotonic() < deadline:
         if SUPERVISOR_NAME not in node_processes(run_dir).values():

@@ -181,6 +181,12 @@ class Node(Base):
     last_attested_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # Set by `tl aks nodepool attest` (on-demand re-attestation), cleared by the reconciler once done.
     attestation_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # Liveness (control.node_health): checks failed in a row, the latest failure, since when the node is
+    # Unhealthy, and the auto-repairs done on it ({"time", "action", "cause", "outcome"}, newest last).
+    failed_checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    health_cause: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    unhealthy_since: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    repairs: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 

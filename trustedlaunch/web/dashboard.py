@@ -31,6 +31,7 @@ from jinja2.runtime import Context
 from starlette.concurrency import run_in_threadpool
 
 from trustedlaunch.control import alert_lifecycle, overview
+from trustedlaunch.control.node_health import ready_nodes, rolled_up_health
 from trustedlaunch.control.overview import ALERT_STATUSES
 from trustedlaunch.control.records import AgentPool, ManagedCluster, Session
 from trustedlaunch.control.ui_sessions import (
@@ -77,6 +78,11 @@ STATUS_CLASSES = {
     "Medium": "state-warn",
     "Low": "state-warn",
     "Delivered": "state-ok",
+    "Healthy": "state-ok",
+    "Degraded": "state-failed",
+    "Unhealthy": "state-failed",
+    "Repairing": "state-warn",
+    "Stopped": "state-failed",
 }
 
 
@@ -121,7 +127,9 @@ templates = Environment(
     lstrip_blocks=True,
 )
 templates.globals.update(path_for=_path_for, poll_seconds=POLL_SECONDS)
-templates.filters.update(when=_when, state_class=_state_class, enabled=_yes_no)
+templates.filters.update(
+    when=_when, state_class=_state_class, enabled=_yes_no, health=rolled_up_health, ready_count=ready_nodes
+)
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
