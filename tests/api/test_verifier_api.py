@@ -453,7 +453,7 @@ def test_metrics_add_up_every_worker(
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
     }
-    process, url, _banner = start_serve(env, "--workers", "2")
+    process, url, _banner = start_serve(env, "--workers", "2", "--no-auto-repair")
     try:
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
         headers = {"Authorization": f"Bearer {token}"}

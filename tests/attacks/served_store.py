@@ -66,7 +66,7 @@ def served_store(base: Path, **settings: str) -> Iterator[ServedStore]:
 @contextmanager
 def serving(store: ServedStore, *arguments: str) -> Iterator[str]:
     """`tl serve --workers 2 ARGUMENTS` on the store until the block ends; its URL."""
-    process, url, _banner = start_serve(store.env, "--workers", "2", *arguments)
+    process, url, _banner = start_serve(store.env, "--workers", "2", "--no-auto-repair", *arguments)
     assert process.stderr is not None
     # keep reading its log, so that a full pipe never blocks the server
     drain = threading.Thread(target=process.stderr.read, daemon=True)

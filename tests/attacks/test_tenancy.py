@@ -67,7 +67,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     state_dir.mkdir(parents=True)
     with (state_dir / LOCK_FILE).open("ab") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the server's reconciler stays idle: no VM boots
-        process, url, _banner = start_serve(env, "--workers", "2")
+        process, url, _banner = start_serve(env, "--workers", "2", "--no-auto-repair")
         try:
             admin = (base / "config" / "trustedlaunch" / "admin-token").read_text().strip()
             yield Plane(url, admin, env)

@@ -80,7 +80,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "XDG_DATA_HOME": str(home / "data"),
         "TL_DATABASE_URL": database,
     }
-    process, url, _banner = start_serve(env, "--workers", "2", "--attestation-interval", "0")
+    process, url, _banner = start_serve(
+        env, "--workers", "2", "--attestation-interval", "0", "--no-auto-repair"
+    )
     engine = make_engine(database)
     sessions = session_factory(engine)
     try:

@@ -546,7 +546,9 @@ def child_pids(pid: int) -> list[int]:
 def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, workers: int) -> None:
     """`tl serve` answers until SIGTERM, then exits 0 and leaves nothing behind; with --workers 2 the API
     runs in two worker processes (both answer over the one port), supervised by the serve process."""
-    process, url, banner = start_serve(serve_env, "--attestation-interval", "5", "--workers", str(workers))
+    process, url, banner = start_serve(
+        serve_env, "--attestation-interval", "5", "--workers", str(workers), "--no-auto-repair"
+    )
     try:
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
         for _ in range(20):  # a new connection each: the kernel spreads them over the workers

@@ -1,8 +1,8 @@
 """Node VMs outlive the terminal of the `tl` that started them (real `tl` in a real pseudo-terminal, real
 VMs): Ctrl-C during `tl aks create`, Ctrl-C on `tl serve` and a hang-up of the terminal after a create leave
 QEMU, its supervisor, swtpm and the bank proxy running, and the next `tl` adopts them (same QEMU, still
-Ready and Attested). SIGKILL of an adopted QEMU is recorded by its supervisor and named on the lost node.
-One VM boot per test."""
+Ready and Attested). SIGKILL of an adopted QEMU is recorded by its supervisor and named on the lost node;
+a hang-up of `tl serve`'s terminal stops it in order. One VM boot per test."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def test_ctrl_c_during_create_and_on_serve_leaves_the_vm_to_adopt(env: dict[str,
         lost = wait_for_node(env, "lost", 60, lambda node: node.state != "Ready")
         assert lost.state == "Unhealthy", lost.message
         assert lost.message == "unhealthy: VM exited: the VM process (QEMU) was killed by signal 9 (SIGKILL)"
-        serve.interrupt()
+        serve.hang_up()  # its terminal closed: `tl serve` stops in order (exit 0), not killed by SIGHUP
         assert serve.process.wait(60) == 0, serve.output
     finally:
         serve.close()

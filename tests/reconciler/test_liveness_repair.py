@@ -1,13 +1,16 @@
 """Liveness and auto-repair on a real VM, under a running reconciler loop with attestation off (interval 0):
 a paused VM (SIGSTOP) is Unhealthy within one liveness check, loses its labels and raises one NodeUnhealthy
-alert; with auto-repair off it is Ready again once it runs (SIGCONT) and is attested again; with auto-repair
-on, a VM killed with SIGKILL is rebooted after 3 failed checks (same vTPM, enrolled again) and is Ready and
+alert; with auto-repair off it is Ready again once it runs (SIGCONT) and is attested again, and so is a hung
+guest (QMP stop: QEMU runs, the agent is silent), Unhealthy after 3 failed checks; with auto-repair on, a VM
+killed with SIGKILL is rebooted after 3 failed checks (same vTPM, enrolled again) and is Ready and
 Attested again, the repair recorded on the node and in its resolved alert. One VM boot and one reboot."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,13 +58,27 @@ def unhealthy_alerts(sessions: sessionmaker[Session]) -> list[AlertRecord]:
         )
 
 
+def qmp(run_dir: Path, command: str) -> None:
+    """Run one QMP command on the node VM's monitor socket (`stop` pauses its vCPUs, `cont` resumes them)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(run_dir / "qmp.sock"))
+        with sock.makefile("rwb") as stream:
+            assert b"QMP" in stream.readline()
+            for execute in ("qmp_capabilities", command):
+                stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+                stream.flush()
+                while b'"return"' not in (line := stream.readline()):
+                    assert line and b'"error"' not in line, line
+
+
 def looping(reconciler: Reconciler) -> ReconcilerThread:
     thread = ReconcilerThread(reconciler)
     thread.start()
     return thread
 
 
-def test_a_paused_vm_then_a_killed_vm_heal(sessions: sessionmaker[Session], state_dir: Path) -> None:
+def test_a_paused_a_hung_and_a_killed_vm_heal(sessions: sessionmaker[Session], state_dir: Path) -> None:
     pool = PoolSpec(
         "nodepool1", count=1, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True
     )
@@ -106,6 +123,23 @@ def test_a_paused_vm_then_a_killed_vm_heal(sessions: sessionmaker[Session], stat
         assert healed.repairs == []  # auto-repair was off: it healed by itself
         [alert] = unhealthy_alerts(sessions)
         assert alert.status == "Resolved" and alert.count >= 1
+
+        run_dir = Path(str(ready.run_dir))
+        qmp(run_dir, "stop")  # the guest hangs, its QEMU process runs on: only the agent's silence tells
+        hung = wait_until(
+            lambda: (node := the_node(sessions)).state == "Unhealthy" and node,
+            4 * (LIVENESS_INTERVAL + 5),
+            "the hung guest",
+        )
+        assert (
+            hung.health_cause == "agent unreachable for 3 checks: the agent did not answer a PING within 5 s"
+        )
+        assert hung.failed_checks == 3
+        qmp(run_dir, "cont")
+        wait_until(
+            lambda: the_node(sessions).labels.get(LABEL_TRUSTED_LAUNCH), 120, "re-attestation after cont"
+        )
+        assert [alert.status for alert in unhealthy_alerts(sessions)] == ["Resolved", "Resolved"]
         loop.stop()
         loop = None
         first.release()
@@ -126,7 +160,7 @@ def test_a_paused_vm_then_a_killed_vm_heal(sessions: sessionmaker[Session], stat
         assert rebooted.run_dir == ready.run_dir and rebooted.qemu_pid not in (None, ready.qemu_pid)
         assert rebooted.attestation_status == "Attested" and LABEL_TRUSTED_LAUNCH in rebooted.labels
         assert rebooted.enrolled_ak_name is not None  # the same vTPM, its AK enrolled again
-        _, alert = unhealthy_alerts(sessions)
+        _, _, alert = unhealthy_alerts(sessions)  # paused, hung, killed: one alert each
         steps = [str(step) for step in alert.document["properties"]["remediationSteps"]]  # type: ignore[index]
         assert alert.status == "Resolved"
         assert steps[-2].endswith("reboot started after 3 failed checks."), steps

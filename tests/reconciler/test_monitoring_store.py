@@ -426,7 +426,7 @@ async def test_kubernetes_quarantine_restore_and_an_unregistered_node(
 def test_embedded_server_gives_its_reconciler_the_issuer_of_its_jwks(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'api.db'}"
     engine = make_engine(url)
-    reconciler = Reconciler(session_factory(engine), tmp_path / "state", poll_seconds=0.2)
+    reconciler = Reconciler(session_factory(engine), tmp_path / "state", poll_seconds=0.2, auto_repair=False)
     try:
         with BackgroundServer(create_app(url, tmp_path / "admin-token"), reconciler=reconciler) as server:
             issuer = reconciler.monitor.token_issuer
@@ -450,7 +450,7 @@ def test_deleting_a_node_resolves_its_active_alerts(
     with sessions.begin() as session:
         session.get_one(AgentPool, pool.id).count = 0  # the pool's create operation now scales it to zero
 
-    reconciler = Reconciler(sessions, tmp_path / "state", attestation_interval=0)
+    reconciler = Reconciler(sessions, tmp_path / "state", attestation_interval=0, auto_repair=False)
     try:
         while reconciler.run_once():
             pass

@@ -30,7 +30,8 @@ from pathlib import Path
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.store.db import make_engine, session_factory
 
-reconciler = Reconciler(session_factory(make_engine(sys.argv[1])), Path(sys.argv[2]), attestation_interval=0)
+sessions = session_factory(make_engine(sys.argv[1]))
+reconciler = Reconciler(sessions, Path(sys.argv[2]), attestation_interval=0, auto_repair=False)
 for command in sys.stdin:
     if command.strip() == "run":
         print(reconciler.run_once(), flush=True)
@@ -118,7 +119,7 @@ def test_one_reconciler_per_state_directory(
     url, sessions, pool = store
     state_dir = tmp_path / "state"
     other = OtherReconciler(url, state_dir)
-    ours = Reconciler(sessions, state_dir, attestation_interval=0)
+    ours = Reconciler(sessions, state_dir, attestation_interval=0, auto_repair=False)
     try:
         assert other.send("run") == "False"  # it owns the directory now (nothing to do yet)
         assert (state_dir / LOCK_FILE).is_file()

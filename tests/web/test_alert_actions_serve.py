@@ -37,7 +37,7 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
         "TL_DATABASE_URL": database,
     }
     env.pop("TL_KUBECONFIG", None)
-    process, url, _ = start_serve(env, "--workers", "2", "--attestation-interval", "0")
+    process, url, _ = start_serve(env, "--workers", "2", "--attestation-interval", "0", "--no-auto-repair")
     try:
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()
         yield url, token, database

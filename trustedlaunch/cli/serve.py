@@ -12,6 +12,7 @@ and supervises the workers (a worker that dies is replaced).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -104,13 +105,20 @@ def serve(
             _serve_worker_processes(host, port, workers, reconciler, announce)
     finally:
         plane.close()
-    typer.echo("stopped", err=True)
+    _say("stopped")
+
+
+def _say(message: str) -> None:
+    """Write `message` to stderr, unless its terminal is gone (a hang-up: EIO)."""
+    with contextlib.suppress(OSError):
+        typer.echo(message, err=True)
 
 
 def _serve_in_process(
     app: FastAPI, host: str, port: int, reconciler: Reconciler, announce: Callable[[str], None]
 ) -> None:
-    """The API in a thread of this process, the reconciler in another, until SIGINT/SIGTERM."""
+    """The API in a thread of this process, the reconciler in another, until SIGINT, SIGTERM or SIGHUP
+    (the terminal closed): each stops them in order (the node VMs run on, for the next start to adopt)."""
     from trustedlaunch.api.server import BackgroundServer
     from trustedlaunch.errors import TrustedLaunchError
 
@@ -118,10 +126,11 @@ def _serve_in_process(
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        typer.echo(f"{signal.Signals(signum).name}: stopping", err=True)
+        _say(f"{signal.Signals(signum).name}: stopping")
         stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals}
     try:
         url = server.start()
         announce(url)
@@ -159,7 +168,7 @@ def _serve_worker_processes(
         try:
             announce(f"http://{host}:{listening.getsockname()[1]}")
             supervisor.run()
-            typer.echo("stopping", err=True)
+            _say("stopping")
         finally:
             reconciler_thread.stop(RECONCILER_STOP_SECONDS)
             listening.close()

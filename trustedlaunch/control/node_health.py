@@ -33,6 +33,7 @@ from trustedlaunch.store.vocabulary import AlertSeverity, AlertType, Attestation
 
 LIVENESS_INTERVAL = 20.0  # seconds between two liveness checks of a node: 3 failed checks within 60 s
 PING_TIMEOUT = 5.0  # seconds a liveness PING waits for the agent
+BUSY_AGENT_SILENCE = 10.0  # seconds an agent busy with an attestation may leave a request unanswered
 FAILED_CHECKS = 3  # an unanswered agent makes the node Unhealthy, and a node is rebooted, after this many
 REIMAGE_AFTER = timedelta(minutes=5)  # a node still failing this long after its reboot is reimaged
 REPAIR_WINDOW = timedelta(hours=1)

@@ -54,6 +54,7 @@ from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.limits import surge_nodes
 from trustedlaunch.control.node_health import (
+    BUSY_AGENT_SILENCE,
     LIVENESS_INTERVAL,
     PING_TIMEOUT,
     REIMAGE_AFTER,
@@ -100,6 +101,8 @@ SUPERVISOR_RECORD_SECONDS = 2.0  # how long a VM's supervisor may take to record
 MAX_PARALLEL_ATTESTATIONS = 8
 # A whole re-attestation (some 15 agent requests, seconds in all) ends by then, whatever the node answers.
 ATTESTATION_TIME_LIMIT = 180.0
+# A re-attestation that broke on our side (store, Kubernetes) is retried after this many seconds, not at once.
+ATTESTATION_RETRY_SECONDS = 30.0
 LOCK_FILE = "reconciler.lock"
 VTPM_DIR = "tpm"
 
@@ -193,12 +196,14 @@ class Reconciler:
         self._artefacts_lock = threading.RLock()  # node images and the EK CA, made once for all threads
         self._attesting: dict[int, threading.Thread] = {}  # node id -> the thread attesting it
         self._attesting_lock = threading.Lock()
+        self._retry_after: dict[int, float] = {}  # node id -> monotonic time before which it is not retried
         self._stop_event = threading.Event()  # set by run_forever's stop: no more waiting for attestations
         self.liveness_interval = liveness_interval
         self.auto_repair = auto_repair
         self.reimage_after = reimage_after
         self._agent_locks: dict[int, threading.Lock] = {}  # node id -> held while its agent is in use
         self._agent_locks_lock = threading.Lock()
+        self._channels_in_use: dict[int, AgentChannel] = {}  # node id -> the channel attesting it
         self._liveness_lock = threading.Lock()  # one liveness round at a time (loop and liveness thread)
         self._next_liveness_at = 0.0
 
@@ -258,13 +263,26 @@ class Reconciler:
         with self._agent_locks_lock:
             return self._agent_locks.setdefault(node_id, threading.Lock())
 
+    @contextlib.contextmanager
+    def _attesting_over(self, node_id: int, channel: AgentChannel) -> Iterator[None]:
+        """While node `node_id` is attested over `channel`: no agent request waits past
+        `attestation_time_limit` seconds from now, and liveness checks watch the channel instead of
+        sending a PING of their own."""
+        channel.deadline = time.monotonic() + self.attestation_time_limit
+        self._channels_in_use[node_id] = channel
+        try:
+            yield
+        finally:
+            self._channels_in_use.pop(node_id, None)
+            channel.deadline = None
+
     # -- liveness and auto-repair ----------------------------------------------------------------------
 
     def check_liveness(self) -> list[tuple[LivenessCheck, str]]:
         """Check the liveness of every Ready or Unhealthy node whose pool no operation works on (in parallel,
         each PING bounded by PING_TIMEOUT) and record the outcomes (node_health); the checks made, each with
-        the node's state after it. A node whose agent an attestation is using gets no PING: the
-        attestation's own time limits cover it."""
+        the node's state after it. A node whose agent an attestation is using gets no PING: it fails the
+        check if the attestation's request has waited more than BUSY_AGENT_SILENCE for its answer."""
         with self.sessions() as session:
             busy = self._busy_pools(session)
             targets = [
@@ -296,8 +314,14 @@ class Reconciler:
         if is_stopped(qemu_pid):
             return LivenessCheck(node_id, node_name, "VM paused: its QEMU process is stopped", certain=True)
         lock = self._agent_lock(node_id)
-        if not lock.acquire(blocking=False):
-            return None  # an attestation is talking to the agent
+        if not lock.acquire(blocking=False):  # an attestation is talking to the agent: is it answering?
+            channel = self._channels_in_use.get(node_id)
+            waiting = channel.waiting_since if channel is not None else None
+            silent = time.monotonic() - waiting if waiting is not None else 0.0
+            if silent <= BUSY_AGENT_SILENCE:
+                return None
+            cause = f"the agent has not answered the attestation's request for {silent:.0f} s"
+            return LivenessCheck(node_id, node_name, cause)
         try:
             if vm is not None:
                 try:
@@ -729,8 +753,10 @@ class Reconciler:
                 node = session.get(Node, node_id)
                 if node is not None and node.state == NodePhase.READY:
                     self._reattest(session, node)
-        except Exception:  # a store or Kubernetes failure: the node stays due, the next pass retries
-            log.exception("node %s: attestation failed; retrying", node_id)
+        except Exception:  # a store or Kubernetes failure: the node stays due, retried after a pause
+            log.exception("node %s: attestation failed; retrying in %g s", node_id, ATTESTATION_RETRY_SECONDS)
+            with self._attesting_lock:
+                self._retry_after[node_id] = time.monotonic() + ATTESTATION_RETRY_SECONDS
         finally:
             with self._attesting_lock:
                 self._attesting.pop(node_id, None)
@@ -746,11 +772,15 @@ class Reconciler:
             )
             with self._attesting_lock:
                 attesting = set(self._attesting)
+                pausing = {
+                    node_id for node_id, until in self._retry_after.items() if until > time.monotonic()
+                }
             due = [
                 node
                 for node in ready
                 if node.pool_id not in busy_pools
                 and node.id not in attesting
+                and node.id not in pausing
                 and attestation_due(node, self.attestation_interval, now)
                 and self._vm_alive(node)  # else the node is lost, not unreachable: see check_liveness
             ]
@@ -787,7 +817,7 @@ class Reconciler:
         ek_ca = [self._platform_ek_ca().certificate]
         vm = self._vms.get(node.id)
         if vm is not None:
-            with _time_limited(vm.agent().channel, self.attestation_time_limit):
+            with self._attesting_over(node.id, vm.agent().channel):
                 record = self.monitor.attest(
                     session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger
                 )
@@ -818,7 +848,7 @@ class Reconciler:
             return self.monitor.record_unreachable(session, pool, node, exc, trigger)
         try:
             ek_ca = [self._platform_ek_ca().certificate]
-            with _time_limited(agent.channel, self.attestation_time_limit):
+            with self._attesting_over(node.id, agent.channel):
                 return self.monitor.attest(
                     session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
                 )
@@ -865,16 +895,6 @@ class Reconciler:
                     _create_atomically(directory, create_ek_ca)
                 self._ek_ca = load_ek_ca(directory)
             return self._ek_ca
-
-
-@contextlib.contextmanager
-def _time_limited(channel: AgentChannel, limit: float) -> Iterator[None]:
-    """No agent request on `channel` waits past `limit` seconds from now."""
-    channel.deadline = time.monotonic() + limit
-    try:
-        yield
-    finally:
-        channel.deadline = None
 
 
 def _vm_end(run_dir_name: str | None) -> str:

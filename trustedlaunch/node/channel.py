@@ -105,6 +105,9 @@ class AgentChannel:
         # time.monotonic() past which no request waits, whatever its timeout: bounds a whole attestation (a
         # hostile agent answering each request just before its timeout)
         self.deadline: float | None = None
+        # time.monotonic() when the request in flight was sent (None between requests): how long the agent
+        # has been silent, for a liveness check that must not interrupt an attestation
+        self.waiting_since: float | None = None
 
     def close(self) -> None:
         """Close the connection (the agent keeps running)."""
@@ -171,7 +174,15 @@ class AgentChannel:
         request_id = request_id or new_request_id()
         if _REQUEST_ID.fullmatch(request_id) is None:
             raise ValueError(f"request id {request_id!r} is not 1-32 of [0-9A-Za-z_-]")
-        started = time.monotonic()
+        started = self.waiting_since = time.monotonic()
+        try:
+            return self._request(command, reply, argument, request_id, started, timeout)
+        finally:
+            self.waiting_since = None
+
+    def _request(
+        self, command: str, reply: str, argument: str, request_id: str, started: float, timeout: float
+    ) -> dict[str, str]:
         deadline = started + timeout if self.deadline is None else min(started + timeout, self.deadline)
         self._sock.settimeout(max(deadline - started, 0.001))  # not the last read's remaining time
         self._send(f"{command} {request_id} {argument}".rstrip())
