@@ -1,0 +1,131 @@
+"""A real hosted control plane from the cached release: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler with the cluster's PKI on loopback, checked with the cached kubectl, then stopped with no
+process left behind."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from trustedlaunch.control.cluster_pki import create_cluster_pki
+from trustedlaunch.control.hosted_control_plane import (
+    COMPONENTS,
+    ControlPlanePorts,
+    HostedControlPlane,
+    client_kubeconfig,
+    control_plane_processes,
+)
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease
+
+pytestmark = pytest.mark.slow
+
+FQDN = "aks1-rg1-0a1b2c.hcp.eastus.trustedlaunch.internal"
+
+
+@pytest.fixture(scope="module")
+def control_plane(
+    kubernetes_release: KubernetesRelease, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HostedControlPlane]:
+    plane = HostedControlPlane(
+        kubernetes_release, tmp_path_factory.mktemp("cluster") / "aks1", FQDN, ControlPlanePorts.free()
+    )
+    try:
+        plane.start()
+        seconds = plane.wait_ready()
+        memory = plane.resident_memory()
+        print(
+            f"\n/readyz after {seconds:.1f} s; RSS MiB: "
+            + ", ".join(f"{c} {b >> 20}" for c, b in memory.items())
+        )
+        yield plane
+    finally:
+        plane.stop()
+
+
+def kubectl(
+    release: KubernetesRelease, kubeconfig: Path, *arguments: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The cached kubectl with `kubeconfig` (and its discovery cache beside it, not in $HOME)."""
+    return subprocess.run(
+        [
+            str(release.binary("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            f"--cache-dir={kubeconfig.parent / 'kube-cache'}",
+            "--request-timeout=20s",
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+def test_kubectl_lists_namespaces_as_the_cluster_admin(
+    control_plane: HostedControlPlane, kubernetes_release: KubernetesRelease
+) -> None:
+    names = kubectl(
+        kubernetes_release, control_plane.admin_kubeconfig, "get", "ns", "-o", "name"
+    ).stdout.split()
+    assert {"namespace/default", "namespace/kube-system", "namespace/kube-public"} <= set(names)
+
+
+def test_auth_whoami_names_the_admin_client_certificate(
+    control_plane: HostedControlPlane, kubernetes_release: KubernetesRelease
+) -> None:
+    review = json.loads(
+        kubectl(kubernetes_release, control_plane.admin_kubeconfig, "auth", "whoami", "-o", "json").stdout
+    )
+    user = review["status"]["userInfo"]
+    assert user["username"] == "clusterAdmin"
+    assert "system:masters" in user["groups"]
+
+
+def test_the_api_server_reports_the_pinned_version(control_plane: HostedControlPlane) -> None:
+    version = httpx.get(f"{control_plane.server}/version", verify=control_plane.tls_context(None)).json()
+    assert version["gitVersion"] == KUBERNETES_VERSION
+
+
+def test_a_client_certificate_of_another_cluster_ca_is_refused(
+    control_plane: HostedControlPlane, kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    other = create_cluster_pki(tmp_path / "other-pki", "other.hcp.eastus.trustedlaunch.internal")
+    cert, key = other.pair("admin")  # same subject (clusterAdmin, system:masters), another cluster's CA
+    kubeconfig = tmp_path / "foreign.kubeconfig"
+    kubeconfig.write_text(
+        client_kubeconfig(control_plane.server, control_plane.pki.ca_cert, cert, key, "foreign")
+    )
+    result = kubectl(kubernetes_release, kubeconfig, "get", "ns", check=False)
+    assert result.returncode != 0
+    assert "You must be logged in to the server" in result.stderr
+    foreign = ssl.create_default_context(cafile=control_plane.pki.ca_cert)
+    foreign.load_cert_chain(cert, key)
+    assert httpx.get(f"{control_plane.server}/api", verify=foreign).status_code == 401
+
+
+def test_the_controllers_are_healthy(control_plane: HostedControlPlane) -> None:
+    for port in (control_plane.ports.controller_manager, control_plane.ports.scheduler):
+        # their serving certificates are self-signed in --cert-dir: only /healthz is fetched unverified
+        answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=10)
+        assert answer.text == "ok"
+    control_plane.check_running()
+
+
+def test_stop_leaves_no_process_behind(kubernetes_release: KubernetesRelease, tmp_path: Path) -> None:
+    plane = HostedControlPlane(kubernetes_release, tmp_path / "aks2", FQDN, ControlPlanePorts.free())
+    plane.start()
+    try:
+        plane.wait_ready()
+        running = control_plane_processes(plane.data_dir)
+        assert sorted(running.values()) == sorted(COMPONENTS)  # binaries are named as the components
+        assert all(process.pid in running for process in plane.processes.values())
+    finally:
+        plane.stop()
+    assert control_plane_processes(plane.data_dir) == {}
+    assert plane.processes == {}
