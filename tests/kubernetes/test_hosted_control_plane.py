@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from trustedlaunch.control.cluster_pki import create_cluster_pki
 from trustedlaunch.control.hosted_control_plane import (
     COMPONENTS,
+    STOP_GRACE_SECONDS,
     ControlPlanePorts,
     HostedControlPlane,
     client_kubeconfig,
@@ -126,6 +128,8 @@ def test_stop_leaves_no_process_behind(kubernetes_release: KubernetesRelease, tm
         assert sorted(running.values()) == sorted(COMPONENTS)  # binaries are named as the components
         assert all(process.pid in running for process in plane.processes.values())
     finally:
+        stopping = time.monotonic()
         plane.stop()
+    assert time.monotonic() - stopping < STOP_GRACE_SECONDS  # each stopped on SIGTERM, none needed SIGKILL
     assert control_plane_processes(plane.data_dir) == {}
     assert plane.processes == {}
