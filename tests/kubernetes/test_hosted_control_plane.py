@@ -133,3 +133,33 @@ def test_stop_leaves_no_process_behind(kubernetes_release: KubernetesRelease, tm
     assert time.monotonic() - stopping < STOP_GRACE_SECONDS  # each stopped on SIGTERM, none needed SIGKILL
     assert control_plane_processes(plane.data_dir) == {}
     assert plane.processes == {}
+
+
+def test_kubectl_apply_is_stored_and_the_controllers_act_on_it(
+    control_plane: HostedControlPlane, kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """A namespace and a pod applied as admin: the controller-manager gives the namespace its default
+    service account and CA bundle, and the scheduler reports that no node can take the pod (none joined)."""
+    manifest = tmp_path / "objects.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: tl-proof}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: waiting, namespace: tl-proof}\n"
+        "spec: {containers: [{name: c, image: registry.invalid/pause:1}]}\n"
+    )
+    admin = control_plane.admin_kubeconfig
+    applied = kubectl(kubernetes_release, admin, "apply", "-f", str(manifest)).stdout
+    assert "namespace/tl-proof created" in applied and "pod/waiting created" in applied
+    deadline = time.monotonic() + 60
+    while True:
+        names = kubectl(
+            kubernetes_release, admin, "-n", "tl-proof", "get", "sa,cm,events", "-o", "name"
+        ).stdout
+        reasons = kubectl(
+            kubernetes_release, admin, "-n", "tl-proof", "get", "events", "-o", "jsonpath={.items[*].reason}"
+        ).stdout
+        if {"serviceaccount/default", "configmap/kube-root-ca.crt"} <= set(names.split()) and (
+            "FailedScheduling" in reasons
+        ):
+            break
+        assert time.monotonic() < deadline, names + reasons
+        time.sleep(1)
