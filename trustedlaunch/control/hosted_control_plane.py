@@ -119,6 +119,21 @@ def resident_memory_bytes(pid: int) -> int:
     raise ControlPlaneError(f"process {pid} has no resident memory (a zombie?)")
 
 
+def proportional_memory_bytes(pid: int) -> int:
+    """The proportional set size of a live process (Pss: shared pages such as the binary's text are split
+    between the processes mapping them, so the Pss of many clusters adds up to what they really take)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise ControlPlaneError(f"process {pid} has no proportional memory (a zombie?)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class HostedControlPlane:
     """One cluster's control-plane processes; `start`, `wait_ready`, `stop`."""
@@ -300,6 +315,16 @@ class HostedControlPlane:
         return {
             component: resident_memory_bytes(process.pid) for component, process in self.processes.items()
         }
+
+    def proportional_memory(self) -> dict[str, int]:
+        """Component -> proportional set size in bytes, of the running processes."""
+        return {
+            component: proportional_memory_bytes(process.pid) for component, process in self.processes.items()
+        }
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the running processes have used, all together."""
+        return sum(cpu_seconds(process.pid) for process in self.processes.values())
 
     def stop(self) -> None:
         """Stop the processes one by one, etcd last (kube-apiserver stops in ~1 s while etcd answers, and
