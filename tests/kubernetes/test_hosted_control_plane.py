@@ -5,6 +5,7 @@ process left behind."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import time
@@ -18,6 +19,7 @@ from trustedlaunch.control.cluster_pki import create_cluster_pki
 from trustedlaunch.control.hosted_control_plane import (
     COMPONENTS,
     STOP_GRACE_SECONDS,
+    ControlPlaneError,
     ControlPlanePorts,
     HostedControlPlane,
     client_kubeconfig,
@@ -163,3 +165,22 @@ def test_kubectl_apply_is_stored_and_the_controllers_act_on_it(
             break
         assert time.monotonic() < deadline, names + reasons
         time.sleep(1)
+
+
+def test_a_process_that_dies_at_start_is_named_with_its_log(
+    kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    ports = ControlPlanePorts.free()
+    with socket.socket() as squatter:  # something else already listens on etcd's client port
+        squatter.bind(("127.0.0.1", ports.etcd_client))
+        squatter.listen()
+        plane = HostedControlPlane(kubernetes_release, tmp_path / "aks3", FQDN, ports)
+        try:
+            plane.start()
+            with pytest.raises(
+                ControlPlaneError, match=r"(?s)etcd of .* exited with code 1.*address already in use"
+            ):
+                plane.wait_ready(timeout=60)
+        finally:
+            plane.stop()
+    assert control_plane_processes(plane.data_dir) == {}
