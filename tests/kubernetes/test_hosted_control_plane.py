@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from trustedlaunch.control.hosted_control_plane import (
     HostedControlPlane,
     client_kubeconfig,
     control_plane_processes,
+    stop_control_plane_processes,
 )
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease
 
@@ -184,3 +186,46 @@ def test_a_process_that_dies_at_start_is_named_with_its_log(
         finally:
             plane.stop()
     assert control_plane_processes(plane.data_dir) == {}
+
+
+LAUNCHER = """
+import sys
+from pathlib import Path
+from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, HostedControlPlane
+from trustedlaunch.control.kubernetes_release import verified_release
+plane = HostedControlPlane(verified_release(), Path(sys.argv[1]), sys.argv[2], ControlPlanePorts.free())
+plane.start()
+plane.wait_ready()
+print(plane.server, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_processes_outlive_a_killed_launcher_and_are_found_and_stopped(
+    kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """kill -9 of the process that started the control plane (as of `tl serve`) leaves it serving; the
+    processes are found by their data directory and stopped, none left."""
+    data_dir = tmp_path / "aks4"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(data_dir), FQDN],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert launcher.stdout is not None
+        server = launcher.stdout.readline().strip()
+        assert server.startswith("https://127.0.0.1:"), "the launcher did not report a ready control plane"
+        launcher.kill()
+        launcher.wait()
+        running = control_plane_processes(data_dir)
+        assert sorted(running.values()) == sorted(COMPONENTS)
+        admin = data_dir / "admin.kubeconfig"
+        assert "namespace/default" in kubectl(kubernetes_release, admin, "get", "ns", "-o", "name").stdout
+    finally:
+        launcher.kill()
+        stopped = stop_control_plane_processes(data_dir)
+    assert sorted(stopped) == sorted(running)
+    assert control_plane_processes(data_dir) == {}
+    assert (data_dir / "etcd" / "member").is_dir()  # the data stays for a later start

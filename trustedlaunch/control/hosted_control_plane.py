@@ -99,16 +99,47 @@ def client_kubeconfig(server: str, ca_cert: Path, client_cert: Path, client_key:
 
 
 def control_plane_processes(data_dir: Path) -> dict[int, str]:
-    """Live processes whose command line names a file under `data_dir`: pid -> program name."""
+    """Live etcd/kube-* processes whose command line names a file under `data_dir`, whoever started
+    them: pid -> component."""
     marker = f"{data_dir}/"
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         arguments = command_line(int(entry.name))
-        if arguments and any(marker in argument for argument in arguments[1:]):
+        if not arguments or Path(arguments[0]).name not in COMPONENTS:
+            continue
+        if any(marker in argument for argument in arguments[1:]):
             found[int(entry.name)] = Path(arguments[0]).name
     return found
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has ended (reaped here if it is a child of this process)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return command_line(pid) is None
+
+
+def stop_control_plane_processes(data_dir: Path, grace: float = STOP_GRACE_SECONDS) -> list[int]:
+    """Stop the control-plane processes of `data_dir` that a launcher killed with SIGKILL left running:
+    one component at a time, etcd last, SIGTERM then SIGKILL after `grace` seconds; their pids."""
+    stopped = []
+    for component in reversed(COMPONENTS):
+        pids = [pid for pid, name in control_plane_processes(data_dir).items() if name == component]
+        for stop_signal in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, stop_signal)
+            deadline = time.monotonic() + grace
+            while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if all(_gone(pid) for pid in pids):
+                break
+        else:
+            raise ControlPlaneError(f"{component} processes {pids} of {data_dir} did not stop after SIGKILL")
+        stopped += pids
+    return stopped
 
 
 def resident_memory_bytes(pid: int) -> int:
