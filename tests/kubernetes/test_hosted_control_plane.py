@@ -123,7 +123,9 @@ def test_the_controllers_are_healthy(control_plane: HostedControlPlane) -> None:
     control_plane.check_running()
 
 
-def test_stop_leaves_no_process_behind(kubernetes_release: KubernetesRelease, tmp_path: Path) -> None:
+def test_stop_leaves_no_process_behind_and_a_restart_keeps_the_data(
+    kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
     plane = HostedControlPlane(kubernetes_release, tmp_path / "aks2", FQDN, ControlPlanePorts.free())
     plane.start()
     try:
@@ -131,12 +133,23 @@ def test_stop_leaves_no_process_behind(kubernetes_release: KubernetesRelease, tm
         running = control_plane_processes(plane.data_dir)
         assert sorted(running.values()) == sorted(COMPONENTS)  # binaries are named as the components
         assert all(process.pid in running for process in plane.processes.values())
+        kubectl(kubernetes_release, plane.admin_kubeconfig, "create", "namespace", "tl-kept")
     finally:
         stopping = time.monotonic()
         plane.stop()
     assert time.monotonic() - stopping < STOP_GRACE_SECONDS  # each stopped on SIGTERM, none needed SIGKILL
     assert control_plane_processes(plane.data_dir) == {}
     assert plane.processes == {}
+
+    ca_before = plane.pki.ca_cert.read_bytes()
+    plane.start()
+    try:
+        plane.wait_ready()
+        assert plane.pki.ca_cert.read_bytes() == ca_before  # the same PKI: handed-out kubeconfigs stay valid
+        kubectl(kubernetes_release, plane.admin_kubeconfig, "get", "namespace", "tl-kept")
+    finally:
+        plane.stop()
+    assert control_plane_processes(plane.data_dir) == {}
 
 
 def test_kubectl_apply_is_stored_and_the_controllers_act_on_it(
