@@ -4,7 +4,7 @@ kube-scheduler from the cached release, with the cluster's PKI, on loopback port
 Each process runs in a session of its own (it outlives the command that started it and a Ctrl-C in its
 terminal) and logs to `logs/{component}.log` under the cluster's data directory; every command line names
 a file under that directory, which is how `control_plane_processes` finds them again. etcd listens with
-TLS and client-certificate authentication.
+TLS and client-certificate authentication on its client and peer ports.
 
 Data directory layout: `pki/` (cluster_pki), `etcd/` (etcd's data), `{component}/` (serving certificates
 the controllers make for their health ports), `*.kubeconfig` (admin and component credentials), `logs/`.
@@ -219,21 +219,25 @@ class HostedControlPlane:
         pki = self.pki.directory
         binary = str(self.release.binary("etcd" if component == "etcd" else component))
         if component == "etcd":
-            peer = f"http://{LOOPBACK}:{self.ports.etcd_peer}"
+            peer = f"https://{LOOPBACK}:{self.ports.etcd_peer}"
             client = f"https://{LOOPBACK}:{self.ports.etcd_client}"
             return [
                 binary,
-                "--name=default",
+                "--name=control-plane",
                 f"--data-dir={self.data_dir / 'etcd'}",
                 f"--listen-client-urls={client}",
                 f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=default={peer}",
+                f"--initial-cluster=control-plane={peer}",
                 f"--cert-file={pki / 'etcd/server.crt'}",
                 f"--key-file={pki / 'etcd/server.key'}",
                 f"--trusted-ca-file={pki / 'etcd/ca.crt'}",
                 "--client-cert-auth=true",
+                f"--peer-cert-file={pki / 'etcd/server.crt'}",  # serverAuth + clientAuth, 127.0.0.1
+                f"--peer-key-file={pki / 'etcd/server.key'}",
+                f"--peer-trusted-ca-file={pki / 'etcd/ca.crt'}",
+                "--peer-client-cert-auth=true",
                 "--log-level=warn",
             ]
         if component == "kube-apiserver":
