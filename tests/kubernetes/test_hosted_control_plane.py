@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lightkube import Client, KubeConfig
+from lightkube.resources.core_v1 import Namespace
 
 from trustedlaunch.control.cluster_pki import create_cluster_pki
 from trustedlaunch.control.hosted_control_plane import (
@@ -242,3 +244,14 @@ def test_the_processes_outlive_a_killed_launcher_and_are_found_and_stopped(
     assert sorted(stopped) == sorted(running)
     assert control_plane_processes(data_dir) == {}
     assert (data_dir / "etcd" / "member").is_dir()  # the data stays for a later start
+
+
+def test_lightkube_reads_the_admin_kubeconfig(control_plane: HostedControlPlane) -> None:
+    """The client library of the Kubernetes adapter accepts the kubeconfig (embedded CA and client cert)."""
+    config = KubeConfig.from_file(control_plane.admin_kubeconfig)
+    client = Client(config=config)
+    try:
+        names = {namespace.metadata.name for namespace in client.list(Namespace) if namespace.metadata}
+    finally:
+        client.close()
+    assert {"default", "kube-system"} <= names
