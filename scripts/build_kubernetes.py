@@ -104,7 +104,7 @@ def cached_release_is_current(inputs: str) -> bool:
     try:
         verified_release()
     except KubernetesReleaseError as error:
-        print(f"kubernetes: {error}; building", flush=True)
+        print(f"kubernetes: {error.reason}; building", flush=True)
         return False
     try:
         record = json.loads((release_dir() / BUILD_RECORD).read_text())

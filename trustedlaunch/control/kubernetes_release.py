@@ -38,9 +38,10 @@ SETUP_HINT = "run `make setup` to build the Kubernetes binaries"
 class KubernetesReleaseError(TrustedLaunchError):
     """A cached Kubernetes binary is missing or is not the one the build recorded."""
 
-    def __init__(self, binary: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, binary: str, reason: str) -> None:
+        super().__init__(f"{reason}: {SETUP_HINT}")
         self.binary = binary
+        self.reason = reason
 
 
 def cache_root() -> Path:
@@ -98,18 +99,22 @@ def verified_release(version: str = KUBERNETES_VERSION, directory: Path | None =
     """The cached release, every binary checked against its manifest; raises KubernetesReleaseError."""
     directory = directory or release_dir(version)
     recorded = read_manifest(directory)
+    manifest = directory / MANIFEST_NAME
     for name in GO_PACKAGES:
         path = directory / "bin" / name
-        if not path.is_file() or name not in recorded:
+        if not path.is_file():
             raise KubernetesReleaseError(
-                name, f"Kubernetes {version} binary {name} is not built ({path} missing): {SETUP_HINT}"
+                name, f"Kubernetes {version} binary {name} is not built ({path} missing)"
+            )
+        if name not in recorded:
+            raise KubernetesReleaseError(
+                name, f"Kubernetes {version} binary {path} has no SHA-256 in {manifest}"
             )
         if not os.access(path, os.X_OK):
             raise KubernetesReleaseError(name, f"Kubernetes {version} binary {path} is not executable")
         if file_sha256(path) != recorded[name]:
             raise KubernetesReleaseError(
                 name,
-                f"Kubernetes {version} binary {path} does not match its SHA-256 in "
-                f"{directory / MANIFEST_NAME}: {SETUP_HINT} again",
+                f"Kubernetes {version} binary {path} does not match its SHA-256 in {manifest}",
             )
     return KubernetesRelease(version, directory)
