@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	touch $(STAMP)
 
 # The pinned Kubernetes release (kubernetes/go.mod) in the user cache, outside the clone: built once per
-# release by scripts/build_kubernetes.py (tens of minutes cold), checked by SHA-256 on every later run
+# release by scripts/build_kubernetes.py (some 6 minutes cold here), checked by SHA-256 on every later run
 # (a second or two), rebuilt only when a binary is missing or altered or the wrapper module changed, so a
 # venv-only change never rebuilds it.
 kubernetes-binaries: | $(STAMP)
