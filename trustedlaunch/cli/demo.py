@@ -87,6 +87,8 @@ class Machine:
 
     name: str
     state: str
+    power: str
+    health: str
     secure_boot: str
     vtpm: str
     attestation: str
@@ -323,6 +325,8 @@ def _check_machine(machine: Machine) -> None:
     problems = []
     if machine.state != "Ready":
         problems.append(f"state {machine.state}")
+    if (machine.power, machine.health) != ("Running", "Healthy"):
+        problems.append(f"{machine.power}, {machine.health}")
     if machine.attestation != "Attested":
         problems.append(f"attestation {machine.attestation}")
     for label, setting in ((LABEL_TRUSTED_LAUNCH, machine.vtpm), (LABEL_SECURE_BOOT, machine.secure_boot)):
