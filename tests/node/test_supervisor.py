@@ -110,3 +110,13 @@ def test_a_child_that_cannot_start_leaves_no_supervisor(tmp_path: Path) -> None:
     )
     out, err = supervisor.communicate(timeout=10)
     assert supervisor.returncode != 0 and out == b"" and b"nonexistent" in err
+
+
+def test_the_child_starts_with_no_forwarded_signal_blocked(tmp_path: Path) -> None:
+    """The supervisor blocks the signals it forwards while its child starts (so none is lost before it knows
+    the child); the child itself must not inherit that mask, or SIGTERM would never reach QEMU."""
+    supervisor, _ = start_supervisor(tmp_path / "n5", "grep", "^SigBlk:", "/proc/self/status")
+    assert supervisor.wait(10) == 0
+    blocked = int((tmp_path / "n5" / QEMU_LOG).read_text().split()[1], 16)
+    forwarded = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    assert not [signum for signum in forwarded if blocked & (1 << (signum - 1))], hex(blocked)

@@ -105,6 +105,10 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(scratch, path)
 
 
+def _unblock_forwarded_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+
+
 def main(argv: list[str]) -> int:
     """Run the supervised command; return 0 once its end is recorded (2 on bad arguments)."""
     if len(argv) < 4 or argv[2] != "--":
@@ -120,9 +124,21 @@ def main(argv: list[str]) -> int:
 
     for signum in FORWARDED_SIGNALS:
         signal.signal(signum, forward)
-    with log_path.open("ab") as log:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    children.append(child)
+    # A signal that comes while the child starts waits until it is known (then it is forwarded to it); the
+    # child itself starts with no signal blocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        with log_path.open("ab") as log:
+            child = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_unblock_forwarded_signals,
+            )
+        children.append(child)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     with contextlib.suppress(BrokenPipeError):  # the starter died meanwhile: supervise all the same
         print(child.pid, flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
