@@ -105,8 +105,9 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
     system = machine_row(output, "aks-nodepool1-00000001-vmss000000")
     updated = machine_row(output, "aks-vtpmpool-00000002-vmss000000")
     for row, pool in ((system, "nodepool1"), (updated, "vtpmpool")):
-        name, state, secure_boot, vtpm, attestation, labels = row
-        assert (state, secure_boot, vtpm, attestation) == ("Ready", "True", "True", "Attested"), row
+        name, state, power, health, secure_boot, vtpm, attestation, labels = row
+        assert (state, power, health) == ("Ready", "Running", "Healthy"), row
+        assert (secure_boot, vtpm, attestation) == ("True", "True", "Attested"), row
         assert set(labels.split(",")) == {
             f"kubernetes.azure.com/agentpool={pool}",
             "kubernetes.azure.com/attestation-status=Attested",

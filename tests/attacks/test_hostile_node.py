@@ -179,7 +179,7 @@ class Plane:
 
 
 def start(env: dict[str, str]) -> Serve:
-    process, url, _ = start_serve(env, "--attestation-interval", "0", "--workers", "2")
+    process, url, _ = start_serve(env, "--attestation-interval", "0", "--workers", "2", "--no-auto-repair")
     assert process.stderr is not None
     log: list[str] = []
     stderr = process.stderr

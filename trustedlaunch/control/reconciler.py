@@ -104,6 +104,7 @@ ATTESTATION_TIME_LIMIT = 180.0
 # A re-attestation that broke on our side (store, Kubernetes) is retried after this many seconds, not at once.
 ATTESTATION_RETRY_SECONDS = 30.0
 LOCK_FILE = "reconciler.lock"
+LIVE_PHASES = (NodePhase.READY, NodePhase.UNHEALTHY)  # the nodes whose liveness is checked
 VTPM_DIR = "tpm"
 
 log = logging.getLogger(__name__)
@@ -287,9 +288,7 @@ class Reconciler:
             busy = self._busy_pools(session)
             targets = [
                 (node.id, node.name, node.qemu_pid, node.run_dir)
-                for node in session.scalars(
-                    select(Node).where(Node.state.in_((NodePhase.READY, NodePhase.UNHEALTHY)))
-                )
+                for node in session.scalars(select(Node).where(Node.state.in_(LIVE_PHASES)))
                 if node.pool_id not in busy
             ]
         if not targets:
@@ -341,7 +340,7 @@ class Reconciler:
         for check in checks:
             with self.sessions() as session:
                 node = session.get(Node, check.node_id)
-                if node is None or node.state not in (NodePhase.READY, NodePhase.UNHEALTHY):
+                if node is None or node.state not in LIVE_PHASES:
                     continue  # an operation or a repair took it meanwhile
                 if check.vm_exited and node.qemu_pid is not None:
                     self._stop_processes(node)  # what is left of it (its vTPM): a repair starts it again
@@ -825,9 +824,16 @@ class Reconciler:
         current = session.execute(
             select(Node.state, Node.run_dir).where(Node.id == node.id).with_for_update()
         ).one_or_none()
-        if current is None or tuple(current) != (NodePhase.READY, run_dir):
+        if current is None or current.run_dir != run_dir or current.state not in LIVE_PHASES:
             log.info("node %s changed while it was attested: its verdict is dropped", node.name)
             session.rollback()
+            return
+        if current.state == NodePhase.UNHEALTHY:  # the same VM, unhealthy meanwhile: keep the verdict,
+            status = str(node.attestation_status)  # but the labels stay off (it is quarantined already)
+            node.labels = node_labels(
+                pool.name, node.enable_secure_boot, node.enable_vtpm, status, healthy=False
+            )
+            session.commit()
             return
         reason = None if record.status == AttestationStatus.ATTESTED else describe_failure(record)
         node.message = f"attested ({trigger.value})" if reason is None else f"quarantined: {reason}"[:4000]
