@@ -9,6 +9,8 @@ import socket
 import httpx
 from fastapi.testclient import TestClient
 
+from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
+
 SUB = "11111111-2222-3333-4444-555555555555"
 RG_PATH = f"/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ContainerService"
 CLUSTER = f"{RG_PATH}/managedClusters/myAKSCluster"
@@ -27,7 +29,7 @@ def cluster_body(**pool: object) -> dict[str, object]:
     return {
         "location": "eastus",
         "properties": {
-            "kubernetesVersion": "1.30.6",
+            "kubernetesVersion": DEFAULT_KUBERNETES_VERSION,
             "agentPoolProfiles": [{"name": "nodepool1", "count": 2, "vmSize": "Standard_D4s_v3", **pool}],
         },
     }

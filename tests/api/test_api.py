@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
 from trustedlaunch.api.app import create_app
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
+from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
 from trustedlaunch.control.operations import finish_operation, get_operation
 from trustedlaunch.store.models import Operation
 
@@ -82,6 +84,68 @@ def test_trusted_launch_before_feature_registration(client: TestClient) -> None:
     assert_arm_error(client.get(CLUSTER), 404, "ResourceNotFound", "resourceName")
 
 
+VERSIONS = f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/locations/eastus/kubernetesVersions"
+
+
+def test_kubernetes_versions_list_the_installed_release(client: TestClient) -> None:
+    installed = KUBERNETES_VERSION.removeprefix("v")  # the release `make setup` builds
+    expected = {
+        "values": [
+            {
+                "version": installed.rsplit(".", 1)[0],
+                "capabilities": {"supportPlan": ["KubernetesOfficial"]},
+                "isDefault": True,
+                "isPreview": False,
+                "patchVersions": {installed: {"upgrades": []}},
+            }
+        ]
+    }
+    assert client.get(VERSIONS, params=API).json() == expected
+    assert client.get(VERSIONS.replace("eastus", "West%20Europe").lower()).json() == expected  # ARM: any case
+    error = assert_arm_error(
+        client.get(VERSIONS.replace("eastus", "mars")), 400, "LocationNotAvailableForResourceType", "location"
+    )
+    assert "resource type 'Microsoft.ContainerService/locations/kubernetesVersions'" in str(error["message"])
+    assert_arm_error(
+        client.get(VERSIONS.replace("eastus", "x" * 65)), 400, "InvalidRequestContent", "path.location"
+    )
+    assert_arm_error(
+        client.get(VERSIONS.replace(SUB, "not-a-guid")), 400, "InvalidSubscriptionId", "subscriptionId"
+    )
+    assert client.get(VERSIONS, headers={"Authorization": ""}).status_code == 401
+
+
+def test_versions_come_from_the_installed_release(client: TestClient) -> None:
+    body = cluster_body()
+    body["properties"]["kubernetesVersion"] = "1.30.6"  # type: ignore[index]
+    error = assert_arm_error(
+        client.put(CLUSTER, json=body), 400, "K8sVersionNotSupported", "properties.kubernetesVersion"
+    )
+    assert f"Supported versions: {DEFAULT_KUBERNETES_VERSION}." in str(error["message"])
+    minor = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]
+    body["properties"]["kubernetesVersion"] = minor  # type: ignore[index]
+    properties = client.put(CLUSTER, json=body).json()["properties"]
+    assert (properties["kubernetesVersion"], properties["currentKubernetesVersion"]) == (
+        minor,
+        DEFAULT_KUBERNETES_VERSION,
+    )
+    pool = properties["agentPoolProfiles"][0]
+    assert (pool["orchestratorVersion"], pool["currentOrchestratorVersion"]) == (
+        minor,
+        DEFAULT_KUBERNETES_VERSION,
+    )
+    old_pool = {"properties": {"count": 1, "orchestratorVersion": "1.29.2"}}
+    error = assert_arm_error(
+        client.put(f"{CLUSTER}/agentPools/oldpool", json=old_pool),
+        400,
+        "AgentPoolK8sVersionNotSupported",
+        "properties.orchestratorVersion",
+    )
+    assert "Version 1.29.2 is not supported in this region(eastus)" in str(error["message"])
+    default = client.put(f"{CLUSTER}/agentPools/newpool", json={"properties": {"count": 1}}).json()
+    assert default["properties"]["orchestratorVersion"] == minor  # a new pool gets the cluster's version
+
+
 def test_every_violation_is_listed_in_details(client: TestClient) -> None:
     register_trusted_launch(client)
     body = cluster_body(
@@ -95,7 +159,9 @@ def test_every_violation_is_listed_in_details(client: TestClient) -> None:
         prefix + "properties.vmSize",
         prefix + "properties.enableFIPS",
         prefix + "properties.type",
+        prefix + "properties.orchestratorVersion",  # 1.24.9 is not installed either
     ]
+    assert error["details"][-1]["code"] == "AgentPoolK8sVersionNotSupported"  # type: ignore[index]
 
 
 def test_agent_pool_lifecycle(client: TestClient) -> None:

@@ -186,6 +186,8 @@ def test_resource_group_token_acts_only_in_its_group(admin: TestClient) -> None:
         refused("GET", feature, "Microsoft.Features/providers/features/read")
         refused("GET", f"{features}/features", "Microsoft.Features/features/read")
         refused("POST", f"/subscriptions/{SUB}/{CS}/register", "Microsoft.ContainerService/register/action")
+        versions = f"/subscriptions/{SUB}/{CS}/locations/eastus/kubernetesVersions"
+        refused("GET", versions, "Microsoft.ContainerService/locations/kubernetesVersions/read")
 
         # No token management and no metrics for a scoped token.
         refused("POST", TOKENS, "Microsoft.TrustedLaunch/tokens/action", json={"name": "escalate"})
@@ -209,6 +211,7 @@ def test_subscription_token_acts_in_its_subscription_only(admin: TestClient) -> 
         assert scoped.put(cluster("rg-b"), json=cluster_body()).status_code == 201
         every = scoped.get(f"/subscriptions/{SUB}/{CS}/managedClusters").json()["value"]
         assert len(every) == 2
+        assert scoped.get(f"/subscriptions/{SUB}/{CS}/locations/eastus/kubernetesVersions").status_code == 200
         authorization_failed(
             scoped.put(cluster("rg-a", subscription=OTHER_SUB), json=cluster_body()),
             "sub-ops",

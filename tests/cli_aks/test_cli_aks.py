@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
+from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.store.models import Operation
 
@@ -81,7 +82,7 @@ def test_trusted_launch_cluster_end_to_end(runner: CliRunner, cli_env: dict[str,
         "--node-vm-size",
         "Standard_D4s_v3",
         "--kubernetes-version",
-        "1.30.6",
+        DEFAULT_KUBERNETES_VERSION,
     )
     assert code == 0, err
     cluster = json.loads(out)
@@ -299,3 +300,52 @@ def test_embedded_server_without_endpoint(runner: CliRunner, tmp_path: Path) -> 
     assert json.loads(out)["registrationState"] == "Registered"  # state persisted across invocations
     token_file = tmp_path / "config" / "trustedlaunch" / "admin-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+
+
+def test_get_versions_lists_the_installed_release(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
+    minor = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]
+    code, out, err = tl(runner, cli_env, "aks", "get-versions", "-l", "eastus")
+    assert code == 0, err
+    assert json.loads(out) == {
+        "values": [
+            {
+                "version": minor,
+                "capabilities": {"supportPlan": ["KubernetesOfficial"]},
+                "isDefault": True,
+                "isPreview": False,
+                "patchVersions": {DEFAULT_KUBERNETES_VERSION: {"upgrades": []}},
+            }
+        ]
+    }
+    code, out, err = tl(runner, cli_env, "aks", "get-versions", "--location", "West Europe", "-o", "table")
+    assert code == 0, err
+    header, row = (line.split() for line in out.strip().splitlines())
+    assert header == ["KubernetesVersion", "Upgrades", "SupportPlan"]
+    assert row == [DEFAULT_KUBERNETES_VERSION, "None", "available", "KubernetesOfficial"]
+    code, _, err = tl(runner, cli_env, "aks", "get-versions", "-l", "mars")
+    assert code == 2 and "(LocationNotAvailableForResourceType)" in err and "'mars'" in err
+    code, _, err = tl(runner, cli_env, "aks", "get-versions", "-l", "east/../us")
+    assert code == 2 and "(NotFound)" in err  # the server decodes the quoted '/': no such route
+    code, _, err = tl(runner, cli_env, "aks", "get-versions")
+    assert code == 2 and "--location" in err
+
+
+def test_versions_that_are_not_installed_are_refused(
+    runner: CliRunner, cli_env: dict[str, str | None]
+) -> None:
+    code, _, err = tl(runner, cli_env, *CREATE, "--kubernetes-version", "1.30.6")
+    assert code == 2 and "(K8sVersionNotSupported)" in err
+    assert "Version 1.30.6 is not supported in this region(eastus)" in err
+    assert f"Supported versions: {DEFAULT_KUBERNETES_VERSION}." in err
+    minor = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]
+    code, out, err = tl(runner, cli_env, *CREATE, "--kubernetes-version", minor)
+    assert code == 0, err
+    properties = json.loads(out)["properties"]
+    assert (properties["kubernetesVersion"], properties["currentKubernetesVersion"]) == (
+        minor,
+        DEFAULT_KUBERNETES_VERSION,
+    )
+    add = ["aks", "nodepool", "add", *NODEPOOL, "-n", "oldpool", "--no-wait"]
+    code, _, err = tl(runner, cli_env, *add, "--kubernetes-version", "1.29.2")
+    assert code == 2 and "(AgentPoolK8sVersionNotSupported)" in err and "Agent pool 'oldpool'" in err
+    assert "Target: properties.orchestratorVersion" in err

@@ -8,23 +8,32 @@ from dataclasses import replace
 import pytest
 
 from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.limits import (
+    DEFAULT_KUBERNETES_VERSION,
+    INSTALLED_KUBERNETES_VERSIONS,
     LIMITATIONS,
     QUOTAS,
     TL_INCOMPATIBLE,
     ClusterRequest,
+    LocationRequest,
     PoolDeletion,
     PoolRequest,
     Quota,
     QuotaRequest,
     SecurityFlags,
     Usage,
+    VersionRequest,
     check_cluster,
     check_deletion,
     check_flags,
+    check_location,
     check_pool,
     check_quota,
+    check_version,
     configured_quotas,
+    installed_patch,
+    kubernetes_upgrades,
     parse_kubernetes_version,
     pool_usage,
     raise_violations,
@@ -354,7 +363,7 @@ def test_every_violation_is_reported_with_its_target() -> None:
 
 def test_every_limitation_is_exercised_by_a_test() -> None:
     """Each table row has a code, a target and a message; a new row needs its own test above."""
-    assert len(LIMITATIONS) == 39
+    assert len(LIMITATIONS) == 42
     assert all(rule.code and rule.target and rule.message.endswith(".") for rule in LIMITATIONS)
 
 
@@ -362,6 +371,72 @@ def test_parse_kubernetes_version() -> None:
     assert parse_kubernetes_version("1.25.2") == (1, 25, 2)
     assert parse_kubernetes_version("1.25") == (1, 25, 10**6)
     assert parse_kubernetes_version("1.25.x") is None
+
+
+def test_the_installed_version_is_the_pinned_release() -> None:
+    assert (KUBERNETES_VERSION.removeprefix("v"),) == INSTALLED_KUBERNETES_VERSIONS
+    assert KUBERNETES_VERSION.removeprefix("v") == DEFAULT_KUBERNETES_VERSION
+
+
+def test_a_version_names_an_installed_patch() -> None:
+    installed = ("1.35.2", "1.36.1", "1.36.3")
+    assert installed_patch("1.36.1", installed) == "1.36.1"
+    assert installed_patch("1.36", installed) == "1.36.3"  # MAJOR.MINOR: the newest installed patch
+    assert installed_patch("1.35", installed) == "1.35.2"
+    assert installed_patch("1.36.2", installed) is None
+    assert installed_patch("1.37", installed) is None
+    assert installed_patch("1.36.x", installed) is None
+    assert kubernetes_upgrades("1.35.2", installed) == ["1.36.1", "1.36.3"]
+    assert kubernetes_upgrades("1.36.3", installed) == []
+
+
+@pytest.mark.parametrize(
+    "version", [DEFAULT_KUBERNETES_VERSION, DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]]
+)
+def test_installed_versions_are_accepted(version: str) -> None:
+    assert check_version(VersionRequest(version, "eastus")) == []
+    assert check_version(VersionRequest(version, "eastus", pool="np")) == []
+
+
+@pytest.mark.parametrize("version", ["1.30.6", "1.25.2", "1.36.99", "1.37", "2.0.0"])
+def test_a_cluster_version_that_is_not_installed_is_refused_as_aks_does(version: str) -> None:
+    (violation,) = check_version(VersionRequest(version, "East US"))
+    assert (violation.status, violation.code, violation.target) == (
+        400,
+        "K8sVersionNotSupported",
+        "properties.kubernetesVersion",
+    )
+    assert violation.message.startswith(f"Version {version} is not supported in this region(eastus). ")
+    assert f"Supported versions: {DEFAULT_KUBERNETES_VERSION}." in violation.message
+
+
+def test_a_pool_version_that_is_not_installed_is_refused_as_aks_does() -> None:
+    (violation,) = check_version(
+        VersionRequest("1.30.6", "eastus", pool="np"), "properties.agentPoolProfiles[0]."
+    )
+    assert (violation.code, violation.target) == (
+        "AgentPoolK8sVersionNotSupported",
+        "properties.agentPoolProfiles[0].properties.orchestratorVersion",
+    )
+    assert violation.message.startswith("Version 1.30.6 is not supported in this region(eastus). ")
+    assert f"Agent pool 'np' cannot use it; supported versions: {DEFAULT_KUBERNETES_VERSION}." in (
+        violation.message
+    )
+
+
+def test_a_malformed_cluster_version_is_refused_once() -> None:
+    (violation,) = check_version(VersionRequest("1.x", "eastus"))
+    assert (violation.code, violation.target) == ("InvalidKubernetesVersion", "properties.kubernetesVersion")
+    assert f"(e.g. {DEFAULT_KUBERNETES_VERSION})" in violation.message
+    assert check_version(VersionRequest("1.x", "eastus", pool="np")) == []  # a pool rule (check_pool)
+
+
+def test_a_location_in_a_path_is_checked_against_the_catalogue() -> None:
+    kind = "Microsoft.ContainerService/locations/kubernetesVersions"
+    assert check_location(LocationRequest("West Europe", kind)) == []
+    (violation,) = check_location(LocationRequest("mars", kind))
+    assert (violation.code, violation.target) == ("LocationNotAvailableForResourceType", "location")
+    assert f"not available for resource type '{kind}'" in violation.message
 
 
 def test_vm_size_catalogue() -> None:
@@ -398,6 +473,7 @@ def test_other_locations_are_refused(location: str) -> None:
     )
     assert f"The provided location '{location}' is not available" in violation.message
     assert "eastus" in violation.message.split("List of available regions")[1]
+    assert "resource type 'Microsoft.ContainerService/managedClusters'" in violation.message
 
 
 def test_a_pool_reserves_its_nodes_and_surge_nodes_as_the_vms_get_them() -> None:

@@ -19,6 +19,7 @@ from trustedlaunch.control.features import (
     register_provider,
     trusted_launch_registered,
 )
+from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION
 from trustedlaunch.control.operations import RECONCILER_NOTE, finish_operation, get_operation
 from trustedlaunch.control.resources import (
@@ -30,6 +31,7 @@ from trustedlaunch.control.resources import (
     find_cluster,
     get_cluster,
     get_pool,
+    kubernetes_versions,
     list_clusters,
     put_cluster,
     put_pool,
@@ -39,6 +41,7 @@ from trustedlaunch.store.models import FeatureRegistration, Operation, utc_now
 SUB = "11111111-2222-3333-4444-555555555555"
 PATH = ResourcePath(SUB, "myResourceGroup", "myAKSCluster")
 NS, FEATURE = "Microsoft.ContainerService", "TrustedLaunchPreview"
+INSTALLED_MINOR = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]  # "1.36": the newest installed 1.36 patch
 
 
 def register_trusted_launch(sessions: sessionmaker[Session]) -> None:
@@ -205,10 +208,10 @@ def test_cluster_update_adds_and_updates_pools(sessions: sessionmaker[Session]) 
     ]
     with sessions.begin() as session:
         pools = [PoolSpec(name="nodepool1", count=5), PoolSpec(name="extra", enable_vtpm=True)]
-        spec = ClusterSpec(location="eastus", kubernetes_version="1.31.2", agent_pools=pools)
+        spec = ClusterSpec(location="eastus", kubernetes_version=INSTALLED_MINOR, agent_pools=pools)
         cluster, operation, created = put_cluster(session, PATH, spec)
         assert not created and operation.kind == "Update" and cluster.provisioning_state == "Updating"
-        assert cluster.kubernetes_version == "1.31.2"
+        assert cluster.kubernetes_version == INSTALLED_MINOR
         assert [(p.name, p.count, p.enable_vtpm) for p in cluster.agent_pools] == [
             ("nodepool1", 5, False),
             ("extra", 3, True),
@@ -216,6 +219,67 @@ def test_cluster_update_adds_and_updates_pools(sessions: sessionmaker[Session]) 
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
         put_cluster(session, PATH, ClusterSpec(location="eastus"))
     assert (raised.value.status, raised.value.code) == (409, "OperationNotAllowed")
+
+
+def test_new_clusters_and_pools_default_to_the_installed_version(sessions: sessionmaker[Session]) -> None:
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        cluster = get_cluster(session, PATH)
+        assert cluster.kubernetes_version == DEFAULT_KUBERNETES_VERSION
+        assert cluster.agent_pools[0].orchestrator_version == DEFAULT_KUBERNETES_VERSION
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session:
+        pool, _operation, _created = put_pool(session, PATH, PoolSpec(name="minor", count=1))
+        assert pool.orchestrator_version == DEFAULT_KUBERNETES_VERSION
+    assert kubernetes_versions(SUB, "West Europe") == (DEFAULT_KUBERNETES_VERSION,)
+    with pytest.raises(ArmError) as raised:
+        kubernetes_versions(SUB, "mars")
+    assert (raised.value.code, raised.value.target) == ("LocationNotAvailableForResourceType", "location")
+
+
+def test_versions_that_are_not_installed_are_refused(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        pools = [PoolSpec(name="np1"), PoolSpec(name="np2", orchestrator_version="1.29.0")]
+        put_cluster(
+            session, PATH, ClusterSpec(location="eastus", kubernetes_version="1.30.6", agent_pools=pools)
+        )
+    assert [(d.code, d.target) for d in raised.value.details] == [  # np1 inherits 1.30.6: refused once
+        ("K8sVersionNotSupported", "properties.kubernetesVersion"),
+        ("AgentPoolK8sVersionNotSupported", "properties.agentPoolProfiles[1].properties.orchestratorVersion"),
+    ]
+    create_cluster(sessions, orchestrator_version=INSTALLED_MINOR)
+    with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        older_patch = f"{INSTALLED_MINOR}.0"  # not installed (the pinned release is a later patch)
+        put_pool(session, PATH, PoolSpec(name="nodepool1", orchestrator_version=older_patch))
+    assert (raised.value.code, raised.value.target) == (
+        "AgentPoolK8sVersionNotSupported",
+        "properties.orchestratorVersion",
+    )
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="newpool", orchestrator_version="1.29"))
+    assert raised.value.code == "AgentPoolK8sVersionNotSupported" and "'newpool'" in raised.value.message
+
+
+def test_a_cluster_recorded_on_a_version_no_longer_installed(sessions: sessionmaker[Session]) -> None:
+    """Requests that keep its version pass; a new pool inheriting it is refused until the cluster upgrades."""
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+        cluster = get_cluster(session, PATH)
+        cluster.kubernetes_version = cluster.agent_pools[0].orchestrator_version = "1.30.6"
+    with sessions.begin() as session:
+        spec = ClusterSpec(location="eastus", kubernetes_version="1.30.6", tags={"team": "a"})
+        _cluster, operation, _created = put_cluster(session, PATH, spec)
+        finish_operation(session, operation, "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_pool(session, PATH, PoolSpec(name="extra"))
+    assert raised.value.code == "AgentPoolK8sVersionNotSupported" and "Version 1.30.6" in raised.value.message
+    with sessions.begin() as session:
+        spec = ClusterSpec(location="eastus", kubernetes_version=DEFAULT_KUBERNETES_VERSION)
+        cluster, _operation, _created = put_cluster(session, PATH, spec)
+        assert cluster.kubernetes_version == DEFAULT_KUBERNETES_VERSION
 
 
 def test_virtual_nodes_on_a_cluster_with_trusted_launch_pools(sessions: sessionmaker[Session]) -> None:

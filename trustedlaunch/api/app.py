@@ -104,6 +104,7 @@ ARM_SEGMENTS = (
     "Microsoft.Features",
     "listClusterUserCredential",
     "listClusterAdminCredential",
+    "kubernetesVersions",
     "Microsoft.Security",
     "alertWebhook",
     "getAttestationToken",

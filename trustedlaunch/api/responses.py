@@ -135,6 +135,34 @@ class ManagedClusterResource(BaseModel):
     properties: ManagedClusterPropertiesOut
 
 
+class KubernetesPatchVersionOut(BaseModel):
+    """One installed patch version and the versions it may upgrade to."""
+
+    upgrades: list[str]
+
+
+class KubernetesVersionCapabilitiesOut(BaseModel):
+    """The support plans of a minor version."""
+
+    supportPlan: list[str]
+
+
+class KubernetesVersionOut(BaseModel):
+    """One MAJOR.MINOR version and its installed patches; `isDefault` only on the default one."""
+
+    version: str
+    capabilities: KubernetesVersionCapabilitiesOut
+    isDefault: bool | None = None
+    isPreview: bool
+    patchVersions: dict[str, KubernetesPatchVersionOut]
+
+
+class KubernetesVersionListResult(BaseModel):
+    """The body of `GET .../locations/{location}/kubernetesVersions` (ARM spells the list `values`)."""
+
+    values: list[KubernetesVersionOut]
+
+
 class Kubeconfig(BaseModel):
     """One kubeconfig, base64."""
 

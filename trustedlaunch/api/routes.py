@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
 from trustedlaunch.api.responses import (
@@ -21,6 +21,7 @@ from trustedlaunch.api.responses import (
     ArmList,
     CredentialResults,
     FeatureResult,
+    KubernetesVersionListResult,
     MachineResource,
     ManagedClusterResource,
     OperationStatusResult,
@@ -30,6 +31,7 @@ from trustedlaunch.api.views import (
     cluster_json,
     feature_json,
     kubeconfig_json,
+    kubernetes_versions_json,
     machine_json,
     operation_json,
     operation_path,
@@ -261,6 +263,19 @@ async def delete_pool(request: Request, path: ClusterPath, pool_name: str) -> Re
         session.flush()
         headers = _lro_headers(request, operation)
     return Response(status_code=202, headers=headers)
+
+
+@router.get(
+    f"{CS}/locations/{{location}}/kubernetesVersions",
+    tags=["managedClusters"],
+    response_model=KubernetesVersionListResult,
+    response_model_exclude_unset=True,
+)
+async def list_kubernetes_versions(
+    subscription_id: str, location: Annotated[str, Path(min_length=1, max_length=64)]
+) -> dict[str, object]:
+    """The Kubernetes versions clusters and pools may use at a location: the installed ones."""
+    return kubernetes_versions_json(resources.kubernetes_versions(subscription_id, location))
 
 
 @router.get(

@@ -6,6 +6,12 @@ import base64
 import json
 
 from trustedlaunch.control.kubeconfig import ApiServer
+from trustedlaunch.control.limits import (
+    DEFAULT_KUBERNETES_VERSION,
+    kubernetes_upgrades,
+    parse_kubernetes_version,
+    running_kubernetes_version,
+)
 from trustedlaunch.control.node_health import health_state, power_state
 from trustedlaunch.control.records import (
     AgentPool,
@@ -27,7 +33,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "provisioningState": cluster.provisioning_state,
         "powerState": {"code": cluster.power_state},
         "kubernetesVersion": cluster.kubernetes_version,
-        "currentKubernetesVersion": cluster.kubernetes_version,
+        "currentKubernetesVersion": running_kubernetes_version(cluster.kubernetes_version),
         "dnsPrefix": cluster.dns_prefix,
         "fqdn": cluster.fqdn,
         "nodeResourceGroup": f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}",
@@ -60,7 +66,7 @@ def pool_properties(pool: AgentPool) -> JsonObject:
         "mode": pool.mode,
         "enableFIPS": pool.enable_fips,
         "orchestratorVersion": pool.orchestrator_version,
-        "currentOrchestratorVersion": pool.orchestrator_version,
+        "currentOrchestratorVersion": running_kubernetes_version(pool.orchestrator_version),
         "osDiskType": pool.os_disk_type,
         "osDiskSizeGB": pool.os_disk_size_gb,
         "securityProfile": {"enableSecureBoot": pool.enable_secure_boot, "enableVTPM": pool.enable_vtpm},
@@ -113,6 +119,28 @@ def machine_json(node: Node) -> JsonObject:
             "message": node.message,
         },
     }
+
+
+def kubernetes_versions_json(versions: tuple[str, ...]) -> JsonObject:
+    """The `.../locations/{location}/kubernetesVersions` body: one entry per MAJOR.MINOR of the installed
+    `versions`, each with its patches and their upgrades."""
+    minors: dict[str, list[str]] = {}
+    for version in versions:
+        parsed = parse_kubernetes_version(version)
+        if parsed is not None:
+            minors.setdefault(f"{parsed[0]}.{parsed[1]}", []).append(version)
+    values: list[JsonObject] = []
+    for minor, patches in minors.items():
+        entry: JsonObject = {
+            "version": minor,
+            "capabilities": {"supportPlan": ["KubernetesOfficial"]},
+            "isPreview": False,
+            "patchVersions": {patch: {"upgrades": kubernetes_upgrades(patch)} for patch in patches},
+        }
+        if DEFAULT_KUBERNETES_VERSION in patches:
+            entry["isDefault"] = True
+        values.append(entry)
+    return {"values": values}
 
 
 def operation_path(operation: Operation, kind: str = "operations") -> str:

@@ -26,12 +26,14 @@ from trustedlaunch.cli.arm import (
     name_rule,
     output,
     print_json,
+    print_table,
     wait_for_operation,
 )
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
 from trustedlaunch.cli.machine_attestation import ATTESTATION_COLUMNS, attestation_row, wait_for_attestation
 from trustedlaunch.control.limits import (
     CLUSTER_NAME,
+    DEFAULT_KUBERNETES_VERSION,
     MACHINE_NAME,
     POOL_NAME,
     RESOURCE_GROUP,
@@ -52,6 +54,7 @@ machine_app = typer.Typer(
 )
 aks_app.add_typer(machine_app, name="machine")
 
+VERSION_COLUMNS = ("KubernetesVersion", "Upgrades", "SupportPlan")
 CLUSTER_COLUMNS = ("Name", "Location", "ResourceGroup", "KubernetesVersion", "ProvisioningState", "Fqdn")
 MACHINE_COLUMNS = (
     "Name",
@@ -145,7 +148,12 @@ NodeCountOption = Annotated[
 ]
 VmSizeOption = Annotated[str | None, typer.Option("--node-vm-size", "-s", help="VM size of the nodes.")]
 KubernetesVersionOption = Annotated[
-    str | None, typer.Option("--kubernetes-version", "-k", help="Kubernetes version (e.g. 1.30.6).")
+    str | None,
+    typer.Option(
+        "--kubernetes-version",
+        "-k",
+        help=f"Kubernetes version (default {DEFAULT_KUBERNETES_VERSION}; `tl aks get-versions` lists them).",
+    ),
 ]
 SecureBootOption = Annotated[
     bool, typer.Option("--enable-secure-boot", help="Enable UEFI Secure Boot (trusted launch).")
@@ -379,6 +387,33 @@ def list_clusters(
         provider = ResourceId(client.subscription_id, resource_group).provider(CONTAINER_SERVICE)
         clusters = client.json("GET", f"{client.path(provider)}/{MANAGED_CLUSTERS}")
     output(clusters["value"], output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+def _version_rows(versions: dict[str, Any]) -> list[list[object]]:
+    """One table row per patch version, as `az aks get-versions -o table` prints them."""
+    rows: list[list[object]] = []
+    for minor in versions["values"]:
+        plans = ", ".join((minor.get("capabilities") or {}).get("supportPlan") or [])
+        preview = " (preview)" if minor.get("isPreview") else ""
+        for patch, details in minor["patchVersions"].items():
+            rows.append([patch + preview, ", ".join(details["upgrades"]) or "None available", plans])
+    return rows
+
+
+@api_command(aks_app, name="get-versions")
+def get_versions(
+    api: ApiTarget,
+    location: Annotated[str, typer.Option("--location", "-l", help="Azure-style location name.")],
+    output_format: OutputOption = OutputFormat.json,
+) -> None:
+    """List the Kubernetes versions clusters and node pools can use in a location (the installed ones)."""
+    with api.connect() as client:
+        locations = client.subscription.provider(CONTAINER_SERVICE).child("locations", location)
+        versions = client.json("GET", f"{client.path(locations)}/kubernetesVersions")
+    if output_format is OutputFormat.json:
+        print_json(versions)
+    else:
+        print_table(VERSION_COLUMNS, _version_rows(versions))
 
 
 def _confirm(yes: bool, what: str) -> None:

@@ -4,8 +4,10 @@
 first), `check_flags` does the same for command-line flag combinations, and `raise_violations` turns them into
 one 400 ARM error whose `details` lists each violation with the property at fault (`target`).
 
-The location catalogue (LOCATIONS) and the per-subscription quotas (QUOTAS: clusters, nodes, and the guest
-vCPUs and memory the node VMs really get) are rules of this table too (`check_cluster`, `check_quota`).
+The location catalogue (LOCATIONS), the Kubernetes versions really installed (the pinned release of
+control/kubernetes_release.py) and the per-subscription quotas (QUOTAS: clusters, nodes, and the guest vCPUs
+and memory the node VMs really get) are rules of this table too (`check_cluster`, `check_location`,
+`check_version`, `check_quota`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from trustedlaunch.control.errors import ArmError, bad_request
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.node_images import NodeImageInfo
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
@@ -31,7 +34,10 @@ MIN_TRUSTED_LAUNCH_VERSION = (1, 25, 2)
 MAX_POOL_NAME_LENGTH = {"Linux": 11, "Windows": 6}
 VMGS_RESERVATION_GIB = 1  # the VM guest state of a trusted launch VM shares the ephemeral placement
 LATEST_PATCH = 10**6  # the patch of a MAJOR.MINOR version: the newest one
-KUBERNETES_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+KUBERNETES_VERSION_FORMAT = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+# The versions clusters and pools may use: the release `make setup` installs, oldest first.
+INSTALLED_KUBERNETES_VERSIONS = (KUBERNETES_VERSION.removeprefix("v"),)
+DEFAULT_KUBERNETES_VERSION = INSTALLED_KUBERNETES_VERSIONS[-1]
 IMMUTABLE_POOL_PROPERTIES = (
     ("vm_size", "vmSize"),
     ("os_type", "osType"),
@@ -140,11 +146,39 @@ def normalize_location(location: str) -> str:
 
 def parse_kubernetes_version(version: str) -> tuple[int, int, int] | None:
     """(major, minor, patch) of "1.29.4"; "1.29" means the newest patch of 1.29. None if malformed."""
-    match = KUBERNETES_VERSION.match(version)
+    match = KUBERNETES_VERSION_FORMAT.match(version)
     if not match:
         return None
     patch = int(match.group(3)) if match.group(3) is not None else LATEST_PATCH
     return int(match.group(1)), int(match.group(2)), patch
+
+
+def installed_patch(version: str, installed: tuple[str, ...] = INSTALLED_KUBERNETES_VERSIONS) -> str | None:
+    """The installed version `version` names: itself, or for MAJOR.MINOR the newest installed patch of that
+    minor version; None when it names none (or is malformed)."""
+    wanted = parse_kubernetes_version(version)
+    if wanted is None:
+        return None
+    matching = {
+        parsed: candidate
+        for candidate in installed
+        if (parsed := parse_kubernetes_version(candidate)) is not None
+        and (parsed == wanted or (wanted[2] == LATEST_PATCH and parsed[:2] == wanted[:2]))
+    }
+    return matching[max(matching)] if matching else None
+
+
+def kubernetes_upgrades(
+    version: str, installed: tuple[str, ...] = INSTALLED_KUBERNETES_VERSIONS
+) -> list[str]:
+    """The installed versions a cluster or pool on `version` may upgrade to (every newer one)."""
+    return [candidate for candidate in installed if _version_order(candidate, version) == 1]
+
+
+def running_kubernetes_version(version: str) -> str:
+    """The version a cluster or pool asking for `version` really runs: the installed patch it names, else
+    (a version recorded before it stopped being installed) the default installed release."""
+    return installed_patch(version) or DEFAULT_KUBERNETES_VERSION
 
 
 def parse_max_surge(value: str) -> tuple[int, bool] | None:
@@ -352,7 +386,52 @@ class ClusterRequest:
             "version": self.kubernetes_version,
             "previous_version": self.previous_version,
             "location": self.location,
+            "resource_type": f"{FEATURE_NAMESPACE}/managedClusters",
             "locations": ",".join(sorted(LOCATIONS)),
+        }
+
+
+@dataclass(frozen=True)
+class LocationRequest:
+    """A request naming a location in its path, such as `.../locations/{location}/kubernetesVersions`."""
+
+    location: str
+    resource_type: str
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {
+            "location": self.location,
+            "resource_type": self.resource_type,
+            "locations": ",".join(sorted(LOCATIONS)),
+        }
+
+
+@dataclass(frozen=True)
+class VersionRequest:
+    """A Kubernetes version a request chooses: for the control plane (`pool` None) or for one pool."""
+
+    version: str
+    location: str
+    pool: str | None = None
+    installed: tuple[str, ...] = INSTALLED_KUBERNETES_VERSIONS
+
+    @property
+    def not_installed(self) -> bool:
+        """Whether the version is well formed but names no installed version."""
+        return (
+            parse_kubernetes_version(self.version) is not None
+            and installed_patch(self.version, self.installed) is None
+        )
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {
+            "version": self.version,
+            "location": normalize_location(self.location),
+            "pool": self.pool,
+            "available": ", ".join(self.installed),
+            "example": self.installed[-1],
         }
 
 
@@ -390,7 +469,7 @@ class Limitation:
     code: str
     target: str
     message: str
-    applies_to: type
+    applies_to: type | tuple[type, ...]
     violated: Callable[[Any], bool]
     status: int = 400
 
@@ -461,7 +540,8 @@ LIMITATIONS: tuple[Limitation, ...] = (
     Limitation(
         "InvalidKubernetesVersion",
         "properties.orchestratorVersion",
-        "Kubernetes version '{version}' is malformed; use MAJOR.MINOR or MAJOR.MINOR.PATCH (e.g. 1.30.6).",
+        f"Kubernetes version '{{version}}' is malformed; use MAJOR.MINOR or MAJOR.MINOR.PATCH "
+        f"(e.g. {DEFAULT_KUBERNETES_VERSION}).",
         PoolRequest,
         lambda r: parse_kubernetes_version(r.orchestrator_version) is None,
     ),
@@ -621,11 +701,35 @@ LIMITATIONS: tuple[Limitation, ...] = (
     Limitation(
         "LocationNotAvailableForResourceType",
         "location",
-        "The provided location '{location}' is not available for resource type "
-        "'Microsoft.ContainerService/managedClusters'. List of available regions for the resource type is "
-        "'{locations}'.",
-        ClusterRequest,
+        "The provided location '{location}' is not available for resource type '{resource_type}'. List of "
+        "available regions for the resource type is '{locations}'.",
+        (ClusterRequest, LocationRequest),
         lambda c: c.location is not None and normalize_location(c.location) not in LOCATIONS,
+    ),
+    Limitation(
+        "InvalidKubernetesVersion",
+        "properties.kubernetesVersion",
+        "Kubernetes version '{version}' is malformed; use MAJOR.MINOR or MAJOR.MINOR.PATCH (e.g. {example}).",
+        VersionRequest,
+        lambda v: v.pool is None and parse_kubernetes_version(v.version) is None,
+    ),
+    # AKS's wording, plus the versions installed here (`make setup` builds them; `tl aks get-versions`).
+    Limitation(
+        "K8sVersionNotSupported",
+        "properties.kubernetesVersion",
+        "Version {version} is not supported in this region({location}). Please use [tl aks get-versions] "
+        "command to get the supported version list in this region. Supported versions: {available}.",
+        VersionRequest,
+        lambda v: v.pool is None and v.not_installed,
+    ),
+    Limitation(
+        "AgentPoolK8sVersionNotSupported",
+        "properties.orchestratorVersion",
+        "Version {version} is not supported in this region({location}). Please use [tl aks get-versions] "
+        "command to get the supported version list in this region. Agent pool '{pool}' cannot use it; "
+        "supported versions: {available}.",
+        VersionRequest,
+        lambda v: v.pool is not None and v.not_installed,
     ),
     *(
         Limitation(
@@ -679,7 +783,15 @@ LIMITATIONS: tuple[Limitation, ...] = (
 )
 
 
-Context = PoolRequest | ClusterRequest | PoolDeletion | SecurityFlags | QuotaRequest
+Context = (
+    PoolRequest
+    | ClusterRequest
+    | LocationRequest
+    | VersionRequest
+    | PoolDeletion
+    | SecurityFlags
+    | QuotaRequest
+)
 
 
 def _violations(context: Context, target_prefix: str = "") -> list[ArmError]:
@@ -699,6 +811,17 @@ def check_pool(request: PoolRequest, target_prefix: str = "") -> list[ArmError]:
 def check_cluster(request: ClusterRequest) -> list[ArmError]:
     """Every limitation a whole-cluster request breaks."""
     return _violations(request)
+
+
+def check_location(request: LocationRequest) -> list[ArmError]:
+    """Every limitation a location named in a request path breaks (a location outside LOCATIONS)."""
+    return _violations(request)
+
+
+def check_version(request: VersionRequest, target_prefix: str = "") -> list[ArmError]:
+    """Every limitation a chosen Kubernetes version breaks: malformed (cluster version; a pool's is a pool
+    rule), or naming no installed version (K8sVersionNotSupported / AgentPoolK8sVersionNotSupported)."""
+    return _violations(request, target_prefix)
 
 
 def check_quota(request: QuotaRequest) -> list[ArmError]:

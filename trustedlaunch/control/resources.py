@@ -16,7 +16,12 @@ from sqlalchemy.orm import Session
 from trustedlaunch.control import limits
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
 from trustedlaunch.control.features import trusted_launch_registered
-from trustedlaunch.control.limits import CLUSTER_NAME, RESOURCE_GROUP, canonical_subscription_id
+from trustedlaunch.control.limits import (
+    CLUSTER_NAME,
+    DEFAULT_KUBERNETES_VERSION,
+    RESOURCE_GROUP,
+    canonical_subscription_id,
+)
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
 from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
@@ -26,7 +31,6 @@ from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc
 from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
 
 PROVIDER = CONTAINER_SERVICE
-DEFAULT_KUBERNETES_VERSION = "1.30.6"
 DEFAULT_VM_SIZE = "Standard_DS2_v2"
 DEFAULT_NODE_COUNT = 3
 DEFAULT_OS_DISK_SIZE_GB = 128
@@ -184,6 +188,16 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
     )
 
 
+def _version_violations(request: limits.PoolRequest, location: str, prefix: str = "") -> list[ArmError]:
+    """The version rules of a pool that chooses its Kubernetes version (a new pool, or a changed version):
+    a version that is not installed is refused (AgentPoolK8sVersionNotSupported)."""
+    if request.previous is not None and request.orchestrator_version == request.previous.orchestrator_version:
+        return []
+    return limits.check_version(
+        limits.VersionRequest(request.orchestrator_version, location, request.name), prefix
+    )
+
+
 T = TypeVar("T")
 
 
@@ -286,6 +300,15 @@ def list_clusters(
     return list(session.scalars(query.order_by(ManagedCluster.resource_group, ManagedCluster.name)))
 
 
+def kubernetes_versions(subscription_id: str, location: str) -> tuple[str, ...]:
+    """The Kubernetes versions clusters and pools may use at `location`: the installed ones, oldest first;
+    400 for an invalid subscription id or a location that is not an Azure region."""
+    canonical_subscription_id(subscription_id)
+    where = limits.LocationRequest(location, f"{PROVIDER}/locations/kubernetesVersions")
+    limits.raise_violations(limits.check_location(where))
+    return limits.INSTALLED_KUBERNETES_VERSIONS
+
+
 def _subscription_usage(session: Session, subscription_id: str) -> limits.Usage:
     """What the subscription's clusters and pools hold now (pools being deleted too, until they are gone)."""
     clusters = session.scalar(
@@ -358,6 +381,9 @@ def put_cluster(
     version = spec.kubernetes_version or cluster.kubernetes_version
     virtual_nodes = cluster.virtual_nodes_enabled if spec.virtual_nodes is None else spec.virtual_nodes
     violations: list[ArmError] = []
+    version_changed = version != cluster.kubernetes_version
+    if version_changed:
+        violations += limits.check_version(limits.VersionRequest(version, cluster.location))
     existing = {pool.name: pool for pool in cluster.agent_pools}
     final_modes = {
         pool.name: pool.mode
@@ -386,13 +412,13 @@ def put_cluster(
                 request, feature_registered=tl_registered, other_system_pools=others, cluster_version=version
             )
         violations += limits.check_pool(request, prefix)
+        if not (version_changed and request.orchestrator_version == version):  # else refused once, above
+            violations += _version_violations(request, cluster.location, prefix)
         planned.append((request, pool))
     if virtual_nodes and not cluster.virtual_nodes_enabled:
         for index, pool in enumerate(cluster.agent_pools):
             prefix = f"properties.agentPoolProfiles[{index}]."
             violations += limits.check_pool(_request_for_pool(pool, virtual_nodes=True), prefix)
-    if spec.kubernetes_version and limits.parse_kubernetes_version(spec.kubernetes_version) is None:
-        violations.append(_bad_version(spec.kubernetes_version))
     system_pools = sum(1 for mode in final_modes.values() if mode == "System")
     cluster_request = limits.ClusterRequest(
         len(final_modes), system_pools, version, cluster.kubernetes_version, spec.location
@@ -420,21 +446,11 @@ def put_cluster(
     return cluster, operation, False
 
 
-def _bad_version(version: str) -> ArmError:
-    return bad_request(
-        "InvalidKubernetesVersion",
-        f"Kubernetes version '{version}' is malformed; use MAJOR.MINOR or MAJOR.MINOR.PATCH (e.g. 1.30.6).",
-        "properties.kubernetesVersion",
-    )
-
-
 def _create_cluster(
     session: Session, path: ResourcePath, spec: ClusterSpec, tl_registered: bool
 ) -> tuple[ManagedCluster, Operation]:
     version = spec.kubernetes_version or DEFAULT_KUBERNETES_VERSION
-    violations: list[ArmError] = []
-    if limits.parse_kubernetes_version(version) is None:
-        violations.append(_bad_version(version))
+    violations = limits.check_version(limits.VersionRequest(version, spec.location))
     if not spec.agent_pools:
         violations.append(
             bad_request(
@@ -452,7 +468,10 @@ def _create_cluster(
             feature_registered=tl_registered,
             sibling_pool_names=tuple(p.name for p in spec.agent_pools[:index]),
         )
-        violations += limits.check_pool(request, f"properties.agentPoolProfiles[{index}].")
+        prefix = f"properties.agentPoolProfiles[{index}]."
+        violations += limits.check_pool(request, prefix)
+        if request.orchestrator_version != version:  # else refused once, above
+            violations += _version_violations(request, spec.location, prefix)
         requests.append(request)
     system_pools = sum(1 for request in requests if request.mode == "System")
     violations += limits.check_cluster(
@@ -554,7 +573,7 @@ def put_pool(
             feature_registered=tl_registered,
             sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
         )
-        limits.raise_violations(limits.check_pool(request))
+        limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
         pool = _new_pool(request, tl_registered)
         cluster.agent_pools.append(pool)
         _check_quota(
@@ -567,7 +586,7 @@ def put_pool(
         feature_registered=tl_registered,
         other_system_pools=_system_pools_besides(cluster, pool.name),
     )
-    limits.raise_violations(limits.check_pool(request))
+    limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
     _refuse_if_busy(session, pool_id, f"Agent pool '{pool.name}'")
     before = _pools_usage([(pool.count, pool.max_surge)])
     _apply(pool, request)
