@@ -84,14 +84,19 @@ class Serve:
         return self.base / "data" / "trustedlaunch" / "nodes"
 
     def control_plane(self, cluster: str) -> ClusterControlPlane:
+        record = self.find_control_plane(cluster)
+        assert record is not None, f"cluster {cluster} has no control plane record"
+        return record
+
+    def find_control_plane(self, cluster: str) -> ClusterControlPlane | None:
         engine = make_engine(self.env["TL_DATABASE_URL"])
         try:
             with session_factory(engine)() as session:
                 record = session.scalar(
                     select(ClusterControlPlane).join(ManagedCluster).where(ManagedCluster.name == cluster)
                 )
-                assert record is not None, f"cluster {cluster} has no control plane record"
-                session.expunge(record)
+                if record is not None:
+                    session.expunge(record)
                 return record
         finally:
             engine.dispose()
@@ -137,7 +142,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory, kubernetes_release: Kubernet
 
 def finish(serve: Serve, response: httpx.Response) -> dict[str, object]:
     assert response.status_code in (200, 201, 202), response.text
-    url = response.headers["Azure-AsyncOperation"]
+    current = httpx.URL(serve.url)  # the serve now running (it may have been started again since)
+    url = httpx.URL(response.headers["Azure-AsyncOperation"]).copy_with(port=current.port)
     with serve.client() as client:
 
         def ended() -> dict[str, object] | None:
@@ -267,6 +273,27 @@ def test_kill_9_of_serve_adopts_running_processes_and_restarts_dead_ones(
     assert json.loads(kept.stdout)["data"] == {"written": "before-the-kill"}  # etcd's data kept
 
 
+def test_kill_9_of_serve_while_a_control_plane_starts(
+    serve: Serve, kubernetes_release: KubernetesRelease
+) -> None:
+    body = {"location": "eastus", "properties": {"agentPoolProfiles": [ONE_NODE_POOL]}}
+    with serve.client() as client:
+        response = client.put(f"{GROUP}/cpc", json=body)
+    assert response.status_code == 201, response.text
+    record = wait_until(lambda: serve.find_control_plane("cpc"), 30, "the write-ahead record of cpc")
+    data_dir = Path(record.data_dir)
+    wait_until(lambda: control_plane_processes(data_dir) or None, 30, "a process of cpc")
+    assert serve.process is not None
+    serve.process.send_signal(signal.SIGKILL)  # while the control plane is starting
+    serve.process.wait(timeout=30)
+    serve.start()
+    assert finish(serve, response)["status"] == "Succeeded"
+    assert sorted(control_plane_processes(data_dir).values()) == sorted(COMPONENTS)  # one of each
+    assert serve.control_plane("cpc").phase == "Running"
+    admin = get_credentials(serve, "cpc", "--admin")
+    assert whoami(kubernetes_release, admin)["username"] == "clusterAdmin"
+
+
 def test_two_clusters_refuse_each_others_credentials(
     serve: Serve, kubernetes_release: KubernetesRelease
 ) -> None:
@@ -291,8 +318,9 @@ def test_two_clusters_refuse_each_others_credentials(
 
 
 def test_delete_leaves_no_process_and_no_data(serve: Serve) -> None:
-    data_dirs = [Path(serve.control_plane(name).data_dir) for name in ("cpa", "cpb")]
-    for name in ("cpa", "cpb"):
+    names = ("cpa", "cpb", "cpc")
+    data_dirs = [Path(serve.control_plane(name).data_dir) for name in names]
+    for name in names:
         with serve.client() as client:
             response = client.delete(f"{GROUP}/{name}")
         assert finish(serve, response)["status"] == "Succeeded"
