@@ -1,6 +1,6 @@
 """A hosted control plane that does not come up (kube-apiserver's port is taken): the step fails with an
 ARM error naming the component and the end of its log, no process is left, the data stays, and the next
-attempt (the port free again) brings it up with the same data."""
+attempt (the port free again) brings it up with the same data. Credentials: 409 before the PKI exists."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlaneFailedError
+from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlaneFailedError, hosted_credential
+from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, control_plane_processes
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
 from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster
@@ -53,6 +54,9 @@ def test_a_component_that_fails_fails_the_step_by_name_and_leaves_no_process(
             )
             session.add(cluster)
             session.commit()
+            with pytest.raises(ArmError) as not_ready:  # recorded, no PKI yet
+                hosted_credential(cluster, admin=True)
+            assert (not_ready.value.status, not_ready.value.code) == (409, "ControlPlaneNotReady")
             with pytest.raises(ControlPlaneFailedError) as failed:
                 planes.ensure(session, cluster)
             error = failed.value.error
@@ -70,6 +74,10 @@ def test_a_component_that_fails_fails_the_step_by_name_and_leaves_no_process(
             assert cluster.control_plane.phase == "Running"
             assert (data_dir / "pki" / "ca.crt").read_bytes() == ca
             assert not planes.ensure(session, cluster)  # Running and serving: nothing to do
+            credential = hosted_credential(cluster, admin=False)
+            assert credential is not None
+            assert credential.api_server.server == f"https://127.0.0.1:{ports.apiserver}"
+            assert set(credential.user) == {"client-certificate-data", "client-key-data"}
             assert planes.remove(session, cluster)
             assert control_plane_processes(data_dir) == {} and not data_dir.exists()
     finally:

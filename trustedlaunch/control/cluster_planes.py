@@ -27,7 +27,7 @@ import secrets
 import shutil
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -125,6 +125,22 @@ class ClusterPlanes:
     def _plane(self, record: ClusterControlPlane, fqdn: str) -> HostedControlPlane:
         return HostedControlPlane(self.release(), Path(record.data_dir), fqdn, recorded_ports(record))
 
+    @staticmethod
+    def _unrecorded_ports(session: Session) -> ControlPlanePorts:
+        """Free loopback ports that no other control plane was given (a stopped one keeps its ports)."""
+        columns = (
+            ClusterControlPlane.apiserver_port,
+            ClusterControlPlane.etcd_client_port,
+            ClusterControlPlane.etcd_peer_port,
+            ClusterControlPlane.controller_manager_port,
+            ClusterControlPlane.scheduler_port,
+        )
+        recorded = {port for row in session.execute(select(*columns)) for port in row}
+        while True:
+            ports = ControlPlanePorts.free()
+            if recorded.isdisjoint(astuple(ports)):
+                return ports
+
     def _owned(self, data_dir: Path) -> bool:
         return data_dir.parent == self.root and data_dir.name.startswith("c")
 
@@ -136,7 +152,7 @@ class ClusterPlanes:
         ControlPlaneFailedError (the plane then Failed, its processes stopped, its data kept)."""
         record = cluster.control_plane
         if record is None:
-            ports = ControlPlanePorts.free()
+            ports = self._unrecorded_ports(session)
             record = ClusterControlPlane(
                 cluster_id=cluster.id,
                 data_dir=str(self.root / f"c{cluster.id}-{secrets.token_hex(4)}"),
