@@ -118,7 +118,7 @@ class ClusterPlanes:
         release: Callable[[], KubernetesRelease] = verified_release,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
-        self.root = state_dir / CLUSTERS_DIR
+        self.root = state_dir.resolve() / CLUSTERS_DIR  # command lines name it: found from any directory
         self.release = release
         self.ready_timeout = ready_timeout
 
