@@ -17,6 +17,7 @@ TABLES = {
     "provider_registrations",
     "api_tokens",
     "ui_sessions",
+    "cluster_control_planes",
     "alembic_version",
 }
-HEAD_REVISION = "0009_node_health"
+HEAD_REVISION = "0010_cluster_control_planes"

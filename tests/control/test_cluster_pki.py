@@ -69,6 +69,7 @@ def test_apiserver_serving_certificate_names_the_fqdn_loopback_and_in_cluster_na
     ("stem", "common_name", "organization"),
     [
         ("admin", "clusterAdmin", "system:masters"),
+        ("cluster-user", "clusterUser", "trustedlaunch:cluster-users"),
         ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
         ("controller-manager", "system:kube-controller-manager", None),
         ("scheduler", "system:kube-scheduler", None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+from trustedlaunch.control.cluster_planes import hosted_credential
 from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
@@ -190,16 +191,23 @@ def kubeconfig_json(
     cluster: ManagedCluster, user_kind: str, api_server: ApiServer | None = None
 ) -> JsonObject:
     """The `listCluster{User,Admin}Credential` body: one base64 kubeconfig (JSON, which is valid YAML)
-    pointing at `api_server` (the configured Kubernetes API server), else at `https://{fqdn}:443`."""
+    pointing at the cluster's hosted control plane with its admin or clusterUser client certificate; for a
+    cluster without one, at `api_server` (the configured Kubernetes API server), else at
+    `https://{fqdn}:443`, with the cluster's token."""
     user = f"{user_kind}_{cluster.resource_group}_{cluster.name}"
-    server = api_server or ApiServer(f"https://{cluster.fqdn}:443")
+    hosted = hosted_credential(cluster, admin=user_kind == "clusterAdmin")
+    if hosted is not None:
+        server, credential = hosted.api_server, hosted.user
+    else:
+        server = api_server or ApiServer(f"https://{cluster.fqdn}:443")
+        credential = {"token": cluster.kube_token}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": cluster.name, "cluster": server.cluster_entry()}],
         "contexts": [{"name": cluster.name, "context": {"cluster": cluster.name, "user": user}}],
         "current-context": cluster.name,
-        "users": [{"name": user, "user": {"token": cluster.kube_token}}],
+        "users": [{"name": user, "user": credential}],
     }
     value = base64.b64encode(json.dumps(config, indent=2).encode()).decode()
     return {"kubeconfigs": [{"name": user_kind, "value": value}]}

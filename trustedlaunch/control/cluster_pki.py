@@ -35,6 +35,8 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 # Subjects (CN, O) of the client certificates the apiserver maps to users and groups.
 ADMIN_SUBJECT = ("clusterAdmin", "system:masters")
+# The clusterUser credential: a group that cluster_planes binds to the built-in `edit` ClusterRole.
+CLUSTER_USER_SUBJECT = ("clusterUser", "trustedlaunch:cluster-users")
 APISERVER_KUBELET_CLIENT_SUBJECT = ("kube-apiserver-kubelet-client", "system:masters")
 CONTROLLER_MANAGER_SUBJECT = ("system:kube-controller-manager", None)
 SCHEDULER_SUBJECT = ("system:kube-scheduler", None)
@@ -107,6 +109,7 @@ CERTIFICATE_STEMS = (
     "front-proxy-client",
     "etcd/server",
     "admin",
+    "cluster-user",
     "controller-manager",
     "scheduler",
 )
@@ -268,6 +271,7 @@ def _write_all(directory: Path, fqdn: str, service_cidr: str, ip_addresses: tupl
             ip_addresses=apiserver_ips,
         ),
         "admin": _issue(cluster_ca, _name(*ADMIN_SUBJECT), now, client=True),
+        "cluster-user": _issue(cluster_ca, _name(*CLUSTER_USER_SUBJECT), now, client=True),
         "apiserver-kubelet-client": _issue(
             cluster_ca, _name(*APISERVER_KUBELET_CLIENT_SUBJECT), now, client=True
         ),

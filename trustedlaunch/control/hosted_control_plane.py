@@ -199,8 +199,9 @@ class HostedControlPlane:
             context.load_cert_chain(cert, key)
         return context
 
-    def start(self) -> None:
-        """Make the PKI and kubeconfigs if missing, then start the four processes (they wait for etcd)."""
+    def start(self) -> list[str]:
+        """Make the PKI and kubeconfigs if missing, then start those of the four processes that are not
+        running already (they wait for etcd; data such as etcd's is kept); the components started."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.pki.directory.exists():
             create_cluster_pki(self.pki.directory, self.fqdn, self.service_cidr)
@@ -211,8 +212,11 @@ class HostedControlPlane:
             path.write_text(client_kubeconfig(self.server, self.pki.ca_cert, cert, key, stem))
             path.chmod(0o600)
         (self.data_dir / "logs").mkdir(exist_ok=True)
-        for component in COMPONENTS:
+        running = set(control_plane_processes(self.data_dir).values())
+        started = [component for component in COMPONENTS if component not in running]
+        for component in started:
             self._spawn(component, self.command(component))
+        return started
 
     def command(self, component: str) -> list[str]:
         """The command line of one component."""
@@ -314,7 +318,10 @@ class HostedControlPlane:
                 start_new_session=True,
             )
 
-    def _log_tail(self, component: str) -> str:
+    def log_tail(self, component: str) -> str:
+        """The last LOG_TAIL_BYTES of one component's log ('' if it has none yet)."""
+        if not self.log_path(component).is_file():
+            return ""
         with self.log_path(component).open("rb") as log:
             log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
             return log.read().decode(errors="replace")
@@ -324,7 +331,7 @@ class HostedControlPlane:
         for component, process in self.processes.items():
             code = process.poll()
             if code is not None:
-                tail = self._log_tail(component)
+                tail = self.log_tail(component)
                 raise ControlPlaneError(
                     f"{component} of {self.fqdn} exited with code {code}; its log ends:\n{tail}"
                 )
@@ -341,7 +348,7 @@ class HostedControlPlane:
                 if time.monotonic() - started > timeout:
                     raise ControlPlaneError(
                         f"kube-apiserver of {self.fqdn} not ready after {timeout:.0f} s; its log ends:\n"
-                        f"{self._log_tail('kube-apiserver')}"
+                        f"{self.log_tail('kube-apiserver')}"
                     )
                 time.sleep(0.2)
 

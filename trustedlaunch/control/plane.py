@@ -23,6 +23,7 @@ from trustedlaunch.attest.nonces import ChallengeStore
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERVAL
 from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
+from trustedlaunch.control.cluster_planes import ClusterPlanes, hosted_control_planes_enabled
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.reconciler import Reconciler, default_state_dir
 from trustedlaunch.control.verifier import open_challenge_store
@@ -82,16 +83,20 @@ class ControlPlane:
         poll_seconds: float = 1.0,
     ) -> Reconciler:
         """A reconciler over this store, keeping its node images, EK CA and VM run directories in
-        `state_dir` (default: the user data dir), signing attestation tokens with this plane's issuer."""
+        `state_dir` (default: the user data dir), signing attestation tokens with this plane's issuer; with
+        TL_HOSTED_CONTROL_PLANES=1 each cluster gets its hosted Kubernetes control plane (under
+        `state_dir/clusters`)."""
+        state_dir = state_dir or default_state_dir()
         return Reconciler(
             self.sessions,
-            state_dir or default_state_dir(),
+            state_dir,
             max_surge=max_surge,
             poll_seconds=poll_seconds,
             attestation_interval=attestation_interval,
             auto_repair=auto_repair,
             token_issuer=self.token_issuer,
             kubernetes=self.kubernetes,
+            cluster_planes=ClusterPlanes(state_dir) if hosted_control_planes_enabled() else None,
         )
 
     def close(self) -> None:

@@ -49,6 +49,7 @@ from trustedlaunch.control.attestation_monitor import (
     due_trigger,
     resolve_alerts,
 )
+from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels
@@ -89,7 +90,7 @@ from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
-from trustedlaunch.store.models import AgentPool, AttestationRecord, Node, Operation, utc_now
+from trustedlaunch.store.models import AgentPool, AttestationRecord, ManagedCluster, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
@@ -161,6 +162,10 @@ class Reconciler:
     own in `run_forever`, so that a long step does not delay it; `run_once` checks when due): see
     `node_health` for the rules, and the auto-repair of Unhealthy nodes (reboot, then reimage) that
     `auto_repair` turns on.
+
+    With `cluster_planes`, every cluster gets its own hosted Kubernetes control plane (cluster_planes): made
+    by the cluster's Create or Update operation before its nodes, removed by its Delete operation after
+    them, adopted when this reconciler takes the state directory and supervised every SUPERVISE_SECONDS.
     """
 
     def __init__(
@@ -179,6 +184,7 @@ class Reconciler:
         liveness_interval: float = LIVENESS_INTERVAL,
         auto_repair: bool = True,
         reimage_after: timedelta = REIMAGE_AFTER,
+        cluster_planes: ClusterPlanes | None = None,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -207,6 +213,8 @@ class Reconciler:
         self._channels_in_use: dict[int, AgentChannel] = {}  # node id -> the channel attesting it
         self._liveness_lock = threading.Lock()  # one liveness round at a time (loop and liveness thread)
         self._next_liveness_at = 0.0
+        self.cluster_planes = cluster_planes
+        self._next_supervision_at = 0.0
 
     # -- ownership -------------------------------------------------------------------------------------
 
@@ -222,6 +230,7 @@ class Reconciler:
             return False
         self._lock = lock
         self._adopt_ready_nodes()
+        self._adopt_control_planes()
         return True
 
     def release(self) -> None:
@@ -249,6 +258,23 @@ class Reconciler:
             for check, state in self.check_liveness():
                 if check.cause is None and state == NodePhase.READY:
                     log.info("adopted node %s", check.node_name)
+
+    def _adopt_control_planes(self) -> None:
+        """Remove the control planes no cluster records any more, adopt the running processes of the others
+        and start their dead ones again (data kept)."""
+        if self.cluster_planes is None:
+            return
+        with self.sessions() as session:
+            self.cluster_planes.remove_orphans(session)
+            self.cluster_planes.supervise(session)
+        self._next_supervision_at = time.monotonic() + SUPERVISE_SECONDS
+
+    def _supervise_control_planes_if_due(self) -> None:
+        if self.cluster_planes is None or time.monotonic() < self._next_supervision_at:
+            return
+        self._next_supervision_at = time.monotonic() + SUPERVISE_SECONDS
+        with self.sessions() as session:
+            self.cluster_planes.supervise(session)
 
     def _vm_alive(self, node: Node) -> bool:
         """True while the node's QEMU process (ours or adopted) runs."""
@@ -448,6 +474,7 @@ class Reconciler:
         if not self._acquire():
             return False
         self._check_liveness_if_due()
+        self._supervise_control_planes_if_due()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
             if self._repair_due_node():
@@ -507,6 +534,16 @@ class Reconciler:
                 return True
             pools = [resource] if isinstance(resource, AgentPool) else list(resource.agent_pools)
             deleting = operation.kind == "Delete"
+            if isinstance(resource, ManagedCluster) and not deleting and self.cluster_planes is not None:
+                try:
+                    if self.cluster_planes.ensure(session, resource):  # before the nodes, which join it
+                        return True
+                except ControlPlaneFailedError as failure:
+                    session.refresh(operation)
+                    if operation.status == "InProgress":
+                        finish_operation(session, operation, "Failed", failure.error)
+                    session.commit()
+                    return True
             for pool in pools:
                 surge = self.max_surge if pool.max_surge is None else surge_nodes(pool.max_surge, pool.count)
                 step = plan_next_step(_desired(pool, deleting), [_observed(n) for n in pool.nodes], surge)
@@ -521,6 +558,13 @@ class Reconciler:
                     if operation.status == "InProgress":
                         finish_operation(session, operation, "Failed", failure.error)
                     session.commit()
+                return True
+            if (
+                isinstance(resource, ManagedCluster)
+                and deleting
+                and self.cluster_planes is not None
+                and self.cluster_planes.remove(session, resource)  # after the nodes
+            ):
                 return True
             session.refresh(operation)
             if operation.status == "InProgress":

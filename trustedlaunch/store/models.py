@@ -83,6 +83,33 @@ class ManagedCluster(Base):
     agent_pools: Mapped[list[AgentPool]] = relationship(
         back_populates="cluster", cascade="all, delete-orphan", order_by="AgentPool.id"
     )
+    control_plane: Mapped[ClusterControlPlane | None] = relationship(
+        back_populates="cluster", cascade="all, delete-orphan"
+    )
+
+
+class ClusterControlPlane(Base):
+    """The hosted Kubernetes control plane of a managed cluster (control/cluster_planes.py): where its data
+    lives (PKI, etcd, logs), the loopback ports of its processes and its phase. Recorded before any of
+    its processes starts (write-ahead), so the next reconciler finds, adopts or removes them."""
+
+    __tablename__ = "cluster_control_planes"
+
+    cluster_id: Mapped[int] = mapped_column(
+        ForeignKey("managed_clusters.id", ondelete="CASCADE"), primary_key=True
+    )
+    data_dir: Mapped[str] = mapped_column(String(1024), unique=True)
+    phase: Mapped[str] = mapped_column(String(16))  # ControlPlanePhase
+    apiserver_port: Mapped[int] = mapped_column(Integer)
+    etcd_client_port: Mapped[int] = mapped_column(Integer)
+    etcd_peer_port: Mapped[int] = mapped_column(Integer)
+    controller_manager_port: Mapped[int] = mapped_column(Integer)
+    scheduler_port: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(String(4000), default="")
+    ready_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # create to /readyz
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    cluster: Mapped[ManagedCluster] = relationship(back_populates="control_plane")
 
 
 class NodeImage(Base):

@@ -1,0 +1,85 @@
+"""A hosted control plane that does not come up (kube-apiserver's port is taken): the step fails with an
+ARM error naming the component and the end of its log, no process is left, the data stays, and the next
+attempt (the port free again) brings it up with the same data. Credentials: 409 before the PKI exists."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlaneFailedError, hosted_credential
+from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, control_plane_processes
+from trustedlaunch.control.kubernetes_release import KubernetesRelease
+from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_component_that_fails_fails_the_step_by_name_and_leaves_no_process(
+    kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    engine, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", None)
+    planes = ClusterPlanes(tmp_path / "state", release=lambda: kubernetes_release, ready_timeout=60)
+    ports = ControlPlanePorts.free()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", ports.apiserver))
+    taken.listen()
+    try:
+        with sessions() as session:
+            cluster = ManagedCluster(
+                subscription_id="00000000-0000-0000-0000-000000000000",
+                resource_group="rg",
+                name="failing",
+                display_name="failing",
+                location="eastus",
+                kubernetes_version="1.36.3",
+                dns_prefix="failing",
+                fqdn="failing-rg-000000.hcp.eastus.trustedlaunch.internal",
+                kube_token="unused",
+                provisioning_state="Creating",
+            )
+            cluster.control_plane = ClusterControlPlane(
+                data_dir=str(planes.root / "c1-test"),
+                phase="Provisioning",
+                apiserver_port=ports.apiserver,
+                etcd_client_port=ports.etcd_client,
+                etcd_peer_port=ports.etcd_peer,
+                controller_manager_port=ports.controller_manager,
+                scheduler_port=ports.scheduler,
+                message="provisioning",
+            )
+            session.add(cluster)
+            session.commit()
+            with pytest.raises(ArmError) as not_ready:  # recorded, no PKI yet
+                hosted_credential(cluster, admin=True)
+            assert (not_ready.value.status, not_ready.value.code) == (409, "ControlPlaneNotReady")
+            with pytest.raises(ControlPlaneFailedError) as failed:
+                planes.ensure(session, cluster)
+            error = failed.value.error
+            assert error.code == "ControlPlaneProvisioningFailed" and error.target == "failing"
+            assert "kube-apiserver of failing-rg-000000" in error.message
+            assert "address already in use" in error.message  # the end of kube-apiserver's log
+            data_dir = planes.root / "c1-test"
+            assert control_plane_processes(data_dir) == {}
+            assert (data_dir / "etcd").is_dir() and (data_dir / "pki" / "ca.crt").is_file()
+            assert cluster.control_plane is not None and cluster.control_plane.phase == "Failed"
+
+            taken.close()
+            ca = (data_dir / "pki" / "ca.crt").read_bytes()
+            assert planes.ensure(session, cluster)  # the next attempt, on the same data
+            assert cluster.control_plane.phase == "Running"
+            assert (data_dir / "pki" / "ca.crt").read_bytes() == ca
+            assert not planes.ensure(session, cluster)  # Running and serving: nothing to do
+            credential = hosted_credential(cluster, admin=False)
+            assert credential is not None
+            assert credential.api_server.server == f"https://127.0.0.1:{ports.apiserver}"
+            assert set(credential.user) == {"client-certificate-data", "client-key-data"}
+            assert planes.remove(session, cluster)
+            assert control_plane_processes(data_dir) == {} and not data_dir.exists()
+    finally:
+        taken.close()
+        engine.dispose()
