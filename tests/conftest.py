@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from pg_server import PostgresServer, postgres_bin_dir, postgres_server
 
+from trustedlaunch.control.cluster_planes import HOSTED_CONTROL_PLANES_ENV
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Every cluster gets a hosted control plane by default (control/cluster_planes.py). The tests of the node,
+# attestation, API and CLI paths run without one (four more processes per cluster they create); the tests
+# of the hosted control planes (tests/kubernetes/test_cluster_planes*.py) and of the demo turn it on.
+os.environ.setdefault(HOSTED_CONTROL_PLANES_ENV, "0")
 TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from trustedlaunch.cli.demo import OVMF_SECURE_BOOT_LOG
 from trustedlaunch.cli.main import app
+from trustedlaunch.control.kubernetes_release import cache_root
 from trustedlaunch.eventlog.parser import parse_event_log_file
 from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
 from trustedlaunch.node.image import GRUB, SHIM, default_kernel
@@ -72,7 +73,8 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
         data_dir = Path(tempfile.mkdtemp(prefix="tl-demo-test-"))
         request.addfinalizer(lambda: shutil.rmtree(data_dir, ignore_errors=True))
     env = {key: value for key, value in os.environ.items() if not key.startswith(("TL_", "XDG_"))}
-    env |= {"HOME": str(home), "COLUMNS": "200"}
+    # a user of its own, with the Kubernetes release `make setup` built (hosted control planes: the default)
+    env |= {"HOME": str(home), "COLUMNS": "200", "XDG_CACHE_HOME": str(cache_root().parent.parent)}
     tl = Path(sys.executable).parent / "tl"
     result = subprocess.run(
         [str(tl), "demo", "--data-dir", str(data_dir)],
@@ -87,12 +89,15 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
     for step in (
         "1. Register the TrustedLaunchPreview feature and refresh the provider",
         "2. Create a cluster with one Secure Boot + vTPM node",
-        "3. Add a vTPM-only node pool",
-        "4. Enable Secure Boot on the vTPM-only pool",
-        "5. List the nodes with their labels and attestation results",
-        "6. Delete the cluster",
+        "3. Reach the cluster's own Kubernetes API server with kubectl",
+        "4. Add a vTPM-only node pool",
+        "5. Enable Secure Boot on the vTPM-only pool",
+        "6. List the nodes with their labels and attestation results",
+        "7. Delete the cluster",
     ):
         assert step in output
+    # the cluster's own control plane answered kubectl with the admin kubeconfig of get-credentials
+    assert "Server Version: v1.36.3" in output and "clusterAdmin" in output and "kube-system" in output
     assert "feature state: Registered" in output
     assert (
         "$ tl aks create -g tl-demo-rg -n tldemo --node-count 1 --enable-secure-boot --enable-vtpm" in output
@@ -117,7 +122,11 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
         assert f"verified {name}: Ready, Secure Boot + vTPM, Attested" in output
     assert "demo complete" in output
 
-    left = subprocess.run(["pgrep", "-a", "-f", "^(qemu-system|swtpm)"], capture_output=True, text=True)
+    left = subprocess.run(
+        ["pgrep", "-a", "-f", r"(^|/)(qemu-system|swtpm|etcd|kube-apiserver|kube-controller|kube-scheduler)"],
+        capture_output=True,
+        text=True,
+    )
     assert [line for line in left.stdout.splitlines() if str(data_dir) in line] == []
     vm_dir = data_dir / "data" / "trustedlaunch" / "nodes" / "vm"
     assert not vm_dir.exists() or list(vm_dir.iterdir()) == []  # every VM's files removed with the cluster

@@ -3,9 +3,11 @@
 `tl demo` (the scenario) runs the az-compatible commands of `tl` one after the other, each a real `tl`
 process with its embedded API server and node reconciler, on a store and state of its own (a temporary
 directory, or --data-dir): register the TrustedLaunchPreview feature and wait until it is Registered,
-refresh the provider, create a cluster with one Secure Boot + vTPM node, add a vTPM-only pool, enable
-Secure Boot on it (a rolling reimage: new VM, new vTPM, attested again), list the nodes of both pools with
-their labels and attestation results, then delete the cluster and check that no VM process is left.
+refresh the provider, create a cluster with one Secure Boot + vTPM node (and its own Kubernetes control
+plane), reach its API server with kubectl and the kubeconfig of `tl aks get-credentials`, add a vTPM-only
+pool, enable Secure Boot on it (a rolling reimage: new VM, new vTPM, attested again), list the nodes of both
+pools with their labels and attestation results, then delete the cluster and check that no VM or
+control-plane process is left.
 
 `tl demo trust-core` runs the fast offline demo of the trust core:
 1. Build a node image from Debian's signed shim, GRUB and kernel and decide, offline, whether it boots
@@ -46,6 +48,8 @@ from trustedlaunch.attest.gce import load_certificates, verify_gce_attestation
 from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.cli.aks import MACHINE_COLUMNS
+from trustedlaunch.control.hosted_control_plane import control_plane_processes, stop_control_plane_processes
+from trustedlaunch.control.kubernetes_release import KubernetesReleaseError, cache_root, verified_release
 from trustedlaunch.control.labels import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
 from trustedlaunch.control.node_processes import kill_node_processes, node_processes
 from trustedlaunch.eventlog.parser import parse_event_log
@@ -172,7 +176,7 @@ class _Scenario:
             "HOME": str(home),  # --generate-ssh-keys writes the demo's key here, not in the user's ~/.ssh
             "XDG_DATA_HOME": str(data_dir / "data"),  # store, node images, VM run dirs
             "XDG_CONFIG_HOME": str(data_dir / "config"),  # admin token
-            "XDG_CACHE_HOME": str(data_dir / "cache"),
+            "XDG_CACHE_HOME": str(cache_root().parent.parent),  # the Kubernetes release `make setup` built
             "XDG_STATE_HOME": str(data_dir / "state"),
         }
         env.setdefault("TL_FEATURE_REGISTRATION_DELAY_SECONDS", FEATURE_DELAY_SECONDS)
@@ -259,6 +263,7 @@ def _scenario(data_dir: Path, timeout: int) -> None:
     try:
         _register_preview(scenario)
         _create_cluster(scenario)
+        _use_kubectl(scenario)
         _add_vtpm_pool(scenario)
         _enable_secure_boot(scenario)
         _list_nodes(scenario)
@@ -268,7 +273,7 @@ def _scenario(data_dir: Path, timeout: int) -> None:
         leftovers = _delete_cluster(scenario)
     scenario.print_timings()
     if failure or leftovers:
-        raise typer.Exit(_error(failure or f"qemu/swtpm processes were left running: {leftovers}"))
+        raise typer.Exit(_error(failure or f"VM or control-plane processes were left running: {leftovers}"))
     console.rule(f"[bold green]demo complete in {time.monotonic() - started:.0f} s")
 
 
@@ -295,6 +300,28 @@ def _create_cluster(scenario: _Scenario) -> None:
             "--enable-secure-boot", "--enable-vtpm", "--generate-ssh-keys", "--timeout", scenario.timeout,
             "-o", "table",
         )  # fmt: skip
+
+
+def _use_kubectl(scenario: _Scenario) -> None:
+    """The cluster's own API server (its hosted control plane) with kubectl and get-credentials' kubeconfig.
+    Its node VMs do not join it as Kubernetes nodes yet."""
+    with scenario.step("Reach the cluster's own Kubernetes API server with kubectl"):
+        kubeconfig = scenario.data_dir / "kubeconfig"
+        scenario.run(
+            "aks", "get-credentials", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--admin", "-f", str(kubeconfig)
+        )
+        try:
+            kubectl = str(verified_release().binary("kubectl"))
+        except KubernetesReleaseError as exc:
+            raise DemoFailedError(str(exc)) from None
+        for arguments in (("version",), ("auth", "whoami"), ("get", "namespaces")):
+            console.print(f"[bold cyan]$ kubectl {' '.join(arguments)}[/]")
+            sys.stdout.flush()
+            done = subprocess.run(
+                [kubectl, "--kubeconfig", str(kubeconfig), *arguments], env=scenario.env, check=False
+            )
+            if done.returncode != 0:
+                raise DemoFailedError(f"kubectl {' '.join(arguments)} failed (exit {done.returncode})")
 
 
 def _add_vtpm_pool(scenario: _Scenario) -> None:
@@ -352,11 +379,12 @@ def _delete_cluster(scenario: _Scenario) -> list[int]:
             )
         except DemoFailedError as exc:
             console.print(f"[red]{exc}[/]")
-        leftovers = sorted(node_processes(scenario.data_dir))
+        leftovers = sorted([*node_processes(scenario.data_dir), *control_plane_processes(scenario.data_dir)])
         if leftovers:
             kill_node_processes(scenario.data_dir)
+            stop_control_plane_processes(scenario.data_dir)
         else:
-            console.print(f"no qemu/swtpm process left under {scenario.data_dir}")
+            console.print(f"no VM or control-plane process left under {scenario.data_dir}")
     return leftovers
 
 

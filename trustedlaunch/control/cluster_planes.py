@@ -88,8 +88,9 @@ class ControlPlaneFailedError(TrustedLaunchError):
 
 
 def hosted_control_planes_enabled() -> bool:
-    """Whether reconcilers give each cluster a hosted control plane: TL_HOSTED_CONTROL_PLANES=1."""
-    return os.environ.get(HOSTED_CONTROL_PLANES_ENV, "0").strip().lower() in ("1", "true", "yes")
+    """Whether reconcilers give each cluster a hosted control plane: yes unless TL_HOSTED_CONTROL_PLANES=0
+    (then clusters use the external API server of `--kubeconfig`, or none)."""
+    return os.environ.get(HOSTED_CONTROL_PLANES_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def recorded_ports(record: ClusterControlPlane) -> ControlPlanePorts:
