@@ -405,12 +405,10 @@ class Reconciler:
     def _repair_due_node(self) -> bool:
         """Take the next auto-repair step of one Unhealthy node (node_health.next_repair); True if one was
         taken. Called only while no operation is in progress (an operation replaces Unhealthy nodes)."""
-        if not self.auto_repair:
-            return False
         now = utc_now()
         with self.sessions() as session:
             for node in session.scalars(select(Node).where(Node.state == NodePhase.UNHEALTHY)).all():
-                action = next_repair(node, now, reimage_after=self.reimage_after)
+                action = next_repair(node, now, enabled=self.auto_repair, reimage_after=self.reimage_after)
                 if action is not None:
                     self._repair(session, node, action)
                     return True
