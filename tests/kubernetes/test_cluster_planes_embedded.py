@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,22 +44,27 @@ def running(data_dir: Path) -> dict[str, int]:
 def test_control_plane_outlives_embedded_commands(
     kubernetes_release: KubernetesRelease, tmp_path: Path
 ) -> None:
+    # the node VM's sockets live under the data dir: a short one of its own (unix socket paths are <= 107
+    # bytes, which pytest's per-test directories under CI's default temp root need not leave room for)
+    data = Path(tempfile.mkdtemp(prefix="tl-emb-"))
     env = {
         **os.environ,
         "HOME": str(tmp_path),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_DATA_HOME": str(data),
         "XDG_CACHE_HOME": str(cache_root().parent.parent),  # the release `make setup` built
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'tl.db'}",
         HOSTED_CONTROL_PLANES_ENV: "1",
     }
     for setting in ("TL_ENDPOINT", "TL_TOKEN", "TL_KUBECONFIG"):
         env.pop(setting, None)
-    clusters = tmp_path / "data" / "trustedlaunch" / "nodes" / "clusters"
+    clusters = data / "trustedlaunch" / "nodes" / "clusters"
 
     def tl(*arguments: str) -> subprocess.CompletedProcess[str]:
         command = [str(Path(sys.executable).parent / "tl"), *arguments]
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, f"tl {' '.join(arguments)}: {done.stderr[-4000:]}"
+        return done
 
     def kubectl(*arguments: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [
@@ -104,4 +111,5 @@ def test_control_plane_outlives_embedded_commands(
     finally:
         for directory in clusters.glob("c*") if clusters.is_dir() else []:
             stop_control_plane_processes(directory)
-        kill_node_processes(tmp_path / "data")
+        kill_node_processes(data)
+        shutil.rmtree(data, ignore_errors=True)
