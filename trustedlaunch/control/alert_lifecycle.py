@@ -27,7 +27,9 @@ from typing import cast
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
-from trustedlaunch.attest.alerts import Alert
+from trustedlaunch.attest.alerts import Alert, alerts_from_result
+from trustedlaunch.attest.verifier import AttestationResult
+from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.store.models import AlertRecord, Node, utc_now
 from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertSeverity, AlertStatus, AlertType
 
@@ -118,6 +120,46 @@ def raise_alert(session: Session, alert: Alert, new_record: AlertRecord) -> Aler
     existing.document = dataclasses.replace(alert, id=existing.id, time=existing.time).to_dict()
     refresh_document(existing)
     return existing
+
+
+def raise_node_alert(
+    session: Session,
+    node: Node,
+    result: AttestationResult,
+    alert_type: AlertType,
+    time: datetime,
+    attestation_id: int | None = None,
+) -> None:
+    """File the alert of failed `result` for `node` (raise_alert): its findings, the severity of the most
+    severe one, the remediation of `alert_type`, the node's pool and cluster, and the attestation record it
+    comes from, if any."""
+    pool = node.pool
+    cluster = pool.cluster
+    for alert in alerts_from_result(
+        result,
+        node=node.name,
+        pool=pool.name,
+        cluster=cluster.name,
+        resource_id=pool_resource_id(cluster, pool.name),
+        now=time,
+        alert_type=alert_type,
+        remediation=remediation_steps(alert_type),
+    ):
+        raise_alert(
+            session,
+            alert,
+            AlertRecord(
+                id=alert.id,
+                attestation_id=attestation_id,
+                subscription_id=cluster.subscription_id,
+                resource_group=cluster.resource_group,
+                cluster_name=cluster.name,
+                pool_name=pool.name,
+                node_name=node.name,
+                severity=alert.severity.value,
+                time=alert.time,
+            ),
+        )
 
 
 def lock(session: Session, alert: AlertRecord) -> AlertRecord:

@@ -24,7 +24,7 @@ from cryptography import x509
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.attest.alerts import WebhookDelivery, alerts_from_result
+from trustedlaunch.attest.alerts import WebhookDelivery
 from trustedlaunch.attest.destinations import IpNetwork, allowed_networks_from_environment
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike, AgentQuote, NodeState, attest_node
@@ -33,7 +33,6 @@ from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels, verdict_labels
-from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.control.verifier import TokenSubject, attestation_token
 from trustedlaunch.errors import TrustedLaunchError
@@ -249,16 +248,15 @@ class AttestationMonitor:
         if result.ok:
             resolve_alerts(session, node.name)
         else:
-            self._raise_alert(session, pool, node, result, record)
+            self._raise_alert(session, node, result, record)
         prune_history(session, node.name, self.history_per_node)
         log.info("node %s: %s (%s)", node.name, record.status, record.trigger)
         return record
 
     @staticmethod
     def _raise_alert(
-        session: Session, pool: AgentPool, node: Node, result: AttestationResult, record: AttestationRecord
+        session: Session, node: Node, result: AttestationResult, record: AttestationRecord
     ) -> None:
-        cluster = pool.cluster
         alert_type = (
             AlertType.NODE_UNREACHABLE
             if record.status == AttestationStatus.UNREACHABLE
@@ -266,31 +264,7 @@ class AttestationMonitor:
         )
         if alert_type == AlertType.ATTESTATION_FAILURE:  # the agent answered: no longer unreachable
             alert_lifecycle.resolve_open_alerts(session, node.name, (AlertType.NODE_UNREACHABLE,))
-        for alert in alerts_from_result(
-            result,
-            node=node.name,
-            pool=pool.name,
-            cluster=cluster.name,
-            resource_id=pool_resource_id(cluster, pool.name),
-            now=record.time,
-            alert_type=alert_type,
-            remediation=alert_lifecycle.remediation_steps(alert_type),
-        ):
-            alert_lifecycle.raise_alert(
-                session,
-                alert,
-                AlertRecord(
-                    id=alert.id,
-                    attestation_id=record.id,
-                    subscription_id=cluster.subscription_id,
-                    resource_group=cluster.resource_group,
-                    cluster_name=cluster.name,
-                    pool_name=pool.name,
-                    node_name=node.name,
-                    severity=alert.severity.value,
-                    time=alert.time,
-                ),
-            )
+        alert_lifecycle.raise_node_alert(session, node, result, alert_type, record.time, record.id)
 
     def sync_kubernetes(self, node: Node, quarantine_reason: str | None = None) -> None:
         """Apply the node row to its Kubernetes Node (with an adapter): quarantine it with

@@ -14,7 +14,6 @@ The rules kept here:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,14 +21,13 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
-from trustedlaunch.attest.alerts import Alert
+from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.node_plan import NodePhase
-from trustedlaunch.control.resources import pool_resource_id
 from trustedlaunch.findings import Check, Finding
-from trustedlaunch.store.models import AlertRecord, Node, utc_now
-from trustedlaunch.store.vocabulary import AlertSeverity, AlertType, AttestationStatus
+from trustedlaunch.store.models import Node, utc_now
+from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
 
 LIVENESS_INTERVAL = 20.0  # seconds between two liveness checks of a node: 3 failed checks within 60 s
 PING_TIMEOUT = 5.0  # seconds a liveness PING waits for the agent
@@ -183,32 +181,6 @@ def _note(session: Session, node: Node, what: str) -> None:
 
 
 def _raise_alert(session: Session, node: Node, now: datetime) -> None:
-    pool = node.pool
-    cluster = pool.cluster
     finding = Finding(Check.NODE_HEALTH, "vm", node.health_cause or "unhealthy")
-    alert = Alert(
-        id=str(uuid.uuid4()),
-        severity=AlertSeverity.MEDIUM,
-        node=node.name,
-        pool=pool.name,
-        cluster=cluster.name,
-        time=now,
-        findings=(finding,),
-        resource_id=pool_resource_id(cluster, pool.name),
-        alert_type=AlertType.NODE_UNHEALTHY,
-        remediation=alert_lifecycle.remediation_steps(AlertType.NODE_UNHEALTHY),
-    )
-    alert_lifecycle.raise_alert(
-        session,
-        alert,
-        AlertRecord(
-            id=alert.id,
-            subscription_id=cluster.subscription_id,
-            resource_group=cluster.resource_group,
-            cluster_name=cluster.name,
-            pool_name=pool.name,
-            node_name=node.name,
-            severity=alert.severity.value,
-            time=alert.time,
-        ),
-    )
+    result = AttestationResult(False, (finding,))  # Medium: NODE_HEALTH is one of the Medium checks
+    alert_lifecycle.raise_node_alert(session, node, result, AlertType.NODE_UNHEALTHY, now)
