@@ -22,6 +22,7 @@ from typing import TypeVar
 import httpx
 import pytest
 import yaml
+from cached_kubectl import kubectl
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 from serve_process import start_serve
@@ -172,26 +173,6 @@ def get_credentials(serve: Serve, cluster: str, *options: str) -> Path:
     target = serve.base / f"{cluster}{''.join(options)}.kubeconfig"
     serve.tl("aks", "get-credentials", "-g", "rg-cp", "-n", cluster, "-f", str(target), *options)
     return target
-
-
-def kubectl(
-    release: KubernetesRelease, kubeconfig: Path, *arguments: str, check: bool = True, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    """The cached kubectl with `kubeconfig` (its discovery cache beside it, not in $HOME)."""
-    return subprocess.run(
-        [
-            str(release.binary("kubectl")),
-            f"--kubeconfig={kubeconfig}",
-            f"--cache-dir={kubeconfig.parent / 'kube-cache'}",
-            "--request-timeout=20s",
-            *arguments,
-        ],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=check,
-    )
 
 
 def whoami(release: KubernetesRelease, kubeconfig: Path) -> dict[str, object]:

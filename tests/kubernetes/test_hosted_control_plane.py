@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cached_kubectl import kubectl
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Namespace
 
@@ -54,25 +55,6 @@ def control_plane(
         yield plane
     finally:
         plane.stop()
-
-
-def kubectl(
-    release: KubernetesRelease, kubeconfig: Path, *arguments: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """The cached kubectl with `kubeconfig` (and its discovery cache beside it, not in $HOME)."""
-    return subprocess.run(
-        [
-            str(release.binary("kubectl")),
-            f"--kubeconfig={kubeconfig}",
-            f"--cache-dir={kubeconfig.parent / 'kube-cache'}",
-            "--request-timeout=20s",
-            *arguments,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=check,
-    )
 
 
 def test_kubectl_lists_namespaces_as_the_cluster_admin(
