@@ -6,9 +6,6 @@ PACKAGES=(qemu-system-x86 ovmf swtpm swtpm-tools tpm2-tools shim-signed grub-efi
           python3-venv python3-dev)
 # Node VM tests: cpio reads back the node initramfs, pgrep checks for leftover qemu/swtpm processes.
 PACKAGES+=(cpio procps)
-# `tl aks get-credentials` test: a real kubectl against kmock. Debian's kubernetes-client, unless a kubectl
-# from another package (which owns /usr/bin/kubectl too) is already installed.
-command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 # Dashboard browser tests (tests/web): headless Chromium driven by selenium through the Debian chromedriver.
 PACKAGES+=(chromium chromium-driver)
 # tpm2-pytss (dev extra, bench/attest_load_bench.py) builds its bindings from the sdist with libtss2-dev.

@@ -1,4 +1,5 @@
-"""Shared fixtures: the third-party test data beside the repository; a throwaway PostgreSQL server."""
+"""Shared fixtures: the third-party test data beside the repository; a throwaway PostgreSQL server; the
+cached Kubernetes release and one real kube-apiserver for the session."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kube_apiserver import running_control_plane
 from pg_server import PostgresServer, postgres_bin_dir, postgres_server
 
 from trustedlaunch.control.cluster_planes import HOSTED_CONTROL_PLANES_ENV
+from trustedlaunch.control.hosted_control_plane import HostedControlPlane
+from trustedlaunch.control.kubernetes_release import (
+    KubernetesRelease,
+    KubernetesReleaseError,
+    verified_release,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +55,21 @@ def postgresql_url(postgres: PostgresServer) -> Iterator[str]:
     url = postgres.create_database()
     yield url
     postgres.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def kubernetes_release() -> KubernetesRelease:
+    """The pinned release's binaries (`make setup` builds them), checked against their SHA-256 manifest: a
+    missing or altered binary fails the test."""
+    try:
+        return verified_release()
+    except KubernetesReleaseError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver(kubernetes_release: KubernetesRelease) -> Iterator[HostedControlPlane]:
+    """One real hosted control plane for the session's tests of Node objects (tests/kube_apiserver.py);
+    each test uses Node names of its own."""
+    with running_control_plane(kubernetes_release) as plane:
+        yield plane

@@ -52,9 +52,8 @@ def served_store(base: Path, **settings: str) -> Iterator[ServedStore]:
         "TL_DATABASE_URL": f"sqlite:///{base / 'serve.db'}",
         **settings,
     }
-    for name in ("TL_KUBECONFIG", "TL_WEBHOOK_ALLOWED_NETWORKS"):
-        if name not in settings:
-            env.pop(name, None)
+    if "TL_WEBHOOK_ALLOWED_NETWORKS" not in settings:
+        env.pop("TL_WEBHOOK_ALLOWED_NETWORKS", None)
     token_file = base / "config" / "trustedlaunch" / "admin-token"
     engine, sessions = open_store(env["TL_DATABASE_URL"], token_file)
     try:

@@ -257,7 +257,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         "TL_DATABASE_URL": f"sqlite:///{base / 'serve.db'}",
         DELAY_ENV: "0",
     }
-    env.pop("TL_KUBECONFIG", None)
     first = start(env)
     serve = first
     agent: HostileAgent | None = None

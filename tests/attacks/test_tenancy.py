@@ -61,7 +61,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
         "TL_QUOTA_NODES": str(NODE_QUOTA),
         "TL_QUOTA_CLUSTERS": str(CLUSTER_QUOTA),
     }
-    for name in ("TL_KUBECONFIG", "TL_QUOTA_CORES", "TL_QUOTA_MEMORY_MIB", "TL_ENDPOINT", "TL_TOKEN"):
+    for name in ("TL_QUOTA_CORES", "TL_QUOTA_MEMORY_MIB", "TL_ENDPOINT", "TL_TOKEN"):
         env.pop(name, None)
     state_dir = base / "data" / "trustedlaunch" / "nodes"
     state_dir.mkdir(parents=True)

@@ -1,5 +1,5 @@
 """`tl aks nodepool attest`, `tl aks machine attestation ...`, `tl aks machine get-attestation-token`,
-`tl alerts ...`, `tl serve` and `tl aks get-credentials` with a real kubectl, against real servers.
+`tl alerts ...` and `tl serve`, against real servers.
 
 The server of the `server` fixture runs no reconciler: what the reconciler writes (node rows, attestation
 records with real swtpm evidence, alerts) is written through the store, here or from a thread while a
@@ -7,32 +7,16 @@ command waits, as in test_cli_aks.py."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import ipaddress
 import json
 import os
-import shutil
 import signal
-import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
-import kmock
 import pytest
-import yaml
-from aiohttp.test_utils import RawTestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from monitoring_rows import (
     RealAttestation,
     add_alert,
@@ -46,18 +30,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
 from trustedlaunch.control.operations import finish_operation
-from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
+from trustedlaunch.store.models import AgentPool, Node, Operation, utc_now
 
 CLUSTER = ["--cluster-name", "myAKSCluster", "-g", "myResourceGroup"]
 MACHINE = [*CLUSTER, "--nodepool-name", "nodepool1", "--machine-name"]
 CREATE = ("aks", "create", "-g", "myResourceGroup", "-n", "myAKSCluster", "--generate-ssh-keys", "--no-wait")
 SUB = "00000000-0000-0000-0000-000000000000"  # the CLI's default subscription
-NODES = kmock.resource("v1/nodes")
-NODE_NAMES = ("aks-nodepool1-0", "aks-nodepool1-1")
 
 
 def tl(runner: CliRunner, env: dict[str, str | None], *args: str) -> tuple[int, str, str]:
@@ -344,186 +325,6 @@ def test_alerts_and_webhook_commands(
     assert code == 0 and "nothing to delete" in err
 
 
-def kubectl(kubeconfig: Path, *args: str) -> list[str]:
-    return [
-        shutil.which("kubectl") or "kubectl",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--request-timeout",
-        "20s",
-        "-v=8",
-        *args,
-    ]
-
-
-@dataclass(frozen=True)
-class LoopbackTls:
-    """A CA and a server certificate for 127.0.0.1 signed by it."""
-
-    ca_pem: bytes
-    server_context: ssl.SSLContext
-
-
-def _certificate(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None
-) -> x509.CertificateBuilder:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-    )
-
-
-@pytest.fixture(scope="module")
-def loopback_tls(tmp_path_factory: pytest.TempPathFactory) -> LoopbackTls:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        _certificate("tl test kube CA", ca_key, None)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        _certificate("kube-apiserver", server_key, ca.subject)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("kube-tls")
-    (directory / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.key").write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(directory / "server.pem", directory / "server.key")
-    return LoopbackTls(ca.public_bytes(serialization.Encoding.PEM), context)
-
-
-class TlsTestServer(RawTestServer):
-    """aiohttp's test server with TLS (kmock's server class is configurable)."""
-
-    context: ssl.SSLContext
-
-    async def start_server(self, **kwargs: Any) -> None:
-        await super().start_server(ssl=self.context, **kwargs)
-
-
-@pytest.fixture
-def kmock_options(loopback_tls: LoopbackTls) -> dict[str, Any]:
-    """kmock's server over TLS with the loopback certificate (kube-apiserver serves https only)."""
-    server_class = type("LoopbackTlsServer", (TlsTestServer,), {"context": loopback_tls.server_context})
-    return {"server_cls": server_class}
-
-
-@pytest.mark.asyncio
-async def test_kubectl_uses_the_credentials_of_get_credentials(
-    kmock: kmock.KubernetesEmulator, runner: CliRunner, tmp_path: Path, loopback_tls: LoopbackTls
-) -> None:
-    """get-credentials writes a context for the API server of the control plane's kubeconfig, and a real
-    kubectl lists and gets the nodes there with the cluster's own token (not the control plane's)."""
-    # kmock's core-group discovery says groupVersion "/v1" and its lists have no kind, both of which
-    # kubectl rejects: answer these two as kube-apiserver does (the lists from kmock's stored nodes)
-    kmock["get /api/v1"] << {
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": "v1",
-        "resources": [
-            {
-                "name": "nodes",
-                "singularName": "node",
-                "namespaced": False,
-                "kind": "Node",
-                "verbs": ["get", "list"],
-            }
-        ],
-    }
-    for name in NODE_NAMES:
-        kmock.objects[NODES, None, name] = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": "nodepool1"}},
-        }
-    kmock["get /api/v1/nodes"] << (
-        lambda: {
-            "kind": "NodeList",
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": "1"},
-            "items": [kmock.objects[NODES, None, name].raw for name in NODE_NAMES],
-        }
-    )
-    api_server = str(kmock.url).rstrip("/")
-    assert api_server.startswith("https://127.0.0.1:")
-    (tmp_path / "ca.pem").write_bytes(loopback_tls.ca_pem)
-    control_kubeconfig = tmp_path / "control-plane.kubeconfig"
-    control_kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "kmock", "cluster": {"server": api_server, "certificate-authority": "ca.pem"}}
-                ],
-                "users": [{"name": "tl", "user": {"token": "control-plane-secret"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tl"}}],
-                "current-context": "kmock",
-            }
-        )
-    )
-    token_file = tmp_path / "server-config" / "admin-token"
-    user_kubeconfig = tmp_path / "home" / ".kube" / "config"
-    server_app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, kubeconfig=control_kubeconfig)
-    with BackgroundServer(server_app) as running:
-        env: dict[str, str | None] = {
-            "TL_ENDPOINT": running.url,
-            "TL_TOKEN": token_file.read_text().strip(),
-            "HOME": str(tmp_path / "home"),
-            "TL_SUBSCRIPTION": None,
-        }
-        (tmp_path / "home").mkdir()
-        code, _, err = await asyncio.to_thread(tl, runner, env, *CREATE)
-        assert code == 0, err
-        code, _, err = await asyncio.to_thread(
-            tl, runner, env, "aks", "get-credentials", "-g", "myResourceGroup", "-n", "myAKSCluster"
-        )
-        assert code == 0, err
-        with store(running)() as session:
-            cluster_token = session.scalars(select(ManagedCluster.kube_token)).one()
-    written = yaml.safe_load(user_kubeconfig.read_text())
-    certificate_authority = base64.b64encode(loopback_tls.ca_pem).decode()
-    assert written["clusters"][0]["cluster"] == {
-        "server": api_server,
-        "certificate-authority-data": certificate_authority,
-    }
-
-    async def run(*args: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            *kubectl(user_kubeconfig, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 0, err.decode()
-        return out.decode()
-
-    listed = json.loads(await run("get", "nodes", "-o", "json"))
-    assert sorted(item["metadata"]["name"] for item in listed["items"]) == [
-        "aks-nodepool1-0",
-        "aks-nodepool1-1",
-    ]
-    one = json.loads(await run("get", "node", "aks-nodepool1-1", "-o", "json"))
-    assert one["metadata"]["labels"] == {"kubernetes.azure.com/agentpool": "nodepool1"}
-    authorizations = {request.headers.get("Authorization") for request in kmock}
-    assert authorizations == {f"Bearer {cluster_token}"}
-
-
 @pytest.fixture
 def serve_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {
@@ -533,7 +334,6 @@ def serve_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
     }
-    env.pop("TL_KUBECONFIG", None)
     yield env
 
 

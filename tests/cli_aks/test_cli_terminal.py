@@ -61,7 +61,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'tl.db'}",
         "TERM": "xterm",
     }
-    for variable in ("TL_ENDPOINT", "TL_TOKEN", "TL_KUBECONFIG", "TL_SUBSCRIPTION"):
+    for variable in ("TL_ENDPOINT", "TL_TOKEN", "TL_SUBSCRIPTION"):
         environment.pop(variable, None)
     tl(
         environment,

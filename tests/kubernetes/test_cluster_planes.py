@@ -1,20 +1,34 @@
 """A hosted control plane that does not come up (kube-apiserver's port is taken): the step fails with an
 ARM error naming the component and the end of its log, no process is left, the data stays, and the next
-attempt (the port free again) brings it up with the same data. Credentials: 409 before the PKI exists."""
+attempt (the port free again) brings it up with the same data. Credentials: 409 before the PKI exists.
+Once up: its version from /version, the Kubernetes adapter of its nodes, and the restart back-off."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from kube_apiserver import read_node, register_node
+from lightkube import Client, KubeConfig
 
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlaneFailedError, hosted_credential
+from trustedlaunch.control.cluster_planes import (
+    RESTART_BACKOFF_SECONDS,
+    ClusterPlanes,
+    ControlPlaneFailedError,
+    current_kubernetes_version,
+    hosted_credential,
+)
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, control_plane_processes
-from trustedlaunch.control.kubernetes_release import KubernetesRelease
-from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease
+from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster, Node
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +92,39 @@ def test_a_component_that_fails_fails_the_step_by_name_and_leaves_no_process(
             assert credential is not None
             assert credential.api_server.server == f"https://127.0.0.1:{ports.apiserver}"
             assert set(credential.user) == {"client-certificate-data", "client-key-data"}
+            assert cluster.control_plane.server_version == KUBERNETES_VERSION  # its /version
+            assert current_kubernetes_version(cluster) == KUBERNETES_VERSION.removeprefix("v")
+
+            # the verdicts of the cluster's nodes go to its own kube-apiserver, with its admin credential
+            node = cast(Node, SimpleNamespace(pool=SimpleNamespace(cluster=cluster)))
+            adapter = planes.node_adapter(node)
+            assert adapter is not None and planes.node_adapter(node) is adapter
+            with Client(KubeConfig.from_file(data_dir / "admin.kubeconfig"), trust_env=False) as admin:
+                register_node(admin, "aks-failing-0")
+                assert adapter.quarantine("aks-failing-0", "Secure Boot disabled")
+                assert read_node(admin, "aks-failing-0")["spec"]["unschedulable"] is True
+
+            # a component that keeps dying is restarted with a growing back-off
+            def kill(component: str) -> None:
+                [pid] = [pid for pid, name in control_plane_processes(data_dir).items() if name == component]
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while component in control_plane_processes(data_dir).values():
+                    assert time.monotonic() < deadline, f"{component} still running"
+                    time.sleep(0.1)
+
+            kill("kube-scheduler")
+            assert planes.supervise(session) == {"failing": ["kube-scheduler"]}
+            kill("kube-scheduler")
+            assert planes.supervise(session) == {}  # within its back-off
+            assert "kube-scheduler" not in control_plane_processes(data_dir).values()
+            time.sleep(RESTART_BACKOFF_SECONDS[0])
+            assert planes.supervise(session) == {"failing": ["kube-scheduler"]}
+            assert cluster.control_plane.message == "restarted kube-scheduler (restart 2 in a row)"
+
             assert planes.remove(session, cluster)
             assert control_plane_processes(data_dir) == {} and not data_dir.exists()
+            assert planes.node_adapter(node) is None
     finally:
         taken.close()
         engine.dispose()

@@ -56,7 +56,7 @@ def test_control_plane_outlives_embedded_commands(
         "TL_DATABASE_URL": f"sqlite:///{tmp_path / 'tl.db'}",
         HOSTED_CONTROL_PLANES_ENV: "1",
     }
-    for setting in ("TL_ENDPOINT", "TL_TOKEN", "TL_KUBECONFIG"):
+    for setting in ("TL_ENDPOINT", "TL_TOKEN"):
         env.pop(setting, None)
     clusters = data / "trustedlaunch" / "nodes" / "clusters"
 

@@ -39,7 +39,7 @@ from trustedlaunch.control.hosted_control_plane import (
     control_plane_processes,
     stop_control_plane_processes,
 )
-from trustedlaunch.control.kubernetes_release import KubernetesRelease, cache_root
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease, cache_root
 from trustedlaunch.control.node_processes import kill_node_processes
 from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster
@@ -131,7 +131,6 @@ def serve(tmp_path_factory: pytest.TempPathFactory, kubernetes_release: Kubernet
         HOSTED_CONTROL_PLANES_ENV: "1",
         DELAY_ENV: "0",
     }
-    env.pop("TL_KUBECONFIG", None)
     running = Serve(base, env)
     running.start()
     try:
@@ -196,6 +195,10 @@ def test_a_created_cluster_is_ready_and_its_credentials_work(
     assert record.phase == "Running" and record.ready_seconds is not None
     print(f"\ncluster cpa: create to Succeeded {seconds:.1f} s, to /readyz {record.ready_seconds:.1f} s")
     assert sorted(control_plane_processes(Path(record.data_dir)).values()) == sorted(COMPONENTS)
+    with serve.client() as client:
+        properties = client.get(f"{GROUP}/cpa").json()["properties"]
+    assert record.server_version == KUBERNETES_VERSION  # what its kube-apiserver answered on /version
+    assert properties["currentKubernetesVersion"] == KUBERNETES_VERSION.removeprefix("v")
 
     admin = get_credentials(serve, "cpa", "--admin")
     config = yaml.safe_load(admin.read_text())

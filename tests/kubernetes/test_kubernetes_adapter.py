@@ -1,18 +1,22 @@
-"""The node adapter against kmock's Kubernetes emulator on 127.0.0.1, through a kubeconfig file; the
-adapter's client is synchronous, so it runs in a worker thread while kmock serves on the event loop."""
+"""The node adapter against a real kube-apiserver (the session's hosted control plane), through a kubeconfig
+file with the cluster admin's client certificate: Nodes are registered as a kubelet would, and what the
+adapter did is read back from the API server."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 import yaml
+from kube_apiserver import admin_client, read_node, register_node, taints_besides_the_node_lifecycle
+from lightkube import Client
+from lightkube.resources.core_v1 import Node
+from lightkube.types import PatchType
 
+from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter, Taint
 from trustedlaunch.control.labels import (
     LABEL_SECURE_BOOT,
@@ -21,39 +25,152 @@ from trustedlaunch.control.labels import (
     QUARANTINE_TAINT_KEY,
 )
 
-NODES = kmock.resource("v1/nodes")
-NODE = "aks-pool1-0"
+pytestmark = pytest.mark.slow
 TRUSTED = {LABEL_SECURE_BOOT: "true", LABEL_TRUSTED_LAUNCH: "true"}
+FOREIGN_LABELS = {"kubernetes.azure.com/agentpool": "pool1"}
 FOREIGN_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoExecute"}
 QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
-MERGE_PATCH = "application/merge-patch+json"
+ORDINALS = itertools.count()
 
 
-def trusted_node() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": NODE,
-            "resourceVersion": "41",
-            "labels": {"kubernetes.io/hostname": NODE, "agentpool": "pool1", **TRUSTED},
-        },
-        "spec": {"taints": [FOREIGN_TAINT]},
-    }
+@pytest.fixture
+def client(kube_apiserver: HostedControlPlane) -> Iterator[Client]:
+    with admin_client(kube_apiserver) as admin:
+        yield admin
 
 
-def write_kubeconfig(path: Path, contexts: dict[str, tuple[str, str]], current: str) -> Path:
-    """A kubeconfig file with one cluster and user (server URL, bearer token) per context."""
+@pytest.fixture
+def node_name(client: Client) -> Iterator[str]:
+    """A Node of this test only, registered with trusted launch labels and a taint of someone else's."""
+    name = f"aks-adapter-{next(ORDINALS)}"
+    register_node(client, name, {**FOREIGN_LABELS, **TRUSTED}, [FOREIGN_TAINT])
+    yield name
+    client.delete(Node, name)
+
+
+@pytest.fixture
+def adapter(kube_apiserver: HostedControlPlane) -> Iterator[KubernetesNodeAdapter]:
+    with KubernetesNodeAdapter(kube_apiserver.admin_kubeconfig) as node_adapter:
+        yield node_adapter
+
+
+def labels_of(node: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = node["metadata"].get("labels") or {}
+    return labels
+
+
+def test_quarantine_taints_cordons_and_removes_our_labels(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    assert adapter.quarantine(node_name, "PCR4: grubx64.efi is not in the image policy")
+    node = read_node(client, node_name)
+    assert labels_of(node) == {"kubernetes.io/hostname": node_name, **FOREIGN_LABELS}
+    assert node["metadata"]["annotations"][QUARANTINE_ANNOTATION] == (
+        "PCR4: grubx64.efi is not in the image policy"
+    )
+    assert taints_besides_the_node_lifecycle(node) == [FOREIGN_TAINT, QUARANTINE_TAINT]
+    assert node["spec"]["unschedulable"] is True
+
+    assert not adapter.quarantine(node_name, "PCR4: grubx64.efi is not in the image policy")
+    assert read_node(client, node_name)["metadata"]["resourceVersion"] == node["metadata"]["resourceVersion"]
+
+
+def test_restore_after_a_new_attestation_gives_the_labels_back(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    registered = read_node(client, node_name)
+    adapter.quarantine(node_name, "Secure Boot disabled")
+    assert adapter.restore(node_name, TRUSTED)
+    node = read_node(client, node_name)
+    assert labels_of(node) == labels_of(registered)
+    assert QUARANTINE_ANNOTATION not in (node["metadata"].get("annotations") or {})
+    assert taints_besides_the_node_lifecycle(node) == [FOREIGN_TAINT]
+    assert not node["spec"].get("unschedulable")
+
+    assert not adapter.restore(node_name, TRUSTED)
+    assert read_node(client, node_name)["metadata"]["resourceVersion"] == node["metadata"]["resourceVersion"]
+
+
+def test_restore_leaves_a_node_cordoned_by_an_operator_cordoned(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    client.patch(
+        Node,
+        node_name,
+        {"spec": {"unschedulable": True}, "metadata": {"labels": dict.fromkeys(TRUSTED)}},
+        patch_type=PatchType.MERGE,
+    )
+    assert adapter.restore(node_name, TRUSTED)
+    node = read_node(client, node_name)
+    assert labels_of(node) == {"kubernetes.io/hostname": node_name, **FOREIGN_LABELS, **TRUSTED}
+    assert node["spec"]["unschedulable"] is True
+
+
+def test_apply_node_state_sets_our_keys_only(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    maintenance = Taint(QUARANTINE_TAINT_KEY, "true", "PreferNoSchedule")
+    assert adapter.apply_node_state(node_name, labels={LABEL_SECURE_BOOT: "true"}, taints=[maintenance])
+    node = read_node(client, node_name)
+    hostname = {"kubernetes.io/hostname": node_name}
+    assert labels_of(node) == {**hostname, **FOREIGN_LABELS, LABEL_SECURE_BOOT: "true"}
+    assert taints_besides_the_node_lifecycle(node) == [FOREIGN_TAINT, maintenance.to_dict()]
+    with pytest.raises(ValueError, match="'agentpool' is not one of our keys"):
+        adapter.apply_node_state(node_name, labels={"agentpool": "other"})
+    assert read_node(client, node_name)["metadata"]["resourceVersion"] == node["metadata"]["resourceVersion"]
+
+
+def test_a_change_made_meanwhile_is_kept_and_the_patch_recomputed(
+    client: Client, kube_apiserver: HostedControlPlane, node_name: str
+) -> None:
+    """An operator labels the node between the adapter's read and its patch: kube-apiserver refuses the
+    patch of the stale resourceVersion (409), the adapter reads again and patches the fresh node."""
+
+    class OperatorLabelsMeanwhile(KubernetesNodeAdapter):
+        reads = 0
+
+        def _read(self, name: str) -> dict[str, Any]:
+            node = super()._read(name)
+            self.reads += 1
+            if self.reads == 1:
+                client.patch(
+                    Node, name, {"metadata": {"labels": {"team": "payments"}}}, patch_type=PatchType.MERGE
+                )
+            return node
+
+    with OperatorLabelsMeanwhile(kube_apiserver.admin_kubeconfig) as adapter:
+        assert adapter.quarantine(node_name, "Secure Boot disabled")
+        assert adapter.reads == 2
+    node = read_node(client, node_name)
+    assert labels_of(node) == {"kubernetes.io/hostname": node_name, **FOREIGN_LABELS, "team": "payments"}
+    assert node["spec"]["unschedulable"] is True
+
+
+def test_unknown_node_is_an_error_naming_it(adapter: KubernetesNodeAdapter) -> None:
+    with pytest.raises(KubernetesAdapterError, match='node aks-gone-7: 404 nodes "aks-gone-7" not found'):
+        adapter.quarantine("aks-gone-7", "Secure Boot disabled")
+
+
+def write_contexts(path: Path, admin_kubeconfig: Path, current: str) -> Path:
+    """A kubeconfig with two contexts: `down` (nothing listens there, a wrong token) and `ours` (the
+    cluster admin's, from `admin_kubeconfig`)."""
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
     path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [
-                    {"name": name, "cluster": {"server": url}} for name, (url, _) in contexts.items()
+                    {"name": "down", "cluster": {"server": "http://127.0.0.1:9"}},
+                    {"name": "ours", "cluster": admin["clusters"][0]["cluster"]},
                 ],
-                "users": [{"name": name, "user": {"token": token}} for name, (_, token) in contexts.items()],
-                "contexts": [{"name": name, "context": {"cluster": name, "user": name}} for name in contexts],
+                "users": [
+                    {"name": "down", "user": {"token": "wrong"}},
+                    {"name": "ours", "user": admin["users"][0]["user"]},
+                ],
+                "contexts": [
+                    {"name": name, "context": {"cluster": name, "user": name}} for name in ("down", "ours")
+                ],
                 "current-context": current,
             }
         )
@@ -61,181 +178,52 @@ def write_kubeconfig(path: Path, contexts: dict[str, tuple[str, str]], current: 
     return path
 
 
-@pytest.fixture
-def adapter(kmock: kmock.KubernetesEmulator, tmp_path: Path) -> Iterator[KubernetesNodeAdapter]:
-    kmock.objects[NODES, None, NODE] = trusted_node()
-    server = str(kmock.url).rstrip("/")
-    assert server.startswith("http://127.0.0.1:")
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {"test": (server, "s3cr3t")}, "test")
-    with KubernetesNodeAdapter(kubeconfig) as node_adapter:
-        yield node_adapter
-
-
-def stored_node(emulator: kmock.KubernetesEmulator) -> dict[str, Any]:
-    node: dict[str, Any] = copy.deepcopy(emulator.objects[NODES, None, NODE].raw)
-    return node
-
-
-def received(emulator: kmock.KubernetesEmulator) -> list[tuple[str, str, str | None, Any]]:
-    """Every request the server got: method, path and query, content type, JSON body."""
-    return [
-        (
-            str(request.method).removeprefix("method."),
-            request.url.path_qs,
-            request.headers.get("Content-Type"),
-            request.data,
-        )
-        for request in emulator
-    ]
-
-
-@pytest.mark.asyncio
-async def test_quarantine_taints_cordons_and_removes_our_labels(
-    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
+def test_unreachable_api_server_is_an_error_naming_the_node(
+    kube_apiserver: HostedControlPlane, tmp_path: Path
 ) -> None:
-    assert await asyncio.to_thread(adapter.quarantine, NODE, "PCR4: grubx64.efi is not in the image policy")
-    path = f"/api/v1/nodes/{NODE}"
-    assert received(kmock) == [
-        ("GET", path, None, None),
-        (
-            "PATCH",
-            f"{path}?fieldManager=trustedlaunch",
-            MERGE_PATCH,
-            {
-                "metadata": {
-                    "labels": {LABEL_SECURE_BOOT: None, LABEL_TRUSTED_LAUNCH: None},
-                    "annotations": {QUARANTINE_ANNOTATION: "PCR4: grubx64.efi is not in the image policy"},
-                    "resourceVersion": "41",
-                },
-                "spec": {"taints": [FOREIGN_TAINT, QUARANTINE_TAINT], "unschedulable": True},
-            },
-        ),
-    ]
-    assert all(request.headers["Authorization"] == "Bearer s3cr3t" for request in kmock)
-    node = stored_node(kmock)
-    assert node["metadata"]["labels"] == {"kubernetes.io/hostname": NODE, "agentpool": "pool1"}
-    assert node["spec"] == {"taints": [FOREIGN_TAINT, QUARANTINE_TAINT], "unschedulable": True}
-
-    assert not await asyncio.to_thread(
-        adapter.quarantine, NODE, "PCR4: grubx64.efi is not in the image policy"
-    )
-    assert [method for method, *_ in received(kmock)] == ["GET", "PATCH", "GET"]
-
-
-@pytest.mark.asyncio
-async def test_restore_after_a_new_attestation_gives_the_labels_back(
-    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
-) -> None:
-    await asyncio.to_thread(adapter.quarantine, NODE, "Secure Boot disabled")
-    assert await asyncio.to_thread(adapter.restore, NODE, TRUSTED)
-    [*_, (method, _, content_type, patch)] = received(kmock)
-    assert (method, content_type) == ("PATCH", MERGE_PATCH)
-    assert patch == {
-        "metadata": {
-            "labels": TRUSTED,
-            "annotations": {QUARANTINE_ANNOTATION: None},
-            "resourceVersion": "41",  # the emulator keeps the version it was given
-        },
-        "spec": {"taints": [FOREIGN_TAINT], "unschedulable": False},
-    }
-    node = stored_node(kmock)
-    assert node["metadata"]["labels"] == trusted_node()["metadata"]["labels"]
-    assert node["metadata"]["annotations"] == {}
-    assert node["spec"] == {"taints": [FOREIGN_TAINT], "unschedulable": False}
-
-    requests_before = len(kmock)
-    assert not await asyncio.to_thread(adapter.restore, NODE, TRUSTED)
-    assert [method for method, *_ in received(kmock)[requests_before:]] == ["GET", "GET"]
-
-
-@pytest.mark.asyncio
-async def test_restore_leaves_a_node_cordoned_by_an_operator_cordoned(
-    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
-) -> None:
-    kmock.objects[NODES, None, NODE].patch({"spec": {"unschedulable": True}, "metadata": {"labels": None}})
-    assert await asyncio.to_thread(adapter.restore, NODE, TRUSTED)
-    [*_, (_, _, _, patch)] = received(kmock)
-    assert patch == {"metadata": {"labels": TRUSTED, "resourceVersion": "41"}}
-    assert stored_node(kmock)["spec"]["unschedulable"] is True
-
-
-@pytest.mark.asyncio
-async def test_apply_node_state_sets_our_keys_only(
-    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
-) -> None:
-    maintenance = Taint(QUARANTINE_TAINT_KEY, "true", "PreferNoSchedule")
-    changed = await asyncio.to_thread(
-        adapter.apply_node_state, NODE, labels={LABEL_SECURE_BOOT: "true"}, taints=[maintenance]
-    )
-    assert changed
-    [_, (_, _, _, patch)] = received(kmock)
-    assert patch == {
-        "metadata": {"labels": {LABEL_TRUSTED_LAUNCH: None}, "resourceVersion": "41"},
-        "spec": {"taints": [FOREIGN_TAINT, maintenance.to_dict()]},
-    }
-    with pytest.raises(ValueError, match="'agentpool' is not one of our keys"):
-        await asyncio.to_thread(adapter.apply_node_state, NODE, labels={"agentpool": "other"})
-    assert len(kmock) == 3  # the refused call read the node and sent nothing
-
-
-@pytest.mark.asyncio
-async def test_unknown_node_is_an_error_naming_it(
-    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
-) -> None:
-    with pytest.raises(KubernetesAdapterError, match="node aks-gone-7: 404"):
-        await asyncio.to_thread(adapter.quarantine, "aks-gone-7", "Secure Boot disabled")
-    assert [method for method, *_ in received(kmock)] == ["GET"]
-
-
-def test_unreachable_api_server_is_an_error_naming_the_node(tmp_path: Path) -> None:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {"down": ("http://127.0.0.1:9", "t")}, "down")
+    kubeconfig = write_contexts(tmp_path / "kubeconfig", kube_apiserver.admin_kubeconfig, "down")
     with (
         KubernetesNodeAdapter(kubeconfig) as adapter,
         pytest.raises(KubernetesAdapterError, match="node aks-pool1-0: ConnectError"),
     ):
-        adapter.quarantine(NODE, "Secure Boot disabled")
+        adapter.quarantine("aks-pool1-0", "Secure Boot disabled")
 
 
-@pytest.mark.asyncio
-async def test_context_selects_the_cluster_and_credentials(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path
+def test_context_selects_the_cluster_and_credentials(
+    client: Client, kube_apiserver: HostedControlPlane, node_name: str, tmp_path: Path
 ) -> None:
-    kmock.objects[NODES, None, NODE] = trusted_node()
-    server = str(kmock.url).rstrip("/")
-    kubeconfig = write_kubeconfig(
-        tmp_path / "kubeconfig",
-        {"elsewhere": ("http://127.0.0.1:9", "wrong"), "ours": (server, "right-token")},
-        current="elsewhere",
-    )
+    kubeconfig = write_contexts(tmp_path / "kubeconfig", kube_apiserver.admin_kubeconfig, "down")
     with KubernetesNodeAdapter(kubeconfig, context="ours") as adapter:
-        assert await asyncio.to_thread(adapter.quarantine, NODE, "Secure Boot disabled")
-    assert {request.headers["Authorization"] for request in kmock} == {"Bearer right-token"}
+        assert adapter.quarantine(node_name, "Secure Boot disabled")
+    assert read_node(client, node_name)["spec"]["unschedulable"] is True
     with pytest.raises(KubernetesAdapterError, match="Context 'missing' not found"):
         KubernetesNodeAdapter(kubeconfig, context="missing")
 
 
-@pytest.mark.asyncio
-async def test_restore_lifts_a_quarantine_an_earlier_release_wrote(
-    kmock: kmock.KubernetesEmulator, adapter: KubernetesNodeAdapter
+def test_restore_lifts_a_quarantine_an_earlier_release_wrote(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
 ) -> None:
     """Nodes quarantined before the AKS label keys carry trustedlaunch.io/ keys: a node that attests again
     loses them all and is uncordoned; the adapter never sets such a key."""
     legacy_taint = {"key": "trustedlaunch.io/attestation-failed", "value": "true", "effect": "NoSchedule"}
-    kmock.objects[NODES, None, NODE].patch(
+    registered = read_node(client, node_name)
+    client.patch(
+        Node,
+        node_name,
         {
             "metadata": {
                 "labels": {"trustedlaunch.io/trusted-launch": "true", **dict.fromkeys(TRUSTED)},
                 "annotations": {"trustedlaunch.io/quarantine-reason": "PCR7: Secure Boot disabled"},
             },
             "spec": {"taints": [FOREIGN_TAINT, legacy_taint], "unschedulable": True},
-        }
+        },
+        patch_type=PatchType.MERGE,
     )
-    assert await asyncio.to_thread(adapter.restore, NODE, TRUSTED)
-    node = stored_node(kmock)
-    assert node["metadata"]["labels"] == trusted_node()["metadata"]["labels"]
-    assert node["metadata"]["annotations"] == {}
-    assert node["spec"] == {"taints": [FOREIGN_TAINT], "unschedulable": False}
+    assert adapter.restore(node_name, TRUSTED)
+    node = read_node(client, node_name)
+    assert labels_of(node) == labels_of(registered)
+    assert not node["metadata"].get("annotations")
+    assert taints_besides_the_node_lifecycle(node) == [FOREIGN_TAINT]
+    assert not node["spec"].get("unschedulable")
     with pytest.raises(ValueError, match=r"'trustedlaunch\.io/secure-boot' is not one of our keys"):
-        await asyncio.to_thread(
-            adapter.apply_node_state, NODE, labels={"trustedlaunch.io/secure-boot": "true"}
-        )
+        adapter.apply_node_state(node_name, labels={"trustedlaunch.io/secure-boot": "true"})

@@ -1,15 +1,13 @@
 """Helpers of the monitoring tests: a real alert webhook receiver on 127.0.0.1, a store with one trusted
-launch cluster, and a kubeconfig for kmock."""
+launch cluster."""
 
 from __future__ import annotations
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-import yaml
 from reconciler_helpers import SUB
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,20 +78,3 @@ def create_trusted_cluster(
 def node_name(pool: AgentPool, ordinal: int = 0) -> str:
     """The name the reconciler gives the pool's node `ordinal`."""
     return f"aks-{pool.name}-{pool.id:08d}-vmss{ordinal:06d}"
-
-
-def write_kubeconfig(path: Path, server: str, token: str = "monitor-token") -> Path:
-    """A kubeconfig with one context for `server` (bearer token)."""
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-                "users": [{"name": "kmock", "user": {"token": token}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-                "current-context": "kmock",
-            }
-        )
-    )
-    return path

@@ -1,26 +1,26 @@
 """The lifecycle of integrity alerts, on SQLite and PostgreSQL, without a VM: an agent that hangs up (a real
 unix socket) is unreachable, an agent that answers with an unreadable AK is an evidence failure. Repeats
 update one open alert per node and type (count, first/last seen), the two causes get distinct types, the
-remediation says only what was done (Kubernetes: kmock), and the webhook (a real HTTP server) gets each
-state change once."""
+remediation says only what was done (Kubernetes: a real kube-apiserver), and the webhook (a real HTTP
+server) gets each state change once."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 from alembic import command
-from monitoring_helpers import LOOPBACK, AlertReceiver, create_trusted_cluster, write_kubeconfig
+from kube_apiserver import admin_client, read_node, register_node
+from lightkube.resources.core_v1 import Node as LightkubeNode
+from monitoring_helpers import LOOPBACK, AlertReceiver, create_trusted_cluster
 from reconciler_helpers import SUB
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from test_monitoring_store import TRUSTED_LABELS, HangingUpAgentSocket, kube_node
+from test_monitoring_store import TRUSTED_LABELS, HangingUpAgentSocket
 
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control import monitoring
@@ -33,12 +33,12 @@ from trustedlaunch.control.attestation_monitor import (
     resolve_alerts,
 )
 from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
 from trustedlaunch.store.vocabulary import AlertType
 
-NODES = kmock.resource("v1/nodes")
 NODE = "aks-n-0"
 
 
@@ -245,12 +245,12 @@ def test_a_state_change_while_delivering_is_delivered_next(
     assert [document["properties"]["status"] for document in receiver.received] == ["Active", "Resolved"]
 
 
-@pytest.mark.asyncio
-async def test_remediation_says_cordoned_only_when_kubernetes_did_it(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path
+def test_remediation_says_cordoned_only_when_kubernetes_did_it(
+    kube_apiserver: HostedControlPlane, tmp_path: Path
 ) -> None:
-    kmock.objects[NODES, None, NODE] = kube_node(NODE)
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
+    kubeconfig = kube_apiserver.admin_kubeconfig
+    with admin_client(kube_apiserver) as client:
+        register_node(client, NODE)
     engine, sessions = open_store(f"sqlite:///{tmp_path / 'alerts.db'}", tmp_path / "token")
     try:
         pool, _ = create_trusted_cluster(sessions, "lifecycle")
@@ -272,7 +272,7 @@ async def test_remediation_says_cordoned_only_when_kubernetes_did_it(
 
         def fail_and_quarantine(name: str) -> list[object]:
             with KubernetesNodeAdapter(kubeconfig) as adapter:
-                monitor = AttestationMonitor(kubernetes=adapter)
+                monitor = AttestationMonitor(kubernetes=lambda _node: adapter)
                 with sessions() as session:
                     node = session.scalars(select(Node).where(Node.name == name)).one()
                     monitor.attest(
@@ -290,10 +290,12 @@ async def test_remediation_says_cordoned_only_when_kubernetes_did_it(
                     alert = session.scalars(select(AlertRecord).where(AlertRecord.node_name == name)).one()
                     return list(alert.document["properties"]["remediationSteps"])  # type: ignore[index]
 
-        steps = await asyncio.to_thread(fail_and_quarantine, NODE)
+        steps = fail_and_quarantine(NODE)
         assert steps == [LABELS_REMOVED, QUARANTINED, NEXT_STEPS[AlertType.ATTESTATION_FAILURE]]
-        assert kmock.objects[NODES, None, NODE].raw["spec"]["unschedulable"] is True
-        steps = await asyncio.to_thread(fail_and_quarantine, "aks-unregistered-0")
+        with admin_client(kube_apiserver) as client:
+            assert read_node(client, NODE)["spec"]["unschedulable"] is True
+            client.delete(LightkubeNode, NODE)
+        steps = fail_and_quarantine("aks-unregistered-0")
         assert steps[0] == LABELS_REMOVED and QUARANTINED not in steps
         assert steps[1].startswith("Kubernetes was not updated: not registered in Kubernetes")
     finally:

@@ -1,6 +1,7 @@
 """Integrity monitoring of one real node (QEMU + OVMF Secure Boot + swtpm vTPM), reused across the steps:
 provisioning stores an attestation whose evidence re-verifies and whose token verifies from the JWKS with
-PyJWT, and labels the Kubernetes node (kmock); an on-demand request re-attests; a node whose enrolled AK
+PyJWT; the cluster's own hosted kube-apiserver is up before the node, and once the node's Node object is
+registered there an on-demand request re-attests and labels it; a node whose enrolled AK
 (kept by the verifier) is not the AK it quotes with fails: an alert naming the AK reaches the webhook, the
 node loses its trusted launch labels and is tainted and cordoned; once it attests again its labels come
 back and the alert is Resolved; the interval re-attests too. One VM boot."""
@@ -8,7 +9,6 @@ back and the alert is Resolved; the interval re-attests too. One VM boot."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import kmock
 import pytest
-from monitoring_helpers import AlertReceiver, create_trusted_cluster, node_name, write_kubeconfig
+from kube_apiserver import read_node, register_node, taints_besides_the_node_lifecycle
+from lightkube import Client, KubeConfig
+from monitoring_helpers import AlertReceiver, create_trusted_cluster, node_name
 from reconciler_helpers import SUB, operation, processes_under, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +32,8 @@ from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import verify
 from trustedlaunch.control import pool_policies
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
+from trustedlaunch.control.cluster_planes import ClusterPlanes
+from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.labels import (
     LABEL_SECURE_BOOT,
     LABEL_TRUSTED_LAUNCH,
@@ -46,7 +48,6 @@ from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, Att
 from trustedlaunch.tpm.structures import parse_tpm2b_public
 
 pytestmark = pytest.mark.slow
-NODES = kmock.resource("v1/nodes")
 ISSUER = "urn:trustedlaunch:test-monitoring"
 TL_LABEL = "kubernetes.azure.com/trusted-launch"
 SB_LABEL = "kubernetes.azure.com/secure-boot"
@@ -90,9 +91,14 @@ def request_attestation(
             node.attestation_state = attestation_state
 
 
-def kube_node(kmock_server: kmock.KubernetesEmulator, name: str) -> dict[str, Any]:
-    node: dict[str, Any] = copy.deepcopy(kmock_server.objects[NODES, None, name].raw)
-    return node
+def cluster_admin(sessions: sessionmaker[Session]) -> Client:
+    """A client of the cluster's own kube-apiserver with its admin credential."""
+    with sessions() as session:
+        pool = session.scalars(select(AgentPool)).one()
+        plane = pool.cluster.control_plane
+        assert plane is not None and plane.phase == "Running" and plane.server_version == KUBERNETES_VERSION
+        kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
+    return Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False)
 
 
 def pool_policy(state_dir: Path, image_version: str) -> Policy:
@@ -117,7 +123,6 @@ def reverify(record: AttestationRecord, policy: Policy) -> bool:
 
 @pytest.mark.asyncio
 async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
-    kmock: kmock.KubernetesEmulator,
     reconciler_base: Path,
     state_dir: Path,
     tmp_path: Path,
@@ -128,24 +133,23 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
     )
     pool, create = create_trusted_cluster(sessions, "moncluster")
     name = node_name(pool)
-    kmock.objects[NODES, None, name] = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "resourceVersion": "1", "labels": {"kubernetes.io/hostname": name}},
-        "spec": {},
-    }
     issuer = TokenIssuer(tmp_path / "attestation-keys", issuer=ISSUER)
-    adapter = KubernetesNodeAdapter(write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/")))
     receiver = AlertReceiver()
     with sessions.begin() as session:
         session.add(AlertWebhook(subscription_id=SUB, url=receiver.url))
     monkeypatch.setenv(ALLOWED_NETWORKS_ENV, "127.0.0.1/32")  # the operator allows the local receiver
     reconciler = Reconciler(
-        sessions, state_dir, token_issuer=issuer, kubernetes=adapter, attestation_interval=0, boot_timeout=300
+        sessions,
+        state_dir,
+        token_issuer=issuer,
+        cluster_planes=ClusterPlanes(state_dir),
+        attestation_interval=0,
+        boot_timeout=300,
     )
     stop_delivery = threading.Event()
     delivery = threading.Thread(target=reconciler.alert_delivery.run_forever, args=(stop_delivery,))
     delivery.start()
+    kube: Client | None = None
     try:
         # -- provisioning: attested, recorded with evidence, token, labels in Kubernetes ------------------
         await asyncio.to_thread(
@@ -181,18 +185,23 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         claims = jwt.decode(provisioned.token, key.key, algorithms=["ES256"], issuer=ISSUER)
         assert (claims["sub"], claims["x-tl-node-pool"], claims["secureboot"]) == (name, "nodepool1", True)
         assert 7 in claims["x-ms-azurevm-attested-pcrs"]
-        labelled = kube_node(kmock, name)
+        assert node.message.endswith(  # its cluster's kube-apiserver answered: no Node of that name yet
+            "; not registered in Kubernetes (no kubelet registered it): labels not applied there"
+        )
+        kube = cluster_admin(sessions)
+        register_node(kube, name)  # as its kubelet will register it
+
+        # -- on demand: attested again, and labelled in the cluster's kube-apiserver ----------------------
+        assert not await asyncio.to_thread(reconciler.run_once)  # interval 0: nothing due
+        request_attestation(sessions)
+        assert await asyncio.to_thread(reconciler.run_once)
+        labelled = read_node(kube, name)
         assert labelled["metadata"]["labels"] == {
             "kubernetes.io/hostname": name,
             LABEL_TRUSTED_LAUNCH: "true",
             LABEL_SECURE_BOOT: "true",
         }
         assert not labelled["spec"].get("unschedulable")
-
-        # -- on demand ----------------------------------------------------------------------------------
-        assert not await asyncio.to_thread(reconciler.run_once)  # interval 0: nothing due
-        request_attestation(sessions)
-        assert await asyncio.to_thread(reconciler.run_once)
         on_demand = records(sessions)[-1]
         assert (on_demand.trigger, on_demand.status, on_demand.ok) == ("OnDemand", "Attested", True)
         assert on_demand.nonce != provisioned.nonce and reverify(on_demand, policy)
@@ -235,9 +244,10 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
             assert properties["resourceIdentifiers"][0]["azureResourceId"] == pool_resource_id(
                 cluster, "nodepool1"
             )
-        quarantined = kube_node(kmock, name)
+        quarantined = read_node(kube, name)
         assert quarantined["metadata"]["labels"] == {"kubernetes.io/hostname": name}
-        assert quarantined["spec"] == {"taints": [QUARANTINE_TAINT], "unschedulable": True}
+        assert taints_besides_the_node_lifecycle(quarantined) == [QUARANTINE_TAINT]
+        assert quarantined["spec"]["unschedulable"] is True
         assert "failed attestation (AK)" in quarantined["metadata"]["annotations"][QUARANTINE_ANNOTATION]
         await asyncio.to_thread(wait_until, lambda: receiver.received, 60, "the alert at the webhook")
         assert [document["id"] for document in receiver.received] == [alert.id]
@@ -262,9 +272,9 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         [resolved] = alerts(sessions)
         assert resolved.status == "Resolved" and resolved.resolved_at is not None
         assert resolved.document["properties"]["status"] == "Resolved"  # type: ignore[index]
-        restored = kube_node(kmock, name)
+        restored = read_node(kube, name)
         assert restored["metadata"]["labels"] == labelled["metadata"]["labels"]
-        assert restored["spec"]["unschedulable"] is False and not restored["spec"].get("taints")
+        assert not restored["spec"].get("unschedulable") and not taints_besides_the_node_lifecycle(restored)
         assert QUARANTINE_ANNOTATION not in (restored["metadata"].get("annotations") or {})
 
         # -- on the interval ----------------------------------------------------------------------------
@@ -290,7 +300,9 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
                 "the cluster's deletion",
             )
         reconciler.release()
-        adapter.close()
+        if kube is not None:
+            kube.close()
         receiver.close()
         engine.dispose()
     assert processes_under(state_dir / "vm") == []
+    assert list((state_dir / "clusters").iterdir()) == []  # the control plane went with the cluster

@@ -1,13 +1,12 @@
 """Monitoring without a VM: an unreachable agent (a real unix socket that hangs up) is recorded, alerted and
 quarantined, an agent answering garbage fails attestation the same way; the history stays bounded; alerts
 go to the subscription's webhook (a real HTTP server) in the background, stay Pending without one;
-Kubernetes quarantine/restore against kmock, and a node no kubelet registered is a note, not an error."""
+Kubernetes quarantine/restore against a real kube-apiserver, and a node no kubelet registered is a note,
+not an error."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
 import hashlib
 import re
 import socket
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import kmock
 import pytest
-from monitoring_helpers import LOOPBACK, AlertReceiver, create_trusted_cluster, write_kubeconfig
+from kube_apiserver import admin_client, read_node, register_node, taints_besides_the_node_lifecycle
+from lightkube.resources.core_v1 import Node as LightkubeNode
+from monitoring_helpers import LOOPBACK, AlertReceiver, create_trusted_cluster
 from reconciler_helpers import SUB, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,7 @@ from trustedlaunch.control.attestation_monitor import (
     prune_history,
 )
 from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import (
     LABEL_SECURE_BOOT,
@@ -51,7 +52,6 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
 
-NODES = kmock.resource("v1/nodes")
 QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
 TRUSTED_LABELS = {
     "kubernetes.azure.com/agentpool": "nodepool1",
@@ -384,43 +384,35 @@ def test_delivery_runs_in_its_own_thread_until_stopped(
     assert [document["id"] for document in receiver.received] == [alert_id]
 
 
-def kube_node(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "resourceVersion": "7", "labels": {"kubernetes.io/hostname": name}},
-        "spec": {},
-    }
-
-
-@pytest.mark.asyncio
-async def test_kubernetes_quarantine_restore_and_an_unregistered_node(
-    kmock: kmock.KubernetesEmulator, tmp_path: Path
-) -> None:
-    kmock.objects[NODES, None, "aks-known-0"] = kube_node("aks-known-0")
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
-    with KubernetesNodeAdapter(kubeconfig) as adapter:
-        monitor = AttestationMonitor(kubernetes=adapter)
+def test_kubernetes_quarantine_restore_and_an_unregistered_node(kube_apiserver: HostedControlPlane) -> None:
+    with (
+        admin_client(kube_apiserver) as client,
+        KubernetesNodeAdapter(kube_apiserver.admin_kubeconfig) as adapter,
+    ):
+        register_node(client, "aks-known-0")
+        monitor = AttestationMonitor(kubernetes=lambda _node: adapter)
         known = Node(name="aks-known-0", labels=dict(TRUSTED_LABELS), message="ready")
-        await asyncio.to_thread(monitor.sync_kubernetes, known)
-        stored = copy.deepcopy(kmock.objects[NODES, None, "aks-known-0"].raw)
+        monitor.sync_kubernetes(known)
+        stored = read_node(client, "aks-known-0")
         assert stored["metadata"]["labels"] == {
             "kubernetes.io/hostname": "aks-known-0",
             LABEL_TRUSTED_LAUNCH: "true",
             LABEL_SECURE_BOOT: "true",
         }
-        await asyncio.to_thread(monitor.sync_kubernetes, known, "node aks-known-0 failed attestation (AK)")
-        stored = copy.deepcopy(kmock.objects[NODES, None, "aks-known-0"].raw)
+        monitor.sync_kubernetes(known, "node aks-known-0 failed attestation (AK)")
+        stored = read_node(client, "aks-known-0")
         assert stored["metadata"]["labels"] == {"kubernetes.io/hostname": "aks-known-0"}
         assert stored["metadata"]["annotations"][QUARANTINE_ANNOTATION].endswith("(AK)")
-        assert stored["spec"] == {"taints": [QUARANTINE_TAINT], "unschedulable": True}
+        assert taints_besides_the_node_lifecycle(stored) == [QUARANTINE_TAINT]
+        assert stored["spec"]["unschedulable"] is True
         assert known.message == "ready"
 
         unknown = Node(name="aks-unknown-0", labels=dict(TRUSTED_LABELS), message="ready")
-        await asyncio.to_thread(monitor.sync_kubernetes, unknown)
+        monitor.sync_kubernetes(unknown)
         assert unknown.message == (
             "ready; not registered in Kubernetes (no kubelet registered it): labels not applied there"
         )
+        client.delete(LightkubeNode, "aks-known-0")
 
 
 def test_embedded_server_gives_its_reconciler_the_issuer_of_its_jwks(tmp_path: Path) -> None:

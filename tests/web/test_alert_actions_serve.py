@@ -36,7 +36,6 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
         "XDG_DATA_HOME": str(tmp_path / "data"),
         "TL_DATABASE_URL": database,
     }
-    env.pop("TL_KUBECONFIG", None)
     process, url, _ = start_serve(env, "--workers", "2", "--attestation-interval", "0", "--no-auto-repair")
     try:
         token = (tmp_path / "config" / "trustedlaunch" / "admin-token").read_text().strip()

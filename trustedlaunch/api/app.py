@@ -19,7 +19,6 @@ from trustedlaunch.api.limits import RequestLimits
 from trustedlaunch.attest.destinations import allowed_networks_from_environment
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.errors import ArmError
-from trustedlaunch.control.kubeconfig import configured_api_server
 from trustedlaunch.control.plane import ControlPlane
 from trustedlaunch.control.tokens import PrincipalCache
 from trustedlaunch.web import dashboard
@@ -189,16 +188,13 @@ def create_app(
     token_file: Path | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     token_issuer: TokenIssuer | None = None,
-    kubeconfig: Path | None = None,
     token_cache_seconds: float = TOKEN_CACHE_SECONDS,
     plane: ControlPlane | None = None,
 ) -> FastAPI:
     """The API over the control plane `plane` (kept open: its owner closes it) or, without one, over a
     control plane it opens on start and closes on shutdown: the store at `database_url` (default store if
     None), admin token in `token_file`, attestation tokens from `token_issuer` (default: keys in
-    `attestation-keys` beside the token file). Cluster credentials point at the API server of `kubeconfig`
-    (default: TL_KUBECONFIG, else the fqdn)."""
-    api_server = configured_api_server(kubeconfig)
+    `attestation-keys` beside the token file)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -261,7 +257,6 @@ def create_app(
         issuer: TokenIssuer = request.app.state.token_issuer
         return issuer.openid_configuration(str(request.url_for("jwks")))
 
-    app.state.api_server = api_server
     app.state.webhook_networks = allowed_networks_from_environment()  # a bad setting fails the start
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)

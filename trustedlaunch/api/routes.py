@@ -180,9 +180,7 @@ async def delete_cluster(request: Request, path: ClusterPath) -> Response:
 async def list_user_credential(request: Request, path: ClusterPath) -> dict[str, object]:
     """The user kubeconfig of a cluster (base64)."""
     with transaction(request) as session:
-        return kubeconfig_json(
-            resources.get_cluster(session, path), "clusterUser", request.app.state.api_server
-        )
+        return kubeconfig_json(resources.get_cluster(session, path), "clusterUser")
 
 
 @router.post(
@@ -191,9 +189,7 @@ async def list_user_credential(request: Request, path: ClusterPath) -> dict[str,
 async def list_admin_credential(request: Request, path: ClusterPath) -> dict[str, object]:
     """The admin kubeconfig of a cluster (base64)."""
     with transaction(request) as session:
-        return kubeconfig_json(
-            resources.get_cluster(session, path), "clusterAdmin", request.app.state.api_server
-        )
+        return kubeconfig_json(resources.get_cluster(session, path), "clusterAdmin")
 
 
 @router.get(

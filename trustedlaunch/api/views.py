@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from trustedlaunch.control.cluster_planes import hosted_credential
+from trustedlaunch.control.cluster_planes import current_kubernetes_version, hosted_credential
 from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
@@ -34,7 +34,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "provisioningState": cluster.provisioning_state,
         "powerState": {"code": cluster.power_state},
         "kubernetesVersion": cluster.kubernetes_version,
-        "currentKubernetesVersion": running_kubernetes_version(cluster.kubernetes_version),
+        "currentKubernetesVersion": current_kubernetes_version(cluster),
         "dnsPrefix": cluster.dns_prefix,
         "fqdn": cluster.fqdn,
         "nodeResourceGroup": f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}",
@@ -187,19 +187,17 @@ def provider_json(provider: ProviderRegistration) -> JsonObject:
     }
 
 
-def kubeconfig_json(
-    cluster: ManagedCluster, user_kind: str, api_server: ApiServer | None = None
-) -> JsonObject:
+def kubeconfig_json(cluster: ManagedCluster, user_kind: str) -> JsonObject:
     """The `listCluster{User,Admin}Credential` body: one base64 kubeconfig (JSON, which is valid YAML)
     pointing at the cluster's hosted control plane with its admin or clusterUser client certificate; for a
-    cluster without one, at `api_server` (the configured Kubernetes API server), else at
-    `https://{fqdn}:443`, with the cluster's token."""
+    cluster without one (TL_HOSTED_CONTROL_PLANES=0), at `https://{fqdn}:443` with the cluster's token, as
+    AKS shapes it (no API server answers there)."""
     user = f"{user_kind}_{cluster.resource_group}_{cluster.name}"
     hosted = hosted_credential(cluster, admin=user_kind == "clusterAdmin")
     if hosted is not None:
         server, credential = hosted.api_server, hosted.user
     else:
-        server = api_server or ApiServer(f"https://{cluster.fqdn}:443")
+        server = ApiServer(f"https://{cluster.fqdn}:443")
         credential = {"token": cluster.kube_token}
     config = {
         "apiVersion": "v1",

@@ -62,14 +62,6 @@ def run(
     ] = 1.0,
     attestation_interval: AttestationIntervalOption = DEFAULT_ATTESTATION_INTERVAL,
     auto_repair: AutoRepairOption = True,
-    kubeconfig: Annotated[
-        Path | None,
-        typer.Option(
-            "--kubeconfig",
-            envvar="TL_KUBECONFIG",
-            help="Kubernetes API server of the clusters: nodes are labelled, tainted and cordoned there.",
-        ),
-    ] = None,
     token_file: Annotated[
         Path | None,
         typer.Option(
@@ -87,7 +79,7 @@ def run(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("trustedlaunch.control.reconciler").setLevel(logging.INFO)
     try:
-        plane = ControlPlane(database_url, token_file, kubeconfig=kubeconfig, api=False)
+        plane = ControlPlane(database_url, token_file, api=False)
     except TrustedLaunchError as exc:
         raise fail(str(exc), 2) from None
     with plane:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
@@ -44,15 +42,6 @@ def serve(
     ] = 8080,
     attestation_interval: AttestationIntervalOption = DEFAULT_ATTESTATION_INTERVAL,
     auto_repair: AutoRepairOption = True,
-    kubeconfig: Annotated[
-        Path | None,
-        typer.Option(
-            "--kubeconfig",
-            envvar="TL_KUBECONFIG",
-            help="Kubernetes API server of the clusters: nodes are labelled, tainted and cordoned there, and "
-            "`tl aks get-credentials` points kubectl at it.",
-        ),
-    ] = None,
     workers: Annotated[
         int,
         typer.Option(
@@ -68,18 +57,17 @@ def serve(
     default SQLite file)."""
     # Imported here: `tl --help` and the client-side commands do not need the server side.
     from trustedlaunch.api.app import create_app
-    from trustedlaunch.control.kubeconfig import KUBECONFIG_ENV
     from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # the store (migrated, with its admin token) and the nonce store exist before any worker starts
-        plane = ControlPlane(kubeconfig=kubeconfig)
+        plane = ControlPlane()
     except TrustedLaunchError as exc:
         raise fail(str(exc), 2) from None
     try:
-        app = create_app(kubeconfig=kubeconfig, plane=plane)
+        app = create_app(plane=plane)
     except TrustedLaunchError as exc:
         plane.close()
         raise fail(str(exc), 2) from None
@@ -90,8 +78,7 @@ def serve(
         processes = f"{workers} API worker processes, " if workers > 1 else ""
         typer.echo(
             f"trustedlaunch control plane on {url} ({processes}attestation interval {attestation_interval:g} "
-            f"s, auto-repair {'on' if auto_repair else 'off'}, "
-            f"Kubernetes API server: {kubeconfig or 'none'}).\n"
+            f"s, auto-repair {'on' if auto_repair else 'off'}).\n"
             f"Use it with: export TL_ENDPOINT={url} TL_TOKEN=$(cat {token_file})",
             err=True,
         )
@@ -100,8 +87,6 @@ def serve(
         if workers == 1:
             _serve_in_process(app, host, port, reconciler, announce)
         else:
-            if kubeconfig is not None:  # the workers make their app (as `app` above) from the environment
-                os.environ[KUBECONFIG_ENV] = str(kubeconfig)
             _serve_worker_processes(host, port, workers, reconciler, announce)
     finally:
         plane.close()

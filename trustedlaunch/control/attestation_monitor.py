@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -39,7 +39,14 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel, AgentProtocolError
-from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node, utc_now
+from trustedlaunch.store.models import (
+    AgentPool,
+    AlertRecord,
+    AlertWebhook,
+    AttestationRecord,
+    Node,
+    utc_now,
+)
 from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
 
 HISTORY_PER_NODE = 200
@@ -132,15 +139,16 @@ def _pcr_document(quote: AgentQuote | None) -> dict[str, dict[str, str]] | None:
 class AttestationMonitor:
     """Attests one node and applies the verdict: history, token, alerts, labels, quarantine.
 
-    `token_issuer` signs a token for every pass (none without it); `kubernetes` applies the labels and the
-    quarantine to the cluster's Node objects (only the store's labels without it).
+    `token_issuer` signs a token for every pass (none without it); `kubernetes` gives the adapter of a
+    node's cluster (its API server), which applies the labels and the quarantine to the node's Node object
+    (only the store's labels without one).
     """
 
     def __init__(
         self,
         *,
         token_issuer: TokenIssuer | None = None,
-        kubernetes: KubernetesNodeAdapter | None = None,
+        kubernetes: Callable[[Node], KubernetesNodeAdapter | None] | None = None,
         history_per_node: int | None = None,
     ) -> None:
         self.token_issuer = token_issuer
@@ -270,14 +278,15 @@ class AttestationMonitor:
         """Apply the node row to its Kubernetes Node (with an adapter): quarantine it with
         `quarantine_reason`, else give it the trusted launch labels of `node.labels` (lifting a quarantine).
         A node no kubelet registered (404), or an API server error, is noted in `node.message`."""
-        if self.kubernetes is None:
+        adapter = None if self.kubernetes is None else self.kubernetes(node)
+        if adapter is None:
             return
         try:
             if quarantine_reason is not None:
-                self.kubernetes.quarantine(node.name, quarantine_reason[:1000])
+                adapter.quarantine(node.name, quarantine_reason[:1000])
                 alert_lifecycle.note_quarantine(node, None)
             else:
-                self.kubernetes.restore(node.name, verdict_labels(node.labels))
+                adapter.restore(node.name, verdict_labels(node.labels))
         except KubernetesAdapterError as exc:
             if str(exc).startswith(f"node {node.name}: 404 "):
                 note = "not registered in Kubernetes (no kubelet registered it): labels not applied there"

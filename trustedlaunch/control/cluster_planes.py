@@ -13,9 +13,14 @@ The processes run in sessions of their own and outlive the reconciler (like node
 the `tl` command that created the cluster exits and leaves them running; the next reconciler (`tl serve`,
 `tl reconciler run`, or the next embedded `tl` command) adopts the running ones (found by their command
 lines naming the data directory) and starts the dead ones again on the recorded ports, with their data (etcd
-included) kept. While a reconciler runs it checks every SUPERVISE_SECONDS. A data directory under
+included) kept. While a reconciler runs it checks every SUPERVISE_SECONDS, restarting a crash-looping plane
+with a growing back-off (RESTART_BACKOFF_SECONDS). A data directory under
 `clusters/` that no record names is an orphan: its processes are stopped and the directory removed. A
 cluster's Delete operation, once its nodes are gone, stops the processes and removes the data directory.
+
+The attestation verdict of a cluster's nodes is applied to the Node objects of that cluster's own
+kube-apiserver, with its admin credential (`node_adapter`); the cluster's currentKubernetesVersion is what
+that kube-apiserver answers on /version.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import os
 import secrets
 import shutil
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from enum import StrEnum
@@ -51,14 +58,20 @@ from trustedlaunch.control.hosted_control_plane import (
     stop_control_plane_processes,
 )
 from trustedlaunch.control.kubeconfig import ApiServer
+from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter
 from trustedlaunch.control.kubernetes_release import KubernetesRelease, verified_release
+from trustedlaunch.control.limits import running_kubernetes_version
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster, utc_now
+from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster, Node, utc_now
 
 CLUSTERS_DIR = "clusters"
 HOSTED_CONTROL_PLANES_ENV = "TL_HOSTED_CONTROL_PLANES"
 READY_TIMEOUT = 120.0
 SUPERVISE_SECONDS = 5.0
+# A control plane whose components keep dying is restarted at once, then after 5 s, 10 s, 20 s, ... up to
+# 5 minutes between restarts (as kubelet's CrashLoopBackOff); once up for 10 minutes the count starts over.
+RESTART_BACKOFF_SECONDS = (5.0, 300.0)
+RESTART_FORGIVEN_AFTER = 600.0
 READYZ_TIMEOUT = 5.0
 # What the clusterUser credential may do: the built-in `edit` ClusterRole, in every namespace.
 CLUSTER_USER_GROUP = CLUSTER_USER_SUBJECT[1]
@@ -122,6 +135,9 @@ class ClusterPlanes:
         self.root = state_dir.resolve() / CLUSTERS_DIR  # command lines name it: found from any directory
         self.release = release
         self.ready_timeout = ready_timeout
+        self._adapters: dict[str, KubernetesNodeAdapter] = {}  # data dir -> adapter (admin credential)
+        self._adapters_lock = threading.Lock()
+        self._restarts: dict[str, tuple[int, float]] = {}  # data dir -> (restarts in a row, next at)
 
     def _plane(self, record: ClusterControlPlane, fqdn: str) -> HostedControlPlane:
         return HostedControlPlane(self.release(), Path(record.data_dir), fqdn, recorded_ports(record))
@@ -178,6 +194,7 @@ class ClusterPlanes:
             log.info("cluster %s: control plane: started %s", cluster.name, ", ".join(started) or "nothing")
             seconds = plane.wait_ready(self.ready_timeout)
             self._grant_cluster_users(plane)
+            version = plane.server_version()
         except TrustedLaunchError as exc:
             stop_control_plane_processes(data_dir)  # no process left behind; the data stays for a retry
             record.phase = ControlPlanePhase.FAILED
@@ -189,6 +206,7 @@ class ClusterPlanes:
             ) from exc
         record.phase = ControlPlanePhase.RUNNING
         record.ready_seconds = seconds
+        record.server_version = version
         record.message = f"ready after {seconds:.1f} s"
         record.updated_at = utc_now()
         session.commit()
@@ -203,6 +221,8 @@ class ClusterPlanes:
         record.phase = ControlPlanePhase.DELETING
         session.commit()
         data_dir = Path(record.data_dir)
+        self._close_adapter(data_dir)
+        self._restarts.pop(record.data_dir, None)
         stop_control_plane_processes(data_dir)
         if self._owned(data_dir):
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -220,11 +240,19 @@ class ClusterPlanes:
         records = session.scalars(
             select(ClusterControlPlane).where(ClusterControlPlane.phase == ControlPlanePhase.RUNNING)
         )
+        now = time.monotonic()
         for record in records:
             running = set(control_plane_processes(Path(record.data_dir)).values())
+            in_a_row, next_at = self._restarts.get(record.data_dir, (0, 0.0))
             if running >= set(COMPONENTS):
+                if in_a_row and now >= next_at + RESTART_FORGIVEN_AFTER:
+                    del self._restarts[record.data_dir]  # it stayed up: the back-off starts over
                 continue
+            if now < next_at:
+                continue  # crash-looping: wait out the back-off
             name = record.cluster.name
+            delay = min(RESTART_BACKOFF_SECONDS[0] * 2**in_a_row, RESTART_BACKOFF_SECONDS[1])
+            self._restarts[record.data_dir] = (in_a_row + 1, now + delay)
             try:
                 started = self._plane(record, record.cluster.fqdn).start()
             except TrustedLaunchError as exc:
@@ -232,7 +260,7 @@ class ClusterPlanes:
                 record.message = f"cannot restart: {exc}"[:4000]
                 continue
             log.warning("cluster %s: control plane: restarted %s", name, ", ".join(started))
-            record.message = f"restarted {', '.join(started)}"
+            record.message = f"restarted {', '.join(started)} (restart {in_a_row + 1} in a row)"
             record.updated_at = utc_now()
             restarted[name] = started
         session.commit()
@@ -252,6 +280,40 @@ class ClusterPlanes:
         return orphans
 
     # -- Kubernetes ----------------------------------------------------------------------------------------
+
+    def node_adapter(self, node: Node) -> KubernetesNodeAdapter | None:
+        """The Kubernetes adapter of the kube-apiserver of `node`'s cluster (its admin credential), made once
+        and kept while the control plane exists; None while it has no control plane or no credential yet."""
+        cluster = node.pool.cluster
+        record = cluster.control_plane
+        if record is None:
+            return None
+        with self._adapters_lock:
+            adapter = self._adapters.get(record.data_dir)
+            if adapter is None:
+                kubeconfig = Path(record.data_dir) / "admin.kubeconfig"
+                if not kubeconfig.is_file():
+                    return None
+                try:
+                    adapter = KubernetesNodeAdapter(kubeconfig)
+                except KubernetesAdapterError as exc:
+                    log.error("cluster %s: %s", cluster.name, exc)
+                    return None
+                self._adapters[record.data_dir] = adapter
+            return adapter
+
+    def _close_adapter(self, data_dir: Path) -> None:
+        with self._adapters_lock:
+            adapter = self._adapters.pop(str(data_dir), None)
+        if adapter is not None:
+            adapter.close()
+
+    def close(self) -> None:
+        """Close the Kubernetes adapters' connections (the control planes keep running)."""
+        with self._adapters_lock:
+            adapters, self._adapters = list(self._adapters.values()), {}
+        for adapter in adapters:
+            adapter.close()
 
     @staticmethod
     def _serving(record: ClusterControlPlane, fqdn: str) -> bool:
@@ -324,3 +386,12 @@ def hosted_credential(cluster: ManagedCluster, admin: bool) -> HostedCredential 
             "client-key-data": base64.b64encode(key_pem).decode(),
         },
     )
+
+
+def current_kubernetes_version(cluster: ManagedCluster) -> str:
+    """The version `cluster` runs: what its kube-apiserver answered on /version once its control plane was
+    ready, else (no hosted control plane) the installed release its kubernetesVersion names."""
+    record = cluster.control_plane
+    if record is not None and record.server_version:
+        return record.server_version.removeprefix("v")
+    return running_kubernetes_version(cluster.kubernetes_version)

@@ -352,6 +352,19 @@ class HostedControlPlane:
                     )
                 time.sleep(0.2)
 
+    def server_version(self) -> str:
+        """The `gitVersion` kube-apiserver's /version answers (e.g. v1.36.3). Raises ControlPlaneError."""
+        try:
+            with httpx.Client(verify=self.tls_context(), timeout=5.0) as client:
+                response = client.get(f"{self.server}/version")
+                response.raise_for_status()
+                version = response.json()["gitVersion"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ControlPlaneError(f"kube-apiserver of {self.fqdn}: /version: {exc}") from None
+        if not isinstance(version, str) or not 0 < len(version) <= 64:
+            raise ControlPlaneError(f"kube-apiserver of {self.fqdn}: /version: no gitVersion")
+        return version
+
     def resident_memory(self) -> dict[str, int]:
         """Component -> resident set size in bytes, of the running processes."""
         return {

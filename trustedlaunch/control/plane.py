@@ -1,7 +1,7 @@
 """The server side of one installation, wired in one place: the store (migrated, seeded, with its admin
-token), the attestation challenge (nonce) store, the attestation token issuer, the Kubernetes adapter and the
-reconciler (which brings the attestation monitor, alert delivery and retention), plus the metrics shared by
-several processes.
+token), the attestation challenge (nonce) store, the attestation token issuer and the reconciler (which
+brings the attestation monitor, alert delivery, retention and the clusters' hosted control planes), plus the
+metrics shared by several processes.
 
 Every way of running the control plane starts here: `tl serve` (API and reconciler), the embedded server of
 the other `tl` commands, each API worker process (`api/app.py`'s app factory) and the standalone reconciler
@@ -24,7 +24,6 @@ from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERVAL
 from trustedlaunch.control.bootstrap import attestation_token_issuer, default_token_file, open_store
 from trustedlaunch.control.cluster_planes import ClusterPlanes, hosted_control_planes_enabled
-from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.reconciler import Reconciler, default_state_dir
 from trustedlaunch.control.verifier import open_challenge_store
 from trustedlaunch.errors import TrustedLaunchError
@@ -32,12 +31,11 @@ from trustedlaunch.errors import TrustedLaunchError
 
 class ControlPlane:
     """The store at `database_url` (default: TL_DATABASE_URL or the user data dir), the attestation token
-    issuer (default: the keys beside `token_file`, shared by every process of the installation) and, with
-    `kubeconfig`, the Kubernetes API server the nodes are labelled, tainted and cordoned on.
+    issuer (default: the keys beside `token_file`, shared by every process of the installation).
 
     With `api` (a plane that serves the API), the admin token is written to `token_file` (default: the user
     config dir) and the challenge store beside it is opened; a reconciler on its own needs neither.
-    Raises TrustedLaunchError when the store cannot be opened or the kubeconfig is unusable. A context
+    Raises TrustedLaunchError when the store cannot be opened. A context
     manager; `close` releases everything it opened.
     """
 
@@ -47,21 +45,17 @@ class ControlPlane:
         token_file: Path | None = None,
         *,
         token_issuer: TokenIssuer | None = None,
-        kubeconfig: Path | None = None,
         api: bool = True,
     ) -> None:
         self.token_file = token_file or default_token_file()
         self.token_issuer = token_issuer or attestation_token_issuer(self.token_file)
-        self.kubernetes = KubernetesNodeAdapter(kubeconfig) if kubeconfig is not None else None
         try:
             self.engine, self.sessions = open_store(database_url, self.token_file if api else None)
         except SQLAlchemyError as exc:
-            self._close_kubernetes()
             raise TrustedLaunchError(f"cannot open the store: {exc}") from exc
         try:
             self._challenges = open_challenge_store(self.token_file.parent) if api else None
         except TrustedLaunchError:  # a bad TL_ATTESTATION_NONCE_TTL
-            self._close_kubernetes()
             self.engine.dispose()
             raise
 
@@ -84,7 +78,7 @@ class ControlPlane:
     ) -> Reconciler:
         """A reconciler over this store, keeping its node images, EK CA and VM run directories in
         `state_dir` (default: the user data dir), signing attestation tokens with this plane's issuer; with
-        TL_HOSTED_CONTROL_PLANES=1 each cluster gets its hosted Kubernetes control plane (under
+        hosted control planes on (TL_HOSTED_CONTROL_PLANES, default on) each cluster gets its own (under
         `state_dir/clusters`)."""
         state_dir = state_dir or default_state_dir()
         return Reconciler(
@@ -95,20 +89,14 @@ class ControlPlane:
             attestation_interval=attestation_interval,
             auto_repair=auto_repair,
             token_issuer=self.token_issuer,
-            kubernetes=self.kubernetes,
             cluster_planes=ClusterPlanes(state_dir) if hosted_control_planes_enabled() else None,
         )
 
     def close(self) -> None:
-        """Close the challenge store, the Kubernetes adapter and the store's connections."""
+        """Close the challenge store and the store's connections."""
         if self._challenges is not None:
             self._challenges.close()
-        self._close_kubernetes()
         self.engine.dispose()
-
-    def _close_kubernetes(self) -> None:
-        if self.kubernetes is not None:
-            self.kubernetes.close()
 
     def __enter__(self) -> ControlPlane:
         return self

@@ -51,7 +51,6 @@ from trustedlaunch.control.attestation_monitor import (
 )
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
-from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.limits import surge_nodes
 from trustedlaunch.control.node_health import (
@@ -156,7 +155,8 @@ class Reconciler:
     asked (`attestation_requested_at`), never while an operation works on their pool, up to
     `max_parallel_attestations` at once in threads of their own (operations advance meanwhile): see
     `attestation_monitor` for the history, tokens (`token_issuer`), alerts and the quarantine (applied to
-    Kubernetes through `kubernetes` when given). `run_forever` delivers alerts in a second thread.
+    the Node objects of the cluster's own kube-apiserver with `cluster_planes`). `run_forever` delivers
+    alerts in a second thread.
 
     Every Ready or Unhealthy node's liveness is checked every `liveness_interval` seconds (a thread of its
     own in `run_forever`, so that a long step does not delay it; `run_once` checks when due): see
@@ -178,7 +178,6 @@ class Reconciler:
         poll_seconds: float = 1.0,
         attestation_interval: float = DEFAULT_ATTESTATION_INTERVAL,
         token_issuer: TokenIssuer | None = None,
-        kubernetes: KubernetesNodeAdapter | None = None,
         max_parallel_attestations: int = MAX_PARALLEL_ATTESTATIONS,
         attestation_time_limit: float = ATTESTATION_TIME_LIMIT,
         liveness_interval: float = LIVENESS_INTERVAL,
@@ -192,7 +191,10 @@ class Reconciler:
         self.boot_timeout = boot_timeout
         self.poll_seconds = poll_seconds
         self.attestation_interval = attestation_interval
-        self.monitor = AttestationMonitor(token_issuer=token_issuer, kubernetes=kubernetes)
+        self.monitor = AttestationMonitor(
+            token_issuer=token_issuer,
+            kubernetes=cluster_planes.node_adapter if cluster_planes is not None else None,
+        )
         self.alert_delivery = AlertDelivery(sessions)
         self.retention = Retention(sessions)  # settings from the environment (control/retention.py)
         self.max_parallel_attestations = max_parallel_attestations
@@ -241,6 +243,8 @@ class Reconciler:
         for thread in self._attestation_threads():
             thread.join(max(0.0, deadline - time.monotonic()))
         self._vms.clear()  # their agent connections close with them; the next reconciler adopts the VMs
+        if self.cluster_planes is not None:
+            self.cluster_planes.close()  # the Kubernetes adapters' connections; the planes keep running
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -107,6 +107,7 @@ class ClusterControlPlane(Base):
     scheduler_port: Mapped[int] = mapped_column(Integer)
     message: Mapped[str] = mapped_column(String(4000), default="")
     ready_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # create to /readyz
+    server_version: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its /version
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
     cluster: Mapped[ManagedCluster] = relationship(back_populates="control_plane")
