@@ -1,4 +1,5 @@
-"""The cached Kubernetes release: `make setup` builds it, so a missing or altered binary fails the tests."""
+"""The cached Kubernetes release and node runtime: `make setup` builds them, so a missing or altered binary
+fails the tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from trustedlaunch.control.kubernetes_release import (
     KubernetesReleaseError,
     verified_release,
 )
+from trustedlaunch.control.node_runtime_release import NodeRuntime, NodeRuntimeError, verified_node_runtime
 
 
 @pytest.fixture(scope="session")
@@ -17,4 +19,13 @@ def kubernetes_release() -> KubernetesRelease:
     try:
         return verified_release()
     except KubernetesReleaseError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def node_runtime() -> NodeRuntime:
+    """The node's container runtime binaries, checked against their SHA-256 manifest."""
+    try:
+        return verified_node_runtime()
+    except NodeRuntimeError as error:
         pytest.fail(str(error))
