@@ -125,18 +125,52 @@ def test_an_altered_binary_fails_verification(node_runtime: NodeRuntime, tmp_pat
     assert error.value.binary == "runc"
 
 
-@needs_root
-def test_runc_runs_a_busybox_container(node_runtime: NodeRuntime, tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
+def busybox_bundle(
+    runc: Path, bundle: Path, *arguments: str, seccomp: dict[str, object] | None = None
+) -> Path:
+    """An OCI bundle (`runc spec`) whose read-only rootfs holds busybox, running `busybox arguments`."""
     (bundle / "rootfs" / "bin").mkdir(parents=True)
     shutil.copy2(BUSYBOX, bundle / "rootfs" / "bin" / "busybox")
-    runc = node_runtime.binary("runc")
     subprocess.run([runc, "spec"], cwd=bundle, check=True, timeout=30)
     config = json.loads((bundle / "config.json").read_text())
-    config["process"] |= {"terminal": False, "args": ["/bin/busybox", "echo", "hello from runc"]}
+    config["process"] |= {"terminal": False, "args": ["/bin/busybox", *arguments]}
+    if seccomp is not None:
+        config["linux"]["seccomp"] = seccomp
     (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+@needs_root
+def test_runc_runs_a_busybox_container(node_runtime: NodeRuntime, tmp_path: Path) -> None:
+    runc = node_runtime.binary("runc")
+    bundle = busybox_bundle(runc, tmp_path / "bundle", "echo", "hello from runc")
     output = run(runc, "--root", tmp_path / "state", "run", "--bundle", bundle, "tl-smoke")
     assert output == "hello from runc\n"
+
+
+@needs_root
+def test_runc_applies_a_seccomp_profile(node_runtime: NodeRuntime, tmp_path: Path) -> None:
+    """The seccomp build tag at work: a profile refusing mkdir makes it fail, where it succeeds without."""
+    runc = node_runtime.binary("runc")
+    no_mkdir: dict[str, object] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}],
+    }
+    command = ("mkdir", "/dev/shm/made")  # /dev/shm: a writable tmpfs of the default spec
+    results = {}
+    for name, profile in (("allowed", None), ("refused", no_mkdir)):
+        bundle = busybox_bundle(runc, tmp_path / name, *command, seccomp=profile)
+        results[name] = subprocess.run(
+            [runc, "--root", tmp_path / "state", "run", "--bundle", bundle, f"tl-{name}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert results["allowed"].returncode == 0, results["allowed"].stderr
+    assert results["refused"].returncode != 0
+    assert "Operation not permitted" in results["refused"].stderr
 
 
 def oci_archive(path: Path, reference: str, program: Path) -> None:

@@ -4,7 +4,7 @@
 project through a wrapper module of its own under `kubernetes/node-runtime/` (so no project's dependency
 graph moves another's, nor the control plane's), into
 `{user cache}/trustedlaunch/node-runtime/{release_name()}/bin/` with `manifest.sha256` and `build.json`
-(the build tags used and why). The node image takes the binaries from `verified_node_runtime()`.
+(the build tags used and why). Whatever uses a binary takes its path from `verified_node_runtime()`.
 """
 
 from __future__ import annotations
