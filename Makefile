@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml scripts/install-system-packages.sh
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The pinned Kubernetes release (kubernetes/go.mod) in the user cache, outside the clone: built once per
-# release by scripts/build_kubernetes.py (some 6 minutes cold here), checked by SHA-256 on every later run
-# (a second or two), rebuilt only when a binary is missing or altered or the wrapper module changed, so a
-# venv-only change never rebuilds it.
+# The pinned Kubernetes release (kubernetes/go.mod) and the node's container runtime (containerd, runc, CNI
+# plugins: kubernetes/node-runtime/*/go.mod) in the user cache, outside the clone: built once per set of
+# versions by scripts/build_kubernetes.py (cold here: some 6 minutes for Kubernetes, 2.5 for the runtime),
+# checked by SHA-256 on every later run (a second or two), rebuilt only when a binary is missing or altered
+# or a wrapper module changed, so a venv-only change never rebuilds them.
 kubernetes-binaries: | $(STAMP)
 	$(BIN)/python scripts/build_kubernetes.py
 

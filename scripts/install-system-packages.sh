@@ -10,6 +10,9 @@ PACKAGES+=(cpio procps)
 PACKAGES+=(chromium chromium-driver)
 # tpm2-pytss (dev extra, bench/attest_load_bench.py) builds its bindings from the sdist with libtss2-dev.
 PACKAGES+=(gcc)
+# The node's runc (scripts/build_kubernetes.py) is linked statically (cgo): glibc's and libseccomp's static
+# libraries (seccomp profiles need libseccomp).
+PACKAGES+=(libc6-dev libseccomp-dev)
 # PostgreSQL store tests: a throwaway server from /usr/lib/postgresql/N/bin (run as the package's postgres user).
 PACKAGES+=(postgresql)
 missing=()

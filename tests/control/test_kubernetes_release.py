@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from trustedlaunch.control.binary_cache import MANIFEST_NAME, manifest_text
 from trustedlaunch.control.kubernetes_release import (
     GO_PACKAGES,
     KUBERNETES_VERSION,
-    MANIFEST_NAME,
     KubernetesReleaseError,
-    manifest_text,
     release_dir,
     verified_release,
 )
@@ -25,7 +24,7 @@ def release(tmp_path: Path) -> Path:
     for name in GO_PACKAGES:
         (bin_dir / name).write_bytes(f"#!/bin/sh\necho {name}\n".encode())
         (bin_dir / name).chmod(0o755)
-    (tmp_path / MANIFEST_NAME).write_text(manifest_text(bin_dir))
+    (tmp_path / MANIFEST_NAME).write_text(manifest_text(bin_dir, GO_PACKAGES))
     return tmp_path
 
 

@@ -9,14 +9,10 @@ takes its path from `verified_release()`, which checks each one against the mani
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
-from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.control.binary_cache import CachedBinaryError, user_cache_dir, verify_binaries
 
 KUBERNETES_VERSION = "v1.36.3"
 # The etcd release Kubernetes v1.36.3 is tested against (its build/dependencies.yaml and go.mod).
@@ -31,54 +27,22 @@ GO_PACKAGES = {
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     "etcd": "go.etcd.io/etcd/server/v3",
 }
-MANIFEST_NAME = "manifest.sha256"
-SETUP_HINT = "run `make setup` to build the Kubernetes binaries"
 
 
-class KubernetesReleaseError(TrustedLaunchError):
+class KubernetesReleaseError(CachedBinaryError):
     """A cached Kubernetes binary is missing or is not the one the build recorded."""
 
-    def __init__(self, binary: str, reason: str) -> None:
-        super().__init__(f"{reason}: {SETUP_HINT}")
-        self.binary = binary
-        self.reason = reason
+    setup_hint = "run `make setup` to build the Kubernetes binaries"
 
 
 def cache_root() -> Path:
     """The folder holding one sub-folder per built Kubernetes version."""
-    return Path(platformdirs.user_cache_dir("trustedlaunch")) / "kubernetes"
+    return user_cache_dir() / "kubernetes"
 
 
 def release_dir(version: str = KUBERNETES_VERSION) -> Path:
     """The cache folder of one Kubernetes version (bin/ and the manifest)."""
     return cache_root() / version
-
-
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file's contents."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest_text(bin_dir: Path) -> str:
-    """The manifest of the binaries in `bin_dir` (`sha256sum` lines, paths relative to the release)."""
-    return "".join(f"{file_sha256(bin_dir / name)}  bin/{name}\n" for name in sorted(GO_PACKAGES))
-
-
-def read_manifest(directory: Path) -> dict[str, str]:
-    """Binary name -> recorded SHA-256, from a release folder's manifest (empty if there is none)."""
-    try:
-        text = (directory / MANIFEST_NAME).read_text()
-    except FileNotFoundError:
-        return {}
-    recorded = {}
-    for line in text.splitlines():
-        digest, _, relative = line.partition("  ")
-        recorded[Path(relative).name] = digest
-    return recorded
 
 
 @dataclass(frozen=True)
@@ -98,23 +62,5 @@ class KubernetesRelease:
 def verified_release(version: str = KUBERNETES_VERSION, directory: Path | None = None) -> KubernetesRelease:
     """The cached release, every binary checked against its manifest; raises KubernetesReleaseError."""
     directory = directory or release_dir(version)
-    recorded = read_manifest(directory)
-    manifest = directory / MANIFEST_NAME
-    for name in GO_PACKAGES:
-        path = directory / "bin" / name
-        if not path.is_file():
-            raise KubernetesReleaseError(
-                name, f"Kubernetes {version} binary {name} is not built ({path} missing)"
-            )
-        if name not in recorded:
-            raise KubernetesReleaseError(
-                name, f"Kubernetes {version} binary {path} has no SHA-256 in {manifest}"
-            )
-        if not os.access(path, os.X_OK):
-            raise KubernetesReleaseError(name, f"Kubernetes {version} binary {path} is not executable")
-        if file_sha256(path) != recorded[name]:
-            raise KubernetesReleaseError(
-                name,
-                f"Kubernetes {version} binary {path} does not match its SHA-256 in {manifest}",
-            )
+    verify_binaries(directory, GO_PACKAGES, f"Kubernetes {version} binary", KubernetesReleaseError)
     return KubernetesRelease(version, directory)
