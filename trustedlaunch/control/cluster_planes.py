@@ -34,7 +34,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -106,15 +106,13 @@ def hosted_control_planes_enabled() -> bool:
     return os.environ.get(HOSTED_CONTROL_PLANES_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+# The ClusterControlPlane column of each port of ControlPlanePorts (`apiserver` -> `apiserver_port`, ...).
+PORT_COLUMNS = {field.name: f"{field.name}_port" for field in fields(ControlPlanePorts)}
+
+
 def recorded_ports(record: ClusterControlPlane) -> ControlPlanePorts:
     """The loopback ports a control plane was given when it was recorded."""
-    return ControlPlanePorts(
-        apiserver=record.apiserver_port,
-        etcd_client=record.etcd_client_port,
-        etcd_peer=record.etcd_peer_port,
-        controller_manager=record.controller_manager_port,
-        scheduler=record.scheduler_port,
-    )
+    return ControlPlanePorts(**{name: getattr(record, column) for name, column in PORT_COLUMNS.items()})
 
 
 def server_url(record: ClusterControlPlane) -> str:
@@ -145,13 +143,7 @@ class ClusterPlanes:
     @staticmethod
     def _unrecorded_ports(session: Session) -> ControlPlanePorts:
         """Free loopback ports that no other control plane was given (a stopped one keeps its ports)."""
-        columns = (
-            ClusterControlPlane.apiserver_port,
-            ClusterControlPlane.etcd_client_port,
-            ClusterControlPlane.etcd_peer_port,
-            ClusterControlPlane.controller_manager_port,
-            ClusterControlPlane.scheduler_port,
-        )
+        columns = [getattr(ClusterControlPlane, column) for column in PORT_COLUMNS.values()]
         recorded = {port for row in session.execute(select(*columns)) for port in row}
         while True:
             ports = ControlPlanePorts.free()
@@ -174,12 +166,8 @@ class ClusterPlanes:
                 cluster_id=cluster.id,
                 data_dir=str(self.root / f"c{cluster.id}-{secrets.token_hex(4)}"),
                 phase=ControlPlanePhase.PROVISIONING,
-                apiserver_port=ports.apiserver,
-                etcd_client_port=ports.etcd_client,
-                etcd_peer_port=ports.etcd_peer,
-                controller_manager_port=ports.controller_manager,
-                scheduler_port=ports.scheduler,
                 message="provisioning",
+                **{column: getattr(ports, name) for name, column in PORT_COLUMNS.items()},
             )
             cluster.control_plane = record
             session.commit()  # write-ahead: the data directory and ports are known before any process
