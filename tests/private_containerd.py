@@ -4,7 +4,9 @@ talking to it. Root only: the tests that use it skip otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -42,6 +44,9 @@ def private_containerd(node_runtime: NodeRuntime, directory: Path) -> Iterator[P
             f'[plugins."io.containerd.server.v1.grpc"]\n  address = "{socket}"\n'
             f'[plugins."io.containerd.server.v1.ttrpc"]\n  address = "{socket}.ttrpc"\n'
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{directory / "opt"}"\n'
+            # the CRI lowers a sandbox's oom_score_adj, which needs CAP_SYS_RESOURCE (not every test
+            # machine's root has it): keep it at or above containerd's own
+            '[plugins."io.containerd.cri.v1.runtime"]\n  restrict_oom_score_adj = true\n'
         )
         bin_dir = node_runtime.directory / "bin"
         env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")  # the shim and runc
@@ -65,8 +70,36 @@ def private_containerd(node_runtime: NodeRuntime, directory: Path) -> Iterator[P
                     time.sleep(0.05)
                 yield socket
             finally:
-                daemon.terminate()
-                daemon.wait(timeout=20)
+                try:
+                    if daemon.poll() is None:
+                        delete_every_task(node_runtime, socket)
+                finally:
+                    daemon.terminate()
+                    daemon.wait(timeout=20)
+                    stop_shims(socket)
+
+
+def delete_every_task(node_runtime: NodeRuntime, socket: Path) -> None:
+    """Kill and delete the tasks a test left in any namespace (shims and processes outlive containerd)."""
+    listing = [node_runtime.binary("ctr"), "--address", socket, "namespaces", "list", "--quiet"]
+    for namespace in run(*listing).split():
+        namespace_ctr = ctr(node_runtime, socket, namespace)
+        for task in run(*namespace_ctr, "tasks", "list", "--quiet").split():
+            run(*namespace_ctr, "tasks", "delete", "--force", task)
+
+
+def stop_shims(socket: Path) -> None:
+    """Stop the shims of the containerd that listened on `socket` (a pod's shim stays while its sandbox is
+    not removed); their tasks are gone."""
+    shims = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            arguments = cmdline.read_bytes().split(b"\0")
+            if arguments[0].endswith(b"containerd-shim-runc-v2") and str(socket).encode() in arguments:
+                shims.append(int(cmdline.parent.name))
+    for pid in shims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def ctr(node_runtime: NodeRuntime, socket: Path, namespace: str) -> list[str | Path]:

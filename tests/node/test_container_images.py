@@ -13,13 +13,14 @@ import subprocess
 import tarfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from private_containerd import ctr, needs_root, private_containerd, run
 
+from trustedlaunch.control.kubernetes_release import KubernetesRelease
 from trustedlaunch.control.node_runtime_release import NodeRuntime
 from trustedlaunch.node import container_images
 from trustedlaunch.node.container_images import (
@@ -230,16 +231,18 @@ def test_hostile_archives_are_bounded(
 
 
 @pytest.fixture
-def k8s_ctr(node_runtime: NodeRuntime, tmp_path: Path) -> Iterator[list[str | Path]]:
-    """`ctr` in the CRI's namespace (k8s.io) of a private containerd (its CRI plugin loaded)."""
+def cri_containerd(node_runtime: NodeRuntime, tmp_path: Path) -> Iterator[Path]:
+    """A private containerd with its CRI plugin loaded; its socket's path."""
     with private_containerd(node_runtime, tmp_path) as socket:
-        command = ctr(node_runtime, socket, "k8s.io")
-        plugins = run(*command, "plugins", "ls")
-        assert any(
-            line.split()[:2] == ["io.containerd.grpc.v1", "cri"] and line.split()[-1] == "ok"
-            for line in plugins.splitlines()
-        )
-        yield command
+        plugins = run(*ctr(node_runtime, socket, "k8s.io"), "plugins", "list").splitlines()
+        assert ["io.containerd.grpc.v1", "cri", "-", "ok"] in [line.split() for line in plugins]
+        yield socket
+
+
+@pytest.fixture
+def k8s_ctr(node_runtime: NodeRuntime, cri_containerd: Path) -> list[str | Path]:
+    """`ctr` in the CRI's namespace (k8s.io)."""
+    return ctr(node_runtime, cri_containerd, "k8s.io")
 
 
 def image_labels(k8s_ctr: list[str | Path]) -> dict[str, dict[str, str]]:
@@ -358,3 +361,106 @@ def test_the_pause_container_reaps_orphans_and_stops_at_once_on_a_signal(
             task.wait(timeout=20)
     assert task.returncode == 0
     assert stopped_after < SIGTERM_STOP_SECONDS
+
+
+def kubelet_configuration(directory: Path, socket: Path) -> dict[str, Any]:
+    """A standalone kubelet (no apiserver, no server of its own) running the static pods of
+    `directory`/manifests on the containerd at `socket`, all its files under `directory`, leaving the host's
+    cgroups and pods alone (no QoS cgroups, no eviction or image garbage collection to speak of)."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "enableServer": False,
+        "readOnlyPort": 0,
+        "healthzPort": 0,
+        "staticPodPath": str(directory / "manifests"),
+        "fileCheckFrequency": "1s",
+        "containerRuntimeEndpoint": f"unix://{socket}",
+        "podLogsDir": str(directory / "pods"),
+        "cgroupDriver": "cgroupfs",
+        "cgroupsPerQOS": False,
+        "enforceNodeAllocatable": [],
+        "failCgroupV1": False,  # the test machine's cgroups (the node's kernel uses cgroup v2)
+        "failSwapOn": False,
+        "resolvConf": "",
+        "evictionHard": {"memory.available": "1Mi"},
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
+        "authorization": {"mode": "AlwaysAllow"},
+    }
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float) -> None:
+    """Poll `condition` until it is true; fails the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        time.sleep(0.2)
+
+
+@needs_root
+@pytest.mark.slow
+def test_a_kubelet_runs_a_pod_of_the_preloaded_images_without_pulling(
+    kubernetes_release: KubernetesRelease,
+    node_runtime: NodeRuntime,
+    cri_containerd: Path,
+    k8s_ctr: list[str | Path],
+    tmp_path: Path,
+    images: dict[str, ImageArchive],
+) -> None:
+    """What a node does: kubelet asks the CRI for the pod's image (`imagePullPolicy: IfNotPresent`) and the
+    CRI starts the sandbox from its default pause image, both found pre-loaded, with no registry in reach."""
+    for image in images.values():
+        run(*k8s_ctr, "images", "import", write_archive_bytes(tmp_path / image.file_name, image.data))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hello", "namespace": "default"},
+        "spec": {
+            "hostNetwork": True,  # no CNI here: the node's pods get theirs from the bridge plugin
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "hello",
+                    "image": images["busybox"].reference,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", "trap 'exit 0' TERM; echo hello from a pod; sleep 3600 & wait"],
+                }
+            ],
+        },
+    }
+    (tmp_path / "manifests").mkdir()
+    manifest = tmp_path / "manifests" / "hello.json"
+    manifest.write_text(json.dumps(pod))
+    config = tmp_path / "kubelet.json"
+    config.write_text(json.dumps(kubelet_configuration(tmp_path, cri_containerd)))
+    kubelet = [
+        *("unshare", "--mount", "--propagation", "private"),  # kubelet's mounts stay its own
+        kubernetes_release.binary("kubelet"),
+        f"--config={config}",
+        f"--root-dir={tmp_path / 'kubelet'}",
+        "-v=3",  # its events in its log
+    ]
+    log_path = tmp_path / "kubelet.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([str(part) for part in kubelet], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            reference = images["busybox"].reference
+            already_present = f'reason="Pulled" message="Container image \\"{reference}\\" already present'
+            wait_for(lambda: already_present in log_path.read_text(), f"kubelet's {already_present}", 60)
+            pod_logs = tmp_path / "pods"
+            wait_for(
+                lambda: any("hello from a pod\n" in path.read_text() for path in pod_logs.glob("*/*/*.log")),
+                f"the pod's output in its log (see {log_path})",
+                30,
+            )
+            assert 'reason="Pulling"' not in log_path.read_text()
+            containers = run(*k8s_ctr, "containers", "list").splitlines()[1:]
+            in_use = sorted(line.split()[1] for line in containers)
+            assert in_use == [PAUSE_IMAGE, reference]  # the sandbox and the container
+            manifest.unlink()  # kubelet stops the pod: its container, then its sandbox
+            wait_for(lambda: not run(*k8s_ctr, "tasks", "list", "--quiet").split(), "the pod stopping", 30)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
