@@ -26,6 +26,7 @@ from trustedlaunch.node import container_images
 from trustedlaunch.node.container_images import (
     BUSYBOX_REPOSITORY,
     CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     PAUSE_IMAGE,
@@ -157,15 +158,66 @@ def test_an_operators_archive_is_checked_and_added(images: dict[str, ImageArchiv
     assert added.read_bytes() == archive.read_bytes()
 
 
+OPERATOR_IMAGE = "registry.example/ops/busybox:multi"
+
+
+def operator_archive(image: ImageArchive) -> dict[str, bytes]:
+    """An archive as multi-platform tools write them: `image` also named OPERATOR_IMAGE through an image
+    index nested in index.json, listing an arm64 manifest too, whose blobs the archive does not hold."""
+    files = archive_files(image.data)
+    index = json.loads(files["index.json"])
+    [entry] = index["manifests"]
+    arm64 = {
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "digest": f"sha256:{'0' * 64}",
+        "size": 1000,
+        "platform": {"architecture": "arm64", "os": "linux"},
+    }
+    platforms = [entry, arm64]
+    nested = json.dumps({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": platforms}).encode()
+    digest = hashlib.sha256(nested).hexdigest()
+    files[f"blobs/sha256/{digest}"] = nested
+    named = {"io.containerd.image.name": OPERATOR_IMAGE, "org.opencontainers.image.ref.name": "multi"}
+    nested_entry = {"mediaType": INDEX_MEDIA_TYPE, "digest": f"sha256:{digest}", "size": len(nested)}
+    index["manifests"].insert(0, nested_entry | {"annotations": named})
+    files["index.json"] = json.dumps(index).encode()
+    return files
+
+
+def test_an_archive_of_several_images_and_nested_indexes_is_accepted(
+    images: dict[str, ImageArchive], tmp_path: Path
+) -> None:
+    archive = write_archive(tmp_path / "tools.tar", operator_archive(images["busybox"]))
+    assert image_archive_references(archive) == [OPERATOR_IMAGE, images["busybox"].reference]
+    added = add_image_archive(tmp_path / "node-images", archive)
+    assert added.name == "registry.example_ops_busybox_multi.tar"
+
+
+def blob_name(descriptor: dict[str, Any]) -> str:
+    return f"blobs/sha256/{descriptor['digest'].removeprefix('sha256:')}"
+
+
+def store_blob(files: dict[str, bytes], descriptor: dict[str, Any], data: bytes) -> None:
+    """Add `data` as a blob and point `descriptor` at it."""
+    descriptor |= {"digest": f"sha256:{hashlib.sha256(data).hexdigest()}", "size": len(data)}
+    files[blob_name(descriptor)] = data
+
+
 def altered(image: ImageArchive, change: str) -> dict[str, bytes]:
     """The files of `image`'s archive with one thing wrong, as `change` names it."""
     files = archive_files(image.data)
     index = json.loads(files["index.json"])
     entry = index["manifests"][0]
-    manifest_name = f"blobs/sha256/{entry['digest'].removeprefix('sha256:')}"
-    manifest = json.loads(files[manifest_name])
-    layer_name = f"blobs/sha256/{manifest['layers'][0]['digest'].removeprefix('sha256:')}"
-    if change == "flipped layer byte":
+    manifest = json.loads(files[blob_name(entry)])
+    layer_name = blob_name(manifest["layers"][0])
+    if change == "arm64":
+        config_descriptor = manifest["config"]
+        config = json.loads(files.pop(blob_name(config_descriptor)))
+        config["architecture"] = "arm64"
+        store_blob(files, config_descriptor, json.dumps(config).encode())
+        del files[blob_name(entry)]
+        store_blob(files, entry, json.dumps(manifest).encode())
+    elif change == "flipped layer byte":
         layer = bytearray(files[layer_name])
         layer[100] ^= 1
         files[layer_name] = bytes(layer)
@@ -191,6 +243,7 @@ def altered(image: ImageArchive, change: str) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        ("arm64", r"blobs/sha256/[0-9a-f]{64} is an image for linux/arm64, not linux/amd64"),
         ("flipped layer byte", r"blob sha256:[0-9a-f]{64} does not match its digest"),
         ("missing layer", r"names blob sha256:[0-9a-f]{64}, which the archive lacks"),
         ("wrong size", r"blob sha256:[0-9a-f]{64} is \d+ bytes, index.json says \d+"),
@@ -464,3 +517,18 @@ def test_a_kubelet_runs_a_pod_of_the_preloaded_images_without_pulling(
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@needs_root
+def test_containerd_imports_an_operators_archive_under_the_names_the_check_found(
+    k8s_ctr: list[str | Path], tmp_path: Path, images: dict[str, ImageArchive]
+) -> None:
+    archive = add_image_archive(
+        tmp_path / "node-images", write_archive(tmp_path / "tools.tar", operator_archive(images["busybox"]))
+    )
+    run(*k8s_ctr, "images", "import", archive)
+    names = run(*k8s_ctr, "images", "list", "--quiet").split()
+    assert set(image_archive_references(archive)) <= set(names)
+    fifo_dir = tmp_path / "fifo"
+    output = run(*k8s_ctr, "run", "--rm", "--fifo-dir", fifo_dir, OPERATOR_IMAGE, "tl-ops", "echo", "ops")
+    assert output == "ops\n"

@@ -94,8 +94,8 @@ def archive_file_name(reference: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", reference) + ".tar"
 
 
-class _LayerTree:
-    """The entries of one layer tar, written sorted with zero times and root ownership."""
+class _TarTree:
+    """The entries of one tar (a layer, or the archive), written sorted with zero times and root ownership."""
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
@@ -159,9 +159,9 @@ def busybox_version(busybox: Path) -> str:
     return match.group(1).decode()
 
 
-def _busybox_tree(busybox: Path) -> _LayerTree:
+def _busybox_tree(busybox: Path) -> _TarTree:
     """busybox with a link for each applet, /etc/passwd and /etc/group (root, nobody) and a /tmp."""
-    tree = _LayerTree()
+    tree = _TarTree()
     try:
         tree.file("bin/busybox", busybox.read_bytes(), 0o755)
         applets = subprocess.run(
@@ -217,7 +217,7 @@ def oci_image_archive(reference: str, layers: list[bytes], image_config: dict[st
         OCI_INDEX: _json({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [entry]}),
         **{f"blobs/sha256/{digest.removeprefix('sha256:')}": data for digest, data in sorted(blobs.items())},
     }
-    archive = _LayerTree()
+    archive = _TarTree()
     for name, data in files.items():
         archive.file(name, data)
     return ImageArchive(reference, entry["digest"], archive.tar())
@@ -225,7 +225,7 @@ def oci_image_archive(reference: str, layers: list[bytes], image_config: dict[st
 
 def pause_image(busybox: Path) -> ImageArchive:
     """The sandbox image (PAUSE_IMAGE): busybox's layer and a layer holding /pause, its entrypoint."""
-    pause = _LayerTree()
+    pause = _TarTree()
     pause.file("pause", PAUSE_SCRIPT, 0o755)
     return oci_image_archive(
         PAUSE_IMAGE,
@@ -309,6 +309,7 @@ class _OciLayout:
 
     def __init__(self, archive: Path, tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo]) -> None:
         self.archive, self.tar, self.members = archive, tar, members
+        self.verified: set[str] = set()  # blobs already hashed: many descriptors may name one blob
 
     def error(self, message: str) -> ContainerImageError:
         return ContainerImageError(f"image archive {self.archive}: {message}")
@@ -345,6 +346,8 @@ class _OciLayout:
             raise self.error(f"{where} names blob {digest}, which the archive lacks")
         if type(size) is not int or member.size != size:
             raise self.error(f"blob {digest} is {member.size} bytes, {where} says {size!r}")
+        if name in self.verified:
+            return name
         hashed = hashlib.sha256()
         extracted = self.tar.extractfile(member)
         assert extracted is not None
@@ -352,6 +355,7 @@ class _OciLayout:
             hashed.update(chunk)
         if f"sha256:{hashed.hexdigest()}" != digest:
             raise self.error(f"blob {digest} does not match its digest")
+        self.verified.add(name)
         return name
 
     def check_image(self, descriptor: dict[str, Any], where: str, depth: int) -> None:
@@ -362,10 +366,18 @@ class _OciLayout:
         document = self.document(name)
         media_type = descriptor.get("mediaType")
         if media_type in (INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE):
-            for entry in self.descriptors(document, "manifests", name):
+            # a multi-platform archive may hold only some platforms' blobs: the node needs linux/amd64's
+            entries = [entry for entry in self.descriptors(document, "manifests", name) if _for_node(entry)]
+            if not entries:
+                raise self.error(f"{name} lists no image for {PLATFORM['os']}/{PLATFORM['architecture']}")
+            for entry in entries:
                 self.check_image(entry, name, depth + 1)
         elif media_type in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
-            self.blob(document.get("config"), name)
+            config = self.document(self.blob(document.get("config"), name))
+            platform = (config.get("os"), config.get("architecture"))
+            if platform != (PLATFORM["os"], PLATFORM["architecture"]):
+                platform_name = "/".join(map(str, platform))[:80]
+                raise self.error(f"{name} is an image for {platform_name}, not linux/amd64")
             for layer in self.descriptors(document, "layers", name):
                 self.blob(layer, name)
         else:
@@ -391,14 +403,22 @@ class _OciLayout:
             reference = names.get(CONTAINERD_NAME_ANNOTATION) or names.get(REF_NAME_ANNOTATION)
             if not isinstance(reference, str) or not _is_full_reference(reference):
                 raise self.error(
-                    f"image {entry.get('digest')} has no full image name (registry/repository:tag) in its "
-                    f"{CONTAINERD_NAME_ANNOTATION} or {REF_NAME_ANNOTATION} annotation: "
+                    f"image {str(entry.get('digest'))[:80]} has no full image name (registry/repository:tag) "
+                    f"in its {CONTAINERD_NAME_ANNOTATION} or {REF_NAME_ANNOTATION} annotation: "
                     f"{str(reference)[:80]!r}"
                 )
             references.append(reference)
         if not references:
             raise self.error(f"{OCI_INDEX} lists no image")
         return references
+
+
+def _for_node(descriptor: dict[str, Any]) -> bool:
+    """Whether an index entry is for the node's platform (an entry naming none may be)."""
+    platform = descriptor.get("platform")
+    if not isinstance(platform, dict):
+        return True
+    return all(platform.get(key) == value for key, value in PLATFORM.items())
 
 
 def _is_full_reference(reference: str) -> bool:
