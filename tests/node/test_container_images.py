@@ -162,11 +162,13 @@ OPERATOR_IMAGE = "registry.example/ops/busybox:multi"
 
 
 def operator_archive(image: ImageArchive) -> dict[str, bytes]:
-    """An archive as multi-platform tools write them: `image` also named OPERATOR_IMAGE through an image
-    index nested in index.json, listing an arm64 manifest too, whose blobs the archive does not hold."""
+    """An archive as multi-platform tools write them: `image` named only by the OCI annotation, and also
+    OPERATOR_IMAGE through an image index nested in index.json, listing an arm64 manifest too, whose blobs
+    the archive does not hold."""
     files = archive_files(image.data)
     index = json.loads(files["index.json"])
     [entry] = index["manifests"]
+    entry["annotations"] = {"org.opencontainers.image.ref.name": image.reference}
     arm64 = {
         "mediaType": MANIFEST_MEDIA_TYPE,
         "digest": f"sha256:{'0' * 64}",
@@ -229,6 +231,9 @@ def altered(image: ImageArchive, change: str) -> dict[str, bytes]:
         entry["annotations"] = {"org.opencontainers.image.ref.name": "1.35.0"}
     elif change == "no layout":
         del files["oci-layout"]
+    elif change == "docker archive":
+        del files["oci-layout"]
+        files["manifest.json"] = b"[]"
     elif change == "index not JSON":
         files["index.json"] = b"\xff{"
     elif change == "not a digest":
@@ -249,6 +254,7 @@ def altered(image: ImageArchive, change: str) -> dict[str, bytes]:
         ("wrong size", r"blob sha256:[0-9a-f]{64} is \d+ bytes, index.json says \d+"),
         ("short name", r"has no full image name \(registry/repository:tag\).*'1.35.0'"),
         ("no layout", r"has no oci-layout"),
+        ("docker archive", r"a Docker archive \(manifest.json\), not an OCI image layout: convert it"),
         ("index not JSON", r"index.json is not JSON"),
         ("not a digest", r"index.json names a blob by 'sha256:../../etc/passwd', not a sha256 digest"),
         ("artifact", r"names a 'application/vnd.example.thing', neither an image manifest nor an index"),

@@ -392,6 +392,11 @@ class _OciLayout:
         return entries
 
     def references(self) -> list[str]:
+        if OCI_LAYOUT not in self.members and "manifest.json" in self.members:
+            raise self.error(
+                "a Docker archive (manifest.json), not an OCI image layout: convert it, e.g. with "
+                "`skopeo copy docker-archive:IN.tar oci-archive:OUT.tar:REGISTRY/REPOSITORY:TAG`"
+            )
         if self.document(OCI_LAYOUT).get("imageLayoutVersion") != "1.0.0":
             raise self.error(f"{OCI_LAYOUT} does not say imageLayoutVersion 1.0.0")
         index = self.document(OCI_INDEX)
