@@ -1,7 +1,8 @@
 """The images a node pre-loads (node/container_images.py): real OCI image layouts, reproducible, checked
-when an operator adds one, and working in the cached containerd (as root): imported into the CRI's `k8s.io`
+when an operator adds one, and working with the cached runtime (as root): imported into the CRI's `k8s.io`
 namespace under the names a pod spec uses, the test image runs, the pause image is the sandbox image the CRI
-pins, reaps orphans and stops at once on SIGTERM or SIGINT."""
+pins, reaps orphans and stops at once on SIGTERM or SIGINT, and a standalone kubelet runs a pod of them with
+`imagePullPolicy: IfNotPresent` and no registry."""
 
 from __future__ import annotations
 
