@@ -1,5 +1,5 @@
 """Shared fixtures: the third-party test data beside the repository; a throwaway PostgreSQL server; the
-cached Kubernetes release and one real kube-apiserver for the session."""
+cached Kubernetes release and node runtime, and one real kube-apiserver for the session."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from trustedlaunch.control.kubernetes_release import (
     KubernetesReleaseError,
     verified_release,
 )
+from trustedlaunch.control.node_runtime_release import NodeRuntime, NodeRuntimeError, verified_node_runtime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,16 @@ def kubernetes_release() -> KubernetesRelease:
     try:
         return verified_release()
     except KubernetesReleaseError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def node_runtime() -> NodeRuntime:
+    """The node's container runtime binaries (`make setup` builds them), checked against their SHA-256
+    manifest: a missing or altered binary fails the test."""
+    try:
+        return verified_node_runtime()
+    except NodeRuntimeError as error:
         pytest.fail(str(error))
 
 

@@ -2,27 +2,25 @@
 
 The binaries go into a minimal VM root filesystem with no C library, so each must be static (no dynamic
 interpreter). As root, runc runs a busybox container from a bundle, and a containerd with a private root,
-state and socket imports a locally made OCI image and runs it through its shim and runc; nothing leaves
-the machine (the containers get network namespaces of their own with loopback only).
+state and socket imports the node's busybox test image (node/container_images.py) and runs it through its
+shim and runc; nothing leaves the machine (the containers get network namespaces of their own with loopback
+only).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import shutil
 import struct
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from private_containerd import ctr as private_ctr
+from private_containerd import needs_root, private_containerd, run
 
 from trustedlaunch.control.node_runtime_release import (
     BINARIES,
@@ -33,11 +31,10 @@ from trustedlaunch.control.node_runtime_release import (
     NodeRuntimeError,
     verified_node_runtime,
 )
+from trustedlaunch.node.container_images import busybox_image
 from trustedlaunch.node.image import BUSYBOX
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root (CI runs as root)")
 PT_INTERP = 3  # the ELF program header naming a dynamic loader
-IMAGE = "tl.test/busybox:1"
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_kubernetes.py"
 
 
@@ -51,15 +48,6 @@ def program_header_types(path: Path) -> list[int]:
         elf.seek(phoff)
         table = elf.read(phentsize * phnum)
     return [struct.unpack_from("<I", table, index * phentsize)[0] for index in range(phnum)]
-
-
-def run(*command: str | Path) -> str:
-    """Run a command (60 s at most) and return its standard output; fails the test if it fails."""
-    result = subprocess.run(
-        [str(part) for part in command], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, f"{command} failed: {result.stderr}"
-    return result.stdout
 
 
 def test_every_binary_is_verified_and_static(node_runtime: NodeRuntime) -> None:
@@ -173,101 +161,25 @@ def test_runc_applies_a_seccomp_profile(node_runtime: NodeRuntime, tmp_path: Pat
     assert "Operation not permitted" in results["refused"].stderr
 
 
-def oci_archive(path: Path, reference: str, program: Path) -> None:
-    """Write an OCI image layout archive (as `ctr images import` reads it) of one uncompressed layer
-    holding `program` as /bin/<its name>."""
-    blobs: dict[str, bytes] = {}
-
-    def add_blob(data: bytes, media_type: str) -> dict[str, object]:
-        digest = hashlib.sha256(data).hexdigest()
-        blobs[f"blobs/sha256/{digest}"] = data
-        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-    layer_bytes = io.BytesIO()
-    with tarfile.open(fileobj=layer_bytes, mode="w") as layer_tar:
-        layer_tar.add(program, arcname=f"bin/{program.name}")
-    layer = add_blob(layer_bytes.getvalue(), "application/vnd.oci.image.layer.v1.tar")
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": [f"/bin/{program.name}"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": add_blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
-        "layers": [layer],
-    }
-    entry = add_blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
-    entry["platform"] = {"architecture": "amd64", "os": "linux"}
-    entry["annotations"] = {"io.containerd.image.name": reference}
-    files = {
-        "oci-layout": json.dumps({"imageLayoutVersion": "1.0.0"}).encode(),
-        "index.json": json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode(),
-        **blobs,
-    }
-    with tarfile.open(path, "w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture
 def containerd(node_runtime: NodeRuntime, tmp_path: Path) -> Iterator[Path]:
-    """A containerd of the cached runtime with its own root, state, sockets and a private /run (the shim's
-    sockets and runc's state go to /run/containerd, which this one does not share with the host); its
-    socket's path."""
-    with tempfile.TemporaryDirectory(prefix="tl-ctd-") as short:  # a unix socket path is short
-        socket = Path(short) / "c.sock"
-        config = tmp_path / "containerd.toml"
-        config.write_text(
-            "version = 4\n"
-            f'root = "{tmp_path / "root"}"\n'
-            f'state = "{tmp_path / "state"}"\n'
-            'disabled_plugins = ["io.containerd.nri.v1.nri"]\n'
-            f'[plugins."io.containerd.server.v1.grpc"]\n  address = "{socket}"\n'
-            f'[plugins."io.containerd.server.v1.ttrpc"]\n  address = "{socket}.ttrpc"\n'
-            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{tmp_path / "opt"}"\n'
-        )
-        bin_dir = node_runtime.directory / "bin"
-        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")  # the shim and runc
-        private_run = 'mount -t tmpfs tl-run /run && exec "$@"'
-        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", private_run, "sh"]
-        log = (tmp_path / "containerd.log").open("w")
-        daemon = subprocess.Popen(
-            [*command, str(bin_dir / "containerd"), "--config", str(config)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not socket.is_socket():
-                assert daemon.poll() is None, f"containerd exited: see {log.name}"
-                assert time.monotonic() < deadline, f"containerd did not listen within 20 s: see {log.name}"
-                time.sleep(0.05)
-            yield socket
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=20)
-            log.close()
+    """A private containerd of the cached runtime (tests/private_containerd.py); its socket's path."""
+    with private_containerd(node_runtime, tmp_path) as socket:
+        yield socket
 
 
 @needs_root
 def test_containerd_answers_and_runs_an_imported_image_through_its_shim_and_runc(
     node_runtime: NodeRuntime, containerd: Path, tmp_path: Path
 ) -> None:
-    ctr: list[str | Path] = [node_runtime.binary("ctr"), "--address", containerd, "--namespace", "tl-test"]
+    ctr = private_ctr(node_runtime, containerd, "tl-test")
     version = run(*ctr, "version")
     assert version.count(f"Version:  {CONTAINERD_VERSION}") == 2  # the client and the server
-    archive = tmp_path / "busybox.tar"
-    oci_archive(archive, IMAGE, BUSYBOX)
+    image = busybox_image(BUSYBOX)
+    archive = tmp_path / image.file_name
+    archive.write_bytes(image.data)
     run(*ctr, "images", "import", archive)
-    assert IMAGE in run(*ctr, "images", "list", "--quiet").split()
+    assert image.reference in run(*ctr, "images", "list", "--quiet").split()
     fifo_dir = tmp_path / "fifo"  # the client's, beside the test rather than in /run/containerd
-    output = run(
-        *ctr, "run", "--rm", "--fifo-dir", fifo_dir, IMAGE, "tl-smoke", "/bin/busybox", "echo", "hello"
-    )
+    output = run(*ctr, "run", "--rm", "--fifo-dir", fifo_dir, image.reference, "tl-smoke", "echo", "hello")
     assert output == "hello\n"
