@@ -15,12 +15,13 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.initramfs import Initramfs
+from trustedlaunch.node.rootfs import ROOTFS_NAME, Rootfs, RootfsInputs, build_rootfs
 
 SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
 GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
@@ -49,6 +50,7 @@ class NodeImage:
     version: str
     kernel_cmdline: str
     files: dict[str, str]  # ESP-relative path -> sha256 hex
+    rootfs: Rootfs | None = None  # the dm-verity protected root filesystem disk, when the image has one
 
     @classmethod
     def load(cls, out_dir: Path) -> NodeImage:
@@ -62,6 +64,7 @@ class NodeImage:
                 version=metadata["version"],
                 kernel_cmdline=metadata["kernelCmdline"],
                 files={item["path"]: item["sha256"] for item in metadata["files"]},
+                rootfs=Rootfs.from_metadata(out_dir, metadata["rootfs"]) if "rootfs" in metadata else None,
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise NodeImageError(f"{metadata_path}: not a node image metadata file ({error})") from error
@@ -113,9 +116,14 @@ def grub_config(cmdline: str) -> str:
 
 
 def build_node_image(
-    out_dir: Path, *, kernel: Path | None = None, cmdline: str = DEFAULT_CMDLINE
+    out_dir: Path,
+    *,
+    kernel: Path | None = None,
+    cmdline: str = DEFAULT_CMDLINE,
+    rootfs: RootfsInputs | None = None,
 ) -> NodeImage:
-    """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both)."""
+    """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both), and
+    with `rootfs` the root filesystem disk `out_dir/rootfs.img`."""
     if any(character in cmdline for character in "\n\r\"'\\$;") or not cmdline.strip():
         raise NodeImageError(
             f"kernel command line {cmdline!r} is empty or has characters GRUB would interpret "
@@ -130,7 +138,8 @@ def build_node_image(
     contents["EFI/debian/grub.cfg"] = grub_config(cmdline).encode()
     contents["vmlinuz"] = kernel.read_bytes()
     contents["initrd.gz"] = build_initramfs()
-    return _write_image(out_dir, contents, kernel.name, cmdline)
+    built_rootfs = None if rootfs is None else build_rootfs(out_dir / ROOTFS_NAME, rootfs)
+    return _write_image(out_dir, contents, kernel.name, cmdline, built_rootfs)
 
 
 @functools.cache
@@ -154,14 +163,26 @@ def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
     except (OSError, ValueError, KeyError) as error:
         raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
     contents["initrd.gz"] = build_initramfs()
-    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline)
+    rootfs = image.rootfs
+    if rootfs is not None:
+        target = out_dir / ROOTFS_NAME
+        if target != rootfs.path:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(rootfs.path, target)
+        rootfs = replace(rootfs, path=target)
+    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline, rootfs)
 
 
-def _write_image(out_dir: Path, contents: dict[str, bytes], kernel_name: str, cmdline: str) -> NodeImage:
+def _write_image(
+    out_dir: Path, contents: dict[str, bytes], kernel_name: str, cmdline: str, rootfs: Rootfs | None
+) -> NodeImage:
     """Write the ESP files `contents` (ESP-relative path -> bytes) and their metadata into `out_dir`; the
-    version is a digest of every file's digest."""
+    version is a digest of every file's digest (and of the root filesystem's entry)."""
     files = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
-    version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    versioned: dict[str, object] = dict(files)
+    if rootfs is not None:
+        versioned[ROOTFS_NAME] = rootfs.metadata()
+    version = hashlib.sha256(json.dumps(versioned, sort_keys=True).encode()).hexdigest()[:16]
     esp_dir = out_dir / "esp"
     if esp_dir.exists():
         shutil.rmtree(esp_dir)
@@ -178,6 +199,8 @@ def _write_image(out_dir: Path, contents: dict[str, bytes], kernel_name: str, cm
             {"path": name, "sha256": digest, "size": len(contents[name])} for name, digest in files.items()
         ],
     }
+    if rootfs is not None:
+        metadata["rootfs"] = rootfs.metadata()
     metadata_path = out_dir / METADATA_NAME
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-    return NodeImage(esp_dir, metadata_path, version, cmdline, files)
+    return NodeImage(esp_dir, metadata_path, version, cmdline, files, rootfs)
