@@ -12,8 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from node_helpers import initramfs_listing
 
-from trustedlaunch.node.image import NodeImage, NodeImageError, refresh_agent
+from trustedlaunch.node.image import (
+    DEFAULT_CMDLINE,
+    ROOTFS_MODULES,
+    NodeImage,
+    NodeImageError,
+    has_current_agent,
+    refresh_agent,
+)
 from trustedlaunch.node.rootfs import (
     CONTAINERD_CONFIG,
     IMAGE_ARCHIVES_DIR,
@@ -178,10 +186,13 @@ def test_node_image_records_the_root_filesystem(
     assert rootfs.data_size + rootfs.hash_size == rootfs.path.stat().st_size
     assert file_sha256(rootfs.path) != rootfs.sha256  # the digest covers the squashfs data, not the tree
     assert NodeImage.load(rootfs_node_image.metadata_path.parent) == rootfs_node_image
-    assert rootfs_node_image.files == node_image.files
     assert rootfs_node_image.version != node_image.version
+    for name in ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "vmlinuz"):
+        assert rootfs_node_image.files[name] == node_image.files[name]
+    assert has_current_agent(rootfs_node_image)
     refreshed = refresh_agent(rootfs_node_image, tmp_path / "refreshed")
     assert refreshed.version == rootfs_node_image.version
+    assert refreshed.files == rootfs_node_image.files
     assert rootfs_of(refreshed).path == tmp_path / "refreshed" / ROOTFS_NAME
     verify_rootfs(rootfs_of(refreshed))
 
@@ -192,3 +203,27 @@ def test_a_malformed_root_filesystem_entry_is_refused(rootfs_node_image: NodeIma
     (tmp_path / "node-image.json").write_text(json.dumps(metadata))
     with pytest.raises(NodeImageError, match=r"not a node image metadata file.*not a plain file name"):
         NodeImage.load(tmp_path)
+
+
+def test_command_line_carries_the_root_hash(rootfs_node_image: NodeImage) -> None:
+    rootfs = rootfs_of(rootfs_node_image)
+    assert rootfs_node_image.kernel_cmdline == (
+        f"{DEFAULT_CMDLINE} trustedlaunch.verity_roothash={rootfs.root_hash} "
+        f"trustedlaunch.verity_salt={rootfs.salt} trustedlaunch.verity_blocks={rootfs.data_blocks}"
+    )
+    config = (rootfs_node_image.esp_dir / "EFI/debian/grub.cfg").read_text()
+    assert f"chainloader /vmlinuz initrd=\\initrd.gz {rootfs_node_image.kernel_cmdline}\n" in config
+
+
+def test_initramfs_holds_the_verity_modules_and_dmsetup(rootfs_node_image: NodeImage) -> None:
+    members = initramfs_listing(rootfs_node_image)
+    modules = sorted(name.removeprefix("lib/modules/") for name in members if name.startswith("lib/modules/"))
+    for name in ROOTFS_MODULES:
+        assert f"{name}.ko" in modules
+    assert {"dm-mod.ko", "dm-bufio.ko", "virtio.ko", "virtio_ring.ko"} <= set(modules)  # dependencies
+    assert members["usr/sbin/dmsetup"] == "-"
+    assert members["lib64/ld-linux-x86-64.so.2"] == "-"
+    libraries = {name for name in members if name.startswith("lib/x86_64-linux-gnu/")}
+    assert "lib/x86_64-linux-gnu/libdevmapper.so.1.02.1" in libraries
+    assert not any("tss2" in name or "tpm" in name for name in members)  # still no TPM software
+    assert members["sysroot"] == "d"
