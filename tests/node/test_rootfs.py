@@ -19,6 +19,7 @@ from trustedlaunch.node.image import (
     ROOTFS_MODULES,
     NodeImage,
     NodeImageError,
+    build_node_image,
     has_current_agent,
     refresh_agent,
 )
@@ -68,7 +69,8 @@ def test_same_inputs_give_the_same_root_hash(
     rootfs_node_image: NodeImage, rootfs_inputs: RootfsInputs, tmp_path: Path
 ) -> None:
     first = rootfs_of(rootfs_node_image)
-    again = build_rootfs(tmp_path / ROOTFS_NAME, rootfs_inputs)
+    again_image = build_node_image(tmp_path / "again", rootfs=rootfs_inputs)
+    again = rootfs_of(again_image)
     assert again.root_hash == first.root_hash
     assert (again.sha256, again.salt, again.data_size, again.hash_size) == (
         first.sha256,
@@ -77,6 +79,8 @@ def test_same_inputs_give_the_same_root_hash(
         first.hash_size,
     )
     assert file_sha256(again.path) == file_sha256(first.path)
+    assert again_image.version == rootfs_node_image.version
+    assert again_image.files == rootfs_node_image.files  # the initramfs with its modules and dmsetup too
 
 
 def test_image_verifies_and_a_flipped_byte_does_not(rootfs_node_image: NodeImage, tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_node_opens_its_verity_root_and_runs_containerd_from_it(rootfs_nodes: tu
     assert node.rootfs_status.containerd_version.startswith("containerd github.com/containerd/containerd/v2 ")
     assert "v2.3.7" in node.rootfs_status.containerd_version
     assert node.rootfs_status.detail == ""
-    assert "trustedlaunch: root filesystem verified" in node.console_log.read_text(errors="replace")
+    assert "trustedlaunch: root filesystem verified (uptime " in node.console_log.read_text(errors="replace")
 
 
 def test_predicted_policy_covers_the_root_hash(

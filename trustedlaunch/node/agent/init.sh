@@ -121,6 +121,7 @@ open_rootfs() {
     rootfs_state=absent
     [ -n "$roothash$salt$blocks" ] || return
     rootfs_state=failed
+    read -r started _ </proc/uptime
     if [ ${#roothash} -ne 64 ] || [ ${#salt} -ne 64 ]; then
         echo "root hash and salt must be 64 hex digits" >>rootfs.log
         return
@@ -158,7 +159,8 @@ open_rootfs() {
     mount -t tmpfs -o mode=1777 tmpfs /sysroot/tmp 2>>rootfs.log || return
     chroot /sysroot /usr/bin/containerd --version >containerd.txt 2>>rootfs.log || return
     rootfs_state=verified
-    echo "trustedlaunch: root filesystem verified" >/dev/console
+    read -r finished _ </proc/uptime
+    echo "trustedlaunch: root filesystem verified (uptime $started s -> $finished s)" >/dev/console
 }
 
 rootfs_report() {
