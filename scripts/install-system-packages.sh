@@ -15,6 +15,9 @@ PACKAGES+=(gcc)
 PACKAGES+=(libc6-dev libseccomp-dev)
 # PostgreSQL store tests: a throwaway server from /usr/lib/postgresql/N/bin (run as the package's postgres user).
 PACKAGES+=(postgresql)
+# The node's read-only root filesystem (trustedlaunch/node/rootfs.py): mksquashfs builds it, veritysetup its
+# dm-verity hash tree and root hash; the node's initramfs opens it with Debian's dmsetup (and its libraries).
+PACKAGES+=(squashfs-tools cryptsetup-bin dmsetup)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 from node_helpers import processes_under
 
+from trustedlaunch.control.binary_cache import CachedBinaryError
+from trustedlaunch.control.kubernetes_release import verified_release
+from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
 from trustedlaunch.node.image import NodeImage, build_node_image
 from trustedlaunch.node.qemu import NodeVM
+from trustedlaunch.node.rootfs import RootfsInputs
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -83,3 +87,18 @@ def secure_node(vtpm_nodes: tuple[NodeVM, NodeVM]) -> NodeVM:
 def insecure_node(vtpm_nodes: tuple[NodeVM, NodeVM]) -> NodeVM:
     """The Secure Boot off + vTPM node (OVMF without keys, other_vtpm)."""
     return vtpm_nodes[1]
+
+
+@pytest.fixture(scope="session")
+def rootfs_inputs() -> RootfsInputs:
+    """The node root filesystem's inputs: the cached, verified kubelet and container runtime."""
+    try:
+        return node_rootfs_inputs(verified_release(), verified_node_runtime())
+    except CachedBinaryError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def rootfs_node_image(node_base: Path, rootfs_inputs: RootfsInputs) -> NodeImage:
+    """The default node image with its dm-verity protected root filesystem disk."""
+    return build_node_image(node_base / "image-rootfs", rootfs=rootfs_inputs)

@@ -1,4 +1,5 @@
-"""Helpers for the node tests: find processes started by a test, strip a kernel's signatures."""
+"""Helpers for the node tests: find processes started by a test, strip a kernel's signatures, list an
+image's initramfs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from trustedlaunch.node.image import NodeImage
 from trustedlaunch.tpm.vtpm import PROXY_MODULE
 
 
@@ -27,3 +29,17 @@ def unsigned_copy(kernel: Path, output: Path) -> Path:
     ):
         subprocess.run(["sbattach", "--remove", str(output)], check=True, capture_output=True)
     return output
+
+
+def initramfs_listing(image: NodeImage) -> dict[str, str]:
+    """Name -> `ls -l` type character of every member, read back with the real cpio tool."""
+    archive = subprocess.run(
+        ["zcat", str(image.esp_dir / "initrd.gz")], capture_output=True, check=True
+    ).stdout
+    listing = subprocess.run(["cpio", "-itv"], input=archive, capture_output=True, check=True).stdout.decode()
+    members = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        name = fields[8] if fields[0][0] != "c" else fields[9]
+        members[name] = fields[0][0]
+    return members

@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from trustedlaunch.eventlog.parser import MAX_EVENT_LOG_SIZE
-from trustedlaunch.node.channel import MAX_ANSWER_LINE, AgentChannel, AgentError, AgentProtocolError
+from trustedlaunch.node.channel import (
+    MAX_ANSWER_LINE,
+    MAX_VERSION_SIZE,
+    AgentChannel,
+    AgentError,
+    AgentProtocolError,
+    RootfsStatus,
+)
 
 
 def framed(line: bytes) -> bytes:
@@ -246,3 +253,23 @@ def test_the_channel_deadline_bounds_every_request_whatever_its_timeout(guest: C
     with pytest.raises(AgentError, match="did not answer EVENTLOG within 0 s"):
         peer.channel.event_log(60.0)
     assert time.monotonic() - started < 3
+
+
+def test_rootfs_status_is_checked(guest: Callable[[Callable[[str, str], bytes]], Guest]) -> None:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    replies = iter(
+        [
+            {"state": "corrupted", "containerd": "", "detail": b64(b"device-mapper: verity: data block 9")},
+            {"state": "mounted", "containerd": "", "detail": ""},
+            {"state": "verified", "containerd": b64(b"v" * (MAX_VERSION_SIZE + 1)), "detail": ""},
+        ]
+    )
+    link = guest(lambda command, request_id: answer(id=request_id, reply="ROOTFS", **next(replies)))
+    status = link.channel.rootfs_status(5.0)
+    assert status == RootfsStatus("corrupted", "", "device-mapper: verity: data block 9")
+    with pytest.raises(AgentProtocolError, match="unknown state 'mounted'"):
+        link.channel.rootfs_status(5.0)
+    with pytest.raises(AgentProtocolError, match="'containerd' holds more than 1024 bytes"):
+        link.channel.rootfs_status(5.0)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
+from node_helpers import initramfs_listing
 
 from trustedlaunch.node.image import (
     DEFAULT_CMDLINE,
@@ -15,20 +15,6 @@ from trustedlaunch.node.image import (
     build_node_image,
     default_kernel,
 )
-
-
-def initramfs_listing(image: NodeImage) -> dict[str, str]:
-    """Name -> `ls -l` type character of every member, read back with the real cpio tool."""
-    archive = subprocess.run(
-        ["zcat", str(image.esp_dir / "initrd.gz")], capture_output=True, check=True
-    ).stdout
-    listing = subprocess.run(["cpio", "-itv"], input=archive, capture_output=True, check=True).stdout.decode()
-    members = {}
-    for line in listing.splitlines():
-        fields = line.split()
-        name = fields[8] if fields[0][0] != "c" else fields[9]
-        members[name] = fields[0][0]
-    return members
 
 
 def test_image_is_reproducible(node_image: NodeImage, tmp_path: Path) -> None:

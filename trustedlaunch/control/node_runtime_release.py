@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trustedlaunch.control.binary_cache import CachedBinaryError, user_cache_dir, verify_binaries
+from trustedlaunch.control.kubernetes_release import KubernetesRelease
+from trustedlaunch.node import rootfs
 
 # containerd's 2.3 LTS line (Kubernetes >= 1.36 needs containerd 2.x), the runc 1.4 line, CNI plugins 1.9.
 CONTAINERD_VERSION = "v2.3.7"
@@ -102,3 +104,16 @@ def verified_node_runtime(directory: Path | None = None) -> NodeRuntime:
     directory = directory or release_dir()
     verify_binaries(directory, BINARIES, f"node runtime ({release_name()}) binary", NodeRuntimeError)
     return NodeRuntime(directory)
+
+
+def node_rootfs_inputs(
+    release: KubernetesRelease, runtime: NodeRuntime, image_archives: Path | None = None
+) -> rootfs.RootfsInputs:
+    """What a node's root filesystem holds: the release's kubelet, the runtime's containerd, shim, ctr, runc
+    and CNI plugins (both verified by their caller), and the OCI image archives of `image_archives`."""
+    binaries = {
+        name: release.binary(name) if name == "kubelet" else runtime.binary(name)
+        for name in rootfs.RUNTIME_BINARIES
+    }
+    plugins = {name: runtime.binary(name) for name in rootfs.CNI_PLUGINS}
+    return rootfs.RootfsInputs(binaries, plugins, image_archives)

@@ -20,12 +20,15 @@ import re
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.parser import MAX_EVENT_LOG_SIZE
 
 MAX_TPM_RESPONSE_SIZE = 4096  # the vTPM's response buffer (TPM_PT_MAX_RESPONSE_SIZE)
 MAX_DETAIL_SIZE = 4096  # the diagnostics of a failed request (a tool's stderr)
+MAX_VERSION_SIZE = 1024  # a program's `--version` output
+ROOTFS_STATES = ("absent", "verified", "corrupted", "failed")  # agent/init.sh: open_rootfs
 
 
 def _base64_length(size: int) -> int:
@@ -44,6 +47,16 @@ _FLAT_OBJECT = re.compile(rb"\{\s*(?:" + _PAIR + rb"(?:\s*,\s*" + _PAIR + rb")*\
 REQUEST_PADDING = b"\n" * 16
 RESENDS = 3  # a request whose start the link lost is sent again (see AgentChannel.request)
 _REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,32}")  # what the agent echoes (init.sh: request_id)
+
+
+@dataclass(frozen=True)
+class RootfsStatus:
+    """The node's root filesystem as the agent opened it at boot (a state of ROOTFS_STATES), the
+    `containerd --version` it ran from it, and the tools' and kernel's messages."""
+
+    state: str
+    containerd_version: str
+    detail: str
 
 
 class AgentError(TrustedLaunchError):
@@ -248,3 +261,15 @@ class AgentChannel:
         """The kernel's TCG event log (binary_bios_measurements); None when the kernel exposes none."""
         answer = self._check(self.request("EVENTLOG", "EVENTLOG", timeout))
         return _b64(answer, "eventLog", MAX_EVENT_LOG_SIZE) or None
+
+    def rootfs_status(self, timeout: float) -> RootfsStatus:
+        """How the node's dm-verity root filesystem came up at boot (agent request ROOTFS)."""
+        answer = self._check(self.request("ROOTFS", "ROOTFS", timeout))
+        state = answer.get("state")
+        if state not in ROOTFS_STATES:
+            raise AgentProtocolError(f"agent answer to ROOTFS: unknown state {str(state)[:40]!r}")
+        return RootfsStatus(
+            state,
+            _b64(answer, "containerd", MAX_VERSION_SIZE).decode(errors="replace").strip(),
+            _b64(answer, "detail", MAX_DETAIL_SIZE).decode(errors="replace").strip(),
+        )

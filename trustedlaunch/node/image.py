@@ -2,6 +2,10 @@
 
 The kernel's initramfs holds busybox and the trustedlaunch agent as /init (the agent relays TPM
 commands: the TSS runs on the host, so the node needs no TPM software and its initramfs stays ~1 MB).
+With a root filesystem (trustedlaunch.node.rootfs: kubelet and the container runtime on squashfs under
+dm-verity), the image also holds that disk, its root hash goes on the kernel command line GRUB measures
+(PCR 8: the predicted policy covers every byte of it), and the initramfs carries what the agent opens it
+with (the kernel's signed virtio, dm-verity and squashfs modules, Debian's dmsetup; ~3.4 MB).
 The image's version is a hash of its content: same inputs, same version. `refresh_agent` gives an image
 built by an older trustedlaunch the current agent and keeps its boot chain.
 """
@@ -15,16 +19,23 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.initramfs import Initramfs
+from trustedlaunch.node.rootfs import ROOTFS_NAME, Rootfs, RootfsInputs, build_rootfs
 
 SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
 GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
 BUSYBOX = Path("/usr/bin/busybox")
+DMSETUP = Path("/usr/sbin/dmsetup")
+# Opening the root filesystem: its virtio disk, dm-verity over it, squashfs on top (with their dependencies).
+ROOTFS_MODULES = ("virtio_pci", "virtio_blk", "dm-verity", "squashfs")
+VERITY_ROOTHASH_ARG = "trustedlaunch.verity_roothash"
+VERITY_SALT_ARG = "trustedlaunch.verity_salt"
+VERITY_BLOCKS_ARG = "trustedlaunch.verity_blocks"
 KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 METADATA_NAME = "node-image.json"
@@ -49,6 +60,7 @@ class NodeImage:
     version: str
     kernel_cmdline: str
     files: dict[str, str]  # ESP-relative path -> sha256 hex
+    rootfs: Rootfs | None = None  # the dm-verity protected root filesystem disk, when the image has one
 
     @classmethod
     def load(cls, out_dir: Path) -> NodeImage:
@@ -62,6 +74,7 @@ class NodeImage:
                 version=metadata["version"],
                 kernel_cmdline=metadata["kernelCmdline"],
                 files={item["path"]: item["sha256"] for item in metadata["files"]},
+                rootfs=Rootfs.from_metadata(out_dir, metadata["rootfs"]) if "rootfs" in metadata else None,
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise NodeImageError(f"{metadata_path}: not a node image metadata file ({error})") from error
@@ -85,8 +98,53 @@ def _require(path: Path, package: str) -> Path:
     return path
 
 
-def build_initramfs() -> bytes:
-    """The gzip-compressed newc initramfs: busybox and the agent as /init."""
+def _kernel_modules(kernel_release: str, names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of the kernel modules `names` and every module they depend on, in load order
+    (dependencies first), from /lib/modules/<kernel_release> (Debian signs them: they load under lockdown)."""
+    directory = Path("/lib/modules", kernel_release)
+    try:
+        lines = (directory / "modules.dep").read_text().splitlines()
+    except OSError as error:
+        raise NodeImageError(
+            f"kernel modules of {kernel_release} not found ({error}): install its linux-image package"
+        ) from error
+    dependencies: dict[str, list[str]] = {}
+    for line in lines:
+        module, _, needs = line.partition(":")
+        dependencies[module] = needs.split()
+    by_name = {Path(module).name.removesuffix(".ko").replace("_", "-"): module for module in dependencies}
+    ordered: list[str] = []
+
+    def add(module: str) -> None:
+        for dependency in reversed(dependencies.get(module, [])):
+            add(dependency)
+        if module not in ordered:
+            ordered.append(module)
+
+    for name in names:
+        if name.replace("_", "-") not in by_name:
+            raise NodeImageError(f"kernel {kernel_release} has no module {name}")
+        add(by_name[name.replace("_", "-")])
+    return [(Path(module).name, (directory / module).read_bytes()) for module in ordered]
+
+
+def _program_with_libraries(program: Path, package: str) -> dict[str, bytes]:
+    """A dynamically linked program and the shared libraries the dynamic linker resolves for it (ldd),
+    each at its own absolute path (initramfs-relative)."""
+    _require(program, package)
+    listing = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True).stdout
+    files = {str(program).lstrip("/"): program.read_bytes()}
+    for line in listing.splitlines():
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/"):
+            files[path.lstrip("/")] = Path(path).read_bytes()
+    return files
+
+
+def build_initramfs(kernel_release: str | None = None) -> bytes:
+    """The gzip-compressed newc initramfs: busybox and the agent as /init; with `kernel_release` also what
+    opening the dm-verity root filesystem needs (that kernel's virtio, dm-verity and squashfs modules, listed
+    in load order in /etc/modules, and Debian's dmsetup with its libraries)."""
     tree = Initramfs()
     for directory in ("proc", "sys", "dev", "tmp", "run", "etc"):
         tree.directory(directory)
@@ -96,9 +154,33 @@ def build_initramfs() -> bytes:
     for applet in applets.stdout.split():
         if applet != "bin/busybox":
             tree.symlink(applet, "/bin/busybox")
+    if kernel_release is not None:
+        tree.directory("sysroot")
+        modules = _kernel_modules(kernel_release, ROOTFS_MODULES)
+        for name, data in modules:
+            tree.file(f"lib/modules/{name}", data)
+        tree.file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
+        for name, data in _program_with_libraries(DMSETUP, "dmsetup").items():
+            tree.file(name, data, 0o755)
     agent = resources.files("trustedlaunch.node").joinpath("agent/init.sh").read_bytes()
     tree.file("init", agent, 0o755)
     return tree.gzip()
+
+
+def kernel_release(kernel_name: str) -> str:
+    """The release of a Debian kernel image file name (vmlinuz-6.1.0-57-amd64 -> 6.1.0-57-amd64)."""
+    if not kernel_name.startswith("vmlinuz-"):
+        raise NodeImageError(f"kernel {kernel_name} is not named vmlinuz-<release>: no modules to go with it")
+    return kernel_name.removeprefix("vmlinuz-")
+
+
+def verity_cmdline(rootfs: Rootfs) -> str:
+    """The kernel command line arguments the agent opens the root filesystem with: its dm-verity root hash,
+    salt and number of data blocks (the hash tree follows them on the same disk)."""
+    return (
+        f"{VERITY_ROOTHASH_ARG}={rootfs.root_hash} {VERITY_SALT_ARG}={rootfs.salt} "
+        f"{VERITY_BLOCKS_ARG}={rootfs.data_blocks}"
+    )
 
 
 def grub_config(cmdline: str) -> str:
@@ -113,9 +195,14 @@ def grub_config(cmdline: str) -> str:
 
 
 def build_node_image(
-    out_dir: Path, *, kernel: Path | None = None, cmdline: str = DEFAULT_CMDLINE
+    out_dir: Path,
+    *,
+    kernel: Path | None = None,
+    cmdline: str = DEFAULT_CMDLINE,
+    rootfs: RootfsInputs | None = None,
 ) -> NodeImage:
-    """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both)."""
+    """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both), and
+    with `rootfs` the root filesystem disk `out_dir/rootfs.img`."""
     if any(character in cmdline for character in "\n\r\"'\\$;") or not cmdline.strip():
         raise NodeImageError(
             f"kernel command line {cmdline!r} is empty or has characters GRUB would interpret "
@@ -127,22 +214,39 @@ def build_node_image(
     contents: dict[str, bytes] = {
         name: _require(source, package).read_bytes() for name, (source, package) in _ESP_FILES.items()
     }
+    built_rootfs = None
+    if rootfs is not None:
+        release = kernel_release(kernel.name)
+        built_rootfs = build_rootfs(out_dir / ROOTFS_NAME, rootfs)
+        cmdline = f"{cmdline} {verity_cmdline(built_rootfs)}"
     contents["EFI/debian/grub.cfg"] = grub_config(cmdline).encode()
     contents["vmlinuz"] = kernel.read_bytes()
-    contents["initrd.gz"] = build_initramfs()
-    return _write_image(out_dir, contents, kernel.name, cmdline)
+    contents["initrd.gz"] = build_initramfs(None if rootfs is None else release)
+    return _write_image(out_dir, contents, kernel.name, cmdline, built_rootfs)
 
 
 @functools.cache
-def current_initramfs_sha256() -> str:
-    """The sha256 of the initramfs build_initramfs makes (installed busybox and agent), once per process."""
-    return hashlib.sha256(build_initramfs()).hexdigest()
+def current_initramfs_sha256(kernel_release: str | None = None) -> str:
+    """The sha256 of the initramfs build_initramfs makes (installed busybox and agent, and the modules of
+    `kernel_release`), once per process."""
+    return hashlib.sha256(build_initramfs(kernel_release)).hexdigest()
+
+
+def _initramfs_kernel_release(image: NodeImage) -> str | None:
+    """The kernel release whose modules `image`'s initramfs holds: its kernel's when it has a root
+    filesystem, else none."""
+    if image.rootfs is None:
+        return None
+    try:
+        return kernel_release(json.loads(image.metadata_path.read_text())["kernel"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
 
 
 def has_current_agent(image: NodeImage) -> bool:
     """Whether `image` carries the initramfs (agent) of this trustedlaunch: an image built by an older one
     may hold an agent whose protocol the host no longer speaks."""
-    return image.files.get("initrd.gz") == current_initramfs_sha256()
+    return image.files.get("initrd.gz") == current_initramfs_sha256(_initramfs_kernel_release(image))
 
 
 def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
@@ -153,15 +257,27 @@ def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
         contents = {name: (image.esp_dir / name).read_bytes() for name in image.files}
     except (OSError, ValueError, KeyError) as error:
         raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
-    contents["initrd.gz"] = build_initramfs()
-    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline)
+    contents["initrd.gz"] = build_initramfs(_initramfs_kernel_release(image))
+    rootfs = image.rootfs
+    if rootfs is not None:
+        target = out_dir / ROOTFS_NAME
+        if target != rootfs.path:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(rootfs.path, target)
+        rootfs = replace(rootfs, path=target)
+    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline, rootfs)
 
 
-def _write_image(out_dir: Path, contents: dict[str, bytes], kernel_name: str, cmdline: str) -> NodeImage:
+def _write_image(
+    out_dir: Path, contents: dict[str, bytes], kernel_name: str, cmdline: str, rootfs: Rootfs | None
+) -> NodeImage:
     """Write the ESP files `contents` (ESP-relative path -> bytes) and their metadata into `out_dir`; the
-    version is a digest of every file's digest."""
+    version is a digest of every file's digest (and of the root filesystem's entry)."""
     files = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
-    version = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    versioned: dict[str, object] = dict(files)
+    if rootfs is not None:
+        versioned[ROOTFS_NAME] = rootfs.metadata()
+    version = hashlib.sha256(json.dumps(versioned, sort_keys=True).encode()).hexdigest()[:16]
     esp_dir = out_dir / "esp"
     if esp_dir.exists():
         shutil.rmtree(esp_dir)
@@ -178,6 +294,8 @@ def _write_image(out_dir: Path, contents: dict[str, bytes], kernel_name: str, cm
             {"path": name, "sha256": digest, "size": len(contents[name])} for name, digest in files.items()
         ],
     }
+    if rootfs is not None:
+        metadata["rootfs"] = rootfs.metadata()
     metadata_path = out_dir / METADATA_NAME
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-    return NodeImage(esp_dir, metadata_path, version, cmdline, files)
+    return NodeImage(esp_dir, metadata_path, version, cmdline, files, rootfs)

@@ -28,7 +28,7 @@ from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
-from trustedlaunch.node.channel import AgentChannel, AgentError
+from trustedlaunch.node.channel import AgentChannel, AgentError, RootfsStatus
 from trustedlaunch.node.image import BOOT_FAILED_MARKER, NodeImage
 from trustedlaunch.node.supervisor import EXIT_FILE, QEMU_LOG, vm_end
 from trustedlaunch.node.supervisor import MODULE as SUPERVISOR_MODULE
@@ -69,6 +69,16 @@ class BootFailedError(TrustedLaunchError):
     def __init__(self, message: str, console_tail: str):
         super().__init__(f"{message}\n--- serial console (tail) ---\n{console_tail}")
         self.console_tail = console_tail
+
+
+class RootfsFailedError(BootFailedError):
+    """The node booted to its agent but its dm-verity root filesystem did not open: `status.state` is
+    "corrupted" (dm-verity failed a read: the disk differs from the root hash the image measured) or
+    "failed" (modules, disk or device mapper table)."""
+
+    def __init__(self, message: str, console_tail: str, status: RootfsStatus):
+        super().__init__(message, console_tail)
+        self.reason, self.status = message, status
 
 
 def _readable_tail(path: Path, chars: int = CONSOLE_TAIL_CHARS) -> str:
@@ -213,6 +223,7 @@ class NodeVM:
         self._agent_client: NodeAgent | None = None
         self._started_at = 0.0
         self.ready_after: float | None = None  # seconds from launch to the agent's first PONG
+        self.rootfs_status: RootfsStatus | None = None  # how the image's root filesystem came up
 
     def __enter__(self) -> NodeVM:
         self.start()
@@ -243,6 +254,19 @@ class NodeVM:
         """QEMU's process id while started (for monitoring); None before start and after shutdown."""
         return self._qemu_pid if self._process is not None else None
 
+    def _esp_drive(self, esp: Path) -> list[str]:
+        """QEMU arguments of the ESP disk. Beside a root filesystem disk, the ESP is the only boot device
+        (bootindex): the firmware must not try to boot the root filesystem first, which would add a failed
+        boot attempt to the measured boot (PCR 4) that the image's predicted policy does not have."""
+        if self.image.rootfs is None:
+            return ["-drive", f"file=fat:rw:{esp},format=raw"]
+        return [
+            "-drive",
+            f"file=fat:rw:{esp},format=raw,if=none,id=esp",
+            "-device",
+            "ide-hd,drive=esp,bus=ide.0,bootindex=0",
+        ]
+
     def _command(self, varstore: Path, esp: Path, tpm_socket: Path | None) -> list[str]:
         code, _ = FIRMWARE[self.secure_boot]
         accel = self.accel or ("kvm" if kvm_usable() else "tcg")
@@ -266,8 +290,7 @@ class NodeVM:
             f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive",
             f"if=pflash,format=raw,unit=1,file={varstore}",
-            "-drive",
-            f"file=fat:rw:{esp},format=raw",
+            *self._esp_drive(esp),
             "-serial",
             f"file:{self.console_log}",
             "-chardev",
@@ -277,6 +300,8 @@ class NodeVM:
             "-qmp",
             f"unix:{self._qmp_socket},server=on,wait=off",
         ]
+        if self.image.rootfs is not None:  # the guest's first virtio disk (/dev/vda), read-only
+            command += ["-drive", f"file={self.image.rootfs.path},format=raw,if=virtio,readonly=on"]
         if self.secure_boot:
             command += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         if tpm_socket is not None:
@@ -379,10 +404,37 @@ class NodeVM:
                 answered = False
             if answered:
                 self.ready_after = time.monotonic() - self._started_at
+                self._check_rootfs(deadline)
                 return self.ready_after
             if self._channel is None:
                 time.sleep(0.5)
         raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+
+    def _check_rootfs(self, deadline: float) -> None:
+        """With a root filesystem in the image, ask the agent how it came up; raise RootfsFailedError
+        naming it unless every block verified and it is mounted."""
+        rootfs = self.image.rootfs
+        if rootfs is None or self._channel is None:
+            return
+        try:
+            status = self._channel.rootfs_status(max(deadline - time.monotonic(), AGENT_COMMAND_TIMEOUT))
+        except AgentError as error:
+            raise self._boot_failed(f"the agent did not report the root filesystem: {error}") from error
+        self.rootfs_status = status
+        if status.state == "verified":
+            return
+        what = {
+            "corrupted": "is corrupted: dm-verity failed a read (a block differs from the root hash the node "
+            "image measured)",
+            "failed": "did not open",
+            "absent": "was not opened: the kernel command line names no root hash",
+        }[status.state]
+        raise RootfsFailedError(
+            f"node VM ({self.run_dir}): root filesystem {rootfs.path.name} (root hash {rootfs.root_hash}) "
+            f"{what}; the node said: {status.detail or '(nothing)'}",
+            _readable_tail(self.console_log),
+            status,
+        )
 
     def _connect(self) -> AgentChannel | None:
         sock = socket.socket(socket.AF_UNIX)

@@ -9,6 +9,13 @@
 #   TPM <id> <command>    -> {"id":"<id>","reply":"TPM","response":"<b64>"}  (or ...,"error":"no TPM" ...)
 #                            <command>: the TPM command's bytes, each as \xHH (lowercase hex)
 #   EVENTLOG <id>         -> {"id":"<id>","reply":"EVENTLOG","eventLog":"<b64>"}  (empty without a log)
+#   ROOTFS <id>           -> {"id":"<id>","reply":"ROOTFS","state":"<state>","containerd":"<b64>","detail":"<b64>"}
+#                            the root filesystem's outcome at boot. <state>: "absent" (the command line names
+#                            no root hash), "verified" (every block read back under dm-verity, mounted
+#                            read-only at /sysroot; containerd: its `--version` output run from there),
+#                            "corrupted" (dm-verity failed a read: a block differs from the root hash) or
+#                            "failed" (the modules, disk or device mapper table did not come up); detail:
+#                            the tools' and kernel's messages.
 #   anything else         -> {"id":"<id>","reply":"UNKNOWN","error":"unknown request","detail":""}
 #
 # The agent runs no TPM software: it relays TPM commands to /dev/tpm0, and the host's TSS
@@ -26,6 +33,10 @@ mkdir -p /tmp/agent
 cd /tmp/agent || exec sh
 
 AGENT=/dev/ttyS1
+# The root filesystem disk (the first virtio disk): squashfs data blocks, then its dm-verity hash tree.
+ROOTFS_DISK=/dev/vda
+# What must be writable on the read-only root (state, credentials and CNI configuration the node receives).
+ROOTFS_TMPFS="run var etc/kubernetes etc/cni/net.d"
 EVENT_LOG=/sys/kernel/security/tpm0/binary_bios_measurements
 # TPM_CC of GetCapability ReadPublic NV_ReadPublic NV_Read Quote PCR_Read StartAuthSession PolicySecret
 # ActivateCredential FlushContext CreateLoaded EvictControl
@@ -97,6 +108,68 @@ tpm_command() {
     reply "\"reply\":\"TPM\",\"response\":\"$response\""
 }
 
+open_rootfs() {
+    # Sets rootfs_state; messages go to rootfs.log. The arguments come from the measured command line.
+    roothash="" salt="" blocks=""
+    for arg in $(cat /proc/cmdline); do
+        case $arg in
+            trustedlaunch.verity_roothash=*) roothash=${arg#*=} ;;
+            trustedlaunch.verity_salt=*) salt=${arg#*=} ;;
+            trustedlaunch.verity_blocks=*) blocks=${arg#*=} ;;
+        esac
+    done
+    rootfs_state=absent
+    [ -n "$roothash$salt$blocks" ] || return
+    rootfs_state=failed
+    read -r started _ </proc/uptime
+    if [ ${#roothash} -ne 64 ] || [ ${#salt} -ne 64 ]; then
+        echo "root hash and salt must be 64 hex digits" >>rootfs.log
+        return
+    fi
+    case $roothash$salt in *[!0-9a-f]*) echo "root hash or salt is not hex" >>rootfs.log; return ;; esac
+    case $blocks in "" | *[!0-9]*) echo "bad block count $blocks" >>rootfs.log; return ;; esac
+    [ ${#blocks} -le 12 ] || { echo "bad block count $blocks" >>rootfs.log; return; }
+    while read -r module; do
+        insmod "/lib/modules/$module" 2>>rootfs.log || { echo "insmod $module failed" >>rootfs.log; return; }
+    done </etc/modules
+    waited=0
+    while [ ! -b $ROOTFS_DISK ] && [ $waited -lt 100 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    [ -b $ROOTFS_DISK ] || { echo "no root filesystem disk $ROOTFS_DISK" >>rootfs.log; return; }
+    # 4096-byte blocks; the hash tree starts right after the data blocks (no superblock).
+    table="0 $((blocks * 8)) verity 1 $ROOTFS_DISK $ROOTFS_DISK 4096 4096 $blocks $blocks sha256 $roothash $salt"
+    DM_DISABLE_UDEV=1 dmsetup create --readonly rootfs --table "$table" >>rootfs.log 2>&1 || return
+    # Read every block once, past the page cache: dm-verity fails the read of a block that differs.
+    if ! dd if=/dev/mapper/rootfs of=/dev/null bs=1M iflag=direct 2>dd.txt; then
+        rootfs_state=corrupted
+        cat dd.txt >>rootfs.log
+        dmesg | grep -i verity | tail -n 5 >>rootfs.log
+        echo "trustedlaunch: root filesystem corrupted (dm-verity)" >/dev/console
+        return
+    fi
+    mount -t squashfs -o ro /dev/mapper/rootfs /sysroot 2>>rootfs.log || return
+    for dir in proc sys dev; do
+        mount --bind "/$dir" "/sysroot/$dir" 2>>rootfs.log || return
+    done
+    for dir in $ROOTFS_TMPFS; do
+        mount -t tmpfs -o mode=0755 tmpfs "/sysroot/$dir" 2>>rootfs.log || return
+    done
+    mount -t tmpfs -o mode=1777 tmpfs /sysroot/tmp 2>>rootfs.log || return
+    chroot /sysroot /usr/bin/containerd --version >containerd.txt 2>>rootfs.log || return
+    rootfs_state=verified
+    read -r finished _ </proc/uptime
+    echo "trustedlaunch: root filesystem verified (uptime $started s -> $finished s)" >/dev/console
+}
+
+rootfs_report() {
+    version="" detail=""
+    [ -s containerd.txt ] && version=$(head -c 1024 containerd.txt | base64 -w 0)
+    [ -s rootfs.log ] && detail=$(tail -c 4096 rootfs.log | base64 -w 0)
+    reply "\"reply\":\"ROOTFS\",\"state\":\"$rootfs_state\",\"containerd\":\"$version\",\"detail\":\"$detail\""
+}
+
 event_log() {
     log=""
     [ -r "$EVENT_LOG" ] && cat "$EVENT_LOG" >eventlog.bin && log=$(b64 eventlog.bin)
@@ -112,10 +185,13 @@ handle() {
         PING) reply "\"reply\":\"PONG\"" ;;
         TPM) tpm_command "$3" ;;
         EVENTLOG) event_log ;;
+        ROOTFS) rootfs_report ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
     esac
 }
+
+open_rootfs
 
 # Keep the port open from here on: closing it (as `stty -F` does) would drop the input already received.
 exec 3<>"$AGENT"
