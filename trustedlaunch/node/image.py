@@ -31,8 +31,19 @@ SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
 GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
 BUSYBOX = Path("/usr/bin/busybox")
 DMSETUP = Path("/usr/sbin/dmsetup")
-# Opening the root filesystem: its virtio disk, dm-verity over it, squashfs on top (with their dependencies).
-ROOTFS_MODULES = ("virtio_pci", "virtio_blk", "dm-verity", "squashfs")
+# Opening the root filesystem: its virtio disk, dm-verity over it, squashfs on top; then what a joining node
+# runs needs: its virtio NIC, overlayfs (containerd's snapshotter), the pods' bridge and veth pairs (with
+# their dependencies).
+ROOTFS_MODULES = (
+    "virtio_pci",
+    "virtio_blk",
+    "dm-verity",
+    "squashfs",
+    "virtio_net",
+    "overlay",
+    "bridge",
+    "veth",
+)
 VERITY_ROOTHASH_ARG = "trustedlaunch.verity_roothash"
 VERITY_SALT_ARG = "trustedlaunch.verity_salt"
 VERITY_BLOCKS_ARG = "trustedlaunch.verity_blocks"
