@@ -27,6 +27,7 @@ from trustedlaunch.control.hosted_control_plane import (
 )
 from trustedlaunch.control.kubernetes_release import KubernetesRelease, verified_release
 from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
+from trustedlaunch.node.channel import AgentError
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version, write_node_images
 from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image
 from trustedlaunch.node.kubelet import (
@@ -132,7 +133,43 @@ def test_the_node_registers_as_itself_and_becomes_ready(
     assert stored["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
     assert {"type": "Hostname", "address": NODE_NAME} in stored["status"]["addresses"]
     assert stored["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == node.network.kubelet_port  # type: ignore[union-attr]
-    print(f"join figures: {figures}, guest RAM {node.memory_mib} MiB")
+    status = node.kubelet_status()
+    assert (status.kubelet, status.containerd) == ("running", "running")
+    figures["guest ram mib"] = status.memory_total_kib / 1024
+    figures["guest available mib"] = status.memory_available_kib / 1024
+    print(f"join figures: {figures} (guest RAM set: {node.memory_mib} MiB)")
+
+
+def test_the_node_takes_one_join_only(joined: tuple[NodeVM, dict[str, float]]) -> None:
+    node, _ = joined
+    with pytest.raises(AgentError, match="KUBELET failed: kubelet was already started"):
+        node.start_kubelet(b"another")
+
+
+def busybox_pod(name: str, command: str) -> Pod:
+    """A pod of the pre-loaded busybox image on NODE_NAME (by its hostname label, through the scheduler)."""
+    return Pod(
+        metadata=ObjectMeta(name=name, namespace="default"),
+        spec=PodSpec(
+            nodeSelector={"kubernetes.io/hostname": NODE_NAME},
+            restartPolicy="Never",
+            automountServiceAccountToken=False,
+            terminationGracePeriodSeconds=0,
+            containers=[
+                Container(
+                    name=name,
+                    image=f"{BUSYBOX_REPOSITORY}:{busybox_version(BUSYBOX)}",
+                    imagePullPolicy="IfNotPresent",
+                    command=["sh", "-c", command],
+                )
+            ],
+        ),
+    )
+
+
+def pod_phase(client: Client, name: str) -> str:
+    status = client.get(Pod, name, namespace="default").status
+    return (status.phase if status is not None else None) or "Pending"
 
 
 def test_a_pod_runs_on_the_node_and_kubectl_logs_shows_its_output(
@@ -142,39 +179,40 @@ def test_a_pod_runs_on_the_node_and_kubectl_logs_shows_its_output(
 ) -> None:
     node, figures = joined
     client = admin_client(kube_apiserver)
-    image = f"{BUSYBOX_REPOSITORY}:{busybox_version(BUSYBOX)}"
-    pod = Pod(
-        metadata=ObjectMeta(name="hello", namespace="default"),
-        spec=PodSpec(
-            nodeSelector={"kubernetes.io/hostname": NODE_NAME},
-            restartPolicy="Never",
-            automountServiceAccountToken=False,
-            containers=[
-                Container(
-                    name="hello",
-                    image=image,
-                    imagePullPolicy="IfNotPresent",
-                    command=["sh", "-c", f"echo hello from {NODE_NAME}"],
-                )
-            ],
-        ),
-    )
     created = time.monotonic()
-    client.create(pod)
-
-    def phase() -> str:
-        status = client.get(Pod, "hello", namespace="default").status
-        return (status.phase if status is not None else None) or "Pending"
-
-    wait_for(lambda: phase() != "Pending", "pod hello started", 300.0, node)
-    figures["pod create -> running"] = time.monotonic() - created
-    assert wait_for(
-        lambda: phase() in ("Succeeded", "Failed") and phase(), "pod hello ended", 120.0, node
-    ) == ("Succeeded")
+    client.create(busybox_pod("hello", f"echo hello from {NODE_NAME}"))
+    ended = wait_for(
+        lambda: (phase := pod_phase(client, "hello")) in ("Succeeded", "Failed") and phase,
+        "pod hello ended",
+        300.0,
+        node,
+    )
     figures["pod create -> succeeded"] = time.monotonic() - created
+    assert ended == "Succeeded"
     stored = client.get(Pod, "hello", namespace="default").to_dict()
     assert stored["spec"]["nodeName"] == NODE_NAME
-    assert stored["status"]["podIP"].startswith("10.244.0.")
+    assert stored["status"]["podIP"].startswith("10.244.0.")  # from the CNI bridge's range
     logs = kubectl(kubernetes_release, kube_apiserver.admin_kubeconfig, "logs", "-n", "default", "hello")
     assert logs.stdout == f"hello from {NODE_NAME}\n"
+    print(f"join figures: {figures}")
+
+
+def test_kubectl_exec_reaches_a_container_on_the_node(
+    joined: tuple[NodeVM, dict[str, float]],
+    kube_apiserver: HostedControlPlane,
+    kubernetes_release: KubernetesRelease,
+) -> None:
+    node, figures = joined
+    client = admin_client(kube_apiserver)
+    created = time.monotonic()
+    client.create(busybox_pod("sleeper", "trap 'exit 0' TERM; sleep 3600 & wait"))
+    wait_for(lambda: pod_phase(client, "sleeper") == "Running", "pod sleeper running", 300.0, node)
+    figures["pod create -> running"] = time.monotonic() - created
+    executed = kubectl(
+        kubernetes_release,
+        kube_apiserver.admin_kubeconfig,
+        *("exec", "-n", "default", "sleeper", "--", "sh", "-c", "echo exec in $(hostname) as uid $(id -u)"),
+    )
+    assert executed.stdout == "exec in sleeper as uid 0\n"
+    client.delete(Pod, "sleeper", namespace="default")
     print(f"join figures: {figures}")

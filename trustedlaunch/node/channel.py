@@ -63,10 +63,13 @@ class RootfsStatus:
 
 @dataclass(frozen=True)
 class KubeletStatus:
-    """kubelet and containerd on the node (each a state of PROCESS_STATES) and the end of their logs."""
+    """kubelet and containerd on the node (each a state of PROCESS_STATES), the guest's memory (total and
+    available, KiB) and the end of their logs."""
 
     kubelet: str
     containerd: str
+    memory_total_kib: int
+    memory_available_kib: int
     kubelet_log: str
     containerd_log: str
 
@@ -303,8 +306,14 @@ class AgentChannel:
         states = answer.get("kubelet"), answer.get("containerd")
         if any(state not in PROCESS_STATES for state in states):
             raise AgentProtocolError(f"agent answer to KUBELETSTATUS: unknown states {str(states)[:80]}")
+        memory = str(answer.get("memoryKiB"))
+        if re.fullmatch(r"[0-9]{1,12},[0-9]{1,12}", memory) is None:
+            raise AgentProtocolError(
+                f"agent answer to KUBELETSTATUS: memory {memory[:40]!r} is not total,available"
+            )
+        total, available = (int(value) for value in memory.split(","))
         logs = (
             _b64(answer, key, MAX_LOG_TAIL_SIZE).decode(errors="replace")
             for key in ("kubeletLog", "containerdLog")
         )
-        return KubeletStatus(str(states[0]), str(states[1]), *logs)
+        return KubeletStatus(str(states[0]), str(states[1]), total, available, *logs)

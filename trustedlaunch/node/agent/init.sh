@@ -23,8 +23,9 @@
 #                            starts containerd from /sysroot, imports the pre-loaded images pinned, starts
 #                            kubelet; detail: what it did (or ...,"error":... with the tools' messages)
 #   KUBELETSTATUS <id>    -> {"id":"<id>","reply":"KUBELETSTATUS","kubelet":"<state>","containerd":"<state>",
-#                            "kubeletLog":"<b64>","containerdLog":"<b64>"}  <state>: "absent" (not started),
-#                            "running" or "exited"; logs: the last 2 KiB of each
+#                            "memoryKiB":"<total>,<available>","kubeletLog":"<b64>","containerdLog":"<b64>"}
+#                            <state>: "absent" (not started), "running" or "exited"; memory: the guest's
+#                            MemTotal and MemAvailable; logs: the last 2 KiB of each
 #   anything else         -> {"id":"<id>","reply":"UNKNOWN","error":"unknown request","detail":""}
 #
 # The agent runs no TPM software: it relays TPM commands to /dev/tpm0, and the host's TSS
@@ -274,7 +275,8 @@ kubelet_status() {
     kubelet_log="" containerd_log=""
     [ -s /sysroot/var/log/kubelet.log ] && kubelet_log=$(tail -c 2048 /sysroot/var/log/kubelet.log | base64 -w 0)
     [ -s /sysroot/var/log/containerd.log ] && containerd_log=$(tail -c 2048 /sysroot/var/log/containerd.log | base64 -w 0)
-    reply "\"reply\":\"KUBELETSTATUS\",\"kubelet\":\"$(process_state "$kubelet_pid")\",\"containerd\":\"$(process_state "$containerd_pid")\",\"kubeletLog\":\"$kubelet_log\",\"containerdLog\":\"$containerd_log\""
+    memory=$(awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { available = $2 } END { print total "," available }' /proc/meminfo)
+    reply "\"reply\":\"KUBELETSTATUS\",\"kubelet\":\"$(process_state "$kubelet_pid")\",\"containerd\":\"$(process_state "$containerd_pid")\",\"memoryKiB\":\"$memory\",\"kubeletLog\":\"$kubelet_log\",\"containerdLog\":\"$containerd_log\""
 }
 
 event_log() {
