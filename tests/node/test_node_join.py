@@ -5,6 +5,8 @@ the node's port on the host's loopback (trustedlaunch.node.kubelet)."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -81,11 +83,21 @@ def is_ready(node: dict[str, Any] | None) -> bool:
     return any(condition["type"] == "Ready" and condition["status"] == "True" for condition in conditions)
 
 
+def only_node_name() -> bytes:
+    """A tar archive holding only the first file of a join bundle."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("node-name")
+        info.size = len(NODE_NAME)
+        tar.addfile(info, io.BytesIO(NODE_NAME.encode()))
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def joined(
     join_image: NodeImage, kube_apiserver: HostedControlPlane, node_base: Path
 ) -> Iterator[tuple[NodeVM, dict[str, float]]]:
-    """The node VM, joined and Ready; the figures of its join."""
+    """The node VM, joined and Ready (after refusing two malformed bundles); the figures of its join."""
     network = NodeNetwork(kube_apiserver.ports.apiserver, free_loopback_port())
     run_dir = Path(tempfile.mkdtemp(prefix="tl-join-", dir=node_base))
     client = admin_client(kube_apiserver)
@@ -105,6 +117,12 @@ def joined(
     with node:
         node.wait_ready(300.0)
         figures["agent ready"] = time.monotonic() - started
+        for bundle, refusal in (
+            (b"not a tar archive", "the join bundle is not base64 of a tar archive"),
+            (only_node_name(), "the join bundle has no hosts"),
+        ):
+            with pytest.raises(AgentError, match=f"KUBELET failed: {refusal}"):
+                node.start_kubelet(bundle)
         detail = node.start_kubelet(join.bundle())
         assert "kubelet started" in detail, detail
         figures["kubelet started"] = time.monotonic() - started
