@@ -125,6 +125,7 @@ def joined(
                 node.start_kubelet(bundle)
         detail = node.start_kubelet(join.bundle())
         assert "kubelet started" in detail, detail
+        print(f"the node's join:\n{detail}")
         figures["kubelet started"] = time.monotonic() - started
         registered = wait_for(lambda: node_or_none(client, NODE_NAME), "Node registered", JOIN_SECONDS, node)
         figures["node registered"] = time.monotonic() - started

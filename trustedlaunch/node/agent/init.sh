@@ -190,8 +190,15 @@ rootfs_report() {
     reply "\"reply\":\"ROOTFS\",\"state\":\"$rootfs_state\",\"containerd\":\"$version\",\"detail\":\"$detail\""
 }
 
+uptime_stamp() {
+    read -r seconds _ </proc/uptime
+    echo "[$seconds s] $*"
+}
+
 join_node() {
-    # Messages to stdout/stderr (join.log); returns non-zero at the first step that fails.
+    # Messages to stdout/stderr (join.log), each step stamped with the uptime; returns non-zero at the
+    # first step that fails.
+    uptime_stamp "joining"
     hostname "$node_name" || return
     mkdir -p /sysroot/etc/kubernetes/pki /sysroot/var/lib/kubelet /sysroot/var/log /sysroot/run/trustedlaunch || return
     cp join/kubelet.conf join/config.yaml /sysroot/etc/kubernetes/ || return
@@ -206,7 +213,7 @@ join_node() {
     ip addr add $NODE_ADDRESS dev eth0 || return
     ip link set eth0 up || return
     ip route add default via $NODE_GATEWAY || return
-    echo "network: eth0 $NODE_ADDRESS via $NODE_GATEWAY; cgroup2 mounted"
+    uptime_stamp "network: eth0 $NODE_ADDRESS via $NODE_GATEWAY; cgroup2 mounted"
     # (neither gets the agent's serial port or TPM: 3>&- 4>&-)
     chroot /sysroot /usr/bin/containerd >/sysroot/var/log/containerd.log 2>&1 3>&- 4>&- &
     containerd_pid=$!
@@ -217,7 +224,7 @@ join_node() {
         waited=$((waited + 1))
     done
     [ -S /sysroot/run/containerd/containerd.sock ] || { echo "containerd did not listen within 60 s"; return 1; }
-    echo "containerd started (pid $containerd_pid)"
+    uptime_stamp "containerd started (pid $containerd_pid)"
     for archive in /sysroot$IMAGES_DIR/*.tar; do
         [ -f "$archive" ] || continue
         chroot /sysroot /usr/bin/ctr -n k8s.io images import --label $PINNED_LABEL "$IMAGES_DIR/${archive##*/}" || return
@@ -225,7 +232,7 @@ join_node() {
     chroot /sysroot /usr/bin/kubelet --config=/etc/kubernetes/config.yaml --kubeconfig=/etc/kubernetes/kubelet.conf \
         --hostname-override="$node_name" --cloud-provider=external >/sysroot/var/log/kubelet.log 2>&1 3>&- 4>&- &
     kubelet_pid=$!
-    echo "kubelet started (pid $kubelet_pid) as node $node_name"
+    uptime_stamp "images imported; kubelet started (pid $kubelet_pid) as node $node_name"
 }
 
 start_kubelet() {
