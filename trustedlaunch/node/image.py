@@ -5,7 +5,8 @@ commands: the TSS runs on the host, so the node needs no TPM software and its in
 With a root filesystem (trustedlaunch.node.rootfs: kubelet and the container runtime on squashfs under
 dm-verity), the image also holds that disk, its root hash goes on the kernel command line GRUB measures
 (PCR 8: the predicted policy covers every byte of it), and the initramfs carries what the agent opens it
-with (the kernel's signed virtio, dm-verity and squashfs modules, Debian's dmsetup; ~3.4 MB).
+with and a joining node needs (the kernel's signed virtio, dm-verity, squashfs, overlay, bridge and veth
+modules, Debian's dmsetup; ~3.8 MB).
 The image's version is a hash of its content: same inputs, same version. `refresh_agent` gives an image
 built by an older trustedlaunch the current agent and keeps its boot chain.
 """
