@@ -23,6 +23,7 @@ from trustedlaunch.node.channel import (
     AgentChannel,
     AgentError,
     AgentProtocolError,
+    KubeletStatus,
     RootfsStatus,
 )
 
@@ -273,3 +274,44 @@ def test_rootfs_status_is_checked(guest: Callable[[Callable[[str, str], bytes]],
         link.channel.rootfs_status(5.0)
     with pytest.raises(AgentProtocolError, match="'containerd' holds more than 1024 bytes"):
         link.channel.rootfs_status(5.0)
+
+
+def test_kubelet_start_and_status_answers_are_checked(
+    guest: Callable[[Callable[[str, str], bytes]], Guest],
+) -> None:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    status = {
+        "kubelet": "running",
+        "containerd": "running",
+        "kubeletLog": b64(b"I1206 ok"),
+        "containerdLog": "",
+    }
+    replies = iter(
+        [
+            {"reply": "KUBELET", "state": "started", "detail": b64(b"kubelet started (pid 9)\n")},
+            {"reply": "KUBELET", "error": "kubelet was already started", "detail": ""},
+            {"reply": "KUBELET", "state": "joined", "detail": ""},
+            {"reply": "KUBELETSTATUS", "memoryKiB": "497312,301200", **status},
+            {"reply": "KUBELETSTATUS", "memoryKiB": "497312,301200", **status, "kubelet": "dead"},
+            {"reply": "KUBELETSTATUS", "memoryKiB": "1e9,1", **status},
+            {"reply": "KUBELETSTATUS", "memoryKiB": "1,1", **status, "kubeletLog": b64(bytes(2049))},
+        ]
+    )
+    link = guest(lambda command, request_id: answer(id=request_id, **next(replies)))
+    assert link.channel.start_kubelet(b"bundle", 5.0) == "kubelet started (pid 9)"
+    assert link.requests[0].split(" ")[2] == b64(b"bundle")
+    with pytest.raises(AgentError, match="KUBELET failed: kubelet was already started"):
+        link.channel.start_kubelet(b"bundle", 5.0)
+    with pytest.raises(AgentProtocolError, match="unknown state 'joined'"):
+        link.channel.start_kubelet(b"bundle", 5.0)
+    assert link.channel.kubelet_status(5.0) == KubeletStatus(
+        "running", "running", 497312, 301200, "I1206 ok", ""
+    )
+    with pytest.raises(AgentProtocolError, match="unknown states"):
+        link.channel.kubelet_status(5.0)
+    with pytest.raises(AgentProtocolError, match="memory '1e9,1' is not total,available"):
+        link.channel.kubelet_status(5.0)
+    with pytest.raises(AgentProtocolError, match="'kubeletLog' holds more than 2048 bytes"):
+        link.channel.kubelet_status(5.0)

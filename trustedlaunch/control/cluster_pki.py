@@ -173,6 +173,7 @@ def _issue(
     client: bool = False,
     dns_names: list[str] | None = None,
     ip_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None,
+    validity: datetime.timedelta = LEAF_VALIDITY,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _new_key()
     usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
@@ -183,7 +184,7 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + LEAF_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -209,6 +210,30 @@ def _issue(
         names += [x509.IPAddress(address) for address in ip_addresses or []]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(authority.key, hashes.SHA256()), key
+
+
+NODE_CLIENT_VALIDITY = datetime.timedelta(hours=1)  # short-lived: renewed while the node attests
+
+
+def issue_node_client_certificate(
+    pki: ClusterPki, node_name: str, validity: datetime.timedelta = NODE_CLIENT_VALIDITY
+) -> tuple[bytes, bytes]:
+    """A kubelet client certificate for Node `node_name` (CN=system:node:<name>, O=system:nodes: the Node
+    authorizer and NodeRestriction let it act only as that node), signed by the cluster CA; (certificate
+    PEM, key PEM)."""
+    try:
+        ca_certificate = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError) as error:
+        raise ClusterPkiError(f"cluster CA in {pki.directory} is unreadable: {error}") from error
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ClusterPkiError(f"cluster CA key in {pki.directory} is not an ECDSA key")
+    now = datetime.datetime.now(datetime.UTC)
+    subject = _name(f"system:node:{node_name}", "system:nodes")
+    certificate, key = _issue(
+        _Authority(ca_certificate, ca_key), subject, now, client=True, validity=validity
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
 def _write_private(path: Path, data: bytes) -> None:

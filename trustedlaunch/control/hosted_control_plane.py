@@ -260,6 +260,9 @@ class HostedControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                # (as kubeadm) a node's InternalIP before its Hostname: the apiserver reaches a node VM's
+                # kubelet at the address its cloud node controller sets (trustedlaunch.node.kubelet)
+                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",

@@ -29,6 +29,8 @@ MAX_TPM_RESPONSE_SIZE = 4096  # the vTPM's response buffer (TPM_PT_MAX_RESPONSE_
 MAX_DETAIL_SIZE = 4096  # the diagnostics of a failed request (a tool's stderr)
 MAX_VERSION_SIZE = 1024  # a program's `--version` output
 ROOTFS_STATES = ("absent", "verified", "corrupted", "failed")  # agent/init.sh: open_rootfs
+PROCESS_STATES = ("absent", "running", "exited")  # agent/init.sh: process_state
+MAX_LOG_TAIL_SIZE = 2048  # the end of kubelet's or containerd's log (KUBELETSTATUS)
 
 
 def _base64_length(size: int) -> int:
@@ -57,6 +59,19 @@ class RootfsStatus:
     state: str
     containerd_version: str
     detail: str
+
+
+@dataclass(frozen=True)
+class KubeletStatus:
+    """kubelet and containerd on the node (each a state of PROCESS_STATES), the guest's memory (total and
+    available, KiB) and the end of their logs."""
+
+    kubelet: str
+    containerd: str
+    memory_total_kib: int
+    memory_available_kib: int
+    kubelet_log: str
+    containerd_log: str
 
 
 class AgentError(TrustedLaunchError):
@@ -273,3 +288,32 @@ class AgentChannel:
             _b64(answer, "containerd", MAX_VERSION_SIZE).decode(errors="replace").strip(),
             _b64(answer, "detail", MAX_DETAIL_SIZE).decode(errors="replace").strip(),
         )
+
+    def start_kubelet(self, bundle: bytes, timeout: float) -> str:
+        """Hand the node its join bundle (trustedlaunch.node.kubelet.KubeletJoin.bundle) and have it start
+        containerd and kubelet from its root filesystem (agent request KUBELET); the agent's account of it."""
+        argument = base64.b64encode(bundle).decode()
+        answer = self._check(self.request("KUBELET", "KUBELET", timeout, argument))
+        if answer.get("state") != "started":
+            raise AgentProtocolError(
+                f"agent answer to KUBELET: unknown state {str(answer.get('state'))[:40]!r}"
+            )
+        return _b64(answer, "detail", MAX_DETAIL_SIZE).decode(errors="replace").strip()
+
+    def kubelet_status(self, timeout: float) -> KubeletStatus:
+        """Whether kubelet and containerd run on the node, with the end of their logs (KUBELETSTATUS)."""
+        answer = self._check(self.request("KUBELETSTATUS", "KUBELETSTATUS", timeout))
+        states = answer.get("kubelet"), answer.get("containerd")
+        if any(state not in PROCESS_STATES for state in states):
+            raise AgentProtocolError(f"agent answer to KUBELETSTATUS: unknown states {str(states)[:80]}")
+        memory = str(answer.get("memoryKiB"))
+        if re.fullmatch(r"[0-9]{1,12},[0-9]{1,12}", memory) is None:
+            raise AgentProtocolError(
+                f"agent answer to KUBELETSTATUS: memory {memory[:40]!r} is not total,available"
+            )
+        total, available = (int(value) for value in memory.split(","))
+        logs = (
+            _b64(answer, key, MAX_LOG_TAIL_SIZE).decode(errors="replace")
+            for key in ("kubeletLog", "containerdLog")
+        )
+        return KubeletStatus(str(states[0]), str(states[1]), total, available, *logs)

@@ -5,7 +5,8 @@ commands: the TSS runs on the host, so the node needs no TPM software and its in
 With a root filesystem (trustedlaunch.node.rootfs: kubelet and the container runtime on squashfs under
 dm-verity), the image also holds that disk, its root hash goes on the kernel command line GRUB measures
 (PCR 8: the predicted policy covers every byte of it), and the initramfs carries what the agent opens it
-with (the kernel's signed virtio, dm-verity and squashfs modules, Debian's dmsetup; ~3.4 MB).
+with and a joining node needs (the kernel's signed virtio, dm-verity, squashfs, overlay, bridge and veth
+modules, Debian's dmsetup; ~3.8 MB).
 The image's version is a hash of its content: same inputs, same version. `refresh_agent` gives an image
 built by an older trustedlaunch the current agent and keeps its boot chain.
 """
@@ -31,8 +32,19 @@ SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
 GRUB = Path("/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
 BUSYBOX = Path("/usr/bin/busybox")
 DMSETUP = Path("/usr/sbin/dmsetup")
-# Opening the root filesystem: its virtio disk, dm-verity over it, squashfs on top (with their dependencies).
-ROOTFS_MODULES = ("virtio_pci", "virtio_blk", "dm-verity", "squashfs")
+# Opening the root filesystem: its virtio disk, dm-verity over it, squashfs on top; then what a joining node
+# runs needs: its virtio NIC, overlayfs (containerd's snapshotter), the pods' bridge and veth pairs (with
+# their dependencies).
+ROOTFS_MODULES = (
+    "virtio_pci",
+    "virtio_blk",
+    "dm-verity",
+    "squashfs",
+    "virtio_net",
+    "overlay",
+    "bridge",
+    "veth",
+)
 VERITY_ROOTHASH_ARG = "trustedlaunch.verity_roothash"
 VERITY_SALT_ARG = "trustedlaunch.verity_salt"
 VERITY_BLOCKS_ARG = "trustedlaunch.verity_blocks"

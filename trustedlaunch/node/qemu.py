@@ -28,8 +28,9 @@ from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
-from trustedlaunch.node.channel import AgentChannel, AgentError, RootfsStatus
+from trustedlaunch.node.channel import AgentChannel, AgentError, KubeletStatus, RootfsStatus
 from trustedlaunch.node.image import BOOT_FAILED_MARKER, NodeImage
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.supervisor import EXIT_FILE, QEMU_LOG, vm_end
 from trustedlaunch.node.supervisor import MODULE as SUPERVISOR_MODULE
 from trustedlaunch.tpm.vtpm import MAX_SOCKET_PATH, Vtpm
@@ -192,8 +193,10 @@ class NodeVM:
     """A node VM (context manager): boots `image` and talks to its agent.
 
     `secure_boot` picks OVMF with Microsoft keys enrolled (on) or without keys (off); `vtpm`, when
-    given, is started for the VM's lifetime and attached as a TPM TIS device. Files (varstore copy,
-    ESP copy, sockets, console log) go to `run_dir`.
+    given, is started for the VM's lifetime and attached as a TPM TIS device; `network`, when given, is
+    the VM's only network (trustedlaunch.node.kubelet: its cluster's kube-apiserver and its kubelet port on
+    the host's loopback; without it the VM has no NIC). Files (varstore copy, ESP copy, sockets, console
+    log) go to `run_dir`.
     """
 
     def __init__(
@@ -205,6 +208,7 @@ class NodeVM:
         vtpm: Vtpm | None = None,
         memory_mib: int = NODE_MEMORY_MIB,
         accel: str | None = None,
+        network: NodeNetwork | None = None,
     ):
         self.image = image
         self.run_dir = run_dir
@@ -212,6 +216,7 @@ class NodeVM:
         self.vtpm = vtpm
         self.memory_mib = memory_mib
         self.accel = accel
+        self.network = network
         self.console_log = run_dir / "console.log"
         self.qemu_log = run_dir / QEMU_LOG
         self.exit_file = run_dir / EXIT_FILE  # written by the supervisor when QEMU ends
@@ -302,6 +307,8 @@ class NodeVM:
         ]
         if self.image.rootfs is not None:  # the guest's first virtio disk (/dev/vda), read-only
             command += ["-drive", f"file={self.image.rootfs.path},format=raw,if=virtio,readonly=on"]
+        if self.network is not None:
+            command += self.network.qemu_arguments()
         if self.secure_boot:
             command += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         if tpm_socket is not None:
@@ -468,6 +475,15 @@ class NodeVM:
     def ek_certificate(self) -> bytes:
         """The node TPM's RSA EK certificate (DER), from NV index 0x01c00002."""
         return self.agent().ek_certificate()
+
+    def start_kubelet(self, bundle: bytes, timeout: float = 300.0) -> str:
+        """Hand the node its join bundle (trustedlaunch.node.kubelet.KubeletJoin.bundle): it starts
+        containerd and kubelet from its root filesystem; returns the agent's account of what it did."""
+        return self.agent().channel.start_kubelet(bundle, timeout)
+
+    def kubelet_status(self) -> KubeletStatus:
+        """Whether kubelet and containerd run on the node, with the end of their logs."""
+        return self.agent().channel.kubelet_status(AGENT_COMMAND_TIMEOUT)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM (QMP quit, then kill) and its vTPM; reap both. Safe to call more than once."""

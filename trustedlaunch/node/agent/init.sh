@@ -16,6 +16,16 @@
 #                            "corrupted" (dm-verity failed a read: a block differs from the root hash) or
 #                            "failed" (the modules, disk or device mapper table did not come up); detail:
 #                            the tools' and kernel's messages.
+#   KUBELET <id> <b64>    -> {"id":"<id>","reply":"KUBELET","state":"started","detail":"<b64>"}
+#                            <b64>: base64 of the join bundle (trustedlaunch.node.kubelet: a tar of node-name,
+#                            hosts, kubelet.conf, ca.crt, config.yaml, cni.conflist). Once, on a verified root
+#                            filesystem: places the files on its tmpfs, mounts cgroup2, brings up lo and eth0,
+#                            starts containerd from /sysroot, imports the pre-loaded images pinned, starts
+#                            kubelet; detail: what it did (or ...,"error":... with the tools' messages)
+#   KUBELETSTATUS <id>    -> {"id":"<id>","reply":"KUBELETSTATUS","kubelet":"<state>","containerd":"<state>",
+#                            "memoryKiB":"<total>,<available>","kubeletLog":"<b64>","containerdLog":"<b64>"}
+#                            <state>: "absent" (not started), "running" or "exited"; memory: the guest's
+#                            MemTotal and MemAvailable; logs: the last 2 KiB of each
 #   anything else         -> {"id":"<id>","reply":"UNKNOWN","error":"unknown request","detail":""}
 #
 # The agent runs no TPM software: it relays TPM commands to /dev/tpm0, and the host's TSS
@@ -38,6 +48,16 @@ ROOTFS_DISK=/dev/vda
 # What must be writable on the read-only root (state, credentials and CNI configuration the node receives).
 ROOTFS_TMPFS="run var etc/kubernetes etc/cni/net.d"
 EVENT_LOG=/sys/kernel/security/tpm0/binary_bios_measurements
+# A joining node (trustedlaunch.node.kubelet): its address on QEMU's user network, the files of its join
+# bundle, the largest bundle it takes (base64 characters), the label that pins pre-loaded images in the CRI
+# (trustedlaunch.node.container_images.PRELOADED_IMAGE_LABELS).
+NODE_ADDRESS=10.0.2.15/24
+NODE_GATEWAY=10.0.2.2
+JOIN_FILES="node-name hosts kubelet.conf ca.crt config.yaml cni.conflist"
+MAX_BUNDLE_CHARS=65536
+PINNED_LABEL=io.cri-containerd.pinned=pinned
+IMAGES_DIR=/usr/share/trustedlaunch/images
+kubelet_pid="" containerd_pid=""
 # TPM_CC of GetCapability ReadPublic NV_ReadPublic NV_Read Quote PCR_Read StartAuthSession PolicySecret
 # ActivateCredential FlushContext CreateLoaded EvictControl
 RELAYED="0000017a 00000173 00000169 0000014e 00000158 0000017e 00000176 00000151 00000147 00000165 00000191 00000120"
@@ -170,6 +190,102 @@ rootfs_report() {
     reply "\"reply\":\"ROOTFS\",\"state\":\"$rootfs_state\",\"containerd\":\"$version\",\"detail\":\"$detail\""
 }
 
+uptime_stamp() {
+    read -r seconds _ </proc/uptime
+    echo "[$seconds s] $*"
+}
+
+join_node() {
+    # Messages to stdout/stderr (join.log), each step stamped with the uptime; returns non-zero at the
+    # first step that fails.
+    uptime_stamp "joining"
+    hostname "$node_name" || return
+    mkdir -p /sysroot/etc/kubernetes/pki /sysroot/var/lib/kubelet /sysroot/var/log /sysroot/run/trustedlaunch || return
+    cp join/kubelet.conf join/config.yaml /sysroot/etc/kubernetes/ || return
+    chmod 600 /sysroot/etc/kubernetes/kubelet.conf
+    cp join/ca.crt /sysroot/etc/kubernetes/pki/ca.crt || return
+    cp join/cni.conflist /sysroot/etc/cni/net.d/10-pods.conflist || return
+    # /etc is read-only: the cluster FQDN goes into a copy of /etc/hosts on tmpfs, bound over it
+    cat /sysroot/etc/hosts join/hosts >/sysroot/run/trustedlaunch/hosts || return
+    mount --bind /sysroot/run/trustedlaunch/hosts /sysroot/etc/hosts || return
+    mount -t cgroup2 cgroup2 /sysroot/sys/fs/cgroup || return
+    ip link set lo up || return
+    ip addr add $NODE_ADDRESS dev eth0 || return
+    ip link set eth0 up || return
+    ip route add default via $NODE_GATEWAY || return
+    uptime_stamp "network: eth0 $NODE_ADDRESS via $NODE_GATEWAY; cgroup2 mounted"
+    # (neither gets the agent's serial port or TPM: 3>&- 4>&-)
+    chroot /sysroot /usr/bin/containerd >/sysroot/var/log/containerd.log 2>&1 3>&- 4>&- &
+    containerd_pid=$!
+    waited=0
+    while [ ! -S /sysroot/run/containerd/containerd.sock ] && [ $waited -lt 600 ]; do
+        kill -0 $containerd_pid 2>/dev/null || { echo "containerd exited"; tail -c 1024 /sysroot/var/log/containerd.log; return 1; }
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    [ -S /sysroot/run/containerd/containerd.sock ] || { echo "containerd did not listen within 60 s"; return 1; }
+    uptime_stamp "containerd started (pid $containerd_pid)"
+    for archive in /sysroot$IMAGES_DIR/*.tar; do
+        [ -f "$archive" ] || continue
+        chroot /sysroot /usr/bin/ctr -n k8s.io images import --label $PINNED_LABEL "$IMAGES_DIR/${archive##*/}" || return
+    done
+    chroot /sysroot /usr/bin/kubelet --config=/etc/kubernetes/config.yaml --kubeconfig=/etc/kubernetes/kubelet.conf \
+        --hostname-override="$node_name" --cloud-provider=external >/sysroot/var/log/kubelet.log 2>&1 3>&- 4>&- &
+    kubelet_pid=$!
+    uptime_stamp "images imported; kubelet started (pid $kubelet_pid) as node $node_name"
+}
+
+start_kubelet() {
+    # $1: base64 of the join bundle
+    rm -rf join join.log
+    if [ "$rootfs_state" != verified ]; then
+        fail KUBELET "the root filesystem is $rootfs_state: nothing to run kubelet from"
+        return
+    fi
+    if [ -n "$kubelet_pid" ]; then
+        fail KUBELET "kubelet was already started"
+        return
+    fi
+    if [ -z "$1" ] || [ ${#1} -gt $MAX_BUNDLE_CHARS ]; then
+        fail KUBELET "the join bundle is empty or longer than $MAX_BUNDLE_CHARS base64 characters"
+        return
+    fi
+    mkdir join
+    if ! printf '%s' "$1" | base64 -d >join.tar 2>join.log || ! tar -xf join.tar -C join 2>>join.log; then
+        fail KUBELET "the join bundle is not base64 of a tar archive" join.log
+        return
+    fi
+    for file in $JOIN_FILES; do
+        [ -f "join/$file" ] || { fail KUBELET "the join bundle has no $file"; return; }
+    done
+    node_name=$(head -c 64 join/node-name)
+    case $node_name in "" | *[!a-z0-9.-]*) fail KUBELET "the join bundle's node name is not [a-z0-9.-]"; return ;; esac
+    if ! join_node >>join.log 2>&1; then
+        fail KUBELET "the node did not start kubelet" join.log
+        return
+    fi
+    echo "trustedlaunch: kubelet started as node $node_name" >/dev/console
+    reply "\"reply\":\"KUBELET\",\"state\":\"started\",\"detail\":\"$(tail -c 4096 join.log | base64 -w 0)\""
+}
+
+process_state() {
+    # $1: pid (empty: never started); a zombie (state Z, not reaped yet by this shell) has exited
+    if [ -z "$1" ]; then
+        echo absent
+        return
+    fi
+    stat=$(cat "/proc/$1/stat" 2>/dev/null)
+    case ${stat##*) } in "" | Z* | X*) echo exited ;; *) echo running ;; esac
+}
+
+kubelet_status() {
+    kubelet_log="" containerd_log=""
+    [ -s /sysroot/var/log/kubelet.log ] && kubelet_log=$(tail -c 2048 /sysroot/var/log/kubelet.log | base64 -w 0)
+    [ -s /sysroot/var/log/containerd.log ] && containerd_log=$(tail -c 2048 /sysroot/var/log/containerd.log | base64 -w 0)
+    memory=$(awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { available = $2 } END { print total "," available }' /proc/meminfo)
+    reply "\"reply\":\"KUBELETSTATUS\",\"kubelet\":\"$(process_state "$kubelet_pid")\",\"containerd\":\"$(process_state "$containerd_pid")\",\"memoryKiB\":\"$memory\",\"kubeletLog\":\"$kubelet_log\",\"containerdLog\":\"$containerd_log\""
+}
+
 event_log() {
     log=""
     [ -r "$EVENT_LOG" ] && cat "$EVENT_LOG" >eventlog.bin && log=$(b64 eventlog.bin)
@@ -186,6 +302,8 @@ handle() {
         TPM) tpm_command "$3" ;;
         EVENTLOG) event_log ;;
         ROOTFS) rootfs_report ;;
+        KUBELET) start_kubelet "$3" ;;
+        KUBELETSTATUS) kubelet_status ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
     esac

@@ -1,0 +1,105 @@
+"""The join bundle and network a node VM is given (trustedlaunch.node.kubelet): fixed files the agent
+places, a kubeconfig naming the cluster by its FQDN with the node's own client certificate, a kubelet
+configuration for a systemd-less cgroup v2 node, a bounded size; names and ports checked."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+from importlib import resources
+
+import pytest
+import yaml
+
+from trustedlaunch.node.container_images import PRELOADED_IMAGE_LABELS
+from trustedlaunch.node.image import BUSYBOX
+from trustedlaunch.node.kubelet import (
+    APISERVER_GUEST_ADDRESS,
+    ATTESTATION_PENDING_TAINT,
+    JOIN_FILES,
+    MAX_JOIN_BUNDLE_SIZE,
+    KubeletJoin,
+    NodeJoinError,
+    NodeNetwork,
+)
+
+FQDN = "tests-rg-000000.hcp.local.trustedlaunch.internal"
+
+
+def join(**changes: object) -> KubeletJoin:
+    fields: dict[str, object] = {
+        "node_name": "tl-node-0",
+        "fqdn": FQDN,
+        "ca_pem": b"-----CA-----\n",
+        "client_cert_pem": b"-----CERT-----\n",
+        "client_key_pem": b"-----KEY-----\n",
+        "kubelet_port": 40123,
+        "taints": (ATTESTATION_PENDING_TAINT,),
+    }
+    return KubeletJoin(**(fields | changes))  # type: ignore[arg-type]
+
+
+def bundle_files(data: bytes) -> dict[str, str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {member.name: tar.extractfile(member).read().decode() for member in tar}  # type: ignore[union-attr]
+
+
+def test_the_bundle_holds_exactly_the_files_the_agent_places() -> None:
+    data = join().bundle()
+    assert data == join().bundle()  # fixed times and owners
+    files = bundle_files(data)
+    assert tuple(files) == JOIN_FILES
+    assert files["node-name"] == "tl-node-0\n"
+    assert files["hosts"] == f"{APISERVER_GUEST_ADDRESS} {FQDN}\n"
+    kubeconfig = yaml.safe_load(files["kubelet.conf"])
+    [cluster] = kubeconfig["clusters"]
+    assert cluster["cluster"]["server"] == f"https://{FQDN}:443"
+    assert base64.b64decode(cluster["cluster"]["certificate-authority-data"]) == b"-----CA-----\n"
+    [user] = kubeconfig["users"]
+    assert base64.b64decode(user["user"]["client-certificate-data"]) == b"-----CERT-----\n"
+    config = yaml.safe_load(files["config.yaml"])
+    assert (config["kind"], config["cgroupDriver"], config["port"]) == (
+        "KubeletConfiguration",
+        "cgroupfs",
+        40123,
+    )
+    assert config["authorization"] == {"mode": "Webhook"}
+    assert config["authentication"]["anonymous"] == {"enabled": False}
+    assert config["registerWithTaints"] == [ATTESTATION_PENDING_TAINT]
+    [bridge] = json.loads(files["cni.conflist"])["plugins"]
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"node_name": "Node_0"}, "node name 'Node_0'"),
+        ({"node_name": "a" * 64}, "node name"),
+        ({"node_name": "x\n10.0.0.1 evil"}, "node name"),
+        ({"fqdn": "evil.example\n1.2.3.4 other"}, "cluster FQDN"),
+        ({"client_key_pem": bytes(MAX_JOIN_BUNDLE_SIZE)}, f"exceeds {MAX_JOIN_BUNDLE_SIZE} bytes"),
+    ],
+)
+def test_a_bad_name_or_an_oversized_bundle_is_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(NodeJoinError, match=message):
+        join(**changes).bundle()
+
+
+def test_the_network_forwards_only_the_apiserver_and_the_kubelet_port() -> None:
+    netdev, device = NodeNetwork(6443, 40123).qemu_arguments()[1::2]
+    assert device == "virtio-net-pci,netdev=net0"
+    options = netdev.split(",")
+    assert "restrict=on" in options
+    assert f"guestfwd=tcp:{APISERVER_GUEST_ADDRESS}:443-cmd:{BUSYBOX} nc 127.0.0.1 6443" in options
+    assert "hostfwd=tcp:127.0.0.1:40123-10.0.2.15:40123" in options
+    with pytest.raises(NodeJoinError, match="port 0 is not a TCP port"):
+        NodeNetwork(0, 40123)
+
+
+def test_the_agent_pins_imports_with_the_label_the_cri_pins_by() -> None:
+    agent = resources.files("trustedlaunch.node").joinpath("agent/init.sh").read_text()
+    [(key, value)] = PRELOADED_IMAGE_LABELS.items()
+    assert f"PINNED_LABEL={key}={value}\n" in agent
+    assert f'JOIN_FILES="{" ".join(JOIN_FILES)}"' in agent

@@ -1,0 +1,211 @@
+"""What a node VM needs to join its cluster: the network between the node and the host's loopback, and the
+join bundle the agent receives (agent request KUBELET) before it starts containerd and kubelet from its
+verified root filesystem.
+
+Network (QEMU user networking, `restrict=on`: the guest reaches nothing by default):
+- node -> kube-apiserver: a `guestfwd` from APISERVER_GUEST_ADDRESS:APISERVER_GUEST_PORT to the cluster's
+  kube-apiserver on 127.0.0.1:<port>, in its `cmd:` form: QEMU runs one `busybox nc 127.0.0.1 <port>` per
+  connection the guest opens (the `tcp:` chardev form serves a single connection, and kubelet opens several:
+  its client, its watches, its lease and the authorization webhook's). The kubelet reaches the apiserver by
+  the cluster FQDN (the serving certificate's SAN), mapped to that address in the node's /etc/hosts.
+- kube-apiserver -> kubelet (`kubectl logs`/`exec`): a `hostfwd` from 127.0.0.1:<kubelet port> to the same
+  port in the guest, where kubelet listens. The kubelet runs with `--cloud-provider=external`: it does not
+  publish the guest's own address (10.0.2.15, which the host cannot reach) and registers with the
+  `node.cloudprovider.kubernetes.io/uninitialized` taint; the control plane, as a cloud node controller does,
+  sets the Node's address to 127.0.0.1 (`node_addresses_patch`) and removes that taint. The Node's
+  daemonEndpoints carry kubelet's port, so the apiserver dials 127.0.0.1:<kubelet port>, which is that node.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import ipaddress
+import json
+import re
+import shlex
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.image import BUSYBOX
+
+NODE_ADDRESS = "10.0.2.15"  # the guest's eth0 (QEMU user networking's first DHCP address, set statically)
+APISERVER_GUEST_ADDRESS = "10.0.2.100"  # where the node reaches its cluster's kube-apiserver
+APISERVER_GUEST_PORT = 443
+DEFAULT_POD_CIDR = "10.244.0.0/24"
+ATTESTATION_PENDING_TAINT = {
+    "key": "kubernetes.azure.com/attestation",
+    "value": "pending",
+    "effect": "NoSchedule",
+}
+CLOUD_UNINITIALIZED_TAINT_KEY = "node.cloudprovider.kubernetes.io/uninitialized"
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+# The files of a join bundle (a tar archive; agent/init.sh places each one).
+JOIN_FILES = ("node-name", "hosts", "kubelet.conf", "ca.crt", "config.yaml", "cni.conflist")
+MAX_JOIN_BUNDLE_SIZE = 48 * 1024  # bytes; the agent refuses more than its base64 (MAX_BUNDLE_CHARS)
+_NODE_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
+_FQDN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+class NodeJoinError(TrustedLaunchError):
+    """A node's join bundle or network cannot be made as asked (bad name, address or port)."""
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """A node VM's network: the host loopback port of its cluster's kube-apiserver and the host loopback
+    port forwarded to its kubelet (kubelet listens on the same port in the guest)."""
+
+    apiserver_port: int
+    kubelet_port: int
+
+    def __post_init__(self) -> None:
+        for port in (self.apiserver_port, self.kubelet_port):
+            if not 0 < port < 65536:
+                raise NodeJoinError(f"port {port} is not a TCP port")
+
+    def qemu_arguments(self, busybox: Path = BUSYBOX) -> list[str]:
+        """QEMU's user network (restrict=on) with the two forwards, on a virtio NIC (the guest's eth0)."""
+        bridge = f"{shlex.quote(str(busybox))} nc 127.0.0.1 {self.apiserver_port}"
+        netdev = (
+            "user,id=net0,restrict=on,net=10.0.2.0/24,"
+            f"guestfwd=tcp:{APISERVER_GUEST_ADDRESS}:{APISERVER_GUEST_PORT}-cmd:{bridge},"
+            f"hostfwd=tcp:127.0.0.1:{self.kubelet_port}-{NODE_ADDRESS}:{self.kubelet_port}"
+        )
+        return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+
+
+def check_node_name(name: str) -> str:
+    """`name` if it is a DNS label-style node name (lowercase, at most 63 characters), else NodeJoinError."""
+    if _NODE_NAME.fullmatch(name) is None:
+        raise NodeJoinError(f"node name {name!r} is not 1-63 of [a-z0-9.-], starting and ending alphanumeric")
+    return name
+
+
+def kubelet_configuration(kubelet_port: int, taints: list[dict[str, str]]) -> dict[str, Any]:
+    """The node's KubeletConfiguration: cgroupfs on cgroup v2 (no systemd), containerd's CRI socket, client
+    certificates of the cluster CA and webhook authorization for the apiserver's calls, `taints` at
+    registration, no image garbage collection (the pre-loaded images cannot be pulled again)."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_ADDRESS,
+        "port": kubelet_port,
+        "readOnlyPort": 0,
+        "healthzPort": 0,
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCKET}",
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"},
+        },
+        "authorization": {"mode": "Webhook"},
+        "registerWithTaints": taints,
+        "rotateCertificates": False,
+        "serverTLSBootstrap": False,
+        "failSwapOn": False,
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "32Mi", "nodefs.available": "5%", "imagefs.available": "5%"},
+    }
+
+
+def kubelet_kubeconfig(fqdn: str, ca_pem: bytes, client_cert_pem: bytes, client_key_pem: bytes) -> str:
+    """The kubelet's kubeconfig: the cluster's apiserver by its FQDN, the client certificate embedded."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    server = f"https://{fqdn}:{APISERVER_GUEST_PORT}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "cluster", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
+        ],
+        "users": [
+            {
+                "name": "kubelet",
+                "user": {
+                    "client-certificate-data": b64(client_cert_pem),
+                    "client-key-data": b64(client_key_pem),
+                },
+            }
+        ],
+        "contexts": [{"name": "kubelet", "context": {"cluster": "cluster", "user": "kubelet"}}],
+        "current-context": "kubelet",
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def cni_configuration(pod_cidr: str) -> dict[str, Any]:
+    """The pods' network: a `cni0` bridge with host-local addresses from `pod_cidr` (the bridge is their
+    gateway; no masquerading: pods reach only their node)."""
+    network = ipaddress.ip_network(pod_cidr)
+    return {
+        "cniVersion": "1.0.0",
+        "name": "trustedlaunch-pods",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "ipMasq": False,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": str(network)}]]},
+            }
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class KubeletJoin:
+    """What a node is given to join its cluster: its name, the cluster's FQDN and CA, the kubelet's client
+    certificate (CN=system:node:<name>, O=system:nodes) and key, its pods' range and registration taints."""
+
+    node_name: str
+    fqdn: str
+    ca_pem: bytes
+    client_cert_pem: bytes
+    client_key_pem: bytes
+    kubelet_port: int
+    pod_cidr: str = DEFAULT_POD_CIDR
+    taints: tuple[dict[str, str], ...] = ()
+
+    def bundle(self) -> bytes:
+        """The join bundle: a tar of JOIN_FILES (fixed names, times and owners), at most
+        MAX_JOIN_BUNDLE_SIZE bytes."""
+        check_node_name(self.node_name)
+        if _FQDN.fullmatch(self.fqdn) is None:
+            raise NodeJoinError(f"cluster FQDN {self.fqdn!r} is not a lowercase DNS name")
+        files = {
+            "node-name": self.node_name + "\n",
+            "hosts": f"{APISERVER_GUEST_ADDRESS} {self.fqdn}\n",
+            "kubelet.conf": kubelet_kubeconfig(
+                self.fqdn, self.ca_pem, self.client_cert_pem, self.client_key_pem
+            ),
+            "ca.crt": self.ca_pem.decode(),
+            "config.yaml": yaml.safe_dump(kubelet_configuration(self.kubelet_port, list(self.taints))),
+            "cni.conflist": json.dumps(cni_configuration(self.pod_cidr), indent=1),
+        }
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in JOIN_FILES:
+                data = files[name].encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o600
+                tar.addfile(info, io.BytesIO(data))
+        if len(out.getvalue()) > MAX_JOIN_BUNDLE_SIZE:
+            raise NodeJoinError(f"join bundle of {self.node_name} exceeds {MAX_JOIN_BUNDLE_SIZE} bytes")
+        return out.getvalue()
+
+
+def node_addresses_patch() -> dict[str, Any]:
+    """The Node status patch a cloud node controller applies: the address the apiserver reaches the kubelet
+    by (127.0.0.1: the node's hostfwd; the kubelet port comes from the Node's daemonEndpoints)."""
+    return {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}}
