@@ -32,7 +32,8 @@ from pathlib import Path
 from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import attest_node
-from trustedlaunch.node.image import NodeImage, build_node_image
+from trustedlaunch.control.node_images import build_release_image
+from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.qemu import FIRMWARE, NodeVM, kvm_usable
 from trustedlaunch.tpm.ekca import create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
@@ -136,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tl-bench-") as folder:
         base = Path(folder)
         started = time.monotonic()
-        image = build_node_image(base / "image")
+        image = build_release_image(base / "image")  # the image real nodes boot (dm-verity root filesystem)
         print(f"image build:          {time.monotonic() - started:6.2f} s  (version {image.version})")
         started = time.monotonic()
         accel = "kvm" if kvm_usable() else "tcg"

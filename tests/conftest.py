@@ -11,6 +11,7 @@ import pytest
 from kube_apiserver import running_control_plane
 from pg_server import PostgresServer, postgres_bin_dir, postgres_server
 
+from trustedlaunch.control.binary_cache import user_cache_dir
 from trustedlaunch.control.cluster_planes import HOSTED_CONTROL_PLANES_ENV
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes_release import (
@@ -26,6 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # attestation, API and CLI paths run without one (four more processes per cluster they create); the tests
 # of the hosted control planes (tests/kubernetes/test_cluster_planes*.py) and of the demo turn it on.
 os.environ.setdefault(HOSTED_CONTROL_PLANES_ENV, "0")
+# Node images carry the kubelet and container runtime `make setup` built into the user cache
+# (control/node_images.py): the `tl` processes tests start with a private HOME find them there too.
+os.environ.setdefault("XDG_CACHE_HOME", str(user_cache_dir().parent))
 TESTDATA = REPO_ROOT.parent / "shared" / "testdata"
 
 

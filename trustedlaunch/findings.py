@@ -36,6 +36,7 @@ class Check(StrEnum):
     FORBIDDEN_DB = "ForbiddenDatabaseMissingEntries"
     BOOT_APPLICATION = "BootApplicationNotAllowed"
     KERNEL_CMDLINE = "KernelCmdlineNotAllowed"
+    ROOT_FILESYSTEM = "RootFilesystemNotAllowed"  # the command line names another dm-verity root hash
     SEPARATOR = "SeparatorInvalid"
     PCR_VALUE = "PcrValueMismatch"  # a PCR differs from the policy's golden value
     EVENT_DATA = "EventDataNotMeasured"  # event data not bound to its quoted digest, or a hidden PCR4 load

@@ -39,7 +39,7 @@ from trustedlaunch.attest.nonces import (
     NonceInvalidError,
     NonceReusedError,
 )
-from trustedlaunch.attest.policy import BootStep, Policy
+from trustedlaunch.attest.policy import BootStep, Policy, RootFilesystemRule
 from trustedlaunch.attest.remote import evidence_from_quote
 from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
 from trustedlaunch.control.pool_policies import record_image_policy
@@ -341,6 +341,22 @@ def test_pool_id_verifies_against_the_pools_recorded_policy(
     verdict = _verify_pool(pools, node, TL_POOL).json()
     assert verdict["ok"] is False and "token" not in verdict
     assert {finding["check"] for finding in verdict["findings"]} == {"BootApplicationNotAllowed"}
+
+    root_hash = "5e" * 32  # a node image with a dm-verity root filesystem: its root hash on the command line
+    rootfs_image = dataclasses.replace(recorded, root_filesystem=RootFilesystemRule(root_hash, version))
+    _record_pool_policy(pools, True, rootfs_image.to_dict())
+    verdict = _verify_pool(pools, node, TL_POOL).json()
+    assert verdict["ok"] is False and "token" not in verdict
+    [finding] = verdict["findings"]
+    assert (finding["check"], finding["component"], finding["pcr"]) == (
+        "RootFilesystemNotAllowed",
+        "root filesystem",
+        8,
+    )
+    assert finding["message"] == (
+        f"root filesystem hash differs from node image {version}: the measured command line has no "
+        f"trustedlaunch.verity_roothash, expected {root_hash}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from node_helpers import initramfs_listing
 
+from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.policy import Policy, RootFilesystemRule
 from trustedlaunch.node.image import (
     DEFAULT_CMDLINE,
     ROOTFS_MODULES,
@@ -23,6 +25,7 @@ from trustedlaunch.node.image import (
     has_current_agent,
     refresh_agent,
 )
+from trustedlaunch.node.qemu import FIRMWARE
 from trustedlaunch.node.rootfs import (
     CONTAINERD_CONFIG,
     IMAGE_ARCHIVES_DIR,
@@ -217,6 +220,14 @@ def test_command_line_carries_the_root_hash(rootfs_node_image: NodeImage) -> Non
     )
     config = (rootfs_node_image.esp_dir / "EFI/debian/grub.cfg").read_text()
     assert f"chainloader /vmlinuz initrd=\\initrd.gz {rootfs_node_image.kernel_cmdline}\n" in config
+
+
+def test_the_predicted_policy_pins_the_root_hash(rootfs_node_image: NodeImage, node_image: NodeImage) -> None:
+    varstore = FIRMWARE[True][1]
+    policy = policy_for_image(rootfs_node_image.esp_dir, varstore, node_image="v1")
+    assert policy.root_filesystem == RootFilesystemRule(rootfs_of(rootfs_node_image).root_hash, "v1")
+    assert Policy.from_json(policy.to_json()) == policy
+    assert policy_for_image(node_image.esp_dir, varstore).root_filesystem is None  # no root filesystem
 
 
 def test_initramfs_holds_the_verity_modules_and_dmsetup(rootfs_node_image: NodeImage) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.policy import RootFilesystemRule
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
@@ -86,6 +87,7 @@ def test_predicted_policy_covers_the_root_hash(
     policy = policy_for_image(
         rootfs_node_image.esp_dir, varstore, kernel_cmdline=measured_cmdline(rootfs_node_image)
     )
+    assert policy.root_filesystem == RootFilesystemRule(rootfs.root_hash)  # read from the image's grub.cfg
     attestation = attest_node(node, policy=policy, ek_ca=[node_ek_ca.certificate])
     assert attestation.ok, [str(finding) for finding in attestation.result.findings]
     quote = node.request_quote(NONCE)
@@ -98,6 +100,24 @@ def test_predicted_policy_covers_the_root_hash(
     refused = attest_node(node, policy=other, ek_ca=[node_ek_ca.certificate], node_state=attestation.state)
     assert not refused.ok
     assert Check.KERNEL_CMDLINE in {finding.check for finding in refused.result.findings}
+    # the predicted policy of an image with another root filesystem: refused, the finding names it
+    other_root = "0f" * 32
+    rule = RootFilesystemRule(other_root, "AKSUbuntu-2204gen2TLcontainerd-202411.12.0")
+    another = dataclasses.replace(policy, root_filesystem=rule)
+    refused = attest_node(node, policy=another, ek_ca=[node_ek_ca.certificate], node_state=refused.state)
+    assert not refused.ok
+    [finding] = refused.result.findings
+    assert summary.kernel_cmdline_event is not None
+    assert (finding.check, finding.component, finding.pcr, finding.event_index) == (
+        Check.ROOT_FILESYSTEM,
+        "root filesystem",
+        8,
+        summary.kernel_cmdline_event.index,
+    )
+    assert finding.message == (
+        "root filesystem hash differs from node image AKSUbuntu-2204gen2TLcontainerd-202411.12.0: "
+        f"measured {rootfs.root_hash}, expected {other_root}"
+    )
 
 
 def test_altered_root_filesystem_stops_the_node_naming_it(rootfs_nodes: tuple[NodeVM, NodeVM]) -> None:

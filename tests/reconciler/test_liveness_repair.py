@@ -151,8 +151,15 @@ def test_a_paused_a_hung_and_a_killed_vm_heal(sessions: sessionmaker[Session], s
             lambda: (node := the_node(sessions)).state != "Ready" and node, 2 * LIVENESS_INTERVAL + 10, "loss"
         )
         assert lost.health_cause == "VM exited: the VM process (QEMU) was killed by signal 9 (SIGKILL)"
-        rebooted = wait_until(
-            lambda: (node := the_node(sessions)).state == "Ready" and node.repairs and node, 400, "reboot"
+        rebooted = wait_until(  # Ready is committed before the repair's outcome: wait for both
+            lambda: (
+                (node := the_node(sessions)).state == "Ready"
+                and node.repairs
+                and node.repairs[-1]["outcome"]
+                and node
+            ),
+            400,
+            "reboot",
         )
         [repair] = rebooted.repairs
         assert repair["action"] == "Reboot" and repair["outcome"].startswith("done: ready after"), repair

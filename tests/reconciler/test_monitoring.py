@@ -104,7 +104,7 @@ def cluster_admin(sessions: sessionmaker[Session]) -> Client:
 def pool_policy(state_dir: Path, image_version: str) -> Policy:
     """The policy the reconciler attests the pool's Secure Boot nodes against."""
     esp = state_dir / "images" / image_version / "esp"
-    return replace(policy_for_image(esp, FIRMWARE[True][1]), secure_boot=True)
+    return replace(policy_for_image(esp, FIRMWARE[True][1], node_image=image_version), secure_boot=True)
 
 
 def reverify(record: AttestationRecord, policy: Policy) -> bool:

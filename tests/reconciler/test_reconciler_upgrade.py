@@ -1,6 +1,7 @@
-"""Upgrading trustedlaunch under a state dir whose node image an older version built: the image keeps its
-boot chain (shim, GRUB, kernel, command line) and gets the current agent, and a node booted from it is
-attested. One VM boot."""
+"""Upgrading trustedlaunch under a state dir whose node image an older version built: `refresh_agent` keeps an
+image's boot chain (shim, GRUB, kernel, command line) and gives it the current agent; an image built before
+the root filesystem (no kubelet, no container runtime) is built anew as the release image, and a node booted
+from it opens its verified root filesystem and is attested against the new image's root hash. One VM boot."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ import pytest
 from reconciler_helpers import SUB, nodes, run_until_finished, trusted_launch_store
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.attest.policy import Policy, RootFilesystemRule
+from trustedlaunch.control.node_images import is_release_image
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image, has_current_agent, refresh_agent
 from trustedlaunch.node.initramfs import Initramfs
+from trustedlaunch.store.models import ImagePolicy
 
 PATH = ResourcePath(SUB, "rg", "upgradedcluster")
-BOOT_CHAIN = ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "EFI/debian/grub.cfg", "vmlinuz")
+SIGNED_CHAIN = ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "vmlinuz")
+BOOT_CHAIN = (*SIGNED_CHAIN, "EFI/debian/grub.cfg")
 OLD_CMDLINE = "console=ttyS0 panic=-1 loglevel=3"
 
 
@@ -47,8 +52,8 @@ def image_with_another_agent(out_dir: Path) -> NodeImage:
     return NodeImage.load(out_dir)
 
 
-def boot_chain(image: NodeImage) -> dict[str, bytes]:
-    return {name: (image.esp_dir / name).read_bytes() for name in BOOT_CHAIN}
+def boot_chain(image: NodeImage, names: tuple[str, ...] = BOOT_CHAIN) -> dict[str, bytes]:
+    return {name: (image.esp_dir / name).read_bytes() for name in names}
 
 
 def test_refresh_agent_replaces_the_initramfs_only(tmp_path: Path) -> None:
@@ -72,7 +77,7 @@ def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.mark.slow
-def test_a_node_boots_the_upgraded_image_and_is_attested(
+def test_an_image_without_root_filesystem_is_built_anew_and_its_node_attested(
     sessions: sessionmaker[Session], reconciler_base: Path
 ) -> None:
     state_dir = reconciler_base / "upgrade-state"
@@ -84,7 +89,7 @@ def test_a_node_boots_the_upgraded_image_and_is_attested(
         image_version = cluster.agent_pools[0].node_image_version
     image_dir = state_dir / "images" / image_version
     old = image_with_another_agent(image_dir)  # the cached build an older trustedlaunch made
-    old_chain = boot_chain(old)
+    assert old.rootfs is None and not is_release_image(old)
     reconciler = Reconciler(sessions, state_dir, boot_timeout=180)
     try:
         created = run_until_finished(reconciler, sessions, create.id, 400)
@@ -92,7 +97,15 @@ def test_a_node_boots_the_upgraded_image_and_is_attested(
         (node,) = nodes(sessions)
         assert (node.state, node.attestation_status) == ("Ready", "Attested")
         upgraded = NodeImage.load(image_dir)
-        assert has_current_agent(upgraded) and boot_chain(upgraded) == old_chain
+        assert is_release_image(upgraded) and has_current_agent(upgraded) and upgraded.rootfs is not None
+        assert boot_chain(upgraded, SIGNED_CHAIN) == boot_chain(old, SIGNED_CHAIN)  # Debian's signed files
+        assert upgraded.version != old.version
+        console = (Path(str(node.run_dir)) / "console.log").read_text(errors="replace")
+        assert "trustedlaunch: root filesystem verified" in console
+        with sessions() as session:
+            stored = session.get_one(ImagePolicy, (image_version, True))
+            policy = Policy.from_json(stored.policy)
+        assert policy.root_filesystem == RootFilesystemRule(upgraded.rootfs.root_hash, image_version)
         assert sorted(path.name for path in image_dir.parent.iterdir()) == [image_version]  # no scratch left
 
         with sessions.begin() as session:

@@ -4,26 +4,35 @@ node image and the varstore it boots under (predicted without booting it)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from trustedlaunch.attest.policy import (
     BOOT_APPLICATION_PCR,
+    ROOT_HASH_ARG,
     BootStep,
     CmdlineRules,
     ExpectedEvent,
     GoldenPcr,
     Policy,
     PolicyError,
+    RootFilesystemRule,
     VariablePolicy,
     boot_app_components,
+    cmdline_tokens,
     entry_id,
     variable_digest,
 )
 from trustedlaunch.eventlog.model import BootSummary
 from trustedlaunch.eventlog.predict import predict_pcrs
 from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
+from trustedlaunch.uefi.secureboot import find_grub_config
 from trustedlaunch.uefi.siglist import SignatureEntry
 from trustedlaunch.uefi.varstore import read_varstore
+
+MAX_GRUB_CONFIG_BYTES = 64 * 1024
+_KERNEL_COMMANDS = ("linux", "linuxefi", "chainloader")
+_ROOT_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def policy_from_summary(summary: BootSummary) -> Policy:
@@ -63,11 +72,14 @@ def policy_for_image(
     *,
     banks: tuple[str, ...] = ("sha256",),
     kernel_cmdline: str | None = None,
+    node_image: str | None = None,
 ) -> Policy:
     """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
     as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
     image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
-    golden values. `kernel_cmdline`, when given, must be the exact measured command line.
+    golden values. `kernel_cmdline`, when given, must be the exact measured command line. An image with a
+    root filesystem (its GRUB configuration puts a dm-verity root hash on the kernel command line) also
+    gets that root hash as the policy's root filesystem rule, `node_image` naming the image in findings.
 
     Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
     """
@@ -75,6 +87,7 @@ def policy_for_image(
         raise PolicyError(f"policy_for_image needs the sha256 bank (asked for: {', '.join(banks)})")
     store = read_varstore(varstore)
     prediction = predict_pcrs(image_esp, varstore, banks)
+    root_hash = image_root_hash(image_esp)
 
     def pin(name: str, entries: tuple[SignatureEntry, ...]) -> VariablePolicy:
         ids = frozenset(entry_id(entry) for entry in entries)
@@ -109,4 +122,37 @@ def policy_for_image(
         kernel_cmdline=CmdlineRules(exact=kernel_cmdline),
         require_valid_separators=True,
         golden_pcrs=golden,
+        root_filesystem=None if root_hash is None else RootFilesystemRule(root_hash, node_image),
     )
+
+
+def image_root_hash(image_esp: Path) -> str | None:
+    """The dm-verity root hash the image's GRUB configuration puts on the kernel command line (ROOT_HASH_ARG
+    of its linux/linuxefi/chainloader line), None when it puts none; raises PolicyError naming the file when
+    it is unreadable, too large, or names no single well-formed root hash."""
+    config = find_grub_config(image_esp)
+    if config is None:
+        return None
+    try:
+        with config.open("rb") as stream:
+            data = stream.read(MAX_GRUB_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"GRUB configuration {config} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_GRUB_CONFIG_BYTES:
+        raise PolicyError(f"GRUB configuration {config} is larger than {MAX_GRUB_CONFIG_BYTES} bytes")
+    prefix = f"{ROOT_HASH_ARG}="
+    hashes = {
+        token.removeprefix(prefix)
+        for line in data.decode("utf-8", errors="replace").splitlines()
+        if line.split()[:1] and line.split()[0] in _KERNEL_COMMANDS
+        for token in cmdline_tokens(line)
+        if token.startswith(prefix)
+    }
+    if not hashes:
+        return None
+    root_hash = hashes.pop()
+    if hashes or not _ROOT_HASH.fullmatch(root_hash):
+        raise PolicyError(
+            f"GRUB configuration {config}: {ROOT_HASH_ARG} must name one root hash of 64 lowercase hex digits"
+        )
+    return root_hash

@@ -1,7 +1,8 @@
 """Evaluate: a verified boot against a pool's attestation policy (the second half of the verifier).
 
 Every policy check of the project lives in this module: Secure Boot state, PK/KEK/db content, required
-dbx revocations, the boot chain, the kernel command line, separators and golden PCR values. It reads
+dbx revocations, the boot chain, the kernel command line (and the root filesystem's dm-verity root hash on
+it), separators and golden PCR values. It reads
 only a `VerifiedBoot` (which only the verifier's first step makes), so a summary of a log no quote
 vouches for can never pass as an attested boot. Every failure is reported, as one finding each.
 """
@@ -15,11 +16,13 @@ from trustedlaunch.attest.machine_state import VerifiedBoot
 from trustedlaunch.attest.policy import (
     BOOT_APPLICATION_PCR,
     KERNEL_CMDLINE_PCR,
+    ROOT_HASH_ARG,
     SECURE_BOOT_PCR,
     BootStep,
     CmdlineRules,
     GoldenPcr,
     Policy,
+    RootFilesystemRule,
     VariablePolicy,
     boot_app_components,
     cmdline_tokens,
@@ -55,6 +58,8 @@ def evaluate(policy: Policy, boot: VerifiedBoot) -> list[Finding]:
         findings.extend(_check_boot_applications(policy.boot_applications, summary.boot_apps))
     if not policy.kernel_cmdline.is_empty:
         findings.extend(_check_cmdline(policy.kernel_cmdline, summary))
+    if policy.root_filesystem is not None:
+        findings.extend(_check_root_filesystem(policy.root_filesystem, summary))
     if policy.require_valid_separators and not summary.separators_ok:
         findings.append(
             Finding(
@@ -337,6 +342,36 @@ def _check_cmdline(rules: CmdlineRules, summary: BootSummary) -> list[Finding]:
             )
         )
     return findings
+
+
+def _check_root_filesystem(rule: RootFilesystemRule, summary: BootSummary) -> list[Finding]:
+    """The measured command line must carry exactly the rule's dm-verity root hash (one ROOT_HASH_ARG): the
+    node's root filesystem is then the node image's, block for block (dm-verity stops any other read)."""
+    event = summary.kernel_cmdline_event
+    image = f"node image {rule.node_image}" if rule.node_image else "the node image"
+    prefix = f"{ROOT_HASH_ARG}="
+    measured = [
+        token.removeprefix(prefix)
+        for token in cmdline_tokens(summary.kernel_cmdline or "")
+        if token.startswith(prefix)
+    ]
+    if measured == [rule.root_hash]:
+        return []
+    if summary.kernel_cmdline is None:
+        found = "no kernel command line was measured"
+    elif not measured:
+        found = f"the measured command line has no {ROOT_HASH_ARG}"
+    else:
+        found = f"measured {', '.join(value[:80] for value in measured[:4])}"
+    return [
+        Finding(
+            Check.ROOT_FILESYSTEM,
+            "root filesystem",
+            f"root filesystem hash differs from {image}: {found}, expected {rule.root_hash}",
+            pcr=event.pcr if event else KERNEL_CMDLINE_PCR,
+            event_index=event.index if event else None,
+        )
+    ]
 
 
 _VARIABLE_FACTS_LIMIT = 4096

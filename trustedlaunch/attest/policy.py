@@ -22,14 +22,16 @@ or from a node image. A policy is a JSON document (schema version 1)::
       "pcrEvents": {"sha256": {"4": [             # optional: the expected events of a golden PCR, in
         {"type": "EV_SEPARATOR", "component": "firmware", "description": "...", "digest": hex}
       ]}},                                      # order, to name the first event that differs
+      "rootFilesystem": {"rootHash": hex, "nodeImage": "..." | null},  # optional: the dm-verity root hash
+                                                # the measured command line must carry (ROOT_HASH_ARG)
       "allowAny": false                         # true: a document with no rule at all accepts any boot
     }
 
 The document is read through a declared schema (pydantic models, `_PolicySchema`): unknown fields are
 refused, and every error names the field by its path (e.g. `db.allowedEntries[0]`). A missing field never
 silently means "anything goes": a document that sets no rule (no Secure Boot state,
-signature databases, dbx, boot chain, command line or golden PCR) is refused unless it says so with
-``"allowAny": true`` (and a document with rules must not say it).
+signature databases, dbx, boot chain, command line, golden PCR or root filesystem) is refused unless it says
+so with ``"allowAny": true`` (and a document with rules must not say it).
 
 All hex values are lowercase-insensitive SHA-256 values (64 hex digits):
 
@@ -81,6 +83,9 @@ POLICY_VERSION = 1
 SECURE_BOOT_PCR = 7
 BOOT_APPLICATION_PCR = 4
 KERNEL_CMDLINE_PCR = 8
+# The kernel command line argument carrying the dm-verity root hash of a node's root filesystem (the node
+# image writes it there as trustedlaunch.node.image.VERITY_ROOTHASH_ARG; attest and node are independent).
+ROOT_HASH_ARG = "trustedlaunch.verity_roothash"
 
 _HEX = re.compile(r"[0-9a-f]*")
 _CMDLINE_TOKEN = re.compile(r'(?:[^\s"]+|"[^"]*")+')
@@ -122,6 +127,15 @@ class CmdlineRules:
 
 
 @dataclass(frozen=True)
+class RootFilesystemRule:
+    """The root filesystem a node must boot: the dm-verity root hash its measured kernel command line carries
+    (ROOT_HASH_ARG), and the node image it comes from (named in findings)."""
+
+    root_hash: str
+    node_image: str | None = None
+
+
+@dataclass(frozen=True)
 class ExpectedEvent:
     """One event expected in a golden PCR (its digest is in the bank of that PCR value)."""
 
@@ -155,6 +169,7 @@ class Policy:
     require_valid_separators: bool = True
     golden_pcrs: tuple[GoldenPcr, ...] = ()
     allow_any: bool = False  # the document said "allowAny": true (it sets no rule, on purpose)
+    root_filesystem: RootFilesystemRule | None = None
 
     @property
     def has_rules(self) -> bool:
@@ -168,29 +183,43 @@ class Policy:
             or self.boot_applications is not None
             or not self.kernel_cmdline.is_empty
             or self.golden_pcrs
+            or self.root_filesystem is not None
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The policy as a JSON-ready dict (the documented schema, sorted lists; allowAny only when set)."""
-        return {
-            "version": POLICY_VERSION,
-            "secureBoot": self.secure_boot,
-            "pk": _variable_policy_to_dict(self.pk),
-            "kek": _variable_policy_to_dict(self.kek),
-            "db": _variable_policy_to_dict(self.db),
-            "dbx": {"requiredEntries": sorted(self.dbx_required_entries)},
-            "bootApplications": None
-            if self.boot_applications is None
-            else [{"component": s.component, "digests": sorted(s.digests)} for s in self.boot_applications],
-            "kernelCmdline": {
-                "exact": self.kernel_cmdline.exact,
-                "requiredTokens": list(self.kernel_cmdline.required_tokens),
-                "forbiddenTokens": list(self.kernel_cmdline.forbidden_tokens),
-            },
-            "requireValidSeparators": self.require_valid_separators,
-            "pcrs": _golden_values_to_dict(self.golden_pcrs),
-            "pcrEvents": _golden_events_to_dict(self.golden_pcrs),
-        } | ({"allowAny": True} if self.allow_any else {})
+        """The policy as a JSON-ready dict (the documented schema, sorted lists; allowAny and rootFilesystem
+        only when set)."""
+        root = self.root_filesystem
+        root_filesystem = (
+            {}
+            if root is None
+            else {"rootFilesystem": {"rootHash": root.root_hash, "nodeImage": root.node_image}}
+        )
+        return (
+            {
+                "version": POLICY_VERSION,
+                "secureBoot": self.secure_boot,
+                "pk": _variable_policy_to_dict(self.pk),
+                "kek": _variable_policy_to_dict(self.kek),
+                "db": _variable_policy_to_dict(self.db),
+                "dbx": {"requiredEntries": sorted(self.dbx_required_entries)},
+                "bootApplications": None
+                if self.boot_applications is None
+                else [
+                    {"component": s.component, "digests": sorted(s.digests)} for s in self.boot_applications
+                ],
+                "kernelCmdline": {
+                    "exact": self.kernel_cmdline.exact,
+                    "requiredTokens": list(self.kernel_cmdline.required_tokens),
+                    "forbiddenTokens": list(self.kernel_cmdline.forbidden_tokens),
+                },
+                "requireValidSeparators": self.require_valid_separators,
+                "pcrs": _golden_values_to_dict(self.golden_pcrs),
+                "pcrEvents": _golden_events_to_dict(self.golden_pcrs),
+            }
+            | root_filesystem
+            | ({"allowAny": True} if self.allow_any else {})
+        )
 
     def to_json(self) -> str:
         """The policy as an indented JSON document."""
@@ -245,6 +274,10 @@ class Policy:
             else [
                 f"{golden.bank} PCR{golden.pcr} = {short_digest(golden.value)}" for golden in self.golden_pcrs
             ],
+            "rootFilesystem": "any"
+            if self.root_filesystem is None
+            else f"dm-verity root hash {self.root_filesystem.root_hash}"
+            + (f" (node image {self.root_filesystem.node_image})" if self.root_filesystem.node_image else ""),
         }
 
 
@@ -448,6 +481,14 @@ class _Sha256EventSchema(_EventSchema):
     digest: _Sha256Bank
 
 
+class _RootFilesystemSchema(_Schema):
+    root_hash: _Sha256
+    node_image: Annotated[
+        str | None,
+        _checked(lambda v: v is None or (isinstance(v, str) and bool(v)), "a non-empty string or null"),
+    ] = None
+
+
 class _PcrsSchema(_Schema):
     """Golden values per bank: PCR index -> hex digest of that bank."""
 
@@ -489,6 +530,7 @@ class _PolicySchema(_Schema):
     kernel_cmdline: _CmdlineSchema | None = None
     pcrs: _PcrsSchema | None = None
     pcr_events: _PcrEventsSchema | None = None
+    root_filesystem: _RootFilesystemSchema | None = None
 
     @field_validator("pcr_events", mode="before")
     @classmethod
@@ -552,6 +594,9 @@ def _read_document(document: object, source: str) -> Policy:
         require_valid_separators=schema.require_valid_separators,
         golden_pcrs=_golden_pcrs(schema, document.get("pcrs")),
         allow_any=schema.allow_any,
+        root_filesystem=None
+        if schema.root_filesystem is None
+        else RootFilesystemRule(schema.root_filesystem.root_hash, schema.root_filesystem.node_image),
     )
     if policy.allow_any and policy.has_rules:
         raise fail("allowAny", "true accepts any boot: a policy with rules must not set it")
@@ -559,8 +604,8 @@ def _read_document(document: object, source: str) -> Policy:
         raise fail(
             "(top level)",
             "the policy sets no rule (secureBoot, pk, kek, db, dbx, bootApplications, kernelCmdline, "
-            "pcrs): it would accept any boot. Add rules (`tl policy from-log` makes them), or say "
-            '"allowAny": true to accept any boot on purpose',
+            "pcrs, rootFilesystem): it would accept any boot. Add rules (`tl policy from-log` makes them), "
+            'or say "allowAny": true to accept any boot on purpose',
         )
     return policy
 

@@ -1,13 +1,18 @@
-"""Node image catalogue: which image a new pool gets, and whether that image can run trusted launch."""
+"""Node image catalogue: which image a new pool gets, and whether that image can run trusted launch; and the
+one builder of the node image real nodes boot (`build_release_image`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from trustedlaunch.control import kubernetes_release, node_runtime_release
 from trustedlaunch.control.vm_sizes import VmSize
+from trustedlaunch.node import image as node_image
+from trustedlaunch.node.container_images import write_node_images
 from trustedlaunch.store.models import NodeImage
 
 IMAGE_RELEASE = "202411.12.0"
@@ -90,3 +95,36 @@ def seed_node_images(session: Session) -> None:
                     fips=image.fips,
                 )
             )
+
+
+PRELOADED_IMAGES_DIR = "container-images"  # next to the built image: the archives its root filesystem holds
+
+
+def image_release() -> dict[str, str]:
+    """What the node image of this trustedlaunch is built from: the pinned Kubernetes release (kubelet) and
+    container runtime of its root filesystem (recorded in the image's metadata)."""
+    return {
+        "kubernetes": kubernetes_release.KUBERNETES_VERSION,
+        "nodeRuntime": node_runtime_release.release_name(),
+    }
+
+
+def build_release_image(out_dir: Path, *, kernel: Path | None = None) -> node_image.NodeImage:
+    """Build the node image real nodes boot into `out_dir`: Debian's signed boot chain (`kernel`, by default
+    the newest installed) and the agent, and a dm-verity root filesystem holding the verified kubelet and
+    container runtime (from the user cache, each binary checked by SHA-256) and the pre-loaded pause and
+    busybox images (their archives written into `out_dir/container-images` first). Raises
+    CachedBinaryError when `make setup` has not built them."""
+    release = kubernetes_release.verified_release()
+    runtime = node_runtime_release.verified_node_runtime()
+    archives = out_dir / PRELOADED_IMAGES_DIR
+    write_node_images(archives, node_image.BUSYBOX)
+    inputs = node_runtime_release.node_rootfs_inputs(release, runtime, image_archives=archives)
+    return node_image.build_node_image(out_dir, kernel=kernel, rootfs=inputs, release=image_release())
+
+
+def is_release_image(image: node_image.NodeImage) -> bool:
+    """Whether `image` is the node image of this trustedlaunch's releases: it has a root filesystem built
+    from the pinned Kubernetes release and container runtime. An image an older trustedlaunch built (without
+    a root filesystem, or with other binaries in it) is not: build it anew (its policy changes with it)."""
+    return image.rootfs is not None and image.release == image_release()

@@ -65,6 +65,7 @@ from trustedlaunch.control.node_health import (
     record_check,
     start_repair,
 )
+from trustedlaunch.control.node_images import build_release_image, is_release_image
 from trustedlaunch.control.node_plan import (
     Action,
     DesiredPool,
@@ -86,7 +87,7 @@ from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.diagnose import diagnose_boot_failure
-from trustedlaunch.node.image import NodeImage, build_node_image, has_current_agent, refresh_agent
+from trustedlaunch.node.image import NodeImage, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.models import AgentPool, AttestationRecord, ManagedCluster, Node, Operation, utc_now
@@ -729,7 +730,9 @@ class Reconciler:
         """The policy `node` is attested against: its image booted on the firmware of its Secure Boot
         setting (the VM's varstore is a copy of that template made at start), so a node that booted
         otherwise fails attestation. Recorded in the store for the verifier API's `poolId`."""
-        policy = policy_for_image(image.esp_dir, firmware_varstore(node.enable_secure_boot))
+        policy = policy_for_image(
+            image.esp_dir, firmware_varstore(node.enable_secure_boot), node_image=node.node_image_version
+        )
         record_image_policy(session, node.node_image_version, node.enable_secure_boot, policy)
         return policy
 
@@ -923,13 +926,15 @@ class Reconciler:
     # -- shared artefacts ------------------------------------------------------------------------------
 
     def _image(self, version: str) -> NodeImage:
-        """The built node image of catalogue `version`, built once into the state dir. An image built by an
-        older trustedlaunch gets the current agent (its initramfs), keeping its boot chain."""
+        """The built node image of catalogue `version`, built once into the state dir (with its dm-verity
+        root filesystem: kubelet, the container runtime, the pre-loaded images). An image built from other
+        releases (or without a root filesystem) by an older trustedlaunch is built anew; one whose only
+        difference is an older agent gets the current agent (its initramfs), keeping its boot chain."""
         out_dir = self.state_dir / "images" / version
         with self._artefacts_lock:
-            if not out_dir.is_dir():
+            if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir)):
                 log.info("building node image %s in %s", version, out_dir)
-                _create_atomically(out_dir, build_node_image)
+                _create_atomically(out_dir, build_release_image)
             image = NodeImage.load(out_dir)
             if not has_current_agent(image):
                 log.warning("node image %s holds an older agent: replacing its initramfs", version)

@@ -20,7 +20,8 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -73,6 +74,9 @@ class NodeImage:
     kernel_cmdline: str
     files: dict[str, str]  # ESP-relative path -> sha256 hex
     rootfs: Rootfs | None = None  # the dm-verity protected root filesystem disk, when the image has one
+    # What its builder recorded it was built from (e.g. the Kubernetes and runtime releases of its root
+    # filesystem), kept by refresh_agent.
+    release: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, out_dir: Path) -> NodeImage:
@@ -87,9 +91,19 @@ class NodeImage:
                 kernel_cmdline=metadata["kernelCmdline"],
                 files={item["path"]: item["sha256"] for item in metadata["files"]},
                 rootfs=Rootfs.from_metadata(out_dir, metadata["rootfs"]) if "rootfs" in metadata else None,
+                release=_release(metadata.get("release", {})),
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise NodeImageError(f"{metadata_path}: not a node image metadata file ({error})") from error
+
+
+def _release(record: object) -> dict[str, str]:
+    """A metadata file's release record: an object of strings (ValueError otherwise)."""
+    if not isinstance(record, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in record.items()
+    ):
+        raise ValueError("release is not an object of strings")
+    return dict(record)
 
 
 def default_kernel() -> Path:
@@ -212,9 +226,10 @@ def build_node_image(
     kernel: Path | None = None,
     cmdline: str = DEFAULT_CMDLINE,
     rootfs: RootfsInputs | None = None,
+    release: Mapping[str, str] | None = None,
 ) -> NodeImage:
     """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both), and
-    with `rootfs` the root filesystem disk `out_dir/rootfs.img`."""
+    with `rootfs` the root filesystem disk `out_dir/rootfs.img`; `release` is recorded in the metadata."""
     if any(character in cmdline for character in "\n\r\"'\\$;") or not cmdline.strip():
         raise NodeImageError(
             f"kernel command line {cmdline!r} is empty or has characters GRUB would interpret "
@@ -228,13 +243,13 @@ def build_node_image(
     }
     built_rootfs = None
     if rootfs is not None:
-        release = kernel_release(kernel.name)
+        modules_release = kernel_release(kernel.name)
         built_rootfs = build_rootfs(out_dir / ROOTFS_NAME, rootfs)
         cmdline = f"{cmdline} {verity_cmdline(built_rootfs)}"
     contents["EFI/debian/grub.cfg"] = grub_config(cmdline).encode()
     contents["vmlinuz"] = kernel.read_bytes()
-    contents["initrd.gz"] = build_initramfs(None if rootfs is None else release)
-    return _write_image(out_dir, contents, kernel.name, cmdline, built_rootfs)
+    contents["initrd.gz"] = build_initramfs(None if rootfs is None else modules_release)
+    return _write_image(out_dir, contents, kernel.name, cmdline, built_rootfs, dict(release or {}))
 
 
 @functools.cache
@@ -277,11 +292,16 @@ def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(rootfs.path, target)
         rootfs = replace(rootfs, path=target)
-    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline, rootfs)
+    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline, rootfs, image.release)
 
 
 def _write_image(
-    out_dir: Path, contents: dict[str, bytes], kernel_name: str, cmdline: str, rootfs: Rootfs | None
+    out_dir: Path,
+    contents: dict[str, bytes],
+    kernel_name: str,
+    cmdline: str,
+    rootfs: Rootfs | None,
+    release: dict[str, str],
 ) -> NodeImage:
     """Write the ESP files `contents` (ESP-relative path -> bytes) and their metadata into `out_dir`; the
     version is a digest of every file's digest (and of the root filesystem's entry)."""
@@ -308,6 +328,8 @@ def _write_image(
     }
     if rootfs is not None:
         metadata["rootfs"] = rootfs.metadata()
+    if release:
+        metadata["release"] = release
     metadata_path = out_dir / METADATA_NAME
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-    return NodeImage(esp_dir, metadata_path, version, cmdline, files, rootfs)
+    return NodeImage(esp_dir, metadata_path, version, cmdline, files, rootfs, release)

@@ -274,7 +274,7 @@ def _kernel_path(esp: Path) -> str | ComponentVerdict:
     def failed(reason: ReasonCode, detail: str) -> ComponentVerdict:
         return ComponentVerdict("kernel", GRUB_CONFIG_PATH, None, None, None, None, (), reason, detail)
 
-    config = _find_case_insensitive(esp, GRUB_CONFIG_PATH)
+    config = find_grub_config(esp)
     if config is None:
         return failed(ReasonCode.MISSING, "GRUB configuration not found, so no kernel can be loaded")
     try:
@@ -291,6 +291,11 @@ def _kernel_path(esp: Path) -> str | ComponentVerdict:
             ReasonCode.MALFORMED, f"line {line}: kernel path {match.group(2)!r} is not inside the ESP"
         )
     return target.as_posix()
+
+
+def find_grub_config(esp: Path) -> Path | None:
+    """The ESP's GRUB configuration (EFI/debian/grub.cfg, found as FAT finds it), None when there is none."""
+    return _find_case_insensitive(esp, GRUB_CONFIG_PATH)
 
 
 def _find_case_insensitive(root: Path, relative: str) -> Path | None:
