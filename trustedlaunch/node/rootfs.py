@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.container_images import PAUSE_IMAGE
 
 RUNTIME_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "runc")  # in /usr/bin
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")  # in /opt/cni/bin
@@ -31,7 +32,6 @@ IMAGE_ARCHIVES_DIR = "usr/share/trustedlaunch/images"  # pre-loaded OCI image ar
 CONTAINERD_CONFIG = "etc/containerd/config.toml"
 CNI_BIN_DIR = "/opt/cni/bin"
 CNI_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_SANDBOX_IMAGE = "registry.k8s.io/pause:3.10.2"
 # Mount points of the read-only root: the kernel's file systems, and the tmpfs the node mounts at boot for
 # what must be writable (containerd's and kubelet's state, the credentials and CNI configuration it receives).
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "var", "tmp", "root", "etc/kubernetes", "etc/cni/net.d")
@@ -94,7 +94,7 @@ class RootfsInputs:
     binaries: Mapping[str, Path]
     cni_plugins: Mapping[str, Path]
     image_archives: Path | None = None
-    sandbox_image: str = DEFAULT_SANDBOX_IMAGE
+    sandbox_image: str = PAUSE_IMAGE
 
 
 @dataclass(frozen=True)
