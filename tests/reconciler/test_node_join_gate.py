@@ -35,7 +35,7 @@ from trustedlaunch.control.resources import PoolSpec, ResourcePath, delete_clust
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version, write_node_images
 from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image
 from trustedlaunch.node.kubelet import ATTESTATION_PENDING_TAINT, CLOUD_UNINITIALIZED_TAINT_KEY
-from trustedlaunch.store.models import AgentPool, Node
+from trustedlaunch.store.models import AgentPool, AttestationRecord, ManagedCluster, Node
 
 pytestmark = pytest.mark.slow
 CLUSTER = "gatecluster"
@@ -57,7 +57,7 @@ def the_node(sessions: sessionmaker[Session]) -> Node:
 
 def cluster_admin(sessions: sessionmaker[Session]) -> tuple[Client, Path]:
     with sessions() as session:
-        plane = session.scalars(select(AgentPool)).one().cluster.control_plane
+        plane = session.scalars(select(ManagedCluster)).one().control_plane
         assert plane is not None
         kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
     return Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False), kubeconfig
@@ -97,7 +97,10 @@ def test_an_attested_node_joins_ready_labelled_and_untainted(
     node = the_node(sessions)
     assert (node.state, node.attestation_status) == ("Ready", "Attested")
     assert node.kubelet_port is not None
-    print(f"node message: {node.message}")  # "ready after N s; joined its cluster in M s"
+    with sessions() as session:
+        [attestation] = session.scalars(select(AttestationRecord)).all()
+    # "ready after N s; joined its cluster: kubelet started in K s, Node Ready and labelled R s later"
+    print(f"node message: {node.message}; attestation took {attestation.duration_ms / 1000:.1f} s")
     client, _ = cluster_admin(sessions)
     try:
         stored = client.get(KubernetesNode, node.name).to_dict()
@@ -174,6 +177,38 @@ def test_a_secure_boot_pod_runs_on_the_node_and_kubectl_logs_shows_its_output(
     assert logs.stdout == "hello from a secure boot node\n"
 
 
+def test_a_node_without_vtpm_joins_after_boot_without_the_trusted_launch_label(
+    gate: tuple[sessionmaker[Session], Reconciler, Path, dict[str, float]],
+) -> None:
+    """A Secure Boot only pool: its node is not attested (no vTPM), joins right after boot with a
+    credential bound to no TPM, and is labelled secure-boot but not trusted-launch."""
+    sessions, reconciler, _, figures = gate
+    spec = PoolSpec("nosec", count=1, vm_size="Standard_D2s_v3", enable_secure_boot=True, enable_vtpm=False)
+    with sessions.begin() as session:
+        pool, create, _ = put_pool(session, ResourcePath(SUB, "rg", CLUSTER), spec)
+        name = node_name(pool)
+    started = time.monotonic()
+    created = run_until_finished(reconciler, sessions, create.id, CREATE_SECONDS)
+    figures["secure boot only pool create s"] = time.monotonic() - started
+    assert created.status == "Succeeded", created.error
+    with sessions() as session:
+        node = session.scalars(select(Node).where(Node.name == name)).one()
+        assert (node.state, node.attestation_status) == ("Ready", "NotApplicable")
+        print(f"secure boot only node message: {node.message}")
+    client, _ = cluster_admin(sessions)
+    try:
+        stored = client.get(KubernetesNode, name).to_dict()
+    finally:
+        client.close()
+    labels = stored["metadata"]["labels"]
+    assert labels["kubernetes.azure.com/secure-boot"] == "true"
+    assert "kubernetes.azure.com/trusted-launch" not in labels
+    assert labels["kubernetes.azure.com/attestation-status"] == "NotApplicable"
+    assert labels["kubernetes.azure.com/agentpool"] == "nosec"
+    assert labels["node.kubernetes.io/instance-type"] == "Standard_D2s_v3"
+    assert not [t for t in stored["spec"].get("taints") or [] if t["key"] == ATTESTATION_PENDING_TAINT["key"]]
+
+
 def test_a_node_failing_attestation_gets_no_credential(
     gate: tuple[sessionmaker[Session], Reconciler, Path, dict[str, float]],
     monkeypatch: pytest.MonkeyPatch,
@@ -199,6 +234,7 @@ def test_a_node_failing_attestation_gets_no_credential(
     monkeypatch.setattr(reconciler, "_fail", failing)
     with sessions.begin() as session:
         pool, scale, _ = put_pool(session, ResourcePath(SUB, "rg", CLUSTER), PoolSpec("nodepool1", count=2))
+        first = node_name(pool, 0)
         second = node_name(pool, 1)
     scaled = run_until_finished(reconciler, sessions, scale.id, CREATE_SECONDS)
     assert scaled.status == "Failed"
@@ -210,7 +246,7 @@ def test_a_node_failing_attestation_gets_no_credential(
         names = [item.metadata.name for item in client.list(KubernetesNode) if item.metadata]
     finally:
         client.close()
-    assert second not in names and node_name(pool, 0) in names
+    assert second not in names and first in names
 
 
 def test_deleting_the_cluster_deletes_the_nodes_first_and_leaves_no_vm_no_plane(

@@ -729,13 +729,20 @@ class Reconciler:
         labels = join_labels(
             pool.name, pool.mode, node.node_image_version, pool.os_sku, pool.vm_size, node.labels
         )
+        started = time.monotonic()
         try:
-            started = self.joiner.hand_credential(node, channel)
-            log.info("node %s: kubelet started: %s", node.name, started.replace("\n", "; "))
+            account = self.joiner.hand_credential(node, channel)
+            log.info("node %s: kubelet started: %s", node.name, account.replace("\n", "; "))
+            kubelet_started = time.monotonic() - started
             seconds = self.joiner.initialize(node, labels, channel)
         except NodeJoinFailedError as exc:
+            with contextlib.suppress(NodeJoinFailedError):
+                self.joiner.forget(node)  # a Node its kubelet registered goes with the failed VM
             self._fail(session, node, "NodeJoinFailed", str(exc), keep_attestation=True)
-        return f"{message}; joined its cluster in {seconds:.0f} s"
+        return (
+            f"{message}; joined its cluster: kubelet started in {kubelet_started:.1f} s, "
+            f"Node Ready and labelled {seconds:.1f} s later"
+        )
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was
