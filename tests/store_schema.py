@@ -20,4 +20,4 @@ TABLES = {
     "cluster_control_planes",
     "alembic_version",
 }
-HEAD_REVISION = "0011_control_plane_version"
+HEAD_REVISION = "0012_node_kubelet_port"

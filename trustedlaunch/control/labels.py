@@ -16,6 +16,11 @@ LABEL_AGENT_POOL = f"{AKS_PREFIX}agentpool"
 LABEL_TRUSTED_LAUNCH = f"{AKS_PREFIX}trusted-launch"
 LABEL_SECURE_BOOT = f"{AKS_PREFIX}secure-boot"
 LABEL_ATTESTATION = f"{AKS_PREFIX}attestation-status"
+LABEL_MODE = f"{AKS_PREFIX}mode"
+LABEL_NODE_IMAGE_VERSION = f"{AKS_PREFIX}node-image-version"
+LABEL_OS_SKU = f"{AKS_PREFIX}os-sku"
+LABEL_INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+LABEL_OS = "kubernetes.io/os"
 QUARANTINE_TAINT_KEY = f"{AKS_PREFIX}attestation-failed"
 QUARANTINE_ANNOTATION = f"{AKS_PREFIX}quarantine-reason"
 # The labels a passed attestation gives a node in Kubernetes (a failed one takes them away).
@@ -45,3 +50,20 @@ def node_labels(
 def verdict_labels(labels: dict[str, str]) -> dict[str, str]:
     """The labels among a node's `labels` that the attestation verdict decides in Kubernetes."""
     return {key: value for key, value in labels.items() if key in VERDICT_LABELS}
+
+
+def join_labels(
+    pool_name: str, mode: str, image_version: str, os_sku: str, vm_size: str, node_labels: dict[str, str]
+) -> dict[str, str]:
+    """The labels the control plane sets on a node's Kubernetes Node once it joined (as AKS sets them): its
+    pool, mode, node image version, OS SKU, instance type and OS, plus the attestation status and verdict
+    labels of its row's `node_labels`."""
+    return {
+        LABEL_AGENT_POOL: pool_name,
+        LABEL_MODE: mode.lower(),
+        LABEL_NODE_IMAGE_VERSION: image_version,
+        LABEL_OS_SKU: os_sku,
+        LABEL_INSTANCE_TYPE: vm_size,
+        LABEL_OS: "linux",
+        **{key: value for key, value in node_labels.items() if key in (LABEL_ATTESTATION, *VERDICT_LABELS)},
+    }

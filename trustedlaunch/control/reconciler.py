@@ -51,7 +51,7 @@ from trustedlaunch.control.attestation_monitor import (
 )
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
-from trustedlaunch.control.labels import node_labels
+from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import surge_nodes
 from trustedlaunch.control.node_health import (
     BUSY_AGENT_SILENCE,
@@ -66,6 +66,14 @@ from trustedlaunch.control.node_health import (
     start_repair,
 )
 from trustedlaunch.control.node_images import build_release_image, is_release_image
+from trustedlaunch.control.node_join import (
+    JOIN_TIMEOUT,
+    NodeJoiner,
+    NodeJoinFailedError,
+    joins_cluster,
+    node_network,
+    record_kubelet_port,
+)
 from trustedlaunch.control.node_plan import (
     Action,
     DesiredPool,
@@ -85,6 +93,7 @@ from trustedlaunch.control.operations import finish_operation, operation_resourc
 from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, has_current_agent, refresh_agent
@@ -167,6 +176,9 @@ class Reconciler:
     With `cluster_planes`, every cluster gets its own hosted Kubernetes control plane (cluster_planes): made
     by the cluster's Create or Update operation before its nodes, removed by its Delete operation after
     them, adopted when this reconciler takes the state directory and supervised every SUPERVISE_SECONDS.
+    A node whose image has a root filesystem then joins its cluster (control.node_join): a vTPM node gets
+    its kubelet credential only once it passed attestation, and is Ready only once its Node is Ready,
+    attested and labelled (within `join_timeout` seconds); its Node is deleted before its VM is stopped.
     """
 
     def __init__(
@@ -185,6 +197,7 @@ class Reconciler:
         auto_repair: bool = True,
         reimage_after: timedelta = REIMAGE_AFTER,
         cluster_planes: ClusterPlanes | None = None,
+        join_timeout: float = JOIN_TIMEOUT,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -217,6 +230,7 @@ class Reconciler:
         self._liveness_lock = threading.Lock()  # one liveness round at a time (loop and liveness thread)
         self._next_liveness_at = 0.0
         self.cluster_planes = cluster_planes
+        self.joiner = NodeJoiner(cluster_planes, join_timeout) if cluster_planes is not None else None
         self._next_supervision_at = 0.0
 
     # -- ownership -------------------------------------------------------------------------------------
@@ -620,7 +634,13 @@ class Reconciler:
             kill_node_processes(Path(node.run_dir))
 
     def _teardown(self, node: Node) -> None:
-        """Stop the node's VM and vTPM and delete its run directory (varstore, ESP copy, TPM state)."""
+        """Delete the node's Node object in its cluster (if it joined one), stop its VM and vTPM and delete
+        its run directory (varstore, ESP copy, TPM state)."""
+        if self.joiner is not None and node.kubelet_port is not None:
+            try:
+                self.joiner.forget(node)
+            except NodeJoinFailedError as exc:  # its cluster's apiserver is down: the VM goes all the same
+                log.warning("%s", exc)
         self._stop_processes(node)
         if node.run_dir:
             shutil.rmtree(node.run_dir, ignore_errors=True)
@@ -649,8 +669,13 @@ class Reconciler:
         run_dir = Path(str(node.run_dir))
         try:
             image = self._image(node.node_image_version)
+            network = None
+            if self.joiner is not None and joins_cluster(node, image):
+                record_kubelet_port(session, node)
+                session.commit()  # write-ahead: an adopted VM keeps its kubelet port
+                network = node_network(node)
             vtpm = Vtpm.create(run_dir / VTPM_DIR, ek_ca=self._platform_ek_ca()) if node.enable_vtpm else None
-            vm = NodeVM(image, run_dir, secure_boot=node.enable_secure_boot, vtpm=vtpm)
+            vm = NodeVM(image, run_dir, secure_boot=node.enable_secure_boot, vtpm=vtpm, network=network)
             self._vms[node.id] = vm
             vm.start()
         except TrustedLaunchError as exc:
@@ -672,7 +697,8 @@ class Reconciler:
     def _finish_provisioning(
         self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, image: NodeImage, message: str
     ) -> None:
-        """Attest (vTPM) and label the booted node through `agent`, then record it Ready with `message`."""
+        """Attest (vTPM) and label the booted node through `agent`, join it to its cluster (only once it
+        passed attestation), then record it Ready with `message`."""
         if pool.enable_vtpm:
             self._attest_new_node(session, pool, node, agent, image)
         else:
@@ -680,12 +706,44 @@ class Reconciler:
             node.labels = node_labels(
                 pool.name, pool.enable_secure_boot, False, AttestationStatus.NOT_APPLICABLE
             )
+        if self.joiner is not None and joins_cluster(node, image):
+            message = self._join(session, pool, node, agent, message)
         node.state = NodePhase.READY
         node.message = message
         node.updated_at = utc_now()
         session.commit()
         self.monitor.sync_kubernetes(node)  # no store transaction open during the API server's calls
         session.commit()
+
+    def _join(self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, message: str) -> str:
+        """Hand the attested (or non-vTPM) node its kubelet credential over its agent channel and initialize
+        its Node (address, labels, taints removed); `message` with the join's duration. Fails the node."""
+        assert self.joiner is not None
+        if isinstance(agent, NodeVM):
+            channel = agent.agent().channel
+        elif isinstance(agent, NodeAgent):
+            channel = agent.channel
+        else:
+            raise TypeError(f"no agent channel to join node {node.name} over")
+        node.message = "joining its cluster"
+        session.commit()  # no store transaction open while the agent and the apiserver answer
+        labels = join_labels(
+            pool.name, pool.mode, node.node_image_version, pool.os_sku, pool.vm_size, node.labels
+        )
+        started = time.monotonic()
+        try:
+            account = self.joiner.hand_credential(node, channel)
+            log.info("node %s: kubelet started: %s", node.name, account.replace("\n", "; "))
+            kubelet_started = time.monotonic() - started
+            seconds = self.joiner.initialize(node, labels, channel)
+        except NodeJoinFailedError as exc:
+            with contextlib.suppress(NodeJoinFailedError):
+                self.joiner.forget(node)  # a Node its kubelet registered goes with the failed VM
+            self._fail(session, node, "NodeJoinFailed", str(exc), keep_attestation=True)
+        return (
+            f"{message}; joined its cluster: kubelet started in {kubelet_started:.1f} s, "
+            f"Node Ready and labelled {seconds:.1f} s later"
+        )
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was

@@ -215,6 +215,9 @@ class Node(Base):
     health_cause: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     unhealthy_since: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     repairs: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
+    # The host loopback port forwarded to the node's kubelet (control.node_join), recorded before its VM
+    # starts; None for a node that does not join a hosted control plane.
+    kubelet_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 

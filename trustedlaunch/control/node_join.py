@@ -1,0 +1,215 @@
+"""A node VM joins its cluster's hosted control plane, gated by attestation.
+
+Only a node whose image has a root filesystem (kubelet, containerd) and whose cluster's control plane is
+Running joins (`joins_cluster`). Before its VM starts, the node gets a free kubelet port on 127.0.0.1,
+recorded on its row (write-ahead: an adopted VM keeps it), and the VM's network (`node_network`) forwards
+its cluster's kube-apiserver into the guest and that port to its kubelet (trustedlaunch.node.kubelet).
+
+The credential (`hand_credential`): a kubelet client certificate `system:node:<name>` of the cluster CA,
+valid NODE_CLIENT_VALIDITY (1 h; it is not renewed yet: a node's kubelet loses the apiserver after that),
+issued only when the reconciler calls it, and handed over the node's own agent channel, never written into
+an image. The reconciler calls it for a vTPM node only right after that node passed its provisioning
+attestation (which activated a credential with its enrolled EK), so a node that fails attestation never
+gets one. A node without vTPM gets it right after boot: that credential is bound to no TPM, only to the VM
+the reconciler started (whoever controls that VM's agent channel receives it).
+
+The kubelet registers with ATTESTATION_PENDING_TAINT and the cloud provider's uninitialized taint; the
+control plane then (`initialize`, as a cloud node manager) sets the Node's address, the labels AKS sets
+(control.labels.join_labels) and removes both taints, and waits, bounded, for the Node to be Ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from lightkube import ApiError, Client
+from lightkube.resources.core_v1 import Node as KubernetesNode
+from lightkube.types import PatchType
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trustedlaunch.control.cluster_pki import ClusterPki, issue_node_client_certificate
+from trustedlaunch.control.cluster_planes import PORT_COLUMNS, ClusterPlanes, ControlPlanePhase
+from trustedlaunch.control.hosted_control_plane import free_loopback_port
+from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.channel import AgentChannel, AgentError
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.kubelet import (
+    ATTESTATION_PENDING_TAINT,
+    CLOUD_UNINITIALIZED_TAINT_KEY,
+    KubeletJoin,
+    NodeNetwork,
+    node_addresses_patch,
+)
+from trustedlaunch.store.models import ClusterControlPlane, Node
+
+JOIN_TIMEOUT = 600.0  # kubelet start -> Node Ready under software emulation on a loaded 2-core machine
+KUBELET_START_TIMEOUT = 300.0  # the agent's KUBELET request: containerd up, images imported, kubelet run
+JOIN_TAINT_KEYS = (ATTESTATION_PENDING_TAINT["key"], CLOUD_UNINITIALIZED_TAINT_KEY)
+ALREADY_STARTED = "kubelet was already started"
+
+log = logging.getLogger(__name__)
+
+
+class NodeJoinFailedError(TrustedLaunchError):
+    """A node did not join its cluster; the message names the node and what is missing."""
+
+
+def joins_cluster(node: Node, image: NodeImage) -> bool:
+    """Whether `node` joins its cluster: its image has a root filesystem and its cluster's hosted control
+    plane is Running."""
+    record = node.pool.cluster.control_plane
+    return image.rootfs is not None and record is not None and record.phase == ControlPlanePhase.RUNNING
+
+
+def record_kubelet_port(session: Session, node: Node) -> int:
+    """The node's kubelet port: the recorded one, else a free loopback port no node or control plane was
+    given, set on the row (the caller commits it before the VM starts)."""
+    if node.kubelet_port is None:
+        taken = {port for port in session.scalars(select(Node.kubelet_port)) if port is not None}
+        columns = [getattr(ClusterControlPlane, column) for column in PORT_COLUMNS.values()]
+        taken |= {port for row in session.execute(select(*columns)) for port in row}
+        while (port := free_loopback_port()) in taken:
+            pass
+        node.kubelet_port = port
+    return node.kubelet_port
+
+
+def node_network(node: Node) -> NodeNetwork:
+    """The VM network of a joining `node` (its kubelet port recorded): its cluster's kube-apiserver port."""
+    record = node.pool.cluster.control_plane
+    if record is None or node.kubelet_port is None:
+        raise NodeJoinFailedError(f"node {node.name}: no control plane or no kubelet port to join with")
+    return NodeNetwork(record.apiserver_port, node.kubelet_port)
+
+
+def _ready_condition(stored: dict[str, Any]) -> dict[str, Any] | None:
+    conditions = stored.get("status", {}).get("conditions") or []
+    return next((condition for condition in conditions if condition.get("type") == "Ready"), None)
+
+
+class NodeJoiner:
+    """Hands kubelet credentials to nodes and initializes their Node objects in the clusters of `planes`
+    (their admin credential); a join waits `timeout` seconds at most for registration and Ready."""
+
+    def __init__(self, planes: ClusterPlanes, timeout: float = JOIN_TIMEOUT) -> None:
+        self.planes = planes
+        self.timeout = timeout
+
+    def _client(self, node: Node) -> Client:
+        adapter = self.planes.node_adapter(node)
+        if adapter is None:
+            raise NodeJoinFailedError(f"node {node.name}: its cluster's control plane has no credential")
+        return adapter.client
+
+    def hand_credential(self, node: Node, channel: AgentChannel) -> str:
+        """Issue the node's kubelet client certificate and hand its join bundle over `channel` (its agent):
+        the agent starts containerd and kubelet; its account of what it did. Call it only once the node
+        passed attestation (vTPM). An agent that had started kubelet already (a VM adopted mid-join) is
+        left as it is."""
+        record = node.pool.cluster.control_plane
+        if record is None or node.kubelet_port is None:
+            raise NodeJoinFailedError(f"node {node.name}: no control plane or no kubelet port to join with")
+        pki = ClusterPki(Path(record.data_dir) / "pki")
+        try:
+            certificate, key = issue_node_client_certificate(pki, node.name)
+            join = KubeletJoin(
+                node.name,
+                node.pool.cluster.fqdn,
+                pki.ca_cert.read_bytes(),
+                certificate,
+                key,
+                node.kubelet_port,
+                taints=(ATTESTATION_PENDING_TAINT,),
+            )
+            return channel.start_kubelet(join.bundle(), KUBELET_START_TIMEOUT)
+        except AgentError as exc:
+            if ALREADY_STARTED in str(exc):
+                log.info("node %s: its kubelet runs already (adopted mid-join)", node.name)
+                return ALREADY_STARTED
+            raise NodeJoinFailedError(f"node {node.name}: its agent did not start kubelet: {exc}") from exc
+        except (TrustedLaunchError, OSError) as exc:
+            raise NodeJoinFailedError(f"node {node.name}: no join bundle: {exc}") from exc
+
+    def initialize(self, node: Node, labels: dict[str, str], channel: AgentChannel | None = None) -> float:
+        """Wait for the node's kubelet to register its Node, then (as a cloud node manager) set its address
+        and `labels`, remove the join taints, and wait for it to be Ready; the seconds it took. Fails naming
+        the node and what is missing (with the end of the kubelet's log from `channel`)."""
+        client = self._client(node)
+        started = time.monotonic()
+        deadline = started + self.timeout
+        try:
+            stored = self._wait(client, node.name, deadline, lambda found: found is not None)
+            if stored is None:
+                self._missing(node, "its kubelet did not register its Node", channel)
+            assert stored is not None
+            # a strategic merge patch: the Hostname address kubelet set stays
+            client.patch(KubernetesNode.Status, node.name, node_addresses_patch())
+            current = client.get(KubernetesNode, node.name).to_dict()
+            taints = [t for t in current["spec"].get("taints") or [] if t["key"] not in JOIN_TAINT_KEYS]
+            patch = {
+                "metadata": {"labels": labels, "resourceVersion": current["metadata"]["resourceVersion"]},
+                "spec": {"taints": taints or None},
+            }
+            client.patch(KubernetesNode, node.name, patch, patch_type=PatchType.MERGE)
+            ready = self._wait(client, node.name, deadline, lambda found: self._is_ready(found))
+            if ready is None:
+                condition = _ready_condition(client.get(KubernetesNode, node.name).to_dict()) or {}
+                said = f"{condition.get('reason', 'no Ready condition')}: {condition.get('message', '')}"
+                self._missing(node, f"its Node is not Ready ({said})", channel)
+        except httpx2.HTTPError as exc:
+            reason = exc.status.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            raise NodeJoinFailedError(f"node {node.name}: kube-apiserver failed: {reason}") from exc
+        return time.monotonic() - started
+
+    @staticmethod
+    def _is_ready(found: dict[str, Any] | None) -> bool:
+        condition = _ready_condition(found or {})
+        return condition is not None and condition.get("status") == "True"
+
+    @staticmethod
+    def _wait(client: Client, name: str, deadline: float, done: Any) -> dict[str, Any] | None:
+        """The Node `name` once `done(it)` holds (None while it does not exist), None at `deadline`."""
+        while True:
+            try:
+                found: dict[str, Any] | None = client.get(KubernetesNode, name).to_dict()
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
+                found = None
+            if done(found):
+                return found
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(1.0)
+
+    def _missing(self, node: Node, what: str, channel: AgentChannel | None) -> None:
+        detail = ""
+        if channel is not None:
+            try:
+                status = channel.kubelet_status(30.0)
+                detail = f"; kubelet {status.kubelet}: {status.kubelet_log[-1500:]}"
+            except AgentError as exc:
+                detail = f"; its agent did not report kubelet's status: {exc}"
+        within = f"within {self.timeout:.0f} s"
+        raise NodeJoinFailedError(f"node {node.name} did not join {within}: {what}{detail}")
+
+    def forget(self, node: Node) -> bool:
+        """Delete the node's Node object from its cluster (cordon and drain come first in a later slice);
+        True if there was one. A cluster without control plane has nothing to delete."""
+        adapter = self.planes.node_adapter(node)
+        if adapter is None:
+            return False
+        try:
+            adapter.client.delete(KubernetesNode, node.name)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            raise NodeJoinFailedError(f"node {node.name}: Node not deleted: {exc.status.message}") from exc
+        except httpx2.HTTPError as exc:
+            raise NodeJoinFailedError(f"node {node.name}: Node not deleted: {exc}") from exc
+        return True
