@@ -1,10 +1,11 @@
 """Integrity monitoring of one real node (QEMU + OVMF Secure Boot + swtpm vTPM), reused across the steps:
 provisioning stores an attestation whose evidence re-verifies and whose token verifies from the JWKS with
-PyJWT; the cluster's own hosted kube-apiserver is up before the node, and once the node's Node object is
-registered there an on-demand request re-attests and labels it; a node whose enrolled AK
-(kept by the verifier) is not the AK it quotes with fails: an alert naming the AK reaches the webhook, the
-node loses its trusted launch labels and is tainted and cordoned; once it attests again its labels come
-back and the alert is Resolved; the interval re-attests too. One VM boot."""
+PyJWT; the cluster's own hosted kube-apiserver is up before the node, and the attested node joins it (its
+kubelet registers the Node, the control plane labels it); an on-demand request re-attests; a node whose
+enrolled AK (kept by the verifier) is not the AK it quotes with fails: an alert naming the AK reaches the
+webhook, the node loses its trusted launch labels (its attestation-status label says AttestationFailed) and
+is tainted and cordoned; once it attests again its labels come back and the alert is Resolved; the
+interval re-attests too. One VM boot."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import jwt
 import pytest
-from kube_apiserver import read_node, register_node, taints_besides_the_node_lifecycle
+from kube_apiserver import read_node, taints_besides_the_node_lifecycle
 from lightkube import Client, KubeConfig
 from monitoring_helpers import AlertReceiver, create_trusted_cluster, node_name
 from reconciler_helpers import SUB, operation, processes_under, wait_until
@@ -35,6 +36,7 @@ from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.cluster_planes import ClusterPlanes
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.labels import (
+    LABEL_ATTESTATION,
     LABEL_SECURE_BOOT,
     LABEL_TRUSTED_LAUNCH,
     QUARANTINE_ANNOTATION,
@@ -185,23 +187,19 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         claims = jwt.decode(provisioned.token, key.key, algorithms=["ES256"], issuer=ISSUER)
         assert (claims["sub"], claims["x-tl-node-pool"], claims["secureboot"]) == (name, "nodepool1", True)
         assert 7 in claims["x-ms-azurevm-attested-pcrs"]
-        assert node.message.endswith(  # its cluster's kube-apiserver answered: no Node of that name yet
-            "; not registered in Kubernetes (no kubelet registered it): labels not applied there"
-        )
+        assert "joined its cluster" in node.message  # attested, then its kubelet got a credential
         kube = cluster_admin(sessions)
-        register_node(kube, name)  # as its kubelet will register it
+        labelled = read_node(kube, name)  # registered by the node's kubelet, labelled by the control plane
+        labels = labelled["metadata"]["labels"]
+        assert labels[LABEL_TRUSTED_LAUNCH] == labels[LABEL_SECURE_BOOT] == "true"
+        assert labels["kubernetes.io/hostname"] == name
+        assert not labelled["spec"].get("unschedulable") and not taints_besides_the_node_lifecycle(labelled)
 
-        # -- on demand: attested again, and labelled in the cluster's kube-apiserver ----------------------
+        # -- on demand: attested again ------------------------------------------------------------------
         assert not await asyncio.to_thread(reconciler.run_once)  # interval 0: nothing due
         request_attestation(sessions)
         assert await asyncio.to_thread(reconciler.run_once)
-        labelled = read_node(kube, name)
-        assert labelled["metadata"]["labels"] == {
-            "kubernetes.io/hostname": name,
-            LABEL_TRUSTED_LAUNCH: "true",
-            LABEL_SECURE_BOOT: "true",
-        }
-        assert not labelled["spec"].get("unschedulable")
+        assert read_node(kube, name)["metadata"]["labels"] == labels
         on_demand = records(sessions)[-1]
         assert (on_demand.trigger, on_demand.status, on_demand.ok) == ("OnDemand", "Attested", True)
         assert on_demand.nonce != provisioned.nonce and reverify(on_demand, policy)
@@ -245,7 +243,12 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
                 cluster, "nodepool1"
             )
         quarantined = read_node(kube, name)
-        assert quarantined["metadata"]["labels"] == {"kubernetes.io/hostname": name}
+        kept = {
+            key: value
+            for key, value in labels.items()
+            if key not in (LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT)
+        }
+        assert quarantined["metadata"]["labels"] == {**kept, LABEL_ATTESTATION: "AttestationFailed"}
         assert taints_besides_the_node_lifecycle(quarantined) == [QUARANTINE_TAINT]
         assert quarantined["spec"]["unschedulable"] is True
         assert "failed attestation (AK)" in quarantined["metadata"]["annotations"][QUARANTINE_ANNOTATION]

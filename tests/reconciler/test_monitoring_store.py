@@ -41,6 +41,7 @@ from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
 from trustedlaunch.control.labels import (
+    LABEL_ATTESTATION,
     LABEL_SECURE_BOOT,
     LABEL_TRUSTED_LAUNCH,
     QUARANTINE_ANNOTATION,
@@ -398,10 +399,15 @@ def test_kubernetes_quarantine_restore_and_an_unregistered_node(kube_apiserver: 
             "kubernetes.io/hostname": "aks-known-0",
             LABEL_TRUSTED_LAUNCH: "true",
             LABEL_SECURE_BOOT: "true",
+            LABEL_ATTESTATION: "Attested",
         }
-        monitor.sync_kubernetes(known, "node aks-known-0 failed attestation (AK)")
+        known.labels = {**known.labels, LABEL_ATTESTATION: "AttestationFailed"}  # the row's trusted labels
+        monitor.sync_kubernetes(known, "node aks-known-0 failed attestation (AK)")  # never reach Kubernetes
         stored = read_node(client, "aks-known-0")
-        assert stored["metadata"]["labels"] == {"kubernetes.io/hostname": "aks-known-0"}
+        assert stored["metadata"]["labels"] == {
+            "kubernetes.io/hostname": "aks-known-0",
+            LABEL_ATTESTATION: "AttestationFailed",
+        }
         assert stored["metadata"]["annotations"][QUARANTINE_ANNOTATION].endswith("(AK)")
         assert taints_besides_the_node_lifecycle(stored) == [QUARANTINE_TAINT]
         assert stored["spec"]["unschedulable"] is True

@@ -32,7 +32,7 @@ from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesNodeAdapter
-from trustedlaunch.control.labels import node_labels, verdict_labels
+from trustedlaunch.control.labels import node_labels, quarantined_labels, verdict_labels
 from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.control.verifier import TokenSubject, attestation_token
 from trustedlaunch.errors import TrustedLaunchError
@@ -283,7 +283,7 @@ class AttestationMonitor:
             return
         try:
             if quarantine_reason is not None:
-                adapter.quarantine(node.name, quarantine_reason[:1000])
+                adapter.quarantine(node.name, quarantine_reason[:1000], quarantined_labels(node.labels))
                 alert_lifecycle.note_quarantine(node, None)
             else:
                 adapter.restore(node.name, verdict_labels(node.labels))

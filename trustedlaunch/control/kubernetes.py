@@ -181,12 +181,12 @@ class KubernetesNodeAdapter:
             f"node {node_name}: changed by someone else during {CONFLICT_RETRIES} attempts to update it"
         )
 
-    def quarantine(self, node_name: str, reason: str) -> bool:
-        """A node that failed attestation: cordoned, tainted QUARANTINE_TAINT, our labels removed, the
-        reason in QUARANTINE_ANNOTATION; True when it changed."""
+    def quarantine(self, node_name: str, reason: str, labels: Mapping[str, str] | None = None) -> bool:
+        """A node that failed attestation: cordoned, tainted QUARANTINE_TAINT, our labels but `labels` (its
+        attestation status) removed, the reason in QUARANTINE_ANNOTATION; True when it changed."""
         return self.apply_node_state(
             node_name,
-            labels={},
+            labels=labels or {},
             taints=[QUARANTINE_TAINT],
             cordon=True,
             annotations={QUARANTINE_ANNOTATION: reason},

@@ -1,8 +1,8 @@
 """The one label table: the Kubernetes node labels, taint and annotation this control plane sets, under
 the keys the AKS documentation names (`kubernetes.azure.com/...`, so the documented nodeSelectors match).
 
-The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, the QUARANTINE_TAINT key and the
-QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and removes those and never
+The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION, the QUARANTINE_TAINT
+key and the QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and removes those and never
 touches any other key, so labels kubelet or an operator set (agentpool among them) stay as they are. Keys
 under LEGACY_PREFIX (what earlier releases wrote) are only ever removed.
 """
@@ -24,7 +24,7 @@ LABEL_OS = "kubernetes.io/os"
 QUARANTINE_TAINT_KEY = f"{AKS_PREFIX}attestation-failed"
 QUARANTINE_ANNOTATION = f"{AKS_PREFIX}quarantine-reason"
 # The labels a passed attestation gives a node in Kubernetes (a failed one takes them away).
-VERDICT_LABELS = (LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT)
+VERDICT_LABELS = (LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION)
 VERDICT_KEYS = frozenset({*VERDICT_LABELS, QUARANTINE_TAINT_KEY, QUARANTINE_ANNOTATION})
 # Where releases before the AKS keys wrote the same labels, taint and annotation: the adapter removes them.
 LEGACY_PREFIX = "trustedlaunch.io/"
@@ -47,6 +47,12 @@ def node_labels(
     return labels
 
 
+def quarantined_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The verdict labels a quarantined node keeps in Kubernetes: its attestation status only (never the
+    trusted launch labels, whatever its row says)."""
+    return {key: value for key, value in labels.items() if key == LABEL_ATTESTATION}
+
+
 def verdict_labels(labels: dict[str, str]) -> dict[str, str]:
     """The labels among a node's `labels` that the attestation verdict decides in Kubernetes."""
     return {key: value for key, value in labels.items() if key in VERDICT_LABELS}
@@ -65,5 +71,5 @@ def join_labels(
         LABEL_OS_SKU: os_sku,
         LABEL_INSTANCE_TYPE: vm_size,
         LABEL_OS: "linux",
-        **{key: value for key, value in node_labels.items() if key in (LABEL_ATTESTATION, *VERDICT_LABELS)},
+        **verdict_labels(node_labels),
     }
