@@ -212,8 +212,11 @@ def test_a_created_cluster_is_ready_and_its_credentials_work(
     assert user["username"] == "clusterAdmin" and "system:masters" in user["groups"]  # type: ignore[operator]
     applied = kubectl(kubernetes_release, admin, "apply", "-f", "-", stdin=CONFIG_MAP)
     assert "configmap/kept created" in applied.stdout
-    nodes = kubectl(kubernetes_release, admin, "get", "nodes")
-    assert "No resources found" in nodes.stderr  # no node has joined yet (the next issue)
+    nodes = json.loads(kubectl(kubernetes_release, admin, "get", "nodes", "-o", "json").stdout)["items"]
+    [node] = nodes  # the pool's one node joined before the cluster was Succeeded
+    assert node["metadata"]["labels"]["kubernetes.azure.com/agentpool"] == "nodepool1"
+    conditions = {condition["type"]: condition["status"] for condition in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
 
     with Client(KubeConfig.from_file(admin)) as client:
         assert "kube-system" in {ns.metadata.name for ns in client.list(Namespace) if ns.metadata}

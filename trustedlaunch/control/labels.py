@@ -1,10 +1,10 @@
 """The one label table: the Kubernetes node labels, taint and annotation this control plane sets, under
 the keys the AKS documentation names (`kubernetes.azure.com/...`, so the documented nodeSelectors match).
 
-The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION, the QUARANTINE_TAINT
-key and the QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and removes those and never
-touches any other key, so labels kubelet or an operator set (agentpool among them) stay as they are. Keys
-under LEGACY_PREFIX (what earlier releases wrote) are only ever removed.
+The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION, the
+QUARANTINE_TAINT key and the QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and
+removes those and never touches any other key, so labels kubelet or an operator set (agentpool among them)
+stay as they are. Keys under LEGACY_PREFIX (what earlier releases wrote) are only ever removed.
 """
 
 from __future__ import annotations

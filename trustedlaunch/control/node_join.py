@@ -48,6 +48,8 @@ from trustedlaunch.node.kubelet import (
 from trustedlaunch.store.models import ClusterControlPlane, Node
 
 JOIN_TIMEOUT = 600.0  # kubelet start -> Node Ready under software emulation on a loaded 2-core machine
+# kubelet updates a Node it just registered often (status, annotations): a stale patch is recomputed.
+LABEL_CONFLICT_RETRIES = 10
 KUBELET_START_TIMEOUT = 300.0  # the agent's KUBELET request: containerd up, images imported, kubelet run
 JOIN_TAINT_KEYS = (ATTESTATION_PENDING_TAINT["key"], CLOUD_UNINITIALIZED_TAINT_KEY)
 ALREADY_STARTED = "kubelet was already started"
@@ -149,13 +151,7 @@ class NodeJoiner:
             assert stored is not None
             # a strategic merge patch: the Hostname address kubelet set stays
             client.patch(KubernetesNode.Status, node.name, node_addresses_patch())
-            current = client.get(KubernetesNode, node.name).to_dict()
-            taints = [t for t in current["spec"].get("taints") or [] if t["key"] not in JOIN_TAINT_KEYS]
-            patch = {
-                "metadata": {"labels": labels, "resourceVersion": current["metadata"]["resourceVersion"]},
-                "spec": {"taints": taints or None},
-            }
-            client.patch(KubernetesNode, node.name, patch, patch_type=PatchType.MERGE)
+            self._label_and_untaint(client, node.name, labels)
             ready = self._wait(client, node.name, deadline, lambda found: self._is_ready(found))
             if ready is None:
                 condition = _ready_condition(client.get(KubernetesNode, node.name).to_dict()) or {}
@@ -165,6 +161,25 @@ class NodeJoiner:
             reason = exc.status.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             raise NodeJoinFailedError(f"node {node.name}: kube-apiserver failed: {reason}") from exc
         return time.monotonic() - started
+
+    @staticmethod
+    def _label_and_untaint(client: Client, name: str, labels: dict[str, str]) -> None:
+        """Set `labels` and remove the join taints in one merge patch on the Node as read (its
+        resourceVersion a precondition); recomputed on the fresh Node when kubelet changed it meanwhile
+        (409), LABEL_CONFLICT_RETRIES times."""
+        for attempt in range(LABEL_CONFLICT_RETRIES):
+            current = client.get(KubernetesNode, name).to_dict()
+            taints = [t for t in current["spec"].get("taints") or [] if t["key"] not in JOIN_TAINT_KEYS]
+            patch = {
+                "metadata": {"labels": labels, "resourceVersion": current["metadata"]["resourceVersion"]},
+                "spec": {"taints": taints or None},
+            }
+            try:
+                client.patch(KubernetesNode, name, patch, patch_type=PatchType.MERGE)
+                return
+            except ApiError as exc:
+                if exc.status.code != 409 or attempt == LABEL_CONFLICT_RETRIES - 1:
+                    raise
 
     @staticmethod
     def _is_ready(found: dict[str, Any] | None) -> bool:
