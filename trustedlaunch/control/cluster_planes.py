@@ -115,6 +115,12 @@ def recorded_ports(record: ClusterControlPlane) -> ControlPlanePorts:
     return ControlPlanePorts(**{name: getattr(record, column) for name, column in PORT_COLUMNS.items()})
 
 
+def recorded_plane_ports(session: Session) -> set[int]:
+    """Every loopback port some control plane was given (a stopped one keeps its ports)."""
+    columns = [getattr(ClusterControlPlane, column) for column in PORT_COLUMNS.values()]
+    return {port for row in session.execute(select(*columns)) for port in row}
+
+
 def server_url(record: ClusterControlPlane) -> str:
     """The URL of the cluster's kube-apiserver."""
     return f"https://{LOOPBACK}:{record.apiserver_port}"
@@ -143,8 +149,7 @@ class ClusterPlanes:
     @staticmethod
     def _unrecorded_ports(session: Session) -> ControlPlanePorts:
         """Free loopback ports that no other control plane was given (a stopped one keeps its ports)."""
-        columns = [getattr(ClusterControlPlane, column) for column in PORT_COLUMNS.values()]
-        recorded = {port for row in session.execute(select(*columns)) for port in row}
+        recorded = recorded_plane_ports(session)
         while True:
             ports = ControlPlanePorts.free()
             if recorded.isdisjoint(astuple(ports)):

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control.cluster_pki import ClusterPki, issue_node_client_certificate
-from trustedlaunch.control.cluster_planes import PORT_COLUMNS, ClusterPlanes, ControlPlanePhase
+from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase, recorded_plane_ports
 from trustedlaunch.control.hosted_control_plane import free_loopback_port
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel, AgentError
@@ -45,7 +45,7 @@ from trustedlaunch.node.kubelet import (
     NodeNetwork,
     node_addresses_patch,
 )
-from trustedlaunch.store.models import ClusterControlPlane, Node
+from trustedlaunch.store.models import Node
 
 JOIN_TIMEOUT = 600.0  # kubelet start -> Node Ready under software emulation on a loaded 2-core machine
 # kubelet updates a Node it just registered often (status, annotations): a stale patch is recomputed.
@@ -73,8 +73,7 @@ def record_kubelet_port(session: Session, node: Node) -> int:
     given, set on the row (the caller commits it before the VM starts)."""
     if node.kubelet_port is None:
         taken = {port for port in session.scalars(select(Node.kubelet_port)) if port is not None}
-        columns = [getattr(ClusterControlPlane, column) for column in PORT_COLUMNS.values()]
-        taken |= {port for row in session.execute(select(*columns)) for port in row}
+        taken |= recorded_plane_ports(session)
         while (port := free_loopback_port()) in taken:
             pass
         node.kubelet_port = port
