@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -25,6 +25,7 @@ import yaml
 from cached_kubectl import kubectl
 from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import ConfigMap, Namespace
+from lightkube.resources.core_v1 import Node as KubernetesNode
 from serve_process import start_serve
 from sqlalchemy import select
 
@@ -40,9 +41,10 @@ from trustedlaunch.control.hosted_control_plane import (
     stop_control_plane_processes,
 )
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease, cache_root
-from trustedlaunch.control.node_processes import kill_node_processes
+from trustedlaunch.control.node_join import JOIN_TAINT_KEYS
+from trustedlaunch.control.node_processes import kill_node_processes, node_processes
 from trustedlaunch.store.db import make_engine, session_factory
-from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster
+from trustedlaunch.store.models import AgentPool, ClusterControlPlane, ManagedCluster, Node
 
 pytestmark = pytest.mark.slow
 
@@ -334,8 +336,74 @@ def test_two_clusters_refuse_each_others_credentials(
     assert untrusted.returncode != 0 and "certificate" in untrusted.stderr  # B's serving cert: not A's CA
 
 
+def find_node(serve: Serve, cluster: str) -> Node | None:
+    """The store's one node of `cluster` (its pool's only node), if it has one yet."""
+    engine = make_engine(serve.env["TL_DATABASE_URL"])
+    try:
+        with session_factory(engine)() as session:
+            node = session.scalar(
+                select(Node).join(AgentPool).join(ManagedCluster).where(ManagedCluster.name == cluster)
+            )
+            if node is not None:
+                session.expunge(node)
+            return node
+    finally:
+        engine.dispose()
+
+
+def registered_nodes(data_dir: Path) -> list[dict[str, Any]]:
+    """The Node objects of the cluster whose control plane lives in `data_dir` (its admin credential)."""
+    with Client(KubeConfig.from_file(data_dir / "admin.kubeconfig"), trust_env=False) as client:
+        return [node.to_dict() for node in client.list(KubernetesNode)]
+
+
+def test_kill_9_of_serve_mid_join_leaves_no_orphan_vm_node_or_credential(
+    serve: Serve, kubernetes_release: KubernetesRelease
+) -> None:
+    """`tl serve` dies (SIGKILL) after the node's kubelet registered its Node, before the join finished:
+    the next serve adopts the same VM and finishes the join; the cluster then has exactly that one Node,
+    labelled and untainted, and the run directory holds exactly one VM (no second VM, no leftover)."""
+    body = {"location": "eastus", "properties": {"agentPoolProfiles": [ONE_NODE_POOL]}}
+    with serve.client() as client:
+        response = client.put(f"{GROUP}/cpj", json=body)
+    assert response.status_code == 201, response.text
+    data_dir = Path(
+        wait_until(lambda: serve.find_control_plane("cpj"), 30, "the write-ahead record of cpj").data_dir
+    )
+    wait_until(lambda: (data_dir / "admin.kubeconfig").exists() or None, OPERATION_TIMEOUT, "cpj's PKI")
+    registered = wait_until(
+        lambda: registered_nodes(data_dir) or None if serve.control_plane("cpj").phase == "Running" else None,
+        OPERATION_TIMEOUT,
+        "cpj's node registering itself",
+    )
+    joining = find_node(serve, "cpj")
+    assert joining is not None and joining.message == "joining its cluster", joining and joining.message
+    assert [node["metadata"]["name"] for node in registered] == [joining.name]
+    assert serve.process is not None
+    serve.process.send_signal(signal.SIGKILL)  # mid-join: the Node exists, its labels and Ready do not yet
+    serve.process.wait(timeout=30)
+    serve.start()
+    assert finish(serve, response)["status"] == "Succeeded"
+    joined = find_node(serve, "cpj")
+    assert joined is not None and joined.state == "Ready", joined and joined.message
+    assert joined.qemu_pid == joining.qemu_pid and joined.run_dir == joining.run_dir  # adopted, not rebooted
+    assert "adopted while booting" in joined.message and "joined its cluster" in joined.message
+    [node] = registered_nodes(data_dir)
+    assert node["metadata"]["name"] == joined.name
+    assert node["metadata"]["labels"]["kubernetes.azure.com/agentpool"] == "nodepool1"
+    assert not [taint for taint in node["spec"].get("taints") or [] if taint["key"] in JOIN_TAINT_KEYS]
+    running = sorted(node_processes(Path(str(joined.run_dir))).values())
+    assert running.count("qemu-system-x86_64") == 1, running
+    pool_vms = [
+        path
+        for path in (serve.state_dir / "vm").iterdir()
+        if path.name.startswith(f"n{joined.pool_id}-") and node_processes(path)
+    ]
+    assert pool_vms == [Path(str(joined.run_dir))]  # the killed serve's VM is the one; no second one
+
+
 def test_delete_leaves_no_process_and_no_data(serve: Serve) -> None:
-    names = ("cpa", "cpb", "cpc")
+    names = ("cpa", "cpb", "cpc", "cpj")
     data_dirs = [Path(serve.control_plane(name).data_dir) for name in names]
     for name in names:
         with serve.client() as client:
