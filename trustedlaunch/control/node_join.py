@@ -88,6 +88,11 @@ def node_network(node: Node) -> NodeNetwork:
     return NodeNetwork(record.apiserver_port, node.kubelet_port)
 
 
+def _boot_id(stored: dict[str, Any]) -> str | None:
+    boot_id = stored.get("status", {}).get("nodeInfo", {}).get("bootID")
+    return str(boot_id) if boot_id else None
+
+
 def _ready_condition(stored: dict[str, Any]) -> dict[str, Any] | None:
     conditions = stored.get("status", {}).get("conditions") or []
     return next((condition for condition in conditions if condition.get("type") == "Ready"), None)
@@ -136,15 +141,40 @@ class NodeJoiner:
         except (TrustedLaunchError, OSError) as exc:
             raise NodeJoinFailedError(f"node {node.name}: no join bundle: {exc}") from exc
 
-    def initialize(self, node: Node, labels: dict[str, str], channel: AgentChannel | None = None) -> float:
-        """Wait for the node's kubelet to register its Node, then (as a cloud node manager) set its address
-        and `labels`, remove the join taints, and wait for it to be Ready; the seconds it took. Fails naming
-        the node and what is missing (with the end of the kubelet's log from `channel`)."""
+    def boot_id(self, node: Node) -> str | None:
+        """The boot id the kubelet of the node's Node object reported (None without one): a node rebooted
+        by a repair keeps its Node, and its new kubelet reports a new boot id."""
+        try:
+            stored = self._client(node).get(KubernetesNode, node.name).to_dict()
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            reason = exc.status.message
+            raise NodeJoinFailedError(f"node {node.name}: kube-apiserver failed: {reason}") from exc
+        except httpx2.HTTPError as exc:
+            raise NodeJoinFailedError(f"node {node.name}: kube-apiserver failed: {exc}") from exc
+        return _boot_id(stored)
+
+    def initialize(
+        self,
+        node: Node,
+        labels: dict[str, str],
+        channel: AgentChannel | None = None,
+        previous_boot_id: str | None = None,
+    ) -> float:
+        """Wait for the node's kubelet to register its Node (one reporting another boot id than
+        `previous_boot_id`: that of the Node a rebooted VM left), then (as a cloud node manager) set its
+        address and `labels`, remove the join taints, and wait for it to be Ready; the seconds it took. Fails
+        naming the node and what is missing (with the end of the kubelet's log from `channel`)."""
         client = self._client(node)
         started = time.monotonic()
         deadline = started + self.timeout
+
+        def registered(found: dict[str, Any] | None) -> bool:
+            return found is not None and (previous_boot_id is None or _boot_id(found) != previous_boot_id)
+
         try:
-            stored = self._wait(client, node.name, deadline, lambda found: found is not None)
+            stored = self._wait(client, node.name, deadline, registered)
             if stored is None:
                 self._missing(node, "its kubelet did not register its Node", channel)
             assert stored is not None

@@ -67,6 +67,7 @@ from trustedlaunch.control.node_health import (
 )
 from trustedlaunch.control.node_images import build_release_image, is_release_image
 from trustedlaunch.control.node_join import (
+    ALREADY_STARTED,
     JOIN_TIMEOUT,
     NodeJoiner,
     NodeJoinFailedError,
@@ -732,10 +733,13 @@ class Reconciler:
         )
         started = time.monotonic()
         try:
+            previous_boot_id = self.joiner.boot_id(node)  # a Node left by this node's VM before a reboot
             account = self.joiner.hand_credential(node, channel)
             log.info("node %s: kubelet started: %s", node.name, account.replace("\n", "; "))
             kubelet_started = time.monotonic() - started
-            seconds = self.joiner.initialize(node, labels, channel)
+            if account == ALREADY_STARTED:  # adopted mid-join: its kubelet may have registered already
+                previous_boot_id = None
+            seconds = self.joiner.initialize(node, labels, channel, previous_boot_id)
         except NodeJoinFailedError as exc:
             with contextlib.suppress(NodeJoinFailedError):
                 self.joiner.forget(node)  # a Node its kubelet registered goes with the failed VM
