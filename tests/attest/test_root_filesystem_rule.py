@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from verified_boots import vouched
 
-from trustedlaunch.attest.derivation import MAX_GRUB_CONFIG_BYTES, image_root_hash
+from trustedlaunch.attest.derivation import MAX_GRUB_CONFIG_BYTES, image_kernel_cmdline, image_root_hash
 from trustedlaunch.attest.evaluation import evaluate
 from trustedlaunch.attest.policy import ROOT_HASH_ARG, Policy, PolicyError, RootFilesystemRule
 from trustedlaunch.eventlog.model import BootSummary
@@ -116,6 +116,25 @@ def test_the_root_hash_is_read_from_the_kernel_line_of_the_image_grub_configurat
     assert image_root_hash(tmp_path / "no-esp") is None
     echoed = f'echo "{ROOT_HASH_ARG}={OTHER}"\nchainloader /vmlinuz\n'  # not the kernel's command line
     assert image_root_hash(grub_esp(tmp_path / "c", echoed)) is None
+
+
+def test_the_measured_kernel_command_line_is_predicted_from_the_chainloader_line(tmp_path: Path) -> None:
+    """GRUB measures a command as its parser reads it: the backslash of `initrd=\\initrd.gz` and quotes go
+    (tests/node/test_rootfs_boot.py compares the prediction with a real node's measured log)."""
+    line = f"chainloader /vmlinuz initrd=\\initrd.gz  console=ttyS0 'a b' {ROOT_HASH_ARG}={EXPECTED}\n"
+    predicted = image_kernel_cmdline(grub_esp(tmp_path / "a", f"set timeout=0\n{line}boot\n"))
+    assert predicted == f"initrd=initrd.gz console=ttyS0 a b {ROOT_HASH_ARG}={EXPECTED}"
+    unpredictable = {
+        "variable": "chainloader /vmlinuz root=$root\n",
+        "two kernels": "chainloader /vmlinuz a=1\nchainloader /vmlinuz a=2\n",
+        "no arguments": "chainloader /vmlinuz\n",
+        "linux command": "linux /vmlinuz console=ttyS0\n",
+    }
+    for name, config in unpredictable.items():
+        assert image_kernel_cmdline(grub_esp(tmp_path / name, config)) is None, name
+    assert image_kernel_cmdline(tmp_path / "no-esp") is None
+    with pytest.raises(PolicyError, match="cannot be parsed"):
+        image_kernel_cmdline(grub_esp(tmp_path / "quote", "chainloader /vmlinuz 'open\n"))
 
 
 @pytest.mark.parametrize(

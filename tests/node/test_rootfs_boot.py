@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.derivation import image_kernel_cmdline, policy_for_image
 from trustedlaunch.attest.policy import RootFilesystemRule
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.eventlog.parser import parse_event_log
@@ -94,6 +94,7 @@ def test_predicted_policy_covers_the_root_hash(
     assert quote.event_log is not None
     summary = summarize(parse_event_log(quote.event_log))
     assert summary.kernel_cmdline == measured_cmdline(rootfs_node_image)
+    assert image_kernel_cmdline(rootfs_node_image.esp_dir) == summary.kernel_cmdline  # predicted exactly
     assert f"trustedlaunch.verity_roothash={rootfs.root_hash}" in summary.kernel_cmdline.split()
     # the same boot chain expecting the image without a root filesystem (no root hash): refused
     other = policy_for_image(rootfs_node_image.esp_dir, varstore, kernel_cmdline=measured_cmdline(node_image))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from pathlib import Path
 
 from trustedlaunch.attest.policy import (
@@ -77,9 +78,11 @@ def policy_for_image(
     """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
     as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
     image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
-    golden values. `kernel_cmdline`, when given, must be the exact measured command line. An image with a
-    root filesystem (its GRUB configuration puts a dm-verity root hash on the kernel command line) also
-    gets that root hash as the policy's root filesystem rule, `node_image` naming the image in findings.
+    golden values. The exact measured kernel command line is `kernel_cmdline`, by default the one the
+    image's GRUB configuration gives its EFI-stub kernel (`image_kernel_cmdline`; none pinned when it
+    cannot be predicted). An image with a root filesystem (its GRUB configuration puts a dm-verity root
+    hash on the kernel command line) also gets that root hash as the policy's root filesystem rule,
+    `node_image` naming the image in findings.
 
     Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
     """
@@ -88,6 +91,8 @@ def policy_for_image(
     store = read_varstore(varstore)
     prediction = predict_pcrs(image_esp, varstore, banks)
     root_hash = image_root_hash(image_esp)
+    if kernel_cmdline is None:
+        kernel_cmdline = image_kernel_cmdline(image_esp)
 
     def pin(name: str, entries: tuple[SignatureEntry, ...]) -> VariablePolicy:
         ids = frozenset(entry_id(entry) for entry in entries)
@@ -126,10 +131,9 @@ def policy_for_image(
     )
 
 
-def image_root_hash(image_esp: Path) -> str | None:
-    """The dm-verity root hash the image's GRUB configuration puts on the kernel command line (ROOT_HASH_ARG
-    of its linux/linuxefi/chainloader line), None when it puts none; raises PolicyError naming the file when
-    it is unreadable, too large, or names no single well-formed root hash."""
+def _kernel_lines(image_esp: Path) -> tuple[Path, list[str]] | None:
+    """The image's GRUB configuration and its lines that start a kernel (linux/linuxefi/chainloader), None
+    without one; raises PolicyError naming the file when it is unreadable or too large."""
     config = find_grub_config(image_esp)
     if config is None:
         return None
@@ -140,11 +144,42 @@ def image_root_hash(image_esp: Path) -> str | None:
         raise PolicyError(f"GRUB configuration {config} cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_GRUB_CONFIG_BYTES:
         raise PolicyError(f"GRUB configuration {config} is larger than {MAX_GRUB_CONFIG_BYTES} bytes")
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return config, [line for line in lines if line.split()[:1] and line.split()[0] in _KERNEL_COMMANDS]
+
+
+def image_kernel_cmdline(image_esp: Path) -> str | None:
+    """The kernel command line GRUB measures (PCR 8) when it boots the image: the arguments of its one
+    `chainloader IMAGE ARGS` line (an EFI-stub kernel: our node images) as GRUB's shell-like parser reads
+    them (quotes and backslashes removed), joined by single spaces. None when the configuration has no such
+    single line, or one GRUB would expand ($variables): such a command line cannot be predicted."""
+    found = _kernel_lines(image_esp)
+    if found is None:
+        return None
+    config, lines = found
+    if len(lines) != 1 or "$" in lines[0]:
+        return None
+    try:
+        words = shlex.split(lines[0], comments=True)
+    except ValueError as exc:
+        raise PolicyError(f"GRUB configuration {config}: its kernel line cannot be parsed: {exc}") from None
+    if len(words) < 3 or words[0] != "chainloader":
+        return None
+    return " ".join(words[2:])
+
+
+def image_root_hash(image_esp: Path) -> str | None:
+    """The dm-verity root hash the image's GRUB configuration puts on the kernel command line (ROOT_HASH_ARG
+    of its linux/linuxefi/chainloader line), None when it puts none; raises PolicyError naming the file when
+    it is unreadable, too large, or names no single well-formed root hash."""
+    found = _kernel_lines(image_esp)
+    if found is None:
+        return None
+    config, lines = found
     prefix = f"{ROOT_HASH_ARG}="
     hashes = {
         token.removeprefix(prefix)
-        for line in data.decode("utf-8", errors="replace").splitlines()
-        if line.split()[:1] and line.split()[0] in _KERNEL_COMMANDS
+        for line in lines
         for token in cmdline_tokens(line)
         if token.startswith(prefix)
     }
