@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from verified_boots import vouched
 
-from trustedlaunch.attest.derivation import MAX_GRUB_CONFIG_BYTES, image_kernel_cmdline, image_root_hash
+from trustedlaunch.attest.derivation import image_kernel_cmdline, image_root_hash
 from trustedlaunch.attest.evaluation import evaluate
 from trustedlaunch.attest.policy import ROOT_HASH_ARG, Policy, PolicyError, RootFilesystemRule
 from trustedlaunch.eventlog.model import BootSummary
@@ -19,6 +19,7 @@ from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.image import VERITY_ROOTHASH_ARG
+from trustedlaunch.uefi.grub_config import MAX_GRUB_CONFIG_BYTES
 
 NODE_LOG = Path(__file__).parents[1] / "node" / "data" / "secureboot-vtpm-eventlog.bin"
 EXPECTED = "a1" * 32
@@ -118,7 +119,7 @@ def test_the_root_hash_is_read_from_the_kernel_line_of_the_image_grub_configurat
     assert image_root_hash(grub_esp(tmp_path / "c", echoed)) is None
 
 
-def test_the_measured_kernel_command_line_is_predicted_from_the_chainloader_line(tmp_path: Path) -> None:
+def test_the_measured_kernel_command_line_is_predicted_from_the_kernel_line(tmp_path: Path) -> None:
     """GRUB measures a command as its parser reads it: the backslash of `initrd=\\initrd.gz` and quotes go
     (tests/node/test_rootfs_boot.py compares the prediction with a real node's measured log)."""
     line = f"chainloader /vmlinuz initrd=\\initrd.gz  console=ttyS0 'a b' {ROOT_HASH_ARG}={EXPECTED}\n"
@@ -128,11 +129,13 @@ def test_the_measured_kernel_command_line_is_predicted_from_the_chainloader_line
         "variable": "chainloader /vmlinuz root=$root\n",
         "two kernels": "chainloader /vmlinuz a=1\nchainloader /vmlinuz a=2\n",
         "no arguments": "chainloader /vmlinuz\n",
-        "linux command": "linux /vmlinuz console=ttyS0\n",
+        "two initrd lines": "linux /vmlinuz a=1\ninitrd /a.gz\ninitrd /b.gz\n",
     }
     for name, config in unpredictable.items():
         assert image_kernel_cmdline(grub_esp(tmp_path / name, config)) is None, name
     assert image_kernel_cmdline(tmp_path / "no-esp") is None
+    linux = "linux /vmlinuz console=ttyS0 'a b'\ninitrd /initrd.gz\n"  # `linux` measures "PATH ARGS"
+    assert image_kernel_cmdline(grub_esp(tmp_path / "linux", linux)) == "/vmlinuz console=ttyS0 a b"
     with pytest.raises(PolicyError, match="cannot be parsed"):
         image_kernel_cmdline(grub_esp(tmp_path / "quote", "chainloader /vmlinuz 'open\n"))
 

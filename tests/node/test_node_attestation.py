@@ -66,7 +66,8 @@ def test_predicted_pcrs_equal_the_quoted_ones(
     assert "sha256" in banks
     predicted = predict_pcrs(node_image.esp_dir, varstore_template(secure_boot), banks)
     for bank in banks:
-        for pcr in (4, 7):
+        assert sorted(predicted.values[bank]) == [4, 7, 9]  # 9: GRUB's configuration, kernel and initramfs
+        for pcr in (4, 7, 9):
             assert predicted.values[bank][pcr] == quote.pcr_values[bank][pcr], f"{bank} PCR{pcr}"
 
 

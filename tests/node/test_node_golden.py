@@ -1,5 +1,5 @@
 """Golden values without a boot: the policy derived from a node image and a varstore (fast, no VM), and the
-kernel command line of a real boot of our node image (GRUB chainloads the kernel's EFI stub).
+kernel command line of a real boot of an earlier node image (GRUB chainloaded the kernel's EFI stub).
 
 data/secureboot-vtpm-eventlog.bin: the event log of a real Secure Boot + vTPM boot of the node image
 (OVMF_VARS_4M.ms.fd, Debian shim 15.8 / GRUB / kernel), read by the agent from binary_bios_measurements.
@@ -7,6 +7,8 @@ data/secureboot-vtpm-eventlog.bin: the event log of a real Secure Boot + vTPM bo
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,7 @@ def test_policy_for_image_pins_the_image_and_varstore(secure_boot: bool, node_im
     assert [next(iter(step.digests)) for step in policy.boot_applications] == chain
     assert [step.component for step in policy.boot_applications][:3] == ["shim", "grub", "kernel"]
     assert {(golden.bank, golden.pcr) for golden in policy.golden_pcrs} == {
-        (bank, pcr) for bank in ("sha1", "sha256") for pcr in (4, 7)
+        (bank, pcr) for bank in ("sha1", "sha256") for pcr in (4, 7, 9)
     }
     assert all(golden.events for golden in policy.golden_pcrs)
     assert policy.describe()["pcrs"] != "any"
@@ -64,6 +66,29 @@ def test_unbootable_image_cannot_be_predicted(node_image: NodeImage, tmp_path: P
         predict_pcrs(image.esp_dir, FIRMWARE[True][1])
     # without Secure Boot nothing is verified: the unsigned kernel boots and is predicted
     assert predict_pcrs(image.esp_dir, FIRMWARE[False][1]).values["sha256"][4]
+
+
+def test_pcr9_is_predicted_from_the_files_grub_reads(node_image: NodeImage, tmp_path: Path) -> None:
+    """GRUB measures its configuration, the kernel and the initramfs (contents' digests) into PCR 9, in that
+    order (tests/node/test_node_attestation.py compares the value with a real quote)."""
+    esp = node_image.esp_dir
+    predicted = predict_pcrs(esp, FIRMWARE[True][1])
+    files = ("EFI/debian/grub.cfg", "vmlinuz", "initrd.gz")
+    digests = [hashlib.sha256((esp / name).read_bytes()).digest() for name in files]
+    assert [event.digests["sha256"] for event in predicted.events_of(9)] == digests
+    assert [event.component for event in predicted.events_of(9)] == ["grub", "kernel", "initrd"]
+    value = bytes(32)
+    for digest in digests:
+        value = hashlib.sha256(value + digest).digest()
+    assert predicted.values["sha256"][9] == value
+    policy = policy_for_image(esp, FIRMWARE[True][1])
+    assert {golden.pcr for golden in policy.golden_pcrs} == {4, 7, 9}
+    assert policy.kernel_cmdline.exact == f"/vmlinuz {DEFAULT_CMDLINE}"
+    copy = tmp_path / "esp"
+    shutil.copytree(esp, copy)
+    (copy / "initrd.gz").unlink()  # GRUB could not boot it
+    with pytest.raises(PredictionError, match=r"/initrd.gz is not on the ESP"):
+        predict_pcrs(copy, FIRMWARE[True][1])
 
 
 def test_golden_pcr_fields_are_validated() -> None:

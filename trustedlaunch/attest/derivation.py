@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 from pathlib import Path
 
 from trustedlaunch.attest.policy import (
@@ -27,12 +26,10 @@ from trustedlaunch.attest.policy import (
 from trustedlaunch.eventlog.model import BootSummary
 from trustedlaunch.eventlog.predict import predict_pcrs
 from trustedlaunch.eventlog.types import EV_EFI_BOOT_SERVICES_APPLICATION
-from trustedlaunch.uefi.secureboot import find_grub_config
+from trustedlaunch.uefi.grub_config import GrubBoot, GrubConfigError, read_grub_boot
 from trustedlaunch.uefi.siglist import SignatureEntry
 from trustedlaunch.uefi.varstore import read_varstore
 
-MAX_GRUB_CONFIG_BYTES = 64 * 1024
-_KERNEL_COMMANDS = ("linux", "linuxefi", "chainloader")
 _ROOT_HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -78,9 +75,10 @@ def policy_for_image(
     """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
     as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
     image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
-    golden values. The exact measured kernel command line is `kernel_cmdline`, by default the one the
-    image's GRUB configuration gives its EFI-stub kernel (`image_kernel_cmdline`; none pinned when it
-    cannot be predicted). An image with a root filesystem (its GRUB configuration puts a dm-verity root
+    golden values, with PCR 9 (the GRUB configuration, kernel and initrd GRUB reads) when the image boots
+    through `linux` + `initrd`. The exact measured kernel command line is `kernel_cmdline`, by default the
+    one the image's GRUB configuration gives (`image_kernel_cmdline`; none pinned when it cannot be
+    predicted). An image with a root filesystem (its GRUB configuration puts a dm-verity root
     hash on the kernel command line) also gets that root hash as the policy's root filesystem rule,
     `node_image` naming the image in findings.
 
@@ -131,55 +129,32 @@ def policy_for_image(
     )
 
 
-def _kernel_lines(image_esp: Path) -> tuple[Path, list[str]] | None:
-    """The image's GRUB configuration and its lines that start a kernel (linux/linuxefi/chainloader), None
-    without one; raises PolicyError naming the file when it is unreadable or too large."""
-    config = find_grub_config(image_esp)
-    if config is None:
-        return None
+def _grub_boot(image_esp: Path) -> GrubBoot | None:
     try:
-        with config.open("rb") as stream:
-            data = stream.read(MAX_GRUB_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise PolicyError(f"GRUB configuration {config} cannot be read: {exc.strerror or exc}") from None
-    if len(data) > MAX_GRUB_CONFIG_BYTES:
-        raise PolicyError(f"GRUB configuration {config} is larger than {MAX_GRUB_CONFIG_BYTES} bytes")
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return config, [line for line in lines if line.split()[:1] and line.split()[0] in _KERNEL_COMMANDS]
+        return read_grub_boot(image_esp)
+    except GrubConfigError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 def image_kernel_cmdline(image_esp: Path) -> str | None:
-    """The kernel command line GRUB measures (PCR 8) when it boots the image: the arguments of its one
-    `chainloader IMAGE ARGS` line (an EFI-stub kernel: our node images) as GRUB's shell-like parser reads
-    them (quotes and backslashes removed), joined by single spaces. None when the configuration has no such
-    single line, or one GRUB would expand ($variables): such a command line cannot be predicted."""
-    found = _kernel_lines(image_esp)
-    if found is None:
-        return None
-    config, lines = found
-    if len(lines) != 1 or "$" in lines[0]:
-        return None
-    try:
-        words = shlex.split(lines[0], comments=True)
-    except ValueError as exc:
-        raise PolicyError(f"GRUB configuration {config}: its kernel line cannot be parsed: {exc}") from None
-    if len(words) < 3 or words[0] != "chainloader":
-        return None
-    return " ".join(words[2:])
+    """The kernel command line GRUB measures (PCR 8) when it boots the image (GrubBoot.measured_cmdline),
+    None when its GRUB configuration does not determine it; raises PolicyError naming the file when the
+    configuration is unreadable, too large or unparseable."""
+    boot = _grub_boot(image_esp)
+    return None if boot is None else boot.measured_cmdline
 
 
 def image_root_hash(image_esp: Path) -> str | None:
     """The dm-verity root hash the image's GRUB configuration puts on the kernel command line (ROOT_HASH_ARG
     of its linux/linuxefi/chainloader line), None when it puts none; raises PolicyError naming the file when
     it is unreadable, too large, or names no single well-formed root hash."""
-    found = _kernel_lines(image_esp)
-    if found is None:
+    boot = _grub_boot(image_esp)
+    if boot is None:
         return None
-    config, lines = found
     prefix = f"{ROOT_HASH_ARG}="
     hashes = {
         token.removeprefix(prefix)
-        for line in lines
+        for line in boot.kernel_lines
         for token in cmdline_tokens(line)
         if token.startswith(prefix)
     }
@@ -188,6 +163,7 @@ def image_root_hash(image_esp: Path) -> str | None:
     root_hash = hashes.pop()
     if hashes or not _ROOT_HASH.fullmatch(root_hash):
         raise PolicyError(
-            f"GRUB configuration {config}: {ROOT_HASH_ARG} must name one root hash of 64 lowercase hex digits"
+            f"GRUB configuration {boot.config}: {ROOT_HASH_ARG} must name one root hash of 64 lowercase hex "
+            "digits"
         )
     return root_hash

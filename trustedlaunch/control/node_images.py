@@ -126,5 +126,10 @@ def build_release_image(out_dir: Path, *, kernel: Path | None = None) -> node_im
 def is_release_image(image: node_image.NodeImage) -> bool:
     """Whether `image` is the node image of this trustedlaunch's releases: it has a root filesystem built
     from the pinned Kubernetes release and container runtime. An image an older trustedlaunch built (without
-    a root filesystem, or with other binaries in it) is not: build it anew (its policy changes with it)."""
-    return image.rootfs is not None and image.release == image_release()
+    a root filesystem, with other binaries in it, or another GRUB configuration) is not: build it anew (its
+    policy changes with it)."""
+    return (
+        image.rootfs is not None
+        and image.release == image_release()
+        and node_image.has_current_boot_config(image)
+    )

@@ -1,4 +1,5 @@
-"""Golden PCR values without a golden boot: the PCR4 and PCR7 events OVMF, shim and GRUB measure for an ESP.
+"""Golden PCR values without a golden boot: the PCR4 and PCR7 events OVMF, shim and GRUB measure for an ESP,
+and PCR9 when its GRUB configuration boots the kernel with `linux` + `initrd`.
 
 The prediction replays what the real chain does (checked against real boots of our node image):
 
@@ -11,6 +12,10 @@ SbatLevel, which shim resets to its original level when Secure Boot is off.
 PCR4: EV_EFI_ACTION "Calling EFI Application from Boot Option", EV_SEPARATOR, then the Authenticode digests
 of shim, GRUB and the kernel. With Secure Boot on the kernel appears twice: once measured by shim's verifier
 (GRUB asks shim to verify it), once by the firmware's LoadImage when GRUB starts it.
+
+PCR9 (GRUB's `linux` + `initrd`): EV_IPL events with the digests of the files GRUB reads, in order: its
+configuration (EFI/debian/grub.cfg), the kernel and each initrd. (With `chainloader` the kernel's EFI stub
+loads the initrd itself and measures nothing of it: PCR9 is then not predicted, and the initrd not covered.)
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from trustedlaunch.eventlog.types import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_VARIABLE_AUTHORITY,
     EV_EFI_VARIABLE_DRIVER_CONFIG,
+    EV_IPL,
     EV_NO_ACTION,
     EV_SEPARATOR,
     event_type_name,
 )
+from trustedlaunch.uefi.grub_config import GrubConfigError, read_grub_boot
 from trustedlaunch.uefi.sbat import SbatLevel
-from trustedlaunch.uefi.secureboot import ComponentVerdict, decide_boot
+from trustedlaunch.uefi.secureboot import ComponentVerdict, decide_boot, find_on_esp
 from trustedlaunch.uefi.varstore import (
     EFI_GLOBAL_VARIABLE,
     EFI_IMAGE_SECURITY_DATABASE,
@@ -41,7 +48,7 @@ from trustedlaunch.uefi.varstore import (
     read_varstore,
 )
 
-PREDICTED_PCRS = (4, 7)
+GRUB_FILES_PCR = 9
 CALLING_BOOT_OPTION = b"Calling EFI Application from Boot Option"
 SEPARATOR = b"\x00\x00\x00\x00"
 # shim writes (and measures) this SbatLevel when Secure Boot is off (SBAT_VAR_ORIGINAL in shim's sbat_var.S)
@@ -125,7 +132,8 @@ def _authority(component: ComponentVerdict, *, by_firmware: bool) -> tuple[str, 
 
 
 def predict_pcrs(esp: Path, varstore: Path, banks: tuple[str, ...] = ("sha256",)) -> PcrPrediction:
-    """Predict the PCR4 and PCR7 events and values of booting `esp` on OVMF with `varstore`.
+    """Predict the PCR4 and PCR7 events and values of booting `esp` on OVMF with `varstore`, and PCR9's
+    when its GRUB configuration loads the kernel and initrd itself (`linux` + `initrd`).
 
     Raises PredictionError when the chain would not boot (nothing to predict) or a bank is unknown.
     """
@@ -212,17 +220,47 @@ def predict_pcrs(esp: Path, varstore: Path, banks: tuple[str, ...] = ("sha256",)
         pcr4.append(_image_event(kernel, f"kernel ({kernel.path}) verified by shim for GRUB", banks))
     pcr4.append(_image_event(kernel, f"kernel ({kernel.path}) started by GRUB", banks))
 
-    events = (*pcr4, *pcr7)
+    events = (*pcr4, *pcr7, *_grub_file_events(esp, banks))
     values: dict[str, dict[int, bytes]] = {}
     for bank in banks:
         values[bank] = {}
-        for pcr in PREDICTED_PCRS:
+        for pcr in sorted({event.pcr for event in events}):
             value = bytes(_HASHES[bank]().digest_size)
             for event in events:
                 if event.pcr == pcr:
                     value = _HASHES[bank](value + event.digests[bank]).digest()
             values[bank][pcr] = value
     return PcrPrediction(events, values)
+
+
+def _grub_file_events(esp: Path, banks: tuple[str, ...]) -> list[PredictedEvent]:
+    """The PCR9 events of the files GRUB reads when its configuration boots with `linux` + `initrd` (its
+    configuration, the kernel, each initrd); none for any other configuration."""
+    try:
+        boot = read_grub_boot(esp)
+    except GrubConfigError as exc:
+        raise PredictionError(str(exc)) from None
+    if boot is None or boot.command not in ("linux", "linuxefi") or boot.kernel is None or not boot.initrds:
+        return []
+    events = [
+        PredictedEvent(
+            GRUB_FILES_PCR,
+            EV_IPL,
+            "grub",
+            f"GRUB read its configuration {boot.config.relative_to(esp)}",
+            {bank: _HASHES[bank](boot.data).digest() for bank in banks},
+        )
+    ]
+    for component, path in (("kernel", boot.kernel), *(("initrd", initrd) for initrd in boot.initrds)):
+        found = find_on_esp(esp, path)
+        if found is None or not found.is_file():
+            raise PredictionError(f"GRUB configuration {boot.config}: {path} is not on the ESP")
+        digests = {}
+        for bank in banks:
+            with found.open("rb") as stream:
+                digests[bank] = hashlib.file_digest(stream, _HASHES[bank]).digest()
+        events.append(PredictedEvent(GRUB_FILES_PCR, EV_IPL, component, f"GRUB read {path}", digests))
+    return events
 
 
 def _measured_sbat_level(enforced: SbatLevel | None, stored: str | None, secure_boot: bool) -> str:

@@ -52,6 +52,7 @@ VERITY_BLOCKS_ARG = "trustedlaunch.verity_blocks"
 KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 METADATA_NAME = "node-image.json"
+GRUB_CONFIG_FILE = "EFI/debian/grub.cfg"
 BOOT_FAILED_MARKER = "trustedlaunch: boot failed"
 
 _ESP_FILES = {
@@ -210,10 +211,13 @@ def verity_cmdline(rootfs: Rootfs) -> str:
 
 
 def grub_config(cmdline: str) -> str:
-    """GRUB config chainloading the kernel's EFI stub (so the kernel receives the TCG event log)."""
+    """GRUB config loading the kernel (through its EFI stub: it receives the TCG event log) and the
+    initramfs itself, so that GRUB measures both files into PCR 9 and the command line into PCR 8 (with
+    `chainloader`, the kernel's stub would load the initramfs unmeasured)."""
     return (
         "set timeout=0\n"
-        f"chainloader /vmlinuz initrd=\\initrd.gz {cmdline}\n"
+        f"linux /vmlinuz {cmdline}\n"
+        "initrd /initrd.gz\n"
         "boot\n"
         f'echo "{BOOT_FAILED_MARKER}"\n'
         "reboot\n"
@@ -246,7 +250,7 @@ def build_node_image(
         modules_release = kernel_release(kernel.name)
         built_rootfs = build_rootfs(out_dir / ROOTFS_NAME, rootfs)
         cmdline = f"{cmdline} {verity_cmdline(built_rootfs)}"
-    contents["EFI/debian/grub.cfg"] = grub_config(cmdline).encode()
+    contents[GRUB_CONFIG_FILE] = grub_config(cmdline).encode()
     contents["vmlinuz"] = kernel.read_bytes()
     contents["initrd.gz"] = build_initramfs(None if rootfs is None else modules_release)
     return _write_image(out_dir, contents, kernel.name, cmdline, built_rootfs, dict(release or {}))
@@ -270,6 +274,16 @@ def _initramfs_kernel_release(image: NodeImage) -> str | None:
         raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
 
 
+def has_current_boot_config(image: NodeImage) -> bool:
+    """Whether `image`'s GRUB configuration is the one this trustedlaunch writes for its command line (an
+    older one chainloaded the kernel, leaving the initramfs unmeasured)."""
+    try:
+        written = (image.esp_dir / GRUB_CONFIG_FILE).read_bytes()
+    except OSError:
+        return False
+    return written == grub_config(image.kernel_cmdline).encode()
+
+
 def has_current_agent(image: NodeImage) -> bool:
     """Whether `image` carries the initramfs (agent) of this trustedlaunch: an image built by an older one
     may hold an agent whose protocol the host no longer speaks."""
@@ -278,7 +292,7 @@ def has_current_agent(image: NodeImage) -> bool:
 
 def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
     """A copy of `image` in `out_dir` with the current initramfs (agent); shim, GRUB, the kernel and its
-    command line stay the image's own, so the boot chain and its attestation policy do not change."""
+    command line stay the image's own (the policy's PCR 9 follows the new initramfs)."""
     try:
         kernel_name = json.loads(image.metadata_path.read_text())["kernel"]
         contents = {name: (image.esp_dir / name).read_bytes() for name in image.files}

@@ -293,6 +293,15 @@ def _kernel_path(esp: Path) -> str | ComponentVerdict:
     return target.as_posix()
 
 
+def find_on_esp(esp: Path, path: str) -> Path | None:
+    """The file a GRUB path (`/vmlinuz`, `(hd0,gpt1)/initrd.gz`) names on the ESP, found as FAT finds it;
+    None when it does not exist or leaves the ESP."""
+    target = PurePosixPath(_GRUB_DEVICE.sub("", path).lstrip("/"))
+    if ".." in target.parts or not target.parts:
+        return None
+    return _find_case_insensitive(esp, target.as_posix())
+
+
 def find_grub_config(esp: Path) -> Path | None:
     """The ESP's GRUB configuration (EFI/debian/grub.cfg, found as FAT finds it), None when there is none."""
     return _find_case_insensitive(esp, GRUB_CONFIG_PATH)
