@@ -69,21 +69,24 @@ def test_unbootable_image_cannot_be_predicted(node_image: NodeImage, tmp_path: P
 
 
 def test_pcr9_is_predicted_from_the_files_grub_reads(node_image: NodeImage, tmp_path: Path) -> None:
-    """GRUB measures its configuration, the kernel and the initramfs (contents' digests) into PCR 9, in that
-    order (tests/node/test_node_attestation.py compares the value with a real quote)."""
+    """GRUB measures its configuration, the initramfs (its `loopback` read) and the kernel (contents'
+    digests) into PCR 9, then the kernel's stub its command line (UTF-16, NUL-terminated); tests/node/
+    test_node_attestation.py compares the value with a real quote."""
     esp = node_image.esp_dir
     predicted = predict_pcrs(esp, FIRMWARE[True][1])
-    files = ("EFI/debian/grub.cfg", "vmlinuz", "initrd.gz")
+    files = ("EFI/debian/grub.cfg", "initrd.gz", "vmlinuz")
     digests = [hashlib.sha256((esp / name).read_bytes()).digest() for name in files]
+    options = f"initrd=initrd.gz {DEFAULT_CMDLINE}".encode("utf-16-le") + b"\0\0"
+    digests.append(hashlib.sha256(options).digest())
     assert [event.digests["sha256"] for event in predicted.events_of(9)] == digests
-    assert [event.component for event in predicted.events_of(9)] == ["grub", "kernel", "initrd"]
+    assert [event.component for event in predicted.events_of(9)] == ["grub", "grub", "kernel", "kernel"]
     value = bytes(32)
     for digest in digests:
         value = hashlib.sha256(value + digest).digest()
     assert predicted.values["sha256"][9] == value
     policy = policy_for_image(esp, FIRMWARE[True][1])
     assert {golden.pcr for golden in policy.golden_pcrs} == {4, 7, 9}
-    assert policy.kernel_cmdline.exact == f"/vmlinuz {DEFAULT_CMDLINE}"
+    assert policy.kernel_cmdline.exact == f"initrd=initrd.gz {DEFAULT_CMDLINE}"
     copy = tmp_path / "esp"
     shutil.copytree(esp, copy)
     (copy / "initrd.gz").unlink()  # GRUB could not boot it

@@ -51,11 +51,11 @@ def test_metadata_lists_every_file_with_its_hash(node_image: NodeImage) -> None:
     assert (node_image.esp_dir / "EFI/BOOT/BOOTX64.EFI").read_bytes() == shim
 
 
-def test_grub_loads_the_kernel_and_the_initramfs_itself(node_image: NodeImage) -> None:
-    """GRUB, not the kernel's EFI stub, reads the initramfs: so it measures it into PCR 9."""
+def test_grub_reads_the_initramfs_then_chainloads_the_kernel_efi_stub(node_image: NodeImage) -> None:
+    """GRUB reads the initramfs (so it measures it into PCR 9) before the kernel's stub loads it."""
     config = (node_image.esp_dir / "EFI/debian/grub.cfg").read_text().splitlines()
-    assert f"linux /vmlinuz {DEFAULT_CMDLINE}" in config
-    assert "initrd /initrd.gz" in config
+    assert config.index("loopback initramfs /initrd.gz") < config.index("loopback -d initramfs")
+    assert f"chainloader /vmlinuz initrd=\\initrd.gz {DEFAULT_CMDLINE}" in config
     assert "boot" in config
 
 

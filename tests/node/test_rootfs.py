@@ -219,7 +219,7 @@ def test_command_line_carries_the_root_hash(rootfs_node_image: NodeImage) -> Non
         f"trustedlaunch.verity_salt={rootfs.salt} trustedlaunch.verity_blocks={rootfs.data_blocks}"
     )
     config = (rootfs_node_image.esp_dir / "EFI/debian/grub.cfg").read_text()
-    assert f"linux /vmlinuz {rootfs_node_image.kernel_cmdline}\ninitrd /initrd.gz\n" in config
+    assert f"chainloader /vmlinuz initrd=\\initrd.gz {rootfs_node_image.kernel_cmdline}\n" in config
 
 
 def test_the_predicted_policy_pins_the_root_hash(rootfs_node_image: NodeImage, node_image: NodeImage) -> None:

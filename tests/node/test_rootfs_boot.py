@@ -31,7 +31,7 @@ NONCE = bytes.fromhex("5007f5")
 
 
 def measured_cmdline(image: NodeImage) -> str:
-    return f"/vmlinuz {image.kernel_cmdline}"  # GRUB's `linux` measures the kernel's path, then its arguments
+    return f"initrd=initrd.gz {image.kernel_cmdline}"  # GRUB unescapes `initrd=\initrd.gz`
 
 
 @pytest.fixture(scope="module")

@@ -75,12 +75,12 @@ def policy_for_image(
     """The policy of a node image booted on OVMF with `varstore`, derived without booting it: Secure Boot
     as the varstore sets it, PK/KEK/db pinned to the varstore's content, its dbx entries required, the
     image's Authenticode digests as the boot chain and the predicted PCR4/PCR7 values (per bank) as
-    golden values, with PCR 9 (the GRUB configuration, kernel and initrd GRUB reads) when the image boots
-    through `linux` + `initrd`. The exact measured kernel command line is `kernel_cmdline`, by default the
-    one the image's GRUB configuration gives (`image_kernel_cmdline`; none pinned when it cannot be
-    predicted). An image with a root filesystem (its GRUB configuration puts a dm-verity root
-    hash on the kernel command line) also gets that root hash as the policy's root filesystem rule,
-    `node_image` naming the image in findings.
+    golden values, with PCR 9 (the GRUB configuration, the files GRUB reads: initramfs and kernel, and the
+    kernel's command line) when GRUB chainloads the image's EFI-stub kernel. The exact measured kernel
+    command line is `kernel_cmdline`, by default the one the image's GRUB configuration gives
+    (`image_kernel_cmdline`; none pinned when it cannot be predicted). An image with a root filesystem
+    (its GRUB configuration puts a dm-verity root hash on the kernel command line) also gets that root
+    hash as the policy's root filesystem rule, `node_image` naming the image in findings.
 
     Raises PredictionError (the image does not boot under this varstore) or VarStoreError/PeImageError.
     """

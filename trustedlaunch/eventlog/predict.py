@@ -1,5 +1,5 @@
 """Golden PCR values without a golden boot: the PCR4 and PCR7 events OVMF, shim and GRUB measure for an ESP,
-and PCR9 when its GRUB configuration boots the kernel with `linux` + `initrd`.
+and PCR9 when its GRUB configuration chainloads an EFI-stub kernel.
 
 The prediction replays what the real chain does (checked against real boots of our node image):
 
@@ -13,9 +13,10 @@ PCR4: EV_EFI_ACTION "Calling EFI Application from Boot Option", EV_SEPARATOR, th
 of shim, GRUB and the kernel. With Secure Boot on the kernel appears twice: once measured by shim's verifier
 (GRUB asks shim to verify it), once by the firmware's LoadImage when GRUB starts it.
 
-PCR9 (GRUB's `linux` + `initrd`): EV_IPL events with the digests of the files GRUB reads, in order: its
-configuration (EFI/debian/grub.cfg), the kernel and each initrd. (With `chainloader` the kernel's EFI stub
-loads the initrd itself and measures nothing of it: PCR9 is then not predicted, and the initrd not covered.)
+PCR9, when GRUB chainloads an EFI-stub kernel: EV_IPL events with the digests of the files GRUB opens, in
+order (its configuration EFI/debian/grub.cfg, files a `loopback` line opens, the kernel), then the kernel
+stub's EV_EVENT_TAG of its LoadOptions (the command line). The stub loads the initrd named by `initrd=` and
+measures nothing of it: our node images have GRUB open it first (`loopback`), so it is measured.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trustedlaunch.eventlog.types import (
     EV_EFI_BOOT_SERVICES_APPLICATION,
     EV_EFI_VARIABLE_AUTHORITY,
     EV_EFI_VARIABLE_DRIVER_CONFIG,
+    EV_EVENT_TAG,
     EV_IPL,
     EV_NO_ACTION,
     EV_SEPARATOR,
@@ -133,7 +135,7 @@ def _authority(component: ComponentVerdict, *, by_firmware: bool) -> tuple[str, 
 
 def predict_pcrs(esp: Path, varstore: Path, banks: tuple[str, ...] = ("sha256",)) -> PcrPrediction:
     """Predict the PCR4 and PCR7 events and values of booting `esp` on OVMF with `varstore`, and PCR9's
-    when its GRUB configuration loads the kernel and initrd itself (`linux` + `initrd`).
+    when its GRUB configuration chainloads an EFI-stub kernel.
 
     Raises PredictionError when the chain would not boot (nothing to predict) or a bank is unknown.
     """
@@ -234,13 +236,14 @@ def predict_pcrs(esp: Path, varstore: Path, banks: tuple[str, ...] = ("sha256",)
 
 
 def _grub_file_events(esp: Path, banks: tuple[str, ...]) -> list[PredictedEvent]:
-    """The PCR9 events of the files GRUB reads when its configuration boots with `linux` + `initrd` (its
-    configuration, the kernel, each initrd); none for any other configuration."""
+    """The PCR9 events of a GRUB configuration that chainloads an EFI-stub kernel: the configuration, every
+    file GRUB opens in order (`loopback` reads, the kernel), then the command line the kernel's stub
+    measures (its LoadOptions, UTF-16 with the terminating NUL); none for any other configuration."""
     try:
         boot = read_grub_boot(esp)
     except GrubConfigError as exc:
         raise PredictionError(str(exc)) from None
-    if boot is None or boot.command not in ("linux", "linuxefi") or boot.kernel is None or not boot.initrds:
+    if boot is None or boot.command != "chainloader" or boot.initrds:
         return []
     events = [
         PredictedEvent(
@@ -251,7 +254,7 @@ def _grub_file_events(esp: Path, banks: tuple[str, ...]) -> list[PredictedEvent]
             {bank: _HASHES[bank](boot.data).digest() for bank in banks},
         )
     ]
-    for component, path in (("kernel", boot.kernel), *(("initrd", initrd) for initrd in boot.initrds)):
+    for command, path in boot.reads:
         found = find_on_esp(esp, path)
         if found is None or not found.is_file():
             raise PredictionError(f"GRUB configuration {boot.config}: {path} is not on the ESP")
@@ -259,7 +262,12 @@ def _grub_file_events(esp: Path, banks: tuple[str, ...]) -> list[PredictedEvent]
         for bank in banks:
             with found.open("rb") as stream:
                 digests[bank] = hashlib.file_digest(stream, _HASHES[bank]).digest()
+        component = "kernel" if command == boot.command else "grub"
         events.append(PredictedEvent(GRUB_FILES_PCR, EV_IPL, component, f"GRUB read {path}", digests))
+    if boot.arguments:
+        options = " ".join(boot.arguments).encode("utf-16-le") + b"\x00\x00"
+        described = "the kernel's command line (LoadOptions)"
+        events.append(_event(GRUB_FILES_PCR, EV_EVENT_TAG, "kernel", described, options, banks))
     return events
 
 

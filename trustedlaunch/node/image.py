@@ -211,13 +211,16 @@ def verity_cmdline(rootfs: Rootfs) -> str:
 
 
 def grub_config(cmdline: str) -> str:
-    """GRUB config loading the kernel (through its EFI stub: it receives the TCG event log) and the
-    initramfs itself, so that GRUB measures both files into PCR 9 and the command line into PCR 8 (with
-    `chainloader`, the kernel's stub would load the initramfs unmeasured)."""
+    """GRUB config chainloading the kernel's EFI stub (so the kernel receives the TCG event log, with or
+    without Secure Boot: Debian's GRUB boots a `linux` kernel without its stub when Secure Boot is off).
+    The stub loads the initramfs, and measures nothing of it: so GRUB first reads it whole (`loopback`
+    opens the file and GRUB's TPM verifier measures every file it opens into PCR 9), making the initramfs,
+    the agent that opens the dm-verity root filesystem, part of the measured boot."""
     return (
         "set timeout=0\n"
-        f"linux /vmlinuz {cmdline}\n"
-        "initrd /initrd.gz\n"
+        "loopback initramfs /initrd.gz\n"
+        "loopback -d initramfs\n"
+        f"chainloader /vmlinuz initrd=\\initrd.gz {cmdline}\n"
         "boot\n"
         f'echo "{BOOT_FAILED_MARKER}"\n'
         "reboot\n"
@@ -276,7 +279,7 @@ def _initramfs_kernel_release(image: NodeImage) -> str | None:
 
 def has_current_boot_config(image: NodeImage) -> bool:
     """Whether `image`'s GRUB configuration is the one this trustedlaunch writes for its command line (an
-    older one chainloaded the kernel, leaving the initramfs unmeasured)."""
+    older one left the initramfs unmeasured)."""
     try:
         written = (image.esp_dir / GRUB_CONFIG_FILE).read_bytes()
     except OSError:
