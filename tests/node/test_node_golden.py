@@ -79,7 +79,7 @@ def test_pcr9_is_predicted_from_the_files_grub_reads(node_image: NodeImage, tmp_
     options = f"initrd=initrd.gz {DEFAULT_CMDLINE}".encode("utf-16-le") + b"\0\0"
     digests.append(hashlib.sha256(options).digest())
     assert [event.digests["sha256"] for event in predicted.events_of(9)] == digests
-    assert [event.component for event in predicted.events_of(9)] == ["grub", "grub", "kernel", "kernel"]
+    assert [event.component for event in predicted.events_of(9)] == ["grub", "initramfs", "kernel", "kernel"]
     value = bytes(32)
     for digest in digests:
         value = hashlib.sha256(value + digest).digest()

@@ -77,8 +77,12 @@ def test_node_opens_its_verity_root_and_runs_containerd_from_it(rootfs_nodes: tu
     assert "trustedlaunch: root filesystem verified (uptime " in node.console_log.read_text(errors="replace")
 
 
-def test_predicted_policy_covers_the_root_hash(
-    rootfs_nodes: tuple[NodeVM, NodeVM], rootfs_node_image: NodeImage, node_image: NodeImage, node_ek_ca: EkCa
+def test_predicted_policy_covers_the_root_hash_and_the_initramfs(
+    rootfs_nodes: tuple[NodeVM, NodeVM],
+    rootfs_node_image: NodeImage,
+    node_image: NodeImage,
+    node_ek_ca: EkCa,
+    tmp_path: Path,
 ) -> None:
     node = rootfs_nodes[0]
     rootfs = rootfs_node_image.rootfs
@@ -119,6 +123,16 @@ def test_predicted_policy_covers_the_root_hash(
         "root filesystem hash differs from node image AKSUbuntu-2204gen2TLcontainerd-202411.12.0: "
         f"measured {rootfs.root_hash}, expected {other_root}"
     )
+    # the predicted policy of the same image with another initramfs (agent): the initramfs GRUB read and
+    # measured into PCR 9 is not that one, and the finding names it
+    altered = tmp_path / "altered"
+    shutil.copytree(rootfs_node_image.esp_dir, altered)
+    (altered / "initrd.gz").write_bytes((altered / "initrd.gz").read_bytes() + b"\0")
+    altered_policy = policy_for_image(altered, varstore)
+    refused = attest_node(node, policy=altered_policy, ek_ca=[node_ek_ca.certificate], node_state=refused.state)
+    [finding] = refused.result.findings
+    assert (finding.check, finding.component, finding.pcr) == (Check.PCR_VALUE, "initramfs", 9)
+    assert "GRUB read /initrd.gz" in finding.message, finding.message
 
 
 def test_altered_root_filesystem_stops_the_node_naming_it(rootfs_nodes: tuple[NodeVM, NodeVM]) -> None:

@@ -254,6 +254,11 @@ def _grub_file_events(esp: Path, banks: tuple[str, ...]) -> list[PredictedEvent]
             {bank: _HASHES[bank](boot.data).digest() for bank in banks},
         )
     ]
+    initramfs = {  # what the kernel's stub loads (`initrd=\\initrd.gz`): GRUB's read of it is the initramfs
+        argument.split("=", 1)[1].replace("\\", "/").lstrip("/").lower()
+        for argument in boot.arguments
+        if argument.startswith("initrd=")
+    }
     for command, path in boot.reads:
         found = find_on_esp(esp, path)
         if found is None or not found.is_file():
@@ -262,7 +267,13 @@ def _grub_file_events(esp: Path, banks: tuple[str, ...]) -> list[PredictedEvent]
         for bank in banks:
             with found.open("rb") as stream:
                 digests[bank] = hashlib.file_digest(stream, _HASHES[bank]).digest()
-        component = "kernel" if command == boot.command else "grub"
+        component = (
+            "kernel"
+            if command == boot.command
+            else "initramfs"
+            if path.lstrip("/").lower() in initramfs
+            else "grub"
+        )
         events.append(PredictedEvent(GRUB_FILES_PCR, EV_IPL, component, f"GRUB read {path}", digests))
     if boot.arguments:
         options = " ".join(boot.arguments).encode("utf-16-le") + b"\x00\x00"
