@@ -129,7 +129,8 @@ def test_predicted_policy_covers_the_root_hash_and_the_initramfs(
     shutil.copytree(rootfs_node_image.esp_dir, altered)
     (altered / "initrd.gz").write_bytes((altered / "initrd.gz").read_bytes() + b"\0")
     altered_policy = policy_for_image(altered, varstore)
-    refused = attest_node(node, policy=altered_policy, ek_ca=[node_ek_ca.certificate], node_state=refused.state)
+    ek_ca = [node_ek_ca.certificate]
+    refused = attest_node(node, policy=altered_policy, ek_ca=ek_ca, node_state=refused.state)
     [finding] = refused.result.findings
     assert (finding.check, finding.component, finding.pcr) == (Check.PCR_VALUE, "initramfs", 9)
     assert "GRUB read /initrd.gz" in finding.message, finding.message
