@@ -23,7 +23,7 @@ from trustedlaunch.node.image import VERITY_ROOTHASH_ARG
 NODE_LOG = Path(__file__).parents[1] / "node" / "data" / "secureboot-vtpm-eventlog.bin"
 EXPECTED = "a1" * 32
 OTHER = "b2" * 32
-RULE = RootFilesystemRule(EXPECTED, "AKSUbuntu-2204gen2TLcontainerd-202411.12.0")
+RULE = RootFilesystemRule(EXPECTED, "TLDebian12gen2TLcontainerd-202612.06.0")
 
 
 @pytest.fixture(scope="module")
