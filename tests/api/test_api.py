@@ -13,7 +13,9 @@ from sqlalchemy import select, text
 from trustedlaunch.api.app import create_app
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
+from trustedlaunch.control.node_images import linux_image_version
 from trustedlaunch.control.operations import finish_operation, get_operation
+from trustedlaunch.node.debian import debian_release
 from trustedlaunch.store.models import Operation
 
 TL = {"securityProfile": {"enableSecureBoot": True, "enableVTPM": True}}
@@ -45,7 +47,7 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}
     (pool,) = props["agentPoolProfiles"]
     assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
-    assert pool["nodeImageVersion"].startswith("AKSUbuntu-2204gen2TLcontainerd-")
+    assert pool["nodeImageVersion"] == linux_image_version(trusted_launch=True, debian=debian_release())
     assert (pool["count"], pool["vmSize"], pool["osType"], pool["osSKU"], pool["mode"]) == (
         2,
         "Standard_D4s_v3",
@@ -172,7 +174,8 @@ def test_agent_pool_lifecycle(client: TestClient) -> None:
     assert created.status_code == 201 and "Azure-AsyncOperation" in created.headers
     props = created.json()["properties"]
     assert props["gpuProfile"] == {"driver": "None"} and props["provisioningState"] == "Creating"
-    assert props["nodeImageVersion"].startswith("AKSUbuntu-2204gen2containerd-")  # feature not registered
+    # feature not registered: the image name that cannot turn trusted launch on
+    assert props["nodeImageVersion"] == linux_image_version(trusted_launch=False, debian=debian_release())
     assert [p["name"] for p in client.get(pools).json()["value"]] == ["nodepool1", "gpupool"]
     assert client.get(f"{pools}/gpupool/machines").json() == {"value": []}  # no node booted yet
     assert_arm_error(client.get(f"{pools}/nosuchpool/machines"), 404, "ResourceNotFound", "agentPoolName")

@@ -24,7 +24,7 @@ from trustedlaunch.uefi.grub_config import MAX_GRUB_CONFIG_BYTES
 NODE_LOG = Path(__file__).parents[1] / "node" / "data" / "secureboot-vtpm-eventlog.bin"
 EXPECTED = "a1" * 32
 OTHER = "b2" * 32
-RULE = RootFilesystemRule(EXPECTED, "AKSUbuntu-2204gen2TLcontainerd-202411.12.0")
+RULE = RootFilesystemRule(EXPECTED, "TLDebian12gen2TLcontainerd-202612.06.0")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
+from trustedlaunch.control.node_images import linux_image_version
 from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.node.debian import debian_release
 from trustedlaunch.store.models import Operation
 
 CREATE = ["aks", "create", "-g", "myResourceGroup", "-n", "myAKSCluster", "--generate-ssh-keys", "--no-wait"]
@@ -89,7 +91,8 @@ def test_trusted_launch_cluster_end_to_end(runner: CliRunner, cli_env: dict[str,
     assert cluster["properties"]["provisioningState"] == "Creating"
     pool = cluster["properties"]["agentPoolProfiles"][0]
     assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
-    assert pool["count"] == 2 and pool["nodeImageVersion"].startswith("AKSUbuntu-2204gen2TLcontainerd")
+    assert pool["count"] == 2
+    assert pool["nodeImageVersion"] == linux_image_version(trusted_launch=True, debian=debian_release())
     home = Path(str(cli_env["HOME"]))
     assert (home / ".ssh" / "id_rsa.pub").read_text().startswith("ssh-rsa ")
     assert cluster["properties"]["linuxProfile"]["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-rsa ")

@@ -38,8 +38,9 @@ from trustedlaunch.control.limits import (
     pool_usage,
     raise_violations,
 )
-from trustedlaunch.control.node_images import IMAGES_BY_VERSION, NODE_IMAGES
+from trustedlaunch.control.node_images import find_image, linux_image_version, node_images
 from trustedlaunch.control.vm_sizes import find_vm_size, vm_sizes
+from trustedlaunch.node.debian import debian_release
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 
 VALID_TL = PoolRequest(
@@ -260,8 +261,9 @@ def test_preview_feature_not_registered_names_the_command() -> None:
 
 
 def test_pool_on_non_trusted_launch_image_cannot_be_updated_to_trusted_launch() -> None:
-    non_tl = IMAGES_BY_VERSION["AKSUbuntu-2204gen2containerd-202411.12.0"]
-    tl = IMAGES_BY_VERSION["AKSUbuntu-2204gen2TLcontainerd-202411.12.0"]
+    non_tl = find_image(linux_image_version(trusted_launch=False, debian=debian_release()))
+    tl = find_image(linux_image_version(trusted_launch=True, debian=debian_release()))
+    assert non_tl is not None and tl is not None
     violations = check_pool(replace(VALID_TL, current_image=non_tl))
     assert [(v.code, v.target) for v in violations] == [(TL_INCOMPATIBLE, "properties.securityProfile")]
     assert non_tl.version in violations[0].message
@@ -453,9 +455,9 @@ def test_vm_size_catalogue() -> None:
 
 
 def test_node_image_catalogue_has_tl_and_non_tl_images() -> None:
-    assert any(image.trusted_launch_capable for image in NODE_IMAGES)
-    assert any(not image.trusted_launch_capable and image.os_type == "Linux" for image in NODE_IMAGES)
-    assert len(IMAGES_BY_VERSION) == len(NODE_IMAGES)
+    assert any(image.trusted_launch_capable for image in node_images())
+    assert any(not image.trusted_launch_capable and image.os_type == "Linux" for image in node_images())
+    assert len({image.version for image in node_images()}) == len(node_images())
 
 
 @pytest.mark.parametrize("location", ["eastus", "East US", "westeurope"])

@@ -20,7 +20,7 @@ from trustedlaunch.control.features import (
     trusted_launch_registered,
 )
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
-from trustedlaunch.control.node_images import IMAGES_BY_VERSION
+from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import RECONCILER_NOTE, finish_operation, get_operation
 from trustedlaunch.control.resources import (
     ClusterSpec,
@@ -39,6 +39,14 @@ from trustedlaunch.control.resources import (
 from trustedlaunch.store.models import FeatureRegistration, Operation, utc_now
 
 SUB = "11111111-2222-3333-4444-555555555555"
+
+
+def image_is_tl_capable(version: str) -> bool:
+    image = find_image(version)
+    assert image is not None, version
+    return image.trusted_launch_capable
+
+
 PATH = ResourcePath(SUB, "myResourceGroup", "myAKSCluster")
 NS, FEATURE = "Microsoft.ContainerService", "TrustedLaunchPreview"
 INSTALLED_MINOR = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]  # "1.36": the newest installed 1.36 patch
@@ -126,7 +134,7 @@ def test_create_cluster_with_trusted_launch_after_registration(sessions: session
         assert cluster.display_name == "myAKSCluster" and cluster.provisioning_state == "Creating"
         (pool,) = cluster.agent_pools
         assert (pool.mode, pool.count, pool.enable_secure_boot, pool.enable_vtpm) == ("System", 3, True, True)
-        assert IMAGES_BY_VERSION[pool.node_image_version].trusted_launch_capable
+        assert image_is_tl_capable(pool.node_image_version)
         assert pool.os_disk_type == "Managed"  # D4s_v3: 100 GiB of cache < 128 GiB disk + 1 GiB guest state
         assert [c.name for c in list_clusters(session, SUB, "myresourcegroup")] == ["myakscluster"]
 
@@ -136,7 +144,7 @@ def test_pool_created_before_registration_stays_on_a_non_tl_image(sessions: sess
     register_trusted_launch(sessions)
     with sessions.begin() as session:
         pool = get_pool(session, PATH, "nodepool1")
-        assert not IMAGES_BY_VERSION[pool.node_image_version].trusted_launch_capable
+        assert not image_is_tl_capable(pool.node_image_version)
         finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
         put_pool(session, PATH, PoolSpec(name="nodepool1", enable_vtpm=True))
@@ -147,7 +155,7 @@ def test_pool_created_before_registration_stays_on_a_non_tl_image(sessions: sess
         pool, operation, created = put_pool(
             session, PATH, PoolSpec(name="tlpool", enable_secure_boot=True, enable_vtpm=True)
         )
-        assert created and IMAGES_BY_VERSION[pool.node_image_version].trusted_launch_capable
+        assert created and image_is_tl_capable(pool.node_image_version)
         assert operation.status == "InProgress" and operation.note == RECONCILER_NOTE
         assert operation.resource_id.endswith("/managedClusters/myakscluster/agentPools/tlpool")
 

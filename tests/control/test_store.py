@@ -13,7 +13,7 @@ from sqlalchemy import inspect, text
 from store_schema import HEAD_REVISION, TABLES
 
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.node_images import NODE_IMAGES
+from trustedlaunch.control.node_images import node_images
 from trustedlaunch.control.tokens import BOOTSTRAP_TOKEN_NAME, create_token, token_is_valid
 from trustedlaunch.store.db import (
     DATABASE_URL_ENV,
@@ -69,7 +69,7 @@ def test_open_store_seeds_images_and_writes_a_0600_admin_token(tmp_path: Path) -
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = token_file.read_text().strip()
     with sessions() as session:
-        assert session.query(NodeImage).count() == len(NODE_IMAGES)
+        assert session.query(NodeImage).count() == len(node_images())
         assert token_is_valid(session, token)
         assert not token_is_valid(session, token + "x")
         stored = session.query(ApiToken).one()

@@ -107,7 +107,7 @@ def test_predicted_policy_covers_the_root_hash_and_the_initramfs(
     assert Check.KERNEL_CMDLINE in {finding.check for finding in refused.result.findings}
     # the predicted policy of an image with another root filesystem: refused, the finding names it
     other_root = "0f" * 32
-    rule = RootFilesystemRule(other_root, "AKSUbuntu-2204gen2TLcontainerd-202411.12.0")
+    rule = RootFilesystemRule(other_root, "TLDebian12gen2TLcontainerd-202612.06.0")
     another = dataclasses.replace(policy, root_filesystem=rule)
     refused = attest_node(node, policy=another, ek_ca=[node_ek_ca.certificate], node_state=refused.state)
     assert not refused.ok
@@ -120,7 +120,7 @@ def test_predicted_policy_covers_the_root_hash_and_the_initramfs(
         summary.kernel_cmdline_event.index,
     )
     assert finding.message == (
-        "root filesystem hash differs from node image AKSUbuntu-2204gen2TLcontainerd-202411.12.0: "
+        "root filesystem hash differs from node image TLDebian12gen2TLcontainerd-202612.06.0: "
         f"measured {rootfs.root_hash}, expected {other_root}"
     )
     # the predicted policy of the same image with another initramfs (agent): the initramfs GRUB read and

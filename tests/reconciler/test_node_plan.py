@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from trustedlaunch.control.node_plan import Action, DesiredPool, NodePhase, ObservedNode, plan_next_step
 
-IMAGE = "AKSUbuntu-2204gen2TLcontainerd-202411.12.0"
+IMAGE = "TLDebian12gen2TLcontainerd-202612.06.0"
 TL = DesiredPool(count=2, secure_boot=True, vtpm=True, image_version=IMAGE)
 
 

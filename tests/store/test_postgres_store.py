@@ -16,7 +16,7 @@ from store_schema import HEAD_REVISION, TABLES
 
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.errors import ArmError
-from trustedlaunch.control.node_images import NODE_IMAGES
+from trustedlaunch.control.node_images import node_images
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, list_clusters, put_cluster
 from trustedlaunch.control.tokens import create_token, token_is_valid
 from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
@@ -50,7 +50,7 @@ def test_models_match_the_migration_on_postgresql(postgresql_url: str) -> None:
 def test_rows_round_trip_on_postgresql(postgresql_url: str, tmp_path: Path) -> None:
     engine, sessions = open_store(postgresql_url, tmp_path / "admin-token")
     with sessions() as session:
-        assert session.query(NodeImage).count() == len(NODE_IMAGES)
+        assert session.query(NodeImage).count() == len(node_images())
         assert token_is_valid(session, (tmp_path / "admin-token").read_text().strip())
     with sessions.begin() as session:
         extra = create_token(session, "ci")

@@ -9,7 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec
 
 OsType = Literal["Linux", "Windows"]
-OsSku = Literal["Ubuntu", "AzureLinux", "Windows2019", "Windows2022"]
+# AKS's OSSKU values (control.node_images.OS_SKUS: every Linux one runs the Debian node image)
+OsSku = Literal[
+    "Ubuntu",
+    "Ubuntu2204",
+    "Ubuntu2404",
+    "AzureLinux",
+    "AzureLinux3",
+    "CBLMariner",
+    "Mariner",
+    "Flatcar",
+    "Windows2019",
+    "Windows2022",
+]
 PoolType = Literal["VirtualMachineScaleSets", "AvailabilitySet", "VirtualMachines"]
 
 

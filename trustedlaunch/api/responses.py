@@ -46,7 +46,8 @@ class GpuProfileOut(BaseModel):
 
 
 class AgentPoolPropertiesOut(BaseModel):
-    """`properties` of an agent pool."""
+    """`properties` of an agent pool. `osSKU` is the one the pool was created with (every Linux osSKU runs the
+    Debian node image `nodeImageVersion`, TLDebian<release>gen2[TL]containerd-<image release>)."""
 
     count: int
     vmSize: str

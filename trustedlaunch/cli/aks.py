@@ -89,10 +89,16 @@ class OsType(StrEnum):
 
 
 class OsSku(StrEnum):
-    """`--os-sku`."""
+    """`--os-sku`: AKS's values; every Linux one runs the Debian node image (control.node_images.OS_SKUS)."""
 
     Ubuntu = "Ubuntu"
+    Ubuntu2204 = "Ubuntu2204"
+    Ubuntu2404 = "Ubuntu2404"
     AzureLinux = "AzureLinux"
+    AzureLinux3 = "AzureLinux3"
+    CBLMariner = "CBLMariner"
+    Mariner = "Mariner"
+    Flatcar = "Flatcar"
     Windows2019 = "Windows2019"
     Windows2022 = "Windows2022"
 
@@ -159,8 +165,22 @@ SecureBootOption = Annotated[
     bool, typer.Option("--enable-secure-boot", help="Enable UEFI Secure Boot (trusted launch).")
 ]
 VtpmOption = Annotated[bool, typer.Option("--enable-vtpm", help="Enable a per-VM vTPM (trusted launch).")]
-OsSkuOption = Annotated[OsSku | None, typer.Option("--os-sku", help="OS SKU of the nodes.")]
-FipsOption = Annotated[bool, typer.Option("--enable-fips-image", help="Use a FIPS-enabled node image.")]
+OsSkuOption = Annotated[
+    OsSku | None,
+    typer.Option(
+        "--os-sku",
+        help="OS SKU of the nodes, as AKS takes it; every Linux SKU runs the Debian node image "
+        "(TLDebian...; the pool and its nodes' os-sku label keep the SKU given).",
+    ),
+]
+FipsOption = Annotated[
+    bool,
+    typer.Option(
+        "--enable-fips-image",
+        help="Ask for a FIPS-enabled node image, as AKS takes it (there is none here: the pool runs the "
+        "Debian node image, not FIPS-validated, and cannot use trusted launch).",
+    ),
+]
 GpuDriverOption = Annotated[
     GpuDriver | None, typer.Option("--gpu-driver", help="GPU driver: Install, or None to skip the install.")
 ]

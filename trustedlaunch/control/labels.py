@@ -62,8 +62,9 @@ def join_labels(
     pool_name: str, mode: str, image_version: str, os_sku: str, vm_size: str, node_labels: dict[str, str]
 ) -> dict[str, str]:
     """The labels the control plane sets on a node's Kubernetes Node once it joined (as AKS sets them): its
-    pool, mode, node image version, OS SKU, instance type and OS, plus the attestation status and verdict
-    labels of its row's `node_labels`."""
+    pool, mode, node image version (the Debian image's name, control.node_images.linux_image_version), OS SKU
+    (the pool's, as given: every Linux SKU runs that image), instance type and OS, plus the attestation
+    status and verdict labels of its row's `node_labels`."""
     return {
         LABEL_AGENT_POOL: pool_name,
         LABEL_MODE: mode.lower(),

@@ -21,7 +21,7 @@ from typing import Any
 
 from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
-from trustedlaunch.control.node_images import NodeImageInfo
+from trustedlaunch.control.node_images import OS_SKUS, NodeImageInfo
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
@@ -48,7 +48,6 @@ IMMUTABLE_POOL_PROPERTIES = (
     ("os_disk_size_gb", "osDiskSizeGB"),
     ("gpu_driver", "gpuProfile.driver"),
 )
-OS_SKUS = {"Linux": ("Ubuntu", "AzureLinux"), "Windows": ("Windows2019", "Windows2022")}
 MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node count or a percentage
 MAX_SURGE_NODES = 1000  # a pool's largest node count
 # ARM names (as az checks them); ARM compares ids case-insensitively

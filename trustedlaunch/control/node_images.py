@@ -1,8 +1,10 @@
-"""Node image catalogue: which image a new pool gets, and whether that image can run trusted launch; and the
-one builder of the node image real nodes boot (`build_release_image`)."""
+"""Node image catalogue: which image a new pool gets, and whether that image can run trusted launch; the one
+name of the Linux node image (`linux_image_version`: Debian's signed boot chain, not AKS's Ubuntu or Azure
+Linux image) and the one builder of the node image real nodes boot (`build_release_image`)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +15,27 @@ from trustedlaunch.control import kubernetes_release, node_runtime_release
 from trustedlaunch.control.vm_sizes import VmSize
 from trustedlaunch.node import image as node_image
 from trustedlaunch.node.container_images import write_node_images
+from trustedlaunch.node.debian import debian_release
 from trustedlaunch.store.models import NodeImage
 
-IMAGE_RELEASE = "202411.12.0"
+# This node image's release, in AKS's <YYYYMM>.<DD>.<patch> style: the dm-verity root filesystem image of
+# kubelet and the container runtime on Debian's signed boot chain (2026-12-06).
+IMAGE_RELEASE = "202612.06.0"
+# Every osSKU AKS accepts for Linux pools (the AKS REST API's OSSKU enum): all of them name this one image
+# (there is no Ubuntu, Azure Linux, Mariner or Flatcar image here); the pool keeps the osSKU it was given, as
+# AKS echoes it, and so does its nodes' kubernetes.azure.com/os-sku label.
+LINUX_OS_SKUS = (
+    "Ubuntu",
+    "Ubuntu2204",
+    "Ubuntu2404",
+    "AzureLinux",
+    "AzureLinux3",
+    "CBLMariner",
+    "Mariner",
+    "Flatcar",
+)
+WINDOWS_OS_SKUS = ("Windows2019", "Windows2022")
+OS_SKUS = {"Linux": LINUX_OS_SKUS, "Windows": WINDOWS_OS_SKUS}
 
 
 @dataclass(frozen=True)
@@ -31,44 +51,66 @@ class NodeImageInfo:
     fips: bool = False
 
 
-def _linux(prefix: str, os_sku: str) -> list[NodeImageInfo]:
-    return [
-        NodeImageInfo(f"{prefix}gen2TLcontainerd-{IMAGE_RELEASE}", "Linux", os_sku, "V2", "x64", True),
-        NodeImageInfo(f"{prefix}gen2containerd-{IMAGE_RELEASE}", "Linux", os_sku, "V2", "x64", False),
-        NodeImageInfo(f"{prefix}containerd-{IMAGE_RELEASE}", "Linux", os_sku, "V1", "x64", False),
-        NodeImageInfo(f"{prefix}gen2arm64containerd-{IMAGE_RELEASE}", "Linux", os_sku, "V2", "Arm64", False),
-        NodeImageInfo(
-            f"{prefix}gen2fipscontainerd-{IMAGE_RELEASE}", "Linux", os_sku, "V2", "x64", False, True
+def linux_image_version(*, trusted_launch: bool, debian: str, release: str = IMAGE_RELEASE) -> str:
+    """The name of the Linux node image, styled as AKS names its images (AKSUbuntu-2204gen2TLcontainerd-
+    202411.12.0): `TLDebian<debian>gen2[TL]containerd-<release>`, trustedlaunch's image of Debian
+    `debian`'s signed shim, GRUB and kernel for Generation 2 (UEFI) VMs, trusted launch capable ("TL") or
+    not, with containerd. The one place that names it (at most 63 characters: it is a label value)."""
+    return f"TLDebian{debian}gen2{'TL' if trusted_launch else ''}containerd-{release}"
+
+
+@functools.cache
+def node_images() -> tuple[NodeImageInfo, ...]:
+    """The catalogue. Linux: the one Debian image (x64, Generation 2, whatever the pool's size: nodes are
+    QEMU x86-64 VMs on OVMF), under a trusted-launch-capable name and a name that is not (the same bytes: a
+    pool created before TrustedLaunchPreview was registered, or with FIPS, keeps the latter and so cannot
+    turn trusted launch on, as in AKS). There is no FIPS-validated image: FIPS pools run this image too.
+    Raises DebianReleaseError when the host is not Debian."""
+    debian = debian_release()
+    return (
+        *(
+            NodeImageInfo(
+                linux_image_version(trusted_launch=capable, debian=debian),
+                "Linux",
+                f"Debian{debian}",
+                "V2",
+                "x64",
+                capable,
+            )
+            for capable in (True, False)
         ),
-    ]
+        NodeImageInfo(
+            "AKSWindows-2019-containerd-17763.6532.241113", "Windows", "Windows2019", "V1", "x64", False
+        ),
+        NodeImageInfo(
+            "AKSWindows-2022-containerd-20348.2849.241113", "Windows", "Windows2022", "V2", "x64", False
+        ),
+    )
 
 
-NODE_IMAGES: tuple[NodeImageInfo, ...] = (
-    *_linux("AKSUbuntu-2204", "Ubuntu"),
-    *_linux("AKSAzureLinux-V2", "AzureLinux"),
-    NodeImageInfo(
-        "AKSWindows-2019-containerd-17763.6532.241113", "Windows", "Windows2019", "V1", "x64", False
-    ),
-    NodeImageInfo(
-        "AKSWindows-2022-containerd-20348.2849.241113", "Windows", "Windows2022", "V2", "x64", False
-    ),
-)
-IMAGES_BY_VERSION = {image.version: image for image in NODE_IMAGES}
+def find_image(version: str) -> NodeImageInfo | None:
+    """The catalogue's image `version`, or None."""
+    return next((image for image in node_images() if image.version == version), None)
 
 
 def select_image(
     os_type: str, os_sku: str, size: VmSize | None, fips: bool, trusted_launch_registered: bool
 ) -> NodeImageInfo:
-    """The image a new pool gets. Trusted-launch capable images only once TrustedLaunchPreview is registered
-    (pools created before that stay on a non-TL image for their lifetime, as in AKS)."""
-    candidates = [i for i in NODE_IMAGES if i.os_type == os_type and i.os_sku == os_sku]
+    """The image a new pool gets: for Linux the Debian image whatever `os_sku`. Trusted-launch capable images
+    only once TrustedLaunchPreview is registered (pools created before that stay on a non-TL image for their
+    lifetime, as in AKS), and not for FIPS, Arm64 or Generation 1 sizes (which cannot turn it on)."""
+    candidates = [
+        i for i in node_images() if i.os_type == os_type and (os_type == "Linux" or i.os_sku == os_sku)
+    ]
     if not candidates:  # osSKU/osType mismatch is rejected by the limits table; fall back per os type
-        candidates = [i for i in NODE_IMAGES if i.os_type == os_type]
+        candidates = [i for i in node_images() if i.os_type == os_type]
     architecture = size.architecture if size else "x64"
     generation = "V2" if size is None or size.supports_gen2 else "V1"
 
+    # as AKS: the trusted launch capable image only where trusted launch may be turned on later
+    wants_tl = trusted_launch_registered and not fips and (architecture, generation) == ("x64", "V2")
+
     def rank(image: NodeImageInfo) -> tuple[bool, bool, bool, bool]:
-        wants_tl = trusted_launch_registered and not fips
         return (
             image.architecture == architecture,
             image.hyper_v_generation == generation,
@@ -82,7 +124,7 @@ def select_image(
 def seed_node_images(session: Session) -> None:
     """Insert the catalogue's images that the store does not have yet."""
     known = set(session.scalars(select(NodeImage.version)))
-    for image in NODE_IMAGES:
+    for image in node_images():
         if image.version not in known:
             session.add(
                 NodeImage(

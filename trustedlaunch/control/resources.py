@@ -23,7 +23,7 @@ from trustedlaunch.control.limits import (
     canonical_subscription_id,
 )
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
-from trustedlaunch.control.node_images import IMAGES_BY_VERSION, select_image
+from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
 from trustedlaunch.control.vm_sizes import find_vm_size
@@ -184,7 +184,7 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
         count=pool.count,
         max_surge=pool.max_surge,
         virtual_nodes=virtual_nodes,
-        current_image=IMAGES_BY_VERSION.get(pool.node_image_version),
+        current_image=find_image(pool.node_image_version),
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.container_images import PAUSE_IMAGE
+from trustedlaunch.node.debian import debian_release
 
 RUNTIME_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "runc")  # in /usr/bin
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")  # in /opt/cni/bin
@@ -45,11 +46,18 @@ _ETC_FILES = {
     "etc/hosts": "127.0.0.1 localhost\n::1 localhost\n",
     # No DNS server: the node reaches only its cluster's control plane (by address), no registry.
     "etc/resolv.conf": "",
-    "etc/os-release": (
-        'NAME="trustedlaunch node"\nID=trustedlaunch-node\nID_LIKE=debian\n'
-        'PRETTY_NAME="trustedlaunch node (Debian signed boot chain, read-only dm-verity root)"\n'
-    ),
 }
+
+
+def os_release(debian: str) -> str:
+    """The root filesystem's /etc/os-release (kubelet reports its PRETTY_NAME as the Node's osImage): a
+    trustedlaunch node booting Debian `debian`'s signed boot chain, not a Debian installation (no dpkg, no
+    Debian userland but busybox)."""
+    return (
+        'NAME="trustedlaunch node"\nID=trustedlaunch-node\nID_LIKE=debian\n'
+        f'PRETTY_NAME="trustedlaunch node (Debian {debian} signed shim, GRUB and kernel; '
+        'read-only dm-verity root)"\n'
+    )
 
 
 class RootfsError(TrustedLaunchError):
@@ -192,6 +200,7 @@ def _stage(tree: Path, inputs: RootfsInputs) -> None:
         _install(source, tree / CNI_BIN_DIR.lstrip("/") / name, 0o755)
     for name, text in _ETC_FILES.items():
         _write(tree / name, text)
+    _write(tree / "etc/os-release", os_release(debian_release()))
     _write(tree / CONTAINERD_CONFIG, containerd_config(inputs.sandbox_image))
     archives = tree / IMAGE_ARCHIVES_DIR
     archives.mkdir(parents=True)
