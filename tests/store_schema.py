@@ -20,4 +20,4 @@ TABLES = {
     "cluster_control_planes",
     "alembic_version",
 }
-HEAD_REVISION = "0012_node_kubelet_port"
+HEAD_REVISION = "0013_pool_drain_timeout"
