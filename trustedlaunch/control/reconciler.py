@@ -580,8 +580,9 @@ class Reconciler:
                 session.commit()
 
                 def progress(note: str, prefix: str = f"agent pool {pool.name}: ") -> None:
-                    operation.note = (prefix + note)[:4000]
-                    session.commit()
+                    if operation.note != (prefix + note)[:4000]:  # written when it changes, not every round
+                        operation.note = (prefix + note)[:4000]
+                        session.commit()
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
