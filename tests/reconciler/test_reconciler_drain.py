@@ -173,6 +173,16 @@ def running_vms(sessions: sessionmaker[Session], reconciler: Reconciler) -> list
     return sorted(node.name for node in nodes(sessions) if reconciler._vm_alive(node))
 
 
+def what_holds_the_drain(client: Client, reconciler: Reconciler, node_id: int) -> str:
+    """The app's pods and the end of the old node's kubelet log (a drain that did not end)."""
+    pods = [
+        (pod["metadata"]["name"], pod["spec"].get("nodeName"), pod.get("status")) for pod in app_pods(client)
+    ]
+    vm = reconciler._vms.get(node_id)
+    kubelet = vm.kubelet_status().kubelet_log[-3000:] if vm is not None and vm.running else "no VM"
+    return f"pods: {pods}; kubelet: {kubelet}"
+
+
 def reimage_with_secure_boot(sessions: sessionmaker[Session], drain_minutes: int | None = None) -> Operation:
     spec = PoolSpec(POOL, enable_secure_boot=True, drain_timeout_in_minutes=drain_minutes)
     with sessions.begin() as session:
@@ -226,7 +236,10 @@ def test_a_budget_refusing_eviction_fails_the_reimage_then_a_relaxed_one_lets_it
     retry = reimage_with_secure_boot(sessions, drain_minutes=RETRY_DRAIN_MINUTES)
     retried = run_until_finished(reconciler, sessions, retry.id, CREATE_SECONDS)
     figures["relaxed drain + delete s"] = time.monotonic() - started
-    assert retried.status == "Succeeded", retried.error
+    assert retried.status == "Succeeded", (
+        retried.error,
+        what_holds_the_drain(client, reconciler, rows[old].id),
+    )
     moved = wait_for_running_pod(client, 300)
     assert moved["metadata"]["name"] != pod_name and moved["spec"]["nodeName"] == surge
     assert node_objects(client) == running_vms(sessions, reconciler) == [surge]

@@ -651,11 +651,17 @@ class Reconciler:
             session.commit()
 
     def _drain(self, session: Session, pool: AgentPool, node: Node, progress: Callable[[str], None]) -> None:
-        """Cordon and drain the Node of joined Ready `node` before its VM goes (a node that is not Ready has
-        no kubelet to end its pods: its Node is deleted at once). On failure the node stays Ready, cordoned,
-        its VM running, and the operation fails with AKS's code: UpgradeFailed when the node is outdated
-        (a reimage), PodDrainFailure otherwise (a scale down or the pool's deletion)."""
-        if self.cluster_planes is None or node.kubelet_port is None or node.state != NodePhase.READY:
+        """Cordon and drain the Node of joined Ready `node` before its VM goes (a node that is not Ready or
+        whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its pods).
+        On failure the node stays Ready, cordoned, its VM running, and the operation fails with AKS's code:
+        UpgradeFailed when the node is outdated (a reimage), PodDrainFailure otherwise (a scale down or the
+        pool's deletion)."""
+        if (
+            self.cluster_planes is None
+            or node.kubelet_port is None
+            or node.state != NodePhase.READY
+            or not self._vm_alive(node)
+        ):
             return
         adapter = self.cluster_planes.node_adapter(node)
         if adapter is None:
