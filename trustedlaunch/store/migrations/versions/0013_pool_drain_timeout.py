@@ -23,5 +23,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("agent_pools") as batch:
-        batch.drop_column("drain_timeout_in_minutes")
+    # ALTER TABLE ... DROP COLUMN (SQLite >= 3.35), not a batch copy of agent_pools: dropping the old table
+    # there would delete every node row through their ON DELETE CASCADE foreign key.
+    op.drop_column("agent_pools", "drain_timeout_in_minutes")
