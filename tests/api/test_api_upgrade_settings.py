@@ -74,3 +74,52 @@ def test_invalid_max_surge_in_a_cluster_body_names_the_profile(client: TestClien
     assert error["code"] == "InvalidParameter"
     assert error["target"] == "properties.agentPoolProfiles[0].properties.upgradeSettings.maxSurge"
     assert client.get(CLUSTER).status_code == 404
+
+
+def stored_drain_timeout(client: TestClient, name: str) -> int | None:
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        pool = session.query(AgentPool).filter_by(name=name).one()
+        return pool.drain_timeout_in_minutes
+
+
+def test_drain_timeout_is_stored_shown_and_kept(client: TestClient) -> None:
+    """upgradeSettings.drainTimeoutInMinutes: unset (AKS's default, 30) is not shown; a value is stored,
+    shown, kept by a GET-modify-PUT that changes another setting, and changed by one that sets it."""
+    created = client.put(CLUSTER, json=cluster_body(upgradeSettings={"maxSurge": "1"}))
+    assert created.status_code == 201, created.text
+    assert stored_drain_timeout(client, "nodepool1") is None
+    finish(client, created)
+
+    body = {"count": 1, "vmSize": "Standard_D4s_v3", "upgradeSettings": {"drainTimeoutInMinutes": 45}}
+    added = client.put(f"{POOLS}/userpool", json={"properties": body})
+    assert added.status_code == 201, added.text
+    assert added.json()["properties"]["upgradeSettings"] == {"drainTimeoutInMinutes": 45}
+    assert stored_drain_timeout(client, "userpool") == 45
+    finish(client, added)
+
+    pool = client.get(f"{POOLS}/userpool").json()
+    pool["properties"]["upgradeSettings"]["maxSurge"] = "1"
+    updated = client.put(f"{POOLS}/userpool", json=pool)
+    assert updated.status_code == 200, updated.text
+    shown = client.get(f"{POOLS}/userpool").json()["properties"]["upgradeSettings"]
+    assert shown == {"maxSurge": "1", "drainTimeoutInMinutes": 45}
+    finish(client, updated)
+
+    pool["properties"]["upgradeSettings"] = {"drainTimeoutInMinutes": 5}
+    assert client.put(f"{POOLS}/userpool", json=pool).status_code == 200
+    assert stored_drain_timeout(client, "userpool") == 5
+
+
+@pytest.mark.parametrize("minutes", [0, -1, 1441])
+def test_a_drain_timeout_out_of_aks_range_is_an_arm_error(client: TestClient, minutes: int) -> None:
+    body = {"count": 1, "vmSize": "Standard_D4s_v3", "upgradeSettings": {"drainTimeoutInMinutes": minutes}}
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    response = client.put(f"{POOLS}/userpool", json={"properties": body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["target"]) == (
+        "InvalidParameter",
+        "properties.upgradeSettings.drainTimeoutInMinutes",
+    )
+    assert f"drainTimeoutInMinutes {minutes} of pool 'userpool' is out of range" in error["message"]
+    assert "from 1 to 1440" in error["message"]

@@ -36,4 +36,21 @@ def test_nodepool_add_and_update_with_max_surge(runner: CliRunner, cli_env: dict
 def test_nodepool_update_needs_something_to_update(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "update", *NODEPOOL, "--name", "surgepool")
     assert code == 2
-    assert "--disable-vtpm or --max-surge" in err
+    assert "--disable-vtpm, --max-surge or --drain-timeout" in err
+
+
+def test_nodepool_add_with_drain_timeout(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
+    """--drain-timeout (minutes) is sent beside --max-surge; a value out of AKS's range is refused."""
+    create = ["aks", "create", "-g", "myResourceGroup", "-n", "myAKSCluster", "--generate-ssh-keys"]
+    code, _, err = tl(runner, cli_env, *create, "--node-count", "1", "--no-wait")
+    assert code == 0, err
+    add = ["aks", "nodepool", "add", *NODEPOOL, "--node-count", "1", "--no-wait"]
+    code, out, err = tl(
+        runner, cli_env, *add, "--name", "drainpool", "--drain-timeout", "45", "--max-surge", "1"
+    )
+    assert code == 0, err
+    settings = {"maxSurge": "1", "drainTimeoutInMinutes": 45}
+    assert json.loads(out)["properties"]["upgradeSettings"] == settings
+    code, _, err = tl(runner, cli_env, *add, "--name", "baddrain", "--drain-timeout", "2000")
+    assert code == 2
+    assert "(InvalidParameter) upgradeSettings.drainTimeoutInMinutes 2000 of pool 'baddrain'" in err

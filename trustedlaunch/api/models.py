@@ -65,6 +65,8 @@ class UpgradeSettings(ArmModel):
     ("33%") of extra nodes a rolling reimage creates before deleting outdated ones (checked in limits.py)."""
 
     maxSurge: str | None = Field(default=None, max_length=64)
+    # how long a node's cordon and drain may take (checked in limits.py); AKS's default 30 when unset
+    drainTimeoutInMinutes: int | None = None
 
 
 class AgentPoolProperties(ArmModel):
@@ -103,6 +105,9 @@ class AgentPoolProperties(ArmModel):
             enable_secure_boot=security.enableSecureBoot,
             enable_vtpm=security.enableVTPM,
             max_surge=self.upgradeSettings.maxSurge if self.upgradeSettings else None,
+            drain_timeout_in_minutes=(
+                self.upgradeSettings.drainTimeoutInMinutes if self.upgradeSettings else None
+            ),
         )
 
 

@@ -34,9 +34,10 @@ class SecurityProfileOut(BaseModel):
 
 
 class UpgradeSettingsOut(BaseModel):
-    """`upgradeSettings`: maxSurge only when set."""
+    """`upgradeSettings`: maxSurge and drainTimeoutInMinutes only when set."""
 
     maxSurge: str | None = None
+    drainTimeoutInMinutes: int | None = None
 
 
 class GpuProfileOut(BaseModel):

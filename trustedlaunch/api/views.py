@@ -56,6 +56,16 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
     }
 
 
+def upgrade_settings(pool: AgentPool) -> JsonObject:
+    """`upgradeSettings` of a pool: maxSurge and drainTimeoutInMinutes when set."""
+    settings: JsonObject = {}
+    if pool.max_surge is not None:
+        settings["maxSurge"] = pool.max_surge
+    if pool.drain_timeout_in_minutes is not None:
+        settings["drainTimeoutInMinutes"] = pool.drain_timeout_in_minutes
+    return settings
+
+
 def pool_properties(pool: AgentPool) -> JsonObject:
     """`properties` of an agent pool."""
     properties: JsonObject = {
@@ -72,7 +82,7 @@ def pool_properties(pool: AgentPool) -> JsonObject:
         "osDiskSizeGB": pool.os_disk_size_gb,
         "securityProfile": {"enableSecureBoot": pool.enable_secure_boot, "enableVTPM": pool.enable_vtpm},
         "nodeImageVersion": pool.node_image_version,
-        "upgradeSettings": {"maxSurge": pool.max_surge} if pool.max_surge is not None else {},
+        "upgradeSettings": upgrade_settings(pool),
         "provisioningState": pool.provisioning_state,
         "powerState": {"code": pool.power_state},
     }

@@ -200,6 +200,24 @@ MaxSurgeOption = Annotated[
     ),
 ]
 
+DrainTimeoutOption = Annotated[
+    int | None,
+    typer.Option(
+        "--drain-timeout",
+        help="Minutes a node's cordon and drain (pod evictions, PodDisruptionBudgets) may take before the "
+        "operation fails (AKS's default: 30).",
+    ),
+]
+
+
+def _upgrade_settings(properties: dict[str, Any], max_surge: str | None, drain_timeout: int | None) -> None:
+    """Set the given upgradeSettings in pool `properties`, keeping the others."""
+    settings = properties.setdefault("upgradeSettings", {})
+    if max_surge is not None:
+        settings["maxSurge"] = max_surge
+    if drain_timeout is not None:
+        settings["drainTimeoutInMinutes"] = drain_timeout
+
 
 def _cluster_id(client: ArmClient, group: str, name: str) -> ResourceId:
     return ResourceId.cluster(client.subscription_id, group, name)
@@ -560,6 +578,7 @@ def add(
     node_osdisk_size: OsDiskSizeOption = None,
     vm_set_type: VmSetTypeOption = None,
     max_surge: MaxSurgeOption = None,
+    drain_timeout: DrainTimeoutOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -581,8 +600,8 @@ def add(
         enable_secure_boot,
         enable_vtpm,
     )
-    if max_surge is not None:
-        properties["upgradeSettings"] = {"maxSurge": max_surge}
+    if max_surge is not None or drain_timeout is not None:
+        _upgrade_settings(properties, max_surge, drain_timeout)
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         response = client.request(
@@ -605,22 +624,29 @@ def update(
     enable_vtpm: VtpmOption = False,
     disable_vtpm: Annotated[bool, typer.Option("--disable-vtpm", help="Disable the vTPM.")] = False,
     max_surge: MaxSurgeOption = None,
+    drain_timeout: DrainTimeoutOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
     """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
-    at a time beside the old ones), or set its max surge."""
+    at a time beside the old ones, each old node drained within --drain-timeout minutes), or set its max
+    surge or drain timeout."""
     flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
     conflicts = check_flags(flags)
     if conflicts:
         raise bad_input("; ".join(f"({v.code}) {v.message}" for v in conflicts))
     if not (
-        enable_secure_boot or disable_secure_boot or enable_vtpm or disable_vtpm or max_surge is not None
+        enable_secure_boot
+        or disable_secure_boot
+        or enable_vtpm
+        or disable_vtpm
+        or max_surge is not None
+        or drain_timeout is not None
     ):
         raise bad_input(
             "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
-            "--disable-vtpm or --max-surge"
+            "--disable-vtpm, --max-surge or --drain-timeout"
         )
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
@@ -630,8 +656,7 @@ def update(
             security["enableSecureBoot"] = enable_secure_boot
         if enable_vtpm or disable_vtpm:
             security["enableVTPM"] = enable_vtpm
-        if max_surge is not None:
-            pool["properties"]["upgradeSettings"] = {"maxSurge": max_surge}
+        _upgrade_settings(pool["properties"], max_surge, drain_timeout)
         response = client.request("PUT", path, json=pool)
         result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)

@@ -50,6 +50,8 @@ IMMUTABLE_POOL_PROPERTIES = (
 )
 MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node count or a percentage
 MAX_SURGE_NODES = 1000  # a pool's largest node count
+# upgradeSettings.drainTimeoutInMinutes: AKS's range (its REST API spec: 1 to 1440, a day); unset: 30
+DRAIN_TIMEOUT_MINUTES = (1, 1440)
 # ARM names (as az checks them); ARM compares ids case-insensitively
 SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
@@ -320,6 +322,7 @@ class PoolRequest:
     mode: str = "User"
     count: int = 1
     max_surge: str | None = None  # upgradeSettings.maxSurge as given ("1", "33%"); None: reimage in place
+    drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes; None: 30
     cluster_version: str | None = None  # the control plane's Kubernetes version
     other_system_pools: int = 0  # System pools of the cluster besides this one
     virtual_nodes: bool = False
@@ -366,6 +369,9 @@ class PoolRequest:
             "command": FEATURE_REGISTER_COMMAND,
             "max_surge": self.max_surge,
             "max_surge_nodes": MAX_SURGE_NODES,
+            "drain_timeout": self.drain_timeout_in_minutes,
+            "min_drain_timeout": DRAIN_TIMEOUT_MINUTES[0],
+            "max_drain_timeout": DRAIN_TIMEOUT_MINUTES[1],
         }
 
 
@@ -662,6 +668,17 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "{max_surge_nodes} (e.g. '1') or a percentage of the pool's node count from 0% to 100% (e.g. '33%').",
         PoolRequest,
         lambda r: r.max_surge is not None and parse_max_surge(r.max_surge) is None,
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.upgradeSettings.drainTimeoutInMinutes",
+        "upgradeSettings.drainTimeoutInMinutes {drain_timeout} of pool '{pool}' is out of range: use a "
+        "number of minutes from {min_drain_timeout} to {max_drain_timeout} (unset: 30).",
+        PoolRequest,
+        lambda r: (
+            r.drain_timeout_in_minutes is not None
+            and not DRAIN_TIMEOUT_MINUTES[0] <= r.drain_timeout_in_minutes <= DRAIN_TIMEOUT_MINUTES[1]
+        ),
     ),
     Limitation(
         "InvalidSystemPoolCount",

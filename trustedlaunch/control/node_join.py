@@ -243,8 +243,8 @@ class NodeJoiner:
         raise NodeJoinFailedError(f"node {node.name} did not join {within}: {what}{detail}")
 
     def forget(self, node: Node) -> bool:
-        """Delete the node's Node object from its cluster (cordon and drain come first in a later slice);
-        True if there was one. A cluster without control plane has nothing to delete."""
+        """Delete the node's Node object from its cluster (the reconciler drained it first: node_drain); True
+        if there was one. A cluster without control plane has nothing to delete."""
         adapter = self.planes.node_adapter(node)
         if adapter is None:
             return False

@@ -53,6 +53,7 @@ from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlane
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import surge_nodes
+from trustedlaunch.control.node_drain import DEFAULT_DRAIN_TIMEOUT_MINUTES, NodeDrainer, NodeDrainFailedError
 from trustedlaunch.control.node_health import (
     BUSY_AGENT_SILENCE,
     LIVENESS_INTERVAL,
@@ -81,6 +82,7 @@ from trustedlaunch.control.node_plan import (
     NodePhase,
     ObservedNode,
     Step,
+    is_current,
     plan_next_step,
 )
 from trustedlaunch.control.node_processes import (
@@ -180,6 +182,12 @@ class Reconciler:
     A node whose image has a root filesystem then joins its cluster (control.node_join): a vTPM node gets
     its kubelet credential only once it passed attestation, and is Ready only once its Node is Ready,
     attested and labelled (within `join_timeout` seconds); its Node is deleted before its VM is stopped.
+
+    Before a joined Ready node's VM is torn down by a reimage, a scale down, the surge's deletion of an
+    outdated node or its pool's deletion (not its cluster's: the plane goes too), its Node is cordoned and
+    drained through the Eviction API (control.node_drain), within the pool's
+    upgradeSettings.drainTimeoutInMinutes (AKS's default 30 without one); `drain_timeout` (seconds), when
+    set, overrides every pool's (tests use seconds, the API takes whole minutes).
     """
 
     def __init__(
@@ -199,6 +207,7 @@ class Reconciler:
         reimage_after: timedelta = REIMAGE_AFTER,
         cluster_planes: ClusterPlanes | None = None,
         join_timeout: float = JOIN_TIMEOUT,
+        drain_timeout: float | None = None,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -233,6 +242,7 @@ class Reconciler:
         self.cluster_planes = cluster_planes
         self.joiner = NodeJoiner(cluster_planes, join_timeout) if cluster_planes is not None else None
         self._next_supervision_at = 0.0
+        self.drain_timeout = drain_timeout
 
     # -- ownership -------------------------------------------------------------------------------------
 
@@ -569,8 +579,15 @@ class Reconciler:
                     continue
                 operation.note = f"agent pool {pool.name}: {step.note}"
                 session.commit()
+
+                def progress(note: str, prefix: str = f"agent pool {pool.name}: ") -> None:
+                    if operation.note != (prefix + note)[:4000]:  # written when it changes, not every round
+                        operation.note = (prefix + note)[:4000]
+                        session.commit()
+
+                drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
-                    self._take(session, pool, step)
+                    self._take(session, pool, step, drain)
                 except NodeProvisioningError as failure:
                     session.refresh(operation)
                     if operation.status == "InProgress":
@@ -593,7 +610,11 @@ class Reconciler:
 
     # -- steps -----------------------------------------------------------------------------------------
 
-    def _take(self, session: Session, pool: AgentPool, step: Step) -> None:
+    def _take(
+        self, session: Session, pool: AgentPool, step: Step, drain: Callable[[str], None] | None = None
+    ) -> None:
+        """Take `step` on `pool`; a node that a reimage or deletion takes is drained first when `drain` (the
+        operation's progress note) is given (not for a cluster's deletion)."""
         if step.action == Action.CREATE:
             assert step.ordinal is not None
             node = Node(
@@ -614,17 +635,50 @@ class Reconciler:
             self._teardown(node)
             self._provision(session, pool, node)
         elif step.action == Action.REIMAGE:
+            if drain is not None:
+                self._drain(session, pool, node, drain)
             node.state = NodePhase.REIMAGING
             session.commit()
             self._teardown(node)  # the vTPM goes with the run dir: the new VM gets new EKs
             self._provision(session, pool, node)
         elif step.action == Action.DELETE:
+            if drain is not None:
+                self._drain(session, pool, node, drain)
             node.state = NodePhase.DELETING
             session.commit()
             self._teardown(node)
             resolve_alerts(session, node.name)  # nothing is left to remediate on a deleted node
             session.delete(node)
             session.commit()
+
+    def _drain(self, session: Session, pool: AgentPool, node: Node, progress: Callable[[str], None]) -> None:
+        """Cordon and drain the Node of joined Ready `node` before its VM goes (a node that is not Ready or
+        whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its pods).
+        On failure the node stays Ready, cordoned, its VM running, and the operation fails with AKS's code:
+        UpgradeFailed when the node is outdated (a reimage), PodDrainFailure otherwise (a scale down or the
+        pool's deletion)."""
+        if (
+            self.cluster_planes is None
+            or node.kubelet_port is None
+            or node.state != NodePhase.READY
+            or not self._vm_alive(node)
+        ):
+            return
+        adapter = self.cluster_planes.node_adapter(node)
+        if adapter is None:
+            return
+        minutes = pool.drain_timeout_in_minutes or DEFAULT_DRAIN_TIMEOUT_MINUTES
+        timeout = self.drain_timeout if self.drain_timeout is not None else minutes * 60.0
+        node.message = "draining"
+        session.commit()  # no store transaction open while the API server answers
+        try:
+            NodeDrainer(adapter.client, timeout, progress).drain(node.name)
+        except NodeDrainFailedError as exc:
+            upgrading = not is_current(_observed(node), _desired(pool, False))
+            node.message = f"cordoned: {exc}"[:4000]
+            session.commit()
+            code = "UpgradeFailed" if upgrading else "PodDrainFailure"
+            raise NodeProvisioningError(ArmError(500, code, str(exc), node.name)) from exc
 
     def _stop_processes(self, node: Node) -> None:
         """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""

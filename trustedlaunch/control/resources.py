@@ -104,6 +104,7 @@ class PoolSpec:
     enable_secure_boot: bool | None = None
     enable_vtpm: bool | None = None
     max_surge: str | None = None  # upgradeSettings.maxSurge: "1" or "33%"
+    drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def _request_for_new_pool(
         mode=spec.mode or default_mode,
         count=DEFAULT_NODE_COUNT if spec.count is None else spec.count,
         max_surge=spec.max_surge,
+        drain_timeout_in_minutes=spec.drain_timeout_in_minutes,
         virtual_nodes=virtual_nodes,
     )
 
@@ -183,6 +185,7 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
         mode=pool.mode,
         count=pool.count,
         max_surge=pool.max_surge,
+        drain_timeout_in_minutes=pool.drain_timeout_in_minutes,
         virtual_nodes=virtual_nodes,
         current_image=find_image(pool.node_image_version),
     )
@@ -222,6 +225,7 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
         mode=_pick(spec.mode, current.mode),
         count=_pick(spec.count, current.count),
         max_surge=_pick(spec.max_surge, current.max_surge),
+        drain_timeout_in_minutes=_pick(spec.drain_timeout_in_minutes, current.drain_timeout_in_minutes),
         previous=current,
     )
 
@@ -251,6 +255,7 @@ def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
         enable_vtpm=request.enable_vtpm,
         node_image_version=image.version,
         max_surge=request.max_surge,
+        drain_timeout_in_minutes=request.drain_timeout_in_minutes,
         provisioning_state=ProvisioningState.CREATING,
     )
 
@@ -262,6 +267,7 @@ def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
     pool.enable_secure_boot = request.enable_secure_boot
     pool.enable_vtpm = request.enable_vtpm
     pool.max_surge = request.max_surge
+    pool.drain_timeout_in_minutes = request.drain_timeout_in_minutes
     pool.provisioning_state = ProvisioningState.UPDATING
     pool.updated_at = utc_now()
 

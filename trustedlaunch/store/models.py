@@ -168,6 +168,8 @@ class AgentPool(Base):
     # upgradeSettings.maxSurge as az takes it: a node count ("1") or a percentage of count ("33%");
     # None: reimage in place, one node at a time.
     max_surge: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # upgradeSettings.drainTimeoutInMinutes: how long a node's drain may take; None: AKS's default (30).
+    drain_timeout_in_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 

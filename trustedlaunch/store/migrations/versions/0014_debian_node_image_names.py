@@ -10,7 +10,7 @@ The names are frozen here as they were at this revision: the Debian release is t
 the node image boots the host's Debian packages), read only when there is something to rename.
 
 Revision ID: 0014_debian_node_image_names
-Revises: 0012_node_kubelet_port
+Revises: 0013_pool_drain_timeout
 Create Date: 2026-12-06 07:30:00.000000
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014_debian_node_image_names"
-down_revision = "0012_node_kubelet_port"
+down_revision = "0013_pool_drain_timeout"
 branch_labels = None
 depends_on = None
 
