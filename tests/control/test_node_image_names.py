@@ -154,7 +154,7 @@ def test_the_migration_renames_the_aks_names_of_an_older_store(
         session.add(ImagePolicy(node_image_version=tl, secure_boot=True, policy=f'{{"nodeImage": "{tl}"}}'))
     assert stored_versions(sessions)["pools"] == {"tl": tl, "fips": plain, "arm": plain}
 
-    command.downgrade(alembic_config(engine), "0012_node_kubelet_port")  # what an older store holds
+    command.downgrade(alembic_config(engine), "0013_pool_drain_timeout")  # what an older store holds
     with engine.begin() as connection:
         connection.execute(
             text(
