@@ -53,7 +53,7 @@ pytestmark = pytest.mark.slow
 ISSUER = "urn:trustedlaunch:test-monitoring"
 TL_LABEL = "kubernetes.azure.com/trusted-launch"
 SB_LABEL = "kubernetes.azure.com/secure-boot"
-QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoExecute"}
 
 
 def run_until(reconciler: Reconciler, condition: Any, what: str, timeout: float = 400) -> Any:
