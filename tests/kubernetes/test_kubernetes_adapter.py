@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 TRUSTED = {LABEL_SECURE_BOOT: "true", LABEL_TRUSTED_LAUNCH: "true"}
 FOREIGN_LABELS = {"kubernetes.azure.com/agentpool": "pool1"}
 FOREIGN_TAINT = {"key": "dedicated", "value": "gpu", "effect": "NoExecute"}
-QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoExecute"}
 ORDINALS = itertools.count()
 
 
@@ -88,6 +88,20 @@ def test_restore_after_a_new_attestation_gives_the_labels_back(
     assert not node["spec"].get("unschedulable")
 
     assert not adapter.restore(node_name, TRUSTED)  # no patch sent
+
+
+def test_a_node_quarantined_with_the_earlier_noschedule_taint_gets_the_noexecute_one(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    """Earlier releases quarantined with effect NoSchedule: quarantining that node again replaces it by the
+    NoExecute taint (one taint of our key, the operator's own NoExecute taint kept)."""
+    earlier = {**QUARANTINE_TAINT, "effect": "NoSchedule"}
+    client.patch(Node, node_name, {"spec": {"taints": [FOREIGN_TAINT, earlier]}}, patch_type=PatchType.MERGE)
+    assert adapter.quarantine(node_name, "Secure Boot disabled")
+    assert taints_besides_the_node_lifecycle(read_node(client, node_name)) == [
+        FOREIGN_TAINT,
+        QUARANTINE_TAINT,
+    ]
 
 
 def test_restore_leaves_a_node_cordoned_by_an_operator_cordoned(

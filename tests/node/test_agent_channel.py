@@ -24,6 +24,7 @@ from trustedlaunch.node.channel import (
     AgentError,
     AgentProtocolError,
     KubeletStatus,
+    RenewedCredentials,
     RootfsStatus,
 )
 
@@ -315,3 +316,37 @@ def test_kubelet_start_and_status_answers_are_checked(
         link.channel.kubelet_status(5.0)
     with pytest.raises(AgentProtocolError, match="'kubeletLog' holds more than 2048 bytes"):
         link.channel.kubelet_status(5.0)
+
+
+def test_kubelet_credentials_renewal_answers_are_checked(
+    guest: Callable[[Callable[[str, str], bytes]], Guest],
+) -> None:
+    files = "kubelet-client.crt kubelet-client.key kubelet-server.crt kubelet-server.key"
+    client, serving = hashlib.sha256(b"client").hexdigest(), hashlib.sha256(b"serving").hexdigest()
+    replies = iter(
+        [
+            {"reply": "KUBELETCERTS", "replaced": files, "clientSha256": client, "servingSha256": serving},
+            {
+                "reply": "KUBELETCERTS",
+                "error": "kubelet was not started: there are no credentials to replace",
+            },
+            {
+                "reply": "KUBELETCERTS",
+                "replaced": "../etc/shadow",
+                "clientSha256": client,
+                "servingSha256": serving,
+            },
+            {"reply": "KUBELETCERTS", "replaced": files, "clientSha256": "00", "servingSha256": serving},
+        ]
+    )
+    link = guest(lambda command, request_id: answer(id=request_id, **next(replies)))
+    assert link.channel.renew_kubelet_credentials(b"bundle", 5.0) == RenewedCredentials(
+        tuple(files.split()), client, serving
+    )
+    assert link.requests[0].split(" ")[::2] == ["KUBELETCERTS", base64.b64encode(b"bundle").decode()]
+    with pytest.raises(AgentError, match="KUBELETCERTS failed: kubelet was not started"):
+        link.channel.renew_kubelet_credentials(b"bundle", 5.0)
+    with pytest.raises(AgentProtocolError, match="is no file list"):
+        link.channel.renew_kubelet_credentials(b"bundle", 5.0)
+    with pytest.raises(AgentProtocolError, match="are no sha256 digests"):
+        link.channel.renew_kubelet_credentials(b"bundle", 5.0)

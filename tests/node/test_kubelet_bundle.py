@@ -18,8 +18,11 @@ from trustedlaunch.node.image import BUSYBOX
 from trustedlaunch.node.kubelet import (
     APISERVER_GUEST_ADDRESS,
     ATTESTATION_PENDING_TAINT,
+    CREDENTIAL_FILES,
     JOIN_FILES,
+    MAX_CREDENTIALS_BUNDLE_SIZE,
     MAX_JOIN_BUNDLE_SIZE,
+    KubeletCredentials,
     KubeletJoin,
     NodeJoinError,
     NodeNetwork,
@@ -28,13 +31,17 @@ from trustedlaunch.node.kubelet import (
 FQDN = "tests-rg-000000.hcp.local.trustedlaunch.internal"
 
 
+CREDENTIALS = KubeletCredentials(
+    b"-----CERT-----\n", b"-----KEY-----\n", b"-----SERVING-----\n", b"-----SKEY-----\n"
+)
+
+
 def join(**changes: object) -> KubeletJoin:
     fields: dict[str, object] = {
         "node_name": "tl-node-0",
         "fqdn": FQDN,
         "ca_pem": b"-----CA-----\n",
-        "client_cert_pem": b"-----CERT-----\n",
-        "client_key_pem": b"-----KEY-----\n",
+        "credentials": CREDENTIALS,
         "kubelet_port": 40123,
         "taints": (ATTESTATION_PENDING_TAINT,),
     }
@@ -57,8 +64,15 @@ def test_the_bundle_holds_exactly_the_files_the_agent_places() -> None:
     [cluster] = kubeconfig["clusters"]
     assert cluster["cluster"]["server"] == f"https://{FQDN}:443"
     assert base64.b64decode(cluster["cluster"]["certificate-authority-data"]) == b"-----CA-----\n"
-    [user] = kubeconfig["users"]
-    assert base64.b64decode(user["user"]["client-certificate-data"]) == b"-----CERT-----\n"
+    [user] = kubeconfig["users"]  # files, which client-go reloads when the agent replaces them
+    assert user["user"] == {
+        "client-certificate": "/etc/kubernetes/pki/kubelet-client.crt",
+        "client-key": "/etc/kubernetes/pki/kubelet-client.key",
+    }
+    assert (files["kubelet-client.crt"], files["kubelet-server.key"]) == (
+        "-----CERT-----\n",
+        "-----SKEY-----\n",
+    )
     config = yaml.safe_load(files["config.yaml"])
     assert (config["kind"], config["cgroupDriver"], config["port"]) == (
         "KubeletConfiguration",
@@ -68,6 +82,11 @@ def test_the_bundle_holds_exactly_the_files_the_agent_places() -> None:
     assert config["authorization"] == {"mode": "Webhook"}
     assert config["authentication"]["anonymous"] == {"enabled": False}
     assert config["registerWithTaints"] == [ATTESTATION_PENDING_TAINT]
+    assert (config["tlsCertFile"], config["tlsPrivateKeyFile"], config["rotateCertificates"]) == (
+        "/etc/kubernetes/pki/kubelet-server.crt",
+        "/etc/kubernetes/pki/kubelet-server.key",
+        False,
+    )
     [bridge] = json.loads(files["cni.conflist"])["plugins"]
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
 
@@ -79,12 +98,27 @@ def test_the_bundle_holds_exactly_the_files_the_agent_places() -> None:
         ({"node_name": "a" * 64}, "node name"),
         ({"node_name": "x\n10.0.0.1 evil"}, "node name"),
         ({"fqdn": "evil.example\n1.2.3.4 other"}, "cluster FQDN"),
-        ({"client_key_pem": bytes(MAX_JOIN_BUNDLE_SIZE)}, f"exceeds {MAX_JOIN_BUNDLE_SIZE} bytes"),
+        (
+            {"credentials": KubeletCredentials(b"", bytes(MAX_JOIN_BUNDLE_SIZE), b"", b"")},
+            f"exceeds {MAX_JOIN_BUNDLE_SIZE} bytes",
+        ),
     ],
 )
 def test_a_bad_name_or_an_oversized_bundle_is_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(NodeJoinError, match=message):
         join(**changes).bundle()
+
+
+def test_the_credentials_bundle_holds_the_four_files_the_agent_replaces() -> None:
+    files = bundle_files(CREDENTIALS.bundle())
+    assert files == {
+        "kubelet-client.crt": "-----CERT-----\n",
+        "kubelet-client.key": "-----KEY-----\n",
+        "kubelet-server.crt": "-----SERVING-----\n",
+        "kubelet-server.key": "-----SKEY-----\n",
+    }
+    with pytest.raises(NodeJoinError, match=f"exceeds {MAX_CREDENTIALS_BUNDLE_SIZE} bytes"):
+        KubeletCredentials(bytes(MAX_CREDENTIALS_BUNDLE_SIZE), b"", b"", b"").bundle()
 
 
 def test_the_network_forwards_only_the_apiserver_and_the_kubelet_port() -> None:
@@ -102,4 +136,5 @@ def test_the_agent_pins_imports_with_the_label_the_cri_pins_by() -> None:
     agent = resources.files("trustedlaunch.node").joinpath("agent/init.sh").read_text()
     [(key, value)] = PRELOADED_IMAGE_LABELS.items()
     assert f"PINNED_LABEL={key}={value}\n" in agent
-    assert f'JOIN_FILES="{" ".join(JOIN_FILES)}"' in agent
+    assert f'CREDENTIAL_FILES="{" ".join(CREDENTIAL_FILES)}"' in agent
+    assert f'JOIN_FILES="{" ".join(JOIN_FILES[:6])} $CREDENTIAL_FILES"' in agent

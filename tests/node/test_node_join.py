@@ -21,13 +21,13 @@ from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, Pod
 
-from trustedlaunch.control.cluster_pki import issue_node_client_certificate
 from trustedlaunch.control.hosted_control_plane import (
     HostedControlPlane,
     free_loopback_port,
     resident_memory_bytes,
 )
 from trustedlaunch.control.kubernetes_release import KubernetesRelease, verified_release
+from trustedlaunch.control.node_join import issue_kubelet_credentials, node_credential_validity
 from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
 from trustedlaunch.node.channel import AgentError
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version, write_node_images
@@ -101,13 +101,11 @@ def joined(
     network = NodeNetwork(kube_apiserver.ports.apiserver, free_loopback_port())
     run_dir = Path(tempfile.mkdtemp(prefix="tl-join-", dir=node_base))
     client = admin_client(kube_apiserver)
-    cert, key = issue_node_client_certificate(kube_apiserver.pki, NODE_NAME)
     join = KubeletJoin(
         NODE_NAME,
         FQDN,
         kube_apiserver.pki.ca_cert.read_bytes(),
-        cert,
-        key,
+        issue_kubelet_credentials(kube_apiserver.pki, NODE_NAME, node_credential_validity(0)),
         network.kubelet_port,
         taints=(ATTESTATION_PENDING_TAINT,),
     )

@@ -53,7 +53,7 @@ pytestmark = pytest.mark.slow
 ISSUER = "urn:trustedlaunch:test-monitoring"
 TL_LABEL = "kubernetes.azure.com/trusted-launch"
 SB_LABEL = "kubernetes.azure.com/secure-boot"
-QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoExecute"}
 
 
 def run_until(reconciler: Reconciler, condition: Any, what: str, timeout: float = 400) -> Any:
@@ -204,7 +204,8 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         assert (on_demand.trigger, on_demand.status, on_demand.ok) == ("OnDemand", "Attested", True)
         assert on_demand.nonce != provisioned.nonce and reverify(on_demand, policy)
         node = the_node(sessions)
-        assert node.attestation_requested_at is None and node.message == "attested (OnDemand)"
+        assert node.attestation_requested_at is None
+        assert node.message == "attested (OnDemand); kubelet credentials renewed"  # it joined its cluster
         assert node.last_attested_at is not None
         assert provisioned.time.replace(tzinfo=None) < node.last_attested_at.replace(tzinfo=None)  # both UTC
 

@@ -53,7 +53,7 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
 
-QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+QUARANTINE_TAINT = {"key": QUARANTINE_TAINT_KEY, "value": "true", "effect": "NoExecute"}
 TRUSTED_LABELS = {
     "kubernetes.azure.com/agentpool": "nodepool1",
     "kubernetes.azure.com/attestation-status": "Attested",

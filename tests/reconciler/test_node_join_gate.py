@@ -1,12 +1,14 @@
 """The reconciler joins attested nodes to their cluster's hosted control plane (control.node_join): a real
-Secure Boot + vTPM node VM booting the rootfs image gets its kubelet credential over its agent channel
+Secure Boot + vTPM node VM booting the rootfs image gets its kubelet credentials over its agent channel
 right after it passed attestation, its kubelet registers with the pending taint, the control plane labels
 the Node as AKS does and lifts the taints; a pod selecting kubernetes.azure.com/secure-boot runs there and
 `kubectl logs` shows its output; deleting the cluster leaves no VM, no Node and no control plane. A node
-whose attestation fails never gets a credential."""
+whose attestation fails never gets a credential; a node without vTPM has its credentials renewed while
+Ready."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from cached_kubectl import kubectl
+from cryptography import x509
 from lightkube import Client, KubeConfig
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
@@ -120,6 +123,12 @@ def test_an_attested_node_joins_ready_labelled_and_untainted(
     print(f"gate figures: {figures}")
 
 
+def serving_serial(port: int) -> int:
+    """The serial number of the certificate the kubelet serves on 127.0.0.1:<port>."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=20)
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
 def pod_phase(client: Client, name: str) -> str:
     status = client.get(Pod, name, namespace="default").status
     return (status.phase if status is not None else None) or "Pending"
@@ -197,6 +206,23 @@ def test_a_node_without_vtpm_joins_after_boot_without_the_trusted_launch_label(
     assert labels["kubernetes.azure.com/agentpool"] == "nosec"
     assert labels["node.kubernetes.io/instance-type"] == "Standard_D2s_v3"
     assert not [t for t in stored["spec"].get("taints") or [] if t["key"] == ATTESTATION_PENDING_TAINT["key"]]
+
+    # nothing to attest: its kubelet certificates are renewed every interval while it is Ready
+    with sessions() as session:
+        port = session.scalars(select(Node.kubelet_port).where(Node.name == name)).one()
+    assert port is not None
+    before = serving_serial(port)
+    reconciler.attestation_interval = 1
+    try:
+        time.sleep(1.0)
+        reconciler.run_once()
+    finally:
+        reconciler.attestation_interval = 0
+    started = time.monotonic()
+    while serving_serial(port) == before:
+        assert time.monotonic() - started < 150, "kubelet did not serve its renewed certificate"
+        time.sleep(2.0)
+    figures["secure boot only node: renewed serving certificate served after s"] = time.monotonic() - started
 
 
 def test_a_node_failing_attestation_gets_no_credential(

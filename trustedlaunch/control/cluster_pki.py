@@ -212,7 +212,21 @@ def _issue(
     return builder.sign(authority.key, hashes.SHA256()), key
 
 
-NODE_CLIENT_VALIDITY = datetime.timedelta(hours=1)  # short-lived: renewed while the node attests
+# The shortest life of a kubelet certificate: control.node_join.node_credential_validity derives the one
+# issued (longer when the renewal interval asks for it); short-lived, renewed only while the node attests.
+NODE_CLIENT_VALIDITY = datetime.timedelta(hours=1)
+
+
+def _cluster_authority(pki: ClusterPki) -> _Authority:
+    """The cluster CA (certificate and key) of `pki`."""
+    try:
+        ca_certificate = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError) as error:
+        raise ClusterPkiError(f"cluster CA in {pki.directory} is unreadable: {error}") from error
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ClusterPkiError(f"cluster CA key in {pki.directory} is not an ECDSA key")
+    return _Authority(ca_certificate, ca_key)
 
 
 def issue_node_client_certificate(
@@ -221,17 +235,31 @@ def issue_node_client_certificate(
     """A kubelet client certificate for Node `node_name` (CN=system:node:<name>, O=system:nodes: the Node
     authorizer and NodeRestriction let it act only as that node), signed by the cluster CA; (certificate
     PEM, key PEM)."""
-    try:
-        ca_certificate = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-    except (OSError, ValueError) as error:
-        raise ClusterPkiError(f"cluster CA in {pki.directory} is unreadable: {error}") from error
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ClusterPkiError(f"cluster CA key in {pki.directory} is not an ECDSA key")
+    now = datetime.datetime.now(datetime.UTC)
+    subject = _name(f"system:node:{node_name}", "system:nodes")
+    certificate, key = _issue(_cluster_authority(pki), subject, now, client=True, validity=validity)
+    return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def issue_node_serving_certificate(
+    pki: ClusterPki,
+    node_name: str,
+    address: str,
+    validity: datetime.timedelta = NODE_CLIENT_VALIDITY,
+) -> tuple[bytes, bytes]:
+    """A kubelet serving certificate for Node `node_name` (CN=system:node:<name>, O=system:nodes, server
+    auth, SANs: DNS `node_name` and IP `address`, where kube-apiserver dials the kubelet), signed by the
+    cluster CA that kube-apiserver verifies kubelets with; (certificate PEM, key PEM)."""
     now = datetime.datetime.now(datetime.UTC)
     subject = _name(f"system:node:{node_name}", "system:nodes")
     certificate, key = _issue(
-        _Authority(ca_certificate, ca_key), subject, now, client=True, validity=validity
+        _cluster_authority(pki),
+        subject,
+        now,
+        server=True,
+        dns_names=[node_name],
+        ip_addresses=[ipaddress.ip_address(address)],
+        validity=validity,
     )
     return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 

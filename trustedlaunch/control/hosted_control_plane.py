@@ -38,6 +38,9 @@ from trustedlaunch.control.node_processes import command_line
 from trustedlaunch.errors import TrustedLaunchError
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# kube-controller-manager's controllers: the default ones and the bootstrap token ones, without CSR
+# approving and signing (a kubelet must not renew its certificates around attestation).
+CONTROLLERS = "*,bootstrapsigner,tokencleaner,-csrapproving,-csrsigning"
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_BYTES = 2000
@@ -260,6 +263,9 @@ class HostedControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                # the kubelet's serving certificate is the cluster CA's (issued with its client certificate
+                # on the attestation-gated path, control.node_join): `kubectl logs/exec` verify the node
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
                 # (as kubeadm) a node's InternalIP before its Hostname: the apiserver reaches a node VM's
                 # kubelet at the address its cloud node controller sets (trustedlaunch.node.kubelet)
                 "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
@@ -300,11 +306,11 @@ class HostedControlPlane:
             f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
             f"--root-ca-file={pki / 'ca.crt'}",
             f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-            f"--cluster-signing-key-file={pki / 'ca.key'}",
             f"--service-cluster-ip-range={self.service_cidr}",
             "--use-service-account-credentials=true",
-            "--controllers=*,bootstrapsigner,tokencleaner",
+            # No CSR is approved or signed here (nor does the controller-manager hold the cluster CA's
+            # key): kubelet certificates come only from the attestation-gated path (control.node_join).
+            f"--controllers={CONTROLLERS}",
         ]
 
     def log_path(self, component: str) -> Path:

@@ -50,7 +50,9 @@ class Taint:
         return {"key": self.key, "value": self.value, "effect": self.effect}
 
 
-QUARANTINE_TAINT = Taint(QUARANTINE_TAINT_KEY, "true", "NoSchedule")
+# NoExecute: besides no new pods, the controller-manager's taint eviction controller evicts the pods
+# already there that do not tolerate it (a quarantined node runs no workload).
+QUARANTINE_TAINT = Taint(QUARANTINE_TAINT_KEY, "true", "NoExecute")
 
 
 def _owned(key: str) -> bool:
@@ -182,8 +184,9 @@ class KubernetesNodeAdapter:
         )
 
     def quarantine(self, node_name: str, reason: str, labels: Mapping[str, str] | None = None) -> bool:
-        """A node that failed attestation: cordoned, tainted QUARANTINE_TAINT, our labels but `labels` (its
-        attestation status) removed, the reason in QUARANTINE_ANNOTATION; True when it changed."""
+        """A node that failed attestation: cordoned, tainted QUARANTINE_TAINT (NoExecute: its pods without a
+        toleration are evicted), our labels but `labels` (its attestation status) removed, the reason in
+        QUARANTINE_ANNOTATION; True when it changed."""
         return self.apply_node_state(
             node_name,
             labels=labels or {},

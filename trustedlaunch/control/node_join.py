@@ -5,13 +5,24 @@ Running joins (`joins_cluster`). Before its VM starts, the node gets a free kube
 recorded on its row (write-ahead: an adopted VM keeps it), and the VM's network (`node_network`) forwards
 its cluster's kube-apiserver into the guest and that port to its kubelet (trustedlaunch.node.kubelet).
 
-The credential (`hand_credential`): a kubelet client certificate `system:node:<name>` of the cluster CA,
-valid NODE_CLIENT_VALIDITY (1 h; it is not renewed yet: a node's kubelet loses the apiserver after that),
-issued only when the reconciler calls it, and handed over the node's own agent channel, never written into
-an image. The reconciler calls it for a vTPM node only right after that node passed its provisioning
-attestation (which activated a credential with its enrolled EK), so a node that fails attestation never
-gets one. A node without vTPM gets it right after boot: that credential is bound to no TPM, only to the VM
-the reconciler started (whoever controls that VM's agent channel receives it).
+The credentials (`hand_credential`): a kubelet client certificate `system:node:<name>` and a kubelet serving
+certificate (the same name, SANs the node name and NODE_INTERNAL_IP, which kube-apiserver verifies with the
+cluster CA when it dials the kubelet), both of the cluster CA, issued only when the reconciler calls it and
+handed over the node's own agent channel, never written into an image. The reconciler calls it for a vTPM
+node only right after that node passed its provisioning attestation (which activated a credential with its
+enrolled EK), so a node that fails attestation never gets one. A node without vTPM gets it right after
+boot: that credential is bound to no TPM, only to the VM the reconciler started (whoever controls that VM's
+agent channel receives it). No CSR is approved or signed by the controller-manager
+(hosted_control_plane.CONTROLLERS): this is the only way to kubelet certificates.
+
+Renewal (`renew_credential`), the one rule: both certificates are issued anew and replace the node's files
+(agent request KUBELETCERTS) every renewal interval (the reconciler's attestation interval): on a vTPM node
+right after each PASSING re-attestation and never after a failing one; on a node without vTPM (nothing to
+attest) while it is Ready, every interval. Their validity (`node_credential_validity`) is
+max(NODE_CLIENT_VALIDITY = 1 h, 3 x interval + KUBELET_CREDENTIAL_RELOAD): a node that fails attestation,
+or whose renewals stop, loses the apiserver within that time; one that passes never runs on an expired
+certificate, as kubelet's client-go picks up replaced files at its next TLS handshake or within
+KUBELET_CREDENTIAL_RELOAD (5 min), and kubelet's serving certificate file within a minute.
 
 The kubelet registers with ATTESTATION_PENDING_TAINT and the cloud provider's uninitialized taint; the
 control plane then (`initialize`, as a cloud node manager) sets the Node's address, the labels AKS sets
@@ -20,6 +31,8 @@ control plane then (`initialize`, as a cloud node manager) sets the Node's addre
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -32,15 +45,22 @@ from lightkube.types import PatchType
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trustedlaunch.control.cluster_pki import ClusterPki, issue_node_client_certificate
+from trustedlaunch.control.cluster_pki import (
+    NODE_CLIENT_VALIDITY,
+    ClusterPki,
+    issue_node_client_certificate,
+    issue_node_serving_certificate,
+)
 from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase, recorded_plane_ports
 from trustedlaunch.control.hosted_control_plane import free_loopback_port
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel, AgentError
+from trustedlaunch.node.channel import AgentChannel, AgentError, RenewedCredentials
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import (
     ATTESTATION_PENDING_TAINT,
     CLOUD_UNINITIALIZED_TAINT_KEY,
+    NODE_INTERNAL_IP,
+    KubeletCredentials,
     KubeletJoin,
     NodeNetwork,
     node_addresses_patch,
@@ -53,6 +73,11 @@ LABEL_CONFLICT_RETRIES = 10
 KUBELET_START_TIMEOUT = 300.0  # the agent's KUBELET request: containerd up, images imported, kubelet run
 JOIN_TAINT_KEYS = (ATTESTATION_PENDING_TAINT["key"], CLOUD_UNINITIALIZED_TAINT_KEY)
 ALREADY_STARTED = "kubelet was already started"
+RENEW_TIMEOUT = 60.0  # the agent's KUBELETCERTS request: a few files written on its tmpfs
+# The longest a running kubelet keeps using its old client certificate once the files were replaced:
+# client-go (transport/cert_rotation.go, CertCallbackRefreshDuration) reloads them every 5 min, and on
+# every new TLS handshake.
+KUBELET_CREDENTIAL_RELOAD = datetime.timedelta(minutes=5)
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +118,46 @@ def _boot_id(stored: dict[str, Any]) -> str | None:
     return str(boot_id) if boot_id else None
 
 
+def node_credential_validity(renewal_interval: float) -> datetime.timedelta:
+    """How long a node's kubelet certificates are valid when they are renewed every `renewal_interval`
+    seconds (0: never on an interval): max(NODE_CLIENT_VALIDITY, 3 x interval + KUBELET_CREDENTIAL_RELOAD),
+    so that two missed renewals and the kubelet's reload lag still fit."""
+    derived = datetime.timedelta(seconds=3 * max(renewal_interval, 0.0)) + KUBELET_CREDENTIAL_RELOAD
+    return max(NODE_CLIENT_VALIDITY, derived)
+
+
+def issue_kubelet_credentials(
+    pki: ClusterPki, node_name: str, validity: datetime.timedelta
+) -> KubeletCredentials:
+    """New client and serving certificates (and keys) of the cluster CA for the kubelet of `node_name`."""
+    client_cert, client_key = issue_node_client_certificate(pki, node_name, validity)
+    serving_cert, serving_key = issue_node_serving_certificate(pki, node_name, NODE_INTERNAL_IP, validity)
+    return KubeletCredentials(client_cert, client_key, serving_cert, serving_key)
+
+
 def _ready_condition(stored: dict[str, Any]) -> dict[str, Any] | None:
     conditions = stored.get("status", {}).get("conditions") or []
     return next((condition for condition in conditions if condition.get("type") == "Ready"), None)
 
 
 class NodeJoiner:
-    """Hands kubelet credentials to nodes and initializes their Node objects in the clusters of `planes`
-    (their admin credential); a join waits `timeout` seconds at most for registration and Ready."""
+    """Hands kubelet credentials to nodes, renews them, and initializes their Node objects in the clusters
+    of `planes` (their admin credential); a join waits `timeout` seconds at most for registration and
+    Ready; credentials are renewed every `renewal_interval` seconds (their validity follows from it)."""
 
-    def __init__(self, planes: ClusterPlanes, timeout: float = JOIN_TIMEOUT) -> None:
+    def __init__(
+        self, planes: ClusterPlanes, timeout: float = JOIN_TIMEOUT, renewal_interval: float = 0.0
+    ) -> None:
         self.planes = planes
         self.timeout = timeout
+        self.validity = node_credential_validity(renewal_interval)
+
+    @staticmethod
+    def _pki(node: Node) -> ClusterPki:
+        record = node.pool.cluster.control_plane
+        if record is None or node.kubelet_port is None:
+            raise NodeJoinFailedError(f"node {node.name}: no control plane or no kubelet port to join with")
+        return ClusterPki(Path(record.data_dir) / "pki")
 
     def _client(self, node: Node) -> Client:
         adapter = self.planes.node_adapter(node)
@@ -113,22 +166,18 @@ class NodeJoiner:
         return adapter.client
 
     def hand_credential(self, node: Node, channel: AgentChannel) -> str:
-        """Issue the node's kubelet client certificate and hand its join bundle over `channel` (its agent):
+        """Issue the node's kubelet certificates and hand its join bundle over `channel` (its agent):
         the agent starts containerd and kubelet; its account of what it did. Call it only once the node
         passed attestation (vTPM). An agent that had started kubelet already (a VM adopted mid-join) is
         left as it is."""
-        record = node.pool.cluster.control_plane
-        if record is None or node.kubelet_port is None:
-            raise NodeJoinFailedError(f"node {node.name}: no control plane or no kubelet port to join with")
-        pki = ClusterPki(Path(record.data_dir) / "pki")
+        pki = self._pki(node)
+        assert node.kubelet_port is not None
         try:
-            certificate, key = issue_node_client_certificate(pki, node.name)
             join = KubeletJoin(
                 node.name,
                 node.pool.cluster.fqdn,
                 pki.ca_cert.read_bytes(),
-                certificate,
-                key,
+                issue_kubelet_credentials(pki, node.name, self.validity),
                 node.kubelet_port,
                 taints=(ATTESTATION_PENDING_TAINT,),
             )
@@ -140,6 +189,21 @@ class NodeJoiner:
             raise NodeJoinFailedError(f"node {node.name}: its agent did not start kubelet: {exc}") from exc
         except (TrustedLaunchError, OSError) as exc:
             raise NodeJoinFailedError(f"node {node.name}: no join bundle: {exc}") from exc
+
+    def renew_credential(self, node: Node, channel: AgentChannel) -> RenewedCredentials:
+        """Issue the joined node's kubelet certificates anew and have its agent replace its credential files
+        (kubelet reloads them); what the agent replaced, its client certificate checked to be the one
+        issued. Call it only right after the node passed attestation (vTPM; see the module's rule)."""
+        try:
+            credentials = issue_kubelet_credentials(self._pki(node), node.name, self.validity)
+            renewed = channel.renew_kubelet_credentials(credentials.bundle(), RENEW_TIMEOUT)
+        except (TrustedLaunchError, OSError) as exc:
+            raise NodeJoinFailedError(f"node {node.name}: kubelet credentials not renewed: {exc}") from exc
+        if renewed.client_cert_sha256 != hashlib.sha256(credentials.client_cert_pem).hexdigest():
+            raise NodeJoinFailedError(
+                f"node {node.name}: its agent reports another client certificate than the one issued"
+            )
+        return renewed
 
     def boot_id(self, node: Node) -> str | None:
         """The boot id the kubelet of the node's Node object reported (None without one): a node rebooted

@@ -188,6 +188,9 @@ class Reconciler:
     drained through the Eviction API (control.node_drain), within the pool's
     upgradeSettings.drainTimeoutInMinutes (AKS's default 30 without one); `drain_timeout` (seconds), when
     set, overrides every pool's (tests use seconds, the API takes whole minutes).
+
+    Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
+    passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM).
     """
 
     def __init__(
@@ -240,7 +243,13 @@ class Reconciler:
         self._liveness_lock = threading.Lock()  # one liveness round at a time (loop and liveness thread)
         self._next_liveness_at = 0.0
         self.cluster_planes = cluster_planes
-        self.joiner = NodeJoiner(cluster_planes, join_timeout) if cluster_planes is not None else None
+        self.joiner = (
+            NodeJoiner(cluster_planes, join_timeout, attestation_interval)
+            if cluster_planes is not None
+            else None
+        )
+        # node id -> the monotonic time its kubelet credentials were last issued
+        self._renewed_at: dict[int, float] = {}
         self._next_supervision_at = 0.0
         self.drain_timeout = drain_timeout
 
@@ -503,6 +512,7 @@ class Reconciler:
             return False
         self._check_liveness_if_due()
         self._supervise_control_planes_if_due()
+        self._renew_unattested_credentials_if_due()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
             if self._repair_due_node():
@@ -696,6 +706,7 @@ class Reconciler:
                 self.joiner.forget(node)
             except NodeJoinFailedError as exc:  # its cluster's apiserver is down: the VM goes all the same
                 log.warning("%s", exc)
+        self._renewed_at.pop(node.id, None)
         self._stop_processes(node)
         if node.run_dir:
             shutil.rmtree(node.run_dir, ignore_errors=True)
@@ -791,6 +802,7 @@ class Reconciler:
             account = self.joiner.hand_credential(node, channel)
             log.info("node %s: kubelet started: %s", node.name, account.replace("\n", "; "))
             kubelet_started = time.monotonic() - started
+            self._renewed_at[node.id] = time.monotonic()
             if account == ALREADY_STARTED:  # adopted mid-join: its kubelet may have registered already
                 previous_boot_id = None
             seconds = self.joiner.initialize(node, labels, channel, previous_boot_id)
@@ -1005,6 +1017,68 @@ class Reconciler:
         session.commit()
         self.monitor.sync_kubernetes(node, reason)  # no store transaction open during the API server's calls
         session.commit()
+        if reason is None and self._joined(node):  # only a passing attestation renews its credentials
+            node.message = f"{node.message}; {self._renew_credential(node)}"[:4000]
+            session.commit()
+
+    def _joined(self, node: Node) -> bool:
+        """Whether `node` (Ready) joined its cluster: it was given a kubelet port to join with."""
+        return self.joiner is not None and node.kubelet_port is not None
+
+    def _renew_credential(self, node: Node) -> str:
+        """Renew the kubelet certificates of joined `node` over its agent (its agent lock held by the
+        caller); what happened, for the node's message. A failure is logged, not fatal: the node keeps its
+        current certificates until they expire."""
+        assert self.joiner is not None
+        vm = self._vms.get(node.id)
+        try:
+            if vm is not None:
+                renewed = self.joiner.renew_credential(node, vm.agent().channel)
+            else:
+                if not node.run_dir:
+                    raise TrustedLaunchError("the node has no run directory")
+                agent = AdoptedAgent(Path(node.run_dir))
+                try:
+                    renewed = self.joiner.renew_credential(node, agent.channel)
+                finally:
+                    agent.close()
+        except TrustedLaunchError as exc:
+            log.error("node %s: %s", node.name, exc)
+            return f"kubelet credentials not renewed: {exc}"
+        self._renewed_at[node.id] = time.monotonic()
+        log.info("node %s: kubelet credentials renewed: %s", node.name, " ".join(renewed.replaced))
+        return "kubelet credentials renewed"
+
+    def _renew_unattested_credentials_if_due(self) -> None:
+        """Renew the kubelet certificates of the joined Ready nodes without vTPM (nothing to attest: they
+        are renewed while Ready) every `attestation_interval` (0: never), whose pool no operation works on
+        and whose agent is free."""
+        if self.joiner is None or self.attestation_interval <= 0:
+            return
+        with self.sessions() as session:
+            busy_pools = self._busy_pools(session)
+            due = [
+                node.id
+                for node in session.scalars(
+                    select(Node).where(Node.state == NodePhase.READY, Node.enable_vtpm.is_(False))
+                )
+                if self._joined(node)
+                and node.pool_id not in busy_pools
+                and time.monotonic() - self._renewed_at.get(node.id, -self.attestation_interval)
+                >= self.attestation_interval
+                and self._vm_alive(node)
+            ]
+        for node_id in due:
+            lock = self._agent_lock(node_id)
+            if not lock.acquire(blocking=False):
+                continue  # its agent is busy: on the next pass
+            try:
+                with self.sessions() as session:
+                    node = session.get(Node, node_id)
+                    if node is not None and node.state == NodePhase.READY:
+                        self._renew_credential(node)  # logged
+            finally:
+                lock.release()
 
     def _attest_adopted(
         self, session: Session, pool: AgentPool, node: Node, policy: Policy, trigger: Trigger

@@ -74,6 +74,16 @@ class KubeletStatus:
     containerd_log: str
 
 
+@dataclass(frozen=True)
+class RenewedCredentials:
+    """What the agent replaced on a KUBELETCERTS request (file names) and the sha256 (hex) of the client
+    and serving certificates now in place."""
+
+    replaced: tuple[str, ...]
+    client_cert_sha256: str
+    serving_cert_sha256: str
+
+
 class AgentError(TrustedLaunchError):
     """The in-guest agent did not answer, answered garbage, or reported a failure."""
 
@@ -299,6 +309,23 @@ class AgentChannel:
                 f"agent answer to KUBELET: unknown state {str(answer.get('state'))[:40]!r}"
             )
         return _b64(answer, "detail", MAX_DETAIL_SIZE).decode(errors="replace").strip()
+
+    def renew_kubelet_credentials(self, bundle: bytes, timeout: float) -> RenewedCredentials:
+        """Have the node replace its kubelet's credential files with those of `bundle`
+        (trustedlaunch.node.kubelet.KubeletCredentials.bundle; agent request KUBELETCERTS)."""
+        argument = base64.b64encode(bundle).decode()
+        answer = self._check(self.request("KUBELETCERTS", "KUBELETCERTS", timeout, argument))
+        replaced = str(answer.get("replaced"))
+        if re.fullmatch(r"[a-z.-]{1,40}( [a-z.-]{1,40}){0,7}", replaced) is None:
+            raise AgentProtocolError(
+                f"agent answer to KUBELETCERTS: replaced {replaced[:80]!r} is no file list"
+            )
+        digests = [str(answer.get(key)) for key in ("clientSha256", "servingSha256")]
+        if any(re.fullmatch(r"[0-9a-f]{64}", digest) is None for digest in digests):
+            raise AgentProtocolError(
+                f"agent answer to KUBELETCERTS: {str(digests)[:160]} are no sha256 digests"
+            )
+        return RenewedCredentials(tuple(replaced.split()), *digests)
 
     def kubelet_status(self, timeout: float) -> KubeletStatus:
         """Whether kubelet and containerd run on the node, with the end of their logs (KUBELETSTATUS)."""

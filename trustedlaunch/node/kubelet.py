@@ -14,6 +14,12 @@ Network (QEMU user networking, `restrict=on`: the guest reaches nothing by defau
   `node.cloudprovider.kubernetes.io/uninitialized` taint; the control plane, as a cloud node controller does,
   sets the Node's address to 127.0.0.1 (`node_addresses_patch`) and removes that taint. The Node's
   daemonEndpoints carry kubelet's port, so the apiserver dials 127.0.0.1:<kubelet port>, which is that node.
+
+Credentials (KubeletCredentials): the kubelet's client certificate and its serving certificate, both of the
+cluster CA, are files on the node's tmpfs (CREDENTIALS_DIR) that the kubeconfig and the kubelet
+configuration name; the agent replaces them (request KUBELETCERTS, a bundle of CREDENTIAL_FILES) when the
+control plane renews them, and kubelet reloads them: the client certificate through client-go's
+certificate files reload, the serving certificate through ReloadKubeletServerCertificateFile.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import yaml
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.image import BUSYBOX
 
+NODE_INTERNAL_IP = "127.0.0.1"  # the Node's InternalIP: where the apiserver dials every node's kubelet
 NODE_ADDRESS = "10.0.2.15"  # the guest's eth0 (QEMU user networking's first DHCP address, set statically)
 APISERVER_GUEST_ADDRESS = "10.0.2.100"  # where the node reaches its cluster's kube-apiserver
 APISERVER_GUEST_PORT = 443
@@ -45,9 +52,21 @@ ATTESTATION_PENDING_TAINT = {
 }
 CLOUD_UNINITIALIZED_TAINT_KEY = "node.cloudprovider.kubernetes.io/uninitialized"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CREDENTIALS_DIR = "/etc/kubernetes/pki"  # on the node's tmpfs (agent/init.sh: ROOTFS_TMPFS)
+# The kubelet's credentials: client certificate and key, serving certificate and key (PEM files).
+CREDENTIAL_FILES = ("kubelet-client.crt", "kubelet-client.key", "kubelet-server.crt", "kubelet-server.key")
 # The files of a join bundle (a tar archive; agent/init.sh places each one).
-JOIN_FILES = ("node-name", "hosts", "kubelet.conf", "ca.crt", "config.yaml", "cni.conflist")
+JOIN_FILES = (
+    "node-name",
+    "hosts",
+    "kubelet.conf",
+    "ca.crt",
+    "config.yaml",
+    "cni.conflist",
+    *CREDENTIAL_FILES,
+)
 MAX_JOIN_BUNDLE_SIZE = 48 * 1024  # bytes; the agent refuses more than its base64 (MAX_BUNDLE_CHARS)
+MAX_CREDENTIALS_BUNDLE_SIZE = 12 * 1024  # bytes; the agent refuses more than its base64 (MAX_CERTS_CHARS)
 _NODE_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _FQDN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
@@ -89,7 +108,8 @@ def check_node_name(name: str) -> str:
 
 def kubelet_configuration(kubelet_port: int, taints: list[dict[str, str]]) -> dict[str, Any]:
     """The node's KubeletConfiguration: cgroupfs on cgroup v2 (no systemd), containerd's CRI socket, client
-    certificates of the cluster CA and webhook authorization for the apiserver's calls, `taints` at
+    certificates of the cluster CA and webhook authorization for the apiserver's calls, the serving
+    certificate from CREDENTIALS_DIR (reloaded when replaced; never rotated by kubelet itself), `taints` at
     registration, no image garbage collection (the pre-loaded images cannot be pulled again)."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -103,8 +123,10 @@ def kubelet_configuration(kubelet_port: int, taints: list[dict[str, str]]) -> di
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": True},
-            "x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"},
+            "x509": {"clientCAFile": f"{CREDENTIALS_DIR}/ca.crt"},
         },
+        "tlsCertFile": f"{CREDENTIALS_DIR}/kubelet-server.crt",
+        "tlsPrivateKeyFile": f"{CREDENTIALS_DIR}/kubelet-server.key",
         "authorization": {"mode": "Webhook"},
         "registerWithTaints": taints,
         "rotateCertificates": False,
@@ -116,8 +138,9 @@ def kubelet_configuration(kubelet_port: int, taints: list[dict[str, str]]) -> di
     }
 
 
-def kubelet_kubeconfig(fqdn: str, ca_pem: bytes, client_cert_pem: bytes, client_key_pem: bytes) -> str:
-    """The kubelet's kubeconfig: the cluster's apiserver by its FQDN, the client certificate embedded."""
+def kubelet_kubeconfig(fqdn: str, ca_pem: bytes) -> str:
+    """The kubelet's kubeconfig: the cluster's apiserver by its FQDN, the client certificate and key as
+    files in CREDENTIALS_DIR (client-go reloads files, never embedded data)."""
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()
@@ -133,8 +156,8 @@ def kubelet_kubeconfig(fqdn: str, ca_pem: bytes, client_cert_pem: bytes, client_
             {
                 "name": "kubelet",
                 "user": {
-                    "client-certificate-data": b64(client_cert_pem),
-                    "client-key-data": b64(client_key_pem),
+                    "client-certificate": f"{CREDENTIALS_DIR}/kubelet-client.crt",
+                    "client-key": f"{CREDENTIALS_DIR}/kubelet-client.key",
                 },
             }
         ],
@@ -163,16 +186,50 @@ def cni_configuration(pod_cidr: str) -> dict[str, Any]:
     }
 
 
+def _tar(files: dict[str, bytes]) -> bytes:
+    """A tar archive of `files` in their order, with fixed times and owners, each 0600."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class KubeletCredentials:
+    """The kubelet's client certificate (CN=system:node:<name>, O=system:nodes) and key and its serving
+    certificate and key, PEM, all of the cluster CA."""
+
+    client_cert_pem: bytes
+    client_key_pem: bytes
+    serving_cert_pem: bytes
+    serving_key_pem: bytes
+
+    def files(self) -> dict[str, bytes]:
+        """The files of CREDENTIAL_FILES."""
+        contents = (self.client_cert_pem, self.client_key_pem, self.serving_cert_pem, self.serving_key_pem)
+        return dict(zip(CREDENTIAL_FILES, contents, strict=True))
+
+    def bundle(self) -> bytes:
+        """The renewal bundle (agent request KUBELETCERTS): a tar of CREDENTIAL_FILES, at most
+        MAX_CREDENTIALS_BUNDLE_SIZE bytes."""
+        data = _tar(self.files())
+        if len(data) > MAX_CREDENTIALS_BUNDLE_SIZE:
+            raise NodeJoinError(f"credentials bundle exceeds {MAX_CREDENTIALS_BUNDLE_SIZE} bytes")
+        return data
+
+
 @dataclass(frozen=True)
 class KubeletJoin:
-    """What a node is given to join its cluster: its name, the cluster's FQDN and CA, the kubelet's client
-    certificate (CN=system:node:<name>, O=system:nodes) and key, its pods' range and registration taints."""
+    """What a node is given to join its cluster: its name, the cluster's FQDN and CA, the kubelet's
+    credentials, its pods' range and registration taints."""
 
     node_name: str
     fqdn: str
     ca_pem: bytes
-    client_cert_pem: bytes
-    client_key_pem: bytes
+    credentials: KubeletCredentials
     kubelet_port: int
     pod_cidr: str = DEFAULT_POD_CIDR
     taints: tuple[dict[str, str], ...] = ()
@@ -184,28 +241,23 @@ class KubeletJoin:
         if _FQDN.fullmatch(self.fqdn) is None:
             raise NodeJoinError(f"cluster FQDN {self.fqdn!r} is not a lowercase DNS name")
         files = {
-            "node-name": self.node_name + "\n",
-            "hosts": f"{APISERVER_GUEST_ADDRESS} {self.fqdn}\n",
-            "kubelet.conf": kubelet_kubeconfig(
-                self.fqdn, self.ca_pem, self.client_cert_pem, self.client_key_pem
-            ),
-            "ca.crt": self.ca_pem.decode(),
-            "config.yaml": yaml.safe_dump(kubelet_configuration(self.kubelet_port, list(self.taints))),
-            "cni.conflist": json.dumps(cni_configuration(self.pod_cidr), indent=1),
+            "node-name": (self.node_name + "\n").encode(),
+            "hosts": f"{APISERVER_GUEST_ADDRESS} {self.fqdn}\n".encode(),
+            "kubelet.conf": kubelet_kubeconfig(self.fqdn, self.ca_pem).encode(),
+            "ca.crt": self.ca_pem,
+            "config.yaml": yaml.safe_dump(
+                kubelet_configuration(self.kubelet_port, list(self.taints))
+            ).encode(),
+            "cni.conflist": json.dumps(cni_configuration(self.pod_cidr), indent=1).encode(),
+            **self.credentials.files(),
         }
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name in JOIN_FILES:
-                data = files[name].encode()
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o600
-                tar.addfile(info, io.BytesIO(data))
-        if len(out.getvalue()) > MAX_JOIN_BUNDLE_SIZE:
+        data = _tar({name: files[name] for name in JOIN_FILES})
+        if len(data) > MAX_JOIN_BUNDLE_SIZE:
             raise NodeJoinError(f"join bundle of {self.node_name} exceeds {MAX_JOIN_BUNDLE_SIZE} bytes")
-        return out.getvalue()
+        return data
 
 
 def node_addresses_patch() -> dict[str, Any]:
     """The Node status patch a cloud node controller applies: the address the apiserver reaches the kubelet
     by (127.0.0.1: the node's hostfwd; the kubelet port comes from the Node's daemonEndpoints)."""
-    return {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}}
+    return {"status": {"addresses": [{"type": "InternalIP", "address": NODE_INTERNAL_IP}]}}

@@ -18,10 +18,18 @@
 #                            the tools' and kernel's messages.
 #   KUBELET <id> <b64>    -> {"id":"<id>","reply":"KUBELET","state":"started","detail":"<b64>"}
 #                            <b64>: base64 of the join bundle (trustedlaunch.node.kubelet: a tar of node-name,
-#                            hosts, kubelet.conf, ca.crt, config.yaml, cni.conflist). Once, on a verified root
+#                            hosts, kubelet.conf, ca.crt, config.yaml, cni.conflist and the credential files
+#                            kubelet-{client,server}.{crt,key}). Once, on a verified root
 #                            filesystem: places the files on its tmpfs, mounts cgroup2, brings up lo and eth0,
 #                            starts containerd from /sysroot, imports the pre-loaded images pinned, starts
 #                            kubelet; detail: what it did (or ...,"error":... with the tools' messages)
+#   KUBELETCERTS <id> <b64> -> {"id":"<id>","reply":"KUBELETCERTS","replaced":"<files>","clientSha256":"<hex>",
+#                            "servingSha256":"<hex>"}
+#                            <b64>: base64 of a tar of the credential files (renewed by the control plane);
+#                            only once kubelet was started: each written beside the old one on the tmpfs,
+#                            then renamed over it (kubelet reads the old or the new file, never a part of
+#                            one; it reloads them itself). <files>: those replaced; the sha256 of the client
+#                            and serving certificates now in place
 #   KUBELETSTATUS <id>    -> {"id":"<id>","reply":"KUBELETSTATUS","kubelet":"<state>","containerd":"<state>",
 #                            "memoryKiB":"<total>,<available>","kubeletLog":"<b64>","containerdLog":"<b64>"}
 #                            <state>: "absent" (not started), "running" or "exited"; memory: the guest's
@@ -53,8 +61,11 @@ EVENT_LOG=/sys/kernel/security/tpm0/binary_bios_measurements
 # (trustedlaunch.node.container_images.PRELOADED_IMAGE_LABELS).
 NODE_ADDRESS=10.0.2.15/24
 NODE_GATEWAY=10.0.2.2
-JOIN_FILES="node-name hosts kubelet.conf ca.crt config.yaml cni.conflist"
+CREDENTIAL_FILES="kubelet-client.crt kubelet-client.key kubelet-server.crt kubelet-server.key"
+JOIN_FILES="node-name hosts kubelet.conf ca.crt config.yaml cni.conflist $CREDENTIAL_FILES"
+CREDENTIALS_DIR=/sysroot/etc/kubernetes/pki
 MAX_BUNDLE_CHARS=65536
+MAX_CERTS_CHARS=16384
 PINNED_LABEL=io.cri-containerd.pinned=pinned
 IMAGES_DIR=/usr/share/trustedlaunch/images
 kubelet_pid="" containerd_pid=""
@@ -203,7 +214,10 @@ join_node() {
     mkdir -p /sysroot/etc/kubernetes/pki /sysroot/var/lib/kubelet /sysroot/var/log /sysroot/run/trustedlaunch || return
     cp join/kubelet.conf join/config.yaml /sysroot/etc/kubernetes/ || return
     chmod 600 /sysroot/etc/kubernetes/kubelet.conf
-    cp join/ca.crt /sysroot/etc/kubernetes/pki/ca.crt || return
+    cp join/ca.crt $CREDENTIALS_DIR/ca.crt || return
+    for file in $CREDENTIAL_FILES; do
+        cp "join/$file" "$CREDENTIALS_DIR/$file" && chmod 600 "$CREDENTIALS_DIR/$file" || return
+    done
     cp join/cni.conflist /sysroot/etc/cni/net.d/10-pods.conflist || return
     # /etc is read-only: the cluster FQDN goes into a copy of /etc/hosts on tmpfs, bound over it
     cat /sysroot/etc/hosts join/hosts >/sysroot/run/trustedlaunch/hosts || return
@@ -268,6 +282,41 @@ start_kubelet() {
     reply "\"reply\":\"KUBELET\",\"state\":\"started\",\"detail\":\"$(tail -c 4096 join.log | base64 -w 0)\""
 }
 
+renew_credentials() {
+    # $1: base64 of the credentials bundle
+    rm -rf renew renew.log
+    if [ -z "$kubelet_pid" ]; then
+        fail KUBELETCERTS "kubelet was not started: there are no credentials to replace"
+        return
+    fi
+    if [ -z "$1" ] || [ ${#1} -gt $MAX_CERTS_CHARS ]; then
+        fail KUBELETCERTS "the credentials bundle is empty or longer than $MAX_CERTS_CHARS base64 characters"
+        return
+    fi
+    mkdir renew
+    if ! printf '%s' "$1" | base64 -d >renew.tar 2>renew.log || ! tar -xf renew.tar -C renew 2>>renew.log; then
+        fail KUBELETCERTS "the credentials bundle is not base64 of a tar archive" renew.log
+        return
+    fi
+    for file in $CREDENTIAL_FILES; do
+        [ -f "renew/$file" ] && [ -s "renew/$file" ] || { fail KUBELETCERTS "the credentials bundle has no $file"; return; }
+    done
+    # Written beside the old files on the same tmpfs first, then each renamed over its old file.
+    for file in $CREDENTIAL_FILES; do
+        if ! cp "renew/$file" "$CREDENTIALS_DIR/.$file.new" 2>>renew.log || ! chmod 600 "$CREDENTIALS_DIR/.$file.new"; then
+            fail KUBELETCERTS "the new credentials could not be written" renew.log
+            return
+        fi
+    done
+    for file in $CREDENTIAL_FILES; do
+        mv -f "$CREDENTIALS_DIR/.$file.new" "$CREDENTIALS_DIR/$file" 2>>renew.log || { fail KUBELETCERTS "$file was not replaced" renew.log; return; }
+    done
+    client=$(sha256sum "$CREDENTIALS_DIR/kubelet-client.crt")
+    serving=$(sha256sum "$CREDENTIALS_DIR/kubelet-server.crt")
+    echo "trustedlaunch: kubelet credentials renewed" >/dev/console
+    reply "\"reply\":\"KUBELETCERTS\",\"replaced\":\"$CREDENTIAL_FILES\",\"clientSha256\":\"${client%% *}\",\"servingSha256\":\"${serving%% *}\""
+}
+
 process_state() {
     # $1: pid (empty: never started); a zombie (state Z, not reaped yet by this shell) has exited
     if [ -z "$1" ]; then
@@ -303,6 +352,7 @@ handle() {
         EVENTLOG) event_log ;;
         ROOTFS) rootfs_report ;;
         KUBELET) start_kubelet "$3" ;;
+        KUBELETCERTS) renew_credentials "$3" ;;
         KUBELETSTATUS) kubelet_status ;;
         "") ;;
         *) fail UNKNOWN "unknown request" ;;
