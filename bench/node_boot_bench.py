@@ -34,7 +34,7 @@ from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.control.node_images import build_release_image
 from trustedlaunch.node.image import NodeImage
-from trustedlaunch.node.qemu import FIRMWARE, NodeVM, kvm_usable
+from trustedlaunch.node.qemu import FIRMWARE, NodeVM, default_accel
 from trustedlaunch.tpm.ekca import create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -141,7 +141,7 @@ def main() -> None:
         image = build_release_image(base / "image")  # the image real nodes boot (dm-verity root filesystem)
         print(f"image build:          {time.monotonic() - started:6.2f} s  (version {image.version})")
         started = time.monotonic()
-        accel = "kvm" if kvm_usable() else "tcg"
+        accel = default_accel()
         print(f"accelerator probe:    {time.monotonic() - started:6.2f} s  ({accel})")
         policy = policy_for_image(image.esp_dir, FIRMWARE[True][1])
         trusted, plain = [], []

@@ -59,7 +59,7 @@ from trustedlaunch.node.kubelet import (
     NodeNetwork,
     node_addresses_patch,
 )
-from trustedlaunch.node.qemu import FIRMWARE, NodeVM
+from trustedlaunch.node.qemu import FIRMWARE, NodeVM, default_accel
 from trustedlaunch.tpm.ekca import create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -273,10 +273,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=3, help="trusted nodes (and peers) per accelerator")
     parser.add_argument(
-        "--accel", action="append", help="QEMU -accel value (repeatable; default tcg)", default=None
+        "--accel", action="append", help="QEMU -accel value (repeatable; default: the node VMs')"
     )
     arguments = parser.parse_args()
-    accels = arguments.accel or ["tcg"]
+    accels = arguments.accel or [default_accel()]
     base = Path(tempfile.mkdtemp(prefix="tl-jb-"))  # short: the VMs' unix sockets live under it
     plane = HostedControlPlane(verified_release(), base / "plane", FQDN, ControlPlanePorts.free())
     try:
