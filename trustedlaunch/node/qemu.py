@@ -56,8 +56,8 @@ CONSOLE_TAIL_CHARS = 3000
 NODE_VCPUS = 1
 NODE_MEMORY_MIB = 512
 # Software emulation with a 128 MiB translation cache (QEMU's default is 1 GiB for a guest of 512 MiB and
-# more): bench/node_join_bench.py measured QEMU's RSS at 580 MiB instead of 885 with a joined node, and no
-# slower boot (QEMU CPU seconds to a pod Running 47-53 instead of 57-67).
+# more): bench/node_join_bench.py measured QEMU's RSS at 574-587 MiB instead of 872-876 with a joined node
+# running a pod, and no slower join (VM start to Node Ready 31-33 s and 38-39 QEMU CPU seconds either way).
 TCG_ACCEL = "tcg,tb-size=128"
 SUPERVISOR_START_TIMEOUT = 30.0  # seconds for the supervisor to start QEMU and report its pid
 AGENT_COMMAND_TIMEOUT = 60.0  # seconds for one relayed TPM command (20-50 ms each on an idle TCG machine)
