@@ -470,7 +470,8 @@ def _pending_pod_runs(scenario: _Scenario) -> None:
     with scenario.step("The Pending pod runs on the reimaged Secure Boot node"):
         scenario.kubectl("get", "nodes", "-L", f"{LABEL_TRUSTED_LAUNCH},{LABEL_SECURE_BOOT}")
         scenario.kubectl("wait", "--for=condition=Ready", f"pod/{PENDING_POD}", f"--timeout={POD_SECONDS}s")
-        scenario.kubectl("get", "pods", "-o", "wide")
+        # (not `get pods`: a pod deleted in step 5 may still be terminating, bound to the old node's name)
+        scenario.kubectl("get", "pod", PENDING_POD, "-o", "wide")
         scenario.kubectl("logs", PENDING_POD)
         _check_pod_node(scenario, PENDING_POD, dict(DOCS_PODS)[PENDING_POD])
 
