@@ -34,7 +34,7 @@ from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.control.node_images import build_release_image
 from trustedlaunch.node.image import NodeImage
-from trustedlaunch.node.qemu import FIRMWARE, NodeVM, kvm_usable
+from trustedlaunch.node.qemu import FIRMWARE, NodeVM, default_accel
 from trustedlaunch.tpm.ekca import create_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -48,7 +48,7 @@ PHASES = (
 )
 
 
-def _qemu_cpu_seconds(pid: int | None) -> float:
+def qemu_cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of a running process (0 when it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -57,27 +57,28 @@ def _qemu_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _PhaseClock(threading.Thread):
-    """Watches the console log and stamps (wall, QEMU CPU) seconds when each phase's marker appears."""
+class PhaseClock(threading.Thread):
+    """Watches the console log and stamps (wall, QEMU CPU) seconds when each of `phases`' markers appears
+    ((marker, the phase it ends), in boot order)."""
 
-    def __init__(self, vm: NodeVM, started: float):
+    def __init__(self, vm: NodeVM, started: float, phases: tuple[tuple[bytes, str], ...] = PHASES):
         super().__init__(daemon=True)
-        self.vm, self.started = vm, started
+        self.vm, self.started, self.phases = vm, started, phases
         self.stamps: dict[bytes, tuple[float, float]] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
-        while not self.done.is_set() and len(self.stamps) < len(PHASES):
+        while not self.done.is_set() and len(self.stamps) < len(self.phases):
             console = self.vm.console_log.read_bytes() if self.vm.console_log.exists() else b""
-            stamp = (time.monotonic() - self.started, _qemu_cpu_seconds(self.vm.pid))
-            for marker, _ in PHASES:
+            stamp = (time.monotonic() - self.started, qemu_cpu_seconds(self.vm.pid))
+            for marker, _ in self.phases:
                 if marker not in self.stamps and marker in console:
                     self.stamps[marker] = stamp
             time.sleep(0.05)
 
     def report(self, ready: tuple[float, float]) -> None:
         previous = (0.0, 0.0)
-        for marker, name in PHASES:
+        for marker, name in self.phases:
             if marker not in self.stamps:
                 print(f"    {name:45s}  (not seen on the console)")
                 continue
@@ -107,10 +108,10 @@ def boot_once(image: NodeImage, policy: Policy, base: Path, run: int, accel: str
     load_before = os.getloadavg()[0]
     vm = NodeVM(image, base / f"vm-{run}", secure_boot=True, vtpm=vtpm, accel=accel)
     with vm:
-        clock = _PhaseClock(vm, time.monotonic())
+        clock = PhaseClock(vm, time.monotonic())
         clock.start()
         ready = vm.wait_ready()
-        ready_cpu = _qemu_cpu_seconds(vm.pid)
+        ready_cpu = qemu_cpu_seconds(vm.pid)
         clock.done.set()
         attest_started = time.monotonic()
         first = attest_node(vm, policy=policy, ek_ca=[ek_ca.certificate])
@@ -140,7 +141,7 @@ def main() -> None:
         image = build_release_image(base / "image")  # the image real nodes boot (dm-verity root filesystem)
         print(f"image build:          {time.monotonic() - started:6.2f} s  (version {image.version})")
         started = time.monotonic()
-        accel = "kvm" if kvm_usable() else "tcg"
+        accel = default_accel()
         print(f"accelerator probe:    {time.monotonic() - started:6.2f} s  ({accel})")
         policy = policy_for_image(image.esp_dir, FIRMWARE[True][1])
         trusted, plain = [], []

@@ -59,9 +59,54 @@ def test_trust_core_demo_runs_end_to_end_with_real_components(testdata: Path) ->
 def machine_row(output: str, name: str) -> list[str]:
     """The last `tl aks machine list -o table` row of node `name`: name, state, Secure Boot, vTPM,
     attestation, labels."""
-    rows = [line.split() for line in output.splitlines() if line.startswith(name + " ")]
+    rows = [
+        line.split()
+        for line in output.splitlines()
+        if line.startswith(name + " ") and "kubernetes.azure.com/agentpool=" in line  # not kubectl's rows
+    ]
     assert rows, f"no machine row for {name} in:\n{output}"
     return rows[-1]
+
+
+def node_columns(output: str, name: str) -> list[list[str]]:
+    """Every `kubectl get nodes -L trusted-launch,secure-boot` row of node `name`, split (an empty label
+    column is missing)."""
+    return [line.split() for line in output.splitlines() if line.startswith(name + " ")]
+
+
+def assert_docs_pods(output: str) -> None:
+    """The AKS docs' pods as the demo's real kubectl output shows them."""
+    system, vtpm_only = "aks-nodepool1-00000001-vmss000000", "aks-vtpmpool-00000002-vmss000000"
+    assert "-L kubernetes.azure.com/trusted-launch,kubernetes.azure.com/secure-boot" in output
+    header = next(
+        line.split() for line in output.splitlines() if line.startswith("NAME ") and "SECURE-BOOT" in line
+    )
+    assert header[-2:] == ["TRUSTED-LAUNCH", "SECURE-BOOT"]
+    # before the reimage: the system pool's node has both labels, the vTPM-only pool's trusted-launch only
+    assert node_columns(output, system)[0][1] == "Ready" and node_columns(output, system)[0][-2:] == [
+        "true",
+        "true",
+    ]
+    first_vtpm_only = node_columns(output, vtpm_only)[0]
+    assert first_vtpm_only[1] == "Ready" and first_vtpm_only[-1] == "true" and len(first_vtpm_only) == 6
+    # the Secure Boot pod runs on the only Secure Boot node, the trusted launch pod on a vTPM node
+    assert f"hello from secure-boot-pod on node {system}\n" in output
+    assert (
+        f"verified pod secure-boot-pod runs on node {system} (kubernetes.azure.com/secure-boot=true)"
+        in output
+    )
+    assert "hello from trusted-launch-pod on node aks-" in output
+    assert "verified pod trusted-launch-pod runs on node aks-" in output
+    # Secure Boot in the vTPM-only pool: no attested node has it, the scheduler says why
+    assert (
+        "secure-boot-vtpmpool-pod stays Pending; the scheduler says: 0/2 nodes are available: "
+        "2 node(s) didn't match Pod's node affinity/selector" in output
+    )
+    assert "FailedScheduling" in output
+    # after the pool's reimage with Secure Boot it runs there, and kubectl logs reaches it
+    assert "hello from secure-boot-vtpmpool-pod on node aks-vtpmpool-" in output
+    assert "verified pod secure-boot-vtpmpool-pod runs on node aks-vtpmpool-" in output
+    assert node_columns(output, vtpm_only)[-1][-2:] == ["true", "true"]
 
 
 @pytest.mark.slow
@@ -85,15 +130,18 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
         check=False,
     )
     output = result.stdout
+    print(output)  # the demo as a user sees it (pytest -s), its timings table last
     assert result.returncode == 0, output + result.stderr
     for step in (
         "1. Register the TrustedLaunchPreview feature and refresh the provider",
         "2. Create a cluster with one Secure Boot + vTPM node",
         "3. Reach the cluster's own Kubernetes API server with kubectl",
         "4. Add a vTPM-only node pool",
-        "5. Enable Secure Boot on the vTPM-only pool",
-        "6. List the nodes with their labels and attestation results",
-        "7. Delete the cluster",
+        "5. Schedule the AKS docs' pods by the trusted launch labels",
+        "6. Enable Secure Boot on the vTPM-only pool",
+        "7. List the nodes with their labels and attestation results",
+        "8. The Pending pod runs on the reimaged Secure Boot node",
+        "9. Delete the cluster",
     ):
         assert step in output
     # the cluster's own control plane answered kubectl with the admin kubeconfig of get-credentials
@@ -120,6 +168,7 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
             "kubernetes.azure.com/trusted-launch=true",
         }, row
         assert f"verified {name}: Ready, Secure Boot + vTPM, Attested" in output
+    assert_docs_pods(output)
     assert "demo complete" in output
 
     left = subprocess.run(

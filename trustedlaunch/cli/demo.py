@@ -4,10 +4,13 @@
 process with its embedded API server and node reconciler, on a store and state of its own (a temporary
 directory, or --data-dir): register the TrustedLaunchPreview feature and wait until it is Registered,
 refresh the provider, create a cluster with one Secure Boot + vTPM node (and its own Kubernetes control
-plane), reach its API server with kubectl and the kubeconfig of `tl aks get-credentials`, add a vTPM-only
-pool, enable Secure Boot on it (a rolling reimage: new VM, new vTPM, attested again), list the nodes of both
-pools with their labels and attestation results, then delete the cluster and check that no VM or
-control-plane process is left.
+plane; its node joins it as a Kubernetes node once attested), reach its API server with kubectl and the
+kubeconfig of `tl aks get-credentials`, add a vTPM-only pool, schedule the AKS documentation's pods by the
+trusted launch labels (`kubectl get nodes -L ...`; a Secure Boot pod runs on the Secure Boot node, a trusted
+launch pod on a vTPM node, and a pod asking for Secure Boot in the vTPM-only pool stays Pending with the
+scheduler's reason), enable Secure Boot on that pool (a rolling reimage: new VM, new vTPM, attested again),
+list the nodes of both pools with their labels and attestation results, show that the Pending pod now runs
+on the reimaged node, then delete the cluster and check that no VM or control-plane process is left.
 
 `tl demo trust-core` runs the fast offline demo of the trust core:
 1. Build a node image from Debian's signed shim, GRUB and kernel and decide, offline, whether it boots
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -50,12 +54,13 @@ from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.cli.aks import MACHINE_COLUMNS
 from trustedlaunch.control.hosted_control_plane import control_plane_processes, stop_control_plane_processes
 from trustedlaunch.control.kubernetes_release import KubernetesReleaseError, cache_root, verified_release
-from trustedlaunch.control.labels import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
+from trustedlaunch.control.labels import LABEL_AGENT_POOL, LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
 from trustedlaunch.control.node_processes import kill_node_processes, node_processes
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.replay import replay
 from trustedlaunch.eventlog.summary import summarize
-from trustedlaunch.node.image import build_node_image
+from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version
+from trustedlaunch.node.image import BUSYBOX, build_node_image
 from trustedlaunch.node.qemu import firmware_varstore
 from trustedlaunch.tpm.swtpm import Swtpm
 from trustedlaunch.uefi.secureboot import BootDecision, decide_boot
@@ -72,6 +77,17 @@ SYSTEM_POOL = "nodepool1"
 VTPM_POOL = "vtpmpool"
 FEATURE = ("--namespace", "Microsoft.ContainerService", "--name", "TrustedLaunchPreview")
 FEATURE_DELAY_SECONDS = "10"  # how long the demo's feature registration stays Registering
+# The AKS documentation's pods: (name, nodeSelector). The last one asks for Secure Boot in the vTPM-only
+# pool, which no attested node has until that pool's reimage with Secure Boot.
+SECURE_BOOT_POD = "secure-boot-pod"
+TRUSTED_LAUNCH_POD = "trusted-launch-pod"
+PENDING_POD = "secure-boot-vtpmpool-pod"
+DOCS_PODS = (
+    (SECURE_BOOT_POD, {LABEL_SECURE_BOOT: "true"}),
+    (TRUSTED_LAUNCH_POD, {LABEL_TRUSTED_LAUNCH: "true"}),
+    (PENDING_POD, {LABEL_SECURE_BOOT: "true", LABEL_AGENT_POOL: VTPM_POOL}),
+)
+POD_SECONDS = 300  # pod create -> Running (about 10 s under TCG on a quiet machine)
 # The user's own API, store and credentials are not the demo's.
 FOREIGN_SETTINGS = ("TL_ENDPOINT", "TL_TOKEN", "TL_DATABASE_URL", "TL_SUBSCRIPTION")
 
@@ -181,6 +197,7 @@ class _Scenario:
         }
         env.setdefault("TL_FEATURE_REGISTRATION_DELAY_SECONDS", FEATURE_DELAY_SECONDS)
         self.env = env
+        self.kubeconfig = data_dir / "kubeconfig"  # the cluster admin's, from `tl aks get-credentials`
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -208,6 +225,28 @@ class _Scenario:
         if result.returncode != 0:
             raise DemoFailedError(f"`tl {' '.join(args)}` exited with {result.returncode}")
         return result.stdout or ""
+
+    def kubectl(self, *arguments: str, capture: bool = False, show: bool = True) -> str:
+        """Run the cached kubectl with the cluster's admin kubeconfig (the command shown first unless not
+        `show`); its output goes to the terminal unless captured (then returned)."""
+        if show:
+            console.print(f"[bold cyan]$ kubectl {' '.join(arguments)}[/]", soft_wrap=True)
+        sys.stdout.flush()
+        try:
+            kubectl = verified_release().binary("kubectl")
+        except KubernetesReleaseError as exc:
+            raise DemoFailedError(str(exc)) from None
+        done = subprocess.run(
+            [str(kubectl), "--kubeconfig", str(self.kubeconfig), *arguments],
+            env=self.env,
+            stdout=subprocess.PIPE if capture else None,
+            text=True,
+            check=False,
+        )
+        sys.stdout.flush()
+        if done.returncode != 0:
+            raise DemoFailedError(f"kubectl {' '.join(arguments)} failed (exit {done.returncode})")
+        return done.stdout or ""
 
     def machines(self, pool: str) -> list[Machine]:
         """Show `tl aks machine list -o table` of `pool` and return its rows."""
@@ -265,8 +304,10 @@ def _scenario(data_dir: Path, timeout: int) -> None:
         _create_cluster(scenario)
         _use_kubectl(scenario)
         _add_vtpm_pool(scenario)
+        _schedule_docs_pods(scenario)
         _enable_secure_boot(scenario)
         _list_nodes(scenario)
+        _pending_pod_runs(scenario)
     except DemoFailedError as exc:
         failure = str(exc)
     finally:
@@ -303,25 +344,15 @@ def _create_cluster(scenario: _Scenario) -> None:
 
 
 def _use_kubectl(scenario: _Scenario) -> None:
-    """The cluster's own API server (its hosted control plane) with kubectl and get-credentials' kubeconfig.
-    Its node VMs do not join it as Kubernetes nodes yet."""
+    """The cluster's own API server (its hosted control plane), with kubectl and get-credentials'
+    kubeconfig."""
     with scenario.step("Reach the cluster's own Kubernetes API server with kubectl"):
-        kubeconfig = scenario.data_dir / "kubeconfig"
         scenario.run(
-            "aks", "get-credentials", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--admin", "-f", str(kubeconfig)
-        )
-        try:
-            kubectl = str(verified_release().binary("kubectl"))
-        except KubernetesReleaseError as exc:
-            raise DemoFailedError(str(exc)) from None
+            "aks", "get-credentials", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--admin",
+            "-f", str(scenario.kubeconfig),
+        )  # fmt: skip
         for arguments in (("version",), ("auth", "whoami"), ("get", "namespaces")):
-            console.print(f"[bold cyan]$ kubectl {' '.join(arguments)}[/]")
-            sys.stdout.flush()
-            done = subprocess.run(
-                [kubectl, "--kubeconfig", str(kubeconfig), *arguments], env=scenario.env, check=False
-            )
-            if done.returncode != 0:
-                raise DemoFailedError(f"kubectl {' '.join(arguments)} failed (exit {done.returncode})")
+            scenario.kubectl(*arguments)
 
 
 def _add_vtpm_pool(scenario: _Scenario) -> None:
@@ -330,6 +361,93 @@ def _add_vtpm_pool(scenario: _Scenario) -> None:
             "aks", "nodepool", "add", "-g", RESOURCE_GROUP, "--cluster-name", CLUSTER, "--name", VTPM_POOL,
             "--node-count", "1", "--enable-vtpm", "--timeout", scenario.timeout, "-o", "table",
         )  # fmt: skip
+
+
+def docs_pods_manifest() -> str:
+    """The AKS documentation's pods (DOCS_PODS) as YAML: the pre-loaded busybox image, each printing its
+    name and its node, then waiting (it exits at once on SIGTERM)."""
+    image = f"{BUSYBOX_REPOSITORY}:{busybox_version(BUSYBOX)}"
+    pods = [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeSelector": selector,
+                "containers": [
+                    {
+                        "name": "hello",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": [
+                            "sh",
+                            "-c",
+                            f'echo "hello from {name} on node $NODE_NAME"; '
+                            "trap 'exit 0' TERM; sleep 3600 & wait",
+                        ],
+                        "env": [
+                            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+                        ],
+                    }
+                ],
+                "automountServiceAccountToken": False,  # they do not call the API server
+                "terminationGracePeriodSeconds": 5,
+            },
+        }
+        for name, selector in DOCS_PODS
+    ]
+    return yaml.safe_dump_all(pods, sort_keys=False, width=200)
+
+
+def _schedule_docs_pods(scenario: _Scenario) -> None:
+    """The AKS docs' pods: each trusted launch nodeSelector finds its node; Secure Boot in the vTPM-only pool
+    has none and stays Pending with the scheduler's reason."""
+    with scenario.step("Schedule the AKS docs' pods by the trusted launch labels"):
+        scenario.kubectl("get", "nodes", "-L", f"{LABEL_TRUSTED_LAUNCH},{LABEL_SECURE_BOOT}")
+        manifest = scenario.data_dir / "docs-pods.yaml"
+        manifest.write_text(docs_pods_manifest())
+        console.print(f"{manifest}:", soft_wrap=True)
+        console.print(manifest.read_text(), end="", markup=False, highlight=False, soft_wrap=True)
+        scenario.kubectl("apply", "-f", str(manifest))
+        scenario.kubectl(
+            "wait", "--for=condition=Ready", f"pod/{SECURE_BOOT_POD}", f"pod/{TRUSTED_LAUNCH_POD}",
+            f"--timeout={POD_SECONDS}s",
+        )  # fmt: skip
+        scenario.kubectl(
+            "wait", "--for=condition=PodScheduled=False", f"pod/{PENDING_POD}", f"--timeout={POD_SECONDS}s"
+        )
+        scenario.kubectl("get", "pods", "-o", "wide")
+        for name, selector in DOCS_PODS[:2]:
+            scenario.kubectl("logs", name)
+            _check_pod_node(scenario, name, selector)
+        scheduled = 'jsonpath={.status.conditions[?(@.type=="PodScheduled")].message}'
+        reason = scenario.kubectl("get", "pod", PENDING_POD, "-o", scheduled, capture=True, show=False)
+        console.print(f"{PENDING_POD} stays Pending; the scheduler says: {reason}", soft_wrap=True)
+        scenario.kubectl(
+            "get", "events", "--field-selector", f"reason=FailedScheduling,involvedObject.name={PENDING_POD}"
+        )  # fmt: skip
+        if "didn't match Pod's node affinity/selector" not in reason:
+            raise DemoFailedError(f"{PENDING_POD} is unschedulable for another reason: {reason}")
+        console.print(
+            "The pods that ran are deleted; the Pending one waits for the vTPM-only pool's Secure Boot."
+        )
+        scenario.kubectl("delete", "pod", SECURE_BOOT_POD, TRUSTED_LAUNCH_POD, "--wait=false")
+
+
+def _check_pod_node(scenario: _Scenario, pod: str, selector: dict[str, str]) -> None:
+    """Fail the demo unless `pod` runs on a node carrying its `selector` labels; print that node."""
+    node = scenario.kubectl("get", "pod", pod, "-o", "jsonpath={.spec.nodeName}", capture=True, show=False)
+    if not node:
+        raise DemoFailedError(f"pod {pod} runs on no node")
+    labels = json.loads(
+        scenario.kubectl("get", "node", node, "-o", "jsonpath={.metadata.labels}", capture=True, show=False)
+        or "{}"
+    )
+    missing = {key: value for key, value in selector.items() if labels.get(key) != value}
+    if missing:
+        raise DemoFailedError(f"pod {pod} runs on node {node}, which lacks {missing}")
+    wanted = ", ".join(f"{key}={value}" for key, value in selector.items())
+    console.print(f"[green]verified[/] pod {pod} runs on node {node} ({wanted})", soft_wrap=True)
 
 
 def _enable_secure_boot(scenario: _Scenario) -> None:
@@ -345,6 +463,17 @@ def _list_nodes(scenario: _Scenario) -> None:
         for pool in (SYSTEM_POOL, VTPM_POOL):
             for machine in scenario.machines(pool):
                 _check_machine(machine)
+
+
+def _pending_pod_runs(scenario: _Scenario) -> None:
+    """After the reimage the vTPM-only pool's node has Secure Boot: the Pending pod runs there."""
+    with scenario.step("The Pending pod runs on the reimaged Secure Boot node"):
+        scenario.kubectl("get", "nodes", "-L", f"{LABEL_TRUSTED_LAUNCH},{LABEL_SECURE_BOOT}")
+        scenario.kubectl("wait", "--for=condition=Ready", f"pod/{PENDING_POD}", f"--timeout={POD_SECONDS}s")
+        # (not `get pods`: a pod deleted in step 5 may still be terminating, bound to the old node's name)
+        scenario.kubectl("get", "pod", PENDING_POD, "-o", "wide")
+        scenario.kubectl("logs", PENDING_POD)
+        _check_pod_node(scenario, PENDING_POD, dict(DOCS_PODS)[PENDING_POD])
 
 
 def _check_machine(machine: Machine) -> None:
