@@ -31,6 +31,7 @@ from trustedlaunch.control.hosted_control_plane import (
     stop_control_plane_processes,
 )
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease
+from trustedlaunch.control.node_processes import command_line
 
 pytestmark = pytest.mark.slow
 
@@ -226,6 +227,40 @@ def test_the_processes_outlive_a_killed_launcher_and_are_found_and_stopped(
     assert sorted(stopped) == sorted(running)
     assert control_plane_processes(data_dir) == {}
     assert (data_dir / "etcd" / "member").is_dir()  # the data stays for a later start
+
+
+class PlaneOfAnOlderRelease(HostedControlPlane):
+    """A control plane as an older trustedlaunch started it: its scheduler with another command line."""
+
+    def command(self, component: str) -> list[str]:
+        command = super().command(component)
+        return [*command, "--v=1"] if component == "kube-scheduler" else command
+
+
+def test_a_process_with_an_older_command_line_is_replaced_when_adopted(
+    kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """Adopting a running plane (as the next `tl serve` does) replaces a process started with another
+    command line than this release's (an upgrade's new flags reach running planes) and keeps the others."""
+    data_dir = tmp_path / "aks5"
+    ports = ControlPlanePorts.free()
+    try:
+        older = PlaneOfAnOlderRelease(kubernetes_release, data_dir, FQDN, ports)
+        assert sorted(older.start()) == sorted(COMPONENTS)
+        older.wait_ready()
+        before = {component: pid for pid, component in control_plane_processes(data_dir).items()}
+        current = HostedControlPlane(kubernetes_release, data_dir, FQDN, ports)
+        assert current.start() == ["kube-scheduler"]
+        current.wait_ready()
+        after = {component: pid for pid, component in control_plane_processes(data_dir).items()}
+        assert after["kube-scheduler"] != before["kube-scheduler"]
+        assert command_line(after["kube-scheduler"]) == current.command("kube-scheduler")
+        kept = [component for component in COMPONENTS if component != "kube-scheduler"]
+        assert [after[component] for component in kept] == [before[component] for component in kept]
+        assert current.start() == []  # its command lines are this release's now: adopted as they are
+    finally:
+        stop_control_plane_processes(data_dir)
+    assert control_plane_processes(data_dir) == {}
 
 
 def test_lightkube_reads_the_admin_kubeconfig(control_plane: HostedControlPlane) -> None:

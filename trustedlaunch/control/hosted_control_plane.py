@@ -124,23 +124,28 @@ def _gone(pid: int) -> bool:
     return command_line(pid) is None
 
 
+def _stop(pids: list[int], what: str, grace: float) -> None:
+    """SIGTERM `pids`, then SIGKILL those left after `grace` seconds; raises ControlPlaneError naming
+    `what` if one survives that."""
+    for stop_signal in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stop_signal)
+        deadline = time.monotonic() + grace
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if all(_gone(pid) for pid in pids):
+            return
+    raise ControlPlaneError(f"{what} processes {pids} did not stop after SIGKILL")
+
+
 def stop_control_plane_processes(data_dir: Path, grace: float = STOP_GRACE_SECONDS) -> list[int]:
     """Stop the control-plane processes of `data_dir` that a launcher killed with SIGKILL left running:
     one component at a time, etcd last, SIGTERM then SIGKILL after `grace` seconds; their pids."""
     stopped = []
     for component in reversed(COMPONENTS):
         pids = [pid for pid, name in control_plane_processes(data_dir).items() if name == component]
-        for stop_signal in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, stop_signal)
-            deadline = time.monotonic() + grace
-            while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if all(_gone(pid) for pid in pids):
-                break
-        else:
-            raise ControlPlaneError(f"{component} processes {pids} of {data_dir} did not stop after SIGKILL")
+        _stop(pids, f"{component} of {data_dir}", grace)
         stopped += pids
     return stopped
 
@@ -204,7 +209,9 @@ class HostedControlPlane:
 
     def start(self) -> list[str]:
         """Make the PKI and kubeconfigs if missing, then start those of the four processes that are not
-        running already (they wait for etcd; data such as etcd's is kept); the components started."""
+        running already (they wait for etcd; data such as etcd's is kept); the components started. A running
+        process whose command line is not this trustedlaunch's for its component (one an older release
+        started, e.g. with other flags) is stopped and started anew, so an upgrade reaches adopted planes."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.pki.directory.exists():
             create_cluster_pki(self.pki.directory, self.fqdn, self.service_cidr)
@@ -215,7 +222,11 @@ class HostedControlPlane:
             path.write_text(client_kubeconfig(self.server, self.pki.ca_cert, cert, key, stem))
             path.chmod(0o600)
         (self.data_dir / "logs").mkdir(exist_ok=True)
-        running = set(control_plane_processes(self.data_dir).values())
+        found = control_plane_processes(self.data_dir)
+        outdated = [pid for pid, component in found.items() if command_line(pid) != self.command(component)]
+        if outdated:
+            _stop(outdated, f"outdated control plane of {self.data_dir}", STOP_GRACE_SECONDS)
+        running = {component for pid, component in found.items() if pid not in outdated}
         started = [component for component in COMPONENTS if component not in running]
         for component in started:
             self._spawn(component, self.command(component))
