@@ -20,4 +20,4 @@ TABLES = {
     "cluster_control_planes",
     "alembic_version",
 }
-HEAD_REVISION = "0014_debian_node_image_names"
+HEAD_REVISION = "0015_node_attestation_policy"

@@ -114,7 +114,11 @@ def stored_versions(sessions: sessionmaker[Session]) -> dict[str, object]:
     with sessions() as session:
         return {
             "pools": {p.name: p.node_image_version for p in session.scalars(select(AgentPool))},
-            "nodes": {n.name: n.node_image_version for n in session.scalars(select(Node))},
+            # only the columns this migration knows (later ones add node columns)
+            "nodes": {
+                row.name: row.node_image_version
+                for row in session.execute(select(Node.name, Node.node_image_version))
+            },
             "policies": {
                 (p.node_image_version, p.secure_boot): p.policy for p in session.scalars(select(ImagePolicy))
             },

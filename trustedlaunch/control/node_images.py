@@ -5,6 +5,7 @@ Linux image) and the one builder of the node image real nodes boot (`build_relea
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from trustedlaunch.control import kubernetes_release, node_runtime_release
 from trustedlaunch.control.vm_sizes import VmSize
 from trustedlaunch.node import image as node_image
-from trustedlaunch.node.container_images import write_node_images
+from trustedlaunch.node.container_images import add_image_archive, write_node_images
 from trustedlaunch.node.debian import debian_release
 from trustedlaunch.store.models import NodeImage
 
@@ -142,36 +143,61 @@ def seed_node_images(session: Session) -> None:
 PRELOADED_IMAGES_DIR = "container-images"  # next to the built image: the archives its root filesystem holds
 
 
-def image_release() -> dict[str, str]:
-    """What the node image of this trustedlaunch is built from: the pinned Kubernetes release (kubelet) and
-    container runtime of its root filesystem (recorded in the image's metadata)."""
-    return {
+OPERATOR_IMAGES_DIR = "container-images"  # in the reconciler's state dir: an operator's OCI image archives
+
+
+def operator_archives(operator_images: Path | None) -> list[Path]:
+    """The OCI image archives (`*.tar`) an operator put into `operator_images`, by name."""
+    if operator_images is None or not operator_images.is_dir():
+        return []
+    return sorted(operator_images.glob("*.tar"))
+
+
+def image_release(operator_images: Path | None = None) -> dict[str, str]:
+    """What the node image of this trustedlaunch is built from (recorded in the image's metadata): the
+    pinned Kubernetes release (kubelet) and container runtime of its root filesystem, and the operator's
+    image archives in `operator_images` (a fingerprint of their names, sizes and modification times: an
+    archive added, removed or replaced makes another release)."""
+    release = {
         "kubernetes": kubernetes_release.KUBERNETES_VERSION,
         "nodeRuntime": node_runtime_release.release_name(),
     }
+    archives = operator_archives(operator_images)
+    if archives:
+        stats = [(archive.name, archive.stat()) for archive in archives]
+        listing = "".join(f"{name} {stat.st_size} {stat.st_mtime_ns}\n" for name, stat in stats)
+        release["operatorImages"] = hashlib.sha256(listing.encode()).hexdigest()
+    return release
 
 
-def build_release_image(out_dir: Path, *, kernel: Path | None = None) -> node_image.NodeImage:
+def build_release_image(
+    out_dir: Path, *, kernel: Path | None = None, operator_images: Path | None = None
+) -> node_image.NodeImage:
     """Build the node image real nodes boot into `out_dir`: Debian's signed boot chain (`kernel`, by default
     the newest installed) and the agent, and a dm-verity root filesystem holding the verified kubelet and
-    container runtime (from the user cache, each binary checked by SHA-256) and the pre-loaded pause and
-    busybox images (their archives written into `out_dir/container-images` first). Raises
-    CachedBinaryError when `make setup` has not built them."""
+    container runtime (from the user cache, each binary checked by SHA-256), the pre-loaded pause and
+    busybox images and the operator's image archives in `operator_images` (each checked by
+    add_image_archive; all written into `out_dir/container-images` first). Raises CachedBinaryError when
+    `make setup` has not built them, ContainerImageError naming an operator archive that is refused."""
     release = kubernetes_release.verified_release()
     runtime = node_runtime_release.verified_node_runtime()
     archives = out_dir / PRELOADED_IMAGES_DIR
     write_node_images(archives, node_image.BUSYBOX)
+    for archive in operator_archives(operator_images):
+        add_image_archive(archives, archive)
     inputs = node_runtime_release.node_rootfs_inputs(release, runtime, image_archives=archives)
-    return node_image.build_node_image(out_dir, kernel=kernel, rootfs=inputs, release=image_release())
+    recorded = image_release(operator_images)
+    return node_image.build_node_image(out_dir, kernel=kernel, rootfs=inputs, release=recorded)
 
 
-def is_release_image(image: node_image.NodeImage) -> bool:
-    """Whether `image` is the node image of this trustedlaunch's releases: it has a root filesystem built
-    from the pinned Kubernetes release and container runtime. An image an older trustedlaunch built (without
-    a root filesystem, with other binaries in it, or another GRUB configuration) is not: build it anew (its
-    policy changes with it)."""
+def is_release_image(image: node_image.NodeImage, operator_images: Path | None = None) -> bool:
+    """Whether `image` is the node image of this trustedlaunch's releases and the operator's images in
+    `operator_images`: it has a root filesystem built from the pinned Kubernetes release and container
+    runtime and those archives. An image an older trustedlaunch built (without a root filesystem, with other
+    binaries or images in it, or another GRUB configuration) is not: build it anew (its policy changes with
+    it; running nodes keep attesting against the policy they were provisioned with)."""
     return (
         image.rootfs is not None
-        and image.release == image_release()
+        and image.release == image_release(operator_images)
         and node_image.has_current_boot_config(image)
     )

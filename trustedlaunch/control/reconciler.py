@@ -66,7 +66,7 @@ from trustedlaunch.control.node_health import (
     record_check,
     start_repair,
 )
-from trustedlaunch.control.node_images import build_release_image, is_release_image
+from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release_image, is_release_image
 from trustedlaunch.control.node_join import (
     ALREADY_STARTED,
     JOIN_TIMEOUT,
@@ -722,6 +722,7 @@ class Reconciler:
         node.qemu_pid = node.swtpm_pid = None
         node.attestation_status = None
         node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
+        node.attestation_policy = None  # its new VM's, recorded by its provisioning attestation
         node.labels = {}
         node.message = "provisioning"
         node.updated_at = utc_now()
@@ -864,6 +865,14 @@ class Reconciler:
         record_image_policy(session, node.node_image_version, node.enable_secure_boot, policy)
         return policy
 
+    def _provisioned_policy(self, session: Session, node: Node) -> Policy:
+        """The policy Ready `node` is re-attested against: the one its VM was provisioned against (predicted
+        from the image build it booted, even if its image version was built anew since), else (a node an
+        older release provisioned) its image's current one."""
+        if node.attestation_policy is not None:
+            return Policy.from_json(node.attestation_policy)
+        return self._policy(session, node, self._image(node.node_image_version))
+
     def _attest_new_node(
         self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, image: NodeImage
     ) -> None:
@@ -872,6 +881,7 @@ class Reconciler:
             policy = self._policy(session, node, image)
         except TrustedLaunchError as exc:
             self._fail(session, node, "NodeAttestationFailed", f"node {node.name} was not attested: {exc}")
+        node.attestation_policy = policy.to_json()  # the VM booted this build: its re-attestations use it
         record = self.monitor.attest(
             session,
             pool,
@@ -980,7 +990,7 @@ class Reconciler:
         trigger = due_trigger(node)
         run_dir = node.run_dir
         try:
-            policy = self._policy(session, node, self._image(node.node_image_version))
+            policy = self._provisioned_policy(session, node)
         except TrustedLaunchError as exc:  # the verifier's side: not the node's fault, try on the interval
             log.error("node %s: no attestation policy: %s", node.name, exc)
             node.message = f"not attested ({trigger.value}): no attestation policy: {exc}"[:4000]
@@ -1117,14 +1127,18 @@ class Reconciler:
 
     def _image(self, version: str) -> NodeImage:
         """The built node image of catalogue `version`, built once into the state dir (with its dm-verity
-        root filesystem: kubelet, the container runtime, the pre-loaded images). An image built from other
-        releases (or without a root filesystem) by an older trustedlaunch is built anew; one whose only
-        difference is an older agent gets the current agent (its initramfs), keeping its boot chain."""
+        root filesystem: kubelet, the container runtime, the pre-loaded images and the operator's archives in
+        `{state dir}/container-images`). An image built from other releases or archives (or without a root
+        filesystem) is built anew; one whose only difference is an older agent gets the current agent (its
+        initramfs), keeping its boot chain. Running nodes keep the policy of the build they booted."""
         out_dir = self.state_dir / "images" / version
         with self._artefacts_lock:
-            if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir)):
+            operator_images = self.state_dir / OPERATOR_IMAGES_DIR
+            if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir), operator_images):
                 log.info("building node image %s in %s", version, out_dir)
-                _create_atomically(out_dir, build_release_image)
+                _create_atomically(
+                    out_dir, lambda scratch: build_release_image(scratch, operator_images=operator_images)
+                )
             image = NodeImage.load(out_dir)
             if not has_current_agent(image):
                 log.warning("node image %s holds an older agent: replacing its initramfs", version)

@@ -220,6 +220,10 @@ class Node(Base):
     # The host loopback port forwarded to the node's kubelet (control.node_join), recorded before its VM
     # starts; None for a node that does not join a hosted control plane.
     kubelet_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The policy (JSON document) the node's VM was provisioned against: predicted from the image build it
+    # booted. Its re-attestations use it, so a later build of its image version (another agent, kubelet or
+    # operator images) changes no running node's verdict; None for nodes an older release provisioned.
+    attestation_policy: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 
