@@ -41,6 +41,9 @@ class Check(StrEnum):
     PCR_VALUE = "PcrValueMismatch"  # a PCR differs from the policy's golden value
     EVENT_DATA = "EventDataNotMeasured"  # event data not bound to its quoted digest, or a hidden PCR4 load
     NODE_HEALTH = "NodeUnhealthy"  # not an attestation check: the node failed its liveness checks
+    # not an attestation check: the node did not boot because Secure Boot refused a stage of its chain, or
+    # dm-verity found its root filesystem altered (the component named from its console and the chain)
+    BOOT_INTEGRITY = "BootIntegrityFailure"
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from reconciler_helpers import (
     trusted_launch_store,
     unsigned_kernel,
 )
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.node_images import build_release_image
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 from trustedlaunch.node.image import default_kernel
+from trustedlaunch.store.models import AlertRecord
 
 pytestmark = pytest.mark.slow
 PATH = ResourcePath(SUB, "rg", "brokencluster")
@@ -32,6 +34,17 @@ PATH = ResourcePath(SUB, "rg", "brokencluster")
 def sessions(reconciler_base: Path) -> Iterator[sessionmaker[Session]]:
     with trusted_launch_store(f"sqlite:///{reconciler_base / 'broken.db'}") as factory:
         yield factory
+
+
+def boot_integrity_alert(sessions: sessionmaker[Session], node_name: str) -> tuple[str, str]:
+    """The severity and failed components of the node's one open alert, a boot integrity failure (a node
+    of that name an earlier test deleted left a resolved one)."""
+    with sessions() as session:
+        query = select(AlertRecord).where(AlertRecord.node_name == node_name, AlertRecord.status == "Active")
+        [alert] = session.scalars(query).all()
+        assert alert.alert_type == "VM_BootIntegrityFailure"
+        properties = alert.document["properties"]
+        return alert.severity, properties["extendedProperties"]["failedComponents"]  # type: ignore[index]
 
 
 def test_boot_failure_fails_the_node_and_the_operation(
@@ -62,6 +75,7 @@ def test_boot_failure_fails_the_node_and_the_operation(
         assert str(failed.error["message"]).endswith(node.message)
         assert failed.error["target"] == node.name
         assert processes_under(state_dir) == []
+        assert boot_integrity_alert(sessions, node.name) == ("High", "kernel")  # alerted as such
 
         with sessions.begin() as session:
             deletion = delete_cluster(session, PATH)
@@ -101,6 +115,7 @@ def test_an_altered_root_filesystem_fails_the_node_naming_it(
         (node,) = [node for node in nodes(sessions) if node.name == failed.error["target"]]
         assert node.state == "Failed" and node.qemu_pid is None and message.endswith(node.message)
         assert processes_under(state_dir) == []
+        assert boot_integrity_alert(sessions, node.name) == ("High", "root filesystem")  # not a generic one
 
         with sessions.begin() as session:
             deletion = delete_cluster(session, path)

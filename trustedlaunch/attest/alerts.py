@@ -33,6 +33,7 @@ ALERT_DISPLAY_NAMES = {
     AlertType.ATTESTATION_FAILURE: "VM attestation failure",
     AlertType.NODE_UNREACHABLE: "VM unreachable for attestation",
     AlertType.NODE_UNHEALTHY: "Node VM unhealthy",
+    AlertType.BOOT_INTEGRITY: "VM boot integrity failure",
 }
 PRODUCT_NAME = "trustedlaunch"
 
@@ -91,6 +92,7 @@ class Alert:
         verdict = {
             AlertType.NODE_UNREACHABLE: "gave no attestation evidence",
             AlertType.NODE_UNHEALTHY: "is unhealthy",
+            AlertType.BOOT_INTEGRITY: "did not boot",
         }.get(self.alert_type, "failed attestation")
         return f"Node {self.node} of pool {self.pool} (cluster {self.cluster}) {verdict}:\n{lines}"
 

@@ -36,6 +36,7 @@ from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertSeverity, A
 PENDING = "Pending"  # attestation_monitor.DeliveryState.PENDING (that module imports this one)
 LABELS_REMOVED = "The node's trusted launch labels were removed (attestation status: AttestationFailed)."
 UNHEALTHY_LABELS_REMOVED = "The node's trusted launch labels were removed until it is healthy and attested."
+NOT_JOINED = "The node's VM was stopped: it got no kubelet credential and never joined its cluster."
 QUARANTINED = "The node was cordoned and tainted in Kubernetes; its workloads are not rescheduled onto it."
 NEXT_STEPS = {
     AlertType.ATTESTATION_FAILURE: (
@@ -49,13 +50,20 @@ NEXT_STEPS = {
         "Auto-repair reboots the node, then reimages it if it still fails; with auto-repair off, or past its "
         "hourly limit, reboot or reimage the node yourself."
     ),
+    AlertType.BOOT_INTEGRITY: (
+        "Compare the refused component with the pool's node image (its signatures, its dm-verity root "
+        "hash), restore the image from its packages and reimage the node."
+    ),
 }
 _SEVERITY_RANK = {AlertSeverity.HIGH: 0, AlertSeverity.MEDIUM: 1, AlertSeverity.LOW: 2}
 
 
 def remediation_steps(alert_type: AlertType) -> tuple[str, ...]:
     """The remediation of a new alert: what the control plane did (the labels), then what to do."""
-    done = UNHEALTHY_LABELS_REMOVED if alert_type == AlertType.NODE_UNHEALTHY else LABELS_REMOVED
+    done = {
+        AlertType.NODE_UNHEALTHY: UNHEALTHY_LABELS_REMOVED,
+        AlertType.BOOT_INTEGRITY: NOT_JOINED,
+    }.get(alert_type, LABELS_REMOVED)
     return (done, NEXT_STEPS[alert_type])
 
 

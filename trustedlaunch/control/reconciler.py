@@ -36,6 +36,7 @@ from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.attest.remote import AgentLike
 from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.attestation_monitor import (
     DEFAULT_ATTESTATION_INTERVAL,
@@ -96,6 +97,7 @@ from trustedlaunch.control.operations import finish_operation, operation_resourc
 from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.diagnose import diagnose_boot_failure
@@ -757,6 +759,11 @@ class Reconciler:
             vm.wait_ready(self.boot_timeout)
         except BootFailedError as exc:
             diagnosis = diagnose_boot_failure(vm, exc)  # names the refused component (shim, grub, kernel)
+            if diagnosis.component is not None:  # an integrity failure, not a crash: alerted as such
+                finding = Finding(Check.BOOT_INTEGRITY, diagnosis.component, diagnosis.message[:2000])
+                alert_lifecycle.raise_node_alert(
+                    session, node, AttestationResult(False, (finding,)), AlertType.BOOT_INTEGRITY, utc_now()
+                )
             self._fail(session, node, "NodeBootFailed", f"node {node.name} did not boot: {diagnosis.message}")
         ready = f"ready after {vm.ready_after:.0f} s" if vm.ready_after is not None else "ready"
         self._finish_provisioning(session, pool, node, vm, image, ready)

@@ -49,6 +49,7 @@ class AlertType(StrEnum):
     ATTESTATION_FAILURE = "VM_AttestationFailure"  # the node's evidence failed the policy
     NODE_UNREACHABLE = "VM_AttestationUnreachable"  # the node's agent gave no evidence at all
     NODE_UNHEALTHY = "VM_NodeUnhealthy"  # the node's VM is gone or paused, or its agent stopped answering
+    BOOT_INTEGRITY = "VM_BootIntegrityFailure"  # a boot stage refused the next one, or dm-verity a read
 
 
 class AlertSeverity(StrEnum):
