@@ -25,9 +25,9 @@ from lightkube.models.core_v1 import Container, PodSpec, SecurityContext
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node, Pod
 
-from trustedlaunch.control.cluster_pki import issue_node_client_certificate
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane, free_loopback_port
 from trustedlaunch.control.kubernetes_release import KubernetesRelease, verified_release
+from trustedlaunch.control.node_join import issue_kubelet_credentials, node_credential_validity
 from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version, write_node_images
 from trustedlaunch.node.debian import debian_release
@@ -182,8 +182,9 @@ def node_shell(
     network = NodeNetwork(kube_apiserver.ports.apiserver, free_loopback_port())
     run_dir = Path(tempfile.mkdtemp(prefix="tl-lock-", dir=node_base))
     client = admin_client(kube_apiserver)
-    cert, key = issue_node_client_certificate(kube_apiserver.pki, name)
-    join = KubeletJoin(name, FQDN, kube_apiserver.pki.ca_cert.read_bytes(), cert, key, network.kubelet_port)
+    credentials = issue_kubelet_credentials(kube_apiserver.pki, name, node_credential_validity(0))
+    ca = kube_apiserver.pki.ca_cert.read_bytes()
+    join = KubeletJoin(name, FQDN, ca, credentials, network.kubelet_port)
     node = NodeVM(lockdown_image, run_dir / "vm", secure_boot=secure_boot, network=network)
     started = time.monotonic()
     with node:
