@@ -50,7 +50,6 @@ from node_boot_bench import PhaseClock, qemu_cpu_seconds
 
 from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.remote import attest_node
-from trustedlaunch.control.cluster_pki import issue_node_client_certificate
 from trustedlaunch.control.hosted_control_plane import (
     ControlPlanePorts,
     HostedControlPlane,
@@ -60,7 +59,11 @@ from trustedlaunch.control.hosted_control_plane import (
 from trustedlaunch.control.kubernetes_release import verified_release
 from trustedlaunch.control.labels import LABEL_TRUSTED_LAUNCH, join_labels, node_labels
 from trustedlaunch.control.node_images import build_release_image
-from trustedlaunch.control.node_join import JOIN_TAINT_KEYS
+from trustedlaunch.control.node_join import (
+    JOIN_TAINT_KEYS,
+    issue_kubelet_credentials,
+    node_credential_validity,
+)
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version
 from trustedlaunch.node.image import BUSYBOX, NodeImage
 from trustedlaunch.node.kubelet import (
@@ -134,9 +137,11 @@ def _guest_stamps(account: str) -> dict[str, float]:
 
 
 def _join_bundle(plane: HostedControlPlane, name: str, kubelet_port: int) -> bytes:
-    cert, key = issue_node_client_certificate(plane.pki, name)
+    """The join bundle the control plane hands an attested node (control.node_join's credentials)."""
+    credentials = issue_kubelet_credentials(plane.pki, name, node_credential_validity(0))
     ca = plane.pki.ca_cert.read_bytes()
-    return KubeletJoin(name, FQDN, ca, cert, key, kubelet_port, taints=(ATTESTATION_PENDING_TAINT,)).bundle()
+    join = KubeletJoin(name, FQDN, ca, credentials, kubelet_port, taints=(ATTESTATION_PENDING_TAINT,))
+    return join.bundle()
 
 
 def _busybox_pod(name: str) -> Pod:
