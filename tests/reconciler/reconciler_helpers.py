@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from lightkube import Client, KubeConfig
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,7 +20,7 @@ from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.store.db import make_engine, migrate, session_factory
-from trustedlaunch.store.models import Node, Operation
+from trustedlaunch.store.models import ManagedCluster, Node, Operation
 
 SUB = "11111111-2222-3333-4444-555555555555"
 T = TypeVar("T")
@@ -113,3 +114,13 @@ def unsigned_kernel(kernel: Path, output: Path) -> Path:
     while "signature" in subprocess.run(listing, capture_output=True, text=True, check=False).stdout:
         subprocess.run(["sbattach", "--remove", str(output)], check=True, capture_output=True)
     return output
+
+
+def cluster_admin(sessions: sessionmaker[Session]) -> tuple[Client, Path]:
+    """A lightkube client of the store's one cluster's hosted kube-apiserver, as its admin, and that admin
+    kubeconfig."""
+    with sessions() as session:
+        plane = session.scalars(select(ManagedCluster)).one().control_plane
+        assert plane is not None
+        kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
+    return Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False), kubeconfig

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import ApiError, Client, KubeConfig
+from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import Node as KubernetesNode
 from monitoring_helpers import create_trusted_cluster
-from reconciler_helpers import SUB, nodes, processes_under, run_until_finished, wait_until
-from sqlalchemy import select
+from reconciler_helpers import SUB, cluster_admin, nodes, processes_under, run_until_finished, wait_until
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.bootstrap import open_store
@@ -26,7 +25,7 @@ from trustedlaunch.control.kubernetes import QUARANTINE_TAINT
 from trustedlaunch.control.labels import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
 from trustedlaunch.control.reconciler import Reconciler, ReconcilerThread
 from trustedlaunch.control.resources import ResourcePath, delete_cluster
-from trustedlaunch.store.models import ManagedCluster, Node
+from trustedlaunch.store.models import Node
 
 pytestmark = pytest.mark.slow
 CLUSTER = "repaircluster"
@@ -95,11 +94,7 @@ def test_a_killed_joined_node_is_quarantined_rebooted_and_joins_again(
         assert created.status == "Succeeded", created.error
         joined = the_node(sessions)
         assert "joined its cluster" in joined.message and joined.qemu_pid is not None
-        with sessions() as session:
-            plane = session.scalars(select(ManagedCluster)).one().control_plane
-            assert plane is not None
-            kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
-        client = Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False)
+        client, _ = cluster_admin(sessions)
         before = stored_node(client, joined.name)
         assert before is not None and ready_condition(before) == "True" and not quarantined(before)
         first_boot = before["status"]["nodeInfo"]["bootID"]

@@ -21,12 +21,12 @@ import pytest
 from cached_kubectl import kubectl
 from cryptography import x509
 from kube_apiserver import read_node, taints_besides_the_node_lifecycle
-from lightkube import ApiError, Client, KubeConfig
+from lightkube import ApiError, Client
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod
 from monitoring_helpers import create_trusted_cluster
-from reconciler_helpers import SUB, run_until_finished, wait_until
+from reconciler_helpers import SUB, cluster_admin, run_until_finished, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +42,7 @@ from trustedlaunch.node.channel import RenewedCredentials
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version
 from trustedlaunch.node.image import BUSYBOX
 from trustedlaunch.node.kubelet import KubeletCredentials
-from trustedlaunch.store.models import ManagedCluster, Node
+from trustedlaunch.store.models import Node
 
 pytestmark = pytest.mark.slow
 CLUSTER = "credcluster"
@@ -98,11 +98,7 @@ def cluster(reconciler_base: Path) -> Iterator[Credentials]:
         try:
             created = run_until_finished(reconciler, sessions, create.id, CREATE_SECONDS)
             assert created.status == "Succeeded", created.error
-            with sessions() as session:
-                plane = session.scalars(select(ManagedCluster)).one().control_plane
-                assert plane is not None
-                kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
-            client = Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False)
+            client, kubeconfig = cluster_admin(sessions)
             yield Credentials(sessions, reconciler, kubeconfig, client, issued, renewed)
         finally:
             if client is not None:

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from cached_kubectl import kubectl
 from cryptography import x509
-from lightkube import Client, KubeConfig
+from lightkube import Client
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node as KubernetesNode
 from lightkube.resources.core_v1 import Pod
 from monitoring_helpers import create_trusted_cluster, node_name
-from reconciler_helpers import SUB, nodes, processes_under, run_until_finished
+from reconciler_helpers import SUB, cluster_admin, nodes, processes_under, run_until_finished
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,7 +37,7 @@ from trustedlaunch.control.resources import PoolSpec, ResourcePath, delete_clust
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version
 from trustedlaunch.node.image import BUSYBOX, NodeImage
 from trustedlaunch.node.kubelet import ATTESTATION_PENDING_TAINT, CLOUD_UNINITIALIZED_TAINT_KEY
-from trustedlaunch.store.models import AgentPool, AttestationRecord, ManagedCluster, Node
+from trustedlaunch.store.models import AgentPool, AttestationRecord, Node
 
 pytestmark = pytest.mark.slow
 CLUSTER = "gatecluster"
@@ -47,14 +47,6 @@ CREATE_SECONDS = 1200.0  # control plane, then a node booted, attested and joine
 def the_node(sessions: sessionmaker[Session]) -> Node:
     with sessions() as session:
         return session.scalars(select(Node)).one()
-
-
-def cluster_admin(sessions: sessionmaker[Session]) -> tuple[Client, Path]:
-    with sessions() as session:
-        plane = session.scalars(select(ManagedCluster)).one().control_plane
-        assert plane is not None
-        kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
-    return Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False), kubeconfig
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from cached_kubectl import kubectl
-from lightkube import Client, KubeConfig
+from lightkube import Client
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod
 from monitoring_helpers import create_trusted_cluster
-from reconciler_helpers import SUB, nodes, processes_under, run_until_finished, wait_until
+from reconciler_helpers import SUB, cluster_admin, nodes, processes_under, run_until_finished, wait_until
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +35,7 @@ from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ResourcePath, delete_cluster
 from trustedlaunch.node.container_images import PATH_ENV, oci_image_archive
 from trustedlaunch.node.image import BUSYBOX
-from trustedlaunch.store.models import AttestationRecord, ManagedCluster, Node
+from trustedlaunch.store.models import AttestationRecord, Node
 
 pytestmark = pytest.mark.slow
 CLUSTER = "imagescluster"
@@ -106,11 +106,7 @@ def test_an_operator_image_runs_on_a_node_which_keeps_its_policy_when_images_cha
         assert node.attestation_policy is not None and "joined its cluster" in node.message
         booted = Policy.from_json(node.attestation_policy)
         assert booted.root_filesystem is not None
-        with sessions() as session:
-            plane = session.scalars(select(ManagedCluster)).one().control_plane
-            assert plane is not None
-            kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
-        client = Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False)
+        client, kubeconfig = cluster_admin(sessions)
         client.create(
             Pod(
                 metadata=ObjectMeta(name="hello", namespace="default"),

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import Client, KubeConfig
+from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Node as KubernetesNode
 from lightkube.resources.core_v1 import Pod
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 from monitoring_helpers import node_name
-from reconciler_helpers import SUB, nodes, processes_under, run_until_finished
+from reconciler_helpers import SUB, cluster_admin, nodes, processes_under, run_until_finished
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,7 +41,7 @@ from trustedlaunch.control.resources import (
 )
 from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version
 from trustedlaunch.node.image import BUSYBOX
-from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation
+from trustedlaunch.store.models import AgentPool, Operation
 
 pytestmark = pytest.mark.slow
 CLUSTER = "draincluster"
@@ -84,11 +84,7 @@ def drained(
         created = run_until_finished(reconciler, sessions, create.id, CREATE_SECONDS)
         figures["create operation s"] = time.monotonic() - started
         assert created.status == "Succeeded", created.error
-        with sessions() as session:
-            plane = session.scalars(select(ManagedCluster)).one().control_plane
-            assert plane is not None
-            kubeconfig = Path(plane.data_dir) / "admin.kubeconfig"
-        client = Client(KubeConfig.from_file(kubeconfig), field_manager="tests", trust_env=False)
+        client, _ = cluster_admin(sessions)
         yield sessions, reconciler, client, figures
     finally:
         if client is not None:
