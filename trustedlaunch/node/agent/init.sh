@@ -249,6 +249,23 @@ join_node() {
     uptime_stamp "images imported; kubelet started (pid $kubelet_pid) as node $node_name"
 }
 
+unpack_bundle() {
+    # $1: request, $2: what the bundle is, $3: its base64, $4: most base64 characters, $5: directory to
+    # unpack it into (its log: $5.log), $6: the files it must hold, none empty. Answers the failure itself.
+    if [ -z "$3" ] || [ ${#3} -gt "$4" ]; then
+        fail "$1" "$2 is empty or longer than $4 base64 characters"
+        return 1
+    fi
+    mkdir "$5"
+    if ! printf '%s' "$3" | base64 -d >"$5.tar" 2>"$5.log" || ! tar -xf "$5.tar" -C "$5" 2>>"$5.log"; then
+        fail "$1" "$2 is not base64 of a tar archive" "$5.log"
+        return 1
+    fi
+    for file in $6; do
+        [ -s "$5/$file" ] || { fail "$1" "$2 has no $file"; return 1; }
+    done
+}
+
 start_kubelet() {
     # $1: base64 of the join bundle
     rm -rf join join.log
@@ -260,18 +277,7 @@ start_kubelet() {
         fail KUBELET "kubelet was already started"
         return
     fi
-    if [ -z "$1" ] || [ ${#1} -gt $MAX_BUNDLE_CHARS ]; then
-        fail KUBELET "the join bundle is empty or longer than $MAX_BUNDLE_CHARS base64 characters"
-        return
-    fi
-    mkdir join
-    if ! printf '%s' "$1" | base64 -d >join.tar 2>join.log || ! tar -xf join.tar -C join 2>>join.log; then
-        fail KUBELET "the join bundle is not base64 of a tar archive" join.log
-        return
-    fi
-    for file in $JOIN_FILES; do
-        [ -f "join/$file" ] || { fail KUBELET "the join bundle has no $file"; return; }
-    done
+    unpack_bundle KUBELET "the join bundle" "$1" $MAX_BUNDLE_CHARS join "$JOIN_FILES" || return
     node_name=$(head -c 64 join/node-name)
     case $node_name in "" | *[!a-z0-9.-]*) fail KUBELET "the join bundle's node name is not [a-z0-9.-]"; return ;; esac
     if ! join_node >>join.log 2>&1; then
@@ -289,18 +295,7 @@ renew_credentials() {
         fail KUBELETCERTS "kubelet was not started: there are no credentials to replace"
         return
     fi
-    if [ -z "$1" ] || [ ${#1} -gt $MAX_CERTS_CHARS ]; then
-        fail KUBELETCERTS "the credentials bundle is empty or longer than $MAX_CERTS_CHARS base64 characters"
-        return
-    fi
-    mkdir renew
-    if ! printf '%s' "$1" | base64 -d >renew.tar 2>renew.log || ! tar -xf renew.tar -C renew 2>>renew.log; then
-        fail KUBELETCERTS "the credentials bundle is not base64 of a tar archive" renew.log
-        return
-    fi
-    for file in $CREDENTIAL_FILES; do
-        [ -f "renew/$file" ] && [ -s "renew/$file" ] || { fail KUBELETCERTS "the credentials bundle has no $file"; return; }
-    done
+    unpack_bundle KUBELETCERTS "the credentials bundle" "$1" $MAX_CERTS_CHARS renew "$CREDENTIAL_FILES" || return
     # Written beside the old files on the same tmpfs first, then each renamed over its old file.
     for file in $CREDENTIAL_FILES; do
         if ! cp "renew/$file" "$CREDENTIALS_DIR/.$file.new" 2>>renew.log || ! chmod 600 "$CREDENTIALS_DIR/.$file.new"; then
