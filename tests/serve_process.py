@@ -14,9 +14,24 @@ STARTUP_SECONDS = 60.0
 
 def start_serve(env: dict[str, str], *arguments: str) -> tuple[subprocess.Popen[str], str, str]:
     """Start `tl serve --port 0 ARGUMENTS` (stderr piped); the process, its URL and its banner once /healthz
-    answers (worker processes take a few seconds after the banner)."""
+    answers (worker processes take a few seconds after the banner). A serve that does not get there is
+    stopped before the failure is raised: no orphan keeps restarting its workers."""
     command = [str(Path(sys.executable).parent / "tl"), "serve", "--port", "0", *arguments]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url, banner = _wait_until_serving(process)
+    except BaseException:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
+    return process, url, banner
+
+
+def _wait_until_serving(process: subprocess.Popen[str]) -> tuple[str, str]:
     assert process.stderr is not None
     banner = ""
     while "Use it with" not in banner:
@@ -28,7 +43,7 @@ def start_serve(env: dict[str, str], *arguments: str) -> tuple[subprocess.Popen[
     while True:
         try:
             assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
-            return process, url, banner
+            return url, banner
         except httpx.ConnectError:
             assert time.monotonic() < deadline and process.poll() is None, banner
             time.sleep(0.2)
