@@ -18,6 +18,7 @@ from web_helpers import Seeded, Verdicts, png_rows, seed_store
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.attest.policy import GoldenPcr, Policy
 from trustedlaunch.store.models import AlertRecord, Node
 from trustedlaunch.web.dashboard import POLL_SECONDS
 
@@ -197,8 +198,15 @@ def _fill(browser: WebDriver, css: str) -> list[str]:
     return [mark.value_of_css_property("fill") for mark in browser.find_elements(By.CSS_SELECTOR, css)]
 
 
+def _policy(verdicts: Verdicts) -> str:
+    """A predicted policy expecting another PCR 4 than the quote's, and its PCR 7."""
+    assert verdicts.evidence.pcr_values is not None
+    pcr7 = verdicts.evidence.pcr_values["sha256"][7].hex()
+    return Policy(golden_pcrs=(GoldenPcr("sha256", 4, "ab" * 32), GoldenPcr("sha256", 7, pcr7))).to_json()
+
+
 def test_health_charts_and_evidence_in_the_browser(
-    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded], tmp_path: Path
+    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded], tmp_path: Path, verdicts: Verdicts
 ) -> None:
     """The overview's attested counts, alert count and Degraded roll-up; the SVG charts drawn and styled
     (no script, nothing the CSP blocks); the event log's PCR groups open and filter without script."""
@@ -231,8 +239,20 @@ def test_health_charts_and_evidence_in_the_browser(
     assert _fill(browser, "#timeline rect.tick") == ["rgb(26, 127, 55)", "rgb(207, 34, 46)"]
     assert all(tick.rect["height"] > 5 and tick.rect["width"] > 1 for tick in ticks)
     browser.get_screenshot_as_file(str(tmp_path / "history.png"))
+    with server.server.config.app.state.sessions.begin() as session:  # the VM's predicted policy
+        session.execute(
+            update(Node).where(Node.name == "aks-tlpool-1").values(attestation_policy=_policy(verdicts))
+        )
     ticks[-1].click()  # a tick links to its evidence
     WebDriverWait(browser, WAIT_SECONDS).until(expected_conditions.url_contains("/ui/attestations/"))
+
+    # expected next to quoted PCRs: the mismatching one highlighted, the matching one not
+    mismatch = browser.find_element(By.ID, "pcr-sha256-4")
+    assert "ab" * 32 in mismatch.text and "differs" in mismatch.text
+    assert mismatch.value_of_css_property("background-color") == "rgba(255, 235, 233, 1)"
+    assert "matches" in browser.find_element(By.ID, "pcr-sha256-7").text
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "pcrs"))
+    browser.get_screenshot_as_file(str(tmp_path / "pcrs.png"))
 
     # the evidence: the failing PCR's group is open, another closed until its summary is clicked
     grub_row = browser.find_element(By.CSS_SELECTOR, "#pcr-group-4 tr.event-failed")
@@ -273,4 +293,11 @@ def test_no_page_scrolls_sideways_in_an_800_pixel_window(
         )
         browser.get_screenshot_as_file(str(tmp_path / f"narrow-{name}.png"))
         assert scroll_width <= client_width, f"{page} scrolls sideways: {scroll_width} > {client_width}"
+    browser.find_element(By.CSS_SELECTOR, "form.logout button").click()  # and the sign-in form
+    WebDriverWait(browser, WAIT_SECONDS).until(
+        expected_conditions.presence_of_element_located((By.ID, "token"))
+    )
+    assert browser.execute_script(
+        "const e = document.scrollingElement; return e.scrollWidth <= e.clientWidth"
+    )
     assert _severe_console_messages(browser) == []
