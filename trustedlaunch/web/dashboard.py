@@ -145,15 +145,21 @@ templates.filters.update(
 )
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
-    """Render a template of the dashboard (autoescaped) into an HTML response; a signed-in page's navigation
-    counts the open alerts in the session's scope."""
+def _open_alert_count(request: Request) -> int | None:
+    """The open alerts in the signed-in session's scope; None without a session (the sign-in form)."""
     principal = getattr(request.state, "principal", None)
-    open_alerts = None
-    if principal is not None:
-        with request.app.state.sessions() as session:
-            open_alerts = overview.open_alert_count(session, principal)
-    html = templates.get_template(name).render(request=request, open_alerts=open_alerts, **context)
+    if principal is None:
+        return None
+    with request.app.state.sessions() as session:
+        return overview.open_alert_count(session, principal)
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
+    """Render a template of the dashboard (autoescaped) into an HTML response; the navigation of a signed-in
+    page counts the open alerts in the session's scope (only pages with the navigation ask)."""
+    html = templates.get_template(name).render(
+        request=request, open_alert_count=lambda: _open_alert_count(request), **context
+    )
     return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
