@@ -236,3 +236,48 @@ def test_alerts_link_to_their_cluster_pool_and_node_and_show_their_remediation(d
         assert dashboard.client.get(target).status_code == 200
     steps = remediation_steps(AlertType.ATTESTATION_FAILURE)
     assert all(step in row.text for step in steps)
+
+
+def test_an_unreachable_node_s_evidence_and_its_auto_repairs(
+    dashboard: Dashboard, verdicts: Verdicts
+) -> None:
+    """An attestation the agent never answered: the predicted PCRs show as not quoted; the node's history
+    lists its auto-repairs."""
+    pool_id, name = dashboard.seeded.pool_id, "aks-tlpool-2"
+    unreachable = AttestationRecord(
+        pool_id=pool_id,
+        node_name=name,
+        time=datetime.now(UTC),
+        trigger="Interval",
+        ok=False,
+        status="Unreachable",
+        findings=[],
+        duration_ms=5000.0,
+    )
+    (record_id,) = _add(dashboard, unreachable)
+    repairs = [
+        {
+            "time": "2026-12-06T10:00:00+00:00",
+            "action": "Reboot",
+            "cause": "VM paused",
+            "outcome": "done: ok",
+        },
+        {"time": "2026-12-06T10:06:00+00:00", "action": "Reimage", "cause": "VM paused", "outcome": ""},
+    ]
+    with dashboard.sessions.begin() as session:
+        session.execute(
+            update(Node)
+            .where(Node.name == name)
+            .values(attestation_policy=_policy(verdicts, OTHER_PCR4), repairs=repairs)
+        )
+    page = dashboard.client.get(f"/ui/attestations/{record_id}").text
+    assert "The node sent no PCR values." in page and "The node sent no event log." in page
+    pcr4 = element(page, "pcr-sha256-4")
+    assert pcr4.text == f"sha256 4 {OTHER_PCR4} — not quoted" and "pcr-mismatch" not in pcr4.classes
+    history = dashboard.client.get(f"/ui/pools/{pool_id}/nodes/{name}").text
+    rows = element(history, "repairs").text
+    assert rows.index("Reimage VM paused in progress") < rows.index(
+        "Reboot VM paused done: ok"
+    )  # newest first
+    ticks = element(history, "timeline").all("rect", "tick")
+    assert ticks[-1]["data-record-id"] == str(record_id) and "tick-failed" in ticks[-1]["class"]

@@ -141,8 +141,12 @@ class PcrRow:
 
     @property
     def mismatch(self) -> bool:
-        """True when a value was predicted and the quote does not hold it."""
-        return self.expected is not None and (self.quoted or "").lower() != self.expected.lower()
+        """True when a value was predicted and the quote holds another."""
+        return (
+            self.expected is not None
+            and self.quoted is not None
+            and self.quoted.lower() != self.expected.lower()
+        )
 
 
 def expected_pcrs(policy_json: str | None) -> tuple[dict[tuple[str, int], str], str | None]:
