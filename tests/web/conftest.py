@@ -54,3 +54,9 @@ def dashboard(anonymous: TestClient, tmp_path: Path, verdicts: Verdicts) -> Dash
     seeded = seed_store(sessions, verdicts)
     sign_in(anonymous, token)
     return Dashboard(anonymous, sessions, token, seeded)
+
+
+@pytest.fixture(scope="session")
+def other_vtpm(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Verdicts:
+    """The same log quoted by another fresh swtpm: another vTPM, so another attestation key."""
+    return real_verdicts(testdata, tmp_path_factory.mktemp("quote-other-vtpm"))

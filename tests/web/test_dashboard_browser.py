@@ -18,6 +18,7 @@ from web_helpers import Seeded, Verdicts, png_rows, seed_store
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.attest.policy import GoldenPcr, Policy
 from trustedlaunch.store.models import AlertRecord, Node
 from trustedlaunch.web.dashboard import POLL_SECONDS
 
@@ -182,3 +183,121 @@ def test_acknowledge_and_resolve_an_alert_in_the_browser(
     assert "Resolved" in browser.find_element(By.CSS_SELECTOR, row).text
     assert browser.find_elements(By.CSS_SELECTOR, f"{row} button") == []
     assert _severe_console_messages(browser) == []  # no CSP violation, no failed request
+
+
+def _sign_in(browser: WebDriver, url: str, token: str, page: str) -> WebDriverWait[WebDriver]:
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    browser.get(f"{url}{page}")
+    wait.until(expected_conditions.presence_of_element_located((By.ID, "token"))).send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    wait.until(expected_conditions.presence_of_element_located((By.TAG_NAME, "h1")))
+    return wait
+
+
+def _fill(browser: WebDriver, css: str) -> list[str]:
+    return [mark.value_of_css_property("fill") for mark in browser.find_elements(By.CSS_SELECTOR, css)]
+
+
+def _policy(verdicts: Verdicts) -> str:
+    """A predicted policy expecting another PCR 4 than the quote's, and its PCR 7."""
+    assert verdicts.evidence.pcr_values is not None
+    pcr7 = verdicts.evidence.pcr_values["sha256"][7].hex()
+    return Policy(golden_pcrs=(GoldenPcr("sha256", 4, "ab" * 32), GoldenPcr("sha256", 7, pcr7))).to_json()
+
+
+def test_health_charts_and_evidence_in_the_browser(
+    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded], tmp_path: Path, verdicts: Verdicts
+) -> None:
+    """The overview's attested counts, alert count and Degraded roll-up; the SVG charts drawn and styled
+    (no script, nothing the CSP blocks); the event log's PCR groups open and filter without script."""
+    url, token, server, seeded = served
+    _sign_in(browser, url, token, "/ui/")
+    assert browser.find_element(By.ID, "alert-count").text == "1"
+    pool = browser.find_element(By.ID, f"pool-{seeded.pool_id}")
+    assert pool.text == "tlpool 1/3 attested Healthy"
+    with server.server.config.app.state.sessions.begin() as session:
+        session.execute(update(Node).where(Node.name == "aks-tlpool-2").values(state="Unhealthy"))
+    browser.refresh()
+    health = browser.find_element(By.CSS_SELECTOR, f"#pool-{seeded.pool_id} .health")
+    assert health.text == "Degraded" and health.value_of_css_property("color") == "rgba(207, 34, 46, 1)"
+    assert "Degraded" in browser.find_element(By.ID, f"cluster-{seeded.cluster_id}").text
+
+    # the fleet chart: 24 buckets; the last two hold the seeded verdicts (3/3 an hour ago, 1/3 now)
+    buckets = browser.find_elements(By.CSS_SELECTOR, "#fleet-chart g.bucket")
+    assert len(buckets) == 24
+    assert [b.get_attribute("data-attested") for b in buckets[-2:]] == ["3", "1"]
+    bars = browser.find_elements(By.CSS_SELECTOR, "#fleet-chart rect.bar-attested")
+    full, third = (bar.rect["height"] for bar in bars)
+    assert full > 30 and abs(third - full / 3) < 2  # drawn at the chart's scale
+    assert set(_fill(browser, "#fleet-chart rect.bar-attested")) == {"rgb(26, 127, 55)"}
+    browser.get_screenshot_as_file(str(tmp_path / "overview.png"))
+
+    # the timeline of the failing node: its two attestations, green then red, each a visible tick
+    browser.get(f"{url}/ui/pools/{seeded.pool_id}/nodes/aks-tlpool-1")
+    ticks = browser.find_elements(By.CSS_SELECTOR, "#timeline rect.tick")
+    assert [tick.get_attribute("data-record-id") for tick in ticks][-1] == str(seeded.records["aks-tlpool-1"])
+    assert _fill(browser, "#timeline rect.tick") == ["rgb(26, 127, 55)", "rgb(207, 34, 46)"]
+    assert all(tick.rect["height"] > 5 and tick.rect["width"] > 1 for tick in ticks)
+    browser.get_screenshot_as_file(str(tmp_path / "history.png"))
+    with server.server.config.app.state.sessions.begin() as session:  # the VM's predicted policy
+        session.execute(
+            update(Node).where(Node.name == "aks-tlpool-1").values(attestation_policy=_policy(verdicts))
+        )
+    ticks[-1].click()  # a tick links to its evidence
+    WebDriverWait(browser, WAIT_SECONDS).until(expected_conditions.url_contains("/ui/attestations/"))
+
+    # expected next to quoted PCRs: the mismatching one highlighted, the matching one not
+    mismatch = browser.find_element(By.ID, "pcr-sha256-4")
+    assert "ab" * 32 in mismatch.text and "differs" in mismatch.text
+    assert mismatch.value_of_css_property("background-color") == "rgba(255, 235, 233, 1)"
+    assert "matches" in browser.find_element(By.ID, "pcr-sha256-7").text
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "pcrs"))
+    browser.get_screenshot_as_file(str(tmp_path / "pcrs.png"))
+
+    # the evidence: the failing PCR's group is open, another closed until its summary is clicked
+    grub_row = browser.find_element(By.CSS_SELECTOR, "#pcr-group-4 tr.event-failed")
+    assert grub_row.is_displayed()
+    closed = browser.find_element(By.CSS_SELECTOR, "#pcr-group-0 tr.event")
+    assert not closed.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "#pcr-group-0 summary").click()
+    assert closed.is_displayed()
+    browser.find_element(By.LINK_TEXT, "7").click()  # the filter: only PCR 7's events
+    WebDriverWait(browser, WAIT_SECONDS).until(expected_conditions.url_contains("?pcr=7"))
+    groups = browser.find_elements(By.CSS_SELECTOR, "#events details")
+    assert [group.get_attribute("id") for group in groups] == ["pcr-group-7"]
+    assert _severe_console_messages(browser) == []
+
+
+def test_no_page_scrolls_sideways_in_an_800_pixel_window(
+    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded], tmp_path: Path
+) -> None:
+    url, token, _, seeded = served
+    browser.set_window_size(800, 1000)
+    _sign_in(browser, url, token, "/ui/")
+    assert browser.execute_script("return window.innerWidth") <= 800
+    pages = {
+        "clusters": "/ui/",
+        "pools": f"/ui/clusters/{seeded.cluster_id}",
+        "nodes": f"/ui/pools/{seeded.pool_id}",
+        "history": f"/ui/pools/{seeded.pool_id}/nodes/aks-tlpool-1",
+        "evidence": f"/ui/attestations/{seeded.records['aks-tlpool-1']}",
+        "alerts": "/ui/alerts",
+    }
+    for name, page in pages.items():
+        browser.get(f"{url}{page}")
+        WebDriverWait(browser, WAIT_SECONDS).until(
+            expected_conditions.presence_of_element_located((By.TAG_NAME, "h1"))
+        )
+        scroll_width, client_width = browser.execute_script(
+            "const e = document.scrollingElement; return [e.scrollWidth, e.clientWidth]"
+        )
+        browser.get_screenshot_as_file(str(tmp_path / f"narrow-{name}.png"))
+        assert scroll_width <= client_width, f"{page} scrolls sideways: {scroll_width} > {client_width}"
+    browser.find_element(By.CSS_SELECTOR, "form.logout button").click()  # and the sign-in form
+    WebDriverWait(browser, WAIT_SECONDS).until(
+        expected_conditions.presence_of_element_located((By.ID, "token"))
+    )
+    assert browser.execute_script(
+        "const e = document.scrollingElement; return e.scrollWidth <= e.clientWidth"
+    )
+    assert _severe_console_messages(browser) == []

@@ -132,13 +132,14 @@ def test_clusters_page_lists_pools_nodes_and_active_alerts(dashboard: Dashboard)
     assert "WebCluster" in table and "rg-web" in table and "eastus" in table and "1.30.6" in table
     assert f'href="/ui/clusters/{dashboard.seeded.cluster_id}"' in page
     row = table.split("WebCluster", 1)[1]
-    assert "Succeeded Running Healthy 1 3 / 3 1" in row  # 1 pool, 3 of 3 nodes ready, 1 active alert
+    # 1 of 3 nodes attested, its one pool (1 of 3 attested), 3 of 3 nodes ready, 1 active alert
+    assert "Succeeded Running Healthy 1/3 attested tlpool 1/3 attested Healthy 3 / 3 1" in row
     with dashboard.sessions.begin() as session:
         session.execute(update(AlertRecord).values(status="Resolved", resolved_at=datetime.now(UTC)))
         session.execute(update(Node).where(Node.name == "aks-tlpool-2").values(state="Unhealthy"))
     # one node lost: the cluster rolls up to Degraded, 2 of its 3 nodes ready
     clusters = element(dashboard.client.get("/ui/").text, "clusters").text
-    assert "Succeeded Running Degraded 1 2 / 3 0" in clusters
+    assert "Succeeded Running Degraded 1/3 attested tlpool 1/3 attested Degraded 2 / 3 0" in clusters
     pools = element(dashboard.client.get(f"/ui/clusters/{dashboard.seeded.cluster_id}").text, "pools").text
     assert "tlpool System 2 / 3" in pools and pools.rstrip().endswith("Succeeded Degraded")
 
@@ -147,7 +148,7 @@ def test_pools_page_shows_trusted_launch_and_attestation_counts(dashboard: Dashb
     page = dashboard.client.get(f"/ui/clusters/{dashboard.seeded.cluster_id}").text
     table = element(page, "pools").text
     assert "tlpool System 3 / 3 Standard_D4s_v3 Linux Ubuntu" in table
-    assert "enabled enabled 1 2 Succeeded Healthy" in table  # Secure Boot, vTPM, 1 attested, 2 failed
+    assert "enabled enabled 1/3 attested 2 Succeeded Healthy" in table  # Secure Boot, vTPM, 2 failed
 
 
 def test_nodes_page_shows_live_state_secure_boot_vtpm_and_labels(dashboard: Dashboard) -> None:
@@ -184,7 +185,7 @@ def test_alerts_page_shows_severity_components_and_status(dashboard: Dashboard) 
     page = dashboard.client.get("/ui/alerts").text
     table = element(page, "alerts").text
     assert table.count("High") == 1
-    assert "High Active" in table and "webcluster tlpool aks-tlpool-1 grub" in table
+    assert "High Active" in table and "cluster webcluster pool tlpool node aks-tlpool-1 grub" in table
     assert "PCR4: grubx64.efi" in table and OTHER_GRUB_DIGEST not in table.split("allowed:")[0]
     assert "Pending" in table
     assert f'href="/ui/attestations/{dashboard.seeded.records["aks-tlpool-1"]}"' in page
@@ -214,7 +215,7 @@ def test_evidence_page_highlights_the_failing_grub_event(dashboard: Dashboard, v
     pcr4 = element(page, "pcr-sha256-4")
     assert "pcr-failed" in pcr4.classes
     assert verdicts.evidence.pcr_values is not None
-    assert pcr4.text == f"sha256 4 {verdicts.evidence.pcr_values['sha256'][4].hex()}"
+    assert pcr4.text == f"sha256 4 — {verdicts.evidence.pcr_values['sha256'][4].hex()}"  # none predicted
     assert "pcr-failed" not in element(page, "pcr-sha256-7").classes
     verdict = element(page, "verdict").text
     assert "AttestationFailed" in verdict and "0ddba11cafe5ca1e" in verdict

@@ -19,6 +19,7 @@ from trustedlaunch.attest.derivation import policy_from_summary
 from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_event_log
 from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
+from trustedlaunch.control.alert_lifecycle import remediation_steps
 from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
@@ -30,6 +31,7 @@ from trustedlaunch.store.models import (
     Node,
     NodeImage,
 )
+from trustedlaunch.store.vocabulary import AlertType
 from trustedlaunch.tpm.swtpm import Swtpm
 
 RHEL8 = "go-tpm-tools/eventlogs/rhel8-uefi.bin"
@@ -197,7 +199,11 @@ def seed_store(
             session.flush()
             records[name] = latest.id
         (alert,) = alerts_from_result(
-            verdicts.grub_failed, node=names[1], pool=pool.name, cluster=cluster.name
+            verdicts.grub_failed,
+            node=names[1],
+            pool=pool.name,
+            cluster=cluster.name,
+            remediation=remediation_steps(AlertType.ATTESTATION_FAILURE),
         )
         session.add(
             AlertRecord(
@@ -243,11 +249,13 @@ class _ElementFinder(HTMLParser):
         self.attributes: dict[str, str] | None = None
         self.depth = 0
         self.text: list[str] = []
+        self.descendants: list[tuple[str, dict[str, str]]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         void = tag in VOID_ELEMENTS
         if self.depth:
             self.depth += 0 if void else 1
+            self.descendants.append((tag, {name: value or "" for name, value in attrs}))
         elif dict(attrs).get("id") == self.element_id and self.attributes is None:
             self.attributes = {name: value or "" for name, value in attrs}
             self.depth = 0 if void else 1
@@ -267,6 +275,15 @@ class Element:
 
     attributes: dict[str, str]
     text: str
+    descendants: tuple[tuple[str, dict[str, str]], ...] = ()  # (tag, attributes) in document order
+
+    def all(self, tag: str, css_class: str | None = None) -> list[dict[str, str]]:
+        """The attributes of the descendants with `tag` (and `css_class`, when given), in document order."""
+        return [
+            attributes
+            for name, attributes in self.descendants
+            if name == tag and (css_class is None or css_class in attributes.get("class", "").split())
+        ]
 
     @property
     def classes(self) -> set[str]:
@@ -279,4 +296,4 @@ def element(html: str, element_id: str) -> Element:
     finder = _ElementFinder(element_id)
     finder.feed(html)
     assert finder.attributes is not None, f"no element with id {element_id!r} in the page"
-    return Element(finder.attributes, " ".join(" ".join(finder.text).split()))
+    return Element(finder.attributes, " ".join(" ".join(finder.text).split()), tuple(finder.descendants))

@@ -5,15 +5,17 @@ subscription or resource group gets only the rows inside its scope; a row outsid
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from trustedlaunch.control.attestation_monitor import Trigger
 from trustedlaunch.control.resources import cluster_resource_id
 from trustedlaunch.control.tokens import Principal
 from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
-from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertStatus
+from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertStatus, AttestationStatus
 
 ALERT_STATUSES = tuple(AlertStatus)
 
@@ -47,6 +49,20 @@ def active_alert_counts(session: Session) -> dict[tuple[str, str, str], int]:
         .group_by(AlertRecord.subscription_id, AlertRecord.resource_group, AlertRecord.cluster_name)
     )
     return {(sub, group, name): count for sub, group, name, count in rows}
+
+
+def open_alert_count(session: Session, principal: Principal) -> int:
+    """How many open (Active or acknowledged) alerts the principal's scope holds."""
+    return sum(
+        count
+        for (subscription_id, group, name), count in active_alert_counts(session).items()
+        if _covers(principal, subscription_id, group, name)
+    )
+
+
+def attested_nodes(nodes: Iterable[Node]) -> int:
+    """How many of `nodes` passed their latest attestation."""
+    return sum(1 for node in nodes if node.attestation_status == AttestationStatus.ATTESTED)
 
 
 def visible_cluster(session: Session, principal: Principal, cluster_id: int) -> ManagedCluster | None:
@@ -115,3 +131,69 @@ def visible_alert(session: Session, principal: Principal, alert_id: str) -> Aler
 def attestation_record(session: Session, record_id: int) -> AttestationRecord | None:
     """The attestation record with id `record_id`; check its pool with `visible_pool` before showing it."""
     return session.get(AttestationRecord, record_id)
+
+
+def alert_places(
+    session: Session, alerts: Iterable[AlertRecord]
+) -> dict[tuple[str, str, str, str], tuple[int, int | None]]:
+    """The cluster row id and the pool row id (None once the pool is gone) the `alerts` are about, by their
+    (subscription, resource group, cluster name, pool name); alerts of a deleted cluster are missing."""
+    wanted = {(a.subscription_id, a.resource_group, a.cluster_name, a.pool_name) for a in alerts}
+    clusters = {(sub, group, name) for sub, group, name, _ in wanted}
+    places: dict[tuple[str, str, str, str], tuple[int, int | None]] = {}
+    for cluster in session.scalars(
+        select(ManagedCluster).where(ManagedCluster.name.in_({name for _, _, name in clusters}))
+    ):
+        if (cluster.subscription_id, cluster.resource_group, cluster.name) not in clusters:
+            continue
+        pools = {pool.name: pool.id for pool in cluster.agent_pools}
+        for sub, group, name, pool_name in wanted:
+            if (sub, group, name) == (cluster.subscription_id, cluster.resource_group, cluster.name):
+                places[(sub, group, name, pool_name)] = (cluster.id, pools.get(pool_name))
+    return places
+
+
+def fleet_verdicts(
+    session: Session, pool_ids: Iterable[int], since: datetime
+) -> list[tuple[int, str, datetime, bool]]:
+    """(pool id, node name, time, passed) of the attestations since `since` of the nodes the pools hold
+    now, oldest first, each node's latest attestation before `since` first (its state when `since` began)."""
+    pool_ids = list(pool_ids)
+    present = select(Node.pool_id, Node.name).where(Node.pool_id.in_(pool_ids))
+    nodes = {(pool_id, name) for pool_id, name in session.execute(present)}
+    earlier = (
+        select(func.max(AttestationRecord.id))
+        .where(AttestationRecord.pool_id.in_(pool_ids), AttestationRecord.time < since)
+        .group_by(AttestationRecord.pool_id, AttestationRecord.node_name)
+    )
+    rows = session.execute(
+        select(
+            AttestationRecord.pool_id,
+            AttestationRecord.node_name,
+            AttestationRecord.time,
+            AttestationRecord.ok,
+        )
+        .where(
+            AttestationRecord.pool_id.in_(pool_ids),
+            (AttestationRecord.time >= since) | AttestationRecord.id.in_(earlier),
+        )
+        .order_by(AttestationRecord.time, AttestationRecord.id)
+    )
+    return [(pool_id, name, time, ok) for pool_id, name, time, ok in rows if (pool_id, name) in nodes]
+
+
+def current_vm_policy(session: Session, record: AttestationRecord) -> str | None:
+    """The predicted policy (JSON) `record` was checked against, when its node still runs the VM it was
+    taken on (no provisioning attestation of the node came after it): `Node.attestation_policy`; else None."""
+    node = session.scalar(select(Node).where(Node.pool_id == record.pool_id, Node.name == record.node_name))
+    if node is None:
+        return None
+    reprovisioned = session.scalar(
+        select(AttestationRecord.id).where(
+            AttestationRecord.pool_id == record.pool_id,
+            AttestationRecord.node_name == record.node_name,
+            AttestationRecord.trigger == Trigger.PROVISIONING,
+            AttestationRecord.id > record.id,
+        )
+    )
+    return node.attestation_policy if reprovisioned is None else None

@@ -15,7 +15,7 @@ carries a strict Content-Security-Policy (no inline script or style).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from trustedlaunch.control import alert_lifecycle, overview
 from trustedlaunch.control.node_health import ready_nodes, rolled_up_health
 from trustedlaunch.control.overview import ALERT_STATUSES
-from trustedlaunch.control.records import AgentPool, ManagedCluster, Session
+from trustedlaunch.control.records import AgentPool, ManagedCluster, Node, Session
 from trustedlaunch.control.ui_sessions import (
     SESSION_SECONDS,
     SignInRefusal,
@@ -41,7 +41,9 @@ from trustedlaunch.control.ui_sessions import (
     open_session,
     session_principal,
 )
-from trustedlaunch.web.evidence import build_evidence_view
+from trustedlaunch.web.charts import FLEET_WINDOW, fleet_chart, node_timeline
+from trustedlaunch.web.evidence import build_evidence_view, expected_pcrs, pcr_rows
+from trustedlaunch.web.generations import history_rows
 
 PREFIX = "/ui"
 SESSION_COOKIE = "tl_dashboard"
@@ -119,6 +121,12 @@ def _yes_no(value: bool | None) -> str:
     return {True: "enabled", False: "disabled", None: "unknown"}[value]
 
 
+def _attested(nodes: Iterable[Node]) -> str:
+    """ "N/M attested": how many of `nodes` passed their latest attestation."""
+    nodes = list(nodes)
+    return f"{overview.attested_nodes(nodes)}/{len(nodes)} attested"
+
+
 templates = Environment(
     loader=PackageLoader("trustedlaunch.web", "templates"),
     autoescape=True,
@@ -128,13 +136,30 @@ templates = Environment(
 )
 templates.globals.update(path_for=_path_for, poll_seconds=POLL_SECONDS)
 templates.filters.update(
-    when=_when, state_class=_state_class, enabled=_yes_no, health=rolled_up_health, ready_count=ready_nodes
+    when=_when,
+    state_class=_state_class,
+    enabled=_yes_no,
+    health=rolled_up_health,
+    ready_count=ready_nodes,
+    attested=_attested,
 )
 
 
+def _open_alert_count(request: Request) -> int | None:
+    """The open alerts in the signed-in session's scope; None without a session (the sign-in form)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        return None
+    with request.app.state.sessions() as session:
+        return overview.open_alert_count(session, principal)
+
+
 def render(request: Request, name: str, status_code: int = 200, **context: object) -> HTMLResponse:
-    """Render a template of the dashboard (autoescaped) into an HTML response."""
-    html = templates.get_template(name).render(request=request, **context)
+    """Render a template of the dashboard (autoescaped) into an HTML response; the navigation of a signed-in
+    page counts the open alerts in the session's scope (only pages with the navigation ask)."""
+    html = templates.get_template(name).render(
+        request=request, open_alert_count=lambda: _open_alert_count(request), **context
+    )
     return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
 
 
@@ -277,11 +302,15 @@ def root(request: Request) -> Response:
 
 @router.get("/", name="dashboard_clusters")
 def clusters(request: Request) -> HTMLResponse:
-    """Every managed cluster with its pools, node count and active alerts."""
+    """Every managed cluster with its pools, node count, attested nodes and active alerts, and the fleet's
+    % attested over the last FLEET_WINDOW."""
+    now = datetime.now(UTC)
     with request.app.state.sessions() as session:
         found = overview.visible_clusters(session, request.state.principal)
         alerts = overview.active_alert_counts(session)
-        return render(request, "clusters.html", clusters=found, alerts=alerts)
+        pool_ids = [pool.id for cluster in found for pool in cluster.agent_pools]
+        fleet = fleet_chart(overview.fleet_verdicts(session, pool_ids, now - FLEET_WINDOW), now)
+        return render(request, "clusters.html", clusters=found, alerts=alerts, fleet=fleet)
 
 
 def _cluster(request: Request, session: Session, cluster_id: int) -> ManagedCluster:
@@ -326,14 +355,23 @@ def pool_node_rows(request: Request, pool_id: int) -> HTMLResponse:
 
 @router.get("/pools/{pool_id}/nodes/{node_name}", name="dashboard_node_history")
 def node_history(request: Request, pool_id: int, node_name: str) -> HTMLResponse:
-    """The attestation history of one node of a pool, newest first."""
+    """The attestation history of one node of a pool, newest first: a timeline, then the attestations
+    grouped by the VM and vTPM they came from."""
     with request.app.state.sessions() as session:
         pool = _pool(request, session, pool_id)
         records = overview.node_history(session, pool, node_name, HISTORY_LIMIT)
         if records is None:
             raise PageNotFound(f"node {node_name!r} of pool {pool.name!r}")
+        node = next((node for node in pool.nodes if node.name == node_name), None)
         return render(
-            request, "history.html", cluster=pool.cluster, pool=pool, node_name=node_name, records=records
+            request,
+            "history.html",
+            cluster=pool.cluster,
+            pool=pool,
+            node_name=node_name,
+            node=node,
+            rows=history_rows(records, node.enrolled_ak_name if node else None),
+            timeline=node_timeline(records),
         )
 
 
@@ -358,21 +396,39 @@ def _alert_findings(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _alert_remediation(document: dict[str, Any]) -> list[str]:
+    """The alert's remediation steps (what was done, what to do), from its Defender-shaped document."""
+    properties = document.get("properties")
+    steps = properties.get("remediationSteps") if isinstance(properties, dict) else None
+    return [str(step) for step in steps] if isinstance(steps, list) else []
+
+
 @router.get("/alerts", name="dashboard_alerts")
 def alerts(request: Request, status: str | None = None) -> HTMLResponse:
     """Integrity alerts in the token's scope, newest first (at most ALERT_LIMIT), optionally only those of
-    one status (Active, InProgress or Resolved)."""
+    one status (Active, InProgress or Resolved), each linking to its cluster, pool and node, with its
+    remediation."""
     if status not in ALERT_STATUSES:
         status = None
     with request.app.state.sessions() as session:
-        rows = [
-            {
-                "alert": alert,
-                "components": _alert_components(alert.document),
-                "findings": _alert_findings(alert.document),
-            }
-            for alert in overview.visible_alerts(session, request.state.principal, status, ALERT_LIMIT)
-        ]
+        found = overview.visible_alerts(session, request.state.principal, status, ALERT_LIMIT)
+        places = overview.alert_places(session, found)
+        rows = []
+        for alert in found:
+            cluster_id, pool_id = places.get(
+                (alert.subscription_id, alert.resource_group, alert.cluster_name, alert.pool_name),
+                (None, None),
+            )
+            rows.append(
+                {
+                    "alert": alert,
+                    "cluster_id": cluster_id,
+                    "pool_id": pool_id,
+                    "components": _alert_components(alert.document),
+                    "findings": _alert_findings(alert.document),
+                    "remediation": _alert_remediation(alert.document),
+                }
+            )
         return render(request, "alerts.html", rows=rows, status=status, statuses=ALERT_STATUSES)
 
 
@@ -397,18 +453,10 @@ def alert_action(request: Request, alert_id: str, action: str, status: str | Non
     return RedirectResponse(target, status_code=303)
 
 
-def _sorted_pcrs(pcrs: dict[str, dict[str, str]] | None) -> list[tuple[str, int, str]]:
-    rows = []
-    for bank, values in sorted((pcrs or {}).items()):
-        for index, value in values.items():
-            if str(index).isdigit():
-                rows.append((bank, int(index), value))
-    return sorted(rows)
-
-
 @router.get("/attestations/{record_id}", name="dashboard_attestation")
-def attestation(request: Request, record_id: int) -> HTMLResponse:
-    """One attestation's evidence: findings, the event log with the failing events highlighted, PCRs."""
+def attestation(request: Request, record_id: int, pcr: int | None = None) -> HTMLResponse:
+    """One attestation's evidence: findings, the quoted PCRs next to the node's predicted ones, the event
+    log grouped by PCR (only PCR `pcr` when given) with the failing events highlighted."""
     with request.app.state.sessions() as session:
         record = overview.attestation_record(session, record_id)
         if record is None:
@@ -416,6 +464,7 @@ def attestation(request: Request, record_id: int) -> HTMLResponse:
         pool = _pool(request, session, record.pool_id)
         view = build_evidence_view(record.event_log, record.findings or [])
         failed_pcrs = {finding.pcr for finding in view.findings if finding.pcr is not None}
+        expected, no_expected = expected_pcrs(overview.current_vm_policy(session, record))
         return render(
             request,
             "evidence.html",
@@ -423,6 +472,8 @@ def attestation(request: Request, record_id: int) -> HTMLResponse:
             pool=pool,
             record=record,
             view=view,
-            pcrs=_sorted_pcrs(record.pcrs),
+            pcrs=pcr_rows(record.pcrs, expected),
+            no_expected=no_expected,
             failed_pcrs=failed_pcrs,
+            pcr=pcr,
         )

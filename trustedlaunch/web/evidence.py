@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trustedlaunch.attest.policy import boot_app_components
+from trustedlaunch.attest.policy import Policy, PolicyError, boot_app_components
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.eventlog.describe import boot_app_labels, describe_event
 from trustedlaunch.eventlog.model import BootSummary, EventLog
@@ -127,3 +127,56 @@ def build_evidence_view(event_log: bytes | None, findings: Sequence[Mapping[str,
     )
     notes = summary.notes if summary is not None else ()
     return EvidenceView(tuple(views), rows, log.format, log.banks, notes=notes)
+
+
+@dataclass(frozen=True)
+class PcrRow:
+    """One PCR as the node quoted it next to the value its predicted policy expects (None: not quoted, or
+    no value predicted)."""
+
+    bank: str
+    index: int
+    quoted: str | None
+    expected: str | None
+
+    @property
+    def mismatch(self) -> bool:
+        """True when a value was predicted and the quote holds another."""
+        return (
+            self.expected is not None
+            and self.quoted is not None
+            and self.quoted.lower() != self.expected.lower()
+        )
+
+
+def expected_pcrs(policy_json: str | None) -> tuple[dict[tuple[str, int], str], str | None]:
+    """The golden PCR values of a predicted policy document by (bank, PCR), and why there are none (no
+    policy stored, or one that does not load)."""
+    if policy_json is None:
+        return {}, (
+            "No predicted policy is stored for the VM this attestation came from (the node was replaced "
+            "since, or an older release provisioned it): only the quoted values are shown."
+        )
+    try:
+        policy = Policy.from_json(policy_json, source="the node's predicted policy")
+    except PolicyError as exc:
+        return {}, str(exc)
+    if not policy.golden_pcrs:
+        return {}, "The node's predicted policy sets no PCR value."
+    return {(golden.bank, golden.pcr): golden.value for golden in policy.golden_pcrs}, None
+
+
+def pcr_rows(
+    quoted: Mapping[str, Mapping[str, str]] | None, expected: Mapping[tuple[str, int], str]
+) -> list[PcrRow]:
+    """Quoted and expected PCRs side by side, by bank and index."""
+    values = {
+        (bank, int(index)): value
+        for bank, indexes in (quoted or {}).items()
+        for index, value in indexes.items()
+        if str(index).isdigit()
+    }
+    return [
+        PcrRow(bank, index, values.get((bank, index)), expected.get((bank, index)))
+        for bank, index in sorted(values.keys() | expected.keys())
+    ]
