@@ -134,7 +134,10 @@ def _index_record(name: str, version: str) -> tuple[int, str]:
             fields.setdefault(key, value.strip())
     size, digest = fields.get("Size", ""), fields.get("SHA256", "")
     if not size.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise BootPackageError(f"{what}: apt's index gives no size and SHA-256 for it")
+        raise BootPackageError(
+            f"{what}: apt's index has no such package version (`apt-cache madison {name}` lists the versions "
+            "Debian serves; `apt-get update` refreshes the index)"
+        )
     if int(size) > MAX_PACKAGE_BYTES:
         raise BootPackageError(f"{what}: {int(size)} bytes, more than the {MAX_PACKAGE_BYTES} allowed")
     return int(size), digest

@@ -29,6 +29,7 @@ from trustedlaunch.control.node_images import (
     linux_image_version,
 )
 from trustedlaunch.control.pool_policies import record_image_policy
+from trustedlaunch.eventlog.predict import PredictionError
 from trustedlaunch.node import image as node_image
 from trustedlaunch.node.debian import debian_release
 from trustedlaunch.node.qemu import FIRMWARE
@@ -207,9 +208,18 @@ def build_image_version(
     session: Session, out_dir: Path, chain: BootChain, *, operator_images: Path | None = None
 ) -> tuple[ImageBuild, node_image.NodeImage]:
     """Build the node image of `chain` into `out_dir`, store its version (named by plan_build, with its build
-    record) and its predicted policies; the session is flushed, the caller commits."""
+    record) and its predicted policies; the session is flushed, the caller commits. Raises BootPackageError
+    naming the boot chain's packages when the image would not boot under Secure Boot (e.g. a GRUB that the
+    shim's SBAT level revokes): nothing is stored."""
     build = plan_build(session, chain)
     image = build_release_image(out_dir, operator_images=operator_images, boot_chain=chain)
+    try:
+        policy_for_image(image.esp_dir, FIRMWARE[True][1])
+    except PredictionError as error:
+        packages = ", ".join(f"{key} {value}" for key, value in chain.record().items())
+        raise BootPackageError(
+            f"the node image of {packages} cannot be a node image version: {error}"
+        ) from error
     register_build(session, build)
     session.flush()
     predict_policies(session, build, image)
