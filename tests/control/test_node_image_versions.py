@@ -46,6 +46,7 @@ from trustedlaunch.control.node_images import (
     is_release_image,
 )
 from trustedlaunch.control.node_runtime_release import NodeRuntime
+from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.node.debian import debian_release
 from trustedlaunch.node.image import NodeImage, has_current_agent
 from trustedlaunch.node.qemu import FIRMWARE
@@ -232,3 +233,21 @@ def test_a_package_that_cannot_be_had_is_named(tmp_path: Path, monkeypatch: pyte
 def test_a_stored_build_record_is_checked(document: str) -> None:
     with pytest.raises(BootPackageError, match="node image build record"):
         ImageBuild.from_json(document)
+
+
+def test_the_reconciler_builds_a_version_from_its_build_record(
+    built: dict[str, tuple[ImageBuild, NodeImage]], sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """A pool on the other kernel's version gets that kernel's image (not the installed boot chain's under
+    its name), built once into the state dir; the installed version gets the installed kernel."""
+    reconciler = Reconciler(sessions, tmp_path / "state")
+    kernel, installed = built["kernel"], built["installed"]
+    image = reconciler._image(kernel[0].version())
+    assert image.files["vmlinuz"] == kernel[1].files["vmlinuz"] != installed[1].files["vmlinuz"]
+    assert image.release == kernel[1].release
+    assert (
+        reconciler._image(kernel[0].version()).metadata_path.stat().st_ino
+        == image.metadata_path.stat().st_ino
+    )
+    installed_image = reconciler._image(installed[0].version(trusted_launch=False))
+    assert installed_image.files["vmlinuz"] == installed[1].files["vmlinuz"]

@@ -245,3 +245,13 @@ def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:
         shim_version=build.shim_version,
         cache=cache,
     )
+
+
+def version_boot_chain(session: Session, version: str, cache: Path | None = None) -> BootChain | None:
+    """The boot chain the stored version `version` is built from, None for the installed chain's release
+    (IMAGE_RELEASE, whatever the installed packages are now) or a version without a build record."""
+    row = session.get(NodeImage, version)
+    if row is None or row.build_record is None:
+        return None
+    build = ImageBuild.from_json(row.build_record)
+    return None if build.release == IMAGE_RELEASE else chain_of_build(build, cache)
