@@ -24,6 +24,7 @@ from trustedlaunch.control.binary_cache import file_sha256
 from trustedlaunch.control.boot_packages import (
     GRUB_PACKAGE,
     BootPackageError,
+    available_kernels,
     fetch_package,
     fetched_kernel,
     installed_version,
@@ -251,3 +252,12 @@ def test_the_reconciler_builds_a_version_from_its_build_record(
     )
     installed_image = reconciler._image(installed[0].version(trusted_launch=False))
     assert installed_image.files["vmlinuz"] == installed[1].files["vmlinuz"]
+
+
+def test_the_signed_kernels_debian_serves_are_listed_newest_first() -> None:
+    kernels = available_kernels()
+    assert OTHER_KERNEL in kernels
+    installed = installed_boot_chain().kernel
+    assert (installed.package, installed.version) in kernels
+    assert kernels.index((installed.package, installed.version)) < kernels.index(OTHER_KERNEL)
+    assert not any("-cloud-" in package or "-rt-" in package for package, _ in kernels)

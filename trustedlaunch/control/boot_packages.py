@@ -28,6 +28,9 @@ APT_TIMEOUT_SECONDS = 600
 TOOL_TIMEOUT_SECONDS = 300
 KERNEL_PACKAGE = re.compile(r"^linux-image-(\d+\.\d+[0-9a-z.+-]*-amd64)$")  # linux-image-6.1.0-50-amd64
 PACKAGE_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+~:-]{0,99}$")  # Debian policy's version characters
+# the generic flavour's signed kernels (not -cloud- or -rt-): linux-image-6.1.0-50-amd64,
+# linux-image-6.12.57+deb12-amd64
+GENERIC_KERNEL_PACKAGE = re.compile(r"^linux-image-\d+\.\d+\.\d+(?:-\d+|\+deb\d+)-amd64$")
 SHIM_PACKAGE = "shim-signed"
 GRUB_PACKAGE = "grub-efi-amd64-signed"
 SHIM_FILE = "usr/lib/shim/shimx64.efi.signed"
@@ -240,3 +243,25 @@ def fetched_shim(version: str, cache: Path | None = None) -> tuple[Path, str]:
     """(signed shim file, version) of shim-signed `version`, fetched (not installed)."""
     fetched = fetch_package(SHIM_PACKAGE, version, cache)
     return _one_file(fetched.root, SHIM_FILE, f"Debian package {SHIM_PACKAGE} {version}"), version
+
+
+def _version_key(version: str) -> list[int]:
+    return [int(number) for number in re.findall(r"\d+", version)]
+
+
+def available_kernels() -> list[tuple[str, str]]:
+    """(package, version) of every Debian signed kernel of the generic amd64 flavour in apt's index (installed
+    or not), newest first: what a node image version can be built from."""
+    what = "Debian signed kernels"
+    found = _run(["apt-cache", "search", "--names-only", "^linux-image-[0-9].*-amd64$"], what)
+    packages = sorted(
+        {name for line in found.splitlines() if GENERIC_KERNEL_PACKAGE.fullmatch(name := line.split(" ")[0])}
+    )
+    if not packages:
+        return []
+    versions = set()
+    for line in _run(["apt-cache", "madison", *packages], what).splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) >= 2 and fields[0] in packages and PACKAGE_VERSION.fullmatch(fields[1]):
+            versions.add((fields[0], fields[1]))
+    return sorted(versions, key=lambda item: (_version_key(item[1]), item[0]), reverse=True)
