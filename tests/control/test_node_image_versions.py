@@ -246,6 +246,8 @@ def test_the_reconciler_builds_a_version_from_its_build_record(
     image = reconciler._image(kernel[0].version())
     assert image.files["vmlinuz"] == kernel[1].files["vmlinuz"] != installed[1].files["vmlinuz"]
     assert image.release == kernel[1].release
+    # byte for byte the build its policies were predicted from (the same content digest, root hash included)
+    assert image.version == kernel[1].version
     assert (
         reconciler._image(kernel[0].version()).metadata_path.stat().st_ino
         == image.metadata_path.stat().st_ino
