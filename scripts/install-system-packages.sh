@@ -18,6 +18,9 @@ PACKAGES+=(postgresql)
 # The node's read-only root filesystem (trustedlaunch/node/rootfs.py): mksquashfs builds it, veritysetup its
 # dm-verity hash tree and root hash; the node's initramfs opens it with Debian's dmsetup (and its libraries).
 PACKAGES+=(squashfs-tools cryptsetup-bin dmsetup)
+# Node image versions from other Debian signed kernels (trustedlaunch/control/boot_packages.py): depmod
+# writes the modules.dep of a kernel package fetched with apt-get download and extracted by dpkg-deb.
+PACKAGES+=(kmod)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

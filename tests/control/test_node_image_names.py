@@ -122,7 +122,10 @@ def stored_versions(sessions: sessionmaker[Session]) -> dict[str, object]:
             "policies": {
                 (p.node_image_version, p.secure_boot): p.policy for p in session.scalars(select(ImagePolicy))
             },
-            "images": {i.version: i.trusted_launch_capable for i in session.scalars(select(NodeImage))},
+            "images": {
+                row.version: row.trusted_launch_capable
+                for row in session.execute(select(NodeImage.version, NodeImage.trusted_launch_capable))
+            },
         }
 
 

@@ -18,6 +18,7 @@ from trustedlaunch.control.node_images import (
     PRELOADED_IMAGES_DIR,
     build_release_image,
     image_release,
+    installed_boot_chain,
     is_release_image,
 )
 from trustedlaunch.control.node_runtime_release import NodeRuntime, release_name
@@ -45,7 +46,15 @@ def test_the_release_image_carries_kubelet_the_runtime_and_the_preloaded_images(
 ) -> None:
     rootfs = release_image.rootfs
     assert rootfs is not None
-    assert release_image.release == {"kubernetes": KUBERNETES_VERSION, "nodeRuntime": release_name()}
+    chain = installed_boot_chain()
+    assert release_image.release == {
+        "kernelPackage": chain.kernel.package,  # linux-image-6.1.0-57-amd64, the newest installed
+        "kernelVersion": chain.kernel.version,
+        "shim": f"shim-signed {chain.loaders.shim_version}",
+        "grub": f"grub-efi-amd64-signed {chain.loaders.grub_version}",
+        "kubernetes": KUBERNETES_VERSION,
+        "nodeRuntime": release_name(),
+    }
     assert (
         squashfs_member(release_image, "usr/bin/kubelet") == kubernetes_release.binary("kubelet").read_bytes()
     )

@@ -1,6 +1,14 @@
 """Node image catalogue: which image a new pool gets, and whether that image can run trusted launch; the one
 name of the Linux node image (`linux_image_version`: Debian's signed boot chain, not AKS's Ubuntu or Azure
-Linux image) and the one builder of the node image real nodes boot (`build_release_image`)."""
+Linux image) and the one builder of the node image real nodes boot (`build_release_image`).
+
+Node image versions: the installed boot chain (kernel, shim, GRUB packages) makes this release's image,
+IMAGE_RELEASE, the latest. An image built from another Debian signed kernel, shim or GRUB (fetched by
+control.boot_packages, never installed on the host) is another version, named for the day Debian built the
+newest package of its boot chain (<YYYYMM>.<DD>.<patch>, the patch telling apart other boot chains of the
+same day); its per-build record (`ImageBuild`: the packages and versions, the Kubernetes and runtime
+releases) is stored with it, and its policy is predicted from its image before any node boots it
+(control.node_image_versions)."""
 
 from __future__ import annotations
 
@@ -12,7 +20,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from trustedlaunch.control import kubernetes_release, node_runtime_release
+from trustedlaunch.control import boot_packages, kubernetes_release, node_runtime_release
+from trustedlaunch.control.boot_packages import BootLoaders, KernelBuild
 from trustedlaunch.control.vm_sizes import VmSize
 from trustedlaunch.node import image as node_image
 from trustedlaunch.node.container_images import add_image_archive, write_node_images
@@ -153,12 +162,38 @@ def operator_archives(operator_images: Path | None) -> list[Path]:
     return sorted(operator_images.glob("*.tar"))
 
 
-def image_release(operator_images: Path | None = None) -> dict[str, str]:
+@dataclass(frozen=True)
+class BootChain:
+    """The Debian signed boot chain of a node image: its kernel (package, version, files) and its shim and
+    GRUB (files, package versions)."""
+
+    kernel: KernelBuild
+    loaders: BootLoaders
+
+    def record(self) -> dict[str, str]:
+        """The packages and versions it is built from, as recorded in an image's release record."""
+        return {
+            "kernelPackage": self.kernel.package,
+            "kernelVersion": self.kernel.version,
+            "shim": f"{boot_packages.SHIM_PACKAGE} {self.loaders.shim_version}",
+            "grub": f"{boot_packages.GRUB_PACKAGE} {self.loaders.grub_version}",
+        }
+
+
+def installed_boot_chain(kernel: Path | None = None) -> BootChain:
+    """The host's installed boot chain (`kernel`, by default the newest in /boot, and the installed shim and
+    GRUB). Raises BootPackageError when a package is not installed."""
+    return BootChain(boot_packages.installed_kernel(kernel), boot_packages.installed_boot_loaders())
+
+
+def image_release(operator_images: Path | None = None, boot_chain: BootChain | None = None) -> dict[str, str]:
     """What the node image of this trustedlaunch is built from (recorded in the image's metadata): the
-    pinned Kubernetes release (kubelet) and container runtime of its root filesystem, and the operator's
-    image archives in `operator_images` (a fingerprint of their names, sizes and modification times: an
-    archive added, removed or replaced makes another release)."""
+    Debian packages of its boot chain (`boot_chain`, by default the installed one), the pinned Kubernetes
+    release (kubelet) and container runtime of its root filesystem, and the operator's image archives in
+    `operator_images` (a fingerprint of their names, sizes and modification times: an archive added,
+    removed or replaced makes another release)."""
     release = {
+        **(installed_boot_chain() if boot_chain is None else boot_chain).record(),
         "kubernetes": kubernetes_release.KUBERNETES_VERSION,
         "nodeRuntime": node_runtime_release.release_name(),
     }
@@ -171,10 +206,16 @@ def image_release(operator_images: Path | None = None) -> dict[str, str]:
 
 
 def build_release_image(
-    out_dir: Path, *, kernel: Path | None = None, operator_images: Path | None = None
+    out_dir: Path,
+    *,
+    kernel: Path | None = None,
+    operator_images: Path | None = None,
+    boot_chain: BootChain | None = None,
 ) -> node_image.NodeImage:
-    """Build the node image real nodes boot into `out_dir`: Debian's signed boot chain (`kernel`, by default
-    the newest installed) and the agent, and a dm-verity root filesystem holding the verified kubelet and
+    """Build the node image real nodes boot into `out_dir`: Debian's signed boot chain (`boot_chain`, by
+    default the installed one with `kernel`, by default the newest installed, as its kernel: one of its
+    files may be given in place of the packaged one, e.g. an unsigned copy) and the agent, and a dm-verity
+    root filesystem holding the verified kubelet and
     container runtime (from the user cache, each binary checked by SHA-256), the pre-loaded pause and
     busybox images and the operator's image archives in `operator_images` (each checked by
     add_image_archive; all written into `out_dir/container-images` first). Raises CachedBinaryError when
@@ -186,18 +227,30 @@ def build_release_image(
     for archive in operator_archives(operator_images):
         add_image_archive(archives, archive)
     inputs = node_runtime_release.node_rootfs_inputs(release, runtime, image_archives=archives)
-    recorded = image_release(operator_images)
-    return node_image.build_node_image(out_dir, kernel=kernel, rootfs=inputs, release=recorded)
+    chain = installed_boot_chain(kernel) if boot_chain is None else boot_chain
+    recorded = image_release(operator_images, chain)
+    return node_image.build_node_image(
+        out_dir,
+        kernel=chain.kernel.vmlinuz if kernel is None else kernel,
+        rootfs=inputs,
+        release=recorded,
+        modules_root=chain.kernel.modules_root,
+        shim=chain.loaders.shim,
+        grub=chain.loaders.grub,
+    )
 
 
-def is_release_image(image: node_image.NodeImage, operator_images: Path | None = None) -> bool:
-    """Whether `image` is the node image of this trustedlaunch's releases and the operator's images in
-    `operator_images`: it has a root filesystem built from the pinned Kubernetes release and container
-    runtime and those archives. An image an older trustedlaunch built (without a root filesystem, with other
-    binaries or images in it, or another GRUB configuration) is not: build it anew (its policy changes with
-    it; running nodes keep attesting against the policy they were provisioned with)."""
+def is_release_image(
+    image: node_image.NodeImage, operator_images: Path | None = None, boot_chain: BootChain | None = None
+) -> bool:
+    """Whether `image` is the node image of this trustedlaunch's releases, the operator's images in
+    `operator_images` and `boot_chain` (by default the installed one): it has a root filesystem built from
+    the pinned Kubernetes release and container runtime and those archives, and that boot chain's packages.
+    An image an older trustedlaunch built (without a root filesystem, with other binaries or images in it,
+    another boot chain or another GRUB configuration) is not: build it anew (its policy changes with it;
+    running nodes keep attesting against the policy they were provisioned with)."""
     return (
         image.rootfs is not None
-        and image.release == image_release(operator_images)
+        and image.release == image_release(operator_images, boot_chain)
         and node_image.has_current_boot_config(image)
     )

@@ -67,6 +67,7 @@ from trustedlaunch.control.node_health import (
     record_check,
     start_repair,
 )
+from trustedlaunch.control.node_image_versions import version_boot_chain
 from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release_image, is_release_image
 from trustedlaunch.control.node_join import (
     ALREADY_STARTED,
@@ -1135,16 +1136,23 @@ class Reconciler:
     def _image(self, version: str) -> NodeImage:
         """The built node image of catalogue `version`, built once into the state dir (with its dm-verity
         root filesystem: kubelet, the container runtime, the pre-loaded images and the operator's archives in
-        `{state dir}/container-images`). An image built from other releases or archives (or without a root
-        filesystem) is built anew; one whose only difference is an older agent gets the current agent (its
-        initramfs), keeping its boot chain. Running nodes keep the policy of the build they booted."""
+        `{state dir}/container-images`), from the boot chain of its build record (a version built from other
+        Debian packages than the installed ones: control.node_image_versions). An image built from other
+        releases, archives or packages (or without a root filesystem) is built anew; one whose only
+        difference is an older agent gets the current agent (its initramfs), keeping its boot chain. Running
+        nodes keep the policy of the build they booted."""
         out_dir = self.state_dir / "images" / version
         with self._artefacts_lock:
+            with self.sessions() as session:
+                chain = version_boot_chain(session, version)
             operator_images = self.state_dir / OPERATOR_IMAGES_DIR
-            if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir), operator_images):
+            if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir), operator_images, chain):
                 log.info("building node image %s in %s", version, out_dir)
                 _create_atomically(
-                    out_dir, lambda scratch: build_release_image(scratch, operator_images=operator_images)
+                    out_dir,
+                    lambda scratch: build_release_image(
+                        scratch, operator_images=operator_images, boot_chain=chain
+                    ),
                 )
             image = NodeImage.load(out_dir)
             if not has_current_agent(image):

@@ -50,15 +50,19 @@ VERITY_ROOTHASH_ARG = "trustedlaunch.verity_roothash"
 VERITY_SALT_ARG = "trustedlaunch.verity_salt"
 VERITY_BLOCKS_ARG = "trustedlaunch.verity_blocks"
 KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
+MODULES_ROOT = Path("/lib/modules")  # the installed kernels' modules; a downloaded kernel's are elsewhere
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 METADATA_NAME = "node-image.json"
 GRUB_CONFIG_FILE = "EFI/debian/grub.cfg"
 BOOT_FAILED_MARKER = "trustedlaunch: boot failed"
 
-_ESP_FILES = {
-    "EFI/BOOT/BOOTX64.EFI": (SHIM, "shim-signed"),
-    "EFI/BOOT/grubx64.efi": (GRUB, "grub-efi-amd64-signed"),
-}
+
+def _esp_files(shim: Path, grub: Path) -> dict[str, tuple[Path, str]]:
+    """ESP path -> (source file, the Debian package that has it) of the signed boot loaders."""
+    return {
+        "EFI/BOOT/BOOTX64.EFI": (shim, "shim-signed"),
+        "EFI/BOOT/grubx64.efi": (grub, "grub-efi-amd64-signed"),
+    }
 
 
 class NodeImageError(TrustedLaunchError):
@@ -125,10 +129,13 @@ def _require(path: Path, package: str) -> Path:
     return path
 
 
-def _kernel_modules(kernel_release: str, names: tuple[str, ...]) -> list[tuple[str, bytes]]:
+def _kernel_modules(
+    kernel_release: str, names: tuple[str, ...], modules_root: Path = MODULES_ROOT
+) -> list[tuple[str, bytes]]:
     """(file name, bytes) of the kernel modules `names` and every module they depend on, in load order
-    (dependencies first), from /lib/modules/<kernel_release> (Debian signs them: they load under lockdown)."""
-    directory = Path("/lib/modules", kernel_release)
+    (dependencies first), from `modules_root`/<kernel_release> (Debian signs them: they load under
+    lockdown)."""
+    directory = modules_root / kernel_release
     try:
         lines = (directory / "modules.dep").read_text().splitlines()
     except OSError as error:
@@ -168,10 +175,10 @@ def _program_with_libraries(program: Path, package: str) -> dict[str, bytes]:
     return files
 
 
-def build_initramfs(kernel_release: str | None = None) -> bytes:
+def build_initramfs(kernel_release: str | None = None, modules_root: Path = MODULES_ROOT) -> bytes:
     """The gzip-compressed newc initramfs: busybox and the agent as /init; with `kernel_release` also what
-    opening the dm-verity root filesystem needs (that kernel's virtio, dm-verity and squashfs modules, listed
-    in load order in /etc/modules, and Debian's dmsetup with its libraries)."""
+    opening the dm-verity root filesystem needs (that kernel's virtio, dm-verity and squashfs modules from
+    `modules_root`, listed in load order in /etc/modules, and Debian's dmsetup with its libraries)."""
     tree = Initramfs()
     for directory in ("proc", "sys", "dev", "tmp", "run", "etc"):
         tree.directory(directory)
@@ -183,7 +190,7 @@ def build_initramfs(kernel_release: str | None = None) -> bytes:
             tree.symlink(applet, "/bin/busybox")
     if kernel_release is not None:
         tree.directory("sysroot")
-        modules = _kernel_modules(kernel_release, ROOTFS_MODULES)
+        modules = _kernel_modules(kernel_release, ROOTFS_MODULES, modules_root)
         for name, data in modules:
             tree.file(f"lib/modules/{name}", data)
         tree.file("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
@@ -234,9 +241,14 @@ def build_node_image(
     cmdline: str = DEFAULT_CMDLINE,
     rootfs: RootfsInputs | None = None,
     release: Mapping[str, str] | None = None,
+    modules_root: Path = MODULES_ROOT,
+    shim: Path = SHIM,
+    grub: Path = GRUB,
 ) -> NodeImage:
     """Build the ESP folder `out_dir/esp` and its metadata `out_dir/node-image.json` (replacing both), and
-    with `rootfs` the root filesystem disk `out_dir/rootfs.img`; `release` is recorded in the metadata."""
+    with `rootfs` the root filesystem disk `out_dir/rootfs.img`; `release` is recorded in the metadata.
+    The boot chain is `shim`, `grub` and `kernel` (by default the installed ones), the initramfs takes the
+    kernel's modules from `modules_root` (another than /lib/modules is recorded in the metadata)."""
     if any(character in cmdline for character in "\n\r\"'\\$;") or not cmdline.strip():
         raise NodeImageError(
             f"kernel command line {cmdline!r} is empty or has characters GRUB would interpret "
@@ -246,7 +258,8 @@ def build_node_image(
     if not kernel.is_file():
         raise NodeImageError(f"kernel {kernel} not found")
     contents: dict[str, bytes] = {
-        name: _require(source, package).read_bytes() for name, (source, package) in _ESP_FILES.items()
+        name: _require(source, package).read_bytes()
+        for name, (source, package) in _esp_files(shim, grub).items()
     }
     built_rootfs = None
     if rootfs is not None:
@@ -255,24 +268,28 @@ def build_node_image(
         cmdline = f"{cmdline} {verity_cmdline(built_rootfs)}"
     contents[GRUB_CONFIG_FILE] = grub_config(cmdline).encode()
     contents["vmlinuz"] = kernel.read_bytes()
-    contents["initrd.gz"] = build_initramfs(None if rootfs is None else modules_release)
-    return _write_image(out_dir, contents, kernel.name, cmdline, built_rootfs, dict(release or {}))
+    contents["initrd.gz"] = build_initramfs(None if rootfs is None else modules_release, modules_root)
+    return _write_image(
+        out_dir, contents, kernel.name, cmdline, built_rootfs, dict(release or {}), modules_root
+    )
 
 
 @functools.cache
-def current_initramfs_sha256(kernel_release: str | None = None) -> str:
+def current_initramfs_sha256(kernel_release: str | None = None, modules_root: Path = MODULES_ROOT) -> str:
     """The sha256 of the initramfs build_initramfs makes (installed busybox and agent, and the modules of
-    `kernel_release`), once per process."""
-    return hashlib.sha256(build_initramfs(kernel_release)).hexdigest()
+    `kernel_release` in `modules_root`), once per process."""
+    return hashlib.sha256(build_initramfs(kernel_release, modules_root)).hexdigest()
 
 
-def _initramfs_kernel_release(image: NodeImage) -> str | None:
-    """The kernel release whose modules `image`'s initramfs holds: its kernel's when it has a root
-    filesystem, else none."""
-    if image.rootfs is None:
-        return None
+def _initramfs_modules(image: NodeImage) -> tuple[str | None, Path]:
+    """The kernel release whose modules `image`'s initramfs holds (its kernel's when it has a root
+    filesystem, else none) and the folder they were taken from."""
     try:
-        return kernel_release(json.loads(image.metadata_path.read_text())["kernel"])
+        metadata = json.loads(image.metadata_path.read_text())
+        modules_root = Path(metadata.get("modulesRoot", str(MODULES_ROOT)))
+        if image.rootfs is None:
+            return None, modules_root
+        return kernel_release(metadata["kernel"]), modules_root
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
 
@@ -290,7 +307,7 @@ def has_current_boot_config(image: NodeImage) -> bool:
 def has_current_agent(image: NodeImage) -> bool:
     """Whether `image` carries the initramfs (agent) of this trustedlaunch: an image built by an older one
     may hold an agent whose protocol the host no longer speaks."""
-    return image.files.get("initrd.gz") == current_initramfs_sha256(_initramfs_kernel_release(image))
+    return image.files.get("initrd.gz") == current_initramfs_sha256(*_initramfs_modules(image))
 
 
 def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
@@ -301,7 +318,8 @@ def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
         contents = {name: (image.esp_dir / name).read_bytes() for name in image.files}
     except (OSError, ValueError, KeyError) as error:
         raise NodeImageError(f"node image {image.esp_dir.parent} cannot be read: {error}") from error
-    contents["initrd.gz"] = build_initramfs(_initramfs_kernel_release(image))
+    modules_release, modules_root = _initramfs_modules(image)
+    contents["initrd.gz"] = build_initramfs(modules_release, modules_root)
     rootfs = image.rootfs
     if rootfs is not None:
         target = out_dir / ROOTFS_NAME
@@ -309,7 +327,9 @@ def refresh_agent(image: NodeImage, out_dir: Path) -> NodeImage:
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(rootfs.path, target)
         rootfs = replace(rootfs, path=target)
-    return _write_image(out_dir, contents, kernel_name, image.kernel_cmdline, rootfs, image.release)
+    return _write_image(
+        out_dir, contents, kernel_name, image.kernel_cmdline, rootfs, image.release, modules_root
+    )
 
 
 def _write_image(
@@ -319,6 +339,7 @@ def _write_image(
     cmdline: str,
     rootfs: Rootfs | None,
     release: dict[str, str],
+    modules_root: Path = MODULES_ROOT,
 ) -> NodeImage:
     """Write the ESP files `contents` (ESP-relative path -> bytes) and their metadata into `out_dir`; the
     version is a digest of every file's digest (and of the root filesystem's entry)."""
@@ -347,6 +368,8 @@ def _write_image(
         metadata["rootfs"] = rootfs.metadata()
     if release:
         metadata["release"] = release
+    if modules_root != MODULES_ROOT:
+        metadata["modulesRoot"] = str(modules_root)
     metadata_path = out_dir / METADATA_NAME
     metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
     return NodeImage(esp_dir, metadata_path, version, cmdline, files, rootfs, release)

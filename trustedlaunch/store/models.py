@@ -125,6 +125,9 @@ class NodeImage(Base):
     architecture: Mapped[str] = mapped_column(String(8))
     trusted_launch_capable: Mapped[bool] = mapped_column(Boolean)
     fips: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What a Linux version is built from (control.node_image_versions.ImageBuild as JSON: its boot chain's
+    # Debian packages, the Kubernetes and runtime releases); None for the Windows names.
+    build_record: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ImagePolicy(Base):

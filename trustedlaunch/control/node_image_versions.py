@@ -1,0 +1,257 @@
+"""Node image versions built from Debian's signed packages: the installed boot chain makes this release's
+image (IMAGE_RELEASE, the latest); another signed kernel, shim or GRUB that Debian serves makes another
+version, built without installing anything on the host (control.boot_packages), named for the day Debian
+built the newest package of its boot chain (<YYYYMM>.<DD>.<patch>: the patch tells apart other boot chains
+of that day, in the order they were first built here), stored with its per-build record (`ImageBuild`) and
+with its attestation policies predicted from its image before any node boots it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trustedlaunch.attest.derivation import policy_for_image
+from trustedlaunch.attest.policy import Policy
+from trustedlaunch.control import boot_packages
+from trustedlaunch.control.boot_packages import BootLoaders, BootPackageError
+from trustedlaunch.control.node_images import (
+    IMAGE_RELEASE,
+    BootChain,
+    build_release_image,
+    image_release,
+    installed_boot_chain,
+    linux_image_version,
+)
+from trustedlaunch.control.pool_policies import record_image_policy
+from trustedlaunch.eventlog.predict import PredictionError
+from trustedlaunch.node import image as node_image
+from trustedlaunch.node.debian import debian_release
+from trustedlaunch.node.qemu import FIRMWARE
+from trustedlaunch.store.models import NodeImage
+
+RELEASE = re.compile(r"^(\d{6})\.(\d{2})\.(\d{1,3})$")  # AKS's <YYYYMM>.<DD>.<patch>
+MAX_RECORD_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """What a node image version is built from: its release (<YYYYMM>.<DD>.<patch>), its boot chain's Debian
+    packages (kernel package, version and release; shim-signed and grub-efi-amd64-signed versions), the
+    Kubernetes release and the container runtime of its root filesystem."""
+
+    release: str
+    kernel_package: str
+    kernel_version: str
+    kernel_release: str
+    shim_version: str
+    grub_version: str
+    kubernetes: str
+    node_runtime: str
+
+    def version(self, *, trusted_launch: bool = True, debian: str | None = None) -> str:
+        """Its nodeImageVersion (trusted launch capable or not) on Debian `debian` (by default the host's)."""
+        debian = debian_release() if debian is None else debian
+        return linux_image_version(trusted_launch=trusted_launch, debian=debian, release=self.release)
+
+    def same_build(self, other: ImageBuild) -> bool:
+        """Whether `other` is built from the same packages and releases (whatever its release name)."""
+        return {**asdict(self), "release": ""} == {**asdict(other), "release": ""}
+
+    def to_json(self) -> str:
+        """The stored record (camelCase JSON)."""
+        fields = asdict(self)
+        return json.dumps({_camel(name): value for name, value in fields.items()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, document: str) -> ImageBuild:
+        """A stored record; BootPackageError when it is not one (too long, fields missing or not strings)."""
+        try:
+            if len(document) > MAX_RECORD_CHARS:
+                raise ValueError(f"more than {MAX_RECORD_CHARS} characters")
+            record = json.loads(document)
+            values = {name: record[_camel(name)] for name in cls.__dataclass_fields__}
+            if not all(isinstance(value, str) and len(value) <= 200 for value in values.values()):
+                raise ValueError("fields must be strings of at most 200 characters")
+            if not RELEASE.fullmatch(values["release"]):
+                raise ValueError(f"release {values['release'][:20]!r} is not <YYYYMM>.<DD>.<patch>")
+            return cls(**values)
+        except (ValueError, KeyError, TypeError) as error:
+            raise BootPackageError(f"node image build record: {error}") from error
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def release_key(release: str) -> tuple[int, int, int]:
+    """A release's sort key (newest last); (0, 0, 0) for a name that is not <YYYYMM>.<DD>.<patch>."""
+    match = RELEASE.fullmatch(release)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else (0, 0, 0)
+
+
+def boot_chain_date(chain: BootChain) -> date:
+    """The day Debian built the newest package of `chain` (its files carry the package's build time)."""
+    files = (chain.kernel.vmlinuz, chain.loaders.shim, chain.loaders.grub)
+    return max(datetime.fromtimestamp(path.stat().st_mtime, UTC).date() for path in files)
+
+
+def boot_chain(
+    kernel_package: str | None = None,
+    kernel_version: str | None = None,
+    *,
+    grub_version: str | None = None,
+    shim_version: str | None = None,
+    cache: Path | None = None,
+) -> BootChain:
+    """The boot chain of the kernel package `kernel_package` at `kernel_version` and of those GRUB and shim
+    versions: the installed package where it is installed at that version (or none is named), else fetched
+    from Debian into `cache`. Raises BootPackageError naming a package that cannot be had."""
+    installed = installed_boot_chain()
+    kernel = installed.kernel
+    if kernel_package is not None or kernel_version is not None:
+        if kernel_package is None or kernel_version is None:
+            raise BootPackageError("a kernel package is named by its package name and its version together")
+        if (kernel_package, kernel_version) != (kernel.package, kernel.version):
+            kernel = boot_packages.fetched_kernel(kernel_package, kernel_version, cache)
+    loaders = installed.loaders
+    grub, grub_at = loaders.grub, loaders.grub_version
+    if grub_version is not None and grub_version != grub_at:
+        grub, grub_at = boot_packages.fetched_grub(grub_version, cache)
+    shim, shim_at = loaders.shim, loaders.shim_version
+    if shim_version is not None and shim_version != shim_at:
+        shim, shim_at = boot_packages.fetched_shim(shim_version, cache)
+    return BootChain(kernel, BootLoaders(shim, shim_at, grub, grub_at))
+
+
+def stored_builds(session: Session, *, trusted_launch_capable: bool | None = None) -> dict[str, ImageBuild]:
+    """nodeImageVersion -> its build record, for every stored Linux version that has one (only the trusted
+    launch capable names, or only the others, when `trusted_launch_capable` says so)."""
+    query = select(NodeImage.version, NodeImage.build_record).where(NodeImage.build_record.is_not(None))
+    if trusted_launch_capable is not None:
+        query = query.where(NodeImage.trusted_launch_capable.is_(trusted_launch_capable))
+    rows = session.execute(query).all()
+    return {version: ImageBuild.from_json(record) for version, record in rows if record is not None}
+
+
+def plan_build(session: Session, chain: BootChain) -> ImageBuild:
+    """The build record of an image of `chain` with this release's Kubernetes and runtime, named: the
+    installed chain's is IMAGE_RELEASE; a stored version built from the same packages keeps its name; any
+    other is named for boot_chain_date(chain), with the next patch number of that day."""
+    release = image_release(boot_chain=chain)
+
+    def record(name: str) -> ImageBuild:
+        return ImageBuild(
+            release=name,
+            kernel_package=chain.kernel.package,
+            kernel_version=chain.kernel.version,
+            kernel_release=chain.kernel.release,
+            shim_version=chain.loaders.shim_version,
+            grub_version=chain.loaders.grub_version,
+            kubernetes=release["kubernetes"],
+            node_runtime=release["nodeRuntime"],
+        )
+
+    if chain.record() == installed_boot_chain().record():
+        return record(IMAGE_RELEASE)
+    unnamed = record(IMAGE_RELEASE)
+    builds = stored_builds(session).values()
+    same = next((build for build in builds if build.same_build(unnamed)), None)
+    if same is not None:
+        return record(same.release)
+    day = boot_chain_date(chain).strftime("%Y%m.%d")
+    taken = {build.release for build in builds} | {IMAGE_RELEASE}
+    patch = next(n for n in range(len(taken) + 1) if f"{day}.{n}" not in taken)
+    return record(f"{day}.{patch}")
+
+
+def register_build(session: Session, build: ImageBuild) -> tuple[str, str]:
+    """Store the version of `build` under its trusted-launch-capable name and its other name (the same bytes,
+    as the catalogue's installed image); returns (capable name, other name)."""
+    names = (build.version(trusted_launch=True), build.version(trusted_launch=False))
+    for name, capable in zip(names, (True, False), strict=True):
+        row = session.get(NodeImage, name)
+        if row is None:
+            row = NodeImage(
+                version=name,
+                os_type="Linux",
+                os_sku=f"Debian{debian_release()}",
+                hyper_v_generation="V2",
+                architecture="x64",
+                trusted_launch_capable=capable,
+                fips=False,
+            )
+            session.add(row)
+        row.build_record = build.to_json()
+    return names
+
+
+def predict_policies(session: Session, build: ImageBuild, image: node_image.NodeImage) -> dict[bool, Policy]:
+    """The policies of `image` (the build of `build`) booted with Secure Boot on and off, predicted without
+    booting it and stored for both its names (the verifier API's `poolId`); Secure Boot on/off -> policy."""
+    policies = {}
+    for secure_boot in (True, False):
+        for capable in (False, True):  # the capable name's last: it is the one returned
+            name = build.version(trusted_launch=capable)
+            policies[secure_boot] = policy_for_image(image.esp_dir, FIRMWARE[secure_boot][1], node_image=name)
+            record_image_policy(session, name, secure_boot, policies[secure_boot])
+    return policies
+
+
+def build_image_version(
+    session: Session, out_dir: Path, chain: BootChain, *, operator_images: Path | None = None
+) -> tuple[ImageBuild, node_image.NodeImage]:
+    """Build the node image of `chain` into `out_dir`, store its version (named by plan_build, with its build
+    record) and its predicted policies; the session is flushed, the caller commits. Raises BootPackageError
+    naming the boot chain's packages when the image would not boot under Secure Boot (e.g. a GRUB that the
+    shim's SBAT level revokes): nothing is stored."""
+    build = plan_build(session, chain)
+    image = build_release_image(out_dir, operator_images=operator_images, boot_chain=chain)
+    try:
+        policy_for_image(image.esp_dir, FIRMWARE[True][1])
+    except PredictionError as error:
+        packages = ", ".join(f"{key} {value}" for key, value in chain.record().items())
+        raise BootPackageError(
+            f"the node image of {packages} cannot be a node image version: {error}"
+        ) from error
+    register_build(session, build)
+    session.flush()
+    predict_policies(session, build, image)
+    return build, image
+
+
+def image_versions(session: Session) -> list[tuple[str, ImageBuild]]:
+    """The catalogue of Linux versions (trusted launch capable names) with their build records, newest
+    first: the installed boot chain's (IMAGE_RELEASE, the latest) and every version built and stored."""
+    builds = stored_builds(session, trusted_launch_capable=True)
+    installed = plan_build(session, installed_boot_chain())
+    builds.setdefault(installed.version(), installed)
+    return sorted(builds.items(), key=lambda item: release_key(item[1].release), reverse=True)
+
+
+def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:
+    """The boot chain `build` was built from (fetched again where it is not the installed one), to build its
+    image anew; BootPackageError naming a package Debian no longer serves."""
+    return boot_chain(
+        build.kernel_package,
+        build.kernel_version,
+        grub_version=build.grub_version,
+        shim_version=build.shim_version,
+        cache=cache,
+    )
+
+
+def version_boot_chain(session: Session, version: str, cache: Path | None = None) -> BootChain | None:
+    """The boot chain the stored version `version` is built from, None for the installed chain's release
+    (IMAGE_RELEASE, whatever the installed packages are now) or a version without a build record."""
+    row = session.get(NodeImage, version)
+    if row is None or row.build_record is None:
+        return None
+    build = ImageBuild.from_json(row.build_record)
+    return None if build.release == IMAGE_RELEASE else chain_of_build(build, cache)
