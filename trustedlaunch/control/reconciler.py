@@ -192,7 +192,8 @@ class Reconciler:
     set, overrides every pool's (tests use seconds, the API takes whole minutes).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
-    passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM).
+    passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM),
+    and then its Node's pool labels (control.labels.pool_labels) are brought back to its row if they differ.
     """
 
     def __init__(
@@ -1040,7 +1041,21 @@ class Reconciler:
         session.commit()
         if reason is None and self._joined(node):  # only a passing attestation renews its credentials
             node.message = f"{node.message}; {self._renew_credential(node)}"[:4000]
+            self._bring_pool_labels(node)
             session.commit()
+
+    def _bring_pool_labels(self, node: Node) -> None:
+        """Bring the pool labels of joined `node`'s Node back to its row where they differ (NodeJoiner.
+        bring_pool_labels), noted in its message; a failure is logged, not fatal (tried again next time)."""
+        assert self.joiner is not None
+        try:
+            changes = self.joiner.bring_pool_labels(node)
+        except NodeJoinFailedError as exc:
+            log.warning("%s", exc)
+            return
+        if changes:
+            log.info("node %s: labels brought back to its row: %s", node.name, "; ".join(changes))
+            node.message = f"{node.message}; labels brought back to its row: {'; '.join(changes)}"[:4000]
 
     def _joined(self, node: Node) -> bool:
         """Whether `node` (Ready) joined its cluster: it was given a kubelet port to join with."""
@@ -1098,6 +1113,8 @@ class Reconciler:
                     node = session.get(Node, node_id)
                     if node is not None and node.state == NodePhase.READY:
                         self._renew_credential(node)  # logged
+                        self._bring_pool_labels(node)
+                        session.commit()
             finally:
                 lock.release()
 
