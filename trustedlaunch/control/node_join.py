@@ -58,7 +58,7 @@ from trustedlaunch.control.hosted_control_plane import free_loopback_port
 from trustedlaunch.control.kubernetes import KubernetesAdapterError
 from trustedlaunch.control.labels import pool_labels
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel, AgentError, RenewedCredentials
+from trustedlaunch.node.channel import AgentChannel, AgentError, AgentOutdatedError, RenewedCredentials
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import (
     ATTESTATION_PENDING_TAINT,
@@ -88,6 +88,11 @@ log = logging.getLogger(__name__)
 
 class NodeJoinFailedError(TrustedLaunchError):
     """A node did not join its cluster; the message names the node and what is missing."""
+
+
+class NodeAgentOutdatedError(NodeJoinFailedError):
+    """A joined node's agent does not know the KUBELETCERTS request (an older node image's initramfs): its
+    kubelet credentials cannot be renewed; it must be reimaged onto the current image before they expire."""
 
 
 def joins_cluster(node: Node, image: NodeImage) -> bool:
@@ -201,6 +206,8 @@ class NodeJoiner:
         try:
             credentials = issue_kubelet_credentials(self._pki(node), node.name, self.validity)
             renewed = channel.renew_kubelet_credentials(credentials.bundle(), RENEW_TIMEOUT)
+        except AgentOutdatedError as exc:
+            raise NodeAgentOutdatedError(f"node {node.name}: kubelet credentials not renewed: {exc}") from exc
         except (TrustedLaunchError, OSError) as exc:
             raise NodeJoinFailedError(f"node {node.name}: kubelet credentials not renewed: {exc}") from exc
         if renewed.client_cert_sha256 != hashlib.sha256(credentials.client_cert_pem).hexdigest():

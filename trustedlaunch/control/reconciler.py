@@ -71,6 +71,7 @@ from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release
 from trustedlaunch.control.node_join import (
     ALREADY_STARTED,
     JOIN_TIMEOUT,
+    NodeAgentOutdatedError,
     NodeJoiner,
     NodeJoinFailedError,
     joins_cluster,
@@ -93,7 +94,7 @@ from trustedlaunch.control.node_processes import (
     kill_node_processes,
     node_processes,
 )
-from trustedlaunch.control.operations import finish_operation, operation_resource
+from trustedlaunch.control.operations import finish_operation, operation_resource, start_node_reimage
 from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
@@ -156,6 +157,7 @@ def _observed(node: Node) -> ObservedNode:
         node.enable_secure_boot,
         node.enable_vtpm,
         node.node_image_version,
+        node.reimage_reason,
     )
 
 
@@ -726,6 +728,7 @@ class Reconciler:
         node.attestation_status = None
         node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
         node.attestation_policy = None  # its new VM's, recorded by its provisioning attestation
+        node.reimage_reason = None  # reimaged: the current image's agent
         node.labels = {}
         node.message = "provisioning"
         node.updated_at = utc_now()
@@ -1078,12 +1081,31 @@ class Reconciler:
                     renewed = self.joiner.renew_credential(node, agent.channel)
                 finally:
                     agent.close()
+        except NodeAgentOutdatedError as exc:
+            return self._reimage_outdated_agent(node, exc)
         except TrustedLaunchError as exc:
             log.error("node %s: %s", node.name, exc)
             return f"kubelet credentials not renewed: {exc}"
         self._renewed_at[node.id] = time.monotonic()
         log.info("node %s: kubelet credentials renewed: %s", node.name, " ".join(renewed.replaced))
         return "kubelet credentials renewed"
+
+    def _reimage_outdated_agent(self, node: Node, refusal: NodeAgentOutdatedError) -> str:
+        """Joined `node`'s agent refused to renew its kubelet credentials (an older node image's initramfs,
+        without KUBELETCERTS): have it reimaged onto its pool's current image (operations.start_node_reimage:
+        an Update operation's rolling reimage, drained first) while its credentials are still valid (they
+        last 3 renewal intervals); what happened, for the node's message."""
+        session = Session.object_session(node)
+        assert session is not None
+        reason = (
+            "its agent (an older node image's initramfs) cannot renew its kubelet credentials: reimaged "
+            "onto the current image before they expire"
+        )
+        operation = start_node_reimage(session, node, reason)
+        session.commit()
+        log.warning("node %s: %s (%s)", node.name, reason, refusal)
+        started = f" (operation {operation.id})" if operation is not None else ""
+        return f"kubelet credentials not renewed: {refusal}; reimage scheduled{started}"
 
     def _renew_unattested_credentials_if_due(self) -> None:
         """Renew the kubelet certificates of the joined Ready nodes without vTPM (nothing to attest: they
