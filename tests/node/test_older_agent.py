@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from older_agent import older_agent_initramfs
 from sqlalchemy import select
 
 from trustedlaunch.control.bootstrap import open_store
@@ -31,35 +31,20 @@ from trustedlaunch.node.qemu import NodeVM
 from trustedlaunch.store.models import AgentPool, ClusterControlPlane, Node, Operation
 
 pytestmark = pytest.mark.slow
-# The line of the agent's request dispatch that an agent older than kubelet credential renewal lacks.
-RENEWAL_HANDLER = '        KUBELETCERTS) renew_credentials "$3" ;;\n'
 
 
 def older_agent_image(image: NodeImage, out_dir: Path) -> NodeImage:
-    """A copy of `image` in `out_dir` whose initramfs agent does not know KUBELETCERTS (unpacked and packed
-    again with cpio, as the kernel reads it: newc, gzip), its metadata recording that initramfs."""
+    """A copy of `image` in `out_dir` whose initramfs agent does not know KUBELETCERTS, its metadata
+    recording that initramfs (as an image an older trustedlaunch built records its own)."""
     shutil.copytree(image.esp_dir.parent, out_dir)
-    tree = out_dir / "initramfs"
-    tree.mkdir()
     initrd = out_dir / "esp" / "initrd.gz"
-    subprocess.run(f"gzip -dc {initrd} | cpio -id --quiet", shell=True, cwd=tree, check=True)
-    agent = (tree / "init").read_text()
-    assert RENEWAL_HANDLER in agent
-    (tree / "init").write_text(agent.replace(RENEWAL_HANDLER, ""))
-    packed = subprocess.run(
-        "find . | LC_ALL=C sort | cpio -o -H newc --quiet | gzip -n",
-        shell=True,
-        cwd=tree,
-        check=True,
-        capture_output=True,
-    ).stdout
-    initrd.write_bytes(packed)
-    shutil.rmtree(tree)
-    metadata_path = out_dir / image.metadata_path.name  # the image records its initramfs' digest
+    older = older_agent_initramfs(initrd.read_bytes())
+    initrd.write_bytes(older)
+    metadata_path = out_dir / image.metadata_path.name
     metadata = json.loads(metadata_path.read_text())
     for item in metadata["files"]:
         if item["path"] == "initrd.gz":
-            item["sha256"] = hashlib.sha256(packed).hexdigest()
+            item["sha256"] = hashlib.sha256(older).hexdigest()
     metadata_path.write_text(json.dumps(metadata))
     return NodeImage.load(out_dir)
 
