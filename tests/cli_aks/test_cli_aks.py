@@ -352,3 +352,15 @@ def test_versions_that_are_not_installed_are_refused(
     code, _, err = tl(runner, cli_env, *add, "--kubernetes-version", "1.29.2")
     assert code == 2 and "(AgentPoolK8sVersionNotSupported)" in err and "Agent pool 'oldpool'" in err
     assert "Target: properties.orchestratorVersion" in err
+
+
+def test_a_windows_pool_is_refused_saying_why(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
+    code, _, err = tl(runner, cli_env, *CREATE)
+    assert code == 0, err
+    add = ["aks", "nodepool", "add", *NODEPOOL, "--name", "win", "--os-type", "Windows", "--no-wait"]
+    code, _, err = tl(runner, cli_env, *add)
+    assert code == 2
+    assert "(OSTypeNotSupported)" in err and "Pool 'win' is Windows" in err
+    assert "only Linux node images" in err and "Target: properties.osType" in err
+    code, out, _ = tl(runner, cli_env, "aks", "nodepool", "add", "--help")
+    assert "Windows is refused" in " ".join(out.split())

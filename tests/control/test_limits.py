@@ -13,6 +13,7 @@ from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
     INSTALLED_KUBERNETES_VERSIONS,
     LIMITATIONS,
+    OS_TYPE_NOT_SUPPORTED,
     QUOTAS,
     TL_INCOMPATIBLE,
     ClusterRequest,
@@ -81,9 +82,9 @@ def test_windows_pool_name_limited_to_six_characters() -> None:
     windows = replace(
         VALID_TL, os_type="Windows", os_sku="Windows2022", enable_secure_boot=False, enable_vtpm=False
     )
-    assert check_pool(replace(windows, name="win123")) == []
+    assert [v.code for v in check_pool(replace(windows, name="win123"))] == [OS_TYPE_NOT_SUPPORTED]
     violations = check_pool(replace(windows, name="win1234"))
-    assert [v.code for v in violations] == ["AgentPoolNameInvalid"]
+    assert [v.code for v in violations] == ["AgentPoolNameInvalid", OS_TYPE_NOT_SUPPORTED]
     assert "1-6" in violations[0].message
 
 
@@ -165,8 +166,20 @@ def test_generation_1_only_size() -> None:
 
 def test_windows_pool() -> None:
     request = replace(VALID_TL, name="win", os_type="Windows", os_sku="Windows2022")
-    assert codes_and_targets(request) == [(TL_INCOMPATIBLE, "properties.osType")]
-    assert check_pool(replace(request, enable_secure_boot=False, enable_vtpm=False)) == []
+    assert codes_and_targets(request) == [
+        (OS_TYPE_NOT_SUPPORTED, "properties.osType"),
+        (TL_INCOMPATIBLE, "properties.osType"),
+    ]
+    plain = replace(request, enable_secure_boot=False, enable_vtpm=False)
+    (refused,) = check_pool(plain)
+    assert (refused.code, refused.target, refused.status) == (OS_TYPE_NOT_SUPPORTED, "properties.osType", 400)
+    assert "Pool 'win' is Windows" in refused.message and "only Linux node images" in refused.message
+    # a Windows pool an earlier version stored: updated (or scaled down) freely, never grown
+    assert check_pool(replace(plain, previous=plain)) == []
+    assert check_pool(replace(plain, count=0, previous=plain)) == []
+    assert codes_and_targets(replace(plain, count=2, previous=plain)) == [
+        (OS_TYPE_NOT_SUPPORTED, "properties.osType")
+    ]
 
 
 def test_fips() -> None:
@@ -352,20 +365,20 @@ def test_every_violation_is_reported_with_its_target() -> None:
         feature_registered=False,
     )
     violations = check_pool(request, target_prefix="properties.agentPoolProfiles[0].")
-    assert len(violations) == 7
+    assert len(violations) == 8
     assert all(v.target and v.target.startswith("properties.agentPoolProfiles[0].") for v in violations)
     with pytest.raises(ArmError) as raised:
         raise_violations(violations)
     error = raised.value
     assert error.status == 400 and error.code == "AgentPoolNameInvalid"
-    assert error.message.startswith("7 problems")
-    assert len(error.to_body()["error"]["details"]) == 7  # type: ignore[index]
+    assert error.message.startswith("8 problems")
+    assert len(error.to_body()["error"]["details"]) == 8  # type: ignore[index]
     raise_violations([])  # nothing to raise
 
 
 def test_every_limitation_is_exercised_by_a_test() -> None:
     """Each table row has a code, a target and a message; a new row needs its own test above."""
-    assert len(LIMITATIONS) == 43
+    assert len(LIMITATIONS) == 44
     assert all(rule.code and rule.target and rule.message.endswith(".") for rule in LIMITATIONS)
 
 

@@ -193,10 +193,5 @@ def test_the_migration_renames_the_aks_names_of_an_older_store(
     assert new["pools"] == {"tl": tl, "fips": plain, "arm": plain}
     assert new["nodes"] == {"tl-0": tl, "fips-0": plain, "arm-0": plain}
     assert new["policies"] == {(tl, True): f'{{"nodeImage": "{tl}"}}'}
-    assert new["images"] == {
-        tl: True,
-        plain: False,
-        "AKSWindows-2019-containerd-17763.6532.241113": False,
-        "AKSWindows-2022-containerd-20348.2849.241113": False,
-    }
+    assert new["images"] == {tl: True, plain: False}  # no Windows image is seeded any more
     assert all(find_image(str(version)) is not None for version in new["pools"].values())  # type: ignore[attr-defined]

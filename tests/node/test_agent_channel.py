@@ -22,6 +22,7 @@ from trustedlaunch.node.channel import (
     MAX_VERSION_SIZE,
     AgentChannel,
     AgentError,
+    AgentOutdatedError,
     AgentProtocolError,
     KubeletStatus,
     RenewedCredentials,
@@ -115,7 +116,7 @@ def test_an_agent_older_than_request_ids_answers_ping_and_is_told_to_reimage() -
         guest.sendall(answer(reply="PONG", token="cafe0001"))
         assert channel.ping("cafe0001", 5.0) is True
         guest.sendall(answer(reply="UNKNOWN", error="unknown request", detail=""))
-        with pytest.raises(AgentError, match=r"does not know the TPM request.*reimage"):
+        with pytest.raises(AgentOutdatedError, match=r"does not know the TPM request.*reimage"):
             channel.tpm_command(b"\x80\x01", 5.0)
         lines = guest.makefile("rb")
         requests: list[bytes] = []  # without the padding before each request
@@ -344,9 +345,20 @@ def test_kubelet_credentials_renewal_answers_are_checked(
         tuple(files.split()), client, serving
     )
     assert link.requests[0].split(" ")[::2] == ["KUBELETCERTS", base64.b64encode(b"bundle").decode()]
-    with pytest.raises(AgentError, match="KUBELETCERTS failed: kubelet was not started"):
+    with pytest.raises(AgentError, match="KUBELETCERTS failed: kubelet was not started") as failed:
         link.channel.renew_kubelet_credentials(b"bundle", 5.0)
+    assert not isinstance(failed.value, AgentOutdatedError)  # a failure of an agent that knows the request
     with pytest.raises(AgentProtocolError, match="is no file list"):
         link.channel.renew_kubelet_credentials(b"bundle", 5.0)
     with pytest.raises(AgentProtocolError, match="are no sha256 digests"):
+        link.channel.renew_kubelet_credentials(b"bundle", 5.0)
+
+
+def test_an_agent_that_does_not_know_a_request_is_outdated(
+    guest: Callable[[Callable[[str, str], bytes]], Guest],
+) -> None:
+    """The agent's answer to a request it does not know (agent/init.sh: UNKNOWN, with the request's id), as
+    an agent older than KUBELETCERTS answers the renewal: AgentOutdatedError, telling to reimage the node."""
+    link = guest(lambda command, request_id: answer(id=request_id, reply="UNKNOWN", error="unknown request"))
+    with pytest.raises(AgentOutdatedError, match=r"does not know the KUBELETCERTS request.*reimage"):
         link.channel.renew_kubelet_credentials(b"bundle", 5.0)

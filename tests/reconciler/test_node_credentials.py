@@ -1,7 +1,8 @@
 """Continuous attestation drives Kubernetes, on one real Secure Boot + vTPM node joined to its cluster's
 hosted control plane: the kubelet's serving certificate is the cluster CA's and kube-apiserver verifies it
 (`kubectl logs` and `exec` work); a passing re-attestation renews the kubelet's client and serving
-certificates (the agent replaced the files with those issued; the kubelet serves the new one); a failing
+certificates (the agent replaced the files with those issued; the kubelet serves the new one) and brings
+the Node's pool labels back to its row (a pre-0014 node-image-version label); a failing
 re-attestation renews nothing, taints the Node NoExecute (its pod is evicted), cordons it and removes its
 trusted-launch and secure-boot labels; attested again, the Node is restored and its credentials renewed.
 One VM boot."""
@@ -24,7 +25,9 @@ from kube_apiserver import read_node, taints_besides_the_node_lifecycle
 from lightkube import ApiError, Client
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Node as KubernetesNode
 from lightkube.resources.core_v1 import Pod
+from lightkube.types import PatchType
 from monitoring_helpers import create_trusted_cluster
 from reconciler_helpers import SUB, cluster_admin, run_until_finished, wait_until
 from sqlalchemy import select
@@ -35,7 +38,7 @@ from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.cluster_planes import ClusterPlanes
 from trustedlaunch.control.kubernetes import QUARANTINE_TAINT
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
-from trustedlaunch.control.labels import LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
+from trustedlaunch.control.labels import LABEL_NODE_IMAGE_VERSION, LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ResourcePath, delete_cluster
 from trustedlaunch.node.channel import RenewedCredentials
@@ -49,6 +52,7 @@ CLUSTER = "credcluster"
 CREATE_SECONDS = 1200.0  # control plane, then a node booted, attested and joined under TCG on 2 busy cores
 SERVING_RELOAD_SECONDS = 150.0  # kubelet's serving certificate file: fsnotify, else its 1-minute poll
 EVICTION_SECONDS = 180.0
+PRE_0014_NAME = "AKSUbuntu-2204gen2TLcontainerd-202411.12.0"
 
 
 @dataclass
@@ -192,10 +196,18 @@ def test_a_passing_reattestation_renews_the_kubelet_credentials(
     node = cluster.node()
     assert node.kubelet_port is not None
     before = serving_certificate(node.kubelet_port)
+    # the node-image-version label a Node joined with before migration 0014 renamed the image
+    renamed = {"metadata": {"labels": {LABEL_NODE_IMAGE_VERSION: PRE_0014_NAME}}}
+    cluster.client.patch(KubernetesNode, node.name, renamed, patch_type=PatchType.MERGE)
     request_attestation(cluster)
     assert cluster.reconciler.run_once()
     node = cluster.node()
-    assert node.message == "attested (OnDemand); kubelet credentials renewed"
+    assert node.message == (
+        "attested (OnDemand); kubelet credentials renewed; labels brought back to its row: "
+        f"{LABEL_NODE_IMAGE_VERSION}: {PRE_0014_NAME} -> {node.node_image_version}"
+    )
+    labels = read_node(cluster.client, node.name)["metadata"]["labels"]
+    assert labels[LABEL_NODE_IMAGE_VERSION] == node.node_image_version
     [renewed] = cluster.renewed
     issued = cluster.issued[-1]
     assert renewed.replaced == (
@@ -259,7 +271,7 @@ def test_attested_again_the_node_is_restored_and_its_credentials_renewed(cluster
     request_attestation(cluster, cluster.enrolled)
     assert cluster.reconciler.run_once()
     node = cluster.node()
-    assert node.attestation_status == "Attested"
+    assert node.attestation_status == "Attested", node.message
     assert node.message == "attested (OnDemand); kubelet credentials renewed"
     assert len(cluster.renewed) == renewed + 1
     stored = read_node(cluster.client, node.name)

@@ -109,3 +109,20 @@ def test_pool_deletion_deletes_every_node_then_is_done() -> None:
     step = plan_next_step(deleting, [node(1, 0), node(2, 1)])
     assert (step.action, step.node_id) == (Action.DELETE, 1)
     assert plan_next_step(deleting, []).action == Action.DONE
+
+
+def test_a_node_with_a_reimage_reason_is_outdated_whatever_its_settings() -> None:
+    """A node whose older agent cannot renew its kubelet credentials: reimaged (in place or with a surge
+    node), the reason in the step's note; once reimaged (no reason) the pool is done."""
+    reason = "its agent (an older node image's initramfs) cannot renew its kubelet credentials"
+    older = replace(node(2, 1), reimage_reason=reason)
+    step = plan_next_step(TL, [node(1, 0), older])
+    assert (step.action, step.node_id) == (Action.REIMAGE, 2)
+    assert step.note == f"reimaging node 2/2 ({reason})"
+    step = plan_next_step(TL, [node(1, 0), older], max_surge=1)
+    assert (step.action, step.ordinal) == (Action.CREATE, 2) and reason in step.note
+    step = plan_next_step(TL, [node(1, 0), older, node(3, 2)], max_surge=1)
+    assert (step.action, step.node_id) == (Action.DELETE, 2) and reason in step.note
+    interrupted = replace(older, state=NodePhase.REIMAGING)
+    assert reason in plan_next_step(TL, [node(1, 0), interrupted]).note
+    assert plan_next_step(TL, [node(1, 0), node(2, 1)]).action == Action.DONE

@@ -8,8 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec
 
+# AKS's osType values: a Windows pool passes validation to meet the limits table, which refuses it with
+# OSTypeNotSupported (only Linux node images boot here) along with AKS's own Windows errors
 OsType = Literal["Linux", "Windows"]
-# AKS's OSSKU values (control.node_images.OS_SKUS: every Linux one runs the Debian node image)
+# AKS's OSSKU values (control.node_images.OS_SKUS: every Linux one runs the Debian node image; the Windows
+# ones belong to osType Windows, refused)
 OsSku = Literal[
     "Ubuntu",
     "Ubuntu2204",

@@ -82,7 +82,7 @@ POOL_COLUMNS = (
 
 
 class OsType(StrEnum):
-    """`--os-type`."""
+    """`--os-type`: AKS's values; Windows is refused (OSTypeNotSupported): only Linux images boot here."""
 
     Linux = "Linux"
     Windows = "Windows"
@@ -566,7 +566,14 @@ def add(
     resource_group: GroupOption,
     node_count: NodeCountOption = 3,
     node_vm_size: VmSizeOption = None,
-    os_type: Annotated[OsType | None, typer.Option("--os-type", help="Linux or Windows.")] = None,
+    os_type: Annotated[
+        OsType | None,
+        typer.Option(
+            "--os-type",
+            help="Linux (the default). Windows is refused: only Linux node images (Debian's signed boot "
+            "chain) can be booted here.",
+        ),
+    ] = None,
     os_sku: OsSkuOption = None,
     kubernetes_version: KubernetesVersionOption = None,
     mode: Annotated[str, typer.Option("--mode", help="System or User.")] = "User",

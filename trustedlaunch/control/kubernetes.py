@@ -2,15 +2,16 @@
 through lightkube and a kubeconfig.
 
 Only what the attestation verdict owns is touched: the labels, taint and annotation of
-`control.labels.VERDICT_KEYS`, and `spec.unschedulable` when it cordons a node itself. Changes are JSON merge
-patches carrying the `resourceVersion` that was read, so a concurrent change to the node makes the API
-server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times). A node already
-in the wanted state is not patched.
+`control.labels.VERDICT_KEYS`, and `spec.unschedulable` when it cordons a node itself; and the labels that
+follow from the node's row (`control.labels.POOL_LABEL_KEYS`), set when they differ (`set_pool_labels`).
+Changes are JSON merge patches carrying the `resourceVersion` that was read, so a concurrent change to the
+node makes the API server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times).
+A node already in the wanted state is not patched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from lightkube.types import PatchType
 from trustedlaunch.control.labels import (
     LEGACY_PREFIX,
     LEGACY_QUARANTINE_ANNOTATION,
+    POOL_LABEL_KEYS,
     QUARANTINE_ANNOTATION,
     QUARANTINE_TAINT_KEY,
     VERDICT_KEYS,
@@ -113,6 +115,23 @@ def node_patch(
     return patch
 
 
+def pool_labels_patch(node: dict[str, Any], labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The merge patch that gives `node` the values of `labels` (keys of POOL_LABEL_KEYS only) where it has
+    others or none (any other label kept); None when it has them all."""
+    for key in labels:
+        if key not in POOL_LABEL_KEYS:
+            raise ValueError(f"{key!r} is not a pool label ({', '.join(sorted(POOL_LABEL_KEYS))})")
+    metadata = node.get("metadata", {})
+    current: dict[str, str] = metadata.get("labels") or {}
+    changes = {key: value for key, value in labels.items() if current.get(key) != value}
+    if not changes:
+        return None
+    patch_metadata: dict[str, Any] = {"labels": changes}
+    if "resourceVersion" in metadata:
+        patch_metadata["resourceVersion"] = metadata["resourceVersion"]
+    return {"metadata": patch_metadata}
+
+
 def _adapter_error(node_name: str, error: httpx2.HTTPError) -> KubernetesAdapterError:
     """The error for a failed request about a node: the API server's Status message when it sent one."""
     if isinstance(error, ApiError):
@@ -152,22 +171,11 @@ class KubernetesNodeAdapter:
             raise _adapter_error(node_name, exc) from None
         return node
 
-    def apply_node_state(
-        self,
-        node_name: str,
-        *,
-        labels: Mapping[str, str],
-        taints: Sequence[Taint] = (),
-        cordon: bool | None = None,
-        annotations: Mapping[str, str | None] | None = None,
-    ) -> bool:
-        """Give the node exactly `labels` and `taints` among our keys (others are kept), the annotations
-        and the cordon state (None: unchanged); True when a patch was needed. Raise KubernetesAdapterError."""
+    def _patch(self, node_name: str, compute: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
+        """Patch the node with `compute(node as read)` (None: nothing to change), recomputed on the fresh
+        node when it changed meanwhile (409), CONFLICT_RETRIES times; True when a patch was needed."""
         for _attempt in range(CONFLICT_RETRIES):
-            node = self._read(node_name)
-            patch = node_patch(
-                node, labels=labels, taints=taints, cordon=cordon, annotations=annotations or {}
-            )
+            patch = compute(self._read(node_name))
             if patch is None:
                 return False
             try:
@@ -181,6 +189,38 @@ class KubernetesNodeAdapter:
             return True
         raise KubernetesAdapterError(
             f"node {node_name}: changed by someone else during {CONFLICT_RETRIES} attempts to update it"
+        )
+
+    def set_pool_labels(self, node_name: str, labels: Mapping[str, str]) -> dict[str, str | None]:
+        """Give the node the pool labels `labels` (POOL_LABEL_KEYS) where it has other values or none; each
+        label changed with the value it had (None: it had none). Raise KubernetesAdapterError."""
+        before: dict[str, str] = {}  # the labels of the node as last read, the one patched
+
+        def compute(node: dict[str, Any]) -> dict[str, Any] | None:
+            before.clear()
+            before.update(node.get("metadata", {}).get("labels") or {})
+            return pool_labels_patch(node, labels)
+
+        if not self._patch(node_name, compute):
+            return {}
+        return {key: before.get(key) for key, value in labels.items() if before.get(key) != value}
+
+    def apply_node_state(
+        self,
+        node_name: str,
+        *,
+        labels: Mapping[str, str],
+        taints: Sequence[Taint] = (),
+        cordon: bool | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+    ) -> bool:
+        """Give the node exactly `labels` and `taints` among our keys (others are kept), the annotations
+        and the cordon state (None: unchanged); True when a patch was needed. Raise KubernetesAdapterError."""
+        return self._patch(
+            node_name,
+            lambda node: node_patch(
+                node, labels=labels, taints=taints, cordon=cordon, annotations=annotations or {}
+            ),
         )
 
     def quarantine(self, node_name: str, reason: str, labels: Mapping[str, str] | None = None) -> bool:

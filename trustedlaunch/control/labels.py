@@ -4,7 +4,10 @@ the keys the AKS documentation names (`kubernetes.azure.com/...`, so the documen
 The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION, the
 QUARANTINE_TAINT key and the QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and
 removes those and never touches any other key, so labels kubelet or an operator set (agentpool among them)
-stay as they are. Keys under LEGACY_PREFIX (what earlier releases wrote) are only ever removed.
+stay as they are. Keys under LEGACY_PREFIX (what earlier releases wrote) are only ever removed. The labels
+that follow from the node's row and pool (POOL_LABEL_KEYS: pool, mode, node image version, OS SKU, instance
+type, OS) are set at the join and brought back to the row when they differ (a Node joined under a name an
+earlier release gave its image keeps it otherwise).
 """
 
 from __future__ import annotations
@@ -58,13 +61,10 @@ def verdict_labels(labels: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in labels.items() if key in VERDICT_LABELS}
 
 
-def join_labels(
-    pool_name: str, mode: str, image_version: str, os_sku: str, vm_size: str, node_labels: dict[str, str]
-) -> dict[str, str]:
-    """The labels the control plane sets on a node's Kubernetes Node once it joined (as AKS sets them): its
+def pool_labels(pool_name: str, mode: str, image_version: str, os_sku: str, vm_size: str) -> dict[str, str]:
+    """The labels of a joined node that follow from its row and pool (POOL_LABEL_KEYS), as AKS sets them: its
     pool, mode, node image version (the Debian image's name, control.node_images.linux_image_version), OS SKU
-    (the pool's, as given: every Linux SKU runs that image), instance type and OS, plus the attestation
-    status and verdict labels of its row's `node_labels`."""
+    (the pool's, as given: every Linux SKU runs that image), instance type and OS."""
     return {
         LABEL_AGENT_POOL: pool_name,
         LABEL_MODE: mode.lower(),
@@ -72,5 +72,15 @@ def join_labels(
         LABEL_OS_SKU: os_sku,
         LABEL_INSTANCE_TYPE: vm_size,
         LABEL_OS: "linux",
-        **verdict_labels(node_labels),
     }
+
+
+POOL_LABEL_KEYS = frozenset(pool_labels("", "", "", "", ""))
+
+
+def join_labels(
+    pool_name: str, mode: str, image_version: str, os_sku: str, vm_size: str, node_labels: dict[str, str]
+) -> dict[str, str]:
+    """The labels the control plane sets on a node's Kubernetes Node once it joined (as AKS sets them): its
+    pool_labels plus the attestation status and verdict labels of its row's `node_labels`."""
+    return {**pool_labels(pool_name, mode, image_version, os_sku, vm_size), **verdict_labels(node_labels)}

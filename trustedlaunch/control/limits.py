@@ -32,6 +32,13 @@ FEATURE_NAME = "TrustedLaunchPreview"
 FEATURE_REGISTER_COMMAND = f"tl feature register --namespace {FEATURE_NAMESPACE} --name {FEATURE_NAME}"
 MIN_TRUSTED_LAUNCH_VERSION = (1, 25, 2)
 MAX_POOL_NAME_LENGTH = {"Linux": 11, "Windows": 6}
+# Our own error (not AKS's) for a Windows pool: AKS accepts osType Windows, this platform cannot boot it.
+OS_TYPE_NOT_SUPPORTED = "OSTypeNotSupported"
+LINUX_ONLY_MESSAGE = (
+    "Pool '{pool}' is {os_type}: this platform boots only Linux node images (Debian's signed shim, GRUB and "
+    "kernel with a dm-verity root filesystem: the boot chain Secure Boot and the vTPM attestation verify); "
+    "no Windows node image can be booted here. Use osType Linux."
+)
 VMGS_RESERVATION_GIB = 1  # the VM guest state of a trusted launch VM shares the ephemeral placement
 LATEST_PATCH = 10**6  # the patch of a MAJOR.MINOR version: the newest one
 KUBERNETES_VERSION_FORMAT = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
@@ -541,6 +548,15 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "osSKU '{os_sku}' does not exist for osType '{os_type}'; use one of: {skus}.",
         PoolRequest,
         lambda r: r.os_sku not in OS_SKUS.get(r.os_type, ()),
+    ),
+    # A new Windows pool, or more nodes for one an earlier version stored (its rows stay; GET and DELETE
+    # work): refused. AKS's Windows limits above and below still apply, so a request gets those errors too.
+    Limitation(
+        OS_TYPE_NOT_SUPPORTED,
+        "properties.osType",
+        LINUX_ONLY_MESSAGE,
+        PoolRequest,
+        lambda r: r.os_type == "Windows" and (r.previous is None or r.count > r.previous.count),
     ),
     Limitation(
         "InvalidKubernetesVersion",

@@ -44,6 +44,8 @@ LINUX_OS_SKUS = (
     "Mariner",
     "Flatcar",
 )
+# AKS's Windows osSKUs: accepted values, so a Windows pool request meets AKS's own errors (control.limits),
+# but no image boots them (no Windows node image exists here: a Windows pool is refused, OSTypeNotSupported).
 WINDOWS_OS_SKUS = ("Windows2019", "Windows2022")
 OS_SKUS = {"Linux": LINUX_OS_SKUS, "Windows": WINDOWS_OS_SKUS}
 
@@ -74,27 +76,20 @@ def node_images() -> tuple[NodeImageInfo, ...]:
     """The catalogue. Linux: the one Debian image (x64, Generation 2, whatever the pool's size: nodes are
     QEMU x86-64 VMs on OVMF), under a trusted-launch-capable name and a name that is not (the same bytes: a
     pool created before TrustedLaunchPreview was registered, or with FIPS, keeps the latter and so cannot
-    turn trusted launch on, as in AKS). There is no FIPS-validated image: FIPS pools run this image too.
-    Raises DebianReleaseError when the host is not Debian."""
+    turn trusted launch on, as in AKS). There is no FIPS-validated image: FIPS pools run this image too. No
+    Windows image: only Linux node images can be booted here (Windows image rows an earlier version stored
+    stay in the store for the pools naming them). Raises DebianReleaseError when the host is not Debian."""
     debian = debian_release()
-    return (
-        *(
-            NodeImageInfo(
-                linux_image_version(trusted_launch=capable, debian=debian),
-                "Linux",
-                f"Debian{debian}",
-                "V2",
-                "x64",
-                capable,
-            )
-            for capable in (True, False)
-        ),
+    return tuple(
         NodeImageInfo(
-            "AKSWindows-2019-containerd-17763.6532.241113", "Windows", "Windows2019", "V1", "x64", False
-        ),
-        NodeImageInfo(
-            "AKSWindows-2022-containerd-20348.2849.241113", "Windows", "Windows2022", "V2", "x64", False
-        ),
+            linux_image_version(trusted_launch=capable, debian=debian),
+            "Linux",
+            f"Debian{debian}",
+            "V2",
+            "x64",
+            capable,
+        )
+        for capable in (True, False)
     )
 
 
@@ -103,17 +98,11 @@ def find_image(version: str) -> NodeImageInfo | None:
     return next((image for image in node_images() if image.version == version), None)
 
 
-def select_image(
-    os_type: str, os_sku: str, size: VmSize | None, fips: bool, trusted_launch_registered: bool
-) -> NodeImageInfo:
-    """The image a new pool gets: for Linux the Debian image whatever `os_sku`. Trusted-launch capable images
+def select_image(size: VmSize | None, fips: bool, trusted_launch_registered: bool) -> NodeImageInfo:
+    """The image a new (Linux) pool gets: the Debian image whatever its osSKU. Trusted-launch capable images
     only once TrustedLaunchPreview is registered (pools created before that stay on a non-TL image for their
     lifetime, as in AKS), and not for FIPS, Arm64 or Generation 1 sizes (which cannot turn it on)."""
-    candidates = [
-        i for i in node_images() if i.os_type == os_type and (os_type == "Linux" or i.os_sku == os_sku)
-    ]
-    if not candidates:  # osSKU/osType mismatch is rejected by the limits table; fall back per os type
-        candidates = [i for i in node_images() if i.os_type == os_type]
+    candidates = node_images()
     architecture = size.architecture if size else "x64"
     generation = "V2" if size is None or size.supports_gen2 else "V1"
 

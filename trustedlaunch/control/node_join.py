@@ -26,7 +26,9 @@ KUBELET_CREDENTIAL_RELOAD (5 min), and kubelet's serving certificate file within
 
 The kubelet registers with ATTESTATION_PENDING_TAINT and the cloud provider's uninitialized taint; the
 control plane then (`initialize`, as a cloud node manager) sets the Node's address, the labels AKS sets
-(control.labels.join_labels) and removes both taints, and waits, bounded, for the Node to be Ready.
+(control.labels.join_labels) and removes both taints, and waits, bounded, for the Node to be Ready. The labels
+that follow from the node's row are brought back to it later when they differ (`bring_pool_labels`: the
+reconciler calls it after each re-attestation or renewal of a joined node).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ from trustedlaunch.control.cluster_pki import (
 )
 from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase, recorded_plane_ports
 from trustedlaunch.control.hosted_control_plane import free_loopback_port
+from trustedlaunch.control.kubernetes import KubernetesAdapterError
+from trustedlaunch.control.labels import pool_labels
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.channel import AgentChannel, AgentError, RenewedCredentials
+from trustedlaunch.node.channel import AgentChannel, AgentError, AgentOutdatedError, RenewedCredentials
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import (
     ATTESTATION_PENDING_TAINT,
@@ -84,6 +88,11 @@ log = logging.getLogger(__name__)
 
 class NodeJoinFailedError(TrustedLaunchError):
     """A node did not join its cluster; the message names the node and what is missing."""
+
+
+class NodeAgentOutdatedError(NodeJoinFailedError):
+    """A joined node's agent does not know the KUBELETCERTS request (an older node image's initramfs): its
+    kubelet credentials cannot be renewed; it must be reimaged onto the current image before they expire."""
 
 
 def joins_cluster(node: Node, image: NodeImage) -> bool:
@@ -197,6 +206,8 @@ class NodeJoiner:
         try:
             credentials = issue_kubelet_credentials(self._pki(node), node.name, self.validity)
             renewed = channel.renew_kubelet_credentials(credentials.bundle(), RENEW_TIMEOUT)
+        except AgentOutdatedError as exc:
+            raise NodeAgentOutdatedError(f"node {node.name}: kubelet credentials not renewed: {exc}") from exc
         except (TrustedLaunchError, OSError) as exc:
             raise NodeJoinFailedError(f"node {node.name}: kubelet credentials not renewed: {exc}") from exc
         if renewed.client_cert_sha256 != hashlib.sha256(credentials.client_cert_pem).hexdigest():
@@ -305,6 +316,22 @@ class NodeJoiner:
                 detail = f"; its agent did not report kubelet's status: {exc}"
         within = f"within {self.timeout:.0f} s"
         raise NodeJoinFailedError(f"node {node.name} did not join {within}: {what}{detail}")
+
+    def bring_pool_labels(self, node: Node) -> list[str]:
+        """Give joined `node`'s Node the labels its row and pool say (control.labels.pool_labels: pool, mode,
+        node image version, OS SKU, instance type, OS) where they differ, e.g. a node-image-version label an
+        earlier release set (before the image's rename, migration 0014) on a Node that has not rejoined since;
+        each change as "key: old -> new". A cluster without control plane has nothing to change."""
+        adapter = self.planes.node_adapter(node)
+        if adapter is None:
+            return []
+        pool = node.pool
+        wanted = pool_labels(pool.name, pool.mode, node.node_image_version, pool.os_sku, pool.vm_size)
+        try:
+            changed = adapter.set_pool_labels(node.name, wanted)
+        except KubernetesAdapterError as exc:
+            raise NodeJoinFailedError(f"node {node.name}: labels not brought back to its row: {exc}") from exc
+        return [f"{key}: {old or '(none)'} -> {wanted[key]}" for key, old in sorted(changed.items())]
 
     def forget(self, node: Node) -> bool:
         """Delete the node's Node object from its cluster (the reconciler drained it first: node_drain); True

@@ -51,6 +51,7 @@ class ObservedNode:
     secure_boot: bool
     vtpm: bool
     image_version: str
+    reimage_reason: str | None = None  # set: outdated whatever its settings (e.g. an older agent)
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,20 @@ class Step:
 
 
 def is_current(node: ObservedNode, desired: DesiredPool) -> bool:
-    """True if the node is Ready with the desired security settings and image."""
+    """True if the node is Ready with the desired security settings and image, and nothing else calls for
+    its reimage."""
     return (
         node.state == NodePhase.READY
+        and node.reimage_reason is None
         and node.secure_boot == desired.secure_boot
         and node.vtpm == desired.vtpm
         and node.image_version == desired.image_version
     )
+
+
+def _why(node: ObservedNode | None) -> str:
+    """The reason a node is reimaged although it has the desired settings, for a step's note ("" if none)."""
+    return f" ({node.reimage_reason})" if node is not None and node.reimage_reason else ""
 
 
 def _first_free_ordinal(nodes: Sequence[ObservedNode]) -> int:
@@ -82,7 +90,8 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
     """The one next step that brings `nodes` closer to `desired`.
 
     Interrupted steps are resumed first (Deleting, Reimaging, Provisioning); then surplus nodes are deleted
-    (outdated ones first), missing ones created, and outdated ones (other settings, or Failed) replaced: in
+    (outdated ones first), missing ones created, and outdated ones (other settings, a reimage reason, or
+    Failed; a reimage reason is named in the step's note) replaced: in
     place one at a time, or with `max_surge` >= 1 by first creating up to `max_surge` replacements above
     the desired count, then deleting outdated nodes down to it.
     """
@@ -94,7 +103,10 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
         interrupted = next((node for node in nodes if node.state == state), None)
         if interrupted is not None:
             return Step(
-                action, interrupted.node_id, interrupted.ordinal, f"{verb} node {interrupted.ordinal}"
+                action,
+                interrupted.node_id,
+                interrupted.ordinal,
+                f"{verb} node {interrupted.ordinal}{_why(interrupted)}",
             )
     if desired.deleting:
         if not nodes:
@@ -124,7 +136,7 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
         return Step(
             Action.CREATE,
             ordinal=_first_free_ordinal(nodes),
-            note=f"reimaging node {len(current) + 1}/{desired.count} (surge node)",
+            note=f"reimaging node {len(current) + 1}/{desired.count} (surge node){_why(outdated[0])}",
         )
     if len(nodes) > desired.count:
         victim = (outdated or nodes)[-1]
@@ -132,12 +144,12 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
             Action.DELETE,
             victim.node_id,
             victim.ordinal,
-            f"deleting node {victim.ordinal} (scaling to {desired.count})",
+            f"deleting node {victim.ordinal} (scaling to {desired.count}){_why(victim)}",
         )
     if len(nodes) < desired.count:
         ordinal = _first_free_ordinal(nodes)
         return Step(Action.CREATE, ordinal=ordinal, note=f"creating node {len(current) + 1}/{desired.count}")
     if outdated:  # no surge: in place
-        note = f"reimaging node {len(current) + 1}/{desired.count}"
+        note = f"reimaging node {len(current) + 1}/{desired.count}{_why(outdated[0])}"
         return Step(Action.REIMAGE, outdated[0].node_id, outdated[0].ordinal, note)
     return Step(Action.DONE, note=f"{desired.count} node(s) ready")

@@ -15,7 +15,7 @@ from trustedlaunch.control.resource_id import (
     ResourceId,
     stored_name,
 )
-from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import TERMINAL_OPERATION_STATUSES, OperationStatus, ProvisioningState
 
 RECONCILER_NOTE = (
@@ -39,6 +39,24 @@ def start_operation(
         start_time=utc_now(),
     )
     session.add(operation)
+    return operation
+
+
+def start_node_reimage(session: Session, node: Node, reason: str) -> Operation | None:
+    """Have Ready `node` reimaged onto its pool's current image for `reason` (recorded on the node: the
+    reconciler's plan then treats it as outdated, control.node_plan), through the rolling reimage of an
+    Update operation on its pool (drained first, surge per maxSurge), started unless one is in progress on
+    the pool or its cluster (that one reimages it); the operation started, if any."""
+    node.reimage_reason = reason[:1024]
+    pool = node.pool
+    cluster = pool.cluster
+    cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
+    pool_id = cluster_id.child(AGENT_POOLS, pool.name).canonical
+    if in_progress_operation(session, pool_id) or in_progress_operation(session, cluster_id.canonical):
+        return None
+    pool.provisioning_state = ProvisioningState.UPDATING
+    operation = start_operation(session, cluster.subscription_id, cluster.location, pool_id, "Update")
+    operation.note = f"agent pool {pool.name}: reimaging node {node.name}: {reason}"[:4000]
     return operation
 
 

@@ -53,7 +53,7 @@ from trustedlaunch.control.attestation_monitor import (
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.labels import join_labels, node_labels
-from trustedlaunch.control.limits import surge_nodes
+from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, surge_nodes
 from trustedlaunch.control.node_drain import DEFAULT_DRAIN_TIMEOUT_MINUTES, NodeDrainer, NodeDrainFailedError
 from trustedlaunch.control.node_health import (
     BUSY_AGENT_SILENCE,
@@ -72,6 +72,7 @@ from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release
 from trustedlaunch.control.node_join import (
     ALREADY_STARTED,
     JOIN_TIMEOUT,
+    NodeAgentOutdatedError,
     NodeJoiner,
     NodeJoinFailedError,
     joins_cluster,
@@ -94,7 +95,7 @@ from trustedlaunch.control.node_processes import (
     kill_node_processes,
     node_processes,
 )
-from trustedlaunch.control.operations import finish_operation, operation_resource
+from trustedlaunch.control.operations import finish_operation, operation_resource, start_node_reimage
 from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
@@ -157,6 +158,7 @@ def _observed(node: Node) -> ObservedNode:
         node.enable_secure_boot,
         node.enable_vtpm,
         node.node_image_version,
+        node.reimage_reason,
     )
 
 
@@ -193,7 +195,8 @@ class Reconciler:
     set, overrides every pool's (tests use seconds, the API takes whole minutes).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
-    passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM).
+    passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM),
+    and then its Node's pool labels (control.labels.pool_labels) are brought back to its row if they differ.
     """
 
     def __init__(
@@ -726,6 +729,7 @@ class Reconciler:
         node.attestation_status = None
         node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
         node.attestation_policy = None  # its new VM's, recorded by its provisioning attestation
+        node.reimage_reason = None  # reimaged: the current image's agent
         node.labels = {}
         node.message = "provisioning"
         node.updated_at = utc_now()
@@ -737,6 +741,9 @@ class Reconciler:
         already there kept), wait for its agent, attest (vTPM) and label it: Ready, or Failed with the
         operation's ARM error raised."""
         run_dir = Path(str(node.run_dir))
+        if pool.os_type != "Linux":  # a Windows pool an earlier version stored: no image of it boots here
+            message = LINUX_ONLY_MESSAGE.format(pool=pool.name, os_type=pool.os_type)
+            self._fail(session, node, OS_TYPE_NOT_SUPPORTED, f"node {node.name} was not started: {message}")
         try:
             image = self._image(node.node_image_version)
             network = None
@@ -833,6 +840,7 @@ class Reconciler:
         settings = (node.enable_secure_boot, node.enable_vtpm, node.node_image_version)
         if (
             run_dir is None
+            or pool.os_type != "Linux"  # no VM boots under a Windows pool's name: _boot refuses it
             or not node.qemu_pid
             or settings != (pool.enable_secure_boot, pool.enable_vtpm, pool.node_image_version)
             or not is_node_process(node.qemu_pid, run_dir)
@@ -1037,7 +1045,21 @@ class Reconciler:
         session.commit()
         if reason is None and self._joined(node):  # only a passing attestation renews its credentials
             node.message = f"{node.message}; {self._renew_credential(node)}"[:4000]
+            self._bring_pool_labels(node)
             session.commit()
+
+    def _bring_pool_labels(self, node: Node) -> None:
+        """Bring the pool labels of joined `node`'s Node back to its row where they differ (NodeJoiner.
+        bring_pool_labels), noted in its message; a failure is logged, not fatal (tried again next time)."""
+        assert self.joiner is not None
+        try:
+            changes = self.joiner.bring_pool_labels(node)
+        except NodeJoinFailedError as exc:
+            log.warning("%s", exc)
+            return
+        if changes:
+            log.info("node %s: labels brought back to its row: %s", node.name, "; ".join(changes))
+            node.message = f"{node.message}; labels brought back to its row: {'; '.join(changes)}"[:4000]
 
     def _joined(self, node: Node) -> bool:
         """Whether `node` (Ready) joined its cluster: it was given a kubelet port to join with."""
@@ -1060,12 +1082,31 @@ class Reconciler:
                     renewed = self.joiner.renew_credential(node, agent.channel)
                 finally:
                     agent.close()
+        except NodeAgentOutdatedError as exc:
+            return self._reimage_outdated_agent(node, exc)
         except TrustedLaunchError as exc:
             log.error("node %s: %s", node.name, exc)
             return f"kubelet credentials not renewed: {exc}"
         self._renewed_at[node.id] = time.monotonic()
         log.info("node %s: kubelet credentials renewed: %s", node.name, " ".join(renewed.replaced))
         return "kubelet credentials renewed"
+
+    def _reimage_outdated_agent(self, node: Node, refusal: NodeAgentOutdatedError) -> str:
+        """Joined `node`'s agent refused to renew its kubelet credentials (an older node image's initramfs,
+        without KUBELETCERTS): have it reimaged onto its pool's current image (operations.start_node_reimage:
+        an Update operation's rolling reimage, drained first) while its credentials are still valid (they
+        last 3 renewal intervals); what happened, for the node's message."""
+        session = Session.object_session(node)
+        assert session is not None
+        reason = (
+            "its agent (an older node image's initramfs) cannot renew its kubelet credentials: reimaged "
+            "onto the current image before they expire"
+        )
+        operation = start_node_reimage(session, node, reason)
+        session.commit()
+        log.warning("node %s: %s (%s)", node.name, reason, refusal)
+        started = f" (operation {operation.id})" if operation is not None else ""
+        return f"kubelet credentials not renewed: {refusal}; reimage scheduled{started}"
 
     def _renew_unattested_credentials_if_due(self) -> None:
         """Renew the kubelet certificates of the joined Ready nodes without vTPM (nothing to attest: they
@@ -1095,6 +1136,8 @@ class Reconciler:
                     node = session.get(Node, node_id)
                     if node is not None and node.state == NodePhase.READY:
                         self._renew_credential(node)  # logged
+                        self._bring_pool_labels(node)
+                        session.commit()
             finally:
                 lock.release()
 

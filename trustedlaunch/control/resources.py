@@ -34,7 +34,7 @@ PROVIDER = CONTAINER_SERVICE
 DEFAULT_VM_SIZE = "Standard_DS2_v2"
 DEFAULT_NODE_COUNT = 3
 DEFAULT_OS_DISK_SIZE_GB = 128
-DEFAULT_OS_SKU = {"Linux": "Ubuntu", "Windows": "Windows2022"}
+DEFAULT_OS_SKU = {"Linux": "Ubuntu", "Windows": "Windows2022"}  # as AKS (a Windows pool is then refused)
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,6 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
 
 def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
     image = select_image(
-        request.os_type,
-        request.os_sku,
         request.size,
         request.enable_fips,
         trusted_launch_registered=tl_registered,
@@ -424,7 +422,8 @@ def put_cluster(
     if virtual_nodes and not cluster.virtual_nodes_enabled:
         for index, pool in enumerate(cluster.agent_pools):
             prefix = f"properties.agentPoolProfiles[{index}]."
-            violations += limits.check_pool(_request_for_pool(pool, virtual_nodes=True), prefix)
+            stored = _request_for_pool(pool, virtual_nodes=True)
+            violations += limits.check_pool(replace(stored, previous=stored), prefix)  # an update
     system_pools = sum(1 for mode in final_modes.values() if mode == "System")
     cluster_request = limits.ClusterRequest(
         len(final_modes), system_pools, version, cluster.kubernetes_version, spec.location

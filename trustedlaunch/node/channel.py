@@ -88,6 +88,11 @@ class AgentError(TrustedLaunchError):
     """The in-guest agent did not answer, answered garbage, or reported a failure."""
 
 
+class AgentOutdatedError(AgentError):
+    """The agent does not know a request (an older agent: the node booted an older node image's initramfs);
+    the node must be reimaged onto the current image to be asked it."""
+
+
 class AgentProtocolError(AgentError):
     """The agent sent something its protocol never produces: too long, not a flat JSON object of strings,
     bad base64, an answer of another kind to the request (a compromised or broken node)."""
@@ -231,7 +236,7 @@ class AgentChannel:
             if answer_id is None and answer.get("reply") == "PONG" and answer.get("token") == request_id:
                 return answer  # an agent older than request ids still answers PING: adopted, then reimaged
             if answer_id is None:
-                raise AgentError(
+                raise AgentOutdatedError(
                     f"the node's agent does not know the {command} request (its answers carry no request "
                     "id): the node runs an older agent, reimage it to the current node image"
                 )
@@ -245,7 +250,7 @@ class AgentChannel:
                     self._send(f"PING {barrier}")
                 continue
             if answer.get("reply") == "UNKNOWN":
-                raise AgentError(
+                raise AgentOutdatedError(
                     f"the node's agent does not know the {command} request: the node runs an older "
                     "agent, reimage it to the current node image"
                 )

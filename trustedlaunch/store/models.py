@@ -227,6 +227,9 @@ class Node(Base):
     # booted. Its re-attestations use it, so a later build of its image version (another agent, kubelet or
     # operator images) changes no running node's verdict; None for nodes an older release provisioned.
     attestation_policy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Why the reconciler reimages this node although it has its pool's settings (its agent, an older
+    # image's initramfs, cannot renew its kubelet credentials): it is outdated until reimaged (None then).
+    reimage_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 
