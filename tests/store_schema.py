@@ -20,4 +20,4 @@ TABLES = {
     "cluster_control_planes",
     "alembic_version",
 }
-HEAD_REVISION = "0015_node_attestation_policy"
+HEAD_REVISION = "0016_drain_completeness"
