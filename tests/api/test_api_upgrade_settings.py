@@ -1,5 +1,7 @@
-"""`properties.upgradeSettings.maxSurge` of agent pools: stored, shown, kept on GET-modify-PUT, and refused
-with an ARM error naming the property when it is neither a node count nor a percentage."""
+"""`properties.upgradeSettings` of agent pools (maxSurge, drainTimeoutInMinutes, nodeSoakDurationInMinutes,
+undrainableNodeBehavior): stored, shown, kept on GET-modify-PUT, and refused with an ARM error naming the
+property when out of AKS's range; a pool DELETE's ignore-pod-disruption-budget is recorded on its
+operation."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from api_helpers import CLUSTER, SUB, cluster_body
 from fastapi.testclient import TestClient
 
 from trustedlaunch.control.operations import finish_operation, get_operation
-from trustedlaunch.store.models import AgentPool
+from trustedlaunch.store.models import AgentPool, Operation
 
 POOLS = f"{CLUSTER}/agentPools"
 
@@ -123,3 +125,83 @@ def test_a_drain_timeout_out_of_aks_range_is_an_arm_error(client: TestClient, mi
     )
     assert f"drainTimeoutInMinutes {minutes} of pool 'userpool' is out of range" in error["message"]
     assert "from 1 to 1440" in error["message"]
+
+
+def stored_pool(client: TestClient, name: str) -> AgentPool:
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        pool: AgentPool = session.query(AgentPool).filter_by(name=name).one()
+        return pool
+
+
+def test_soak_duration_and_undrainable_behaviour_are_stored_shown_and_kept(client: TestClient) -> None:
+    """Unset (AKS's defaults: 0 minutes, Schedule) they are not shown; set, they are stored, shown and kept by
+    a GET-modify-PUT of another setting."""
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    settings = {"nodeSoakDurationInMinutes": 30, "undrainableNodeBehavior": "Cordon"}
+    body = {"count": 1, "vmSize": "Standard_D4s_v3", "upgradeSettings": settings}
+    added = client.put(f"{POOLS}/userpool", json={"properties": body})
+    assert added.status_code == 201, added.text
+    assert added.json()["properties"]["upgradeSettings"] == settings
+    pool = stored_pool(client, "userpool")
+    assert (pool.node_soak_duration_in_minutes, pool.undrainable_node_behavior) == (30, "Cordon")
+    assert stored_pool(client, "nodepool1").undrainable_node_behavior is None
+    finish(client, added)
+
+    shown = client.get(f"{POOLS}/userpool").json()
+    shown["properties"]["upgradeSettings"] = {"drainTimeoutInMinutes": 5}
+    assert client.put(f"{POOLS}/userpool", json=shown).status_code == 200
+    kept = client.get(f"{POOLS}/userpool").json()["properties"]["upgradeSettings"]
+    assert kept == {**settings, "drainTimeoutInMinutes": 5}
+
+
+@pytest.mark.parametrize("minutes", [-1, 31])
+def test_a_soak_duration_out_of_aks_range_is_an_arm_error(client: TestClient, minutes: int) -> None:
+    settings = {"nodeSoakDurationInMinutes": minutes}
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    body = {"count": 1, "vmSize": "Standard_D4s_v3", "upgradeSettings": settings}
+    response = client.put(f"{POOLS}/userpool", json={"properties": body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["target"]) == (
+        "InvalidParameter",
+        "properties.upgradeSettings.nodeSoakDurationInMinutes",
+    )
+    assert f"nodeSoakDurationInMinutes {minutes} of pool 'userpool' is out of range" in error["message"]
+    assert "from 0 to 30 (unset: 0)" in error["message"]
+
+
+def test_an_undrainable_behaviour_aks_does_not_know_is_refused(client: TestClient) -> None:
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    body = {"count": 1, "vmSize": "Standard_D4s_v3", "upgradeSettings": {"undrainableNodeBehavior": "Drain"}}
+    response = client.put(f"{POOLS}/userpool", json={"properties": body})
+    assert response.status_code == 400, response.text
+    assert "undrainableNodeBehavior" in response.text
+    assert client.get(f"{POOLS}/userpool").status_code == 404
+
+
+def delete_operation(client: TestClient, response: object) -> Operation:
+    operation_id = response.headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]  # type: ignore[attr-defined]
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        return get_operation(session, SUB, operation_id)
+
+
+def test_a_pool_delete_records_ignore_pod_disruption_budget(client: TestClient) -> None:
+    """DELETE ...?ignore-pod-disruption-budget=true marks its operation (its drains delete the pods); asked
+    again of the Delete under way, it marks that one; without it, or =false, evictions respect budgets.
+    The cluster DELETE accepts it too."""
+    finish(client, client.put(CLUSTER, json=cluster_body()))
+    for name in ("userpool", "otherpool"):
+        finish(client, client.put(f"{POOLS}/{name}", json={"properties": {"count": 1}}))
+    plain = client.delete(f"{POOLS}/otherpool", params={"ignore-pod-disruption-budget": "false"})
+    assert plain.status_code == 202, plain.text
+    assert delete_operation(client, plain).ignore_pod_disruption_budget is False
+    ignoring = client.delete(f"{POOLS}/otherpool", params={"ignore-pod-disruption-budget": "true"})
+    assert delete_operation(client, ignoring).id == delete_operation(client, plain).id
+    assert delete_operation(client, ignoring).ignore_pod_disruption_budget is True
+    response = client.delete(f"{POOLS}/userpool", params={"ignore-pod-disruption-budget": "true"})
+    assert response.status_code == 202, response.text
+    assert delete_operation(client, response).ignore_pod_disruption_budget is True
+    bad = client.delete(f"{POOLS}/userpool", params={"ignore-pod-disruption-budget": "maybe"})
+    assert bad.status_code == 400, bad.text
+    deleted = client.delete(CLUSTER, params={"ignore-pod-disruption-budget": "true"})
+    assert deleted.status_code == 202, deleted.text

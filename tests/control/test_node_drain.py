@@ -1,6 +1,7 @@
 """The pure parts of the drain (control.node_drain): which pods a drain evicts (as `kubectl drain
 --ignore-daemonsets`: not DaemonSet-managed or mirror pods), which PodDisruptionBudgets select a pod, and the
-operation's progress note and failure message naming the node, the pod and the budget."""
+operation's progress note and failure message naming the node, the pod and the budget, what the failure left
+of the node (undrainableNodeBehavior), and the soak's note."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from typing import Any
 import pytest
 
 from trustedlaunch.control.node_drain import (
+    AfterFailedDrain,
     PodRef,
     Refusal,
+    after_failed_drain,
     budgets_of,
     describe_duration,
     drain_failure_message,
     pods_to_evict,
     progress_note,
     selector_matches,
+    soak_note,
 )
 
 NODE = "aks-pool-00000001-vmss000000"
@@ -111,7 +115,7 @@ def test_the_failure_names_the_node_the_pod_and_the_budget() -> None:
         "eviction was refused (429 Cannot evict pod as it would violate the pod's disruption budget.). "
         "PodDisruptionBudget: default/web."
     )
-    assert "The node stays cordoned and its VM running" in message
+    assert message.endswith("PodDisruptionBudget: default/web.")  # what became of the node: the caller's
     terminating = PodRef("default", "slow", {}, terminating=True)
     assert drain_failure_message(NODE, 20.0, [], [terminating]).startswith(
         f"Drain node {NODE} failed within the drain timeout (20 s): pods still terminating: default/slow."
@@ -123,3 +127,27 @@ def test_the_failure_names_the_node_the_pod_and_the_budget() -> None:
 )
 def test_durations(seconds: float, shown: str) -> None:
     assert describe_duration(seconds) == shown
+
+
+def test_what_a_failed_drain_left_of_the_node() -> None:
+    """The sentence ending the operation's error: per undrainableNodeBehavior in an upgrade (Cordon
+    quarantines, Schedule uncordons unless the node was cordoned before), cordoned otherwise."""
+    assert after_failed_drain(AfterFailedDrain.CORDONED).startswith(
+        "The node stays cordoned and its VM running; relax the PodDisruptionBudget"
+    )
+    quarantined = after_failed_drain(AfterFailedDrain.QUARANTINED)
+    assert "labelled kubernetes.azure.com/upgrade-status=Quarantined" in quarantined
+    assert "a surge node takes its place" in quarantined
+    assert after_failed_drain(AfterFailedDrain.SCHEDULABLE).startswith(
+        "The node is schedulable again and was not upgraded (undrainableNodeBehavior Schedule)"
+    )
+    assert after_failed_drain(AfterFailedDrain.SCHEDULABLE, cordoned_by_drain=False).startswith(
+        "The node stays cordoned (it was before the drain)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds_left", "minutes"), [(1800.0, 30), (61.0, 2), (60.0, 1), (3.0, 1), (0.2, 1)]
+)
+def test_the_soak_note_counts_whole_minutes_down(seconds_left: float, minutes: int) -> None:
+    assert soak_note(NODE, seconds_left) == f"soaking node {NODE} ({minutes} min left)"

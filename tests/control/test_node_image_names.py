@@ -113,8 +113,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engi
 def stored_versions(sessions: sessionmaker[Session]) -> dict[str, object]:
     with sessions() as session:
         return {
-            "pools": {p.name: p.node_image_version for p in session.scalars(select(AgentPool))},
-            # only the columns this migration knows (later ones add node columns)
+            # only the columns this migration knows (later ones add pool and node columns)
+            "pools": {
+                row.name: row.node_image_version
+                for row in session.execute(select(AgentPool.name, AgentPool.node_image_version))
+            },
             "nodes": {
                 row.name: row.node_image_version
                 for row in session.execute(select(Node.name, Node.node_image_version))

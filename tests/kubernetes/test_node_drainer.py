@@ -3,7 +3,10 @@ disruption and DaemonSet controllers) and kube-scheduler (the session's hosted c
 registered as a kubelet would and the kubelet's part played by the test (pod status, the end of an evicted
 pod): the Node is cordoned, an eviction its PodDisruptionBudget refuses fails the drain at the timeout naming
 the pod and the budget (the pod stays), a DaemonSet's pod is left on the node, and an evicted pod is waited
-for until it is gone."""
+for until it is gone. What an upgrade does with the node it could not drain (undrainableNodeBehavior): Cordon
+quarantines it (cordoned, labelled kubernetes.azure.com/upgrade-status=Quarantined), Schedule uncordons it.
+A drain ignoring PodDisruptionBudgets (a pool Delete's ignore-pod-disruption-budget=true) deletes the pod
+its budget would have kept."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
+from trustedlaunch.control.labels import LABEL_UPGRADE_STATUS
 from trustedlaunch.control.node_drain import NodeDrainer, NodeDrainFailedError
 
 pytestmark = pytest.mark.slow
@@ -79,9 +83,8 @@ def pod_or_none(client: Client, namespace: str, name: str) -> dict[str, Any] | N
     return pod
 
 
-def test_a_budget_refusing_the_eviction_fails_the_drain_naming_pod_and_budget(client: Client) -> None:
-    name = "drain-refused"
-    namespace_and_node(client, name)
+def guarded_pod(client: Client, name: str) -> None:
+    """A pod bound to the Node `name` and a PodDisruptionBudget (minAvailable 1) that allows no eviction."""
     bound_pod(client, name, "guarded", {"app": "guarded"})
     budget = {
         "metadata": {"name": "guarded-budget", "namespace": name},
@@ -98,6 +101,12 @@ def test_a_budget_refusing_the_eviction_fails_the_drain_naming_pod_and_budget(cl
             == 1
         ),
     )
+
+
+def test_a_budget_refusing_the_eviction_fails_the_drain_naming_pod_and_budget(client: Client) -> None:
+    name = "drain-refused"
+    namespace_and_node(client, name)
+    guarded_pod(client, name)
     notes: list[str] = []
     with pytest.raises(NodeDrainFailedError) as failed:
         NodeDrainer(client, 3.0, notes.append, poll_seconds=0.5).drain(name)
@@ -113,6 +122,51 @@ def test_a_budget_refusing_the_eviction_fails_the_drain_naming_pod_and_budget(cl
     assert read_node(client, name)["spec"]["unschedulable"] is True
     pod = pod_or_none(client, name, "guarded")
     assert pod is not None and pod["metadata"].get("deletionTimestamp") is None
+    assert failed.value.cordoned_by_drain  # the Node was schedulable before
+
+
+def test_an_undrainable_node_is_quarantined_or_made_schedulable_again(client: Client) -> None:
+    """undrainableNodeBehavior Cordon: the node stays cordoned and is labelled Quarantined; a later drain
+    sees it was cordoned before (not by that drain); Schedule: the node is schedulable again, unlabelled."""
+    name = "drain-undrainable"
+    namespace_and_node(client, name)
+    guarded_pod(client, name)
+    drainer = NodeDrainer(client, 1.0, lambda note: None, poll_seconds=0.5)
+    with pytest.raises(NodeDrainFailedError):
+        drainer.drain(name)
+    drainer.quarantine(name)
+    node = read_node(client, name)
+    assert node["spec"]["unschedulable"] is True
+    assert node["metadata"]["labels"][LABEL_UPGRADE_STATUS] == "Quarantined"
+    assert node["metadata"]["labels"]["drain-test"] == name  # other labels stay
+    with pytest.raises(NodeDrainFailedError) as again:
+        drainer.drain(name)
+    assert not again.value.cordoned_by_drain
+    drainer.uncordon(name)
+    node = read_node(client, name)
+    assert not node["spec"].get("unschedulable")
+    assert LABEL_UPGRADE_STATUS not in node["metadata"]["labels"]
+    assert node["metadata"]["labels"]["drain-test"] == name
+    assert pod_or_none(client, name, "guarded") is not None  # nothing was deleted
+
+
+def test_a_drain_ignoring_budgets_deletes_the_pod_its_budget_would_keep(client: Client) -> None:
+    name = "drain-ignoring"
+    namespace_and_node(client, name)
+    guarded_pod(client, name)
+    notes: list[str] = []
+
+    def kubelet(note: str) -> None:
+        """The kubelet's part: the deleted pod's containers end and it is gone."""
+        notes.append(note)
+        pod = pod_or_none(client, name, "guarded")
+        if pod is not None and pod["metadata"].get("deletionTimestamp"):
+            client.delete(Pod, "guarded", namespace=name, grace_period=0)
+
+    NodeDrainer(client, 60.0, kubelet, poll_seconds=0.5, ignore_pod_disruption_budget=True).drain(name)
+    assert notes[0] == f"draining node {name}: 1 pod left; waiting for {name}/guarded to terminate"
+    assert pod_or_none(client, name, "guarded") is None
+    assert read_node(client, name)["spec"]["unschedulable"] is True
 
 
 def test_a_drain_leaves_daemon_set_pods_and_waits_for_the_evicted_ones(client: Client) -> None:

@@ -126,3 +126,18 @@ def test_a_node_with_a_reimage_reason_is_outdated_whatever_its_settings() -> Non
     interrupted = replace(older, state=NodePhase.REIMAGING)
     assert reason in plan_next_step(TL, [node(1, 0), interrupted]).note
     assert plan_next_step(TL, [node(1, 0), node(2, 1)]).action == Action.DONE
+
+
+def test_a_quarantined_node_is_left_in_place_beside_its_surge_node() -> None:
+    """undrainableNodeBehavior Cordon: the node the operation could not drain is planned as if it were not
+    there (its surge node stays in its place, the other outdated nodes go on being replaced); a pool's
+    deletion takes it all the same."""
+    blocked = replace(node(1, 0, secure_boot=False), quarantined=True)
+    pool = [blocked, node(2, 1, secure_boot=False), node(3, 2)]  # node 3: the surge node that replaced 1
+    step = plan_next_step(TL, pool, max_surge=1)
+    assert (step.action, step.ordinal) == (Action.CREATE, 3)  # the surge node for node 2
+    replaced = [*pool, node(4, 3)]
+    step = plan_next_step(TL, replaced, max_surge=1)
+    assert (step.action, step.node_id) == (Action.DELETE, 2)
+    assert plan_next_step(TL, [blocked, node(3, 2), node(4, 3)], max_surge=1).action == Action.DONE
+    assert plan_next_step(replace(TL, deleting=True), [blocked]).node_id == 1

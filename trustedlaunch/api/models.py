@@ -70,6 +70,10 @@ class UpgradeSettings(ArmModel):
     maxSurge: str | None = Field(default=None, max_length=64)
     # how long a node's cordon and drain may take (checked in limits.py); AKS's default 30 when unset
     drainTimeoutInMinutes: int | None = None
+    # how long an upgrade waits after a node's drain before it moves on (checked in limits.py); unset: 0
+    nodeSoakDurationInMinutes: int | None = None
+    # what an upgrade does with a node it cannot drain (store.vocabulary.UndrainableNodeBehavior)
+    undrainableNodeBehavior: Literal["Cordon", "Schedule"] | None = None
 
 
 class AgentPoolProperties(ArmModel):
@@ -110,6 +114,12 @@ class AgentPoolProperties(ArmModel):
             max_surge=self.upgradeSettings.maxSurge if self.upgradeSettings else None,
             drain_timeout_in_minutes=(
                 self.upgradeSettings.drainTimeoutInMinutes if self.upgradeSettings else None
+            ),
+            node_soak_duration_in_minutes=(
+                self.upgradeSettings.nodeSoakDurationInMinutes if self.upgradeSettings else None
+            ),
+            undrainable_node_behavior=(
+                self.upgradeSettings.undrainableNodeBehavior if self.upgradeSettings else None
             ),
         )
 

@@ -34,10 +34,12 @@ class SecurityProfileOut(BaseModel):
 
 
 class UpgradeSettingsOut(BaseModel):
-    """`upgradeSettings`: maxSurge and drainTimeoutInMinutes only when set."""
+    """`upgradeSettings`: each setting only when set."""
 
     maxSurge: str | None = None
     drainTimeoutInMinutes: int | None = None
+    nodeSoakDurationInMinutes: int | None = None
+    undrainableNodeBehavior: str | None = None
 
 
 class GpuProfileOut(BaseModel):

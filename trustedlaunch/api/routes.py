@@ -77,6 +77,13 @@ async def cluster_path(subscription_id: str, resource_group: str, cluster_name: 
 
 
 ClusterPath = Annotated[ResourcePath, Depends(cluster_path)]
+IgnorePodDisruptionBudget = Annotated[
+    bool,
+    Query(
+        alias="ignore-pod-disruption-budget",
+        description="true: delete the pods of the nodes without considering PodDisruptionBudgets",
+    ),
+]
 
 
 @contextmanager
@@ -163,8 +170,12 @@ async def get_cluster(request: Request, path: ClusterPath) -> dict[str, object]:
     response_class=Response,
     responses={204: {"description": "The cluster does not exist"}},
 )
-async def delete_cluster(request: Request, path: ClusterPath) -> Response:
-    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running."""
+async def delete_cluster(
+    request: Request, path: ClusterPath, ignore_pdb: IgnorePodDisruptionBudget = False
+) -> Response:
+    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running.
+    `ignore-pod-disruption-budget` is accepted as AKS does; a cluster's deletion drains no node (its control
+    plane goes with its nodes), so no PodDisruptionBudget can block it either way."""
     with transaction(request) as session:
         operation = resources.delete_cluster(session, path)
         if operation is None:
@@ -250,10 +261,14 @@ async def list_machines(request: Request, path: ClusterPath, pool_name: str) -> 
     response_class=Response,
     responses={204: {"description": "The agent pool does not exist"}},
 )
-async def delete_pool(request: Request, path: ClusterPath, pool_name: str) -> Response:
-    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running."""
+async def delete_pool(
+    request: Request, path: ClusterPath, pool_name: str, ignore_pdb: IgnorePodDisruptionBudget = False
+) -> Response:
+    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running. Its nodes
+    are drained first; with `ignore-pod-disruption-budget=true` their pods are deleted instead of evicted,
+    without considering PodDisruptionBudgets."""
     with transaction(request) as session:
-        operation = resources.delete_pool(session, path, pool_name)
+        operation = resources.delete_pool(session, path, pool_name, ignore_pdb)
         if operation is None:
             return Response(status_code=204)
         session.flush()

@@ -57,12 +57,16 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
 
 
 def upgrade_settings(pool: AgentPool) -> JsonObject:
-    """`upgradeSettings` of a pool: maxSurge and drainTimeoutInMinutes when set."""
+    """`upgradeSettings` of a pool: each setting when set."""
     settings: JsonObject = {}
     if pool.max_surge is not None:
         settings["maxSurge"] = pool.max_surge
     if pool.drain_timeout_in_minutes is not None:
         settings["drainTimeoutInMinutes"] = pool.drain_timeout_in_minutes
+    if pool.node_soak_duration_in_minutes is not None:
+        settings["nodeSoakDurationInMinutes"] = pool.node_soak_duration_in_minutes
+    if pool.undrainable_node_behavior is not None:
+        settings["undrainableNodeBehavior"] = pool.undrainable_node_behavior
     return settings
 
 

@@ -210,13 +210,39 @@ DrainTimeoutOption = Annotated[
 ]
 
 
-def _upgrade_settings(properties: dict[str, Any], max_surge: str | None, drain_timeout: int | None) -> None:
-    """Set the given upgradeSettings in pool `properties`, keeping the others."""
+NodeSoakDurationOption = Annotated[
+    int | None,
+    typer.Option(
+        "--node-soak-duration",
+        help="Minutes an upgrade waits after draining a node before it reimages or deletes that node and "
+        "moves on (0 to 30; AKS's default: 0).",
+    ),
+]
+
+
+class UndrainableNodeBehavior(StrEnum):
+    """`--undrainable-node-behavior`."""
+
+    Cordon = "Cordon"
+    Schedule = "Schedule"
+
+
+UndrainableNodeBehaviorOption = Annotated[
+    UndrainableNodeBehavior | None,
+    typer.Option(
+        "--undrainable-node-behavior",
+        help="What an upgrade does with a node it cannot drain: Cordon (keep it cordoned, labelled "
+        "kubernetes.azure.com/upgrade-status=Quarantined, and go on with a surge node in its place) or "
+        "Schedule (make it schedulable again and fail; AKS's default).",
+    ),
+]
+
+
+def _upgrade_settings(properties: dict[str, Any], **given: object) -> None:
+    """Set the `given` upgradeSettings (ARM names; None: not given) in pool `properties`, keeping the
+    others."""
     settings = properties.setdefault("upgradeSettings", {})
-    if max_surge is not None:
-        settings["maxSurge"] = max_surge
-    if drain_timeout is not None:
-        settings["drainTimeoutInMinutes"] = drain_timeout
+    settings.update({name: value for name, value in given.items() if value is not None})
 
 
 def _cluster_id(client: ArmClient, group: str, name: str) -> ResourceId:
@@ -459,8 +485,10 @@ def _confirm(yes: bool, what: str) -> None:
         raise typer.Exit(0)
 
 
-def _delete(client: ArmClient, path: str, what: str, no_wait: bool, timeout: int) -> None:
-    response = client.request("DELETE", path)
+def _delete(
+    client: ArmClient, path: str, what: str, no_wait: bool, timeout: int, params: dict[str, str] | None = None
+) -> None:
+    response = client.request("DELETE", path, params=params)
     if response.status_code == 204:
         typer.echo(f"{what}: nothing to delete (it does not exist).", err=True)
         return
@@ -586,6 +614,8 @@ def add(
     vm_set_type: VmSetTypeOption = None,
     max_surge: MaxSurgeOption = None,
     drain_timeout: DrainTimeoutOption = None,
+    node_soak_duration: NodeSoakDurationOption = None,
+    undrainable_node_behavior: UndrainableNodeBehaviorOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -607,8 +637,14 @@ def add(
         enable_secure_boot,
         enable_vtpm,
     )
-    if max_surge is not None or drain_timeout is not None:
-        _upgrade_settings(properties, max_surge, drain_timeout)
+    upgrade = {
+        "maxSurge": max_surge,
+        "drainTimeoutInMinutes": drain_timeout,
+        "nodeSoakDurationInMinutes": node_soak_duration,
+        "undrainableNodeBehavior": undrainable_node_behavior,
+    }
+    if any(value is not None for value in upgrade.values()):
+        _upgrade_settings(properties, **upgrade)
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         response = client.request(
@@ -632,13 +668,16 @@ def update(
     disable_vtpm: Annotated[bool, typer.Option("--disable-vtpm", help="Disable the vTPM.")] = False,
     max_surge: MaxSurgeOption = None,
     drain_timeout: DrainTimeoutOption = None,
+    node_soak_duration: NodeSoakDurationOption = None,
+    undrainable_node_behavior: UndrainableNodeBehaviorOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
     """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
-    at a time beside the old ones, each old node drained within --drain-timeout minutes), or set its max
-    surge or drain timeout."""
+    at a time beside the old ones, each old node drained within --drain-timeout minutes, then soaked
+    --node-soak-duration minutes; one it cannot drain is handled as --undrainable-node-behavior says), or
+    set those upgrade settings."""
     flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
     conflicts = check_flags(flags)
     if conflicts:
@@ -650,10 +689,13 @@ def update(
         or disable_vtpm
         or max_surge is not None
         or drain_timeout is not None
+        or node_soak_duration is not None
+        or undrainable_node_behavior is not None
     ):
         raise bad_input(
             "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
-            "--disable-vtpm, --max-surge or --drain-timeout"
+            "--disable-vtpm, --max-surge, --drain-timeout, --node-soak-duration or "
+            "--undrainable-node-behavior"
         )
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
@@ -663,7 +705,13 @@ def update(
             security["enableSecureBoot"] = enable_secure_boot
         if enable_vtpm or disable_vtpm:
             security["enableVTPM"] = enable_vtpm
-        _upgrade_settings(pool["properties"], max_surge, drain_timeout)
+        _upgrade_settings(
+            pool["properties"],
+            maxSurge=max_surge,
+            drainTimeoutInMinutes=drain_timeout,
+            nodeSoakDurationInMinutes=node_soak_duration,
+            undrainableNodeBehavior=undrainable_node_behavior,
+        )
         response = client.request("PUT", path, json=pool)
         result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
@@ -756,13 +804,22 @@ def delete_pool(
     cluster_name: ClusterNameOption,
     name: PoolNameOption,
     resource_group: GroupOption,
+    ignore_pod_disruption_budget: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-pod-disruption-budget",
+            help="Delete the pods of the pool's nodes without considering PodDisruptionBudgets (instead "
+            "of evicting them), so that no budget can block the deletion.",
+        ),
+    ] = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
 ) -> None:
-    """Delete a node pool."""
+    """Delete a node pool (its nodes drained first)."""
+    params = {"ignore-pod-disruption-budget": "true"} if ignore_pod_disruption_budget else None
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
-        _delete(client, path, f"Deleting node pool {name}", no_wait, timeout)
+        _delete(client, path, f"Deleting node pool {name}", no_wait, timeout, params)
 
 
 MachineNameOption = Annotated[

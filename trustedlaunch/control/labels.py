@@ -24,6 +24,10 @@ LABEL_NODE_IMAGE_VERSION = f"{AKS_PREFIX}node-image-version"
 LABEL_OS_SKU = f"{AKS_PREFIX}os-sku"
 LABEL_INSTANCE_TYPE = "node.kubernetes.io/instance-type"
 LABEL_OS = "kubernetes.io/os"
+# An upgrade that could not drain a node labels it so (undrainableNodeBehavior Cordon, as AKS does); the
+# drain (control.node_drain) owns this key, the attestation verdict never touches it.
+LABEL_UPGRADE_STATUS = f"{AKS_PREFIX}upgrade-status"
+UPGRADE_QUARANTINED = "Quarantined"
 QUARANTINE_TAINT_KEY = f"{AKS_PREFIX}attestation-failed"
 QUARANTINE_ANNOTATION = f"{AKS_PREFIX}quarantine-reason"
 # The labels a passed attestation gives a node in Kubernetes (a failed one takes them away).

@@ -59,6 +59,8 @@ MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node c
 MAX_SURGE_NODES = 1000  # a pool's largest node count
 # upgradeSettings.drainTimeoutInMinutes: AKS's range (its REST API spec: 1 to 1440, a day); unset: 30
 DRAIN_TIMEOUT_MINUTES = (1, 1440)
+# upgradeSettings.nodeSoakDurationInMinutes: AKS's range (its REST API spec: 0 to 30); unset: 0
+NODE_SOAK_DURATION_MINUTES = (0, 30)
 # ARM names (as az checks them); ARM compares ids case-insensitively
 SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
@@ -330,6 +332,8 @@ class PoolRequest:
     count: int = 1
     max_surge: str | None = None  # upgradeSettings.maxSurge as given ("1", "33%"); None: reimage in place
     drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes; None: 30
+    node_soak_duration_in_minutes: int | None = None  # upgradeSettings.nodeSoakDurationInMinutes; None: 0
+    undrainable_node_behavior: str | None = None  # upgradeSettings.undrainableNodeBehavior; None: Schedule
     cluster_version: str | None = None  # the control plane's Kubernetes version
     other_system_pools: int = 0  # System pools of the cluster besides this one
     virtual_nodes: bool = False
@@ -379,6 +383,9 @@ class PoolRequest:
             "drain_timeout": self.drain_timeout_in_minutes,
             "min_drain_timeout": DRAIN_TIMEOUT_MINUTES[0],
             "max_drain_timeout": DRAIN_TIMEOUT_MINUTES[1],
+            "node_soak": self.node_soak_duration_in_minutes,
+            "min_node_soak": NODE_SOAK_DURATION_MINUTES[0],
+            "max_node_soak": NODE_SOAK_DURATION_MINUTES[1],
         }
 
 
@@ -694,6 +701,19 @@ LIMITATIONS: tuple[Limitation, ...] = (
         lambda r: (
             r.drain_timeout_in_minutes is not None
             and not DRAIN_TIMEOUT_MINUTES[0] <= r.drain_timeout_in_minutes <= DRAIN_TIMEOUT_MINUTES[1]
+        ),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.upgradeSettings.nodeSoakDurationInMinutes",
+        "upgradeSettings.nodeSoakDurationInMinutes {node_soak} of pool '{pool}' is out of range: use a "
+        "number of minutes from {min_node_soak} to {max_node_soak} (unset: 0).",
+        PoolRequest,
+        lambda r: (
+            r.node_soak_duration_in_minutes is not None
+            and not NODE_SOAK_DURATION_MINUTES[0]
+            <= r.node_soak_duration_in_minutes
+            <= NODE_SOAK_DURATION_MINUTES[1]
         ),
     ),
     Limitation(

@@ -8,13 +8,22 @@ An eviction a PodDisruptionBudget refuses (429 Too Many Requests) is retried eve
 the drain timeout; evicted pods are then waited for until they are gone (their grace period runs on the
 node). When the timeout passes first, the drain fails naming the node, the pod and the budget that blocked
 it (AKS: "Drain node ... failed when evicting pod ..."): the Node stays cordoned and nothing is deleted.
+With `ignore_pod_disruption_budget` (AKS's ignore-pod-disruption-budget=true on a pool's deletion) the
+pods are deleted instead of evicted: no budget is consulted.
+
+What an upgrade does with a node it could not drain is the pool's upgradeSettings.undrainableNodeBehavior:
+`quarantine` keeps it cordoned and labels it kubernetes.azure.com/upgrade-status=Quarantined (Cordon),
+`uncordon` makes it schedulable again (Schedule). After a drain an upgrade soaks the node
+(upgradeSettings.nodeSoakDurationInMinutes: `soak_note` says how long is left).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import httpx2
@@ -25,6 +34,7 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
+from trustedlaunch.control.labels import LABEL_UPGRADE_STATUS, UPGRADE_QUARANTINED
 from trustedlaunch.errors import TrustedLaunchError
 
 DEFAULT_DRAIN_TIMEOUT_MINUTES = 30  # AKS's default upgradeSettings.drainTimeoutInMinutes
@@ -35,7 +45,12 @@ MAX_NAMES_SHOWN = 3  # pods or budgets named in a progress note
 
 class NodeDrainFailedError(TrustedLaunchError):
     """A drain did not end within its timeout (or the API server failed it); the message names the node, the
-    pod and, when one refused the eviction, the PodDisruptionBudget."""
+    pod and, when one refused the eviction, the PodDisruptionBudget. `cordoned_by_drain`: the Node was
+    schedulable before the drain cordoned it (else an operator or the attestation quarantine had)."""
+
+    def __init__(self, message: str, cordoned_by_drain: bool = True) -> None:
+        super().__init__(message)
+        self.cordoned_by_drain = cordoned_by_drain
 
 
 @dataclass(frozen=True)
@@ -148,20 +163,48 @@ def drain_failure_message(
     node_name: str, timeout: float, refusals: Sequence[Refusal], left: Sequence[PodRef]
 ) -> str:
     """Why the drain of `node_name` failed at its timeout, shaped as AKS's drain failure: the first refused
-    pod and its budget, else the pods still terminating."""
+    pod and its budget, else the pods still terminating (what became of the node is the caller's to say:
+    `after_failed_drain`)."""
     within = f"within the drain timeout ({describe_duration(timeout)})"
-    after = (
-        "The node stays cordoned and its VM running; relax the PodDisruptionBudget or raise "
-        "upgradeSettings.drainTimeoutInMinutes, then retry the operation."
-    )
     if refusals:
         refusal = refusals[0]
         budgets = ", ".join(f"{refusal.pod.namespace}/{budget}" for budget in refusal.budgets) or "none found"
         return (
             f"Drain node {node_name} failed when evicting pod {refusal.pod} {within}: the eviction was "
-            f"refused ({refusal.reason}). PodDisruptionBudget: {budgets}. {after}"
+            f"refused ({refusal.reason}). PodDisruptionBudget: {budgets}."
         )
-    return f"Drain node {node_name} failed {within}: pods still terminating: {_names(left)}. {after}"
+    return f"Drain node {node_name} failed {within}: pods still terminating: {_names(left)}."
+
+
+class AfterFailedDrain(StrEnum):
+    """What became of a node whose drain failed."""
+
+    CORDONED = "cordoned"  # a scale down or a pool's deletion: it stays cordoned, its VM running
+    QUARANTINED = "quarantined"  # an upgrade with undrainableNodeBehavior Cordon
+    SCHEDULABLE = "schedulable"  # an upgrade with undrainableNodeBehavior Schedule (AKS's default)
+
+
+def after_failed_drain(outcome: AfterFailedDrain, cordoned_by_drain: bool = True) -> str:
+    """The sentence a failed drain's operation error ends with: what became of the node, what to do."""
+    retry = (
+        "relax the PodDisruptionBudget or raise upgradeSettings.drainTimeoutInMinutes, then retry the "
+        "operation."
+    )
+    if outcome == AfterFailedDrain.QUARANTINED:
+        return (
+            f"The node stays cordoned, labelled {LABEL_UPGRADE_STATUS}={UPGRADE_QUARANTINED}, its VM "
+            f"running, and was not upgraded (undrainableNodeBehavior Cordon): a surge node takes its "
+            f"place; {retry}"
+        )
+    if outcome == AfterFailedDrain.SCHEDULABLE:
+        state = "is schedulable again" if cordoned_by_drain else "stays cordoned (it was before the drain)"
+        return f"The node {state} and was not upgraded (undrainableNodeBehavior Schedule); {retry}"
+    return f"The node stays cordoned and its VM running; {retry}"
+
+
+def soak_note(node_name: str, seconds_left: float) -> str:
+    """The operation's note while an upgrade soaks a drained node: whole minutes left, rounded up."""
+    return f"soaking node {node_name} ({max(1, math.ceil(seconds_left / 60))} min left)"
 
 
 class NodeDrainer:
@@ -174,15 +217,33 @@ class NodeDrainer:
         timeout: float,
         progress: Callable[[str], None],
         poll_seconds: float = DRAIN_POLL_SECONDS,
+        ignore_pod_disruption_budget: bool = False,
     ) -> None:
         self.client = client
         self.timeout = timeout
         self.progress = progress
         self.poll_seconds = poll_seconds
+        self.ignore_pod_disruption_budget = ignore_pod_disruption_budget
 
-    def cordon(self, node_name: str) -> None:
-        """Mark the Node unschedulable (new pods go elsewhere)."""
+    def cordon(self, node_name: str) -> bool:
+        """Mark the Node unschedulable (new pods go elsewhere); whether it was schedulable before."""
+        node = self.client.get(KubernetesNode, node_name)
+        was_schedulable = not (node.spec and node.spec.unschedulable)
         patch = {"spec": {"unschedulable": True}}
+        self.client.patch(KubernetesNode, node_name, patch, patch_type=PatchType.MERGE)
+        return was_schedulable
+
+    def quarantine(self, node_name: str) -> None:
+        """Keep the Node cordoned and label it upgrade-status=Quarantined (undrainableNodeBehavior Cordon)."""
+        patch = {
+            "metadata": {"labels": {LABEL_UPGRADE_STATUS: UPGRADE_QUARANTINED}},
+            "spec": {"unschedulable": True},
+        }
+        self.client.patch(KubernetesNode, node_name, patch, patch_type=PatchType.MERGE)
+
+    def uncordon(self, node_name: str) -> None:
+        """Make the Node schedulable again, without a quarantine label (undrainableNodeBehavior Schedule)."""
+        patch = {"metadata": {"labels": {LABEL_UPGRADE_STATUS: None}}, "spec": {"unschedulable": None}}
         self.client.patch(KubernetesNode, node_name, patch, patch_type=PatchType.MERGE)
 
     def drain(self, node_name: str) -> None:
@@ -190,9 +251,10 @@ class NodeDrainer:
         wait until they are gone; raise NodeDrainFailedError at the timeout. A Node that does not exist
         has nothing to drain."""
         deadline = time.monotonic() + self.timeout
+        cordoned_by_drain = True
         try:
             try:
-                self.cordon(node_name)
+                cordoned_by_drain = self.cordon(node_name)
             except ApiError as exc:
                 if exc.status.code == 404:
                     return
@@ -207,18 +269,26 @@ class NodeDrainer:
                 refusals = [refusal for pod in left if not pod.terminating and (refusal := self._evict(pod))]
                 self.progress(progress_note(node_name, left, refusals))
                 if time.monotonic() >= deadline:
-                    raise NodeDrainFailedError(drain_failure_message(node_name, self.timeout, refusals, left))
+                    raise NodeDrainFailedError(
+                        drain_failure_message(node_name, self.timeout, refusals, left), cordoned_by_drain
+                    )
                 time.sleep(self.poll_seconds)
         except httpx2.HTTPError as exc:
             reason = exc.status.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-            raise NodeDrainFailedError(f"Drain node {node_name} failed: kube-apiserver: {reason}") from exc
+            raise NodeDrainFailedError(
+                f"Drain node {node_name} failed: kube-apiserver: {reason}", cordoned_by_drain
+            ) from exc
 
     def _evict(self, pod: PodRef) -> Refusal | None:
-        """Ask the API server to evict `pod`; the refusal when a disruption budget (429) or the server
-        (500: e.g. more than one budget selects the pod) refuses it for now."""
+        """Ask the API server to evict `pod` (or delete it, ignoring PodDisruptionBudgets); the refusal when
+        a disruption budget (429) or the server (500: e.g. more than one budget selects the pod) refuses it
+        for now."""
         eviction = Pod.Eviction(metadata=ObjectMeta(name=pod.name, namespace=pod.namespace))
         try:
-            self.client.create(eviction, pod.name, namespace=pod.namespace)
+            if self.ignore_pod_disruption_budget:
+                self.client.delete(Pod, pod.name, namespace=pod.namespace)
+            else:
+                self.client.create(eviction, pod.name, namespace=pod.namespace)
         except ApiError as exc:
             if exc.status.code == 404:  # gone meanwhile
                 return None

@@ -52,6 +52,7 @@ class ObservedNode:
     vtpm: bool
     image_version: str
     reimage_reason: str | None = None  # set: outdated whatever its settings (e.g. an older agent)
+    quarantined: bool = False  # the operation planned for could not drain it (undrainableNodeBehavior Cordon)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
     Failed; a reimage reason is named in the step's note) replaced: in
     place one at a time, or with `max_surge` >= 1 by first creating up to `max_surge` replacements above
     the desired count, then deleting outdated nodes down to it.
+
+    A quarantined node (one the operation could not drain, undrainableNodeBehavior Cordon) is left as it
+    is: the pool is planned as if it were not there, so a surge node stays in its place; a pool's deletion
+    takes it all the same.
     """
     nodes = sorted(nodes, key=lambda node: node.ordinal)
     for state, action, verb in (
@@ -117,6 +122,8 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
             nodes[0].ordinal,
             f"deleting node {nodes[0].ordinal} ({len(nodes)} left)",
         )
+    every_ordinal = nodes  # a quarantined node keeps its ordinal
+    nodes = [node for node in nodes if not node.quarantined]
     current = [node for node in nodes if is_current(node, desired)]
     provisioning = next((node for node in nodes if node.state == NodePhase.PROVISIONING), None)
     if provisioning is not None:
@@ -135,7 +142,7 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
     ):
         return Step(
             Action.CREATE,
-            ordinal=_first_free_ordinal(nodes),
+            ordinal=_first_free_ordinal(every_ordinal),
             note=f"reimaging node {len(current) + 1}/{desired.count} (surge node){_why(outdated[0])}",
         )
     if len(nodes) > desired.count:
@@ -147,7 +154,7 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
             f"deleting node {victim.ordinal} (scaling to {desired.count}){_why(victim)}",
         )
     if len(nodes) < desired.count:
-        ordinal = _first_free_ordinal(nodes)
+        ordinal = _first_free_ordinal(every_ordinal)
         return Step(Action.CREATE, ordinal=ordinal, note=f"creating node {len(current) + 1}/{desired.count}")
     if outdated:  # no surge: in place
         note = f"reimaging node {len(current) + 1}/{desired.count}{_why(outdated[0])}"

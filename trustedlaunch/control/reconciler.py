@@ -28,6 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, NoReturn
 
+import httpx2
 import platformdirs
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,7 +55,15 @@ from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlane
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, surge_nodes
-from trustedlaunch.control.node_drain import DEFAULT_DRAIN_TIMEOUT_MINUTES, NodeDrainer, NodeDrainFailedError
+from trustedlaunch.control.node_drain import (
+    DEFAULT_DRAIN_TIMEOUT_MINUTES,
+    DRAIN_POLL_SECONDS,
+    AfterFailedDrain,
+    NodeDrainer,
+    NodeDrainFailedError,
+    after_failed_drain,
+    soak_note,
+)
 from trustedlaunch.control.node_health import (
     BUSY_AGENT_SILENCE,
     LIVENESS_INTERVAL,
@@ -107,7 +116,12 @@ from trustedlaunch.node.image import NodeImage, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.models import AgentPool, AttestationRecord, ManagedCluster, Node, Operation, utc_now
-from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
+from trustedlaunch.store.vocabulary import (
+    AlertType,
+    AttestationStatus,
+    OperationStatus,
+    UndrainableNodeBehavior,
+)
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca, load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -133,11 +147,13 @@ def default_state_dir() -> Path:
 
 
 class NodeProvisioningError(TrustedLaunchError):
-    """A node could not be brought to Ready; `error` is the ARM error its operation fails with."""
+    """A node could not be brought to Ready; `error` is the ARM error its operation ends with, in `status`
+    (Failed; Canceled for an upgrade that quarantined a node no surge node can replace, as AKS)."""
 
-    def __init__(self, error: ArmError):
+    def __init__(self, error: ArmError, status: str = OperationStatus.FAILED):
         super().__init__(error.message)
         self.error = error
+        self.status = status
 
 
 def _desired(pool: AgentPool, deleting: bool) -> DesiredPool:
@@ -150,7 +166,7 @@ def _desired(pool: AgentPool, deleting: bool) -> DesiredPool:
     )
 
 
-def _observed(node: Node) -> ObservedNode:
+def _observed(node: Node, operation_id: str | None = None) -> ObservedNode:
     return ObservedNode(
         node.id,
         node.ordinal,
@@ -159,6 +175,7 @@ def _observed(node: Node) -> ObservedNode:
         node.enable_vtpm,
         node.node_image_version,
         node.reimage_reason,
+        quarantined=operation_id is not None and node.quarantined_by_operation == operation_id,
     )
 
 
@@ -192,7 +209,15 @@ class Reconciler:
     outdated node or its pool's deletion (not its cluster's: the plane goes too), its Node is cordoned and
     drained through the Eviction API (control.node_drain), within the pool's
     upgradeSettings.drainTimeoutInMinutes (AKS's default 30 without one); `drain_timeout` (seconds), when
-    set, overrides every pool's (tests use seconds, the API takes whole minutes).
+    set, overrides every pool's (tests use seconds, the API takes whole minutes). A pool Delete with
+    ignore-pod-disruption-budget deletes the pods instead of evicting them. An upgrade (a reimage, or the
+    deletion of an outdated node beside its surge node) then soaks the drained node for the pool's
+    upgradeSettings.nodeSoakDurationInMinutes before it goes (`node_soak_duration`, seconds, overrides it),
+    and handles a node it cannot drain as upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's
+    default) uncordons it and fails the operation; Cordon keeps it cordoned and labelled
+    kubernetes.azure.com/upgrade-status=Quarantined, leaves it out of the operation's plan (its surge node
+    stays in its place) and goes on, the operation failing at the end naming it (Canceled at once when
+    the node was being reimaged in place: no surge node can replace it).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
     passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM),
@@ -217,6 +242,7 @@ class Reconciler:
         cluster_planes: ClusterPlanes | None = None,
         join_timeout: float = JOIN_TIMEOUT,
         drain_timeout: float | None = None,
+        node_soak_duration: float | None = None,
     ) -> None:
         self.sessions = sessions
         self.state_dir = state_dir
@@ -258,6 +284,7 @@ class Reconciler:
         self._renewed_at: dict[int, float] = {}
         self._next_supervision_at = 0.0
         self.drain_timeout = drain_timeout
+        self.node_soak_duration = node_soak_duration
 
     # -- ownership -------------------------------------------------------------------------------------
 
@@ -590,7 +617,8 @@ class Reconciler:
                     return True
             for pool in pools:
                 surge = self.max_surge if pool.max_surge is None else surge_nodes(pool.max_surge, pool.count)
-                step = plan_next_step(_desired(pool, deleting), [_observed(n) for n in pool.nodes], surge)
+                observed = [_observed(n, operation.id) for n in pool.nodes]
+                step = plan_next_step(_desired(pool, deleting), observed, surge)
                 if step.action == Action.DONE:
                     continue
                 operation.note = f"agent pool {pool.name}: {step.note}"
@@ -603,11 +631,11 @@ class Reconciler:
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
-                    self._take(session, pool, step, drain)
+                    self._take(session, pool, step, drain, operation)
                 except NodeProvisioningError as failure:
                     session.refresh(operation)
                     if operation.status == "InProgress":
-                        finish_operation(session, operation, "Failed", failure.error)
+                        finish_operation(session, operation, failure.status, failure.error)
                     session.commit()
                 return True
             if (
@@ -618,7 +646,15 @@ class Reconciler:
             ):
                 return True
             session.refresh(operation)
-            if operation.status == "InProgress":
+            quarantined = [
+                node for pool in pools for node in pool.nodes if node.quarantined_by_operation == operation.id
+            ]
+            if operation.status == "InProgress" and quarantined:
+                operation.note = f"nodes not upgraded: {', '.join(node.name for node in quarantined)}"[:512]
+                why = quarantined[0].message.removeprefix("quarantined: ")
+                error = ArmError(500, "UpgradeFailed", why, quarantined[0].name)
+                finish_operation(session, operation, "Failed", error)
+            elif operation.status == "InProgress":
                 operation.note = "all nodes ready" if not deleting else "all nodes deleted"
                 finish_operation(session, operation, "Succeeded")
             session.commit()
@@ -627,10 +663,17 @@ class Reconciler:
     # -- steps -----------------------------------------------------------------------------------------
 
     def _take(
-        self, session: Session, pool: AgentPool, step: Step, drain: Callable[[str], None] | None = None
+        self,
+        session: Session,
+        pool: AgentPool,
+        step: Step,
+        drain: Callable[[str], None] | None = None,
+        operation: Operation | None = None,
     ) -> None:
-        """Take `step` on `pool`; a node that a reimage or deletion takes is drained first when `drain` (the
-        operation's progress note) is given (not for a cluster's deletion)."""
+        """Take `step` on `pool` for `operation`; a node that a reimage or deletion takes is drained (and, in
+        an upgrade, soaked) first when `drain` (the operation's progress note) is given (not for a cluster's
+        deletion): a node left in place (quarantined, or a soak cut short by the reconciler's stop) is
+        not taken."""
         if step.action == Action.CREATE:
             assert step.ordinal is not None
             node = Node(
@@ -651,15 +694,15 @@ class Reconciler:
             self._teardown(node)
             self._provision(session, pool, node)
         elif step.action == Action.REIMAGE:
-            if drain is not None:
-                self._drain(session, pool, node, drain)
+            if drain is not None and not self._drain(session, pool, node, drain, operation, in_place=True):
+                return
             node.state = NodePhase.REIMAGING
             session.commit()
             self._teardown(node)  # the vTPM goes with the run dir: the new VM gets new EKs
             self._provision(session, pool, node)
         elif step.action == Action.DELETE:
-            if drain is not None:
-                self._drain(session, pool, node, drain)
+            if drain is not None and not self._drain(session, pool, node, drain, operation, in_place=False):
+                return
             node.state = NodePhase.DELETING
             session.commit()
             self._teardown(node)
@@ -667,34 +710,106 @@ class Reconciler:
             session.delete(node)
             session.commit()
 
-    def _drain(self, session: Session, pool: AgentPool, node: Node, progress: Callable[[str], None]) -> None:
+    def _drain(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        progress: Callable[[str], None],
+        operation: Operation | None,
+        in_place: bool,
+    ) -> bool:
         """Cordon and drain the Node of joined Ready `node` before its VM goes (a node that is not Ready or
-        whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its pods).
-        On failure the node stays Ready, cordoned, its VM running, and the operation fails with AKS's code:
-        UpgradeFailed when the node is outdated (a reimage), PodDrainFailure otherwise (a scale down or the
-        pool's deletion)."""
+        whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its pods),
+        then soak it when the node is outdated (an upgrade). True when the node may go.
+
+        On a failed drain of an upgrade (`in_place`: a reimage without a surge node) the pool's
+        undrainableNodeBehavior decides (see the class); on a failed drain of a scale down or a pool's
+        deletion the node stays Ready, cordoned, its VM running, and the operation fails with
+        PodDrainFailure."""
         if (
             self.cluster_planes is None
             or node.kubelet_port is None
             or node.state != NodePhase.READY
             or not self._vm_alive(node)
         ):
-            return
+            return True
         adapter = self.cluster_planes.node_adapter(node)
         if adapter is None:
-            return
+            return True
         minutes = pool.drain_timeout_in_minutes or DEFAULT_DRAIN_TIMEOUT_MINUTES
         timeout = self.drain_timeout if self.drain_timeout is not None else minutes * 60.0
+        upgrading = not is_current(_observed(node), _desired(pool, False)) and not (
+            operation is not None and operation.kind == "Delete"
+        )
+        ignore_budgets = operation is not None and operation.ignore_pod_disruption_budget
         node.message = "draining"
         session.commit()  # no store transaction open while the API server answers
+        drainer = NodeDrainer(adapter.client, timeout, progress, ignore_pod_disruption_budget=ignore_budgets)
         try:
-            NodeDrainer(adapter.client, timeout, progress).drain(node.name)
+            drainer.drain(node.name)
         except NodeDrainFailedError as exc:
-            upgrading = not is_current(_observed(node), _desired(pool, False))
-            node.message = f"cordoned: {exc}"[:4000]
+            if not upgrading:
+                node.message = f"cordoned: {exc}"[:4000]
+                session.commit()
+                message = f"{exc} {after_failed_drain(AfterFailedDrain.CORDONED)}"
+                raise NodeProvisioningError(ArmError(500, "PodDrainFailure", message, node.name)) from exc
+            self._undrainable(session, pool, node, drainer, exc, operation, in_place)
+            return False
+        node.quarantined_by_operation = None
+        session.commit()
+        return not upgrading or self._soak(session, pool, node, progress)
+
+    def _undrainable(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        drainer: NodeDrainer,
+        failure: NodeDrainFailedError,
+        operation: Operation | None,
+        in_place: bool,
+    ) -> None:
+        """An upgrade could not drain `node`: quarantine it and go on (Cordon; Canceled at once `in_place`,
+        no surge node taking its place), or make it schedulable again and fail (Schedule)."""
+        try:
+            if pool.undrainable_node_behavior == UndrainableNodeBehavior.CORDON:
+                drainer.quarantine(node.name)
+            elif failure.cordoned_by_drain or node.quarantined_by_operation is not None:
+                drainer.uncordon(node.name)
+        except httpx2.HTTPError as exc:  # the drain's own failure says more: the node stays cordoned
+            log.warning("node %s after its failed drain: %s", node.name, exc)
+        if pool.undrainable_node_behavior == UndrainableNodeBehavior.CORDON:
+            node.message = f"quarantined: {failure} {after_failed_drain(AfterFailedDrain.QUARANTINED)}"[:4000]
+            node.quarantined_by_operation = operation.id if operation is not None else None
             session.commit()
-            code = "UpgradeFailed" if upgrading else "PodDrainFailure"
-            raise NodeProvisioningError(ArmError(500, code, str(exc), node.name)) from exc
+            if in_place:
+                error = ArmError(500, "UpgradeFailed", node.message, node.name)
+                raise NodeProvisioningError(error, OperationStatus.CANCELED) from failure
+            return
+        node.quarantined_by_operation = None
+        outcome = after_failed_drain(AfterFailedDrain.SCHEDULABLE, failure.cordoned_by_drain)
+        node.message = f"not upgraded: {failure} {outcome}"[:4000]
+        session.commit()
+        message = f"{failure} {outcome}"
+        raise NodeProvisioningError(ArmError(500, "UpgradeFailed", message, node.name)) from failure
+
+    def _soak(self, session: Session, pool: AgentPool, node: Node, progress: Callable[[str], None]) -> bool:
+        """Wait the pool's nodeSoakDurationInMinutes after the upgrade drained `node`, the operation's note
+        counting the minutes down; False when the reconciler stops meanwhile (the step is taken again, its
+        soak from the start, by the next reconciler)."""
+        minutes = pool.node_soak_duration_in_minutes or 0
+        seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
+        if seconds <= 0:
+            return True
+        node.message = "soaking"
+        session.commit()
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            progress(soak_note(node.name, left))
+            if self._stop_event.wait(min(left, DRAIN_POLL_SECONDS)):
+                return False
+        return True
 
     def _stop_processes(self, node: Node) -> None:
         """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""

@@ -105,6 +105,8 @@ class PoolSpec:
     enable_vtpm: bool | None = None
     max_surge: str | None = None  # upgradeSettings.maxSurge: "1" or "33%"
     drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes
+    node_soak_duration_in_minutes: int | None = None  # upgradeSettings.nodeSoakDurationInMinutes
+    undrainable_node_behavior: str | None = None  # upgradeSettings.undrainableNodeBehavior
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ def _request_for_new_pool(
         count=DEFAULT_NODE_COUNT if spec.count is None else spec.count,
         max_surge=spec.max_surge,
         drain_timeout_in_minutes=spec.drain_timeout_in_minutes,
+        node_soak_duration_in_minutes=spec.node_soak_duration_in_minutes,
+        undrainable_node_behavior=spec.undrainable_node_behavior,
         virtual_nodes=virtual_nodes,
     )
 
@@ -186,6 +190,8 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
         count=pool.count,
         max_surge=pool.max_surge,
         drain_timeout_in_minutes=pool.drain_timeout_in_minutes,
+        node_soak_duration_in_minutes=pool.node_soak_duration_in_minutes,
+        undrainable_node_behavior=pool.undrainable_node_behavior,
         virtual_nodes=virtual_nodes,
         current_image=find_image(pool.node_image_version),
     )
@@ -226,6 +232,10 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
         count=_pick(spec.count, current.count),
         max_surge=_pick(spec.max_surge, current.max_surge),
         drain_timeout_in_minutes=_pick(spec.drain_timeout_in_minutes, current.drain_timeout_in_minutes),
+        node_soak_duration_in_minutes=_pick(
+            spec.node_soak_duration_in_minutes, current.node_soak_duration_in_minutes
+        ),
+        undrainable_node_behavior=_pick(spec.undrainable_node_behavior, current.undrainable_node_behavior),
         previous=current,
     )
 
@@ -254,6 +264,8 @@ def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
         node_image_version=image.version,
         max_surge=request.max_surge,
         drain_timeout_in_minutes=request.drain_timeout_in_minutes,
+        node_soak_duration_in_minutes=request.node_soak_duration_in_minutes,
+        undrainable_node_behavior=request.undrainable_node_behavior,
         provisioning_state=ProvisioningState.CREATING,
     )
 
@@ -266,6 +278,8 @@ def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
     pool.enable_vtpm = request.enable_vtpm
     pool.max_surge = request.max_surge
     pool.drain_timeout_in_minutes = request.drain_timeout_in_minutes
+    pool.node_soak_duration_in_minutes = request.node_soak_duration_in_minutes
+    pool.undrainable_node_behavior = request.undrainable_node_behavior
     pool.provisioning_state = ProvisioningState.UPDATING
     pool.updated_at = utc_now()
 
@@ -600,8 +614,13 @@ def put_pool(
     return pool, operation, False
 
 
-def delete_pool(session: Session, path: ResourcePath, pool_name: str) -> Operation | None:
-    """Start deleting the pool (cancels its create/update operations); None if it does not exist."""
+def delete_pool(
+    session: Session, path: ResourcePath, pool_name: str, ignore_pod_disruption_budget: bool = False
+) -> Operation | None:
+    """Start deleting the pool (cancels its create/update operations); None if it does not exist. With
+    `ignore_pod_disruption_budget` (AKS's ignore-pod-disruption-budget=true) its nodes' pods are deleted
+    instead of evicted, so no PodDisruptionBudget can block it; asked again of a Delete under way, it applies
+    from that Delete's next node on."""
     cluster = get_cluster(session, path)
     pool = find_pool(cluster, pool_name)
     if pool is None:
@@ -610,9 +629,14 @@ def delete_pool(session: Session, path: ResourcePath, pool_name: str) -> Operati
     if pool.provisioning_state == ProvisioningState.DELETING:
         running = in_progress_operation(session, pool_id)
         if running is not None:
+            running.ignore_pod_disruption_budget = running.ignore_pod_disruption_budget or (
+                ignore_pod_disruption_budget
+            )
             return running
     deletion = limits.PoolDeletion(pool.name, pool.mode, _system_pools_besides(cluster, pool.name))
     limits.raise_violations(limits.check_deletion(deletion))
     _cancel_operations(session, pool_id)
     pool.provisioning_state = ProvisioningState.DELETING
-    return start_operation(session, path.subscription_id, cluster.location, pool_id, "Delete")
+    operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Delete")
+    operation.ignore_pod_disruption_budget = ignore_pod_disruption_budget
+    return operation

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -173,6 +174,11 @@ class AgentPool(Base):
     max_surge: Mapped[str | None] = mapped_column(String(8), nullable=True)
     # upgradeSettings.drainTimeoutInMinutes: how long a node's drain may take; None: AKS's default (30).
     drain_timeout_in_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # upgradeSettings.nodeSoakDurationInMinutes: how long an upgrade waits after a node's drain before it
+    # reimages or deletes that node and moves on; None: AKS's default (0).
+    node_soak_duration_in_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # upgradeSettings.undrainableNodeBehavior (vocabulary.UndrainableNodeBehavior); None: Schedule.
+    undrainable_node_behavior: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
@@ -230,6 +236,10 @@ class Node(Base):
     # Why the reconciler reimages this node although it has its pool's settings (its agent, an older
     # image's initramfs, cannot renew its kubelet credentials): it is outdated until reimaged (None then).
     reimage_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # The upgrade operation that could not drain this node and quarantined it (undrainableNodeBehavior
+    # Cordon: cordoned, labelled upgrade-status=Quarantined, a surge node in its place); that operation
+    # leaves it as it is, a later one drains it again. None: not quarantined.
+    quarantined_by_operation: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 
@@ -249,6 +259,8 @@ class Operation(Base):
     error: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     start_time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # A Delete's ignore-pod-disruption-budget=true: its drains delete the pods instead of evicting them.
+    ignore_pod_disruption_budget: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class FeatureRegistration(Base):

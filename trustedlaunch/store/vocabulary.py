@@ -32,6 +32,16 @@ class ProvisioningState(StrEnum):
     CANCELED = "Canceled"
 
 
+class UndrainableNodeBehavior(StrEnum):
+    """upgradeSettings.undrainableNodeBehavior: what an upgrade does with a node it could not drain (AKS's
+    values; unset: Schedule)."""
+
+    CORDON = (
+        "Cordon"  # kept cordoned, labelled Quarantined; a surge node takes its place, the upgrade goes on
+    )
+    SCHEDULE = "Schedule"  # made schedulable again, not upgraded; the operation fails
+
+
 class AlertStatus(StrEnum):
     """Defender for Cloud alert states: Active, InProgress (acknowledged by an operator), Resolved."""
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_node_reimage_reason"
-down_revision = "0015_node_attestation_policy"  # the lead re-chains it onto 0016
+down_revision = "0016_drain_completeness"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,125 @@
+"""What an upgrade does with a node it could not drain (Reconciler._undrainable, the pool's
+upgradeSettings.undrainableNodeBehavior), against the session's real kube-apiserver with a Node registered as
+its kubelet would and a pod no kubelet ends (its eviction is accepted, it stays terminating: the drain fails
+at its timeout). Schedule (AKS's default) makes the node schedulable again and fails the operation
+(UpgradeFailed); Cordon keeps it cordoned, labels it kubernetes.azure.com/upgrade-status=Quarantined and
+records the operation that quarantined it (the operation goes on beside its surge node), or, reimaged in
+place (no surge node can take its place), cancels the operation as AKS does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube_apiserver import admin_client, read_node, register_node
+from lightkube import Client
+from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from reconciler_helpers import SUB, wait_until
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.hosted_control_plane import HostedControlPlane
+from trustedlaunch.control.labels import LABEL_UPGRADE_STATUS
+from trustedlaunch.control.node_drain import NodeDrainer, NodeDrainFailedError
+from trustedlaunch.control.node_plan import NodePhase
+from trustedlaunch.control.reconciler import NodeProvisioningError, Reconciler
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.store.models import AgentPool, Node, Operation
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def client(kube_apiserver: HostedControlPlane) -> Iterator[Client]:
+    with admin_client(kube_apiserver) as admin:
+        yield admin
+
+
+def store(tmp_path: Path, behaviour: str | None) -> tuple[sessionmaker[Session], Reconciler, str]:
+    """A store with a 1-node pool of `behaviour` under an Update-like operation; the reconciler and the
+    operation's id."""
+    _, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "token")
+    with sessions.begin() as session:
+        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
+        register_provider(session, SUB, "Microsoft.ContainerService")
+        spec = PoolSpec("pool", count=1, vm_size="Standard_D4s_v3", undrainable_node_behavior=behaviour)
+        _, operation, _ = put_cluster(
+            session, ResourcePath(SUB, "rg", "k"), ClusterSpec("eastus", agent_pools=[spec])
+        )
+        operation_id = operation.id
+    return sessions, Reconciler(sessions, tmp_path / "state"), operation_id
+
+
+def failed_drain(client: Client, name: str) -> tuple[NodeDrainer, NodeDrainFailedError]:
+    """The Node `name` (schedulable) with a pod no kubelet ends: its drain fails at its 1 s timeout."""
+    client.create(Namespace.from_dict({"metadata": {"name": name}}))
+    wait_until(lambda: list(client.list(ServiceAccount, namespace=name)), 60.0, "default service account")
+    register_node(client, name)
+    pod = {
+        "metadata": {"name": "stuck", "namespace": name},
+        "spec": {"nodeName": name, "containers": [{"name": "main", "image": "busybox:local"}]},
+    }
+    client.create(Pod.from_dict(pod))
+    drainer = NodeDrainer(client, 1.0, lambda note: None, poll_seconds=0.5)
+    with pytest.raises(NodeDrainFailedError) as failed:
+        drainer.drain(name)
+    return drainer, failed.value
+
+
+def the_node(session: Session, name: str) -> tuple[AgentPool, Node]:
+    pool = session.scalars(select(AgentPool)).one()
+    node = Node(pool=pool, ordinal=0, name=name, node_image_version=pool.node_image_version)
+    node.state, node.labels = NodePhase.READY, {}
+    session.add(node)
+    session.commit()
+    return pool, node
+
+
+def test_schedule_makes_the_node_schedulable_again_and_fails(client: Client, tmp_path: Path) -> None:
+    name = "undrainable-schedule"
+    drainer, failure = failed_drain(client, name)
+    assert read_node(client, name)["spec"]["unschedulable"] is True
+    sessions, reconciler, operation_id = store(tmp_path, None)  # unset: Schedule
+    with sessions() as session:
+        pool, node = the_node(session, name)
+        operation = session.get_one(Operation, operation_id)
+        with pytest.raises(NodeProvisioningError) as failed:
+            reconciler._undrainable(session, pool, node, drainer, failure, operation, in_place=False)
+        assert (failed.value.status, failed.value.error.code) == ("Failed", "UpgradeFailed")
+        assert str(failure) in failed.value.error.message
+        assert "The node is schedulable again and was not upgraded" in failed.value.error.message
+        assert node.message.startswith(f"not upgraded: Drain node {name} failed within the drain timeout")
+        assert node.quarantined_by_operation is None
+    assert not read_node(client, name)["spec"].get("unschedulable")
+
+
+def test_cordon_quarantines_the_node_and_goes_on(client: Client, tmp_path: Path) -> None:
+    name = "undrainable-cordon"
+    drainer, failure = failed_drain(client, name)
+    sessions, reconciler, operation_id = store(tmp_path, "Cordon")
+    with sessions() as session:
+        pool, node = the_node(session, name)
+        operation = session.get_one(Operation, operation_id)
+        reconciler._undrainable(session, pool, node, drainer, failure, operation, in_place=False)
+        assert node.quarantined_by_operation == operation_id
+        assert node.message.startswith(f"quarantined: Drain node {name}")
+    stored = read_node(client, name)
+    assert stored["spec"]["unschedulable"] is True
+    assert stored["metadata"]["labels"][LABEL_UPGRADE_STATUS] == "Quarantined"
+
+
+def test_cordon_of_a_node_reimaged_in_place_cancels_the_operation(client: Client, tmp_path: Path) -> None:
+    name = "undrainable-in-place"
+    drainer, failure = failed_drain(client, name)
+    sessions, reconciler, operation_id = store(tmp_path, "Cordon")
+    with sessions() as session:
+        pool, node = the_node(session, name)
+        operation = session.get_one(Operation, operation_id)
+        with pytest.raises(NodeProvisioningError) as failed:
+            reconciler._undrainable(session, pool, node, drainer, failure, operation, in_place=True)
+        assert (failed.value.status, failed.value.error.code) == ("Canceled", "UpgradeFailed")
+        assert node.quarantined_by_operation == operation_id
+    assert read_node(client, name)["metadata"]["labels"][LABEL_UPGRADE_STATUS] == "Quarantined"
