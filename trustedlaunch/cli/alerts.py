@@ -15,6 +15,7 @@ from trustedlaunch.cli.arm import (
     api_command,
     output,
 )
+from trustedlaunch.cli.output import Column
 from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus
 
 alerts_app = typer.Typer(
@@ -25,17 +26,17 @@ webhook_app = typer.Typer(
 )
 alerts_app.add_typer(webhook_app, name="webhook")
 
-ALERT_COLUMNS = (
-    "Name",
-    "Time",
-    "Severity",
-    "Status",
-    "Cluster",
-    "NodePool",
-    "Node",
-    "FailedComponents",
-    "Count",
-    "LastSeen",
+ALERT_COLUMNS = (  # at 80 columns: Name, Severity, Status, FailedComponents (cli/output.py)
+    Column("Name", priority=0),
+    Column("Time", priority=5),
+    Column("Severity", priority=1),
+    Column("Status", priority=2),
+    Column("Cluster", priority=6),
+    Column("NodePool", priority=7),
+    Column("Node", priority=4),
+    Column("FailedComponents", prose=True, priority=3),
+    Column("Count", priority=8),
+    Column("LastSeen", priority=9),
 )
 WEBHOOK_COLUMNS = ("Url", "CreatedAt")
 
