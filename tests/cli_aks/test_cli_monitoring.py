@@ -278,6 +278,16 @@ def test_alerts_and_webhook_commands(
         "nodepool1",
         "aks-nodepool1-1",
     ]
+    failed_components = json.loads(tl(runner, cli_env, "alerts", "show", "--id", newer)[1])["properties"][
+        "extendedProperties"
+    ]["failedComponents"]
+    for columns in (80, 160):  # a real terminal's widths: the columns that fit, no word split
+        code, out, _ = tl(runner, {**cli_env, "COLUMNS": str(columns)}, "alerts", "list", "-o", "table")
+        if columns == 80:
+            assert out.split("\n")[0].split() == ["Name", "Severity", "Status", "FailedComponents", "Count"]
+        assert code == 0 and max(len(line) for line in out.splitlines()) <= columns
+        words = out.split()
+        assert all(word in words for word in failed_components.split())
     code, out, _ = tl(runner, cli_env, "alerts", "list", "--cluster-name", "otherCluster")
     assert code == 0 and json.loads(out) == []
     code, _, err = tl(runner, cli_env, "alerts", "list", "--severity", "Critical")

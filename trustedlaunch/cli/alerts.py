@@ -67,7 +67,7 @@ def _alert_row(alert: dict[str, Any]) -> list[object]:
     extended = props.get("extendedProperties") or {}
     return [
         alert["name"],
-        props.get("timeGeneratedUtc"),
+        _to_the_second(props.get("timeGeneratedUtc")),
         props.get("severity"),
         props.get("status"),
         extended.get("cluster"),
@@ -75,8 +75,15 @@ def _alert_row(alert: dict[str, Any]) -> list[object]:
         props.get("compromisedEntity"),
         extended.get("failedComponents"),
         extended.get("count"),
-        props.get("endTimeUtc"),
+        _to_the_second(props.get("endTimeUtc")),
     ]
+
+
+def _to_the_second(moment: str | None) -> str | None:
+    """An ISO time without its fraction of a second, for a narrower table (`-o json` keeps it)."""
+    if moment is None or "." not in moment:
+        return moment
+    return moment.split(".", 1)[0] + ("Z" if moment.endswith("Z") else "")
 
 
 def _webhook_row(webhook: dict[str, Any]) -> list[object]:
