@@ -97,6 +97,10 @@ def test_errors_print_as_az_and_missing_resources_exit_3(
     assert code == 1 and err.startswith("ERROR: (PreviewFeatureNotRegistered)")
     code, _, err = tl(runner, cli_env, *quiet, "--enable-addons", "monitoring")  # by tl itself: exit 2
     assert code == 2 and err.startswith("ERROR: --enable-addons: unsupported addon(s) monitoring")
+    code, _, err = tl(runner, cli_env, *quiet)
+    assert code == 0, err
+    code, _, err = tl(runner, cli_env, "aks", "show", "-n", "MYAKSCLUSTER", "-g", "otherGroup")
+    assert code == 3 and "A cluster named 'MYAKSCLUSTER' exists in resource group(s) myresourcegroup" in err
 
 
 def test_only_show_errors_verbose_and_debug(runner: CliRunner, cli_env: dict[str, str | None]) -> None:

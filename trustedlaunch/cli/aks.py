@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
     ApiTarget,
+    ArmCallError,
     ArmClient,
     NoWaitOption,
     OutputFormat,
@@ -475,10 +476,31 @@ def show(
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """Show a managed cluster."""
+    """Show a managed cluster (exit 3 if it does not exist, naming the groups where one of its name is)."""
     with api.connect() as client:
-        cluster = client.json("GET", _cluster_path(client, resource_group, name))
+        cluster = _get_cluster(client, resource_group, name)
     output(cluster, output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+def _get_cluster(client: ArmClient, group: str, name: str) -> dict[str, Any]:
+    """The cluster; a 404 names the resource groups of the subscription that have a cluster `name`."""
+    try:
+        cluster: dict[str, Any] = client.json("GET", _cluster_path(client, group, name))
+    except ArmCallError as missing:
+        if missing.status != 404:
+            raise
+        provider = client.subscription.provider(CONTAINER_SERVICE)
+        clusters = client.json("GET", f"{client.path(provider)}/{MANAGED_CLUSTERS}")["value"]
+        groups = sorted(
+            {c["id"].split("/")[4] for c in clusters if c["name"].lower() == name.lower()}, key=str.lower
+        )
+        if groups:
+            missing.error["message"] = (
+                f"{missing.error.get('message', '')} A cluster named '{name}' exists in resource group(s) "
+                f"{', '.join(groups)}: try -g {groups[0]}."
+            )
+        raise
+    return cluster
 
 
 @api_command(aks_app, name="update")
@@ -496,7 +518,7 @@ def update_cluster(
         raise bad_input("nothing to update: pass --tags")
     with api.connect() as client:
         path = _cluster_path(client, resource_group, name)
-        cluster = client.json("GET", path)
+        cluster = _get_cluster(client, resource_group, name)
         body = {"location": cluster["location"], "tags": _tags(tags), "properties": cluster["properties"]}
         response = client.request("PUT", path, json=body)
         result = _finish(client, response, path, f"Updating cluster {name}", no_wait, timeout)

@@ -78,15 +78,19 @@ class _PlainHelpGroup(TyperGroup):
 
 def _plain_help(typer_app: typer.Typer, seen: set[int]) -> None:
     """Help as az shows it, for every command of `typer_app`: a flag (`--enable-vtpm`, `--help`) shows no
-    `<bool>` value that the parser would then refuse (the command classes above), and a choice option
-    lists "Allowed values: ..." in its help text (wrapped between words) instead of a `<A|B|C>` column
-    split mid-word at 80 columns."""
+    `<bool>` value that the parser would then refuse (the command classes above), a choice option lists
+    "Allowed values: ..." in its help text (wrapped between words) instead of a `<A|B|C>` column split
+    mid-word at 80 columns, and a docstring's lines are joined so that its sentences wrap at the terminal's
+    width instead of breaking where the source's lines end."""
     typer_app.info.cls = _PlainHelpGroup
     for command in typer_app.registered_commands:
         if command.cls in (None, TyperCommand):
             command.cls = _PlainHelpCommand
         if command.callback is None:
             continue
+        if command.help is None and command.callback.__doc__:  # one line per paragraph: wrapped to fit
+            paragraphs = inspect.cleandoc(command.callback.__doc__).split("\n\n")
+            command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
         hints = get_type_hints(command.callback, include_extras=True)
         for parameter in inspect.signature(command.callback).parameters.values():
             annotation = hints.get(parameter.name)
