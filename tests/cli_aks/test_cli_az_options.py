@@ -137,8 +137,10 @@ def test_help_shows_no_bool_values_and_fits_80_columns(
     code, out, _ = tl(runner, cli_env, "aks", "create", "--help", columns=80)
     assert "Allowed values:" in " ".join(out.split())  # choices as help text, wrapped between words
     assert "Windows2022." in out and "buntu2404" not in out.replace("Ubuntu2404", "")
-    code, _, _ = tl(runner, cli_env, *CREATE, "--enable-vtpm", "true")
-    assert code == 2  # a flag takes no value: `true` is an extra argument, as in az
+    code, _, err = tl(runner, cli_env, *CREATE, "--enable-vtpm", "true")  # a flag takes no value, as in az
+    assert code == 2 and err.startswith("ERROR: Got unexpected extra argument(s) (true)\n")
+    code, _, err = tl(runner, cli_env, "aks", "show", *GROUP)  # command-line errors print as az's too
+    assert (code, err) == (2, "ERROR: Missing option '--name' / '-n'.\nTry 'tl aks show --help' for help.\n")
 
 
 def play_reconciler(server: BackgroundServer, notes: list[str]) -> threading.Thread:

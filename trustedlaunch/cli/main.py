@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import sys
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -70,10 +72,37 @@ class _PlainHelpCommand(TyperCommand):
 
 
 class _PlainHelpGroup(TyperGroup):
-    """A command group whose help shows no `<bool>` value for its flags (`--help` included)."""
+    """A command group whose help shows no `<bool>` value for its flags (`--help` included), and whose
+    command-line errors print as az's: `ERROR: message` on stderr, exit 2."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _flags_without_values(super().get_params(ctx))
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        except typer.TyperException as error:  # Typer's click errors: usage, bad parameter, ...
+            if type(error).__name__ != "NoArgsIsHelpError":  # that one printed the help already
+                message = error.format_message() if hasattr(error, "format_message") else str(error)
+                typer.echo(f"ERROR: {message}", err=True)
+                context = getattr(error, "ctx", None)
+                if context is not None:
+                    typer.echo(f"Try '{context.command_path} --help' for help.", err=True)
+            sys.exit(getattr(error, "exit_code", 1))
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def _plain_help(typer_app: typer.Typer, seen: set[int]) -> None:
