@@ -367,6 +367,7 @@ def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, 
                 headers={"Authorization": f"Bearer {token}"},
             )
             assert alerts.status_code == 200 and alerts.json() == {"value": []}
+        assert f"Dashboard: {url}/ui " in banner
         children = child_pids(process.pid)
         if workers > 1:
             assert f"{workers} API worker processes" in banner
