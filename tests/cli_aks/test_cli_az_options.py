@@ -258,6 +258,12 @@ def test_create_shows_the_servers_steps_and_each_nodes_attestation(
     assert {"SecureBoot", "VTPM"} <= set(header(out))
     assert_fits(out, 160)
 
+    # `aks update --tags` replaces the tags (a PUT of the cluster as it is, as az does).
+    code, out, err = tl(
+        runner, cli_env, "aks", "update", "-n", "myAKSCluster", *GROUP, "--tags", "env=prod", "--no-wait"
+    )
+    assert code == 0 and json.loads(out)["tags"] == {"env": "prod"}, err
+
     # --nodepool-name is --name's alias in `nodepool` commands, as az has it.
     code, out, err = tl(runner, cli_env, "aks", "nodepool", "show", *POOL, "--nodepool-name", "nodepool1")
     assert code == 0 and json.loads(out)["name"] == "nodepool1", err
