@@ -7,6 +7,9 @@ The server runs no reconciler: a thread plays it where a command waits."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -267,3 +270,22 @@ def test_create_shows_the_servers_steps_and_each_nodes_attestation(
     # --nodepool-name is --name's alias in `nodepool` commands, as az has it.
     code, out, err = tl(runner, cli_env, "aks", "nodepool", "show", *POOL, "--nodepool-name", "nodepool1")
     assert code == 0 and json.loads(out)["name"] == "nodepool1", err
+
+
+def test_tables_on_a_terminal_without_a_size_keep_every_column() -> None:
+    """A pseudo-terminal nobody sized (0 columns, as a test's pty) is not a width: the table is whole."""
+    controller, terminal = os.openpty()
+    try:
+        script = (
+            "from trustedlaunch.cli.output import print_table; print_table(['Name', 'Fqdn'], [['c1', 'a.b']])"
+        )
+        environment = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+        done = subprocess.run(
+            [sys.executable, "-c", script], stdout=terminal, stderr=terminal, env=environment, timeout=60
+        )
+        shown = os.read(controller, 65536).decode()
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 0, shown
+    assert "Fqdn" in shown and "a.b" in shown

@@ -78,13 +78,16 @@ def query_scope(query: str | None) -> Iterator[None]:
 
 
 def terminal_width() -> int:
-    """Cells a table may use: COLUMNS, else the terminal's width, else unlimited (stdout not a terminal)."""
+    """Cells a table may use: COLUMNS, else the terminal's width, else unlimited (stdout not a terminal, or
+    a terminal without a size)."""
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
-    if sys.stdout.isatty():
-        return os.get_terminal_size(sys.stdout.fileno()).columns
-    return UNLIMITED_WIDTH
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else 0
+    except (OSError, ValueError):  # no real file descriptor (captured output)
+        size = 0
+    return size if size > 0 else UNLIMITED_WIDTH  # a pty nobody sized reports 0 columns
 
 
 def _cell(value: object) -> str | Text:
