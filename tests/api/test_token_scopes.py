@@ -317,16 +317,16 @@ def test_tl_token_commands(server: tuple[str, str], tmp_path: Path) -> None:
     assert ci_token not in out
 
     code, _, err = tl("create", "--name", "bad", "--scope", "/subscriptions/nope")
-    assert code == 2 and "(InvalidTokenScope) Token scope '/subscriptions/nope' is not valid" in err
+    assert code == 1 and "(InvalidTokenScope) Token scope '/subscriptions/nope' is not valid" in err
     code, _, err = tl("list", token=ci_token)
-    assert code == 2 and "(AuthorizationFailed) The client 'ci' does not have authorization" in err
+    assert code == 1 and "(AuthorizationFailed) The client 'ci' does not have authorization" in err
 
     code, _, err = tl("revoke", "--name", "ci")
     assert code == 0 and "Token 'ci' revoked." in err
     with httpx.Client(base_url=url, headers=bearer(ci_token)) as ci:
         assert ci.get(cluster("rg-a")).status_code == 401
     code, _, err = tl("revoke", "--name", "ci")
-    assert code == 2 and "(TokenNotFound) Token 'ci' does not exist" in err
+    assert code == 3 and "(TokenNotFound) Token 'ci' does not exist" in err
     code, out, _ = tl("list")
     assert [t["name"] for t in json.loads(out)] == ["bootstrap-admin"]
 

@@ -90,7 +90,7 @@ def test_bad_input_exits_2_with_an_operator_message(files: dict[str, Path]) -> N
     assert result.exit_code == 2 and "not a valid JSON document" in result.stderr
 
     result = CliRunner().invoke(app, ["policy", "from-log", str(files["policy"])])
-    assert result.exit_code == 2 and "error:" in result.stderr
+    assert result.exit_code == 2 and "ERROR:" in result.stderr
 
 
 def test_show_describes_the_policy(files: dict[str, Path]) -> None:

@@ -53,7 +53,7 @@ def register_preview(runner: CliRunner, env: dict[str, str | None]) -> None:
 
 def test_trusted_launch_cluster_end_to_end(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
     code, _, err = tl(runner, cli_env, *CREATE, "--enable-secure-boot", "--enable-vtpm")
-    assert code == 2
+    assert code == 1
     assert "(PreviewFeatureNotRegistered)" in err
     assert "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview" in err
     assert "Target: properties.agentPoolProfiles[0].properties.securityProfile" in err
@@ -115,12 +115,12 @@ def test_trusted_launch_cluster_end_to_end(runner: CliRunner, cli_env: dict[str,
         "--no-wait",
     ]
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "add", *gpu)
-    assert code == 2 and "(TrustedLaunchIncompatibleWithConfig)" in err and "gpuProfile.driver" in err
+    assert code == 1 and "(TrustedLaunchIncompatibleWithConfig)" in err and "gpuProfile.driver" in err
     code, out, err = tl(runner, cli_env, "aks", "nodepool", "add", *gpu, "--gpu-driver", "None")
     assert code == 0, err
     assert json.loads(out)["properties"]["gpuProfile"] == {"driver": "None"}
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "add", *gpu, "--gpu-driver", "None")
-    assert code == 2 and "(DuplicateAgentPoolName)" in err and "nodepool update" in err
+    assert code == 1 and "(DuplicateAgentPoolName)" in err and "nodepool update" in err
     code, out, _ = tl(runner, cli_env, "aks", "nodepool", "list", *NODEPOOL, "-o", "table")
     assert code == 0 and "gpupool" in out and "nodepool1" in out
     code, out, _ = tl(runner, cli_env, "aks", "nodepool", "show", *NODEPOOL, "-n", "gpupool")
@@ -128,7 +128,7 @@ def test_trusted_launch_cluster_end_to_end(runner: CliRunner, cli_env: dict[str,
     code, _, err = tl(
         runner, cli_env, "aks", "nodepool", "scale", *NODEPOOL, "-n", "gpupool", "-c", "2", "--no-wait"
     )
-    assert code == 2 and "(OperationNotAllowed)" in err  # its create is still InProgress (no reconciler here)
+    assert code == 1 and "(OperationNotAllowed)" in err  # its create is still InProgress (no reconciler here)
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "delete", *NODEPOOL, "-n", "gpupool", "--no-wait")
     assert code == 0, err
     code, _, err = tl(
@@ -156,7 +156,7 @@ def test_nodepool_update_flags(runner: CliRunner, cli_env: dict[str, str | None]
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "update", *NODEPOOL, "-n", "np")
     assert code == 2 and "nothing to update" in err
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "update", *NODEPOOL, "-n", "np", "--enable-vtpm")
-    assert code == 2 and "(ResourceNotFound)" in err
+    assert code == 3 and "(ResourceNotFound)" in err
     # A pool created before the preview registration cannot be updated to trusted launch.
     assert tl(runner, cli_env, *CREATE)[0] == 0
     register_preview(runner, cli_env)
@@ -173,7 +173,7 @@ def test_nodepool_update_flags(runner: CliRunner, cli_env: dict[str, str | None]
         "--no-wait",
     )
     assert (
-        code == 2 and "(TrustedLaunchIncompatibleWithConfig)" in err and "not trusted-launch capable" in err
+        code == 1 and "(TrustedLaunchIncompatibleWithConfig)" in err and "not trusted-launch capable" in err
     )
 
 
@@ -183,16 +183,16 @@ def test_bad_flags_get_clear_errors(runner: CliRunner, cli_env: dict[str, str | 
     code, _, err = tl(
         runner, cli_env, *CREATE, "--node-osdisk-type", "Ephemeral", "--node-vm-size", "Standard_D2s_v5"
     )
-    assert code == 2 and "(EphemeralOSDiskSizeTooLarge)" in err
+    assert code == 1 and "(EphemeralOSDiskSizeTooLarge)" in err
     code, _, err = tl(runner, cli_env, *CREATE, "--enable-addons", "monitoring")
     assert code == 2 and "unsupported addon" in err
     code, _, err = tl(runner, cli_env, "aks", "show", "-g", "rg", "-n", "nope")
-    assert code == 2 and "(ResourceNotFound)" in err
+    assert code == 3 and "(ResourceNotFound)" in err
     code, _, err = tl(runner, cli_env, "aks", "show", "-g", "rg", "-n", "x", "--subscription", "bad")
     assert code == 2 and "Invalid value for '--subscription'" in err  # refused before any request
     env = {**cli_env, "TL_TOKEN": "tl_wrong"}
     code, _, err = tl(runner, env, "aks", "list")
-    assert code == 2 and "(InvalidAuthenticationToken)" in err
+    assert code == 1 and "(InvalidAuthenticationToken)" in err
     code, _, err = tl(runner, {**cli_env, "TL_TOKEN": None}, "aks", "list")
     assert code == 2 and "TL_TOKEN is not set" in err
     code, _, err = tl(runner, {**cli_env, "TL_ENDPOINT": "http://127.0.0.1:9"}, "aks", "list")
@@ -326,9 +326,9 @@ def test_get_versions_lists_the_installed_release(runner: CliRunner, cli_env: di
     assert header == ["KubernetesVersion", "Upgrades", "SupportPlan"]
     assert row == [DEFAULT_KUBERNETES_VERSION, "None", "available", "KubernetesOfficial"]
     code, _, err = tl(runner, cli_env, "aks", "get-versions", "-l", "mars")
-    assert code == 2 and "(LocationNotAvailableForResourceType)" in err and "'mars'" in err
+    assert code == 1 and "(LocationNotAvailableForResourceType)" in err and "'mars'" in err
     code, _, err = tl(runner, cli_env, "aks", "get-versions", "-l", "east/../us")
-    assert code == 2 and "(NotFound)" in err  # the server decodes the quoted '/': no such route
+    assert code == 3 and "(NotFound)" in err  # the server decodes the quoted '/': no such route
     code, _, err = tl(runner, cli_env, "aks", "get-versions")
     assert code == 2 and "--location" in err
 
@@ -337,7 +337,7 @@ def test_versions_that_are_not_installed_are_refused(
     runner: CliRunner, cli_env: dict[str, str | None]
 ) -> None:
     code, _, err = tl(runner, cli_env, *CREATE, "--kubernetes-version", "1.30.6")
-    assert code == 2 and "(K8sVersionNotSupported)" in err
+    assert code == 1 and "(K8sVersionNotSupported)" in err
     assert "Version 1.30.6 is not supported in this region(eastus)" in err
     assert f"Supported versions: {DEFAULT_KUBERNETES_VERSION}." in err
     minor = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]
@@ -350,7 +350,7 @@ def test_versions_that_are_not_installed_are_refused(
     )
     add = ["aks", "nodepool", "add", *NODEPOOL, "-n", "oldpool", "--no-wait"]
     code, _, err = tl(runner, cli_env, *add, "--kubernetes-version", "1.29.2")
-    assert code == 2 and "(AgentPoolK8sVersionNotSupported)" in err and "Agent pool 'oldpool'" in err
+    assert code == 1 and "(AgentPoolK8sVersionNotSupported)" in err and "Agent pool 'oldpool'" in err
     assert "Target: properties.orchestratorVersion" in err
 
 

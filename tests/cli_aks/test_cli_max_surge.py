@@ -34,7 +34,7 @@ def test_nodepool_add_and_update_with_max_surge(runner: CliRunner, cli_env: dict
     assert json.loads(out)["properties"]["upgradeSettings"] == {"maxSurge": "34%"}
 
     code, _, err = tl(runner, cli_env, *add, "--name", "badsurge", "--max-surge", "150%")
-    assert code == 2
+    assert code == 1
     assert "(InvalidParameter) upgradeSettings.maxSurge '150%' of pool 'badsurge' is invalid" in err
     assert "Target: properties.upgradeSettings.maxSurge" in err
 
@@ -58,7 +58,7 @@ def test_nodepool_add_with_drain_timeout(runner: CliRunner, cli_env: dict[str, s
     settings = {"maxSurge": "1", "drainTimeoutInMinutes": 45}
     assert json.loads(out)["properties"]["upgradeSettings"] == settings
     code, _, err = tl(runner, cli_env, *add, "--name", "baddrain", "--drain-timeout", "2000")
-    assert code == 2
+    assert code == 1
     assert "(InvalidParameter) upgradeSettings.drainTimeoutInMinutes 2000 of pool 'baddrain'" in err
 
 

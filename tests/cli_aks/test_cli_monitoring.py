@@ -155,7 +155,7 @@ def test_nodepool_attest_waits_for_every_node(
     assert "still waiting after 1 s for the attestation of aks-nodepool1-0, aks-nodepool1-1" in err
 
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "attest", *CLUSTER, "-n", "nopool")
-    assert code == 2 and "(ResourceNotFound)" in err
+    assert code == 3 and "(ResourceNotFound)" in err
 
 
 def test_machine_attestation_history_and_token(
@@ -214,7 +214,7 @@ def test_machine_attestation_history_and_token(
     token = json.loads(out)["token"]
     assert issuer.verify(token)["sub"] == "aks-nodepool1-0"
     code, _, err = tl(runner, cli_env, "aks", "machine", "get-attestation-token", *MACHINE, "aks-nodepool1-1")
-    assert code == 2 and "(AttestationNotFound)" in err and "tl aks nodepool attest" in err
+    assert code == 3 and "(AttestationNotFound)" in err and "tl aks nodepool attest" in err
 
 
 def test_alerts_and_webhook_commands(
@@ -278,6 +278,16 @@ def test_alerts_and_webhook_commands(
         "nodepool1",
         "aks-nodepool1-1",
     ]
+    failed_components = json.loads(tl(runner, cli_env, "alerts", "show", "--id", newer)[1])["properties"][
+        "extendedProperties"
+    ]["failedComponents"]
+    for columns in (80, 160):  # a real terminal's widths: the columns that fit, no word split
+        code, out, _ = tl(runner, {**cli_env, "COLUMNS": str(columns)}, "alerts", "list", "-o", "table")
+        if columns == 80:
+            assert out.split("\n")[0].split() == ["Name", "Severity", "Status", "FailedComponents", "Count"]
+        assert code == 0 and max(len(line) for line in out.splitlines()) <= columns
+        words = out.split()
+        assert all(word in words for word in failed_components.split())
     code, out, _ = tl(runner, cli_env, "alerts", "list", "--cluster-name", "otherCluster")
     assert code == 0 and json.loads(out) == []
     code, _, err = tl(runner, cli_env, "alerts", "list", "--severity", "Critical")
@@ -301,18 +311,18 @@ def test_alerts_and_webhook_commands(
     code, out, _ = tl(runner, cli_env, "alerts", "list", "--status", "InProgress")
     assert [alert["name"] for alert in json.loads(out)] == [newer]
     code, _, err = tl(runner, cli_env, "alerts", "acknowledge", "--id", older)
-    assert code == 2 and "(AlertResolved)" in err
+    assert code == 1 and "(AlertResolved)" in err
     code, out, _ = tl(runner, cli_env, "alerts", "show", "--id", newer)
     assert code == 0 and "Secure Boot" in json.loads(out)["properties"]["description"]
     code, _, err = tl(runner, cli_env, "alerts", "show", "--id", "no-such-alert")
-    assert code == 2 and "(AlertNotFound)" in err
+    assert code == 3 and "(AlertNotFound)" in err
 
     code, _, err = tl(runner, cli_env, "alerts", "webhook", "show")
-    assert code == 2 and "tl alerts webhook set --url" in err
+    assert code == 3 and "tl alerts webhook set --url" in err
     code, _, err = tl(
         runner, cli_env, "alerts", "webhook", "set", "--url", "https://ops:pw@hooks.example.com/x"
     )
-    assert code == 2 and "(InvalidWebhookUrl)" in err and "credentials" in err
+    assert code == 1 and "(InvalidWebhookUrl)" in err and "credentials" in err
     code, out, err = tl(
         runner, cli_env, "alerts", "webhook", "set", "--url", "https://hooks.example.com/tl", "-o", "table"
     )
@@ -357,6 +367,7 @@ def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, 
                 headers={"Authorization": f"Bearer {token}"},
             )
             assert alerts.status_code == 200 and alerts.json() == {"value": []}
+        assert f"Dashboard: {url}/ui " in banner
         children = child_pids(process.pid)
         if workers > 1:
             assert f"{workers} API worker processes" in banner

@@ -55,3 +55,19 @@ def test_verify_bad_input_exit_2(tmp_path: Path, debian_esp: Path) -> None:
     assert result.exit_code == 2
     assert "not a UEFI varstore" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_verify_table_fits_80_and_160_columns_without_splitting_words(tmp_path: Path) -> None:
+    esp = build_esp(tmp_path / "esp", kernel=strip_signatures(debian_kernel(), tmp_path / "unsigned"))
+    for columns in (80, 160):
+        result = CliRunner().invoke(
+            app,
+            ["image", "verify", "--vars", str(OVMF_VARS_MS), "--esp", str(esp)],
+            env={"COLUMNS": str(columns)},
+        )
+        assert result.exit_code == 1
+        lines = result.stdout.splitlines()
+        assert max(len(line) for line in lines) <= columns, result.stdout
+        words = result.stdout.split()
+        for word in ("NotSigned", "EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "vmlinuz", "Microsoft"):
+            assert word in words, result.stdout  # whole, never folded ("SignerNotTr usted", "BOOTX64.E FI")

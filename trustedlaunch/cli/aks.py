@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
     ApiTarget,
+    ArmCallError,
     ArmClient,
     NoWaitOption,
     OutputFormat,
@@ -24,13 +25,16 @@ from trustedlaunch.cli.arm import (
     api_command,
     fail,
     name_rule,
+    note,
     output,
     print_json,
-    print_table,
+    segment,
     wait_for_operation,
+    warn,
 )
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
 from trustedlaunch.cli.machine_attestation import ATTESTATION_COLUMNS, attestation_row, wait_for_attestation
+from trustedlaunch.cli.output import Column
 from trustedlaunch.control.limits import (
     CLUSTER_NAME,
     DEFAULT_KUBERNETES_VERSION,
@@ -54,30 +58,33 @@ machine_app = typer.Typer(
 )
 aks_app.add_typer(machine_app, name="machine")
 
-VERSION_COLUMNS = ("KubernetesVersion", "Upgrades", "SupportPlan")
+# `-o table` columns (see cli/output.py: those that do not fit the terminal are left out, lowest priority
+# first; `-o json` and `--query` give the rest).
+VERSION_COLUMNS = ("KubernetesVersion", "Upgrades", Column("SupportPlan", prose=True))
 CLUSTER_COLUMNS = ("Name", "Location", "ResourceGroup", "KubernetesVersion", "ProvisioningState", "Fqdn")
 MACHINE_COLUMNS = (
-    "Name",
-    "ProvisioningState",
-    "Power",
-    "Health",
-    "SecureBoot",
-    "VTPM",
-    "Attestation",
-    "Labels",
+    Column("Name", priority=0),
+    Column("ProvisioningState", priority=2),
+    Column("Power", priority=3),
+    Column("Health", priority=4),
+    Column("SecureBoot", priority=5),
+    Column("VTPM", priority=6),
+    Column("Attestation", priority=1),
+    Column("Labels", priority=7),
 )
-POOL_COLUMNS = (
-    "Name",
-    "OsType",
-    "OsSku",
-    "KubernetesVersion",
-    "VmSize",
-    "Count",
-    "Mode",
-    "SecureBoot",
-    "VTPM",
-    "NodeImageVersion",
-    "ProvisioningState",
+POOL_COLUMNS = (  # az's pick, then trusted launch's
+    Column("Name", priority=0),
+    Column("OsType", priority=6),
+    Column("KubernetesVersion", priority=5),
+    Column("VmSize", priority=2),
+    Column("Count", priority=3),
+    Column("MaxPods", priority=7),
+    Column("ProvisioningState", priority=1),
+    Column("Mode", priority=4),
+    Column("SecureBoot", priority=8),
+    Column("VTPM", priority=9),
+    Column("OsSku", priority=10),
+    Column("NodeImageVersion", priority=11),
 )
 
 
@@ -147,7 +154,15 @@ ClusterNameOption = Annotated[
     str, typer.Option("--cluster-name", help="Name of the managed cluster.", callback=valid_cluster)
 ]
 PoolNameOption = Annotated[
-    str, typer.Option("--name", "-n", help="Name of the node pool.", callback=valid_pool)
+    str, typer.Option("--name", "-n", "--nodepool-name", help="Name of the node pool.", callback=valid_pool)
+]
+TagsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tags",
+        help='Space-separated tags: key[=value] (repeat --tags or quote them: --tags "env=dev team=a"); '
+        "'' clears them.",
+    ),
 ]
 NodeCountOption = Annotated[
     int | None, typer.Option("--node-count", "-c", min=0, max=1000, help="Number of nodes.")
@@ -238,6 +253,17 @@ UndrainableNodeBehaviorOption = Annotated[
 ]
 
 
+def _tags(values: list[str]) -> dict[str, str]:
+    """az's `--tags key[=value] ...` as a tag dict ("" clears: {})."""
+    tags: dict[str, str] = {}
+    for word in " ".join(values).split():
+        key, _, value = word.partition("=")
+        if not key:
+            raise bad_input(f"argument --tags: '{word}' has no key (key[=value])")
+        tags[key] = value
+    return tags
+
+
 def _upgrade_settings(properties: dict[str, Any], **given: object) -> None:
     """Set the `given` upgradeSettings (ARM names; None: not given) in pool `properties`, keeping the
     others."""
@@ -272,15 +298,16 @@ def _pool_row(pool: dict[str, Any]) -> list[object]:
     return [
         pool["name"],
         props["osType"],
-        props["osSKU"],
         props["orchestratorVersion"],
         props["vmSize"],
         props["count"],
+        props.get("maxPods"),
+        props["provisioningState"],
         props["mode"],
         security.get("enableSecureBoot"),
         security.get("enableVTPM"),
+        props["osSKU"],
         props["nodeImageVersion"],
-        props["provisioningState"],
     ]
 
 
@@ -341,19 +368,49 @@ def _ssh_public_key(generate: bool, key_value: str | None) -> str | None:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     public.write_text(openssh.decode() + "\n")
-    typer.echo(f"SSH key files '{private}' and '{public}' have been generated under ~/.ssh.", err=True)
+    warn(f"SSH key files '{private}' and '{public}' have been generated under ~/.ssh.")
     return openssh.decode()
 
 
 def _finish(
     client: ArmClient, response: Any, get_path: str, what: str, no_wait: bool, timeout: int
 ) -> dict[str, Any] | None:
-    """After a PUT: print the resource now (--no-wait) or after the operation finished."""
+    """After a PUT: None with --no-wait, else wait for the operation, print each node's attestation result
+    (stderr) and return the resource as it is then."""
     if no_wait:
         return None
     wait_for_operation(client, response, what, timeout)
     result: dict[str, Any] = client.json("GET", get_path)
+    if "agentPoolProfiles" in result.get("properties", {}):
+        pools = [
+            f"{get_path}/{AGENT_POOLS}/{segment(p['name'])}"
+            for p in result["properties"]["agentPoolProfiles"]
+        ]
+    else:
+        pools = [get_path]
+    for pool in pools:
+        for machine in client.json("GET", f"{pool}/machines")["value"]:
+            note(_attestation_line(machine))
     return result
+
+
+def _attestation_line(machine: dict[str, Any]) -> str:
+    """`Node NAME: Attested (Secure Boot, vTPM)`: a node's attestation result after create/update."""
+    props = machine["properties"]
+    security = props.get("securityProfile") or {}
+    features = [
+        label
+        for label, on in (
+            ("Secure Boot", security.get("enableSecureBoot")),
+            ("vTPM", security.get("enableVTPM")),
+        )
+        if on
+    ]
+    trusted_launch = ", ".join(features) or "no trusted launch"
+    line = f"Node {machine['name']}: {props.get('attestationStatus')} ({trusted_launch})"
+    if props.get("attestationStatus") == "AttestationFailed" and props.get("message"):
+        line += f": {props['message']}"
+    return line
 
 
 @api_command(aks_app)
@@ -385,11 +442,20 @@ def create(
     enable_addons: Annotated[
         str | None, typer.Option("--enable-addons", "-a", help="Comma-separated addons: virtual-node.")
     ] = None,
+    enable_managed_identity: Annotated[
+        bool,
+        typer.Option(
+            "--enable-managed-identity",
+            help="Use a system-assigned managed identity (AKS's default; accepted as az accepts it).",
+        ),
+    ] = False,
+    tags: TagsOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """Create a managed cluster with one system node pool."""
+    """Create a managed cluster with one system node pool; print each node's attestation result when done."""
     addons = {a.strip() for a in (enable_addons or "").split(",") if a.strip()}
     if addons - {"virtual-node"}:
         raise bad_input(
@@ -418,9 +484,13 @@ def create(
         properties["linuxProfile"] = {"adminUsername": "azureuser", "ssh": {"publicKeys": [{"keyData": key}]}}
     if addons:
         properties["addonProfiles"] = {"aciConnectorLinux": {"enabled": True}}
+    body: dict[str, Any] = {"location": location, "properties": properties}
+    body["identity"] = {"type": "SystemAssigned"}  # --enable-managed-identity is AKS's default
+    if tags is not None:
+        body["tags"] = _tags(tags)
     with api.connect() as client:
         path = _cluster_path(client, resource_group, name)
-        response = client.request("PUT", path, json={"location": location, "properties": properties})
+        response = client.request("PUT", path, json=body)
         result = _finish(client, response, path, f"Creating cluster {name}", no_wait, timeout)
         output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
 
@@ -432,10 +502,53 @@ def show(
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """Show a managed cluster."""
+    """Show a managed cluster (exit 3 if it does not exist, naming the groups where one of its name is)."""
     with api.connect() as client:
-        cluster = client.json("GET", _cluster_path(client, resource_group, name))
+        cluster = _get_cluster(client, resource_group, name)
     output(cluster, output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+def _get_cluster(client: ArmClient, group: str, name: str) -> dict[str, Any]:
+    """The cluster; a 404 names the resource groups of the subscription that have a cluster `name`."""
+    try:
+        cluster: dict[str, Any] = client.json("GET", _cluster_path(client, group, name))
+    except ArmCallError as missing:
+        if missing.status != 404:
+            raise
+        provider = client.subscription.provider(CONTAINER_SERVICE)
+        clusters = client.json("GET", f"{client.path(provider)}/{MANAGED_CLUSTERS}")["value"]
+        groups = sorted(
+            {c["id"].split("/")[4] for c in clusters if c["name"].lower() == name.lower()}, key=str.lower
+        )
+        if groups:
+            missing.error["message"] = (
+                f"{missing.error.get('message', '')} A cluster named '{name}' exists in resource group(s) "
+                f"{', '.join(groups)}: try -g {groups[0]}."
+            )
+        raise
+    return cluster
+
+
+@api_command(aks_app, name="update")
+def update_cluster(
+    api: ApiTarget,
+    name: NameOption,
+    resource_group: GroupOption,
+    tags: TagsOption = None,
+    no_wait: NoWaitOption = False,
+    timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
+    output_format: OutputOption = OutputFormat.json,
+) -> None:
+    """Update a managed cluster's tags (--tags replaces them all; --tags '' clears them)."""
+    if tags is None:
+        raise bad_input("nothing to update: pass --tags")
+    with api.connect() as client:
+        path = _cluster_path(client, resource_group, name)
+        cluster = _get_cluster(client, resource_group, name)
+        body = {"location": cluster["location"], "tags": _tags(tags), "properties": cluster["properties"]}
+        response = client.request("PUT", path, json=body)
+        result = _finish(client, response, path, f"Updating cluster {name}", no_wait, timeout)
+        output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
 
 
 @api_command(aks_app, name="list")
@@ -474,10 +587,7 @@ def get_versions(
     with api.connect() as client:
         locations = client.subscription.provider(CONTAINER_SERVICE).child("locations", location)
         versions = client.json("GET", f"{client.path(locations)}/kubernetesVersions")
-    if output_format is OutputFormat.json:
-        print_json(versions)
-    else:
-        print_table(VERSION_COLUMNS, _version_rows(versions))
+    output(versions, output_format, VERSION_COLUMNS, None, table_rows=_version_rows)
 
 
 def _confirm(yes: bool, what: str) -> None:

@@ -15,6 +15,7 @@ from trustedlaunch.cli.arm import (
     api_command,
     output,
 )
+from trustedlaunch.cli.output import Column
 from trustedlaunch.store.vocabulary import AlertSeverity, AlertStatus
 
 alerts_app = typer.Typer(
@@ -25,17 +26,17 @@ webhook_app = typer.Typer(
 )
 alerts_app.add_typer(webhook_app, name="webhook")
 
-ALERT_COLUMNS = (
-    "Name",
-    "Time",
-    "Severity",
-    "Status",
-    "Cluster",
-    "NodePool",
-    "Node",
-    "FailedComponents",
-    "Count",
-    "LastSeen",
+ALERT_COLUMNS = (  # at 80 columns: Name, Severity, Status, FailedComponents (cli/output.py)
+    Column("Name", priority=0),
+    Column("Time", priority=5),
+    Column("Severity", priority=1),
+    Column("Status", priority=2),
+    Column("Cluster", priority=6),
+    Column("NodePool", priority=7),
+    Column("Node", priority=4),
+    Column("FailedComponents", prose=True, priority=3),
+    Column("Count", priority=8),
+    Column("LastSeen", priority=9),
 )
 WEBHOOK_COLUMNS = ("Url", "CreatedAt")
 
@@ -66,7 +67,7 @@ def _alert_row(alert: dict[str, Any]) -> list[object]:
     extended = props.get("extendedProperties") or {}
     return [
         alert["name"],
-        props.get("timeGeneratedUtc"),
+        _to_the_second(props.get("timeGeneratedUtc")),
         props.get("severity"),
         props.get("status"),
         extended.get("cluster"),
@@ -74,8 +75,15 @@ def _alert_row(alert: dict[str, Any]) -> list[object]:
         props.get("compromisedEntity"),
         extended.get("failedComponents"),
         extended.get("count"),
-        props.get("endTimeUtc"),
+        _to_the_second(props.get("endTimeUtc")),
     ]
+
+
+def _to_the_second(moment: str | None) -> str | None:
+    """An ISO time without its fraction of a second, for a narrower table (`-o json` keeps it)."""
+    if moment is None or "." not in moment:
+        return moment
+    return moment.split(".", 1)[0] + ("Z" if moment.endswith("Z") else "")
 
 
 def _webhook_row(webhook: dict[str, Any]) -> list[object]:

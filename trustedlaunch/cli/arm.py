@@ -1,6 +1,7 @@
 """Shared plumbing of the az-compatible commands (`tl aks`, `tl feature`, `tl provider`): connection to the
 API (`--endpoint`/`TL_ENDPOINT` with `TL_TOKEN`, or an embedded local server), ARM errors, long-running
-operations with a Rich progress display, and JSON/table output.
+operations with a Rich progress display (the server's note of each step), and az's global options
+(`--output`, `--query`, `--subscription`, `--only-show-errors`, `--verbose`, `--debug`) and exit codes.
 
 Embedded server: without an endpoint, each command starts the API with uvicorn on 127.0.0.1 (a free port) in a
 background thread of the `tl` process itself, on the default SQLite store, with the node reconciler in another
@@ -12,24 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
+import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any, TypeVar, get_type_hints
 from urllib.parse import quote
 
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
+from trustedlaunch.cli.errors import FAILURE_EXIT_CODE, NOT_FOUND_EXIT_CODE, bad_input
+from trustedlaunch.cli.output import ColumnSpec, OutputFormat, query_scope, render
+from trustedlaunch.cli.output import print_table as print_table
 from trustedlaunch.control.limits import SUBSCRIPTION_ID
+from trustedlaunch.control.operations import RECONCILER_NOTE
 from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.store.vocabulary import OperationStatus
 
@@ -37,15 +41,8 @@ DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 API_VERSION = "2024-09-01"
 DEFAULT_WAIT_SECONDS = 300
 POLL_SECONDS = 1.0
-TABLE_MAX_WIDTH = 4096  # `-o table` lines are as long as their cells (as az), never wrapped or cut
-FAILURE_EXIT_CODE = 1
-
-
-class OutputFormat(StrEnum):
-    """`--output`/`-o` values."""
-
-    json = "json"
-    table = "table"
+LOGGERS = ("trustedlaunch.cli", "httpx")  # what --verbose (INFO) and --debug (DEBUG) show on stderr
+log = logging.getLogger("trustedlaunch.cli")
 
 
 def name_rule(pattern: re.Pattern[str], rule: str) -> Callable[[str | None], str | None]:
@@ -85,7 +82,19 @@ SubscriptionOption = Annotated[
         callback=name_rule(SUBSCRIPTION_ID, "a subscription id is a GUID such as " + DEFAULT_SUBSCRIPTION),
     ),
 ]
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="Output format.")]
+OutputOption = Annotated[
+    OutputFormat, typer.Option("--output", "-o", help="Output format: json, jsonc, table, tsv, yaml or none.")
+]
+QueryOption = Annotated[
+    str | None, typer.Option("--query", help="JMESPath query string (jmespath.org), applied before -o.")
+]
+OnlyShowErrorsOption = Annotated[
+    bool, typer.Option("--only-show-errors", help="Only show errors, suppressing warnings.")
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Increase logging verbosity.")]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Show all debug logs (every request and answer) on stderr.")
+]
 NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="Do not wait for the long-running operation.")]
 TimeoutOption = Annotated[
     int, typer.Option("--timeout", min=1, help="Seconds to wait for a long-running operation to finish.")
@@ -101,22 +110,41 @@ class ArmCallError(Exception):
         self.error = error
 
 
+_ONLY_SHOW_ERRORS: ContextVar[bool] = ContextVar("tl_only_show_errors", default=False)
+
+
 def fail(message: str, exit_code: int = FAILURE_EXIT_CODE) -> typer.Exit:
     """Print `ERROR: message` on stderr and return the Exit to raise."""
     typer.echo(f"ERROR: {message}", err=True)
     return typer.Exit(exit_code)
 
 
+def warn(message: str) -> None:
+    """Print `WARNING: message` on stderr, unless --only-show-errors."""
+    if not _ONLY_SHOW_ERRORS.get():
+        typer.echo(f"WARNING: {message}", err=True)
+
+
+def note(message: str) -> None:
+    """Print a progress or result line on stderr (stdout keeps the command's output), unless
+    --only-show-errors."""
+    if not _ONLY_SHOW_ERRORS.get():
+        typer.echo(message, err=True)
+
+
 def report_arm_error(exc: ArmCallError) -> typer.Exit:
-    """Print an ARM error like az does (code, message, target, each detail); 4xx is bad input (exit 2)."""
+    """Print an ARM error as az does (`ERROR: (Code) message`, `Code:`, target, each further detail) and
+    return az's exit: 3 for a missing resource (404), else 1 (the server refused the request)."""
     error = exc.error
     lines = [f"({error.get('code')}) {error.get('message')}", f"Code: {error.get('code')}"]
     if error.get("target"):
         lines.append(f"Target: {error['target']}")
     for detail in error.get("details") or []:
+        if detail.get("message") and detail.get("message") in str(error.get("message")):
+            continue  # a single cause already said above
         lines.append(f"  - ({detail.get('code')}) {detail.get('target')}: {detail.get('message')}")
     typer.echo("ERROR: " + "\n".join(lines), err=True)
-    return typer.Exit(BAD_INPUT_EXIT_CODE if 400 <= exc.status < 500 else FAILURE_EXIT_CODE)
+    return typer.Exit(NOT_FOUND_EXIT_CODE if exc.status == 404 else FAILURE_EXIT_CODE)
 
 
 class ArmClient:
@@ -146,6 +174,8 @@ class ArmClient:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise fail(f"cannot reach the API at {self.http.base_url}: {exc}") from None
+        log.debug("Response status: %s", response.status_code)
+        log.debug("Response content: %s", response.text[:4000])
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -183,9 +213,10 @@ _KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD
 def api_command(
     app: typer.Typer, name: str | None = None, *, subscription: bool = True
 ) -> Callable[[Command], Command]:
-    """Register `command`, which takes `api: ApiTarget`, on `app` with `--endpoint` (TL_ENDPOINT) and, unless
-    `subscription` is False, `--subscription` (TL_SUBSCRIPTION) as its last options: every API command
-    takes them in the same place (`tl aks create ... --subscription X`) without declaring them."""
+    """Register `command`, which takes `api: ApiTarget`, on `app` with az's global options as its last
+    options: `--query`, `--only-show-errors`, `--verbose`, `--debug`, `--endpoint` (TL_ENDPOINT) and, unless
+    `subscription` is False, `--subscription` (TL_SUBSCRIPTION); every API command takes them in the same
+    place (`tl aks create ... --subscription X`) without declaring them. `-o` is the command's own."""
 
     def register(command: Command) -> Command:
         hints = get_type_hints(command, include_extras=True)
@@ -194,7 +225,13 @@ def api_command(
             for parameter in inspect.signature(command).parameters.values()
             if parameter.name != "api"
         ]
-        shared = [inspect.Parameter("endpoint", _KEYWORD, default=None, annotation=EndpointOption)]
+        shared = [
+            inspect.Parameter("query", _KEYWORD, default=None, annotation=QueryOption),
+            inspect.Parameter("only_show_errors", _KEYWORD, default=False, annotation=OnlyShowErrorsOption),
+            inspect.Parameter("verbose", _KEYWORD, default=False, annotation=VerboseOption),
+            inspect.Parameter("debug", _KEYWORD, default=False, annotation=DebugOption),
+            inspect.Parameter("endpoint", _KEYWORD, default=None, annotation=EndpointOption),
+        ]
         if subscription:
             shared.append(
                 inspect.Parameter(
@@ -203,9 +240,21 @@ def api_command(
             )
 
         def run(
-            endpoint: str | None = None, subscription: str = DEFAULT_SUBSCRIPTION, **options: Any
+            query: str | None = None,
+            only_show_errors: bool = False,
+            verbose: bool = False,
+            debug: bool = False,
+            endpoint: str | None = None,
+            subscription: str = DEFAULT_SUBSCRIPTION,
+            **options: Any,
         ) -> None:
-            command(api=ApiTarget(endpoint, subscription), **options)
+            started = time.monotonic()
+            with query_scope(query), _logging(verbose, debug), _warnings(only_show_errors):
+                log.debug("Command arguments: %s", {"endpoint": endpoint, "subscription": subscription})
+                try:
+                    command(api=ApiTarget(endpoint, subscription), **options)
+                finally:
+                    log.info("Command ran in %.3f seconds", time.monotonic() - started)
 
         run.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
         run.__annotations__ = {parameter.name: parameter.annotation for parameter in (*own, *shared)}
@@ -215,6 +264,40 @@ def api_command(
         return command
 
     return register
+
+
+@contextmanager
+def _warnings(only_show_errors: bool) -> Iterator[None]:
+    token = _ONLY_SHOW_ERRORS.set(only_show_errors)
+    try:
+        yield
+    finally:
+        _ONLY_SHOW_ERRORS.reset(token)
+
+
+@contextmanager
+def _logging(verbose: bool, debug: bool) -> Iterator[None]:
+    """--verbose: INFO of `tl` on stderr; --debug: DEBUG of `tl` and of its HTTP client (every request)."""
+    if not (verbose or debug):
+        yield
+        return
+    handler = logging.StreamHandler()  # stderr, as az
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    levels = {name: logging.DEBUG if debug else logging.INFO for name in LOGGERS}
+    if not debug:
+        levels["httpx"] = logging.WARNING
+    previous = {}
+    for name, level in levels.items():
+        logger = logging.getLogger(name)
+        previous[name] = logger.level
+        logger.setLevel(level)
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
+            logging.getLogger(name).removeHandler(handler)
 
 
 @contextmanager
@@ -261,7 +344,8 @@ def _reporting_errors(stack: contextlib.ExitStack, client: ArmClient) -> ArmClie
 def wait_for_operation(
     client: ArmClient, response: httpx.Response, what: str, timeout: int
 ) -> dict[str, Any]:
-    """Poll the Azure-AsyncOperation URL with a Rich spinner until the operation leaves InProgress.
+    """Poll the Azure-AsyncOperation URL with a Rich spinner showing the step the server reports (the
+    operation's `properties.note`, e.g. "agent pool tlpool: reimaging node 1/3") until it leaves InProgress.
 
     Raises exit 1 when it failed or is still InProgress after `timeout` seconds (the reconciler drives the
     nodes; with `--no-wait` the operation continues at the next command that runs a reconciler)."""
@@ -269,13 +353,20 @@ def wait_for_operation(
     console = Console(stderr=True)
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
+    last_step = None
     with console.status(f"{what}: InProgress", spinner="dots") as spinner:
         while time.monotonic() < deadline:
             status = client.json("GET", url)
             if status["status"] != OperationStatus.IN_PROGRESS:
                 break
             elapsed = int(timeout - (deadline - time.monotonic()))
-            spinner.update(f"{what}: InProgress ({elapsed} s)")
+            step = (status.get("properties") or {}).get("note")
+            if step == RECONCILER_NOTE or not step:
+                step = "waiting for the node reconciler"
+            if step != last_step:
+                log.info("%s: %s", what, step)
+                last_step = step
+            spinner.update(Text(f"{what}: {step} ({elapsed} s)", no_wrap=True, overflow="ellipsis"))
             time.sleep(POLL_SECONDS)
     if status.get("status") == OperationStatus.SUCCEEDED:
         return status
@@ -290,21 +381,16 @@ def wait_for_operation(
 
 def print_json(value: object) -> None:
     """Print `value` as indented JSON (the default output, as az)."""
-    typer.echo(json.dumps(value, indent=2))
+    render(value, OutputFormat.json, (), lambda item: item)
 
 
-def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print rows as a table (`-o table`), one line per row: no cell is cut, however long (node labels)."""
-    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
-    for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(width=TABLE_MAX_WIDTH).print(table)
-
-
-def output(value: object, fmt: OutputFormat, columns: Sequence[str], row: Any) -> None:
-    """Print a resource (or a list of them) as JSON or as a table with `row(resource)` per line."""
-    if fmt is OutputFormat.json:
-        print_json(value)
-        return
-    items = value if isinstance(value, list) else [value]
-    print_table(columns, [row(item) for item in items])
+def output(
+    value: object,
+    fmt: OutputFormat,
+    columns: Sequence[ColumnSpec],
+    row: Any,
+    table_rows: Callable[[Any], Sequence[Sequence[object]]] | None = None,
+) -> None:
+    """Print a resource (or a list of them) in `fmt` after `--query`; tables with `row(resource)` per
+    line (or `table_rows(value)`) and the `columns` that fit the terminal."""
+    render(value, fmt, columns, row, table_rows)

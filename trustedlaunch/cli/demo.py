@@ -52,6 +52,7 @@ from trustedlaunch.attest.gce import load_certificates, verify_gce_attestation
 from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.cli.aks import MACHINE_COLUMNS
+from trustedlaunch.cli.output import UNLIMITED_WIDTH
 from trustedlaunch.control.hosted_control_plane import control_plane_processes, stop_control_plane_processes
 from trustedlaunch.control.kubernetes_release import KubernetesReleaseError, cache_root, verified_release
 from trustedlaunch.control.labels import LABEL_AGENT_POOL, LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
@@ -211,12 +212,13 @@ class _Scenario:
         console.print(f"[green]done[/] in {elapsed:.1f} s")
 
     def run(self, *args: str, capture: bool = False) -> str:
-        """Run `tl args` (shown first); its output goes to the terminal unless captured (then returned)."""
+        """Run `tl args` (shown first); its output goes to the terminal unless captured (then returned, its
+        tables with every column: the demo reads them)."""
         console.print(f"[bold cyan]$ tl {' '.join(args)}[/]", soft_wrap=True)  # one line, to copy
         sys.stdout.flush()
         result = subprocess.run(
             [*self.tl, *args],
-            env=self.env,
+            env={**self.env, "COLUMNS": str(UNLIMITED_WIDTH)} if capture else self.env,
             stdout=subprocess.PIPE if capture else None,
             text=True,
             check=False,
@@ -253,7 +255,7 @@ class _Scenario:
         listed = self.run(*_machine_list(pool), "-o", "table", capture=True)
         console.print(listed, end="", markup=False, highlight=False, soft_wrap=True)
         header, *rows = listed.splitlines()
-        if header.split() != list(MACHINE_COLUMNS):
+        if header.split() != [column.header for column in MACHINE_COLUMNS]:
             raise DemoFailedError(f"unexpected `tl aks machine list` columns: {header}")
         return [Machine.from_row(row) for row in rows if row.strip()]
 

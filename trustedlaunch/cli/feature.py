@@ -13,6 +13,7 @@ from trustedlaunch.cli.arm import (
     OutputOption,
     api_command,
     output,
+    warn,
 )
 
 feature_app = typer.Typer(
@@ -48,10 +49,9 @@ def register(
     """Register a preview feature (Registering, then Registered)."""
     with api.connect() as client:
         feature = client.json("POST", _path(client, namespace, name) + "/register")
-    typer.echo(
+    warn(
         f"Once the feature '{name}' is registered, invoking 'tl provider register --namespace {namespace}' "
-        "is required to get the change propagated",
-        err=True,
+        "is required to get the change propagated"
     )
     output(feature, output_format, COLUMNS, _row)
 

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from trustedlaunch.cli.errors import bad_input
+from trustedlaunch.cli.output import Column, print_table
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.uefi.secureboot import BootDecision, decide_boot
 
@@ -40,31 +40,44 @@ def verify(
         raise typer.Exit(1)
 
 
+# Most important first when the terminal is narrow (cli/output.py): no word is ever split.
+DECISION_COLUMNS = (
+    Column("component", priority=0),
+    Column("path", priority=2),
+    Column("sha256 (Authenticode)", priority=6),
+    Column("signer", prose=True, priority=3),
+    Column("verified by", prose=True, priority=4),
+    Column("SBAT", prose=True, priority=5),
+    Column("status", priority=1),
+)
+
+
 def _print_decision(decision: BootDecision) -> None:
-    console = Console()
-    table = Table(title=f"Boot chain (Secure Boot {'on' if decision.secure_boot else 'off'})")
-    for column in ("component", "path", "sha256 (Authenticode)", "signer", "verified by", "SBAT", "status"):
-        table.add_column(column, overflow="fold")
     failure = decision.failure
     reached = True
+    rows = []
     for component in decision.components:
         if not reached:
-            status = "not reached"
+            status = Text("not reached")
         elif component.accepted:
-            status = "[green]ok[/green]"
+            status = Text("ok", style="green")
         else:
-            status = f"[red]{component.reason}[/red]"
-        table.add_row(
-            component.name,
-            component.path,
-            f"{component.sha256.hex()[:16]}…" if component.sha256 else "-",
-            _common_name(component.signer_subject),
-            component.verified_by or "-",
-            " ".join(str(entry) for entry in component.sbat) or "-",
-            status,
+            status = Text(str(component.reason), style="red")
+        rows.append(
+            [
+                component.name,
+                component.path,
+                f"{component.sha256.hex()[:16]}…" if component.sha256 else "-",
+                _common_name(component.signer_subject),
+                component.verified_by or "-",
+                " ".join(str(entry) for entry in component.sbat) or "-",
+                status,
+            ]
         )
         reached = reached and component is not failure
-    console.print(table)
+    print_table(
+        DECISION_COLUMNS, rows, title=f"Boot chain (Secure Boot {'on' if decision.secure_boot else 'off'})"
+    )
     for note in decision.notes:
         typer.echo(f"note: {note}")
     if decision.sbat_level is not None:

@@ -79,6 +79,7 @@ def serve(
         typer.echo(
             f"trustedlaunch control plane on {url} ({processes}attestation interval {attestation_interval:g} "
             f"s, auto-repair {'on' if auto_repair else 'off'}).\n"
+            f"Dashboard: {url}/ui (sign in with the token below).\n"
             f"Use it with: export TL_ENDPOINT={url} TL_TOKEN=$(cat {token_file})",
             err=True,
         )
