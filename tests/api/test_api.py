@@ -6,11 +6,13 @@ import base64
 import json
 from pathlib import Path
 
-from api_helpers import API, CLUSTER, RG_PATH, SUB, cluster_body, register_trusted_launch
+import pytest
+from api_helpers import API, CLUSTER, PREVIEW_API, RG_PATH, SUB, cluster_body, register_trusted_launch
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
 from trustedlaunch.api.app import create_app
+from trustedlaunch.control.features import DELAY_ENV
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
 from trustedlaunch.control.node_images import linux_image_version
@@ -73,9 +75,9 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert len(all_clusters.json()["value"]) == 1
 
 
-def test_trusted_launch_before_feature_registration(client: TestClient) -> None:
+def test_trusted_launch_with_a_preview_api_version_needs_the_registration(client: TestClient) -> None:
     error = assert_arm_error(
-        client.put(CLUSTER, json=cluster_body(**TL)),
+        client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API),
         400,
         "PreviewFeatureNotRegistered",
         "properties.agentPoolProfiles[0].properties.securityProfile",
@@ -174,8 +176,8 @@ def test_agent_pool_lifecycle(client: TestClient) -> None:
     assert created.status_code == 201 and "Azure-AsyncOperation" in created.headers
     props = created.json()["properties"]
     assert props["gpuProfile"] == {"driver": "None"} and props["provisioningState"] == "Creating"
-    # feature not registered: the image name that cannot turn trusted launch on
-    assert props["nodeImageVersion"] == linux_image_version(trusted_launch=False, debian=debian_release())
+    # a GA api-version: the image that can turn trusted launch on, without the preview registration
+    assert props["nodeImageVersion"] == linux_image_version(trusted_launch=True, debian=debian_release())
     assert [p["name"] for p in client.get(pools).json()["value"]] == ["nodepool1", "gpupool"]
     assert client.get(f"{pools}/gpupool/machines").json() == {"value": []}  # no node booted yet
     assert_arm_error(client.get(f"{pools}/nosuchpool/machines"), 404, "ResourceNotFound", "agentPoolName")
@@ -243,7 +245,9 @@ def test_server_failures_use_the_arm_envelope(tmp_path: Path) -> None:
         client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         with app.state.sessions.begin() as session:
             session.execute(text("DROP TABLE operations"))  # a broken store: every PUT fails
-        error = assert_arm_error(client.put(CLUSTER, json=cluster_body()), 500, "InternalServerError")
+        error = assert_arm_error(
+            client.put(CLUSTER, json=cluster_body(), params=API), 500, "InternalServerError"
+        )
         assert "OperationalError" in str(error["message"]) and "operations" in str(error["message"])
 
 
@@ -306,11 +310,13 @@ def test_authentication_required_except_health_and_openapi(tmp_path: Path) -> No
         assert_arm_error(wrong, 401, "InvalidAuthenticationToken")
         basic = anonymous.get(CLUSTER, headers={"Authorization": f"Basic {token_file.read_text().strip()}"})
         assert_arm_error(basic, 401, "InvalidAuthenticationToken")
-        ok = anonymous.get(CLUSTER, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+        ok = anonymous.get(
+            CLUSTER, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"}, params=API
+        )
         assert_arm_error(ok, 404, "ResourceNotFound")
 
 
-def test_features_and_providers(client: TestClient) -> None:
+def test_features_and_providers(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     features = f"/subscriptions/{SUB}/providers/Microsoft.Features"
     feature = f"{features}/providers/Microsoft.ContainerService/features/TrustedLaunchPreview"
     assert client.get(feature).json()["properties"]["state"] == "NotRegistered"
@@ -320,10 +326,17 @@ def test_features_and_providers(client: TestClient) -> None:
     provider = f"/subscriptions/{SUB}/providers/Microsoft.ContainerService"
     assert client.get(provider).json()["registrationState"] == "NotRegistered"
     assert client.post(f"{provider}/register").json()["registrationState"] == "Registered"
+    # as on Azure, registering the provider does not hurry a Registering feature: its delay does
+    assert client.get(feature).json()["properties"]["state"] == "Registering"
+    assert_arm_error(
+        client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API), 400, "PreviewFeatureNotRegistered"
+    )
+    monkeypatch.setenv(DELAY_ENV, "0")
     assert client.get(feature).json()["properties"]["state"] == "Registered"
     assert [f["properties"]["state"] for f in client.get(f"{features}/features").json()["value"]] == [
         "Registered"
     ]
+    assert client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API).status_code == 201
     assert_arm_error(
         client.post(f"{features}/providers/Microsoft.ContainerService/features/Nope/register"),
         404,

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from trustedlaunch.api import api_versions
 from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
 from trustedlaunch.api.responses import (
     AgentPoolResource,
@@ -42,14 +43,19 @@ from trustedlaunch.control import features, operations, resources
 from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
 
-DEFAULT_API_VERSION = "2024-09-01"
 RETRY_AFTER_SECONDS = "5"
 
 
 async def api_version(
-    version: str | None = Query(None, alias="api-version", description="e.g. 2024-09-01"),
-) -> None:
-    """Accept the ARM `api-version` query parameter (every version gets the same behaviour)."""
+    request: Request,
+    version: str | None = Query(None, alias="api-version", description="e.g. 2026-08-01 (api_versions.py)"),
+) -> str:
+    """The request's `api-version`, validated as ARM does against its namespace's versions (api_versions)."""
+    provider, resource_type = api_versions.provider_of(request.url.path)
+    return api_versions.check_api_version(version, provider, resource_type)
+
+
+ApiVersion = Annotated[str, Depends(api_version)]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -88,7 +94,7 @@ def transaction(request: Request) -> Iterator[Session]:
 
 def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
-    query = f"?api-version={request.query_params.get('api-version', DEFAULT_API_VERSION)}"
+    query = f"?api-version={request.query_params['api-version']}"
     return {
         "Azure-AsyncOperation": base + operation_path(operation) + query,
         "Location": base + operation_path(operation, "operationresults") + query,
@@ -132,11 +138,13 @@ async def list_group_clusters(
     responses={200: {"model": ManagedClusterResource, "description": "Updated"}},
 )
 async def put_cluster(
-    request: Request, response: Response, path: ClusterPath, body: ManagedClusterBody
+    request: Request, response: Response, path: ClusterPath, body: ManagedClusterBody, version: ApiVersion
 ) -> dict[str, object]:
     """Create (201) or update (200) a managed cluster; long-running."""
     with transaction(request) as session:
-        cluster, operation, created = resources.put_cluster(session, path, body.to_spec())
+        cluster, operation, created = resources.put_cluster(
+            session, path, body.to_spec(), preview=api_versions.is_preview(version)
+        )
         session.flush()
         content = cluster_json(cluster)
         response.headers.update(_lro_headers(request, operation))
@@ -213,13 +221,22 @@ async def list_pools(request: Request, path: ClusterPath) -> dict[str, object]:
     responses={200: {"model": AgentPoolResource, "description": "Updated"}},
 )
 async def put_pool(
-    request: Request, response: Response, path: ClusterPath, pool_name: str, body: AgentPoolBody
+    request: Request,
+    response: Response,
+    path: ClusterPath,
+    pool_name: str,
+    body: AgentPoolBody,
+    version: ApiVersion,
 ) -> dict[str, object]:
     """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409)."""
     create_only = request.headers.get("if-none-match", "").strip() == "*"
     with transaction(request) as session:
         pool, operation, created = resources.put_pool(
-            session, path, body.to_spec(pool_name), create_only=create_only
+            session,
+            path,
+            body.to_spec(pool_name),
+            create_only=create_only,
+            preview=api_versions.is_preview(version),
         )
         session.flush()
         content = pool_json(pool)
@@ -319,7 +336,7 @@ async def get_operation_result(
 async def register_feature(
     request: Request, subscription_id: str, namespace: str, feature_name: str
 ) -> dict[str, object]:
-    """Register a preview feature (state Registering, then Registered)."""
+    """Register a preview feature (state Registering, then Registered after the registration delay)."""
     with transaction(request) as session:
         return feature_json(features.register_feature(session, subscription_id, namespace, feature_name))
 
@@ -359,7 +376,7 @@ async def list_features(request: Request, subscription_id: str) -> dict[str, obj
 
 @router.post(f"{SUB}/providers/{{namespace}}/register", tags=["providers"], response_model=ProviderResult)
 async def register_provider(request: Request, subscription_id: str, namespace: str) -> dict[str, object]:
-    """Register a resource provider (and finish its Registering features)."""
+    """Register a resource provider (its Registering features still wait for their delay)."""
     with transaction(request) as session:
         return provider_json(features.register_provider(session, subscription_id, namespace))
 

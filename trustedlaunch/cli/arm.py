@@ -28,13 +28,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trustedlaunch.api.api_versions import default_version
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
 from trustedlaunch.control.limits import SUBSCRIPTION_ID
 from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.store.vocabulary import OperationStatus
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-API_VERSION = "2024-09-01"
 DEFAULT_WAIT_SECONDS = 300
 POLL_SECONDS = 1.0
 TABLE_MAX_WIDTH = 4096  # `-o table` lines are as long as their cells (as az), never wrapped or cut
@@ -119,6 +119,13 @@ def report_arm_error(exc: ArmCallError) -> typer.Exit:
     return typer.Exit(BAD_INPUT_EXIT_CODE if 400 <= exc.status < 500 else FAILURE_EXIT_CODE)
 
 
+def add_api_version(request: httpx.Request) -> None:
+    """Send a request without an api-version with its namespace's newest GA one, as az does (trusted launch
+    then needs no TrustedLaunchPreview registration); operation URLs keep the server's."""
+    if "api-version" not in request.url.params:
+        request.url = request.url.copy_add_param("api-version", default_version(request.url.path))
+
+
 class ArmClient:
     """httpx client for one API endpoint and subscription."""
 
@@ -126,7 +133,7 @@ class ArmClient:
         self.http = httpx.Client(
             base_url=endpoint.rstrip("/"),
             headers={"Authorization": f"Bearer {token}", "User-Agent": "tl-cli"},
-            params={"api-version": API_VERSION},
+            event_hooks={"request": [add_api_version]},
             timeout=30.0,
         )
         self.subscription_id = subscription_id

@@ -585,7 +585,8 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "properties.securityProfile",
         "Trusted launch (Secure Boot / vTPM) is a preview feature that is not registered in this "
         "subscription; run `{command}`, wait for the state Registered, then run "
-        "`tl provider register --namespace Microsoft.ContainerService`.",
+        "`tl provider register --namespace Microsoft.ContainerService` (or send a GA api-version, "
+        "2024-07-01 or later, which needs no registration).",
         PoolRequest,
         lambda r: r.trusted_launch and not r.feature_registered,
     ),

@@ -374,12 +374,19 @@ def _refuse_if_deleting(cluster: ManagedCluster) -> None:
         )
 
 
+def trusted_launch_allowed(session: Session, subscription_id: str, preview: bool) -> bool:
+    """Whether a request may turn trusted launch on: always with a GA api-version, with a preview one only
+    once TrustedLaunchPreview is Registered in the subscription."""
+    return not preview or trusted_launch_registered(session, subscription_id)
+
+
 def put_cluster(
-    session: Session, path: ResourcePath, spec: ClusterSpec
+    session: Session, path: ResourcePath, spec: ClusterSpec, preview: bool = False
 ) -> tuple[ManagedCluster, Operation, bool]:
-    """Create or update a cluster; returns (cluster, operation, created)."""
+    """Create or update a cluster; returns (cluster, operation, created). `preview`: the request came with a
+    preview api-version (trusted launch then needs the TrustedLaunchPreview registration)."""
     cluster = find_cluster(session, path)
-    tl_registered = trusted_launch_registered(session, path.subscription_id)
+    tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if cluster is None:
         return (*_create_cluster(session, path, spec, tl_registered), True)
     _refuse_if_deleting(cluster)
@@ -565,14 +572,15 @@ def get_pool(session: Session, path: ResourcePath, pool_name: str) -> AgentPool:
 
 
 def put_pool(
-    session: Session, path: ResourcePath, spec: PoolSpec, create_only: bool = False
+    session: Session, path: ResourcePath, spec: PoolSpec, create_only: bool = False, preview: bool = False
 ) -> tuple[AgentPool, Operation, bool]:
-    """Create or update a pool; `create_only` (If-None-Match: *) refuses an existing name with 409."""
+    """Create or update a pool; `create_only` (If-None-Match: *) refuses an existing name with 409;
+    `preview` as for put_cluster."""
     cluster = get_cluster(session, path)
     _refuse_if_deleting(cluster)
     pool = find_pool(cluster, spec.name)
     pool_id = pool_resource_id(cluster, stored_name(spec.name))
-    tl_registered = trusted_launch_registered(session, path.subscription_id)
+    tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if pool is None or create_only:
         request = replace(
             _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),
