@@ -197,9 +197,25 @@ class MachineHealthOut(BaseModel):
     repairs: list[RepairOut]
 
 
-class MachinePropertiesOut(BaseModel):
-    """`properties` of a node (machine) of an agent pool."""
+class MachineIpAddressOut(BaseModel):
+    """One address of a machine's NIC."""
 
+    family: str
+    ip: str
+
+
+class MachineNetworkOut(BaseModel):
+    """`network` of a machine: its NIC's addresses (none before its VM runs)."""
+
+    ipAddresses: list[MachineIpAddressOut]
+
+
+class MachinePropertiesOut(BaseModel):
+    """`properties` of a node (machine) of an agent pool: AKS's `network` and `resourceId`, then this
+    server's state, trusted launch settings and attestation."""
+
+    network: MachineNetworkOut
+    resourceId: str
     provisioningState: str
     powerState: PowerState
     health: MachineHealthOut

@@ -260,6 +260,15 @@ async def list_machines(request: Request, path: ClusterPath, pool_name: str) -> 
         return {"value": [machine_json(node) for node in sorted(pool.nodes, key=lambda n: n.ordinal)]}
 
 
+@router.get(f"{POOL}/machines/{{machine_name}}", tags=["agentPools"], response_model=MachineResource)
+async def get_machine(
+    request: Request, path: ClusterPath, pool_name: str, machine_name: str
+) -> dict[str, object]:
+    """One node (machine) of an agent pool (Machines_Get)."""
+    with transaction(request) as session:
+        return machine_json(resources.get_machine(session, path, pool_name, machine_name))
+
+
 @router.delete(
     POOL,
     tags=["agentPools"],

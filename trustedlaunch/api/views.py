@@ -24,8 +24,14 @@ from trustedlaunch.control.records import (
 )
 from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
 from trustedlaunch.control.timeutil import iso
+from trustedlaunch.node.kubelet import NODE_ADDRESS
 
 JsonObject = dict[str, object]
+
+
+def node_resource_group(cluster: ManagedCluster) -> str:
+    """The resource group AKS would keep the cluster's VMs in (`MC_{group}_{cluster}_{location}`)."""
+    return f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}"
 
 
 def cluster_json(cluster: ManagedCluster) -> JsonObject:
@@ -37,7 +43,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "currentKubernetesVersion": current_kubernetes_version(cluster),
         "dnsPrefix": cluster.dns_prefix,
         "fqdn": cluster.fqdn,
-        "nodeResourceGroup": f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}",
+        "nodeResourceGroup": node_resource_group(cluster),
         "agentPoolProfiles": [{"name": pool.name, **pool_properties(pool)} for pool in cluster.agent_pools],
         "addonProfiles": {"aciConnectorLinux": {"enabled": cluster.virtual_nodes_enabled}},
     }
@@ -101,14 +107,28 @@ def pool_json(pool: AgentPool) -> JsonObject:
     }
 
 
+def machine_vm_id(node: Node) -> str:
+    """`properties.resourceId` of a machine: its VM as an instance of the pool's scale set, in the cluster's
+    node resource group (as AKS names it; the VM runs under QEMU here: no Microsoft.Compute serves it)."""
+    cluster = node.pool.cluster
+    return (
+        f"/subscriptions/{cluster.subscription_id}/resourceGroups/{node_resource_group(cluster)}/providers/"
+        f"Microsoft.Compute/virtualMachineScaleSets/aks-{node.pool.name}-vmss/virtualMachines/{node.ordinal}"
+    )
+
+
 def machine_json(node: Node) -> JsonObject:
-    """A node as `GET .../agentPools/{pool}/machines` lists it: state, security settings, labels and the
-    attestation status the reconciler recorded."""
+    """A node as `GET .../agentPools/{pool}/machines[/{name}]` returns it, in AKS's shape (`network`: the
+    address of the VM's NIC once it runs, `resourceId`) with this server's state, security settings, labels
+    and the attestation status the reconciler recorded."""
+    addresses = [{"family": "IPv4", "ip": NODE_ADDRESS}] if node.qemu_pid is not None else []
     return {
         "id": f"{pool_resource_id(node.pool.cluster, node.pool.name)}/machines/{node.name}",
         "name": node.name,
         "type": f"{PROVIDER}/managedClusters/agentPools/machines",
         "properties": {
+            "network": {"ipAddresses": addresses},
+            "resourceId": machine_vm_id(node),
             "provisioningState": node.state,
             "powerState": {"code": power_state(node)},
             "health": {

@@ -27,7 +27,7 @@ from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
 from trustedlaunch.control.vm_sizes import find_vm_size
-from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
 
 PROVIDER = CONTAINER_SERVICE
@@ -569,6 +569,20 @@ def get_pool(session: Session, path: ResourcePath, pool_name: str) -> AgentPool:
             "agentPoolName",
         )
     return pool
+
+
+def get_machine(session: Session, path: ResourcePath, pool_name: str, machine_name: str) -> Node:
+    """The pool's node called `machine_name` (any case), or a 404 ArmError naming what is missing."""
+    pool = get_pool(session, path, pool_name)
+    node = next((node for node in pool.nodes if node.name.lower() == machine_name.lower()), None)
+    if node is None:
+        raise not_found(
+            "ResourceNotFound",
+            f"Machine '{machine_name}' was not found in agent pool '{pool.name}' of managed cluster "
+            f"'{pool.cluster.display_name}'.",
+            "machineName",
+        )
+    return node
 
 
 def put_pool(
