@@ -234,7 +234,7 @@ def test_validation_errors_use_the_arm_envelope(client: TestClient) -> None:
     bad_sub = CLUSTER.replace(SUB, "not-a-guid")
     assert_arm_error(client.get(bad_sub), 400, "InvalidSubscriptionId", "subscriptionId")
     assert_arm_error(client.get("/no/such/route"), 404, "NotFound")
-    assert_arm_error(client.patch(CLUSTER, json={}), 405, "MethodNotAllowed")
+    assert_arm_error(client.patch(f"{CLUSTER}/agentPools/nodepool1", json={}), 405, "MethodNotAllowed")
 
 
 def test_server_failures_use_the_arm_envelope(tmp_path: Path) -> None:
@@ -356,3 +356,46 @@ def test_credentials_and_cluster_delete(client: TestClient) -> None:
     assert_arm_error(client.put(f"{CLUSTER}/agentPools/more", json={}), 409, "OperationNotAllowed")
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         assert sorted(session.scalars(select(Operation.status))) == ["Canceled", "InProgress"]
+
+
+def test_etags_and_conditional_requests(client: TestClient) -> None:
+    created = client.put(CLUSTER, json=cluster_body())
+    etag = created.json()["eTag"]
+    assert etag.startswith('"') and client.get(CLUSTER).json()["eTag"] == etag
+    pool = client.get(f"{CLUSTER}/agentPools/nodepool1").json()
+    assert pool["properties"]["eTag"].startswith('"')
+    # the store changes (the reconciler finishes the operation): the eTag changes with it
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        operation = session.scalars(select(Operation)).one()
+        finish_operation(session, operation, "Succeeded")
+    current = client.get(CLUSTER).json()["eTag"]
+    assert current != etag
+    stale = client.put(CLUSTER, json=cluster_body(), headers={"If-Match": etag})
+    error = assert_arm_error(stale, 412, "PreconditionFailed", "If-Match")
+    assert f"its eTag is now {current}" in str(error["message"])
+    assert_arm_error(client.delete(CLUSTER, headers={"If-Match": etag}), 412, "PreconditionFailed")
+    assert_arm_error(
+        client.put(CLUSTER, json=cluster_body(), headers={"If-None-Match": "*"}), 412, "PreconditionFailed"
+    )
+    assert_arm_error(
+        client.patch(CLUSTER, json={"tags": {}}, headers={"If-None-Match": current}),
+        412,
+        "PreconditionFailed",
+    )
+    missing = f"{RG_PATH}/managedClusters/nosuch"
+    assert_arm_error(
+        client.put(missing, json=cluster_body(), headers={"If-Match": "*"}), 412, "PreconditionFailed"
+    )
+    pool_etag = client.get(f"{CLUSTER}/agentPools/nodepool1").json()["properties"]["eTag"]
+    stale_pool = client.put(
+        f"{CLUSTER}/agentPools/nodepool1", json={"properties": {"count": 3}}, headers={"If-Match": '"old"'}
+    )
+    assert_arm_error(stale_pool, 412, "PreconditionFailed", "If-Match")
+    tagged = client.patch(CLUSTER, json={"tags": {"env": "prod"}}, headers={"If-Match": current})
+    assert tagged.status_code == 200 and tagged.json()["tags"] == {"env": "prod"}
+    assert tagged.json()["eTag"] != current
+    assert_arm_error(client.patch(CLUSTER, json={"tags": {"x" * 600: "v"}}), 400, "InvalidRequestContent")
+    updated = client.put(
+        f"{CLUSTER}/agentPools/nodepool1", json={"properties": {"count": 3}}, headers={"If-Match": pool_etag}
+    )
+    assert updated.status_code == 200, updated.text

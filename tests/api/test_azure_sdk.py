@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core import MatchConditions
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline import PipelineRequest
@@ -21,6 +22,7 @@ from azure.mgmt.containerservice.models import (
     AgentPoolSecurityProfile,
     ManagedCluster,
     ManagedClusterAgentPoolProfile,
+    TagsObject,
 )
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -175,3 +177,55 @@ def test_sdk_error_paths(plane: Plane) -> None:
         )
     assert preview.value.status_code == 400
     assert preview.value.error is not None and preview.value.error.code == "PreviewFeatureNotRegistered"
+
+
+def test_tags_and_etags_with_the_sdk(plane: Plane) -> None:
+    aks = plane.aks
+    poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", trusted_launch_cluster())
+    plane.finish_operations()
+    created = poller.result(timeout=60)
+    assert created.e_tag and created.e_tag == aks.managed_clusters.get("sdkGroup", "sdkCluster").e_tag
+
+    tagged = aks.managed_clusters.begin_update_tags(
+        "sdkGroup", "sdkCluster", TagsObject(tags={"env": "test", "owner": "sdk"})
+    ).result(timeout=30)
+    assert tagged.tags == {"env": "test", "owner": "sdk"} and tagged.e_tag != created.e_tag
+    assert aks.managed_clusters.get("sdkGroup", "sdkCluster").tags == {"env": "test", "owner": "sdk"}
+
+    # a write with the stale eTag is refused (412), with the current one it is done
+    with pytest.raises(HttpResponseError) as stale:
+        aks.managed_clusters.begin_create_or_update(
+            "sdkGroup",
+            "sdkCluster",
+            trusted_launch_cluster(),
+            etag=created.e_tag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+    assert stale.value.status_code == 412
+    assert stale.value.error is not None and stale.value.error.code == "PreconditionFailed"
+    with pytest.raises(HttpResponseError) as exists:  # create-only of an existing cluster
+        aks.managed_clusters.begin_create_or_update(
+            "sdkGroup", "sdkCluster", trusted_launch_cluster(), match_condition=MatchConditions.IfMissing
+        )
+    assert exists.value.status_code == 412
+    poller = aks.managed_clusters.begin_create_or_update(
+        "sdkGroup",
+        "sdkCluster",
+        trusted_launch_cluster(),
+        etag=tagged.e_tag,
+        match_condition=MatchConditions.IfNotModified,
+    )
+    plane.finish_operations()
+    assert poller.result(timeout=60).provisioning_state == "Succeeded"
+
+    pool = aks.agent_pools.get("sdkGroup", "sdkCluster", "nodepool1")
+    assert pool.e_tag
+    with pytest.raises(HttpResponseError) as stale_pool:
+        aks.agent_pools.begin_delete(
+            "sdkGroup",
+            "sdkCluster",
+            "nodepool1",
+            etag='"0000"',
+            match_condition=MatchConditions.IfNotModified,
+        )
+    assert stale_pool.value.status_code == 412

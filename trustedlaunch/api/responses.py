@@ -67,6 +67,7 @@ class AgentPoolPropertiesOut(BaseModel):
     provisioningState: str
     powerState: PowerState
     gpuProfile: GpuProfileOut | None = None
+    eTag: str | None = None  # on the pool resource (`GET .../agentPools/{name}`), not in agentPoolProfiles
 
 
 class _Named(BaseModel):
@@ -135,6 +136,7 @@ class ManagedClusterResource(BaseModel):
     location: str
     tags: dict[str, str]
     properties: ManagedClusterPropertiesOut
+    eTag: str
 
 
 class KubernetesPatchVersionOut(BaseModel):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from trustedlaunch.api import api_versions
-from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
+from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody, TagsBody
 from trustedlaunch.api.responses import (
     AgentPoolResource,
     ArmList,
@@ -40,6 +41,7 @@ from trustedlaunch.api.views import (
     provider_json,
 )
 from trustedlaunch.control import features, operations, resources
+from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
 
@@ -56,6 +58,50 @@ async def api_version(
 
 
 ApiVersion = Annotated[str, Depends(api_version)]
+
+
+def _entity_tags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """The request's `If-Match` / `If-None-Match` headers (None when absent)."""
+
+    if_match: str | None
+    if_none_match: str | None
+
+    def check(self, current: str | None, what: str) -> None:
+        """Raise 412 PreconditionFailed unless the resource's `current` eTag (None: it does not exist)
+        satisfies the headers: If-Match needs it to be one of the listed eTags (`*`: to exist), If-None-Match
+        needs it to be none of them (`*`: not to exist)."""
+        if self.if_match is not None:
+            tags = _entity_tags(self.if_match)
+            if current is None or ("*" not in tags and current not in tags):
+                state = "does not exist" if current is None else f"has changed (its eTag is now {current})"
+                raise _precondition_failed(f"If-Match {self.if_match}: {what} {state}.", "If-Match")
+        if self.if_none_match is not None and current is not None:
+            tags = _entity_tags(self.if_none_match)
+            if "*" in tags or current in tags:
+                message = f"If-None-Match {self.if_none_match}: {what} exists (eTag {current})."
+                raise _precondition_failed(message, "If-None-Match")
+
+
+def _precondition_failed(message: str, header: str) -> ArmError:
+    return ArmError(412, "PreconditionFailed", f"The precondition failed: {message}", header)
+
+
+async def preconditions(
+    if_match: Annotated[str | None, Header(description="eTag(s) the resource must have, or *")] = None,
+    if_none_match: Annotated[
+        str | None, Header(description="eTag(s) it must not have; * to create only")
+    ] = None,
+) -> Preconditions:
+    """The request's conditional headers."""
+    return Preconditions(if_match, if_none_match)
+
+
+Conditions = Annotated[Preconditions, Depends(preconditions)]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -90,6 +136,19 @@ def transaction(request: Request) -> Iterator[Session]:
     """One database transaction for the request: committed on success, rolled back on any error."""
     with request.app.state.sessions.begin() as session:
         yield session
+
+
+def _check_cluster(session: Session, path: ResourcePath, conditions: Conditions) -> None:
+    cluster = resources.find_cluster(session, path)
+    current = None if cluster is None else str(cluster_json(cluster)["eTag"])
+    conditions.check(current, f"managed cluster '{path.cluster_name}'")
+
+
+def _check_pool(session: Session, path: ResourcePath, pool_name: str, conditions: Conditions) -> None:
+    cluster = resources.get_cluster(session, path)
+    pool = resources.find_pool(cluster, pool_name)
+    current = None if pool is None else str(pool_json(pool)["properties"]["eTag"])  # type: ignore[index]
+    conditions.check(current, f"agent pool '{pool_name}'")
 
 
 def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
@@ -138,10 +197,16 @@ async def list_group_clusters(
     responses={200: {"model": ManagedClusterResource, "description": "Updated"}},
 )
 async def put_cluster(
-    request: Request, response: Response, path: ClusterPath, body: ManagedClusterBody, version: ApiVersion
+    request: Request,
+    response: Response,
+    path: ClusterPath,
+    body: ManagedClusterBody,
+    version: ApiVersion,
+    conditions: Conditions,
 ) -> dict[str, object]:
-    """Create (201) or update (200) a managed cluster; long-running."""
+    """Create (201) or update (200) a managed cluster; long-running; If-Match / If-None-Match (412)."""
     with transaction(request) as session:
+        _check_cluster(session, path, conditions)
         cluster, operation, created = resources.put_cluster(
             session, path, body.to_spec(), preview=api_versions.is_preview(version)
         )
@@ -171,15 +236,34 @@ async def get_cluster(request: Request, path: ClusterPath) -> dict[str, object]:
     response_class=Response,
     responses={204: {"description": "The cluster does not exist"}},
 )
-async def delete_cluster(request: Request, path: ClusterPath) -> Response:
-    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running."""
+async def delete_cluster(request: Request, path: ClusterPath, conditions: Conditions) -> Response:
+    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running;
+    If-Match (412)."""
     with transaction(request) as session:
+        _check_cluster(session, path, conditions)
         operation = resources.delete_cluster(session, path)
         if operation is None:
             return Response(status_code=204)
         session.flush()
         headers = _lro_headers(request, operation)
     return Response(status_code=202, headers=headers)
+
+
+@router.patch(
+    CLUSTER,
+    tags=["managedClusters"],
+    response_model=ManagedClusterResource,
+    response_model_exclude_unset=True,
+)
+async def update_cluster_tags(
+    request: Request, path: ClusterPath, body: TagsBody, conditions: Conditions
+) -> dict[str, object]:
+    """Replace a managed cluster's tags (ManagedClusters_UpdateTags); If-Match (412)."""
+    with transaction(request) as session:
+        _check_cluster(session, path, conditions)
+        cluster = resources.update_cluster_tags(session, path, body.tags or {})
+        session.flush()
+        return cluster_json(cluster)
 
 
 @router.post(
@@ -227,10 +311,16 @@ async def put_pool(
     pool_name: str,
     body: AgentPoolBody,
     version: ApiVersion,
+    conditions: Conditions,
 ) -> dict[str, object]:
-    """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409)."""
-    create_only = request.headers.get("if-none-match", "").strip() == "*"
+    """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409
+    DuplicateAgentPoolName, which `tl aks nodepool add` relies on); If-Match / If-None-Match with eTags
+    answer 412 when not met."""
+    create_only = conditions.if_none_match is not None and "*" in _entity_tags(conditions.if_none_match)
     with transaction(request) as session:
+        if create_only:
+            conditions = Preconditions(conditions.if_match, None)
+        _check_pool(session, path, pool_name, conditions)
         pool, operation, created = resources.put_pool(
             session,
             path,
@@ -276,9 +366,13 @@ async def get_machine(
     response_class=Response,
     responses={204: {"description": "The agent pool does not exist"}},
 )
-async def delete_pool(request: Request, path: ClusterPath, pool_name: str) -> Response:
-    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running."""
+async def delete_pool(
+    request: Request, path: ClusterPath, pool_name: str, conditions: Conditions
+) -> Response:
+    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running; If-Match
+    (412)."""
     with transaction(request) as session:
+        _check_pool(session, path, pool_name, conditions)
         operation = resources.delete_pool(session, path, pool_name)
         if operation is None:
             return Response(status_code=204)

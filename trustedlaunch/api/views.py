@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 from trustedlaunch.control.cluster_planes import current_kubernetes_version, hosted_credential
@@ -29,13 +30,20 @@ from trustedlaunch.node.kubelet import NODE_ADDRESS
 JsonObject = dict[str, object]
 
 
+def entity_tag(view: JsonObject) -> str:
+    """The eTag of a resource's JSON `view`: a digest of its content, so it changes whenever the resource
+    does (also when the reconciler moves it), and a request's If-Match with an older one is refused."""
+    digest = hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()
+    return f'"{digest[:32]}"'
+
+
 def node_resource_group(cluster: ManagedCluster) -> str:
     """The resource group AKS would keep the cluster's VMs in (`MC_{group}_{cluster}_{location}`)."""
     return f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}"
 
 
 def cluster_json(cluster: ManagedCluster) -> JsonObject:
-    """A managed cluster as `GET .../managedClusters/{name}` returns it."""
+    """A managed cluster as `GET .../managedClusters/{name}` returns it, with its `eTag`."""
     properties: JsonObject = {
         "provisioningState": cluster.provisioning_state,
         "powerState": {"code": cluster.power_state},
@@ -52,7 +60,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
             "adminUsername": "azureuser",
             "ssh": {"publicKeys": [{"keyData": cluster.ssh_public_key}]},
         }
-    return {
+    view: JsonObject = {
         "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name),
         "name": cluster.display_name,
         "type": f"{PROVIDER}/ManagedClusters",
@@ -60,6 +68,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "tags": cluster.tags,
         "properties": properties,
     }
+    return {**view, "eTag": entity_tag(view)}
 
 
 def upgrade_settings(pool: AgentPool) -> JsonObject:
@@ -98,12 +107,13 @@ def pool_properties(pool: AgentPool) -> JsonObject:
 
 
 def pool_json(pool: AgentPool) -> JsonObject:
-    """An agent pool as `GET .../agentPools/{name}` returns it."""
+    """An agent pool as `GET .../agentPools/{name}` returns it (its eTag in `properties`, as AKS)."""
+    properties = pool_properties(pool)
     return {
         "id": pool_resource_id(pool.cluster, pool.name),
         "name": pool.name,
         "type": f"{PROVIDER}/managedClusters/agentPools",
-        "properties": pool_properties(pool),
+        "properties": {**properties, "eTag": entity_tag(properties)},
     }
 
 

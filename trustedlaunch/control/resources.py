@@ -459,6 +459,15 @@ def put_cluster(
     return cluster, operation, False
 
 
+def update_cluster_tags(session: Session, path: ResourcePath, tags: dict[str, str]) -> ManagedCluster:
+    """Replace the cluster's tags: they touch no node, so no operation (the SDK's poller ends at once)."""
+    cluster = get_cluster(session, path)
+    _refuse_if_deleting(cluster)
+    cluster.tags = dict(tags)
+    cluster.updated_at = utc_now()
+    return cluster
+
+
 def _create_cluster(
     session: Session, path: ResourcePath, spec: ClusterSpec, tl_registered: bool
 ) -> tuple[ManagedCluster, Operation]:
