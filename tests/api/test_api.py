@@ -42,10 +42,20 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["name"] == "myAKSCluster" and body["type"] == "Microsoft.ContainerService/ManagedClusters"
-    assert body["id"].endswith(
-        "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myakscluster"
+    assert body["id"].endswith(  # the name keeps its casing in the id too
+        "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myAKSCluster"
     )
+    assert (body["identity"], body["sku"]) == ({"type": "SystemAssigned"}, {"name": "Base", "tier": "Free"})
+    assert body["systemData"]["createdAt"].endswith("Z")
     props = body["properties"]
+    assert props["enableRBAC"] is True and props["oidcIssuerProfile"] == {"enabled": False}
+    assert props["networkProfile"] == {
+        "networkPlugin": "kubenet",
+        "podCidr": "10.244.0.0/16",
+        "serviceCidr": "10.0.0.0/16",
+    }
+    assert props["azurePortalFQDN"].startswith(props["dnsPrefix"] + ".portal.")
+    assert props["identityProfile"]["kubeletidentity"]["resourceId"].endswith("/myakscluster-agentpool")
     assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}
     (pool,) = props["agentPoolProfiles"]
     assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
@@ -80,7 +90,7 @@ def test_trusted_launch_with_a_preview_api_version_needs_the_registration(client
         client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API),
         400,
         "PreviewFeatureNotRegistered",
-        "properties.agentPoolProfiles[0].properties.securityProfile",
+        "properties.agentPoolProfiles[0].securityProfile",
     )
     assert "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview" in str(
         error["message"]
@@ -159,11 +169,11 @@ def test_every_violation_is_listed_in_details(client: TestClient) -> None:
     targets = [d["target"] for d in error["details"]]  # type: ignore[union-attr]
     prefix = "properties.agentPoolProfiles[0]."
     assert targets == [
-        prefix + "properties.orchestratorVersion",
-        prefix + "properties.vmSize",
-        prefix + "properties.enableFIPS",
-        prefix + "properties.type",
-        prefix + "properties.orchestratorVersion",  # 1.24.9 is not installed either
+        prefix + "orchestratorVersion",
+        prefix + "vmSize",
+        prefix + "enableFIPS",
+        prefix + "type",
+        prefix + "orchestratorVersion",  # 1.24.9 is not installed either
     ]
     assert error["details"][-1]["code"] == "AgentPoolK8sVersionNotSupported"  # type: ignore[index]
 
@@ -188,7 +198,7 @@ def test_agent_pool_lifecycle(client: TestClient) -> None:
         "name",
     )
     assert_arm_error(client.put(f"{pools}/gpupool", json=gpu), 409, "OperationNotAllowed")
-    assert_arm_error(client.put(f"{pools}/Bad-Name", json=gpu), 400, "AgentPoolNameInvalid", "name")
+    assert_arm_error(client.put(f"{pools}/Bad-Name", json=gpu), 400, "InvalidParameter", "name")
     deleted = client.delete(f"{pools}/gpupool")
     assert deleted.status_code == 202 and "Azure-AsyncOperation" in deleted.headers
     assert client.get(f"{pools}/gpupool").json()["properties"]["provisioningState"] == "Deleting"
@@ -399,3 +409,30 @@ def test_etags_and_conditional_requests(client: TestClient) -> None:
         f"{CLUSTER}/agentPools/nodepool1", json={"properties": {"count": 3}}, headers={"If-Match": pool_etag}
     )
     assert updated.status_code == 200, updated.text
+
+
+def test_pool_name_and_count_errors_as_aks_words_them(client: TestClient) -> None:
+    body = cluster_body()
+    body["properties"]["agentPoolProfiles"][0]["count"] = 1001  # type: ignore[index]
+    error = assert_arm_error(
+        client.put(CLUSTER, json=body), 400, "InvalidParameter", "properties.agentPoolProfiles.0.count"
+    )
+    assert error["message"] == (
+        "The value of parameter agentPoolProfile.count was 1001. It must be greater than or equal to 0 and "
+        "less than or equal to 1000."
+    )
+    system = cluster_body(count=0, mode="System")
+    error = assert_arm_error(
+        client.put(CLUSTER, json=system), 400, "InvalidParameter", "properties.agentPoolProfiles[0].count"
+    )
+    assert "agentPoolProfile.count was 0" in str(error["message"])
+    # a pool inside a cluster body: targets name the flat profile entry that exists in the body
+    tl = cluster_body(**TL)
+    error = assert_arm_error(
+        client.put(CLUSTER, json=tl, params=PREVIEW_API), 400, "PreviewFeatureNotRegistered"
+    )
+    assert error["target"] == "properties.agentPoolProfiles[0].securityProfile"
+    named = cluster_body(name="Bad-Name")
+    error = assert_arm_error(client.put(CLUSTER, json=named), 400, "InvalidParameter")
+    assert error["target"] == "properties.agentPoolProfiles[0].name"
+    assert str(error["message"]).startswith("The value of parameter agentPoolProfile.name is invalid.")

@@ -135,6 +135,10 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
     plane.finish_operations()
     cluster = poller.result(timeout=60)
     assert cluster.provisioning_state == "Succeeded" and cluster.name == "sdkCluster"
+    assert cluster.id.endswith("/managedClusters/sdkCluster") and cluster.identity.type == "SystemAssigned"
+    assert (cluster.sku.name, cluster.sku.tier, cluster.enable_rbac) == ("Base", "Free", True)
+    assert cluster.network_profile.service_cidr == "10.0.0.0/16" and cluster.power_state.code == "Running"
+    assert cluster.system_data.created_at is not None and cluster.azure_portal_fqdn
     profile = cluster.agent_pool_profiles[0]
     assert (profile.security_profile.enable_secure_boot, profile.security_profile.enable_vtpm) == (True, True)
     assert [c.name for c in aks.managed_clusters.list_by_resource_group("sdkGroup")] == ["sdkCluster"]

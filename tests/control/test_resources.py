@@ -127,7 +127,7 @@ def test_trusted_launch_before_registration_names_the_command(sessions: sessionm
         put_cluster(session, PATH, spec, preview=True)
     error = raised.value
     assert (error.status, error.code) == (400, "PreviewFeatureNotRegistered")
-    assert error.target == "properties.agentPoolProfiles[0].properties.securityProfile"
+    assert error.target == "properties.agentPoolProfiles[0].securityProfile"
     assert (
         "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview"
         in error.message
@@ -213,7 +213,7 @@ def test_duplicate_pool_names_in_one_cluster_request(sessions: sessionmaker[Sess
     details = [(d.code, d.target) for d in raised.value.details]
     assert details == [
         ("DuplicateAgentPoolName", "properties.agentPoolProfiles[1].name"),
-        ("AgentPoolNameInvalid", "properties.agentPoolProfiles[2].name"),
+        ("InvalidParameter", "properties.agentPoolProfiles[2].name"),
     ]
     assert raised.value.status == 400  # mixed statuses answer 400
 
@@ -268,7 +268,7 @@ def test_versions_that_are_not_installed_are_refused(sessions: sessionmaker[Sess
         )
     assert [(d.code, d.target) for d in raised.value.details] == [  # np1 inherits 1.30.6: refused once
         ("K8sVersionNotSupported", "properties.kubernetesVersion"),
-        ("AgentPoolK8sVersionNotSupported", "properties.agentPoolProfiles[1].properties.orchestratorVersion"),
+        ("AgentPoolK8sVersionNotSupported", "properties.agentPoolProfiles[1].orchestratorVersion"),
     ]
     create_cluster(sessions, orchestrator_version=INSTALLED_MINOR)
     with sessions.begin() as session:
@@ -314,7 +314,7 @@ def test_virtual_nodes_on_a_cluster_with_trusted_launch_pools(sessions: sessionm
         put_cluster(session, PATH, ClusterSpec(location="eastus", virtual_nodes=True))
     assert (raised.value.code, raised.value.target) == (
         "TrustedLaunchIncompatibleWithConfig",
-        "properties.agentPoolProfiles[0].properties.addonProfiles.aciConnectorLinux",
+        "properties.agentPoolProfiles[0].addonProfiles.aciConnectorLinux",
     )
 
 
@@ -348,7 +348,7 @@ def test_immutable_property_change_is_refused(sessions: sessionmaker[Session]) -
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
         put_pool(session, PATH, PoolSpec(name="nodepool1", vm_size="Standard_D4s_v3", os_type="Windows"))
     assert [(d.code, d.target) for d in raised.value.details] == [
-        ("AgentPoolNameInvalid", "name"),  # 9 characters: too long for a Windows pool
+        ("InvalidParameter", "name"),  # 9 characters: too long for a Windows pool
         ("InvalidOSSKU", "properties.osSKU"),
         ("EphemeralOSDiskSizeTooLarge", "properties.osDiskType"),  # D4s_v3 cannot hold the kept disk
         ("PropertyChangeNotAllowed", "properties.vmSize"),

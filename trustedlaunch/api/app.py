@@ -171,14 +171,26 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+POOL_COUNT_RANGE = "greater than or equal to 0 and less than or equal to 1000"  # models.AgentPoolBody.count
+
+
 def _validation_error(exc: RequestValidationError) -> ArmError:
     details = []
     for problem in exc.errors():
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         target = ".".join(location) or "body"
-        message = f"{target}: {problem.get('msg', 'invalid value')}"
-        details.append(ArmError(400, "InvalidRequestContent", message, target))
+        if location and location[-1] == "count":  # as AKS words it
+            message = (
+                f"The value of parameter agentPoolProfile.count was {problem.get('input')}. It must be "
+                f"{POOL_COUNT_RANGE}."
+            )
+            details.append(ArmError(400, "InvalidParameter", message, target))
+        else:
+            message = f"{target}: {problem.get('msg', 'invalid value')}"
+            details.append(ArmError(400, "InvalidRequestContent", message, target))
     first = details[0] if details else ArmError(400, "InvalidRequestContent", "The request is invalid.")
+    if len(details) == 1 and first.code == "InvalidParameter":
+        return first
     summary = "The request content is invalid: " + "; ".join(d.message for d in details)
     return ArmError(400, "InvalidRequestContent", summary, first.target, details)
 

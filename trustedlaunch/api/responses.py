@@ -112,6 +112,46 @@ class LinuxProfileOut(BaseModel):
     ssh: SshConfigurationOut
 
 
+class NetworkProfileOut(BaseModel):
+    """`networkProfile`: the pods' and services' address ranges."""
+
+    networkPlugin: str
+    podCidr: str
+    serviceCidr: str
+
+
+class UserAssignedIdentityOut(BaseModel):
+    """An identity of `identityProfile` (the kubelet's, by AKS's name for it)."""
+
+    resourceId: str
+
+
+class OidcIssuerProfileOut(BaseModel):
+    """`oidcIssuerProfile`: no OIDC issuer for workload identity here."""
+
+    enabled: bool
+
+
+class SkuOut(BaseModel):
+    """`sku` of a managed cluster."""
+
+    name: str
+    tier: str
+
+
+class IdentityOut(BaseModel):
+    """`identity` of a managed cluster."""
+
+    type: str
+
+
+class SystemDataOut(BaseModel):
+    """`systemData`: when the resource was created and last changed."""
+
+    createdAt: str | None
+    lastModifiedAt: str | None
+
+
 class ManagedClusterPropertiesOut(BaseModel):
     """`properties` of a managed cluster."""
 
@@ -124,6 +164,11 @@ class ManagedClusterPropertiesOut(BaseModel):
     nodeResourceGroup: str
     agentPoolProfiles: list[AgentPoolProfileOut]
     addonProfiles: dict[str, AddonProfileOut]
+    azurePortalFQDN: str
+    enableRBAC: bool
+    networkProfile: NetworkProfileOut
+    identityProfile: dict[str, UserAssignedIdentityOut]
+    oidcIssuerProfile: OidcIssuerProfileOut
     linuxProfile: LinuxProfileOut | None = None
 
 
@@ -135,6 +180,9 @@ class ManagedClusterResource(BaseModel):
     type: str
     location: str
     tags: dict[str, str]
+    sku: SkuOut
+    identity: IdentityOut
+    systemData: SystemDataOut
     properties: ManagedClusterPropertiesOut
     eTag: str
 

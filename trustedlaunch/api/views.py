@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 
+from trustedlaunch.control.cluster_pki import DEFAULT_SERVICE_CIDR
 from trustedlaunch.control.cluster_planes import current_kubernetes_version, hosted_credential
 from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
@@ -26,6 +27,8 @@ from trustedlaunch.control.records import (
 from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
 from trustedlaunch.control.timeutil import iso
 from trustedlaunch.node.kubelet import NODE_ADDRESS
+
+POD_CIDR = "10.244.0.0/16"  # the nodes' pod ranges (node.kubelet.DEFAULT_POD_CIDR) lie in it
 
 JsonObject = dict[str, object]
 
@@ -54,6 +57,21 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "nodeResourceGroup": node_resource_group(cluster),
         "agentPoolProfiles": [{"name": pool.name, **pool_properties(pool)} for pool in cluster.agent_pools],
         "addonProfiles": {"aciConnectorLinux": {"enabled": cluster.virtual_nodes_enabled}},
+        "azurePortalFQDN": f"{cluster.dns_prefix}.portal.hcp.{cluster.location}.trustedlaunch.internal",
+        "enableRBAC": True,  # the hosted kube-apiserver authorizes with Node,RBAC
+        "networkProfile": {  # each node: a cni0 bridge with host-local pod addresses, as kubenet
+            "networkPlugin": "kubenet",
+            "podCidr": POD_CIDR,
+            "serviceCidr": DEFAULT_SERVICE_CIDR,
+        },
+        "identityProfile": {
+            "kubeletidentity": {
+                "resourceId": f"/subscriptions/{cluster.subscription_id}/resourceGroups/"
+                f"{node_resource_group(cluster)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+                f"{cluster.name}-agentpool"
+            }
+        },
+        "oidcIssuerProfile": {"enabled": False},
     }
     if cluster.ssh_public_key:
         properties["linuxProfile"] = {
@@ -61,11 +79,18 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
             "ssh": {"publicKeys": [{"keyData": cluster.ssh_public_key}]},
         }
     view: JsonObject = {
-        "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name),
+        # the name keeps the casing it was created with, in the id too (ARM compares ids ignoring case)
+        "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name).removesuffix(
+            cluster.name
+        )
+        + cluster.display_name,
         "name": cluster.display_name,
         "type": f"{PROVIDER}/ManagedClusters",
         "location": cluster.location,
         "tags": cluster.tags,
+        "sku": {"name": "Base", "tier": "Free"},
+        "identity": {"type": "SystemAssigned"},
+        "systemData": {"createdAt": iso(cluster.created_at), "lastModifiedAt": iso(cluster.updated_at)},
         "properties": properties,
     }
     return {**view, "eTag": entity_tag(view)}

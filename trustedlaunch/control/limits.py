@@ -351,6 +351,7 @@ class PoolRequest:
         size = self.size
         return {
             "pool": self.name,
+            "count": self.count,
             "vm_size": self.vm_size,
             "os_type": self.os_type,
             "os_sku": self.os_sku,
@@ -511,10 +512,10 @@ def _size_is(r: PoolRequest, test: Callable[[VmSize], bool]) -> bool:
 
 LIMITATIONS: tuple[Limitation, ...] = (
     Limitation(
-        "AgentPoolNameInvalid",
+        "InvalidParameter",  # as AKS answers it
         "name",
-        "Agent pool name '{pool}' is invalid: {os_type} pool names must be 1-{max_name} lowercase letters or "
-        "digits and start with a letter.",
+        "The value of parameter agentPoolProfile.name is invalid. Error details: agent pool name '{pool}': "
+        "{os_type} pool names must be 1-{max_name} lowercase letters or digits and start with a letter.",
         PoolRequest,
         _name_invalid,
     ),
@@ -682,9 +683,10 @@ LIMITATIONS: tuple[Limitation, ...] = (
         ),
     ),
     Limitation(
-        "InvalidSystemPoolCount",
+        "InvalidParameter",  # as AKS answers it
         "properties.count",
-        "System pool '{pool}' needs at least 1 node (count 0 is only allowed for User pools).",
+        "The value of parameter agentPoolProfile.count was {count}. It must be greater than or equal to 1 "
+        "for System pool '{pool}' (count 0 is only allowed for User pools).",
         PoolRequest,
         lambda r: r.mode == "System" and r.count < 1,
     ),
@@ -811,10 +813,16 @@ Context = (
 )
 
 
+def _target(prefix: str, target: str) -> str:
+    """A rule's target inside the request body: a pool's `properties.x` is `x` of its flat entry in a
+    cluster body's `properties.agentPoolProfiles[i]` (the `prefix`)."""
+    return prefix + target.removeprefix("properties.") if prefix else target
+
+
 def _violations(context: Context, target_prefix: str = "") -> list[ArmError]:
     values = context.message_values()
     return [
-        ArmError(rule.status, rule.code, rule.message.format(**values), target_prefix + rule.target)
+        ArmError(rule.status, rule.code, rule.message.format(**values), _target(target_prefix, rule.target))
         for rule in LIMITATIONS
         if isinstance(context, rule.applies_to) and rule.violated(context)
     ]
