@@ -11,12 +11,13 @@ from api_helpers import API, CLUSTER, PREVIEW_API, RG_PATH, SUB, cluster_body, r
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from trustedlaunch.api.app import create_app
+from trustedlaunch.api.app import PUBLIC_URL_ENV, create_app
 from trustedlaunch.control.features import DELAY_ENV
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
 from trustedlaunch.control.node_images import linux_image_version
 from trustedlaunch.control.operations import finish_operation, get_operation
+from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.debian import debian_release
 from trustedlaunch.store.models import Operation
 
@@ -436,3 +437,18 @@ def test_pool_name_and_count_errors_as_aks_words_them(client: TestClient) -> Non
     error = assert_arm_error(client.put(CLUSTER, json=named), 400, "InvalidParameter")
     assert error["target"] == "properties.agentPoolProfiles[0].name"
     assert str(error["message"]).startswith("The value of parameter agentPoolProfile.name is invalid.")
+
+
+def test_public_url_setting_gives_the_operation_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PUBLIC_URL_ENV, "https://tl.example.com:8443/")
+    token_file = tmp_path / "admin-token"
+    with TestClient(create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)) as client:
+        client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        created = client.put(CLUSTER, json=cluster_body(), params=API)
+        assert created.headers["Azure-AsyncOperation"].startswith(
+            f"https://tl.example.com:8443/subscriptions/{SUB}/providers/Microsoft.ContainerService/locations/"
+        )
+        assert created.headers["Location"].startswith("https://tl.example.com:8443/")
+    monkeypatch.setenv(PUBLIC_URL_ENV, "tl.example.com")
+    with pytest.raises(TrustedLaunchError, match="TL_PUBLIC_URL"):
+        create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)

@@ -152,7 +152,7 @@ def _check_pool(session: Session, path: ResourcePath, pool_name: str, conditions
 
 
 def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
+    base = request.app.state.public_url or str(request.base_url).rstrip("/")
     query = f"?api-version={request.query_params['api-version']}"
     return {
         "Azure-AsyncOperation": base + operation_path(operation) + query,
