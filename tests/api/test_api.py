@@ -452,3 +452,30 @@ def test_public_url_setting_gives_the_operation_urls(tmp_path: Path, monkeypatch
     monkeypatch.setenv(PUBLIC_URL_ENV, "tl.example.com")
     with pytest.raises(TrustedLaunchError, match="TL_PUBLIC_URL"):
         create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)
+
+
+def test_resource_groups(client: TestClient) -> None:
+    groups = f"/subscriptions/{SUB}/resourcegroups"  # any casing of the segment
+    created = client.put(f"{groups}/Team-A", json={"location": "eastus", "tags": {"a": "1"}})
+    assert (
+        created.status_code == 201 and created.json()["id"] == f"/subscriptions/{SUB}/resourceGroups/Team-A"
+    )
+    assert client.put(f"{groups}/team-a", json={"location": "eastus"}).status_code == 200
+    assert client.get(f"{groups}/TEAM-A").json()["tags"] == {"a": "1"}  # tags kept when not sent
+    moved = client.put(f"{groups}/team-a", json={"location": "westeurope"})
+    assert_arm_error(moved, 400, "InvalidResourceGroupLocation", "location")
+    mars = client.put(f"{groups}/x", json={"location": "mars"})
+    assert_arm_error(mars, 400, "LocationNotAvailableForResourceType")
+    assert_arm_error(client.get(f"{groups}/nosuch"), 404, "ResourceGroupNotFound", "resourceGroupName")
+    assert client.head(f"{groups}/nosuch").status_code == 404
+    assert client.head(f"{groups}/team-a").status_code == 204
+    wrong = client.get(f"{groups}/team-a", params=API)  # a Microsoft.ContainerService version
+    assert_arm_error(wrong, 400, "InvalidApiVersionParameter", "api-version")
+    # a cluster in a missing group creates the group (in its location)
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    assert [g["name"] for g in client.get(groups).json()["value"]] == ["myResourceGroup", "Team-A"]
+    deleted = client.delete(f"{groups}/myResourceGroup")
+    assert deleted.status_code == 202 and "/operationresults/" in deleted.headers["Location"]
+    assert client.get(CLUSTER).json()["properties"]["provisioningState"] == "Deleting"
+    assert client.delete(f"{groups}/team-a").status_code == 200
+    assert client.delete(f"{groups}/team-a").status_code == 204

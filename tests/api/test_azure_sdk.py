@@ -24,6 +24,8 @@ from azure.mgmt.containerservice.models import (
     ManagedClusterAgentPoolProfile,
     TagsObject,
 )
+from azure.mgmt.resource.resources import ResourceManagementClient
+from azure.mgmt.resource.resources.models import ResourceGroup
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -233,3 +235,33 @@ def test_tags_and_etags_with_the_sdk(plane: Plane) -> None:
             match_condition=MatchConditions.IfNotModified,
         )
     assert stale_pool.value.status_code == 412
+
+
+def test_resource_groups_with_the_sdk(plane: Plane) -> None:
+    groups = ResourceManagementClient(
+        plane.credential,  # type: ignore[arg-type]
+        SUB,
+        base_url=plane.url,
+        authentication_policy=LoopbackBearerPolicy(plane.credential, SCOPE),
+        polling_interval=0.2,
+    ).resource_groups
+    created = groups.create_or_update("sdkGroup", ResourceGroup(location="eastus", tags={"team": "a"}))
+    assert (created.name, created.location, created.tags) == ("sdkGroup", "eastus", {"team": "a"})
+    assert created.id == f"/subscriptions/{SUB}/resourceGroups/sdkGroup"
+    assert groups.check_existence("sdkGroup") is True
+    assert [g.name for g in groups.list()] == ["sdkGroup"]
+    with pytest.raises(ResourceNotFoundError) as missing:
+        groups.get("nosuch")
+    assert missing.value.error is not None and missing.value.error.code == "ResourceGroupNotFound"
+
+    aks = plane.aks
+    poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", trusted_launch_cluster())
+    plane.finish_operations()
+    poller.result(timeout=60)
+    deleting = groups.begin_delete("sdkGroup")  # cascades to the cluster
+    assert aks.managed_clusters.get("sdkGroup", "sdkCluster").provisioning_state == "Deleting"
+    plane.finish_operations()
+    deleting.result(timeout=60)
+    assert list(groups.list()) == []
+    with pytest.raises(ResourceNotFoundError):
+        aks.managed_clusters.get("sdkGroup", "sdkCluster")

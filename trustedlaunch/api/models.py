@@ -174,6 +174,13 @@ class TagsBody(ArmModel):
     tags: Tags | None = None
 
 
+class ResourceGroupBody(ArmModel):
+    """PUT body of `/subscriptions/{sub}/resourceGroups/{name}`."""
+
+    location: str = Field(min_length=1, max_length=64)
+    tags: Tags | None = None
+
+
 class ManagedClusterBody(ArmModel):
     """PUT body of `.../managedClusters/{name}`."""
 

@@ -432,3 +432,20 @@ class TokenResource(BaseModel):
     name: str
     type: str
     properties: TokenProperties
+
+
+class ResourceGroupPropertiesOut(BaseModel):
+    """`properties` of a resource group."""
+
+    provisioningState: str
+
+
+class ResourceGroupResource(BaseModel):
+    """A resource group (`Microsoft.Resources/resourceGroups`)."""
+
+    id: str
+    name: str
+    type: str
+    location: str
+    tags: dict[str, str]
+    properties: ResourceGroupPropertiesOut

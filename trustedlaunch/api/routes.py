@@ -17,7 +17,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from trustedlaunch.api import api_versions
-from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody, TagsBody
+from trustedlaunch.api.models import (
+    AgentPoolBody,
+    ErrorResponse,
+    ManagedClusterBody,
+    ResourceGroupBody,
+    TagsBody,
+)
 from trustedlaunch.api.responses import (
     AgentPoolResource,
     ArmList,
@@ -28,6 +34,7 @@ from trustedlaunch.api.responses import (
     ManagedClusterResource,
     OperationStatusResult,
     ProviderResult,
+    ResourceGroupResource,
 )
 from trustedlaunch.api.views import (
     cluster_json,
@@ -39,8 +46,9 @@ from trustedlaunch.api.views import (
     operation_path,
     pool_json,
     provider_json,
+    resource_group_json,
 )
-from trustedlaunch.control import features, operations, resources
+from trustedlaunch.control import features, operations, resource_groups, resources
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
@@ -210,6 +218,8 @@ async def put_cluster(
         cluster, operation, created = resources.put_cluster(
             session, path, body.to_spec(), preview=api_versions.is_preview(version)
         )
+        if created:
+            resource_groups.ensure_group(session, path, cluster.location)
         session.flush()
         content = cluster_json(cluster)
         response.headers.update(_lro_headers(request, operation))
@@ -489,3 +499,80 @@ async def get_provider(request: Request, subscription_id: str, namespace: str) -
     """A resource provider's registration state."""
     with transaction(request) as session:
         return provider_json(features.get_provider(session, subscription_id, namespace))
+
+
+GROUPS = f"{SUB}/resourceGroups"
+
+
+@router.put(
+    f"{GROUPS}/{{group_name}}",
+    tags=["resourceGroups"],
+    status_code=201,
+    response_model=ResourceGroupResource,
+    responses={200: {"model": ResourceGroupResource, "description": "Updated"}},
+)
+async def put_resource_group(
+    request: Request, response: Response, subscription_id: str, group_name: str, body: ResourceGroupBody
+) -> dict[str, object]:
+    """Create (201) or update (200, tags) a resource group."""
+    with transaction(request) as session:
+        group, created = resource_groups.put_group(
+            session, subscription_id, group_name, body.location, body.tags
+        )
+        session.flush()
+        response.status_code = 201 if created else 200
+        return resource_group_json(group)
+
+
+@router.get(f"{GROUPS}/{{group_name}}", tags=["resourceGroups"], response_model=ResourceGroupResource)
+async def get_resource_group(request: Request, subscription_id: str, group_name: str) -> dict[str, object]:
+    """A resource group (404 ResourceGroupNotFound)."""
+    with transaction(request) as session:
+        return resource_group_json(resource_groups.get_group(session, subscription_id, group_name))
+
+
+@router.head(
+    f"{GROUPS}/{{group_name}}",
+    tags=["resourceGroups"],
+    status_code=204,
+    response_class=Response,
+    responses={404: {"description": "No such group"}},
+)
+async def resource_group_exists(request: Request, subscription_id: str, group_name: str) -> Response:
+    """Whether a resource group exists (ResourceGroups_CheckExistence): 204, or 404 without a body."""
+    with transaction(request) as session:
+        found = resource_groups.find_group(session, subscription_id, group_name) is not None
+    return Response(status_code=204 if found else 404)
+
+
+@router.get(GROUPS, tags=["resourceGroups"], response_model=ArmList[ResourceGroupResource])
+async def list_resource_groups(request: Request, subscription_id: str) -> dict[str, object]:
+    """The subscription's resource groups."""
+    with transaction(request) as session:
+        return {
+            "value": [resource_group_json(g) for g in resource_groups.list_groups(session, subscription_id)]
+        }
+
+
+@router.delete(
+    f"{GROUPS}/{{group_name}}",
+    tags=["resourceGroups"],
+    status_code=202,
+    response_class=Response,
+    responses={200: {"description": "Deleted (it held no cluster)"}, 204: {"description": "No such group"}},
+)
+async def delete_resource_group(request: Request, subscription_id: str, group_name: str) -> Response:
+    """Delete a resource group and every cluster in it: 202 with the Location of the last cluster's Delete
+    operation while they are deleted, 200 when it held none, 204 when it does not exist."""
+    with transaction(request) as session:
+        deleting = resource_groups.delete_group(session, subscription_id, group_name)
+        if deleting is None:
+            return Response(status_code=204)
+        if not deleting:
+            return Response(status_code=200)
+        session.flush()
+        operation = deleting[-1]
+    base = request.app.state.public_url or str(request.base_url).rstrip("/")
+    version = api_versions.default_version(operation_path(operation))
+    location = f"{base}{operation_path(operation, 'operationresults')}?api-version={version}"
+    return Response(status_code=202, headers={"Location": location, "Retry-After": RETRY_AFTER_SECONDS})

@@ -23,6 +23,7 @@ from trustedlaunch.control.records import (
     Node,
     Operation,
     ProviderRegistration,
+    ResourceGroup,
 )
 from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
 from trustedlaunch.control.timeutil import iso
@@ -274,3 +275,15 @@ def kubeconfig_json(cluster: ManagedCluster, user_kind: str) -> JsonObject:
     }
     value = base64.b64encode(json.dumps(config, indent=2).encode()).decode()
     return {"kubeconfigs": [{"name": user_kind, "value": value}]}
+
+
+def resource_group_json(group: ResourceGroup) -> JsonObject:
+    """A resource group as `GET /subscriptions/{sub}/resourceGroups/{name}` returns it."""
+    return {
+        "id": f"/subscriptions/{group.subscription_id}/resourceGroups/{group.display_name}",
+        "name": group.display_name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": group.location,
+        "tags": group.tags,
+        "properties": {"provisioningState": "Succeeded"},
+    }
