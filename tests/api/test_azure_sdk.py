@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from azure.core import MatchConditions
 from azure.core.credentials import AccessToken
@@ -265,3 +266,18 @@ def test_resource_groups_with_the_sdk(plane: Plane) -> None:
     assert list(groups.list()) == []
     with pytest.raises(ResourceNotFoundError):
         aks.managed_clusters.get("sdkGroup", "sdkCluster")
+
+
+def test_operation_urls_behind_a_tls_proxy_on_loopback(plane: Plane) -> None:
+    """A TLS proxy on the same host that sends X-Forwarded-Proto gets https operation URLs (uvicorn trusts
+    the forwarded headers of FORWARDED_ALLOW_IPS, by default loopback); without it they stay http://."""
+    cluster = (
+        f"/subscriptions/{SUB}/resourceGroups/proxied/providers/Microsoft.ContainerService/managedClusters"
+    )
+    body = {"location": "eastus", "properties": {"agentPoolProfiles": [{"name": "nodepool1", "count": 1}]}}
+    headers = {"Authorization": f"Bearer {plane.credential.token}"}
+    with httpx.Client(base_url=plane.url, headers=headers, params={"api-version": "2026-08-01"}) as client:
+        proxied = client.put(f"{cluster}/c1", json=body, headers={"X-Forwarded-Proto": "https"})
+        assert proxied.headers["Azure-AsyncOperation"].startswith("https://")
+        direct = client.put(f"{cluster}/c2", json=body)
+        assert direct.headers["Azure-AsyncOperation"].startswith("http://")
