@@ -18,6 +18,7 @@ TABLES = {
     "api_tokens",
     "ui_sessions",
     "cluster_control_planes",
+    "resource_groups",
     "alembic_version",
 }
 HEAD_REVISION = "0019_node_image_builds"

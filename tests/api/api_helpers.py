@@ -15,14 +15,18 @@ SUB = "11111111-2222-3333-4444-555555555555"
 RG_PATH = f"/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ContainerService"
 CLUSTER = f"{RG_PATH}/managedClusters/myAKSCluster"
 API = {"api-version": "2024-09-01"}
+PREVIEW_API = {"api-version": "2023-11-02-preview"}  # trusted launch needs TrustedLaunchPreview registered
+FEATURES_API = {"api-version": "2021-07-01"}
+RESOURCES_API = {"api-version": "2025-04-01"}
 
 
 def register_trusted_launch(client: TestClient) -> None:
+    """Register TrustedLaunchPreview (Registered at once with the registration delay 0) and the provider."""
     features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
-    assert client.post(f"{features}/features/TrustedLaunchPreview/register", params=API).status_code == 200
-    assert (
-        client.post(f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register").status_code == 200
-    )
+    registered = client.post(f"{features}/features/TrustedLaunchPreview/register", params=FEATURES_API)
+    assert registered.status_code == 200
+    provider = f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register"
+    assert client.post(provider, params=RESOURCES_API).status_code == 200
 
 
 def cluster_body(**pool: object) -> dict[str, object]:

@@ -6,15 +6,18 @@ import base64
 import json
 from pathlib import Path
 
-from api_helpers import API, CLUSTER, RG_PATH, SUB, cluster_body, register_trusted_launch
+import pytest
+from api_helpers import API, CLUSTER, PREVIEW_API, RG_PATH, SUB, cluster_body, register_trusted_launch
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from trustedlaunch.api.app import create_app
+from trustedlaunch.api.app import PUBLIC_URL_ENV, create_app
+from trustedlaunch.control.features import DELAY_ENV
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
 from trustedlaunch.control.node_images import linux_image_version
 from trustedlaunch.control.operations import finish_operation, get_operation
+from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.debian import debian_release
 from trustedlaunch.store.models import Operation
 
@@ -40,10 +43,20 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["name"] == "myAKSCluster" and body["type"] == "Microsoft.ContainerService/ManagedClusters"
-    assert body["id"].endswith(
-        "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myakscluster"
+    assert body["id"].endswith(  # the name keeps its casing in the id too
+        "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myAKSCluster"
     )
+    assert (body["identity"], body["sku"]) == ({"type": "SystemAssigned"}, {"name": "Base", "tier": "Free"})
+    assert body["systemData"]["createdAt"].endswith("Z")
     props = body["properties"]
+    assert props["enableRBAC"] is True and props["oidcIssuerProfile"] == {"enabled": False}
+    assert props["networkProfile"] == {
+        "networkPlugin": "kubenet",
+        "podCidr": "10.244.0.0/16",
+        "serviceCidr": "10.0.0.0/16",
+    }
+    assert props["azurePortalFQDN"].startswith(props["dnsPrefix"] + ".portal.")
+    assert props["identityProfile"]["kubeletidentity"]["resourceId"].endswith("/myakscluster-agentpool")
     assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}
     (pool,) = props["agentPoolProfiles"]
     assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
@@ -73,12 +86,12 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert len(all_clusters.json()["value"]) == 1
 
 
-def test_trusted_launch_before_feature_registration(client: TestClient) -> None:
+def test_trusted_launch_with_a_preview_api_version_needs_the_registration(client: TestClient) -> None:
     error = assert_arm_error(
-        client.put(CLUSTER, json=cluster_body(**TL)),
+        client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API),
         400,
         "PreviewFeatureNotRegistered",
-        "properties.agentPoolProfiles[0].properties.securityProfile",
+        "properties.agentPoolProfiles[0].securityProfile",
     )
     assert "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview" in str(
         error["message"]
@@ -157,11 +170,11 @@ def test_every_violation_is_listed_in_details(client: TestClient) -> None:
     targets = [d["target"] for d in error["details"]]  # type: ignore[union-attr]
     prefix = "properties.agentPoolProfiles[0]."
     assert targets == [
-        prefix + "properties.orchestratorVersion",
-        prefix + "properties.vmSize",
-        prefix + "properties.enableFIPS",
-        prefix + "properties.type",
-        prefix + "properties.orchestratorVersion",  # 1.24.9 is not installed either
+        prefix + "orchestratorVersion",
+        prefix + "vmSize",
+        prefix + "enableFIPS",
+        prefix + "type",
+        prefix + "orchestratorVersion",  # 1.24.9 is not installed either
     ]
     assert error["details"][-1]["code"] == "AgentPoolK8sVersionNotSupported"  # type: ignore[index]
 
@@ -174,8 +187,8 @@ def test_agent_pool_lifecycle(client: TestClient) -> None:
     assert created.status_code == 201 and "Azure-AsyncOperation" in created.headers
     props = created.json()["properties"]
     assert props["gpuProfile"] == {"driver": "None"} and props["provisioningState"] == "Creating"
-    # feature not registered: the image name that cannot turn trusted launch on
-    assert props["nodeImageVersion"] == linux_image_version(trusted_launch=False, debian=debian_release())
+    # a GA api-version: the image that can turn trusted launch on, without the preview registration
+    assert props["nodeImageVersion"] == linux_image_version(trusted_launch=True, debian=debian_release())
     assert [p["name"] for p in client.get(pools).json()["value"]] == ["nodepool1", "gpupool"]
     assert client.get(f"{pools}/gpupool/machines").json() == {"value": []}  # no node booted yet
     assert_arm_error(client.get(f"{pools}/nosuchpool/machines"), 404, "ResourceNotFound", "agentPoolName")
@@ -186,7 +199,7 @@ def test_agent_pool_lifecycle(client: TestClient) -> None:
         "name",
     )
     assert_arm_error(client.put(f"{pools}/gpupool", json=gpu), 409, "OperationNotAllowed")
-    assert_arm_error(client.put(f"{pools}/Bad-Name", json=gpu), 400, "AgentPoolNameInvalid", "name")
+    assert_arm_error(client.put(f"{pools}/Bad-Name", json=gpu), 400, "InvalidParameter", "name")
     deleted = client.delete(f"{pools}/gpupool")
     assert deleted.status_code == 202 and "Azure-AsyncOperation" in deleted.headers
     assert client.get(f"{pools}/gpupool").json()["properties"]["provisioningState"] == "Deleting"
@@ -232,7 +245,7 @@ def test_validation_errors_use_the_arm_envelope(client: TestClient) -> None:
     bad_sub = CLUSTER.replace(SUB, "not-a-guid")
     assert_arm_error(client.get(bad_sub), 400, "InvalidSubscriptionId", "subscriptionId")
     assert_arm_error(client.get("/no/such/route"), 404, "NotFound")
-    assert_arm_error(client.patch(CLUSTER, json={}), 405, "MethodNotAllowed")
+    assert_arm_error(client.patch(f"{CLUSTER}/agentPools/nodepool1", json={}), 405, "MethodNotAllowed")
 
 
 def test_server_failures_use_the_arm_envelope(tmp_path: Path) -> None:
@@ -243,7 +256,9 @@ def test_server_failures_use_the_arm_envelope(tmp_path: Path) -> None:
         client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         with app.state.sessions.begin() as session:
             session.execute(text("DROP TABLE operations"))  # a broken store: every PUT fails
-        error = assert_arm_error(client.put(CLUSTER, json=cluster_body()), 500, "InternalServerError")
+        error = assert_arm_error(
+            client.put(CLUSTER, json=cluster_body(), params=API), 500, "InternalServerError"
+        )
         assert "OperationalError" in str(error["message"]) and "operations" in str(error["message"])
 
 
@@ -306,11 +321,13 @@ def test_authentication_required_except_health_and_openapi(tmp_path: Path) -> No
         assert_arm_error(wrong, 401, "InvalidAuthenticationToken")
         basic = anonymous.get(CLUSTER, headers={"Authorization": f"Basic {token_file.read_text().strip()}"})
         assert_arm_error(basic, 401, "InvalidAuthenticationToken")
-        ok = anonymous.get(CLUSTER, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+        ok = anonymous.get(
+            CLUSTER, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"}, params=API
+        )
         assert_arm_error(ok, 404, "ResourceNotFound")
 
 
-def test_features_and_providers(client: TestClient) -> None:
+def test_features_and_providers(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     features = f"/subscriptions/{SUB}/providers/Microsoft.Features"
     feature = f"{features}/providers/Microsoft.ContainerService/features/TrustedLaunchPreview"
     assert client.get(feature).json()["properties"]["state"] == "NotRegistered"
@@ -320,10 +337,17 @@ def test_features_and_providers(client: TestClient) -> None:
     provider = f"/subscriptions/{SUB}/providers/Microsoft.ContainerService"
     assert client.get(provider).json()["registrationState"] == "NotRegistered"
     assert client.post(f"{provider}/register").json()["registrationState"] == "Registered"
+    # as on Azure, registering the provider does not hurry a Registering feature: its delay does
+    assert client.get(feature).json()["properties"]["state"] == "Registering"
+    assert_arm_error(
+        client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API), 400, "PreviewFeatureNotRegistered"
+    )
+    monkeypatch.setenv(DELAY_ENV, "0")
     assert client.get(feature).json()["properties"]["state"] == "Registered"
     assert [f["properties"]["state"] for f in client.get(f"{features}/features").json()["value"]] == [
         "Registered"
     ]
+    assert client.put(CLUSTER, json=cluster_body(**TL), params=PREVIEW_API).status_code == 201
     assert_arm_error(
         client.post(f"{features}/providers/Microsoft.ContainerService/features/Nope/register"),
         404,
@@ -343,3 +367,115 @@ def test_credentials_and_cluster_delete(client: TestClient) -> None:
     assert_arm_error(client.put(f"{CLUSTER}/agentPools/more", json={}), 409, "OperationNotAllowed")
     with client.app.state.sessions() as session:  # type: ignore[attr-defined]
         assert sorted(session.scalars(select(Operation.status))) == ["Canceled", "InProgress"]
+
+
+def test_etags_and_conditional_requests(client: TestClient) -> None:
+    created = client.put(CLUSTER, json=cluster_body())
+    etag = created.json()["eTag"]
+    assert etag.startswith('"') and client.get(CLUSTER).json()["eTag"] == etag
+    pool = client.get(f"{CLUSTER}/agentPools/nodepool1").json()
+    assert pool["properties"]["eTag"].startswith('"')
+    # the store changes (the reconciler finishes the operation): the eTag changes with it
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        operation = session.scalars(select(Operation)).one()
+        finish_operation(session, operation, "Succeeded")
+    current = client.get(CLUSTER).json()["eTag"]
+    assert current != etag
+    stale = client.put(CLUSTER, json=cluster_body(), headers={"If-Match": etag})
+    error = assert_arm_error(stale, 412, "PreconditionFailed", "If-Match")
+    assert f"its eTag is now {current}" in str(error["message"])
+    assert_arm_error(client.delete(CLUSTER, headers={"If-Match": etag}), 412, "PreconditionFailed")
+    assert_arm_error(
+        client.put(CLUSTER, json=cluster_body(), headers={"If-None-Match": "*"}), 412, "PreconditionFailed"
+    )
+    assert_arm_error(
+        client.patch(CLUSTER, json={"tags": {}}, headers={"If-None-Match": current}),
+        412,
+        "PreconditionFailed",
+    )
+    missing = f"{RG_PATH}/managedClusters/nosuch"
+    assert_arm_error(
+        client.put(missing, json=cluster_body(), headers={"If-Match": "*"}), 412, "PreconditionFailed"
+    )
+    pool_etag = client.get(f"{CLUSTER}/agentPools/nodepool1").json()["properties"]["eTag"]
+    stale_pool = client.put(
+        f"{CLUSTER}/agentPools/nodepool1", json={"properties": {"count": 3}}, headers={"If-Match": '"old"'}
+    )
+    assert_arm_error(stale_pool, 412, "PreconditionFailed", "If-Match")
+    tagged = client.patch(CLUSTER, json={"tags": {"env": "prod"}}, headers={"If-Match": current})
+    assert tagged.status_code == 200 and tagged.json()["tags"] == {"env": "prod"}
+    assert tagged.json()["eTag"] != current
+    assert_arm_error(client.patch(CLUSTER, json={"tags": {"x" * 600: "v"}}), 400, "InvalidRequestContent")
+    updated = client.put(
+        f"{CLUSTER}/agentPools/nodepool1", json={"properties": {"count": 3}}, headers={"If-Match": pool_etag}
+    )
+    assert updated.status_code == 200, updated.text
+
+
+def test_pool_name_and_count_errors_as_aks_words_them(client: TestClient) -> None:
+    body = cluster_body()
+    body["properties"]["agentPoolProfiles"][0]["count"] = 1001  # type: ignore[index]
+    error = assert_arm_error(
+        client.put(CLUSTER, json=body), 400, "InvalidParameter", "properties.agentPoolProfiles.0.count"
+    )
+    assert error["message"] == (
+        "The value of parameter agentPoolProfile.count was 1001. It must be greater than or equal to 0 and "
+        "less than or equal to 1000."
+    )
+    system = cluster_body(count=0, mode="System")
+    error = assert_arm_error(
+        client.put(CLUSTER, json=system), 400, "InvalidParameter", "properties.agentPoolProfiles[0].count"
+    )
+    assert "agentPoolProfile.count was 0" in str(error["message"])
+    # a pool inside a cluster body: targets name the flat profile entry that exists in the body
+    tl = cluster_body(**TL)
+    error = assert_arm_error(
+        client.put(CLUSTER, json=tl, params=PREVIEW_API), 400, "PreviewFeatureNotRegistered"
+    )
+    assert error["target"] == "properties.agentPoolProfiles[0].securityProfile"
+    named = cluster_body(name="Bad-Name")
+    error = assert_arm_error(client.put(CLUSTER, json=named), 400, "InvalidParameter")
+    assert error["target"] == "properties.agentPoolProfiles[0].name"
+    assert str(error["message"]).startswith("The value of parameter agentPoolProfile.name is invalid.")
+
+
+def test_public_url_setting_gives_the_operation_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PUBLIC_URL_ENV, "https://tl.example.com:8443/")
+    token_file = tmp_path / "admin-token"
+    with TestClient(create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)) as client:
+        client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        created = client.put(CLUSTER, json=cluster_body(), params=API)
+        assert created.headers["Azure-AsyncOperation"].startswith(
+            f"https://tl.example.com:8443/subscriptions/{SUB}/providers/Microsoft.ContainerService/locations/"
+        )
+        assert created.headers["Location"].startswith("https://tl.example.com:8443/")
+    monkeypatch.setenv(PUBLIC_URL_ENV, "tl.example.com")
+    with pytest.raises(TrustedLaunchError, match="TL_PUBLIC_URL"):
+        create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)
+
+
+def test_resource_groups(client: TestClient) -> None:
+    groups = f"/subscriptions/{SUB}/resourcegroups"  # any casing of the segment
+    created = client.put(f"{groups}/Team-A", json={"location": "eastus", "tags": {"a": "1"}})
+    assert (
+        created.status_code == 201 and created.json()["id"] == f"/subscriptions/{SUB}/resourceGroups/Team-A"
+    )
+    assert client.put(f"{groups}/team-a", json={"location": "eastus"}).status_code == 200
+    assert client.get(f"{groups}/TEAM-A").json()["tags"] == {"a": "1"}  # tags kept when not sent
+    moved = client.put(f"{groups}/team-a", json={"location": "westeurope"})
+    assert_arm_error(moved, 400, "InvalidResourceGroupLocation", "location")
+    mars = client.put(f"{groups}/x", json={"location": "mars"})
+    assert_arm_error(mars, 400, "LocationNotAvailableForResourceType")
+    assert_arm_error(client.get(f"{groups}/nosuch"), 404, "ResourceGroupNotFound", "resourceGroupName")
+    assert client.head(f"{groups}/nosuch").status_code == 404
+    assert client.head(f"{groups}/team-a").status_code == 204
+    wrong = client.get(f"{groups}/team-a", params=API)  # a Microsoft.ContainerService version
+    assert_arm_error(wrong, 400, "InvalidApiVersionParameter", "api-version")
+    # a cluster in a missing group creates the group (in its location)
+    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    assert [g["name"] for g in client.get(groups).json()["value"]] == ["myResourceGroup", "Team-A"]
+    deleted = client.delete(f"{groups}/myResourceGroup")
+    assert deleted.status_code == 202 and "/operationresults/" in deleted.headers["Location"]
+    assert client.get(CLUSTER).json()["properties"]["provisioningState"] == "Deleting"
+    assert client.delete(f"{groups}/team-a").status_code == 200
+    assert client.delete(f"{groups}/team-a").status_code == 204

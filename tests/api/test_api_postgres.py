@@ -15,10 +15,11 @@ from test_api import (
     test_every_violation_is_listed_in_details,
     test_features_and_providers,
     test_pool_update_after_the_reconciler_finished,
-    test_trusted_launch_before_feature_registration,
+    test_trusted_launch_with_a_preview_api_version_needs_the_registration,
 )
 
 from trustedlaunch.api.app import create_app
+from trustedlaunch.cli.arm import add_api_version
 
 __all__ = [
     "test_agent_pool_lifecycle",
@@ -27,7 +28,7 @@ __all__ = [
     "test_every_violation_is_listed_in_details",
     "test_features_and_providers",
     "test_pool_update_after_the_reconciler_finished",
-    "test_trusted_launch_before_feature_registration",
+    "test_trusted_launch_with_a_preview_api_version_needs_the_registration",
 ]
 
 
@@ -38,5 +39,6 @@ def client(tmp_path: Path, postgresql_url: str) -> Iterator[TestClient]:
     app = create_app(postgresql_url, token_file, max_body_bytes=64 * 1024)
     with TestClient(app) as test_client:
         test_client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        test_client.event_hooks = {"request": [add_api_version]}
         assert app.state.sessions.kw["bind"].dialect.name == "postgresql"
         yield test_client

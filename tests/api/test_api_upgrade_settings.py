@@ -74,7 +74,7 @@ def test_invalid_max_surge_in_a_cluster_body_names_the_profile(client: TestClien
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "InvalidParameter"
-    assert error["target"] == "properties.agentPoolProfiles[0].properties.upgradeSettings.maxSurge"
+    assert error["target"] == "properties.agentPoolProfiles[0].upgradeSettings.maxSurge"
     assert client.get(CLUSTER).status_code == 404
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from trustedlaunch.api import limits
 from trustedlaunch.api.app import PUBLIC_PATHS, create_app
 from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.cli.arm import add_api_version
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
 from trustedlaunch.store.models import Base
 from trustedlaunch.web import dashboard
@@ -80,6 +81,7 @@ def populated(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
     with TestClient(app) as admin:
         admin.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        admin.event_hooks = {"request": [add_api_version]}
         features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
         assert admin.post(f"{features}/features/TrustedLaunchPreview/register").status_code == 200
         operation = ""
@@ -296,7 +298,8 @@ def test_limits_over_a_real_socket(live: tuple[str, str]) -> None:
     assert code == 200 and json.loads(body) == {"status": "ok"}
 
     # A request inside every limit still works end to end.
-    created = raw_request(url, http_bytes("PUT", cluster("rg-a"), [*put, ("Content-Length", "2")], b"{}"))
+    target = cluster("rg-a") + "?api-version=2024-09-01"
+    created = raw_request(url, http_bytes("PUT", target, [*put, ("Content-Length", "2")], b"{}"))
     assert created[0] == 400 and arm_code(created[2]) == "InvalidRequestContent"
 
 
@@ -345,7 +348,8 @@ def test_head_cap_counts_unfinished_heads_only(tmp_path: Path) -> None:
         address = httpx.URL(server.url)
         big = b'{"padding": "' + b"p" * (4 * limits.MAX_INCOMPLETE_HEAD_BYTES) + b'"}'
         headers = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]
-        put = http_bytes("PUT", cluster("rg-a"), [*headers, ("Content-Length", str(len(big)))], big)
+        target = cluster("rg-a") + "?api-version=2024-09-01"
+        put = http_bytes("PUT", target, [*headers, ("Content-Length", str(len(big)))], big)
         put = put.replace(b"Connection: close\r\n", b"")
         health = http_bytes("GET", "/healthz", []).replace(b"Connection: close\r\n", b"")
         with socket.create_connection((address.host, address.port), timeout=30) as connection:

@@ -262,9 +262,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     agent: HostileAgent | None = None
     try:
         features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
-        first.client.post(f"{features}/features/TrustedLaunchPreview/register").raise_for_status()
         first.client.post(
-            f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register"
+            f"{features}/features/TrustedLaunchPreview/register", params={"api-version": "2021-07-01"}
+        ).raise_for_status()
+        first.client.post(
+            f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register",
+            params={"api-version": "2025-04-01"},
         ).raise_for_status()
         began = time.monotonic()
         profile = {"name": "hostilepool", **pool_body()}

@@ -46,6 +46,7 @@ POOL = (
     f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/c1"
     "/agentPools/nodepool1"
 )
+API = {"api-version": "2024-09-01"}
 ALERTS = "/providers/Microsoft.Security/alerts"
 PRUNE_SECONDS = 30
 
@@ -121,7 +122,7 @@ def write_history(store: ServedStore, attestation: RealAttestation) -> History:
 
 
 def alert_names(url: str, token: str, subscription: str) -> list[str]:
-    response = httpx.get(f"{url}/subscriptions/{subscription}{ALERTS}", headers=bearer(token))
+    response = httpx.get(f"{url}/subscriptions/{subscription}{ALERTS}", headers=bearer(token), params=API)
     assert response.status_code == 200, response.text
     return [alert["name"] for alert in response.json()["value"]]
 
@@ -145,14 +146,16 @@ def test_alerts_and_attestation_evidence_are_pruned_by_age_and_count(tmp_path: P
 
             def listed(node: str) -> list[int]:
                 response = httpx.get(
-                    f"{url}{POOL}/machines/{node}/attestations", params={"$top": 1000}, headers=bearer(admin)
+                    f"{url}{POOL}/machines/{node}/attestations",
+                    params={**API, "$top": 1000},
+                    headers=bearer(admin),
                 )
                 assert response.status_code == 200, response.text
                 return [int(record["name"]) for record in response.json()["value"]]
 
             def has_evidence(node: str, record: int) -> bool:
                 response = httpx.get(
-                    f"{url}{POOL}/machines/{node}/attestations/{record}", headers=bearer(admin)
+                    f"{url}{POOL}/machines/{node}/attestations/{record}", headers=bearer(admin), params=API
                 )
                 assert response.status_code == 200, response.text
                 properties = response.json()["properties"]
@@ -169,7 +172,9 @@ def test_alerts_and_attestation_evidence_are_pruned_by_age_and_count(tmp_path: P
             quiet = history.records["aks-nodepool1-1"]
             assert listed("aks-nodepool1-1") == quiet and has_evidence("aks-nodepool1-1", quiet[0])
             for node in ("aks-nodepool1-0", "aks-nodepool1-1"):
-                token = httpx.post(f"{url}{POOL}/machines/{node}/getAttestationToken", headers=bearer(admin))
+                token = httpx.post(
+                    f"{url}{POOL}/machines/{node}/getAttestationToken", headers=bearer(admin), params=API
+                )
                 assert token.status_code == 200, token.text
             # a deleted node's history goes by age only
             assert listed("aks-nodepool1-2") == history.records["aks-nodepool1-2"][:1]

@@ -46,7 +46,8 @@ class Plane:
 
     def call(self, token: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}
-        return httpx.request(method, self.url + path, headers=headers, params=API, timeout=30, **kwargs)
+        kwargs.setdefault("params", API)
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -202,11 +203,14 @@ def test_subscription_ids_are_one_subscription_in_any_case(plane: Plane) -> None
     feature = (
         "providers/Microsoft.Features/providers/Microsoft.ContainerService/features/TrustedLaunchPreview"
     )
-    registered = plane.call(token, "POST", f"/subscriptions/{upper}/{feature}/register")
+    features_api = {"params": {"api-version": "2021-07-01"}}
+    registered = plane.call(token, "POST", f"/subscriptions/{upper}/{feature}/register", **features_api)
     assert registered.json()["properties"]["state"] == "Registering", registered.text
-    assert plane.call(token, "POST", f"/subscriptions/{lower}/providers/Microsoft.ContainerService/register")
-    shown_feature = plane.call(token, "GET", f"/subscriptions/{upper}/{feature}")
-    assert shown_feature.json()["properties"]["state"] == "Registered", shown_feature.text
+    provider = f"/subscriptions/{lower}/providers/Microsoft.ContainerService/register"
+    assert plane.call(token, "POST", provider, params={"api-version": "2025-04-01"})
+    shown_feature = plane.call(token, "GET", f"/subscriptions/{upper}/{feature}", **features_api)
+    # the same registration whatever the subscription id's casing; the provider does not hurry it
+    assert shown_feature.json()["properties"]["state"] == "Registering", shown_feature.text
 
 
 def test_location_must_come_from_the_catalogue(plane: Plane) -> None:

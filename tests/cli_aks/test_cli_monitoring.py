@@ -365,6 +365,7 @@ def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, 
             alerts = httpx.get(
                 f"{url}/subscriptions/{SUB}/providers/Microsoft.Security/alerts",
                 headers={"Authorization": f"Bearer {token}"},
+                params={"api-version": "2024-09-01"},
             )
             assert alerts.status_code == 200 and alerts.json() == {"value": []}
         assert f"Dashboard: {url}/ui " in banner

@@ -75,7 +75,7 @@ def test_pool_name_valid(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["", "1pool", "Pool", "pool-1", "abcdefghijkl", "pool_1"])
 def test_pool_name_invalid(name: str) -> None:
-    assert codes_and_targets(replace(VALID_TL, name=name)) == [("AgentPoolNameInvalid", "name")]
+    assert codes_and_targets(replace(VALID_TL, name=name)) == [("InvalidParameter", "name")]
 
 
 def test_windows_pool_name_limited_to_six_characters() -> None:
@@ -84,7 +84,7 @@ def test_windows_pool_name_limited_to_six_characters() -> None:
     )
     assert [v.code for v in check_pool(replace(windows, name="win123"))] == [OS_TYPE_NOT_SUPPORTED]
     violations = check_pool(replace(windows, name="win1234"))
-    assert [v.code for v in violations] == ["AgentPoolNameInvalid", OS_TYPE_NOT_SUPPORTED]
+    assert [v.code for v in violations] == ["InvalidParameter", OS_TYPE_NOT_SUPPORTED]
     assert "1-6" in violations[0].message
 
 
@@ -309,7 +309,7 @@ def test_immutable_pool_properties(attr: str, value: object, prop: str) -> None:
 def test_system_pool_needs_a_node() -> None:
     system = replace(VALID_TL, mode="System")
     assert [(v.code, v.target) for v in check_pool(replace(system, count=0))] == [
-        ("InvalidSystemPoolCount", "properties.count")
+        ("InvalidParameter", "properties.count")
     ]
     assert check_pool(replace(system, count=1)) == []
     assert check_pool(replace(VALID_TL, count=0)) == []  # User pools may be empty
@@ -370,7 +370,7 @@ def test_every_violation_is_reported_with_its_target() -> None:
     with pytest.raises(ArmError) as raised:
         raise_violations(violations)
     error = raised.value
-    assert error.status == 400 and error.code == "AgentPoolNameInvalid"
+    assert error.status == 400 and error.code == "InvalidParameter"
     assert error.message.startswith("8 problems")
     assert len(error.to_body()["error"]["details"]) == 8  # type: ignore[index]
     raise_violations([])  # nothing to raise
@@ -431,7 +431,7 @@ def test_a_pool_version_that_is_not_installed_is_refused_as_aks_does() -> None:
     )
     assert (violation.code, violation.target) == (
         "AgentPoolK8sVersionNotSupported",
-        "properties.agentPoolProfiles[0].properties.orchestratorVersion",
+        "properties.agentPoolProfiles[0].orchestratorVersion",
     )
     assert violation.message.startswith("Version 1.30.6 is not supported in this region(eastus). ")
     assert f"Agent pool 'np' cannot use it; supported versions: {DEFAULT_KUBERNETES_VERSION}." in (

@@ -17,6 +17,7 @@ from trustedlaunch.control.features import (
     list_features,
     register_feature,
     register_provider,
+    registration_delay,
     trusted_launch_registered,
 )
 from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
@@ -53,19 +54,27 @@ INSTALLED_MINOR = DEFAULT_KUBERNETES_VERSION.rsplit(".", 1)[0]  # "1.36": the ne
 
 
 def register_trusted_launch(sessions: sessionmaker[Session]) -> None:
+    """Register TrustedLaunchPreview as if its registration delay had passed, and the provider."""
     with sessions.begin() as session:
         register_feature(session, SUB, NS, FEATURE)
         register_provider(session, SUB, NS)
+    with sessions.begin() as session:
+        record = session.get(FeatureRegistration, (SUB, NS, FEATURE))
+        assert record is not None and record.requested_at is not None
+        record.requested_at -= registration_delay()
 
 
-def create_cluster(sessions: sessionmaker[Session], **pool: object) -> None:
+def create_cluster(sessions: sessionmaker[Session], preview: bool = False, **pool: object) -> None:
     with sessions.begin() as session:
         put_cluster(
-            session, PATH, ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", **pool)])
-        )  # type: ignore[arg-type]
+            session,
+            PATH,
+            ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="nodepool1", **pool)]),  # type: ignore[arg-type]
+            preview=preview,
+        )
 
 
-def test_feature_goes_registering_then_registered_on_provider_register(
+def test_feature_goes_registering_then_registered_after_its_delay_only(
     sessions: sessionmaker[Session],
 ) -> None:
     with sessions.begin() as session:
@@ -79,6 +88,9 @@ def test_feature_goes_registering_then_registered_on_provider_register(
         assert not trusted_launch_registered(session, SUB)
         assert get_provider(session, SUB, NS).state == "NotRegistered"
         assert register_provider(session, SUB, NS).state == "Registered"
+    with sessions() as session:  # as on Azure, the provider's registration does not hurry the feature
+        assert get_feature(session, SUB, NS, FEATURE).state == "Registering"
+    register_trusted_launch(sessions)  # its delay passed
     with sessions() as session:
         assert get_feature(session, SUB, NS, FEATURE).state == "Registered"
         assert [f.name for f in list_features(session, SUB, NS)] == [FEATURE]
@@ -110,18 +122,21 @@ def test_unknown_feature_and_bad_namespace(sessions: sessionmaker[Session]) -> N
 
 
 def test_trusted_launch_before_registration_names_the_command(sessions: sessionmaker[Session]) -> None:
+    spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="np1", enable_secure_boot=True)])
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
-        spec = ClusterSpec(location="eastus", agent_pools=[PoolSpec(name="np1", enable_secure_boot=True)])
-        put_cluster(session, PATH, spec)
+        put_cluster(session, PATH, spec, preview=True)
     error = raised.value
     assert (error.status, error.code) == (400, "PreviewFeatureNotRegistered")
-    assert error.target == "properties.agentPoolProfiles[0].properties.securityProfile"
+    assert error.target == "properties.agentPoolProfiles[0].securityProfile"
     assert (
         "tl feature register --namespace Microsoft.ContainerService --name TrustedLaunchPreview"
         in error.message
     )
     with sessions() as session:
         assert find_cluster(session, PATH) is None
+    with sessions.begin() as session:  # a GA api-version needs no registration
+        cluster, _operation, created = put_cluster(session, PATH, spec)
+        assert created and cluster.agent_pools[0].enable_secure_boot
 
 
 def test_create_cluster_with_trusted_launch_after_registration(sessions: sessionmaker[Session]) -> None:
@@ -140,20 +155,20 @@ def test_create_cluster_with_trusted_launch_after_registration(sessions: session
 
 
 def test_pool_created_before_registration_stays_on_a_non_tl_image(sessions: sessionmaker[Session]) -> None:
-    create_cluster(sessions)
+    create_cluster(sessions, preview=True)
     register_trusted_launch(sessions)
     with sessions.begin() as session:
         pool = get_pool(session, PATH, "nodepool1")
         assert not image_is_tl_capable(pool.node_image_version)
         finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
-        put_pool(session, PATH, PoolSpec(name="nodepool1", enable_vtpm=True))
+        put_pool(session, PATH, PoolSpec(name="nodepool1", enable_vtpm=True), preview=True)
     assert raised.value.code == "TrustedLaunchIncompatibleWithConfig"
     assert raised.value.target == "properties.securityProfile"
     # A new pool created after registration gets the TL image and can enable trusted launch.
     with sessions.begin() as session:
         pool, operation, created = put_pool(
-            session, PATH, PoolSpec(name="tlpool", enable_secure_boot=True, enable_vtpm=True)
+            session, PATH, PoolSpec(name="tlpool", enable_secure_boot=True, enable_vtpm=True), preview=True
         )
         assert created and image_is_tl_capable(pool.node_image_version)
         assert operation.status == "InProgress" and operation.note == RECONCILER_NOTE
@@ -198,7 +213,7 @@ def test_duplicate_pool_names_in_one_cluster_request(sessions: sessionmaker[Sess
     details = [(d.code, d.target) for d in raised.value.details]
     assert details == [
         ("DuplicateAgentPoolName", "properties.agentPoolProfiles[1].name"),
-        ("AgentPoolNameInvalid", "properties.agentPoolProfiles[2].name"),
+        ("InvalidParameter", "properties.agentPoolProfiles[2].name"),
     ]
     assert raised.value.status == 400  # mixed statuses answer 400
 
@@ -253,7 +268,7 @@ def test_versions_that_are_not_installed_are_refused(sessions: sessionmaker[Sess
         )
     assert [(d.code, d.target) for d in raised.value.details] == [  # np1 inherits 1.30.6: refused once
         ("K8sVersionNotSupported", "properties.kubernetesVersion"),
-        ("AgentPoolK8sVersionNotSupported", "properties.agentPoolProfiles[1].properties.orchestratorVersion"),
+        ("AgentPoolK8sVersionNotSupported", "properties.agentPoolProfiles[1].orchestratorVersion"),
     ]
     create_cluster(sessions, orchestrator_version=INSTALLED_MINOR)
     with sessions.begin() as session:
@@ -299,7 +314,7 @@ def test_virtual_nodes_on_a_cluster_with_trusted_launch_pools(sessions: sessionm
         put_cluster(session, PATH, ClusterSpec(location="eastus", virtual_nodes=True))
     assert (raised.value.code, raised.value.target) == (
         "TrustedLaunchIncompatibleWithConfig",
-        "properties.agentPoolProfiles[0].properties.addonProfiles.aciConnectorLinux",
+        "properties.agentPoolProfiles[0].addonProfiles.aciConnectorLinux",
     )
 
 
@@ -333,7 +348,7 @@ def test_immutable_property_change_is_refused(sessions: sessionmaker[Session]) -
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
         put_pool(session, PATH, PoolSpec(name="nodepool1", vm_size="Standard_D4s_v3", os_type="Windows"))
     assert [(d.code, d.target) for d in raised.value.details] == [
-        ("AgentPoolNameInvalid", "name"),  # 9 characters: too long for a Windows pool
+        ("InvalidParameter", "name"),  # 9 characters: too long for a Windows pool
         ("InvalidOSSKU", "properties.osSKU"),
         ("EphemeralOSDiskSizeTooLarge", "properties.osDiskType"),  # D4s_v3 cannot hold the kept disk
         ("PropertyChangeNotAllowed", "properties.vmSize"),

@@ -57,9 +57,12 @@ def control_plane(reconciler_base: Path, state_dir: Path) -> Iterator[ControlPla
             features = (
                 f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
             )
-            client.post(f"{features}/features/TrustedLaunchPreview/register").raise_for_status()
             client.post(
-                f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register"
+                f"{features}/features/TrustedLaunchPreview/register", params={"api-version": "2021-07-01"}
+            ).raise_for_status()
+            client.post(
+                f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register",
+                params={"api-version": "2025-04-01"},
             ).raise_for_status()
             yield ControlPlane(client, session_factory(engine), state_dir)
     engine.dispose()

@@ -79,7 +79,9 @@ def test_acknowledge_and_resolve_from_the_dashboard(serve: tuple[str, str, str])
     url, token, database = serve
     unreachable = seed_alert(database, "aks-nodepool1-0", AlertType.NODE_UNREACHABLE)
     failed = seed_alert(database, "aks-nodepool1-1", AlertType.ATTESTATION_FAILURE)
-    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"})
+    api = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, params={"api-version": "2024-09-01"}
+    )
     browser = httpx.Client(
         base_url=url, headers={"Origin": url, "Sec-Fetch-Site": "same-origin"}, follow_redirects=True
     )

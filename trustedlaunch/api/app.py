@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +23,7 @@ from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.plane import ControlPlane
 from trustedlaunch.control.tokens import PrincipalCache
+from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.web import dashboard
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -36,6 +39,23 @@ HTTP_CODES = {
     413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
 }
+
+
+PUBLIC_URL_ENV = "TL_PUBLIC_URL"
+
+
+def public_url_from_environment() -> str | None:
+    """The base URL clients reach the API at (TL_PUBLIC_URL, e.g. https://tl.example.com behind a TLS
+    proxy): the long-running operation URLs start with it. None when unset: they start with the request's
+    own base URL (with X-Forwarded-Proto/-For honoured from FORWARDED_ALLOW_IPS proxies, uvicorn's default
+    127.0.0.1). A value that is not an http(s) URL without query or fragment fails the start."""
+    raw = os.environ.get(PUBLIC_URL_ENV, "").strip()
+    if not raw:
+        return None
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise TrustedLaunchError(f"{PUBLIC_URL_ENV}: '{raw[:200]}' is not an http(s) base URL")
+    return raw.rstrip("/")
 
 
 def arm_response(error: ArmError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -171,14 +191,26 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+POOL_COUNT_RANGE = "greater than or equal to 0 and less than or equal to 1000"  # models.AgentPoolBody.count
+
+
 def _validation_error(exc: RequestValidationError) -> ArmError:
     details = []
     for problem in exc.errors():
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         target = ".".join(location) or "body"
-        message = f"{target}: {problem.get('msg', 'invalid value')}"
-        details.append(ArmError(400, "InvalidRequestContent", message, target))
+        if location and location[-1] == "count":  # as AKS words it
+            message = (
+                f"The value of parameter agentPoolProfile.count was {problem.get('input')}. It must be "
+                f"{POOL_COUNT_RANGE}."
+            )
+            details.append(ArmError(400, "InvalidParameter", message, target))
+        else:
+            message = f"{target}: {problem.get('msg', 'invalid value')}"
+            details.append(ArmError(400, "InvalidRequestContent", message, target))
     first = details[0] if details else ArmError(400, "InvalidRequestContent", "The request is invalid.")
+    if len(details) == 1 and first.code == "InvalidParameter":
+        return first
     summary = "The request content is invalid: " + "; ".join(d.message for d in details)
     return ArmError(400, "InvalidRequestContent", summary, first.target, details)
 
@@ -258,6 +290,7 @@ def create_app(
         return issuer.openid_configuration(str(request.url_for("jwks")))
 
     app.state.webhook_networks = allowed_networks_from_environment()  # a bad setting fails the start
+    app.state.public_url = public_url_from_environment()
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)
     app.include_router(routes.router)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec
 
@@ -175,11 +175,30 @@ class ManagedClusterProperties(ArmModel):
     addonProfiles: dict[str, AddonProfile] | None = None
 
 
+# ARM's tag limits: 50 tags, names up to 512 characters, values up to 256
+TagName = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
+Tags = Annotated[dict[TagName, TagValue], Field(max_length=50)]
+
+
+class TagsBody(ArmModel):
+    """PATCH body of `.../managedClusters/{name}` (TagsObject): the tags that replace the cluster's."""
+
+    tags: Tags | None = None
+
+
+class ResourceGroupBody(ArmModel):
+    """PUT body of `/subscriptions/{sub}/resourceGroups/{name}`."""
+
+    location: str = Field(min_length=1, max_length=64)
+    tags: Tags | None = None
+
+
 class ManagedClusterBody(ArmModel):
     """PUT body of `.../managedClusters/{name}`."""
 
     location: str = Field(min_length=1, max_length=64)
-    tags: dict[str, str] | None = None
+    tags: Tags | None = None
     properties: ManagedClusterProperties | None = None
 
     def to_spec(self) -> ClusterSpec:

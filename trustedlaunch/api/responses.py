@@ -69,6 +69,7 @@ class AgentPoolPropertiesOut(BaseModel):
     provisioningState: str
     powerState: PowerState
     gpuProfile: GpuProfileOut | None = None
+    eTag: str | None = None  # on the pool resource (`GET .../agentPools/{name}`), not in agentPoolProfiles
 
 
 class _Named(BaseModel):
@@ -113,6 +114,46 @@ class LinuxProfileOut(BaseModel):
     ssh: SshConfigurationOut
 
 
+class NetworkProfileOut(BaseModel):
+    """`networkProfile`: the pods' and services' address ranges."""
+
+    networkPlugin: str
+    podCidr: str
+    serviceCidr: str
+
+
+class UserAssignedIdentityOut(BaseModel):
+    """An identity of `identityProfile` (the kubelet's, by AKS's name for it)."""
+
+    resourceId: str
+
+
+class OidcIssuerProfileOut(BaseModel):
+    """`oidcIssuerProfile`: no OIDC issuer for workload identity here."""
+
+    enabled: bool
+
+
+class SkuOut(BaseModel):
+    """`sku` of a managed cluster."""
+
+    name: str
+    tier: str
+
+
+class IdentityOut(BaseModel):
+    """`identity` of a managed cluster."""
+
+    type: str
+
+
+class SystemDataOut(BaseModel):
+    """`systemData`: when the resource was created and last changed."""
+
+    createdAt: str | None
+    lastModifiedAt: str | None
+
+
 class ManagedClusterPropertiesOut(BaseModel):
     """`properties` of a managed cluster."""
 
@@ -125,6 +166,11 @@ class ManagedClusterPropertiesOut(BaseModel):
     nodeResourceGroup: str
     agentPoolProfiles: list[AgentPoolProfileOut]
     addonProfiles: dict[str, AddonProfileOut]
+    azurePortalFQDN: str
+    enableRBAC: bool
+    networkProfile: NetworkProfileOut
+    identityProfile: dict[str, UserAssignedIdentityOut]
+    oidcIssuerProfile: OidcIssuerProfileOut
     linuxProfile: LinuxProfileOut | None = None
 
 
@@ -136,7 +182,11 @@ class ManagedClusterResource(BaseModel):
     type: str
     location: str
     tags: dict[str, str]
+    sku: SkuOut
+    identity: IdentityOut
+    systemData: SystemDataOut
     properties: ManagedClusterPropertiesOut
+    eTag: str
 
 
 class KubernetesPatchVersionOut(BaseModel):
@@ -199,9 +249,25 @@ class MachineHealthOut(BaseModel):
     repairs: list[RepairOut]
 
 
-class MachinePropertiesOut(BaseModel):
-    """`properties` of a node (machine) of an agent pool."""
+class MachineIpAddressOut(BaseModel):
+    """One address of a machine's NIC."""
 
+    family: str
+    ip: str
+
+
+class MachineNetworkOut(BaseModel):
+    """`network` of a machine: its NIC's addresses (none before its VM runs)."""
+
+    ipAddresses: list[MachineIpAddressOut]
+
+
+class MachinePropertiesOut(BaseModel):
+    """`properties` of a node (machine) of an agent pool: AKS's `network` and `resourceId`, then this
+    server's state, trusted launch settings and attestation."""
+
+    network: MachineNetworkOut
+    resourceId: str
     provisioningState: str
     powerState: PowerState
     health: MachineHealthOut
@@ -368,3 +434,20 @@ class TokenResource(BaseModel):
     name: str
     type: str
     properties: TokenProperties
+
+
+class ResourceGroupPropertiesOut(BaseModel):
+    """`properties` of a resource group."""
+
+    provisioningState: str
+
+
+class ResourceGroupResource(BaseModel):
+    """A resource group (`Microsoft.Resources/resourceGroups`)."""
+
+    id: str
+    name: str
+    type: str
+    location: str
+    tags: dict[str, str]
+    properties: ResourceGroupPropertiesOut

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from trustedlaunch.api.models import AgentPoolBody, ErrorResponse, ManagedClusterBody
+from trustedlaunch.api import api_versions
+from trustedlaunch.api.models import (
+    AgentPoolBody,
+    ErrorResponse,
+    ManagedClusterBody,
+    ResourceGroupBody,
+    TagsBody,
+)
 from trustedlaunch.api.responses import (
     AgentPoolResource,
     ArmList,
@@ -26,6 +34,7 @@ from trustedlaunch.api.responses import (
     ManagedClusterResource,
     OperationStatusResult,
     ProviderResult,
+    ResourceGroupResource,
 )
 from trustedlaunch.api.views import (
     cluster_json,
@@ -37,19 +46,70 @@ from trustedlaunch.api.views import (
     operation_path,
     pool_json,
     provider_json,
+    resource_group_json,
 )
-from trustedlaunch.control import features, operations, resources
+from trustedlaunch.control import features, operations, resource_groups, resources
+from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
 
-DEFAULT_API_VERSION = "2024-09-01"
 RETRY_AFTER_SECONDS = "5"
 
 
 async def api_version(
-    version: str | None = Query(None, alias="api-version", description="e.g. 2024-09-01"),
-) -> None:
-    """Accept the ARM `api-version` query parameter (every version gets the same behaviour)."""
+    request: Request,
+    version: str | None = Query(None, alias="api-version", description="e.g. 2026-08-01 (api_versions.py)"),
+) -> str:
+    """The request's `api-version`, validated as ARM does against its namespace's versions (api_versions)."""
+    provider, resource_type = api_versions.provider_of(request.url.path)
+    return api_versions.check_api_version(version, provider, resource_type)
+
+
+ApiVersion = Annotated[str, Depends(api_version)]
+
+
+def _entity_tags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+@dataclass(frozen=True)
+class Preconditions:
+    """The request's `If-Match` / `If-None-Match` headers (None when absent)."""
+
+    if_match: str | None
+    if_none_match: str | None
+
+    def check(self, current: str | None, what: str) -> None:
+        """Raise 412 PreconditionFailed unless the resource's `current` eTag (None: it does not exist)
+        satisfies the headers: If-Match needs it to be one of the listed eTags (`*`: to exist), If-None-Match
+        needs it to be none of them (`*`: not to exist)."""
+        if self.if_match is not None:
+            tags = _entity_tags(self.if_match)
+            if current is None or ("*" not in tags and current not in tags):
+                state = "does not exist" if current is None else f"has changed (its eTag is now {current})"
+                raise _precondition_failed(f"If-Match {self.if_match}: {what} {state}.", "If-Match")
+        if self.if_none_match is not None and current is not None:
+            tags = _entity_tags(self.if_none_match)
+            if "*" in tags or current in tags:
+                message = f"If-None-Match {self.if_none_match}: {what} exists (eTag {current})."
+                raise _precondition_failed(message, "If-None-Match")
+
+
+def _precondition_failed(message: str, header: str) -> ArmError:
+    return ArmError(412, "PreconditionFailed", f"The precondition failed: {message}", header)
+
+
+async def preconditions(
+    if_match: Annotated[str | None, Header(description="eTag(s) the resource must have, or *")] = None,
+    if_none_match: Annotated[
+        str | None, Header(description="eTag(s) it must not have; * to create only")
+    ] = None,
+) -> Preconditions:
+    """The request's conditional headers."""
+    return Preconditions(if_match, if_none_match)
+
+
+Conditions = Annotated[Preconditions, Depends(preconditions)]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -93,9 +153,22 @@ def transaction(request: Request) -> Iterator[Session]:
         yield session
 
 
+def _check_cluster(session: Session, path: ResourcePath, conditions: Conditions) -> None:
+    cluster = resources.find_cluster(session, path)
+    current = None if cluster is None else str(cluster_json(cluster)["eTag"])
+    conditions.check(current, f"managed cluster '{path.cluster_name}'")
+
+
+def _check_pool(session: Session, path: ResourcePath, pool_name: str, conditions: Conditions) -> None:
+    cluster = resources.get_cluster(session, path)
+    pool = resources.find_pool(cluster, pool_name)
+    current = None if pool is None else str(pool_json(pool)["properties"]["eTag"])  # type: ignore[index]
+    conditions.check(current, f"agent pool '{pool_name}'")
+
+
 def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
-    base = str(request.base_url).rstrip("/")
-    query = f"?api-version={request.query_params.get('api-version', DEFAULT_API_VERSION)}"
+    base = request.app.state.public_url or str(request.base_url).rstrip("/")
+    query = f"?api-version={request.query_params['api-version']}"
     return {
         "Azure-AsyncOperation": base + operation_path(operation) + query,
         "Location": base + operation_path(operation, "operationresults") + query,
@@ -139,11 +212,21 @@ async def list_group_clusters(
     responses={200: {"model": ManagedClusterResource, "description": "Updated"}},
 )
 async def put_cluster(
-    request: Request, response: Response, path: ClusterPath, body: ManagedClusterBody
+    request: Request,
+    response: Response,
+    path: ClusterPath,
+    body: ManagedClusterBody,
+    version: ApiVersion,
+    conditions: Conditions,
 ) -> dict[str, object]:
-    """Create (201) or update (200) a managed cluster; long-running."""
+    """Create (201) or update (200) a managed cluster; long-running; If-Match / If-None-Match (412)."""
     with transaction(request) as session:
-        cluster, operation, created = resources.put_cluster(session, path, body.to_spec())
+        _check_cluster(session, path, conditions)
+        cluster, operation, created = resources.put_cluster(
+            session, path, body.to_spec(), preview=api_versions.is_preview(version)
+        )
+        if created:
+            resource_groups.ensure_group(session, path, cluster.location)
         session.flush()
         content = cluster_json(cluster)
         response.headers.update(_lro_headers(request, operation))
@@ -171,18 +254,39 @@ async def get_cluster(request: Request, path: ClusterPath) -> dict[str, object]:
     responses={204: {"description": "The cluster does not exist"}},
 )
 async def delete_cluster(
-    request: Request, path: ClusterPath, ignore_pdb: IgnorePodDisruptionBudget = False
+    request: Request,
+    path: ClusterPath,
+    conditions: Conditions,
+    ignore_pdb: IgnorePodDisruptionBudget = False,
 ) -> Response:
-    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running.
-    `ignore-pod-disruption-budget` is accepted as AKS does; a cluster's deletion drains no node (its control
-    plane goes with its nodes), so no PodDisruptionBudget can block it either way."""
+    """Delete a managed cluster (202 + operation headers; 204 if it does not exist); long-running; If-Match
+    (412). `ignore-pod-disruption-budget` is accepted as AKS does; a cluster's deletion drains no node (its
+    control plane goes with its nodes), so no PodDisruptionBudget can block it either way."""
     with transaction(request) as session:
+        _check_cluster(session, path, conditions)
         operation = resources.delete_cluster(session, path)
         if operation is None:
             return Response(status_code=204)
         session.flush()
         headers = _lro_headers(request, operation)
     return Response(status_code=202, headers=headers)
+
+
+@router.patch(
+    CLUSTER,
+    tags=["managedClusters"],
+    response_model=ManagedClusterResource,
+    response_model_exclude_unset=True,
+)
+async def update_cluster_tags(
+    request: Request, path: ClusterPath, body: TagsBody, conditions: Conditions
+) -> dict[str, object]:
+    """Replace a managed cluster's tags (ManagedClusters_UpdateTags); If-Match (412)."""
+    with transaction(request) as session:
+        _check_cluster(session, path, conditions)
+        cluster = resources.update_cluster_tags(session, path, body.tags or {})
+        session.flush()
+        return cluster_json(cluster)
 
 
 @router.post(
@@ -224,13 +328,28 @@ async def list_pools(request: Request, path: ClusterPath) -> dict[str, object]:
     responses={200: {"model": AgentPoolResource, "description": "Updated"}},
 )
 async def put_pool(
-    request: Request, response: Response, path: ClusterPath, pool_name: str, body: AgentPoolBody
+    request: Request,
+    response: Response,
+    path: ClusterPath,
+    pool_name: str,
+    body: AgentPoolBody,
+    version: ApiVersion,
+    conditions: Conditions,
 ) -> dict[str, object]:
-    """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409)."""
-    create_only = request.headers.get("if-none-match", "").strip() == "*"
+    """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409
+    DuplicateAgentPoolName, which `tl aks nodepool add` relies on); If-Match / If-None-Match with eTags
+    answer 412 when not met."""
+    create_only = conditions.if_none_match is not None and "*" in _entity_tags(conditions.if_none_match)
     with transaction(request) as session:
+        if create_only:
+            conditions = Preconditions(conditions.if_match, None)
+        _check_pool(session, path, pool_name, conditions)
         pool, operation, created = resources.put_pool(
-            session, path, body.to_spec(pool_name), create_only=create_only
+            session,
+            path,
+            body.to_spec(pool_name),
+            create_only=create_only,
+            preview=api_versions.is_preview(version),
         )
         session.flush()
         content = pool_json(pool)
@@ -254,6 +373,15 @@ async def list_machines(request: Request, path: ClusterPath, pool_name: str) -> 
         return {"value": [machine_json(node) for node in sorted(pool.nodes, key=lambda n: n.ordinal)]}
 
 
+@router.get(f"{POOL}/machines/{{machine_name}}", tags=["agentPools"], response_model=MachineResource)
+async def get_machine(
+    request: Request, path: ClusterPath, pool_name: str, machine_name: str
+) -> dict[str, object]:
+    """One node (machine) of an agent pool (Machines_Get)."""
+    with transaction(request) as session:
+        return machine_json(resources.get_machine(session, path, pool_name, machine_name))
+
+
 @router.delete(
     POOL,
     tags=["agentPools"],
@@ -262,12 +390,17 @@ async def list_machines(request: Request, path: ClusterPath, pool_name: str) -> 
     responses={204: {"description": "The agent pool does not exist"}},
 )
 async def delete_pool(
-    request: Request, path: ClusterPath, pool_name: str, ignore_pdb: IgnorePodDisruptionBudget = False
+    request: Request,
+    path: ClusterPath,
+    pool_name: str,
+    conditions: Conditions,
+    ignore_pdb: IgnorePodDisruptionBudget = False,
 ) -> Response:
-    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running. Its nodes
-    are drained first; with `ignore-pod-disruption-budget=true` their pods are deleted instead of evicted,
-    without considering PodDisruptionBudgets."""
+    """Delete an agent pool (202 + operation headers; 204 if it does not exist); long-running; If-Match
+    (412). Its nodes are drained first; with `ignore-pod-disruption-budget=true` their pods are deleted
+    instead of evicted, without considering PodDisruptionBudgets."""
     with transaction(request) as session:
+        _check_pool(session, path, pool_name, conditions)
         operation = resources.delete_pool(session, path, pool_name, ignore_pdb)
         if operation is None:
             return Response(status_code=204)
@@ -334,7 +467,7 @@ async def get_operation_result(
 async def register_feature(
     request: Request, subscription_id: str, namespace: str, feature_name: str
 ) -> dict[str, object]:
-    """Register a preview feature (state Registering, then Registered)."""
+    """Register a preview feature (state Registering, then Registered after the registration delay)."""
     with transaction(request) as session:
         return feature_json(features.register_feature(session, subscription_id, namespace, feature_name))
 
@@ -374,7 +507,7 @@ async def list_features(request: Request, subscription_id: str) -> dict[str, obj
 
 @router.post(f"{SUB}/providers/{{namespace}}/register", tags=["providers"], response_model=ProviderResult)
 async def register_provider(request: Request, subscription_id: str, namespace: str) -> dict[str, object]:
-    """Register a resource provider (and finish its Registering features)."""
+    """Register a resource provider (its Registering features still wait for their delay)."""
     with transaction(request) as session:
         return provider_json(features.register_provider(session, subscription_id, namespace))
 
@@ -384,3 +517,80 @@ async def get_provider(request: Request, subscription_id: str, namespace: str) -
     """A resource provider's registration state."""
     with transaction(request) as session:
         return provider_json(features.get_provider(session, subscription_id, namespace))
+
+
+GROUPS = f"{SUB}/resourceGroups"
+
+
+@router.put(
+    f"{GROUPS}/{{group_name}}",
+    tags=["resourceGroups"],
+    status_code=201,
+    response_model=ResourceGroupResource,
+    responses={200: {"model": ResourceGroupResource, "description": "Updated"}},
+)
+async def put_resource_group(
+    request: Request, response: Response, subscription_id: str, group_name: str, body: ResourceGroupBody
+) -> dict[str, object]:
+    """Create (201) or update (200, tags) a resource group."""
+    with transaction(request) as session:
+        group, created = resource_groups.put_group(
+            session, subscription_id, group_name, body.location, body.tags
+        )
+        session.flush()
+        response.status_code = 201 if created else 200
+        return resource_group_json(group)
+
+
+@router.get(f"{GROUPS}/{{group_name}}", tags=["resourceGroups"], response_model=ResourceGroupResource)
+async def get_resource_group(request: Request, subscription_id: str, group_name: str) -> dict[str, object]:
+    """A resource group (404 ResourceGroupNotFound)."""
+    with transaction(request) as session:
+        return resource_group_json(resource_groups.get_group(session, subscription_id, group_name))
+
+
+@router.head(
+    f"{GROUPS}/{{group_name}}",
+    tags=["resourceGroups"],
+    status_code=204,
+    response_class=Response,
+    responses={404: {"description": "No such group"}},
+)
+async def resource_group_exists(request: Request, subscription_id: str, group_name: str) -> Response:
+    """Whether a resource group exists (ResourceGroups_CheckExistence): 204, or 404 without a body."""
+    with transaction(request) as session:
+        found = resource_groups.find_group(session, subscription_id, group_name) is not None
+    return Response(status_code=204 if found else 404)
+
+
+@router.get(GROUPS, tags=["resourceGroups"], response_model=ArmList[ResourceGroupResource])
+async def list_resource_groups(request: Request, subscription_id: str) -> dict[str, object]:
+    """The subscription's resource groups."""
+    with transaction(request) as session:
+        return {
+            "value": [resource_group_json(g) for g in resource_groups.list_groups(session, subscription_id)]
+        }
+
+
+@router.delete(
+    f"{GROUPS}/{{group_name}}",
+    tags=["resourceGroups"],
+    status_code=202,
+    response_class=Response,
+    responses={200: {"description": "Deleted (it held no cluster)"}, 204: {"description": "No such group"}},
+)
+async def delete_resource_group(request: Request, subscription_id: str, group_name: str) -> Response:
+    """Delete a resource group and every cluster in it: 202 with the Location of the last cluster's Delete
+    operation while they are deleted, 200 when it held none, 204 when it does not exist."""
+    with transaction(request) as session:
+        deleting = resource_groups.delete_group(session, subscription_id, group_name)
+        if deleting is None:
+            return Response(status_code=204)
+        if not deleting:
+            return Response(status_code=200)
+        session.flush()
+        operation = deleting[-1]
+    base = request.app.state.public_url or str(request.base_url).rstrip("/")
+    version = api_versions.default_version(operation_path(operation))
+    location = f"{base}{operation_path(operation, 'operationresults')}?api-version={version}"
+    return Response(status_code=202, headers={"Location": location, "Retry-After": RETRY_AFTER_SECONDS})

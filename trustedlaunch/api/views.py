@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
+from trustedlaunch.control.cluster_pki import DEFAULT_SERVICE_CIDR
 from trustedlaunch.control.cluster_planes import current_kubernetes_version, hosted_credential
 from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
@@ -21,15 +23,31 @@ from trustedlaunch.control.records import (
     Node,
     Operation,
     ProviderRegistration,
+    ResourceGroup,
 )
 from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
 from trustedlaunch.control.timeutil import iso
+from trustedlaunch.node.kubelet import NODE_ADDRESS
+
+POD_CIDR = "10.244.0.0/16"  # the nodes' pod ranges (node.kubelet.DEFAULT_POD_CIDR) lie in it
 
 JsonObject = dict[str, object]
 
 
+def entity_tag(view: JsonObject) -> str:
+    """The eTag of a resource's JSON `view`: a digest of its content, so it changes whenever the resource
+    does (also when the reconciler moves it), and a request's If-Match with an older one is refused."""
+    digest = hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+def node_resource_group(cluster: ManagedCluster) -> str:
+    """The resource group AKS would keep the cluster's VMs in (`MC_{group}_{cluster}_{location}`)."""
+    return f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}"
+
+
 def cluster_json(cluster: ManagedCluster) -> JsonObject:
-    """A managed cluster as `GET .../managedClusters/{name}` returns it."""
+    """A managed cluster as `GET .../managedClusters/{name}` returns it, with its `eTag`."""
     properties: JsonObject = {
         "provisioningState": cluster.provisioning_state,
         "powerState": {"code": cluster.power_state},
@@ -37,23 +55,46 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "currentKubernetesVersion": current_kubernetes_version(cluster),
         "dnsPrefix": cluster.dns_prefix,
         "fqdn": cluster.fqdn,
-        "nodeResourceGroup": f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}",
+        "nodeResourceGroup": node_resource_group(cluster),
         "agentPoolProfiles": [{"name": pool.name, **pool_properties(pool)} for pool in cluster.agent_pools],
         "addonProfiles": {"aciConnectorLinux": {"enabled": cluster.virtual_nodes_enabled}},
+        "azurePortalFQDN": f"{cluster.dns_prefix}.portal.hcp.{cluster.location}.trustedlaunch.internal",
+        "enableRBAC": True,  # the hosted kube-apiserver authorizes with Node,RBAC
+        "networkProfile": {  # each node: a cni0 bridge with host-local pod addresses, as kubenet
+            "networkPlugin": "kubenet",
+            "podCidr": POD_CIDR,
+            "serviceCidr": DEFAULT_SERVICE_CIDR,
+        },
+        "identityProfile": {
+            "kubeletidentity": {
+                "resourceId": f"/subscriptions/{cluster.subscription_id}/resourceGroups/"
+                f"{node_resource_group(cluster)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+                f"{cluster.name}-agentpool"
+            }
+        },
+        "oidcIssuerProfile": {"enabled": False},
     }
     if cluster.ssh_public_key:
         properties["linuxProfile"] = {
             "adminUsername": "azureuser",
             "ssh": {"publicKeys": [{"keyData": cluster.ssh_public_key}]},
         }
-    return {
-        "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name),
+    view: JsonObject = {
+        # the name keeps the casing it was created with, in the id too (ARM compares ids ignoring case)
+        "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name).removesuffix(
+            cluster.name
+        )
+        + cluster.display_name,
         "name": cluster.display_name,
         "type": f"{PROVIDER}/ManagedClusters",
         "location": cluster.location,
         "tags": cluster.tags,
+        "sku": {"name": "Base", "tier": "Free"},
+        "identity": {"type": "SystemAssigned"},
+        "systemData": {"createdAt": iso(cluster.created_at), "lastModifiedAt": iso(cluster.updated_at)},
         "properties": properties,
     }
+    return {**view, "eTag": entity_tag(view)}
 
 
 def upgrade_settings(pool: AgentPool) -> JsonObject:
@@ -96,23 +137,38 @@ def pool_properties(pool: AgentPool) -> JsonObject:
 
 
 def pool_json(pool: AgentPool) -> JsonObject:
-    """An agent pool as `GET .../agentPools/{name}` returns it."""
+    """An agent pool as `GET .../agentPools/{name}` returns it (its eTag in `properties`, as AKS)."""
+    properties = pool_properties(pool)
     return {
         "id": pool_resource_id(pool.cluster, pool.name),
         "name": pool.name,
         "type": f"{PROVIDER}/managedClusters/agentPools",
-        "properties": pool_properties(pool),
+        "properties": {**properties, "eTag": entity_tag(properties)},
     }
 
 
+def machine_vm_id(node: Node) -> str:
+    """`properties.resourceId` of a machine: its VM as an instance of the pool's scale set, in the cluster's
+    node resource group (as AKS names it; the VM runs under QEMU here: no Microsoft.Compute serves it)."""
+    cluster = node.pool.cluster
+    return (
+        f"/subscriptions/{cluster.subscription_id}/resourceGroups/{node_resource_group(cluster)}/providers/"
+        f"Microsoft.Compute/virtualMachineScaleSets/aks-{node.pool.name}-vmss/virtualMachines/{node.ordinal}"
+    )
+
+
 def machine_json(node: Node) -> JsonObject:
-    """A node as `GET .../agentPools/{pool}/machines` lists it: state, security settings, labels and the
-    attestation status the reconciler recorded."""
+    """A node as `GET .../agentPools/{pool}/machines[/{name}]` returns it, in AKS's shape (`network`: the
+    address of the VM's NIC once it runs, `resourceId`) with this server's state, security settings, labels
+    and the attestation status the reconciler recorded."""
+    addresses = [{"family": "IPv4", "ip": NODE_ADDRESS}] if node.qemu_pid is not None else []
     return {
         "id": f"{pool_resource_id(node.pool.cluster, node.pool.name)}/machines/{node.name}",
         "name": node.name,
         "type": f"{PROVIDER}/managedClusters/agentPools/machines",
         "properties": {
+            "network": {"ipAddresses": addresses},
+            "resourceId": machine_vm_id(node),
             "provisioningState": node.state,
             "powerState": {"code": power_state(node)},
             "health": {
@@ -223,3 +279,15 @@ def kubeconfig_json(cluster: ManagedCluster, user_kind: str) -> JsonObject:
     }
     value = base64.b64encode(json.dumps(config, indent=2).encode()).decode()
     return {"kubeconfigs": [{"name": user_kind, "value": value}]}
+
+
+def resource_group_json(group: ResourceGroup) -> JsonObject:
+    """A resource group as `GET /subscriptions/{sub}/resourceGroups/{name}` returns it."""
+    return {
+        "id": f"/subscriptions/{group.subscription_id}/resourceGroups/{group.display_name}",
+        "name": group.display_name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": group.location,
+        "tags": group.tags,
+        "properties": {"provisioningState": "Succeeded"},
+    }

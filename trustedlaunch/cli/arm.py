@@ -29,6 +29,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from trustedlaunch.api.api_versions import default_version
 from trustedlaunch.cli.errors import FAILURE_EXIT_CODE, NOT_FOUND_EXIT_CODE, bad_input
 from trustedlaunch.cli.output import ColumnSpec, OutputFormat, query_scope, render
 from trustedlaunch.cli.output import print_table as print_table
@@ -38,7 +39,6 @@ from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.store.vocabulary import OperationStatus
 
 DEFAULT_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-API_VERSION = "2024-09-01"
 DEFAULT_WAIT_SECONDS = 300
 POLL_SECONDS = 1.0
 LOGGERS = ("trustedlaunch.cli", "httpx")  # what --verbose (INFO) and --debug (DEBUG) show on stderr
@@ -147,6 +147,13 @@ def report_arm_error(exc: ArmCallError) -> typer.Exit:
     return typer.Exit(NOT_FOUND_EXIT_CODE if exc.status == 404 else FAILURE_EXIT_CODE)
 
 
+def add_api_version(request: httpx.Request) -> None:
+    """Send a request without an api-version with its namespace's newest GA one, as az does (trusted launch
+    then needs no TrustedLaunchPreview registration); operation URLs keep the server's."""
+    if "api-version" not in request.url.params:
+        request.url = request.url.copy_add_param("api-version", default_version(request.url.path))
+
+
 class ArmClient:
     """httpx client for one API endpoint and subscription."""
 
@@ -154,7 +161,7 @@ class ArmClient:
         self.http = httpx.Client(
             base_url=endpoint.rstrip("/"),
             headers={"Authorization": f"Bearer {token}", "User-Agent": "tl-cli"},
-            params={"api-version": API_VERSION},
+            event_hooks={"request": [add_api_version]},
             timeout=30.0,
         )
         self.subscription_id = subscription_id

@@ -32,7 +32,7 @@ def register(
     namespace: NamespaceOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """Register a resource provider; propagates its Registering preview features to Registered."""
+    """Register a resource provider (a Registering preview feature still waits its registration delay)."""
     with api.connect() as client:
         provider = client.json("POST", client.path(client.subscription.provider(namespace)) + "/register")
     output(provider, output_format, COLUMNS, _row)

@@ -1,5 +1,5 @@
-"""Preview features and resource providers: `feature register` goes Registering -> Registered after a delay or
-on the next `provider register` of its namespace (as with `az feature register` / `az provider register`)."""
+"""Preview features and resource providers: `feature register` goes Registering -> Registered after a delay
+(as with `az feature register`; `provider register` then propagates it, and does not hurry it)."""
 
 from __future__ import annotations
 
@@ -117,22 +117,14 @@ def get_provider(session: Session, subscription_id: str, namespace: str) -> Prov
 
 
 def register_provider(session: Session, subscription_id: str, namespace: str) -> ProviderRegistration:
-    """Register the provider and propagate its Registering features to Registered."""
+    """Register the provider; its Registering features stay Registering until their delay has passed, as on
+    Azure."""
     subscription_id = canonical_subscription_id(subscription_id)
     record = get_provider(session, subscription_id, namespace)
     if record.state != "Registered":
         record.state = "Registered"
         record.registered_at = utc_now()
         session.add(record)
-    pending = session.scalars(
-        select(FeatureRegistration).where(
-            FeatureRegistration.subscription_id == subscription_id, FeatureRegistration.state == "Registering"
-        )
-    )
-    for feature in pending:
-        if feature.namespace.lower() == namespace.lower():
-            feature.state = "Registered"
-            feature.registered_at = utc_now()
     return record
 
 

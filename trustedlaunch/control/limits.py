@@ -362,6 +362,7 @@ class PoolRequest:
         size = self.size
         return {
             "pool": self.name,
+            "count": self.count,
             "vm_size": self.vm_size,
             "os_type": self.os_type,
             "os_sku": self.os_sku,
@@ -525,10 +526,10 @@ def _size_is(r: PoolRequest, test: Callable[[VmSize], bool]) -> bool:
 
 LIMITATIONS: tuple[Limitation, ...] = (
     Limitation(
-        "AgentPoolNameInvalid",
+        "InvalidParameter",  # as AKS answers it
         "name",
-        "Agent pool name '{pool}' is invalid: {os_type} pool names must be 1-{max_name} lowercase letters or "
-        "digits and start with a letter.",
+        "The value of parameter agentPoolProfile.name is invalid. Error details: agent pool name '{pool}': "
+        "{os_type} pool names must be 1-{max_name} lowercase letters or digits and start with a letter.",
         PoolRequest,
         _name_invalid,
     ),
@@ -608,7 +609,8 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "properties.securityProfile",
         "Trusted launch (Secure Boot / vTPM) is a preview feature that is not registered in this "
         "subscription; run `{command}`, wait for the state Registered, then run "
-        "`tl provider register --namespace Microsoft.ContainerService`.",
+        "`tl provider register --namespace Microsoft.ContainerService` (or send a GA api-version, "
+        "2024-07-01 or later, which needs no registration).",
         PoolRequest,
         lambda r: r.trusted_launch and not r.feature_registered,
     ),
@@ -717,9 +719,10 @@ LIMITATIONS: tuple[Limitation, ...] = (
         ),
     ),
     Limitation(
-        "InvalidSystemPoolCount",
+        "InvalidParameter",  # as AKS answers it
         "properties.count",
-        "System pool '{pool}' needs at least 1 node (count 0 is only allowed for User pools).",
+        "The value of parameter agentPoolProfile.count was {count}. It must be greater than or equal to 1 "
+        "for System pool '{pool}' (count 0 is only allowed for User pools).",
         PoolRequest,
         lambda r: r.mode == "System" and r.count < 1,
     ),
@@ -846,10 +849,16 @@ Context = (
 )
 
 
+def _target(prefix: str, target: str) -> str:
+    """A rule's target inside the request body: a pool's `properties.x` is `x` of its flat entry in a
+    cluster body's `properties.agentPoolProfiles[i]` (the `prefix`)."""
+    return prefix + target.removeprefix("properties.") if prefix else target
+
+
 def _violations(context: Context, target_prefix: str = "") -> list[ArmError]:
     values = context.message_values()
     return [
-        ArmError(rule.status, rule.code, rule.message.format(**values), target_prefix + rule.target)
+        ArmError(rule.status, rule.code, rule.message.format(**values), _target(target_prefix, rule.target))
         for rule in LIMITATIONS
         if isinstance(context, rule.applies_to) and rule.violated(context)
     ]

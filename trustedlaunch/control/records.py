@@ -16,6 +16,7 @@ from trustedlaunch.store.models import (
     Node,
     Operation,
     ProviderRegistration,
+    ResourceGroup,
 )
 
 Sessions = sessionmaker[Session]  # what `app.state.sessions` holds: one store session per call
@@ -31,6 +32,7 @@ __all__ = [
     "Node",
     "Operation",
     "ProviderRegistration",
+    "ResourceGroup",
     "Session",
     "Sessions",
 ]

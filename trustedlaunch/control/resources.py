@@ -27,7 +27,7 @@ from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
 from trustedlaunch.control.vm_sizes import find_vm_size
-from trustedlaunch.store.models import AgentPool, ManagedCluster, Operation, utc_now
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
 
 PROVIDER = CONTAINER_SERVICE
@@ -386,12 +386,19 @@ def _refuse_if_deleting(cluster: ManagedCluster) -> None:
         )
 
 
+def trusted_launch_allowed(session: Session, subscription_id: str, preview: bool) -> bool:
+    """Whether a request may turn trusted launch on: always with a GA api-version, with a preview one only
+    once TrustedLaunchPreview is Registered in the subscription."""
+    return not preview or trusted_launch_registered(session, subscription_id)
+
+
 def put_cluster(
-    session: Session, path: ResourcePath, spec: ClusterSpec
+    session: Session, path: ResourcePath, spec: ClusterSpec, preview: bool = False
 ) -> tuple[ManagedCluster, Operation, bool]:
-    """Create or update a cluster; returns (cluster, operation, created)."""
+    """Create or update a cluster; returns (cluster, operation, created). `preview`: the request came with a
+    preview api-version (trusted launch then needs the TrustedLaunchPreview registration)."""
     cluster = find_cluster(session, path)
-    tl_registered = trusted_launch_registered(session, path.subscription_id)
+    tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if cluster is None:
         return (*_create_cluster(session, path, spec, tl_registered), True)
     _refuse_if_deleting(cluster)
@@ -463,6 +470,15 @@ def put_cluster(
     _check_quota(session, path.subscription_id, before, after)
     operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Update")
     return cluster, operation, False
+
+
+def update_cluster_tags(session: Session, path: ResourcePath, tags: dict[str, str]) -> ManagedCluster:
+    """Replace the cluster's tags: they touch no node, so no operation (the SDK's poller ends at once)."""
+    cluster = get_cluster(session, path)
+    _refuse_if_deleting(cluster)
+    cluster.tags = dict(tags)
+    cluster.updated_at = utc_now()
+    return cluster
 
 
 def _create_cluster(
@@ -577,15 +593,30 @@ def get_pool(session: Session, path: ResourcePath, pool_name: str) -> AgentPool:
     return pool
 
 
+def get_machine(session: Session, path: ResourcePath, pool_name: str, machine_name: str) -> Node:
+    """The pool's node called `machine_name` (any case), or a 404 ArmError naming what is missing."""
+    pool = get_pool(session, path, pool_name)
+    node = next((node for node in pool.nodes if node.name.lower() == machine_name.lower()), None)
+    if node is None:
+        raise not_found(
+            "ResourceNotFound",
+            f"Machine '{machine_name}' was not found in agent pool '{pool.name}' of managed cluster "
+            f"'{pool.cluster.display_name}'.",
+            "machineName",
+        )
+    return node
+
+
 def put_pool(
-    session: Session, path: ResourcePath, spec: PoolSpec, create_only: bool = False
+    session: Session, path: ResourcePath, spec: PoolSpec, create_only: bool = False, preview: bool = False
 ) -> tuple[AgentPool, Operation, bool]:
-    """Create or update a pool; `create_only` (If-None-Match: *) refuses an existing name with 409."""
+    """Create or update a pool; `create_only` (If-None-Match: *) refuses an existing name with 409;
+    `preview` as for put_cluster."""
     cluster = get_cluster(session, path)
     _refuse_if_deleting(cluster)
     pool = find_pool(cluster, spec.name)
     pool_id = pool_resource_id(cluster, stored_name(spec.name))
-    tl_registered = trusted_launch_registered(session, path.subscription_id)
+    tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if pool is None or create_only:
         request = replace(
             _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),

@@ -55,6 +55,19 @@ class Base(DeclarativeBase):
     """Declarative base of every table."""
 
 
+class ResourceGroup(Base):
+    """A resource group (`Microsoft.Resources/resourceGroups`), which holds managed clusters."""
+
+    __tablename__ = "resource_groups"
+
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(90), primary_key=True)  # stored lowercase
+    display_name: Mapped[str] = mapped_column(String(90))  # as the caller spelled it
+    location: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
 class ManagedCluster(Base):
     """A managed cluster (`Microsoft.ContainerService/managedClusters`)."""
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019_node_image_builds"
-down_revision = "0017_node_reimage_reason"
+down_revision = "0018_resource_groups"
 branch_labels = None
 depends_on = None
 

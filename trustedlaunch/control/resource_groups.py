@@ -1,0 +1,99 @@
+"""Resource groups (`Microsoft.Resources/resourceGroups`): create/update, get, list and delete, which deletes
+every managed cluster in the group (each with its own long-running Delete operation).
+
+A cluster created in a group that does not exist yet creates the group (in the cluster's location): the CLI
+has no `group create` yet, and stores from before resource groups keep working (migration 0018 made a group
+for each group their clusters were in)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trustedlaunch.control import limits
+from trustedlaunch.control.errors import bad_request, not_found
+from trustedlaunch.control.limits import RESOURCE_GROUP, canonical_subscription_id
+from trustedlaunch.control.resource_id import stored_name
+from trustedlaunch.control.resources import ResourcePath, delete_cluster, list_clusters
+from trustedlaunch.store.models import Operation, ResourceGroup
+
+
+def _key(subscription_id: str, name: str) -> tuple[str, str]:
+    if not RESOURCE_GROUP.match(name):
+        raise bad_request(
+            "InvalidResourceGroup",
+            f"Resource group name '{name}' is invalid: 1-90 letters, digits, '-', '_', '.', '(' or ')', not "
+            "ending with '.'.",
+            "resourceGroupName",
+        )
+    return canonical_subscription_id(subscription_id), stored_name(name)
+
+
+def find_group(session: Session, subscription_id: str, name: str) -> ResourceGroup | None:
+    """The resource group, or None."""
+    return session.get(ResourceGroup, _key(subscription_id, name))
+
+
+def get_group(session: Session, subscription_id: str, name: str) -> ResourceGroup:
+    """The resource group, or 404 ResourceGroupNotFound."""
+    group = find_group(session, subscription_id, name)
+    if group is None:
+        raise not_found(
+            "ResourceGroupNotFound", f"Resource group '{name}' could not be found.", "resourceGroupName"
+        )
+    return group
+
+
+def put_group(
+    session: Session, subscription_id: str, name: str, location: str, tags: dict[str, str] | None
+) -> tuple[ResourceGroup, bool]:
+    """Create or update a group (its location cannot change, as ARM); (group, created)."""
+    where = limits.LocationRequest(location, "Microsoft.Resources/resourceGroups")
+    limits.raise_violations(limits.check_location(where))
+    location = limits.normalize_location(location)
+    group = find_group(session, subscription_id, name)
+    if group is None:
+        subscription, stored = _key(subscription_id, name)
+        group = ResourceGroup(
+            subscription_id=subscription, name=stored, display_name=name, location=location, tags=tags or {}
+        )
+        session.add(group)
+        return group, True
+    if group.location != location:
+        raise bad_request(
+            "InvalidResourceGroupLocation",
+            f"Invalid resource group location '{location}'. The Resource group already exists in location "
+            f"'{group.location}' in resource group '{group.display_name}'.",
+            "location",
+        )
+    if tags is not None:
+        group.tags = dict(tags)
+    return group, False
+
+
+def ensure_group(session: Session, path: ResourcePath, location: str) -> None:
+    """Create the group of a cluster being created, in its location, when missing (module docstring)."""
+    if find_group(session, path.subscription_id, path.resource_group) is None:
+        put_group(session, path.subscription_id, path.resource_group, location, None)
+
+
+def list_groups(session: Session, subscription_id: str) -> list[ResourceGroup]:
+    """The subscription's resource groups by name."""
+    subscription = canonical_subscription_id(subscription_id)
+    query = select(ResourceGroup).where(ResourceGroup.subscription_id == subscription)
+    return list(session.scalars(query.order_by(ResourceGroup.name)))
+
+
+def delete_group(session: Session, subscription_id: str, name: str) -> list[Operation] | None:
+    """Delete the group and start deleting each of its clusters; their Delete operations (None if the group
+    does not exist)."""
+    group = find_group(session, subscription_id, name)
+    if group is None:
+        return None
+    operations = []
+    for cluster in list_clusters(session, subscription_id, name):
+        operation = delete_cluster(session, ResourcePath(subscription_id, name, cluster.display_name))
+        if operation is not None:
+            operations.append(operation)
+    session.delete(group)
+    return operations
