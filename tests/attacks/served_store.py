@@ -22,6 +22,7 @@ from trustedlaunch.control.bootstrap import open_store
 
 SUB = "11111111-2222-3333-4444-555555555555"
 OTHER_SUB = "99999999-8888-7777-6666-555555555555"
+API = {"api-version": "2024-09-01"}  # ARM needs an api-version on every request
 STOP_SECONDS = 30
 
 

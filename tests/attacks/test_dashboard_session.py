@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from served_store import SUB, ServedStore, bearer, served_store, serving
+from served_store import API, SUB, ServedStore, bearer, served_store, serving
 from sqlalchemy import text
 
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
@@ -108,11 +108,15 @@ def test_the_cookie_is_a_server_side_session_ended_by_sign_out_expiry_and_revoca
             f"{url}{TOKENS}",
             json={"name": "operator", "scope": f"/subscriptions/{SUB}"},
             headers=bearer(admin),
+            params=API,
         )
         assert created.status_code == 201, created.text
         operator = session_cookie(sign_in(url, created.json()["properties"]["token"], **SAME_ORIGIN))
         assert signed_in(url, operator)
-        assert httpx.delete(f"{url}{TOKENS}/operator", headers=bearer(admin)).status_code in (200, 204)
+        assert httpx.delete(f"{url}{TOKENS}/operator", headers=bearer(admin), params=API).status_code in (
+            200,
+            204,
+        )
         assert not signed_in(url, operator)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from served_store import OTHER_SUB, SUB, ServedStore, arm_error, bearer, served_store, serving
+from served_store import API, OTHER_SUB, SUB, ServedStore, arm_error, bearer, served_store, serving
 
 from trustedlaunch.attest.alerts import alerts_from_result
 from trustedlaunch.attest.verifier import AttestationResult
@@ -113,7 +113,9 @@ def delivered_alert(url: str, token: str, subscription: str, alert_id: str) -> d
     """The alert's extendedProperties once its delivery ended (Delivered or Failed)."""
     deadline = time.monotonic() + DELIVERY_SECONDS
     while True:
-        response = httpx.get(f"{url}{alerts_path(subscription)}/{alert_id}", headers=bearer(token))
+        response = httpx.get(
+            f"{url}{alerts_path(subscription)}/{alert_id}", headers=bearer(token), params=API
+        )
         assert response.status_code == 200, response.text
         extended: dict[str, str] = response.json()["properties"]["extendedProperties"]
         if extended["webhookDelivery"] != "Pending":
@@ -169,10 +171,11 @@ def test_internal_destinations_are_refused_when_set_and_before_delivery(
                         f"{url}{webhook_path(OTHER_SUB)}",
                         json={"properties": {"url": target}},
                         headers=bearer(token),
+                        params=API,
                     )
                     message = arm_error(response, 400, "InvalidWebhookUrl")
                     assert reason in message and "TL_WEBHOOK_ALLOWED_NETWORKS" in message, (target, message)
-            stored = httpx.get(f"{url}{webhook_path(OTHER_SUB)}", headers=bearer(attacker))
+            stored = httpx.get(f"{url}{webhook_path(OTHER_SUB)}", headers=bearer(attacker), params=API)
             arm_error(stored, 404, "WebhookNotFound")
 
             # the stored loopback webhook is checked again before its delivery: refused, no connection
@@ -196,13 +199,17 @@ def test_redirects_are_not_followed_and_tenants_see_no_remote_detail(
         with serving(store) as url:
             for refused in ("http://10.0.0.5/", f"http://[::1]:{target.port}/"):
                 response = httpx.put(
-                    f"{url}{webhook_path(SUB)}", json={"properties": {"url": refused}}, headers=bearer(tenant)
+                    f"{url}{webhook_path(SUB)}",
+                    json={"properties": {"url": refused}},
+                    headers=bearer(tenant),
+                    params=API,
                 )
                 arm_error(response, 400, "InvalidWebhookUrl")
             response = httpx.put(
                 f"{url}{webhook_path(SUB)}",
                 json={"properties": {"url": redirecting.url}},
                 headers=bearer(tenant),
+                params=API,
             )
             assert response.status_code == 201, response.text
             alert_id = add_alert(store, SUB)

@@ -96,8 +96,9 @@ def test_errors_print_as_az_and_missing_resources_exit_3(
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "show", *POOL, "-n", "nopool")
     assert code == 3 and err.startswith("ERROR: (ResourceNotFound)")
     quiet = [*CREATE, "--only-show-errors"]  # without the warning about the SSH key it generates
-    code, _, err = tl(runner, cli_env, *quiet, "--enable-secure-boot")  # refused by the server: exit 1
-    assert code == 1 and err.startswith("ERROR: (PreviewFeatureNotRegistered)")
+    arm64 = ("--enable-secure-boot", "--node-vm-size", "Standard_D2ps_v5")  # refused by the server: exit 1
+    code, _, err = tl(runner, cli_env, *quiet, *arm64)
+    assert code == 1 and err.startswith("ERROR: (TrustedLaunchIncompatibleWithConfig)")
     code, _, err = tl(runner, cli_env, *quiet, "--enable-addons", "monitoring")  # by tl itself: exit 2
     assert code == 2 and err.startswith("ERROR: --enable-addons: unsupported addon(s) monitoring")
     code, _, err = tl(runner, cli_env, *quiet)
