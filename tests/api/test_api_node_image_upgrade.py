@@ -5,17 +5,15 @@ pool UpgradingNodeImageVersion), refused with 409 while an operation runs, never
 
 from __future__ import annotations
 
+import older_image_version
 from api_helpers import API, CLUSTER, SUB, cluster_body, register_trusted_launch
-from debian_boot_packages import OTHER_KERNEL
 from fastapi.testclient import TestClient
+from older_image_version import OLDER
 
-from trustedlaunch.control.node_image_versions import ImageBuild, image_versions, register_build
 from trustedlaunch.control.node_images import IMAGE_RELEASE
 from trustedlaunch.control.operations import finish_operation, get_operation
-from trustedlaunch.store.models import AgentPool
 
 POOL = f"{CLUSTER}/agentPools/nodepool1"
-OLDER = "202607.02.0"  # the release of a version built from linux-image-6.1.0-50-amd64 6.1.176-1
 
 
 def finish(client: TestClient, response: object) -> None:
@@ -26,26 +24,8 @@ def finish(client: TestClient, response: object) -> None:
 
 
 def put_pool_on_older_version(client: TestClient) -> tuple[str, str]:
-    """Store an older version (as building it would) and put the pool on its name of the pool's flavour,
-    as an earlier release would have left it; (that name, the latest name of the flavour)."""
     with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
-        latest = image_versions(session)[0][1]
-        older = ImageBuild(
-            release=OLDER,
-            kernel_package=OTHER_KERNEL[0],
-            kernel_version=OTHER_KERNEL[1],
-            kernel_release="6.1.0-50-amd64",
-            shim_version=latest.shim_version,
-            grub_version=latest.grub_version,
-            kubernetes=latest.kubernetes,
-            node_runtime=latest.node_runtime,
-        )
-        capable, other = register_build(session, older)
-        session.flush()
-        pool = session.query(AgentPool).filter_by(name="nodepool1").one()
-        tl = "TLcontainerd" in pool.node_image_version
-        pool.node_image_version = capable if tl else other
-        return pool.node_image_version, latest.version(trusted_launch=tl)
+        return older_image_version.put_pool_on_older_version(session, "nodepool1")
 
 
 def test_get_upgrades_names_the_latest_and_the_upgrade_moves_the_pool(client: TestClient) -> None:
