@@ -22,6 +22,7 @@ from trustedlaunch.cli import (
     eventlog,
     feature,
     image,
+    image_versions,  # noqa: F401  (registers `image kernels`, `image versions`, `image build-version`)
     provider,
     reconciler,
     serve,
