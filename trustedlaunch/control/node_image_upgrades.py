@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session
 
 from trustedlaunch.control import resources
 from trustedlaunch.control.errors import conflict
-from trustedlaunch.control.node_image_versions import image_versions, release_key
+from trustedlaunch.control.node_image_versions import ImageBuild, image_versions, register_build, release_key
 from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.control.resources import ResourcePath, pool_resource_id
-from trustedlaunch.store.models import AgentPool, Operation
+from trustedlaunch.store.models import AgentPool, NodeImage, Operation
 from trustedlaunch.store.vocabulary import ProvisioningState
 
 UPGRADE_PROFILE_TYPE = "Microsoft.ContainerService/managedClusters/agentPools/upgradeProfiles"
@@ -26,15 +26,19 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
-def latest_node_image_version(session: Session, pool: AgentPool) -> str:
-    """The newest node image version of `pool`'s flavour (trusted launch capable or not, as its current
-    image); a pool whose image is not a built Linux version (e.g. a Windows pool an earlier release stored)
-    keeps its own."""
+def _newest(session: Session, pool: AgentPool) -> tuple[str, ImageBuild | None]:
     current = find_image(pool.node_image_version, session)
     if pool.os_type != "Linux" or current is None or current.os_type != "Linux":
-        return pool.node_image_version
+        return pool.node_image_version, None
     newest = image_versions(session)[0][1]
-    return newest.version(trusted_launch=current.trusted_launch_capable)
+    return newest.version(trusted_launch=current.trusted_launch_capable), newest
+
+
+def latest_node_image_version(session: Session, pool: AgentPool) -> str:
+    """The newest node image version of `pool`'s flavour (trusted launch capable or not, as its current
+    image); a pool whose image is not a Linux version (e.g. a Windows pool an earlier release stored) keeps
+    its own."""
+    return _newest(session, pool)[0]
 
 
 def _release(version: str) -> tuple[int, int, int]:
@@ -86,7 +90,10 @@ def upgrade_node_image_version(
                 f"{what} has an operation in progress ({running.kind}, id {running.id}); wait for it to "
                 "finish (tl aks nodepool show / the Azure-AsyncOperation URL).",
             )
-    latest = latest_node_image_version(session, pool)
+    latest, build = _newest(session, pool)
+    if build is not None and session.get(NodeImage, latest) is None:  # the host's chain after an apt upgrade
+        register_build(session, build)
+        session.flush()
     if _release(latest) >= _release(pool.node_image_version):  # never a downgrade
         pool.node_image_version = latest
     pool.provisioning_state = ProvisioningState.UPGRADING_NODE_IMAGE_VERSION
