@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from debian_boot_packages import OTHER_KERNEL
 from older_image_version import OLDER, put_pool_on_older_version
 from typer.testing import CliRunner
@@ -15,6 +16,8 @@ from trustedlaunch.cli.main import app
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.node_images import IMAGE_RELEASE
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.store.models import ImagePolicy
 
 SUB = "11111111-2222-3333-4444-555555555555"
 
@@ -61,3 +64,28 @@ def test_build_version_refuses_a_malformed_kernel(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "linux-image-6.1.0-50-amd64" in result.stderr
+
+
+@pytest.mark.slow
+def test_build_version_builds_stores_and_keeps_the_name(tmp_path: Path) -> None:
+    """A real build from the (cached) 6.1.0-50 package: the image lands where the reconciler looks for it,
+    its policies are stored, and building the same packages again gives the same name."""
+    url = f"sqlite:///{tmp_path / 'control.db'}"
+    state = tmp_path / "state"
+    build = ["image", "build-version", "--kernel", "=".join(OTHER_KERNEL), "--database-url", url]
+    runner = CliRunner()
+    result = runner.invoke(app, [*build, "--state-dir", str(state)])
+    assert result.exit_code == 0, result.stderr
+    built = json.loads(result.stdout)
+    assert built["nodeImageVersion"].endswith(OLDER) and built["kernelPackage"] == OTHER_KERNEL[0]
+    image = NodeImage.load(state / "images" / built["nodeImageVersion"])
+    assert image.release["kernelPackage"] == OTHER_KERNEL[0]
+    assert [p.name for p in (state / "images").iterdir()] == [built["nodeImageVersion"]]  # no scratch left
+    engine, sessions = open_store(url, None)
+    with sessions() as session:
+        assert session.get(ImagePolicy, (built["nodeImageVersion"], True)) is not None
+        assert session.get(ImagePolicy, (built["notTrustedLaunchCapable"], False)) is not None
+    engine.dispose()
+    again = runner.invoke(app, [*build, "--state-dir", str(state)])
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["nodeImageVersion"] == built["nodeImageVersion"]
