@@ -16,7 +16,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trustedlaunch import __version__
-from trustedlaunch.api import metrics, monitoring_routes, routes, token_routes, verifier_routes
+from trustedlaunch.api import (
+    metrics,
+    monitoring_routes,
+    routes,
+    token_routes,
+    upgrade_routes,
+    verifier_routes,
+)
 from trustedlaunch.api.limits import RequestLimits
 from trustedlaunch.attest.destinations import allowed_networks_from_environment
 from trustedlaunch.attest.tokens import TokenIssuer
@@ -294,6 +301,7 @@ def create_app(
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)
     app.include_router(routes.router)
+    app.include_router(upgrade_routes.router)
     app.include_router(monitoring_routes.router)
     app.include_router(metrics.router)
     app.include_router(token_routes.router)

@@ -15,12 +15,14 @@ from typer.models import OptionInfo
 from trustedlaunch import __version__
 from trustedlaunch.cli import (
     aks,
+    aks_upgrade,  # noqa: F401  (registers `aks upgrade`, `aks nodepool upgrade/get-upgrades`)
     alerts,
     attest,
     demo,
     eventlog,
     feature,
     image,
+    image_versions,  # noqa: F401  (registers `image kernels`, `image versions`, `image build-version`)
     provider,
     reconciler,
     serve,
@@ -36,7 +38,7 @@ app = typer.Typer(
 )
 
 # Sub-apps register here, one line each (keep alphabetical):
-app.add_typer(aks.aks_app, name="aks")
+app.add_typer(aks.aks_app, name="aks")  # with aks_upgrade's commands (get-upgrades, upgrade)
 app.add_typer(alerts.alerts_app, name="alerts")
 app.add_typer(attest.attest_app, name="attest")
 app.add_typer(eventlog.eventlog_app, name="eventlog")

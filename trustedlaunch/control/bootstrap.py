@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.tokens import TokenIssuer
+from trustedlaunch.control.node_image_versions import pin_release_build
 from trustedlaunch.control.node_images import seed_node_images
 from trustedlaunch.control.tokens import ensure_bootstrap_token
 from trustedlaunch.store.db import make_engine, migrate, session_factory
@@ -40,6 +41,7 @@ def open_store(database_url: str | None, token_file: Path | None) -> tuple[Engin
             migrate(engine)
             with sessions.begin() as session:
                 seed_node_images(session)
+                pin_release_build(session)
                 if token_file is not None:
                     ensure_bootstrap_token(session, token_file)
             break

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -96,6 +96,12 @@ def release_key(release: str) -> tuple[int, int, int]:
     return (int(match[1]), int(match[2]), int(match[3])) if match else (0, 0, 0)
 
 
+def release_date(release: str) -> date:
+    """The day a release (<YYYYMM>.<DD>.<patch>) names."""
+    year_month, day = release_key(release)[:2]
+    return date(year_month // 100, year_month % 100, day)
+
+
 def boot_chain_date(chain: BootChain) -> date:
     """The day Debian built the newest package of `chain` (its files carry the package's build time)."""
     files = (chain.kernel.vmlinuz, chain.loaders.shim, chain.loaders.grub)
@@ -140,35 +146,63 @@ def stored_builds(session: Session, *, trusted_launch_capable: bool | None = Non
     return {version: ImageBuild.from_json(record) for version, record in rows if record is not None}
 
 
+def _build_record(chain: BootChain, release: str) -> ImageBuild:
+    recorded = image_release(boot_chain=chain)
+    return ImageBuild(
+        release=release,
+        kernel_package=chain.kernel.package,
+        kernel_version=chain.kernel.version,
+        kernel_release=chain.kernel.release,
+        shim_version=chain.loaders.shim_version,
+        grub_version=chain.loaders.grub_version,
+        kubernetes=recorded["kubernetes"],
+        node_runtime=recorded["nodeRuntime"],
+    )
+
+
+def release_build(session: Session) -> ImageBuild | None:
+    """What IMAGE_RELEASE is built from, as recorded when the store first knew it (pin_release_build), or
+    None (not recorded yet)."""
+    row = session.get(NodeImage, linux_image_version(trusted_launch=True, debian=debian_release()))
+    return None if row is None or row.build_record is None else ImageBuild.from_json(row.build_record)
+
+
+def pin_release_build(session: Session) -> None:
+    """Record what IMAGE_RELEASE is built from (the installed boot chain) the first time the store knows it,
+    so that the name keeps naming those bytes: once apt upgrades the host's kernel, shim or GRUB, the
+    installed chain makes a version of its own (plan_build) and nodes booted from IMAGE_RELEASE's build
+    are reimaged from the same packages (version_boot_chain). Nothing is recorded on a host whose boot chain
+    packages are not installed (BootPackageError: no Debian image can be built there)."""
+    if release_build(session) is not None:
+        return
+    try:
+        chain = installed_boot_chain()
+    except BootPackageError:
+        return
+    register_build(session, _build_record(chain, IMAGE_RELEASE))
+
+
 def plan_build(session: Session, chain: BootChain) -> ImageBuild:
-    """The build record of an image of `chain` with this release's Kubernetes and runtime, named: the
-    installed chain's is IMAGE_RELEASE; a stored version built from the same packages keeps its name; any
-    other is named for boot_chain_date(chain), with the next patch number of that day."""
-    release = image_release(boot_chain=chain)
-
-    def record(name: str) -> ImageBuild:
-        return ImageBuild(
-            release=name,
-            kernel_package=chain.kernel.package,
-            kernel_version=chain.kernel.version,
-            kernel_release=chain.kernel.release,
-            shim_version=chain.loaders.shim_version,
-            grub_version=chain.loaders.grub_version,
-            kubernetes=release["kubernetes"],
-            node_runtime=release["nodeRuntime"],
-        )
-
-    if chain.record() == installed_boot_chain().record():
-        return record(IMAGE_RELEASE)
-    unnamed = record(IMAGE_RELEASE)
+    """The build record of an image of `chain` with this release's Kubernetes and runtime, named: a stored
+    version built from the same packages keeps its name; the installed chain's is IMAGE_RELEASE unless that
+    name already names another build (pin_release_build: the host's chain after apt upgraded it, then named
+    for boot_chain_date(chain) but never older than IMAGE_RELEASE, so it is the latest); any other is named
+    for boot_chain_date(chain); the next patch number of that day. A name never names two builds."""
+    unnamed = _build_record(chain, IMAGE_RELEASE)
     builds = stored_builds(session).values()
     same = next((build for build in builds if build.same_build(unnamed)), None)
     if same is not None:
-        return record(same.release)
-    day = boot_chain_date(chain).strftime("%Y%m.%d")
+        return replace(unnamed, release=same.release)
+    installed = chain.record() == installed_boot_chain().record()
+    if installed and release_build(session) is None:
+        return unnamed
+    day = boot_chain_date(chain)
+    if installed:  # the host's chain after apt upgraded it: the latest, never older than IMAGE_RELEASE
+        day = max(day, release_date(IMAGE_RELEASE))
+    day_name = day.strftime("%Y%m.%d")
     taken = {build.release for build in builds} | {IMAGE_RELEASE}
-    patch = next(n for n in range(len(taken) + 1) if f"{day}.{n}" not in taken)
-    return record(f"{day}.{patch}")
+    patch = next(n for n in range(len(taken) + 1) if f"{day_name}.{n}" not in taken)
+    return replace(unnamed, release=f"{day_name}.{patch}")
 
 
 def register_build(session: Session, build: ImageBuild) -> tuple[str, str]:
@@ -248,10 +282,10 @@ def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:
 
 
 def version_boot_chain(session: Session, version: str, cache: Path | None = None) -> BootChain | None:
-    """The boot chain the stored version `version` is built from, None for the installed chain's release
-    (IMAGE_RELEASE, whatever the installed packages are now) or a version without a build record."""
+    """The boot chain the stored version `version` is built from (the installed one where its packages are
+    installed), None for a version without a build record (IMAGE_RELEASE in a store from before
+    pin_release_build: the installed chain)."""
     row = session.get(NodeImage, version)
     if row is None or row.build_record is None:
         return None
-    build = ImageBuild.from_json(row.build_record)
-    return None if build.release == IMAGE_RELEASE else chain_of_build(build, cache)
+    return chain_of_build(ImageBuild.from_json(row.build_record), cache)

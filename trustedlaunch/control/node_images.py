@@ -93,9 +93,22 @@ def node_images() -> tuple[NodeImageInfo, ...]:
     )
 
 
-def find_image(version: str) -> NodeImageInfo | None:
-    """The catalogue's image `version`, or None."""
-    return next((image for image in node_images() if image.version == version), None)
+def find_image(version: str, session: Session | None = None) -> NodeImageInfo | None:
+    """The catalogue's image `version`, else (with `session`) the stored version of that name (a version
+    built from other Debian packages: control.node_image_versions), or None."""
+    image = next((image for image in node_images() if image.version == version), None)
+    row = session.get(NodeImage, version) if image is None and session is not None else None
+    if row is None:
+        return image
+    return NodeImageInfo(
+        row.version,
+        row.os_type,
+        row.os_sku,
+        row.hyper_v_generation,
+        row.architecture,
+        row.trusted_launch_capable,
+        row.fips,
+    )
 
 
 def select_image(size: VmSize | None, fips: bool, trusted_launch_registered: bool) -> NodeImageInfo:

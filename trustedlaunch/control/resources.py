@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from sqlalchemy import func, or_, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from trustedlaunch.control import limits
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
@@ -193,7 +193,7 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
         node_soak_duration_in_minutes=pool.node_soak_duration_in_minutes,
         undrainable_node_behavior=pool.undrainable_node_behavior,
         virtual_nodes=virtual_nodes,
-        current_image=find_image(pool.node_image_version),
+        current_image=find_image(pool.node_image_version, object_session(pool)),
     )
 
 

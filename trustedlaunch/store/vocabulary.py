@@ -26,6 +26,7 @@ class ProvisioningState(StrEnum):
 
     CREATING = "Creating"
     UPDATING = "Updating"
+    UPGRADING_NODE_IMAGE_VERSION = "UpgradingNodeImageVersion"  # AKS's, while a node image upgrade runs
     DELETING = "Deleting"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"

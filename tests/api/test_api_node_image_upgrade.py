@@ -1,0 +1,89 @@
+"""AKS's node image upgrade API without VMs: `GET .../agentPools/{pool}/upgradeProfiles/default` names the
+latest node image version of the pool's flavour (trusted launch capable or not) and `POST .../
+upgradeNodeImageVersion` moves a pool on an older built version onto it (202, Azure-AsyncOperation, the
+pool UpgradingNodeImageVersion), refused with 409 while an operation runs, never a downgrade."""
+
+from __future__ import annotations
+
+import older_image_version
+from api_helpers import API, CLUSTER, SUB, cluster_body, register_trusted_launch
+from fastapi.testclient import TestClient
+from older_image_version import OLDER
+
+from trustedlaunch.control.node_images import IMAGE_RELEASE
+from trustedlaunch.control.operations import finish_operation, get_operation
+
+POOL = f"{CLUSTER}/agentPools/nodepool1"
+
+
+def finish(client: TestClient, response: object) -> None:
+    """Finish the response's operation as the reconciler would (no VMs here)."""
+    operation_id = response.headers["Azure-AsyncOperation"].split("/operations/")[1].split("?")[0]  # type: ignore[attr-defined]
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        finish_operation(session, get_operation(session, SUB, operation_id), "Succeeded")
+
+
+def put_pool_on_older_version(client: TestClient) -> tuple[str, str]:
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        return older_image_version.put_pool_on_older_version(session, "nodepool1")
+
+
+def test_get_upgrades_names_the_latest_and_the_upgrade_moves_the_pool(client: TestClient) -> None:
+    register_trusted_launch(client)
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=API)
+    assert created.status_code == 201, created.text
+    finish(client, created)
+    older, latest = put_pool_on_older_version(client)
+    assert older.endswith(OLDER) and "TLcontainerd" in older and latest.endswith(IMAGE_RELEASE)
+
+    profile = client.get(f"{POOL}/upgradeProfiles/default", params=API)
+    assert profile.status_code == 200, profile.text
+    body = profile.json()
+    assert body["id"].endswith("/agentPools/nodepool1/upgradeProfiles/default")
+    assert body["type"] == "Microsoft.ContainerService/managedClusters/agentPools/upgradeProfiles"
+    assert body["properties"]["latestNodeImageVersion"] == latest
+    assert body["properties"]["osType"] == "Linux"
+    assert body["properties"]["upgrades"] == []  # one Kubernetes version installed
+
+    upgraded = client.post(f"{POOL}/upgradeNodeImageVersion", params=API)
+    assert upgraded.status_code == 202, upgraded.text
+    assert "/operations/" in upgraded.headers["Azure-AsyncOperation"]
+    assert upgraded.json()["properties"]["nodeImageVersion"] == latest
+    assert upgraded.json()["properties"]["provisioningState"] == "UpgradingNodeImageVersion"
+    again = client.post(f"{POOL}/upgradeNodeImageVersion", params=API)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "OperationNotAllowed"
+    finish(client, upgraded)
+    assert client.get(POOL, params=API).json()["properties"]["provisioningState"] == "Succeeded"
+
+    on_latest = client.post(f"{POOL}/upgradeNodeImageVersion", params=API)  # nothing to do: ends at once
+    assert on_latest.status_code == 202 and on_latest.json()["properties"]["nodeImageVersion"] == latest
+
+
+def test_a_pool_that_is_not_trusted_launch_capable_stays_so(client: TestClient) -> None:
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=API)  # TrustedLaunchPreview unregistered
+    finish(client, created)
+    older, latest = put_pool_on_older_version(client)
+    assert "TLcontainerd" not in older and "TLcontainerd" not in latest and latest.endswith(IMAGE_RELEASE)
+    profile = client.get(f"{POOL}/upgradeProfiles/default", params=API).json()
+    assert profile["properties"]["latestNodeImageVersion"] == latest
+    upgraded = client.post(f"{POOL}/upgradeNodeImageVersion", params=API)
+    assert upgraded.json()["properties"]["nodeImageVersion"] == latest
+
+
+def test_a_pool_on_a_built_version_keeps_its_trusted_launch_check(client: TestClient) -> None:
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=API)
+    finish(client, created)
+    register_trusted_launch(client)  # after the pool was created: its image stays not capable, as AKS
+    older, _ = put_pool_on_older_version(client)
+    pool = client.get(POOL, params=API).json()
+    pool["properties"]["securityProfile"] = {"enableSecureBoot": True, "enableVTPM": True}
+    refused = client.put(POOL, json=pool, params=API)
+    assert refused.status_code == 400, refused.text
+    assert older in refused.text
+
+
+def test_unknown_pool_is_404(client: TestClient) -> None:
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=API)
+    finish(client, created)
+    assert client.get(f"{CLUSTER}/agentPools/nopool/upgradeProfiles/default", params=API).status_code == 404
+    assert client.post(f"{CLUSTER}/agentPools/nopool/upgradeNodeImageVersion", params=API).status_code == 404

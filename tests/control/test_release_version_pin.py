@@ -1,0 +1,78 @@
+"""A node image version name follows the bytes: IMAGE_RELEASE records what it was built from when the store
+first knew it (the installed boot chain then), so after apt upgrades the host's kernel the installed chain
+makes a version of its own (the latest, never older than IMAGE_RELEASE), while IMAGE_RELEASE keeps naming,
+and being rebuilt from, its own packages (fetched from Debian when no longer the installed ones); a node
+image upgrade then moves pools onto the new name, stored as it is first needed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from debian_boot_packages import OTHER_KERNEL
+from sqlalchemy.orm import Session, sessionmaker
+
+from trustedlaunch.control.node_image_upgrades import upgrade_node_image_version
+from trustedlaunch.control.node_image_versions import (
+    boot_chain,
+    image_versions,
+    plan_build,
+    register_build,
+    release_build,
+    version_boot_chain,
+)
+from trustedlaunch.control.node_images import IMAGE_RELEASE, installed_boot_chain
+from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.store.models import NodeImage
+
+SUB = "11111111-2222-3333-4444-555555555555"
+
+
+def test_the_store_records_what_image_release_is_built_from(sessions: sessionmaker[Session]) -> None:
+    installed = installed_boot_chain()
+    with sessions() as session:
+        pinned = release_build(session)
+        assert pinned is not None and pinned.release == IMAGE_RELEASE
+        assert (pinned.kernel_package, pinned.kernel_version) == (
+            installed.kernel.package,
+            installed.kernel.version,
+        )
+        assert plan_build(session, installed) == pinned
+        chain = version_boot_chain(session, pinned.version())
+        assert chain is not None and chain.record() == installed.record()
+
+
+def test_after_an_apt_upgrade_the_installed_chain_is_a_new_latest_version(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions.begin() as session:
+        pinned = release_build(session)
+        assert pinned is not None
+        # as if the host had linux-image-6.1.0-50-amd64 6.1.176-1 when the store was first opened, and apt
+        # upgraded it to the installed kernel since
+        earlier = replace(
+            pinned,
+            kernel_package=OTHER_KERNEL[0],
+            kernel_version=OTHER_KERNEL[1],
+            kernel_release="6.1.0-50-amd64",
+        )
+        register_build(session, earlier)
+        spec = PoolSpec("nodepool1", count=1, vm_size="Standard_D4s_v3")
+        _, create, _ = put_cluster(
+            session, ResourcePath(SUB, "rg", "c1"), ClusterSpec("eastus", agent_pools=[spec])
+        )
+        session.flush()
+        finish_operation(session, create, "Succeeded")
+    with sessions.begin() as session:
+        installed = plan_build(session, installed_boot_chain())
+        assert installed.release != IMAGE_RELEASE and installed.release > IMAGE_RELEASE
+        assert installed.release.startswith("202612.06.")  # the installed kernel is older than this release
+        assert plan_build(session, boot_chain(*OTHER_KERNEL)).release == IMAGE_RELEASE  # its own packages
+        chain = version_boot_chain(session, pinned.version())
+        assert chain is not None and chain.kernel.package == OTHER_KERNEL[0]  # rebuilt from them
+        versions = image_versions(session)
+        assert [build.release for _, build in versions] == [installed.release, IMAGE_RELEASE]
+        assert session.get(NodeImage, installed.version()) is None  # not stored until first needed
+        pool, _ = upgrade_node_image_version(session, ResourcePath(SUB, "rg", "c1"), "nodepool1")
+        assert pool.node_image_version == installed.version(trusted_launch=False)
+        assert session.get(NodeImage, installed.version()) is not None

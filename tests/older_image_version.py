@@ -1,0 +1,34 @@
+"""An older node image version (built from linux-image-6.1.0-50-amd64 6.1.176-1) stored as building it would,
+and a pool put on it as an earlier release would have left it: for the upgrade tests without VMs."""
+
+from __future__ import annotations
+
+from debian_boot_packages import OTHER_KERNEL
+from sqlalchemy.orm import Session
+
+from trustedlaunch.control.node_image_versions import ImageBuild, image_versions, register_build
+from trustedlaunch.store.models import AgentPool
+
+OLDER = "202607.02.0"  # the release of a version built from linux-image-6.1.0-50-amd64 6.1.176-1
+
+
+def put_pool_on_older_version(session: Session, pool_name: str) -> tuple[str, str]:
+    """Store the older version and put pool `pool_name` on its name of the pool's flavour (trusted launch
+    capable or not); (that name, the latest name of the flavour)."""
+    latest = image_versions(session)[0][1]
+    older = ImageBuild(
+        release=OLDER,
+        kernel_package=OTHER_KERNEL[0],
+        kernel_version=OTHER_KERNEL[1],
+        kernel_release="6.1.0-50-amd64",
+        shim_version=latest.shim_version,
+        grub_version=latest.grub_version,
+        kubernetes=latest.kubernetes,
+        node_runtime=latest.node_runtime,
+    )
+    capable, other = register_build(session, older)
+    session.flush()
+    pool = session.query(AgentPool).filter_by(name=pool_name).one()
+    trusted_launch = "TLcontainerd" in pool.node_image_version
+    pool.node_image_version = capable if trusted_launch else other
+    return pool.node_image_version, latest.version(trusted_launch=trusted_launch)
