@@ -6,7 +6,7 @@ pool UpgradingNodeImageVersion), refused with 409 while an operation runs, never
 from __future__ import annotations
 
 import older_image_version
-from api_helpers import API, CLUSTER, SUB, cluster_body, register_trusted_launch
+from api_helpers import API, CLUSTER, PREVIEW_API, SUB, cluster_body, register_trusted_launch
 from fastapi.testclient import TestClient
 from older_image_version import OLDER
 
@@ -60,7 +60,8 @@ def test_get_upgrades_names_the_latest_and_the_upgrade_moves_the_pool(client: Te
 
 
 def test_a_pool_that_is_not_trusted_launch_capable_stays_so(client: TestClient) -> None:
-    created = client.put(CLUSTER, json=cluster_body(count=1), params=API)  # TrustedLaunchPreview unregistered
+    # a preview api-version before TrustedLaunchPreview was registered: the pool's image is not TL capable
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=PREVIEW_API)
     finish(client, created)
     older, latest = put_pool_on_older_version(client)
     assert "TLcontainerd" not in older and "TLcontainerd" not in latest and latest.endswith(IMAGE_RELEASE)
@@ -71,7 +72,7 @@ def test_a_pool_that_is_not_trusted_launch_capable_stays_so(client: TestClient) 
 
 
 def test_a_pool_on_a_built_version_keeps_its_trusted_launch_check(client: TestClient) -> None:
-    created = client.put(CLUSTER, json=cluster_body(count=1), params=API)
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=PREVIEW_API)
     finish(client, created)
     register_trusted_launch(client)  # after the pool was created: its image stays not capable, as AKS
     older, _ = put_pool_on_older_version(client)

@@ -59,7 +59,10 @@ def test_after_an_apt_upgrade_the_installed_chain_is_a_new_latest_version(
         register_build(session, earlier)
         spec = PoolSpec("nodepool1", count=1, vm_size="Standard_D4s_v3")
         _, create, _ = put_cluster(
-            session, ResourcePath(SUB, "rg", "c1"), ClusterSpec("eastus", agent_pools=[spec])
+            session,
+            ResourcePath(SUB, "rg", "c1"),
+            ClusterSpec("eastus", agent_pools=[spec]),
+            preview=True,  # a preview api-version, TrustedLaunchPreview unregistered: not TL capable
         )
         session.flush()
         finish_operation(session, create, "Succeeded")
