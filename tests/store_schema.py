@@ -20,4 +20,4 @@ TABLES = {
     "cluster_control_planes",
     "alembic_version",
 }
-HEAD_REVISION = "0019_node_image_builds"
+HEAD_REVISION = "0021_pool_node_settings"
