@@ -1,6 +1,6 @@
 """`properties.nodeLabels`, `nodeTaints` and `maxPods` of agent pools (and of a cluster body's
 agentPoolProfiles): stored, shown as AKS shows them, kept on GET-modify-PUT, replaced by an update (maxPods
-refused: fixed once the pool exists), and refused with AKS's InvalidParameter naming the property."""
+refused: fixed once the pool exists), and refused with AKS's errors naming the property."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def test_the_aks_label_prefix_and_bad_taints_are_refused_naming_the_property(cli
     response = client.put(f"{POOLS}/labelnp", params=API, json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert (error["code"], error["target"]) == ("InvalidParameter", "properties.nodeLabels")
-    assert "reserved for AKS system labels" in error["message"]
+    assert (error["code"], error["target"]) == ("BadRequest", "properties.nodeLabels")
+    assert "The 'kubernetes.azure.com' prefix is preserved by aks system labels" in error["message"]
 
     body = {"properties": {"count": 1, "nodeTaints": ["sku=gpu"], "maxPods": 5}}
     response = client.put(f"{POOLS}/labelnp", params=API, json=body)
@@ -89,7 +89,7 @@ def test_a_bad_label_in_a_cluster_body_names_the_profile(client: TestClient) -> 
     response = client.put(CLUSTER, params=API, json=cluster_body(nodeLabels={"dept": "not valid"}))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["code"] == "InvalidParameter"
+    assert error["code"] == "BadRequest"
     assert error["target"].startswith("properties.agentPoolProfiles[0].")
     assert error["target"].endswith("nodeLabels")
 

@@ -70,8 +70,8 @@ def test_the_aks_prefix_and_bad_values_are_refused(
     add = ["aks", "nodepool", "add", *NODEPOOL, "--name", "labelnp", "--node-count", "1", "--no-wait"]
     code, _, err = tl(runner, cli_env, *add, "--labels", "kubernetes.azure.com/secure-boot=true")
     assert code == 1
-    assert "(InvalidParameter) The value of parameter agentPoolProfile.nodeLabels is invalid." in err
-    assert "reserved for AKS system labels" in err
+    assert "(BadRequest) Invalid node label key kubernetes.azure.com/secure-boot." in err
+    assert "The 'kubernetes.azure.com' prefix is preserved by aks system labels" in err
     code, _, err = tl(runner, cli_env, *add, "--max-pods", "300")
     assert code == 1 and "maxPods 300 of pool 'labelnp' is out of range" in err
     code, _, err = tl(runner, cli_env, *add, "--labels", "novalue")

@@ -1,6 +1,7 @@
-"""The limits table's rows for a pool's nodeLabels, nodeTaints and maxPods (AKS's InvalidParameter form):
-Kubernetes label and taint syntax, the reserved `kubernetes.azure.com/` prefix, maxPods's range (10-250)
-and that maxPods cannot change on an existing pool."""
+"""The limits table's rows for a pool's nodeLabels (AKS's BadRequest and wording: Kubernetes label syntax,
+the `kubernetes.azure.com` prefix AKS keeps for its own labels, the kubernetes.io and k8s.io keys a node may
+not carry), nodeTaints and maxPods (AKS's InvalidParameter form: taint syntax, maxPods's range 10-250, and
+that maxPods cannot change on an existing pool)."""
 
 from __future__ import annotations
 
@@ -59,19 +60,42 @@ def test_labels_taints_and_max_pods_as_aks_takes_them_pass() -> None:
 )
 def test_a_label_that_is_not_a_kubernetes_label_is_refused(label: tuple[str, str]) -> None:
     request = replace(VALID, node_labels=(label,))
-    assert codes(request) == [("InvalidParameter", "properties.nodeLabels")]
-    message = check_pool(request)[0].message
-    assert message.startswith("The value of parameter agentPoolProfile.nodeLabels is invalid.")
-    assert f"{label[0]}={label[1]}" in message and "pool 'labelnp'" in message
+    assert codes(request) == [("BadRequest", "properties.nodeLabels")]
+    assert check_pool(request)[0].message == (
+        f"Node label '{label[0]}: {label[1]}' does not meet syntax and character specifications. Please see "
+        "https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/ for more details."
+    )
 
 
 def test_the_aks_label_prefix_is_refused() -> None:
     request = replace(VALID, node_labels=(("kubernetes.azure.com/secure-boot", "true"), ("dept", "HR")))
     [violation] = check_pool(request)
-    assert (violation.code, violation.target) == ("InvalidParameter", "properties.nodeLabels")
-    assert "kubernetes.azure.com/secure-boot" in violation.message
-    assert "prefix 'kubernetes.azure.com/', which is reserved for AKS system labels" in violation.message
+    assert (violation.code, violation.target) == ("BadRequest", "properties.nodeLabels")
+    assert violation.message == (
+        "Invalid node label key kubernetes.azure.com/secure-boot. The 'kubernetes.azure.com' prefix is "
+        "preserved by aks system labels."
+    )
     assert invalid_labels({"kubernetes.azure.com/x": "y"}) == []  # well formed: refused for its prefix only
+
+
+@pytest.mark.parametrize(
+    "key", ["node-role.kubernetes.io/eos", "node-restriction.kubernetes.io/x", "k8s.io/x"]
+)
+def test_kubernetes_io_keys_a_node_may_not_carry_are_refused(key: str) -> None:
+    [violation] = check_pool(replace(VALID, node_labels=((key, "true"),)))
+    assert (violation.code, violation.target) == ("BadRequest", "properties.nodeLabels")
+    assert violation.message.startswith(
+        "For Kubernetes version greater than or equal to 1.16, node label keys in the 'kubernetes.io' or "
+        "'k8s.io' namespace must begin with an allowed prefix (kubelet.kubernetes.io, node.kubernetes.io)"
+    )
+    assert violation.message.endswith(f"Pool 'labelnp' has {key}.")
+
+
+@pytest.mark.parametrize(
+    "key", ["node.kubernetes.io/lifecycle", "kubelet.kubernetes.io/x", "kubernetes.io/arch"]
+)
+def test_kubernetes_io_keys_a_node_may_carry_pass(key: str) -> None:
+    assert check_pool(replace(VALID, node_labels=((key, "x"),))) == []
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,24 @@ _LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _DNS_SUBDOMAIN = r"(?=.{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
 LABEL_KEY = re.compile(rf"^(?:{_DNS_SUBDOMAIN}/)?{_LABEL_NAME}$")
 LABEL_VALUE = re.compile(rf"^(?:{_LABEL_NAME})?$")
+# Node label keys in the kubernetes.io or k8s.io namespace a node may carry (Kubernetes >= 1.16, as AKS
+# checks them): under these prefixes, or one of these labels.
+KUBERNETES_LABEL_PREFIXES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+ALLOWED_KUBERNETES_LABELS = frozenset(
+    (
+        "beta.kubernetes.io/arch",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.kubernetes.io/region",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "failure-domain.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+        "kubernetes.io/instance-type",
+        "beta.kubernetes.io/instance-type",
+    )
+)
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 TAINT = re.compile(r"^(?P<key>[^=:\s]+)(?:=(?P<value>[^:\s]*))?:(?P<effect>[A-Za-z]+)$")
 MAX_NODE_LABELS = 100  # per pool (bounds the request, the Node patch and the stored row)
@@ -255,12 +273,32 @@ def parse_taint(taint: str) -> NodeTaint | None:
 
 
 def invalid_labels(labels: dict[str, str]) -> list[str]:
-    """The labels ("key=value") among `labels` whose key or value breaks Kubernetes' label syntax."""
+    """The labels ("key: value", as AKS names them) among `labels` whose key or value breaks Kubernetes'
+    label syntax."""
     return [
-        f"{key}={value}"
+        f"{key}: {value}"
         for key, value in labels.items()
         if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value)
     ]
+
+
+def _in_namespace(prefix: str, domain: str) -> bool:
+    return prefix == domain or prefix.endswith(f".{domain}")
+
+
+def restricted_kubernetes_labels(keys: list[str]) -> list[str]:
+    """The keys among `keys` in the kubernetes.io or k8s.io namespace that a node may not carry (since
+    Kubernetes 1.16, as AKS refuses them): all but those under KUBERNETES_LABEL_PREFIXES and the ones of
+    ALLOWED_KUBERNETES_LABELS."""
+    restricted = []
+    for key in keys:
+        prefix = key.partition("/")[0].lower() if "/" in key else ""
+        if not (_in_namespace(prefix, "kubernetes.io") or _in_namespace(prefix, "k8s.io")):
+            continue
+        allowed = any(_in_namespace(prefix, domain) for domain in KUBERNETES_LABEL_PREFIXES)
+        if not allowed and key not in ALLOWED_KUBERNETES_LABELS:
+            restricted.append(key)
+    return restricted
 
 
 def reserved_keys(keys: list[str]) -> list[str]:
@@ -446,8 +484,11 @@ class PoolRequest:
             "min_drain_timeout": DRAIN_TIMEOUT_MINUTES[0],
             "max_drain_timeout": DRAIN_TIMEOUT_MINUTES[1],
             "node_soak": self.node_soak_duration_in_minutes,
-            "invalid_labels": ", ".join(invalid_labels(dict(self.node_labels))),
+            "invalid_labels": ", ".join(f"'{label}'" for label in invalid_labels(dict(self.node_labels))),
             "reserved_labels": ", ".join(reserved_keys([key for key, _ in self.node_labels])),
+            "restricted_labels": ", ".join(restricted_kubernetes_labels([k for k, _ in self.node_labels])),
+            "allowed_prefixes": ", ".join(KUBERNETES_LABEL_PREFIXES),
+            "allowed_labels": ", ".join(sorted(ALLOWED_KUBERNETES_LABELS)),
             "invalid_taints": ", ".join(t for t in self.node_taints if parse_taint(t) is None),
             "reserved_taints": ", ".join(reserved_keys([_taint_key(t) for t in self.node_taints])),
             "reserved_prefix": RESERVED_LABEL_PREFIX,
@@ -786,26 +827,33 @@ LIMITATIONS: tuple[Limitation, ...] = (
             <= NODE_SOAK_DURATION_MINUTES[1]
         ),
     ),
-    # nodeLabels, nodeTaints and maxPods, in AKS's InvalidParameter form ("The value of parameter ... is
-    # invalid"); keys under kubernetes.azure.com/ are AKS's own (here: the attestation verdict's, labels.py).
+    # nodeLabels as AKS refuses them (its BadRequest and wording): Kubernetes label syntax, keys under
+    # kubernetes.azure.com/ (AKS's own; here also the attestation verdict's, labels.py), kubernetes.io and
+    # k8s.io keys a node may not carry. nodeTaints and maxPods in AKS's InvalidParameter form.
     Limitation(
-        "InvalidParameter",
+        "BadRequest",
         "properties.nodeLabels",
-        "The value of parameter agentPoolProfile.nodeLabels is invalid. Error details: label(s) "
-        "{invalid_labels} of pool '{pool}' are not Kubernetes labels: a key is an optional DNS subdomain "
-        "prefix and '/' and a name of 1-63 letters, digits, '-', '_' or '.', starting and ending with a "
-        "letter or digit; a value is empty or such a name.",
+        "Node label {invalid_labels} does not meet syntax and character specifications. Please see "
+        "https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/ for more details.",
         PoolRequest,
         lambda r: bool(invalid_labels(dict(r.node_labels))),
     ),
     Limitation(
-        "InvalidParameter",
+        "BadRequest",
         "properties.nodeLabels",
-        "The value of parameter agentPoolProfile.nodeLabels is invalid. Error details: label key(s) "
-        "{reserved_labels} of pool '{pool}' use the prefix '{reserved_prefix}', which is reserved for AKS "
+        "Invalid node label key {reserved_labels}. The 'kubernetes.azure.com' prefix is preserved by aks "
         "system labels.",
         PoolRequest,
         lambda r: bool(reserved_keys([key for key, _ in r.node_labels])),
+    ),
+    Limitation(
+        "BadRequest",
+        "properties.nodeLabels",
+        "For Kubernetes version greater than or equal to 1.16, node label keys in the 'kubernetes.io' or "
+        "'k8s.io' namespace must begin with an allowed prefix ({allowed_prefixes}) or be in the specifically "
+        "allowed set ({allowed_labels}). Pool '{pool}' has {restricted_labels}.",
+        PoolRequest,
+        lambda r: bool(restricted_kubernetes_labels([key for key, _ in r.node_labels])),
     ),
     Limitation(
         "InvalidParameter",
