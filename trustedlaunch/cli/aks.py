@@ -666,8 +666,7 @@ def wait_cluster(
         str | None,
         typer.Option(
             "--custom",
-            help="Wait until this JMESPath query on the cluster is true, e.g. "
-            "\"properties.powerState.code=='Running'\".",
+            help="Wait until this JMESPath query on the cluster's JSON is true.",
         ),
     ] = None,
     interval: Annotated[int, typer.Option("--interval", min=1, help="Polling interval in seconds.")] = 30,
