@@ -949,9 +949,9 @@ class Reconciler:
             if account == ALREADY_STARTED:  # adopted mid-join: its kubelet may have registered already
                 previous_boot_id = None
             seconds = self.joiner.initialize(node, labels, channel, previous_boot_id)
-            # its kubelet registered with the pool's taints, and the labels were just set
-            node.applied_node_labels = dict(pool.node_labels or {})
-            node.applied_node_taints = list(pool.node_taints or [])
+            # a new Node has the pool's labels (just set) and taints (its kubelet registered with them): this
+            # records them; a Node a rebooted VM kept gets those the pool changed meanwhile
+            self.joiner.bring_node_settings(node)
         except NodeJoinFailedError as exc:
             with contextlib.suppress(NodeJoinFailedError):
                 self.joiner.forget(node)  # a Node its kubelet registered goes with the failed VM
