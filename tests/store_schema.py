@@ -21,4 +21,4 @@ TABLES = {
     "resource_groups",
     "alembic_version",
 }
-HEAD_REVISION = "0019_node_image_builds"
+HEAD_REVISION = "0020_pool_node_settings"

@@ -42,7 +42,7 @@ def test_nodepool_add_and_update_with_max_surge(runner: CliRunner, cli_env: dict
 def test_nodepool_update_needs_something_to_update(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
     code, _, err = tl(runner, cli_env, "aks", "nodepool", "update", *NODEPOOL, "--name", "surgepool")
     assert code == 2
-    assert "--max-surge, --drain-timeout, --node-soak-duration or --undrainable-node-behavior" in err
+    assert "--max-surge, --drain-timeout, --node-soak-duration, --undrainable-node-behavior" in err
 
 
 def test_nodepool_add_with_drain_timeout(runner: CliRunner, cli_env: dict[str, str | None]) -> None:

@@ -82,6 +82,7 @@ def test_the_bundle_holds_exactly_the_files_the_agent_places() -> None:
     assert config["authorization"] == {"mode": "Webhook"}
     assert config["authentication"]["anonymous"] == {"enabled": False}
     assert config["registerWithTaints"] == [ATTESTATION_PENDING_TAINT]
+    assert config["maxPods"] == 110  # kubelet's (and AKS's kubenet) default
     assert (config["tlsCertFile"], config["tlsPrivateKeyFile"], config["rotateCertificates"]) == (
         "/etc/kubernetes/pki/kubelet-server.crt",
         "/etc/kubernetes/pki/kubelet-server.key",
@@ -89,6 +90,16 @@ def test_the_bundle_holds_exactly_the_files_the_agent_places() -> None:
     )
     [bridge] = json.loads(files["cni.conflist"])["plugins"]
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
+
+
+def test_the_pools_taints_and_max_pods_go_into_the_kubelet_configuration() -> None:
+    """A pool's nodeTaints register with the Node beside the attestation pending taint (so no pod that does
+    not tolerate them lands there first), and its maxPods is the kubelet's (the Node's capacity.pods)."""
+    pool_taint = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
+    files = bundle_files(join(taints=(ATTESTATION_PENDING_TAINT, pool_taint), max_pods=30).bundle())
+    config = yaml.safe_load(files["config.yaml"])
+    assert config["registerWithTaints"] == [ATTESTATION_PENDING_TAINT, pool_taint]
+    assert config["maxPods"] == 30
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from trustedlaunch.control.limits import MAX_NODE_LABELS, MAX_NODE_TAINTS
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec
 
 # AKS's osType values: a Windows pool passes validation to meet the limits table, which refuses it with
@@ -92,6 +93,11 @@ class AgentPoolProperties(ArmModel):
     gpuProfile: GpuProfile | None = None
     securityProfile: SecurityProfile | None = None
     upgradeSettings: UpgradeSettings | None = None
+    # the pool's Kubernetes Node labels and taints ("key=value:Effect") and the kubelet's maxPods; their
+    # syntax, reserved prefix and range are checked in limits.py
+    nodeLabels: dict[str, str] | None = Field(default=None, max_length=MAX_NODE_LABELS)
+    nodeTaints: list[str] | None = Field(default=None, max_length=MAX_NODE_TAINTS)
+    maxPods: int | None = Field(default=None, ge=0, le=100_000)
 
     def to_spec(self, name: str) -> PoolSpec:
         """The control layer's pool request."""
@@ -121,6 +127,9 @@ class AgentPoolProperties(ArmModel):
             undrainable_node_behavior=(
                 self.upgradeSettings.undrainableNodeBehavior if self.upgradeSettings else None
             ),
+            node_labels=self.nodeLabels,
+            node_taints=self.nodeTaints,
+            max_pods=self.maxPods,
         )
 
 

@@ -66,9 +66,12 @@ class AgentPoolPropertiesOut(BaseModel):
     securityProfile: SecurityProfileOut
     nodeImageVersion: str
     upgradeSettings: UpgradeSettingsOut
+    maxPods: int
     provisioningState: str
     powerState: PowerState
     gpuProfile: GpuProfileOut | None = None
+    nodeLabels: dict[str, str] | None = None  # only when the pool has some, as AKS
+    nodeTaints: list[str] | None = None
     eTag: str | None = None  # on the pool resource (`GET .../agentPools/{name}`), not in agentPoolProfiles
 
 

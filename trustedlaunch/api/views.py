@@ -11,6 +11,7 @@ from trustedlaunch.control.cluster_planes import current_kubernetes_version, hos
 from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
+    DEFAULT_MAX_PODS,
     kubernetes_upgrades,
     parse_kubernetes_version,
     running_kubernetes_version,
@@ -128,11 +129,16 @@ def pool_properties(pool: AgentPool) -> JsonObject:
         "securityProfile": {"enableSecureBoot": pool.enable_secure_boot, "enableVTPM": pool.enable_vtpm},
         "nodeImageVersion": pool.node_image_version,
         "upgradeSettings": upgrade_settings(pool),
+        "maxPods": DEFAULT_MAX_PODS if pool.max_pods is None else pool.max_pods,
         "provisioningState": pool.provisioning_state,
         "powerState": {"code": pool.power_state},
     }
     if pool.gpu_driver is not None:
         properties["gpuProfile"] = {"driver": pool.gpu_driver}
+    if pool.node_labels:  # as AKS: absent when the pool has none
+        properties["nodeLabels"] = pool.node_labels
+    if pool.node_taints:
+        properties["nodeTaints"] = pool.node_taints
     return properties
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import jmespath
 import typer
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jmespath.exceptions import JMESPathError
 
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
@@ -253,6 +256,61 @@ UndrainableNodeBehaviorOption = Annotated[
 ]
 
 
+LabelsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--labels",
+        help="Node labels of the pool's Kubernetes Nodes: space-separated key=value (quote them: --labels "
+        "\"dept=IT costcenter=9000\"); on update they replace the pool's, '' clears them. Keys under "
+        "kubernetes.azure.com/ are AKS's own and refused.",
+    ),
+]
+TaintsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--node-taints",
+        help="Taints of the pool's Kubernetes Nodes: comma-separated key=value:Effect (NoSchedule, "
+        "PreferNoSchedule or NoExecute); on update they replace the pool's, '' clears them.",
+    ),
+]
+MaxPodsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pods",
+        "-m",
+        help="Maximum pods per node (10-250; default 110), the kubelet's; fixed once the pool exists.",
+    ),
+]
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    """az's `--labels key=value ...` as a label dict ("" clears: {})."""
+    labels: dict[str, str] = {}
+    for word in " ".join(values).split():
+        key, equals, value = word.partition("=")
+        if not key or not equals:
+            raise bad_input(f"argument --labels: '{word}' is not key=value")
+        labels[key] = value
+    return labels
+
+
+def _taints(value: str) -> list[str]:
+    """az's `--node-taints key=value:Effect,...` as a list ("" clears: [])."""
+    return [taint.strip() for taint in value.split(",") if taint.strip()]
+
+
+def _node_settings(
+    properties: dict[str, Any], labels: list[str] | None, taints: str | None, max_pods: int | None = None
+) -> None:
+    """Set the given nodeLabels, nodeTaints and maxPods (None: not given) in pool `properties`."""
+    if labels is not None:
+        properties["nodeLabels"] = _labels(labels)
+    if taints is not None:
+        properties["nodeTaints"] = _taints(taints)
+    if max_pods is not None:
+        properties["maxPods"] = max_pods
+
+
 def _tags(values: list[str]) -> dict[str, str]:
     """az's `--tags key[=value] ...` as a tag dict ("" clears: {})."""
     tags: dict[str, str] = {}
@@ -450,6 +508,23 @@ def create(
         ),
     ] = False,
     tags: TagsOption = None,
+    nodepool_labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nodepool-labels",
+            "--labels",
+            help="Node labels of the first pool: space-separated key=value (see `nodepool add --labels`).",
+        ),
+    ] = None,
+    nodepool_taints: Annotated[
+        str | None,
+        typer.Option(
+            "--nodepool-taints",
+            "--node-taints",
+            help="Taints of the first pool: comma-separated key=value:Effect.",
+        ),
+    ] = None,
+    max_pods: MaxPodsOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
@@ -476,6 +551,7 @@ def create(
         enable_secure_boot,
         enable_vtpm,
     )
+    _node_settings(pool, nodepool_labels, nodepool_taints, max_pods)
     properties: dict[str, Any] = {"agentPoolProfiles": [pool]}
     if kubernetes_version:
         properties["kubernetesVersion"] = kubernetes_version
@@ -549,6 +625,77 @@ def update_cluster(
         response = client.request("PUT", path, json=body)
         result = _finish(client, response, path, f"Updating cluster {name}", no_wait, timeout)
         output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+def _wait_condition(
+    cluster: dict[str, Any] | None,
+    created: bool,
+    updated: bool,
+    deleted: bool,
+    exists: bool,
+    custom: str | None,
+) -> bool:
+    """Whether `cluster` (None: it does not exist) is what `aks wait` waits for; fails when it is in a
+    state the wait cannot reach (provisioningState Failed while waiting for --created or --updated)."""
+    if deleted:
+        return cluster is None
+    if cluster is None:
+        return False
+    state = cluster.get("properties", {}).get("provisioningState")
+    if (created or updated) and state == "Failed":
+        raise fail(f"the cluster's provisioningState is {state}")
+    if custom is not None:
+        return bool(jmespath.search(custom, cluster))
+    return exists or state == "Succeeded"
+
+
+@api_command(aks_app, name="wait")
+def wait_cluster(
+    api: ApiTarget,
+    name: NameOption,
+    resource_group: GroupOption,
+    created: Annotated[
+        bool, typer.Option("--created", help="Wait until it exists with provisioningState Succeeded.")
+    ] = False,
+    updated: Annotated[
+        bool, typer.Option("--updated", help="Wait until its provisioningState is Succeeded.")
+    ] = False,
+    deleted: Annotated[bool, typer.Option("--deleted", help="Wait until it is deleted.")] = False,
+    exists: Annotated[bool, typer.Option("--exists", help="Wait until it exists.")] = False,
+    custom: Annotated[
+        str | None,
+        typer.Option(
+            "--custom",
+            help="Wait until this JMESPath query on the cluster's JSON is true.",
+        ),
+    ] = None,
+    interval: Annotated[int, typer.Option("--interval", min=1, help="Polling interval in seconds.")] = 30,
+    timeout: Annotated[int, typer.Option("--timeout", min=1, help="Maximum wait in seconds.")] = 3600,
+) -> None:
+    """Place the CLI in a waiting state until a condition of the managed cluster is met (as `az aks wait`):
+    exit 0 then, 1 after --timeout seconds."""
+    if sum((created, updated, deleted, exists, custom is not None)) != 1:
+        raise bad_input("pass exactly one of --created, --updated, --deleted, --exists or --custom")
+    if custom is not None:
+        try:
+            jmespath.compile(custom)
+        except JMESPathError as exc:
+            raise bad_input(f"argument --custom: invalid JMESPath query {custom!r} ({exc})") from None
+    deadline = time.monotonic() + timeout
+    with api.connect() as client:
+        path = _cluster_path(client, resource_group, name)
+        while True:
+            try:
+                cluster: dict[str, Any] | None = client.json("GET", path)
+            except ArmCallError as missing:
+                if missing.status != 404:
+                    raise
+                cluster = None
+            if _wait_condition(cluster, created, updated, deleted, exists, custom):
+                return
+            if time.monotonic() + interval > deadline:
+                raise fail(f"Wait operation timed-out after {timeout} seconds")
+            time.sleep(interval)
 
 
 @api_command(aks_app, name="list")
@@ -726,6 +873,9 @@ def add(
     drain_timeout: DrainTimeoutOption = None,
     node_soak_duration: NodeSoakDurationOption = None,
     undrainable_node_behavior: UndrainableNodeBehaviorOption = None,
+    labels: LabelsOption = None,
+    node_taints: TaintsOption = None,
+    max_pods: MaxPodsOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -755,6 +905,7 @@ def add(
     }
     if any(value is not None for value in upgrade.values()):
         _upgrade_settings(properties, **upgrade)
+    _node_settings(properties, labels, node_taints, max_pods)
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
         response = client.request(
@@ -780,14 +931,17 @@ def update(
     drain_timeout: DrainTimeoutOption = None,
     node_soak_duration: NodeSoakDurationOption = None,
     undrainable_node_behavior: UndrainableNodeBehaviorOption = None,
+    labels: LabelsOption = None,
+    node_taints: TaintsOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
     """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
     at a time beside the old ones, each old node drained within --drain-timeout minutes, then soaked
-    --node-soak-duration minutes; one it cannot drain is handled as --undrainable-node-behavior says), or
-    set those upgrade settings."""
+    --node-soak-duration minutes; one it cannot drain is handled as --undrainable-node-behavior says), set
+    those upgrade settings, or replace the pool's node labels and taints (set on its Nodes without a
+    reimage)."""
     flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
     conflicts = check_flags(flags)
     if conflicts:
@@ -801,11 +955,13 @@ def update(
         or drain_timeout is not None
         or node_soak_duration is not None
         or undrainable_node_behavior is not None
+        or labels is not None
+        or node_taints is not None
     ):
         raise bad_input(
             "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
-            "--disable-vtpm, --max-surge, --drain-timeout, --node-soak-duration or "
-            "--undrainable-node-behavior"
+            "--disable-vtpm, --max-surge, --drain-timeout, --node-soak-duration, "
+            "--undrainable-node-behavior, --labels or --node-taints"
         )
     with api.connect() as client:
         path = _pool_path(client, resource_group, cluster_name, name)
@@ -822,6 +978,7 @@ def update(
             nodeSoakDurationInMinutes=node_soak_duration,
             undrainableNodeBehavior=undrainable_node_behavior,
         )
+        _node_settings(pool["properties"], labels, node_taints)
         response = client.request("PUT", path, json=pool)
         result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
@@ -906,6 +1063,27 @@ def list_machines(
         path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines"
         machines = client.json("GET", path)
     output(machines["value"], output_format, MACHINE_COLUMNS, _machine_row)
+
+
+@api_command(machine_app, name="show")
+def show_machine(
+    api: ApiTarget,
+    cluster_name: ClusterNameOption,
+    nodepool_name: Annotated[
+        str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
+    ],
+    machine_name: Annotated[
+        str, typer.Option("--machine-name", help="Name of the machine (node).", callback=valid_machine)
+    ],
+    resource_group: GroupOption,
+    output_format: OutputOption = OutputFormat.json,
+) -> None:
+    """Show one machine of a node pool (Machines_Get) with its labels and attestation status."""
+    with api.connect() as client:
+        machine = client.json(
+            "GET", _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)
+        )
+    output(machine, output_format, MACHINE_COLUMNS, _machine_row)
 
 
 @api_command(nodepool_app, name="delete")

@@ -132,6 +132,47 @@ def pool_labels_patch(node: dict[str, Any], labels: Mapping[str, str]) -> dict[s
     return {"metadata": patch_metadata}
 
 
+def _taint_identity(taint: Mapping[str, Any]) -> tuple[str, str]:
+    return str(taint.get("key")), str(taint.get("effect"))
+
+
+def node_settings_patch(
+    node: dict[str, Any],
+    labels: Mapping[str, str],
+    taints: Sequence[Mapping[str, str]],
+    previous_labels: Mapping[str, str],
+    previous_taints: Sequence[Mapping[str, str]],
+) -> dict[str, Any] | None:
+    """The merge patch that gives `node` a pool's nodeLabels `labels` and nodeTaints `taints` (Kubernetes
+    JSON form) and removes those it set before (`previous_labels`, `previous_taints`) that the pool no longer
+    has; any other label or taint (kubelet's, an operator's, the attestation verdict's, the join's) is kept.
+    A taint is one per key and effect, as Kubernetes has them. None when the node has them all already."""
+    metadata = node.get("metadata", {})
+    current_labels: dict[str, str] = metadata.get("labels") or {}
+    label_changes: dict[str, str | None] = {
+        key: None for key in previous_labels if key in current_labels and key not in labels
+    }
+    label_changes |= {key: value for key, value in labels.items() if current_labels.get(key) != value}
+    current_taints: list[dict[str, Any]] = node.get("spec", {}).get("taints") or []
+    managed = {_taint_identity(taint) for taint in (*previous_taints, *taints)}
+    kept = [taint for taint in current_taints if _taint_identity(taint) not in managed]
+    wanted_taints = [*kept, *(dict(taint) for taint in taints)]
+    patch: dict[str, Any] = {}
+    if label_changes:
+        patch["metadata"] = {"labels": label_changes}
+    if sorted(map(_taint_comparable, current_taints)) != sorted(map(_taint_comparable, wanted_taints)):
+        patch["spec"] = {"taints": wanted_taints or None}  # a merge patch replaces the whole list
+    if not patch:
+        return None
+    if "resourceVersion" in metadata:
+        patch.setdefault("metadata", {})["resourceVersion"] = metadata["resourceVersion"]
+    return patch
+
+
+def _taint_comparable(taint: Mapping[str, Any]) -> tuple[str, str, str]:
+    return str(taint.get("key")), str(taint.get("value") or ""), str(taint.get("effect"))
+
+
 def _adapter_error(node_name: str, error: httpx2.HTTPError) -> KubernetesAdapterError:
     """The error for a failed request about a node: the API server's Status message when it sent one."""
     if isinstance(error, ApiError):
@@ -204,6 +245,21 @@ class KubernetesNodeAdapter:
         if not self._patch(node_name, compute):
             return {}
         return {key: before.get(key) for key, value in labels.items() if before.get(key) != value}
+
+    def set_node_settings(
+        self,
+        node_name: str,
+        labels: Mapping[str, str],
+        taints: Sequence[Mapping[str, str]],
+        previous_labels: Mapping[str, str],
+        previous_taints: Sequence[Mapping[str, str]],
+    ) -> bool:
+        """Give the node its pool's nodeLabels and nodeTaints and remove the ones set before that the pool
+        dropped (node_settings_patch); True when a patch was needed. Raise KubernetesAdapterError."""
+        return self._patch(
+            node_name,
+            lambda node: node_settings_patch(node, labels, taints, previous_labels, previous_taints),
+        )
 
     def apply_node_state(
         self,

@@ -83,8 +83,19 @@ POOL_LABEL_KEYS = frozenset(pool_labels("", "", "", "", ""))
 
 
 def join_labels(
-    pool_name: str, mode: str, image_version: str, os_sku: str, vm_size: str, node_labels: dict[str, str]
+    pool_name: str,
+    mode: str,
+    image_version: str,
+    os_sku: str,
+    vm_size: str,
+    node_labels: dict[str, str],
+    custom: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The labels the control plane sets on a node's Kubernetes Node once it joined (as AKS sets them): its
-    pool_labels plus the attestation status and verdict labels of its row's `node_labels`."""
-    return {**pool_labels(pool_name, mode, image_version, os_sku, vm_size), **verdict_labels(node_labels)}
+    pool's nodeLabels (`custom`: never under AKS_PREFIX, control.limits refuses those), its pool_labels,
+    and the attestation status and verdict labels of its row's `node_labels`."""
+    return {
+        **(custom or {}),
+        **pool_labels(pool_name, mode, image_version, os_sku, vm_size),
+        **verdict_labels(node_labels),
+    }

@@ -54,6 +54,7 @@ IMMUTABLE_POOL_PROPERTIES = (
     ("os_disk_type", "osDiskType"),
     ("os_disk_size_gb", "osDiskSizeGB"),
     ("gpu_driver", "gpuProfile.driver"),
+    ("max_pods", "maxPods"),  # as AKS: the kubelet's maxPods is set when a node joins; a new pool changes it
 )
 MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node count or a percentage
 MAX_SURGE_NODES = 1000  # a pool's largest node count
@@ -61,6 +62,39 @@ MAX_SURGE_NODES = 1000  # a pool's largest node count
 DRAIN_TIMEOUT_MINUTES = (1, 1440)
 # upgradeSettings.nodeSoakDurationInMinutes: AKS's range (its REST API spec: 0 to 30); unset: 0
 NODE_SOAK_DURATION_MINUTES = (0, 30)
+# maxPods: AKS's range (10 to 250 pods per node) and its default for kubenet, the network this platform's
+# nodes have (a bridge with host-local pod addresses, node/kubelet.py), where Azure CNI's default is 30.
+MAX_PODS = (10, 250)
+DEFAULT_MAX_PODS = 110
+# nodeLabels / nodeTaints: Kubernetes label syntax (a qualified name: an optional DNS subdomain prefix and a
+# name; a value of at most 63 characters), taints as az and AKS write them ("key=value:Effect").
+RESERVED_LABEL_PREFIX = "kubernetes.azure.com/"  # AKS's own labels and taints (control.labels.AKS_PREFIX)
+_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_DNS_SUBDOMAIN = r"(?=.{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY = re.compile(rf"^(?:{_DNS_SUBDOMAIN}/)?{_LABEL_NAME}$")
+LABEL_VALUE = re.compile(rf"^(?:{_LABEL_NAME})?$")
+# Node label keys in the kubernetes.io or k8s.io namespace a node may carry (Kubernetes >= 1.16, as AKS
+# checks them): under these prefixes, or one of these labels.
+KUBERNETES_LABEL_PREFIXES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+ALLOWED_KUBERNETES_LABELS = frozenset(
+    (
+        "beta.kubernetes.io/arch",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.kubernetes.io/region",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "failure-domain.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+        "kubernetes.io/instance-type",
+        "beta.kubernetes.io/instance-type",
+    )
+)
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TAINT = re.compile(r"^(?P<key>[^=:\s]+)(?:=(?P<value>[^:\s]*))?:(?P<effect>[A-Za-z]+)$")
+MAX_NODE_LABELS = 100  # per pool (bounds the request, the Node patch and the stored row)
+MAX_NODE_TAINTS = 50
 # ARM names (as az checks them); ARM compares ids case-insensitively
 SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 RESOURCE_GROUP = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")
@@ -214,6 +248,69 @@ def surge_nodes(max_surge: str | None, count: int) -> int:
 
 
 @dataclass(frozen=True)
+class NodeTaint:
+    """One of a pool's nodeTaints ("key=value:Effect", the value optional) as a Kubernetes taint."""
+
+    key: str
+    value: str
+    effect: str
+
+    def to_dict(self) -> dict[str, str]:
+        """The Kubernetes JSON form (no value: none)."""
+        return {"key": self.key, "effect": self.effect, **({"value": self.value} if self.value else {})}
+
+
+def parse_taint(taint: str) -> NodeTaint | None:
+    """The taint "key=value:Effect" (or "key:Effect") names; None unless its key is a label key, its value a
+    label value and its effect NoSchedule, PreferNoSchedule or NoExecute."""
+    match = TAINT.match(taint)
+    if match is None:
+        return None
+    key, value, effect = match.group("key"), match.group("value") or "", match.group("effect")
+    if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value) or effect not in TAINT_EFFECTS:
+        return None
+    return NodeTaint(key, value, effect)
+
+
+def invalid_labels(labels: dict[str, str]) -> list[str]:
+    """The labels ("key: value", as AKS names them) among `labels` whose key or value breaks Kubernetes'
+    label syntax."""
+    return [
+        f"{key}: {value}"
+        for key, value in labels.items()
+        if not LABEL_KEY.match(key) or not LABEL_VALUE.match(value)
+    ]
+
+
+def _in_namespace(prefix: str, domain: str) -> bool:
+    return prefix == domain or prefix.endswith(f".{domain}")
+
+
+def restricted_kubernetes_labels(keys: list[str]) -> list[str]:
+    """The keys among `keys` in the kubernetes.io or k8s.io namespace that a node may not carry (since
+    Kubernetes 1.16, as AKS refuses them): all but those under KUBERNETES_LABEL_PREFIXES and the ones of
+    ALLOWED_KUBERNETES_LABELS."""
+    restricted = []
+    for key in keys:
+        prefix = key.partition("/")[0].lower() if "/" in key else ""
+        if not (_in_namespace(prefix, "kubernetes.io") or _in_namespace(prefix, "k8s.io")):
+            continue
+        allowed = any(_in_namespace(prefix, domain) for domain in KUBERNETES_LABEL_PREFIXES)
+        if not allowed and key not in ALLOWED_KUBERNETES_LABELS:
+            restricted.append(key)
+    return restricted
+
+
+def reserved_keys(keys: list[str]) -> list[str]:
+    """The keys among `keys` under RESERVED_LABEL_PREFIX (AKS's own; no pool may set them)."""
+    return [key for key in keys if key.lower().startswith(RESERVED_LABEL_PREFIX)]
+
+
+def _taint_key(taint: str) -> str:
+    return re.split(r"[=:]", taint, maxsplit=1)[0]
+
+
+@dataclass(frozen=True)
 class Usage:
     """What a subscription holds on this host: clusters, nodes, and the nodes' guest vCPUs and memory."""
 
@@ -334,6 +431,9 @@ class PoolRequest:
     drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes; None: 30
     node_soak_duration_in_minutes: int | None = None  # upgradeSettings.nodeSoakDurationInMinutes; None: 0
     undrainable_node_behavior: str | None = None  # upgradeSettings.undrainableNodeBehavior; None: Schedule
+    node_labels: tuple[tuple[str, str], ...] = ()  # nodeLabels, as (key, value) pairs (hashable)
+    node_taints: tuple[str, ...] = ()  # nodeTaints, "key=value:Effect"
+    max_pods: int = DEFAULT_MAX_PODS
     cluster_version: str | None = None  # the control plane's Kubernetes version
     other_system_pools: int = 0  # System pools of the cluster besides this one
     virtual_nodes: bool = False
@@ -385,6 +485,17 @@ class PoolRequest:
             "min_drain_timeout": DRAIN_TIMEOUT_MINUTES[0],
             "max_drain_timeout": DRAIN_TIMEOUT_MINUTES[1],
             "node_soak": self.node_soak_duration_in_minutes,
+            "invalid_labels": ", ".join(f"'{label}'" for label in invalid_labels(dict(self.node_labels))),
+            "reserved_labels": ", ".join(reserved_keys([key for key, _ in self.node_labels])),
+            "restricted_labels": ", ".join(restricted_kubernetes_labels([k for k, _ in self.node_labels])),
+            "allowed_prefixes": ", ".join(KUBERNETES_LABEL_PREFIXES),
+            "allowed_labels": ", ".join(sorted(ALLOWED_KUBERNETES_LABELS)),
+            "invalid_taints": ", ".join(t for t in self.node_taints if parse_taint(t) is None),
+            "reserved_taints": ", ".join(reserved_keys([_taint_key(t) for t in self.node_taints])),
+            "reserved_prefix": RESERVED_LABEL_PREFIX,
+            "max_pods": self.max_pods,
+            "min_max_pods": MAX_PODS[0],
+            "max_max_pods": MAX_PODS[1],
             "min_node_soak": NODE_SOAK_DURATION_MINUTES[0],
             "max_node_soak": NODE_SOAK_DURATION_MINUTES[1],
         }
@@ -717,6 +828,61 @@ LIMITATIONS: tuple[Limitation, ...] = (
             <= r.node_soak_duration_in_minutes
             <= NODE_SOAK_DURATION_MINUTES[1]
         ),
+    ),
+    # nodeLabels as AKS refuses them (its BadRequest and wording): Kubernetes label syntax, keys under
+    # kubernetes.azure.com/ (AKS's own; here also the attestation verdict's, labels.py), kubernetes.io and
+    # k8s.io keys a node may not carry. nodeTaints and maxPods in AKS's InvalidParameter form.
+    Limitation(
+        "BadRequest",
+        "properties.nodeLabels",
+        "Node label {invalid_labels} does not meet syntax and character specifications. Please see "
+        "https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/ for more details.",
+        PoolRequest,
+        lambda r: bool(invalid_labels(dict(r.node_labels))),
+    ),
+    Limitation(
+        "BadRequest",
+        "properties.nodeLabels",
+        "Invalid node label key {reserved_labels}. The 'kubernetes.azure.com' prefix is preserved by aks "
+        "system labels.",
+        PoolRequest,
+        lambda r: bool(reserved_keys([key for key, _ in r.node_labels])),
+    ),
+    Limitation(
+        "BadRequest",
+        "properties.nodeLabels",
+        "For Kubernetes version greater than or equal to 1.16, node label keys in the 'kubernetes.io' or "
+        "'k8s.io' namespace must begin with an allowed prefix ({allowed_prefixes}) or be in the specifically "
+        "allowed set ({allowed_labels}). Pool '{pool}' has {restricted_labels}.",
+        PoolRequest,
+        lambda r: bool(restricted_kubernetes_labels([key for key, _ in r.node_labels])),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.nodeTaints",
+        "The value of parameter agentPoolProfile.nodeTaints is invalid. Error details: taint(s) "
+        "{invalid_taints} of pool '{pool}' are not of the form key=value:Effect (or key:Effect), with a "
+        "label key and value and the effect NoSchedule, PreferNoSchedule or NoExecute.",
+        PoolRequest,
+        lambda r: any(parse_taint(taint) is None for taint in r.node_taints),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.nodeTaints",
+        "The value of parameter agentPoolProfile.nodeTaints is invalid. Error details: taint key(s) "
+        "{reserved_taints} of pool '{pool}' use the prefix '{reserved_prefix}', which is reserved for AKS "
+        "system taints.",
+        PoolRequest,
+        lambda r: bool(reserved_keys([_taint_key(taint) for taint in r.node_taints])),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.maxPods",
+        "The value of parameter agentPoolProfile.maxPods is invalid. Error details: maxPods {max_pods} of "
+        "pool '{pool}' is out of range: use {min_max_pods} to {max_max_pods} pods per node "
+        f"(unset: {DEFAULT_MAX_PODS}).",
+        PoolRequest,
+        lambda r: not MAX_PODS[0] <= r.max_pods <= MAX_PODS[1],
     ),
     Limitation(
         "InvalidParameter",  # as AKS answers it

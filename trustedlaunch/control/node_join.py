@@ -57,6 +57,7 @@ from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhas
 from trustedlaunch.control.hosted_control_plane import free_loopback_port
 from trustedlaunch.control.kubernetes import KubernetesAdapterError
 from trustedlaunch.control.labels import pool_labels
+from trustedlaunch.control.limits import DEFAULT_MAX_PODS, parse_taint
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.channel import AgentChannel, AgentError, AgentOutdatedError, RenewedCredentials
 from trustedlaunch.node.image import NodeImage
@@ -144,6 +145,12 @@ def issue_kubelet_credentials(
     return KubeletCredentials(client_cert, client_key, serving_cert, serving_key)
 
 
+def pool_taints(taints: list[str] | None) -> list[dict[str, str]]:
+    """A pool's nodeTaints ("key=value:Effect", checked by control.limits) in Kubernetes JSON form."""
+    parsed = [parse_taint(taint) for taint in taints or ()]
+    return [taint.to_dict() for taint in parsed if taint is not None]
+
+
 def _ready_condition(stored: dict[str, Any]) -> dict[str, Any] | None:
     conditions = stored.get("status", {}).get("conditions") or []
     return next((condition for condition in conditions if condition.get("type") == "Ready"), None)
@@ -188,7 +195,8 @@ class NodeJoiner:
                 pki.ca_cert.read_bytes(),
                 issue_kubelet_credentials(pki, node.name, self.validity),
                 node.kubelet_port,
-                taints=(ATTESTATION_PENDING_TAINT,),
+                taints=(ATTESTATION_PENDING_TAINT, *pool_taints(node.pool.node_taints)),
+                max_pods=DEFAULT_MAX_PODS if node.pool.max_pods is None else node.pool.max_pods,
             )
             return channel.start_kubelet(join.bundle(), KUBELET_START_TIMEOUT)
         except AgentError as exc:
@@ -332,6 +340,28 @@ class NodeJoiner:
         except KubernetesAdapterError as exc:
             raise NodeJoinFailedError(f"node {node.name}: labels not brought back to its row: {exc}") from exc
         return [f"{key}: {old or '(none)'} -> {wanted[key]}" for key, old in sorted(changed.items())]
+
+    def bring_node_settings(self, node: Node) -> bool:
+        """Give joined `node`'s Node its pool's nodeLabels and nodeTaints as they are now, removing those the
+        control plane set before (recorded on the row) that the pool dropped, as AKS updates a pool's nodes
+        without reimaging them; records what it set on the row (the caller commits). True when the Node
+        changed. A cluster without control plane has nothing to change."""
+        adapter = self.planes.node_adapter(node)
+        if adapter is None:
+            return False
+        labels, taints = dict(node.pool.node_labels or {}), list(node.pool.node_taints or [])
+        try:
+            changed = adapter.set_node_settings(
+                node.name,
+                labels,
+                pool_taints(taints),
+                node.applied_node_labels or {},
+                pool_taints(node.applied_node_taints),
+            )
+        except KubernetesAdapterError as exc:
+            raise NodeJoinFailedError(f"node {node.name}: pool labels and taints not set: {exc}") from exc
+        node.applied_node_labels, node.applied_node_taints = labels, taints
+        return changed
 
     def forget(self, node: Node) -> bool:
         """Delete the node's Node object from its cluster (the reconciler drained it first: node_drain); True

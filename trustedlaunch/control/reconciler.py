@@ -222,6 +222,10 @@ class Reconciler:
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
     passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM),
     and then its Node's pool labels (control.labels.pool_labels) are brought back to its row if they differ.
+
+    A joined node gets its pool's nodeLabels (set at the join) and nodeTaints (its kubelet registers with
+    them) and maxPods (its kubelet's); an operation on a pool whose nodes are all current then sets the
+    pool's nodeLabels and nodeTaints on every joined Ready node whose Node has others (as AKS, no reimage).
     """
 
     def __init__(
@@ -620,6 +624,8 @@ class Reconciler:
                 observed = [_observed(n, operation.id) for n in pool.nodes]
                 step = plan_next_step(_desired(pool, deleting), observed, surge)
                 if step.action == Action.DONE:
+                    if not deleting and self._update_node_settings(session, pool, operation):
+                        return True
                     continue
                 operation.note = f"agent pool {pool.name}: {step.note}"
                 session.commit()
@@ -925,7 +931,13 @@ class Reconciler:
         node.message = "joining its cluster"
         session.commit()  # no store transaction open while the agent and the apiserver answer
         labels = join_labels(
-            pool.name, pool.mode, node.node_image_version, pool.os_sku, pool.vm_size, node.labels
+            pool.name,
+            pool.mode,
+            node.node_image_version,
+            pool.os_sku,
+            pool.vm_size,
+            node.labels,
+            pool.node_labels,
         )
         started = time.monotonic()
         try:
@@ -937,6 +949,9 @@ class Reconciler:
             if account == ALREADY_STARTED:  # adopted mid-join: its kubelet may have registered already
                 previous_boot_id = None
             seconds = self.joiner.initialize(node, labels, channel, previous_boot_id)
+            # a new Node has the pool's labels (just set) and taints (its kubelet registered with them): this
+            # records them; a Node a rebooted VM kept gets those the pool changed meanwhile
+            self.joiner.bring_node_settings(node)
         except NodeJoinFailedError as exc:
             with contextlib.suppress(NodeJoinFailedError):
                 self.joiner.forget(node)  # a Node its kubelet registered goes with the failed VM
@@ -945,6 +960,38 @@ class Reconciler:
             f"{message}; joined its cluster: kubelet started in {kubelet_started:.1f} s, "
             f"Node Ready and labelled {seconds:.1f} s later"
         )
+
+    def _update_node_settings(self, session: Session, pool: AgentPool, operation: Operation) -> bool:
+        """Give the Node of the first joined Ready node of converged `pool` whose pool labels and taints
+        differ from the pool's (nodeLabels and nodeTaints changed by an update) the pool's, as AKS does
+        without a reimage (NodeJoiner.bring_node_settings); True when it took that step (its operation fails
+        when the Node could not be changed), False when every node has them."""
+        if self.joiner is None:
+            return False
+        wanted = (dict(pool.node_labels or {}), list(pool.node_taints or []))
+        node = next(
+            (
+                node
+                for node in pool.nodes
+                if node.state == NodePhase.READY
+                and self._joined(node)
+                and (dict(node.applied_node_labels or {}), list(node.applied_node_taints or [])) != wanted
+            ),
+            None,
+        )
+        if node is None:
+            return False
+        operation.note = f"agent pool {pool.name}: setting node labels and taints on {node.name}"
+        session.commit()  # no store transaction open while the apiserver answers
+        try:
+            self.joiner.bring_node_settings(node)
+        except NodeJoinFailedError as exc:
+            session.refresh(operation)
+            if operation.status == "InProgress":
+                error = ArmError(500, "NodeSettingsUpdateFailed", str(exc), node.name)
+                finish_operation(session, operation, "Failed", error)
+        session.commit()
+        return True
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was

@@ -107,6 +107,13 @@ class PoolSpec:
     drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes
     node_soak_duration_in_minutes: int | None = None  # upgradeSettings.nodeSoakDurationInMinutes
     undrainable_node_behavior: str | None = None  # upgradeSettings.undrainableNodeBehavior
+    node_labels: dict[str, str] | None = None  # nodeLabels; on update, replaces the pool's (as AKS)
+    node_taints: list[str] | None = None  # nodeTaints ("key=value:Effect"); on update, replaces the pool's
+    max_pods: int | None = None  # maxPods; None: DEFAULT_MAX_PODS on create, kept on update
+
+
+def _labels(labels: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((labels or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,9 @@ def _request_for_new_pool(
         drain_timeout_in_minutes=spec.drain_timeout_in_minutes,
         node_soak_duration_in_minutes=spec.node_soak_duration_in_minutes,
         undrainable_node_behavior=spec.undrainable_node_behavior,
+        node_labels=_labels(spec.node_labels),
+        node_taints=tuple(spec.node_taints or ()),
+        max_pods=limits.DEFAULT_MAX_PODS if spec.max_pods is None else spec.max_pods,
         virtual_nodes=virtual_nodes,
     )
 
@@ -192,6 +202,9 @@ def _request_for_pool(pool: AgentPool, virtual_nodes: bool) -> limits.PoolReques
         drain_timeout_in_minutes=pool.drain_timeout_in_minutes,
         node_soak_duration_in_minutes=pool.node_soak_duration_in_minutes,
         undrainable_node_behavior=pool.undrainable_node_behavior,
+        node_labels=_labels(pool.node_labels),
+        node_taints=tuple(pool.node_taints or ()),
+        max_pods=limits.DEFAULT_MAX_PODS if pool.max_pods is None else pool.max_pods,
         virtual_nodes=virtual_nodes,
         current_image=find_image(pool.node_image_version, object_session(pool)),
     )
@@ -236,6 +249,9 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
             spec.node_soak_duration_in_minutes, current.node_soak_duration_in_minutes
         ),
         undrainable_node_behavior=_pick(spec.undrainable_node_behavior, current.undrainable_node_behavior),
+        node_labels=current.node_labels if spec.node_labels is None else _labels(spec.node_labels),
+        node_taints=current.node_taints if spec.node_taints is None else tuple(spec.node_taints),
+        max_pods=_pick(spec.max_pods, current.max_pods),
         previous=current,
     )
 
@@ -266,6 +282,9 @@ def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
         drain_timeout_in_minutes=request.drain_timeout_in_minutes,
         node_soak_duration_in_minutes=request.node_soak_duration_in_minutes,
         undrainable_node_behavior=request.undrainable_node_behavior,
+        node_labels=dict(request.node_labels),
+        node_taints=list(request.node_taints),
+        max_pods=request.max_pods,
         provisioning_state=ProvisioningState.CREATING,
     )
 
@@ -280,6 +299,8 @@ def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
     pool.drain_timeout_in_minutes = request.drain_timeout_in_minutes
     pool.node_soak_duration_in_minutes = request.node_soak_duration_in_minutes
     pool.undrainable_node_behavior = request.undrainable_node_behavior
+    pool.node_labels = dict(request.node_labels)
+    pool.node_taints = list(request.node_taints)
     pool.provisioning_state = ProvisioningState.UPDATING
     pool.updated_at = utc_now()
 

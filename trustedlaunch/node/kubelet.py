@@ -45,6 +45,7 @@ NODE_ADDRESS = "10.0.2.15"  # the guest's eth0 (QEMU user networking's first DHC
 APISERVER_GUEST_ADDRESS = "10.0.2.100"  # where the node reaches its cluster's kube-apiserver
 APISERVER_GUEST_PORT = 443
 DEFAULT_POD_CIDR = "10.244.0.0/24"
+DEFAULT_MAX_PODS = 110  # kubelet's own default (and AKS's for kubenet)
 ATTESTATION_PENDING_TAINT = {
     "key": "kubernetes.azure.com/attestation",
     "value": "pending",
@@ -106,11 +107,14 @@ def check_node_name(name: str) -> str:
     return name
 
 
-def kubelet_configuration(kubelet_port: int, taints: list[dict[str, str]]) -> dict[str, Any]:
+def kubelet_configuration(
+    kubelet_port: int, taints: list[dict[str, str]], max_pods: int = DEFAULT_MAX_PODS
+) -> dict[str, Any]:
     """The node's KubeletConfiguration: cgroupfs on cgroup v2 (no systemd), containerd's CRI socket, client
     certificates of the cluster CA and webhook authorization for the apiserver's calls, the serving
     certificate from CREDENTIALS_DIR (reloaded when replaced; never rotated by kubelet itself), `taints` at
-    registration, no image garbage collection (the pre-loaded images cannot be pulled again)."""
+    registration, at most `max_pods` pods (the Node's capacity.pods), no image garbage collection (the
+    pre-loaded images cannot be pulled again)."""
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -129,6 +133,7 @@ def kubelet_configuration(kubelet_port: int, taints: list[dict[str, str]]) -> di
         "tlsPrivateKeyFile": f"{CREDENTIALS_DIR}/kubelet-server.key",
         "authorization": {"mode": "Webhook"},
         "registerWithTaints": taints,
+        "maxPods": max_pods,
         "rotateCertificates": False,
         "serverTLSBootstrap": False,
         "failSwapOn": False,
@@ -224,7 +229,7 @@ class KubeletCredentials:
 @dataclass(frozen=True)
 class KubeletJoin:
     """What a node is given to join its cluster: its name, the cluster's FQDN and CA, the kubelet's
-    credentials, its pods' range and registration taints."""
+    credentials, its pods' range, registration taints and maximum number of pods."""
 
     node_name: str
     fqdn: str
@@ -233,6 +238,7 @@ class KubeletJoin:
     kubelet_port: int
     pod_cidr: str = DEFAULT_POD_CIDR
     taints: tuple[dict[str, str], ...] = ()
+    max_pods: int = DEFAULT_MAX_PODS
 
     def bundle(self) -> bytes:
         """The join bundle: a tar of JOIN_FILES (fixed names, times and owners), at most
@@ -246,7 +252,7 @@ class KubeletJoin:
             "kubelet.conf": kubelet_kubeconfig(self.fqdn, self.ca_pem).encode(),
             "ca.crt": self.ca_pem,
             "config.yaml": yaml.safe_dump(
-                kubelet_configuration(self.kubelet_port, list(self.taints))
+                kubelet_configuration(self.kubelet_port, list(self.taints), self.max_pods)
             ).encode(),
             "cni.conflist": json.dumps(cni_configuration(self.pod_cidr), indent=1).encode(),
             **self.credentials.files(),

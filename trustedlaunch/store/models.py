@@ -192,6 +192,11 @@ class AgentPool(Base):
     node_soak_duration_in_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # upgradeSettings.undrainableNodeBehavior (vocabulary.UndrainableNodeBehavior); None: Schedule.
     undrainable_node_behavior: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # nodeLabels ({key: value}) and nodeTaints (["key=value:Effect"]) the pool's Kubernetes Nodes carry, and
+    # maxPods (the kubelet's, set at the join); None: none / AKS's default (control.limits.DEFAULT_MAX_PODS).
+    node_labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    node_taints: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    max_pods: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
@@ -253,6 +258,10 @@ class Node(Base):
     # Cordon: cordoned, labelled upgrade-status=Quarantined, a surge node in its place); that operation
     # leaves it as it is, a later one drains it again. None: not quarantined.
     quarantined_by_operation: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # The pool's nodeLabels and nodeTaints the control plane last set on this node's Kubernetes Node
+    # (control.node_join): a pool update removes those the pool no longer has. None: none set yet.
+    applied_node_labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    applied_node_taints: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 

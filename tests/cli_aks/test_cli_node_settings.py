@@ -1,0 +1,117 @@
+"""`tl aks create --nodepool-labels/--nodepool-taints/--max-pods`, `tl aks nodepool add --labels
+--node-taints --max-pods` and `nodepool update --labels --node-taints` as az takes them, `tl aks wait` and
+`tl aks machine show`, against a real server (no reconciler: --no-wait, operations finished by hand)."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.cli.main import app
+from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.store.models import Operation
+
+CLUSTER = ["-g", "myResourceGroup", "-n", "myAKSCluster"]
+NODEPOOL = ["--cluster-name", "myAKSCluster", "-g", "myResourceGroup"]
+CREATE = ["aks", "create", *CLUSTER, "--generate-ssh-keys", "--node-count", "1", "--no-wait"]
+
+
+def tl(runner: CliRunner, env: dict[str, str | None], *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def finish_operations(server: BackgroundServer) -> None:
+    """Finish the operations in progress as the reconciler would (no VMs here)."""
+    with server.app.state.sessions.begin() as session:
+        for operation in session.scalars(select(Operation).where(Operation.status == "InProgress")):
+            finish_operation(session, operation, "Succeeded")
+
+
+def test_labels_taints_and_max_pods_as_az_takes_them(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    code, out, err = tl(
+        runner, cli_env, *CREATE, "--nodepool-labels", "dept=IT costcenter=9000", "--max-pods", "50"
+    )
+    assert code == 0, err
+    [profile] = json.loads(out)["properties"]["agentPoolProfiles"]
+    assert (profile["nodeLabels"], profile["maxPods"]) == ({"dept": "IT", "costcenter": "9000"}, 50)
+    finish_operations(server[2])
+
+    add = ["aks", "nodepool", "add", *NODEPOOL, "--name", "labelnp", "--node-count", "1", "--no-wait"]
+    taints = "sku=gpu:NoSchedule,dedicated=web:NoExecute"
+    code, out, err = tl(runner, cli_env, *add, "--labels", "dept=HR", "--node-taints", taints, "-m", "30")
+    assert code == 0, err
+    props = json.loads(out)["properties"]
+    assert props["nodeLabels"] == {"dept": "HR"}
+    assert props["nodeTaints"] == ["sku=gpu:NoSchedule", "dedicated=web:NoExecute"]
+    assert props["maxPods"] == 30
+    finish_operations(server[2])
+
+    update = ["aks", "nodepool", "update", *NODEPOOL, "--name", "labelnp", "--no-wait"]
+    code, out, err = tl(runner, cli_env, *update, "--labels", "dept=Finance tier=web", "--node-taints", "")
+    assert code == 0, err
+    finish_operations(server[2])
+    code, out, err = tl(runner, cli_env, "aks", "nodepool", "show", *NODEPOOL, "--name", "labelnp")
+    props = json.loads(out)["properties"]
+    assert props["nodeLabels"] == {"dept": "Finance", "tier": "web"} and "nodeTaints" not in props
+    assert props["maxPods"] == 30  # kept
+
+
+def test_the_aks_prefix_and_bad_values_are_refused(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    assert tl(runner, cli_env, *CREATE)[0] == 0
+    finish_operations(server[2])
+    add = ["aks", "nodepool", "add", *NODEPOOL, "--name", "labelnp", "--node-count", "1", "--no-wait"]
+    code, _, err = tl(runner, cli_env, *add, "--labels", "kubernetes.azure.com/secure-boot=true")
+    assert code == 1
+    assert "(BadRequest) Invalid node label key kubernetes.azure.com/secure-boot." in err
+    assert "The 'kubernetes.azure.com' prefix is preserved by aks system labels" in err
+    code, _, err = tl(runner, cli_env, *add, "--max-pods", "300")
+    assert code == 1 and "maxPods 300 of pool 'labelnp' is out of range" in err
+    code, _, err = tl(runner, cli_env, *add, "--labels", "novalue")
+    assert code == 2 and "argument --labels: 'novalue' is not key=value" in err
+
+
+def test_aks_wait(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    """--created waits for Succeeded (times out while Creating: exit 1), --exists and --custom JMESPath,
+    --deleted for a 404; exactly one condition."""
+    wait = ["aks", "wait", *CLUSTER, "--interval", "1", "--timeout", "2"]
+    code, _, err = tl(runner, cli_env, *wait, "--exists")
+    assert code == 1 and "Wait operation timed-out after 2 seconds" in err
+    assert tl(runner, cli_env, *wait, "--deleted")[0] == 0
+    assert tl(runner, cli_env, *CREATE)[0] == 0
+    assert tl(runner, cli_env, *wait, "--exists")[0] == 0
+    code, _, err = tl(runner, cli_env, *wait, "--created")
+    assert code == 1 and "timed-out" in err
+    finish_operations(server[2])
+    assert tl(runner, cli_env, *wait, "--created") == (0, "", "")
+    assert tl(runner, cli_env, *wait, "--updated")[0] == 0
+    running = "properties.powerState.code=='Running'"
+    assert tl(runner, cli_env, *wait, "--custom", running)[0] == 0
+    assert tl(runner, cli_env, *wait, "--custom", "properties.agentPoolProfiles[0].count==`3`")[0] == 1
+    code, _, err = tl(runner, cli_env, *wait, "--custom", "[[")
+    assert code == 2 and "argument --custom: invalid JMESPath query" in err
+    code, _, err = tl(runner, cli_env, *wait)
+    assert code == 2 and "pass exactly one of --created" in err
+    assert tl(runner, cli_env, *wait, "--created", "--deleted")[0] == 2
+
+
+def test_machine_show_asks_for_the_machine(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    """`aks machine show` GETs .../agentPools/{pool}/machines/{machine} (Machines_Get): a machine that
+    does not exist exits 3, as az does for a missing resource."""
+    assert tl(runner, cli_env, *CREATE)[0] == 0
+    finish_operations(server[2])
+    show = ["aks", "machine", "show", *NODEPOOL, "--nodepool-name", "nodepool1"]
+    code, _, _ = tl(runner, cli_env, *show, "--machine-name", "aks-nodepool1-00000001-vmss000009")
+    assert code == 3
+    assert tl(runner, cli_env, *show, "--machine-name", "Bad_Name")[0] == 2

@@ -1,0 +1,135 @@
+"""The limits table's rows for a pool's nodeLabels (AKS's BadRequest and wording: Kubernetes label syntax,
+the `kubernetes.azure.com` prefix AKS keeps for its own labels, the kubernetes.io and k8s.io keys a node may
+not carry), nodeTaints and maxPods (AKS's InvalidParameter form: taint syntax, maxPods's range 10-250, and
+that maxPods cannot change on an existing pool)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from trustedlaunch.control.limits import (
+    DEFAULT_MAX_PODS,
+    NodeTaint,
+    PoolRequest,
+    check_pool,
+    invalid_labels,
+    parse_taint,
+)
+
+VALID = PoolRequest(
+    name="labelnp",
+    os_type="Linux",
+    os_sku="Ubuntu",
+    vm_size="Standard_D4s_v3",
+    pool_type="VirtualMachineScaleSets",
+    orchestrator_version="1.30.6",
+    enable_fips=False,
+    os_disk_type="Managed",
+    os_disk_size_gb=128,
+    gpu_driver=None,
+    enable_secure_boot=True,
+    enable_vtpm=True,
+    node_labels=(("costcenter", "5000"), ("dept", "HR"), ("example.com/team", "payments"), ("empty", "")),
+    node_taints=("sku=gpu:NoSchedule", "dedicated:NoExecute", "example.com/x=y:PreferNoSchedule"),
+    max_pods=30,
+)
+
+
+def codes(request: PoolRequest) -> list[tuple[str, str | None]]:
+    return [(v.code, v.target) for v in check_pool(request)]
+
+
+def test_labels_taints_and_max_pods_as_aks_takes_them_pass() -> None:
+    assert check_pool(VALID) == []
+    assert check_pool(replace(VALID, max_pods=10)) == check_pool(replace(VALID, max_pods=250)) == []
+    assert DEFAULT_MAX_PODS == 110 and check_pool(replace(VALID, max_pods=DEFAULT_MAX_PODS)) == []
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        ("-dept", "HR"),
+        ("dept", "H R"),
+        ("a" * 64, "x"),
+        ("dept", "x" * 64),
+        ("Example.com/x", "y"),
+        ("/x", ""),
+    ],
+)
+def test_a_label_that_is_not_a_kubernetes_label_is_refused(label: tuple[str, str]) -> None:
+    request = replace(VALID, node_labels=(label,))
+    assert codes(request) == [("BadRequest", "properties.nodeLabels")]
+    assert check_pool(request)[0].message == (
+        f"Node label '{label[0]}: {label[1]}' does not meet syntax and character specifications. Please see "
+        "https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/ for more details."
+    )
+
+
+def test_the_aks_label_prefix_is_refused() -> None:
+    request = replace(VALID, node_labels=(("kubernetes.azure.com/secure-boot", "true"), ("dept", "HR")))
+    [violation] = check_pool(request)
+    assert (violation.code, violation.target) == ("BadRequest", "properties.nodeLabels")
+    assert violation.message == (
+        "Invalid node label key kubernetes.azure.com/secure-boot. The 'kubernetes.azure.com' prefix is "
+        "preserved by aks system labels."
+    )
+    assert invalid_labels({"kubernetes.azure.com/x": "y"}) == []  # well formed: refused for its prefix only
+
+
+@pytest.mark.parametrize(
+    "key", ["node-role.kubernetes.io/eos", "node-restriction.kubernetes.io/x", "k8s.io/x"]
+)
+def test_kubernetes_io_keys_a_node_may_not_carry_are_refused(key: str) -> None:
+    [violation] = check_pool(replace(VALID, node_labels=((key, "true"),)))
+    assert (violation.code, violation.target) == ("BadRequest", "properties.nodeLabels")
+    assert violation.message.startswith(
+        "For Kubernetes version greater than or equal to 1.16, node label keys in the 'kubernetes.io' or "
+        "'k8s.io' namespace must begin with an allowed prefix (kubelet.kubernetes.io, node.kubernetes.io)"
+    )
+    assert violation.message.endswith(f"Pool 'labelnp' has {key}.")
+
+
+@pytest.mark.parametrize(
+    "key", ["node.kubernetes.io/lifecycle", "kubelet.kubernetes.io/x", "kubernetes.io/arch"]
+)
+def test_kubernetes_io_keys_a_node_may_carry_pass(key: str) -> None:
+    assert check_pool(replace(VALID, node_labels=((key, "x"),))) == []
+
+
+@pytest.mark.parametrize(
+    "taint", ["sku=gpu", "sku=gpu:NoScheduleX", "sku=gpu:", "=gpu:NoSchedule", "sku=g pu:NoSchedule", "a:b:c"]
+)
+def test_a_taint_that_is_not_key_value_effect_is_refused(taint: str) -> None:
+    assert parse_taint(taint) is None
+    request = replace(VALID, node_taints=(taint,))
+    assert codes(request) == [("InvalidParameter", "properties.nodeTaints")]
+    assert taint in check_pool(request)[0].message
+
+
+def test_the_aks_taint_prefix_is_refused() -> None:
+    request = replace(VALID, node_taints=("kubernetes.azure.com/attestation-failed=true:NoExecute",))
+    [violation] = check_pool(request)
+    assert (violation.code, violation.target) == ("InvalidParameter", "properties.nodeTaints")
+    assert "reserved for AKS system taints" in violation.message
+
+
+def test_taints_parse_to_kubernetes_taints() -> None:
+    assert parse_taint("sku=gpu:NoSchedule") == NodeTaint("sku", "gpu", "NoSchedule")
+    assert parse_taint("dedicated:NoExecute") == NodeTaint("dedicated", "", "NoExecute")
+    assert parse_taint("dedicated:NoExecute").to_dict() == {"key": "dedicated", "effect": "NoExecute"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("max_pods", [0, 9, 251, 1000])
+def test_max_pods_out_of_range_is_refused(max_pods: int) -> None:
+    [violation] = check_pool(replace(VALID, max_pods=max_pods))
+    assert (violation.code, violation.target) == ("InvalidParameter", "properties.maxPods")
+    assert f"maxPods {max_pods} of pool 'labelnp' is out of range: use 10 to 250" in violation.message
+
+
+def test_max_pods_cannot_change_but_labels_and_taints_can() -> None:
+    update = replace(VALID, max_pods=50, previous=VALID)
+    assert codes(update) == [("PropertyChangeNotAllowed", "properties.maxPods")]
+    relabelled = replace(VALID, node_labels=(("dept", "IT"),), node_taints=(), previous=VALID)
+    assert check_pool(relabelled) == []
