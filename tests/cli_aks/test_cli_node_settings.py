@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 
+from monitoring_rows import add_node
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
 from trustedlaunch.control.operations import finish_operation
-from trustedlaunch.store.models import Operation
+from trustedlaunch.store.models import AgentPool, Operation
 
 CLUSTER = ["-g", "myResourceGroup", "-n", "myAKSCluster"]
 NODEPOOL = ["--cluster-name", "myAKSCluster", "-g", "myResourceGroup"]
@@ -107,11 +108,21 @@ def test_aks_wait(
 def test_machine_show_asks_for_the_machine(
     runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
 ) -> None:
-    """`aks machine show` GETs .../agentPools/{pool}/machines/{machine} (Machines_Get): a machine that
-    does not exist exits 3, as az does for a missing resource."""
+    """`aks machine show` GETs .../agentPools/{pool}/machines/{machine} (Machines_Get): the machine in AKS's
+    shape; a machine that does not exist exits 3, as az does for a missing resource."""
     assert tl(runner, cli_env, *CREATE)[0] == 0
     finish_operations(server[2])
+    with server[2].app.state.sessions.begin() as session:
+        name = add_node(session, session.scalars(select(AgentPool)).one(), 0).name
     show = ["aks", "machine", "show", *NODEPOOL, "--nodepool-name", "nodepool1"]
+    code, out, err = tl(runner, cli_env, *show, "--machine-name", name)
+    assert code == 0, err
+    machine = json.loads(out)
+    assert machine["name"] == name
+    assert (
+        "/virtualMachineScaleSets/aks-nodepool1-vmss/virtualMachines/" in machine["properties"]["resourceId"]
+    )
+    assert machine["properties"]["provisioningState"] == "Ready"
     code, _, _ = tl(runner, cli_env, *show, "--machine-name", "aks-nodepool1-00000001-vmss000009")
     assert code == 3
     assert tl(runner, cli_env, *show, "--machine-name", "Bad_Name")[0] == 2
