@@ -405,6 +405,8 @@ def test_etags_and_conditional_requests(client: TestClient) -> None:
     tagged = client.patch(CLUSTER, json={"tags": {"env": "prod"}}, headers={"If-Match": current})
     assert tagged.status_code == 200 and tagged.json()["tags"] == {"env": "prod"}
     assert tagged.json()["eTag"] != current
+    untouched = client.patch(CLUSTER, json={})  # an absent PATCH property is left as it is
+    assert untouched.status_code == 200 and untouched.json()["tags"] == {"env": "prod"}
     assert_arm_error(client.patch(CLUSTER, json={"tags": {"x" * 600: "v"}}), 400, "InvalidRequestContent")
     updated = client.put(
         f"{CLUSTER}/agentPools/nodepool1", json={"properties": {"count": 3}}, headers={"If-Match": pool_etag}
@@ -422,6 +424,12 @@ def test_pool_name_and_count_errors_as_aks_words_them(client: TestClient) -> Non
         "The value of parameter agentPoolProfile.count was 1001. It must be greater than or equal to 0 and "
         "less than or equal to 1000."
     )
+    body["properties"]["agentPoolProfiles"][0]["count"] = 10**200  # type: ignore[index]
+    error = assert_arm_error(client.put(CLUSTER, json=body), 400, "InvalidParameter")
+    assert f"count was {'1' + '0' * 63}. It must be" in str(error["message"])  # said back, bounded
+    body["properties"]["agentPoolProfiles"][0]["count"] = "many"  # type: ignore[index]
+    error = assert_arm_error(client.put(CLUSTER, json=body), 400, "InvalidRequestContent")
+    assert "many" not in str(error["message"])  # not a range problem: not worded as one
     system = cluster_body(count=0, mode="System")
     error = assert_arm_error(
         client.put(CLUSTER, json=system), 400, "InvalidParameter", "properties.agentPoolProfiles[0].count"

@@ -5,7 +5,13 @@ from __future__ import annotations
 from api_helpers import CLUSTER, FEATURES_API, RESOURCES_API, SUB, cluster_body
 from fastapi.testclient import TestClient
 
-from trustedlaunch.api.api_versions import CONTAINER_SERVICE
+from trustedlaunch.api.api_versions import (
+    CONTAINER_SERVICE,
+    FEATURES,
+    RESOURCES,
+    default_version,
+    provider_of,
+)
 
 TL = {"securityProfile": {"enableSecureBoot": True, "enableVTPM": True}}
 FEATURE = (
@@ -70,3 +76,16 @@ def test_trusted_launch_needs_the_registration_with_preview_versions_only(client
         pool = created.json()["properties"]["agentPoolProfiles"][0]
         assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}
         assert f"api-version={version}" in created.headers["Azure-AsyncOperation"]
+
+
+def test_the_namespace_is_read_where_arm_puts_it() -> None:
+    """A resource group or cluster name cannot pose as a namespace: the segment after the `providers` that
+    follows the subscription (and resource group) decides."""
+    posing = f"/subscriptions/{SUB}/resourceGroups/Microsoft.Features/providers/Microsoft.ContainerService"
+    assert provider_of(f"{posing}/managedClusters/providers") == (CONTAINER_SERVICE, "managedClusters")
+    assert provider_of(f"{posing}/managedClusters/c1/agentPools/p1")[1] == "managedClusters/agentPools"
+    assert provider_of(FEATURE) == (FEATURES, "features")
+    assert provider_of(f"/subscriptions/{SUB}/resourceGroups/providers") == (RESOURCES, "resourceGroups")
+    assert provider_of(f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register")[0] is RESOURCES
+    assert provider_of("/providers/Microsoft.TrustedLaunch/attestation/challenge")[0] is CONTAINER_SERVICE
+    assert default_version(f"{posing}/managedClusters/c1") == "2026-08-01"

@@ -79,6 +79,10 @@ def test_output_formats_and_query(runner: CliRunner, cli_env: dict[str, str | No
     assert (code, out) == (0, "myAKSCluster\n")
     code, _, err = tl(runner, cli_env, "aks", "list", "--query", "[?name==")
     assert code == 2 and err.startswith("ERROR: argument --query: invalid jmespath_type value")
+    code, _, err = tl(
+        runner, cli_env, "aks", "list", "--query", "length(`1`)"
+    )  # wrong type: only on the data
+    assert code == 2 and err.startswith("ERROR: argument --query: 'length(`1`)' cannot be applied")
 
     code, out, err = tl(runner, cli_env, "aks", "update", "-n", "myAKSCluster", *GROUP, "--tags", "")
     assert code == 1 and "(OperationNotAllowed)" in err  # its create is still InProgress (no reconciler)

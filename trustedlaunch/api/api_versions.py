@@ -100,23 +100,24 @@ def provider_of(path: str) -> tuple[ProviderVersions, str]:
     """The namespace whose api-versions a request `path` needs and its resource type: Microsoft.Resources
     for resource groups and provider registration, Microsoft.Features for features, else
     Microsoft.ContainerService (whose versions this server's own extensions, Microsoft.Security alerts and
-    Microsoft.TrustedLaunch tokens, take too)."""
+    Microsoft.TrustedLaunch tokens, take too). The namespace is read where ARM puts it (the segment after the
+    `providers` that follows the subscription and resource group), so no resource name can pose as one."""
     segments = [segment for segment in path.split("/") if segment]
     lowered = [segment.lower() for segment in segments]
-    if "providers" not in lowered:
+    start = 2 if lowered[:1] == ["subscriptions"] else 0
+    if lowered[start : start + 1] == ["resourcegroups"]:
+        start += 2
+    if lowered[start : start + 1] != ["providers"]:
         return RESOURCES, "resourceGroups"
-    start = len(lowered) - 1 - lowered[::-1].index("providers")
     namespace, rest = lowered[start + 1 : start + 2], segments[start + 2 :]
-    if namespace == ["microsoft.features"] or "microsoft.features" in lowered:
+    if namespace == ["microsoft.features"]:
         return FEATURES, "features"
     if rest in ([], ["register"]) or namespace == ["microsoft.resources"]:
         return RESOURCES, "providers"
     return CONTAINER_SERVICE, "/".join(rest[0::2])
 
 
-def default_version(path: str, preview: bool = False) -> str:
-    """The api-version a client of this server sends for `path`: the newest GA one of its namespace (the
-    newest preview one for Microsoft.ContainerService when `preview`)."""
+def default_version(path: str) -> str:
+    """The api-version a client of this server sends for `path`: the newest GA one of its namespace."""
     provider, _type = provider_of(path)
-    wanted = preview and provider is CONTAINER_SERVICE
-    return max(version for version in provider.versions if is_preview(version) == wanted)
+    return max(version for version in provider.versions if not is_preview(version))

@@ -198,6 +198,7 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+MAX_ECHOED_INPUT = 64  # characters of a refused value said back in an error
 POOL_COUNT_RANGE = "greater than or equal to 0 and less than or equal to 1000"  # models.AgentPoolBody.count
 
 
@@ -206,10 +207,11 @@ def _validation_error(exc: RequestValidationError) -> ArmError:
     for problem in exc.errors():
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         target = ".".join(location) or "body"
-        if location and location[-1] == "count":  # as AKS words it
+        out_of_range = problem.get("type") in ("greater_than_equal", "less_than_equal")
+        if location and location[-1] == "count" and out_of_range:  # as AKS words it
+            given = str(problem.get("input"))[:MAX_ECHOED_INPUT]
             message = (
-                f"The value of parameter agentPoolProfile.count was {problem.get('input')}. It must be "
-                f"{POOL_COUNT_RANGE}."
+                f"The value of parameter agentPoolProfile.count was {given}. It must be {POOL_COUNT_RANGE}."
             )
             details.append(ArmError(400, "InvalidParameter", message, target))
         else:

@@ -281,10 +281,13 @@ async def delete_cluster(
 async def update_cluster_tags(
     request: Request, path: ClusterPath, body: TagsBody, conditions: Conditions
 ) -> dict[str, object]:
-    """Replace a managed cluster's tags (ManagedClusters_UpdateTags); If-Match (412)."""
+    """Replace a managed cluster's tags (ManagedClusters_UpdateTags); If-Match (412). A body without `tags`
+    changes nothing (an absent PATCH property is left as it is); `{"tags": {}}` clears them."""
     with transaction(request) as session:
         _check_cluster(session, path, conditions)
-        cluster = resources.update_cluster_tags(session, path, body.tags or {})
+        if body.tags is None:
+            return cluster_json(resources.get_cluster(session, path))
+        cluster = resources.update_cluster_tags(session, path, body.tags)
         session.flush()
         return cluster_json(cluster)
 

@@ -48,9 +48,10 @@ class AgentPoolUpgradeProfile(BaseModel):
 
 
 @router.get(f"{POOL}/upgradeProfiles/default", response_model=AgentPoolUpgradeProfile)
-async def get_upgrade_profile(request: Request, path: ClusterPath, pool_name: str) -> dict[str, object]:
+def get_upgrade_profile(request: Request, path: ClusterPath, pool_name: str) -> dict[str, object]:
     """The pool's upgrade profile: the Kubernetes versions it may be upgraded to and the latest node image
-    version of its flavour (trusted launch capable or not)."""
+    version of its flavour (trusted launch capable or not). A plain function: FastAPI runs it in its thread
+    pool, since finding the installed boot chain runs dpkg-query."""
     with transaction(request) as session:
         return node_image_upgrades.upgrade_profile(session, path, pool_name)
 
@@ -61,11 +62,12 @@ async def get_upgrade_profile(request: Request, path: ClusterPath, pool_name: st
     response_model=AgentPoolResource,
     response_model_exclude_unset=True,
 )
-async def upgrade_node_image_version(
+def upgrade_node_image_version(
     request: Request, response: Response, path: ClusterPath, pool_name: str
 ) -> dict[str, object]:
     """Move the pool to its latest node image version: its nodes are reimaged onto it as an update rolls
-    them (drained first, surge per maxSurge); 202 with the pool and the operation headers."""
+    them (drained first, surge per maxSurge); 202 with the pool and the operation headers. In FastAPI's
+    thread pool, as get_upgrade_profile."""
     with transaction(request) as session:
         pool, operation = node_image_upgrades.upgrade_node_image_version(session, path, pool_name)
         session.flush()

@@ -622,9 +622,15 @@ def update_cluster(
         path = _cluster_path(client, resource_group, name)
         cluster = _get_cluster(client, resource_group, name)
         body = {"location": cluster["location"], "tags": _tags(tags), "properties": cluster["properties"]}
-        response = client.request("PUT", path, json=body)
+        response = client.request("PUT", path, json=body, headers=_if_match(cluster.get("eTag")))
         result = _finish(client, response, path, f"Updating cluster {name}", no_wait, timeout)
         output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
+
+
+def _if_match(etag: object) -> dict[str, str]:
+    """The If-Match header of a PUT that writes back what a GET read (`etag`: the resource's eTag), so a
+    change made in between is refused (412 PreconditionFailed) instead of being undone."""
+    return {"If-Match": etag} if isinstance(etag, str) else {}
 
 
 def _wait_condition(
@@ -645,7 +651,12 @@ def _wait_condition(
     if (created or updated) and state == "Failed":
         raise fail(f"the cluster's provisioningState is {state}")
     if custom is not None:
-        return bool(jmespath.search(custom, cluster))
+        try:
+            return bool(jmespath.search(custom, cluster))
+        except JMESPathError as exc:
+            raise bad_input(
+                f"argument --custom: {custom!r} cannot be applied to the cluster ({exc})"
+            ) from None
     return exists or state == "Succeeded"
 
 
@@ -979,7 +990,7 @@ def update(
             undrainableNodeBehavior=undrainable_node_behavior,
         )
         _node_settings(pool["properties"], labels, node_taints)
-        response = client.request("PUT", path, json=pool)
+        response = client.request("PUT", path, json=pool, headers=_if_match(pool["properties"].get("eTag")))
         result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
 

@@ -83,6 +83,7 @@ def kernels(
 def versions(database_url: DatabaseUrlOption = None, output_format: OutputOption = OutputFormat.json) -> None:
     """The node image versions (trusted launch capable names), newest first, with what each is built from."""
     from trustedlaunch.control.node_image_versions import image_versions
+    from trustedlaunch.errors import TrustedLaunchError
 
     engine, sessions = _open(database_url)
     try:
@@ -90,6 +91,8 @@ def versions(database_url: DatabaseUrlOption = None, output_format: OutputOption
             found = [
                 {"nodeImageVersion": name, **json.loads(b.to_json())} for name, b in image_versions(session)
             ]
+    except TrustedLaunchError as exc:
+        raise fail(str(exc)) from None
     finally:
         engine.dispose()
 

@@ -205,7 +205,10 @@ def render(
     without a query prints `columns` with `row(item)` per item (or the rows `table_rows(result)` gives)."""
     query = _QUERY.get()
     if query is not None:
-        value = jmespath.search(query, value)
+        try:
+            value = jmespath.search(query, value)
+        except JMESPathError as exc:  # e.g. a function given the wrong type: only known on the data
+            raise bad_input(f"argument --query: {query!r} cannot be applied to the result ({exc})") from None
     if fmt is OutputFormat.none:
         return
     if fmt is OutputFormat.json:

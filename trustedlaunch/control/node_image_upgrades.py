@@ -9,12 +9,14 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control import resources
+from trustedlaunch.control.boot_packages import BootPackageError
 from trustedlaunch.control.errors import conflict
 from trustedlaunch.control.node_image_versions import ImageBuild, image_versions, register_build, release_key
 from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.control.resources import ResourcePath, pool_resource_id
+from trustedlaunch.node.image import NodeImageError
 from trustedlaunch.store.models import AgentPool, NodeImage, Operation
 from trustedlaunch.store.vocabulary import ProvisioningState
 
@@ -30,7 +32,10 @@ def _newest(session: Session, pool: AgentPool) -> tuple[str, ImageBuild | None]:
     current = find_image(pool.node_image_version, session)
     if pool.os_type != "Linux" or current is None or current.os_type != "Linux":
         return pool.node_image_version, None
-    newest = image_versions(session)[0][1]
+    try:
+        newest = image_versions(session)[0][1]
+    except (BootPackageError, NodeImageError):  # no boot chain installed here: only the stored versions
+        return pool.node_image_version, None
     return newest.version(trusted_launch=current.trusted_launch_capable), newest
 
 

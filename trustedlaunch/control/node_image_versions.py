@@ -172,12 +172,12 @@ def pin_release_build(session: Session) -> None:
     so that the name keeps naming those bytes: once apt upgrades the host's kernel, shim or GRUB, the
     installed chain makes a version of its own (plan_build) and nodes booted from IMAGE_RELEASE's build
     are reimaged from the same packages (version_boot_chain). Nothing is recorded on a host whose boot chain
-    packages are not installed (BootPackageError: no Debian image can be built there)."""
+    packages or kernel are not installed (no Debian image can be built there)."""
     if release_build(session) is not None:
         return
     try:
         chain = installed_boot_chain()
-    except BootPackageError:
+    except (BootPackageError, node_image.NodeImageError):
         return
     register_build(session, _build_record(chain, IMAGE_RELEASE))
 

@@ -345,10 +345,14 @@ class NodeJoiner:
         """Give joined `node`'s Node its pool's nodeLabels and nodeTaints as they are now, removing those the
         control plane set before (recorded on the row) that the pool dropped, as AKS updates a pool's nodes
         without reimaging them; records what it set on the row (the caller commits). True when the Node
-        changed. A cluster without control plane has nothing to change."""
+        changed. Raises NodeJoinFailedError when the Node cannot be changed, its cluster's control plane
+        unreachable included (nothing is recorded then: a later operation tries again)."""
         adapter = self.planes.node_adapter(node)
         if adapter is None:
-            return False
+            raise NodeJoinFailedError(
+                f"node {node.name}: pool labels and taints not set: its cluster's control plane cannot be "
+                "reached"
+            )
         labels, taints = dict(node.pool.node_labels or {}), list(node.pool.node_taints or [])
         try:
             changed = adapter.set_node_settings(
