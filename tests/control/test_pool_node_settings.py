@@ -115,6 +115,22 @@ def test_the_aks_taint_prefix_is_refused() -> None:
     assert "reserved for AKS system taints" in violation.message
 
 
+@pytest.mark.parametrize("key", ["kubernetes.io/os", "node.kubernetes.io/instance-type"])
+def test_labels_the_platform_sets_from_the_pool_are_refused(key: str) -> None:
+    """The join sets them from osType and vmSize; a pool label giving them would fight it."""
+    [violation] = check_pool(replace(VALID, node_labels=((key, "windows"),)))
+    assert (violation.code, violation.target) == ("BadRequest", "properties.nodeLabels")
+    assert f"Node label key(s) {key} of pool 'labelnp' are set on every node" in violation.message
+
+
+def test_two_taints_with_one_key_and_effect_are_refused() -> None:
+    """Kubernetes refuses a Node with two: refused before any VM boots."""
+    repeated = ("sku=gpu:NoSchedule", "sku=cpu:NoSchedule", "sku=gpu:NoExecute")
+    [violation] = check_pool(replace(VALID, node_taints=repeated))
+    assert (violation.code, violation.target) == ("InvalidParameter", "properties.nodeTaints")
+    assert "taint(s) sku=cpu:NoSchedule of pool 'labelnp' repeat the key and effect" in violation.message
+
+
 def test_taints_parse_to_kubernetes_taints() -> None:
     assert parse_taint("sku=gpu:NoSchedule") == NodeTaint("sku", "gpu", "NoSchedule")
     assert parse_taint("dedicated:NoExecute") == NodeTaint("dedicated", "", "NoExecute")

@@ -21,6 +21,7 @@ from typing import Any
 
 from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION
+from trustedlaunch.control.labels import AKS_PREFIX, POOL_LABEL_KEYS
 from trustedlaunch.control.node_images import OS_SKUS, NodeImageInfo
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
@@ -68,7 +69,7 @@ MAX_PODS = (10, 250)
 DEFAULT_MAX_PODS = 110
 # nodeLabels / nodeTaints: Kubernetes label syntax (a qualified name: an optional DNS subdomain prefix and a
 # name; a value of at most 63 characters), taints as az and AKS write them ("key=value:Effect").
-RESERVED_LABEL_PREFIX = "kubernetes.azure.com/"  # AKS's own labels and taints (control.labels.AKS_PREFIX)
+RESERVED_LABEL_PREFIX = AKS_PREFIX  # AKS's own labels and taints
 _LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _DNS_SUBDOMAIN = r"(?=.{1,253}/)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
 LABEL_KEY = re.compile(rf"^(?:{_DNS_SUBDOMAIN}/)?{_LABEL_NAME}$")
@@ -310,6 +311,26 @@ def _taint_key(taint: str) -> str:
     return re.split(r"[=:]", taint, maxsplit=1)[0]
 
 
+def platform_label_keys(keys: list[str]) -> list[str]:
+    """The keys among `keys` that the platform sets on every node from its pool's settings (osType, vmSize:
+    control.labels.POOL_LABEL_KEYS): a pool's nodeLabels giving them would fight the join's values."""
+    return [key for key in keys if key in POOL_LABEL_KEYS]
+
+
+def repeated_taints(taints: tuple[str, ...]) -> list[str]:
+    """The taints of `taints` whose key and effect an earlier one has (Kubernetes refuses a Node with two)."""
+    seen: set[tuple[str, str]] = set()
+    repeated = []
+    for taint in taints:
+        parsed = parse_taint(taint)
+        if parsed is None:
+            continue
+        if (parsed.key, parsed.effect) in seen:
+            repeated.append(taint)
+        seen.add((parsed.key, parsed.effect))
+    return repeated
+
+
 @dataclass(frozen=True)
 class Usage:
     """What a subscription holds on this host: clusters, nodes, and the nodes' guest vCPUs and memory."""
@@ -493,6 +514,8 @@ class PoolRequest:
             "invalid_taints": ", ".join(t for t in self.node_taints if parse_taint(t) is None),
             "reserved_taints": ", ".join(reserved_keys([_taint_key(t) for t in self.node_taints])),
             "reserved_prefix": RESERVED_LABEL_PREFIX,
+            "platform_labels": ", ".join(platform_label_keys([key for key, _ in self.node_labels])),
+            "repeated_taints": ", ".join(repeated_taints(self.node_taints)),
             "max_pods": self.max_pods,
             "min_max_pods": MAX_PODS[0],
             "max_max_pods": MAX_PODS[1],
@@ -856,6 +879,23 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "allowed set ({allowed_labels}). Pool '{pool}' has {restricted_labels}.",
         PoolRequest,
         lambda r: bool(restricted_kubernetes_labels([key for key, _ in r.node_labels])),
+    ),
+    Limitation(
+        "BadRequest",
+        "properties.nodeLabels",
+        "Node label key(s) {platform_labels} of pool '{pool}' are set on every node from the pool's osType "
+        "and vmSize and cannot be given as nodeLabels.",
+        PoolRequest,
+        lambda r: bool(platform_label_keys([key for key, _ in r.node_labels])),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.nodeTaints",
+        "The value of parameter agentPoolProfile.nodeTaints is invalid. Error details: taint(s) "
+        "{repeated_taints} of pool '{pool}' repeat the key and effect of an earlier one (a node may have one "
+        "taint per key and effect).",
+        PoolRequest,
+        lambda r: bool(repeated_taints(r.node_taints)),
     ),
     Limitation(
         "InvalidParameter",
