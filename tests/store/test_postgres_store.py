@@ -20,7 +20,7 @@ from trustedlaunch.control.node_images import node_images
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, list_clusters, put_cluster
 from trustedlaunch.control.tokens import create_token, token_is_valid
 from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
-from trustedlaunch.store.models import Base, Node, NodeImage, Operation
+from trustedlaunch.store.models import OPERATION_NOTE_LENGTH, Base, Node, NodeImage, Operation
 
 
 def test_migrations_up_down_and_up_again_on_postgresql(postgresql_url: str) -> None:
@@ -65,6 +65,7 @@ def test_rows_round_trip_on_postgresql(postgresql_url: str, tmp_path: Path) -> N
                 status="Failed",
                 error={"code": "Bad", "details": [{"message": "ünïcode"}]},
                 start_time=started,
+                note="draining node aks-x: waiting for pod " + "p" * 2000,  # longer than its column
             )
         )
     with sessions() as session:
@@ -72,6 +73,8 @@ def test_rows_round_trip_on_postgresql(postgresql_url: str, tmp_path: Path) -> N
         stored = session.get_one(Operation, "00000000-0000-0000-0000-000000000001")
         assert stored.start_time == started and stored.start_time.tzinfo is not None
         assert stored.error == {"code": "Bad", "details": [{"message": "ünïcode"}]}
+        assert stored.note.startswith("draining node aks-x: waiting for pod ppp")
+        assert len(stored.note) == OPERATION_NOTE_LENGTH  # cut to fit (PostgreSQL refuses longer values)
         assert session.scalars(select(Node)).all() == []
     engine.dispose()
 

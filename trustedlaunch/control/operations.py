@@ -56,7 +56,7 @@ def start_node_reimage(session: Session, node: Node, reason: str) -> Operation |
         return None
     pool.provisioning_state = ProvisioningState.UPDATING
     operation = start_operation(session, cluster.subscription_id, cluster.location, pool_id, "Update")
-    operation.note = f"agent pool {pool.name}: reimaging node {node.name}: {reason}"[:4000]
+    operation.note = f"agent pool {pool.name}: reimaging node {node.name}: {reason}"
     return operation
 
 

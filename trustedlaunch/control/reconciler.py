@@ -115,7 +115,15 @@ from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage, has_current_agent, refresh_agent
 from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
-from trustedlaunch.store.models import AgentPool, AttestationRecord, ManagedCluster, Node, Operation, utc_now
+from trustedlaunch.store.models import (
+    OPERATION_NOTE_LENGTH,
+    AgentPool,
+    AttestationRecord,
+    ManagedCluster,
+    Node,
+    Operation,
+    utc_now,
+)
 from trustedlaunch.store.vocabulary import (
     AlertType,
     AttestationStatus,
@@ -631,8 +639,8 @@ class Reconciler:
                 session.commit()
 
                 def progress(note: str, prefix: str = f"agent pool {pool.name}: ") -> None:
-                    if operation.note != (prefix + note)[:4000]:  # written when it changes, not every round
-                        operation.note = (prefix + note)[:4000]
+                    if operation.note != (prefix + note)[:OPERATION_NOTE_LENGTH]:  # written when it changes
+                        operation.note = prefix + note
                         session.commit()
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
@@ -656,7 +664,7 @@ class Reconciler:
                 node for pool in pools for node in pool.nodes if node.quarantined_by_operation == operation.id
             ]
             if operation.status == "InProgress" and quarantined:
-                operation.note = f"nodes not upgraded: {', '.join(node.name for node in quarantined)}"[:512]
+                operation.note = f"nodes not upgraded: {', '.join(node.name for node in quarantined)}"
                 why = quarantined[0].message.removeprefix("quarantined: ")
                 error = ArmError(500, "UpgradeFailed", why, quarantined[0].name)
                 finish_operation(session, operation, "Failed", error)

@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from trustedlaunch.store.vocabulary import AlertStatus, AlertType
 
@@ -266,6 +266,9 @@ class Node(Base):
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 
 
+OPERATION_NOTE_LENGTH = 512
+
+
 class Operation(Base):
     """A long-running operation (PUT/DELETE) as reported by the Azure-AsyncOperation endpoint."""
 
@@ -277,12 +280,18 @@ class Operation(Base):
     resource_id: Mapped[str] = mapped_column(String(512), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # Create | Update | Delete
     status: Mapped[str] = mapped_column(String(16))  # store.vocabulary.OperationStatus
-    note: Mapped[str] = mapped_column(String(512), default="")
+    note: Mapped[str] = mapped_column(String(OPERATION_NOTE_LENGTH), default="")
     error: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
     start_time: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     end_time: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # A Delete's ignore-pod-disruption-budget=true: its drains delete the pods instead of evicting them.
     ignore_pod_disruption_budget: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    @validates("note")
+    def _bounded_note(self, _key: str, note: str) -> str:
+        """A progress note longer than its column (a reason or pod name given by a node, a PDB's message)
+        is cut to fit: PostgreSQL refuses a longer value where SQLite would keep it."""
+        return note[:OPERATION_NOTE_LENGTH]
 
 
 class FeatureRegistration(Base):
