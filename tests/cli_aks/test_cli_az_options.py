@@ -132,6 +132,10 @@ def test_only_show_errors_verbose_and_debug(runner: CliRunner, cli_env: dict[str
     assert code == 0 and json.loads(out) == []
     assert "HTTP Request: GET" in err and "managedClusters?api-version=" in err
     assert 'DEBUG: trustedlaunch.cli: Response content: {"value":[]}' in err
+    code, out, err = tl(runner, cli_env, "token", "create", "--name", "debugged", "--debug")
+    assert code == 0, err
+    secret = json.loads(out)["properties"]["token"]
+    assert secret not in err and "Response content: (not shown: " in err  # credentials stay off the log
 
 
 def test_help_shows_no_bool_values_and_fits_80_columns(

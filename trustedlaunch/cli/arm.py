@@ -154,6 +154,21 @@ def add_api_version(request: httpx.Request) -> None:
         request.url = request.url.copy_add_param("api-version", default_version(request.url.path))
 
 
+# Answers that carry credentials (kubeconfigs with client keys, API tokens, attestation tokens): --debug
+# does not print them.
+CREDENTIAL_ANSWERS = ("/listclusterusercredential", "/listclusteradmincredential", "/getattestationtoken")
+TOKENS_PATH_PART = "/providers/microsoft.trustedlaunch/tokens"
+
+
+def _loggable_content(path: str, text: str) -> str:
+    """A response body as --debug prints it: at most 4000 characters, and not at all when it carries
+    credentials."""
+    lowered = path.lower().split("?", 1)[0]
+    if lowered.endswith(CREDENTIAL_ANSWERS) or TOKENS_PATH_PART in lowered:
+        return f"(not shown: {len(text)} characters holding credentials)"
+    return text[:4000]
+
+
 class ArmClient:
     """httpx client for one API endpoint and subscription."""
 
@@ -182,7 +197,7 @@ class ArmClient:
         except httpx.HTTPError as exc:
             raise fail(f"cannot reach the API at {self.http.base_url}: {exc}") from None
         log.debug("Response status: %s", response.status_code)
-        log.debug("Response content: %s", response.text[:4000])
+        log.debug("Response content: %s", _loggable_content(path, response.text))
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
