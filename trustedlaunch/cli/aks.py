@@ -758,7 +758,7 @@ def _delete(
 ) -> None:
     response = client.request("DELETE", path, params=params)
     if response.status_code == 204:
-        typer.echo(f"{what}: nothing to delete (it does not exist).", err=True)
+        note(f"{what}: nothing to delete (it does not exist).")
         return
     if not no_wait:
         wait_for_operation(client, response, what, timeout)
@@ -841,7 +841,7 @@ def get_credentials(
     with os.fdopen(descriptor, "w") as handle:
         yaml.safe_dump(existing, handle, sort_keys=False)
     os.replace(temporary, target)  # credentials inside: the file ends up 0600, replaced atomically
-    typer.echo(f'Merged "{new["current-context"]}" as current context in {target}', err=True)
+    note(f'Merged "{new["current-context"]}" as current context in {target}')
 
 
 def _pool_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:

@@ -13,6 +13,7 @@ from trustedlaunch.cli.arm import (
     OutputFormat,
     OutputOption,
     api_command,
+    note,
     output,
 )
 from trustedlaunch.cli.output import Column
@@ -190,4 +191,4 @@ def delete_webhook(
     with api.connect() as client:
         response = client.request("DELETE", _webhook_path(client))
     what = "deleted" if response.status_code == 200 else "nothing to delete (none is configured)"
-    typer.echo(f"Alert webhook: {what}.", err=True)
+    note(f"Alert webhook: {what}.")
