@@ -25,6 +25,7 @@ from trustedlaunch.control.labels import AKS_PREFIX, POOL_LABEL_KEYS
 from trustedlaunch.control.node_images import OS_SKUS, NodeImageInfo
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
+from trustedlaunch.node.kubelet import DEFAULT_MAX_PODS as KUBELET_DEFAULT_MAX_PODS
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 
 TL_INCOMPATIBLE = "TrustedLaunchIncompatibleWithConfig"
@@ -66,7 +67,7 @@ NODE_SOAK_DURATION_MINUTES = (0, 30)
 # maxPods: AKS's range (10 to 250 pods per node) and its default for kubenet, the network this platform's
 # nodes have (a bridge with host-local pod addresses, node/kubelet.py), where Azure CNI's default is 30.
 MAX_PODS = (10, 250)
-DEFAULT_MAX_PODS = 110
+DEFAULT_MAX_PODS = KUBELET_DEFAULT_MAX_PODS  # kubelet's own default is AKS's for kubenet
 # nodeLabels / nodeTaints: Kubernetes label syntax (a qualified name: an optional DNS subdomain prefix and a
 # name; a value of at most 63 characters), taints as az and AKS write them ("key=value:Effect").
 RESERVED_LABEL_PREFIX = AKS_PREFIX  # AKS's own labels and taints
