@@ -2,7 +2,7 @@
 cannot renew its kubelet credentials); the node is outdated until its reimage.
 
 Revision ID: 0017_node_reimage_reason
-Revises: 0015_node_attestation_policy
+Revises: 0016_drain_completeness
 Create Date: 2026-12-06 11:00:00.000000
 """
 

@@ -1,9 +1,9 @@
 """resource groups: `Microsoft.Resources/resourceGroups` that hold the managed clusters. Every resource group
-an existing cluster lives in becomes one (its name as stored, the location of its first cluster, no tags), so
+an existing cluster lives in becomes one (its name as stored, the alphabetically first location of its clusters, no tags), so
 nothing is lost.
 
 Revision ID: 0018_resource_groups
-Revises: 0015_node_attestation_policy
+Revises: 0017_node_reimage_reason
 Create Date: 2026-12-06 11:30:00.000000
 """
 

@@ -3,8 +3,8 @@ shim and GRUB packages and versions, the Kubernetes and runtime releases), so ve
 Debian signed packages are told apart and can be built again.
 
 Revision ID: 0019_node_image_builds
-Revises: 0015_node_attestation_policy
-Create Date: 2026-12-06 11:00:00.000000
+Revises: 0018_resource_groups
+Create Date: 2026-12-06 11:40:00.000000
 """
 
 from __future__ import annotations
