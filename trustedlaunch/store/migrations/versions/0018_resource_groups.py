@@ -1,6 +1,6 @@
 """resource groups: `Microsoft.Resources/resourceGroups` that hold the managed clusters. Every resource group
-an existing cluster lives in becomes one (its name as stored, the alphabetically first location of its clusters, no tags), so
-nothing is lost.
+an existing cluster lives in becomes one (its name as stored, the alphabetically first location of its
+clusters, no tags), so nothing is lost.
 
 Revision ID: 0018_resource_groups
 Revises: 0017_node_reimage_reason
