@@ -41,6 +41,13 @@ LINUX_ONLY_MESSAGE = (
     "kernel with a dm-verity root filesystem: the boot chain Secure Boot and the vTPM attestation verify); "
     "no Windows node image can be booted here. Use osType Linux."
 )
+
+
+def boots_here(os_type: str) -> bool:
+    """Whether nodes of a pool of `os_type` can boot on this platform: only Linux node images exist."""
+    return os_type == "Linux"
+
+
 VMGS_RESERVATION_GIB = 1  # the VM guest state of a trusted launch VM shares the ephemeral placement
 LATEST_PATCH = 10**6  # the patch of a MAJOR.MINOR version: the newest one
 KUBERNETES_VERSION_FORMAT = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
@@ -699,7 +706,7 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "properties.osType",
         LINUX_ONLY_MESSAGE,
         PoolRequest,
-        lambda r: r.os_type == "Windows" and (r.previous is None or r.count > r.previous.count),
+        lambda r: not boots_here(r.os_type) and (r.previous is None or r.count > r.previous.count),
     ),
     Limitation(
         "InvalidKubernetesVersion",

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from trustedlaunch.control import resources
 from trustedlaunch.control.boot_packages import BootPackageError
 from trustedlaunch.control.errors import conflict
+from trustedlaunch.control.limits import boots_here
 from trustedlaunch.control.node_image_versions import ImageBuild, image_versions, register_build, release_key
 from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
@@ -30,7 +31,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _newest(session: Session, pool: AgentPool) -> tuple[str, ImageBuild | None]:
     current = find_image(pool.node_image_version, session)
-    if pool.os_type != "Linux" or current is None or current.os_type != "Linux":
+    if not boots_here(pool.os_type) or current is None or not boots_here(current.os_type):
         return pool.node_image_version, None
     try:
         newest = image_versions(session)[0][1]

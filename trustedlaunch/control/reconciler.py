@@ -54,7 +54,7 @@ from trustedlaunch.control.attestation_monitor import (
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.labels import join_labels, node_labels
-from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, surge_nodes
+from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, boots_here, surge_nodes
 from trustedlaunch.control.node_drain import (
     DEFAULT_DRAIN_TIMEOUT_MINUTES,
     DRAIN_POLL_SECONDS,
@@ -870,7 +870,7 @@ class Reconciler:
         already there kept), wait for its agent, attest (vTPM) and label it: Ready, or Failed with the
         operation's ARM error raised."""
         run_dir = Path(str(node.run_dir))
-        if pool.os_type != "Linux":  # a Windows pool an earlier version stored: no image of it boots here
+        if not boots_here(pool.os_type):  # a Windows pool an earlier version stored: no image of it boots
             message = LINUX_ONLY_MESSAGE.format(pool=pool.name, os_type=pool.os_type)
             self._fail(session, node, OS_TYPE_NOT_SUPPORTED, f"node {node.name} was not started: {message}")
         try:
@@ -1010,7 +1010,7 @@ class Reconciler:
         settings = (node.enable_secure_boot, node.enable_vtpm, node.node_image_version)
         if (
             run_dir is None
-            or pool.os_type != "Linux"  # no VM boots under a Windows pool's name: _boot refuses it
+            or not boots_here(pool.os_type)  # no VM boots under a Windows pool's name: _boot refuses it
             or not node.qemu_pid
             or settings != (pool.enable_secure_boot, pool.enable_vtpm, pool.node_image_version)
             or not is_node_process(node.qemu_pid, run_dir)
