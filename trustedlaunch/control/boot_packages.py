@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,9 +159,10 @@ def fetch_package(name: str, version: str, cache: Path | None = None) -> Fetched
     if cached is not None:
         return cached
     size, digest = _index_record(name, version)
-    scratch = entry.with_name(entry.name + ".partial")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    # a scratch directory of this call's own: another process (the reconciler, `tl image build-version`)
+    # may fetch the same package at the same time
+    scratch = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", suffix=".partial", dir=cache))
     try:
         what = f"Debian package {name} {version}"
         _run(["apt-get", "download", "-q", f"{name}={version}"], what, APT_TIMEOUT_SECONDS, scratch)
@@ -176,8 +178,13 @@ def fetch_package(name: str, version: str, cache: Path | None = None) -> Fetched
         _run(["dpkg-deb", "-x", str(deb), str(scratch / "root")], what)
         record = {"package": name, "version": version, "file": deb.name, "size": size, "sha256": digest}
         (scratch / PACKAGE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        shutil.rmtree(entry, ignore_errors=True)
-        scratch.rename(entry)
+        if _cached_package(entry, name, version) is None:  # a stale or altered entry; else another's: kept
+            shutil.rmtree(entry, ignore_errors=True)
+            try:
+                scratch.rename(entry)
+            except OSError as exc:  # another process wrote the entry in between: theirs is checked below
+                if _cached_package(entry, name, version) is None:
+                    raise BootPackageError(f"{what}: {entry} could not be written ({exc})") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     fetched = _cached_package(entry, name, version)
