@@ -46,8 +46,12 @@ def start_node_reimage(session: Session, node: Node, reason: str) -> Operation |
     """Have Ready `node` reimaged onto its pool's current image for `reason` (recorded on the node: the
     reconciler's plan then treats it as outdated, control.node_plan), through the rolling reimage of an
     Update operation on its pool (drained first, surge per maxSurge), started unless one is in progress on
-    the pool or its cluster (that one reimages it); the operation started, if any."""
+    the pool or its cluster (that one reimages it), nor for a node an upgrade could not drain and left
+    quarantined (undrainableNodeBehavior Cordon: the operator's next operation drains it again; starting
+    one here at every renewal would drain it again and again); the operation started, if any."""
     node.reimage_reason = reason[:1024]
+    if node.quarantined_by_operation is not None:
+        return None
     pool = node.pool
     cluster = pool.cluster
     cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
