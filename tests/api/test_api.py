@@ -471,7 +471,7 @@ def test_resource_groups(client: TestClient) -> None:
     assert client.put(f"{groups}/team-a", json={"location": "eastus"}).status_code == 200
     assert client.get(f"{groups}/TEAM-A").json()["tags"] == {"a": "1"}  # tags kept when not sent
     moved = client.put(f"{groups}/team-a", json={"location": "westeurope"})
-    assert_arm_error(moved, 400, "InvalidResourceGroupLocation", "location")
+    assert_arm_error(moved, 409, "InvalidResourceGroupLocation", "location")  # as ARM
     mars = client.put(f"{groups}/x", json={"location": "mars"})
     assert_arm_error(mars, 400, "LocationNotAvailableForResourceType")
     assert_arm_error(client.get(f"{groups}/nosuch"), 404, "ResourceGroupNotFound", "resourceGroupName")

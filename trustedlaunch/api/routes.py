@@ -87,11 +87,11 @@ class Preconditions:
             tags = _entity_tags(self.if_match)
             if current is None or ("*" not in tags and current not in tags):
                 state = "does not exist" if current is None else f"has changed (its eTag is now {current})"
-                raise _precondition_failed(f"If-Match {self.if_match}: {what} {state}.", "If-Match")
+                raise _precondition_failed(f"If-Match {self.if_match[:200]}: {what} {state}.", "If-Match")
         if self.if_none_match is not None and current is not None:
             tags = _entity_tags(self.if_none_match)
             if "*" in tags or current in tags:
-                message = f"If-None-Match {self.if_none_match}: {what} exists (eTag {current})."
+                message = f"If-None-Match {self.if_none_match[:200]}: {what} exists (eTag {current})."
                 raise _precondition_failed(message, "If-None-Match")
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control import limits
-from trustedlaunch.control.errors import bad_request, not_found
+from trustedlaunch.control.errors import bad_request, conflict, not_found
 from trustedlaunch.control.limits import RESOURCE_GROUP, canonical_subscription_id
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.resources import ResourcePath, delete_cluster, list_clusters
@@ -59,8 +59,8 @@ def put_group(
         )
         session.add(group)
         return group, True
-    if group.location != location:
-        raise bad_request(
+    if group.location != location:  # ARM: 409 Conflict
+        raise conflict(
             "InvalidResourceGroupLocation",
             f"Invalid resource group location '{location}'. The Resource group already exists in location "
             f"'{group.location}' in resource group '{group.display_name}'.",
