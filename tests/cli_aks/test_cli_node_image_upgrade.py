@@ -108,3 +108,9 @@ def test_cluster_node_image_upgrade_moves_every_pool(
         code, out, _ = tl(runner, cli_env, "aks", "nodepool", "show", *NODEPOOL, "--name", name)
         assert json.loads(out)["properties"]["nodeImageVersion"] == latest
         assert not json.loads(out)["properties"]["nodeImageVersion"].endswith(OLDER)
+    # again while both upgrades run: each pool's refusal is named, exit 1 (the server refused)
+    again = ["aks", "upgrade", *GROUP, "-n", "myAKSCluster", "--node-image-only", "--yes", "--no-wait"]
+    code, _, err = tl(runner, cli_env, *again)
+    assert code == 1
+    assert "ERROR: node image upgrade refused for node pool(s) nodepool1 (OperationNotAllowed: " in err
+    assert "; userpool (OperationNotAllowed: " in err and err.rstrip().endswith("started: none")

@@ -28,11 +28,13 @@ from trustedlaunch.cli.aks import (
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
     ApiTarget,
+    ArmCallError,
     NoWaitOption,
     OutputFormat,
     OutputOption,
     TimeoutOption,
     api_command,
+    fail,
     output,
     segment,
     wait_for_operation,
@@ -141,13 +143,19 @@ def upgrade_cluster(
     with api.connect() as client:
         cluster_path = _cluster_path(client, resource_group, name)
         cluster = client.json("GET", cluster_path)
-        started = []
+        started, refused = [], []
         for pool in cluster["properties"].get("agentPoolProfiles") or []:
             path = f"{cluster_path}/{AGENT_POOLS}/{segment(pool['name'])}"
-            started.append((pool["name"], client.request("POST", f"{path}/upgradeNodeImageVersion")))
+            try:
+                started.append((pool["name"], client.request("POST", f"{path}/upgradeNodeImageVersion")))
+            except ArmCallError as exc:  # the others' upgrades go on: say which one was refused and why
+                refused.append(f"{pool['name']} ({exc.error.get('code')}: {exc.error.get('message')})")
         if not no_wait:
             for pool_name, response in started:
                 wait_for_operation(
                     client, response, f"Upgrading the node image of node pool {pool_name}", timeout
                 )
         output(client.json("GET", cluster_path), output_format, CLUSTER_COLUMNS, _cluster_row)
+    if refused:
+        upgrading = ", ".join(pool_name for pool_name, _ in started) or "none"
+        raise fail(f"node image upgrade refused for node pool(s) {'; '.join(refused)}; started: {upgrading}")
