@@ -166,7 +166,9 @@ def _check_pool(session: Session, path: ResourcePath, pool_name: str, conditions
     conditions.check(current, f"agent pool '{pool_name}'")
 
 
-def _lro_headers(request: Request, operation: Operation) -> dict[str, str]:
+def lro_headers(request: Request, operation: Operation) -> dict[str, str]:
+    """The Azure-AsyncOperation and Location headers of a long-running operation's 201/202 answer (on the
+    public URL when TL_PUBLIC_URL is set)."""
     base = request.app.state.public_url or str(request.base_url).rstrip("/")
     query = f"?api-version={request.query_params['api-version']}"
     return {
@@ -229,7 +231,7 @@ async def put_cluster(
             resource_groups.ensure_group(session, path, cluster.location)
         session.flush()
         content = cluster_json(cluster)
-        response.headers.update(_lro_headers(request, operation))
+        response.headers.update(lro_headers(request, operation))
     response.status_code = 201 if created else 200
     return content
 
@@ -268,7 +270,7 @@ async def delete_cluster(
         if operation is None:
             return Response(status_code=204)
         session.flush()
-        headers = _lro_headers(request, operation)
+        headers = lro_headers(request, operation)
     return Response(status_code=202, headers=headers)
 
 
@@ -356,7 +358,7 @@ async def put_pool(
         )
         session.flush()
         content = pool_json(pool)
-        response.headers.update(_lro_headers(request, operation))
+        response.headers.update(lro_headers(request, operation))
     response.status_code = 201 if created else 200
     return content
 
@@ -408,7 +410,7 @@ async def delete_pool(
         if operation is None:
             return Response(status_code=204)
         session.flush()
-        headers = _lro_headers(request, operation)
+        headers = lro_headers(request, operation)
     return Response(status_code=202, headers=headers)
 
 
@@ -456,7 +458,7 @@ async def get_operation_result(
     with transaction(request) as session:
         operation = operations.get_operation(session, subscription_id, operation_id)
         if operation.status == operations.OperationStatus.IN_PROGRESS:
-            return Response(status_code=202, headers=_lro_headers(request, operation))
+            return Response(status_code=202, headers=lro_headers(request, operation))
         if operation.status == operations.OperationStatus.SUCCEEDED:
             return Response(status_code=204)
         return operation_json(operation)

@@ -12,8 +12,8 @@ from trustedlaunch.api.routes import (
     ERROR_RESPONSES,
     POOL,
     ClusterPath,
-    _lro_headers,
     api_version,
+    lro_headers,
     transaction,
 )
 from trustedlaunch.api.views import pool_json
@@ -72,5 +72,5 @@ def upgrade_node_image_version(
         pool, operation = node_image_upgrades.upgrade_node_image_version(session, path, pool_name)
         session.flush()
         content = pool_json(pool)
-        response.headers.update(_lro_headers(request, operation))
+        response.headers.update(lro_headers(request, operation))
     return content

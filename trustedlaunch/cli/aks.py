@@ -333,11 +333,13 @@ def _cluster_id(client: ArmClient, group: str, name: str) -> ResourceId:
     return ResourceId.cluster(client.subscription_id, group, name)
 
 
-def _cluster_path(client: ArmClient, group: str, name: str) -> str:
+def cluster_resource_path(client: ArmClient, group: str, name: str) -> str:
+    """The API path of managed cluster `name` in resource group `group`."""
     return client.path(_cluster_id(client, group, name))
 
 
-def _cluster_row(cluster: dict[str, Any]) -> list[object]:
+def cluster_table_row(cluster: dict[str, Any]) -> list[object]:
+    """A cluster's `-o table` row (CLUSTER_COLUMNS)."""
     group = cluster["id"].split("/")[4]
     props = cluster["properties"]
     return [
@@ -350,7 +352,8 @@ def _cluster_row(cluster: dict[str, Any]) -> list[object]:
     ]
 
 
-def _pool_row(pool: dict[str, Any]) -> list[object]:
+def pool_table_row(pool: dict[str, Any]) -> list[object]:
+    """A node pool's `-o table` row (POOL_COLUMNS)."""
     props = pool.get("properties", pool)
     security = props.get("securityProfile") or {}
     return [
@@ -430,7 +433,7 @@ def _ssh_public_key(generate: bool, key_value: str | None) -> str | None:
     return openssh.decode()
 
 
-def _finish(
+def finish_or_wait(
     client: ArmClient, response: Any, get_path: str, what: str, no_wait: bool, timeout: int
 ) -> dict[str, Any] | None:
     """After a PUT: None with --no-wait, else wait for the operation, print each node's attestation result
@@ -565,10 +568,10 @@ def create(
     if tags is not None:
         body["tags"] = _tags(tags)
     with api.connect() as client:
-        path = _cluster_path(client, resource_group, name)
+        path = cluster_resource_path(client, resource_group, name)
         response = client.request("PUT", path, json=body)
-        result = _finish(client, response, path, f"Creating cluster {name}", no_wait, timeout)
-        output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
+        result = finish_or_wait(client, response, path, f"Creating cluster {name}", no_wait, timeout)
+        output(result or response.json(), output_format, CLUSTER_COLUMNS, cluster_table_row)
 
 
 @api_command(aks_app)
@@ -581,13 +584,13 @@ def show(
     """Show a managed cluster (exit 3 if it does not exist, naming the groups where one of its name is)."""
     with api.connect() as client:
         cluster = _get_cluster(client, resource_group, name)
-    output(cluster, output_format, CLUSTER_COLUMNS, _cluster_row)
+    output(cluster, output_format, CLUSTER_COLUMNS, cluster_table_row)
 
 
 def _get_cluster(client: ArmClient, group: str, name: str) -> dict[str, Any]:
     """The cluster; a 404 names the resource groups of the subscription that have a cluster `name`."""
     try:
-        cluster: dict[str, Any] = client.json("GET", _cluster_path(client, group, name))
+        cluster: dict[str, Any] = client.json("GET", cluster_resource_path(client, group, name))
     except ArmCallError as missing:
         if missing.status != 404:
             raise
@@ -619,12 +622,12 @@ def update_cluster(
     if tags is None:
         raise bad_input("nothing to update: pass --tags")
     with api.connect() as client:
-        path = _cluster_path(client, resource_group, name)
+        path = cluster_resource_path(client, resource_group, name)
         cluster = _get_cluster(client, resource_group, name)
         body = {"location": cluster["location"], "tags": _tags(tags), "properties": cluster["properties"]}
         response = client.request("PUT", path, json=body, headers=_if_match(cluster.get("eTag")))
-        result = _finish(client, response, path, f"Updating cluster {name}", no_wait, timeout)
-        output(result or response.json(), output_format, CLUSTER_COLUMNS, _cluster_row)
+        result = finish_or_wait(client, response, path, f"Updating cluster {name}", no_wait, timeout)
+        output(result or response.json(), output_format, CLUSTER_COLUMNS, cluster_table_row)
 
 
 def _if_match(etag: object) -> dict[str, str]:
@@ -694,7 +697,7 @@ def wait_cluster(
             raise bad_input(f"argument --custom: invalid JMESPath query {custom!r} ({exc})") from None
     deadline = time.monotonic() + timeout
     with api.connect() as client:
-        path = _cluster_path(client, resource_group, name)
+        path = cluster_resource_path(client, resource_group, name)
         while True:
             try:
                 cluster: dict[str, Any] | None = client.json("GET", path)
@@ -721,7 +724,7 @@ def list_clusters(
     with api.connect() as client:
         provider = ResourceId(client.subscription_id, resource_group).provider(CONTAINER_SERVICE)
         clusters = client.json("GET", f"{client.path(provider)}/{MANAGED_CLUSTERS}")
-    output(clusters["value"], output_format, CLUSTER_COLUMNS, _cluster_row)
+    output(clusters["value"], output_format, CLUSTER_COLUMNS, cluster_table_row)
 
 
 def _version_rows(versions: dict[str, Any]) -> list[list[object]]:
@@ -748,7 +751,8 @@ def get_versions(
     output(versions, output_format, VERSION_COLUMNS, None, table_rows=_version_rows)
 
 
-def _confirm(yes: bool, what: str) -> None:
+def confirm_or_exit(yes: bool, what: str) -> None:
+    """Ask as az does before `what` unless --yes; exit 0 when the user says no."""
     if not yes and not typer.confirm(f"Are you sure you want to perform this operation ({what})?"):
         raise typer.Exit(0)
 
@@ -774,10 +778,14 @@ def delete(
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
 ) -> None:
     """Delete a managed cluster."""
-    _confirm(yes, f"delete cluster {name}")
+    confirm_or_exit(yes, f"delete cluster {name}")
     with api.connect() as client:
         _delete(
-            client, _cluster_path(client, resource_group, name), f"Deleting cluster {name}", no_wait, timeout
+            client,
+            cluster_resource_path(client, resource_group, name),
+            f"Deleting cluster {name}",
+            no_wait,
+            timeout,
         )
 
 
@@ -822,7 +830,7 @@ def get_credentials(
     """Write the cluster's kubeconfig context (merged into the file) and make it the current context."""
     kind = "listClusterAdminCredential" if admin else "listClusterUserCredential"
     with api.connect() as client:
-        credentials = client.json("POST", f"{_cluster_path(client, resource_group, name)}/{kind}")
+        credentials = client.json("POST", f"{cluster_resource_path(client, resource_group, name)}/{kind}")
     new = yaml.safe_load(base64.b64decode(credentials["kubeconfigs"][0]["value"]))
     if file is not None and str(file) == "-":
         typer.echo(yaml.safe_dump(new, sort_keys=False))
@@ -844,7 +852,8 @@ def get_credentials(
     note(f'Merged "{new["current-context"]}" as current context in {target}')
 
 
-def _pool_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:
+def pool_resource_path(client: ArmClient, group: str, cluster: str, pool: str) -> str:
+    """The API path of agent pool `pool` of `cluster` in resource group `group`."""
     return client.path(_cluster_id(client, group, cluster).child(AGENT_POOLS, pool))
 
 
@@ -918,12 +927,12 @@ def add(
         _upgrade_settings(properties, **upgrade)
     _node_settings(properties, labels, node_taints, max_pods)
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, name)
+        path = pool_resource_path(client, resource_group, cluster_name, name)
         response = client.request(
             "PUT", path, json={"properties": properties}, headers={"If-None-Match": "*"}
         )
-        result = _finish(client, response, path, f"Adding node pool {name}", no_wait, timeout)
-        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+        result = finish_or_wait(client, response, path, f"Adding node pool {name}", no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 
 
 @api_command(nodepool_app)
@@ -975,7 +984,7 @@ def update(
             "--undrainable-node-behavior, --labels or --node-taints"
         )
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, name)
+        path = pool_resource_path(client, resource_group, cluster_name, name)
         pool = client.json("GET", path)
         security = pool["properties"].setdefault("securityProfile", {})
         if enable_secure_boot or disable_secure_boot:
@@ -991,8 +1000,8 @@ def update(
         )
         _node_settings(pool["properties"], labels, node_taints)
         response = client.request("PUT", path, json=pool, headers=_if_match(pool["properties"].get("eTag")))
-        result = _finish(client, response, path, f"Updating node pool {name}", no_wait, timeout)
-        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+        result = finish_or_wait(client, response, path, f"Updating node pool {name}", no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 
 
 @api_command(nodepool_app)
@@ -1008,12 +1017,12 @@ def scale(
 ) -> None:
     """Scale a node pool to --node-count nodes."""
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, name)
+        path = pool_resource_path(client, resource_group, cluster_name, name)
         pool = client.json("GET", path)
         pool["properties"]["count"] = node_count
         response = client.request("PUT", path, json=pool)
-        result = _finish(client, response, path, f"Scaling node pool {name}", no_wait, timeout)
-        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+        result = finish_or_wait(client, response, path, f"Scaling node pool {name}", no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 
 
 @api_command(nodepool_app, name="show")
@@ -1026,8 +1035,8 @@ def show_pool(
 ) -> None:
     """Show a node pool."""
     with api.connect() as client:
-        pool = client.json("GET", _pool_path(client, resource_group, cluster_name, name))
-    output(pool, output_format, POOL_COLUMNS, _pool_row)
+        pool = client.json("GET", pool_resource_path(client, resource_group, cluster_name, name))
+    output(pool, output_format, POOL_COLUMNS, pool_table_row)
 
 
 @api_command(nodepool_app, name="list")
@@ -1039,8 +1048,10 @@ def list_pools(
 ) -> None:
     """List the node pools of a cluster."""
     with api.connect() as client:
-        pools = client.json("GET", f"{_cluster_path(client, resource_group, cluster_name)}/{AGENT_POOLS}")
-    output(pools["value"], output_format, POOL_COLUMNS, _pool_row)
+        pools = client.json(
+            "GET", f"{cluster_resource_path(client, resource_group, cluster_name)}/{AGENT_POOLS}"
+        )
+    output(pools["value"], output_format, POOL_COLUMNS, pool_table_row)
 
 
 def _machine_row(machine: dict[str, Any]) -> list[object]:
@@ -1071,7 +1082,7 @@ def list_machines(
 ) -> None:
     """List the machines of a node pool with their labels and attestation status."""
     with api.connect() as client:
-        path = f"{_pool_path(client, resource_group, cluster_name, nodepool_name)}/machines"
+        path = f"{pool_resource_path(client, resource_group, cluster_name, nodepool_name)}/machines"
         machines = client.json("GET", path)
     output(machines["value"], output_format, MACHINE_COLUMNS, _machine_row)
 
@@ -1117,7 +1128,7 @@ def delete_pool(
     """Delete a node pool (its nodes drained first)."""
     params = {"ignore-pod-disruption-budget": "true"} if ignore_pod_disruption_budget else None
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, name)
+        path = pool_resource_path(client, resource_group, cluster_name, name)
         _delete(client, path, f"Deleting node pool {name}", no_wait, timeout, params)
 
 
@@ -1146,7 +1157,7 @@ def attest(
     """Re-attest every Ready node of a vTPM node pool now, wait for the results and print them (exit 1 if
     any node failed); --no-wait prints the request only."""
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, name)
+        path = pool_resource_path(client, resource_group, cluster_name, name)
         request = client.json("POST", f"{path}/attest")
         if no_wait:
             print_json(request)

@@ -16,14 +16,14 @@ from trustedlaunch.cli.aks import (
     GroupOption,
     NameOption,
     PoolNameOption,
-    _cluster_path,
-    _cluster_row,
-    _confirm,
-    _finish,
-    _pool_path,
-    _pool_row,
     aks_app,
+    cluster_resource_path,
+    cluster_table_row,
+    confirm_or_exit,
+    finish_or_wait,
     nodepool_app,
+    pool_resource_path,
+    pool_table_row,
 )
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
@@ -95,7 +95,7 @@ def get_upgrades(
 ) -> None:
     """Get the available upgrades for a node pool: Kubernetes versions and its latestNodeImageVersion."""
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, nodepool_name)
+        path = pool_resource_path(client, resource_group, cluster_name, nodepool_name)
         profile = client.json("GET", f"{path}/upgradeProfiles/default")
     output(profile, output_format, UPGRADE_PROFILE_COLUMNS, _profile_row)
 
@@ -117,11 +117,11 @@ def upgrade_pool(
     reimaged one by one (or beside surge nodes per --max-surge), each drained first."""
     _only_node_images(node_image_only, kubernetes_version)
     with api.connect() as client:
-        path = _pool_path(client, resource_group, cluster_name, name)
+        path = pool_resource_path(client, resource_group, cluster_name, name)
         response = client.request("POST", f"{path}/upgradeNodeImageVersion")
         what = f"Upgrading the node image of node pool {name}"
-        result = _finish(client, response, path, what, no_wait, timeout)
-        output(result or response.json(), output_format, POOL_COLUMNS, _pool_row)
+        result = finish_or_wait(client, response, path, what, no_wait, timeout)
+        output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 
 
 @api_command(aks_app, name="upgrade")
@@ -139,9 +139,9 @@ def upgrade_cluster(
     """Upgrade the node image version of every node pool of a cluster (--node-image-only), as az: one
     upgrade per pool, all started at once; then (unless --no-wait) wait for each."""
     _only_node_images(node_image_only, kubernetes_version)
-    _confirm(yes, f"upgrade the node image of every node pool of cluster {name}")
+    confirm_or_exit(yes, f"upgrade the node image of every node pool of cluster {name}")
     with api.connect() as client:
-        cluster_path = _cluster_path(client, resource_group, name)
+        cluster_path = cluster_resource_path(client, resource_group, name)
         cluster = client.json("GET", cluster_path)
         started, refused = [], []
         for pool in cluster["properties"].get("agentPoolProfiles") or []:
@@ -155,7 +155,7 @@ def upgrade_cluster(
                 wait_for_operation(
                     client, response, f"Upgrading the node image of node pool {pool_name}", timeout
                 )
-        output(client.json("GET", cluster_path), output_format, CLUSTER_COLUMNS, _cluster_row)
+        output(client.json("GET", cluster_path), output_format, CLUSTER_COLUMNS, cluster_table_row)
     if refused:
         upgrading = ", ".join(pool_name for pool_name, _ in started) or "none"
         raise fail(f"node image upgrade refused for node pool(s) {'; '.join(refused)}; started: {upgrading}")
