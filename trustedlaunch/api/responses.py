@@ -454,3 +454,28 @@ class ResourceGroupResource(BaseModel):
     location: str
     tags: dict[str, str]
     properties: ResourceGroupPropertiesOut
+
+
+class AgentPoolUpgradeProfileUpgrade(BaseModel):
+    """A Kubernetes version the pool may be upgraded to."""
+
+    kubernetesVersion: str
+    isPreview: bool
+
+
+class AgentPoolUpgradeProfileProperties(BaseModel):
+    """The pool's Kubernetes version, OS type, the versions it may move to and its latest node image."""
+
+    kubernetesVersion: str
+    osType: str
+    upgrades: list[AgentPoolUpgradeProfileUpgrade]
+    latestNodeImageVersion: str
+
+
+class AgentPoolUpgradeProfile(BaseModel):
+    """AKS's AgentPoolUpgradeProfile."""
+
+    id: str
+    name: str
+    type: str
+    properties: AgentPoolUpgradeProfileProperties

@@ -5,9 +5,8 @@ upgradeNodeImageVersion`: 202, the pool, Azure-AsyncOperation; long-running) (co
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
 
-from trustedlaunch.api.responses import AgentPoolResource
+from trustedlaunch.api.responses import AgentPoolResource, AgentPoolUpgradeProfile
 from trustedlaunch.api.routes import (
     ERROR_RESPONSES,
     POOL,
@@ -20,31 +19,6 @@ from trustedlaunch.api.views import pool_json
 from trustedlaunch.control import node_image_upgrades
 
 router = APIRouter(dependencies=[Depends(api_version)], responses=ERROR_RESPONSES, tags=["agentPools"])
-
-
-class AgentPoolUpgradeProfileUpgrade(BaseModel):
-    """A Kubernetes version the pool may be upgraded to."""
-
-    kubernetesVersion: str
-    isPreview: bool
-
-
-class AgentPoolUpgradeProfileProperties(BaseModel):
-    """The pool's Kubernetes version, OS type, the versions it may move to and its latest node image."""
-
-    kubernetesVersion: str
-    osType: str
-    upgrades: list[AgentPoolUpgradeProfileUpgrade]
-    latestNodeImageVersion: str
-
-
-class AgentPoolUpgradeProfile(BaseModel):
-    """AKS's AgentPoolUpgradeProfile."""
-
-    id: str
-    name: str
-    type: str
-    properties: AgentPoolUpgradeProfileProperties
 
 
 @router.get(f"{POOL}/upgradeProfiles/default", response_model=AgentPoolUpgradeProfile)
