@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import signal
 import subprocess
 import termios
 import threading
@@ -13,8 +14,12 @@ import time
 
 
 def _take_terminal() -> None:
-    """In the child (already a session leader): make its stdin, the pty, its controlling terminal."""
+    """In the child (already a session leader): make its stdin, the pty, its controlling terminal, with the
+    default handling of the terminal's signals, as a terminal emulator starts its shell (a test run under
+    `nohup`, or in the background of a script, would otherwise pass on SIGHUP or SIGINT ignored)."""
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    for terminal_signal in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(terminal_signal, signal.SIG_DFL)
 
 
 class Terminal:
