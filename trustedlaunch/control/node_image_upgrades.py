@@ -35,7 +35,7 @@ def _newest(session: Session, pool: AgentPool) -> tuple[str, ImageBuild | None]:
         return pool.node_image_version, None
     try:
         newest = image_versions(session)[0][1]
-    except (BootPackageError, NodeImageError):  # no boot chain installed here: only the stored versions
+    except (BootPackageError, NodeImageError):  # no boot chain installed here: no newer version known
         return pool.node_image_version, None
     return newest.version(trusted_launch=current.trusted_launch_capable), newest
 
