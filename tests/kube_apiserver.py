@@ -20,8 +20,10 @@ from lightkube.models.core_v1 import NodeSpec, Taint
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 
+from trustedlaunch.control.cluster_planes import ControlPlanePhase
 from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, HostedControlPlane
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
+from trustedlaunch.store.models import ClusterControlPlane
 
 FQDN = "tests-rg-000000.hcp.local.trustedlaunch.internal"
 NODE_LIFECYCLE_PREFIX = "node.kubernetes.io/"
@@ -75,3 +77,18 @@ def taints_besides_the_node_lifecycle(node: dict[str, Any]) -> list[dict[str, An
         for taint in node["spec"].get("taints") or []
         if not taint["key"].startswith(NODE_LIFECYCLE_PREFIX)
     ]
+
+
+def running_plane_record(plane: HostedControlPlane) -> ClusterControlPlane:
+    """The store's record of `plane` as a Running control plane of a cluster (its data directory holds the
+    cluster CA and admin kubeconfig the control plane uses for that cluster's Nodes)."""
+    ports = plane.ports
+    return ClusterControlPlane(
+        data_dir=str(plane.admin_kubeconfig.parent),
+        phase=ControlPlanePhase.RUNNING,
+        apiserver_port=ports.apiserver,
+        etcd_client_port=ports.etcd_client,
+        etcd_peer_port=ports.etcd_peer,
+        controller_manager_port=ports.controller_manager,
+        scheduler_port=ports.scheduler,
+    )

@@ -10,13 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_apiserver import admin_client, read_node, register_node, taints_besides_the_node_lifecycle
+from kube_apiserver import (
+    admin_client,
+    read_node,
+    register_node,
+    running_plane_record,
+    taints_besides_the_node_lifecycle,
+)
 from lightkube import Client
 from lightkube.resources.core_v1 import Node as KubernetesNode
 from sqlalchemy import select
 
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase
+from trustedlaunch.control.cluster_planes import ClusterPlanes
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import QUARANTINE_TAINT, node_settings_patch
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
@@ -26,7 +32,7 @@ from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster, put_pool
 from trustedlaunch.node.kubelet import ATTESTATION_PENDING_TAINT
-from trustedlaunch.store.models import AgentPool, ClusterControlPlane, Node, Operation
+from trustedlaunch.store.models import AgentPool, Node, Operation
 
 pytestmark = pytest.mark.slow
 VERDICT = {LABEL_SECURE_BOOT: "true", LABEL_TRUSTED_LAUNCH: "true"}
@@ -84,16 +90,7 @@ def test_the_joiner_brings_a_pool_update_to_its_joined_node(
                 PoolSpec(name="sys", mode="System", node_labels=joined_labels, node_taints=joined_taints)
             ]
             cluster, _, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
-            ports = kube_apiserver.ports
-            cluster.control_plane = ClusterControlPlane(
-                data_dir=str(kube_apiserver.admin_kubeconfig.parent),
-                phase=ControlPlanePhase.RUNNING,
-                apiserver_port=ports.apiserver,
-                etcd_client_port=ports.etcd_client,
-                etcd_peer_port=ports.etcd_peer,
-                controller_manager_port=ports.controller_manager,
-                scheduler_port=ports.scheduler,
-            )
+            cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
             name = f"aks-sys-{next(ORDINALS)}"
             session.add(
@@ -177,16 +174,7 @@ def test_a_pool_update_of_labels_and_taints_reaches_the_joined_nodes_without_a_r
             spec = ClusterSpec(location="eastus", agent_pools=pools)
             cluster, created, _ = put_cluster(session, path, spec)
             finish_operation(session, created, "Succeeded")
-            ports = kube_apiserver.ports
-            cluster.control_plane = ClusterControlPlane(
-                data_dir=str(kube_apiserver.admin_kubeconfig.parent),
-                phase=ControlPlanePhase.RUNNING,
-                apiserver_port=ports.apiserver,
-                etcd_client_port=ports.etcd_client,
-                etcd_peer_port=ports.etcd_peer,
-                controller_manager_port=ports.controller_manager,
-                scheduler_port=ports.scheduler,
-            )
+            cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
             name = f"aks-sys-{next(ORDINALS)}"
             session.add(

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_apiserver import admin_client, read_node, register_node
+from kube_apiserver import admin_client, read_node, register_node, running_plane_record
 from lightkube import Client
 from lightkube.resources.core_v1 import Node as KubernetesNode
 from sqlalchemy import select
 
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase
+from trustedlaunch.control.cluster_planes import ClusterPlanes
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter, pool_labels_patch
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
@@ -31,7 +31,7 @@ from trustedlaunch.control.labels import (
 )
 from trustedlaunch.control.node_join import NodeJoiner
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
-from trustedlaunch.store.models import AgentPool, ClusterControlPlane, Node
+from trustedlaunch.store.models import AgentPool, Node
 
 pytestmark = pytest.mark.slow
 PRE_0014_NAME = "AKSUbuntu-2204gen2TLcontainerd-202411.12.0"  # what an earlier release labelled Nodes with
@@ -98,16 +98,7 @@ def test_the_joiner_brings_a_joined_nodes_labels_back_to_its_row(
             path = ResourcePath("00000000-0000-0000-0000-000000000000", "rg", "labels")
             pools = [PoolSpec(name="sys", mode="System", os_sku="Ubuntu2204")]
             cluster, _, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
-            ports = kube_apiserver.ports
-            cluster.control_plane = ClusterControlPlane(
-                data_dir=str(kube_apiserver.admin_kubeconfig.parent),
-                phase=ControlPlanePhase.RUNNING,
-                apiserver_port=ports.apiserver,
-                etcd_client_port=ports.etcd_client,
-                etcd_peer_port=ports.etcd_peer,
-                controller_manager_port=ports.controller_manager,
-                scheduler_port=ports.scheduler,
-            )
+            cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
             name = f"aks-sys-{next(ORDINALS)}"
             session.add(

@@ -13,11 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from kube_apiserver import running_plane_record
 from older_agent import older_agent_initramfs
 from sqlalchemy import select
 
 from trustedlaunch.control.bootstrap import open_store
-from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase
+from trustedlaunch.control.cluster_planes import ClusterPlanes
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
 from trustedlaunch.control.node_join import NodeAgentOutdatedError
@@ -28,7 +29,7 @@ from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath,
 from trustedlaunch.node.channel import AgentOutdatedError
 from trustedlaunch.node.image import NodeImage, has_current_agent
 from trustedlaunch.node.qemu import NodeVM
-from trustedlaunch.store.models import AgentPool, ClusterControlPlane, Node, Operation
+from trustedlaunch.store.models import AgentPool, Node, Operation
 
 pytestmark = pytest.mark.slow
 
@@ -69,16 +70,7 @@ def test_a_node_with_an_older_agent_is_scheduled_for_reimage_not_left_to_expire(
                 session, path, ClusterSpec(location="eastus", agent_pools=pools)
             )
             finish_operation(session, operation, "Succeeded")
-            ports = kube_apiserver.ports
-            cluster.control_plane = ClusterControlPlane(
-                data_dir=str(kube_apiserver.admin_kubeconfig.parent),  # its cluster CA issues the credentials
-                phase=ControlPlanePhase.RUNNING,
-                apiserver_port=ports.apiserver,
-                etcd_client_port=ports.etcd_client,
-                etcd_peer_port=ports.etcd_peer,
-                controller_manager_port=ports.controller_manager,
-                scheduler_port=ports.scheduler,
-            )
+            cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
             session.add(
                 Node(
