@@ -7,6 +7,7 @@ import fcntl
 import os
 import select
 import signal
+import struct
 import subprocess
 import termios
 import threading
@@ -23,10 +24,12 @@ def _take_terminal() -> None:
 
 
 class Terminal:
-    """`command` in a new session on a pty; its output (echoed Ctrl-C and Rich spinners included) is kept."""
+    """`command` in a new session on a pty (`columns` wide, as a terminal window: its programs read the width
+    from the pty); its output (echoed Ctrl-C and Rich spinners included) is kept."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], columns: int = 80) -> None:
         self._master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self.process = subprocess.Popen(
             command,
             stdin=slave,
@@ -72,6 +75,15 @@ class Terminal:
     def interrupt(self) -> None:
         """Type Ctrl-C (the terminal sends SIGINT to its foreground process group)."""
         os.write(self._master, b"\x03")
+
+    def wait(self, timeout: float) -> str:
+        """Wait for the command to end (failing after `timeout` seconds); its output as the terminal showed
+        it, with the terminal's CR LF line ends as LF."""
+        self.process.wait(timeout)
+        deadline = time.monotonic() + 5
+        while self._reader.is_alive() and time.monotonic() < deadline:  # the rest of its output
+            time.sleep(0.05)
+        return self.output.replace("\r\n", "\n")
 
     def hang_up(self) -> None:
         """Close the terminal (as closing its window): the kernel hangs it up and signals the session."""

@@ -249,9 +249,9 @@ UndrainableNodeBehaviorOption = Annotated[
     UndrainableNodeBehavior | None,
     typer.Option(
         "--undrainable-node-behavior",
-        help="What an upgrade does with a node it cannot drain: Cordon (keep it cordoned, labelled "
-        "kubernetes.azure.com/upgrade-status=Quarantined, and go on with a surge node in its place) or "
-        "Schedule (make it schedulable again and fail; AKS's default).",
+        help="What an upgrade does with a node it cannot drain: Cordon (keep it cordoned, its label "
+        "kubernetes.azure.com/upgrade-status set to Quarantined, and go on with a surge node in its place) "
+        "or Schedule (make it schedulable again and fail; AKS's default).",
     ),
 ]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 import sys
+import textwrap
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -35,6 +36,7 @@ app = typer.Typer(
     help="trustedlaunch: Secure Boot, vTPM and remote attestation for Kubernetes node pools.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help layout (_WholeWordsHelp): Rich's table cuts option names
 )
 
 # Sub-apps register here, one line each (keep alphabetical):
@@ -58,27 +60,67 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _flags_without_values(params: list[Any]) -> list[Any]:
-    """`params` with every flag's metavar emptied: Typer shows a `<bool>` value for flags otherwise."""
-    for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-    return params
+def _wrap(text: str, width: int) -> list[str]:
+    """`text` as lines of at most `width` cells, broken only between words (a longer word overflows)."""
+    text = " ".join(text.split())
+    return textwrap.wrap(text, max(width, 20), break_long_words=False, break_on_hyphens=False)
 
 
-class _PlainHelpCommand(TyperCommand):
-    """A command whose help shows no `<bool>` value for its flags (`--help` included)."""
+class _WholeWordsHelp:
+    """Help laid out as click lays it out (options in two columns, help below a name too long for its
+    column) with every word kept whole: option names are never cut, and text wraps only between words, so
+    an identifier such as `kubernetes.azure.com/upgrade-status` is never split at a hyphen."""
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _flags_without_values(super().get_params(ctx))
+    help: str | None
+    if TYPE_CHECKING:
+
+        def get_params(self, ctx: Any) -> list[Any]: ...  # TyperCommand's and TyperGroup's
+
+    def format_help_text(self, ctx: Any, formatter: Any) -> None:
+        text = inspect.cleandoc(self.help or "")
+        if not text:
+            return
+        formatter.write_paragraph()
+        indent = " " * (formatter.current_indent + formatter.indent_increment)
+        paragraphs = [
+            "".join(f"{indent}{line}\n" for line in _wrap(paragraph, formatter.width - len(indent)))
+            for paragraph in text.split("\n\n")
+        ]
+        formatter.write("\n".join(paragraphs))
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        records = [(param, param.get_help_record(ctx)) for param in self.get_params(ctx)]
+        for title, kind in (("Arguments", "argument"), ("Options", "option")):
+            rows = [record for param, record in records if record and param.param_type_name == kind]
+            if rows:
+                with formatter.section(title):
+                    _write_rows(formatter, rows)
 
 
-class _PlainHelpGroup(TyperGroup):
-    """A command group whose help shows no `<bool>` value for its flags (`--help` included), and whose
-    command-line errors print as az's: `ERROR: message` on stderr, exit 2."""
+def _write_rows(formatter: Any, rows: list[tuple[str, str]], name_max: int = 30, spacing: int = 2) -> None:
+    """(name, help) rows in two columns; a name longer than `name_max` gets its help on the next lines."""
+    name_column = min(max(len(name) for name, _ in rows), name_max) + spacing
+    indent = " " * formatter.current_indent
+    help_indent = indent + " " * name_column
+    for name, help_text in rows:
+        lines = _wrap(help_text, formatter.width - len(help_indent))
+        formatter.write(indent + name)
+        if lines and len(name) + spacing <= name_column:
+            formatter.write(" " * (name_column - len(name)) + lines.pop(0))
+        formatter.write("\n" + "".join(f"{help_indent}{line}\n" for line in lines))
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _flags_without_values(super().get_params(ctx))
+
+class _PlainHelpCommand(_WholeWordsHelp, TyperCommand):
+    """A command whose help keeps words whole (_WholeWordsHelp)."""
+
+
+class _PlainHelpGroup(_WholeWordsHelp, TyperGroup):
+    """A command group whose help keeps words whole (_WholeWordsHelp), and whose command-line errors print
+    as az's: `ERROR: message` on stderr, exit 2."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        super().format_options(ctx, formatter)
+        self.format_commands(ctx, formatter)
 
     def main(
         self,
@@ -108,20 +150,15 @@ class _PlainHelpGroup(TyperGroup):
 
 
 def _plain_help(typer_app: typer.Typer, seen: set[int]) -> None:
-    """Help as az shows it, for every command of `typer_app`: a flag (`--enable-vtpm`, `--help`) shows no
-    `<bool>` value that the parser would then refuse (the command classes above), a choice option lists
-    "Allowed values: ..." in its help text (wrapped between words) instead of a `<A|B|C>` column split
-    mid-word at 80 columns, and a docstring's lines are joined so that its sentences wrap at the terminal's
-    width instead of breaking where the source's lines end."""
+    """Help as az shows it, for every command of `typer_app`: laid out by _WholeWordsHelp (whole option
+    names, words never split, a flag such as `--enable-vtpm` without a value the parser would refuse), and
+    a choice option lists "Allowed values: ..." in its help text instead of a `<A|B|C>` value."""
     typer_app.info.cls = _PlainHelpGroup
     for command in typer_app.registered_commands:
         if command.cls in (None, TyperCommand):
             command.cls = _PlainHelpCommand
         if command.callback is None:
             continue
-        if command.help is None and command.callback.__doc__:  # one line per paragraph: wrapped to fit
-            paragraphs = inspect.cleandoc(command.callback.__doc__).split("\n\n")
-            command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
         hints = get_type_hints(command.callback, include_extras=True)
         for parameter in inspect.signature(command.callback).parameters.values():
             annotation = hints.get(parameter.name)
