@@ -99,10 +99,37 @@ def test_aks_wait(
     assert tl(runner, cli_env, *wait, "--custom", running)[0] == 0
     assert tl(runner, cli_env, *wait, "--custom", "properties.agentPoolProfiles[0].count==`3`")[0] == 1
     code, _, err = tl(runner, cli_env, *wait, "--custom", "[[")
-    assert code == 2 and "argument --custom: invalid JMESPath query" in err
+    assert code == 2 and "argument --custom: invalid jmespath_type value: '[['" in err
     code, _, err = tl(runner, cli_env, *wait)
     assert code == 2 and "pass exactly one of --created" in err
     assert tl(runner, cli_env, *wait, "--created", "--deleted")[0] == 2
+
+
+def test_aks_nodepool_wait(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    """`az aks nodepool wait`'s conditions on a pool: --created times out while it is Creating, then
+    passes; --exists, --custom on the pool's JSON (a query the pool's data cannot take exits 2 naming it),
+    --deleted for a pool that is not there."""
+    assert tl(runner, cli_env, *CREATE)[0] == 0
+    finish_operations(server[2])
+    add = ["aks", "nodepool", "add", *NODEPOOL, "--name", "waitnp", "--node-count", "2", "--no-wait"]
+    assert tl(runner, cli_env, *add)[0] == 0
+    wait = ["aks", "nodepool", "wait", *NODEPOOL, "--interval", "1", "--timeout", "2"]
+    code, _, err = tl(runner, cli_env, *wait, "--nodepool-name", "waitnp", "--created")
+    assert code == 1 and "Wait operation timed-out after 2 seconds" in err
+    assert tl(runner, cli_env, *wait, "-n", "waitnp", "--exists") == (0, "", "")
+    finish_operations(server[2])
+    assert tl(runner, cli_env, *wait, "-n", "waitnp", "--created") == (0, "", "")
+    assert tl(runner, cli_env, *wait, "-n", "waitnp", "--custom", "properties.count==`2`")[0] == 0
+    assert tl(runner, cli_env, *wait, "-n", "waitnp", "--custom", "properties.count==`5`")[0] == 1
+    code, _, err = tl(runner, cli_env, *wait, "-n", "waitnp", "--custom", "abs(name)")
+    assert code == 2 and "argument --custom: 'abs(name)' cannot be applied to the node pool" in err
+    assert tl(runner, cli_env, *wait, "-n", "nopool", "--deleted") == (0, "", "")
+    code, _, err = tl(runner, cli_env, *wait, "-n", "nopool", "--exists")
+    assert code == 1 and "timed-out" in err
+    code, _, err = tl(runner, cli_env, *wait, "-n", "waitnp", "--exists", "--updated")
+    assert code == 2 and "pass exactly one of --created" in err
 
 
 def test_machine_show_asks_for_the_machine(

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from trustedlaunch.control.limits import MAX_NODE_LABELS, MAX_NODE_TAINTS
-from trustedlaunch.control.resources import ClusterSpec, PoolSpec
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, UndrainableNodeBehavior
 
 # AKS's osType values: a Windows pool passes validation to meet the limits table, which refuses it with
 # OSTypeNotSupported (only Linux node images boot here) along with AKS's own Windows errors
@@ -73,8 +73,8 @@ class UpgradeSettings(ArmModel):
     drainTimeoutInMinutes: int | None = None
     # how long an upgrade waits after a node's drain before it moves on (checked in limits.py); unset: 0
     nodeSoakDurationInMinutes: int | None = None
-    # what an upgrade does with a node it cannot drain (store.vocabulary.UndrainableNodeBehavior)
-    undrainableNodeBehavior: Literal["Cordon", "Schedule"] | None = None
+    # what an upgrade does with a node it cannot drain
+    undrainableNodeBehavior: UndrainableNodeBehavior | None = None
 
 
 class AgentPoolProperties(ArmModel):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import base64
 import os
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import jmespath
 import typer
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jmespath.exceptions import JMESPathError
 
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
@@ -37,7 +36,7 @@ from trustedlaunch.cli.arm import (
 )
 from trustedlaunch.cli.errors import BAD_INPUT_EXIT_CODE, bad_input
 from trustedlaunch.cli.machine_attestation import ATTESTATION_COLUMNS, attestation_row, wait_for_attestation
-from trustedlaunch.cli.output import Column
+from trustedlaunch.cli.output import Column, apply_query, check_query
 from trustedlaunch.control.limits import (
     CLUSTER_NAME,
     DEFAULT_KUBERNETES_VERSION,
@@ -48,6 +47,7 @@ from trustedlaunch.control.limits import (
     check_flags,
 )
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, MANAGED_CLUSTERS, ResourceId
+from trustedlaunch.store.vocabulary import UndrainableNodeBehavior
 
 aks_app = typer.Typer(
     name="aks", help="Manage trusted launch managed clusters (az aks compatible).", no_args_is_help=True
@@ -159,6 +159,13 @@ ClusterNameOption = Annotated[
 PoolNameOption = Annotated[
     str, typer.Option("--name", "-n", "--nodepool-name", help="Name of the node pool.", callback=valid_pool)
 ]
+NodepoolNameOption = Annotated[
+    str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
+]
+MachineNameOption = Annotated[
+    str, typer.Option("--machine-name", help="Name of the machine (node).", callback=valid_machine)
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")]
 TagsOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -236,13 +243,6 @@ NodeSoakDurationOption = Annotated[
         "moves on (0 to 30; AKS's default: 0).",
     ),
 ]
-
-
-class UndrainableNodeBehavior(StrEnum):
-    """`--undrainable-node-behavior`."""
-
-    Cordon = "Cordon"
-    Schedule = "Schedule"
 
 
 UndrainableNodeBehaviorOption = Annotated[
@@ -491,9 +491,7 @@ def create(
     ssh_key_value: Annotated[
         str | None, typer.Option("--ssh-key-value", help="SSH public key or .pub file.")
     ] = None,
-    nodepool_name: Annotated[
-        str, typer.Option("--nodepool-name", help="Name of the first node pool.", callback=valid_pool)
-    ] = "nodepool1",
+    nodepool_name: NodepoolNameOption = "nodepool1",
     os_sku: OsSkuOption = None,
     enable_fips_image: FipsOption = False,
     gpu_driver: GpuDriverOption = None,
@@ -528,7 +526,7 @@ def create(
         ),
     ] = None,
     max_pods: MaxPodsOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
+    yes: YesOption = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -636,31 +634,77 @@ def _if_match(etag: object) -> dict[str, str]:
     return {"If-Match": etag} if isinstance(etag, str) else {}
 
 
-def _wait_condition(
-    cluster: dict[str, Any] | None,
-    created: bool,
-    updated: bool,
-    deleted: bool,
-    exists: bool,
-    custom: str | None,
-) -> bool:
-    """Whether `cluster` (None: it does not exist) is what `aks wait` waits for; fails when it is in a
-    state the wait cannot reach (provisioningState Failed while waiting for --created or --updated)."""
-    if deleted:
-        return cluster is None
-    if cluster is None:
-        return False
-    state = cluster.get("properties", {}).get("provisioningState")
-    if (created or updated) and state == "Failed":
-        raise fail(f"the cluster's provisioningState is {state}")
-    if custom is not None:
+@dataclass(frozen=True)
+class WaitCondition:
+    """What `aks wait` / `aks nodepool wait` wait for: exactly one of az's conditions."""
+
+    created: bool = False
+    updated: bool = False
+    deleted: bool = False
+    exists: bool = False
+    custom: str | None = None
+
+    def check(self) -> None:
+        """Refuse anything but exactly one condition, and a --custom query that does not parse."""
+        given = (self.created, self.updated, self.deleted, self.exists, self.custom is not None)
+        if sum(given) != 1:
+            raise bad_input("pass exactly one of --created, --updated, --deleted, --exists or --custom")
+        if self.custom is not None:
+            check_query("--custom", self.custom)
+
+    def met(self, resource: dict[str, Any] | None, what: str) -> bool:
+        """Whether `resource` (None: it does not exist) is what is waited for; fails when it is in a state
+        the wait cannot reach (provisioningState Failed while waiting for --created or --updated)."""
+        if self.deleted:
+            return resource is None
+        if resource is None:
+            return False
+        state = resource.get("properties", {}).get("provisioningState")
+        if (self.created or self.updated) and state == "Failed":
+            raise fail(f"the {what}'s provisioningState is {state}")
+        if self.custom is not None:
+            return bool(apply_query("--custom", self.custom, resource, f"the {what}"))
+        return self.exists or state == "Succeeded"
+
+
+CreatedOption = Annotated[
+    bool, typer.Option("--created", help="Wait until it exists with provisioningState Succeeded.")
+]
+UpdatedOption = Annotated[
+    bool, typer.Option("--updated", help="Wait until its provisioningState is Succeeded.")
+]
+DeletedOption = Annotated[bool, typer.Option("--deleted", help="Wait until it is deleted.")]
+ExistsOption = Annotated[bool, typer.Option("--exists", help="Wait until it exists.")]
+CustomOption = Annotated[
+    str | None,
+    typer.Option(
+        "--custom",
+        help="Wait until this JMESPath query on its JSON is true, e.g. "
+        "\"properties.provisioningState=='Succeeded'\".",
+    ),
+]
+IntervalOption = Annotated[int, typer.Option("--interval", min=1, help="Polling interval in seconds.")]
+WaitTimeoutOption = Annotated[int, typer.Option("--timeout", min=1, help="Maximum wait in seconds.")]
+
+
+def wait_until(
+    client: ArmClient, path: str, what: str, condition: WaitCondition, interval: int, timeout: int
+) -> None:
+    """Poll the resource at `path` every `interval` seconds until `condition` is met; exit 1 after
+    `timeout` seconds, as az's wait commands."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            return bool(jmespath.search(custom, cluster))
-        except JMESPathError as exc:
-            raise bad_input(
-                f"argument --custom: {custom!r} cannot be applied to the cluster ({exc})"
-            ) from None
-    return exists or state == "Succeeded"
+            resource: dict[str, Any] | None = client.json("GET", path)
+        except ArmCallError as missing:
+            if missing.status != 404:
+                raise
+            resource = None
+        if condition.met(resource, what):
+            return
+        if time.monotonic() + interval > deadline:
+            raise fail(f"Wait operation timed-out after {timeout} seconds")
+        time.sleep(interval)
 
 
 @api_command(aks_app, name="wait")
@@ -668,48 +712,21 @@ def wait_cluster(
     api: ApiTarget,
     name: NameOption,
     resource_group: GroupOption,
-    created: Annotated[
-        bool, typer.Option("--created", help="Wait until it exists with provisioningState Succeeded.")
-    ] = False,
-    updated: Annotated[
-        bool, typer.Option("--updated", help="Wait until its provisioningState is Succeeded.")
-    ] = False,
-    deleted: Annotated[bool, typer.Option("--deleted", help="Wait until it is deleted.")] = False,
-    exists: Annotated[bool, typer.Option("--exists", help="Wait until it exists.")] = False,
-    custom: Annotated[
-        str | None,
-        typer.Option(
-            "--custom",
-            help="Wait until this JMESPath query on the cluster's JSON is true.",
-        ),
-    ] = None,
-    interval: Annotated[int, typer.Option("--interval", min=1, help="Polling interval in seconds.")] = 30,
-    timeout: Annotated[int, typer.Option("--timeout", min=1, help="Maximum wait in seconds.")] = 3600,
+    created: CreatedOption = False,
+    updated: UpdatedOption = False,
+    deleted: DeletedOption = False,
+    exists: ExistsOption = False,
+    custom: CustomOption = None,
+    interval: IntervalOption = 30,
+    timeout: WaitTimeoutOption = 3600,
 ) -> None:
     """Place the CLI in a waiting state until a condition of the managed cluster is met (as `az aks wait`):
     exit 0 then, 1 after --timeout seconds."""
-    if sum((created, updated, deleted, exists, custom is not None)) != 1:
-        raise bad_input("pass exactly one of --created, --updated, --deleted, --exists or --custom")
-    if custom is not None:
-        try:
-            jmespath.compile(custom)
-        except JMESPathError as exc:
-            raise bad_input(f"argument --custom: invalid JMESPath query {custom!r} ({exc})") from None
-    deadline = time.monotonic() + timeout
+    condition = WaitCondition(created, updated, deleted, exists, custom)
+    condition.check()
     with api.connect() as client:
         path = cluster_resource_path(client, resource_group, name)
-        while True:
-            try:
-                cluster: dict[str, Any] | None = client.json("GET", path)
-            except ArmCallError as missing:
-                if missing.status != 404:
-                    raise
-                cluster = None
-            if _wait_condition(cluster, created, updated, deleted, exists, custom):
-                return
-            if time.monotonic() + interval > deadline:
-                raise fail(f"Wait operation timed-out after {timeout} seconds")
-            time.sleep(interval)
+        wait_until(client, path, "cluster", condition, interval, timeout)
 
 
 @api_command(aks_app, name="list")
@@ -773,7 +790,7 @@ def delete(
     api: ApiTarget,
     name: NameOption,
     resource_group: GroupOption,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
+    yes: YesOption = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
 ) -> None:
@@ -1054,6 +1071,29 @@ def list_pools(
     output(pools["value"], output_format, POOL_COLUMNS, pool_table_row)
 
 
+@api_command(nodepool_app, name="wait")
+def wait_pool(
+    api: ApiTarget,
+    cluster_name: ClusterNameOption,
+    name: PoolNameOption,
+    resource_group: GroupOption,
+    created: CreatedOption = False,
+    updated: UpdatedOption = False,
+    deleted: DeletedOption = False,
+    exists: ExistsOption = False,
+    custom: CustomOption = None,
+    interval: IntervalOption = 30,
+    timeout: WaitTimeoutOption = 3600,
+) -> None:
+    """Wait for a node pool to reach a desired state (as `az aks nodepool wait`): exit 0 then, 1 after
+    --timeout seconds."""
+    condition = WaitCondition(created, updated, deleted, exists, custom)
+    condition.check()
+    with api.connect() as client:
+        path = pool_resource_path(client, resource_group, cluster_name, name)
+        wait_until(client, path, "node pool", condition, interval, timeout)
+
+
 def _machine_row(machine: dict[str, Any]) -> list[object]:
     props = machine["properties"]
     security = props.get("securityProfile") or {}
@@ -1074,9 +1114,7 @@ def _machine_row(machine: dict[str, Any]) -> list[object]:
 def list_machines(
     api: ApiTarget,
     cluster_name: ClusterNameOption,
-    nodepool_name: Annotated[
-        str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
-    ],
+    nodepool_name: NodepoolNameOption,
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
@@ -1091,12 +1129,8 @@ def list_machines(
 def show_machine(
     api: ApiTarget,
     cluster_name: ClusterNameOption,
-    nodepool_name: Annotated[
-        str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
-    ],
-    machine_name: Annotated[
-        str, typer.Option("--machine-name", help="Name of the machine (node).", callback=valid_machine)
-    ],
+    nodepool_name: NodepoolNameOption,
+    machine_name: MachineNameOption,
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
@@ -1132,12 +1166,6 @@ def delete_pool(
         _delete(client, path, f"Deleting node pool {name}", no_wait, timeout, params)
 
 
-MachineNameOption = Annotated[
-    str, typer.Option("--machine-name", help="Name of the machine (node).", callback=valid_machine)
-]
-NodepoolNameOption = Annotated[
-    str, typer.Option("--nodepool-name", help="Name of the node pool.", callback=valid_pool)
-]
 attestation_app = typer.Typer(
     name="attestation", help="Attestation history of a machine, with evidence.", no_args_is_help=True
 )

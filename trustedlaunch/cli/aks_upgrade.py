@@ -16,6 +16,7 @@ from trustedlaunch.cli.aks import (
     GroupOption,
     NameOption,
     PoolNameOption,
+    YesOption,
     aks_app,
     cluster_resource_path,
     cluster_table_row,
@@ -57,7 +58,6 @@ KubernetesVersionOption = Annotated[
         "--kubernetes-version", "-k", help="Kubernetes version (one is installed: use --node-image-only)."
     ),
 ]
-YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")]
 
 
 def _profile_row(profile: dict[str, Any]) -> list[object]:
@@ -114,7 +114,9 @@ def upgrade_pool(
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
     """Upgrade the node image version of a node pool to the latest (--node-image-only); its nodes are
-    reimaged one by one (or beside surge nodes per --max-surge), each drained first."""
+    reimaged one by one (or beside surge nodes per --max-surge), each drained first. Nothing asks for
+    confirmation: az asks only before a Kubernetes version upgrade, which is refused here (--yes is
+    accepted, as az accepts it)."""
     _only_node_images(node_image_only, kubernetes_version)
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)

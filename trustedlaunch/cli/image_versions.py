@@ -50,7 +50,7 @@ def _open(database_url: str | None) -> tuple[Engine, sessionmaker[Session]]:
 @app.command()
 def kernels(
     database_url: DatabaseUrlOption = None,
-    output_format: Annotated[OutputFormat, typer.Option("--output", "-o")] = OutputFormat.table,
+    output_format: OutputOption = OutputFormat.table,
 ) -> None:
     """The Debian signed kernels (generic amd64) in apt's index, newest first: the installed one, and the
     node image version built from each, if any (`tl image build-version --kernel PACKAGE=VERSION`)."""

@@ -62,14 +62,29 @@ ColumnSpec = str | Column
 _QUERY: ContextVar[str | None] = ContextVar("tl_query", default=None)
 
 
+def check_query(argument: str, query: str) -> None:
+    """Refuse `query`, the JMESPath value of `argument` (`--query`, `--custom`), if it does not parse: a
+    command-line error (exit 2), as az's."""
+    try:
+        jmespath.compile(query)
+    except JMESPathError as exc:
+        raise bad_input(f"argument {argument}: invalid jmespath_type value: {query!r} ({exc})") from None
+
+
+def apply_query(argument: str, query: str, value: object, what: str = "the result") -> Any:
+    """`query` (checked by check_query) applied to `value`; an error only the data reveals (a function given
+    the wrong type) is a command-line error naming `argument`."""
+    try:
+        return jmespath.search(query, value)
+    except JMESPathError as exc:
+        raise bad_input(f"argument {argument}: {query!r} cannot be applied to {what} ({exc})") from None
+
+
 @contextmanager
 def query_scope(query: str | None) -> Iterator[None]:
     """Within the block, `output` applies the JMESPath `query` (`--query`) to every result."""
     if query is not None:
-        try:
-            jmespath.compile(query)
-        except JMESPathError as exc:
-            raise bad_input(f"argument --query: invalid jmespath_type value: {query!r} ({exc})") from None
+        check_query("--query", query)
     token = _QUERY.set(query)
     try:
         yield
@@ -205,10 +220,7 @@ def render(
     without a query prints `columns` with `row(item)` per item (or the rows `table_rows(result)` gives)."""
     query = _QUERY.get()
     if query is not None:
-        try:
-            value = jmespath.search(query, value)
-        except JMESPathError as exc:  # e.g. a function given the wrong type: only known on the data
-            raise bad_input(f"argument --query: {query!r} cannot be applied to the result ({exc})") from None
+        value = apply_query("--query", query, value)
     if fmt is OutputFormat.none:
         return
     if fmt is OutputFormat.json:

@@ -29,6 +29,7 @@ from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, Re
 from trustedlaunch.control.vm_sizes import find_vm_size
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
+from trustedlaunch.store.vocabulary import UndrainableNodeBehavior as UndrainableNodeBehavior  # for the API
 
 PROVIDER = CONTAINER_SERVICE
 DEFAULT_VM_SIZE = "Standard_DS2_v2"
@@ -106,7 +107,9 @@ class PoolSpec:
     max_surge: str | None = None  # upgradeSettings.maxSurge: "1" or "33%"
     drain_timeout_in_minutes: int | None = None  # upgradeSettings.drainTimeoutInMinutes
     node_soak_duration_in_minutes: int | None = None  # upgradeSettings.nodeSoakDurationInMinutes
-    undrainable_node_behavior: str | None = None  # upgradeSettings.undrainableNodeBehavior
+    undrainable_node_behavior: UndrainableNodeBehavior | None = (
+        None  # upgradeSettings.undrainableNodeBehavior
+    )
     node_labels: dict[str, str] | None = None  # nodeLabels; on update, replaces the pool's (as AKS)
     node_taints: list[str] | None = None  # nodeTaints ("key=value:Effect"); on update, replaces the pool's
     max_pods: int | None = None  # maxPods; None: DEFAULT_MAX_PODS on create, kept on update
