@@ -368,6 +368,14 @@ def test_serve_answers_until_sigterm(serve_env: dict[str, str], tmp_path: Path, 
                 params={"api-version": "2024-09-01"},
             )
             assert alerts.status_code == 200 and alerts.json() == {"value": []}
+            monitor = httpx.get(  # every worker knows what the serve process's reconciler runs
+                f"{url}/providers/Microsoft.TrustedLaunch/attestationMonitor",
+                headers={"Authorization": f"Bearer {token}"},
+                params={"api-version": "2024-09-01"},
+            )
+            assert monitor.status_code == 200, monitor.text
+            assert monitor.json()["continuousAttestation"] == "Running"
+            assert monitor.json()["attestationIntervalSeconds"] == 5
         assert f"Dashboard: {url}/ui " in banner
         children = child_pids(process.pid)
         if workers > 1:

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trustedlaunch import __version__
 from trustedlaunch.api import (
+    attestation_monitor_routes,
     metrics,
     monitoring_routes,
     routes,
@@ -38,6 +39,8 @@ JWKS_PATH = "/.well-known/jwks.json"
 OPENID_CONFIGURATION_PATH = "/.well-known/openid-configuration"
 # relying parties verify attestation tokens without an account here: the signing keys are public
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", JWKS_PATH, OPENID_CONFIGURATION_PATH})
+# paths every valid token may read, whatever its scope (they name no resource)
+ANY_TOKEN_PATHS = frozenset({attestation_monitor_routes.ATTESTATION_MONITOR_PATH})
 TOKEN_CACHE_SECONDS = 5.0  # longest time a token revoked by another server process keeps working here
 TOKEN_CACHE_SIZE = 1024
 HTTP_CODES = {
@@ -184,7 +187,10 @@ class BearerAuth:
         if scheme.lower() == "bearer":
             principals: PrincipalCache = scope["app"].state.principals
             try:
-                principal = principals.authorize(token.strip(), scope["method"], scope["path"])
+                if scope["path"] in ANY_TOKEN_PATHS:
+                    principal = principals.resolve(token.strip())
+                else:
+                    principal = principals.authorize(token.strip(), scope["method"], scope["path"])
             except ArmError as refused:
                 await arm_response(refused)(scope, receive, send)
                 return
@@ -300,6 +306,8 @@ def create_app(
 
     app.state.webhook_networks = allowed_networks_from_environment()  # a bad setting fails the start
     app.state.public_url = public_url_from_environment()
+    # the reconciler beside this API (BackgroundServer, `tl serve`) replaces it with what it runs
+    app.state.attestation_monitor = attestation_monitor_routes.AttestationMonitorStatus.from_environment()
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)
     app.include_router(routes.router)
@@ -307,5 +315,6 @@ def create_app(
     app.include_router(monitoring_routes.router)
     app.include_router(metrics.router)
     app.include_router(token_routes.router)
+    app.include_router(attestation_monitor_routes.router)
     app.include_router(dashboard.router)
     return app

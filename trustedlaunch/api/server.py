@@ -10,6 +10,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from trustedlaunch.api.attestation_monitor_routes import AttestationMonitorStatus
 from trustedlaunch.api.limits import HeadCappedHttpToolsProtocol
 from trustedlaunch.control.reconciler import Reconciler, ReconcilerThread
 from trustedlaunch.errors import TrustedLaunchError
@@ -69,9 +70,12 @@ class BackgroundServer:
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
         if self.reconciler is not None:
-            monitor = self.reconciler.reconciler.monitor
-            if monitor.token_issuer is None:  # set by the app's startup
-                monitor.token_issuer = self.app.state.token_issuer
+            reconciler = self.reconciler.reconciler
+            if reconciler.monitor.token_issuer is None:  # set by the app's startup
+                reconciler.monitor.token_issuer = self.app.state.token_issuer
+            self.app.state.attestation_monitor = AttestationMonitorStatus.of_reconciler(
+                reconciler.attestation_interval
+            )
             self.reconciler.start()
         return self.url
 

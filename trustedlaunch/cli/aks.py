@@ -26,6 +26,7 @@ from trustedlaunch.cli.arm import (
     TimeoutOption,
     api_command,
     fail,
+    log,
     name_rule,
     note,
     output,
@@ -433,6 +434,32 @@ def _ssh_public_key(generate: bool, key_value: str | None) -> str | None:
     return openssh.decode()
 
 
+ATTESTATION_MONITOR_PATH = "/providers/Microsoft.TrustedLaunch/attestationMonitor"
+
+
+def _has_vtpm(body: dict[str, Any]) -> bool:
+    """Whether the cluster or pool `body` (as PUT) has a pool with a vTPM."""
+    properties = body.get("properties") or {}
+    pools = properties.get("agentPoolProfiles") or [properties]
+    return any((pool.get("securityProfile") or {}).get("enableVTPM") for pool in pools)
+
+
+def warn_without_continuous_attestation(client: ArmClient, body: dict[str, Any]) -> None:
+    """Warn (stderr, unless --only-show-errors) when `body`, a cluster or pool with a vTPM just sent, goes to
+    a server whose reconciler does not re-attest nodes on an interval (GET .../attestationMonitor: the
+    embedded server of a `tl` command, or `--attestation-interval 0`); a server that cannot tell (Unknown),
+    or that predates the endpoint, gets no warning."""
+    if not _has_vtpm(body):
+        return
+    try:
+        status = client.json("GET", ATTESTATION_MONITOR_PATH)
+    except ArmCallError as exc:
+        log.info("continuous attestation not checked: %s", exc)
+        return
+    if status.get("continuousAttestation") == "NotRunning":
+        warn(f"Continuous attestation does not run on this server. {status.get('message', '')}".strip())
+
+
 def finish_or_wait(
     client: ArmClient, response: Any, get_path: str, what: str, no_wait: bool, timeout: int
 ) -> dict[str, Any] | None:
@@ -568,6 +595,7 @@ def create(
     with api.connect() as client:
         path = cluster_resource_path(client, resource_group, name)
         response = client.request("PUT", path, json=body)
+        warn_without_continuous_attestation(client, body)
         result = finish_or_wait(client, response, path, f"Creating cluster {name}", no_wait, timeout)
         output(result or response.json(), output_format, CLUSTER_COLUMNS, cluster_table_row)
 
@@ -624,6 +652,7 @@ def update_cluster(
         cluster = _get_cluster(client, resource_group, name)
         body = {"location": cluster["location"], "tags": _tags(tags), "properties": cluster["properties"]}
         response = client.request("PUT", path, json=body, headers=_if_match(cluster.get("eTag")))
+        warn_without_continuous_attestation(client, body)
         result = finish_or_wait(client, response, path, f"Updating cluster {name}", no_wait, timeout)
         output(result or response.json(), output_format, CLUSTER_COLUMNS, cluster_table_row)
 
@@ -945,9 +974,9 @@ def add(
     _node_settings(properties, labels, node_taints, max_pods)
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)
-        response = client.request(
-            "PUT", path, json={"properties": properties}, headers={"If-None-Match": "*"}
-        )
+        body = {"properties": properties}
+        response = client.request("PUT", path, json=body, headers={"If-None-Match": "*"})
+        warn_without_continuous_attestation(client, body)
         result = finish_or_wait(client, response, path, f"Adding node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 
@@ -1017,6 +1046,7 @@ def update(
         )
         _node_settings(pool["properties"], labels, node_taints)
         response = client.request("PUT", path, json=pool, headers=_if_match(pool["properties"].get("eTag")))
+        warn_without_continuous_attestation(client, pool)
         result = finish_or_wait(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 
@@ -1038,6 +1068,7 @@ def scale(
         pool = client.json("GET", path)
         pool["properties"]["count"] = node_count
         response = client.request("PUT", path, json=pool)
+        warn_without_continuous_attestation(client, pool)
         result = finish_or_wait(client, response, path, f"Scaling node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
 

@@ -334,6 +334,7 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
         return
     # Imported here: only the embedded mode needs the server side.
     from trustedlaunch.api.app import create_app
+    from trustedlaunch.api.attestation_monitor_routes import EMBEDDED
     from trustedlaunch.api.server import BackgroundServer
     from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
@@ -344,6 +345,7 @@ def connect(endpoint: str | None, subscription_id: str) -> Iterator[ArmClient]:
             server = BackgroundServer(create_app(plane=plane), reconciler=plane.reconciler())
             stack.callback(server.stop)
             url = server.start()
+            server.app.state.attestation_monitor = EMBEDDED  # its reconciler stops with the command
         except TrustedLaunchError as exc:
             raise fail(str(exc)) from None
         admin_token = plane.token_file.read_text().strip()

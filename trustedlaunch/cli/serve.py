@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -138,10 +139,13 @@ def _serve_worker_processes(
     process, until SIGINT/SIGTERM (uvicorn's supervisor handles the signals and restarts dead workers)."""
     from uvicorn.supervisors import Multiprocess
 
+    from trustedlaunch.api.attestation_monitor_routes import INTERVAL_ENV
     from trustedlaunch.api.server import APP_FACTORY, RECONCILER_STOP_SECONDS, server_config
     from trustedlaunch.control.plane import metrics_across_processes
     from trustedlaunch.control.reconciler import ReconcilerThread
 
+    # the workers' API says what this process's reconciler runs (GET .../attestationMonitor)
+    os.environ[INTERVAL_ENV] = f"{reconciler.attestation_interval:g}"
     with metrics_across_processes():
         config = server_config(APP_FACTORY, host, port, workers)
         try:
