@@ -73,7 +73,7 @@ def test_the_aks_label_prefix_is_refused() -> None:
     assert (violation.code, violation.target) == ("BadRequest", "properties.nodeLabels")
     assert violation.message == (
         "Invalid node label key kubernetes.azure.com/secure-boot. The 'kubernetes.azure.com' prefix is "
-        "preserved by aks system labels."
+        "preserved by aks system labels"  # AKS's words, as its BadRequest says them
     )
     assert invalid_labels({"kubernetes.azure.com/x": "y"}) == []  # well formed: refused for its prefix only
 
@@ -112,7 +112,12 @@ def test_the_aks_taint_prefix_is_refused() -> None:
     request = replace(VALID, node_taints=("kubernetes.azure.com/attestation-failed=true:NoExecute",))
     [violation] = check_pool(request)
     assert (violation.code, violation.target) == ("InvalidParameter", "properties.nodeTaints")
-    assert "reserved for AKS system taints" in violation.message
+    assert violation.message == (
+        "The value of parameter agentPoolProfile.nodeTaints is invalid. Error details: taint key(s) "
+        "kubernetes.azure.com/attestation-failed of pool 'labelnp' use the prefix 'kubernetes.azure.com/'. "
+        "AKS takes such taints on a pool, but here that prefix belongs to the attestation verdict's taints "
+        "(pending until a node is attested, NoExecute when it fails), which a pool may neither set nor lift."
+    )
 
 
 @pytest.mark.parametrize("key", ["kubernetes.io/os", "node.kubernetes.io/instance-type"])

@@ -862,7 +862,9 @@ LIMITATIONS: tuple[Limitation, ...] = (
     ),
     # nodeLabels as AKS refuses them (its BadRequest and wording): Kubernetes label syntax, keys under
     # kubernetes.azure.com/ (AKS's own; here also the attestation verdict's, labels.py), kubernetes.io and
-    # k8s.io keys a node may not carry. nodeTaints and maxPods in AKS's InvalidParameter form.
+    # k8s.io keys a node may not carry. nodeTaints and maxPods in AKS's InvalidParameter form; AKS takes
+    # taints under kubernetes.azure.com/ (e.g. its spot pools' scalesetpriority=spot:NoSchedule), this
+    # platform refuses them with its own words.
     Limitation(
         "BadRequest",
         "properties.nodeLabels",
@@ -875,7 +877,7 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "BadRequest",
         "properties.nodeLabels",
         "Invalid node label key {reserved_labels}. The 'kubernetes.azure.com' prefix is preserved by aks "
-        "system labels.",
+        "system labels",  # AKS's exact words (no final period)
         PoolRequest,
         lambda r: bool(reserved_keys([key for key, _ in r.node_labels])),
     ),
@@ -918,8 +920,9 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "InvalidParameter",
         "properties.nodeTaints",
         "The value of parameter agentPoolProfile.nodeTaints is invalid. Error details: taint key(s) "
-        "{reserved_taints} of pool '{pool}' use the prefix '{reserved_prefix}', which is reserved for AKS "
-        "system taints.",
+        "{reserved_taints} of pool '{pool}' use the prefix '{reserved_prefix}'. AKS takes such taints on a "
+        "pool, but here that prefix belongs to the attestation verdict's taints (pending until a node is "
+        "attested, NoExecute when it fails), which a pool may neither set nor lift.",
         PoolRequest,
         lambda r: bool(reserved_keys([_taint_key(taint) for taint in r.node_taints])),
     ),
