@@ -72,7 +72,9 @@ def test_the_aks_prefix_and_bad_values_are_refused(
     code, _, err = tl(runner, cli_env, *add, "--labels", "kubernetes.azure.com/secure-boot=true")
     assert code == 1
     assert "(BadRequest) Invalid node label key kubernetes.azure.com/secure-boot." in err
-    assert "The 'kubernetes.azure.com' prefix is preserved by aks system labels" in err
+    assert "The 'kubernetes.azure.com' prefix is preserved by aks system labels\n" in err  # AKS's words
+    code, _, err = tl(runner, cli_env, *add, "--node-taints", "kubernetes.azure.com/attestation=x:NoSchedule")
+    assert code == 1 and "(InvalidParameter)" in err and "belongs to the attestation verdict's taints" in err
     code, _, err = tl(runner, cli_env, *add, "--max-pods", "300")
     assert code == 1 and "maxPods 300 of pool 'labelnp' is out of range" in err
     code, _, err = tl(runner, cli_env, *add, "--labels", "novalue")
@@ -153,3 +155,50 @@ def test_machine_show_asks_for_the_machine(
     code, _, _ = tl(runner, cli_env, *show, "--machine-name", "aks-nodepool1-00000001-vmss000009")
     assert code == 3
     assert tl(runner, cli_env, *show, "--machine-name", "Bad_Name")[0] == 2
+
+
+def test_machines_show_their_nodes_labels_and_taints(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    """A machine carries its Node's pool labels and taints where AKS's Machine has them
+    (properties.kubernetes.nodeLabels/nodeTaints, with nodeName, maxPods and the version), beside the
+    attestation verdict's labels; `machine list`/`show -o table` show both on a wide terminal."""
+    taints = "sku=gpu:NoSchedule"
+    code, _, err = tl(runner, cli_env, *CREATE, "--nodepool-labels", "dept=IT", "--nodepool-taints", taints)
+    assert code == 0, err
+    finish_operations(server[2])
+    with server[2].app.state.sessions.begin() as session:
+        pool = session.scalars(select(AgentPool)).one()
+        joined, waiting = add_node(session, pool, 0), add_node(session, pool, 1)
+        # what the control plane set on the first one's Node, before the pool's labels changed
+        joined.applied_node_labels, joined.applied_node_taints = {"dept": "HR"}, []
+        names = joined.name, waiting.name
+    machines = ["aks", "machine", "list", *NODEPOOL, "--nodepool-name", "nodepool1"]
+    code, out, err = tl(runner, cli_env, *machines)
+    assert code == 0, err
+    by_name = {machine["name"]: machine["properties"] for machine in json.loads(out)}
+    assert by_name[names[0]]["kubernetes"] == {
+        "nodeName": names[0],
+        "nodeLabels": {"dept": "HR"},
+        "nodeTaints": [],
+        "maxPods": 110,
+        "orchestratorVersion": by_name[names[0]]["kubernetes"]["currentOrchestratorVersion"],
+        "currentOrchestratorVersion": by_name[names[0]]["kubernetes"]["orchestratorVersion"],
+    }
+    waiting_kubernetes = by_name[names[1]]["kubernetes"]  # not joined yet: the pool's
+    assert (waiting_kubernetes["nodeLabels"], waiting_kubernetes["nodeTaints"]) == ({"dept": "IT"}, [taints])
+    assert by_name[names[1]]["mode"] == "System"
+    assert by_name[names[1]]["labels"] == {"kubernetes.azure.com/agentpool": "nodepool1"}  # the verdict's
+
+    result = runner.invoke(app, [*machines, "-o", "table"], env={**cli_env, "COLUMNS": "250"})
+    header, *rows = result.stdout.splitlines()
+    assert header.split()[-3:] == ["Labels", "NodeLabels", "Taints"]
+    rows_by_name = {row.split()[0]: row.split() for row in rows}
+    assert rows_by_name[names[1]][-3:] == ["kubernetes.azure.com/agentpool=nodepool1", "dept=IT", taints]
+    assert rows_by_name[names[0]][-2:] == ["kubernetes.azure.com/agentpool=nodepool1", "dept=HR"]  # no taint
+    show = ["aks", "machine", "show", *NODEPOOL, "--nodepool-name", "nodepool1", "--machine-name", names[0]]
+    result = runner.invoke(app, [*show, "-o", "table"], env={**cli_env, "COLUMNS": "250"})
+    assert result.stdout.splitlines()[1].split()[-2:] == [
+        "kubernetes.azure.com/agentpool=nodepool1",
+        "dept=HR",
+    ]

@@ -265,12 +265,26 @@ class MachineNetworkOut(BaseModel):
     ipAddresses: list[MachineIpAddressOut]
 
 
+class MachineKubernetesOut(BaseModel):
+    """`kubernetes` of a machine (AKS's MachineKubernetesProfile): its Node's name, the pool's labels and
+    taints on that Node, maxPods, Kubernetes version."""
+
+    nodeName: str
+    nodeLabels: dict[str, str]
+    nodeTaints: list[str]
+    maxPods: int
+    orchestratorVersion: str
+    currentOrchestratorVersion: str
+
+
 class MachinePropertiesOut(BaseModel):
-    """`properties` of a node (machine) of an agent pool: AKS's `network` and `resourceId`, then this
-    server's state, trusted launch settings and attestation."""
+    """`properties` of a node (machine) of an agent pool: AKS's `network`, `resourceId`, `kubernetes` and
+    `mode`, then this server's state, trusted launch settings, verdict labels and attestation."""
 
     network: MachineNetworkOut
     resourceId: str
+    kubernetes: MachineKubernetesOut
+    mode: str
     provisioningState: str
     powerState: PowerState
     health: MachineHealthOut

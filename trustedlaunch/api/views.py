@@ -163,10 +163,28 @@ def machine_vm_id(node: Node) -> str:
     )
 
 
+def machine_kubernetes(node: Node) -> JsonObject:
+    """`properties.kubernetes` of a machine, as AKS's Machine has it (MachineKubernetesProfile): its Node's
+    name, the pool's nodeLabels and nodeTaints its Node carries (those the control plane last set on it;
+    before it joined, the pool's), maxPods and Kubernetes version."""
+    pool = node.pool
+    labels = node.applied_node_labels if node.applied_node_labels is not None else pool.node_labels
+    taints = node.applied_node_taints if node.applied_node_taints is not None else pool.node_taints
+    return {
+        "nodeName": node.name,
+        "nodeLabels": labels or {},
+        "nodeTaints": taints or [],
+        "maxPods": DEFAULT_MAX_PODS if pool.max_pods is None else pool.max_pods,
+        "orchestratorVersion": pool.orchestrator_version,
+        "currentOrchestratorVersion": running_kubernetes_version(pool.orchestrator_version),
+    }
+
+
 def machine_json(node: Node) -> JsonObject:
     """A node as `GET .../agentPools/{pool}/machines[/{name}]` returns it, in AKS's shape (`network`: the
-    address of the VM's NIC once it runs, `resourceId`) with this server's state, security settings, labels
-    and the attestation status the reconciler recorded."""
+    address of the VM's NIC once it runs, `resourceId`, `kubernetes`: its Node's labels and taints, `mode`)
+    with this server's state, security settings, verdict labels (`labels`) and the attestation status the
+    reconciler recorded."""
     addresses = [{"family": "IPv4", "ip": NODE_ADDRESS}] if node.qemu_pid is not None else []
     return {
         "id": f"{pool_resource_id(node.pool.cluster, node.pool.name)}/machines/{node.name}",
@@ -175,6 +193,8 @@ def machine_json(node: Node) -> JsonObject:
         "properties": {
             "network": {"ipAddresses": addresses},
             "resourceId": machine_vm_id(node),
+            "kubernetes": machine_kubernetes(node),
+            "mode": node.pool.mode,
             "provisioningState": node.state,
             "powerState": {"code": power_state(node)},
             "health": {

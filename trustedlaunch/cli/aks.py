@@ -74,7 +74,9 @@ MACHINE_COLUMNS = (
     Column("SecureBoot", priority=5),
     Column("VTPM", priority=6),
     Column("Attestation", priority=1),
-    Column("Labels", priority=7),
+    Column("Labels", priority=7),  # the attestation verdict's
+    Column("NodeLabels", priority=8),  # the pool's, on its Node
+    Column("Taints", priority=9),
 )
 POOL_COLUMNS = (  # az's pick, then trusted launch's
     Column("Name", priority=0),
@@ -1128,7 +1130,7 @@ def wait_pool(
 def _machine_row(machine: dict[str, Any]) -> list[object]:
     props = machine["properties"]
     security = props.get("securityProfile") or {}
-    labels = ",".join(f"{key}={value}" for key, value in sorted((props.get("labels") or {}).items()))
+    kubernetes = props.get("kubernetes") or {}
     return [
         machine["name"],
         props["provisioningState"],
@@ -1137,8 +1139,15 @@ def _machine_row(machine: dict[str, Any]) -> list[object]:
         security.get("enableSecureBoot"),
         security.get("enableVTPM"),
         props.get("attestationStatus"),
-        labels,
+        _pairs(props.get("labels")),
+        _pairs(kubernetes.get("nodeLabels")),
+        ",".join(kubernetes.get("nodeTaints") or []),
     ]
+
+
+def _pairs(labels: dict[str, str] | None) -> str:
+    """Labels as `key=value,...` (sorted), a table cell."""
+    return ",".join(f"{key}={value}" for key, value in sorted((labels or {}).items()))
 
 
 @api_command(machine_app, name="list")
@@ -1149,7 +1158,8 @@ def list_machines(
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """List the machines of a node pool with their labels and attestation status."""
+    """List the machines of a node pool: their state, attestation status and verdict labels, and the pool's
+    node labels and taints on their Kubernetes Nodes (properties.kubernetes)."""
     with api.connect() as client:
         path = f"{pool_resource_path(client, resource_group, cluster_name, nodepool_name)}/machines"
         machines = client.json("GET", path)
@@ -1165,7 +1175,8 @@ def show_machine(
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """Show one machine of a node pool (Machines_Get) with its labels and attestation status."""
+    """Show one machine of a node pool (Machines_Get): its state, attestation status and verdict labels, and
+    the pool's node labels and taints on its Kubernetes Node (properties.kubernetes)."""
     with api.connect() as client:
         machine = client.json(
             "GET", _machine_path(client, resource_group, cluster_name, nodepool_name, machine_name)

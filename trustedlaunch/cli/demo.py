@@ -114,6 +114,8 @@ class Machine:
     vtpm: str
     attestation: str
     labels_text: str
+    node_labels_text: str  # the pool's (the demo's pools have none)
+    taints_text: str
 
     @classmethod
     def from_row(cls, row: str) -> Machine:
