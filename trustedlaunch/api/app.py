@@ -29,6 +29,7 @@ from trustedlaunch.attest.destinations import allowed_networks_from_environment
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.plane import ControlPlane
+from trustedlaunch.control.system_data import tenant_from_environment
 from trustedlaunch.control.tokens import PrincipalCache
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.web import dashboard
@@ -300,6 +301,7 @@ def create_app(
 
     app.state.webhook_networks = allowed_networks_from_environment()  # a bad setting fails the start
     app.state.public_url = public_url_from_environment()
+    tenant_from_environment()  # a TL_TENANT_ID that is not a GUID fails the start
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)
     app.include_router(routes.router)

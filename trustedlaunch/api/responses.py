@@ -72,7 +72,20 @@ class AgentPoolPropertiesOut(BaseModel):
     gpuProfile: GpuProfileOut | None = None
     nodeLabels: dict[str, str] | None = None  # only when the pool has some, as AKS
     nodeTaints: list[str] | None = None
+    tags: dict[str, str] | None = None  # only when the pool has some
     eTag: str | None = None  # on the pool resource (`GET .../agentPools/{name}`), not in agentPoolProfiles
+
+
+class SystemDataOut(BaseModel):
+    """`systemData`: who created the resource and who changed it last through the API (ARM's caller types:
+    an API token is an Application), and when; the callers only where known."""
+
+    createdBy: str | None = None
+    createdByType: str | None = None
+    createdAt: str | None
+    lastModifiedBy: str | None = None
+    lastModifiedByType: str | None = None
+    lastModifiedAt: str | None
 
 
 class _Named(BaseModel):
@@ -89,6 +102,7 @@ class AgentPoolResource(BaseModel):
     id: str
     name: str
     type: str
+    systemData: SystemDataOut
     properties: AgentPoolPropertiesOut
 
 
@@ -129,6 +143,8 @@ class UserAssignedIdentityOut(BaseModel):
     """An identity of `identityProfile` (the kubelet's, by AKS's name for it)."""
 
     resourceId: str
+    clientId: str
+    objectId: str
 
 
 class OidcIssuerProfileOut(BaseModel):
@@ -145,16 +161,11 @@ class SkuOut(BaseModel):
 
 
 class IdentityOut(BaseModel):
-    """`identity` of a managed cluster."""
+    """`identity` of a managed cluster: its system-assigned identity."""
 
+    principalId: str
+    tenantId: str
     type: str
-
-
-class SystemDataOut(BaseModel):
-    """`systemData`: when the resource was created and last changed."""
-
-    createdAt: str | None
-    lastModifiedAt: str | None
 
 
 class ManagedClusterPropertiesOut(BaseModel):
