@@ -896,6 +896,7 @@ def add(
     labels: LabelsOption = None,
     node_taints: TaintsOption = None,
     max_pods: MaxPodsOption = None,
+    tags: TagsOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -926,6 +927,8 @@ def add(
     if any(value is not None for value in upgrade.values()):
         _upgrade_settings(properties, **upgrade)
     _node_settings(properties, labels, node_taints, max_pods)
+    if tags is not None:
+        properties["tags"] = _tags(tags)
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)
         response = client.request(
@@ -953,6 +956,7 @@ def update(
     undrainable_node_behavior: UndrainableNodeBehaviorOption = None,
     labels: LabelsOption = None,
     node_taints: TaintsOption = None,
+    tags: TagsOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -960,8 +964,8 @@ def update(
     """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
     at a time beside the old ones, each old node drained within --drain-timeout minutes, then soaked
     --node-soak-duration minutes; one it cannot drain is handled as --undrainable-node-behavior says), set
-    those upgrade settings, or replace the pool's node labels and taints (set on its Nodes without a
-    reimage)."""
+    those upgrade settings, replace the pool's node labels and taints (set on its Nodes without a reimage)
+    or its tags (--tags replaces them all; --tags '' clears them)."""
     flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
     conflicts = check_flags(flags)
     if conflicts:
@@ -977,11 +981,12 @@ def update(
         or undrainable_node_behavior is not None
         or labels is not None
         or node_taints is not None
+        or tags is not None
     ):
         raise bad_input(
             "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
             "--disable-vtpm, --max-surge, --drain-timeout, --node-soak-duration, "
-            "--undrainable-node-behavior, --labels or --node-taints"
+            "--undrainable-node-behavior, --labels, --node-taints or --tags"
         )
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)
@@ -999,6 +1004,8 @@ def update(
             undrainableNodeBehavior=undrainable_node_behavior,
         )
         _node_settings(pool["properties"], labels, node_taints)
+        if tags is not None:
+            pool["properties"]["tags"] = _tags(tags)
         response = client.request("PUT", path, json=pool, headers=_if_match(pool["properties"].get("eTag")))
         result = finish_or_wait(client, response, path, f"Updating node pool {name}", no_wait, timeout)
         output(result or response.json(), output_format, POOL_COLUMNS, pool_table_row)
