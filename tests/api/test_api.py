@@ -56,7 +56,11 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
         "networkPlugin": "kubenet",
         "podCidr": "10.244.0.0/16",
         "serviceCidr": "10.0.0.0/16",
+        "podCidrs": ["10.244.0.0/16"],
+        "serviceCidrs": ["10.0.0.0/16"],
+        "ipFamilies": ["IPv4"],
     }
+    assert (props["maxAgentPools"], props["supportPlan"]) == (100, "KubernetesOfficial")
     assert props["azurePortalFQDN"].startswith(props["dnsPrefix"] + ".portal.")
     assert props["identityProfile"]["kubeletidentity"]["resourceId"].endswith("/myakscluster-agentpool")
     assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}

@@ -150,6 +150,13 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
     assert cluster.id.endswith("/managedClusters/sdkCluster") and cluster.identity.type == "SystemAssigned"
     assert (cluster.sku.name, cluster.sku.tier, cluster.enable_rbac) == ("Base", "Free", True)
     assert cluster.network_profile.service_cidr == "10.0.0.0/16" and cluster.power_state.code == "Running"
+    network = cluster.network_profile
+    assert (network.pod_cidrs, network.service_cidrs, network.ip_families) == (
+        ["10.244.0.0/16"],
+        ["10.0.0.0/16"],
+        ["IPv4"],
+    )
+    assert (cluster.max_agent_pools, cluster.support_plan) == (100, "KubernetesOfficial")
     assert cluster.system_data.created_at is not None and cluster.azure_portal_fqdn
     profile = cluster.agent_pool_profiles[0]
     assert (profile.security_profile.enable_secure_boot, profile.security_profile.enable_vtpm) == (True, True)
@@ -168,7 +175,7 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
         assert shown.name == name
         assert [(a.family, a.ip) for a in shown.properties.network.ip_addresses] == [("IPv4", "10.0.2.15")]
         assert shown.properties.resource_id.endswith(
-            "/providers/Microsoft.Compute/virtualMachineScaleSets/aks-nodepool1-vmss/virtualMachines/0"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{name.removesuffix('000000')}/virtualMachines/0"
         )
         # this server's attestation fields ride along inside AKS's shape
         assert shown.properties["attestationStatus"] == "Passed"
@@ -405,3 +412,28 @@ def test_cluster_tags_patch_is_synchronous(plane: Plane) -> None:
     assert patched.status_code == 200 and "Azure-AsyncOperation" not in patched.headers
     assert patched.json()["tags"] == {"env": "prod"}
     assert patched.json()["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_a_cluster_holds_at_most_max_agent_pools(plane: Plane) -> None:
+    poller = plane.aks.managed_clusters.begin_create_or_update(
+        "sdkGroup", "sdkCluster", trusted_launch_cluster()
+    )
+    plane.finish_operations()
+    limit = poller.result(timeout=60).max_agent_pools
+    pools = (
+        f"/subscriptions/{SUB}/resourceGroups/sdkGroup/providers/Microsoft.ContainerService/managedClusters"
+    )
+    headers = {"Authorization": f"Bearer {plane.credential.token}"}
+    body = {"properties": {"count": 0, "mode": "User"}}
+    with httpx.Client(base_url=plane.url, headers=headers, params={"api-version": "2026-08-01"}) as client:
+        for index in range(1, limit):
+            assert client.put(f"{pools}/sdkCluster/agentPools/p{index}", json=body).status_code == 201
+    with pytest.raises(HttpResponseError) as refused:
+        plane.aks.agent_pools.begin_create_or_update(
+            "sdkGroup", "sdkCluster", "onetoomany", AgentPool(count=0)
+        )
+    assert refused.value.status_code == 400
+    assert refused.value.error is not None and refused.value.error.code == "InvalidParameter"
+    assert f"would have {limit + 1} agent pools; at most {limit} are allowed" in str(
+        refused.value.error.message
+    )

@@ -137,6 +137,9 @@ class NetworkProfileOut(BaseModel):
     networkPlugin: str
     podCidr: str
     serviceCidr: str
+    podCidrs: list[str]
+    serviceCidrs: list[str]
+    ipFamilies: list[str]
 
 
 class UserAssignedIdentityOut(BaseModel):
@@ -173,6 +176,7 @@ class ManagedClusterPropertiesOut(BaseModel):
 
     provisioningState: str
     powerState: PowerState
+    maxAgentPools: int
     kubernetesVersion: str
     currentKubernetesVersion: str
     dnsPrefix: str
@@ -182,6 +186,7 @@ class ManagedClusterPropertiesOut(BaseModel):
     addonProfiles: dict[str, AddonProfileOut]
     azurePortalFQDN: str
     enableRBAC: bool
+    supportPlan: str
     networkProfile: NetworkProfileOut
     identityProfile: dict[str, UserAssignedIdentityOut]
     oidcIssuerProfile: OidcIssuerProfileOut

@@ -12,6 +12,7 @@ from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
     DEFAULT_MAX_PODS,
+    MAX_AGENT_POOLS,
     kubernetes_upgrades,
     parse_kubernetes_version,
     running_kubernetes_version,
@@ -52,6 +53,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
     properties: JsonObject = {
         "provisioningState": cluster.provisioning_state,
         "powerState": {"code": cluster.power_state},
+        "maxAgentPools": MAX_AGENT_POOLS,
         "kubernetesVersion": cluster.kubernetes_version,
         "currentKubernetesVersion": current_kubernetes_version(cluster),
         "dnsPrefix": cluster.dns_prefix,
@@ -61,10 +63,16 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "addonProfiles": {"aciConnectorLinux": {"enabled": cluster.virtual_nodes_enabled}},
         "azurePortalFQDN": f"{cluster.dns_prefix}.portal.hcp.{cluster.location}.trustedlaunch.internal",
         "enableRBAC": True,  # the hosted kube-apiserver authorizes with Node,RBAC
-        "networkProfile": {  # each node: a cni0 bridge with host-local pod addresses, as kubenet
+        "supportPlan": "KubernetesOfficial",  # upstream Kubernetes, as get-versions says
+        # each node: a cni0 bridge with host-local pod addresses, as kubenet; no dnsServiceIP (no cluster DNS
+        # runs), loadBalancerSku or outboundType (no load balancer: nodes reach only their apiserver)
+        "networkProfile": {
             "networkPlugin": "kubenet",
             "podCidr": POD_CIDR,
             "serviceCidr": DEFAULT_SERVICE_CIDR,
+            "podCidrs": [POD_CIDR],
+            "serviceCidrs": [DEFAULT_SERVICE_CIDR],
+            "ipFamilies": ["IPv4"],
         },
         "identityProfile": {
             "kubeletidentity": {
@@ -178,11 +186,14 @@ def pool_json(pool: AgentPool) -> JsonObject:
 
 def machine_vm_id(node: Node) -> str:
     """`properties.resourceId` of a machine: its VM as an instance of the pool's scale set, in the cluster's
-    node resource group (as AKS names it; the VM runs under QEMU here: no Microsoft.Compute serves it)."""
+    node resource group, as AKS names them: node `aks-nodepool1-00000001-vmss000000` is instance 0 of scale
+    set `aks-nodepool1-00000001-vmss` (the VM runs under QEMU here: no Microsoft.Compute serves it)."""
     cluster = node.pool.cluster
+    head, vmss, _instance = node.name.rpartition("vmss")
+    scale_set = head + vmss if vmss else f"aks-{node.pool.name}-vmss"  # a name the reconciler did not make
     return (
         f"/subscriptions/{cluster.subscription_id}/resourceGroups/{node_resource_group(cluster)}/providers/"
-        f"Microsoft.Compute/virtualMachineScaleSets/aks-{node.pool.name}-vmss/virtualMachines/{node.ordinal}"
+        f"Microsoft.Compute/virtualMachineScaleSets/{scale_set}/virtualMachines/{node.ordinal}"
     )
 
 

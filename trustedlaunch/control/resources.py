@@ -652,6 +652,11 @@ def put_pool(
     pool_id = pool_resource_id(cluster, stored_name(spec.name))
     tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if pool is None or create_only:
+        if pool is None and len(cluster.agent_pools) >= limits.MAX_AGENT_POOLS:
+            message = limits.TOO_MANY_POOLS.format(
+                pool_count=len(cluster.agent_pools) + 1, max_agent_pools=limits.MAX_AGENT_POOLS
+            )
+            raise bad_request("InvalidParameter", message, "name")
         request = replace(
             _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),
             feature_registered=tl_registered,
