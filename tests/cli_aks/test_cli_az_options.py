@@ -310,8 +310,12 @@ def finish_every_operation(server: BackgroundServer) -> None:
 def test_nodepool_tags(
     runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
 ) -> None:
-    """`nodepool add/update --tags` set the pool's ARM tags (properties.tags), as az; the rest is kept."""
-    assert tl(runner, cli_env, *CREATE, "--node-count", "1")[0] == 0
+    """`aks create --nodepool-tags` and `nodepool add/update --tags` set a pool's ARM tags (properties.tags),
+    as az; the rest is kept."""
+    code, out, err = tl(runner, cli_env, *CREATE, "--node-count", "1", "--nodepool-tags", "tier=system")
+    assert code == 0 and json.loads(out)["properties"]["agentPoolProfiles"][0]["tags"] == {
+        "tier": "system"
+    }, err
     add = ["aks", "nodepool", "add", *POOL, "-n", "userpool", "--node-count", "1", "--no-wait"]
     code, out, err = tl(runner, cli_env, *add, "--tags", "team=blue cost-center=9000", "--labels", "dept=IT")
     assert code == 0, err

@@ -528,6 +528,13 @@ def create(
         ),
     ] = None,
     max_pods: MaxPodsOption = None,
+    nodepool_tags: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nodepool-tags",
+            help="ARM tags of the first pool: space-separated key[=value] (see `nodepool add --tags`).",
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not prompt for confirmation.")] = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
@@ -555,6 +562,8 @@ def create(
         enable_vtpm,
     )
     _node_settings(pool, nodepool_labels, nodepool_taints, max_pods)
+    if nodepool_tags is not None:
+        pool["tags"] = _tags(nodepool_tags)
     properties: dict[str, Any] = {"agentPoolProfiles": [pool]}
     if kubernetes_version:
         properties["kubernetesVersion"] = kubernetes_version
