@@ -546,7 +546,7 @@ def create(
         raise bad_input(
             f"--enable-addons: unsupported addon(s) {', '.join(sorted(addons - {'virtual-node'}))}"
         )
-    pool = {"name": nodepool_name, "mode": "System"}
+    pool: dict[str, Any] = {"name": nodepool_name, "mode": "System"}
     pool |= _pool_properties(
         node_count,
         node_vm_size,
