@@ -19,6 +19,7 @@ TABLES = {
     "ui_sessions",
     "cluster_control_planes",
     "resource_groups",
+    "installation",
     "alembic_version",
 }
-HEAD_REVISION = "0020_pool_node_settings"
+HEAD_REVISION = "0022_identity_system_data"

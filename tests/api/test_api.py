@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert body["id"].endswith(  # the name keeps its casing in the id too
         "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myAKSCluster"
     )
-    assert (body["identity"], body["sku"]) == ({"type": "SystemAssigned"}, {"name": "Base", "tier": "Free"})
+    assert body["identity"]["type"] == "SystemAssigned" and body["sku"] == {"name": "Base", "tier": "Free"}
+    assert uuid.UUID(body["identity"]["principalId"]) and uuid.UUID(body["identity"]["tenantId"])
     assert body["systemData"]["createdAt"].endswith("Z")
     props = body["properties"]
     assert props["enableRBAC"] is True and props["oidcIssuerProfile"] == {"enabled": False}
@@ -54,7 +56,11 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
         "networkPlugin": "kubenet",
         "podCidr": "10.244.0.0/16",
         "serviceCidr": "10.0.0.0/16",
+        "podCidrs": ["10.244.0.0/16"],
+        "serviceCidrs": ["10.0.0.0/16"],
+        "ipFamilies": ["IPv4"],
     }
+    assert (props["maxAgentPools"], props["supportPlan"]) == (100, "KubernetesOfficial")
     assert props["azurePortalFQDN"].startswith(props["dnsPrefix"] + ".portal.")
     assert props["identityProfile"]["kubeletidentity"]["resourceId"].endswith("/myakscluster-agentpool")
     assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}

@@ -6,6 +6,7 @@ node row stands for a machine."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.records import AgentPool as PoolRecord
 from trustedlaunch.control.records import Node, Operation
+from trustedlaunch.control.tokens import BOOTSTRAP_TOKEN_NAME, create_token
 from trustedlaunch.store.vocabulary import OperationStatus
 
 SUB = "11111111-2222-3333-4444-555555555555"
@@ -68,16 +70,23 @@ class Plane:
         self.aks = self.client()
         self.sessions = sessions
 
-    def client(self, **options: Any) -> ContainerServiceClient:
-        """A ContainerServiceClient of the server (`api_version=` to send another than the SDK's default)."""
+    def client(self, credential: AdminToken | None = None, **options: Any) -> ContainerServiceClient:
+        """A ContainerServiceClient of the server (`api_version=` to send another than the SDK's default;
+        `credential`: another token's)."""
+        credential = credential or self.credential
         return ContainerServiceClient(
-            self.credential,  # type: ignore[arg-type]
+            credential,  # type: ignore[arg-type]
             SUB,
             base_url=self.url,
-            authentication_policy=LoopbackBearerPolicy(self.credential, SCOPE),
+            authentication_policy=LoopbackBearerPolicy(credential, SCOPE),
             polling_interval=0.2,
             **options,
         )
+
+    def token(self, name: str) -> AdminToken:
+        """A new subscription-scoped API token called `name`, as a credential."""
+        with self.sessions.begin() as session:
+            return AdminToken(create_token(session, name, f"/subscriptions/{SUB}"))
 
     def finish_operations(self) -> None:
         """Finish every InProgress operation with Succeeded, as the reconciler does once nodes are up."""
@@ -141,6 +150,13 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
     assert cluster.id.endswith("/managedClusters/sdkCluster") and cluster.identity.type == "SystemAssigned"
     assert (cluster.sku.name, cluster.sku.tier, cluster.enable_rbac) == ("Base", "Free", True)
     assert cluster.network_profile.service_cidr == "10.0.0.0/16" and cluster.power_state.code == "Running"
+    network = cluster.network_profile
+    assert (network.pod_cidrs, network.service_cidrs, network.ip_families) == (
+        ["10.244.0.0/16"],
+        ["10.0.0.0/16"],
+        ["IPv4"],
+    )
+    assert (cluster.max_agent_pools, cluster.support_plan) == (100, "KubernetesOfficial")
     assert cluster.system_data.created_at is not None and cluster.azure_portal_fqdn
     profile = cluster.agent_pool_profiles[0]
     assert (profile.security_profile.enable_secure_boot, profile.security_profile.enable_vtpm) == (True, True)
@@ -159,7 +175,7 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
         assert shown.name == name
         assert [(a.family, a.ip) for a in shown.properties.network.ip_addresses] == [("IPv4", "10.0.2.15")]
         assert shown.properties.resource_id.endswith(
-            "/providers/Microsoft.Compute/virtualMachineScaleSets/aks-nodepool1-vmss/virtualMachines/0"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{name.removesuffix('000000')}/virtualMachines/0"
         )
         # this server's attestation fields ride along inside AKS's shape
         assert shown.properties["attestationStatus"] == "Passed"
@@ -281,3 +297,143 @@ def test_operation_urls_behind_a_tls_proxy_on_loopback(plane: Plane) -> None:
         assert proxied.headers["Azure-AsyncOperation"].startswith("https://")
         direct = client.put(f"{cluster}/c2", json=body)
         assert direct.headers["Azure-AsyncOperation"].startswith("http://")
+
+
+def test_identity_and_system_data_with_the_sdk(plane: Plane, monkeypatch: pytest.MonkeyPatch) -> None:
+    aks = plane.aks
+    poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", trusted_launch_cluster())
+    plane.finish_operations()
+    cluster = poller.result(timeout=60)
+    identity = cluster.identity
+    assert (
+        identity.type == "SystemAssigned"
+        and uuid.UUID(identity.principal_id)
+        and uuid.UUID(identity.tenant_id)
+    )
+    kubelet = cluster.identity_profile["kubeletidentity"]
+    assert uuid.UUID(kubelet.client_id) and uuid.UUID(kubelet.object_id) != uuid.UUID(kubelet.client_id)
+    assert kubelet.resource_id.endswith("/userAssignedIdentities/sdkcluster-agentpool")
+    data = cluster.system_data
+    assert (data.created_by, data.created_by_type) == (BOOTSTRAP_TOKEN_NAME, "Application")
+    assert (data.last_modified_by, data.last_modified_by_type) == (BOOTSTRAP_TOKEN_NAME, "Application")
+    assert data.created_at is not None and data.last_modified_at == data.created_at
+    pool = aks.agent_pools.get("sdkGroup", "sdkCluster", "nodepool1")
+    assert (pool.system_data.created_by, pool.system_data.created_by_type) == (
+        BOOTSTRAP_TOKEN_NAME,
+        "Application",
+    )
+
+    # another caller changes it: lastModifiedBy is that token, createdBy and the identities stay
+    ci = plane.client(plane.token("ci-pipeline"))
+    ci.managed_clusters.begin_update_tags("sdkGroup", "sdkCluster", TagsObject(tags={"a": "b"})).result(30)
+    again = aks.managed_clusters.get("sdkGroup", "sdkCluster")
+    assert (again.system_data.created_by, again.system_data.last_modified_by) == (
+        BOOTSTRAP_TOKEN_NAME,
+        "ci-pipeline",
+    )
+    assert again.system_data.last_modified_at > data.last_modified_at
+    assert (again.identity.principal_id, again.identity.tenant_id) == (
+        identity.principal_id,
+        identity.tenant_id,
+    )
+    assert again.identity_profile["kubeletidentity"].client_id == kubelet.client_id
+    poller = ci.agent_pools.begin_create_or_update("sdkGroup", "sdkCluster", "cipool", AgentPool(count=1))
+    plane.finish_operations()
+    ci_pool = poller.result(timeout=60)
+    assert (ci_pool.system_data.created_by, ci_pool.system_data.last_modified_by) == (
+        "ci-pipeline",
+        "ci-pipeline",
+    )
+    # the reconciler's progress is no client change
+    assert aks.agent_pools.get("sdkGroup", "sdkCluster", "cipool").system_data.last_modified_at == (
+        ci_pool.system_data.last_modified_at
+    )
+
+    # every cluster of the installation has its tenant id; TL_TENANT_ID sets it for new clusters
+    poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "second", trusted_launch_cluster())
+    plane.finish_operations()
+    second = poller.result(timeout=60)
+    assert second.identity.tenant_id == identity.tenant_id
+    assert second.identity.principal_id != identity.principal_id
+    tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    monkeypatch.setenv("TL_TENANT_ID", tenant.upper())
+    poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "third", trusted_launch_cluster())
+    plane.finish_operations()
+    assert poller.result(timeout=60).identity.tenant_id == tenant
+    assert aks.managed_clusters.get("sdkGroup", "sdkCluster").identity.tenant_id == identity.tenant_id
+
+
+def test_pool_tags_with_the_sdk(plane: Plane) -> None:
+    aks = plane.aks
+    cluster = trusted_launch_cluster()
+    cluster.agent_pool_profiles[0].tags = {"tier": "system"}
+    poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", cluster)
+    plane.finish_operations()
+    assert poller.result(timeout=60).agent_pool_profiles[0].tags == {"tier": "system"}
+
+    tagged = AgentPool(count=1, mode="User", tags={"team": "blue", "cost-center": "9000"})
+    poller = aks.agent_pools.begin_create_or_update("sdkGroup", "sdkCluster", "userpool", tagged)
+    plane.finish_operations()
+    assert poller.result(timeout=60).tags == {"team": "blue", "cost-center": "9000"}
+    pool = aks.agent_pools.get("sdkGroup", "sdkCluster", "userpool")
+    assert pool.tags == {"team": "blue", "cost-center": "9000"}
+
+    # a GET-modify-PUT keeps what it does not change; new tags replace the old ones; {} clears them
+    pool.count = 2
+    poller = aks.agent_pools.begin_create_or_update("sdkGroup", "sdkCluster", "userpool", pool)
+    plane.finish_operations()
+    assert poller.result(timeout=60).tags == {"team": "blue", "cost-center": "9000"}
+    pool = aks.agent_pools.get("sdkGroup", "sdkCluster", "userpool")
+    pool.tags = {"team": "green"}
+    poller = aks.agent_pools.begin_create_or_update("sdkGroup", "sdkCluster", "userpool", pool)
+    plane.finish_operations()
+    assert poller.result(timeout=60).tags == {"team": "green"}
+    pool = aks.agent_pools.get("sdkGroup", "sdkCluster", "userpool")
+    pool.tags = {}
+    poller = aks.agent_pools.begin_create_or_update("sdkGroup", "sdkCluster", "userpool", pool)
+    plane.finish_operations()
+    assert poller.result(timeout=60).tags is None  # absent, as AKS leaves empty tags out
+
+
+def test_cluster_tags_patch_is_synchronous(plane: Plane) -> None:
+    """ManagedClusters_UpdateTags answers 200 with the cluster (the REST API's documented response; the
+    SDK's poller also takes a 202): tags touch no node, so no operation is started."""
+    poller = plane.aks.managed_clusters.begin_create_or_update(
+        "sdkGroup", "sdkCluster", trusted_launch_cluster()
+    )
+    plane.finish_operations()
+    poller.result(timeout=60)
+    path = (
+        f"/subscriptions/{SUB}/resourceGroups/sdkGroup/providers/Microsoft.ContainerService/managedClusters"
+    )
+    headers = {"Authorization": f"Bearer {plane.credential.token}"}
+    with httpx.Client(base_url=plane.url, headers=headers, params={"api-version": "2026-08-01"}) as client:
+        patched = client.patch(f"{path}/sdkCluster", json={"tags": {"env": "prod"}})
+    assert patched.status_code == 200 and "Azure-AsyncOperation" not in patched.headers
+    assert patched.json()["tags"] == {"env": "prod"}
+    assert patched.json()["properties"]["provisioningState"] == "Succeeded"
+
+
+def test_a_cluster_holds_at_most_max_agent_pools(plane: Plane) -> None:
+    poller = plane.aks.managed_clusters.begin_create_or_update(
+        "sdkGroup", "sdkCluster", trusted_launch_cluster()
+    )
+    plane.finish_operations()
+    limit = poller.result(timeout=60).max_agent_pools
+    pools = (
+        f"/subscriptions/{SUB}/resourceGroups/sdkGroup/providers/Microsoft.ContainerService/managedClusters"
+    )
+    headers = {"Authorization": f"Bearer {plane.credential.token}"}
+    body = {"properties": {"count": 0, "mode": "User"}}
+    with httpx.Client(base_url=plane.url, headers=headers, params={"api-version": "2026-08-01"}) as client:
+        for index in range(1, limit):
+            assert client.put(f"{pools}/sdkCluster/agentPools/p{index}", json=body).status_code == 201
+    with pytest.raises(HttpResponseError) as refused:
+        plane.aks.agent_pools.begin_create_or_update(
+            "sdkGroup", "sdkCluster", "onetoomany", AgentPool(count=0)
+        )
+    assert refused.value.status_code == 400
+    assert refused.value.error is not None and refused.value.error.code == "InvalidParameter"
+    assert f"would have {limit + 1} agent pools; at most {limit} are allowed" in str(
+        refused.value.error.message
+    )

@@ -298,3 +298,36 @@ def test_tables_on_a_terminal_without_a_size_keep_every_column() -> None:
         os.close(controller)
     assert done.returncode == 0, shown
     assert "Fqdn" in shown and "a.b" in shown
+
+
+def finish_every_operation(server: BackgroundServer) -> None:
+    """Finish the InProgress operations as Succeeded, as the reconciler does."""
+    with server.server.config.app.state.sessions.begin() as session:
+        for operation in session.scalars(select(Operation).where(Operation.status == "InProgress")):
+            finish_operation(session, operation, "Succeeded")
+
+
+def test_nodepool_tags(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    """`aks create --nodepool-tags` and `nodepool add/update --tags` set a pool's ARM tags (properties.tags),
+    as az; the rest is kept."""
+    code, out, err = tl(runner, cli_env, *CREATE, "--node-count", "1", "--nodepool-tags", "tier=system")
+    assert code == 0 and json.loads(out)["properties"]["agentPoolProfiles"][0]["tags"] == {
+        "tier": "system"
+    }, err
+    add = ["aks", "nodepool", "add", *POOL, "-n", "userpool", "--node-count", "1", "--no-wait"]
+    code, out, err = tl(runner, cli_env, *add, "--tags", "team=blue cost-center=9000", "--labels", "dept=IT")
+    assert code == 0, err
+    assert json.loads(out)["properties"]["tags"] == {"team": "blue", "cost-center": "9000"}
+    finish_every_operation(server[2])
+    update = ["aks", "nodepool", "update", *POOL, "-n", "userpool", "--no-wait"]
+    code, out, err = tl(runner, cli_env, *update, "--tags", "team=green")
+    assert code == 0, err
+    properties = json.loads(out)["properties"]
+    assert properties["tags"] == {"team": "green"} and properties["nodeLabels"] == {"dept": "IT"}
+    finish_every_operation(server[2])
+    code, out, err = tl(runner, cli_env, *update, "--tags", "")
+    assert code == 0 and "tags" not in json.loads(out)["properties"], err
+    code, _, err = tl(runner, cli_env, *update, "--tags", "=x")
+    assert code == 2 and "argument --tags: '=x' has no key" in err

@@ -13,6 +13,7 @@ from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
     INSTALLED_KUBERNETES_VERSIONS,
     LIMITATIONS,
+    MAX_AGENT_POOLS,
     OS_TYPE_NOT_SUPPORTED,
     QUOTAS,
     TL_INCOMPATIBLE,
@@ -329,6 +330,16 @@ def test_cluster_needs_a_system_pool() -> None:
     assert check_cluster(ClusterRequest(2, 1)) == []
 
 
+def test_cluster_holds_at_most_max_agent_pools() -> None:
+    assert check_cluster(ClusterRequest(MAX_AGENT_POOLS, 1)) == []
+    (violation,) = check_cluster(ClusterRequest(MAX_AGENT_POOLS + 1, 1))
+    assert (violation.code, violation.target) == ("InvalidParameter", "properties.agentPoolProfiles")
+    assert (
+        violation.message
+        == "The managed cluster would have 101 agent pools; at most 100 are allowed (maxAgentPools)."
+    )
+
+
 def test_last_system_pool_cannot_be_deleted() -> None:
     violations = check_deletion(PoolDeletion("nodepool1", "System", 0))
     assert [(v.code, v.target) for v in violations] == [("SystemPoolRequired", "agentPoolName")]
@@ -378,7 +389,7 @@ def test_every_violation_is_reported_with_its_target() -> None:
 
 def test_every_limitation_is_exercised_by_a_test() -> None:
     """Each table row has a code, a target and a message; a new row needs its own test above."""
-    assert len(LIMITATIONS) == 54
+    assert len(LIMITATIONS) == 55
     assert all(rule.code and rule.target and rule.message.endswith(".") for rule in LIMITATIONS)
 
 

@@ -30,6 +30,7 @@ from trustedlaunch.attest.destinations import allowed_networks_from_environment
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.plane import ControlPlane
+from trustedlaunch.control.system_data import tenant_from_environment
 from trustedlaunch.control.tokens import PrincipalCache
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.web import dashboard
@@ -308,6 +309,7 @@ def create_app(
     app.state.public_url = public_url_from_environment()
     # the reconciler beside this API (BackgroundServer, `tl serve`) replaces it with what it runs
     app.state.attestation_monitor = attestation_monitor_routes.AttestationMonitorStatus.from_environment()
+    tenant_from_environment()  # a TL_TENANT_ID that is not a GUID fails the start
     # first: the attestation hot path (1,000 requests/s) should not be matched against every ARM route
     app.include_router(verifier_routes.router)
     app.include_router(routes.router)

@@ -27,6 +27,10 @@ OsSku = Literal[
     "Windows2022",
 ]
 PoolType = Literal["VirtualMachineScaleSets", "AvailabilitySet", "VirtualMachines"]
+# ARM's tag limits: 50 tags, names up to 512 characters, values up to 256
+TagName = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+TagValue = Annotated[str, StringConstraints(max_length=256)]
+Tags = Annotated[dict[TagName, TagValue], Field(max_length=50)]
 
 
 class ArmModel(BaseModel):
@@ -98,6 +102,7 @@ class AgentPoolProperties(ArmModel):
     nodeLabels: dict[str, str] | None = Field(default=None, max_length=MAX_NODE_LABELS)
     nodeTaints: list[str] | None = Field(default=None, max_length=MAX_NODE_TAINTS)
     maxPods: int | None = Field(default=None, ge=0, le=100_000)
+    tags: Tags | None = None  # the pool's ARM tags (AKS's properties.tags of an agent pool)
 
     def to_spec(self, name: str) -> PoolSpec:
         """The control layer's pool request."""
@@ -130,6 +135,7 @@ class AgentPoolProperties(ArmModel):
             node_labels=self.nodeLabels,
             node_taints=self.nodeTaints,
             max_pods=self.maxPods,
+            tags=self.tags,
         )
 
 
@@ -182,12 +188,6 @@ class ManagedClusterProperties(ArmModel):
     agentPoolProfiles: list[AgentPoolProfile] = Field(default_factory=list, max_length=100)
     linuxProfile: LinuxProfile | None = None
     addonProfiles: dict[str, AddonProfile] | None = None
-
-
-# ARM's tag limits: 50 tags, names up to 512 characters, values up to 256
-TagName = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-TagValue = Annotated[str, StringConstraints(max_length=256)]
-Tags = Annotated[dict[TagName, TagValue], Field(max_length=50)]
 
 
 class TagsBody(ArmModel):

@@ -72,7 +72,20 @@ class AgentPoolPropertiesOut(BaseModel):
     gpuProfile: GpuProfileOut | None = None
     nodeLabels: dict[str, str] | None = None  # only when the pool has some, as AKS
     nodeTaints: list[str] | None = None
+    tags: dict[str, str] | None = None  # only when the pool has some
     eTag: str | None = None  # on the pool resource (`GET .../agentPools/{name}`), not in agentPoolProfiles
+
+
+class SystemDataOut(BaseModel):
+    """`systemData`: who created the resource and who changed it last through the API (ARM's caller types:
+    an API token is an Application), and when; the callers only where known."""
+
+    createdBy: str | None = None
+    createdByType: str | None = None
+    createdAt: str | None
+    lastModifiedBy: str | None = None
+    lastModifiedByType: str | None = None
+    lastModifiedAt: str | None
 
 
 class _Named(BaseModel):
@@ -89,6 +102,7 @@ class AgentPoolResource(BaseModel):
     id: str
     name: str
     type: str
+    systemData: SystemDataOut
     properties: AgentPoolPropertiesOut
 
 
@@ -123,12 +137,17 @@ class NetworkProfileOut(BaseModel):
     networkPlugin: str
     podCidr: str
     serviceCidr: str
+    podCidrs: list[str]
+    serviceCidrs: list[str]
+    ipFamilies: list[str]
 
 
 class UserAssignedIdentityOut(BaseModel):
     """An identity of `identityProfile` (the kubelet's, by AKS's name for it)."""
 
     resourceId: str
+    clientId: str
+    objectId: str
 
 
 class OidcIssuerProfileOut(BaseModel):
@@ -145,16 +164,11 @@ class SkuOut(BaseModel):
 
 
 class IdentityOut(BaseModel):
-    """`identity` of a managed cluster."""
+    """`identity` of a managed cluster: its system-assigned identity."""
 
+    principalId: str
+    tenantId: str
     type: str
-
-
-class SystemDataOut(BaseModel):
-    """`systemData`: when the resource was created and last changed."""
-
-    createdAt: str | None
-    lastModifiedAt: str | None
 
 
 class ManagedClusterPropertiesOut(BaseModel):
@@ -162,6 +176,7 @@ class ManagedClusterPropertiesOut(BaseModel):
 
     provisioningState: str
     powerState: PowerState
+    maxAgentPools: int
     kubernetesVersion: str
     currentKubernetesVersion: str
     dnsPrefix: str
@@ -171,6 +186,7 @@ class ManagedClusterPropertiesOut(BaseModel):
     addonProfiles: dict[str, AddonProfileOut]
     azurePortalFQDN: str
     enableRBAC: bool
+    supportPlan: str
     networkProfile: NetworkProfileOut
     identityProfile: dict[str, UserAssignedIdentityOut]
     oidcIssuerProfile: OidcIssuerProfileOut

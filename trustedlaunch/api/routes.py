@@ -48,10 +48,11 @@ from trustedlaunch.api.views import (
     provider_json,
     resource_group_json,
 )
-from trustedlaunch.control import features, operations, resource_groups, resources
+from trustedlaunch.control import features, operations, resource_groups, resources, system_data
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.records import Operation, Session
 from trustedlaunch.control.resources import ResourcePath
+from trustedlaunch.control.system_data import Caller, token_caller
 
 RETRY_AFTER_SECONDS = "5"
 
@@ -166,6 +167,12 @@ def _check_pool(session: Session, path: ResourcePath, pool_name: str, conditions
     conditions.check(current, f"agent pool '{pool_name}'")
 
 
+def caller(request: Request) -> Caller:
+    """Who sent the request: the API token BearerAuth authenticated (systemData's createdBy and
+    lastModifiedBy)."""
+    return token_caller(request.state.principal.name)
+
+
 def lro_headers(request: Request, operation: Operation) -> dict[str, str]:
     """The Azure-AsyncOperation and Location headers of a long-running operation's 201/202 answer (on the
     public URL when TL_PUBLIC_URL is set)."""
@@ -224,9 +231,18 @@ async def put_cluster(
     """Create (201) or update (200) a managed cluster; long-running; If-Match / If-None-Match (412)."""
     with transaction(request) as session:
         _check_cluster(session, path, conditions)
+        spec = body.to_spec()
+        existing = resources.find_cluster(session, path)
+        pools_before = set() if existing is None else {pool.name for pool in existing.agent_pools}
         cluster, operation, created = resources.put_cluster(
-            session, path, body.to_spec(), preview=api_versions.is_preview(version)
+            session, path, spec, preview=api_versions.is_preview(version)
         )
+        writer = caller(request)
+        system_data.record_write(cluster, writer, created)
+        for pool_spec in spec.agent_pools:  # the pools the body sets
+            pool = resources.find_pool(cluster, pool_spec.name)
+            if pool is not None:
+                system_data.record_write(pool, writer, created=pool.name not in pools_before)
         if created:
             resource_groups.ensure_group(session, path, cluster.location)
         session.flush()
@@ -290,6 +306,7 @@ async def update_cluster_tags(
         if body.tags is None:
             return cluster_json(resources.get_cluster(session, path))
         cluster = resources.update_cluster_tags(session, path, body.tags)
+        system_data.record_write(cluster, caller(request), created=False)
         session.flush()
         return cluster_json(cluster)
 
@@ -356,6 +373,7 @@ async def put_pool(
             create_only=create_only,
             preview=api_versions.is_preview(version),
         )
+        system_data.record_write(pool, caller(request), created)
         session.flush()
         content = pool_json(pool)
         response.headers.update(lro_headers(request, operation))

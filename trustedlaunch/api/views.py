@@ -12,6 +12,7 @@ from trustedlaunch.control.kubeconfig import ApiServer
 from trustedlaunch.control.limits import (
     DEFAULT_KUBERNETES_VERSION,
     DEFAULT_MAX_PODS,
+    MAX_AGENT_POOLS,
     kubernetes_upgrades,
     parse_kubernetes_version,
     running_kubernetes_version,
@@ -52,6 +53,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
     properties: JsonObject = {
         "provisioningState": cluster.provisioning_state,
         "powerState": {"code": cluster.power_state},
+        "maxAgentPools": MAX_AGENT_POOLS,
         "kubernetesVersion": cluster.kubernetes_version,
         "currentKubernetesVersion": current_kubernetes_version(cluster),
         "dnsPrefix": cluster.dns_prefix,
@@ -61,16 +63,24 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "addonProfiles": {"aciConnectorLinux": {"enabled": cluster.virtual_nodes_enabled}},
         "azurePortalFQDN": f"{cluster.dns_prefix}.portal.hcp.{cluster.location}.trustedlaunch.internal",
         "enableRBAC": True,  # the hosted kube-apiserver authorizes with Node,RBAC
-        "networkProfile": {  # each node: a cni0 bridge with host-local pod addresses, as kubenet
+        "supportPlan": "KubernetesOfficial",  # upstream Kubernetes, as get-versions says
+        # each node: a cni0 bridge with host-local pod addresses, as kubenet; no dnsServiceIP (no cluster DNS
+        # runs), loadBalancerSku or outboundType (no load balancer: nodes reach only their apiserver)
+        "networkProfile": {
             "networkPlugin": "kubenet",
             "podCidr": POD_CIDR,
             "serviceCidr": DEFAULT_SERVICE_CIDR,
+            "podCidrs": [POD_CIDR],
+            "serviceCidrs": [DEFAULT_SERVICE_CIDR],
+            "ipFamilies": ["IPv4"],
         },
         "identityProfile": {
             "kubeletidentity": {
                 "resourceId": f"/subscriptions/{cluster.subscription_id}/resourceGroups/"
                 f"{node_resource_group(cluster)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
-                f"{cluster.name}-agentpool"
+                f"{cluster.name}-agentpool",
+                "clientId": cluster.kubelet_client_id,
+                "objectId": cluster.kubelet_object_id,
             }
         },
         "oidcIssuerProfile": {"enabled": False},
@@ -91,11 +101,29 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
         "location": cluster.location,
         "tags": cluster.tags,
         "sku": {"name": "Base", "tier": "Free"},
-        "identity": {"type": "SystemAssigned"},
-        "systemData": {"createdAt": iso(cluster.created_at), "lastModifiedAt": iso(cluster.updated_at)},
+        "identity": {
+            "principalId": cluster.identity_principal_id,
+            "tenantId": cluster.identity_tenant_id,
+            "type": "SystemAssigned",
+        },
+        "systemData": system_data_json(cluster),
         "properties": properties,
     }
     return {**view, "eTag": entity_tag(view)}
+
+
+def system_data_json(resource: ManagedCluster | AgentPool) -> JsonObject:
+    """ARM's `systemData` of a cluster or pool: who created it and who changed it last through the API
+    (control/system_data.py), and when; the callers are left out where unknown (before migration 0022)."""
+    data: JsonObject = {}
+    if resource.created_by is not None:
+        data["createdBy"], data["createdByType"] = resource.created_by, resource.created_by_type
+    data["createdAt"] = iso(resource.created_at)
+    if resource.last_modified_by is not None:
+        data["lastModifiedBy"] = resource.last_modified_by
+        data["lastModifiedByType"] = resource.last_modified_by_type
+    data["lastModifiedAt"] = iso(resource.last_modified_at)
+    return data
 
 
 def upgrade_settings(pool: AgentPool) -> JsonObject:
@@ -139,6 +167,8 @@ def pool_properties(pool: AgentPool) -> JsonObject:
         properties["nodeLabels"] = pool.node_labels
     if pool.node_taints:
         properties["nodeTaints"] = pool.node_taints
+    if pool.tags:
+        properties["tags"] = pool.tags
     return properties
 
 
@@ -149,17 +179,21 @@ def pool_json(pool: AgentPool) -> JsonObject:
         "id": pool_resource_id(pool.cluster, pool.name),
         "name": pool.name,
         "type": f"{PROVIDER}/managedClusters/agentPools",
+        "systemData": system_data_json(pool),
         "properties": {**properties, "eTag": entity_tag(properties)},
     }
 
 
 def machine_vm_id(node: Node) -> str:
     """`properties.resourceId` of a machine: its VM as an instance of the pool's scale set, in the cluster's
-    node resource group (as AKS names it; the VM runs under QEMU here: no Microsoft.Compute serves it)."""
+    node resource group, as AKS names them: node `aks-nodepool1-00000001-vmss000000` is instance 0 of scale
+    set `aks-nodepool1-00000001-vmss` (the VM runs under QEMU here: no Microsoft.Compute serves it)."""
     cluster = node.pool.cluster
+    head, vmss, _instance = node.name.rpartition("vmss")
+    scale_set = head + vmss if vmss else f"aks-{node.pool.name}-vmss"  # a name the reconciler did not make
     return (
         f"/subscriptions/{cluster.subscription_id}/resourceGroups/{node_resource_group(cluster)}/providers/"
-        f"Microsoft.Compute/virtualMachineScaleSets/aks-{node.pool.name}-vmss/virtualMachines/{node.ordinal}"
+        f"Microsoft.Compute/virtualMachineScaleSets/{scale_set}/virtualMachines/{node.ordinal}"
     )
 
 

@@ -555,6 +555,13 @@ def create(
         ),
     ] = None,
     max_pods: MaxPodsOption = None,
+    nodepool_tags: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nodepool-tags",
+            help="ARM tags of the first pool: space-separated key[=value] (see `nodepool add --tags`).",
+        ),
+    ] = None,
     yes: YesOption = False,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
@@ -566,7 +573,7 @@ def create(
         raise bad_input(
             f"--enable-addons: unsupported addon(s) {', '.join(sorted(addons - {'virtual-node'}))}"
         )
-    pool = {"name": nodepool_name, "mode": "System"}
+    pool: dict[str, Any] = {"name": nodepool_name, "mode": "System"}
     pool |= _pool_properties(
         node_count,
         node_vm_size,
@@ -582,6 +589,8 @@ def create(
         enable_vtpm,
     )
     _node_settings(pool, nodepool_labels, nodepool_taints, max_pods)
+    if nodepool_tags is not None:
+        pool["tags"] = _tags(nodepool_tags)
     properties: dict[str, Any] = {"agentPoolProfiles": [pool]}
     if kubernetes_version:
         properties["kubernetesVersion"] = kubernetes_version
@@ -944,6 +953,7 @@ def add(
     labels: LabelsOption = None,
     node_taints: TaintsOption = None,
     max_pods: MaxPodsOption = None,
+    tags: TagsOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -974,6 +984,8 @@ def add(
     if any(value is not None for value in upgrade.values()):
         _upgrade_settings(properties, **upgrade)
     _node_settings(properties, labels, node_taints, max_pods)
+    if tags is not None:
+        properties["tags"] = _tags(tags)
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)
         body = {"properties": properties}
@@ -1001,6 +1013,7 @@ def update(
     undrainable_node_behavior: UndrainableNodeBehaviorOption = None,
     labels: LabelsOption = None,
     node_taints: TaintsOption = None,
+    tags: TagsOption = None,
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
     output_format: OutputOption = OutputFormat.json,
@@ -1008,8 +1021,8 @@ def update(
     """Enable or disable Secure Boot / vTPM on a node pool (the reconciler reimages the nodes, --max-surge
     at a time beside the old ones, each old node drained within --drain-timeout minutes, then soaked
     --node-soak-duration minutes; one it cannot drain is handled as --undrainable-node-behavior says), set
-    those upgrade settings, or replace the pool's node labels and taints (set on its Nodes without a
-    reimage)."""
+    those upgrade settings, replace the pool's node labels and taints (set on its Nodes without a reimage)
+    or its tags (--tags replaces them all; --tags '' clears them)."""
     flags = SecurityFlags(enable_secure_boot, disable_secure_boot, enable_vtpm, disable_vtpm)
     conflicts = check_flags(flags)
     if conflicts:
@@ -1025,11 +1038,12 @@ def update(
         or undrainable_node_behavior is not None
         or labels is not None
         or node_taints is not None
+        or tags is not None
     ):
         raise bad_input(
             "nothing to update: pass --enable-secure-boot, --disable-secure-boot, --enable-vtpm, "
             "--disable-vtpm, --max-surge, --drain-timeout, --node-soak-duration, "
-            "--undrainable-node-behavior, --labels or --node-taints"
+            "--undrainable-node-behavior, --labels, --node-taints or --tags"
         )
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)
@@ -1047,6 +1061,8 @@ def update(
             undrainableNodeBehavior=undrainable_node_behavior,
         )
         _node_settings(pool["properties"], labels, node_taints)
+        if tags is not None:
+            pool["properties"]["tags"] = _tags(tags)
         response = client.request("PUT", path, json=pool, headers=_if_match(pool["properties"].get("eTag")))
         warn_without_continuous_attestation(client, pool)
         result = finish_or_wait(client, response, path, f"Updating node pool {name}", no_wait, timeout)

@@ -29,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from trustedlaunch.api.api_versions import default_version
+from trustedlaunch.api.api_versions import CONTAINER_SERVICE, default_version, provider_of
 from trustedlaunch.cli.errors import FAILURE_EXIT_CODE, NOT_FOUND_EXIT_CODE, bad_input
 from trustedlaunch.cli.output import ColumnSpec, OutputFormat, query_scope, render
 from trustedlaunch.cli.output import print_table as print_table
@@ -147,11 +147,42 @@ def report_arm_error(exc: ArmCallError) -> typer.Exit:
     return typer.Exit(NOT_FOUND_EXIT_CODE if exc.status == 404 else FAILURE_EXIT_CODE)
 
 
-def add_api_version(request: httpx.Request) -> None:
-    """Send a request without an api-version with its namespace's newest GA one, as az does (trusted launch
-    then needs no TrustedLaunchPreview registration); operation URLs keep the server's."""
-    if "api-version" not in request.url.params:
-        request.url = request.url.copy_add_param("api-version", default_version(request.url.path))
+API_VERSION_ENV = "TL_API_VERSION"
+
+
+def requested_api_version() -> str | None:
+    """The Microsoft.ContainerService api-version `TL_API_VERSION` asks for (az has no flag for it: the
+    aks-preview extension is how az sends preview versions), checked against the versions the server
+    serves (api/api_versions.py) before anything is sent; None when unset."""
+    raw = os.environ.get(API_VERSION_ENV, "").strip()
+    if not raw:
+        return None
+    if raw not in CONTAINER_SERVICE.versions:
+        raise bad_input(
+            f"{API_VERSION_ENV}: '{raw[:64]}' is not an api-version of {CONTAINER_SERVICE.namespace}. "
+            f"The supported api-versions are '{CONTAINER_SERVICE.listed()}'."
+        )
+    return raw
+
+
+def api_version_hook(container_service_version: str | None) -> Callable[[httpx.Request], None]:
+    """A request hook giving a request without an api-version its namespace's newest GA one, as az does
+    (trusted launch then needs no TrustedLaunchPreview registration), or `container_service_version`
+    (TL_API_VERSION) for Microsoft.ContainerService requests; operation URLs keep the server's."""
+
+    def add_api_version(request: httpx.Request) -> None:
+        if "api-version" in request.url.params:
+            return
+        provider, _type = provider_of(request.url.path)
+        version = default_version(request.url.path)
+        if container_service_version is not None and provider is CONTAINER_SERVICE:
+            version = container_service_version
+        request.url = request.url.copy_add_param("api-version", version)
+
+    return add_api_version
+
+
+add_api_version = api_version_hook(None)  # the GA default of every namespace (what tests' clients send)
 
 
 # Answers that carry credentials (kubeconfigs with client keys, API tokens, attestation tokens): --debug
@@ -173,10 +204,13 @@ class ArmClient:
     """httpx client for one API endpoint and subscription."""
 
     def __init__(self, endpoint: str, token: str, subscription_id: str) -> None:
+        api_version = requested_api_version()
+        if api_version is not None:
+            log.debug("api-version %s for Microsoft.ContainerService (%s)", api_version, API_VERSION_ENV)
         self.http = httpx.Client(
             base_url=endpoint.rstrip("/"),
             headers={"Authorization": f"Bearer {token}", "User-Agent": "tl-cli"},
-            event_hooks={"request": [add_api_version]},
+            event_hooks={"request": [api_version_hook(api_version)]},
             timeout=30.0,
         )
         self.subscription_id = subscription_id

@@ -67,6 +67,11 @@ IMMUTABLE_POOL_PROPERTIES = (
 )
 MAX_SURGE = re.compile(r"^(\d{1,4})(%?)$")  # upgradeSettings.maxSurge: a node count or a percentage
 MAX_SURGE_NODES = 1000  # a pool's largest node count
+MAX_AGENT_POOLS = 100  # a cluster's most agent pools (AKS's limit; a cluster's `maxAgentPools`)
+TOO_MANY_POOLS = (
+    "The managed cluster would have {pool_count} agent pools; at most {max_agent_pools} are allowed "
+    "(maxAgentPools)."
+)
 # upgradeSettings.drainTimeoutInMinutes: AKS's range (its REST API spec: 1 to 1440, a day); unset: 30
 DRAIN_TIMEOUT_MINUTES = (1, 1440)
 # upgradeSettings.nodeSoakDurationInMinutes: AKS's range (its REST API spec: 0 to 30); unset: 0
@@ -545,6 +550,8 @@ class ClusterRequest:
     def message_values(self) -> dict[str, object]:
         """Values the rule messages may name."""
         return {
+            "pool_count": self.pool_count,
+            "max_agent_pools": MAX_AGENT_POOLS,
             "version": self.kubernetes_version,
             "previous_version": self.previous_version,
             "location": self.location,
@@ -955,6 +962,13 @@ LIMITATIONS: tuple[Limitation, ...] = (
             and r.previous.mode == "System"
             and r.other_system_pools == 0
         ),
+    ),
+    Limitation(
+        "InvalidParameter",
+        "properties.agentPoolProfiles",
+        TOO_MANY_POOLS,
+        ClusterRequest,
+        lambda c: c.pool_count > MAX_AGENT_POOLS,
     ),
     Limitation(
         "SystemPoolRequired",

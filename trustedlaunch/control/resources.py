@@ -26,6 +26,7 @@ from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # r
 from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
+from trustedlaunch.control.system_data import tenant_id
 from trustedlaunch.control.vm_sizes import find_vm_size
 from trustedlaunch.store.models import AgentPool, ManagedCluster, Node, Operation, utc_now
 from trustedlaunch.store.vocabulary import OperationStatus, ProvisioningState
@@ -113,6 +114,7 @@ class PoolSpec:
     node_labels: dict[str, str] | None = None  # nodeLabels; on update, replaces the pool's (as AKS)
     node_taints: list[str] | None = None  # nodeTaints ("key=value:Effect"); on update, replaces the pool's
     max_pods: int | None = None  # maxPods; None: DEFAULT_MAX_PODS on create, kept on update
+    tags: dict[str, str] | None = None  # properties.tags; on update, replaces the pool's (None: kept)
 
 
 def _labels(labels: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -308,6 +310,12 @@ def _apply(pool: AgentPool, request: limits.PoolRequest) -> None:
     pool.updated_at = utc_now()
 
 
+def _set_tags(pool: AgentPool, spec: PoolSpec) -> None:
+    """The pool's tags as `spec` asks: replaced when given, kept when not (ARM tags touch no node)."""
+    if spec.tags is not None:
+        pool.tags = dict(spec.tags)
+
+
 def find_cluster(session: Session, path: ResourcePath) -> ManagedCluster | None:
     """The cluster at `path`, or None."""
     return session.scalar(
@@ -486,11 +494,13 @@ def put_cluster(
     cluster.tags = spec.tags if spec.tags is not None else cluster.tags
     cluster.provisioning_state = ProvisioningState.UPDATING
     cluster.updated_at = utc_now()
-    for request, pool in planned:
+    for (request, pool), pool_spec in zip(planned, spec.agent_pools, strict=True):
         if pool is None:
-            cluster.agent_pools.append(_new_pool(request, tl_registered))
+            pool = _new_pool(request, tl_registered)
+            cluster.agent_pools.append(pool)
         else:
             _apply(pool, request)
+        _set_tags(pool, pool_spec)
     _check_quota(session, path.subscription_id, before, after)
     operation = start_operation(session, path.subscription_id, cluster.location, path.cluster_id, "Update")
     return cluster, operation, False
@@ -553,11 +563,14 @@ def _create_cluster(
         ssh_public_key=spec.ssh_public_key,
         virtual_nodes_enabled=bool(spec.virtual_nodes),
         tags=spec.tags or {},
+        identity_tenant_id=tenant_id(session),
         kube_token=secrets.token_hex(32),
         provisioning_state=ProvisioningState.CREATING,
     )
-    for request in requests:
-        cluster.agent_pools.append(_new_pool(request, tl_registered))
+    for request, pool_spec in zip(requests, spec.agent_pools, strict=True):
+        pool = _new_pool(request, tl_registered)
+        _set_tags(pool, pool_spec)
+        cluster.agent_pools.append(pool)
     session.add(cluster)
     new_pools = _pools_usage([(request.count, request.max_surge) for request in requests])
     _check_quota(session, path.subscription_id, limits.Usage(), limits.Usage(clusters=1) + new_pools)
@@ -642,6 +655,11 @@ def put_pool(
     pool_id = pool_resource_id(cluster, stored_name(spec.name))
     tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if pool is None or create_only:
+        if pool is None and len(cluster.agent_pools) >= limits.MAX_AGENT_POOLS:
+            message = limits.TOO_MANY_POOLS.format(
+                pool_count=len(cluster.agent_pools) + 1, max_agent_pools=limits.MAX_AGENT_POOLS
+            )
+            raise bad_request("InvalidParameter", message, "name")
         request = replace(
             _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),
             feature_registered=tl_registered,
@@ -649,6 +667,7 @@ def put_pool(
         )
         limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
         pool = _new_pool(request, tl_registered)
+        _set_tags(pool, spec)
         cluster.agent_pools.append(pool)
         _check_quota(
             session, path.subscription_id, limits.Usage(), _pools_usage([(request.count, request.max_surge)])
@@ -664,6 +683,7 @@ def put_pool(
     _refuse_if_busy(session, pool_id, f"Agent pool '{pool.name}'")
     before = _pools_usage([(pool.count, pool.max_surge)])
     _apply(pool, request)
+    _set_tags(pool, spec)
     _check_quota(session, path.subscription_id, before, _pools_usage([(request.count, request.max_surge)]))
     operation = start_operation(session, path.subscription_id, cluster.location, pool_id, "Update")
     return pool, operation, False

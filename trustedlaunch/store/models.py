@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,21 @@ class Base(DeclarativeBase):
     """Declarative base of every table."""
 
 
+def new_uuid() -> str:
+    """A random UUID as ARM writes ids (lowercase, hyphenated)."""
+    return str(uuid.uuid4())
+
+
+class Installation(Base):
+    """This installation's one row: the tenant id its identities report when TL_TENANT_ID is not set
+    (made once, by migration 0022)."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+
+
 class ResourceGroup(Base):
     """A resource group (`Microsoft.Resources/resourceGroups`), which holds managed clusters."""
 
@@ -91,8 +107,22 @@ class ManagedCluster(Base):
     kube_token: Mapped[str] = mapped_column(String(128))
     provisioning_state: Mapped[str] = mapped_column(String(32))
     power_state: Mapped[str] = mapped_column(String(16), default="Running")
+    # the system-assigned identity (`identity`) and the kubelet identity (`identityProfile.kubeletidentity`):
+    # random ids made at creation and kept; the tenant id the installation's when the cluster was created
+    # (nullable columns, as migration 0022 added them, and always set: it filled the clusters before it)
+    identity_principal_id: Mapped[str | None] = mapped_column(String(36), nullable=True, default=new_uuid)
+    identity_tenant_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    kubelet_client_id: Mapped[str | None] = mapped_column(String(36), nullable=True, default=new_uuid)
+    kubelet_object_id: Mapped[str | None] = mapped_column(String(36), nullable=True, default=new_uuid)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # systemData: who created and last changed the resource through the API (the authenticated caller) and
+    # when; None for resources from before migration 0022 (their creator is unknown)
+    created_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_by_type: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    last_modified_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    last_modified_by_type: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    last_modified_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, default=utc_now)
 
     agent_pools: Mapped[list[AgentPool]] = relationship(
         back_populates="cluster", cascade="all, delete-orphan", order_by="AgentPool.id"
@@ -197,8 +227,17 @@ class AgentPool(Base):
     node_labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     node_taints: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     max_pods: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # properties.tags of the pool (ARM tags: no effect on its nodes); None for pools from before 0022
+    tags: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # systemData: who created and last changed the resource through the API (the authenticated caller) and
+    # when; None for resources from before migration 0022 (their creator is unknown)
+    created_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_by_type: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    last_modified_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    last_modified_by_type: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    last_modified_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, default=utc_now)
 
     cluster: Mapped[ManagedCluster] = relationship(back_populates="agent_pools")
     nodes: Mapped[list[Node]] = relationship(
