@@ -91,12 +91,13 @@ def upgrade_node_image_version(
                 "finish (tl aks nodepool show / the Azure-AsyncOperation URL).",
             )
     latest, build = _newest(session, pool)
-    if build is not None and session.get(NodeImage, latest) is None:  # the host's chain after an apt upgrade
-        register_build(session, build)
-        session.flush()
-    current = stored_builds(session).get(pool.node_image_version)
-    if build is not None and (current is None or current.order() <= build.order()):  # never a downgrade
-        pool.node_image_version = latest
+    if build is not None:
+        if session.get(NodeImage, latest) is None:  # the host's chain after an apt upgrade
+            register_build(session, build)
+            session.flush()
+        current = stored_builds(session).get(pool.node_image_version)
+        if current is None or current.order() <= build.order():  # never a downgrade (by the packages)
+            pool.node_image_version = latest
     pool.provisioning_state = ProvisioningState.UPGRADING_NODE_IMAGE_VERSION
     operation = start_operation(session, path.subscription_id, cluster.location, pool_id, UPGRADE_KIND)
     return pool, operation
