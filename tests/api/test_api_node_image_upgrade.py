@@ -132,3 +132,46 @@ def test_a_newer_kernel_is_the_latest_whatever_day_debian_built_it(client: TestC
     assert upgraded.status_code == 202, upgraded.text
     assert upgraded.json()["properties"]["nodeImageVersion"] == latest  # not refused as a downgrade
     finish(client, upgraded)
+
+
+def test_new_pools_get_the_latest_version_of_their_flavour_existing_ones_keep_theirs(
+    client: TestClient,
+) -> None:
+    """As AKS: a new pool (of a new cluster or added to one) gets the latest node image version of its
+    flavour, the one built from the newest packages (here a newer kernel's, named before this release), so
+    every node it creates, surge ones included, boots that version; a pool that exists keeps its version,
+    scaled up too, until it is upgraded (its nodes keep attesting against that version's policy)."""
+    # a preview api-version before TrustedLaunchPreview was registered: the flavour that is not capable
+    created = client.put(CLUSTER, json=cluster_body(count=1), params=PREVIEW_API)
+    finish(client, created)
+    existing = client.get(POOL, params=API).json()["properties"]["nodeImageVersion"]
+    assert existing.endswith(IMAGE_RELEASE) and "TLcontainerd" not in existing
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        newer = older_image_version.store_newer_kernel_version(session)
+
+    pool = client.get(POOL, params=API).json()
+    pool["properties"]["count"] = 2
+    scaled = client.put(POOL, json=pool, params=API)
+    assert scaled.status_code == 200, scaled.text
+    assert scaled.json()["properties"]["nodeImageVersion"] == existing  # scale-up: the pool's own version
+    finish(client, scaled)
+
+    plain = client.put(f"{CLUSTER}/agentPools/plain", json={"properties": {"count": 1}}, params=PREVIEW_API)
+    assert plain.status_code == 201, plain.text
+    assert plain.json()["properties"]["nodeImageVersion"] == newer.version(trusted_launch=False)
+    finish(client, plain)
+
+    register_trusted_launch(client)
+    capable = client.put(f"{CLUSTER}/agentPools/capable", json={"properties": {"count": 1}}, params=API)
+    assert capable.status_code == 201, capable.text
+    assert capable.json()["properties"]["nodeImageVersion"] == newer.version(trusted_launch=True)
+    other_cluster = CLUSTER.replace("myAKSCluster", "other")
+    second = client.put(other_cluster, json=cluster_body(count=1), params=API)
+    assert second.status_code == 201, second.text
+    [new_pool] = second.json()["properties"]["agentPoolProfiles"]
+    assert new_pool["nodeImageVersion"] == newer.version(trusted_launch=True)
+
+    # what the existing pool is offered is what new pools got
+    profile = client.get(f"{POOL}/upgradeProfiles/default", params=API).json()["properties"]
+    assert profile["latestNodeImageVersion"] == newer.version(trusted_launch=False)
+    assert client.get(POOL, params=API).json()["properties"]["nodeImageVersion"] == existing

@@ -12,21 +12,14 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control import resources
-from trustedlaunch.control.boot_packages import BootPackageError
 from trustedlaunch.control.errors import conflict
 from trustedlaunch.control.limits import boots_here, kubernetes_upgrades
-from trustedlaunch.control.node_image_versions import (
-    ImageBuild,
-    image_versions,
-    register_build,
-    stored_builds,
-)
+from trustedlaunch.control.node_image_versions import ImageBuild, latest_version, stored_builds
 from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.control.resources import ResourcePath, pool_resource_id
-from trustedlaunch.node.image import NodeImageError
-from trustedlaunch.store.models import AgentPool, NodeImage, Operation
+from trustedlaunch.store.models import AgentPool, Operation
 from trustedlaunch.store.vocabulary import ProvisioningState
 
 UPGRADE_KIND = "Update"  # an Update operation: the reconciler's rolling reimage of outdated nodes
@@ -45,17 +38,14 @@ class UpgradeProfile:
 
 
 def _newest(session: Session, pool: AgentPool) -> tuple[str, ImageBuild | None]:
-    """The newest node image version of `pool`'s flavour (trusted launch capable or not, as its current
-    image: the one built from the newest packages) and its build; a pool whose image is not a Linux version
-    (e.g. a Windows pool an earlier release stored) keeps its own, without a build."""
+    """The latest node image version of `pool`'s flavour (trusted launch capable or not, as its current
+    image: node_image_versions.latest_version, as a new pool gets) and its build; a pool whose image is not a
+    Linux version (e.g. a Windows pool an earlier release stored) keeps its own, without a build."""
     current = find_image(pool.node_image_version, session)
     if not boots_here(pool.os_type) or current is None or not boots_here(current.os_type):
         return pool.node_image_version, None
-    try:
-        newest = image_versions(session)[0][1]
-    except (BootPackageError, NodeImageError):  # no boot chain installed here: no newer version known
-        return pool.node_image_version, None
-    return newest.version(trusted_launch=current.trusted_launch_capable), newest
+    latest = latest_version(session, trusted_launch_capable=current.trusted_launch_capable)
+    return (pool.node_image_version, None) if latest is None else latest
 
 
 def upgrade_profile(session: Session, path: ResourcePath, pool_name: str) -> UpgradeProfile:
@@ -91,13 +81,9 @@ def upgrade_node_image_version(
                 "finish (tl aks nodepool show / the Azure-AsyncOperation URL).",
             )
     latest, build = _newest(session, pool)
-    if build is not None:
-        if session.get(NodeImage, latest) is None:  # the host's chain after an apt upgrade
-            register_build(session, build)
-            session.flush()
-        current = stored_builds(session).get(pool.node_image_version)
-        if current is None or current.order() <= build.order():  # never a downgrade (by the packages)
-            pool.node_image_version = latest
+    current = stored_builds(session).get(pool.node_image_version)
+    if build is not None and (current is None or current.order() <= build.order()):  # never a downgrade
+        pool.node_image_version = latest
     pool.provisioning_state = ProvisioningState.UPGRADING_NODE_IMAGE_VERSION
     operation = start_operation(session, path.subscription_id, cluster.location, pool_id, UPGRADE_KIND)
     return pool, operation

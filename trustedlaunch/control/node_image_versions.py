@@ -25,6 +25,7 @@ from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control import boot_packages
 from trustedlaunch.control.boot_packages import BootLoaders, BootPackageError
+from trustedlaunch.control.image_policies import record_image_policy
 from trustedlaunch.control.node_images import (
     IMAGE_RELEASE,
     BootChain,
@@ -33,7 +34,6 @@ from trustedlaunch.control.node_images import (
     installed_boot_chain,
     linux_image_version,
 )
-from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.eventlog.predict import PredictionError
 from trustedlaunch.node import image as node_image
 from trustedlaunch.node.debian import debian_release, package_version
@@ -318,6 +318,23 @@ def image_versions(session: Session) -> list[tuple[str, ImageBuild]]:
     installed = plan_build(session, installed_boot_chain())
     builds.setdefault(installed.version(), installed)
     return sorted(builds.items(), key=lambda item: item[1].order(), reverse=True)
+
+
+def latest_version(session: Session, *, trusted_launch_capable: bool) -> tuple[str, ImageBuild] | None:
+    """The latest node image version of a flavour (its trusted launch capable name, or its other one): the
+    one built from the newest packages (image_versions), whatever its name, with its build; stored (its
+    build registered) when the store does not name it yet (the host's boot chain after apt upgraded it).
+    What a new pool gets and what a node image upgrade moves a pool to; None on a host without a Debian boot
+    chain installed (no version is known there)."""
+    try:
+        newest = image_versions(session)[0][1]
+    except (BootPackageError, node_image.NodeImageError):
+        return None
+    name = newest.version(trusted_launch=trusted_launch_capable)
+    if session.get(NodeImage, name) is None:
+        register_build(session, newest)
+        session.flush()
+    return name, newest
 
 
 def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:
