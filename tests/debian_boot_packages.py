@@ -7,3 +7,6 @@ from __future__ import annotations
 
 OTHER_KERNEL = ("linux-image-6.1.0-50-amd64", "6.1.176-1")  # installed: linux-image-6.1.0-57-amd64 6.1.192-3
 OTHER_GRUB = "1+2.06+13+deb12u1"  # installed: 1+2.06+13+deb12u2
+# a newer kernel branch Debian serves for bookworm (security), built before this release's day: its version
+# must sort newer than the installed kernel's whatever the names say
+NEWER_KERNEL = ("linux-image-6.12.118+deb12-amd64", "6.12.118-1~deb12u1")

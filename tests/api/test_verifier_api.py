@@ -42,7 +42,7 @@ from trustedlaunch.attest.nonces import (
 from trustedlaunch.attest.policy import BootStep, Policy, RootFilesystemRule
 from trustedlaunch.attest.remote import evidence_from_quote
 from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
-from trustedlaunch.control.pool_policies import record_image_policy
+from trustedlaunch.control.image_policies import record_image_policy
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize

@@ -35,8 +35,8 @@ from trustedlaunch.attest.remote import evidence_from_quote
 from trustedlaunch.control.attestation_monitor import AttestationMonitor, Trigger
 from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
 from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.image_policies import record_image_policy
 from trustedlaunch.control.operations import finish_operation
-from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
 from trustedlaunch.store.db import make_engine, session_factory

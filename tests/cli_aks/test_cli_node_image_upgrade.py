@@ -1,16 +1,19 @@
-"""`tl aks nodepool get-upgrades`, `tl aks nodepool upgrade --node-image-only` and `tl aks upgrade
+"""`tl aks nodepool get-upgrades` (JSON as the API answers; `-o table` with the latest version's packages
+under the profile, in 80 columns), `tl aks nodepool upgrade --node-image-only` and `tl aks upgrade
 --node-image-only` against a real server (no reconciler: the operations are finished as it would)."""
 
 from __future__ import annotations
 
 import json
 
-from older_image_version import OLDER, put_pool_on_older_version
+import httpx
+from older_image_version import OLDER, put_pool_on_older_version, store_newer_kernel_version
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
+from trustedlaunch.control.boot_packages import GRUB_PACKAGE, SHIM_PACKAGE
 from trustedlaunch.control.node_images import IMAGE_RELEASE
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.store.models import Operation
@@ -114,3 +117,40 @@ def test_cluster_node_image_upgrade_moves_every_pool(
     assert code == 1
     assert "ERROR: node image upgrade refused for node pool(s) nodepool1 (OperationNotAllowed: " in err
     assert "; userpool (OperationNotAllowed: " in err and err.rstrip().endswith("started: none")
+
+
+def test_get_upgrades_shows_the_latest_versions_packages_in_80_columns(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    code, _, err = tl(runner, cli_env, *CREATE, "--nodepool-name", "nodepool1", "--no-wait")
+    assert code == 0, err
+    finish_operations(server[2])
+    with server[2].app.state.sessions.begin() as session:
+        newer = store_newer_kernel_version(session)  # the longest names: linux-image-6.12.118+deb12-amd64
+    get_upgrades = ["aks", "nodepool", "get-upgrades", *NODEPOOL, "--nodepool-name", "nodepool1"]
+    code, out, err = tl(runner, cli_env, *get_upgrades)
+    assert code == 0, err
+    profile = json.loads(out)
+    answered = httpx.get(
+        f"{server[0]}{profile['id']}",
+        params={"api-version": "2024-09-01"},
+        headers={"Authorization": f"Bearer {server[1]}"},
+    )
+    assert answered.status_code == 200 and profile == answered.json()  # -o json: as the API answers
+    [release] = profile["properties"]["componentsByReleases"]
+    assert release["components"][0] == {"name": newer.kernel_package, "version": newer.kernel_version}
+
+    code, out, err = tl(runner, {**cli_env, "COLUMNS": "80"}, *get_upgrades, "-o", "table")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80, out
+    assert "LatestNodeImageVersion" in lines[0] and newer.version() in lines[1]
+    assert f"Components of {newer.version()}" in out
+    header = next(line for line in lines if "Component" in line and "Version" in line)
+    assert header.split() == ["Kubernetes", "Component", "Version"]
+    rows = [line.split() for line in lines[lines.index(header) + 1 :]]
+    assert rows == [
+        [release["kubernetesVersion"], newer.kernel_package, newer.kernel_version],
+        [release["kubernetesVersion"], SHIM_PACKAGE, newer.shim_version],
+        [release["kubernetesVersion"], GRUB_PACKAGE, newer.grub_version],
+    ]

@@ -1,5 +1,6 @@
 """Node image versions built from Debian signed packages without installing them: names (the installed boot
-chain's is IMAGE_RELEASE, another's is named for the day Debian built its newest package), the catalogue and
+chain's is IMAGE_RELEASE, another's is named for the day Debian built its newest package, in the order of
+the packages), the catalogue and
 its stored build records, policies predicted per version (another kernel changes PCR 4's kernel step and
 PCR 9; another GRUB PCR 4's GRUB step), the package cache (apt's signed index's SHA-256, reused, fetched
 again when altered) and the errors naming a package that cannot be had. Real apt downloads of Debian's
@@ -112,10 +113,11 @@ def test_each_boot_chain_is_its_own_named_version(
             (kernel.version(), kernel),
         ]
         assert stored_builds(session)[kernel.version(trusted_launch=False)] == kernel
-        # the same packages keep their name; another chain of the same day gets the next patch
+        # the same packages keep their name; names follow the packages' order: the older GRUB with the same
+        # kernel sorts before 202607.02.0 (Debian's day of its newest package, taken), so the day before
         assert plan_build(session, boot_chain(*OTHER_KERNEL)) == kernel
         both = boot_chain(*OTHER_KERNEL, grub_version=OTHER_GRUB)
-        assert plan_build(session, both).release == "202607.02.1"
+        assert plan_build(session, both).release == "202607.01.0"
         grub = plan_build(session, boot_chain(grub_version=OTHER_GRUB))
         assert grub.release == "202611.26.0" and grub.grub_version == OTHER_GRUB
         assert grub.kernel_version == installed.kernel_version

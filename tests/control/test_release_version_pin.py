@@ -2,7 +2,8 @@
 first knew it (the installed boot chain then), so after apt upgrades the host's kernel the installed chain
 makes a version of its own (the latest, never older than IMAGE_RELEASE), while IMAGE_RELEASE keeps naming,
 and being rebuilt from, its own packages (fetched from Debian when no longer the installed ones); a node
-image upgrade then moves pools onto the new name, stored as it is first needed."""
+image upgrade then moves pools onto the new name, stored as it is first needed (by a new pool, which gets the
+latest version, or by that upgrade)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from trustedlaunch.control.node_image_versions import (
 )
 from trustedlaunch.control.node_images import IMAGE_RELEASE, installed_boot_chain
 from trustedlaunch.control.operations import finish_operation
-from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
-from trustedlaunch.store.models import NodeImage
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster, put_pool
+from trustedlaunch.store.models import AgentPool, NodeImage
 
 SUB = "11111111-2222-3333-4444-555555555555"
 
@@ -48,17 +49,8 @@ def test_after_an_apt_upgrade_the_installed_chain_is_a_new_latest_version(
     with sessions.begin() as session:
         pinned = release_build(session)
         assert pinned is not None
-        # as if the host had linux-image-6.1.0-50-amd64 6.1.176-1 when the store was first opened, and apt
-        # upgraded it to the installed kernel since
-        earlier = replace(
-            pinned,
-            kernel_package=OTHER_KERNEL[0],
-            kernel_version=OTHER_KERNEL[1],
-            kernel_release="6.1.0-50-amd64",
-        )
-        register_build(session, earlier)
         spec = PoolSpec("nodepool1", count=1, vm_size="Standard_D4s_v3")
-        _, create, _ = put_cluster(
+        cluster, create, _ = put_cluster(
             session,
             ResourcePath(SUB, "rg", "c1"),
             ClusterSpec("eastus", agent_pools=[spec]),
@@ -66,6 +58,16 @@ def test_after_an_apt_upgrade_the_installed_chain_is_a_new_latest_version(
         )
         session.flush()
         finish_operation(session, create, "Succeeded")
+        assert cluster.agent_pools[0].node_image_version == pinned.version(trusted_launch=False)
+        # as if the host had linux-image-6.1.0-50-amd64 6.1.176-1 when the store was first opened (and the
+        # pool was created), and apt upgraded it to the installed kernel since
+        earlier = replace(
+            pinned,
+            kernel_package=OTHER_KERNEL[0],
+            kernel_version=OTHER_KERNEL[1],
+            kernel_release="6.1.0-50-amd64",
+        )
+        register_build(session, earlier)
     with sessions.begin() as session:
         installed = plan_build(session, installed_boot_chain())
         assert installed.release != IMAGE_RELEASE and installed.release > IMAGE_RELEASE
@@ -76,6 +78,12 @@ def test_after_an_apt_upgrade_the_installed_chain_is_a_new_latest_version(
         versions = image_versions(session)
         assert [build.release for _, build in versions] == [installed.release, IMAGE_RELEASE]
         assert session.get(NodeImage, installed.version()) is None  # not stored until first needed
+        # a new pool gets it (stored then); the pool created before keeps IMAGE_RELEASE until upgraded
+        spec = PoolSpec("second", count=1, vm_size="Standard_D4s_v3")
+        second, _, _ = put_pool(session, ResourcePath(SUB, "rg", "c1"), spec, preview=True)
+        assert second.node_image_version == installed.version(trusted_launch=False)
+        assert session.get(NodeImage, installed.version()) is not None
+        pool = session.get_one(AgentPool, cluster.agent_pools[0].id)
+        assert pool.node_image_version == pinned.version(trusted_launch=False)
         pool, _ = upgrade_node_image_version(session, ResourcePath(SUB, "rg", "c1"), "nodepool1")
         assert pool.node_image_version == installed.version(trusted_launch=False)
-        assert session.get(NodeImage, installed.version()) is not None

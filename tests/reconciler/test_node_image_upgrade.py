@@ -84,7 +84,7 @@ def test_node_image_upgrade_rolls_a_node_from_an_older_build_onto_the_latest(rec
 
         with sessions.begin() as session:
             profile = upgrade_profile(session, PATH, pool.name)
-        latest = str(profile["properties"]["latestNodeImageVersion"])  # type: ignore[index]
+        latest = profile.latest_node_image_version
         assert latest.endswith(IMAGE_RELEASE) and "TLcontainerd" in latest
 
         with sessions.begin() as session:

@@ -493,13 +493,29 @@ class AgentPoolUpgradeProfileUpgrade(BaseModel):
     isPreview: bool
 
 
+class UpgradeComponent(BaseModel):
+    """A component of an offered version: for a node image, one of the Debian packages of its boot chain."""
+
+    name: str
+    version: str
+
+
+class ComponentsByRelease(BaseModel):
+    """The components a node of a Kubernetes version (major.minor) gets on the latest node image version."""
+
+    kubernetesVersion: str
+    components: list[UpgradeComponent]
+
+
 class AgentPoolUpgradeProfileProperties(BaseModel):
-    """The pool's Kubernetes version, OS type, the versions it may move to and its latest node image."""
+    """The pool's Kubernetes version, OS type, the versions it may move to, its latest node image and the
+    packages that image is built from per Kubernetes version (`componentsByReleases`)."""
 
     kubernetesVersion: str
     osType: str
     upgrades: list[AgentPoolUpgradeProfileUpgrade]
     latestNodeImageVersion: str
+    componentsByReleases: list[ComponentsByRelease]
 
 
 class AgentPoolUpgradeProfile(BaseModel):

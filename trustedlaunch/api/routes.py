@@ -220,7 +220,7 @@ async def list_group_clusters(
     response_model_exclude_unset=True,
     responses={200: {"model": ManagedClusterResource, "description": "Updated"}},
 )
-async def put_cluster(
+def put_cluster(
     request: Request,
     response: Response,
     path: ClusterPath,
@@ -228,7 +228,9 @@ async def put_cluster(
     version: ApiVersion,
     conditions: Conditions,
 ) -> dict[str, object]:
-    """Create (201) or update (200) a managed cluster; long-running; If-Match / If-None-Match (412)."""
+    """Create (201) or update (200) a managed cluster; long-running; If-Match / If-None-Match (412). A plain
+    function: FastAPI runs it in its thread pool, since a new pool's latest node image version is found from
+    the installed boot chain (dpkg-query)."""
     with transaction(request) as session:
         _check_cluster(session, path, conditions)
         spec = body.to_spec()
@@ -349,7 +351,7 @@ async def list_pools(request: Request, path: ClusterPath) -> dict[str, object]:
     response_model_exclude_unset=True,
     responses={200: {"model": AgentPoolResource, "description": "Updated"}},
 )
-async def put_pool(
+def put_pool(
     request: Request,
     response: Response,
     path: ClusterPath,
@@ -360,7 +362,8 @@ async def put_pool(
 ) -> dict[str, object]:
     """Create (201) or update (200) an agent pool; `If-None-Match: *` refuses an existing pool (409
     DuplicateAgentPoolName, which `tl aks nodepool add` relies on); If-Match / If-None-Match with eTags
-    answer 412 when not met."""
+    answer 412 when not met. A plain function, as put_cluster: a new pool's node image version is found from
+    the installed boot chain."""
     create_only = conditions.if_none_match is not None and "*" in _entity_tags(conditions.if_none_match)
     with transaction(request) as session:
         if create_only:

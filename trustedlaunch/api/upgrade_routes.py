@@ -15,7 +15,7 @@ from trustedlaunch.api.routes import (
     lro_headers,
     transaction,
 )
-from trustedlaunch.api.views import pool_json
+from trustedlaunch.api.views import pool_json, upgrade_profile_json
 from trustedlaunch.control import node_image_upgrades
 
 router = APIRouter(dependencies=[Depends(api_version)], responses=ERROR_RESPONSES, tags=["agentPools"])
@@ -23,11 +23,11 @@ router = APIRouter(dependencies=[Depends(api_version)], responses=ERROR_RESPONSE
 
 @router.get(f"{POOL}/upgradeProfiles/default", response_model=AgentPoolUpgradeProfile)
 def get_upgrade_profile(request: Request, path: ClusterPath, pool_name: str) -> dict[str, object]:
-    """The pool's upgrade profile: the Kubernetes versions it may be upgraded to and the latest node image
-    version of its flavour (trusted launch capable or not). A plain function: FastAPI runs it in its thread
-    pool, since finding the installed boot chain runs dpkg-query."""
+    """The pool's upgrade profile: the Kubernetes versions it may be upgraded to, the latest node image
+    version of its flavour (trusted launch capable or not) and its packages (componentsByReleases). A plain
+    function: FastAPI runs it in its thread pool, since finding the installed boot chain runs dpkg-query."""
     with transaction(request) as session:
-        return node_image_upgrades.upgrade_profile(session, path, pool_name)
+        return upgrade_profile_json(node_image_upgrades.upgrade_profile(session, path, pool_name))
 
 
 @router.post(

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 
+from trustedlaunch.control.boot_packages import GRUB_PACKAGE, SHIM_PACKAGE
 from trustedlaunch.control.cluster_pki import DEFAULT_SERVICE_CIDR
 from trustedlaunch.control.cluster_planes import current_kubernetes_version, hosted_credential
 from trustedlaunch.control.kubeconfig import ApiServer
@@ -18,6 +19,7 @@ from trustedlaunch.control.limits import (
     running_kubernetes_version,
 )
 from trustedlaunch.control.node_health import health_state, power_state
+from trustedlaunch.control.node_image_upgrades import UpgradeProfile
 from trustedlaunch.control.records import (
     AgentPool,
     FeatureRegistration,
@@ -31,6 +33,7 @@ from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_
 from trustedlaunch.control.timeutil import iso
 from trustedlaunch.node.kubelet import NODE_ADDRESS
 
+UPGRADE_PROFILE_TYPE = "Microsoft.ContainerService/managedClusters/agentPools/upgradeProfiles"
 POD_CIDR = "10.244.0.0/16"  # the nodes' pod ranges (node.kubelet.DEFAULT_POD_CIDR) lie in it
 
 JsonObject = dict[str, object]
@@ -350,4 +353,43 @@ def resource_group_json(group: ResourceGroup) -> JsonObject:
         "location": group.location,
         "tags": group.tags,
         "properties": {"provisioningState": "Succeeded"},
+    }
+
+
+def upgrade_profile_json(profile: UpgradeProfile) -> JsonObject:
+    """A pool's AgentPoolUpgradeProfile (`GET .../agentPools/{pool}/upgradeProfiles/default`): the Kubernetes
+    versions it may move to, its latest node image version and, per Kubernetes version (major.minor) of the
+    pool and its upgrades, the kernel, shim and GRUB packages that version is built from."""
+    pool = profile.pool
+    minors = []
+    for version in (pool.orchestrator_version, *profile.kubernetes_upgrades):
+        parsed = parse_kubernetes_version(version)
+        minor = f"{parsed[0]}.{parsed[1]}" if parsed else version
+        if minor not in minors:
+            minors.append(minor)
+    build = profile.latest_build
+    components = (
+        []
+        if build is None
+        else [
+            {"name": build.kernel_package, "version": build.kernel_version},
+            {"name": SHIM_PACKAGE, "version": build.shim_version},
+            {"name": GRUB_PACKAGE, "version": build.grub_version},
+        ]
+    )
+    return {
+        "id": f"{pool_resource_id(pool.cluster, pool.name)}/upgradeProfiles/default",
+        "name": "default",
+        "type": UPGRADE_PROFILE_TYPE,
+        "properties": {
+            "kubernetesVersion": pool.orchestrator_version,
+            "osType": pool.os_type,
+            "upgrades": [
+                {"kubernetesVersion": version, "isPreview": False} for version in profile.kubernetes_upgrades
+            ],
+            "latestNodeImageVersion": profile.latest_node_image_version,
+            "componentsByReleases": [
+                {"kubernetesVersion": minor, "components": components} for minor in minors if components
+            ],
+        },
     }

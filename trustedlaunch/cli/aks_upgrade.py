@@ -41,9 +41,17 @@ from trustedlaunch.cli.arm import (
     wait_for_operation,
 )
 from trustedlaunch.cli.errors import bad_input
+from trustedlaunch.cli.output import Column, DetailTable
 from trustedlaunch.control.resource_id import AGENT_POOLS
 
 UPGRADE_PROFILE_COLUMNS = ("Name", "KubernetesVersion", "OsType", "LatestNodeImageVersion", "Upgrades")
+# componentsByReleases under the profile's row: the packages first (a 6.12 kernel's name and shim's version
+# make ~75 cells), the Kubernetes version left out first when the terminal is narrower
+COMPONENT_COLUMNS = (
+    Column("Kubernetes", priority=2),
+    Column("Component", priority=0),
+    Column("Version", priority=1),
+)
 NodeImageOnlyOption = Annotated[
     bool,
     typer.Option(
@@ -72,6 +80,19 @@ def _profile_row(profile: dict[str, Any]) -> list[object]:
     ]
 
 
+def _component_tables(profile: dict[str, Any]) -> list[DetailTable]:
+    """The components (kernel, shim and GRUB packages) of the latest node image version, one row each per
+    Kubernetes version (componentsByReleases); none when the server names none."""
+    props = profile["properties"]
+    rows = [
+        [release.get("kubernetesVersion"), component.get("name"), component.get("version")]
+        for release in props.get("componentsByReleases") or []
+        for component in release.get("components") or []
+    ]
+    title = f"Components of {props['latestNodeImageVersion']}"
+    return [DetailTable(title, COMPONENT_COLUMNS, rows)] if rows else []
+
+
 def _only_node_images(node_image_only: bool, kubernetes_version: str | None) -> None:
     if kubernetes_version is not None and node_image_only:
         raise bad_input(
@@ -93,11 +114,12 @@ def get_upgrades(
     resource_group: GroupOption,
     output_format: OutputOption = OutputFormat.json,
 ) -> None:
-    """Get the available upgrades for a node pool: Kubernetes versions and its latestNodeImageVersion."""
+    """Get the available upgrades for a node pool: Kubernetes versions, its latestNodeImageVersion and the
+    packages that version is built from (componentsByReleases; `-o table`: a table under the profile's)."""
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, nodepool_name)
         profile = client.json("GET", f"{path}/upgradeProfiles/default")
-    output(profile, output_format, UPGRADE_PROFILE_COLUMNS, _profile_row)
+    output(profile, output_format, UPGRADE_PROFILE_COLUMNS, _profile_row, details=_component_tables)
 
 
 @api_command(nodepool_app, name="upgrade")

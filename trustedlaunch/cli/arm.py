@@ -31,7 +31,7 @@ from rich.text import Text
 
 from trustedlaunch.api.api_versions import CONTAINER_SERVICE, default_version, provider_of
 from trustedlaunch.cli.errors import FAILURE_EXIT_CODE, NOT_FOUND_EXIT_CODE, bad_input
-from trustedlaunch.cli.output import ColumnSpec, OutputFormat, query_scope, render
+from trustedlaunch.cli.output import ColumnSpec, DetailTable, OutputFormat, query_scope, render
 from trustedlaunch.cli.output import print_table as print_table
 from trustedlaunch.control.limits import SUBSCRIPTION_ID
 from trustedlaunch.control.operations import RECONCILER_NOTE
@@ -448,7 +448,8 @@ def output(
     columns: Sequence[ColumnSpec],
     row: Any,
     table_rows: Callable[[Any], Sequence[Sequence[object]]] | None = None,
+    details: Callable[[Any], Sequence[DetailTable]] | None = None,
 ) -> None:
     """Print a resource (or a list of them) in `fmt` after `--query`; tables with `row(resource)` per
-    line (or `table_rows(value)`) and the `columns` that fit the terminal."""
-    render(value, fmt, columns, row, table_rows)
+    line (or `table_rows(value)`) and the `columns` that fit the terminal, then its `details` tables."""
+    render(value, fmt, columns, row, table_rows, details)

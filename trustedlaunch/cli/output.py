@@ -59,6 +59,16 @@ class Column:
 ColumnSpec = str | Column
 
 
+@dataclass(frozen=True)
+class DetailTable:
+    """A table printed under a resource's `-o table` row for what one row cannot hold (e.g. the packages of
+    a node image version): its title, columns and rows."""
+
+    title: str
+    columns: Sequence[ColumnSpec]
+    rows: Sequence[Sequence[object]]
+
+
 _QUERY: ContextVar[str | None] = ContextVar("tl_query", default=None)
 
 
@@ -215,9 +225,11 @@ def render(
     columns: Sequence[ColumnSpec],
     row: Callable[[Any], Sequence[object]],
     table_rows: Callable[[Any], Sequence[Sequence[object]]] | None = None,
+    details: Callable[[Any], Sequence[DetailTable]] | None = None,
 ) -> None:
     """Print a result (a resource or a list of them) in `fmt` after the scope's `--query`; `-o table`
-    without a query prints `columns` with `row(item)` per item (or the rows `table_rows(result)` gives)."""
+    without a query prints `columns` with `row(item)` per item (or the rows `table_rows(result)` gives),
+    then the tables `details(result)` gives, each fitting the terminal as well."""
     query = _QUERY.get()
     if query is not None:
         value = apply_query("--query", query, value)
@@ -239,3 +251,7 @@ def render(
         print_table(columns, table_rows(value))
     elif value is not None:
         print_table(columns, [row(item) for item in (value if isinstance(value, list) else [value])])
+    if fmt is OutputFormat.table and query is None and value is not None and details is not None:
+        for detail in details(value):
+            typer.echo()
+            print_table(detail.columns, detail.rows, title=detail.title)

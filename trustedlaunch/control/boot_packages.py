@@ -21,6 +21,7 @@ from pathlib import Path
 from trustedlaunch.control.binary_cache import file_sha256, user_cache_dir
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node import image as node_image
+from trustedlaunch.node.debian import package_version
 
 PACKAGES_DIR = "debian-packages"
 PACKAGE_RECORD = "package.json"
@@ -252,10 +253,6 @@ def fetched_shim(version: str, cache: Path | None = None) -> tuple[Path, str]:
     return _one_file(fetched.root, SHIM_FILE, f"Debian package {SHIM_PACKAGE} {version}"), version
 
 
-def _version_key(version: str) -> list[int]:
-    return [int(number) for number in re.findall(r"\d+", version)]
-
-
 def available_kernels() -> list[tuple[str, str]]:
     """(package, version) of every Debian signed kernel of the generic amd64 flavour in apt's index (installed
     or not), newest first: what a node image version can be built from."""
@@ -271,4 +268,4 @@ def available_kernels() -> list[tuple[str, str]]:
         fields = [field.strip() for field in line.split("|")]
         if len(fields) >= 2 and fields[0] in packages and PACKAGE_VERSION.fullmatch(fields[1]):
             versions.add((fields[0], fields[1]))
-    return sorted(versions, key=lambda item: (_version_key(item[1]), item[0]), reverse=True)
+    return sorted(versions, key=lambda item: (package_version(item[1]), item[0]), reverse=True)

@@ -1,18 +1,23 @@
 """Node image versions built from Debian's signed packages: the installed boot chain makes this release's
-image (IMAGE_RELEASE, the latest); another signed kernel, shim or GRUB that Debian serves makes another
-version, built without installing anything on the host (control.boot_packages), named for the day Debian
-built the newest package of its boot chain (<YYYYMM>.<DD>.<patch>: the patch tells apart other boot chains
-of that day, in the order they were first built here), stored with its per-build record (`ImageBuild`) and
-with its attestation policies predicted from its image before any node boots it."""
+image (IMAGE_RELEASE); another signed kernel, shim or GRUB that Debian serves makes another version, built
+without installing anything on the host (control.boot_packages), stored with its per-build record
+(`ImageBuild`) and with its attestation policies predicted from its image before any node boots it.
+
+Versions are ordered by their packages: the kernel's version, then shim's, then GRUB's, as dpkg orders
+them (then, for the same packages, by name), so the latest is the one built from the newest packages. A new
+version's name (<YYYYMM>.<DD>.<patch>, as AKS) follows that order: the day Debian built the newest package
+of its boot chain, moved later when a version of older packages has a later name; the patch number tells
+apart the versions of one day. Stored versions keep their names."""
 
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from debian.debian_support import Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,6 +25,7 @@ from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control import boot_packages
 from trustedlaunch.control.boot_packages import BootLoaders, BootPackageError
+from trustedlaunch.control.image_policies import record_image_policy
 from trustedlaunch.control.node_images import (
     IMAGE_RELEASE,
     BootChain,
@@ -28,14 +34,14 @@ from trustedlaunch.control.node_images import (
     installed_boot_chain,
     linux_image_version,
 )
-from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.eventlog.predict import PredictionError
 from trustedlaunch.node import image as node_image
-from trustedlaunch.node.debian import debian_release
+from trustedlaunch.node.debian import debian_release, package_version
 from trustedlaunch.node.qemu import FIRMWARE
 from trustedlaunch.store.models import NodeImage
 
 RELEASE = re.compile(r"^(\d{6})\.(\d{2})\.(\d{1,3})$")  # AKS's <YYYYMM>.<DD>.<patch>
+MAX_PATCH = 999
 MAX_RECORD_CHARS = 4096
 
 
@@ -58,6 +64,18 @@ class ImageBuild:
         """Its nodeImageVersion (trusted launch capable or not) on Debian `debian` (by default the host's)."""
         debian = debian_release() if debian is None else debian
         return linux_image_version(trusted_launch=trusted_launch, debian=debian, release=self.release)
+
+    def packages(self) -> tuple[Version, Version, Version]:
+        """Its kernel, shim and GRUB package versions in dpkg's order: what orders versions."""
+        return (
+            package_version(self.kernel_version),
+            package_version(self.shim_version),
+            package_version(self.grub_version),
+        )
+
+    def order(self) -> tuple[tuple[Version, Version, Version], tuple[int, int, int]]:
+        """Its place among versions (newest last): its packages, then (the same packages) its name."""
+        return self.packages(), release_key(self.release)
 
     def same_build(self, other: ImageBuild) -> bool:
         """Whether `other` is built from the same packages and releases (whatever its release name)."""
@@ -94,12 +112,6 @@ def release_key(release: str) -> tuple[int, int, int]:
     """A release's sort key (newest last); (0, 0, 0) for a name that is not <YYYYMM>.<DD>.<patch>."""
     match = RELEASE.fullmatch(release)
     return (int(match[1]), int(match[2]), int(match[3])) if match else (0, 0, 0)
-
-
-def release_date(release: str) -> date:
-    """The day a release (<YYYYMM>.<DD>.<patch>) names."""
-    year_month, day = release_key(release)[:2]
-    return date(year_month // 100, year_month % 100, day)
 
 
 def boot_chain_date(chain: BootChain) -> date:
@@ -185,24 +197,62 @@ def pin_release_build(session: Session) -> None:
 def plan_build(session: Session, chain: BootChain) -> ImageBuild:
     """The build record of an image of `chain` with this release's Kubernetes and runtime, named: a stored
     version built from the same packages keeps its name; the installed chain's is IMAGE_RELEASE unless that
-    name already names another build (pin_release_build: the host's chain after apt upgraded it, then named
-    for boot_chain_date(chain) but never older than IMAGE_RELEASE, so it is the latest); any other is named
-    for boot_chain_date(chain); the next patch number of that day. A name never names two builds."""
+    name already names another build (pin_release_build: the host's chain after apt upgraded it); any other
+    gets a name that sorts as its packages do (ordered_release_name). A name never names two builds."""
     unnamed = _build_record(chain, IMAGE_RELEASE)
-    builds = stored_builds(session).values()
+    builds = list(stored_builds(session).values())
     same = next((build for build in builds if build.same_build(unnamed)), None)
     if same is not None:
         return replace(unnamed, release=same.release)
-    installed = chain.record() == installed_boot_chain().record()
-    if installed and release_build(session) is None:
-        return unnamed
-    day = boot_chain_date(chain)
-    if installed:  # the host's chain after apt upgraded it: the latest, never older than IMAGE_RELEASE
-        day = max(day, release_date(IMAGE_RELEASE))
-    day_name = day.strftime("%Y%m.%d")
-    taken = {build.release for build in builds} | {IMAGE_RELEASE}
-    patch = next(n for n in range(len(taken) + 1) if f"{day_name}.{n}" not in taken)
-    return replace(unnamed, release=f"{day_name}.{patch}")
+    installed = installed_boot_chain()
+    if release_build(session) is None:
+        if chain.record() == installed.record():
+            return unnamed
+        builds.append(_build_record(installed, IMAGE_RELEASE))  # named so once the store pins it
+    return replace(unnamed, release=ordered_release_name(unnamed, boot_chain_date(chain), builds))
+
+
+def ordered_release_name(build: ImageBuild, built_on: date, builds: list[ImageBuild]) -> str:
+    """A free release name for `build` that sorts after every version of older (or the same) packages and
+    before every version of newer ones: on the day `built_on` (Debian built its newest package), or on the
+    day of the latest-named older version when that is later, or else on the nearest day that fits; the next
+    patch number free that day. When no name fits (two versions named on one day with consecutive patch
+    numbers), the first free one after the older: its packages still place it."""
+    older = [release_key(b.release) for b in builds if b.packages() <= build.packages()]
+    newer = [release_key(b.release) for b in builds if b.packages() > build.packages()]
+    taken = {release_key(b.release) for b in builds} | {release_key(IMAGE_RELEASE)}
+    floor = max(older, default=(0, 0, 0))
+    ceiling = min(newer, default=(999999, 99, MAX_PATCH + 1))
+    days = [max(built_on, _day(floor))]  # else the latest day before the newer versions, else the older's
+    if newer:
+        days += [_day(ceiling), max(_day(ceiling), date(1, 1, 2)) - timedelta(days=1)]
+    days += [_day(floor)] if older else []
+    names = [name for day in days if (name := _first_free(day, floor, taken)) is not None]
+    chosen = next((name for name in names if name < ceiling), names[0])
+    return f"{chosen[0]:06d}.{chosen[1]:02d}.{chosen[2]}"  # the patch without leading zeros, as AKS
+
+
+def _day(release: tuple[int, int, int]) -> date:
+    """The day a release key names; (0, 0, 0), as any key that names no day, gives the first day there is."""
+    try:
+        return date(release[0] // 100, release[0] % 100, release[1])
+    except ValueError:
+        return date(1, 1, 1)
+
+
+def _first_free(
+    day: date, floor: tuple[int, int, int], taken: set[tuple[int, int, int]]
+) -> tuple[int, int, int] | None:
+    """The first release name of `day` after `floor` that is not taken (None when none is left)."""
+    prefix = (day.year * 100 + day.month, day.day)
+    return next(
+        (
+            (*prefix, patch)
+            for patch in range(MAX_PATCH + 1)
+            if (*prefix, patch) > floor and (*prefix, patch) not in taken
+        ),
+        None,
+    )
 
 
 def register_build(session: Session, build: ImageBuild) -> tuple[str, str]:
@@ -262,11 +312,29 @@ def build_image_version(
 
 def image_versions(session: Session) -> list[tuple[str, ImageBuild]]:
     """The catalogue of Linux versions (trusted launch capable names) with their build records, newest
-    first: the installed boot chain's (IMAGE_RELEASE, the latest) and every version built and stored."""
+    first in the order of their packages (ImageBuild.order): the installed boot chain's and every version
+    built and stored."""
     builds = stored_builds(session, trusted_launch_capable=True)
     installed = plan_build(session, installed_boot_chain())
     builds.setdefault(installed.version(), installed)
-    return sorted(builds.items(), key=lambda item: release_key(item[1].release), reverse=True)
+    return sorted(builds.items(), key=lambda item: item[1].order(), reverse=True)
+
+
+def latest_version(session: Session, *, trusted_launch_capable: bool) -> tuple[str, ImageBuild] | None:
+    """The latest node image version of a flavour (its trusted launch capable name, or its other one): the
+    one built from the newest packages (image_versions), whatever its name, with its build; stored (its
+    build registered) when the store does not name it yet (the host's boot chain after apt upgraded it).
+    What a new pool gets and what a node image upgrade moves a pool to; None on a host without a Debian boot
+    chain installed (no version is known there)."""
+    try:
+        newest = image_versions(session)[0][1]
+    except (BootPackageError, node_image.NodeImageError):
+        return None
+    name = newest.version(trusted_launch=trusted_launch_capable)
+    if session.get(NodeImage, name) is None:
+        register_build(session, newest)
+        session.flush()
+    return name, newest
 
 
 def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:

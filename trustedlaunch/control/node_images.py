@@ -1,14 +1,14 @@
-"""Node image catalogue: which image a new pool gets, and whether that image can run trusted launch; the one
-name of the Linux node image (`linux_image_version`: Debian's signed boot chain, not AKS's Ubuntu or Azure
-Linux image) and the one builder of the node image real nodes boot (`build_release_image`).
+"""Node image catalogue: which flavour of image a new pool gets, and whether that image can run trusted
+launch; the one name of the Linux node image (`linux_image_version`: Debian's signed boot chain, not AKS's
+Ubuntu or Azure Linux image) and the one builder of the node image real nodes boot (`build_release_image`).
 
 Node image versions: the installed boot chain (kernel, shim, GRUB packages) makes this release's image,
-IMAGE_RELEASE, the latest. An image built from another Debian signed kernel, shim or GRUB (fetched by
-control.boot_packages, never installed on the host) is another version, named for the day Debian built the
-newest package of its boot chain (<YYYYMM>.<DD>.<patch>, the patch telling apart other boot chains of the
-same day); its per-build record (`ImageBuild`: the packages and versions, the Kubernetes and runtime
-releases) is stored with it, and its policy is predicted from its image before any node boots it
-(control.node_image_versions)."""
+IMAGE_RELEASE. An image built from another Debian signed kernel, shim or GRUB (fetched by
+control.boot_packages, never installed on the host) is another version, named in the order of its packages
+(<YYYYMM>.<DD>.<patch>); its per-build record (`ImageBuild`: the packages and versions, the Kubernetes and
+runtime releases) is stored with it, and its policy is predicted from its image before any node boots it.
+A new pool gets the latest version of its flavour, the one of the newest packages
+(control.node_image_versions.latest_version)."""
 
 from __future__ import annotations
 
@@ -112,9 +112,11 @@ def find_image(version: str, session: Session | None = None) -> NodeImageInfo | 
 
 
 def select_image(size: VmSize | None, fips: bool, trusted_launch_registered: bool) -> NodeImageInfo:
-    """The image a new (Linux) pool gets: the Debian image whatever its osSKU. Trusted-launch capable images
-    only once TrustedLaunchPreview is registered (pools created before that stay on a non-TL image for their
-    lifetime, as in AKS), and not for FIPS, Arm64 or Generation 1 sizes (which cannot turn it on)."""
+    """The flavour of image a new (Linux) pool gets, as this release's catalogue names it (the pool gets the
+    latest version of that flavour: node_image_versions.latest_version): the Debian image whatever its
+    osSKU. Trusted-launch capable images only once TrustedLaunchPreview is registered (pools created before
+    that stay on a non-TL image for their lifetime, as in AKS), and not for FIPS, Arm64 or Generation 1 sizes
+    (which cannot turn it on)."""
     candidates = node_images()
     architecture = size.architecture if size else "x64"
     generation = "V2" if size is None or size.supports_gen2 else "V1"

@@ -1,5 +1,5 @@
-"""A pool's attestation policy, kept in the store: the reconciler records the policy it derives from a node
-image and a Secure Boot setting; the verifier API finds it from a pool's ARM id (`poolId`)."""
+"""A pool's attestation policy: the one of its node image version and Secure Boot setting, kept in the store
+(control.image_policies); the verifier API finds it from a pool's ARM id (`poolId`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control.errors import ArmError, bad_request
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, MANAGED_CLUSTERS, ResourceId
 from trustedlaunch.control.resources import ResourcePath, get_pool
 from trustedlaunch.control.tokens import Principal, authorize_pool_reference
-from trustedlaunch.store.models import ImagePolicy, utc_now
+from trustedlaunch.store.models import ImagePolicy
 
 
 @dataclass(frozen=True)
@@ -23,18 +22,6 @@ class PoolPolicy:
     pool_name: str
     node_image_version: str
     document: str
-
-
-def record_image_policy(session: Session, node_image_version: str, secure_boot: bool, policy: Policy) -> None:
-    """Keep `policy` as the one of `node_image_version` booted with `secure_boot` (written on change)."""
-    document = policy.to_json()
-    row = session.get(ImagePolicy, (node_image_version, secure_boot))
-    if row is None:
-        session.add(
-            ImagePolicy(node_image_version=node_image_version, secure_boot=secure_boot, policy=document)
-        )
-    elif row.policy != document:
-        row.policy, row.updated_at = document, utc_now()
 
 
 def pool_policy(session: Session, pool_id: object, principal: Principal) -> PoolPolicy:

@@ -53,6 +53,7 @@ from trustedlaunch.control.attestation_monitor import (
 )
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.image_policies import record_image_policy
 from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, boots_here, surge_nodes
 from trustedlaunch.control.node_drain import (
@@ -105,7 +106,6 @@ from trustedlaunch.control.node_processes import (
     node_processes,
 )
 from trustedlaunch.control.operations import finish_operation, operation_resource, start_node_reimage
-from trustedlaunch.control.pool_policies import record_image_policy
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding

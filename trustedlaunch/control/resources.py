@@ -23,6 +23,7 @@ from trustedlaunch.control.limits import (
     canonical_subscription_id,
 )
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
+from trustedlaunch.control.node_image_versions import latest_version
 from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
@@ -261,12 +262,12 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
     )
 
 
-def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
-    image = select_image(
-        request.size,
-        request.enable_fips,
-        trusted_launch_registered=tl_registered,
-    )
+def _new_pool(session: Session, request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
+    """A new pool of `request` on the latest node image version of the flavour select_image picks (trusted
+    launch capable or not), as AKS: its nodes, surge ones included, boot that version until the pool is
+    upgraded."""
+    flavour = select_image(request.size, request.enable_fips, trusted_launch_registered=tl_registered)
+    latest = latest_version(session, trusted_launch_capable=flavour.trusted_launch_capable)
     return AgentPool(
         name=request.name,
         mode=request.mode,
@@ -282,7 +283,7 @@ def _new_pool(request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
         gpu_driver=request.gpu_driver,
         enable_secure_boot=request.enable_secure_boot,
         enable_vtpm=request.enable_vtpm,
-        node_image_version=image.version,
+        node_image_version=flavour.version if latest is None else latest[0],
         max_surge=request.max_surge,
         drain_timeout_in_minutes=request.drain_timeout_in_minutes,
         node_soak_duration_in_minutes=request.node_soak_duration_in_minutes,
@@ -496,7 +497,7 @@ def put_cluster(
     cluster.updated_at = utc_now()
     for (request, pool), pool_spec in zip(planned, spec.agent_pools, strict=True):
         if pool is None:
-            pool = _new_pool(request, tl_registered)
+            pool = _new_pool(session, request, tl_registered)
             cluster.agent_pools.append(pool)
         else:
             _apply(pool, request)
@@ -568,7 +569,7 @@ def _create_cluster(
         provisioning_state=ProvisioningState.CREATING,
     )
     for request, pool_spec in zip(requests, spec.agent_pools, strict=True):
-        pool = _new_pool(request, tl_registered)
+        pool = _new_pool(session, request, tl_registered)
         _set_tags(pool, pool_spec)
         cluster.agent_pools.append(pool)
     session.add(cluster)
@@ -666,7 +667,7 @@ def put_pool(
             sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
         )
         limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
-        pool = _new_pool(request, tl_registered)
+        pool = _new_pool(session, request, tl_registered)
         _set_tags(pool, spec)
         cluster.agent_pools.append(pool)
         _check_quota(

@@ -1,11 +1,14 @@
 """The Debian release a node image comes from: its boot chain is the host's Debian packages (shim-signed,
-grub-efi-amd64-signed, linux-image-amd64), so it is the host's release, read from its os-release."""
+grub-efi-amd64-signed, linux-image-amd64), so it is the host's release, read from its os-release; and the one
+order of Debian package versions (dpkg's), which tells which kernel, shim or GRUB is newer."""
 
 from __future__ import annotations
 
 import platform
 import re
 from collections.abc import Mapping
+
+from debian.debian_support import Version
 
 from trustedlaunch.errors import TrustedLaunchError
 
@@ -27,3 +30,9 @@ def debian_release(os_release: Mapping[str, str] | None = None) -> str:
             "release: node images boot Debian's signed shim, GRUB and kernel from the host's packages"
         )
     return version
+
+
+def package_version(version: str) -> Version:
+    """`version` ordered as dpkg orders Debian package versions (`dpkg --compare-versions`): 6.12.118-1 is
+    newer than 6.1.192-3. A kernel release such as 6.1.0-57-amd64 orders the same way."""
+    return Version(version)

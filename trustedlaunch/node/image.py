@@ -17,7 +17,6 @@ import functools
 import glob
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.node.debian import package_version
 from trustedlaunch.node.initramfs import Initramfs
 from trustedlaunch.node.rootfs import ROOTFS_NAME, Rootfs, RootfsInputs, build_rootfs
 
@@ -117,10 +117,7 @@ def default_kernel() -> Path:
     if not kernels:
         raise NodeImageError(f"no kernel matches {KERNEL_GLOB}: install the Debian package linux-image-amd64")
 
-    def version_key(path: str) -> list[int]:
-        return [int(part) for part in re.findall(r"\d+", Path(path).name)]
-
-    return Path(max(kernels, key=version_key))
+    return Path(max(kernels, key=lambda path: package_version(kernel_release(Path(path).name))))
 
 
 def _require(path: Path, package: str) -> Path:
