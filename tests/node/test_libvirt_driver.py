@@ -85,6 +85,18 @@ def test_running_domain_is_adopted_by_its_uuid(
         other.close()
 
 
+def test_root_filesystem_disk_opens_under_dm_verity(
+    driver: LibvirtDriver, rootfs_node_image: NodeImage, node_base: Path
+) -> None:
+    """The root filesystem disk is the guest's first virtio disk (/dev/vda) beside the ESP's virtual FAT."""
+    with driver.create(
+        rootfs_node_image, node_base / "vm-libvirt-rootfs", secure_boot=False, vtpm=None
+    ) as vm:
+        vm.wait_ready(BOOT_TIMEOUT)
+        assert vm.rootfs_status is not None and vm.rootfs_status.state == "verified"
+        assert "v2.3.7" in vm.rootfs_status.containerd_version
+
+
 def test_destroyed_domain_leaves_nothing(
     driver: LibvirtDriver, node_image: NodeImage, node_base: Path, libvirt_host: LibvirtHost
 ) -> None:

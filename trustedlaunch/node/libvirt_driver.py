@@ -33,7 +33,7 @@ from xml.sax.saxutils import quoteattr
 import libvirt
 
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
-from trustedlaunch.node.channel import AgentChannel, AgentError
+from trustedlaunch.node.channel import AgentChannel, AgentError, RootfsStatus
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
@@ -44,6 +44,8 @@ from trustedlaunch.node.qemu import (
     BootFailedError,
     NodeVMError,
     _readable_tail,
+    agent_rootfs_status,
+    rootfs_failure,
 )
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -250,6 +252,7 @@ class LibvirtNodeVM:
         self._agent_client: NodeAgent | None = None
         self._started_at = time.monotonic()
         self.ready_after: float | None = None
+        self.rootfs_status: RootfsStatus | None = None  # how the image's root filesystem came up
 
     def __enter__(self) -> LibvirtNodeVM:
         self.start()
@@ -346,10 +349,20 @@ class LibvirtNodeVM:
                 answered = False
             if answered:
                 self.ready_after = time.monotonic() - self._started_at
+                self._check_rootfs(deadline)
                 return self.ready_after
             if self._channel is None:
                 time.sleep(0.5)
         raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+
+    def _check_rootfs(self, deadline: float) -> None:
+        """As the direct driver: RootfsFailedError naming the image's root filesystem unless it verified."""
+        if self.image is None or self.image.rootfs is None or self._channel is None:
+            return
+        self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
+        failure = rootfs_failure(self.image, self.rootfs_status, self.run_dir, self.console_tail())
+        if failure is not None:
+            raise failure
 
     def agent(self) -> NodeAgent:
         """The verifier's side of the node's agent (after `wait_ready`)."""
