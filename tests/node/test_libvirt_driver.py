@@ -55,7 +55,11 @@ def libvirt_node(
 
 
 def test_node_boots_through_libvirt_and_passes_attestation(
-    libvirt_node: LibvirtNodeVM, node_image: NodeImage, node_ek_ca: EkCa
+    libvirt_node: LibvirtNodeVM,
+    node_image: NodeImage,
+    node_ek_ca: EkCa,
+    libvirt_host: LibvirtHost,
+    node_base: Path,
 ) -> None:
     assert libvirt_node.ready_after is not None
     policy = policy_for_image(node_image.esp_dir, FIRMWARE[True][1])
@@ -69,6 +73,9 @@ def test_node_boots_through_libvirt_and_passes_attestation(
     for pcr in (4, 7):
         assert predicted.values["sha256"][pcr] == quote.pcr_values["sha256"][pcr], f"PCR{pcr}"
     assert libvirt_node.console_tail().strip()  # the serial console's log file, written by QEMU
+    pid = libvirt_host.qemu_pid(libvirt_node.domain_name)
+    assert pid is not None and libvirt_host.qemu_pids() == [pid]
+    assert str(node_base / "vm-libvirt") in Path(f"/proc/{pid}/cmdline").read_text()
 
 
 def test_running_domain_is_adopted_by_its_uuid(

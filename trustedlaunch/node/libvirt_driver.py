@@ -269,6 +269,11 @@ class LibvirtNodeVM:
         return self._domain.UUIDString() if self._domain is not None else ""
 
     @property
+    def domain_name(self) -> str:
+        """The domain's name on its host (empty before start)."""
+        return self._domain.name() if self._domain is not None else ""
+
+    @property
     def running(self) -> bool:
         """True while the domain is active."""
         try:

@@ -158,13 +158,19 @@ class LibvirtHost:
                 text += path.read_bytes()[-1000:].decode(errors="replace")
         return text.strip() or "(no output)"
 
+    def qemu_pid(self, domain_name: str) -> int | None:
+        """The pid of the running domain's QEMU process, from libvirtd's pid file (None without one)."""
+        pid_path = self.base / "run" / "qemu" / f"{domain_name}.pid"
+        with contextlib.suppress(OSError, ValueError), pid_path.open("rb") as pid_file:
+            return int(pid_file.read(MAX_PID_FILE_BYTES).strip())
+        return None
+
     def qemu_pids(self) -> list[int]:
-        """The pids of the QEMU processes libvirtd recorded (one pid file per running domain)."""
-        pids = []
-        for pid_file in (self.base / "run" / "qemu").glob("*.pid"):
-            with contextlib.suppress(OSError, ValueError), pid_file.open("rb") as file:
-                pids.append(int(file.read(MAX_PID_FILE_BYTES).strip()))
-        return pids
+        """The pids of the QEMU processes libvirtd recorded (one pid file per running domain; its QEMU
+        driver's own `driver.pid` is libvirtd's)."""
+        pid_files = (self.base / "run" / "qemu").glob("*.pid")
+        pids = (self.qemu_pid(path.stem) for path in pid_files if path.name != "driver.pid")
+        return [pid for pid in pids if pid is not None]
 
     def _destroy_domains(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
