@@ -25,6 +25,8 @@ PACKAGES+=(kmod)
 # (libvirt-daemon-system), virsh for operators (libvirt-clients), the headers and pkg-config file the
 # libvirt-python binding builds against (libvirt-dev; pkg-config is listed above).
 PACKAGES+=(libvirt-daemon-system libvirt-clients libvirt-dev)
+# Test libvirt hosts in network namespaces linked by veth pairs (trustedlaunch/node/libvirt_host.py): ip.
+PACKAGES+=(iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

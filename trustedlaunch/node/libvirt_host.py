@@ -6,6 +6,10 @@ folders bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt (with ima
 /var/log/libvirt and /var/log/swtpm, and a qemu.conf that runs QEMU as root without cgroups, namespaces,
 security driver or virtlogd. Its socket is `{base}/run/libvirt-sock`; `uri` names it.
 
+For tests of several hosts, a host may run inside a network namespace (`NamespaceNetwork`: one per host,
+each linked to a client namespace by a veth pair): it then also listens on TCP at its namespace's address
+only (`tcp_uri`, unauthenticated: test namespaces only; production hosts use `qemu+ssh://` or `qemu+tls://`).
+
 Stopping it destroys its domains first, then ends libvirtd, then kills any QEMU it started that still runs
 (its pid files in `{base}/run/qemu/`): nothing is left behind.
 """
@@ -61,15 +65,79 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 """
 
 
+LIBVIRTD_TCP_CONF = """\
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "{address}"
+auth_tcp = "none"
+"""
+NAMESPACE_SUBNET = "10.254"  # host i's link: 10.254.i.0/24, the client end .1, the host end .2
+
+
 class LibvirtHostError(TrustedLaunchError):
-    """The private libvirtd did not start (or is not installed)."""
+    """The private libvirtd did not start (or is not installed), or its network namespace was not made."""
+
+
+def _ip(*arguments: str) -> None:
+    result = subprocess.run(["ip", *arguments], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LibvirtHostError(f"ip {' '.join(arguments)} failed: {result.stderr.strip()}")
+
+
+class NamespaceNetwork:
+    """Network namespaces made for test hosts: a client namespace (`client`) linked to each host's namespace
+    by its own veth pair; addresses exist only inside these namespaces. `remove` deletes them all."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.client = f"{name}-c"
+        self.hosts: list[str] = []
+        _ip("netns", "add", self.client)
+        _ip("-n", self.client, "link", "set", "lo", "up")
+
+    def add_host(self) -> tuple[str, str]:
+        """A new host namespace linked to the client's; (its name, its address)."""
+        index = len(self.hosts) + 1
+        namespace = f"{self.name}-h{index}"
+        _ip("netns", "add", namespace)
+        self.hosts.append(namespace)
+        _ip(
+            "-n",
+            self.client,
+            "link",
+            "add",
+            f"h{index}",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            namespace,
+        )
+        subnet = f"{NAMESPACE_SUBNET}.{index}"
+        for inside, device, address in (
+            (self.client, f"h{index}", f"{subnet}.1"),
+            (namespace, "eth0", f"{subnet}.2"),
+        ):
+            _ip("-n", inside, "address", "add", f"{address}/24", "dev", device)
+            _ip("-n", inside, "link", "set", device, "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        return namespace, f"{subnet}.2"
+
+    def remove(self) -> None:
+        """Delete the namespaces (their veth pairs go with them)."""
+        for namespace in [*self.hosts, self.client]:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
+        self.hosts = []
 
 
 class LibvirtHost:
     """A private libvirtd with its state under `base` (context manager: started and stopped)."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, *, namespace: str | None = None, address: str | None = None):
         self.base = base
+        self.namespace, self.address = namespace, address  # a network namespace's name and address
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,6 +149,13 @@ class LibvirtHost:
     def uri(self) -> str:
         """The libvirt URI of this host's QEMU driver."""
         return f"qemu:///system?socket={self.socket_path}"
+
+    @property
+    def tcp_uri(self) -> str:
+        """The URI of this host from its network namespace's peers (TCP at its address)."""
+        if self.address is None:
+            raise LibvirtHostError(f"libvirt host {self.base} runs in no network namespace: no TCP URI")
+        return f"qemu+tcp://{self.address}/system"
 
     @property
     def log_path(self) -> Path:
@@ -111,7 +186,10 @@ class LibvirtHost:
         lines = ["set -e"]
         for name, target in PRIVATE_DIRS:
             lines += [f"mkdir -p {target}", f"mount --bind {shlex.quote(str(self.base / name))} {target}"]
-        lines.append(f"exec {LIBVIRTD} --config /etc/libvirt/libvirtd.conf")
+        listen = " --listen" if self.address is not None else ""
+        # (the pid file in the private /run/libvirt: libvirtd's default, /run/libvirtd.pid, is the machine's)
+        config = "--config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid"
+        lines.append(f"exec {LIBVIRTD} {config}{listen}")
         return "\n".join(lines)
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
@@ -125,11 +203,13 @@ class LibvirtHost:
             (self.base / name).mkdir(parents=True, exist_ok=True)
         (self.base / "lib" / "images").mkdir(exist_ok=True)
         (self.base / "etc" / "qemu.conf").write_text(QEMU_CONF)
-        (self.base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        tcp = LIBVIRTD_TCP_CONF.format(address=self.address) if self.address is not None else ""
+        (self.base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF + tcp)
         self.socket_path.unlink(missing_ok=True)
         with (self.base / "libvirtd.out").open("wb") as output:
+            netns = ["ip", "netns", "exec", self.namespace] if self.namespace is not None else []
             self._process = subprocess.Popen(
-                ["unshare", "-m", "--propagation", "private", "sh", "-c", self._script()],
+                [*netns, "unshare", "-m", "--propagation", "private", "sh", "-c", self._script()],
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
