@@ -4,7 +4,11 @@ project's attestation (EK certificate from our platform CA, credential activatio
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +22,14 @@ from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.eventlog.predict import predict_pcrs
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.libvirt_driver import LibvirtDriver, LibvirtNodeVM
-from trustedlaunch.node.libvirt_host import LibvirtHost
+from trustedlaunch.node.libvirt_host import LibvirtHost, NamespaceNetwork
 from trustedlaunch.node.qemu import FIRMWARE
 from trustedlaunch.tpm.ekca import EkCa, verify_ek_certificate
 from trustedlaunch.tpm.vtpm import Vtpm
 
 pytestmark = pytest.mark.slow
 BOOT_TIMEOUT = 600.0  # generous: TCG on two cores shared with other VM tests
+TCP_CLIENT = Path(__file__).with_name("libvirt_tcp_client.py")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +107,37 @@ def test_root_filesystem_disk_opens_under_dm_verity(
         vm.wait_ready(BOOT_TIMEOUT)
         assert vm.rootfs_status is not None and vm.rootfs_status.state == "verified"
         assert "v2.3.7" in vm.rootfs_status.containerd_version
+
+
+def test_node_on_a_host_in_a_network_namespace_attests_over_tcp(
+    node_image: NodeImage, node_ek_ca: EkCa, node_base: Path
+) -> None:
+    """A host in its own network namespace, reached with qemu+tcp:// from the client namespace (where the
+    driver runs, as a control plane on another machine would): the node boots there and attests."""
+    network = NamespaceNetwork(f"tl-{secrets.token_hex(3)}")
+    try:
+        namespace, address = network.add_host()
+        host = LibvirtHost(Path(tempfile.mkdtemp(prefix="tl-lvh-")), namespace=namespace, address=address)
+        try:
+            host.start()
+            vtpm_dir = node_base / "vtpm-libvirt-tcp"
+            Vtpm.create(vtpm_dir, ek_ca=node_ek_ca)
+            paths = (node_image.esp_dir.parent, node_ek_ca.directory, vtpm_dir, node_base / "vm-libvirt-tcp")
+            client = [sys.executable, str(TCP_CLIENT), host.tcp_uri, *map(str, paths)]
+            result = subprocess.run(
+                ["ip", "netns", "exec", network.client, *client],
+                capture_output=True,
+                text=True,
+                timeout=BOOT_TIMEOUT + 120,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            outcome = json.loads(result.stdout.splitlines()[-1])
+            assert outcome["ok"] and outcome["enrolled"], outcome["findings"]
+            assert not host.qemu_pids()  # the client destroyed its domain
+        finally:
+            host.remove()
+    finally:
+        network.remove()
 
 
 def test_destroyed_domain_leaves_nothing(
