@@ -192,22 +192,38 @@ def _disk(source: str, target: str, *, kind: str, driver: str, boot: bool) -> st
     )
 
 
+def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
+    if host_tpm:  # libvirt runs swtpm; only the sha256 bank allocated (OVMF still hashes every bank)
+        return (
+            "<tpm model='tpm-tis'><backend type='emulator' version='2.0'>"
+            "<active_pcr_banks><sha256/></active_pcr_banks></backend></tpm>"
+        )
+    if tpm_socket is None:
+        return ""
+    return (
+        "<tpm model='tpm-tis'><backend type='external'>"
+        f"<source type='unix' mode='connect' path={quoteattr(str(tpm_socket))}/></backend></tpm>"
+    )
+
+
 def domain_xml(
-    name: str, image: NodeImage, run_dir: Path, *, secure_boot: bool, tpm_socket: Path | None
+    name: str,
+    image: NodeImage,
+    run_dir: Path,
+    *,
+    secure_boot: bool,
+    tpm_socket: Path | None,
+    host_tpm: bool = False,
 ) -> str:
-    """The libvirt domain definition of a node VM (see the module's docstring)."""
+    """The libvirt domain definition of a node VM (see the module's docstring); `host_tpm`: a TPM that
+    libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`."""
     code, template = FIRMWARE[secure_boot]
     disks = []
     if image.rootfs is not None:
         disks.append(_disk(str(image.rootfs.path), "vda", kind="file", driver="raw", boot=False))
     esp_target = "vdb" if image.rootfs is not None else "vda"
     disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
-    tpm = (
-        "<tpm model='tpm-tis'><backend type='external'>"
-        f"<source type='unix' mode='connect' path={quoteattr(str(tpm_socket))}/></backend></tpm>"
-        if tpm_socket is not None
-        else ""
-    )
+    tpm = _tpm_xml(tpm_socket, host_tpm)
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
@@ -243,8 +259,9 @@ class LibvirtNodeVM:
         secure_boot: bool = True,
         vtpm: Vtpm | None = None,
         domain: libvirt.virDomain | None = None,
+        host_tpm: bool = False,
     ):
-        self._connection = connection
+        self._connection, self.host_tpm = connection, host_tpm
         self.image, self.run_dir, self.secure_boot, self.vtpm = image, run_dir, secure_boot, vtpm
         self.console_log = run_dir / "console.log"
         self._domain = domain
@@ -294,7 +311,12 @@ class LibvirtNodeVM:
         try:
             name = DOMAIN_PREFIX + secrets.token_hex(4)
             xml = domain_xml(
-                name, self.image, self.run_dir, secure_boot=self.secure_boot, tpm_socket=tpm_socket
+                name,
+                self.image,
+                self.run_dir,
+                secure_boot=self.secure_boot,
+                tpm_socket=tpm_socket,
+                host_tpm=self.host_tpm,
             )
             self._domain = self._connection.defineXML(xml)
             self._started_at = time.monotonic()
@@ -424,13 +446,15 @@ class LibvirtNodeVM:
 
 
 class LibvirtDriver:
-    """Node VMs on the libvirt host at `uri` (trustedlaunch.node.driver.NodeDriver)."""
+    """Node VMs on the libvirt host at `uri` (trustedlaunch.node.driver.NodeDriver). With `host_tpm`, a node
+    with a TPM gets one that the host's libvirt makes and runs (swtpm_setup certifying its EK with the host's
+    EK CA) instead of the vTPM passed to `create`, which then only says that the node has a TPM."""
 
     name = "libvirt"
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, *, host_tpm: bool = False):
         ensure_event_loop()
-        self.uri = uri
+        self.uri, self.host_tpm = uri, host_tpm
         try:
             self.connection = libvirt.open(uri)
         except libvirt.libvirtError as error:
@@ -445,6 +469,8 @@ class LibvirtDriver:
         self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None
     ) -> LibvirtNodeVM:
         """A node VM (not started) booting `image` on this host."""
+        if self.host_tpm and vtpm is not None:
+            return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, host_tpm=True)
         return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
 
     def adopt(self, handle: str, run_dir: Path) -> LibvirtNodeVM | None:

@@ -6,6 +6,10 @@ folders bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt (with ima
 /var/log/libvirt and /var/log/swtpm, and a qemu.conf that runs QEMU as root without cgroups, namespaces,
 security driver or virtlogd. Its socket is `{base}/run/libvirt-sock`; `uri` names it.
 
+A host given an EK CA (`ek_ca`) certifies the EKs of the TPMs libvirt itself makes (a domain with an
+emulator TPM backend: libvirt 9.0 runs `swtpm_setup` without `--config`, so the host's own
+/etc/swtpm_setup.conf must name its EK CA): its swtpm_setup.conf is mounted over the machine's.
+
 For tests of several hosts, a host may run inside a network namespace (`NamespaceNetwork`: one per host,
 each linked to a client namespace by a veth pair): it then also listens on TCP at its namespace's address
 only (`tcp_uri`, unauthenticated: test namespaces only; production hosts use `qemu+ssh://` or `qemu+tls://`).
@@ -29,6 +33,7 @@ from types import TracebackType
 import libvirt
 
 from trustedlaunch.errors import TrustedLaunchError
+from trustedlaunch.tpm.ekca import SETUP_CONFIG_FILE, EkCa, write_swtpm_setup_config
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 START_TIMEOUT = 30.0  # seconds for libvirtd to answer on its socket
@@ -135,8 +140,15 @@ class NamespaceNetwork:
 class LibvirtHost:
     """A private libvirtd with its state under `base` (context manager: started and stopped)."""
 
-    def __init__(self, base: Path, *, namespace: str | None = None, address: str | None = None):
-        self.base = base
+    def __init__(
+        self,
+        base: Path,
+        *,
+        namespace: str | None = None,
+        address: str | None = None,
+        ek_ca: EkCa | None = None,
+    ):
+        self.base, self.ek_ca = base, ek_ca
         self.namespace, self.address = namespace, address  # a network namespace's name and address
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -186,6 +198,9 @@ class LibvirtHost:
         lines = ["set -e"]
         for name, target in PRIVATE_DIRS:
             lines += [f"mkdir -p {target}", f"mount --bind {shlex.quote(str(self.base / name))} {target}"]
+        if self.ek_ca is not None:
+            setup_config = shlex.quote(str(self.base / "swtpm" / SETUP_CONFIG_FILE))
+            lines.append(f"mount --bind {setup_config} /etc/swtpm_setup.conf")
         listen = " --listen" if self.address is not None else ""
         # (the pid file in the private /run/libvirt: libvirtd's default, /run/libvirtd.pid, is the machine's)
         config = "--config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid"
@@ -202,6 +217,8 @@ class LibvirtHost:
         for name, _ in PRIVATE_DIRS:
             (self.base / name).mkdir(parents=True, exist_ok=True)
         (self.base / "lib" / "images").mkdir(exist_ok=True)
+        if self.ek_ca is not None:
+            write_swtpm_setup_config(self.ek_ca, self.base / "swtpm")
         (self.base / "etc" / "qemu.conf").write_text(QEMU_CONF)
         tcp = LIBVIRTD_TCP_CONF.format(address=self.address) if self.address is not None else ""
         (self.base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF + tcp)
