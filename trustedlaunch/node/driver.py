@@ -1,7 +1,7 @@
 """The node-driver interface: how the control plane runs one node VM, whatever runs it.
 
 Two drivers implement it: the direct one (QEMU, swtpm and the bank proxy as processes of this machine:
-trustedlaunch.node.qemu.NodeVM, with its adoption in trustedlaunch.control.qemu_driver) and libvirt
+trustedlaunch.node.qemu.NodeVM, with its adoption in trustedlaunch.control.node_drivers) and libvirt
 (trustedlaunch.node.libvirt_driver: a domain on a libvirt host, local or remote). The agent protocol is the
 same over both (trustedlaunch.node.channel): a unix socket for the direct driver, a libvirt console stream
 for libvirt.
