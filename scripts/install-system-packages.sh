@@ -21,6 +21,12 @@ PACKAGES+=(squashfs-tools cryptsetup-bin dmsetup)
 # Node image versions from other Debian signed kernels (trustedlaunch/control/boot_packages.py): depmod
 # writes the modules.dep of a kernel package fetched with apt-get download and extracted by dpkg-deb.
 PACKAGES+=(kmod)
+# Node VMs through libvirt (trustedlaunch/node/libvirt_driver.py, libvirt_host.py): libvirtd and its QEMU driver
+# (libvirt-daemon-system), virsh for operators (libvirt-clients), the headers and pkg-config file the
+# libvirt-python binding builds against (libvirt-dev; pkg-config is listed above).
+PACKAGES+=(libvirt-daemon-system libvirt-clients libvirt-dev)
+# Test libvirt hosts in network namespaces linked by veth pairs (trustedlaunch/node/libvirt_host.py): ip.
+PACKAGES+=(iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -92,6 +93,39 @@ def _readable_tail(path: Path, chars: int = CONSOLE_TAIL_CHARS) -> str:
     except FileNotFoundError:
         return ""
     return _ANSI_ESCAPE.sub("", text.replace("\r\n", "\n"))[-chars:]
+
+
+def agent_rootfs_status(
+    channel: AgentChannel, deadline: float, boot_failed: Callable[[str], BootFailedError]
+) -> RootfsStatus:
+    """How the node's root filesystem came up, as its agent reports it (ROOTFS); `boot_failed(reason)` is
+    raised when the agent does not report it."""
+    try:
+        return channel.rootfs_status(max(deadline - time.monotonic(), AGENT_COMMAND_TIMEOUT))
+    except AgentError as error:
+        raise boot_failed(f"the agent did not report the root filesystem: {error}") from error
+
+
+def rootfs_failure(
+    image: NodeImage, status: RootfsStatus, run_dir: Path, console_tail: str
+) -> RootfsFailedError | None:
+    """The error naming `image`'s root filesystem unless `status` says every block verified and it is
+    mounted (None then, or when the image has no root filesystem)."""
+    rootfs = image.rootfs
+    if rootfs is None or status.state == "verified":
+        return None
+    what = {
+        "corrupted": "is corrupted: dm-verity failed a read (a block differs from the root hash the node "
+        "image measured)",
+        "failed": "did not open",
+        "absent": "was not opened: the kernel command line names no root hash",
+    }[status.state]
+    return RootfsFailedError(
+        f"node VM ({run_dir}): root filesystem {rootfs.path.name} (root hash {rootfs.root_hash}) "
+        f"{what}; the node said: {status.detail or '(nothing)'}",
+        console_tail,
+        status,
+    )
 
 
 class _Qmp:
@@ -429,28 +463,14 @@ class NodeVM:
     def _check_rootfs(self, deadline: float) -> None:
         """With a root filesystem in the image, ask the agent how it came up; raise RootfsFailedError
         naming it unless every block verified and it is mounted."""
-        rootfs = self.image.rootfs
-        if rootfs is None or self._channel is None:
+        if self.image.rootfs is None or self._channel is None:
             return
-        try:
-            status = self._channel.rootfs_status(max(deadline - time.monotonic(), AGENT_COMMAND_TIMEOUT))
-        except AgentError as error:
-            raise self._boot_failed(f"the agent did not report the root filesystem: {error}") from error
-        self.rootfs_status = status
-        if status.state == "verified":
-            return
-        what = {
-            "corrupted": "is corrupted: dm-verity failed a read (a block differs from the root hash the node "
-            "image measured)",
-            "failed": "did not open",
-            "absent": "was not opened: the kernel command line names no root hash",
-        }[status.state]
-        raise RootfsFailedError(
-            f"node VM ({self.run_dir}): root filesystem {rootfs.path.name} (root hash {rootfs.root_hash}) "
-            f"{what}; the node said: {status.detail or '(nothing)'}",
-            _readable_tail(self.console_log),
-            status,
+        self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
+        failure = rootfs_failure(
+            self.image, self.rootfs_status, self.run_dir, _readable_tail(self.console_log)
         )
+        if failure is not None:
+            raise failure
 
     def _connect(self) -> AgentChannel | None:
         sock = socket.socket(socket.AF_UNIX)

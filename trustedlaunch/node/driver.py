@@ -1,0 +1,74 @@
+"""The node-driver interface: how the control plane runs one node VM, whatever runs it.
+
+Two drivers implement it: the direct one (QEMU, swtpm and the bank proxy as processes of this machine:
+trustedlaunch.node.qemu.NodeVM, with its adoption in trustedlaunch.control.node_drivers) and libvirt
+(trustedlaunch.node.libvirt_driver: a domain on a libvirt host, local or remote). The agent protocol is the
+same over both (trustedlaunch.node.channel): a unix socket for the direct driver, a libvirt console stream
+for libvirt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from trustedlaunch.node.agent_client import NodeAgent
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.tpm.vtpm import Vtpm
+
+
+class NodeMachine(Protocol):
+    """One node VM as a driver runs it."""
+
+    ready_after: float | None  # seconds from start to the agent's first answer (None until then)
+
+    @property
+    def handle(self) -> str:
+        """What finds the VM again after a control-plane restart (`NodeDriver.adopt`): QEMU's process id
+        for the direct driver, the domain's UUID for libvirt. Empty before start."""
+        ...
+
+    @property
+    def running(self) -> bool:
+        """True while the VM runs."""
+        ...
+
+    def start(self) -> None:
+        """Start the VM (and its vTPM); `wait_ready` waits for its agent."""
+        ...
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Wait until the agent answers; the seconds since start. BootFailedError (with the console tail)
+        if the VM stops, its console shows a fatal boot error, or the agent is silent for `timeout` s."""
+        ...
+
+    def agent(self) -> NodeAgent:
+        """The verifier's side of the node's agent channel (after `wait_ready`)."""
+        ...
+
+    def console_tail(self) -> str:
+        """The end of the VM's serial console, escape sequences removed."""
+        ...
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the VM and its vTPM, keeping its state (varstore, TPM state) for a later start."""
+        ...
+
+    def destroy(self) -> None:
+        """Stop the VM and remove what the driver made for it (a libvirt domain's definition and varstore)."""
+        ...
+
+
+class NodeDriver(Protocol):
+    """Makes node VMs on one kind of hypervisor host."""
+
+    name: str  # "qemu" (direct) or "libvirt"
+
+    def create(self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None) -> NodeMachine:
+        """A VM (not started) booting `image`, with or without Secure Boot and vTPM; files in `run_dir`."""
+        ...
+
+    def adopt(self, handle: str, run_dir: Path) -> NodeMachine | None:
+        """The running VM a `handle` names (started by an earlier control-plane process); None if it is
+        gone."""
+        ...

@@ -1,0 +1,484 @@
+"""The libvirt node driver: a node VM as a libvirt domain on a libvirt host (trustedlaunch.node.driver).
+
+The domain boots the node image as the direct driver does (q35, OVMF Secure Boot code and the varstore
+template of the node's policy, SMM, TCG with a 128 MiB translation cache, one vCPU, 512 MiB), with:
+- the ESP as a read-only virtual FAT disk on the virtio bus (QEMU's vvfat serves the image's folder; libvirt
+  allows a `type='dir'` disk only read-only, and QEMU's IDE disks cannot be read-only), the only boot device;
+  the root filesystem disk, when the image has one, is the first virtio disk (/dev/vda) as the agent expects;
+- the serial console (ttyS0) written to `console.log` in the run directory, the agent's port (ttyS1) a pty
+  that the host reaches through a libvirt console stream;
+- `<tpm><backend type='external'>`: the node's own vTPM (swtpm behind the bank proxy that shows OVMF only
+  the allocated PCR bank), started here as the direct driver starts it.
+
+The agent channel is trustedlaunch.node.channel.AgentChannel over one end of a socket pair whose other end
+libvirt's event loop (one thread per process, as `virsh console` runs it) pumps to and from the console
+stream: a blocking stream read from a thread loses the agent's answers.
+
+This slice runs the domain on a host whose files are this machine's (a private libvirtd or the local one):
+the ESP, firmware, console log and vTPM socket paths are local paths. Remote hosts need the ESP uploaded as a
+volume, the console read through the daemon and the vTPM on that host (next slices).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from xml.sax.saxutils import quoteattr
+
+import libvirt
+
+from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
+from trustedlaunch.node.channel import AgentChannel, AgentError, RootfsStatus
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.qemu import (
+    AGENT_COMMAND_TIMEOUT,
+    FATAL_CONSOLE_MARKERS,
+    FIRMWARE,
+    NODE_MEMORY_MIB,
+    NODE_VCPUS,
+    BootFailedError,
+    NodeVMError,
+    _readable_tail,
+    agent_rootfs_status,
+    rootfs_failure,
+)
+from trustedlaunch.tpm.vtpm import Vtpm
+
+TB_CACHE_MIB = 128  # trustedlaunch.node.qemu.TCG_ACCEL's tb-size
+AGENT_SERIAL = "serial1"  # the alias libvirt gives the second serial port (the agent's ttyS1)
+STREAM_CHUNK = 64 * 1024
+DOMAIN_PREFIX = "tl-node-"
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "its guest powered off",
+    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "it was destroyed",
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "its guest crashed",
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "QEMU failed to start",
+}
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread (once per process). Must come
+    before the connections whose streams use it are opened."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if not _event_loop_started:
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+            _event_loop_started = True
+
+
+class _ConsoleBridge:
+    """Pumps a domain's console stream to and from one end of a socket pair, in libvirt's event loop;
+    the other end is the agent channel's socket."""
+
+    def __init__(self, connection: libvirt.virConnect, domain: libvirt.virDomain, device: str):
+        self._ours, self.theirs = socket.socketpair()
+        self._ours.setblocking(False)
+        self._pending = b""  # from the host, not yet taken by the stream
+        self._lock = threading.Lock()
+        self._closed = False
+        self._stream = connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        domain.openConsole(device, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        self._stream.eventAddCallback(self._stream_events(), self._on_stream, None)
+        self._watch = libvirt.virEventAddHandle(
+            self._ours.fileno(), libvirt.VIR_EVENT_HANDLE_READABLE, self._on_socket, None
+        )
+
+    def _stream_events(self) -> int:
+        events = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+        events |= libvirt.VIR_STREAM_EVENT_HANGUP
+        return events | (libvirt.VIR_STREAM_EVENT_WRITABLE if self._pending else 0)
+
+    def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if events & libvirt.VIR_STREAM_EVENT_READABLE:
+                    data = stream.recv(STREAM_CHUNK)
+                    if data == b"":
+                        raise OSError("console stream ended")
+                    if isinstance(data, bytes):
+                        self._ours.setblocking(True)  # the channel's reader drains it
+                        self._ours.sendall(data)
+                        self._ours.setblocking(False)
+                if events & libvirt.VIR_STREAM_EVENT_WRITABLE and self._pending:
+                    self._flush()
+                if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+                    raise OSError("console stream failed")
+            except (OSError, libvirt.libvirtError):
+                self._close_locked()
+
+    def _flush(self) -> None:
+        sent = self._stream.send(self._pending)
+        if sent > 0:
+            self._pending = self._pending[sent:]
+        self._stream.eventUpdateCallback(self._stream_events())
+
+    def _on_socket(self, _watch: int, _fd: int, _events: int, _opaque: object) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                data = self._ours.recv(STREAM_CHUNK)
+                if not data:
+                    raise OSError("agent channel closed")
+                self._pending += data
+                self._flush()
+            except BlockingIOError:
+                pass
+            except (OSError, libvirt.libvirtError):
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        libvirt.virEventRemoveHandle(self._watch)
+        with contextlib.suppress(libvirt.libvirtError):
+            self._stream.eventRemoveCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            self._stream.abort()
+        self._ours.close()  # the channel's reader sees the port closed
+
+    @property
+    def closed(self) -> bool:
+        """True once the bridge stopped pumping."""
+        return self._closed
+
+    def close(self) -> None:
+        """Stop pumping and close the stream and our end of the pair."""
+        with self._lock:
+            self._close_locked()
+
+
+class _BridgedChannel(AgentChannel):
+    """An agent channel whose socket is a console bridge's: closing it closes the bridge too."""
+
+    def __init__(self, bridge: _ConsoleBridge):
+        super().__init__(bridge.theirs)
+        self._bridge = bridge
+
+    @property
+    def bridge_closed(self) -> bool:
+        """True once the console stream ended (the domain stopped, or another client took the console)."""
+        return self._bridge.closed
+
+    def close(self) -> None:
+        super().close()
+        self._bridge.close()
+
+
+def _disk(source: str, target: str, *, kind: str, driver: str, boot: bool) -> str:
+    source_attribute = "dir" if kind == "dir" else "file"
+    return (
+        f"<disk type='{kind}' device='disk'><driver name='qemu' type='{driver}'/>"
+        f"<source {source_attribute}={quoteattr(source)}/><target dev='{target}' bus='virtio'/><readonly/>"
+        + ("<boot order='1'/>" if boot else "")
+        + "</disk>"
+    )
+
+
+def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
+    if host_tpm:  # libvirt runs swtpm; only the sha256 bank allocated (OVMF still hashes every bank)
+        return (
+            "<tpm model='tpm-tis'><backend type='emulator' version='2.0'>"
+            "<active_pcr_banks><sha256/></active_pcr_banks></backend></tpm>"
+        )
+    if tpm_socket is None:
+        return ""
+    return (
+        "<tpm model='tpm-tis'><backend type='external'>"
+        f"<source type='unix' mode='connect' path={quoteattr(str(tpm_socket))}/></backend></tpm>"
+    )
+
+
+def domain_xml(
+    name: str,
+    image: NodeImage,
+    run_dir: Path,
+    *,
+    secure_boot: bool,
+    tpm_socket: Path | None,
+    host_tpm: bool = False,
+) -> str:
+    """The libvirt domain definition of a node VM (see the module's docstring); `host_tpm`: a TPM that
+    libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`."""
+    code, template = FIRMWARE[secure_boot]
+    disks = []
+    if image.rootfs is not None:
+        disks.append(_disk(str(image.rootfs.path), "vda", kind="file", driver="raw", boot=False))
+    esp_target = "vdb" if image.rootfs is not None else "vda"
+    disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
+    tpm = _tpm_xml(tpm_socket, host_tpm)
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
+  <vcpu>{NODE_VCPUS}</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' secure='{"yes" if secure_boot else "no"}' type='pflash'>{code}</loader>
+    <nvram template={quoteattr(str(template))}>{run_dir / "OVMF_VARS.fd"}</nvram>
+  </os>
+  <features><acpi/>{"<smm state='on'/>" if secure_boot else ""}
+    <tcg><tb-cache unit='MiB'>{TB_CACHE_MIB}</tb-cache></tcg></features>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    {"".join(disks)}
+    <serial type='file'><source path={quoteattr(str(run_dir / "console.log"))}/><target port='0'/></serial>
+    <serial type='pty'><target port='1'/></serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+    {tpm}
+  </devices>
+</domain>"""
+
+
+class LibvirtNodeVM:
+    """A node VM as a libvirt domain (trustedlaunch.node.driver.NodeMachine; context manager)."""
+
+    def __init__(
+        self,
+        connection: libvirt.virConnect,
+        image: NodeImage | None,
+        run_dir: Path,
+        *,
+        secure_boot: bool = True,
+        vtpm: Vtpm | None = None,
+        domain: libvirt.virDomain | None = None,
+        host_tpm: bool = False,
+    ):
+        self._connection, self.host_tpm = connection, host_tpm
+        self.image, self.run_dir, self.secure_boot, self.vtpm = image, run_dir, secure_boot, vtpm
+        self.console_log = run_dir / "console.log"
+        self._domain = domain
+        self._channel: AgentChannel | None = None
+        self._agent_client: NodeAgent | None = None
+        self._started_at = time.monotonic()
+        self.ready_after: float | None = None
+        self.rootfs_status: RootfsStatus | None = None  # how the image's root filesystem came up
+
+    def __enter__(self) -> LibvirtNodeVM:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.destroy()
+
+    @property
+    def handle(self) -> str:
+        """The domain's UUID (empty before start)."""
+        return self._domain.UUIDString() if self._domain is not None else ""
+
+    @property
+    def domain_name(self) -> str:
+        """The domain's name on its host (empty before start)."""
+        return self._domain.name() if self._domain is not None else ""
+
+    @property
+    def running(self) -> bool:
+        """True while the domain is active."""
+        try:
+            return self._domain is not None and bool(self._domain.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def start(self) -> None:
+        """Define the domain, start the vTPM, then the domain."""
+        if self._domain is not None:
+            raise NodeVMError(f"node VM in {self.run_dir} was already started")
+        if self.image is None or not self.image.esp_dir.is_dir():
+            raise NodeVMError(f"node VM in {self.run_dir}: its image's ESP is missing: build the image first")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.console_log.unlink(missing_ok=True)
+        (self.run_dir / "OVMF_VARS.fd").unlink(missing_ok=True)  # libvirt copies the template anew
+        tpm_socket = self.vtpm.start() if self.vtpm is not None else None
+        try:
+            name = DOMAIN_PREFIX + secrets.token_hex(4)
+            xml = domain_xml(
+                name,
+                self.image,
+                self.run_dir,
+                secure_boot=self.secure_boot,
+                tpm_socket=tpm_socket,
+                host_tpm=self.host_tpm,
+            )
+            self._domain = self._connection.defineXML(xml)
+            self._started_at = time.monotonic()
+            self._domain.create()
+        except BaseException as error:
+            self.destroy()
+            if isinstance(error, libvirt.libvirtError):
+                raise NodeVMError(f"libvirt did not start the node VM in {self.run_dir}: {error}") from None
+            raise
+
+    def console_tail(self) -> str:
+        """The end of the serial console (its log file in the run directory)."""
+        return _readable_tail(self.console_log)
+
+    def _stop_reason(self) -> str:
+        try:
+            state, reason = self._domain.state() if self._domain is not None else (None, None)
+        except libvirt.libvirtError as error:
+            return f"the domain is gone ({error.get_error_message()})"
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            return f"the domain shut off: {_SHUTOFF_REASONS.get(reason, f'reason {reason}')}"
+        return f"the domain is not running (state {state})"
+
+    def _boot_failed(self, reason: str) -> BootFailedError:
+        return BootFailedError(f"node VM ({self.run_dir}) did not boot: {reason}", self.console_tail())
+
+    def _open_channel(self) -> AgentChannel | None:
+        assert self._domain is not None
+        try:
+            return _BridgedChannel(_ConsoleBridge(self._connection, self._domain, AGENT_SERIAL))
+        except libvirt.libvirtError:
+            return None
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Wait until the agent answers PING over the console stream; the seconds since start."""
+        if self._domain is None:
+            raise NodeVMError("node VM not started")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise self._boot_failed(self._stop_reason())
+            console = self.console_tail()
+            fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
+            if fatal is not None:
+                raise self._boot_failed(f'the serial console shows "{fatal}"')
+            if isinstance(self._channel, _BridgedChannel) and self._channel.bridge_closed:
+                self._channel.close()
+                self._channel = None
+            if self._channel is None:
+                self._channel = self._open_channel()
+            try:
+                answered = self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0)
+            except AgentError:
+                if self._channel is not None:
+                    self._channel.close()
+                self._channel = None
+                answered = False
+            if answered:
+                self.ready_after = time.monotonic() - self._started_at
+                self._check_rootfs(deadline)
+                return self.ready_after
+            if self._channel is None:
+                time.sleep(0.5)
+        raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+
+    def _check_rootfs(self, deadline: float) -> None:
+        """As the direct driver: RootfsFailedError naming the image's root filesystem unless it verified."""
+        if self.image is None or self.image.rootfs is None or self._channel is None:
+            return
+        self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
+        failure = rootfs_failure(self.image, self.rootfs_status, self.run_dir, self.console_tail())
+        if failure is not None:
+            raise failure
+
+    def agent(self) -> NodeAgent:
+        """The verifier's side of the node's agent (after `wait_ready`)."""
+        if self._channel is None:
+            if self._domain is None or not self.running:
+                raise NodeVMError("the node's agent is not ready: call wait_ready() first")
+            self._channel = self._open_channel()
+            if self._channel is None:
+                raise NodeVMError(f"cannot open the agent's console stream of node VM {self.run_dir}")
+        if self._agent_client is None:
+            self._agent_client = NodeAgent(self._channel, AGENT_COMMAND_TIMEOUT)
+        return self._agent_client
+
+    def request_quote(self, nonce: bytes) -> NodeQuote:
+        """Have the node quote its PCRs over `nonce` (trustedlaunch.attest.remote.AgentLike)."""
+        return self.agent().request_quote(nonce)
+
+    def activate(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential in the node's TPM; the recovered secret."""
+        return self.agent().activate(credential_blob, encrypted_secret)
+
+    def ek_certificate(self) -> bytes:
+        """The node TPM's RSA EK certificate (DER)."""
+        return self.agent().ek_certificate()
+
+    def _close_agent(self) -> None:
+        if self._agent_client is not None:
+            self._agent_client.close()
+            self._agent_client = None
+        elif self._channel is not None:
+            self._channel.close()
+        self._channel = None
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the domain (destroy: the guest holds nothing to flush) and the vTPM; the domain stays
+        defined. Safe to call more than once."""
+        self._close_agent()
+        try:
+            if self.running:
+                assert self._domain is not None
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._domain.destroy()
+        finally:
+            if self.vtpm is not None:
+                self.vtpm.stop()
+
+    def destroy(self) -> None:
+        """Stop the domain and the vTPM and undefine the domain with its varstore."""
+        self.shutdown()
+        domain, self._domain = self._domain, None
+        if domain is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+
+
+class LibvirtDriver:
+    """Node VMs on the libvirt host at `uri` (trustedlaunch.node.driver.NodeDriver). With `host_tpm`, a node
+    with a TPM gets one that the host's libvirt makes and runs (swtpm_setup certifying its EK with the host's
+    EK CA) instead of the vTPM passed to `create`, which then only says that the node has a TPM."""
+
+    name = "libvirt"
+
+    def __init__(self, uri: str, *, host_tpm: bool = False):
+        ensure_event_loop()
+        self.uri, self.host_tpm = uri, host_tpm
+        try:
+            self.connection = libvirt.open(uri)
+        except libvirt.libvirtError as error:
+            raise NodeVMError(f"cannot reach the libvirt host {uri}: {error.get_error_message()}") from None
+
+    def close(self) -> None:
+        """Close the connection (the domains keep running)."""
+        with contextlib.suppress(libvirt.libvirtError):
+            self.connection.close()
+
+    def create(
+        self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None
+    ) -> LibvirtNodeVM:
+        """A node VM (not started) booting `image` on this host."""
+        if self.host_tpm and vtpm is not None:
+            return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, host_tpm=True)
+        return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
+
+    def adopt(self, handle: str, run_dir: Path) -> LibvirtNodeVM | None:
+        """The running domain of UUID `handle`; None if the host has no such running domain."""
+        try:
+            domain = self.connection.lookupByUUIDString(handle)
+            if not domain.isActive():
+                return None
+        except libvirt.libvirtError:
+            return None
+        return LibvirtNodeVM(self.connection, None, run_dir, domain=domain)
