@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from trustedlaunch.control.attestation_monitor import Trigger
@@ -153,33 +153,64 @@ def alert_places(
     return places
 
 
-def fleet_verdicts(
-    session: Session, pool_ids: Iterable[int], since: datetime
-) -> list[tuple[int, str, datetime, bool]]:
-    """(pool id, node name, time, passed) of the attestations since `since` of the nodes the pools hold
-    now, oldest first, each node's latest attestation before `since` first (its state when `since` began)."""
+def fleet_attested(
+    session: Session, pool_ids: Iterable[int], since: datetime, bucket_ends: Sequence[datetime]
+) -> list[tuple[int, int]]:
+    """(attested, total) at each of `bucket_ends` (ascending, the first after `since`): of the nodes the
+    pools hold now that had been attested by then, how many passed their latest attestation ("latest": the
+    highest record id). Bucketed in the database: each node's latest record per bucket (its latest before
+    `since` falls in the first), the change it makes to the counts (a window over the node's buckets), summed
+    per bucket; at most one row per bucket comes back."""
     pool_ids = list(pool_ids)
-    present = select(Node.pool_id, Node.name).where(Node.pool_id.in_(pool_ids))
-    nodes = {(pool_id, name) for pool_id, name in session.execute(present)}
+    if not pool_ids or not bucket_ends:
+        return [(0, 0)] * len(bucket_ends)
+    record = AttestationRecord
+    bucket = case(*((record.time <= end, number) for number, end in enumerate(bucket_ends)))
     earlier = (
-        select(func.max(AttestationRecord.id))
-        .where(AttestationRecord.pool_id.in_(pool_ids), AttestationRecord.time < since)
-        .group_by(AttestationRecord.pool_id, AttestationRecord.node_name)
+        select(func.max(record.id))
+        .where(record.pool_id.in_(pool_ids), record.time < since)
+        .group_by(record.pool_id, record.node_name)
     )
-    rows = session.execute(
-        select(
-            AttestationRecord.pool_id,
-            AttestationRecord.node_name,
-            AttestationRecord.time,
-            AttestationRecord.ok,
-        )
+    marked = (
+        select(record.pool_id, record.node_name, record.id, bucket.label("bucket"))
         .where(
-            AttestationRecord.pool_id.in_(pool_ids),
-            (AttestationRecord.time >= since) | AttestationRecord.id.in_(earlier),
+            record.pool_id.in_(pool_ids),
+            (record.time >= since) | record.id.in_(earlier),
+            record.time <= bucket_ends[-1],
         )
-        .order_by(AttestationRecord.time, AttestationRecord.id)
+        .subquery("marked")
     )
-    return [(pool_id, name, time, ok) for pool_id, name, time, ok in rows if (pool_id, name) in nodes]
+    latest = (
+        select(marked.c.pool_id, marked.c.node_name, marked.c.bucket, func.max(marked.c.id).label("id"))
+        .group_by(marked.c.pool_id, marked.c.node_name, marked.c.bucket)
+        .subquery("latest")
+    )
+    passed = case((record.ok, 1), else_=0)
+    before = func.lag(passed).over(
+        partition_by=(latest.c.pool_id, latest.c.node_name), order_by=latest.c.bucket
+    )
+    changes = (
+        select(
+            latest.c.bucket,
+            (passed - func.coalesce(before, 0)).label("attested"),
+            case((before.is_(None), 1), else_=0).label("added"),
+        )
+        .join(record, record.id == latest.c.id)
+        .join(Node, (Node.pool_id == latest.c.pool_id) & (Node.name == latest.c.node_name))
+        .subquery("changes")
+    )
+    totals = session.execute(
+        select(changes.c.bucket, func.sum(changes.c.attested), func.sum(changes.c.added)).group_by(
+            changes.c.bucket
+        )
+    )
+    change = {number: (int(attested), int(added)) for number, attested, added in totals}
+    counts, attested, total = [], 0, 0
+    for number in range(len(bucket_ends)):
+        attested_change, added = change.get(number, (0, 0))
+        attested, total = attested + attested_change, total + added
+        counts.append((attested, total))
+    return counts
 
 
 def current_vm_policy(session: Session, record: AttestationRecord) -> str | None:

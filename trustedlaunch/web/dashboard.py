@@ -41,7 +41,7 @@ from trustedlaunch.control.ui_sessions import (
     open_session,
     session_principal,
 )
-from trustedlaunch.web.charts import FLEET_WINDOW, fleet_chart, node_timeline
+from trustedlaunch.web.charts import FLEET_WINDOW, bucket_ends, fleet_chart, node_timeline
 from trustedlaunch.web.evidence import build_evidence_view, expected_pcrs, pcr_rows
 from trustedlaunch.web.generations import history_rows
 
@@ -309,7 +309,8 @@ def clusters(request: Request) -> HTMLResponse:
         found = overview.visible_clusters(session, request.state.principal)
         alerts = overview.active_alert_counts(session)
         pool_ids = [pool.id for cluster in found for pool in cluster.agent_pools]
-        fleet = fleet_chart(overview.fleet_verdicts(session, pool_ids, now - FLEET_WINDOW), now)
+        since, ends = now - FLEET_WINDOW, bucket_ends(now)
+        fleet = fleet_chart(overview.fleet_attested(session, pool_ids, since, ends), since, ends)
         return render(request, "clusters.html", clusters=found, alerts=alerts, fleet=fleet)
 
 
