@@ -77,11 +77,17 @@ def visible_pool(session: Session, principal: Principal, pool_id: int) -> AgentP
     return pool if pool is not None and _sees(principal, pool.cluster) else None
 
 
-def latest_attestation_ids(session: Session, pool_id: int) -> dict[str, int]:
-    """The id of each node's latest attestation record in a pool, by node name."""
+def pool_nodes_page(session: Session, pool: AgentPool, offset: int, limit: int) -> list[Node]:
+    """At most `limit` of the pool's nodes by ordinal, from the `offset`th on."""
+    query = select(Node).where(Node.pool_id == pool.id).order_by(Node.ordinal).offset(offset).limit(limit)
+    return list(session.scalars(query))
+
+
+def latest_attestation_ids(session: Session, pool_id: int, node_names: Iterable[str]) -> dict[str, int]:
+    """The id of the latest attestation record of each of `node_names` in a pool, by node name."""
     rows = session.execute(
         select(AttestationRecord.node_name, func.max(AttestationRecord.id))
-        .where(AttestationRecord.pool_id == pool_id)
+        .where(AttestationRecord.pool_id == pool_id, AttestationRecord.node_name.in_(list(node_names)))
         .group_by(AttestationRecord.node_name)
     )
     return {name: record_id for name, record_id in rows}
