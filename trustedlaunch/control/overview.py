@@ -163,10 +163,12 @@ def fleet_attested(
     session: Session, pool_ids: Iterable[int], since: datetime, bucket_ends: Sequence[datetime]
 ) -> list[tuple[int, int]]:
     """(attested, total) at each of `bucket_ends` (ascending, the first after `since`): of the nodes the
-    pools hold now that had been attested by then, how many passed their latest attestation ("latest": the
-    highest record id). Bucketed in the database: each node's latest record per bucket (its latest before
-    `since` falls in the first), the change it makes to the counts (a window over the node's buckets), summed
-    per bucket; at most one row per bucket comes back."""
+    pools hold now that had been attested by then, how many passed their latest attestation (from the latest
+    bucket holding one; within a bucket the highest record id, as records are written in time order).
+
+    Bucketed in the database: each node's latest record per bucket (its latest before `since` falls in the
+    first), the change it makes to the counts (a window over the node's buckets), summed per bucket; at most
+    one row per bucket comes back."""
     pool_ids = list(pool_ids)
     if not pool_ids or not bucket_ends:
         return [(0, 0)] * len(bucket_ends)
