@@ -8,13 +8,20 @@ import itertools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, select, true, union_all
 from sqlalchemy.orm import Session, selectinload
 
 from trustedlaunch.control.attestation_monitor import Trigger
 from trustedlaunch.control.resources import cluster_resource_id
 from trustedlaunch.control.tokens import Principal
-from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
+from trustedlaunch.store.models import (
+    AgentPool,
+    AlertRecord,
+    AttestationRecord,
+    ManagedCluster,
+    Node,
+    UtcDateTime,
+)
 from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertStatus, AttestationStatus
 
 ALERT_STATUSES = tuple(AlertStatus)
@@ -160,65 +167,48 @@ def alert_places(
 
 
 def fleet_attested(
-    session: Session, pool_ids: Iterable[int], since: datetime, bucket_ends: Sequence[datetime]
+    session: Session, pool_ids: Iterable[int], bucket_ends: Sequence[datetime]
 ) -> list[tuple[int, int]]:
-    """(attested, total) at each of `bucket_ends` (ascending, the first after `since`): of the nodes the
-    pools hold now that had been attested by then, how many passed their latest attestation (from the latest
-    bucket holding one; within a bucket the highest record id, as records are written in time order).
+    """(attested, total) at each of `bucket_ends`: of the nodes the pools hold now that had been attested by
+    then, how many passed their latest attestation by then (by time, then record id).
 
-    Bucketed in the database: each node's latest record per bucket (its latest before `since` falls in the
-    first), the change it makes to the counts (a window over the node's buckets), summed per bucket; at most
-    one row per bucket comes back."""
+    Counted in the database: a node's latest record at a bucket's end is one seek in the
+    ix_attestations_node_time index, the verdicts are summed per bucket; one row per bucket comes back,
+    however many attestations the window holds."""
     pool_ids = list(pool_ids)
     if not pool_ids or not bucket_ends:
         return [(0, 0)] * len(bucket_ends)
+    ends = union_all(
+        *(
+            select(literal(number).label("number"), literal(end, UtcDateTime).label("bucket_end"))
+            for number, end in enumerate(bucket_ends)
+        )
+    ).subquery("ends")
     record = AttestationRecord
-    bucket = case(*((record.time <= end, number) for number, end in enumerate(bucket_ends)))
-    earlier = (
-        select(func.max(record.id))
-        .where(record.pool_id.in_(pool_ids), record.time < since)
-        .group_by(record.pool_id, record.node_name)
-    )
-    marked = (
-        select(record.pool_id, record.node_name, record.id, bucket.label("bucket"))
+    latest_ok = (
+        select(record.ok)
         .where(
-            record.pool_id.in_(pool_ids),
-            (record.time >= since) | record.id.in_(earlier),
-            record.time <= bucket_ends[-1],
+            record.pool_id == Node.pool_id, record.node_name == Node.name, record.time <= ends.c.bucket_end
         )
-        .subquery("marked")
+        .order_by(record.time.desc(), record.id.desc())
+        .limit(1)
+        .correlate(Node, ends)
+        .scalar_subquery()
     )
-    latest = (
-        select(marked.c.pool_id, marked.c.node_name, marked.c.bucket, func.max(marked.c.id).label("id"))
-        .group_by(marked.c.pool_id, marked.c.node_name, marked.c.bucket)
-        .subquery("latest")
+    states = (
+        select(ends.c.number, latest_ok.label("ok"))
+        .select_from(Node)
+        .join(ends, true())
+        .where(Node.pool_id.in_(pool_ids))
+        .subquery("states")
     )
-    passed = case((record.ok, 1), else_=0)
-    before = func.lag(passed).over(
-        partition_by=(latest.c.pool_id, latest.c.node_name), order_by=latest.c.bucket
-    )
-    changes = (
-        select(
-            latest.c.bucket,
-            (passed - func.coalesce(before, 0)).label("attested"),
-            case((before.is_(None), 1), else_=0).label("added"),
-        )
-        .join(record, record.id == latest.c.id)
-        .join(Node, (Node.pool_id == latest.c.pool_id) & (Node.name == latest.c.node_name))
-        .subquery("changes")
-    )
-    totals = session.execute(
-        select(changes.c.bucket, func.sum(changes.c.attested), func.sum(changes.c.added)).group_by(
-            changes.c.bucket
+    rows = session.execute(
+        select(states.c.number, func.sum(case((states.c.ok, 1), else_=0)), func.count(states.c.ok)).group_by(
+            states.c.number
         )
     )
-    change = {number: (int(attested), int(added)) for number, attested, added in totals}
-    counts, attested, total = [], 0, 0
-    for number in range(len(bucket_ends)):
-        attested_change, added = change.get(number, (0, 0))
-        attested, total = attested + attested_change, total + added
-        counts.append((attested, total))
-    return counts
+    counts = {number: (int(attested), int(total)) for number, attested, total in rows}
+    return [counts.get(number, (0, 0)) for number in range(len(bucket_ends))]
 
 
 def current_vm_policy(session: Session, record: AttestationRecord) -> str | None:

@@ -323,7 +323,7 @@ def clusters(request: Request) -> HTMLResponse:
         alerts = overview.active_alert_counts(session)
         pool_ids = [pool.id for cluster in found for pool in cluster.agent_pools]
         since, ends = now - FLEET_WINDOW, bucket_ends(now)
-        fleet = fleet_chart(overview.fleet_attested(session, pool_ids, since, ends), since, ends)
+        fleet = fleet_chart(overview.fleet_attested(session, pool_ids, ends), since, ends)
         return render(request, "clusters.html", clusters=found, alerts=alerts, fleet=fleet)
 
 
