@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, literal, select, true, union_all
+from sqlalchemy import func, literal, select, true, union_all
 from sqlalchemy.orm import Session, selectinload
 
 from trustedlaunch.control.attestation_monitor import Trigger
@@ -173,8 +173,8 @@ def fleet_attested(
     then, how many passed their latest attestation by then (by time, then record id).
 
     Counted in the database: a node's latest record at a bucket's end is one seek in the
-    ix_attestations_node_time index, the verdicts are summed per bucket; one row per bucket comes back,
-    however many attestations the window holds."""
+    ix_attestations_node_time index, the verdicts are counted per bucket; at most three rows per bucket
+    (passed, failed, not attested yet) come back, however many attestations the window holds."""
     pool_ids = list(pool_ids)
     if not pool_ids or not bucket_ends:
         return [(0, 0)] * len(bucket_ends)
@@ -202,13 +202,16 @@ def fleet_attested(
         .where(Node.pool_id.in_(pool_ids))
         .subquery("states")
     )
-    rows = session.execute(
-        select(states.c.number, func.sum(case((states.c.ok, 1), else_=0)), func.count(states.c.ok)).group_by(
-            states.c.number
-        )
-    )
-    counts = {number: (int(attested), int(total)) for number, attested, total in rows}
-    return [counts.get(number, (0, 0)) for number in range(len(bucket_ends))]
+    attested: dict[int, int] = {}
+    total: dict[int, int] = {}
+    # grouped by the verdict itself (the seek is evaluated once per node and bucket, not per aggregate)
+    for number, ok, nodes in session.execute(
+        select(states.c.number, states.c.ok, func.count()).group_by(states.c.number, states.c.ok)
+    ):
+        if ok is not None:
+            total[number] = total.get(number, 0) + nodes
+            attested[number] = attested.get(number, 0) + (nodes if ok else 0)
+    return [(attested.get(number, 0), total.get(number, 0)) for number in range(len(bucket_ends))]
 
 
 def current_vm_policy(session: Session, record: AttestationRecord) -> str | None:
