@@ -22,4 +22,4 @@ TABLES = {
     "installation",
     "alembic_version",
 }
-HEAD_REVISION = "0022_identity_system_data"
+HEAD_REVISION = "0025_attestation_node_time_index"

@@ -13,14 +13,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
-from sqlalchemy import update
-from web_helpers import Seeded, Verdicts, png_rows, seed_store
+from sqlalchemy import func, select, update
+from web_helpers import Seeded, Verdicts, png_rows, seed_fleet, seed_store
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.attest.policy import GoldenPcr, Policy
 from trustedlaunch.store.models import AlertRecord, Node
-from trustedlaunch.web.dashboard import POLL_SECONDS
+from trustedlaunch.web.dashboard import NODES_PER_PAGE, POLL_SECONDS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -300,4 +300,95 @@ def test_no_page_scrolls_sideways_in_an_800_pixel_window(
     assert browser.execute_script(
         "const e = document.scrollingElement; return e.scrollWidth <= e.clientWidth"
     )
+    assert _severe_console_messages(browser) == []
+
+
+def _no_sideways_scroll(browser: WebDriver) -> tuple[int, int]:
+    """The page's (scroll width, height), after checking it does not scroll sideways."""
+    scroll_width, client_width, height = browser.execute_script(
+        "const e = document.scrollingElement; return [e.scrollWidth, e.clientWidth, e.scrollHeight]"
+    )
+    assert scroll_width <= client_width, (
+        f"{browser.current_url} scrolls sideways: {scroll_width} > {client_width}"
+    )
+    return scroll_width, height
+
+
+def test_a_200_node_fleet_at_800_and_1280_pixels(
+    browser: WebDriver, served: tuple[str, str, BackgroundServer, Seeded], tmp_path: Path, verdicts: Verdicts
+) -> None:
+    """200 more nodes in 3 pools: the overview's figures and chart count them all, a pool's node table shows
+    NODES_PER_PAGE rows a page (the live refresh stays on its page), labels other than the verdict's are
+    folded, and nothing scrolls sideways at 800 or 1280 px."""
+    url, token, server, seeded = served
+    sessions = server.server.config.app.state.sessions
+    fleet = seed_fleet(sessions, verdicts)
+    with sessions() as session:
+        attested = session.scalar(  # the chart counts the records: their verdicts match the nodes' now
+            select(func.count()).where(Node.attestation_status == "Attested")
+        )
+    first_pool = fleet.pool_ids[0]
+    wait = _sign_in(browser, url, token, "/ui/")
+    for width in (800, 1280):
+        browser.set_window_size(width, 1000)
+        browser.get(f"{url}/ui/")
+        wait.until(expected_conditions.presence_of_element_located((By.ID, "fleet-chart")))
+        _no_sideways_scroll(browser)
+        with sessions() as session:
+            pool_attested = session.scalar(
+                select(func.count()).where(Node.pool_id == first_pool, Node.attestation_status == "Attested")
+            )
+        assert (
+            browser.find_element(By.ID, f"pool-{first_pool}").text
+            == f"fleet0 {pool_attested}/67 attested Degraded"
+        )
+        last = browser.find_elements(By.CSS_SELECTOR, "#fleet-chart g.bucket")[-1]
+        assert (last.get_attribute("data-attested"), last.get_attribute("data-total")) == (
+            str(attested),
+            str(fleet.nodes + len(seeded.node_names)),
+        )
+        browser.get_screenshot_as_file(str(tmp_path / f"fleet-overview-{width}.png"))
+        browser.get(f"{url}/ui/clusters/{fleet.cluster_id}")
+        _no_sideways_scroll(browser)
+        browser.get_screenshot_as_file(str(tmp_path / f"fleet-pools-{width}.png"))
+
+        # the first page: NODES_PER_PAGE rows, the pager below them
+        browser.get(f"{url}/ui/pools/{first_pool}")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#node-rows tr.node")
+        assert [row.get_attribute("id") for row in rows] == [f"node-{n}" for n in range(NODES_PER_PAGE)]
+        _, height = _no_sideways_scroll(browser)
+        assert height < NODES_PER_PAGE * (400 if width == 800 else 250), height
+        pager = browser.find_element(By.ID, "node-pager")
+        assert pager.text.startswith(f"Nodes 1–{NODES_PER_PAGE} of 67")
+        browser.get_screenshot_as_file(str(tmp_path / f"fleet-nodes-{width}.png"))
+        # the labels other than the verdict's are folded until their summary is clicked
+        folded = browser.find_element(By.CSS_SELECTOR, "#node-0 details.more-labels")
+        pool_label = folded.find_elements(By.CLASS_NAME, "label")[0]
+        assert not pool_label.is_displayed()
+        assert browser.find_element(By.CSS_SELECTOR, "#node-0 td.labels > .label").is_displayed()
+        folded.find_element(By.TAG_NAME, "summary").click()
+        assert pool_label.is_displayed() and pool_label.text == "kubernetes.azure.com/agentpool=fleet0"
+
+        # the last page through the pager, its rows refreshed in place without leaving the page
+        pager.find_element(By.CSS_SELECTOR, "a[rel=next]").click()
+        pager = wait.until(expected_conditions.presence_of_element_located((By.ID, "node-pager")))
+        browser.find_element(By.CSS_SELECTOR, "#node-pager a[rel=next]").click()
+        wait.until(expected_conditions.url_contains("?page=3"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#node-rows tr.node")
+        assert [row.get_attribute("id") for row in rows] == [f"node-{n}" for n in range(50, 67)]
+        assert browser.find_element(By.ID, "node-pager").text.startswith("Nodes 51–67 of 67")
+        browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "node-pager"))
+        browser.get_screenshot_as_file(str(tmp_path / f"fleet-nodes-page3-{width}.png"))
+        status = "AttestationFailed" if width == 800 else "Unreachable"
+        with sessions.begin() as session:
+            session.execute(
+                update(Node).where(Node.name == "aks-fleet0-60").values(attestation_status=status)
+            )
+        wait.until(
+            expected_conditions.text_to_be_present_in_element(
+                (By.CSS_SELECTOR, "#node-60 .attestation"), status
+            )
+        )
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#node-rows tr.node")) == 17  # still page 3
+        _no_sideways_scroll(browser)
     assert _severe_console_messages(browser) == []

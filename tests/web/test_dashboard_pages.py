@@ -9,11 +9,11 @@ import pytest
 from conftest import Dashboard, sign_in
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select, update
-from web_helpers import OTHER_GRUB_DIGEST, SUBSCRIPTION, Verdicts, element
+from web_helpers import OTHER_GRUB_DIGEST, SUBSCRIPTION, Verdicts, element, seed_fleet
 
 from trustedlaunch.control.tokens import create_token
 from trustedlaunch.store.models import AgentPool, AlertRecord, ApiToken, ManagedCluster, Node
-from trustedlaunch.web.dashboard import CONTENT_SECURITY_POLICY, SESSION_COOKIE
+from trustedlaunch.web.dashboard import CONTENT_SECURITY_POLICY, NODES_PER_PAGE, SESSION_COOKIE
 
 PAGES = (
     "/ui/",
@@ -164,6 +164,26 @@ def test_nodes_page_shows_live_state_secure_boot_vtpm_and_labels(dashboard: Dash
     assert "SecureBootStateMismatch" in secure_boot
     assert f'href="/ui/attestations/{seeded.records["aks-tlpool-1"]}"' in page
     assert '<script src="/ui/static/htmx.min.js" defer></script>' in page
+
+
+def test_the_node_table_is_read_a_page_at_a_time(dashboard: Dashboard, verdicts: Verdicts) -> None:
+    fleet = seed_fleet(dashboard.sessions, verdicts, nodes=60, pools=1)
+    (pool_id,) = fleet.pool_ids
+
+    def rows(html: str) -> list[str]:
+        return [row["id"] for row in element(html, "node-rows").all("tr", "node")]
+
+    page = dashboard.client.get(f"/ui/pools/{pool_id}?page=2").text
+    assert rows(page) == [f"node-{n}" for n in range(NODES_PER_PAGE, 2 * NODES_PER_PAGE)]
+    assert element(page, "node-rows").attributes["hx-get"] == f"/ui/pools/{pool_id}/node-rows?page=2"
+    assert element(page, "node-pager").text == "Nodes 26–50 of 60 ‹ Previous 1 2 3 Next ›"
+    assert len(element(page, "node-rows").all("a", "evidence")) == NODES_PER_PAGE  # this page's only
+    fragment = dashboard.client.get(f"/ui/pools/{pool_id}/node-rows?page=3").text
+    assert rows(fragment) == [f"node-{n}" for n in range(50, 60)]
+    # a page out of range shows the nearest one; a pool of one page has no pager
+    assert rows(dashboard.client.get(f"/ui/pools/{pool_id}?page=99").text) == rows(fragment)
+    assert rows(dashboard.client.get(f"/ui/pools/{pool_id}?page=0").text)[0] == "node-0"
+    assert "node-pager" not in dashboard.client.get(f"/ui/pools/{dashboard.seeded.pool_id}").text
 
 
 def test_node_rows_fragment_follows_the_store(dashboard: Dashboard) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from conftest import Dashboard
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from web_helpers import SUBSCRIPTION, Verdicts, attestation_record, element
 
 from trustedlaunch.attest.policy import GoldenPcr, Policy
 from trustedlaunch.control.alert_lifecycle import remediation_steps
+from trustedlaunch.control.retention import RetentionSettings, prune
 from trustedlaunch.control.tokens import create_token
 from trustedlaunch.control.verifier import ak_name
 from trustedlaunch.store.models import AlertRecord, AttestationRecord, Node
@@ -281,3 +282,101 @@ def test_an_unreachable_node_s_evidence_and_its_auto_repairs(
     )  # newest first
     ticks = element(history, "timeline").all("rect", "tick")
     assert ticks[-1]["data-record-id"] == str(record_id) and "tick-failed" in ticks[-1]["class"]
+
+
+def test_records_retention_stripped_show_an_unknown_vtpm(
+    dashboard: Dashboard, verdicts: Verdicts, other_vtpm: Verdicts
+) -> None:
+    """Node 2's history, oldest first: VM 1 (vTPM A: provisioned, interval), VM 2 (a reboot of vTPM A whose
+    agent never answered: no quote), VM 3 (a reboot on vTPM A), VM 4 (a reimage: vTPM B, the node's
+    enrolled one). Retention then strips the evidence of all but the newest records."""
+    pool_id, name = dashboard.seeded.pool_id, "aks-tlpool-2"
+    start = datetime.now(UTC) - timedelta(days=1)
+    with dashboard.sessions.begin() as session:
+        session.execute(delete(AttestationRecord).where(AttestationRecord.node_name == name))
+    history = [
+        (verdicts, "Provisioning"),
+        (verdicts, "Interval"),
+        (None, "Provisioning"),
+        (verdicts, "Provisioning"),
+        (verdicts, "Interval"),
+        (other_vtpm, "Provisioning"),
+        (other_vtpm, "Interval"),
+    ]
+    rows = []
+    for minutes, (source, trigger) in enumerate(history):
+        if source is None:
+            row = AttestationRecord(
+                pool_id=pool_id,
+                node_name=name,
+                time=start + timedelta(minutes=minutes),
+                trigger=trigger,
+                ok=False,
+                status="Unreachable",
+                findings=[],
+                duration_ms=5000.0,
+            )
+        else:
+            row = attestation_record(
+                pool_id, name, source.passed, source.evidence, start + timedelta(minutes=minutes)
+            )
+            row.trigger = trigger
+        rows.append(row)
+    ids = _add(dashboard, *rows)
+    enrolled = ak_name(other_vtpm.evidence.ak_public)
+    assert enrolled is not None
+    with dashboard.sessions.begin() as session:
+        session.execute(update(Node).where(Node.name == name).values(enrolled_ak_name=enrolled.hex()))
+
+    def generations(keep: int) -> tuple[list[str], dict[int, str], str]:
+        with dashboard.sessions.begin() as session:
+            prune(session, RetentionSettings(evidence_per_node=keep))
+        page = dashboard.client.get(f"/ui/pools/{pool_id}/nodes/{name}").text
+        cells = {
+            record_id: element(page, f"record-{record_id}").text.split(" ms ")[1].removesuffix(" evidence")
+            for record_id in ids
+        }
+        return [row["id"] for row in element(page, "history").all("tr", "generation")], cells, page
+
+    # every quote kept but VM 2's: VM 2 lies between two quotes of vTPM A, so it ran on vTPM A
+    groups, cells, page = generations(keep=len(ids))
+    assert groups == [
+        "generation-vm4-vtpm2",
+        "generation-vm3-vtpm1",
+        "generation-vm2-vtpm1",
+        "generation-vm1-vtpm1",
+    ]
+    assert cells[ids[2]] == "VM 2 · vTPM 1 (booted)"
+    assert "current vTPM" in element(page, "generation-vm4-vtpm2").text
+
+    # VM 3's interval quote kept, its provisioning one stripped: a VM keeps its vTPM (A); VM 1 and VM 2
+    # kept no quote and have no known vTPM before them
+    groups, cells, page = generations(keep=4)
+    assert groups == [
+        "generation-vm4-vtpm2",
+        "generation-vm3-vtpm1",
+        "generation-vm2-vtpmunknown",
+        "generation-vm1-vtpmunknown",
+    ]
+    assert [cells[record_id] for record_id in ids] == [
+        "VM 1 · vTPM unknown (booted)",
+        "VM 1 · vTPM unknown",
+        "VM 2 · vTPM unknown (booted)",
+        "VM 3 · vTPM 1 (booted)",
+        "VM 3 · vTPM 1",
+        "VM 4 · vTPM 2 (booted)",
+        "VM 4 · vTPM 2",
+    ]
+
+    # only VM 4's quotes kept: the stripped VMs are unknown, never the node's current vTPM
+    groups, cells, page = generations(keep=2)
+    assert groups == [
+        "generation-vm4-vtpm1",
+        "generation-vm3-vtpmunknown",
+        "generation-vm2-vtpmunknown",
+        "generation-vm1-vtpmunknown",
+    ]
+    unknown = element(page, "generation-vm3-vtpmunknown")
+    assert "current vTPM" not in unknown.text and "attestation key is unknown" in unknown.text
+    assert "current vTPM" in element(page, "generation-vm4-vtpm1").text
+    assert cells[ids[4]] == "VM 3 · vTPM unknown"

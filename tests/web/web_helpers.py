@@ -20,6 +20,7 @@ from trustedlaunch.attest.evidence import Evidence, collect_evidence, extend_eve
 from trustedlaunch.attest.policy import BootStep, Policy
 from trustedlaunch.attest.verifier import AttestationResult, verify
 from trustedlaunch.control.alert_lifecycle import remediation_steps
+from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.eventlog.model import BootSummary, EventLog
 from trustedlaunch.eventlog.parser import parse_event_log
 from trustedlaunch.eventlog.summary import summarize
@@ -297,3 +298,95 @@ def element(html: str, element_id: str) -> Element:
     finder.feed(html)
     assert finder.attributes is not None, f"no element with id {element_id!r} in the page"
     return Element(finder.attributes, " ".join(" ".join(finder.text).split()), tuple(finder.descendants))
+
+
+@dataclasses.dataclass(frozen=True)
+class Fleet:
+    """Ids of the rows `seed_fleet` wrote."""
+
+    cluster_id: int
+    pool_ids: tuple[int, ...]
+    nodes: int
+
+
+def seed_fleet(
+    sessions: sessionmaker[Session], verdicts: Verdicts, *, nodes: int = 200, pools: int = 3
+) -> Fleet:
+    """A second cluster with `nodes` nodes in `pools` pools, labelled as joined nodes are (join and verdict
+    labels), each with an attestation an hour ago and one now; every seventh node fails its latest on its
+    grub digest, every thirteenth is Unhealthy."""
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        image = session.scalars(
+            select(NodeImage.version).where(NodeImage.trusted_launch_capable).order_by(NodeImage.version)
+        ).first()
+        assert image is not None
+        cluster = ManagedCluster(
+            subscription_id=SUBSCRIPTION,
+            resource_group="rg-fleet",
+            name="fleetcluster",
+            display_name="FleetCluster",
+            location="westeurope",
+            kubernetes_version="1.36.3",
+            dns_prefix="fleet",
+            fqdn="fleet-dns.hcp.westeurope.example",
+            kube_token="kube-token",
+            provisioning_state="Succeeded",
+        )
+        for number in range(pools):
+            name = f"fleet{number}"
+            pool = AgentPool(
+                cluster=cluster,
+                name=name,
+                mode="System" if number == 0 else "User",
+                count=nodes // pools + (number < nodes % pools),
+                vm_size="Standard_D4s_v3",
+                os_type="Linux",
+                os_sku="Ubuntu",
+                pool_type="VirtualMachineScaleSets",
+                orchestrator_version="1.36.3",
+                os_disk_type="Managed",
+                os_disk_size_gb=30,
+                enable_secure_boot=True,
+                enable_vtpm=True,
+                node_image_version=image,
+                provisioning_state="Succeeded",
+            )
+            for ordinal in range(pool.count):
+                failed = (number * 1000 + ordinal) % 7 == 3
+                status = "AttestationFailed" if failed else "Attested"
+                pool.nodes.append(
+                    Node(
+                        ordinal=ordinal,
+                        name=f"aks-{name}-{ordinal}",
+                        node_image_version=image,
+                        enable_secure_boot=True,
+                        enable_vtpm=True,
+                        state="Unhealthy" if ordinal % 13 == 5 else "Ready",
+                        attestation_status=status,
+                        labels=join_labels(
+                            name,
+                            pool.mode,
+                            image,
+                            "Ubuntu",
+                            "Standard_D4s_v3",
+                            node_labels(name, True, True, status),
+                        ),
+                        message=str(verdicts.grub_failed.findings[0]) if failed else "",
+                        last_attested_at=now,
+                    )
+                )
+        session.add(cluster)
+        session.flush()
+        for pool in cluster.agent_pools:
+            for node in pool.nodes:
+                result = verdicts.grub_failed if node.attestation_status != "Attested" else verdicts.passed
+                session.add_all(
+                    [
+                        attestation_record(
+                            pool.id, node.name, verdicts.passed, verdicts.evidence, now - timedelta(hours=1)
+                        ),
+                        attestation_record(pool.id, node.name, result, verdicts.evidence, now),
+                    ]
+                )
+        return Fleet(cluster.id, tuple(pool.id for pool in cluster.agent_pools), nodes)

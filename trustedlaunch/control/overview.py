@@ -8,13 +8,20 @@ import itertools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, true, union_all
 from sqlalchemy.orm import Session, selectinload
 
 from trustedlaunch.control.attestation_monitor import Trigger
 from trustedlaunch.control.resources import cluster_resource_id
 from trustedlaunch.control.tokens import Principal
-from trustedlaunch.store.models import AgentPool, AlertRecord, AttestationRecord, ManagedCluster, Node
+from trustedlaunch.store.models import (
+    AgentPool,
+    AlertRecord,
+    AttestationRecord,
+    ManagedCluster,
+    Node,
+    UtcDateTime,
+)
 from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertStatus, AttestationStatus
 
 ALERT_STATUSES = tuple(AlertStatus)
@@ -77,11 +84,17 @@ def visible_pool(session: Session, principal: Principal, pool_id: int) -> AgentP
     return pool if pool is not None and _sees(principal, pool.cluster) else None
 
 
-def latest_attestation_ids(session: Session, pool_id: int) -> dict[str, int]:
-    """The id of each node's latest attestation record in a pool, by node name."""
+def pool_nodes_page(session: Session, pool: AgentPool, offset: int, limit: int) -> list[Node]:
+    """At most `limit` of the pool's nodes by ordinal, from the `offset`th on."""
+    query = select(Node).where(Node.pool_id == pool.id).order_by(Node.ordinal).offset(offset).limit(limit)
+    return list(session.scalars(query))
+
+
+def latest_attestation_ids(session: Session, pool_id: int, node_names: Iterable[str]) -> dict[str, int]:
+    """The id of the latest attestation record of each of `node_names` in a pool, by node name."""
     rows = session.execute(
         select(AttestationRecord.node_name, func.max(AttestationRecord.id))
-        .where(AttestationRecord.pool_id == pool_id)
+        .where(AttestationRecord.pool_id == pool_id, AttestationRecord.node_name.in_(list(node_names)))
         .group_by(AttestationRecord.node_name)
     )
     return {name: record_id for name, record_id in rows}
@@ -153,33 +166,52 @@ def alert_places(
     return places
 
 
-def fleet_verdicts(
-    session: Session, pool_ids: Iterable[int], since: datetime
-) -> list[tuple[int, str, datetime, bool]]:
-    """(pool id, node name, time, passed) of the attestations since `since` of the nodes the pools hold
-    now, oldest first, each node's latest attestation before `since` first (its state when `since` began)."""
+def fleet_attested(
+    session: Session, pool_ids: Iterable[int], bucket_ends: Sequence[datetime]
+) -> list[tuple[int, int]]:
+    """(attested, total) at each of `bucket_ends`: of the nodes the pools hold now that had been attested by
+    then, how many passed their latest attestation by then (by time, then record id).
+
+    Counted in the database: a node's latest record at a bucket's end is one seek in the
+    ix_attestations_node_time index, the verdicts are counted per bucket; at most three rows per bucket
+    (passed, failed, not attested yet) come back, however many attestations the window holds."""
     pool_ids = list(pool_ids)
-    present = select(Node.pool_id, Node.name).where(Node.pool_id.in_(pool_ids))
-    nodes = {(pool_id, name) for pool_id, name in session.execute(present)}
-    earlier = (
-        select(func.max(AttestationRecord.id))
-        .where(AttestationRecord.pool_id.in_(pool_ids), AttestationRecord.time < since)
-        .group_by(AttestationRecord.pool_id, AttestationRecord.node_name)
-    )
-    rows = session.execute(
-        select(
-            AttestationRecord.pool_id,
-            AttestationRecord.node_name,
-            AttestationRecord.time,
-            AttestationRecord.ok,
+    if not pool_ids or not bucket_ends:
+        return [(0, 0)] * len(bucket_ends)
+    ends = union_all(
+        *(
+            select(literal(number).label("number"), literal(end, UtcDateTime).label("bucket_end"))
+            for number, end in enumerate(bucket_ends)
         )
+    ).subquery("ends")
+    record = AttestationRecord
+    latest_ok = (
+        select(record.ok)
         .where(
-            AttestationRecord.pool_id.in_(pool_ids),
-            (AttestationRecord.time >= since) | AttestationRecord.id.in_(earlier),
+            record.pool_id == Node.pool_id, record.node_name == Node.name, record.time <= ends.c.bucket_end
         )
-        .order_by(AttestationRecord.time, AttestationRecord.id)
+        .order_by(record.time.desc(), record.id.desc())
+        .limit(1)
+        .correlate(Node, ends)
+        .scalar_subquery()
     )
-    return [(pool_id, name, time, ok) for pool_id, name, time, ok in rows if (pool_id, name) in nodes]
+    states = (
+        select(ends.c.number, latest_ok.label("ok"))
+        .select_from(Node)
+        .join(ends, true())
+        .where(Node.pool_id.in_(pool_ids))
+        .subquery("states")
+    )
+    attested: dict[int, int] = {}
+    total: dict[int, int] = {}
+    # grouped by the verdict itself (the seek is evaluated once per node and bucket, not per aggregate)
+    for number, ok, nodes in session.execute(
+        select(states.c.number, states.c.ok, func.count()).group_by(states.c.number, states.c.ok)
+    ):
+        if ok is not None:
+            total[number] = total.get(number, 0) + nodes
+            attested[number] = attested.get(number, 0) + (nodes if ok else 0)
+    return [(attested.get(number, 0), total.get(number, 0)) for number in range(len(bucket_ends))]
 
 
 def current_vm_policy(session: Session, record: AttestationRecord) -> str | None:

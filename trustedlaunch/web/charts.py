@@ -4,7 +4,7 @@ draw them as inline SVG (no script, classes styled by the style sheet), so the s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -111,31 +111,22 @@ class FleetChart:
         return self.height - BASELINE_MARGIN
 
 
-def fleet_chart(
-    verdicts: Iterable[tuple[int, str, datetime, bool]],
-    end: datetime,
-    window: timedelta = FLEET_WINDOW,
-    buckets: int = FLEET_BUCKETS,
-) -> FleetChart:
-    """The fleet's % attested at the end of each of `buckets` buckets of the `window` before `end`, from
-    (pool id, node name, time, passed) verdicts oldest first: a node counts from its first attestation
-    on, with the verdict of its latest one."""
-    start = end - window
+def bucket_ends(
+    end: datetime, window: timedelta = FLEET_WINDOW, buckets: int = FLEET_BUCKETS
+) -> list[datetime]:
+    """The ends of the fleet chart's `buckets` equal time buckets covering the `window` before `end`."""
     step = window / buckets
+    return [end - window + step * (number + 1) for number in range(buckets)]
+
+
+def fleet_chart(counts: Sequence[tuple[int, int]], start: datetime, ends: Sequence[datetime]) -> FleetChart:
+    """The fleet's % attested in each of the buckets from `start` to `ends` (bucket_ends), from the
+    (attested, total) nodes at each end (control.overview.fleet_attested)."""
     baseline = FLEET_HEIGHT - BASELINE_MARGIN
     room = baseline - 4
-    slot = WIDTH / buckets
-    latest: dict[tuple[int, str], bool] = {}
-    pending = iter(verdicts)
-    upcoming = next(pending, None)
+    slot = WIDTH / len(ends)
     bars = []
-    for number in range(buckets):
-        bucket_end = start + step * (number + 1)
-        while upcoming is not None and upcoming[2] <= bucket_end:
-            pool_id, name, _, passed = upcoming
-            latest[(pool_id, name)] = passed
-            upcoming = next(pending, None)
-        attested, total = sum(latest.values()), len(latest)
+    for number, (bucket_end, (attested, total)) in enumerate(zip(ends, counts, strict=True)):
         height = room * attested / total if total else 0.0
         share = (
             f"{attested}/{total} attested ({100 * attested / total:.0f} %)"
@@ -154,4 +145,4 @@ def fleet_chart(
                 f"until {_utc(bucket_end)}: {share}",
             )
         )
-    return FleetChart(tuple(bars), start, end)
+    return FleetChart(tuple(bars), start, ends[-1])

@@ -15,7 +15,8 @@ carries a strict Content-Security-Policy (no inline script or style).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ from jinja2.runtime import Context
 from starlette.concurrency import run_in_threadpool
 
 from trustedlaunch.control import alert_lifecycle, overview
+from trustedlaunch.control.labels import VERDICT_LABELS
 from trustedlaunch.control.node_health import ready_nodes, rolled_up_health
 from trustedlaunch.control.overview import ALERT_STATUSES
 from trustedlaunch.control.records import AgentPool, ManagedCluster, Node, Session
@@ -41,7 +43,7 @@ from trustedlaunch.control.ui_sessions import (
     open_session,
     session_principal,
 )
-from trustedlaunch.web.charts import FLEET_WINDOW, fleet_chart, node_timeline
+from trustedlaunch.web.charts import FLEET_WINDOW, bucket_ends, fleet_chart, node_timeline
 from trustedlaunch.web.evidence import build_evidence_view, expected_pcrs, pcr_rows
 from trustedlaunch.web.generations import history_rows
 
@@ -52,6 +54,7 @@ MAX_TOKEN_LENGTH = 512
 MAX_LOGIN_BODY = 4096
 ALERT_LIMIT = 500
 HISTORY_LIMIT = 200
+NODES_PER_PAGE = 25  # a pool holds up to 1000 nodes; each row of the table is polled every POLL_SECONDS
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -121,6 +124,15 @@ def _yes_no(value: bool | None) -> str:
     return {True: "enabled", False: "disabled", None: "unknown"}[value]
 
 
+def _split_labels(labels: Mapping[str, str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A node's labels sorted by key: the attestation verdict's (shown) and the others (folded away)."""
+    ordered = sorted(labels.items())
+    return (
+        [(key, value) for key, value in ordered if key in VERDICT_LABELS],
+        [(key, value) for key, value in ordered if key not in VERDICT_LABELS],
+    )
+
+
 def _attested(nodes: Iterable[Node]) -> str:
     """ "N/M attested": how many of `nodes` passed their latest attestation."""
     nodes = list(nodes)
@@ -142,6 +154,7 @@ templates.filters.update(
     health=rolled_up_health,
     ready_count=ready_nodes,
     attested=_attested,
+    split_labels=_split_labels,
 )
 
 
@@ -309,7 +322,8 @@ def clusters(request: Request) -> HTMLResponse:
         found = overview.visible_clusters(session, request.state.principal)
         alerts = overview.active_alert_counts(session)
         pool_ids = [pool.id for cluster in found for pool in cluster.agent_pools]
-        fleet = fleet_chart(overview.fleet_verdicts(session, pool_ids, now - FLEET_WINDOW), now)
+        since, ends = now - FLEET_WINDOW, bucket_ends(now)
+        fleet = fleet_chart(overview.fleet_attested(session, pool_ids, ends), since, ends)
         return render(request, "clusters.html", clusters=found, alerts=alerts, fleet=fleet)
 
 
@@ -335,22 +349,50 @@ def cluster_pools(request: Request, cluster_id: int) -> HTMLResponse:
         return render(request, "pools.html", cluster=cluster, pools=cluster.agent_pools)
 
 
+@dataclass(frozen=True)
+class NodePage:
+    """One page of a pool's node table: its nodes, their latest attestation ids, where it lies."""
+
+    nodes: list[Node]
+    latest: dict[str, int]
+    number: int  # 1-based
+    pages: int
+    first: int  # 1-based position of its first node (0 without nodes)
+    total: int
+
+    @property
+    def last(self) -> int:
+        """1-based position of its last node."""
+        return self.first + len(self.nodes) - 1 if self.nodes else 0
+
+
+def _node_page(session: Session, pool: AgentPool, number: int) -> NodePage:
+    """Page `number` of the pool's nodes (NODES_PER_PAGE each; out of range: the nearest page)."""
+    total = len(pool.nodes)
+    pages = max(1, -(-total // NODES_PER_PAGE))
+    number = min(max(number, 1), pages)
+    offset = (number - 1) * NODES_PER_PAGE
+    nodes = overview.pool_nodes_page(session, pool, offset, NODES_PER_PAGE)
+    latest = overview.latest_attestation_ids(session, pool.id, (node.name for node in nodes))
+    return NodePage(nodes, latest, number, pages, offset + 1 if nodes else 0, total)
+
+
 @router.get("/pools/{pool_id}", name="dashboard_pool")
-def pool_nodes(request: Request, pool_id: int) -> HTMLResponse:
-    """A pool's nodes with live attestation state, Secure Boot, vTPM and labels."""
+def pool_nodes(request: Request, pool_id: int, page: int = 1) -> HTMLResponse:
+    """A pool's nodes with live attestation state, Secure Boot, vTPM and labels, NODES_PER_PAGE a page."""
     with request.app.state.sessions() as session:
         pool = _pool(request, session, pool_id)
-        latest = overview.latest_attestation_ids(session, pool.id)
-        return render(request, "nodes.html", cluster=pool.cluster, pool=pool, nodes=pool.nodes, latest=latest)
+        return render(
+            request, "nodes.html", cluster=pool.cluster, pool=pool, page=_node_page(session, pool, page)
+        )
 
 
 @router.get("/pools/{pool_id}/node-rows", name="dashboard_node_rows")
-def pool_node_rows(request: Request, pool_id: int) -> HTMLResponse:
-    """The node table body alone: what the nodes page polls."""
+def pool_node_rows(request: Request, pool_id: int, page: int = 1) -> HTMLResponse:
+    """One page of the node table body alone: what the nodes page polls."""
     with request.app.state.sessions() as session:
         pool = _pool(request, session, pool_id)
-        latest = overview.latest_attestation_ids(session, pool.id)
-        return render(request, "node_rows.html", pool=pool, nodes=pool.nodes, latest=latest)
+        return render(request, "node_rows.html", pool=pool, page=_node_page(session, pool, page))
 
 
 @router.get("/pools/{pool_id}/nodes/{node_name}", name="dashboard_node_history")
