@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -57,7 +58,6 @@ from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, boots_here, surge_nodes
 from trustedlaunch.control.node_drain import (
     DEFAULT_DRAIN_TIMEOUT_MINUTES,
-    DRAIN_POLL_SECONDS,
     AfterFailedDrain,
     NodeDrainer,
     NodeDrainFailedError,
@@ -94,7 +94,6 @@ from trustedlaunch.control.node_plan import (
     NodePhase,
     ObservedNode,
     Step,
-    is_current,
     plan_next_step,
 )
 from trustedlaunch.control.node_processes import (
@@ -147,6 +146,13 @@ LIVE_PHASES = (NodePhase.READY, NodePhase.UNHEALTHY)  # the nodes whose liveness
 VTPM_DIR = "tpm"
 
 log = logging.getLogger(__name__)
+
+
+class Release(StrEnum):
+    """Why a node a step would take stays where it is (Reconciler._drain)."""
+
+    KEPT = "kept"  # the upgrade could not drain it and quarantined it: the plan goes on without it
+    SOAKING = "soaking"  # drained; its soak's deadline has not passed yet
 
 
 def default_state_dir() -> Path:
@@ -219,10 +225,12 @@ class Reconciler:
     upgradeSettings.drainTimeoutInMinutes (AKS's default 30 without one); `drain_timeout` (seconds), when
     set, overrides every pool's (tests use seconds, the API takes whole minutes). A pool Delete with
     ignore-pod-disruption-budget deletes the pods instead of evicting them. An upgrade (a reimage, or the
-    deletion of an outdated node beside its surge node) then soaks the drained node for the pool's
-    upgradeSettings.nodeSoakDurationInMinutes before it goes (`node_soak_duration`, seconds, overrides it),
-    and handles a node it cannot drain as upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's
-    default) uncordons it and fails the operation; Cordon keeps it cordoned and labelled
+    deletion of an outdated node a surge node replaced: node_plan's Step.upgrade; not a scale down) then
+    soaks the drained node for the pool's upgradeSettings.nodeSoakDurationInMinutes before it goes
+    (`node_soak_duration`, seconds, overrides it): a deadline on the node's row, checked on each pass
+    while other operations, renewals and plane supervision go on; and handles a node it cannot drain as
+    upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's default) uncordons it and fails the
+    operation; Cordon keeps it cordoned and labelled
     kubernetes.azure.com/upgrade-status=Quarantined, leaves it out of the operation's plan (its surge node
     stays in its place) and goes on, the operation failing at the end naming it (Canceled at once when
     the node was being reimaged in place: no surge node can replace it).
@@ -645,7 +653,7 @@ class Reconciler:
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
-                    self._take(session, pool, step, drain, operation)
+                    return self._take(session, pool, step, drain, operation)
                 except NodeProvisioningError as failure:
                     session.refresh(operation)
                     if operation.status == "InProgress":
@@ -683,11 +691,11 @@ class Reconciler:
         step: Step,
         drain: Callable[[str], None] | None = None,
         operation: Operation | None = None,
-    ) -> None:
+    ) -> bool:
         """Take `step` on `pool` for `operation`; a node that a reimage or deletion takes is drained (and, in
         an upgrade, soaked) first when `drain` (the operation's progress note) is given (not for a cluster's
-        deletion): a node left in place (quarantined, or a soak cut short by the reconciler's stop) is
-        not taken."""
+        deletion): a node left in place (quarantined) is not taken. False when the step waits (its node
+        soaks: nothing was done, the next pass checks the soak's deadline again), else True."""
         if step.action == Action.CREATE:
             assert step.ordinal is not None
             node = Node(
@@ -700,62 +708,63 @@ class Reconciler:
             )
             session.add(node)
             self._provision(session, pool, node)
-            return
+            return True
         node = session.get_one(Node, step.node_id)
         if step.action == Action.RESUME:
             if self._adopt_booting_vm(session, pool, node):
-                return
+                return True
             self._teardown(node)
             self._provision(session, pool, node)
         elif step.action == Action.REIMAGE:
-            if drain is not None and not self._drain(session, pool, node, drain, operation, in_place=True):
-                return
+            if drain is not None and (release := self._drain(session, pool, node, step, drain, operation)):
+                return release == Release.KEPT
             node.state = NodePhase.REIMAGING
             session.commit()
             self._teardown(node)  # the vTPM goes with the run dir: the new VM gets new EKs
             self._provision(session, pool, node)
         elif step.action == Action.DELETE:
-            if drain is not None and not self._drain(session, pool, node, drain, operation, in_place=False):
-                return
+            if drain is not None and (release := self._drain(session, pool, node, step, drain, operation)):
+                return release == Release.KEPT
             node.state = NodePhase.DELETING
             session.commit()
             self._teardown(node)
             resolve_alerts(session, node.name)  # nothing is left to remediate on a deleted node
             session.delete(node)
             session.commit()
+        return True
 
     def _drain(
         self,
         session: Session,
         pool: AgentPool,
         node: Node,
+        step: Step,
         progress: Callable[[str], None],
         operation: Operation | None,
-        in_place: bool,
-    ) -> bool:
-        """Cordon and drain the Node of joined Ready `node` before its VM goes (a node that is not Ready or
-        whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its pods),
-        then soak it when the node is outdated (an upgrade). True when the node may go.
+    ) -> Release | None:
+        """Cordon and drain the Node of joined Ready `node` before `step` takes it (a node that is not Ready
+        or whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its
+        pods), then soak it when the step is an upgrade (`_soak`; a soak an earlier pass of the operation
+        started goes on without a new drain). None when the node may go, else why it stays (Release).
 
-        On a failed drain of an upgrade (`in_place`: a reimage without a surge node) the pool's
+        On a failed drain of an upgrade (a reimage in place: no surge node) the pool's
         undrainableNodeBehavior decides (see the class); on a failed drain of a scale down or a pool's
         deletion the node stays Ready, cordoned, its VM running, and the operation fails with
         PodDrainFailure."""
+        if step.upgrade and self._soaking(node, operation):  # drained by an earlier pass
+            return self._soak(session, pool, node, progress, operation)
         if (
             self.cluster_planes is None
             or node.kubelet_port is None
             or node.state != NodePhase.READY
             or not self._vm_alive(node)
         ):
-            return True
+            return None
         adapter = self.cluster_planes.node_adapter(node)
         if adapter is None:
-            return True
+            return None
         minutes = pool.drain_timeout_in_minutes or DEFAULT_DRAIN_TIMEOUT_MINUTES
         timeout = self.drain_timeout if self.drain_timeout is not None else minutes * 60.0
-        upgrading = not is_current(_observed(node), _desired(pool, False)) and not (
-            operation is not None and operation.kind == "Delete"
-        )
         ignore_budgets = operation is not None and operation.ignore_pod_disruption_budget
         node.message = "draining"
         session.commit()  # no store transaction open while the API server answers
@@ -763,16 +772,17 @@ class Reconciler:
         try:
             drainer.drain(node.name)
         except NodeDrainFailedError as exc:
-            if not upgrading:
+            if not step.upgrade:
                 node.message = f"cordoned: {exc}"[:4000]
                 session.commit()
                 message = f"{exc} {after_failed_drain(AfterFailedDrain.CORDONED)}"
                 raise NodeProvisioningError(ArmError(500, "PodDrainFailure", message, node.name)) from exc
+            in_place = step.action == Action.REIMAGE
             self._undrainable(session, pool, node, drainer, exc, operation, in_place)
-            return False
+            return Release.KEPT
         node.quarantined_by_operation = None
         session.commit()
-        return not upgrading or self._soak(session, pool, node, progress)
+        return self._soak(session, pool, node, progress, operation) if step.upgrade else None
 
     def _undrainable(
         self,
@@ -808,22 +818,40 @@ class Reconciler:
         message = f"{failure} {outcome}"
         raise NodeProvisioningError(ArmError(500, "UpgradeFailed", message, node.name)) from failure
 
-    def _soak(self, session: Session, pool: AgentPool, node: Node, progress: Callable[[str], None]) -> bool:
-        """Wait the pool's nodeSoakDurationInMinutes after the upgrade drained `node`, the operation's note
-        counting the minutes down; False when the reconciler stops meanwhile (the step is taken again, its
-        soak from the start, by the next reconciler)."""
-        minutes = pool.node_soak_duration_in_minutes or 0
-        seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
-        if seconds <= 0:
-            return True
-        node.message = "soaking"
-        session.commit()
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            progress(soak_note(node.name, left))
-            if self._stop_event.wait(min(left, DRAIN_POLL_SECONDS)):
-                return False
-        return True
+    @staticmethod
+    def _soaking(node: Node, operation: Operation | None) -> bool:
+        """Whether `operation` drained `node` on an earlier pass and soaks it (its deadline is recorded)."""
+        return (
+            node.soak_until is not None and operation is not None and node.soaked_by_operation == operation.id
+        )
+
+    def _soak(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        progress: Callable[[str], None],
+        operation: Operation | None,
+    ) -> Release | None:
+        """Soak `node`, which the upgrade drained, for the pool's nodeSoakDurationInMinutes: its deadline is
+        recorded on the node's row at the first call and checked at each (the operation's note counting the
+        minutes down), so nothing waits meanwhile and a restarted reconciler resumes it. None once it has
+        passed (or without a soak), else Release.SOAKING."""
+        if not self._soaking(node, operation):
+            minutes = pool.node_soak_duration_in_minutes or 0
+            seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
+            if seconds <= 0:
+                return None
+            node.soak_until = utc_now() + timedelta(seconds=seconds)
+            node.soaked_by_operation = operation.id if operation is not None else None
+            node.message = "soaking"
+            session.commit()
+        assert node.soak_until is not None
+        left = (node.soak_until - utc_now()).total_seconds()
+        if left <= 0:
+            return None
+        progress(soak_note(node.name, left))
+        return Release.SOAKING
 
     def _stop_processes(self, node: Node) -> None:
         """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""
@@ -859,6 +887,7 @@ class Reconciler:
         node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
         node.attestation_policy = None  # its new VM's, recorded by its provisioning attestation
         node.reimage_reason = None  # reimaged: the current image's agent
+        node.soak_until = node.soaked_by_operation = None
         node.labels = {}
         node.message = "provisioning"
         node.updated_at = utc_now()
