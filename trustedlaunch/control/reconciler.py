@@ -76,7 +76,7 @@ from trustedlaunch.control.node_health import (
     record_check,
     start_repair,
 )
-from trustedlaunch.control.node_image_versions import version_boot_chain
+from trustedlaunch.control.node_image_versions import chain_of_build, version_build
 from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release_image, is_release_image
 from trustedlaunch.control.node_join import (
     ALREADY_STARTED,
@@ -1057,7 +1057,11 @@ class Reconciler:
                 log.warning("node %s: its adopted VM did not boot in time: booting it again", node.name)
                 return False
             time.sleep(1.0)
-        image = self._image(node.node_image_version)
+        try:
+            image = self._image(node.node_image_version)
+        except TrustedLaunchError as exc:  # fails this node and its operation, not every pass
+            message = f"node {node.name} could not be adopted: {exc}"
+            self._fail(session, node, "NodeProvisioningFailed", message)
         try:
             agent = AdoptedAgent(run_dir)
         except TrustedLaunchError as exc:
@@ -1382,11 +1386,19 @@ class Reconciler:
         Debian packages than the installed ones: control.node_image_versions). An image built from other
         releases, archives or packages (or without a root filesystem) is built anew; one whose only
         difference is an older agent gets the current agent (its initramfs), keeping its boot chain. Running
-        nodes keep the policy of the build they booted."""
+        nodes keep the policy of the build they booted.
+
+        The boot chain's packages are fetched (`apt-get download`, where not cached) before the image lock
+        is taken and with no store session open: a slow or failing fetch holds up no other image, step or
+        attestation. Raises TrustedLaunchError naming `version` when its boot chain cannot be had."""
         out_dir = self.state_dir / "images" / version
+        with self.sessions() as session:
+            build = version_build(session, version)
+        try:
+            chain = None if build is None else chain_of_build(build)
+        except TrustedLaunchError as exc:
+            raise TrustedLaunchError(f"node image {version}: its boot chain cannot be had: {exc}") from exc
         with self._artefacts_lock:
-            with self.sessions() as session:
-                chain = version_boot_chain(session, version)
             operator_images = self.state_dir / OPERATOR_IMAGES_DIR
             if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir), operator_images, chain):
                 log.info("building node image %s in %s", version, out_dir)
