@@ -141,6 +141,8 @@ MAX_PARALLEL_ATTESTATIONS = 8
 ATTESTATION_TIME_LIMIT = 180.0
 # A re-attestation that broke on our side (store, Kubernetes) is retried after this many seconds, not at once.
 ATTESTATION_RETRY_SECONDS = 30.0
+# A joined node whose pool labels and taints could not be set (plane unreachable) is tried again after this.
+NODE_SETTINGS_RETRY_SECONDS = 30.0
 LOCK_FILE = "reconciler.lock"
 LIVE_PHASES = (NodePhase.READY, NodePhase.UNHEALTHY)  # the nodes whose liveness is checked
 VTPM_DIR = "tpm"
@@ -303,6 +305,9 @@ class Reconciler:
         # node id -> the monotonic time its kubelet credentials were last issued
         self._renewed_at: dict[int, float] = {}
         self._next_supervision_at = 0.0
+        # node id -> the monotonic time before which its pool labels and taints are not tried again
+        self._settings_retry_after: dict[int, float] = {}
+        self.node_settings_retry = NODE_SETTINGS_RETRY_SECONDS
         self.drain_timeout = drain_timeout
         self.node_soak_duration = node_soak_duration
 
@@ -566,6 +571,7 @@ class Reconciler:
         self._check_liveness_if_due()
         self._supervise_control_planes_if_due()
         self._renew_unattested_credentials_if_due()
+        self._bring_node_settings_if_due()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
             if self._repair_due_node():
@@ -1005,14 +1011,11 @@ class Reconciler:
         when the Node could not be changed), False when every node has them."""
         if self.joiner is None:
             return False
-        wanted = (dict(pool.node_labels or {}), list(pool.node_taints or []))
         node = next(
             (
                 node
                 for node in pool.nodes
-                if node.state == NodePhase.READY
-                and self._joined(node)
-                and (dict(node.applied_node_labels or {}), list(node.applied_node_taints or [])) != wanted
+                if node.state == NodePhase.READY and self._joined(node) and self._settings_differ(node)
             ),
             None,
         )
@@ -1029,6 +1032,44 @@ class Reconciler:
                 finish_operation(session, operation, "Failed", error)
         session.commit()
         return True
+
+    @staticmethod
+    def _settings_differ(node: Node) -> bool:
+        """Whether the pool labels and taints last set on `node`'s Node are not its pool's."""
+        pool = node.pool
+        wanted = (dict(pool.node_labels or {}), list(pool.node_taints or []))
+        return (dict(node.applied_node_labels or {}), list(node.applied_node_taints or [])) != wanted
+
+    def _bring_node_settings_if_due(self) -> None:
+        """Give the Node of each joined Ready node whose pool no operation works on the pool's nodeLabels and
+        nodeTaints where the last attempt failed (its plane was unreachable at the join's operation):
+        tried again every `node_settings_retry` seconds per node until it holds (not counted as work: the
+        loop sleeps between passes)."""
+        if self.joiner is None:
+            return
+        with self.sessions() as session:
+            busy_pools = self._busy_pools(session)
+            now = time.monotonic()
+            for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)).all():
+                if (
+                    node.pool_id in busy_pools
+                    or not self._joined(node)
+                    or self._settings_retry_after.get(node.id, 0.0) > now
+                    or not self._settings_differ(node)
+                ):
+                    continue
+                try:
+                    self.joiner.bring_node_settings(node)
+                except NodeJoinFailedError as exc:
+                    log.warning("%s; tried again in %g s", exc, self.node_settings_retry)
+                    self._settings_retry_after[node.id] = now + self.node_settings_retry
+                    why = str(exc).removeprefix(f"node {node.name}: ")
+                    node.message = f"{why}; tried again every {self.node_settings_retry:g} s"[:4000]
+                    session.commit()
+                    continue
+                self._settings_retry_after.pop(node.id, None)
+                log.info("node %s: pool labels and taints set", node.name)
+                session.commit()
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was
