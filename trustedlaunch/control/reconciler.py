@@ -54,6 +54,7 @@ from trustedlaunch.control.attestation_monitor import (
 )
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.kubernetes import KubernetesAdapterError
 from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, boots_here, surge_nodes
 from trustedlaunch.control.node_drain import (
@@ -94,6 +95,7 @@ from trustedlaunch.control.node_plan import (
     NodePhase,
     ObservedNode,
     Step,
+    is_current,
     plan_next_step,
 )
 from trustedlaunch.control.node_processes import (
@@ -235,7 +237,9 @@ class Reconciler:
     operation; Cordon keeps it cordoned and labelled
     kubernetes.azure.com/upgrade-status=Quarantined, leaves it out of the operation's plan (its surge node
     stays in its place) and goes on, the operation failing at the end naming it (Canceled at once when
-    the node was being reimaged in place: no surge node can replace it).
+    the node was being reimaged in place: no surge node can replace it). A later operation drains such a
+    node again, or releases it (uncordoned, unlabelled) when it is current again (its pool reverted); an
+    uncordon never lifts the attestation verdict's cordon (control.kubernetes).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
     passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM),
@@ -642,6 +646,8 @@ class Reconciler:
                     session.commit()
                     return True
             for pool in pools:
+                if not deleting and self._release_held_node(session, pool, operation):
+                    return True
                 surge = self.max_surge if pool.max_surge is None else surge_nodes(pool.max_surge, pool.count)
                 observed = [_observed(n, operation.id) for n in pool.nodes]
                 step = plan_next_step(_desired(pool, deleting), observed, surge)
@@ -807,7 +813,7 @@ class Reconciler:
                 drainer.quarantine(node.name)
             elif failure.cordoned_by_drain or node.quarantined_by_operation is not None:
                 drainer.uncordon(node.name)
-        except httpx2.HTTPError as exc:  # the drain's own failure says more: the node stays cordoned
+        except (httpx2.HTTPError, KubernetesAdapterError) as exc:  # the drain's failure says more
             log.warning("node %s after its failed drain: %s", node.name, exc)
         if pool.undrainable_node_behavior == UndrainableNodeBehavior.CORDON:
             node.message = f"quarantined: {failure} {after_failed_drain(AfterFailedDrain.QUARANTINED)}"[:4000]
@@ -1030,6 +1036,44 @@ class Reconciler:
             if operation.status == "InProgress":
                 error = ArmError(500, "NodeSettingsUpdateFailed", str(exc), node.name)
                 finish_operation(session, operation, "Failed", error)
+        session.commit()
+        return True
+
+    def _release_held_node(self, session: Session, pool: AgentPool, operation: Operation) -> bool:
+        """End the hold of an earlier upgrade on the first node of `pool` it quarantined (Cordon) that is
+        current again (the pool's settings were reverted: nothing will drain it): its Node uncordoned and
+        unlabelled (unless the attestation verdict cordoned it: kubernetes.upgrade_release_patch) and its
+        row released. True when it took that step (the operation fails when the Node cannot be changed)."""
+        desired = _desired(pool, False)
+        node = next(
+            (
+                node
+                for node in pool.nodes
+                if node.quarantined_by_operation not in (None, operation.id)
+                and is_current(_observed(node), desired)
+            ),
+            None,
+        )
+        if node is None:
+            return False
+        operation.note = f"agent pool {pool.name}: releasing node {node.name} from an upgrade's quarantine"
+        session.commit()  # no store transaction open while the apiserver answers
+        adapter = self.cluster_planes.node_adapter(node) if self.cluster_planes is not None else None
+        try:
+            if adapter is not None and node.kubelet_port is not None:
+                adapter.release_upgrade_hold(node.name)
+        except KubernetesAdapterError as exc:
+            session.refresh(operation)
+            if operation.status == "InProgress":
+                message = f"node {node.name} stays quarantined by an earlier upgrade: {exc}"
+                finish_operation(
+                    session, operation, "Failed", ArmError(500, "NodeReleaseFailed", message, node.name)
+                )
+            session.commit()
+            return True
+        node.quarantined_by_operation = None
+        node.message = "released from an earlier upgrade's quarantine: its pool's settings are current again"
+        log.info("node %s: %s", node.name, node.message)
         session.commit()
         return True
 
