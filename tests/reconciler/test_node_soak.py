@@ -18,7 +18,7 @@ from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_plan import NodePhase
 from trustedlaunch.control.operations import finish_operation, start_operation
-from trustedlaunch.control.reconciler import Reconciler, Release
+from trustedlaunch.control.reconciler import NodeStays, Reconciler
 from trustedlaunch.control.resources import (
     ClusterSpec,
     PoolSpec,
@@ -116,7 +116,7 @@ def test_the_first_soak_records_its_deadline_and_a_later_operation_drains_again(
             pool = node.pool
             update = session.get_one(Operation, update_id)
             before = utc_now()
-            assert reconciler._soak(session, pool, node, notes.append, update) == Release.SOAKING
+            assert reconciler._soak(session, pool, node, notes.append, update) == NodeStays.SOAKING
             assert node.soak_until is not None and node.soaked_by_operation == update_id
             assert before + timedelta(hours=1) <= node.soak_until <= utc_now() + timedelta(hours=1)
             assert (node.message, notes) == (

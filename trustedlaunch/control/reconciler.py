@@ -152,10 +152,10 @@ VTPM_DIR = "tpm"
 log = logging.getLogger(__name__)
 
 
-class Release(StrEnum):
+class NodeStays(StrEnum):
     """Why a node a step would take stays where it is (Reconciler._drain)."""
 
-    KEPT = "kept"  # the upgrade could not drain it and quarantined it: the plan goes on without it
+    QUARANTINED = "quarantined"  # the upgrade could not drain it (Cordon): the plan goes on without it
     SOAKING = "soaking"  # drained; its soak's deadline has not passed yet
 
 
@@ -728,15 +728,15 @@ class Reconciler:
             self._teardown(node)
             self._provision(session, pool, node)
         elif step.action == Action.REIMAGE:
-            if drain is not None and (release := self._drain(session, pool, node, step, drain, operation)):
-                return release == Release.KEPT
+            if drain is not None and (stays := self._drain(session, pool, node, step, drain, operation)):
+                return stays == NodeStays.QUARANTINED
             node.state = NodePhase.REIMAGING
             session.commit()
             self._teardown(node)  # the vTPM goes with the run dir: the new VM gets new EKs
             self._provision(session, pool, node)
         elif step.action == Action.DELETE:
-            if drain is not None and (release := self._drain(session, pool, node, step, drain, operation)):
-                return release == Release.KEPT
+            if drain is not None and (stays := self._drain(session, pool, node, step, drain, operation)):
+                return stays == NodeStays.QUARANTINED
             node.state = NodePhase.DELETING
             session.commit()
             self._teardown(node)
@@ -753,11 +753,11 @@ class Reconciler:
         step: Step,
         progress: Callable[[str], None],
         operation: Operation | None,
-    ) -> Release | None:
+    ) -> NodeStays | None:
         """Cordon and drain the Node of joined Ready `node` before `step` takes it (a node that is not Ready
         or whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its
         pods), then soak it when the step is an upgrade (`_soak`; a soak an earlier pass of the operation
-        started goes on without a new drain). None when the node may go, else why it stays (Release).
+        started goes on without a new drain). None when the node may go, else why it stays (NodeStays).
 
         On a failed drain of an upgrade (a reimage in place: no surge node) the pool's
         undrainableNodeBehavior decides (see the class); on a failed drain of a scale down or a pool's
@@ -791,7 +791,7 @@ class Reconciler:
                 raise NodeProvisioningError(ArmError(500, "PodDrainFailure", message, node.name)) from exc
             in_place = step.action == Action.REIMAGE
             self._undrainable(session, pool, node, drainer, exc, operation, in_place)
-            return Release.KEPT
+            return NodeStays.QUARANTINED
         node.quarantined_by_operation = None
         session.commit()
         return self._soak(session, pool, node, progress, operation) if step.upgrade else None
@@ -844,11 +844,11 @@ class Reconciler:
         node: Node,
         progress: Callable[[str], None],
         operation: Operation | None,
-    ) -> Release | None:
+    ) -> NodeStays | None:
         """Soak `node`, which the upgrade drained, for the pool's nodeSoakDurationInMinutes: its deadline is
         recorded on the node's row at the first call and checked at each (the operation's note counting the
         minutes down), so nothing waits meanwhile and a restarted reconciler resumes it. None once it has
-        passed (or without a soak), else Release.SOAKING."""
+        passed (or without a soak), else NodeStays.SOAKING."""
         if not self._soaking(node, operation):
             minutes = pool.node_soak_duration_in_minutes or 0
             seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
@@ -863,7 +863,7 @@ class Reconciler:
         if left <= 0:
             return None
         progress(soak_note(node.name, left))
-        return Release.SOAKING
+        return NodeStays.SOAKING
 
     def _stop_processes(self, node: Node) -> None:
         """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""
