@@ -1094,10 +1094,10 @@ class Reconciler:
         with self.sessions() as session:
             busy_pools = self._busy_pools(session)
             now = time.monotonic()
-            for node in session.scalars(select(Node).where(Node.state == NodePhase.READY)).all():
+            joined = select(Node).where(Node.state == NodePhase.READY, Node.kubelet_port.is_not(None))
+            for node in session.scalars(joined).all():
                 if (
                     node.pool_id in busy_pools
-                    or not self._joined(node)
                     or self._settings_retry_after.get(node.id, 0.0) > now
                     or not self._settings_differ(node)
                 ):
