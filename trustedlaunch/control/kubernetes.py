@@ -8,9 +8,10 @@ Each kind of change touches only its own keys:
   (`set_pool_labels`);
 - the pool's nodeLabels and nodeTaints (`set_node_settings`): set, and removed when the pool drops one the
   control plane set before (recorded on the node's row), never anyone else's;
-- an upgrade's hold on a node it could not drain (undrainableNodeBehavior): `upgrade_release_patch` ends it
-  (the upgrade-status label removed, uncordoned) but never lifts a cordon the attestation verdict made,
-  and `restore` keeps a node cordoned while an upgrade holds it: a quarantine wins over an uncordon.
+- a drain (control.node_drain) cordons the node, and an upgrade that could not drain it holds it
+  (undrainableNodeBehavior Cordon: labelled upgrade-status=Quarantined); `upgrade_release_patch` ends that
+  hold (the label removed, uncordoned) but never lifts a cordon the attestation verdict made, and
+  `restore` keeps a node cordoned while an upgrade holds it: a cordon always wins over an uncordon.
 Changes are JSON merge patches carrying the `resourceVersion` that was read, so a concurrent change to the
 node makes the API server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times).
 A node already in the wanted state is not patched.
