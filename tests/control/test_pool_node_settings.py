@@ -1,21 +1,33 @@
 """The limits table's rows for a pool's nodeLabels (AKS's BadRequest and wording: Kubernetes label syntax,
 the `kubernetes.azure.com` prefix AKS keeps for its own labels, the kubernetes.io and k8s.io keys a node may
-not carry), nodeTaints and maxPods (AKS's InvalidParameter form: taint syntax, maxPods's range 10-250, and
-that maxPods cannot change on an existing pool)."""
+not carry), nodeTaints and maxPods (AKS's InvalidParameter form: taint syntax, taints that fit the join
+bundle, maxPods's range 10-250, and that maxPods cannot change on an existing pool)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from trustedlaunch.control.cluster_pki import create_cluster_pki
 from trustedlaunch.control.limits import (
     DEFAULT_MAX_PODS,
+    MAX_NODE_TAINTS,
     NodeTaint,
     PoolRequest,
     check_pool,
     invalid_labels,
+    join_taints_size,
     parse_taint,
+)
+from trustedlaunch.control.node_join import issue_kubelet_credentials, pool_taints
+from trustedlaunch.node.kubelet import (
+    ATTESTATION_PENDING_TAINT,
+    MAX_JOIN_BUNDLE_SIZE,
+    MAX_REGISTRATION_TAINTS_SIZE,
+    KubeletJoin,
 )
 
 VALID = PoolRequest(
@@ -154,3 +166,50 @@ def test_max_pods_cannot_change_but_labels_and_taints_can() -> None:
     assert codes(update) == [("PropertyChangeNotAllowed", "properties.maxPods")]
     relabelled = replace(VALID, node_labels=(("dept", "IT"),), node_taints=(), previous=VALID)
     assert check_pool(relabelled) == []
+
+
+PREFIX = ".".join(["a" * 63] * 3) + "." + "a" * 61  # a DNS subdomain of 253 characters
+
+
+def longest_taints(count: int) -> tuple[str, ...]:
+    """`count` distinct taints of the greatest length a taint may have (key prefix 253, name 63, value 63)."""
+    return tuple(f"{PREFIX}/{'n' * 60}{i:03d}={'v' * 63}:PreferNoSchedule" for i in range(count))
+
+
+def test_taints_that_would_not_fit_the_join_bundle_are_refused_at_the_request() -> None:
+    """The API's 50 taints at their greatest length fit the join bundle the agent accepts; more bytes than
+    its room are refused before any node joins (the control layer has no count of its own)."""
+    assert check_pool(replace(VALID, node_taints=longest_taints(MAX_NODE_TAINTS))) == []
+    assert join_taints_size(longest_taints(MAX_NODE_TAINTS)) <= MAX_REGISTRATION_TAINTS_SIZE
+    [violation] = check_pool(replace(VALID, node_taints=longest_taints(60)))
+    assert (violation.code, violation.target) == ("InvalidParameter", "properties.nodeTaints")
+    size = join_taints_size(longest_taints(60))
+    assert (
+        f"the nodeTaints of pool 'labelnp' take {size} bytes in the kubelet configuration"
+        in violation.message
+    )
+    assert f"at most {MAX_REGISTRATION_TAINTS_SIZE} fit" in violation.message
+
+
+def test_taints_filling_their_room_make_a_join_bundle_the_agent_accepts(tmp_path: Path) -> None:
+    """The room is right: the longest node name and cluster FQDN, the cluster's real CA and credentials
+    and taints just within MAX_REGISTRATION_TAINTS_SIZE make a bundle within MAX_JOIN_BUNDLE_SIZE."""
+    fqdn = f"{'k' * 54}-{'r' * 12}-{'0' * 6}.hcp.southcentralus.trustedlaunch.internal"
+    pki = create_cluster_pki(tmp_path / "pki", fqdn)
+    name = f"aks-{'p' * 12}-{'9' * 8}-vmss{'9' * 6}"
+    taints = next(
+        taints
+        for count in range(100, 0, -1)
+        if join_taints_size(taints := longest_taints(count)) <= MAX_REGISTRATION_TAINTS_SIZE
+    )
+    assert join_taints_size(taints) > MAX_REGISTRATION_TAINTS_SIZE - 500  # the room filled
+    join = KubeletJoin(
+        name,
+        fqdn,
+        pki.ca_cert.read_bytes(),
+        issue_kubelet_credentials(pki, name, timedelta(days=3)),
+        65535,
+        taints=(ATTESTATION_PENDING_TAINT, *pool_taints(list(taints))),
+        max_pods=250,
+    )
+    assert len(join.bundle()) <= MAX_JOIN_BUNDLE_SIZE

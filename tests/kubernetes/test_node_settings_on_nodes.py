@@ -217,3 +217,60 @@ def test_a_pool_update_of_labels_and_taints_reaches_the_joined_nodes_without_a_r
     finally:
         planes.close()
         engine.dispose()
+
+
+def test_settings_that_failed_to_reach_a_node_are_retried_each_pass_until_they_hold(
+    client: Client, kube_apiserver: HostedControlPlane, kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """The pool's update failed on a Node (its plane could not be reached; the operation failed): without a
+    new operation, the reconciler's passes try it again, once per retry interval while it fails (no busy
+    loop), and set it once the plane answers."""
+    engine, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", None)
+    planes = ClusterPlanes(tmp_path / "state", release=lambda: kubernetes_release)
+    path = ResourcePath("00000000-0000-0000-0000-000000000000", "rg", "nodeprops")
+    try:
+        with sessions.begin() as session:
+            pools = [PoolSpec(name="sys", mode="System", count=1, node_labels={"dept": "IT"})]
+            _, created, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
+            finish_operation(session, created, "Succeeded")  # no control plane recorded: unreachable
+            pool = session.scalars(select(AgentPool)).one()
+            name = f"aks-sys-{next(ORDINALS)}"
+            session.add(
+                Node(
+                    pool=pool,
+                    ordinal=0,
+                    name=name,
+                    node_image_version=pool.node_image_version,
+                    state="Ready",
+                    labels={},
+                    kubelet_port=1,
+                    applied_node_labels={"dept": "HR"},  # what the join set before the pool's update
+                    applied_node_taints=[],
+                )
+            )
+        register_node(client, name, {"dept": "HR", **VERDICT})
+        reconciler = Reconciler(sessions, tmp_path / "reconciler", cluster_planes=planes)
+        reconciler.node_settings_retry = 3600.0
+        try:
+            reconciler._bring_node_settings_if_due()
+            with sessions() as session:
+                node = session.scalars(select(Node).where(Node.name == name)).one()
+                assert node.applied_node_labels == {"dept": "HR"}
+                assert node.message.startswith("pool labels and taints not set: its cluster's control plane")
+                assert node.message.endswith("tried again every 3600 s")
+                node.pool.cluster.control_plane = running_plane_record(kube_apiserver)
+                session.commit()
+            reconciler._bring_node_settings_if_due()  # within the retry interval: not tried
+            assert read_node(client, name)["metadata"]["labels"]["dept"] == "HR"
+            reconciler._settings_retry_after.clear()
+            reconciler._bring_node_settings_if_due()
+            with sessions() as session:
+                node = session.scalars(select(Node).where(Node.name == name)).one()
+                assert node.applied_node_labels == {"dept": "IT"}
+            assert read_node(client, name)["metadata"]["labels"]["dept"] == "IT"
+        finally:
+            reconciler.release()
+            client.delete(KubernetesNode, name)
+    finally:
+        planes.close()
+        engine.dispose()

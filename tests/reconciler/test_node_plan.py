@@ -141,3 +141,45 @@ def test_a_quarantined_node_is_left_in_place_beside_its_surge_node() -> None:
     assert (step.action, step.node_id) == (Action.DELETE, 2)
     assert plan_next_step(TL, [blocked, node(3, 2), node(4, 3)], max_surge=1).action == Action.DONE
     assert plan_next_step(replace(TL, deleting=True), [blocked]).node_id == 1
+
+
+def test_a_step_says_whether_it_upgrades_or_shrinks_the_pool() -> None:
+    """Only an upgrade (a reimage, the deletion of a node a surge node replaced) soaks and quarantines: a
+    scale down's deletion is none, even of an outdated node (a Failed one, one with a reimage reason)."""
+    outdated = node(1, 0, secure_boot=False)
+    assert plan_next_step(TL, [outdated, node(2, 1)]).upgrade is True  # a reimage in place
+    replaced = plan_next_step(TL, [outdated, node(2, 1), node(3, 2)], max_surge=1)
+    assert (replaced.action, replaced.node_id, replaced.upgrade) == (Action.DELETE, 1, True)
+    assert replaced.note == "deleting node 0 (replaced by a surge node)"
+    scaled = [  # scaled to 2: the failed node goes as the surplus (more of it than maxSurge could have made)
+        ([node(1, 0, NodePhase.FAILED), node(2, 1), node(3, 2)], 0),
+        ([node(1, 0, NodePhase.FAILED), node(2, 1), node(3, 2), node(4, 3)], 1),
+    ]
+    for nodes, max_surge in scaled:
+        shrink = plan_next_step(TL, nodes, max_surge)
+        assert (shrink.action, shrink.node_id, shrink.upgrade) == (Action.DELETE, 1, False)
+        assert shrink.note == "deleting node 0 (scaling to 2)"
+    current = plan_next_step(replace(TL, count=1), [node(1, 0), node(2, 1)], max_surge=1)
+    assert (current.action, current.upgrade) == (Action.DELETE, False)
+    assert plan_next_step(replace(TL, deleting=True), [outdated]).upgrade is False
+    assert plan_next_step(TL, [node(1, 0, NodePhase.DELETING)]).upgrade is False
+    assert plan_next_step(TL, [node(1, 0, NodePhase.REIMAGING)]).upgrade is True
+
+
+def test_a_pool_scaled_down_while_it_upgrades_shrinks_by_the_surplus_and_upgrades_the_rest() -> None:
+    """Three outdated nodes, the count lowered to 2: one deletion is the shrink, two replace a node."""
+    outdated = [node(i, i, secure_boot=False) for i in range(3)]
+    for max_surge in (1, 2):
+        nodes = list(outdated)
+        upgrades = shrinks = 0
+        next_id = 100
+        while (step := plan_next_step(TL, nodes, max_surge)).action != Action.DONE:
+            if step.action == Action.CREATE:
+                assert step.ordinal is not None
+                nodes.append(node(next_id, step.ordinal))
+                next_id += 1
+            else:
+                assert step.action == Action.DELETE
+                nodes = [n for n in nodes if n.node_id != step.node_id]
+                upgrades, shrinks = upgrades + step.upgrade, shrinks + (not step.upgrade)
+        assert (upgrades, shrinks) == (2, 1), max_surge

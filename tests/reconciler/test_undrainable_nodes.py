@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_apiserver import admin_client, read_node, register_node
+from kube_apiserver import admin_client, read_node, register_node, running_plane_record
 from lightkube import Client
 from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
 from reconciler_helpers import SUB, wait_until
@@ -20,13 +20,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.cluster_planes import ClusterPlanes
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
-from trustedlaunch.control.labels import LABEL_UPGRADE_STATUS
+from trustedlaunch.control.kubernetes import KubernetesNodeAdapter, upgrade_release_patch
+from trustedlaunch.control.kubernetes_release import KubernetesRelease
+from trustedlaunch.control.labels import LABEL_UPGRADE_STATUS, QUARANTINE_ANNOTATION
 from trustedlaunch.control.node_drain import NodeDrainer, NodeDrainFailedError
 from trustedlaunch.control.node_plan import NodePhase
+from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.reconciler import NodeProvisioningError, Reconciler
-from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster, put_pool
 from trustedlaunch.store.models import AgentPool, Node, Operation
 
 pytestmark = pytest.mark.slow
@@ -123,3 +127,84 @@ def test_cordon_of_a_node_reimaged_in_place_cancels_the_operation(client: Client
         assert (failed.value.status, failed.value.error.code) == ("Canceled", "UpgradeFailed")
         assert node.quarantined_by_operation == operation_id
     assert read_node(client, name)["metadata"]["labels"][LABEL_UPGRADE_STATUS] == "Quarantined"
+
+
+def test_the_release_of_an_upgrade_hold_never_lifts_an_attestation_cordon() -> None:
+    """kubernetes.upgrade_release_patch: the upgrade-status label goes; the cordon goes unless the
+    attestation verdict made one (its annotation); nothing to do, no patch."""
+    held = {
+        "metadata": {"labels": {LABEL_UPGRADE_STATUS: "Quarantined", "team": "a"}, "resourceVersion": "7"},
+        "spec": {"unschedulable": True},
+    }
+    assert upgrade_release_patch(held) == {
+        "metadata": {"labels": {LABEL_UPGRADE_STATUS: None}, "resourceVersion": "7"},
+        "spec": {"unschedulable": None},
+    }
+    attested_out = {**held, "metadata": {**held["metadata"], "annotations": {QUARANTINE_ANNOTATION: "PCR 7"}}}
+    assert upgrade_release_patch(attested_out) == {
+        "metadata": {"labels": {LABEL_UPGRADE_STATUS: None}, "resourceVersion": "7"}
+    }
+    assert upgrade_release_patch({"metadata": {"labels": {}}, "spec": {}}) is None
+
+
+def test_schedule_keeps_the_cordon_of_an_attestation_quarantine_made_during_the_drain(
+    client: Client, kube_apiserver: HostedControlPlane, tmp_path: Path
+) -> None:
+    """The drain cordoned the node; meanwhile its attestation failed and quarantined it: Schedule's uncordon
+    must not make it schedulable again (the verdict's cordon wins), and a passing attestation later does
+    not lift an upgrade's hold either."""
+    name = "undrainable-attested-out"
+    drainer, failure = failed_drain(client, name)
+    with KubernetesNodeAdapter(kube_apiserver.admin_kubeconfig) as adapter:
+        adapter.quarantine(name, "PCR 7 differs from the policy")
+        sessions, reconciler, operation_id = store(tmp_path, None)  # Schedule
+        with sessions() as session:
+            pool, node = the_node(session, name)
+            operation = session.get_one(Operation, operation_id)
+            with pytest.raises(NodeProvisioningError):
+                reconciler._undrainable(session, pool, node, drainer, failure, operation, in_place=False)
+        stored = read_node(client, name)
+        assert stored["spec"]["unschedulable"] is True
+        assert LABEL_UPGRADE_STATUS not in stored["metadata"]["labels"]
+        drainer.quarantine(
+            name
+        )  # now an upgrade holds it (Cordon) too: a passing attestation keeps it cordoned
+        adapter.restore(name, {})
+        stored = read_node(client, name)
+        assert stored["spec"]["unschedulable"] is True
+        assert QUARANTINE_ANNOTATION not in (stored["metadata"].get("annotations") or {})
+
+
+def test_a_node_held_by_an_upgrade_is_released_when_its_pool_is_reverted(
+    client: Client, kube_apiserver: HostedControlPlane, kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """An upgrade quarantined the node (Cordon) and failed; the pool's settings are then reverted: the node is
+    current again, so no drain will take it, and the next operation uncordons and unlabels its Node and
+    releases its row before it succeeds."""
+    name = "undrainable-reverted"
+    register_node(client, name)
+    NodeDrainer(client, 1.0, lambda note: None).quarantine(name)
+    sessions, _, operation_id = store(tmp_path, "Cordon")
+    planes = ClusterPlanes(tmp_path / "planes", release=lambda: kubernetes_release)
+    reconciler = Reconciler(sessions, tmp_path / "state", cluster_planes=planes)
+    try:
+        with sessions() as session:
+            pool, node = the_node(session, name)
+            node.kubelet_port, node.quarantined_by_operation = 1, "an-earlier-upgrade"
+            finish_operation(session, session.get_one(Operation, operation_id), "Failed")
+            pool.cluster.control_plane = running_plane_record(kube_apiserver)
+            _, revert, _ = put_pool(session, ResourcePath(SUB, "rg", "k"), PoolSpec("pool", count=1))
+            session.commit()
+            revert_id = revert.id
+        assert reconciler._advance(revert_id) is True  # the release
+        stored = read_node(client, name)
+        assert not stored["spec"].get("unschedulable")
+        assert LABEL_UPGRADE_STATUS not in stored["metadata"]["labels"]
+        assert reconciler._advance(revert_id) is True  # then done
+        with sessions() as session:
+            assert session.get_one(Operation, revert_id).status == "Succeeded"
+            node = session.scalars(select(Node).where(Node.name == name)).one()
+            assert node.quarantined_by_operation is None and node.message.startswith("released")
+    finally:
+        reconciler.release()
+        planes.close()

@@ -1,9 +1,17 @@
-"""Kubernetes adapter: applies the attestation verdict of a node to the cluster (labels, taints, cordon)
-through lightkube and a kubeconfig.
+"""Kubernetes adapter: what the control plane sets on a node's Node object (labels, taints, cordon) through
+lightkube and a kubeconfig, and the one owner of its cordon state.
 
-Only what the attestation verdict owns is touched: the labels, taint and annotation of
-`control.labels.VERDICT_KEYS`, and `spec.unschedulable` when it cordons a node itself; and the labels that
-follow from the node's row (`control.labels.POOL_LABEL_KEYS`), set when they differ (`set_pool_labels`).
+Each kind of change touches only its own keys:
+- the attestation verdict: the labels, taint and annotation of `control.labels.VERDICT_KEYS`, and
+  `spec.unschedulable` when it cordons a node itself (`quarantine`, `restore`);
+- the labels that follow from the node's row (`control.labels.POOL_LABEL_KEYS`), set when they differ
+  (`set_pool_labels`);
+- the pool's nodeLabels and nodeTaints (`set_node_settings`): set, and removed when the pool drops one the
+  control plane set before (recorded on the node's row), never anyone else's;
+- a drain (control.node_drain) cordons the node, and an upgrade that could not drain it holds it
+  (undrainableNodeBehavior Cordon: labelled upgrade-status=Quarantined); `upgrade_release_patch` ends that
+  hold (the label removed, uncordoned) but never lifts a cordon the attestation verdict made, and
+  `restore` keeps a node cordoned while an upgrade holds it: a cordon always wins over an uncordon.
 Changes are JSON merge patches carrying the `resourceVersion` that was read, so a concurrent change to the
 node makes the API server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times).
 A node already in the wanted state is not patched.
@@ -22,6 +30,7 @@ from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
 from trustedlaunch.control.labels import (
+    LABEL_UPGRADE_STATUS,
     LEGACY_PREFIX,
     LEGACY_QUARANTINE_ANNOTATION,
     POOL_LABEL_KEYS,
@@ -132,6 +141,57 @@ def pool_labels_patch(node: dict[str, Any], labels: Mapping[str, str]) -> dict[s
     return {"metadata": patch_metadata}
 
 
+def attestation_quarantined(node: dict[str, Any]) -> bool:
+    """Whether the attestation verdict quarantined `node` (its annotation, or an earlier release's)."""
+    annotations = node.get("metadata", {}).get("annotations") or {}
+    return QUARANTINE_ANNOTATION in annotations or LEGACY_QUARANTINE_ANNOTATION in annotations
+
+
+def upgrade_release_patch(node: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that ends an upgrade's hold on `node` (undrainableNodeBehavior Schedule after a failed
+    drain, or a Cordon quarantine no longer needed): its upgrade-status label removed and the node
+    uncordoned, unless the attestation verdict quarantined it (its cordon stays); None when nothing is
+    left to change."""
+    metadata = node.get("metadata", {})
+    patch: dict[str, Any] = {}
+    if LABEL_UPGRADE_STATUS in (metadata.get("labels") or {}):
+        patch["metadata"] = {"labels": {LABEL_UPGRADE_STATUS: None}}
+    if node.get("spec", {}).get("unschedulable") and not attestation_quarantined(node):
+        patch["spec"] = {"unschedulable": None}
+    if not patch:
+        return None
+    if "resourceVersion" in metadata:
+        patch.setdefault("metadata", {})["resourceVersion"] = metadata["resourceVersion"]
+    return patch
+
+
+def patch_node(
+    client: Client,
+    node_name: str,
+    compute: Callable[[dict[str, Any]], dict[str, Any] | None],
+    read: Callable[[str], dict[str, Any]] | None = None,
+) -> bool:
+    """Patch the Node with `compute(node as read)` (None: nothing to change; `read`, by default the
+    client's GET), recomputed on the fresh node when it changed meanwhile (409), CONFLICT_RETRIES times;
+    True when a patch was needed. Raises the client's httpx2.HTTPError, KubernetesAdapterError after
+    CONFLICT_RETRIES conflicts."""
+    for _attempt in range(CONFLICT_RETRIES):
+        node = read(node_name) if read is not None else client.get(Node, node_name).to_dict()
+        patch = compute(node)
+        if patch is None:
+            return False
+        try:
+            client.patch(Node, node_name, patch, patch_type=PatchType.MERGE)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code == 409:
+                continue
+            raise
+        return True
+    raise KubernetesAdapterError(
+        f"node {node_name}: changed by someone else during {CONFLICT_RETRIES} attempts to update it"
+    )
+
+
 def _taint_identity(taint: Mapping[str, Any]) -> tuple[str, str]:
     return str(taint.get("key")), str(taint.get("effect"))
 
@@ -213,24 +273,15 @@ class KubernetesNodeAdapter:
         return node
 
     def _patch(self, node_name: str, compute: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
-        """Patch the node with `compute(node as read)` (None: nothing to change), recomputed on the fresh
-        node when it changed meanwhile (409), CONFLICT_RETRIES times; True when a patch was needed."""
-        for _attempt in range(CONFLICT_RETRIES):
-            patch = compute(self._read(node_name))
-            if patch is None:
-                return False
-            try:
-                self.client.patch(Node, node_name, patch, patch_type=PatchType.MERGE)
-            except httpx2.HTTPStatusError as exc:
-                if exc.response.status_code == 409:
-                    continue
-                raise _adapter_error(node_name, exc) from None
-            except httpx2.HTTPError as exc:
-                raise _adapter_error(node_name, exc) from None
-            return True
-        raise KubernetesAdapterError(
-            f"node {node_name}: changed by someone else during {CONFLICT_RETRIES} attempts to update it"
-        )
+        """patch_node with the API server's failures as KubernetesAdapterError."""
+        try:
+            return patch_node(self.client, node_name, compute, self._read)
+        except httpx2.HTTPError as exc:
+            raise _adapter_error(node_name, exc) from None
+
+    def release_upgrade_hold(self, node_name: str) -> bool:
+        """End an upgrade's hold on the node (upgrade_release_patch); True when it changed."""
+        return self._patch(node_name, upgrade_release_patch)
 
     def set_pool_labels(self, node_name: str, labels: Mapping[str, str]) -> dict[str, str | None]:
         """Give the node the pool labels `labels` (POOL_LABEL_KEYS) where it has other values or none; each
@@ -293,13 +344,14 @@ class KubernetesNodeAdapter:
 
     def restore(self, node_name: str, labels: Mapping[str, str]) -> bool:
         """A node that attested: our `labels` set, the quarantine taint and annotation removed, and
-        uncordoned if we cordoned it (a node cordoned by an operator stays cordoned); True when it changed."""
-        annotations = self._read(node_name)["metadata"].get("annotations") or {}
-        quarantined = QUARANTINE_ANNOTATION in annotations or LEGACY_QUARANTINE_ANNOTATION in annotations
+        uncordoned if we cordoned it (a node cordoned by an operator, or held by an upgrade that could not
+        drain it, stays cordoned); True when it changed."""
+        node = self._read(node_name)
+        held = LABEL_UPGRADE_STATUS in (node["metadata"].get("labels") or {})
         return self.apply_node_state(
             node_name,
             labels=labels,
             taints=[],
-            cordon=False if quarantined else None,
+            cordon=False if attestation_quarantined(node) and not held else None,
             annotations={QUARANTINE_ANNOTATION: None, LEGACY_QUARANTINE_ANNOTATION: None},
         )

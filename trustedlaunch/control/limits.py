@@ -26,6 +26,7 @@ from trustedlaunch.control.node_images import OS_SKUS, NodeImageInfo
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.vm_sizes import VmSize, find_vm_size
 from trustedlaunch.node.kubelet import DEFAULT_MAX_PODS as KUBELET_DEFAULT_MAX_PODS
+from trustedlaunch.node.kubelet import MAX_REGISTRATION_TAINTS_SIZE, registration_taints_size
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 
 TL_INCOMPATIBLE = "TrustedLaunchIncompatibleWithConfig"
@@ -324,6 +325,12 @@ def _taint_key(taint: str) -> str:
     return re.split(r"[=:]", taint, maxsplit=1)[0]
 
 
+def join_taints_size(taints: tuple[str, ...]) -> int:
+    """The bytes a pool's valid nodeTaints take in the join bundle (its kubelet registers with them)."""
+    parsed = [parse_taint(taint) for taint in taints]
+    return registration_taints_size([taint.to_dict() for taint in parsed if taint is not None])
+
+
 def platform_label_keys(keys: list[str]) -> list[str]:
     """The keys among `keys` that the platform sets on every node from its pool's settings (osType, vmSize:
     control.labels.POOL_LABEL_KEYS): a pool's nodeLabels giving them would fight the join's values."""
@@ -529,6 +536,8 @@ class PoolRequest:
             "reserved_prefix": RESERVED_LABEL_PREFIX,
             "platform_labels": ", ".join(platform_label_keys([key for key, _ in self.node_labels])),
             "repeated_taints": ", ".join(repeated_taints(self.node_taints)),
+            "taints_size": join_taints_size(self.node_taints),
+            "max_taints_size": MAX_REGISTRATION_TAINTS_SIZE,
             "max_pods": self.max_pods,
             "min_max_pods": MAX_PODS[0],
             "max_max_pods": MAX_PODS[1],
@@ -932,6 +941,15 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "attested, NoExecute when it fails), which a pool may neither set nor lift.",
         PoolRequest,
         lambda r: bool(reserved_keys([_taint_key(taint) for taint in r.node_taints])),
+    ),
+    Limitation(  # the join bundle the agent accepts is bounded (node.kubelet.MAX_JOIN_BUNDLE_SIZE)
+        "InvalidParameter",
+        "properties.nodeTaints",
+        "The value of parameter agentPoolProfile.nodeTaints is invalid. Error details: the nodeTaints of "
+        "pool '{pool}' take {taints_size} bytes in the kubelet configuration its nodes join with; at most "
+        "{max_taints_size} fit (use fewer or shorter taints).",
+        PoolRequest,
+        lambda r: join_taints_size(r.node_taints) > MAX_REGISTRATION_TAINTS_SIZE,
     ),
     Limitation(
         "InvalidParameter",

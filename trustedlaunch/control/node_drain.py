@@ -34,6 +34,7 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
+from trustedlaunch.control.kubernetes import patch_node, upgrade_release_patch
 from trustedlaunch.control.labels import LABEL_UPGRADE_STATUS, UPGRADE_QUARANTINED
 from trustedlaunch.errors import TrustedLaunchError
 
@@ -242,9 +243,9 @@ class NodeDrainer:
         self.client.patch(KubernetesNode, node_name, patch, patch_type=PatchType.MERGE)
 
     def uncordon(self, node_name: str) -> None:
-        """Make the Node schedulable again, without a quarantine label (undrainableNodeBehavior Schedule)."""
-        patch = {"metadata": {"labels": {LABEL_UPGRADE_STATUS: None}}, "spec": {"unschedulable": None}}
-        self.client.patch(KubernetesNode, node_name, patch, patch_type=PatchType.MERGE)
+        """Make the Node schedulable again, without a quarantine label (undrainableNodeBehavior Schedule),
+        unless the attestation verdict cordoned it meanwhile (kubernetes.upgrade_release_patch)."""
+        patch_node(self.client, node_name, upgrade_release_patch)
 
     def drain(self, node_name: str) -> None:
         """Cordon the Node, evict its pods (but DaemonSet and mirror pods), retrying refused evictions, and

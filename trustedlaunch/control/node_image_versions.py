@@ -349,11 +349,15 @@ def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:
     )
 
 
+def version_build(session: Session, version: str) -> ImageBuild | None:
+    """The build record of the stored version `version`, None for a version without one (IMAGE_RELEASE in
+    a store from before pin_release_build: the installed chain). Reads the store only: nothing is fetched."""
+    row = session.get(NodeImage, version)
+    return None if row is None or row.build_record is None else ImageBuild.from_json(row.build_record)
+
+
 def version_boot_chain(session: Session, version: str, cache: Path | None = None) -> BootChain | None:
     """The boot chain the stored version `version` is built from (the installed one where its packages are
-    installed), None for a version without a build record (IMAGE_RELEASE in a store from before
-    pin_release_build: the installed chain)."""
-    row = session.get(NodeImage, version)
-    if row is None or row.build_record is None:
-        return None
-    return chain_of_build(ImageBuild.from_json(row.build_record), cache)
+    installed), None for a version without a build record (version_build)."""
+    build = version_build(session, version)
+    return None if build is None else chain_of_build(build, cache)

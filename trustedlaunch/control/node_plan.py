@@ -63,6 +63,10 @@ class Step:
     node_id: int | None = None
     ordinal: int | None = None
     note: str = ""
+    # Why a Reimage or Delete takes its node: True when it replaces an outdated node (a reimage in place, or
+    # the deletion of one a surge node replaced), False for a scale down or the pool's deletion. Only an
+    # upgrade soaks the drained node and applies undrainableNodeBehavior to one it cannot drain.
+    upgrade: bool = False
 
 
 def is_current(node: ObservedNode, desired: DesiredPool) -> bool:
@@ -94,7 +98,8 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
     (outdated ones first), missing ones created, and outdated ones (other settings, a reimage reason, or
     Failed; a reimage reason is named in the step's note) replaced: in
     place one at a time, or with `max_surge` >= 1 by first creating up to `max_surge` replacements above
-    the desired count, then deleting outdated nodes down to it.
+    the desired count, then deleting outdated nodes down to it. A Reimage or Delete step says whether it is
+    an upgrade (`Step.upgrade`): a surplus node deleted while the pool shrinks is not, even an outdated one.
 
     A quarantined node (one the operation could not drain, undrainableNodeBehavior Cordon) is left as it
     is: the pool is planned as if it were not there, so a surge node stays in its place; a pool's deletion
@@ -112,6 +117,7 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
                 interrupted.node_id,
                 interrupted.ordinal,
                 f"{verb} node {interrupted.ordinal}{_why(interrupted)}",
+                upgrade=action == Action.REIMAGE,
             )
     if desired.deleting:
         if not nodes:
@@ -147,16 +153,21 @@ def plan_next_step(desired: DesiredPool, nodes: Sequence[ObservedNode], max_surg
         )
     if len(nodes) > desired.count:
         victim = (outdated or nodes)[-1]
+        # The nodes above the count are surge nodes (each a current node made in an outdated one's place)
+        # when there are no more of them than maxSurge and than current nodes; else the pool shrinks.
+        replaced = bool(outdated) and len(nodes) - desired.count <= min(max_surge, len(current))
+        why = "replaced by a surge node" if replaced else f"scaling to {desired.count}"
         return Step(
             Action.DELETE,
             victim.node_id,
             victim.ordinal,
-            f"deleting node {victim.ordinal} (scaling to {desired.count}){_why(victim)}",
+            f"deleting node {victim.ordinal} ({why}){_why(victim)}",
+            upgrade=replaced,
         )
     if len(nodes) < desired.count:
         ordinal = _first_free_ordinal(every_ordinal)
         return Step(Action.CREATE, ordinal=ordinal, note=f"creating node {len(current) + 1}/{desired.count}")
     if outdated:  # no surge: in place
         note = f"reimaging node {len(current) + 1}/{desired.count}{_why(outdated[0])}"
-        return Step(Action.REIMAGE, outdated[0].node_id, outdated[0].ordinal, note)
+        return Step(Action.REIMAGE, outdated[0].node_id, outdated[0].ordinal, note, upgrade=True)
     return Step(Action.DONE, note=f"{desired.count} node(s) ready")

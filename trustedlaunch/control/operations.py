@@ -48,10 +48,16 @@ def start_node_reimage(session: Session, node: Node, reason: str) -> Operation |
     Update operation on its pool (drained first, surge per maxSurge), started unless one is in progress on
     the pool or its cluster (that one reimages it), nor for a node an upgrade could not drain and left
     quarantined (undrainableNodeBehavior Cordon: the operator's next operation drains it again; starting
-    one here at every renewal would drain it again and again); the operation started, if any."""
+    one here at every renewal would drain it again and again); the operation started, if any.
+
+    Two nodes of a pool found at once (renewals in threads of their own) start one operation: the check and
+    the insert happen under the pool's row lock (PostgreSQL), the write lock of SQLite taken by the node's
+    update, each held to the caller's commit."""
     node.reimage_reason = reason[:1024]
     if node.quarantined_by_operation is not None:
         return None
+    session.flush()
+    session.execute(select(AgentPool.id).where(AgentPool.id == node.pool_id).with_for_update())
     pool = node.pool
     cluster = pool.cluster
     cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -54,11 +55,11 @@ from trustedlaunch.control.attestation_monitor import (
 from trustedlaunch.control.cluster_planes import SUPERVISE_SECONDS, ClusterPlanes, ControlPlaneFailedError
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.image_policies import record_image_policy
+from trustedlaunch.control.kubernetes import KubernetesAdapterError
 from trustedlaunch.control.labels import join_labels, node_labels
 from trustedlaunch.control.limits import LINUX_ONLY_MESSAGE, OS_TYPE_NOT_SUPPORTED, boots_here, surge_nodes
 from trustedlaunch.control.node_drain import (
     DEFAULT_DRAIN_TIMEOUT_MINUTES,
-    DRAIN_POLL_SECONDS,
     AfterFailedDrain,
     NodeDrainer,
     NodeDrainFailedError,
@@ -77,7 +78,7 @@ from trustedlaunch.control.node_health import (
     record_check,
     start_repair,
 )
-from trustedlaunch.control.node_image_versions import version_boot_chain
+from trustedlaunch.control.node_image_versions import chain_of_build, version_build
 from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release_image, is_release_image
 from trustedlaunch.control.node_join import (
     ALREADY_STARTED,
@@ -142,11 +143,20 @@ MAX_PARALLEL_ATTESTATIONS = 8
 ATTESTATION_TIME_LIMIT = 180.0
 # A re-attestation that broke on our side (store, Kubernetes) is retried after this many seconds, not at once.
 ATTESTATION_RETRY_SECONDS = 30.0
+# A joined node whose pool labels and taints could not be set (plane unreachable) is tried again after this.
+NODE_SETTINGS_RETRY_SECONDS = 30.0
 LOCK_FILE = "reconciler.lock"
 LIVE_PHASES = (NodePhase.READY, NodePhase.UNHEALTHY)  # the nodes whose liveness is checked
 VTPM_DIR = "tpm"
 
 log = logging.getLogger(__name__)
+
+
+class NodeStays(StrEnum):
+    """Why a node a step would take stays where it is (Reconciler._drain)."""
+
+    QUARANTINED = "quarantined"  # the upgrade could not drain it (Cordon): the plan goes on without it
+    SOAKING = "soaking"  # drained; its soak's deadline has not passed yet
 
 
 def default_state_dir() -> Path:
@@ -219,13 +229,17 @@ class Reconciler:
     upgradeSettings.drainTimeoutInMinutes (AKS's default 30 without one); `drain_timeout` (seconds), when
     set, overrides every pool's (tests use seconds, the API takes whole minutes). A pool Delete with
     ignore-pod-disruption-budget deletes the pods instead of evicting them. An upgrade (a reimage, or the
-    deletion of an outdated node beside its surge node) then soaks the drained node for the pool's
-    upgradeSettings.nodeSoakDurationInMinutes before it goes (`node_soak_duration`, seconds, overrides it),
-    and handles a node it cannot drain as upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's
-    default) uncordons it and fails the operation; Cordon keeps it cordoned and labelled
+    deletion of an outdated node a surge node replaced: node_plan's Step.upgrade; not a scale down) then
+    soaks the drained node for the pool's upgradeSettings.nodeSoakDurationInMinutes before it goes
+    (`node_soak_duration`, seconds, overrides it): a deadline on the node's row, checked on each pass
+    while other operations, renewals and plane supervision go on; and handles a node it cannot drain as
+    upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's default) uncordons it and fails the
+    operation; Cordon keeps it cordoned and labelled
     kubernetes.azure.com/upgrade-status=Quarantined, leaves it out of the operation's plan (its surge node
     stays in its place) and goes on, the operation failing at the end naming it (Canceled at once when
-    the node was being reimaged in place: no surge node can replace it).
+    the node was being reimaged in place: no surge node can replace it). A later operation drains such a
+    node again, or releases it (uncordoned, unlabelled) when it is current again (its pool reverted); an
+    uncordon never lifts the attestation verdict's cordon (control.kubernetes).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
     passing re-attestation of a vTPM node, never after a failing one; while Ready for a node without vTPM),
@@ -295,6 +309,9 @@ class Reconciler:
         # node id -> the monotonic time its kubelet credentials were last issued
         self._renewed_at: dict[int, float] = {}
         self._next_supervision_at = 0.0
+        # node id -> the monotonic time before which its pool labels and taints are not tried again
+        self._settings_retry_after: dict[int, float] = {}
+        self.node_settings_retry = NODE_SETTINGS_RETRY_SECONDS
         self.drain_timeout = drain_timeout
         self.node_soak_duration = node_soak_duration
 
@@ -558,6 +575,7 @@ class Reconciler:
         self._check_liveness_if_due()
         self._supervise_control_planes_if_due()
         self._renew_unattested_credentials_if_due()
+        self._bring_node_settings_if_due()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
             if self._repair_due_node():
@@ -628,6 +646,8 @@ class Reconciler:
                     session.commit()
                     return True
             for pool in pools:
+                if not deleting and self._release_held_node(session, pool, operation):
+                    return True
                 surge = self.max_surge if pool.max_surge is None else surge_nodes(pool.max_surge, pool.count)
                 observed = [_observed(n, operation.id) for n in pool.nodes]
                 step = plan_next_step(_desired(pool, deleting), observed, surge)
@@ -645,7 +665,7 @@ class Reconciler:
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
-                    self._take(session, pool, step, drain, operation)
+                    return self._take(session, pool, step, drain, operation)
                 except NodeProvisioningError as failure:
                     session.refresh(operation)
                     if operation.status == "InProgress":
@@ -683,11 +703,11 @@ class Reconciler:
         step: Step,
         drain: Callable[[str], None] | None = None,
         operation: Operation | None = None,
-    ) -> None:
+    ) -> bool:
         """Take `step` on `pool` for `operation`; a node that a reimage or deletion takes is drained (and, in
         an upgrade, soaked) first when `drain` (the operation's progress note) is given (not for a cluster's
-        deletion): a node left in place (quarantined, or a soak cut short by the reconciler's stop) is
-        not taken."""
+        deletion): a node left in place (quarantined) is not taken. False when the step waits (its node
+        soaks: nothing was done, the next pass checks the soak's deadline again), else True."""
         if step.action == Action.CREATE:
             assert step.ordinal is not None
             node = Node(
@@ -700,62 +720,63 @@ class Reconciler:
             )
             session.add(node)
             self._provision(session, pool, node)
-            return
+            return True
         node = session.get_one(Node, step.node_id)
         if step.action == Action.RESUME:
             if self._adopt_booting_vm(session, pool, node):
-                return
+                return True
             self._teardown(node)
             self._provision(session, pool, node)
         elif step.action == Action.REIMAGE:
-            if drain is not None and not self._drain(session, pool, node, drain, operation, in_place=True):
-                return
+            if drain is not None and (stays := self._drain(session, pool, node, step, drain, operation)):
+                return stays == NodeStays.QUARANTINED
             node.state = NodePhase.REIMAGING
             session.commit()
             self._teardown(node)  # the vTPM goes with the run dir: the new VM gets new EKs
             self._provision(session, pool, node)
         elif step.action == Action.DELETE:
-            if drain is not None and not self._drain(session, pool, node, drain, operation, in_place=False):
-                return
+            if drain is not None and (stays := self._drain(session, pool, node, step, drain, operation)):
+                return stays == NodeStays.QUARANTINED
             node.state = NodePhase.DELETING
             session.commit()
             self._teardown(node)
             resolve_alerts(session, node.name)  # nothing is left to remediate on a deleted node
             session.delete(node)
             session.commit()
+        return True
 
     def _drain(
         self,
         session: Session,
         pool: AgentPool,
         node: Node,
+        step: Step,
         progress: Callable[[str], None],
         operation: Operation | None,
-        in_place: bool,
-    ) -> bool:
-        """Cordon and drain the Node of joined Ready `node` before its VM goes (a node that is not Ready or
-        whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its pods),
-        then soak it when the node is outdated (an upgrade). True when the node may go.
+    ) -> NodeStays | None:
+        """Cordon and drain the Node of joined Ready `node` before `step` takes it (a node that is not Ready
+        or whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its
+        pods), then soak it when the step is an upgrade (`_soak`; a soak an earlier pass of the operation
+        started goes on without a new drain). None when the node may go, else why it stays (NodeStays).
 
-        On a failed drain of an upgrade (`in_place`: a reimage without a surge node) the pool's
+        On a failed drain of an upgrade (a reimage in place: no surge node) the pool's
         undrainableNodeBehavior decides (see the class); on a failed drain of a scale down or a pool's
         deletion the node stays Ready, cordoned, its VM running, and the operation fails with
         PodDrainFailure."""
+        if step.upgrade and self._soaking(node, operation):  # drained by an earlier pass
+            return self._soak(session, pool, node, progress, operation)
         if (
             self.cluster_planes is None
             or node.kubelet_port is None
             or node.state != NodePhase.READY
             or not self._vm_alive(node)
         ):
-            return True
+            return None
         adapter = self.cluster_planes.node_adapter(node)
         if adapter is None:
-            return True
+            return None
         minutes = pool.drain_timeout_in_minutes or DEFAULT_DRAIN_TIMEOUT_MINUTES
         timeout = self.drain_timeout if self.drain_timeout is not None else minutes * 60.0
-        upgrading = not is_current(_observed(node), _desired(pool, False)) and not (
-            operation is not None and operation.kind == "Delete"
-        )
         ignore_budgets = operation is not None and operation.ignore_pod_disruption_budget
         node.message = "draining"
         session.commit()  # no store transaction open while the API server answers
@@ -763,16 +784,17 @@ class Reconciler:
         try:
             drainer.drain(node.name)
         except NodeDrainFailedError as exc:
-            if not upgrading:
+            if not step.upgrade:
                 node.message = f"cordoned: {exc}"[:4000]
                 session.commit()
                 message = f"{exc} {after_failed_drain(AfterFailedDrain.CORDONED)}"
                 raise NodeProvisioningError(ArmError(500, "PodDrainFailure", message, node.name)) from exc
+            in_place = step.action == Action.REIMAGE
             self._undrainable(session, pool, node, drainer, exc, operation, in_place)
-            return False
+            return NodeStays.QUARANTINED
         node.quarantined_by_operation = None
         session.commit()
-        return not upgrading or self._soak(session, pool, node, progress)
+        return self._soak(session, pool, node, progress, operation) if step.upgrade else None
 
     def _undrainable(
         self,
@@ -791,7 +813,7 @@ class Reconciler:
                 drainer.quarantine(node.name)
             elif failure.cordoned_by_drain or node.quarantined_by_operation is not None:
                 drainer.uncordon(node.name)
-        except httpx2.HTTPError as exc:  # the drain's own failure says more: the node stays cordoned
+        except (httpx2.HTTPError, KubernetesAdapterError) as exc:  # the drain's failure says more
             log.warning("node %s after its failed drain: %s", node.name, exc)
         if pool.undrainable_node_behavior == UndrainableNodeBehavior.CORDON:
             node.message = f"quarantined: {failure} {after_failed_drain(AfterFailedDrain.QUARANTINED)}"[:4000]
@@ -808,22 +830,40 @@ class Reconciler:
         message = f"{failure} {outcome}"
         raise NodeProvisioningError(ArmError(500, "UpgradeFailed", message, node.name)) from failure
 
-    def _soak(self, session: Session, pool: AgentPool, node: Node, progress: Callable[[str], None]) -> bool:
-        """Wait the pool's nodeSoakDurationInMinutes after the upgrade drained `node`, the operation's note
-        counting the minutes down; False when the reconciler stops meanwhile (the step is taken again, its
-        soak from the start, by the next reconciler)."""
-        minutes = pool.node_soak_duration_in_minutes or 0
-        seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
-        if seconds <= 0:
-            return True
-        node.message = "soaking"
-        session.commit()
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            progress(soak_note(node.name, left))
-            if self._stop_event.wait(min(left, DRAIN_POLL_SECONDS)):
-                return False
-        return True
+    @staticmethod
+    def _soaking(node: Node, operation: Operation | None) -> bool:
+        """Whether `operation` drained `node` on an earlier pass and soaks it (its deadline is recorded)."""
+        return (
+            node.soak_until is not None and operation is not None and node.soaked_by_operation == operation.id
+        )
+
+    def _soak(
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        progress: Callable[[str], None],
+        operation: Operation | None,
+    ) -> NodeStays | None:
+        """Soak `node`, which the upgrade drained, for the pool's nodeSoakDurationInMinutes: its deadline is
+        recorded on the node's row at the first call and checked at each (the operation's note counting the
+        minutes down), so nothing waits meanwhile and a restarted reconciler resumes it. None once it has
+        passed (or without a soak), else NodeStays.SOAKING."""
+        if not self._soaking(node, operation):
+            minutes = pool.node_soak_duration_in_minutes or 0
+            seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
+            if seconds <= 0:
+                return None
+            node.soak_until = utc_now() + timedelta(seconds=seconds)
+            node.soaked_by_operation = operation.id if operation is not None else None
+            node.message = "soaking"
+            session.commit()
+        assert node.soak_until is not None
+        left = (node.soak_until - utc_now()).total_seconds()
+        if left <= 0:
+            return None
+        progress(soak_note(node.name, left))
+        return NodeStays.SOAKING
 
     def _stop_processes(self, node: Node) -> None:
         """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""
@@ -859,6 +899,7 @@ class Reconciler:
         node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
         node.attestation_policy = None  # its new VM's, recorded by its provisioning attestation
         node.reimage_reason = None  # reimaged: the current image's agent
+        node.soak_until = node.soaked_by_operation = None
         node.labels = {}
         node.message = "provisioning"
         node.updated_at = utc_now()
@@ -976,14 +1017,11 @@ class Reconciler:
         when the Node could not be changed), False when every node has them."""
         if self.joiner is None:
             return False
-        wanted = (dict(pool.node_labels or {}), list(pool.node_taints or []))
         node = next(
             (
                 node
                 for node in pool.nodes
-                if node.state == NodePhase.READY
-                and self._joined(node)
-                and (dict(node.applied_node_labels or {}), list(node.applied_node_taints or [])) != wanted
+                if node.state == NodePhase.READY and self._joined(node) and self._settings_differ(node)
             ),
             None,
         )
@@ -1000,6 +1038,82 @@ class Reconciler:
                 finish_operation(session, operation, "Failed", error)
         session.commit()
         return True
+
+    def _release_held_node(self, session: Session, pool: AgentPool, operation: Operation) -> bool:
+        """End the hold of an earlier upgrade on the first node of `pool` it quarantined (Cordon) that is
+        current again (the pool's settings were reverted: nothing will drain it): its Node uncordoned and
+        unlabelled (unless the attestation verdict cordoned it: kubernetes.upgrade_release_patch) and its
+        row released. True when it took that step (the operation fails when the Node cannot be changed)."""
+        desired = _desired(pool, False)
+        node = next(
+            (
+                node
+                for node in pool.nodes
+                if node.quarantined_by_operation not in (None, operation.id)
+                and is_current(_observed(node), desired)
+            ),
+            None,
+        )
+        if node is None:
+            return False
+        operation.note = f"agent pool {pool.name}: releasing node {node.name} from an upgrade's quarantine"
+        session.commit()  # no store transaction open while the apiserver answers
+        adapter = self.cluster_planes.node_adapter(node) if self.cluster_planes is not None else None
+        try:
+            if adapter is not None and node.kubelet_port is not None:
+                adapter.release_upgrade_hold(node.name)
+        except KubernetesAdapterError as exc:
+            session.refresh(operation)
+            if operation.status == "InProgress":
+                message = f"node {node.name} stays quarantined by an earlier upgrade: {exc}"
+                finish_operation(
+                    session, operation, "Failed", ArmError(500, "NodeReleaseFailed", message, node.name)
+                )
+            session.commit()
+            return True
+        node.quarantined_by_operation = None
+        node.message = "released from an earlier upgrade's quarantine: its pool's settings are current again"
+        log.info("node %s: %s", node.name, node.message)
+        session.commit()
+        return True
+
+    @staticmethod
+    def _settings_differ(node: Node) -> bool:
+        """Whether the pool labels and taints last set on `node`'s Node are not its pool's."""
+        pool = node.pool
+        wanted = (dict(pool.node_labels or {}), list(pool.node_taints or []))
+        return (dict(node.applied_node_labels or {}), list(node.applied_node_taints or [])) != wanted
+
+    def _bring_node_settings_if_due(self) -> None:
+        """Give the Node of each joined Ready node whose pool no operation works on the pool's nodeLabels and
+        nodeTaints where the last attempt failed (its plane was unreachable at the join's operation):
+        tried again every `node_settings_retry` seconds per node until it holds (not counted as work: the
+        loop sleeps between passes)."""
+        if self.joiner is None:
+            return
+        with self.sessions() as session:
+            busy_pools = self._busy_pools(session)
+            now = time.monotonic()
+            joined = select(Node).where(Node.state == NodePhase.READY, Node.kubelet_port.is_not(None))
+            for node in session.scalars(joined).all():
+                if (
+                    node.pool_id in busy_pools
+                    or self._settings_retry_after.get(node.id, 0.0) > now
+                    or not self._settings_differ(node)
+                ):
+                    continue
+                try:
+                    self.joiner.bring_node_settings(node)
+                except NodeJoinFailedError as exc:
+                    log.warning("%s; tried again in %g s", exc, self.node_settings_retry)
+                    self._settings_retry_after[node.id] = now + self.node_settings_retry
+                    why = str(exc).removeprefix(f"node {node.name}: ")
+                    node.message = f"{why}; tried again every {self.node_settings_retry:g} s"[:4000]
+                    session.commit()
+                    continue
+                self._settings_retry_after.pop(node.id, None)
+                log.info("node %s: pool labels and taints set", node.name)
+                session.commit()
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was
@@ -1028,7 +1142,11 @@ class Reconciler:
                 log.warning("node %s: its adopted VM did not boot in time: booting it again", node.name)
                 return False
             time.sleep(1.0)
-        image = self._image(node.node_image_version)
+        try:
+            image = self._image(node.node_image_version)
+        except TrustedLaunchError as exc:  # fails this node and its operation, not every pass
+            message = f"node {node.name} could not be adopted: {exc}"
+            self._fail(session, node, "NodeProvisioningFailed", message)
         try:
             agent = AdoptedAgent(run_dir)
         except TrustedLaunchError as exc:
@@ -1353,11 +1471,19 @@ class Reconciler:
         Debian packages than the installed ones: control.node_image_versions). An image built from other
         releases, archives or packages (or without a root filesystem) is built anew; one whose only
         difference is an older agent gets the current agent (its initramfs), keeping its boot chain. Running
-        nodes keep the policy of the build they booted."""
+        nodes keep the policy of the build they booted.
+
+        The boot chain's packages are fetched (`apt-get download`, where not cached) before the image lock
+        is taken and with no store session open: a slow or failing fetch holds up no other image, step or
+        attestation. Raises TrustedLaunchError naming `version` when its boot chain cannot be had."""
         out_dir = self.state_dir / "images" / version
+        with self.sessions() as session:
+            build = version_build(session, version)
+        try:
+            chain = None if build is None else chain_of_build(build)
+        except TrustedLaunchError as exc:
+            raise TrustedLaunchError(f"node image {version}: its boot chain cannot be had: {exc}") from exc
         with self._artefacts_lock:
-            with self.sessions() as session:
-                chain = version_boot_chain(session, version)
             operator_images = self.state_dir / OPERATOR_IMAGES_DIR
             if not out_dir.is_dir() or not is_release_image(NodeImage.load(out_dir), operator_images, chain):
                 log.info("building node image %s in %s", version, out_dir)

@@ -68,6 +68,10 @@ JOIN_FILES = (
 )
 MAX_JOIN_BUNDLE_SIZE = 48 * 1024  # bytes; the agent refuses more than its base64 (MAX_BUNDLE_CHARS)
 MAX_CREDENTIALS_BUNDLE_SIZE = 12 * 1024  # bytes; the agent refuses more than its base64 (MAX_CERTS_CHARS)
+# Room for a pool's registration taints in the kubelet configuration (registration_taints_size): with the
+# largest rest of a bundle (longest names, the cluster's CA and credentials) the bundle stays within
+# MAX_JOIN_BUNDLE_SIZE (its tar records included); the API refuses a pool whose taints need more.
+MAX_REGISTRATION_TAINTS_SIZE = 24 * 1024
 _NODE_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")
 _FQDN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
@@ -141,6 +145,11 @@ def kubelet_configuration(
         "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "32Mi", "nodefs.available": "5%", "imagefs.available": "5%"},
     }
+
+
+def registration_taints_size(taints: list[dict[str, str]]) -> int:
+    """The bytes `taints` (Kubernetes JSON form) take in a join bundle's kubelet configuration."""
+    return len(yaml.safe_dump({"registerWithTaints": taints}).encode())
 
 
 def kubelet_kubeconfig(fqdn: str, ca_pem: bytes) -> str:

@@ -302,6 +302,11 @@ class Node(Base):
     # (control.node_join): a pool update removes those the pool no longer has. None: none set yet.
     applied_node_labels: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     applied_node_taints: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # An upgrade drained this node and soaks it (upgradeSettings.nodeSoakDurationInMinutes) until then: the
+    # reconciler checks the deadline on each pass (nothing waits meanwhile) and a restarted one resumes the
+    # soak of the same operation. None: not soaking.
+    soak_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    soaked_by_operation: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0022_identity_system_data"
-down_revision = "0020_pool_node_settings"
+down_revision = "0021_node_soak_deadline"
 branch_labels = None
 depends_on = None
 
