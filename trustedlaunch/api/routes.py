@@ -131,9 +131,15 @@ POOL = f"{CLUSTER}/agentPools/{{pool_name}}"
 FEATURES = f"{SUB}/providers/Microsoft.Features"
 
 
-async def cluster_path(subscription_id: str, resource_group: str, cluster_name: str) -> ResourcePath:
-    """The cluster the request path names (400 for an invalid subscription, resource group or name)."""
-    return ResourcePath(subscription_id, resource_group, cluster_name)
+async def cluster_path(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> ResourcePath:
+    """The cluster the request path names (400 for an invalid subscription, resource group or name; 404
+    ResourceGroupNotFound when its resource group does not exist, as ARM answers any request below it)."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    with transaction(request) as session:
+        resource_groups.get_group(session, path.subscription_id, path.resource_group)
+    return path
 
 
 ClusterPath = Annotated[ResourcePath, Depends(cluster_path)]
@@ -199,8 +205,9 @@ async def list_all_clusters(request: Request, subscription_id: str) -> dict[str,
 async def list_group_clusters(
     request: Request, subscription_id: str, resource_group: str
 ) -> dict[str, object]:
-    """List the managed clusters of a resource group."""
+    """List the managed clusters of a resource group (404 ResourceGroupNotFound when it does not exist)."""
     with transaction(request) as session:
+        resource_groups.get_group(session, subscription_id, resource_group)
         clusters = resources.list_clusters(session, subscription_id, resource_group)
         return {"value": [cluster_json(c) for c in clusters]}
 
@@ -227,8 +234,6 @@ async def put_cluster(
         cluster, operation, created = resources.put_cluster(
             session, path, body.to_spec(), preview=api_versions.is_preview(version)
         )
-        if created:
-            resource_groups.ensure_group(session, path, cluster.location)
         session.flush()
         content = cluster_json(cluster)
         response.headers.update(lro_headers(request, operation))
@@ -438,7 +443,8 @@ async def get_operation(
 ) -> dict[str, object]:
     """Status of a long-running operation (the Azure-AsyncOperation URL)."""
     with transaction(request) as session:
-        return operation_json(operations.get_operation(session, subscription_id, operation_id))
+        operation = operations.get_operation(session, subscription_id, operation_id)
+        return operation_json(operation, operations.operation_resource_id(session, operation))
 
 
 @router.get(
@@ -461,7 +467,7 @@ async def get_operation_result(
             return Response(status_code=202, headers=lro_headers(request, operation))
         if operation.status == operations.OperationStatus.SUCCEEDED:
             return Response(status_code=204)
-        return operation_json(operation)
+        return operation_json(operation, operations.operation_resource_id(session, operation))
 
 
 @router.post(

@@ -61,7 +61,7 @@ def upgrade_profile(session: Session, path: ResourcePath, pool_name: str) -> dic
         if _version_key(version) > _version_key(pool.orchestrator_version)
     ]
     return {
-        "id": f"{pool_resource_id(pool.cluster, pool.name)}/upgradeProfiles/default",
+        "id": ResourceId.of(pool).child("upgradeProfiles", "default").path(),
         "name": "default",
         "type": UPGRADE_PROFILE_TYPE,
         "properties": {

@@ -110,6 +110,13 @@ def finish_operation(
                 pool.provisioning_state = status
 
 
+def operation_resource_id(session: Session, operation: Operation) -> str:
+    """The id of the resource `operation` acts on as ARM answers it (ResourceId.of), or as stored once the
+    resource is gone."""
+    resource = operation_resource(session, operation)
+    return operation.resource_id if resource is None else ResourceId.of(resource).path()
+
+
 def operation_resource(session: Session, operation: Operation) -> ManagedCluster | AgentPool | None:
     """The cluster or pool `operation` acts on, or None if it no longer exists."""
     resource_id = ResourceId.parse(operation.resource_id)

@@ -1,9 +1,9 @@
 """Resource groups (`Microsoft.Resources/resourceGroups`): create/update, get, list and delete, which deletes
 every managed cluster in the group (each with its own long-running Delete operation).
 
-A cluster created in a group that does not exist yet creates the group (in the cluster's location): the CLI
-has no `group create` yet, and stores from before resource groups keep working (migration 0018 made a group
-for each group their clusters were in)."""
+As ARM, a request below a group that does not exist (a cluster's PUT too) answers 404 ResourceGroupNotFound
+(get_group); stores from before resource groups keep working: migration 0018 made a group for each group
+their clusters were in."""
 
 from __future__ import annotations
 
@@ -69,12 +69,6 @@ def put_group(
     if tags is not None:
         group.tags = dict(tags)
     return group, False
-
-
-def ensure_group(session: Session, path: ResourcePath, location: str) -> None:
-    """Create the group of a cluster being created, in its location, when missing (module docstring)."""
-    if find_group(session, path.subscription_id, path.resource_group) is None:
-        put_group(session, path.subscription_id, path.resource_group, location, None)
 
 
 def list_groups(session: Session, subscription_id: str) -> list[ResourceGroup]:

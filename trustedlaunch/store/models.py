@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the control plane. Subscriptions and resource groups are implicit (path parts)."""
+"""SQLAlchemy 2 models of the control plane. Subscriptions are implicit (path parts)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,14 @@ class ManagedCluster(Base):
 
     agent_pools: Mapped[list[AgentPool]] = relationship(
         back_populates="cluster", cascade="all, delete-orphan", order_by="AgentPool.id"
+    )
+    # its resource group (by subscription and stored name; None once the group is deleted while the cluster
+    # is still being deleted, or for a cluster made without the API): ids spell the group as it was created
+    group: Mapped[ResourceGroup | None] = relationship(
+        primaryjoin="and_(ManagedCluster.subscription_id == foreign(ResourceGroup.subscription_id), "
+        "ManagedCluster.resource_group == foreign(ResourceGroup.name))",
+        viewonly=True,
+        uselist=False,
     )
     control_plane: Mapped[ClusterControlPlane | None] = relationship(
         back_populates="cluster", cascade="all, delete-orphan"
