@@ -21,4 +21,4 @@ TABLES = {
     "resource_groups",
     "alembic_version",
 }
-HEAD_REVISION = "0020_pool_node_settings"
+HEAD_REVISION = "0024_resource_group_state"

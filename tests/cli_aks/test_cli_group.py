@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app
+from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.store.models import Operation
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 
@@ -19,7 +23,9 @@ def tl(
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_group_lifecycle_and_clusters_inside(runner: CliRunner, cli_env: dict[str, str | None]) -> None:
+def test_group_lifecycle_and_clusters_inside(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
     assert tl(runner, cli_env, "group", "exists", "-n", "Team-A")[:2] == (0, "false\n")
     create = ["aks", "create", "-g", "team-a", "-n", "MyCluster", "--generate-ssh-keys", "--no-wait"]
     code, out, err = tl(runner, cli_env, *create)
@@ -46,7 +52,10 @@ def test_group_lifecycle_and_clusters_inside(runner: CliRunner, cli_env: dict[st
     # ARM keeps the casing given at creation: the group's and the cluster's, in every id below them
     code, out, err = tl(runner, cli_env, *create)
     assert code == 0, err
-    cluster_id = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/Team-A/providers/Microsoft.ContainerService/managedClusters/MyCluster"
+    cluster_id = (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/Team-A/providers/Microsoft.ContainerService/"
+        "managedClusters/MyCluster"
+    )
     assert json.loads(out)["id"] == cluster_id
     code, out, _ = tl(
         runner, cli_env, "aks", "nodepool", "list", "-g", "TEAM-A", "--cluster-name", "mycluster"
@@ -60,6 +69,15 @@ def test_group_lifecycle_and_clusters_inside(runner: CliRunner, cli_env: dict[st
     assert tl(runner, cli_env, "group", "exists", "-n", "Team-A")[:2] == (0, "true\n")
     code, out, err = tl(runner, cli_env, "group", "delete", "-n", "Team-A", "--yes", "--no-wait")
     assert (code, out) == (0, ""), err
+    # the group stays Deleting until its cluster is deleted (no reconciler here: the test finishes it)
+    code, out, _ = tl(
+        runner, cli_env, "group", "show", "-n", "Team-A", "--query", "properties.provisioningState"
+    )
+    assert (code, json.loads(out)) == (0, "Deleting")
+    sessions = server[2].server.config.app.state.sessions
+    with sessions.begin() as session:
+        for operation in session.scalars(select(Operation).where(Operation.kind == "Delete")):
+            finish_operation(session, operation, "Succeeded")
     assert tl(runner, cli_env, "group", "exists", "-n", "Team-A")[:2] == (0, "false\n")
     code, _, err = tl(runner, cli_env, "group", "show", "-n", "Team-A")
     assert code == 3 and "(ResourceGroupNotFound) Resource group 'Team-A' could not be found." in err

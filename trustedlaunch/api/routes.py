@@ -135,10 +135,12 @@ async def cluster_path(
     request: Request, subscription_id: str, resource_group: str, cluster_name: str
 ) -> ResourcePath:
     """The cluster the request path names (400 for an invalid subscription, resource group or name; 404
-    ResourceGroupNotFound when its resource group does not exist, as ARM answers any request below it)."""
+    ResourceGroupNotFound when its resource group does not exist, as ARM answers any request below it; 409
+    ResourceGroupBeingDeleted for a PUT or PATCH while the group is being deleted)."""
     path = ResourcePath(subscription_id, resource_group, cluster_name)
+    write = request.method in ("PUT", "PATCH")
     with transaction(request) as session:
-        resource_groups.get_group(session, path.subscription_id, path.resource_group)
+        resource_groups.get_group(session, path.subscription_id, path.resource_group, write=write)
     return path
 
 

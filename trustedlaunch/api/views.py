@@ -292,5 +292,5 @@ def resource_group_json(group: ResourceGroup) -> JsonObject:
         "type": "Microsoft.Resources/resourceGroups",
         "location": group.location,
         "tags": group.tags,
-        "properties": {"provisioningState": "Succeeded"},
+        "properties": {"provisioningState": group.provisioning_state},
     }

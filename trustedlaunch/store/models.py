@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
-from trustedlaunch.store.vocabulary import AlertStatus, AlertType
+from trustedlaunch.store.vocabulary import AlertStatus, AlertType, ProvisioningState
 
 
 def utc_now() -> datetime:
@@ -65,6 +65,10 @@ class ResourceGroup(Base):
     display_name: Mapped[str] = mapped_column(String(90))  # as the caller spelled it
     location: Mapped[str] = mapped_column(String(64))
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Succeeded, or Deleting until the last of its clusters is deleted (ARM keeps a group being deleted)
+    provisioning_state: Mapped[str] = mapped_column(
+        String(16), default=ProvisioningState.SUCCEEDED, server_default=ProvisioningState.SUCCEEDED.value
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
