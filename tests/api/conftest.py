@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_helpers import create_group
 from fastapi.testclient import TestClient
 
-from tests.api.api_helpers import create_group
 from trustedlaunch.api.app import create_app
 from trustedlaunch.cli.arm import add_api_version
 
