@@ -43,9 +43,12 @@ def test_group_lifecycle_and_clusters_inside(
     assert tl(runner, cli_env, "group", "exists", "-g", "TEAM-A")[:2] == (0, "true\n")
     code, out, _ = tl(runner, cli_env, "group", "show", "-g", "team-a", "--query", "name", "-o", "tsv")
     assert (code, out) == (0, "Team-A\n")
-    code, out, _ = tl(runner, cli_env, "group", "list", "-o", "table")
-    assert code == 0 and out.split("\n")[0].split() == ["Name", "Location", "Status"]
-    assert out.split("\n")[1].split() == ["Team-A", "eastus", "Succeeded"], out
+    code, out, _ = tl(runner, cli_env, "group", "list", "-o", "table")  # with the fixture's myResourceGroup
+    assert code == 0 and [line.split() for line in out.splitlines()] == [
+        ["Name", "Location", "Status"],
+        ["myResourceGroup", "eastus", "Succeeded"],
+        ["Team-A", "eastus", "Succeeded"],
+    ], out
     code, _, err = tl(runner, cli_env, "group", "create", "-n", "team-a", "-l", "westus")
     assert code == 1 and "(InvalidResourceGroupLocation)" in err, err
 
