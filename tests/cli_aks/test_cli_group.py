@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import select
+from test_cli_aks import finish_first_operation_later
 from typer.testing import CliRunner
 
 from trustedlaunch.api.server import BackgroundServer
@@ -88,3 +89,22 @@ def test_group_lifecycle_and_clusters_inside(
     assert code == 3 and "(ResourceGroupNotFound)" in err
     code, _, err = tl(runner, cli_env, "group", "delete", "-n", "Team-A", "--yes")
     assert code == 0 and "nothing to delete" in err
+
+
+def test_group_delete_waits_for_its_clusters(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    create = ["aks", "create", "-g", "myResourceGroup", "-n", "k", "--generate-ssh-keys", "--no-wait"]
+    assert tl(runner, cli_env, *create)[0] == 0
+    with server[2].server.config.app.state.sessions.begin() as session:
+        for operation in session.scalars(select(Operation)):
+            finish_operation(session, operation, "Succeeded")
+    reconciler = finish_first_operation_later(server[2])  # the cluster's Delete, as the reconciler
+    code, out, err = tl(
+        runner, cli_env, "group", "delete", "-g", "myresourcegroup", "--yes", "--timeout", "30"
+    )
+    reconciler.join()
+    assert (code, out) == (0, ""), err
+    assert tl(runner, cli_env, "group", "exists", "-n", "myResourceGroup")[:2] == (0, "false\n")
+    code, out, _ = tl(runner, cli_env, "aks", "list", "-o", "json")
+    assert (code, json.loads(out)) == (0, [])
