@@ -30,7 +30,8 @@ from trustedlaunch.control.limits import QUOTAS
 
 TARGET_P99_MS = 50.0
 SUB = "00000000-0000-0000-0000-000000000000"
-GROUP = f"/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.ContainerService/managedClusters"
+RESOURCE_GROUP = f"/subscriptions/{SUB}/resourceGroups/bench"
+GROUP = f"{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters"
 BODY = {
     "location": "eastus",
     "properties": {"agentPoolProfiles": [{"name": "nodepool1", "count": 3, "vmSize": "Standard_D4s_v3"}]},
@@ -77,9 +78,11 @@ class Connection:
         self.reader = reader
         self.writer = writer
 
-    async def request(self, method: str, path: str, token: str, body: bytes = b"") -> int:
+    async def request(
+        self, method: str, path: str, token: str, body: bytes = b"", api_version: str = "2024-09-01"
+    ) -> int:
         head = (
-            f"{method} {path}?api-version=2024-09-01 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"{method} {path}?api-version={api_version} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
@@ -125,6 +128,9 @@ async def run_load(
         idle.append(connection)
 
     setup = Connection(*await asyncio.open_connection("127.0.0.1", port))
+    group = json.dumps({"location": "eastus"}).encode()
+    if await setup.request("PUT", RESOURCE_GROUP, token, group, api_version="2025-04-01") != 201:
+        raise SystemExit("could not create the resource group of the clusters")
     if await setup.request("PUT", f"{GROUP}/target", token, body) != 201:
         raise SystemExit("could not create the cluster the GETs read")
     idle.append(setup)

@@ -134,7 +134,7 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
     assert result.returncode == 0, output + result.stderr
     for step in (
         "1. Register the TrustedLaunchPreview feature and refresh the provider",
-        "2. Create a cluster with one Secure Boot + vTPM node",
+        "2. Create a resource group and a cluster with one Secure Boot + vTPM node",
         "3. Reach the cluster's own Kubernetes API server with kubectl",
         "4. Add a vTPM-only node pool",
         "5. Schedule the AKS docs' pods by the trusted launch labels",
@@ -147,6 +147,8 @@ def test_demo_scenario_runs_on_real_vms_and_cleans_up(tmp_path: Path, request: p
     # the cluster's own control plane answered kubectl with the admin kubeconfig of get-credentials
     assert "Server Version: v1.36.3" in output and "clusterAdmin" in output and "kube-system" in output
     assert "feature state: Registered" in output
+    assert "$ tl group create -n tl-demo-rg -l eastus -o table" in output  # before the cluster, as az
+    assert "$ tl group delete -n tl-demo-rg --yes" in output
     assert (
         "$ tl aks create -g tl-demo-rg -n tldemo --node-count 1 --enable-secure-boot --enable-vtpm" in output
     )

@@ -20,6 +20,15 @@ FEATURES_API = {"api-version": "2021-07-01"}
 RESOURCES_API = {"api-version": "2025-04-01"}
 
 
+def create_group(
+    client: TestClient | httpx.Client, name: str = "myResourceGroup", subscription: str = SUB
+) -> None:
+    """Create resource group `name` (in eastus), as every script does before it creates a cluster in it."""
+    path = f"/subscriptions/{subscription}/resourceGroups/{name}"
+    created = client.put(path, params=RESOURCES_API, json={"location": "eastus"})
+    assert created.status_code in (200, 201), created.text
+
+
 def register_trusted_launch(client: TestClient) -> None:
     """Register TrustedLaunchPreview (Registered at once with the registration delay 0) and the provider."""
     features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_helpers import create_group
 from fastapi.testclient import TestClient
 
 from trustedlaunch.api.app import create_app
@@ -14,11 +15,13 @@ from trustedlaunch.cli.arm import add_api_version
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    """An authenticated client (bootstrap admin token) of an app on `tmp_path/control.db`; requests without an
-    api-version get their namespace's newest GA one."""
+    """An authenticated client (bootstrap admin token) of an app on `tmp_path/control.db` with the resource
+    group myResourceGroup the tests' clusters live in (api_helpers.CLUSTER); requests without an api-version
+    get their namespace's newest GA one."""
     token_file = tmp_path / "config" / "admin-token"
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=64 * 1024)
     with TestClient(app) as test_client:
         test_client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         test_client.event_hooks = {"request": [add_api_version]}  # as the CLI: its namespace's GA version
+        create_group(test_client)
         yield test_client

@@ -8,7 +8,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from api_helpers import API, CLUSTER, PREVIEW_API, RG_PATH, SUB, cluster_body, register_trusted_launch
+from api_helpers import (
+    API,
+    CLUSTER,
+    PREVIEW_API,
+    RG_PATH,
+    SUB,
+    cluster_body,
+    create_group,
+    register_trusted_launch,
+)
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
@@ -44,8 +53,9 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["name"] == "myAKSCluster" and body["type"] == "Microsoft.ContainerService/ManagedClusters"
-    assert body["id"].endswith(  # the name keeps its casing in the id too
-        "/resourcegroups/myresourcegroup/providers/Microsoft.ContainerService/managedClusters/myAKSCluster"
+    assert body["id"] == (  # the group and the name keep the casing of their creation in the id too (ARM)
+        f"/subscriptions/{SUB}/resourceGroups/myResourceGroup/providers/Microsoft.ContainerService/"
+        "managedClusters/myAKSCluster"
     )
     assert body["identity"]["type"] == "SystemAssigned" and body["sku"] == {"name": "Base", "tier": "Free"}
     assert uuid.UUID(body["identity"]["principalId"]) and uuid.UUID(body["identity"]["tenantId"])
@@ -260,6 +270,7 @@ def test_server_failures_use_the_arm_envelope(tmp_path: Path) -> None:
     app = create_app(f"sqlite:///{database}", token_file)
     with TestClient(app, raise_server_exceptions=False) as client:
         client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        create_group(client)
         with app.state.sessions.begin() as session:
             session.execute(text("DROP TABLE operations"))  # a broken store: every PUT fails
         error = assert_arm_error(
@@ -330,7 +341,7 @@ def test_authentication_required_except_health_and_openapi(tmp_path: Path) -> No
         ok = anonymous.get(
             CLUSTER, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"}, params=API
         )
-        assert_arm_error(ok, 404, "ResourceNotFound")
+        assert_arm_error(ok, 404, "ResourceGroupNotFound", "resourceGroupName")  # nothing exists yet
 
 
 def test_features_and_providers(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -458,6 +469,7 @@ def test_public_url_setting_gives_the_operation_urls(tmp_path: Path, monkeypatch
     token_file = tmp_path / "admin-token"
     with TestClient(create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file)) as client:
         client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        create_group(client)
         created = client.put(CLUSTER, json=cluster_body(), params=API)
         assert created.headers["Azure-AsyncOperation"].startswith(
             f"https://tl.example.com:8443/subscriptions/{SUB}/providers/Microsoft.ContainerService/locations/"
@@ -485,11 +497,35 @@ def test_resource_groups(client: TestClient) -> None:
     assert client.head(f"{groups}/team-a").status_code == 204
     wrong = client.get(f"{groups}/team-a", params=API)  # a Microsoft.ContainerService version
     assert_arm_error(wrong, 400, "InvalidApiVersionParameter", "api-version")
-    # a cluster in a missing group creates the group (in its location)
-    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    # as ARM: nothing below a missing group (the fixture made myResourceGroup), names compared ignoring case
+    elsewhere = f"{groups}/Team-B/providers/Microsoft.ContainerService/managedClusters"
+    assert_arm_error(client.put(f"{elsewhere}/k", json=cluster_body()), 404, "ResourceGroupNotFound")
+    assert_arm_error(client.get(elsewhere), 404, "ResourceGroupNotFound")
+    assert_arm_error(client.delete(f"{elsewhere}/k"), 404, "ResourceGroupNotFound")
+    assert_arm_error(client.get(f"{elsewhere}/k/agentPools/nodepool1/machines"), 404, "ResourceGroupNotFound")
+    assert (
+        client.put(CLUSTER.replace("myResourceGroup", "MYRESOURCEGROUP"), json=cluster_body()).status_code
+        == 201
+    )
+    assert (
+        client.get(CLUSTER).json()["id"].startswith(f"/subscriptions/{SUB}/resourceGroups/myResourceGroup/")
+    )
     assert [g["name"] for g in client.get(groups).json()["value"]] == ["myResourceGroup", "Team-A"]
     deleted = client.delete(f"{groups}/myResourceGroup")
     assert deleted.status_code == 202 and "/operationresults/" in deleted.headers["Location"]
+    # as ARM, the group stays (Deleting) until its clusters are gone, and takes nothing new meanwhile
     assert client.get(CLUSTER).json()["properties"]["provisioningState"] == "Deleting"
+    assert client.get(f"{groups}/myresourcegroup").json()["properties"]["provisioningState"] == "Deleting"
+    for refused in (
+        client.put(f"{groups}/myResourceGroup", json={"location": "eastus"}),
+        client.put(f"{RG_PATH}/managedClusters/k2", json=cluster_body()),
+        client.put(f"{CLUSTER}/agentPools/pool2", json={"properties": {"count": 1}}),
+    ):
+        assert_arm_error(refused, 409, "ResourceGroupBeingDeleted", "resourceGroupName")
+    operation = deleted.headers["Location"].split("/operationresults/")[1].split("?")[0]
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        finish_operation(session, get_operation(session, SUB, operation), "Succeeded")
+    assert client.head(f"{groups}/myResourceGroup").status_code == 404
+    assert_arm_error(client.get(CLUSTER), 404, "ResourceGroupNotFound")
     assert client.delete(f"{groups}/team-a").status_code == 200
     assert client.delete(f"{groups}/team-a").status_code == 204

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_helpers import create_group
 from fastapi.testclient import TestClient
 from test_api import (
     test_agent_pool_lifecycle,
@@ -34,11 +35,13 @@ __all__ = [
 
 @pytest.fixture
 def client(tmp_path: Path, postgresql_url: str) -> Iterator[TestClient]:
-    """An authenticated client (bootstrap admin token) of an app on a fresh PostgreSQL database."""
+    """An authenticated client (bootstrap admin token) of an app on a fresh PostgreSQL database, with the
+    resource group myResourceGroup."""
     token_file = tmp_path / "config" / "admin-token"
     app = create_app(postgresql_url, token_file, max_body_bytes=64 * 1024)
     with TestClient(app) as test_client:
         test_client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         test_client.event_hooks = {"request": [add_api_version]}
         assert app.state.sessions.kw["bind"].dialect.name == "postgresql"
+        create_group(test_client)
         yield test_client

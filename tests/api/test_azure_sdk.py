@@ -68,7 +68,18 @@ class Plane:
         self.url = url
         self.credential = AdminToken(token)
         self.aks = self.client()
+        self.groups = ResourceManagementClient(
+            self.credential,  # type: ignore[arg-type]
+            SUB,
+            base_url=url,
+            authentication_policy=LoopbackBearerPolicy(self.credential, SCOPE),
+            polling_interval=0.2,
+        ).resource_groups
         self.sessions = sessions
+
+    def create_group(self, name: str = "sdkGroup") -> None:
+        """Create resource group `name` with the SDK, as a script does before it creates a cluster."""
+        self.groups.create_or_update(name, ResourceGroup(location="eastus"))
 
     def client(self, credential: AdminToken | None = None, **options: Any) -> ContainerServiceClient:
         """A ContainerServiceClient of the server (`api_version=` to send another than the SDK's default;
@@ -142,12 +153,17 @@ def trusted_launch_cluster() -> ManagedCluster:
 
 def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
     aks = plane.aks
+    plane.create_group()
     # GA api-version (the SDK's 2026-08-01): trusted launch without the preview registration
     poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", trusted_launch_cluster())
     plane.finish_operations()
     cluster = poller.result(timeout=60)
     assert cluster.provisioning_state == "Succeeded" and cluster.name == "sdkCluster"
-    assert cluster.id.endswith("/managedClusters/sdkCluster") and cluster.identity.type == "SystemAssigned"
+    # ids keep the casing of the group's and the cluster's creation (ARM), lookups ignore it
+    cluster_id = f"/subscriptions/{SUB}/resourceGroups/sdkGroup/providers/Microsoft.ContainerService/"
+    cluster_id += "managedClusters/sdkCluster"
+    assert cluster.id == cluster_id and cluster.identity.type == "SystemAssigned"
+    assert aks.managed_clusters.get("SDKGROUP", "sdkcluster").id == cluster_id
     assert (cluster.sku.name, cluster.sku.tier, cluster.enable_rbac) == ("Base", "Free", True)
     assert cluster.network_profile.service_cidr == "10.0.0.0/16" and cluster.power_state.code == "Running"
     network = cluster.network_profile
@@ -166,13 +182,14 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
     poller = aks.agent_pools.begin_create_or_update("sdkGroup", "sdkCluster", "userpool", pool)
     plane.finish_operations()
     assert poller.result(timeout=60).provisioning_state == "Succeeded"
-    assert sorted(p.name for p in aks.agent_pools.list("sdkGroup", "sdkCluster")) == ["nodepool1", "userpool"]
+    pools = sorted((p.name, p.id) for p in aks.agent_pools.list("sdkgroup", "SDKCLUSTER"))
+    assert pools == [(name, f"{cluster_id}/agentPools/{name}") for name in ("nodepool1", "userpool")]
 
     name = plane.add_node("nodepool1")
     [listed] = list(aks.machines.list("sdkGroup", "sdkCluster", "nodepool1"))
     machine = aks.machines.get("sdkGroup", "sdkCluster", "nodepool1", name)
     for shown in (listed, machine):
-        assert shown.name == name
+        assert shown.name == name and shown.id == f"{cluster_id}/agentPools/nodepool1/machines/{name}"
         assert [(a.family, a.ip) for a in shown.properties.network.ip_addresses] == [("IPv4", "10.0.2.15")]
         assert shown.properties.resource_id.endswith(
             f"/providers/Microsoft.Compute/virtualMachineScaleSets/{name.removesuffix('000000')}/virtualMachines/0"
@@ -187,6 +204,16 @@ def test_cluster_pool_and_machines_with_the_sdk(plane: Plane) -> None:
 
 def test_sdk_error_paths(plane: Plane) -> None:
     aks = plane.aks
+    for no_group in (  # nothing below a missing group, as ARM: not even a cluster's create
+        lambda: aks.managed_clusters.get("sdkGroup", "nosuch"),
+        lambda: aks.managed_clusters.begin_create_or_update("sdkGroup", "c", trusted_launch_cluster()),
+        lambda: list(aks.managed_clusters.list_by_resource_group("sdkGroup")),
+    ):
+        with pytest.raises(ResourceNotFoundError) as missing:
+            no_group()
+        assert missing.value.error is not None and missing.value.error.code == "ResourceGroupNotFound"
+        assert missing.value.error.message == "Resource group 'sdkGroup' could not be found."
+    plane.create_group()
     with pytest.raises(ResourceNotFoundError) as missing:
         aks.managed_clusters.get("sdkGroup", "nosuch")
     assert missing.value.error is not None and missing.value.error.code == "ResourceNotFound"
@@ -204,6 +231,7 @@ def test_sdk_error_paths(plane: Plane) -> None:
 
 def test_tags_and_etags_with_the_sdk(plane: Plane) -> None:
     aks = plane.aks
+    plane.create_group()
     poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", trusted_launch_cluster())
     plane.finish_operations()
     created = poller.result(timeout=60)
@@ -255,13 +283,7 @@ def test_tags_and_etags_with_the_sdk(plane: Plane) -> None:
 
 
 def test_resource_groups_with_the_sdk(plane: Plane) -> None:
-    groups = ResourceManagementClient(
-        plane.credential,  # type: ignore[arg-type]
-        SUB,
-        base_url=plane.url,
-        authentication_policy=LoopbackBearerPolicy(plane.credential, SCOPE),
-        polling_interval=0.2,
-    ).resource_groups
+    groups = plane.groups
     created = groups.create_or_update("sdkGroup", ResourceGroup(location="eastus", tags={"team": "a"}))
     assert (created.name, created.location, created.tags) == ("sdkGroup", "eastus", {"team": "a"})
     assert created.id == f"/subscriptions/{SUB}/resourceGroups/sdkGroup"
@@ -277,6 +299,7 @@ def test_resource_groups_with_the_sdk(plane: Plane) -> None:
     poller.result(timeout=60)
     deleting = groups.begin_delete("sdkGroup")  # cascades to the cluster
     assert aks.managed_clusters.get("sdkGroup", "sdkCluster").provisioning_state == "Deleting"
+    assert groups.get("sdkGroup").properties.provisioning_state == "Deleting"  # until its cluster is gone
     plane.finish_operations()
     deleting.result(timeout=60)
     assert list(groups.list()) == []
@@ -292,6 +315,7 @@ def test_operation_urls_behind_a_tls_proxy_on_loopback(plane: Plane) -> None:
     )
     body = {"location": "eastus", "properties": {"agentPoolProfiles": [{"name": "nodepool1", "count": 1}]}}
     headers = {"Authorization": f"Bearer {plane.credential.token}"}
+    plane.create_group("proxied")
     with httpx.Client(base_url=plane.url, headers=headers, params={"api-version": "2026-08-01"}) as client:
         proxied = client.put(f"{cluster}/c1", json=body, headers={"X-Forwarded-Proto": "https"})
         assert proxied.headers["Azure-AsyncOperation"].startswith("https://")

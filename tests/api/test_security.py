@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import SUB, arm_code, cluster_body, http_bytes, raw_request
+from api_helpers import SUB, arm_code, cluster_body, create_group, http_bytes, raw_request
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -86,6 +86,7 @@ def populated(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
         assert admin.post(f"{features}/features/TrustedLaunchPreview/register").status_code == 200
         operation = ""
         for name in ("rg-a", "rg-b"):
+            create_group(admin, name)
             created = admin.put(cluster(name), json=cluster_body())
             assert created.status_code == 201, created.text
             operation = httpx.URL(created.headers["Azure-AsyncOperation"]).path.rsplit("/", 1)[1]
@@ -246,11 +247,16 @@ def test_url_and_header_limits_in_the_app(populated: tuple[TestClient, dict[str,
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: head-capped httptools)."""
+    """(URL, admin token) of a real uvicorn server on loopback (BackgroundServer: head-capped httptools), with
+    the resource group rg-a."""
     token_file = tmp_path / "config" / "admin-token"
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
     with BackgroundServer(app) as server:
-        yield server.url, token_file.read_text().strip()
+        token = token_file.read_text().strip()
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as admin:
+            admin.event_hooks = {"request": [add_api_version]}
+            create_group(admin, "rg-a")
+        yield server.url, token
 
 
 def test_limits_over_a_real_socket(live: tuple[str, str]) -> None:
@@ -345,6 +351,9 @@ def test_head_cap_counts_unfinished_heads_only(tmp_path: Path) -> None:
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=1024 * 1024)
     with BackgroundServer(app) as server:
         token = token_file.read_text().strip()
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as admin:
+            admin.event_hooks = {"request": [add_api_version]}
+            create_group(admin, "rg-a")
         address = httpx.URL(server.url)
         big = b'{"padding": "' + b"p" * (4 * limits.MAX_INCOMPLETE_HEAD_BYTES) + b'"}'
         headers = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import API, SUB, arm_code, cluster_body, http_bytes, raw_request
+from api_helpers import API, SUB, arm_code, cluster_body, create_group, http_bytes, raw_request
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -60,11 +60,13 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[TestClient]:
-    """A client with the bootstrap admin token."""
+    """A client with the bootstrap admin token, over a store with the resource groups rg-a and rg-b."""
     token_file = tmp_path / "config" / "admin-token"
     with TestClient(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)) as client:
         client.event_hooks = {"request": [add_api_version]}
         client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        for name in ("rg-a", "rg-b"):
+            create_group(client, name)
         yield client
 
 
@@ -267,6 +269,7 @@ def test_revoked_token_gets_401(tmp_path: Path) -> None:
     with TestClient(app) as admin:
         admin.event_hooks = {"request": [add_api_version]}
         admin.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        create_group(admin, "rg-a")
         revoked_here = mint(admin, "revoked-by-api", group("rg-a"))
         revoked_elsewhere = mint(admin, "revoked-in-store", group("rg-a"))
         path = f"{group('rg-a')}/{CS}/managedClusters"
@@ -290,10 +293,15 @@ def test_revoked_token_gets_401(tmp_path: Path) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(URL, admin token) of a real server on loopback."""
+    """(URL, admin token) of a real server on loopback, with the resource groups rg-a and rg-b."""
     token_file = tmp_path / "server-config" / "admin-token"
     with BackgroundServer(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)) as running:
-        yield running.url, token_file.read_text().strip()
+        token = token_file.read_text().strip()
+        with httpx.Client(base_url=running.url, headers=bearer(token)) as admin:
+            admin.event_hooks = {"request": [add_api_version]}
+            for name in ("rg-a", "rg-b"):
+                create_group(admin, name)
+        yield running.url, token
 
 
 def test_tl_token_commands(server: tuple[str, str], tmp_path: Path) -> None:

@@ -269,6 +269,11 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
             f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register",
             params={"api-version": "2025-04-01"},
         ).raise_for_status()
+        first.client.put(
+            f"/subscriptions/{SUB}/resourceGroups/rg",
+            json={"location": "eastus"},
+            params={"api-version": "2025-04-01"},
+        ).raise_for_status()
         began = time.monotonic()
         profile = {"name": "hostilepool", **pool_body()}
         body = {"location": "eastus", "properties": {"agentPoolProfiles": [profile]}}

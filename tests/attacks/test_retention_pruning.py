@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from trustedlaunch.control.bootstrap import attestation_token_issuer
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.control.resource_groups import put_group
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.store.models import AgentPool, AlertRecord, Node
 
@@ -56,6 +57,7 @@ def trusted_pool(store: ServedStore) -> None:
     with store.sessions.begin() as session:
         register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
         register_provider(session, SUB, "Microsoft.ContainerService")
+        put_group(session, SUB, "rg", "eastus", None)
         spec = PoolSpec(
             "nodepool1", count=2, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True
         )

@@ -29,6 +29,7 @@ CLUSTER_QUOTA = 3
 CS = "providers/Microsoft.ContainerService"
 TOKENS = "/providers/Microsoft.TrustedLaunch/tokens"
 API = {"api-version": "2024-09-01"}
+RESOURCES_API = {"api-version": "2025-04-01"}
 
 
 @dataclass
@@ -43,6 +44,13 @@ class Plane:
         response = self.call(self.admin, "POST", TOKENS, json={"name": name, "scope": scope})
         assert response.status_code == 201, response.text
         return str(response.json()["properties"]["token"])
+
+    def create_group(self, token: str, subscription: str, name: str) -> None:
+        """Create resource group `name` with `token`, as a script does before its first cluster."""
+        created = self.call(
+            token, "PUT", group(subscription, name), json={"location": "eastus"}, params=RESOURCES_API
+        )
+        assert created.status_code == 201, created.text
 
     def call(self, token: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}
@@ -112,6 +120,7 @@ def test_quotas_refuse_a_node_flood_and_count_surge_nodes(plane: Plane) -> None:
     naming each quota's limit and usage, nothing created. Surge nodes of a rolling reimage count."""
     sub = "33333333-0000-4000-8000-000000000003"
     token = plane.token("flood", group(sub, "flood"))
+    plane.create_group(token, sub, "flood")
     flood = plane.call(token, "PUT", cluster(sub, "flood", "c0"), json=pools(*[1000] * 100))
     error = arm_error(flood, 409, "QuotaExceeded")
     assert error["target"] == "subscriptionId"
@@ -145,6 +154,8 @@ def test_cluster_quota(plane: Plane) -> None:
     """Item 3: clusters are counted per subscription, whatever the resource group."""
     sub = "33333333-0000-4000-8000-00000000000c"
     token = plane.token("clusters", f"/subscriptions/{sub}")
+    for name in [f"rg{index}" for index in range(CLUSTER_QUOTA)] + ["another"]:
+        plane.create_group(token, sub, name)
     for index in range(CLUSTER_QUOTA):
         created = plane.call(token, "PUT", cluster(sub, f"rg{index}", "c"), json=pools(1))
         assert created.status_code == 201, created.text
@@ -163,6 +174,8 @@ def test_a_delete_cancels_only_the_operations_of_its_own_resource(plane: Plane) 
     sub = "44444444-0000-4000-8000-000000000004"
     victim = plane.token("team-a", group(sub, "team-a"))
     attacker = plane.token("team_a", group(sub, "team_a"))
+    plane.create_group(victim, sub, "team-a")
+    plane.create_group(attacker, sub, "team_a")
     victim_create = plane.call(victim, "PUT", cluster(sub, "team-a", "k"), json=pools(1))
     own_create = plane.call(attacker, "PUT", cluster(sub, "team_a", "k"), json=pools(1))
     sibling_create = plane.call(attacker, "PUT", cluster(sub, "team_a", "k1"), json=pools(1))
@@ -185,12 +198,13 @@ def test_subscription_ids_are_one_subscription_in_any_case(plane: Plane) -> None
     upper = "5555AAAA-BBBB-4CCC-8DDD-EEEEFFFF0007"
     lower = upper.lower()
     token = plane.token("case", f"/subscriptions/{lower}")
+    plane.create_group(token, upper, "rg")
     created = plane.call(token, "PUT", cluster(upper, "rg", "c"), json=pools(1))
     assert created.status_code == 201, created.text
     assert f"/subscriptions/{lower}/" in created.headers["Azure-AsyncOperation"]
     shown = plane.call(token, "GET", cluster(lower, "rg", "c"))
     assert shown.status_code == 200, shown.text
-    assert shown.json()["id"] == cluster(lower, "rg", "c").replace("resourceGroups", "resourcegroups")
+    assert shown.json()["id"] == cluster(lower, "rg", "c")  # the group and name as created
     for subscription in (upper, lower):
         listed = plane.call(token, "GET", f"/subscriptions/{subscription}/{CS}/managedClusters").json()
         assert [c["name"] for c in listed["value"]] == ["c"]
@@ -218,6 +232,7 @@ def test_location_must_come_from_the_catalogue(plane: Plane) -> None:
     with its token); now only catalogued locations are accepted."""
     sub = "99999999-0000-4000-8000-000000000009"
     token = plane.token("location", group(sub, "rg"))
+    plane.create_group(token, sub, "rg")
     for location in ("eastus/../../../providers/Microsoft.TrustedLaunch/tokens", "..", "mars"):
         refused = plane.call(token, "PUT", cluster(sub, "rg", "c"), json=pools(1, location=location))
         error = arm_error(refused, 400, "LocationNotAvailableForResourceType")
@@ -245,6 +260,8 @@ def test_cli_names_cannot_address_another_resource(plane: Plane) -> None:
     subscription = ["--subscription", sub]
     group_token = plane.token("cli-a", group(sub, "A"))
     subscription_token = plane.token("cli-sub", f"/subscriptions/{sub}")
+    plane.create_group(group_token, sub, "A")
+    plane.create_group(subscription_token, sub, "rg")
     assert plane.call(group_token, "PUT", cluster(sub, "A", "sacrificial"), json=pools(1)).status_code == 201
     assert plane.call(subscription_token, "PUT", cluster(sub, "rg", "c"), json=pools(1)).status_code == 201
 

@@ -37,6 +37,7 @@ from trustedlaunch.control.bootstrap import ATTESTATION_ISSUER
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.image_policies import record_image_policy
 from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.control.resource_groups import find_group, put_group
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH, create_token
 from trustedlaunch.store.db import make_engine, session_factory
@@ -109,6 +110,8 @@ def create_pool_with_enrolled_node(served: Served, lab: Lab, cluster: str, node:
     with served.sessions.begin() as session:
         register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
         register_provider(session, SUB, "Microsoft.ContainerService")
+        if find_group(session, SUB, GROUP) is None:
+            put_group(session, SUB, GROUP, "eastus", None)
         spec = PoolSpec(
             "nodepool1", count=1, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True
         )

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
+from trustedlaunch.cli.main import app
 
 
 @pytest.fixture
@@ -23,10 +24,19 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str, BackgroundServer]]:
 
 @pytest.fixture
 def cli_env(server: tuple[str, str, BackgroundServer], tmp_path: Path) -> dict[str, str | None]:
-    """Environment of a `tl` user talking to the server, with a private HOME."""
+    """Environment of a `tl` user talking to the server, with a private HOME, who made the resource group
+    myResourceGroup with `tl group create` (as the README's examples do before `tl aks create`)."""
     home = tmp_path / "home"
     home.mkdir()
-    return {"TL_ENDPOINT": server[0], "TL_TOKEN": server[1], "HOME": str(home), "TL_SUBSCRIPTION": None}
+    env: dict[str, str | None] = {
+        "TL_ENDPOINT": server[0],
+        "TL_TOKEN": server[1],
+        "HOME": str(home),
+        "TL_SUBSCRIPTION": None,
+    }
+    created = CliRunner().invoke(app, ["group", "create", "-n", "myResourceGroup", "-l", "eastus"], env=env)
+    assert created.exit_code == 0, created.stderr
+    return env
 
 
 @pytest.fixture

@@ -179,6 +179,8 @@ def test_bad_flags_get_clear_errors(runner: CliRunner, cli_env: dict[str, str | 
     code, _, err = tl(runner, cli_env, *CREATE, "--enable-addons", "monitoring")
     assert code == 2 and "unsupported addon" in err
     code, _, err = tl(runner, cli_env, "aks", "show", "-g", "rg", "-n", "nope")
+    assert code == 3 and "(ResourceGroupNotFound) Resource group 'rg' could not be found." in err
+    code, _, err = tl(runner, cli_env, "aks", "show", "-g", "myresourcegroup", "-n", "nope")
     assert code == 3 and "(ResourceNotFound)" in err
     code, _, err = tl(runner, cli_env, "aks", "show", "-g", "rg", "-n", "x", "--subscription", "bad")
     assert code == 2 and "Invalid value for '--subscription'" in err  # refused before any request

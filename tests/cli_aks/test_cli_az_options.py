@@ -108,7 +108,10 @@ def test_errors_print_as_az_and_missing_resources_exit_3(
     code, _, err = tl(runner, cli_env, *quiet)
     assert code == 0, err
     code, _, err = tl(runner, cli_env, "aks", "show", "-n", "MYAKSCLUSTER", "-g", "otherGroup")
-    assert code == 3 and "A cluster named 'MYAKSCLUSTER' exists in resource group(s) myresourcegroup" in err
+    assert code == 3 and err.startswith(
+        "ERROR: (ResourceGroupNotFound) Resource group 'otherGroup' could not"
+    )
+    assert "A cluster named 'MYAKSCLUSTER' exists in resource group(s) myResourceGroup: try -g" in err
 
 
 def test_only_show_errors_verbose_and_debug(runner: CliRunner, cli_env: dict[str, str | None]) -> None:

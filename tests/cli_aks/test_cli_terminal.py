@@ -73,6 +73,7 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "TrustedLaunchPreview",
     )
     tl(environment, "provider", "register", "--namespace", "Microsoft.ContainerService")
+    tl(environment, "group", "create", "-n", "rg", "-l", "eastus")
     yield environment
     leftovers = node_processes(data)
     kill_node_processes(data)

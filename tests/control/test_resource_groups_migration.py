@@ -9,10 +9,12 @@ from alembic import command
 from sqlalchemy import select
 
 from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.operations import finish_operation, get_operation
 from trustedlaunch.control.resource_groups import delete_group, list_groups
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, list_clusters, put_cluster
 from trustedlaunch.store.db import alembic_config, migrate
 from trustedlaunch.store.models import ResourceGroup
+from trustedlaunch.store.vocabulary import OperationStatus
 
 SUB = "00000000-0000-0000-0000-0000000e0a18"
 
@@ -35,7 +37,16 @@ def test_upgrade_makes_a_group_of_each_group_clusters_are_in(tmp_path: Path) -> 
         assert [g.name for g in list_groups(session, SUB)] == ["b", "team-a"]
         operations = delete_group(session, SUB, "TEAM-A")  # cascades to both of its clusters
         assert operations is not None and len(operations) == 2
+        operation_ids = [operation.id for operation in operations]
+    with sessions.begin() as session:  # the group stays Deleting until its last cluster is deleted (ARM)
+        states = [(g.name, g.provisioning_state) for g in list_groups(session, SUB)]
+        assert states == [("b", "Succeeded"), ("team-a", "Deleting")]
+        assert {c.provisioning_state for c in list_clusters(session, SUB, "team-a")} == {"Deleting"}
+        finish_operation(session, get_operation(session, SUB, operation_ids[0]), OperationStatus.SUCCEEDED)
+    with sessions.begin() as session:
+        assert [g.name for g in list_groups(session, SUB)] == ["b", "team-a"]
+        finish_operation(session, get_operation(session, SUB, operation_ids[1]), OperationStatus.SUCCEEDED)
     with sessions() as session:
         assert [g.name for g in list_groups(session, SUB)] == ["b"]
-        assert {c.provisioning_state for c in list_clusters(session, SUB, "team-a")} == {"Deleting"}
+        assert list_clusters(session, SUB, "team-a") == []
     engine.dispose()

@@ -77,6 +77,7 @@ def test_control_plane_outlives_embedded_commands(
         return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60, check=check)
 
     try:
+        tl("group", "create", "-n", "rg-emb", "-l", "eastus")
         tl("aks", "create", *CLUSTER, "--node-count", "1", "--generate-ssh-keys")
         (data_dir,) = clusters.iterdir()
         before = running(data_dir)

@@ -136,6 +136,12 @@ def serve(tmp_path_factory: pytest.TempPathFactory, kubernetes_release: Kubernet
     running = Serve(base, env)
     running.start()
     try:
+        with running.client() as client:  # the group the tests' clusters live in
+            client.put(
+                f"/subscriptions/{SUB}/resourceGroups/rg-cp",
+                json={"location": "eastus"},
+                params={"api-version": "2025-04-01"},
+            ).raise_for_status()
         yield running
     finally:
         if running.process is not None and running.process.poll() is None:

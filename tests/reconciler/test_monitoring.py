@@ -43,6 +43,7 @@ from trustedlaunch.control.labels import (
     QUARANTINE_TAINT_KEY,
 )
 from trustedlaunch.control.reconciler import Reconciler
+from trustedlaunch.control.resource_id import AGENT_POOLS, ResourceId
 from trustedlaunch.control.resources import ResourcePath, delete_cluster, pool_resource_id
 from trustedlaunch.control.tokens import Principal
 from trustedlaunch.node.qemu import FIRMWARE
@@ -240,9 +241,8 @@ async def test_attestation_history_alerts_tokens_and_quarantine_of_a_real_node(
         assert properties["extendedProperties"]["failedComponents"] == "AK"
         with sessions() as session:
             cluster = session.get_one(AgentPool, pool.id).cluster
-            assert properties["resourceIdentifiers"][0]["azureResourceId"] == pool_resource_id(
-                cluster, "nodepool1"
-            )
+            pool_id = ResourceId.of(cluster).child(AGENT_POOLS, "nodepool1").path()  # as created
+            assert properties["resourceIdentifiers"][0]["azureResourceId"] == pool_id
         quarantined = read_node(kube, name)
         kept = {
             key: value

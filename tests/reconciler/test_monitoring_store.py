@@ -48,7 +48,7 @@ from trustedlaunch.control.labels import (
     QUARANTINE_TAINT_KEY,
 )
 from trustedlaunch.control.reconciler import Reconciler
-from trustedlaunch.control.resources import pool_resource_id
+from trustedlaunch.control.resource_id import AGENT_POOLS, ResourceId
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.store.db import make_engine, session_factory
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
@@ -180,7 +180,10 @@ def test_unreachable_agent_is_recorded_alerted_and_quarantined(
         assert properties["compromisedEntity"] == "aks-n-0"
         assert properties["extendedProperties"]["failedComponents"] == "agent"
         assert properties["resourceIdentifiers"] == [
-            {"type": "AzureResource", "azureResourceId": pool_resource_id(cluster, "nodepool1")}
+            {
+                "type": "AzureResource",
+                "azureResourceId": ResourceId.of(cluster).child(AGENT_POOLS, "nodepool1").path(),
+            }
         ]
         assert "unreachable" in properties["description"]
 

@@ -60,6 +60,11 @@ def control_plane(reconciler_base: Path, state_dir: Path) -> Iterator[ControlPla
             client.post(
                 f"{features}/features/TrustedLaunchPreview/register", params={"api-version": "2021-07-01"}
             ).raise_for_status()
+            client.put(
+                f"/subscriptions/{SUB}/resourceGroups/rg",
+                json={"location": "eastus"},
+                params={"api-version": "2025-04-01"},
+            ).raise_for_status()
             client.post(
                 f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register",
                 params={"api-version": "2025-04-01"},

@@ -86,6 +86,11 @@ def plane(reconciler_base: Path, state_dir: Path) -> Iterator[ControlPlane]:
             client.post(
                 f"{features}/features/TrustedLaunchPreview/register", params={"api-version": "2021-07-01"}
             ).raise_for_status()
+            client.put(
+                f"/subscriptions/{SUB}/resourceGroups/rg",
+                json={"location": "eastus"},
+                params={"api-version": "2025-04-01"},
+            ).raise_for_status()
             client.post(
                 f"/subscriptions/{SUB}/providers/Microsoft.ContainerService/register",
                 params={"api-version": "2025-04-01"},

@@ -9,7 +9,8 @@ from typing import cast
 
 from trustedlaunch.control.monitoring import AttestationRequest, IssuedToken
 from trustedlaunch.control.records import AgentPool, AlertRecord, AlertWebhook, AttestationRecord
-from trustedlaunch.control.resources import PROVIDER, pool_resource_id
+from trustedlaunch.control.resource_id import MACHINES, ResourceId
+from trustedlaunch.control.resources import PROVIDER
 from trustedlaunch.control.timeutil import iso
 
 JsonObject = dict[str, object]
@@ -22,7 +23,7 @@ def _base64(data: bytes | None) -> str | None:
 
 def attestation_path(pool: AgentPool, record: AttestationRecord) -> str:
     """The ARM id of one attestation of a machine."""
-    return f"{pool_resource_id(pool.cluster, pool.name)}/machines/{record.node_name}/attestations/{record.id}"
+    return ResourceId.of(pool).child(MACHINES, record.node_name).child("attestations", str(record.id)).path()
 
 
 def attestation_json(pool: AgentPool, record: AttestationRecord, *, evidence: bool = False) -> JsonObject:
@@ -60,7 +61,7 @@ def attestation_json(pool: AgentPool, record: AttestationRecord, *, evidence: bo
 def attestation_request_json(request: AttestationRequest) -> JsonObject:
     """The 202 body of `POST .../agentPools/{pool}/attest`."""
     return {
-        "id": pool_resource_id(request.pool.cluster, request.pool.name),
+        "id": ResourceId.of(request.pool).path(),
         "requestedAt": iso(request.requested_at),
         "machines": [node.name for node in request.nodes],
         "skipped": [{"name": node.name, "provisioningState": node.state} for node in request.skipped],

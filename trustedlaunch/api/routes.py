@@ -132,9 +132,17 @@ POOL = f"{CLUSTER}/agentPools/{{pool_name}}"
 FEATURES = f"{SUB}/providers/Microsoft.Features"
 
 
-async def cluster_path(subscription_id: str, resource_group: str, cluster_name: str) -> ResourcePath:
-    """The cluster the request path names (400 for an invalid subscription, resource group or name)."""
-    return ResourcePath(subscription_id, resource_group, cluster_name)
+async def cluster_path(
+    request: Request, subscription_id: str, resource_group: str, cluster_name: str
+) -> ResourcePath:
+    """The cluster the request path names (400 for an invalid subscription, resource group or name; 404
+    ResourceGroupNotFound when its resource group does not exist, as ARM answers any request below it; 409
+    ResourceGroupBeingDeleted for a PUT or PATCH while the group is being deleted)."""
+    path = ResourcePath(subscription_id, resource_group, cluster_name)
+    write = request.method in ("PUT", "PATCH")
+    with transaction(request) as session:
+        resource_groups.get_group(session, path.subscription_id, path.resource_group, write=write)
+    return path
 
 
 ClusterPath = Annotated[ResourcePath, Depends(cluster_path)]
@@ -206,8 +214,9 @@ async def list_all_clusters(request: Request, subscription_id: str) -> dict[str,
 async def list_group_clusters(
     request: Request, subscription_id: str, resource_group: str
 ) -> dict[str, object]:
-    """List the managed clusters of a resource group."""
+    """List the managed clusters of a resource group (404 ResourceGroupNotFound when it does not exist)."""
     with transaction(request) as session:
+        resource_groups.get_group(session, subscription_id, resource_group)
         clusters = resources.list_clusters(session, subscription_id, resource_group)
         return {"value": [cluster_json(c) for c in clusters]}
 
@@ -245,8 +254,6 @@ def put_cluster(
             pool = resources.find_pool(cluster, pool_spec.name)
             if pool is not None:
                 system_data.record_write(pool, writer, created=pool.name not in pools_before)
-        if created:
-            resource_groups.ensure_group(session, path, cluster.location)
         session.flush()
         content = cluster_json(cluster)
         response.headers.update(lro_headers(request, operation))
@@ -459,7 +466,8 @@ async def get_operation(
 ) -> dict[str, object]:
     """Status of a long-running operation (the Azure-AsyncOperation URL)."""
     with transaction(request) as session:
-        return operation_json(operations.get_operation(session, subscription_id, operation_id))
+        operation = operations.get_operation(session, subscription_id, operation_id)
+        return operation_json(operation, operations.operation_resource_id(session, operation))
 
 
 @router.get(
@@ -482,7 +490,7 @@ async def get_operation_result(
             return Response(status_code=202, headers=lro_headers(request, operation))
         if operation.status == operations.OperationStatus.SUCCEEDED:
             return Response(status_code=204)
-        return operation_json(operation)
+        return operation_json(operation, operations.operation_resource_id(session, operation))
 
 
 @router.post(

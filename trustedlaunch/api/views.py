@@ -29,7 +29,8 @@ from trustedlaunch.control.records import (
     ProviderRegistration,
     ResourceGroup,
 )
-from trustedlaunch.control.resources import PROVIDER, cluster_resource_id, pool_resource_id
+from trustedlaunch.control.resource_id import ResourceId
+from trustedlaunch.control.resources import PROVIDER
 from trustedlaunch.control.timeutil import iso
 from trustedlaunch.node.kubelet import NODE_ADDRESS
 
@@ -48,7 +49,7 @@ def entity_tag(view: JsonObject) -> str:
 
 def node_resource_group(cluster: ManagedCluster) -> str:
     """The resource group AKS would keep the cluster's VMs in (`MC_{group}_{cluster}_{location}`)."""
-    return f"MC_{cluster.resource_group}_{cluster.name}_{cluster.location}"
+    return f"MC_{ResourceId.of(cluster).resource_group}_{cluster.display_name}_{cluster.location}"
 
 
 def cluster_json(cluster: ManagedCluster) -> JsonObject:
@@ -94,11 +95,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
             "ssh": {"publicKeys": [{"keyData": cluster.ssh_public_key}]},
         }
     view: JsonObject = {
-        # the name keeps the casing it was created with, in the id too (ARM compares ids ignoring case)
-        "id": cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name).removesuffix(
-            cluster.name
-        )
-        + cluster.display_name,
+        "id": ResourceId.of(cluster).path(),
         "name": cluster.display_name,
         "type": f"{PROVIDER}/ManagedClusters",
         "location": cluster.location,
@@ -179,7 +176,7 @@ def pool_json(pool: AgentPool) -> JsonObject:
     """An agent pool as `GET .../agentPools/{name}` returns it (its eTag in `properties`, as AKS)."""
     properties = pool_properties(pool)
     return {
-        "id": pool_resource_id(pool.cluster, pool.name),
+        "id": ResourceId.of(pool).path(),
         "name": pool.name,
         "type": f"{PROVIDER}/managedClusters/agentPools",
         "systemData": system_data_json(pool),
@@ -224,7 +221,7 @@ def machine_json(node: Node) -> JsonObject:
     reconciler recorded."""
     addresses = [{"family": "IPv4", "ip": NODE_ADDRESS}] if node.qemu_pid is not None else []
     return {
-        "id": f"{pool_resource_id(node.pool.cluster, node.pool.name)}/machines/{node.name}",
+        "id": ResourceId.of(node).path(),
         "name": node.name,
         "type": f"{PROVIDER}/managedClusters/agentPools/machines",
         "properties": {
@@ -285,15 +282,15 @@ def operation_path(operation: Operation, kind: str = "operations") -> str:
     )
 
 
-def operation_json(operation: Operation) -> JsonObject:
-    """The Azure-AsyncOperation status body."""
+def operation_json(operation: Operation, resource_id: str) -> JsonObject:
+    """The Azure-AsyncOperation status body of `operation`, on `resource_id` as ARM spells it."""
     body: JsonObject = {
         "id": operation_path(operation),
         "name": operation.id,
         "status": operation.status,
         "startTime": iso(operation.start_time),
         "endTime": iso(operation.end_time),
-        "properties": {"resourceId": operation.resource_id, "kind": operation.kind, "note": operation.note},
+        "properties": {"resourceId": resource_id, "kind": operation.kind, "note": operation.note},
     }
     if operation.error:
         body["error"] = operation.error
@@ -352,7 +349,7 @@ def resource_group_json(group: ResourceGroup) -> JsonObject:
         "type": "Microsoft.Resources/resourceGroups",
         "location": group.location,
         "tags": group.tags,
-        "properties": {"provisioningState": "Succeeded"},
+        "properties": {"provisioningState": group.provisioning_state},
     }
 
 
@@ -378,7 +375,7 @@ def upgrade_profile_json(profile: UpgradeProfile) -> JsonObject:
         ]
     )
     return {
-        "id": f"{pool_resource_id(pool.cluster, pool.name)}/upgradeProfiles/default",
+        "id": ResourceId.of(pool).child("upgradeProfiles", "default").path(),
         "name": "default",
         "type": UPGRADE_PROFILE_TYPE,
         "properties": {

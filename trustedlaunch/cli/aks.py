@@ -314,7 +314,7 @@ def _node_settings(
         properties["maxPods"] = max_pods
 
 
-def _tags(values: list[str]) -> dict[str, str]:
+def parse_tags(values: list[str]) -> dict[str, str]:
     """az's `--tags key[=value] ...` as a tag dict ("" clears: {})."""
     tags: dict[str, str] = {}
     for word in " ".join(values).split():
@@ -602,7 +602,7 @@ def create(
     body: dict[str, Any] = {"location": location, "properties": properties}
     body["identity"] = {"type": "SystemAssigned"}  # --enable-managed-identity is AKS's default
     if tags is not None:
-        body["tags"] = _tags(tags)
+        body["tags"] = parse_tags(tags)
     with api.connect() as client:
         path = cluster_resource_path(client, resource_group, name)
         response = client.request("PUT", path, json=body)
@@ -661,7 +661,11 @@ def update_cluster(
     with api.connect() as client:
         path = cluster_resource_path(client, resource_group, name)
         cluster = _get_cluster(client, resource_group, name)
-        body = {"location": cluster["location"], "tags": _tags(tags), "properties": cluster["properties"]}
+        body = {
+            "location": cluster["location"],
+            "tags": parse_tags(tags),
+            "properties": cluster["properties"],
+        }
         response = client.request("PUT", path, json=body, headers=_if_match(cluster.get("eTag")))
         warn_without_continuous_attestation(client, body)
         result = finish_or_wait(client, response, path, f"Updating cluster {name}", no_wait, timeout)

@@ -339,7 +339,8 @@ def _register_preview(scenario: _Scenario) -> None:
 
 
 def _create_cluster(scenario: _Scenario) -> None:
-    with scenario.step("Create a cluster with one Secure Boot + vTPM node"):
+    with scenario.step("Create a resource group and a cluster with one Secure Boot + vTPM node"):
+        scenario.run("group", "create", "-n", RESOURCE_GROUP, "-l", "eastus", "-o", "table")
         scenario.run(
             "aks", "create", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--node-count", "1",
             "--enable-secure-boot", "--enable-vtpm", "--generate-ssh-keys", "--timeout", scenario.timeout,
@@ -505,11 +506,12 @@ def _check_machine(machine: Machine) -> None:
 
 def _delete_cluster(scenario: _Scenario) -> list[int]:
     """Delete the cluster (its VMs and vTPMs); kill and return what is still running under the data dir."""
-    with scenario.step("Delete the cluster (VMs and vTPMs stopped, files removed)"):
+    with scenario.step("Delete the cluster (VMs and vTPMs stopped, files removed) and its resource group"):
         try:
             scenario.run(
                 "aks", "delete", "-g", RESOURCE_GROUP, "-n", CLUSTER, "--yes", "--timeout", scenario.timeout
             )
+            scenario.run("group", "delete", "-n", RESOURCE_GROUP, "--yes")
         except DemoFailedError as exc:
             console.print(f"[red]{exc}[/]")
         leftovers = sorted([*node_processes(scenario.data_dir), *control_plane_processes(scenario.data_dir)])

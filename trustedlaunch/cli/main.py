@@ -22,6 +22,7 @@ from trustedlaunch.cli import (
     demo,
     eventlog,
     feature,
+    group,
     image,
     image_versions,  # noqa: F401  (registers `image kernels`, `image versions`, `image build-version`)
     provider,
@@ -45,6 +46,7 @@ app.add_typer(alerts.alerts_app, name="alerts")
 app.add_typer(attest.attest_app, name="attest")
 app.add_typer(eventlog.eventlog_app, name="eventlog")
 app.add_typer(feature.feature_app, name="feature")
+app.add_typer(group.group_app, name="group")
 app.add_typer(image.app, name="image")
 app.add_typer(verify.policy_app, name="policy")
 app.add_typer(provider.provider_app, name="provider")
@@ -175,9 +177,9 @@ def _plain_help(typer_app: typer.Typer, seen: set[int]) -> None:
                     info.metavar = "VALUE"
                     allowed = ", ".join(str(member.value) for member in kind)
                     info.help = f"{info.help or ''} Allowed values: {allowed}.".strip()
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            _plain_help(group.typer_instance, seen)
+    for sub_app in typer_app.registered_groups:
+        if sub_app.typer_instance is not None:
+            _plain_help(sub_app.typer_instance, seen)
 
 
 def _value_type(annotation: object) -> object:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, object_session
 
 from trustedlaunch.attest.alerts import Alert, alerts_from_result
 from trustedlaunch.attest.verifier import AttestationResult
-from trustedlaunch.control.resources import pool_resource_id
+from trustedlaunch.control.resource_id import ResourceId
 from trustedlaunch.store.models import AlertRecord, Node, utc_now
 from trustedlaunch.store.vocabulary import OPEN_ALERT_STATUSES, AlertSeverity, AlertStatus, AlertType
 
@@ -148,7 +148,7 @@ def raise_node_alert(
         node=node.name,
         pool=pool.name,
         cluster=cluster.name,
-        resource_id=pool_resource_id(cluster, pool.name),
+        resource_id=ResourceId.of(pool).path(),
         now=time,
         alert_type=alert_type,
         remediation=remediation_steps(alert_type),

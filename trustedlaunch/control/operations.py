@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control.errors import ArmError, bad_request, not_found
@@ -102,6 +102,8 @@ def finish_operation(
     resource = operation_resource(session, operation)
     if resource is None:
         return
+    if isinstance(resource, ManagedCluster) and operation.kind == "Delete":
+        _finish_group_deletion(session, resource, deleted=status == OperationStatus.SUCCEEDED)
     if status == OperationStatus.SUCCEEDED and operation.kind == "Delete":
         session.delete(resource)
         return
@@ -114,6 +116,35 @@ def finish_operation(
                 and in_progress_operation(session, pool_id) is None
             ):
                 pool.provisioning_state = status
+
+
+def _finish_group_deletion(session: Session, cluster: ManagedCluster, deleted: bool) -> None:
+    """A Delete of `cluster` ended: when its group is being deleted, remove the group with its last cluster,
+    or give the group back (Succeeded) when the cluster's deletion failed, as ARM ends a group's deletion."""
+    group = cluster.group
+    if group is None or group.provisioning_state != ProvisioningState.DELETING:
+        return
+    if not deleted:
+        group.provisioning_state = ProvisioningState.SUCCEEDED
+        return
+    others = session.scalar(
+        select(func.count())
+        .select_from(ManagedCluster)
+        .where(
+            ManagedCluster.subscription_id == cluster.subscription_id,
+            ManagedCluster.resource_group == cluster.resource_group,
+            ManagedCluster.id != cluster.id,
+        )
+    )
+    if not others:
+        session.delete(group)
+
+
+def operation_resource_id(session: Session, operation: Operation) -> str:
+    """The id of the resource `operation` acts on as ARM answers it (ResourceId.of), or as stored once the
+    resource is gone."""
+    resource = operation_resource(session, operation)
+    return operation.resource_id if resource is None else ResourceId.of(resource).path()
 
 
 def operation_resource(session: Session, operation: Operation) -> ManagedCluster | AgentPool | None:

@@ -1,9 +1,9 @@
 """Resource groups (`Microsoft.Resources/resourceGroups`): create/update, get, list and delete, which deletes
 every managed cluster in the group (each with its own long-running Delete operation).
 
-A cluster created in a group that does not exist yet creates the group (in the cluster's location): the CLI
-has no `group create` yet, and stores from before resource groups keep working (migration 0018 made a group
-for each group their clusters were in)."""
+As ARM, a request below a group that does not exist (a cluster's PUT too) answers 404 ResourceGroupNotFound
+(get_group); stores from before resource groups keep working: migration 0018 made a group for each group
+their clusters were in."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from trustedlaunch.control.limits import RESOURCE_GROUP, canonical_subscription_
 from trustedlaunch.control.resource_id import stored_name
 from trustedlaunch.control.resources import ResourcePath, delete_cluster, list_clusters
 from trustedlaunch.store.models import Operation, ResourceGroup
+from trustedlaunch.store.vocabulary import ProvisioningState
 
 
 def _key(subscription_id: str, name: str) -> tuple[str, str]:
@@ -34,12 +35,20 @@ def find_group(session: Session, subscription_id: str, name: str) -> ResourceGro
     return session.get(ResourceGroup, _key(subscription_id, name))
 
 
-def get_group(session: Session, subscription_id: str, name: str) -> ResourceGroup:
-    """The resource group, or 404 ResourceGroupNotFound."""
+def get_group(session: Session, subscription_id: str, name: str, write: bool = False) -> ResourceGroup:
+    """The resource group, or 404 ResourceGroupNotFound; for a `write` below it, 409
+    ResourceGroupBeingDeleted while it is being deleted (as ARM)."""
     group = find_group(session, subscription_id, name)
     if group is None:
         raise not_found(
             "ResourceGroupNotFound", f"Resource group '{name}' could not be found.", "resourceGroupName"
+        )
+    if write and group.provisioning_state == ProvisioningState.DELETING:
+        raise conflict(
+            "ResourceGroupBeingDeleted",
+            f"The resource group '{group.display_name}' is in deprovisioning state and cannot perform this "
+            "operation.",
+            "resourceGroupName",
         )
     return group
 
@@ -52,6 +61,8 @@ def put_group(
     limits.raise_violations(limits.check_location(where))
     location = limits.normalize_location(location)
     group = find_group(session, subscription_id, name)
+    if group is not None:
+        get_group(session, subscription_id, name, write=True)
     if group is None:
         subscription, stored = _key(subscription_id, name)
         group = ResourceGroup(
@@ -71,12 +82,6 @@ def put_group(
     return group, False
 
 
-def ensure_group(session: Session, path: ResourcePath, location: str) -> None:
-    """Create the group of a cluster being created, in its location, when missing (module docstring)."""
-    if find_group(session, path.subscription_id, path.resource_group) is None:
-        put_group(session, path.subscription_id, path.resource_group, location, None)
-
-
 def list_groups(session: Session, subscription_id: str) -> list[ResourceGroup]:
     """The subscription's resource groups by name."""
     subscription = canonical_subscription_id(subscription_id)
@@ -85,8 +90,9 @@ def list_groups(session: Session, subscription_id: str) -> list[ResourceGroup]:
 
 
 def delete_group(session: Session, subscription_id: str, name: str) -> list[Operation] | None:
-    """Delete the group and start deleting each of its clusters; their Delete operations (None if the group
-    does not exist)."""
+    """Delete the group: at once when it holds no cluster, else it stays Deleting while each of its clusters
+    is deleted (operations.finish_operation removes it with the last one); the clusters' Delete operations
+    (None if the group does not exist)."""
     group = find_group(session, subscription_id, name)
     if group is None:
         return None
@@ -95,5 +101,8 @@ def delete_group(session: Session, subscription_id: str, name: str) -> list[Oper
         operation = delete_cluster(session, ResourcePath(subscription_id, name, cluster.display_name))
         if operation is not None:
             operations.append(operation)
-    session.delete(group)
+    if operations:
+        group.provisioning_state = ProvisioningState.DELETING
+    else:
+        session.delete(group)
     return operations

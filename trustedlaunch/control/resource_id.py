@@ -4,6 +4,8 @@ An id is `/subscriptions/{sub}[/resourceGroups/{group}][/providers/{namespace}[/
 compares ids case-insensitively: `ResourceId`s are equal when their canonical forms are equal ignoring
 case, and `canonical` is the form the store keeps (subscription, `resourcegroups`, group and names
 lowercase; namespace and types as spelled, e.g. `.../providers/Microsoft.ContainerService/managedClusters/k`).
+`ResourceId.of` is the id of a stored cluster, pool or machine as ARM answers it: its resource group and
+cluster spelled as they were created (ARM keeps the casing given at creation).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from trustedlaunch.store.models import AgentPool, ManagedCluster, Node
+
 CONTAINER_SERVICE = "Microsoft.ContainerService"
 MANAGED_CLUSTERS = "managedClusters"
 AGENT_POOLS = "agentPools"
+MACHINES = "machines"
 
 
 def stored_name(name: str) -> str:
@@ -69,6 +74,17 @@ class ResourceId:
     def cluster(cls, subscription_id: str, resource_group: str, name: str) -> ResourceId:
         """The id of a managed cluster."""
         return cls(subscription_id, resource_group, CONTAINER_SERVICE, ((MANAGED_CLUSTERS, name),))
+
+    @classmethod
+    def of(cls, resource: ManagedCluster | AgentPool | Node) -> ResourceId:
+        """The id of a stored cluster, pool or machine (node) as ARM answers it: the resource group and the
+        cluster as their creators spelled them (the stored, lowercase group once the group is gone)."""
+        if isinstance(resource, Node):
+            return cls.of(resource.pool).child(MACHINES, resource.name)
+        if isinstance(resource, AgentPool):
+            return cls.of(resource.cluster).child(AGENT_POOLS, resource.name)
+        group = resource.resource_group if resource.group is None else resource.group.display_name
+        return cls.cluster(resource.subscription_id, group, resource.display_name)
 
     def provider(self, namespace: str) -> ResourceId:
         """The id of the resource provider `namespace` in this subscription or resource group."""

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the control plane. Subscriptions and resource groups are implicit (path parts)."""
+"""SQLAlchemy 2 models of the control plane. Subscriptions are implicit (path parts)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
-from trustedlaunch.store.vocabulary import AlertStatus, AlertType
+from trustedlaunch.store.vocabulary import AlertStatus, AlertType, ProvisioningState
 
 
 def utc_now() -> datetime:
@@ -82,6 +82,10 @@ class ResourceGroup(Base):
     display_name: Mapped[str] = mapped_column(String(90))  # as the caller spelled it
     location: Mapped[str] = mapped_column(String(64))
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Succeeded, or Deleting until the last of its clusters is deleted (ARM keeps a group being deleted)
+    provisioning_state: Mapped[str] = mapped_column(
+        String(16), default=ProvisioningState.SUCCEEDED, server_default=ProvisioningState.SUCCEEDED.value
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
@@ -127,6 +131,14 @@ class ManagedCluster(Base):
 
     agent_pools: Mapped[list[AgentPool]] = relationship(
         back_populates="cluster", cascade="all, delete-orphan", order_by="AgentPool.id"
+    )
+    # its resource group (by subscription and stored name; None once the group is deleted while the cluster
+    # is still being deleted, or for a cluster made without the API): ids spell the group as it was created
+    group: Mapped[ResourceGroup | None] = relationship(
+        primaryjoin="and_(ManagedCluster.subscription_id == foreign(ResourceGroup.subscription_id), "
+        "ManagedCluster.resource_group == foreign(ResourceGroup.name))",
+        viewonly=True,
+        uselist=False,
     )
     control_plane: Mapped[ClusterControlPlane | None] = relationship(
         back_populates="cluster", cascade="all, delete-orphan"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0025_attestation_node_time_index"
-down_revision = "0022_identity_system_data"
+down_revision = "0024_resource_group_state"
 branch_labels = None
 depends_on = None
 
