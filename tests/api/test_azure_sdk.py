@@ -324,6 +324,7 @@ def test_operation_urls_behind_a_tls_proxy_on_loopback(plane: Plane) -> None:
 
 
 def test_identity_and_system_data_with_the_sdk(plane: Plane, monkeypatch: pytest.MonkeyPatch) -> None:
+    plane.create_group()
     aks = plane.aks
     poller = aks.managed_clusters.begin_create_or_update("sdkGroup", "sdkCluster", trusted_launch_cluster())
     plane.finish_operations()
@@ -388,6 +389,7 @@ def test_identity_and_system_data_with_the_sdk(plane: Plane, monkeypatch: pytest
 
 
 def test_pool_tags_with_the_sdk(plane: Plane) -> None:
+    plane.create_group()
     aks = plane.aks
     cluster = trusted_launch_cluster()
     cluster.agent_pool_profiles[0].tags = {"tier": "system"}
@@ -422,6 +424,7 @@ def test_pool_tags_with_the_sdk(plane: Plane) -> None:
 def test_cluster_tags_patch_is_synchronous(plane: Plane) -> None:
     """ManagedClusters_UpdateTags answers 200 with the cluster (the REST API's documented response; the
     SDK's poller also takes a 202): tags touch no node, so no operation is started."""
+    plane.create_group()
     poller = plane.aks.managed_clusters.begin_create_or_update(
         "sdkGroup", "sdkCluster", trusted_launch_cluster()
     )
@@ -439,6 +442,7 @@ def test_cluster_tags_patch_is_synchronous(plane: Plane) -> None:
 
 
 def test_a_cluster_holds_at_most_max_agent_pools(plane: Plane) -> None:
+    plane.create_group()
     poller = plane.aks.managed_clusters.begin_create_or_update(
         "sdkGroup", "sdkCluster", trusted_launch_cluster()
     )

@@ -25,7 +25,7 @@ from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.store.models import Operation
 
 MONITOR = "/providers/Microsoft.TrustedLaunch/attestationMonitor"
-GROUP = ["-g", "rg"]
+GROUP = ["-g", "myResourceGroup"]  # the group cli_env created
 CREATE = ["aks", "create", *GROUP, "--generate-ssh-keys", "--node-count", "1", "--no-wait"]
 NODEPOOL = ["--cluster-name", "vtpm", *GROUP]
 WARNING = "WARNING: Continuous attestation does not run on this server."
@@ -47,8 +47,16 @@ def on_demand_server(
     with BackgroundServer(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)) as server:
         home = tmp_path / "home"
         home.mkdir()
-        env = {"TL_ENDPOINT": server.url, "TL_TOKEN": token_file.read_text().strip(), "HOME": str(home)}
-        yield {**env, "TL_SUBSCRIPTION": None}, server
+        env: dict[str, str | None] = {
+            "TL_ENDPOINT": server.url,
+            "TL_TOKEN": token_file.read_text().strip(),
+            "HOME": str(home),
+            "TL_SUBSCRIPTION": None,
+        }
+        group = ["group", "create", "-n", "myResourceGroup", "-l", "eastus"]
+        created = CliRunner().invoke(app, group, env=env)
+        assert created.exit_code == 0, created.output
+        yield env, server
 
 
 def finish_operations(server: BackgroundServer) -> None:

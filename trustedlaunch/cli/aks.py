@@ -590,7 +590,7 @@ def create(
     )
     _node_settings(pool, nodepool_labels, nodepool_taints, max_pods)
     if nodepool_tags is not None:
-        pool["tags"] = _tags(nodepool_tags)
+        pool["tags"] = parse_tags(nodepool_tags)
     properties: dict[str, Any] = {"agentPoolProfiles": [pool]}
     if kubernetes_version:
         properties["kubernetesVersion"] = kubernetes_version
@@ -989,7 +989,7 @@ def add(
         _upgrade_settings(properties, **upgrade)
     _node_settings(properties, labels, node_taints, max_pods)
     if tags is not None:
-        properties["tags"] = _tags(tags)
+        properties["tags"] = parse_tags(tags)
     with api.connect() as client:
         path = pool_resource_path(client, resource_group, cluster_name, name)
         body = {"properties": properties}
@@ -1066,7 +1066,7 @@ def update(
         )
         _node_settings(pool["properties"], labels, node_taints)
         if tags is not None:
-            pool["properties"]["tags"] = _tags(tags)
+            pool["properties"]["tags"] = parse_tags(tags)
         response = client.request("PUT", path, json=pool, headers=_if_match(pool["properties"].get("eTag")))
         warn_without_continuous_attestation(client, pool)
         result = finish_or_wait(client, response, path, f"Updating node pool {name}", no_wait, timeout)
