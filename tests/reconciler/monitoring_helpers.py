@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.destinations import parse_networks
 from trustedlaunch.control.features import register_feature, register_provider
+from trustedlaunch.control.resource_groups import find_group, put_group
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.store.models import AgentPool, Operation
 
@@ -59,8 +60,11 @@ class AlertReceiver:
 def create_trusted_cluster(
     sessions: sessionmaker[Session], cluster: str, pool_name: str = "nodepool1"
 ) -> tuple[AgentPool, Operation]:
-    """A cluster with one 1-node Secure Boot + vTPM pool (the feature registered); its pool and operation."""
+    """A cluster with one 1-node Secure Boot + vTPM pool (the feature registered) in resource group rg (made
+    if missing, as an API client makes it first); its pool and operation."""
     with sessions.begin() as session:
+        if find_group(session, SUB, "rg") is None:
+            put_group(session, SUB, "rg", "eastus", None)
         register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
         register_provider(session, SUB, "Microsoft.ContainerService")
         spec = PoolSpec(
