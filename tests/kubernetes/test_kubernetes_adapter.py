@@ -22,7 +22,9 @@ from trustedlaunch.control.kubernetes import KubernetesAdapterError, KubernetesN
 from trustedlaunch.control.labels import (
     LABEL_SECURE_BOOT,
     LABEL_TRUSTED_LAUNCH,
+    LABEL_UPGRADE_STATUS,
     QUARANTINE_ANNOTATION,
+    QUARANTINE_CORDON_ANNOTATION,
     QUARANTINE_TAINT_KEY,
 )
 
@@ -71,6 +73,9 @@ def test_quarantine_taints_cordons_and_removes_our_labels(
     )
     assert taints_besides_the_node_lifecycle(node) == [FOREIGN_TAINT, QUARANTINE_TAINT]
     assert node["spec"]["unschedulable"] is True
+    assert (
+        node["metadata"]["annotations"][QUARANTINE_CORDON_ANNOTATION] == "true"
+    )  # the quarantine cordoned it
 
     assert not adapter.quarantine(node_name, "PCR4: grubx64.efi is not in the image policy")  # no patch sent
 
@@ -117,6 +122,68 @@ def test_restore_leaves_a_node_cordoned_by_an_operator_cordoned(
     node = read_node(client, node_name)
     assert labels_of(node) == {"kubernetes.io/hostname": node_name, **FOREIGN_LABELS, **TRUSTED}
     assert node["spec"]["unschedulable"] is True
+
+
+def test_restore_leaves_a_cordon_the_quarantine_found_in_place(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    """A node cordoned before its attestation failed (a failed drain, an operator): the quarantine records
+    that it did not make the cordon, and the passing attestation later leaves the node cordoned."""
+    client.patch(Node, node_name, {"spec": {"unschedulable": True}}, patch_type=PatchType.MERGE)
+    assert adapter.quarantine(node_name, "PCR 7 differs from the policy")
+    annotations = read_node(client, node_name)["metadata"]["annotations"]
+    assert annotations[QUARANTINE_CORDON_ANNOTATION] == "false"
+    assert not adapter.quarantine(node_name, "PCR 7 differs from the policy")  # the record is kept
+    assert adapter.restore(node_name, TRUSTED)
+    node = read_node(client, node_name)
+    assert node["spec"]["unschedulable"] is True
+    annotations = node["metadata"].get("annotations") or {}
+    assert not {QUARANTINE_ANNOTATION, QUARANTINE_CORDON_ANNOTATION} & set(annotations)
+    assert taints_besides_the_node_lifecycle(node) == [FOREIGN_TAINT]
+
+
+def test_an_upgrade_hold_released_hands_its_cordon_to_the_quarantine(
+    client: Client, adapter: KubernetesNodeAdapter, node_name: str
+) -> None:
+    """A drain cordoned the node, its attestation then failed (the quarantine found the cordon), and the
+    upgrade released its hold: the cordon stays, now the quarantine's, and a passing attestation lifts it."""
+    client.patch(Node, node_name, {"spec": {"unschedulable": True}}, patch_type=PatchType.MERGE)
+    adapter.quarantine(node_name, "PCR 7 differs from the policy")
+    assert adapter.release_upgrade_hold(node_name)
+    node = read_node(client, node_name)
+    assert node["spec"]["unschedulable"] is True
+    assert node["metadata"]["annotations"][QUARANTINE_CORDON_ANNOTATION] == "true"
+    assert adapter.restore(node_name, TRUSTED)
+    assert not read_node(client, node_name)["spec"].get("unschedulable")
+
+
+def test_restore_decides_the_cordon_on_the_node_it_patches(
+    client: Client, kube_apiserver: HostedControlPlane, node_name: str
+) -> None:
+    """An upgrade holds the quarantined node (its upgrade-status label) between the restore's first read and
+    its patch: the patch of the stale node is refused (409) and the one recomputed on the fresh node keeps
+    the node cordoned."""
+
+    class UpgradeHoldsMeanwhile(KubernetesNodeAdapter):
+        reads = 0
+
+        def _read(self, name: str) -> dict[str, Any]:
+            node = super()._read(name)
+            self.reads += 1
+            if self.reads == 1:
+                hold = {"metadata": {"labels": {LABEL_UPGRADE_STATUS: "Quarantined"}}}
+                client.patch(Node, name, hold, patch_type=PatchType.MERGE)
+            return node
+
+    with KubernetesNodeAdapter(kube_apiserver.admin_kubeconfig) as adapter:
+        assert adapter.quarantine(node_name, "Secure Boot disabled")
+    with UpgradeHoldsMeanwhile(kube_apiserver.admin_kubeconfig) as adapter:
+        assert adapter.restore(node_name, TRUSTED)
+        assert adapter.reads >= 2
+    node = read_node(client, node_name)
+    assert node["spec"]["unschedulable"] is True
+    assert labels_of(node)[LABEL_UPGRADE_STATUS] == "Quarantined"
+    assert QUARANTINE_ANNOTATION not in (node["metadata"].get("annotations") or {})
 
 
 def test_apply_node_state_sets_our_keys_only(

@@ -11,7 +11,9 @@ Each kind of change touches only its own keys:
 - a drain (control.node_drain) cordons the node, and an upgrade that could not drain it holds it
   (undrainableNodeBehavior Cordon: labelled upgrade-status=Quarantined); `upgrade_release_patch` ends that
   hold (the label removed, uncordoned) but never lifts a cordon the attestation verdict made, and
-  `restore` keeps a node cordoned while an upgrade holds it: a cordon always wins over an uncordon.
+  `restore` keeps a node cordoned while an upgrade holds it: a cordon always wins over an uncordon;
+- a quarantine records whether it made the node's cordon (QUARANTINE_CORDON_ANNOTATION), and `restore`
+  lifts only such a cordon (never a failed drain's or an operator's).
 Changes are JSON merge patches carrying the `resourceVersion` that was read, so a concurrent change to the
 node makes the API server answer 409 and the change is recomputed on the fresh node (CONFLICT_RETRIES times).
 A node already in the wanted state is not patched.
@@ -35,6 +37,7 @@ from trustedlaunch.control.labels import (
     LEGACY_QUARANTINE_ANNOTATION,
     POOL_LABEL_KEYS,
     QUARANTINE_ANNOTATION,
+    QUARANTINE_CORDON_ANNOTATION,
     QUARANTINE_TAINT_KEY,
     VERDICT_KEYS,
 )
@@ -147,17 +150,59 @@ def attestation_quarantined(node: dict[str, Any]) -> bool:
     return QUARANTINE_ANNOTATION in annotations or LEGACY_QUARANTINE_ANNOTATION in annotations
 
 
+def quarantine_patch(node: dict[str, Any], reason: str, labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The merge patch that quarantines `node` (KubernetesNodeAdapter.quarantine), recording in
+    QUARANTINE_CORDON_ANNOTATION whether the quarantine made the cordon: "false" when the node was cordoned
+    already (a drain, an upgrade's hold, an operator), kept as first recorded while the node stays
+    quarantined."""
+    annotations = node.get("metadata", {}).get("annotations") or {}
+    cordoned_by_us = annotations.get(QUARANTINE_CORDON_ANNOTATION)
+    if cordoned_by_us is None or not attestation_quarantined(node):
+        cordoned_by_us = "false" if node.get("spec", {}).get("unschedulable") else "true"
+    return node_patch(
+        node,
+        labels=labels,
+        taints=[QUARANTINE_TAINT],
+        cordon=True,
+        annotations={QUARANTINE_ANNOTATION: reason, QUARANTINE_CORDON_ANNOTATION: cordoned_by_us},
+    )
+
+
+def restore_patch(node: dict[str, Any], labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The merge patch that restores an attested `node` (KubernetesNodeAdapter.restore): uncordoned only if
+    its quarantine made the cordon (QUARANTINE_CORDON_ANNOTATION "true"; a quarantine an earlier release
+    wrote, without that record, always did) and no upgrade holds it (LABEL_UPGRADE_STATUS); a cordon made
+    otherwise (a drain, an operator) stays."""
+    metadata = node.get("metadata", {})
+    annotations = metadata.get("annotations") or {}
+    cordoned_by_us = annotations.get(QUARANTINE_CORDON_ANNOTATION, "true") == "true"
+    held = LABEL_UPGRADE_STATUS in (metadata.get("labels") or {})
+    return node_patch(
+        node,
+        labels=labels,
+        taints=[],
+        cordon=False if attestation_quarantined(node) and cordoned_by_us and not held else None,
+        annotations=dict.fromkeys(
+            (QUARANTINE_ANNOTATION, QUARANTINE_CORDON_ANNOTATION, LEGACY_QUARANTINE_ANNOTATION)
+        ),
+    )
+
+
 def upgrade_release_patch(node: dict[str, Any]) -> dict[str, Any] | None:
     """The merge patch that ends an upgrade's hold on `node` (undrainableNodeBehavior Schedule after a failed
     drain, or a Cordon quarantine no longer needed): its upgrade-status label removed and the node
-    uncordoned, unless the attestation verdict quarantined it (its cordon stays); None when nothing is
-    left to change."""
+    uncordoned, unless the attestation verdict quarantined it: the cordon stays, handed to the quarantine
+    (QUARANTINE_CORDON_ANNOTATION "true": a passing attestation lifts it); None when nothing is left to
+    change."""
     metadata = node.get("metadata", {})
     patch: dict[str, Any] = {}
     if LABEL_UPGRADE_STATUS in (metadata.get("labels") or {}):
         patch["metadata"] = {"labels": {LABEL_UPGRADE_STATUS: None}}
-    if node.get("spec", {}).get("unschedulable") and not attestation_quarantined(node):
-        patch["spec"] = {"unschedulable": None}
+    if node.get("spec", {}).get("unschedulable"):
+        if not attestation_quarantined(node):
+            patch["spec"] = {"unschedulable": None}
+        elif (metadata.get("annotations") or {}).get(QUARANTINE_CORDON_ANNOTATION) == "false":
+            patch.setdefault("metadata", {})["annotations"] = {QUARANTINE_CORDON_ANNOTATION: "true"}
     if not patch:
         return None
     if "resourceVersion" in metadata:
@@ -333,25 +378,11 @@ class KubernetesNodeAdapter:
     def quarantine(self, node_name: str, reason: str, labels: Mapping[str, str] | None = None) -> bool:
         """A node that failed attestation: cordoned, tainted QUARANTINE_TAINT (NoExecute: its pods without a
         toleration are evicted), our labels but `labels` (its attestation status) removed, the reason in
-        QUARANTINE_ANNOTATION; True when it changed."""
-        return self.apply_node_state(
-            node_name,
-            labels=labels or {},
-            taints=[QUARANTINE_TAINT],
-            cordon=True,
-            annotations={QUARANTINE_ANNOTATION: reason},
-        )
+        QUARANTINE_ANNOTATION and whether this cordoned it in QUARANTINE_CORDON_ANNOTATION; True when it
+        changed."""
+        return self._patch(node_name, lambda node: quarantine_patch(node, reason, labels or {}))
 
     def restore(self, node_name: str, labels: Mapping[str, str]) -> bool:
-        """A node that attested: our `labels` set, the quarantine taint and annotation removed, and
-        uncordoned if we cordoned it (a node cordoned by an operator, or held by an upgrade that could not
-        drain it, stays cordoned); True when it changed."""
-        node = self._read(node_name)
-        held = LABEL_UPGRADE_STATUS in (node["metadata"].get("labels") or {})
-        return self.apply_node_state(
-            node_name,
-            labels=labels,
-            taints=[],
-            cordon=False if attestation_quarantined(node) and not held else None,
-            annotations={QUARANTINE_ANNOTATION: None, LEGACY_QUARANTINE_ANNOTATION: None},
-        )
+        """A node that attested: our `labels` set, the quarantine taint and annotations removed, and
+        uncordoned if the quarantine cordoned it (restore_patch); True when it changed."""
+        return self._patch(node_name, lambda node: restore_patch(node, labels))

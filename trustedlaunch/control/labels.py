@@ -2,12 +2,12 @@
 the keys the AKS documentation names (`kubernetes.azure.com/...`, so the documented nodeSelectors match).
 
 The attestation verdict owns LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION, the
-QUARANTINE_TAINT key and the QUARANTINE_ANNOTATION on a Node (VERDICT_KEYS): the Kubernetes adapter adds and
-removes those and never touches any other key, so labels kubelet or an operator set (agentpool among them)
-stay as they are. Keys under LEGACY_PREFIX (what earlier releases wrote) are only ever removed. The labels
-that follow from the node's row and pool (POOL_LABEL_KEYS: pool, mode, node image version, OS SKU, instance
-type, OS) are set at the join and brought back to the row when they differ (a Node joined under a name an
-earlier release gave its image keeps it otherwise).
+QUARANTINE_TAINT key and the QUARANTINE_ANNOTATION and QUARANTINE_CORDON_ANNOTATION on a Node (VERDICT_KEYS):
+the Kubernetes adapter adds and removes those and never touches any other key, so labels kubelet or an
+operator set (agentpool among them) stay as they are. Keys under LEGACY_PREFIX (what earlier releases
+wrote) are only ever removed. The labels that follow from the node's row and pool (POOL_LABEL_KEYS: pool,
+mode, node image version, OS SKU, instance type, OS) are set at the join and brought back to the row when
+they differ (a Node joined under a name an earlier release gave its image keeps it otherwise).
 """
 
 from __future__ import annotations
@@ -30,9 +30,14 @@ LABEL_UPGRADE_STATUS = f"{AKS_PREFIX}upgrade-status"
 UPGRADE_QUARANTINED = "Quarantined"
 QUARANTINE_TAINT_KEY = f"{AKS_PREFIX}attestation-failed"
 QUARANTINE_ANNOTATION = f"{AKS_PREFIX}quarantine-reason"
+# Whether the quarantine itself cordoned the node ("true"), or found it cordoned already ("false": by a drain,
+# an upgrade's hold or an operator): a passing attestation uncordons the node only in the first case.
+QUARANTINE_CORDON_ANNOTATION = f"{AKS_PREFIX}quarantine-cordoned"
 # The labels a passed attestation gives a node in Kubernetes (a failed one takes them away).
 VERDICT_LABELS = (LABEL_TRUSTED_LAUNCH, LABEL_SECURE_BOOT, LABEL_ATTESTATION)
-VERDICT_KEYS = frozenset({*VERDICT_LABELS, QUARANTINE_TAINT_KEY, QUARANTINE_ANNOTATION})
+VERDICT_KEYS = frozenset(
+    {*VERDICT_LABELS, QUARANTINE_TAINT_KEY, QUARANTINE_ANNOTATION, QUARANTINE_CORDON_ANNOTATION}
+)
 # Where releases before the AKS keys wrote the same labels, taint and annotation: the adapter removes them.
 LEGACY_PREFIX = "trustedlaunch.io/"
 LEGACY_QUARANTINE_ANNOTATION = f"{LEGACY_PREFIX}quarantine-reason"
