@@ -22,9 +22,11 @@ PACKAGES+=(squashfs-tools cryptsetup-bin dmsetup)
 # writes the modules.dep of a kernel package fetched with apt-get download and extracted by dpkg-deb.
 PACKAGES+=(kmod)
 # Node VMs through libvirt (trustedlaunch/node/libvirt_driver.py, libvirt_host.py): libvirtd and its QEMU driver
-# (libvirt-daemon-system), virsh for operators (libvirt-clients), the headers and pkg-config file the
+# for the private libvirtd (libvirt-daemon, libvirt-daemon-driver-qemu; not libvirt-daemon-system, which
+# starts the machine's own libvirtd and its default NAT network under systemd: only loopback and our own
+# namespaces may carry traffic), virsh for operators (libvirt-clients), the headers and pkg-config file the
 # libvirt-python binding builds against (libvirt-dev; pkg-config is listed above).
-PACKAGES+=(libvirt-daemon-system libvirt-clients libvirt-dev)
+PACKAGES+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
 # Test libvirt hosts in network namespaces linked by veth pairs (trustedlaunch/node/libvirt_host.py): ip.
 PACKAGES+=(iproute2)
 missing=()
