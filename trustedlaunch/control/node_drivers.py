@@ -1,6 +1,7 @@
 """The node drivers behind trustedlaunch.node.driver's interface: the direct QEMU driver (today's NodeVM, its
 behaviour unchanged, plus the adoption of a VM an earlier process started, found by its QEMU pid and run
-directory as the reconciler finds it) and the libvirt driver.
+directory as the reconciler finds it) and the libvirt driver (control.libvirt_node_driver, imported only when
+asked for: importing this module does not need libvirt-python).
 
 The reconciler does not use this interface yet (it calls NodeVM, AdoptedAgent and node_processes directly);
 the next slice moves it onto `node_driver`.
@@ -18,13 +19,12 @@ from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.driver import NodeDriver
 from trustedlaunch.node.image import NodeImage
-from trustedlaunch.node.libvirt_driver import LibvirtDriver
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
     BootFailedError,
     NodeVM,
     NodeVMError,
-    _readable_tail,
+    readable_tail,
 )
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.tpm.vtpm import Vtpm
@@ -42,7 +42,7 @@ class QemuNodeVM(NodeVM):
 
     def console_tail(self) -> str:
         """The end of the serial console log."""
-        return _readable_tail(self.console_log)
+        return readable_tail(self.console_log)
 
     def destroy(self) -> None:
         """Stop QEMU and the vTPM (the direct driver keeps nothing outside the run directory)."""
@@ -110,7 +110,7 @@ class AdoptedQemuVM:
 
     def console_tail(self) -> str:
         """The end of the serial console log."""
-        return _readable_tail(self.run_dir / "console.log")
+        return readable_tail(self.run_dir / "console.log")
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Kill the VM's QEMU, supervisor, swtpm and bank proxy (found by their run directory)."""
@@ -144,6 +144,8 @@ def node_driver(name: str, uri: str | None = None) -> NodeDriver:
     """The driver called `name`: "qemu" (this machine), or "libvirt" on the host at `uri`."""
     if name == QemuDriver.name:
         return QemuDriver()
-    if name == LibvirtDriver.name and uri:
-        return LibvirtDriver(uri)
+    if name == "libvirt" and uri:
+        from trustedlaunch.control.libvirt_node_driver import LibvirtNodeDriver  # needs libvirt-python
+
+        return LibvirtNodeDriver(uri)
     raise NodeVMError(f"unknown node driver {name!r} (qemu, or libvirt with a host URI)")

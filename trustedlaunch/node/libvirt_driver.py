@@ -26,9 +26,11 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from xml.sax.saxutils import quoteattr
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
@@ -43,8 +45,8 @@ from trustedlaunch.node.qemu import (
     NODE_VCPUS,
     BootFailedError,
     NodeVMError,
-    _readable_tail,
     agent_rootfs_status,
+    readable_tail,
     rootfs_failure,
 )
 from trustedlaunch.tpm.vtpm import Vtpm
@@ -52,7 +54,9 @@ from trustedlaunch.tpm.vtpm import Vtpm
 TB_CACHE_MIB = 128  # trustedlaunch.node.qemu.TCG_ACCEL's tb-size
 AGENT_SERIAL = "serial1"  # the alias libvirt gives the second serial port (the agent's ttyS1)
 STREAM_CHUNK = 64 * 1024
+MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
+MAX_DOMAIN_XML = 1024 * 1024  # bytes of a domain definition read back from its host
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "its guest powered off",
     libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "it was destroyed",
@@ -80,73 +84,135 @@ def ensure_event_loop() -> None:
             _event_loop_started = True
 
 
+class ConsoleBacklogFullError(OSError):
+    """A console bridge's backlog would exceed its bound: one side writes more than the other takes."""
+
+
+class ConsoleBacklog:
+    """The bytes one side of a console bridge sent that the other side has not taken yet, at most `limit`
+    bytes (a guest writing its console without end while nobody reads it cannot grow the host's memory)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._data = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def add(self, data: bytes) -> None:
+        """Queue `data`; ConsoleBacklogFullError if the backlog would then exceed its bound."""
+        if len(self._data) + len(data) > self.limit:
+            raise ConsoleBacklogFullError(
+                f"more than {self.limit} bytes waiting ({len(self._data)} queued, {len(data)} more)"
+            )
+        self._data += data
+
+    def drain(self, send: Callable[[bytes], int]) -> None:
+        """Hand the backlog to `send` (returns the bytes it took; 0 or less: it takes none now) until it is
+        empty or `send` takes no more. Never blocks when `send` does not."""
+        while self._data:
+            sent = send(bytes(self._data[:STREAM_CHUNK]))
+            if sent <= 0:
+                return
+            del self._data[:sent]
+
+    def drain_to_socket(self, sock: socket.socket) -> None:
+        """`drain` into a non-blocking socket."""
+
+        def send(data: bytes) -> int:
+            try:
+                return sock.send(data)
+            except BlockingIOError:
+                return 0
+
+        self.drain(send)
+
+
 class _ConsoleBridge:
-    """Pumps a domain's console stream to and from one end of a socket pair, in libvirt's event loop;
-    the other end is the agent channel's socket."""
+    """Pumps a domain's console stream to and from one end of a socket pair, in libvirt's event loop (one
+    thread for every domain of the process: nothing here may block it); the other end is the agent
+    channel's socket. Each direction has a bounded backlog: while the socket cannot take the guest's bytes,
+    the stream is not read (its READABLE event dropped) and the socket watched for WRITABLE; while the
+    stream cannot take the host's bytes, the socket is not read. A backlog over its bound closes this bridge
+    only (`close_reason` says why)."""
 
     def __init__(self, connection: libvirt.virConnect, domain: libvirt.virDomain, device: str):
+        self.name = domain.name()
         self._ours, self.theirs = socket.socketpair()
         self._ours.setblocking(False)
-        self._pending = b""  # from the host, not yet taken by the stream
+        self._to_host = ConsoleBacklog(MAX_CONSOLE_BACKLOG)  # from the guest, not yet taken by the socket
+        self._to_guest = ConsoleBacklog(MAX_CONSOLE_BACKLOG)  # from the host, not yet taken by the stream
         self._lock = threading.Lock()
         self._closed = False
+        self.close_reason = ""
         self._stream = connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
         domain.openConsole(device, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
         self._stream.eventAddCallback(self._stream_events(), self._on_stream, None)
         self._watch = libvirt.virEventAddHandle(
-            self._ours.fileno(), libvirt.VIR_EVENT_HANDLE_READABLE, self._on_socket, None
+            self._ours.fileno(), self._socket_events(), self._on_socket, None
         )
 
     def _stream_events(self) -> int:
-        events = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
-        events |= libvirt.VIR_STREAM_EVENT_HANGUP
-        return events | (libvirt.VIR_STREAM_EVENT_WRITABLE if self._pending else 0)
+        events = libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
+        events |= libvirt.VIR_STREAM_EVENT_WRITABLE if self._to_guest else 0
+        return events | (0 if self._to_host else libvirt.VIR_STREAM_EVENT_READABLE)
+
+    def _socket_events(self) -> int:
+        events = libvirt.VIR_EVENT_HANDLE_WRITABLE if self._to_host else 0
+        return events | (0 if self._to_guest else libvirt.VIR_EVENT_HANDLE_READABLE)
+
+    def _update_events(self) -> None:
+        self._stream.eventUpdateCallback(self._stream_events())
+        libvirt.virEventUpdateHandle(self._watch, self._socket_events())
 
     def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
         with self._lock:
             if self._closed:
                 return
             try:
-                if events & libvirt.VIR_STREAM_EVENT_READABLE:
+                if events & libvirt.VIR_STREAM_EVENT_READABLE:  # (also one dispatched before the last update)
                     data = stream.recv(STREAM_CHUNK)
                     if data == b"":
                         raise OSError("console stream ended")
-                    if isinstance(data, bytes):
-                        self._ours.setblocking(True)  # the channel's reader drains it
-                        self._ours.sendall(data)
-                        self._ours.setblocking(False)
-                if events & libvirt.VIR_STREAM_EVENT_WRITABLE and self._pending:
-                    self._flush()
+                    if isinstance(data, bytes):  # else -2: nothing to read now
+                        self._to_host.add(data)
+                        self._to_host.drain_to_socket(self._ours)
+                if events & libvirt.VIR_STREAM_EVENT_WRITABLE:
+                    self._to_guest.drain(self._stream.send)
                 if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
                     raise OSError("console stream failed")
-            except (OSError, libvirt.libvirtError):
-                self._close_locked()
+                self._update_events()
+            except (OSError, libvirt.libvirtError) as error:
+                self._close_locked(f"{error}")
 
-    def _flush(self) -> None:
-        sent = self._stream.send(self._pending)
-        if sent > 0:
-            self._pending = self._pending[sent:]
-        self._stream.eventUpdateCallback(self._stream_events())
-
-    def _on_socket(self, _watch: int, _fd: int, _events: int, _opaque: object) -> None:
+    def _on_socket(self, _watch: int, _fd: int, events: int, _opaque: object) -> None:
         with self._lock:
             if self._closed:
                 return
             try:
-                data = self._ours.recv(STREAM_CHUNK)
-                if not data:
-                    raise OSError("agent channel closed")
-                self._pending += data
-                self._flush()
-            except BlockingIOError:
-                pass
-            except (OSError, libvirt.libvirtError):
-                self._close_locked()
+                if events & libvirt.VIR_EVENT_HANDLE_WRITABLE:
+                    self._to_host.drain_to_socket(self._ours)
+                if events & libvirt.VIR_EVENT_HANDLE_READABLE:
+                    self._from_socket()
+                self._update_events()
+            except (OSError, libvirt.libvirtError) as error:
+                self._close_locked(f"{error}")
 
-    def _close_locked(self) -> None:
+    def _from_socket(self) -> None:
+        try:
+            data = self._ours.recv(STREAM_CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            raise OSError("agent channel closed")
+        self._to_guest.add(data)
+        self._to_guest.drain(self._stream.send)
+
+    def _close_locked(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
+        self.close_reason = f"the console bridge of domain {self.name} closed: {reason}"
         libvirt.virEventRemoveHandle(self._watch)
         with contextlib.suppress(libvirt.libvirtError):
             self._stream.eventRemoveCallback()
@@ -162,7 +228,7 @@ class _ConsoleBridge:
     def close(self) -> None:
         """Stop pumping and close the stream and our end of the pair."""
         with self._lock:
-            self._close_locked()
+            self._close_locked("closed by the host")
 
 
 class _BridgedChannel(AgentChannel):
@@ -176,6 +242,11 @@ class _BridgedChannel(AgentChannel):
     def bridge_closed(self) -> bool:
         """True once the console stream ended (the domain stopped, or another client took the console)."""
         return self._bridge.closed
+
+    @property
+    def close_reason(self) -> str:
+        """Why the bridge closed (empty while it pumps)."""
+        return self._bridge.close_reason
 
     def close(self) -> None:
         super().close()
@@ -224,14 +295,15 @@ def domain_xml(
     esp_target = "vdb" if image.rootfs is not None else "vda"
     disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
     tpm = _tpm_xml(tpm_socket, host_tpm)
+    secure = "yes" if secure_boot else "no"
     return f"""<domain type='qemu'>
-  <name>{name}</name>
+  <name>{escape(name)}</name>
   <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
   <vcpu>{NODE_VCPUS}</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <loader readonly='yes' secure='{"yes" if secure_boot else "no"}' type='pflash'>{code}</loader>
-    <nvram template={quoteattr(str(template))}>{run_dir / "OVMF_VARS.fd"}</nvram>
+    <loader readonly='yes' secure='{secure}' type='pflash'>{escape(str(code))}</loader>
+    <nvram template={quoteattr(str(template))}>{escape(str(run_dir / "OVMF_VARS.fd"))}</nvram>
   </os>
   <features><acpi/>{"<smm state='on'/>" if secure_boot else ""}
     <tcg><tb-cache unit='MiB'>{TB_CACHE_MIB}</tb-cache></tcg></features>
@@ -329,7 +401,7 @@ class LibvirtNodeVM:
 
     def console_tail(self) -> str:
         """The end of the serial console (its log file in the run directory)."""
-        return _readable_tail(self.console_log)
+        return readable_tail(self.console_log)
 
     def _stop_reason(self) -> str:
         try:
@@ -392,7 +464,10 @@ class LibvirtNodeVM:
             raise failure
 
     def agent(self) -> NodeAgent:
-        """The verifier's side of the node's agent (after `wait_ready`)."""
+        """The verifier's side of the node's agent (after `wait_ready`); NodeVMError naming the node once its
+        console bridge closed (the domain stopped, or its guest wrote more than the bridge holds)."""
+        if isinstance(self._channel, _BridgedChannel) and self._channel.bridge_closed:
+            raise NodeVMError(f"the agent of node VM {self.run_dir} failed: {self._channel.close_reason}")
         if self._channel is None:
             if self._domain is None or not self.running:
                 raise NodeVMError("the node's agent is not ready: call wait_ready() first")
@@ -473,12 +548,36 @@ class LibvirtDriver:
             return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, host_tpm=True)
         return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
 
-    def adopt(self, handle: str, run_dir: Path) -> LibvirtNodeVM | None:
-        """The running domain of UUID `handle`; None if the host has no such running domain."""
+    def adoptable_domain(self, handle: str, run_dir: Path) -> libvirt.virDomain | None:
+        """The running domain of UUID `handle` if it is a node VM of `run_dir`: its name has DOMAIN_PREFIX
+        and its varstore and console log are files of `run_dir` (adopting another domain would destroy
+        it, varstore included); None otherwise."""
         try:
             domain = self.connection.lookupByUUIDString(handle)
-            if not domain.isActive():
+            if not domain.isActive() or not domain.name().startswith(DOMAIN_PREFIX):
                 return None
+            xml = domain.XMLDesc(0)
         except libvirt.libvirtError:
             return None
-        return LibvirtNodeVM(self.connection, None, run_dir, domain=domain)
+        return domain if _files_under(xml, run_dir) else None
+
+    def adopt(self, handle: str, run_dir: Path) -> LibvirtNodeVM | None:
+        """The running node VM of UUID `handle` in `run_dir` (adoptable_domain); None if the host has no
+        such domain. Its vTPM (started by an earlier process) is not stopped with it:
+        trustedlaunch.control.node_drivers's libvirt driver adopts with that."""
+        domain = self.adoptable_domain(handle, run_dir)
+        return None if domain is None else LibvirtNodeVM(self.connection, None, run_dir, domain=domain)
+
+
+def _files_under(xml: str, run_dir: Path) -> bool:
+    """Whether a domain definition's varstore and serial console log (its only serial files) are the files
+    of `run_dir` the driver defines."""
+    if len(xml) > MAX_DOMAIN_XML:
+        return False
+    try:
+        definition = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return False
+    nvram = definition.findtext("os/nvram")
+    logs = [source.get("path") for source in definition.iterfind("devices/serial[@type='file']/source")]
+    return nvram == str(run_dir / "OVMF_VARS.fd") and logs == [str(run_dir / "console.log")]

@@ -87,9 +87,18 @@ class RootfsFailedError(BootFailedError):
         self.reason, self.status = message, status
 
 
-def _readable_tail(path: Path, chars: int = CONSOLE_TAIL_CHARS) -> str:
+TAIL_BYTES_PER_CHAR = 8  # bytes read per character wanted: UTF-8 (up to 4) and escape sequences removed
+
+
+def readable_tail(path: Path, chars: int = CONSOLE_TAIL_CHARS) -> str:
+    """The last `chars` characters of a console log, escape sequences removed; reads only its last
+    `chars * TAIL_BYTES_PER_CHAR` bytes, however large the log (a guest may write its console without end).
+    Empty when the file does not exist."""
     try:
-        text = path.read_bytes().decode(errors="replace")
+        with path.open("rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(size - chars * TAIL_BYTES_PER_CHAR, 0))
+            text = log.read(chars * TAIL_BYTES_PER_CHAR).decode(errors="replace")
     except FileNotFoundError:
         return ""
     return _ANSI_ESCAPE.sub("", text.replace("\r\n", "\n"))[-chars:]
@@ -415,14 +424,14 @@ class NodeVM:
         if not line.strip().isdigit():
             _stop_session(process)
             raise NodeVMError(
-                f"the VM supervisor did not start QEMU: {_readable_tail(self.qemu_log, 1000).strip()}"
+                f"the VM supervisor did not start QEMU: {readable_tail(self.qemu_log, 1000).strip()}"
             )
         self._process = process
         self._qemu_pid = int(line)
 
     def _boot_failed(self, reason: str) -> BootFailedError:
-        tail = _readable_tail(self.console_log)
-        qemu_output = _readable_tail(self.qemu_log, 1000).strip()
+        tail = readable_tail(self.console_log)
+        qemu_output = readable_tail(self.qemu_log, 1000).strip()
         if qemu_output:
             reason += f"; QEMU said: {qemu_output}"
         return BootFailedError(f"node VM ({self.run_dir}) did not boot: {reason}", tail)
@@ -439,7 +448,7 @@ class NodeVM:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise self._boot_failed(vm_end(self.run_dir).describe())
-            console = _readable_tail(self.console_log)
+            console = readable_tail(self.console_log)
             fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
             if fatal is not None:
                 raise self._boot_failed(f'the serial console shows "{fatal}"')
@@ -467,7 +476,7 @@ class NodeVM:
             return
         self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
         failure = rootfs_failure(
-            self.image, self.rootfs_status, self.run_dir, _readable_tail(self.console_log)
+            self.image, self.rootfs_status, self.run_dir, readable_tail(self.console_log)
         )
         if failure is not None:
             raise failure

@@ -1,0 +1,150 @@
+"""The libvirt driver's pieces that need no VM: the console bridge's bounded backlog against a real socket
+pair, and domain definitions and adoption on libvirt's own test driver (`test:///default`: libvirt's
+in-process hypervisor, which parses, stores and "runs" domains), with a real vTPM (swtpm and the bank proxy)
+in the adopted VM's run directory."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree
+
+import libvirt
+import pytest
+
+from trustedlaunch.control.libvirt_node_driver import AdoptedLibvirtVM, LibvirtNodeDriver
+from trustedlaunch.control.node_drivers import node_driver
+from trustedlaunch.control.node_processes import node_processes
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.libvirt_driver import (
+    ConsoleBacklog,
+    ConsoleBacklogFullError,
+    domain_xml,
+)
+from trustedlaunch.tpm.vtpm import Vtpm
+
+TEST_HOST = "test:///default"
+HOSTILE_DIR_NAME = "a&b<c>'\""
+
+
+def test_the_backlog_never_blocks_on_a_full_socket_and_refuses_past_its_bound() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        backlog = ConsoleBacklog(256 * 1024)
+        sent = bytes(range(256)) * 1024
+        backlog.add(sent)
+        backlog.drain_to_socket(ours)  # nobody reads: returns with most of it still queued
+        assert 0 < len(backlog) < len(sent)
+        with pytest.raises(ConsoleBacklogFullError, match="more than 262144 bytes"):
+            backlog.add(b"y" * (backlog.limit - len(backlog) + 1))
+        received = bytearray()
+        theirs.settimeout(5.0)
+        while len(received) < len(sent):
+            received += theirs.recv(65536)
+            backlog.drain_to_socket(ours)
+        assert bytes(received) == sent and len(backlog) == 0
+
+
+def test_the_backlog_stops_when_the_stream_takes_nothing() -> None:
+    backlog = ConsoleBacklog(1024)
+    backlog.add(b"ping")
+    backlog.drain(lambda data: -2)  # a non-blocking libvirt stream that would block
+    assert len(backlog) == 4
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="tl-lvp-"))
+    yield base / HOSTILE_DIR_NAME
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def image_in(folder: Path) -> NodeImage:
+    esp = folder / "image" / "esp"
+    esp.mkdir(parents=True)
+    return NodeImage(
+        esp_dir=esp, metadata_path=folder / "image.json", version="1", kernel_cmdline="", files={}
+    )
+
+
+def test_domain_definition_escapes_the_run_directory(run_dir: Path) -> None:
+    xml = domain_xml(
+        "tl-node-0a1b2c3d", image_in(run_dir), run_dir, secure_boot=True, tpm_socket=run_dir / "t"
+    )
+    definition = ElementTree.fromstring(xml)
+    assert definition.findtext("os/nvram") == str(run_dir / "OVMF_VARS.fd")
+    serial_logs = [source.get("path") for source in definition.iterfind("devices/serial/source")]
+    assert serial_logs == [str(run_dir / "console.log")]
+    connection = libvirt.open(TEST_HOST)
+    try:
+        stored = ElementTree.fromstring(connection.defineXML(xml).XMLDesc(0))
+        assert stored.findtext("os/nvram") == str(run_dir / "OVMF_VARS.fd")
+    finally:
+        connection.close()
+
+
+def running_domain(driver: LibvirtNodeDriver, name: str, run_dir: Path, image: NodeImage) -> str:
+    """A domain of ours (as domain_xml defines it) running on the test host; its UUID."""
+    domain = driver.connection.defineXML(domain_xml(name, image, run_dir, secure_boot=False, tpm_socket=None))
+    domain.create()
+    return str(domain.UUIDString())
+
+
+def test_only_a_node_domain_of_the_run_directory_is_adopted(run_dir: Path) -> None:
+    driver = node_driver("libvirt", TEST_HOST)
+    assert isinstance(driver, LibvirtNodeDriver)
+    try:
+        image = image_in(run_dir.parent)
+        foreign = driver.connection.lookupByName("test")  # the test host's own running domain
+        assert foreign.isActive() and driver.adopt(foreign.UUIDString(), run_dir) is None
+        renamed = running_domain(driver, "guest-1", run_dir, image)
+        assert driver.adopt(renamed, run_dir) is None
+        elsewhere = running_domain(driver, "tl-node-00000001", run_dir.parent / "other", image)
+        assert driver.adopt(elsewhere, run_dir) is None
+        ours = running_domain(driver, "tl-node-00000002", run_dir, image)
+        assert driver.adopt(ours, run_dir.parent / "a") is None  # a prefix of the run directory is not it
+        assert driver.adopt("not-a-uuid", run_dir) is None
+        adopted = driver.adopt(ours, run_dir)
+        assert isinstance(adopted, AdoptedLibvirtVM) and adopted.running
+        driver.connection.lookupByUUIDString(ours).destroy()
+        assert driver.adopt(ours, run_dir) is None  # not running
+    finally:
+        driver.close()
+
+
+def test_destroying_an_adopted_vm_kills_its_vtpm(run_dir: Path) -> None:
+    """The vTPM an earlier control-plane process started for the domain (swtpm and the bank proxy in the
+    run directory) goes with the adopted VM."""
+    vtpm = Vtpm.create(run_dir / "vtpm", ek_ca=None)
+    driver = node_driver("libvirt", TEST_HOST)
+    assert isinstance(driver, LibvirtNodeDriver)
+    try:
+        tpm_socket = vtpm.start()
+        xml = domain_xml(
+            "tl-node-00000003", image_in(run_dir.parent), run_dir, secure_boot=False, tpm_socket=tpm_socket
+        )
+        domain = driver.connection.defineXML(xml)
+        domain.create()
+        assert sorted(node_processes(run_dir).values()) == ["bankproxy", "swtpm"]
+        adopted = driver.adopt(domain.UUIDString(), run_dir)
+        assert adopted is not None
+        adopted.destroy()
+        assert not node_processes(run_dir) and not adopted.running
+        assert not domain.isActive()
+    finally:
+        vtpm.stop()
+        driver.close()
+
+
+def test_the_control_plane_imports_without_libvirt_python() -> None:
+    """libvirt-python is imported only when a libvirt driver is asked for (control.node_drivers)."""
+    check = "import sys, trustedlaunch.control.node_drivers; assert 'libvirt' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)

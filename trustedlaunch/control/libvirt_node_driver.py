@@ -1,0 +1,33 @@
+"""The libvirt node driver as the control plane uses it (trustedlaunch.control.node_drivers.node_driver): the
+node-level driver (trustedlaunch.node.libvirt_driver), whose adopted VMs also stop the vTPM an earlier
+control-plane process started for them, found by their run directory (node/ cannot use control's
+node_processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trustedlaunch.control.node_processes import kill_node_processes
+from trustedlaunch.node.libvirt_driver import LibvirtDriver, LibvirtNodeVM
+
+
+class AdoptedLibvirtVM(LibvirtNodeVM):
+    """A running libvirt node VM that an earlier process started: stopping it also kills the vTPM that
+    process started for it (swtpm and the bank proxy, found by their run directory)."""
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the domain, then kill the run directory's vTPM processes."""
+        try:
+            super().shutdown(timeout)
+        finally:
+            kill_node_processes(self.run_dir, timeout)
+
+
+class LibvirtNodeDriver(LibvirtDriver):
+    """The libvirt driver whose adopted VMs stop their vTPM with them (AdoptedLibvirtVM)."""
+
+    def adopt(self, handle: str, run_dir: Path) -> AdoptedLibvirtVM | None:
+        """The running node VM of UUID `handle` in `run_dir` (LibvirtDriver.adoptable_domain: a tl-node-
+        domain whose files are in `run_dir`, never another domain); None otherwise."""
+        domain = self.adoptable_domain(handle, run_dir)
+        return None if domain is None else AdoptedLibvirtVM(self.connection, None, run_dir, domain=domain)
