@@ -23,7 +23,7 @@ from trustedlaunch.control.limits import (
     canonical_subscription_id,
 )
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
-from trustedlaunch.control.node_image_versions import latest_version
+from trustedlaunch.control.node_image_versions import ImageBuild, newest_build, store_version
 from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
@@ -262,12 +262,32 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
     )
 
 
-def _new_pool(session: Session, request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
-    """A new pool of `request` on the latest node image version of the flavour select_image picks (trusted
-    launch capable or not), as AKS: its nodes, surge ones included, boot that version until the pool is
-    upgraded."""
+class _NewestBuild:
+    """The latest node image build for the new pools of one request: found (dpkg-query) at its first new pool
+    only, and stored once (store_version)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.found = False
+        self.build: ImageBuild | None = None
+
+    def get(self) -> ImageBuild | None:
+        if not self.found:
+            self.build, self.found = newest_build(self.session), True
+            if self.build is not None:
+                store_version(self.session, self.build)
+        return self.build
+
+
+def _new_pool(request: limits.PoolRequest, tl_registered: bool, newest: _NewestBuild) -> AgentPool:
+    """A new pool of `request` on the latest node image version (`newest`) of the flavour select_image picks
+    (trusted launch capable or not), as AKS: its nodes, surge ones included, boot that version until the
+    pool is upgraded."""
     flavour = select_image(request.size, request.enable_fips, trusted_launch_registered=tl_registered)
-    latest = latest_version(session, trusted_launch_capable=flavour.trusted_launch_capable)
+    build = newest.get()
+    version = (
+        flavour.version if build is None else build.version(trusted_launch=flavour.trusted_launch_capable)
+    )
     return AgentPool(
         name=request.name,
         mode=request.mode,
@@ -283,7 +303,7 @@ def _new_pool(session: Session, request: limits.PoolRequest, tl_registered: bool
         gpu_driver=request.gpu_driver,
         enable_secure_boot=request.enable_secure_boot,
         enable_vtpm=request.enable_vtpm,
-        node_image_version=flavour.version if latest is None else latest[0],
+        node_image_version=version,
         max_surge=request.max_surge,
         drain_timeout_in_minutes=request.drain_timeout_in_minutes,
         node_soak_duration_in_minutes=request.node_soak_duration_in_minutes,
@@ -495,9 +515,10 @@ def put_cluster(
     cluster.tags = spec.tags if spec.tags is not None else cluster.tags
     cluster.provisioning_state = ProvisioningState.UPDATING
     cluster.updated_at = utc_now()
+    newest = _NewestBuild(session)
     for (request, pool), pool_spec in zip(planned, spec.agent_pools, strict=True):
         if pool is None:
-            pool = _new_pool(session, request, tl_registered)
+            pool = _new_pool(request, tl_registered, newest)
             cluster.agent_pools.append(pool)
         else:
             _apply(pool, request)
@@ -568,8 +589,9 @@ def _create_cluster(
         kube_token=secrets.token_hex(32),
         provisioning_state=ProvisioningState.CREATING,
     )
+    newest = _NewestBuild(session)
     for request, pool_spec in zip(requests, spec.agent_pools, strict=True):
-        pool = _new_pool(session, request, tl_registered)
+        pool = _new_pool(request, tl_registered, newest)
         _set_tags(pool, pool_spec)
         cluster.agent_pools.append(pool)
     session.add(cluster)
@@ -667,7 +689,7 @@ def put_pool(
             sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
         )
         limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
-        pool = _new_pool(session, request, tl_registered)
+        pool = _new_pool(request, tl_registered, _NewestBuild(session))
         _set_tags(pool, spec)
         cluster.agent_pools.append(pool)
         _check_quota(
