@@ -436,9 +436,6 @@ def _ssh_public_key(generate: bool, key_value: str | None) -> str | None:
     return openssh.decode()
 
 
-ATTESTATION_MONITOR_PATH = "/providers/Microsoft.TrustedLaunch/attestationMonitor"
-
-
 def _has_vtpm(body: dict[str, Any]) -> bool:
     """Whether the cluster or pool `body` (as PUT) has a pool with a vTPM."""
     properties = body.get("properties") or {}
@@ -447,10 +444,13 @@ def _has_vtpm(body: dict[str, Any]) -> bool:
 
 
 def warn_without_continuous_attestation(client: ArmClient, body: dict[str, Any]) -> None:
-    """Warn (stderr, unless --only-show-errors) when `body`, a cluster or pool with a vTPM just sent, goes to
-    a server whose reconciler does not re-attest nodes on an interval (GET .../attestationMonitor: the
-    embedded server of a `tl` command, or `--attestation-interval 0`); a server that cannot tell (Unknown),
-    or that predates the endpoint, gets no warning."""
+    """Warn (stderr, unless --only-show-errors) when `body`, a cluster or pool with a vTPM whose PUT the API
+    accepted (a refused one raised ArmCallError before: it changed nothing), went to a server whose
+    reconciler does not re-attest nodes on an interval (GET .../attestationMonitor: the embedded server of a
+    `tl` command, or `--attestation-interval 0`); a server that cannot tell (Unknown), or that predates the
+    endpoint, gets no warning."""
+    from trustedlaunch.api.attestation_monitor_routes import ATTESTATION_MONITOR_PATH  # the server's
+
     if not _has_vtpm(body):
         return
     try:
