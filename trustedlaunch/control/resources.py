@@ -177,6 +177,15 @@ def _request_for_new_pool(
     )
 
 
+def pool_count_after(cluster: ManagedCluster, names: list[str]) -> int:
+    """How many pools `cluster` has once a PUT naming the pools `names` is done: those not being deleted and
+    the named ones; the one count the maxAgentPools limit reads, for a cluster PUT and a pool PUT alike."""
+    kept = {
+        pool.name for pool in cluster.agent_pools if pool.provisioning_state != ProvisioningState.DELETING
+    }
+    return len(kept | {stored_name(name) for name in names})
+
+
 def _system_pools_besides(cluster: ManagedCluster, name: str) -> int:
     return sum(
         1
@@ -499,8 +508,9 @@ def put_cluster(
             stored = _request_for_pool(pool, virtual_nodes=True)
             violations += limits.check_pool(replace(stored, previous=stored), prefix)  # an update
     system_pools = sum(1 for mode in final_modes.values() if mode == "System")
+    pool_count = pool_count_after(cluster, [pool_spec.name for pool_spec in spec.agent_pools])
     cluster_request = limits.ClusterRequest(
-        len(final_modes), system_pools, version, cluster.kubernetes_version, spec.location
+        pool_count, system_pools, version, cluster.kubernetes_version, spec.location
     )
     violations += limits.check_cluster(cluster_request)
     limits.raise_violations(violations)
@@ -678,15 +688,11 @@ def put_pool(
     pool_id = pool_resource_id(cluster, stored_name(spec.name))
     tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if pool is None or create_only:
-        if pool is None and len(cluster.agent_pools) >= limits.MAX_AGENT_POOLS:
-            message = limits.TOO_MANY_POOLS.format(
-                pool_count=len(cluster.agent_pools) + 1, max_agent_pools=limits.MAX_AGENT_POOLS
-            )
-            raise bad_request("InvalidParameter", message, "name")
         request = replace(
             _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),
             feature_registered=tl_registered,
             sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
+            pool_count=pool_count_after(cluster, [spec.name]),
         )
         limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
         pool = _new_pool(request, tl_registered, _NewestBuild(session))
