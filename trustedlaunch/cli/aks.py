@@ -687,6 +687,9 @@ class WaitCondition:
     deleted: bool = False
     exists: bool = False
     custom: str | None = None
+    # with `deleted`, for a resource whose deletion was just accepted: fail once it is no longer Deleting (its
+    # deletion failed and the server gave it back, as a resource group whose cluster could not be deleted)
+    while_deleting: bool = False
 
     def check(self) -> None:
         """Refuse anything but exactly one condition, and a --custom query that does not parse."""
@@ -700,6 +703,9 @@ class WaitCondition:
         """Whether `resource` (None: it does not exist) is what is waited for; fails when it is in a state
         the wait cannot reach (provisioningState Failed while waiting for --created or --updated)."""
         if self.deleted:
+            state = None if resource is None else resource.get("properties", {}).get("provisioningState")
+            if self.while_deleting and resource is not None and state != "Deleting":
+                raise fail(f"Deleting the {what} failed: its provisioningState is {state} again")
             return resource is None
         if resource is None:
             return False
@@ -732,7 +738,7 @@ WaitTimeoutOption = Annotated[int, typer.Option("--timeout", min=1, help="Maximu
 
 
 def wait_until(
-    client: ArmClient, path: str, what: str, condition: WaitCondition, interval: int, timeout: int
+    client: ArmClient, path: str, what: str, condition: WaitCondition, interval: float, timeout: int
 ) -> None:
     """Poll the resource at `path` every `interval` seconds until `condition` is met; exit 1 after
     `timeout` seconds, as az's wait commands."""
