@@ -10,7 +10,7 @@ from api_helpers import create_group
 from fastapi.testclient import TestClient
 
 from trustedlaunch.api.app import create_app
-from trustedlaunch.cli.arm import add_api_version
+from trustedlaunch.cli.arm import api_version_hook
 
 
 @pytest.fixture
@@ -22,6 +22,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=64 * 1024)
     with TestClient(app) as test_client:
         test_client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
-        test_client.event_hooks = {"request": [add_api_version]}  # as the CLI: its namespace's GA version
+        test_client.event_hooks = {
+            "request": [api_version_hook(None)]
+        }  # as the CLI: its namespace's GA version
         create_group(test_client)
         yield test_client

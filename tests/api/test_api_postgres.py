@@ -20,7 +20,7 @@ from test_api import (
 )
 
 from trustedlaunch.api.app import create_app
-from trustedlaunch.cli.arm import add_api_version
+from trustedlaunch.cli.arm import api_version_hook
 
 __all__ = [
     "test_agent_pool_lifecycle",
@@ -41,7 +41,7 @@ def client(tmp_path: Path, postgresql_url: str) -> Iterator[TestClient]:
     app = create_app(postgresql_url, token_file, max_body_bytes=64 * 1024)
     with TestClient(app) as test_client:
         test_client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
-        test_client.event_hooks = {"request": [add_api_version]}
+        test_client.event_hooks = {"request": [api_version_hook(None)]}
         assert app.state.sessions.kw["bind"].dialect.name == "postgresql"
         create_group(test_client)
         yield test_client

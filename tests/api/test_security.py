@@ -20,7 +20,7 @@ from sqlalchemy import select
 from trustedlaunch.api import limits
 from trustedlaunch.api.app import PUBLIC_PATHS, create_app
 from trustedlaunch.api.server import BackgroundServer
-from trustedlaunch.cli.arm import add_api_version
+from trustedlaunch.cli.arm import api_version_hook
 from trustedlaunch.control.tokens import ATTESTATION_API_PATH
 from trustedlaunch.store.models import Base
 from trustedlaunch.web import dashboard
@@ -81,7 +81,7 @@ def populated(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
     app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file, max_body_bytes=BODY_LIMIT)
     with TestClient(app) as admin:
         admin.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
-        admin.event_hooks = {"request": [add_api_version]}
+        admin.event_hooks = {"request": [api_version_hook(None)]}
         features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
         assert admin.post(f"{features}/features/TrustedLaunchPreview/register").status_code == 200
         operation = ""
@@ -254,7 +254,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, str]]:
     with BackgroundServer(app) as server:
         token = token_file.read_text().strip()
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as admin:
-            admin.event_hooks = {"request": [add_api_version]}
+            admin.event_hooks = {"request": [api_version_hook(None)]}
             create_group(admin, "rg-a")
         yield server.url, token
 
@@ -352,7 +352,7 @@ def test_head_cap_counts_unfinished_heads_only(tmp_path: Path) -> None:
     with BackgroundServer(app) as server:
         token = token_file.read_text().strip()
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as admin:
-            admin.event_hooks = {"request": [add_api_version]}
+            admin.event_hooks = {"request": [api_version_hook(None)]}
             create_group(admin, "rg-a")
         address = httpx.URL(server.url)
         big = b'{"padding": "' + b"p" * (4 * limits.MAX_INCOMPLETE_HEAD_BYTES) + b'"}'

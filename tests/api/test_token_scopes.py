@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from trustedlaunch.api.app import create_app
 from trustedlaunch.api.server import BackgroundServer
-from trustedlaunch.cli.arm import add_api_version
+from trustedlaunch.cli.arm import api_version_hook
 from trustedlaunch.cli.main import app as tl_app
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.tokens import create_token, principal_for, revoke_token
@@ -63,7 +63,7 @@ def admin(tmp_path: Path) -> Iterator[TestClient]:
     """A client with the bootstrap admin token, over a store with the resource groups rg-a and rg-b."""
     token_file = tmp_path / "config" / "admin-token"
     with TestClient(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)) as client:
-        client.event_hooks = {"request": [add_api_version]}
+        client.event_hooks = {"request": [api_version_hook(None)]}
         client.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         for name in ("rg-a", "rg-b"):
             create_group(client, name)
@@ -127,7 +127,7 @@ def test_resource_group_token_acts_only_in_its_group(admin: TestClient) -> None:
     assert admin.put(f"{cluster('rg-b')}/agentPools/poolb", json=pool_body()).status_code == 201
 
     with TestClient(admin.app, headers=bearer(token)) as scoped:  # type: ignore[arg-type]
-        scoped.event_hooks = {"request": [add_api_version]}
+        scoped.event_hooks = {"request": [api_version_hook(None)]}
         # Everything inside rg-a: create, read, list, pools, operations, credentials, delete.
         created = scoped.put(cluster("rg-a"), params=API, json=cluster_body())
         assert created.status_code == 201, created.text
@@ -210,7 +210,7 @@ def test_resource_group_token_acts_only_in_its_group(admin: TestClient) -> None:
 def test_subscription_token_acts_in_its_subscription_only(admin: TestClient) -> None:
     token = mint(admin, "sub-ops", f"/subscriptions/{SUB.upper()}")
     with TestClient(admin.app, headers=bearer(token)) as scoped:  # type: ignore[arg-type]
-        scoped.event_hooks = {"request": [add_api_version]}
+        scoped.event_hooks = {"request": [api_version_hook(None)]}
         features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
         assert scoped.post(f"{features}/features/TrustedLaunchPreview/register").status_code == 200
         assert scoped.put(cluster("rg-a"), json=cluster_body()).status_code == 201
@@ -239,7 +239,7 @@ def test_verifier_token_reaches_only_the_verifier_api(admin: TestClient) -> None
     listed = {t["name"]: t["properties"]["scope"] for t in admin.get(TOKENS).json()["value"]}
     assert listed["agent"] == "/providers/microsoft.trustedlaunch/attestation"
     with TestClient(admin.app, headers=bearer(token)) as verifier:  # type: ignore[arg-type]
-        verifier.event_hooks = {"request": [add_api_version]}
+        verifier.event_hooks = {"request": [api_version_hook(None)]}
         answer = verifier.post(challenge)
         assert answer.status_code == 200 and len(bytes.fromhex(answer.json()["nonce"])) >= 16
         authorization_failed(
@@ -252,7 +252,7 @@ def test_verifier_token_reaches_only_the_verifier_api(admin: TestClient) -> None
         assert verifier.get("/metrics").status_code == 403
     group_token = mint(admin, "rg-ops", group("rg-a"))
     with TestClient(admin.app, headers=bearer(group_token)) as scoped:  # type: ignore[arg-type]
-        scoped.event_hooks = {"request": [add_api_version]}
+        scoped.event_hooks = {"request": [api_version_hook(None)]}
         assert scoped.post(challenge).status_code == 200
     for bad in (
         "/providers/Microsoft.TrustedLaunch/tokens",
@@ -267,7 +267,7 @@ def test_revoked_token_gets_401(tmp_path: Path) -> None:
     # A short cache time so that a revocation by another process shows within the test.
     app = create_app(f"sqlite:///{tmp_path / 'c.db'}", token_file, token_cache_seconds=0.2)
     with TestClient(app) as admin:
-        admin.event_hooks = {"request": [add_api_version]}
+        admin.event_hooks = {"request": [api_version_hook(None)]}
         admin.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         create_group(admin, "rg-a")
         revoked_here = mint(admin, "revoked-by-api", group("rg-a"))
@@ -298,7 +298,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     with BackgroundServer(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)) as running:
         token = token_file.read_text().strip()
         with httpx.Client(base_url=running.url, headers=bearer(token)) as admin:
-            admin.event_hooks = {"request": [add_api_version]}
+            admin.event_hooks = {"request": [api_version_hook(None)]}
             for name in ("rg-a", "rg-b"):
                 create_group(admin, name)
         yield running.url, token
@@ -320,7 +320,7 @@ def test_tl_token_commands(server: tuple[str, str], tmp_path: Path) -> None:
     ci_token = created["properties"]["token"]
     assert created["properties"]["scope"] == f"/subscriptions/{SUB}/resourcegroups/rg-a"
     with httpx.Client(base_url=url, headers=bearer(ci_token)) as ci:
-        ci.event_hooks = {"request": [add_api_version]}
+        ci.event_hooks = {"request": [api_version_hook(None)]}
         assert ci.put(cluster("rg-a"), json=cluster_body()).status_code == 201
         assert ci.put(cluster("rg-b"), json=cluster_body()).status_code == 403
 
@@ -340,7 +340,7 @@ def test_tl_token_commands(server: tuple[str, str], tmp_path: Path) -> None:
     code, _, err = tl("revoke", "--name", "ci")
     assert code == 0 and "Token 'ci' revoked." in err
     with httpx.Client(base_url=url, headers=bearer(ci_token)) as ci:
-        ci.event_hooks = {"request": [add_api_version]}
+        ci.event_hooks = {"request": [api_version_hook(None)]}
         assert ci.get(cluster("rg-a")).status_code == 401
     code, _, err = tl("revoke", "--name", "ci")
     assert code == 3 and "(TokenNotFound) Token 'ci' does not exist" in err
@@ -354,7 +354,7 @@ def test_dot_segments_cannot_leave_the_scope(server: tuple[str, str]) -> None:
     server, which does not normalise them (httpx would remove them before sending)."""
     url, admin_token = server
     with httpx.Client(base_url=url, headers=bearer(admin_token)) as admin:
-        admin.event_hooks = {"request": [add_api_version]}
+        admin.event_hooks = {"request": [api_version_hook(None)]}
         features = f"/subscriptions/{SUB}/providers/Microsoft.Features/providers/Microsoft.ContainerService"
         assert admin.post(f"{features}/features/TrustedLaunchPreview/register").status_code == 200
         assert admin.put(cluster("rg-b"), json=cluster_body()).status_code == 201
@@ -381,7 +381,7 @@ def test_dot_segments_cannot_leave_the_scope(server: tuple[str, str]) -> None:
     status, _, answer = raw_request(url, http_bytes("GET", inside, [("Authorization", f"Bearer {token}")]))
     assert (status, arm_code(answer)) == (403, "AuthorizationFailed"), answer
     with httpx.Client(base_url=url, headers=bearer(admin_token)) as admin:
-        admin.event_hooks = {"request": [add_api_version]}
+        admin.event_hooks = {"request": [api_version_hook(None)]}
         assert admin.get(cluster("rg-b")).json() == before
 
 

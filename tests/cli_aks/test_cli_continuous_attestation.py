@@ -16,6 +16,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from trustedlaunch.api.app import create_app
+from trustedlaunch.api.attestation_monitor_routes import ATTESTATION_MONITOR_PATH as MONITOR
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.arm import DEFAULT_SUBSCRIPTION, connect
 from trustedlaunch.cli.main import app
@@ -24,7 +25,6 @@ from trustedlaunch.control.plane import ControlPlane
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.store.models import Operation
 
-MONITOR = "/providers/Microsoft.TrustedLaunch/attestationMonitor"
 GROUP = ["-g", "myResourceGroup"]  # the group cli_env created
 CREATE = ["aks", "create", *GROUP, "--generate-ssh-keys", "--node-count", "1", "--no-wait"]
 NODEPOOL = ["--cluster-name", "vtpm", *GROUP]
@@ -92,6 +92,22 @@ def test_vtpm_creates_and_updates_warn_without_continuous_attestation(
     finish_operations(server)
     scale = ["aks", "nodepool", "scale", *NODEPOOL, "--name", "tpmpool", "-c", "2", "--no-wait"]
     assert WARNING in tl(runner, env, *scale)[2]
+
+
+def test_refused_puts_print_no_warning(
+    runner: CliRunner, on_demand_server: tuple[dict[str, str | None], BackgroundServer]
+) -> None:
+    """A PUT the API refuses (400, 409) changed nothing: only its error is printed."""
+    env, server = on_demand_server
+    vtpm = ["--enable-secure-boot", "--enable-vtpm"]
+    code, _, err = tl(runner, env, *CREATE, "-n", "vtpm", *vtpm, "--kubernetes-version", "1.20.0")
+    assert code != 0 and "ERROR" in err and WARNING not in err  # 400: a version not installed
+    assert tl(runner, env, *CREATE, "-n", "vtpm", *vtpm)[0] == 0
+    finish_operations(server)
+    add = ["aks", "nodepool", "add", *NODEPOOL, "--name", "tpmpool", "--node-count", "1", "--no-wait", *vtpm]
+    assert tl(runner, env, *add)[0] == 0
+    code, _, err = tl(runner, env, *add)  # 409 DuplicateAgentPoolName
+    assert code != 0 and "DuplicateAgentPoolName" in err and WARNING not in err
 
 
 def test_no_warning_when_the_server_cannot_tell(runner: CliRunner, cli_env: dict[str, str | None]) -> None:

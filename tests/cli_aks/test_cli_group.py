@@ -4,6 +4,8 @@ ids spelled as created, delete with az's prompt."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 from sqlalchemy import select
 from test_cli_aks import finish_first_operation_later
@@ -108,3 +110,62 @@ def test_group_delete_waits_for_its_clusters(
     assert tl(runner, cli_env, "group", "exists", "-n", "myResourceGroup")[:2] == (0, "false\n")
     code, out, _ = tl(runner, cli_env, "aks", "list", "-o", "json")
     assert (code, json.loads(out)) == (0, [])
+
+
+def finish_delete_later(
+    server: BackgroundServer, cluster: str, status: str, after: float
+) -> threading.Thread:
+    """Play the reconciler: `after` seconds on, end the Delete of `cluster` with `status`."""
+    sessions = server.server.config.app.state.sessions
+
+    def reconcile() -> None:
+        time.sleep(after)
+        with sessions.begin() as session:
+            query = select(Operation).where(
+                Operation.kind == "Delete", Operation.resource_id.endswith(cluster)
+            )
+            finish_operation(session, session.scalars(query).one(), status)
+
+    thread = threading.Thread(target=reconcile, daemon=True)
+    thread.start()
+    return thread
+
+
+def two_clusters(runner: CliRunner, env: dict[str, str | None], server: BackgroundServer) -> None:
+    for name in ("k1", "k2"):
+        create = ["aks", "create", "-g", "myResourceGroup", "-n", name, "--generate-ssh-keys", "--no-wait"]
+        assert tl(runner, env, *create)[0] == 0
+    with server.server.config.app.state.sessions.begin() as session:
+        for operation in session.scalars(select(Operation)):
+            finish_operation(session, operation, "Succeeded")
+
+
+def test_group_delete_waits_for_the_group_not_only_its_last_cluster(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    """The 202's Location follows the last cluster's Delete: that one ends first here, the other later."""
+    two_clusters(runner, cli_env, server[2])
+    last, first = (
+        finish_delete_later(server[2], "/k2", "Succeeded", 0.5),
+        finish_delete_later(server[2], "/k1", "Succeeded", 3),
+    )
+    code, out, err = tl(
+        runner, cli_env, "group", "delete", "-g", "myResourceGroup", "--yes", "--timeout", "30"
+    )
+    assert (code, out) == (0, ""), err
+    assert tl(runner, cli_env, "group", "exists", "-n", "myResourceGroup")[:2] == (0, "false\n")
+    last.join(), first.join()
+
+
+def test_group_delete_fails_when_a_cluster_cannot_be_deleted(
+    runner: CliRunner, cli_env: dict[str, str | None], server: tuple[str, str, BackgroundServer]
+) -> None:
+    two_clusters(runner, cli_env, server[2])
+    failing = finish_delete_later(server[2], "/k1", "Failed", 0.5)
+    code, _, err = tl(runner, cli_env, "group", "delete", "-g", "myResourceGroup", "--yes", "--timeout", "30")
+    failing.join()
+    assert code == 1
+    assert (
+        "ERROR: Deleting the resource group myResourceGroup failed: its provisioningState is Succeeded" in err
+    )
+    assert tl(runner, cli_env, "group", "exists", "-n", "myResourceGroup")[:2] == (0, "true\n")

@@ -7,12 +7,14 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pytest
 from alembic import command
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.control.system_data import tenant_id
+from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.store.db import alembic_config, migrate
 from trustedlaunch.store.models import AgentPool, Installation, ManagedCluster
 
@@ -41,4 +43,15 @@ def test_upgrade_gives_older_clusters_identities(tmp_path: Path) -> None:
         assert len(ids) == 6  # each its own
         pools = list(session.scalars(select(AgentPool)))
         assert len(pools) == 2 and all(pool.tags is None and pool.created_by is None for pool in pools)
+    engine.dispose()
+
+
+def test_a_store_without_its_installation_row_fails_loudly(tmp_path: Path) -> None:
+    engine, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "token")
+    with sessions.begin() as session:
+        session.execute(delete(Installation))
+    with sessions.begin() as session, pytest.raises(TrustedLaunchError, match="no installation row"):
+        tenant_id(session)
+    with sessions.begin() as session:
+        assert session.scalar(select(Installation)) is None  # none made up
     engine.dispose()

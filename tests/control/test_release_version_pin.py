@@ -7,18 +7,21 @@ latest version, or by that upgrade)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 
 from debian_boot_packages import OTHER_KERNEL
 from sqlalchemy.orm import Session, sessionmaker
 
-from trustedlaunch.control.node_image_upgrades import upgrade_node_image_version
+from trustedlaunch.control.node_image_upgrades import upgrade_node_image_version, upgrade_profile
 from trustedlaunch.control.node_image_versions import (
     boot_chain,
     image_versions,
     plan_build,
     register_build,
     release_build,
+    store_version,
     version_boot_chain,
 )
 from trustedlaunch.control.node_images import IMAGE_RELEASE, installed_boot_chain
@@ -87,3 +90,50 @@ def test_after_an_apt_upgrade_the_installed_chain_is_a_new_latest_version(
         assert pool.node_image_version == pinned.version(trusted_launch=False)
         pool, _ = upgrade_node_image_version(session, ResourcePath(SUB, "rg", "c1"), "nodepool1")
         assert pool.node_image_version == installed.version(trusted_launch=False)
+
+
+def test_the_upgrade_profile_reports_the_latest_version_without_storing_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    path = ResourcePath(SUB, "rg", "c1")
+    with sessions.begin() as session:
+        pinned = release_build(session)
+        assert pinned is not None
+        spec = ClusterSpec("eastus", agent_pools=[PoolSpec("nodepool1", count=1, vm_size="Standard_D4s_v3")])
+        put_cluster(session, path, spec, preview=True)
+        earlier = replace(pinned, kernel_package=OTHER_KERNEL[0], kernel_version=OTHER_KERNEL[1])
+        register_build(session, earlier)  # apt upgraded the host's kernel since, as above
+    with sessions() as session:
+        installed = plan_build(session, installed_boot_chain())
+        profile = upgrade_profile(session, path, "nodepool1")
+        assert profile.latest_node_image_version == installed.version(trusted_launch=False)
+        assert not session.new and not session.dirty
+        assert session.get(NodeImage, installed.version(trusted_launch=False)) is None  # a GET writes nothing
+
+
+def test_two_transactions_storing_a_version_at_once_both_succeed(store: sessionmaker[Session]) -> None:
+    with store() as session:
+        pinned = release_build(session)
+    assert pinned is not None
+    build = replace(pinned, release="209901.01.0", kernel_version="9.9.9-1")
+    raised: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with store.begin() as session:
+                store_version(session, build)
+        except BaseException as error:  # the test reads it
+            raised.append(error)
+
+    with store.begin() as session:
+        store_version(session, build)
+        session.flush()
+        thread = threading.Thread(target=second, daemon=True)
+        thread.start()
+        time.sleep(0.5)  # the second inserts too and waits for this transaction
+    thread.join(30)
+    assert not thread.is_alive() and not raised
+    with store() as session:
+        for capable in (True, False):
+            row = session.get(NodeImage, build.version(trusted_launch=capable))
+            assert row is not None and row.build_record == build.to_json()

@@ -20,7 +20,7 @@ from trustedlaunch.control.features import (
     registration_delay,
     trusted_launch_registered,
 )
-from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION
+from trustedlaunch.control.limits import DEFAULT_KUBERNETES_VERSION, MAX_AGENT_POOLS
 from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import RECONCILER_NOTE, finish_operation, get_operation
 from trustedlaunch.control.resources import (
@@ -493,3 +493,28 @@ def test_concurrent_creates_cannot_pass_the_quota_together(
     assert sorted(outcomes) == ["QuotaExceeded"] * 5 + ["created"] * 3
     with sessions() as session:
         assert len(list_clusters(session, SUB)) == 3
+
+
+def test_the_pool_limit_counts_a_pool_put_and_a_cluster_put_alike(sessions: sessionmaker[Session]) -> None:
+    """maxAgentPools counts the pools a cluster has once the request is done: a pool being deleted is not
+    counted, whether the new pool comes by a pool PUT or by a cluster PUT."""
+    user = [PoolSpec(f"p{index}", count=0, mode="User") for index in range(1, MAX_AGENT_POOLS)]
+    with sessions.begin() as session:
+        _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[PoolSpec("sys"), *user]))
+        finish_operation(session, create, "Succeeded")
+    with sessions.begin() as session:
+        assert delete_pool(session, PATH, "p1") is not None  # 100 pools, one of them Deleting
+    with sessions.begin() as session:
+        put_pool(session, PATH, PoolSpec("extra", count=0, mode="User"))  # 100 once p1 is gone
+    too_many = "The managed cluster would have 101 agent pools; at most 100 are allowed (maxAgentPools)."
+    for put in (
+        lambda session: put_pool(session, PATH, PoolSpec("onetoomany", count=0, mode="User")),
+        lambda session: put_cluster(
+            session, PATH, ClusterSpec("eastus", agent_pools=[PoolSpec("onetoomany", count=0, mode="User")])
+        ),
+    ):
+        with sessions.begin() as session, pytest.raises(ArmError) as refused:
+            put(session)
+        assert [(v.code, v.message) for v in refused.value.details or [refused.value]] == [
+            ("InvalidParameter", too_many)
+        ]

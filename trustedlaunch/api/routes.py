@@ -136,13 +136,18 @@ async def cluster_path(
     request: Request, subscription_id: str, resource_group: str, cluster_name: str
 ) -> ResourcePath:
     """The cluster the request path names (400 for an invalid subscription, resource group or name; 404
-    ResourceGroupNotFound when its resource group does not exist, as ARM answers any request below it; 409
-    ResourceGroupBeingDeleted for a PUT or PATCH while the group is being deleted)."""
+    ResourceGroupNotFound when its resource group does not exist, as ARM answers any request below it). A
+    write checks the group again in its own transaction (writable_group)."""
     path = ResourcePath(subscription_id, resource_group, cluster_name)
-    write = request.method in ("PUT", "PATCH")
     with transaction(request) as session:
-        resource_groups.get_group(session, path.subscription_id, path.resource_group, write=write)
+        resource_groups.get_group(session, path.subscription_id, path.resource_group)
     return path
+
+
+def writable_group(session: Session, path: ResourcePath) -> None:
+    """First in a write's transaction below the cluster's group (PUT, PATCH): 404 ResourceGroupNotFound, 409
+    ResourceGroupBeingDeleted, else the group stays locked to the commit (a concurrent group DELETE waits)."""
+    resource_groups.get_group(session, path.subscription_id, path.resource_group, write=True)
 
 
 ClusterPath = Annotated[ResourcePath, Depends(cluster_path)]
@@ -241,6 +246,7 @@ def put_cluster(
     function: FastAPI runs it in its thread pool, since a new pool's latest node image version is found from
     the installed boot chain (dpkg-query)."""
     with transaction(request) as session:
+        writable_group(session, path)
         _check_cluster(session, path, conditions)
         spec = body.to_spec()
         existing = resources.find_cluster(session, path)
@@ -311,6 +317,7 @@ async def update_cluster_tags(
     """Replace a managed cluster's tags (ManagedClusters_UpdateTags); If-Match (412). A body without `tags`
     changes nothing (an absent PATCH property is left as it is); `{"tags": {}}` clears them."""
     with transaction(request) as session:
+        writable_group(session, path)
         _check_cluster(session, path, conditions)
         if body.tags is None:
             return cluster_json(resources.get_cluster(session, path))
@@ -373,6 +380,7 @@ def put_pool(
     the installed boot chain."""
     create_only = conditions.if_none_match is not None and "*" in _entity_tags(conditions.if_none_match)
     with transaction(request) as session:
+        writable_group(session, path)
         if create_only:
             conditions = Preconditions(conditions.if_match, None)
         _check_pool(session, path, pool_name, conditions)

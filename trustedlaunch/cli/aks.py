@@ -436,9 +436,6 @@ def _ssh_public_key(generate: bool, key_value: str | None) -> str | None:
     return openssh.decode()
 
 
-ATTESTATION_MONITOR_PATH = "/providers/Microsoft.TrustedLaunch/attestationMonitor"
-
-
 def _has_vtpm(body: dict[str, Any]) -> bool:
     """Whether the cluster or pool `body` (as PUT) has a pool with a vTPM."""
     properties = body.get("properties") or {}
@@ -447,10 +444,13 @@ def _has_vtpm(body: dict[str, Any]) -> bool:
 
 
 def warn_without_continuous_attestation(client: ArmClient, body: dict[str, Any]) -> None:
-    """Warn (stderr, unless --only-show-errors) when `body`, a cluster or pool with a vTPM just sent, goes to
-    a server whose reconciler does not re-attest nodes on an interval (GET .../attestationMonitor: the
-    embedded server of a `tl` command, or `--attestation-interval 0`); a server that cannot tell (Unknown),
-    or that predates the endpoint, gets no warning."""
+    """Warn (stderr, unless --only-show-errors) when `body`, a cluster or pool with a vTPM whose PUT the API
+    accepted (a refused one raised ArmCallError before: it changed nothing), went to a server whose
+    reconciler does not re-attest nodes on an interval (GET .../attestationMonitor: the embedded server of a
+    `tl` command, or `--attestation-interval 0`); a server that cannot tell (Unknown), or that predates the
+    endpoint, gets no warning."""
+    from trustedlaunch.api.attestation_monitor_routes import ATTESTATION_MONITOR_PATH  # the server's
+
     if not _has_vtpm(body):
         return
     try:
@@ -687,6 +687,9 @@ class WaitCondition:
     deleted: bool = False
     exists: bool = False
     custom: str | None = None
+    # with `deleted`, for a resource whose deletion was just accepted: fail once it is no longer Deleting (its
+    # deletion failed and the server gave it back, as a resource group whose cluster could not be deleted)
+    while_deleting: bool = False
 
     def check(self) -> None:
         """Refuse anything but exactly one condition, and a --custom query that does not parse."""
@@ -700,6 +703,9 @@ class WaitCondition:
         """Whether `resource` (None: it does not exist) is what is waited for; fails when it is in a state
         the wait cannot reach (provisioningState Failed while waiting for --created or --updated)."""
         if self.deleted:
+            state = None if resource is None else resource.get("properties", {}).get("provisioningState")
+            if self.while_deleting and resource is not None and state != "Deleting":
+                raise fail(f"Deleting the {what} failed: its provisioningState is {state} again")
             return resource is None
         if resource is None:
             return False
@@ -732,7 +738,7 @@ WaitTimeoutOption = Annotated[int, typer.Option("--timeout", min=1, help="Maximu
 
 
 def wait_until(
-    client: ArmClient, path: str, what: str, condition: WaitCondition, interval: int, timeout: int
+    client: ArmClient, path: str, what: str, condition: WaitCondition, interval: float, timeout: int
 ) -> None:
     """Poll the resource at `path` every `interval` seconds until `condition` is met; exit 1 after
     `timeout` seconds, as az's wait commands."""

@@ -182,9 +182,6 @@ def api_version_hook(container_service_version: str | None) -> Callable[[httpx.R
     return add_api_version
 
 
-add_api_version = api_version_hook(None)  # the GA default of every namespace (what tests' clients send)
-
-
 # Answers that carry credentials (kubeconfigs with client keys, API tokens, attestation tokens): --debug
 # does not print them.
 CREDENTIAL_ANSWERS = ("/listclusterusercredential", "/listclusteradmincredential", "/getattestationtoken")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 
-from trustedlaunch.cli.aks import TagsOption, confirm_or_exit, parse_tags, valid_group
+from trustedlaunch.cli.aks import (
+    TagsOption,
+    WaitCondition,
+    confirm_or_exit,
+    parse_tags,
+    valid_group,
+    wait_until,
+)
 from trustedlaunch.cli.arm import (
     DEFAULT_WAIT_SECONDS,
     POLL_SECONDS,
@@ -96,29 +102,16 @@ def delete(
     no_wait: NoWaitOption = False,
     timeout: TimeoutOption = DEFAULT_WAIT_SECONDS,
 ) -> None:
-    """Delete a resource group and every managed cluster in it."""
+    """Delete a resource group and every managed cluster in it; without --no-wait, wait until the group is
+    gone (exit 1 when a cluster's deletion failed and the group is Succeeded again, or after --timeout)."""
     confirm_or_exit(yes, f"delete resource group {name} and every cluster in it")
     with api.connect() as client:
         response = client.request("DELETE", _group_path(client, name))
         if response.status_code == 204:
             note(f"Deleting resource group {name}: nothing to delete (it does not exist).")
         elif response.status_code == 202 and not no_wait:
-            _wait_for_location(
-                client, response.headers["Location"], f"Deleting resource group {name}", timeout
+            # the group itself, until it is gone: the 202's Location follows only one of its clusters' Deletes
+            until_gone = WaitCondition(deleted=True, while_deleting=True)
+            wait_until(
+                client, _group_path(client, name), f"resource group {name}", until_gone, POLL_SECONDS, timeout
             )
-
-
-def _wait_for_location(client: ArmClient, url: str, what: str, timeout: int) -> None:
-    """Poll a Location URL (202 while in progress, 204 once done, 200 with the failed operation) as az."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.request("GET", url)
-        if response.status_code == 204:
-            return
-        if response.status_code != 202:
-            error = response.json().get("error") or {}
-            raise fail(
-                f"{what} ended {response.json().get('status')}: ({error.get('code')}) {error.get('message')}"
-            )
-        time.sleep(POLL_SECONDS)
-    raise fail(f"{what} is still in progress after {timeout} s (operation {url}); use --no-wait")

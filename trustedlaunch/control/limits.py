@@ -482,6 +482,8 @@ class PoolRequest:
     current_image: NodeImageInfo | None = None  # set on update: the image the pool already runs
     previous: PoolRequest | None = None  # set on update: the pool's current settings
     sibling_pool_names: tuple[str, ...] = ()  # the other pools of the cluster (or of the same request)
+    # a pool PUT's count of its cluster's pools once done (pool_count_after); 0: counted by the ClusterRequest
+    pool_count: int = 0
 
     @property
     def size(self) -> VmSize | None:
@@ -504,6 +506,8 @@ class PoolRequest:
         return {
             "pool": self.name,
             "count": self.count,
+            "pool_count": self.pool_count,
+            "max_agent_pools": MAX_AGENT_POOLS,
             "vm_size": self.vm_size,
             "os_type": self.os_type,
             "os_sku": self.os_sku,
@@ -985,7 +989,7 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "InvalidParameter",
         "properties.agentPoolProfiles",
         TOO_MANY_POOLS,
-        ClusterRequest,
+        (ClusterRequest, PoolRequest),  # a cluster PUT or a pool PUT, counted alike (pool_count_after)
         lambda c: c.pool_count > MAX_AGENT_POOLS,
     ),
     Limitation(

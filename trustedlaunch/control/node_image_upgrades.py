@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from trustedlaunch.control import resources
 from trustedlaunch.control.errors import conflict
 from trustedlaunch.control.limits import boots_here, kubernetes_upgrades
-from trustedlaunch.control.node_image_versions import ImageBuild, latest_version, stored_builds
+from trustedlaunch.control.node_image_versions import ImageBuild, latest_version, store_version, stored_builds
 from trustedlaunch.control.node_images import find_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import ResourceId
@@ -49,7 +49,8 @@ def _newest(session: Session, pool: AgentPool) -> tuple[str, ImageBuild | None]:
 
 
 def upgrade_profile(session: Session, path: ResourcePath, pool_name: str) -> UpgradeProfile:
-    """The pool's upgrade profile (404 for a pool that does not exist)."""
+    """The pool's upgrade profile (404 for a pool that does not exist); reads only (the latest version is
+    stored by the upgrade that moves a pool to it)."""
     pool = resources.get_pool(session, path, pool_name)
     installed = resources.kubernetes_versions(path.subscription_id, pool.cluster.location)
     latest, build = _newest(session, pool)
@@ -83,6 +84,7 @@ def upgrade_node_image_version(
     latest, build = _newest(session, pool)
     current = stored_builds(session).get(pool.node_image_version)
     if build is not None and (current is None or current.order() <= build.order()):  # never a downgrade
+        store_version(session, build)
         pool.node_image_version = latest
     pool.provisioning_state = ProvisioningState.UPGRADING_NODE_IMAGE_VERSION
     operation = start_operation(session, path.subscription_id, cluster.location, pool_id, UPGRADE_KIND)

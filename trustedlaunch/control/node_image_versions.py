@@ -19,6 +19,7 @@ from pathlib import Path
 
 from debian.debian_support import Version
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trustedlaunch.attest.derivation import policy_for_image
@@ -320,21 +321,38 @@ def image_versions(session: Session) -> list[tuple[str, ImageBuild]]:
     return sorted(builds.items(), key=lambda item: item[1].order(), reverse=True)
 
 
-def latest_version(session: Session, *, trusted_launch_capable: bool) -> tuple[str, ImageBuild] | None:
-    """The latest node image version of a flavour (its trusted launch capable name, or its other one): the
-    one built from the newest packages (image_versions), whatever its name, with its build; stored (its
-    build registered) when the store does not name it yet (the host's boot chain after apt upgraded it).
-    What a new pool gets and what a node image upgrade moves a pool to; None on a host without a Debian boot
-    chain installed (no version is known there)."""
+def newest_build(session: Session) -> ImageBuild | None:
+    """The build of the latest node image version: the one built from the newest packages (image_versions),
+    whatever its name; None on a host without a Debian boot chain installed (no version is known there).
+    Reads only (the host's boot chain by dpkg-query, the store): store_version stores it."""
     try:
-        newest = image_versions(session)[0][1]
+        return image_versions(session)[0][1]
     except (BootPackageError, node_image.NodeImageError):
         return None
-    name = newest.version(trusted_launch=trusted_launch_capable)
-    if session.get(NodeImage, name) is None:
-        register_build(session, newest)
-        session.flush()
-    return name, newest
+
+
+def latest_version(session: Session, *, trusted_launch_capable: bool) -> tuple[str, ImageBuild] | None:
+    """The latest node image version of a flavour (its trusted launch capable name, or its other one) with
+    its build (newest_build), or None: what a new pool gets and what a node image upgrade moves a pool to.
+    Reads only: the store may not name it yet (the host's boot chain after apt upgraded it) until a write
+    gives it to a pool (store_version)."""
+    newest = newest_build(session)
+    return None if newest is None else (newest.version(trusted_launch=trusted_launch_capable), newest)
+
+
+def store_version(session: Session, build: ImageBuild) -> None:
+    """Store the version of `build` (register_build) unless the store names it already with its build, as a
+    write does before giving it to a pool. Two transactions storing it at once both succeed: the one that
+    inserts second rolls its insert back (a savepoint) and keeps the rows the first committed."""
+    names = (build.version(trusted_launch=True), build.version(trusted_launch=False))
+    rows = [session.get(NodeImage, name) for name in names]
+    if all(row is not None and row.build_record is not None for row in rows):
+        return
+    try:
+        with session.begin_nested():
+            register_build(session, build)
+    except IntegrityError:
+        pass  # stored by a concurrent transaction meanwhile: its rows stand
 
 
 def chain_of_build(build: ImageBuild, cache: Path | None = None) -> BootChain:

@@ -7,7 +7,7 @@ their clusters were in."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from trustedlaunch.control import limits
@@ -35,10 +35,30 @@ def find_group(session: Session, subscription_id: str, name: str) -> ResourceGro
     return session.get(ResourceGroup, _key(subscription_id, name))
 
 
+def lock_group(session: Session, subscription_id: str, name: str) -> ResourceGroup | None:
+    """The resource group (or None), read under a lock held to the caller's commit: the writes below a group
+    (its clusters' and pools' PUTs) and its delete take it before anything else, so that no cluster is
+    created in a group being deleted. PostgreSQL locks the group's row (FOR UPDATE); SQLite locks no row and
+    a transaction takes the database's write lock only at its first write, so the row is first written
+    unchanged."""
+    subscription, stored = _key(subscription_id, name)
+    where = (ResourceGroup.subscription_id == subscription, ResourceGroup.name == stored)
+    if session.get_bind().dialect.name == "sqlite":
+        unchanged = (
+            update(ResourceGroup).where(*where).values(provisioning_state=ResourceGroup.provisioning_state)
+        )
+        session.execute(unchanged.execution_options(synchronize_session=False))
+    locked = select(ResourceGroup).where(*where).with_for_update()
+    return session.scalar(locked.execution_options(populate_existing=True))
+
+
 def get_group(session: Session, subscription_id: str, name: str, write: bool = False) -> ResourceGroup:
-    """The resource group, or 404 ResourceGroupNotFound; for a `write` below it, 409
-    ResourceGroupBeingDeleted while it is being deleted (as ARM)."""
-    group = find_group(session, subscription_id, name)
+    """The resource group, or 404 ResourceGroupNotFound; for a `write` below it (called first in the write's
+    transaction), the group locked to the commit (lock_group) and 409 ResourceGroupBeingDeleted while it is
+    being deleted (as ARM)."""
+    group = (
+        lock_group(session, subscription_id, name) if write else find_group(session, subscription_id, name)
+    )
     if group is None:
         raise not_found(
             "ResourceGroupNotFound", f"Resource group '{name}' could not be found.", "resourceGroupName"
@@ -92,8 +112,9 @@ def list_groups(session: Session, subscription_id: str) -> list[ResourceGroup]:
 def delete_group(session: Session, subscription_id: str, name: str) -> list[Operation] | None:
     """Delete the group: at once when it holds no cluster, else it stays Deleting while each of its clusters
     is deleted (operations.finish_operation removes it with the last one); the clusters' Delete operations
-    (None if the group does not exist)."""
-    group = find_group(session, subscription_id, name)
+    (None if the group does not exist). The group is locked first (lock_group): a cluster PUT in it either
+    committed before (its cluster is deleted too) or waits and is refused."""
+    group = lock_group(session, subscription_id, name)
     if group is None:
         return None
     operations = []

@@ -23,7 +23,7 @@ from trustedlaunch.control.limits import (
     canonical_subscription_id,
 )
 from trustedlaunch.control.limits import SUBSCRIPTION_ID as SUBSCRIPTION_ID  # re-exported: the ARM name rules
-from trustedlaunch.control.node_image_versions import latest_version
+from trustedlaunch.control.node_image_versions import ImageBuild, newest_build, store_version
 from trustedlaunch.control.node_images import find_image, select_image
 from trustedlaunch.control.operations import in_progress_operation, start_operation
 from trustedlaunch.control.resource_id import AGENT_POOLS, CONTAINER_SERVICE, ResourceId, stored_name
@@ -177,6 +177,15 @@ def _request_for_new_pool(
     )
 
 
+def pool_count_after(cluster: ManagedCluster, names: list[str]) -> int:
+    """How many pools `cluster` has once a PUT naming the pools `names` is done: those not being deleted and
+    the named ones; the one count the maxAgentPools limit reads, for a cluster PUT and a pool PUT alike."""
+    kept = {
+        pool.name for pool in cluster.agent_pools if pool.provisioning_state != ProvisioningState.DELETING
+    }
+    return len(kept | {stored_name(name) for name in names})
+
+
 def _system_pools_besides(cluster: ManagedCluster, name: str) -> int:
     return sum(
         1
@@ -262,12 +271,32 @@ def _merge(current: limits.PoolRequest, spec: PoolSpec) -> limits.PoolRequest:
     )
 
 
-def _new_pool(session: Session, request: limits.PoolRequest, tl_registered: bool) -> AgentPool:
-    """A new pool of `request` on the latest node image version of the flavour select_image picks (trusted
-    launch capable or not), as AKS: its nodes, surge ones included, boot that version until the pool is
-    upgraded."""
+class _NewestBuild:
+    """The latest node image build for the new pools of one request: found (dpkg-query) at its first new pool
+    only, and stored once (store_version)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.found = False
+        self.build: ImageBuild | None = None
+
+    def get(self) -> ImageBuild | None:
+        if not self.found:
+            self.build, self.found = newest_build(self.session), True
+            if self.build is not None:
+                store_version(self.session, self.build)
+        return self.build
+
+
+def _new_pool(request: limits.PoolRequest, tl_registered: bool, newest: _NewestBuild) -> AgentPool:
+    """A new pool of `request` on the latest node image version (`newest`) of the flavour select_image picks
+    (trusted launch capable or not), as AKS: its nodes, surge ones included, boot that version until the
+    pool is upgraded."""
     flavour = select_image(request.size, request.enable_fips, trusted_launch_registered=tl_registered)
-    latest = latest_version(session, trusted_launch_capable=flavour.trusted_launch_capable)
+    build = newest.get()
+    version = (
+        flavour.version if build is None else build.version(trusted_launch=flavour.trusted_launch_capable)
+    )
     return AgentPool(
         name=request.name,
         mode=request.mode,
@@ -283,7 +312,7 @@ def _new_pool(session: Session, request: limits.PoolRequest, tl_registered: bool
         gpu_driver=request.gpu_driver,
         enable_secure_boot=request.enable_secure_boot,
         enable_vtpm=request.enable_vtpm,
-        node_image_version=flavour.version if latest is None else latest[0],
+        node_image_version=version,
         max_surge=request.max_surge,
         drain_timeout_in_minutes=request.drain_timeout_in_minutes,
         node_soak_duration_in_minutes=request.node_soak_duration_in_minutes,
@@ -479,8 +508,9 @@ def put_cluster(
             stored = _request_for_pool(pool, virtual_nodes=True)
             violations += limits.check_pool(replace(stored, previous=stored), prefix)  # an update
     system_pools = sum(1 for mode in final_modes.values() if mode == "System")
+    pool_count = pool_count_after(cluster, [pool_spec.name for pool_spec in spec.agent_pools])
     cluster_request = limits.ClusterRequest(
-        len(final_modes), system_pools, version, cluster.kubernetes_version, spec.location
+        pool_count, system_pools, version, cluster.kubernetes_version, spec.location
     )
     violations += limits.check_cluster(cluster_request)
     limits.raise_violations(violations)
@@ -495,9 +525,10 @@ def put_cluster(
     cluster.tags = spec.tags if spec.tags is not None else cluster.tags
     cluster.provisioning_state = ProvisioningState.UPDATING
     cluster.updated_at = utc_now()
+    newest = _NewestBuild(session)
     for (request, pool), pool_spec in zip(planned, spec.agent_pools, strict=True):
         if pool is None:
-            pool = _new_pool(session, request, tl_registered)
+            pool = _new_pool(request, tl_registered, newest)
             cluster.agent_pools.append(pool)
         else:
             _apply(pool, request)
@@ -568,8 +599,9 @@ def _create_cluster(
         kube_token=secrets.token_hex(32),
         provisioning_state=ProvisioningState.CREATING,
     )
+    newest = _NewestBuild(session)
     for request, pool_spec in zip(requests, spec.agent_pools, strict=True):
-        pool = _new_pool(session, request, tl_registered)
+        pool = _new_pool(request, tl_registered, newest)
         _set_tags(pool, pool_spec)
         cluster.agent_pools.append(pool)
     session.add(cluster)
@@ -656,18 +688,14 @@ def put_pool(
     pool_id = pool_resource_id(cluster, stored_name(spec.name))
     tl_registered = trusted_launch_allowed(session, path.subscription_id, preview)
     if pool is None or create_only:
-        if pool is None and len(cluster.agent_pools) >= limits.MAX_AGENT_POOLS:
-            message = limits.TOO_MANY_POOLS.format(
-                pool_count=len(cluster.agent_pools) + 1, max_agent_pools=limits.MAX_AGENT_POOLS
-            )
-            raise bad_request("InvalidParameter", message, "name")
         request = replace(
             _request_for_new_pool(spec, cluster.kubernetes_version, cluster.virtual_nodes_enabled),
             feature_registered=tl_registered,
             sibling_pool_names=tuple(p.name for p in cluster.agent_pools),
+            pool_count=pool_count_after(cluster, [spec.name]),
         )
         limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
-        pool = _new_pool(session, request, tl_registered)
+        pool = _new_pool(request, tl_registered, _NewestBuild(session))
         _set_tags(pool, spec)
         cluster.agent_pools.append(pool)
         _check_quota(

@@ -51,15 +51,18 @@ def tenant_from_environment() -> str | None:
 
 
 def tenant_id(session: Session) -> str:
-    """The tenant id new identities get: TL_TENANT_ID, else the installation's (made if the store has
-    none)."""
+    """The tenant id new identities get: TL_TENANT_ID, else the installation's (migration 0022 makes its
+    row); TrustedLaunchError when the store has no installation row (a store that is not migrated, or
+    whose row was removed: no tenant id is made up)."""
     configured = tenant_from_environment()
     if configured is not None:
         return configured
     installation = session.scalar(select(Installation).where(Installation.id == 1))
     if installation is None:
-        installation = Installation(id=1, tenant_id=new_uuid())
-        session.add(installation)
+        raise TrustedLaunchError(
+            "the store has no installation row (its tenant id), which migration 0022_identity_system_data "
+            "makes: set TL_TENANT_ID or migrate the store (tl serve does)"
+        )
     return installation.tenant_id
 
 

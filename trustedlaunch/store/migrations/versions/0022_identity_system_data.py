@@ -6,7 +6,7 @@ Existing clusters get new random identity ids and the installation's tenant id; 
 (systemData then has createdAt and lastModifiedAt only).
 
 Revision ID: 0022_identity_system_data
-Revises: 0020_pool_node_settings
+Revises: 0021_node_soak_deadline
 Create Date: 2026-12-06 14:30:00.000000
 """
 

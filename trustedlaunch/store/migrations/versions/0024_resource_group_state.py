@@ -2,7 +2,7 @@
 deleted, as ARM keeps it.
 
 Revision ID: 0024_resource_group_state
-Revises: 0020_pool_node_settings
+Revises: 0022_identity_system_data
 Create Date: 2026-12-06 14:40:00.000000
 """
 

@@ -2,7 +2,7 @@
 attestation at a given time is one index seek (the dashboard's fleet chart asks it per node and hour).
 
 Revision ID: 0025_attestation_node_time_index
-Revises: 0020_pool_node_settings
+Revises: 0024_resource_group_state
 Create Date: 2026-12-06 14:50:00.000000
 """
 
