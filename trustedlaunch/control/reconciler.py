@@ -31,7 +31,7 @@ from typing import IO, NoReturn
 
 import httpx2
 import platformdirs
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.derivation import policy_for_image
@@ -576,6 +576,7 @@ class Reconciler:
         self._supervise_control_planes_if_due()
         self._renew_unattested_credentials_if_due()
         self._bring_node_settings_if_due()
+        self._end_soaks_of_ended_operations()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
             if self._repair_due_node():
@@ -655,13 +656,15 @@ class Reconciler:
                     if not deleting and self._update_node_settings(session, pool, operation):
                         return True
                     continue
-                operation.note = f"agent pool {pool.name}: {step.note}"
-                session.commit()
 
                 def progress(note: str, prefix: str = f"agent pool {pool.name}: ") -> None:
                     if operation.note != (prefix + note)[:OPERATION_NOTE_LENGTH]:  # written when it changes
                         operation.note = prefix + note
                         session.commit()
+
+                taken = session.get(Node, step.node_id) if step.node_id is not None else None
+                if taken is None or not self._soaking(session, taken):  # else the soak's note, written once
+                    progress(step.note)
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
@@ -756,14 +759,15 @@ class Reconciler:
     ) -> NodeStays | None:
         """Cordon and drain the Node of joined Ready `node` before `step` takes it (a node that is not Ready
         or whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its
-        pods), then soak it when the step is an upgrade (`_soak`; a soak an earlier pass of the operation
-        started goes on without a new drain). None when the node may go, else why it stays (NodeStays).
+        pods), then soak it when the step is an upgrade (`_soak`). A node that soaks (an earlier pass of any
+        InProgress operation drained it) is neither drained again nor taken before its soak's deadline,
+        whatever the step. None when the node may go, else why it stays (NodeStays).
 
         On a failed drain of an upgrade (a reimage in place: no surge node) the pool's
         undrainableNodeBehavior decides (see the class); on a failed drain of a scale down or a pool's
         deletion the node stays Ready, cordoned, its VM running, and the operation fails with
         PodDrainFailure."""
-        if step.upgrade and self._soaking(node, operation):  # drained by an earlier pass
+        if self._soaking(session, node):  # drained by an earlier pass of this or another operation
             return self._soak(session, pool, node, progress, operation)
         if (
             self.cluster_planes is None
@@ -831,11 +835,13 @@ class Reconciler:
         raise NodeProvisioningError(ArmError(500, "UpgradeFailed", message, node.name)) from failure
 
     @staticmethod
-    def _soaking(node: Node, operation: Operation | None) -> bool:
-        """Whether `operation` drained `node` on an earlier pass and soaks it (its deadline is recorded)."""
-        return (
-            node.soak_until is not None and operation is not None and node.soaked_by_operation == operation.id
-        )
+    def _soaking(session: Session, node: Node) -> bool:
+        """Whether `node` soaks: an operation still InProgress drained it and recorded its soak's deadline
+        (the soak is the node's: every operation's step waits for it)."""
+        if node.soak_until is None or node.soaked_by_operation is None:
+            return False
+        soaker = session.get(Operation, node.soaked_by_operation)
+        return soaker is not None and soaker.status == "InProgress"
 
     def _soak(
         self,
@@ -849,7 +855,7 @@ class Reconciler:
         recorded on the node's row at the first call and checked at each (the operation's note counting the
         minutes down), so nothing waits meanwhile and a restarted reconciler resumes it. None once it has
         passed (or without a soak), else NodeStays.SOAKING."""
-        if not self._soaking(node, operation):
+        if not self._soaking(session, node):
             minutes = pool.node_soak_duration_in_minutes or 0
             seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
             if seconds <= 0:
@@ -1076,6 +1082,24 @@ class Reconciler:
         log.info("node %s: %s", node.name, node.message)
         session.commit()
         return True
+
+    def _end_soaks_of_ended_operations(self) -> None:
+        """Clear the soak deadline of the nodes whose soaking operation ended (Failed, Canceled) meanwhile: no
+        step waits for it any more. soaked_by_operation stays: the node's Node stays cordoned by that drain
+        until an operation takes the node or, once it is current again, releases it (_release_held_node)."""
+        with self.sessions.begin() as session:
+            soaking = (
+                select(Node)
+                .outerjoin(Operation, Operation.id == Node.soaked_by_operation)
+                .where(
+                    Node.soak_until.is_not(None),
+                    or_(Operation.id.is_(None), Operation.status != "InProgress"),
+                )
+            )
+            for node in session.scalars(soaking):
+                node.soak_until = None
+                node.message = "cordoned: the upgrade that drained it ended during its soak"
+                log.info("node %s: %s", node.name, node.message)
 
     @staticmethod
     def _settings_differ(node: Node) -> bool:
