@@ -1046,42 +1046,57 @@ class Reconciler:
         return True
 
     def _release_held_node(self, session: Session, pool: AgentPool, operation: Operation) -> bool:
-        """End the hold of an earlier upgrade on the first node of `pool` it quarantined (Cordon) that is
-        current again (the pool's settings were reverted: nothing will drain it): its Node uncordoned and
-        unlabelled (unless the attestation verdict cordoned it: kubernetes.upgrade_release_patch) and its
-        row released. True when it took that step (the operation fails when the Node cannot be changed)."""
+        """End the hold of an earlier upgrade on the first node of `pool` it left cordoned that is current
+        again (the pool's settings were reverted: nothing will drain it): one it quarantined (Cordon), or one
+        it drained and was soaking when it ended (Failed, Canceled). Its Node is uncordoned and unlabelled
+        (unless the attestation verdict cordoned it: kubernetes.upgrade_release_patch), then its row
+        released. True when it took that step; the operation fails, the row kept, when the Node cannot be
+        changed (its cluster's control plane unreachable included)."""
         desired = _desired(pool, False)
         node = next(
             (
                 node
                 for node in pool.nodes
-                if node.quarantined_by_operation not in (None, operation.id)
-                and is_current(_observed(node), desired)
+                if self._held(session, node, operation) and is_current(_observed(node), desired)
             ),
             None,
         )
         if node is None:
             return False
-        operation.note = f"agent pool {pool.name}: releasing node {node.name} from an upgrade's quarantine"
+        operation.note = f"agent pool {pool.name}: releasing node {node.name} from an upgrade's hold"
+        joined = self.cluster_planes is not None and node.kubelet_port is not None
+        adapter = (
+            self.cluster_planes.node_adapter(node) if self.cluster_planes is not None and joined else None
+        )
         session.commit()  # no store transaction open while the apiserver answers
-        adapter = self.cluster_planes.node_adapter(node) if self.cluster_planes is not None else None
         try:
-            if adapter is not None and node.kubelet_port is not None:
+            if joined and adapter is None:
+                raise KubernetesAdapterError(
+                    f"node {node.name}: its cluster's control plane cannot be reached"
+                )
+            if adapter is not None:
                 adapter.release_upgrade_hold(node.name)
         except KubernetesAdapterError as exc:
             session.refresh(operation)
             if operation.status == "InProgress":
-                message = f"node {node.name} stays quarantined by an earlier upgrade: {exc}"
+                message = f"node {node.name} stays held by an earlier upgrade: {exc}"
                 finish_operation(
                     session, operation, "Failed", ArmError(500, "NodeReleaseFailed", message, node.name)
                 )
             session.commit()
             return True
-        node.quarantined_by_operation = None
-        node.message = "released from an earlier upgrade's quarantine: its pool's settings are current again"
+        node.quarantined_by_operation = node.soaked_by_operation = node.soak_until = None
+        node.message = "released from an earlier upgrade's hold: its pool's settings are current again"
         log.info("node %s: %s", node.name, node.message)
         session.commit()
         return True
+
+    def _held(self, session: Session, node: Node, operation: Operation) -> bool:
+        """Whether an upgrade other than `operation` left `node` cordoned: it quarantined it, or it drained
+        it and ended during its soak."""
+        if node.quarantined_by_operation not in (None, operation.id):
+            return True
+        return node.soaked_by_operation not in (None, operation.id) and not self._soaking(session, node)
 
     def _end_soaks_of_ended_operations(self) -> None:
         """Clear the soak deadline of the nodes whose soaking operation ended (Failed, Canceled) meanwhile: no
