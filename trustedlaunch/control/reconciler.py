@@ -311,6 +311,7 @@ class Reconciler:
         self._next_supervision_at = 0.0
         # node id -> the monotonic time before which its pool labels and taints are not tried again
         self._settings_retry_after: dict[int, float] = {}
+        self._next_settings_scan_at = 0.0
         self.node_settings_retry = NODE_SETTINGS_RETRY_SECONDS
         self.drain_timeout = drain_timeout
         self.node_soak_duration = node_soak_duration
@@ -888,6 +889,7 @@ class Reconciler:
             except NodeJoinFailedError as exc:  # its cluster's apiserver is down: the VM goes all the same
                 log.warning("%s", exc)
         self._renewed_at.pop(node.id, None)
+        self._settings_retry_after.pop(node.id, None)
         self._stop_processes(node)
         if node.run_dir:
             shutil.rmtree(node.run_dir, ignore_errors=True)
@@ -1127,32 +1129,48 @@ class Reconciler:
         """Give the Node of each joined Ready node whose pool no operation works on the pool's nodeLabels and
         nodeTaints where the last attempt failed (its plane was unreachable at the join's operation):
         tried again every `node_settings_retry` seconds per node until it holds (not counted as work: the
-        loop sleeps between passes)."""
-        if self.joiner is None:
+        loop sleeps between passes). The nodes are scanned at most that often (sooner when a node's retry
+        is due), and the apiserver is called with no store transaction open."""
+        now = time.monotonic()
+        if self.joiner is None or now < self._next_settings_scan_at:
             return
+        self._next_settings_scan_at = now + self.node_settings_retry
         with self.sessions() as session:
             busy_pools = self._busy_pools(session)
-            now = time.monotonic()
             joined = select(Node).where(Node.state == NodePhase.READY, Node.kubelet_port.is_not(None))
+            due: list[int] = []
             for node in session.scalars(joined).all():
-                if (
-                    node.pool_id in busy_pools
-                    or self._settings_retry_after.get(node.id, 0.0) > now
-                    or not self._settings_differ(node)
-                ):
+                if node.pool_id in busy_pools or not self._settings_differ(node):
                     continue
-                try:
-                    self.joiner.bring_node_settings(node)
-                except NodeJoinFailedError as exc:
-                    log.warning("%s; tried again in %g s", exc, self.node_settings_retry)
-                    self._settings_retry_after[node.id] = now + self.node_settings_retry
-                    why = str(exc).removeprefix(f"node {node.name}: ")
-                    node.message = f"{why}; tried again every {self.node_settings_retry:g} s"[:4000]
-                    session.commit()
-                    continue
-                self._settings_retry_after.pop(node.id, None)
-                log.info("node %s: pool labels and taints set", node.name)
+                retry_at = self._settings_retry_after.get(node.id, 0.0)
+                if retry_at > now:
+                    self._next_settings_scan_at = min(self._next_settings_scan_at, retry_at)
+                else:
+                    due.append(node.id)
+        for node_id in due:
+            self._bring_node_settings(node_id)
+
+    def _bring_node_settings(self, node_id: int) -> None:
+        """One try of _bring_node_settings_if_due on the node `node_id`, if it is still joined and Ready."""
+        assert self.joiner is not None
+        with self.sessions() as session:
+            node = session.get(Node, node_id)
+            if node is None or node.state != NodePhase.READY or node.kubelet_port is None:
+                return
+            _ = node.pool.cluster.control_plane  # loaded now: the apiserver call reads no more of the store
+            session.commit()  # no store transaction open while the apiserver answers
+            try:
+                self.joiner.bring_node_settings(node)
+            except NodeJoinFailedError as exc:
+                log.warning("%s; tried again in %g s", exc, self.node_settings_retry)
+                self._settings_retry_after[node_id] = time.monotonic() + self.node_settings_retry
+                why = str(exc).removeprefix(f"node {node.name}: ")
+                node.message = f"{why}; tried again every {self.node_settings_retry:g} s"[:4000]
                 session.commit()
+                return
+            self._settings_retry_after.pop(node_id, None)
+            log.info("node %s: pool labels and taints set", node.name)
+            session.commit()
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was
