@@ -232,13 +232,15 @@ class Reconciler:
     deletion of an outdated node a surge node replaced: node_plan's Step.upgrade; not a scale down) then
     soaks the drained node for the pool's upgradeSettings.nodeSoakDurationInMinutes before it goes
     (`node_soak_duration`, seconds, overrides it): a deadline on the node's row, checked on each pass
-    while other operations, renewals and plane supervision go on; and handles a node it cannot drain as
+    while other operations, renewals and plane supervision go on, that every operation's step on the node
+    waits for while its operation is InProgress (cleared when it ends); and handles a node it cannot drain as
     upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's default) uncordons it and fails the
     operation; Cordon keeps it cordoned and labelled
     kubernetes.azure.com/upgrade-status=Quarantined, leaves it out of the operation's plan (its surge node
     stays in its place) and goes on, the operation failing at the end naming it (Canceled at once when
     the node was being reimaged in place: no surge node can replace it). A later operation drains such a
-    node again, or releases it (uncordoned, unlabelled) when it is current again (its pool reverted); an
+    node (or one whose upgrade ended during its soak) again, or releases it (uncordoned, unlabelled) when it
+    is current again (its pool reverted); an
     uncordon never lifts the attestation verdict's cordon (control.kubernetes).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
