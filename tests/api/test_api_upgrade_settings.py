@@ -136,7 +136,9 @@ def stored_pool(client: TestClient, name: str) -> AgentPool:
 def test_soak_duration_and_undrainable_behaviour_are_stored_shown_and_kept(client: TestClient) -> None:
     """Unset (AKS's defaults: 0 minutes, Schedule) they are not shown; set, they are stored, shown and kept by
     a GET-modify-PUT of another setting."""
-    assert client.put(CLUSTER, json=cluster_body()).status_code == 201
+    created = client.put(CLUSTER, json=cluster_body())
+    assert created.status_code == 201
+    finish(client, created)
     settings = {"nodeSoakDurationInMinutes": 30, "undrainableNodeBehavior": "Cordon"}
     body = {"count": 1, "vmSize": "Standard_D4s_v3", "upgradeSettings": settings}
     added = client.put(f"{POOLS}/userpool", json={"properties": body})

@@ -183,6 +183,8 @@ def test_pool_update_while_in_progress_is_refused_then_allowed(sessions: session
     register_trusted_launch(sessions)
     create_cluster(sessions)
     with sessions.begin() as session:
+        finish_operation(session, get_operation(session, SUB, only_operation_id(session)), "Succeeded")
+    with sessions.begin() as session:
         _pool, operation, _ = put_pool(session, PATH, PoolSpec(name="userpool", count=1))
         operation_id = operation.id
     with sessions.begin() as session, pytest.raises(ArmError) as raised:
@@ -197,6 +199,26 @@ def test_pool_update_while_in_progress_is_refused_then_allowed(sessions: session
         pool, update, created = put_pool(session, PATH, PoolSpec(name="userpool", count=2, enable_vtpm=True))
         assert not created and update.kind == "Update"
         assert (pool.count, pool.enable_vtpm, pool.provisioning_state) == (2, True, "Updating")
+
+
+def test_a_cluster_and_its_pools_have_one_operation_at_a_time(sessions: sessionmaker[Session]) -> None:
+    """Two operations on one pool would take each other's nodes (a soaking node drained anew, or deleted
+    before its soak's end): a cluster update is refused while one of its pools has an operation in progress,
+    a pool update while its cluster has one."""
+    create_cluster(sessions)
+    with sessions.begin() as session:
+        created = get_operation(session, SUB, only_operation_id(session))
+        with pytest.raises(ArmError) as raised:
+            put_pool(session, PATH, PoolSpec(name="nodepool1", count=2))
+        assert (raised.value.status, raised.value.code) == (409, "OperationNotAllowed")
+        assert created.id in raised.value.message and "Managed cluster 'myAKSCluster'" in raised.value.message
+        finish_operation(session, created, "Succeeded")
+    with sessions.begin() as session:
+        _pool, pool_update, _ = put_pool(session, PATH, PoolSpec(name="nodepool1", count=2))
+    with sessions.begin() as session, pytest.raises(ArmError) as raised:
+        put_cluster(session, PATH, ClusterSpec(location="eastus", tags={"team": "a"}))
+    assert (raised.value.status, raised.value.code) == (409, "OperationNotAllowed")
+    assert pool_update.id in raised.value.message and "Agent pool 'nodepool1'" in raised.value.message
 
 
 def test_add_existing_pool_with_create_only_is_a_conflict(sessions: sessionmaker[Session]) -> None:

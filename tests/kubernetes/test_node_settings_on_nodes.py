@@ -6,6 +6,7 @@ the labels and taints of others (kubelet's, an operator's, the attestation verdi
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from kube_apiserver import (
 )
 from lightkube import Client
 from lightkube.resources.core_v1 import Node as KubernetesNode
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.cluster_planes import ClusterPlanes
@@ -219,58 +222,108 @@ def test_a_pool_update_of_labels_and_taints_reaches_the_joined_nodes_without_a_r
         engine.dispose()
 
 
+class CheckedJoiner(NodeJoiner):
+    """The reconciler's joiner, recording how many store connections were in use (a transaction open)
+    whenever it went to the apiserver for a node's settings."""
+
+    def __init__(self, planes: ClusterPlanes, engine: Engine) -> None:
+        super().__init__(planes)
+        self.engine = engine
+        self.connections_in_use: list[int] = []
+
+    def bring_node_settings(self, node: Node) -> bool:
+        pool = self.engine.pool
+        assert isinstance(pool, QueuePool)
+        self.connections_in_use.append(pool.checkedout())
+        return super().bring_node_settings(node)
+
+
+def joined_node(sessions: sessionmaker[Session], path: ResourcePath) -> str:
+    """A cluster whose pool's update failed to set its labels on its joined Ready node (no control plane
+    recorded: unreachable); the node's name."""
+    with sessions.begin() as session:
+        pools = [PoolSpec(name="sys", mode="System", count=1, node_labels={"dept": "IT"})]
+        _, created, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
+        finish_operation(session, created, "Succeeded")
+        pool = session.scalars(select(AgentPool)).one()
+        name = f"aks-sys-{next(ORDINALS)}"
+        session.add(
+            Node(
+                pool=pool,
+                ordinal=0,
+                name=name,
+                node_image_version=pool.node_image_version,
+                state="Ready",
+                labels={},
+                kubelet_port=1,
+                applied_node_labels={"dept": "HR"},  # what the join set before the pool's update
+                applied_node_taints=[],
+            )
+        )
+    return name
+
+
 def test_settings_that_failed_to_reach_a_node_are_retried_each_pass_until_they_hold(
     client: Client, kube_apiserver: HostedControlPlane, kubernetes_release: KubernetesRelease, tmp_path: Path
 ) -> None:
     """The pool's update failed on a Node (its plane could not be reached; the operation failed): without a
     new operation, the reconciler's passes try it again, once per retry interval while it fails (no busy
-    loop), and set it once the plane answers."""
+    loop, no scan of the nodes meanwhile), and set it once the plane answers, with no store transaction
+    open while the apiserver answers."""
     engine, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", None)
     planes = ClusterPlanes(tmp_path / "state", release=lambda: kubernetes_release)
     path = ResourcePath("00000000-0000-0000-0000-000000000000", "rg", "nodeprops")
     try:
-        with sessions.begin() as session:
-            pools = [PoolSpec(name="sys", mode="System", count=1, node_labels={"dept": "IT"})]
-            _, created, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
-            finish_operation(session, created, "Succeeded")  # no control plane recorded: unreachable
-            pool = session.scalars(select(AgentPool)).one()
-            name = f"aks-sys-{next(ORDINALS)}"
-            session.add(
-                Node(
-                    pool=pool,
-                    ordinal=0,
-                    name=name,
-                    node_image_version=pool.node_image_version,
-                    state="Ready",
-                    labels={},
-                    kubelet_port=1,
-                    applied_node_labels={"dept": "HR"},  # what the join set before the pool's update
-                    applied_node_taints=[],
-                )
-            )
+        name = joined_node(sessions, path)
         register_node(client, name, {"dept": "HR", **VERDICT})
         reconciler = Reconciler(sessions, tmp_path / "reconciler", cluster_planes=planes)
-        reconciler.node_settings_retry = 3600.0
+        reconciler.joiner = joiner = CheckedJoiner(planes, engine)
+        reconciler.node_settings_retry = 3.0
         try:
             reconciler._bring_node_settings_if_due()
+            retry_due = time.monotonic() + 3.0
             with sessions() as session:
                 node = session.scalars(select(Node).where(Node.name == name)).one()
                 assert node.applied_node_labels == {"dept": "HR"}
                 assert node.message.startswith("pool labels and taints not set: its cluster's control plane")
-                assert node.message.endswith("tried again every 3600 s")
+                assert node.message.endswith("tried again every 3 s")
                 node.pool.cluster.control_plane = running_plane_record(kube_apiserver)
                 session.commit()
             reconciler._bring_node_settings_if_due()  # within the retry interval: not tried
+            assert len(joiner.connections_in_use) == 1
             assert read_node(client, name)["metadata"]["labels"]["dept"] == "HR"
-            reconciler._settings_retry_after.clear()
+            time.sleep(max(0.0, retry_due - time.monotonic()) + 0.1)
             reconciler._bring_node_settings_if_due()
+            assert joiner.connections_in_use == [0, 0]  # the apiserver called with no transaction open
             with sessions() as session:
                 node = session.scalars(select(Node).where(Node.name == name)).one()
                 assert node.applied_node_labels == {"dept": "IT"}
             assert read_node(client, name)["metadata"]["labels"]["dept"] == "IT"
+            assert reconciler._settings_retry_after == {}
         finally:
             reconciler.release()
             client.delete(KubernetesNode, name)
+    finally:
+        planes.close()
+        engine.dispose()
+
+
+def test_a_node_torn_down_is_no_longer_retried(kubernetes_release: KubernetesRelease, tmp_path: Path) -> None:
+    """A node whose settings failed to reach it and that then goes (deleted, reimaged) leaves no retry."""
+    engine, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", None)
+    planes = ClusterPlanes(tmp_path / "state", release=lambda: kubernetes_release)
+    try:
+        name = joined_node(sessions, ResourcePath("00000000-0000-0000-0000-000000000000", "rg", "gone"))
+        reconciler = Reconciler(sessions, tmp_path / "reconciler", cluster_planes=planes)
+        try:
+            reconciler._bring_node_settings_if_due()
+            with sessions() as session:
+                node = session.scalars(select(Node).where(Node.name == name)).one()
+                assert list(reconciler._settings_retry_after) == [node.id]
+                reconciler._teardown(node)
+            assert reconciler._settings_retry_after == {}
+        finally:
+            reconciler.release()
     finally:
         planes.close()
         engine.dispose()

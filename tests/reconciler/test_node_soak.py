@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from reconciler_helpers import SUB
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.bootstrap import open_store
@@ -105,7 +105,7 @@ def test_a_soaking_node_holds_up_no_other_operation_and_a_restart_resumes_its_so
 
 def test_the_first_soak_records_its_deadline_and_a_later_operation_drains_again(tmp_path: Path) -> None:
     """The deadline is set from the pool's soak (here the reconciler's override) when the drain ended; a
-    soak recorded by another operation (canceled meanwhile) is not this operation's: it drains anew."""
+    soak whose operation ended (canceled meanwhile) is no soak: a later operation drains anew."""
     sessions, update_id, _ = soaking_store(tmp_path)
     reconciler = Reconciler(sessions, tmp_path / "state", node_soak_duration=HOUR)
     notes: list[str] = []
@@ -123,13 +123,83 @@ def test_the_first_soak_records_its_deadline_and_a_later_operation_drains_again(
                 "soaking",
                 ["soaking node aks-pool-soak-vmss000000 (60 min left)"],
             )
-            assert reconciler._soaking(node, update) is True
-            later = Operation(id="00000000-0000-0000-0000-000000000001")
-            assert reconciler._soaking(node, later) is False
+            assert reconciler._soaking(session, node) is True
+            finish_operation(session, update, "Canceled")  # its soak is no step's to wait for any more
+            assert reconciler._soaking(session, node) is False
         without = Reconciler(sessions, tmp_path / "state2", node_soak_duration=0.0)
         with sessions() as session:
             node = session.scalars(select(Node).where(Node.ordinal == 1)).one()
             assert without._soak(session, node.pool, node, notes.append, update) is None
             assert node.soak_until is None
+    finally:
+        reconciler.release()
+
+
+def test_the_soak_is_the_nodes_another_operation_on_its_pool_neither_takes_nor_drains_it(
+    tmp_path: Path,
+) -> None:
+    """A cluster Update on the pool of a node that the pool's Update soaks: its steps wait for the same
+    deadline (no new drain, no deletion before it), its note counting the soak down; then the node goes."""
+    sessions, update_id, _ = soaking_store(tmp_path)
+    with sessions.begin() as session:
+        cluster_update = start_operation(
+            session, SUB, "eastus", ResourcePath(SUB, "rg", "k").cluster_id, "Update"
+        )
+        cluster_update_id = cluster_update.id
+    reconciler = Reconciler(sessions, tmp_path / "state", node_soak_duration=HOUR)
+    try:
+        for _ in range(3):
+            reconciler.run_once()
+        with sessions() as session:
+            node = session.scalars(select(Node).where(Node.ordinal == 0)).one()
+            assert node.soaked_by_operation == update_id  # not restarted by the other operation
+            assert node.soak_until is not None and node.soak_until > utc_now() + timedelta(minutes=59)
+            note = "agent pool pool: soaking node aks-pool-soak-vmss000000 (60 min left)"
+            assert session.get_one(Operation, cluster_update_id).note == note
+            node.soak_until = utc_now() - timedelta(seconds=1)
+            session.commit()
+        reconciler.run_once()
+        with sessions() as session:
+            assert [node.ordinal for node in session.scalars(select(Node))] == [1]
+    finally:
+        reconciler.release()
+
+
+def test_a_soaking_pass_writes_the_operations_note_once(tmp_path: Path) -> None:
+    """While a node soaks, the operation's note is the soak's, written when it changes (not the step's and
+    then the soak's on every pass)."""
+    sessions, update_id, _ = soaking_store(tmp_path)
+    notes: list[str] = []
+
+    def record(_mapper: object, _connection: object, operation: Operation) -> None:
+        if operation.id == update_id:
+            notes.append(operation.note)
+
+    reconciler = Reconciler(sessions, tmp_path / "state")
+    event.listen(Operation, "after_update", record)
+    try:
+        reconciler.run_once()
+        assert notes == ["agent pool pool: soaking node aks-pool-soak-vmss000000 (60 min left)"]
+        reconciler.run_once()
+        assert len(notes) == 1  # nothing changed: nothing written
+    finally:
+        event.remove(Operation, "after_update", record)
+        reconciler.release()
+
+
+def test_the_soak_of_an_operation_that_ended_is_cleared(tmp_path: Path) -> None:
+    """The pool's Update failed while its node soaked: the next pass clears the deadline (no step waits for
+    it any more); which operation drained the node stays recorded (its Node stays cordoned until an
+    operation takes it or releases it)."""
+    sessions, update_id, _ = soaking_store(tmp_path)
+    with sessions.begin() as session:
+        finish_operation(session, session.get_one(Operation, update_id), "Failed")
+    reconciler = Reconciler(sessions, tmp_path / "state")
+    try:
+        reconciler.run_once()
+        with sessions() as session:
+            node = session.scalars(select(Node).where(Node.ordinal == 0)).one()
+            assert (node.soak_until, node.soaked_by_operation) == (None, update_id)
+            assert node.message == "cordoned: the upgrade that drained it ended during its soak"
     finally:
         reconciler.release()

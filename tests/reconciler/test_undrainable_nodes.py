@@ -9,6 +9,7 @@ place (no surge node can take its place), cancels the operation as AKS does."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from trustedlaunch.control.node_plan import NodePhase
 from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.reconciler import NodeProvisioningError, Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster, put_pool
-from trustedlaunch.store.models import AgentPool, Node, Operation
+from trustedlaunch.store.models import AgentPool, Node, Operation, utc_now
 
 pytestmark = pytest.mark.slow
 
@@ -205,6 +206,69 @@ def test_a_node_held_by_an_upgrade_is_released_when_its_pool_is_reverted(
             assert session.get_one(Operation, revert_id).status == "Succeeded"
             node = session.scalars(select(Node).where(Node.name == name)).one()
             assert node.quarantined_by_operation is None and node.message.startswith("released")
+    finally:
+        reconciler.release()
+        planes.close()
+
+
+def test_a_node_whose_upgrade_ended_during_its_soak_is_released_when_its_pool_is_reverted(
+    client: Client, kube_apiserver: HostedControlPlane, kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """An upgrade drained the node (cordoned) and failed while it soaked; the pool's settings are then
+    reverted: the next operation uncordons its Node and clears its soak before it succeeds."""
+    name = "soaked-reverted"
+    register_node(client, name)
+    NodeDrainer(client, 1.0, lambda note: None).cordon(name)
+    sessions, _, operation_id = store(tmp_path, None)
+    planes = ClusterPlanes(tmp_path / "planes", release=lambda: kubernetes_release)
+    reconciler = Reconciler(sessions, tmp_path / "state", cluster_planes=planes)
+    try:
+        with sessions() as session:
+            pool, node = the_node(session, name)
+            node.kubelet_port, node.soaked_by_operation = 1, operation_id
+            node.soak_until = utc_now() + timedelta(hours=1)
+            finish_operation(session, session.get_one(Operation, operation_id), "Failed")  # during the soak
+            pool.cluster.control_plane = running_plane_record(kube_apiserver)
+            _, revert, _ = put_pool(session, ResourcePath(SUB, "rg", "k"), PoolSpec("pool", count=1))
+            session.commit()
+            revert_id = revert.id
+        assert reconciler._advance(revert_id) is True  # the release
+        assert not read_node(client, name)["spec"].get("unschedulable")
+        assert reconciler._advance(revert_id) is True  # then done
+        with sessions() as session:
+            assert session.get_one(Operation, revert_id).status == "Succeeded"
+            node = session.scalars(select(Node).where(Node.name == name)).one()
+            assert (node.soaked_by_operation, node.soak_until) == (None, None)
+            assert node.message.startswith("released")
+    finally:
+        reconciler.release()
+        planes.close()
+
+
+def test_a_held_joined_node_whose_plane_cannot_be_reached_stays_held(
+    kubernetes_release: KubernetesRelease, tmp_path: Path
+) -> None:
+    """The release of a joined node's hold needs its cluster's apiserver: without one (no control plane
+    recorded), the operation fails and the row keeps the hold, for a later operation to release."""
+    sessions, _, operation_id = store(tmp_path, "Cordon")
+    planes = ClusterPlanes(tmp_path / "planes", release=lambda: kubernetes_release)
+    reconciler = Reconciler(sessions, tmp_path / "state", cluster_planes=planes)
+    try:
+        with sessions() as session:
+            _, node = the_node(session, "held-unreachable")
+            node.kubelet_port, node.quarantined_by_operation = 1, "an-earlier-upgrade"
+            finish_operation(session, session.get_one(Operation, operation_id), "Failed")
+            _, revert, _ = put_pool(session, ResourcePath(SUB, "rg", "k"), PoolSpec("pool", count=1))
+            session.commit()
+            revert_id = revert.id
+        assert reconciler._advance(revert_id) is True
+        with sessions() as session:
+            revert = session.get_one(Operation, revert_id)
+            assert revert.status == "Failed" and revert.error is not None
+            assert revert.error["code"] == "NodeReleaseFailed"
+            assert "control plane cannot be reached" in str(revert.error["message"])
+            node = session.scalars(select(Node).where(Node.name == "held-unreachable")).one()
+            assert node.quarantined_by_operation == "an-earlier-upgrade"
     finally:
         reconciler.release()
         planes.close()

@@ -16,8 +16,7 @@ from trustedlaunch.control.errors import conflict
 from trustedlaunch.control.limits import boots_here, kubernetes_upgrades
 from trustedlaunch.control.node_image_versions import ImageBuild, latest_version, store_version, stored_builds
 from trustedlaunch.control.node_images import find_image
-from trustedlaunch.control.operations import in_progress_operation, start_operation
-from trustedlaunch.control.resource_id import ResourceId
+from trustedlaunch.control.operations import start_operation
 from trustedlaunch.control.resources import ResourcePath, pool_resource_id
 from trustedlaunch.store.models import AgentPool, Operation
 from trustedlaunch.store.vocabulary import ProvisioningState
@@ -67,20 +66,12 @@ def upgrade_node_image_version(
     pool = resources.get_pool(session, path, pool_name)
     cluster = pool.cluster
     pool_id = pool_resource_id(cluster, pool.name)
-    cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name).canonical
     if ProvisioningState.DELETING in (cluster.provisioning_state, pool.provisioning_state):
         raise conflict(
             "OperationNotAllowed",
             f"Agent pool '{pool.name}' or its cluster is being deleted; no other operation is allowed.",
         )
-    for resource_id, what in ((pool_id, f"Agent pool '{pool.name}'"), (cluster_id, "Its managed cluster")):
-        running = in_progress_operation(session, resource_id)
-        if running is not None:
-            raise conflict(
-                "OperationNotAllowed",
-                f"{what} has an operation in progress ({running.kind}, id {running.id}); wait for it to "
-                "finish (tl aks nodepool show / the Azure-AsyncOperation URL).",
-            )
+    resources.refuse_if_busy(session, cluster, [pool])
     latest, build = _newest(session, pool)
     current = stored_builds(session).get(pool.node_image_version)
     if build is not None and (current is None or current.order() <= build.order()):  # never a downgrade

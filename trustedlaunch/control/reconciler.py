@@ -31,7 +31,7 @@ from typing import IO, NoReturn
 
 import httpx2
 import platformdirs
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.derivation import policy_for_image
@@ -232,13 +232,15 @@ class Reconciler:
     deletion of an outdated node a surge node replaced: node_plan's Step.upgrade; not a scale down) then
     soaks the drained node for the pool's upgradeSettings.nodeSoakDurationInMinutes before it goes
     (`node_soak_duration`, seconds, overrides it): a deadline on the node's row, checked on each pass
-    while other operations, renewals and plane supervision go on; and handles a node it cannot drain as
+    while other operations, renewals and plane supervision go on, that every operation's step on the node
+    waits for while its operation is InProgress (cleared when it ends); and handles a node it cannot drain as
     upgradeSettings.undrainableNodeBehavior says: Schedule (AKS's default) uncordons it and fails the
     operation; Cordon keeps it cordoned and labelled
     kubernetes.azure.com/upgrade-status=Quarantined, leaves it out of the operation's plan (its surge node
     stays in its place) and goes on, the operation failing at the end naming it (Canceled at once when
     the node was being reimaged in place: no surge node can replace it). A later operation drains such a
-    node again, or releases it (uncordoned, unlabelled) when it is current again (its pool reverted); an
+    node (or one whose upgrade ended during its soak) again, or releases it (uncordoned, unlabelled) when it
+    is current again (its pool reverted); an
     uncordon never lifts the attestation verdict's cordon (control.kubernetes).
 
     Its kubelet certificates are renewed every `attestation_interval` (control.node_join: right after each
@@ -311,6 +313,7 @@ class Reconciler:
         self._next_supervision_at = 0.0
         # node id -> the monotonic time before which its pool labels and taints are not tried again
         self._settings_retry_after: dict[int, float] = {}
+        self._next_settings_scan_at = 0.0
         self.node_settings_retry = NODE_SETTINGS_RETRY_SECONDS
         self.drain_timeout = drain_timeout
         self.node_soak_duration = node_soak_duration
@@ -576,6 +579,7 @@ class Reconciler:
         self._supervise_control_planes_if_due()
         self._renew_unattested_credentials_if_due()
         self._bring_node_settings_if_due()
+        self._end_soaks_of_ended_operations()
         operation_ids = self._operations_in_progress()
         if not operation_ids:
             if self._repair_due_node():
@@ -655,13 +659,15 @@ class Reconciler:
                     if not deleting and self._update_node_settings(session, pool, operation):
                         return True
                     continue
-                operation.note = f"agent pool {pool.name}: {step.note}"
-                session.commit()
 
                 def progress(note: str, prefix: str = f"agent pool {pool.name}: ") -> None:
                     if operation.note != (prefix + note)[:OPERATION_NOTE_LENGTH]:  # written when it changes
                         operation.note = prefix + note
                         session.commit()
+
+                taken = session.get(Node, step.node_id) if step.node_id is not None else None
+                if taken is None or not self._soaking(session, taken):  # else the soak's note, written once
+                    progress(step.note)
 
                 drain = progress if not (deleting and isinstance(resource, ManagedCluster)) else None
                 try:
@@ -756,14 +762,15 @@ class Reconciler:
     ) -> NodeStays | None:
         """Cordon and drain the Node of joined Ready `node` before `step` takes it (a node that is not Ready
         or whose VM is gone has no kubelet to end its pods: its Node is deleted at once, and with it its
-        pods), then soak it when the step is an upgrade (`_soak`; a soak an earlier pass of the operation
-        started goes on without a new drain). None when the node may go, else why it stays (NodeStays).
+        pods), then soak it when the step is an upgrade (`_soak`). A node that soaks (an earlier pass of any
+        InProgress operation drained it) is neither drained again nor taken before its soak's deadline,
+        whatever the step. None when the node may go, else why it stays (NodeStays).
 
         On a failed drain of an upgrade (a reimage in place: no surge node) the pool's
         undrainableNodeBehavior decides (see the class); on a failed drain of a scale down or a pool's
         deletion the node stays Ready, cordoned, its VM running, and the operation fails with
         PodDrainFailure."""
-        if step.upgrade and self._soaking(node, operation):  # drained by an earlier pass
+        if self._soaking(session, node):  # drained by an earlier pass of this or another operation
             return self._soak(session, pool, node, progress, operation)
         if (
             self.cluster_planes is None
@@ -831,11 +838,13 @@ class Reconciler:
         raise NodeProvisioningError(ArmError(500, "UpgradeFailed", message, node.name)) from failure
 
     @staticmethod
-    def _soaking(node: Node, operation: Operation | None) -> bool:
-        """Whether `operation` drained `node` on an earlier pass and soaks it (its deadline is recorded)."""
-        return (
-            node.soak_until is not None and operation is not None and node.soaked_by_operation == operation.id
-        )
+    def _soaking(session: Session, node: Node) -> bool:
+        """Whether `node` soaks: an operation still InProgress drained it and recorded its soak's deadline
+        (the soak is the node's: every operation's step waits for it)."""
+        if node.soak_until is None or node.soaked_by_operation is None:
+            return False
+        soaker = session.get(Operation, node.soaked_by_operation)
+        return soaker is not None and soaker.status == "InProgress"
 
     def _soak(
         self,
@@ -849,7 +858,7 @@ class Reconciler:
         recorded on the node's row at the first call and checked at each (the operation's note counting the
         minutes down), so nothing waits meanwhile and a restarted reconciler resumes it. None once it has
         passed (or without a soak), else NodeStays.SOAKING."""
-        if not self._soaking(node, operation):
+        if not self._soaking(session, node):
             minutes = pool.node_soak_duration_in_minutes or 0
             seconds = self.node_soak_duration if self.node_soak_duration is not None else minutes * 60.0
             if seconds <= 0:
@@ -882,6 +891,7 @@ class Reconciler:
             except NodeJoinFailedError as exc:  # its cluster's apiserver is down: the VM goes all the same
                 log.warning("%s", exc)
         self._renewed_at.pop(node.id, None)
+        self._settings_retry_after.pop(node.id, None)
         self._stop_processes(node)
         if node.run_dir:
             shutil.rmtree(node.run_dir, ignore_errors=True)
@@ -1040,42 +1050,75 @@ class Reconciler:
         return True
 
     def _release_held_node(self, session: Session, pool: AgentPool, operation: Operation) -> bool:
-        """End the hold of an earlier upgrade on the first node of `pool` it quarantined (Cordon) that is
-        current again (the pool's settings were reverted: nothing will drain it): its Node uncordoned and
-        unlabelled (unless the attestation verdict cordoned it: kubernetes.upgrade_release_patch) and its
-        row released. True when it took that step (the operation fails when the Node cannot be changed)."""
+        """End the hold of an earlier upgrade on the first node of `pool` it left cordoned that is current
+        again (the pool's settings were reverted: nothing will drain it): one it quarantined (Cordon), or one
+        it drained and was soaking when it ended (Failed, Canceled). Its Node is uncordoned and unlabelled
+        (unless the attestation verdict cordoned it: kubernetes.upgrade_release_patch), then its row
+        released. True when it took that step; the operation fails, the row kept, when the Node cannot be
+        changed (its cluster's control plane unreachable included)."""
         desired = _desired(pool, False)
         node = next(
             (
                 node
                 for node in pool.nodes
-                if node.quarantined_by_operation not in (None, operation.id)
-                and is_current(_observed(node), desired)
+                if self._held(session, node, operation) and is_current(_observed(node), desired)
             ),
             None,
         )
         if node is None:
             return False
-        operation.note = f"agent pool {pool.name}: releasing node {node.name} from an upgrade's quarantine"
+        operation.note = f"agent pool {pool.name}: releasing node {node.name} from an upgrade's hold"
+        joined = self.cluster_planes is not None and node.kubelet_port is not None
+        adapter = (
+            self.cluster_planes.node_adapter(node) if self.cluster_planes is not None and joined else None
+        )
         session.commit()  # no store transaction open while the apiserver answers
-        adapter = self.cluster_planes.node_adapter(node) if self.cluster_planes is not None else None
         try:
-            if adapter is not None and node.kubelet_port is not None:
+            if joined and adapter is None:
+                raise KubernetesAdapterError(
+                    f"node {node.name}: its cluster's control plane cannot be reached"
+                )
+            if adapter is not None:
                 adapter.release_upgrade_hold(node.name)
         except KubernetesAdapterError as exc:
             session.refresh(operation)
             if operation.status == "InProgress":
-                message = f"node {node.name} stays quarantined by an earlier upgrade: {exc}"
+                message = f"node {node.name} stays held by an earlier upgrade: {exc}"
                 finish_operation(
                     session, operation, "Failed", ArmError(500, "NodeReleaseFailed", message, node.name)
                 )
             session.commit()
             return True
-        node.quarantined_by_operation = None
-        node.message = "released from an earlier upgrade's quarantine: its pool's settings are current again"
+        node.quarantined_by_operation = node.soaked_by_operation = node.soak_until = None
+        node.message = "released from an earlier upgrade's hold: its pool's settings are current again"
         log.info("node %s: %s", node.name, node.message)
         session.commit()
         return True
+
+    def _held(self, session: Session, node: Node, operation: Operation) -> bool:
+        """Whether an upgrade other than `operation` left `node` cordoned: it quarantined it, or it drained
+        it and ended during its soak."""
+        if node.quarantined_by_operation not in (None, operation.id):
+            return True
+        return node.soaked_by_operation not in (None, operation.id) and not self._soaking(session, node)
+
+    def _end_soaks_of_ended_operations(self) -> None:
+        """Clear the soak deadline of the nodes whose soaking operation ended (Failed, Canceled) meanwhile: no
+        step waits for it any more. soaked_by_operation stays: the node's Node stays cordoned by that drain
+        until an operation takes the node or, once it is current again, releases it (_release_held_node)."""
+        with self.sessions.begin() as session:
+            soaking = (
+                select(Node)
+                .outerjoin(Operation, Operation.id == Node.soaked_by_operation)
+                .where(
+                    Node.soak_until.is_not(None),
+                    or_(Operation.id.is_(None), Operation.status != "InProgress"),
+                )
+            )
+            for node in session.scalars(soaking):
+                node.soak_until = None
+                node.message = "cordoned: the upgrade that drained it ended during its soak"
+                log.info("node %s: %s", node.name, node.message)
 
     @staticmethod
     def _settings_differ(node: Node) -> bool:
@@ -1088,32 +1131,48 @@ class Reconciler:
         """Give the Node of each joined Ready node whose pool no operation works on the pool's nodeLabels and
         nodeTaints where the last attempt failed (its plane was unreachable at the join's operation):
         tried again every `node_settings_retry` seconds per node until it holds (not counted as work: the
-        loop sleeps between passes)."""
-        if self.joiner is None:
+        loop sleeps between passes). The nodes are scanned at most that often (sooner when a node's retry
+        is due), and the apiserver is called with no store transaction open."""
+        now = time.monotonic()
+        if self.joiner is None or now < self._next_settings_scan_at:
             return
+        self._next_settings_scan_at = now + self.node_settings_retry
         with self.sessions() as session:
             busy_pools = self._busy_pools(session)
-            now = time.monotonic()
             joined = select(Node).where(Node.state == NodePhase.READY, Node.kubelet_port.is_not(None))
+            due: list[int] = []
             for node in session.scalars(joined).all():
-                if (
-                    node.pool_id in busy_pools
-                    or self._settings_retry_after.get(node.id, 0.0) > now
-                    or not self._settings_differ(node)
-                ):
+                if node.pool_id in busy_pools or not self._settings_differ(node):
                     continue
-                try:
-                    self.joiner.bring_node_settings(node)
-                except NodeJoinFailedError as exc:
-                    log.warning("%s; tried again in %g s", exc, self.node_settings_retry)
-                    self._settings_retry_after[node.id] = now + self.node_settings_retry
-                    why = str(exc).removeprefix(f"node {node.name}: ")
-                    node.message = f"{why}; tried again every {self.node_settings_retry:g} s"[:4000]
-                    session.commit()
-                    continue
-                self._settings_retry_after.pop(node.id, None)
-                log.info("node %s: pool labels and taints set", node.name)
+                retry_at = self._settings_retry_after.get(node.id, 0.0)
+                if retry_at > now:
+                    self._next_settings_scan_at = min(self._next_settings_scan_at, retry_at)
+                else:
+                    due.append(node.id)
+        for node_id in due:
+            self._bring_node_settings(node_id)
+
+    def _bring_node_settings(self, node_id: int) -> None:
+        """One try of _bring_node_settings_if_due on the node `node_id`, if it is still joined and Ready."""
+        assert self.joiner is not None
+        with self.sessions() as session:
+            node = session.get(Node, node_id)
+            if node is None or node.state != NodePhase.READY or node.kubelet_port is None:
+                return
+            _ = node.pool.cluster.control_plane  # loaded now: the apiserver call reads no more of the store
+            session.commit()  # no store transaction open while the apiserver answers
+            try:
+                self.joiner.bring_node_settings(node)
+            except NodeJoinFailedError as exc:
+                log.warning("%s; tried again in %g s", exc, self.node_settings_retry)
+                self._settings_retry_after[node_id] = time.monotonic() + self.node_settings_retry
+                why = str(exc).removeprefix(f"node {node.name}: ")
+                node.message = f"{why}; tried again every {self.node_settings_retry:g} s"[:4000]
                 session.commit()
+                return
+            self._settings_retry_after.pop(node_id, None)
+            log.info("node %s: pool labels and taints set", node.name)
+            session.commit()
 
     def _adopt_booting_vm(self, session: Session, pool: AgentPool, node: Node) -> bool:
         """Finish provisioning a node left Provisioning whose VM still runs (the `tl` that started it was

@@ -440,6 +440,15 @@ def _refuse_if_busy(session: Session, resource_id: str, what: str) -> None:
         )
 
 
+def refuse_if_busy(session: Session, cluster: ManagedCluster, pools: list[AgentPool]) -> None:
+    """409 OperationNotAllowed while `cluster` or one of its `pools` has an operation in progress: a pool's
+    nodes are one operation's at a time (two would take each other's nodes, a soaking node drained anew)."""
+    for pool in pools:
+        _refuse_if_busy(session, pool_resource_id(cluster, pool.name), f"Agent pool '{pool.name}'")
+    cluster_id = cluster_resource_id(cluster.subscription_id, cluster.resource_group, cluster.name)
+    _refuse_if_busy(session, cluster_id, f"Managed cluster '{cluster.display_name}'")
+
+
 def _refuse_if_deleting(cluster: ManagedCluster) -> None:
     if cluster.provisioning_state == ProvisioningState.DELETING:
         raise conflict(
@@ -464,7 +473,7 @@ def put_cluster(
     if cluster is None:
         return (*_create_cluster(session, path, spec, tl_registered), True)
     _refuse_if_deleting(cluster)
-    _refuse_if_busy(session, path.cluster_id, f"Managed cluster '{cluster.display_name}'")
+    refuse_if_busy(session, cluster, cluster.agent_pools)
     version = spec.kubernetes_version or cluster.kubernetes_version
     virtual_nodes = cluster.virtual_nodes_enabled if spec.virtual_nodes is None else spec.virtual_nodes
     violations: list[ArmError] = []
@@ -709,7 +718,7 @@ def put_pool(
         other_system_pools=_system_pools_besides(cluster, pool.name),
     )
     limits.raise_violations(limits.check_pool(request) + _version_violations(request, cluster.location))
-    _refuse_if_busy(session, pool_id, f"Agent pool '{pool.name}'")
+    refuse_if_busy(session, cluster, [pool])
     before = _pools_usage([(pool.count, pool.max_surge)])
     _apply(pool, request)
     _set_tags(pool, spec)
