@@ -69,6 +69,13 @@ def read_node(client: Client, name: str) -> dict[str, Any]:
     return node
 
 
+def labels_besides_the_node_lifecycle(node: dict[str, Any]) -> dict[str, str]:
+    """The Node's labels without the beta.kubernetes.io/ copies of kubernetes.io/os and /arch that the node
+    lifecycle controller adds a moment after it sees them."""
+    labels: dict[str, str] = node["metadata"].get("labels") or {}
+    return {key: value for key, value in labels.items() if not key.startswith("beta.kubernetes.io/")}
+
+
 def taints_besides_the_node_lifecycle(node: dict[str, Any]) -> list[dict[str, Any]]:
     """The Node's taints without those the node lifecycle controller adds to a Node no kubelet keeps
     alive (and without their timeAdded)."""

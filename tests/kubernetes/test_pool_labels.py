@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_apiserver import admin_client, read_node, register_node, running_plane_record
+from kube_apiserver import (
+    admin_client,
+    labels_besides_the_node_lifecycle,
+    read_node,
+    register_node,
+    running_plane_record,
+)
 from lightkube import Client
 from lightkube.resources.core_v1 import Node as KubernetesNode
 from sqlalchemy import select
@@ -77,7 +83,7 @@ def test_the_adapter_sets_the_pool_labels_that_differ_and_keeps_the_others(
     try:
         with KubernetesNodeAdapter(kube_apiserver.admin_kubeconfig) as adapter:
             assert adapter.set_pool_labels(name, wanted) == {LABEL_NODE_IMAGE_VERSION: PRE_0014_NAME}
-            labels = read_node(client, name)["metadata"]["labels"]
+            labels = labels_besides_the_node_lifecycle(read_node(client, name))
             assert labels == {"kubernetes.io/hostname": name, **wanted, **OPERATOR_LABEL, **VERDICT}
             assert adapter.set_pool_labels(name, wanted) == {}  # nothing to change: no patch
     finally:
@@ -124,7 +130,7 @@ def test_the_joiner_brings_a_joined_nodes_labels_back_to_its_row(
                     f"{LABEL_NODE_IMAGE_VERSION}: {PRE_0014_NAME} -> {pool.node_image_version}",
                     f"{LABEL_OS_SKU}: (none) -> Ubuntu2204",
                 ]
-                labels = read_node(client, name)["metadata"]["labels"]
+                labels = labels_besides_the_node_lifecycle(read_node(client, name))
                 assert labels == {"kubernetes.io/hostname": name, **row_labels, **VERDICT}
                 assert labels[LABEL_AGENT_POOL] == "sys"
                 assert joiner.bring_pool_labels(node) == []
