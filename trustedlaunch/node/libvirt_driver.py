@@ -35,19 +35,17 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
-from trustedlaunch.node.channel import AgentChannel, AgentError, RootfsStatus
+from trustedlaunch.node.channel import AgentChannel, RootfsStatus
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
-    FATAL_CONSOLE_MARKERS,
     FIRMWARE,
     NODE_MEMORY_MIB,
     NODE_VCPUS,
     BootFailedError,
+    BootingVM,
     NodeVMError,
-    agent_rootfs_status,
     readable_tail,
-    rootfs_failure,
 )
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -319,7 +317,7 @@ def domain_xml(
 </domain>"""
 
 
-class LibvirtNodeVM:
+class LibvirtNodeVM(BootingVM):
     """A node VM as a libvirt domain (trustedlaunch.node.driver.NodeMachine; context manager)."""
 
     def __init__(
@@ -403,7 +401,9 @@ class LibvirtNodeVM:
         """The end of the serial console (its log file in the run directory)."""
         return readable_tail(self.console_log)
 
-    def _stop_reason(self) -> str:
+    def _stop_reason(self) -> str | None:
+        if self.running:
+            return None
         try:
             state, reason = self._domain.state() if self._domain is not None else (None, None)
         except libvirt.libvirtError as error:
@@ -422,46 +422,15 @@ class LibvirtNodeVM:
         except libvirt.libvirtError:
             return None
 
-    def wait_ready(self, timeout: float = 180.0) -> float:
-        """Wait until the agent answers PING over the console stream; the seconds since start."""
-        if self._domain is None:
-            raise NodeVMError("node VM not started")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise self._boot_failed(self._stop_reason())
-            console = self.console_tail()
-            fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
-            if fatal is not None:
-                raise self._boot_failed(f'the serial console shows "{fatal}"')
-            if isinstance(self._channel, _BridgedChannel) and self._channel.bridge_closed:
-                self._channel.close()
-                self._channel = None
-            if self._channel is None:
-                self._channel = self._open_channel()
-            try:
-                answered = self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0)
-            except AgentError:
-                if self._channel is not None:
-                    self._channel.close()
-                self._channel = None
-                answered = False
-            if answered:
-                self.ready_after = time.monotonic() - self._started_at
-                self._check_rootfs(deadline)
-                return self.ready_after
-            if self._channel is None:
-                time.sleep(0.5)
-        raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+    def _started(self) -> bool:
+        return self._domain is not None
 
-    def _check_rootfs(self, deadline: float) -> None:
-        """As the direct driver: RootfsFailedError naming the image's root filesystem unless it verified."""
-        if self.image is None or self.image.rootfs is None or self._channel is None:
-            return
-        self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
-        failure = rootfs_failure(self.image, self.rootfs_status, self.run_dir, self.console_tail())
-        if failure is not None:
-            raise failure
+    def _agent_channel(self) -> AgentChannel | None:
+        """The kept channel, or a new console bridge (a closed bridge is dropped first)."""
+        if isinstance(self._channel, _BridgedChannel) and self._channel.bridge_closed:
+            self._channel.close()
+            self._channel = None
+        return self._channel if self._channel is not None else self._open_channel()
 
     def agent(self) -> NodeAgent:
         """The verifier's side of the node's agent (after `wait_ready`); NodeVMError naming the node once its

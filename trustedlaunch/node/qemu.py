@@ -241,7 +241,80 @@ def kvm_usable() -> bool:
             _stop_process(process)
 
 
-class NodeVM:
+class BootingVM:
+    """What both node drivers' VMs share while they boot: the wait for the agent (wait_ready) and the check
+    of the image's root filesystem. A driver's VM says whether it was started, why it stopped, which channel
+    to ping and how its boot failed."""
+
+    image: NodeImage | None
+    run_dir: Path
+    console_log: Path
+    _channel: AgentChannel | None
+    _started_at: float
+    ready_after: float | None
+    rootfs_status: RootfsStatus | None
+
+    def _started(self) -> bool:
+        raise NotImplementedError
+
+    def _stop_reason(self) -> str | None:
+        """Why the VM stopped; None while it runs."""
+        raise NotImplementedError
+
+    def _agent_channel(self) -> AgentChannel | None:
+        """The channel to ping: the one kept, or a new one (None: the agent's port is not there yet)."""
+        raise NotImplementedError
+
+    def _boot_failed(self, reason: str) -> BootFailedError:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Wait until the agent answers PING; return the seconds since launch.
+
+        Raises BootFailedError (with the console tail) if the VM stops, the console shows a fatal boot
+        error (e.g. "bad shim signature"), or the agent is not ready within `timeout` seconds.
+        """
+        if not self._started():
+            raise NodeVMError("node VM not started")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stopped = self._stop_reason()
+            if stopped is not None:
+                raise self._boot_failed(stopped)
+            console = readable_tail(self.console_log)
+            fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
+            if fatal is not None:
+                raise self._boot_failed(f'the serial console shows "{fatal}"')
+            self._channel = self._agent_channel()
+            try:
+                answered = self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0)
+            except AgentError:  # the serial port went away: the next pass sees why (VM stopped, console)
+                if self._channel is not None:
+                    self._channel.close()
+                self._channel = None
+                answered = False
+            if answered:
+                self.ready_after = time.monotonic() - self._started_at
+                self._check_rootfs(deadline)
+                return self.ready_after
+            if self._channel is None:
+                time.sleep(0.5)
+        raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+
+    def _check_rootfs(self, deadline: float) -> None:
+        """With a root filesystem in the image, ask the agent how it came up; raise RootfsFailedError
+        naming it unless every block verified and it is mounted."""
+        if self.image is None or self.image.rootfs is None or self._channel is None:
+            return
+        self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
+        failure = rootfs_failure(
+            self.image, self.rootfs_status, self.run_dir, readable_tail(self.console_log)
+        )
+        if failure is not None:
+            raise failure
+
+
+class NodeVM(BootingVM):
     """A node VM (context manager): boots `image` and talks to its agent.
 
     `secure_boot` picks OVMF with Microsoft keys enrolled (on) or without keys (off); `vtpm`, when
@@ -262,7 +335,7 @@ class NodeVM:
         accel: str | None = None,
         network: NodeNetwork | None = None,
     ):
-        self.image = image
+        self.image: NodeImage = image
         self.run_dir = run_dir
         self.secure_boot = secure_boot
         self.vtpm = vtpm
@@ -436,50 +509,16 @@ class NodeVM:
             reason += f"; QEMU said: {qemu_output}"
         return BootFailedError(f"node VM ({self.run_dir}) did not boot: {reason}", tail)
 
-    def wait_ready(self, timeout: float = 180.0) -> float:
-        """Wait until the agent answers PING; return the seconds since launch.
+    def _started(self) -> bool:
+        return self._process is not None
 
-        Raises BootFailedError (with the console tail) if QEMU exits, the console shows a fatal boot
-        error (e.g. "bad shim signature"), or the agent is not ready within `timeout` seconds.
-        """
-        if self._process is None:
-            raise NodeVMError("node VM not started")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise self._boot_failed(vm_end(self.run_dir).describe())
-            console = readable_tail(self.console_log)
-            fatal = next((marker for marker in FATAL_CONSOLE_MARKERS if marker in console), None)
-            if fatal is not None:
-                raise self._boot_failed(f'the serial console shows "{fatal}"')
-            if self._channel is None:
-                self._channel = self._connect()
-            try:
-                answered = self._channel is not None and self._channel.ping(secrets.token_hex(4), 1.0)
-            except AgentError:  # the serial port went away: the next pass sees why (QEMU exit, console)
-                if self._channel is not None:
-                    self._channel.close()
-                self._channel = None
-                answered = False
-            if answered:
-                self.ready_after = time.monotonic() - self._started_at
-                self._check_rootfs(deadline)
-                return self.ready_after
-            if self._channel is None:
-                time.sleep(0.5)
-        raise self._boot_failed(f"the agent did not answer within {timeout:.0f} s")
+    def _stop_reason(self) -> str | None:
+        if self._process is None or self._process.poll() is None:
+            return None
+        return vm_end(self.run_dir).describe()
 
-    def _check_rootfs(self, deadline: float) -> None:
-        """With a root filesystem in the image, ask the agent how it came up; raise RootfsFailedError
-        naming it unless every block verified and it is mounted."""
-        if self.image.rootfs is None or self._channel is None:
-            return
-        self.rootfs_status = agent_rootfs_status(self._channel, deadline, self._boot_failed)
-        failure = rootfs_failure(
-            self.image, self.rootfs_status, self.run_dir, readable_tail(self.console_log)
-        )
-        if failure is not None:
-            raise failure
+    def _agent_channel(self) -> AgentChannel | None:
+        return self._channel if self._channel is not None else self._connect()
 
     def _connect(self) -> AgentChannel | None:
         sock = socket.socket(socket.AF_UNIX)
