@@ -519,24 +519,36 @@ def test_concurrent_creates_cannot_pass_the_quota_together(
 
 def test_the_pool_limit_counts_a_pool_put_and_a_cluster_put_alike(sessions: sessionmaker[Session]) -> None:
     """maxAgentPools counts the pools a cluster has once the request is done: a pool being deleted is not
-    counted, whether the new pool comes by a pool PUT or by a cluster PUT."""
+    counted by a pool PUT (a cluster PUT waits for that delete, as AKS refuses it meanwhile), and a cluster
+    PUT counts its new pools beside the ones it keeps."""
     user = [PoolSpec(f"p{index}", count=0, mode="User") for index in range(1, MAX_AGENT_POOLS)]
     with sessions.begin() as session:
         _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[PoolSpec("sys"), *user]))
         finish_operation(session, create, "Succeeded")
     with sessions.begin() as session:
-        assert delete_pool(session, PATH, "p1") is not None  # 100 pools, one of them Deleting
+        deleting = delete_pool(session, PATH, "p1")  # 100 pools, one of them Deleting
+        assert deleting is not None
+        deleting_id = deleting.id
     with sessions.begin() as session:
-        put_pool(session, PATH, PoolSpec("extra", count=0, mode="User"))  # 100 once p1 is gone
+        _, adding, _ = put_pool(session, PATH, PoolSpec("extra", count=0, mode="User"))  # 100 once p1 is gone
+        adding_id = adding.id
     too_many = "The managed cluster would have 101 agent pools; at most 100 are allowed (maxAgentPools)."
-    for put in (
-        lambda session: put_pool(session, PATH, PoolSpec("onetoomany", count=0, mode="User")),
-        lambda session: put_cluster(
-            session, PATH, ClusterSpec("eastus", agent_pools=[PoolSpec("onetoomany", count=0, mode="User")])
-        ),
-    ):
-        with sessions.begin() as session, pytest.raises(ArmError) as refused:
-            put(session)
-        assert [(v.code, v.message) for v in refused.value.details or [refused.value]] == [
-            ("InvalidParameter", too_many)
-        ]
+    cluster_put = ClusterSpec("eastus", agent_pools=[PoolSpec("onetoomany", count=0, mode="User")])
+    with sessions.begin() as session, pytest.raises(ArmError) as refused:
+        put_pool(session, PATH, PoolSpec("onetoomany", count=0, mode="User"))
+    assert [(v.code, v.message) for v in refused.value.details or [refused.value]] == [
+        ("InvalidParameter", too_many)
+    ]
+    with sessions.begin() as session, pytest.raises(ArmError) as busy:
+        put_cluster(session, PATH, cluster_put)
+    assert (
+        busy.value.code == "OperationNotAllowed" and "'p1' has an operation in progress" in busy.value.message
+    )
+    with sessions.begin() as session:
+        for operation_id in (deleting_id, adding_id):
+            finish_operation(session, session.get(Operation, operation_id), "Succeeded")
+    with sessions.begin() as session, pytest.raises(ArmError) as refused:
+        put_cluster(session, PATH, cluster_put)
+    assert [(v.code, v.message) for v in refused.value.details or [refused.value]] == [
+        ("InvalidParameter", too_many)
+    ]
