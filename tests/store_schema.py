@@ -7,6 +7,7 @@ TABLES = {
     "managed_clusters",
     "agent_pools",
     "nodes",
+    "node_hosts",
     "node_images",
     "operations",
     "feature_registrations",
@@ -22,4 +23,4 @@ TABLES = {
     "installation",
     "alembic_version",
 }
-HEAD_REVISION = "0025_attestation_node_time_index"
+HEAD_REVISION = "0026_node_hosts"

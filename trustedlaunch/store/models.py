@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
-from trustedlaunch.store.vocabulary import AlertStatus, AlertType, ProvisioningState
+from trustedlaunch.store.vocabulary import AlertStatus, AlertType, HostState, ProvisioningState
 
 
 def utc_now() -> datetime:
@@ -258,6 +258,33 @@ class AgentPool(Base):
     )
 
 
+class NodeHost(Base):
+    """A hypervisor host that runs node VMs through libvirt (registered by an administrator). Nodes with no
+    host run on the control plane's own machine under the direct QEMU driver."""
+
+    __tablename__ = "node_hosts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)  # lowercase DNS label
+    uri: Mapped[str] = mapped_column(String(512))  # libvirt connection URI (qemu+tls://, qemu+ssh://, ...)
+    # What node VMs may take of the host (memory in MiB, vCPUs): placement counts the nodes placed on it.
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    # PEM of the CA that issues the EK certificates of the vTPMs this host's libvirt creates (its
+    # swtpm_setup.conf): the verifier accepts only this CA for a node this host made. None: the host's vTPMs
+    # are started by the control plane with the platform EK CA.
+    ek_ca_certificate: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(
+        String(16), default=HostState.READY, server_default=HostState.READY.value
+    )
+    state_cause: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # why Lost
+    failed_checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    nodes: Mapped[list[Node]] = relationship(back_populates="host")
+
+
 class Node(Base):
     """One VM of a pool as last observed by the reconciler (rows are written by the reconciler)."""
 
@@ -319,8 +346,15 @@ class Node(Base):
     # soak of the same operation. None: not soaking.
     soak_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     soaked_by_operation: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # The node driver that runs its VM ("qemu": direct, on this machine; "libvirt": on `host`) and the
+    # driver's handle that finds the VM again after a control-plane restart (QEMU's pid for the direct
+    # driver, the domain UUID for libvirt); the handle is None before its VM starts.
+    driver: Mapped[str] = mapped_column(String(16), default="qemu", server_default="qemu")
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("node_hosts.id"), nullable=True, index=True)
+    handle: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     pool: Mapped[AgentPool] = relationship(back_populates="nodes")
+    host: Mapped[NodeHost | None] = relationship(back_populates="nodes")
 
 
 OPERATION_NOTE_LENGTH = 512

@@ -33,6 +33,16 @@ class ProvisioningState(StrEnum):
     CANCELED = "Canceled"
 
 
+class HostState(StrEnum):
+    """A node host's state (`NodeHost.state`): Ready while its libvirt daemon answers; Lost once it has not
+    answered for several checks in a row (its nodes are then lost and made again on other hosts); Removing
+    while an administrator's removal waits for its nodes to move."""
+
+    READY = "Ready"
+    LOST = "Lost"
+    REMOVING = "Removing"
+
+
 class UndrainableNodeBehavior(StrEnum):
     """upgradeSettings.undrainableNodeBehavior: what an upgrade does with a node it could not drain (AKS's
     values; unset: Schedule)."""
