@@ -34,13 +34,15 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     # Plain ADD COLUMNs (no batch copy: dropping the old nodes table on SQLite would cascade-delete rows);
-    # SQLite cannot add a foreign key to a table, so there only new databases (made from the models) have it.
+    # SQLite takes the foreign key only inside ADD COLUMN, other databases as a constraint of its own.
     op.add_column("nodes", sa.Column("driver", sa.String(16), nullable=False, server_default="qemu"))
-    op.add_column("nodes", sa.Column("host_id", sa.Integer, nullable=True))
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE nodes ADD COLUMN host_id INTEGER REFERENCES node_hosts (id)")
+    else:
+        op.add_column("nodes", sa.Column("host_id", sa.Integer, nullable=True))
+        op.create_foreign_key(HOST_FOREIGN_KEY, "nodes", "node_hosts", ["host_id"], ["id"])
     op.add_column("nodes", sa.Column("handle", sa.String(64), nullable=True))
     op.create_index("ix_nodes_host_id", "nodes", ["host_id"])
-    if op.get_bind().dialect.name != "sqlite":
-        op.create_foreign_key(HOST_FOREIGN_KEY, "nodes", "node_hosts", ["host_id"], ["id"])
     op.execute("UPDATE nodes SET handle = CAST(qemu_pid AS VARCHAR(64)) WHERE qemu_pid IS NOT NULL")
 
 
