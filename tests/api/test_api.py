@@ -72,7 +72,7 @@ def test_create_trusted_launch_cluster_is_long_running(client: TestClient) -> No
     }
     assert (props["maxAgentPools"], props["supportPlan"]) == (100, "KubernetesOfficial")
     assert props["azurePortalFQDN"].startswith(props["dnsPrefix"] + ".portal.")
-    assert props["identityProfile"]["kubeletidentity"]["resourceId"].endswith("/myakscluster-agentpool")
+    assert props["identityProfile"]["kubeletidentity"]["resourceId"].endswith("/myAKSCluster-agentpool")
     assert props["provisioningState"] == "Creating" and props["powerState"] == {"code": "Running"}
     (pool,) = props["agentPoolProfiles"]
     assert pool["securityProfile"] == {"enableSecureBoot": True, "enableVTPM": True}

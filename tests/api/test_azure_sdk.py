@@ -337,7 +337,7 @@ def test_identity_and_system_data_with_the_sdk(plane: Plane, monkeypatch: pytest
     )
     kubelet = cluster.identity_profile["kubeletidentity"]
     assert uuid.UUID(kubelet.client_id) and uuid.UUID(kubelet.object_id) != uuid.UUID(kubelet.client_id)
-    assert kubelet.resource_id.endswith("/userAssignedIdentities/sdkcluster-agentpool")
+    assert kubelet.resource_id.endswith("/userAssignedIdentities/sdkCluster-agentpool")
     data = cluster.system_data
     assert (data.created_by, data.created_by_type) == (BOOTSTRAP_TOKEN_NAME, "Application")
     assert (data.last_modified_by, data.last_modified_by_type) == (BOOTSTRAP_TOKEN_NAME, "Application")

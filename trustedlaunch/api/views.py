@@ -82,7 +82,7 @@ def cluster_json(cluster: ManagedCluster) -> JsonObject:
             "kubeletidentity": {
                 "resourceId": f"/subscriptions/{cluster.subscription_id}/resourceGroups/"
                 f"{node_resource_group(cluster)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
-                f"{cluster.name}-agentpool",
+                f"{cluster.display_name}-agentpool",
                 "clientId": cluster.kubelet_client_id,
                 "objectId": cluster.kubelet_object_id,
             }
