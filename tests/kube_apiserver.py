@@ -8,6 +8,7 @@ kube-controller-manager's node lifecycle controller runs too: a Node that no kub
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ from lightkube import Client, KubeConfig
 from lightkube.models.core_v1 import NodeSpec, Taint
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
+from sqlalchemy.orm import Session
 
 from trustedlaunch.control.cluster_planes import ControlPlanePhase
 from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, HostedControlPlane
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
-from trustedlaunch.store.models import ClusterControlPlane
+from trustedlaunch.store.models import AgentPool, ClusterControlPlane
+from trustedlaunch.store.models import Node as NodeRow
 
 FQDN = "tests-rg-000000.hcp.local.trustedlaunch.internal"
 NODE_LIFECYCLE_PREFIX = "node.kubernetes.io/"
@@ -99,3 +102,31 @@ def running_plane_record(plane: HostedControlPlane) -> ClusterControlPlane:
         controller_manager_port=ports.controller_manager,
         scheduler_port=ports.scheduler,
     )
+
+
+_JOINED_ORDINALS = itertools.count()
+
+
+def add_joined_node_row(
+    session: Session,
+    pool: AgentPool,
+    applied_labels: dict[str, str] | None = None,
+    applied_taints: list[str] | None = None,
+) -> str:
+    """Add a Ready node row of `pool` as if it had joined (a kubelet port, the pool settings the join set:
+    `applied_labels`/`applied_taints`, None when none were recorded); its unique name."""
+    name = f"aks-{pool.name}-{next(_JOINED_ORDINALS)}"
+    session.add(
+        NodeRow(
+            pool=pool,
+            ordinal=0,
+            name=name,
+            node_image_version=pool.node_image_version,
+            state="Ready",
+            labels={},
+            kubelet_port=1,
+            applied_node_labels=applied_labels,
+            applied_node_taints=applied_taints,
+        )
+    )
+    return name

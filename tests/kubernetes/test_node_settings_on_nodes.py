@@ -5,13 +5,13 @@ the labels and taints of others (kubelet's, an operator's, the attestation verdi
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kube_apiserver import (
+    add_joined_node_row,
     admin_client,
     read_node,
     register_node,
@@ -41,7 +41,6 @@ pytestmark = pytest.mark.slow
 VERDICT = {LABEL_SECURE_BOOT: "true", LABEL_TRUSTED_LAUNCH: "true"}
 OPERATOR_LABEL = {"team": "payments"}
 OPERATOR_TAINT = {"key": "maintenance", "value": "soon", "effect": "PreferNoSchedule"}
-ORDINALS = itertools.count()
 
 
 @pytest.fixture
@@ -95,20 +94,7 @@ def test_the_joiner_brings_a_pool_update_to_its_joined_node(
             cluster, _, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
             cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
-            name = f"aks-sys-{next(ORDINALS)}"
-            session.add(
-                Node(
-                    pool=pool,
-                    ordinal=0,
-                    name=name,
-                    node_image_version=pool.node_image_version,
-                    state="Ready",
-                    labels={},
-                    kubelet_port=1,
-                    applied_node_labels=joined_labels,
-                    applied_node_taints=joined_taints,
-                )
-            )
+            name = add_joined_node_row(session, pool, joined_labels, joined_taints)
         register_node(
             client,
             name,
@@ -179,20 +165,7 @@ def test_a_pool_update_of_labels_and_taints_reaches_the_joined_nodes_without_a_r
             finish_operation(session, created, "Succeeded")
             cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
-            name = f"aks-sys-{next(ORDINALS)}"
-            session.add(
-                Node(
-                    pool=pool,
-                    ordinal=0,
-                    name=name,
-                    node_image_version=pool.node_image_version,
-                    state="Ready",
-                    labels={},
-                    kubelet_port=1,
-                    applied_node_labels={"dept": "HR"},
-                    applied_node_taints=[],
-                )
-            )
+            name = add_joined_node_row(session, pool, {"dept": "HR"}, [])
         register_node(client, name, {"dept": "HR", **VERDICT})
         try:
             with sessions.begin() as session:
@@ -246,20 +219,7 @@ def joined_node(sessions: sessionmaker[Session], path: ResourcePath) -> str:
         _, created, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
         finish_operation(session, created, "Succeeded")
         pool = session.scalars(select(AgentPool)).one()
-        name = f"aks-sys-{next(ORDINALS)}"
-        session.add(
-            Node(
-                pool=pool,
-                ordinal=0,
-                name=name,
-                node_image_version=pool.node_image_version,
-                state="Ready",
-                labels={},
-                kubelet_port=1,
-                applied_node_labels={"dept": "HR"},  # what the join set before the pool's update
-                applied_node_taints=[],
-            )
-        )
+        name = add_joined_node_row(session, pool, {"dept": "HR"}, [])  # set by the join before the update
     return name
 
 

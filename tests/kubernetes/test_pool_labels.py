@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from kube_apiserver import (
+    add_joined_node_row,
     admin_client,
     labels_besides_the_node_lifecycle,
     read_node,
@@ -106,18 +107,7 @@ def test_the_joiner_brings_a_joined_nodes_labels_back_to_its_row(
             cluster, _, _ = put_cluster(session, path, ClusterSpec(location="eastus", agent_pools=pools))
             cluster.control_plane = running_plane_record(kube_apiserver)
             pool = session.scalars(select(AgentPool)).one()
-            name = f"aks-sys-{next(ORDINALS)}"
-            session.add(
-                Node(
-                    pool=pool,
-                    ordinal=0,
-                    name=name,
-                    node_image_version=pool.node_image_version,
-                    state="Ready",
-                    labels={},
-                    kubelet_port=1,
-                )
-            )
+            name = add_joined_node_row(session, pool)
         row_labels = pool_labels(pool.name, "System", pool.node_image_version, "Ubuntu2204", pool.vm_size)
         joined_before = {**row_labels, LABEL_NODE_IMAGE_VERSION: PRE_0014_NAME}
         del joined_before[LABEL_OS_SKU]
