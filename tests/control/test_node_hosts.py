@@ -1,10 +1,10 @@
-"""Hypervisor hosts (control/node_hosts.py) on a real store and real libvirt client connections: registration
-limits and EK CA checks, capacity and what nodes take of it, removal refused while nodes are placed, and the
-health checks (Lost after 3 failed checks with the cause, one alert per subscription with nodes on it,
-Ready again when the host answers; a host that accepts but never answers neither stalls another host's check
-nor the caller). libvirt's own test driver (`test:///default`, in the client library) is a host that
-answers; a socket nobody listens on one that refuses; a socket that is listened on but never accepted one
-that hangs."""
+"""Hypervisor hosts (control/node_hosts.py) on a real store (its rules on SQLite and PostgreSQL) and real
+libvirt client connections: registration limits and EK CA checks, capacity and what nodes take of it, removal
+refused while nodes are placed, and the health checks (Lost after 3 failed checks with the cause, one alert
+per subscription with nodes on it, Ready again when the host answers; a host that accepts but never answers
+neither stalls another host's check nor the caller). libvirt's own test driver (`test:///default`, in the
+client library) is a host that answers; a socket nobody listens on one that refuses; a socket that is
+listened on but never accepted one that hangs."""
 
 from __future__ import annotations
 
@@ -163,9 +163,9 @@ def _pool(session: Session, subscription: str = SUB, cluster: str = "hosts") -> 
     return pool
 
 
-def test_register_update_and_remove_a_host_with_nodes_on_it(sessions: sessionmaker[Session]) -> None:
+def test_register_update_and_remove_a_host_with_nodes_on_it(store: sessionmaker[Session]) -> None:
     assert resolve_capacity(HostSpec("host1", URI, 4096, 4)) == HostSpec("host1", URI, 4096, 4)
-    with sessions.begin() as session:
+    with store.begin() as session:
         host, created = put_host(session, HostSpec("host1", URI, 4096, 4))
         assert created and host.state == "Ready" and host.failed_checks == 0
         with pytest.raises(ArmError) as raised:
@@ -180,7 +180,7 @@ def test_register_update_and_remove_a_host_with_nodes_on_it(sessions: sessionmak
         held = host_usage(session, host)
         assert held.nodes == ("aks-nodepool1-0", "aks-nodepool1-1")
         assert held.allocated == HostCapacity(1024, 2) and held.free == HostCapacity(3072, 2)
-    with sessions.begin() as session:
+    with store.begin() as session:
         with pytest.raises(ArmError) as raised:
             remove_host(session, "host1")
         error = raised.value
@@ -200,12 +200,12 @@ def test_register_update_and_remove_a_host_with_nodes_on_it(sessions: sessionmak
         )
         host, created = put_host(session, HostSpec("host1", URI, 8192, 8))
         assert not created and (host.memory_mib, host.vcpus) == (8192, 8)
-    with sessions.begin() as session:
+    with store.begin() as session:
         for node in get_host(session, "host1").nodes:
             session.delete(node)
-    with sessions.begin() as session:
+    with store.begin() as session:
         remove_host(session, "host1")
-    with sessions.begin() as session:
+    with store.begin() as session:
         assert list_hosts(session) == []
         with pytest.raises(ArmError) as raised:
             get_host(session, "host1")
@@ -229,9 +229,9 @@ def _alerts(session: Session) -> list[AlertRecord]:
 
 
 def test_a_host_is_lost_after_three_failed_checks_and_ready_when_it_answers(
-    sessions: sessionmaker[Session],
+    store: sessionmaker[Session],
 ) -> None:
-    with sessions.begin() as session:
+    with store.begin() as session:
         host, _ = put_host(session, HostSpec("host1", URI, 4096, 4))
         for subscription, cluster in ((SUB, "a"), (OTHER_SUB, "b")):
             node = add_node(session, _pool(session, subscription, cluster), 0)
