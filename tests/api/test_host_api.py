@@ -6,6 +6,7 @@ unreachable host registered without its capacity, api-version checked, 403 for s
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_hosts import find_host
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.control.tokens import create_token
+from trustedlaunch.node.libvirt_host import LibvirtHost
 from trustedlaunch.tpm.ekca import create_ek_ca
 
 HOSTS = "/providers/Microsoft.TrustedLaunch/hosts"
@@ -181,3 +183,19 @@ def test_tl_host_commands(server: tuple[str, str], tmp_path: Path) -> None:
     assert code == 0 and "Host 'host1' removed." in err
     code, _, err = tl("show", "-n", "host1")
     assert code == 3 and "(HostNotFound)" in err
+
+
+def test_registration_reads_the_capacity_of_a_real_libvirt_host(client: TestClient) -> None:
+    """A private libvirtd (node/libvirt_host.py) answers getInfo with this machine's memory and CPUs."""
+    host = LibvirtHost(Path(tempfile.mkdtemp(prefix="tl-lvh-")))
+    try:
+        host.start()
+        created = client.put(
+            f"{HOSTS}/local", json={"properties": {"uri": host.uri, "capacity": {"vCPUs": 1}}}
+        )
+        assert created.status_code == 201, created.text
+    finally:
+        host.remove()
+    meminfo = Path("/proc/meminfo").read_text().split()
+    memory_mib = int(meminfo[meminfo.index("MemTotal:") + 1]) // 1024
+    assert created.json()["properties"]["capacity"] == {"memoryMiB": memory_mib, "vCPUs": 1}  # vCPUs as given
