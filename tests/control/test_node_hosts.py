@@ -34,6 +34,7 @@ from trustedlaunch.control.node_hosts import (
     HostCheck,
     HostMonitor,
     HostSpec,
+    HostStateChange,
     check_spec,
     ek_ca_summary,
     get_host,
@@ -290,9 +291,10 @@ def test_a_hung_host_neither_stalls_the_caller_nor_another_host(
     threads_before = threading.active_count()
     deadline = time.monotonic() + 30
     longest_call = 0.0
+    changes: list[HostStateChange] = []
     while time.monotonic() < deadline:
         started = time.monotonic()
-        monitor.check_hosts()
+        changes += monitor.check_hosts()
         longest_call = max(longest_call, time.monotonic() - started)
         with sessions() as session:
             states = {host.name: (host.state, host.failed_checks) for host in list_hosts(session)}
@@ -300,6 +302,10 @@ def test_a_hung_host_neither_stalls_the_caller_nor_another_host(
             break
         time.sleep(0.1)
     assert longest_call < 0.5  # never waits for a check
+    assert sorted((change.name, change.state) for change in changes) == [
+        ("hung", "Lost"),
+        ("refused", "Lost"),
+    ]
     assert states == {"answering": ("Ready", 0), "hung": ("Lost", 3), "refused": ("Lost", 3)}
     # the hung host holds one thread (not one per check), besides libvirt's event loop thread
     assert threading.active_count() <= threads_before + 2

@@ -372,6 +372,16 @@ class HostCheck:
     capacity: HostCapacity | None = None
 
 
+@dataclass(frozen=True)
+class HostStateChange:
+    """A host a check made Lost (with the cause) or Ready again."""
+
+    host_id: int
+    name: str
+    state: HostState
+    cause: str | None
+
+
 def record_check(
     session: Session, host: NodeHost, check: HostCheck, failed_checks: int = FAILED_CHECKS
 ) -> bool:
@@ -461,9 +471,9 @@ class HostMonitor:
         self._checks: dict[int, _Check] = {}
         self._next_check: dict[int, float] = {}
 
-    def check_hosts(self) -> list[HostCheck]:
-        """Record the checks that ended or timed out, start the checks that are due; never waits. The
-        checks recorded (the caller may react to hosts that became Lost)."""
+    def check_hosts(self) -> list[HostStateChange]:
+        """Record the checks that ended or timed out, start the checks that are due; never waits. The hosts
+        whose state these checks changed (Ready -> Lost, Lost -> Ready), for the caller to react to."""
         now = time.monotonic()
         outcomes: list[HostCheck] = []
         for host_id, check in list(self._checks.items()):
@@ -493,9 +503,7 @@ class HostMonitor:
                 continue
             self._checks[host_id] = check = _Check(uri)
             check.start(self._read)
-        if outcomes:
-            self._record(outcomes)
-        return outcomes
+        return self._record(outcomes) if outcomes else []
 
     @staticmethod
     def _outcome(host_id: int, outcome: HostCapacity | str) -> HostCheck:
@@ -503,9 +511,15 @@ class HostMonitor:
             return HostCheck(host_id, outcome)
         return HostCheck(host_id, None, outcome)
 
-    def _record(self, outcomes: list[HostCheck]) -> None:
+    def _record(self, outcomes: list[HostCheck]) -> list[HostStateChange]:
+        changes = []
         with self.sessions.begin() as session:
             for outcome in outcomes:
                 host = session.get(NodeHost, outcome.host_id, with_for_update=True)
-                if host is not None and host.state in (HostState.READY, HostState.LOST):
-                    record_check(session, host, outcome, self.failed_checks)
+                if host is None or host.state not in (HostState.READY, HostState.LOST):
+                    continue
+                if record_check(session, host, outcome, self.failed_checks):
+                    changes.append(
+                        HostStateChange(host.id, host.name, HostState(host.state), host.state_cause)
+                    )
+        return changes
