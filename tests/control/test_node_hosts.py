@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.features import register_feature, register_provider
-from trustedlaunch.control.limits import MAX_EK_CA_PEM_BYTES, MAX_HOSTS
+from trustedlaunch.control.limits import HOST_MEMORY_MIB, HOST_VCPUS, MAX_EK_CA_PEM_BYTES, MAX_HOSTS
 from trustedlaunch.control.node_hosts import (
     FAILED_CHECKS,
     HostCapacity,
@@ -40,6 +40,7 @@ from trustedlaunch.control.node_hosts import (
     get_host,
     host_usage,
     list_hosts,
+    node_capacity,
     probe_host,
     put_host,
     record_check,
@@ -215,6 +216,9 @@ def test_register_update_and_remove_a_host_with_nodes_on_it(store: sessionmaker[
 
 def test_capacity_is_probed_with_libvirt_getinfo() -> None:
     assert probe_host(TEST_DRIVER) == HostCapacity(3072, 16)
+    # node VMs may take 75 % of a host's memory and 16 vCPUs per CPU, within the limits table's ranges
+    assert node_capacity(HostCapacity(3072, 16)) == HostCapacity(2304, 256)
+    assert node_capacity(HostCapacity(2**30, 1024)) == HostCapacity(HOST_MEMORY_MIB[1], HOST_VCPUS[1])
 
 
 def test_an_unreachable_host_cannot_be_registered_without_its_capacity() -> None:

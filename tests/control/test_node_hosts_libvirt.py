@@ -1,9 +1,9 @@
 """Hypervisor hosts against real private libvirt daemons (node/libvirt_host.py): registration reads the
-host's real capacity with getInfo; the health checks, run from a client network namespace as a control
-plane on another machine would, find a daemon that hangs (SIGSTOP: it accepts connections and never
-answers) Lost after 3 checks while a second host in its own network namespace (qemu+tcp://) stays Ready and
-is checked on time; the hung host is Ready again once it answers, and Lost again, with the cause, once its
-daemon is killed."""
+host's real memory and CPUs with getInfo (node VMs may take 75 % of the memory, 16 vCPUs per CPU); the health
+checks, run from a client network namespace as a control plane on another machine would, find a daemon that
+hangs (SIGSTOP: it accepts connections and never answers) Lost after 3 checks while a second host in its own
+network namespace (qemu+tcp://) stays Ready and is checked on time; the hung host is Ready again once it
+answers, and Lost again, with the cause, once its daemon is killed."""
 
 from __future__ import annotations
 
@@ -26,7 +26,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.features import register_feature, register_provider
-from trustedlaunch.control.node_hosts import FAILED_CHECKS, HostCapacity, HostSpec, put_host, resolve_capacity
+from trustedlaunch.control.node_hosts import (
+    FAILED_CHECKS,
+    HostCapacity,
+    HostSpec,
+    probe_host,
+    put_host,
+    resolve_capacity,
+)
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.node.libvirt_host import LibvirtHost, NamespaceNetwork
 from trustedlaunch.store.models import AlertRecord, NodeHost
@@ -80,8 +87,10 @@ def test_real_hosts_are_probed_and_a_hung_or_killed_daemon_is_lost_without_delay
     try:
         local.start()
         remote.start()
-        probed = resolve_capacity(HostSpec("local", local.uri))
-        assert HostCapacity(probed.memory_mib or 0, probed.vcpus or 0) == machine_capacity()
+        assert probe_host(local.uri) == machine_capacity()
+        probed = resolve_capacity(HostSpec("local", local.uri))  # what node VMs may take of it
+        machine = machine_capacity()
+        assert (probed.memory_mib, probed.vcpus) == (int(0.75 * machine.memory_mib), 16 * machine.vcpus)
         with sessions.begin() as session:
             local_host, _ = put_host(session, probed)
             put_host(session, HostSpec("remote", remote.tcp_uri, 4096, 2))  # reachable from the client only

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,7 +32,15 @@ from trustedlaunch.attest.alerts import alerts_from_result
 from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.errors import ArmError, bad_request, conflict, not_found
-from trustedlaunch.control.limits import HostRequest, check_host, raise_violations
+from trustedlaunch.control.limits import (
+    GUEST_MEMORY_SHARE,
+    GUEST_VCPUS_PER_HOST_CPU,
+    HOST_MEMORY_MIB,
+    HOST_VCPUS,
+    HostRequest,
+    check_host,
+    raise_violations,
+)
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
@@ -127,12 +135,13 @@ class _Check:
     outcome: HostCapacity | str = ""
     timed_out: bool = False
 
-    def start(self, read: Callable[[str], HostCapacity]) -> None:
-        """Run `read(uri)` in a daemon thread (a hung libvirt call cannot be interrupted: it is left)."""
+    def start(self) -> None:
+        """Open the host and read its capacity (_open_and_read) in a daemon thread (a hung libvirt call
+        cannot be interrupted: it is left to end when the host answers or the connection fails)."""
 
         def run() -> None:
             try:
-                self.outcome = read(self.uri)
+                self.outcome = _open_and_read(self.uri)
             except Exception as exc:  # libvirtError or anything the URI makes libvirt raise
                 self.outcome = _libvirt_error(exc)
             finally:
@@ -145,7 +154,7 @@ def probe_host(uri: str, timeout: float = PROBE_TIMEOUT) -> HostCapacity:
     """The memory (MiB) and CPUs of the host at `uri`, read with libvirt's getInfo() within `timeout`
     seconds; HostUnreachable naming the URI and the cause otherwise."""
     check = _Check(uri)
-    check.start(_open_and_read)
+    check.start()
     if not check.done.wait(timeout):
         raise HostUnreachable(f"host {uri} did not answer within {timeout:g} s")
     if isinstance(check.outcome, str):
@@ -223,13 +232,25 @@ def check_spec(spec: HostSpec, host_count: int = 0) -> None:
         load_ek_ca_certificate(spec.name, spec.ek_ca_certificate)
 
 
-def resolve_capacity(spec: HostSpec, probe: Callable[[str], HostCapacity] = probe_host) -> HostSpec:
-    """`spec` with its missing capacity probed from the host (400 HostUnreachable naming the cause when the
-    host does not answer); a spec giving both is returned as it is, without contacting the host."""
+def node_capacity(host: HostCapacity) -> HostCapacity:
+    """What node VMs may take of a host with `host`'s memory and CPUs, by the rule of this machine's own
+    quotas (limits.py): GUEST_MEMORY_SHARE of its memory (guest memory is not overcommitted; the rest is the
+    host's) and GUEST_VCPUS_PER_HOST_CPU vCPUs per CPU (node VMs mostly idle), within the limits table's
+    ranges."""
+    return HostCapacity(
+        min(int(GUEST_MEMORY_SHARE * host.memory_mib), HOST_MEMORY_MIB[1]),
+        min(GUEST_VCPUS_PER_HOST_CPU * host.vcpus, HOST_VCPUS[1]),
+    )
+
+
+def resolve_capacity(spec: HostSpec) -> HostSpec:
+    """`spec` with its missing capacity taken from the host's memory and CPUs (probe_host, node_capacity);
+    400 HostUnreachable naming the cause when the host does not answer. A spec giving both is returned as
+    it is, without contacting the host."""
     if spec.memory_mib is not None and spec.vcpus is not None:
         return spec
     try:
-        probed = probe(spec.uri)
+        probed = node_capacity(probe_host(spec.uri))
     except HostUnreachable as exc:
         raise bad_request(
             "HostUnreachable",
@@ -244,7 +265,7 @@ def resolve_capacity(spec: HostSpec, probe: Callable[[str], HostCapacity] = prob
         spec.vcpus if spec.vcpus is not None else probed.vcpus,
         spec.ek_ca_certificate,
     )
-    check_spec(resolved)  # a probed capacity is bounded as a given one
+    check_spec(resolved)  # a probed capacity is bounded as a given one (a host too small for one node)
     return resolved
 
 
@@ -459,7 +480,6 @@ class HostMonitor:
         interval: float = CHECK_INTERVAL,
         timeout: float = CHECK_TIMEOUT,
         failed_checks: int = FAILED_CHECKS,
-        read: Callable[[str], HostCapacity] = _open_and_read,
     ) -> None:
         self.sessions, self.interval, self.timeout, self.failed_checks = (
             sessions,
@@ -467,7 +487,6 @@ class HostMonitor:
             timeout,
             failed_checks,
         )
-        self._read = read
         self._checks: dict[int, _Check] = {}
         self._next_check: dict[int, float] = {}
 
@@ -502,7 +521,7 @@ class HostMonitor:
                     outcomes.append(HostCheck(host_id, cause))
                 continue
             self._checks[host_id] = check = _Check(uri)
-            check.start(self._read)
+            check.start()
         return self._record(outcomes) if outcomes else []
 
     @staticmethod
