@@ -18,7 +18,12 @@ from trustedlaunch.cli.arm import (
     segment,
 )
 from trustedlaunch.cli.errors import bad_input
-from trustedlaunch.control.limits import HOST_NAME, MAX_EK_CA_PEM_BYTES
+from trustedlaunch.control.limits import (
+    GUEST_MEMORY_SHARE,
+    GUEST_VCPUS_PER_HOST_CPU,
+    HOST_NAME,
+    MAX_EK_CA_PEM_BYTES,
+)
 from trustedlaunch.control.node_hosts import CHECK_INTERVAL, CHECK_TIMEOUT, FAILED_CHECKS
 
 host_app = typer.Typer(
@@ -52,12 +57,18 @@ UriOption = Annotated[
 MemoryOption = Annotated[
     int | None,
     typer.Option(
-        "--memory-mib", help="MiB of memory node VMs may take (default: the host's, read with libvirt)."
+        "--memory-mib",
+        help=f"MiB of memory node VMs may take (default: {GUEST_MEMORY_SHARE:.0%} of the host's, read "
+        "with libvirt).",
     ),
 ]
 VcpusOption = Annotated[
     int | None,
-    typer.Option("--vcpus", help="vCPUs node VMs may take (default: the host's CPUs, read with libvirt)."),
+    typer.Option(
+        "--vcpus",
+        help=f"vCPUs node VMs may take (default: {GUEST_VCPUS_PER_HOST_CPU} per CPU of the host, read "
+        "with libvirt).",
+    ),
 ]
 EkCaOption = Annotated[
     Path | None,
