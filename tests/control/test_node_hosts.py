@@ -233,7 +233,7 @@ def _alerts(session: Session) -> list[AlertRecord]:
     return list(session.scalars(select(AlertRecord).order_by(AlertRecord.subscription_id)))
 
 
-def test_a_host_is_lost_after_three_failed_checks_and_ready_when_it_answers(
+def test_a_host_is_lost_after_three_failed_checks_ready_when_it_answers_and_removable(
     store: sessionmaker[Session],
 ) -> None:
     with store.begin() as session:
@@ -261,6 +261,17 @@ def test_a_host_is_lost_after_three_failed_checks_and_ready_when_it_answers(
         assert record_check(session, host, HostCheck(host.id, None, HostCapacity(4096, 4))) is True
         assert host.state == "Ready" and host.failed_checks == 0 and host.state_cause is None
         assert host.last_seen_at is not None
+        assert {alert.status for alert in _alerts(session)} == {"Resolved"}
+
+        # lost again, its nodes made elsewhere, then removed: its alerts are resolved with it
+        for _ in range(FAILED_CHECKS):
+            record_check(session, host, refused)
+        assert [alert.status for alert in _alerts(session)].count("Active") == 2
+        for node in host.nodes:
+            node.host_id = None
+        session.flush()
+        session.expire(host, ["nodes"])
+        remove_host(session, "host1")
         assert {alert.status for alert in _alerts(session)} == {"Resolved"}
 
 

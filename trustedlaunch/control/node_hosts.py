@@ -369,8 +369,8 @@ def put_host(session: Session, spec: HostSpec) -> tuple[NodeHost, bool]:
 
 
 def remove_host(session: Session, name: str) -> None:
-    """Unregister the host called `name` (404 if there is none); 409 HostInUse naming its nodes while any
-    node is placed on it."""
+    """Unregister the host called `name` (404 if there is none) and resolve its open HostLost alerts; 409
+    HostInUse naming its nodes while any node is placed on it."""
     host = get_host(session, name)
     nodes = host_usage(session, host).nodes
     if nodes:
@@ -381,6 +381,7 @@ def remove_host(session: Session, name: str) -> None:
             "yet).",
             "name",
         )
+    alert_lifecycle.resolve_open_alerts(session, HOST_ALERT_PREFIX + host.name, (AlertType.HOST_LOST,))
     session.delete(host)
 
 
