@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trustedlaunch import __version__
 from trustedlaunch.api import (
     attestation_monitor_routes,
+    host_routes,
     metrics,
     monitoring_routes,
     routes,
@@ -317,6 +318,7 @@ def create_app(
     app.include_router(monitoring_routes.router)
     app.include_router(metrics.router)
     app.include_router(token_routes.router)
+    app.include_router(host_routes.router)
     app.include_router(attestation_monitor_routes.router)
     app.include_router(dashboard.router)
     return app

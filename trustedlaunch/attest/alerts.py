@@ -34,6 +34,7 @@ ALERT_DISPLAY_NAMES = {
     AlertType.NODE_UNREACHABLE: "VM unreachable for attestation",
     AlertType.NODE_UNHEALTHY: "Node VM unhealthy",
     AlertType.BOOT_INTEGRITY: "VM boot integrity failure",
+    AlertType.HOST_LOST: "Hypervisor host lost",
 }
 PRODUCT_NAME = "trustedlaunch"
 
@@ -94,6 +95,8 @@ class Alert:
             AlertType.NODE_UNHEALTHY: "is unhealthy",
             AlertType.BOOT_INTEGRITY: "did not boot",
         }.get(self.alert_type, "failed attestation")
+        if self.alert_type == AlertType.HOST_LOST:
+            return f"Hypervisor {self.node} was lost:\n{lines}"
         return f"Node {self.node} of pool {self.pool} (cluster {self.cluster}) {verdict}:\n{lines}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from trustedlaunch.cli import (
     eventlog,
     feature,
     group,
+    host,
     image,
     image_versions,  # noqa: F401  (registers `image kernels`, `image versions`, `image build-version`)
     provider,
@@ -47,6 +48,7 @@ app.add_typer(attest.attest_app, name="attest")
 app.add_typer(eventlog.eventlog_app, name="eventlog")
 app.add_typer(feature.feature_app, name="feature")
 app.add_typer(group.group_app, name="group")
+app.add_typer(host.host_app, name="host")
 app.add_typer(image.app, name="image")
 app.add_typer(verify.policy_app, name="policy")
 app.add_typer(provider.provider_app, name="provider")

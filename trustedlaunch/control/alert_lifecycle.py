@@ -37,6 +37,7 @@ PENDING = "Pending"  # attestation_monitor.DeliveryState.PENDING (that module im
 LABELS_REMOVED = "The node's trusted launch labels were removed (attestation status: AttestationFailed)."
 UNHEALTHY_LABELS_REMOVED = "The node's trusted launch labels were removed until it is healthy and attested."
 NOT_JOINED = "The node's VM was stopped: it got no kubelet credential and never joined its cluster."
+HOST_NODES_REPLACED = "The host's nodes are lost and made again on other hosts."
 QUARANTINED = "The node was cordoned and tainted in Kubernetes; its workloads are not rescheduled onto it."
 NEXT_STEPS = {
     AlertType.ATTESTATION_FAILURE: (
@@ -54,6 +55,10 @@ NEXT_STEPS = {
         "Compare the refused component with the pool's node image (its signatures, its dm-verity root "
         "hash), restore the image from its packages and reimage the node."
     ),
+    AlertType.HOST_LOST: (
+        "Find out why the host's libvirt daemon stopped answering (network, daemon, machine); the host is "
+        "Ready again, and this alert resolved, once it answers, or remove it (tl host remove)."
+    ),
 }
 _SEVERITY_RANK = {AlertSeverity.HIGH: 0, AlertSeverity.MEDIUM: 1, AlertSeverity.LOW: 2}
 
@@ -63,6 +68,7 @@ def remediation_steps(alert_type: AlertType) -> tuple[str, ...]:
     done = {
         AlertType.NODE_UNHEALTHY: UNHEALTHY_LABELS_REMOVED,
         AlertType.BOOT_INTEGRITY: NOT_JOINED,
+        AlertType.HOST_LOST: HOST_NODES_REPLACED,
     }.get(alert_type, LABELS_REMOVED)
     return (done, NEXT_STEPS[alert_type])
 

@@ -179,6 +179,17 @@ LOCATIONS = frozenset(
         "westus3",
     )
 )
+# Hypervisor hosts (control/node_hosts.py): a lowercase DNS label names one; its libvirt URI uses one of
+# libvirt's QEMU transports; its capacity and EK CA certificate are bounded (rows and checks).
+HOST_NAME = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+HOST_URI_SCHEMES = ("qemu", "qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+unix")
+HOST_URI = re.compile(r"^(?P<scheme>[a-z+]{1,16})://[\x21-\x7e]*$")  # printable ASCII, no spaces
+MAX_HOST_URI_LENGTH = 512  # store.models.NodeHost.uri
+HOST_MEMORY_MIB = (512, 64 * 1024 * 1024)  # at least one node VM (node/qemu.py NODE_MEMORY_MIB); 64 TiB
+HOST_VCPUS = (1, 4096)
+MAX_EK_CA_PEM_BYTES = 16 * 1024  # one CA certificate in PEM
+MAX_HOSTS = 1000  # hosts one control plane checks (each in its own thread, every check interval)
+MAX_ECHOED_VALUE = 100  # characters of a refused name or URI said back in an error
 DEFAULT_CLUSTER_QUOTA = 20
 DEFAULT_NODE_QUOTA = 100
 GUEST_VCPUS_PER_HOST_CPU = 16  # node VMs mostly idle between attestations: vCPUs are overcommitted
@@ -645,6 +656,45 @@ class SecurityFlags:
 
 
 @dataclass(frozen=True)
+class HostRequest:
+    """A hypervisor host's registration or update (control/node_hosts.py): capacity None = to be probed."""
+
+    name: str
+    uri: str
+    memory_mib: int | None = None
+    vcpus: int | None = None
+    ek_ca_pem_bytes: int = 0
+    host_count: int = 0  # hosts registered once done
+
+    @property
+    def uri_scheme(self) -> str | None:
+        """The URI's scheme if it is one of HOST_URI_SCHEMES and the URI fits its column, else None."""
+        match = HOST_URI.match(self.uri)
+        if match is None or len(self.uri) > MAX_HOST_URI_LENGTH:
+            return None
+        return match["scheme"] if match["scheme"] in HOST_URI_SCHEMES else None
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {
+            "host": self.name[:MAX_ECHOED_VALUE],
+            "uri": self.uri[:MAX_ECHOED_VALUE],
+            "schemes": ", ".join(f"{scheme}://" for scheme in HOST_URI_SCHEMES),
+            "max_uri": MAX_HOST_URI_LENGTH,
+            "memory_mib": self.memory_mib,
+            "min_memory": HOST_MEMORY_MIB[0],
+            "max_memory": HOST_MEMORY_MIB[1],
+            "vcpus": self.vcpus,
+            "min_vcpus": HOST_VCPUS[0],
+            "max_vcpus": HOST_VCPUS[1],
+            "pem_bytes": self.ek_ca_pem_bytes,
+            "max_pem_bytes": MAX_EK_CA_PEM_BYTES,
+            "host_count": self.host_count,
+            "max_hosts": MAX_HOSTS,
+        }
+
+
+@dataclass(frozen=True)
 class Limitation:
     """One rule: `violated(context)` is true when a request of type `applies_to` breaks it."""
 
@@ -1075,6 +1125,55 @@ LIMITATIONS: tuple[Limitation, ...] = (
         for attr, prop in IMMUTABLE_POOL_PROPERTIES
     ),
     Limitation(
+        "InvalidHostName",
+        "name",
+        "Host name '{host}' is not valid: use 1-63 lowercase letters, digits and '-', starting and ending "
+        "with a letter or digit (a DNS label).",
+        HostRequest,
+        lambda h: not HOST_NAME.match(h.name),
+    ),
+    Limitation(
+        "InvalidHostUri",
+        "properties.uri",
+        "Host '{host}': '{uri}' is not a libvirt URI of QEMU: use {schemes} (at most {max_uri} characters, "
+        "no spaces), e.g. qemu+tls://host.example/system.",
+        HostRequest,
+        lambda h: h.uri_scheme is None,
+    ),
+    Limitation(
+        "InvalidHostCapacity",
+        "properties.capacity.memoryMiB",
+        "Host '{host}': memoryMiB {memory_mib} is out of range: use {min_memory} to {max_memory} MiB (omit "
+        "it to take the host's own memory).",
+        HostRequest,
+        lambda h: h.memory_mib is not None and not HOST_MEMORY_MIB[0] <= h.memory_mib <= HOST_MEMORY_MIB[1],
+    ),
+    Limitation(
+        "InvalidHostCapacity",
+        "properties.capacity.vCPUs",
+        "Host '{host}': vCPUs {vcpus} is out of range: use {min_vcpus} to {max_vcpus} (omit it to take the "
+        "host's own CPU count).",
+        HostRequest,
+        lambda h: h.vcpus is not None and not HOST_VCPUS[0] <= h.vcpus <= HOST_VCPUS[1],
+    ),
+    Limitation(
+        "InvalidEkCaCertificate",
+        "properties.ekCaCertificate",
+        "Host '{host}': the EK CA certificate takes {pem_bytes} bytes; at most {max_pem_bytes} are allowed "
+        "(one PEM certificate).",
+        HostRequest,
+        lambda h: h.ek_ca_pem_bytes > MAX_EK_CA_PEM_BYTES,
+    ),
+    Limitation(
+        "TooManyHosts",
+        "name",
+        "Registering host '{host}' would make {host_count} hosts; at most {max_hosts} are allowed (remove "
+        "hosts that are gone first).",
+        HostRequest,
+        lambda h: h.host_count > MAX_HOSTS,
+        409,
+    ),
+    Limitation(
         "MutuallyExclusiveArguments",
         "--enable-secure-boot/--disable-secure-boot",
         "--enable-secure-boot and --disable-secure-boot cannot be used in the same call.",
@@ -1099,6 +1198,7 @@ Context = (
     | PoolDeletion
     | SecurityFlags
     | QuotaRequest
+    | HostRequest
 )
 
 
@@ -1146,6 +1246,11 @@ def check_quota(request: QuotaRequest) -> list[ArmError]:
 def check_deletion(deletion: PoolDeletion) -> list[ArmError]:
     """Every limitation deleting the pool breaks."""
     return _violations(deletion)
+
+
+def check_host(request: HostRequest) -> list[ArmError]:
+    """Every limitation a host registration or update breaks (name, URI, capacity, EK CA size, host count)."""
+    return _violations(request)
 
 
 def check_flags(flags: SecurityFlags) -> list[ArmError]:

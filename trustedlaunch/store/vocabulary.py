@@ -71,6 +71,7 @@ class AlertType(StrEnum):
     NODE_UNREACHABLE = "VM_AttestationUnreachable"  # the node's agent gave no evidence at all
     NODE_UNHEALTHY = "VM_NodeUnhealthy"  # the node's VM is gone or paused, or its agent stopped answering
     BOOT_INTEGRITY = "VM_BootIntegrityFailure"  # a boot stage refused the next one, or dm-verity a read
+    HOST_LOST = "Host_Lost"  # a hypervisor host with nodes stopped answering (its nodes are made elsewhere)
 
 
 class AlertSeverity(StrEnum):
