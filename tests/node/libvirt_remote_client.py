@@ -2,9 +2,10 @@
 another machine than its libvirt host: boot a Secure Boot + vTPM node on the host at URI with the driver for
 hosts that share none of our files (image volumes, console pumped here, the host's own vTPM), attest it
 against the host's EK CA and against the platform CA, adopt it from a second connection, boot a second node
-of the same image from a third connection, destroy both; print one JSON line with what the test checks.
+of the same image from a third connection, destroy both, then boot a node of the image with a root
+filesystem (its dm-verity disk a volume too); print one JSON line with what the test checks.
 
-Usage: python libvirt_remote_client.py URI IMAGE_DIR HOST_EK_CA_DIR PLATFORM_EK_CA_DIR RUN_BASE
+Usage: python libvirt_remote_client.py URI IMAGE_DIR ROOTFS_IMAGE_DIR HOST_CA_DIR PLATFORM_CA_DIR RUN_BASE
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def local_paths_named(driver: LibvirtDriver, vm: LibvirtNodeVM, paths: list[Path
     return [str(path) for path in paths if str(path) in xml]
 
 
-def main(uri: str, image_dir: str, host_ca_dir: str, platform_ca_dir: str, run_base: str) -> None:
+def main(
+    uri: str, image_dir: str, rootfs_image_dir: str, host_ca_dir: str, platform_ca_dir: str, run_base: str
+) -> None:
     image = NodeImage.load(Path(image_dir))
     host_ca, platform_ca = load_ek_ca(Path(host_ca_dir)), load_ek_ca(Path(platform_ca_dir))
     base = Path(run_base)
@@ -78,6 +81,11 @@ def main(uri: str, image_dir: str, host_ca_dir: str, platform_ca_dir: str, run_b
                 outcome["second_volumes_same"] = other.volumes is not None and vm.volumes == other.volumes
         finally:
             second.close()
+        rootfs_image = NodeImage.load(Path(rootfs_image_dir))
+        with driver.create(rootfs_image, base / "node-3", secure_boot=False, vtpm=None) as vm:
+            vm.wait_ready(BOOT_TIMEOUT)
+            outcome["rootfs"] = vm.rootfs_status and vm.rootfs_status.state
+            outcome["rootfs_volume"] = vm.volumes and vm.volumes.rootfs and vm.volumes.rootfs.name
     finally:
         driver.close()
     print(json.dumps(outcome))

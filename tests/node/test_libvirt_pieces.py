@@ -25,10 +25,12 @@ from trustedlaunch.node.libvirt_driver import (
     METADATA_NS,
     ConsoleBacklog,
     ConsoleBacklogFullError,
+    ConsoleLogFile,
     NodeVolumes,
     domain_xml,
 )
 from trustedlaunch.node.libvirt_volumes import POOL_NAME, HostVolume
+from trustedlaunch.node.qemu import readable_tail
 from trustedlaunch.tpm.vtpm import Vtpm
 
 TEST_HOST = "test:///default"
@@ -189,3 +191,17 @@ def test_a_remote_domain_names_only_the_hosts_volumes_and_is_adopted_by_its_meta
         domain.destroy()
     finally:
         driver.close()
+
+
+def test_the_pumped_console_log_keeps_its_tail_within_its_bound(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True)
+    log = ConsoleLogFile(run_dir / "console.log", limit=64 * 1024)
+    try:
+        for line in range(5000):
+            log.append(f"boot line {line}\r\n".encode())
+            assert (run_dir / "console.log").stat().st_size <= log.limit
+    finally:
+        log.close()
+    tail = readable_tail(run_dir / "console.log")
+    assert tail.endswith("boot line 4999\n") and "boot line 4998\n" in tail
+    assert "boot line 0\n" not in (run_dir / "console.log").read_text()

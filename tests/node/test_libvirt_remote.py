@@ -28,7 +28,7 @@ CLIENT = Path(__file__).with_name("libvirt_remote_client.py")
 
 
 def test_node_on_a_remote_host_boots_from_volumes_with_the_hosts_vtpm(
-    node_image: NodeImage, node_ek_ca: EkCa
+    node_image: NodeImage, rootfs_node_image: NodeImage, node_ek_ca: EkCa
 ) -> None:
     network = NamespaceNetwork(f"tl-{secrets.token_hex(3)}")
     base = Path(tempfile.mkdtemp(prefix="tl-lvr-"))
@@ -38,7 +38,8 @@ def test_node_on_a_remote_host_boots_from_volumes_with_the_hosts_vtpm(
         host = LibvirtHost(base / "host", namespace=namespace, address=address, ek_ca=host_ca)
         try:
             host.start()
-            paths = (node_image.esp_dir.parent, host_ca.directory, node_ek_ca.directory, base / "client")
+            images = (node_image.esp_dir.parent, rootfs_node_image.esp_dir.parent)
+            paths = (*images, host_ca.directory, node_ek_ca.directory, base / "client")
             client = [sys.executable, str(CLIENT), host.tcp_uri, *map(str, paths)]
             result = subprocess.run(
                 ["ip", "netns", "exec", network.client, *client],
@@ -58,8 +59,11 @@ def test_node_on_a_remote_host_boots_from_volumes_with_the_hosts_vtpm(
             assert outcome["adopted_answers"] and not outcome["adopted_elsewhere"]
             assert outcome["second_running"] and outcome["second_volumes_same"]
             assert outcome["second_uploaded"] == []  # checked by download, not uploaded again
+            assert outcome["rootfs"] == "verified"  # the dm-verity root filesystem, a volume too
+            assert outcome["rootfs_volume"].startswith("rootfs-")
             pool = host.base / "lib" / "images" / POOL_NAME
-            assert sorted(path.name for path in pool.iterdir()) == sorted(outcome["uploaded"])
+            first_node = set(outcome["uploaded"])
+            assert outcome["rootfs_volume"] in {path.name for path in pool.iterdir()} - first_node
             code, template = (pool / name for name in sorted(outcome["uploaded"])[1:])
             assert outcome["firmware"] == [
                 code.name.removeprefix("ovmf-code-"),

@@ -270,16 +270,42 @@ class _BridgedChannel(AgentChannel):
         self._bridge.close()
 
 
+class ConsoleLogFile:
+    """An append-only log file that keeps at most `limit` bytes: past them, only its last half (replaced
+    atomically: a reader such as readable_tail sees the old file or the new one)."""
+
+    def __init__(self, path: Path, limit: int = MAX_CONSOLE_LOG):
+        self.path, self.limit = path, limit
+        self._log = path.open("ab")
+
+    def append(self, data: bytes) -> None:
+        """Add `data` at the end (then keep the last half if the log is over its bound)."""
+        self._log.write(data)
+        self._log.flush()
+        if self._log.tell() > self.limit:
+            self._log.close()
+            with self.path.open("rb") as log:
+                log.seek(-(self.limit // 2), os.SEEK_END)
+                tail = log.read()
+            partial = self.path.with_name(self.path.name + ".tail")
+            partial.write_bytes(tail)
+            os.replace(partial, self.path)
+            self._log = self.path.open("ab")
+
+    def close(self) -> None:
+        """Close the file (it stays)."""
+        self._log.close()
+
+
 class _ConsoleLog:
-    """Pumps a domain's serial console stream into a local log file, in libvirt's event loop (nothing here
-    blocks it but a local append); the file keeps at most MAX_CONSOLE_LOG bytes (then its last half), and
-    readable_tail reads its end as it reads the log QEMU writes for a local domain."""
+    """Pumps a domain's serial console stream into a local ConsoleLogFile, in libvirt's event loop (nothing
+    here blocks it but a local append): console_tail and the boot-failure check read it as they read the
+    log QEMU writes for a local domain."""
 
     def __init__(self, connection: libvirt.virConnect, domain: libvirt.virDomain, path: Path):
-        self.path = path
         self._lock = threading.Lock()
         self._closed = False
-        self._log = path.open("ab")
+        self._log = ConsoleLogFile(path)
         self._stream = connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
         try:
             domain.openConsole(CONSOLE_SERIAL, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
@@ -299,25 +325,11 @@ class _ConsoleLog:
                     if data == b"":
                         raise OSError("console stream ended")
                     if isinstance(data, bytes):  # else -2: nothing to read now
-                        self._log.write(data)
-                        self._log.flush()
-                        if self._log.tell() > MAX_CONSOLE_LOG:
-                            self._keep_tail()
+                        self._log.append(data)
                 if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
                     raise OSError("console stream ended")
             except (OSError, libvirt.libvirtError):
                 self._close_locked()
-
-    def _keep_tail(self) -> None:
-        """Replace the log by its last half (atomically: a reader sees the old file or the new one)."""
-        self._log.close()
-        with self.path.open("rb") as log:
-            log.seek(-(MAX_CONSOLE_LOG // 2), os.SEEK_END)
-            tail = log.read()
-        partial = self.path.with_name(self.path.name + ".tail")
-        partial.write_bytes(tail)
-        os.replace(partial, self.path)
-        self._log = self.path.open("ab")
 
     def _close_locked(self) -> None:
         if self._closed:

@@ -14,9 +14,10 @@ per-host firmware check: every host boots OVMF code and varstore byte-identical 
 policy was predicted from (their digests are in the volume names and in the domain's metadata).
 
 Uploads and downloads go through non-blocking libvirt streams in chunks of at most 1 MiB (larger messages
-break the stream); the calling thread sends and receives, libvirt's event loop only wakes it. Every file has
-a size bound per kind, and the bytes sent must be the bytes hashed (a file that changes or shrinks during the
-upload fails it, and the volume is deleted).
+break the stream); the calling thread sends and receives, libvirt's event loop only wakes it. A download goes
+in segments of 32 MiB, one stream each (libvirt's client queues what the host sends faster than it is read).
+Every file has a size bound per kind, and the bytes sent must be the bytes hashed (a file that changes or
+shrinks during the upload fails it, and the volume is deleted).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from trustedlaunch.errors import TrustedLaunchError
 POOL_NAME = "tl-node-images"
 POOL_PATH = "/var/lib/libvirt/images/tl-node-images"
 CHUNK = 1024 * 1024  # bytes per stream message: the issue's pitfall (larger ones break the upload)
+DOWNLOAD_SEGMENT = 32 * 1024 * 1024  # bytes per download stream (bounds the client's receive queue)
 STREAM_TIMEOUT = 60.0  # seconds a stream may make no progress
 MIB = 1024 * 1024
 MAX_VOLUME_BYTES = {  # the largest file of each kind the driver uploads
@@ -98,9 +100,8 @@ def _send_all(stream: libvirt.virStream, chunks: Callable[[], bytes], what: str)
         waiter.remove()
 
 
-def _receive_digest(stream: libvirt.virStream, size: int, what: str) -> str:
-    """The SHA-256 of a download of `size` bytes; ImageVolumeError when it is longer or shorter."""
-    digest = hashlib.sha256()
+def _receive(stream: libvirt.virStream, length: int, digest: hashlib._Hash, what: str) -> None:
+    """Hash a download of `length` bytes into `digest`; ImageVolumeError when it is longer or shorter."""
     received = 0
     waiter = _StreamWaiter(stream, libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_HANGUP)
     try:
@@ -112,14 +113,13 @@ def _receive_digest(stream: libvirt.virStream, size: int, what: str) -> str:
             if not isinstance(data, bytes) or data == b"":
                 break
             received += len(data)
-            if received > size:
-                raise ImageVolumeError(f"{what}: the volume holds more than {size} bytes")
+            if received > length:
+                raise ImageVolumeError(f"{what}: the download sent more than the {length} bytes asked")
             digest.update(data)
     finally:
         waiter.remove()
-    if received != size:
-        raise ImageVolumeError(f"{what}: the volume holds {received} bytes, not {size}")
-    return digest.hexdigest()
+    if received != length:
+        raise ImageVolumeError(f"{what}: the download sent {received} bytes, not {length}")
 
 
 def check_size(path: Path, actual: int, size: int, kind: str) -> None:
@@ -223,19 +223,28 @@ class ImageVolumes:
             volume = pool.storageVolLookupByName(name)
         except libvirt.libvirtError:
             return None
-        if volume.info()[1] == size:
-            stream = self._connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
-            volume.download(stream, 0, size, 0)
-            try:
-                if _receive_digest(stream, size, what) == digest:
-                    stream.finish()
-                    return volume
-            except ImageVolumeError:
-                pass
-            with contextlib.suppress(libvirt.libvirtError):
-                stream.abort()
+        if volume.info()[1] == size and self._downloaded_sha256(volume, size, what) == digest:
+            return volume
         volume.delete(0)
         return None
+
+    def _downloaded_sha256(self, volume: libvirt.virStorageVol, size: int, what: str) -> str | None:
+        """The SHA-256 of the volume's first `size` bytes, downloaded in segments of DOWNLOAD_SEGMENT bytes
+        (libvirt's client queues what the host sends faster than it is hashed: one segment at most); None
+        when the download fails."""
+        digest = hashlib.sha256()
+        for offset in range(0, size, DOWNLOAD_SEGMENT):
+            length = min(DOWNLOAD_SEGMENT, size - offset)
+            stream = self._connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            try:
+                volume.download(stream, offset, length, 0)
+                _receive(stream, length, digest, what)
+                stream.finish()
+            except (ImageVolumeError, libvirt.libvirtError):
+                with contextlib.suppress(libvirt.libvirtError):
+                    stream.abort()
+                return None
+        return digest.hexdigest()
 
     def _upload(
         self, pool: libvirt.virStoragePool, path: Path, name: str, size: int, digest: str, what: str
