@@ -508,7 +508,7 @@ class LibvirtNodeVM(BootingVM):
         host_tpm: bool = False,
         volumes: ImageVolumes | None = None,
     ):
-        self._connection, self.host_tpm, self._volumes = connection, host_tpm, volumes
+        self._connection, self.host_tpm, self._image_volumes = connection, host_tpm, volumes
         self.image, self.run_dir, self.secure_boot, self.vtpm = image, run_dir, secure_boot, vtpm
         self.console_log = run_dir / "console.log"
         self._domain = domain
@@ -519,8 +519,10 @@ class LibvirtNodeVM(BootingVM):
         self.ready_after: float | None = None
         self.rootfs_status: RootfsStatus | None = None  # how the image's root filesystem came up
         self.volumes: NodeVolumes | None = None  # the host's volumes it boots (remote hosts)
-        if domain is not None and _console_is_pty(domain):
-            self._console = _ConsoleLog(connection, domain, self.console_log)
+        if domain is not None and _console_is_pty(domain):  # adopted: pump its console again
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(libvirt.libvirtError):  # (then console_tail shows the log so far)
+                self._console = _ConsoleLog(connection, domain, self.console_log)
 
     def __enter__(self) -> LibvirtNodeVM:
         self.start()
@@ -559,9 +561,9 @@ class LibvirtNodeVM(BootingVM):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console_log.unlink(missing_ok=True)
         (self.run_dir / "OVMF_VARS.fd").unlink(missing_ok=True)  # libvirt copies the template anew
-        if self._volumes is not None:
+        if self._image_volumes is not None:
             try:
-                self.volumes = node_volumes(self._volumes, self.image, self.secure_boot)
+                self.volumes = node_volumes(self._image_volumes, self.image, self.secure_boot)
             except (ImageVolumeError, NodeImageError) as error:
                 raise NodeVMError(f"node VM in {self.run_dir}: {error}") from error
         tpm_socket = self.vtpm.start() if self.vtpm is not None else None

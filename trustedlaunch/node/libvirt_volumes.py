@@ -161,9 +161,10 @@ class ImageVolumes:
         if self._pool is not None:
             return self._pool
         try:
-            try:
+            pools = self._connection.listStoragePools() + self._connection.listDefinedStoragePools()
+            if POOL_NAME in pools:  # (listed first: a failed lookup would print libvirt's error)
                 pool = self._connection.storagePoolLookupByName(POOL_NAME)
-            except libvirt.libvirtError:
+            else:
                 xml = (
                     f"<pool type='dir'><name>{POOL_NAME}</name>"
                     f"<target><path>{escape(POOL_PATH)}</path></target></pool>"
@@ -219,10 +220,9 @@ class ImageVolumes:
     ) -> libvirt.virStorageVol | None:
         """The volume `name` if it holds exactly these bytes (downloaded and hashed); a volume that does
         not (a half upload) is deleted."""
-        try:
-            volume = pool.storageVolLookupByName(name)
-        except libvirt.libvirtError:
+        if name not in pool.listVolumes():
             return None
+        volume = pool.storageVolLookupByName(name)
         if volume.info()[1] == size and self._downloaded_sha256(volume, size, what) == digest:
             return volume
         volume.delete(0)
