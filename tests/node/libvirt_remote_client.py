@@ -3,9 +3,11 @@ another machine than its libvirt host: boot a Secure Boot + vTPM node on the hos
 hosts that share none of our files (image volumes, console pumped here, the host's own vTPM), attest it
 against the host's EK CA and against the platform CA, adopt it from a second connection, boot a second node
 of the same image from a third connection, destroy both, then boot a node of the image with a root
-filesystem (its dm-verity disk a volume too); print one JSON line with what the test checks.
+filesystem (its dm-verity disk a volume too) and one of an image whose kernel is unsigned (its boot failure
+seen on the pumped console); print one JSON line with what the test checks.
 
-Usage: python libvirt_remote_client.py URI IMAGE_DIR ROOTFS_IMAGE_DIR HOST_CA_DIR PLATFORM_CA_DIR RUN_BASE
+Usage: python libvirt_remote_client.py URI RUN_BASE HOST_CA_DIR PLATFORM_CA_DIR IMAGE_DIR ROOTFS_IMAGE_DIR
+    UNSIGNED_IMAGE_DIR
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.remote import attest_node
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.libvirt_driver import LibvirtDriver, LibvirtNodeVM
-from trustedlaunch.node.qemu import FIRMWARE
+from trustedlaunch.node.qemu import FIRMWARE, BootFailedError
 from trustedlaunch.tpm.ekca import load_ek_ca
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -32,9 +34,8 @@ def local_paths_named(driver: LibvirtDriver, vm: LibvirtNodeVM, paths: list[Path
     return [str(path) for path in paths if str(path) in xml]
 
 
-def main(
-    uri: str, image_dir: str, rootfs_image_dir: str, host_ca_dir: str, platform_ca_dir: str, run_base: str
-) -> None:
+def main(uri: str, run_base: str, host_ca_dir: str, platform_ca_dir: str, *image_dirs: str) -> None:
+    image_dir, rootfs_image_dir, unsigned_image_dir = image_dirs
     image = NodeImage.load(Path(image_dir))
     host_ca, platform_ca = load_ek_ca(Path(host_ca_dir)), load_ek_ca(Path(platform_ca_dir))
     base = Path(run_base)
@@ -86,6 +87,13 @@ def main(
             vm.wait_ready(BOOT_TIMEOUT)
             outcome["rootfs"] = vm.rootfs_status and vm.rootfs_status.state
             outcome["rootfs_volume"] = vm.volumes and vm.volumes.rootfs and vm.volumes.rootfs.name
+        unsigned = NodeImage.load(Path(unsigned_image_dir))
+        try:
+            with driver.create(unsigned, base / "node-4", secure_boot=True, vtpm=None) as vm:
+                vm.wait_ready(BOOT_TIMEOUT)
+            outcome["unsigned_failure"] = None
+        except BootFailedError as failure:
+            outcome["unsigned_failure"] = str(failure)
     finally:
         driver.close()
     print(json.dumps(outcome))

@@ -2,8 +2,9 @@
 over qemu+tcp:// from the client namespace where the driver runs (tests/node/libvirt_remote_client.py), boots
 a Secure Boot node from the image volumes the driver uploaded, with the host's own vTPM; the domain names none
 of the client's paths, the console is pumped to the client, attestation passes with the host's EK CA (and
-fails with the platform CA), a second node reuses the volumes, and destroying the nodes leaves only the
-image volumes."""
+fails with the platform CA), a second node reuses the volumes, a dm-verity root filesystem opens from its
+volume, an unsigned kernel's boot failure shows on the pumped console, and destroying the nodes leaves only
+the image volumes."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from node_helpers import unsigned_copy
 
-from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.image import NodeImage, build_node_image, default_kernel
 from trustedlaunch.node.libvirt_host import LibvirtHost, NamespaceNetwork
 from trustedlaunch.node.libvirt_volumes import POOL_NAME
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca
@@ -38,8 +40,11 @@ def test_node_on_a_remote_host_boots_from_volumes_with_the_hosts_vtpm(
         host = LibvirtHost(base / "host", namespace=namespace, address=address, ek_ca=host_ca)
         try:
             host.start()
-            images = (node_image.esp_dir.parent, rootfs_node_image.esp_dir.parent)
-            paths = (*images, host_ca.directory, node_ek_ca.directory, base / "client")
+            kernel = unsigned_copy(default_kernel(), base / "vmlinuz-unsigned")
+            unsigned_image = build_node_image(base / "image-unsigned", kernel=kernel)
+            images = (node_image, rootfs_node_image, unsigned_image)
+            cas = (host_ca.directory, node_ek_ca.directory)
+            paths = (base / "client", *cas, *(image.esp_dir.parent for image in images))
             client = [sys.executable, str(CLIENT), host.tcp_uri, *map(str, paths)]
             result = subprocess.run(
                 ["ip", "netns", "exec", network.client, *client],
@@ -61,6 +66,7 @@ def test_node_on_a_remote_host_boots_from_volumes_with_the_hosts_vtpm(
             assert outcome["second_uploaded"] == []  # checked by download, not uploaded again
             assert outcome["rootfs"] == "verified"  # the dm-verity root filesystem, a volume too
             assert outcome["rootfs_volume"].startswith("rootfs-")
+            assert "bad shim signature" in outcome["unsigned_failure"]  # seen on the pumped console
             pool = host.base / "lib" / "images" / POOL_NAME
             first_node = set(outcome["uploaded"])
             assert outcome["rootfs_volume"] in {path.name for path in pool.iterdir()} - first_node
