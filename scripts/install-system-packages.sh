@@ -27,6 +27,9 @@ PACKAGES+=(kmod)
 # namespaces may carry traffic), virsh for operators (libvirt-clients), the headers and pkg-config file the
 # libvirt-python binding builds against (libvirt-dev; pkg-config is listed above).
 PACKAGES+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+# A node image's ESP as a FAT disk image uploaded to remote libvirt hosts (trustedlaunch/node/esp_disk.py):
+# mkfs.fat makes the file system, mtools' mmd/mcopy fill it without mounting it.
+PACKAGES+=(dosfstools mtools)
 # Test libvirt hosts in network namespaces linked by veth pairs (trustedlaunch/node/libvirt_host.py): ip.
 PACKAGES+=(iproute2)
 missing=()

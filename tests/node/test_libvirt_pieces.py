@@ -22,10 +22,15 @@ from trustedlaunch.control.node_drivers import node_driver
 from trustedlaunch.control.node_processes import node_processes
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.libvirt_driver import (
+    METADATA_NS,
     ConsoleBacklog,
     ConsoleBacklogFullError,
+    ConsoleLogFile,
+    NodeVolumes,
     domain_xml,
 )
+from trustedlaunch.node.libvirt_volumes import POOL_NAME, HostVolume
+from trustedlaunch.node.qemu import readable_tail
 from trustedlaunch.tpm.vtpm import Vtpm
 
 TEST_HOST = "test:///default"
@@ -148,3 +153,55 @@ def test_the_control_plane_imports_without_libvirt_python() -> None:
     """libvirt-python is imported only when a libvirt driver is asked for (control.node_drivers)."""
     check = "import sys, trustedlaunch.control.node_drivers; assert 'libvirt' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+def test_a_remote_domain_names_only_the_hosts_volumes_and_is_adopted_by_its_metadata(run_dir: Path) -> None:
+    """With a remote host's volumes the definition names none of our paths (the run directory only as a
+    digest in our metadata, which adoption checks) and records the firmware it boots."""
+    image = image_in(run_dir.parent)
+
+    def volume(kind: str, digest: str) -> HostVolume:
+        return HostVolume(
+            f"{kind}-{digest}", f"/var/lib/libvirt/images/{POOL_NAME}/{kind}-{digest}", 1, digest
+        )
+
+    volumes = NodeVolumes(
+        volume("esp", "e" * 64), None, volume("ovmf-code", "c" * 64), volume("ovmf-vars", "d" * 64)
+    )
+    xml = domain_xml(
+        "tl-node-00000004", image, run_dir, secure_boot=True, tpm_socket=None, host_tpm=True, volumes=volumes
+    )
+    assert str(run_dir.parent) not in xml and "/usr/share" not in xml
+    definition = ElementTree.fromstring(xml)
+    assert [disk.get("type") for disk in definition.iterfind("devices/disk")] == ["volume"]
+    assert definition.findtext("os/loader") == volumes.firmware_code.path
+    assert definition.find("os/nvram").get("template") == volumes.varstore_template.path  # type: ignore[union-attr]
+    assert [serial.get("type") for serial in definition.iterfind("devices/serial")] == ["pty", "pty"]
+    assert definition.find("devices/tpm/backend").get("type") == "emulator"  # type: ignore[union-attr]
+    driver = node_driver("libvirt", TEST_HOST)
+    assert isinstance(driver, LibvirtNodeDriver)
+    try:
+        domain = driver.connection.defineXML(xml)
+        stored = ElementTree.fromstring(domain.XMLDesc(0))
+        ours = stored.find(f"metadata/{{{METADATA_NS}}}node")
+        assert ours is not None and ours.get("firmwareCode") == "c" * 64
+        domain.create()
+        assert driver.adoptable_domain(domain.UUIDString(), run_dir) is not None
+        assert driver.adoptable_domain(domain.UUIDString(), run_dir.parent / "other") is None
+        domain.destroy()
+    finally:
+        driver.close()
+
+
+def test_the_pumped_console_log_keeps_its_tail_within_its_bound(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True)
+    log = ConsoleLogFile(run_dir / "console.log", limit=64 * 1024)
+    try:
+        for line in range(5000):
+            log.append(f"boot line {line}\r\n".encode())
+            assert (run_dir / "console.log").stat().st_size <= log.limit
+    finally:
+        log.close()
+    tail = readable_tail(run_dir / "console.log")
+    assert tail.endswith("boot line 4999\n") and "boot line 4998\n" in tail
+    assert "boot line 0\n" not in (run_dir / "console.log").read_text()

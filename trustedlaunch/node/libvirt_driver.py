@@ -1,32 +1,46 @@
 """The libvirt node driver: a node VM as a libvirt domain on a libvirt host (trustedlaunch.node.driver).
 
 The domain boots the node image as the direct driver does (q35, OVMF Secure Boot code and the varstore
-template of the node's policy, SMM, TCG with a 128 MiB translation cache, one vCPU, 512 MiB), with:
-- the ESP as a read-only virtual FAT disk on the virtio bus (QEMU's vvfat serves the image's folder; libvirt
-  allows a `type='dir'` disk only read-only, and QEMU's IDE disks cannot be read-only), the only boot device;
-  the root filesystem disk, when the image has one, is the first virtio disk (/dev/vda) as the agent expects;
-- the serial console (ttyS0) written to `console.log` in the run directory, the agent's port (ttyS1) a pty
-  that the host reaches through a libvirt console stream;
-- `<tpm><backend type='external'>`: the node's own vTPM (swtpm behind the bank proxy that shows OVMF only
-  the allocated PCR bank), started here as the direct driver starts it.
+template of the node's policy, SMM, TCG with a 128 MiB translation cache, one vCPU, 512 MiB), its agent's
+port (ttyS1) a pty that the driver reaches through a libvirt console stream. Where its files are depends on
+whether the host shares this machine's files (`LibvirtDriver(uri, local_files=...)`):
+
+- local files (a private libvirtd here, or the local one): the ESP as a read-only virtual FAT disk on the
+  virtio bus (QEMU's vvfat serves the image's folder; libvirt allows a `type='dir'` disk only read-only,
+  and QEMU's IDE disks cannot be read-only), the firmware from /usr/share/OVMF, the varstore and the serial
+  console (ttyS0) log in the run directory, and `<tpm><backend type='external'>`: the node's own vTPM
+  (swtpm behind the bank proxy that shows OVMF only the allocated PCR bank), started as the direct driver
+  starts it (or libvirt's own swtpm with `host_tpm`);
+- a remote host (`local_files=False`): the domain names only the host's volumes and libvirt's own paths.
+  The ESP as a FAT disk image, the dm-verity root filesystem and the OVMF code and varstore template the
+  node's policy was predicted from are volumes of the host's pool (trustedlaunch.node.libvirt_volumes:
+  content-addressed, uploaded once per build, checked byte for byte, so every host boots the firmware the
+  policy was predicted from; the domain's metadata records their SHA-256); the varstore is libvirt's copy
+  of the template in the host's own nvram folder; the serial console is a pty whose console stream the
+  driver pumps into the run directory's console.log (its tail kept: console_tail and the boot-failure
+  check read it as for local files); the TPM is libvirt's own swtpm (`<backend type='emulator'>`), its
+  EK certified by the host's EK CA (the host's /etc/swtpm_setup.conf names it).
+
+In both, the root filesystem disk, when the image has one, is the first virtio disk (/dev/vda) as the agent
+expects, and the ESP the only boot device. Destroying a node's domain removes what the driver made on the
+host (the domain, its varstore and its TPM state) and keeps the image volumes.
 
 The agent channel is trustedlaunch.node.channel.AgentChannel over one end of a socket pair whose other end
 libvirt's event loop (one thread per process, as `virsh console` runs it) pumps to and from the console
 stream: a blocking stream read from a thread loses the agent's answers.
-
-This slice runs the domain on a host whose files are this machine's (a private libvirtd or the local one):
-the ESP, firmware, console log and vTPM socket paths are local paths. Remote hosts need the ESP uploaded as a
-volume, the console read through the daemon and the vTPM on that host (next slices).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from xml.etree import ElementTree
@@ -36,7 +50,9 @@ import libvirt
 
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
 from trustedlaunch.node.channel import AgentChannel, RootfsStatus
-from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.esp_disk import esp_disk
+from trustedlaunch.node.image import NodeImage, NodeImageError
+from trustedlaunch.node.libvirt_volumes import POOL_NAME, HostVolume, ImageVolumeError, ImageVolumes
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
     FIRMWARE,
@@ -51,6 +67,9 @@ from trustedlaunch.tpm.vtpm import Vtpm
 
 TB_CACHE_MIB = 128  # trustedlaunch.node.qemu.TCG_ACCEL's tb-size
 AGENT_SERIAL = "serial1"  # the alias libvirt gives the second serial port (the agent's ttyS1)
+CONSOLE_SERIAL = "serial0"  # the serial console (ttyS0)
+MAX_CONSOLE_LOG = 1024 * 1024  # bytes of a remote domain's console log kept here (then its last half)
+METADATA_NS = "https://trustedlaunch.dev/libvirt/node/1"  # our element in a domain's <metadata>
 STREAM_CHUNK = 64 * 1024
 MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
@@ -251,6 +270,108 @@ class _BridgedChannel(AgentChannel):
         self._bridge.close()
 
 
+class ConsoleLogFile:
+    """An append-only log file that keeps at most `limit` bytes: past them, only its last half (replaced
+    atomically: a reader such as readable_tail sees the old file or the new one)."""
+
+    def __init__(self, path: Path, limit: int = MAX_CONSOLE_LOG):
+        self.path, self.limit = path, limit
+        self._log = path.open("ab")
+
+    def append(self, data: bytes) -> None:
+        """Add `data` at the end (then keep the last half if the log is over its bound)."""
+        self._log.write(data)
+        self._log.flush()
+        if self._log.tell() > self.limit:
+            self._log.close()
+            with self.path.open("rb") as log:
+                log.seek(-(self.limit // 2), os.SEEK_END)
+                tail = log.read()
+            partial = self.path.with_name(self.path.name + ".tail")
+            partial.write_bytes(tail)
+            os.replace(partial, self.path)
+            self._log = self.path.open("ab")
+
+    def close(self) -> None:
+        """Close the file (it stays)."""
+        self._log.close()
+
+
+class _ConsoleLog:
+    """Pumps a domain's serial console stream into a local ConsoleLogFile, in libvirt's event loop (nothing
+    here blocks it but a local append): console_tail and the boot-failure check read it as they read the
+    log QEMU writes for a local domain."""
+
+    def __init__(self, connection: libvirt.virConnect, domain: libvirt.virDomain, path: Path):
+        self._lock = threading.Lock()
+        self._closed = False
+        self._log = ConsoleLogFile(path)
+        self._stream = connection.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        try:
+            domain.openConsole(CONSOLE_SERIAL, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            events = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+            self._stream.eventAddCallback(events | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_stream, None)
+        except libvirt.libvirtError:
+            self._log.close()
+            raise
+
+    def _on_stream(self, stream: libvirt.virStream, events: int, _opaque: object) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if events & libvirt.VIR_STREAM_EVENT_READABLE:
+                    data = stream.recv(STREAM_CHUNK)
+                    if data == b"":
+                        raise OSError("console stream ended")
+                    if isinstance(data, bytes):  # else -2: nothing to read now
+                        self._log.append(data)
+                if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+                    raise OSError("console stream ended")
+            except (OSError, libvirt.libvirtError):
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(libvirt.libvirtError):
+            self._stream.eventRemoveCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            self._stream.abort()
+        self._log.close()
+
+    def close(self) -> None:
+        """Stop pumping (the log stays)."""
+        with self._lock:
+            self._close_locked()
+
+
+@dataclass(frozen=True)
+class NodeVolumes:
+    """The host's volumes a node VM on a remote host boots (trustedlaunch.node.libvirt_volumes)."""
+
+    esp: HostVolume
+    rootfs: HostVolume | None
+    firmware_code: HostVolume
+    varstore_template: HostVolume
+
+
+def node_volumes(volumes: ImageVolumes, image: NodeImage, secure_boot: bool) -> NodeVolumes:
+    """Upload what a node of `image` boots (when its host does not hold it yet): the ESP as a FAT disk image,
+    the root filesystem and the OVMF code and varstore template of its policy."""
+    code, template = FIRMWARE[secure_boot]
+    rootfs = image.rootfs
+    return NodeVolumes(
+        esp=volumes.volume(esp_disk(image), "esp"),
+        rootfs=None
+        if rootfs is None
+        else volumes.volume(rootfs.path, "rootfs", rootfs.data_size + rootfs.hash_size),
+        firmware_code=volumes.volume(code, "ovmf-code"),
+        varstore_template=volumes.volume(template, "ovmf-vars"),
+    )
+
+
 def _disk(source: str, target: str, *, kind: str, driver: str, boot: bool) -> str:
     source_attribute = "dir" if kind == "dir" else "file"
     return (
@@ -259,6 +380,53 @@ def _disk(source: str, target: str, *, kind: str, driver: str, boot: bool) -> st
         + ("<boot order='1'/>" if boot else "")
         + "</disk>"
     )
+
+
+def _volume_disk(volume: HostVolume, target: str, *, boot: bool) -> str:
+    return (
+        "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source pool='{POOL_NAME}' volume={quoteattr(volume.name)}/>"
+        f"<target dev='{target}' bus='virtio'/><readonly/>"
+        + ("<boot order='1'/>" if boot else "")
+        + "</disk>"
+    )
+
+
+def _disks_xml(image: NodeImage, volumes: NodeVolumes | None) -> str:
+    """The root filesystem disk (/dev/vda) when the image has one, then the ESP (the boot device)."""
+    esp_target = "vdb" if image.rootfs is not None else "vda"
+    if volumes is not None:
+        disks = [] if volumes.rootfs is None else [_volume_disk(volumes.rootfs, "vda", boot=False)]
+        return "".join([*disks, _volume_disk(volumes.esp, esp_target, boot=True)])
+    disks = []
+    if image.rootfs is not None:
+        disks.append(_disk(str(image.rootfs.path), "vda", kind="file", driver="raw", boot=False))
+    disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
+    return "".join(disks)
+
+
+def _firmware_xml(secure_boot: bool, run_dir: Path, volumes: NodeVolumes | None) -> str:
+    """The OVMF loader and the varstore (a copy of the template: ours in the run directory, or libvirt's
+    in the host's own nvram folder)."""
+    code, template = FIRMWARE[secure_boot]
+    secure = "yes" if secure_boot else "no"
+    if volumes is not None:
+        loader, nvram = (
+            volumes.firmware_code.path,
+            f"<nvram template={quoteattr(volumes.varstore_template.path)}/>",
+        )
+    else:
+        loader = str(code)
+        nvram = f"<nvram template={quoteattr(str(template))}>{escape(str(run_dir / 'OVMF_VARS.fd'))}</nvram>"
+    return f"<loader readonly='yes' secure='{secure}' type='pflash'>{escape(loader)}</loader>{nvram}"
+
+
+def _serials_xml(run_dir: Path, remote: bool) -> str:
+    """The serial console (ttyS0: a log file in the run directory, or a pty the driver pumps into it) and
+    the agent's port (ttyS1, a pty)."""
+    log = f"<source path={quoteattr(str(run_dir / 'console.log'))}/>"
+    console = "<serial type='pty'>" if remote else f"<serial type='file'>{log}"
+    return f"{console}<target port='0'/></serial><serial type='pty'><target port='1'/></serial>"
 
 
 def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
@@ -275,6 +443,19 @@ def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
     )
 
 
+def _metadata_xml(run_dir: Path, volumes: NodeVolumes | None) -> str:
+    """Our element in the domain's metadata: the run directory it belongs to (adoption checks it; as a
+    digest: the host learns none of our paths) and, on a remote host, the SHA-256 of the firmware volumes
+    it boots."""
+    firmware = ""
+    if volumes is not None:
+        code, template = volumes.firmware_code.sha256, volumes.varstore_template.sha256
+        firmware = f" firmwareCode='{code}' varstoreTemplate='{template}'"
+    return (
+        f"<metadata><tl:node xmlns:tl='{METADATA_NS}' runDir='{_run_dir_id(run_dir)}'{firmware}/></metadata>"
+    )
+
+
 def domain_xml(
     name: str,
     image: NodeImage,
@@ -283,42 +464,37 @@ def domain_xml(
     secure_boot: bool,
     tpm_socket: Path | None,
     host_tpm: bool = False,
+    volumes: NodeVolumes | None = None,
 ) -> str:
     """The libvirt domain definition of a node VM (see the module's docstring); `host_tpm`: a TPM that
-    libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`."""
-    code, template = FIRMWARE[secure_boot]
-    disks = []
-    if image.rootfs is not None:
-        disks.append(_disk(str(image.rootfs.path), "vda", kind="file", driver="raw", boot=False))
-    esp_target = "vdb" if image.rootfs is not None else "vda"
-    disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
-    tpm = _tpm_xml(tpm_socket, host_tpm)
-    secure = "yes" if secure_boot else "no"
+    libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`;
+    `volumes`: a remote host's volumes, so that the definition names none of this machine's paths."""
     return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
+  {_metadata_xml(run_dir, volumes)}
   <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
   <vcpu>{NODE_VCPUS}</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
-    <loader readonly='yes' secure='{secure}' type='pflash'>{escape(str(code))}</loader>
-    <nvram template={quoteattr(str(template))}>{escape(str(run_dir / "OVMF_VARS.fd"))}</nvram>
+    {_firmware_xml(secure_boot, run_dir, volumes)}
   </os>
   <features><acpi/>{"<smm state='on'/>" if secure_boot else ""}
     <tcg><tb-cache unit='MiB'>{TB_CACHE_MIB}</tb-cache></tcg></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
-    {"".join(disks)}
-    <serial type='file'><source path={quoteattr(str(run_dir / "console.log"))}/><target port='0'/></serial>
-    <serial type='pty'><target port='1'/></serial>
+    {_disks_xml(image, volumes)}
+    {_serials_xml(run_dir, volumes is not None)}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
-    {tpm}
+    {_tpm_xml(tpm_socket, host_tpm)}
   </devices>
 </domain>"""
 
 
 class LibvirtNodeVM(BootingVM):
-    """A node VM as a libvirt domain (trustedlaunch.node.driver.NodeMachine; context manager)."""
+    """A node VM as a libvirt domain (trustedlaunch.node.driver.NodeMachine; context manager). With
+    `volumes` (a remote host's image volumes) it boots from the host's volumes and its console is pumped
+    here; an adopted domain (`domain`) whose console is a pty is pumped too."""
 
     def __init__(
         self,
@@ -330,16 +506,23 @@ class LibvirtNodeVM(BootingVM):
         vtpm: Vtpm | None = None,
         domain: libvirt.virDomain | None = None,
         host_tpm: bool = False,
+        volumes: ImageVolumes | None = None,
     ):
-        self._connection, self.host_tpm = connection, host_tpm
+        self._connection, self.host_tpm, self._image_volumes = connection, host_tpm, volumes
         self.image, self.run_dir, self.secure_boot, self.vtpm = image, run_dir, secure_boot, vtpm
         self.console_log = run_dir / "console.log"
         self._domain = domain
         self._channel: AgentChannel | None = None
         self._agent_client: NodeAgent | None = None
+        self._console: _ConsoleLog | None = None
         self._started_at = time.monotonic()
         self.ready_after: float | None = None
         self.rootfs_status: RootfsStatus | None = None  # how the image's root filesystem came up
+        self.volumes: NodeVolumes | None = None  # the host's volumes it boots (remote hosts)
+        if domain is not None and _console_is_pty(domain):  # adopted: pump its console again
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(libvirt.libvirtError):  # (then console_tail shows the log so far)
+                self._console = _ConsoleLog(connection, domain, self.console_log)
 
     def __enter__(self) -> LibvirtNodeVM:
         self.start()
@@ -369,7 +552,8 @@ class LibvirtNodeVM(BootingVM):
             return False
 
     def start(self) -> None:
-        """Define the domain, start the vTPM, then the domain."""
+        """Upload the image's volumes (remote hosts), start the vTPM, define the domain and start it (paused
+        until its console is pumped, on a remote host: nothing the guest writes is lost)."""
         if self._domain is not None:
             raise NodeVMError(f"node VM in {self.run_dir} was already started")
         if self.image is None or not self.image.esp_dir.is_dir():
@@ -377,6 +561,11 @@ class LibvirtNodeVM(BootingVM):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console_log.unlink(missing_ok=True)
         (self.run_dir / "OVMF_VARS.fd").unlink(missing_ok=True)  # libvirt copies the template anew
+        if self._image_volumes is not None:
+            try:
+                self.volumes = node_volumes(self._image_volumes, self.image, self.secure_boot)
+            except (ImageVolumeError, NodeImageError) as error:
+                raise NodeVMError(f"node VM in {self.run_dir}: {error}") from error
         tpm_socket = self.vtpm.start() if self.vtpm is not None else None
         try:
             name = DOMAIN_PREFIX + secrets.token_hex(4)
@@ -387,10 +576,16 @@ class LibvirtNodeVM(BootingVM):
                 secure_boot=self.secure_boot,
                 tpm_socket=tpm_socket,
                 host_tpm=self.host_tpm,
+                volumes=self.volumes,
             )
             self._domain = self._connection.defineXML(xml)
             self._started_at = time.monotonic()
-            self._domain.create()
+            if self.volumes is None:
+                self._domain.create()
+            else:
+                self._domain.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                self._console = _ConsoleLog(self._connection, self._domain, self.console_log)
+                self._domain.resume()
         except BaseException as error:
             self.destroy()
             if isinstance(error, libvirt.libvirtError):
@@ -471,6 +666,9 @@ class LibvirtNodeVM(BootingVM):
         """Stop the domain (destroy: the guest holds nothing to flush) and the vTPM; the domain stays
         defined. Safe to call more than once."""
         self._close_agent()
+        if self._console is not None:
+            self._console.close()
+            self._console = None
         try:
             if self.running:
                 assert self._domain is not None
@@ -481,28 +679,37 @@ class LibvirtNodeVM(BootingVM):
                 self.vtpm.stop()
 
     def destroy(self) -> None:
-        """Stop the domain and the vTPM and undefine the domain with its varstore."""
+        """Stop the domain and the vTPM and undefine the domain with its varstore and (libvirt's own
+        vTPM) its TPM state; the image volumes stay for other nodes."""
         self.shutdown()
         domain, self._domain = self._domain, None
         if domain is not None:
             with contextlib.suppress(libvirt.libvirtError):
-                domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM)
 
 
 class LibvirtDriver:
-    """Node VMs on the libvirt host at `uri` (trustedlaunch.node.driver.NodeDriver). With `host_tpm`, a node
-    with a TPM gets one that the host's libvirt makes and runs (swtpm_setup certifying its EK with the host's
-    EK CA) instead of the vTPM passed to `create`, which then only says that the node has a TPM."""
+    """Node VMs on the libvirt host at `uri` (trustedlaunch.node.driver.NodeDriver).
+
+    `local_files`: whether the host shares this machine's files (a libvirtd here). If it does, domains
+    name our files (the image's ESP folder and root filesystem, OVMF from /usr/share/OVMF, the varstore and
+    console log in the run directory) and a node's TPM is the vTPM passed to `create` (ours: swtpm and the
+    bank proxy here), or with `host_tpm` one that the host's libvirt makes and runs (swtpm_setup certifying
+    its EK with the host's EK CA). If it does not (`local_files=False`: a remote host), domains boot from
+    the host's image volumes (`volumes`), their console is pumped here, and a node with a TPM always gets
+    the host's own (the vTPM passed to `create` then only says that the node has a TPM)."""
 
     name = "libvirt"
 
-    def __init__(self, uri: str, *, host_tpm: bool = False):
+    def __init__(self, uri: str, *, host_tpm: bool = False, local_files: bool = True):
         ensure_event_loop()
-        self.uri, self.host_tpm = uri, host_tpm
+        self.uri, self.local_files = uri, local_files
+        self.host_tpm = host_tpm or not local_files
         try:
             self.connection = libvirt.open(uri)
         except libvirt.libvirtError as error:
             raise NodeVMError(f"cannot reach the libvirt host {uri}: {error.get_error_message()}") from None
+        self.volumes = None if local_files else ImageVolumes(self.connection)
 
     def close(self) -> None:
         """Close the connection (the domains keep running)."""
@@ -513,14 +720,21 @@ class LibvirtDriver:
         self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None
     ) -> LibvirtNodeVM:
         """A node VM (not started) booting `image` on this host."""
-        if self.host_tpm and vtpm is not None:
-            return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, host_tpm=True)
-        return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
+        host_tpm = self.host_tpm and vtpm is not None
+        return LibvirtNodeVM(
+            self.connection,
+            image,
+            run_dir,
+            secure_boot=secure_boot,
+            vtpm=None if host_tpm else vtpm,
+            host_tpm=host_tpm,
+            volumes=self.volumes,
+        )
 
     def adoptable_domain(self, handle: str, run_dir: Path) -> libvirt.virDomain | None:
         """The running domain of UUID `handle` if it is a node VM of `run_dir`: its name has DOMAIN_PREFIX
-        and its varstore and console log are files of `run_dir` (adopting another domain would destroy
-        it, varstore included); None otherwise."""
+        and its metadata names `run_dir` (or, defined before the metadata, its varstore and console log are
+        files of `run_dir`): adopting another domain would destroy it, varstore included; None otherwise."""
         try:
             domain = self.connection.lookupByUUIDString(handle)
             if not domain.isActive() or not domain.name().startswith(DOMAIN_PREFIX):
@@ -528,7 +742,7 @@ class LibvirtDriver:
             xml = domain.XMLDesc(0)
         except libvirt.libvirtError:
             return None
-        return domain if _files_under(xml, run_dir) else None
+        return domain if _made_for(xml, run_dir) else None
 
     def adopt(self, handle: str, run_dir: Path) -> LibvirtNodeVM | None:
         """The running node VM of UUID `handle` in `run_dir` (adoptable_domain); None if the host has no
@@ -538,15 +752,42 @@ class LibvirtDriver:
         return None if domain is None else LibvirtNodeVM(self.connection, None, run_dir, domain=domain)
 
 
-def _files_under(xml: str, run_dir: Path) -> bool:
-    """Whether a domain definition's varstore and serial console log (its only serial files) are the files
-    of `run_dir` the driver defines."""
-    if len(xml) > MAX_DOMAIN_XML:
-        return False
+def _console_is_pty(domain: libvirt.virDomain) -> bool:
+    """Whether a domain's serial console is a pty (a remote host's domain, whose console the driver pumps)."""
     try:
-        definition = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
+        xml = domain.XMLDesc(0)
+    except libvirt.libvirtError:
         return False
+    definition = _parse_definition(xml)
+    console = None if definition is None else definition.find("devices/serial/target[@port='0']/..")
+    return console is not None and console.get("type") == "pty"
+
+
+def _parse_definition(xml: str) -> ElementTree.Element | None:
+    """A domain definition read back from its host (None when too large or not XML)."""
+    if len(xml) > MAX_DOMAIN_XML:
+        return None
+    try:
+        return ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+
+
+def _run_dir_id(run_dir: Path) -> str:
+    """What a domain's metadata records of its run directory: the SHA-256 of its path."""
+    return hashlib.sha256(str(run_dir).encode()).hexdigest()
+
+
+def _made_for(xml: str, run_dir: Path) -> bool:
+    """Whether a domain definition is the driver's for `run_dir`: our metadata element names it, or (a
+    definition made before the metadata) its varstore and serial console log (its only serial files) are
+    the files of `run_dir` the driver defined then."""
+    definition = _parse_definition(xml)
+    if definition is None:
+        return False
+    ours = definition.find(f"metadata/{{{METADATA_NS}}}node")
+    if ours is not None:
+        return ours.get("runDir") == _run_dir_id(run_dir)
     nvram = definition.findtext("os/nvram")
     logs = [source.get("path") for source in definition.iterfind("devices/serial[@type='file']/source")]
     return nvram == str(run_dir / "OVMF_VARS.fd") and logs == [str(run_dir / "console.log")]
