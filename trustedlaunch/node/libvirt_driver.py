@@ -14,6 +14,20 @@ The agent channel is trustedlaunch.node.channel.AgentChannel over one end of a s
 libvirt's event loop (one thread per process, as `virsh console` runs it) pumps to and from the console
 stream: a blocking stream read from a thread loses the agent's answers.
 
+The network (`NodeNetwork`, when given) is the direct driver's, passed through to QEMU (`network_xml`).
+libvirt 9.0's own choices do not isolate the guest: `<interface type='user'>` with the passt backend
+(Debian 12's passt 0.0~git20230309) lets the guest open TCP and UDP connections to every address the host
+routes to, and by default maps the gateway address to the host's loopback (the control plane's etcd and
+every cluster's apiserver on a local host): passt has no destination filter (only all of TCP off,
+`--no-tcp`), and libvirt passes it neither that nor `--no-map-gw`; the slirp backend takes no `restrict`,
+`guestfwd` or `hostfwd`. So the domain carries QEMU's own `-netdev
+user,restrict=on` with the apiserver `guestfwd` and kubelet `hostfwd` (trustedlaunch.node.kubelet) in
+`<qemu:commandline>`, one network code path for both drivers. The `guestfwd`'s `cmd:` makes QEMU start a
+`busybox nc` per connection, which QEMU's seccomp sandbox as libvirt sets it (`spawn=deny`) forbids: a
+libvirt host for node VMs has `seccomp_sandbox = 0` in its qemu.conf (libvirt then passes `-sandbox off`)
+and each domain asks for the sandbox back without `spawn=deny` (QEMU_SANDBOX); the host needs busybox at
+trustedlaunch.node.image.BUSYBOX.
+
 This slice runs the domain on a host whose files are this machine's (a private libvirtd or the local one):
 the ESP, firmware, console log and vTPM socket paths are local paths. Remote hosts need the ESP uploaded as a
 volume, the console read through the daemon and the vTPM on that host (next slices).
@@ -36,7 +50,8 @@ import libvirt
 
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
 from trustedlaunch.node.channel import AgentChannel, RootfsStatus
-from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.image import BUSYBOX, NodeImage
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
     FIRMWARE,
@@ -55,6 +70,12 @@ STREAM_CHUNK = 64 * 1024
 MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
 MAX_DOMAIN_XML = 1024 * 1024  # bytes of a domain definition read back from its host
+QEMU_XML_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+# QEMU's seccomp sandbox as libvirt sets it, less `spawn=deny` (the network's guestfwd spawns busybox nc)
+QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+# The NIC's slot on the q35 root bus: QEMU would give it the first free slot before libvirt's own devices
+# are added, taking the slot libvirt gives its PCIe root ports; libvirt fills slots from 1 up (and 0x1f)
+NIC_PCI_SLOT = "0x10"
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "its guest powered off",
     libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "it was destroyed",
@@ -275,6 +296,27 @@ def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
     )
 
 
+def domain_start_tag(network: NodeNetwork | None) -> str:
+    """The `<domain>` start tag: with a network, it declares the qemu namespace of `network_xml`."""
+    namespace = f" xmlns:qemu={quoteattr(QEMU_XML_NAMESPACE)}" if network is not None else ""
+    return f"<domain type='qemu'{namespace}>"
+
+
+def network_xml(network: NodeNetwork | None, busybox: Path = BUSYBOX) -> str:
+    """The domain's network (see the module's docstring): the direct driver's user network on a virtio NIC
+    at NIC_PCI_SLOT, with the sandbox allowing the guestfwd's spawns, passed through as `<qemu:commandline>`
+    (empty: no NIC at all, libvirt adds none by itself); `busybox`: its path on the VM's host."""
+    if network is None:
+        return ""
+    arguments = [
+        *("-netdev", network.netdev(busybox)),
+        *("-device", f"virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_PCI_SLOT}"),
+        *("-sandbox", QEMU_SANDBOX),
+    ]
+    values = "".join(f"<qemu:arg value={quoteattr(argument)}/>" for argument in arguments)
+    return f"<qemu:commandline>{values}</qemu:commandline>"
+
+
 def domain_xml(
     name: str,
     image: NodeImage,
@@ -283,9 +325,11 @@ def domain_xml(
     secure_boot: bool,
     tpm_socket: Path | None,
     host_tpm: bool = False,
+    network: NodeNetwork | None = None,
 ) -> str:
     """The libvirt domain definition of a node VM (see the module's docstring); `host_tpm`: a TPM that
-    libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`."""
+    libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`;
+    `network`: the VM's only network (none without it)."""
     code, template = FIRMWARE[secure_boot]
     disks = []
     if image.rootfs is not None:
@@ -294,7 +338,7 @@ def domain_xml(
     disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
     tpm = _tpm_xml(tpm_socket, host_tpm)
     secure = "yes" if secure_boot else "no"
-    return f"""<domain type='qemu'>
+    return f"""{domain_start_tag(network)}
   <name>{escape(name)}</name>
   <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
   <vcpu>{NODE_VCPUS}</vcpu>
@@ -314,6 +358,7 @@ def domain_xml(
     <memballoon model='none'/>
     {tpm}
   </devices>
+  {network_xml(network)}
 </domain>"""
 
 
@@ -330,8 +375,9 @@ class LibvirtNodeVM(BootingVM):
         vtpm: Vtpm | None = None,
         domain: libvirt.virDomain | None = None,
         host_tpm: bool = False,
+        network: NodeNetwork | None = None,
     ):
-        self._connection, self.host_tpm = connection, host_tpm
+        self._connection, self.host_tpm, self.network = connection, host_tpm, network
         self.image, self.run_dir, self.secure_boot, self.vtpm = image, run_dir, secure_boot, vtpm
         self.console_log = run_dir / "console.log"
         self._domain = domain
@@ -387,6 +433,7 @@ class LibvirtNodeVM(BootingVM):
                 secure_boot=self.secure_boot,
                 tpm_socket=tpm_socket,
                 host_tpm=self.host_tpm,
+                network=self.network,
             )
             self._domain = self._connection.defineXML(xml)
             self._started_at = time.monotonic()
@@ -510,12 +557,24 @@ class LibvirtDriver:
             self.connection.close()
 
     def create(
-        self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool,
+        vtpm: Vtpm | None,
+        network: NodeNetwork | None = None,
     ) -> LibvirtNodeVM:
-        """A node VM (not started) booting `image` on this host."""
+        """A node VM (not started) booting `image` on this host; `network`: its cluster's apiserver and its
+        kubelet port (trustedlaunch.node.kubelet; its addresses as this host reaches the apiserver and as
+        the apiserver reaches this host), else no network."""
         if self.host_tpm and vtpm is not None:
-            return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, host_tpm=True)
-        return LibvirtNodeVM(self.connection, image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
+            return LibvirtNodeVM(
+                self.connection, image, run_dir, secure_boot=secure_boot, host_tpm=True, network=network
+            )
+        return LibvirtNodeVM(
+            self.connection, image, run_dir, secure_boot=secure_boot, vtpm=vtpm, network=network
+        )
 
     def adoptable_domain(self, handle: str, run_dir: Path) -> libvirt.virDomain | None:
         """The running domain of UUID `handle` if it is a node VM of `run_dir`: its name has DOMAIN_PREFIX
