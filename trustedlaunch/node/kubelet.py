@@ -35,10 +35,12 @@ import ipaddress
 import json
 import re
 import shlex
+import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -122,6 +124,21 @@ class NodeNetwork:
     def qemu_arguments(self, busybox: Path = BUSYBOX) -> list[str]:
         """QEMU's user network (`netdev`) on a virtio NIC (the guest's eth0)."""
         return ["-netdev", self.netdev(busybox), "-device", "virtio-net-pci,netdev=net0"]
+
+
+def host_kubelet_address(uri: str | None) -> str:
+    """Where the control plane reaches the kubelet ports a VM host forwards: 127.0.0.1 for this machine (no
+    libvirt `uri`, or one without a host name: a local libvirtd), else the IPv4 address of `uri`'s host
+    (resolved here: the Node's InternalIP and the kubelet serving certificate need an address).
+    NodeJoinError if it has none."""
+    host = urlsplit(uri).hostname if uri else None
+    if not host:
+        return NODE_INTERNAL_IP
+    try:
+        found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise NodeJoinError(f"the host of libvirt URI {uri} has no IPv4 address: {error}") from None
+    return str(found[0][4][0])
 
 
 def check_node_name(name: str) -> str:
