@@ -14,19 +14,20 @@ The agent channel is trustedlaunch.node.channel.AgentChannel over one end of a s
 libvirt's event loop (one thread per process, as `virsh console` runs it) pumps to and from the console
 stream: a blocking stream read from a thread loses the agent's answers.
 
-The network (`NodeNetwork`, when given) is the direct driver's, passed through to QEMU (`network_xml`).
-libvirt 9.0's own choices do not isolate the guest: `<interface type='user'>` with the passt backend
-(Debian 12's passt 0.0~git20230309) lets the guest open TCP and UDP connections to every address the host
-routes to, and by default maps the gateway address to the host's loopback (the control plane's etcd and
-every cluster's apiserver on a local host): passt has no destination filter (only all of TCP off,
-`--no-tcp`), and libvirt passes it neither that nor `--no-map-gw`; the slirp backend takes no `restrict`,
-`guestfwd` or `hostfwd`. So the domain carries QEMU's own `-netdev
-user,restrict=on` with the apiserver `guestfwd` and kubelet `hostfwd` (trustedlaunch.node.kubelet) in
-`<qemu:commandline>`, one network code path for both drivers. The `guestfwd`'s `cmd:` makes QEMU start a
-`busybox nc` per connection, which QEMU's seccomp sandbox as libvirt sets it (`spawn=deny`) forbids: a
-libvirt host for node VMs has `seccomp_sandbox = 0` in its qemu.conf (libvirt then passes `-sandbox off`)
-and each domain asks for the sandbox back without `spawn=deny` (QEMU_SANDBOX); the host needs busybox at
-trustedlaunch.node.image.BUSYBOX.
+The network (`NodeNetwork`, when given) is the direct driver's, passed through to QEMU
+(`qemu_commandline_xml`). libvirt 9.0's own choices do not isolate the guest: `<interface type='user'>`
+with the passt backend (Debian 12's passt 0.0~git20230309) lets the guest open TCP and UDP connections to
+every address the host routes to, and by default maps the gateway address to the host's loopback (the
+control plane's etcd and every cluster's apiserver on a local host): passt has no destination filter (only
+all of TCP off, `--no-tcp`), and libvirt passes it neither that nor `--no-map-gw`; the slirp backend takes
+no `restrict`, `guestfwd` or `hostfwd`. So the domain carries QEMU's own `-netdev user,restrict=on` with the
+apiserver `guestfwd` and kubelet `hostfwd` (trustedlaunch.node.kubelet) in `<qemu:commandline>`, one
+network code path for both drivers. The `guestfwd`'s `cmd:` makes QEMU start a `busybox nc` per connection
+(fork, setsid, exec), which QEMU's seccomp sandbox as libvirt sets it forbids (`spawn=deny`,
+`elevateprivileges=deny`: the child dies of SIGSYS and the guest's connection with it): a libvirt host for
+node VMs has `seccomp_sandbox = 0` in its qemu.conf (libvirt then passes `-sandbox off`) and each domain,
+with a network or not, asks for the rest of the sandbox back (QEMU_SANDBOX: obsolete system calls and
+resource control still denied); the host needs busybox at trustedlaunch.node.image.BUSYBOX.
 
 This slice runs the domain on a host whose files are this machine's (a private libvirtd or the local one):
 the ESP, firmware, console log and vTPM socket paths are local paths. Remote hosts need the ESP uploaded as a
@@ -71,8 +72,9 @@ MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side tha
 DOMAIN_PREFIX = "tl-node-"
 MAX_DOMAIN_XML = 1024 * 1024  # bytes of a domain definition read back from its host
 QEMU_XML_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
-# QEMU's seccomp sandbox as libvirt sets it, less `spawn=deny` (the network's guestfwd spawns busybox nc)
-QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+# QEMU's seccomp sandbox as libvirt sets it, less `spawn=deny` and `elevateprivileges=deny`: the network's
+# guestfwd forks and execs busybox nc, and libslirp's child calls setsid() first (which that set denies)
+QEMU_SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
 # The NIC's slot on the q35 root bus: QEMU would give it the first free slot before libvirt's own devices
 # are added, taking the slot libvirt gives its PCIe root ports; libvirt fills slots from 1 up (and 0x1f)
 NIC_PCI_SLOT = "0x10"
@@ -296,23 +298,20 @@ def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
     )
 
 
-def domain_start_tag(network: NodeNetwork | None) -> str:
-    """The `<domain>` start tag: with a network, it declares the qemu namespace of `network_xml`."""
-    namespace = f" xmlns:qemu={quoteattr(QEMU_XML_NAMESPACE)}" if network is not None else ""
-    return f"<domain type='qemu'{namespace}>"
+def domain_start_tag() -> str:
+    """The `<domain>` start tag, declaring the qemu namespace of `qemu_commandline_xml`."""
+    return f"<domain type='qemu' xmlns:qemu={quoteattr(QEMU_XML_NAMESPACE)}>"
 
 
-def network_xml(network: NodeNetwork | None, busybox: Path = BUSYBOX) -> str:
-    """The domain's network (see the module's docstring): the direct driver's user network on a virtio NIC
-    at NIC_PCI_SLOT, with the sandbox allowing the guestfwd's spawns, passed through as `<qemu:commandline>`
-    (empty: no NIC at all, libvirt adds none by itself); `busybox`: its path on the VM's host."""
-    if network is None:
-        return ""
-    arguments = [
-        *("-netdev", network.netdev(busybox)),
-        *("-device", f"virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_PCI_SLOT}"),
-        *("-sandbox", QEMU_SANDBOX),
-    ]
+def qemu_commandline_xml(network: NodeNetwork | None, busybox: Path = BUSYBOX) -> str:
+    """What the domain passes through to QEMU (`<qemu:commandline>`): QEMU's sandbox (QEMU_SANDBOX: the
+    host's libvirt passes `-sandbox off`) and, with `network`, the VM's network (see the module's docstring:
+    the direct driver's user network on a virtio NIC at NIC_PCI_SLOT; without it the VM has no NIC, as
+    libvirt adds none by itself); `busybox`: its path on the VM's host."""
+    arguments = ["-sandbox", QEMU_SANDBOX]
+    if network is not None:
+        arguments += ["-netdev", network.netdev(busybox)]
+        arguments += ["-device", f"virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_PCI_SLOT}"]
     values = "".join(f"<qemu:arg value={quoteattr(argument)}/>" for argument in arguments)
     return f"<qemu:commandline>{values}</qemu:commandline>"
 
@@ -338,7 +337,7 @@ def domain_xml(
     disks.append(_disk(str(image.esp_dir), esp_target, kind="dir", driver="fat", boot=True))
     tpm = _tpm_xml(tpm_socket, host_tpm)
     secure = "yes" if secure_boot else "no"
-    return f"""{domain_start_tag(network)}
+    return f"""{domain_start_tag()}
   <name>{escape(name)}</name>
   <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
   <vcpu>{NODE_VCPUS}</vcpu>
@@ -358,7 +357,7 @@ def domain_xml(
     <memballoon model='none'/>
     {tpm}
   </devices>
-  {network_xml(network)}
+  {qemu_commandline_xml(network)}
 </domain>"""
 
 
