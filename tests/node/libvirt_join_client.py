@@ -134,12 +134,14 @@ def run_pod(client: Client, vm: LibvirtNodeVM, plane: HostedControlPlane, manife
 
 def probe_command(targets: list[tuple[str, int]]) -> str:
     """A shell loop that opens a TCP connection to each target from the guest (sending an HTTP request
-    line) and prints `address:port answer=<the first bytes answered>`: empty when unreachable."""
+    line) and prints `address:port rc=<nc's exit status: 0 once connected> answer=<the first bytes
+    answered>`."""
     lines = []
     for address, port in targets:
+        connect = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {PROBE_SECONDS} {address} {port} 2>/dev/null"
+        answer = "$(printf %s \"${out%rc=*}\" | head -c 24 | tr -d '\\r\\n')"
         lines.append(
-            f"answer=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {PROBE_SECONDS} {address} {port}"
-            f" 2>/dev/null | head -c 24 | tr -d '\\r\\n'); echo \"{address}:{port} answer=$answer\""
+            f'out=$({connect}; echo "rc=$?"); echo "{address}:{port} rc=${{out##*rc=}} answer={answer}"'
         )
     return "; ".join(lines)
 
