@@ -21,25 +21,13 @@ from typing import Any
 
 import pytest
 
-from trustedlaunch.control.kubernetes_release import verified_release
-from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
-from trustedlaunch.node.container_images import write_node_images
-from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image
+from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.libvirt_host import CONTROL_ADDRESS, LibvirtHost, NamespaceNetwork
 
 pytestmark = pytest.mark.slow
 CLIENT = Path(__file__).with_name("libvirt_join_client.py")
 CLIENT_TIMEOUT = 2400.0  # a plane, a TCG boot, a join and three pods on a loaded 2-core machine
 NODE_NAME = "tl-libvirt-join-0"
-
-
-@pytest.fixture(scope="module")
-def join_image(node_base: Path) -> NodeImage:
-    """The rootfs node image with the pre-loaded pause and busybox images."""
-    images = node_base / "libvirt-join-images"
-    write_node_images(images, BUSYBOX)
-    inputs = node_rootfs_inputs(verified_release(), verified_node_runtime(), images)
-    return build_node_image(node_base / "image-libvirt-join", rootfs=inputs)
 
 
 @pytest.fixture
