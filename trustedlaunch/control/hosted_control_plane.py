@@ -238,21 +238,30 @@ class HostedControlPlane:
         """Make the PKI and kubeconfigs if missing, then start those of the four processes that are not
         running already (they wait for etcd; data such as etcd's is kept); the components started. A running
         process whose command line is not this trustedlaunch's for its component (one an older release
-        started, e.g. with other flags) is stopped and started anew, so an upgrade reaches adopted planes."""
+        started, e.g. with other flags, or another listen address), or whose kubeconfig changed (the
+        apiserver's address), is stopped and started anew, so an upgrade reaches adopted planes."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.pki.directory.exists():
             further = () if self.listen_address == LOOPBACK else (self.listen_address,)
             create_cluster_pki(self.pki.directory, self.fqdn, self.service_cidr, further)
         open_cluster_pki(self.pki.directory)
         add_apiserver_address(self.pki, self.listen_address)  # a plane made before the address was set
+        reconfigured = set()  # components whose kubeconfig changed (read only at their start)
         for stem in ("admin", "controller-manager", "scheduler"):
             cert, key = self.pki.pair(stem)
             path = self.data_dir / f"{stem}.kubeconfig"
-            path.write_text(client_kubeconfig(self.server, self.pki.ca_cert, cert, key, stem))
+            kubeconfig = client_kubeconfig(self.server, self.pki.ca_cert, cert, key, stem)
+            if not path.is_file() or path.read_text() != kubeconfig:
+                reconfigured.add(f"kube-{stem}")
+            path.write_text(kubeconfig)
             path.chmod(0o600)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         found = control_plane_processes(self.data_dir)
-        outdated = [pid for pid, component in found.items() if command_line(pid) != self.command(component)]
+        outdated = [
+            pid
+            for pid, component in found.items()
+            if component in reconfigured or command_line(pid) != self.command(component)
+        ]
         if outdated:
             _stop(outdated, f"outdated control plane of {self.data_dir}", STOP_GRACE_SECONDS)
         running = {component for pid, component in found.items() if pid not in outdated}
