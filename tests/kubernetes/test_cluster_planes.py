@@ -31,6 +31,7 @@ from trustedlaunch.control.hosted_control_plane import (
     NODE_NETWORK_ADDRESS_ENV,
     ControlPlanePorts,
     control_plane_processes,
+    stop_control_plane_processes,
 )
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease
 from trustedlaunch.control.node_join import node_network
@@ -189,4 +190,6 @@ def test_a_node_network_address_moves_a_running_plane_there(
             assert node_network(node) == NodeNetwork(port, 40123, apiserver_address="127.0.0.2")
             assert planes.remove(session, cluster)
     finally:
+        for data_dir in (tmp_path / "state" / "clusters").glob("c*"):  # a failed assertion's plane
+            stop_control_plane_processes(data_dir)
         engine.dispose()
