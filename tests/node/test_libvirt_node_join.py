@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from trustedlaunch.control.hosted_control_plane import stop_control_plane_processes
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.libvirt_host import CONTROL_ADDRESS, LibvirtHost, NamespaceNetwork
 
@@ -53,7 +54,12 @@ def join_through(
         str(image.esp_dir.parent),
         str(work),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=environment)
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=environment
+        )
+    finally:
+        stop_control_plane_processes(work / "plane")  # those of a client killed at its timeout
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     outcome: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     print(f"libvirt join: {outcome}")
