@@ -17,6 +17,8 @@ from trustedlaunch.control.cluster_pki import (
     CERTIFICATE_STEMS,
     ClusterPki,
     ClusterPkiError,
+    add_apiserver_address,
+    apiserver_ip_addresses,
     create_cluster_pki,
     open_cluster_pki,
 )
@@ -126,3 +128,26 @@ def test_an_incomplete_directory_names_the_missing_file(tmp_path: Path) -> None:
     pki.pair("scheduler")[1].unlink()
     with pytest.raises(ClusterPkiError, match=r"scheduler\.key is missing"):
         open_cluster_pki(pki.directory)
+
+
+def test_the_apiserver_certificate_gains_a_node_network_address_once(tmp_path: Path) -> None:
+    made = create_cluster_pki(tmp_path / "cluster", FQDN)
+    before = certificate(made, "apiserver")
+    assert apiserver_ip_addresses(made) == ["127.0.0.1", "10.0.0.1"]
+    assert add_apiserver_address(made, "10.254.0.1")
+    after = certificate(made, "apiserver")
+    after.verify_directly_issued_by(certificate(made, "ca"))
+    assert apiserver_ip_addresses(made) == ["127.0.0.1", "10.0.0.1", "10.254.0.1"]
+    names = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == (
+        before.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+    )
+    assert after.subject == before.subject and extended_usages(after) == {ExtendedKeyUsageOID.SERVER_AUTH}
+    key = serialization.load_pem_private_key(made.pair("apiserver")[1].read_bytes(), password=None)
+    assert key.public_key() == after.public_key()
+    assert stat.S_IMODE(made.pair("apiserver")[1].stat().st_mode) == 0o600
+    assert not add_apiserver_address(made, "10.254.0.1")  # named already: left as it is
+    assert certificate(made, "apiserver") == after
+    assert not [path for path in made.directory.iterdir() if path.name.startswith(".")]

@@ -18,6 +18,7 @@ from kube_apiserver import read_node, register_node
 from lightkube import Client, KubeConfig
 
 from trustedlaunch.control.bootstrap import open_store
+from trustedlaunch.control.cluster_pki import ClusterPki, apiserver_ip_addresses
 from trustedlaunch.control.cluster_planes import (
     RESTART_BACKOFF_SECONDS,
     ClusterPlanes,
@@ -26,8 +27,15 @@ from trustedlaunch.control.cluster_planes import (
     hosted_credential,
 )
 from trustedlaunch.control.errors import ArmError
-from trustedlaunch.control.hosted_control_plane import ControlPlanePorts, control_plane_processes
+from trustedlaunch.control.hosted_control_plane import (
+    NODE_NETWORK_ADDRESS_ENV,
+    ControlPlanePorts,
+    control_plane_processes,
+    stop_control_plane_processes,
+)
 from trustedlaunch.control.kubernetes_release import KUBERNETES_VERSION, KubernetesRelease
+from trustedlaunch.control.node_join import node_network
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.store.models import ClusterControlPlane, ManagedCluster, Node
 
 pytestmark = pytest.mark.slow
@@ -127,4 +135,61 @@ def test_a_component_that_fails_fails_the_step_by_name_and_leaves_no_process(
             assert planes.node_adapter(node) is None
     finally:
         taken.close()
+        engine.dispose()
+
+
+def test_a_node_network_address_moves_a_running_plane_there(
+    kubernetes_release: KubernetesRelease, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TL_NODE_NETWORK_ADDRESS (here 127.0.0.2, another loopback address): a plane made without it is
+    restarted listening there only, its serving certificate names it, and credentials and the nodes' network
+    point there."""
+    monkeypatch.delenv(NODE_NETWORK_ADDRESS_ENV, raising=False)
+    engine, sessions = open_store(f"sqlite:///{tmp_path / 'store.db'}", None)
+    try:
+        with sessions() as session:
+            cluster = ManagedCluster(
+                subscription_id="00000000-0000-0000-0000-000000000000",
+                resource_group="rg",
+                name="moved",
+                display_name="moved",
+                location="eastus",
+                kubernetes_version="1.36.3",
+                dns_prefix="moved",
+                fqdn="moved-rg-000000.hcp.eastus.trustedlaunch.internal",
+                kube_token="unused",
+                provisioning_state="Creating",
+            )
+            session.add(cluster)
+            session.commit()
+            state = tmp_path / "state"
+            assert ClusterPlanes(state, release=lambda: kubernetes_release).ensure(session, cluster)
+            record = cluster.control_plane
+            assert record is not None and record.phase == "Running"
+            data_dir, port = Path(record.data_dir), record.apiserver_port
+            assert apiserver_ip_addresses(ClusterPki(data_dir / "pki")) == ["127.0.0.1", "10.0.0.1"]
+
+            before = {name: pid for pid, name in control_plane_processes(data_dir).items()}
+
+            monkeypatch.setenv(NODE_NETWORK_ADDRESS_ENV, "127.0.0.2")
+            planes = ClusterPlanes(state, release=lambda: kubernetes_release)
+            assert planes.ensure(session, cluster)  # not serving at the new address: restarted there
+            assert record.phase == "Running" and not planes.ensure(session, cluster)
+            after = {name: pid for pid, name in control_plane_processes(data_dir).items()}
+            # etcd kept; kube-apiserver (its flags) and the controllers (their kubeconfigs) restarted
+            assert [name for name in after if after[name] == before[name]] == ["etcd"]
+            assert "127.0.0.2" in apiserver_ip_addresses(ClusterPki(data_dir / "pki"))
+            credential = hosted_credential(cluster, admin=True)
+            assert credential is not None and credential.api_server.server == f"https://127.0.0.2:{port}"
+            with pytest.raises(ConnectionRefusedError):  # no longer on 127.0.0.1
+                socket.create_connection(("127.0.0.1", port), 5).close()
+            with Client(KubeConfig.from_file(data_dir / "admin.kubeconfig"), trust_env=False) as admin:
+                register_node(admin, "aks-moved-0")  # over TLS to 127.0.0.2, verified with the cluster CA
+            pool = SimpleNamespace(cluster=cluster)
+            node = cast(Node, SimpleNamespace(name="aks-moved-0", kubelet_port=40123, host=None, pool=pool))
+            assert node_network(node) == NodeNetwork(port, 40123, apiserver_address="127.0.0.2")
+            assert planes.remove(session, cluster)
+    finally:
+        for data_dir in (tmp_path / "state" / "clusters").glob("c*"):  # a failed assertion's plane
+            stop_control_plane_processes(data_dir)
         engine.dispose()

@@ -12,7 +12,8 @@ from node_helpers import processes_under
 from trustedlaunch.control.binary_cache import CachedBinaryError
 from trustedlaunch.control.kubernetes_release import verified_release
 from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
-from trustedlaunch.node.image import NodeImage, build_node_image
+from trustedlaunch.node.container_images import write_node_images
+from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image
 from trustedlaunch.node.qemu import NodeVM
 from trustedlaunch.node.rootfs import RootfsInputs
 from trustedlaunch.tpm.ekca import EkCa, create_ek_ca
@@ -102,3 +103,12 @@ def rootfs_inputs() -> RootfsInputs:
 def rootfs_node_image(node_base: Path, rootfs_inputs: RootfsInputs) -> NodeImage:
     """The default node image with its dm-verity protected root filesystem disk."""
     return build_node_image(node_base / "image-rootfs", rootfs=rootfs_inputs)
+
+
+@pytest.fixture(scope="session")
+def join_image(node_base: Path) -> NodeImage:
+    """The rootfs node image with the pre-loaded pause and busybox images (the node joins a cluster)."""
+    images = node_base / "join-images"
+    write_node_images(images, BUSYBOX)
+    inputs = node_rootfs_inputs(verified_release(), verified_node_runtime(), images)
+    return build_node_image(node_base / "image-join", rootfs=inputs)

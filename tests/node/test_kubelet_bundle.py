@@ -26,6 +26,7 @@ from trustedlaunch.node.kubelet import (
     KubeletJoin,
     NodeJoinError,
     NodeNetwork,
+    host_kubelet_address,
 )
 
 FQDN = "tests-rg-000000.hcp.local.trustedlaunch.internal"
@@ -141,6 +142,24 @@ def test_the_network_forwards_only_the_apiserver_and_the_kubelet_port() -> None:
     assert "hostfwd=tcp:127.0.0.1:40123-10.0.2.15:40123" in options
     with pytest.raises(NodeJoinError, match="port 0 is not a TCP port"):
         NodeNetwork(0, 40123)
+    for address, refusal in (
+        ("0.0.0.0", "not an IPv4 address of one interface"),
+        ("::1", "not an IPv4 address of one interface"),
+        ("10.0.0.1,hostfwd=tcp::1-:1", "is not an IP address"),
+    ):
+        with pytest.raises(NodeJoinError, match=refusal):
+            NodeNetwork(6443, 40123, kubelet_address=address)
+        with pytest.raises(NodeJoinError, match=refusal):
+            NodeNetwork(6443, 40123, apiserver_address=address)
+
+
+def test_the_kubelet_address_of_a_host_is_its_uris_address() -> None:
+    assert host_kubelet_address(None) == "127.0.0.1"  # the direct driver, on this machine
+    assert host_kubelet_address("qemu:///system?socket=/tmp/h/run/libvirt-sock") == "127.0.0.1"
+    assert host_kubelet_address("qemu+tcp://10.254.1.2/system") == "10.254.1.2"
+    assert host_kubelet_address("qemu+ssh://root@localhost:2222/system") == "127.0.0.1"
+    with pytest.raises(NodeJoinError, match="has no IPv4 address"):
+        host_kubelet_address("qemu+tls://no-such-host.invalid/system")
 
 
 def test_the_agent_pins_imports_with_the_label_the_cri_pins_by() -> None:

@@ -20,9 +20,12 @@ import pytest
 from trustedlaunch.control.libvirt_node_driver import AdoptedLibvirtVM, LibvirtNodeDriver
 from trustedlaunch.control.node_drivers import node_driver
 from trustedlaunch.control.node_processes import node_processes
-from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.image import BUSYBOX, NodeImage
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.libvirt_driver import (
     METADATA_NS,
+    QEMU_SANDBOX,
+    QEMU_XML_NAMESPACE,
     ConsoleBacklog,
     ConsoleBacklogFullError,
     ConsoleLogFile,
@@ -94,6 +97,30 @@ def test_domain_definition_escapes_the_run_directory(run_dir: Path) -> None:
         assert stored.findtext("os/nvram") == str(run_dir / "OVMF_VARS.fd")
     finally:
         connection.close()
+
+
+def passed_through(xml: str) -> list[str | None]:
+    """The QEMU arguments a domain definition passes through."""
+    definition = ElementTree.fromstring(xml)
+    assert definition.find("devices/interface") is None  # no NIC of libvirt's: the guest has only ours
+    return [arg.get("value") for arg in definition.iterfind(f"{{{QEMU_XML_NAMESPACE}}}commandline/*")]
+
+
+def test_the_domain_network_is_the_direct_drivers_user_network_passed_through(run_dir: Path) -> None:
+    network = NodeNetwork(6443, 40123, apiserver_address="10.254.0.1", kubelet_address="10.254.1.2")
+    image = image_in(run_dir)
+    without = passed_through(domain_xml("tl-node-1", image, run_dir, secure_boot=False, tpm_socket=None))
+    assert without == ["-sandbox", QEMU_SANDBOX]  # no NIC, the sandbox still on
+    arguments = passed_through(
+        domain_xml("tl-node-1", image, run_dir, secure_boot=False, tpm_socket=None, network=network)
+    )
+    assert arguments[:4] == ["-sandbox", QEMU_SANDBOX, "-netdev", network.netdev()]
+    assert arguments[4:] == ["-device", "virtio-net-pci,netdev=net0,bus=pcie.0,addr=0x10"]
+    options = network.netdev().split(",")
+    assert "restrict=on" in options
+    assert f"guestfwd=tcp:10.0.2.100:443-cmd:{BUSYBOX} nc 10.254.0.1 6443" in options
+    assert "hostfwd=tcp:10.254.1.2:40123-10.0.2.15:40123" in options
+    assert "spawn" not in QEMU_SANDBOX and "elevateprivileges" not in QEMU_SANDBOX  # the forward's nc
 
 
 def running_domain(driver: LibvirtNodeDriver, name: str, run_dir: Path, image: NodeImage) -> str:

@@ -26,12 +26,11 @@ from trustedlaunch.control.hosted_control_plane import (
     free_loopback_port,
     resident_memory_bytes,
 )
-from trustedlaunch.control.kubernetes_release import KubernetesRelease, verified_release
+from trustedlaunch.control.kubernetes_release import KubernetesRelease
 from trustedlaunch.control.node_join import issue_kubelet_credentials, node_credential_validity
-from trustedlaunch.control.node_runtime_release import node_rootfs_inputs, verified_node_runtime
 from trustedlaunch.node.channel import AgentError
-from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version, write_node_images
-from trustedlaunch.node.image import BUSYBOX, NodeImage, build_node_image
+from trustedlaunch.node.container_images import BUSYBOX_REPOSITORY, busybox_version
+from trustedlaunch.node.image import BUSYBOX, NodeImage
 from trustedlaunch.node.kubelet import (
     ATTESTATION_PENDING_TAINT,
     CLOUD_UNINITIALIZED_TAINT_KEY,
@@ -44,15 +43,6 @@ from trustedlaunch.node.qemu import NodeVM
 pytestmark = pytest.mark.slow
 NODE_NAME = "tl-join-node-0"
 JOIN_SECONDS = 600.0  # node VM start -> Ready under software emulation on a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def join_image(node_base: Path) -> NodeImage:
-    """The rootfs node image with the pre-loaded pause and busybox images."""
-    images = node_base / "join-images"
-    write_node_images(images, BUSYBOX)
-    inputs = node_rootfs_inputs(verified_release(), verified_node_runtime(), images)
-    return build_node_image(node_base / "image-join", rootfs=inputs)
 
 
 def wait_for(condition: Callable[[], Any], what: str, seconds: float, node: NodeVM | None = None) -> Any:

@@ -355,6 +355,46 @@ def _write_all(directory: Path, fqdn: str, service_cidr: str, ip_addresses: tupl
     directory.chmod(0o700)
 
 
+def apiserver_ip_addresses(pki: ClusterPki) -> list[str]:
+    """The IP addresses kube-apiserver's serving certificate names."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pki.path("apiserver.crt").read_bytes())
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound) as error:
+        raise ClusterPkiError(
+            f"kube-apiserver's certificate in {pki.directory} is unreadable: {error}"
+        ) from error
+    return [str(address) for address in names.get_values_for_type(x509.IPAddress)]
+
+
+def add_apiserver_address(pki: ClusterPki, address: str) -> bool:
+    """Make kube-apiserver's serving certificate name `address` too (a control plane that now also serves
+    the node network there): a new certificate and key of the cluster CA with the old one's names plus
+    `address`, written over the old pair; False if it names it already."""
+    named = apiserver_ip_addresses(pki)
+    if address in named:
+        return False
+    old = x509.load_pem_x509_certificate(pki.path("apiserver.crt").read_bytes())
+    names = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    ip_addresses = [ipaddress.ip_address(ip) for ip in [*named, address]]
+    certificate, key = _issue(
+        _cluster_authority(pki),
+        old.subject,
+        datetime.datetime.now(datetime.UTC),
+        server=True,
+        dns_names=names.get_values_for_type(x509.DNSName),
+        ip_addresses=ip_addresses,
+    )
+    scratch = Path(tempfile.mkdtemp(prefix=".apiserver-", dir=pki.directory))
+    try:
+        _write_pair(scratch, "apiserver", certificate, key)
+        (scratch / "apiserver.key").rename(pki.path("apiserver.key"))
+        (scratch / "apiserver.crt").rename(pki.path("apiserver.crt"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return True
+
+
 def open_cluster_pki(directory: Path) -> ClusterPki:
     """The complete PKI in `directory`; raises ClusterPkiError naming the first missing file."""
     pki = ClusterPki(directory)

@@ -51,10 +51,10 @@ from trustedlaunch.control.cluster_pki import CLUSTER_USER_SUBJECT, ClusterPki
 from trustedlaunch.control.errors import ArmError, conflict
 from trustedlaunch.control.hosted_control_plane import (
     COMPONENTS,
-    LOOPBACK,
     ControlPlanePorts,
     HostedControlPlane,
     control_plane_processes,
+    node_network_address,
     stop_control_plane_processes,
 )
 from trustedlaunch.control.kubeconfig import ApiServer
@@ -122,8 +122,8 @@ def recorded_plane_ports(session: Session) -> set[int]:
 
 
 def server_url(record: ClusterControlPlane) -> str:
-    """The URL of the cluster's kube-apiserver."""
-    return f"https://{LOOPBACK}:{record.apiserver_port}"
+    """The URL of the cluster's kube-apiserver (at the node network address: node_network_address)."""
+    return f"https://{node_network_address()}:{record.apiserver_port}"
 
 
 class ClusterPlanes:
@@ -139,12 +139,19 @@ class ClusterPlanes:
         self.root = state_dir.resolve() / CLUSTERS_DIR  # command lines name it: found from any directory
         self.release = release
         self.ready_timeout = ready_timeout
+        self.listen_address = node_network_address()  # a bad TL_NODE_NETWORK_ADDRESS fails here
         self._adapters: dict[str, KubernetesNodeAdapter] = {}  # data dir -> adapter (admin credential)
         self._adapters_lock = threading.Lock()
         self._restarts: dict[str, tuple[int, float]] = {}  # data dir -> (restarts in a row, next at)
 
     def _plane(self, record: ClusterControlPlane, fqdn: str) -> HostedControlPlane:
-        return HostedControlPlane(self.release(), Path(record.data_dir), fqdn, recorded_ports(record))
+        return HostedControlPlane(
+            self.release(),
+            Path(record.data_dir),
+            fqdn,
+            recorded_ports(record),
+            listen_address=self.listen_address,
+        )
 
     @staticmethod
     def _unrecorded_ports(session: Session) -> ControlPlanePorts:

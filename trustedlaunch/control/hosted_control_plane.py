@@ -1,6 +1,12 @@
 """The processes of one hosted Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager and
 kube-scheduler from the cached release, with the cluster's PKI, on loopback ports.
 
+kube-apiserver listens on the control plane's node network address (`node_network_address`): 127.0.0.1,
+where the node VMs of this machine reach it, unless TL_NODE_NETWORK_ADDRESS names an address of this
+machine that the libvirt hosts of remote node VMs reach (trustedlaunch.node.kubelet); then it listens there
+only (kube-apiserver has one bind address; this machine's own clients reach it there too) and its serving
+certificate names that address.
+
 Each process runs in a session of its own (it outlives the command that started it and a Ctrl-C in its
 terminal) and logs to `logs/{component}.log` under the cluster's data directory; every command line names
 a file under that directory, which is how `control_plane_processes` finds them again. etcd listens with
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -30,6 +37,7 @@ from trustedlaunch.control.cluster_pki import (
     DEFAULT_SERVICE_CIDR,
     FRONT_PROXY_CLIENT_NAME,
     ClusterPki,
+    add_apiserver_address,
     create_cluster_pki,
     open_cluster_pki,
 )
@@ -42,12 +50,29 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 # approving and signing (a kubelet must not renew its certificates around attestation).
 CONTROLLERS = "*,bootstrapsigner,tokencleaner,-csrapproving,-csrsigning"
 LOOPBACK = "127.0.0.1"
+NODE_NETWORK_ADDRESS_ENV = "TL_NODE_NETWORK_ADDRESS"
 STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_BYTES = 2000
 
 
 class ControlPlaneError(TrustedLaunchError):
     """A control-plane process failed to start, died, or the API server did not become ready."""
+
+
+def node_network_address() -> str:
+    """Where the kube-apiservers listen for the nodes (and everything else): TL_NODE_NETWORK_ADDRESS, an IPv4
+    address of this machine that every libvirt host of remote nodes reaches, else 127.0.0.1 (only nodes of
+    this machine). ControlPlaneError if the setting is not one interface's IPv4 address."""
+    value = os.environ.get(NODE_NETWORK_ADDRESS_ENV, "").strip()
+    if not value:
+        return LOOPBACK
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ControlPlaneError(f"{NODE_NETWORK_ADDRESS_ENV}={value!r} is not an IP address") from None
+    if address.version != 4 or address.is_unspecified or address.is_multicast:
+        raise ControlPlaneError(f"{NODE_NETWORK_ADDRESS_ENV}={value} is not an IPv4 address of one interface")
+    return str(address)
 
 
 def free_loopback_port() -> int:
@@ -175,13 +200,15 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class HostedControlPlane:
-    """One cluster's control-plane processes; `start`, `wait_ready`, `stop`."""
+    """One cluster's control-plane processes; `start`, `wait_ready`, `stop`. kube-apiserver listens on
+    `listen_address` (node_network_address), the other components on loopback."""
 
     release: KubernetesRelease
     data_dir: Path
     fqdn: str
     ports: ControlPlanePorts
     service_cidr: str = DEFAULT_SERVICE_CIDR
+    listen_address: str = LOOPBACK
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -191,8 +218,8 @@ class HostedControlPlane:
 
     @property
     def server(self) -> str:
-        """The API server URL on loopback."""
-        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+        """The API server URL (at its listen address)."""
+        return f"https://{self.listen_address}:{self.ports.apiserver}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -211,19 +238,30 @@ class HostedControlPlane:
         """Make the PKI and kubeconfigs if missing, then start those of the four processes that are not
         running already (they wait for etcd; data such as etcd's is kept); the components started. A running
         process whose command line is not this trustedlaunch's for its component (one an older release
-        started, e.g. with other flags) is stopped and started anew, so an upgrade reaches adopted planes."""
+        started, e.g. with other flags, or another listen address), or whose kubeconfig changed (the
+        apiserver's address), is stopped and started anew, so an upgrade reaches adopted planes."""
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.pki.directory.exists():
-            create_cluster_pki(self.pki.directory, self.fqdn, self.service_cidr)
+            further = () if self.listen_address == LOOPBACK else (self.listen_address,)
+            create_cluster_pki(self.pki.directory, self.fqdn, self.service_cidr, further)
         open_cluster_pki(self.pki.directory)
+        add_apiserver_address(self.pki, self.listen_address)  # a plane made before the address was set
+        reconfigured = set()  # components whose kubeconfig changed (read only at their start)
         for stem in ("admin", "controller-manager", "scheduler"):
             cert, key = self.pki.pair(stem)
             path = self.data_dir / f"{stem}.kubeconfig"
-            path.write_text(client_kubeconfig(self.server, self.pki.ca_cert, cert, key, stem))
+            kubeconfig = client_kubeconfig(self.server, self.pki.ca_cert, cert, key, stem)
+            if not path.is_file() or path.read_text() != kubeconfig:
+                reconfigured.add(f"kube-{stem}")
+            path.write_text(kubeconfig)
             path.chmod(0o600)
         (self.data_dir / "logs").mkdir(exist_ok=True)
         found = control_plane_processes(self.data_dir)
-        outdated = [pid for pid, component in found.items() if command_line(pid) != self.command(component)]
+        outdated = [
+            pid
+            for pid, component in found.items()
+            if component in reconfigured or command_line(pid) != self.command(component)
+        ]
         if outdated:
             _stop(outdated, f"outdated control plane of {self.data_dir}", STOP_GRACE_SECONDS)
         running = {component for pid, component in found.items() if pid not in outdated}
@@ -261,8 +299,8 @@ class HostedControlPlane:
         if component == "kube-apiserver":
             return [
                 binary,
-                f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
+                f"--bind-address={self.listen_address}",
+                f"--advertise-address={self.listen_address}",
                 f"--secure-port={self.ports.apiserver}",
                 "--endpoint-reconciler-type=none",  # Endpoints may not hold loopback addresses
                 f"--etcd-servers=https://{LOOPBACK}:{self.ports.etcd_client}",

@@ -19,6 +19,7 @@ from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
 from trustedlaunch.node.driver import NodeDriver
 from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
     BootFailedError,
@@ -129,9 +130,17 @@ class QemuDriver:
 
     name = "qemu"
 
-    def create(self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None) -> QemuNodeVM:
+    def create(
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool,
+        vtpm: Vtpm | None,
+        network: NodeNetwork | None = None,
+    ) -> QemuNodeVM:
         """A NodeVM (not started) with these settings."""
-        return QemuNodeVM(image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
+        return QemuNodeVM(image, run_dir, secure_boot=secure_boot, vtpm=vtpm, network=network)
 
     def adopt(self, handle: str, run_dir: Path) -> AdoptedQemuVM | None:
         """The VM whose QEMU pid is `handle` if it still runs from `run_dir`; else None."""

@@ -1,12 +1,15 @@
 """A node VM joins its cluster's hosted control plane, gated by attestation.
 
 Only a node whose image has a root filesystem (kubelet, containerd) and whose cluster's control plane is
-Running joins (`joins_cluster`). Before its VM starts, the node gets a free kubelet port on 127.0.0.1,
-recorded on its row (write-ahead: an adopted VM keeps it), and the VM's network (`node_network`) forwards
-its cluster's kube-apiserver into the guest and that port to its kubelet (trustedlaunch.node.kubelet).
+Running joins (`joins_cluster`). Before its VM starts, the node gets a free kubelet port, recorded on its
+row (write-ahead: an adopted VM keeps it), and the VM's network (`node_network`) forwards its cluster's
+kube-apiserver into the guest (at the control plane's node network address: 127.0.0.1 unless
+TL_NODE_NETWORK_ADDRESS names one the libvirt hosts reach) and that port on its host's address
+(`node_kubelet_address`: 127.0.0.1 on this machine, the libvirt host's address for a remote one) to its
+kubelet (trustedlaunch.node.kubelet).
 
 The credentials (`hand_credential`): a kubelet client certificate `system:node:<name>` and a kubelet serving
-certificate (the same name, SANs the node name and NODE_INTERNAL_IP, which kube-apiserver verifies with the
+certificate (the same name, SANs the node name and its kubelet address, which kube-apiserver verifies with the
 cluster CA when it dials the kubelet), both of the cluster CA, issued only when the reconciler calls it and
 handed over the node's own agent channel, never written into an image. The reconciler calls it for a vTPM
 node only right after that node passed its provisioning attestation (which activated a credential with its
@@ -54,7 +57,7 @@ from trustedlaunch.control.cluster_pki import (
     issue_node_serving_certificate,
 )
 from trustedlaunch.control.cluster_planes import ClusterPlanes, ControlPlanePhase, recorded_plane_ports
-from trustedlaunch.control.hosted_control_plane import free_loopback_port
+from trustedlaunch.control.hosted_control_plane import free_loopback_port, node_network_address
 from trustedlaunch.control.kubernetes import KubernetesAdapterError
 from trustedlaunch.control.labels import pool_labels
 from trustedlaunch.control.limits import DEFAULT_MAX_PODS, parse_taint
@@ -67,7 +70,9 @@ from trustedlaunch.node.kubelet import (
     NODE_INTERNAL_IP,
     KubeletCredentials,
     KubeletJoin,
+    NodeJoinError,
     NodeNetwork,
+    host_kubelet_address,
     node_addresses_patch,
 )
 from trustedlaunch.store.models import Node
@@ -115,12 +120,27 @@ def record_kubelet_port(session: Session, node: Node) -> int:
     return node.kubelet_port
 
 
+def node_kubelet_address(node: Node) -> str:
+    """Where the apiserver reaches `node`'s kubelet port: its host's address (127.0.0.1 on this machine or
+    a local libvirtd; NodeJoinFailedError if its libvirt host's name has no address)."""
+    try:
+        return host_kubelet_address(node.host.uri if node.host is not None else None)
+    except NodeJoinError as exc:
+        raise NodeJoinFailedError(f"node {node.name}: {exc}") from exc
+
+
 def node_network(node: Node) -> NodeNetwork:
-    """The VM network of a joining `node` (its kubelet port recorded): its cluster's kube-apiserver port."""
+    """The VM network of a joining `node` (its kubelet port recorded): its cluster's kube-apiserver at the
+    node network address, its kubelet port on its host's address."""
     record = node.pool.cluster.control_plane
     if record is None or node.kubelet_port is None:
         raise NodeJoinFailedError(f"node {node.name}: no control plane or no kubelet port to join with")
-    return NodeNetwork(record.apiserver_port, node.kubelet_port)
+    return NodeNetwork(
+        record.apiserver_port,
+        node.kubelet_port,
+        apiserver_address=node_network_address(),
+        kubelet_address=node_kubelet_address(node),
+    )
 
 
 def _boot_id(stored: dict[str, Any]) -> str | None:
@@ -137,11 +157,12 @@ def node_credential_validity(renewal_interval: float) -> datetime.timedelta:
 
 
 def issue_kubelet_credentials(
-    pki: ClusterPki, node_name: str, validity: datetime.timedelta
+    pki: ClusterPki, node_name: str, validity: datetime.timedelta, address: str = NODE_INTERNAL_IP
 ) -> KubeletCredentials:
-    """New client and serving certificates (and keys) of the cluster CA for the kubelet of `node_name`."""
+    """New client and serving certificates (and keys) of the cluster CA for the kubelet of `node_name`,
+    which the apiserver reaches at `address` (node_kubelet_address)."""
     client_cert, client_key = issue_node_client_certificate(pki, node_name, validity)
-    serving_cert, serving_key = issue_node_serving_certificate(pki, node_name, NODE_INTERNAL_IP, validity)
+    serving_cert, serving_key = issue_node_serving_certificate(pki, node_name, address, validity)
     return KubeletCredentials(client_cert, client_key, serving_cert, serving_key)
 
 
@@ -193,7 +214,7 @@ class NodeJoiner:
                 node.name,
                 node.pool.cluster.fqdn,
                 pki.ca_cert.read_bytes(),
-                issue_kubelet_credentials(pki, node.name, self.validity),
+                issue_kubelet_credentials(pki, node.name, self.validity, node_kubelet_address(node)),
                 node.kubelet_port,
                 taints=(ATTESTATION_PENDING_TAINT, *pool_taints(node.pool.node_taints)),
                 max_pods=DEFAULT_MAX_PODS if node.pool.max_pods is None else node.pool.max_pods,
@@ -212,7 +233,9 @@ class NodeJoiner:
         (kubelet reloads them); what the agent replaced, its client certificate checked to be the one
         issued. Call it only right after the node passed attestation (vTPM; see the module's rule)."""
         try:
-            credentials = issue_kubelet_credentials(self._pki(node), node.name, self.validity)
+            credentials = issue_kubelet_credentials(
+                self._pki(node), node.name, self.validity, node_kubelet_address(node)
+            )
             renewed = channel.renew_kubelet_credentials(credentials.bundle(), RENEW_TIMEOUT)
         except AgentOutdatedError as exc:
             raise NodeAgentOutdatedError(f"node {node.name}: kubelet credentials not renewed: {exc}") from exc
@@ -262,7 +285,7 @@ class NodeJoiner:
                 self._missing(node, "its kubelet did not register its Node", channel)
             assert stored is not None
             # a strategic merge patch: the Hostname address kubelet set stays
-            client.patch(KubernetesNode.Status, node.name, node_addresses_patch())
+            client.patch(KubernetesNode.Status, node.name, node_addresses_patch(node_kubelet_address(node)))
             self._label_and_untaint(client, node.name, labels)
             ready = self._wait(client, node.name, deadline, lambda found: self._is_ready(found))
             if ready is None:

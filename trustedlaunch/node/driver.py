@@ -14,6 +14,7 @@ from typing import Protocol
 
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.tpm.vtpm import Vtpm
 
 
@@ -64,8 +65,18 @@ class NodeDriver(Protocol):
 
     name: str  # "qemu" (direct) or "libvirt"
 
-    def create(self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None) -> NodeMachine:
-        """A VM (not started) booting `image`, with or without Secure Boot and vTPM; files in `run_dir`."""
+    def create(
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool,
+        vtpm: Vtpm | None,
+        network: NodeNetwork | None = None,
+    ) -> NodeMachine:
+        """A VM (not started) booting `image`, with or without Secure Boot and vTPM; files in `run_dir`;
+        `network`: its only network, to its cluster's apiserver and from it to its kubelet
+        (trustedlaunch.node.kubelet: addresses as its host sees them), else none."""
         ...
 
     def adopt(self, handle: str, run_dir: Path) -> NodeMachine | None:

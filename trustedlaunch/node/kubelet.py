@@ -1,19 +1,24 @@
-"""What a node VM needs to join its cluster: the network between the node and the host's loopback, and the
-join bundle the agent receives (agent request KUBELET) before it starts containerd and kubelet from its
-verified root filesystem.
+"""What a node VM needs to join its cluster: the network between the node and its host, and the join bundle
+the agent receives (agent request KUBELET) before it starts containerd and kubelet from its verified root
+filesystem.
 
-Network (QEMU user networking, `restrict=on`: the guest reaches nothing by default):
+Network (QEMU user networking, `restrict=on`: the guest reaches nothing by default), the same under the
+direct driver (QEMU arguments) and the libvirt driver (the same arguments passed through the domain):
 - node -> kube-apiserver: a `guestfwd` from APISERVER_GUEST_ADDRESS:APISERVER_GUEST_PORT to the cluster's
-  kube-apiserver on 127.0.0.1:<port>, in its `cmd:` form: QEMU runs one `busybox nc 127.0.0.1 <port>` per
-  connection the guest opens (the `tcp:` chardev form serves a single connection, and kubelet opens several:
-  its client, its watches, its lease and the authorization webhook's). The kubelet reaches the apiserver by
-  the cluster FQDN (the serving certificate's SAN), mapped to that address in the node's /etc/hosts.
-- kube-apiserver -> kubelet (`kubectl logs`/`exec`): a `hostfwd` from 127.0.0.1:<kubelet port> to the same
-  port in the guest, where kubelet listens. The kubelet runs with `--cloud-provider=external`: it does not
-  publish the guest's own address (10.0.2.15, which the host cannot reach) and registers with the
-  `node.cloudprovider.kubernetes.io/uninitialized` taint; the control plane, as a cloud node controller does,
-  sets the Node's address to 127.0.0.1 (`node_addresses_patch`) and removes that taint. The Node's
-  daemonEndpoints carry kubelet's port, so the apiserver dials 127.0.0.1:<kubelet port>, which is that node.
+  kube-apiserver at <apiserver address>:<port> (127.0.0.1 on the control plane's own machine, else the
+  control plane's node network address), in its `cmd:` form: QEMU runs one `busybox nc <address> <port>`
+  on the VM's host per connection the guest opens (the `tcp:` chardev form serves a single connection, and
+  kubelet opens several: its client, its watches, its lease and the authorization webhook's). The kubelet
+  reaches the apiserver by the cluster FQDN (the serving certificate's SAN), mapped to that guest address
+  in the node's /etc/hosts.
+- kube-apiserver -> kubelet (`kubectl logs`/`exec`): a `hostfwd` from <kubelet address>:<kubelet port> on
+  the VM's host (127.0.0.1 on the control plane's machine, else the host's own address, never 0.0.0.0) to
+  the same port in the guest, where kubelet listens. The kubelet runs with `--cloud-provider=external`: it
+  does not publish the guest's own address (10.0.2.15, which nobody outside the VM reaches) and registers
+  with the `node.cloudprovider.kubernetes.io/uninitialized` taint; the control plane, as a cloud node
+  controller does, sets the Node's InternalIP to the kubelet address (`node_addresses_patch`) and removes
+  that taint. The Node's daemonEndpoints carry kubelet's port, so the apiserver dials <kubelet address>:
+  <kubelet port>, which is that node.
 
 Credentials (KubeletCredentials): the kubelet's client certificate and its serving certificate, both of the
 cluster CA, are files on the node's tmpfs (CREDENTIALS_DIR) that the kubeconfig and the kubelet
@@ -30,17 +35,19 @@ import ipaddress
 import json
 import re
 import shlex
+import socket
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.node.image import BUSYBOX
 
-NODE_INTERNAL_IP = "127.0.0.1"  # the Node's InternalIP: where the apiserver dials every node's kubelet
+NODE_INTERNAL_IP = "127.0.0.1"  # a local node's InternalIP: where the apiserver dials its kubelet
 NODE_ADDRESS = "10.0.2.15"  # the guest's eth0 (QEMU user networking's first DHCP address, set statically)
 APISERVER_GUEST_ADDRESS = "10.0.2.100"  # where the node reaches its cluster's kube-apiserver
 APISERVER_GUEST_PORT = 443
@@ -82,26 +89,56 @@ class NodeJoinError(TrustedLaunchError):
 
 @dataclass(frozen=True)
 class NodeNetwork:
-    """A node VM's network: the host loopback port of its cluster's kube-apiserver and the host loopback
-    port forwarded to its kubelet (kubelet listens on the same port in the guest)."""
+    """A node VM's network: where its host reaches its cluster's kube-apiserver (`apiserver_address`:
+    `apiserver_port`) and the address and port on its host forwarded to its kubelet (`kubelet_address`:
+    `kubelet_port`; kubelet listens on the same port in the guest). Both addresses are 127.0.0.1 for a VM
+    on the control plane's own machine."""
 
     apiserver_port: int
     kubelet_port: int
+    apiserver_address: str = NODE_INTERNAL_IP
+    kubelet_address: str = NODE_INTERNAL_IP
 
     def __post_init__(self) -> None:
         for port in (self.apiserver_port, self.kubelet_port):
             if not 0 < port < 65536:
                 raise NodeJoinError(f"port {port} is not a TCP port")
+        for address in (self.apiserver_address, self.kubelet_address):
+            try:
+                parsed = ipaddress.ip_address(address)
+            except ValueError:
+                raise NodeJoinError(f"{address!r} is not an IP address") from None
+            if parsed.version != 4 or parsed.is_unspecified:
+                raise NodeJoinError(f"{address} is not an IPv4 address of one interface")
 
-    def qemu_arguments(self, busybox: Path = BUSYBOX) -> list[str]:
-        """QEMU's user network (restrict=on) with the two forwards, on a virtio NIC (the guest's eth0)."""
-        bridge = f"{shlex.quote(str(busybox))} nc 127.0.0.1 {self.apiserver_port}"
-        netdev = (
+    def netdev(self, busybox: Path = BUSYBOX) -> str:
+        """QEMU's `-netdev` option: user networking (restrict=on) with the two forwards; `busybox` is the
+        path of busybox on the VM's host."""
+        bridge = f"{shlex.quote(str(busybox))} nc {self.apiserver_address} {self.apiserver_port}"
+        return (
             "user,id=net0,restrict=on,net=10.0.2.0/24,"
             f"guestfwd=tcp:{APISERVER_GUEST_ADDRESS}:{APISERVER_GUEST_PORT}-cmd:{bridge},"
-            f"hostfwd=tcp:127.0.0.1:{self.kubelet_port}-{NODE_ADDRESS}:{self.kubelet_port}"
+            f"hostfwd=tcp:{self.kubelet_address}:{self.kubelet_port}-{NODE_ADDRESS}:{self.kubelet_port}"
         )
-        return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
+
+    def qemu_arguments(self, busybox: Path = BUSYBOX) -> list[str]:
+        """QEMU's user network (`netdev`) on a virtio NIC (the guest's eth0)."""
+        return ["-netdev", self.netdev(busybox), "-device", "virtio-net-pci,netdev=net0"]
+
+
+def host_kubelet_address(uri: str | None) -> str:
+    """Where the control plane reaches the kubelet ports a VM host forwards: 127.0.0.1 for this machine (no
+    libvirt `uri`, or one without a host name: a local libvirtd), else the IPv4 address of `uri`'s host
+    (resolved here: the Node's InternalIP and the kubelet serving certificate need an address).
+    NodeJoinError if it has none."""
+    host = urlsplit(uri).hostname if uri else None
+    if not host:
+        return NODE_INTERNAL_IP
+    try:
+        found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise NodeJoinError(f"the host of libvirt URI {uri} has no IPv4 address: {error}") from None
+    return str(found[0][4][0])
 
 
 def check_node_name(name: str) -> str:
@@ -272,7 +309,8 @@ class KubeletJoin:
         return data
 
 
-def node_addresses_patch() -> dict[str, Any]:
+def node_addresses_patch(address: str = NODE_INTERNAL_IP) -> dict[str, Any]:
     """The Node status patch a cloud node controller applies: the address the apiserver reaches the kubelet
-    by (127.0.0.1: the node's hostfwd; the kubelet port comes from the Node's daemonEndpoints)."""
-    return {"status": {"addresses": [{"type": "InternalIP", "address": NODE_INTERNAL_IP}]}}
+    by (the node's `NodeNetwork.kubelet_address`, where its host forwards the kubelet port; the port comes
+    from the Node's daemonEndpoints)."""
+    return {"status": {"addresses": [{"type": "InternalIP", "address": address}]}}

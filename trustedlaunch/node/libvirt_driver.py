@@ -28,6 +28,22 @@ host (the domain, its varstore and its TPM state) and keeps the image volumes.
 The agent channel is trustedlaunch.node.channel.AgentChannel over one end of a socket pair whose other end
 libvirt's event loop (one thread per process, as `virsh console` runs it) pumps to and from the console
 stream: a blocking stream read from a thread loses the agent's answers.
+
+The network (`NodeNetwork`, when given) is the direct driver's, passed through to QEMU
+(`qemu_commandline_xml`). libvirt 9.0's own choices do not isolate the guest: `<interface type='user'>`
+with the passt backend (Debian 12's passt 0.0~git20230309) lets the guest open TCP and UDP connections to
+every address the host routes to, and by default maps the gateway address to the host's loopback (the
+control plane's etcd and every cluster's apiserver on a local host): passt has no destination filter (only
+all of TCP off, `--no-tcp`), and libvirt passes it neither that nor `--no-map-gw`; the slirp backend takes
+no `restrict`, `guestfwd` or `hostfwd`. So the domain carries QEMU's own `-netdev user,restrict=on` with the
+apiserver `guestfwd` and kubelet `hostfwd` (trustedlaunch.node.kubelet) in `<qemu:commandline>`, one
+network code path for both drivers. The `guestfwd`'s `cmd:` makes QEMU start a `busybox nc` per connection
+(fork, setsid, exec), which QEMU's seccomp sandbox as libvirt sets it forbids (`spawn=deny`,
+`elevateprivileges=deny`: the child dies of SIGSYS and the guest's connection with it): a libvirt host for
+node VMs has `seccomp_sandbox = 0` in its qemu.conf (libvirt then passes `-sandbox off`) and each domain,
+with a network or not, asks for the rest of the sandbox back (QEMU_SANDBOX: obsolete system calls and
+resource control still denied); the host needs busybox at trustedlaunch.node.image.BUSYBOX.
+
 """
 
 from __future__ import annotations
@@ -51,7 +67,8 @@ import libvirt
 from trustedlaunch.node.agent_client import NodeAgent, NodeQuote
 from trustedlaunch.node.channel import AgentChannel, RootfsStatus
 from trustedlaunch.node.esp_disk import esp_disk
-from trustedlaunch.node.image import NodeImage, NodeImageError
+from trustedlaunch.node.image import BUSYBOX, NodeImage, NodeImageError
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.libvirt_volumes import POOL_NAME, HostVolume, ImageVolumeError, ImageVolumes
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
@@ -74,6 +91,13 @@ STREAM_CHUNK = 64 * 1024
 MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
 MAX_DOMAIN_XML = 1024 * 1024  # bytes of a domain definition read back from its host
+QEMU_XML_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+# QEMU's seccomp sandbox as libvirt sets it, less `spawn=deny` and `elevateprivileges=deny`: the network's
+# guestfwd forks and execs busybox nc, and libslirp's child calls setsid() first (which that set denies)
+QEMU_SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
+# The NIC's slot on the q35 root bus: QEMU would give it the first free slot before libvirt's own devices
+# are added, taking the slot libvirt gives its PCIe root ports; libvirt fills slots from 1 up (and 0x1f)
+NIC_PCI_SLOT = "0x10"
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "its guest powered off",
     libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "it was destroyed",
@@ -456,6 +480,24 @@ def _metadata_xml(run_dir: Path, volumes: NodeVolumes | None) -> str:
     )
 
 
+def domain_start_tag() -> str:
+    """The `<domain>` start tag, declaring the qemu namespace of `qemu_commandline_xml`."""
+    return f"<domain type='qemu' xmlns:qemu={quoteattr(QEMU_XML_NAMESPACE)}>"
+
+
+def qemu_commandline_xml(network: NodeNetwork | None, busybox: Path = BUSYBOX) -> str:
+    """What the domain passes through to QEMU (`<qemu:commandline>`): QEMU's sandbox (QEMU_SANDBOX: the
+    host's libvirt passes `-sandbox off`) and, with `network`, the VM's network (see the module's docstring:
+    the direct driver's user network on a virtio NIC at NIC_PCI_SLOT; without it the VM has no NIC, as
+    libvirt adds none by itself); `busybox`: its path on the VM's host."""
+    arguments = ["-sandbox", QEMU_SANDBOX]
+    if network is not None:
+        arguments += ["-netdev", network.netdev(busybox)]
+        arguments += ["-device", f"virtio-net-pci,netdev=net0,bus=pcie.0,addr={NIC_PCI_SLOT}"]
+    values = "".join(f"<qemu:arg value={quoteattr(argument)}/>" for argument in arguments)
+    return f"<qemu:commandline>{values}</qemu:commandline>"
+
+
 def domain_xml(
     name: str,
     image: NodeImage,
@@ -465,11 +507,13 @@ def domain_xml(
     tpm_socket: Path | None,
     host_tpm: bool = False,
     volumes: NodeVolumes | None = None,
+    network: NodeNetwork | None = None,
 ) -> str:
     """The libvirt domain definition of a node VM (see the module's docstring); `host_tpm`: a TPM that
     libvirt makes and runs on the host (its EK certified by the host's CA) instead of ours at `tpm_socket`;
-    `volumes`: a remote host's volumes, so that the definition names none of this machine's paths."""
-    return f"""<domain type='qemu'>
+    `volumes`: a remote host's volumes, so that the definition names none of this machine's paths;
+    `network`: the VM's only network (none without it)."""
+    return f"""{domain_start_tag()}
   <name>{escape(name)}</name>
   {_metadata_xml(run_dir, volumes)}
   <memory unit='MiB'>{NODE_MEMORY_MIB}</memory>
@@ -488,6 +532,7 @@ def domain_xml(
     <memballoon model='none'/>
     {_tpm_xml(tpm_socket, host_tpm)}
   </devices>
+  {qemu_commandline_xml(network)}
 </domain>"""
 
 
@@ -507,8 +552,10 @@ class LibvirtNodeVM(BootingVM):
         domain: libvirt.virDomain | None = None,
         host_tpm: bool = False,
         volumes: ImageVolumes | None = None,
+        network: NodeNetwork | None = None,
     ):
         self._connection, self.host_tpm, self._image_volumes = connection, host_tpm, volumes
+        self.network = network
         self.image, self.run_dir, self.secure_boot, self.vtpm = image, run_dir, secure_boot, vtpm
         self.console_log = run_dir / "console.log"
         self._domain = domain
@@ -577,6 +624,7 @@ class LibvirtNodeVM(BootingVM):
                 tpm_socket=tpm_socket,
                 host_tpm=self.host_tpm,
                 volumes=self.volumes,
+                network=self.network,
             )
             self._domain = self._connection.defineXML(xml)
             self._started_at = time.monotonic()
@@ -717,9 +765,17 @@ class LibvirtDriver:
             self.connection.close()
 
     def create(
-        self, image: NodeImage, run_dir: Path, *, secure_boot: bool, vtpm: Vtpm | None
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool,
+        vtpm: Vtpm | None,
+        network: NodeNetwork | None = None,
     ) -> LibvirtNodeVM:
-        """A node VM (not started) booting `image` on this host."""
+        """A node VM (not started) booting `image` on this host; `network`: its cluster's apiserver and its
+        kubelet port (trustedlaunch.node.kubelet; its addresses as this host reaches the apiserver and as
+        the apiserver reaches this host), else no network."""
         host_tpm = self.host_tpm and vtpm is not None
         return LibvirtNodeVM(
             self.connection,
@@ -729,6 +785,7 @@ class LibvirtDriver:
             vtpm=None if host_tpm else vtpm,
             host_tpm=host_tpm,
             volumes=self.volumes,
+            network=network,
         )
 
     def adoptable_domain(self, handle: str, run_dir: Path) -> libvirt.virDomain | None:

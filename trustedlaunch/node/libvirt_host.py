@@ -4,7 +4,9 @@ A production operator runs their own libvirtd (reached as `qemu+ssh://` or `qemu
 this machine without touching the machine's libvirt: inside `unshare -m --propagation private`, with private
 folders bind-mounted over /etc/libvirt, /run/libvirt, /var/lib/libvirt (with images/), /var/cache/libvirt,
 /var/log/libvirt and /var/log/swtpm, and a qemu.conf that runs QEMU as root without cgroups, namespaces,
-security driver or virtlogd. Its socket is `{base}/run/libvirt-sock`; `uri` names it.
+security driver or virtlogd, and without libvirt's QEMU seccomp sandbox (each node domain asks for it
+again, allowing the spawns of its network's apiserver forward: trustedlaunch.node.libvirt_driver). Its
+socket is `{base}/run/libvirt-sock`; `uri` names it.
 
 A host given an EK CA (`ek_ca`) certifies the EKs of the TPMs libvirt itself makes (a domain with an
 emulator TPM backend: libvirt 9.0 runs `swtpm_setup` without `--config`, so the host's own
@@ -13,6 +15,9 @@ emulator TPM backend: libvirt 9.0 runs `swtpm_setup` without `--config`, so the 
 For tests of several hosts, a host may run inside a network namespace (`NamespaceNetwork`: one per host,
 each linked to a client namespace by a veth pair): it then also listens on TCP at its namespace's address
 only (`tcp_uri`, unauthenticated: test namespaces only; production hosts use `qemu+ssh://` or `qemu+tls://`).
+The client namespace also has CONTROL_ADDRESS on its loopback, routed from every host namespace through its
+link: the control plane's node network address (where the nodes' apiserver forwards connect, as a control
+plane reachable from every hypervisor host in production), while hosts still do not reach each other.
 
 Stopping it destroys its domains first, then ends libvirtd, then kills any QEMU it started that still runs
 (its pid files in `{base}/run/qemu/`): nothing is left behind.
@@ -59,6 +64,7 @@ security_driver = "none"
 stdio_handler = "file"
 swtpm_user = "root"
 swtpm_group = "root"
+seccomp_sandbox = 0
 """
 LIBVIRTD_CONF = """\
 auth_unix_ro = "none"
@@ -77,6 +83,7 @@ listen_addr = "{address}"
 auth_tcp = "none"
 """
 NAMESPACE_SUBNET = "10.254"  # host i's link: 10.254.i.0/24, the client end .1, the host end .2
+CONTROL_ADDRESS = f"{NAMESPACE_SUBNET}.0.1"  # on the client namespace's loopback, routed from every host
 
 
 class LibvirtHostError(TrustedLaunchError):
@@ -91,7 +98,8 @@ def _ip(*arguments: str) -> None:
 
 class NamespaceNetwork:
     """Network namespaces made for test hosts: a client namespace (`client`) linked to each host's namespace
-    by its own veth pair; addresses exist only inside these namespaces. `remove` deletes them all."""
+    by its own veth pair, and CONTROL_ADDRESS on the client's loopback that each host reaches through its
+    pair; addresses exist only inside these namespaces. `remove` deletes them all."""
 
     def __init__(self, name: str):
         self.name = name
@@ -99,6 +107,7 @@ class NamespaceNetwork:
         self.hosts: list[str] = []
         _ip("netns", "add", self.client)
         _ip("-n", self.client, "link", "set", "lo", "up")
+        _ip("-n", self.client, "address", "add", f"{CONTROL_ADDRESS}/32", "dev", "lo")
 
     def add_host(self) -> tuple[str, str]:
         """A new host namespace linked to the client's; (its name, its address)."""
@@ -128,6 +137,7 @@ class NamespaceNetwork:
             _ip("-n", inside, "address", "add", f"{address}/24", "dev", device)
             _ip("-n", inside, "link", "set", device, "up")
         _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("-n", namespace, "route", "add", f"{CONTROL_ADDRESS}/32", "via", f"{subnet}.1")
         return namespace, f"{subnet}.2"
 
     def remove(self) -> None:
