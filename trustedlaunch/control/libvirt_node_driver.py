@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import libvirt
+
 from trustedlaunch.control.node_processes import kill_node_processes
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.libvirt_driver import LibvirtDriver, LibvirtNodeVM
+from trustedlaunch.node.qemu import NodeVMError
+from trustedlaunch.tpm.vtpm import Vtpm
 
 
 class AdoptedLibvirtVM(LibvirtNodeVM):
@@ -22,9 +28,36 @@ class AdoptedLibvirtVM(LibvirtNodeVM):
         finally:
             kill_node_processes(self.run_dir, timeout)
 
+    def disconnect(self) -> None:
+        """Close the agent's console stream (the next `agent` call opens a new one); the domain runs on."""
+        self._close_agent()
+
 
 class LibvirtNodeDriver(LibvirtDriver):
     """The libvirt driver whose adopted VMs stop their vTPM with them (AdoptedLibvirtVM)."""
+
+    def create(
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool,
+        vtpm: Vtpm | None,
+        network: NodeNetwork | None = None,
+    ) -> LibvirtNodeVM:
+        """A node VM (not started) booting `image` on this host; NodeVMError for a node that needs a network
+        (its kubelet joins a cluster): libvirt node VMs have none yet."""
+        if network is not None:
+            raise NodeVMError(f"libvirt host {self.uri}: no network for node VMs that join a cluster yet")
+        return super().create(image, run_dir, secure_boot=secure_boot, vtpm=vtpm)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the connection to the host is still open (a dead one is made again)."""
+        try:
+            return bool(self.connection.isAlive())
+        except libvirt.libvirtError:
+            return False
 
     def adopt(self, handle: str, run_dir: Path) -> AdoptedLibvirtVM | None:
         """The running node VM of UUID `handle` in `run_dir` (LibvirtDriver.adoptable_domain: a tl-node-

@@ -631,6 +631,20 @@ class PoolDeletion:
 
 
 @dataclass(frozen=True)
+class NodePlacement:
+    """Placing one new node VM on the registered node hosts (control.placement): `hosts` are registered,
+    `with_room` of them are Ready with the room one node VM needs."""
+
+    node: str
+    hosts: int
+    with_room: int
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {"node": self.node, "hosts": self.hosts, "memory_mib": NODE_MEMORY_MIB, "vcpus": NODE_VCPUS}
+
+
+@dataclass(frozen=True)
 class SecurityFlags:
     """The enable/disable flags of one `tl aks nodepool update` call."""
 
@@ -1075,6 +1089,16 @@ LIMITATIONS: tuple[Limitation, ...] = (
         for attr, prop in IMMUTABLE_POOL_PROPERTIES
     ),
     Limitation(
+        "AllocationFailed",
+        "nodeHosts",
+        "Allocation failed: none of the {hosts} registered node hosts is Ready with room for node {node} "
+        "({memory_mib} MiB of memory and {vcpus} vCPUs beside the nodes placed there). Register another host "
+        "or raise a host's capacity, or scale a pool down.",
+        NodePlacement,
+        lambda p: p.hosts > 0 and p.with_room == 0,
+        409,
+    ),
+    Limitation(
         "MutuallyExclusiveArguments",
         "--enable-secure-boot/--disable-secure-boot",
         "--enable-secure-boot and --disable-secure-boot cannot be used in the same call.",
@@ -1099,6 +1123,7 @@ Context = (
     | PoolDeletion
     | SecurityFlags
     | QuotaRequest
+    | NodePlacement
 )
 
 
@@ -1146,6 +1171,11 @@ def check_quota(request: QuotaRequest) -> list[ArmError]:
 def check_deletion(deletion: PoolDeletion) -> list[ArmError]:
     """Every limitation deleting the pool breaks."""
     return _violations(deletion)
+
+
+def check_placement(placement: NodePlacement) -> list[ArmError]:
+    """The limitation a new node's placement breaks: hosts are registered but none has room for it."""
+    return _violations(placement)
 
 
 def check_flags(flags: SecurityFlags) -> list[ArmError]:

@@ -79,8 +79,8 @@ def ready_nodes(nodes: Iterable[Node]) -> int:
 
 
 def power_state(node: Node) -> str:
-    """Running while the node's VM process is known to run (its pid recorded), else Stopped."""
-    return "Running" if node.qemu_pid is not None else "Stopped"
+    """Running while the node's VM is known to run (its driver's handle recorded), else Stopped."""
+    return "Running" if node.handle is not None else "Stopped"
 
 
 def record_check(session: Session, node: Node, check: LivenessCheck) -> bool:
