@@ -1595,12 +1595,8 @@ class Reconciler:
             return image
 
     def _ek_cas(self, node: Node) -> list[x509.Certificate]:
-        """The one EK CA `node`'s vTPM must be certified by: its host's (NodeHost.ek_ca_certificate) when that
-        host's libvirt made the vTPM, else the platform EK CA (the swtpm this control plane started)."""
-        host = node.host
-        if node.driver != QEMU and host is not None and host.ek_ca_certificate is not None:
-            return [host_ek_ca(host)]
-        return [self._platform_ek_ca().certificate]
+        """The EK CA `node`'s attestations accept (node_ek_cas)."""
+        return node_ek_cas(node, self._platform_ek_ca().certificate)
 
     def _platform_ek_ca(self) -> EkCa:
         """The installation's platform EK CA (created on first use)."""
@@ -1622,6 +1618,17 @@ def host_ek_ca(host: NodeHost) -> x509.Certificate:
     except ValueError as exc:
         message = f"node host {host.name}: its EK CA certificate is not a PEM certificate: {exc}"
         raise TrustedLaunchError(message) from None
+
+
+def node_ek_cas(node: Node, platform_ek_ca: x509.Certificate) -> list[x509.Certificate]:
+    """The one EK CA `node`'s enrollment and re-attestations accept: that of the host that created its vTPM,
+    i.e. the host's registered EK CA (NodeHost.ek_ca_certificate) when the host's libvirt made it, else
+    `platform_ek_ca` (the swtpm this control plane started for it). TrustedLaunchError naming the host
+    when its registered certificate is unreadable."""
+    host = node.host
+    if node.driver != QEMU and host is not None and host.ek_ca_certificate is not None:
+        return [host_ek_ca(host)]
+    return [platform_ek_ca]
 
 
 def _vm_end(where: VmLocation) -> str:
