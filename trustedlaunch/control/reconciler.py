@@ -169,13 +169,14 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class VmLocation:
-    """Where a node's VM runs, read from its row (usable without a store session): its driver, its host's
-    libvirt URI (None: this machine) and whether that host is Ready, whether the host's libvirt makes its
-    vTPM, the driver's handle and the run directory."""
+    """Where a node's VM runs, read from its row (usable without a store session): its driver, its host
+    (name, libvirt URI and state; None: this machine), whether the host's libvirt makes its vTPM, the
+    driver's handle and the run directory."""
 
     driver: str
+    host: str | None
     uri: str | None
-    host_ready: bool
+    host_state: str | None
     host_tpm: bool
     handle: str | None
     run_dir: str | None
@@ -184,14 +185,15 @@ class VmLocation:
     def of(cls, node: Node) -> VmLocation:
         """The location node's row records."""
         host = node.host
-        return cls(
-            node.driver,
-            host.uri if host is not None else None,
-            host is None or host.state == HostState.READY,
-            host is not None and host.ek_ca_certificate is not None,
-            node.handle,
-            node.run_dir,
-        )
+        if host is None:
+            return cls(node.driver, None, None, None, False, node.handle, node.run_dir)
+        tpm = host.ek_ca_certificate is not None
+        return cls(node.driver, host.name, host.uri, host.state, tpm, node.handle, node.run_dir)
+
+    @property
+    def host_ready(self) -> bool:
+        """Whether its VM's host is this machine or a Ready host (not Lost, not being removed)."""
+        return self.host_state in (None, HostState.READY)
 
 
 class NodeProvisioningError(TrustedLaunchError):
@@ -486,6 +488,9 @@ class Reconciler:
         return self._record_checks(checks)
 
     def _check_node(self, node_id: int, node_name: str, where: VmLocation) -> LivenessCheck | None:
+        if not where.host_ready:  # its host is Lost or removed: its VM is gone for this control plane
+            cause = f"VM lost: its host {where.host} is {where.host_state}"
+            return LivenessCheck(node_id, node_name, cause, certain=True, vm_exited=True)
         vm = self._vms.get(node_id)
         adopted = self._adopt(where) if vm is None else None
         machine = vm if vm is not None else adopted
@@ -911,9 +916,10 @@ class Reconciler:
     def _stop_processes(self, node: Node) -> None:
         """Stop the node's VM and vTPM (ours, adopted or left by a killed reconciler) and remove what its
         driver made for it outside the run directory (a libvirt domain's definition): a new start makes it
-        anew."""
-        vm = self._vms.pop(node.id, None) or self._adopt(VmLocation.of(node))
-        if vm is not None:
+        anew. On a host that is not Ready only the vTPM processes of this machine are stopped."""
+        where = VmLocation.of(node)
+        vm = self._vms.pop(node.id, None) or self._adopt(where)
+        if vm is not None and where.host_ready:  # a Lost host is not waited for: its VMs are gone for us
             vm.destroy()
         if node.run_dir:
             kill_node_processes(Path(node.run_dir))
@@ -1637,8 +1643,7 @@ def _vm_end(where: VmLocation) -> str:
     if not where.run_dir:
         return "the node has no run directory"
     if where.driver != QEMU:
-        state = "is gone or stopped" if where.host_ready else "is on a host that is not Ready"
-        return f"its {where.driver} domain {where.handle or ''} on {where.uri} {state}"
+        return f"its {where.driver} domain {where.handle or ''} on host {where.host} is gone or stopped"
     run_dir = Path(where.run_dir)
     deadline = time.monotonic() + SUPERVISOR_RECORD_SECONDS
     while (ended := vm_end(run_dir)).status is None and time.monotonic() < deadline:
