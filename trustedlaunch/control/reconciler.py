@@ -1,6 +1,12 @@
 """The node reconciler: drives the nodes of every pool with an InProgress operation to the pool's desired
-state with the QEMU driver (create, scale, rolling reimage on a Secure Boot / vTPM change, delete), attests
-every vTPM node, labels the nodes and finishes the operation.
+state (create, scale, rolling reimage on a Secure Boot / vTPM change, delete), attests every vTPM node,
+labels the nodes and finishes the operation.
+
+Each node's VM runs under the node driver its row names (control.node_drivers): the direct QEMU driver on
+this machine when no node host is registered, else libvirt on the Ready host control.placement chose when
+the node was provisioned (recorded before its VM starts). Its driver's handle (QEMU's pid, the domain's
+UUID) finds the VM again after a restart. Its attestations accept only the EK CA of the host that made its
+vTPM (node_ek_cas); a node whose host is Lost is made again elsewhere (node_health's repair: a reimage).
 
 Crash safety: each step records its intent in the store before acting (a node row is Provisioning with
 its run directory before QEMU starts, Reimaging / Deleting before its VM is killed), so a reconciler
