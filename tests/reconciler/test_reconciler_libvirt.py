@@ -3,7 +3,8 @@ making the vTPMs of its node VMs with its own EK CA. A 1-node Secure Boot + vTPM
 with the most room, its node boots through the libvirt driver and passes attestation against that host's EK
 CA only; a restarted reconciler adopts it by its domain UUID and attests it again; once its host is Lost
 (its libvirtd killed, then its VMs), the node is made again on the other host: the same row, its attestation
-history and its alert kept. Two VM boots."""
+history and its alert kept; enrolled again against another host's CA, its EK certificate is refused. Two VM
+boots."""
 
 from __future__ import annotations
 
@@ -58,17 +59,22 @@ def hosts() -> Iterator[tuple[LibvirtHost, LibvirtHost]]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def register(session: Session, name: str, host: LibvirtHost, nodes_room: int) -> None:
-    """The host's row as `tl host add` makes it (room for `nodes_room` node VMs; its EK CA)."""
+def pem(host: LibvirtHost) -> str:
+    """The PEM certificate of the host's EK CA."""
     ca: EkCa | None = host.ek_ca
     assert ca is not None
+    return ca.certificate.public_bytes(Encoding.PEM).decode()
+
+
+def register(session: Session, name: str, host: LibvirtHost, nodes_room: int) -> None:
+    """The host's row as `tl host add` makes it (room for `nodes_room` node VMs; its EK CA)."""
     session.add(
         NodeHost(
             name=name,
             uri=host.uri,
             memory_mib=nodes_room * NODE_MEMORY_MIB,
             vcpus=nodes_room * NODE_VCPUS,
-            ek_ca_certificate=ca.certificate.public_bytes(Encoding.PEM).decode(),
+            ek_ca_certificate=pem(host),
         )
     )
 
@@ -159,6 +165,18 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
         with sessions() as session:
             [alert] = session.scalars(select(AlertRecord).where(AlertRecord.alert_type == "VM_NodeUnhealthy"))
             assert alert.status == "Resolved" and alert.node_name == node.name
+
+        with sessions.begin() as session:  # enrolled anew while host b's registered EK CA is host a's
+            session.scalars(select(NodeHost).where(NodeHost.name == "b")).one().ek_ca_certificate = pem(a)
+            row = session.get_one(Node, node.id)
+            row.attestation_state = row.enrolled_ak_name = None
+            row.attestation_requested_at = datetime.now(UTC)
+        assert reconciler.run_once()
+        refused = records(sessions)[-1]
+        assert (refused.trigger, refused.status) == ("OnDemand", "AttestationFailed")
+        [finding] = refused.findings
+        assert (finding["check"], finding["component"]) == ("EkCertificateInvalid", "EK")
+        assert "the EK certificate is not from a trusted EK CA" in str(finding["message"])
     finally:
         reconciler.release()
         cleaner = Reconciler(sessions, state_dir, liveness_interval=0)
