@@ -177,6 +177,13 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
         [finding] = refused.findings
         assert (finding["check"], finding["component"]) == ("EkCertificateInvalid", "EK")
         assert "the EK certificate is not from a trusted EK CA" in str(finding["message"])
+
+        reconciler.release()
+        stopped = libvirt.open(b.uri)
+        try:
+            stopped.lookupByUUIDString(moved.handle).destroy()  # stopped, still defined: no longer adoptable
+        finally:
+            stopped.close()
     finally:
         reconciler.release()
         cleaner = Reconciler(sessions, state_dir, liveness_interval=0)
@@ -186,4 +193,9 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
             run_until_finished(cleaner, sessions, deletion.id, 300)
         cleaner.release()
     assert nodes(sessions) == []
+    remaining = libvirt.open(b.uri)
+    try:
+        assert remaining.listAllDomains(0) == []  # the stopped domain was undefined with its node
+    finally:
+        remaining.close()
     assert processes_under(state_dir / "vm") == []

@@ -5,6 +5,7 @@ node_processes)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import libvirt
@@ -12,7 +13,7 @@ import libvirt
 from trustedlaunch.control.node_processes import kill_node_processes
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import NodeNetwork
-from trustedlaunch.node.libvirt_driver import LibvirtDriver, LibvirtNodeVM
+from trustedlaunch.node.libvirt_driver import DOMAIN_PREFIX, LibvirtDriver, LibvirtNodeVM, _files_under
 from trustedlaunch.node.qemu import NodeVMError
 from trustedlaunch.tpm.vtpm import Vtpm
 
@@ -64,3 +65,18 @@ class LibvirtNodeDriver(LibvirtDriver):
         domain whose files are in `run_dir`, never another domain); None otherwise."""
         domain = self.adoptable_domain(handle, run_dir)
         return None if domain is None else AdoptedLibvirtVM(self.connection, None, run_dir, domain=domain)
+
+    def remove_leftovers(self, run_dir: Path) -> None:
+        """Destroy and undefine every node domain of `run_dir` on this host, running or not: one a control
+        plane killed between its start and the record of its UUID left running, or one that stopped (not
+        adoptable, still defined with its varstore)."""
+        try:
+            domains = self.connection.listAllDomains(0)
+        except libvirt.libvirtError:
+            return
+        for domain in domains:
+            with contextlib.suppress(libvirt.libvirtError):
+                if domain.name().startswith(DOMAIN_PREFIX) and _files_under(domain.XMLDesc(0), run_dir):
+                    if domain.isActive():
+                        domain.destroy()
+                    domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)

@@ -76,6 +76,11 @@ class ControlNodeDriver(Protocol):
         """The running VM `handle` names; None if it is gone."""
         ...
 
+    def remove_leftovers(self, run_dir: Path) -> None:
+        """Remove what the driver made for VMs of `run_dir` on its host that no handle finds (a VM started
+        right before a crash, a stopped one's definition); processes of this machine are not its part."""
+        ...
+
 
 class QemuNodeVM(NodeVM):
     """NodeVM as a trustedlaunch.node.driver.NodeMachine: its handle is QEMU's pid."""
@@ -203,6 +208,9 @@ class QemuDriver:
         if not handle.isdigit() or not is_node_process(int(handle), run_dir):
             return None
         return AdoptedQemuVM(run_dir, int(handle))
+
+    def remove_leftovers(self, run_dir: Path) -> None:
+        """Nothing: the direct driver's VMs are processes of this machine (node_processes finds them)."""
 
 
 def node_driver(name: str, uri: str | None = None, *, host_tpm: bool = False) -> ControlNodeDriver:

@@ -925,8 +925,14 @@ class Reconciler:
         anew. On a host that is not Ready only the vTPM processes of this machine are stopped."""
         where = VmLocation.of(node)
         vm = self._vms.pop(node.id, None) or self._adopt(where)
-        if vm is not None and where.host_ready:  # a Lost host is not waited for: its VMs are gone for us
-            vm.destroy()
+        if where.host_ready:  # a Lost host is not waited for: its VMs are gone for us
+            if vm is not None:
+                vm.destroy()
+            if where.run_dir:
+                try:
+                    self._driver(where).remove_leftovers(Path(where.run_dir))
+                except NodeVMError as exc:
+                    log.warning("node %s: %s", node.name, exc)
         if node.run_dir:
             kill_node_processes(Path(node.run_dir))
 
