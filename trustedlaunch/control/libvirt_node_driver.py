@@ -1,7 +1,8 @@
 """The libvirt node driver as the control plane uses it (trustedlaunch.control.node_drivers.node_driver): the
 node-level driver (trustedlaunch.node.libvirt_driver), whose adopted VMs also stop the vTPM an earlier
 control-plane process started for them, found by their run directory (node/ cannot use control's
-node_processes)."""
+node_processes), and which removes the domains of a run directory no handle finds (`remove_leftovers`).
+Node VMs that join a cluster need a network libvirt domains do not have yet: `create` refuses them."""
 
 from __future__ import annotations
 
