@@ -23,4 +23,4 @@ TABLES = {
     "installation",
     "alembic_version",
 }
-HEAD_REVISION = "0026_node_hosts"
+HEAD_REVISION = "0027_node_handle_only"

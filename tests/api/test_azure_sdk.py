@@ -121,7 +121,7 @@ class Plane:
                     enable_secure_boot=pool.enable_secure_boot,
                     enable_vtpm=pool.enable_vtpm,
                     attestation_status="Passed",
-                    qemu_pid=1,
+                    handle="1",
                 )
             )
         return name

@@ -121,7 +121,7 @@ def assert_vm_untouched(node: Node) -> None:
     time.sleep(2)  # a signal would have ended them by now
     programs = node_programs(node)
     assert sorted(programs.values()) == NODE_PROGRAMS, programs
-    assert programs.get(node.qemu_pid or -1) == "qemu-system-x86_64"
+    assert programs.get(int(node.handle or -1)) == "qemu-system-x86_64"
     run_dir = Path(str(node.run_dir))
     assert not (run_dir / "vm-exit").exists()
     assert "terminating on signal" not in (run_dir / "qemu.log").read_text(errors="replace")
@@ -137,7 +137,7 @@ def start_serve(env: dict[str, str]) -> Terminal:
 def test_ctrl_c_during_create_and_on_serve_leaves_the_vm_to_adopt(env: dict[str, str]) -> None:
     create = Terminal(CREATE, env)
     try:
-        booting = wait_for_node(env, "booting", 300, lambda node: node.qemu_pid is not None)
+        booting = wait_for_node(env, "booting", 300, lambda node: node.handle is not None)
         create.interrupt()
         assert create.process.wait(60) != 0, create.output
     finally:
@@ -149,7 +149,7 @@ def test_ctrl_c_during_create_and_on_serve_leaves_the_vm_to_adopt(env: dict[str,
     try:
         ready = wait_for_node(env, "Ready", BOOT_SECONDS, lambda node: node.state != "Provisioning")
         assert (ready.state, ready.attestation_status) == ("Ready", "Attested"), (ready.message, serve.output)
-        assert (ready.qemu_pid, ready.run_dir) == (booting.qemu_pid, booting.run_dir)
+        assert (ready.handle, ready.run_dir) == (booting.handle, booting.run_dir)
         assert "adopting its booting VM" in serve.output
         serve.interrupt()
         assert serve.process.wait(60) == 0, serve.output
@@ -163,13 +163,13 @@ def test_ctrl_c_during_create_and_on_serve_leaves_the_vm_to_adopt(env: dict[str,
         serve.wait_for_output(f"adopted node {ready.name}", 60)
         adopted = the_node(env)
         assert adopted is not None
-        assert (adopted.state, adopted.attestation_status, adopted.qemu_pid) == (
+        assert (adopted.state, adopted.attestation_status, adopted.handle) == (
             "Ready",
             "Attested",
-            ready.qemu_pid,
+            ready.handle,
         )
-        assert ready.qemu_pid is not None
-        os.kill(ready.qemu_pid, signal.SIGKILL)  # the supervisor records it, the reconciler names it
+        assert ready.handle is not None
+        os.kill(int(ready.handle), signal.SIGKILL)  # the supervisor records it, the reconciler names it
         lost = wait_for_node(env, "lost", 60, lambda node: node.state != "Ready")
         assert lost.state == "Unhealthy", lost.message
         assert lost.message == "unhealthy: VM exited: the VM process (QEMU) was killed by signal 9 (SIGKILL)"
@@ -201,6 +201,6 @@ def test_hang_up_after_create_leaves_the_vm_to_adopt(env: dict[str, str]) -> Non
     assert [machine["properties"]["attestationStatus"] for machine in machines] == ["Attested"]
     adopted = the_node(env)
     assert adopted is not None
-    assert (adopted.state, adopted.qemu_pid, adopted.run_dir) == ("Ready", created.qemu_pid, created.run_dir)
+    assert (adopted.state, adopted.handle, adopted.run_dir) == ("Ready", created.handle, created.run_dir)
     tl(env, "aks", "delete", *CLUSTER, "--yes")
     assert the_node(env) is None and node_programs(created) == {}

@@ -19,6 +19,7 @@ from trustedlaunch.control.limits import (
     TL_INCOMPATIBLE,
     ClusterRequest,
     LocationRequest,
+    NodePlacement,
     PoolDeletion,
     PoolRequest,
     Quota,
@@ -30,6 +31,7 @@ from trustedlaunch.control.limits import (
     check_deletion,
     check_flags,
     check_location,
+    check_placement,
     check_pool,
     check_quota,
     check_version,
@@ -348,6 +350,16 @@ def test_last_system_pool_cannot_be_deleted() -> None:
     assert check_deletion(PoolDeletion("userpool", "User", 0)) == []
 
 
+def test_a_node_without_a_host_with_room_fails_allocation() -> None:
+    [violation] = check_placement(NodePlacement("aks-nodepool1-0", hosts=2, with_room=0))
+    assert (violation.status, violation.code, violation.target) == (409, "AllocationFailed", "nodeHosts")
+    assert (
+        "none of the 2 registered node hosts" in violation.message and "aks-nodepool1-0" in violation.message
+    )
+    assert check_placement(NodePlacement("aks-nodepool1-0", hosts=2, with_room=1)) == []
+    assert check_placement(NodePlacement("aks-nodepool1-0", hosts=0, with_room=0)) == []  # this machine
+
+
 def test_enable_and_disable_of_the_same_setting() -> None:
     violations = check_flags(
         SecurityFlags(enable_secure_boot=True, disable_secure_boot=True, enable_vtpm=True)
@@ -389,7 +401,7 @@ def test_every_violation_is_reported_with_its_target() -> None:
 
 def test_every_limitation_is_exercised_by_a_test() -> None:
     """Each table row has a code, a target and a message; a new row needs its own test above."""
-    assert len(LIMITATIONS) == 62
+    assert len(LIMITATIONS) == 63
     assert all(rule.code and rule.target and rule.message for rule in LIMITATIONS)
     unpunctuated = [rule.message for rule in LIMITATIONS if not rule.message.endswith(".")]
     assert [message.endswith("preserved by aks system labels") for message in unpunctuated] == [True]  # AKS's

@@ -23,7 +23,8 @@ from trustedlaunch.control.node_health import (
     start_repair,
 )
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
-from trustedlaunch.store.models import AgentPool, AlertRecord, Node, utc_now
+from trustedlaunch.store.models import AgentPool, AlertRecord, Node, NodeHost, utc_now
+from trustedlaunch.store.vocabulary import HostState
 
 SUB = "11111111-2222-3333-4444-555555555555"
 UNANSWERED = "the agent did not answer a PING within 5 s"
@@ -138,3 +139,26 @@ def test_the_repair_schedule(store: sessionmaker[Session]) -> None:
         # three repairs within the hour: no more until the oldest is an hour old
         assert next_repair(node, later + timedelta(minutes=10)) is None
         assert next_repair(node, utc_now() + timedelta(minutes=61)) == RepairAction.REIMAGE
+
+
+def test_a_node_whose_host_is_lost_is_reimaged_at_once(store: sessionmaker[Session]) -> None:
+    """Its VM went with its host: it is made again where placement puts it (a reimage), not rebooted there,
+    from its first failed check on; the repair schedule still spaces and caps the retries."""
+    with store.begin() as session:
+        node = _ready_node(session)
+        host = NodeHost(name="a", uri="qemu+tcp://a/system", memory_mib=4096, vcpus=4)
+        node.driver, node.host = "libvirt", host
+        session.flush()
+        record_check(
+            session, node, LivenessCheck(node.id, node.name, "VM lost: its host a is Lost", certain=True)
+        )
+        assert next_repair(node, utc_now()) is None  # a Ready host: reboot after 3 failed checks
+        for state in (HostState.LOST, HostState.REMOVING):
+            host.state = state
+            assert next_repair(node, utc_now()) == RepairAction.REIMAGE
+        assert next_repair(node, utc_now(), enabled=False) is None
+        start_repair(session, node, RepairAction.REIMAGE)
+        finish_repair(session, node, "failed: Allocation failed")
+        node.state = "Unhealthy"
+        assert next_repair(node, utc_now()) is None  # tried again 5 minutes later
+        assert next_repair(node, utc_now() + timedelta(minutes=5, seconds=1)) == RepairAction.REIMAGE

@@ -140,6 +140,6 @@ def test_a_stored_windows_pool_fails_provisioning_naming_it_without_booting(
         assert "Pool 'win' is Windows" in operation.error["message"]
         assert "only Linux node images" in operation.error["message"]
         (node,) = session.scalars(select(Node)).all()
-        assert node.state == "Failed" and node.qemu_pid is None
+        assert node.state == "Failed" and node.handle is None
         assert "Pool 'win' is Windows" in (node.message or "")
     assert not (tmp_path / "state" / "images").exists()  # no Debian image built under a Windows name

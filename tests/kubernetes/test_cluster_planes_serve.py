@@ -392,7 +392,7 @@ def test_kill_9_of_serve_mid_join_leaves_no_orphan_vm_node_or_credential(
     assert finish(serve, response)["status"] == "Succeeded"
     joined = find_node(serve, "cpj")
     assert joined is not None and joined.state == "Ready", joined and joined.message
-    assert joined.qemu_pid == joining.qemu_pid and joined.run_dir == joining.run_dir  # adopted, not rebooted
+    assert joined.handle == joining.handle and joined.run_dir == joining.run_dir  # adopted, not rebooted
     assert "adopted while booting" in joined.message and "joined its cluster" in joined.message
     [node] = registered_nodes(data_dir)
     assert node["metadata"]["name"] == joined.name

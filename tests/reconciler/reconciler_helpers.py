@@ -18,12 +18,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_images import seed_node_images
+from trustedlaunch.control.node_processes import node_processes
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.store.db import make_engine, migrate, session_factory
 from trustedlaunch.store.models import ManagedCluster, Node, Operation
 
 SUB = "11111111-2222-3333-4444-555555555555"
 T = TypeVar("T")
+
+
+def qemu_pid(node: Node) -> int:
+    """The QEMU pid of a direct-driver node's VM: its handle."""
+    assert node.handle is not None and node.handle.isdigit(), (node.name, node.handle)
+    return int(node.handle)
+
+
+def vm_pids(node: Node) -> set[int]:
+    """The pids of a direct-driver node's QEMU (its handle) and swtpm (found by its run directory)."""
+    processes = node_processes(Path(str(node.run_dir)))
+    return {qemu_pid(node), *(pid for pid, name in processes.items() if name == "swtpm")}
 
 
 def processes_under(base: Path) -> list[str]:

@@ -26,7 +26,6 @@ from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control import monitoring
 from trustedlaunch.control.alert_lifecycle import LABELS_REMOVED, NEXT_STEPS, QUARANTINED
 from trustedlaunch.control.attestation_monitor import (
-    AdoptedAgent,
     AlertDelivery,
     AttestationMonitor,
     Trigger,
@@ -35,6 +34,7 @@ from trustedlaunch.control.attestation_monitor import (
 from trustedlaunch.control.bootstrap import open_store
 from trustedlaunch.control.hosted_control_plane import HostedControlPlane
 from trustedlaunch.control.kubernetes import KubernetesNodeAdapter
+from trustedlaunch.control.node_drivers import connect_agent
 from trustedlaunch.store.db import alembic_config, make_engine, migrate, session_factory
 from trustedlaunch.store.models import AgentPool, AlertRecord, AlertWebhook, AttestationRecord, Node
 from trustedlaunch.store.vocabulary import AlertType
@@ -115,7 +115,7 @@ def attest_unreachable(sessions: sessionmaker[Session], run_dir: Path, times: in
     try:
         records = []
         for _ in range(times):
-            agent = AdoptedAgent(run_dir, timeout=5)
+            agent = connect_agent(run_dir, timeout=5)
             try:
                 records.append(attest(sessions, agent, AttestationMonitor()))
             finally:

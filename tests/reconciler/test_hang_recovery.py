@@ -66,8 +66,8 @@ def test_a_node_paused_past_the_time_limit_attests_again(
         created = run_until_finished(reconciler, sessions, create.id, 400)
         assert created.status == "Succeeded", created.error
         [node] = nodes(sessions)
-        assert node.attestation_status == "Attested" and node.qemu_pid is not None
-        qemu_pid = node.qemu_pid
+        assert node.attestation_status == "Attested" and node.handle is not None
+        qemu_pid = int(node.handle)
 
         os.kill(qemu_pid, signal.SIGSTOP)
         started = time.monotonic()

@@ -93,7 +93,7 @@ def test_a_killed_joined_node_is_quarantined_rebooted_and_joins_again(
         created = run_until_finished(reconciler, sessions, create.id, CREATE_SECONDS)
         assert created.status == "Succeeded", created.error
         joined = the_node(sessions)
-        assert "joined its cluster" in joined.message and joined.qemu_pid is not None
+        assert "joined its cluster" in joined.message and joined.handle is not None
         client, _ = cluster_admin(sessions)
         before = stored_node(client, joined.name)
         assert before is not None and ready_condition(before) == "True" and not quarantined(before)
@@ -101,7 +101,7 @@ def test_a_killed_joined_node_is_quarantined_rebooted_and_joins_again(
 
         loop = ReconcilerThread(reconciler)
         loop.start()
-        os.kill(joined.qemu_pid, signal.SIGKILL)
+        os.kill(int(joined.handle), signal.SIGKILL)
         wait_until(lambda: quarantined(stored_node(client, joined.name)), 120, "the lost node's quarantine")
 
         rebooted = wait_until(  # Ready is committed before the repair's outcome: wait for both
@@ -117,7 +117,7 @@ def test_a_killed_joined_node_is_quarantined_rebooted_and_joins_again(
         [repair] = rebooted.repairs
         assert repair["action"] == "Reboot" and repair["outcome"].startswith("done: "), repair
         assert "joined its cluster" in rebooted.message, rebooted.message
-        assert rebooted.run_dir == joined.run_dir and rebooted.qemu_pid not in (None, joined.qemu_pid)
+        assert rebooted.run_dir == joined.run_dir and rebooted.handle not in (None, joined.handle)
         assert rebooted.kubelet_port == joined.kubelet_port
         after = stored_node(client, joined.name)
         assert after is not None

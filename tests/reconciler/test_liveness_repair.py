@@ -93,10 +93,10 @@ def test_a_paused_a_hung_and_a_killed_vm_heal(sessions: sessionmaker[Session], s
         assert created.status == "Succeeded", created.error
         ready = the_node(sessions)
         assert ready.attestation_status == "Attested" and LABEL_TRUSTED_LAUNCH in ready.labels
-        assert ready.qemu_pid is not None
+        assert ready.handle is not None
         loop = looping(first)
 
-        paused = ready.qemu_pid
+        paused = int(ready.handle)
         os.kill(paused, signal.SIGSTOP)
         hung = wait_until(
             lambda: (node := the_node(sessions)).state == "Unhealthy" and node,
@@ -115,10 +115,10 @@ def test_a_paused_a_hung_and_a_killed_vm_heal(sessions: sessionmaker[Session], s
             120,
             "re-attestation",
         )
-        assert (healed.state, healed.attestation_status, healed.qemu_pid) == (
+        assert (healed.state, healed.attestation_status, healed.handle) == (
             "Ready",
             "Attested",
-            ready.qemu_pid,
+            ready.handle,
         )
         assert healed.repairs == []  # auto-repair was off: it healed by itself
         [alert] = unhealthy_alerts(sessions)
@@ -146,7 +146,7 @@ def test_a_paused_a_hung_and_a_killed_vm_heal(sessions: sessionmaker[Session], s
 
         repairing = Reconciler(sessions, state_dir, auto_repair=True, **settings)
         loop = looping(repairing)
-        os.kill(ready.qemu_pid, signal.SIGKILL)
+        os.kill(int(ready.handle), signal.SIGKILL)
         lost = wait_until(
             lambda: (node := the_node(sessions)).state != "Ready" and node, 2 * LIVENESS_INTERVAL + 10, "loss"
         )
@@ -164,7 +164,7 @@ def test_a_paused_a_hung_and_a_killed_vm_heal(sessions: sessionmaker[Session], s
         [repair] = rebooted.repairs
         assert repair["action"] == "Reboot" and repair["outcome"].startswith("done: ready after"), repair
         assert repair["cause"] == lost.health_cause
-        assert rebooted.run_dir == ready.run_dir and rebooted.qemu_pid not in (None, ready.qemu_pid)
+        assert rebooted.run_dir == ready.run_dir and rebooted.handle not in (None, ready.handle)
         assert rebooted.attestation_status == "Attested" and LABEL_TRUSTED_LAUNCH in rebooted.labels
         assert rebooted.enrolled_ak_name is not None  # the same vTPM, its AK enrolled again
         _, _, alert = unhealthy_alerts(sessions)  # paused, hung, killed: one alert each

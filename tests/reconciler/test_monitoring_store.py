@@ -29,7 +29,6 @@ from trustedlaunch.api.app import JWKS_PATH, create_app
 from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.attest.policy import Policy
 from trustedlaunch.control.attestation_monitor import (
-    AdoptedAgent,
     AlertDelivery,
     AttestationMonitor,
     Trigger,
@@ -47,6 +46,7 @@ from trustedlaunch.control.labels import (
     QUARANTINE_ANNOTATION,
     QUARANTINE_TAINT_KEY,
 )
+from trustedlaunch.control.node_drivers import connect_agent
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resource_id import AGENT_POOLS, ResourceId
 from trustedlaunch.errors import TrustedLaunchError
@@ -124,7 +124,7 @@ def attest_unreachable(
 ) -> AttestationRecord:
     with sessions.begin() as session:
         node = session.scalars(select(Node).where(Node.name == name)).one()
-        agent = AdoptedAgent(run_dir, timeout=5)
+        agent = connect_agent(run_dir, timeout=5)
         try:
             record = monitor.attest(
                 session, node.pool, node, agent, policy=Policy(), ek_ca=[], trigger=Trigger.ON_DEMAND
@@ -139,7 +139,7 @@ def test_unreachable_agent_is_recorded_alerted_and_quarantined(
 ) -> None:
     add_node(sessions, pool, tmp_path)
     with pytest.raises(TrustedLaunchError, match="cannot connect to the node's agent socket"):
-        AdoptedAgent(tmp_path)  # no socket yet
+        connect_agent(tmp_path)  # no socket yet
     hang_up = HangingUpAgentSocket(tmp_path)
     try:
         record = attest_unreachable(sessions, tmp_path, AttestationMonitor())

@@ -91,7 +91,7 @@ def test_the_node_has_the_pools_label_taint_and_max_pods_and_runs_a_tolerating_p
     sessions, reconciler = cluster
     with sessions() as session:
         node = session.scalars(select(Node)).one()
-        name, node_id, qemu_pid = node.name, node.id, node.qemu_pid
+        name, node_id, qemu_pid = node.name, node.id, node.handle
         assert (node.state, node.attestation_status) == ("Ready", "Attested")
     client, _ = cluster_admin(sessions)
     try:
@@ -139,6 +139,6 @@ def test_the_node_has_the_pools_label_taint_and_max_pods_and_runs_a_tolerating_p
         assert "sku" not in [t["key"] for t in stored["spec"].get("taints") or []]
         with sessions() as session:
             node = session.scalars(select(Node)).one()
-            assert (node.id, node.qemu_pid, node.state) == (node_id, qemu_pid, "Ready")
+            assert (node.id, node.handle, node.state) == (node_id, qemu_pid, "Ready")
     finally:
         client.close()

@@ -19,7 +19,9 @@ from reconciler_helpers import (
     nodes,
     operation,
     processes_under,
+    qemu_pid,
     trusted_launch_store,
+    vm_pids,
     wait_succeeded,
     wait_until,
 )
@@ -93,7 +95,7 @@ def test_kill_9_during_create_then_restart_and_adopt(
         _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[pool]))
     reconciler.start()
     started = wait_until(
-        lambda: next((node for node in nodes(sessions) if node.qemu_pid), None), 120, "the node's VM to start"
+        lambda: next((node for node in nodes(sessions) if node.handle), None), 120, "the node's VM to start"
     )
     reconciler.kill()
     first_run_dir = Path(str(started.run_dir))
@@ -105,20 +107,20 @@ def test_kill_9_during_create_then_restart_and_adopt(
     wait_succeeded(sessions, create.id, OPERATION_TIMEOUT, reconciler.log)
     (node,) = nodes(sessions)
     assert (node.id, node.state, node.attestation_status) == (started.id, "Ready", "Attested")
-    assert (node.run_dir, node.qemu_pid) == (started.run_dir, started.qemu_pid)  # adopted, not booted again
+    assert (node.run_dir, node.handle) == (started.run_dir, started.handle)  # adopted, not booted again
     assert f"node {node.name}: adopting its booting VM" in reconciler.log()
     running = processes_under(state_dir)
     assert len(running) == 2 and all(str(node.run_dir) in line for line in running), running
-    assert {int(line.split()[0]) for line in running} == {node.qemu_pid, node.swtpm_pid}
+    assert {int(line.split()[0]) for line in running} == vm_pids(node)
 
     reconciler.kill()  # the node is Ready: the next reconciler adopts its VM
     reconciler.start()
     wait_until(lambda: f"adopted node {node.name}" in reconciler.log(), 60, "the VM to be adopted")
     (adopted,) = nodes(sessions)
-    assert (adopted.state, adopted.qemu_pid, adopted.run_dir) == ("Ready", node.qemu_pid, node.run_dir)
+    assert (adopted.state, adopted.handle, adopted.run_dir) == ("Ready", node.handle, node.run_dir)
 
-    assert adopted.qemu_pid is not None
-    os.kill(adopted.qemu_pid, signal.SIGKILL)  # the VM dies under the idle reconciler: the node is lost
+    assert adopted.handle is not None
+    os.kill(qemu_pid(adopted), signal.SIGKILL)  # the VM dies under the idle reconciler: the node is lost
     lost = wait_until(lambda: next((n for n in nodes(sessions) if n.state != "Ready"), None), 60, "Unhealthy")
     assert lost.state == "Unhealthy", lost.message
     assert lost.health_cause == "VM exited: the VM process (QEMU) was killed by signal 9 (SIGKILL)"

@@ -15,7 +15,9 @@ from reconciler_helpers import (
     SUB,
     nodes,
     processes_under,
+    qemu_pid,
     trusted_launch_store,
+    vm_pids,
     wait_succeeded,
     wait_until,
 )
@@ -65,14 +67,14 @@ def test_kill_9_during_create_and_delete_with_the_store_on_postgresql(
         _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[pool]))
     reconciler.start()
     booting = wait_until(
-        lambda: next((node for node in nodes(sessions) if node.qemu_pid), None),
+        lambda: next((node for node in nodes(sessions) if node.handle), None),
         STEP_TIMEOUT,
         "the node's VM to start",
     )
     reconciler.kill()
     assert booting.state == "Provisioning" and len(processes_under(Path(str(booting.run_dir)))) == 2
-    assert booting.qemu_pid is not None
-    os.kill(booting.qemu_pid, signal.SIGKILL)  # the booting VM dies too (else it would be adopted): redone
+    assert booting.handle is not None
+    os.kill(qemu_pid(booting), signal.SIGKILL)  # the booting VM dies too (else it would be adopted): redone
     reconciler.start()
     wait_succeeded(sessions, create.id, STEP_TIMEOUT, reconciler.log)
     (node,) = nodes(sessions)
@@ -81,10 +83,10 @@ def test_kill_9_during_create_and_delete_with_the_store_on_postgresql(
     assert node.updated_at.tzinfo is not None  # PostgreSQL keeps the time zone
     assert not Path(str(booting.run_dir)).exists()
     running = {int(line.split()[0]) for line in processes_under(state_dir)}
-    assert running == {node.qemu_pid, node.swtpm_pid}
+    assert running == vm_pids(node)
 
-    assert node.qemu_pid is not None
-    os.kill(node.qemu_pid, signal.SIGSTOP)  # booted by this reconciler: its teardown starts with QMP
+    assert node.handle is not None
+    os.kill(qemu_pid(node), signal.SIGSTOP)  # booted by this reconciler: its teardown starts with QMP
     with sessions.begin() as session:
         deletion = delete_cluster(session, PATH)
     assert deletion is not None

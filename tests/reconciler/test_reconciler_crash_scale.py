@@ -22,7 +22,9 @@ from reconciler_helpers import (
     SUB,
     nodes,
     processes_under,
+    qemu_pid,
     trusted_launch_store,
+    vm_pids,
     wait_succeeded,
     wait_until,
 )
@@ -112,7 +114,7 @@ def assert_converged(
         assert (node.enable_secure_boot, node.enable_vtpm) == (secure_boot, True)
         assert len(processes_under(Path(str(node.run_dir)))) == 2, node.name
     running = {int(line.split()[0]) for line in processes_under(state_dir)}
-    assert running == {pid for node in rows for pid in (node.qemu_pid, node.swtpm_pid)}
+    assert running == {pid for node in rows for pid in vm_pids(node)}
     return rows
 
 
@@ -129,26 +131,26 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     # Scale up 1 -> 2, killed while the new node boots: its VM is redone, the first node is adopted.
     scale_up = update_pool(sessions, PoolSpec(POOL, count=2))
     booting = wait_until(
-        lambda: (node := node_at(sessions, 1)) is not None and node.qemu_pid and node,
+        lambda: (node := node_at(sessions, 1)) is not None and node.handle and node,
         STEP_TIMEOUT,
         "the new node's VM to start",
     )
     reconciler.kill()
     assert booting.state == "Provisioning"
     assert len(processes_under(Path(str(booting.run_dir)))) == 2  # qemu + swtpm outlive the reconciler
-    assert booting.qemu_pid is not None
-    os.kill(booting.qemu_pid, signal.SIGKILL)  # gone as well: the node is booted again, by this reconciler
+    assert booting.handle is not None
+    os.kill(qemu_pid(booting), signal.SIGKILL)  # gone as well: the node is booted again, by this reconciler
     reconciler.start()
     wait_succeeded(sessions, scale_up, STEP_TIMEOUT, reconciler.log)
     adopted, second = assert_converged(sessions, state_dir, 2, secure_boot=False)
-    assert (adopted.id, adopted.qemu_pid, adopted.run_dir) == (first.id, first.qemu_pid, first.run_dir)
+    assert (adopted.id, adopted.handle, adopted.run_dir) == (first.id, first.handle, first.run_dir)
     assert second.id == booting.id and second.run_dir != booting.run_dir
     assert not Path(str(booting.run_dir)).exists()
 
     # Enable Secure Boot (rolling reimage), killed while node 1 is being torn down: node 0 (reimaged before
     # the kill) is adopted, node 1 is reimaged again from scratch.
     reimage = update_pool(sessions, PoolSpec(POOL, enable_secure_boot=True))
-    freeze(second.qemu_pid)  # node 1 was booted by the running reconciler: its teardown starts with QMP
+    freeze(qemu_pid(second))  # node 1 was booted by the running reconciler: its teardown starts with QMP
     reimaging = killed_during(sessions, reconciler, 1, "Reimaging")
     assert len(processes_under(Path(str(second.run_dir)))) == 2  # frozen qemu + swtpm, orphaned
     reimaged_first = node_at(sessions, 0)
@@ -159,19 +161,19 @@ def test_kill_9_during_scale_up_reimage_and_scale_down(
     zero, one = assert_converged(sessions, state_dir, 2, secure_boot=True)
     assert (zero.id, one.id) == (first.id, second.id)  # reimaged in place: same rows, names, ordinals
     assert (zero.name, one.name) == (first.name, second.name)
-    assert zero.qemu_pid == reimaged_first.qemu_pid  # adopted, not booted again
+    assert zero.handle == reimaged_first.handle  # adopted, not booted again
     assert not Path(str(second.run_dir)).exists() and not Path(str(first.run_dir)).exists()
 
     # Scale down 2 -> 1, killed while the surplus node is being torn down: it is deleted on restart.
     scale_down = update_pool(sessions, PoolSpec(POOL, count=1))
-    freeze(one.qemu_pid)
+    freeze(qemu_pid(one))
     deleting = killed_during(sessions, reconciler, 1, "Deleting")
     assert deleting.id == one.id
     assert len(processes_under(Path(str(one.run_dir)))) == 2
     reconciler.start()
     wait_succeeded(sessions, scale_down, STEP_TIMEOUT, reconciler.log)
     (kept,) = assert_converged(sessions, state_dir, 1, secure_boot=True)
-    assert (kept.id, kept.qemu_pid) == (zero.id, zero.qemu_pid)
+    assert (kept.id, kept.handle) == (zero.id, zero.handle)
     assert not Path(str(one.run_dir)).exists()
 
     # No row lost: the pool with its final settings and every operation, all Succeeded.

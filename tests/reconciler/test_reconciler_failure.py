@@ -71,7 +71,7 @@ def test_boot_failure_fails_the_node_and_the_operation(
             failed.error["message"]
         )
         (node,) = nodes(sessions)
-        assert node.state == "Failed" and node.labels == {} and node.qemu_pid is None
+        assert node.state == "Failed" and node.labels == {} and node.handle is None
         assert str(failed.error["message"]).endswith(node.message)
         assert failed.error["target"] == node.name
         assert processes_under(state_dir) == []
@@ -113,7 +113,7 @@ def test_an_altered_root_filesystem_fails_the_node_naming_it(
         message = str(failed.error["message"])
         assert f"root filesystem rootfs.img (root hash {image.rootfs.root_hash}) is corrupted" in message
         (node,) = [node for node in nodes(sessions) if node.name == failed.error["target"]]
-        assert node.state == "Failed" and node.qemu_pid is None and message.endswith(node.message)
+        assert node.state == "Failed" and node.handle is None and message.endswith(node.message)
         assert processes_under(state_dir) == []
         assert boot_integrity_alert(sessions, node.name) == ("High", "root filesystem")  # not a generic one
 

@@ -34,15 +34,15 @@ def test_sigkill_of_a_booting_vm_is_the_diagnosis(sessions: sessionmaker[Session
     )
     with sessions.begin() as session:
         _, create, _ = put_cluster(session, PATH, ClusterSpec("eastus", agent_pools=[pool]))
-    killed: list[int] = []
+    killed: list[str] = []
 
     def kill_qemu_once_started() -> None:
         booting = wait_until(
-            lambda: next((node for node in nodes(sessions) if node.qemu_pid), None), 300, "the VM to start"
+            lambda: next((node for node in nodes(sessions) if node.handle), None), 300, "the VM to start"
         )
-        assert booting.qemu_pid is not None
-        os.kill(booting.qemu_pid, signal.SIGKILL)
-        killed.append(booting.qemu_pid)
+        assert booting.handle is not None
+        os.kill(int(booting.handle), signal.SIGKILL)
+        killed.append(booting.handle)
 
     killer = threading.Thread(target=kill_qemu_once_started, daemon=True)
     killer.start()
@@ -62,5 +62,5 @@ def test_sigkill_of_a_booting_vm_is_the_diagnosis(sessions: sessionmaker[Session
     ), message
     assert "accepts every stage" not in message
     (node,) = nodes(sessions)
-    assert node.state == "Failed" and node.qemu_pid is None
+    assert node.state == "Failed" and node.handle is None
     assert node_processes(Path(str(node.run_dir))) == {}

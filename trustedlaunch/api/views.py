@@ -219,7 +219,7 @@ def machine_json(node: Node) -> JsonObject:
     address of the VM's NIC once it runs, `resourceId`, `kubernetes`: its Node's labels and taints, `mode`)
     with this server's state, security settings, verdict labels (`labels`) and the attestation status the
     reconciler recorded."""
-    addresses = [{"family": "IPv4", "ip": NODE_ADDRESS}] if node.qemu_pid is not None else []
+    addresses = [{"family": "IPv4", "ip": NODE_ADDRESS}] if node.handle is not None else []
     return {
         "id": ResourceId.of(node).path(),
         "name": node.name,

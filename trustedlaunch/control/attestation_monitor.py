@@ -13,12 +13,10 @@ rules are in control/retention.py), when a node is due for re-attestation, and t
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 
 from cryptography import x509
 from sqlalchemy import delete, select
@@ -37,8 +35,7 @@ from trustedlaunch.control.retention import RetentionSettings
 from trustedlaunch.control.verifier import TokenSubject, attestation_token
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
-from trustedlaunch.node.agent_client import NodeAgent
-from trustedlaunch.node.channel import AgentChannel, AgentProtocolError
+from trustedlaunch.node.channel import AgentProtocolError
 from trustedlaunch.store.models import (
     AgentPool,
     AlertRecord,
@@ -51,8 +48,6 @@ from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
 
 HISTORY_PER_NODE = 200
 DEFAULT_ATTESTATION_INTERVAL = 300.0
-AGENT_SOCKET = "agent.sock"
-AGENT_TIMEOUT = 120.0
 _NEVER = datetime.min.replace(tzinfo=UTC)  # the last attestation of a node never attested
 
 log = logging.getLogger("trustedlaunch.control.attestation_monitor")
@@ -95,19 +90,6 @@ def attestation_order(node: Node) -> tuple[int, datetime]:
 def due_trigger(node: Node) -> Trigger:
     """The trigger of a due node's attestation."""
     return Trigger.ON_DEMAND if node.attestation_requested_at is not None else Trigger.INTERVAL
-
-
-class AdoptedAgent(NodeAgent):
-    """The agent of a node whose VM another reconciler process started, over its serial socket."""
-
-    def __init__(self, run_dir: Path, timeout: float = AGENT_TIMEOUT) -> None:
-        sock = socket.socket(socket.AF_UNIX)
-        try:
-            sock.connect(str(run_dir / AGENT_SOCKET))
-        except OSError as exc:
-            sock.close()
-            raise TrustedLaunchError(f"cannot connect to the node's agent socket: {exc}") from None
-        super().__init__(AgentChannel(sock), timeout)
 
 
 def _unreachable_result(error: Exception, garbage: bool) -> AttestationResult:

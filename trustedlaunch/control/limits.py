@@ -642,6 +642,20 @@ class PoolDeletion:
 
 
 @dataclass(frozen=True)
+class NodePlacement:
+    """Placing one new node VM on the registered node hosts (control.placement): `hosts` are registered,
+    `with_room` of them are Ready with the room one node VM needs."""
+
+    node: str
+    hosts: int
+    with_room: int
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {"node": self.node, "hosts": self.hosts, "memory_mib": NODE_MEMORY_MIB, "vcpus": NODE_VCPUS}
+
+
+@dataclass(frozen=True)
 class SecurityFlags:
     """The enable/disable flags of one `tl aks nodepool update` call."""
 
@@ -1174,6 +1188,17 @@ LIMITATIONS: tuple[Limitation, ...] = (
         409,
     ),
     Limitation(
+        "AllocationFailed",
+        "nodeHosts",
+        "Allocation failed: none of the {hosts} registered node hosts is Ready with room for node {node} "
+        "({memory_mib} MiB of memory and {vcpus} vCPUs beside the nodes placed there; a vTPM node also needs "
+        "a host on this machine or one registered with its EK CA). Register another host or raise a host's "
+        "capacity, or scale a pool down.",
+        NodePlacement,
+        lambda p: p.hosts > 0 and p.with_room == 0,
+        409,
+    ),
+    Limitation(
         "MutuallyExclusiveArguments",
         "--enable-secure-boot/--disable-secure-boot",
         "--enable-secure-boot and --disable-secure-boot cannot be used in the same call.",
@@ -1199,6 +1224,7 @@ Context = (
     | SecurityFlags
     | QuotaRequest
     | HostRequest
+    | NodePlacement
 )
 
 
@@ -1251,6 +1277,11 @@ def check_deletion(deletion: PoolDeletion) -> list[ArmError]:
 def check_host(request: HostRequest) -> list[ArmError]:
     """Every limitation a host registration or update breaks (name, URI, capacity, EK CA size, host count)."""
     return _violations(request)
+
+
+def check_placement(placement: NodePlacement) -> list[ArmError]:
+    """The limitation a new node's placement breaks: hosts are registered but none has room for it."""
+    return _violations(placement)
 
 
 def check_flags(flags: SecurityFlags) -> list[ArmError]:

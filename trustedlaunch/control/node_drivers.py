@@ -1,10 +1,10 @@
-"""The node drivers behind trustedlaunch.node.driver's interface: the direct QEMU driver (today's NodeVM, its
-behaviour unchanged, plus the adoption of a VM an earlier process started, found by its QEMU pid and run
-directory as the reconciler finds it) and the libvirt driver (control.libvirt_node_driver, imported only when
+"""The node drivers behind trustedlaunch.node.driver's interface, as the reconciler uses them: the direct QEMU
+driver (today's NodeVM, its behaviour unchanged, plus the adoption of a VM an earlier process started, found
+by its QEMU pid and run directory) and the libvirt driver (control.libvirt_node_driver, imported only when
 asked for: importing this module does not need libvirt-python).
 
-The reconciler does not use this interface yet (it calls NodeVM, AdoptedAgent and node_processes directly);
-the next slice moves it onto `node_driver`.
+An adopted VM (`adopt`) is what a restarted control plane talks to: its agent is connected on first use
+(`agent`) and disconnected after it (`disconnect`), the VM running on.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from typing import Protocol
 
 from trustedlaunch.control.node_processes import is_node_process, kill_node_processes
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
-from trustedlaunch.node.driver import NodeDriver
+from trustedlaunch.node.driver import NodeMachine
 from trustedlaunch.node.image import NodeImage
-from trustedlaunch.node.kubelet import NodeNetwork
+from trustedlaunch.node.kubelet import NodeNetwork, uri_is_this_machine
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
     BootFailedError,
@@ -31,6 +32,54 @@ from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.tpm.vtpm import Vtpm
 
 AGENT_SOCKET = "agent.sock"  # NodeVM's agent serial port in its run directory
+PING_SECONDS = 5.0  # how long an adopted VM's agent may take to answer one PING while it boots
+QEMU = "qemu"
+LIBVIRT = "libvirt"
+
+
+class AdoptedMachine(NodeMachine, Protocol):
+    """A running node VM an earlier control-plane process started, found again by its driver."""
+
+    def disconnect(self) -> None:
+        """Close the agent connection (the next `agent` call connects again); the VM runs on."""
+        ...
+
+
+class ControlNodeDriver(Protocol):
+    """A node driver as the reconciler uses it: trustedlaunch.node.driver.NodeDriver with the node's
+    network and adoption by handle."""
+
+    name: str
+
+    @property
+    def alive(self) -> bool:
+        """Whether the driver still reaches its host (else a new one is made)."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection to the host; its VMs keep running."""
+        ...
+
+    def create(
+        self,
+        image: NodeImage,
+        run_dir: Path,
+        *,
+        secure_boot: bool,
+        vtpm: Vtpm | None,
+        network: NodeNetwork | None = None,
+    ) -> NodeMachine:
+        """A VM (not started) booting `image` with these settings; files in `run_dir`."""
+        ...
+
+    def adopt(self, handle: str, run_dir: Path) -> AdoptedMachine | None:
+        """The running VM `handle` names; None if it is gone."""
+        ...
+
+    def remove_leftovers(self, run_dir: Path) -> None:
+        """Remove what the driver made for VMs of `run_dir` on its host that no handle finds (a VM started
+        right before a crash, a stopped one's definition); processes of this machine are not its part."""
+        ...
 
 
 class QemuNodeVM(NodeVM):
@@ -48,6 +97,18 @@ class QemuNodeVM(NodeVM):
     def destroy(self) -> None:
         """Stop QEMU and the vTPM (the direct driver keeps nothing outside the run directory)."""
         self.shutdown()
+
+
+def connect_agent(run_dir: Path, timeout: float = AGENT_COMMAND_TIMEOUT) -> NodeAgent:
+    """A new connection to the agent of the direct-driver VM in `run_dir` (its serial port's socket serves
+    one connection at a time); NodeVMError when it cannot be made."""
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.connect(str(run_dir / AGENT_SOCKET))
+    except OSError as exc:
+        sock.close()
+        raise NodeVMError(f"cannot connect to the node's agent socket: {exc}") from None
+    return NodeAgent(AgentChannel(sock), timeout)
 
 
 class AdoptedQemuVM:
@@ -72,15 +133,6 @@ class AdoptedQemuVM:
         """An adopted VM runs already: starting it again is an error."""
         raise NodeVMError(f"node VM in {self.run_dir} was adopted running: it cannot be started again")
 
-    def _connect(self) -> AgentChannel | None:
-        sock = socket.socket(socket.AF_UNIX)
-        try:
-            sock.connect(str(self.run_dir / AGENT_SOCKET))
-        except OSError:
-            sock.close()
-            return None
-        return AgentChannel(sock)
-
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait until the agent answers PING over its socket; the seconds waited."""
         started = time.monotonic()
@@ -90,13 +142,14 @@ class AdoptedQemuVM:
                     f"adopted node VM ({self.run_dir}) stopped: {vm_end(self.run_dir).describe()}",
                     self.console_tail(),
                 )
-            channel = self._connect()
-            if channel is not None and channel.ping(secrets.token_hex(4), 1.0):
-                self._agent = NodeAgent(channel, AGENT_COMMAND_TIMEOUT)
+            try:
+                agent = self.agent()
+            except NodeVMError:
+                agent = None
+            if agent is not None and agent.channel.ping(secrets.token_hex(4), PING_SECONDS):
                 self.ready_after = time.monotonic() - started
                 return self.ready_after
-            if channel is not None:
-                channel.close()
+            self.disconnect()
             time.sleep(0.5)
         raise BootFailedError(
             f"adopted node VM ({self.run_dir}): the agent did not answer within {timeout:.0f} s",
@@ -104,10 +157,16 @@ class AdoptedQemuVM:
         )
 
     def agent(self) -> NodeAgent:
-        """The verifier's side of the node's agent (after `wait_ready`)."""
+        """The verifier's side of the node's agent, connected on first use (NodeVMError if it cannot be)."""
         if self._agent is None:
-            raise NodeVMError("the node's agent is not ready: call wait_ready() first")
+            self._agent = connect_agent(self.run_dir)
         return self._agent
+
+    def disconnect(self) -> None:
+        """Close the agent connection; the VM runs on."""
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
 
     def console_tail(self) -> str:
         """The end of the serial console log."""
@@ -115,9 +174,7 @@ class AdoptedQemuVM:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Kill the VM's QEMU, supervisor, swtpm and bank proxy (found by their run directory)."""
-        if self._agent is not None:
-            self._agent.close()
-            self._agent = None
+        self.disconnect()
         kill_node_processes(self.run_dir, timeout)
 
     def destroy(self) -> None:
@@ -128,7 +185,11 @@ class AdoptedQemuVM:
 class QemuDriver:
     """The direct driver: QEMU, swtpm and the bank proxy as processes of this machine."""
 
-    name = "qemu"
+    name = QEMU
+    alive = True  # this machine
+
+    def close(self) -> None:
+        """Nothing to close: the VMs are processes of this machine."""
 
     def create(
         self,
@@ -148,13 +209,18 @@ class QemuDriver:
             return None
         return AdoptedQemuVM(run_dir, int(handle))
 
+    def remove_leftovers(self, run_dir: Path) -> None:
+        """Nothing: the direct driver's VMs are processes of this machine (node_processes finds them)."""
 
-def node_driver(name: str, uri: str | None = None) -> NodeDriver:
-    """The driver called `name`: "qemu" (this machine), or "libvirt" on the host at `uri`."""
-    if name == QemuDriver.name:
+
+def node_driver(name: str, uri: str | None = None, *, host_tpm: bool = False) -> ControlNodeDriver:
+    """The driver called `name`: "qemu" (this machine), or "libvirt" on the host at `uri` (with `host_tpm`,
+    the host's libvirt makes the vTPMs, certified by the host's EK CA). A libvirt host elsewhere (its URI
+    names a host) shares none of our files: its nodes boot from uploaded volumes, with its own vTPMs."""
+    if name == QEMU:
         return QemuDriver()
-    if name == "libvirt" and uri:
+    if name == LIBVIRT and uri:
         from trustedlaunch.control.libvirt_node_driver import LibvirtNodeDriver  # needs libvirt-python
 
-        return LibvirtNodeDriver(uri)
+        return LibvirtNodeDriver(uri, host_tpm=host_tpm, local_files=uri_is_this_machine(uri))
     raise NodeVMError(f"unknown node driver {name!r} (qemu, or libvirt with a host URI)")

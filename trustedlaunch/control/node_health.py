@@ -27,7 +27,7 @@ from trustedlaunch.control.labels import node_labels
 from trustedlaunch.control.node_plan import NodePhase
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.store.models import Node, utc_now
-from trustedlaunch.store.vocabulary import AlertType, AttestationStatus
+from trustedlaunch.store.vocabulary import AlertType, AttestationStatus, HostState
 
 LIVENESS_INTERVAL = 20.0  # seconds between two liveness checks of a node: 3 failed checks within 60 s
 PING_TIMEOUT = 5.0  # seconds a liveness PING waits for the agent
@@ -79,8 +79,8 @@ def ready_nodes(nodes: Iterable[Node]) -> int:
 
 
 def power_state(node: Node) -> str:
-    """Running while the node's VM process is known to run (its pid recorded), else Stopped."""
-    return "Running" if node.qemu_pid is not None else "Stopped"
+    """Running while the node's VM is known to run (its driver's handle recorded), else Stopped."""
+    return "Running" if node.handle is not None else "Stopped"
 
 
 def record_check(session: Session, node: Node, check: LivenessCheck) -> bool:
@@ -145,8 +145,12 @@ def next_repair(
     """The repair an Unhealthy `node` is due for now, if any: a reboot once it failed FAILED_CHECKS checks; a
     reimage when it still fails `reimage_after` after the last repair of this episode (a reboot or a
     reimage that did not help); none beyond MAX_REPAIRS_PER_HOUR repairs in the last hour, or with
-    auto-repair off."""
-    if not enabled or node.state != NodePhase.UNHEALTHY or node.failed_checks < FAILED_CHECKS:
+    auto-repair off. A node whose host is Lost or being removed is reimaged at once (made again where
+    placement puts it: its VM is gone with its host), not rebooted on that host."""
+    host_gone = node.host is not None and node.host.state != HostState.READY
+    if not enabled or node.state != NodePhase.UNHEALTHY:
+        return None
+    if node.failed_checks < FAILED_CHECKS and not host_gone:
         return None
     started = [datetime.fromisoformat(repair["time"]) for repair in node.repairs]
     if sum(1 for time in started if now - time < REPAIR_WINDOW) >= MAX_REPAIRS_PER_HOUR:
@@ -154,7 +158,7 @@ def next_repair(
     since = node.unhealthy_since or now
     this_episode = [time for time in started if time >= since]
     if not this_episode:
-        return RepairAction.REBOOT
+        return RepairAction.REIMAGE if host_gone else RepairAction.REBOOT
     return RepairAction.REIMAGE if now - this_episode[-1] >= reimage_after else None
 
 

@@ -1,6 +1,12 @@
 """The node reconciler: drives the nodes of every pool with an InProgress operation to the pool's desired
-state with the QEMU driver (create, scale, rolling reimage on a Secure Boot / vTPM change, delete), attests
-every vTPM node, labels the nodes and finishes the operation.
+state (create, scale, rolling reimage on a Secure Boot / vTPM change, delete), attests every vTPM node,
+labels the nodes and finishes the operation.
+
+Each node's VM runs under the node driver its row names (control.node_drivers): the direct QEMU driver on
+this machine when no node host is registered, else libvirt on the Ready host control.placement chose when
+the node was provisioned (recorded before its VM starts). Its driver's handle (QEMU's pid, the domain's
+UUID) finds the VM again after a restart. Its attestations accept only the EK CA of the host that made its
+vTPM (node_ek_cas); a node whose host is Lost is made again elsewhere (node_health's repair: a reimage).
 
 Crash safety: each step records its intent in the store before acting (a node row is Provisioning with
 its run directory before QEMU starts, Reimaging / Deleting before its VM is killed), so a reconciler
@@ -19,11 +25,11 @@ import fcntl
 import logging
 import secrets
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -31,18 +37,17 @@ from typing import IO, NoReturn
 
 import httpx2
 import platformdirs
+from cryptography import x509
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.policy import Policy
-from trustedlaunch.attest.remote import AgentLike
 from trustedlaunch.attest.tokens import TokenIssuer
 from trustedlaunch.attest.verifier import AttestationResult
 from trustedlaunch.control import alert_lifecycle
 from trustedlaunch.control.attestation_monitor import (
     DEFAULT_ATTESTATION_INTERVAL,
-    AdoptedAgent,
     AlertDelivery,
     AttestationMonitor,
     Trigger,
@@ -66,6 +71,7 @@ from trustedlaunch.control.node_drain import (
     after_failed_drain,
     soak_note,
 )
+from trustedlaunch.control.node_drivers import QEMU, AdoptedMachine, ControlNodeDriver, node_driver
 from trustedlaunch.control.node_health import (
     BUSY_AGENT_SILENCE,
     LIVENESS_INTERVAL,
@@ -78,6 +84,7 @@ from trustedlaunch.control.node_health import (
     record_check,
     start_repair,
 )
+from trustedlaunch.control.node_hosts import HostMonitor
 from trustedlaunch.control.node_image_versions import chain_of_build, version_build
 from trustedlaunch.control.node_images import OPERATOR_IMAGES_DIR, build_release_image, is_release_image
 from trustedlaunch.control.node_join import (
@@ -101,20 +108,21 @@ from trustedlaunch.control.node_plan import (
 )
 from trustedlaunch.control.node_processes import (
     SUPERVISOR_NAME,
-    is_node_process,
     is_stopped,
     kill_node_processes,
     node_processes,
 )
 from trustedlaunch.control.operations import finish_operation, operation_resource, start_node_reimage
+from trustedlaunch.control.placement import NoHostRoomError, place_node
 from trustedlaunch.control.retention import Retention
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.diagnose import diagnose_boot_failure
+from trustedlaunch.node.driver import NodeMachine
 from trustedlaunch.node.image import NodeImage, has_current_agent, refresh_agent
-from trustedlaunch.node.qemu import BootFailedError, NodeVM, firmware_varstore
+from trustedlaunch.node.qemu import BootFailedError, NodeVM, NodeVMError, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.models import (
     OPERATION_NOTE_LENGTH,
@@ -122,12 +130,14 @@ from trustedlaunch.store.models import (
     AttestationRecord,
     ManagedCluster,
     Node,
+    NodeHost,
     Operation,
     utc_now,
 )
 from trustedlaunch.store.vocabulary import (
     AlertType,
     AttestationStatus,
+    HostState,
     OperationStatus,
     UndrainableNodeBehavior,
 )
@@ -162,6 +172,35 @@ class NodeStays(StrEnum):
 def default_state_dir() -> Path:
     """Where the reconciler keeps node images, the platform EK CA and the VMs' run directories."""
     return Path(platformdirs.user_data_dir("trustedlaunch")) / "nodes"
+
+
+@dataclass(frozen=True)
+class VmLocation:
+    """Where a node's VM runs, read from its row (usable without a store session): its driver, its host
+    (name, libvirt URI and state; None: this machine), whether the host's libvirt makes its vTPM, the
+    driver's handle and the run directory."""
+
+    driver: str
+    host: str | None
+    uri: str | None
+    host_state: str | None
+    host_tpm: bool
+    handle: str | None
+    run_dir: str | None
+
+    @classmethod
+    def of(cls, node: Node) -> VmLocation:
+        """The location node's row records."""
+        host = node.host
+        if host is None:
+            return cls(node.driver, None, None, None, False, node.handle, node.run_dir)
+        tpm = host.ek_ca_certificate is not None
+        return cls(node.driver, host.name, host.uri, host.state, tpm, node.handle, node.run_dir)
+
+    @property
+    def host_ready(self) -> bool:
+        """Whether its VM's host is this machine or a Ready host (not Lost, not being removed)."""
+        return self.host_state in (None, HostState.READY)
 
 
 class NodeProvisioningError(TrustedLaunchError):
@@ -286,7 +325,10 @@ class Reconciler:
         self.retention = Retention(sessions)  # settings from the environment (control/retention.py)
         self.max_parallel_attestations = max_parallel_attestations
         self.attestation_time_limit = attestation_time_limit  # seconds a whole re-attestation may take
-        self._vms: dict[int, NodeVM] = {}  # node id -> VM this process started
+        self._vms: dict[int, NodeMachine] = {}  # node id -> VM this process started
+        self._drivers: dict[tuple[str, str | None, bool], ControlNodeDriver] = {}  # made once per host
+        self._drivers_lock = threading.Lock()
+        self.host_monitor = HostMonitor(sessions)  # node hosts' health: Lost hosts' nodes are made again
         self._lock: IO[bytes] | None = None
         self._ek_ca: EkCa | None = None
         self._artefacts_lock = threading.RLock()  # node images and the EK CA, made once for all threads
@@ -343,6 +385,10 @@ class Reconciler:
         for thread in self._attestation_threads():
             thread.join(max(0.0, deadline - time.monotonic()))
         self._vms.clear()  # their agent connections close with them; the next reconciler adopts the VMs
+        with self._drivers_lock:
+            for driver in self._drivers.values():
+                driver.close()  # a libvirt host's connection; its domains keep running
+            self._drivers.clear()
         if self.cluster_planes is not None:
             self.cluster_planes.close()  # the Kubernetes adapters' connections; the planes keep running
         if self._lock is not None:
@@ -380,13 +426,35 @@ class Reconciler:
         with self.sessions() as session:
             self.cluster_planes.supervise(session)
 
+    def _driver(self, where: VmLocation) -> ControlNodeDriver:
+        """The driver of the VM at `where` (made once per host, again once its connection died);
+        NodeVMError when its host cannot be reached."""
+        key = (where.driver, where.uri, where.host_tpm)
+        with self._drivers_lock:
+            driver = self._drivers.get(key)
+            if driver is None or not driver.alive:
+                if driver is not None:
+                    driver.close()
+                driver = self._drivers[key] = node_driver(where.driver, where.uri, host_tpm=where.host_tpm)
+            return driver
+
+    def _adopt(self, where: VmLocation) -> AdoptedMachine | None:
+        """The running VM at `where` that another reconciler process (or this one, before a release)
+        started, found by its driver; None if it is gone, was never started or its host is not Ready."""
+        if not where.handle or not where.run_dir or not where.host_ready:
+            return None
+        try:
+            return self._driver(where).adopt(where.handle, Path(where.run_dir))
+        except NodeVMError as exc:
+            log.warning("VM %s (%s): %s", where.handle, where.run_dir, exc)
+            return None
+
     def _vm_alive(self, node: Node) -> bool:
-        """True while the node's QEMU process (ours or adopted) runs."""
+        """True while the node's VM (ours or adopted) runs."""
         vm = self._vms.get(node.id)
         if vm is not None:
             return vm.running
-        run_dir = Path(node.run_dir) if node.run_dir else None
-        return bool(run_dir and node.qemu_pid and is_node_process(node.qemu_pid, run_dir))
+        return self._adopt(VmLocation.of(node)) is not None
 
     def _agent_lock(self, node_id: int) -> threading.Lock:
         """The lock held while node `node_id`'s agent is in use (an attestation, a liveness PING): its serial
@@ -417,7 +485,7 @@ class Reconciler:
         with self.sessions() as session:
             busy = self._busy_pools(session)
             targets = [
-                (node.id, node.name, node.qemu_pid, node.run_dir)
+                (node.id, node.name, VmLocation.of(node))
                 for node in session.scalars(select(Node).where(Node.state.in_(LIVE_PHASES)))
                 if node.pool_id not in busy
             ]
@@ -427,20 +495,17 @@ class Reconciler:
             checks = [check for check in pool.map(lambda target: self._check_node(*target), targets) if check]
         return self._record_checks(checks)
 
-    def _check_node(
-        self, node_id: int, node_name: str, qemu_pid: int | None, run_dir: str | None
-    ) -> LivenessCheck | None:
-        vm = self._vms.get(node_id)
-        directory = Path(run_dir) if run_dir else None
-        alive = (
-            vm.running
-            if vm is not None
-            else bool(directory and qemu_pid and is_node_process(qemu_pid, directory))
-        )
-        if not alive or directory is None or qemu_pid is None:
-            cause = f"VM exited: {_vm_end(run_dir)}"
+    def _check_node(self, node_id: int, node_name: str, where: VmLocation) -> LivenessCheck | None:
+        if not where.host_ready:  # its host is Lost or removed: its VM is gone for this control plane
+            cause = f"VM lost: its host {where.host} is {where.host_state}"
             return LivenessCheck(node_id, node_name, cause, certain=True, vm_exited=True)
-        if is_stopped(qemu_pid):
+        vm = self._vms.get(node_id)
+        adopted = self._adopt(where) if vm is None else None
+        machine = vm if vm is not None else adopted
+        if machine is None or not machine.running or not where.handle:
+            cause = f"VM exited: {_vm_end(where)}"
+            return LivenessCheck(node_id, node_name, cause, certain=True, vm_exited=True)
+        if where.driver == QEMU and is_stopped(int(where.handle)):
             return LivenessCheck(node_id, node_name, "VM paused: its QEMU process is stopped", certain=True)
         lock = self._agent_lock(node_id)
         if not lock.acquire(blocking=False):  # an attestation is talking to the agent: is it answering?
@@ -452,14 +517,12 @@ class Reconciler:
             cause = f"the agent has not answered the attestation's request for {silent:.0f} s"
             return LivenessCheck(node_id, node_name, cause)
         try:
-            if vm is not None:
-                try:
-                    answered = vm.agent().channel.ping(secrets.token_hex(4), PING_TIMEOUT)
-                except AgentError:
-                    answered = False
-            else:
-                answered = self._agent_answers(qemu_pid, directory)
+            answered = machine.agent().channel.ping(secrets.token_hex(4), PING_TIMEOUT)
+        except (AgentError, NodeVMError):
+            answered = False
         finally:
+            if adopted is not None:
+                adopted.disconnect()
             lock.release()
         if answered:
             return LivenessCheck(node_id, node_name)
@@ -472,9 +535,9 @@ class Reconciler:
                 node = session.get(Node, check.node_id)
                 if node is None or node.state not in LIVE_PHASES:
                     continue  # an operation or a repair took it meanwhile
-                if check.vm_exited and node.qemu_pid is not None:
+                if check.vm_exited and node.handle is not None:
                     self._stop_processes(node)  # what is left of it (its vTPM): a repair starts it again
-                    node.qemu_pid = node.swtpm_pid = None
+                    node.handle = None
                 changed = record_check(session, node, check)
                 if changed and node.state == NodePhase.UNHEALTHY:
                     log.warning("node %s: unhealthy: %s", node.name, node.health_cause)
@@ -528,7 +591,7 @@ class Reconciler:
         try:
             if action == RepairAction.REBOOT:
                 self._stop_processes(node)
-                node.qemu_pid = node.swtpm_pid = None
+                node.handle = None
                 node.attestation_state = node.enrolled_ak_name = None  # the AK is enrolled again
                 self._boot(session, pool, node)
             else:
@@ -549,22 +612,6 @@ class Reconciler:
         alert_lifecycle.resolve_open_alerts(session, node.name, (AlertType.NODE_UNHEALTHY,))
         session.commit()
 
-    @staticmethod
-    def _agent_answers(qemu_pid: int, run_dir: Path) -> bool:
-        if not is_node_process(qemu_pid, run_dir):
-            return False
-        sock = socket.socket(socket.AF_UNIX)
-        try:
-            sock.connect(str(run_dir / "agent.sock"))
-        except OSError:
-            sock.close()
-            return False
-        channel = AgentChannel(sock)
-        try:
-            return channel.ping(secrets.token_hex(4), 5.0)
-        finally:
-            channel.close()
-
     # -- the loop --------------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
@@ -575,6 +622,7 @@ class Reconciler:
         directory)."""
         if not self._acquire():
             return False
+        self.host_monitor.check_hosts()  # never waits: each host is checked in its own thread
         self._check_liveness_if_due()
         self._supervise_control_planes_if_due()
         self._renew_unattested_credentials_if_due()
@@ -875,10 +923,19 @@ class Reconciler:
         return NodeStays.SOAKING
 
     def _stop_processes(self, node: Node) -> None:
-        """Stop the node's VM and vTPM: ours, adopted or left by a killed reconciler."""
-        vm = self._vms.pop(node.id, None)
-        if vm is not None:
-            vm.shutdown()
+        """Stop the node's VM and vTPM (ours, adopted or left by a killed reconciler) and remove what its
+        driver made for it outside the run directory (a libvirt domain's definition): a new start makes it
+        anew. On a host that is not Ready only the vTPM processes of this machine are stopped."""
+        where = VmLocation.of(node)
+        vm = self._vms.pop(node.id, None) or self._adopt(where)
+        if where.host_ready:  # a Lost host is not waited for: its VMs are gone for us
+            if vm is not None:
+                vm.destroy()
+            if where.run_dir:
+                try:
+                    self._driver(where).remove_leftovers(Path(where.run_dir))
+                except NodeVMError as exc:
+                    log.warning("node %s: %s", node.name, exc)
         if node.run_dir:
             kill_node_processes(Path(node.run_dir))
 
@@ -897,14 +954,20 @@ class Reconciler:
             shutil.rmtree(node.run_dir, ignore_errors=True)
 
     def _provision(self, session: Session, pool: AgentPool, node: Node) -> None:
-        """Boot a fresh VM for `node` with the pool's settings, attest it, label it: Ready or Failed."""
+        """Boot a fresh VM for `node` with the pool's settings where control.placement puts it (recorded
+        before the VM starts), attest it, label it: Ready or Failed."""
         run_dir = self.state_dir / "vm" / f"n{pool.id}-{secrets.token_hex(3)}"
+        try:
+            placement = place_node(session, node)
+        except NoHostRoomError as exc:
+            self._fail(session, node, exc.error.code, exc.error.message)
+        node.driver, node.host = placement.driver, placement.host
         node.state = NodePhase.PROVISIONING
         node.enable_secure_boot = pool.enable_secure_boot
         node.enable_vtpm = pool.enable_vtpm
         node.node_image_version = pool.node_image_version
         node.run_dir = str(run_dir)
-        node.qemu_pid = node.swtpm_pid = None
+        node.handle = None
         node.attestation_status = None
         node.attestation_state = node.enrolled_ak_name = None  # a new vTPM: its AK is enrolled anew
         node.attestation_policy = None  # its new VM's, recorded by its provisioning attestation
@@ -931,21 +994,25 @@ class Reconciler:
                 record_kubelet_port(session, node)
                 session.commit()  # write-ahead: an adopted VM keeps its kubelet port
                 network = node_network(node)
+            driver = self._driver(VmLocation.of(node))
             vtpm = Vtpm.create(run_dir / VTPM_DIR, ek_ca=self._platform_ek_ca()) if node.enable_vtpm else None
-            vm = NodeVM(image, run_dir, secure_boot=node.enable_secure_boot, vtpm=vtpm, network=network)
+            vm = driver.create(
+                image, run_dir, secure_boot=node.enable_secure_boot, vtpm=vtpm, network=network
+            )
             self._vms[node.id] = vm
             vm.start()
         except TrustedLaunchError as exc:
             self._fail(
                 session, node, "NodeProvisioningFailed", f"node {node.name} could not be started: {exc}"
             )
-        node.qemu_pid = vm.pid  # not from /proc: right after exec its command line may still be empty
-        node.swtpm_pid = next((pid for pid, name in node_processes(run_dir).items() if name == "swtpm"), None)
+        node.handle = vm.handle  # not from /proc: right after exec QEMU's command line may still be empty
         node.message = "booting"
         session.commit()
         try:
             vm.wait_ready(self.boot_timeout)
         except BootFailedError as exc:
+            if not isinstance(vm, NodeVM):  # the offline diagnosis reads the direct driver's files
+                self._fail(session, node, "NodeBootFailed", f"node {node.name} did not boot: {exc}")
             diagnosis = diagnose_boot_failure(vm, exc)  # names the refused component (shim, grub, kernel)
             if diagnosis.component is not None:  # an integrity failure, not a crash: alerted as such
                 finding = Finding(Check.BOOT_INTEGRITY, diagnosis.component, diagnosis.message[:2000])
@@ -957,10 +1024,11 @@ class Reconciler:
         self._finish_provisioning(session, pool, node, vm, image, ready)
 
     def _finish_provisioning(
-        self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, image: NodeImage, message: str
+        self, session: Session, pool: AgentPool, node: Node, vm: NodeMachine, image: NodeImage, message: str
     ) -> None:
-        """Attest (vTPM) and label the booted node through `agent`, join it to its cluster (only once it
-        passed attestation), then record it Ready with `message`."""
+        """Attest (vTPM) and label the booted node through its VM's agent, join it to its cluster (only once
+        it passed attestation), then record it Ready with `message`."""
+        agent = vm.agent()
         if pool.enable_vtpm:
             self._attest_new_node(session, pool, node, agent, image)
         else:
@@ -977,16 +1045,11 @@ class Reconciler:
         self.monitor.sync_kubernetes(node)  # no store transaction open during the API server's calls
         session.commit()
 
-    def _join(self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, message: str) -> str:
+    def _join(self, session: Session, pool: AgentPool, node: Node, agent: NodeAgent, message: str) -> str:
         """Hand the attested (or non-vTPM) node its kubelet credential over its agent channel and initialize
         its Node (address, labels, taints removed); `message` with the join's duration. Fails the node."""
         assert self.joiner is not None
-        if isinstance(agent, NodeVM):
-            channel = agent.agent().channel
-        elif isinstance(agent, NodeAgent):
-            channel = agent.channel
-        else:
-            raise TypeError(f"no agent channel to join node {node.name} over")
+        channel = agent.channel
         node.message = "joining its cluster"
         session.commit()  # no store transaction open while the agent and the apiserver answer
         labels = join_labels(
@@ -1179,42 +1242,29 @@ class Reconciler:
         interrupted: Ctrl-C, hang-up, kill): wait for its agent, then attest it over a new connection, instead
         of booting it again. False (nothing done) if its VM is gone, is not of the pool's settings or does not
         answer within the boot timeout: the caller then provisions the node from scratch."""
-        run_dir = Path(node.run_dir) if node.run_dir else None
         settings = (node.enable_secure_boot, node.enable_vtpm, node.node_image_version)
         if (
-            run_dir is None
-            or not boots_here(pool.os_type)  # no VM boots under a Windows pool's name: _boot refuses it
-            or not node.qemu_pid
+            not boots_here(pool.os_type)  # no VM boots under a Windows pool's name: _boot refuses it
             or settings != (pool.enable_secure_boot, pool.enable_vtpm, pool.node_image_version)
-            or not is_node_process(node.qemu_pid, run_dir)
+            or (machine := self._adopt(VmLocation.of(node))) is None
         ):
             return False
-        log.info("node %s: adopting its booting VM (qemu pid %s)", node.name, node.qemu_pid)
-        started = time.monotonic()
-        while not self._agent_answers(node.qemu_pid, run_dir):
-            if not is_node_process(node.qemu_pid, run_dir):
-                log.warning(
-                    "node %s: adopted VM stopped (%s): booting it again", node.name, _vm_end(node.run_dir)
-                )
-                return False
-            if time.monotonic() - started > self.boot_timeout:
-                log.warning("node %s: its adopted VM did not boot in time: booting it again", node.name)
-                return False
-            time.sleep(1.0)
+        log.info("node %s: adopting its booting VM (%s %s)", node.name, node.driver, node.handle)
         try:
+            machine.wait_ready(self.boot_timeout)
             image = self._image(node.node_image_version)
+        except BootFailedError as exc:
+            log.warning("node %s: its adopted VM did not boot (%s): booting it again", node.name, exc)
+            machine.disconnect()
+            return False
         except TrustedLaunchError as exc:  # fails this node and its operation, not every pass
+            machine.disconnect()
             message = f"node {node.name} could not be adopted: {exc}"
             self._fail(session, node, "NodeProvisioningFailed", message)
         try:
-            agent = AdoptedAgent(run_dir)
-        except TrustedLaunchError as exc:
-            log.warning("node %s: adopted VM unreachable (%s): booting it again", node.name, exc)
-            return False
-        try:
-            self._finish_provisioning(session, pool, node, agent, image, "ready (VM adopted while booting)")
+            self._finish_provisioning(session, pool, node, machine, image, "ready (VM adopted while booting)")
         finally:
-            agent.close()
+            machine.disconnect()
         log.info("node %s: its adopted booting VM is ready", node.name)
         return True
 
@@ -1237,11 +1287,12 @@ class Reconciler:
         return self._policy(session, node, self._image(node.node_image_version))
 
     def _attest_new_node(
-        self, session: Session, pool: AgentPool, node: Node, agent: AgentLike, image: NodeImage
+        self, session: Session, pool: AgentPool, node: Node, agent: NodeAgent, image: NodeImage
     ) -> None:
         """First attestation (enrollment) of a freshly booted node; a failure fails the node."""
         try:
             policy = self._policy(session, node, image)
+            ek_ca = self._ek_cas(node)
         except TrustedLaunchError as exc:
             self._fail(session, node, "NodeAttestationFailed", f"node {node.name} was not attested: {exc}")
         node.attestation_policy = policy.to_json()  # the VM booted this build: its re-attestations use it
@@ -1251,7 +1302,7 @@ class Reconciler:
             node,
             agent,
             policy=policy,
-            ek_ca=[self._platform_ek_ca().certificate],
+            ek_ca=ek_ca,
             trigger=Trigger.PROVISIONING,
         )
         if record.status != AttestationStatus.ATTESTED:
@@ -1354,6 +1405,7 @@ class Reconciler:
         run_dir = node.run_dir
         try:
             policy = self._provisioned_policy(session, node)
+            ek_ca = self._ek_cas(node)
         except TrustedLaunchError as exc:  # the verifier's side: not the node's fault, try on the interval
             log.error("node %s: no attestation policy: %s", node.name, exc)
             node.message = f"not attested ({trigger.value}): no attestation policy: {exc}"[:4000]
@@ -1362,15 +1414,15 @@ class Reconciler:
             session.commit()
             return
         session.commit()  # no store transaction open while the node's agent answers (or does not)
-        ek_ca = [self._platform_ek_ca().certificate]
         vm = self._vms.get(node.id)
         if vm is not None:
-            with self._attesting_over(node.id, vm.agent().channel):
+            agent = vm.agent()
+            with self._attesting_over(node.id, agent.channel):
                 record = self.monitor.attest(
-                    session, pool, node, vm, policy=policy, ek_ca=ek_ca, trigger=trigger
+                    session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
                 )
         else:
-            record = self._attest_adopted(session, pool, node, policy, trigger)
+            record = self._attest_adopted(session, pool, node, policy, ek_ca, trigger)
         current = session.execute(
             select(Node.state, Node.run_dir).where(Node.id == node.id).with_for_update()
         ).one_or_none()
@@ -1418,22 +1470,20 @@ class Reconciler:
         current certificates until they expire."""
         assert self.joiner is not None
         vm = self._vms.get(node.id)
+        adopted = self._adopt(VmLocation.of(node)) if vm is None else None
         try:
-            if vm is not None:
-                renewed = self.joiner.renew_credential(node, vm.agent().channel)
-            else:
-                if not node.run_dir:
-                    raise TrustedLaunchError("the node has no run directory")
-                agent = AdoptedAgent(Path(node.run_dir))
-                try:
-                    renewed = self.joiner.renew_credential(node, agent.channel)
-                finally:
-                    agent.close()
+            machine = vm if vm is not None else adopted
+            if machine is None:
+                raise TrustedLaunchError("its VM is gone")
+            renewed = self.joiner.renew_credential(node, machine.agent().channel)
         except NodeAgentOutdatedError as exc:
             return self._reimage_outdated_agent(node, exc)
         except TrustedLaunchError as exc:
             log.error("node %s: %s", node.name, exc)
             return f"kubelet credentials not renewed: {exc}"
+        finally:
+            if adopted is not None:
+                adopted.disconnect()
         self._renewed_at[node.id] = time.monotonic()
         log.info("node %s: kubelet credentials renewed: %s", node.name, " ".join(renewed.replaced))
         return "kubelet credentials renewed"
@@ -1489,23 +1539,29 @@ class Reconciler:
                 lock.release()
 
     def _attest_adopted(
-        self, session: Session, pool: AgentPool, node: Node, policy: Policy, trigger: Trigger
+        self,
+        session: Session,
+        pool: AgentPool,
+        node: Node,
+        policy: Policy,
+        ek_ca: Sequence[x509.Certificate],
+        trigger: Trigger,
     ) -> AttestationRecord:
         """Attest a node whose VM another reconciler process started, over a new agent connection."""
+        machine = self._adopt(VmLocation.of(node))
         try:
-            if not node.run_dir:
-                raise TrustedLaunchError("the node has no run directory")
-            agent = AdoptedAgent(Path(node.run_dir))
+            if machine is None:
+                raise TrustedLaunchError("its VM is gone")
+            agent = machine.agent()
         except TrustedLaunchError as exc:
             return self.monitor.record_unreachable(session, pool, node, exc, trigger)
         try:
-            ek_ca = [self._platform_ek_ca().certificate]
             with self._attesting_over(node.id, agent.channel):
                 return self.monitor.attest(
                     session, pool, node, agent, policy=policy, ek_ca=ek_ca, trigger=trigger
                 )
         finally:
-            agent.close()
+            machine.disconnect()
 
     def _fail(
         self, session: Session, node: Node, code: str, message: str, *, keep_attestation: bool = False
@@ -1516,7 +1572,7 @@ class Reconciler:
         node.message = message[:4000]
         if not keep_attestation:
             node.attestation_status = None
-        node.qemu_pid = node.swtpm_pid = None
+        node.handle = None
         node.updated_at = utc_now()
         session.commit()
         raise NodeProvisioningError(ArmError(500, code, message, node.name))
@@ -1559,6 +1615,10 @@ class Reconciler:
                 image = NodeImage.load(out_dir)
             return image
 
+    def _ek_cas(self, node: Node) -> list[x509.Certificate]:
+        """The EK CA `node`'s attestations accept (node_ek_cas)."""
+        return node_ek_cas(node, self._platform_ek_ca().certificate)
+
     def _platform_ek_ca(self) -> EkCa:
         """The installation's platform EK CA (created on first use)."""
         with self._artefacts_lock:
@@ -1570,12 +1630,36 @@ class Reconciler:
             return self._ek_ca
 
 
-def _vm_end(run_dir_name: str | None) -> str:
-    """How the VM process of the node in `run_dir_name` ended, as its supervisor and QEMU's log recorded it
-    (waiting a moment for a supervisor still writing its record)."""
-    if not run_dir_name:
+def host_ek_ca(host: NodeHost) -> x509.Certificate:
+    """The EK CA certificate registered for `host`'s libvirt-made vTPMs; TrustedLaunchError naming the host
+    when it is not one PEM certificate."""
+    pem = host.ek_ca_certificate or ""
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        message = f"node host {host.name}: its EK CA certificate is not a PEM certificate: {exc}"
+        raise TrustedLaunchError(message) from None
+
+
+def node_ek_cas(node: Node, platform_ek_ca: x509.Certificate) -> list[x509.Certificate]:
+    """The one EK CA `node`'s enrollment and re-attestations accept: that of the host that created its vTPM,
+    i.e. the host's registered EK CA (NodeHost.ek_ca_certificate) when the host's libvirt made it, else
+    `platform_ek_ca` (the swtpm this control plane started for it). TrustedLaunchError naming the host
+    when its registered certificate is unreadable."""
+    host = node.host
+    if node.driver != QEMU and host is not None and host.ek_ca_certificate is not None:
+        return [host_ek_ca(host)]
+    return [platform_ek_ca]
+
+
+def _vm_end(where: VmLocation) -> str:
+    """How the node's VM ended: for the direct driver, as its supervisor and QEMU's log recorded it (waiting
+    a moment for a supervisor still writing its record)."""
+    if not where.run_dir:
         return "the node has no run directory"
-    run_dir = Path(run_dir_name)
+    if where.driver != QEMU:
+        return f"its {where.driver} domain {where.handle or ''} on host {where.host} is gone or stopped"
+    run_dir = Path(where.run_dir)
     deadline = time.monotonic() + SUPERVISOR_RECORD_SECONDS
     while (ended := vm_end(run_dir)).status is None and time.monotonic() < deadline:
         if SUPERVISOR_NAME not in node_processes(run_dir).values():

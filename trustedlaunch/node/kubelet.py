@@ -126,14 +126,20 @@ class NodeNetwork:
         return ["-netdev", self.netdev(busybox), "-device", "virtio-net-pci,netdev=net0"]
 
 
+def uri_is_this_machine(uri: str | None) -> bool:
+    """Whether a VM host's libvirt `uri` names this machine: no URI (the direct driver), or one without a
+    host name (qemu:///system, qemu+unix:///...: a libvirtd sharing this machine's files and loopback)."""
+    return not uri or not urlsplit(uri).hostname
+
+
 def host_kubelet_address(uri: str | None) -> str:
     """Where the control plane reaches the kubelet ports a VM host forwards: 127.0.0.1 for this machine (no
     libvirt `uri`, or one without a host name: a local libvirtd), else the IPv4 address of `uri`'s host
     (resolved here: the Node's InternalIP and the kubelet serving certificate need an address).
     NodeJoinError if it has none."""
-    host = urlsplit(uri).hostname if uri else None
-    if not host:
+    if uri_is_this_machine(uri):
         return NODE_INTERNAL_IP
+    host = urlsplit(uri).hostname
     try:
         found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:

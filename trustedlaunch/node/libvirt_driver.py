@@ -114,12 +114,19 @@ def _run_event_loop() -> None:
         libvirt.virEventRunDefaultImpl()
 
 
+def _ignore_libvirt_error(_context: object, _error: object) -> None:
+    """libvirt's error callback: nothing (the error is raised to the caller as a libvirtError)."""
+
+
 def ensure_event_loop() -> None:
     """Register libvirt's default event loop and run it in a daemon thread (once per process). Must come
-    before the connections whose streams use it are opened."""
+    before the connections whose streams use it are opened. Also silences libvirt's default error handler,
+    which prints every failed call to stderr (a dead host's check every interval): each failure reaches its
+    caller as a libvirtError, which says it where it matters."""
     global _event_loop_started
     with _event_loop_lock:
         if not _event_loop_started:
+            libvirt.registerErrorHandler(_ignore_libvirt_error, None)
             libvirt.virEventRegisterDefaultImpl()
             threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
             _event_loop_started = True
@@ -799,7 +806,7 @@ class LibvirtDriver:
             xml = domain.XMLDesc(0)
         except libvirt.libvirtError:
             return None
-        return domain if _made_for(xml, run_dir) else None
+        return domain if made_for(xml, run_dir) else None
 
     def adopt(self, handle: str, run_dir: Path) -> LibvirtNodeVM | None:
         """The running node VM of UUID `handle` in `run_dir` (adoptable_domain); None if the host has no
@@ -835,7 +842,7 @@ def _run_dir_id(run_dir: Path) -> str:
     return hashlib.sha256(str(run_dir).encode()).hexdigest()
 
 
-def _made_for(xml: str, run_dir: Path) -> bool:
+def made_for(xml: str, run_dir: Path) -> bool:
     """Whether a domain definition is the driver's for `run_dir`: our metadata element names it, or (a
     definition made before the metadata) its varstore and serial console log (its only serial files) are
     the files of `run_dir` the driver defined then."""

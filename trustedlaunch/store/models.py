@@ -303,11 +303,9 @@ class Node(Base):
     attestation_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
-    # The VM's run directory (also the marker on its qemu/swtpm command lines) and their pids, written
-    # before the VM is started / after it started, so that a restarted reconciler finds its processes.
+    # The VM's run directory (also the marker on its qemu/swtpm command lines), written before the VM is
+    # started, so that a restarted reconciler finds its processes (and, with `handle`, its VM).
     run_dir: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    qemu_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    swtpm_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attestation_state: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)  # NodeState
     # Hex TPM name of the AK the platform enrolled for this node's vTPM (EK certificate from the platform EK
     # CA + credential activation); None before enrollment and from a reimage on (a new vTPM, a new AK). The
