@@ -19,6 +19,7 @@ from typing import Any
 
 from trustedlaunch.attest.derivation import policy_for_image
 from trustedlaunch.attest.remote import attest_node
+from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.libvirt_driver import LibvirtDriver, LibvirtNodeVM
 from trustedlaunch.node.qemu import FIRMWARE, BootFailedError
@@ -94,6 +95,8 @@ def main(uri: str, run_base: str, host_ca_dir: str, platform_ca_dir: str, *image
             outcome["unsigned_failure"] = None
         except BootFailedError as failure:
             outcome["unsigned_failure"] = str(failure)
+            diagnosis = diagnose_boot_failure(vm, failure)  # the reconciler's alert names this component
+            outcome["unsigned_diagnosis"] = [diagnosis.component, diagnosis.reason]
     finally:
         driver.close()
     print(json.dumps(outcome))

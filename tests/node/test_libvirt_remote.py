@@ -67,6 +67,7 @@ def test_node_on_a_remote_host_boots_from_volumes_with_the_hosts_vtpm(
             assert outcome["rootfs"] == "verified"  # the dm-verity root filesystem, a volume too
             assert outcome["rootfs_volume"].startswith("rootfs-")
             assert "bad shim signature" in outcome["unsigned_failure"]  # seen on the pumped console
+            assert outcome["unsigned_diagnosis"] == ["kernel", "NotSigned"]  # offline, on image + template
             pool = host.base / "lib" / "images" / POOL_NAME
             first_node = set(outcome["uploaded"])
             assert outcome["rootfs_volume"] in {path.name for path in pool.iterdir()} - first_node

@@ -23,6 +23,8 @@ from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import NodeNetwork, uri_is_this_machine
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
+    ESP_COPY,
+    VARSTORE_COPY,
     BootFailedError,
     NodeVM,
     NodeVMError,
@@ -123,6 +125,16 @@ class AdoptedQemuVM:
     def handle(self) -> str:
         """QEMU's process id."""
         return str(self.qemu_pid)
+
+    @property
+    def varstore_path(self) -> Path:
+        """The VM's own copy of the OVMF varstore (NodeVM's, in the run directory)."""
+        return self.run_dir / VARSTORE_COPY
+
+    @property
+    def esp_path(self) -> Path:
+        """The VM's own copy of the image's ESP (NodeVM's, in the run directory)."""
+        return self.run_dir / ESP_COPY
 
     @property
     def running(self) -> bool:

@@ -122,7 +122,7 @@ from trustedlaunch.node.channel import AgentChannel, AgentError
 from trustedlaunch.node.diagnose import diagnose_boot_failure
 from trustedlaunch.node.driver import NodeMachine
 from trustedlaunch.node.image import NodeImage, has_current_agent, refresh_agent
-from trustedlaunch.node.qemu import BootFailedError, NodeVM, NodeVMError, firmware_varstore
+from trustedlaunch.node.qemu import BootFailedError, NodeVMError, firmware_varstore
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.store.models import (
     OPERATION_NOTE_LENGTH,
@@ -1011,8 +1011,6 @@ class Reconciler:
         try:
             vm.wait_ready(self.boot_timeout)
         except BootFailedError as exc:
-            if not isinstance(vm, NodeVM):  # the offline diagnosis reads the direct driver's files
-                self._fail(session, node, "NodeBootFailed", f"node {node.name} did not boot: {exc}")
             diagnosis = diagnose_boot_failure(vm, exc)  # names the refused component (shim, grub, kernel)
             if diagnosis.component is not None:  # an integrity failure, not a crash: alerted as such
                 finding = Finding(Check.BOOT_INTEGRITY, diagnosis.component, diagnosis.message[:2000])

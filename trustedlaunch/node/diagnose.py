@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trustedlaunch.errors import TrustedLaunchError
-from trustedlaunch.node.qemu import FATAL_CONSOLE_MARKERS, BootFailedError, NodeVM, RootfsFailedError
+from trustedlaunch.node.driver import NodeMachine
+from trustedlaunch.node.qemu import FATAL_CONSOLE_MARKERS, BootFailedError, RootfsFailedError
 from trustedlaunch.node.supervisor import vm_end
 from trustedlaunch.uefi.authenticode import ReasonCode
 from trustedlaunch.uefi.secureboot import ComponentVerdict, decide_boot
@@ -46,9 +47,10 @@ def _refusal(verdict: ComponentVerdict) -> str:
     return "not a loadable image"
 
 
-def diagnose_boot_failure(vm: NodeVM, failure: BootFailedError) -> BootDiagnosis:
-    """Explain a BootFailedError of `vm`: how its process ended when it was killed or QEMU failed (the
-    supervisor's record, QEMU's log), else the offline decision on the VM's varstore and ESP copy."""
+def diagnose_boot_failure(vm: NodeMachine, failure: BootFailedError) -> BootDiagnosis:
+    """Explain a BootFailedError of `vm` (either driver's): how its process ended when it was killed or QEMU
+    failed (the direct driver's supervisor record, QEMU's log), else the offline decision on the varstore
+    and ESP it booted."""
     console = _console_evidence(failure.console_tail)
     if isinstance(failure, RootfsFailedError):  # the boot chain ran: the root filesystem stopped the node
         return BootDiagnosis("root filesystem", None, console, failure.reason)

@@ -22,6 +22,18 @@ class NodeMachine(Protocol):
     """One node VM as a driver runs it."""
 
     ready_after: float | None  # seconds from start to the agent's first answer (None until then)
+    run_dir: Path  # the node's files on this machine (console log, vTPM state)
+
+    @property
+    def varstore_path(self) -> Path:
+        """A varstore holding the Secure Boot keys the VM booted under (its own copy, or the template it
+        was copied from), for the offline Secure Boot check of a failed boot."""
+        ...
+
+    @property
+    def esp_path(self) -> Path:
+        """The ESP folder the VM booted (its copy, or the image's), for the same check."""
+        ...
 
     @property
     def handle(self) -> str:

@@ -72,9 +72,11 @@ from trustedlaunch.node.kubelet import NodeNetwork
 from trustedlaunch.node.libvirt_volumes import POOL_NAME, HostVolume, ImageVolumeError, ImageVolumes
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
+    ESP_COPY,
     FIRMWARE,
     NODE_MEMORY_MIB,
     NODE_VCPUS,
+    VARSTORE_COPY,
     BootFailedError,
     BootingVM,
     NodeVMError,
@@ -448,7 +450,7 @@ def _firmware_xml(secure_boot: bool, run_dir: Path, volumes: NodeVolumes | None)
         )
     else:
         loader = str(code)
-        nvram = f"<nvram template={quoteattr(str(template))}>{escape(str(run_dir / 'OVMF_VARS.fd'))}</nvram>"
+        nvram = f"<nvram template={quoteattr(str(template))}>{escape(str(run_dir / VARSTORE_COPY))}</nvram>"
     return f"<loader readonly='yes' secure='{secure}' type='pflash'>{escape(loader)}</loader>{nvram}"
 
 
@@ -593,6 +595,17 @@ class LibvirtNodeVM(BootingVM):
         return self._domain.UUIDString() if self._domain is not None else ""
 
     @property
+    def varstore_path(self) -> Path:
+        """The varstore template the domain's varstore was copied from (the node policy's; on a remote
+        host the copy is the host's): the Secure Boot keys the VM booted under."""
+        return FIRMWARE[self.secure_boot][1]
+
+    @property
+    def esp_path(self) -> Path:
+        """The image's ESP folder (a remote host boots an upload of it); a missing path when adopted."""
+        return self.image.esp_dir if self.image is not None else self.run_dir / ESP_COPY
+
+    @property
     def domain_name(self) -> str:
         """The domain's name on its host (empty before start)."""
         return self._domain.name() if self._domain is not None else ""
@@ -614,7 +627,7 @@ class LibvirtNodeVM(BootingVM):
             raise NodeVMError(f"node VM in {self.run_dir}: its image's ESP is missing: build the image first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console_log.unlink(missing_ok=True)
-        (self.run_dir / "OVMF_VARS.fd").unlink(missing_ok=True)  # libvirt copies the template anew
+        (self.run_dir / VARSTORE_COPY).unlink(missing_ok=True)  # libvirt copies the template anew
         if self._image_volumes is not None:
             try:
                 self.volumes = node_volumes(self._image_volumes, self.image, self.secure_boot)
@@ -854,4 +867,4 @@ def made_for(xml: str, run_dir: Path) -> bool:
         return ours.get("runDir") == _run_dir_id(run_dir)
     nvram = definition.findtext("os/nvram")
     logs = [source.get("path") for source in definition.iterfind("devices/serial[@type='file']/source")]
-    return nvram == str(run_dir / "OVMF_VARS.fd") and logs == [str(run_dir / "console.log")]
+    return nvram == str(run_dir / VARSTORE_COPY) and logs == [str(run_dir / "console.log")]

@@ -62,6 +62,8 @@ NODE_MEMORY_MIB = 512
 TCG_ACCEL = "tcg,tb-size=128"
 SUPERVISOR_START_TIMEOUT = 30.0  # seconds for the supervisor to start QEMU and report its pid
 AGENT_COMMAND_TIMEOUT = 60.0  # seconds for one relayed TPM command (20-50 ms each on an idle TCG machine)
+VARSTORE_COPY = "OVMF_VARS.fd"  # the VM's own copy of its varstore template, in its run directory
+ESP_COPY = "esp"  # the VM's own copy of the image's ESP, in its run directory
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -367,12 +369,12 @@ class NodeVM(BootingVM):
     @property
     def varstore_path(self) -> Path:
         """The VM's own copy of the OVMF varstore (made at start)."""
-        return self.run_dir / "OVMF_VARS.fd"
+        return self.run_dir / VARSTORE_COPY
 
     @property
     def esp_path(self) -> Path:
         """The VM's own copy of the image's ESP (made at start)."""
-        return self.run_dir / "esp"
+        return self.run_dir / ESP_COPY
 
     @property
     def running(self) -> bool:
