@@ -153,9 +153,8 @@ def test_a_node_whose_host_is_lost_is_reimaged_at_once(store: sessionmaker[Sessi
             session, node, LivenessCheck(node.id, node.name, "VM lost: its host a is Lost", certain=True)
         )
         assert next_repair(node, utc_now()) is None  # a Ready host: reboot after 3 failed checks
-        for state in (HostState.LOST, HostState.REMOVING):
-            host.state = state
-            assert next_repair(node, utc_now()) == RepairAction.REIMAGE
+        host.state = HostState.LOST
+        assert next_repair(node, utc_now()) == RepairAction.REIMAGE
         assert next_repair(node, utc_now(), enabled=False) is None
         start_repair(session, node, RepairAction.REIMAGE)
         finish_repair(session, node, "failed: Allocation failed")

@@ -63,7 +63,6 @@ def test_a_pool_spreads_over_ready_hosts_then_fills_the_freest(sessions: session
         pool, other = pools(session)
         big, small = host(session, "big", 3), host(session, "small", 2)
         host(session, "lost", 10, HostState.LOST)
-        host(session, "leaving", 10, HostState.REMOVING)
         node(session, other, 0, big)  # another pool's node: the same free memory on both hosts now
         first = node(session, pool, 0)
         assert place_node(session, first).host is big  # a tie on the pool: the name orders them

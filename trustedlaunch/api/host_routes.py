@@ -96,7 +96,7 @@ class HostProperties(BaseModel):
     capacity: Capacity
     allocated: Allocated
     free: Capacity
-    state: str = Field(description="Ready, Lost or Removing")
+    state: str = Field(description="Ready or Lost")
     stateCause: str | None
     failedChecks: int
     lastSeen: str | None

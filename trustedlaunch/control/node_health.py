@@ -145,7 +145,7 @@ def next_repair(
     """The repair an Unhealthy `node` is due for now, if any: a reboot once it failed FAILED_CHECKS checks; a
     reimage when it still fails `reimage_after` after the last repair of this episode (a reboot or a
     reimage that did not help); none beyond MAX_REPAIRS_PER_HOUR repairs in the last hour, or with
-    auto-repair off. A node whose host is Lost or being removed is reimaged at once (made again where
+    auto-repair off. A node whose host is Lost is reimaged at once (made again where
     placement puts it: its VM is gone with its host), not rebooted on that host."""
     host_gone = node.host is not None and node.host.state != HostState.READY
     if not enabled or node.state != NodePhase.UNHEALTHY:

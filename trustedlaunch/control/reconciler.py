@@ -199,7 +199,7 @@ class VmLocation:
 
     @property
     def host_ready(self) -> bool:
-        """Whether its VM's host is this machine or a Ready host (not Lost, not being removed)."""
+        """Whether its VM's host is this machine or a Ready host."""
         return self.host_state in (None, HostState.READY)
 
 

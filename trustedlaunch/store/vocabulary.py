@@ -35,12 +35,10 @@ class ProvisioningState(StrEnum):
 
 class HostState(StrEnum):
     """A node host's state (`NodeHost.state`): Ready while its libvirt daemon answers; Lost once it has not
-    answered for several checks in a row (its nodes are then lost and made again on other hosts); Removing
-    while an administrator's removal waits for its nodes to move."""
+    answered for several checks in a row (its nodes are then lost and made again on other hosts)."""
 
     READY = "Ready"
     LOST = "Lost"
-    REMOVING = "Removing"
 
 
 class UndrainableNodeBehavior(StrEnum):
