@@ -157,14 +157,14 @@ def test_tl_host_commands(server: tuple[str, str], tmp_path: Path) -> None:
     assert lines[0].split() == [
         "Name",
         "State",
-        "Uri",
-        "MemoryMiB",
-        "VCpus",
         "Nodes",
         "FreeMemoryMiB",
-        "FreeVCpus",
+        "FreeVCPUs",
+        "Uri",
+        "MemoryMiB",
+        "VCPUs",
     ]
-    assert lines[1].split() == ["host1", "Ready", URI, "4096", "4", "0", "4096", "4"]
+    assert lines[1].split() == ["host1", "Ready", "0", "4096", "4", URI, "4096", "4"]
     code, out, err = tl("update", "-n", "host1", "--vcpus", "8", "--query", "properties.free", "-o", "tsv")
     assert code == 0, err
     assert out.split() == ["4096", "8"]

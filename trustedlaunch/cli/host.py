@@ -38,7 +38,8 @@ host_app = typer.Typer(
 )
 
 HOSTS_PATH = "/providers/Microsoft.TrustedLaunch/hosts"
-COLUMNS = ("Name", "State", "Uri", "MemoryMiB", "VCpus", "Nodes", "FreeMemoryMiB", "FreeVCpus")
+# what an operator looks for first (a narrow terminal keeps the leftmost columns): room, then where and how big
+COLUMNS = ("Name", "State", "Nodes", "FreeMemoryMiB", "FreeVCPUs", "Uri", "MemoryMiB", "VCPUs")
 NameOption = Annotated[
     str,
     typer.Option(
@@ -85,12 +86,12 @@ def _row(host: dict[str, Any]) -> list[object]:
     return [
         host["name"],
         properties["state"],
-        properties["uri"],
-        capacity["memoryMiB"],
-        capacity["vCPUs"],
         len(allocated["nodes"]),
         free["memoryMiB"],
         free["vCPUs"],
+        properties["uri"],
+        capacity["memoryMiB"],
+        capacity["vCPUs"],
     ]
 
 
