@@ -431,9 +431,9 @@ def test_a_pool_spread_over_two_hosts_survives_losing_one_mid_scale(
             assert internal == [a.address]  # its kubelet on host a
         assert running_qemus(b) == [] and len(running_qemus(a)) == 3
         print(
-            f"\ntwo hosts through tl serve: created (2 nodes) {created - started:.0f} s, scale to 3 + host b "
-            f"killed {killed - created:.0f} s in, recovered {recovered - killed:.0f} s later, total "
-            f"{recovered - started:.0f} s; 4 VM boots"
+            f"\ntwo hosts through tl serve: created (2 nodes) {created - started:.0f} s, host b killed "
+            f"{killed - created:.0f} s into the scale to 3, all 3 nodes attested and Ready on host a "
+            f"{recovered - killed:.0f} s later, total {recovered - started:.0f} s; 4 VM boots"
         )
     finally:
         stop_serve(process)
