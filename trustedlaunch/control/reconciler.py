@@ -449,6 +449,17 @@ class Reconciler:
             log.warning("VM %s (%s): %s", where.handle, where.run_dir, exc)
             return None
 
+    def _host_silence(self, where: VmLocation) -> str | None:
+        """Why the libvirt host of the VM at `where` cannot be reached now (its driver's connection is dead
+        and cannot be opened again); None when it answers or the VM runs on this machine."""
+        if where.host is None:
+            return None
+        try:
+            self._driver(where)
+        except NodeVMError as exc:
+            return str(exc)
+        return None
+
     def _vm_alive(self, node: Node) -> bool:
         """True while the node's VM (ours or adopted) runs."""
         vm = self._vms.get(node.id)
@@ -481,7 +492,9 @@ class Reconciler:
         """Check the liveness of every Ready or Unhealthy node whose pool no operation works on (in parallel,
         each PING bounded by PING_TIMEOUT) and record the outcomes (node_health); the checks made, each with
         the node's state after it. A node whose agent an attestation is using gets no PING: it fails the
-        check if the attestation's request has waited more than BUSY_AGENT_SILENCE for its answer."""
+        check if the attestation's request has waited more than BUSY_AGENT_SILENCE for its answer. A node on
+        a libvirt host that does not answer gets no verdict: its VM is not known to be gone, and the host
+        checks decide (a Lost host's nodes are Unhealthy at once, then made again elsewhere)."""
         with self.sessions() as session:
             busy = self._busy_pools(session)
             targets = [
@@ -503,6 +516,11 @@ class Reconciler:
         adopted = self._adopt(where) if vm is None else None
         machine = vm if vm is not None else adopted
         if machine is None or not machine.running or not where.handle:
+            if where.handle and (silence := self._host_silence(where)) is not None:
+                log.warning(
+                    "node %s: no liveness verdict while its host does not answer: %s", node_name, silence
+                )
+                return None  # not known to be gone: the host checks decide (Lost: its nodes are made again)
             cause = f"VM exited: {_vm_end(where)}"
             return LivenessCheck(node_id, node_name, cause, certain=True, vm_exited=True)
         if where.driver == QEMU and is_stopped(int(where.handle)):
@@ -1656,7 +1674,9 @@ def _vm_end(where: VmLocation) -> str:
     if not where.run_dir:
         return "the node has no run directory"
     if where.driver != QEMU:
-        return f"its {where.driver} domain {where.handle or ''} on host {where.host} is gone or stopped"
+        # (no handle: an earlier check found the domain gone and cleared it)
+        domain = f"domain {where.handle}" if where.handle else "domain"
+        return f"its {where.driver} {domain} on host {where.host} is gone or stopped"
     run_dir = Path(where.run_dir)
     deadline = time.monotonic() + SUPERVISOR_RECORD_SECONDS
     while (ended := vm_end(run_dir)).status is None and time.monotonic() < deadline:
