@@ -38,7 +38,7 @@ host_app = typer.Typer(
 )
 
 HOSTS_PATH = "/providers/Microsoft.TrustedLaunch/hosts"
-# what an operator looks for first (a narrow terminal keeps the leftmost columns): room, then where and how big
+# an operator looks for room first (a narrow terminal keeps the leftmost columns), then where and how big
 COLUMNS = ("Name", "State", "Nodes", "FreeMemoryMiB", "FreeVCPUs", "Uri", "MemoryMiB", "VCPUs")
 NameOption = Annotated[
     str,
