@@ -3,7 +3,8 @@ libvirtd, no VM: on a host that answers, a node whose domain is gone has certain
 once, its handle cleared, later causes naming no empty handle); while the host does not answer (its libvirtd
 killed, not yet Lost by the host checks) a node gets no verdict: Ready still, its handle kept, nothing
 repaired on a host that may come back; once the host checks find it Lost, its node is Unhealthy at once
-("VM lost"), to be made again elsewhere."""
+("VM lost"), to be made again elsewhere. A host whose latest check failed is not contacted by the liveness
+checks at all (a hung host would hold them)."""
 
 from __future__ import annotations
 
@@ -87,8 +88,13 @@ def test_a_silent_host_gives_no_verdict_until_it_is_lost(
             2,
         )
 
-        with sessions.begin() as session:
+        with sessions.begin() as session:  # a host whose latest check failed is not contacted at all
             session.scalars(select(Node).where(Node.ordinal == 1)).one().state = "Ready"
+            session.scalars(select(NodeHost)).one().failed_checks = 1
+        reconciler.check_liveness()  # (contacted, the host would say node 1's domain is not there)
+        assert rows(sessions)[1] == ("Ready", None, kept, 0)
+        with sessions.begin() as session:
+            session.scalars(select(NodeHost)).one().failed_checks = 0
         host.kill()  # libvirtd dies; the host checks have not found it Lost yet
         for _ in range(3):
             reconciler.check_liveness()

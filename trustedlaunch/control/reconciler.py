@@ -187,6 +187,7 @@ class VmLocation:
     host_tpm: bool
     handle: str | None
     run_dir: str | None
+    host_failing: bool = False  # the host checks' latest check of its host failed
 
     @classmethod
     def of(cls, node: Node) -> VmLocation:
@@ -195,7 +196,8 @@ class VmLocation:
         if host is None:
             return cls(node.driver, None, None, None, False, node.handle, node.run_dir)
         tpm = host.ek_ca_certificate is not None
-        return cls(node.driver, host.name, host.uri, host.state, tpm, node.handle, node.run_dir)
+        failing = host.failed_checks > 0
+        return cls(node.driver, host.name, host.uri, host.state, tpm, node.handle, node.run_dir, failing)
 
     @property
     def host_ready(self) -> bool:
@@ -512,6 +514,9 @@ class Reconciler:
         if not where.host_ready:  # its host is Lost or removed: its VM is gone for this control plane
             cause = f"VM lost: its host {where.host} is {where.host_state}"
             return LivenessCheck(node_id, node_name, cause, certain=True, vm_exited=True)
+        if where.host_failing:  # not contacted: a hung host would hold this check (the host checks decide)
+            log.warning("node %s: no liveness verdict while host %s fails its checks", node_name, where.host)
+            return None
         vm = self._vms.get(node_id)
         adopted = self._adopt(where) if vm is None else None
         machine = vm if vm is not None else adopted

@@ -90,6 +90,8 @@ CONSOLE_SERIAL = "serial0"  # the serial console (ttyS0)
 MAX_CONSOLE_LOG = 1024 * 1024  # bytes of a remote domain's console log kept here (then its last half)
 METADATA_NS = "https://trustedlaunch.dev/libvirt/node/1"  # our element in a domain's <metadata>
 STREAM_CHUNK = 64 * 1024
+KEEPALIVE_INTERVAL = 5  # seconds between libvirt keepalive messages on a driver's connection ...
+KEEPALIVE_COUNT = 3  # ... and how many may go unanswered before libvirt closes it
 MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
 MAX_DOMAIN_XML = 1024 * 1024  # bytes of a domain definition read back from its host
@@ -777,6 +779,11 @@ class LibvirtDriver:
             self.connection = libvirt.open(uri)
         except libvirt.libvirtError as error:
             raise NodeVMError(f"cannot reach the libvirt host {uri}: {error.get_error_message()}") from None
+        try:  # a host that stops answering closes the connection (calls on it fail, `alive` is False)
+            self.connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        except libvirt.libvirtError as error:  # a driver inside this process (test:///) has no peer
+            if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise NodeVMError(f"libvirt host {uri}: {error.get_error_message()}") from None
         self.volumes = None if local_files else ImageVolumes(self.connection)
 
     def close(self) -> None:
