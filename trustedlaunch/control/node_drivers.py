@@ -18,7 +18,7 @@ from typing import Protocol
 from trustedlaunch.control.node_processes import is_node_process, kill_node_processes
 from trustedlaunch.node.agent_client import NodeAgent
 from trustedlaunch.node.channel import AgentChannel
-from trustedlaunch.node.driver import NodeMachine
+from trustedlaunch.node.driver import NodeDriver, NodeMachine
 from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import NodeNetwork, uri_is_this_machine
 from trustedlaunch.node.qemu import (
@@ -47,11 +47,9 @@ class AdoptedMachine(NodeMachine, Protocol):
         ...
 
 
-class ControlNodeDriver(Protocol):
-    """A node driver as the reconciler uses it: trustedlaunch.node.driver.NodeDriver with the node's
-    network and adoption by handle."""
-
-    name: str
+class ControlNodeDriver(NodeDriver, Protocol):
+    """A node driver as the reconciler uses it: trustedlaunch.node.driver.NodeDriver with its connection's
+    life, adoption of an AdoptedMachine and the removal of leftovers."""
 
     @property
     def alive(self) -> bool:
@@ -60,18 +58,6 @@ class ControlNodeDriver(Protocol):
 
     def close(self) -> None:
         """Close the connection to the host; its VMs keep running."""
-        ...
-
-    def create(
-        self,
-        image: NodeImage,
-        run_dir: Path,
-        *,
-        secure_boot: bool,
-        vtpm: Vtpm | None,
-        network: NodeNetwork | None = None,
-    ) -> NodeMachine:
-        """A VM (not started) booting `image` with these settings; files in `run_dir`."""
         ...
 
     def adopt(self, handle: str, run_dir: Path) -> AdoptedMachine | None:

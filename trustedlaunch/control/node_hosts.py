@@ -107,18 +107,10 @@ def _libvirt_error(exc: Exception) -> str:
 
 def _open_and_read(uri: str) -> HostCapacity:
     """Open `uri` (keepalive set), read the host's memory and CPUs (getInfo), close."""
-    import libvirt  # only where hosts are used: the direct driver needs no libvirt
+    from trustedlaunch.node.libvirt_driver import open_host  # only where hosts are used: needs libvirt
 
-    from trustedlaunch.node.libvirt_driver import ensure_event_loop  # keepalive runs on libvirt's event loop
-
-    ensure_event_loop()
-    connection = libvirt.open(uri)
+    connection = open_host(uri, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
     try:
-        try:
-            connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except libvirt.libvirtError as exc:  # a driver inside this process (test:///) has no peer to keep
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                raise
         _model, memory_mib, cpus, *_rest = connection.getInfo()
     finally:
         connection.close()

@@ -136,6 +136,22 @@ def ensure_event_loop() -> None:
             _event_loop_started = True
 
 
+def open_host(uri: str, keepalive_interval: int, keepalive_count: int) -> libvirt.virConnect:
+    """A connection to the libvirt host at `uri` (libvirt's event loop running) that libvirt closes once
+    `keepalive_count` keepalive messages, `keepalive_interval` s apart, go unanswered; libvirtError when it
+    cannot be made. A driver inside this process (test:///) has no peer to keep alive: no keepalive then."""
+    ensure_event_loop()
+    connection = libvirt.open(uri)
+    try:
+        connection.setKeepAlive(keepalive_interval, keepalive_count)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            with contextlib.suppress(libvirt.libvirtError):
+                connection.close()
+            raise
+    return connection
+
+
 class ConsoleBacklogFullError(OSError):
     """A console bridge's backlog would exceed its bound: one side writes more than the other takes."""
 
@@ -772,18 +788,12 @@ class LibvirtDriver:
     name = "libvirt"
 
     def __init__(self, uri: str, *, host_tpm: bool = False, local_files: bool = True):
-        ensure_event_loop()
         self.uri, self.local_files = uri, local_files
         self.host_tpm = host_tpm or not local_files
-        try:
-            self.connection = libvirt.open(uri)
+        try:  # a host that stops answering closes the connection (calls on it fail, `alive` is False)
+            self.connection = open_host(uri, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError as error:
             raise NodeVMError(f"cannot reach the libvirt host {uri}: {error.get_error_message()}") from None
-        try:  # a host that stops answering closes the connection (calls on it fail, `alive` is False)
-            self.connection.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except libvirt.libvirtError as error:  # a driver inside this process (test:///) has no peer
-            if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                raise NodeVMError(f"libvirt host {uri}: {error.get_error_message()}") from None
         self.volumes = None if local_files else ImageVolumes(self.connection)
 
     def close(self) -> None:
