@@ -115,15 +115,19 @@ def test_group_delete_waits_for_its_clusters(
 def finish_delete_later(
     server: BackgroundServer, cluster: str, status: str, after: float
 ) -> threading.Thread:
-    """Play the reconciler: `after` seconds on, end the Delete of `cluster` with `status`."""
+    """Play the reconciler: `after` seconds once the Delete of `cluster` exists, end it with `status`."""
     sessions = server.server.config.app.state.sessions
+    query = select(Operation).where(Operation.kind == "Delete", Operation.resource_id.endswith(cluster))
 
     def reconcile() -> None:
+        deadline = time.monotonic() + 20  # the CLI may take a while to send the group's DELETE
+        while time.monotonic() < deadline:
+            with sessions.begin() as session:
+                if session.scalars(query).first() is not None:
+                    break
+            time.sleep(0.1)
         time.sleep(after)
         with sessions.begin() as session:
-            query = select(Operation).where(
-                Operation.kind == "Delete", Operation.resource_id.endswith(cluster)
-            )
             finish_operation(session, session.scalars(query).one(), status)
 
     thread = threading.Thread(target=reconcile, daemon=True)
