@@ -36,11 +36,16 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "${missing[@]}"
+fi
+# libvirtd's QEMU driver looks up Debian's QEMU user and group (libvirt-qemu) when it starts, even though the
+# private libvirtd's qemu.conf runs QEMU as root; libvirt-daemon-system, not installed (see above), would
+# create them: a system user with no login and no home.
+getent group libvirt-qemu >/dev/null || $SUDO groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || $SUDO useradd --system --gid libvirt-qemu --no-create-home \
+  --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
