@@ -3,7 +3,8 @@ host's real memory and CPUs with getInfo (node VMs may take 75 % of the memory, 
 checks, run from a client network namespace as a control plane on another machine would, find a daemon that
 hangs (SIGSTOP: it accepts connections and never answers) Lost after 3 checks while a second host in its own
 network namespace (qemu+tcp://) stays Ready and is checked on time; the hung host is Ready again once it
-answers, and Lost again, with the cause, once its daemon is killed."""
+answers, its checks then remove the domain it holds for a node made again elsewhere (its node's stays), and
+it is Lost again, with the cause, once its daemon is killed."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import libvirt
 import pytest
 from monitoring_rows import add_node
 from sqlalchemy import select
@@ -35,6 +37,8 @@ from trustedlaunch.control.node_hosts import (
     resolve_capacity,
 )
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.libvirt_driver import domain_xml
 from trustedlaunch.node.libvirt_host import LibvirtHost, NamespaceNetwork
 from trustedlaunch.store.models import AlertRecord, NodeHost
 
@@ -74,6 +78,28 @@ def wait_for(
     )
 
 
+def define_stopped_domain(uri: str, name: str, run_dir: Path) -> None:
+    """A node domain as the libvirt driver defines it for `run_dir` (not started: no image is needed)."""
+    esp = run_dir.parent / "image" / "esp"
+    esp.mkdir(parents=True, exist_ok=True)
+    image = NodeImage(
+        esp_dir=esp, metadata_path=esp.parent / "image.json", version="1", kernel_cmdline="", files={}
+    )
+    connection = libvirt.open(uri)
+    try:
+        connection.defineXML(domain_xml(name, image, run_dir, secure_boot=False, tpm_socket=None))
+    finally:
+        connection.close()
+
+
+def domain_names(uri: str) -> list[str]:
+    connection = libvirt.open(uri)
+    try:
+        return sorted(domain.name() for domain in connection.listAllDomains(0))
+    finally:
+        connection.close()
+
+
 def test_real_hosts_are_probed_and_a_hung_or_killed_daemon_is_lost_without_delaying_the_other(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
@@ -82,6 +108,7 @@ def test_real_hosts_are_probed_and_a_hung_or_killed_daemon_is_lost_without_delay
     local = LibvirtHost(Path(tempfile.mkdtemp(prefix="tl-lvh-")))
     remote = LibvirtHost(Path(tempfile.mkdtemp(prefix="tl-lvh-")), namespace=namespace, address=address)
     stop_file = tmp_path / "stop-monitor"
+    runs_dir = tmp_path / "state" / "vm"
     monitor: subprocess.Popen[bytes] | None = None
     stopped_pid = None
     try:
@@ -100,7 +127,11 @@ def test_real_hosts_are_probed_and_a_hung_or_killed_daemon_is_lost_without_delay
             cluster, _, _ = put_cluster(
                 session, ResourcePath(SUB, "rg", "c1"), ClusterSpec("eastus", agent_pools=[spec])
             )
-            add_node(session, cluster.agent_pools[0], 0).host_id = local_host.id
+            node = add_node(session, cluster.agent_pools[0], 0)
+            node.host_id, node.driver, node.run_dir = local_host.id, "libvirt", str(runs_dir / "n1-aaaaaa")
+        # on the local host: the domain of its node, and one left for a node made again elsewhere
+        define_stopped_domain(local.uri, "tl-node-000000a1", runs_dir / "n1-aaaaaa")
+        define_stopped_domain(local.uri, "tl-node-000000a2", runs_dir / "n1-bbbbbb")
 
         database = f"sqlite:///{tmp_path / 'control.db'}"
         client = [
@@ -111,6 +142,7 @@ def test_real_hosts_are_probed_and_a_hung_or_killed_daemon_is_lost_without_delay
             str(TIMEOUT),
             str(stop_file),
             "600",
+            str(runs_dir),
         ]
         monitor = subprocess.Popen(["ip", "netns", "exec", network.client, *client])
         wait_for(
@@ -147,6 +179,11 @@ def test_real_hosts_are_probed_and_a_hung_or_killed_daemon_is_lost_without_delay
         os.kill(stopped_pid, signal.SIGCONT)
         stopped_pid = None
         wait_for(sessions, lambda h: h["local"].state == "Ready", "the resumed host is Ready")
+        deadline = time.monotonic() + WAIT
+        while "tl-node-000000a2" in domain_names(local.uri):  # the checks remove it once the host answers
+            assert time.monotonic() < deadline, "the stray domain was not removed"
+            time.sleep(0.2)
+        assert domain_names(local.uri) == ["tl-node-000000a1"]
         with sessions() as session:
             assert [alert.status for alert in session.scalars(select(AlertRecord))] == ["Resolved"]
 

@@ -137,7 +137,9 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
         on_demand = records(sessions)[-1]
         assert (on_demand.trigger, on_demand.status) == ("OnDemand", "Attested"), on_demand.findings
 
-        reconciler.host_monitor = HostMonitor(sessions, interval=1.0, timeout=2.0)  # its checks, quicker
+        reconciler.host_monitor = HostMonitor(  # its checks, quicker
+            sessions, interval=1.0, timeout=2.0, runs_dir=reconciler.runs_dir
+        )
         a.kill()  # the daemon dies,
         a.stop()  # then its VMs: the checks make host a Lost
 

@@ -11,7 +11,13 @@ from pathlib import Path
 import libvirt
 
 from trustedlaunch.control.node_processes import kill_node_processes
-from trustedlaunch.node.libvirt_driver import DOMAIN_PREFIX, LibvirtDriver, LibvirtNodeVM, made_for
+from trustedlaunch.node.libvirt_driver import (
+    DOMAIN_PREFIX,
+    LibvirtDriver,
+    LibvirtNodeVM,
+    made_for,
+    remove_domain,
+)
 
 
 class AdoptedLibvirtVM(LibvirtNodeVM):
@@ -58,6 +64,4 @@ class LibvirtNodeDriver(LibvirtDriver):
         for domain in domains:
             with contextlib.suppress(libvirt.libvirtError):
                 if domain.name().startswith(DOMAIN_PREFIX) and made_for(domain.XMLDesc(0), run_dir):
-                    if domain.isActive():
-                        domain.destroy()
-                    domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM)
+                    remove_domain(domain)

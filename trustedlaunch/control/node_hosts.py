@@ -11,17 +11,24 @@ then getInfo) given `CHECK_TIMEOUT`, so a dead or hung host never delays another
 `FAILED_CHECKS` failures in a row make a Ready host Lost with the cause (its nodes are then made again on
 other hosts by the reconciler), a success records `last_seen_at`, and a Lost host that answers again is Ready
 (and empty). A host becoming Lost raises one HostLost alert for each subscription with nodes on it (naming
-only that subscription's nodes), resolved when the host answers again.
+only that subscription's nodes), resolved when the host answers again. Each check that reaches a host then
+removes the domains this control plane made there for no node now placed on it (`StrayDomainSweep`): what a
+Lost host still runs for nodes made again elsewhere once it comes back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -46,6 +53,11 @@ from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 from trustedlaunch.store.models import AlertRecord, Node, NodeHost, utc_now
 from trustedlaunch.store.vocabulary import AlertType, HostState
+
+if TYPE_CHECKING:
+    import libvirt
+
+log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 20.0  # seconds between two checks of a host
 CHECK_TIMEOUT = 10.0  # seconds a check (libvirt open + getInfo) may take before it counts as failed
@@ -105,39 +117,85 @@ def _libvirt_error(exc: Exception) -> str:
     return " ".join(str(message).split())[:900] or type(exc).__name__
 
 
-def _open_and_read(uri: str) -> HostCapacity:
-    """Open `uri` (keepalive set), read the host's memory and CPUs (getInfo), close."""
-    from trustedlaunch.node.libvirt_driver import open_host  # only where hosts are used: needs libvirt
+class StrayDomainSweep:
+    """Removes the node domains on a host that this control plane made (their run directories are in
+    `runs_dir`) for no node now placed on that host: what a host that was Lost, or hung through a node's
+    teardown, still runs or holds for nodes made again elsewhere or deleted meanwhile (a stale VM would
+    otherwise run on, with its kubelet's credential). Domains of other control planes are left alone."""
 
-    connection = open_host(uri, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-    try:
-        _model, memory_mib, cpus, *_rest = connection.getInfo()
-    finally:
-        connection.close()
-    return HostCapacity(int(memory_mib), int(cpus))
+    def __init__(self, sessions: sessionmaker[Session], runs_dir: Path) -> None:
+        self.sessions, self.runs_dir = sessions, runs_dir
+
+    def __call__(self, host_id: int, connection: libvirt.virConnect) -> list[str]:
+        """Remove the stray domains of host `host_id` reached through `connection`; their names."""
+        from trustedlaunch.node.libvirt_driver import owned_domains, remove_domain, run_dir_id
+
+        # listed before the nodes are read: a node's run directory is recorded before its domain is defined
+        domains = owned_domains(connection, self.runs_dir)
+        if not domains:
+            return []
+        with self.sessions() as session:
+            run_dirs = session.scalars(
+                select(Node.run_dir).where(Node.host_id == host_id, Node.run_dir.is_not(None))
+            )
+            placed = {run_dir_id(Path(run_dir)) for run_dir in run_dirs if run_dir}
+        removed = []
+        for stray in (owned for owned in domains if owned.run_dir_id not in placed):
+            if remove_domain(stray.domain):
+                log.warning(
+                    "host %s: removed node domain %s: no node is placed there for it", host_id, stray.name
+                )
+                removed.append(stray.name)
+            else:
+                log.warning(
+                    "host %s: node domain %s, for no node placed there, could not be removed",
+                    host_id,
+                    stray.name,
+                )
+        return removed
 
 
 @dataclass
 class _Check:
-    """One check of a host running in its own thread: `outcome` is its capacity or why it failed."""
+    """One check of a host running in its own thread: `outcome` is its capacity or why it failed. With
+    `sweep`, a host that answered then has its stray domains removed (after the outcome is in: a sweep
+    never makes a check late)."""
 
     uri: str
+    sweep: Callable[[libvirt.virConnect], object] | None = None
     started: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     outcome: HostCapacity | str = ""
     timed_out: bool = False
 
     def start(self) -> None:
-        """Open the host and read its capacity (_open_and_read) in a daemon thread (a hung libvirt call
-        cannot be interrupted: it is left to end when the host answers or the connection fails)."""
+        """Open the host (keepalive set) and read its memory and CPUs (getInfo) in a daemon thread (a hung
+        libvirt call cannot be interrupted: it is left to end when the host answers or the connection
+        fails), then sweep it."""
+        from trustedlaunch.node.libvirt_driver import open_host  # only where hosts are used: needs libvirt
 
         def run() -> None:
+            connection = None
             try:
-                self.outcome = _open_and_read(self.uri)
+                connection = open_host(self.uri, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+                _model, memory_mib, cpus, *_rest = connection.getInfo()
+                self.outcome = HostCapacity(int(memory_mib), int(cpus))
             except Exception as exc:  # libvirtError or anything the URI makes libvirt raise
                 self.outcome = _libvirt_error(exc)
+            self.done.set()
+            try:
+                if (
+                    connection is not None
+                    and self.sweep is not None
+                    and isinstance(self.outcome, HostCapacity)
+                ):
+                    self.sweep(connection)
+            except Exception as exc:
+                log.warning("host %s: stray domains not removed: %s", self.uri, _libvirt_error(exc))
             finally:
-                self.done.set()
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        connection.close()
 
         threading.Thread(target=run, name=f"host-check {self.uri[:40]}", daemon=True).start()
 
@@ -464,7 +522,8 @@ class HostMonitor:
     """The health checks of every Ready or Lost host, for the reconciler to step each pass (`check_hosts`):
     each host is checked every `interval` seconds in a thread of its own and its outcome recorded once it
     is in, or as a failure once `timeout` passed. A host whose earlier check still hangs gets no second
-    thread: each interval it hangs counts as one more failure."""
+    thread: each interval it hangs counts as one more failure. With `runs_dir` (the folder of the
+    reconciler's run directories) a host that answered has its stray domains removed (StrayDomainSweep)."""
 
     def __init__(
         self,
@@ -473,6 +532,7 @@ class HostMonitor:
         interval: float = CHECK_INTERVAL,
         timeout: float = CHECK_TIMEOUT,
         failed_checks: int = FAILED_CHECKS,
+        runs_dir: Path | None = None,
     ) -> None:
         self.sessions, self.interval, self.timeout, self.failed_checks = (
             sessions,
@@ -480,6 +540,7 @@ class HostMonitor:
             timeout,
             failed_checks,
         )
+        self.sweep = StrayDomainSweep(sessions, runs_dir) if runs_dir is not None else None
         self._checks: dict[int, _Check] = {}
         self._next_check: dict[int, float] = {}
 
@@ -513,7 +574,8 @@ class HostMonitor:
                     cause = f"{hung.uri} has not answered a check started {now - hung.started:.0f} s ago"
                     outcomes.append(HostCheck(host_id, cause))
                 continue
-            self._checks[host_id] = check = _Check(uri)
+            sweep = functools.partial(self.sweep, host_id) if self.sweep is not None else None
+            self._checks[host_id] = check = _Check(uri, sweep)
             check.start()
         return self._record(outcomes) if outcomes else []
 

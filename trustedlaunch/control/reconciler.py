@@ -330,7 +330,9 @@ class Reconciler:
         self._vms: dict[int, NodeMachine] = {}  # node id -> VM this process started
         self._drivers: dict[tuple[str, str | None, bool], ControlNodeDriver] = {}  # made once per host
         self._drivers_lock = threading.Lock()
-        self.host_monitor = HostMonitor(sessions)  # node hosts' health: Lost hosts' nodes are made again
+        self.runs_dir = state_dir / "vm"  # the node VMs' run directories
+        # node hosts' health (Lost hosts' nodes are made again) and the removal of their stray domains
+        self.host_monitor = HostMonitor(sessions, runs_dir=self.runs_dir)
         self._lock: IO[bytes] | None = None
         self._ek_ca: EkCa | None = None
         self._artefacts_lock = threading.RLock()  # node images and the EK CA, made once for all threads
@@ -979,7 +981,7 @@ class Reconciler:
     def _provision(self, session: Session, pool: AgentPool, node: Node) -> None:
         """Boot a fresh VM for `node` with the pool's settings where control.placement puts it (recorded
         before the VM starts), attest it, label it: Ready or Failed."""
-        run_dir = self.state_dir / "vm" / f"n{pool.id}-{secrets.token_hex(3)}"
+        run_dir = self.runs_dir / f"n{pool.id}-{secrets.token_hex(3)}"
         try:
             placement = place_node(session, node)
         except NoHostRoomError as exc:

@@ -94,6 +94,13 @@ KEEPALIVE_INTERVAL = 5  # seconds between libvirt keepalive messages on a driver
 KEEPALIVE_COUNT = 3  # ... and how many may go unanswered before libvirt closes it
 MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
+# what undefining a node domain removes with it (varstore, libvirt's own vTPM state), then less for a host's
+# libvirt that refuses a flag it does not know
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM,
+    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+    0,
+)
 MAX_DOMAIN_XML = 1024 * 1024  # bytes of a domain definition read back from its host
 QEMU_XML_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 # QEMU's seccomp sandbox as libvirt sets it, less `spawn=deny` and `elevateprivileges=deny`: the network's
@@ -495,16 +502,15 @@ def _tpm_xml(tpm_socket: Path | None, host_tpm: bool) -> str:
 
 
 def _metadata_xml(run_dir: Path, volumes: NodeVolumes | None) -> str:
-    """Our element in the domain's metadata: the run directory it belongs to (adoption checks it; as a
-    digest: the host learns none of our paths) and, on a remote host, the SHA-256 of the firmware volumes
-    it boots."""
+    """Our element in the domain's metadata: the run directory it belongs to (adoption checks it) and the
+    folder of run directories that holds it (one control plane's: `owned_domains`), both as digests (the
+    host learns none of our paths), and, on a remote host, the SHA-256 of the firmware volumes it boots."""
     firmware = ""
     if volumes is not None:
         code, template = volumes.firmware_code.sha256, volumes.varstore_template.sha256
         firmware = f" firmwareCode='{code}' varstoreTemplate='{template}'"
-    return (
-        f"<metadata><tl:node xmlns:tl='{METADATA_NS}' runDir='{_run_dir_id(run_dir)}'{firmware}/></metadata>"
-    )
+    ids = f"runDir='{run_dir_id(run_dir)}' owner='{run_dir_id(run_dir.parent)}'"
+    return f"<metadata><tl:node xmlns:tl='{METADATA_NS}' {ids}{firmware}/></metadata>"
 
 
 def domain_start_tag() -> str:
@@ -770,8 +776,7 @@ class LibvirtNodeVM(BootingVM):
         self.shutdown()
         domain, self._domain = self._domain, None
         if domain is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_TPM)
+            remove_domain(domain)
 
 
 class LibvirtDriver:
@@ -867,9 +872,51 @@ def _parse_definition(xml: str) -> ElementTree.Element | None:
         return None
 
 
-def _run_dir_id(run_dir: Path) -> str:
-    """What a domain's metadata records of its run directory: the SHA-256 of its path."""
+def run_dir_id(run_dir: Path) -> str:
+    """What a domain's metadata records of its run directory (and of the folder holding it): the SHA-256 of
+    its path."""
     return hashlib.sha256(str(run_dir).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class OwnedDomain:
+    """A node domain that a run directory of one folder was made for: its name and that directory's digest."""
+
+    domain: libvirt.virDomain
+    name: str
+    run_dir_id: str
+
+
+def owned_domains(connection: libvirt.virConnect, runs_dir: Path) -> list[OwnedDomain]:
+    """The node domains on `connection`'s host, running or not, whose metadata names a run directory in
+    `runs_dir` (one control plane's). Domains defined before the metadata named that folder are not listed:
+    nothing tells whose they are."""
+    owner, found = run_dir_id(runs_dir), []
+    for domain in connection.listAllDomains(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            name = domain.name()
+            definition = _parse_definition(domain.XMLDesc(0)) if name.startswith(DOMAIN_PREFIX) else None
+            ours = None if definition is None else definition.find(f"metadata/{{{METADATA_NS}}}node")
+            if ours is not None and ours.get("owner") == owner and ours.get("runDir"):
+                found.append(OwnedDomain(domain, name, str(ours.get("runDir"))))
+    return found
+
+
+def remove_domain(domain: libvirt.virDomain) -> bool:
+    """Stop `domain` if it runs, then undefine it with its varstore and (libvirt's own vTPM) its TPM state
+    (with fewer flags where the host's libvirt knows fewer: the TPM flag came with libvirt 8.9). Whether it
+    is gone (one already gone is)."""
+    with contextlib.suppress(libvirt.libvirtError):
+        if domain.isActive():
+            domain.destroy()
+    for flags in UNDEFINE_FLAGS:
+        try:
+            domain.undefineFlags(flags)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return True
+    return False
 
 
 def made_for(xml: str, run_dir: Path) -> bool:
@@ -881,7 +928,7 @@ def made_for(xml: str, run_dir: Path) -> bool:
         return False
     ours = definition.find(f"metadata/{{{METADATA_NS}}}node")
     if ours is not None:
-        return ours.get("runDir") == _run_dir_id(run_dir)
+        return ours.get("runDir") == run_dir_id(run_dir)
     nvram = definition.findtext("os/nvram")
     logs = [source.get("path") for source in definition.iterfind("devices/serial[@type='file']/source")]
     return nvram == str(run_dir / VARSTORE_COPY) and logs == [str(run_dir / "console.log")]
