@@ -4,12 +4,16 @@ once, its handle cleared, later causes naming no empty handle); while the host d
 killed, not yet Lost by the host checks) a node gets no verdict: Ready still, its handle kept, nothing
 repaired on a host that may come back; once the host checks find it Lost, its node is Unhealthy at once
 ("VM lost"), to be made again elsewhere. A host whose latest check failed is not contacted by the liveness
-checks at all (a hung host would hold them)."""
+checks at all (a hung host would hold them), and a host that hangs before any check of it failed holds them
+for one connection's open timeout at most (the nodes on it get no verdict)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.node.libvirt_driver import OPEN_TIMEOUT
 from trustedlaunch.node.libvirt_host import LibvirtHost
 from trustedlaunch.store.models import Node, NodeHost
 from trustedlaunch.store.vocabulary import HostState
@@ -95,6 +100,17 @@ def test_a_silent_host_gives_no_verdict_until_it_is_lost(
         assert rows(sessions)[1] == ("Ready", None, kept, 0)
         with sessions.begin() as session:
             session.scalars(select(NodeHost)).one().failed_checks = 0
+        assert host.pid is not None
+        hung = host.pid
+        os.kill(hung, signal.SIGSTOP)  # it accepts connections and never answers; no host check failed yet
+        try:  # a restarted control plane (no connection yet) gets no verdict, within one open's timeout
+            checking = threading.Thread(target=Reconciler(sessions, tmp_path / "state").check_liveness)
+            checking.start()
+            checking.join(2 * OPEN_TIMEOUT)
+            assert not checking.is_alive(), "the hung host held the liveness checks"
+            assert rows(sessions)[1] == ("Ready", None, kept, 0)
+        finally:
+            os.kill(hung, signal.SIGCONT)
         host.kill()  # libvirtd dies; the host checks have not found it Lost yet
         for _ in range(3):
             reconciler.check_liveness()

@@ -155,6 +155,8 @@ ATTESTATION_TIME_LIMIT = 180.0
 ATTESTATION_RETRY_SECONDS = 30.0
 # A joined node whose pool labels and taints could not be set (plane unreachable) is tried again after this.
 NODE_SETTINGS_RETRY_SECONDS = 30.0
+# seconds during which a libvirt host whose driver could not be made is not tried again
+UNREACHABLE_RETRY_SECONDS = 10.0
 LOCK_FILE = "reconciler.lock"
 LIVE_PHASES = (NodePhase.READY, NodePhase.UNHEALTHY)  # the nodes whose liveness is checked
 VTPM_DIR = "tpm"
@@ -330,6 +332,8 @@ class Reconciler:
         self._vms: dict[int, NodeMachine] = {}  # node id -> VM this process started
         self._drivers: dict[tuple[str, str | None, bool], ControlNodeDriver] = {}  # made once per host
         self._drivers_lock = threading.Lock()
+        self._driver_locks: dict[tuple[str, str | None, bool], threading.Lock] = {}  # held while one opens
+        self._unreachable: dict[tuple[str, str | None, bool], tuple[float, str]] = {}  # -> (retry at, cause)
         self.runs_dir = state_dir / "vm"  # the node VMs' run directories
         # node hosts' health (Lost hosts' nodes are made again) and the removal of their stray domains
         self.host_monitor = HostMonitor(sessions, runs_dir=self.runs_dir)
@@ -432,14 +436,27 @@ class Reconciler:
 
     def _driver(self, where: VmLocation) -> ControlNodeDriver:
         """The driver of the VM at `where` (made once per host, again once its connection died);
-        NodeVMError when its host cannot be reached."""
+        NodeVMError when its host cannot be reached, at once for UNREACHABLE_RETRY_SECONDS after a failed
+        attempt (each open may take the driver's whole open timeout: a hung host would hold every caller).
+        Only callers for the same host wait for one another."""
         key = (where.driver, where.uri, where.host_tpm)
         with self._drivers_lock:
+            lock = self._driver_locks.setdefault(key, threading.Lock())
+        with lock:
             driver = self._drivers.get(key)
-            if driver is None or not driver.alive:
-                if driver is not None:
-                    driver.close()
+            if driver is not None and driver.alive:
+                return driver
+            retry_at, cause = self._unreachable.get(key, (0.0, ""))
+            if time.monotonic() < retry_at:
+                raise NodeVMError(cause)
+            if driver is not None:
+                driver.close()
+            try:
                 driver = self._drivers[key] = node_driver(where.driver, where.uri, host_tpm=where.host_tpm)
+            except NodeVMError as exc:
+                self._unreachable[key] = (time.monotonic() + UNREACHABLE_RETRY_SECONDS, str(exc))
+                raise
+            self._unreachable.pop(key, None)
             return driver
 
     def _adopt(self, where: VmLocation) -> AdoptedMachine | None:

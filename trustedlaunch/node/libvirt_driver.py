@@ -92,6 +92,7 @@ METADATA_NS = "https://trustedlaunch.dev/libvirt/node/1"  # our element in a dom
 STREAM_CHUNK = 64 * 1024
 KEEPALIVE_INTERVAL = 5  # seconds between libvirt keepalive messages on a driver's connection ...
 KEEPALIVE_COUNT = 3  # ... and how many may go unanswered before libvirt closes it
+OPEN_TIMEOUT = 15.0  # seconds a driver's connection to its host may take to open
 MAX_CONSOLE_BACKLOG = 1024 * 1024  # bytes a console bridge holds for a side that does not take them
 DOMAIN_PREFIX = "tl-node-"
 # what undefining a node domain removes with it (varstore, libvirt's own vTPM state), then less for a host's
@@ -143,12 +144,47 @@ def ensure_event_loop() -> None:
             _event_loop_started = True
 
 
-def open_host(uri: str, keepalive_interval: int, keepalive_count: int) -> libvirt.virConnect:
+def _open_within(uri: str, timeout: float) -> libvirt.virConnect:
+    """libvirt.open(uri) given `timeout` seconds: libvirt's open has no deadline of its own (a host that
+    accepts the connection and never answers holds it), so it runs in a daemon thread, left to end when the
+    host answers or the connection fails, its late connection then closed. TimeoutError naming the URI."""
+    outcome: list[libvirt.virConnect | libvirt.libvirtError] = []
+    lock, done = threading.Lock(), threading.Event()
+
+    def run() -> None:
+        try:
+            result: libvirt.virConnect | libvirt.libvirtError = libvirt.open(uri)
+        except libvirt.libvirtError as error:
+            result = error
+        with lock:
+            if done.is_set():  # abandoned: nobody takes it
+                if isinstance(result, libvirt.virConnect):
+                    with contextlib.suppress(libvirt.libvirtError):
+                        result.close()
+                return
+            outcome.append(result)
+            done.set()
+
+    threading.Thread(target=run, name=f"libvirt-open {uri[:40]}", daemon=True).start()
+    done.wait(timeout)
+    with lock:
+        if not outcome:
+            done.set()
+            raise TimeoutError(f"the libvirt host {uri} did not answer within {timeout:g} s")
+    if isinstance(outcome[0], libvirt.libvirtError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def open_host(
+    uri: str, keepalive_interval: int, keepalive_count: int, timeout: float | None = None
+) -> libvirt.virConnect:
     """A connection to the libvirt host at `uri` (libvirt's event loop running) that libvirt closes once
     `keepalive_count` keepalive messages, `keepalive_interval` s apart, go unanswered; libvirtError when it
-    cannot be made. A driver inside this process (test:///) has no peer to keep alive: no keepalive then."""
+    cannot be made, TimeoutError when the host does not answer within `timeout` seconds (None: no bound). A
+    driver inside this process (test:///) has no peer to keep alive: no keepalive then."""
     ensure_event_loop()
-    connection = libvirt.open(uri)
+    connection = libvirt.open(uri) if timeout is None else _open_within(uri, timeout)
     try:
         connection.setKeepAlive(keepalive_interval, keepalive_count)
     except libvirt.libvirtError as error:
@@ -796,9 +832,11 @@ class LibvirtDriver:
         self.uri, self.local_files = uri, local_files
         self.host_tpm = host_tpm or not local_files
         try:  # a host that stops answering closes the connection (calls on it fail, `alive` is False)
-            self.connection = open_host(uri, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            self.connection = open_host(uri, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, OPEN_TIMEOUT)
         except libvirt.libvirtError as error:
             raise NodeVMError(f"cannot reach the libvirt host {uri}: {error.get_error_message()}") from None
+        except TimeoutError as error:
+            raise NodeVMError(f"cannot reach the libvirt host {uri}: {error}") from None
         self.volumes = None if local_files else ImageVolumes(self.connection)
 
     def close(self) -> None:
