@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -350,6 +352,37 @@ def serve_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 def child_pids(pid: int) -> list[int]:
     """The direct children of process `pid` (Linux /proc)."""
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "message"),
+    [
+        (
+            ["--node-network-address", "300.1.1.1"],
+            {},
+            "TL_NODE_NETWORK_ADDRESS='300.1.1.1' is not an IP address",
+        ),
+        (
+            [],
+            {"TL_NODE_NETWORK_ADDRESS": "::1"},
+            "TL_NODE_NETWORK_ADDRESS=::1 is not an IPv4 address of one interface",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_node_network_address_before_it_starts(
+    serve_env: dict[str, str], tmp_path: Path, arguments: list[str], environment: dict[str, str], message: str
+) -> None:
+    """The option and its environment variable are checked before anything starts (exit 2, no store)."""
+    serve = subprocess.run(
+        [str(Path(sys.executable).parent / "tl"), "serve", "--port", "0", *arguments],
+        env={**serve_env, **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (serve.returncode, serve.stdout) == (2, ""), serve.stderr
+    assert serve.stderr.strip() == f"ERROR: {message}"
+    assert not (tmp_path / "serve.db").exists()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -2,7 +2,7 @@
 of its own with its own address and its own EK CA (its libvirt makes the vTPMs); the control plane (`tl
 serve`: API, reconciler, hosted control planes) runs in the client namespace, reaching the hosts over
 qemu+tcp:// on namespace-only addresses, its kube-apiservers at the namespaces' control address
-(TL_NODE_NETWORK_ADDRESS). Only the CLI drives it: `tl host add ... --ek-ca-certificate`, `tl aks create
+(`--node-network-address`). Only the CLI drives it: `tl host add ... --ek-ca-certificate`, `tl aks create
 --enable-secure-boot --enable-vtpm` of a 2-node pool spread over both hosts (`tl host list`), then `tl aks
 nodepool scale` to 3, during which host b is killed (its libvirtd, then its VMs). Afterwards host b is Lost
 with its HostLost alert, every node of the pool runs on host a, attested (only host a's EK CA is accepted for
@@ -47,6 +47,7 @@ from trustedlaunch.tpm.ekca import create_ek_ca
 
 pytestmark = pytest.mark.slow
 TL = str(Path(sys.executable).parent / "tl")
+NODE_NETWORK = ("--node-network-address", CONTROL_ADDRESS)  # where the kube-apiservers listen
 CLUSTER = "twohosts"
 POOL = ["--cluster-name", CLUSTER, "-g", "rg", "--nodepool-name", "nodepool1"]
 STEP_SECONDS = 1800.0  # TCG boots and joins on two cores shared with other VM tests
@@ -116,10 +117,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
         "XDG_DATA_HOME": str(base / "data"),
         "TL_DATABASE_URL": f"sqlite:///{base / 'serve.db'}",
         HOSTED_CONTROL_PLANES_ENV: "1",
-        NODE_NETWORK_ADDRESS_ENV: CONTROL_ADDRESS,
         DELAY_ENV: "0",
     }
-    for variable in ("TL_ENDPOINT", "TL_TOKEN", "TL_SUBSCRIPTION"):
+    for variable in ("TL_ENDPOINT", "TL_TOKEN", "TL_SUBSCRIPTION", NODE_NETWORK_ADDRESS_ENV):
         env.pop(variable, None)
     token_file = base / "config" / "trustedlaunch" / "admin-token"
     engine, sessions = open_store(env["TL_DATABASE_URL"], token_file)
@@ -140,7 +140,7 @@ def start_serve(hosts: TwoHosts, served: Served) -> subprocess.Popen[bytes]:
     URL, which it sets as TL_ENDPOINT in the served environment."""
     with served.log.open("wb") as log:
         process = subprocess.Popen(
-            [*hosts.in_client(), TL, "serve", "--port", "0", "--attestation-interval", "0"],
+            [*hosts.in_client(), TL, "serve", "--port", "0", "--attestation-interval", "0", *NODE_NETWORK],
             env=served.env,
             stdout=subprocess.DEVNULL,
             stderr=log,

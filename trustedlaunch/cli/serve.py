@@ -26,6 +26,7 @@ import typer
 from trustedlaunch.cli.arm import fail
 from trustedlaunch.cli.reconciler import AttestationIntervalOption, AutoRepairOption
 from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERVAL
+from trustedlaunch.control.hosted_control_plane import NODE_NETWORK_ADDRESS_ENV
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -53,15 +54,31 @@ def serve(
             "reconciler runs in this process.",
         ),
     ] = 1,
+    node_network_address: Annotated[
+        str | None,
+        typer.Option(
+            "--node-network-address",
+            envvar=NODE_NETWORK_ADDRESS_ENV,
+            help="IPv4 address of this machine that the libvirt hosts of node VMs reach: the clusters' "
+            "kube-apiservers listen there (default 127.0.0.1: node VMs of this machine only).",
+        ),
+    ] = None,
 ) -> None:
     """Run the API server and the reconciler until Ctrl-C or SIGTERM (store: TL_DATABASE_URL or the
     default SQLite file)."""
     # Imported here: `tl --help` and the client-side commands do not need the server side.
     from trustedlaunch.api.app import create_app
+    from trustedlaunch.control.hosted_control_plane import node_network_address as checked_address
     from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if node_network_address is not None:  # read from the environment by this process and its workers
+        os.environ[NODE_NETWORK_ADDRESS_ENV] = node_network_address
+    try:
+        checked_address()
+    except TrustedLaunchError as exc:
+        raise fail(str(exc), 2) from None
     try:
         # the store (migrated, with its admin token) and the nonce store exist before any worker starts
         plane = ControlPlane()
