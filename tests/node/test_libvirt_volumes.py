@@ -1,23 +1,28 @@
 """Node-image volumes on a private libvirtd (no VM): the ESP as a FAT disk image holding the ESP's files, the
 same bytes from the same folder; an upload once per content, found again and checked by download from another
 connection, a volume that differs from its file (a half upload) replaced, and files that are not the size
-expected or larger than their kind's bound refused with our error before anything is uploaded."""
+expected or larger than their kind's bound refused with our error before anything is uploaded; volumes no
+domain names deleted by the host checks' sweep after its hold, and uploaded again when needed."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from trustedlaunch.control.node_hosts import UnusedVolumeSweep
 from trustedlaunch.node.esp_disk import build_esp_disk
-from trustedlaunch.node.libvirt_driver import ensure_event_loop
+from trustedlaunch.node.image import NodeImage
+from trustedlaunch.node.libvirt_driver import NodeVolumes, domain_xml, ensure_event_loop
 from trustedlaunch.node.libvirt_host import LibvirtHost
 from trustedlaunch.node.libvirt_volumes import MAX_VOLUME_BYTES, POOL_NAME, ImageVolumeError, ImageVolumes
+from trustedlaunch.node.rootfs import Rootfs
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +103,70 @@ def test_truncated_and_oversized_files_are_refused(host: LibvirtHost, folder: Pa
     assert volumes.uploaded == []
     pool = host.base / "lib" / "images" / POOL_NAME
     assert not any(path.name.startswith(("ovmf-vars-", "esp-")) for path in pool.glob("*"))
+
+
+def test_volumes_no_domain_names_for_the_hold_are_deleted_and_uploaded_again_when_needed(
+    host: LibvirtHost, folder: Path
+) -> None:
+    """The host checks' volume sweep (control/node_hosts.py UnusedVolumeSweep) against a real pool: the
+    volumes of an older build that no domain names go once unused for the whole hold (being named again
+    restarts it); the newer build's volumes, which a node domain names, stay; the uploader whose cache still
+    held a deleted volume uploads it again."""
+    files = {}
+    for name, size in (("esp-1", 4096), ("rootfs-1", 8192), ("esp-2", 4097), ("rootfs-2", 8193)):
+        files[name] = folder / name
+        files[name].write_bytes(name.encode() * size)
+    files["code"], files["vars"] = folder / "code.fd", folder / "vars.fd"
+    files["code"].write_bytes(b"OVMF code" * 1000)
+    files["vars"].write_bytes(b"OVMF vars" * 1000)
+    uploader = ImageVolumes(libvirt.open(host.uri))
+    earlier = set(uploader.pool().listVolumes())  # other tests' volumes, which no domain names either
+    code, template = uploader.volume(files["code"], "ovmf-code"), uploader.volume(files["vars"], "ovmf-vars")
+    builds = [
+        NodeVolumes(
+            uploader.volume(files[f"esp-{n}"], "esp"),
+            uploader.volume(files[f"rootfs-{n}"], "rootfs"),
+            code,
+            template,
+        )
+        for n in (1, 2)
+    ]
+    image = NodeImage(
+        esp_dir=folder,
+        metadata_path=folder / "image.json",
+        version="1",
+        kernel_cmdline="",
+        files={},
+        rootfs=Rootfs(
+            folder / "rootfs-1", "0" * 64, 0, 0, "0" * 64, "0" * 64
+        ),  # (disks: rootfs vda, ESP vdb)
+    )
+    connection = libvirt.open(host.uri)
+    volume_sweep = UnusedVolumeSweep(hold=1.0)
+
+    def sweep() -> list[str]:
+        return sorted(set(volume_sweep(7, connection)) - earlier)
+
+    def define(name: str, volumes: NodeVolumes) -> libvirt.virDomain:
+        xml = domain_xml(name, image, folder / name, secure_boot=True, tpm_socket=None, volumes=volumes)
+        return connection.defineXML(xml)
+
+    try:
+        current = define("tl-node-000000b2", builds[1])
+        assert sweep() == []  # the older build's volumes are unused from now on
+        older = define("tl-node-000000b1", builds[0])  # named again: the hold starts over
+        time.sleep(1.2)
+        assert sweep() == []
+        older.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        assert sweep() == []
+        time.sleep(1.2)
+        assert sweep() == sorted(v.name for v in (builds[0].esp, builds[0].rootfs))
+        named = {v.name for v in (builds[1].esp, builds[1].rootfs, code, template)}
+        pool = connection.storagePoolLookupByName(POOL_NAME)
+        assert set(pool.listVolumes()) == named
+        again = uploader.volume(files["esp-1"], "esp")  # cached as verified, deleted since: uploaded again
+        assert again == builds[0].esp and uploader.uploaded.count(again.name) == 2
+        assert again.name in pool.listVolumes()
+        current.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    finally:
+        connection.close()

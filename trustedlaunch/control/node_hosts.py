@@ -13,7 +13,8 @@ other hosts by the reconciler), a success records `last_seen_at`, and a Lost hos
 (and empty). A host becoming Lost raises one HostLost alert for each subscription with nodes on it (naming
 only that subscription's nodes), resolved when the host answers again. Each check that reaches a host then
 removes the domains this control plane made there for no node now placed on it (`StrayDomainSweep`): what a
-Lost host still runs for nodes made again elsewhere once it comes back.
+Lost host still runs for nodes made again elsewhere once it comes back; then the node-image volumes no
+domain of the host named for an hour (`UnusedVolumeSweep`: image versions no node boots any more).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ CHECK_INTERVAL = 20.0  # seconds between two checks of a host
 CHECK_TIMEOUT = 10.0  # seconds a check (libvirt open + getInfo) may take before it counts as failed
 PROBE_TIMEOUT = 15.0  # seconds a registration's capacity probe may take
 FAILED_CHECKS = 3  # failed checks in a row that make a Ready host Lost
+UNUSED_VOLUME_HOLD = 3600.0  # seconds a host's node-image volume stays unused by its domains before deletion
 KEEPALIVE_INTERVAL = 2  # seconds between libvirt keepalive messages on a check's connection ...
 KEEPALIVE_COUNT = 2  # ... and how many may go unanswered before libvirt closes it
 MAX_NAMED_NODES = 20  # node names an error or an alert lists
@@ -153,6 +155,49 @@ class StrayDomainSweep:
                     stray.name,
                 )
         return removed
+
+
+class UnusedVolumeSweep:
+    """Deletes the node-image volumes (uploaded to hosts that share none of our files) that no domain of
+    their host has named for `hold` seconds in a row, as seen by this process's sweeps: the volumes of
+    image versions no node boots any more. A volume in use again, or being uploaded, is kept (a node's
+    volumes are named by its domain as soon as it is defined; an upload takes far less than `hold`); one
+    deleted is uploaded again by the next node that needs it."""
+
+    def __init__(self, hold: float = UNUSED_VOLUME_HOLD) -> None:
+        self.hold = hold
+        self._unused_since: dict[tuple[int, str], float] = {}  # (host id, volume name) -> first seen unused
+        self._lock = threading.Lock()
+
+    def __call__(self, host_id: int, connection: libvirt.virConnect) -> list[str]:
+        """Delete host `host_id`'s volumes unused for `hold` seconds; their names."""
+        import libvirt  # only where hosts are used
+
+        from trustedlaunch.node.libvirt_driver import unused_image_volumes
+
+        unused = unused_image_volumes(connection)
+        if unused is None:  # a definition could not be read: nothing is known unused this time
+            return []
+        now, deleted = time.monotonic(), []
+        with self._lock:
+            names = {volume.name() for volume in unused}
+            for key in [key for key in self._unused_since if key[0] == host_id and key[1] not in names]:
+                del self._unused_since[key]  # in use again (or gone)
+            for volume in unused:
+                since = self._unused_since.setdefault((host_id, volume.name()), now)
+                if now - since < self.hold:
+                    continue
+                try:
+                    volume.delete(0)
+                except libvirt.libvirtError as exc:
+                    log.warning("host %s: unused volume %s not deleted: %s", host_id, volume.name(), exc)
+                    continue
+                del self._unused_since[(host_id, volume.name())]
+                log.warning(
+                    "host %s: deleted volume %s, unused for %.0f s", host_id, volume.name(), now - since
+                )
+                deleted.append(volume.name())
+        return deleted
 
 
 @dataclass
@@ -523,7 +568,8 @@ class HostMonitor:
     each host is checked every `interval` seconds in a thread of its own and its outcome recorded once it
     is in, or as a failure once `timeout` passed. A host whose earlier check still hangs gets no second
     thread: each interval it hangs counts as one more failure. With `runs_dir` (the folder of the
-    reconciler's run directories) a host that answered has its stray domains removed (StrayDomainSweep)."""
+    reconciler's run directories) a host that answered has its stray domains removed (StrayDomainSweep),
+    then its node-image volumes no domain named for `volume_hold` seconds (UnusedVolumeSweep)."""
 
     def __init__(
         self,
@@ -533,6 +579,7 @@ class HostMonitor:
         timeout: float = CHECK_TIMEOUT,
         failed_checks: int = FAILED_CHECKS,
         runs_dir: Path | None = None,
+        volume_hold: float = UNUSED_VOLUME_HOLD,
     ) -> None:
         self.sessions, self.interval, self.timeout, self.failed_checks = (
             sessions,
@@ -540,7 +587,8 @@ class HostMonitor:
             timeout,
             failed_checks,
         )
-        self.sweep = StrayDomainSweep(sessions, runs_dir) if runs_dir is not None else None
+        self.domain_sweep = StrayDomainSweep(sessions, runs_dir) if runs_dir is not None else None
+        self.volume_sweep = UnusedVolumeSweep(volume_hold)
         self._checks: dict[int, _Check] = {}
         self._next_check: dict[int, float] = {}
 
@@ -574,10 +622,16 @@ class HostMonitor:
                     cause = f"{hung.uri} has not answered a check started {now - hung.started:.0f} s ago"
                     outcomes.append(HostCheck(host_id, cause))
                 continue
-            sweep = functools.partial(self.sweep, host_id) if self.sweep is not None else None
+            sweep = functools.partial(self._sweep, host_id) if self.domain_sweep is not None else None
             self._checks[host_id] = check = _Check(uri, sweep)
             check.start()
         return self._record(outcomes) if outcomes else []
+
+    def _sweep(self, host_id: int, connection: libvirt.virConnect) -> None:
+        """Remove host `host_id`'s stray domains, then its unused volumes."""
+        assert self.domain_sweep is not None
+        self.domain_sweep(host_id, connection)
+        self.volume_sweep(host_id, connection)
 
     @staticmethod
     def _outcome(host_id: int, outcome: HostCapacity | str) -> HostCheck:

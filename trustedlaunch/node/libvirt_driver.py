@@ -940,6 +940,40 @@ def owned_domains(connection: libvirt.virConnect, runs_dir: Path) -> list[OwnedD
     return found
 
 
+def _volumes_named(definition: ElementTree.Element) -> set[str]:
+    """What a domain definition names of the node-image pool: its disks' volume names and every file path
+    (disk sources, loader, varstore template) as it could name a volume by its path."""
+    names = {
+        source.get("volume", "")
+        for source in definition.iterfind("devices/disk/source")
+        if source.get("pool") == POOL_NAME
+    }
+    names |= {source.get("file", "") for source in definition.iterfind("devices/disk/source")}
+    nvram = definition.find("os/nvram")
+    names |= {definition.findtext("os/loader") or "", "" if nvram is None else nvram.get("template", "")}
+    return names - {""}
+
+
+def unused_image_volumes(connection: libvirt.virConnect) -> list[libvirt.virStorageVol] | None:
+    """The volumes of the host's node-image pool (POOL_NAME) that no domain defined on the host names, by
+    name or path, whoever defined it; [] when the host has no such pool; None (nothing is known unused) when
+    a domain's definition cannot be read."""
+    try:
+        if POOL_NAME not in connection.listStoragePools():  # an inactive pool's volumes are not listed
+            return []
+        pool = connection.storagePoolLookupByName(POOL_NAME)
+        pool.refresh(0)
+        named: set[str] = set()
+        for domain in connection.listAllDomains(0):
+            definition = _parse_definition(domain.XMLDesc(0))
+            if definition is None:
+                return None
+            named |= _volumes_named(definition)
+        return [volume for volume in pool.listAllVolumes(0) if not {volume.name(), volume.path()} & named]
+    except libvirt.libvirtError:
+        return None
+
+
 def remove_domain(domain: libvirt.virDomain) -> bool:
     """Stop `domain` if it runs, then undefine it with its varstore and (libvirt's own vTPM) its TPM state
     (with fewer flags where the host's libvirt knows fewer: the TPM flag came with libvirt 8.9). Whether it

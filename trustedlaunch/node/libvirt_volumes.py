@@ -4,7 +4,8 @@ The driver defines a `dir` pool (POOL_NAME, under the host's /var/lib/libvirt/im
 ESP disk image (trustedlaunch.node.esp_disk), the dm-verity root filesystem and the OVMF code and varstore
 template the node's policy was predicted from. Each volume is named by its kind and the SHA-256 of its bytes
 (`esp-<digest>`), so it is uploaded once per build and shared by every node of that build; the volumes stay
-when nodes go (the node's own state, varstore and TPM, goes with its domain).
+when nodes go (the node's own state, varstore and TPM, goes with its domain), until the control plane's host
+checks find them unused by every domain of the host for an hour (control/node_hosts.py).
 
 A half-uploaded volume is never used: libvirt has no volume rename (an upload under a temporary name would
 need a host-side clone to its final name, whose own interruption leaves the same half volume), so a volume
@@ -200,11 +201,13 @@ class ImageVolumes:
         size, digest = self._digest(path, size, kind)
         name = f"{kind}-{digest}"
         with self._lock:
-            if name in self._verified:
-                return self._verified[name]
             pool = self.pool()
             what = f"volume {name} of pool {POOL_NAME}"
             try:
+                if (
+                    name in self._verified and name in pool.listVolumes()
+                ):  # the host checks remove unused ones
+                    return self._verified[name]
                 existing = self._existing(pool, name, size, digest, what)
                 volume = (
                     existing if existing is not None else self._upload(pool, path, name, size, digest, what)
