@@ -39,11 +39,12 @@ from trustedlaunch.control.hosted_control_plane import NODE_NETWORK_ADDRESS_ENV,
 from trustedlaunch.control.kubernetes_release import KubernetesRelease
 from trustedlaunch.control.labels import LABEL_AGENT_POOL, LABEL_SECURE_BOOT, LABEL_TRUSTED_LAUNCH
 from trustedlaunch.control.node_processes import kill_node_processes
-from trustedlaunch.control.reconciler import node_ek_cas
+from trustedlaunch.control.reconciler import VTPM_DIR, node_ek_cas
 from trustedlaunch.node.libvirt_host import CONTROL_ADDRESS, LibvirtHost, NamespaceNetwork
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 from trustedlaunch.store.models import AlertRecord, AttestationRecord, Node, NodeHost
 from trustedlaunch.tpm.ekca import create_ek_ca
+from trustedlaunch.tpm.vtpm import Vtpm
 
 pytestmark = pytest.mark.slow
 TL = str(Path(sys.executable).parent / "tl")
@@ -220,6 +221,7 @@ class NodeView:
     labels: dict[str, str]
     repairs: list[dict[str, str]]
     message: str | None
+    run_dir: str | None
 
 
 def pool_nodes(served: Served) -> list[NodeView]:
@@ -237,6 +239,7 @@ def pool_nodes(served: Served) -> list[NodeView]:
                 dict(node.labels or {}),
                 list(node.repairs or []),
                 node.message,
+                node.run_dir,
             )
             for node in session.scalars(select(Node).order_by(Node.ordinal))
         ]
@@ -352,6 +355,8 @@ def test_a_pool_spread_over_two_hosts_survives_losing_one_mid_scale(
             (0, "a", "Ready", "Attested"),
             (1, "b", "Ready", "Attested"),
         ], first
+        for node in first:  # their hosts' libvirt made their vTPMs: none was manufactured here
+            assert node.run_dir is not None and not Vtpm(Path(node.run_dir) / VTPM_DIR).manufactured
         listed = {host["name"]: host["properties"] for host in run("host", "list")}
         assert listed["a"]["allocated"]["nodes"] == [first[0].name]  # the pool is spread over both hosts
         assert listed["b"]["allocated"]["nodes"] == [first[1].name]

@@ -185,6 +185,7 @@ class QemuDriver:
 
     name = QEMU
     alive = True  # this machine
+    host_tpm = False  # the vTPM passed to `create` (swtpm and the bank proxy here)
 
     def close(self) -> None:
         """Nothing to close: the VMs are processes of this machine."""

@@ -1037,7 +1037,12 @@ class Reconciler:
                 session.commit()  # write-ahead: an adopted VM keeps its kubelet port
                 network = node_network(node)
             driver = self._driver(VmLocation.of(node))
-            vtpm = Vtpm.create(run_dir / VTPM_DIR, ek_ca=self._platform_ek_ca()) if node.enable_vtpm else None
+            vtpm = None
+            if node.enable_vtpm:  # a host that makes its own gets only its place: nothing manufactured here
+                tpm_dir = run_dir / VTPM_DIR
+                vtpm = (
+                    Vtpm(tpm_dir) if driver.host_tpm else Vtpm.create(tpm_dir, ek_ca=self._platform_ek_ca())
+                )
             vm = driver.create(
                 image, run_dir, secure_boot=node.enable_secure_boot, vtpm=vtpm, network=network
             )

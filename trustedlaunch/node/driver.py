@@ -76,6 +76,7 @@ class NodeDriver(Protocol):
     """Makes node VMs on one kind of hypervisor host."""
 
     name: str  # "qemu" (direct) or "libvirt"
+    host_tpm: bool  # the host makes each node's TPM itself: `create`'s vtpm only says the node has one
 
     def create(
         self,
