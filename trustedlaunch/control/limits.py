@@ -644,15 +644,23 @@ class PoolDeletion:
 @dataclass(frozen=True)
 class NodePlacement:
     """Placing one new node VM on the registered node hosts (control.placement): `hosts` are registered,
-    `with_room` of them are Ready with the room one node VM needs."""
+    `with_room` of them are Ready, not cordoned, with the room one node VM needs; `cordoned_with_room` names
+    the cordoned hosts that would have had room."""
 
     node: str
     hosts: int
     with_room: int
+    cordoned_with_room: tuple[str, ...] = ()
 
     def message_values(self) -> dict[str, object]:
         """Values the rule messages may name."""
-        return {"node": self.node, "hosts": self.hosts, "memory_mib": NODE_MEMORY_MIB, "vcpus": NODE_VCPUS}
+        return {
+            "node": self.node,
+            "hosts": self.hosts,
+            "memory_mib": NODE_MEMORY_MIB,
+            "vcpus": NODE_VCPUS,
+            "cordoned": ", ".join(self.cordoned_with_room[:20]),
+        }
 
 
 @dataclass(frozen=True)
@@ -1195,7 +1203,17 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "a host on this machine or one registered with its EK CA). Register another host or raise a host's "
         "capacity, or scale a pool down.",
         NodePlacement,
-        lambda p: p.hosts > 0 and p.with_room == 0,
+        lambda p: p.hosts > 0 and p.with_room == 0 and not p.cordoned_with_room,
+        409,
+    ),
+    Limitation(
+        "AllocationFailed",
+        "nodeHosts",
+        "Allocation failed: of the {hosts} registered node hosts only cordoned ones have room for node {node} "
+        "({cordoned}); cordoned hosts take no new node VMs. Uncordon one (tl host uncordon), register another "
+        "host or raise a host's capacity, or scale a pool down.",
+        NodePlacement,
+        lambda p: p.hosts > 0 and p.with_room == 0 and bool(p.cordoned_with_room),
         409,
     ),
     Limitation(

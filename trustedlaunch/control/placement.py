@@ -2,8 +2,10 @@
 this machine under the direct QEMU driver (the default for one machine); else on a Ready host with room
 for one node VM (its registered memory and vCPUs minus the node VMs placed there, each of node/qemu.py's
 size), the one holding the fewest nodes of the node's pool (spread), then the one with the most free
-memory. A vTPM node goes only on a host whose vTPMs an EK CA we know vouches for (this machine's, or one
-registered with its EK CA). Hosts registered but none with room: the limits table's AllocationFailed."""
+memory. A cordoned host (`tl host cordon`/`drain`) takes no new node VM; its nodes stay. A vTPM node goes
+only on a host whose vTPMs an EK CA we know vouches for (this machine's, or one registered with its EK CA).
+Hosts registered but none with room: the limits table's AllocationFailed (saying so when only cordoned hosts
+have room)."""
 
 from __future__ import annotations
 
@@ -78,13 +80,15 @@ def host_rooms(session: Session, node: Node) -> list[HostRoom]:
 
 
 def place_node(session: Session, node: Node) -> Placement:
-    """Where `node`'s new VM goes (see the module); NoHostRoomError when hosts are registered but none has
-    room for it."""
+    """Where `node`'s new VM goes (see the module): never a cordoned host; NoHostRoomError when hosts are
+    registered but none uncordoned has room for it."""
     hosts = session.scalar(select(func.count()).select_from(NodeHost)) or 0
     if hosts == 0:
         return Placement(QEMU, None)
-    rooms = [room for room in host_rooms(session, node) if room.fits]
-    violations = check_placement(NodePlacement(node.name, hosts, len(rooms)))
+    fitting = [room for room in host_rooms(session, node) if room.fits]
+    rooms = [room for room in fitting if not room.host.cordoned]
+    cordoned = tuple(room.host.name for room in fitting if room.host.cordoned)
+    violations = check_placement(NodePlacement(node.name, hosts, len(rooms), cordoned))
     if violations:
         raise NoHostRoomError(violations[0])
     best = min(rooms, key=lambda room: (room.pool_nodes, -room.free_memory_mib, room.host.name))
