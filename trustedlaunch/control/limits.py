@@ -1209,9 +1209,9 @@ LIMITATIONS: tuple[Limitation, ...] = (
     Limitation(
         "AllocationFailed",
         "nodeHosts",
-        "Allocation failed: of the {hosts} registered node hosts only cordoned ones have room for node {node} "
-        "({cordoned}); cordoned hosts take no new node VMs. Uncordon one (tl host uncordon), register another "
-        "host or raise a host's capacity, or scale a pool down.",
+        "Allocation failed: of the {hosts} registered node hosts only cordoned ones have room for node "
+        "{node} ({cordoned}); cordoned hosts take no new node VMs. Uncordon one (tl host uncordon), register "
+        "another host or raise a host's capacity, or scale a pool down.",
         NodePlacement,
         lambda p: p.hosts > 0 and p.with_room == 0 and bool(p.cordoned_with_room),
         409,
