@@ -253,6 +253,20 @@ def test_tl_host_commands(server: tuple[str, str, sessionmaker[Session]], tmp_pa
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as admin:
         create_group(admin)
     place_nodes_in(sessions, "host1", 1, created=True)
+    code, _, err = tl("drain", "-n", "host1")
+    assert code == 1 and "(InsufficientHostCapacity)" in err and "room for 0 of the 1 node(s)" in err
+    code, _, err = tl(
+        "add",
+        "-n",
+        "host2",
+        "--uri",
+        "qemu+tls://host2.example/system",
+        "--memory-mib",
+        "512",
+        "--vcpus",
+        "1",
+    )
+    assert code == 0, err
     code, out, err = tl("drain", "-n", "host1", "-o", "table")
     assert code == 0, err
     with sessions() as session:

@@ -1,7 +1,8 @@
 """Cordoning and draining a hypervisor host (control.node_hosts `cordon_host`, `drain_host`): a drain cordons
 the host and reimages each of its Ready or Unhealthy nodes through its pool's Update operation (started, or
 the one already in progress on the pool's cluster), skipping nodes an upgrade quarantined and nodes in other
-states; unknown hosts are 404. On SQLite and PostgreSQL."""
+states; unknown hosts are 404; a drain the other hosts have no room for is refused. On SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.errors import ArmError
 from trustedlaunch.control.features import register_feature, register_provider
-from trustedlaunch.control.node_hosts import DrainedNode, cordon_host, drain_host, get_host
+from trustedlaunch.control.host_drain import DrainedNode, drain_host
+from trustedlaunch.control.node_hosts import cordon_host, get_host
 from trustedlaunch.control.operations import finish_operation
+from trustedlaunch.control.placement import room_elsewhere
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
+from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
 from trustedlaunch.store.models import AgentPool, Node, NodeHost, Operation
+from trustedlaunch.store.vocabulary import HostState
 
 SUB = "11111111-2222-3333-4444-5555555d4a17"
 
@@ -111,3 +116,66 @@ def test_unknown_hosts_are_404(sessions: sessionmaker[Session], action: str) -> 
         else:
             cordon_host(session, "nohost", action == "cordon")
     assert (raised.value.status, raised.value.code) == (404, "HostNotFound")
+
+
+def _host(session: Session, name: str, slots: int, ek_ca: bool, **row: object) -> NodeHost:
+    host = NodeHost(
+        name=name,
+        uri=f"qemu+tcp://{name}/system",
+        memory_mib=slots * NODE_MEMORY_MIB,
+        vcpus=slots * NODE_VCPUS,
+        ek_ca_certificate="-----BEGIN CERTIFICATE-----(a registered EK CA)" if ek_ca else None,
+        **row,
+    )
+    session.add(host)
+    session.flush()
+    return host
+
+
+def test_a_drain_without_room_elsewhere_is_refused_and_changes_nothing(store: sessionmaker[Session]) -> None:
+    with store.begin() as session:
+        register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
+        register_provider(session, SUB, "Microsoft.ContainerService")
+        drained = _host(session, "host1", 3, ek_ca=True)
+        _host(session, "plain", 5, ek_ca=False)  # room, but no EK CA: no vTPM node goes there
+        _host(session, "trusted", 1, ek_ca=True)
+        _host(session, "cordoned", 5, ek_ca=True, cordoned=True)
+        _host(session, "lost", 5, ek_ca=True, state=HostState.LOST)
+        spec = PoolSpec("tl", count=2, vm_size="Standard_D4s_v3", enable_secure_boot=True, enable_vtpm=True)
+        cluster, operation, _ = put_cluster(
+            session,
+            ResourcePath(SUB, "rg", "mixed"),
+            ClusterSpec("eastus", agent_pools=[spec, PoolSpec("plain", count=1, vm_size="Standard_D4s_v3")]),
+        )
+        finish_operation(session, operation, "Succeeded")
+        vtpm_pool, plain_pool = cluster.agent_pools
+        placed = [
+            add_node(session, vtpm_pool, 0),
+            add_node(session, vtpm_pool, 1),
+            add_node(session, plain_pool, 0),
+        ]
+        for node in placed:
+            node.host_id, node.driver = drained.id, "libvirt"
+        assert placed[0].enable_vtpm and not placed[2].enable_vtpm
+        assert room_elsewhere(session, placed) == 2  # one vTPM node on 'trusted', the other node on 'plain'
+    with pytest.raises(ArmError) as raised, store.begin() as session:  # the caller's transaction rolls back
+        drain_host(session, "host1")
+    error = raised.value
+    assert (error.status, error.code, error.target) == (409, "InsufficientHostCapacity", "name")
+    assert (
+        "Host 'host1' cannot be drained: the other Ready, uncordoned node hosts have room for 2 of the 3 "
+        in (error.message)
+    )
+    with store.begin() as session:  # nothing changed: not cordoned, no operation, no reimage reason
+        assert not get_host(session, "host1").cordoned
+        assert session.scalars(select(Operation).where(Operation.kind == "Update")).all() == []
+        assert {node.reimage_reason for node in session.scalars(select(Node))} == {None}
+        trusted = get_host(session, "trusted")
+        trusted.memory_mib, trusted.vcpus = 2 * NODE_MEMORY_MIB, 2 * NODE_VCPUS
+    with store.begin() as session:
+        host, nodes = drain_host(session, "host1")
+        assert host.cordoned and [(node.name, node.started) for node in nodes] == [
+            ("aks-plain-0", True),
+            ("aks-tl-0", True),
+            ("aks-tl-1", False),  # the pool's Update reimages both
+        ]

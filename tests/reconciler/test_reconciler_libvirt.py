@@ -31,8 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.host_drain import DrainedNode, drain_host
 from trustedlaunch.control.labels import LABEL_TRUSTED_LAUNCH
-from trustedlaunch.control.node_hosts import DrainedNode, HostMonitor, cordon_host, drain_host, remove_host
+from trustedlaunch.control.node_hosts import HostMonitor, cordon_host, remove_host
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 from trustedlaunch.node.libvirt_host import LibvirtHost

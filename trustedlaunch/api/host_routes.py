@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from trustedlaunch.api.models import ErrorResponse
 from trustedlaunch.api.responses import ArmList
 from trustedlaunch.api.routes import api_version, transaction
-from trustedlaunch.control import node_hosts
-from trustedlaunch.control.node_hosts import DrainedNode, HostSpec, HostUsage
+from trustedlaunch.control import host_drain, node_hosts
+from trustedlaunch.control.host_drain import DrainedNode
+from trustedlaunch.control.node_hosts import HostSpec, HostUsage
 from trustedlaunch.control.records import NodeHost, Session
 
 HOSTS_PATH = "/providers/Microsoft.TrustedLaunch/hosts"
@@ -31,7 +32,11 @@ router = APIRouter(
             (401, "Missing or invalid bearer token"),
             (403, "Not an admin token"),
             (404, "Host not registered"),
-            (409, "Nodes are placed on the host (drain it first); its URI is another host's; too many hosts"),
+            (
+                409,
+                "Nodes are placed on the host (drain it first); its URI is another host's; too many hosts; "
+                "no room elsewhere for the nodes of a drained host",
+            ),
         )
     },
 )
@@ -233,7 +238,7 @@ async def drain_host(request: Request, name: str) -> dict[str, Any]:
     Update operation (Kubernetes drain first, surge per maxSurge); the nodes and their operations. Remove the
     host once they are gone (404 if not registered)."""
     with transaction(request) as session:
-        host, drained = node_hosts.drain_host(session, name)
+        host, drained = host_drain.drain_host(session, name)
         return {"host": _one(session, host), "nodes": [drained_json(node) for node in drained]}
 
 

@@ -664,6 +664,26 @@ class NodePlacement:
 
 
 @dataclass(frozen=True)
+class HostDrain:
+    """Draining host `host` (control.host_drain): `nodes` of its nodes are to be made again elsewhere, and the
+    other Ready, uncordoned hosts have room for `with_room` of them."""
+
+    host: str
+    nodes: int
+    with_room: int
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {
+            "host": self.host,
+            "nodes": self.nodes,
+            "with_room": self.with_room,
+            "memory_mib": NODE_MEMORY_MIB,
+            "vcpus": NODE_VCPUS,
+        }
+
+
+@dataclass(frozen=True)
 class SecurityFlags:
     """The enable/disable flags of one `tl aks nodepool update` call."""
 
@@ -1217,6 +1237,18 @@ LIMITATIONS: tuple[Limitation, ...] = (
         409,
     ),
     Limitation(
+        "InsufficientHostCapacity",
+        "name",
+        "Host '{host}' cannot be drained: the other Ready, uncordoned node hosts have room for {with_room} "
+        "of the {nodes} node(s) to move ({memory_mib} MiB of memory and {vcpus} vCPUs each; a vTPM node "
+        "needs a host on this machine or one registered with its EK CA), and a reimaged node with no room "
+        "would fail. Register or uncordon a host or raise a host's capacity first (tl host cordon keeps "
+        "new nodes off it meanwhile).",
+        HostDrain,
+        lambda d: d.with_room < d.nodes,
+        409,
+    ),
+    Limitation(
         "MutuallyExclusiveArguments",
         "--enable-secure-boot/--disable-secure-boot",
         "--enable-secure-boot and --disable-secure-boot cannot be used in the same call.",
@@ -1243,6 +1275,7 @@ Context = (
     | QuotaRequest
     | HostRequest
     | NodePlacement
+    | HostDrain
 )
 
 
@@ -1300,6 +1333,11 @@ def check_host(request: HostRequest) -> list[ArmError]:
 def check_placement(placement: NodePlacement) -> list[ArmError]:
     """The limitation a new node's placement breaks: hosts are registered but none has room for it."""
     return _violations(placement)
+
+
+def check_drain(drain: HostDrain) -> list[ArmError]:
+    """The limitation a host's drain breaks: the other hosts lack room for the nodes it would move."""
+    return _violations(drain)
 
 
 def check_flags(flags: SecurityFlags) -> list[ArmError]:

@@ -15,9 +15,8 @@ only that subscription's nodes), resolved when the host answers again. Each chec
 removes the domains this control plane made there for no node now placed on it (`StrayDomainSweep`): what a
 Lost host still runs for nodes made again elsewhere once it comes back.
 
-Cordon and drain (`cordon_host`, `drain_host`): a cordoned host takes no new node VM (control.placement); a
-drain cordons it and reimages each of its Ready nodes through its pool's Update operation, which makes it
-again on another host; the host can then be removed.
+Cordon (`cordon_host`): a cordoned host takes no new node VM (control.placement); control.host_drain drains
+one onto the other hosts.
 """
 
 from __future__ import annotations
@@ -52,8 +51,6 @@ from trustedlaunch.control.limits import (
     check_host,
     raise_violations,
 )
-from trustedlaunch.control.node_plan import NodePhase
-from trustedlaunch.control.operations import pool_operation_in_progress, start_node_reimage
 from trustedlaunch.errors import TrustedLaunchError
 from trustedlaunch.findings import Check, Finding
 from trustedlaunch.node.qemu import NODE_MEMORY_MIB, NODE_VCPUS
@@ -431,59 +428,6 @@ def cordon_host(session: Session, name: str, cordoned: bool) -> NodeHost:
     host.cordoned = cordoned
     session.flush()
     return host
-
-
-@dataclass(frozen=True)
-class DrainedNode:
-    """A node on a drained host: the Update operation of its pool that reimages it elsewhere (started by
-    the drain, or already in progress on its pool or cluster), or why it stays (`skipped`)."""
-
-    name: str
-    state: str
-    operation_id: str | None = None
-    started: bool = False
-    skipped: str | None = None
-
-
-DRAINED_STATES = (NodePhase.READY, NodePhase.UNHEALTHY)
-
-
-def drain_host(session: Session, name: str) -> tuple[NodeHost, list[DrainedNode]]:
-    """Cordon `name` (404 if it is not registered) and have each of its Ready or Unhealthy nodes reimaged
-    through its pool's Update operation (operations.start_node_reimage: drained in Kubernetes first, surge
-    per maxSurge), which makes its VM again where placement puts it: on another host, this one being
-    cordoned. A node an upgrade left quarantined, or in another state (being provisioned, reimaged, deleted
-    or repaired), is skipped and stays: drain again once it is Ready. The host and what happens to each of
-    its nodes, by name."""
-    host = cordon_host(session, name, True)
-    reason = f"host {host.name} drained"
-    drained = []
-    for node in session.scalars(select(Node).where(Node.host_id == host.id).order_by(Node.name)):
-        if node.state not in DRAINED_STATES:
-            drained.append(
-                DrainedNode(
-                    node.name,
-                    node.state,
-                    skipped=f"{node.state}: not moved now; drain the host again if it is here once Ready",
-                )
-            )
-            continue
-        if node.quarantined_by_operation is not None:
-            drained.append(
-                DrainedNode(
-                    node.name,
-                    node.state,
-                    skipped="quarantined by an upgrade that could not drain it: its pool's next operation "
-                    "drains it again",
-                )
-            )
-            continue
-        started = start_node_reimage(session, node, reason)
-        operation = started or pool_operation_in_progress(session, node.pool)
-        drained.append(
-            DrainedNode(node.name, node.state, operation.id if operation else None, started is not None)
-        )
-    return host, drained
 
 
 def remove_host(session: Session, name: str) -> None:
