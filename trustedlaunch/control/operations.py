@@ -62,26 +62,20 @@ def start_node_reimage(session: Session, node: Node, reason: str) -> Operation |
     if pool_operation_in_progress(session, pool) is not None:
         return None
     cluster = pool.cluster
-    pool_id = _pool_id(pool)
+    cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
+    pool_id = cluster_id.child(AGENT_POOLS, pool.name).canonical
     pool.provisioning_state = ProvisioningState.UPDATING
     operation = start_operation(session, cluster.subscription_id, cluster.location, pool_id, "Update")
     operation.note = f"agent pool {pool.name}: reimaging node {node.name}: {reason}"
     return operation
 
 
-def _pool_id(pool: AgentPool) -> str:
-    cluster = pool.cluster
-    cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
-    return cluster_id.child(AGENT_POOLS, pool.name).canonical
-
-
 def pool_operation_in_progress(session: Session, pool: AgentPool) -> Operation | None:
     """The InProgress operation on `pool` or, if none, on its cluster (either drives the pool's nodes)."""
     cluster = pool.cluster
     cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
-    return in_progress_operation(session, _pool_id(pool)) or in_progress_operation(
-        session, cluster_id.canonical
-    )
+    pool_id = cluster_id.child(AGENT_POOLS, pool.name).canonical
+    return in_progress_operation(session, pool_id) or in_progress_operation(session, cluster_id.canonical)
 
 
 def get_operation(session: Session, subscription_id: str, operation_id: str) -> Operation:
