@@ -23,4 +23,4 @@ TABLES = {
     "installation",
     "alembic_version",
 }
-HEAD_REVISION = "0027_node_handle_only"
+HEAD_REVISION = "0028_node_host_cordon"

@@ -1,7 +1,8 @@
 """Hypervisor hosts through the API (`/providers/Microsoft.TrustedLaunch/hosts`, admin tokens only) and
 `tl host`: ARM-shaped resources with capacity, the nodes placed and free capacity, the EK CA certificate's
 thumbprint rather than its PEM, the limits table's errors, 409 on removing a host with nodes, 400 for an
-unreachable host registered without its capacity, api-version checked, 403 for scoped tokens."""
+unreachable host registered without its capacity, api-version checked, 403 for scoped tokens; cordon,
+uncordon and drain (the nodes moved and their pools' Update operations)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import SUB
+from api_helpers import SUB, create_group
 from fastapi.testclient import TestClient
 from monitoring_rows import add_node
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from trustedlaunch.api.app import create_app
@@ -22,9 +25,11 @@ from trustedlaunch.api.server import BackgroundServer
 from trustedlaunch.cli.main import app as tl_app
 from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_hosts import find_host
+from trustedlaunch.control.operations import finish_operation
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.control.tokens import create_token
 from trustedlaunch.node.libvirt_host import LibvirtHost
+from trustedlaunch.store.models import Node, Operation
 from trustedlaunch.tpm.ekca import create_ek_ca
 
 HOSTS = "/providers/Microsoft.TrustedLaunch/hosts"
@@ -39,15 +44,23 @@ def error_of(response: httpx.Response, status: int, code: str) -> str:
     return str(error["message"])
 
 
-def place_nodes(client: TestClient, host_name: str, count: int) -> None:
-    """Node rows of a new cluster's pool placed on `host_name` (as the reconciler's placement writes them)."""
-    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+def place_nodes(client: TestClient, host_name: str, count: int, created: bool = False) -> None:
+    """Node rows of a new cluster's pool placed on `host_name` (as the reconciler's placement writes them);
+    `created`: its Create operation finished."""
+    place_nodes_in(client.app.state.sessions, host_name, count, created)  # type: ignore[attr-defined]
+
+
+def place_nodes_in(sessions: sessionmaker[Session], host_name: str, count: int, created: bool) -> None:
+    """place_nodes on a store's sessions."""
+    with sessions.begin() as session:
         register_feature(session, SUB, "Microsoft.ContainerService", "TrustedLaunchPreview")
         register_provider(session, SUB, "Microsoft.ContainerService")
         spec = PoolSpec("nodepool1", count=count, vm_size="Standard_D4s_v3")
-        cluster, _, _ = put_cluster(
+        cluster, operation, _ = put_cluster(
             session, ResourcePath(SUB, "myResourceGroup", "placed"), ClusterSpec("eastus", agent_pools=[spec])
         )
+        if created:
+            finish_operation(session, operation, "Succeeded")
         host = find_host(session, host_name)
         assert host is not None
         for ordinal in range(count):
@@ -130,17 +143,69 @@ def test_scoped_tokens_cannot_see_hosts(client: TestClient) -> None:
         scoped = create_token(session, "tenant", f"/subscriptions/{SUB}")
     response = client.get(HOSTS, headers={"Authorization": f"Bearer {scoped}"})
     assert "does not have authorization to perform action" in error_of(response, 403, "AuthorizationFailed")
+    assert client.put(f"{HOSTS}/host1", json={"properties": {"uri": URI, "capacity": CAPACITY}}).is_success
+    for action in ("cordon", "uncordon", "drain"):
+        response = client.post(f"{HOSTS}/host1/{action}", headers={"Authorization": f"Bearer {scoped}"})
+        error_of(response, 403, "AuthorizationFailed")
+    assert client.get(f"{HOSTS}/host1").json()["properties"]["cordoned"] is False
+
+
+CAPACITY = {"memoryMiB": 4096, "vCPUs": 4}
+
+
+def test_cordon_uncordon_and_drain_a_host(client: TestClient) -> None:
+    for name in ("host1", "host2"):
+        uri = f"qemu+tls://{name}.example/system"
+        created = client.put(f"{HOSTS}/{name}", json={"properties": {"uri": uri, "capacity": CAPACITY}})
+        assert created.status_code == 201 and created.json()["properties"]["cordoned"] is False
+    cordoned = client.post(f"{HOSTS}/host2/cordon")
+    assert cordoned.status_code == 200 and cordoned.json()["properties"]["cordoned"] is True
+    listed = {item["name"]: item["properties"]["cordoned"] for item in client.get(HOSTS).json()["value"]}
+    assert listed == {"host1": False, "host2": True}
+    uncordoned = client.post(f"{HOSTS}/host2/uncordon")
+    assert uncordoned.status_code == 200 and uncordoned.json()["properties"]["cordoned"] is False
+
+    place_nodes(client, "host1", 2, created=True)
+    response = client.post(f"{HOSTS}/host1/drain")
+    assert response.status_code == 200, response.text
+    drained = response.json()
+    assert drained["host"]["name"] == "host1" and drained["host"]["properties"]["cordoned"] is True
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        [update] = session.scalars(select(Operation).where(Operation.kind == "Update")).all()
+        reasons = {node.name: node.reimage_reason for node in session.scalars(select(Node))}
+    assert reasons == {"aks-nodepool1-0": "host host1 drained", "aks-nodepool1-1": "host host1 drained"}
+    assert drained["nodes"] == [
+        {
+            "name": "aks-nodepool1-0",
+            "state": "Ready",
+            "operationId": update.id,
+            "started": True,
+            "skipped": None,
+        },
+        {
+            "name": "aks-nodepool1-1",
+            "state": "Ready",
+            "operationId": update.id,
+            "started": False,
+            "skipped": None,
+        },
+    ]
+    message = error_of(client.delete(f"{HOSTS}/host1"), 409, "HostInUse")
+    assert "tl host drain -n host1" in message
+    for action in ("cordon", "uncordon", "drain"):
+        error_of(client.post(f"{HOSTS}/nohost/{action}"), 404, "HostNotFound")
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def server(tmp_path: Path) -> Iterator[tuple[str, str, sessionmaker[Session]]]:
     token_file = tmp_path / "server-config" / "admin-token"
-    with BackgroundServer(create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)) as running:
-        yield running.url, token_file.read_text().strip()
+    app = create_app(f"sqlite:///{tmp_path / 'control.db'}", token_file)
+    with BackgroundServer(app) as running:
+        yield running.url, token_file.read_text().strip(), app.state.sessions
 
 
-def test_tl_host_commands(server: tuple[str, str], tmp_path: Path) -> None:
-    url, token = server
+def test_tl_host_commands(server: tuple[str, str, sessionmaker[Session]], tmp_path: Path) -> None:
+    url, token, sessions = server
     runner = CliRunner()
 
     def tl(*args: str) -> tuple[int, str, str]:
@@ -179,6 +244,45 @@ def test_tl_host_commands(server: tuple[str, str], tmp_path: Path) -> None:
     assert code == 1 and "(HostUnreachable)" in err and "give --memory-mib and --vcpus" in err
     code, out, err = tl("show", "-n", "host1", "--query", "properties.state", "-o", "tsv")
     assert (code, out.strip()) == (0, "Ready"), err
+    code, out, err = tl("cordon", "-n", "host1", "--query", "properties.cordoned", "-o", "tsv")
+    assert (code, out.strip()) == (0, "True"), err
+    code, out, err = tl("list", "-o", "table")
+    assert code == 0 and out.splitlines()[1].split()[:2] == ["host1", "Ready,Cordoned"], err
+    code, out, err = tl("uncordon", "-n", "host1", "-o", "table")
+    assert code == 0 and out.splitlines()[1].split()[:2] == ["host1", "Ready"], err
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as admin:
+        create_group(admin)
+    place_nodes_in(sessions, "host1", 1, created=True)
+    code, _, err = tl("drain", "-n", "host1")
+    assert code == 1 and "(InsufficientHostCapacity)" in err and "room for 0 of the 1 node(s)" in err
+    code, _, err = tl(
+        "add",
+        "-n",
+        "host2",
+        "--uri",
+        "qemu+tls://host2.example/system",
+        "--memory-mib",
+        "512",
+        "--vcpus",
+        "1",
+    )
+    assert code == 0, err
+    code, out, err = tl("drain", "-n", "host1", "-o", "table")
+    assert code == 0, err
+    with sessions() as session:
+        [update] = session.scalars(select(Operation).where(Operation.kind == "Update")).all()
+    assert err.splitlines()[:2] == [
+        "Host 'host1' cordoned; moving 1 node(s) to other hosts.",
+        f"  aks-nodepool1-0: operation {update.id}",
+    ]
+    assert out.splitlines()[0].split() == ["Name", "State", "OperationId", "Moving"]
+    assert out.splitlines()[1].split() == ["aks-nodepool1-0", "Ready", update.id, "yes"]
+    code, _, err = tl("remove", "-n", "host1")
+    assert code == 1 and "(HostInUse)" in err and "tl host drain -n host1" in err
+    code, _, err = tl("drain", "-n", "nohost")
+    assert code == 3 and "(HostNotFound)" in err
+    with sessions.begin() as session:  # its node made again elsewhere: the host can go
+        session.execute(select(Node)).scalars().one().host_id = None
     code, _, err = tl("remove", "-n", "host1")
     assert code == 0 and "Host 'host1' removed." in err
     code, _, err = tl("show", "-n", "host1")

@@ -358,6 +358,11 @@ def test_a_node_without_a_host_with_room_fails_allocation() -> None:
     )
     assert check_placement(NodePlacement("aks-nodepool1-0", hosts=2, with_room=1)) == []
     assert check_placement(NodePlacement("aks-nodepool1-0", hosts=0, with_room=0)) == []  # this machine
+    [cordoned] = check_placement(NodePlacement("aks-nodepool1-0", 2, 0, cordoned_with_room=("h1", "h2")))
+    assert (cordoned.status, cordoned.code) == (409, "AllocationFailed")
+    assert "only cordoned ones have room for node aks-nodepool1-0 (h1, h2)" in cordoned.message
+    assert "tl host uncordon" in cordoned.message
+    assert check_placement(NodePlacement("aks-nodepool1-0", 2, 1, cordoned_with_room=("h1",))) == []
 
 
 def test_enable_and_disable_of_the_same_setting() -> None:
@@ -401,7 +406,7 @@ def test_every_violation_is_reported_with_its_target() -> None:
 
 def test_every_limitation_is_exercised_by_a_test() -> None:
     """Each table row has a code, a target and a message; a new row needs its own test above."""
-    assert len(LIMITATIONS) == 63
+    assert len(LIMITATIONS) == 65
     assert all(rule.code and rule.target and rule.message for rule in LIMITATIONS)
     unpunctuated = [rule.message for rule in LIMITATIONS if not rule.message.endswith(".")]
     assert [message.endswith("preserved by aks system labels") for message in unpunctuated] == [True]  # AKS's

@@ -188,7 +188,7 @@ def test_register_update_and_remove_a_host_with_nodes_on_it(store: sessionmaker[
         error = raised.value
         assert (error.status, error.code) == (409, "HostInUse")
         assert "runs 2 node(s): aks-nodepool1-0, aks-nodepool1-1" in error.message
-        assert "forced removal, is not built yet" in error.message
+        assert "tl host drain -n host1" in error.message
         with pytest.raises(ArmError) as raised:
             put_host(session, HostSpec("host1", URI, 1000, 4))
         assert (

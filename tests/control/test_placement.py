@@ -1,5 +1,6 @@
 """Placement of new node VMs (control.placement): this machine without hosts; else a Ready host with room,
-spreading each pool over the hosts, then the most free memory; AllocationFailed when no host has room."""
+spreading each pool over the hosts, then the most free memory, never a cordoned one; AllocationFailed when no
+host has room (naming the cordoned hosts that have)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def pools(session: Session) -> tuple[AgentPool, AgentPool]:
     return first, second
 
 
-def host(session: Session, name: str, nodes: int, state: str = HostState.READY) -> NodeHost:
+def host(
+    session: Session, name: str, nodes: int, state: str = HostState.READY, cordoned: bool = False
+) -> NodeHost:
     """A host with room for `nodes` node VMs."""
     row = NodeHost(
         name=name,
@@ -30,6 +33,7 @@ def host(session: Session, name: str, nodes: int, state: str = HostState.READY) 
         memory_mib=nodes * NODE_MEMORY_MIB,
         vcpus=nodes * NODE_VCPUS,
         state=state,
+        cordoned=cordoned,
     )
     session.add(row)
     return row
@@ -93,3 +97,22 @@ def test_no_host_with_room_fails_the_node_naming_the_need(sessions: sessionmaker
         "Allocation failed: none of the 2 registered node hosts is Ready with room "
     )
     assert f"node aks-nodepool1-1 ({NODE_MEMORY_MIB} MiB of memory and {NODE_VCPUS} vCPUs" in error.message
+
+
+def test_a_cordoned_host_takes_no_new_node_and_keeps_its_own(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        pool, _ = pools(session)
+        big = host(session, "big", 4, cordoned=True)  # the most room, and the pool's spread, but cordoned
+        small = host(session, "small", 1)
+        placed = node(session, pool, 0, big)
+        assert place_node(session, placed).host is small  # re-placed (a reimage): not back on big
+        assert place_node(session, node(session, pool, 1)).host is small
+        node(session, pool, 2, small)  # small is full now
+        with pytest.raises(NoHostRoomError) as failure:
+            place_node(session, node(session, pool, 3))
+        assert placed.host is big  # a node already on a cordoned host stays there
+        big.cordoned = False
+        assert place_node(session, node(session, pool, 4)).host is big
+    error = failure.value.error
+    assert (error.code, error.status) == ("AllocationFailed", 409)
+    assert "only cordoned ones have room for node aks-nodepool1-3 (big)" in error.message

@@ -1,10 +1,12 @@
 """The reconciler on libvirt hosts (issue 18): two private libvirt daemons registered as node hosts, each
 making the vTPMs of its node VMs with its own EK CA. A 1-node Secure Boot + vTPM pool is placed on the host
-with the most room, its node boots through the libvirt driver and passes attestation against that host's EK
-CA only; a restarted reconciler adopts it by its domain UUID and attests it again; once its host is Lost
-(its libvirtd killed, then its VMs), the node is made again on the other host: the same row, its attestation
-history and its alert kept; enrolled again against another host's CA, its EK certificate is refused. Two VM
-boots."""
+with the most room (a), its node boots through the libvirt driver and passes attestation against that host's
+EK CA only; a restarted reconciler adopts it by its domain UUID and attests it again. Host a is drained
+(`tl host drain`): cordoned, its node is reimaged by its pool's Update operation onto host b (the same row,
+its attestation history kept; a refuses `tl host remove` until then, accepts it after). Host a uncordoned,
+once host b is Lost (its libvirtd killed, then its VMs) the node is made again on host a: the same row, its
+attestation history and its alert kept; enrolled again against another host's CA, its EK certificate is
+refused. Three VM boots."""
 
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from reconciler_helpers import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trustedlaunch.control.errors import ArmError
+from trustedlaunch.control.host_drain import DrainedNode, drain_host
 from trustedlaunch.control.labels import LABEL_TRUSTED_LAUNCH
-from trustedlaunch.control.node_hosts import HostMonitor
+from trustedlaunch.control.node_hosts import HostMonitor, cordon_host, remove_host
 from trustedlaunch.control.reconciler import Reconciler
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, delete_cluster, put_cluster
 from trustedlaunch.node.libvirt_host import LibvirtHost
@@ -99,7 +103,16 @@ def records(sessions: sessionmaker[Session]) -> list[AttestationRecord]:
         return list(session.scalars(select(AttestationRecord).order_by(AttestationRecord.id)))
 
 
-def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_lost(
+def domains(host: LibvirtHost) -> list[str]:
+    """The names of the domains defined on `host`."""
+    connection = libvirt.open(host.uri)
+    try:
+        return [domain.name() for domain in connection.listAllDomains(0)]
+    finally:
+        connection.close()
+
+
+def test_a_node_on_a_libvirt_host_is_adopted_drained_and_made_again_when_its_host_is_lost(
     sessions: sessionmaker[Session], state_dir: Path, hosts: tuple[LibvirtHost, LibvirtHost]
 ) -> None:
     a, b = hosts
@@ -137,29 +150,59 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
         on_demand = records(sessions)[-1]
         assert (on_demand.trigger, on_demand.status) == ("OnDemand", "Attested"), on_demand.findings
 
+        with sessions.begin() as session:  # tl host drain -n a
+            drained_host, drained = drain_host(session, "a")
+            assert drained_host.cordoned
+            [update] = drained
+            assert (update.name, update.state, update.started) == (node.name, "Ready", True)
+            with pytest.raises(ArmError) as in_use:
+                remove_host(session, "a")
+            assert in_use.value.code == "HostInUse" and "tl host drain -n a" in in_use.value.message
+        assert update == DrainedNode(node.name, "Ready", update.operation_id, True)
+        assert update.operation_id is not None
+        reimaged = run_until_finished(reconciler, sessions, update.operation_id, STEP_TIMEOUT)
+        drained_node, where = the_node(sessions)
+        assert reimaged.status == "Succeeded", (reimaged.error, drained_node.message)
+        assert (drained_node.id, drained_node.name, where) == (node.id, node.name, "b")
+        assert (drained_node.state, drained_node.attestation_status) == ("Ready", "Attested")
+        assert drained_node.reimage_reason is None and LABEL_TRUSTED_LAUNCH in drained_node.labels
+        assert drained_node.handle is not None and domain_runs(b, drained_node.handle)
+        assert domains(a) == []  # its VM on a was torn down by the reimage
+        assert [(r.trigger, r.status) for r in records(sessions)] == [
+            ("Provisioning", "Attested"),
+            ("OnDemand", "Attested"),
+            ("Provisioning", "Attested"),
+        ]
+        with sessions() as session:  # tl host remove -n a would succeed now (not committed: a is kept)
+            remove_host(session, "a")
+            session.rollback()
+        with sessions.begin() as session:  # tl host uncordon -n a
+            cordon_host(session, "a", False)
+
         reconciler.host_monitor = HostMonitor(  # its checks, quicker
             sessions, interval=1.0, timeout=2.0, runs_dir=reconciler.runs_dir
         )
-        a.kill()  # the daemon dies,
-        a.stop()  # then its VMs: the checks make host a Lost
+        b.kill()  # the daemon dies,
+        b.stop()  # then its VMs: the checks make host b Lost
 
         def made_again() -> Node | None:
             reconciler.run_once()
             current, where = the_node(sessions)
             done = current.repairs and current.repairs[-1]["outcome"]
-            return current if where == "b" and current.state == "Ready" and done else None
+            return current if where == "a" and current.state == "Ready" and done else None
 
-        moved = wait_until(made_again, STEP_TIMEOUT, "the node to be made again on host b")
+        moved = wait_until(made_again, STEP_TIMEOUT, "the node to be made again on host a")
         assert (moved.id, moved.name, moved.ordinal) == (node.id, node.name, node.ordinal)
         assert moved.attestation_status == "Attested" and LABEL_TRUSTED_LAUNCH in moved.labels
-        assert moved.handle not in (None, node.handle) and moved.run_dir != node.run_dir
-        assert moved.handle is not None and domain_runs(b, moved.handle)
+        assert moved.handle not in (None, node.handle, drained_node.handle)
+        assert moved.run_dir not in (node.run_dir, drained_node.run_dir)
+        assert moved.handle is not None and domain_runs(a, moved.handle)
         with sessions() as session:
-            lost = session.scalars(select(NodeHost).where(NodeHost.name == "a")).one()
+            lost = session.scalars(select(NodeHost).where(NodeHost.name == "b")).one()
             assert lost.state == HostState.LOST and "Connection refused" in (lost.state_cause or "")
         *reboots, repair = moved.repairs  # a reboot tried before the checks made the host Lost fails
         assert repair["action"] == "Reimage" and repair["outcome"].startswith("done"), repair
-        assert "host a" in repair["cause"], repair  # its VM seen gone, or its host seen Lost, first
+        assert "host b" in repair["cause"], repair  # its VM seen gone, or its host seen Lost, first
         unreachable = "cannot reach the libvirt host"
         assert all(r["action"] == "Reboot" and unreachable in r["outcome"] for r in reboots), reboots
         history = records(sessions)
@@ -167,13 +210,14 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
             ("Provisioning", "Attested"),
             ("OnDemand", "Attested"),
             ("Provisioning", "Attested"),
+            ("Provisioning", "Attested"),
         ]
         with sessions() as session:
             [alert] = session.scalars(select(AlertRecord).where(AlertRecord.alert_type == "VM_NodeUnhealthy"))
             assert alert.status == "Resolved" and alert.node_name == node.name
 
-        with sessions.begin() as session:  # enrolled anew while host b's registered EK CA is host a's
-            session.scalars(select(NodeHost).where(NodeHost.name == "b")).one().ek_ca_certificate = pem(a)
+        with sessions.begin() as session:  # enrolled anew while host a's registered EK CA is host b's
+            session.scalars(select(NodeHost).where(NodeHost.name == "a")).one().ek_ca_certificate = pem(b)
             row = session.get_one(Node, node.id)
             row.attestation_state = row.enrolled_ak_name = None
             row.attestation_requested_at = datetime.now(UTC)
@@ -185,7 +229,7 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
         assert "the EK certificate is not from a trusted EK CA" in str(finding["message"])
 
         reconciler.release()
-        stopped = libvirt.open(b.uri)
+        stopped = libvirt.open(a.uri)
         try:
             stopped.lookupByUUIDString(moved.handle).destroy()  # stopped, still defined: no longer adoptable
         finally:
@@ -199,9 +243,5 @@ def test_a_node_on_a_libvirt_host_is_adopted_and_made_again_when_its_host_is_los
             run_until_finished(cleaner, sessions, deletion.id, 300)
         cleaner.release()
     assert nodes(sessions) == []
-    remaining = libvirt.open(b.uri)
-    try:
-        assert remaining.listAllDomains(0) == []  # the stopped domain was undefined with its node
-    finally:
-        remaining.close()
+    assert domains(a) == []  # the stopped domain was undefined with its node
     assert processes_under(state_dir / "vm") == []

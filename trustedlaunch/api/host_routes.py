@@ -1,7 +1,7 @@
-"""Hypervisor hosts: `GET /providers/Microsoft.TrustedLaunch/hosts` and `PUT/GET/DELETE .../hosts/{name}`
-(control/node_hosts.py). Installation-wide, so admin tokens only (a path outside every subscription:
-BearerAuth refuses scoped tokens with 403). Reads show the EK CA certificate's thumbprint, subject and expiry,
-never the PEM."""
+"""Hypervisor hosts: `GET /providers/Microsoft.TrustedLaunch/hosts`, `PUT/GET/DELETE .../hosts/{name}` and
+`POST .../hosts/{name}/cordon`, `/uncordon`, `/drain` (control/node_hosts.py). Installation-wide, so admin
+tokens only (a path outside every subscription: BearerAuth refuses scoped tokens with 403). Reads show the EK
+CA certificate's thumbprint, subject and expiry, never the PEM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from trustedlaunch.api.models import ErrorResponse
 from trustedlaunch.api.responses import ArmList
 from trustedlaunch.api.routes import api_version, transaction
-from trustedlaunch.control import node_hosts
+from trustedlaunch.control import host_drain, node_hosts
+from trustedlaunch.control.host_drain import DrainedNode
 from trustedlaunch.control.node_hosts import HostSpec, HostUsage
 from trustedlaunch.control.records import NodeHost, Session
 
@@ -31,7 +32,11 @@ router = APIRouter(
             (401, "Missing or invalid bearer token"),
             (403, "Not an admin token"),
             (404, "Host not registered"),
-            (409, "Nodes are placed on the host; its URI is another host's; too many hosts"),
+            (
+                409,
+                "Nodes are placed on the host (drain it first); its URI is another host's; too many hosts; "
+                "no room elsewhere for the nodes of a drained host",
+            ),
         )
     },
 )
@@ -97,6 +102,7 @@ class HostProperties(BaseModel):
     allocated: Allocated
     free: Capacity
     state: str = Field(description="Ready or Lost")
+    cordoned: bool = Field(description="Takes no new node VMs (tl host cordon/drain); its nodes stay")
     stateCause: str | None
     failedChecks: int
     lastSeen: str | None
@@ -111,6 +117,35 @@ class HostResource(BaseModel):
     name: str
     type: str
     properties: HostProperties
+
+
+class DrainedNodeResult(BaseModel):
+    """A node of a drained host: the Update operation of its pool that reimages it onto another host
+    (started by this drain, or already in progress), or why it stays."""
+
+    name: str
+    state: str
+    operationId: str | None = Field(description="The pool's (or cluster's) operation that moves it")
+    started: bool = Field(description="Whether this drain started that operation")
+    skipped: str | None = Field(description="Why the node is not moved now")
+
+
+class HostDrain(BaseModel):
+    """A drained host (cordoned) and what happens to each of its nodes."""
+
+    host: HostResource
+    nodes: list[DrainedNodeResult]
+
+
+def drained_json(node: DrainedNode) -> dict[str, Any]:
+    """One node of a drain's answer."""
+    return {
+        "name": node.name,
+        "state": node.state,
+        "operationId": node.operation_id,
+        "started": node.started,
+        "skipped": node.skipped,
+    }
 
 
 def host_json(host: NodeHost, held: HostUsage) -> dict[str, Any]:
@@ -130,6 +165,7 @@ def host_json(host: NodeHost, held: HostUsage) -> dict[str, Any]:
             },
             "free": {"memoryMiB": held.free.memory_mib, "vCPUs": held.free.vcpus},
             "state": host.state,
+            "cordoned": host.cordoned,
             "stateCause": host.state_cause,
             "failedChecks": host.failed_checks,
             "lastSeen": host.last_seen_at.isoformat() if host.last_seen_at else None,
@@ -182,10 +218,34 @@ async def get_host(request: Request, name: str) -> dict[str, Any]:
         return _one(session, node_hosts.get_host(session, name))
 
 
+@router.post("/{name}/cordon", response_model=HostResource)
+async def cordon_host(request: Request, name: str) -> dict[str, Any]:
+    """Cordon a host: placement puts no new node VM on it; the nodes on it stay (404 if not registered)."""
+    with transaction(request) as session:
+        return _one(session, node_hosts.cordon_host(session, name, True))
+
+
+@router.post("/{name}/uncordon", response_model=HostResource)
+async def uncordon_host(request: Request, name: str) -> dict[str, Any]:
+    """Let placement put new node VMs on a host again (404 if not registered)."""
+    with transaction(request) as session:
+        return _one(session, node_hosts.cordon_host(session, name, False))
+
+
+@router.post("/{name}/drain", response_model=HostDrain)
+async def drain_host(request: Request, name: str) -> dict[str, Any]:
+    """Cordon a host and reimage each of its Ready or Unhealthy nodes onto other hosts through its pool's
+    Update operation (Kubernetes drain first, surge per maxSurge); the nodes and their operations. Remove the
+    host once they are gone (404 if not registered)."""
+    with transaction(request) as session:
+        host, drained = host_drain.drain_host(session, name)
+        return {"host": _one(session, host), "nodes": [drained_json(node) for node in drained]}
+
+
 @router.delete("/{name}", response_class=Response)
 async def remove_host(request: Request, name: str) -> Response:
     """Unregister a host (404 if it is not registered); 409 HostInUse naming its nodes while any is placed on
-    it (draining them onto other hosts is not built yet)."""
+    it (drain it first: POST .../drain)."""
     with transaction(request) as session:
         node_hosts.remove_host(session, name)
     return Response(status_code=200)

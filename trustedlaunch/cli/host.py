@@ -1,5 +1,5 @@
-"""`tl host`: register, show, list, update and remove the hypervisor hosts (libvirt) node VMs run on (admin
-tokens only)."""
+"""`tl host`: register, show, list, update, cordon, uncordon, drain and remove the hypervisor hosts (libvirt)
+node VMs run on (admin tokens only)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ host_app = typer.Typer(
         "Manage the hypervisor hosts (libvirt) node VMs run on; needs an admin token. The control plane "
         f"checks every host every {CHECK_INTERVAL:g} s (libvirt open and getInfo, {CHECK_TIMEOUT:g} s "
         f"timeout): after {FAILED_CHECKS} failed checks in a row a host is Lost and its nodes are made again "
-        "on other hosts; it is Ready again once it answers."
+        "on other hosts; it is Ready again once it answers. Before removing a host with nodes, drain it: "
+        "its nodes are reimaged onto other hosts."
     ),
     no_args_is_help=True,
 )
@@ -80,12 +81,15 @@ EkCaOption = Annotated[
 ]
 
 
+DRAIN_COLUMNS = ("Name", "State", "OperationId", "Moving")
+
+
 def _row(host: dict[str, Any]) -> list[object]:
     properties = host["properties"]
     capacity, allocated, free = properties["capacity"], properties["allocated"], properties["free"]
     return [
         host["name"],
-        properties["state"],
+        properties["state"] + (",Cordoned" if properties.get("cordoned") else ""),
         len(allocated["nodes"]),
         free["memoryMiB"],
         free["vCPUs"],
@@ -189,8 +193,47 @@ def update(
 
 
 @api_command(host_app, subscription=False)
+def cordon(api: ApiTarget, name: NameOption, output_format: OutputOption = OutputFormat.json) -> None:
+    """Cordon a host: no new node VM is placed on it; the nodes on it stay (drain moves them)."""
+    with api.connect() as client:
+        host = client.json("POST", f"{HOSTS_PATH}/{segment(name)}/cordon")
+    output(host, output_format, COLUMNS, _row)
+
+
+@api_command(host_app, subscription=False)
+def uncordon(api: ApiTarget, name: NameOption, output_format: OutputOption = OutputFormat.json) -> None:
+    """Let new node VMs be placed on a host again."""
+    with api.connect() as client:
+        host = client.json("POST", f"{HOSTS_PATH}/{segment(name)}/uncordon")
+    output(host, output_format, COLUMNS, _row)
+
+
+def _drained_rows(drain: dict[str, Any]) -> list[list[object]]:
+    return [
+        [node["name"], node["state"], node["operationId"] or "", node["skipped"] or "yes"]
+        for node in drain["nodes"]
+    ]
+
+
+@api_command(host_app, subscription=False)
+def drain(api: ApiTarget, name: NameOption, output_format: OutputOption = OutputFormat.json) -> None:
+    """Cordon a host and reimage its Ready nodes onto other hosts through their pools' Update operations
+    (drained in Kubernetes first); remove the host once `tl host show` lists no node on it."""
+    with api.connect() as client:
+        drained = client.json("POST", f"{HOSTS_PATH}/{segment(name)}/drain")
+    moving = [node for node in drained["nodes"] if node["skipped"] is None]
+    staying = [node for node in drained["nodes"] if node["skipped"] is not None]
+    typer.echo(f"Host '{name}' cordoned; moving {len(moving)} node(s) to other hosts.", err=True)
+    for node in moving:
+        typer.echo(f"  {node['name']}: operation {node['operationId']}", err=True)
+    for node in staying:
+        typer.echo(f"  {node['name']} stays: {node['skipped']}", err=True)
+    output(drained, output_format, DRAIN_COLUMNS, None, table_rows=_drained_rows)
+
+
+@api_command(host_app, subscription=False)
 def remove(api: ApiTarget, name: NameOption) -> None:
-    """Unregister a host; refused while nodes are placed on it (a drain onto other hosts is not built yet)."""
+    """Unregister a host; refused while nodes are placed on it (`tl host drain` moves them first)."""
     with api.connect() as client:
         client.request("DELETE", f"{HOSTS_PATH}/{segment(name)}")
     typer.echo(f"Host '{name}' removed.", err=True)

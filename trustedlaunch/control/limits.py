@@ -644,15 +644,43 @@ class PoolDeletion:
 @dataclass(frozen=True)
 class NodePlacement:
     """Placing one new node VM on the registered node hosts (control.placement): `hosts` are registered,
-    `with_room` of them are Ready with the room one node VM needs."""
+    `with_room` of them are Ready, not cordoned, with the room one node VM needs; `cordoned_with_room` names
+    the cordoned hosts that would have had room."""
 
     node: str
     hosts: int
     with_room: int
+    cordoned_with_room: tuple[str, ...] = ()
 
     def message_values(self) -> dict[str, object]:
         """Values the rule messages may name."""
-        return {"node": self.node, "hosts": self.hosts, "memory_mib": NODE_MEMORY_MIB, "vcpus": NODE_VCPUS}
+        return {
+            "node": self.node,
+            "hosts": self.hosts,
+            "memory_mib": NODE_MEMORY_MIB,
+            "vcpus": NODE_VCPUS,
+            "cordoned": ", ".join(self.cordoned_with_room[:20]),
+        }
+
+
+@dataclass(frozen=True)
+class HostDrain:
+    """Draining host `host` (control.host_drain): `nodes` of its nodes are to be made again elsewhere, and the
+    other Ready, uncordoned hosts have room for `with_room` of them."""
+
+    host: str
+    nodes: int
+    with_room: int
+
+    def message_values(self) -> dict[str, object]:
+        """Values the rule messages may name."""
+        return {
+            "host": self.host,
+            "nodes": self.nodes,
+            "with_room": self.with_room,
+            "memory_mib": NODE_MEMORY_MIB,
+            "vcpus": NODE_VCPUS,
+        }
 
 
 @dataclass(frozen=True)
@@ -1195,7 +1223,29 @@ LIMITATIONS: tuple[Limitation, ...] = (
         "a host on this machine or one registered with its EK CA). Register another host or raise a host's "
         "capacity, or scale a pool down.",
         NodePlacement,
-        lambda p: p.hosts > 0 and p.with_room == 0,
+        lambda p: p.hosts > 0 and p.with_room == 0 and not p.cordoned_with_room,
+        409,
+    ),
+    Limitation(
+        "AllocationFailed",
+        "nodeHosts",
+        "Allocation failed: of the {hosts} registered node hosts only cordoned ones have room for node "
+        "{node} ({cordoned}); cordoned hosts take no new node VMs. Uncordon one (tl host uncordon), register "
+        "another host or raise a host's capacity, or scale a pool down.",
+        NodePlacement,
+        lambda p: p.hosts > 0 and p.with_room == 0 and bool(p.cordoned_with_room),
+        409,
+    ),
+    Limitation(
+        "InsufficientHostCapacity",
+        "name",
+        "Host '{host}' cannot be drained: the other Ready, uncordoned node hosts have room for {with_room} "
+        "of the {nodes} node(s) to move ({memory_mib} MiB of memory and {vcpus} vCPUs each; a vTPM node "
+        "needs a host on this machine or one registered with its EK CA), and a reimaged node with no room "
+        "would fail. Register or uncordon a host or raise a host's capacity first (tl host cordon keeps "
+        "new nodes off it meanwhile).",
+        HostDrain,
+        lambda d: d.with_room < d.nodes,
         409,
     ),
     Limitation(
@@ -1225,6 +1275,7 @@ Context = (
     | QuotaRequest
     | HostRequest
     | NodePlacement
+    | HostDrain
 )
 
 
@@ -1282,6 +1333,11 @@ def check_host(request: HostRequest) -> list[ArmError]:
 def check_placement(placement: NodePlacement) -> list[ArmError]:
     """The limitation a new node's placement breaks: hosts are registered but none has room for it."""
     return _violations(placement)
+
+
+def check_drain(drain: HostDrain) -> list[ArmError]:
+    """The limitation a host's drain breaks: the other hosts lack room for the nodes it would move."""
+    return _violations(drain)
 
 
 def check_flags(flags: SecurityFlags) -> list[ArmError]:

@@ -15,6 +15,9 @@ only that subscription's nodes), resolved when the host answers again. Each chec
 removes the domains this control plane made there for no node now placed on it (`StrayDomainSweep`): what a
 Lost host still runs for nodes made again elsewhere once it comes back; then the node-image volumes no
 domain of the host named for an hour (`UnusedVolumeSweep`: image versions no node boots any more).
+
+Cordon (`cordon_host`): a cordoned host takes no new node VM (control.placement); control.host_drain drains
+one onto the other hosts.
 """
 
 from __future__ import annotations
@@ -463,6 +466,15 @@ def put_host(session: Session, spec: HostSpec) -> tuple[NodeHost, bool]:
     return host, created
 
 
+def cordon_host(session: Session, name: str, cordoned: bool) -> NodeHost:
+    """Cordon `name` (placement puts no new node VM on it; the nodes on it stay) or uncordon it; the host,
+    404 if it is not registered."""
+    host = get_host(session, name)
+    host.cordoned = cordoned
+    session.flush()
+    return host
+
+
 def remove_host(session: Session, name: str) -> None:
     """Unregister the host called `name` (404 if there is none) and resolve its open HostLost alerts; 409
     HostInUse naming its nodes while any node is placed on it."""
@@ -471,9 +483,9 @@ def remove_host(session: Session, name: str) -> None:
     if nodes:
         raise conflict(
             "HostInUse",
-            f"Host '{host.name}' runs {len(nodes)} node(s): {_named(list(nodes))}. Delete or scale down "
-            "their pools first (draining a host's nodes onto other hosts, a forced removal, is not built "
-            "yet).",
+            f"Host '{host.name}' runs {len(nodes)} node(s): {_named(list(nodes))}. Move them to other "
+            f"hosts first (tl host drain -n {host.name}, then remove it once they are gone), or delete or "
+            "scale down their pools.",
             "name",
         )
     alert_lifecycle.resolve_open_alerts(session, HOST_ALERT_PREFIX + host.name, (AlertType.HOST_LOST,))

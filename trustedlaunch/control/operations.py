@@ -59,15 +59,23 @@ def start_node_reimage(session: Session, node: Node, reason: str) -> Operation |
     session.flush()
     session.execute(select(AgentPool.id).where(AgentPool.id == node.pool_id).with_for_update())
     pool = node.pool
+    if pool_operation_in_progress(session, pool) is not None:
+        return None
     cluster = pool.cluster
     cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
     pool_id = cluster_id.child(AGENT_POOLS, pool.name).canonical
-    if in_progress_operation(session, pool_id) or in_progress_operation(session, cluster_id.canonical):
-        return None
     pool.provisioning_state = ProvisioningState.UPDATING
     operation = start_operation(session, cluster.subscription_id, cluster.location, pool_id, "Update")
     operation.note = f"agent pool {pool.name}: reimaging node {node.name}: {reason}"
     return operation
+
+
+def pool_operation_in_progress(session: Session, pool: AgentPool) -> Operation | None:
+    """The InProgress operation on `pool` or, if none, on its cluster (either drives the pool's nodes)."""
+    cluster = pool.cluster
+    cluster_id = ResourceId.cluster(cluster.subscription_id, cluster.resource_group, cluster.name)
+    pool_id = cluster_id.child(AGENT_POOLS, pool.name).canonical
+    return in_progress_operation(session, pool_id) or in_progress_operation(session, cluster_id.canonical)
 
 
 def get_operation(session: Session, subscription_id: str, operation_id: str) -> Operation:

@@ -281,6 +281,8 @@ class NodeHost(Base):
     failed_checks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # cordoned (`tl host cordon`/`drain`): placement puts no new node VM here; the nodes on it stay
+    cordoned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     nodes: Mapped[list[Node]] = relationship(back_populates="host")
 
