@@ -206,8 +206,8 @@ class UnusedVolumeSweep:
 @dataclass
 class _Check:
     """One check of a host running in its own thread: `outcome` is its capacity or why it failed. With
-    `sweep`, a host that answered then has its stray domains removed (after the outcome is in: a sweep
-    never makes a check late)."""
+    `sweep`, a host that answered is then swept over the same connection (HostMonitor: stray domains,
+    unused volumes), after the outcome is in: a sweep never makes a check late."""
 
     uri: str
     sweep: Callable[[libvirt.virConnect], object] | None = None
@@ -239,7 +239,7 @@ class _Check:
                 ):
                     self.sweep(connection)
             except Exception as exc:
-                log.warning("host %s: stray domains not removed: %s", self.uri, _libvirt_error(exc))
+                log.warning("host %s: its sweep failed: %s", self.uri, _libvirt_error(exc))
             finally:
                 if connection is not None:
                     with contextlib.suppress(Exception):
