@@ -21,7 +21,7 @@ from trustedlaunch.control.features import register_feature, register_provider
 from trustedlaunch.control.node_hosts import HostMonitor, HostSpec, StrayDomainSweep, put_host
 from trustedlaunch.control.resources import ClusterSpec, PoolSpec, ResourcePath, put_cluster
 from trustedlaunch.node.image import NodeImage
-from trustedlaunch.node.libvirt_driver import domain_xml
+from trustedlaunch.node.libvirt_driver import domain_xml, host_domains
 from trustedlaunch.store.models import NodeHost
 
 TEST_HOST = "test:///default"
@@ -94,12 +94,12 @@ def test_a_sweep_removes_only_this_control_planes_domains_for_no_node_on_the_hos
     define(connection, "tl-node-00000015", folder / "other-state" / "vm" / "n1-eeeeee", running=True)
     define(connection, "guest-1", runs_dir / "n1-ffffff", running=True)  # not a node domain's name
     sweep = StrayDomainSweep(sessions, runs_dir)
-    removed = sweep(here, connection)
+    removed = sweep(here, host_domains(connection))
     assert sorted(removed) == ["tl-node-00000012", "tl-node-00000013", "tl-node-00000014"]
     left = names(connection)
     assert {"tl-node-00000011", "tl-node-00000015", "guest-1", "test"} <= left
     assert not {"tl-node-00000012", "tl-node-00000013", "tl-node-00000014"} & left
-    assert sweep(here, connection) == []  # nothing more to remove
+    assert sweep(here, host_domains(connection)) == []  # nothing more to remove
 
 
 def test_the_host_checks_sweep_a_host_that_answers(

@@ -19,7 +19,7 @@ import pytest
 from trustedlaunch.control.node_hosts import UnusedVolumeSweep
 from trustedlaunch.node.esp_disk import build_esp_disk
 from trustedlaunch.node.image import NodeImage
-from trustedlaunch.node.libvirt_driver import NodeVolumes, domain_xml, ensure_event_loop
+from trustedlaunch.node.libvirt_driver import NodeVolumes, domain_xml, ensure_event_loop, host_domains
 from trustedlaunch.node.libvirt_host import LibvirtHost
 from trustedlaunch.node.libvirt_volumes import MAX_VOLUME_BYTES, POOL_NAME, ImageVolumeError, ImageVolumes
 from trustedlaunch.node.rootfs import Rootfs
@@ -145,7 +145,7 @@ def test_volumes_no_domain_names_for_the_hold_are_deleted_and_uploaded_again_whe
     volume_sweep = UnusedVolumeSweep(hold=1.0)
 
     def sweep() -> list[str]:
-        return sorted(set(volume_sweep(7, connection)) - earlier)
+        return sorted(set(volume_sweep(7, connection, host_domains(connection))) - earlier)
 
     def define(name: str, volumes: NodeVolumes) -> libvirt.virDomain:
         xml = domain_xml(name, image, folder / name, secure_boot=True, tpm_socket=None, volumes=volumes)

@@ -61,6 +61,8 @@ from trustedlaunch.store.vocabulary import AlertType, HostState
 if TYPE_CHECKING:
     import libvirt
 
+    from trustedlaunch.node.libvirt_driver import HostDomain
+
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 20.0  # seconds between two checks of a host
@@ -131,12 +133,13 @@ class StrayDomainSweep:
     def __init__(self, sessions: sessionmaker[Session], runs_dir: Path) -> None:
         self.sessions, self.runs_dir = sessions, runs_dir
 
-    def __call__(self, host_id: int, connection: libvirt.virConnect) -> list[str]:
-        """Remove the stray domains of host `host_id` reached through `connection`; their names."""
+    def __call__(self, host_id: int, defined: list[HostDomain]) -> list[str]:
+        """Remove the stray domains among `defined`, the domains of host `host_id` (read before this call:
+        before the nodes are, as a node's run directory is recorded before its domain is defined); their
+        names."""
         from trustedlaunch.node.libvirt_driver import owned_domains, remove_domain, run_dir_id
 
-        # listed before the nodes are read: a node's run directory is recorded before its domain is defined
-        domains = owned_domains(connection, self.runs_dir)
+        domains = owned_domains(defined, self.runs_dir)
         if not domains:
             return []
         with self.sessions() as session:
@@ -172,13 +175,14 @@ class UnusedVolumeSweep:
         self._unused_since: dict[tuple[int, str], float] = {}  # (host id, volume name) -> first seen unused
         self._lock = threading.Lock()
 
-    def __call__(self, host_id: int, connection: libvirt.virConnect) -> list[str]:
-        """Delete host `host_id`'s volumes unused for `hold` seconds; their names."""
+    def __call__(self, host_id: int, connection: libvirt.virConnect, defined: list[HostDomain]) -> list[str]:
+        """Delete the volumes of host `host_id` (reached through `connection`, `defined` its domains) that
+        have been unused for `hold` seconds; their names."""
         import libvirt  # only where hosts are used
 
         from trustedlaunch.node.libvirt_driver import unused_image_volumes
 
-        unused = unused_image_volumes(connection)
+        unused = unused_image_volumes(connection, defined)
         if unused is None:  # a definition could not be read: nothing is known unused this time
             return []
         now, deleted = time.monotonic(), []
@@ -640,10 +644,13 @@ class HostMonitor:
         return self._record(outcomes) if outcomes else []
 
     def _sweep(self, host_id: int, connection: libvirt.virConnect) -> None:
-        """Remove host `host_id`'s stray domains, then its unused volumes."""
+        """Remove host `host_id`'s stray domains, then its unused volumes (the domains read once for both)."""
+        from trustedlaunch.node.libvirt_driver import host_domains
+
         assert self.domain_sweep is not None
-        self.domain_sweep(host_id, connection)
-        self.volume_sweep(host_id, connection)
+        defined = host_domains(connection)
+        removed = set(self.domain_sweep(host_id, defined))
+        self.volume_sweep(host_id, connection, [domain for domain in defined if domain.name not in removed])
 
     @staticmethod
     def _outcome(host_id: int, outcome: HostCapacity | str) -> HostCheck:

@@ -55,7 +55,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -925,18 +925,42 @@ class OwnedDomain:
     run_dir_id: str
 
 
-def owned_domains(connection: libvirt.virConnect, runs_dir: Path) -> list[OwnedDomain]:
-    """The node domains on `connection`'s host, running or not, whose metadata names a run directory in
-    `runs_dir` (one control plane's). Domains defined before the metadata named that folder are not listed:
-    nothing tells whose they are."""
-    owner, found = run_dir_id(runs_dir), []
+@dataclass(frozen=True)
+class HostDomain:
+    """A domain defined on a host, running or not, with its definition (None: unreadable)."""
+
+    domain: libvirt.virDomain
+    name: str
+    definition: ElementTree.Element | None
+
+
+def host_domains(connection: libvirt.virConnect) -> list[HostDomain]:
+    """Every domain defined on `connection`'s host with its definition, read once for the host checks'
+    sweeps (a domain that goes while it is read is left out; libvirtError when the host cannot list them)."""
+    found = []
     for domain in connection.listAllDomains(0):
         with contextlib.suppress(libvirt.libvirtError):
             name = domain.name()
-            definition = _parse_definition(domain.XMLDesc(0)) if name.startswith(DOMAIN_PREFIX) else None
-            ours = None if definition is None else definition.find(f"metadata/{{{METADATA_NS}}}node")
-            if ours is not None and ours.get("owner") == owner and ours.get("runDir"):
-                found.append(OwnedDomain(domain, name, str(ours.get("runDir"))))
+            try:
+                definition = _parse_definition(domain.XMLDesc(0))
+            except libvirt.libvirtError:
+                definition = None
+            found.append(HostDomain(domain, name, definition))
+    return found
+
+
+def owned_domains(domains: Iterable[HostDomain], runs_dir: Path) -> list[OwnedDomain]:
+    """The node domains of `domains` whose metadata names a run directory in `runs_dir` (one control
+    plane's). Domains defined before the metadata named that folder are not listed: nothing tells whose
+    they are."""
+    owner, found = run_dir_id(runs_dir), []
+    for host_domain in domains:
+        definition = host_domain.definition
+        if definition is None or not host_domain.name.startswith(DOMAIN_PREFIX):
+            continue
+        ours = definition.find(f"metadata/{{{METADATA_NS}}}node")
+        if ours is not None and ours.get("owner") == owner and ours.get("runDir"):
+            found.append(OwnedDomain(host_domain.domain, host_domain.name, str(ours.get("runDir"))))
     return found
 
 
@@ -954,21 +978,22 @@ def _volumes_named(definition: ElementTree.Element) -> set[str]:
     return names - {""}
 
 
-def unused_image_volumes(connection: libvirt.virConnect) -> list[libvirt.virStorageVol] | None:
-    """The volumes of the host's node-image pool (POOL_NAME) that no domain defined on the host names, by
+def unused_image_volumes(
+    connection: libvirt.virConnect, domains: Iterable[HostDomain]
+) -> list[libvirt.virStorageVol] | None:
+    """The volumes of the host's node-image pool (POOL_NAME) that none of the host's `domains` names, by
     name or path, whoever defined it; [] when the host has no such pool; None (nothing is known unused) when
-    a domain's definition cannot be read."""
+    a domain's definition could not be read."""
+    named: set[str] = set()
+    for domain in domains:
+        if domain.definition is None:
+            return None
+        named |= _volumes_named(domain.definition)
     try:
         if POOL_NAME not in connection.listStoragePools():  # an inactive pool's volumes are not listed
             return []
         pool = connection.storagePoolLookupByName(POOL_NAME)
         pool.refresh(0)
-        named: set[str] = set()
-        for domain in connection.listAllDomains(0):
-            definition = _parse_definition(domain.XMLDesc(0))
-            if definition is None:
-                return None
-            named |= _volumes_named(definition)
         return [volume for volume in pool.listAllVolumes(0) if not {volume.name(), volume.path()} & named]
     except libvirt.libvirtError:
         return None
