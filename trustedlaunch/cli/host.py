@@ -84,6 +84,13 @@ EkCaOption = Annotated[
 DRAIN_COLUMNS = ("Name", "State", "OperationId", "Moving")
 
 
+def _host_call(api: ApiTarget, method: str, name: str, action: str, output_format: OutputFormat) -> None:
+    """`method` on host `name` (`action`: "" or a POST action's path), its answer printed as a host."""
+    with api.connect() as client:
+        host = client.json(method, f"{HOSTS_PATH}/{segment(name)}{action}")
+    output(host, output_format, COLUMNS, _row)
+
+
 def _row(host: dict[str, Any]) -> list[object]:
     properties = host["properties"]
     capacity, allocated, free = properties["capacity"], properties["allocated"], properties["free"]
@@ -146,9 +153,7 @@ def add(
 @api_command(host_app, subscription=False)
 def show(api: ApiTarget, name: NameOption, output_format: OutputOption = OutputFormat.json) -> None:
     """Show a host: capacity, the nodes placed on it, free capacity, state and last check."""
-    with api.connect() as client:
-        host = client.json("GET", f"{HOSTS_PATH}/{segment(name)}")
-    output(host, output_format, COLUMNS, _row)
+    _host_call(api, "GET", name, "", output_format)
 
 
 @api_command(host_app, name="list", subscription=False)
@@ -195,17 +200,13 @@ def update(
 @api_command(host_app, subscription=False)
 def cordon(api: ApiTarget, name: NameOption, output_format: OutputOption = OutputFormat.json) -> None:
     """Cordon a host: no new node VM is placed on it; the nodes on it stay (drain moves them)."""
-    with api.connect() as client:
-        host = client.json("POST", f"{HOSTS_PATH}/{segment(name)}/cordon")
-    output(host, output_format, COLUMNS, _row)
+    _host_call(api, "POST", name, "/cordon", output_format)
 
 
 @api_command(host_app, subscription=False)
 def uncordon(api: ApiTarget, name: NameOption, output_format: OutputOption = OutputFormat.json) -> None:
     """Let new node VMs be placed on a host again."""
-    with api.connect() as client:
-        host = client.json("POST", f"{HOSTS_PATH}/{segment(name)}/uncordon")
-    output(host, output_format, COLUMNS, _row)
+    _host_call(api, "POST", name, "/uncordon", output_format)
 
 
 def _drained_rows(drain: dict[str, Any]) -> list[list[object]]:

@@ -27,6 +27,7 @@ from trustedlaunch.cli.arm import fail
 from trustedlaunch.cli.reconciler import AttestationIntervalOption, AutoRepairOption
 from trustedlaunch.control.attestation_monitor import DEFAULT_ATTESTATION_INTERVAL
 from trustedlaunch.control.hosted_control_plane import NODE_NETWORK_ADDRESS_ENV
+from trustedlaunch.control.hosted_control_plane import node_network_address as checked_address
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -68,7 +69,6 @@ def serve(
     default SQLite file)."""
     # Imported here: `tl --help` and the client-side commands do not need the server side.
     from trustedlaunch.api.app import create_app
-    from trustedlaunch.control.hosted_control_plane import node_network_address as checked_address
     from trustedlaunch.control.plane import ControlPlane
     from trustedlaunch.errors import TrustedLaunchError
 

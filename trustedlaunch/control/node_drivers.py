@@ -23,11 +23,10 @@ from trustedlaunch.node.image import NodeImage
 from trustedlaunch.node.kubelet import NodeNetwork, uri_is_this_machine
 from trustedlaunch.node.qemu import (
     AGENT_COMMAND_TIMEOUT,
-    ESP_COPY,
-    VARSTORE_COPY,
     BootFailedError,
     NodeVM,
     NodeVMError,
+    RunDirCopies,
     readable_tail,
 )
 from trustedlaunch.node.supervisor import vm_end
@@ -99,7 +98,7 @@ def connect_agent(run_dir: Path, timeout: float = AGENT_COMMAND_TIMEOUT) -> Node
     return NodeAgent(AgentChannel(sock), timeout)
 
 
-class AdoptedQemuVM:
+class AdoptedQemuVM(RunDirCopies):
     """A running direct-driver VM that an earlier process started (its QEMU pid and run directory)."""
 
     def __init__(self, run_dir: Path, qemu_pid: int):
@@ -111,16 +110,6 @@ class AdoptedQemuVM:
     def handle(self) -> str:
         """QEMU's process id."""
         return str(self.qemu_pid)
-
-    @property
-    def varstore_path(self) -> Path:
-        """The VM's own copy of the OVMF varstore (NodeVM's, in the run directory)."""
-        return self.run_dir / VARSTORE_COPY
-
-    @property
-    def esp_path(self) -> Path:
-        """The VM's own copy of the image's ESP (NodeVM's, in the run directory)."""
-        return self.run_dir / ESP_COPY
 
     @property
     def running(self) -> bool:

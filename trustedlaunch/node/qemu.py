@@ -316,7 +316,24 @@ class BootingVM:
             raise failure
 
 
-class NodeVM(BootingVM):
+class RunDirCopies:
+    """Where a direct-driver VM keeps its own copies of the varstore and the ESP: its run directory, where
+    NodeVM makes them at start (an adopted VM finds them there)."""
+
+    run_dir: Path
+
+    @property
+    def varstore_path(self) -> Path:
+        """The VM's own copy of the OVMF varstore."""
+        return self.run_dir / VARSTORE_COPY
+
+    @property
+    def esp_path(self) -> Path:
+        """The VM's own copy of the image's ESP."""
+        return self.run_dir / ESP_COPY
+
+
+class NodeVM(BootingVM, RunDirCopies):
     """A node VM (context manager): boots `image` and talks to its agent.
 
     `secure_boot` picks OVMF with Microsoft keys enrolled (on) or without keys (off); `vtpm`, when
@@ -365,16 +382,6 @@ class NodeVM(BootingVM):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.shutdown()
-
-    @property
-    def varstore_path(self) -> Path:
-        """The VM's own copy of the OVMF varstore (made at start)."""
-        return self.run_dir / VARSTORE_COPY
-
-    @property
-    def esp_path(self) -> Path:
-        """The VM's own copy of the image's ESP (made at start)."""
-        return self.run_dir / ESP_COPY
 
     @property
     def running(self) -> bool:
